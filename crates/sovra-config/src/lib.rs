@@ -1,0 +1,853 @@
+//! Sovra's configuration: what an operator can set, where it comes from, and
+//! whether it makes sense.
+//!
+//! Sources, later ones winning: built-in defaults, a TOML file (`sovra.toml`
+//! or the path given), `SOVRA_*` environment variables, then command-line
+//! flags (applied by the binary through [`Config::set`]). Every option is
+//! listed once in [`OPTIONS`]; that table drives the environment mapping, the
+//! validation messages and the generated `docs/config.md`.
+//!
+//! This crate does no other IO than reading the file it is given, and it never
+//! reads the process environment itself: the caller passes the variables in,
+//! so that tests stay hermetic.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The default file name looked up in the working directory.
+pub const DEFAULT_FILE: &str = "sovra.toml";
+
+/// A configuration that is missing, unreadable or wrong. The message always
+/// names the option (or the file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("unknown configuration option `{0}` (see docs/config.md for the list)")]
+    Unknown(String),
+    #[error("invalid value for `{option}`: {message}")]
+    Invalid { option: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(option: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            option: option.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The shape of one option's value, used to parse environment variables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    String,
+    Integer,
+    Bool,
+}
+
+/// One documented option.
+#[derive(Clone, Copy, Debug)]
+pub struct OptionDoc {
+    /// Dotted path in the TOML file, e.g. `server.listen`.
+    pub key: &'static str,
+    pub kind: Kind,
+    /// The default, as it would be written in TOML; empty when unset.
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+impl OptionDoc {
+    /// The environment variable that overrides this option:
+    /// `SOVRA_` followed by the key in upper case with dots as underscores.
+    pub fn env_name(&self) -> String {
+        format!("SOVRA_{}", self.key.replace('.', "_").to_ascii_uppercase())
+    }
+}
+
+/// Every option Sovra reads, in the order the documentation lists them.
+pub const OPTIONS: &[OptionDoc] = &[
+    OptionDoc {
+        key: "data_dir",
+        kind: Kind::String,
+        default: "\"./sovra-data\"",
+        doc: "Directory that holds everything Sovra keeps on disk: the embedded PostgreSQL cluster, the signing keys, stored files. Created on first start.",
+    },
+    OptionDoc {
+        key: "server.listen",
+        kind: Kind::String,
+        default: "\"127.0.0.1:54321\"",
+        doc: "Address and port the HTTP server listens on. Use `0.0.0.0:54321` to accept connections from other machines.",
+    },
+    OptionDoc {
+        key: "server.public_url",
+        kind: Kind::String,
+        default: "",
+        doc: "URL clients use to reach Sovra, printed at start and used as the token issuer base. Defaults to `http://` plus the listen address.",
+    },
+    OptionDoc {
+        key: "server.body_limit",
+        kind: Kind::Integer,
+        default: "10485760",
+        doc: "Largest request body accepted, in bytes; larger bodies get 413.",
+    },
+    OptionDoc {
+        key: "server.shutdown_timeout",
+        kind: Kind::Integer,
+        default: "30",
+        doc: "Seconds that in-flight requests get to finish after SIGINT or SIGTERM before Sovra stops anyway.",
+    },
+    OptionDoc {
+        key: "server.require_apikey",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "When true, requests without an `apikey` header or query parameter are refused with 401; when false they run as `anon` (what local Supabase does).",
+    },
+    OptionDoc {
+        key: "log.format",
+        kind: Kind::String,
+        default: "\"text\"",
+        doc: "`text` for people, `json` for log collectors (one object per line).",
+    },
+    OptionDoc {
+        key: "log.level",
+        kind: Kind::String,
+        default: "\"info\"",
+        doc: "Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or `tracing` directives such as `info,sovra_pg=debug`.",
+    },
+    OptionDoc {
+        key: "database.url",
+        kind: Kind::String,
+        default: "",
+        doc: "PostgreSQL connection URL (`postgres://user:pass@host:5432/db`). When set, Sovra uses that server and manages none; when unset, Sovra runs its own embedded cluster in the data directory.",
+    },
+    OptionDoc {
+        key: "database.pool_size",
+        kind: Kind::Integer,
+        default: "16",
+        doc: "Maximum number of pooled connections to PostgreSQL.",
+    },
+    OptionDoc {
+        key: "database.connect_timeout",
+        kind: Kind::Integer,
+        default: "10",
+        doc: "Seconds to wait for a pooled connection before a request fails with 503.",
+    },
+    OptionDoc {
+        key: "embedded.bin_dir",
+        kind: Kind::String,
+        default: "",
+        doc: "Directory with the PostgreSQL server binaries (`initdb`, `postgres`). Found automatically from `pg_config --bindir`, `/usr/lib/postgresql/*/bin` and `PATH` when unset.",
+    },
+    OptionDoc {
+        key: "embedded.port",
+        kind: Kind::Integer,
+        default: "",
+        doc: "Also listen on TCP `127.0.0.1:<port>` (password authentication; the password is in `<data_dir>/pg-password`). Unset: Unix socket inside the data directory only.",
+    },
+    OptionDoc {
+        key: "embedded.system_user",
+        kind: Kind::String,
+        default: "\"postgres\"",
+        doc: "System user that runs the embedded PostgreSQL when Sovra runs as root (PostgreSQL refuses to run as root).",
+    },
+    OptionDoc {
+        key: "embedded.start_timeout",
+        kind: Kind::Integer,
+        default: "60",
+        doc: "Seconds to wait for the embedded PostgreSQL to accept connections.",
+    },
+    OptionDoc {
+        key: "jwt.secret",
+        kind: Kind::String,
+        default: "",
+        doc: "JWT secret (HS256, at least 32 characters). Set it to keep a Supabase project's secret, so the anon and service_role keys already in its apps keep working. Unset: generated on first start and kept in `<data_dir>/keys.json`.",
+    },
+    OptionDoc {
+        key: "jwt.jwks",
+        kind: Kind::String,
+        default: "",
+        doc: "A JWK set (JSON text, or `@/path/to/jwks.json`) of asymmetric keys (RS256, ES256, EdDSA) selected by `kid`. Public keys verify; a private key (with `d`) also signs new tokens.",
+    },
+    OptionDoc {
+        key: "jwt.audience",
+        kind: Kind::String,
+        default: "",
+        doc: "When set, tokens whose `aud` does not include this value are refused. Unset: `aud` is not checked.",
+    },
+    OptionDoc {
+        key: "jwt.issuer",
+        kind: Kind::String,
+        default: "\"sovra\"",
+        doc: "`iss` claim of the anon and service_role keys Sovra mints.",
+    },
+];
+
+/// The whole configuration, after defaults, file, environment and flags.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub database: DatabaseConfig,
+    pub embedded: EmbeddedConfig,
+    pub jwt: JwtConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub public_url: Option<String>,
+    pub body_limit: usize,
+    pub shutdown_timeout: u64,
+    pub require_apikey: bool,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: Option<String>,
+    pub pool_size: usize,
+    pub connect_timeout: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedConfig {
+    pub bin_dir: Option<PathBuf>,
+    pub port: Option<u16>,
+    pub system_user: String,
+    pub start_timeout: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    pub secret: Option<String>,
+    pub jwks: Option<String>,
+    pub audience: Option<String>,
+    pub issuer: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./sovra-data"),
+            server: ServerConfig::default(),
+            log: LogConfig::default(),
+            database: DatabaseConfig::default(),
+            embedded: EmbeddedConfig::default(),
+            jwt: JwtConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:54321".to_owned(),
+            public_url: None,
+            body_limit: 10 * 1024 * 1024,
+            shutdown_timeout: 30,
+            require_apikey: false,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            pool_size: 16,
+            connect_timeout: 10,
+        }
+    }
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            bin_dir: None,
+            port: None,
+            system_user: "postgres".to_owned(),
+            start_timeout: 60,
+        }
+    }
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            secret: None,
+            jwks: None,
+            audience: None,
+            issuer: "sovra".to_owned(),
+        }
+    }
+}
+
+/// Builds a [`Config`] from its layers. Flags set with [`Loader::set`] win
+/// over the environment, which wins over the file.
+#[derive(Debug, Default)]
+pub struct Loader {
+    table: toml::Table,
+    overrides: Vec<(String, String, String)>,
+}
+
+impl Loader {
+    /// Reads the file at `path`. With `explicit` false a missing file is not
+    /// an error (the default `sovra.toml` is optional); with `explicit` true
+    /// it is.
+    pub fn file(path: &Path, explicit: bool) -> Result<Loader, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if !explicit && err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Loader::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        Loader::from_toml(&text, path)
+    }
+
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Loader, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|err: toml::de::Error| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: err.message().to_owned(),
+        })?;
+        Ok(Loader {
+            table,
+            overrides: Vec::new(),
+        })
+    }
+
+    /// Applies the `SOVRA_*` variables among `vars`. Variables that name no
+    /// option are refused, so that a typo does not silently do nothing.
+    /// `SOVRA_CONFIG` (the file path) and `SOVRA_TEST_*` (the test harness)
+    /// are not options and are skipped.
+    pub fn env<I>(mut self, vars: I) -> Result<Loader, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let vars: BTreeMap<String, String> = vars
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("SOVRA_"))
+            .collect();
+        for (name, value) in vars {
+            if name == "SOVRA_CONFIG" || name.starts_with("SOVRA_TEST_") {
+                continue;
+            }
+            let option = OPTIONS
+                .iter()
+                .find(|opt| opt.env_name() == name)
+                .ok_or_else(|| ConfigError::Unknown(name.clone()))?;
+            self.overrides.push((option.key.to_owned(), name, value));
+        }
+        Ok(self)
+    }
+
+    /// Sets one option from a command-line flag (`key` is the dotted path).
+    pub fn set(mut self, key: &str, value: impl Into<String>) -> Loader {
+        self.overrides
+            .push((key.to_owned(), format!("--{key}"), value.into()));
+        self
+    }
+
+    /// Merges the layers, deserialises and validates.
+    pub fn load(self) -> Result<Config, ConfigError> {
+        let mut table = self.table;
+        check_known(&table, "")?;
+        for (key, source, value) in self.overrides {
+            let option = OPTIONS
+                .iter()
+                .find(|opt| opt.key == key)
+                .ok_or_else(|| ConfigError::Unknown(key.clone()))?;
+            let value = parse_scalar(option, &source, &value)?;
+            insert_path(&mut table, option.key, value);
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|err| {
+                let option = err.path().to_string();
+                ConfigError::invalid(&option, err.into_inner().message().to_owned())
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn check_known(table: &toml::Table, prefix: &str) -> Result<(), ConfigError> {
+    for (name, value) in table {
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        let is_section = OPTIONS.iter().any(|opt| opt.key.starts_with(&format!("{key}.")));
+        match value {
+            toml::Value::Table(inner) if is_section => check_known(inner, &key)?,
+            _ if OPTIONS.iter().any(|opt| opt.key == key) => {}
+            _ => return Err(ConfigError::Unknown(key)),
+        }
+    }
+    Ok(())
+}
+
+fn parse_scalar(option: &OptionDoc, source: &str, raw: &str) -> Result<toml::Value, ConfigError> {
+    let invalid = |what: &str| {
+        ConfigError::invalid(
+            option.key,
+            format!("{source} must be {what}, got {raw:?}"),
+        )
+    };
+    match option.kind {
+        Kind::String => Ok(toml::Value::String(raw.to_owned())),
+        Kind::Integer => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| invalid("an integer")),
+        Kind::Bool => match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(toml::Value::Boolean(true)),
+            "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
+            _ => Err(invalid("true or false")),
+        },
+    }
+}
+
+fn insert_path(table: &mut toml::Table, key: &str, value: toml::Value) {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let Some(last) = parts.pop() else { return };
+    let mut current = table;
+    for part in parts {
+        let entry = current
+            .entry(part.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
+        current = next;
+    }
+    current.insert(last.to_owned(), value);
+}
+
+impl Config {
+    /// Loads the configuration the way `sovra` does: the file at `path` (or
+    /// `sovra.toml` in the working directory when present), then `env`.
+    pub fn load<I>(path: Option<&Path>, env: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let loader = match path {
+            Some(path) => Loader::file(path, true)?,
+            None => Loader::file(Path::new(DEFAULT_FILE), false)?,
+        };
+        loader.env(env)?.load()
+    }
+
+    /// The listen address, already validated.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 54321)))
+    }
+
+    /// The URL clients reach Sovra at.
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        match &self.server.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{bound}"),
+        }
+    }
+
+    /// Checks what deserialisation cannot: ranges, formats, lengths.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("data_dir", "must not be empty"));
+        }
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "server.listen",
+                format!(
+                    "{:?} is not an address and port such as 127.0.0.1:54321",
+                    self.server.listen
+                ),
+            ));
+        }
+        if let Some(url) = &self.server.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::invalid(
+                    "server.public_url",
+                    "must start with http:// or https://",
+                ));
+            }
+        }
+        if self.server.body_limit < 1024 {
+            return Err(ConfigError::invalid(
+                "server.body_limit",
+                "must be at least 1024 bytes",
+            ));
+        }
+        if !is_log_filter(&self.log.level) {
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!(
+                    "{:?} is not a level (error, warn, info, debug, trace) or target=level list",
+                    self.log.level
+                ),
+            ));
+        }
+        if let Some(url) = &self.database.url {
+            let looks_like_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+            let looks_like_dsn = url.contains('=');
+            if !looks_like_url && !looks_like_dsn {
+                return Err(ConfigError::invalid(
+                    "database.url",
+                    "must be a postgres:// URL or a key=value connection string",
+                ));
+            }
+        }
+        if !(1..=10_000).contains(&self.database.pool_size) {
+            return Err(ConfigError::invalid(
+                "database.pool_size",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.database.connect_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "database.connect_timeout",
+                "must be at least 1 second",
+            ));
+        }
+        if self.embedded.port == Some(0) {
+            return Err(ConfigError::invalid("embedded.port", "must be 1 to 65535"));
+        }
+        if self.embedded.system_user.is_empty() {
+            return Err(ConfigError::invalid(
+                "embedded.system_user",
+                "must name a system user",
+            ));
+        }
+        if self.embedded.start_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "embedded.start_timeout",
+                "must be at least 1 second",
+            ));
+        }
+        if let Some(secret) = &self.jwt.secret {
+            if secret.len() < 32 {
+                return Err(ConfigError::invalid(
+                    "jwt.secret",
+                    "must be at least 32 characters (256 bits)",
+                ));
+            }
+        }
+        if let Some(jwks) = &self.jwt.jwks {
+            if !jwks.starts_with('@') {
+                parse_jwks("jwt.jwks", jwks)?;
+            }
+        }
+        if self.jwt.issuer.is_empty() {
+            return Err(ConfigError::invalid("jwt.issuer", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// The configured JWK set, read from the file when given as `@path`.
+    pub fn jwks(&self) -> Result<Option<serde_json::Value>, ConfigError> {
+        let Some(raw) = &self.jwt.jwks else {
+            return Ok(None);
+        };
+        let text = match raw.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path).map_err(|err| {
+                ConfigError::invalid("jwt.jwks", format!("cannot read {path}: {err}"))
+            })?,
+            None => raw.clone(),
+        };
+        parse_jwks("jwt.jwks", &text).map(Some)
+    }
+}
+
+fn parse_jwks(option: &str, text: &str) -> Result<serde_json::Value, ConfigError> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|err| ConfigError::invalid(option, format!("not JSON: {err}")))?;
+    if !value.get("keys").is_some_and(serde_json::Value::is_array) {
+        return Err(ConfigError::invalid(
+            option,
+            "must be a JWK set: an object with a \"keys\" array",
+        ));
+    }
+    Ok(value)
+}
+
+fn is_log_filter(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |text: &str| LEVELS.contains(&text.trim().to_ascii_lowercase().as_str());
+    !filter.trim().is_empty()
+        && filter.split(',').all(|directive| match directive.split_once('=') {
+            // `target=level`, e.g. `sovra_pg=debug`.
+            Some((target, level)) => {
+                !target.trim().is_empty()
+                    && target
+                        .trim()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
+                    && is_level(level)
+            }
+            // A bare word must be a level: `loud` is a typo, not a target.
+            None => is_level(directive),
+        })
+}
+
+/// The Markdown reference of every option, written to `docs/config.md`.
+pub fn markdown_reference() -> String {
+    let mut out = String::from(
+        "# Configuration\n\n\
+         <!-- Generated from crates/sovra-config/src/lib.rs by `cargo test -p sovra-config`; do not edit. -->\n\n\
+         Sovra reads built-in defaults, then `sovra.toml` in the working directory (or the file named by `--config` or `SOVRA_CONFIG`), then `SOVRA_*` environment variables, then command-line flags; later ones win.\n\
+         An unknown option or a wrong value stops Sovra at start with a message that names the option.\n\n\
+         | option | environment | default | meaning |\n|---|---|---|---|\n",
+    );
+    for option in OPTIONS {
+        let default = if option.default.is_empty() {
+            "unset".to_owned()
+        } else {
+            format!("`{}`", option.default)
+        };
+        let _ = writeln!(
+            out,
+            "| `{}` | `{}` | {} | {} |",
+            option.key,
+            option.env_name(),
+            default,
+            option.doc
+        );
+    }
+    out.push_str("\nExample `sovra.toml`:\n\n```toml\n");
+    out.push_str(EXAMPLE);
+    out.push_str("```\n");
+    out
+}
+
+const EXAMPLE: &str = r#"data_dir = "/var/lib/sovra"
+
+[server]
+listen = "0.0.0.0:54321"
+public_url = "https://api.example.com"
+
+[log]
+format = "json"
+
+[database]
+# Leave unset to run the embedded PostgreSQL.
+# url = "postgres://sovra:secret@db.internal:5432/app"
+pool_size = 32
+
+[jwt]
+# Keep a Supabase project's secret so its shipped keys keep working.
+# secret = "super-secret-jwt-token-with-at-least-32-characters-long"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn load(toml_text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Loader::from_toml(toml_text, Path::new("test.toml"))?
+            .env(env(vars))?
+            .load()
+    }
+
+    #[test]
+    fn no_configuration_gives_the_embedded_default() {
+        let config = load("", &[]).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.database.url, None);
+        assert_eq!(config.listen_addr().to_string(), "127.0.0.1:54321");
+    }
+
+    #[test]
+    fn environment_overrides_file_and_flags_override_environment() {
+        let text = "[server]\nlisten = \"127.0.0.1:1000\"\nbody_limit = 2048\n[database]\npool_size = 4\n";
+        let config = Loader::from_toml(text, Path::new("t.toml"))
+            .unwrap()
+            .env(env(&[
+                ("SOVRA_SERVER_LISTEN", "127.0.0.1:2000"),
+                ("SOVRA_DATABASE_POOL_SIZE", "8"),
+                ("SOVRA_SERVER_REQUIRE_APIKEY", "yes"),
+                ("PATH", "/usr/bin"),
+            ]))
+            .unwrap()
+            .set("server.listen", "127.0.0.1:3000")
+            .load()
+            .unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:3000");
+        assert_eq!(config.server.body_limit, 2048);
+        assert_eq!(config.database.pool_size, 8);
+        assert!(config.server.require_apikey);
+    }
+
+    #[test]
+    fn unknown_options_are_refused_by_name() {
+        let err = load("[server]\nlisen = \"x\"\n", &[]).unwrap_err();
+        assert_eq!(err.to_string(), "unknown configuration option `server.lisen` (see docs/config.md for the list)");
+        let err = load("colour = 1\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("`colour`"), "{err}");
+        let err = load("", &[("SOVRA_SERVER_LISEN", "x")]).unwrap_err();
+        assert!(err.to_string().contains("SOVRA_SERVER_LISEN"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_option() {
+        let err = load("[server]\nbody_limit = \"big\"\n", &[]).unwrap_err();
+        assert!(err.to_string().starts_with("invalid value for `server.body_limit`"), "{err}");
+        let err = load("", &[("SOVRA_DATABASE_POOL_SIZE", "many")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for `database.pool_size`: SOVRA_DATABASE_POOL_SIZE must be an integer, got \"many\""
+        );
+        let err = load("", &[("SOVRA_SERVER_REQUIRE_APIKEY", "maybe")]).unwrap_err();
+        assert!(err.to_string().contains("true or false"), "{err}");
+        let err = load("[log]\nformat = \"xml\"\n", &[]).unwrap_err();
+        assert!(err.to_string().starts_with("invalid value for `log.format`"), "{err}");
+        let err = load("[embedded]\nport = 70000\n", &[]).unwrap_err();
+        assert!(err.to_string().starts_with("invalid value for `embedded.port`"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_option() {
+        let cases: &[(&str, &str)] = &[
+            ("[server]\nlisten = \"localhost\"\n", "server.listen"),
+            ("[server]\npublic_url = \"example.com\"\n", "server.public_url"),
+            ("[server]\nbody_limit = 10\n", "server.body_limit"),
+            ("[log]\nlevel = \"loud\"\n", "log.level"),
+            ("[database]\nurl = \"mysql\"\n", "database.url"),
+            ("[database]\npool_size = 0\n", "database.pool_size"),
+            ("[database]\nconnect_timeout = 0\n", "database.connect_timeout"),
+            ("[embedded]\nport = 0\n", "embedded.port"),
+            ("[embedded]\nsystem_user = \"\"\n", "embedded.system_user"),
+            ("[jwt]\nsecret = \"short\"\n", "jwt.secret"),
+            ("[jwt]\njwks = \"{}\"\n", "jwt.jwks"),
+            ("[jwt]\njwks = \"not json\"\n", "jwt.jwks"),
+            ("data_dir = \"\"\n", "data_dir"),
+        ];
+        for (text, option) in cases {
+            let err = load(text, &[]).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("invalid value for `{option}`")),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn good_values_are_accepted() {
+        let config = load(
+            "[log]\nlevel = \"info,sovra_pg=debug\"\nformat = \"json\"\n[database]\nurl = \"postgres://u:p@localhost/db\"\n[jwt]\nsecret = \"super-secret-jwt-token-with-at-least-32-characters-long\"\njwks = '{\"keys\":[]}'\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.jwks().unwrap().unwrap()["keys"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn broken_toml_names_the_file() {
+        let err = load("[server\n", &[]).unwrap_err();
+        assert!(err.to_string().starts_with("configuration file test.toml is not valid TOML"), "{err}");
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_missing_explicit_file_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.toml");
+        assert!(Loader::file(&path, false).is_ok());
+        let err = Loader::file(&path, true).unwrap_err();
+        assert!(err.to_string().contains("absent.toml"), "{err}");
+        std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:9\"\n").unwrap();
+        let config = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(config.server.listen, "127.0.0.1:9");
+    }
+
+    #[test]
+    fn every_option_has_a_default_that_parses() {
+        for option in OPTIONS {
+            if option.default.is_empty() {
+                continue;
+            }
+            let mut table = toml::Table::new();
+            let value: toml::Value = format!("v = {}", option.default)
+                .parse::<toml::Table>()
+                .unwrap()
+                .remove("v")
+                .unwrap();
+            insert_path(&mut table, option.key, value);
+            let text = toml::to_string(&table).unwrap();
+            load(&text, &[]).unwrap_or_else(|err| panic!("{}: {err}", option.key));
+        }
+    }
+
+    /// Keeps `docs/config.md` in step with [`OPTIONS`]. Run with
+    /// `SOVRA_UPDATE_DOCS=1` (or just re-run: it rewrites a stale file and
+    /// fails once so that the change is seen and committed).
+    #[test]
+    fn config_docs_are_current() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/config.md");
+        let want = markdown_reference();
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        if have != want {
+            std::fs::write(&path, &want).unwrap();
+            panic!("docs/config.md was stale and has been regenerated; commit it");
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! PostgreSQL for Sovra: the embedded cluster Sovra manages when no database
+//! URL is configured ([`cluster`]), the connection pool ([`pool`]), the
+//! versioned migrations embedded in the binary ([`migrate`]), the
+//! per-request transaction that sets role and request settings
+//! ([`request`]), and the classification of database errors ([`ErrorKind`]).
+//!
+//! This crate knows nothing of HTTP. It never builds SQL from request data:
+//! request values reach PostgreSQL only as bound parameters.
+
+pub mod cluster;
+mod error;
+pub mod migrate;
+pub mod pool;
+pub mod request;
+
+pub use cluster::{Cluster, ClusterError, ClusterOptions, PgBinaries};
+pub use error::{ErrorKind, error_kind};
+pub use migrate::{MigrateError, MigrationReport, migrate};
+pub use pool::{Pool, PoolError, connect_one};
+pub use request::{RequestContext, begin_request};
+
+/// Re-exported so that callers use the same driver version.
+pub use tokio_postgres;

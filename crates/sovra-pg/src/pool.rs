@@ -1,0 +1,46 @@
+//! The connection pool every service draws from.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
+
+/// A pool of connections to one database.
+pub type Pool = deadpool_postgres::Pool;
+pub use deadpool_postgres::PoolError;
+
+/// Builds a pool of at most `size` connections; `wait` bounds how long a
+/// request waits for a free connection. Connections are opened lazily.
+pub fn build(
+    config: tokio_postgres::Config,
+    size: usize,
+    wait: Duration,
+) -> Result<Pool, deadpool_postgres::BuildError> {
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(wait))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+}
+
+/// Opens one connection outside the pool (migrations, administration) and
+/// drives it on a background task.
+pub async fn connect_one(
+    config: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}

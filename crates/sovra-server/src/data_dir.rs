@@ -1,0 +1,115 @@
+//! The data directory: one place for everything Sovra keeps on disk, owned
+//! by one Sovra process at a time.
+
+use std::fs;
+use std::io::{Read as _, Seek as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error(
+        "data directory {dir} is in use by another Sovra (pid {pid}); stop it first or choose another `data_dir`"
+    )]
+    InUse { dir: PathBuf, pid: String },
+    #[error("data directory {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An opened and locked data directory. The lock is an `flock` on
+/// `sovra.lock`, so the kernel releases it when the process dies, even by
+/// `kill -9`.
+#[derive(Debug)]
+pub struct DataDir {
+    root: PathBuf,
+    _lock: Flock<fs::File>,
+}
+
+impl DataDir {
+    /// Creates the directory (mode 0700) when missing and takes its lock.
+    pub fn open(root: &Path) -> Result<DataDir, DataDirError> {
+        let io = |source| DataDirError::Io {
+            dir: root.to_owned(),
+            source,
+        };
+        fs::create_dir_all(root).map_err(io)?;
+        let root = root.canonicalize().map_err(io)?;
+        let io = |source| DataDirError::Io {
+            dir: root.clone(),
+            source,
+        };
+        let meta = fs::metadata(&root).map_err(io)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            // Keys live here: nobody else needs to list it. The embedded
+            // cluster's user only passes through (x).
+            fs::set_permissions(&root, fs::Permissions::from_mode(0o711)).map_err(io)?;
+        }
+        let path = root.join("sovra.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((mut file, _)) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                return Err(DataDirError::InUse {
+                    dir: root,
+                    pid: pid.trim().to_owned(),
+                });
+            }
+        };
+        lock.set_len(0).map_err(io)?;
+        lock.rewind().map_err(io)?;
+        write!(lock, "{}", std::process::id()).map_err(io)?;
+        Ok(DataDir { root, _lock: lock })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The embedded cluster's directory.
+    pub fn pg_dir(&self) -> PathBuf {
+        self.root.join("pg")
+    }
+
+    /// The embedded cluster's log.
+    pub fn pg_log(&self) -> PathBuf {
+        self.root.join("postgres.log")
+    }
+
+    /// The signing keys and API keys (mode 0600).
+    pub fn keys_file(&self) -> PathBuf {
+        self.root.join("keys.json")
+    }
+}
+
+/// Writes `contents` to `path` with mode 0600, atomically (temporary file,
+/// then rename), so a crash never leaves a half-written key file.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+    }
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
+    fs::rename(&tmp, path)
+}

@@ -1,0 +1,158 @@
+//! Sovra's HTTP server as a library: the router every service is mounted
+//! on, the tenant context, the JWT gateway, `/health`, `/ready`, `/metrics`,
+//! and start-up and shutdown ([`serve`]).
+//!
+//! Only this crate knows how services are mounted. Tests build the same
+//! [`router`] that `sovra serve` runs. No handler here reads user tables as
+//! a privileged role on behalf of a caller: requests that touch the database
+//! go through [`sovra_pg::begin_request`] with the caller's role.
+
+pub mod data_dir;
+pub mod gateway;
+pub mod keys;
+pub mod observe;
+mod routes;
+pub mod serve;
+pub mod tenant;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::{HeaderName, Method, Request, request::Parts};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use gateway::{Caller, GatewayError};
+pub use routes::safe_headers;
+pub use tenant::{Tenant, TenantResolver};
+
+/// State shared by every handler.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub tenants: TenantResolver,
+    pub prometheus: PrometheusHandle,
+    pub started: Instant,
+    pub body_limit: usize,
+}
+
+impl AppState {
+    pub fn new(tenants: TenantResolver, body_limit: usize) -> AppState {
+        AppState {
+            tenants,
+            prometheus: observe::prometheus(),
+            started: Instant::now(),
+            body_limit,
+        }
+    }
+}
+
+/// The request's tenant, without checking credentials (for public
+/// endpoints such as the JWK set).
+pub struct ResolvedTenant(pub Arc<Tenant>);
+
+impl FromRequestParts<AppState> for ResolvedTenant {
+    type Rejection = GatewayError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        state
+            .tenants
+            .resolve(parts)
+            .map(ResolvedTenant)
+            .ok_or(GatewayError::NoTenant)
+    }
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// Headers browsers may read from responses (spec §1.1).
+const EXPOSED_HEADERS: &[&str] = &[
+    "content-range",
+    "content-location",
+    "location",
+    "content-profile",
+    "preference-applied",
+    "x-total-count",
+    "link",
+    "x-supabase-api-version",
+    "x-sb-error-code",
+    "upload-offset",
+    "upload-length",
+    "tus-resumable",
+    "etag",
+    "proxy-status",
+    "x-request-id",
+];
+
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+            Method::HEAD,
+        ])
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers(
+            EXPOSED_HEADERS
+                .iter()
+                .map(|name| HeaderName::from_static(name))
+                .collect::<Vec<_>>(),
+        )
+        .max_age(Duration::from_secs(86_400))
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.body_limit;
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|request: &Request<_>| {
+            let request_id = request
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("");
+            // The path only: query strings can carry keys.
+            tracing::info_span!(
+                "request",
+                method = %request.method(),
+                path = %request.uri().path(),
+                request_id = %request_id,
+            )
+        })
+        .on_request(())
+        .on_response(
+            |response: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
+                tracing::info!(
+                    status = response.status().as_u16(),
+                    latency_ms = latency.as_secs_f64() * 1000.0,
+                    "response"
+                );
+            },
+        );
+    let request_id = HeaderName::from_static(REQUEST_ID);
+    Router::new()
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
+        .route("/metrics", get(routes::metrics))
+        .route("/auth/v1/.well-known/jwks.json", get(routes::jwks))
+        .route("/sovra/v1/whoami", get(routes::whoami))
+        .route("/sovra/v1/whoami/db", get(routes::whoami_db))
+        .route_layer(axum::middleware::from_fn(observe::track))
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(cors())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(trace)
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}

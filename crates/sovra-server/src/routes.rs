@@ -1,0 +1,174 @@
+//! Sovra's own endpoints: liveness, readiness, metrics, the published key
+//! set, and `whoami` (what the gateway and the database make of a request's
+//! credentials, for people debugging keys and policies).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use sovra_pg::RequestContext;
+
+use crate::AppState;
+use crate::gateway::Caller;
+
+/// `GET /health`: the process is alive.
+pub(crate) async fn health() -> Json<Value> {
+    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// `GET /ready`: every tenant's database answers and its migrations are
+/// applied. 503 with the reason otherwise.
+pub(crate) async fn ready(State(state): State<AppState>) -> Response {
+    let mut failures = Vec::new();
+    for tenant in state.tenants.all() {
+        let check = async {
+            let client = tenant.pool.get().await.map_err(|err| err.to_string())?;
+            let current = sovra_pg::migrate::is_current(&client)
+                .await
+                .map_err(|err| err.to_string())?;
+            if current {
+                Ok(())
+            } else {
+                Err("migrations are not applied".to_owned())
+            }
+        };
+        let result = tokio::time::timeout(Duration::from_secs(5), check)
+            .await
+            .unwrap_or_else(|_| Err("database did not answer within 5 s".to_owned()));
+        if let Err(reason) = result {
+            tracing::warn!(tenant = %tenant.id, reason = %reason, "not ready");
+            failures.push(json!({"tenant": tenant.id, "reason": "database unavailable"}));
+        }
+    }
+    if failures.is_empty() {
+        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "failures": failures})),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    for tenant in state.tenants.all() {
+        let status = tenant.pool.status();
+        let labels = [("tenant", tenant.id.clone())];
+        metrics::gauge!("sovra_db_pool_max_connections", &labels).set(status.max_size as f64);
+        metrics::gauge!("sovra_db_pool_connections", &labels).set(status.size as f64);
+        metrics::gauge!("sovra_db_pool_idle_connections", &labels)
+            .set(status.available as f64);
+        metrics::gauge!("sovra_db_pool_waiting_requests", &labels).set(status.waiting as f64);
+    }
+    metrics::gauge!("sovra_uptime_seconds").set(state.started.elapsed().as_secs_f64());
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        state.prometheus.render(),
+    )
+        .into_response()
+}
+
+/// `GET /auth/v1/.well-known/jwks.json`: the public asymmetric keys.
+pub(crate) async fn jwks(caller_tenant: crate::ResolvedTenant) -> Response {
+    (
+        [(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=600"),
+        )],
+        Json(caller_tenant.0.keys.public_jwks()),
+    )
+        .into_response()
+}
+
+/// `GET /sovra/v1/whoami`: the role and claims the gateway derived.
+pub(crate) async fn whoami(caller: Caller) -> Json<Value> {
+    Json(json!({"role": caller.role, "claims": Value::Object(caller.claims)}))
+}
+
+/// `GET /sovra/v1/whoami/db`: what the database sees inside the request
+/// transaction: the current role and the `auth.*()` helpers.
+pub(crate) async fn whoami_db(
+    caller: Caller,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let context = RequestContext {
+        role: caller.role.clone(),
+        claims: caller.claims.clone(),
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        headers: safe_headers(&headers),
+    };
+    let result = async {
+        let mut client = caller.tenant.pool.get().await.map_err(|err| {
+            tracing::warn!(error = %err, "no database connection");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable".to_owned())
+        })?;
+        let tx = sovra_pg::begin_request(&mut client, &context, true)
+            .await
+            .map_err(db_error)?;
+        let row = tx
+            .query_one(
+                "select json_build_object(
+                   'current_user', current_user,
+                   'role', auth.role(),
+                   'uid', auth.uid(),
+                   'email', auth.email(),
+                   'jwt', auth.jwt())",
+                &[],
+            )
+            .await
+            .map_err(db_error)?;
+        let value: Value = row.get(0);
+        tx.commit().await.map_err(db_error)?;
+        Ok::<_, (StatusCode, String)>(value)
+    }
+    .await;
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err((status, message)) => (status, Json(json!({"message": message}))).into_response(),
+    }
+}
+
+fn db_error(err: sovra_pg::tokio_postgres::Error) -> (StatusCode, String) {
+    match sovra_pg::error_kind(&err) {
+        sovra_pg::ErrorKind::InvalidParameterValue => (
+            StatusCode::UNAUTHORIZED,
+            err.as_db_error()
+                .map_or_else(|| "invalid role".to_owned(), |db| db.message().to_owned()),
+        ),
+        sovra_pg::ErrorKind::Connection => {
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable".to_owned())
+        }
+        _ => {
+            tracing::error!(error = %err, "whoami query failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+        }
+    }
+}
+
+/// Request headers for `request.headers`, names lower-cased, without the
+/// credentials (policies read claims, not raw tokens).
+pub fn safe_headers(headers: &HeaderMap) -> Map<String, Value> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            !matches!(name.as_str(), "authorization" | "apikey" | "cookie")
+        })
+        .filter_map(|(name, value)| {
+            Some((
+                name.as_str().to_owned(),
+                Value::String(value.to_str().ok()?.to_owned()),
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,245 @@
+//! Start-up and shutdown of `sovra serve`: data directory, database
+//! (embedded or external), migrations, keys, the HTTP server, and a graceful
+//! stop that finishes in-flight requests before PostgreSQL goes down.
+
+use std::future::Future;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sovra_config::Config;
+use sovra_pg::{Cluster, ClusterOptions};
+
+use crate::data_dir::DataDir;
+use crate::keys::{self, ProjectKeys};
+use crate::{AppState, Tenant, TenantResolver, router};
+
+/// Why Sovra could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    DataDir(#[from] crate::data_dir::DataDirError),
+    #[error("embedded postgresql: {0}")]
+    Cluster(#[from] sovra_pg::ClusterError),
+    #[error("invalid value for `database.url`: {0}")]
+    DatabaseUrl(String),
+    #[error("cannot connect to postgresql: {0}")]
+    Connect(#[source] sovra_pg::tokio_postgres::Error),
+    #[error(transparent)]
+    Migrate(#[from] sovra_pg::MigrateError),
+    #[error(transparent)]
+    Keys(#[from] keys::KeysError),
+    #[error("database pool: {0}")]
+    Pool(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("http server: {0}")]
+    Http(#[source] std::io::Error),
+    #[error("embedded postgresql exited unexpectedly; see {0}")]
+    ClusterDied(String),
+}
+
+/// A database Sovra is connected to, and the cluster when it manages one.
+pub struct Database {
+    /// Connection settings for migrations and administration.
+    pub admin: sovra_pg::tokio_postgres::Config,
+    /// Connection settings for the request pool.
+    pub requests: sovra_pg::tokio_postgres::Config,
+    pub cluster: Option<Cluster>,
+}
+
+/// Opens the database the configuration names: the external server at
+/// `database.url`, or the embedded cluster in the data directory.
+pub async fn open_database(config: &Config, data_dir: &DataDir) -> Result<Database, ServeError> {
+    if let Some(url) = &config.database.url {
+        let parsed = sovra_pg::tokio_postgres::Config::from_str(url)
+            .map_err(|err| ServeError::DatabaseUrl(err.to_string()))?;
+        let mut parsed = parsed;
+        parsed.application_name("sovra");
+        return Ok(Database {
+            admin: parsed.clone(),
+            requests: parsed,
+            cluster: None,
+        });
+    }
+    let mut options = ClusterOptions::new(data_dir.pg_dir());
+    options.log_file = data_dir.pg_log();
+    options.bin_dir.clone_from(&config.embedded.bin_dir);
+    options.tcp_port = config.embedded.port;
+    options.system_user.clone_from(&config.embedded.system_user);
+    options.start_timeout = Duration::from_secs(config.embedded.start_timeout);
+    let cluster = Cluster::start(options).await?;
+    Ok(Database {
+        admin: cluster.connect_config(sovra_pg::cluster::SUPERUSER, "postgres"),
+        // Requests connect as the role that may only switch to the API
+        // roles, never as the superuser.
+        requests: cluster.connect_config("authenticator", "postgres"),
+        cluster: Some(cluster),
+    })
+}
+
+/// Applies pending migrations with one administrative connection.
+pub async fn run_migrations(
+    admin: &sovra_pg::tokio_postgres::Config,
+) -> Result<sovra_pg::MigrationReport, ServeError> {
+    let mut client = sovra_pg::connect_one(admin)
+        .await
+        .map_err(ServeError::Connect)?;
+    Ok(sovra_pg::migrate(&mut client).await?)
+}
+
+/// Builds the single tenant of this server.
+pub fn build_tenant(
+    config: &Config,
+    requests: sovra_pg::tokio_postgres::Config,
+    keys: ProjectKeys,
+) -> Result<Tenant, ServeError> {
+    let pool = sovra_pg::pool::build(
+        requests,
+        config.database.pool_size,
+        Duration::from_secs(config.database.connect_timeout),
+    )
+    .map_err(|err| ServeError::Pool(err.to_string()))?;
+    Ok(Tenant {
+        id: "default".to_owned(),
+        pool,
+        keys: keys.keyset,
+        api_keys: keys.api,
+        require_apikey: config.server.require_apikey,
+    })
+}
+
+/// Runs `sovra serve` until `shutdown` resolves (or the embedded cluster
+/// dies), then drains requests and stops PostgreSQL.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    let started = std::time::Instant::now();
+    let data_dir = DataDir::open(&config.data_dir)?;
+    let database = open_database(&config, &data_dir).await?;
+    let Database {
+        admin,
+        requests,
+        cluster,
+    } = database;
+    let result = serve_with(&config, &data_dir, &admin, requests, cluster.as_ref(), shutdown, started).await;
+    if let Some(cluster) = cluster {
+        cluster
+            .stop(Duration::from_secs(config.server.shutdown_timeout.max(5)))
+            .await;
+    }
+    result
+}
+
+async fn serve_with(
+    config: &Config,
+    data_dir: &DataDir,
+    admin: &sovra_pg::tokio_postgres::Config,
+    requests: sovra_pg::tokio_postgres::Config,
+    cluster: Option<&Cluster>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    started: std::time::Instant,
+) -> Result<(), ServeError> {
+    let report = run_migrations(admin).await?;
+    let keys = keys::load_or_create(&data_dir.keys_file(), config)?;
+    let first_run = keys.created;
+    let api = keys.api.clone();
+    let tenant = build_tenant(config, requests, keys)?;
+    let state = AppState::new(TenantResolver::single(tenant), config.server.body_limit);
+    let app = router(state);
+
+    let addr = config.listen_addr();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener.local_addr().map_err(ServeError::Http)?;
+    let url = config.public_url(bound);
+    tracing::info!(
+        %url,
+        startup_ms = started.elapsed().as_millis() as u64,
+        migrations_applied = report.applied.len(),
+        pgvector = report.vector,
+        "sovra is ready"
+    );
+    print_banner(&url, &api, first_run, data_dir, cluster.is_some());
+
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let graceful = async move {
+        let _ = drain_rx.await;
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    let server = tokio::spawn(async move { server.await });
+    let died = async {
+        match cluster {
+            Some(cluster) => cluster.exited().await,
+            None => std::future::pending().await,
+        }
+    };
+    let cluster_died = tokio::select! {
+        () = shutdown => false,
+        () = died => true,
+    };
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = drain_tx.send(());
+    let timeout = Duration::from_secs(config.server.shutdown_timeout);
+    match tokio::time::timeout(timeout, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => return Err(ServeError::Http(err)),
+        Ok(Err(join)) => return Err(ServeError::Http(std::io::Error::other(join))),
+        Err(_) => tracing::warn!(?timeout, "in-flight requests did not finish in time"),
+    }
+    if cluster_died {
+        return Err(ServeError::ClusterDied(data_dir.pg_log().display().to_string()));
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn print_banner(url: &str, api: &keys::ApiKeys, first_run: bool, data_dir: &DataDir, embedded: bool) {
+    println!();
+    println!("  Sovra {} is running", env!("CARGO_PKG_VERSION"));
+    println!();
+    println!("  API URL       {url}");
+    println!("  REST          {url}/rest/v1");
+    println!("  Auth          {url}/auth/v1");
+    println!("  Storage       {url}/storage/v1");
+    println!("  Realtime      {}/realtime/v1", url.replacen("http", "ws", 1));
+    println!("  Health        {url}/health  {url}/ready  {url}/metrics");
+    println!("  Data dir      {}", data_dir.root().display());
+    if embedded {
+        println!(
+            "  PostgreSQL    embedded, socket in {}",
+            data_dir.pg_dir().display()
+        );
+    }
+    println!();
+    if first_run {
+        println!("  First start: new keys were made and saved in {}", data_dir.keys_file().display());
+        println!("  anon key      {}", api.anon);
+        println!("  service_role  {}", api.service_role);
+        println!("  (the service_role key bypasses row-level security: keep it on servers only)");
+    } else {
+        println!("  Keys: run `sovra keys` to print them.");
+    }
+    println!();
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

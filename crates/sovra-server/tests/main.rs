@@ -1,0 +1,365 @@
+//! HTTP tests of the server's own endpoints and of the JWT gateway, through
+//! the real router on a real PostgreSQL database.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sovra_config::Config;
+use sovra_test_support::TestApp;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn get_json(url: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+    let mut request = client().get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let app = TestApp::spawn().await;
+    let (status, body) = get_json(&format!("{}/health", app.url), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+    let (status, body) = get_json(&format!("{}/ready", app.url), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let response = client().get(format!("{}/metrics", app.url)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("sovra_http_requests_total{method=\"GET\",route=\"/health\",status=\"200\"}"),
+        "{text}"
+    );
+    assert!(text.contains("sovra_http_request_duration_seconds_bucket"), "{text}");
+    assert!(text.contains("sovra_db_pool_max_connections{tenant=\"default\"} 16"), "{text}");
+    assert!(text.contains("sovra_db_pool_connections"), "{text}");
+}
+
+#[tokio::test]
+async fn ready_fails_when_the_database_is_gone() {
+    let app = TestApp::spawn().await;
+    let (status, _) = get_json(&format!("{}/ready", app.url), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    // Take the database away under the running server.
+    let mut postgres = app.db.config();
+    postgres.dbname("postgres");
+    let admin = sovra_pg::connect_one(&postgres).await.unwrap();
+    admin
+        .batch_execute(&format!("drop database \"{}\" with (force)", app.db.name))
+        .await
+        .unwrap();
+    let (status, body) = get_json(&format!("{}/ready", app.url), &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "unavailable");
+    // Liveness is about the process, not the database.
+    let (status, _) = get_json(&format!("{}/health", app.url), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn request_ids_are_set_and_propagated() {
+    let app = TestApp::spawn().await;
+    let response = client().get(format!("{}/health", app.url)).send().await.unwrap();
+    let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "a uuid: {id}");
+    let response = client()
+        .get(format!("{}/health", app.url))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "abc-123");
+}
+
+#[tokio::test]
+async fn cors_preflight_is_answered_as_supabase_does() {
+    let app = TestApp::spawn().await;
+    let response = client()
+        .request(reqwest::Method::OPTIONS, format!("{}/rest/v1/todos", app.url))
+        .header("origin", "http://localhost:3000")
+        .header("access-control-request-method", "PATCH")
+        .header(
+            "access-control-request-headers",
+            "apikey,authorization,x-client-info,content-type,prefer",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let headers = response.headers();
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    let methods = headers["access-control-allow-methods"].to_str().unwrap();
+    assert!(methods.contains("PATCH") && methods.contains("DELETE"), "{methods}");
+    let allowed = headers["access-control-allow-headers"].to_str().unwrap();
+    assert!(allowed.contains("apikey") && allowed.contains("prefer"), "{allowed}");
+
+    let response = client()
+        .get(format!("{}/health", app.url))
+        .header("origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    let exposed = response.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(exposed.contains("content-range") && exposed.contains("x-sb-error-code"), "{exposed}");
+}
+
+#[tokio::test]
+async fn oversize_bodies_are_refused() {
+    let mut config = Config::default();
+    config.server.body_limit = 64 * 1024;
+    let app = TestApp::spawn_with(config).await;
+    let response = client()
+        .post(format!("{}/sovra/v1/whoami", app.url))
+        .body(vec![b'x'; 128 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn api_keys_map_to_roles() {
+    let app = TestApp::spawn().await;
+    let url = format!("{}/sovra/v1/whoami", app.url);
+
+    let (status, body) = get_json(&url, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["role"], "anon", "no key: anonymous in compat mode");
+
+    let (status, body) = get_json(&url, &[("apikey", &app.anon_key)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["role"], "anon");
+
+    let (status, body) = get_json(&url, &[("apikey", &app.service_role_key)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["role"], "service_role");
+
+    // The key may come as a query parameter (the realtime socket does this).
+    let (status, body) = get_json(&format!("{url}?apikey={}", app.service_role_key), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["role"], "service_role");
+
+    // A user's token with the anon key: the user's role and claims.
+    let token = app.sign(Value::Object(TestApp::user_claims("11111111-1111-1111-1111-111111111111")));
+    let bearer = format!("Bearer {token}");
+    let (status, body) = get_json(&url, &[("apikey", &app.anon_key), ("authorization", &bearer)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["role"], "authenticated");
+    assert_eq!(body["claims"]["sub"], "11111111-1111-1111-1111-111111111111");
+}
+
+#[tokio::test]
+async fn database_sees_the_callers_role_and_claims() {
+    let app = TestApp::spawn().await;
+    let url = format!("{}/sovra/v1/whoami/db", app.url);
+    let (status, body) = get_json(&url, &[("apikey", &app.anon_key)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["current_user"], "anon");
+    assert_eq!(body["role"], "anon");
+    assert_eq!(body["uid"], Value::Null);
+
+    let (status, body) = get_json(&url, &[("apikey", &app.service_role_key)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["current_user"], "service_role");
+
+    let uid = "22222222-2222-2222-2222-222222222222";
+    let token = app.sign(Value::Object(TestApp::user_claims(uid)));
+    let (status, body) = get_json(
+        &url,
+        &[("apikey", &app.anon_key), ("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["current_user"], "authenticated");
+    assert_eq!(body["uid"], uid);
+    assert_eq!(body["email"], format!("{uid}@example.com"));
+    assert_eq!(body["jwt"]["aud"], "authenticated");
+
+    // A validly signed token naming a role that does not exist.
+    let mut claims = TestApp::user_claims(uid);
+    claims.insert("role".into(), json!("ghost"));
+    let token = app.sign(Value::Object(claims));
+    let (status, body) = get_json(&url, &[("authorization", &format!("Bearer {token}"))]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("ghost"), "{body}");
+}
+
+#[tokio::test]
+async fn bad_credentials_are_refused() {
+    let app = TestApp::spawn().await;
+    let url = format!("{}/sovra/v1/whoami", app.url);
+    let now = TestApp::now();
+
+    let (status, body) = get_json(&url, &[("apikey", "not-a-key")]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["message"], "Invalid API key");
+
+    // A user token is not an API key.
+    let user = app.sign(Value::Object(TestApp::user_claims("33333333-3333-3333-3333-333333333333")));
+    let (status, body) = get_json(&url, &[("apikey", &user)]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["message"], "Invalid API key");
+
+    let mut expired = TestApp::user_claims("33333333-3333-3333-3333-333333333333");
+    expired.insert("exp".into(), json!(now - 120));
+    let expired = app.sign(Value::Object(expired));
+    let (status, body) = get_json(&url, &[("authorization", &format!("Bearer {expired}"))]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["code"], "PGRST301");
+    assert!(body["message"].as_str().unwrap().contains("expired"), "{body}");
+
+    // Signed with a different secret.
+    let mut parts: Vec<String> = user.split('.').map(str::to_owned).collect();
+    parts[2] = "AAAA".repeat(11);
+    let forged = parts.join(".");
+    let (status, body) = get_json(&url, &[("authorization", &format!("Bearer {forged}"))]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["message"].as_str().unwrap().contains("signature"), "{body}");
+
+    // alg: none with the claims of a service_role.
+    let none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(&json!({"role": "service_role", "exp": now + 3600}).to_string())
+    );
+    let (status, _) = get_json(&url, &[("authorization", &format!("Bearer {none}"))]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    for malformed in ["Basic dXNlcjpwYXNz", "Bearer", "Bearer not.a.jwt", "Bearer ...."] {
+        let (status, body) = get_json(&url, &[("authorization", malformed)]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{malformed}: {body}");
+    }
+    let response = client().get(&url).header("authorization", "Bearer x").send().await.unwrap();
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+#[tokio::test]
+async fn strict_mode_requires_an_api_key() {
+    let mut config = Config::default();
+    config.server.require_apikey = true;
+    let app = TestApp::spawn_with(config).await;
+    let url = format!("{}/sovra/v1/whoami", app.url);
+    let (status, body) = get_json(&url, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["message"], "No API key found in request");
+    let (status, _) = get_json(&url, &[("apikey", &app.anon_key)]).await;
+    assert_eq!(status, StatusCode::OK);
+    // Health and readiness stay open for load balancers.
+    let (status, _) = get_json(&format!("{}/health", app.url), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn configured_audience_is_enforced() {
+    let mut config = Config::default();
+    config.jwt.audience = Some("authenticated".to_owned());
+    let app = TestApp::spawn_with(config).await;
+    let url = format!("{}/sovra/v1/whoami", app.url);
+    let good = app.sign(Value::Object(TestApp::user_claims("44444444-4444-4444-4444-444444444444")));
+    let (status, _) = get_json(&url, &[("authorization", &format!("Bearer {good}"))]).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut claims = TestApp::user_claims("44444444-4444-4444-4444-444444444444");
+    claims.insert("aud".into(), json!("someone-else"));
+    let bad = app.sign(Value::Object(claims));
+    let (status, body) = get_json(&url, &[("authorization", &format!("Bearer {bad}"))]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["message"].as_str().unwrap().contains("audience"), "{body}");
+}
+
+const DEMO_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
+const DEMO_ANON: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6ImFub24iLCJleHAiOjE5ODM4MTI5OTZ9.CRXP1A7WOeoJeXxjNni43kdQwgnWNReilDMblYTn_I0";
+const DEMO_SERVICE: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJzdXBhYmFzZS1kZW1vIiwicm9sZSI6InNlcnZpY2Vfcm9sZSIsImV4cCI6MTk4MzgxMjk5Nn0.EGIM96RAZx35lJzdJsyH-qQwv8Hdp7fsn3W0YpN81IU";
+
+#[tokio::test]
+async fn a_supabase_projects_secret_keeps_its_shipped_keys_working() {
+    let mut config = Config::default();
+    config.jwt.secret = Some(DEMO_SECRET.to_owned());
+    let app = TestApp::spawn_with(config).await;
+    let url = format!("{}/sovra/v1/whoami", app.url);
+    let (status, body) = get_json(&url, &[("apikey", DEMO_ANON)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["role"], "anon");
+    let (status, body) = get_json(
+        &url,
+        &[("apikey", DEMO_SERVICE), ("authorization", &format!("Bearer {DEMO_SERVICE}"))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["role"], "service_role");
+    // The configured secret is not written to the data directory.
+    let keys = std::fs::read_to_string(app.data_dir.join("keys.json")).unwrap();
+    assert!(!keys.contains(DEMO_SECRET));
+}
+
+#[tokio::test]
+async fn jwks_publishes_only_public_asymmetric_keys() {
+    let app = TestApp::spawn().await;
+    let response = client()
+        .get(format!("{}/auth/v1/.well-known/jwks.json", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "public, max-age=600");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({"keys": []}), "HS256 secrets are never published");
+}
+
+#[tokio::test]
+async fn keys_file_is_private_and_stable() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let app = TestApp::spawn().await;
+    let path = app.data_dir.join("keys.json");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let config = Config {
+        data_dir: app.data_dir.clone(),
+        ..Config::default()
+    };
+    let again = sovra_server::keys::load_or_create(&path, &config).unwrap();
+    assert!(!again.created);
+    assert_eq!(again.api.anon, app.anon_key, "keys survive a restart");
+}
+
+#[tokio::test]
+async fn rotation_keeps_old_tokens_until_retired() {
+    let dir = sovra_test_support::scratch_dir();
+    let config = Config {
+        data_dir: dir.clone(),
+        ..Config::default()
+    };
+    let path = dir.join("keys.json");
+    let first = sovra_server::keys::load_or_create(&path, &config).unwrap();
+    assert!(first.created);
+    let now = TestApp::now();
+    let rotated = sovra_server::keys::rotate(&path, &config).unwrap();
+    assert_ne!(rotated.api.anon, first.api.anon);
+    assert_eq!(rotated.keyset.verify(&first.api.anon, now).unwrap().role, "anon");
+    let listed = sovra_server::keys::list(&path).unwrap();
+    assert_eq!(listed.len(), 2);
+    let previous = listed.iter().find(|(_, status, _)| status == "previous").unwrap();
+    sovra_server::keys::retire(&path, &config, &previous.0).unwrap();
+    let reloaded = sovra_server::keys::load_or_create(&path, &config).unwrap();
+    assert!(reloaded.keyset.verify(&first.api.anon, now).is_err());
+    assert_eq!(reloaded.keyset.verify(&rotated.api.anon, now).unwrap().role, "anon");
+
+    let mut configured = config.clone();
+    configured.jwt.secret = Some(DEMO_SECRET.to_owned());
+    let err = sovra_server::keys::rotate(&path, &configured).unwrap_err();
+    assert!(err.to_string().contains("jwt.secret"), "{err}");
+}

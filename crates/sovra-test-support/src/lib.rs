@@ -1,0 +1,307 @@
+//! The test harness (a dev-dependency only). Once per test process it starts
+//! a private PostgreSQL cluster with the same code as the embedded default
+//! (or uses the server at `SOVRA_TEST_DATABASE_URL`) and migrates a template
+//! database; every test then gets its own database cloned from the template
+//! ([`TestDb`], dropped afterwards) and, when it needs HTTP, the real router
+//! served on `127.0.0.1:0` ([`TestApp`]). Tests in parallel never share a
+//! database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use rand::Rng as _;
+use serde_json::{Map, Value};
+use sovra_pg::tokio_postgres::{self, Config as PgConfig};
+use sovra_pg::{Cluster, ClusterOptions};
+use tokio::sync::OnceCell;
+
+/// Where the shared server is and which template to clone.
+struct Shared {
+    /// Superuser connection settings (database left to the caller).
+    admin: PgConfig,
+    template: String,
+    /// Keeps the private cluster alive for the whole process; its
+    /// PostgreSQL gets SIGINT when the process exits.
+    _cluster: Option<Cluster>,
+}
+
+static SHARED: OnceCell<Shared> = OnceCell::const_new();
+
+/// The root of this process's private clusters.
+fn scratch_root() -> PathBuf {
+    std::env::temp_dir().join("sovra-test")
+}
+
+/// Removes directories that test processes no longer alive left behind.
+fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir(scratch_root()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A fresh scratch directory for this process (`<tmp>/sovra-test/<pid>-<n>`),
+/// open to other users so that PostgreSQL, run as `postgres` when the tests
+/// run as root, can reach its cluster below it.
+pub fn scratch_dir() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = scratch_root();
+    std::fs::create_dir_all(&root).unwrap();
+    let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o1777));
+    let suffix: u32 = rand::thread_rng().r#gen();
+    let dir = root.join(format!("{}-{suffix:08x}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Settings that make a throwaway cluster fast; durability is not wanted.
+pub fn fast_settings() -> Vec<(String, String)> {
+    [
+        ("fsync", "off"),
+        ("synchronous_commit", "off"),
+        ("full_page_writes", "off"),
+        ("max_connections", "300"),
+        ("shared_buffers", "32MB"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect()
+}
+
+async fn shared() -> &'static Shared {
+    SHARED
+        .get_or_init(|| async {
+            let (admin, cluster, template) = match std::env::var("SOVRA_TEST_DATABASE_URL") {
+                Ok(url) => {
+                    let config = PgConfig::from_str(&url).expect("SOVRA_TEST_DATABASE_URL is not a valid URL");
+                    let suffix: u32 = rand::thread_rng().r#gen();
+                    (config, None, format!("sovra_tpl_{}_{suffix:08x}", std::process::id()))
+                }
+                Err(_) => {
+                    sweep_stale();
+                    let mut options = ClusterOptions::new(scratch_dir().join("pg"));
+                    options.settings = fast_settings();
+                    let cluster = Cluster::start(options).await.expect("starting the test cluster");
+                    let admin = cluster.connect_config(sovra_pg::cluster::SUPERUSER, "postgres");
+                    (admin, Some(cluster), "sovra_template".to_owned())
+                }
+            };
+            let mut postgres = admin.clone();
+            postgres.dbname("postgres");
+            let client = sovra_pg::connect_one(&postgres).await.expect("connecting to the test server");
+            client
+                .batch_execute(&format!("create database \"{template}\""))
+                .await
+                .expect("creating the template database");
+            drop(client);
+            let mut template_config = admin.clone();
+            template_config.dbname(&template);
+            let mut client = sovra_pg::connect_one(&template_config).await.unwrap();
+            sovra_pg::migrate(&mut client).await.expect("migrating the template database");
+            drop(client);
+            // Cloning needs the template to have no open connections; the
+            // dropped client may still be closing.
+            wait_no_connections(&postgres, &template).await;
+            Shared {
+                admin,
+                template,
+                _cluster: cluster,
+            }
+        })
+        .await
+}
+
+async fn wait_no_connections(admin: &PgConfig, dbname: &str) {
+    let client = sovra_pg::connect_one(admin).await.unwrap();
+    for _ in 0..200 {
+        let row = client
+            .query_one(
+                "select count(*) from pg_stat_activity where datname = $1",
+                &[&dbname],
+            )
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A database of its own for one test, cloned from the migrated template
+/// and dropped when the value is dropped.
+pub struct TestDb {
+    pub name: String,
+    admin: PgConfig,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let shared = shared().await;
+        let suffix: u64 = rand::thread_rng().r#gen();
+        let name = format!("sovra_test_{suffix:016x}");
+        let mut postgres = shared.admin.clone();
+        postgres.dbname("postgres");
+        let client = sovra_pg::connect_one(&postgres).await.unwrap();
+        client
+            .batch_execute(&format!(
+                "create database \"{name}\" template \"{}\"",
+                shared.template
+            ))
+            .await
+            .expect("cloning the template database");
+        TestDb {
+            name,
+            admin: shared.admin.clone(),
+        }
+    }
+
+    /// Superuser connection settings for this database.
+    pub fn config(&self) -> PgConfig {
+        let mut config = self.admin.clone();
+        config.dbname(&self.name);
+        config
+    }
+
+    /// Connection settings for this database as `user` (the harness cluster
+    /// trusts its socket, so any role with LOGIN works).
+    pub fn config_as(&self, user: &str) -> PgConfig {
+        let mut config = self.config();
+        config.user(user);
+        config
+    }
+
+    /// A superuser client on this database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        sovra_pg::connect_one(&self.config()).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let mut postgres = self.admin.clone();
+        postgres.dbname("postgres");
+        let name = self.name.clone();
+        // Drop runs outside async; use a small runtime of its own.
+        let handle = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                if let Ok(client) = sovra_pg::connect_one(&postgres).await {
+                    let _ = client
+                        .batch_execute(&format!("drop database if exists \"{name}\" with (force)"))
+                        .await;
+                }
+            });
+        });
+        let _ = handle.join();
+    }
+}
+
+/// The server, with the same router `sovra serve` builds, on a test
+/// database, listening on `127.0.0.1:0`.
+pub struct TestApp {
+    pub url: String,
+    pub anon_key: String,
+    pub service_role_key: String,
+    pub keys: std::sync::Arc<sovra_server::Tenant>,
+    pub db: TestDb,
+    pub data_dir: PathBuf,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl TestApp {
+    /// Spawns the server with the default configuration.
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(sovra_config::Config::default()).await
+    }
+
+    /// Spawns the server with `config` (its data directory and listen
+    /// address are replaced by fresh ones).
+    pub async fn spawn_with(mut config: sovra_config::Config) -> TestApp {
+        let db = TestDb::new().await;
+        let data_dir = scratch_dir();
+        config.data_dir = data_dir.clone();
+        let keys = sovra_server::keys::load_or_create(&data_dir.join("keys.json"), &config)
+            .expect("making test keys");
+        let anon_key = keys.api.anon.clone();
+        let service_role_key = keys.api.service_role.clone();
+        let tenant = sovra_server::serve::build_tenant(&config, db.config_as("authenticator"), keys)
+            .expect("building the test tenant");
+        let resolver = sovra_server::TenantResolver::single(tenant);
+        let tenant = resolver.all().remove(0);
+        let state = sovra_server::AppState::new(resolver, config.server.body_limit);
+        let app = sovra_server::router(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TestApp {
+            url: format!("http://{addr}"),
+            anon_key,
+            service_role_key,
+            keys: tenant,
+            db,
+            data_dir,
+            server,
+        }
+    }
+
+    /// Signs `claims` with the server's active key (a user's access token).
+    pub fn sign(&self, claims: Value) -> String {
+        let Value::Object(map) = claims else {
+            panic!("claims must be an object");
+        };
+        self.keys.keys.sign(&map).unwrap()
+    }
+
+    /// Seconds since the Unix epoch.
+    pub fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    /// Claims of a signed-in user with id `sub`, valid for an hour.
+    pub fn user_claims(sub: &str) -> Map<String, Value> {
+        let now = TestApp::now();
+        let Value::Object(map) = serde_json::json!({
+            "sub": sub,
+            "role": "authenticated",
+            "aud": "authenticated",
+            "email": format!("{sub}@example.com"),
+            "iat": now,
+            "exp": now + 3600,
+        }) else {
+            unreachable!()
+        };
+        map
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}

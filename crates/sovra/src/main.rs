@@ -1,0 +1,198 @@
+//! The `sovra` command: parses the command line, loads the configuration,
+//! and hands over to `sovra_server`. Kept thin on purpose.
+
+#![allow(clippy::print_stdout)]
+
+mod doctor;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use sovra_config::{Config, Loader};
+
+/// Sovra: the Supabase-compatible backend in one binary.
+///
+/// Serves the auth, REST, realtime and storage APIs that the Supabase client
+/// libraries speak, over plain PostgreSQL with row-level security. With no
+/// configuration, `sovra serve` runs its own PostgreSQL in the data
+/// directory and prints the URL and keys to point your app at.
+#[derive(Parser, Debug)]
+#[command(name = "sovra", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct GlobalArgs {
+    /// Configuration file [default: ./sovra.toml when present; env: SOVRA_CONFIG].
+    #[arg(long, short = 'c', global = true, env = "SOVRA_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir` and SOVRA_DATA_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// PostgreSQL URL of an existing server; without it Sovra runs its own
+    /// (overrides `database.url` and SOVRA_DATABASE_URL).
+    #[arg(long, global = true, value_name = "URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start the server (and the embedded PostgreSQL unless a database URL
+    /// is configured). Stops cleanly on Ctrl-C or SIGTERM.
+    Serve {
+        /// Address to listen on, e.g. 0.0.0.0:54321 (overrides `server.listen`).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Apply pending database migrations and exit. `serve` also does this
+    /// at start; several instances may run it at once safely.
+    Migrate,
+    /// Print the anon and service_role API keys and where the signing keys
+    /// are kept; rotate or retire signing keys.
+    Keys {
+        /// Make a new signing key and new API keys. The previous key (and
+        /// the API keys and tokens it signed) still verify until retired.
+        /// A running server picks the new key up at its next start.
+        #[arg(long, conflicts_with = "retire")]
+        rotate: bool,
+        /// Retire a previous signing key by its id: tokens it signed stop
+        /// verifying.
+        #[arg(long, value_name = "KID")]
+        retire: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check this machine: PostgreSQL binaries and version, pgvector, the
+    /// data directory, the ports. Says what is missing and how to fix it.
+    Doctor,
+}
+
+fn load_config(global: &GlobalArgs, listen: Option<&String>) -> Result<Config, sovra_config::ConfigError> {
+    let loader = match &global.config {
+        Some(path) => Loader::file(path, true)?,
+        None => Loader::file(std::path::Path::new(sovra_config::DEFAULT_FILE), false)?,
+    };
+    let mut loader = loader.env(std::env::vars())?;
+    if let Some(dir) = &global.data_dir {
+        loader = loader.set("data_dir", dir.display().to_string());
+    }
+    if let Some(url) = &global.database_url {
+        loader = loader.set("database.url", url.clone());
+    }
+    if let Some(listen) = listen {
+        loader = loader.set("server.listen", listen.clone());
+    }
+    loader.load()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let listen = match &cli.command {
+        Command::Serve { listen } => listen.as_ref(),
+        _ => None,
+    };
+    let config = match load_config(&cli.global, listen) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("sovra: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    sovra_server::observe::init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("sovra: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { .. } => serve(config).await,
+            Command::Migrate => migrate(config).await,
+            Command::Keys {
+                rotate,
+                retire,
+                json,
+            } => keys(&config, rotate, retire.as_deref(), json),
+            Command::Doctor => doctor::run(&config).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("sovra: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    sovra_server::serve::run(config, sovra_server::serve::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(config: Config) -> anyhow::Result<ExitCode> {
+    let data_dir = sovra_server::data_dir::DataDir::open(&config.data_dir)?;
+    let database = sovra_server::serve::open_database(&config, &data_dir).await?;
+    let result = sovra_server::serve::run_migrations(&database.admin).await;
+    if let Some(cluster) = database.cluster {
+        cluster.stop(std::time::Duration::from_secs(30)).await;
+    }
+    let report = result?;
+    if report.applied.is_empty() {
+        println!("database is up to date ({} migrations)", sovra_pg::migrate::MIGRATIONS.len());
+    } else {
+        println!("applied migrations {:?}", report.applied);
+    }
+    if !report.vector {
+        println!("note: pgvector is not installed on this server; vector columns are unavailable");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keys(config: &Config, rotate: bool, retire: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    use sovra_server::keys;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let path = config.data_dir.join("keys.json");
+    if let Some(kid) = retire {
+        keys::retire(&path, config, kid)?;
+        println!("retired signing key {kid}: tokens it signed no longer verify (after the server restarts)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let project = if rotate {
+        keys::rotate(&path, config)?
+    } else {
+        keys::load_or_create(&path, config)?
+    };
+    let signing = keys::list(&path)?;
+    if json {
+        let value = serde_json::json!({
+            "anon_key": project.api.anon,
+            "service_role_key": project.api.service_role,
+            "keys_file": path.display().to_string(),
+            "signing_keys": signing.iter().map(|(kid, status, created)| serde_json::json!({"kid": kid, "status": status, "created_at": created})).collect::<Vec<_>>(),
+        });
+        println!("{value:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rotate {
+        println!("rotated: new tokens are signed with the new key once the server restarts");
+    }
+    println!("anon key          {}", project.api.anon);
+    println!("service_role key  {}", project.api.service_role);
+    match &config.jwt.secret {
+        Some(_) => println!("JWT secret        from the configuration (`jwt.secret`)"),
+        None => println!("JWT secret        in {} (mode 0600)", path.display()),
+    }
+    for (kid, status, _) in signing {
+        println!("signing key       {kid} ({status})");
+    }
+    Ok(ExitCode::SUCCESS)
+}

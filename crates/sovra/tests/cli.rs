@@ -1,0 +1,420 @@
+//! Tests of the `sovra` binary as an operator runs it: the embedded
+//! PostgreSQL lifecycle (first start, restart, restart after `kill -9`, a
+//! second instance refused, root handling), the CLI's help and errors.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn sovra() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sovra"));
+    // Only what the test sets: no SOVRA_* from the environment.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("SOVRA_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("SOVRA_LOG_LEVEL", "info");
+    command
+}
+
+/// A data directory the `postgres` system user can reach when the tests run
+/// as root.
+fn data_dir() -> PathBuf {
+    sovra_dir().join("data")
+}
+
+fn sovra_dir() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = std::env::temp_dir().join("sovra-cli-test");
+    std::fs::create_dir_all(&root).unwrap();
+    let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o1777));
+    let dir = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(&root)
+        .unwrap()
+        .keep();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    stdout: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+fn lines_of(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+    let port = free_port();
+    let mut command = sovra();
+    command
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let stdout = lines_of(child.stdout.take().unwrap());
+    let stderr = lines_of(child.stderr.take().unwrap());
+    Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        stdout,
+        stderr,
+    }
+}
+
+impl Server {
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let err: Vec<String> = self.stderr.try_iter().collect();
+                panic!("sovra exited with {status}: {}", err.join("\n"));
+            }
+            if let Ok(response) = client.get(format!("{}/ready", self.url)).send().await {
+                if response.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "sovra not ready in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    fn stdout_text(&self) -> String {
+        // The banner is printed before the server answers.
+        std::thread::sleep(Duration::from_millis(100));
+        self.stdout.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "sovra did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn postmaster_pid(dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(dir.join("pg/postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "process {pid} still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn embedded_lifecycle_first_start_restart_kill_and_second_instance() {
+    let dir = data_dir();
+
+    // First start: initdb, migrations, keys printed with the URLs.
+    let mut server = start(&dir, &[]);
+    server.wait_ready().await;
+    let out = server.stdout_text();
+    assert!(out.contains(&format!("API URL       {}", server.url)), "{out}");
+    assert!(out.contains("anon key      ey"), "{out}");
+    assert!(out.contains("service_role  ey"), "{out}");
+    let anon_key = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("anon key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let health = reqwest::get(format!("{}/health", server.url)).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let keys = std::fs::metadata(dir.join("keys.json")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&keys.permissions()) & 0o777, 0o600);
+
+    let postmaster = postmaster_pid(&dir).expect("postmaster running");
+    if nix::unistd::geteuid().is_root() {
+        let status = std::fs::read_to_string(format!("/proc/{postmaster}/status")).unwrap();
+        let uid: u32 = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|u| u.parse().ok())
+            .unwrap();
+        let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+        assert_eq!(uid, postgres.uid.as_raw(), "postgres must not run as root");
+    }
+
+    // A second Sovra on the same data directory is refused.
+    let second = sovra()
+        .args(["serve", "--data-dir"])
+        .arg(&dir)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("in use by another Sovra"), "{err}");
+
+    // Ctrl-C: Sovra and its PostgreSQL stop, nothing left running.
+    kill(server.pid(), Signal::SIGINT).unwrap();
+    let status = server.wait_exit();
+    assert!(status.success(), "{status}: {}", server.stderr_text());
+    wait_gone(postmaster);
+    assert!(postmaster_pid(&dir).is_none(), "postmaster.pid removed by a clean shutdown");
+    drop(server);
+
+    // Restart: same keys, not printed again.
+    let mut server = start(&dir, &[]);
+    server.wait_ready().await;
+    let out = server.stdout_text();
+    assert!(!out.contains("anon key      ey"), "{out}");
+    assert!(out.contains("sovra keys"), "{out}");
+    let whoami: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/sovra/v1/whoami/db", server.url))
+        .header("apikey", &anon_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(whoami["current_user"], "anon", "{whoami}");
+
+    // kill -9: the next start finds the orphaned or dying postmaster and
+    // recovers.
+    let postmaster = postmaster_pid(&dir).unwrap();
+    kill(server.pid(), Signal::SIGKILL).unwrap();
+    server.wait_exit();
+    drop(server);
+    let mut server = start(&dir, &[]);
+    server.wait_ready().await;
+    let new_postmaster = postmaster_pid(&dir).unwrap();
+    assert_ne!(new_postmaster, postmaster);
+    assert!(!alive(postmaster));
+
+    // Logs never carry credentials.
+    let token_marker = &anon_key[anon_key.len() - 20..];
+    let _ = reqwest::Client::new()
+        .get(format!("{}/sovra/v1/whoami?apikey={anon_key}", server.url))
+        .header("authorization", format!("Bearer {anon_key}"))
+        .send()
+        .await
+        .unwrap();
+    kill(server.pid(), Signal::SIGTERM).unwrap();
+    assert!(server.wait_exit().success());
+    let logs = server.stderr_text();
+    assert!(logs.contains("/sovra/v1/whoami"), "requests are logged: {logs}");
+    assert!(!logs.contains(token_marker), "a key leaked into the logs: {logs}");
+    wait_gone(new_postmaster);
+}
+
+#[tokio::test]
+async fn json_logs_carry_request_ids() {
+    let dir = data_dir();
+    let mut server = start(&dir, &[("SOVRA_LOG_FORMAT", "json")]);
+    server.wait_ready().await;
+    let response = reqwest::Client::new()
+        .get(format!("{}/health", server.url))
+        .header("x-request-id", "trace-me-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    kill(server.pid(), Signal::SIGINT).unwrap();
+    assert!(server.wait_exit().success());
+    let logs = server.stderr_text();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("trace-me-123") && l.contains("\"status\":200"))
+        .unwrap_or_else(|| panic!("no response log with the request id: {logs}"));
+    let value: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(value["span"]["request_id"], "trace-me-123");
+}
+
+#[test]
+fn help_explains_every_command() {
+    let out = sovra().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["serve", "migrate", "keys", "doctor", "--config", "--data-dir"] {
+        assert!(text.contains(word), "--help lacks {word}: {text}");
+    }
+    for (command, word) in [
+        ("serve", "--listen"),
+        ("migrate", "advisory"),
+        ("keys", "--rotate"),
+        ("doctor", "pgvector"),
+    ] {
+        let out = sovra().args([command, "--help"]).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(word) || text.contains("instances"), "{command} --help: {text}");
+    }
+}
+
+#[test]
+fn configuration_errors_name_the_option() {
+    let dir = sovra_dir();
+    let out = sovra()
+        .args(["serve", "--data-dir"])
+        .arg(dir.join("data"))
+        .env("SOVRA_SERVER_LISTEN", "nowhere")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`server.listen`"), "{err}");
+
+    let config = dir.join("sovra.toml");
+    std::fs::write(&config, "[databse]\nurl = \"postgres://x\"\n").unwrap();
+    let out = sovra().args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`databse`"), "{err}");
+
+    let out = sovra()
+        .args(["serve", "--config"])
+        .arg(dir.join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = sovra().arg("serve").env("SOVRA_JWT_SECRET", "short").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`jwt.secret`"));
+}
+
+#[test]
+fn keys_prints_rotates_and_retires() {
+    let dir = data_dir();
+    let out = sovra().args(["keys", "--json", "--data-dir"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(first["anon_key"].as_str().unwrap().starts_with("ey"));
+    let out = sovra().args(["keys", "--json", "--data-dir"]).arg(&dir).output().unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(first["anon_key"], again["anon_key"], "stable without --rotate");
+
+    let out = sovra()
+        .args(["keys", "--rotate", "--json", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let rotated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(first["anon_key"], rotated["anon_key"]);
+    let previous = rotated["signing_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["status"] == "previous")
+        .unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let active = rotated["signing_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["status"] == "active")
+        .unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = sovra().args(["keys", "--retire", &active, "--data-dir"]).arg(&dir).output().unwrap();
+    assert!(!out.status.success(), "the active key cannot be retired");
+    let out = sovra().args(["keys", "--retire", &previous, "--data-dir"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let text = sovra().args(["keys", "--data-dir"]).arg(&dir).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("(mode 0600)"), "{text}");
+    assert!(!text.contains("\"secret\""), "{text}");
+}
+
+#[test]
+fn migrate_and_doctor_on_a_fresh_directory() {
+    let dir = data_dir();
+    let out = sovra().args(["doctor", "--data-dir"]).arg(&dir).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ok    postgresql"), "{text}");
+    assert!(text.contains("will be created on first start"), "{text}");
+
+    let out = sovra().args(["migrate", "--data-dir"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied migrations"));
+    let out = sovra().args(["migrate", "--data-dir"]).arg(&dir).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
+    // migrate stops the PostgreSQL it started.
+    assert!(postmaster_pid(&dir).is_none());
+
+    let out = sovra().args(["doctor", "--data-dir"]).arg(&dir).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cluster: PostgreSQL"), "{text}");
+
+    let out = sovra()
+        .args(["doctor", "--data-dir"])
+        .arg(&dir)
+        .env("SOVRA_EMBEDDED_BIN_DIR", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAIL  postgresql") && text.contains("apt-get install postgresql"), "{text}");
+}
