@@ -351,10 +351,12 @@ impl Loader {
 
     /// Parses TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Loader, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|err: toml::de::Error| ConfigError::Syntax {
-            path: origin.to_owned(),
-            message: err.message().to_owned(),
-        })?;
+        let table: toml::Table =
+            text.parse()
+                .map_err(|err: toml::de::Error| ConfigError::Syntax {
+                    path: origin.to_owned(),
+                    message: err.message().to_owned(),
+                })?;
         Ok(Loader {
             table,
             overrides: Vec::new(),
@@ -405,8 +407,8 @@ impl Loader {
             let value = parse_scalar(option, &source, &value)?;
             insert_path(&mut table, option.key, value);
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|err| {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
                 let option = err.path().to_string();
                 ConfigError::invalid(&option, err.into_inner().message().to_owned())
             })?;
@@ -422,7 +424,9 @@ fn check_known(table: &toml::Table, prefix: &str) -> Result<(), ConfigError> {
         } else {
             format!("{prefix}.{name}")
         };
-        let is_section = OPTIONS.iter().any(|opt| opt.key.starts_with(&format!("{key}.")));
+        let is_section = OPTIONS
+            .iter()
+            .any(|opt| opt.key.starts_with(&format!("{key}.")));
         match value {
             toml::Value::Table(inner) if is_section => check_known(inner, &key)?,
             _ if OPTIONS.iter().any(|opt| opt.key == key) => {}
@@ -434,10 +438,7 @@ fn check_known(table: &toml::Table, prefix: &str) -> Result<(), ConfigError> {
 
 fn parse_scalar(option: &OptionDoc, source: &str, raw: &str) -> Result<toml::Value, ConfigError> {
     let invalid = |what: &str| {
-        ConfigError::invalid(
-            option.key,
-            format!("{source} must be {what}, got {raw:?}"),
-        )
+        ConfigError::invalid(option.key, format!("{source} must be {what}, got {raw:?}"))
     };
     match option.kind {
         Kind::String => Ok(toml::Value::String(raw.to_owned())),
@@ -517,13 +518,13 @@ impl Config {
                 ),
             ));
         }
-        if let Some(url) = &self.server.public_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ConfigError::invalid(
-                    "server.public_url",
-                    "must start with http:// or https://",
-                ));
-            }
+        if let Some(url) = &self.server.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::invalid(
+                "server.public_url",
+                "must start with http:// or https://",
+            ));
         }
         if self.server.body_limit < 1024 {
             return Err(ConfigError::invalid(
@@ -577,18 +578,18 @@ impl Config {
                 "must be at least 1 second",
             ));
         }
-        if let Some(secret) = &self.jwt.secret {
-            if secret.len() < 32 {
-                return Err(ConfigError::invalid(
-                    "jwt.secret",
-                    "must be at least 32 characters (256 bits)",
-                ));
-            }
+        if let Some(secret) = &self.jwt.secret
+            && secret.len() < 32
+        {
+            return Err(ConfigError::invalid(
+                "jwt.secret",
+                "must be at least 32 characters (256 bits)",
+            ));
         }
-        if let Some(jwks) = &self.jwt.jwks {
-            if !jwks.starts_with('@') {
-                parse_jwks("jwt.jwks", jwks)?;
-            }
+        if let Some(jwks) = &self.jwt.jwks
+            && !jwks.starts_with('@')
+        {
+            parse_jwks("jwt.jwks", jwks)?;
         }
         if self.jwt.issuer.is_empty() {
             return Err(ConfigError::invalid("jwt.issuer", "must not be empty"));
@@ -627,19 +628,21 @@ fn is_log_filter(filter: &str) -> bool {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let is_level = |text: &str| LEVELS.contains(&text.trim().to_ascii_lowercase().as_str());
     !filter.trim().is_empty()
-        && filter.split(',').all(|directive| match directive.split_once('=') {
-            // `target=level`, e.g. `sovra_pg=debug`.
-            Some((target, level)) => {
-                !target.trim().is_empty()
-                    && target
-                        .trim()
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
-                    && is_level(level)
-            }
-            // A bare word must be a level: `loud` is a typo, not a target.
-            None => is_level(directive),
-        })
+        && filter
+            .split(',')
+            .all(|directive| match directive.split_once('=') {
+                // `target=level`, e.g. `sovra_pg=debug`.
+                Some((target, level)) => {
+                    !target.trim().is_empty()
+                        && target
+                            .trim()
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
+                        && is_level(level)
+                }
+                // A bare word must be a level: `loud` is a typo, not a target.
+                None => is_level(directive),
+            })
 }
 
 /// The Markdown reference of every option, written to `docs/config.md`.
@@ -718,7 +721,8 @@ mod tests {
 
     #[test]
     fn environment_overrides_file_and_flags_override_environment() {
-        let text = "[server]\nlisten = \"127.0.0.1:1000\"\nbody_limit = 2048\n[database]\npool_size = 4\n";
+        let text =
+            "[server]\nlisten = \"127.0.0.1:1000\"\nbody_limit = 2048\n[database]\npool_size = 4\n";
         let config = Loader::from_toml(text, Path::new("t.toml"))
             .unwrap()
             .env(env(&[
@@ -740,7 +744,10 @@ mod tests {
     #[test]
     fn unknown_options_are_refused_by_name() {
         let err = load("[server]\nlisen = \"x\"\n", &[]).unwrap_err();
-        assert_eq!(err.to_string(), "unknown configuration option `server.lisen` (see docs/config.md for the list)");
+        assert_eq!(
+            err.to_string(),
+            "unknown configuration option `server.lisen` (see docs/config.md for the list)"
+        );
         let err = load("colour = 1\n", &[]).unwrap_err();
         assert!(err.to_string().contains("`colour`"), "{err}");
         let err = load("", &[("SOVRA_SERVER_LISEN", "x")]).unwrap_err();
@@ -750,7 +757,11 @@ mod tests {
     #[test]
     fn wrong_types_name_the_option() {
         let err = load("[server]\nbody_limit = \"big\"\n", &[]).unwrap_err();
-        assert!(err.to_string().starts_with("invalid value for `server.body_limit`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid value for `server.body_limit`"),
+            "{err}"
+        );
         let err = load("", &[("SOVRA_DATABASE_POOL_SIZE", "many")]).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -759,21 +770,35 @@ mod tests {
         let err = load("", &[("SOVRA_SERVER_REQUIRE_APIKEY", "maybe")]).unwrap_err();
         assert!(err.to_string().contains("true or false"), "{err}");
         let err = load("[log]\nformat = \"xml\"\n", &[]).unwrap_err();
-        assert!(err.to_string().starts_with("invalid value for `log.format`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid value for `log.format`"),
+            "{err}"
+        );
         let err = load("[embedded]\nport = 70000\n", &[]).unwrap_err();
-        assert!(err.to_string().starts_with("invalid value for `embedded.port`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid value for `embedded.port`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn invalid_values_name_the_option() {
         let cases: &[(&str, &str)] = &[
             ("[server]\nlisten = \"localhost\"\n", "server.listen"),
-            ("[server]\npublic_url = \"example.com\"\n", "server.public_url"),
+            (
+                "[server]\npublic_url = \"example.com\"\n",
+                "server.public_url",
+            ),
             ("[server]\nbody_limit = 10\n", "server.body_limit"),
             ("[log]\nlevel = \"loud\"\n", "log.level"),
             ("[database]\nurl = \"mysql\"\n", "database.url"),
             ("[database]\npool_size = 0\n", "database.pool_size"),
-            ("[database]\nconnect_timeout = 0\n", "database.connect_timeout"),
+            (
+                "[database]\nconnect_timeout = 0\n",
+                "database.connect_timeout",
+            ),
             ("[embedded]\nport = 0\n", "embedded.port"),
             ("[embedded]\nsystem_user = \"\"\n", "embedded.system_user"),
             ("[jwt]\nsecret = \"short\"\n", "jwt.secret"),
@@ -784,7 +809,8 @@ mod tests {
         for (text, option) in cases {
             let err = load(text, &[]).unwrap_err();
             assert!(
-                err.to_string().starts_with(&format!("invalid value for `{option}`")),
+                err.to_string()
+                    .starts_with(&format!("invalid value for `{option}`")),
                 "{text}: {err}"
             );
         }
@@ -798,13 +824,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.log.format, LogFormat::Json);
-        assert_eq!(config.jwks().unwrap().unwrap()["keys"], serde_json::json!([]));
+        assert_eq!(
+            config.jwks().unwrap().unwrap()["keys"],
+            serde_json::json!([])
+        );
     }
 
     #[test]
     fn broken_toml_names_the_file() {
         let err = load("[server\n", &[]).unwrap_err();
-        assert!(err.to_string().starts_with("configuration file test.toml is not valid TOML"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("configuration file test.toml is not valid TOML"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -378,16 +378,18 @@ fn load_jwk(
             let key = DecodingKey::from_ed_components(x)
                 .map_err(|_| invalid("invalid Ed25519 public key"))?;
             if has_private {
-                return Err(invalid("private Ed25519 keys are not supported for signing"));
+                return Err(invalid(
+                    "private Ed25519 keys are not supported for signing",
+                ));
             }
             (Family::Ed25519, key, None)
         }
         _ => return Err(invalid("unsupported \"kty\"")),
     };
-    if let Some(alg) = alg {
-        if !family.accepts(alg) {
-            return Err(invalid("\"alg\" does not match the key type"));
-        }
+    if let Some(alg) = alg
+        && !family.accepts(alg)
+    {
+        return Err(invalid("\"alg\" does not match the key type"));
     }
     let verify = VerifyKey {
         kid,
@@ -407,7 +409,8 @@ struct RawHeader {
 
 fn raw_header(token: &str) -> Result<RawHeader, JwtError> {
     let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::Malformed);
     };
@@ -534,11 +537,7 @@ impl KeySet {
                     .iter()
                     .filter(|key| key.family == Family::Hmac)
                     .collect();
-                keys.extend(
-                    self.verify
-                        .iter()
-                        .filter(|key| key.family != Family::Hmac),
-                );
+                keys.extend(self.verify.iter().filter(|key| key.family != Family::Hmac));
                 keys
             }
         };
@@ -589,20 +588,20 @@ impl KeySet {
     }
 
     fn check_claims(&self, claims: &Map<String, Value>, now: i64) -> Result<(), JwtError> {
-        if let Some(exp) = numeric(claims, "exp")? {
-            if now > exp.saturating_add(LEEWAY_SECS) {
-                return Err(JwtError::Expired);
-            }
+        if let Some(exp) = numeric(claims, "exp")?
+            && now > exp.saturating_add(LEEWAY_SECS)
+        {
+            return Err(JwtError::Expired);
         }
-        if let Some(nbf) = numeric(claims, "nbf")? {
-            if now.saturating_add(LEEWAY_SECS) < nbf {
-                return Err(JwtError::NotYetValid);
-            }
+        if let Some(nbf) = numeric(claims, "nbf")?
+            && now.saturating_add(LEEWAY_SECS) < nbf
+        {
+            return Err(JwtError::NotYetValid);
         }
-        if let Some(iat) = numeric(claims, "iat")? {
-            if iat > now.saturating_add(LEEWAY_SECS) {
-                return Err(JwtError::IssuedInFuture);
-            }
+        if let Some(iat) = numeric(claims, "iat")?
+            && iat > now.saturating_add(LEEWAY_SECS)
+        {
+            return Err(JwtError::IssuedInFuture);
         }
         if let Some(audience) = &self.audience {
             let accepted = match claims.get("aud") {

@@ -32,7 +32,9 @@ fn generated() -> (KeyStore, KeySet) {
 }
 
 fn user(exp: i64) -> Map<String, Value> {
-    obj(json!({"sub": "u1", "role": "authenticated", "aud": "authenticated", "iat": NOW, "exp": exp}))
+    obj(
+        json!({"sub": "u1", "role": "authenticated", "aud": "authenticated", "iat": NOW, "exp": exp}),
+    )
 }
 
 /// A P-256 key as a private JWK and its public JWK.
@@ -70,7 +72,9 @@ fn supabase_demo_key_verifies_with_its_secret() {
     assert_eq!(verified.role, "anon");
     assert_eq!(verified.claims["iss"], "supabase-demo");
     // Keys minted from a configured secret carry no kid, like Supabase's.
-    let minted = set.mint_api_key("service_role", "sovra", NOW, NOW + 100).unwrap();
+    let minted = set
+        .mint_api_key("service_role", "sovra", NOW, NOW + 100)
+        .unwrap();
     assert_eq!(raw_header(&minted).unwrap().kid, None);
     assert_eq!(set.verify(&minted, NOW).unwrap().role, "service_role");
     // And a different secret refuses it.
@@ -81,7 +85,9 @@ fn supabase_demo_key_verifies_with_its_secret() {
 #[test]
 fn role_defaults_to_anon() {
     let (_, set) = generated();
-    let token = set.sign(&obj(json!({"sub": "x", "exp": NOW + 10}))).unwrap();
+    let token = set
+        .sign(&obj(json!({"sub": "x", "exp": NOW + 10})))
+        .unwrap();
     let verified = set.verify(&token, NOW).unwrap();
     assert_eq!(verified.role, "anon");
     assert_eq!(verified.claims["role"], "anon");
@@ -92,7 +98,10 @@ fn alg_none_is_refused() {
     let (_, set) = generated();
     let payload = b64(&json!({"role": "service_role", "exp": NOW + 100}).to_string());
     for alg in ["none", "None", "NONE"] {
-        let token = format!("{}.{payload}.", b64(&format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#)));
+        let token = format!(
+            "{}.{payload}.",
+            b64(&format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#))
+        );
         assert_eq!(set.verify(&token, NOW), Err(JwtError::AlgNone), "{alg}");
     }
     let token = format!("{}.{payload}.", b64(r#"{"alg":"XX999"}"#));
@@ -109,7 +118,12 @@ fn wrong_secret_is_a_bad_signature() {
     let token = {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = None;
-        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef")).unwrap()
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap()
     };
     assert_eq!(a.verify(&token, NOW), Err(JwtError::BadSignature));
     let token = a.sign(&claims).unwrap();
@@ -180,9 +194,15 @@ fn rotation_keeps_previous_keys_until_retired() {
     assert_ne!(new_kid, first_kid);
     assert_eq!(store.active().unwrap().kid, new_kid);
     let after = KeySet::new(&store, None, None).unwrap();
-    assert!(after.verify(&old_token, NOW).is_ok(), "previous key still verifies");
+    assert!(
+        after.verify(&old_token, NOW).is_ok(),
+        "previous key still verifies"
+    );
     let new_token = after.sign(&user(NOW + 3600)).unwrap();
-    assert_eq!(raw_header(&new_token).unwrap().kid.as_deref(), Some(new_kid.as_str()));
+    assert_eq!(
+        raw_header(&new_token).unwrap().kid.as_deref(),
+        Some(new_kid.as_str())
+    );
 
     assert_eq!(
         store.retire(&new_kid),
@@ -202,12 +222,25 @@ fn rotation_keeps_previous_keys_until_retired() {
 fn es256_keys_from_a_jwk_set_verify_and_sign() {
     let (private, public) = ec_jwk("ec-1");
     // Verification only: the public JWK.
-    let verifier = KeySet::new(&KeyStore::generate(NOW), Some(&json!({"keys": [public.clone()]})), None).unwrap();
+    let verifier = KeySet::new(
+        &KeyStore::generate(NOW),
+        Some(&json!({"keys": [public.clone()]})),
+        None,
+    )
+    .unwrap();
     // Signing: the private JWK.
-    let signer = KeySet::new(&KeyStore::default(), Some(&json!({"keys": [private]})), None).unwrap();
+    let signer = KeySet::new(
+        &KeyStore::default(),
+        Some(&json!({"keys": [private]})),
+        None,
+    )
+    .unwrap();
     let token = signer.sign(&user(NOW + 3600)).unwrap();
     let header = raw_header(&token).unwrap();
-    assert_eq!((header.alg.as_str(), header.kid.as_deref()), ("ES256", Some("ec-1")));
+    assert_eq!(
+        (header.alg.as_str(), header.kid.as_deref()),
+        ("ES256", Some("ec-1"))
+    );
     assert_eq!(verifier.verify(&token, NOW).unwrap().role, "authenticated");
 
     // Published: the public parts only.
@@ -218,7 +251,12 @@ fn es256_keys_from_a_jwk_set_verify_and_sign() {
 
     // Another EC key with the same kid does not verify it.
     let (_, stranger) = ec_jwk("ec-1");
-    let other = KeySet::new(&KeyStore::generate(NOW), Some(&json!({"keys": [stranger]})), None).unwrap();
+    let other = KeySet::new(
+        &KeyStore::generate(NOW),
+        Some(&json!({"keys": [stranger]})),
+        None,
+    )
+    .unwrap();
     assert_eq!(other.verify(&token, NOW), Err(JwtError::BadSignature));
 }
 
@@ -234,11 +272,20 @@ fn algorithm_must_match_the_key() {
     let x_coordinate = public["x"].as_str().unwrap().as_bytes().to_vec();
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("ec-1".into());
-    let confused = jsonwebtoken::encode(&header, &obj(json!({"role": "service_role", "exp": NOW + 100})), &EncodingKey::from_secret(&x_coordinate)).unwrap();
+    let confused = jsonwebtoken::encode(
+        &header,
+        &obj(json!({"role": "service_role", "exp": NOW + 100})),
+        &EncodingKey::from_secret(&x_coordinate),
+    )
+    .unwrap();
     assert_eq!(set.verify(&confused, NOW), Err(JwtError::AlgNotAllowed));
 
     // ES256 header naming the HS256 key.
-    let token = format!("{}.{payload}.{}", b64(&format!(r#"{{"alg":"ES256","kid":"{hs_kid}"}}"#)), b64("sig"));
+    let token = format!(
+        "{}.{payload}.{}",
+        b64(&format!(r#"{{"alg":"ES256","kid":"{hs_kid}"}}"#)),
+        b64("sig")
+    );
     assert_eq!(set.verify(&token, NOW), Err(JwtError::AlgNotAllowed));
 
     // RS256 header with no RSA key at all and no kid.
@@ -246,13 +293,18 @@ fn algorithm_must_match_the_key() {
     assert_eq!(set.verify(&token, NOW), Err(JwtError::AlgNotAllowed));
 
     // An unknown kid.
-    let token = format!("{}.{payload}.{}", b64(r#"{"alg":"HS256","kid":"who"}"#), b64("sig"));
+    let token = format!(
+        "{}.{payload}.{}",
+        b64(r#"{"alg":"HS256","kid":"who"}"#),
+        b64("sig")
+    );
     assert_eq!(set.verify(&token, NOW), Err(JwtError::UnknownKey));
 }
 
 #[test]
 fn rs256_keys_from_a_jwk_set_verify() {
-    let jwks = json!({"keys": [{"kty": "RSA", "kid": "rsa-1", "alg": "RS256", "n": RSA_N, "e": "AQAB"}]});
+    let jwks =
+        json!({"keys": [{"kty": "RSA", "kid": "rsa-1", "alg": "RS256", "n": RSA_N, "e": "AQAB"}]});
     let set = KeySet::new(&KeyStore::generate(NOW), Some(&jwks), None).unwrap();
     let verified = set.verify(RSA_TOKEN, NOW).unwrap();
     assert_eq!(verified.role, "authenticated");
@@ -260,14 +312,24 @@ fn rs256_keys_from_a_jwk_set_verify() {
     assert_eq!(set.public_jwks()["keys"][0]["n"], RSA_N);
     // Without the kid it is still found by algorithm.
     let parts: Vec<&str> = RSA_TOKEN.split('.').collect();
-    let tampered = format!("{}.{}.{}", parts[0], b64(r#"{"role":"service_role"}"#), parts[2]);
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(r#"{"role":"service_role"}"#),
+        parts[2]
+    );
     assert_eq!(set.verify(&tampered, NOW), Err(JwtError::BadSignature));
 }
 
 #[test]
 fn symmetric_keys_are_never_published() {
     let oct = json!({"kty": "oct", "kid": "o1", "k": URL_SAFE_NO_PAD.encode([7u8; 32])});
-    let set = KeySet::new(&KeyStore::generate(NOW), Some(&json!({"keys": [oct]})), None).unwrap();
+    let set = KeySet::new(
+        &KeyStore::generate(NOW),
+        Some(&json!({"keys": [oct]})),
+        None,
+    )
+    .unwrap();
     assert_eq!(set.public_jwks(), json!({"keys": []}));
     let (_, only_hs) = generated();
     assert_eq!(only_hs.public_jwks(), json!({"keys": []}));
@@ -288,17 +350,33 @@ fn bad_jwk_sets_are_refused_by_index() {
     for jwks in cases {
         assert!(KeySet::new(&store, Some(&jwks), None).is_err(), "{jwks}");
     }
-    assert_eq!(KeySet::new(&KeyStore::default(), None, None).unwrap_err(), KeyError::NoActiveKey);
+    assert_eq!(
+        KeySet::new(&KeyStore::default(), None, None).unwrap_err(),
+        KeyError::NoActiveKey
+    );
 }
 
 #[test]
 fn malformed_tokens_are_refused_without_panicking() {
     let (_, set) = generated();
-    for token in ["", ".", "..", "a.b", "a.b.c.d", "!!!.b.c", "e30.e30.e30", "bnVsbA.e30.", "eyJhbGciOjF9.e30.sig"] {
+    for token in [
+        "",
+        ".",
+        "..",
+        "a.b",
+        "a.b.c.d",
+        "!!!.b.c",
+        "e30.e30.e30",
+        "bnVsbA.e30.",
+        "eyJhbGciOjF9.e30.sig",
+    ] {
         assert!(set.verify(token, NOW).is_err(), "{token:?}");
     }
     let header = b64(r#"{"alg":"HS256"}"#);
-    assert!(set.verify(&format!("{header}.bm90IGpzb24.sig"), NOW).is_err());
+    assert!(
+        set.verify(&format!("{header}.bm90IGpzb24.sig"), NOW)
+            .is_err()
+    );
 }
 
 #[test]
@@ -315,7 +393,10 @@ fn random_and_mutated_input_never_panics() {
         mutated[idx] = rng.gen_range(b'!'..=b'~');
         let mutated = String::from_utf8_lossy(&mutated).into_owned();
         if mutated != valid {
-            assert!(set.verify(&mutated, NOW).is_err() || mutated.split('.').nth(2) == valid.split('.').nth(2));
+            assert!(
+                set.verify(&mutated, NOW).is_err()
+                    || mutated.split('.').nth(2) == valid.split('.').nth(2)
+            );
         }
     }
 }

@@ -29,3 +29,8 @@ begin
   end if;
 end
 $$;
+
+-- Readiness checks run on the request pool (as authenticator) and read
+-- which migrations are applied; nothing else in `sovra` is theirs to see.
+grant usage on schema sovra to authenticator;
+grant select on sovra.schema_migrations to authenticator;

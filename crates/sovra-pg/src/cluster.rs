@@ -95,12 +95,12 @@ impl PgBinaries {
         if let Some(dir) = configured {
             candidates.push(dir.to_owned());
         } else {
-            if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-                if out.status.success() {
-                    let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-                    if !dir.is_empty() {
-                        candidates.push(PathBuf::from(dir));
-                    }
+            if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+                && out.status.success()
+            {
+                let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                if !dir.is_empty() {
+                    candidates.push(PathBuf::from(dir));
                 }
             }
             let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
@@ -112,7 +112,7 @@ impl PgBinaries {
                     Some((major, entry.path().join("bin")))
                 })
                 .collect();
-            versioned.sort_by(|a, b| b.0.cmp(&a.0));
+            versioned.sort_by_key(|entry| std::cmp::Reverse(entry.0));
             candidates.extend(versioned.into_iter().map(|(_, dir)| dir));
             if let Some(path) = std::env::var_os("PATH") {
                 candidates.extend(std::env::split_paths(&path));
@@ -546,8 +546,9 @@ fn init_cluster(
         writeln!(file, "{password}").map_err(io_err("writing the password file"))?;
     }
     if let Some(user) = run_as {
-        chown(dir, Some(user.uid), Some(user.gid))
-            .map_err(|err| io_err(format!("giving {} to {}", dir.display(), user.name))(err.into()))?;
+        chown(dir, Some(user.uid), Some(user.gid)).map_err(|err| {
+            io_err(format!("giving {} to {}", dir.display(), user.name))(err.into())
+        })?;
         chown(&pwfile, Some(user.uid), Some(user.gid)).map_err(|err| {
             io_err(format!("giving {} to {}", pwfile.display(), user.name))(err.into())
         })?;
@@ -664,7 +665,10 @@ fn is_postgres(pid: Pid, dir: &Path) -> bool {
         return false;
     };
     // The state follows the parenthesised command name.
-    let state = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next());
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next());
     if state == Some("Z") {
         return false;
     }

@@ -1,6 +1,8 @@
 //! Integration tests of the embedded cluster, migrations and the request
 //! transaction, against real PostgreSQL processes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::os::unix::fs::MetadataExt as _;
 use std::time::Duration;
 
@@ -25,7 +27,10 @@ fn process_alive(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()) != Some("Z")
+    stat.rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        != Some("Z")
 }
 
 #[tokio::test]
@@ -38,7 +43,11 @@ async fn cluster_first_start_restart_and_stop() {
     let client = sovra_pg::connect_one(&cluster.connect_config("postgres", "postgres"))
         .await
         .unwrap();
-    let wal: String = client.query_one("show wal_level", &[]).await.unwrap().get(0);
+    let wal: String = client
+        .query_one("show wal_level", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(wal, "logical");
     let listen: String = client
         .query_one("show listen_addresses", &[])
@@ -71,7 +80,10 @@ async fn cluster_first_start_restart_and_stop() {
 
     let pid = cluster.pid();
     cluster.stop(Duration::from_secs(30)).await;
-    assert!(!process_alive(pid), "postgres {pid} still running after stop");
+    assert!(
+        !process_alive(pid),
+        "postgres {pid} still running after stop"
+    );
     assert!(!dir.join("pg/postmaster.pid").exists());
 
     let cluster = Cluster::start(options(&dir)).await.unwrap();
@@ -117,8 +129,14 @@ async fn wrong_binaries_and_versions_are_refused_with_advice() {
     let mut opts = options(&dir);
     opts.bin_dir = Some("/nonexistent/bin".into());
     let err = Cluster::start(opts).await.unwrap_err();
-    assert!(matches!(err, ClusterError::BinariesNotFound { .. }), "{err}");
-    assert!(err.to_string().contains("apt-get install postgresql"), "{err}");
+    assert!(
+        matches!(err, ClusterError::BinariesNotFound { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("apt-get install postgresql"),
+        "{err}"
+    );
 
     std::fs::create_dir_all(dir.join("pg")).unwrap();
     std::fs::write(dir.join("pg/PG_VERSION"), "9\n").unwrap();
@@ -131,7 +149,8 @@ async fn wrong_binaries_and_versions_are_refused_with_advice() {
 async fn failed_start_reports_the_log() {
     let dir = scratch_dir();
     let mut opts = options(&dir);
-    opts.settings.push(("shared_buffers".into(), "not-a-size".into()));
+    opts.settings
+        .push(("shared_buffers".into(), "not-a-size".into()));
     let err = Cluster::start(opts).await.unwrap_err();
     assert!(matches!(err, ClusterError::Exited { .. }), "{err}");
     assert!(err.to_string().contains("shared_buffers"), "{err}");
@@ -144,7 +163,10 @@ async fn migrations_are_idempotent() {
     let snapshot = "select count(*)::int from pg_proc p join pg_namespace n on n.oid = p.pronamespace where n.nspname in ('auth','storage','realtime','sovra','extensions')";
     let before: i32 = client.query_one(snapshot, &[]).await.unwrap().get(0);
     let report = sovra_pg::migrate(&mut client).await.unwrap();
-    assert!(report.applied.is_empty(), "template was already migrated: {report:?}");
+    assert!(
+        report.applied.is_empty(),
+        "template was already migrated: {report:?}"
+    );
     let again = sovra_pg::migrate(&mut client).await.unwrap();
     assert!(again.applied.is_empty());
     let after: i32 = client.query_one(snapshot, &[]).await.unwrap().get(0);
@@ -177,10 +199,19 @@ async fn concurrent_migrations_apply_each_version_once() {
         applied.extend(task.await.unwrap().unwrap().applied);
     }
     applied.sort_unstable();
-    let all: Vec<i32> = sovra_pg::migrate::MIGRATIONS.iter().map(|m| m.version).collect();
-    assert_eq!(applied, all, "each migration applied by exactly one instance");
+    let all: Vec<i32> = sovra_pg::migrate::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    assert_eq!(
+        applied, all,
+        "each migration applied by exactly one instance"
+    );
     let client = sovra_pg::connect_one(&config).await.unwrap();
-    assert_eq!(sovra_pg::migrate::applied_versions(&client).await.unwrap(), all);
+    assert_eq!(
+        sovra_pg::migrate::applied_versions(&client).await.unwrap(),
+        all
+    );
     drop(client);
     admin
         .batch_execute(&format!("drop database \"{name}\" with (force)"))
@@ -200,7 +231,10 @@ async fn edited_or_newer_migrations_are_refused() {
         .await
         .unwrap();
     let err = sovra_pg::migrate(&mut client).await.unwrap_err();
-    assert!(matches!(err, sovra_pg::MigrateError::Changed { version: 2, .. }), "{err}");
+    assert!(
+        matches!(err, sovra_pg::MigrateError::Changed { version: 2, .. }),
+        "{err}"
+    );
 
     let db = TestDb::new().await;
     let mut client = db.client().await;
@@ -248,7 +282,10 @@ async fn roles_schemas_and_extensions_exist() {
         .await
         .unwrap();
     let available = client
-        .query_opt("select 1 from pg_available_extensions where name = 'vector'", &[])
+        .query_opt(
+            "select 1 from pg_available_extensions where name = 'vector'",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(vector.is_some(), available.is_some());
@@ -272,13 +309,17 @@ fn context(role: &str, claims: Value) -> RequestContext {
 #[tokio::test]
 async fn request_transaction_sets_role_claims_and_helpers() {
     let db = TestDb::new().await;
-    let mut client = sovra_pg::connect_one(&db.config_as("authenticator")).await.unwrap();
+    let mut client = sovra_pg::connect_one(&db.config_as("authenticator"))
+        .await
+        .unwrap();
     let uid = "4b8a1a2e-6a3f-4f0e-9a59-1f1f3f2e0a11";
     let ctx = context(
         "authenticated",
         json!({"sub": uid, "role": "authenticated", "email": "a@example.com", "aal": "aal1"}),
     );
-    let tx = sovra_pg::begin_request(&mut client, &ctx, true).await.unwrap();
+    let tx = sovra_pg::begin_request(&mut client, &ctx, true)
+        .await
+        .unwrap();
     let row = tx
         .query_one(
             "select current_user::text, auth.uid()::text, auth.role(), auth.email(), auth.jwt() ->> 'aal',
@@ -316,13 +357,19 @@ async fn request_transaction_sets_role_claims_and_helpers() {
 #[tokio::test]
 async fn unknown_role_is_classified() {
     let db = TestDb::new().await;
-    let mut client = sovra_pg::connect_one(&db.config_as("authenticator")).await.unwrap();
+    let mut client = sovra_pg::connect_one(&db.config_as("authenticator"))
+        .await
+        .unwrap();
     let ctx = context("no_such_role", json!({"role": "no_such_role"}));
-    let err = sovra_pg::begin_request(&mut client, &ctx, true).await.unwrap_err();
+    let Err(err) = sovra_pg::begin_request(&mut client, &ctx, true).await else {
+        panic!("role switch must fail");
+    };
     assert_eq!(sovra_pg::error_kind(&err), ErrorKind::InvalidParameterValue);
     // A role that exists but authenticator may not become.
     let ctx = context("postgres", json!({"role": "postgres"}));
-    let err = sovra_pg::begin_request(&mut client, &ctx, true).await.unwrap_err();
+    let Err(err) = sovra_pg::begin_request(&mut client, &ctx, true).await else {
+        panic!("role switch must fail");
+    };
     assert_eq!(sovra_pg::error_kind(&err), ErrorKind::InsufficientPrivilege);
 }
 
@@ -342,12 +389,16 @@ async fn rls_separates_users_and_service_role_bypasses_it() {
         )
         .await
         .unwrap();
-    let mut client = sovra_pg::connect_one(&db.config_as("authenticator")).await.unwrap();
+    let mut client = sovra_pg::connect_one(&db.config_as("authenticator"))
+        .await
+        .unwrap();
     let user_a = context(
         "authenticated",
         json!({"sub": "00000000-0000-0000-0000-00000000000a", "role": "authenticated"}),
     );
-    let tx = sovra_pg::begin_request(&mut client, &user_a, false).await.unwrap();
+    let tx = sovra_pg::begin_request(&mut client, &user_a, false)
+        .await
+        .unwrap();
     let bodies: Vec<String> = tx
         .query("select body from public.notes order by id", &[])
         .await
@@ -372,7 +423,9 @@ async fn rls_separates_users_and_service_role_bypasses_it() {
     drop(tx);
 
     let anon = context("anon", json!({"role": "anon"}));
-    let tx = sovra_pg::begin_request(&mut client, &anon, true).await.unwrap();
+    let tx = sovra_pg::begin_request(&mut client, &anon, true)
+        .await
+        .unwrap();
     let count: i64 = tx
         .query_one("select count(*) from public.notes", &[])
         .await
@@ -382,7 +435,9 @@ async fn rls_separates_users_and_service_role_bypasses_it() {
     drop(tx);
 
     let service = context("service_role", json!({"role": "service_role"}));
-    let tx = sovra_pg::begin_request(&mut client, &service, true).await.unwrap();
+    let tx = sovra_pg::begin_request(&mut client, &service, true)
+        .await
+        .unwrap();
     let count: i64 = tx
         .query_one("select count(*) from public.notes", &[])
         .await

@@ -96,7 +96,9 @@ fn percent_decode(text: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = text
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(byte) => {
                         out.push(byte);
@@ -130,7 +132,9 @@ fn bearer(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
         .to_str()
         .map_err(|_| GatewayError::MalformedAuthorization)?;
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(Some(token.trim().to_owned()))
         }
         _ => Err(GatewayError::MalformedAuthorization),
@@ -188,11 +192,11 @@ pub fn authenticate(
 impl FromRequestParts<AppState> for Caller {
     type Rejection = GatewayError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let tenant = state
-            .tenants
-            .resolve(parts)
-            .ok_or(GatewayError::NoTenant)?;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let tenant = state.tenants.resolve(parts).ok_or(GatewayError::NoTenant)?;
         authenticate(&tenant, &parts.headers, parts.uri.query())
     }
 }
@@ -225,7 +229,10 @@ mod tests {
     #[test]
     fn api_key_from_header_or_query() {
         let mut headers = HeaderMap::new();
-        assert_eq!(api_key(&headers, Some("vsn=1.0.0&apikey=k%2E1")), Some("k.1".to_owned()));
+        assert_eq!(
+            api_key(&headers, Some("vsn=1.0.0&apikey=k%2E1")),
+            Some("k.1".to_owned())
+        );
         headers.insert("apikey", "h".parse().unwrap());
         assert_eq!(api_key(&headers, Some("apikey=q")), Some("h".to_owned()));
         assert_eq!(api_key(&HeaderMap::new(), None), None);

@@ -25,7 +25,9 @@ pub enum KeysError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is damaged ({message}); restore it from a backup, or delete it to make new keys (tokens already issued will stop working)")]
+    #[error(
+        "{path} is damaged ({message}); restore it from a backup, or delete it to make new keys (tokens already issued will stop working)"
+    )]
     Damaged { path: String, message: String },
     #[error("writing {path}: {source}")]
     Write {
@@ -35,7 +37,9 @@ pub enum KeysError {
     },
     #[error("invalid key configuration: {0}")]
     Config(String),
-    #[error("`jwt.secret` is set in the configuration, so the signing key is not Sovra's to rotate or retire: change the secret there")]
+    #[error(
+        "`jwt.secret` is set in the configuration, so the signing key is not Sovra's to rotate or retire: change the secret there"
+    )]
     ConfiguredSecret,
 }
 
@@ -210,7 +214,7 @@ pub fn list(path: &Path) -> Result<Vec<(String, String, i64)>, KeysError> {
         .keys
         .iter()
         .map(|key| {
-            let status = serde_json::to_value(&key.status)
+            let status = serde_json::to_value(key.status)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();

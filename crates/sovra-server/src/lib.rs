@@ -59,7 +59,10 @@ pub struct ResolvedTenant(pub Arc<Tenant>);
 impl FromRequestParts<AppState> for ResolvedTenant {
     type Rejection = GatewayError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         state
             .tenants
             .resolve(parts)
@@ -130,6 +133,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .on_request(())
+        .on_failure(())
         .on_response(
             |response: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
                 tracing::info!(

@@ -28,7 +28,10 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
             let client = tenant.pool.get().await.map_err(|err| err.to_string())?;
             let current = sovra_pg::migrate::is_current(&client)
                 .await
-                .map_err(|err| err.to_string())?;
+                .map_err(|err| match err.as_db_error() {
+                    Some(db) => db.message().to_owned(),
+                    None => err.to_string(),
+                })?;
             if current {
                 Ok(())
             } else {
@@ -61,8 +64,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
         let labels = [("tenant", tenant.id.clone())];
         metrics::gauge!("sovra_db_pool_max_connections", &labels).set(status.max_size as f64);
         metrics::gauge!("sovra_db_pool_connections", &labels).set(status.size as f64);
-        metrics::gauge!("sovra_db_pool_idle_connections", &labels)
-            .set(status.available as f64);
+        metrics::gauge!("sovra_db_pool_idle_connections", &labels).set(status.available as f64);
         metrics::gauge!("sovra_db_pool_waiting_requests", &labels).set(status.waiting as f64);
     }
     metrics::gauge!("sovra_uptime_seconds").set(state.started.elapsed().as_secs_f64());
@@ -111,7 +113,10 @@ pub(crate) async fn whoami_db(
     let result = async {
         let mut client = caller.tenant.pool.get().await.map_err(|err| {
             tracing::warn!(error = %err, "no database connection");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable".to_owned())
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable".to_owned(),
+            )
         })?;
         let tx = sovra_pg::begin_request(&mut client, &context, true)
             .await
@@ -146,12 +151,16 @@ fn db_error(err: sovra_pg::tokio_postgres::Error) -> (StatusCode, String) {
             err.as_db_error()
                 .map_or_else(|| "invalid role".to_owned(), |db| db.message().to_owned()),
         ),
-        sovra_pg::ErrorKind::Connection => {
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable".to_owned())
-        }
+        sovra_pg::ErrorKind::Connection => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database unavailable".to_owned(),
+        ),
         _ => {
             tracing::error!(error = %err, "whoami query failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error".to_owned(),
+            )
         }
     }
 }
@@ -161,9 +170,7 @@ fn db_error(err: sovra_pg::tokio_postgres::Error) -> (StatusCode, String) {
 pub fn safe_headers(headers: &HeaderMap) -> Map<String, Value> {
     headers
         .iter()
-        .filter(|(name, _)| {
-            !matches!(name.as_str(), "authorization" | "apikey" | "cookie")
-        })
+        .filter(|(name, _)| !matches!(name.as_str(), "authorization" | "apikey" | "cookie"))
         .filter_map(|(name, value)| {
             Some((
                 name.as_str().to_owned(),

@@ -114,7 +114,10 @@ pub fn build_tenant(
 
 /// Runs `sovra serve` until `shutdown` resolves (or the embedded cluster
 /// dies), then drains requests and stops PostgreSQL.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let started = std::time::Instant::now();
     let data_dir = DataDir::open(&config.data_dir)?;
     let database = open_database(&config, &data_dir).await?;
@@ -123,7 +126,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         requests,
         cluster,
     } = database;
-    let result = serve_with(&config, &data_dir, &admin, requests, cluster.as_ref(), shutdown, started).await;
+    let result = serve_with(
+        &config,
+        &data_dir,
+        &admin,
+        requests,
+        cluster.as_ref(),
+        shutdown,
+        started,
+    )
+    .await;
     if let Some(cluster) = cluster {
         cluster
             .stop(Duration::from_secs(config.server.shutdown_timeout.max(5)))
@@ -190,13 +202,21 @@ async fn serve_with(
         Err(_) => tracing::warn!(?timeout, "in-flight requests did not finish in time"),
     }
     if cluster_died {
-        return Err(ServeError::ClusterDied(data_dir.pg_log().display().to_string()));
+        return Err(ServeError::ClusterDied(
+            data_dir.pg_log().display().to_string(),
+        ));
     }
     Ok(())
 }
 
 #[allow(clippy::print_stdout)]
-fn print_banner(url: &str, api: &keys::ApiKeys, first_run: bool, data_dir: &DataDir, embedded: bool) {
+fn print_banner(
+    url: &str,
+    api: &keys::ApiKeys,
+    first_run: bool,
+    data_dir: &DataDir,
+    embedded: bool,
+) {
     println!();
     println!("  Sovra {} is running", env!("CARGO_PKG_VERSION"));
     println!();
@@ -204,7 +224,10 @@ fn print_banner(url: &str, api: &keys::ApiKeys, first_run: bool, data_dir: &Data
     println!("  REST          {url}/rest/v1");
     println!("  Auth          {url}/auth/v1");
     println!("  Storage       {url}/storage/v1");
-    println!("  Realtime      {}/realtime/v1", url.replacen("http", "ws", 1));
+    println!(
+        "  Realtime      {}/realtime/v1",
+        url.replacen("http", "ws", 1)
+    );
     println!("  Health        {url}/health  {url}/ready  {url}/metrics");
     println!("  Data dir      {}", data_dir.root().display());
     if embedded {
@@ -215,7 +238,10 @@ fn print_banner(url: &str, api: &keys::ApiKeys, first_run: bool, data_dir: &Data
     }
     println!();
     if first_run {
-        println!("  First start: new keys were made and saved in {}", data_dir.keys_file().display());
+        println!(
+            "  First start: new keys were made and saved in {}",
+            data_dir.keys_file().display()
+        );
         println!("  anon key      {}", api.anon);
         println!("  service_role  {}", api.service_role);
         println!("  (the service_role key bypasses row-level security: keep it on servers only)");

@@ -1,6 +1,8 @@
 //! HTTP tests of the server's own endpoints and of the JWT gateway, through
 //! the real router on a real PostgreSQL database.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sovra_config::Config;
@@ -30,15 +32,25 @@ async fn health_ready_and_metrics() {
     let (status, body) = get_json(&format!("{}/ready", app.url), &[]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    let response = client().get(format!("{}/metrics", app.url)).send().await.unwrap();
+    let response = client()
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.text().await.unwrap();
     assert!(
         text.contains("sovra_http_requests_total{method=\"GET\",route=\"/health\",status=\"200\"}"),
         "{text}"
     );
-    assert!(text.contains("sovra_http_request_duration_seconds_bucket"), "{text}");
-    assert!(text.contains("sovra_db_pool_max_connections{tenant=\"default\"} 16"), "{text}");
+    assert!(
+        text.contains("sovra_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sovra_db_pool_max_connections{tenant=\"default\"} 16"),
+        "{text}"
+    );
     assert!(text.contains("sovra_db_pool_connections"), "{text}");
 }
 
@@ -66,8 +78,15 @@ async fn ready_fails_when_the_database_is_gone() {
 #[tokio::test]
 async fn request_ids_are_set_and_propagated() {
     let app = TestApp::spawn().await;
-    let response = client().get(format!("{}/health", app.url)).send().await.unwrap();
-    let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let response = client()
+        .get(format!("{}/health", app.url))
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(id.len(), 36, "a uuid: {id}");
     let response = client()
         .get(format!("{}/health", app.url))
@@ -82,7 +101,10 @@ async fn request_ids_are_set_and_propagated() {
 async fn cors_preflight_is_answered_as_supabase_does() {
     let app = TestApp::spawn().await;
     let response = client()
-        .request(reqwest::Method::OPTIONS, format!("{}/rest/v1/todos", app.url))
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/rest/v1/todos", app.url),
+        )
         .header("origin", "http://localhost:3000")
         .header("access-control-request-method", "PATCH")
         .header(
@@ -96,9 +118,15 @@ async fn cors_preflight_is_answered_as_supabase_does() {
     let headers = response.headers();
     assert_eq!(headers["access-control-allow-origin"], "*");
     let methods = headers["access-control-allow-methods"].to_str().unwrap();
-    assert!(methods.contains("PATCH") && methods.contains("DELETE"), "{methods}");
+    assert!(
+        methods.contains("PATCH") && methods.contains("DELETE"),
+        "{methods}"
+    );
     let allowed = headers["access-control-allow-headers"].to_str().unwrap();
-    assert!(allowed.contains("apikey") && allowed.contains("prefer"), "{allowed}");
+    assert!(
+        allowed.contains("apikey") && allowed.contains("prefer"),
+        "{allowed}"
+    );
 
     let response = client()
         .get(format!("{}/health", app.url))
@@ -110,7 +138,10 @@ async fn cors_preflight_is_answered_as_supabase_does() {
         .to_str()
         .unwrap()
         .to_owned();
-    assert!(exposed.contains("content-range") && exposed.contains("x-sb-error-code"), "{exposed}");
+    assert!(
+        exposed.contains("content-range") && exposed.contains("x-sb-error-code"),
+        "{exposed}"
+    );
 }
 
 #[tokio::test]
@@ -150,12 +181,21 @@ async fn api_keys_map_to_roles() {
     assert_eq!(body["role"], "service_role");
 
     // A user's token with the anon key: the user's role and claims.
-    let token = app.sign(Value::Object(TestApp::user_claims("11111111-1111-1111-1111-111111111111")));
+    let token = app.sign(Value::Object(TestApp::user_claims(
+        "11111111-1111-1111-1111-111111111111",
+    )));
     let bearer = format!("Bearer {token}");
-    let (status, body) = get_json(&url, &[("apikey", &app.anon_key), ("authorization", &bearer)]).await;
+    let (status, body) = get_json(
+        &url,
+        &[("apikey", &app.anon_key), ("authorization", &bearer)],
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["role"], "authenticated");
-    assert_eq!(body["claims"]["sub"], "11111111-1111-1111-1111-111111111111");
+    assert_eq!(
+        body["claims"]["sub"],
+        "11111111-1111-1111-1111-111111111111"
+    );
 }
 
 #[tokio::test]
@@ -176,7 +216,10 @@ async fn database_sees_the_callers_role_and_claims() {
     let token = app.sign(Value::Object(TestApp::user_claims(uid)));
     let (status, body) = get_json(
         &url,
-        &[("apikey", &app.anon_key), ("authorization", &format!("Bearer {token}"))],
+        &[
+            ("apikey", &app.anon_key),
+            ("authorization", &format!("Bearer {token}")),
+        ],
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -191,7 +234,10 @@ async fn database_sees_the_callers_role_and_claims() {
     let token = app.sign(Value::Object(claims));
     let (status, body) = get_json(&url, &[("authorization", &format!("Bearer {token}"))]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("ghost"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("ghost"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -205,7 +251,9 @@ async fn bad_credentials_are_refused() {
     assert_eq!(body["message"], "Invalid API key");
 
     // A user token is not an API key.
-    let user = app.sign(Value::Object(TestApp::user_claims("33333333-3333-3333-3333-333333333333")));
+    let user = app.sign(Value::Object(TestApp::user_claims(
+        "33333333-3333-3333-3333-333333333333",
+    )));
     let (status, body) = get_json(&url, &[("apikey", &user)]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["message"], "Invalid API key");
@@ -216,7 +264,10 @@ async fn bad_credentials_are_refused() {
     let (status, body) = get_json(&url, &[("authorization", &format!("Bearer {expired}"))]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["code"], "PGRST301");
-    assert!(body["message"].as_str().unwrap().contains("expired"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
 
     // Signed with a different secret.
     let mut parts: Vec<String> = user.split('.').map(str::to_owned).collect();
@@ -224,7 +275,10 @@ async fn bad_credentials_are_refused() {
     let forged = parts.join(".");
     let (status, body) = get_json(&url, &[("authorization", &format!("Bearer {forged}"))]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(body["message"].as_str().unwrap().contains("signature"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("signature"),
+        "{body}"
+    );
 
     // alg: none with the claims of a service_role.
     let none = format!(
@@ -235,11 +289,21 @@ async fn bad_credentials_are_refused() {
     let (status, _) = get_json(&url, &[("authorization", &format!("Bearer {none}"))]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    for malformed in ["Basic dXNlcjpwYXNz", "Bearer", "Bearer not.a.jwt", "Bearer ...."] {
+    for malformed in [
+        "Basic dXNlcjpwYXNz",
+        "Bearer",
+        "Bearer not.a.jwt",
+        "Bearer ....",
+    ] {
         let (status, body) = get_json(&url, &[("authorization", malformed)]).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{malformed}: {body}");
     }
-    let response = client().get(&url).header("authorization", "Bearer x").send().await.unwrap();
+    let response = client()
+        .get(&url)
+        .header("authorization", "Bearer x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
 }
 
@@ -270,7 +334,9 @@ async fn configured_audience_is_enforced() {
     config.jwt.audience = Some("authenticated".to_owned());
     let app = TestApp::spawn_with(config).await;
     let url = format!("{}/sovra/v1/whoami", app.url);
-    let good = app.sign(Value::Object(TestApp::user_claims("44444444-4444-4444-4444-444444444444")));
+    let good = app.sign(Value::Object(TestApp::user_claims(
+        "44444444-4444-4444-4444-444444444444",
+    )));
     let (status, _) = get_json(&url, &[("authorization", &format!("Bearer {good}"))]).await;
     assert_eq!(status, StatusCode::OK);
     let mut claims = TestApp::user_claims("44444444-4444-4444-4444-444444444444");
@@ -278,7 +344,10 @@ async fn configured_audience_is_enforced() {
     let bad = app.sign(Value::Object(claims));
     let (status, body) = get_json(&url, &[("authorization", &format!("Bearer {bad}"))]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(body["message"].as_str().unwrap().contains("audience"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("audience"),
+        "{body}"
+    );
 }
 
 const DEMO_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
@@ -296,7 +365,10 @@ async fn a_supabase_projects_secret_keeps_its_shipped_keys_working() {
     assert_eq!(body["role"], "anon");
     let (status, body) = get_json(
         &url,
-        &[("apikey", DEMO_SERVICE), ("authorization", &format!("Bearer {DEMO_SERVICE}"))],
+        &[
+            ("apikey", DEMO_SERVICE),
+            ("authorization", &format!("Bearer {DEMO_SERVICE}")),
+        ],
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -317,7 +389,11 @@ async fn jwks_publishes_only_public_asymmetric_keys() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["cache-control"], "public, max-age=600");
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body, json!({"keys": []}), "HS256 secrets are never published");
+    assert_eq!(
+        body,
+        json!({"keys": []}),
+        "HS256 secrets are never published"
+    );
 }
 
 #[tokio::test]
@@ -349,14 +425,23 @@ async fn rotation_keeps_old_tokens_until_retired() {
     let now = TestApp::now();
     let rotated = sovra_server::keys::rotate(&path, &config).unwrap();
     assert_ne!(rotated.api.anon, first.api.anon);
-    assert_eq!(rotated.keyset.verify(&first.api.anon, now).unwrap().role, "anon");
+    assert_eq!(
+        rotated.keyset.verify(&first.api.anon, now).unwrap().role,
+        "anon"
+    );
     let listed = sovra_server::keys::list(&path).unwrap();
     assert_eq!(listed.len(), 2);
-    let previous = listed.iter().find(|(_, status, _)| status == "previous").unwrap();
+    let previous = listed
+        .iter()
+        .find(|(_, status, _)| status == "previous")
+        .unwrap();
     sovra_server::keys::retire(&path, &config, &previous.0).unwrap();
     let reloaded = sovra_server::keys::load_or_create(&path, &config).unwrap();
     assert!(reloaded.keyset.verify(&first.api.anon, now).is_err());
-    assert_eq!(reloaded.keyset.verify(&rotated.api.anon, now).unwrap().role, "anon");
+    assert_eq!(
+        reloaded.keyset.verify(&rotated.api.anon, now).unwrap().role,
+        "anon"
+    );
 
     let mut configured = config.clone();
     configured.jwt.secret = Some(DEMO_SECRET.to_owned());

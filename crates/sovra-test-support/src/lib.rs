@@ -89,22 +89,31 @@ async fn shared() -> &'static Shared {
         .get_or_init(|| async {
             let (admin, cluster, template) = match std::env::var("SOVRA_TEST_DATABASE_URL") {
                 Ok(url) => {
-                    let config = PgConfig::from_str(&url).expect("SOVRA_TEST_DATABASE_URL is not a valid URL");
+                    let config = PgConfig::from_str(&url)
+                        .expect("SOVRA_TEST_DATABASE_URL is not a valid URL");
                     let suffix: u32 = rand::thread_rng().r#gen();
-                    (config, None, format!("sovra_tpl_{}_{suffix:08x}", std::process::id()))
+                    (
+                        config,
+                        None,
+                        format!("sovra_tpl_{}_{suffix:08x}", std::process::id()),
+                    )
                 }
                 Err(_) => {
                     sweep_stale();
                     let mut options = ClusterOptions::new(scratch_dir().join("pg"));
                     options.settings = fast_settings();
-                    let cluster = Cluster::start(options).await.expect("starting the test cluster");
+                    let cluster = Cluster::start(options)
+                        .await
+                        .expect("starting the test cluster");
                     let admin = cluster.connect_config(sovra_pg::cluster::SUPERUSER, "postgres");
                     (admin, Some(cluster), "sovra_template".to_owned())
                 }
             };
             let mut postgres = admin.clone();
             postgres.dbname("postgres");
-            let client = sovra_pg::connect_one(&postgres).await.expect("connecting to the test server");
+            let client = sovra_pg::connect_one(&postgres)
+                .await
+                .expect("connecting to the test server");
             client
                 .batch_execute(&format!("create database \"{template}\""))
                 .await
@@ -113,7 +122,9 @@ async fn shared() -> &'static Shared {
             let mut template_config = admin.clone();
             template_config.dbname(&template);
             let mut client = sovra_pg::connect_one(&template_config).await.unwrap();
-            sovra_pg::migrate(&mut client).await.expect("migrating the template database");
+            sovra_pg::migrate(&mut client)
+                .await
+                .expect("migrating the template database");
             drop(client);
             // Cloning needs the template to have no open connections; the
             // dropped client may still be closing.
@@ -222,7 +233,7 @@ pub struct TestApp {
     pub url: String,
     pub anon_key: String,
     pub service_role_key: String,
-    pub keys: std::sync::Arc<sovra_server::Tenant>,
+    pub tenant: std::sync::Arc<sovra_server::Tenant>,
     pub db: TestDb,
     pub data_dir: PathBuf,
     server: tokio::task::JoinHandle<()>,
@@ -244,8 +255,9 @@ impl TestApp {
             .expect("making test keys");
         let anon_key = keys.api.anon.clone();
         let service_role_key = keys.api.service_role.clone();
-        let tenant = sovra_server::serve::build_tenant(&config, db.config_as("authenticator"), keys)
-            .expect("building the test tenant");
+        let tenant =
+            sovra_server::serve::build_tenant(&config, db.config_as("authenticator"), keys)
+                .expect("building the test tenant");
         let resolver = sovra_server::TenantResolver::single(tenant);
         let tenant = resolver.all().remove(0);
         let state = sovra_server::AppState::new(resolver, config.server.body_limit);
@@ -259,7 +271,7 @@ impl TestApp {
             url: format!("http://{addr}"),
             anon_key,
             service_role_key,
-            keys: tenant,
+            tenant,
             db,
             data_dir,
             server,
@@ -271,7 +283,7 @@ impl TestApp {
         let Value::Object(map) = claims else {
             panic!("claims must be an object");
         };
-        self.keys.keys.sign(&map).unwrap()
+        self.tenant.keys.sign(&map).unwrap()
     }
 
     /// Seconds since the Unix epoch.

@@ -26,10 +26,12 @@ impl Report {
 
 fn share_dir(binaries: &PgBinaries) -> PathBuf {
     let pg_config = binaries.bin_dir.join("pg_config");
-    if let Ok(out) = std::process::Command::new(&pg_config).arg("--sharedir").output() {
-        if out.status.success() {
-            return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        }
+    if let Ok(out) = std::process::Command::new(&pg_config)
+        .arg("--sharedir")
+        .output()
+        && out.status.success()
+    {
+        return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     }
     PathBuf::from(format!("/usr/share/postgresql/{}", binaries.major()))
 }
@@ -88,7 +90,9 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         Ok(_) => report.ok("http port", format!("{addr} is free")),
         Err(err) => report.fail(
             "http port",
-            format!("{addr} is not available ({err}): is Sovra already running? set `server.listen`"),
+            format!(
+                "{addr} is not available ({err}): is Sovra already running? set `server.listen`"
+            ),
         ),
     }
     if let Some(port) = config.embedded.port.filter(|_| embedded) {
@@ -96,7 +100,9 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
             Ok(_) => report.ok("postgresql port", format!("127.0.0.1:{port} is free")),
             Err(err) => report.warn(
                 "postgresql port",
-                format!("127.0.0.1:{port} is taken ({err}); fine if it is this Sovra's own PostgreSQL"),
+                format!(
+                    "127.0.0.1:{port} is taken ({err}); fine if it is this Sovra's own PostgreSQL"
+                ),
             ),
         }
     }
@@ -150,23 +156,42 @@ fn check_data_dir(report: &mut Report, dir: &Path, embedded: bool) {
         } else {
             report.fail(
                 "data dir",
-                format!("{} cannot be created: {} is not writable", dir.display(), parent.display()),
+                format!(
+                    "{} cannot be created: {} is not writable",
+                    dir.display(),
+                    parent.display()
+                ),
             );
         }
         return;
     }
     match std::fs::read_to_string(dir.join("sovra.lock")) {
-        Ok(pid) if !pid.trim().is_empty() && Path::new(&format!("/proc/{}", pid.trim())).exists() => {
-            report.warn("data dir", format!("{} is in use by a running Sovra (pid {})", dir.display(), pid.trim()));
+        Ok(pid)
+            if !pid.trim().is_empty() && Path::new(&format!("/proc/{}", pid.trim())).exists() =>
+        {
+            report.warn(
+                "data dir",
+                format!(
+                    "{} is in use by a running Sovra (pid {})",
+                    dir.display(),
+                    pid.trim()
+                ),
+            );
         }
         _ => report.ok("data dir", dir.display()),
     }
     let keys = dir.join("keys.json");
     match std::fs::metadata(&keys) {
-        Ok(meta) if meta.permissions().mode() & 0o077 == 0 => report.ok("keys", format!("{} (mode 0600)", keys.display())),
+        Ok(meta) if meta.permissions().mode() & 0o077 == 0 => {
+            report.ok("keys", format!("{} (mode 0600)", keys.display()))
+        }
         Ok(meta) => report.fail(
             "keys",
-            format!("{} is readable by others (mode {:o}): chmod 600 it", keys.display(), meta.permissions().mode() & 0o777),
+            format!(
+                "{} is readable by others (mode {:o}): chmod 600 it",
+                keys.display(),
+                meta.permissions().mode() & 0o777
+            ),
         ),
         Err(_) => report.ok("keys", "will be created on first start"),
     }

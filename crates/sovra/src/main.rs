@@ -29,7 +29,13 @@ struct Cli {
 #[derive(Args, Debug)]
 struct GlobalArgs {
     /// Configuration file [default: ./sovra.toml when present; env: SOVRA_CONFIG].
-    #[arg(long, short = 'c', global = true, env = "SOVRA_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "SOVRA_CONFIG",
+        value_name = "FILE"
+    )]
     config: Option<PathBuf>,
     /// Data directory (overrides `data_dir` and SOVRA_DATA_DIR).
     #[arg(long, global = true, value_name = "DIR")]
@@ -73,7 +79,10 @@ enum Command {
     Doctor,
 }
 
-fn load_config(global: &GlobalArgs, listen: Option<&String>) -> Result<Config, sovra_config::ConfigError> {
+fn load_config(
+    global: &GlobalArgs,
+    listen: Option<&String>,
+) -> Result<Config, sovra_config::ConfigError> {
     let loader = match &global.config {
         Some(path) => Loader::file(path, true)?,
         None => Loader::file(std::path::Path::new(sovra_config::DEFAULT_FILE), false)?,
@@ -105,7 +114,10 @@ fn main() -> ExitCode {
         }
     };
     sovra_server::observe::init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("sovra: cannot start the async runtime: {err}");
@@ -147,7 +159,10 @@ async fn migrate(config: Config) -> anyhow::Result<ExitCode> {
     }
     let report = result?;
     if report.applied.is_empty() {
-        println!("database is up to date ({} migrations)", sovra_pg::migrate::MIGRATIONS.len());
+        println!(
+            "database is up to date ({} migrations)",
+            sovra_pg::migrate::MIGRATIONS.len()
+        );
     } else {
         println!("applied migrations {:?}", report.applied);
     }
@@ -157,13 +172,20 @@ async fn migrate(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn keys(config: &Config, rotate: bool, retire: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+fn keys(
+    config: &Config,
+    rotate: bool,
+    retire: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     use sovra_server::keys;
     std::fs::create_dir_all(&config.data_dir)?;
     let path = config.data_dir.join("keys.json");
     if let Some(kid) = retire {
         keys::retire(&path, config, kid)?;
-        println!("retired signing key {kid}: tokens it signed no longer verify (after the server restarts)");
+        println!(
+            "retired signing key {kid}: tokens it signed no longer verify (after the server restarts)"
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let project = if rotate {

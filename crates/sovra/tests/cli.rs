@@ -2,6 +2,8 @@
 //! PostgreSQL lifecycle (first start, restart, restart after `kill -9`, a
 //! second instance refused, root handling), the CLI's help and errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,13 +24,20 @@ fn sovra() -> Command {
     command
 }
 
-/// A data directory the `postgres` system user can reach when the tests run
-/// as root.
-fn data_dir() -> PathBuf {
-    sovra_dir().join("data")
+/// A scratch directory the `postgres` system user can reach when the tests
+/// run as root; removed when dropped.
+struct Scratch(tempfile::TempDir);
+
+impl Scratch {
+    fn data(&self) -> PathBuf {
+        self.0.path().join("data")
+    }
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
 }
 
-fn sovra_dir() -> PathBuf {
+fn sovra_dir() -> Scratch {
     use std::os::unix::fs::PermissionsExt as _;
     let root = std::env::temp_dir().join("sovra-cli-test");
     std::fs::create_dir_all(&root).unwrap();
@@ -36,10 +45,9 @@ fn sovra_dir() -> PathBuf {
     let dir = tempfile::Builder::new()
         .prefix("run-")
         .tempdir_in(&root)
-        .unwrap()
-        .keep();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    Scratch(dir)
 }
 
 fn free_port() -> u16 {
@@ -101,10 +109,10 @@ impl Server {
                 let err: Vec<String> = self.stderr.try_iter().collect();
                 panic!("sovra exited with {status}: {}", err.join("\n"));
             }
-            if let Ok(response) = client.get(format!("{}/ready", self.url)).send().await {
-                if response.status().is_success() {
-                    return;
-                }
+            if let Ok(response) = client.get(format!("{}/ready", self.url)).send().await
+                && response.status().is_success()
+            {
+                return;
             }
             assert!(Instant::now() < deadline, "sovra not ready in time");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -151,7 +159,12 @@ fn postmaster_pid(dir: &Path) -> Option<i32> {
 
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()) != Some("Z"),
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next())
+                != Some("Z")
+        }
         Err(_) => false,
     }
 }
@@ -166,13 +179,17 @@ fn wait_gone(pid: i32) {
 
 #[tokio::test]
 async fn embedded_lifecycle_first_start_restart_kill_and_second_instance() {
-    let dir = data_dir();
+    let scratch = sovra_dir();
+    let dir = scratch.data();
 
     // First start: initdb, migrations, keys printed with the URLs.
     let mut server = start(&dir, &[]);
     server.wait_ready().await;
     let out = server.stdout_text();
-    assert!(out.contains(&format!("API URL       {}", server.url)), "{out}");
+    assert!(
+        out.contains(&format!("API URL       {}", server.url)),
+        "{out}"
+    );
     assert!(out.contains("anon key      ey"), "{out}");
     assert!(out.contains("service_role  ey"), "{out}");
     let anon_key = out
@@ -181,10 +198,15 @@ async fn embedded_lifecycle_first_start_restart_kill_and_second_instance() {
         .unwrap()
         .trim()
         .to_owned();
-    let health = reqwest::get(format!("{}/health", server.url)).await.unwrap();
+    let health = reqwest::get(format!("{}/health", server.url))
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     let keys = std::fs::metadata(dir.join("keys.json")).unwrap();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&keys.permissions()) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&keys.permissions()) & 0o777,
+        0o600
+    );
 
     let postmaster = postmaster_pid(&dir).expect("postmaster running");
     if nix::unistd::geteuid().is_root() {
@@ -215,7 +237,10 @@ async fn embedded_lifecycle_first_start_restart_kill_and_second_instance() {
     let status = server.wait_exit();
     assert!(status.success(), "{status}: {}", server.stderr_text());
     wait_gone(postmaster);
-    assert!(postmaster_pid(&dir).is_none(), "postmaster.pid removed by a clean shutdown");
+    assert!(
+        postmaster_pid(&dir).is_none(),
+        "postmaster.pid removed by a clean shutdown"
+    );
     drop(server);
 
     // Restart: same keys, not printed again.
@@ -258,14 +283,21 @@ async fn embedded_lifecycle_first_start_restart_kill_and_second_instance() {
     kill(server.pid(), Signal::SIGTERM).unwrap();
     assert!(server.wait_exit().success());
     let logs = server.stderr_text();
-    assert!(logs.contains("/sovra/v1/whoami"), "requests are logged: {logs}");
-    assert!(!logs.contains(token_marker), "a key leaked into the logs: {logs}");
+    assert!(
+        logs.contains("/sovra/v1/whoami"),
+        "requests are logged: {logs}"
+    );
+    assert!(
+        !logs.contains(token_marker),
+        "a key leaked into the logs: {logs}"
+    );
     wait_gone(new_postmaster);
 }
 
 #[tokio::test]
 async fn json_logs_carry_request_ids() {
-    let dir = data_dir();
+    let scratch = sovra_dir();
+    let dir = scratch.data();
     let mut server = start(&dir, &[("SOVRA_LOG_FORMAT", "json")]);
     server.wait_ready().await;
     let response = reqwest::Client::new()
@@ -291,7 +323,14 @@ fn help_explains_every_command() {
     let out = sovra().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["serve", "migrate", "keys", "doctor", "--config", "--data-dir"] {
+    for word in [
+        "serve",
+        "migrate",
+        "keys",
+        "doctor",
+        "--config",
+        "--data-dir",
+    ] {
         assert!(text.contains(word), "--help lacks {word}: {text}");
     }
     for (command, word) in [
@@ -303,13 +342,17 @@ fn help_explains_every_command() {
         let out = sovra().args([command, "--help"]).output().unwrap();
         assert!(out.status.success());
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains(word) || text.contains("instances"), "{command} --help: {text}");
+        assert!(
+            text.contains(word) || text.contains("instances"),
+            "{command} --help: {text}"
+        );
     }
 }
 
 #[test]
 fn configuration_errors_name_the_option() {
-    let dir = sovra_dir();
+    let scratch = sovra_dir();
+    let dir = scratch.path();
     let out = sovra()
         .args(["serve", "--data-dir"])
         .arg(dir.join("data"))
@@ -322,7 +365,11 @@ fn configuration_errors_name_the_option() {
 
     let config = dir.join("sovra.toml");
     std::fs::write(&config, "[databse]\nurl = \"postgres://x\"\n").unwrap();
-    let out = sovra().args(["serve", "--config"]).arg(&config).output().unwrap();
+    let out = sovra()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`databse`"), "{err}");
@@ -334,21 +381,41 @@ fn configuration_errors_name_the_option() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 
-    let out = sovra().arg("serve").env("SOVRA_JWT_SECRET", "short").output().unwrap();
+    let out = sovra()
+        .arg("serve")
+        .env("SOVRA_JWT_SECRET", "short")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`jwt.secret`"));
 }
 
 #[test]
 fn keys_prints_rotates_and_retires() {
-    let dir = data_dir();
-    let out = sovra().args(["keys", "--json", "--data-dir"]).arg(&dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scratch = sovra_dir();
+    let dir = scratch.data();
+    let out = sovra()
+        .args(["keys", "--json", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(first["anon_key"].as_str().unwrap().starts_with("ey"));
-    let out = sovra().args(["keys", "--json", "--data-dir"]).arg(&dir).output().unwrap();
+    let out = sovra()
+        .args(["keys", "--json", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(first["anon_key"], again["anon_key"], "stable without --rotate");
+    assert_eq!(
+        first["anon_key"], again["anon_key"],
+        "stable without --rotate"
+    );
 
     let out = sovra()
         .args(["keys", "--rotate", "--json", "--data-dir"])
@@ -376,12 +443,28 @@ fn keys_prints_rotates_and_retires() {
         .as_str()
         .unwrap()
         .to_owned();
-    let out = sovra().args(["keys", "--retire", &active, "--data-dir"]).arg(&dir).output().unwrap();
+    let out = sovra()
+        .args(["keys", "--retire", &active, "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "the active key cannot be retired");
-    let out = sovra().args(["keys", "--retire", &previous, "--data-dir"]).arg(&dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = sovra()
+        .args(["keys", "--retire", &previous, "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    let text = sovra().args(["keys", "--data-dir"]).arg(&dir).output().unwrap();
+    let text = sovra()
+        .args(["keys", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("(mode 0600)"), "{text}");
     assert!(!text.contains("\"secret\""), "{text}");
@@ -389,22 +472,43 @@ fn keys_prints_rotates_and_retires() {
 
 #[test]
 fn migrate_and_doctor_on_a_fresh_directory() {
-    let dir = data_dir();
-    let out = sovra().args(["doctor", "--data-dir"]).arg(&dir).output().unwrap();
+    let scratch = sovra_dir();
+    let dir = scratch.data();
+    let out = sovra()
+        .args(["doctor", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ok    postgresql"), "{text}");
     assert!(text.contains("will be created on first start"), "{text}");
 
-    let out = sovra().args(["migrate", "--data-dir"]).arg(&dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = sovra()
+        .args(["migrate", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("applied migrations"));
-    let out = sovra().args(["migrate", "--data-dir"]).arg(&dir).output().unwrap();
+    let out = sovra()
+        .args(["migrate", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
     // migrate stops the PostgreSQL it started.
     assert!(postmaster_pid(&dir).is_none());
 
-    let out = sovra().args(["doctor", "--data-dir"]).arg(&dir).output().unwrap();
+    let out = sovra()
+        .args(["doctor", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("cluster: PostgreSQL"), "{text}");
 
@@ -416,5 +520,8 @@ fn migrate_and_doctor_on_a_fresh_directory() {
         .unwrap();
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("FAIL  postgresql") && text.contains("apt-get install postgresql"), "{text}");
+    assert!(
+        text.contains("FAIL  postgresql") && text.contains("apt-get install postgresql"),
+        "{text}"
+    );
 }
