@@ -448,3 +448,55 @@ async fn rotation_keeps_old_tokens_until_retired() {
     let err = sovra_server::keys::rotate(&path, &configured).unwrap_err();
     assert!(err.to_string().contains("jwt.secret"), "{err}");
 }
+
+/// A P-256 test key (private `d`), made once for these tests.
+const EC_D: &str = "xk-UCYVX6qgVDvNQffbgeUrXH4yiQJTNB4zWcfMOAKk";
+const EC_X: &str = "kPEvY2IfeFBp164JNCro7Fy-U9KZKmvI9mzbtkRz7Ng";
+const EC_Y: &str = "NsifjvHI5lvyKGXlAOPkZCYzxjApuwwVwpmEmo7X-2U";
+
+#[tokio::test]
+async fn a_configured_asymmetric_key_signs_verifies_and_is_published() {
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "ec-main", "alg": "ES256", "d": EC_D, "x": EC_X, "y": EC_Y}]});
+    let mut config = Config::default();
+    config.jwt.jwks = Some(jwks.to_string());
+    let app = TestApp::spawn_with(config).await;
+
+    let body: Value = client()
+        .get(format!("{}/auth/v1/.well-known/jwks.json", app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body,
+        json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "ec-main", "alg": "ES256", "x": EC_X, "y": EC_Y}]}),
+        "public parts only"
+    );
+
+    // New tokens (and the API keys) are ES256 with the key's kid.
+    let token = app.sign(Value::Object(TestApp::user_claims(
+        "55555555-5555-5555-5555-555555555555",
+    )));
+    let header: Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            token.split('.').next().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(header["kid"], "ec-main");
+    let (status, body) = get_json(
+        &format!("{}/sovra/v1/whoami", app.url),
+        &[
+            ("apikey", &app.anon_key),
+            ("authorization", &format!("Bearer {token}")),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["role"], "authenticated");
+}

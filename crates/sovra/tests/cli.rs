@@ -525,3 +525,45 @@ fn migrate_and_doctor_on_a_fresh_directory() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn external_database_url_manages_nothing() {
+    let db = sovra_test_support::TestDb::new().await;
+    let config = db.config();
+    let host = match &config.get_hosts()[0] {
+        sovra_pg::tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        sovra_pg::tokio_postgres::config::Host::Tcp(host) => host.clone(),
+    };
+    let url = format!(
+        "host={host} port={} user={} dbname={}",
+        config.get_ports()[0],
+        config.get_user().unwrap(),
+        db.name
+    );
+    let scratch = sovra_dir();
+    let dir = scratch.data();
+    let mut server = start(&dir, &[("SOVRA_DATABASE_URL", url.as_str())]);
+    server.wait_ready().await;
+    assert!(
+        !dir.join("pg").exists(),
+        "no embedded cluster with a database URL"
+    );
+    let out = server.stdout_text();
+    assert!(!out.contains("PostgreSQL    embedded"), "{out}");
+    kill(server.pid(), Signal::SIGINT).unwrap();
+    assert!(server.wait_exit().success());
+    // The server's database was migrated and is still there.
+    let client = db.client().await;
+    assert!(sovra_pg::migrate::is_current(&client).await.unwrap());
+
+    // An unreachable server is a clear start-up error, not a hang.
+    let out = sovra()
+        .args(["serve", "--data-dir"])
+        .arg(scratch.path().join("other"))
+        .args(["--database-url", "postgres://nobody@127.0.0.1:1/none"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to postgresql"), "{err}");
+}
