@@ -56,7 +56,7 @@ for i in $(seq "$runs"); do
   dir="$root/ref-$i"
   mkdir -p "$dir" && [ "$(id -u)" -ne 0 ] || chown postgres "$dir"
   t0=$(now_ms)
-  "${as_pg[@]}" "$pg_bin/initdb" -D "$dir/pg" -U postgres --encoding=UTF8 --locale=C --auth-local=trust >/dev/null
+  "${as_pg[@]}" "$pg_bin/initdb" -D "$dir/pg" -U postgres --encoding=UTF8 --locale=C --auth-local=trust >/dev/null 2>&1
   "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$dir/pg" -w -s -o "-c listen_addresses='' -c unix_socket_directories=$dir/pg -c wal_level=logical" -l "$dir/log" start
   ref_init+=($(( $(now_ms) - t0 )))
   "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$dir/pg" -w -s -m fast stop
