@@ -1,0 +1,254 @@
+//! REST errors in PostgREST's shape: `{code, message, details, hint}` with
+//! an HTTP status. One constructor per code, so each code's wording lives
+//! in one place.
+
+/// An error the REST layer answers with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    pub details: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: u16, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code: code.to_owned(),
+            message: message.into(),
+            details: None,
+            hint: None,
+        }
+    }
+
+    #[must_use]
+    pub fn with_details(mut self, details: impl Into<String>) -> ApiError {
+        self.details = Some(details.into());
+        self
+    }
+
+    #[must_use]
+    pub fn with_hint(mut self, hint: impl Into<String>) -> ApiError {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// PGRST000: the database cannot be reached.
+    pub fn connection() -> ApiError {
+        ApiError::new(503, "PGRST000", "Database connection error.")
+    }
+
+    /// PGRST002: the schema cache is not loaded.
+    pub fn schema_cache_unavailable() -> ApiError {
+        ApiError::new(
+            503,
+            "PGRST002",
+            "Could not query the database for the schema cache. Retrying.",
+        )
+    }
+
+    /// PGRST003: no pooled connection in time.
+    pub fn pool_timeout() -> ApiError {
+        ApiError::new(
+            504,
+            "PGRST003",
+            "Timed out acquiring connection from connection pool.",
+        )
+    }
+
+    /// PGRST100: a query parameter did not parse.
+    pub fn parse(err: &sovra_rest_grammar::ParseError) -> ApiError {
+        ApiError::new(
+            400,
+            "PGRST100",
+            format!(
+                "\"failed to parse {} ({})\" (line 1, column {})",
+                err.parameter, err.value, err.column
+            ),
+        )
+        .with_details(err.expected.clone())
+    }
+
+    /// PGRST101: a method RPC does not take.
+    pub fn rpc_method(method: &str) -> ApiError {
+        ApiError::new(
+            405,
+            "PGRST101",
+            format!("Cannot use the {method} method on RPC"),
+        )
+    }
+
+    /// PGRST102: a body that is not what the request needs.
+    pub fn invalid_body(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "PGRST102", message)
+    }
+
+    /// PGRST103: a range that cannot be satisfied.
+    pub fn range(details: impl Into<String>) -> ApiError {
+        ApiError::new(416, "PGRST103", "Requested range not satisfiable").with_details(details)
+    }
+
+    /// PGRST106: a schema that is not exposed.
+    pub fn invalid_schema(schema: &str, exposed: &[String]) -> ApiError {
+        ApiError::new(406, "PGRST106", format!("Invalid schema: {schema}")).with_hint(format!(
+            "Only the following schemas are exposed: {}",
+            exposed.join(", ")
+        ))
+    }
+
+    /// PGRST107: an `Accept` nothing matches.
+    pub fn not_acceptable(accept: &str) -> ApiError {
+        ApiError::new(
+            406,
+            "PGRST107",
+            format!("None of these media types are available: {accept}"),
+        )
+    }
+
+    /// PGRST108: a parameter names an embed the select does not have.
+    pub fn not_embedded(name: &str) -> ApiError {
+        ApiError::new(
+            400,
+            "PGRST108",
+            format!("'{name}' is not an embedded resource in this request"),
+        )
+        .with_hint(format!(
+            "Verify that '{name}' is included in the 'select' query parameter."
+        ))
+    }
+
+    /// PGRST116: a singular response without exactly one row.
+    pub fn singular(rows: i64) -> ApiError {
+        ApiError::new(
+            406,
+            "PGRST116",
+            "Cannot coerce the result to a single JSON object",
+        )
+        .with_details(format!("The result contains {rows} rows"))
+    }
+
+    /// PGRST117: a method the resource does not support.
+    pub fn unsupported_method(method: &str) -> ApiError {
+        ApiError::new(
+            405,
+            "PGRST117",
+            format!("Unsupported HTTP method: {method}"),
+        )
+    }
+
+    /// PGRST122: `handling=strict` with preferences Sovra does not know.
+    pub fn invalid_preferences(invalid: &[String]) -> ApiError {
+        ApiError::new(
+            400,
+            "PGRST122",
+            "Invalid preferences given with handling=strict",
+        )
+        .with_details(format!("Invalid preferences: {}", invalid.join(", ")))
+    }
+
+    /// PGRST124: more rows affected than `max-affected` allows.
+    pub fn max_affected(rows: i64) -> ApiError {
+        ApiError::new(
+            400,
+            "PGRST124",
+            "Query result exceeds max-affected preference constraint",
+        )
+        .with_details(format!("The query affects {rows} rows"))
+    }
+
+    /// PGRST125: a path that names no resource.
+    pub fn invalid_path() -> ApiError {
+        ApiError::new(404, "PGRST125", "Invalid path specified in request URL")
+    }
+
+    /// PGRST127: a feature Sovra does not implement yet.
+    pub fn not_implemented(details: impl Into<String>) -> ApiError {
+        ApiError::new(400, "PGRST127", "Feature not implemented").with_details(details)
+    }
+
+    /// PGRST204: a column the relation does not have (writes).
+    pub fn unknown_column(column: &str, relation: &str) -> ApiError {
+        ApiError::new(
+            400,
+            "PGRST204",
+            format!("Could not find the '{column}' column of '{relation}' in the schema cache"),
+        )
+    }
+
+    /// PGRST205: a relation the schema cache does not have.
+    pub fn unknown_relation(schema: &str, name: &str, suggestion: Option<String>) -> ApiError {
+        let mut err = ApiError::new(
+            404,
+            "PGRST205",
+            format!("Could not find the table '{schema}.{name}' in the schema cache"),
+        );
+        if let Some(suggestion) = suggestion {
+            err = err.with_hint(format!(
+                "Perhaps you meant the table '{schema}.{suggestion}'"
+            ));
+        }
+        err
+    }
+
+    /// `42703` as PostgreSQL words it, raised before the query is sent.
+    pub fn undefined_column(relation: &str, column: &str) -> ApiError {
+        ApiError::new(
+            400,
+            "42703",
+            format!("column {relation}.{column} does not exist"),
+        )
+    }
+
+    /// An error PostgreSQL raised, mapped to PostgREST's status (spec §2.16.2).
+    pub fn from_database(
+        sqlstate: &str,
+        message: String,
+        details: Option<String>,
+        hint: Option<String>,
+        anonymous: bool,
+    ) -> ApiError {
+        let status = sqlstate_status(sqlstate, &message, anonymous);
+        ApiError {
+            status,
+            code: sqlstate.to_owned(),
+            message,
+            details,
+            hint,
+        }
+    }
+}
+
+/// PostgREST's mapping of SQLSTATE to HTTP status.
+pub fn sqlstate_status(code: &str, message: &str, anonymous: bool) -> u16 {
+    let class = code.get(..2).unwrap_or("");
+    match code {
+        "21000" if message.ends_with("requires a WHERE clause") => 400,
+        "21000" => 500,
+        "22023" if message.starts_with("role \"") && message.ends_with("\" does not exist") => 401,
+        "23503" | "23505" => 409,
+        "25006" => 405,
+        "42501" if anonymous => 401,
+        "42501" => 403,
+        "42883" if message.starts_with("function xmlagg(") => 406,
+        "42883" | "42P01" => 404,
+        "42P17" | "53400" => 500,
+        "57P01" => 503,
+        "P0001" => 400,
+        _ => match class {
+            "08" => 503,
+            "09" | "25" | "2D" | "38" | "39" | "3B" | "40" | "54" | "55" | "57" | "58" | "F0"
+            | "HV" | "XX" | "P0" => 500,
+            "0L" | "0P" | "28" => 403,
+            "53" => 503,
+            "PT" => code
+                .get(2..)
+                .and_then(|n| n.parse::<u16>().ok())
+                .filter(|n| (100..600).contains(n))
+                .unwrap_or(500),
+            _ => 400,
+        },
+    }
+}

@@ -1,0 +1,20 @@
+//! The planner of Sovra's REST layer: it checks a parsed request
+//! ([`sovra_rest_grammar::QueryParams`]) against the schema cache
+//! ([`SchemaCache`]) and builds one parameterised SQL statement ([`plan`]),
+//! as PostgREST's `Plan` and `Query` stages do. Errors carry PostgREST's
+//! codes and statuses ([`ApiError`]).
+//!
+//! This crate is pure: no IO, no async, no database. Identifiers in the SQL
+//! it builds come from the schema cache and are always quoted; request
+//! values are always bound parameters.
+
+mod error;
+mod plan;
+mod schema;
+
+pub use error::{ApiError, sqlstate_status};
+pub use plan::{Action, Plan, Request, Statement, plan};
+pub use schema::{Column, Relation, RelationKind, SchemaCache, TypeName, quote_ident};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,837 @@
+//! From a parsed request and the schema cache to one SQL statement.
+//!
+//! Every statement returns one row of three columns: the total count
+//! (`bigint`, null unless asked for), the number of rows in the page
+//! (`bigint`), and the JSON body (`text`), built by PostgreSQL itself.
+//!
+//! Identifiers come from the schema cache and are always quoted; values are
+//! always bound parameters (all of type `text`, cast by PostgreSQL to the
+//! column's type with its input function). Nothing from the request is
+//! spliced into the SQL text.
+
+use serde_json::Value;
+use sovra_rest_grammar::{
+    CompareOp, CountPreference, Direction, Field, FtsKind, IsValue, JsonKey, LogicOp, LogicTree,
+    Nulls, Operation, OrderTerm, Preferences, Quantifier, QueryParams, RangeHeader, RangeOp,
+    Resolution, SelectItem,
+};
+
+use crate::error::ApiError;
+use crate::schema::{Column, Relation, SchemaCache, TypeName, quote_ident};
+
+/// One parameterised statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Statement {
+    pub sql: String,
+    /// Bound as `text`.
+    pub params: Vec<String>,
+}
+
+/// What the request does to its relation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Read,
+    Insert,
+    Update,
+    Delete,
+}
+
+/// A request, as the planner needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    pub schema: &'a str,
+    pub relation: &'a str,
+    pub action: Action,
+    pub query: &'a QueryParams,
+    pub prefs: &'a Preferences,
+    pub range: Option<RangeHeader>,
+    /// The JSON body of a write.
+    pub body: Option<&'a str>,
+    /// `db-max-rows`: the most rows a read returns.
+    pub max_rows: Option<i64>,
+}
+
+/// The statement and what the response needs to know about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub statement: Statement,
+    /// The first row offset of the page (for `Content-Range`).
+    pub offset: i64,
+}
+
+struct Builder {
+    params: Vec<String>,
+}
+
+impl Builder {
+    fn bind(&mut self, value: impl Into<String>) -> String {
+        self.params.push(value.into());
+        format!("${}", self.params.len())
+    }
+}
+
+/// Plans `request` against `cache`.
+pub fn plan(cache: &SchemaCache, request: &Request<'_>) -> Result<Plan, ApiError> {
+    let relation = cache
+        .relation(request.schema, request.relation)
+        .ok_or_else(|| {
+            ApiError::unknown_relation(
+                request.schema,
+                request.relation,
+                cache.suggest(request.schema, request.relation),
+            )
+        })?;
+    let query = request.query;
+    let select = query
+        .select
+        .clone()
+        .unwrap_or_else(|| vec![SelectItem::Star]);
+    check_no_embeds(&select, query)?;
+
+    let mut b = Builder { params: Vec::new() };
+    let target = Target::new(relation);
+    let items = select_items(&target, &select, &mut b)?;
+
+    match request.action {
+        Action::Read => plan_read(&target, request, &items, &mut b),
+        Action::Insert => plan_insert(&target, request, &items, &mut b),
+        Action::Update => plan_update(&target, request, &items, &mut b),
+        Action::Delete => plan_delete(&target, request, &items, &mut b),
+    }
+}
+
+/// The relation being planned, with its SQL names.
+struct Target<'a> {
+    relation: &'a Relation,
+    /// `"schema"."name"`
+    qualified: String,
+    /// `"name"`: how columns are qualified in the statement.
+    alias: String,
+}
+
+impl<'a> Target<'a> {
+    fn new(relation: &'a Relation) -> Target<'a> {
+        Target {
+            relation,
+            qualified: format!(
+                "{}.{}",
+                quote_ident(&relation.schema),
+                quote_ident(&relation.name)
+            ),
+            alias: quote_ident(&relation.name),
+        }
+    }
+
+    fn column(&self, name: &str) -> Result<&'a Column, ApiError> {
+        self.relation
+            .column(name)
+            .ok_or_else(|| ApiError::undefined_column(&self.relation.name, name))
+    }
+}
+
+/// Embedding, aggregates and embed-scoped parameters come with the
+/// relationship planner; until then they are refused clearly.
+fn check_no_embeds(select: &[SelectItem], query: &QueryParams) -> Result<(), ApiError> {
+    for item in select {
+        match item {
+            SelectItem::Embed { .. } => {
+                return Err(ApiError::not_implemented(
+                    "resource embedding is not available in this version of Sovra",
+                ));
+            }
+            SelectItem::Count { .. }
+            | SelectItem::Field {
+                aggregate: Some(_), ..
+            } => {
+                return Err(ApiError::not_implemented(
+                    "aggregate functions are not available in this version of Sovra",
+                ));
+            }
+            SelectItem::Star | SelectItem::Field { .. } => {}
+        }
+    }
+    let scoped = query
+        .filters
+        .iter()
+        .map(|(path, _)| path)
+        .chain(query.logic.iter().map(|(path, _)| path))
+        .chain(query.order.iter().map(|(path, _)| path))
+        .chain(query.limits.iter().map(|(path, _)| path))
+        .chain(query.offsets.iter().map(|(path, _)| path));
+    for path in scoped {
+        if let Some(first) = path.first() {
+            return Err(ApiError::not_embedded(first));
+        }
+    }
+    Ok(())
+}
+
+/// SQL for a type name the client wrote in a cast. Single words are quoted
+/// identifiers; the multi-word SQL standard names are mapped to their
+/// catalog names; `[]` suffixes make arrays. Nothing else is accepted.
+fn cast_type(name: &str) -> Result<String, ApiError> {
+    let trimmed = name.trim();
+    let (base, dims) = {
+        let mut base = trimmed;
+        let mut dims = 0;
+        while let Some(stripped) = base.strip_suffix("[]") {
+            base = stripped.trim_end();
+            dims += 1;
+        }
+        (base, dims)
+    };
+    let words: Vec<&str> = base.split_whitespace().collect();
+    let lowered = words.join(" ").to_ascii_lowercase();
+    let single = match lowered.as_str() {
+        "timestamp with time zone" => "timestamptz".to_owned(),
+        "timestamp without time zone" => "timestamp".to_owned(),
+        "time with time zone" => "timetz".to_owned(),
+        "time without time zone" => "time".to_owned(),
+        "double precision" => "float8".to_owned(),
+        "character varying" => "varchar".to_owned(),
+        "bit varying" => "varbit".to_owned(),
+        // SQL's keyword names for built-in types; quoted, they would name
+        // nothing (or, for "char", another type).
+        "int" | "integer" => "int4".to_owned(),
+        "smallint" => "int2".to_owned(),
+        "bigint" => "int8".to_owned(),
+        "boolean" => "bool".to_owned(),
+        "real" => "float4".to_owned(),
+        "float" => "float8".to_owned(),
+        "decimal" => "numeric".to_owned(),
+        "char" | "character" => "bpchar".to_owned(),
+        _ if words.len() == 1 && !words[0].contains('[') && !words[0].contains(']') => {
+            words[0].to_owned()
+        }
+        _ => {
+            return Err(ApiError::parse(&sovra_rest_grammar::ParseError {
+                parameter: "select parameter".to_owned(),
+                value: name.to_owned(),
+                column: 1,
+                expected: "expected a type name".to_owned(),
+            }));
+        }
+    };
+    Ok(format!("{}{}", quote_ident(&single), "[]".repeat(dims)))
+}
+
+/// A column reference with its JSON path, and the type of the result.
+struct Expr {
+    sql: String,
+    /// What values compared with it are cast to.
+    cast: String,
+    /// The array type for `in` and quantified comparisons.
+    array_cast: String,
+    is_text: bool,
+    is_tsvector: bool,
+}
+
+fn field_expr(target: &Target<'_>, field: &Field, b: &mut Builder) -> Result<Expr, ApiError> {
+    let column = target.column(&field.name)?;
+    let mut sql = format!("{}.{}", target.alias, quote_ident(&column.name));
+    if field.json_path.is_empty() {
+        let is_text = matches!(
+            column.type_name.name.as_str(),
+            "text" | "varchar" | "bpchar" | "citext" | "name"
+        );
+        return Ok(Expr {
+            sql,
+            cast: column.type_name.sql(),
+            array_cast: column
+                .array_type
+                .as_ref()
+                .map_or_else(|| "text[]".to_owned(), TypeName::sql),
+            is_text,
+            is_tsvector: column.type_name.name == "tsvector",
+        });
+    }
+    // Composite and array columns are navigated as JSON.
+    let is_json = matches!(column.type_name.name.as_str(), "json" | "jsonb");
+    if !is_json {
+        sql = format!("to_jsonb({sql})");
+    }
+    let json_type = if column.type_name.name == "json" {
+        "json"
+    } else {
+        "jsonb"
+    };
+    let mut as_text = false;
+    for op in &field.json_path {
+        let key = match &op.key {
+            JsonKey::Key(key) => format!("{}::text", b.bind(key.clone())),
+            JsonKey::Index(index) => format!("{}::int", b.bind(index.to_string())),
+        };
+        sql = format!("{sql}{}{key}", if op.as_text { "->>" } else { "->" });
+        as_text = op.as_text;
+    }
+    Ok(Expr {
+        sql,
+        cast: if as_text {
+            "text".to_owned()
+        } else {
+            json_type.to_owned()
+        },
+        array_cast: if as_text {
+            "text[]".to_owned()
+        } else {
+            format!("{json_type}[]")
+        },
+        is_text: as_text,
+        is_tsvector: false,
+    })
+}
+
+/// The JSON key a select item produces.
+fn output_name(field: &Field, alias: Option<&String>) -> String {
+    if let Some(alias) = alias {
+        return alias.clone();
+    }
+    let mut name = field.name.clone();
+    for op in &field.json_path {
+        if let JsonKey::Key(key) = &op.key {
+            name.clone_from(key);
+        }
+    }
+    name
+}
+
+fn select_items(
+    target: &Target<'_>,
+    select: &[SelectItem],
+    b: &mut Builder,
+) -> Result<Vec<String>, ApiError> {
+    let mut items = Vec::new();
+    for item in select {
+        match item {
+            SelectItem::Star => items.push(format!("{}.*", target.alias)),
+            SelectItem::Field {
+                alias, field, cast, ..
+            } => {
+                let expr = field_expr(target, field, b)?;
+                let mut sql = expr.sql;
+                if let Some(cast) = cast {
+                    sql = format!("({sql})::{}", cast_type(cast)?);
+                }
+                items.push(format!(
+                    "{sql} AS {}",
+                    quote_ident(&output_name(field, alias.as_ref()))
+                ));
+            }
+            SelectItem::Count { .. } | SelectItem::Embed { .. } => {}
+        }
+    }
+    Ok(items)
+}
+
+fn array_literal(values: &[String]) -> String {
+    let mut out = String::from("{");
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in value.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+fn condition(
+    target: &Target<'_>,
+    field: &Field,
+    negated: bool,
+    operation: &Operation,
+    b: &mut Builder,
+) -> Result<String, ApiError> {
+    let expr = field_expr(target, field, b)?;
+    let lhs = &expr.sql;
+    let sql = match operation {
+        Operation::Compare {
+            op,
+            quantifier,
+            value,
+        } => {
+            let (symbol, pattern) = match op {
+                CompareOp::Eq => ("=", false),
+                CompareOp::Neq => ("<>", false),
+                CompareOp::Gt => (">", false),
+                CompareOp::Gte => (">=", false),
+                CompareOp::Lt => ("<", false),
+                CompareOp::Lte => ("<=", false),
+                CompareOp::Like => ("LIKE", true),
+                CompareOp::Ilike => ("ILIKE", true),
+                CompareOp::Match => ("~", true),
+                CompareOp::Imatch => ("~*", true),
+            };
+            let is_like = matches!(op, CompareOp::Like | CompareOp::Ilike);
+            let convert = |v: &str| {
+                if is_like {
+                    v.replace('*', "%")
+                } else {
+                    v.to_owned()
+                }
+            };
+            let text_lhs = if pattern && !expr.is_text {
+                format!("({lhs})::text")
+            } else {
+                lhs.clone()
+            };
+            match quantifier {
+                None if pattern => format!("{text_lhs} {symbol} {}::text", b.bind(convert(value))),
+                None => format!("{lhs} {symbol} {}::{}", b.bind(value.clone()), expr.cast),
+                Some(quantifier) => {
+                    let word = match quantifier {
+                        Quantifier::Any => "ANY",
+                        Quantifier::All => "ALL",
+                    };
+                    if pattern {
+                        format!(
+                            "{text_lhs} {symbol} {word}({}::text[])",
+                            b.bind(convert(value))
+                        )
+                    } else {
+                        format!(
+                            "{lhs} {symbol} {word}({}::{})",
+                            b.bind(value.clone()),
+                            expr.array_cast
+                        )
+                    }
+                }
+            }
+        }
+        Operation::Is(is) => format!(
+            "{lhs} IS {}",
+            match is {
+                IsValue::Null => "NULL",
+                IsValue::NotNull => "NOT NULL",
+                IsValue::True => "TRUE",
+                IsValue::False => "FALSE",
+                IsValue::Unknown => "UNKNOWN",
+            }
+        ),
+        Operation::IsDistinct(value) => format!(
+            "{lhs} IS DISTINCT FROM {}::{}",
+            b.bind(value.clone()),
+            expr.cast
+        ),
+        Operation::In(values) => format!(
+            "{lhs} = ANY({}::{})",
+            b.bind(array_literal(values)),
+            expr.array_cast
+        ),
+        Operation::Range { op, value } => {
+            let symbol = match op {
+                RangeOp::Contains => "@>",
+                RangeOp::Contained => "<@",
+                RangeOp::Overlap => "&&",
+                RangeOp::StrictlyLeft => "<<",
+                RangeOp::StrictlyRight => ">>",
+                RangeOp::NotExtendRight => "&<",
+                RangeOp::NotExtendLeft => "&>",
+                RangeOp::Adjacent => "-|-",
+            };
+            format!("{lhs} {symbol} {}::{}", b.bind(value.clone()), expr.cast)
+        }
+        Operation::Fts {
+            kind,
+            language,
+            value,
+        } => {
+            let function = match kind {
+                FtsKind::Fts => "to_tsquery",
+                FtsKind::Plain => "plainto_tsquery",
+                FtsKind::Phrase => "phraseto_tsquery",
+                FtsKind::Websearch => "websearch_to_tsquery",
+            };
+            let language = language
+                .as_ref()
+                .map(|lang| format!("{}::regconfig, ", b.bind(lang.clone())));
+            let language = language.unwrap_or_default();
+            let vector = if expr.is_tsvector {
+                lhs.clone()
+            } else {
+                format!("to_tsvector({language}{lhs})")
+            };
+            format!(
+                "{vector} @@ {function}({language}{}::text)",
+                b.bind(value.clone())
+            )
+        }
+    };
+    Ok(if negated { format!("NOT ({sql})") } else { sql })
+}
+
+fn logic(target: &Target<'_>, tree: &LogicTree, b: &mut Builder) -> Result<String, ApiError> {
+    match tree {
+        LogicTree::Filter(filter) => {
+            condition(target, &filter.field, filter.negated, &filter.operation, b)
+        }
+        LogicTree::Expr {
+            negated,
+            op,
+            children,
+        } => {
+            let joiner = match op {
+                LogicOp::And => " AND ",
+                LogicOp::Or => " OR ",
+            };
+            let parts = children
+                .iter()
+                .map(|child| logic(target, child, b))
+                .collect::<Result<Vec<_>, _>>()?;
+            let sql = format!("({})", parts.join(joiner));
+            Ok(if *negated { format!("NOT {sql}") } else { sql })
+        }
+    }
+}
+
+fn where_clause(
+    target: &Target<'_>,
+    query: &QueryParams,
+    b: &mut Builder,
+) -> Result<String, ApiError> {
+    let mut conditions = Vec::new();
+    for (_, filter) in &query.filters {
+        conditions.push(condition(
+            target,
+            &filter.field,
+            filter.negated,
+            &filter.operation,
+            b,
+        )?);
+    }
+    for (_, tree) in &query.logic {
+        conditions.push(logic(target, tree, b)?);
+    }
+    Ok(if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    })
+}
+
+fn order_clause(
+    target: &Target<'_>,
+    query: &QueryParams,
+    b: &mut Builder,
+) -> Result<String, ApiError> {
+    let terms: Vec<&OrderTerm> = query.order.iter().flat_map(|(_, terms)| terms).collect();
+    if terms.is_empty() {
+        return Ok(String::new());
+    }
+    let mut parts = Vec::new();
+    for term in terms {
+        if let Some(relation) = &term.relation {
+            return Err(ApiError::not_embedded(relation));
+        }
+        let expr = field_expr(target, &term.field, b)?;
+        let mut part = expr.sql;
+        match term.direction {
+            Some(Direction::Asc) => part.push_str(" ASC"),
+            Some(Direction::Desc) => part.push_str(" DESC"),
+            None => {}
+        }
+        match term.nulls {
+            Some(Nulls::First) => part.push_str(" NULLS FIRST"),
+            Some(Nulls::Last) => part.push_str(" NULLS LAST"),
+            None => {}
+        }
+        parts.push(part);
+    }
+    Ok(format!(" ORDER BY {}", parts.join(", ")))
+}
+
+/// Offset and limit from `offset`/`limit`, the `Range` header and
+/// `max_rows`, intersected.
+fn page(request: &Request<'_>) -> (i64, Option<i64>) {
+    let query = request.query;
+    let q_offset = query
+        .offsets
+        .iter()
+        .find(|(p, _)| p.is_empty())
+        .map_or(0, |(_, n)| *n);
+    let q_limit = query
+        .limits
+        .iter()
+        .find(|(p, _)| p.is_empty())
+        .map(|(_, n)| *n);
+    let mut offset = q_offset;
+    let mut end: Option<i64> = q_limit.map(|limit| q_offset.saturating_add(limit));
+    if let Some(range) = request.range {
+        offset = offset.max(range.from);
+        if let Some(to) = range.to {
+            let range_end = to.saturating_add(1);
+            end = Some(end.map_or(range_end, |e| e.min(range_end)));
+        }
+    }
+    let mut limit = end.map(|e| (e - offset).max(0));
+    if let Some(max) = request.max_rows {
+        limit = Some(limit.map_or(max, |l| l.min(max)));
+    }
+    (offset, limit)
+}
+
+fn count_expr(request: &Request<'_>, target: &Target<'_>, where_sql: &str) -> String {
+    match request.prefs.count {
+        Some(CountPreference::Exact | CountPreference::Planned | CountPreference::Estimated)
+            if request.action == Action::Read =>
+        {
+            format!("(SELECT count(*) FROM {}{where_sql})", target.qualified)
+        }
+        Some(_) => "count(_pgrst_t)".to_owned(),
+        None => "NULL::bigint".to_owned(),
+    }
+}
+
+fn wrap(total: &str, items: &[String], source: &str, alias: &str) -> String {
+    // An empty list selects rows without columns, rendered as `{}`.
+    let list = items.join(", ");
+    format!(
+        "SELECT {total}, count(_pgrst_t), coalesce(json_agg(_pgrst_t), '[]')::text \
+         FROM (SELECT {list} FROM {source} AS {alias}) _pgrst_t"
+    )
+}
+
+fn plan_read(
+    target: &Target<'_>,
+    request: &Request<'_>,
+    items: &[String],
+    b: &mut Builder,
+) -> Result<Plan, ApiError> {
+    let where_sql = where_clause(target, request.query, b)?;
+    let order_sql = order_clause(target, request.query, b)?;
+    let (offset, limit) = page(request);
+    let mut source = format!(
+        "(SELECT {}.* FROM {}{where_sql}{order_sql}",
+        target.alias, target.qualified
+    );
+    if let Some(limit) = limit {
+        source.push_str(&format!(" LIMIT {}::bigint", b.bind(limit.to_string())));
+    }
+    if offset > 0 {
+        source.push_str(&format!(" OFFSET {}::bigint", b.bind(offset.to_string())));
+    }
+    source.push(')');
+    let total = count_expr(request, target, &where_sql);
+    let sql = wrap(&total, items, &source, &target.alias);
+    Ok(Plan {
+        statement: Statement {
+            sql,
+            params: std::mem::take(&mut b.params),
+        },
+        offset,
+    })
+}
+
+/// The objects of a write body and the columns they set.
+struct Payload {
+    json: String,
+    columns: Vec<String>,
+    is_array: bool,
+}
+
+fn payload(
+    target: &Target<'_>,
+    request: &Request<'_>,
+    allow_array: bool,
+) -> Result<Payload, ApiError> {
+    let invalid = || ApiError::invalid_body("Empty or invalid json");
+    let text = request.body.unwrap_or("").trim();
+    if text.is_empty() {
+        return Err(invalid());
+    }
+    let value: Value = serde_json::from_str(text).map_err(|_| invalid())?;
+    let (objects, is_array) = match &value {
+        Value::Object(object) => (vec![object], false),
+        Value::Array(items) if allow_array => (
+            items
+                .iter()
+                .map(|item| item.as_object().ok_or_else(invalid))
+                .collect::<Result<Vec<_>, _>>()?,
+            true,
+        ),
+        _ => return Err(invalid()),
+    };
+    let columns: Vec<String> = match &request.query.columns {
+        Some(columns) => columns.clone(),
+        None => {
+            let first: Vec<String> = objects
+                .first()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            for object in &objects {
+                if object.len() != first.len() || !first.iter().all(|k| object.contains_key(k)) {
+                    return Err(ApiError::invalid_body("All object keys must match"));
+                }
+            }
+            first
+        }
+    };
+    for column in &columns {
+        if target.relation.column(column).is_none() {
+            return Err(ApiError::unknown_column(column, &target.relation.name));
+        }
+    }
+    Ok(Payload {
+        json: text.to_owned(),
+        columns,
+        is_array,
+    })
+}
+
+fn plan_insert(
+    target: &Target<'_>,
+    request: &Request<'_>,
+    items: &[String],
+    b: &mut Builder,
+) -> Result<Plan, ApiError> {
+    let payload = payload(target, request, true)?;
+    let body = b.bind(if payload.is_array {
+        payload.json
+    } else {
+        format!("[{}]", payload.json)
+    });
+    let columns: Vec<String> = payload.columns.iter().map(|c| quote_ident(c)).collect();
+    let insert = if columns.is_empty() {
+        format!(
+            "INSERT INTO {} SELECT FROM json_array_elements({body}::json) _pgrst_body",
+            target.qualified
+        )
+    } else {
+        let list = columns.join(", ");
+        format!(
+            "INSERT INTO {} ({list}) SELECT {list} FROM json_populate_recordset(NULL::{}, {body}::json) _pgrst_body",
+            target.qualified, target.qualified
+        )
+    };
+    let conflict = match request.prefs.resolution {
+        None => String::new(),
+        Some(resolution) => {
+            let keys = match &request.query.on_conflict {
+                Some(keys) => keys.clone(),
+                None => target.relation.primary_key.clone(),
+            };
+            if keys.is_empty() {
+                String::new()
+            } else {
+                for key in &keys {
+                    target.column(key)?;
+                }
+                let keys_sql: Vec<String> = keys.iter().map(|k| quote_ident(k)).collect();
+                match resolution {
+                    Resolution::IgnoreDuplicates => {
+                        format!(" ON CONFLICT ({}) DO NOTHING", keys_sql.join(", "))
+                    }
+                    Resolution::MergeDuplicates if columns.is_empty() => {
+                        format!(" ON CONFLICT ({}) DO NOTHING", keys_sql.join(", "))
+                    }
+                    Resolution::MergeDuplicates => format!(
+                        " ON CONFLICT ({}) DO UPDATE SET {}",
+                        keys_sql.join(", "),
+                        columns
+                            .iter()
+                            .map(|c| format!("{c} = EXCLUDED.{c}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }
+            }
+        }
+    };
+    let sql = format!(
+        "WITH pgrst_source AS ({insert}{conflict} RETURNING {}.*) {}",
+        target.alias,
+        wrap(
+            &count_expr(request, target, ""),
+            items,
+            "pgrst_source",
+            &target.alias
+        )
+    );
+    Ok(Plan {
+        statement: Statement {
+            sql,
+            params: std::mem::take(&mut b.params),
+        },
+        offset: 0,
+    })
+}
+
+fn plan_update(
+    target: &Target<'_>,
+    request: &Request<'_>,
+    items: &[String],
+    b: &mut Builder,
+) -> Result<Plan, ApiError> {
+    let payload = payload(target, request, false)?;
+    if payload.columns.is_empty() {
+        // Nothing to set: nothing changes, as in PostgREST.
+        return Ok(Plan {
+            statement: Statement {
+                sql: "SELECT NULL::bigint, 0::bigint, '[]'::text".to_owned(),
+                params: Vec::new(),
+            },
+            offset: 0,
+        });
+    }
+    let body = b.bind(payload.json);
+    let set: Vec<String> = payload
+        .columns
+        .iter()
+        .map(|c| format!("{} = _pgrst_body.{}", quote_ident(c), quote_ident(c)))
+        .collect();
+    let where_sql = where_clause(target, request.query, b)?;
+    let sql = format!(
+        "WITH pgrst_source AS (UPDATE {} SET {} FROM (SELECT * FROM json_populate_record(NULL::{}, {body}::json)) _pgrst_body{where_sql} RETURNING {}.*) {}",
+        target.qualified,
+        set.join(", "),
+        target.qualified,
+        target.alias,
+        wrap(
+            &count_expr(request, target, ""),
+            items,
+            "pgrst_source",
+            &target.alias
+        )
+    );
+    Ok(Plan {
+        statement: Statement {
+            sql,
+            params: std::mem::take(&mut b.params),
+        },
+        offset: 0,
+    })
+}
+
+fn plan_delete(
+    target: &Target<'_>,
+    request: &Request<'_>,
+    items: &[String],
+    b: &mut Builder,
+) -> Result<Plan, ApiError> {
+    let where_sql = where_clause(target, request.query, b)?;
+    let sql = format!(
+        "WITH pgrst_source AS (DELETE FROM {}{where_sql} RETURNING {}.*) {}",
+        target.qualified,
+        target.alias,
+        wrap(
+            &count_expr(request, target, ""),
+            items,
+            "pgrst_source",
+            &target.alias
+        )
+    );
+    Ok(Plan {
+        statement: Statement {
+            sql,
+            params: std::mem::take(&mut b.params),
+        },
+        offset: 0,
+    })
+}

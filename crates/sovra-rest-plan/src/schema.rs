@@ -1,0 +1,117 @@
+//! The schema cache's types: what the planner knows about the exposed
+//! relations. Loaded from `pg_catalog` by `sovra-rest`; built by hand in
+//! tests.
+
+use std::collections::BTreeMap;
+
+/// A type as SQL can name it unambiguously: `"schema"."name"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypeName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TypeName {
+    pub fn new(schema: &str, name: &str) -> TypeName {
+        TypeName {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// The quoted, qualified name for a cast.
+    pub fn sql(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+}
+
+/// One column of a relation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub type_name: TypeName,
+    /// The array type of the column's type (for `in` and `(any)`), when
+    /// it has one.
+    pub array_type: Option<TypeName>,
+    pub nullable: bool,
+    pub has_default: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelationKind {
+    Table,
+    View,
+    MaterializedView,
+    ForeignTable,
+    PartitionedTable,
+}
+
+/// A table or view of an exposed schema.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Relation {
+    pub schema: String,
+    pub name: String,
+    pub kind: RelationKind,
+    /// In table order.
+    pub columns: Vec<Column>,
+    pub primary_key: Vec<String>,
+    pub insertable: bool,
+    pub updatable: bool,
+    pub deletable: bool,
+}
+
+impl Relation {
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// Everything the planner may use, for every exposed schema.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SchemaCache {
+    /// By (schema, name).
+    pub relations: BTreeMap<(String, String), Relation>,
+}
+
+impl SchemaCache {
+    pub fn relation(&self, schema: &str, name: &str) -> Option<&Relation> {
+        self.relations.get(&(schema.to_owned(), name.to_owned()))
+    }
+
+    /// The most similar relation name in `schema` (for PGRST205 hints).
+    pub fn suggest(&self, schema: &str, name: &str) -> Option<String> {
+        self.relations
+            .keys()
+            .filter(|(s, _)| s == schema)
+            .map(|(_, n)| (similarity(n, name), n))
+            .filter(|(score, _)| *score >= 0.55)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, n)| n.clone())
+    }
+}
+
+/// Dice coefficient over character bigrams, in `0.0..=1.0`.
+fn similarity(a: &str, b: &str) -> f64 {
+    let bigrams = |s: &str| -> Vec<(char, char)> {
+        let chars: Vec<char> = s.to_lowercase().chars().collect();
+        chars.windows(2).map(|w| (w[0], w[1])).collect()
+    };
+    let (x, mut y) = (bigrams(a), bigrams(b));
+    if x.is_empty() || y.is_empty() {
+        return if a.eq_ignore_ascii_case(b) { 1.0 } else { 0.0 };
+    }
+    let total = (x.len() + y.len()) as f64;
+    let mut shared = 0usize;
+    for pair in &x {
+        if let Some(pos) = y.iter().position(|p| p == pair) {
+            y.swap_remove(pos);
+            shared += 1;
+        }
+    }
+    2.0 * shared as f64 / total
+}
+
+/// A double-quoted SQL identifier (`"` doubled).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -1,0 +1,297 @@
+use sovra_rest_grammar::{Preferences, QueryParams, decode_query, parse_prefer, parse_query};
+
+use super::*;
+
+fn column(name: &str, ty: &str, array: &str) -> Column {
+    Column {
+        name: name.to_owned(),
+        type_name: TypeName::new("pg_catalog", ty),
+        array_type: Some(TypeName::new("pg_catalog", array)),
+        nullable: true,
+        has_default: false,
+    }
+}
+
+fn cache() -> SchemaCache {
+    let mut cache = SchemaCache::default();
+    let todos = Relation {
+        schema: "public".to_owned(),
+        name: "todos".to_owned(),
+        kind: RelationKind::Table,
+        columns: vec![
+            column("id", "int8", "_int8"),
+            column("task", "text", "_text"),
+            column("done", "bool", "_bool"),
+            column("data", "jsonb", "_jsonb"),
+            column("tags", "_text", "_text"),
+            column("during", "tstzrange", "_tstzrange"),
+            column("doc", "tsvector", "_tsvector"),
+        ],
+        primary_key: vec!["id".to_owned()],
+        insertable: true,
+        updatable: true,
+        deletable: true,
+    };
+    cache
+        .relations
+        .insert(("public".to_owned(), "todos".to_owned()), todos);
+    cache
+}
+
+fn query(text: &str) -> QueryParams {
+    parse_query(&decode_query(text), false).unwrap()
+}
+
+fn read(text: &str) -> Result<Plan, ApiError> {
+    read_with(text, &Preferences::default())
+}
+
+fn read_with(text: &str, prefs: &Preferences) -> Result<Plan, ApiError> {
+    let q = query(text);
+    plan(
+        &cache(),
+        &Request {
+            schema: "public",
+            relation: "todos",
+            action: Action::Read,
+            query: &q,
+            prefs,
+            range: None,
+            body: None,
+            max_rows: Some(1000),
+        },
+    )
+}
+
+fn write(action: Action, text: &str, body: &str, prefs: &str) -> Result<Plan, ApiError> {
+    let q = query(text);
+    let prefs = parse_prefer([prefs]);
+    plan(
+        &cache(),
+        &Request {
+            schema: "public",
+            relation: "todos",
+            action,
+            query: &q,
+            prefs: &prefs,
+            range: None,
+            body: Some(body),
+            max_rows: None,
+        },
+    )
+}
+
+fn show(plan: &Plan) -> String {
+    format!(
+        "{}\n-- params: {:?}",
+        plan.statement.sql, plan.statement.params
+    )
+}
+
+#[test]
+fn read_statements() {
+    insta::assert_snapshot!("read_star", show(&read("").unwrap()));
+    insta::assert_snapshot!(
+        "read_columns_filters_order_page",
+        show(&read("select=id,title:task,data->>owner,n:data->n::int&done=is.false&id=in.(1,2,3)&task=like.*milk*&order=id.desc.nullslast&limit=10&offset=20").unwrap())
+    );
+    insta::assert_snapshot!(
+        "read_logic_and_ranges",
+        show(&read("or=(id.lt.5,and(tags.cs.{a,b},during.not.adj.\"[2024-01-01,2024-02-01)\"))&doc=wfts(english).cat or fat&task=not.ilike(any).{a*,b*}").unwrap())
+    );
+    insta::assert_snapshot!(
+        "read_count_exact",
+        show(&read_with("id=gt.1", &parse_prefer(["count=exact"])).unwrap())
+    );
+}
+
+#[test]
+fn write_statements() {
+    insta::assert_snapshot!(
+        "insert_bulk",
+        show(
+            &write(
+                Action::Insert,
+                "columns=id,task",
+                r#"[{"id":1,"task":"a"},{"id":2}]"#,
+                "return=representation"
+            )
+            .unwrap()
+        )
+    );
+    insta::assert_snapshot!(
+        "upsert_merge",
+        show(
+            &write(
+                Action::Insert,
+                "select=id",
+                r#"{"id":1,"task":"a"}"#,
+                "resolution=merge-duplicates"
+            )
+            .unwrap()
+        )
+    );
+    insta::assert_snapshot!(
+        "update",
+        show(&write(Action::Update, "id=eq.1", r#"{"done":true}"#, "").unwrap())
+    );
+    insta::assert_snapshot!(
+        "delete",
+        show(&write(Action::Delete, "done=is.true&select=id", "", "").unwrap())
+    );
+}
+
+#[test]
+fn hostile_names_and_values_stay_quoted_and_bound() {
+    let plan = read("task=eq.x'); drop table todos; --&data->>\"a\\\"b\"=eq.1").unwrap();
+    assert!(
+        !plan.statement.sql.contains("drop table"),
+        "{}",
+        plan.statement.sql
+    );
+    assert!(
+        plan.statement
+            .params
+            .iter()
+            .any(|p| p.contains("drop table"))
+    );
+    assert!(
+        !plan.statement.sql.contains("a\"b"),
+        "JSON keys are bound too"
+    );
+    // The grammar admits no punctuation in a type name...
+    assert!(parse_query(&decode_query("select=id::text;drop"), false).is_err());
+    // ...and the planner admits only one word or a known SQL type name.
+    let err = read("select=id::int4 or 1").unwrap_err();
+    assert_eq!(err.code, "PGRST100");
+    let plan = read("select=id::timestamp with time zone,task::text[]").unwrap();
+    assert!(
+        plan.statement.sql.contains("::\"timestamptz\""),
+        "{}",
+        plan.statement.sql
+    );
+    assert!(
+        plan.statement.sql.contains("::\"text\"[]"),
+        "{}",
+        plan.statement.sql
+    );
+}
+
+#[test]
+fn refusals() {
+    let q = QueryParams::default();
+    let prefs = Preferences::default();
+    let err = plan(
+        &cache(),
+        &Request {
+            schema: "public",
+            relation: "todo",
+            action: Action::Read,
+            query: &q,
+            prefs: &prefs,
+            range: None,
+            body: None,
+            max_rows: None,
+        },
+    )
+    .unwrap_err();
+    assert_eq!((err.status, err.code.as_str()), (404, "PGRST205"));
+    assert_eq!(
+        err.hint.as_deref(),
+        Some("Perhaps you meant the table 'public.todos'")
+    );
+
+    let err = read("select=nope").unwrap_err();
+    assert_eq!(
+        (err.status, err.code.as_str(), err.message.as_str()),
+        (400, "42703", "column todos.nope does not exist")
+    );
+    let err = read("nope=eq.1").unwrap_err();
+    assert_eq!(err.code, "42703");
+    let err = read("order=nope").unwrap_err();
+    assert_eq!(err.code, "42703");
+    let err = read("messages.id=eq.1").unwrap_err();
+    assert_eq!((err.status, err.code.as_str()), (400, "PGRST108"));
+    let err = read("select=*,users(*)").unwrap_err();
+    assert_eq!((err.status, err.code.as_str()), (400, "PGRST127"));
+
+    for (body, message) in [
+        ("", "Empty or invalid json"),
+        ("{", "Empty or invalid json"),
+        ("5", "Empty or invalid json"),
+        ("[1]", "Empty or invalid json"),
+        (r#"[{"id":1},{"task":"x"}]"#, "All object keys must match"),
+    ] {
+        let err = write(Action::Insert, "", body, "").unwrap_err();
+        assert_eq!(
+            (err.status, err.code.as_str(), err.message.as_str()),
+            (400, "PGRST102", message),
+            "{body}"
+        );
+    }
+    let err = write(Action::Insert, "", r#"{"nope":1}"#, "").unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.message.as_str()),
+        (
+            "PGRST204",
+            "Could not find the 'nope' column of 'todos' in the schema cache"
+        )
+    );
+    let err = write(Action::Update, "", r#"[{"id":1}]"#, "").unwrap_err();
+    assert_eq!(err.code, "PGRST102");
+}
+
+#[test]
+fn pages_intersect_limit_range_and_max_rows() {
+    let q = query("limit=50&offset=5");
+    let prefs = Preferences::default();
+    let plan = plan(
+        &cache(),
+        &Request {
+            schema: "public",
+            relation: "todos",
+            action: Action::Read,
+            query: &q,
+            prefs: &prefs,
+            range: Some(sovra_rest_grammar::RangeHeader {
+                from: 10,
+                to: Some(19),
+            }),
+            body: None,
+            max_rows: Some(8),
+        },
+    )
+    .unwrap();
+    assert_eq!(plan.offset, 10);
+    assert!(
+        plan.statement.params.contains(&"8".to_owned()),
+        "{:?}",
+        plan.statement.params
+    );
+}
+
+#[test]
+fn sqlstate_mapping() {
+    for (code, message, anonymous, status) in [
+        ("23505", "", false, 409),
+        ("23503", "", false, 409),
+        ("42501", "", true, 401),
+        ("42501", "", false, 403),
+        ("22023", "role \"ghost\" does not exist", false, 401),
+        ("22023", "other", false, 400),
+        ("25006", "", false, 405),
+        ("P0001", "", false, 400),
+        ("PT402", "", false, 402),
+        ("42P01", "", false, 404),
+        ("08006", "", false, 503),
+        ("XX000", "", false, 500),
+        ("22P02", "", false, 400),
+        ("21000", "UPDATE requires a WHERE clause", false, 400),
+    ] {
+        assert_eq!(
+            sqlstate_status(code, message, anonymous),
+            status,
+            "{code} {message}"
+        );
+    }
+}
