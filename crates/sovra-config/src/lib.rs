@@ -144,6 +144,18 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Seconds to wait for a pooled connection before a request fails with 503.",
     },
     OptionDoc {
+        key: "rest.schemas",
+        kind: Kind::String,
+        default: "\"public\"",
+        doc: "Schemas exposed at `/rest/v1`, comma-separated; the first is the default, the others are chosen with `Accept-Profile`/`Content-Profile`.",
+    },
+    OptionDoc {
+        key: "rest.max_rows",
+        kind: Kind::Integer,
+        default: "1000",
+        doc: "The most rows one read returns (PostgREST's `db-max-rows`); 0 for no cap.",
+    },
+    OptionDoc {
         key: "embedded.bin_dir",
         kind: Kind::String,
         default: "",
@@ -201,8 +213,37 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub database: DatabaseConfig,
+    pub rest: RestConfig,
     pub embedded: EmbeddedConfig,
     pub jwt: JwtConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestConfig {
+    pub schemas: String,
+    pub max_rows: u64,
+}
+
+impl Default for RestConfig {
+    fn default() -> Self {
+        RestConfig {
+            schemas: "public".to_owned(),
+            max_rows: 1000,
+        }
+    }
+}
+
+impl RestConfig {
+    /// The exposed schemas, in order.
+    pub fn schema_list(&self) -> Vec<String> {
+        self.schemas
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -262,6 +303,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             log: LogConfig::default(),
             database: DatabaseConfig::default(),
+            rest: RestConfig::default(),
             embedded: EmbeddedConfig::default(),
             jwt: JwtConfig::default(),
         }
@@ -563,6 +605,12 @@ impl Config {
                 "must be at least 1 second",
             ));
         }
+        if self.rest.schema_list().is_empty() {
+            return Err(ConfigError::invalid(
+                "rest.schemas",
+                "must name at least one schema",
+            ));
+        }
         if self.embedded.port == Some(0) {
             return Err(ConfigError::invalid("embedded.port", "must be 1 to 65535"));
         }
@@ -799,6 +847,7 @@ mod tests {
                 "[database]\nconnect_timeout = 0\n",
                 "database.connect_timeout",
             ),
+            ("[rest]\nschemas = \" , \"\n", "rest.schemas"),
             ("[embedded]\nport = 0\n", "embedded.port"),
             ("[embedded]\nsystem_user = \"\"\n", "embedded.system_user"),
             ("[jwt]\nsecret = \"short\"\n", "jwt.secret"),

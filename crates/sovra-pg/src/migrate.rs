@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "auth_helpers",
         sql: include_str!("../migrations/0003_auth_helpers.sql"),
     },
+    Migration {
+        version: 4,
+        name: "schema_reload",
+        sql: include_str!("../migrations/0004_schema_reload.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

@@ -18,6 +18,9 @@ pub struct RequestContext {
     pub path: String,
     /// Request headers with lower-cased names; secrets already removed.
     pub headers: Map<String, Value>,
+    /// `search_path` for the transaction (already quoted), e.g.
+    /// `"public", "extensions"`; `None` keeps the role's default.
+    pub search_path: Option<String>,
 }
 
 /// Begins the request transaction and applies `context`. A role that does
@@ -52,7 +55,8 @@ pub async fn begin_request<'a>(
                 set_config('request.method', $5, true),
                 set_config('request.path', $6, true),
                 set_config('request.headers', $7, true),
-                set_config('request.cookies', '{}', true)",
+                set_config('request.cookies', '{}', true),
+                CASE WHEN $8::text IS NOT NULL THEN set_config('search_path', $8, true) END",
         &[
             &context.role,
             &claims,
@@ -61,6 +65,7 @@ pub async fn begin_request<'a>(
             &context.method,
             &context.path,
             &headers,
+            &context.search_path,
         ],
     )
     .await?;

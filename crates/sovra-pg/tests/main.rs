@@ -303,6 +303,7 @@ fn context(role: &str, claims: Value) -> RequestContext {
         method: "GET".to_owned(),
         path: "/todos".to_owned(),
         headers,
+        search_path: None,
     }
 }
 

@@ -1,1 +1,558 @@
-//! Placeholder.
+//! Sovra's PostgREST-compatible `/rest/v1`: the schema cache
+//! ([`schema_cache`]), and the request path from URL to response bytes
+//! ([`RestService::handle`]): parse (`sovra-rest-grammar`), plan
+//! (`sovra-rest-plan`), execute in the caller's request transaction, and
+//! answer with PostgREST's statuses, headers and error bodies.
+//!
+//! This crate knows nothing of how it is mounted or how callers are
+//! authenticated: `sovra-server` gives it the caller's role and claims.
+//! Every statement runs as the caller's role, so row-level security decides
+//! what each request can see and change.
+
+pub mod schema_cache;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use sovra_pg::tokio_postgres::types::{ToSql, Type};
+use sovra_pg::{Pool, RequestContext};
+use sovra_rest_grammar::{
+    CountPreference, Handling, Preferences, QueryError, ReturnPreference, TxPreference,
+    decode_component, decode_query, parse_prefer, parse_query, parse_range,
+};
+use sovra_rest_plan::{Action, ApiError, Request, quote_ident};
+
+pub use schema_cache::CacheCell;
+
+/// Settings of one tenant's REST service.
+#[derive(Clone, Debug)]
+pub struct RestConfig {
+    /// Exposed schemas; the first is the default.
+    pub schemas: Vec<String>,
+    /// The most rows a read returns (`db-max-rows`).
+    pub max_rows: Option<i64>,
+}
+
+/// One tenant's REST service.
+#[derive(Debug)]
+pub struct RestService {
+    config: RestConfig,
+    cache: Arc<CacheCell>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RestService {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// The parts of an HTTP request the REST layer reads; `path` is what
+/// follows `/rest/v1`.
+#[derive(Debug)]
+pub struct HttpRequest<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub body: Bytes,
+}
+
+/// Who is asking, as the gateway verified it.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub role: String,
+    pub claims: Map<String, Value>,
+    /// Request headers for `request.headers` (credentials removed).
+    pub headers: Map<String, Value>,
+}
+
+impl RestService {
+    /// Starts the service: loads the schema cache over `config`'s
+    /// connection settings and keeps it fresh. Waits up to `wait` for the
+    /// first load; requests before it answer 503 PGRST002.
+    pub async fn start(
+        config: RestConfig,
+        connection: sovra_pg::tokio_postgres::Config,
+        wait: std::time::Duration,
+    ) -> RestService {
+        let cache = Arc::new(CacheCell::default());
+        let (loaded_tx, mut loaded_rx) = tokio::sync::watch::channel(false);
+        let listener = tokio::spawn(schema_cache::keep_fresh(
+            cache.clone(),
+            connection,
+            config.schemas.clone(),
+            loaded_tx,
+        ));
+        let _ = tokio::time::timeout(wait, loaded_rx.wait_for(|loaded| *loaded)).await;
+        RestService {
+            config,
+            cache,
+            listener,
+        }
+    }
+
+    /// The schema cache cell (for tests and diagnostics).
+    pub fn cache(&self) -> &CacheCell {
+        &self.cache
+    }
+
+    /// Answers one request to `/rest/v1{path}`.
+    pub async fn handle(&self, pool: &Pool, caller: &Caller, request: HttpRequest<'_>) -> Response {
+        let HttpRequest {
+            method,
+            path,
+            query,
+            headers,
+            body,
+        } = request;
+        match self
+            .try_handle(pool, caller, method, path, query, headers, body)
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => error_response(&err),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn try_handle(
+        &self,
+        pool: &Pool,
+        caller: &Caller,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, ApiError> {
+        let segments: Vec<String> = path
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(decode_component)
+            .collect();
+        let relation = match segments.as_slice() {
+            [] => {
+                return Err(ApiError::not_implemented(
+                    "the OpenAPI description at the root is not available in this version of Sovra",
+                ));
+            }
+            [first, _] if first == "rpc" => {
+                return Err(ApiError::not_implemented(
+                    "functions (/rpc) are not available in this version of Sovra",
+                ));
+            }
+            [relation] => relation.clone(),
+            _ => return Err(ApiError::invalid_path()),
+        };
+        let action = match *method {
+            Method::GET | Method::HEAD => Action::Read,
+            Method::POST => Action::Insert,
+            Method::PATCH => Action::Update,
+            Method::DELETE => Action::Delete,
+            Method::OPTIONS => {
+                return Ok((
+                    StatusCode::OK,
+                    [(header::ALLOW, "OPTIONS,GET,HEAD,POST,PATCH,DELETE")],
+                )
+                    .into_response());
+            }
+            Method::PUT => {
+                return Err(ApiError::not_implemented(
+                    "PUT (single-row upsert) is not available in this version of Sovra",
+                ));
+            }
+            _ => return Err(ApiError::unsupported_method(method.as_str())),
+        };
+        let read = action == Action::Read;
+        let schema = self.schema(headers, read)?;
+        let singular = accepts_singular(headers)?;
+
+        let pairs = query.map(decode_query).unwrap_or_default();
+        let params = parse_query(&pairs, false).map_err(|err| match err {
+            QueryError::Parse(err) => ApiError::parse(&err),
+            QueryError::Range(details) => ApiError::range(details),
+        })?;
+        let prefs = parse_prefer(
+            headers
+                .get_all("prefer")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        if prefs.handling == Some(Handling::Strict) && !prefs.invalid.is_empty() {
+            return Err(ApiError::invalid_preferences(&prefs.invalid));
+        }
+        let range = match (read, header_text(headers, "range")) {
+            (true, Some(value)) => parse_range(value).map_err(ApiError::range)?,
+            _ => None,
+        };
+        let body_text = if read {
+            None
+        } else {
+            Some(
+                std::str::from_utf8(&body)
+                    .map_err(|_| ApiError::invalid_body("Empty or invalid json"))?,
+            )
+        };
+
+        let cache = self
+            .cache
+            .get()
+            .ok_or_else(ApiError::schema_cache_unavailable)?;
+        let plan = sovra_rest_plan::plan(
+            &cache,
+            &Request {
+                schema: &schema,
+                relation: &relation,
+                action,
+                query: &params,
+                prefs: &prefs,
+                range,
+                body: body_text,
+                max_rows: if read { self.config.max_rows } else { None },
+            },
+        )?;
+
+        let outcome = self
+            .execute(
+                pool, caller, method, path, &schema, read, &plan, &prefs, singular,
+            )
+            .await?;
+        Ok(self.respond(method, action, &schema, &plan, &prefs, singular, outcome))
+    }
+
+    fn schema(&self, headers: &HeaderMap, read: bool) -> Result<String, ApiError> {
+        let name = if read {
+            "accept-profile"
+        } else {
+            "content-profile"
+        };
+        match header_text(headers, name) {
+            Some(requested) => {
+                let requested = requested.trim();
+                if self.config.schemas.iter().any(|s| s == requested) {
+                    Ok(requested.to_owned())
+                } else {
+                    Err(ApiError::invalid_schema(requested, &self.config.schemas))
+                }
+            }
+            None => self
+                .config
+                .schemas
+                .first()
+                .cloned()
+                .ok_or_else(ApiError::schema_cache_unavailable),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn execute(
+        &self,
+        pool: &Pool,
+        caller: &Caller,
+        method: &Method,
+        path: &str,
+        schema: &str,
+        read: bool,
+        plan: &sovra_rest_plan::Plan,
+        prefs: &Preferences,
+        singular: bool,
+    ) -> Result<Outcome, ApiError> {
+        let mut client = pool.get().await.map_err(|err| {
+            if matches!(err, sovra_pg::PoolError::Timeout(_)) {
+                ApiError::pool_timeout()
+            } else {
+                tracing::warn!(error = %err, "no database connection");
+                ApiError::connection()
+            }
+        })?;
+        let context = RequestContext {
+            role: caller.role.clone(),
+            claims: caller.claims.clone(),
+            method: method.to_string(),
+            path: path.to_owned(),
+            headers: caller.headers.clone(),
+            search_path: Some(format!("{}, \"extensions\"", quote_ident(schema))),
+        };
+        let anonymous = caller.role == "anon";
+        let db = |err| database_error(err, anonymous);
+        let tx = sovra_pg::begin_request(&mut client, &context, read)
+            .await
+            .map_err(db)?;
+        if let Some(timezone) = &prefs.timezone {
+            tx.execute("select set_config('timezone', $1, true)", &[timezone])
+                .await
+                .map_err(db)?;
+        }
+        let params: Vec<(&(dyn ToSql + Sync), Type)> = plan
+            .statement
+            .params
+            .iter()
+            .map(|p| (p as &(dyn ToSql + Sync), Type::TEXT))
+            .collect();
+        let row = tx
+            .query_typed(&plan.statement.sql, &params)
+            .await
+            .map_err(db)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                ApiError::from_database("XX000", "no result".to_owned(), None, None, anonymous)
+            })?;
+        let total: Option<i64> = row.get(0);
+        let page_count: i64 = row.get(1);
+        let body: String = row.get(2);
+
+        if singular && page_count != 1 {
+            drop(tx);
+            return Err(ApiError::singular(page_count));
+        }
+        if !read
+            && let (Some(max), Some(Handling::Strict)) = (prefs.max_affected, prefs.handling)
+            && page_count > max
+        {
+            drop(tx);
+            return Err(ApiError::max_affected(page_count));
+        }
+        if prefs.tx == Some(TxPreference::Rollback) {
+            tx.rollback().await.map_err(db)?;
+        } else {
+            tx.commit().await.map_err(db)?;
+        }
+        Ok(Outcome {
+            total,
+            page_count,
+            body,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn respond(
+        &self,
+        method: &Method,
+        action: Action,
+        schema: &str,
+        plan: &sovra_rest_plan::Plan,
+        prefs: &Preferences,
+        singular: bool,
+        outcome: Outcome,
+    ) -> Response {
+        let mut headers = HeaderMap::new();
+        let content_type = if singular {
+            "application/vnd.pgrst.object+json; charset=utf-8"
+        } else {
+            "application/json; charset=utf-8"
+        };
+        let mut applied = Vec::new();
+        if let Some(resolution) = prefs.resolution.filter(|_| action == Action::Insert) {
+            applied.push(match resolution {
+                sovra_rest_grammar::Resolution::MergeDuplicates => "resolution=merge-duplicates",
+                sovra_rest_grammar::Resolution::IgnoreDuplicates => "resolution=ignore-duplicates",
+            });
+        }
+        let representation =
+            action == Action::Read || prefs.return_ == Some(ReturnPreference::Representation);
+        if action != Action::Read
+            && let Some(ret) = prefs.return_
+        {
+            applied.push(match ret {
+                ReturnPreference::Minimal => "return=minimal",
+                ReturnPreference::HeadersOnly => "return=headers-only",
+                ReturnPreference::Representation => "return=representation",
+            });
+        }
+        if let Some(count) = prefs.count {
+            applied.push(match count {
+                CountPreference::Exact => "count=exact",
+                CountPreference::Planned => "count=planned",
+                CountPreference::Estimated => "count=estimated",
+            });
+        }
+        if prefs.tx == Some(TxPreference::Rollback) {
+            applied.push("tx=rollback");
+        }
+        if !applied.is_empty()
+            && let Ok(value) = HeaderValue::from_str(&applied.join(", "))
+        {
+            headers.insert(HeaderName::from_static("preference-applied"), value);
+        }
+        if self.config.schemas.len() > 1
+            && let Ok(value) = HeaderValue::from_str(schema)
+        {
+            headers.insert(HeaderName::from_static("content-profile"), value);
+        }
+
+        let total_text = outcome
+            .total
+            .map_or_else(|| "*".to_owned(), |t| t.to_string());
+        let status = match action {
+            Action::Read => {
+                let lo = plan.offset;
+                if let Some(total) = outcome.total
+                    && outcome.page_count == 0
+                    && lo > 0
+                    && lo >= total
+                {
+                    let err = ApiError::range(format!(
+                        "An offset of {lo} was requested, but there are only {total} rows."
+                    ));
+                    return error_response(&err);
+                }
+                let range = if outcome.page_count == 0 {
+                    format!("*/{total_text}")
+                } else {
+                    format!("{lo}-{}/{total_text}", lo + outcome.page_count - 1)
+                };
+                insert_header(&mut headers, header::CONTENT_RANGE, &range);
+                match outcome.total {
+                    Some(total) if outcome.page_count < total => StatusCode::PARTIAL_CONTENT,
+                    _ => StatusCode::OK,
+                }
+            }
+            Action::Insert => {
+                let total = if prefs.count.is_some() {
+                    outcome.page_count.to_string()
+                } else {
+                    "*".to_owned()
+                };
+                insert_header(&mut headers, header::CONTENT_RANGE, &format!("*/{total}"));
+                StatusCode::CREATED
+            }
+            Action::Update | Action::Delete => {
+                let total = if prefs.count.is_some() {
+                    outcome.page_count.to_string()
+                } else {
+                    "*".to_owned()
+                };
+                let range = if outcome.page_count == 0 || action == Action::Delete {
+                    format!("*/{total}")
+                } else {
+                    format!("0-{}/{total}", outcome.page_count - 1)
+                };
+                insert_header(&mut headers, header::CONTENT_RANGE, &range);
+                if representation {
+                    StatusCode::OK
+                } else {
+                    StatusCode::NO_CONTENT
+                }
+            }
+        };
+        if !representation || *method == Method::HEAD {
+            if representation {
+                insert_header(&mut headers, header::CONTENT_TYPE, content_type);
+            }
+            return (status, headers).into_response();
+        }
+        insert_header(&mut headers, header::CONTENT_TYPE, content_type);
+        let body = if singular {
+            unwrap_single(&outcome.body)
+        } else {
+            outcome.body
+        };
+        (status, headers, body).into_response()
+    }
+}
+
+struct Outcome {
+    total: Option<i64>,
+    page_count: i64,
+    body: String,
+}
+
+/// The one object of a one-element JSON array, as PostgreSQL rendered it.
+fn unwrap_single(body: &str) -> String {
+    let trimmed = body.trim();
+    trimmed
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .map_or_else(|| trimmed.to_owned(), |inner| inner.trim().to_owned())
+}
+
+fn insert_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Whether the client asked for a single object; refuses media types the
+/// REST layer cannot produce.
+fn accepts_singular(headers: &HeaderMap) -> Result<bool, ApiError> {
+    let Some(accept) = header_text(headers, "accept") else {
+        return Ok(false);
+    };
+    let mut any_ok = false;
+    for part in accept.split(',') {
+        let media = part
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match media.as_str() {
+            "application/vnd.pgrst.object+json" | "application/vnd.pgrst.object" => {
+                return Ok(true);
+            }
+            ""
+            | "*/*"
+            | "application/*"
+            | "application/json"
+            | "application/vnd.pgrst.array+json" => any_ok = true,
+            _ => {}
+        }
+    }
+    if any_ok {
+        Ok(false)
+    } else {
+        Err(ApiError::not_acceptable(accept))
+    }
+}
+
+fn database_error(err: sovra_pg::tokio_postgres::Error, anonymous: bool) -> ApiError {
+    match err.as_db_error() {
+        Some(db) => ApiError::from_database(
+            db.code().code(),
+            db.message().to_owned(),
+            db.detail().map(str::to_owned),
+            db.hint().map(str::to_owned),
+            anonymous,
+        ),
+        None => {
+            tracing::warn!(error = %err, "database connection failed");
+            ApiError::connection()
+        }
+    }
+}
+
+/// PostgREST's error body and headers.
+pub fn error_response(err: &ApiError) -> Response {
+    let status = StatusCode::from_u16(err.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({
+        "code": err.code,
+        "details": err.details,
+        "hint": err.hint,
+        "message": err.message,
+    });
+    let mut headers = HeaderMap::new();
+    insert_header(
+        &mut headers,
+        header::CONTENT_TYPE,
+        "application/json; charset=utf-8",
+    );
+    insert_header(
+        &mut headers,
+        HeaderName::from_static("proxy-status"),
+        &format!("PostgREST; error={}", err.code),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        insert_header(&mut headers, header::WWW_AUTHENTICATE, "Bearer");
+    }
+    (status, headers, body.to_string()).into_response()
+}

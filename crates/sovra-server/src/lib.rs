@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::{HeaderName, Method, Request, request::Parts};
-use axum::routing::get;
+use axum::routing::{any, get};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -151,6 +151,9 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/v1/.well-known/jwks.json", get(routes::jwks))
         .route("/sovra/v1/whoami", get(routes::whoami))
         .route("/sovra/v1/whoami/db", get(routes::whoami_db))
+        .route("/rest/v1", any(routes::rest))
+        .route("/rest/v1/", any(routes::rest))
+        .route("/rest/v1/{*path}", any(routes::rest))
         .route_layer(axum::middleware::from_fn(observe::track))
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))

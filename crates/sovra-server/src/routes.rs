@@ -109,6 +109,7 @@ pub(crate) async fn whoami_db(
         method: method.to_string(),
         path: uri.path().to_owned(),
         headers: safe_headers(&headers),
+        search_path: None,
     };
     let result = async {
         let mut client = caller.tenant.pool.get().await.map_err(|err| {
@@ -178,4 +179,35 @@ pub fn safe_headers(headers: &HeaderMap) -> Map<String, Value> {
             ))
         })
         .collect()
+}
+
+/// `/rest/v1/*`: the PostgREST-compatible API, as the caller.
+pub(crate) async fn rest(
+    caller: Caller,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let path = uri.path().strip_prefix("/rest/v1").unwrap_or("");
+    let rest_caller = sovra_rest::Caller {
+        role: caller.role.clone(),
+        claims: caller.claims.clone(),
+        headers: safe_headers(&headers),
+    };
+    caller
+        .tenant
+        .rest
+        .handle(
+            &caller.tenant.pool,
+            &rest_caller,
+            sovra_rest::HttpRequest {
+                method: &method,
+                path,
+                query: uri.query(),
+                headers: &headers,
+                body,
+            },
+        )
+        .await
 }

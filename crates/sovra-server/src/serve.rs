@@ -91,12 +91,23 @@ pub async fn run_migrations(
     Ok(sovra_pg::migrate(&mut client).await?)
 }
 
-/// Builds the single tenant of this server.
-pub fn build_tenant(
+/// Builds the single tenant of this server: its pool, keys and services
+/// (the REST schema cache is loaded before this returns).
+pub async fn build_tenant(
     config: &Config,
     requests: sovra_pg::tokio_postgres::Config,
     keys: ProjectKeys,
 ) -> Result<Tenant, ServeError> {
+    let rest = sovra_rest::RestService::start(
+        sovra_rest::RestConfig {
+            schemas: config.rest.schema_list(),
+            max_rows: (config.rest.max_rows > 0)
+                .then(|| i64::try_from(config.rest.max_rows).unwrap_or(i64::MAX)),
+        },
+        requests.clone(),
+        Duration::from_secs(config.database.connect_timeout),
+    )
+    .await;
     let pool = sovra_pg::pool::build(
         requests,
         config.database.pool_size,
@@ -109,6 +120,7 @@ pub fn build_tenant(
         keys: keys.keyset,
         api_keys: keys.api,
         require_apikey: config.server.require_apikey,
+        rest,
     })
 }
 
@@ -157,7 +169,7 @@ async fn serve_with(
     let keys = keys::load_or_create(&data_dir.keys_file(), config)?;
     let first_run = keys.created;
     let api = keys.api.clone();
-    let tenant = build_tenant(config, requests, keys)?;
+    let tenant = build_tenant(config, requests, keys).await?;
     let state = AppState::new(TenantResolver::single(tenant), config.server.body_limit);
     let app = router(state);
 

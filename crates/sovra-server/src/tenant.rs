@@ -19,6 +19,8 @@ pub struct Tenant {
     pub api_keys: ApiKeys,
     /// Refuse requests without an `apikey`.
     pub require_apikey: bool,
+    /// `/rest/v1`.
+    pub rest: sovra_rest::RestService,
 }
 
 /// Finds the tenant a request belongs to.

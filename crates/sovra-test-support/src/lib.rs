@@ -257,6 +257,7 @@ impl TestApp {
         let service_role_key = keys.api.service_role.clone();
         let tenant =
             sovra_server::serve::build_tenant(&config, db.config_as("authenticator"), keys)
+                .await
                 .expect("building the test tenant");
         let resolver = sovra_server::TenantResolver::single(tenant);
         let tenant = resolver.all().remove(0);

@@ -1,0 +1,174 @@
+//! Loading the schema cache from `pg_catalog`, and reloading it on
+//! `NOTIFY pgrst, 'reload schema'` (which Sovra's DDL event trigger sends
+//! after every schema change).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use sovra_pg::tokio_postgres;
+use sovra_rest_plan::{Column, Relation, RelationKind, SchemaCache, TypeName};
+
+const LOAD_RELATIONS: &str = "
+select n.nspname::text, c.relname::text, c.relkind::text,
+       coalesce(json_agg(json_build_object(
+           'name', a.attname, 'type_schema', tn.nspname, 'type_name', t.typname,
+           'array_schema', an.nspname, 'array_name', at.typname,
+           'nullable', not a.attnotnull, 'has_default', a.atthasdef)
+         order by a.attnum) filter (where a.attnum is not null), '[]')::text,
+       coalesce((select json_agg(pa.attname order by array_position(i.indkey::int2[], pa.attnum))
+                 from pg_index i
+                 join pg_attribute pa on pa.attrelid = i.indrelid and pa.attnum = any(i.indkey)
+                 where i.indrelid = c.oid and i.indisprimary), '[]')::text,
+       pg_relation_is_updatable(c.oid, true)
+from pg_class c
+join pg_namespace n on n.oid = c.relnamespace
+left join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+left join pg_type t on t.oid = a.atttypid
+left join pg_namespace tn on tn.oid = t.typnamespace
+left join pg_type at on at.oid = t.typarray
+left join pg_namespace an on an.oid = at.typnamespace
+where n.nspname = any($1) and c.relkind in ('r', 'v', 'm', 'f', 'p')
+group by n.nspname, c.relname, c.relkind, c.oid";
+
+fn text(value: &Value, key: &str) -> String {
+    value
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Reads every relation of `schemas`.
+pub async fn load(
+    client: &tokio_postgres::Client,
+    schemas: &[String],
+) -> Result<SchemaCache, tokio_postgres::Error> {
+    let rows = client.query(LOAD_RELATIONS, &[&schemas]).await?;
+    let mut relations = BTreeMap::new();
+    for row in rows {
+        let schema: String = row.get(0);
+        let name: String = row.get(1);
+        let kind = match row.get::<_, String>(2).as_str() {
+            "v" => RelationKind::View,
+            "m" => RelationKind::MaterializedView,
+            "f" => RelationKind::ForeignTable,
+            "p" => RelationKind::PartitionedTable,
+            _ => RelationKind::Table,
+        };
+        let columns_json: Value =
+            serde_json::from_str(&row.get::<_, String>(3)).unwrap_or_default();
+        let columns = columns_json
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|c| Column {
+                name: text(c, "name"),
+                type_name: TypeName::new(&text(c, "type_schema"), &text(c, "type_name")),
+                array_type: c
+                    .get("array_name")
+                    .and_then(Value::as_str)
+                    .map(|array| TypeName::new(&text(c, "array_schema"), array)),
+                nullable: c.get("nullable").and_then(Value::as_bool).unwrap_or(true),
+                has_default: c
+                    .get("has_default")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            })
+            .collect();
+        let primary_key: Vec<String> =
+            serde_json::from_str(&row.get::<_, String>(4)).unwrap_or_default();
+        let updatable: i32 = row.get(5);
+        let relation = Relation {
+            schema: schema.clone(),
+            name: name.clone(),
+            kind,
+            columns,
+            primary_key,
+            insertable: updatable & 8 != 0,
+            updatable: updatable & 4 != 0,
+            deletable: updatable & 16 != 0,
+        };
+        relations.insert((schema, name), relation);
+    }
+    Ok(SchemaCache { relations })
+}
+
+/// The current schema cache, swapped whole on reload so that requests in
+/// flight keep the one they started with.
+#[derive(Debug, Default)]
+pub struct CacheCell {
+    current: RwLock<Option<Arc<SchemaCache>>>,
+}
+
+impl CacheCell {
+    pub fn get(&self) -> Option<Arc<SchemaCache>> {
+        self.current.read().ok().and_then(|guard| guard.clone())
+    }
+
+    pub fn set(&self, cache: SchemaCache) {
+        if let Ok(mut guard) = self.current.write() {
+            *guard = Some(Arc::new(cache));
+        }
+    }
+}
+
+/// Loads the cache into `cell`, then listens for reload notifications for
+/// as long as the task runs, reconnecting when the connection drops.
+pub async fn keep_fresh(
+    cell: Arc<CacheCell>,
+    config: tokio_postgres::Config,
+    schemas: Vec<String>,
+    loaded: tokio::sync::watch::Sender<bool>,
+) {
+    loop {
+        match listen_once(&cell, &config, &schemas, &loaded).await {
+            Ok(()) => tracing::info!("schema cache listener closed; reconnecting"),
+            Err(err) => tracing::warn!(error = %err, "schema cache listener failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn listen_once(
+    cell: &CacheCell,
+    config: &tokio_postgres::Config,
+    schemas: &[String],
+    loaded: &tokio::sync::watch::Sender<bool>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            let message = std::future::poll_fn(|cx| connection.poll_message(cx)).await;
+            match message {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(note))) => {
+                    if tx.send(note.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    });
+    client.batch_execute("LISTEN pgrst").await?;
+    // Load after LISTEN, so that no change between the two is missed.
+    let cache = load(&client, schemas).await?;
+    tracing::info!(relations = cache.relations.len(), "schema cache loaded");
+    cell.set(cache);
+    let _ = loaded.send(true);
+    while let Some(payload) = rx.recv().await {
+        if payload.is_empty() || payload == "reload schema" {
+            // Coalesce a burst of DDL into one reload.
+            while rx.try_recv().is_ok() {}
+            let cache = load(&client, schemas).await?;
+            tracing::info!(relations = cache.relations.len(), "schema cache reloaded");
+            cell.set(cache);
+        }
+    }
+    driver.abort();
+    Ok(())
+}
