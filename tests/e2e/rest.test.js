@@ -1,0 +1,134 @@
+// The REST API through the real supabase-js client, against the running
+// sovra binary that run.sh started with fixture.sql loaded.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createClient } from '@supabase/supabase-js';
+import ws from 'ws';
+
+const url = process.env.SOVRA_URL;
+const anonKey = process.env.SOVRA_ANON_KEY;
+const serviceKey = process.env.SOVRA_SERVICE_KEY;
+const USER_A = '00000000-0000-0000-0000-00000000000a';
+const USER_B = '00000000-0000-0000-0000-00000000000b';
+
+// Until the auth service signs tokens, sign a user's access token with the
+// project's active key, exactly as the auth service will.
+function userToken(sub) {
+  const { keys } = JSON.parse(readFileSync(process.env.SOVRA_KEYS_FILE, 'utf8'));
+  const key = keys.find((k) => k.status === 'active');
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const now = Math.floor(Date.now() / 1000);
+  const head = b64({ alg: 'HS256', typ: 'JWT', kid: key.kid });
+  const body = b64({ sub, role: 'authenticated', aud: 'authenticated', email: `${sub}@example.com`, iat: now, exp: now + 3600 });
+  const sig = createHmac('sha256', Buffer.from(key.secret, 'utf8')).update(`${head}.${body}`).digest('base64url');
+  return `${head}.${body}.${sig}`;
+}
+
+// Node 20 has no WebSocket of its own; realtime-js needs one at construction.
+const opts = { auth: { persistSession: false, autoRefreshToken: false }, realtime: { transport: ws } };
+const anon = createClient(url, anonKey, opts);
+const service = createClient(url, serviceKey, opts);
+const asUser = (sub) =>
+  createClient(url, anonKey, { ...opts, global: { headers: { Authorization: `Bearer ${userToken(sub)}` } } });
+
+test('anon sees only what its policy allows', async () => {
+  const { data, error, status } = await anon.from('todos').select('task');
+  assert.equal(error, null);
+  assert.equal(status, 200);
+  assert.deepEqual(data, [{ task: 'public:read me' }]);
+});
+
+test('each user sees only their own rows; service_role sees all', async () => {
+  const a = await asUser(USER_A).from('todos').select('task').order('id');
+  assert.deepEqual(a.data.map((r) => r.task), ['buy milk', 'walk dog', 'public:read me']);
+  const b = await asUser(USER_B).from('todos').select('task');
+  assert.deepEqual(b.data, [{ task: 'b secret' }]);
+  const all = await service.from('todos').select('id');
+  assert.equal(all.data.length, 4);
+});
+
+test('filters, order, range and count', async () => {
+  const a = asUser(USER_A);
+  let r = await a.from('todos').select('task').eq('done', true);
+  assert.deepEqual(r.data, [{ task: 'walk dog' }]);
+  r = await a.from('todos').select('task').in('id', [1, 3]).order('id', { ascending: false });
+  assert.deepEqual(r.data.map((x) => x.task), ['public:read me', 'buy milk']);
+  r = await a.from('todos').select('task').or('priority.eq.1,done.is.true').order('id');
+  assert.deepEqual(r.data.map((x) => x.task), ['buy milk', 'walk dog']);
+  r = await a.from('todos').select('task').contains('tags', ['shop']);
+  assert.deepEqual(r.data, [{ task: 'buy milk' }]);
+  r = await a.from('todos').select('task').ilike('task', '%MILK%');
+  assert.deepEqual(r.data, [{ task: 'buy milk' }]);
+  r = await a.from('todos').select('task').is('priority', null);
+  assert.deepEqual(r.data, [{ task: 'public:read me' }]);
+  r = await a.from('todos').select('task').textSearch('task', 'dog');
+  assert.deepEqual(r.data, [{ task: 'walk dog' }]);
+  r = await a.from('todos').select('task').gt('data->size', 1);
+  assert.deepEqual(r.data, [{ task: 'buy milk' }]);
+  r = await a.from('todos').select('task', { count: 'exact' }).order('id').range(0, 1);
+  assert.equal(r.count, 3);
+  assert.equal(r.status, 206);
+  assert.deepEqual(r.data.map((x) => x.task), ['buy milk', 'walk dog']);
+  r = await a.from('todos').select('*', { count: 'exact', head: true });
+  assert.equal(r.count, 3);
+  assert.equal(r.data, null);
+});
+
+test('single and maybeSingle', async () => {
+  const a = asUser(USER_A);
+  let r = await a.from('todos').select('task').eq('id', 1).single();
+  assert.deepEqual(r.data, { task: 'buy milk' });
+  r = await a.from('todos').select('task').eq('id', 4).single();
+  assert.equal(r.error.code, 'PGRST116', 'B\'s row is invisible to A');
+  r = await a.from('todos').select('task').eq('id', 99).maybeSingle();
+  assert.equal(r.error, null);
+  assert.equal(r.data, null);
+});
+
+test('insert, update, upsert and delete', async () => {
+  const a = asUser(USER_A);
+  let r = await a.from('todos').insert({ task: 'from js' }).select('task, owner').single();
+  assert.equal(r.error, null, JSON.stringify(r.error));
+  assert.deepEqual(r.data, { task: 'from js', owner: USER_A });
+  r = await a.from('todos').insert([{ task: 'bulk 1' }, { task: 'bulk 2', priority: 3 }]);
+  assert.equal(r.error, null, JSON.stringify(r.error));
+  assert.equal(r.status, 201);
+  r = await a.from('todos').update({ done: true }).like('task', 'bulk%').select('task');
+  assert.deepEqual(r.data.map((x) => x.task).sort(), ['bulk 1', 'bulk 2']);
+  r = await asUser(USER_B).from('todos').update({ task: 'hijack' }).eq('id', 1).select();
+  assert.deepEqual(r.data, [], 'B cannot update A\'s row');
+  r = await a.from('todos').delete().like('task', 'bulk%');
+  assert.equal(r.status, 204);
+  r = await service.from('kv').upsert({ k: 'x', v: '1' }).select();
+  assert.deepEqual(r.data, [{ k: 'x', v: '1' }]);
+  r = await service.from('kv').upsert({ k: 'x', v: '2' }).select();
+  assert.deepEqual(r.data, [{ k: 'x', v: '2' }]);
+  r = await service.from('kv').upsert({ k: 'x', v: '3' }, { ignoreDuplicates: true }).select();
+  assert.deepEqual(r.data, []);
+});
+
+test('refusals arrive as PostgREST errors', async () => {
+  let r = await anon.from('nope').select();
+  assert.equal(r.error.code, 'PGRST205');
+  assert.equal(r.status, 404);
+  r = await anon.from('todos').insert({ task: 'x', owner: USER_A });
+  assert.equal(r.error.code, '42501');
+  assert.equal(r.status, 401);
+  r = await asUser(USER_B).from('todos').insert({ task: 'x', owner: USER_A });
+  assert.equal(r.error.code, '42501');
+  assert.equal(r.status, 403);
+  r = await service.from('kv').insert({ k: 'x', v: 'dup' });
+  assert.equal(r.error.code, '23505');
+  assert.equal(r.status, 409);
+  r = await anon.from('todos').select('missing');
+  assert.equal(r.error.code, '42703');
+});
+
+test('other schemas through .schema()', async () => {
+  const r = await anon.schema('personal').from('notes').select('body');
+  assert.deepEqual(r.data, [{ body: 'private schema' }]);
+  const bad = await anon.schema('auth').from('users').select();
+  assert.equal(bad.error.code, 'PGRST106');
+});
