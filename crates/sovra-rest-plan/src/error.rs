@@ -9,7 +9,8 @@ pub struct ApiError {
     pub status: u16,
     pub code: String,
     pub message: String,
-    pub details: Option<String>,
+    /// A string for most errors; a JSON array for PGRST201.
+    pub details: Option<serde_json::Value>,
     pub hint: Option<String>,
 }
 
@@ -26,7 +27,7 @@ impl ApiError {
 
     #[must_use]
     pub fn with_details(mut self, details: impl Into<String>) -> ApiError {
-        self.details = Some(details.into());
+        self.details = Some(serde_json::Value::String(details.into()));
         self
     }
 
@@ -169,6 +170,59 @@ impl ApiError {
         ApiError::new(400, "PGRST127", "Feature not implemented").with_details(details)
     }
 
+    /// PGRST200: no relationship between origin and target.
+    pub fn no_relationship(origin: &str, target: &str) -> ApiError {
+        ApiError::new(
+            400,
+            "PGRST200",
+            format!(
+                "Could not find a relationship between '{origin}' and '{target}' in the schema cache"
+            ),
+        )
+    }
+
+    /// PGRST201: more than one relationship; `details` is the JSON array
+    /// of candidates (kept as JSON by the responder).
+    pub fn ambiguous_relationship(
+        origin: &str,
+        target: &str,
+        details: serde_json::Value,
+        hint: String,
+    ) -> ApiError {
+        let mut err = ApiError::new(
+            300,
+            "PGRST201",
+            format!(
+                "Could not embed because more than one relationship was found for '{origin}' and '{target}'"
+            ),
+        )
+        .with_hint(hint);
+        err.details = Some(details);
+        err
+    }
+
+    /// PGRST120: a filter other than `is.null` on an embed's name.
+    pub fn bad_embed_operator(name: &str) -> ApiError {
+        ApiError::new(
+            400,
+            "PGRST120",
+            format!("Bad operator on the '{name}' embedded resource"),
+        )
+        .with_details("Only is null or not is null filters are allowed on embedded resources")
+    }
+
+    /// PGRST118: ordering by a to-many embed.
+    pub fn related_order(origin: &str, target: &str) -> ApiError {
+        ApiError::new(
+            400,
+            "PGRST118",
+            format!("A related order on '{target}' is not possible"),
+        )
+        .with_details(format!(
+            "'{origin}' and '{target}' do not form a many-to-one or one-to-one relationship"
+        ))
+    }
+
     /// PGRST204: a column the relation does not have (writes).
     pub fn unknown_column(column: &str, relation: &str) -> ApiError {
         ApiError::new(
@@ -215,7 +269,7 @@ impl ApiError {
             status,
             code: sqlstate.to_owned(),
             message,
-            details,
+            details: details.map(serde_json::Value::String),
             hint,
         }
     }

@@ -10,11 +10,12 @@
 
 mod error;
 mod plan;
+mod relationship;
 mod schema;
 
 pub use error::{ApiError, sqlstate_status};
 pub use plan::{Action, Plan, Request, Statement, plan};
-pub use schema::{Column, Relation, RelationKind, SchemaCache, TypeName, quote_ident};
+pub use schema::{Column, ForeignKey, Relation, RelationKind, SchemaCache, TypeName, quote_ident};
 
 #[cfg(test)]
 mod tests;

@@ -86,18 +86,25 @@ pub fn plan(cache: &SchemaCache, request: &Request<'_>) -> Result<Plan, ApiError
         .select
         .clone()
         .unwrap_or_else(|| vec![SelectItem::Star]);
-    check_no_embeds(&select, query)?;
+    check_supported(&select)?;
+    check_paths(&select, query)?;
 
     let mut b = Builder { params: Vec::new() };
     let target = Target::new(relation);
-    let items = select_items(&target, &select, &mut b)?;
+    let ctx = Ctx { cache, query };
+    let level = level(&ctx, &target, &select, &[], 1, &mut b)?;
 
     match request.action {
-        Action::Read => plan_read(&target, request, &items, &mut b),
-        Action::Insert => plan_insert(&target, request, &items, &mut b),
-        Action::Update => plan_update(&target, request, &items, &mut b),
-        Action::Delete => plan_delete(&target, request, &items, &mut b),
+        Action::Read => plan_read(&ctx, &target, request, &level, &mut b),
+        Action::Insert => plan_insert(&target, request, &level.items, &mut b),
+        Action::Update => plan_update(&ctx, &target, request, &level, &mut b),
+        Action::Delete => plan_delete(&ctx, &target, request, &level, &mut b),
     }
+}
+
+struct Ctx<'a> {
+    cache: &'a SchemaCache,
+    query: &'a QueryParams,
 }
 
 /// The relation being planned, with its SQL names.
@@ -122,6 +129,13 @@ impl<'a> Target<'a> {
         }
     }
 
+    /// An embedded relation, aliased `"<table>_<depth>"` as PostgREST does.
+    fn embedded(relation: &'a Relation, depth: usize) -> Target<'a> {
+        let mut target = Target::new(relation);
+        target.alias = quote_ident(&format!("{}_{depth}", relation.name));
+        target
+    }
+
     fn column(&self, name: &str) -> Result<&'a Column, ApiError> {
         self.relation
             .column(name)
@@ -129,16 +143,16 @@ impl<'a> Target<'a> {
     }
 }
 
-/// Embedding, aggregates and embed-scoped parameters come with the
-/// relationship planner; until then they are refused clearly.
-fn check_no_embeds(select: &[SelectItem], query: &QueryParams) -> Result<(), ApiError> {
+/// Aggregates and spreads come later; until then they are refused clearly.
+fn check_supported(select: &[SelectItem]) -> Result<(), ApiError> {
     for item in select {
         match item {
-            SelectItem::Embed { .. } => {
+            SelectItem::Embed { spread: true, .. } => {
                 return Err(ApiError::not_implemented(
-                    "resource embedding is not available in this version of Sovra",
+                    "spread embeds (...) are not available in this version of Sovra",
                 ));
             }
+            SelectItem::Embed { select, .. } => check_supported(select)?,
             SelectItem::Count { .. }
             | SelectItem::Field {
                 aggregate: Some(_), ..
@@ -150,6 +164,31 @@ fn check_no_embeds(select: &[SelectItem], query: &QueryParams) -> Result<(), Api
             SelectItem::Star | SelectItem::Field { .. } => {}
         }
     }
+    Ok(())
+}
+
+/// Every embed path of `select`, by alias or name.
+fn embed_paths(select: &[SelectItem], prefix: &[String], out: &mut Vec<Vec<String>>) {
+    for item in select {
+        if let SelectItem::Embed {
+            alias,
+            name,
+            select,
+            ..
+        } = item
+        {
+            let mut path = prefix.to_vec();
+            path.push(alias.clone().unwrap_or_else(|| name.clone()));
+            embed_paths(select, &path, out);
+            out.push(path);
+        }
+    }
+}
+
+/// Parameters scoped to an embed must name one the select has (PGRST108).
+fn check_paths(select: &[SelectItem], query: &QueryParams) -> Result<(), ApiError> {
+    let mut known = Vec::new();
+    embed_paths(select, &[], &mut known);
     let scoped = query
         .filters
         .iter()
@@ -159,8 +198,9 @@ fn check_no_embeds(select: &[SelectItem], query: &QueryParams) -> Result<(), Api
         .chain(query.limits.iter().map(|(path, _)| path))
         .chain(query.offsets.iter().map(|(path, _)| path));
     for path in scoped {
-        if let Some(first) = path.first() {
-            return Err(ApiError::not_embedded(first));
+        if !path.is_empty() && !known.contains(path) {
+            let last = path.last().map_or("", String::as_str);
+            return Err(ApiError::not_embedded(last));
         }
     }
     Ok(())
@@ -295,15 +335,43 @@ fn output_name(field: &Field, alias: Option<&String>) -> String {
     name
 }
 
-fn select_items(
+/// One level of the select tree: its output items and the conditions it
+/// adds to its own relation's WHERE (inner joins and null filters on
+/// embeds), and what its embeds are for ordering.
+struct Level<'a> {
+    items: Vec<String>,
+    conditions: Vec<String>,
+    /// The to-one embeds, for `order=embed(col)`.
+    to_one: Vec<ToOne<'a>>,
+    /// The keys of the to-many embeds.
+    to_many: Vec<String>,
+}
+
+struct ToOne<'a> {
+    key: String,
+    relation: &'a Relation,
+    alias: String,
+    from: String,
+    where_sql: String,
+}
+
+fn level<'a>(
+    ctx: &Ctx<'a>,
     target: &Target<'_>,
     select: &[SelectItem],
+    path: &[String],
+    depth: usize,
     b: &mut Builder,
-) -> Result<Vec<String>, ApiError> {
-    let mut items = Vec::new();
+) -> Result<Level<'a>, ApiError> {
+    let mut level = Level {
+        items: Vec::new(),
+        conditions: Vec::new(),
+        to_one: Vec::new(),
+        to_many: Vec::new(),
+    };
     for item in select {
         match item {
-            SelectItem::Star => items.push(format!("{}.*", target.alias)),
+            SelectItem::Star => level.items.push(format!("{}.*", target.alias)),
             SelectItem::Field {
                 alias, field, cast, ..
             } => {
@@ -312,15 +380,161 @@ fn select_items(
                 if let Some(cast) = cast {
                     sql = format!("({sql})::{}", cast_type(cast)?);
                 }
-                items.push(format!(
+                level.items.push(format!(
                     "{sql} AS {}",
                     quote_ident(&output_name(field, alias.as_ref()))
                 ));
             }
-            SelectItem::Count { .. } | SelectItem::Embed { .. } => {}
+            SelectItem::Embed {
+                alias,
+                name,
+                hint,
+                join,
+                select: child_select,
+                ..
+            } => {
+                let relationship = crate::relationship::resolve(
+                    ctx.cache,
+                    target.relation,
+                    name,
+                    hint.as_deref(),
+                )?;
+                let key = alias.clone().unwrap_or_else(|| name.clone());
+                let mut child_path = path.to_vec();
+                child_path.push(key.clone());
+                let child = Target::embedded(relationship.target(), depth);
+                let (from, join_condition) = join_sql(target, &child, &relationship, depth);
+                let child_level =
+                    self::level(ctx, &child, child_select, &child_path, depth + 1, b)?;
+                let mut conditions = vec![join_condition.clone()];
+                conditions.extend(child_level.conditions.iter().cloned());
+                conditions.extend(conditions_at(ctx, &child, &child_path, &child_level, b)?);
+                let where_sql = format!(" WHERE {}", conditions.join(" AND "));
+
+                // Inner join, or a null filter on the embed's name.
+                let null_filter = ctx.query.filters.iter().find(|(p, f)| {
+                    p.as_slice() == path && f.field.name == key && f.field.json_path.is_empty()
+                });
+                let exists = format!("EXISTS (SELECT 1 FROM {from}{where_sql})");
+                match null_filter {
+                    Some((_, filter)) => match (&filter.operation, filter.negated) {
+                        (Operation::Is(IsValue::Null), false)
+                        | (Operation::Is(IsValue::NotNull), true) => {
+                            level.conditions.push(format!("NOT {exists}"));
+                        }
+                        (Operation::Is(IsValue::NotNull), false)
+                        | (Operation::Is(IsValue::Null), true) => {
+                            level.conditions.push(exists.clone());
+                        }
+                        _ => return Err(ApiError::bad_embed_operator(&key)),
+                    },
+                    None if *join == Some(sovra_rest_grammar::JoinType::Inner) => {
+                        level.conditions.push(exists.clone());
+                    }
+                    None => {}
+                }
+
+                if relationship.is_to_one() {
+                    level.to_one.push(ToOne {
+                        key: key.clone(),
+                        relation: relationship.target(),
+                        alias: child.alias.clone(),
+                        from: from.clone(),
+                        where_sql: where_sql.clone(),
+                    });
+                } else {
+                    level.to_many.push(key.clone());
+                }
+                if child_select.is_empty() {
+                    // `embed()`: for filtering only, no output.
+                    continue;
+                }
+                let list = child_level.items.join(", ");
+                let sub = format!("_pgrst_e{depth}");
+                let sql = if relationship.is_to_one() {
+                    format!(
+                        "(SELECT row_to_json({sub}) FROM (SELECT {list} FROM {from}{where_sql} LIMIT 1) {sub})"
+                    )
+                } else {
+                    let order = order_at(ctx, &child, &child_path, &child_level, b)?;
+                    let (offset, limit) = page_at(ctx.query, &child_path);
+                    let mut page = String::new();
+                    if let Some(limit) = limit {
+                        page.push_str(&format!(" LIMIT {}::bigint", b.bind(limit.to_string())));
+                    }
+                    if offset > 0 {
+                        page.push_str(&format!(" OFFSET {}::bigint", b.bind(offset.to_string())));
+                    }
+                    format!(
+                        "(SELECT coalesce(json_agg({sub}), '[]') FROM (SELECT {list} FROM {from}{where_sql}{order}{page}) {sub})"
+                    )
+                };
+                level.items.push(format!("{sql} AS {}", quote_ident(&key)));
+            }
+            SelectItem::Count { .. } => {}
         }
     }
-    Ok(items)
+    Ok(level)
+}
+
+/// The FROM of an embedded relation and the condition that ties it to
+/// its parent row.
+fn join_sql(
+    parent: &Target<'_>,
+    child: &Target<'_>,
+    relationship: &crate::relationship::Relationship<'_>,
+    depth: usize,
+) -> (String, String) {
+    use crate::relationship::Relationship;
+    let pairs = |left: &str, left_cols: &[String], right: &str, right_cols: &[String]| {
+        left_cols
+            .iter()
+            .zip(right_cols)
+            .map(|(l, r)| format!("{left}.{} = {right}.{}", quote_ident(l), quote_ident(r)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let from = format!("{} AS {}", child.qualified, child.alias);
+    match relationship {
+        Relationship::ManyToOne { fk, .. } => (
+            from,
+            pairs(&child.alias, &fk.ref_columns, &parent.alias, &fk.columns),
+        ),
+        Relationship::OneToMany { fk, .. } => (
+            from,
+            pairs(&child.alias, &fk.columns, &parent.alias, &fk.ref_columns),
+        ),
+        Relationship::ManyToMany {
+            junction,
+            origin_fk,
+            target_fk,
+            ..
+        } => {
+            let junction_alias = quote_ident(&format!("{}_{depth}", junction.name));
+            let junction_from = format!(
+                "{}.{} AS {junction_alias}",
+                quote_ident(&junction.schema),
+                quote_ident(&junction.name)
+            );
+            (
+                format!(
+                    "{from} JOIN {junction_from} ON {}",
+                    pairs(
+                        &junction_alias,
+                        &target_fk.columns,
+                        &child.alias,
+                        &target_fk.ref_columns
+                    )
+                ),
+                pairs(
+                    &junction_alias,
+                    &origin_fk.columns,
+                    &parent.alias,
+                    &origin_fk.ref_columns,
+                ),
+            )
+        }
+    }
 }
 
 fn array_literal(values: &[String]) -> String {
@@ -491,13 +705,27 @@ fn logic(target: &Target<'_>, tree: &LogicTree, b: &mut Builder) -> Result<Strin
     }
 }
 
-fn where_clause(
+/// The filters and logic trees at `path`, except null filters on embeds
+/// (which [`level`] turns into EXISTS conditions).
+fn conditions_at(
+    ctx: &Ctx<'_>,
     target: &Target<'_>,
-    query: &QueryParams,
+    path: &[String],
+    level: &Level,
     b: &mut Builder,
-) -> Result<String, ApiError> {
+) -> Result<Vec<String>, ApiError> {
+    let is_embed = |name: &str| {
+        level.to_one.iter().any(|one| one.key == name) || level.to_many.iter().any(|k| k == name)
+    };
     let mut conditions = Vec::new();
-    for (_, filter) in &query.filters {
+    for (p, filter) in &ctx.query.filters {
+        if p.as_slice() != path
+            || (filter.field.json_path.is_empty()
+                && is_embed(&filter.field.name)
+                && target.relation.column(&filter.field.name).is_none())
+        {
+            continue;
+        }
         conditions.push(condition(
             target,
             &filter.field,
@@ -506,32 +734,64 @@ fn where_clause(
             b,
         )?);
     }
-    for (_, tree) in &query.logic {
-        conditions.push(logic(target, tree, b)?);
+    for (p, tree) in &ctx.query.logic {
+        if p.as_slice() == path {
+            conditions.push(logic(target, tree, b)?);
+        }
     }
-    Ok(if conditions.is_empty() {
+    Ok(conditions)
+}
+
+fn where_sql(conditions: &[String]) -> String {
+    if conditions.is_empty() {
         String::new()
     } else {
         format!(" WHERE {}", conditions.join(" AND "))
-    })
+    }
 }
 
-fn order_clause(
+/// `ORDER BY` for the relation at `path`; `embed(col)` orders by a to-one
+/// embed's column.
+fn order_at(
+    ctx: &Ctx<'_>,
     target: &Target<'_>,
-    query: &QueryParams,
+    path: &[String],
+    level: &Level,
     b: &mut Builder,
 ) -> Result<String, ApiError> {
-    let terms: Vec<&OrderTerm> = query.order.iter().flat_map(|(_, terms)| terms).collect();
+    let terms: Vec<&OrderTerm> = ctx
+        .query
+        .order
+        .iter()
+        .filter(|(p, _)| p.as_slice() == path)
+        .flat_map(|(_, terms)| terms)
+        .collect();
     if terms.is_empty() {
         return Ok(String::new());
     }
     let mut parts = Vec::new();
     for term in terms {
-        if let Some(relation) = &term.relation {
-            return Err(ApiError::not_embedded(relation));
-        }
-        let expr = field_expr(target, &term.field, b)?;
-        let mut part = expr.sql;
+        let mut part = match &term.relation {
+            Some(relation) => {
+                let Some(one) = level.to_one.iter().find(|one| &one.key == relation) else {
+                    if level.to_many.contains(relation) {
+                        return Err(ApiError::related_order(&target.relation.name, relation));
+                    }
+                    return Err(ApiError::not_embedded(relation));
+                };
+                let column = one.relation.column(&term.field.name).ok_or_else(|| {
+                    ApiError::undefined_column(&one.relation.name, &term.field.name)
+                })?;
+                format!(
+                    "(SELECT {}.{} FROM {}{} LIMIT 1)",
+                    one.alias,
+                    quote_ident(&column.name),
+                    one.from,
+                    one.where_sql
+                )
+            }
+            None => field_expr(target, &term.field, b)?.sql,
+        };
         match term.direction {
             Some(Direction::Asc) => part.push_str(" ASC"),
             Some(Direction::Desc) => part.push_str(" DESC"),
@@ -545,6 +805,21 @@ fn order_clause(
         parts.push(part);
     }
     Ok(format!(" ORDER BY {}", parts.join(", ")))
+}
+
+/// `embed.limit` and `embed.offset`.
+fn page_at(query: &QueryParams, path: &[String]) -> (i64, Option<i64>) {
+    let offset = query
+        .offsets
+        .iter()
+        .find(|(p, _)| p.as_slice() == path)
+        .map_or(0, |(_, n)| *n);
+    let limit = query
+        .limits
+        .iter()
+        .find(|(p, _)| p.as_slice() == path)
+        .map(|(_, n)| *n);
+    (offset, limit)
 }
 
 /// Offset and limit from `offset`/`limit`, the `Range` header and
@@ -599,13 +874,16 @@ fn wrap(total: &str, items: &[String], source: &str, alias: &str) -> String {
 }
 
 fn plan_read(
+    ctx: &Ctx<'_>,
     target: &Target<'_>,
     request: &Request<'_>,
-    items: &[String],
+    level: &Level<'_>,
     b: &mut Builder,
 ) -> Result<Plan, ApiError> {
-    let where_sql = where_clause(target, request.query, b)?;
-    let order_sql = order_clause(target, request.query, b)?;
+    let mut conditions = level.conditions.clone();
+    conditions.extend(conditions_at(ctx, target, &[], level, b)?);
+    let where_sql = where_sql(&conditions);
+    let order_sql = order_at(ctx, target, &[], level, b)?;
     let (offset, limit) = page(request);
     let mut source = format!(
         "(SELECT {}.* FROM {}{where_sql}{order_sql}",
@@ -619,7 +897,7 @@ fn plan_read(
     }
     source.push(')');
     let total = count_expr(request, target, &where_sql);
-    let sql = wrap(&total, items, &source, &target.alias);
+    let sql = wrap(&total, &level.items, &source, &target.alias);
     Ok(Plan {
         statement: Statement {
             sql,
@@ -764,11 +1042,13 @@ fn plan_insert(
 }
 
 fn plan_update(
+    ctx: &Ctx<'_>,
     target: &Target<'_>,
     request: &Request<'_>,
-    items: &[String],
+    level: &Level<'_>,
     b: &mut Builder,
 ) -> Result<Plan, ApiError> {
+    let items = &level.items;
     let payload = payload(target, request, false)?;
     if payload.columns.is_empty() {
         // Nothing to set: nothing changes, as in PostgREST.
@@ -786,7 +1066,7 @@ fn plan_update(
         .iter()
         .map(|c| format!("{} = _pgrst_body.{}", quote_ident(c), quote_ident(c)))
         .collect();
-    let where_sql = where_clause(target, request.query, b)?;
+    let where_sql = where_sql(&conditions_at(ctx, target, &[], level, b)?);
     let sql = format!(
         "WITH pgrst_source AS (UPDATE {} SET {} FROM (SELECT * FROM json_populate_record(NULL::{}, {body}::json)) _pgrst_body{where_sql} RETURNING {}.*) {}",
         target.qualified,
@@ -810,12 +1090,14 @@ fn plan_update(
 }
 
 fn plan_delete(
+    ctx: &Ctx<'_>,
     target: &Target<'_>,
     request: &Request<'_>,
-    items: &[String],
+    level: &Level<'_>,
     b: &mut Builder,
 ) -> Result<Plan, ApiError> {
-    let where_sql = where_clause(target, request.query, b)?;
+    let items = &level.items;
+    let where_sql = where_sql(&conditions_at(ctx, target, &[], level, b)?);
     let sql = format!(
         "WITH pgrst_source AS (DELETE FROM {}{where_sql} RETURNING {}.*) {}",
         target.qualified,

@@ -66,11 +66,25 @@ impl Relation {
     }
 }
 
+/// A foreign key between two relations of exposed schemas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignKey {
+    /// The constraint's name.
+    pub name: String,
+    pub schema: String,
+    pub table: String,
+    pub columns: Vec<String>,
+    pub ref_schema: String,
+    pub ref_table: String,
+    pub ref_columns: Vec<String>,
+}
+
 /// Everything the planner may use, for every exposed schema.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SchemaCache {
     /// By (schema, name).
     pub relations: BTreeMap<(String, String), Relation>,
+    pub foreign_keys: Vec<ForeignKey>,
 }
 
 impl SchemaCache {

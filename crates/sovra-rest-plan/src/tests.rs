@@ -213,6 +213,10 @@ fn refusals() {
     let err = read("messages.id=eq.1").unwrap_err();
     assert_eq!((err.status, err.code.as_str()), (400, "PGRST108"));
     let err = read("select=*,users(*)").unwrap_err();
+    assert_eq!((err.status, err.code.as_str()), (400, "PGRST200"));
+    let err = read("select=*,...users(*)").unwrap_err();
+    assert_eq!((err.status, err.code.as_str()), (400, "PGRST127"));
+    let err = read("select=id.sum()").unwrap_err();
     assert_eq!((err.status, err.code.as_str()), (400, "PGRST127"));
 
     for (body, message) in [

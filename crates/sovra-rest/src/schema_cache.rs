@@ -32,6 +32,23 @@ left join pg_namespace an on an.oid = at.typnamespace
 where n.nspname = any($1) and c.relkind in ('r', 'v', 'm', 'f', 'p')
 group by n.nspname, c.relname, c.relkind, c.oid";
 
+const LOAD_FOREIGN_KEYS: &str = "
+select con.conname::text, ns.nspname::text, cl.relname::text,
+       (select json_agg(a.attname order by k.ord)
+          from unnest(con.conkey) with ordinality k(attnum, ord)
+          join pg_attribute a on a.attrelid = con.conrelid and a.attnum = k.attnum)::text,
+       fns.nspname::text, fcl.relname::text,
+       (select json_agg(a.attname order by k.ord)
+          from unnest(con.confkey) with ordinality k(attnum, ord)
+          join pg_attribute a on a.attrelid = con.confrelid and a.attnum = k.attnum)::text
+from pg_constraint con
+join pg_class cl on cl.oid = con.conrelid
+join pg_namespace ns on ns.oid = cl.relnamespace
+join pg_class fcl on fcl.oid = con.confrelid
+join pg_namespace fns on fns.oid = fcl.relnamespace
+where con.contype = 'f' and ns.nspname = any($1) and fns.nspname = any($1)
+order by ns.nspname, cl.relname, con.conname";
+
 fn text(value: &Value, key: &str) -> String {
     value
         .get(key)
@@ -93,7 +110,24 @@ pub async fn load(
         };
         relations.insert((schema, name), relation);
     }
-    Ok(SchemaCache { relations })
+    let foreign_keys = client
+        .query(LOAD_FOREIGN_KEYS, &[&schemas])
+        .await?
+        .iter()
+        .map(|row| sovra_rest_plan::ForeignKey {
+            name: row.get(0),
+            schema: row.get(1),
+            table: row.get(2),
+            columns: serde_json::from_str(&row.get::<_, String>(3)).unwrap_or_default(),
+            ref_schema: row.get(4),
+            ref_table: row.get(5),
+            ref_columns: serde_json::from_str(&row.get::<_, String>(6)).unwrap_or_default(),
+        })
+        .collect();
+    Ok(SchemaCache {
+        relations,
+        foreign_keys,
+    })
 }
 
 /// The current schema cache, swapped whole on reload so that requests in

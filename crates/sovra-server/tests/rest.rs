@@ -36,6 +36,26 @@ grant usage on schema personal to anon, authenticated, service_role;
 create table personal.notes (id int primary key, body text);
 grant all on personal.notes to anon, authenticated, service_role;
 insert into personal.notes values (1, 'private schema');
+create table public.users (username text primary key, status text);
+create table public.channels (id int primary key, slug text);
+create table public.messages (
+  id int primary key, message text,
+  username text references public.users, channel_id int references public.channels);
+create table public.best_friends (
+  id int primary key,
+  first_user text references public.users, second_user text references public.users);
+create table public.labels (id int primary key, name text);
+create table public.channel_labels (
+  channel_id int references public.channels, label_id int references public.labels,
+  primary key (channel_id, label_id));
+create table public.folders (id int primary key, name text, parent_id int references public.folders);
+insert into public.users values ('supabot', 'ONLINE'), ('kiwicopple', 'OFFLINE'), ('awailas', 'ONLINE');
+insert into public.channels values (1, 'public'), (2, 'random');
+insert into public.messages values (1, 'Hello World', 'supabot', 1), (2, 'Perfection', 'supabot', 2), (3, 'Hi', 'kiwicopple', 1);
+insert into public.best_friends values (1, 'supabot', 'kiwicopple');
+insert into public.labels values (1, 'fun'), (2, 'work');
+insert into public.channel_labels values (1, 1), (1, 2), (2, 1);
+insert into public.folders values (1, 'root', null), (2, 'docs', 1), (3, 'pics', 1);
 ";
 
 struct Rest {
@@ -61,7 +81,7 @@ impl Rest {
             .rest
             .cache()
             .get()
-            .and_then(|c| c.relation("public", "kv").cloned())
+            .and_then(|c| c.relation("public", "folders").cloned())
             .is_none()
         {
             assert!(
@@ -701,6 +721,13 @@ async fn refusals_have_postgrest_codes() {
             "/todos?select=*,users(*)",
             None,
             400,
+            "PGRST200",
+        ),
+        (
+            Method::GET,
+            "/todos?select=*,...users(*)",
+            None,
+            400,
             "PGRST127",
         ),
         (
@@ -815,6 +842,140 @@ async fn schema_changes_are_picked_up() {
             std::time::Instant::now() < deadline,
             "new column never became visible"
         );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn embeds_follow_foreign_keys() {
+    let rest = Rest::new().await;
+    let cases: &[(&str, Value)] = &[
+        (
+            "/messages?select=id,users(status)&order=id",
+            json!([{"id": 1, "users": {"status": "ONLINE"}}, {"id": 2, "users": {"status": "ONLINE"}}, {"id": 3, "users": {"status": "OFFLINE"}}]),
+        ),
+        (
+            "/users?select=username,messages(id)&order=username&messages.order=id.desc",
+            json!([{"username": "awailas", "messages": []}, {"username": "kiwicopple", "messages": [{"id": 3}]}, {"username": "supabot", "messages": [{"id": 2}, {"id": 1}]}]),
+        ),
+        (
+            "/users?select=username,messages!inner(id)&messages.channel_id=eq.2",
+            json!([{"username": "supabot", "messages": [{"id": 2}]}]),
+        ),
+        (
+            "/users?select=username,messages(id)&messages=is.null",
+            json!([{"username": "awailas", "messages": []}]),
+        ),
+        (
+            "/users?select=username,messages()&messages=not.is.null&order=username",
+            json!([{"username": "kiwicopple"}, {"username": "supabot"}]),
+        ),
+        (
+            "/users?select=username,messages(id)&username=eq.supabot&messages.limit=1&messages.order=id",
+            json!([{"username": "supabot", "messages": [{"id": 1}]}]),
+        ),
+        (
+            "/channels?select=slug,labels(name)&order=id&labels.order=name",
+            json!([{"slug": "public", "labels": [{"name": "fun"}, {"name": "work"}]}, {"slug": "random", "labels": [{"name": "fun"}]}]),
+        ),
+        (
+            "/best_friends?select=first:users!first_user(username),second:users!best_friends_second_user_fkey(username)",
+            json!([{"first": {"username": "supabot"}, "second": {"username": "kiwicopple"}}]),
+        ),
+        (
+            "/messages?select=id,author:users(username,messages(id))&id=eq.3",
+            json!([{"id": 3, "author": {"username": "kiwicopple", "messages": [{"id": 3}]}}]),
+        ),
+        (
+            "/messages?select=id,users(username)&order=users(username).desc,id",
+            json!([{"id": 1, "users": {"username": "supabot"}}, {"id": 2, "users": {"username": "supabot"}}, {"id": 3, "users": {"username": "kiwicopple"}}]),
+        ),
+        (
+            "/folders?select=name,folders(name)&id=eq.1&folders.order=id",
+            json!([{"name": "root", "folders": [{"name": "docs"}, {"name": "pics"}]}]),
+        ),
+        (
+            "/folders?select=name,parent_id(name)&id=eq.2",
+            json!([{"name": "docs", "parent_id": {"name": "root"}}]),
+        ),
+    ];
+    for (path, want) in cases {
+        let (status, body) = rest.get(path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(&body, want, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn embed_refusals() {
+    let rest = Rest::new().await;
+    let (status, body) = rest.get("/best_friends?select=users(*)", None).await;
+    assert_eq!(status.as_u16(), 300, "{body}");
+    assert_eq!(body["code"], "PGRST201");
+    assert_eq!(body["details"].as_array().unwrap().len(), 2, "{body}");
+    assert!(
+        body["hint"]
+            .as_str()
+            .unwrap()
+            .contains("'users!best_friends_first_user_fkey'"),
+        "{body}"
+    );
+    for (path, status, code) in [
+        ("/users?select=*,channels(*)", 400, "PGRST200"),
+        ("/messages?select=*,nope(*)", 400, "PGRST200"),
+        (
+            "/users?select=username,messages(id)&order=messages(id)",
+            400,
+            "PGRST118",
+        ),
+        (
+            "/users?select=username,messages(id)&messages=eq.1",
+            400,
+            "PGRST120",
+        ),
+        ("/users?select=username&messages.id=eq.1", 400, "PGRST108"),
+        ("/users?select=username,messages(nope)", 400, "42703"),
+        (
+            "/users?select=username,messages(id)&messages.nope=eq.1",
+            400,
+            "42703",
+        ),
+    ] {
+        let (got, body) = rest.get(path, None).await;
+        assert_eq!(got.as_u16(), status, "{path}: {body}");
+        assert_eq!(body["code"], code, "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn embeds_respect_rls_of_the_embedded_table() {
+    let rest = Rest::new().await;
+    let client = rest.app.db.client().await;
+    client
+        .batch_execute(
+            "create table public.comments (id int primary key, todo_id bigint references public.todos, owner uuid, body text);
+             alter table public.comments enable row level security;
+             create policy own on public.comments to authenticated using (owner = auth.uid());
+             insert into public.comments values
+               (1, 1, '00000000-0000-0000-0000-00000000000a', 'mine'),
+               (2, 1, '00000000-0000-0000-0000-00000000000b', 'not yours');",
+        )
+        .await
+        .unwrap();
+    let a = rest.token(USER_A);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = rest
+            .get("/todos?select=task,comments(body)&id=eq.1", Some(&a))
+            .await;
+        if status == StatusCode::OK {
+            assert_eq!(
+                body,
+                json!([{"task": "buy milk", "comments": [{"body": "mine"}]}])
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
