@@ -23,3 +23,11 @@ grant usage on schema personal to anon, authenticated, service_role;
 create table personal.notes (id int primary key, body text);
 grant all on personal.notes to anon, authenticated, service_role;
 insert into personal.notes values (1, 'private schema');
+create table public.users (username text primary key, status text);
+create table public.channels (id int primary key, slug text);
+create table public.messages (
+  id int primary key, message text,
+  username text references public.users, channel_id int references public.channels);
+insert into public.users values ('supabot', 'ONLINE'), ('kiwicopple', 'OFFLINE'), ('awailas', 'ONLINE');
+insert into public.channels values (1, 'public'), (2, 'random');
+insert into public.messages values (1, 'Hello World', 'supabot', 1), (2, 'Perfection', 'supabot', 2), (3, 'Hi', 'kiwicopple', 1);

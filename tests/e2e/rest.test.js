@@ -132,3 +132,26 @@ test('other schemas through .schema()', async () => {
   const bad = await anon.schema('auth').from('users').select();
   assert.equal(bad.error.code, 'PGRST106');
 });
+
+test('embedded resources', async () => {
+  let r = await anon.from('messages').select('id, message, users(username, status)').order('id').limit(2);
+  assert.equal(r.error, null, JSON.stringify(r.error));
+  assert.deepEqual(r.data, [
+    { id: 1, message: 'Hello World', users: { username: 'supabot', status: 'ONLINE' } },
+    { id: 2, message: 'Perfection', users: { username: 'supabot', status: 'ONLINE' } },
+  ]);
+  r = await anon
+    .from('users')
+    .select('username, messages!inner(id, channels(slug))')
+    .eq('messages.channel_id', 1)
+    .order('username')
+    .order('id', { referencedTable: 'messages', ascending: false });
+  assert.deepEqual(r.data, [
+    { username: 'kiwicopple', messages: [{ id: 3, channels: { slug: 'public' } }] },
+    { username: 'supabot', messages: [{ id: 1, channels: { slug: 'public' } }] },
+  ]);
+  r = await anon.from('users').select('username, messages(id)').limit(1, { referencedTable: 'messages' }).eq('username', 'supabot');
+  assert.deepEqual(r.data, [{ username: 'supabot', messages: [{ id: 1 }] }]);
+  r = await anon.from('users').select('username, channels(*)');
+  assert.equal(r.error.code, 'PGRST200');
+});

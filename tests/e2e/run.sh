@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 root="$(cd ../.. && pwd)"
 bin="${SOVRA_BIN:-$root/target/debug/sovra}"
-[ -x "$bin" ] || (cd "$root" && cargo build --locked --bin sovra)
+[ -n "${SOVRA_BIN:-}" ] || (cd "$root" && cargo build --locked --quiet --bin sovra)
 [ -d node_modules/@supabase/supabase-js ] || npm ci --no-audit --no-fund --loglevel=error
 dir="$(mktemp -d /tmp/sovra-e2e-XXXXXX)"
 chmod 755 "$dir"
@@ -34,7 +34,7 @@ export SOVRA_SERVICE_KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).ser
 export SOVRA_KEYS_FILE="$dir/data/keys.json"
 # The fixture's DDL reloads the schema cache; wait until it has.
 for _ in $(seq 100); do
-  code="$(curl -s -o /dev/null -w '%{http_code}' -H "apikey: $SOVRA_ANON_KEY" "$url/rest/v1/kv")"
+  code="$(curl -s -o /dev/null -w '%{http_code}' -H "apikey: $SOVRA_ANON_KEY" "$url/rest/v1/messages")"
   [ "$code" = 200 ] && break
   sleep 0.1
 done
