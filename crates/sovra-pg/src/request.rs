@@ -4,6 +4,7 @@
 //! its statement.
 
 use serde_json::{Map, Value};
+use tokio_postgres::types::{ToSql, Type};
 
 /// Who is asking and how, as the database should see it.
 #[derive(Clone, Debug)]
@@ -23,6 +24,40 @@ pub struct RequestContext {
     pub search_path: Option<String>,
 }
 
+/// The statement that applies a [`RequestContext`]; its eight parameters
+/// come from [`prologue_params`], all of type `text`. Setting names are
+/// constants; every value is bound.
+pub const PROLOGUE_SQL: &str = "select set_config('role', $1, true),
+        set_config('request.jwt.claims', $2, true),
+        set_config('request.jwt.claim.role', $1, true),
+        set_config('request.jwt.claim.sub', $3, true),
+        set_config('request.jwt.claim.email', $4, true),
+        set_config('request.method', $5, true),
+        set_config('request.path', $6, true),
+        set_config('request.headers', $7, true),
+        set_config('request.cookies', '{}', true),
+        CASE WHEN $8::text IS NOT NULL THEN set_config('search_path', $8, true) END";
+
+/// The parameters of [`PROLOGUE_SQL`] for `context`.
+pub fn prologue_params(context: &RequestContext) -> [Option<String>; 8] {
+    let claim_text = |name: &str| -> String {
+        match context.claims.get(name) {
+            Some(Value::String(text)) => text.clone(),
+            _ => String::new(),
+        }
+    };
+    [
+        Some(context.role.clone()),
+        Some(Value::Object(context.claims.clone()).to_string()),
+        Some(claim_text("sub")),
+        Some(claim_text("email")),
+        Some(context.method.clone()),
+        Some(context.path.clone()),
+        Some(Value::Object(context.headers.clone()).to_string()),
+        context.search_path.clone(),
+    ]
+}
+
 /// Begins the request transaction and applies `context`. A role that does
 /// not exist fails with SQLSTATE `22023` ([`crate::ErrorKind::InvalidParameterValue`]).
 pub async fn begin_request<'a>(
@@ -35,39 +70,11 @@ pub async fn begin_request<'a>(
         .read_only(read_only)
         .start()
         .await?;
-    let claims = Value::Object(context.claims.clone()).to_string();
-    let headers = Value::Object(context.headers.clone()).to_string();
-    let claim_text = |name: &str| -> String {
-        match context.claims.get(name) {
-            Some(Value::String(text)) => text.clone(),
-            _ => String::new(),
-        }
-    };
-    let sub = claim_text("sub");
-    let email = claim_text("email");
-    // Values are bound; the setting names are constants.
-    tx.execute(
-        "select set_config('role', $1, true),
-                set_config('request.jwt.claims', $2, true),
-                set_config('request.jwt.claim.role', $1, true),
-                set_config('request.jwt.claim.sub', $3, true),
-                set_config('request.jwt.claim.email', $4, true),
-                set_config('request.method', $5, true),
-                set_config('request.path', $6, true),
-                set_config('request.headers', $7, true),
-                set_config('request.cookies', '{}', true),
-                CASE WHEN $8::text IS NOT NULL THEN set_config('search_path', $8, true) END",
-        &[
-            &context.role,
-            &claims,
-            &sub,
-            &email,
-            &context.method,
-            &context.path,
-            &headers,
-            &context.search_path,
-        ],
-    )
-    .await?;
+    let params = prologue_params(context);
+    let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+        .iter()
+        .map(|p| (p as &(dyn ToSql + Sync), Type::TEXT))
+        .collect();
+    tx.query_typed(PROLOGUE_SQL, &typed).await?;
     Ok(tx)
 }

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use sovra_pg::tokio_postgres::types::{ToSql, Type};
 use sovra_pg::{Pool, RequestContext};
+
 use sovra_rest_grammar::{
     CountPreference, Handling, Preferences, QueryError, ReturnPreference, TxPreference,
     decode_component, decode_query, parse_prefer, parse_query, parse_range,
@@ -262,7 +263,7 @@ impl RestService {
         prefs: &Preferences,
         singular: bool,
     ) -> Result<Outcome, ApiError> {
-        let mut client = pool.get().await.map_err(|err| {
+        let client = pool.get().await.map_err(|err| {
             if matches!(err, sovra_pg::PoolError::Timeout(_)) {
                 ApiError::pool_timeout()
             } else {
@@ -270,6 +271,13 @@ impl RestService {
                 ApiError::connection()
             }
         })?;
+        let mut guard = TxGuard {
+            client: Some(client),
+            open: true,
+        };
+        let Some(client) = guard.client.as_deref() else {
+            return Err(ApiError::connection());
+        };
         let context = RequestContext {
             role: caller.role.clone(),
             claims: caller.claims.clone(),
@@ -280,48 +288,85 @@ impl RestService {
         };
         let anonymous = caller.role == "anon";
         let db = |err| database_error(err, anonymous);
-        let tx = sovra_pg::begin_request(&mut client, &context, read)
-            .await
-            .map_err(db)?;
-        if let Some(timezone) = &prefs.timezone {
-            tx.execute("select set_config('timezone', $1, true)", &[timezone])
-                .await
-                .map_err(db)?;
+        let prologue = sovra_pg::prologue_params(&context);
+        let prologue_params = text_params(&prologue);
+        let main_params = text_params(&plan.statement.params);
+        let timezone = prefs.timezone.clone();
+        let timezone_params = text_params(std::slice::from_ref(&timezone));
+
+        // One round trip for everything up to the result (and, for reads,
+        // the commit too): the driver pipelines requests polled together.
+        let begin = if read { "BEGIN READ ONLY" } else { "BEGIN" };
+        let set_timezone = async {
+            match timezone {
+                Some(_) => client
+                    .query_typed("select set_config('timezone', $1, true)", &timezone_params)
+                    .await
+                    .map(drop),
+                None => Ok(()),
+            }
+        };
+        let finish_read = async {
+            if read {
+                client.batch_execute("COMMIT").await.map(|()| true)
+            } else {
+                Ok(false)
+            }
+        };
+        let (begun, applied, zoned, result, committed) = tokio::join!(
+            client.batch_execute(begin),
+            client.query_typed(sovra_pg::PROLOGUE_SQL, &prologue_params),
+            set_timezone,
+            client.query_typed(&plan.statement.sql, &main_params),
+            finish_read,
+        );
+        let committed = match (begun, applied, zoned, result, committed) {
+            (Ok(()), Ok(_), Ok(()), Ok(rows), Ok(committed)) => {
+                let row = rows.into_iter().next().ok_or_else(|| {
+                    ApiError::from_database("XX000", "no result".to_owned(), None, None, anonymous)
+                })?;
+                (row, committed)
+            }
+            (begun, applied, zoned, result, committed) => {
+                let err = [
+                    begun.err(),
+                    applied.err(),
+                    zoned.err(),
+                    result.err(),
+                    committed.err(),
+                ]
+                .into_iter()
+                .flatten()
+                .next();
+                // The guard rolls back whatever is still open.
+                return Err(err.map_or_else(ApiError::connection, db));
+            }
+        };
+        let (row, committed) = committed;
+        if committed {
+            guard.open = false;
         }
-        let params: Vec<(&(dyn ToSql + Sync), Type)> = plan
-            .statement
-            .params
-            .iter()
-            .map(|p| (p as &(dyn ToSql + Sync), Type::TEXT))
-            .collect();
-        let row = tx
-            .query_typed(&plan.statement.sql, &params)
-            .await
-            .map_err(db)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                ApiError::from_database("XX000", "no result".to_owned(), None, None, anonymous)
-            })?;
         let total: Option<i64> = row.get(0);
         let page_count: i64 = row.get(1);
         let body: String = row.get(2);
 
         if singular && page_count != 1 {
-            drop(tx);
             return Err(ApiError::singular(page_count));
         }
         if !read
             && let (Some(max), Some(Handling::Strict)) = (prefs.max_affected, prefs.handling)
             && page_count > max
         {
-            drop(tx);
             return Err(ApiError::max_affected(page_count));
         }
-        if prefs.tx == Some(TxPreference::Rollback) {
-            tx.rollback().await.map_err(db)?;
-        } else {
-            tx.commit().await.map_err(db)?;
+        if !read {
+            let end = if prefs.tx == Some(TxPreference::Rollback) {
+                "ROLLBACK"
+            } else {
+                "COMMIT"
+            };
+            client.batch_execute(end).await.map_err(db)?;
+            guard.open = false;
         }
         Ok(Outcome {
             total,
@@ -455,6 +500,36 @@ impl RestService {
         };
         (status, headers, body).into_response()
     }
+}
+
+/// Rolls back a request transaction that did not finish (an error, or the
+/// client went away mid-request), so the connection returns to the pool
+/// clean.
+struct TxGuard {
+    client: Option<sovra_pg::PooledClient>,
+    open: bool,
+}
+
+impl Drop for TxGuard {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        if let Some(client) = self.client.take() {
+            tokio::spawn(async move {
+                if let Err(err) = client.batch_execute("ROLLBACK").await {
+                    tracing::debug!(error = %err, "rollback of an unfinished request failed");
+                }
+            });
+        }
+    }
+}
+
+fn text_params<T: ToSql + Sync>(values: &[T]) -> Vec<(&(dyn ToSql + Sync), Type)> {
+    values
+        .iter()
+        .map(|v| (v as &(dyn ToSql + Sync), Type::TEXT))
+        .collect()
 }
 
 struct Outcome {

@@ -979,3 +979,52 @@ async fn embeds_respect_rls_of_the_embedded_table() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn failed_writes_roll_back_and_leave_the_connection_clean() {
+    let mut config = sovra_config::Config::default();
+    // One connection: every request reuses the one a failure used.
+    config.database.pool_size = 1;
+    let rest = Rest::with(config).await;
+    let service = rest.app.service_role_key.clone();
+    // Two rows where one object was demanded: 406, and nothing inserted.
+    let (status, _, body) = rest
+        .call(
+            Method::POST,
+            "/kv",
+            Some(&service),
+            &[
+                ("accept", "application/vnd.pgrst.object+json"),
+                ("prefer", "return=representation"),
+            ],
+            Some(json!([{"k": "p", "v": "1"}, {"k": "q", "v": "2"}])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_ACCEPTABLE, "{body}");
+    // A statement error mid-transaction.
+    let (status, _, _) = rest
+        .call(
+            Method::POST,
+            "/kv",
+            Some(&service),
+            &[],
+            Some(json!({"k": null})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = rest.get("/kv", Some(&service)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!([]), "the failed writes left nothing behind");
+    let (status, _, body) = rest
+        .call(
+            Method::POST,
+            "/kv",
+            Some(&service),
+            &[],
+            Some(json!({"k": "ok", "v": "1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, body) = rest.get("/kv?select=k", Some(&service)).await;
+    assert_eq!(body, json!([{"k": "ok"}]));
+}

@@ -1,0 +1,4 @@
+BEGIN READ ONLY;
+select set_config('role', 'authenticated', true), set_config('request.jwt.claims', '{"sub":"00000000-0000-0000-0000-00000000000a","role":"authenticated","aud":"authenticated"}', true), set_config('request.jwt.claim.role', 'authenticated', true), set_config('request.jwt.claim.sub', '00000000-0000-0000-0000-00000000000a', true), set_config('request.jwt.claim.email', '', true), set_config('request.method', 'GET', true), set_config('request.path', '/items', true), set_config('request.headers', '{}', true), set_config('request.cookies', '{}', true), set_config('search_path', '"public", "extensions"', true);
+SELECT NULL::bigint, count(_pgrst_t), coalesce(json_agg(_pgrst_t), '[]')::text FROM (SELECT "items".* FROM (SELECT "items".* FROM "public"."items" WHERE "items"."id" = '2'::"pg_catalog"."int8" LIMIT '1000'::bigint) AS "items") _pgrst_t;
+COMMIT;
