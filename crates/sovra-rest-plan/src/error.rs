@@ -223,6 +223,58 @@ impl ApiError {
         ))
     }
 
+    /// PGRST202: no function with these argument names.
+    pub fn unknown_function(
+        schema: &str,
+        function: &str,
+        supplied: &[&str],
+        json_body: bool,
+        suggestion: Option<String>,
+    ) -> ApiError {
+        let message = if supplied.is_empty() {
+            format!(
+                "Could not find the function {schema}.{function} without parameters in the schema cache"
+            )
+        } else {
+            format!(
+                "Could not find the function {schema}.{function}({}) in the schema cache",
+                supplied.join(", ")
+            )
+        };
+        let with = match supplied {
+            [] => "without parameters".to_owned(),
+            [one] => format!("with parameter {one}"),
+            many => format!("with parameters {}", many.join(", ")),
+        };
+        let json_clause = if json_body {
+            " or with a single unnamed json/jsonb parameter"
+        } else {
+            ""
+        };
+        let mut err = ApiError::new(404, "PGRST202", message).with_details(format!(
+            "Searched for the function {schema}.{function} {with}{json_clause}, but no matches were found in the schema cache."
+        ));
+        if let Some(suggestion) = suggestion {
+            err = err.with_hint(format!(
+                "Perhaps you meant to call the function {suggestion}"
+            ));
+        }
+        err
+    }
+
+    /// PGRST203: more than one overload fits.
+    pub fn ambiguous_function(signatures: &[String]) -> ApiError {
+        ApiError::new(
+            300,
+            "PGRST203",
+            format!(
+                "Could not choose the best candidate function between: {}",
+                signatures.join(", ")
+            ),
+        )
+        .with_hint("Try renaming the parameters or the function itself in the database so function overloading can be resolved")
+    }
+
     /// PGRST204: a column the relation does not have (writes).
     pub fn unknown_column(column: &str, relation: &str) -> ApiError {
         ApiError::new(

@@ -8,14 +8,19 @@
 //! it builds come from the schema cache and are always quoted; request
 //! values are always bound parameters.
 
+mod call;
 mod error;
 mod plan;
 mod relationship;
 mod schema;
 
+pub use call::{Arguments, CallPlan, CallRequest, RoutineResult, parameter_names, plan_call};
 pub use error::{ApiError, sqlstate_status};
 pub use plan::{Action, Plan, Request, Statement, plan};
-pub use schema::{Column, ForeignKey, Relation, RelationKind, SchemaCache, TypeName, quote_ident};
+pub use schema::{
+    Column, ForeignKey, Relation, RelationKind, ReturnShape, Routine, RoutineParam, SchemaCache,
+    TypeName, Volatility, quote_ident,
+};
 
 #[cfg(test)]
 mod tests;

@@ -59,12 +59,12 @@ pub struct Plan {
     pub offset: i64,
 }
 
-struct Builder {
-    params: Vec<String>,
+pub(crate) struct Builder {
+    pub(crate) params: Vec<String>,
 }
 
 impl Builder {
-    fn bind(&mut self, value: impl Into<String>) -> String {
+    pub(crate) fn bind(&mut self, value: impl Into<String>) -> String {
         self.params.push(value.into());
         format!("${}", self.params.len())
     }
@@ -102,22 +102,22 @@ pub fn plan(cache: &SchemaCache, request: &Request<'_>) -> Result<Plan, ApiError
     }
 }
 
-struct Ctx<'a> {
-    cache: &'a SchemaCache,
-    query: &'a QueryParams,
+pub(crate) struct Ctx<'a> {
+    pub(crate) cache: &'a SchemaCache,
+    pub(crate) query: &'a QueryParams,
 }
 
 /// The relation being planned, with its SQL names.
-struct Target<'a> {
-    relation: &'a Relation,
-    /// `"schema"."name"`
-    qualified: String,
+pub(crate) struct Target<'a> {
+    pub(crate) relation: &'a Relation,
+    /// `"schema"."name"`, or a function call with its alias.
+    pub(crate) qualified: String,
     /// `"name"`: how columns are qualified in the statement.
-    alias: String,
+    pub(crate) alias: String,
 }
 
 impl<'a> Target<'a> {
-    fn new(relation: &'a Relation) -> Target<'a> {
+    pub(crate) fn new(relation: &'a Relation) -> Target<'a> {
         Target {
             relation,
             qualified: format!(
@@ -144,7 +144,7 @@ impl<'a> Target<'a> {
 }
 
 /// Aggregates and spreads come later; until then they are refused clearly.
-fn check_supported(select: &[SelectItem]) -> Result<(), ApiError> {
+pub(crate) fn check_supported(select: &[SelectItem]) -> Result<(), ApiError> {
     for item in select {
         match item {
             SelectItem::Embed { spread: true, .. } => {
@@ -186,7 +186,7 @@ fn embed_paths(select: &[SelectItem], prefix: &[String], out: &mut Vec<Vec<Strin
 }
 
 /// Parameters scoped to an embed must name one the select has (PGRST108).
-fn check_paths(select: &[SelectItem], query: &QueryParams) -> Result<(), ApiError> {
+pub(crate) fn check_paths(select: &[SelectItem], query: &QueryParams) -> Result<(), ApiError> {
     let mut known = Vec::new();
     embed_paths(select, &[], &mut known);
     let scoped = query
@@ -209,7 +209,7 @@ fn check_paths(select: &[SelectItem], query: &QueryParams) -> Result<(), ApiErro
 /// SQL for a type name the client wrote in a cast. Single words are quoted
 /// identifiers; the multi-word SQL standard names are mapped to their
 /// catalog names; `[]` suffixes make arrays. Nothing else is accepted.
-fn cast_type(name: &str) -> Result<String, ApiError> {
+pub(crate) fn cast_type(name: &str) -> Result<String, ApiError> {
     let trimmed = name.trim();
     let (base, dims) = {
         let mut base = trimmed;
@@ -256,7 +256,7 @@ fn cast_type(name: &str) -> Result<String, ApiError> {
 }
 
 /// A column reference with its JSON path, and the type of the result.
-struct Expr {
+pub(crate) struct Expr {
     sql: String,
     /// What values compared with it are cast to.
     cast: String,
@@ -338,7 +338,8 @@ fn output_name(field: &Field, alias: Option<&String>) -> String {
 /// One level of the select tree: its output items and the conditions it
 /// adds to its own relation's WHERE (inner joins and null filters on
 /// embeds), and what its embeds are for ordering.
-struct Level<'a> {
+pub(crate) struct Level<'a> {
+    // Fields are read within this module only.
     items: Vec<String>,
     conditions: Vec<String>,
     /// The to-one embeds, for `order=embed(col)`.
@@ -355,7 +356,7 @@ struct ToOne<'a> {
     where_sql: String,
 }
 
-fn level<'a>(
+pub(crate) fn level<'a>(
     ctx: &Ctx<'a>,
     target: &Target<'_>,
     select: &[SelectItem],
@@ -873,7 +874,7 @@ fn wrap(total: &str, items: &[String], source: &str, alias: &str) -> String {
     )
 }
 
-fn plan_read(
+pub(crate) fn plan_read(
     ctx: &Ctx<'_>,
     target: &Target<'_>,
     request: &Request<'_>,

@@ -79,12 +79,54 @@ pub struct ForeignKey {
     pub ref_columns: Vec<String>,
 }
 
+/// A function parameter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutineParam {
+    /// Empty for an unnamed parameter.
+    pub name: String,
+    pub type_name: TypeName,
+    pub has_default: bool,
+    pub variadic: bool,
+}
+
+/// What a function returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReturnShape {
+    Void,
+    /// A base, domain, enum, range or array type.
+    Scalar(TypeName),
+    /// Rows with these columns (a table's row type, a composite type, or
+    /// `RETURNS TABLE`/OUT parameters).
+    Rows(Vec<Column>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Volatility {
+    Immutable,
+    Stable,
+    Volatile,
+}
+
+/// A function callable at `/rpc/<name>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Routine {
+    pub schema: String,
+    pub name: String,
+    /// Input parameters, in order.
+    pub params: Vec<RoutineParam>,
+    pub returns: ReturnShape,
+    pub returns_set: bool,
+    pub volatility: Volatility,
+}
+
 /// Everything the planner may use, for every exposed schema.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SchemaCache {
     /// By (schema, name).
     pub relations: BTreeMap<(String, String), Relation>,
     pub foreign_keys: Vec<ForeignKey>,
+    /// Overloads share a name.
+    pub routines: Vec<Routine>,
 }
 
 impl SchemaCache {

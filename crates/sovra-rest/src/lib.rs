@@ -142,10 +142,11 @@ impl RestService {
                     "the OpenAPI description at the root is not available in this version of Sovra",
                 ));
             }
-            [first, _] if first == "rpc" => {
-                return Err(ApiError::not_implemented(
-                    "functions (/rpc) are not available in this version of Sovra",
-                ));
+            [first, function] if first == "rpc" => {
+                let function = function.clone();
+                return self
+                    .call(pool, caller, method, path, &function, query, headers, body)
+                    .await;
             }
             [relation] => relation.clone(),
             _ => return Err(ApiError::invalid_path()),
@@ -224,6 +225,146 @@ impl RestService {
             )
             .await?;
         Ok(self.respond(method, action, &schema, &plan, &prefs, singular, outcome))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call(
+        &self,
+        pool: &Pool,
+        caller: &Caller,
+        method: &Method,
+        path: &str,
+        function: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, ApiError> {
+        let is_get = match *method {
+            Method::GET | Method::HEAD => true,
+            Method::POST => false,
+            Method::OPTIONS => {
+                return Ok(
+                    (StatusCode::OK, [(header::ALLOW, "OPTIONS,GET,HEAD,POST")]).into_response()
+                );
+            }
+            _ => return Err(ApiError::rpc_method(method.as_str())),
+        };
+        let schema = self.schema(headers, is_get)?;
+        let singular = accepts_singular(headers)?;
+        let cache = self
+            .cache
+            .get()
+            .ok_or_else(ApiError::schema_cache_unavailable)?;
+        let names = sovra_rest_plan::parameter_names(&cache, &schema, function);
+        let pairs = query.map(decode_query).unwrap_or_default();
+        let (mut arguments, rest): (Vec<(String, String)>, Vec<(String, String)>) = pairs
+            .into_iter()
+            .partition(|(key, _)| is_get && names.contains(key));
+        let params = parse_query(&rest, is_get).map_err(|err| match err {
+            QueryError::Parse(err) => ApiError::parse(&err),
+            QueryError::Range(details) => ApiError::range(details),
+        })?;
+        arguments.extend(params.arguments.iter().cloned());
+        let prefs = parse_prefer(
+            headers
+                .get_all("prefer")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        if prefs.handling == Some(Handling::Strict) && !prefs.invalid.is_empty() {
+            return Err(ApiError::invalid_preferences(&prefs.invalid));
+        }
+        let range = match (is_get, header_text(headers, "range")) {
+            (true, Some(value)) => parse_range(value).map_err(ApiError::range)?,
+            _ => None,
+        };
+        let body_text = std::str::from_utf8(&body)
+            .map_err(|_| ApiError::invalid_body("Empty or invalid json"))?;
+        let call = sovra_rest_plan::plan_call(
+            &cache,
+            &sovra_rest_plan::CallRequest {
+                schema: &schema,
+                function,
+                arguments: if is_get {
+                    sovra_rest_plan::Arguments::Query(&arguments)
+                } else {
+                    sovra_rest_plan::Arguments::Json(body_text)
+                },
+                is_get,
+                query: &params,
+                prefs: &prefs,
+                range,
+                max_rows: self.config.max_rows,
+            },
+        )?;
+        let outcome = self
+            .execute(
+                pool,
+                caller,
+                method,
+                path,
+                &schema,
+                call.read_only,
+                &call.plan,
+                &prefs,
+                singular,
+            )
+            .await?;
+        let mut response_headers = HeaderMap::new();
+        if self.config.schemas.len() > 1 {
+            insert_header(
+                &mut response_headers,
+                HeaderName::from_static("content-profile"),
+                &schema,
+            );
+        }
+        let content_type = if singular {
+            "application/vnd.pgrst.object+json; charset=utf-8"
+        } else {
+            "application/json; charset=utf-8"
+        };
+        use sovra_rest_plan::RoutineResult;
+        let (status, body) = match call.result {
+            RoutineResult::Void => {
+                return Ok((StatusCode::NO_CONTENT, response_headers).into_response());
+            }
+            RoutineResult::Scalar => (StatusCode::OK, outcome.body),
+            RoutineResult::SingleRow => (
+                StatusCode::OK,
+                if outcome.page_count == 0 {
+                    "null".to_owned()
+                } else {
+                    unwrap_single(&outcome.body)
+                },
+            ),
+            RoutineResult::Set => {
+                let total_text = outcome
+                    .total
+                    .map_or_else(|| "*".to_owned(), |t| t.to_string());
+                let lo = call.plan.offset;
+                let range = if outcome.page_count == 0 {
+                    format!("*/{total_text}")
+                } else {
+                    format!("{lo}-{}/{total_text}", lo + outcome.page_count - 1)
+                };
+                insert_header(&mut response_headers, header::CONTENT_RANGE, &range);
+                let status = match outcome.total {
+                    Some(total) if outcome.page_count < total => StatusCode::PARTIAL_CONTENT,
+                    _ => StatusCode::OK,
+                };
+                let body = if singular {
+                    unwrap_single(&outcome.body)
+                } else {
+                    outcome.body
+                };
+                (status, body)
+            }
+        };
+        insert_header(&mut response_headers, header::CONTENT_TYPE, content_type);
+        if *method == Method::HEAD {
+            return Ok((status, response_headers).into_response());
+        }
+        Ok((status, response_headers, body).into_response())
     }
 
     fn schema(&self, headers: &HeaderMap, read: bool) -> Result<String, ApiError> {

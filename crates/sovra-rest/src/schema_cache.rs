@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sovra_pg::tokio_postgres;
-use sovra_rest_plan::{Column, Relation, RelationKind, SchemaCache, TypeName};
+use sovra_rest_plan::{
+    Column, Relation, RelationKind, ReturnShape, Routine, RoutineParam, SchemaCache, TypeName,
+    Volatility,
+};
 
 const LOAD_RELATIONS: &str = "
 select n.nspname::text, c.relname::text, c.relkind::text,
@@ -48,6 +51,99 @@ join pg_class fcl on fcl.oid = con.confrelid
 join pg_namespace fns on fns.oid = fcl.relnamespace
 where con.contype = 'f' and ns.nspname = any($1) and fns.nspname = any($1)
 order by ns.nspname, cl.relname, con.conname";
+
+const LOAD_ROUTINES: &str = "
+select n.nspname::text, p.proname::text, p.provolatile::text, p.proretset, p.pronargdefaults::int,
+       (select coalesce(json_agg(json_build_object(
+                 'name', coalesce(p.proargnames[a.ord], ''),
+                 'type_schema', tn.nspname, 'type_name', t.typname,
+                 'mode', coalesce(p.proargmodes[a.ord]::text, 'i')) order by a.ord), '[]')
+          from unnest(coalesce(p.proallargtypes, p.proargtypes::oid[])) with ordinality a(typ, ord)
+          join pg_type t on t.oid = a.typ
+          join pg_namespace tn on tn.oid = t.typnamespace)::text,
+       rt.typname::text, rtn.nspname::text, rt.typtype::text,
+       (select coalesce(json_agg(json_build_object(
+                 'name', ca.attname, 'type_schema', ctn.nspname, 'type_name', ct.typname,
+                 'array_schema', can.nspname, 'array_name', cat.typname)
+               order by ca.attnum), '[]')
+          from pg_attribute ca
+          join pg_type ct on ct.oid = ca.atttypid
+          join pg_namespace ctn on ctn.oid = ct.typnamespace
+          left join pg_type cat on cat.oid = ct.typarray
+          left join pg_namespace can on can.oid = cat.typnamespace
+          where ca.attrelid = rt.typrelid and ca.attnum > 0 and not ca.attisdropped)::text
+from pg_proc p
+join pg_namespace n on n.oid = p.pronamespace
+join pg_type rt on rt.oid = p.prorettype
+join pg_namespace rtn on rtn.oid = rt.typnamespace
+where n.nspname = any($1) and p.prokind = 'f'
+  and rt.typname not in ('trigger', 'event_trigger')";
+
+fn column_of(c: &Value) -> Column {
+    Column {
+        name: text(c, "name"),
+        type_name: TypeName::new(&text(c, "type_schema"), &text(c, "type_name")),
+        array_type: c
+            .get("array_name")
+            .and_then(Value::as_str)
+            .map(|array| TypeName::new(&text(c, "array_schema"), array)),
+        nullable: c.get("nullable").and_then(Value::as_bool).unwrap_or(true),
+        has_default: c
+            .get("has_default")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    }
+}
+
+fn routine_of(row: &tokio_postgres::Row) -> Routine {
+    let args: Vec<Value> = serde_json::from_str(&row.get::<_, String>(5)).unwrap_or_default();
+    let defaults = usize::try_from(row.get::<_, i32>(4)).unwrap_or(0);
+    let inputs: Vec<&Value> = args
+        .iter()
+        .filter(|a| matches!(a.get("mode").and_then(Value::as_str), Some("i" | "b" | "v")))
+        .collect();
+    let first_default = inputs.len().saturating_sub(defaults);
+    let params = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| RoutineParam {
+            name: text(a, "name"),
+            type_name: TypeName::new(&text(a, "type_schema"), &text(a, "type_name")),
+            has_default: i >= first_default,
+            variadic: a.get("mode").and_then(Value::as_str) == Some("v"),
+        })
+        .collect();
+    let outputs: Vec<Column> = args
+        .iter()
+        .filter(|a| matches!(a.get("mode").and_then(Value::as_str), Some("o" | "b" | "t")))
+        .map(column_of)
+        .collect();
+    let type_name: String = row.get(6);
+    let type_schema: String = row.get(7);
+    let type_type: String = row.get(8);
+    let composite: Vec<Value> = serde_json::from_str(&row.get::<_, String>(9)).unwrap_or_default();
+    let returns = if type_name == "void" {
+        ReturnShape::Void
+    } else if type_type == "c" {
+        ReturnShape::Rows(composite.iter().map(column_of).collect())
+    } else if type_name == "record" && !outputs.is_empty() {
+        ReturnShape::Rows(outputs)
+    } else {
+        ReturnShape::Scalar(TypeName::new(&type_schema, &type_name))
+    };
+    Routine {
+        schema: row.get(0),
+        name: row.get(1),
+        params,
+        returns,
+        returns_set: row.get(3),
+        volatility: match row.get::<_, String>(2).as_str() {
+            "i" => Volatility::Immutable,
+            "s" => Volatility::Stable,
+            _ => Volatility::Volatile,
+        },
+    }
+}
 
 fn text(value: &Value, key: &str) -> String {
     value
@@ -124,9 +220,16 @@ pub async fn load(
             ref_columns: serde_json::from_str(&row.get::<_, String>(6)).unwrap_or_default(),
         })
         .collect();
+    let routines = client
+        .query(LOAD_ROUTINES, &[&schemas])
+        .await?
+        .iter()
+        .map(routine_of)
+        .collect();
     Ok(SchemaCache {
         relations,
         foreign_keys,
+        routines,
     })
 }
 

@@ -56,6 +56,25 @@ insert into public.best_friends values (1, 'supabot', 'kiwicopple');
 insert into public.labels values (1, 'fun'), (2, 'work');
 insert into public.channel_labels values (1, 1), (1, 2), (2, 1);
 insert into public.folders values (1, 'root', null), (2, 'docs', 1), (3, 'pics', 1);
+create function public.add(a int, b int) returns int language sql immutable as $$ select a + b $$;
+create function public.get_status(name_param text) returns text language sql stable
+  as $$ select status from public.users where username = name_param $$;
+create function public.user_messages(name_param text) returns setof public.messages language sql stable
+  as $$ select * from public.messages where username = name_param $$;
+create function public.first_user() returns public.users language sql stable
+  as $$ select * from public.users order by username limit 1 $$;
+create function public.stats() returns table(n bigint, label text) language sql stable
+  as $$ select count(*), 'messages' from public.messages $$;
+create function public.nums() returns setof int language sql immutable as $$ select generate_series(1, 3) $$;
+create function public.touch(k text) returns void language sql volatile
+  as $$ insert into public.kv values (k, 'touched') $$;
+create function public.echo_json(json) returns json language sql immutable as $$ select $1 $$;
+create function public.overloaded(a int) returns text language sql immutable as $$ select 'int' $$;
+create function public.overloaded(a text) returns text language sql immutable as $$ select 'text' $$;
+create function public.greet(name text, greeting text default 'hello') returns text language sql immutable
+  as $$ select greeting || ' ' || name $$;
+create function public.my_uid() returns text language sql stable as $$ select auth.uid()::text $$;
+create function public.fail() returns int language plpgsql as $$ begin raise exception 'nope' using detail = 'why'; end $$;
 ";
 
 struct Rest {
@@ -1027,4 +1046,167 @@ async fn failed_writes_roll_back_and_leave_the_connection_clean() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (_, body) = rest.get("/kv?select=k", Some(&service)).await;
     assert_eq!(body, json!([{"k": "ok"}]));
+}
+
+#[tokio::test]
+async fn functions_are_called_over_rpc() {
+    let rest = Rest::new().await;
+    let service = rest.app.service_role_key.clone();
+    let post = |path: &'static str, body: Value| {
+        let rest = &rest;
+        async move {
+            let (status, _, text) = rest.call(Method::POST, path, None, &[], Some(body)).await;
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+                text,
+            )
+        }
+    };
+    let (status, body, _) = post("/rpc/add", json!({"a": 1, "b": 2})).await;
+    assert_eq!((status, body), (StatusCode::OK, json!(3)));
+    let (status, body) = rest.get("/rpc/add?a=1&b=2", None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!(3)));
+    let (_, body) = rest.get("/rpc/get_status?name_param=supabot", None).await;
+    assert_eq!(body, json!("ONLINE"));
+    let (_, body) = rest.get("/rpc/get_status?name_param=nobody", None).await;
+    assert_eq!(body, json!(null));
+    let (_, body) = rest
+        .get(
+            "/rpc/user_messages?name_param=supabot&select=id&order=id.desc",
+            None,
+        )
+        .await;
+    assert_eq!(body, json!([{"id": 2}, {"id": 1}]));
+    let (_, body) = rest
+        .get(
+            "/rpc/user_messages?name_param=supabot&id=eq.1&select=id",
+            None,
+        )
+        .await;
+    assert_eq!(body, json!([{"id": 1}]), "filters apply to the result");
+    let (_, body) = rest
+        .get(
+            "/rpc/user_messages?name_param=supabot&select=id,channels(slug)&order=id",
+            None,
+        )
+        .await;
+    assert_eq!(
+        body,
+        json!([{"id": 1, "channels": {"slug": "public"}}, {"id": 2, "channels": {"slug": "random"}}])
+    );
+    let (status, headers, _) = rest
+        .call(
+            Method::GET,
+            "/rpc/user_messages?name_param=supabot&limit=1",
+            None,
+            &[("prefer", "count=exact")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(headers["content-range"], "0-0/2");
+    let (_, body) = rest.get("/rpc/first_user", None).await;
+    assert_eq!(body, json!({"username": "awailas", "status": "ONLINE"}));
+    let (_, body) = rest.get("/rpc/stats", None).await;
+    assert_eq!(body, json!([{"n": 3, "label": "messages"}]));
+    let (_, body) = rest.get("/rpc/nums", None).await;
+    assert_eq!(body, json!([1, 2, 3]));
+    let (_, body, _) = post("/rpc/echo_json", json!({"x": [1, 2]})).await;
+    assert_eq!(body, json!({"x": [1, 2]}));
+    let (_, body, _) = post("/rpc/greet", json!({"name": "ann"})).await;
+    assert_eq!(body, json!("hello ann"));
+    let (_, body, _) = post("/rpc/greet", json!({"name": "ann", "greeting": "hi"})).await;
+    assert_eq!(body, json!("hi ann"));
+    let a = rest.token(USER_A);
+    let (_, _, text) = rest
+        .call(Method::POST, "/rpc/my_uid", Some(&a), &[], Some(json!({})))
+        .await;
+    assert_eq!(text, format!("\"{USER_A}\""));
+
+    // Volatile functions write with POST and are refused over GET.
+    let (status, _, text) = rest
+        .call(
+            Method::POST,
+            "/rpc/touch",
+            Some(&service),
+            &[],
+            Some(json!({"k": "z"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
+    assert!(text.is_empty());
+    let (_, body) = rest.get("/kv?k=eq.z", Some(&service)).await;
+    assert_eq!(body, json!([{"k": "z", "v": "touched"}]));
+    let (status, body) = rest.get("/rpc/touch?k=y", Some(&service)).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+}
+
+#[tokio::test]
+async fn rpc_refusals() {
+    let rest = Rest::new().await;
+    let cases: &[(Method, &str, Option<Value>, u16, &str)] = &[
+        (Method::POST, "/rpc/nope", Some(json!({})), 404, "PGRST202"),
+        (
+            Method::POST,
+            "/rpc/add",
+            Some(json!({"a": 1})),
+            404,
+            "PGRST202",
+        ),
+        (
+            Method::POST,
+            "/rpc/add",
+            Some(json!({"a": 1, "b": 2, "c": 3})),
+            404,
+            "PGRST202",
+        ),
+        (
+            Method::POST,
+            "/rpc/overloaded",
+            Some(json!({"a": 1})),
+            300,
+            "PGRST203",
+        ),
+        (Method::PATCH, "/rpc/add", Some(json!({})), 405, "PGRST101"),
+        (
+            Method::POST,
+            "/rpc/add",
+            Some(json!({"a": "x", "b": 1})),
+            400,
+            "22P02",
+        ),
+        (Method::POST, "/rpc/fail", Some(json!({})), 400, "P0001"),
+        (
+            Method::POST,
+            "/rpc/add/extra",
+            Some(json!({})),
+            404,
+            "PGRST125",
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (got, _, text) = rest
+            .call(method.clone(), path, None, &[], body.clone())
+            .await;
+        assert_eq!(got.as_u16(), *status, "{method} {path}: {text}");
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["code"], *code, "{method} {path}: {text}");
+    }
+    let (_, _, text) = rest
+        .call(Method::POST, "/rpc/add", None, &[], Some(json!({"a": 1})))
+        .await;
+    let value: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        value["message"],
+        "Could not find the function public.add(a) in the schema cache"
+    );
+    let (_, _, text) = rest
+        .call(Method::POST, "/rpc/fail", None, &[], Some(json!({})))
+        .await;
+    let value: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (value["message"].as_str(), value["details"].as_str()),
+        (Some("nope"), Some("why"))
+    );
 }
