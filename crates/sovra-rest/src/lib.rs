@@ -257,7 +257,7 @@ impl RestService {
             .ok_or_else(ApiError::schema_cache_unavailable)?;
         let names = sovra_rest_plan::parameter_names(&cache, &schema, function);
         let pairs = query.map(decode_query).unwrap_or_default();
-        let (mut arguments, rest): (Vec<(String, String)>, Vec<(String, String)>) = pairs
+        let (mut arguments, rest): (Vec<Pair>, Vec<Pair>) = pairs
             .into_iter()
             .partition(|(key, _)| is_get && names.contains(key));
         let params = parse_query(&rest, is_get).map_err(|err| match err {
@@ -672,6 +672,9 @@ fn text_params<T: ToSql + Sync>(values: &[T]) -> Vec<(&(dyn ToSql + Sync), Type)
         .map(|v| (v as &(dyn ToSql + Sync), Type::TEXT))
         .collect()
 }
+
+/// A decoded query-string pair.
+type Pair = (String, String);
 
 struct Outcome {
     total: Option<i64>,
