@@ -31,3 +31,10 @@ create table public.messages (
 insert into public.users values ('supabot', 'ONLINE'), ('kiwicopple', 'OFFLINE'), ('awailas', 'ONLINE');
 insert into public.channels values (1, 'public'), (2, 'random');
 insert into public.messages values (1, 'Hello World', 'supabot', 1), (2, 'Perfection', 'supabot', 2), (3, 'Hi', 'kiwicopple', 1);
+create function public.add(a int, b int) returns int language sql immutable as $$ select a + b $$;
+create function public.get_status(name_param text) returns text language sql stable
+  as $$ select status from public.users where username = name_param $$;
+create function public.user_messages(name_param text) returns setof public.messages language sql stable
+  as $$ select * from public.messages where username = name_param $$;
+create function public.note(k text) returns void language sql volatile
+  as $$ insert into public.kv values (k, 'noted') $$;

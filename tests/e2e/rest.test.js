@@ -155,3 +155,22 @@ test('embedded resources', async () => {
   r = await anon.from('users').select('username, channels(*)');
   assert.equal(r.error.code, 'PGRST200');
 });
+
+test('functions through rpc()', async () => {
+  let r = await anon.rpc('add', { a: 1, b: 2 });
+  assert.equal(r.error, null, JSON.stringify(r.error));
+  assert.equal(r.data, 3);
+  r = await anon.rpc('get_status', { name_param: 'supabot' }, { get: true });
+  assert.equal(r.data, 'ONLINE');
+  r = await anon.rpc('user_messages', { name_param: 'supabot' }).select('id').order('id', { ascending: false });
+  assert.deepEqual(r.data, [{ id: 2 }, { id: 1 }]);
+  r = await anon.rpc('user_messages', { name_param: 'supabot' }).eq('id', 1).single();
+  assert.equal(r.data.message, 'Hello World');
+  r = await service.rpc('note', { k: 'from-rpc' });
+  assert.equal(r.error, null, JSON.stringify(r.error));
+  assert.equal(r.status, 204);
+  r = await service.from('kv').select('v').eq('k', 'from-rpc').single();
+  assert.deepEqual(r.data, { v: 'noted' });
+  r = await anon.rpc('no_such_function');
+  assert.equal(r.error.code, 'PGRST202');
+});
