@@ -262,6 +262,7 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                 kind: RelationKind::View,
                 columns: columns.clone(),
                 primary_key: Vec::new(),
+                unique_keys: Vec::new(),
                 insertable: false,
                 updatable: false,
                 deletable: false,
@@ -289,6 +290,7 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                 range: request.range,
                 body: None,
                 max_rows: request.max_rows,
+                csv: false,
             };
             let plan = plan_read(&ctx, &target, &read, &level, &mut b)?;
             let result = if routine.returns_set {

@@ -49,6 +49,8 @@ pub struct Request<'a> {
     pub body: Option<&'a str>,
     /// `db-max-rows`: the most rows a read returns.
     pub max_rows: Option<i64>,
+    /// Render the body as CSV instead of JSON.
+    pub csv: bool,
 }
 
 /// The statement and what the response needs to know about it.
@@ -865,11 +867,21 @@ fn count_expr(request: &Request<'_>, target: &Target<'_>, where_sql: &str) -> St
     }
 }
 
-fn wrap(total: &str, items: &[String], source: &str, alias: &str) -> String {
+fn wrap(total: &str, items: &[String], source: &str, alias: &str, csv: bool) -> String {
     // An empty list selects rows without columns, rendered as `{}`.
     let list = items.join(", ");
+    // CSV: a header from the first row's keys, then each row in
+    // PostgreSQL's record text format (quoted as CSV quotes) without its
+    // parentheses, as PostgREST renders it.
+    let body = if csv {
+        "coalesce((SELECT string_agg(_pgrst_k, ',') FROM json_object_keys(json_agg(_pgrst_t) -> 0) AS _pgrst_k), '') \
+         || CASE WHEN count(_pgrst_t) > 0 THEN E'\\n' ELSE '' END \
+         || coalesce(string_agg(substring(_pgrst_t::text, 2, length(_pgrst_t::text) - 2), E'\\n'), '')"
+    } else {
+        "coalesce(json_agg(_pgrst_t), '[]')::text"
+    };
     format!(
-        "SELECT {total}, count(_pgrst_t), coalesce(json_agg(_pgrst_t), '[]')::text \
+        "SELECT {total}, count(_pgrst_t), {body} \
          FROM (SELECT {list} FROM {source} AS {alias}) _pgrst_t"
     )
 }
@@ -898,7 +910,7 @@ pub(crate) fn plan_read(
     }
     source.push(')');
     let total = count_expr(request, target, &where_sql);
-    let sql = wrap(&total, &level.items, &source, &target.alias);
+    let sql = wrap(&total, &level.items, &source, &target.alias, request.csv);
     Ok(Plan {
         statement: Statement {
             sql,
@@ -1030,7 +1042,8 @@ fn plan_insert(
             &count_expr(request, target, ""),
             items,
             "pgrst_source",
-            &target.alias
+            &target.alias,
+            request.csv
         )
     );
     Ok(Plan {
@@ -1078,7 +1091,8 @@ fn plan_update(
             &count_expr(request, target, ""),
             items,
             "pgrst_source",
-            &target.alias
+            &target.alias,
+            request.csv
         )
     );
     Ok(Plan {
@@ -1107,7 +1121,8 @@ fn plan_delete(
             &count_expr(request, target, ""),
             items,
             "pgrst_source",
-            &target.alias
+            &target.alias,
+            request.csv
         )
     );
     Ok(Plan {

@@ -37,8 +37,13 @@ impl<'a> Relationship<'a> {
         }
     }
 
+    /// Many-to-one, or one-to-one (the target's key columns are unique).
     pub(crate) fn is_to_one(&self) -> bool {
-        matches!(self, Relationship::ManyToOne { .. })
+        match self {
+            Relationship::ManyToOne { .. } => true,
+            Relationship::OneToMany { fk, target } => target.is_unique(&fk.columns),
+            Relationship::ManyToMany { .. } => false,
+        }
     }
 
     fn describe(&self) -> serde_json::Value {

@@ -55,6 +55,8 @@ pub struct Relation {
     /// In table order.
     pub columns: Vec<Column>,
     pub primary_key: Vec<String>,
+    /// Column sets of the primary key and every unique index.
+    pub unique_keys: Vec<Vec<String>>,
     pub insertable: bool,
     pub updatable: bool,
     pub deletable: bool,
@@ -63,6 +65,13 @@ pub struct Relation {
 impl Relation {
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// Whether `columns` include a unique key (so at most one row has them).
+    pub fn is_unique(&self, columns: &[String]) -> bool {
+        self.unique_keys
+            .iter()
+            .any(|key| !key.is_empty() && key.iter().all(|c| columns.contains(c)))
     }
 }
 

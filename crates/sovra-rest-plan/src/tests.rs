@@ -28,6 +28,7 @@ fn cache() -> SchemaCache {
             column("doc", "tsvector", "_tsvector"),
         ],
         primary_key: vec!["id".to_owned()],
+        unique_keys: vec![vec!["id".to_owned()]],
         insertable: true,
         updatable: true,
         deletable: true,
@@ -59,6 +60,7 @@ fn read_with(text: &str, prefs: &Preferences) -> Result<Plan, ApiError> {
             range: None,
             body: None,
             max_rows: Some(1000),
+            csv: false,
         },
     )
 }
@@ -77,6 +79,7 @@ fn write(action: Action, text: &str, body: &str, prefs: &str) -> Result<Plan, Ap
             range: None,
             body: Some(body),
             max_rows: None,
+            csv: false,
         },
     )
 }
@@ -192,6 +195,7 @@ fn refusals() {
             range: None,
             body: None,
             max_rows: None,
+            csv: false,
         },
     )
     .unwrap_err();
@@ -263,6 +267,7 @@ fn pages_intersect_limit_range_and_max_rows() {
             }),
             body: None,
             max_rows: Some(8),
+            csv: false,
         },
     )
     .unwrap();

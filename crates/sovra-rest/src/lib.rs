@@ -172,7 +172,11 @@ impl RestService {
         };
         let read = action == Action::Read;
         let schema = self.schema(headers, read)?;
-        let singular = accepts_singular(headers)?;
+        let media = negotiate(headers)?;
+        let singular = media == Media::Object;
+        if !read {
+            check_content_type(headers)?;
+        }
 
         let pairs = query.map(decode_query).unwrap_or_default();
         let params = parse_query(&pairs, false).map_err(|err| match err {
@@ -216,6 +220,7 @@ impl RestService {
                 range,
                 body: body_text,
                 max_rows: if read { self.config.max_rows } else { None },
+                csv: media == Media::Csv,
             },
         )?;
 
@@ -224,7 +229,15 @@ impl RestService {
                 pool, caller, method, path, &schema, read, &plan, &prefs, singular,
             )
             .await?;
-        Ok(self.respond(method, action, &schema, &plan, &prefs, singular, outcome))
+        let location = (action == Action::Insert
+            && prefs.return_ == Some(ReturnPreference::HeadersOnly))
+        .then(|| location(&cache, &schema, &relation, &outcome.body))
+        .flatten();
+        let mut response = self.respond(method, action, &schema, &plan, &prefs, media, outcome);
+        if let Some(location) = location {
+            insert_header(response.headers_mut(), header::LOCATION, &location);
+        }
+        Ok(response)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -250,7 +263,11 @@ impl RestService {
             _ => return Err(ApiError::rpc_method(method.as_str())),
         };
         let schema = self.schema(headers, is_get)?;
-        let singular = accepts_singular(headers)?;
+        let media = negotiate(headers)?;
+        if media == Media::Csv {
+            return Err(ApiError::not_acceptable("text/csv"));
+        }
+        let singular = media == Media::Object;
         let cache = self
             .cache
             .get()
@@ -318,11 +335,7 @@ impl RestService {
                 &schema,
             );
         }
-        let content_type = if singular {
-            "application/vnd.pgrst.object+json; charset=utf-8"
-        } else {
-            "application/json; charset=utf-8"
-        };
+        let content_type = media_type(media);
         use sovra_rest_plan::RoutineResult;
         let (status, body) = match call.result {
             RoutineResult::Void => {
@@ -524,15 +537,12 @@ impl RestService {
         schema: &str,
         plan: &sovra_rest_plan::Plan,
         prefs: &Preferences,
-        singular: bool,
+        media: Media,
         outcome: Outcome,
     ) -> Response {
+        let singular = media == Media::Object;
         let mut headers = HeaderMap::new();
-        let content_type = if singular {
-            "application/vnd.pgrst.object+json; charset=utf-8"
-        } else {
-            "application/json; charset=utf-8"
-        };
+        let content_type = media_type(media);
         let mut applied = Vec::new();
         if let Some(resolution) = prefs.resolution.filter(|_| action == Action::Insert) {
             applied.push(match resolution {
@@ -682,6 +692,58 @@ struct Outcome {
     body: String,
 }
 
+fn media_type(media: Media) -> &'static str {
+    match media {
+        Media::Json => "application/json; charset=utf-8",
+        Media::Object => "application/vnd.pgrst.object+json; charset=utf-8",
+        Media::Csv => "text/csv; charset=utf-8",
+    }
+}
+
+/// `Location` of the first inserted row: `/<table>?<pk>=eq.<value>&…`.
+fn location(
+    cache: &sovra_rest_plan::SchemaCache,
+    schema: &str,
+    relation: &str,
+    body: &str,
+) -> Option<String> {
+    let table = cache.relation(schema, relation)?;
+    if table.primary_key.is_empty() {
+        return None;
+    }
+    let rows: Value = serde_json::from_str(body).ok()?;
+    let first = rows.as_array()?.first()?.as_object()?;
+    let mut parts = Vec::new();
+    for key in &table.primary_key {
+        let value = match first.get(key)? {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        parts.push(format!(
+            "{}=eq.{}",
+            encode_component(key),
+            encode_component(&value)
+        ));
+    }
+    Some(format!(
+        "/{}?{}",
+        encode_component(relation),
+        parts.join("&")
+    ))
+}
+
+fn encode_component(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// The one object of a one-element JSON array, as PostgreSQL rendered it.
 fn unwrap_single(body: &str) -> String {
     let trimmed = body.trim();
@@ -701,13 +763,20 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Whether the client asked for a single object; refuses media types the
-/// REST layer cannot produce.
-fn accepts_singular(headers: &HeaderMap) -> Result<bool, ApiError> {
+/// The representation a client asked for with `Accept`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Media {
+    Json,
+    /// `application/vnd.pgrst.object+json`: exactly one row, as an object.
+    Object,
+    Csv,
+}
+
+/// Picks the first media type of `Accept` the REST layer can produce.
+fn negotiate(headers: &HeaderMap) -> Result<Media, ApiError> {
     let Some(accept) = header_text(headers, "accept") else {
-        return Ok(false);
+        return Ok(Media::Json);
     };
-    let mut any_ok = false;
     for part in accept.split(',') {
         let media = part
             .split(';')
@@ -717,20 +786,37 @@ fn accepts_singular(headers: &HeaderMap) -> Result<bool, ApiError> {
             .to_ascii_lowercase();
         match media.as_str() {
             "application/vnd.pgrst.object+json" | "application/vnd.pgrst.object" => {
-                return Ok(true);
+                return Ok(Media::Object);
             }
+            "text/csv" => return Ok(Media::Csv),
             ""
             | "*/*"
             | "application/*"
             | "application/json"
-            | "application/vnd.pgrst.array+json" => any_ok = true,
+            | "application/vnd.pgrst.array+json" => return Ok(Media::Json),
             _ => {}
         }
     }
-    if any_ok {
-        Ok(false)
+    Err(ApiError::not_acceptable(accept))
+}
+
+/// Write bodies are JSON; a request that says otherwise is refused.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = header_text(headers, "content-type") else {
+        return Ok(());
+    };
+    let media = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media.is_empty() || media == "application/json" || media.ends_with("+json") {
+        Ok(())
     } else {
-        Err(ApiError::not_acceptable(accept))
+        Err(ApiError::invalid_body(format!(
+            "Content-Type not acceptable: {media}"
+        )))
     }
 }
 

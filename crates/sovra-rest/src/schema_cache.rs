@@ -24,7 +24,12 @@ select n.nspname::text, c.relname::text, c.relkind::text,
                  from pg_index i
                  join pg_attribute pa on pa.attrelid = i.indrelid and pa.attnum = any(i.indkey)
                  where i.indrelid = c.oid and i.indisprimary), '[]')::text,
-       pg_relation_is_updatable(c.oid, true)
+       pg_relation_is_updatable(c.oid, true),
+       coalesce((select json_agg((select json_agg(ua.attname)
+                                    from pg_attribute ua
+                                    where ua.attrelid = ui.indrelid and ua.attnum = any(ui.indkey)))
+                 from pg_index ui
+                 where ui.indrelid = c.oid and ui.indisunique and ui.indpred is null), '[]')::text
 from pg_class c
 join pg_namespace n on n.oid = c.relnamespace
 left join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
@@ -194,12 +199,15 @@ pub async fn load(
         let primary_key: Vec<String> =
             serde_json::from_str(&row.get::<_, String>(4)).unwrap_or_default();
         let updatable: i32 = row.get(5);
+        let unique_keys: Vec<Vec<String>> =
+            serde_json::from_str(&row.get::<_, String>(6)).unwrap_or_default();
         let relation = Relation {
             schema: schema.clone(),
             name: name.clone(),
             kind,
             columns,
             primary_key,
+            unique_keys,
             insertable: updatable & 8 != 0,
             updatable: updatable & 4 != 0,
             deletable: updatable & 16 != 0,

@@ -56,6 +56,8 @@ insert into public.best_friends values (1, 'supabot', 'kiwicopple');
 insert into public.labels values (1, 'fun'), (2, 'work');
 insert into public.channel_labels values (1, 1), (1, 2), (2, 1);
 insert into public.folders values (1, 'root', null), (2, 'docs', 1), (3, 'pics', 1);
+create table public.profiles (username text primary key references public.users, bio text);
+insert into public.profiles values ('supabot', 'I am a bot');
 create function public.add(a int, b int) returns int language sql immutable as $$ select a + b $$;
 create function public.get_status(name_param text) returns text language sql stable
   as $$ select status from public.users where username = name_param $$;
@@ -1209,4 +1211,67 @@ async fn rpc_refusals() {
         (value["message"].as_str(), value["details"].as_str()),
         (Some("nope"), Some("why"))
     );
+}
+
+#[tokio::test]
+async fn csv_one_to_one_location_and_content_type() {
+    let rest = Rest::new().await;
+    let a = rest.token(USER_A);
+    let (status, headers, body) = rest
+        .call(
+            Method::GET,
+            "/todos?select=id,task,done&order=id",
+            Some(&a),
+            &[("accept", "text/csv")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(
+        body,
+        "id,task,done\n1,\"buy milk\",f\n2,\"walk dog\",t\n3,\"public:read me\",f"
+    );
+
+    // A foreign key that is also the target's primary key: one-to-one.
+    let (_, body) = rest
+        .get("/users?select=username,profiles(bio)&order=username", None)
+        .await;
+    assert_eq!(
+        body,
+        json!([
+            {"username": "awailas", "profiles": null},
+            {"username": "kiwicopple", "profiles": null},
+            {"username": "supabot", "profiles": {"bio": "I am a bot"}}
+        ])
+    );
+
+    let service = rest.app.service_role_key.clone();
+    let (status, headers, body) = rest
+        .call(
+            Method::POST,
+            "/kv",
+            Some(&service),
+            &[("prefer", "return=headers-only")],
+            Some(json!({"k": "a b", "v": "1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(headers["location"], "/kv?k=eq.a%20b");
+    assert!(body.is_empty());
+
+    let response = rest
+        .http
+        .post(format!("{}/rest/v1/kv", rest.app.url))
+        .header("apikey", &service)
+        .header("authorization", format!("Bearer {service}"))
+        .header("content-type", "text/plain")
+        .body("k=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "PGRST102");
+    assert_eq!(body["message"], "Content-Type not acceptable: text/plain");
 }
