@@ -145,25 +145,12 @@ impl<'a> Target<'a> {
     }
 }
 
-/// Aggregates and spreads come later; until then they are refused clearly.
+/// Spreads are lifted into their parent, so they take no alias, and only
+/// to-one or to-many embeds can be spread (checked when planned).
 pub(crate) fn check_supported(select: &[SelectItem]) -> Result<(), ApiError> {
     for item in select {
-        match item {
-            SelectItem::Embed { spread: true, .. } => {
-                return Err(ApiError::not_implemented(
-                    "spread embeds (...) are not available in this version of Sovra",
-                ));
-            }
-            SelectItem::Embed { select, .. } => check_supported(select)?,
-            SelectItem::Count { .. }
-            | SelectItem::Field {
-                aggregate: Some(_), ..
-            } => {
-                return Err(ApiError::not_implemented(
-                    "aggregate functions are not available in this version of Sovra",
-                ));
-            }
-            SelectItem::Star | SelectItem::Field { .. } => {}
+        if let SelectItem::Embed { select, .. } = item {
+            check_supported(select)?;
         }
     }
     Ok(())
@@ -342,7 +329,14 @@ fn output_name(field: &Field, alias: Option<&String>) -> String {
 /// embeds), and what its embeds are for ordering.
 pub(crate) struct Level<'a> {
     // Fields are read within this module only.
+    /// Output items, `expr AS "name"` (or `"t".*`).
     items: Vec<String>,
+    /// Each output column as (expression, name), for spreads.
+    columns: Vec<(String, String)>,
+    /// Expressions of the items that are not aggregates.
+    group_by: Vec<String>,
+    /// Whether any item is an aggregate.
+    aggregated: bool,
     conditions: Vec<String>,
     /// The to-one embeds, for `order=embed(col)`.
     to_one: Vec<ToOne<'a>>,
@@ -368,33 +362,89 @@ pub(crate) fn level<'a>(
 ) -> Result<Level<'a>, ApiError> {
     let mut level = Level {
         items: Vec::new(),
+        columns: Vec::new(),
+        group_by: Vec::new(),
+        aggregated: false,
         conditions: Vec::new(),
         to_one: Vec::new(),
         to_many: Vec::new(),
     };
     for item in select {
         match item {
-            SelectItem::Star => level.items.push(format!("{}.*", target.alias)),
+            SelectItem::Star => {
+                level.items.push(format!("{}.*", target.alias));
+                for column in &target.relation.columns {
+                    let expr = format!("{}.{}", target.alias, quote_ident(&column.name));
+                    level.group_by.push(expr.clone());
+                    level.columns.push((expr, column.name.clone()));
+                }
+            }
+            // The legacy `embed(count)`: count() when no column has the name.
             SelectItem::Field {
-                alias, field, cast, ..
+                alias,
+                field,
+                cast: None,
+                aggregate: None,
+            } if field.name == "count"
+                && field.json_path.is_empty()
+                && depth > 1
+                && target.relation.column("count").is_none() =>
+            {
+                level.aggregated = true;
+                let name = alias.clone().unwrap_or_else(|| "count".to_owned());
+                level
+                    .items
+                    .push(format!("count(*) AS {}", quote_ident(&name)));
+                level.columns.push(("count(*)".to_owned(), name));
+            }
+            SelectItem::Count { alias, cast } => {
+                level.aggregated = true;
+                let mut expr = "count(*)".to_owned();
+                if let Some(cast) = cast {
+                    expr = format!("({expr})::{}", cast_type(cast)?);
+                }
+                let name = alias.clone().unwrap_or_else(|| "count".to_owned());
+                level
+                    .items
+                    .push(format!("{expr} AS {}", quote_ident(&name)));
+                level.columns.push((expr, name));
+            }
+            SelectItem::Field {
+                alias,
+                field,
+                cast,
+                aggregate,
             } => {
                 let expr = field_expr(target, field, b)?;
                 let mut sql = expr.sql;
                 if let Some(cast) = cast {
                     sql = format!("({sql})::{}", cast_type(cast)?);
                 }
-                level.items.push(format!(
-                    "{sql} AS {}",
-                    quote_ident(&output_name(field, alias.as_ref()))
-                ));
+                let name = match (alias, aggregate) {
+                    (Some(alias), _) => alias.clone(),
+                    (None, Some(aggregate)) => aggregate.function.name().to_owned(),
+                    (None, None) => output_name(field, None),
+                };
+                match aggregate {
+                    Some(aggregate) => {
+                        level.aggregated = true;
+                        sql = format!("{}({sql})", aggregate.function.name());
+                        if let Some(cast) = &aggregate.cast {
+                            sql = format!("({sql})::{}", cast_type(cast)?);
+                        }
+                    }
+                    None => level.group_by.push(sql.clone()),
+                }
+                level.items.push(format!("{sql} AS {}", quote_ident(&name)));
+                level.columns.push((sql, name));
             }
             SelectItem::Embed {
                 alias,
                 name,
                 hint,
                 join,
+                spread,
                 select: child_select,
-                ..
             } => {
                 let relationship = crate::relationship::resolve(
                     ctx.cache,
@@ -452,11 +502,38 @@ pub(crate) fn level<'a>(
                     // `embed()`: for filtering only, no output.
                     continue;
                 }
+                let group = if child_level.aggregated && !child_level.group_by.is_empty() {
+                    format!(" GROUP BY {}", child_level.group_by.join(", "))
+                } else {
+                    String::new()
+                };
+                if *spread {
+                    // `...embed(a, b)`: the embed's columns lifted into the
+                    // parent; for to-many, each becomes an array.
+                    if child_level.aggregated {
+                        return Err(ApiError::not_implemented(
+                            "aggregates inside spread embeds are not available in this version of Sovra",
+                        ));
+                    }
+                    for (expr, name) in &child_level.columns {
+                        let sql = if relationship.is_to_one() {
+                            format!("(SELECT {expr} FROM {from}{where_sql} LIMIT 1)")
+                        } else {
+                            let order = order_at(ctx, &child, &child_path, &child_level, b)?;
+                            format!(
+                                "(SELECT coalesce(json_agg({expr}{order}), '[]') FROM {from}{where_sql})"
+                            )
+                        };
+                        level.items.push(format!("{sql} AS {}", quote_ident(name)));
+                        level.columns.push((sql, name.clone()));
+                    }
+                    continue;
+                }
                 let list = child_level.items.join(", ");
                 let sub = format!("_pgrst_e{depth}");
                 let sql = if relationship.is_to_one() {
                     format!(
-                        "(SELECT row_to_json({sub}) FROM (SELECT {list} FROM {from}{where_sql} LIMIT 1) {sub})"
+                        "(SELECT row_to_json({sub}) FROM (SELECT {list} FROM {from}{where_sql}{group} LIMIT 1) {sub})"
                     )
                 } else {
                     let order = order_at(ctx, &child, &child_path, &child_level, b)?;
@@ -469,13 +546,18 @@ pub(crate) fn level<'a>(
                         page.push_str(&format!(" OFFSET {}::bigint", b.bind(offset.to_string())));
                     }
                     format!(
-                        "(SELECT coalesce(json_agg({sub}), '[]') FROM (SELECT {list} FROM {from}{where_sql}{order}{page}) {sub})"
+                        "(SELECT coalesce(json_agg({sub}), '[]') FROM (SELECT {list} FROM {from}{where_sql}{group}{order}{page}) {sub})"
                     )
                 };
                 level.items.push(format!("{sql} AS {}", quote_ident(&key)));
+                level.columns.push((sql, key.clone()));
             }
-            SelectItem::Count { .. } => {}
         }
+    }
+    if level.aggregated && (!level.to_one.is_empty() || !level.to_many.is_empty()) {
+        return Err(ApiError::not_implemented(
+            "aggregates beside embedded resources are not available in this version of Sovra",
+        ));
     }
     Ok(level)
 }
@@ -898,10 +980,25 @@ pub(crate) fn plan_read(
     let where_sql = where_sql(&conditions);
     let order_sql = order_at(ctx, target, &[], level, b)?;
     let (offset, limit) = page(request);
-    let mut source = format!(
-        "(SELECT {}.* FROM {}{where_sql}{order_sql}",
-        target.alias, target.qualified
-    );
+    let aggregated = level.aggregated;
+    let mut source = if aggregated {
+        // Aggregates group the filtered rows; the page applies to groups.
+        let group = if level.group_by.is_empty() {
+            String::new()
+        } else {
+            format!(" GROUP BY {}", level.group_by.join(", "))
+        };
+        format!(
+            "(SELECT {} FROM {}{where_sql}{group}{order_sql}",
+            level.items.join(", "),
+            target.qualified
+        )
+    } else {
+        format!(
+            "(SELECT {}.* FROM {}{where_sql}{order_sql}",
+            target.alias, target.qualified
+        )
+    };
     if let Some(limit) = limit {
         source.push_str(&format!(" LIMIT {}::bigint", b.bind(limit.to_string())));
     }
@@ -910,7 +1007,11 @@ pub(crate) fn plan_read(
     }
     source.push(')');
     let total = count_expr(request, target, &where_sql);
-    let sql = wrap(&total, &level.items, &source, &target.alias, request.csv);
+    let sql = if aggregated {
+        wrap(&total, &["*".to_owned()], &source, "_pgrst_g", request.csv)
+    } else {
+        wrap(&total, &level.items, &source, &target.alias, request.csv)
+    };
     Ok(Plan {
         statement: Statement {
             sql,

@@ -749,7 +749,7 @@ async fn refusals_have_postgrest_codes() {
             "/todos?select=*,...users(*)",
             None,
             400,
-            "PGRST127",
+            "PGRST200",
         ),
         (
             Method::POST,
@@ -1274,4 +1274,58 @@ async fn csv_one_to_one_location_and_content_type() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "PGRST102");
     assert_eq!(body["message"], "Content-Type not acceptable: text/plain");
+}
+
+#[tokio::test]
+async fn aggregates_and_spreads() {
+    let rest = Rest::new().await;
+    let cases: &[(&str, Value)] = &[
+        ("/messages?select=count()", json!([{"count": 3}])),
+        (
+            "/messages?select=username,count()&order=username",
+            json!([{"username": "kiwicopple", "count": 1}, {"username": "supabot", "count": 2}]),
+        ),
+        (
+            "/messages?select=id.sum(),id.max()",
+            json!([{"sum": 6, "max": 3}]),
+        ),
+        (
+            "/messages?select=total:id.sum()::text",
+            json!([{"total": "6"}]),
+        ),
+        (
+            "/messages?select=n:count()&username=eq.supabot",
+            json!([{"n": 2}]),
+        ),
+        (
+            "/users?select=username,messages(count)&order=username",
+            json!([
+                {"username": "awailas", "messages": [{"count": 0}]},
+                {"username": "kiwicopple", "messages": [{"count": 1}]},
+                {"username": "supabot", "messages": [{"count": 2}]}
+            ]),
+        ),
+        (
+            "/users?select=username,messages(channel_id,id.count())&username=eq.supabot&messages.order=channel_id",
+            json!([{"username": "supabot", "messages": [{"channel_id": 1, "count": 1}, {"channel_id": 2, "count": 1}]}]),
+        ),
+        (
+            "/messages?select=id,...users(status)&order=id&limit=1",
+            json!([{"id": 1, "status": "ONLINE"}]),
+        ),
+        (
+            "/users?select=username,...messages(id)&username=eq.supabot&messages.order=id",
+            json!([{"username": "supabot", "id": [1, 2]}]),
+        ),
+    ];
+    for (path, want) in cases {
+        let (status, body) = rest.get(path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(&body, want, "{path}");
+    }
+    let (status, body) = rest
+        .get("/users?select=username.count(),messages(id)", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "PGRST127");
 }
