@@ -174,3 +174,21 @@ test('functions through rpc()', async () => {
   r = await anon.rpc('no_such_function');
   assert.equal(r.error.code, 'PGRST202');
 });
+
+test('aggregates and spreads as postgrest-js sends them', async () => {
+  let r = await anon.from('messages').select('username, count()').order('username');
+  assert.equal(r.error, null, JSON.stringify(r.error));
+  assert.deepEqual(r.data, [{ username: 'kiwicopple', count: 1 }, { username: 'supabot', count: 2 }]);
+  r = await anon.from('messages').select('id.sum(), id.max()');
+  assert.deepEqual(r.data, [{ sum: 6, max: 3 }]);
+  r = await anon.from('messages').select('id, ...users(status)').order('id').limit(1);
+  assert.deepEqual(r.data, [{ id: 1, status: 'ONLINE' }]);
+  r = await anon.from('users').select('username, messages(count)').eq('username', 'supabot');
+  assert.deepEqual(r.data, [{ username: 'supabot', messages: [{ count: 2 }] }]);
+});
+
+test('csv()', async () => {
+  const r = await anon.from('users').select('username, status').order('username').csv();
+  assert.equal(r.error, null, JSON.stringify(r.error));
+  assert.equal(r.data, 'username,status\nawailas,ONLINE\nkiwicopple,OFFLINE\nsupabot,ONLINE');
+});
