@@ -1095,6 +1095,33 @@ fn plan_insert(
             "INSERT INTO {} SELECT FROM json_array_elements({body}::json) _pgrst_body",
             target.qualified
         )
+    } else if request.prefs.missing == Some(sovra_rest_grammar::Missing::Default) {
+        // Keys absent from an object take the column's default, taken
+        // from the catalog; present keys (even null) are used as given.
+        let values: Vec<String> = payload
+            .columns
+            .iter()
+            .map(|name| {
+                let column = quote_ident(name);
+                let default = target
+                    .relation
+                    .column(name)
+                    .and_then(|c| c.default_expr.clone())
+                    .unwrap_or_else(|| "NULL".to_owned());
+                let key = b.bind(name.clone());
+                format!(
+                    "CASE WHEN _pgrst_elem::jsonb ? {key}::text THEN _pgrst_row.{column} ELSE {default} END"
+                )
+            })
+            .collect();
+        format!(
+            "INSERT INTO {} ({}) SELECT {} FROM json_array_elements({body}::json) _pgrst_elem, \
+             LATERAL json_populate_record(NULL::{}, _pgrst_elem) _pgrst_row",
+            target.qualified,
+            columns.join(", "),
+            values.join(", "),
+            target.qualified
+        )
     } else {
         let list = columns.join(", ");
         format!(

@@ -35,6 +35,9 @@ pub struct Column {
     pub array_type: Option<TypeName>,
     pub nullable: bool,
     pub has_default: bool,
+    /// The column's default as SQL, from the catalog (`pg_get_expr`), for
+    /// `Prefer: missing=default`.
+    pub default_expr: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,6 +9,7 @@ fn column(name: &str, ty: &str, array: &str) -> Column {
         array_type: Some(TypeName::new("pg_catalog", array)),
         nullable: true,
         has_default: false,
+        default_expr: None,
     }
 }
 

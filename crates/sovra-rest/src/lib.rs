@@ -550,6 +550,13 @@ impl RestService {
                 sovra_rest_grammar::Resolution::IgnoreDuplicates => "resolution=ignore-duplicates",
             });
         }
+        if matches!(action, Action::Insert | Action::Update) {
+            match prefs.missing {
+                Some(sovra_rest_grammar::Missing::Default) => applied.push("missing=default"),
+                Some(sovra_rest_grammar::Missing::Null) => applied.push("missing=null"),
+                None => {}
+            }
+        }
         let representation =
             action == Action::Read || prefs.return_ == Some(ReturnPreference::Representation);
         if action != Action::Read
@@ -570,6 +577,19 @@ impl RestService {
         }
         if prefs.tx == Some(TxPreference::Rollback) {
             applied.push("tx=rollback");
+        }
+        let timezone;
+        let max_affected;
+        if prefs.handling == Some(Handling::Strict) {
+            applied.push("handling=strict");
+        }
+        if let Some(tz) = &prefs.timezone {
+            timezone = format!("timezone={tz}");
+            applied.push(&timezone);
+        }
+        if let (Some(max), Some(Handling::Strict)) = (prefs.max_affected, prefs.handling) {
+            max_affected = format!("max-affected={max}");
+            applied.push(&max_affected);
         }
         if !applied.is_empty()
             && let Ok(value) = HeaderValue::from_str(&applied.join(", "))

@@ -18,7 +18,11 @@ select n.nspname::text, c.relname::text, c.relkind::text,
        coalesce(json_agg(json_build_object(
            'name', a.attname, 'type_schema', tn.nspname, 'type_name', t.typname,
            'array_schema', an.nspname, 'array_name', at.typname,
-           'nullable', not a.attnotnull, 'has_default', a.atthasdef)
+           'nullable', not a.attnotnull, 'has_default', a.atthasdef,
+           'default_expr', coalesce(pg_get_expr(d.adbin, d.adrelid),
+             case when a.attidentity <> '' then
+               format('nextval(%L::regclass)', pg_get_serial_sequence(format('%I.%I', n.nspname, c.relname), a.attname))
+             end))
          order by a.attnum) filter (where a.attnum is not null), '[]')::text,
        coalesce((select json_agg(pa.attname order by array_position(i.indkey::int2[], pa.attnum))
                  from pg_index i
@@ -33,6 +37,7 @@ select n.nspname::text, c.relname::text, c.relkind::text,
 from pg_class c
 join pg_namespace n on n.oid = c.relnamespace
 left join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
 left join pg_type t on t.oid = a.atttypid
 left join pg_namespace tn on tn.oid = t.typnamespace
 left join pg_type at on at.oid = t.typarray
@@ -97,6 +102,10 @@ fn column_of(c: &Value) -> Column {
             .get("has_default")
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        default_expr: c
+            .get("default_expr")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     }
 }
 
@@ -182,19 +191,7 @@ pub async fn load(
             .map(Vec::as_slice)
             .unwrap_or_default()
             .iter()
-            .map(|c| Column {
-                name: text(c, "name"),
-                type_name: TypeName::new(&text(c, "type_schema"), &text(c, "type_name")),
-                array_type: c
-                    .get("array_name")
-                    .and_then(Value::as_str)
-                    .map(|array| TypeName::new(&text(c, "array_schema"), array)),
-                nullable: c.get("nullable").and_then(Value::as_bool).unwrap_or(true),
-                has_default: c
-                    .get("has_default")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
-            })
+            .map(column_of)
             .collect();
         let primary_key: Vec<String> =
             serde_json::from_str(&row.get::<_, String>(4)).unwrap_or_default();

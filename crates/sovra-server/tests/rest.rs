@@ -1329,3 +1329,55 @@ async fn aggregates_and_spreads() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["code"], "PGRST127");
 }
+
+#[tokio::test]
+async fn missing_default_fills_absent_keys_with_column_defaults() {
+    let rest = Rest::new().await;
+    let a = rest.token(USER_A);
+    let body = json!([{"task": "d1"}, {"task": "d2", "done": true, "priority": null}]);
+    let (status, headers, text) = rest
+        .call(
+            Method::POST,
+            "/todos?columns=task,done,owner,priority&select=task,done,owner,priority",
+            Some(&a),
+            &[("prefer", "missing=default, return=representation")],
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!([
+            {"task": "d1", "done": false, "owner": USER_A, "priority": null},
+            {"task": "d2", "done": true, "owner": USER_A, "priority": null}
+        ])
+    );
+    assert_eq!(
+        headers["preference-applied"],
+        "missing=default, return=representation"
+    );
+    // Without it, absent keys are NULL: a NULL owner fails the policy.
+    let (status, _, text) = rest
+        .call(
+            Method::POST,
+            "/todos?columns=task,done,owner",
+            Some(&a),
+            &[],
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    assert!(text.contains("42501"), "{text}");
+    // Identity columns take their next value.
+    let service = rest.app.service_role_key.clone();
+    let (status, _, text) = rest
+        .call(
+            Method::POST,
+            "/todos?columns=id,task,owner&select=task",
+            Some(&service),
+            &[("prefer", "missing=default,return=representation")],
+            Some(json!([{"task": "by identity", "owner": USER_B}])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+}
