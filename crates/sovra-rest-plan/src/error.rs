@@ -121,6 +121,33 @@ impl ApiError {
         ))
     }
 
+    /// PGRST105: PUT filters that are not exactly `eq` on the primary key.
+    pub fn put_filters() -> ApiError {
+        ApiError::new(
+            405,
+            "PGRST105",
+            "Filters must include all and only primary key columns with 'eq' operators",
+        )
+    }
+
+    /// PGRST114: PUT with limit or offset.
+    pub fn put_limit() -> ApiError {
+        ApiError::new(
+            400,
+            "PGRST114",
+            "limit/offset querystring parameters are not allowed for PUT",
+        )
+    }
+
+    /// PGRST115: a PUT body whose key differs from the URL's.
+    pub fn put_mismatch() -> ApiError {
+        ApiError::new(
+            400,
+            "PGRST115",
+            "Payload values do not match URL in primary key column(s)",
+        )
+    }
+
     /// PGRST116: a singular response without exactly one row.
     pub fn singular(rows: i64) -> ApiError {
         ApiError::new(

@@ -32,6 +32,8 @@ pub struct Statement {
 pub enum Action {
     Read,
     Insert,
+    /// `PUT`: insert or replace the one row the URL's primary key names.
+    Put,
     Update,
     Delete,
 }
@@ -99,6 +101,7 @@ pub fn plan(cache: &SchemaCache, request: &Request<'_>) -> Result<Plan, ApiError
     match request.action {
         Action::Read => plan_read(&ctx, &target, request, &level, &mut b),
         Action::Insert => plan_insert(&target, request, &level.items, &mut b),
+        Action::Put => plan_put(&target, request, &level.items, &mut b),
         Action::Update => plan_update(&ctx, &target, request, &level, &mut b),
         Action::Delete => plan_delete(&ctx, &target, request, &level, &mut b),
     }
@@ -1075,6 +1078,78 @@ fn payload(
         columns,
         is_array,
     })
+}
+
+/// `PUT /t?pk=eq.v` with the whole row: an upsert on the primary key,
+/// after checking that the URL and the body name the same row.
+fn plan_put(
+    target: &Target<'_>,
+    request: &Request<'_>,
+    items: &[String],
+    b: &mut Builder,
+) -> Result<Plan, ApiError> {
+    let query = request.query;
+    if !query.limits.is_empty() || !query.offsets.is_empty() {
+        return Err(ApiError::put_limit());
+    }
+    let pk = &target.relation.primary_key;
+    let mut url_values = Vec::new();
+    for key in pk {
+        let value = query.filters.iter().find_map(|(path, filter)| {
+            match (&filter.operation, filter.negated) {
+                (
+                    sovra_rest_grammar::Operation::Compare {
+                        op: CompareOp::Eq,
+                        quantifier: None,
+                        value,
+                    },
+                    false,
+                ) if path.is_empty()
+                    && filter.field.json_path.is_empty()
+                    && &filter.field.name == key =>
+                {
+                    Some(value.clone())
+                }
+                _ => None,
+            }
+        });
+        match value {
+            Some(value) => url_values.push((key.clone(), value)),
+            None => return Err(ApiError::put_filters()),
+        }
+    }
+    if pk.is_empty() || query.filters.len() != pk.len() || !query.logic.is_empty() {
+        return Err(ApiError::put_filters());
+    }
+    let body: Value = serde_json::from_str(request.body.unwrap_or(""))
+        .map_err(|_| ApiError::invalid_body("Empty or invalid json"))?;
+    let Value::Object(object) = &body else {
+        return Err(ApiError::invalid_body("Empty or invalid json"));
+    };
+    for (key, url_value) in &url_values {
+        let matches = match object.get(key) {
+            Some(Value::String(text)) => text == url_value,
+            Some(Value::Null) | None => false,
+            Some(other) => &other.to_string() == url_value,
+        };
+        if !matches {
+            return Err(ApiError::put_mismatch());
+        }
+    }
+    let prefs = Preferences {
+        resolution: Some(Resolution::MergeDuplicates),
+        ..request.prefs.clone()
+    };
+    let query = QueryParams {
+        on_conflict: Some(pk.clone()),
+        ..query.clone()
+    };
+    let upsert = Request {
+        prefs: &prefs,
+        query: &query,
+        ..*request
+    };
+    plan_insert(target, &upsert, items, b)
 }
 
 fn plan_insert(

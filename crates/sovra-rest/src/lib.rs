@@ -159,15 +159,11 @@ impl RestService {
             Method::OPTIONS => {
                 return Ok((
                     StatusCode::OK,
-                    [(header::ALLOW, "OPTIONS,GET,HEAD,POST,PATCH,DELETE")],
+                    [(header::ALLOW, "OPTIONS,GET,HEAD,POST,PUT,PATCH,DELETE")],
                 )
                     .into_response());
             }
-            Method::PUT => {
-                return Err(ApiError::not_implemented(
-                    "PUT (single-row upsert) is not available in this version of Sovra",
-                ));
-            }
+            Method::PUT => Action::Put,
             _ => return Err(ApiError::unsupported_method(method.as_str())),
         };
         let read = action == Action::Read;
@@ -637,6 +633,13 @@ impl RestService {
                 };
                 insert_header(&mut headers, header::CONTENT_RANGE, &format!("*/{total}"));
                 StatusCode::CREATED
+            }
+            Action::Put => {
+                if representation {
+                    StatusCode::OK
+                } else {
+                    StatusCode::NO_CONTENT
+                }
             }
             Action::Update | Action::Delete => {
                 let total = if prefs.count.is_some() {

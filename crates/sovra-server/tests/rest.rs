@@ -1381,3 +1381,59 @@ async fn missing_default_fills_absent_keys_with_column_defaults() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{text}");
 }
+
+#[tokio::test]
+async fn put_replaces_one_row_by_primary_key() {
+    let rest = Rest::new().await;
+    let service = rest.app.service_role_key.clone();
+    let rep = [("prefer", "return=representation")];
+    let (status, _, text) = rest
+        .call(
+            Method::PUT,
+            "/kv?k=eq.p",
+            Some(&service),
+            &rep,
+            Some(json!({"k": "p", "v": "1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!([{"k": "p", "v": "1"}])
+    );
+    let (status, _, text) = rest
+        .call(
+            Method::PUT,
+            "/kv?k=eq.p",
+            Some(&service),
+            &[],
+            Some(json!({"k": "p", "v": "2"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
+    let (_, body) = rest.get("/kv?k=eq.p", Some(&service)).await;
+    assert_eq!(body, json!([{"k": "p", "v": "2"}]));
+    for (path, body, status, code) in [
+        ("/kv?k=eq.p", json!({"k": "q", "v": "x"}), 400, "PGRST115"),
+        ("/kv?v=eq.p", json!({"k": "p", "v": "x"}), 405, "PGRST105"),
+        ("/kv?k=gt.p", json!({"k": "p", "v": "x"}), 405, "PGRST105"),
+        (
+            "/kv?k=eq.p&v=eq.2",
+            json!({"k": "p", "v": "x"}),
+            405,
+            "PGRST105",
+        ),
+        (
+            "/kv?k=eq.p&limit=1",
+            json!({"k": "p", "v": "x"}),
+            400,
+            "PGRST114",
+        ),
+    ] {
+        let (got, _, text) = rest
+            .call(Method::PUT, path, Some(&service), &[], Some(body))
+            .await;
+        assert_eq!(got.as_u16(), status, "{path}: {text}");
+        assert!(text.contains(code), "{path}: {text}");
+    }
+}
