@@ -192,6 +192,12 @@ impl ApiError {
         ApiError::new(404, "PGRST125", "Invalid path specified in request URL")
     }
 
+    /// PGRST126: the OpenAPI root, which only the service role may read.
+    pub fn openapi_restricted() -> ApiError {
+        ApiError::new(404, "PGRST126", "Root endpoint metadata is disabled")
+            .with_hint("The OpenAPI description is available with the service_role key.")
+    }
+
     /// PGRST127: a feature Sovra does not implement yet.
     pub fn not_implemented(details: impl Into<String>) -> ApiError {
         ApiError::new(400, "PGRST127", "Feature not implemented").with_details(details)

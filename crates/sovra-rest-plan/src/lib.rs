@@ -10,12 +10,14 @@
 
 mod call;
 mod error;
+mod openapi;
 mod plan;
 mod relationship;
 mod schema;
 
 pub use call::{Arguments, CallPlan, CallRequest, RoutineResult, parameter_names, plan_call};
 pub use error::{ApiError, sqlstate_status};
+pub use openapi::openapi;
 pub use plan::{Action, Plan, Request, Statement, plan};
 pub use schema::{
     Column, ForeignKey, Relation, RelationKind, ReturnShape, Routine, RoutineParam, SchemaCache,

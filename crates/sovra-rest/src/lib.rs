@@ -138,9 +138,37 @@ impl RestService {
             .collect();
         let relation = match segments.as_slice() {
             [] => {
-                return Err(ApiError::not_implemented(
-                    "the OpenAPI description at the root is not available in this version of Sovra",
-                ));
+                return match *method {
+                    // The catalogue of every table and function is for the
+                    // project's operators, as on hosted Supabase.
+                    Method::GET | Method::HEAD if caller.role != "service_role" => {
+                        Err(ApiError::openapi_restricted())
+                    }
+                    Method::GET | Method::HEAD => {
+                        let schema = self.schema(headers, true)?;
+                        let cache = self
+                            .cache
+                            .get()
+                            .ok_or_else(ApiError::schema_cache_unavailable)?;
+                        let document = sovra_rest_plan::openapi(&cache, &schema, "/rest/v1");
+                        let mut response_headers = HeaderMap::new();
+                        insert_header(
+                            &mut response_headers,
+                            header::CONTENT_TYPE,
+                            "application/openapi+json; charset=utf-8",
+                        );
+                        if *method == Method::HEAD {
+                            Ok((StatusCode::OK, response_headers).into_response())
+                        } else {
+                            Ok((StatusCode::OK, response_headers, document.to_string())
+                                .into_response())
+                        }
+                    }
+                    Method::OPTIONS => {
+                        Ok((StatusCode::OK, [(header::ALLOW, "OPTIONS,GET,HEAD")]).into_response())
+                    }
+                    _ => Err(ApiError::unsupported_method(method.as_str())),
+                };
             }
             [first, function] if first == "rpc" => {
                 let function = function.clone();

@@ -1437,3 +1437,52 @@ async fn put_replaces_one_row_by_primary_key() {
         assert!(text.contains(code), "{path}: {text}");
     }
 }
+
+#[tokio::test]
+async fn openapi_root_for_the_service_role() {
+    let rest = Rest::new().await;
+    let service = rest.app.service_role_key.clone();
+    let (status, headers, text) = rest.call(Method::GET, "/", Some(&service), &[], None).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        headers["content-type"],
+        "application/openapi+json; charset=utf-8"
+    );
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc["swagger"], "2.0");
+    assert!(doc["paths"]["/todos"]["get"].is_object());
+    assert!(doc["paths"]["/rpc/add"]["post"].is_object());
+    assert!(
+        doc["paths"]["/rpc/touch"].get("get").is_none(),
+        "volatile: POST only"
+    );
+    assert_eq!(
+        doc["definitions"]["todos"]["properties"]["id"]["type"],
+        "integer"
+    );
+    assert!(
+        doc["definitions"]["messages"]["properties"]["username"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("<fk table='users' column='username'/>")
+    );
+    assert!(
+        doc["paths"].get("/notes").is_none(),
+        "other schemas are not listed"
+    );
+    let (status, _, text) = rest
+        .call(
+            Method::GET,
+            "/",
+            Some(&service),
+            &[("accept-profile", "personal")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(doc["paths"]["/notes"].is_object());
+    let (status, _, text) = rest.call(Method::GET, "/", None, &[], None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(text.contains("PGRST126"), "{text}");
+}
