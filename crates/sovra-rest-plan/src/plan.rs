@@ -895,6 +895,34 @@ fn order_at(
     Ok(format!(" ORDER BY {}", parts.join(", ")))
 }
 
+/// The WHERE of a PATCH or DELETE. With `limit` (and `order`/`offset`),
+/// only the rows that page selects are touched, chosen by `ctid` as
+/// PostgREST does; the limit is never silently ignored.
+fn mutation_where(
+    ctx: &Ctx<'_>,
+    target: &Target<'_>,
+    level: &Level<'_>,
+    b: &mut Builder,
+) -> Result<String, ApiError> {
+    let conditions = where_sql(&conditions_at(ctx, target, &[], level, b)?);
+    let (offset, limit) = page_at(ctx.query, &[]);
+    if limit.is_none() && offset == 0 {
+        return Ok(conditions);
+    }
+    let order = order_at(ctx, target, &[], level, b)?;
+    let mut page = String::new();
+    if let Some(limit) = limit {
+        page.push_str(&format!(" LIMIT {}::bigint", b.bind(limit.to_string())));
+    }
+    if offset > 0 {
+        page.push_str(&format!(" OFFSET {}::bigint", b.bind(offset.to_string())));
+    }
+    Ok(format!(
+        " WHERE {}.ctid = ANY(ARRAY(SELECT {}.ctid FROM {}{conditions}{order}{page}))",
+        target.alias, target.alias, target.qualified
+    ))
+}
+
 /// `embed.limit` and `embed.offset`.
 fn page_at(query: &QueryParams, path: &[String]) -> (i64, Option<i64>) {
     let offset = query
@@ -1283,7 +1311,7 @@ fn plan_update(
         .iter()
         .map(|c| format!("{} = _pgrst_body.{}", quote_ident(c), quote_ident(c)))
         .collect();
-    let where_sql = where_sql(&conditions_at(ctx, target, &[], level, b)?);
+    let where_sql = mutation_where(ctx, target, level, b)?;
     let sql = format!(
         "WITH pgrst_source AS (UPDATE {} SET {} FROM (SELECT * FROM json_populate_record(NULL::{}, {body}::json)) _pgrst_body{where_sql} RETURNING {}.*) {}",
         target.qualified,
@@ -1315,7 +1343,7 @@ fn plan_delete(
     b: &mut Builder,
 ) -> Result<Plan, ApiError> {
     let items = &level.items;
-    let where_sql = where_sql(&conditions_at(ctx, target, &[], level, b)?);
+    let where_sql = mutation_where(ctx, target, level, b)?;
     let sql = format!(
         "WITH pgrst_source AS (DELETE FROM {}{where_sql} RETURNING {}.*) {}",
         target.qualified,

@@ -1486,3 +1486,42 @@ async fn openapi_root_for_the_service_role() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(text.contains("PGRST126"), "{text}");
 }
+
+#[tokio::test]
+async fn limited_patch_and_delete_touch_only_the_page() {
+    let rest = Rest::new().await;
+    let a = rest.token(USER_A);
+    let (status, _, text) = rest
+        .call(
+            Method::PATCH,
+            "/todos?order=id.desc&limit=1&select=task",
+            Some(&a),
+            &[("prefer", "return=representation")],
+            Some(json!({"done": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!([{"task": "public:read me"}])
+    );
+    let (status, _, text) = rest
+        .call(
+            Method::DELETE,
+            "/todos?order=id&limit=1&select=task",
+            Some(&a),
+            &[("prefer", "return=representation")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!([{"task": "buy milk"}])
+    );
+    let (_, body) = rest.get("/todos?select=task,done&order=id", Some(&a)).await;
+    assert_eq!(
+        body,
+        json!([{"task": "walk dog", "done": true}, {"task": "public:read me", "done": true}])
+    );
+}
