@@ -9,8 +9,7 @@ use sovra_rest_grammar::{Preferences, QueryParams, RangeHeader, SelectItem};
 
 use crate::error::ApiError;
 use crate::plan::{
-    Action, Builder, Ctx, Plan, Request, Statement, Target, check_paths, check_supported, level,
-    plan_read,
+    Action, Builder, Ctx, Plan, Request, Target, check_paths, check_supported, level, plan_read,
 };
 use crate::schema::{Relation, RelationKind, ReturnShape, Routine, SchemaCache, quote_ident};
 
@@ -306,13 +305,7 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
         }
     };
     Ok(CallPlan {
-        plan: Plan {
-            statement: Statement {
-                sql,
-                params: std::mem::take(&mut b.params),
-            },
-            offset: 0,
-        },
+        plan: b.finish(sql, 0),
         result,
         read_only,
     })

@@ -68,6 +68,17 @@ pub(crate) struct Builder {
 }
 
 impl Builder {
+    /// The plan of `sql` with every value bound so far.
+    pub(crate) fn finish(&mut self, sql: String, offset: i64) -> Plan {
+        Plan {
+            statement: Statement {
+                sql,
+                params: std::mem::take(&mut self.params),
+            },
+            offset,
+        }
+    }
+
     pub(crate) fn bind(&mut self, value: impl Into<String>) -> String {
         self.params.push(value.into());
         format!("${}", self.params.len())
@@ -1043,13 +1054,7 @@ pub(crate) fn plan_read(
     } else {
         wrap(&total, &level.items, &source, &target.alias, request.csv)
     };
-    Ok(Plan {
-        statement: Statement {
-            sql,
-            params: std::mem::take(&mut b.params),
-        },
-        offset,
-    })
+    Ok(b.finish(sql, offset))
 }
 
 /// The objects of a write body and the columns they set.
@@ -1277,13 +1282,7 @@ fn plan_insert(
             request.csv
         )
     );
-    Ok(Plan {
-        statement: Statement {
-            sql,
-            params: std::mem::take(&mut b.params),
-        },
-        offset: 0,
-    })
+    Ok(b.finish(sql, 0))
 }
 
 fn plan_update(
@@ -1326,13 +1325,7 @@ fn plan_update(
             request.csv
         )
     );
-    Ok(Plan {
-        statement: Statement {
-            sql,
-            params: std::mem::take(&mut b.params),
-        },
-        offset: 0,
-    })
+    Ok(b.finish(sql, 0))
 }
 
 fn plan_delete(
@@ -1356,11 +1349,5 @@ fn plan_delete(
             request.csv
         )
     );
-    Ok(Plan {
-        statement: Statement {
-            sql,
-            params: std::mem::take(&mut b.params),
-        },
-        offset: 0,
-    })
+    Ok(b.finish(sql, 0))
 }

@@ -203,23 +203,8 @@ impl RestService {
         }
 
         let pairs = query.map(decode_query).unwrap_or_default();
-        let params = parse_query(&pairs, false).map_err(|err| match err {
-            QueryError::Parse(err) => ApiError::parse(&err),
-            QueryError::Range(details) => ApiError::range(details),
-        })?;
-        let prefs = parse_prefer(
-            headers
-                .get_all("prefer")
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
-        if prefs.handling == Some(Handling::Strict) && !prefs.invalid.is_empty() {
-            return Err(ApiError::invalid_preferences(&prefs.invalid));
-        }
-        let range = match (read, header_text(headers, "range")) {
-            (true, Some(value)) => parse_range(value).map_err(ApiError::range)?,
-            _ => None,
-        };
+        let params = query_params(&pairs, false)?;
+        let (prefs, range) = request_headers(headers, read)?;
         let body_text = if read {
             None
         } else {
@@ -301,24 +286,9 @@ impl RestService {
         let (mut arguments, rest): (Vec<Pair>, Vec<Pair>) = pairs
             .into_iter()
             .partition(|(key, _)| is_get && names.contains(key));
-        let params = parse_query(&rest, is_get).map_err(|err| match err {
-            QueryError::Parse(err) => ApiError::parse(&err),
-            QueryError::Range(details) => ApiError::range(details),
-        })?;
+        let params = query_params(&rest, is_get)?;
         arguments.extend(params.arguments.iter().cloned());
-        let prefs = parse_prefer(
-            headers
-                .get_all("prefer")
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
-        if prefs.handling == Some(Handling::Strict) && !prefs.invalid.is_empty() {
-            return Err(ApiError::invalid_preferences(&prefs.invalid));
-        }
-        let range = match (is_get, header_text(headers, "range")) {
-            (true, Some(value)) => parse_range(value).map_err(ApiError::range)?,
-            _ => None,
-        };
+        let (prefs, range) = request_headers(headers, is_get)?;
         let body_text = std::str::from_utf8(&body)
             .map_err(|_| ApiError::invalid_body("Empty or invalid json"))?;
         let call = sovra_rest_plan::plan_call(
@@ -732,6 +702,36 @@ fn text_params<T: ToSql + Sync>(values: &[T]) -> Vec<(&(dyn ToSql + Sync), Type)
         .iter()
         .map(|v| (v as &(dyn ToSql + Sync), Type::TEXT))
         .collect()
+}
+
+/// Parses the query string's parameters into PostgREST's terms.
+fn query_params(pairs: &[Pair], is_rpc: bool) -> Result<sovra_rest_grammar::QueryParams, ApiError> {
+    parse_query(pairs, is_rpc).map_err(|err| match err {
+        QueryError::Parse(err) => ApiError::parse(&err),
+        QueryError::Range(details) => ApiError::range(details),
+    })
+}
+
+/// The `Prefer` header (refused under `handling=strict` when it holds
+/// unknown preferences) and, for reads, the `Range` header.
+fn request_headers(
+    headers: &HeaderMap,
+    read: bool,
+) -> Result<(Preferences, Option<sovra_rest_grammar::RangeHeader>), ApiError> {
+    let prefs = parse_prefer(
+        headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    if prefs.handling == Some(Handling::Strict) && !prefs.invalid.is_empty() {
+        return Err(ApiError::invalid_preferences(&prefs.invalid));
+    }
+    let range = match (read, header_text(headers, "range")) {
+        (true, Some(value)) => parse_range(value).map_err(ApiError::range)?,
+        _ => None,
+    };
+    Ok((prefs, range))
 }
 
 /// A decoded query-string pair.
