@@ -62,6 +62,69 @@ join pg_namespace fns on fns.oid = fcl.relnamespace
 where con.contype = 'f' and ns.nspname = any($1) and fns.nspname = any($1)
 order by ns.nspname, cl.relname, con.conname";
 
+/// Which base-table columns each view (or materialized view) shows under
+/// the same name: the lineage that lets views inherit relationships.
+const LOAD_VIEW_COLUMNS: &str = "
+select distinct vn.nspname::text, v.relname::text, tn.nspname::text, t.relname::text, a.attname::text
+from pg_class v
+join pg_namespace vn on vn.oid = v.relnamespace
+join pg_rewrite r on r.ev_class = v.oid
+join pg_depend d on d.classid = 'pg_rewrite'::regclass and d.objid = r.oid
+  and d.refclassid = 'pg_class'::regclass and d.refobjsubid > 0
+join pg_class t on t.oid = d.refobjid
+join pg_namespace tn on tn.oid = t.relnamespace
+join pg_attribute a on a.attrelid = t.oid and a.attnum = d.refobjsubid
+join pg_attribute va on va.attrelid = v.oid and va.attname = a.attname and not va.attisdropped
+where v.relkind in ('v', 'm') and vn.nspname = any($1) and t.oid <> v.oid";
+
+/// One base-table column a view shows under the same name.
+struct Lineage {
+    view_schema: String,
+    view: String,
+    base_schema: String,
+    base: String,
+    column: String,
+}
+
+/// Views inherit the foreign keys of the base-table columns they show:
+/// a key whose columns a view exposes is copied with the view in the
+/// table's place (on either side), so embeds work through views.
+fn inherit_view_keys(foreign_keys: &mut Vec<sovra_rest_plan::ForeignKey>, lineage: &[Lineage]) {
+    use std::collections::BTreeMap;
+    // (view schema, view) -> (base schema, base) -> columns
+    type Name = (String, String);
+    let mut views: BTreeMap<Name, BTreeMap<Name, Vec<String>>> = BTreeMap::new();
+    for row in lineage {
+        views
+            .entry((row.view_schema.clone(), row.view.clone()))
+            .or_default()
+            .entry((row.base_schema.clone(), row.base.clone()))
+            .or_default()
+            .push(row.column.clone());
+    }
+    let originals = foreign_keys.clone();
+    for ((view_schema, view), bases) in &views {
+        for ((base_schema, base), columns) in bases {
+            let shows = |cols: &[String]| cols.iter().all(|c| columns.contains(c));
+            for fk in &originals {
+                if &fk.schema == base_schema && &fk.table == base && shows(&fk.columns) {
+                    let mut derived = fk.clone();
+                    derived.schema.clone_from(view_schema);
+                    derived.table.clone_from(view);
+                    foreign_keys.push(derived);
+                }
+                if &fk.ref_schema == base_schema && &fk.ref_table == base && shows(&fk.ref_columns)
+                {
+                    let mut derived = fk.clone();
+                    derived.ref_schema.clone_from(view_schema);
+                    derived.ref_table.clone_from(view);
+                    foreign_keys.push(derived);
+                }
+            }
+        }
+    }
+}
+
 const LOAD_ROUTINES: &str = "
 select n.nspname::text, p.proname::text, p.provolatile::text, p.proretset, p.pronargdefaults::int,
        (select coalesce(json_agg(json_build_object(
@@ -211,7 +274,7 @@ pub async fn load(
         };
         relations.insert((schema, name), relation);
     }
-    let foreign_keys = client
+    let foreign_keys: Vec<sovra_rest_plan::ForeignKey> = client
         .query(LOAD_FOREIGN_KEYS, &[&schemas])
         .await?
         .iter()
@@ -225,6 +288,20 @@ pub async fn load(
             ref_columns: serde_json::from_str(&row.get::<_, String>(6)).unwrap_or_default(),
         })
         .collect();
+    let mut foreign_keys = foreign_keys;
+    let lineage: Vec<Lineage> = client
+        .query(LOAD_VIEW_COLUMNS, &[&schemas])
+        .await?
+        .iter()
+        .map(|row| Lineage {
+            view_schema: row.get(0),
+            view: row.get(1),
+            base_schema: row.get(2),
+            base: row.get(3),
+            column: row.get(4),
+        })
+        .collect();
+    inherit_view_keys(&mut foreign_keys, &lineage);
     let routines = client
         .query(LOAD_ROUTINES, &[&schemas])
         .await?

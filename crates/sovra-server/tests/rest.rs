@@ -58,6 +58,8 @@ insert into public.channel_labels values (1, 1), (1, 2), (2, 1);
 insert into public.folders values (1, 'root', null), (2, 'docs', 1), (3, 'pics', 1);
 create table public.profiles (username text primary key references public.users, bio text);
 insert into public.profiles values ('supabot', 'I am a bot');
+create view public.message_view as select id, message, username from public.messages;
+create materialized view public.user_stats as select username, status from public.users;
 create function public.add(a int, b int) returns int language sql immutable as $$ select a + b $$;
 create function public.get_status(name_param text) returns text language sql stable
   as $$ select status from public.users where username = name_param $$;
@@ -1524,4 +1526,28 @@ async fn limited_patch_and_delete_touch_only_the_page() {
         body,
         json!([{"task": "walk dog", "done": true}, {"task": "public:read me", "done": true}])
     );
+}
+
+#[tokio::test]
+async fn views_and_materialized_views_embed_through_their_base_tables() {
+    let rest = Rest::new().await;
+    let cases: &[(&str, Value)] = &[
+        (
+            "/message_view?select=id,users(status)&id=eq.1",
+            json!([{"id": 1, "users": {"status": "ONLINE"}}]),
+        ),
+        (
+            "/users?select=username,message_view(id)&username=eq.kiwicopple",
+            json!([{"username": "kiwicopple", "message_view": [{"id": 3}]}]),
+        ),
+        (
+            "/user_stats?username=eq.supabot",
+            json!([{"username": "supabot", "status": "ONLINE"}]),
+        ),
+    ];
+    for (path, want) in cases {
+        let (status, body) = rest.get(path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(&body, want, "{path}");
+    }
 }
