@@ -61,6 +61,10 @@ pub struct Plan {
     pub statement: Statement,
     /// The first row offset of the page (for `Content-Range`).
     pub offset: i64,
+    /// For `count=planned` and `count=estimated`: an `EXPLAIN (FORMAT JSON)`
+    /// of the count, run with the statement's parameters; its top
+    /// `Plan Rows` is the planner's estimate.
+    pub planned_count: Option<String>,
 }
 
 pub(crate) struct Builder {
@@ -76,6 +80,7 @@ impl Builder {
                 params: std::mem::take(&mut self.params),
             },
             offset,
+            planned_count: None,
         }
     }
 
@@ -981,14 +986,41 @@ fn page(request: &Request<'_>) -> (i64, Option<i64>) {
 
 fn count_expr(request: &Request<'_>, target: &Target<'_>, where_sql: &str) -> String {
     match request.prefs.count {
-        Some(CountPreference::Exact | CountPreference::Planned | CountPreference::Estimated)
-            if request.action == Action::Read =>
-        {
+        Some(CountPreference::Exact) if request.action == Action::Read => {
             format!("(SELECT count(*) FROM {}{where_sql})", target.qualified)
+        }
+        // The planner's estimate comes from a separate EXPLAIN.
+        Some(CountPreference::Planned) if request.action == Action::Read => {
+            "NULL::bigint".to_owned()
+        }
+        // Exact up to max_rows (one more tells "more than"), then the
+        // responder takes the larger of that and the planner's estimate.
+        Some(CountPreference::Estimated) if request.action == Action::Read => {
+            match request.max_rows {
+                Some(max) => format!(
+                    "(SELECT count(*) FROM (SELECT 1 FROM {}{where_sql} LIMIT {}) _pgrst_c)",
+                    target.qualified,
+                    max.saturating_add(1)
+                ),
+                None => format!("(SELECT count(*) FROM {}{where_sql})", target.qualified),
+            }
         }
         Some(_) => "count(_pgrst_t)".to_owned(),
         None => "NULL::bigint".to_owned(),
     }
+}
+
+fn planned_count(request: &Request<'_>, target: &Target<'_>, where_sql: &str) -> Option<String> {
+    matches!(
+        request.prefs.count,
+        Some(CountPreference::Planned | CountPreference::Estimated)
+    )
+    .then(|| {
+        format!(
+            "EXPLAIN (FORMAT JSON) SELECT 1 FROM {}{where_sql}",
+            target.qualified
+        )
+    })
 }
 
 fn wrap(total: &str, items: &[String], source: &str, alias: &str, csv: bool) -> String {
@@ -1049,12 +1081,15 @@ pub(crate) fn plan_read(
     }
     source.push(')');
     let total = count_expr(request, target, &where_sql);
+    let planned = planned_count(request, target, &where_sql);
     let sql = if aggregated {
         wrap(&total, &["*".to_owned()], &source, "_pgrst_g", request.csv)
     } else {
         wrap(&total, &level.items, &source, &target.alias, request.csv)
     };
-    Ok(b.finish(sql, offset))
+    let mut plan = b.finish(sql, offset);
+    plan.planned_count = planned;
+    Ok(plan)
 }
 
 /// The objects of a write body and the columns they set.
@@ -1296,13 +1331,7 @@ fn plan_update(
     let payload = payload(target, request, false)?;
     if payload.columns.is_empty() {
         // Nothing to set: nothing changes, as in PostgREST.
-        return Ok(Plan {
-            statement: Statement {
-                sql: "SELECT NULL::bigint, 0::bigint, '[]'::text".to_owned(),
-                params: Vec::new(),
-            },
-            offset: 0,
-        });
+        return Ok(b.finish("SELECT NULL::bigint, 0::bigint, '[]'::text".to_owned(), 0));
     }
     let body = b.bind(payload.json);
     let set: Vec<String> = payload

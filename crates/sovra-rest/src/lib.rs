@@ -454,6 +454,15 @@ impl RestService {
                 None => Ok(()),
             }
         };
+        let planned = async {
+            match &plan.planned_count {
+                Some(sql) => client
+                    .query_typed(sql, &main_params)
+                    .await
+                    .map(|rows| rows.first().and_then(plan_rows)),
+                None => Ok(None),
+            }
+        };
         let finish_read = async {
             if read {
                 client.batch_execute("COMMIT").await.map(|()| true)
@@ -461,26 +470,28 @@ impl RestService {
                 Ok(false)
             }
         };
-        let (begun, applied, zoned, result, committed) = tokio::join!(
+        let (begun, applied, zoned, result, estimate, committed) = tokio::join!(
             client.batch_execute(begin),
             client.query_typed(sovra_pg::PROLOGUE_SQL, &prologue_params),
             set_timezone,
             client.query_typed(&plan.statement.sql, &main_params),
+            planned,
             finish_read,
         );
-        let committed = match (begun, applied, zoned, result, committed) {
-            (Ok(()), Ok(_), Ok(()), Ok(rows), Ok(committed)) => {
+        let (committed, estimate) = match (begun, applied, zoned, result, estimate, committed) {
+            (Ok(()), Ok(_), Ok(()), Ok(rows), Ok(estimate), Ok(committed)) => {
                 let row = rows.into_iter().next().ok_or_else(|| {
                     ApiError::from_database("XX000", "no result".to_owned(), None, None, anonymous)
                 })?;
-                (row, committed)
+                ((row, committed), estimate)
             }
-            (begun, applied, zoned, result, committed) => {
+            (begun, applied, zoned, result, estimate, committed) => {
                 let err = [
                     begun.err(),
                     applied.err(),
                     zoned.err(),
                     result.err(),
+                    estimate.err(),
                     committed.err(),
                 ]
                 .into_iter()
@@ -494,7 +505,17 @@ impl RestService {
         if committed {
             guard.open = false;
         }
-        let total: Option<i64> = row.get(0);
+        let counted: Option<i64> = row.get(0);
+        let total = match (prefs.count, estimate) {
+            (Some(CountPreference::Planned), Some(planned)) => Some(planned),
+            (Some(CountPreference::Estimated), Some(planned)) => {
+                match (counted, self.config.max_rows) {
+                    (Some(exact), Some(max)) if exact > max => Some(exact.max(planned)),
+                    (counted, _) => counted,
+                }
+            }
+            _ => counted,
+        };
         let page_count: i64 = row.get(1);
         let body: String = row.get(2);
 
@@ -732,6 +753,14 @@ fn request_headers(
         _ => None,
     };
     Ok((prefs, range))
+}
+
+/// The top `Plan Rows` of an `EXPLAIN (FORMAT JSON)` result.
+fn plan_rows(row: &sovra_pg::tokio_postgres::Row) -> Option<i64> {
+    let explain: Value = row.try_get(0).ok()?;
+    let rows = explain.get(0)?.get("Plan")?.get("Plan Rows")?.as_f64()?;
+    // Estimates are whole rows; the cast saturates.
+    Some(rows.round() as i64)
 }
 
 /// A decoded query-string pair.

@@ -1551,3 +1551,49 @@ async fn views_and_materialized_views_embed_through_their_base_tables() {
         assert_eq!(&body, want, "{path}");
     }
 }
+
+#[tokio::test]
+async fn planned_and_estimated_counts() {
+    let mut config = sovra_config::Config::default();
+    config.rest.max_rows = 10;
+    let rest = Rest::with(config).await;
+    let client = rest.app.db.client().await;
+    client
+        .batch_execute("insert into public.kv select 'k' || g, 'v' from generate_series(1, 50) g; analyze public.kv;")
+        .await
+        .unwrap();
+    let service = rest.app.service_role_key.clone();
+    for (preference, total) in [
+        ("count=exact", "50"),
+        ("count=planned", "50"),
+        ("count=estimated", "50"),
+    ] {
+        let (status, headers, text) = rest
+            .call(
+                Method::GET,
+                "/kv?limit=2",
+                Some(&service),
+                &[("prefer", preference)],
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{preference}: {text}");
+        assert_eq!(
+            headers["content-range"],
+            format!("0-1/{total}").as_str(),
+            "{preference}"
+        );
+        assert_eq!(headers["preference-applied"], preference);
+    }
+    // Below max_rows, estimated is exact.
+    let (_, headers, _) = rest
+        .call(
+            Method::GET,
+            "/kv?k=in.(k1,k2,k3)",
+            Some(&service),
+            &[("prefer", "count=estimated")],
+            None,
+        )
+        .await;
+    assert_eq!(headers["content-range"], "0-2/3");
+}
