@@ -192,3 +192,18 @@ test('csv()', async () => {
   assert.equal(r.error, null, JSON.stringify(r.error));
   assert.equal(r.data, 'username,status\nawailas,ONLINE\nkiwicopple,OFFLINE\nsupabot,ONLINE');
 });
+
+test('rollback(), maxAffected() and stripNulls()', async () => {
+  let r = await service.from('kv').insert({ k: 'rolled', v: 'back' }).select().rollback();
+  assert.equal(r.error, null, JSON.stringify(r.error));
+  assert.deepEqual(r.data, [{ k: 'rolled', v: 'back' }]);
+  r = await service.from('kv').select().eq('k', 'rolled');
+  assert.deepEqual(r.data, [], 'rolled back');
+  await service.from('kv').insert([{ k: 'm1', v: 'x' }, { k: 'm2', v: 'x' }]);
+  r = await service.from('kv').update({ v: 'y' }).eq('v', 'x').maxAffected(1);
+  assert.equal(r.error.code, 'PGRST124');
+  r = await service.from('kv').select('v').eq('v', 'x');
+  assert.equal(r.data.length, 2, 'nothing changed');
+  r = await anon.from('users').select('username, status').eq('username', 'supabot').stripNulls();
+  assert.deepEqual(r.data, [{ username: 'supabot', status: 'ONLINE' }]);
+});

@@ -57,6 +57,8 @@ pub struct CallRequest<'a> {
     pub prefs: &'a Preferences,
     pub range: Option<RangeHeader>,
     pub max_rows: Option<i64>,
+    /// Drop null-valued keys from row results (`nulls=stripped`).
+    pub strip_nulls: bool,
 }
 
 /// The parameter names of every overload of `function` (the query keys
@@ -290,6 +292,7 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                 body: None,
                 max_rows: request.max_rows,
                 csv: false,
+                strip_nulls: request.strip_nulls,
             };
             let plan = plan_read(&ctx, &target, &read, &level, &mut b)?;
             let result = if routine.returns_set {

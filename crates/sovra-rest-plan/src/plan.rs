@@ -53,6 +53,8 @@ pub struct Request<'a> {
     pub max_rows: Option<i64>,
     /// Render the body as CSV instead of JSON.
     pub csv: bool,
+    /// Drop null-valued keys from the JSON body (`nulls=stripped`).
+    pub strip_nulls: bool,
 }
 
 /// The statement and what the response needs to know about it.
@@ -1023,7 +1025,8 @@ fn planned_count(request: &Request<'_>, target: &Target<'_>, where_sql: &str) ->
     })
 }
 
-fn wrap(total: &str, items: &[String], source: &str, alias: &str, csv: bool) -> String {
+fn wrap(total: &str, items: &[String], source: &str, alias: &str, media: (bool, bool)) -> String {
+    let (csv, strip_nulls) = media;
     // An empty list selects rows without columns, rendered as `{}`.
     let list = items.join(", ");
     // CSV: a header from the first row's keys, then each row in
@@ -1033,6 +1036,8 @@ fn wrap(total: &str, items: &[String], source: &str, alias: &str, csv: bool) -> 
         "coalesce((SELECT string_agg(_pgrst_k, ',') FROM json_object_keys(json_agg(_pgrst_t) -> 0) AS _pgrst_k), '') \
          || CASE WHEN count(_pgrst_t) > 0 THEN E'\\n' ELSE '' END \
          || coalesce(string_agg(substring(_pgrst_t::text, 2, length(_pgrst_t::text) - 2), E'\\n'), '')"
+    } else if strip_nulls {
+        "json_strip_nulls(coalesce(json_agg(_pgrst_t), '[]'))::text"
     } else {
         "coalesce(json_agg(_pgrst_t), '[]')::text"
     };
@@ -1083,9 +1088,21 @@ pub(crate) fn plan_read(
     let total = count_expr(request, target, &where_sql);
     let planned = planned_count(request, target, &where_sql);
     let sql = if aggregated {
-        wrap(&total, &["*".to_owned()], &source, "_pgrst_g", request.csv)
+        wrap(
+            &total,
+            &["*".to_owned()],
+            &source,
+            "_pgrst_g",
+            (request.csv, request.strip_nulls),
+        )
     } else {
-        wrap(&total, &level.items, &source, &target.alias, request.csv)
+        wrap(
+            &total,
+            &level.items,
+            &source,
+            &target.alias,
+            (request.csv, request.strip_nulls),
+        )
     };
     let mut plan = b.finish(sql, offset);
     plan.planned_count = planned;
@@ -1314,7 +1331,7 @@ fn plan_insert(
             items,
             "pgrst_source",
             &target.alias,
-            request.csv
+            (request.csv, request.strip_nulls)
         )
     );
     Ok(b.finish(sql, 0))
@@ -1351,7 +1368,7 @@ fn plan_update(
             items,
             "pgrst_source",
             &target.alias,
-            request.csv
+            (request.csv, request.strip_nulls)
         )
     );
     Ok(b.finish(sql, 0))
@@ -1375,7 +1392,7 @@ fn plan_delete(
             items,
             "pgrst_source",
             &target.alias,
-            request.csv
+            (request.csv, request.strip_nulls)
         )
     );
     Ok(b.finish(sql, 0))

@@ -196,7 +196,7 @@ impl RestService {
         };
         let read = action == Action::Read;
         let schema = self.schema(headers, read)?;
-        let media = negotiate(headers)?;
+        let (media, strip_nulls) = negotiate(headers)?;
         let singular = media == Media::Object;
         if !read {
             check_content_type(headers)?;
@@ -230,6 +230,7 @@ impl RestService {
                 body: body_text,
                 max_rows: if read { self.config.max_rows } else { None },
                 csv: media == Media::Csv,
+                strip_nulls,
             },
         )?;
 
@@ -272,7 +273,7 @@ impl RestService {
             _ => return Err(ApiError::rpc_method(method.as_str())),
         };
         let schema = self.schema(headers, is_get)?;
-        let media = negotiate(headers)?;
+        let (media, strip_nulls) = negotiate(headers)?;
         if media == Media::Csv {
             return Err(ApiError::not_acceptable("text/csv"));
         }
@@ -306,6 +307,7 @@ impl RestService {
                 prefs: &prefs,
                 range,
                 max_rows: self.config.max_rows,
+                strip_nulls,
             },
         )?;
         let outcome = self
@@ -852,28 +854,25 @@ enum Media {
     Csv,
 }
 
-/// Picks the first media type of `Accept` the REST layer can produce.
-fn negotiate(headers: &HeaderMap) -> Result<Media, ApiError> {
+/// Picks the first media type of `Accept` the REST layer can produce, and
+/// whether it asks for null-valued keys to be stripped (`nulls=stripped`).
+fn negotiate(headers: &HeaderMap) -> Result<(Media, bool), ApiError> {
     let Some(accept) = header_text(headers, "accept") else {
-        return Ok(Media::Json);
+        return Ok((Media::Json, false));
     };
     for part in accept.split(',') {
-        let media = part
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let mut pieces = part.split(';');
+        let media = pieces.next().unwrap_or("").trim().to_ascii_lowercase();
+        let stripped = pieces.any(|p| p.trim().eq_ignore_ascii_case("nulls=stripped"));
         match media.as_str() {
             "application/vnd.pgrst.object+json" | "application/vnd.pgrst.object" => {
-                return Ok(Media::Object);
+                return Ok((Media::Object, stripped));
             }
-            "text/csv" => return Ok(Media::Csv),
-            ""
-            | "*/*"
-            | "application/*"
-            | "application/json"
-            | "application/vnd.pgrst.array+json" => return Ok(Media::Json),
+            "application/vnd.pgrst.array+json" | "application/vnd.pgrst.array" => {
+                return Ok((Media::Json, stripped));
+            }
+            "text/csv" => return Ok((Media::Csv, false)),
+            "" | "*/*" | "application/*" | "application/json" => return Ok((Media::Json, false)),
             _ => {}
         }
     }

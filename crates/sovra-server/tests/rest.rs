@@ -1597,3 +1597,36 @@ async fn planned_and_estimated_counts() {
         .await;
     assert_eq!(headers["content-range"], "0-2/3");
 }
+
+#[tokio::test]
+async fn stripped_nulls() {
+    let rest = Rest::new().await;
+    let a = rest.token(USER_A);
+    let (status, _, text) = rest
+        .call(
+            Method::GET,
+            "/todos?select=task,priority&id=eq.3",
+            Some(&a),
+            &[("accept", "application/vnd.pgrst.array+json;nulls=stripped")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!([{"task": "public:read me"}])
+    );
+    let (_, _, text) = rest
+        .call(
+            Method::GET,
+            "/todos?select=task,priority&id=eq.3",
+            Some(&a),
+            &[("accept", "application/vnd.pgrst.object+json;nulls=stripped")],
+            None,
+        )
+        .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!({"task": "public:read me"})
+    );
+}
