@@ -439,7 +439,6 @@ impl RestService {
         let anonymous = caller.role == "anon";
         let db = |err| database_error(err, anonymous);
         let prologue = sovra_pg::prologue_params(&context);
-        let prologue_params = text_params(&prologue);
         let main_params = text_params(&plan.statement.params);
         let timezone = prefs.timezone.clone();
         let timezone_params = text_params(std::slice::from_ref(&timezone));
@@ -472,9 +471,20 @@ impl RestService {
                 Ok(false)
             }
         };
+        // The prologue (which names no schema object) is prepared once per
+        // connection. The main statement is parsed inside the transaction,
+        // after the role switch, because name lookup checks the caller's
+        // schema privileges; PostgreSQL keeps no plan across roles for it.
+        let wrapper: &sovra_pg::ClientWrapper = client;
+        let prologue_statement = wrapper
+            .prepare_typed_cached(sovra_pg::PROLOGUE_SQL, &[Type::TEXT; 8])
+            .await
+            .map_err(db)?;
+        let prologue_values: Vec<&(dyn ToSql + Sync)> =
+            prologue.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let (begun, applied, zoned, result, estimate, committed) = tokio::join!(
             client.batch_execute(begin),
-            client.query_typed(sovra_pg::PROLOGUE_SQL, &prologue_params),
+            client.query(&prologue_statement, &prologue_values),
             set_timezone,
             client.query_typed(&plan.statement.sql, &main_params),
             planned,
