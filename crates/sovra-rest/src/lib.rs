@@ -464,11 +464,17 @@ impl RestService {
                 None => Ok(None),
             }
         };
+        // Commit in the same round trip unless something must be checked
+        // first: a singular response, max-affected, or tx=rollback.
+        let checks_first = !read
+            && (singular
+                || prefs.tx == Some(TxPreference::Rollback)
+                || (prefs.max_affected.is_some() && prefs.handling == Some(Handling::Strict)));
         let finish_read = async {
-            if read {
-                client.batch_execute("COMMIT").await.map(|()| true)
-            } else {
+            if checks_first {
                 Ok(false)
+            } else {
+                client.batch_execute("COMMIT").await.map(|()| true)
             }
         };
         // The prologue (which names no schema object) is prepared once per
@@ -540,7 +546,7 @@ impl RestService {
         {
             return Err(ApiError::max_affected(page_count));
         }
-        if !read {
+        if !committed {
             let end = if prefs.tx == Some(TxPreference::Rollback) {
                 "ROLLBACK"
             } else {
