@@ -363,6 +363,8 @@ pub(crate) struct Level<'a> {
     to_one: Vec<ToOne<'a>>,
     /// The keys of the to-many embeds.
     to_many: Vec<String>,
+    /// Each embed's `EXISTS (…)` test, for null filters in logic trees.
+    exists: Vec<(String, String)>,
 }
 
 struct ToOne<'a> {
@@ -389,6 +391,7 @@ pub(crate) fn level<'a>(
         conditions: Vec::new(),
         to_one: Vec::new(),
         to_many: Vec::new(),
+        exists: Vec::new(),
     };
     for item in select {
         match item {
@@ -490,6 +493,7 @@ pub(crate) fn level<'a>(
                     p.as_slice() == path && f.field.name == key && f.field.json_path.is_empty()
                 });
                 let exists = format!("EXISTS (SELECT 1 FROM {from}{where_sql})");
+                level.exists.push((key.clone(), exists.clone()));
                 match null_filter {
                     Some((_, filter)) => match (&filter.operation, filter.negated) {
                         (Operation::Is(IsValue::Null), false)
@@ -787,8 +791,38 @@ fn condition(
     Ok(if negated { format!("NOT ({sql})") } else { sql })
 }
 
-fn logic(target: &Target<'_>, tree: &LogicTree, b: &mut Builder) -> Result<String, ApiError> {
+fn logic(
+    target: &Target<'_>,
+    tree: &LogicTree,
+    level: &Level<'_>,
+    b: &mut Builder,
+) -> Result<String, ApiError> {
     match tree {
+        // `embed.is.null` / `embed.not.is.null` inside a tree.
+        LogicTree::Filter(filter)
+            if filter.field.json_path.is_empty()
+                && target.relation.column(&filter.field.name).is_none()
+                && level
+                    .exists
+                    .iter()
+                    .any(|(key, _)| key == &filter.field.name) =>
+        {
+            let exists = level
+                .exists
+                .iter()
+                .find(|(key, _)| key == &filter.field.name)
+                .map(|(_, sql)| sql.clone())
+                .unwrap_or_default();
+            match (&filter.operation, filter.negated) {
+                (Operation::Is(IsValue::Null), false) | (Operation::Is(IsValue::NotNull), true) => {
+                    Ok(format!("NOT {exists}"))
+                }
+                (Operation::Is(IsValue::NotNull), false) | (Operation::Is(IsValue::Null), true) => {
+                    Ok(exists)
+                }
+                _ => Err(ApiError::bad_embed_operator(&filter.field.name)),
+            }
+        }
         LogicTree::Filter(filter) => {
             condition(target, &filter.field, filter.negated, &filter.operation, b)
         }
@@ -803,7 +837,7 @@ fn logic(target: &Target<'_>, tree: &LogicTree, b: &mut Builder) -> Result<Strin
             };
             let parts = children
                 .iter()
-                .map(|child| logic(target, child, b))
+                .map(|child| logic(target, child, level, b))
                 .collect::<Result<Vec<_>, _>>()?;
             let sql = format!("({})", parts.join(joiner));
             Ok(if *negated { format!("NOT {sql}") } else { sql })
@@ -842,7 +876,7 @@ fn conditions_at(
     }
     for (p, tree) in &ctx.query.logic {
         if p.as_slice() == path {
-            conditions.push(logic(target, tree, b)?);
+            conditions.push(logic(target, tree, level, b)?);
         }
     }
     Ok(conditions)

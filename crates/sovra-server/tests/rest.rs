@@ -1630,3 +1630,42 @@ async fn stripped_nulls() {
         json!({"task": "public:read me"})
     );
 }
+
+#[tokio::test]
+async fn logic_trees_on_embeds() {
+    let rest = Rest::new().await;
+    let (status, body) = rest
+        .get(
+            "/users?select=username,profiles(bio)&or=(username.eq.awailas,profiles.not.is.null)&order=username",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!([{"username": "awailas", "profiles": null}, {"username": "supabot", "profiles": {"bio": "I am a bot"}}])
+    );
+    let (status, body) = rest
+        .get(
+            "/users?select=username,messages(id)&messages.or=(id.eq.1,id.eq.3)&order=username",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!([
+            {"username": "awailas", "messages": []},
+            {"username": "kiwicopple", "messages": [{"id": 3}]},
+            {"username": "supabot", "messages": [{"id": 1}]}
+        ])
+    );
+    let (status, body) = rest
+        .get(
+            "/users?select=username,profiles(bio)&or=(profiles.eq.1)",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "PGRST120");
+}
