@@ -145,6 +145,15 @@ fn choose<'a>(
     ))
 }
 
+/// A PostgreSQL array literal of `values`, each quoted.
+fn array_literal(values: &[&String]) -> String {
+    let items: Vec<String> = values
+        .iter()
+        .map(|v| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("{{{}}}", items.join(","))
+}
+
 /// Plans a call of `/rpc/<function>`.
 pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallPlan, ApiError> {
     let mut b = Builder { params: Vec::new() };
@@ -182,14 +191,27 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
         )]
     } else {
         match request.arguments {
-            Arguments::Query(pairs) => pairs
+            Arguments::Query(pairs) => routine
+                .params
                 .iter()
-                .filter_map(|(name, value)| {
-                    let param = routine.params.iter().find(|p| &p.name == name)?;
+                .filter_map(|param| {
+                    let values: Vec<&String> = pairs
+                        .iter()
+                        .filter(|(name, _)| name == &param.name)
+                        .map(|(_, value)| value)
+                        .collect();
+                    let value = match values.as_slice() {
+                        [] => return None,
+                        // A variadic parameter takes its repeated keys as
+                        // one array.
+                        _ if param.variadic => array_literal(&values),
+                        [one, ..] => (*one).clone(),
+                    };
+                    let keyword = if param.variadic { "VARIADIC " } else { "" };
                     Some(format!(
-                        "{} => {}::{}",
-                        quote_ident(name),
-                        b.bind(value.clone()),
+                        "{keyword}{} => {}::{}",
+                        quote_ident(&param.name),
+                        b.bind(value),
                         param.type_name.sql()
                     ))
                 })
@@ -207,8 +229,9 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                     .filter(|p| supplied.contains(&p.name))
                     .map(|p| {
                         let name = quote_ident(&p.name);
+                        let keyword = if p.variadic { "VARIADIC " } else { "" };
                         format!(
-                            "{name} => (SELECT _pgrst_args.{name} FROM json_to_record({body}::json) AS _pgrst_args({name} {}))",
+                            "{keyword}{name} => (SELECT _pgrst_args.{name} FROM json_to_record({body}::json) AS _pgrst_args({name} {}))",
                             p.type_name.sql()
                         )
                     })

@@ -187,6 +187,15 @@ impl ApiError {
         .with_details(format!("The query affects {rows} rows"))
     }
 
+    /// PGRST128: max-affected on a function that does not return a set.
+    pub fn max_affected_not_set() -> ApiError {
+        ApiError::new(
+            400,
+            "PGRST128",
+            "Function must return SETOF or TABLE when max-affected preference is used with handling=strict",
+        )
+    }
+
     /// PGRST125: a path that names no resource.
     pub fn invalid_path() -> ApiError {
         ApiError::new(404, "PGRST125", "Invalid path specified in request URL")

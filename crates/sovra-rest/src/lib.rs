@@ -310,6 +310,12 @@ impl RestService {
                 strip_nulls,
             },
         )?;
+        let strict_max = prefs
+            .max_affected
+            .filter(|_| prefs.handling == Some(Handling::Strict));
+        if strict_max.is_some() && call.result != sovra_rest_plan::RoutineResult::Set {
+            return Err(ApiError::max_affected_not_set());
+        }
         let outcome = self
             .execute(
                 pool,
@@ -323,6 +329,11 @@ impl RestService {
                 singular,
             )
             .await?;
+        if let Some(max) = strict_max
+            && outcome.page_count > max
+        {
+            return Err(ApiError::max_affected(outcome.page_count));
+        }
         let mut response_headers = HeaderMap::new();
         if self.config.schemas.len() > 1 {
             insert_header(

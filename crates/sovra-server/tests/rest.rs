@@ -77,6 +77,8 @@ create function public.overloaded(a int) returns text language sql immutable as 
 create function public.overloaded(a text) returns text language sql immutable as $$ select 'text' $$;
 create function public.greet(name text, greeting text default 'hello') returns text language sql immutable
   as $$ select greeting || ' ' || name $$;
+create function public.total(variadic nums int[]) returns int language sql immutable
+  as $$ select sum(n)::int from unnest(nums) n $$;
 create function public.my_uid() returns text language sql stable as $$ select auth.uid()::text $$;
 create function public.fail() returns int language plpgsql as $$ begin raise exception 'nope' using detail = 'why'; end $$;
 ";
@@ -1668,4 +1670,33 @@ async fn logic_trees_on_embeds() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["code"], "PGRST120");
+}
+
+#[tokio::test]
+async fn variadic_functions_and_max_affected_on_rpc() {
+    let rest = Rest::new().await;
+    let (status, body) = rest.get("/rpc/total?nums=1&nums=2&nums=3", None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!(6)));
+    let (status, _, text) = rest
+        .call(
+            Method::POST,
+            "/rpc/total",
+            None,
+            &[],
+            Some(json!({"nums": [4, 5]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(text, "9");
+    let strict = [("prefer", "handling=strict, max-affected=1")];
+    let (status, _, text) = rest
+        .call(Method::GET, "/rpc/nums", None, &strict, None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("PGRST124"), "{text}");
+    let (status, _, text) = rest
+        .call(Method::GET, "/rpc/add?a=1&b=2", None, &strict, None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("PGRST128"), "{text}");
 }
