@@ -27,7 +27,23 @@ pub struct RequestContext {
 /// The statement that applies a [`RequestContext`]; its eight parameters
 /// come from [`prologue_params`], all of type `text`. Setting names are
 /// constants; every value is bound.
-pub const PROLOGUE_SQL: &str = "select set_config('role', $1, true),
+///
+/// `SET ROLE` does not apply a role's own settings (`ALTER ROLE anon SET
+/// statement_timeout = '3s'`), so the prologue first applies the role's
+/// timeouts and a few other safe settings transaction-locally, database-
+/// specific ones last, as PostgREST does.
+pub const PROLOGUE_SQL: &str = "select (select count(*) from (
+          select set_config(split_part(setting, '=', 1),
+                            substring(setting from position('=' in setting) + 1), true)
+          from (select s.setting
+                from pg_catalog.pg_db_role_setting d, unnest(d.setconfig) as s(setting)
+                where d.setrole = (select oid from pg_catalog.pg_roles where rolname = $1)
+                  and d.setdatabase in (0, (select oid from pg_catalog.pg_database
+                                             where datname = current_database()))
+                  and split_part(s.setting, '=', 1) in ('statement_timeout', 'lock_timeout',
+                      'idle_in_transaction_session_timeout', 'work_mem', 'default_text_search_config')
+                order by d.setdatabase) role_settings) applied),
+        set_config('role', $1, true),
         set_config('request.jwt.claims', $2, true),
         set_config('request.jwt.claim.role', $1, true),
         set_config('request.jwt.claim.sub', $3, true),

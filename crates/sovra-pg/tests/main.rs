@@ -446,3 +446,51 @@ async fn rls_separates_users_and_service_role_bypasses_it() {
         .get(0);
     assert_eq!(count, 2, "service_role sees all");
 }
+
+#[tokio::test]
+async fn role_settings_apply_to_the_request_transaction() {
+    let db = TestDb::new().await;
+    let admin = db.client().await;
+    // Database-specific, so other tests on the cluster are unaffected.
+    admin
+        .batch_execute(&format!(
+            "alter role anon in database \"{}\" set statement_timeout = '150ms'",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let mut client = sovra_pg::connect_one(&db.config_as("authenticator"))
+        .await
+        .unwrap();
+    let anon = context("anon", json!({"role": "anon"}));
+    let tx = sovra_pg::begin_request(&mut client, &anon, true)
+        .await
+        .unwrap();
+    let timeout: String = tx
+        .query_one("show statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(timeout, "150ms");
+    let err = tx.batch_execute("select pg_sleep(2)").await.unwrap_err();
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("57014"),
+        "canceled by the role's timeout"
+    );
+    drop(tx);
+    // Another role keeps its own (global) setting.
+    let user = context(
+        "authenticated",
+        json!({"role": "authenticated", "sub": "00000000-0000-0000-0000-00000000000a"}),
+    );
+    let tx = sovra_pg::begin_request(&mut client, &user, true)
+        .await
+        .unwrap();
+    let timeout: String = tx
+        .query_one("show statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(timeout, "8s");
+}
