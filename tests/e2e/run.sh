@@ -10,7 +10,7 @@ bin="${SOVRA_BIN:-$root/target/debug/sovra}"
 [ -d node_modules/@supabase/supabase-js ] || npm ci --no-audit --no-fund --loglevel=error
 dir="$(mktemp -d /tmp/sovra-e2e-XXXXXX)"
 chmod 755 "$dir"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+port="$(node -e "const s = require('net').createServer(); s.listen(0, '127.0.0.1', () => { console.log(s.address().port); s.close(); })")"
 SOVRA_REST_SCHEMAS=public,personal "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >"$dir/out.log" 2>"$dir/err.log" &
 pid=$!
 cleanup() {
