@@ -567,3 +567,64 @@ async fn external_database_url_manages_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot connect to postgresql"), "{err}");
 }
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_requests() {
+    let scratch = sovra_dir();
+    let dir = scratch.data();
+    let mut server = start(&dir, &[]);
+    server.wait_ready().await;
+    // A function that takes a while, made over the embedded socket.
+    let mut pg = sovra_pg::tokio_postgres::Config::new();
+    pg.host_path(dir.join("pg"))
+        .port(5432)
+        .user("postgres")
+        .dbname("postgres");
+    let client = sovra_pg::connect_one(&pg).await.unwrap();
+    client
+        .batch_execute(
+            "create function public.slow() returns int language sql volatile as $$ select 42 from pg_sleep(1) $$;
+             notify pgrst, 'reload schema';",
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let http = reqwest::Client::new();
+    let url = format!("{}/rest/v1/rpc/slow", server.url);
+    // Wait until the schema cache has the function.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = http
+            .post(&url)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "function never became callable");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let in_flight = tokio::spawn({
+        let http = http.clone();
+        let url = url.clone();
+        async move { http.post(&url).json(&serde_json::json!({})).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill(server.pid(), Signal::SIGINT).unwrap();
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "42");
+    assert!(server.wait_exit().success());
+    // New connections are refused once it has stopped.
+    assert!(
+        http.get(format!("{}/health", server.url))
+            .send()
+            .await
+            .is_err()
+    );
+}
