@@ -494,3 +494,31 @@ async fn role_settings_apply_to_the_request_transaction() {
         .get(0);
     assert_eq!(timeout, "8s");
 }
+
+#[tokio::test]
+async fn tcp_listener_when_asked_for_needs_the_password() {
+    let dir = scratch_dir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut opts = options(&dir);
+    opts.tcp_port = Some(port);
+    let cluster = Cluster::start(opts).await.unwrap();
+    let mut tcp = sovra_pg::tokio_postgres::Config::new();
+    tcp.host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .dbname("postgres")
+        .password(cluster.password());
+    let client = sovra_pg::connect_one(&tcp).await.unwrap();
+    let one: i32 = client.query_one("select 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    tcp.password("wrong");
+    assert!(
+        sovra_pg::connect_one(&tcp).await.is_err(),
+        "TCP requires the password"
+    );
+    cluster.stop(Duration::from_secs(30)).await;
+}
