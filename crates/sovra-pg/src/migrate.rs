@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "schema_reload",
         sql: include_str!("../migrations/0004_schema_reload.sql"),
     },
+    Migration {
+        version: 5,
+        name: "auth_schema",
+        sql: include_str!("../migrations/0005_auth_schema.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

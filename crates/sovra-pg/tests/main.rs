@@ -522,3 +522,50 @@ async fn tcp_listener_when_asked_for_needs_the_password() {
     );
     cluster.stop(Duration::from_secs(30)).await;
 }
+
+#[tokio::test]
+async fn supabase_seeds_and_foreign_keys_to_auth_users_work() {
+    let db = TestDb::new().await;
+    let admin = db.client().await;
+    // What a Supabase project's seed.sql and migrations do.
+    admin
+        .batch_execute(
+            "insert into auth.users (instance_id, id, aud, role, email, encrypted_password,
+                                     email_confirmed_at, raw_app_meta_data, raw_user_meta_data,
+                                     created_at, updated_at)
+             values ('00000000-0000-0000-0000-000000000000', '11111111-1111-1111-1111-111111111111',
+                     'authenticated', 'authenticated', 'seed@example.com',
+                     crypt('password123', gen_salt('bf')), now(),
+                     '{\"provider\":\"email\",\"providers\":[\"email\"]}', '{}', now(), now());
+             create table public.profiles (id uuid primary key references auth.users on delete cascade, name text);
+             insert into public.profiles values ('11111111-1111-1111-1111-111111111111', 'Seed');",
+        )
+        .await
+        .unwrap();
+    let row = admin
+        .query_one(
+            "select encrypted_password = crypt('password123', encrypted_password), confirmed_at is not null
+             from auth.users where email = 'seed@example.com'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "bcrypt from pgcrypto");
+    assert!(row.get::<_, bool>(1), "confirmed_at is generated");
+    // The API roles cannot read the auth tables; service_role can.
+    let mut client = sovra_pg::connect_one(&db.config_as("authenticator"))
+        .await
+        .unwrap();
+    for (role, allowed) in [
+        ("anon", false),
+        ("authenticated", false),
+        ("service_role", true),
+    ] {
+        let ctx = context(role, json!({"role": role}));
+        let tx = sovra_pg::begin_request(&mut client, &ctx, true)
+            .await
+            .unwrap();
+        let result = tx.query("select email from auth.users", &[]).await;
+        assert_eq!(result.is_ok(), allowed, "{role}");
+    }
+}
