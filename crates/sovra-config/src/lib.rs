@@ -203,6 +203,180 @@ pub const OPTIONS: &[OptionDoc] = &[
         default: "\"sovra\"",
         doc: "`iss` claim of the anon and service_role keys Sovra mints.",
     },
+    OptionDoc {
+        key: "auth.site_url",
+        kind: Kind::String,
+        default: "",
+        doc: "URL of the app that uses Auth: the default target of links in mail, and an allowed `redirect_to`. Defaults to the public URL.",
+    },
+    OptionDoc {
+        key: "auth.redirect_urls",
+        kind: Kind::String,
+        default: "",
+        doc: "Other allowed `redirect_to` URLs, comma-separated; `*` matches within a path segment, `**` across segments (`http://localhost:3000/**`). Anything else falls back to the site URL.",
+    },
+    OptionDoc {
+        key: "auth.jwt_expiry",
+        kind: Kind::Integer,
+        default: "3600",
+        doc: "Lifetime of access tokens, in seconds.",
+    },
+    OptionDoc {
+        key: "auth.disable_signup",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Refuse new sign-ups (admins can still create and invite users).",
+    },
+    OptionDoc {
+        key: "auth.email_autoconfirm",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Treat new email addresses as confirmed: sign-up returns a session at once instead of mailing a confirmation.",
+    },
+    OptionDoc {
+        key: "auth.phone_autoconfirm",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Treat new phone numbers as confirmed.",
+    },
+    OptionDoc {
+        key: "auth.anonymous_users",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Allow anonymous sign-ins (`signInAnonymously`).",
+    },
+    OptionDoc {
+        key: "auth.password_min_length",
+        kind: Kind::Integer,
+        default: "6",
+        doc: "Shortest accepted password.",
+    },
+    OptionDoc {
+        key: "auth.password_requirements",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Character classes a password must contain: empty, `letters_digits`, `lower_upper_letters_digits` or `lower_upper_letters_digits_symbols`.",
+    },
+    OptionDoc {
+        key: "auth.refresh_token_reuse_interval",
+        kind: Kind::Integer,
+        default: "10",
+        doc: "Seconds during which a just-used refresh token may be presented again (concurrent tabs); later reuse revokes the whole session.",
+    },
+    OptionDoc {
+        key: "auth.session_timebox",
+        kind: Kind::Integer,
+        default: "0",
+        doc: "Sessions end this many seconds after sign-in; 0 for never.",
+    },
+    OptionDoc {
+        key: "auth.session_inactivity_timeout",
+        kind: Kind::Integer,
+        default: "0",
+        doc: "Sessions end after this many seconds without a token refresh; 0 for never.",
+    },
+    OptionDoc {
+        key: "auth.otp_expiry",
+        kind: Kind::Integer,
+        default: "3600",
+        doc: "Seconds that codes and links in mail stay valid.",
+    },
+    OptionDoc {
+        key: "auth.email_max_frequency",
+        kind: Kind::Integer,
+        default: "60",
+        doc: "Least number of seconds between two mails of the same kind to one user.",
+    },
+    OptionDoc {
+        key: "auth.secure_password_change",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Require a code from `/reauthenticate` to change the password in a session older than 24 hours.",
+    },
+    OptionDoc {
+        key: "auth.double_confirm_changes",
+        kind: Kind::Bool,
+        default: "true",
+        doc: "Email changes must be confirmed from both the old and the new address.",
+    },
+    OptionDoc {
+        key: "auth.invite_only",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Sign-up requires an invite code (made with `POST /auth/v1/admin/invite_codes`), passed as `invite_code` in the sign-up data.",
+    },
+    OptionDoc {
+        key: "auth.mfa_max_factors",
+        kind: Kind::Integer,
+        default: "10",
+        doc: "Most verified MFA factors per user.",
+    },
+    OptionDoc {
+        key: "auth.trusted_proxies",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Proxies whose `X-Forwarded-For` is believed (comma-separated addresses or CIDR blocks). Requests from anywhere else are attributed to their TCP peer.",
+    },
+    OptionDoc {
+        key: "auth.hash_concurrency",
+        kind: Kind::Integer,
+        default: "0",
+        doc: "Password hashes computed at once (each takes 19 MiB); 0 for one per core. Other sign-ins wait their turn, other requests do not.",
+    },
+    OptionDoc {
+        key: "auth.smtp_url",
+        kind: Kind::String,
+        default: "",
+        doc: "SMTP server for mail: `smtp://user:pass@host:587` (STARTTLS) or `smtps://user:pass@host:465`. Unset: mail goes to the local mailbox in `<data_dir>/mailbox`, read with `sovra mail`.",
+    },
+    OptionDoc {
+        key: "auth.smtp_from",
+        kind: Kind::String,
+        default: "\"Sovra <noreply@localhost>\"",
+        doc: "Sender of mail.",
+    },
+    OptionDoc {
+        key: "auth.templates_dir",
+        kind: Kind::String,
+        default: "",
+        doc: "Directory of mail templates (`confirmation.txt`, `invite.txt`, `magic_link.txt`, `recovery.txt`, `email_change.txt`, `reauthentication.txt`, `sms.txt`); a first line `Subject: ...` sets the subject. Missing files keep the built-in text.",
+    },
+    OptionDoc {
+        key: "auth.rate_limit.sign_in",
+        kind: Kind::Integer,
+        default: "30",
+        doc: "Sign-ins and sign-ups per 5 minutes, per client address and per email or phone; 0 for no limit.",
+    },
+    OptionDoc {
+        key: "auth.rate_limit.verify",
+        kind: Kind::Integer,
+        default: "30",
+        doc: "Code and link verifications (and MFA verifications) per 5 minutes per client address.",
+    },
+    OptionDoc {
+        key: "auth.rate_limit.token_refresh",
+        kind: Kind::Integer,
+        default: "150",
+        doc: "Token refreshes per 5 minutes per client address.",
+    },
+    OptionDoc {
+        key: "auth.rate_limit.otp",
+        kind: Kind::Integer,
+        default: "30",
+        doc: "Requests for codes, magic links and recovery mail per 5 minutes per client address.",
+    },
+    OptionDoc {
+        key: "auth.rate_limit.email_sent",
+        kind: Kind::Integer,
+        default: "30",
+        doc: "Mails (and text messages) per hour per address.",
+    },
+    OptionDoc {
+        key: "auth.rate_limit.anonymous",
+        kind: Kind::Integer,
+        default: "30",
+        doc: "Anonymous sign-ins per hour per client address.",
+    },
 ];
 
 /// The whole configuration, after defaults, file, environment and flags.
@@ -216,6 +390,126 @@ pub struct Config {
     pub rest: RestConfig,
     pub embedded: EmbeddedConfig,
     pub jwt: JwtConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub site_url: Option<String>,
+    pub redirect_urls: Option<String>,
+    pub jwt_expiry: u64,
+    pub disable_signup: bool,
+    pub email_autoconfirm: bool,
+    pub phone_autoconfirm: bool,
+    pub anonymous_users: bool,
+    pub password_min_length: u64,
+    pub password_requirements: String,
+    pub refresh_token_reuse_interval: u64,
+    pub session_timebox: u64,
+    pub session_inactivity_timeout: u64,
+    pub otp_expiry: u64,
+    pub email_max_frequency: u64,
+    pub secure_password_change: bool,
+    pub double_confirm_changes: bool,
+    pub invite_only: bool,
+    pub mfa_max_factors: u64,
+    pub trusted_proxies: String,
+    pub hash_concurrency: u64,
+    pub smtp_url: Option<String>,
+    pub smtp_from: String,
+    pub templates_dir: Option<PathBuf>,
+    pub rate_limit: AuthRateLimits,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthRateLimits {
+    pub sign_in: u64,
+    pub verify: u64,
+    pub token_refresh: u64,
+    pub otp: u64,
+    pub email_sent: u64,
+    pub anonymous: u64,
+}
+
+impl Default for AuthRateLimits {
+    fn default() -> Self {
+        AuthRateLimits {
+            sign_in: 30,
+            verify: 30,
+            token_refresh: 150,
+            otp: 30,
+            email_sent: 30,
+            anonymous: 30,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            site_url: None,
+            redirect_urls: None,
+            jwt_expiry: 3600,
+            disable_signup: false,
+            email_autoconfirm: false,
+            phone_autoconfirm: false,
+            anonymous_users: false,
+            password_min_length: 6,
+            password_requirements: String::new(),
+            refresh_token_reuse_interval: 10,
+            session_timebox: 0,
+            session_inactivity_timeout: 0,
+            otp_expiry: 3600,
+            email_max_frequency: 60,
+            secure_password_change: false,
+            double_confirm_changes: true,
+            invite_only: false,
+            mfa_max_factors: 10,
+            trusted_proxies: String::new(),
+            hash_concurrency: 0,
+            smtp_url: None,
+            smtp_from: "Sovra <noreply@localhost>".to_owned(),
+            templates_dir: None,
+            rate_limit: AuthRateLimits::default(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The trusted proxies, as written (validated by [`Config::validate`]).
+    pub fn trusted_proxy_list(&self) -> Vec<String> {
+        split_list(&self.trusted_proxies)
+    }
+
+    /// The allowed redirect URLs.
+    pub fn redirect_url_list(&self) -> Vec<String> {
+        self.redirect_urls
+            .as_deref()
+            .map(split_list)
+            .unwrap_or_default()
+    }
+}
+
+fn split_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn is_cidr(text: &str) -> bool {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    let Ok(addr) = addr.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|p| p <= max))
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -306,6 +600,7 @@ impl Default for Config {
             rest: RestConfig::default(),
             embedded: EmbeddedConfig::default(),
             jwt: JwtConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -641,6 +936,62 @@ impl Config {
         }
         if self.jwt.issuer.is_empty() {
             return Err(ConfigError::invalid("jwt.issuer", "must not be empty"));
+        }
+        self.validate_auth()
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        if let Some(url) = &auth.site_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::invalid(
+                "auth.site_url",
+                "must start with http:// or https://",
+            ));
+        }
+        if !(60..=604_800).contains(&auth.jwt_expiry) {
+            return Err(ConfigError::invalid(
+                "auth.jwt_expiry",
+                "must be between 60 seconds and one week",
+            ));
+        }
+        if !(1..=72).contains(&auth.password_min_length) {
+            return Err(ConfigError::invalid(
+                "auth.password_min_length",
+                "must be between 1 and 72",
+            ));
+        }
+        if !matches!(
+            auth.password_requirements.as_str(),
+            "" | "letters_digits"
+                | "lower_upper_letters_digits"
+                | "lower_upper_letters_digits_symbols"
+        ) {
+            return Err(ConfigError::invalid(
+                "auth.password_requirements",
+                "must be empty, letters_digits, lower_upper_letters_digits or lower_upper_letters_digits_symbols",
+            ));
+        }
+        if auth.otp_expiry == 0 {
+            return Err(ConfigError::invalid(
+                "auth.otp_expiry",
+                "must be at least 1 second",
+            ));
+        }
+        if let Some(bad) = auth.trusted_proxy_list().into_iter().find(|p| !is_cidr(p)) {
+            return Err(ConfigError::invalid(
+                "auth.trusted_proxies",
+                format!("{bad:?} is not an address or CIDR block"),
+            ));
+        }
+        if let Some(url) = &auth.smtp_url
+            && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
+        {
+            return Err(ConfigError::invalid(
+                "auth.smtp_url",
+                "must start with smtp:// or smtps://",
+            ));
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ pub mod request;
 pub use cluster::{Cluster, ClusterError, ClusterOptions, PgBinaries};
 pub use error::{ErrorKind, error_kind};
 pub use migrate::{MigrateError, MigrationReport, migrate};
-pub use pool::{ClientWrapper, Pool, PoolError, PooledClient, connect_one};
+pub use pool::{ClientWrapper, GenericClient, Pool, PoolError, PooledClient, connect_one};
 pub use request::{PROLOGUE_SQL, RequestContext, begin_request, prologue_params};
 
 /// Re-exported so that callers use the same driver version.

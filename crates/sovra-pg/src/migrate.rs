@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "auth_schema",
         sql: include_str!("../migrations/0005_auth_schema.sql"),
     },
+    Migration {
+        version: 6,
+        name: "sovra_auth",
+        sql: include_str!("../migrations/0006_sovra_auth.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

@@ -6,7 +6,7 @@ use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 
 /// A pool of connections to one database.
 pub type Pool = deadpool_postgres::Pool;
-pub use deadpool_postgres::{ClientWrapper, Object as PooledClient, PoolError};
+pub use deadpool_postgres::{ClientWrapper, GenericClient, Object as PooledClient, PoolError};
 
 /// Builds a pool of at most `size` connections; `wait` bounds how long a
 /// request waits for a free connection. Connections are opened lazily.

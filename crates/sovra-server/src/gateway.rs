@@ -71,7 +71,7 @@ impl IntoResponse for GatewayError {
     }
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -111,6 +111,49 @@ fn equal(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
+/// Checks the `apikey` of a request: absent (allowed unless the tenant
+/// requires one), one of the project's keys, a token signed with its keys
+/// for `anon` or `service_role`, or a live Sovra API key. Returns the role
+/// and claims an API key stands for, when it is a Sovra API key.
+pub fn check_api_key(
+    tenant: &Arc<Tenant>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    now: i64,
+) -> Result<(Option<String>, Option<Caller>), GatewayError> {
+    let api_key = api_key(headers, query);
+    let Some(key) = &api_key else {
+        if tenant.require_apikey {
+            return Err(GatewayError::MissingApiKey);
+        }
+        return Ok((None, None));
+    };
+    if let Some(found) = tenant.auth.api_keys.lookup(key) {
+        let mut claims = Map::new();
+        claims.insert("role".to_owned(), Value::String(found.role.clone()));
+        claims.insert("api_key_id".to_owned(), Value::String(found.id.to_string()));
+        claims.insert("api_key_name".to_owned(), Value::String(found.name.clone()));
+        let caller = Caller {
+            tenant: tenant.clone(),
+            role: found.role,
+            claims,
+        };
+        return Ok((None, Some(caller)));
+    }
+    // Constant-time comparison against both keys, without short-circuit.
+    let is_anon = equal(key, &tenant.api_keys.anon);
+    let is_service = equal(key, &tenant.api_keys.service_role);
+    if !(is_anon | is_service) {
+        // Also accept keys signed with the project's secret (keys made
+        // before a rotation, or the ones a Supabase project shipped).
+        match tenant.keys.verify(key, now) {
+            Ok(verified) if verified.role == "anon" || verified.role == "service_role" => {}
+            _ => return Err(GatewayError::InvalidApiKey),
+        }
+    }
+    Ok((api_key, None))
+}
+
 /// Verifies the credentials of a request for `tenant`.
 pub fn authenticate(
     tenant: &Arc<Tenant>,
@@ -118,23 +161,12 @@ pub fn authenticate(
     query: Option<&str>,
 ) -> Result<Caller, GatewayError> {
     let now = now();
-    let api_key = api_key(headers, query);
-    if let Some(key) = &api_key {
-        // Constant-time comparison against both keys, without short-circuit.
-        let is_anon = equal(key, &tenant.api_keys.anon);
-        let is_service = equal(key, &tenant.api_keys.service_role);
-        if !(is_anon | is_service) {
-            // Also accept keys signed with the project's secret (keys made
-            // before a rotation, or the ones a Supabase project shipped).
-            match tenant.keys.verify(key, now) {
-                Ok(verified) if verified.role == "anon" || verified.role == "service_role" => {}
-                _ => return Err(GatewayError::InvalidApiKey),
-            }
-        }
-    } else if tenant.require_apikey {
-        return Err(GatewayError::MissingApiKey);
+    let (api_key, key_caller) = check_api_key(tenant, headers, query, now)?;
+    let bearer = bearer(headers)?;
+    if let (Some(caller), None) = (&key_caller, &bearer) {
+        return Ok(caller.clone());
     }
-    let token = bearer(headers)?.or(api_key);
+    let token = bearer.or(api_key);
     let Some(token) = token else {
         let mut claims = Map::new();
         claims.insert("role".to_owned(), Value::String("anon".to_owned()));

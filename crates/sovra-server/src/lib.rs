@@ -151,6 +151,8 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/v1/.well-known/jwks.json", get(routes::jwks))
         .route("/sovra/v1/whoami", get(routes::whoami))
         .route("/sovra/v1/whoami/db", get(routes::whoami_db))
+        .route("/auth/v1", any(routes::auth))
+        .route("/auth/v1/{*path}", any(routes::auth))
         .route("/rest/v1", any(routes::rest))
         .route("/rest/v1/", any(routes::rest))
         .route("/rest/v1/{*path}", any(routes::rest))

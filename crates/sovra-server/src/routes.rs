@@ -211,3 +211,54 @@ pub(crate) async fn rest(
         )
         .await
 }
+
+/// `/auth/v1/*`: the GoTrue-compatible API. The API key is checked here
+/// (except on `GET /verify`, which browsers open from links in mail); the
+/// bearer token is the auth service's business.
+pub(crate) async fn auth(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let Some(tenant) = state.tenants.resolve(&parts) else {
+        return crate::GatewayError::NoTenant.into_response();
+    };
+    let path = parts.uri.path().strip_prefix("/auth/v1").unwrap_or("");
+    let is_link = parts.method == Method::GET && path.trim_end_matches('/') == "/verify";
+    if !is_link
+        && let Err(err) = crate::gateway::check_api_key(
+            &tenant,
+            &parts.headers,
+            parts.uri.query(),
+            crate::gateway::now(),
+        )
+    {
+        return err.into_response();
+    }
+    let body = match axum::body::to_bytes(body, 1024 * 1024).await {
+        Ok(body) => body,
+        Err(_) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Json(json!({"code": 413, "error_code": "request_too_large", "msg": "Request body too large"})),
+            )
+                .into_response();
+        }
+    };
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    tenant
+        .auth
+        .handle(sovra_auth::AuthRequest {
+            method: &parts.method,
+            path,
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            body,
+            keys: &tenant.keys,
+            peer,
+        })
+        .await
+}

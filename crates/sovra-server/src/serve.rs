@@ -38,6 +38,8 @@ pub enum ServeError {
     },
     #[error("http server: {0}")]
     Http(#[source] std::io::Error),
+    #[error("auth: {0}")]
+    Auth(String),
     #[error("embedded postgresql exited unexpectedly; see {0}")]
     ClusterDied(String),
 }
@@ -91,11 +93,64 @@ pub async fn run_migrations(
     Ok(sovra_pg::migrate(&mut client).await?)
 }
 
-/// Builds the single tenant of this server: its pool, keys and services
-/// (the REST schema cache is loaded before this returns).
+/// Auth's settings from the configuration.
+pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError> {
+    let a = &config.auth;
+    let external = config.public_url(config.listen_addr());
+    let mut out = sovra_auth::AuthConfig::new(&external, config.data_dir.join("mailbox"));
+    if let Some(site) = &a.site_url {
+        out.site_url = site.trim_end_matches('/').to_owned();
+    }
+    out.redirect_urls = a.redirect_url_list();
+    let secs = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    out.jwt_expiry = secs(a.jwt_expiry);
+    out.disable_signup = a.disable_signup;
+    out.email_autoconfirm = a.email_autoconfirm;
+    out.phone_autoconfirm = a.phone_autoconfirm;
+    out.anonymous_users = a.anonymous_users;
+    out.password = sovra_auth::password::Policy::parse(
+        usize::try_from(a.password_min_length).unwrap_or(6),
+        &a.password_requirements,
+    )
+    .map_err(ServeError::Auth)?;
+    out.refresh_reuse_interval = secs(a.refresh_token_reuse_interval);
+    out.session_timebox = secs(a.session_timebox);
+    out.session_inactivity = secs(a.session_inactivity_timeout);
+    out.otp_expiry = secs(a.otp_expiry);
+    out.email_max_frequency = secs(a.email_max_frequency);
+    out.secure_password_change = a.secure_password_change;
+    out.double_confirm_changes = a.double_confirm_changes;
+    out.invite_only = a.invite_only;
+    out.mfa_max_factors = secs(a.mfa_max_factors);
+    out.trusted_proxies = a
+        .trusted_proxy_list()
+        .iter()
+        .filter_map(|p| sovra_auth::limits::Cidr::parse(p))
+        .collect();
+    out.hash_concurrency = usize::try_from(a.hash_concurrency).unwrap_or(0);
+    out.smtp_url.clone_from(&a.smtp_url);
+    out.smtp_from.clone_from(&a.smtp_from);
+    out.templates_dir.clone_from(&a.templates_dir);
+    let max = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    let r = &a.rate_limit;
+    out.limits.sign_in.max = max(r.sign_in);
+    out.limits.verify.max = max(r.verify);
+    out.limits.refresh.max = max(r.token_refresh);
+    out.limits.otp.max = max(r.otp);
+    out.limits.email_sent.max = max(r.email_sent);
+    out.limits.anonymous.max = max(r.anonymous);
+    Ok(out)
+}
+
+/// Builds the single tenant of this server: its pools, keys and services
+/// (the REST schema cache is loaded before this returns). `requests`
+/// connects as `authenticator`; `service` as a role that may become
+/// `supabase_auth_admin` (the superuser of the embedded cluster, or the
+/// user of `database.url`).
 pub async fn build_tenant(
     config: &Config,
     requests: sovra_pg::tokio_postgres::Config,
+    service: sovra_pg::tokio_postgres::Config,
     keys: ProjectKeys,
 ) -> Result<Tenant, ServeError> {
     let rest = sovra_rest::RestService::start(
@@ -114,6 +169,20 @@ pub async fn build_tenant(
         Duration::from_secs(config.database.connect_timeout),
     )
     .map_err(|err| ServeError::Pool(err.to_string()))?;
+    // Auth works on its own tables as their owner, never as a superuser.
+    let mut auth_db = service;
+    auth_db.options("-c role=supabase_auth_admin");
+    let auth_pool = sovra_pg::pool::build(
+        auth_db,
+        config.database.pool_size.clamp(2, 32),
+        Duration::from_secs(config.database.connect_timeout),
+    )
+    .map_err(|err| ServeError::Pool(err.to_string()))?;
+    let auth =
+        sovra_auth::AuthService::new(auth_config(config)?, auth_pool).map_err(ServeError::Auth)?;
+    if let Err(err) = auth.reload_api_keys().await {
+        tracing::warn!(error = %err.message, "could not load API keys");
+    }
     Ok(Tenant {
         id: "default".to_owned(),
         pool,
@@ -121,7 +190,25 @@ pub async fn build_tenant(
         api_keys: keys.api,
         require_apikey: config.server.require_apikey,
         rest,
+        auth,
     })
+}
+
+/// Reloads every tenant's API keys every 30 s, so that keys created or
+/// revoked through another instance take effect here too.
+pub fn spawn_api_key_refresh(tenants: TenantResolver) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            for tenant in tenants.all() {
+                if let Err(err) = tenant.auth.reload_api_keys().await {
+                    tracing::debug!(error = %err.message, "API key reload failed");
+                }
+            }
+        }
+    });
 }
 
 /// Runs `sovra serve` until `shutdown` resolves (or the embedded cluster
@@ -169,8 +256,10 @@ async fn serve_with(
     let keys = keys::load_or_create(&data_dir.keys_file(), config)?;
     let first_run = keys.created;
     let api = keys.api.clone();
-    let tenant = build_tenant(config, requests, keys).await?;
-    let state = AppState::new(TenantResolver::single(tenant), config.server.body_limit);
+    let tenant = build_tenant(config, requests, admin.clone(), keys).await?;
+    let tenants = TenantResolver::single(tenant);
+    spawn_api_key_refresh(tenants.clone());
+    let state = AppState::new(tenants.clone(), config.server.body_limit);
     let app = router(state);
 
     let addr = config.listen_addr();
@@ -179,6 +268,9 @@ async fn serve_with(
         .map_err(|source| ServeError::Bind { addr, source })?;
     let bound = listener.local_addr().map_err(ServeError::Http)?;
     let url = config.public_url(bound);
+    for tenant in tenants.all() {
+        tenant.auth.set_external_url(&url);
+    }
     tracing::info!(
         %url,
         startup_ms = started.elapsed().as_millis() as u64,
@@ -192,7 +284,11 @@ async fn serve_with(
     let graceful = async move {
         let _ = drain_rx.await;
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(graceful);
     let server = tokio::spawn(async move { server.await });
     let died = async {
         match cluster {

@@ -21,6 +21,8 @@ pub struct Tenant {
     pub require_apikey: bool,
     /// `/rest/v1`.
     pub rest: sovra_rest::RestService,
+    /// `/auth/v1`.
+    pub auth: sovra_auth::AuthService,
 }
 
 /// Finds the tenant a request belongs to.

@@ -255,18 +255,27 @@ impl TestApp {
             .expect("making test keys");
         let anon_key = keys.api.anon.clone();
         let service_role_key = keys.api.service_role.clone();
-        let tenant =
-            sovra_server::serve::build_tenant(&config, db.config_as("authenticator"), keys)
-                .await
-                .expect("building the test tenant");
+        let tenant = sovra_server::serve::build_tenant(
+            &config,
+            db.config_as("authenticator"),
+            db.config(),
+            keys,
+        )
+        .await
+        .expect("building the test tenant");
         let resolver = sovra_server::TenantResolver::single(tenant);
         let tenant = resolver.all().remove(0);
         let state = sovra_server::AppState::new(resolver, config.server.body_limit);
         let app = sovra_server::router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        tenant.auth.set_external_url(&format!("http://{addr}"));
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await;
         });
         TestApp {
             url: format!("http://{addr}"),

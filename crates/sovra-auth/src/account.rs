@@ -1,0 +1,1873 @@
+//! Accounts: sign-up, sign-in, the user object, sign-out, one-time codes
+//! and links, recovery, and the user's own sessions.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sovra_pg::GenericClient;
+use uuid::Uuid;
+
+use crate::error::{AuthError, AuthResult};
+use crate::limits::Bucket;
+use crate::mail::Kind;
+use crate::password::Checked;
+use crate::session::{OneTime, TokenColumn};
+use crate::user::{self, User, normalize_email, normalize_phone};
+use crate::{AuthService, Ctx, crypto, ok_json, time};
+
+/// A new account.
+pub(crate) struct NewUser<'a> {
+    pub id: Uuid,
+    pub email: Option<&'a str>,
+    pub phone: Option<&'a str>,
+    pub password_hash: Option<String>,
+    pub user_metadata: Map<String, Value>,
+    pub app_metadata: Option<Map<String, Value>>,
+    pub email_confirmed: bool,
+    pub phone_confirmed: bool,
+    pub anonymous: bool,
+    pub invited: bool,
+    pub role: &'a str,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SignupBody {
+    email: Option<String>,
+    phone: Option<String>,
+    password: Option<String>,
+    data: Option<Value>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+    invite_code: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct PasswordBody {
+    email: Option<String>,
+    phone: Option<String>,
+    password: Option<String>,
+    refresh_token: Option<String>,
+    auth_code: Option<String>,
+    code_verifier: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct OtpBody {
+    email: Option<String>,
+    phone: Option<String>,
+    data: Option<Value>,
+    create_user: Option<bool>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct VerifyBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    token: Option<String>,
+    token_hash: Option<String>,
+    email: Option<String>,
+    phone: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct UpdateBody {
+    email: Option<String>,
+    phone: Option<String>,
+    password: Option<String>,
+    nonce: Option<String>,
+    data: Option<Value>,
+    app_metadata: Option<Value>,
+    current_password: Option<String>,
+}
+
+/// `data` as a metadata object (`null`/absent: empty).
+pub(crate) fn metadata(data: Option<Value>) -> AuthResult<Map<String, Value>> {
+    match data {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(map)) => Ok(map),
+        Some(_) => Err(AuthError::validation("data must be a JSON object")),
+    }
+}
+
+/// A PKCE challenge from a request body, validated.
+pub(crate) fn pkce(
+    challenge: Option<String>,
+    method: Option<String>,
+) -> AuthResult<Option<(String, String)>> {
+    let Some(challenge) = challenge.filter(|c| !c.is_empty()) else {
+        return Ok(None);
+    };
+    let method = method.unwrap_or_default().to_ascii_lowercase();
+    if !matches!(method.as_str(), "s256" | "plain") {
+        return Err(AuthError::validation(
+            "Code challenge method must be s256 or plain",
+        ));
+    }
+    if !(43..=128).contains(&challenge.len()) {
+        return Err(AuthError::validation(
+            "Code challenge must be between 43 and 128 characters",
+        ));
+    }
+    Ok(Some((challenge, method)))
+}
+
+/// The user-facing verification type a token column is checked under.
+fn link_types(kind: &str) -> Option<&'static [TokenColumn]> {
+    Some(match kind {
+        "signup" | "invite" => &[TokenColumn::Confirmation],
+        "magiclink" | "recovery" => &[TokenColumn::Recovery],
+        "email" | "sms" => &[TokenColumn::Confirmation, TokenColumn::Recovery],
+        "email_change" => &[TokenColumn::EmailChangeNew, TokenColumn::EmailChangeCurrent],
+        "phone_change" => &[TokenColumn::PhoneChange],
+        _ => return None,
+    })
+}
+
+enum Verified {
+    Session(Value),
+    Message(Value),
+}
+
+impl AuthService {
+    /// Inserts a user and its identity. A taken email or phone is
+    /// `email_exists`/`phone_exists`.
+    pub(crate) async fn insert_user(
+        &self,
+        client: &impl GenericClient,
+        new: NewUser<'_>,
+    ) -> AuthResult<Uuid> {
+        let provider = if new.anonymous {
+            None
+        } else if new.email.is_some() {
+            Some("email")
+        } else {
+            Some("phone")
+        };
+        let mut user_metadata = new.user_metadata;
+        let app_metadata = match (new.app_metadata, provider) {
+            (Some(map), _) => Value::Object(map),
+            (None, Some(p)) => json!({"provider": p, "providers": [p]}),
+            (None, None) => json!({}),
+        };
+        if let Some(email) = new.email {
+            user_metadata.insert("email".to_owned(), json!(email));
+            user_metadata.insert("email_verified".to_owned(), json!(new.email_confirmed));
+        }
+        if new.phone.is_some() || new.email.is_some() {
+            user_metadata.insert("phone_verified".to_owned(), json!(new.phone_confirmed));
+        }
+        if provider.is_some() {
+            user_metadata.insert("sub".to_owned(), json!(new.id));
+        }
+        let result = client
+            .execute(
+                "insert into auth.users (instance_id, id, aud, role, email, phone, encrypted_password,
+                   email_confirmed_at, phone_confirmed_at, raw_app_meta_data, raw_user_meta_data,
+                   is_anonymous, invited_at, created_at, updated_at, is_super_admin,
+                   confirmation_token, recovery_token, email_change_token_new, email_change)
+                 values ('00000000-0000-0000-0000-000000000000', $1, $2, $3, $4, $5, $6,
+                   case when $7 then now() end, case when $8 then now() end, $9, $10,
+                   $11, case when $12 then now() end, now(), now(), false, '', '', '', '')",
+                &[
+                    &new.id,
+                    &self.config.jwt_aud,
+                    &new.role,
+                    &new.email,
+                    &new.phone,
+                    &new.password_hash,
+                    &new.email_confirmed,
+                    &new.phone_confirmed,
+                    &app_metadata,
+                    &Value::Object(user_metadata),
+                    &new.anonymous,
+                    &new.invited,
+                ],
+            )
+            .await;
+        if let Err(err) = result {
+            if sovra_pg::error_kind(&err) == sovra_pg::ErrorKind::UniqueViolation {
+                return Err(if new.email.is_some() {
+                    AuthError::unprocessable(
+                        "email_exists",
+                        "A user with this email address has already been registered",
+                    )
+                } else {
+                    AuthError::unprocessable(
+                        "phone_exists",
+                        "A user with this phone number has already been registered",
+                    )
+                });
+            }
+            return Err(err.into());
+        }
+        if let Some(provider) = provider {
+            let identity = json!({
+                "sub": new.id,
+                "email": new.email,
+                "phone": new.phone,
+                "email_verified": new.email_confirmed,
+                "phone_verified": new.phone_confirmed,
+            });
+            client
+                .execute(
+                    "insert into auth.identities (provider_id, user_id, identity_data, provider, last_sign_in_at, created_at, updated_at)
+                     values ($1::uuid::text, $1, $2, $3, now(), now(), now())",
+                    &[&new.id, &identity, &provider],
+                )
+                .await?;
+        }
+        Ok(new.id)
+    }
+
+    /// Consumes an invite code (single use, unexpired) when sign-up is by
+    /// invitation only.
+    async fn consume_invite_code(
+        &self,
+        client: &impl GenericClient,
+        code: Option<&str>,
+        user_id: Uuid,
+    ) -> AuthResult<()> {
+        if !self.config.invite_only {
+            return Ok(());
+        }
+        let refused = || {
+            AuthError::forbidden(
+                "invite_code_invalid",
+                "A valid invite code is required to sign up",
+            )
+        };
+        let code = code.filter(|c| !c.is_empty()).ok_or_else(refused)?;
+        let used = client
+            .execute(
+                "update sovra.invite_codes set used_at = now(), used_by = $2
+                  where code_hash = $1 and used_at is null and (expires_at is null or expires_at > now())",
+                &[&crypto::sha256_hex(code.trim()), &user_id],
+            )
+            .await?;
+        if used == 1 { Ok(()) } else { Err(refused()) }
+    }
+
+    /// Stores a PKCE flow for `user_id`; the link token then carries the
+    /// `pkce_` prefix.
+    async fn begin_flow(
+        &self,
+        client: &impl GenericClient,
+        user_id: Uuid,
+        flow: Option<&(String, String)>,
+        method: &str,
+    ) -> AuthResult<bool> {
+        let Some((challenge, challenge_method)) = flow else {
+            return Ok(false);
+        };
+        client
+            .execute(
+                "insert into auth.flow_state (id, user_id, auth_code, code_challenge_method, code_challenge,
+                   provider_type, created_at, updated_at, authentication_method)
+                 values (gen_random_uuid(), $1, $2, $3, $4, 'email', now(), now(), $5)",
+                &[
+                    &user_id,
+                    &Uuid::new_v4().to_string(),
+                    challenge_method,
+                    challenge,
+                    &method,
+                ],
+            )
+            .await?;
+        Ok(true)
+    }
+
+    /// Sends a link and code of `kind` to `to`, stored in `column`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn send_one_time(
+        &self,
+        client: &impl GenericClient,
+        user: &User,
+        to: &str,
+        column: TokenColumn,
+        kind: Kind,
+        link_type: &str,
+        redirect_to: &str,
+        pkce: bool,
+    ) -> AuthResult<OneTime> {
+        let mut one_time = self.store_one_time(client, user.id, to, column).await?;
+        if pkce {
+            one_time.hash = format!("pkce_{}", one_time.hash);
+            let sql = format!(
+                "update auth.users set {} = $2 where id = $1",
+                column.column()
+            );
+            client
+                .execute(&sql, &[&user.id, &crypto::stored_token(&one_time.hash)])
+                .await?;
+        }
+        let new_email =
+            if column == TokenColumn::EmailChangeCurrent || column == TokenColumn::EmailChangeNew {
+                user.email_change.clone()
+            } else {
+                String::new()
+            };
+        self.deliver(
+            kind,
+            to,
+            &one_time,
+            link_type,
+            redirect_to,
+            &user.email,
+            &new_email,
+        )
+        .await?;
+        Ok(one_time)
+    }
+
+    pub(crate) async fn signup(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        let body: SignupBody = ctx.json()?;
+        let redirect = self.redirect_target(ctx.query("redirect_to").as_deref());
+        let mut data = metadata(body.data)?;
+        let invite_code = body.invite_code.or_else(|| {
+            data.remove("invite_code")
+                .and_then(|v| v.as_str().map(str::to_owned))
+        });
+        let email = body.email.filter(|e| !e.is_empty());
+        let phone = body.phone.filter(|p| !p.is_empty());
+        if email.is_none() && phone.is_none() {
+            return self
+                .anonymous_signup(ctx, data, invite_code.as_deref())
+                .await;
+        }
+        if self.config.disable_signup {
+            return Err(AuthError::unprocessable(
+                "signup_disabled",
+                "Signups not allowed for this instance",
+            ));
+        }
+        if email.is_some() && phone.is_some() {
+            return Err(AuthError::validation(
+                "Only an email address or phone number should be provided on signup.",
+            ));
+        }
+        self.limit(Bucket::SignIn, &ctx.ip_key())?;
+        let password = body.password.unwrap_or_default();
+        if password.is_empty() {
+            return Err(AuthError::validation("Signup requires a valid password"));
+        }
+        if let Err((message, reasons)) = self.config.password.check(&password) {
+            return Err(AuthError::weak_password(message, reasons));
+        }
+        let flow = pkce(body.code_challenge, body.code_challenge_method)?;
+        let (email, phone) = match (email, phone) {
+            (Some(e), _) => (
+                Some(normalize_email(&e).ok_or_else(|| {
+                    AuthError::validation("Unable to validate email address: invalid format")
+                })?),
+                None,
+            ),
+            (None, Some(p)) => (
+                None,
+                Some(normalize_phone(&p).ok_or_else(|| {
+                    AuthError::validation("Invalid phone number format (E.164 required)")
+                })?),
+            ),
+            (None, None) => (None, None),
+        };
+        let subject = email.clone().or_else(|| phone.clone()).unwrap_or_default();
+        self.limit(Bucket::SignIn, &subject)?;
+        // Hash before looking the user up, so both paths take as long.
+        let hash = self
+            .hasher
+            .hash(&password)
+            .await
+            .ok_or_else(AuthError::internal)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let existing = match (&email, &phone) {
+            (Some(e), _) => user::by_email(&tx, e).await?,
+            (None, Some(p)) => user::by_phone(&tx, p).await?,
+            _ => None,
+        };
+        let autoconfirm = if email.is_some() {
+            self.config.email_autoconfirm
+        } else {
+            self.config.phone_autoconfirm
+        };
+        if let Some(existing) = existing {
+            let confirmed = if email.is_some() {
+                existing.email_confirmed_at.is_some()
+            } else {
+                existing.phone_confirmed_at.is_some()
+            };
+            self.audit(
+                &tx,
+                ctx,
+                "user_repeated_signup",
+                Some(&existing),
+                "",
+                json!({"provider": if email.is_some() {"email"} else {"phone"}}),
+            )
+            .await?;
+            if confirmed {
+                tx.commit().await?;
+                if autoconfirm {
+                    return Err(AuthError::unprocessable(
+                        "user_already_exists",
+                        "User already registered",
+                    ));
+                }
+                // Looks like a new sign-up so that addresses cannot be probed.
+                return Ok(ok_json(fake_user(
+                    &self.config.jwt_aud,
+                    &subject,
+                    email.is_some(),
+                )));
+            }
+            // Not confirmed yet: send the confirmation again.
+            let sent = if email.is_some() {
+                existing.confirmation_sent_at
+            } else {
+                existing
+                    .phone_change_sent_at
+                    .or(existing.confirmation_sent_at)
+            };
+            self.check_frequency(sent)?;
+            let pkce = self
+                .begin_flow(&tx, existing.id, flow.as_ref(), "email/signup")
+                .await?;
+            let kind = if email.is_some() {
+                Kind::Confirmation
+            } else {
+                Kind::Sms
+            };
+            self.send_one_time(
+                &tx,
+                &existing,
+                &subject,
+                TokenColumn::Confirmation,
+                kind,
+                "signup",
+                &redirect,
+                pkce,
+            )
+            .await?;
+            let user = user::by_id(&tx, existing.id)
+                .await?
+                .ok_or_else(AuthError::internal)?;
+            tx.commit().await?;
+            return Ok(ok_json(user.to_json()));
+        }
+        let id = Uuid::new_v4();
+        self.consume_invite_code(&tx, invite_code.as_deref(), id)
+            .await?;
+        self.insert_user(
+            &tx,
+            NewUser {
+                id,
+                email: email.as_deref(),
+                phone: phone.as_deref(),
+                password_hash: Some(hash),
+                user_metadata: data,
+                app_metadata: None,
+                email_confirmed: autoconfirm && email.is_some(),
+                phone_confirmed: autoconfirm && phone.is_some(),
+                anonymous: false,
+                invited: false,
+                role: "authenticated",
+            },
+        )
+        .await?;
+        let user = user::by_id(&tx, id)
+            .await?
+            .ok_or_else(AuthError::internal)?;
+        self.audit(
+            &tx,
+            ctx,
+            "user_signedup",
+            Some(&user),
+            "",
+            json!({"provider": if email.is_some() {"email"} else {"phone"}}),
+        )
+        .await?;
+        if autoconfirm {
+            let session = self.start_session(&tx, ctx, id, "password").await?;
+            self.audit(
+                &tx,
+                ctx,
+                "login",
+                Some(&user),
+                "",
+                json!({"provider": "email"}),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(ok_json(session));
+        }
+        let pkce = self
+            .begin_flow(&tx, id, flow.as_ref(), "email/signup")
+            .await?;
+        let kind = if email.is_some() {
+            Kind::Confirmation
+        } else {
+            Kind::Sms
+        };
+        self.send_one_time(
+            &tx,
+            &user,
+            &subject,
+            TokenColumn::Confirmation,
+            kind,
+            "signup",
+            &redirect,
+            pkce,
+        )
+        .await?;
+        self.audit(
+            &tx,
+            ctx,
+            "user_confirmation_requested",
+            Some(&user),
+            "",
+            json!({}),
+        )
+        .await?;
+        let user = user::by_id(&tx, id)
+            .await?
+            .ok_or_else(AuthError::internal)?;
+        tx.commit().await?;
+        Ok(ok_json(user.to_json()))
+    }
+
+    async fn anonymous_signup(
+        &self,
+        ctx: &Ctx<'_>,
+        data: Map<String, Value>,
+        invite_code: Option<&str>,
+    ) -> AuthResult<Response> {
+        if !self.config.anonymous_users {
+            return Err(AuthError::unprocessable(
+                "anonymous_provider_disabled",
+                "Anonymous sign-ins are disabled",
+            ));
+        }
+        if self.config.disable_signup {
+            return Err(AuthError::unprocessable(
+                "signup_disabled",
+                "Signups not allowed for this instance",
+            ));
+        }
+        self.limit(Bucket::Anonymous, &ctx.ip_key())?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let id = Uuid::new_v4();
+        self.consume_invite_code(&tx, invite_code, id).await?;
+        self.insert_user(
+            &tx,
+            NewUser {
+                id,
+                email: None,
+                phone: None,
+                password_hash: None,
+                user_metadata: data,
+                app_metadata: None,
+                email_confirmed: false,
+                phone_confirmed: false,
+                anonymous: true,
+                invited: false,
+                role: "authenticated",
+            },
+        )
+        .await?;
+        let session = self.start_session(&tx, ctx, id, "anonymous").await?;
+        self.audit(
+            &tx,
+            ctx,
+            "user_signedup",
+            None,
+            "",
+            json!({"provider": "anonymous", "user_id": id}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ok_json(session))
+    }
+
+    pub(crate) async fn token(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        let grant = ctx.query("grant_type").unwrap_or_default();
+        let body: PasswordBody = ctx.json()?;
+        match grant.as_str() {
+            "password" => self.password_grant(ctx, body).await,
+            "refresh_token" => {
+                let token = body
+                    .refresh_token
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| AuthError::oauth("invalid_request", "refresh_token required"))?;
+                self.refresh(ctx, &token).await
+            }
+            "pkce" => self.pkce_grant(ctx, body).await,
+            _ => Err(AuthError::bad_request(
+                "invalid_credentials",
+                "unsupported_grant_type",
+            )),
+        }
+    }
+
+    async fn password_grant(&self, ctx: &Ctx<'_>, body: PasswordBody) -> AuthResult<Response> {
+        let email = body.email.filter(|e| !e.is_empty());
+        let phone = body.phone.filter(|p| !p.is_empty());
+        let password = body.password.unwrap_or_default();
+        let subject = match (&email, &phone) {
+            (None, None) => return Err(AuthError::validation("missing email or phone")),
+            (Some(_), Some(_)) => {
+                return Err(AuthError::validation(
+                    "Only an email address or phone number should be provided on login.",
+                ));
+            }
+            (Some(e), None) => e.trim().to_lowercase(),
+            (None, Some(p)) => normalize_phone(p).unwrap_or_else(|| p.clone()),
+        };
+        self.limit(Bucket::SignIn, &ctx.ip_key())?;
+        self.limit(Bucket::SignIn, &subject)?;
+        let mut client = self.pool.get().await?;
+        let found = if email.is_some() {
+            user::by_email(&client, &subject).await?
+        } else {
+            user::by_phone(&client, &subject).await?
+        };
+        let stored = found.as_ref().and_then(|u| u.encrypted_password.clone());
+        let checked = self.hasher.verify(&password, stored.as_deref()).await;
+        let tx = client.transaction().await?;
+        let user = match (found, checked) {
+            (Some(user), Checked::Right | Checked::RightRehash) => {
+                if checked == Checked::RightRehash
+                    && let Some(new_hash) = self.hasher.hash(&password).await
+                {
+                    tx.execute(
+                        "update auth.users set encrypted_password = $2 where id = $1",
+                        &[&user.id, &new_hash],
+                    )
+                    .await?;
+                }
+                user
+            }
+            (found, _) => {
+                self.audit(
+                    &tx,
+                    ctx,
+                    "login_failed",
+                    found.as_ref(),
+                    &subject,
+                    json!({"provider": if email.is_some() {"email"} else {"phone"}}),
+                )
+                .await?;
+                tx.commit().await?;
+                return Err(AuthError::invalid_credentials());
+            }
+        };
+        if email.is_some() && user.email_confirmed_at.is_none() {
+            tx.commit().await?;
+            return Err(AuthError::bad_request(
+                "email_not_confirmed",
+                "Email not confirmed",
+            ));
+        }
+        if phone.is_some() && user.phone_confirmed_at.is_none() {
+            tx.commit().await?;
+            return Err(AuthError::bad_request(
+                "phone_not_confirmed",
+                "Phone not confirmed",
+            ));
+        }
+        if user.is_banned() {
+            return Err(AuthError::bad_request("user_banned", "User is banned"));
+        }
+        let mut session = self.start_session(&tx, ctx, user.id, "password").await?;
+        self.audit(
+            &tx,
+            ctx,
+            "login",
+            Some(&user),
+            "",
+            json!({"provider": if email.is_some() {"email"} else {"phone"}}),
+        )
+        .await?;
+        tx.commit().await?;
+        if let Err((message, reasons)) = self.config.password.check(&password)
+            && let Value::Object(map) = &mut session
+        {
+            map.insert(
+                "weak_password".to_owned(),
+                json!({"message": message, "reasons": reasons}),
+            );
+        }
+        Ok(ok_json(session))
+    }
+
+    async fn pkce_grant(&self, ctx: &Ctx<'_>, body: PasswordBody) -> AuthResult<Response> {
+        let (Some(code), Some(verifier)) = (body.auth_code, body.code_verifier) else {
+            return Err(AuthError::validation(
+                "invalid request: both auth code and code verifier should be non-empty",
+            ));
+        };
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                "delete from auth.flow_state where auth_code = $1
+                 returning user_id, code_challenge_method, code_challenge, authentication_method,
+                           extract(epoch from now() - created_at)::float8",
+                &[&code],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Err(AuthError::not_found(
+                "flow_state_not_found",
+                "invalid flow state, no valid flow state found",
+            ));
+        };
+        let user_id: Option<Uuid> = row.get(0);
+        let method: String = row.get(1);
+        let challenge: String = row.get(2);
+        let auth_method: String = row.get(3);
+        let age: f64 = row.get(4);
+        if age > 300.0 {
+            tx.commit().await?;
+            return Err(AuthError::unprocessable(
+                "flow_state_expired",
+                "invalid flow state, flow state has expired",
+            ));
+        }
+        let expected = if method == "s256" {
+            crypto::pkce_s256(&verifier)
+        } else {
+            verifier.clone()
+        };
+        if !crypto::equal(&expected, &challenge) {
+            return Err(AuthError::bad_request(
+                "bad_code_verifier",
+                "code challenge does not match previously saved code verifier",
+            ));
+        }
+        let user_id = user_id.ok_or_else(|| {
+            AuthError::not_found(
+                "flow_state_not_found",
+                "invalid flow state, no valid flow state found",
+            )
+        })?;
+        let method = match auth_method.as_str() {
+            "recovery" => "recovery",
+            "magiclink" => "magiclink",
+            "email/signup" => "email/signup",
+            _ => "otp",
+        };
+        let session = self.start_session(&tx, ctx, user_id, method).await?;
+        tx.commit().await?;
+        Ok(ok_json(session))
+    }
+
+    pub(crate) async fn get_user(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        let client = self.pool.get().await?;
+        let current = self.current(ctx, &client).await?;
+        Ok(ok_json(current.user.to_json()))
+    }
+
+    pub(crate) async fn update_user(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        let body: UpdateBody = ctx.json()?;
+        if body.app_metadata.is_some() {
+            return Err(AuthError::forbidden(
+                "not_admin",
+                "User not allowed to update app_metadata",
+            ));
+        }
+        let redirect = self.redirect_target(ctx.query("redirect_to").as_deref());
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let current = self.current(ctx, &tx).await?;
+        let user = &current.user;
+        if let Some(data) = body.data {
+            let Value::Object(patch) = data else {
+                return Err(AuthError::validation("data must be a JSON object"));
+            };
+            let mut merged = user.user_metadata.as_object().cloned().unwrap_or_default();
+            for (key, value) in patch {
+                if value.is_null() {
+                    merged.remove(&key);
+                } else {
+                    merged.insert(key, value);
+                }
+            }
+            tx.execute(
+                "update auth.users set raw_user_meta_data = $2, updated_at = now() where id = $1",
+                &[&user.id, &Value::Object(merged)],
+            )
+            .await?;
+        }
+        if let Some(password) = body.password.filter(|p| !p.is_empty()) {
+            self.change_password(
+                ctx,
+                &tx,
+                &current,
+                &password,
+                body.nonce.as_deref(),
+                body.current_password.as_deref(),
+            )
+            .await?;
+        }
+        if let Some(email) = body.email.filter(|e| !e.is_empty()) {
+            self.change_email(ctx, &tx, user, &email, &redirect).await?;
+        }
+        if let Some(phone) = body.phone.filter(|p| !p.is_empty()) {
+            self.change_phone(ctx, &tx, user, &phone).await?;
+        }
+        let updated = user::by_id(&tx, user.id)
+            .await?
+            .ok_or_else(AuthError::internal)?;
+        self.audit(&tx, ctx, "user_modified", Some(&updated), "", json!({}))
+            .await?;
+        tx.commit().await?;
+        Ok(ok_json(updated.to_json()))
+    }
+
+    async fn change_password(
+        &self,
+        ctx: &Ctx<'_>,
+        tx: &impl GenericClient,
+        current: &crate::Current,
+        password: &str,
+        nonce: Option<&str>,
+        current_password: Option<&str>,
+    ) -> AuthResult<()> {
+        let user = &current.user;
+        if user.is_anonymous && user.email.is_empty() && user.phone.is_empty() {
+            return Err(AuthError::unprocessable(
+                "validation_failed",
+                "Updating password of an anonymous user without an email or phone is not possible",
+            ));
+        }
+        if user.has_verified_factor() && current.aal != "aal2" {
+            return Err(AuthError::new(
+                StatusCode::UNAUTHORIZED,
+                "insufficient_aal",
+                "AAL2 session is required to update password",
+            ));
+        }
+        if let Err((message, reasons)) = self.config.password.check(password) {
+            return Err(AuthError::weak_password(message, reasons));
+        }
+        if let Some(old) = current_password
+            && self
+                .hasher
+                .verify(old, user.encrypted_password.as_deref())
+                .await
+                == Checked::Wrong
+        {
+            return Err(AuthError::bad_request(
+                "current_password_invalid",
+                "Current password is incorrect",
+            ));
+        }
+        if self
+            .hasher
+            .verify(password, user.encrypted_password.as_deref())
+            .await
+            != Checked::Wrong
+        {
+            return Err(AuthError::unprocessable(
+                "same_password",
+                "New password should be different from the old password.",
+            ));
+        }
+        let session_age = current
+            .session_created
+            .map_or(i64::MAX, |created| time::now_unix() - created);
+        if self.config.secure_password_change && session_age > 24 * 3600 {
+            let Some(nonce) = nonce.filter(|n| !n.is_empty()) else {
+                return Err(AuthError::bad_request(
+                    "reauthentication_needed",
+                    "Password update requires reauthentication",
+                ));
+            };
+            let subject = if user.email.is_empty() {
+                &user.phone
+            } else {
+                &user.email
+            };
+            let stored = crypto::stored_token(&crypto::token_hash(subject, nonce.trim()));
+            let ok = tx
+                .execute(
+                    "update auth.users set reauthentication_token = ''
+                      where id = $1 and reauthentication_token = $2
+                        and reauthentication_sent_at > now() - make_interval(secs => $3)",
+                    &[&user.id, &stored, &(self.config.otp_expiry as f64)],
+                )
+                .await?;
+            if ok != 1 {
+                return Err(AuthError::unprocessable(
+                    "reauthentication_not_valid",
+                    "Nonce has expired or is invalid",
+                ));
+            }
+        }
+        let hash = self
+            .hasher
+            .hash(password)
+            .await
+            .ok_or_else(AuthError::internal)?;
+        tx.execute(
+            "update auth.users set encrypted_password = $2, updated_at = now() where id = $1",
+            &[&user.id, &hash],
+        )
+        .await?;
+        // Other sessions end with the old password.
+        tx.execute(
+            "delete from auth.sessions where user_id = $1 and id is distinct from $2",
+            &[&user.id, &current.session_id],
+        )
+        .await?;
+        self.audit(tx, ctx, "user_updated_password", Some(user), "", json!({}))
+            .await
+    }
+
+    async fn change_email(
+        &self,
+        ctx: &Ctx<'_>,
+        tx: &impl GenericClient,
+        user: &User,
+        email: &str,
+        redirect: &str,
+    ) -> AuthResult<()> {
+        let email = normalize_email(email).ok_or_else(|| {
+            AuthError::validation("Unable to validate email address: invalid format")
+        })?;
+        if email == user.email {
+            return Ok(());
+        }
+        if user::by_email(tx, &email).await?.is_some() {
+            return Err(AuthError::unprocessable(
+                "email_exists",
+                "A user with this email address has already been registered",
+            ));
+        }
+        if self.config.email_autoconfirm {
+            tx.execute(
+                "update auth.users set email = $2, email_confirmed_at = now(), is_anonymous = false,
+                        email_change = '', updated_at = now() where id = $1",
+                &[&user.id, &email],
+            )
+            .await?;
+            self.ensure_identity(tx, user.id, "email", &email).await?;
+            return Ok(());
+        }
+        self.check_frequency(user.email_change_sent_at)?;
+        tx.execute(
+            "update auth.users set email_change = $2, email_change_confirm_status = 0,
+                    email_change_token_current = '', updated_at = now() where id = $1",
+            &[&user.id, &email],
+        )
+        .await?;
+        let mut pending = user.clone();
+        pending.email_change.clone_from(&email);
+        self.send_one_time(
+            tx,
+            &pending,
+            &email,
+            TokenColumn::EmailChangeNew,
+            Kind::EmailChange,
+            "email_change",
+            redirect,
+            false,
+        )
+        .await?;
+        if self.config.double_confirm_changes && !user.email.is_empty() {
+            self.send_one_time(
+                tx,
+                &pending,
+                &user.email,
+                TokenColumn::EmailChangeCurrent,
+                Kind::EmailChange,
+                "email_change",
+                redirect,
+                false,
+            )
+            .await?;
+        }
+        self.audit(
+            tx,
+            ctx,
+            "user_modified",
+            Some(user),
+            "",
+            json!({"email_change_requested": true}),
+        )
+        .await
+    }
+
+    async fn change_phone(
+        &self,
+        _ctx: &Ctx<'_>,
+        tx: &impl GenericClient,
+        user: &User,
+        phone: &str,
+    ) -> AuthResult<()> {
+        let phone = normalize_phone(phone)
+            .ok_or_else(|| AuthError::validation("Invalid phone number format (E.164 required)"))?;
+        if phone == user.phone {
+            return Ok(());
+        }
+        if user::by_phone(tx, &phone).await?.is_some() {
+            return Err(AuthError::unprocessable(
+                "phone_exists",
+                "A user with this phone number has already been registered",
+            ));
+        }
+        if self.config.phone_autoconfirm {
+            tx.execute(
+                "update auth.users set phone = $2, phone_confirmed_at = now(), is_anonymous = false,
+                        phone_change = '', updated_at = now() where id = $1",
+                &[&user.id, &phone],
+            )
+            .await?;
+            self.ensure_identity(tx, user.id, "phone", &phone).await?;
+            return Ok(());
+        }
+        self.check_frequency(user.phone_change_sent_at)?;
+        tx.execute(
+            "update auth.users set phone_change = $2, updated_at = now() where id = $1",
+            &[&user.id, &phone],
+        )
+        .await?;
+        self.send_one_time(
+            tx,
+            user,
+            &phone,
+            TokenColumn::PhoneChange,
+            Kind::Sms,
+            "phone_change",
+            "",
+            false,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Makes sure `user_id` has an identity for `provider` with `value`.
+    async fn ensure_identity(
+        &self,
+        tx: &impl GenericClient,
+        user_id: Uuid,
+        provider: &str,
+        value: &str,
+    ) -> AuthResult<()> {
+        let data = json!({"sub": user_id, provider: value, format!("{provider}_verified"): true});
+        tx.execute(
+            "insert into auth.identities (provider_id, user_id, identity_data, provider, last_sign_in_at, created_at, updated_at)
+             values ($1::uuid::text, $1, $2, $3, now(), now(), now())
+             on conflict (provider_id, provider) do update set identity_data = excluded.identity_data, updated_at = now()",
+            &[&user_id, &data, &provider],
+        )
+        .await?;
+        tx.execute(
+            "update auth.users set raw_app_meta_data = jsonb_build_object(
+                 'provider', coalesce(raw_app_meta_data ->> 'provider', $2),
+                 'providers', (select jsonb_agg(distinct p order by p) from auth.identities i, lateral (select i.provider as p) x where i.user_id = $1)
+               ) || (coalesce(raw_app_meta_data, '{}'::jsonb) - 'provider' - 'providers')
+             where id = $1",
+            &[&user_id, &provider],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn logout(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        let scope = ctx.query("scope").unwrap_or_else(|| "global".to_owned());
+        if !matches!(scope.as_str(), "global" | "local" | "others") {
+            return Err(AuthError::validation(format!(
+                "Unsupported logout scope {scope:?}"
+            )));
+        }
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let current = self.current(ctx, &tx).await?;
+        let user_id = current.user.id;
+        match (scope.as_str(), current.session_id) {
+            ("local", Some(sid)) => {
+                tx.execute("delete from auth.sessions where id = $1", &[&sid])
+                    .await?;
+            }
+            ("others", Some(sid)) => {
+                tx.execute(
+                    "delete from auth.sessions where user_id = $1 and id <> $2",
+                    &[&user_id, &sid],
+                )
+                .await?;
+            }
+            ("others", None) => {}
+            _ => {
+                tx.execute("delete from auth.sessions where user_id = $1", &[&user_id])
+                    .await?;
+            }
+        }
+        self.audit(
+            &tx,
+            ctx,
+            "logout",
+            Some(&current.user),
+            "",
+            json!({"scope": scope}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+
+    pub(crate) async fn recover(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        let body: OtpBody = ctx.json()?;
+        let email = body
+            .email
+            .as_deref()
+            .and_then(normalize_email)
+            .ok_or_else(|| AuthError::validation("Password recovery requires an email"))?;
+        self.limit(Bucket::Otp, &ctx.ip_key())?;
+        let redirect = self.redirect_target(ctx.query("redirect_to").as_deref());
+        let flow = pkce(body.code_challenge, body.code_challenge_method)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        if let Some(user) = user::by_email(&tx, &email).await? {
+            // Too soon after the last mail: say nothing (no enumeration).
+            if self.check_frequency(user.recovery_sent_at).is_ok() {
+                let pkce = self
+                    .begin_flow(&tx, user.id, flow.as_ref(), "recovery")
+                    .await?;
+                self.send_one_time(
+                    &tx,
+                    &user,
+                    &email,
+                    TokenColumn::Recovery,
+                    Kind::Recovery,
+                    "recovery",
+                    &redirect,
+                    pkce,
+                )
+                .await?;
+                self.audit(
+                    &tx,
+                    ctx,
+                    "user_recovery_requested",
+                    Some(&user),
+                    "",
+                    json!({}),
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(ok_json(json!({})))
+    }
+
+    pub(crate) async fn otp(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        let body: OtpBody = ctx.json()?;
+        self.limit(Bucket::Otp, &ctx.ip_key())?;
+        let redirect = self.redirect_target(ctx.query("redirect_to").as_deref());
+        let flow = pkce(body.code_challenge, body.code_challenge_method)?;
+        let create = body.create_user.unwrap_or(true);
+        let data = metadata(body.data)?;
+        let (subject, is_email) = match (
+            body.email.filter(|e| !e.is_empty()),
+            body.phone.filter(|p| !p.is_empty()),
+        ) {
+            (Some(e), None) => (
+                normalize_email(&e).ok_or_else(|| {
+                    AuthError::validation("Unable to validate email address: invalid format")
+                })?,
+                true,
+            ),
+            (None, Some(p)) => (
+                normalize_phone(&p).ok_or_else(|| {
+                    AuthError::validation("Invalid phone number format (E.164 required)")
+                })?,
+                false,
+            ),
+            _ => {
+                return Err(AuthError::validation(
+                    "Only an email address or phone number should be provided.",
+                ));
+            }
+        };
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let existing = if is_email {
+            user::by_email(&tx, &subject).await?
+        } else {
+            user::by_phone(&tx, &subject).await?
+        };
+        let user = match existing {
+            Some(user) => user,
+            None => {
+                if !create || self.config.disable_signup || self.config.invite_only {
+                    return Err(AuthError::unprocessable(
+                        "otp_disabled",
+                        "Signups not allowed for otp",
+                    ));
+                }
+                let id = Uuid::new_v4();
+                self.insert_user(
+                    &tx,
+                    NewUser {
+                        id,
+                        email: is_email.then_some(subject.as_str()),
+                        phone: (!is_email).then_some(subject.as_str()),
+                        password_hash: None,
+                        user_metadata: data,
+                        app_metadata: None,
+                        email_confirmed: false,
+                        phone_confirmed: false,
+                        anonymous: false,
+                        invited: false,
+                        role: "authenticated",
+                    },
+                )
+                .await?;
+                let user = user::by_id(&tx, id)
+                    .await?
+                    .ok_or_else(AuthError::internal)?;
+                self.audit(
+                    &tx,
+                    ctx,
+                    "user_signedup",
+                    Some(&user),
+                    "",
+                    json!({"provider": if is_email {"email"} else {"phone"}}),
+                )
+                .await?;
+                user
+            }
+        };
+        let confirmed = if is_email {
+            user.email_confirmed_at.is_some()
+        } else {
+            user.phone_confirmed_at.is_some()
+        };
+        let (column, link_type, last) = if confirmed {
+            (TokenColumn::Recovery, "magiclink", user.recovery_sent_at)
+        } else {
+            (
+                TokenColumn::Confirmation,
+                "signup",
+                user.confirmation_sent_at,
+            )
+        };
+        self.check_frequency(last)?;
+        let pkce = self
+            .begin_flow(
+                &tx,
+                user.id,
+                flow.as_ref(),
+                if confirmed {
+                    "magiclink"
+                } else {
+                    "email/signup"
+                },
+            )
+            .await?;
+        let kind = if !is_email {
+            Kind::Sms
+        } else if confirmed {
+            Kind::MagicLink
+        } else {
+            Kind::Confirmation
+        };
+        self.send_one_time(
+            &tx, &user, &subject, column, kind, link_type, &redirect, pkce,
+        )
+        .await?;
+        tx.commit().await?;
+        if is_email {
+            Ok(ok_json(json!({})))
+        } else {
+            Ok(ok_json(json!({"message_id": Uuid::new_v4()})))
+        }
+    }
+
+    pub(crate) async fn resend(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        let body: OtpBody = ctx.json()?;
+        let kind = body.kind.clone().unwrap_or_default();
+        if !matches!(
+            kind.as_str(),
+            "signup" | "email_change" | "sms" | "phone_change"
+        ) {
+            return Err(AuthError::validation(
+                "Missing one of these types: signup, email_change, sms, phone_change",
+            ));
+        }
+        self.limit(Bucket::Otp, &ctx.ip_key())?;
+        let redirect = self.redirect_target(ctx.query("redirect_to").as_deref());
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let user = match (&body.email, &body.phone) {
+            (Some(e), _) if kind == "signup" || kind == "email_change" => {
+                match normalize_email(e) {
+                    Some(e) if kind == "signup" => user::by_email(&tx, &e).await?,
+                    Some(e) => {
+                        let row = tx
+                        .query_opt(
+                            "select id from auth.users where email_change = $1 or lower(email) = $1 limit 1",
+                            &[&e],
+                        )
+                        .await?;
+                        match row {
+                            Some(row) => user::by_id(&tx, row.get(0)).await?,
+                            None => None,
+                        }
+                    }
+                    None => {
+                        return Err(AuthError::validation(
+                            "Unable to validate email address: invalid format",
+                        ));
+                    }
+                }
+            }
+            (_, Some(p)) if kind == "sms" || kind == "phone_change" => match normalize_phone(p) {
+                Some(p) if kind == "sms" => user::by_phone(&tx, &p).await?,
+                Some(p) => {
+                    let row = tx
+                        .query_opt(
+                            "select id from auth.users where phone_change = $1 limit 1",
+                            &[&p],
+                        )
+                        .await?;
+                    match row {
+                        Some(row) => user::by_id(&tx, row.get(0)).await?,
+                        None => None,
+                    }
+                }
+                None => {
+                    return Err(AuthError::validation(
+                        "Invalid phone number format (E.164 required)",
+                    ));
+                }
+            },
+            _ => {
+                return Err(AuthError::validation(
+                    "Resend requires an email or a phone matching the type",
+                ));
+            }
+        };
+        let mut message_id = None;
+        if let Some(user) = user {
+            match kind.as_str() {
+                "signup" if user.email_confirmed_at.is_none() => {
+                    self.check_frequency(user.confirmation_sent_at)?;
+                    self.send_one_time(
+                        &tx,
+                        &user,
+                        &user.email.clone(),
+                        TokenColumn::Confirmation,
+                        Kind::Confirmation,
+                        "signup",
+                        &redirect,
+                        false,
+                    )
+                    .await?;
+                }
+                "email_change" if !user.email_change.is_empty() => {
+                    self.check_frequency(user.email_change_sent_at)?;
+                    self.send_one_time(
+                        &tx,
+                        &user,
+                        &user.email_change.clone(),
+                        TokenColumn::EmailChangeNew,
+                        Kind::EmailChange,
+                        "email_change",
+                        &redirect,
+                        false,
+                    )
+                    .await?;
+                }
+                "sms" if user.phone_confirmed_at.is_none() => {
+                    self.check_frequency(user.confirmation_sent_at)?;
+                    self.send_one_time(
+                        &tx,
+                        &user,
+                        &user.phone.clone(),
+                        TokenColumn::Confirmation,
+                        Kind::Sms,
+                        "sms",
+                        "",
+                        false,
+                    )
+                    .await?;
+                    message_id = Some(Uuid::new_v4());
+                }
+                "phone_change" if !user.phone_change.is_empty() => {
+                    self.check_frequency(user.phone_change_sent_at)?;
+                    self.send_one_time(
+                        &tx,
+                        &user,
+                        &user.phone_change.clone(),
+                        TokenColumn::PhoneChange,
+                        Kind::Sms,
+                        "phone_change",
+                        "",
+                        false,
+                    )
+                    .await?;
+                    message_id = Some(Uuid::new_v4());
+                }
+                _ => {}
+            }
+        }
+        tx.commit().await?;
+        Ok(ok_json(match message_id {
+            Some(id) => json!({"message_id": id}),
+            None => json!({}),
+        }))
+    }
+
+    pub(crate) async fn reauthenticate(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let current = self.current(ctx, &tx).await?;
+        let user = &current.user;
+        let (to, kind) = if !user.email.is_empty() {
+            (user.email.clone(), Kind::Reauthentication)
+        } else if !user.phone.is_empty() {
+            (user.phone.clone(), Kind::Sms)
+        } else {
+            return Err(AuthError::unprocessable(
+                "validation_failed",
+                "Reauthentication requires the user to have an email or a phone number",
+            ));
+        };
+        self.check_frequency(user.reauthentication_sent_at)?;
+        self.send_one_time(
+            &tx,
+            user,
+            &to,
+            TokenColumn::Reauthentication,
+            kind,
+            "reauthentication",
+            "",
+            false,
+        )
+        .await?;
+        self.audit(
+            &tx,
+            ctx,
+            "user_reauthenticate_requested",
+            Some(user),
+            "",
+            json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ok_json(json!({})))
+    }
+
+    pub(crate) async fn verify_post(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        let body: VerifyBody = ctx.json()?;
+        let kind = body
+            .kind
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| AuthError::validation("Verify requires a verification type"))?;
+        let hash = match (
+            body.token.filter(|t| !t.is_empty()),
+            body.token_hash.filter(|t| !t.is_empty()),
+        ) {
+            (Some(token), None) => {
+                let subject = if matches!(kind.as_str(), "sms" | "phone_change") {
+                    body.phone.as_deref().and_then(normalize_phone).ok_or_else(|| {
+                        AuthError::validation("Only an email address or phone number should be provided on verify")
+                    })?
+                } else {
+                    body.email.as_deref().and_then(normalize_email).ok_or_else(|| {
+                        AuthError::validation("Only an email address or phone number should be provided on verify")
+                    })?
+                };
+                crypto::token_hash(&subject, token.trim())
+            }
+            (None, Some(hash)) => hash,
+            _ => {
+                return Err(AuthError::validation(
+                    "Verify requires either a token or a token hash",
+                ));
+            }
+        };
+        match self.verify_token(ctx, &kind, &hash).await? {
+            Verified::Session(session) | Verified::Message(session) => Ok(ok_json(session)),
+        }
+    }
+
+    /// `GET /verify`: the link in a mail. Verifies, then redirects with the
+    /// session in the fragment (or `?code=` for PKCE, or the error).
+    pub(crate) async fn verify_get(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        let redirect = self.redirect_target(ctx.query("redirect_to").as_deref());
+        let kind = ctx.query("type").unwrap_or_default();
+        let token = ctx.query("token").unwrap_or_default();
+        let location = if let Some(hash) = token.strip_prefix("pkce_") {
+            match self.verify_pkce_link(ctx, &kind, hash).await {
+                Ok(code) => format!(
+                    "{redirect}{}code={code}",
+                    if redirect.contains('?') { '&' } else { '?' }
+                ),
+                Err(err) => error_redirect(&redirect, &err, true),
+            }
+        } else {
+            match self.verify_token(ctx, &kind, &token).await {
+                Ok(Verified::Session(session)) => {
+                    let get = |k: &str| {
+                        session
+                            .get(k)
+                            .map(|v| match v {
+                                Value::String(s) => crypto::percent_encode(s),
+                                other => other.to_string(),
+                            })
+                            .unwrap_or_default()
+                    };
+                    format!(
+                        "{redirect}#access_token={}&expires_at={}&expires_in={}&refresh_token={}&token_type=bearer&type={}",
+                        get("access_token"),
+                        get("expires_at"),
+                        get("expires_in"),
+                        get("refresh_token"),
+                        crypto::percent_encode(&kind)
+                    )
+                }
+                Ok(Verified::Message(_)) => format!(
+                    "{redirect}#message={}",
+                    crypto::percent_encode(
+                        "Confirmation link accepted. Please proceed to confirm link sent to the other email"
+                    )
+                ),
+                Err(err) => error_redirect(&redirect, &err, false),
+            }
+        };
+        let mut response = StatusCode::SEE_OTHER.into_response();
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        Ok(response)
+    }
+
+    async fn verify_pkce_link(&self, ctx: &Ctx<'_>, kind: &str, hash: &str) -> AuthResult<String> {
+        self.limit(Bucket::Verify, &ctx.ip_key())?;
+        let columns = link_types(kind).ok_or_else(AuthError::otp_expired)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let stored = crypto::stored_token(&format!("pkce_{hash}"));
+        let (user, column) = self.find_token(&tx, columns, &stored).await?;
+        self.apply_verification(ctx, &tx, &user, column, kind)
+            .await?;
+        let row = tx
+            .query_opt(
+                "select auth_code from auth.flow_state where user_id = $1 order by created_at desc limit 1",
+                &[&user.id],
+            )
+            .await?;
+        let code: String = row.map(|r| r.get(0)).ok_or_else(|| {
+            AuthError::not_found(
+                "flow_state_not_found",
+                "invalid flow state, no valid flow state found",
+            )
+        })?;
+        tx.commit().await?;
+        Ok(code)
+    }
+
+    /// Finds the user whose `columns` hold `stored` and whose token has not
+    /// expired.
+    async fn find_token(
+        &self,
+        tx: &impl GenericClient,
+        columns: &[TokenColumn],
+        stored: &str,
+    ) -> AuthResult<(User, TokenColumn)> {
+        for &column in columns {
+            let sql = format!(
+                "select id from auth.users where {} = $1 and {} > now() - make_interval(secs => $2) for update",
+                column.column(),
+                column.sent_at()
+            );
+            let row = tx
+                .query_opt(&sql, &[&stored, &(self.config.otp_expiry as f64)])
+                .await?;
+            if let Some(row) = row {
+                let user = user::by_id(tx, row.get(0))
+                    .await?
+                    .ok_or_else(AuthError::otp_expired)?;
+                return Ok((user, column));
+            }
+        }
+        Err(AuthError::otp_expired())
+    }
+
+    async fn verify_token(&self, ctx: &Ctx<'_>, kind: &str, hash: &str) -> AuthResult<Verified> {
+        self.limit(Bucket::Verify, &ctx.ip_key())?;
+        let columns = link_types(kind).ok_or_else(|| {
+            AuthError::validation(format!("Unsupported verification type {kind:?}"))
+        })?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let (user, column) = self
+            .find_token(&tx, columns, &crypto::stored_token(hash))
+            .await?;
+        if user.is_banned() {
+            return Err(AuthError::forbidden("user_banned", "User is banned"));
+        }
+        if let Some(message) = self
+            .apply_verification(ctx, &tx, &user, column, kind)
+            .await?
+        {
+            tx.commit().await?;
+            return Ok(Verified::Message(message));
+        }
+        let method = match (kind, column) {
+            ("recovery", _) => "recovery",
+            ("invite", _) => "invite",
+            ("magiclink", _) => "magiclink",
+            ("email_change", _) => "email_change",
+            ("signup", _) => "otp",
+            _ => "otp",
+        };
+        let session = self.start_session(&tx, ctx, user.id, method).await?;
+        self.audit(
+            &tx,
+            ctx,
+            "login",
+            Some(&user),
+            "",
+            json!({"provider": "email", "method": method}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Verified::Session(session))
+    }
+
+    /// Consumes the token and applies what it confirms. `Some(message)`
+    /// when an email change still waits for its other confirmation.
+    async fn apply_verification(
+        &self,
+        ctx: &Ctx<'_>,
+        tx: &impl GenericClient,
+        user: &User,
+        column: TokenColumn,
+        kind: &str,
+    ) -> AuthResult<Option<Value>> {
+        let clear = format!(
+            "update auth.users set {} = '', updated_at = now() where id = $1",
+            column.column()
+        );
+        tx.execute(&clear, &[&user.id]).await?;
+        match column {
+            TokenColumn::Confirmation | TokenColumn::Recovery => {
+                let phone =
+                    matches!(kind, "sms") || (user.email.is_empty() && !user.phone.is_empty());
+                if phone {
+                    tx.execute(
+                        "update auth.users set phone_confirmed_at = coalesce(phone_confirmed_at, now()),
+                                is_anonymous = false,
+                                raw_user_meta_data = coalesce(raw_user_meta_data, '{}'::jsonb) || '{\"phone_verified\": true}'
+                          where id = $1",
+                        &[&user.id],
+                    )
+                    .await?;
+                    tx.execute(
+                        "update auth.identities set identity_data = identity_data || '{\"phone_verified\": true}'
+                          where user_id = $1 and provider = 'phone'",
+                        &[&user.id],
+                    )
+                    .await?;
+                } else {
+                    tx.execute(
+                        "update auth.users set email_confirmed_at = coalesce(email_confirmed_at, now()),
+                                is_anonymous = false,
+                                raw_user_meta_data = coalesce(raw_user_meta_data, '{}'::jsonb) || '{\"email_verified\": true}'
+                          where id = $1",
+                        &[&user.id],
+                    )
+                    .await?;
+                    tx.execute(
+                        "update auth.identities set identity_data = identity_data || '{\"email_verified\": true}'
+                          where user_id = $1 and provider = 'email'",
+                        &[&user.id],
+                    )
+                    .await?;
+                }
+                if user.email_confirmed_at.is_none() && user.phone_confirmed_at.is_none() {
+                    self.audit(
+                        tx,
+                        ctx,
+                        "user_signedup",
+                        Some(user),
+                        "",
+                        json!({"confirmed": true}),
+                    )
+                    .await?;
+                }
+            }
+            TokenColumn::EmailChangeNew | TokenColumn::EmailChangeCurrent => {
+                let double = self.config.double_confirm_changes && !user.email.is_empty();
+                let status = user.email_change_confirm_status + 1;
+                if double && status < 2 {
+                    tx.execute(
+                        "update auth.users set email_change_confirm_status = $2 where id = $1",
+                        &[&user.id, &(status as i16)],
+                    )
+                    .await?;
+                    return Ok(Some(json!({
+                        "msg": "Confirmation link accepted. Please proceed to confirm link sent to the other email",
+                        "code": 200
+                    })));
+                }
+                if user.email_change.is_empty() {
+                    return Err(AuthError::otp_expired());
+                }
+                let new_email = user.email_change.clone();
+                if user::by_email(tx, &new_email)
+                    .await?
+                    .is_some_and(|other| other.id != user.id)
+                {
+                    return Err(AuthError::unprocessable(
+                        "email_exists",
+                        "A user with this email address has already been registered",
+                    ));
+                }
+                tx.execute(
+                    "update auth.users set email = $2::text, email_change = '', email_change_token_new = '',
+                            email_change_token_current = '', email_change_confirm_status = 0,
+                            email_confirmed_at = now(), is_anonymous = false,
+                            raw_user_meta_data = coalesce(raw_user_meta_data, '{}'::jsonb) || jsonb_build_object('email', $2::text, 'email_verified', true)
+                      where id = $1",
+                    &[&user.id, &new_email],
+                )
+                .await?;
+                self.ensure_identity(tx, user.id, "email", &new_email)
+                    .await?;
+            }
+            TokenColumn::PhoneChange => {
+                if user.phone_change.is_empty() {
+                    return Err(AuthError::otp_expired());
+                }
+                tx.execute(
+                    "update auth.users set phone = phone_change, phone_change = '', phone_confirmed_at = now(),
+                            is_anonymous = false where id = $1",
+                    &[&user.id],
+                )
+                .await?;
+                self.ensure_identity(tx, user.id, "phone", &user.phone_change)
+                    .await?;
+            }
+            TokenColumn::Reauthentication => {}
+        }
+        Ok(None)
+    }
+
+    pub(crate) async fn list_sessions(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        let client = self.pool.get().await?;
+        let current = self.current(ctx, &client).await?;
+        let rows = client
+            .query(
+                "select id, to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                        to_char(updated_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                        coalesce(aal, 'aal1'), user_agent, host(ip)
+                   from auth.sessions where user_id = $1 order by created_at desc",
+                &[&current.user.id],
+            )
+            .await?;
+        let sessions: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let id: Uuid = r.get(0);
+                json!({
+                    "id": id,
+                    "created_at": r.get::<_, Option<String>>(1),
+                    "updated_at": r.get::<_, Option<String>>(2),
+                    "aal": r.get::<_, String>(3),
+                    "user_agent": r.get::<_, Option<String>>(4),
+                    "ip": r.get::<_, Option<String>>(5),
+                    "current": Some(id) == current.session_id,
+                })
+            })
+            .collect();
+        Ok(ok_json(Value::Array(sessions)))
+    }
+
+    pub(crate) async fn delete_session(&self, ctx: &Ctx<'_>, id: &str) -> AuthResult<Response> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let current = self.current(ctx, &tx).await?;
+        let id = Uuid::parse_str(id)
+            .map_err(|_| AuthError::not_found("session_not_found", "Session not found"))?;
+        let deleted = tx
+            .execute(
+                "delete from auth.sessions where id = $1 and user_id = $2",
+                &[&id, &current.user.id],
+            )
+            .await?;
+        if deleted == 0 {
+            return Err(AuthError::not_found(
+                "session_not_found",
+                "Session not found",
+            ));
+        }
+        self.audit(
+            &tx,
+            ctx,
+            "logout",
+            Some(&current.user),
+            "",
+            json!({"session_id": id}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ok_json(json!({})))
+    }
+}
+
+fn error_redirect(redirect: &str, err: &AuthError, pkce: bool) -> String {
+    let code = if err.code == "otp_expired" {
+        "otp_expired"
+    } else {
+        err.code
+    };
+    let description = if err.code == "otp_expired" {
+        "Email link is invalid or has expired".to_owned()
+    } else {
+        err.message.clone()
+    };
+    let params = format!(
+        "error=access_denied&error_code={code}&error_description={}",
+        crypto::percent_encode(&description).replace("%20", "+")
+    );
+    if pkce {
+        let sep = if redirect.contains('?') { '&' } else { '?' };
+        format!("{redirect}{sep}{params}#{params}&sb=")
+    } else {
+        format!("{redirect}#{params}&sb=")
+    }
+}
+
+/// What a repeated sign-up of a confirmed address answers when
+/// confirmation is on: a user-shaped object that exists nowhere.
+fn fake_user(aud: &str, subject: &str, email: bool) -> Value {
+    let now = time::rfc3339(std::time::SystemTime::now());
+    json!({
+        "id": Uuid::new_v4(),
+        "aud": aud,
+        "role": "authenticated",
+        "email": if email { subject } else { "" },
+        "phone": if email { "" } else { subject },
+        "confirmation_sent_at": now,
+        "app_metadata": {"provider": if email {"email"} else {"phone"}, "providers": [if email {"email"} else {"phone"}]},
+        "user_metadata": {},
+        "identities": [],
+        "created_at": now,
+        "updated_at": now,
+        "is_anonymous": false,
+    })
+}

@@ -1,0 +1,406 @@
+//! MFA: TOTP (and phone) factors — enroll, challenge, verify, unenroll.
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::error::{AuthError, AuthResult};
+use crate::limits::Bucket;
+use crate::mail::Kind;
+use crate::session::OneTime;
+use crate::{AuthService, Ctx, crypto, ok_json, time, user};
+
+/// Challenges expire after five minutes.
+const CHALLENGE_TTL: i64 = 300;
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct EnrollBody {
+    factor_type: Option<String>,
+    friendly_name: Option<String>,
+    issuer: Option<String>,
+    phone: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct VerifyBody {
+    challenge_id: Option<String>,
+    code: Option<String>,
+}
+
+fn factor_not_found() -> AuthError {
+    AuthError::not_found("mfa_factor_not_found", "Factor not found")
+}
+
+impl AuthService {
+    fn refuse_anonymous(&self, current: &crate::Current) -> AuthResult<()> {
+        if current.user.is_anonymous {
+            return Err(AuthError::forbidden(
+                "no_authorization",
+                "Anonymous user not allowed to perform these actions",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn enroll(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        let body: EnrollBody = ctx.json()?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let current = self.current(ctx, &tx).await?;
+        self.refuse_anonymous(&current)?;
+        let user = &current.user;
+        let factor_type = body.factor_type.unwrap_or_default();
+        if !matches!(factor_type.as_str(), "totp" | "phone") {
+            return Err(AuthError::validation(
+                "factor_type needs to be totp or phone",
+            ));
+        }
+        if user.has_verified_factor() && current.aal != "aal2" {
+            return Err(AuthError::forbidden(
+                "insufficient_aal",
+                "AAL2 required to enroll a new factor",
+            ));
+        }
+        let counts = tx
+            .query_one(
+                "select count(*) filter (where status = 'verified'),
+                        count(*) filter (where friendly_name = $2)
+                   from auth.mfa_factors where user_id = $1",
+                &[&user.id, &body.friendly_name.clone().unwrap_or_default()],
+            )
+            .await?;
+        let verified: i64 = counts.get(0);
+        let same_name: i64 = counts.get(1);
+        if verified >= self.config.mfa_max_factors {
+            return Err(AuthError::unprocessable(
+                "too_many_enrolled_mfa_factors",
+                "Maximum number of verified factors reached, unenroll to continue",
+            ));
+        }
+        if same_name > 0 {
+            return Err(AuthError::unprocessable(
+                "mfa_factor_name_conflict",
+                format!(
+                    "A factor with the friendly name \"{}\" for this user already exists",
+                    body.friendly_name.unwrap_or_default()
+                ),
+            ));
+        }
+        let id = Uuid::new_v4();
+        let friendly = body.friendly_name.unwrap_or_default();
+        let response = if factor_type == "totp" {
+            let secret = crypto::base32_encode(&crypto::random_bytes(20));
+            let issuer = body.issuer.filter(|i| !i.is_empty()).unwrap_or_else(|| {
+                let site = self.site_url();
+                site.split("://")
+                    .nth(1)
+                    .unwrap_or(&site)
+                    .split('/')
+                    .next()
+                    .unwrap_or("sovra")
+                    .to_owned()
+            });
+            let account = if user.email.is_empty() {
+                &user.phone
+            } else {
+                &user.email
+            };
+            let uri = crypto::totp_uri(&issuer, account, &secret);
+            tx.execute(
+                "insert into auth.mfa_factors (id, user_id, friendly_name, factor_type, status, created_at, updated_at, secret)
+                 values ($1, $2, $3, 'totp', 'unverified', now(), now(), $4)",
+                &[&id, &user.id, &friendly, &secret],
+            )
+            .await?;
+            json!({
+                "id": id,
+                "type": "totp",
+                "friendly_name": friendly,
+                "totp": {"qr_code": crypto::qr_svg(&uri), "secret": secret, "uri": uri},
+            })
+        } else {
+            let phone = body
+                .phone
+                .as_deref()
+                .and_then(user::normalize_phone)
+                .ok_or_else(|| {
+                    AuthError::validation("Invalid phone number format (E.164 required)")
+                })?;
+            tx.execute(
+                "insert into auth.mfa_factors (id, user_id, friendly_name, factor_type, status, created_at, updated_at, phone)
+                 values ($1, $2, $3, 'phone', 'unverified', now(), now(), $4)",
+                &[&id, &user.id, &friendly, &phone],
+            )
+            .await?;
+            json!({"id": id, "type": "phone", "friendly_name": friendly, "phone": phone})
+        };
+        self.audit(
+            &tx,
+            ctx,
+            "factor_in_progress",
+            Some(user),
+            "",
+            json!({"factor_id": id, "factor_type": factor_type}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ok_json(response))
+    }
+
+    /// The caller's factor `id`: (type, secret, phone, status).
+    async fn own_factor(
+        &self,
+        tx: &impl sovra_pg::GenericClient,
+        user_id: Uuid,
+        id: &str,
+    ) -> AuthResult<(Uuid, String, Option<String>, Option<String>, String)> {
+        let id = Uuid::parse_str(id).map_err(|_| factor_not_found())?;
+        let row = tx
+            .query_opt(
+                "select factor_type, secret, phone, status from auth.mfa_factors where id = $1 and user_id = $2",
+                &[&id, &user_id],
+            )
+            .await?
+            .ok_or_else(factor_not_found)?;
+        Ok((id, row.get(0), row.get(1), row.get(2), row.get(3)))
+    }
+
+    pub(crate) async fn challenge(&self, ctx: &Ctx<'_>, id: &str) -> AuthResult<Response> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let current = self.current(ctx, &tx).await?;
+        self.refuse_anonymous(&current)?;
+        let (factor_id, factor_type, _, phone, _) =
+            self.own_factor(&tx, current.user.id, id).await?;
+        let challenge_id = Uuid::new_v4();
+        let mut otp_hash: Option<String> = None;
+        if factor_type == "phone" {
+            let phone = phone.unwrap_or_default();
+            let code = crypto::otp_code();
+            let hash = crypto::token_hash(&phone, &code);
+            otp_hash = Some(crypto::stored_token(&hash));
+            let one_time = OneTime { code, hash };
+            self.deliver(
+                Kind::Sms,
+                &phone,
+                &one_time,
+                "sms",
+                "",
+                &current.user.email,
+                "",
+            )
+            .await?;
+        }
+        let ip = ctx.ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        tx.execute(
+            "insert into auth.mfa_challenges (id, factor_id, created_at, ip_address, otp_code)
+             values ($1, $2, now(), $3, $4)",
+            &[&challenge_id, &factor_id, &ip, &otp_hash],
+        )
+        .await?;
+        tx.execute(
+            "update auth.mfa_factors set last_challenged_at = clock_timestamp(), updated_at = now() where id = $1",
+            &[&factor_id],
+        )
+        .await?;
+        self.audit(
+            &tx,
+            ctx,
+            "challenge_created",
+            Some(&current.user),
+            "",
+            json!({"factor_id": factor_id}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ok_json(json!({
+            "id": challenge_id,
+            "type": factor_type,
+            "expires_at": time::now_unix() + CHALLENGE_TTL,
+        })))
+    }
+
+    pub(crate) async fn verify_factor(&self, ctx: &Ctx<'_>, id: &str) -> AuthResult<Response> {
+        let body: VerifyBody = ctx.json()?;
+        self.limit(Bucket::Verify, &ctx.ip_key())?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let current = self.current(ctx, &tx).await?;
+        self.refuse_anonymous(&current)?;
+        let session_id = current.session_id.ok_or_else(|| {
+            AuthError::forbidden("session_not_found", "MFA verification requires a session")
+        })?;
+        let (factor_id, factor_type, secret, phone, _) =
+            self.own_factor(&tx, current.user.id, id).await?;
+        let challenge_id = body
+            .challenge_id
+            .as_deref()
+            .and_then(|c| Uuid::parse_str(c).ok())
+            .ok_or_else(|| {
+                AuthError::not_found("mfa_challenge_not_found", "Challenge not found")
+            })?;
+        let row = tx
+            .query_opt(
+                "select extract(epoch from now() - created_at)::float8, otp_code
+                   from auth.mfa_challenges
+                  where id = $1 and factor_id = $2 and verified_at is null
+                  for update",
+                &[&challenge_id, &factor_id],
+            )
+            .await?
+            .ok_or_else(|| {
+                AuthError::not_found("mfa_challenge_not_found", "Challenge not found")
+            })?;
+        let age: f64 = row.get(0);
+        let otp_code: Option<String> = row.get(1);
+        if age > CHALLENGE_TTL as f64 {
+            tx.execute(
+                "delete from auth.mfa_challenges where id = $1",
+                &[&challenge_id],
+            )
+            .await?;
+            tx.commit().await?;
+            return Err(AuthError::unprocessable(
+                "mfa_challenge_expired",
+                format!(
+                    "MFA challenge {challenge_id} has expired, verify against another challenge or create a new challenge."
+                ),
+            ));
+        }
+        let code = body.code.unwrap_or_default();
+        let ok = if factor_type == "totp" {
+            secret
+                .as_deref()
+                .and_then(crypto::base32_decode)
+                .is_some_and(|key| crypto::totp_check(&key, &code, time::now_unix().unsigned_abs()))
+        } else {
+            let expected = otp_code.unwrap_or_default();
+            let got =
+                crypto::stored_token(&crypto::token_hash(&phone.unwrap_or_default(), code.trim()));
+            !expected.is_empty() && crypto::equal(&expected, &got)
+        };
+        if !ok {
+            self.audit(
+                &tx,
+                ctx,
+                "verification_attempted",
+                Some(&current.user),
+                "",
+                json!({"factor_id": factor_id, "success": false}),
+            )
+            .await?;
+            tx.commit().await?;
+            return Err(AuthError::unprocessable(
+                "mfa_verification_failed",
+                if factor_type == "totp" {
+                    "Invalid TOTP code entered"
+                } else {
+                    "Invalid MFA Phone code entered"
+                },
+            ));
+        }
+        tx.execute(
+            "update auth.mfa_challenges set verified_at = now() where id = $1",
+            &[&challenge_id],
+        )
+        .await?;
+        tx.execute(
+            "update auth.mfa_factors set status = 'verified', updated_at = now() where id = $1",
+            &[&factor_id],
+        )
+        .await?;
+        tx.execute(
+            "delete from auth.mfa_factors where user_id = $1 and factor_type = $2 and status = 'unverified' and id <> $3",
+            &[&current.user.id, &factor_type, &factor_id],
+        )
+        .await?;
+        let method = if factor_type == "totp" {
+            "totp"
+        } else {
+            "mfa/phone"
+        };
+        tx.execute(
+            "update auth.sessions set aal = 'aal2', factor_id = $2, updated_at = now() where id = $1",
+            &[&session_id, &factor_id],
+        )
+        .await?;
+        tx.execute(
+            "insert into auth.mfa_amr_claims (id, session_id, created_at, updated_at, authentication_method)
+             values (gen_random_uuid(), $1, now(), now(), $2)
+             on conflict (session_id, authentication_method) do update set updated_at = now()",
+            &[&session_id, &method],
+        )
+        .await?;
+        // The session's old refresh tokens cannot yield an aal2 token.
+        tx.execute(
+            "update auth.refresh_tokens set revoked = true, updated_at = now() - interval '1 day'
+              where session_id = $1 and not revoked",
+            &[&session_id],
+        )
+        .await?;
+        let refresh = self
+            .new_refresh_token(&tx, current.user.id, session_id, None)
+            .await?;
+        let user = user::by_id(&tx, current.user.id)
+            .await?
+            .ok_or_else(AuthError::internal)?;
+        let session = self
+            .token_response(&tx, ctx, &user, session_id, &refresh)
+            .await?;
+        self.audit(
+            &tx,
+            ctx,
+            "verification_attempted",
+            Some(&user),
+            "",
+            json!({"factor_id": factor_id, "success": true}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ok_json(session))
+    }
+
+    pub(crate) async fn unenroll(&self, ctx: &Ctx<'_>, id: &str) -> AuthResult<Response> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let current = self.current(ctx, &tx).await?;
+        self.refuse_anonymous(&current)?;
+        let (factor_id, _, _, _, status) = self.own_factor(&tx, current.user.id, id).await?;
+        if status == "verified" && current.aal != "aal2" {
+            return Err(AuthError::new(
+                StatusCode::FORBIDDEN,
+                "insufficient_aal",
+                "AAL2 required to unenroll verified factor",
+            ));
+        }
+        tx.execute("delete from auth.mfa_factors where id = $1", &[&factor_id])
+            .await?;
+        self.audit(
+            &tx,
+            ctx,
+            "factor_unenrolled",
+            Some(&current.user),
+            "",
+            json!({"factor_id": factor_id}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ok_json(json!({"id": factor_id})))
+    }
+
+    /// The factors of `user_id` as the admin API lists them.
+    pub(crate) async fn factors_of(
+        &self,
+        client: &impl sovra_pg::GenericClient,
+        user_id: Uuid,
+    ) -> AuthResult<Value> {
+        let found = user::by_id(client, user_id)
+            .await?
+            .ok_or_else(|| AuthError::not_found("user_not_found", "User not found"))?;
+        Ok(found.factors.unwrap_or_else(|| json!([])))
+    }
+}

@@ -1,0 +1,457 @@
+//! Sessions, access tokens, refresh-token rotation, audit entries and the
+//! one-time tokens that links and codes carry.
+
+use axum::response::Response;
+use serde_json::{Value, json};
+use sovra_pg::GenericClient;
+use uuid::Uuid;
+
+use crate::error::{AuthError, AuthResult};
+use crate::mail::{Kind, Vars};
+use crate::user::User;
+use crate::{AuthService, Ctx, crypto, ok_json, time, user};
+
+/// Refresh tokens are 40 random alphanumerics (about 238 bits).
+const REFRESH_TOKEN_LEN: usize = 40;
+
+/// A token column of `auth.users` and its `*_sent_at` partner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenColumn {
+    Confirmation,
+    Recovery,
+    EmailChangeNew,
+    EmailChangeCurrent,
+    PhoneChange,
+    Reauthentication,
+}
+
+impl TokenColumn {
+    pub(crate) fn column(self) -> &'static str {
+        match self {
+            TokenColumn::Confirmation => "confirmation_token",
+            TokenColumn::Recovery => "recovery_token",
+            TokenColumn::EmailChangeNew => "email_change_token_new",
+            TokenColumn::EmailChangeCurrent => "email_change_token_current",
+            TokenColumn::PhoneChange => "phone_change_token",
+            TokenColumn::Reauthentication => "reauthentication_token",
+        }
+    }
+
+    pub(crate) fn sent_at(self) -> &'static str {
+        match self {
+            TokenColumn::Confirmation => "confirmation_sent_at",
+            TokenColumn::Recovery => "recovery_sent_at",
+            TokenColumn::EmailChangeNew | TokenColumn::EmailChangeCurrent => "email_change_sent_at",
+            TokenColumn::PhoneChange => "phone_change_sent_at",
+            TokenColumn::Reauthentication => "reauthentication_sent_at",
+        }
+    }
+}
+
+/// A one-time token just stored: the code for people, the hash for links.
+pub(crate) struct OneTime {
+    pub code: String,
+    pub hash: String,
+}
+
+impl AuthService {
+    /// Stores a new one-time token for `subject` (email or phone) in
+    /// `column`, replacing the previous one.
+    pub(crate) async fn store_one_time(
+        &self,
+        client: &impl GenericClient,
+        user_id: Uuid,
+        subject: &str,
+        column: TokenColumn,
+    ) -> AuthResult<OneTime> {
+        let code = crypto::otp_code();
+        let hash = crypto::token_hash(subject, &code);
+        let sql = format!(
+            "update auth.users set {} = $2, {} = now(), updated_at = now() where id = $1",
+            column.column(),
+            column.sent_at()
+        );
+        client
+            .execute(&sql, &[&user_id, &crypto::stored_token(&hash)])
+            .await?;
+        Ok(OneTime { code, hash })
+    }
+
+    /// Refuses a new mail to a user who got one less than
+    /// `email_max_frequency` seconds ago.
+    pub(crate) fn check_frequency(
+        &self,
+        last_sent: Option<std::time::SystemTime>,
+    ) -> AuthResult<()> {
+        let Some(last) = last_sent else {
+            return Ok(());
+        };
+        let elapsed = time::now_unix() - time::unix(last);
+        let wait = self.config.email_max_frequency - elapsed;
+        if wait > 0 {
+            return Err(AuthError::rate_limited(
+                "over_email_send_rate_limit",
+                format!("For security purposes, you can only request this after {wait} seconds."),
+                u64::try_from(wait).unwrap_or(1),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The link in a mail: `/auth/v1/verify?token=…&type=…&redirect_to=…`.
+    pub(crate) fn action_link(&self, hash: &str, kind: &str, redirect_to: &str) -> String {
+        format!(
+            "{}/auth/v1/verify?token={}&type={}&redirect_to={}",
+            self.external_url(),
+            crypto::percent_encode(hash),
+            kind,
+            crypto::percent_encode(redirect_to)
+        )
+    }
+
+    /// Renders and sends one message, counting it against the per-address
+    /// mail limit.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn deliver(
+        &self,
+        kind: Kind,
+        to: &str,
+        one_time: &OneTime,
+        link_type: &str,
+        redirect_to: &str,
+        email: &str,
+        new_email: &str,
+    ) -> AuthResult<()> {
+        self.limit(crate::limits::Bucket::EmailSent, to)?;
+        let Some(template) = self.templates.get(&kind) else {
+            return Err(AuthError::internal());
+        };
+        let vars = Vars {
+            confirmation_url: self.action_link(&one_time.hash, link_type, redirect_to),
+            token: one_time.code.clone(),
+            token_hash: one_time.hash.clone(),
+            site_url: self.site_url(),
+            email: email.to_owned(),
+            new_email: new_email.to_owned(),
+            redirect_to: redirect_to.to_owned(),
+        };
+        let (subject, body) = template.render(&vars);
+        self.sender
+            .send(kind, to, &subject, &body)
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, kind = kind.name(), "sending mail failed");
+                let code = if kind == Kind::Sms {
+                    "sms_send_failed"
+                } else {
+                    "unexpected_failure"
+                };
+                AuthError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    code,
+                    "Error sending message",
+                )
+            })
+    }
+
+    /// Writes an audit entry (`auth.audit_log_entries`, GoTrue's shape).
+    pub(crate) async fn audit(
+        &self,
+        client: &impl GenericClient,
+        ctx: &Ctx<'_>,
+        action: &str,
+        actor: Option<&User>,
+        username: &str,
+        traits: Value,
+    ) -> AuthResult<()> {
+        let payload = json!({
+            "actor_id": actor.map_or_else(|| Uuid::nil().to_string(), |u| u.id.to_string()),
+            "actor_username": actor.map_or(username, |u| if u.email.is_empty() { &u.phone } else { &u.email }),
+            "actor_via_sso": false,
+            "action": action,
+            "log_type": log_type(action),
+            "traits": traits,
+        });
+        client
+            .execute(
+                "insert into auth.audit_log_entries (id, payload, created_at, ip_address)
+                 values (gen_random_uuid(), $1::jsonb::json, now(), $2)",
+                &[&payload, &ctx.ip_key()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Starts a session for `user` signed in by `method`, and answers with
+    /// the token response.
+    pub(crate) async fn start_session(
+        &self,
+        client: &impl GenericClient,
+        ctx: &Ctx<'_>,
+        user_id: Uuid,
+        method: &str,
+    ) -> AuthResult<Value> {
+        let session_id = Uuid::new_v4();
+        let not_after = (self.config.session_timebox > 0).then(|| {
+            std::time::SystemTime::now()
+                + std::time::Duration::from_secs(self.config.session_timebox.unsigned_abs())
+        });
+        client
+            .execute(
+                "with s as (
+                   insert into auth.sessions (id, user_id, created_at, updated_at, aal, not_after, user_agent, ip)
+                   values ($1, $2, now(), now(), 'aal1', $3, $4, $5) returning id)
+                 insert into auth.mfa_amr_claims (id, session_id, created_at, updated_at, authentication_method)
+                 select gen_random_uuid(), s.id, now(), now(), $6 from s",
+                &[
+                    &session_id,
+                    &user_id,
+                    &not_after,
+                    &ctx.user_agent(),
+                    &ctx.ip,
+                    &method,
+                ],
+            )
+            .await?;
+        client
+            .execute(
+                "update auth.users set last_sign_in_at = now(), updated_at = now() where id = $1",
+                &[&user_id],
+            )
+            .await?;
+        let refresh = self
+            .new_refresh_token(client, user_id, session_id, None)
+            .await?;
+        let user = user::by_id(client, user_id)
+            .await?
+            .ok_or_else(AuthError::internal)?;
+        self.token_response(client, ctx, &user, session_id, &refresh)
+            .await
+    }
+
+    /// Stores a new refresh token of `session_id` (child of `parent`, a
+    /// stored hash) and returns it.
+    pub(crate) async fn new_refresh_token(
+        &self,
+        client: &impl GenericClient,
+        user_id: Uuid,
+        session_id: Uuid,
+        parent: Option<&str>,
+    ) -> AuthResult<String> {
+        let token = crypto::random_alnum(REFRESH_TOKEN_LEN);
+        client
+            .execute(
+                "insert into auth.refresh_tokens (token, user_id, revoked, created_at, updated_at, parent, session_id)
+                 values ($1, $2, false, now(), now(), $3, $4)",
+                &[
+                    &crypto::sha256_hex(&token),
+                    &user_id.to_string(),
+                    &parent,
+                    &session_id,
+                ],
+            )
+            .await?;
+        Ok(token)
+    }
+
+    /// The token response for an existing session: a new access token with
+    /// the session's AAL and methods.
+    pub(crate) async fn token_response(
+        &self,
+        client: &impl GenericClient,
+        ctx: &Ctx<'_>,
+        user: &User,
+        session_id: Uuid,
+        refresh: &str,
+    ) -> AuthResult<Value> {
+        let row = client
+            .query_one(
+                "select coalesce(s.aal, 'aal1'),
+                        coalesce((select json_agg(json_build_object(
+                             'method', c.authentication_method,
+                             'timestamp', extract(epoch from c.updated_at)::int8)
+                           order by c.updated_at desc)
+                         from auth.mfa_amr_claims c where c.session_id = s.id), '[]'::json)
+                   from auth.sessions s where s.id = $1",
+                &[&session_id],
+            )
+            .await?;
+        let aal: String = row.get(0);
+        let amr: Value = row.get(1);
+        self.sign_session(ctx, user, session_id, &aal, amr, refresh)
+    }
+
+    fn sign_session(
+        &self,
+        ctx: &Ctx<'_>,
+        user: &User,
+        session_id: Uuid,
+        aal: &str,
+        amr: Value,
+        refresh: &str,
+    ) -> AuthResult<Value> {
+        let now = time::now_unix();
+        let exp = now + self.config.jwt_expiry;
+        let Value::Object(claims) = json!({
+            "iss": format!("{}/auth/v1", self.external_url()),
+            "sub": user.id,
+            "aud": self.config.jwt_aud,
+            "exp": exp,
+            "iat": now,
+            "email": user.email,
+            "phone": user.phone,
+            "app_metadata": user.app_metadata,
+            "user_metadata": user.user_metadata,
+            "role": if user.role.is_empty() { "authenticated" } else { &user.role },
+            "aal": aal,
+            "amr": amr,
+            "session_id": session_id,
+            "is_anonymous": user.is_anonymous,
+        }) else {
+            return Err(AuthError::internal());
+        };
+        let access_token = ctx.req.keys.sign(&claims).map_err(|err| {
+            tracing::error!(error = %err, "signing an access token failed");
+            AuthError::internal()
+        })?;
+        Ok(json!({
+            "access_token": access_token,
+            "token_type": "bearer",
+            "expires_in": self.config.jwt_expiry,
+            "expires_at": exp,
+            "refresh_token": refresh,
+            "user": user.to_json(),
+        }))
+    }
+
+    /// `grant_type=refresh_token` (spec §3.4).
+    pub(crate) async fn refresh(&self, ctx: &Ctx<'_>, token: &str) -> AuthResult<Response> {
+        self.limit(crate::limits::Bucket::Refresh, &ctx.ip_key())?;
+        let hash = crypto::sha256_hex(token);
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // The row lock serialises concurrent refreshes of one token.
+        let row = tx
+            .query_opt(
+                "select rt.id, coalesce(rt.revoked, false),
+                        extract(epoch from now() - rt.updated_at)::float8,
+                        s.id, s.user_id,
+                        extract(epoch from s.not_after - now())::float8,
+                        extract(epoch from now() - coalesce(s.refreshed_at::timestamptz, s.created_at))::float8
+                   from auth.refresh_tokens rt
+                   left join auth.sessions s on s.id = rt.session_id
+                  where rt.token = $1
+                  for update of rt",
+                &[&hash],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Err(AuthError::bad_request(
+                "refresh_token_not_found",
+                "Invalid Refresh Token: Refresh Token Not Found",
+            ));
+        };
+        let token_id: i64 = row.get(0);
+        let revoked: bool = row.get(1);
+        let age: f64 = row.get::<_, Option<f64>>(2).unwrap_or(f64::MAX);
+        let (Some(session_id), Some(user_id)) =
+            (row.get::<_, Option<Uuid>>(3), row.get::<_, Option<Uuid>>(4))
+        else {
+            return Err(AuthError::bad_request(
+                "session_not_found",
+                "Invalid Refresh Token: No Valid Session Found",
+            ));
+        };
+        let remaining: Option<f64> = row.get(5);
+        let idle: f64 = row.get::<_, Option<f64>>(6).unwrap_or(0.0);
+        if remaining.is_some_and(|r| r <= 0.0)
+            || (self.config.session_inactivity > 0 && idle > self.config.session_inactivity as f64)
+        {
+            return Err(AuthError::bad_request(
+                "session_expired",
+                "Invalid Refresh Token: Session Expired",
+            ));
+        }
+        if revoked && age > self.config.refresh_reuse_interval as f64 {
+            // Reuse of an old token: someone else may hold it. End the
+            // whole session (its tokens go with it).
+            tx.execute("delete from auth.sessions where id = $1", &[&session_id])
+                .await?;
+            let actor = user::by_id(&tx, user_id).await?;
+            self.audit(
+                &tx,
+                ctx,
+                "token_revoked",
+                actor.as_ref(),
+                "",
+                json!({"reason": "refresh_token_reused", "session_id": session_id}),
+            )
+            .await?;
+            tx.commit().await?;
+            tracing::warn!(%session_id, "refresh token reused: session revoked");
+            return Err(AuthError::bad_request(
+                "refresh_token_already_used",
+                "Invalid Refresh Token: Already Used",
+            ));
+        }
+        let user = user::by_id(&tx, user_id)
+            .await?
+            .filter(|u| u.deleted_at.is_none())
+            .ok_or_else(|| {
+                AuthError::bad_request(
+                    "session_not_found",
+                    "Invalid Refresh Token: No Valid Session Found",
+                )
+            })?;
+        if user.is_banned() {
+            return Err(AuthError::bad_request(
+                "user_banned",
+                "Invalid Refresh Token: User Banned",
+            ));
+        }
+        if !revoked {
+            tx.execute(
+                "update auth.refresh_tokens set revoked = true, updated_at = now() where id = $1",
+                &[&token_id],
+            )
+            .await?;
+        }
+        tx.execute(
+            "update auth.sessions set refreshed_at = now() at time zone 'utc', updated_at = now() where id = $1",
+            &[&session_id],
+        )
+        .await?;
+        let refresh = self
+            .new_refresh_token(&tx, user_id, session_id, Some(&hash))
+            .await?;
+        let body = self
+            .token_response(&tx, ctx, &user, session_id, &refresh)
+            .await?;
+        tx.commit().await?;
+        Ok(ok_json(body))
+    }
+}
+
+fn log_type(action: &str) -> &'static str {
+    match action {
+        "login" | "logout" | "login_failed" | "token_refreshed" | "token_revoked" => "token",
+        "user_signedup"
+        | "user_invited"
+        | "user_deleted"
+        | "user_modified"
+        | "user_recovery_requested"
+        | "user_reauthenticate_requested"
+        | "user_confirmation_requested"
+        | "user_repeated_signup"
+        | "user_updated_password" => "user",
+        "factor_in_progress"
+        | "factor_unenrolled"
+        | "challenge_created"
+        | "verification_attempted"
+        | "factor_deleted"
+        | "recovery_codes_deleted"
+        | "factor_updated"
+        | "mfa_code_login" => "factor",
+        _ => "account",
+    }
+}
