@@ -81,7 +81,20 @@ impl Cidr {
             }
         };
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Cidr { addr, prefix })
+        if prefix > max {
+            return None;
+        }
+        // `::ffff:a.b.c.d/n` is the IPv4 block `a.b.c.d/(n - 96)`.
+        if let IpAddr::V6(v6) = addr
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && prefix >= 96
+        {
+            return Some(Cidr {
+                addr: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            });
+        }
+        Some(Cidr { addr, prefix })
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
