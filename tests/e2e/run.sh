@@ -11,6 +11,11 @@ bin="${SOVRA_BIN:-$root/target/debug/sovra}"
 dir="$(mktemp -d /tmp/sovra-e2e-XXXXXX)"
 chmod 755 "$dir"
 port="$(node -e "const s = require('net').createServer(); s.listen(0, '127.0.0.1', () => { console.log(s.address().port); s.close(); })")"
+# Auth as a new project would have it, with confirmation mails read from
+# the mailbox, and limits high enough for a test run from one address.
+export SOVRA_AUTH_ANONYMOUS_USERS=true SOVRA_AUTH_EMAIL_MAX_FREQUENCY=0 \
+  SOVRA_AUTH_RATE_LIMIT_SIGN_IN=10000 SOVRA_AUTH_RATE_LIMIT_VERIFY=10000 \
+  SOVRA_AUTH_RATE_LIMIT_OTP=10000 SOVRA_AUTH_RATE_LIMIT_ANONYMOUS=10000
 SOVRA_REST_SCHEMAS=public,personal "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >"$dir/out.log" 2>"$dir/err.log" &
 pid=$!
 cleanup() {
