@@ -77,6 +77,47 @@ enum Command {
     /// Check this machine: PostgreSQL binaries and version, pgvector, the
     /// data directory, the ports. Says what is missing and how to fix it.
     Doctor,
+    /// List and print the mail (and text messages) Auth delivered to the
+    /// local mailbox in the data directory — what it does when no SMTP
+    /// server is configured (`auth.smtp_url`).
+    Mail {
+        /// Only messages to this address or phone number.
+        #[arg(long, value_name = "ADDR")]
+        to: Option<String>,
+        /// Print the newest message in full.
+        #[arg(long)]
+        last: bool,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage API keys for machine-to-machine access through the running
+    /// server (`sovra serve` must be up; the service_role key is read from
+    /// the data directory).
+    ApiKeys {
+        #[command(subcommand)]
+        action: ApiKeyAction,
+        /// URL of the running server [default: the configured public URL].
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ApiKeyAction {
+    /// List the keys (names, roles, prefixes; never the keys themselves).
+    List,
+    /// Make a key; it is printed once and only its hash is kept.
+    Create {
+        /// A name that says who uses it.
+        #[arg(long)]
+        name: String,
+        /// The database role requests with this key run as.
+        #[arg(long, default_value = "service_role")]
+        role: String,
+    },
+    /// Revoke a key by its id.
+    Revoke { id: String },
 }
 
 fn load_config(
@@ -134,6 +175,8 @@ fn main() -> ExitCode {
                 json,
             } => keys(&config, rotate, retire.as_deref(), json),
             Command::Doctor => doctor::run(&config).await,
+            Command::Mail { to, last, json } => mail(&config, to.as_deref(), last, json),
+            Command::ApiKeys { action, url } => api_keys(&config, action, url).await,
         }
     });
     match result {
@@ -215,6 +258,126 @@ fn keys(
     }
     for (kid, status, _) in signing {
         println!("signing key       {kid} ({status})");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mail(config: &Config, to: Option<&str>, last: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let dir = config.data_dir.join("mailbox");
+    let messages = sovra_auth::mail::read_mailbox(&dir, to)?;
+    if json {
+        let value = if last {
+            serde_json::to_value(messages.last())?
+        } else {
+            serde_json::to_value(&messages)?
+        };
+        println!("{value:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if messages.is_empty() {
+        println!("no mail in {}", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if last {
+        if let Some(m) = messages.last() {
+            println!("To:      {}", m.to);
+            println!("Kind:    {}", m.kind.name());
+            println!("Subject: {}", m.subject);
+            println!(
+                "Sent:    {}",
+                sovra_auth::time::rfc3339(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::from_secs(m.sent_at.unsigned_abs())
+                )
+            );
+            println!();
+            println!("{}", m.body);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for m in &messages {
+        let sent = sovra_auth::time::rfc3339(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.sent_at.unsigned_abs()),
+        );
+        println!(
+            "{}  {:<16}  {:<32}  {}",
+            &sent[..19],
+            m.kind.name(),
+            m.to,
+            m.subject
+        );
+    }
+    println!(
+        "({} messages; `sovra mail --last` prints the newest)",
+        messages.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn api_keys(
+    config: &Config,
+    action: ApiKeyAction,
+    url: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let keys = sovra_server::keys::load_or_create(&config.data_dir.join("keys.json"), config)?;
+    let base = url.unwrap_or_else(|| config.public_url(config.listen_addr()));
+    let endpoint = format!("{}/auth/v1/admin/api_keys", base.trim_end_matches('/'));
+    let client = reqwest::Client::new();
+    let service = keys.api.service_role;
+    let request = match &action {
+        ApiKeyAction::List => client.get(&endpoint),
+        ApiKeyAction::Create { name, role } => client
+            .post(&endpoint)
+            .json(&serde_json::json!({"name": name, "role": role})),
+        ApiKeyAction::Revoke { id } => client.delete(format!("{endpoint}/{id}")),
+    };
+    let response = request
+        .header("apikey", &service)
+        .bearer_auth(&service)
+        .send()
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot reach {base} (is `sovra serve` running?): {err}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        let message = body
+            .get("msg")
+            .or_else(|| body.get("message"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("request failed");
+        eprintln!("sovra: {message} ({status})");
+        return Ok(ExitCode::FAILURE);
+    }
+    match action {
+        ApiKeyAction::List => {
+            let empty = Vec::new();
+            let list = body.as_array().unwrap_or(&empty);
+            if list.is_empty() {
+                println!("no API keys");
+            }
+            for key in list {
+                let revoked = if key["revoked_at"].is_null() {
+                    ""
+                } else {
+                    "  (revoked)"
+                };
+                println!(
+                    "{}  {}…  {:<16} {}{revoked}",
+                    key["id"].as_str().unwrap_or(""),
+                    key["prefix"].as_str().unwrap_or(""),
+                    key["role"].as_str().unwrap_or(""),
+                    key["name"].as_str().unwrap_or("")
+                );
+            }
+        }
+        ApiKeyAction::Create { .. } => {
+            println!("id    {}", body["id"].as_str().unwrap_or(""));
+            println!("key   {}", body["key"].as_str().unwrap_or(""));
+            println!(
+                "Send it in the `apikey` header. It is shown only now: only its hash is kept."
+            );
+        }
+        ApiKeyAction::Revoke { id } => println!("revoked {id}"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -328,6 +328,8 @@ fn help_explains_every_command() {
         "migrate",
         "keys",
         "doctor",
+        "mail",
+        "api-keys",
         "--config",
         "--data-dir",
     ] {
@@ -627,4 +629,96 @@ async fn shutdown_finishes_in_flight_requests() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn mail_lists_the_mailbox_and_api_keys_are_made_through_the_server() {
+    let scratch = sovra_dir();
+    let dir = scratch.data();
+    let mut server = start(&dir, &[]);
+    server.wait_ready().await;
+    let keys = sovra()
+        .args(["keys", "--json", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let keys: serde_json::Value = serde_json::from_slice(&keys.stdout).unwrap();
+    let anon = keys["anon_key"].as_str().unwrap().to_owned();
+    let signup = reqwest::Client::new()
+        .post(format!("{}/auth/v1/signup", server.url))
+        .header("apikey", &anon)
+        .json(&serde_json::json!({"email": "cli@example.com", "password": "password1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status(), 200);
+    let out = sovra()
+        .args(["mail", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("cli@example.com") && text.contains("confirmation"),
+        "{text}"
+    );
+    let out = sovra()
+        .args(["mail", "--last", "--to", "cli@example.com", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/auth/v1/verify?token="), "{text}");
+
+    let out = sovra()
+        .args([
+            "api-keys",
+            "--url",
+            &server.url,
+            "create",
+            "--name",
+            "etl",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("key   "))
+        .expect("the key is printed")
+        .to_owned();
+    let whoami: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/sovra/v1/whoami", server.url))
+        .header("apikey", &key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(whoami["role"], "service_role");
+    let out = sovra()
+        .args(["api-keys", "--url", &server.url, "list", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("etl"));
+    kill(server.pid(), Signal::SIGINT).unwrap();
+    assert!(server.wait_exit().success());
+    // Without a server the command says so.
+    let out = sovra()
+        .args(["api-keys", "--url", &server.url, "list", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `sovra serve` running?"));
 }
