@@ -1,6 +1,7 @@
 //! Accounts: sign-up, sign-in, the user object, sign-out, one-time codes
 //! and links, recovery, and the user's own sessions.
 
+use crate::db::Cached as _;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
 use serde::Deserialize;
@@ -170,7 +171,7 @@ impl AuthService {
             user_metadata.insert("sub".to_owned(), json!(new.id));
         }
         let result = client
-            .execute(
+            .c_execute(
                 "insert into auth.users (instance_id, id, aud, role, email, phone, encrypted_password,
                    email_confirmed_at, phone_confirmed_at, raw_app_meta_data, raw_user_meta_data,
                    is_anonymous, invited_at, created_at, updated_at, is_super_admin,
@@ -219,7 +220,7 @@ impl AuthService {
                 "phone_verified": new.phone_confirmed,
             });
             client
-                .execute(
+                .c_execute(
                     "insert into auth.identities (provider_id, user_id, identity_data, provider, last_sign_in_at, created_at, updated_at)
                      values ($1::uuid::text, $1, $2, $3, now(), now(), now())",
                     &[&new.id, &identity, &provider],
@@ -248,7 +249,7 @@ impl AuthService {
         };
         let code = code.filter(|c| !c.is_empty()).ok_or_else(refused)?;
         let used = client
-            .execute(
+            .c_execute(
                 "update sovra.invite_codes set used_at = now(), used_by = $2
                   where code_hash = $1 and used_at is null and (expires_at is null or expires_at > now())",
                 &[&crypto::sha256_hex(code.trim()), &user_id],
@@ -270,7 +271,7 @@ impl AuthService {
             return Ok(false);
         };
         client
-            .execute(
+            .c_execute(
                 "insert into auth.flow_state (id, user_id, auth_code, code_challenge_method, code_challenge,
                    provider_type, created_at, updated_at, authentication_method)
                  values (gen_random_uuid(), $1, $2, $3, $4, 'email', now(), now(), $5)",
@@ -307,7 +308,7 @@ impl AuthService {
                 column.column()
             );
             client
-                .execute(&sql, &[&user.id, &crypto::stored_token(&one_time.hash)])
+                .c_execute(&sql, &[&user.id, &crypto::stored_token(&one_time.hash)])
                 .await?;
         }
         let new_email =
@@ -648,7 +649,7 @@ impl AuthService {
                 if checked == Checked::RightRehash
                     && let Some(new_hash) = self.hasher.hash(&password).await
                 {
-                    tx.execute(
+                    tx.c_execute(
                         "update auth.users set encrypted_password = $2 where id = $1",
                         &[&user.id, &new_hash],
                     )
@@ -718,7 +719,7 @@ impl AuthService {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let row = tx
-            .query_opt(
+            .c_query_opt(
                 "delete from auth.flow_state where auth_code = $1
                  returning user_id, code_challenge_method, code_challenge, authentication_method,
                            extract(epoch from now() - created_at)::float8",
@@ -802,7 +803,7 @@ impl AuthService {
                     merged.insert(key, value);
                 }
             }
-            tx.execute(
+            tx.c_execute(
                 "update auth.users set raw_user_meta_data = $2, updated_at = now() where id = $1",
                 &[&user.id, &Value::Object(merged)],
             )
@@ -900,7 +901,7 @@ impl AuthService {
             };
             let stored = crypto::stored_token(&crypto::token_hash(subject, nonce.trim()));
             let ok = tx
-                .execute(
+                .c_execute(
                     "update auth.users set reauthentication_token = ''
                       where id = $1 and reauthentication_token = $2
                         and reauthentication_sent_at > now() - make_interval(secs => $3)",
@@ -919,13 +920,13 @@ impl AuthService {
             .hash(password)
             .await
             .ok_or_else(AuthError::internal)?;
-        tx.execute(
+        tx.c_execute(
             "update auth.users set encrypted_password = $2, updated_at = now() where id = $1",
             &[&user.id, &hash],
         )
         .await?;
         // Other sessions end with the old password.
-        tx.execute(
+        tx.c_execute(
             "delete from auth.sessions where user_id = $1 and id is distinct from $2",
             &[&user.id, &current.session_id],
         )
@@ -955,7 +956,7 @@ impl AuthService {
             ));
         }
         if self.config.email_autoconfirm {
-            tx.execute(
+            tx.c_execute(
                 "update auth.users set email = $2, email_confirmed_at = now(), is_anonymous = false,
                         email_change = '', updated_at = now() where id = $1",
                 &[&user.id, &email],
@@ -965,7 +966,7 @@ impl AuthService {
             return Ok(());
         }
         self.check_frequency(user.email_change_sent_at)?;
-        tx.execute(
+        tx.c_execute(
             "update auth.users set email_change = $2, email_change_confirm_status = 0,
                     email_change_token_current = '', updated_at = now() where id = $1",
             &[&user.id, &email],
@@ -1027,7 +1028,7 @@ impl AuthService {
             ));
         }
         if self.config.phone_autoconfirm {
-            tx.execute(
+            tx.c_execute(
                 "update auth.users set phone = $2, phone_confirmed_at = now(), is_anonymous = false,
                         phone_change = '', updated_at = now() where id = $1",
                 &[&user.id, &phone],
@@ -1037,7 +1038,7 @@ impl AuthService {
             return Ok(());
         }
         self.check_frequency(user.phone_change_sent_at)?;
-        tx.execute(
+        tx.c_execute(
             "update auth.users set phone_change = $2, updated_at = now() where id = $1",
             &[&user.id, &phone],
         )
@@ -1065,14 +1066,14 @@ impl AuthService {
         value: &str,
     ) -> AuthResult<()> {
         let data = json!({"sub": user_id, provider: value, format!("{provider}_verified"): true});
-        tx.execute(
+        tx.c_execute(
             "insert into auth.identities (provider_id, user_id, identity_data, provider, last_sign_in_at, created_at, updated_at)
              values ($1::uuid::text, $1, $2, $3, now(), now(), now())
              on conflict (provider_id, provider) do update set identity_data = excluded.identity_data, updated_at = now()",
             &[&user_id, &data, &provider],
         )
         .await?;
-        tx.execute(
+        tx.c_execute(
             "update auth.users set raw_app_meta_data = jsonb_build_object(
                  'provider', coalesce(raw_app_meta_data ->> 'provider', $2),
                  'providers', (select jsonb_agg(distinct p order by p) from auth.identities i, lateral (select i.provider as p) x where i.user_id = $1)
@@ -1097,11 +1098,11 @@ impl AuthService {
         let user_id = current.user.id;
         match (scope.as_str(), current.session_id) {
             ("local", Some(sid)) => {
-                tx.execute("delete from auth.sessions where id = $1", &[&sid])
+                tx.c_execute("delete from auth.sessions where id = $1", &[&sid])
                     .await?;
             }
             ("others", Some(sid)) => {
-                tx.execute(
+                tx.c_execute(
                     "delete from auth.sessions where user_id = $1 and id <> $2",
                     &[&user_id, &sid],
                 )
@@ -1109,7 +1110,7 @@ impl AuthService {
             }
             ("others", None) => {}
             _ => {
-                tx.execute("delete from auth.sessions where user_id = $1", &[&user_id])
+                tx.c_execute("delete from auth.sessions where user_id = $1", &[&user_id])
                     .await?;
             }
         }
@@ -1315,7 +1316,7 @@ impl AuthService {
                     Some(e) if kind == "signup" => user::by_email(&tx, &e).await?,
                     Some(e) => {
                         let row = tx
-                        .query_opt(
+                        .c_query_opt(
                             "select id from auth.users where email_change = $1 or lower(email) = $1 limit 1",
                             &[&e],
                         )
@@ -1336,7 +1337,7 @@ impl AuthService {
                 Some(p) if kind == "sms" => user::by_phone(&tx, &p).await?,
                 Some(p) => {
                     let row = tx
-                        .query_opt(
+                        .c_query_opt(
                             "select id from auth.users where phone_change = $1 limit 1",
                             &[&p],
                         )
@@ -1564,7 +1565,7 @@ impl AuthService {
         self.apply_verification(ctx, &tx, &user, column, kind)
             .await?;
         let row = tx
-            .query_opt(
+            .c_query_opt(
                 "select auth_code from auth.flow_state where user_id = $1 order by created_at desc limit 1",
                 &[&user.id],
             )
@@ -1594,7 +1595,7 @@ impl AuthService {
                 column.sent_at()
             );
             let row = tx
-                .query_opt(&sql, &[&stored, &(self.config.otp_expiry as f64)])
+                .c_query_opt(&sql, &[&stored, &(self.config.otp_expiry as f64)])
                 .await?;
             if let Some(row) = row {
                 let user = user::by_id(tx, row.get(0))
@@ -1662,13 +1663,13 @@ impl AuthService {
             "update auth.users set {} = '', updated_at = now() where id = $1",
             column.column()
         );
-        tx.execute(&clear, &[&user.id]).await?;
+        tx.c_execute(&clear, &[&user.id]).await?;
         match column {
             TokenColumn::Confirmation | TokenColumn::Recovery => {
                 let phone =
                     matches!(kind, "sms") || (user.email.is_empty() && !user.phone.is_empty());
                 if phone {
-                    tx.execute(
+                    tx.c_execute(
                         "update auth.users set phone_confirmed_at = coalesce(phone_confirmed_at, now()),
                                 is_anonymous = false,
                                 raw_user_meta_data = coalesce(raw_user_meta_data, '{}'::jsonb) || '{\"phone_verified\": true}'
@@ -1676,14 +1677,14 @@ impl AuthService {
                         &[&user.id],
                     )
                     .await?;
-                    tx.execute(
+                    tx.c_execute(
                         "update auth.identities set identity_data = identity_data || '{\"phone_verified\": true}'
                           where user_id = $1 and provider = 'phone'",
                         &[&user.id],
                     )
                     .await?;
                 } else {
-                    tx.execute(
+                    tx.c_execute(
                         "update auth.users set email_confirmed_at = coalesce(email_confirmed_at, now()),
                                 is_anonymous = false,
                                 raw_user_meta_data = coalesce(raw_user_meta_data, '{}'::jsonb) || '{\"email_verified\": true}'
@@ -1691,7 +1692,7 @@ impl AuthService {
                         &[&user.id],
                     )
                     .await?;
-                    tx.execute(
+                    tx.c_execute(
                         "update auth.identities set identity_data = identity_data || '{\"email_verified\": true}'
                           where user_id = $1 and provider = 'email'",
                         &[&user.id],
@@ -1714,7 +1715,7 @@ impl AuthService {
                 let double = self.config.double_confirm_changes && !user.email.is_empty();
                 let status = user.email_change_confirm_status + 1;
                 if double && status < 2 {
-                    tx.execute(
+                    tx.c_execute(
                         "update auth.users set email_change_confirm_status = $2 where id = $1",
                         &[&user.id, &(status as i16)],
                     )
@@ -1737,7 +1738,7 @@ impl AuthService {
                         "A user with this email address has already been registered",
                     ));
                 }
-                tx.execute(
+                tx.c_execute(
                     "update auth.users set email = $2::text, email_change = '', email_change_token_new = '',
                             email_change_token_current = '', email_change_confirm_status = 0,
                             email_confirmed_at = now(), is_anonymous = false,
@@ -1753,7 +1754,7 @@ impl AuthService {
                 if user.phone_change.is_empty() {
                     return Err(AuthError::otp_expired());
                 }
-                tx.execute(
+                tx.c_execute(
                     "update auth.users set phone = phone_change, phone_change = '', phone_confirmed_at = now(),
                             is_anonymous = false where id = $1",
                     &[&user.id],
@@ -1771,8 +1772,8 @@ impl AuthService {
         let client = self.pool.get().await?;
         let current = self.current(ctx, &client).await?;
         let rows = client
-            .query(
-                "select id, to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+            .c_query(
+"select id, to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
                         to_char(updated_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
                         coalesce(aal, 'aal1'), user_agent, host(ip)
                    from auth.sessions where user_id = $1 order by created_at desc",
@@ -1804,7 +1805,7 @@ impl AuthService {
         let id = Uuid::parse_str(id)
             .map_err(|_| AuthError::not_found("session_not_found", "Session not found"))?;
         let deleted = tx
-            .execute(
+            .c_execute(
                 "delete from auth.sessions where id = $1 and user_id = $2",
                 &[&id, &current.user.id],
             )

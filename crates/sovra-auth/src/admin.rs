@@ -1,6 +1,7 @@
 //! Admin endpoints (admin role only): users, factors, links, invitations,
 //! the mailbox, invite codes and API keys.
 
+use crate::db::Cached as _;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse as _, Response};
 use serde::Deserialize;
@@ -94,7 +95,7 @@ impl AuthService {
             .min(1000);
         let client = self.pool.get().await?;
         let total: i64 = client
-            .query_one(
+            .c_query_one(
                 "select count(*) from auth.users where deleted_at is null",
                 &[],
             )
@@ -106,7 +107,7 @@ impl AuthService {
             user::user_columns()
         );
         let rows = client
-            .query(&sql, &[&per_page, &((page - 1) * per_page)])
+            .c_query(&sql, &[&per_page, &((page - 1) * per_page)])
             .await?;
         let users = rows
             .iter()
@@ -266,7 +267,7 @@ impl AuthService {
         ban: &str,
     ) -> AuthResult<()> {
         if ban == "none" {
-            tx.execute(
+            tx.c_execute(
                 "update auth.users set banned_until = null where id = $1",
                 &[&id],
             )
@@ -278,13 +279,13 @@ impl AuthService {
                 "invalid format for ban duration: use a duration such as 24h, or none",
             )
         })?;
-        tx.execute(
+        tx.c_execute(
             "update auth.users set banned_until = now() + make_interval(secs => $2) where id = $1",
             &[&id, &duration.as_secs_f64()],
         )
         .await?;
         // A banned user's sessions end now.
-        tx.execute("delete from auth.sessions where user_id = $1", &[&id])
+        tx.c_execute("delete from auth.sessions where user_id = $1", &[&id])
             .await?;
         Ok(())
     }
@@ -318,7 +319,7 @@ impl AuthService {
                         "A user with this email address has already been registered",
                     ));
                 }
-                tx.execute(
+                tx.c_execute(
                     "update auth.users set email = $2, email_change = '' where id = $1",
                     &[&id, &email],
                 )
@@ -336,7 +337,7 @@ impl AuthService {
                         "A user with this phone number has already been registered",
                     ));
                 }
-                tx.execute(
+                tx.c_execute(
                     "update auth.users set phone = $2 where id = $1",
                     &[&id, &phone],
                 )
@@ -344,7 +345,7 @@ impl AuthService {
             }
         }
         if let Some(hash) = password_hash {
-            tx.execute(
+            tx.c_execute(
                 "update auth.users set encrypted_password = $2 where id = $1",
                 &[&id, &hash],
             )
@@ -352,14 +353,14 @@ impl AuthService {
         }
         match body.email_confirm {
             Some(true) => {
-                tx.execute(
+                tx.c_execute(
                     "update auth.users set email_confirmed_at = coalesce(email_confirmed_at, now()), confirmation_token = '' where id = $1",
                     &[&id],
                 )
                 .await?;
             }
             Some(false) => {
-                tx.execute(
+                tx.c_execute(
                     "update auth.users set email_confirmed_at = null where id = $1",
                     &[&id],
                 )
@@ -369,14 +370,14 @@ impl AuthService {
         }
         match body.phone_confirm {
             Some(true) => {
-                tx.execute(
+                tx.c_execute(
                     "update auth.users set phone_confirmed_at = coalesce(phone_confirmed_at, now()) where id = $1",
                     &[&id],
                 )
                 .await?;
             }
             Some(false) => {
-                tx.execute(
+                tx.c_execute(
                     "update auth.users set phone_confirmed_at = null where id = $1",
                     &[&id],
                 )
@@ -413,10 +414,10 @@ impl AuthService {
                 }
             }
             let sql = format!("update auth.users set {column} = $2 where id = $1");
-            tx.execute(&sql, &[&id, &Value::Object(merged)]).await?;
+            tx.c_execute(&sql, &[&id, &Value::Object(merged)]).await?;
         }
         if let Some(role) = body.role.filter(|r| !r.is_empty()) {
-            tx.execute(
+            tx.c_execute(
                 "update auth.users set role = $2 where id = $1",
                 &[&id, &role],
             )
@@ -425,7 +426,7 @@ impl AuthService {
         if let Some(ban) = body.ban_duration.as_deref() {
             self.apply_ban(&tx, id, ban).await?;
         }
-        tx.execute(
+        tx.c_execute(
             "update auth.users set updated_at = now() where id = $1",
             &[&id],
         )
@@ -455,13 +456,13 @@ impl AuthService {
         let found = user::by_id(&tx, id).await?.ok_or_else(user_not_found)?;
         if body.should_soft_delete.unwrap_or(false) {
             // Keep the row (foreign keys to it stay valid), forget the person.
-            tx.execute("delete from auth.identities where user_id = $1", &[&id])
+            tx.c_execute("delete from auth.identities where user_id = $1", &[&id])
                 .await?;
-            tx.execute("delete from auth.sessions where user_id = $1", &[&id])
+            tx.c_execute("delete from auth.sessions where user_id = $1", &[&id])
                 .await?;
-            tx.execute("delete from auth.mfa_factors where user_id = $1", &[&id])
+            tx.c_execute("delete from auth.mfa_factors where user_id = $1", &[&id])
                 .await?;
-            tx.execute(
+            tx.c_execute(
                 "update auth.users set email = null, phone = null, encrypted_password = '',
                         confirmation_token = '', recovery_token = '', email_change = '',
                         email_change_token_new = '', email_change_token_current = '',
@@ -473,7 +474,7 @@ impl AuthService {
             )
             .await?;
         } else {
-            tx.execute("delete from auth.users where id = $1", &[&id])
+            tx.c_execute("delete from auth.users where id = $1", &[&id])
                 .await?;
         }
         self.audit(
@@ -516,7 +517,7 @@ impl AuthService {
             .ok_or_else(|| AuthError::not_found("mfa_factor_not_found", "Factor not found"))?;
         let factor_id = Uuid::parse_str(factor).map_err(|_| AuthError::internal())?;
         client
-            .execute(
+            .c_execute(
                 "delete from auth.mfa_factors where id = $1 and user_id = $2",
                 &[&factor_id, &id],
             )
@@ -621,7 +622,7 @@ impl AuthService {
                         "A user with this email address has already been registered",
                     ));
                 }
-                tx.execute(
+                tx.c_execute(
                     "update auth.users set email_change = $2, email_change_confirm_status = 0 where id = $1",
                     &[&user.id, &new_email],
                 )
@@ -697,7 +698,7 @@ impl AuthService {
                 ));
             }
             Some(u) => {
-                tx.execute(
+                tx.c_execute(
                     "update auth.users set invited_at = now() where id = $1",
                     &[&u.id],
                 )
@@ -774,7 +775,7 @@ impl AuthService {
         let code = crypto::random_alnum(20);
         let client = self.pool.get().await?;
         let row = client
-            .query_one(
+            .c_query_one(
                 "insert into sovra.invite_codes (id, code_hash, note, created_at, expires_at)
                  values (gen_random_uuid(), $1, $2, now(), now() + make_interval(secs => $3::float8))
                  returning id, extract(epoch from expires_at)::int8",
@@ -796,8 +797,8 @@ impl AuthService {
         self.require_admin(ctx)?;
         let client = self.pool.get().await?;
         let rows = client
-            .query(
-                "select id, note, extract(epoch from created_at)::int8, extract(epoch from expires_at)::int8,
+            .c_query(
+"select id, note, extract(epoch from created_at)::int8, extract(epoch from expires_at)::int8,
                         extract(epoch from used_at)::int8, used_by
                    from sovra.invite_codes order by created_at desc",
                 &[],
@@ -825,7 +826,7 @@ impl AuthService {
             .map_err(|_| AuthError::not_found("not_found", "Invite code not found"))?;
         let client = self.pool.get().await?;
         let n = client
-            .execute("delete from sovra.invite_codes where id = $1", &[&id])
+            .c_execute("delete from sovra.invite_codes where id = $1", &[&id])
             .await?;
         if n == 0 {
             return Err(AuthError::not_found("not_found", "Invite code not found"));

@@ -6,6 +6,7 @@
 //! it looks them up in [`ApiKeyCache`], which is reloaded when a key is
 //! created or revoked here and periodically (for other instances' changes).
 
+use crate::db::Cached as _;
 use std::collections::HashMap;
 use std::sync::RwLock;
 
@@ -46,7 +47,7 @@ impl ApiKeyCache {
     /// Replaces the cache with the live keys in the database.
     pub async fn reload(&self, client: &impl GenericClient) -> AuthResult<()> {
         let rows = client
-            .query(
+            .c_query(
                 "select key_hash, id, name, role from sovra.api_keys where revoked_at is null",
                 &[],
             )
@@ -79,7 +80,7 @@ pub async fn create(
     role: &str,
 ) -> AuthResult<(Uuid, String)> {
     let allowed = client
-        .query_one(
+        .c_query_one(
             "select exists (select 1 from pg_roles where rolname = $1)
                     and pg_has_role('authenticator', $1, 'member')",
             &[&role],
@@ -95,7 +96,7 @@ pub async fn create(
     let key = format!("{PREFIX}{}", crypto::random_alnum(40));
     let id = Uuid::new_v4();
     client
-        .execute(
+        .c_execute(
             "insert into sovra.api_keys (id, name, role, key_hash, key_prefix, created_at)
              values ($1, $2, $3, $4, $5, now())",
             &[
@@ -113,7 +114,7 @@ pub async fn create(
 /// Every key (without secrets), newest first.
 pub async fn list(client: &impl GenericClient) -> AuthResult<Value> {
     let rows = client
-        .query(
+        .c_query(
             "select id, name, role, key_prefix, extract(epoch from created_at)::int8,
                     extract(epoch from revoked_at)::int8
                from sovra.api_keys order by created_at desc",
@@ -139,7 +140,7 @@ pub async fn list(client: &impl GenericClient) -> AuthResult<Value> {
 /// Revokes key `id`; false when there is no such live key.
 pub async fn revoke(client: &impl GenericClient, id: Uuid) -> AuthResult<bool> {
     let n = client
-        .execute(
+        .c_execute(
             "update sovra.api_keys set revoked_at = now() where id = $1 and revoked_at is null",
             &[&id],
         )

@@ -137,7 +137,10 @@ impl AuthError {
 impl From<sovra_pg::tokio_postgres::Error> for AuthError {
     fn from(err: sovra_pg::tokio_postgres::Error) -> AuthError {
         match sovra_pg::error_kind(&err) {
-            sovra_pg::ErrorKind::Connection => AuthError::unavailable(),
+            sovra_pg::ErrorKind::Connection => {
+                tracing::warn!(error = %err, "auth database call failed");
+                AuthError::unavailable()
+            }
             sovra_pg::ErrorKind::UniqueViolation => {
                 AuthError::new(StatusCode::CONFLICT, "conflict", "Conflicting update")
             }

@@ -16,15 +16,17 @@ mod account;
 mod admin;
 pub mod apikeys;
 pub mod crypto;
+mod db;
 pub mod error;
 pub mod limits;
 pub mod mail;
 mod mfa;
 pub mod password;
-mod session;
+pub mod session;
 pub mod time;
 pub mod user;
 
+use crate::db::Cached as _;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -502,13 +504,22 @@ impl AuthService {
             .get("session_id")
             .and_then(Value::as_str)
             .and_then(|s| Uuid::parse_str(s).ok());
-        let user = user::by_id(client, id).await?;
-        let user = user.filter(|u| u.deleted_at.is_none()).ok_or_else(|| {
+        // One round trip: the user, and its session when the token names one.
+        let sql = current_user_sql();
+        let row = client.c_query_opt(sql, &[&id, &session_id]).await?;
+        let row = row.ok_or_else(|| {
             AuthError::forbidden(
                 "user_not_found",
                 "User from sub claim in JWT does not exist",
             )
         })?;
+        let user = User::from_row(&row)?;
+        if user.deleted_at.is_some() {
+            return Err(AuthError::forbidden(
+                "user_not_found",
+                "User from sub claim in JWT does not exist",
+            ));
+        }
         if user.is_banned() {
             return Err(AuthError::forbidden("user_banned", "User is banned"));
         }
@@ -518,22 +529,17 @@ impl AuthService {
             .unwrap_or("aal1")
             .to_owned();
         let mut session_created = None;
-        if let Some(sid) = session_id {
-            let row = client
-                .query_opt(
-                    "select coalesce(aal, 'aal1'), extract(epoch from created_at)::float8
-                       from auth.sessions where id = $1 and user_id = $2",
-                    &[&sid, &id],
-                )
-                .await?;
-            let Some(row) = row else {
+        if session_id.is_some() {
+            if row.get::<_, Option<Uuid>>("session_found").is_none() {
                 return Err(AuthError::forbidden(
                     "session_not_found",
                     "Session from session_id claim in JWT does not exist",
                 ));
-            };
-            aal = row.get(0);
-            session_created = row.get::<_, Option<f64>>(1).map(|t| t as i64);
+            }
+            aal = row.get("session_aal");
+            session_created = row
+                .get::<_, Option<f64>>("session_created")
+                .map(|t| t as i64);
         }
         Ok(Current {
             user,
@@ -572,6 +578,22 @@ impl AuthService {
                 .any(|pattern| glob_match(pattern, requested));
         if allowed { requested.to_owned() } else { site }
     }
+}
+
+/// The query behind every 👤 endpoint: the user (`$1`) and the session
+/// (`$2`) its token names. Public for the benchmark's pgbench reference.
+pub fn current_user_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "select {}, s.id as session_found, coalesce(s.aal, 'aal1') as session_aal,
+                    extract(epoch from s.created_at)::float8 as session_created
+               from auth.users u
+               left join auth.sessions s on s.id = $2 and s.user_id = u.id
+              where u.id = $1",
+            user::user_columns()
+        )
+    })
 }
 
 fn metrics_rate_limited(bucket: Bucket) {

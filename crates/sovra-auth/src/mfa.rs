@@ -1,5 +1,6 @@
 //! MFA: TOTP (and phone) factors — enroll, challenge, verify, unenroll.
 
+use crate::db::Cached as _;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
@@ -66,7 +67,7 @@ impl AuthService {
             ));
         }
         let counts = tx
-            .query_one(
+            .c_query_one(
                 "select count(*) filter (where status = 'verified'),
                         count(*) filter (where friendly_name = $2)
                    from auth.mfa_factors where user_id = $1",
@@ -110,7 +111,7 @@ impl AuthService {
                 &user.email
             };
             let uri = crypto::totp_uri(&issuer, account, &secret);
-            tx.execute(
+            tx.c_execute(
                 "insert into auth.mfa_factors (id, user_id, friendly_name, factor_type, status, created_at, updated_at, secret)
                  values ($1, $2, $3, 'totp', 'unverified', now(), now(), $4)",
                 &[&id, &user.id, &friendly, &secret],
@@ -130,7 +131,7 @@ impl AuthService {
                 .ok_or_else(|| {
                     AuthError::validation("Invalid phone number format (E.164 required)")
                 })?;
-            tx.execute(
+            tx.c_execute(
                 "insert into auth.mfa_factors (id, user_id, friendly_name, factor_type, status, created_at, updated_at, phone)
                  values ($1, $2, $3, 'phone', 'unverified', now(), now(), $4)",
                 &[&id, &user.id, &friendly, &phone],
@@ -160,7 +161,7 @@ impl AuthService {
     ) -> AuthResult<(Uuid, String, Option<String>, Option<String>, String)> {
         let id = Uuid::parse_str(id).map_err(|_| factor_not_found())?;
         let row = tx
-            .query_opt(
+            .c_query_opt(
                 "select factor_type, secret, phone, status from auth.mfa_factors where id = $1 and user_id = $2",
                 &[&id, &user_id],
             )
@@ -196,13 +197,13 @@ impl AuthService {
             .await?;
         }
         let ip = ctx.ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-        tx.execute(
+        tx.c_execute(
             "insert into auth.mfa_challenges (id, factor_id, created_at, ip_address, otp_code)
              values ($1, $2, now(), $3, $4)",
             &[&challenge_id, &factor_id, &ip, &otp_hash],
         )
         .await?;
-        tx.execute(
+        tx.c_execute(
             "update auth.mfa_factors set last_challenged_at = clock_timestamp(), updated_at = now() where id = $1",
             &[&factor_id],
         )
@@ -244,7 +245,7 @@ impl AuthService {
                 AuthError::not_found("mfa_challenge_not_found", "Challenge not found")
             })?;
         let row = tx
-            .query_opt(
+            .c_query_opt(
                 "select extract(epoch from now() - created_at)::float8, otp_code
                    from auth.mfa_challenges
                   where id = $1 and factor_id = $2 and verified_at is null
@@ -258,7 +259,7 @@ impl AuthService {
         let age: f64 = row.get(0);
         let otp_code: Option<String> = row.get(1);
         if age > CHALLENGE_TTL as f64 {
-            tx.execute(
+            tx.c_execute(
                 "delete from auth.mfa_challenges where id = $1",
                 &[&challenge_id],
             )
@@ -303,17 +304,17 @@ impl AuthService {
                 },
             ));
         }
-        tx.execute(
+        tx.c_execute(
             "update auth.mfa_challenges set verified_at = now() where id = $1",
             &[&challenge_id],
         )
         .await?;
-        tx.execute(
+        tx.c_execute(
             "update auth.mfa_factors set status = 'verified', updated_at = now() where id = $1",
             &[&factor_id],
         )
         .await?;
-        tx.execute(
+        tx.c_execute(
             "delete from auth.mfa_factors where user_id = $1 and factor_type = $2 and status = 'unverified' and id <> $3",
             &[&current.user.id, &factor_type, &factor_id],
         )
@@ -323,12 +324,12 @@ impl AuthService {
         } else {
             "mfa/phone"
         };
-        tx.execute(
+        tx.c_execute(
             "update auth.sessions set aal = 'aal2', factor_id = $2, updated_at = now() where id = $1",
             &[&session_id, &factor_id],
         )
         .await?;
-        tx.execute(
+        tx.c_execute(
             "insert into auth.mfa_amr_claims (id, session_id, created_at, updated_at, authentication_method)
              values (gen_random_uuid(), $1, now(), now(), $2)
              on conflict (session_id, authentication_method) do update set updated_at = now()",
@@ -336,7 +337,7 @@ impl AuthService {
         )
         .await?;
         // The session's old refresh tokens cannot yield an aal2 token.
-        tx.execute(
+        tx.c_execute(
             "update auth.refresh_tokens set revoked = true, updated_at = now() - interval '1 day'
               where session_id = $1 and not revoked",
             &[&session_id],
@@ -377,7 +378,7 @@ impl AuthService {
                 "AAL2 required to unenroll verified factor",
             ));
         }
-        tx.execute("delete from auth.mfa_factors where id = $1", &[&factor_id])
+        tx.c_execute("delete from auth.mfa_factors where id = $1", &[&factor_id])
             .await?;
         self.audit(
             &tx,

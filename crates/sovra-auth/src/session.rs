@@ -1,6 +1,7 @@
 //! Sessions, access tokens, refresh-token rotation, audit entries and the
 //! one-time tokens that links and codes carry.
 
+use crate::db::Cached as _;
 use axum::response::Response;
 use serde_json::{Value, json};
 use sovra_pg::GenericClient;
@@ -72,7 +73,7 @@ impl AuthService {
             column.sent_at()
         );
         client
-            .execute(&sql, &[&user_id, &crypto::stored_token(&hash)])
+            .c_execute(&sql, &[&user_id, &crypto::stored_token(&hash)])
             .await?;
         Ok(OneTime { code, hash })
     }
@@ -173,7 +174,7 @@ impl AuthService {
             "traits": traits,
         });
         client
-            .execute(
+            .c_execute(
                 "insert into auth.audit_log_entries (id, payload, created_at, ip_address)
                  values (gen_random_uuid(), $1::jsonb::json, now(), $2)",
                 &[&payload, &ctx.ip_key()],
@@ -197,7 +198,7 @@ impl AuthService {
                 + std::time::Duration::from_secs(self.config.session_timebox.unsigned_abs())
         });
         client
-            .execute(
+            .c_execute(
                 "with s as (
                    insert into auth.sessions (id, user_id, created_at, updated_at, aal, not_after, user_agent, ip)
                    values ($1, $2, now(), now(), 'aal1', $3, $4, $5) returning id)
@@ -214,7 +215,7 @@ impl AuthService {
             )
             .await?;
         client
-            .execute(
+            .c_execute(
                 "update auth.users set last_sign_in_at = now(), updated_at = now() where id = $1",
                 &[&user_id],
             )
@@ -240,7 +241,7 @@ impl AuthService {
     ) -> AuthResult<String> {
         let token = crypto::random_alnum(REFRESH_TOKEN_LEN);
         client
-            .execute(
+            .c_execute(
                 "insert into auth.refresh_tokens (token, user_id, revoked, created_at, updated_at, parent, session_id)
                  values ($1, $2, false, now(), now(), $3, $4)",
                 &[
@@ -265,7 +266,7 @@ impl AuthService {
         refresh: &str,
     ) -> AuthResult<Value> {
         let row = client
-            .query_one(
+            .c_query_one(
                 "select coalesce(s.aal, 'aal1'),
                         coalesce((select json_agg(json_build_object(
                              'method', c.authentication_method,
@@ -329,22 +330,32 @@ impl AuthService {
         self.limit(crate::limits::Bucket::Refresh, &ctx.ip_key())?;
         let hash = crypto::sha256_hex(token);
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        // The row lock serialises concurrent refreshes of one token.
-        let row = tx
-            .query_opt(
-                "select rt.id, coalesce(rt.revoked, false),
-                        extract(epoch from now() - rt.updated_at)::float8,
-                        s.id, s.user_id,
-                        extract(epoch from s.not_after - now())::float8,
-                        extract(epoch from now() - coalesce(s.refreshed_at::timestamptz, s.created_at))::float8
-                   from auth.refresh_tokens rt
-                   left join auth.sessions s on s.id = rt.session_id
-                  where rt.token = $1
-                  for update of rt",
-                &[&hash],
+        // Fast path, one statement: a valid token rotates at once.
+        let refresh = crypto::random_alnum(REFRESH_TOKEN_LEN);
+        let row = client
+            .c_query_opt(
+                refresh_sql(),
+                &[
+                    &hash,
+                    &(self.config.refresh_reuse_interval as f64),
+                    &(self.config.session_inactivity as f64),
+                    &crypto::sha256_hex(&refresh),
+                ],
             )
             .await?;
+        if let Some(row) = row {
+            let user = User::from_row(&row)?;
+            let session_id: Uuid = row.get("session_id");
+            let aal: String = row.get("session_aal");
+            let amr: Value = row.get("session_amr");
+            let body = self.sign_session(ctx, &user, session_id, &aal, amr, &refresh)?;
+            return Ok(ok_json(body));
+        }
+        // Anything else takes the careful path, which says why (and ends
+        // the session when an old token is reused).
+        let tx = client.transaction().await?;
+        // The row lock serialises concurrent refreshes of one token.
+        let row = tx.c_query_opt(refresh_lock_sql(), &[&hash]).await?;
         let Some(row) = row else {
             return Err(AuthError::bad_request(
                 "refresh_token_not_found",
@@ -375,7 +386,7 @@ impl AuthService {
         if revoked && age > self.config.refresh_reuse_interval as f64 {
             // Reuse of an old token: someone else may hold it. End the
             // whole session (its tokens go with it).
-            tx.execute("delete from auth.sessions where id = $1", &[&session_id])
+            tx.c_execute("delete from auth.sessions where id = $1", &[&session_id])
                 .await?;
             let actor = user::by_id(&tx, user_id).await?;
             self.audit(
@@ -394,42 +405,137 @@ impl AuthService {
                 "Invalid Refresh Token: Already Used",
             ));
         }
-        let user = user::by_id(&tx, user_id)
-            .await?
-            .filter(|u| u.deleted_at.is_none())
-            .ok_or_else(|| {
-                AuthError::bad_request(
-                    "session_not_found",
-                    "Invalid Refresh Token: No Valid Session Found",
-                )
-            })?;
+        // One statement: retire the presented token, touch the session,
+        // store the new token, and read back the user and the session's
+        // assurance level and methods for the new access token.
+        let sql = refresh_rotate_sql();
+        let refresh = crypto::random_alnum(REFRESH_TOKEN_LEN);
+        let row = tx
+            .c_query_opt(
+                sql,
+                &[
+                    &token_id,
+                    &session_id,
+                    &crypto::sha256_hex(&refresh),
+                    &user_id,
+                    &hash,
+                ],
+            )
+            .await?;
+        let not_found = || {
+            AuthError::bad_request(
+                "session_not_found",
+                "Invalid Refresh Token: No Valid Session Found",
+            )
+        };
+        let row = row.ok_or_else(not_found)?;
+        let user = User::from_row(&row)?;
+        if user.deleted_at.is_some() {
+            return Err(not_found());
+        }
         if user.is_banned() {
             return Err(AuthError::bad_request(
                 "user_banned",
                 "Invalid Refresh Token: User Banned",
             ));
         }
-        if !revoked {
-            tx.execute(
-                "update auth.refresh_tokens set revoked = true, updated_at = now() where id = $1",
-                &[&token_id],
-            )
-            .await?;
-        }
-        tx.execute(
-            "update auth.sessions set refreshed_at = now() at time zone 'utc', updated_at = now() where id = $1",
-            &[&session_id],
-        )
-        .await?;
-        let refresh = self
-            .new_refresh_token(&tx, user_id, session_id, Some(&hash))
-            .await?;
-        let body = self
-            .token_response(&tx, ctx, &user, session_id, &refresh)
-            .await?;
+        let aal: String = row.get("session_aal");
+        let amr: Value = row.get("session_amr");
+        let body = self.sign_session(ctx, &user, session_id, &aal, amr, &refresh)?;
         tx.commit().await?;
         Ok(ok_json(body))
     }
+}
+
+/// The refresh's first statement: the presented token (`$1`, hashed) and
+/// its session, the token row locked. Public for the benchmark.
+pub fn refresh_lock_sql() -> &'static str {
+    "select rt.id, coalesce(rt.revoked, false),
+                        extract(epoch from now() - rt.updated_at)::float8,
+                        s.id, s.user_id,
+                        extract(epoch from s.not_after - now())::float8,
+                        extract(epoch from now() - coalesce(s.refreshed_at::timestamptz, s.created_at))::float8
+                   from auth.refresh_tokens rt
+                   left join auth.sessions s on s.id = rt.session_id
+                  where rt.token = $1
+                  for update of rt"
+}
+
+/// A refresh in one statement, when the token (hash `$1`) is live or was
+/// rotated less than `$2` seconds ago, its session is neither past its
+/// time box nor idle longer than `$3` seconds (0: no limit), and its user
+/// is neither banned nor deleted: the token is retired, the session
+/// touched, the new token hash `$4` stored, and the user and the session's
+/// AAL and methods read back. No row: take the careful path. Concurrent
+/// refreshes of one token serialise on its row lock. Public for the
+/// benchmark's pgbench reference.
+pub fn refresh_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "with t as (
+               select rt.id, rt.session_id from auth.refresh_tokens rt
+                where rt.token = $1
+                  and (not coalesce(rt.revoked, false)
+                       or rt.updated_at >= now() - make_interval(secs => $2))
+                for update),
+             ok as (
+               select t.id as token_id, s.id as session_id, s.user_id, coalesce(s.aal, 'aal1') as aal
+                 from t
+                 join auth.sessions s on s.id = t.session_id
+                 join auth.users b on b.id = s.user_id
+                where (s.not_after is null or s.not_after > now())
+                  and ($3::float8 = 0 or coalesce(s.refreshed_at::timestamptz, s.created_at)
+                                  > now() - make_interval(secs => $3::float8))
+                  and b.deleted_at is null
+                  and (b.banned_until is null or b.banned_until <= now())),
+             old as (
+               update auth.refresh_tokens r set revoked = true, updated_at = now()
+                 from ok where r.id = ok.token_id and not coalesce(r.revoked, false)),
+             s2 as (
+               update auth.sessions s set refreshed_at = now() at time zone 'utc', updated_at = now()
+                 from ok where s.id = ok.session_id),
+             n as (
+               insert into auth.refresh_tokens (token, user_id, revoked, created_at, updated_at, parent, session_id)
+               select $4, ok.user_id::text, false, now(), now(), $1, ok.session_id from ok)
+             select {}, ok.session_id, ok.aal as session_aal,
+                    coalesce((select json_agg(json_build_object(
+                         'method', c.authentication_method,
+                         'timestamp', extract(epoch from c.updated_at)::int8)
+                       order by c.updated_at desc)
+                     from auth.mfa_amr_claims c where c.session_id = ok.session_id), '[]'::json) as session_amr
+               from ok join auth.users u on u.id = ok.user_id",
+            user::user_columns()
+        )
+    })
+}
+
+/// The refresh's second statement: retire token `$1`, touch session `$2`,
+/// store the new token hash `$3` (child of `$5`) for user `$4`, and read
+/// back the user and the session's AAL and methods. Public for the
+/// benchmark.
+pub fn refresh_rotate_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!("with old as (
+                   update auth.refresh_tokens set revoked = true, updated_at = now()
+                    where id = $1 and not coalesce(revoked, false)),
+                 s as (
+                   update auth.sessions set refreshed_at = now() at time zone 'utc', updated_at = now()
+                    where id = $2 returning id, aal),
+                 n as (
+                   insert into auth.refresh_tokens (token, user_id, revoked, created_at, updated_at, parent, session_id)
+                   values ($3, $4::uuid::text, false, now(), now(), $5, $2))
+                 select {}, coalesce(s.aal, 'aal1') as session_aal,
+                        coalesce((select json_agg(json_build_object(
+                             'method', c.authentication_method,
+                             'timestamp', extract(epoch from c.updated_at)::int8)
+                           order by c.updated_at desc)
+                         from auth.mfa_amr_claims c where c.session_id = s.id), '[]'::json) as session_amr
+                   from s cross join auth.users u
+                  where u.id = $4",
+                user::user_columns())
+    })
 }
 
 fn log_type(action: &str) -> &'static str {

@@ -24,3 +24,8 @@ create table if not exists sovra.api_keys (
 alter table sovra.invite_codes owner to supabase_auth_admin;
 alter table sovra.api_keys owner to supabase_auth_admin;
 grant usage on schema sovra to supabase_auth_admin;
+
+-- Lookups Auth makes on every sign-in and factor listing.
+create index if not exists users_lower_email_idx on auth.users (lower(email));
+create index if not exists mfa_factors_user_id_idx on auth.mfa_factors (user_id);
+create index if not exists flow_state_user_id_idx on auth.flow_state (user_id);
