@@ -13,8 +13,8 @@ const serviceKey = process.env.SOVRA_SERVICE_KEY;
 const USER_A = '00000000-0000-0000-0000-00000000000a';
 const USER_B = '00000000-0000-0000-0000-00000000000b';
 
-// Until the auth service signs tokens, sign a user's access token with the
-// project's active key, exactly as the auth service will.
+// Sign a user's access token with the project's active key (as the auth
+// service does), for users that exist only in the fixture's rows.
 function userToken(sub) {
   const { keys } = JSON.parse(readFileSync(process.env.SOVRA_KEYS_FILE, 'utf8'));
   const key = keys.find((k) => k.status === 'active');
