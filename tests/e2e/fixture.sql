@@ -48,3 +48,18 @@ create table public.diary (
 alter table public.diary enable row level security;
 create policy own_diary on public.diary to authenticated
   using (owner = auth.uid()) with check (owner = auth.uid());
+
+-- Storage end-to-end (storage.test.js): bucket `e2e-private` is created by
+-- the test through the API with the service key; signed-in users may read
+-- and write only the objects whose first folder is their own uid, and may
+-- see every bucket. Anon gets no policy at all.
+create policy e2e_private_select on storage.objects for select to authenticated
+  using (bucket_id = 'e2e-private' and (storage.foldername(name))[1] = auth.uid()::text);
+create policy e2e_private_insert on storage.objects for insert to authenticated
+  with check (bucket_id = 'e2e-private' and (storage.foldername(name))[1] = auth.uid()::text);
+create policy e2e_private_update on storage.objects for update to authenticated
+  using (bucket_id = 'e2e-private' and (storage.foldername(name))[1] = auth.uid()::text)
+  with check (bucket_id = 'e2e-private' and (storage.foldername(name))[1] = auth.uid()::text);
+create policy e2e_private_delete on storage.objects for delete to authenticated
+  using (bucket_id = 'e2e-private' and (storage.foldername(name))[1] = auth.uid()::text);
+create policy e2e_buckets_select on storage.buckets for select to authenticated using (true);

@@ -377,6 +377,66 @@ pub const OPTIONS: &[OptionDoc] = &[
         default: "30",
         doc: "Anonymous sign-ins per hour per client address.",
     },
+    OptionDoc {
+        key: "storage.backend",
+        kind: Kind::String,
+        default: "\"fs\"",
+        doc: "Where stored files go: `fs` (a directory on the local disk) or `s3` (an S3-compatible object store, set up with `storage.s3.*`).",
+    },
+    OptionDoc {
+        key: "storage.path",
+        kind: Kind::String,
+        default: "",
+        doc: "Directory of the `fs` backend. Defaults to `<data_dir>/storage`.",
+    },
+    OptionDoc {
+        key: "storage.file_size_limit",
+        kind: Kind::Integer,
+        default: "52428800",
+        doc: "Largest object accepted, in bytes, whatever a bucket allows (a bucket's `file_size_limit` can only lower it).",
+    },
+    OptionDoc {
+        key: "storage.upload_expiry",
+        kind: Kind::Integer,
+        default: "86400",
+        doc: "Seconds a resumable (TUS) upload may stay unfinished before it and its chunks are deleted.",
+    },
+    OptionDoc {
+        key: "storage.s3.endpoint",
+        kind: Kind::String,
+        default: "",
+        doc: "Endpoint URL of an S3-compatible store (MinIO, Ceph, R2, …). Unset: AWS S3 for the region.",
+    },
+    OptionDoc {
+        key: "storage.s3.region",
+        kind: Kind::String,
+        default: "\"us-east-1\"",
+        doc: "Region of the S3 bucket.",
+    },
+    OptionDoc {
+        key: "storage.s3.bucket",
+        kind: Kind::String,
+        default: "",
+        doc: "Name of the S3 bucket that holds every stored file (required with `storage.backend = \"s3\"`).",
+    },
+    OptionDoc {
+        key: "storage.s3.access_key_id",
+        kind: Kind::String,
+        default: "",
+        doc: "S3 access key id. Unset: taken from the usual AWS environment variables or instance metadata.",
+    },
+    OptionDoc {
+        key: "storage.s3.secret_access_key",
+        kind: Kind::String,
+        default: "",
+        doc: "S3 secret access key.",
+    },
+    OptionDoc {
+        key: "storage.s3.force_path_style",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Address the bucket in the path (`endpoint/bucket/key`) instead of the host name; most self-hosted stores need this.",
+    },
 ];
 
 /// The whole configuration, after defaults, file, environment and flags.
@@ -391,6 +451,43 @@ pub struct Config {
     pub embedded: EmbeddedConfig,
     pub jwt: JwtConfig,
     pub auth: AuthConfig,
+    pub storage: StorageConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub backend: String,
+    pub path: Option<PathBuf>,
+    pub file_size_limit: u64,
+    pub upload_expiry: u64,
+    pub s3: S3Config,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub force_path_style: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: "fs".to_owned(),
+            path: None,
+            file_size_limit: 52_428_800,
+            upload_expiry: 86_400,
+            s3: S3Config {
+                region: "us-east-1".to_owned(),
+                ..S3Config::default()
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -601,6 +698,7 @@ impl Default for Config {
             embedded: EmbeddedConfig::default(),
             jwt: JwtConfig::default(),
             auth: AuthConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -937,7 +1035,45 @@ impl Config {
         if self.jwt.issuer.is_empty() {
             return Err(ConfigError::invalid("jwt.issuer", "must not be empty"));
         }
-        self.validate_auth()
+        self.validate_auth()?;
+        self.validate_storage()
+    }
+
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        let storage = &self.storage;
+        match storage.backend.as_str() {
+            "fs" => {}
+            "s3" => {
+                if storage.s3.bucket.as_deref().is_none_or(str::is_empty) {
+                    return Err(ConfigError::invalid(
+                        "storage.s3.bucket",
+                        "is required when storage.backend is s3",
+                    ));
+                }
+            }
+            _ => return Err(ConfigError::invalid("storage.backend", "must be fs or s3")),
+        }
+        if let Some(endpoint) = &storage.s3.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(ConfigError::invalid(
+                "storage.s3.endpoint",
+                "must start with http:// or https://",
+            ));
+        }
+        if storage.file_size_limit == 0 {
+            return Err(ConfigError::invalid(
+                "storage.file_size_limit",
+                "must be at least 1 byte",
+            ));
+        }
+        if storage.upload_expiry < 60 {
+            return Err(ConfigError::invalid(
+                "storage.upload_expiry",
+                "must be at least 60 seconds",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_auth(&self) -> Result<(), ConfigError> {

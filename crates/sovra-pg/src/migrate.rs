@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "sovra_auth",
         sql: include_str!("../migrations/0006_sovra_auth.sql"),
     },
+    Migration {
+        version: 7,
+        name: "storage_schema",
+        sql: include_str!("../migrations/0007_storage_schema.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

@@ -144,7 +144,9 @@ pub fn router(state: AppState) -> Router {
             },
         );
     let request_id = HeaderName::from_static(REQUEST_ID);
-    Router::new()
+    // Every route but storage takes bodies up to `server.body_limit`;
+    // storage streams uploads and applies its own per-bucket limits.
+    let api = Router::new()
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .route("/metrics", get(routes::metrics))
@@ -157,9 +159,14 @@ pub fn router(state: AppState) -> Router {
         .route("/rest/v1/", any(routes::rest))
         .route("/rest/v1/{*path}", any(routes::rest))
         .route_layer(axum::middleware::from_fn(observe::track))
-        .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(RequestBodyLimitLayer::new(body_limit));
+    let storage = Router::new()
+        .route("/storage/v1/{*path}", any(routes::storage))
+        .route_layer(axum::middleware::from_fn(observe::track))
+        .layer(DefaultBodyLimit::disable());
+    api.merge(storage)
+        .with_state(state)
         .layer(cors())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(trace)

@@ -262,3 +262,44 @@ pub(crate) async fn auth(
         })
         .await
 }
+
+/// `/storage/v1/*`: the Supabase Storage API. Credentials are checked
+/// here; whether a route needs them is the storage service's business
+/// (public and signed downloads do not).
+pub(crate) async fn storage(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let Some(tenant) = state.tenants.resolve(&parts) else {
+        return crate::GatewayError::NoTenant.into_response();
+    };
+    let path = parts.uri.path().strip_prefix("/storage/v1").unwrap_or("");
+    let auth = crate::gateway::authenticate(&tenant, &parts.headers, parts.uri.query())
+        .map(|caller| sovra_storage::Principal {
+            role: caller.role,
+            claims: caller.claims,
+        })
+        .map_err(|err| match err {
+            crate::GatewayError::InvalidToken(message) => message,
+            crate::GatewayError::InvalidApiKey => "Invalid API key".to_owned(),
+            crate::GatewayError::MissingApiKey => "No API key found in request".to_owned(),
+            crate::GatewayError::MalformedAuthorization => {
+                "Authorization header must be `Bearer <token>`".to_owned()
+            }
+            crate::GatewayError::NoTenant => "No project serves this host".to_owned(),
+        });
+    tenant
+        .storage
+        .handle(sovra_storage::StorageRequest {
+            method: &parts.method,
+            path,
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            body,
+            auth,
+            safe_headers: safe_headers(&parts.headers),
+            keys: &tenant.keys,
+        })
+        .await
+}

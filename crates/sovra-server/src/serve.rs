@@ -40,6 +40,8 @@ pub enum ServeError {
     Http(#[source] std::io::Error),
     #[error("auth: {0}")]
     Auth(String),
+    #[error("storage could not start: {0}")]
+    Storage(String),
     #[error("embedded postgresql exited unexpectedly; see {0}")]
     ClusterDied(String),
 }
@@ -183,8 +185,12 @@ pub async fn build_tenant(
     if let Err(err) = auth.reload_api_keys().await {
         tracing::warn!(error = %err.message, "could not load API keys");
     }
+    let storage =
+        sovra_storage::StorageService::new(storage_config(config), "default", pool.clone())
+            .map_err(ServeError::Storage)?;
     Ok(Tenant {
         id: "default".to_owned(),
+        storage,
         pool,
         keys: keys.keyset,
         api_keys: keys.api,
@@ -192,6 +198,50 @@ pub async fn build_tenant(
         rest,
         auth,
     })
+}
+
+/// The storage settings of the configuration.
+fn storage_config(config: &Config) -> sovra_storage::StorageConfig {
+    let storage = &config.storage;
+    let backend = if storage.backend == "s3" {
+        sovra_storage::BackendConfig::S3 {
+            endpoint: storage.s3.endpoint.clone(),
+            region: storage.s3.region.clone(),
+            bucket: storage.s3.bucket.clone().unwrap_or_default(),
+            access_key_id: storage.s3.access_key_id.clone(),
+            secret_access_key: storage.s3.secret_access_key.clone(),
+            path_style: storage.s3.force_path_style,
+        }
+    } else {
+        sovra_storage::BackendConfig::Fs {
+            root: storage
+                .path
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("storage")),
+        }
+    };
+    sovra_storage::StorageConfig {
+        backend,
+        file_size_limit: storage.file_size_limit,
+        upload_expiry: Duration::from_secs(storage.upload_expiry),
+    }
+}
+
+/// Deletes expired resumable uploads every ten minutes.
+pub fn spawn_upload_sweeper(tenants: TenantResolver) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            for tenant in tenants.all() {
+                match tenant.storage.sweep_expired_uploads().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(uploads = n, "deleted expired resumable uploads"),
+                    Err(err) => tracing::debug!(error = %err, "upload sweep failed"),
+                }
+            }
+        }
+    });
 }
 
 /// Reloads every tenant's API keys every 30 s, so that keys created or
@@ -259,6 +309,7 @@ async fn serve_with(
     let tenant = build_tenant(config, requests, admin.clone(), keys).await?;
     let tenants = TenantResolver::single(tenant);
     spawn_api_key_refresh(tenants.clone());
+    spawn_upload_sweeper(tenants.clone());
     let state = AppState::new(tenants.clone(), config.server.body_limit);
     let app = router(state);
 

@@ -23,6 +23,8 @@ pub struct Tenant {
     pub rest: sovra_rest::RestService,
     /// `/auth/v1`.
     pub auth: sovra_auth::AuthService,
+    /// `/storage/v1`.
+    pub storage: sovra_storage::StorageService,
 }
 
 /// Finds the tenant a request belongs to.

@@ -1,0 +1,1945 @@
+//! `/storage/v1` through the real router on a real database, bytes on the
+//! local disk (and, in `s3_backend`, in a real S3-compatible server): every
+//! operation's successes and refusals, in the shapes storage-js reads.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sovra_test_support::TestApp;
+
+struct St {
+    app: TestApp,
+    http: reqwest::Client,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    bytes: Bytes,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes).unwrap_or(Value::Null)
+    }
+    /// The logical status of a storage error (`statusCode`).
+    fn logical(&self) -> String {
+        self.json()["statusCode"].as_str().unwrap_or("").to_owned()
+    }
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
+}
+
+const POLICIES: &str = "
+  create policy own_select on storage.objects for select to authenticated
+    using (bucket_id = 'private' and (storage.foldername(name))[1] = auth.uid()::text);
+  create policy own_insert on storage.objects for insert to authenticated
+    with check (bucket_id = 'private' and (storage.foldername(name))[1] = auth.uid()::text);
+  create policy own_update on storage.objects for update to authenticated
+    using (bucket_id = 'private' and (storage.foldername(name))[1] = auth.uid()::text)
+    with check (bucket_id = 'private' and (storage.foldername(name))[1] = auth.uid()::text);
+  create policy own_delete on storage.objects for delete to authenticated
+    using (bucket_id = 'private' and (storage.foldername(name))[1] = auth.uid()::text);
+  create policy see_buckets on storage.buckets for select to authenticated using (true);
+";
+
+impl St {
+    async fn new() -> St {
+        St::with(sovra_config::Config::default()).await
+    }
+
+    async fn with(config: sovra_config::Config) -> St {
+        init_logs();
+        let st = St {
+            app: TestApp::spawn_with(config).await,
+            http: reqwest::Client::new(),
+        };
+        st.app
+            .db
+            .client()
+            .await
+            .batch_execute(POLICIES)
+            .await
+            .unwrap();
+        st
+    }
+
+    fn service(&self) -> String {
+        self.app.service_role_key.clone()
+    }
+
+    fn user(&self) -> (String, String) {
+        let id = uuid::Uuid::new_v4().to_string();
+        let token = self.app.sign(Value::Object(TestApp::user_claims(&id)));
+        (id, token)
+    }
+
+    fn request(&self, method: Method, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .request(method, format!("{}/storage/v1{path}", self.app.url))
+            .header("apikey", &self.app.anon_key);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request
+    }
+
+    async fn send(request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.unwrap();
+        Reply {
+            status: response.status(),
+            headers: response.headers().clone(),
+            bytes: response.bytes().await.unwrap(),
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Reply {
+        let mut request = self.request(method, path, Some(token));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        St::send(request).await
+    }
+
+    async fn upload(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: &'static [u8],
+        mime: &str,
+    ) -> Reply {
+        St::send(
+            self.request(method, &format!("/object/{path}"), Some(token))
+                .header("content-type", mime)
+                .body(body),
+        )
+        .await
+    }
+
+    async fn bucket(&self, id: &str, extra: Value) -> Reply {
+        let mut body = json!({"id": id, "name": id});
+        if let (Value::Object(map), Value::Object(more)) = (&mut body, extra) {
+            map.extend(more);
+        }
+        self.call(Method::POST, "/bucket", &self.service(), Some(body))
+            .await
+    }
+
+    /// A POST sent as raw HTTP/1.1, path untouched; returns the response.
+    async fn raw_post(&self, path: &str, token: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let addr = self.app.url.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: text/plain\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    /// Files under the storage directory (stored bytes and parts).
+    fn stored_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.app.data_dir.join("storage"), &mut out);
+        out
+    }
+
+    async fn count_rows(&self, sql: &str) -> i64 {
+        self.app
+            .db
+            .client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+#[tokio::test]
+async fn buckets_are_created_listed_updated_emptied_and_deleted() {
+    let st = St::new().await;
+    let service = st.service();
+    let created = st
+        .bucket(
+            "avatars",
+            json!({"public": false, "file_size_limit": "1mb", "allowed_mime_types": ["image/*"]}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{:?}", created.json());
+    assert_eq!(created.json(), json!({"name": "avatars"}));
+
+    let got = st
+        .call(Method::GET, "/bucket/avatars", &service, None)
+        .await;
+    assert_eq!(got.status, StatusCode::OK);
+    let bucket = got.json();
+    assert_eq!(bucket["id"], "avatars");
+    assert_eq!(bucket["public"], false);
+    assert_eq!(bucket["file_size_limit"], 1_000_000);
+    assert_eq!(bucket["allowed_mime_types"], json!(["image/*"]));
+    assert_eq!(bucket["type"], "STANDARD");
+    assert!(bucket["created_at"].is_string());
+
+    st.bucket("docs", json!({"public": true})).await;
+    let list = st
+        .call(
+            Method::GET,
+            "/bucket?sortColumn=name&sortOrder=desc",
+            &service,
+            None,
+        )
+        .await;
+    let names: Vec<String> = list
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["docs", "avatars"]);
+    let searched = st
+        .call(Method::GET, "/bucket?search=av&limit=5", &service, None)
+        .await;
+    assert_eq!(searched.json().as_array().unwrap().len(), 1);
+
+    let updated = st
+        .call(
+            Method::PUT,
+            "/bucket/avatars",
+            &service,
+            Some(json!({"public": true, "file_size_limit": null, "allowed_mime_types": null})),
+        )
+        .await;
+    assert_eq!(updated.json(), json!({"message": "Successfully updated"}));
+    let got = st
+        .call(Method::GET, "/bucket/avatars", &service, None)
+        .await
+        .json();
+    assert_eq!(
+        (got["public"].clone(), got["file_size_limit"].clone()),
+        (json!(true), Value::Null)
+    );
+
+    // Refusals.
+    let again = st.bucket("avatars", json!({})).await;
+    assert_eq!(
+        (again.status, again.logical()),
+        (StatusCode::BAD_REQUEST, "409".to_owned())
+    );
+    assert_eq!(again.json()["message"], "The resource already exists");
+    let bad_name = st.bucket("a/b", json!({})).await;
+    assert_eq!(bad_name.logical(), "400");
+    let bad_size = st.bucket("sized", json!({"file_size_limit": "lots"})).await;
+    assert_eq!(
+        bad_size.json()["message"],
+        "Invalid file size format, hint: use 20GB / 20MB / 30KB / 3B"
+    );
+    let missing = st.call(Method::GET, "/bucket/nope", &service, None).await;
+    assert_eq!(
+        (missing.status, missing.logical()),
+        (StatusCode::BAD_REQUEST, "404".to_owned())
+    );
+    assert_eq!(missing.json()["error"], "Bucket not found");
+    let missing_update = st
+        .call(
+            Method::PUT,
+            "/bucket/nope",
+            &service,
+            Some(json!({"public": true})),
+        )
+        .await;
+    assert_eq!(missing_update.logical(), "404");
+    let (_, user) = st.user();
+    let by_user = st
+        .call(
+            Method::POST,
+            "/bucket",
+            &user,
+            Some(json!({"id": "mine", "name": "mine"})),
+        )
+        .await;
+    assert_eq!(
+        by_user.logical(),
+        "403",
+        "RLS refuses buckets to users: {:?}",
+        by_user.json()
+    );
+    let anon_list = st
+        .call(Method::GET, "/bucket", &st.app.anon_key, None)
+        .await;
+    assert_eq!(
+        anon_list.json(),
+        json!([]),
+        "anon sees no bucket without a policy"
+    );
+    let user_list = st.call(Method::GET, "/bucket", &user, None).await;
+    assert_eq!(
+        user_list.json().as_array().unwrap().len(),
+        2,
+        "the policy lets users see buckets"
+    );
+    let bad_token = st.call(Method::GET, "/bucket", "not-a-jwt", None).await;
+    assert_eq!(
+        (bad_token.status, bad_token.logical()),
+        (StatusCode::BAD_REQUEST, "403".to_owned())
+    );
+
+    // Delete: a bucket with objects is refused until emptied.
+    st.upload(Method::POST, "docs/a.txt", &service, b"a", "text/plain")
+        .await;
+    st.upload(Method::POST, "docs/f/b.txt", &service, b"b", "text/plain")
+        .await;
+    let full = st
+        .call(Method::DELETE, "/bucket/docs", &service, Some(json!({})))
+        .await;
+    assert_eq!(full.logical(), "409");
+    assert_eq!(
+        full.json()["message"],
+        "The bucket you tried to delete is not empty"
+    );
+    let emptied = st
+        .call(
+            Method::POST,
+            "/bucket/docs/empty",
+            &service,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(emptied.json(), json!({"message": "Successfully emptied"}));
+    assert!(st.stored_files().is_empty(), "emptying deletes the bytes");
+    let deleted = st
+        .call(Method::DELETE, "/bucket/docs", &service, Some(json!({})))
+        .await;
+    assert_eq!(deleted.json(), json!({"message": "Successfully deleted"}));
+    let gone = st
+        .call(Method::DELETE, "/bucket/docs", &service, None)
+        .await;
+    assert_eq!(gone.logical(), "404");
+    let empty_missing = st
+        .call(Method::POST, "/bucket/docs/empty", &service, None)
+        .await;
+    assert_eq!(empty_missing.logical(), "404");
+}
+
+#[tokio::test]
+async fn upload_download_and_http_semantics() {
+    let st = St::new().await;
+    let service = st.service();
+    st.bucket("files", json!({})).await;
+    let up = st
+        .upload(
+            Method::POST,
+            "files/dir/hello.txt",
+            &service,
+            b"hello world",
+            "text/plain;charset=UTF-8",
+        )
+        .await;
+    assert_eq!(up.status, StatusCode::OK, "{:?}", up.json());
+    assert_eq!(up.json()["Key"], "files/dir/hello.txt");
+    assert!(up.json()["Id"].as_str().unwrap().len() == 36);
+
+    let down =
+        St::send(st.request(Method::GET, "/object/files/dir/hello.txt", Some(&service))).await;
+    assert_eq!(down.status, StatusCode::OK);
+    assert_eq!(&down.bytes[..], b"hello world");
+    assert_eq!(down.header("content-type"), "text/plain;charset=UTF-8");
+    assert_eq!(down.header("content-length"), "11");
+    assert_eq!(down.header("cache-control"), "no-cache");
+    assert_eq!(down.header("accept-ranges"), "bytes");
+    let etag = down.header("etag").to_owned();
+    assert!(etag.starts_with('"') && etag.len() == 34, "{etag}");
+    assert!(!down.header("last-modified").is_empty());
+    let authenticated = St::send(st.request(
+        Method::GET,
+        "/object/authenticated/files/dir/hello.txt",
+        Some(&service),
+    ))
+    .await;
+    assert_eq!(&authenticated.bytes[..], b"hello world");
+
+    // Ranges, conditional requests, attachments, HEAD.
+    let range = St::send(
+        st.request(Method::GET, "/object/files/dir/hello.txt", Some(&service))
+            .header("range", "bytes=6-"),
+    )
+    .await;
+    assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&range.bytes[..], b"world");
+    assert_eq!(range.header("content-range"), "bytes 6-10/11");
+    let bad_range = St::send(
+        st.request(Method::GET, "/object/files/dir/hello.txt", Some(&service))
+            .header("range", "bytes=50-"),
+    )
+    .await;
+    assert_eq!(bad_range.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(bad_range.header("content-range"), "bytes */11");
+    let cached = St::send(
+        st.request(Method::GET, "/object/files/dir/hello.txt", Some(&service))
+            .header("if-none-match", &etag),
+    )
+    .await;
+    assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
+    assert!(cached.bytes.is_empty());
+    let since = St::send(
+        st.request(Method::GET, "/object/files/dir/hello.txt", Some(&service))
+            .header("if-modified-since", down.header("last-modified")),
+    )
+    .await;
+    assert_eq!(since.status, StatusCode::NOT_MODIFIED);
+    let attachment = St::send(st.request(
+        Method::GET,
+        "/object/files/dir/hello.txt?download=my%20file.txt",
+        Some(&service),
+    ))
+    .await;
+    assert_eq!(
+        attachment.header("content-disposition"),
+        "attachment; filename=my%20file.txt; filename*=UTF-8''my%20file.txt"
+    );
+    let head =
+        St::send(st.request(Method::HEAD, "/object/files/dir/hello.txt", Some(&service))).await;
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (StatusCode::OK, "11")
+    );
+    let head_missing =
+        St::send(st.request(Method::HEAD, "/object/files/nope.txt", Some(&service))).await;
+    assert_eq!(head_missing.status, StatusCode::BAD_REQUEST);
+
+    // Info.
+    let info = st
+        .call(
+            Method::GET,
+            "/object/info/files/dir/hello.txt",
+            &service,
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(info["name"], "dir/hello.txt");
+    assert_eq!(info["bucket_id"], "files");
+    assert_eq!(info["size"], 11);
+    assert_eq!(info["content_type"], "text/plain;charset=UTF-8");
+    assert_eq!(info["etag"], etag.as_str());
+
+    // Create twice: 409 unless upsert; upsert replaces and deletes the old bytes.
+    let again = st
+        .upload(
+            Method::POST,
+            "files/dir/hello.txt",
+            &service,
+            b"x",
+            "text/plain",
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.logical()),
+        (StatusCode::BAD_REQUEST, "409".to_owned())
+    );
+    assert_eq!(again.json()["message"], "The resource already exists");
+    assert_eq!(
+        st.stored_files().len(),
+        1,
+        "a refused upload leaves no bytes"
+    );
+    let upsert = St::send(
+        st.request(Method::POST, "/object/files/dir/hello.txt", Some(&service))
+            .header("x-upsert", "true")
+            .header("content-type", "text/markdown")
+            .header("cache-control", "max-age=60")
+            .header("x-metadata", "eyJvd25lciI6Im1lIn0=")
+            .body("# replaced"),
+    )
+    .await;
+    assert_eq!(upsert.status, StatusCode::OK, "{:?}", upsert.json());
+    assert_eq!(
+        upsert.json()["Id"],
+        up.json()["Id"],
+        "upsert keeps the object id"
+    );
+    let replaced =
+        St::send(st.request(Method::GET, "/object/files/dir/hello.txt", Some(&service))).await;
+    assert_eq!(&replaced.bytes[..], b"# replaced");
+    assert_eq!(replaced.header("content-type"), "text/markdown");
+    assert_eq!(replaced.header("cache-control"), "max-age=60");
+    assert_ne!(
+        replaced.header("etag"),
+        etag,
+        "a new version has a new ETag"
+    );
+    assert_eq!(
+        st.stored_files().len(),
+        1,
+        "the replaced version's bytes are deleted"
+    );
+    let info = st
+        .call(
+            Method::GET,
+            "/object/info/files/dir/hello.txt",
+            &service,
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(info["metadata"], json!({"owner": "me"}));
+
+    // PUT updates an existing object, refuses a missing one.
+    let put = st
+        .upload(
+            Method::PUT,
+            "files/dir/hello.txt",
+            &service,
+            b"v3",
+            "text/plain",
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK);
+    let put_missing = st
+        .upload(
+            Method::PUT,
+            "files/dir/missing.txt",
+            &service,
+            b"v3",
+            "text/plain",
+        )
+        .await;
+    assert_eq!(put_missing.logical(), "404");
+    assert_eq!(put_missing.json()["message"], "Object not found");
+
+    // Refusals of input.
+    let empty = st
+        .upload(Method::POST, "files/empty.txt", &service, b"", "text/plain")
+        .await;
+    assert_eq!(empty.json()["message"], "No content provided");
+    let no_bucket = st
+        .upload(Method::POST, "nobucket/a.txt", &service, b"x", "text/plain")
+        .await;
+    assert_eq!(no_bucket.logical(), "404");
+    assert_eq!(no_bucket.json()["error"], "Bucket not found");
+    // (A literal `..` is resolved away by the HTTP client; encoded, it reaches us.)
+    for bad in [
+        "files/a//b.txt",
+        "files/a%00b",
+        "files/a%0Ab",
+        "files/a%5Cb",
+    ] {
+        let reply = st
+            .upload(Method::POST, bad, &service, b"x", "text/plain")
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(
+            reply.json()["code"],
+            "InvalidKey",
+            "{bad}: {:?}",
+            reply.json()
+        );
+    }
+    // Dot segments, sent raw so that no client normalises them away.
+    for bad in [
+        "/files/../../etc/passwd",
+        "/files/a/%2E%2E/%2e%2e/b",
+        "/files/./a",
+    ] {
+        let reply = st
+            .raw_post(&format!("/storage/v1/object{bad}"), &service)
+            .await;
+        assert!(reply.contains("InvalidKey"), "{bad}: {reply}");
+    }
+    let bad_metadata = St::send(
+        st.request(Method::POST, "/object/files/m.txt", Some(&service))
+            .header("x-metadata", "not base64 json")
+            .body("x"),
+    )
+    .await;
+    assert_eq!(bad_metadata.logical(), "400");
+    let missing = St::send(st.request(Method::GET, "/object/files/none.txt", Some(&service))).await;
+    assert_eq!(
+        (missing.status, missing.logical()),
+        (StatusCode::BAD_REQUEST, "404".to_owned())
+    );
+    assert_eq!(missing.json()["code"], "NoSuchKey");
+    assert_eq!(st.stored_files().len(), 1);
+}
+
+#[tokio::test]
+async fn multipart_forms_and_large_objects_stream() {
+    let st = St::new().await;
+    let service = st.service();
+    st.bucket("media", json!({})).await;
+    let form = reqwest::multipart::Form::new()
+        .text("cacheControl", "3600")
+        .text("metadata", r#"{"caption":"a cat"}"#)
+        .part(
+            "",
+            reqwest::multipart::Part::bytes(b"\x89PNG fake".to_vec())
+                .file_name("blob")
+                .mime_str("image/png")
+                .unwrap(),
+        );
+    let up = St::send(
+        st.request(Method::POST, "/object/media/cat.png", Some(&service))
+            .header("x-upsert", "false")
+            .multipart(form),
+    )
+    .await;
+    assert_eq!(up.status, StatusCode::OK, "{:?}", up.json());
+    let down = St::send(st.request(Method::GET, "/object/media/cat.png", Some(&service))).await;
+    assert_eq!(&down.bytes[..], b"\x89PNG fake");
+    assert_eq!(down.header("content-type"), "image/png");
+    assert_eq!(down.header("cache-control"), "max-age=3600");
+    let info = st
+        .call(Method::GET, "/object/info/media/cat.png", &service, None)
+        .await
+        .json();
+    assert_eq!(info["metadata"], json!({"caption": "a cat"}));
+
+    let no_file = St::send(
+        st.request(Method::POST, "/object/media/none.png", Some(&service))
+            .multipart(reqwest::multipart::Form::new().text("cacheControl", "10")),
+    )
+    .await;
+    assert_eq!(no_file.json()["message"], "No content provided");
+
+    // 20 MiB, streamed in chunks without a Content-Length: the multipart
+    // path of the backend, read back whole and by range.
+    let big: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let chunks: Vec<Result<Bytes, std::io::Error>> = big
+        .chunks(1 << 20)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let up = St::send(
+        st.request(Method::POST, "/object/media/big.bin", Some(&service))
+            .header("content-type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            ))),
+    )
+    .await;
+    assert_eq!(up.status, StatusCode::OK, "{:?}", up.json());
+    let down = St::send(st.request(Method::GET, "/object/media/big.bin", Some(&service))).await;
+    assert_eq!(down.bytes.len(), big.len());
+    assert!(down.bytes[..] == big[..]);
+    let tail = St::send(
+        st.request(Method::GET, "/object/media/big.bin", Some(&service))
+            .header("range", "bytes=10485000-10486000"),
+    )
+    .await;
+    assert_eq!(&tail.bytes[..], &big[10_485_000..=10_486_000]);
+}
+
+#[tokio::test]
+async fn rls_keeps_each_user_in_their_folder() {
+    let st = St::new().await;
+    st.bucket("private", json!({})).await;
+    let (alice, alice_token) = st.user();
+    let (bob, bob_token) = st.user();
+
+    let own = st
+        .upload(
+            Method::POST,
+            &format!("private/{alice}/note.txt"),
+            &alice_token,
+            b"alice's",
+            "text/plain",
+        )
+        .await;
+    assert_eq!(own.status, StatusCode::OK, "{:?}", own.json());
+    let owner: String = st
+        .app
+        .db
+        .client()
+        .await
+        .query_one(
+            "select owner_id from storage.objects where name = $1",
+            &[&format!("{alice}/note.txt")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, alice, "the uploader owns the object");
+
+    // Bob cannot read, overwrite, list, sign, move or delete Alice's object.
+    let read = St::send(st.request(
+        Method::GET,
+        &format!("/object/private/{alice}/note.txt"),
+        Some(&bob_token),
+    ))
+    .await;
+    assert_eq!(
+        (read.status, read.logical()),
+        (StatusCode::BAD_REQUEST, "404".to_owned())
+    );
+    let write = st
+        .upload(
+            Method::POST,
+            &format!("private/{alice}/evil.txt"),
+            &bob_token,
+            b"x",
+            "text/plain",
+        )
+        .await;
+    assert_eq!(write.logical(), "403");
+    assert_eq!(
+        write.json()["message"],
+        "new row violates row-level security policy"
+    );
+    let upsert = St::send(
+        st.request(
+            Method::POST,
+            &format!("/object/private/{alice}/note.txt"),
+            Some(&bob_token),
+        )
+        .header("x-upsert", "true")
+        .body("overwrite"),
+    )
+    .await;
+    assert_ne!(upsert.status, StatusCode::OK);
+    let put = st
+        .upload(
+            Method::PUT,
+            &format!("private/{alice}/note.txt"),
+            &bob_token,
+            b"x",
+            "text/plain",
+        )
+        .await;
+    assert_eq!(put.logical(), "404");
+    let list = st
+        .call(
+            Method::POST,
+            "/object/list/private",
+            &bob_token,
+            Some(json!({"prefix": alice})),
+        )
+        .await;
+    assert_eq!(list.json(), json!([]));
+    let sign = st
+        .call(
+            Method::POST,
+            &format!("/object/sign/private/{alice}/note.txt"),
+            &bob_token,
+            Some(json!({"expiresIn": 60})),
+        )
+        .await;
+    assert_eq!(sign.logical(), "404");
+    let moved = st.call(Method::POST, "/object/move", &bob_token, Some(json!({"bucketId": "private", "sourceKey": format!("{alice}/note.txt"), "destinationKey": format!("{bob}/stolen.txt")}))).await;
+    assert_eq!(moved.logical(), "404");
+    let copied = st.call(Method::POST, "/object/copy", &bob_token, Some(json!({"bucketId": "private", "sourceKey": format!("{alice}/note.txt"), "destinationKey": format!("{bob}/stolen.txt")}))).await;
+    assert_eq!(copied.logical(), "404");
+    let deleted = st
+        .call(
+            Method::DELETE,
+            "/object/private",
+            &bob_token,
+            Some(json!({"prefixes": [format!("{alice}/note.txt")]})),
+        )
+        .await;
+    assert_eq!(deleted.json(), json!([]), "invisible rows are skipped");
+    let info = st
+        .call(
+            Method::GET,
+            &format!("/object/info/private/{alice}/note.txt"),
+            &bob_token,
+            None,
+        )
+        .await;
+    assert_eq!(info.logical(), "404");
+    // Anonymous callers get nothing either.
+    let anon = st
+        .upload(
+            Method::POST,
+            &format!("private/{alice}/anon.txt"),
+            &st.app.anon_key.clone(),
+            b"x",
+            "text/plain",
+        )
+        .await;
+    assert_eq!(anon.logical(), "403");
+    let anon_read = St::send(st.request(
+        Method::GET,
+        &format!("/object/private/{alice}/note.txt"),
+        None,
+    ))
+    .await;
+    assert_eq!(anon_read.logical(), "404");
+
+    // Alice still has it, untouched, and can move it within her folder
+    // but not into Bob's.
+    let read = St::send(st.request(
+        Method::GET,
+        &format!("/object/private/{alice}/note.txt"),
+        Some(&alice_token),
+    ))
+    .await;
+    assert_eq!(&read.bytes[..], b"alice's");
+    let into_bob = st.call(Method::POST, "/object/move", &alice_token, Some(json!({"bucketId": "private", "sourceKey": format!("{alice}/note.txt"), "destinationKey": format!("{bob}/gift.txt")}))).await;
+    assert_eq!(into_bob.logical(), "403");
+    let moved = st.call(Method::POST, "/object/move", &alice_token, Some(json!({"bucketId": "private", "sourceKey": format!("{alice}/note.txt"), "destinationKey": format!("{alice}/moved.txt")}))).await;
+    assert_eq!(moved.json(), json!({"message": "Successfully moved"}));
+    let list = st
+        .call(
+            Method::POST,
+            "/object/list/private",
+            &alice_token,
+            Some(json!({"prefix": alice})),
+        )
+        .await;
+    assert_eq!(list.json().as_array().unwrap().len(), 1);
+    assert_eq!(list.json()[0]["name"], "moved.txt");
+
+    // Direct SQL deletes would orphan bytes: refused even to the owner role.
+    let err = st
+        .app
+        .db
+        .client()
+        .await
+        .execute("delete from storage.objects", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "42501");
+}
+
+#[tokio::test]
+async fn size_and_mime_limits_are_enforced_while_streaming() {
+    let mut config = sovra_config::Config::default();
+    config.storage.file_size_limit = 64;
+    let st = St::with(config).await;
+    let service = st.service();
+    st.bucket(
+        "small",
+        json!({"file_size_limit": 10, "allowed_mime_types": ["text/*", "application/json"]}),
+    )
+    .await;
+    let ok = st
+        .upload(
+            Method::POST,
+            "small/ok.txt",
+            &service,
+            b"0123456789",
+            "text/plain",
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let big = st
+        .upload(
+            Method::POST,
+            "small/big.txt",
+            &service,
+            b"0123456789X",
+            "text/plain",
+        )
+        .await;
+    assert_eq!(
+        (big.status, big.logical()),
+        (StatusCode::BAD_REQUEST, "413".to_owned())
+    );
+    assert_eq!(
+        big.json()["message"],
+        "The object exceeded the maximum allowed size"
+    );
+    // Without a Content-Length the limit is enforced as the bytes arrive.
+    let chunks: Vec<Result<Bytes, std::io::Error>> =
+        (0..4).map(|_| Ok(Bytes::from_static(b"abcd"))).collect();
+    let streamed = St::send(
+        st.request(Method::POST, "/object/small/streamed.txt", Some(&service))
+            .header("content-type", "text/plain")
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            ))),
+    )
+    .await;
+    assert_eq!(streamed.logical(), "413");
+    let mime = st
+        .upload(Method::POST, "small/cat.png", &service, b"png", "image/png")
+        .await;
+    assert_eq!(mime.logical(), "415");
+    assert_eq!(
+        mime.json()["message"],
+        "mime type image/png is not supported"
+    );
+    let json_ok = st
+        .upload(
+            Method::POST,
+            "small/a.json",
+            &service,
+            b"{}",
+            "application/json",
+        )
+        .await;
+    assert_eq!(json_ok.status, StatusCode::OK);
+    let placeholder = st
+        .upload(
+            Method::POST,
+            "small/dir/.emptyFolderPlaceholder",
+            &service,
+            b"placeholder!",
+            "application/octet-stream",
+        )
+        .await;
+    assert_eq!(
+        placeholder.status,
+        StatusCode::OK,
+        "placeholders are exempt"
+    );
+    // The global limit caps buckets without their own.
+    st.bucket("open", json!({})).await;
+    let over_global = st
+        .upload(
+            Method::POST,
+            "open/x.bin",
+            &service,
+            &[7u8; 65],
+            "application/octet-stream",
+        )
+        .await;
+    assert_eq!(over_global.logical(), "413");
+    assert_eq!(
+        st.count_rows("select count(*) from storage.objects").await,
+        3
+    );
+    assert_eq!(st.stored_files().len(), 3, "refused uploads leave no bytes");
+}
+
+#[tokio::test]
+async fn an_interrupted_upload_leaves_neither_bytes_nor_metadata() {
+    let st = St::new().await;
+    let service = st.service();
+    st.bucket("b", json!({})).await;
+    for size in [1024usize, 12 * 1024 * 1024] {
+        let mut chunks: Vec<Result<Bytes, std::io::Error>> =
+            std::iter::repeat_with(|| Ok(Bytes::from(vec![1u8; size / 4])))
+                .take(4)
+                .collect();
+        chunks.push(Err(std::io::Error::other("connection dropped")));
+        let result = st
+            .request(Method::POST, "/object/b/broken.bin", Some(&service))
+            .header("content-type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
+            .send()
+            .await;
+        assert!(result.is_err() || !result.unwrap().status().is_success());
+    }
+    // The server notices the broken body and cleans up.
+    for _ in 0..50 {
+        if st.stored_files().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(st.stored_files().is_empty(), "{:?}", st.stored_files());
+    assert_eq!(
+        st.count_rows("select count(*) from storage.objects").await,
+        0
+    );
+    let down = St::send(st.request(Method::GET, "/object/b/broken.bin", Some(&service))).await;
+    assert_eq!(down.logical(), "404");
+}
+
+#[tokio::test]
+async fn listing_folders_search_sort_and_pages() {
+    let st = St::new().await;
+    let service = st.service();
+    st.bucket("l", json!({})).await;
+    for name in [
+        "top.txt",
+        "a/one.txt",
+        "a/two.txt",
+        "a/sub/deep.txt",
+        "a/sub2/x.txt",
+        "b/c.txt",
+        "a_b/x.txt",
+    ] {
+        let reply = St::send(
+            st.request(Method::POST, &format!("/object/l/{name}"), Some(&service))
+                .body(name),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{name}");
+    }
+    let names = |reply: Reply| -> Vec<String> {
+        reply
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let root = st.call(Method::POST, "/object/list/l", &service, Some(json!({"prefix": "", "limit": 100, "offset": 0, "sortBy": {"column": "name", "order": "asc"}}))).await;
+    let entries = root.json();
+    assert_eq!(names(root), ["a", "a_b", "b", "top.txt"]);
+    assert_eq!(entries[0]["id"], Value::Null, "folders have no id");
+    assert_eq!(entries[3]["metadata"]["size"], 7);
+    assert_eq!(
+        entries[3]["metadata"]["mimetype"],
+        "application/octet-stream"
+    );
+    let folder = st
+        .call(
+            Method::POST,
+            "/object/list/l",
+            &service,
+            Some(json!({"prefix": "a"})),
+        )
+        .await;
+    assert_eq!(names(folder), ["sub", "sub2", "one.txt", "two.txt"]);
+    let slash = st
+        .call(
+            Method::POST,
+            "/object/list/l",
+            &service,
+            Some(json!({"prefix": "a/"})),
+        )
+        .await;
+    assert_eq!(names(slash).len(), 4);
+    let search = st
+        .call(
+            Method::POST,
+            "/object/list/l",
+            &service,
+            Some(json!({"prefix": "a", "search": "T"})),
+        )
+        .await;
+    assert_eq!(names(search), ["two.txt"]);
+    let page = st.call(Method::POST, "/object/list/l", &service, Some(json!({"prefix": "a", "limit": 2, "offset": 1, "sortBy": {"column": "name", "order": "desc"}}))).await;
+    assert_eq!(names(page), ["sub", "two.txt"]);
+    let like_chars = st
+        .call(
+            Method::POST,
+            "/object/list/l",
+            &service,
+            Some(json!({"prefix": "a_"})),
+        )
+        .await;
+    assert_eq!(
+        names(like_chars),
+        Vec::<String>::new(),
+        "`_` is not a wildcard"
+    );
+    let bad_sort = st
+        .call(
+            Method::POST,
+            "/object/list/l",
+            &service,
+            Some(json!({"sortBy": {"column": "size; drop table x"}})),
+        )
+        .await;
+    assert_eq!(bad_sort.logical(), "400");
+
+    let v2 = st
+        .call(
+            Method::POST,
+            "/object/list-v2/l",
+            &service,
+            Some(json!({"prefix": "a/", "limit": 3, "with_delimiter": true})),
+        )
+        .await
+        .json();
+    assert_eq!(v2["hasNext"], true);
+    assert_eq!(
+        v2["folders"],
+        json!([{"name": "sub", "key": "a/sub"}, {"name": "sub2", "key": "a/sub2"}])
+    );
+    assert_eq!(v2["objects"][0]["key"], "a/one.txt");
+    let next = st
+        .call(
+            Method::POST,
+            "/object/list-v2/l",
+            &service,
+            Some(json!({"prefix": "a/", "limit": 3, "cursor": v2["nextCursor"]})),
+        )
+        .await
+        .json();
+    assert_eq!(next["hasNext"], false);
+    assert_eq!(next["objects"][0]["key"], "a/two.txt");
+}
+
+#[tokio::test]
+async fn move_copy_and_delete() {
+    let st = St::new().await;
+    let service = st.service();
+    st.bucket("one", json!({})).await;
+    st.bucket("two", json!({})).await;
+    st.upload(
+        Method::POST,
+        "one/a.txt",
+        &service,
+        b"content a",
+        "text/plain",
+    )
+    .await;
+    st.upload(
+        Method::POST,
+        "one/b.txt",
+        &service,
+        b"content b",
+        "text/plain",
+    )
+    .await;
+
+    let copy = st.call(Method::POST, "/object/copy", &service, Some(json!({"bucketId": "one", "sourceKey": "a.txt", "destinationKey": "copy/a.txt", "destinationBucket": "two"}))).await;
+    assert_eq!(copy.status, StatusCode::OK, "{:?}", copy.json());
+    assert_eq!(copy.json()["Key"], "two/copy/a.txt");
+    let copied = St::send(st.request(Method::GET, "/object/two/copy/a.txt", Some(&service))).await;
+    assert_eq!(&copied.bytes[..], b"content a");
+    assert_eq!(copied.header("content-type"), "text/plain");
+    let exists = st
+        .call(
+            Method::POST,
+            "/object/copy",
+            &service,
+            Some(json!({"bucketId": "one", "sourceKey": "a.txt", "destinationKey": "b.txt"})),
+        )
+        .await;
+    assert_eq!(exists.logical(), "409");
+    let missing = st
+        .call(
+            Method::POST,
+            "/object/copy",
+            &service,
+            Some(json!({"bucketId": "one", "sourceKey": "zzz.txt", "destinationKey": "c.txt"})),
+        )
+        .await;
+    assert_eq!(missing.logical(), "404");
+    assert_eq!(st.stored_files().len(), 3);
+
+    let moved = st.call(Method::POST, "/object/move", &service, Some(json!({"bucketId": "one", "sourceKey": "b.txt", "destinationKey": "moved/b.txt", "destinationBucket": "two"}))).await;
+    assert_eq!(moved.json(), json!({"message": "Successfully moved"}));
+    let at_new = St::send(st.request(Method::GET, "/object/two/moved/b.txt", Some(&service))).await;
+    assert_eq!(&at_new.bytes[..], b"content b");
+    let at_old = St::send(st.request(Method::GET, "/object/one/b.txt", Some(&service))).await;
+    assert_eq!(at_old.logical(), "404");
+    let onto = st.call(Method::POST, "/object/move", &service, Some(json!({"bucketId": "one", "sourceKey": "a.txt", "destinationKey": "copy/a.txt", "destinationBucket": "two"}))).await;
+    assert_eq!(onto.logical(), "409");
+    let to_nowhere = st.call(Method::POST, "/object/move", &service, Some(json!({"bucketId": "one", "sourceKey": "a.txt", "destinationKey": "x", "destinationBucket": "nope"}))).await;
+    assert_eq!(to_nowhere.logical(), "404");
+    let bad = st
+        .call(
+            Method::POST,
+            "/object/move",
+            &service,
+            Some(json!({"bucketId": "one", "sourceKey": "a.txt", "destinationKey": "../x"})),
+        )
+        .await;
+    assert_eq!(bad.json()["code"], "InvalidKey");
+
+    let removed = st
+        .call(
+            Method::DELETE,
+            "/object/two",
+            &service,
+            Some(json!({"prefixes": ["copy/a.txt", "not-there.txt"]})),
+        )
+        .await;
+    let rows = removed.json();
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!(rows[0]["name"], "copy/a.txt");
+    assert_eq!(rows[0]["bucket_id"], "two");
+    let one = st
+        .call(Method::DELETE, "/object/two/moved/b.txt", &service, None)
+        .await;
+    assert_eq!(one.json(), json!({"message": "Successfully deleted"}));
+    let again = st
+        .call(Method::DELETE, "/object/two/moved/b.txt", &service, None)
+        .await;
+    assert_eq!(again.logical(), "404");
+    let empty_list = st
+        .call(
+            Method::DELETE,
+            "/object/two",
+            &service,
+            Some(json!({"prefixes": []})),
+        )
+        .await;
+    assert_eq!(empty_list.logical(), "400");
+    assert_eq!(st.stored_files().len(), 1, "deletes remove the bytes");
+}
+
+#[tokio::test]
+async fn signed_download_and_upload_urls() {
+    let st = St::new().await;
+    let service = st.service();
+    st.bucket("private", json!({})).await;
+    let (alice, alice_token) = st.user();
+    st.upload(
+        Method::POST,
+        &format!("private/{alice}/pic.txt"),
+        &alice_token,
+        b"signed bytes",
+        "text/plain",
+    )
+    .await;
+
+    let signed = st
+        .call(
+            Method::POST,
+            &format!("/object/sign/private/{alice}/pic.txt"),
+            &alice_token,
+            Some(json!({"expiresIn": 60})),
+        )
+        .await;
+    assert_eq!(signed.status, StatusCode::OK, "{:?}", signed.json());
+    let url = signed.json()["signedURL"].as_str().unwrap().to_owned();
+    assert!(url.starts_with(&format!("/object/sign/private/{alice}/pic.txt?token=")));
+    let fetched = st
+        .http
+        .get(format!("{}/storage/v1{url}", st.app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), StatusCode::OK);
+    assert!(fetched.headers().get("expires").is_some());
+    assert!(fetched.headers().get("cache-control").is_none());
+    assert_eq!(&fetched.bytes().await.unwrap()[..], b"signed bytes");
+    let with_download = st
+        .http
+        .get(format!("{}/storage/v1{url}&download=", st.app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        with_download.headers()["content-disposition"],
+        "attachment;"
+    );
+
+    // Tampered, for another object, expired, or an upload token.
+    let token = url.split("token=").nth(1).unwrap().to_owned();
+    let tampered = St::send(st.http.get(format!(
+        "{}/storage/v1/object/sign/private/{alice}/pic.txt?token={token}x",
+        st.app.url
+    )))
+    .await;
+    assert_eq!(
+        (tampered.status, tampered.json()["error"].clone()),
+        (StatusCode::BAD_REQUEST, json!("InvalidJWT"))
+    );
+    st.upload(
+        Method::POST,
+        &format!("private/{alice}/other.txt"),
+        &alice_token,
+        b"other",
+        "text/plain",
+    )
+    .await;
+    let elsewhere = St::send(st.http.get(format!(
+        "{}/storage/v1/object/sign/private/{alice}/other.txt?token={token}",
+        st.app.url
+    )))
+    .await;
+    assert_eq!(elsewhere.json()["error"], "InvalidSignature");
+    let now = TestApp::now();
+    let expired = st.app.sign(json!({"url": format!("private/{alice}/pic.txt"), "scope": "download", "iat": now - 20, "exp": now - 1}));
+    let late = St::send(st.http.get(format!(
+        "{}/storage/v1/object/sign/private/{alice}/pic.txt?token={expired}",
+        st.app.url
+    )))
+    .await;
+    assert_eq!(
+        (late.status, late.json()["message"].clone()),
+        (StatusCode::BAD_REQUEST, json!("jwt expired"))
+    );
+    let no_token = St::send(st.http.get(format!(
+        "{}/storage/v1/object/sign/private/{alice}/pic.txt",
+        st.app.url
+    )))
+    .await;
+    assert_eq!(no_token.status, StatusCode::BAD_REQUEST);
+    let zero = st
+        .call(
+            Method::POST,
+            &format!("/object/sign/private/{alice}/pic.txt"),
+            &alice_token,
+            Some(json!({"expiresIn": 0})),
+        )
+        .await;
+    assert_eq!(zero.logical(), "400");
+
+    // Many at once: missing names get an error entry.
+    let many = st.call(Method::POST, "/object/sign/private", &alice_token, Some(json!({"expiresIn": 60, "paths": [format!("{alice}/pic.txt"), format!("{alice}/missing.txt")]}))).await.json();
+    assert!(many[0]["signedURL"].as_str().unwrap().contains("token="));
+    assert_eq!(many[0]["error"], Value::Null);
+    assert_eq!(many[1]["signedURL"], Value::Null);
+    assert_eq!(
+        many[1]["error"],
+        "Either the object does not exist or you do not have access to it"
+    );
+
+    // Upload URLs: made by someone allowed to insert, used by anyone, once.
+    let made = st
+        .call(
+            Method::POST,
+            &format!("/object/upload/sign/private/{alice}/up.txt"),
+            &alice_token,
+            None,
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::OK, "{:?}", made.json());
+    let upload_url = made.json()["url"].as_str().unwrap().to_owned();
+    let upload_token = made.json()["token"].as_str().unwrap().to_owned();
+    assert!(upload_url.ends_with(&upload_token));
+    let put = St::send(
+        st.http
+            .put(format!("{}/storage/v1{upload_url}", st.app.url))
+            .header("content-type", "text/plain")
+            .body("via signed url"),
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK, "{:?}", put.json());
+    assert_eq!(put.json()["Key"], format!("private/{alice}/up.txt"));
+    let owner: String = st
+        .app
+        .db
+        .client()
+        .await
+        .query_one(
+            "select owner_id from storage.objects where name = $1",
+            &[&format!("{alice}/up.txt")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, alice, "the link's maker owns the object");
+    let reuse = St::send(
+        st.http
+            .put(format!("{}/storage/v1{upload_url}", st.app.url))
+            .body("again"),
+    )
+    .await;
+    assert_eq!(reuse.logical(), "409");
+    let download_token_for_upload = St::send(
+        st.http
+            .put(format!(
+                "{}/storage/v1/object/upload/sign/private/{alice}/pic.txt?token={token}",
+                st.app.url
+            ))
+            .body("x"),
+    )
+    .await;
+    assert_eq!(
+        download_token_for_upload.json()["error"],
+        "InvalidSignature"
+    );
+    let (_, bob_token) = st.user();
+    let bob_link = st
+        .call(
+            Method::POST,
+            &format!("/object/upload/sign/private/{alice}/bob.txt"),
+            &bob_token,
+            None,
+        )
+        .await;
+    assert_eq!(
+        bob_link.logical(),
+        "403",
+        "a link needs insert permission when made"
+    );
+    let upsert_link = St::send(
+        st.request(
+            Method::POST,
+            &format!("/object/upload/sign/private/{alice}/up.txt"),
+            Some(&alice_token),
+        )
+        .header("x-upsert", "true"),
+    )
+    .await;
+    assert_eq!(
+        upsert_link.status,
+        StatusCode::OK,
+        "{:?}",
+        upsert_link.json()
+    );
+    let url = upsert_link.json()["url"].as_str().unwrap().to_owned();
+    let replaced = St::send(
+        st.http
+            .put(format!("{}/storage/v1{url}", st.app.url))
+            .body("replaced"),
+    )
+    .await;
+    assert_eq!(replaced.status, StatusCode::OK);
+    let got = St::send(st.request(
+        Method::GET,
+        &format!("/object/private/{alice}/up.txt"),
+        Some(&service),
+    ))
+    .await;
+    assert_eq!(&got.bytes[..], b"replaced");
+}
+
+#[tokio::test]
+async fn public_buckets_serve_without_credentials() {
+    let st = St::new().await;
+    let service = st.service();
+    st.bucket("pub", json!({"public": true})).await;
+    st.bucket("priv", json!({"public": false})).await;
+    st.upload(
+        Method::POST,
+        "pub/logo.svg",
+        &service,
+        b"<svg/>",
+        "image/svg+xml",
+    )
+    .await;
+    st.upload(
+        Method::POST,
+        "priv/logo.svg",
+        &service,
+        b"<svg/>",
+        "image/svg+xml",
+    )
+    .await;
+    let public = st
+        .http
+        .get(format!(
+            "{}/storage/v1/object/public/pub/logo.svg",
+            st.app.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), StatusCode::OK);
+    assert_eq!(public.headers()["content-type"], "image/svg+xml");
+    assert_eq!(&public.bytes().await.unwrap()[..], b"<svg/>");
+    let info = St::send(st.http.get(format!(
+        "{}/storage/v1/object/info/public/pub/logo.svg",
+        st.app.url
+    )))
+    .await;
+    assert_eq!(info.json()["size"], 6);
+    let private = St::send(st.http.get(format!(
+        "{}/storage/v1/object/public/priv/logo.svg",
+        st.app.url
+    )))
+    .await;
+    assert_eq!(
+        (private.status, private.logical()),
+        (StatusCode::BAD_REQUEST, "404".to_owned())
+    );
+    assert_eq!(private.json()["message"], "Bucket not found");
+    let missing = St::send(st.http.get(format!(
+        "{}/storage/v1/object/public/pub/none.svg",
+        st.app.url
+    )))
+    .await;
+    assert_eq!(missing.logical(), "404");
+}
+
+/// Sends one TUS chunk; `broken` makes the body fail after the bytes.
+async fn tus_patch(
+    st: &St,
+    location: &str,
+    token: &str,
+    offset: u64,
+    chunk: Vec<u8>,
+    broken: bool,
+) -> Result<Reply, reqwest::Error> {
+    let mut parts: Vec<Result<Bytes, std::io::Error>> = vec![Ok(Bytes::from(chunk))];
+    if broken {
+        parts.push(Err(std::io::Error::other("network gone")));
+    }
+    let response = st
+        .http
+        .patch(format!("{}{location}", st.app.url))
+        .header("apikey", &st.app.anon_key)
+        .bearer_auth(token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", offset.to_string())
+        .header("content-type", "application/offset+octet-stream")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            parts,
+        )))
+        .send()
+        .await?;
+    Ok(Reply {
+        status: response.status(),
+        headers: response.headers().clone(),
+        bytes: response.bytes().await.unwrap_or_default(),
+    })
+}
+
+fn tus_metadata(bucket: &str, name: &str, mime: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "bucketName {},objectName {},contentType {},cacheControl {}",
+        b64(bucket),
+        b64(name),
+        b64(mime),
+        b64("3600")
+    )
+}
+
+#[tokio::test]
+async fn resumable_uploads_survive_a_dropped_connection() {
+    let st = St::new().await;
+    st.bucket("private", json!({})).await;
+    let (alice, alice_token) = st.user();
+    let (_, bob_token) = st.user();
+
+    let data: Vec<u8> = (0..(13 * 1024 * 1024 + 123) as u32)
+        .map(|i| (i % 253) as u8)
+        .collect();
+    let name = format!("{alice}/video.bin");
+    let created = St::send(
+        st.request(Method::POST, "/upload/resumable", Some(&alice_token))
+            .header("tus-resumable", "1.0.0")
+            .header("upload-length", data.len().to_string())
+            .header(
+                "upload-metadata",
+                tus_metadata("private", &name, "video/mp4"),
+            ),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.json());
+    assert_eq!(created.header("tus-resumable"), "1.0.0");
+    let location = created.header("location").to_owned();
+    assert!(location.starts_with("/storage/v1/upload/resumable/"));
+
+    let chunk = 6 * 1024 * 1024;
+    let first = tus_patch(
+        &st,
+        &location,
+        &alice_token,
+        0,
+        data[..chunk].to_vec(),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.status, StatusCode::NO_CONTENT);
+    assert_eq!(first.header("upload-offset"), chunk.to_string());
+    // The second chunk breaks off mid-way: nothing of it counts.
+    let _ = tus_patch(
+        &st,
+        &location,
+        &alice_token,
+        chunk as u64,
+        data[chunk..2 * chunk].to_vec(),
+        true,
+    )
+    .await;
+    let mut offset = String::new();
+    for _ in 0..50 {
+        let head = St::send(
+            st.http
+                .head(format!("{}{location}", st.app.url))
+                .bearer_auth(&alice_token)
+                .header("tus-resumable", "1.0.0"),
+        )
+        .await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.header("upload-length"), data.len().to_string());
+        assert_eq!(head.header("cache-control"), "no-store");
+        offset = head.header("upload-offset").to_owned();
+        // The lease of the broken request is released once the server sees the break.
+        let probe = tus_patch(&st, &location, &alice_token, 1, vec![0], false)
+            .await
+            .unwrap();
+        if probe.json()["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not match")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        offset,
+        chunk.to_string(),
+        "the broken chunk did not move the offset"
+    );
+    // Someone else cannot see or continue it.
+    let bob_head = St::send(
+        st.http
+            .head(format!("{}{location}", st.app.url))
+            .bearer_auth(&bob_token),
+    )
+    .await;
+    assert_eq!(bob_head.status, StatusCode::NOT_FOUND);
+    let bob_patch = tus_patch(&st, &location, &bob_token, chunk as u64, vec![1], false)
+        .await
+        .unwrap();
+    assert_ne!(bob_patch.status, StatusCode::NO_CONTENT);
+    // Resume, with a wrong offset first.
+    let wrong = tus_patch(
+        &st,
+        &location,
+        &alice_token,
+        5,
+        data[chunk..2 * chunk].to_vec(),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(wrong.status, StatusCode::CONFLICT);
+    let second = tus_patch(
+        &st,
+        &location,
+        &alice_token,
+        chunk as u64,
+        data[chunk..2 * chunk].to_vec(),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.status, StatusCode::NO_CONTENT);
+    let not_yet = St::send(st.request(
+        Method::GET,
+        &format!("/object/private/{name}"),
+        Some(&alice_token),
+    ))
+    .await;
+    assert_eq!(not_yet.logical(), "404", "invisible until complete");
+    let last = tus_patch(
+        &st,
+        &location,
+        &alice_token,
+        (2 * chunk) as u64,
+        data[2 * chunk..].to_vec(),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(last.status, StatusCode::NO_CONTENT, "{:?}", last.json());
+    assert_eq!(last.header("upload-offset"), data.len().to_string());
+    let down = St::send(st.request(
+        Method::GET,
+        &format!("/object/private/{name}"),
+        Some(&alice_token),
+    ))
+    .await;
+    assert_eq!(down.header("content-type"), "video/mp4");
+    assert_eq!(down.header("cache-control"), "max-age=3600");
+    assert!(down.bytes[..] == data[..]);
+    assert_eq!(
+        st.count_rows("select count(*) from sovra.storage_uploads")
+            .await,
+        0
+    );
+    assert_eq!(st.stored_files().len(), 1, "parts are deleted once joined");
+    let after = St::send(
+        st.http
+            .head(format!("{}{location}", st.app.url))
+            .bearer_auth(&alice_token),
+    )
+    .await;
+    assert_eq!(after.status, StatusCode::NOT_FOUND);
+
+    // Refusals at creation: RLS (Bob in Alice's folder), size, names.
+    let denied = St::send(
+        st.request(Method::POST, "/upload/resumable", Some(&bob_token))
+            .header("upload-length", "10")
+            .header(
+                "upload-metadata",
+                tus_metadata("private", &format!("{alice}/x.bin"), "text/plain"),
+            ),
+    )
+    .await;
+    assert_eq!(denied.logical(), "403");
+    let too_big = St::send(
+        st.request(Method::POST, "/upload/resumable", Some(&alice_token))
+            .header("upload-length", (100u64 << 20).to_string())
+            .header(
+                "upload-metadata",
+                tus_metadata("private", &format!("{alice}/huge.bin"), "text/plain"),
+            ),
+    )
+    .await;
+    assert_eq!(too_big.logical(), "413");
+    let bad_name = St::send(
+        st.request(Method::POST, "/upload/resumable", Some(&alice_token))
+            .header("upload-length", "10")
+            .header(
+                "upload-metadata",
+                tus_metadata("private", "../x", "text/plain"),
+            ),
+    )
+    .await;
+    assert_eq!(bad_name.json()["code"], "InvalidKey");
+
+    // Creation with upload, then termination.
+    let with_body = St::send(
+        st.request(Method::POST, "/upload/resumable", Some(&alice_token))
+            .header("upload-length", "10")
+            .header("content-type", "application/offset+octet-stream")
+            .header(
+                "upload-metadata",
+                tus_metadata("private", &format!("{alice}/t.txt"), "text/plain"),
+            )
+            .body("01234"),
+    )
+    .await;
+    assert_eq!(
+        with_body.status,
+        StatusCode::CREATED,
+        "{:?}",
+        with_body.json()
+    );
+    assert_eq!(with_body.header("upload-offset"), "5");
+    let location = with_body.header("location").to_owned();
+    let terminated = St::send(
+        st.http
+            .delete(format!("{}{location}", st.app.url))
+            .bearer_auth(&alice_token),
+    )
+    .await;
+    assert_eq!(terminated.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        st.count_rows("select count(*) from sovra.storage_uploads")
+            .await,
+        0
+    );
+    assert_eq!(st.stored_files().len(), 1);
+
+    // Expired uploads are swept with their parts.
+    let stale = St::send(
+        st.request(Method::POST, "/upload/resumable", Some(&alice_token))
+            .header("upload-length", "10")
+            .header("content-type", "application/offset+octet-stream")
+            .header(
+                "upload-metadata",
+                tus_metadata("private", &format!("{alice}/s.txt"), "text/plain"),
+            )
+            .body("01"),
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::CREATED);
+    assert_eq!(st.stored_files().len(), 2);
+    st.app
+        .db
+        .client()
+        .await
+        .execute(
+            "update sovra.storage_uploads set expires_at = now() - interval '1 s'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        st.app.tenant.storage.sweep_expired_uploads().await.unwrap(),
+        1
+    );
+    assert_eq!(st.stored_files().len(), 1);
+}
+
+/// A real S3-compatible server (moto's server mode, from PyPI), started
+/// for one test on a free port.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_s3() -> S3Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let binary = std::env::var("SOVRA_TEST_MOTO").unwrap_or_else(|_| "moto_server".to_owned());
+    let child = std::process::Command::new(&binary)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {binary} ({err}); scripts/setup.sh installs it (pip install 'moto[server]')"));
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if http.get(format!("{endpoint}/")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // moto accepts unsigned bucket creation.
+    let made = http
+        .put(format!("{endpoint}/sovra-test"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        made.status().is_success(),
+        "creating the S3 bucket: {}",
+        made.status()
+    );
+    S3Server { child, endpoint }
+}
+
+#[tokio::test]
+async fn s3_backend() {
+    let s3 = start_s3().await;
+    let mut config = sovra_config::Config::default();
+    config.storage.backend = "s3".to_owned();
+    config.storage.s3.endpoint = Some(s3.endpoint.clone());
+    config.storage.s3.bucket = Some("sovra-test".to_owned());
+    config.storage.s3.access_key_id = Some("testing".to_owned());
+    config.storage.s3.secret_access_key = Some("testing".to_owned());
+    config.storage.s3.force_path_style = true;
+    let st = St::with(config).await;
+    let service = st.service();
+    st.bucket("private", json!({})).await;
+    let (alice, alice_token) = st.user();
+    let (_, bob_token) = st.user();
+
+    let up = st
+        .upload(
+            Method::POST,
+            &format!("private/{alice}/s3.txt"),
+            &alice_token,
+            b"bytes in s3",
+            "text/plain",
+        )
+        .await;
+    assert_eq!(up.status, StatusCode::OK, "{:?}", up.json());
+    let down = St::send(st.request(
+        Method::GET,
+        &format!("/object/private/{alice}/s3.txt"),
+        Some(&alice_token),
+    ))
+    .await;
+    assert_eq!(&down.bytes[..], b"bytes in s3");
+    let range = St::send(
+        st.request(
+            Method::GET,
+            &format!("/object/private/{alice}/s3.txt"),
+            Some(&alice_token),
+        )
+        .header("range", "bytes=0-4"),
+    )
+    .await;
+    assert_eq!(&range.bytes[..], b"bytes");
+    let denied = St::send(st.request(
+        Method::GET,
+        &format!("/object/private/{alice}/s3.txt"),
+        Some(&bob_token),
+    ))
+    .await;
+    assert_eq!(denied.logical(), "404");
+
+    // Large enough for a multipart upload to S3.
+    let big: Vec<u8> = (0..(17 * 1024 * 1024) as u32)
+        .map(|i| (i % 241) as u8)
+        .collect();
+    let chunks: Vec<Result<Bytes, std::io::Error>> = big
+        .chunks(1 << 20)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let up = St::send(
+        st.request(Method::POST, "/object/private/big.bin", Some(&service))
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            ))),
+    )
+    .await;
+    assert_eq!(up.status, StatusCode::OK, "{:?}", up.json());
+    let down = St::send(st.request(Method::GET, "/object/private/big.bin", Some(&service))).await;
+    assert!(down.bytes[..] == big[..]);
+
+    let copy = st.call(Method::POST, "/object/copy", &service, Some(json!({"bucketId": "private", "sourceKey": "big.bin", "destinationKey": "big2.bin"}))).await;
+    assert_eq!(copy.status, StatusCode::OK, "{:?}", copy.json());
+    let copied =
+        St::send(st.request(Method::GET, "/object/private/big2.bin", Some(&service))).await;
+    assert_eq!(copied.bytes.len(), big.len());
+
+    // A resumable upload joined from parts in S3.
+    let data = vec![9u8; 7 * 1024 * 1024];
+    let created = St::send(
+        st.request(Method::POST, "/upload/resumable", Some(&service))
+            .header("upload-length", data.len().to_string())
+            .header(
+                "upload-metadata",
+                tus_metadata("private", "tus.bin", "application/octet-stream"),
+            ),
+    )
+    .await;
+    let location = created.header("location").to_owned();
+    let first = tus_patch(
+        &st,
+        &location,
+        &service,
+        0,
+        data[..6 * 1024 * 1024].to_vec(),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.status, StatusCode::NO_CONTENT);
+    let last = tus_patch(
+        &st,
+        &location,
+        &service,
+        6 * 1024 * 1024,
+        data[6 * 1024 * 1024..].to_vec(),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(last.status, StatusCode::NO_CONTENT, "{:?}", last.json());
+    let down = St::send(st.request(Method::GET, "/object/private/tus.bin", Some(&service))).await;
+    assert!(down.bytes[..] == data[..]);
+
+    // Deletes remove the bytes from S3.
+    let removed = st
+        .call(
+            Method::DELETE,
+            "/object/private",
+            &service,
+            Some(
+                json!({"prefixes": ["big.bin", "big2.bin", "tus.bin", format!("{alice}/s3.txt")]}),
+            ),
+        )
+        .await;
+    assert_eq!(removed.json().as_array().unwrap().len(), 4);
+    let listing = reqwest::get(format!("{}/sovra-test?list-type=2", s3.endpoint))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !listing.contains("<Key>"),
+        "S3 still holds objects: {listing}"
+    );
+}

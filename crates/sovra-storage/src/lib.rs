@@ -1,0 +1,369 @@
+//! Sovra's `/storage/v1`, as storage-js calls it: buckets, objects, signed
+//! URLs and resumable (TUS) uploads.
+//!
+//! Metadata lives in `storage.buckets` and `storage.objects` (Supabase's
+//! tables); every operation on them runs in a transaction as the caller
+//! ([`sovra_pg::begin_request`]), so RLS policies written for Supabase decide
+//! who may do what. Only what Supabase also does as a superuser runs as
+//! `service_role`: the bucket lookup before an upload, public and signed
+//! downloads, and the bookkeeping of resumable uploads.
+//!
+//! Bytes live in a [`backend::Backend`] under random version ids. An upload
+//! streams to a new version, then one statement points the object's row at
+//! it; the old version's bytes are deleted after that commits. A failed
+//! upload deletes what it wrote and leaves the row as it was.
+//!
+//! Pure parts (names, sizes, MIME lists, ranges) are in [`names`].
+
+pub mod backend;
+mod bucket;
+pub mod error;
+pub mod names;
+mod object;
+mod sign;
+mod tus;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+use sovra_jwt::KeySet;
+use sovra_pg::tokio_postgres::types::ToSql;
+use sovra_pg::{Pool, RequestContext};
+
+pub use backend::{Backend, BackendConfig};
+pub use error::StorageError;
+
+/// Settings of one tenant's storage.
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    pub backend: BackendConfig,
+    /// Largest object, whatever the bucket says (bytes).
+    pub file_size_limit: u64,
+    /// How long a resumable upload may stay unfinished.
+    pub upload_expiry: Duration,
+}
+
+/// Who a request is from, as the gateway verified it.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub role: String,
+    /// Verified claims; always contains `role`.
+    pub claims: Map<String, Value>,
+}
+
+impl Principal {
+    fn service() -> Principal {
+        let mut claims = Map::new();
+        claims.insert("role".to_owned(), Value::String("service_role".to_owned()));
+        Principal {
+            role: "service_role".to_owned(),
+            claims,
+        }
+    }
+
+    /// The `sub` claim, the object owner.
+    fn sub(&self) -> Option<&str> {
+        self.claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
+    fn is_service(&self) -> bool {
+        self.role == "service_role"
+    }
+}
+
+/// One request to `/storage/v1`.
+pub struct StorageRequest<'a> {
+    pub method: &'a Method,
+    /// The path after `/storage/v1`, still percent-encoded.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub body: Body,
+    /// The caller as the gateway saw it, or why its token was refused.
+    pub auth: Result<Principal, String>,
+    /// Request headers for `request.headers`, credentials removed.
+    pub safe_headers: Map<String, Value>,
+    pub keys: &'a KeySet,
+}
+
+/// One tenant's storage service.
+#[derive(Debug)]
+pub struct StorageService {
+    config: StorageConfig,
+    backend: Backend,
+    pool: Pool,
+}
+
+/// The request as the handlers use it.
+pub(crate) struct Ctx<'a> {
+    service: &'a StorageService,
+    method: &'a Method,
+    /// Decoded path segments after `/storage/v1`.
+    segments: Vec<String>,
+    query: Vec<(String, String)>,
+    headers: &'a HeaderMap,
+    auth: Result<Principal, String>,
+    safe_headers: Map<String, Value>,
+    keys: &'a KeySet,
+    raw_path: &'a str,
+}
+
+impl Ctx<'_> {
+    /// The caller, or `AccessDenied` when its token was refused.
+    fn caller(&self) -> Result<Principal, StorageError> {
+        self.auth.clone().map_err(StorageError::unauthorized)
+    }
+
+    fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn context(&self, who: &Principal) -> RequestContext {
+        RequestContext {
+            role: who.role.clone(),
+            claims: who.claims.clone(),
+            method: self.method.as_str().to_owned(),
+            path: self.raw_path.to_owned(),
+            headers: self.safe_headers.clone(),
+            search_path: None,
+        }
+    }
+
+    /// Runs `sql` in a transaction as `who` with `storage.operation` set to
+    /// `op`, committing when `commit` (else rolling back), and returns its
+    /// rows. Settings and statement are pipelined.
+    async fn run(
+        &self,
+        who: &Principal,
+        op: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        commit: bool,
+    ) -> Result<Vec<sovra_pg::tokio_postgres::Row>, StorageError> {
+        let mut client = self.service.pool.get().await.map_err(|err| {
+            tracing::error!(error = %err, "no database connection for storage");
+            StorageError::unavailable()
+        })?;
+        let context = self.context(who);
+        let tx = sovra_pg::begin_request(&mut client, &context, false)
+            .await
+            .map_err(|err| error::from_db(&err))?;
+        // Rows of these tables are deleted only here, where the bytes
+        // are deleted with them (a trigger refuses other deletes).
+        let allow_delete = if op.ends_with("delete") || op == "bucket.empty" {
+            "true"
+        } else {
+            "false"
+        };
+        tx.execute(
+            "select set_config('storage.operation', $1, true), \
+                    set_config('storage.allow_delete_query', $2, true)",
+            &[&op, &allow_delete],
+        )
+        .await
+        .map_err(|err| error::from_db(&err))?;
+        let rows = tx
+            .query(sql, params)
+            .await
+            .map_err(|err| error::from_db(&err))?;
+        if commit {
+            tx.commit().await.map_err(|err| error::from_db(&err))?;
+        } else {
+            tx.rollback().await.map_err(|err| error::from_db(&err))?;
+        }
+        Ok(rows)
+    }
+
+    /// Reads the JSON body (at most 1 MiB); an empty body is `{}`.
+    async fn json(body: Body) -> Result<Value, StorageError> {
+        let bytes = axum::body::to_bytes(body, 1024 * 1024)
+            .await
+            .map_err(|_| StorageError::invalid("The request body is too large or broke off"))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Value::Object(Map::new()));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|err| StorageError::invalid(format!("Invalid JSON body: {err}")))
+    }
+}
+
+impl StorageService {
+    /// The storage service of one tenant, storing bytes for `tenant` in
+    /// the configured backend and metadata through `pool` (which connects
+    /// as `authenticator`).
+    pub fn new(config: StorageConfig, tenant: &str, pool: Pool) -> Result<StorageService, String> {
+        let backend = Backend::open(&config.backend, tenant).map_err(|err| err.to_string())?;
+        Ok(StorageService {
+            config,
+            backend,
+            pool,
+        })
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, request: StorageRequest<'_>) -> Response {
+        let mut segments = Vec::new();
+        for raw in request.path.split('/').skip(1) {
+            match names::decode_path(raw) {
+                Some(segment) => segments.push(segment),
+                None => return StorageError::invalid_key(raw).into_response(),
+            }
+        }
+        // A trailing slash on collection routes (`/bucket/`) is harmless.
+        if segments.len() > 1 && segments.last().is_some_and(String::is_empty) {
+            segments.pop();
+        }
+        let query = request
+            .query
+            .map(|q| {
+                q.split('&')
+                    .filter(|pair| !pair.is_empty())
+                    .map(|pair| {
+                        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                        let decode =
+                            |s: &str| names::decode_path(&s.replace('+', " ")).unwrap_or_default();
+                        (decode(name), decode(value))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ctx = Ctx {
+            service: self,
+            method: request.method,
+            segments,
+            query,
+            headers: request.headers,
+            auth: request.auth,
+            safe_headers: request.safe_headers,
+            keys: request.keys,
+            raw_path: request.path,
+        };
+        match route(&ctx, request.body).await {
+            Ok(response) => response,
+            Err(err) => err.into_response(),
+        }
+    }
+
+    /// Deletes resumable uploads past their expiry, with their parts.
+    pub async fn sweep_expired_uploads(&self) -> Result<usize, String> {
+        tus::sweep(self).await
+    }
+}
+
+async fn route(ctx: &Ctx<'_>, body: Body) -> Result<Response, StorageError> {
+    let seg: Vec<&str> = ctx.segments.iter().map(String::as_str).collect();
+    let method = ctx.method;
+    match (seg.first().copied(), seg.get(1).copied()) {
+        (Some("bucket"), _) => bucket::route(ctx, &seg[1..], body).await,
+        (Some("object"), Some("list")) if method == Method::POST && seg.len() >= 3 => {
+            object::list(ctx, &seg[2..].join("/"), body).await
+        }
+        (Some("object"), Some("list-v2")) if method == Method::POST && seg.len() >= 3 => {
+            object::list_v2(ctx, &seg[2..].join("/"), body).await
+        }
+        (Some("object"), Some("move")) if method == Method::POST && seg.len() == 2 => {
+            object::relocate(ctx, body, false).await
+        }
+        (Some("object"), Some("copy")) if method == Method::POST && seg.len() == 2 => {
+            object::relocate(ctx, body, true).await
+        }
+        (Some("object"), Some("sign")) if seg.len() >= 3 => sign::route(ctx, &seg[2..], body).await,
+        (Some("object"), Some("upload")) if seg.get(2) == Some(&"sign") && seg.len() >= 5 => {
+            let (bucket, key) = bucket_key(&seg[3..])?;
+            match *method {
+                Method::POST => sign::create_upload_url(ctx, &bucket, &key).await,
+                Method::PUT => sign::upload_with_token(ctx, &bucket, &key, body).await,
+                _ => Err(not_allowed()),
+            }
+        }
+        (Some("object"), Some("info")) if seg.len() >= 4 => {
+            let rest = match seg[2] {
+                "authenticated" | "public" if seg.len() >= 5 => &seg[3..],
+                _ => &seg[2..],
+            };
+            let public = seg[2] == "public" && seg.len() >= 5;
+            let (bucket, key) = bucket_key(rest)?;
+            object::info(ctx, &bucket, &key, public).await
+        }
+        (Some("object"), Some(kind @ ("public" | "authenticated"))) if seg.len() >= 4 => {
+            let (bucket, key) = bucket_key(&seg[2..])?;
+            match *method {
+                Method::GET | Method::HEAD => {
+                    object::download(ctx, &bucket, &key, kind == "public").await
+                }
+                _ => Err(not_allowed()),
+            }
+        }
+        (Some("object"), Some(_)) if seg.len() == 2 && method == Method::DELETE => {
+            object::delete_many(ctx, seg[1], body).await
+        }
+        (Some("object"), Some(_)) if seg.len() >= 3 => {
+            let (bucket, key) = bucket_key(&seg[1..])?;
+            match *method {
+                Method::GET | Method::HEAD => object::download(ctx, &bucket, &key, false).await,
+                Method::POST => {
+                    object::upload(ctx, &bucket, &key, body, object::Mode::Create).await
+                }
+                Method::PUT => object::upload(ctx, &bucket, &key, body, object::Mode::Update).await,
+                Method::DELETE => object::delete_one(ctx, &bucket, &key).await,
+                _ => Err(not_allowed()),
+            }
+        }
+        (Some("upload"), Some("resumable")) => tus::route(ctx, &seg[2..], body).await,
+        (Some("cdn"), _) if method == Method::DELETE => {
+            Ok(axum::Json(serde_json::json!({"message": "success"})).into_response())
+        }
+        (Some("health" | "status"), None) => {
+            Ok(axum::Json(serde_json::json!({"healthy": true})).into_response())
+        }
+        _ => Err(StorageError {
+            status: 404,
+            error: "not_found",
+            message: "Route not found".to_owned(),
+            code: "NotFound",
+            http: Some(404),
+        }),
+    }
+}
+
+fn not_allowed() -> StorageError {
+    StorageError {
+        status: 405,
+        error: "method_not_allowed",
+        message: "Method not allowed".to_owned(),
+        code: "MethodNotAllowed",
+        http: Some(405),
+    }
+}
+
+/// The bucket id and object name of `bucket/key…` segments, validated.
+pub(crate) fn bucket_key(segments: &[&str]) -> Result<(String, String), StorageError> {
+    let Some((bucket, key)) = segments.split_first() else {
+        return Err(StorageError::invalid_bucket());
+    };
+    if !names::valid_bucket_id(bucket) {
+        return Err(StorageError::invalid_bucket());
+    }
+    let key = key.join("/");
+    if !names::valid_key(&key) {
+        return Err(StorageError::invalid_key(&key));
+    }
+    Ok(((*bucket).to_owned(), key))
+}

@@ -1,0 +1,983 @@
+//! `/object`: upload, download, info, list, move, copy, delete.
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use serde_json::{Map, Value, json};
+
+use crate::backend::WriteError;
+use crate::bucket::{self, BucketInfo};
+use crate::error::StorageError;
+use crate::names::{self, RangeRequest};
+use crate::{Ctx, Principal};
+
+/// POST creates (or replaces with `x-upsert: true`); PUT replaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Create,
+    Update,
+}
+
+/// An object about to be written, as its row will describe it.
+#[derive(Clone, Debug)]
+pub(crate) struct NewObject {
+    pub mimetype: String,
+    pub cache_control: String,
+    pub user_metadata: Option<Value>,
+    pub size: i64,
+    pub version: String,
+}
+
+const PLACEHOLDER: &str = ".emptyFolderPlaceholder";
+
+/// A new version id (also the object's ETag).
+pub(crate) fn new_version() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The `metadata` column of a stored object, built in SQL from bound
+/// values ($6 eTag, $7 size, $8 mimetype, $9 cacheControl).
+const METADATA_SQL: &str = "jsonb_build_object('eTag', $6::text, 'size', $7::int8, 'mimetype', $8::text, \
+     'cacheControl', $9::text, 'lastModified', to_char(now() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+     'contentLength', $7::int8, 'httpStatusCode', 200)";
+
+/// Writes the row of `object` as `who`: insert (upsert when asked) or
+/// update. Returns the object id and the version it replaced. With
+/// `commit == false` the statement runs and is rolled back: a dry run that
+/// surfaces RLS refusals, duplicates and missing objects before any byte
+/// is stored.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn write_row(
+    ctx: &Ctx<'_>,
+    who: &Principal,
+    owner: Option<&str>,
+    bucket: &str,
+    key: &str,
+    object: &NewObject,
+    mode: Mode,
+    upsert: bool,
+    commit: bool,
+) -> Result<(String, Option<String>), StorageError> {
+    let etag = format!("\"{}\"", object.version);
+    let owner_uuid = owner.and_then(|o| uuid::Uuid::parse_str(o).ok());
+    let sql = match (mode, upsert) {
+        (Mode::Create, false) => format!(
+            "insert into storage.objects (bucket_id, name, owner, owner_id, version, metadata, user_metadata)
+             values ($1, $2, $3, $4, $5, {METADATA_SQL}, $10::jsonb)
+             returning id::text, null::text"
+        ),
+        (Mode::Create, true) => format!(
+            // `old` is read (and locked) before the insert runs: the
+            // condition on it forces that order.
+            "with old as materialized (select version from storage.objects
+                                       where bucket_id = $1 and name = $2 for update)
+             insert into storage.objects (bucket_id, name, owner, owner_id, version, metadata, user_metadata)
+             select $1, $2, $3, $4, $5, {METADATA_SQL}, $10::jsonb where (select count(*) from old) >= 0
+             on conflict (bucket_id, name) do update set
+               owner = excluded.owner, owner_id = excluded.owner_id, version = excluded.version,
+               metadata = excluded.metadata, user_metadata = excluded.user_metadata,
+               last_accessed_at = now()
+             returning id::text, (select version from old)"
+        ),
+        (Mode::Update, _) => format!(
+            "with old as (select id, version from storage.objects where bucket_id = $1 and name = $2 for update)
+             update storage.objects o set owner = $3, owner_id = $4, version = $5,
+               metadata = {METADATA_SQL}, user_metadata = coalesce($10::jsonb, o.user_metadata),
+               last_accessed_at = now()
+             from old where o.id = old.id
+             returning o.id::text, old.version"
+        ),
+    };
+    let op = match (mode, commit) {
+        (Mode::Create, true) => "object.upload",
+        (Mode::Update, true) => "object.update",
+        (_, false) => "object.upload.check",
+    };
+    let rows = ctx
+        .run(
+            who,
+            op,
+            &sql,
+            &[
+                &bucket,
+                &key,
+                &owner_uuid,
+                &owner,
+                &object.version,
+                &etag,
+                &object.size,
+                &object.mimetype,
+                &object.cache_control,
+                &object.user_metadata,
+            ],
+            commit,
+        )
+        .await
+        .map_err(|err| match err.code {
+            // The bucket vanished between lookup and commit.
+            "NoSuchBucket" => StorageError::bucket_not_found(),
+            _ => err,
+        })?;
+    match rows.first() {
+        Some(row) => Ok((row.get(0), row.get(1))),
+        None if mode == Mode::Update => Err(StorageError::object_not_found()),
+        None => Err(StorageError::internal()),
+    }
+}
+
+/// The size limit of uploads to `bucket`.
+pub(crate) fn limit_for(ctx: &Ctx<'_>, bucket: &BucketInfo, key: &str) -> u64 {
+    let global = ctx.service.config.file_size_limit;
+    if key.ends_with(PLACEHOLDER) {
+        return global;
+    }
+    bucket
+        .file_size_limit
+        .and_then(|l| u64::try_from(l).ok())
+        .map_or(global, |l| l.min(global))
+}
+
+/// Refuses a MIME type the bucket does not allow.
+pub(crate) fn check_mime(bucket: &BucketInfo, key: &str, mime: &str) -> Result<(), StorageError> {
+    if key.ends_with(PLACEHOLDER) {
+        return Ok(());
+    }
+    if !names::mime_allowed(mime, bucket.allowed_mime_types.as_deref()) {
+        return Err(StorageError::mime(&names::mime_essence(mime)));
+    }
+    Ok(())
+}
+
+fn decode_metadata(text: &str) -> Result<Value, StorageError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| StorageError::invalid("x-metadata must be base64-encoded JSON"))?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| StorageError::invalid("x-metadata must be base64-encoded JSON"))?;
+    if !value.is_object() {
+        return Err(StorageError::invalid("metadata must be a JSON object"));
+    }
+    Ok(value)
+}
+
+/// Streams an upload's bytes (raw body or the first file of a multipart
+/// form) to a new version in the backend and returns what the row should
+/// say. Nothing is left in the backend when this fails.
+pub(crate) async fn receive(
+    ctx: &Ctx<'_>,
+    bucket: &BucketInfo,
+    key: &str,
+    body: Body,
+) -> Result<NewObject, StorageError> {
+    let limit = limit_for(ctx, bucket, key);
+    if let Some(length) = ctx
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+        && length > limit
+        && !is_multipart(ctx)
+    {
+        return Err(StorageError::too_large());
+    }
+    let version = new_version();
+    let path = ctx.service.backend.object_path(&version);
+    let header_cache = ctx.header("cache-control").map(str::to_owned);
+    if is_multipart(ctx) {
+        let content_type = ctx.header("content-type").unwrap_or("");
+        let boundary = multer::parse_boundary(content_type)
+            .map_err(|_| StorageError::invalid("Invalid multipart/form-data body"))?;
+        let mut form = multer::Multipart::new(body.into_data_stream(), boundary);
+        let mut cache = header_cache;
+        let mut mime_field: Option<String> = None;
+        let mut metadata: Option<Value> = None;
+        let mut stored: Option<(u64, String)> = None;
+        loop {
+            let field = match form.next_field().await {
+                Ok(Some(field)) => field,
+                Ok(None) => break,
+                Err(err) => {
+                    if stored.is_some() {
+                        let _ = ctx.service.backend.delete(&path).await;
+                    }
+                    return Err(StorageError::invalid(format!(
+                        "Invalid multipart/form-data body: {err}"
+                    )));
+                }
+            };
+            let name = field.name().unwrap_or("").to_owned();
+            let is_text = field.file_name().is_none()
+                && matches!(name.as_str(), "cacheControl" | "contentType" | "metadata");
+            if is_text {
+                let text = read_text_field(field).await?;
+                match name.as_str() {
+                    "cacheControl" => cache = Some(text),
+                    "contentType" => mime_field = Some(text),
+                    _ => {
+                        let value: Value = serde_json::from_str(&text)
+                            .ok()
+                            .filter(Value::is_object)
+                            .ok_or_else(|| {
+                                StorageError::invalid("metadata must be a JSON object")
+                            })?;
+                        metadata = Some(value);
+                    }
+                }
+                continue;
+            }
+            if stored.is_some() {
+                // Only the first file counts; drain the rest.
+                let mut field = field;
+                while let Ok(Some(_)) = field.chunk().await {}
+                continue;
+            }
+            let mime = mime_field
+                .clone()
+                .or_else(|| field.content_type().map(ToString::to_string))
+                .unwrap_or_else(|| "application/octet-stream".to_owned());
+            check_mime(bucket, key, &mime)?;
+            let size = write_or_map(ctx, &path, Box::pin(field), limit).await?;
+            stored = Some((size, mime));
+        }
+        let Some((size, part_mime)) = stored else {
+            return Err(StorageError::no_content());
+        };
+        let mimetype = mime_field.unwrap_or(part_mime);
+        if let Err(err) = check_mime(bucket, key, &mimetype) {
+            let _ = ctx.service.backend.delete(&path).await;
+            return Err(err);
+        }
+        return Ok(NewObject {
+            mimetype,
+            cache_control: names::cache_control(cache.as_deref()),
+            user_metadata: metadata,
+            size: i64::try_from(size).unwrap_or(i64::MAX),
+            version,
+        });
+    }
+    let mimetype = ctx
+        .header("content-type")
+        .filter(|v| !v.is_empty())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    check_mime(bucket, key, &mimetype)?;
+    let user_metadata = match ctx.header("x-metadata") {
+        Some(text) => Some(decode_metadata(text)?),
+        None => None,
+    };
+    let size = write_or_map(ctx, &path, body.into_data_stream(), limit).await?;
+    Ok(NewObject {
+        mimetype,
+        cache_control: names::cache_control(header_cache.as_deref()),
+        user_metadata,
+        size: i64::try_from(size).unwrap_or(i64::MAX),
+        version,
+    })
+}
+
+fn is_multipart(ctx: &Ctx<'_>) -> bool {
+    ctx.header("content-type")
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"))
+}
+
+async fn read_text_field(mut field: multer::Field<'_>) -> Result<String, StorageError> {
+    let mut text = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|_| StorageError::invalid("Invalid multipart/form-data body"))?
+    {
+        text.extend_from_slice(&chunk);
+        if text.len() > 64 * 1024 {
+            return Err(StorageError::invalid("A form field is too large"));
+        }
+    }
+    String::from_utf8(text).map_err(|_| StorageError::invalid("A form field is not UTF-8"))
+}
+
+async fn write_or_map<S, E>(
+    ctx: &Ctx<'_>,
+    path: &object_store::path::Path,
+    body: S,
+    limit: u64,
+) -> Result<u64, StorageError>
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    match ctx.service.backend.write(path, body, limit).await {
+        Ok(0) => {
+            let _ = ctx.service.backend.delete(path).await;
+            Err(StorageError::no_content())
+        }
+        Ok(size) => Ok(size),
+        Err(WriteError::TooLarge) => Err(StorageError::too_large()),
+        Err(WriteError::Body(message)) => {
+            tracing::debug!(%message, "upload body broke off");
+            Err(StorageError::invalid("The upload was interrupted"))
+        }
+        Err(WriteError::Store(err)) => {
+            tracing::error!(error = %err, "could not store an upload");
+            Err(StorageError::internal())
+        }
+    }
+}
+
+/// Stores an object: checks (a dry run of the row write unless the body is
+/// small), streams the bytes, writes the row, then deletes the replaced
+/// version. On any failure the new bytes are deleted.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn store(
+    ctx: &Ctx<'_>,
+    who: &Principal,
+    owner: Option<&str>,
+    bucket_id: &str,
+    key: &str,
+    body: Body,
+    mode: Mode,
+    upsert: bool,
+) -> Result<String, StorageError> {
+    let Some(bucket) = bucket::lookup(ctx, bucket_id).await? else {
+        return Err(StorageError::bucket_not_found());
+    };
+    let small = ctx
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= 1024 * 1024);
+    if !small {
+        let probe = NewObject {
+            mimetype: String::new(),
+            cache_control: String::new(),
+            user_metadata: None,
+            size: 0,
+            version: String::new(),
+        };
+        write_row(ctx, who, owner, bucket_id, key, &probe, mode, upsert, false).await?;
+    }
+    let object = receive(ctx, &bucket, key, body).await?;
+    match write_row(ctx, who, owner, bucket_id, key, &object, mode, upsert, true).await {
+        Ok((id, old)) => {
+            if let Some(old) = old.filter(|old| !old.is_empty() && *old != object.version) {
+                ctx.service.backend.delete_versions(vec![old]).await;
+            }
+            Ok(id)
+        }
+        Err(err) => {
+            let path = ctx.service.backend.object_path(&object.version);
+            let _ = ctx.service.backend.delete(&path).await;
+            Err(err)
+        }
+    }
+}
+
+/// `POST`/`PUT /object/{bucket}/{key}`.
+pub(crate) async fn upload(
+    ctx: &Ctx<'_>,
+    bucket: &str,
+    key: &str,
+    body: Body,
+    mode: Mode,
+) -> Result<Response, StorageError> {
+    let caller = ctx.caller()?;
+    let upsert = mode == Mode::Create
+        && ctx
+            .header("x-upsert")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let owner = caller.sub().map(str::to_owned);
+    let id = store(
+        ctx,
+        &caller,
+        owner.as_deref(),
+        bucket,
+        key,
+        body,
+        mode,
+        upsert,
+    )
+    .await?;
+    Ok(axum::Json(json!({"Id": id, "Key": format!("{bucket}/{key}")})).into_response())
+}
+
+/// What a download needs of an object's row.
+pub(crate) struct StoredObject {
+    pub version: String,
+    pub mimetype: String,
+    pub cache_control: String,
+    pub etag: String,
+    pub size: u64,
+    pub modified: f64,
+    pub info: Value,
+}
+
+const OBJECT_SQL: &str = "select o.version, coalesce(o.metadata->>'mimetype', 'application/octet-stream'),
+        coalesce(o.metadata->>'cacheControl', 'no-cache'), coalesce(o.metadata->>'eTag', ''),
+        coalesce((o.metadata->>'size')::int8, 0),
+        extract(epoch from coalesce(o.updated_at, o.created_at, now()))::float8,
+        jsonb_build_object('id', o.id, 'name', o.name, 'version', o.version, 'bucket_id', o.bucket_id,
+          'size', (o.metadata->>'size')::int8, 'content_type', o.metadata->>'mimetype',
+          'cache_control', o.metadata->>'cacheControl', 'etag', o.metadata->>'eTag',
+          'metadata', o.user_metadata, 'last_modified', o.updated_at, 'created_at', o.created_at)
+   from storage.objects o where o.bucket_id = $1 and o.name = $2";
+
+/// The object's row as `who` may see it.
+pub(crate) async fn find(
+    ctx: &Ctx<'_>,
+    who: &Principal,
+    bucket: &str,
+    key: &str,
+) -> Result<StoredObject, StorageError> {
+    let rows = ctx
+        .run(who, "object.get", OBJECT_SQL, &[&bucket, &key], true)
+        .await?;
+    let Some(row) = rows.first() else {
+        return Err(StorageError::object_not_found());
+    };
+    let version: Option<String> = row.get(0);
+    Ok(StoredObject {
+        version: version.unwrap_or_default(),
+        mimetype: row.get(1),
+        cache_control: row.get(2),
+        etag: row.get(3),
+        size: u64::try_from(row.get::<_, i64>(4)).unwrap_or(0),
+        modified: row.get(5),
+        info: row.get(6),
+    })
+}
+
+/// `GET`/`HEAD /object/[public|authenticated/]{bucket}/{key}`.
+pub(crate) async fn download(
+    ctx: &Ctx<'_>,
+    bucket_id: &str,
+    key: &str,
+    public: bool,
+) -> Result<Response, StorageError> {
+    let object = if public {
+        match bucket::lookup(ctx, bucket_id).await? {
+            Some(bucket) if bucket.public => {}
+            _ => return Err(StorageError::bucket_not_found()),
+        }
+        find(ctx, &Principal::service(), bucket_id, key).await?
+    } else {
+        let caller = ctx.caller()?;
+        find(ctx, &caller, bucket_id, key).await?
+    };
+    serve(ctx, &object, key, None).await
+}
+
+/// Sends an object's bytes (or the requested range, or 304) with the
+/// headers storage-js and browsers expect. `expires` replaces
+/// `Cache-Control` on signed downloads.
+pub(crate) async fn serve(
+    ctx: &Ctx<'_>,
+    object: &StoredObject,
+    key: &str,
+    expires: Option<i64>,
+) -> Result<Response, StorageError> {
+    let modified = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(object.modified.max(0.0).floor() as u64);
+    let mut headers = axum::http::HeaderMap::new();
+    let mut put = |name: header::HeaderName, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    };
+    put(header::CONTENT_TYPE, &object.mimetype);
+    match expires {
+        Some(exp) => put(
+            header::EXPIRES,
+            &httpdate::fmt_http_date(
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(u64::try_from(exp).unwrap_or(0)),
+            ),
+        ),
+        None => put(header::CACHE_CONTROL, &object.cache_control),
+    }
+    if !object.etag.is_empty() {
+        put(header::ETAG, &object.etag);
+    }
+    put(header::LAST_MODIFIED, &httpdate::fmt_http_date(modified));
+    put(header::ACCEPT_RANGES, "bytes");
+    put(header::HeaderName::from_static("x-robots-tag"), "none");
+    if let Some(name) = ctx.query("download") {
+        let file = if name.is_empty() {
+            String::new()
+        } else {
+            name.to_owned()
+        };
+        let _ = key;
+        put(
+            header::CONTENT_DISPOSITION,
+            &names::content_disposition(&file),
+        );
+    }
+    // Conditional requests.
+    let not_modified = match ctx.header("if-none-match") {
+        Some(tags) => {
+            !object.etag.is_empty()
+                && tags.split(',').any(|t| {
+                    let t = t.trim().trim_start_matches("W/");
+                    t == "*" || t == object.etag
+                })
+        }
+        None => ctx
+            .header("if-modified-since")
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .is_some_and(|since| modified <= since),
+    };
+    if not_modified {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        headers.remove(header::CONTENT_TYPE);
+        response.headers_mut().extend(headers);
+        return Ok(response);
+    }
+    let (status, range) = match names::parse_range(ctx.header("range"), object.size) {
+        RangeRequest::Whole => (StatusCode::OK, None),
+        RangeRequest::Partial(range) => (StatusCode::PARTIAL_CONTENT, Some(range)),
+        RangeRequest::Unsatisfiable => {
+            let mut response = StorageError::range_not_satisfiable().into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{}", object.size)) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            return Ok(response);
+        }
+    };
+    let length = range.map_or(object.size, |r| r.end - r.start);
+    put(header::CONTENT_LENGTH, &length.to_string());
+    if let Some(r) = range {
+        put(
+            header::CONTENT_RANGE,
+            &format!("bytes {}-{}/{}", r.start, r.end - 1, object.size),
+        );
+    }
+    let body = if *ctx.method == axum::http::Method::HEAD || length == 0 {
+        Body::empty()
+    } else {
+        let path = ctx.service.backend.object_path(&object.version);
+        let download = ctx
+            .service
+            .backend
+            .read(&path, range)
+            .await
+            .map_err(|err| match err {
+                object_store::Error::NotFound { .. } => StorageError::object_not_found(),
+                err => {
+                    tracing::error!(error = %err, "could not read stored bytes");
+                    StorageError::internal()
+                }
+            })?;
+        Body::from_stream(download.stream)
+    };
+    let mut response = (status, body).into_response();
+    response.headers_mut().extend(headers);
+    Ok(response)
+}
+
+/// `GET /object/info/[authenticated|public/]{bucket}/{key}`.
+pub(crate) async fn info(
+    ctx: &Ctx<'_>,
+    bucket_id: &str,
+    key: &str,
+    public: bool,
+) -> Result<Response, StorageError> {
+    let object = if public {
+        match bucket::lookup(ctx, bucket_id).await? {
+            Some(bucket) if bucket.public => {}
+            _ => return Err(StorageError::bucket_not_found()),
+        }
+        find(ctx, &Principal::service(), bucket_id, key).await?
+    } else {
+        find(ctx, &ctx.caller()?, bucket_id, key).await?
+    };
+    Ok(axum::Json(object.info).into_response())
+}
+
+/// Sort column and direction for listings, from a client's `sortBy`.
+fn sort_by(value: Option<&Value>) -> Result<(&'static str, &'static str), StorageError> {
+    let column = match value.and_then(|s| s.get("column")).and_then(Value::as_str) {
+        None | Some("name") => "name",
+        Some("updated_at") => "updated_at",
+        Some("created_at") => "created_at",
+        Some("last_accessed_at") => "last_accessed_at",
+        Some(_) => {
+            return Err(StorageError::invalid(
+                "sortBy.column must be name, updated_at, created_at or last_accessed_at",
+            ));
+        }
+    };
+    let order = match value.and_then(|s| s.get("order")).and_then(Value::as_str) {
+        None => "asc",
+        Some(o) if o.eq_ignore_ascii_case("asc") => "asc",
+        Some(o) if o.eq_ignore_ascii_case("desc") => "desc",
+        Some(_) => return Err(StorageError::invalid("sortBy.order must be asc or desc")),
+    };
+    Ok((column, order))
+}
+
+/// The immediate children of `prefix` (a folder) as `who` may see them:
+/// one entry per sub-folder and one per object, filtered by `search`,
+/// sorted (folders first), paged. Column and direction are constants.
+fn list_sql(column: &str, order: &str) -> String {
+    format!(
+        "with objs as (
+           select o.id, o.name, o.updated_at, o.created_at, o.last_accessed_at, o.metadata,
+                  substr(o.name, char_length($2) + 1) as rest
+           from storage.objects o
+           where o.bucket_id = $1 and o.name like $3
+         ), entries as (
+           select split_part(rest, '/', 1) as name, null::uuid as id, null::timestamptz as updated_at,
+                  null::timestamptz as created_at, null::timestamptz as last_accessed_at,
+                  null::jsonb as metadata, true as folder
+           from objs where strpos(rest, '/') > 0 group by 1
+           union all
+           select rest, id, updated_at, created_at, last_accessed_at, metadata, false
+           from objs where strpos(rest, '/') = 0
+         ), page as (
+           select * from entries
+           where $4 = '' or starts_with(lower(name), lower($4))
+           order by folder desc, {column} {order} nulls last, name {order}
+           limit $5 offset $6
+         )
+         select coalesce(jsonb_agg(jsonb_build_object('name', name, 'id', id, 'updated_at', updated_at,
+                  'created_at', created_at, 'last_accessed_at', last_accessed_at, 'metadata', metadata)
+                  order by folder desc, {column} {order} nulls last, name {order}), '[]'::jsonb)
+         from page"
+    )
+}
+
+/// The folder prefix of a listing: empty, or ending in `/`.
+fn folder(prefix: &str) -> String {
+    let prefix = prefix.trim_start_matches('/');
+    if prefix.is_empty() || prefix.ends_with('/') {
+        prefix.to_owned()
+    } else {
+        format!("{prefix}/")
+    }
+}
+
+fn bounded(value: Option<&Value>, default: i64, max: i64) -> Result<i64, StorageError> {
+    match value {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_i64()
+            .filter(|n| *n >= 0)
+            .map(|n| n.min(max))
+            .ok_or_else(|| StorageError::invalid("limit and offset must be non-negative integers")),
+    }
+}
+
+/// `POST /object/list/{bucket}`.
+pub(crate) async fn list(
+    ctx: &Ctx<'_>,
+    bucket: &str,
+    body: Body,
+) -> Result<Response, StorageError> {
+    let caller = ctx.caller()?;
+    if !names::valid_bucket_id(bucket) {
+        return Err(StorageError::invalid_bucket());
+    }
+    let body = Ctx::json(body).await?;
+    let prefix = folder(body.get("prefix").and_then(Value::as_str).unwrap_or(""));
+    let search = body
+        .get("search")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let limit = bounded(body.get("limit"), 100, 10_000)?;
+    let offset = bounded(body.get("offset"), 0, i64::MAX)?;
+    let (column, order) = sort_by(body.get("sortBy"))?;
+    let pattern = names::like_prefix(&prefix);
+    let rows = ctx
+        .run(
+            &caller,
+            "object.list",
+            &list_sql(column, order),
+            &[&bucket, &prefix, &pattern, &search, &limit, &offset],
+            true,
+        )
+        .await?;
+    let entries: Value = rows.first().map_or(json!([]), |row| row.get(0));
+    Ok(axum::Json(entries).into_response())
+}
+
+/// `POST /object/list-v2/{bucket}`: folders and objects under a prefix,
+/// paged by an opaque cursor.
+pub(crate) async fn list_v2(
+    ctx: &Ctx<'_>,
+    bucket: &str,
+    body: Body,
+) -> Result<Response, StorageError> {
+    let caller = ctx.caller()?;
+    if !names::valid_bucket_id(bucket) {
+        return Err(StorageError::invalid_bucket());
+    }
+    let body = Ctx::json(body).await?;
+    let prefix_text = body.get("prefix").and_then(Value::as_str).unwrap_or("");
+    let prefix = folder(prefix_text);
+    let limit = bounded(body.get("limit"), 1000, 1000)?;
+    let offset: i64 = match body.get("cursor").and_then(Value::as_str) {
+        None | Some("") => 0,
+        Some(cursor) => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(cursor)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| StorageError::invalid("Invalid cursor"))?,
+    };
+    let (column, order) = sort_by(body.get("sortBy"))?;
+    let pattern = names::like_prefix(&prefix);
+    let probe = limit + 1;
+    let rows = ctx
+        .run(
+            &caller,
+            "object.list",
+            &list_sql(column, order),
+            &[&bucket, &prefix, &pattern, &"", &probe, &offset],
+            true,
+        )
+        .await?;
+    let entries: Vec<Value> = rows
+        .first()
+        .and_then(|row| row.get::<_, Value>(0).as_array().cloned())
+        .unwrap_or_default();
+    let has_next = entries.len() as i64 > limit;
+    let mut folders = Vec::new();
+    let mut objects = Vec::new();
+    for entry in entries
+        .into_iter()
+        .take(usize::try_from(limit).unwrap_or(0))
+    {
+        let name = entry
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let key = format!("{prefix}{name}");
+        if entry.get("id").is_none_or(Value::is_null) {
+            folders.push(json!({"name": name, "key": key}));
+        } else {
+            let mut object: Map<String, Value> = entry.as_object().cloned().unwrap_or_default();
+            object.insert("key".to_owned(), Value::String(key));
+            objects.push(Value::Object(object));
+        }
+    }
+    let next = has_next.then(|| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode((offset + limit).to_string())
+    });
+    Ok(axum::Json(
+        json!({"hasNext": has_next, "nextCursor": next, "folders": folders, "objects": objects}),
+    )
+    .into_response())
+}
+
+/// `POST /object/move` and `POST /object/copy`.
+pub(crate) async fn relocate(
+    ctx: &Ctx<'_>,
+    body: Body,
+    copy: bool,
+) -> Result<Response, StorageError> {
+    let caller = ctx.caller()?;
+    let body = Ctx::json(body).await?;
+    let text = |name: &str| body.get(name).and_then(Value::as_str).map(str::to_owned);
+    let bucket = text("bucketId").unwrap_or_default();
+    let target_bucket = text("destinationBucket").unwrap_or_else(|| bucket.clone());
+    let source = text("sourceKey").unwrap_or_default();
+    let target = text("destinationKey").unwrap_or_default();
+    if !names::valid_bucket_id(&bucket) || !names::valid_bucket_id(&target_bucket) {
+        return Err(StorageError::invalid_bucket());
+    }
+    for key in [&source, &target] {
+        if !names::valid_key(key) {
+            return Err(StorageError::invalid_key(key));
+        }
+    }
+    if !copy {
+        let rows = ctx
+            .run(
+                &caller,
+                "object.move",
+                "update storage.objects set bucket_id = $3, name = $4, last_accessed_at = now()
+                 where bucket_id = $1 and name = $2 returning id::text",
+                &[&bucket, &source, &target_bucket, &target],
+                true,
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(StorageError::object_not_found());
+        }
+        return Ok(axum::Json(json!({"message": "Successfully moved"})).into_response());
+    }
+    let found = ctx
+        .run(
+            &caller,
+            "object.copy",
+            "select version, metadata, user_metadata from storage.objects where bucket_id = $1 and name = $2",
+            &[&bucket, &source],
+            true,
+        )
+        .await?;
+    let Some(row) = found.first() else {
+        return Err(StorageError::object_not_found());
+    };
+    let old_version: Option<String> = row.get(0);
+    let metadata: Option<Value> = row.get(1);
+    let user_metadata: Option<Value> = row.get(2);
+    let copy_metadata = body
+        .get("copyMetadata")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let user_metadata = if copy_metadata {
+        user_metadata
+    } else {
+        body.get("metadata").filter(|m| m.is_object()).cloned()
+    };
+    let meta = metadata.unwrap_or_else(|| json!({}));
+    let version = new_version();
+    let from = ctx
+        .service
+        .backend
+        .object_path(old_version.as_deref().unwrap_or(""));
+    let to = ctx.service.backend.object_path(&version);
+    ctx.service
+        .backend
+        .copy(&from, &to)
+        .await
+        .map_err(|err| match err {
+            object_store::Error::NotFound { .. } => StorageError::object_not_found(),
+            err => {
+                tracing::error!(error = %err, "could not copy stored bytes");
+                StorageError::internal()
+            }
+        })?;
+    let object = NewObject {
+        mimetype: meta
+            .get("mimetype")
+            .and_then(Value::as_str)
+            .unwrap_or("application/octet-stream")
+            .to_owned(),
+        cache_control: meta
+            .get("cacheControl")
+            .and_then(Value::as_str)
+            .unwrap_or("no-cache")
+            .to_owned(),
+        user_metadata,
+        size: meta.get("size").and_then(Value::as_i64).unwrap_or(0),
+        version: version.clone(),
+    };
+    let upsert = ctx
+        .header("x-upsert")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let owner = caller.sub().map(str::to_owned);
+    match write_row(
+        ctx,
+        &caller,
+        owner.as_deref(),
+        &target_bucket,
+        &target,
+        &object,
+        Mode::Create,
+        upsert,
+        true,
+    )
+    .await
+    {
+        Ok((id, replaced)) => {
+            if let Some(old) = replaced.filter(|v| !v.is_empty()) {
+                ctx.service.backend.delete_versions(vec![old]).await;
+            }
+            Ok(
+                axum::Json(json!({"Id": id, "Key": format!("{target_bucket}/{target}")}))
+                    .into_response(),
+            )
+        }
+        Err(err) => {
+            let _ = ctx.service.backend.delete(&to).await;
+            Err(err)
+        }
+    }
+}
+
+const DELETED_SQL: &str = "delete from storage.objects where bucket_id = $1 and name = any($2)
+   returning jsonb_build_object('name', name, 'bucket_id', bucket_id, 'owner', owner, 'owner_id', owner_id,
+     'id', id, 'updated_at', updated_at, 'created_at', created_at, 'last_accessed_at', last_accessed_at,
+     'metadata', metadata, 'version', version, 'user_metadata', user_metadata), version";
+
+async fn delete_names(
+    ctx: &Ctx<'_>,
+    bucket: &str,
+    keys: &[String],
+) -> Result<Vec<Value>, StorageError> {
+    let caller = ctx.caller()?;
+    let rows = ctx
+        .run(
+            &caller,
+            "object.delete",
+            DELETED_SQL,
+            &[&bucket, &keys],
+            true,
+        )
+        .await?;
+    let mut deleted = Vec::with_capacity(rows.len());
+    let mut versions = Vec::with_capacity(rows.len());
+    for row in rows {
+        deleted.push(row.get::<_, Value>(0));
+        if let Some(version) = row.get::<_, Option<String>>(1) {
+            versions.push(version);
+        }
+    }
+    ctx.service.backend.delete_versions(versions).await;
+    Ok(deleted)
+}
+
+/// `DELETE /object/{bucket}` with `{"prefixes": [names…]}`.
+pub(crate) async fn delete_many(
+    ctx: &Ctx<'_>,
+    bucket: &str,
+    body: Body,
+) -> Result<Response, StorageError> {
+    if !names::valid_bucket_id(bucket) {
+        return Err(StorageError::invalid_bucket());
+    }
+    let body = Ctx::json(body).await?;
+    let Some(prefixes) = body.get("prefixes").and_then(Value::as_array) else {
+        return Err(StorageError::invalid(
+            "prefixes must be an array of object names",
+        ));
+    };
+    if prefixes.is_empty() || prefixes.len() > 1000 {
+        return Err(StorageError::invalid(
+            "prefixes must hold 1 to 1000 object names",
+        ));
+    }
+    let mut keys = Vec::with_capacity(prefixes.len());
+    for prefix in prefixes {
+        let Some(key) = prefix.as_str() else {
+            return Err(StorageError::invalid(
+                "prefixes must be an array of object names",
+            ));
+        };
+        keys.push(key.to_owned());
+    }
+    let deleted = delete_names(ctx, bucket, &keys).await?;
+    Ok(axum::Json(Value::Array(deleted)).into_response())
+}
+
+/// `DELETE /object/{bucket}/{key}`.
+pub(crate) async fn delete_one(
+    ctx: &Ctx<'_>,
+    bucket: &str,
+    key: &str,
+) -> Result<Response, StorageError> {
+    let deleted = delete_names(ctx, bucket, &[key.to_owned()]).await?;
+    if deleted.is_empty() {
+        return Err(StorageError::object_not_found());
+    }
+    Ok(axum::Json(json!({"message": "Successfully deleted"})).into_response())
+}
+
+#[allow(dead_code)]
+fn _assert_stream_type(
+    stream: futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>,
+) {
+    let _ = stream.boxed();
+}

@@ -1,0 +1,567 @@
+//! Resumable uploads over TUS 1.0.0 (`/upload/resumable`), as
+//! storage-js' users drive them with tus-js-client.
+//!
+//! An upload is a row in `sovra.storage_uploads` plus one stored part per
+//! accepted `PATCH`. A `PATCH` holds a short lease on the row, so two
+//! clients cannot append at once (the second gets 409); a body that breaks
+//! off stores nothing and leaves the offset where it was, so the client
+//! resumes from the last whole chunk. When the last byte arrives the parts
+//! are joined into a new object version and the object's row is written
+//! exactly as a normal upload does, as the caller, under RLS.
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::backend::WriteError;
+use crate::error::StorageError;
+use crate::object::{self, Mode, NewObject};
+use crate::{Ctx, Principal, StorageService, bucket, names, not_allowed};
+
+const TUS_VERSION: &str = "1.0.0";
+const OFFSET_TYPE: &str = "application/offset+octet-stream";
+
+pub(crate) async fn route(
+    ctx: &Ctx<'_>,
+    rest: &[&str],
+    body: Body,
+) -> Result<Response, StorageError> {
+    let result = match (rest, ctx.method) {
+        ([], &Method::OPTIONS) | (["sign"], &Method::OPTIONS) => Ok(options(ctx)),
+        ([], &Method::POST) => create(ctx, body, false).await,
+        (["sign"], &Method::POST) => create(ctx, body, true).await,
+        ([id] | ["sign", id], &Method::HEAD) => head(ctx, id).await,
+        ([id] | ["sign", id], &Method::PATCH) => patch(ctx, id, body).await,
+        ([id] | ["sign", id], &Method::DELETE) => terminate(ctx, id).await,
+        ([_] | ["sign", _], &Method::OPTIONS) => Ok(options(ctx)),
+        _ => Err(not_allowed()),
+    };
+    result.map(|mut response| {
+        response
+            .headers_mut()
+            .insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
+        response
+    })
+}
+
+fn options(ctx: &Ctx<'_>) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
+    headers.insert(
+        "tus-extension",
+        HeaderValue::from_static(
+            "creation,creation-with-upload,creation-defer-length,termination,expiration",
+        ),
+    );
+    if let Ok(value) = HeaderValue::from_str(&ctx.service.config.file_size_limit.to_string()) {
+        headers.insert("tus-max-size", value);
+    }
+    response
+}
+
+/// `Upload-Metadata`: comma-separated `key base64value` pairs.
+fn parse_metadata(header: &str) -> Result<Vec<(String, String)>, StorageError> {
+    let mut pairs = Vec::new();
+    for item in header.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (key, value) = item.split_once(' ').unwrap_or((item, ""));
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(value.trim())
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(|| {
+                StorageError::invalid("Upload-Metadata values must be base64-encoded UTF-8")
+            })?;
+        pairs.push((key.to_owned(), value));
+    }
+    Ok(pairs)
+}
+
+fn header_u64(ctx: &Ctx<'_>, name: &str) -> Result<Option<u64>, StorageError> {
+    match ctx.header(name) {
+        None => Ok(None),
+        Some(text) => {
+            text.trim().parse::<u64>().map(Some).map_err(|_| {
+                StorageError::invalid(format!("{name} must be a non-negative integer"))
+            })
+        }
+    }
+}
+
+/// `POST /upload/resumable[/sign]`.
+async fn create(ctx: &Ctx<'_>, body: Body, signed: bool) -> Result<Response, StorageError> {
+    let metadata = parse_metadata(ctx.header("upload-metadata").unwrap_or(""))?;
+    let field = |name: &str| {
+        metadata
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let bucket_id = field("bucketName").unwrap_or_default();
+    let key = field("objectName").unwrap_or_default();
+    if !names::valid_bucket_id(&bucket_id) {
+        return Err(StorageError::invalid_bucket());
+    }
+    if !names::valid_key(&key) {
+        return Err(StorageError::invalid_key(&key));
+    }
+    let length = header_u64(ctx, "upload-length")?;
+    let deferred = ctx.header("upload-defer-length") == Some("1");
+    if length.is_none() && !deferred {
+        return Err(StorageError::invalid(
+            "Upload-Length or Upload-Defer-Length: 1 is required",
+        ));
+    }
+    let (who, owner, upsert) = if signed {
+        let url = format!("{bucket_id}/{key}");
+        let (owner, upsert) = crate::sign::verify_upload(ctx, ctx.header("x-signature"), &url)?;
+        (Principal::service(), owner, upsert)
+    } else {
+        let caller = ctx.caller()?;
+        let upsert = ctx
+            .header("x-upsert")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let owner = caller.sub().map(str::to_owned);
+        (caller, owner, upsert)
+    };
+    let Some(bucket) = bucket::lookup(ctx, &bucket_id).await? else {
+        return Err(StorageError::bucket_not_found());
+    };
+    if let Some(length) = length
+        && length > object::limit_for(ctx, &bucket, &key)
+    {
+        return Err(StorageError::too_large());
+    }
+    let mimetype = field("contentType").unwrap_or_else(|| "application/octet-stream".to_owned());
+    object::check_mime(&bucket, &key, &mimetype)?;
+    let user_metadata = match field("metadata") {
+        Some(text) => Some(
+            serde_json::from_str::<Value>(&text)
+                .ok()
+                .filter(Value::is_object)
+                .ok_or_else(|| StorageError::invalid("metadata must be a JSON object"))?,
+        ),
+        None => None,
+    };
+    // Refuse now what the final write would refuse.
+    let probe = NewObject {
+        mimetype: String::new(),
+        cache_control: String::new(),
+        user_metadata: None,
+        size: 0,
+        version: String::new(),
+    };
+    object::write_row(
+        ctx,
+        &who,
+        owner.as_deref(),
+        &bucket_id,
+        &key,
+        &probe,
+        Mode::Create,
+        upsert,
+        false,
+    )
+    .await?;
+    let id = uuid::Uuid::new_v4();
+    let expiry = i64::try_from(ctx.service.config.upload_expiry.as_secs()).unwrap_or(86_400);
+    let length = length.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+    let cache = names::cache_control(field("cacheControl").as_deref());
+    ctx.run(
+        &Principal::service(),
+        "upload.create",
+        "insert into sovra.storage_uploads
+           (id, bucket_id, name, upload_length, content_type, cache_control, user_metadata, upsert, owner_id, signed, expires_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11::float8))",
+        &[
+            &id,
+            &bucket_id,
+            &key,
+            &length,
+            &mimetype,
+            &cache,
+            &user_metadata,
+            &upsert,
+            &owner,
+            &signed,
+            &(expiry as f64),
+        ],
+        true,
+    )
+    .await?;
+    let location = format!("/storage/v1/upload/resumable/{id}");
+    let mut response = if ctx
+        .header("content-type")
+        .is_some_and(|t| t.starts_with(OFFSET_TYPE))
+    {
+        // creation-with-upload: the first chunk came with the POST.
+        let mut response = append(ctx, &id.to_string(), body, Some(0)).await?;
+        *response.status_mut() = StatusCode::CREATED;
+        response
+    } else {
+        StatusCode::CREATED.into_response()
+    };
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert("location", value);
+    }
+    Ok(response)
+}
+
+/// An upload's row.
+struct Upload {
+    bucket_id: String,
+    name: String,
+    length: Option<i64>,
+    offset: i64,
+    parts: i32,
+    content_type: String,
+    cache_control: String,
+    user_metadata: Option<Value>,
+    upsert: bool,
+    owner_id: Option<String>,
+    signed: bool,
+}
+
+const UPLOAD_COLUMNS: &str = "bucket_id, name, upload_length, upload_offset, parts, coalesce(content_type, 'application/octet-stream'),
+   coalesce(cache_control, 'no-cache'), user_metadata, upsert, owner_id, signed";
+
+fn upload_from(row: &sovra_pg::tokio_postgres::Row) -> Upload {
+    Upload {
+        bucket_id: row.get(0),
+        name: row.get(1),
+        length: row.get(2),
+        offset: row.get(3),
+        parts: row.get(4),
+        content_type: row.get(5),
+        cache_control: row.get(6),
+        user_metadata: row.get(7),
+        upsert: row.get(8),
+        owner_id: row.get(9),
+        signed: row.get(10),
+    }
+}
+
+fn parse_id(id: &str) -> Result<uuid::Uuid, StorageError> {
+    uuid::Uuid::parse_str(id).map_err(|_| StorageError::upload_not_found())
+}
+
+/// Only whoever started an upload continues it (any holder of the id, for
+/// uploads made through a signed URL; the service role always).
+fn allowed(ctx: &Ctx<'_>, upload: &Upload) -> Result<Principal, StorageError> {
+    if upload.signed {
+        return Ok(Principal::service());
+    }
+    let caller = ctx.caller()?;
+    if caller.is_service() || caller.sub() == upload.owner_id.as_deref() {
+        Ok(caller)
+    } else {
+        Err(StorageError::upload_not_found())
+    }
+}
+
+/// `HEAD /upload/resumable/{id}`.
+async fn head(ctx: &Ctx<'_>, id: &str) -> Result<Response, StorageError> {
+    let id = parse_id(id)?;
+    let rows = ctx
+        .run(
+            &Principal::service(),
+            "upload.head",
+            &format!("select {UPLOAD_COLUMNS} from sovra.storage_uploads where id = $1 and expires_at > now()"),
+            &[&id],
+            true,
+        )
+        .await?;
+    let Some(row) = rows.first() else {
+        return Ok(StatusCode::NOT_FOUND.into_response());
+    };
+    let upload = upload_from(row);
+    if allowed(ctx, &upload).is_err() {
+        return Ok(StatusCode::NOT_FOUND.into_response());
+    }
+    let mut response = StatusCode::OK.into_response();
+    let headers = response.headers_mut();
+    headers.insert("upload-offset", HeaderValue::from(upload.offset));
+    match upload.length {
+        Some(length) => {
+            headers.insert("upload-length", HeaderValue::from(length));
+        }
+        None => {
+            headers.insert("upload-defer-length", HeaderValue::from_static("1"));
+        }
+    }
+    headers.insert("cache-control", HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `PATCH /upload/resumable/{id}`.
+async fn patch(ctx: &Ctx<'_>, id: &str, body: Body) -> Result<Response, StorageError> {
+    if !ctx
+        .header("content-type")
+        .is_some_and(|t| t.starts_with(OFFSET_TYPE))
+    {
+        return Ok(StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response());
+    }
+    let Some(offset) = header_u64(ctx, "upload-offset")? else {
+        return Err(StorageError::invalid("Upload-Offset is required"));
+    };
+    append(ctx, id, body, Some(offset)).await
+}
+
+async fn release(ctx: &Ctx<'_>, id: &uuid::Uuid) {
+    if let Err(err) = ctx
+        .run(
+            &Principal::service(),
+            "upload.release",
+            "update sovra.storage_uploads set locked_until = null where id = $1",
+            &[id],
+            true,
+        )
+        .await
+    {
+        tracing::warn!(error = %err, "could not release an upload lease");
+    }
+}
+
+/// Appends one chunk at `offset` under a lease, and completes the upload
+/// when it is whole.
+async fn append(
+    ctx: &Ctx<'_>,
+    id: &str,
+    body: Body,
+    offset: Option<u64>,
+) -> Result<Response, StorageError> {
+    let id = parse_id(id)?;
+    let rows = ctx
+        .run(
+            &Principal::service(),
+            "upload.lease",
+            &format!(
+                "update sovra.storage_uploads set locked_until = now() + interval '10 minutes'
+                 where id = $1 and expires_at > now() and (locked_until is null or locked_until < now())
+                 returning {UPLOAD_COLUMNS}"
+            ),
+            &[&id],
+            true,
+        )
+        .await?;
+    let Some(row) = rows.first() else {
+        let busy = ctx
+            .run(
+                &Principal::service(),
+                "upload.lease",
+                "select 1 from sovra.storage_uploads where id = $1 and expires_at > now()",
+                &[&id],
+                true,
+            )
+            .await?;
+        return Err(if busy.is_empty() {
+            StorageError::upload_not_found()
+        } else {
+            StorageError::conflict("The upload is being written by another request")
+        });
+    };
+    let mut upload = upload_from(row);
+    let result = append_leased(ctx, &id, &mut upload, body, offset).await;
+    if !matches!(result, Ok(true)) {
+        release(ctx, &id).await;
+    }
+    let complete = result?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert("upload-offset", HeaderValue::from(upload.offset));
+    if complete {
+        finish(ctx, &id, &upload).await?;
+    }
+    Ok(response)
+}
+
+/// Returns whether the upload is now complete (the lease is then kept
+/// until [`finish`] deletes the row).
+async fn append_leased(
+    ctx: &Ctx<'_>,
+    id: &uuid::Uuid,
+    upload: &mut Upload,
+    body: Body,
+    offset: Option<u64>,
+) -> Result<bool, StorageError> {
+    let who = allowed(ctx, upload)?;
+    let _ = who;
+    if let Some(offset) = offset
+        && i64::try_from(offset).ok() != Some(upload.offset)
+    {
+        return Err(StorageError::conflict(format!(
+            "Upload-Offset {offset} does not match the current offset {}",
+            upload.offset
+        )));
+    }
+    if upload.length.is_none()
+        && let Some(length) = header_u64(ctx, "upload-length")?
+    {
+        upload.length = Some(i64::try_from(length).unwrap_or(i64::MAX));
+    }
+    let Some(bucket) = bucket::lookup(ctx, &upload.bucket_id).await? else {
+        return Err(StorageError::bucket_not_found());
+    };
+    let limit = object::limit_for(ctx, &bucket, &upload.name);
+    let offset_u = u64::try_from(upload.offset).unwrap_or(0);
+    let room = match upload.length {
+        Some(length) => u64::try_from(length).unwrap_or(0),
+        None => limit,
+    }
+    .saturating_sub(offset_u);
+    if upload
+        .length
+        .is_some_and(|l| u64::try_from(l).unwrap_or(0) > limit)
+    {
+        return Err(StorageError::too_large());
+    }
+    let path = ctx.service.backend.part_path(&id.to_string(), upload.parts);
+    let written = match ctx
+        .service
+        .backend
+        .write(&path, body.into_data_stream(), room)
+        .await
+    {
+        Ok(n) => n,
+        Err(WriteError::TooLarge) => return Err(StorageError::too_large()),
+        Err(WriteError::Body(message)) => {
+            tracing::debug!(%message, "resumable chunk broke off; the client resumes from the last offset");
+            return Err(StorageError::invalid("The chunk was interrupted"));
+        }
+        Err(WriteError::Store(err)) => {
+            tracing::error!(error = %err, "could not store an upload chunk");
+            return Err(StorageError::internal());
+        }
+    };
+    if written == 0 {
+        let _ = ctx.service.backend.delete(&path).await;
+        let complete = upload.length == Some(upload.offset);
+        return Ok(complete);
+    }
+    upload.offset += i64::try_from(written).unwrap_or(0);
+    upload.parts += 1;
+    let complete = upload.length == Some(upload.offset);
+    ctx.run(
+        &Principal::service(),
+        "upload.append",
+        "update sovra.storage_uploads set upload_offset = $2, parts = $3, upload_length = $4,
+           locked_until = case when $5 then locked_until end
+         where id = $1",
+        &[id, &upload.offset, &upload.parts, &upload.length, &complete],
+        true,
+    )
+    .await?;
+    Ok(complete)
+}
+
+/// Joins the parts into a new version and writes the object's row as the
+/// uploader, then removes the upload.
+async fn finish(ctx: &Ctx<'_>, id: &uuid::Uuid, upload: &Upload) -> Result<(), StorageError> {
+    let who = allowed(ctx, upload)?;
+    let backend = &ctx.service.backend;
+    let version = object::new_version();
+    let path = backend.object_path(&version);
+    let upload_id = id.to_string();
+    let size = backend
+        .concat_parts(&upload_id, upload.parts, &path)
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "could not join upload parts");
+            StorageError::internal()
+        })?;
+    let new = NewObject {
+        mimetype: upload.content_type.clone(),
+        cache_control: upload.cache_control.clone(),
+        user_metadata: upload.user_metadata.clone(),
+        size: i64::try_from(size).unwrap_or(i64::MAX),
+        version: version.clone(),
+    };
+    let result = object::write_row(
+        ctx,
+        &who,
+        upload.owner_id.as_deref(),
+        &upload.bucket_id,
+        &upload.name,
+        &new,
+        Mode::Create,
+        upload.upsert,
+        true,
+    )
+    .await;
+    match &result {
+        Ok((_, Some(old))) if !old.is_empty() => backend.delete_versions(vec![old.clone()]).await,
+        Ok(_) => {}
+        Err(_) => {
+            let _ = backend.delete(&path).await;
+        }
+    }
+    backend.delete_parts(&upload_id, upload.parts).await;
+    ctx.run(
+        &Principal::service(),
+        "upload.finish",
+        "delete from sovra.storage_uploads where id = $1",
+        &[id],
+        true,
+    )
+    .await?;
+    result.map(|_| ())
+}
+
+/// `DELETE /upload/resumable/{id}`: abandons an upload and its parts.
+async fn terminate(ctx: &Ctx<'_>, id: &str) -> Result<Response, StorageError> {
+    let id = parse_id(id)?;
+    let rows = ctx
+        .run(
+            &Principal::service(),
+            "upload.head",
+            &format!("select {UPLOAD_COLUMNS} from sovra.storage_uploads where id = $1"),
+            &[&id],
+            true,
+        )
+        .await?;
+    let Some(row) = rows.first() else {
+        return Err(StorageError::upload_not_found());
+    };
+    let upload = upload_from(row);
+    allowed(ctx, &upload)?;
+    ctx.run(
+        &Principal::service(),
+        "upload.terminate",
+        "delete from sovra.storage_uploads where id = $1",
+        &[&id],
+        true,
+    )
+    .await?;
+    ctx.service
+        .backend
+        .delete_parts(&id.to_string(), upload.parts)
+        .await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Deletes expired uploads and their parts.
+pub(crate) async fn sweep(service: &StorageService) -> Result<usize, String> {
+    let mut client = service.pool.get().await.map_err(|err| err.to_string())?;
+    let tx = client.transaction().await.map_err(|err| err.to_string())?;
+    tx.execute("set local role service_role", &[])
+        .await
+        .map_err(|err| err.to_string())?;
+    let rows = tx
+        .query(
+            "with gone as (delete from sovra.storage_uploads where expires_at < now()
+                           and (locked_until is null or locked_until < now()) returning id, parts)
+             select id::text, parts from gone",
+            &[],
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+    tx.commit().await.map_err(|err| err.to_string())?;
+    for row in &rows {
+        let id: String = row.get(0);
+        service.backend.delete_parts(&id, row.get(1)).await;
+    }
+    Ok(rows.len())
+}
