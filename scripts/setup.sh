@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Sovra's server and test suite need on a Debian/Ubuntu machine:
 # PostgreSQL 15 with its server headers, pgvector (built from Debian's source
-# package), nats-server, redis-server and Node.js. Does nothing for a piece
+# package), nats-server, redis-server, Node.js, and moto's S3-compatible
+# server (PyPI) for the storage tests of the S3 backend. Does nothing for a piece
 # that is already present, so it is safe to run before every build.
 set -euo pipefail
 
@@ -72,4 +73,16 @@ SRC
   log "pgvector installed"
 fi
 
-log "ready: postgres $("$PG_BIN/postgres" --version | awk '{print $3}'), pgvector $(sed -n "s/default_version = '\(.*\)'/\1/p" "$EXT_DIR/vector.control"), $(nats-server --version 2>/dev/null || echo 'nats-server ?'), $(redis-server --version | awk '{print $3}'), node $(node --version)"
+# An S3-compatible server for the storage tests (moto's server mode).
+if ! command -v moto_server >/dev/null 2>&1; then
+  if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
+    apt_install python3-pip
+  fi
+  pip_cmd="$(command -v pip3 || command -v pip)"
+  log "installing moto[server] (S3-compatible test server)"
+  "$pip_cmd" install -q 'moto[server]' >/dev/null 2>&1 \
+    || "$pip_cmd" install -q --break-system-packages 'moto[server]' >/dev/null
+  hash -r
+fi
+
+log "ready: postgres $("$PG_BIN/postgres" --version | awk '{print $3}'), pgvector $(sed -n "s/default_version = '\(.*\)'/\1/p" "$EXT_DIR/vector.control"), $(nats-server --version 2>/dev/null || echo 'nats-server ?'), $(redis-server --version | awk '{print $3}'), node $(node --version), $(command -v moto_server >/dev/null && echo moto_server || echo 'moto_server ?')"

@@ -10,7 +10,7 @@
 // except 500.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { createClient } from '@supabase/supabase-js';
 import ws from 'ws';
 
@@ -24,7 +24,9 @@ const service = createClient(url, serviceKey, opts);
 const short = () => randomUUID().slice(0, 8);
 const storageUrl = `${url}/storage/v1`;
 const PRIVATE = 'e2e-private';
-const md5 = (body) => `"${createHash('md5').update(body).digest('hex')}"`;
+// Sovra's ETags name the stored version (a new one on every write), in the
+// quoted 32-hex shape of Supabase's; they are not a hash of the content.
+const ETAG = /^"[0-9a-f]{32}"$/;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // The bucket the fixture's policies name; created once (a rerun against
@@ -168,7 +170,7 @@ test('a user uploads, downloads, lists, inspects, upserts, updates, moves, copie
   assert.equal(hello.metadata.size, 11);
   assert.equal(hello.metadata.mimetype, 'text/plain');
   assert.equal(hello.metadata.cacheControl, 'max-age=3600');
-  assert.equal(hello.metadata.eTag, md5('hello world'));
+  assert.match(hello.metadata.eTag, ETAG);
   assert.ok(!Number.isNaN(Date.parse(hello.updated_at)));
   const searched = await files.list(uid, { search: 'HEL' });
   assert.deepEqual(searched.data.map((o) => o.name), ['hello.txt']);
@@ -183,7 +185,7 @@ test('a user uploads, downloads, lists, inspects, upserts, updates, moves, copie
   assert.equal(info.data.size, 11);
   assert.equal(info.data.contentType, 'text/plain');
   assert.equal(info.data.cacheControl, 'max-age=3600');
-  assert.equal(info.data.etag, md5('hello world'));
+  assert.equal(info.data.etag, hello.metadata.eTag);
   assert.deepEqual(info.data.metadata, { purpose: 'e2e' });
   const blobInfo = await files.info(`${uid}/blob.txt`);
   assert.equal(blobInfo.data.contentType, 'text/plain');
@@ -425,7 +427,7 @@ test('public buckets serve getPublicUrl without headers; private buckets do not'
   const r = await fetch(data.publicUrl);
   assert.equal(r.status, 200);
   assert.equal(r.headers.get('content-type'), 'text/plain');
-  assert.equal(r.headers.get('etag'), md5('public body'));
+  assert.match(r.headers.get('etag'), ETAG);
   assert.equal(await r.text(), 'public body');
 
   const asDownload = files.getPublicUrl('docs/readme.txt', { download: true }).data.publicUrl;
