@@ -9,7 +9,9 @@
 //! - `user`: `GET /auth/v1/user` with each task's access token;
 //! - `signin`: password sign-ins (bounded by the password hash);
 //! - `hash`: the reference for `signin`: argon2id verifications per second
-//!   on this machine with Sovra's parameters, no HTTP, no database.
+//!   on this machine with Sovra's parameters, no HTTP, no database;
+//! - `put4k`: 4 KiB uploads to `/storage/v1/object/bench/…` (new names);
+//! - `get4k`: downloads of 4 KiB objects uploaded beforehand.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
@@ -26,6 +28,8 @@ enum Mode {
     Hash,
     /// Print the pgbench reference scripts (the SQL Sovra runs).
     Sql,
+    Put4k,
+    Get4k,
 }
 
 #[derive(Parser, Debug)]
@@ -158,7 +162,7 @@ async fn run(args: Args) -> anyhow::Result<String> {
                     Mode::Signin => client
                         .post(format!("{url}/auth/v1/token?grant_type=password"))
                         .json(&json!({"email": email, "password": "bench-password"})),
-                    Mode::Hash | Mode::Sql => unreachable!(),
+                    Mode::Hash | Mode::Sql | Mode::Put4k | Mode::Get4k => unreachable!(),
                 };
                 match request.header("apikey", &anon).send().await {
                     Ok(response) if response.status().is_success() => {
@@ -166,6 +170,91 @@ async fn run(args: Args) -> anyhow::Result<String> {
                         latencies.push(t.elapsed());
                         if let Some(next) = body["refresh_token"].as_str() {
                             refresh = next.to_owned();
+                        }
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut report = Report {
+        latencies: Vec::new(),
+        errors: 0,
+        elapsed: Duration::ZERO,
+    };
+    for task in tasks {
+        let (l, e) = task.await?;
+        report.latencies.extend(l);
+        report.errors += e;
+    }
+    report.elapsed = started.elapsed();
+    Ok(report.line())
+}
+
+/// Small-object storage load: uploads of 4 KiB under new names, or
+/// downloads of 4 KiB objects (one per connection, uploaded first), with
+/// the service key into the bucket `bench` (made if missing).
+async fn storage(args: Args) -> anyhow::Result<String> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections * 2)
+        .build()?;
+    let base = format!("{}/storage/v1", args.url);
+    let key = args.service_key.clone();
+    let _ = client
+        .post(format!("{base}/bucket"))
+        .bearer_auth(&key)
+        .json(&json!({"id": "bench", "name": "bench"}))
+        .send()
+        .await?;
+    let body = vec![b'x'; 4096];
+    let run_id = std::process::id();
+    if matches!(args.mode, Mode::Get4k) {
+        for c in 0..args.connections {
+            let response = client
+                .post(format!("{base}/object/bench/get-{run_id}-{c}.bin"))
+                .bearer_auth(&key)
+                .header("content-type", "application/octet-stream")
+                .body(body.clone())
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "seeding: {}",
+                response.status()
+            );
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let client = client.clone();
+        let base = base.clone();
+        let key = key.clone();
+        let body = body.clone();
+        let mode = args.mode;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                n += 1;
+                let request = match mode {
+                    Mode::Put4k => client
+                        .post(format!("{base}/object/bench/put-{run_id}-{c}-{n}.bin"))
+                        .header("content-type", "application/octet-stream")
+                        .body(body.clone()),
+                    _ => client.get(format!("{base}/object/bench/get-{run_id}-{c}.bin")),
+                };
+                match request.bearer_auth(&key).send().await {
+                    Ok(response) if response.status().is_success() => {
+                        let bytes = response.bytes().await.unwrap_or_default();
+                        if matches!(mode, Mode::Get4k) && bytes.len() != 4096 {
+                            errors += 1;
+                        } else {
+                            latencies.push(t.elapsed());
                         }
                     }
                     _ => errors += 1,
@@ -227,6 +316,7 @@ async fn main() -> anyhow::Result<()> {
     let line = match args.mode {
         Mode::Hash => hash_rate(args.secs).await,
         Mode::Sql => pg_scripts(&args.url),
+        Mode::Put4k | Mode::Get4k => storage(args).await?,
         _ => run(args).await?,
     };
     println!("{line}");

@@ -138,3 +138,8 @@ create table if not exists sovra.storage_uploads (
 );
 grant usage on schema sovra to service_role;
 grant select, insert, update, delete on sovra.storage_uploads to service_role;
+
+-- The storage service prepares its statements once per connection, before
+-- the role switch: the login role may look names up in these schemas (it
+-- still has no privilege on any table in them).
+grant usage on schema storage, sovra to authenticator;

@@ -1758,6 +1758,91 @@ async fn resumable_uploads_survive_a_dropped_connection() {
     assert_eq!(st.stored_files().len(), 1);
 }
 
+#[tokio::test]
+async fn resumable_uploads_through_a_signed_upload_url() {
+    let st = St::new().await;
+    st.bucket("private", json!({})).await;
+    let (alice, alice_token) = st.user();
+    let name = format!("{alice}/signed.bin");
+    let made = st
+        .call(
+            Method::POST,
+            &format!("/object/upload/sign/private/{name}"),
+            &alice_token,
+            None,
+        )
+        .await;
+    let token = made.json()["token"].as_str().unwrap().to_owned();
+    // Without a valid signature for this object: refused.
+    let forged = St::send(
+        st.http
+            .post(format!("{}/storage/v1/upload/resumable/sign", st.app.url))
+            .header("x-signature", format!("{token}x"))
+            .header("upload-length", "4")
+            .header(
+                "upload-metadata",
+                tus_metadata("private", &name, "text/plain"),
+            ),
+    )
+    .await;
+    assert_eq!(forged.json()["error"], "InvalidJWT");
+    let other = St::send(
+        st.http
+            .post(format!("{}/storage/v1/upload/resumable/sign", st.app.url))
+            .header("x-signature", &token)
+            .header("upload-length", "4")
+            .header(
+                "upload-metadata",
+                tus_metadata("private", &format!("{alice}/other.bin"), "text/plain"),
+            ),
+    )
+    .await;
+    assert_eq!(other.json()["error"], "InvalidSignature");
+    // With it, no other credentials are needed, and Alice owns the result.
+    let created = St::send(
+        st.http
+            .post(format!("{}/storage/v1/upload/resumable/sign", st.app.url))
+            .header("x-signature", &token)
+            .header("upload-length", "4")
+            .header(
+                "upload-metadata",
+                tus_metadata("private", &name, "text/plain"),
+            ),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.json());
+    let location = created.header("location").to_owned();
+    let done = St::send(
+        st.http
+            .patch(format!("{}{location}", st.app.url))
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .body("data"),
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{:?}", done.json());
+    let down = St::send(st.request(
+        Method::GET,
+        &format!("/object/private/{name}"),
+        Some(&alice_token),
+    ))
+    .await;
+    assert_eq!(&down.bytes[..], b"data");
+    let owner: String = st
+        .app
+        .db
+        .client()
+        .await
+        .query_one(
+            "select owner_id from storage.objects where name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, alice);
+}
+
 /// A real S3-compatible server (moto's server mode, from PyPI), started
 /// for one test on a free port.
 struct S3Server {

@@ -26,7 +26,7 @@ const PART_SIZE: usize = 8 * 1024 * 1024;
 /// `PART_SIZE * (PARTS_IN_FLIGHT + 1)`.
 const PARTS_IN_FLIGHT: usize = 2;
 /// Chunk size of downloads read from the local disk.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
 
 /// How bytes are stored.
 #[derive(Clone, Debug)]
@@ -145,10 +145,7 @@ impl Backend {
         while first.len() < PART_SIZE {
             match body.next().await {
                 None => {
-                    self.store
-                        .put(path, PutPayload::from(first.freeze()))
-                        .await?;
-                    self.sync(path).await;
+                    self.put_small(path, first.freeze()).await?;
                     return Ok(size);
                 }
                 Some(Err(err)) => return Err(WriteError::Body(err.to_string())),
@@ -190,6 +187,42 @@ impl Backend {
         Ok(size)
     }
 
+    /// Stores a body that fits one part. On the local disk this is one
+    /// blocking task: write a temporary file, sync it, rename it in place.
+    async fn put_small(&self, path: &Path, bytes: Bytes) -> Result<(), object_store::Error> {
+        let Some(root) = &self.local_root else {
+            self.store.put(path, PutPayload::from(bytes)).await?;
+            return Ok(());
+        };
+        let file = root.join(path.as_ref());
+        let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write as _;
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = file.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+            let written = (|| {
+                let mut out = std::fs::File::create(&tmp)?;
+                out.write_all(&bytes)?;
+                out.sync_all()?;
+                std::fs::rename(&tmp, &file)
+            })();
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written
+        })
+        .await
+        .map_err(|err| object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(err),
+        })?;
+        result.map_err(|err| object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(err),
+        })
+    }
+
     /// On the local disk, flushes a written file so that an acknowledged
     /// upload survives a power cut (object stores do this themselves).
     async fn sync(&self, path: &Path) {
@@ -210,6 +243,9 @@ impl Backend {
         path: &Path,
         range: Option<ByteRange>,
     ) -> Result<Download, object_store::Error> {
+        if let Some(root) = &self.local_root {
+            return read_local(root.join(path.as_ref()), path, range).await;
+        }
         let options = GetOptions {
             range: range.map(|r| GetRange::Bounded(r.start..r.end)),
             ..GetOptions::default()
@@ -281,6 +317,57 @@ impl Backend {
             }
         }
     }
+}
+
+/// Opens a local file (and reads it whole when small) in one blocking task.
+async fn read_local(
+    file: PathBuf,
+    path: &Path,
+    range: Option<ByteRange>,
+) -> Result<Download, object_store::Error> {
+    let location = path.to_string();
+    let opened = tokio::task::spawn_blocking(
+        move || -> std::io::Result<(std::fs::File, u64, Option<Bytes>)> {
+            use std::io::{Read as _, Seek as _, SeekFrom};
+            let mut handle = std::fs::File::open(&file)?;
+            let size = handle.metadata()?.len();
+            let (start, end) = range.map_or((0, size), |r| (r.start, r.end.min(size)));
+            let len = end.saturating_sub(start);
+            if len <= READ_CHUNK as u64 {
+                handle.seek(SeekFrom::Start(start))?;
+                let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+                handle.read_exact(&mut buf)?;
+                return Ok((handle, size, Some(Bytes::from(buf))));
+            }
+            Ok((handle, size, None))
+        },
+    )
+    .await
+    .map_err(|err| object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: Box::new(err),
+    })?;
+    let (handle, size, whole) = opened.map_err(|err| {
+        if err.kind() == std::io::ErrorKind::NotFound {
+            object_store::Error::NotFound {
+                path: location,
+                source: Box::new(err),
+            }
+        } else {
+            object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(err),
+            }
+        }
+    })?;
+    let stream = match whole {
+        Some(bytes) => futures_util::stream::once(async move { Ok(bytes) }).boxed(),
+        None => {
+            let (start, end) = range.map_or((0, size), |r| (r.start, r.end.min(size)));
+            read_file(handle, start, end)
+        }
+    };
+    Ok(Download { stream, size })
 }
 
 /// Reads a local file range on one blocking thread in large chunks, handed

@@ -36,6 +36,11 @@ use sovra_pg::{Pool, RequestContext};
 pub use backend::{Backend, BackendConfig};
 pub use error::StorageError;
 
+/// `storage.operation` (which policies may read) and whether the
+/// statement may delete rows of the storage tables.
+const SETTINGS_SQL: &str = "select set_config('storage.operation', $1, true), \
+     set_config('storage.allow_delete_query', $2, true)";
+
 /// Settings of one tenant's storage.
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
@@ -144,7 +149,12 @@ impl Ctx<'_> {
 
     /// Runs `sql` in a transaction as `who` with `storage.operation` set to
     /// `op`, committing when `commit` (else rolling back), and returns its
-    /// rows. Settings and statement are pipelined.
+    /// rows. `BEGIN`, the prologue, the settings, the statement and the
+    /// end of the transaction go out in one round trip (the driver
+    /// pipelines requests polled together); a failed statement makes the
+    /// pipelined `COMMIT` a rollback. Statements are prepared once per
+    /// connection: their text is fixed, and PostgreSQL checks privileges
+    /// and applies RLS for the current role at every execution.
     async fn run(
         &self,
         who: &Principal,
@@ -153,14 +163,16 @@ impl Ctx<'_> {
         params: &[&(dyn ToSql + Sync)],
         commit: bool,
     ) -> Result<Vec<sovra_pg::tokio_postgres::Row>, StorageError> {
-        let mut client = self.service.pool.get().await.map_err(|err| {
+        use sovra_pg::tokio_postgres::types::Type;
+        let client = self.service.pool.get().await.map_err(|err| {
             tracing::error!(error = %err, "no database connection for storage");
             StorageError::unavailable()
         })?;
+        let wrapper: &sovra_pg::ClientWrapper = &client;
         let context = self.context(who);
-        let tx = sovra_pg::begin_request(&mut client, &context, false)
-            .await
-            .map_err(|err| error::from_db(&err))?;
+        let prologue = sovra_pg::prologue_params(&context);
+        let prologue_values: Vec<&(dyn ToSql + Sync)> =
+            prologue.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         // Rows of these tables are deleted only here, where the bytes
         // are deleted with them (a trigger refuses other deletes).
         let allow_delete = if op.ends_with("delete") || op == "bucket.empty" {
@@ -168,23 +180,49 @@ impl Ctx<'_> {
         } else {
             "false"
         };
-        tx.execute(
-            "select set_config('storage.operation', $1, true), \
-                    set_config('storage.allow_delete_query', $2, true)",
-            &[&op, &allow_delete],
-        )
-        .await
-        .map_err(|err| error::from_db(&err))?;
-        let rows = tx
-            .query(sql, params)
-            .await
-            .map_err(|err| error::from_db(&err))?;
-        if commit {
-            tx.commit().await.map_err(|err| error::from_db(&err))?;
-        } else {
-            tx.rollback().await.map_err(|err| error::from_db(&err))?;
+        let prepared = async {
+            tokio::try_join!(
+                wrapper.prepare_typed_cached(sovra_pg::PROLOGUE_SQL, &[Type::TEXT; 8]),
+                wrapper.prepare_typed_cached(SETTINGS_SQL, &[Type::TEXT, Type::TEXT]),
+                wrapper.prepare_cached(sql),
+            )
+        };
+        let (prologue_statement, settings_statement, statement) =
+            prepared.await.map_err(|err| error::from_db(&err))?;
+        let end = if commit { "COMMIT" } else { "ROLLBACK" };
+        let settings: [&(dyn ToSql + Sync); 2] = [&op, &allow_delete];
+        let (begun, applied, set, result, ended) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            client.query(&prologue_statement, &prologue_values),
+            client.query(&settings_statement, &settings),
+            client.query(&statement, params),
+            client.batch_execute(end),
+        );
+        match (begun, applied, set, result, ended) {
+            (Ok(()), Ok(_), Ok(_), Ok(rows), Ok(())) => Ok(rows),
+            (begun, applied, set, result, ended) => {
+                let err = [
+                    begun.err(),
+                    applied.err(),
+                    set.err(),
+                    result.err(),
+                    ended.err(),
+                ]
+                .into_iter()
+                .flatten()
+                .find(|err| {
+                    err.code()
+                        != Some(
+                            &sovra_pg::tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION,
+                        )
+                });
+                // Leave no transaction open on a pooled connection.
+                if !client.is_closed() {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                }
+                Err(err.map_or_else(StorageError::internal, |err| error::from_db(&err)))
+            }
         }
-        Ok(rows)
     }
 
     /// Reads the JSON body (at most 1 MiB); an empty body is `{}`.
