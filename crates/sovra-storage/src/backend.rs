@@ -138,6 +138,9 @@ impl Backend {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        if let Some(root) = &self.local_root {
+            return write_local(root.join(path.as_ref()), body, limit).await;
+        }
         let mut body = body;
         let mut first = BytesMut::new();
         let mut size: u64 = 0;
@@ -145,7 +148,9 @@ impl Backend {
         while first.len() < PART_SIZE {
             match body.next().await {
                 None => {
-                    self.put_small(path, first.freeze()).await?;
+                    self.store
+                        .put(path, PutPayload::from(first.freeze()))
+                        .await?;
                     return Ok(size);
                 }
                 Some(Err(err)) => return Err(WriteError::Body(err.to_string())),
@@ -185,42 +190,6 @@ impl Backend {
         writer.finish().await?;
         self.sync(path).await;
         Ok(size)
-    }
-
-    /// Stores a body that fits one part. On the local disk this is one
-    /// blocking task: write a temporary file, sync it, rename it in place.
-    async fn put_small(&self, path: &Path, bytes: Bytes) -> Result<(), object_store::Error> {
-        let Some(root) = &self.local_root else {
-            self.store.put(path, PutPayload::from(bytes)).await?;
-            return Ok(());
-        };
-        let file = root.join(path.as_ref());
-        let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write as _;
-            if let Some(dir) = file.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let tmp = file.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
-            let written = (|| {
-                let mut out = std::fs::File::create(&tmp)?;
-                out.write_all(&bytes)?;
-                out.sync_all()?;
-                std::fs::rename(&tmp, &file)
-            })();
-            if written.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            written
-        })
-        .await
-        .map_err(|err| object_store::Error::Generic {
-            store: "LocalFileSystem",
-            source: Box::new(err),
-        })?;
-        result.map_err(|err| object_store::Error::Generic {
-            store: "LocalFileSystem",
-            source: Box::new(err),
-        })
     }
 
     /// On the local disk, flushes a written file so that an acknowledged
@@ -317,6 +286,83 @@ impl Backend {
             }
         }
     }
+}
+
+/// What the request side hands the writer thread of a local upload.
+enum Chunk {
+    Data(Bytes),
+    Finish,
+}
+
+/// Streams `body` into a temporary file next to `file` on one blocking
+/// thread (chunks are written as they arrive, without copies or buffering
+/// beyond a few in flight), then syncs it and renames it into place. The
+/// temporary file is removed if anything fails or the body stops.
+async fn write_local<S, E>(file: PathBuf, body: S, limit: u64) -> Result<u64, WriteError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(16);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write as _;
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = file.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+        let result = (|| {
+            let mut out = std::fs::File::create(&tmp)?;
+            loop {
+                match rx.blocking_recv() {
+                    Some(Chunk::Data(bytes)) => out.write_all(&bytes)?,
+                    Some(Chunk::Finish) => break,
+                    None => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::Interrupted,
+                            "upload abandoned",
+                        ));
+                    }
+                }
+            }
+            out.sync_all()?;
+            std::fs::rename(&tmp, &file)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    });
+    let mut body = body;
+    let mut size: u64 = 0;
+    let outcome = loop {
+        match body.next().await {
+            None => break Ok(()),
+            Some(Err(err)) => break Err(WriteError::Body(err.to_string())),
+            Some(Ok(chunk)) => {
+                size += chunk.len() as u64;
+                if size > limit {
+                    break Err(WriteError::TooLarge);
+                }
+                if tx.send(Chunk::Data(chunk)).await.is_err() {
+                    break Ok(()); // the writer failed; its error follows
+                }
+            }
+        }
+    };
+    if outcome.is_ok() {
+        let _ = tx.send(Chunk::Finish).await;
+    }
+    drop(tx);
+    let written = writer.await.map_err(|err| object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: Box::new(err),
+    })?;
+    outcome?;
+    written.map_err(|err| object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: Box::new(err),
+    })?;
+    Ok(size)
 }
 
 /// Opens a local file (and reads it whole when small) in one blocking task.
