@@ -437,6 +437,48 @@ pub const OPTIONS: &[OptionDoc] = &[
         default: "false",
         doc: "Address the bucket in the path (`endpoint/bucket/key`) instead of the host name; most self-hosted stores need this.",
     },
+    OptionDoc {
+        key: "realtime.max_connections",
+        kind: Kind::Integer,
+        default: "100000",
+        doc: "Concurrent WebSocket connections per server; more are refused with 429 `Too many connected users`.",
+    },
+    OptionDoc {
+        key: "realtime.max_channels_per_connection",
+        kind: Kind::Integer,
+        default: "100",
+        doc: "Channels one connection may join; more are refused with `ChannelRateLimitReached`.",
+    },
+    OptionDoc {
+        key: "realtime.max_events_per_second",
+        kind: Kind::Integer,
+        default: "1000",
+        doc: "Messages per second one connection may send (heartbeats excluded); past it the connection is closed with a reason.",
+    },
+    OptionDoc {
+        key: "realtime.max_frame_size",
+        kind: Kind::Integer,
+        default: "3000000",
+        doc: "Largest WebSocket frame accepted, in bytes; a larger one closes the connection (1009).",
+    },
+    OptionDoc {
+        key: "realtime.outbound_queue",
+        kind: Kind::Integer,
+        default: "1024",
+        doc: "Messages queued for one connection; a client too slow to drain its queue is disconnected with a reason.",
+    },
+    OptionDoc {
+        key: "realtime.idle_timeout",
+        kind: Kind::Integer,
+        default: "60",
+        doc: "Seconds without any frame (clients send a heartbeat every 25 s) before a connection is closed.",
+    },
+    OptionDoc {
+        key: "realtime.max_slot_lag",
+        kind: Kind::Integer,
+        default: "1073741824",
+        doc: "Bytes of WAL the change feed's replication slot may fall behind; past it the feed skips to the present and tells subscribers (`system` error), so the slot never holds the disk hostage.",
+    },
 ];
 
 /// The whole configuration, after defaults, file, environment and flags.
@@ -452,6 +494,33 @@ pub struct Config {
     pub jwt: JwtConfig,
     pub auth: AuthConfig,
     pub storage: StorageConfig,
+    pub realtime: RealtimeConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RealtimeConfig {
+    pub max_connections: u64,
+    pub max_channels_per_connection: u64,
+    pub max_events_per_second: u64,
+    pub max_frame_size: u64,
+    pub outbound_queue: u64,
+    pub idle_timeout: u64,
+    pub max_slot_lag: u64,
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        RealtimeConfig {
+            max_connections: 100_000,
+            max_channels_per_connection: 100,
+            max_events_per_second: 1000,
+            max_frame_size: 3_000_000,
+            outbound_queue: 1024,
+            idle_timeout: 60,
+            max_slot_lag: 1 << 30,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -699,6 +768,7 @@ impl Default for Config {
             jwt: JwtConfig::default(),
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
+            realtime: RealtimeConfig::default(),
         }
     }
 }
@@ -1036,7 +1106,32 @@ impl Config {
             return Err(ConfigError::invalid("jwt.issuer", "must not be empty"));
         }
         self.validate_auth()?;
-        self.validate_storage()
+        self.validate_storage()?;
+        let realtime = &self.realtime;
+        for (option, value) in [
+            ("realtime.max_connections", realtime.max_connections),
+            (
+                "realtime.max_channels_per_connection",
+                realtime.max_channels_per_connection,
+            ),
+            (
+                "realtime.max_events_per_second",
+                realtime.max_events_per_second,
+            ),
+            ("realtime.outbound_queue", realtime.outbound_queue),
+            ("realtime.idle_timeout", realtime.idle_timeout),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(option, "must be at least 1"));
+            }
+        }
+        if realtime.max_frame_size < 1024 {
+            return Err(ConfigError::invalid(
+                "realtime.max_frame_size",
+                "must be at least 1024 bytes",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_storage(&self) -> Result<(), ConfigError> {

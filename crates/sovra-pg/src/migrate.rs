@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "storage_schema",
         sql: include_str!("../migrations/0007_storage_schema.sql"),
     },
+    Migration {
+        version: 8,
+        name: "realtime",
+        sql: include_str!("../migrations/0008_realtime.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

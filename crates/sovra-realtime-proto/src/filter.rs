@@ -112,7 +112,12 @@ impl Filter {
             } else {
                 vec![unquote(value)]
             };
-            if op == Op::Is && !matches!(values[0].to_ascii_lowercase().as_str(), "null" | "true" | "false") {
+            if op == Op::Is
+                && !matches!(
+                    values[0].to_ascii_lowercase().as_str(),
+                    "null" | "true" | "false"
+                )
+            {
                 return Err(FilterError("is takes null, true or false".to_owned()));
             }
             conditions.push(Condition {
@@ -151,7 +156,10 @@ enum Typed {
 }
 
 fn is_numeric(kind: &str) -> bool {
-    matches!(kind, "int2" | "int4" | "int8" | "float4" | "float8" | "numeric" | "oid")
+    matches!(
+        kind,
+        "int2" | "int4" | "int8" | "float4" | "float8" | "numeric" | "oid"
+    )
 }
 
 fn typed(kind: &str, text: &str) -> Typed {
@@ -202,8 +210,14 @@ impl Condition {
 mod tests {
     use super::*;
 
-    fn row<'a>(cols: &'a [(&'a str, Option<&'a str>, &'a str)]) -> impl Fn(&str) -> Option<(Option<&'a str>, &'a str)> {
-        move |name| cols.iter().find(|(n, _, _)| *n == name).map(|(_, v, t)| (*v, *t))
+    fn row<'a>(
+        cols: &'a [(&'a str, Option<&'a str>, &'a str)],
+    ) -> impl Fn(&str) -> Option<(Option<&'a str>, &'a str)> {
+        move |name| {
+            cols.iter()
+                .find(|(n, _, _)| *n == name)
+                .map(|(_, v, t)| (*v, *t))
+        }
     }
 
     #[test]
@@ -216,22 +230,42 @@ mod tests {
         assert_eq!(f.conditions[0].values, ["1", "2", "a,b"]);
         assert!(f.conditions[1].negate);
         assert_eq!(Filter::parse("  ").unwrap(), Filter::default());
-        for bad in ["id", "id=7", "id=like.x", "=eq.1", "id=in.1,2", "id=is.maybe"] {
+        for bad in [
+            "id",
+            "id=7",
+            "id=like.x",
+            "=eq.1",
+            "id=in.1,2",
+            "id=is.maybe",
+        ] {
             assert!(Filter::parse(bad).is_err(), "{bad}");
         }
-        let many = format!("id=in.({})", (0..101).map(|i| i.to_string()).collect::<Vec<_>>().join(","));
+        let many = format!(
+            "id=in.({})",
+            (0..101)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         assert!(Filter::parse(&many).is_err());
     }
 
     #[test]
     fn matches_by_type() {
-        let cols = [("id", Some("10"), "int8"), ("name", Some("bob"), "text"), ("done", Some("t"), "bool"), ("gone", None, "text")];
+        let cols = [
+            ("id", Some("10"), "int8"),
+            ("name", Some("bob"), "text"),
+            ("done", Some("t"), "bool"),
+            ("gone", None, "text"),
+        ];
         let r = row(&cols);
         let ok = |f: &str| Filter::parse(f).unwrap().matches(&r);
         assert!(ok("id=eq.10"));
         assert!(ok("id=eq.10.0"), "numbers compare as numbers");
         assert!(!ok("id=eq.9"));
-        assert!(ok("id=gt.9") && ok("id=gte.10") && ok("id=lt.11") && ok("id=lte.10") && ok("id=neq.3"));
+        assert!(
+            ok("id=gt.9") && ok("id=gte.10") && ok("id=lt.11") && ok("id=lte.10") && ok("id=neq.3")
+        );
         assert!(ok("id=gt.9,name=eq.bob"));
         assert!(!ok("id=gt.9,name=eq.alice"));
         assert!(ok("name=in.(alice,bob)"));
@@ -239,7 +273,10 @@ mod tests {
         assert!(ok("done=eq.true"));
         assert!(ok("done=is.true"));
         assert!(ok("gone=is.null"));
-        assert!(!ok("gone=eq.x") && !ok("gone=neq.x"), "null compares to nothing");
+        assert!(
+            !ok("gone=eq.x") && !ok("gone=neq.x"),
+            "null compares to nothing"
+        );
         assert!(!ok("missing=eq.1"), "absent columns never match");
         assert!(ok("name=gt.alice"), "text compares as text");
     }

@@ -75,7 +75,8 @@ fn payload(value: Option<&Value>) -> Value {
 
 /// Reads a text frame.
 pub fn decode_text(vsn: Vsn, text: &str) -> Result<Message, FrameError> {
-    let value: Value = serde_json::from_str(text).map_err(|err| FrameError::Json(err.to_string()))?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|err| FrameError::Json(err.to_string()))?;
     match (vsn, &value) {
         (_, Value::Array(items)) if items.len() == 5 => {
             let topic = items[2].as_str().ok_or(FrameError::Shape)?.to_owned();
@@ -90,8 +91,16 @@ pub fn decode_text(vsn: Vsn, text: &str) -> Result<Message, FrameError> {
             })
         }
         (_, Value::Object(map)) => {
-            let topic = map.get("topic").and_then(Value::as_str).ok_or(FrameError::Shape)?.to_owned();
-            let event = map.get("event").and_then(Value::as_str).ok_or(FrameError::Shape)?.to_owned();
+            let topic = map
+                .get("topic")
+                .and_then(Value::as_str)
+                .ok_or(FrameError::Shape)?
+                .to_owned();
+            let event = map
+                .get("event")
+                .and_then(Value::as_str)
+                .ok_or(FrameError::Shape)?
+                .to_owned();
             Ok(Message {
                 join_ref: opt_string(map.get("join_ref"))?,
                 msg_ref: opt_string(map.get("ref"))?,
@@ -147,7 +156,8 @@ pub fn decode_binary(bytes: &[u8]) -> Result<Message, FrameError> {
         _ => return Err(FrameError::Binary),
     }
     if !meta.is_empty() {
-        let meta: Value = serde_json::from_slice(&meta).map_err(|err| FrameError::Json(err.to_string()))?;
+        let meta: Value =
+            serde_json::from_slice(&meta).map_err(|err| FrameError::Json(err.to_string()))?;
         body.insert("meta".to_owned(), meta);
     }
     let none_if_empty = |s: String| (!s.is_empty()).then_some(s);
@@ -171,7 +181,13 @@ pub fn encode_text(vsn: Vsn, message: &Message) -> String {
             "ref": message.msg_ref,
             "join_ref": message.join_ref,
         }),
-        Vsn::V2 => json!([message.join_ref, message.msg_ref, message.topic, message.event, message.payload]),
+        Vsn::V2 => json!([
+            message.join_ref,
+            message.msg_ref,
+            message.topic,
+            message.event,
+            message.payload
+        ]),
     };
     value.to_string()
 }
@@ -189,7 +205,8 @@ pub fn encode_broadcast_binary(
     let topic_len = u8::try_from(topic.len()).ok()?;
     let event_len = u8::try_from(user_event.len()).ok()?;
     let meta_len = u8::try_from(meta.len()).ok()?;
-    let mut out = Vec::with_capacity(5 + topic.len() + user_event.len() + meta.len() + payload.len());
+    let mut out =
+        Vec::with_capacity(5 + topic.len() + user_event.len() + meta.len() + payload.len());
     out.extend_from_slice(&[4, topic_len, event_len, meta_len, u8::from(json_payload)]);
     out.extend_from_slice(topic.as_bytes());
     out.extend_from_slice(user_event.as_bytes());
@@ -233,7 +250,10 @@ mod tests {
         assert_eq!(message.topic, "realtime:room1");
         assert_eq!(message.event, "phx_join");
         assert_eq!(message.msg_ref.as_deref(), Some("1"));
-        assert_eq!(decode_text(Vsn::V1, &encode_text(Vsn::V1, &message)).unwrap(), message);
+        assert_eq!(
+            decode_text(Vsn::V1, &encode_text(Vsn::V1, &message)).unwrap(),
+            message
+        );
         let v2 = r#"[null,"12","phoenix","heartbeat",{}]"#;
         let message = decode_text(Vsn::V2, v2).unwrap();
         assert_eq!(message.join_ref, None);
@@ -245,10 +265,19 @@ mod tests {
 
     #[test]
     fn bad_text_frames_are_refused() {
-        assert!(matches!(decode_text(Vsn::V2, "nope"), Err(FrameError::Json(_))));
+        assert!(matches!(
+            decode_text(Vsn::V2, "nope"),
+            Err(FrameError::Json(_))
+        ));
         assert_eq!(decode_text(Vsn::V2, "[1,2,3]"), Err(FrameError::Shape));
-        assert_eq!(decode_text(Vsn::V2, r#"[null,null,5,"e",{}]"#), Err(FrameError::Shape));
-        assert_eq!(decode_text(Vsn::V1, r#"{"event":"x"}"#), Err(FrameError::Shape));
+        assert_eq!(
+            decode_text(Vsn::V2, r#"[null,null,5,"e",{}]"#),
+            Err(FrameError::Shape)
+        );
+        assert_eq!(
+            decode_text(Vsn::V1, r#"{"event":"x"}"#),
+            Err(FrameError::Shape)
+        );
         assert_eq!(decode_text(Vsn::V1, "42"), Err(FrameError::Shape));
     }
 
@@ -265,13 +294,19 @@ mod tests {
         assert_eq!(message.event, "broadcast");
         assert_eq!(message.join_ref.as_deref(), Some("8"));
         assert_eq!(message.msg_ref.as_deref(), Some("10"));
-        assert_eq!(message.payload, json!({"type": "broadcast", "event": "cur", "payload": {"x": 1}}));
+        assert_eq!(
+            message.payload,
+            json!({"type": "broadcast", "event": "cur", "payload": {"x": 1}})
+        );
         let mut raw = vec![3, 0, 0, 1, 1, 0, 0];
         raw.extend_from_slice(b"te\x00\x01");
         let message = decode_binary(&raw).unwrap();
         assert_eq!(message.binary, Some(vec![0, 1]));
         assert_eq!(decode_binary(&[3, 9, 9]), Err(FrameError::Binary));
-        assert_eq!(decode_binary(&[5, 0, 0, 0, 0, 0, 1]), Err(FrameError::Binary));
+        assert_eq!(
+            decode_binary(&[5, 0, 0, 0, 0, 0, 1]),
+            Err(FrameError::Binary)
+        );
     }
 
     #[test]

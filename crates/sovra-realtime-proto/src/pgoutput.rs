@@ -82,8 +82,14 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self.at.checked_add(n).ok_or(DecodeError("length overflow"))?;
-        let slice = self.bytes.get(self.at..end).ok_or(DecodeError("truncated"))?;
+        let end = self
+            .at
+            .checked_add(n)
+            .ok_or(DecodeError("length overflow"))?;
+        let slice = self
+            .bytes
+            .get(self.at..end)
+            .ok_or(DecodeError("truncated"))?;
         self.at = end;
         Ok(slice)
     }
@@ -110,8 +116,12 @@ impl<'a> Reader<'a> {
     }
     fn cstring(&mut self) -> Result<String, DecodeError> {
         let rest = self.bytes.get(self.at..).ok_or(DecodeError("truncated"))?;
-        let end = rest.iter().position(|b| *b == 0).ok_or(DecodeError("unterminated string"))?;
-        let text = String::from_utf8(rest[..end].to_vec()).map_err(|_| DecodeError("string is not UTF-8"))?;
+        let end = rest
+            .iter()
+            .position(|b| *b == 0)
+            .ok_or(DecodeError("unterminated string"))?;
+        let text = String::from_utf8(rest[..end].to_vec())
+            .map_err(|_| DecodeError("string is not UTF-8"))?;
         self.at += end + 1;
         Ok(text)
     }
@@ -124,7 +134,8 @@ impl<'a> Reader<'a> {
                 b'n' => Datum::Null,
                 b'u' => Datum::Unchanged,
                 b't' | b'b' => {
-                    let len = usize::try_from(self.i32()?).map_err(|_| DecodeError("negative length"))?;
+                    let len =
+                        usize::try_from(self.i32()?).map_err(|_| DecodeError("negative length"))?;
                     let bytes = self.take(len)?;
                     Datum::Text(String::from_utf8_lossy(bytes).into_owned())
                 }
@@ -144,14 +155,22 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             let final_lsn = r.u64()?;
             let commit_time = r.u64()? as i64;
             let xid = r.u32()?;
-            Decoded::Begin { final_lsn, commit_time, xid }
+            Decoded::Begin {
+                final_lsn,
+                commit_time,
+                xid,
+            }
         }
         b'C' => {
             let _flags = r.u8()?;
             let commit_lsn = r.u64()?;
             let end_lsn = r.u64()?;
             let commit_time = r.u64()? as i64;
-            Decoded::Commit { commit_lsn, end_lsn, commit_time }
+            Decoded::Commit {
+                commit_lsn,
+                end_lsn,
+                commit_time,
+            }
         }
         b'R' => {
             let oid = r.u32()?;
@@ -165,16 +184,29 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
                 let name = r.cstring()?;
                 let type_oid = r.u32()?;
                 let _typmod = r.i32()?;
-                columns.push(Column { key: flags & 1 == 1, name, type_oid });
+                columns.push(Column {
+                    key: flags & 1 == 1,
+                    name,
+                    type_oid,
+                });
             }
-            Decoded::Relation(Relation { oid, schema, name, replica_identity, columns })
+            Decoded::Relation(Relation {
+                oid,
+                schema,
+                name,
+                replica_identity,
+                columns,
+            })
         }
         b'I' => {
             let relation = r.u32()?;
             if r.u8()? != b'N' {
                 return Err(DecodeError("insert without a new tuple"));
             }
-            Decoded::Insert { relation, new: r.tuple()? }
+            Decoded::Insert {
+                relation,
+                new: r.tuple()?,
+            }
         }
         b'U' => {
             let relation = r.u32()?;
@@ -187,7 +219,11 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             if kind != b'N' {
                 return Err(DecodeError("update without a new tuple"));
             }
-            Decoded::Update { relation, old, new: r.tuple()? }
+            Decoded::Update {
+                relation,
+                old,
+                new: r.tuple()?,
+            }
         }
         b'D' => {
             let relation = r.u32()?;
@@ -195,7 +231,10 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             if kind != b'K' && kind != b'O' {
                 return Err(DecodeError("delete without an old tuple"));
             }
-            Decoded::Delete { relation, old: r.tuple()? }
+            Decoded::Delete {
+                relation,
+                old: r.tuple()?,
+            }
         }
         b'T' => {
             let n = r.u32()?;
@@ -258,7 +297,9 @@ pub fn json_value(type_name: &str, text: &str) -> Value {
             .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number))
             .unwrap_or_else(|| Value::String(text.to_owned())),
         "bool" => Value::Bool(text == "t" || text == "true"),
-        "json" | "jsonb" => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned())),
+        "json" | "jsonb" => {
+            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+        }
         _ => Value::String(text.to_owned()),
     }
 }
@@ -278,7 +319,14 @@ mod tests {
         begin.extend_from_slice(&100u64.to_be_bytes());
         begin.extend_from_slice(&0u64.to_be_bytes());
         begin.extend_from_slice(&7u32.to_be_bytes());
-        assert_eq!(decode(&begin).unwrap(), Decoded::Begin { final_lsn: 100, commit_time: 0, xid: 7 });
+        assert_eq!(
+            decode(&begin).unwrap(),
+            Decoded::Begin {
+                final_lsn: 100,
+                commit_time: 0,
+                xid: 7
+            }
+        );
 
         let mut rel = vec![b'R'];
         rel.extend_from_slice(&16384u32.to_be_bytes());
@@ -294,7 +342,9 @@ mod tests {
         cstr(&mut rel, "body");
         rel.extend_from_slice(&25u32.to_be_bytes());
         rel.extend_from_slice(&(-1i32).to_be_bytes());
-        let Decoded::Relation(relation) = decode(&rel).unwrap() else { panic!() };
+        let Decoded::Relation(relation) = decode(&rel).unwrap() else {
+            panic!()
+        };
         assert_eq!(relation.name, "messages");
         assert!(relation.columns[0].key && !relation.columns[1].key);
 
@@ -309,7 +359,10 @@ mod tests {
         insert.push(b'u');
         assert_eq!(
             decode(&insert).unwrap(),
-            Decoded::Insert { relation: 16384, new: vec![Datum::Text("42".into()), Datum::Null, Datum::Unchanged] }
+            Decoded::Insert {
+                relation: 16384,
+                new: vec![Datum::Text("42".into()), Datum::Null, Datum::Unchanged]
+            }
         );
 
         let mut update = vec![b'U'];
@@ -319,7 +372,10 @@ mod tests {
         update.push(b'n');
         update.push(b'N');
         update.extend_from_slice(&0i16.to_be_bytes());
-        assert!(matches!(decode(&update).unwrap(), Decoded::Update { old: Some(_), .. }));
+        assert!(matches!(
+            decode(&update).unwrap(),
+            Decoded::Update { old: Some(_), .. }
+        ));
 
         let mut delete = vec![b'D'];
         delete.extend_from_slice(&1u32.to_be_bytes());
@@ -341,7 +397,10 @@ mod tests {
         assert_eq!(commit_timestamp(pg), "2026-01-05T10:11:12.345Z");
         assert_eq!(json_value("int8", "42"), Value::from(42));
         assert_eq!(json_value("bool", "t"), Value::Bool(true));
-        assert_eq!(json_value("jsonb", r#"{"a":1}"#), serde_json::json!({"a": 1}));
+        assert_eq!(
+            json_value("jsonb", r#"{"a":1}"#),
+            serde_json::json!({"a": 1})
+        );
         assert_eq!(json_value("text", "7"), Value::String("7".into()));
         assert_eq!(json_value("numeric", "1.50"), Value::String("1.50".into()));
     }

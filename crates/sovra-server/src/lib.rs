@@ -158,6 +158,16 @@ pub fn router(state: AppState) -> Router {
         .route("/rest/v1", any(routes::rest))
         .route("/rest/v1/", any(routes::rest))
         .route("/rest/v1/{*path}", any(routes::rest))
+        .route("/realtime/v1/websocket", get(routes::realtime_socket))
+        .route("/realtime/v1/websocket/", get(routes::realtime_socket))
+        .route(
+            "/realtime/v1/api/broadcast",
+            axum::routing::post(routes::realtime_broadcast),
+        )
+        .route(
+            "/realtime/v1/api/broadcast/{*path}",
+            axum::routing::post(routes::realtime_broadcast),
+        )
         .route_layer(axum::middleware::from_fn(observe::track))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit));

@@ -303,3 +303,180 @@ pub(crate) async fn storage(
         })
         .await
 }
+
+fn realtime_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+/// The caller of a realtime connection, from its API key (`x-api-key`
+/// header or `apikey` query parameter): a project key, a token signed with
+/// the project's keys, or a Sovra API key.
+fn realtime_principal(
+    tenant: &crate::Tenant,
+    key: Option<&str>,
+) -> Result<sovra_realtime::Principal, (StatusCode, &'static str)> {
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return Err((StatusCode::UNAUTHORIZED, "API key is missing"));
+    };
+    if let Some(found) = tenant.auth.api_keys.lookup(key) {
+        let mut claims = serde_json::Map::new();
+        claims.insert("role".to_owned(), json!(found.role));
+        claims.insert("api_key_id".to_owned(), json!(found.id.to_string()));
+        return Ok(sovra_realtime::Principal {
+            role: found.role,
+            claims,
+        });
+    }
+    match tenant.keys.verify(key, crate::gateway::now()) {
+        Ok(verified) => Ok(sovra_realtime::Principal {
+            role: verified.role,
+            claims: verified.claims,
+        }),
+        Err(sovra_jwt::JwtError::Expired) => Err((StatusCode::UNAUTHORIZED, "Token has expired")),
+        Err(sovra_jwt::JwtError::BadSignature) => {
+            Err((StatusCode::UNAUTHORIZED, "Failed to validate JWT signature"))
+        }
+        Err(_) => Err((
+            StatusCode::UNAUTHORIZED,
+            "The token provided is not a valid JWT",
+        )),
+    }
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| sovra_rest_grammar::decode_component(value))
+    })
+}
+
+/// `GET /realtime/v1/websocket`: Phoenix channels over WebSocket.
+pub(crate) async fn realtime_socket(
+    State(state): State<AppState>,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, _) = request.into_parts();
+    let Some(tenant) = state.tenants.resolve(&parts) else {
+        return crate::GatewayError::NoTenant.into_response();
+    };
+    let query = parts.uri.query();
+    let key = parts
+        .headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query_param(query, "apikey"));
+    let principal = match realtime_principal(&tenant, key.as_deref()) {
+        Ok(principal) => principal,
+        Err((status, message)) => return realtime_error(status, message),
+    };
+    let Some(vsn) = sovra_realtime::Vsn::parse(query_param(query, "vsn").as_deref()) else {
+        return realtime_error(
+            StatusCode::BAD_REQUEST,
+            "Unsupported protocol version (vsn)",
+        );
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let Some(permit) = tenant.realtime.admit() else {
+        return realtime_error(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");
+    };
+    let service = tenant.realtime.clone();
+    let max_frame = service.config().max_frame_bytes;
+    upgrade
+        .max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .on_upgrade(move |socket| service.serve(socket, vsn, principal, permit))
+}
+
+/// `POST /realtime/v1/api/broadcast` and
+/// `POST /realtime/v1/api/broadcast/{topic}/events/{event}`.
+pub(crate) async fn realtime_broadcast(
+    caller: Caller,
+    uri: Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let principal = sovra_realtime::Principal {
+        role: caller.role.clone(),
+        claims: caller.claims.clone(),
+    };
+    let path = uri
+        .path()
+        .strip_prefix("/realtime/v1/api/broadcast")
+        .unwrap_or("");
+    let result = if path.is_empty() || path == "/" {
+        let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({"errors": {"body": ["must be JSON"]}})),
+            )
+                .into_response();
+        };
+        caller
+            .tenant
+            .realtime
+            .http_broadcast(&principal, &value)
+            .await
+    } else {
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let [topic, "events", event] = segments.as_slice() else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        let topic = sovra_rest_grammar::decode_component(topic);
+        let event = sovra_rest_grammar::decode_component(event);
+        let private = query_param(uri.query(), "private").as_deref() == Some("true");
+        let binary = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/octet-stream"));
+        if binary {
+            caller
+                .tenant
+                .realtime
+                .http_broadcast_one(
+                    &principal,
+                    &topic,
+                    &event,
+                    private,
+                    Value::Null,
+                    Some(&body),
+                )
+                .await
+        } else {
+            let payload = if body.is_empty() {
+                json!({})
+            } else {
+                match serde_json::from_slice::<Value>(&body) {
+                    Ok(value) => value,
+                    Err(_) => {
+                        return (
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            Json(json!({"errors": {"payload": ["must be JSON"]}})),
+                        )
+                            .into_response();
+                    }
+                }
+            };
+            caller
+                .tenant
+                .realtime
+                .http_broadcast_one(&principal, &topic, &event, private, payload, None)
+                .await
+        }
+    };
+    match result {
+        Ok(_) => StatusCode::ACCEPTED.into_response(),
+        Err(err) => (
+            StatusCode::from_u16(err.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY),
+            Json(err.body),
+        )
+            .into_response(),
+    }
+}

@@ -172,7 +172,7 @@ pub async fn build_tenant(
     )
     .map_err(|err| ServeError::Pool(err.to_string()))?;
     // Auth works on its own tables as their owner, never as a superuser.
-    let mut auth_db = service;
+    let mut auth_db = service.clone();
     auth_db.options("-c role=supabase_auth_admin");
     let auth_pool = sovra_pg::pool::build(
         auth_db,
@@ -188,16 +188,47 @@ pub async fn build_tenant(
     let storage =
         sovra_storage::StorageService::new(storage_config(config), "default", pool.clone())
             .map_err(ServeError::Storage)?;
+    let keyset = std::sync::Arc::new(keys.keyset);
+    let verify_keys = keyset.clone();
+    let verifier: sovra_realtime::Verifier = std::sync::Arc::new(move |token: &str| {
+        verify_keys
+            .verify(token, crate::gateway::now())
+            .map(|verified| sovra_realtime::Principal {
+                role: verified.role,
+                claims: verified.claims,
+            })
+            .map_err(|err| err.to_string())
+    });
+    let realtime =
+        sovra_realtime::RealtimeService::new(realtime_config(config), pool.clone(), verifier);
+    realtime.set_feed_source(service.clone());
     Ok(Tenant {
         id: "default".to_owned(),
         storage,
+        realtime,
         pool,
-        keys: keys.keyset,
+        keys: keyset,
         api_keys: keys.api,
         require_apikey: config.server.require_apikey,
         rest,
         auth,
     })
+}
+
+/// The realtime settings of the configuration.
+fn realtime_config(config: &Config) -> sovra_realtime::RealtimeConfig {
+    let realtime = &config.realtime;
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    sovra_realtime::RealtimeConfig {
+        max_connections: size(realtime.max_connections),
+        max_channels_per_connection: size(realtime.max_channels_per_connection),
+        max_events_per_second: u32::try_from(realtime.max_events_per_second).unwrap_or(u32::MAX),
+        max_frame_bytes: size(realtime.max_frame_size),
+        outbound_queue: size(realtime.outbound_queue),
+        idle_timeout: Duration::from_secs(realtime.idle_timeout),
+        max_slot_lag_bytes: realtime.max_slot_lag,
+        ..sovra_realtime::RealtimeConfig::default()
+    }
 }
 
 /// The storage settings of the configuration.
@@ -310,6 +341,11 @@ async fn serve_with(
     let tenants = TenantResolver::single(tenant);
     spawn_api_key_refresh(tenants.clone());
     spawn_upload_sweeper(tenants.clone());
+    // The change feed starts now, so that changes made before the first
+    // subscriber arrives are read in order (tests start it on first join).
+    for tenant in tenants.all() {
+        tenant.realtime.start_feed(admin.clone());
+    }
     let state = AppState::new(tenants.clone(), config.server.body_limit);
     let app = router(state);
 

@@ -15,7 +15,7 @@ use crate::keys::ApiKeys;
 pub struct Tenant {
     pub id: String,
     pub pool: Pool,
-    pub keys: KeySet,
+    pub keys: std::sync::Arc<KeySet>,
     pub api_keys: ApiKeys,
     /// Refuse requests without an `apikey`.
     pub require_apikey: bool,
@@ -25,6 +25,8 @@ pub struct Tenant {
     pub auth: sovra_auth::AuthService,
     /// `/storage/v1`.
     pub storage: sovra_storage::StorageService,
+    /// `/realtime/v1`.
+    pub realtime: std::sync::Arc<sovra_realtime::RealtimeService>,
 }
 
 /// Finds the tenant a request belongs to.

@@ -217,6 +217,34 @@ impl Drop for TestDb {
                 .unwrap();
             runtime.block_on(async move {
                 if let Ok(client) = sovra_pg::connect_one(&postgres).await {
+                    // A logical replication slot (the realtime change feed's)
+                    // keeps a database from being dropped: end its users,
+                    // then drop its slots, then the database.
+                    for _ in 0..50 {
+                        let _ = client
+                            .execute(
+                                "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1",
+                                &[&name],
+                            )
+                            .await;
+                        let left = client
+                            .query_one(
+                                "select count(*) from (select pg_drop_replication_slot(slot_name)
+                                   from pg_replication_slots where database = $1 and not active) d",
+                                &[&name],
+                            )
+                            .await;
+                        let remaining = client
+                            .query_one("select count(*) from pg_replication_slots where database = $1", &[&name])
+                            .await
+                            .map(|row| row.get::<_, i64>(0))
+                            .unwrap_or(0);
+                        let _ = left;
+                        if remaining == 0 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                     let _ = client
                         .batch_execute(&format!("drop database if exists \"{name}\" with (force)"))
                         .await;

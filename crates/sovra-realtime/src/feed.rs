@@ -1,0 +1,733 @@
+//! The change feed: committed changes of the tables in the
+//! `supabase_realtime` publication (and inserts into `realtime.messages`,
+//! broadcasts sent from SQL), read from a logical replication slot with
+//! the built-in `pgoutput` plugin, and delivered to subscribers in commit
+//! order.
+//!
+//! One feed per database consumes the slot at a time: the holder of a
+//! session advisory lock. Others wait and take over when it goes away.
+//! Each poll peeks at most a bounded number of changes (whole
+//! transactions), delivers them, and only then advances the slot, so a
+//! restart resumes where it stopped (at least once).
+//!
+//! INSERT and UPDATE are checked against the table's RLS for each group of
+//! subscribers with the same claims, in one query per group and batch
+//! (`select … where exists (select 1 from table where pk = …)` as that
+//! role); rows a subscriber cannot see are not sent to it. DELETE cannot
+//! be checked (the row is gone): it is sent to every subscriber whose
+//! filter passes, with only the key columns when the table has RLS.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use sovra_pg::RequestContext;
+use sovra_pg::tokio_postgres::{self, types::ToSql};
+use sovra_realtime_proto::frame;
+use sovra_realtime_proto::pgoutput::{self, Datum, Decoded, Relation};
+
+use crate::hub::Channel;
+use crate::{Principal, RealtimeService};
+
+/// Serialises slot consumers of one database (`pg_try_advisory_lock`).
+const LEADER_LOCK: i64 = 0x736f_7672_615f_7274; // "sovra_rt"
+/// Changes read per poll (whole transactions; PostgreSQL stops at a
+/// transaction boundary once past this).
+const BATCH: i32 = 5000;
+const PUBLICATIONS: &str = "supabase_realtime,sovra_realtime_messages";
+
+/// A relation with what delivery needs beyond the decoder's message.
+struct RelInfo {
+    rel: Relation,
+    type_names: Vec<String>,
+    /// `format_type` of each column, for casts in the visibility query.
+    sql_types: Vec<String>,
+    rls: bool,
+    /// The primary key's columns (the replica identity's when there is no
+    /// primary key but a unique index identity).
+    keys: Vec<usize>,
+}
+
+impl RelInfo {
+    fn key_columns(&self) -> Vec<usize> {
+        self.keys.clone()
+    }
+}
+
+struct Change {
+    rel: Arc<RelInfo>,
+    kind: &'static str,
+    new: Option<Vec<Datum>>,
+    old: Option<Vec<Datum>>,
+}
+
+struct Txn {
+    commit_time: i64,
+    end_lsn: u64,
+    changes: Vec<Change>,
+}
+
+fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A slot name for this database (slot names are per cluster).
+fn slot_for(prefix: &str, database: &str) -> String {
+    let clean: String = database
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut name = format!("{prefix}_{clean}");
+    name.truncate(63);
+    name
+}
+
+impl RealtimeService {
+    /// Starts the change feed of this tenant (once); `admin` connects as a
+    /// role that may use replication slots.
+    pub fn start_feed(self: &Arc<Self>, admin: tokio_postgres::Config) {
+        let mut started = match self.feed.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if started.is_some() {
+            return;
+        }
+        let service = self.clone();
+        *started = Some(tokio::spawn(async move { service.feed_loop(admin).await }));
+    }
+
+    /// Stops the change feed (its connection closes, releasing leadership);
+    /// `start_feed` resumes from the slot's durable position.
+    pub fn stop_feed(&self) {
+        if let Ok(mut feed) = self.feed.lock()
+            && let Some(task) = feed.take()
+        {
+            task.abort();
+        }
+        if let Ok(mut slot) = self.feed_slot.lock() {
+            *slot = None;
+        }
+    }
+
+    /// Remembers how to start the feed, and starts it on the first join
+    /// (`sovra serve` starts it at once).
+    pub fn set_feed_source(&self, admin: tokio_postgres::Config) {
+        if let Ok(mut source) = self.feed_source.lock() {
+            *source = Some(admin);
+        }
+    }
+
+    pub(crate) fn ensure_feed(self: &Arc<Self>) {
+        let source = self.feed_source.lock().ok().and_then(|s| s.clone());
+        if let Some(admin) = source {
+            self.start_feed(admin);
+        }
+    }
+
+    async fn feed_loop(self: Arc<Self>, admin: tokio_postgres::Config) {
+        loop {
+            match self.lead(&admin).await {
+                Ok(()) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "realtime change feed stopped; retrying");
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Becomes the slot consumer (or waits to), then polls until an error.
+    async fn lead(&self, admin: &tokio_postgres::Config) -> Result<(), tokio_postgres::Error> {
+        let client = sovra_pg::connect_one(admin).await?;
+        loop {
+            let leader: bool = client
+                .query_one("select pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+                .await?
+                .get(0);
+            if leader {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let database: String = client
+            .query_one("select current_database()", &[])
+            .await?
+            .get(0);
+        let slot = slot_for(&self.config.slot_name, &database);
+        let exists = client
+            .query_opt(
+                "select 1 from pg_replication_slots where slot_name = $1",
+                &[&slot],
+            )
+            .await?
+            .is_some();
+        if !exists {
+            client
+                .execute(
+                    "select pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&slot],
+                )
+                .await?;
+            tracing::info!(%slot, "created the realtime replication slot");
+        }
+        if let Ok(mut ready) = self.feed_slot.lock() {
+            *ready = Some(slot.clone());
+        }
+        let mut relations: HashMap<u32, Arc<RelInfo>> = HashMap::new();
+        let mut last_lag_check = Instant::now() - Duration::from_secs(60);
+        loop {
+            let rows = client
+                .query(
+                    "select data from pg_logical_slot_peek_binary_changes($1, null, $2,
+                       'proto_version', '1', 'publication_names', $3)",
+                    &[&slot, &BATCH, &PUBLICATIONS],
+                )
+                .await?;
+            let full = rows.len() >= BATCH as usize;
+            let txns = self.decode(&client, &rows, &mut relations).await?;
+            if !rows.is_empty() {
+                tracing::debug!(
+                    messages = rows.len(),
+                    transactions = txns.len(),
+                    "change feed batch"
+                );
+            }
+            if let Some(last) = txns.last() {
+                let end = last.end_lsn;
+                for txn in &txns {
+                    self.deliver(txn).await;
+                }
+                client
+                    .execute(
+                        "select pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                        &[&slot, &lsn_text(end)],
+                    )
+                    .await?;
+            }
+            if last_lag_check.elapsed() > Duration::from_secs(5) {
+                last_lag_check = Instant::now();
+                self.check_lag(&client, &slot).await?;
+            }
+            if !full {
+                tokio::time::sleep(self.config.poll_interval).await;
+            }
+        }
+    }
+
+    /// Reports the slot's lag and applies the policy for a slot too far
+    /// behind: skip to the present and tell every change subscriber.
+    async fn check_lag(
+        &self,
+        client: &tokio_postgres::Client,
+        slot: &str,
+    ) -> Result<(), tokio_postgres::Error> {
+        let lag: Option<i64> = client
+            .query_opt(
+                "select pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8
+                 from pg_replication_slots where slot_name = $1",
+                &[&slot],
+            )
+            .await?
+            .and_then(|row| row.get(0));
+        let lag = lag.unwrap_or(0).max(0);
+        metrics::gauge!("sovra_realtime_slot_lag_bytes").set(lag as f64);
+        if u64::try_from(lag).unwrap_or(0) > self.config.max_slot_lag_bytes {
+            tracing::error!(lag_bytes = lag, %slot, "realtime slot too far behind; skipping to the present");
+            client
+                .execute(
+                    "select pg_replication_slot_advance($1, pg_current_wal_lsn())",
+                    &[&slot],
+                )
+                .await?;
+            metrics::counter!("sovra_realtime_slot_skips_total").increment(1);
+            for channel in self.hub.pg_channels() {
+                let sub = channel
+                    .topic
+                    .strip_prefix("realtime:")
+                    .unwrap_or(&channel.topic)
+                    .to_owned();
+                channel.socket.send_message(&frame::push(
+                    &channel.topic,
+                    None,
+                    "system",
+                    json!({"extension": "postgres_changes", "status": "error",
+                           "message": "Database changes were skipped: the change feed fell too far behind", "channel": sub}),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a batch into whole transactions (a trailing partial one is
+    /// left for the next poll).
+    async fn decode(
+        &self,
+        client: &tokio_postgres::Client,
+        rows: &[tokio_postgres::Row],
+        relations: &mut HashMap<u32, Arc<RelInfo>>,
+    ) -> Result<Vec<Txn>, tokio_postgres::Error> {
+        let mut txns = Vec::new();
+        let mut current: Option<Txn> = None;
+        for row in rows {
+            let data: &[u8] = row.get(0);
+            let message = match pgoutput::decode(data) {
+                Ok(message) => message,
+                Err(err) => {
+                    tracing::error!(error = %err, "undecodable change; skipped");
+                    continue;
+                }
+            };
+            match message {
+                Decoded::Begin { commit_time, .. } => {
+                    current = Some(Txn {
+                        commit_time,
+                        end_lsn: 0,
+                        changes: Vec::new(),
+                    });
+                }
+                Decoded::Commit {
+                    end_lsn,
+                    commit_time,
+                    ..
+                } => {
+                    if let Some(mut txn) = current.take() {
+                        txn.end_lsn = end_lsn;
+                        txn.commit_time = commit_time;
+                        txns.push(txn);
+                    }
+                }
+                Decoded::Relation(rel) => {
+                    let info = describe(client, rel).await?;
+                    relations.insert(info.rel.oid, Arc::new(info));
+                }
+                Decoded::Insert { relation, new } => {
+                    push_change(&mut current, relations, relation, "INSERT", Some(new), None)
+                }
+                Decoded::Update { relation, old, new } => {
+                    push_change(&mut current, relations, relation, "UPDATE", Some(new), old)
+                }
+                Decoded::Delete { relation, old } => {
+                    push_change(&mut current, relations, relation, "DELETE", None, Some(old))
+                }
+                Decoded::Truncate { .. } | Decoded::Other(_) => {}
+            }
+        }
+        Ok(txns)
+    }
+
+    /// Delivers one transaction's changes in order.
+    async fn deliver(&self, txn: &Txn) {
+        let channels = self.hub.pg_channels();
+        let commit_timestamp = pgoutput::commit_timestamp(txn.commit_time);
+        // Which channels want which change, with which binding ids.
+        let mut wanted: Vec<Vec<(Arc<Channel>, Vec<i64>)>> = Vec::with_capacity(txn.changes.len());
+        let mut checks: HashMap<(u32, String), (Principal, Vec<usize>)> = HashMap::new();
+        for (index, change) in txn.changes.iter().enumerate() {
+            let mut receivers = Vec::new();
+            let rel = &change.rel;
+            if rel.rel.schema == "realtime" && rel.rel.name == "messages" {
+                wanted.push(receivers);
+                continue;
+            }
+            let row = if change.kind == "DELETE" {
+                change.old.as_ref()
+            } else {
+                change.new.as_ref()
+            };
+            for channel in &channels {
+                let ids: Vec<i64> = channel
+                    .pg
+                    .iter()
+                    .filter(|b| b.wants(&rel.rel.schema, &rel.rel.name, change.kind))
+                    .filter(|b| {
+                        b.filter.matches(|name| {
+                            let i = rel.rel.columns.iter().position(|c| c.name == name)?;
+                            match row?.get(i)? {
+                                Datum::Text(t) => {
+                                    Some((Some(t.as_str()), rel.type_names[i].as_str()))
+                                }
+                                Datum::Null => Some((None, rel.type_names[i].as_str())),
+                                Datum::Unchanged => None,
+                            }
+                        })
+                    })
+                    .map(|b| b.id)
+                    .collect();
+                if ids.is_empty() {
+                    continue;
+                }
+                let principal = channel.principal();
+                if change.kind != "DELETE"
+                    && !principal.is_service()
+                    && !rel.key_columns().is_empty()
+                {
+                    let entry = checks
+                        .entry((rel.rel.oid, principal.rights_key()))
+                        .or_insert_with(|| (principal.clone(), Vec::new()));
+                    if !entry.1.contains(&index) {
+                        entry.1.push(index);
+                    }
+                }
+                receivers.push((channel.clone(), ids));
+            }
+            wanted.push(receivers);
+        }
+        // One visibility query per (table, claims) group.
+        let mut visible: HashSet<(usize, String)> = HashSet::new();
+        for ((_, rights), (principal, indexes)) in &checks {
+            match self.visible(principal, &txn.changes, indexes).await {
+                Ok(seen) => {
+                    for index in seen {
+                        visible.insert((index, rights.clone()));
+                    }
+                }
+                Err(err) => tracing::debug!(error = %err, "visibility check failed; not delivered"),
+            }
+        }
+        let mut delivered = 0u64;
+        for (index, change) in txn.changes.iter().enumerate() {
+            let rel = &change.rel;
+            if rel.rel.schema == "realtime" && rel.rel.name == "messages" {
+                self.deliver_message(change);
+                continue;
+            }
+            if wanted[index].is_empty() {
+                continue;
+            }
+            let data = change_data(change, &commit_timestamp);
+            for (channel, ids) in &wanted[index] {
+                let principal = channel.principal();
+                let needs_check = change.kind != "DELETE"
+                    && !principal.is_service()
+                    && !rel.key_columns().is_empty();
+                if needs_check && !visible.contains(&(index, principal.rights_key())) {
+                    continue;
+                }
+                let payload = json!({"ids": ids, "data": data});
+                if channel.socket.send_message(&frame::push(
+                    &channel.topic,
+                    None,
+                    "postgres_changes",
+                    payload,
+                )) {
+                    delivered += 1;
+                }
+            }
+        }
+        metrics::counter!("sovra_realtime_messages_total", "kind" => "postgres_changes")
+            .increment(delivered);
+    }
+
+    /// A broadcast sent from SQL (`realtime.send`).
+    fn deliver_message(&self, change: &Change) {
+        let (Some(new), "INSERT") = (&change.new, change.kind) else {
+            return;
+        };
+        let rel = &change.rel;
+        let get = |name: &str| -> Option<&str> {
+            let i = rel.rel.columns.iter().position(|c| c.name == name)?;
+            match new.get(i)? {
+                Datum::Text(t) => Some(t.as_str()),
+                _ => None,
+            }
+        };
+        if get("extension") != Some("broadcast") || get("event") == Some("sovra.authorization") {
+            return;
+        }
+        let (Some(topic), Some(event)) = (get("topic"), get("event")) else {
+            return;
+        };
+        let private = get("private") == Some("t");
+        let mut payload: Value = get("payload")
+            .and_then(|p| serde_json::from_str(p).ok())
+            .unwrap_or_else(|| json!({}));
+        if let (Value::Object(map), Some(id)) = (&mut payload, get("id"))
+            && !map.contains_key("id")
+        {
+            map.insert("id".to_owned(), Value::String(id.to_owned()));
+        }
+        let body = json!({"type": "broadcast", "event": event, "payload": payload});
+        self.hub
+            .broadcast(&format!("realtime:{topic}"), private, body, None, None);
+    }
+
+    /// Which of `indexes` (changes of one table) `principal` can see now.
+    async fn visible(
+        &self,
+        principal: &Principal,
+        changes: &[Change],
+        indexes: &[usize],
+    ) -> Result<Vec<usize>, String> {
+        let Some(first) = indexes.first() else {
+            return Ok(Vec::new());
+        };
+        let rel = &changes[*first].rel;
+        let keys = rel.key_columns();
+        let mut columns: Vec<Vec<Option<String>>> =
+            vec![Vec::with_capacity(indexes.len()); keys.len()];
+        let mut ordinals: Vec<i64> = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            let Some(new) = &changes[*index].new else {
+                continue;
+            };
+            for (k, col) in keys.iter().enumerate() {
+                let value = match new.get(*col) {
+                    Some(Datum::Text(t)) => Some(t.clone()),
+                    _ => None,
+                };
+                columns[k].push(value);
+            }
+            ordinals.push(*index as i64);
+        }
+        // Identifiers come from the decoder's relation message and the
+        // catalog's type names; values are bound.
+        let table = format!(
+            "{}.{}",
+            quote_ident(&rel.rel.schema),
+            quote_ident(&rel.rel.name)
+        );
+        let aliases: Vec<String> = (0..keys.len()).map(|k| format!("k{k}")).collect();
+        let unnest: Vec<String> = (0..keys.len())
+            .map(|k| format!("${}::text[]", k + 1))
+            .collect();
+        let conditions: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(k, col)| {
+                format!(
+                    "t.{} = x.k{k}::{}",
+                    quote_ident(&rel.rel.columns[*col].name),
+                    rel.sql_types[*col]
+                )
+            })
+            .collect();
+        let sql = format!(
+            "select x.i from unnest({}, ${}::int8[]) as x({}, i) where exists (select 1 from {table} t where {})",
+            unnest.join(", "),
+            keys.len() + 1,
+            aliases.join(", "),
+            conditions.join(" and ")
+        );
+        let mut client = self.pool.get().await.map_err(|err| err.to_string())?;
+        let context = RequestContext {
+            role: principal.role.clone(),
+            claims: principal.claims.clone(),
+            method: "GET".to_owned(),
+            path: "/realtime/v1".to_owned(),
+            headers: Map::new(),
+            search_path: None,
+        };
+        let tx = sovra_pg::begin_request(&mut client, &context, true)
+            .await
+            .map_err(|err| err.to_string())?;
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        params.push(&ordinals);
+        let rows = tx
+            .query(&sql, &params)
+            .await
+            .map_err(|err| err.to_string())?;
+        let _ = tx.commit().await;
+        Ok(rows
+            .iter()
+            .map(|r| usize::try_from(r.get::<_, i64>(0)).unwrap_or(usize::MAX))
+            .collect())
+    }
+}
+
+fn push_change(
+    current: &mut Option<Txn>,
+    relations: &HashMap<u32, Arc<RelInfo>>,
+    relation: u32,
+    kind: &'static str,
+    new: Option<Vec<Datum>>,
+    old: Option<Vec<Datum>>,
+) {
+    let (Some(txn), Some(rel)) = (current.as_mut(), relations.get(&relation)) else {
+        return;
+    };
+    txn.changes.push(Change {
+        rel: rel.clone(),
+        kind,
+        new,
+        old,
+    });
+}
+
+/// Type names, SQL types and the RLS flag of a relation.
+async fn describe(
+    client: &tokio_postgres::Client,
+    rel: Relation,
+) -> Result<RelInfo, tokio_postgres::Error> {
+    let oids: Vec<u32> = rel.columns.iter().map(|c| c.type_oid).collect();
+    let rows = client
+        .query(
+            "select a.n, t.typname::text, format_type(t.oid, null)
+             from unnest($1::oid[]) with ordinality as a(oid, n) join pg_type t on t.oid = a.oid
+             order by a.n",
+            &[&oids],
+        )
+        .await?;
+    let mut type_names = vec![String::from("text"); rel.columns.len()];
+    let mut sql_types = vec![String::from("text"); rel.columns.len()];
+    for row in rows {
+        let n: i64 = row.get(0);
+        if let Some(i) = usize::try_from(n - 1)
+            .ok()
+            .filter(|i| *i < type_names.len())
+        {
+            type_names[i] = row.get(1);
+            sql_types[i] = row.get(2);
+        }
+    }
+    let rls: bool = client
+        .query_opt(
+            "select relrowsecurity from pg_class where oid = $1",
+            &[&rel.oid],
+        )
+        .await?
+        .is_some_and(|row| row.get(0));
+    let primary: Vec<String> = client
+        .query(
+            "select a.attname::text from pg_index i
+             join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+             where i.indrelid = $1 and i.indisprimary",
+            &[&rel.oid],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let keys: Vec<usize> = if primary.is_empty() {
+        // Without a primary key only an index identity names rows.
+        if rel.replica_identity == b'i' {
+            rel.columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.key)
+                .map(|(i, _)| i)
+                .collect()
+        } else {
+            Vec::new()
+        }
+    } else {
+        rel.columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| primary.contains(&c.name))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    Ok(RelInfo {
+        rel,
+        type_names,
+        sql_types,
+        rls,
+        keys,
+    })
+}
+
+/// The `data` of a `postgres_changes` message, as realtime-js reads it.
+fn change_data(change: &Change, commit_timestamp: &str) -> Value {
+    let rel = &change.rel;
+    let columns: Vec<Value> = rel
+        .rel
+        .columns
+        .iter()
+        .zip(&rel.type_names)
+        .map(|(c, t)| json!({"name": c.name, "type": t}))
+        .collect();
+    let record_of = |tuple: &Vec<Datum>, only: Option<&[usize]>| -> Value {
+        let mut map = Map::new();
+        for (i, column) in rel.rel.columns.iter().enumerate() {
+            if only.is_some_and(|keys| !keys.contains(&i)) {
+                continue;
+            }
+            match tuple.get(i) {
+                Some(Datum::Text(t)) => {
+                    map.insert(
+                        column.name.clone(),
+                        pgoutput::json_value(&rel.type_names[i], t),
+                    );
+                }
+                Some(Datum::Null) => {
+                    map.insert(column.name.clone(), Value::Null);
+                }
+                Some(Datum::Unchanged) | None => {}
+            }
+        }
+        Value::Object(map)
+    };
+    let keys = rel.key_columns();
+    let mut errors = Value::Null;
+    let mut data = Map::new();
+    data.insert("schema".to_owned(), json!(rel.rel.schema));
+    data.insert("table".to_owned(), json!(rel.rel.name));
+    data.insert("commit_timestamp".to_owned(), json!(commit_timestamp));
+    data.insert("type".to_owned(), json!(change.kind));
+    data.insert("columns".to_owned(), Value::Array(columns));
+    if keys.is_empty() {
+        errors = json!(["Error 400: Bad Request, no primary key"]);
+    }
+    if let Some(new) = &change.new {
+        let mut record = record_of(new, None);
+        // Unchanged TOASTed values come from the old row when it was sent
+        // whole (REPLICA IDENTITY FULL).
+        if let (Value::Object(map), Some(old)) = (&mut record, &change.old) {
+            for (i, column) in rel.rel.columns.iter().enumerate() {
+                if matches!(new.get(i), Some(Datum::Unchanged))
+                    && let Some(Datum::Text(t)) = old.get(i)
+                {
+                    map.insert(
+                        column.name.clone(),
+                        pgoutput::json_value(&rel.type_names[i], t),
+                    );
+                }
+            }
+        }
+        data.insert("record".to_owned(), record);
+    }
+    match (change.kind, &change.old) {
+        ("UPDATE" | "DELETE", Some(old)) => {
+            let full = rel.rel.replica_identity == b'f';
+            let only = (!full || (change.kind == "DELETE" && rel.rls)).then_some(keys.as_slice());
+            data.insert("old_record".to_owned(), record_of(old, only));
+        }
+        ("UPDATE", None) => {
+            if let Some(new) = &change.new {
+                data.insert("old_record".to_owned(), record_of(new, Some(&keys)));
+            }
+        }
+        _ => {}
+    }
+    data.insert("errors".to_owned(), errors);
+    Value::Object(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_are_per_database_and_valid() {
+        assert_eq!(
+            slot_for("sovra_realtime", "postgres"),
+            "sovra_realtime_postgres"
+        );
+        assert_eq!(slot_for("sovra_realtime", "My-DB"), "sovra_realtime_my_db");
+        assert!(slot_for("sovra_realtime", &"x".repeat(100)).len() <= 63);
+        assert_eq!(lsn_text(0x1_0000_00AB), "1/AB");
+    }
+}

@@ -1,0 +1,375 @@
+//! The in-process fan-out: which channels are joined to which topic, and
+//! presence per topic. A message is encoded once per protocol version and
+//! the same bytes are queued to every receiver. Each socket has a bounded
+//! queue; a receiver whose queue is full is cut off (its socket closes with
+//! a reason) instead of being buffered without end.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::{Map, Value, json};
+use sovra_realtime_proto::filter::Filter;
+use sovra_realtime_proto::frame::{self, Message, Vsn};
+use tokio::sync::{Notify, mpsc};
+
+use crate::Principal;
+
+/// What a socket's writer sends.
+#[derive(Clone, Debug)]
+pub(crate) enum Out {
+    Text(Arc<str>),
+    Binary(Arc<[u8]>),
+}
+
+/// The sending half of a socket, shared by its channels.
+#[derive(Debug)]
+pub(crate) struct SocketTx {
+    pub(crate) vsn: Vsn,
+    pub(crate) tx: mpsc::Sender<Out>,
+    /// Set when the socket must close (slow consumer); the reason is kept.
+    pub(crate) kill: Notify,
+    pub(crate) kill_reason: Mutex<Option<String>>,
+}
+
+impl SocketTx {
+    /// Queues a frame; a full queue cuts the socket off.
+    pub(crate) fn send(&self, out: Out) -> bool {
+        match self.tx.try_send(out) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.cut_off("slow consumer: outbound queue is full");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub(crate) fn send_message(&self, message: &Message) -> bool {
+        self.send(Out::Text(Arc::from(frame::encode_text(self.vsn, message))))
+    }
+
+    pub(crate) fn cut_off(&self, reason: &str) {
+        if let Ok(mut slot) = self.kill_reason.lock()
+            && slot.is_none()
+        {
+            *slot = Some(reason.to_owned());
+            metrics::counter!("sovra_realtime_disconnects_total", "reason" => "slow_consumer")
+                .increment(1);
+        }
+        self.kill.notify_one();
+    }
+}
+
+/// One `postgres_changes` binding of a channel.
+#[derive(Clone, Debug)]
+pub(crate) struct PgBinding {
+    pub(crate) id: i64,
+    /// `*`, `INSERT`, `UPDATE` or `DELETE` (upper case).
+    pub(crate) event: String,
+    pub(crate) schema: String,
+    /// `None` (or `*`): every table of the schema.
+    pub(crate) table: Option<String>,
+    pub(crate) filter: Filter,
+}
+
+impl PgBinding {
+    pub(crate) fn wants(&self, schema: &str, table: &str, kind: &str) -> bool {
+        (self.event == "*" || self.event == kind)
+            && (self.schema == "*" || self.schema == schema)
+            && self.table.as_deref().is_none_or(|t| t == "*" || t == table)
+    }
+}
+
+/// A joined channel.
+#[derive(Debug)]
+pub(crate) struct Channel {
+    pub(crate) id: u64,
+    pub(crate) socket: Arc<SocketTx>,
+    /// Full topic, e.g. `realtime:room1`.
+    pub(crate) topic: String,
+    pub(crate) join_ref: Option<String>,
+    pub(crate) private: bool,
+    pub(crate) broadcast_self: bool,
+    pub(crate) ack: bool,
+    pub(crate) presence_key: String,
+    pub(crate) pg: Vec<PgBinding>,
+    /// The claims changes are checked with (updated by `access_token`).
+    pub(crate) principal: RwLock<Principal>,
+    /// Whether writes (broadcast, track) pass the private-channel policy;
+    /// `None` until first checked.
+    pub(crate) can_write: Mutex<Option<bool>>,
+}
+
+impl Channel {
+    pub(crate) fn principal(&self) -> Principal {
+        self.principal
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+/// The key channels are grouped by: public and private channels of the
+/// same name are different topics.
+pub(crate) fn topic_key(topic: &str, private: bool) -> String {
+    format!("{}:{topic}", if private { "private" } else { "public" })
+}
+
+#[derive(Debug, Clone)]
+struct Meta {
+    phx_ref: String,
+    channel: u64,
+    state: Map<String, Value>,
+}
+
+/// Channels and presence of one tenant.
+#[derive(Debug, Default)]
+pub(crate) struct Hub {
+    topics: RwLock<HashMap<String, HashMap<u64, Arc<Channel>>>>,
+    presence: Mutex<HashMap<String, HashMap<String, Vec<Meta>>>>,
+    next: AtomicU64,
+}
+
+/// A message encoded for both protocol versions, lazily.
+struct Encoded<'a> {
+    message: &'a Message,
+    v1: Option<Arc<str>>,
+    v2: Option<Arc<str>>,
+}
+
+impl Encoded<'_> {
+    fn get(&mut self, vsn: Vsn) -> Out {
+        let slot = match vsn {
+            Vsn::V1 => &mut self.v1,
+            Vsn::V2 => &mut self.v2,
+        };
+        let text = slot.get_or_insert_with(|| Arc::from(frame::encode_text(vsn, self.message)));
+        Out::Text(text.clone())
+    }
+}
+
+impl Hub {
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn add(&self, channel: Arc<Channel>) {
+        let key = topic_key(&channel.topic, channel.private);
+        if let Ok(mut topics) = self.topics.write() {
+            topics.entry(key).or_default().insert(channel.id, channel);
+        }
+    }
+
+    /// Removes a channel (and its presence, announcing the leave).
+    pub(crate) fn remove(&self, channel: &Channel) {
+        let key = topic_key(&channel.topic, channel.private);
+        if let Ok(mut topics) = self.topics.write()
+            && let Some(members) = topics.get_mut(&key)
+        {
+            members.remove(&channel.id);
+            if members.is_empty() {
+                topics.remove(&key);
+            }
+        }
+        self.untrack(channel);
+    }
+
+    pub(crate) fn members(&self, topic: &str, private: bool) -> Vec<Arc<Channel>> {
+        let key = topic_key(topic, private);
+        self.topics
+            .read()
+            .ok()
+            .and_then(|topics| topics.get(&key).map(|m| m.values().cloned().collect()))
+            .unwrap_or_default()
+    }
+
+    /// Every channel with postgres_changes bindings.
+    pub(crate) fn pg_channels(&self) -> Vec<Arc<Channel>> {
+        self.topics
+            .read()
+            .map(|topics| {
+                topics
+                    .values()
+                    .flat_map(|members| members.values())
+                    .filter(|c| !c.pg.is_empty())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn channel_count(&self) -> usize {
+        self.topics
+            .read()
+            .map(|t| t.values().map(HashMap::len).sum())
+            .unwrap_or(0)
+    }
+
+    /// Sends a user broadcast to the channels of a topic, except `skip`.
+    /// Returns how many channels it was queued to.
+    pub(crate) fn broadcast(
+        &self,
+        topic: &str,
+        private: bool,
+        payload: Value,
+        binary: Option<&[u8]>,
+        skip: Option<u64>,
+    ) -> usize {
+        let members = self.members(topic, private);
+        let message = frame::push(topic, None, "broadcast", payload);
+        let mut encoded = Encoded {
+            message: &message,
+            v1: None,
+            v2: None,
+        };
+        let kind4: Option<Arc<[u8]>> = binary.and_then(|bytes| {
+            let event = message
+                .payload
+                .get("event")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            frame::encode_broadcast_binary(topic, event, message.payload.get("meta"), bytes, false)
+                .map(Arc::from)
+        });
+        let mut sent = 0;
+        for channel in members {
+            if Some(channel.id) == skip {
+                continue;
+            }
+            let out = match (&kind4, channel.socket.vsn) {
+                (Some(frame), Vsn::V2) => Out::Binary(frame.clone()),
+                (Some(_), Vsn::V1) => continue, // raw bytes cannot travel as vsn 1 JSON
+                (None, vsn) => encoded.get(vsn),
+            };
+            // Pushes carry the receiving channel's join_ref in vsn 2 only
+            // when it matters; null is always accepted.
+            if channel.socket.send(out) {
+                sent += 1;
+            }
+        }
+        metrics::counter!("sovra_realtime_messages_total", "kind" => "broadcast")
+            .increment(sent as u64);
+        sent
+    }
+
+    /// Sends a server push (same payload) to every channel of a topic.
+    fn push_all(&self, topic: &str, private: bool, event: &str, payload: Value) {
+        let message = frame::push(topic, None, event, payload);
+        let mut encoded = Encoded {
+            message: &message,
+            v1: None,
+            v2: None,
+        };
+        for channel in self.members(topic, private) {
+            channel.socket.send(encoded.get(channel.socket.vsn));
+        }
+    }
+
+    /// The presence state of a topic as `presence_state` sends it.
+    pub(crate) fn presence_state(&self, topic: &str, private: bool) -> Value {
+        let key = topic_key(topic, private);
+        let presence = self
+            .presence
+            .lock()
+            .map(|p| p.get(&key).cloned())
+            .unwrap_or_default();
+        let mut state = Map::new();
+        for (k, metas) in presence.unwrap_or_default() {
+            state.insert(
+                k,
+                json!({"metas": metas.iter().map(meta_json).collect::<Vec<_>>()}),
+            );
+        }
+        Value::Object(state)
+    }
+
+    /// Tracks (or re-tracks) a channel's presence with `state`.
+    pub(crate) fn track(&self, channel: &Channel, state: Map<String, Value>) {
+        let key = topic_key(&channel.topic, channel.private);
+        let new = Meta {
+            phx_ref: format!("F{}", uuid::Uuid::new_v4().simple()),
+            channel: channel.id,
+            state,
+        };
+        let mut leaves = Map::new();
+        let mut joined = meta_json(&new);
+        {
+            let Ok(mut presence) = self.presence.lock() else {
+                return;
+            };
+            let metas = presence
+                .entry(key)
+                .or_default()
+                .entry(channel.presence_key.clone())
+                .or_default();
+            if let Some(index) = metas.iter().position(|m| m.channel == channel.id) {
+                let old = metas.remove(index);
+                if let Value::Object(map) = &mut joined {
+                    map.insert(
+                        "phx_ref_prev".to_owned(),
+                        Value::String(old.phx_ref.clone()),
+                    );
+                }
+                leaves.insert(
+                    channel.presence_key.clone(),
+                    json!({"metas": [meta_json(&old)]}),
+                );
+            }
+            metas.push(new);
+        }
+        let mut joins = Map::new();
+        joins.insert(channel.presence_key.clone(), json!({"metas": [joined]}));
+        self.push_all(
+            &channel.topic,
+            channel.private,
+            "presence_diff",
+            json!({"joins": joins, "leaves": leaves}),
+        );
+        metrics::counter!("sovra_realtime_messages_total", "kind" => "presence").increment(1);
+    }
+
+    /// Removes a channel's presence, announcing the leave.
+    pub(crate) fn untrack(&self, channel: &Channel) {
+        let key = topic_key(&channel.topic, channel.private);
+        let removed = {
+            let Ok(mut presence) = self.presence.lock() else {
+                return;
+            };
+            let Some(topic) = presence.get_mut(&key) else {
+                return;
+            };
+            let Some(metas) = topic.get_mut(&channel.presence_key) else {
+                return;
+            };
+            let Some(index) = metas.iter().position(|m| m.channel == channel.id) else {
+                return;
+            };
+            let old = metas.remove(index);
+            if metas.is_empty() {
+                topic.remove(&channel.presence_key);
+            }
+            if topic.is_empty() {
+                presence.remove(&key);
+            }
+            old
+        };
+        let mut leaves = Map::new();
+        leaves.insert(
+            channel.presence_key.clone(),
+            json!({"metas": [meta_json(&removed)]}),
+        );
+        self.push_all(
+            &channel.topic,
+            channel.private,
+            "presence_diff",
+            json!({"joins": {}, "leaves": leaves}),
+        );
+    }
+}
+
+fn meta_json(meta: &Meta) -> Value {
+    let mut map = meta.state.clone();
+    map.insert("phx_ref".to_owned(), Value::String(meta.phx_ref.clone()));
+    Value::Object(map)
+}

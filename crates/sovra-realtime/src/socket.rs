@@ -1,0 +1,538 @@
+//! One WebSocket connection: a reader that handles frames and a writer
+//! that drains the connection's bounded queue.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use sovra_realtime_proto::filter::Filter;
+use sovra_realtime_proto::frame::{self, Message, Vsn};
+use tokio::sync::{Notify, mpsc};
+
+use crate::hub::{Channel, Out, PgBinding, SocketTx};
+use crate::{Principal, RealtimeService};
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+struct Connection {
+    service: Arc<RealtimeService>,
+    socket: Arc<SocketTx>,
+    principal: Principal,
+    channels: HashMap<String, Arc<Channel>>,
+    window_start: Instant,
+    window_count: u32,
+    last_seen: Instant,
+}
+
+pub(crate) async fn run(
+    service: Arc<RealtimeService>,
+    socket: WebSocket,
+    vsn: Vsn,
+    principal: Principal,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Out>(service.config.outbound_queue.max(1));
+    let shared = Arc::new(SocketTx {
+        vsn,
+        tx,
+        kill: Notify::new(),
+        kill_reason: Mutex::new(None),
+    });
+    let writer_socket = shared.clone();
+    let mut writer = tokio::spawn(async move {
+        // A send can block on a client that does not read; the kill signal
+        // interrupts it.
+        let killed = loop {
+            let out = tokio::select! {
+                biased;
+                () = writer_socket.kill.notified() => break true,
+                out = rx.recv() => out,
+            };
+            let Some(out) = out else { break false };
+            let message = match out {
+                Out::Text(text) => WsMessage::Text(text.as_ref().into()),
+                Out::Binary(bytes) => WsMessage::Binary(bytes.to_vec().into()),
+            };
+            tokio::select! {
+                biased;
+                () = writer_socket.kill.notified() => break true,
+                sent = sink.send(message) => if sent.is_err() { break false },
+            }
+        };
+        if killed {
+            let reason = writer_socket
+                .kill_reason
+                .lock()
+                .ok()
+                .and_then(|r| r.clone())
+                .unwrap_or_default();
+            let close = WsMessage::Close(Some(CloseFrame {
+                code: 1008,
+                reason: reason.into(),
+            }));
+            let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
+        } else {
+            let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+        }
+    });
+    let mut connection = Connection {
+        service: service.clone(),
+        socket: shared.clone(),
+        principal,
+        channels: HashMap::new(),
+        window_start: Instant::now(),
+        window_count: 0,
+        last_seen: Instant::now(),
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = &mut writer => break,
+            _ = tick.tick() => {
+                if connection.last_seen.elapsed() > service.config.idle_timeout {
+                    metrics::counter!("sovra_realtime_disconnects_total", "reason" => "idle").increment(1);
+                    shared.cut_off("idle timeout: no heartbeat");
+                }
+                connection.expire_tokens();
+            }
+            frame = stream.next() => {
+                let Some(Ok(frame)) = frame else { break };
+                connection.last_seen = Instant::now();
+                let message = match frame {
+                    WsMessage::Text(text) => frame::decode_text(vsn, text.as_str()),
+                    WsMessage::Binary(bytes) => frame::decode_binary(&bytes),
+                    WsMessage::Close(_) => break,
+                    WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                };
+                match message {
+                    Ok(message) => connection.handle(message).await,
+                    Err(err) => {
+                        tracing::debug!(error = %err, "unreadable realtime frame");
+                        metrics::counter!("sovra_realtime_refused_total", "reason" => "bad_frame").increment(1);
+                    }
+                }
+            }
+        }
+    }
+    for channel in connection.channels.values() {
+        service.hub.remove(channel);
+    }
+    writer.abort();
+}
+
+fn status_reply(request: &Message, status: &str, response: Value) -> Message {
+    frame::reply(request, status, response)
+}
+
+fn reason(text: impl Into<String>) -> Value {
+    json!({"reason": text.into()})
+}
+
+impl Connection {
+    fn send(&self, message: &Message) {
+        self.socket.send_message(message);
+    }
+
+    fn ok(&self, request: &Message) {
+        self.send(&status_reply(request, "ok", json!({})));
+    }
+
+    fn error(&self, request: &Message, text: impl Into<String>) {
+        self.send(&status_reply(request, "error", reason(text)));
+    }
+
+    /// Counts a client message against the per-connection rate.
+    fn over_rate(&mut self) -> bool {
+        if self.window_start.elapsed() >= Duration::from_secs(1) {
+            self.window_start = Instant::now();
+            self.window_count = 0;
+        }
+        self.window_count += 1;
+        self.window_count > self.service.config.max_events_per_second
+    }
+
+    async fn handle(&mut self, message: Message) {
+        if message.topic == "phoenix" && message.event == "heartbeat" {
+            self.ok(&message);
+            return;
+        }
+        if self.over_rate() {
+            metrics::counter!("sovra_realtime_refused_total", "reason" => "rate_limit")
+                .increment(1);
+            for channel in self.channels.values() {
+                self.system_error(channel, "Too many messages per second");
+            }
+            self.socket
+                .cut_off("rate limit: too many messages per second");
+            return;
+        }
+        match message.event.as_str() {
+            "phx_join" => self.join(message).await,
+            "phx_leave" => self.leave(&message),
+            "access_token" => self.refresh_token(&message).await,
+            "broadcast" => self.broadcast(message).await,
+            "presence" => self.presence(&message).await,
+            _ if !self.channels.contains_key(&message.topic) => {
+                self.error(&message, "unmatched topic")
+            }
+            _ => {}
+        }
+    }
+
+    fn system_error(&self, channel: &Channel, text: &str) {
+        let sub = channel
+            .topic
+            .strip_prefix("realtime:")
+            .unwrap_or(&channel.topic);
+        self.send(&frame::push(
+            &channel.topic,
+            channel.join_ref.as_deref(),
+            "system",
+            json!({"extension": "system", "status": "error", "message": text, "channel": sub}),
+        ));
+    }
+
+    /// Closes a channel from the server side with a reason.
+    fn shut_down(&mut self, topic: &str, text: &str) {
+        if let Some(channel) = self.channels.remove(topic) {
+            self.system_error(&channel, text);
+            self.send(&frame::push(
+                topic,
+                channel.join_ref.as_deref(),
+                "phx_close",
+                json!({}),
+            ));
+            self.service.hub.remove(&channel);
+        }
+    }
+
+    fn expire_tokens(&mut self) {
+        let now = now_secs();
+        let expired: Vec<(String, i64)> = self
+            .channels
+            .iter()
+            .filter_map(|(topic, channel)| {
+                let exp = channel.principal().exp()?;
+                (exp < now).then(|| (topic.clone(), now - exp))
+            })
+            .collect();
+        for (topic, ago) in expired {
+            self.shut_down(&topic, &format!("Token has expired {ago} seconds ago"));
+        }
+    }
+
+    fn principal_for(&self, token: Option<&str>) -> Result<Principal, String> {
+        let principal = match token {
+            Some(token) if !token.is_empty() && !token.starts_with("sb_") => {
+                (self.service.verifier)(token).map_err(|err| format!("InvalidJWTToken: {err}"))?
+            }
+            _ => self.principal.clone(),
+        };
+        if let Some(exp) = principal.exp()
+            && exp < now_secs()
+        {
+            return Err(format!(
+                "InvalidJWTToken: Token has expired {} seconds ago",
+                now_secs() - exp
+            ));
+        }
+        Ok(principal)
+    }
+
+    async fn join(&mut self, message: Message) {
+        let topic = message.topic.clone();
+        let sub = topic.strip_prefix("realtime:").unwrap_or(&topic).to_owned();
+        if sub.is_empty() {
+            self.error(&message, "TopicNameRequired: You must provide a topic name");
+            return;
+        }
+        if !self.channels.contains_key(&topic)
+            && self.channels.len() >= self.service.config.max_channels_per_connection
+        {
+            metrics::counter!("sovra_realtime_refused_total", "reason" => "max_channels")
+                .increment(1);
+            self.error(&message, "ChannelRateLimitReached: Too many channels");
+            return;
+        }
+        let payload = &message.payload;
+        let token = payload
+            .get("access_token")
+            .or_else(|| payload.get("user_token"))
+            .and_then(Value::as_str);
+        let principal = match self.principal_for(token) {
+            Ok(p) => p,
+            Err(text) => {
+                self.error(&message, text);
+                return;
+            }
+        };
+        let config = payload.get("config").cloned().unwrap_or_else(|| json!({}));
+        let flag = |path: [&str; 2]| {
+            config
+                .get(path[0])
+                .and_then(|c| c.get(path[1]))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        };
+        let private = config
+            .get("private")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let presence_enabled = flag(["presence", "enabled"]);
+        let presence_key = config
+            .get("presence")
+            .and_then(|p| p.get("key"))
+            .and_then(Value::as_str)
+            .filter(|k| !k.is_empty())
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        if private {
+            match self
+                .service
+                .can_read(&principal, &sub, &["broadcast", "presence"])
+                .await
+            {
+                Ok(readable) if !readable.is_empty() => {}
+                Ok(_) => {
+                    self.error(&message, format!("Unauthorized: You do not have permissions to read from this Channel topic: {sub}"));
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "private channel check failed");
+                    self.error(&message, "Unable to check channel permissions");
+                    return;
+                }
+            }
+        }
+        self.service.ensure_feed();
+        let id = self.service.hub.next_id();
+        let mut bindings = Vec::new();
+        let mut echo = Vec::new();
+        let mut filter_errors = Vec::new();
+        if let Some(list) = config.get("postgres_changes").and_then(Value::as_array) {
+            for (index, binding) in list.iter().enumerate() {
+                let binding_id =
+                    i64::try_from(id).unwrap_or(0).saturating_mul(1000) + index as i64 + 1;
+                let text = |k: &str| binding.get(k).and_then(Value::as_str).map(str::to_owned);
+                let event = text("event")
+                    .unwrap_or_else(|| "*".to_owned())
+                    .to_ascii_uppercase();
+                let schema = text("schema").unwrap_or_else(|| "public".to_owned());
+                let filter = match Filter::parse(text("filter").as_deref().unwrap_or("")) {
+                    Ok(filter) => filter,
+                    Err(err) => {
+                        filter_errors.push(err.to_string());
+                        // A binding whose filter cannot be read matches nothing.
+                        Filter::parse("__invalid__=is.null").unwrap_or_default()
+                    }
+                };
+                bindings.push(PgBinding {
+                    id: binding_id,
+                    event,
+                    schema,
+                    table: text("table"),
+                    filter,
+                });
+                let mut echoed = binding.as_object().cloned().unwrap_or_default();
+                echoed.insert("id".to_owned(), json!(binding_id));
+                echo.push(Value::Object(echoed));
+            }
+        }
+        if let Some(old) = self.channels.remove(&topic) {
+            self.send(&frame::push(
+                &topic,
+                old.join_ref.as_deref(),
+                "phx_close",
+                json!({}),
+            ));
+            self.service.hub.remove(&old);
+        }
+        let channel = Arc::new(Channel {
+            id,
+            socket: self.socket.clone(),
+            topic: topic.clone(),
+            join_ref: message.join_ref.clone().or_else(|| message.msg_ref.clone()),
+            private,
+            broadcast_self: flag(["broadcast", "self"]),
+            ack: flag(["broadcast", "ack"]),
+            presence_key,
+            pg: bindings,
+            principal: RwLock::new(principal),
+            can_write: Mutex::new(None),
+        });
+        self.service.hub.add(channel.clone());
+        self.channels.insert(topic.clone(), channel.clone());
+        self.send(&status_reply(
+            &message,
+            "ok",
+            json!({"postgres_changes": echo}),
+        ));
+        if presence_enabled {
+            let state = self.service.hub.presence_state(&topic, private);
+            self.send(&frame::push(&topic, None, "presence_state", state));
+        }
+        if !channel.pg.is_empty() {
+            let (status, text) = match filter_errors.first() {
+                Some(err) => ("error", err.clone()),
+                None => ("ok", "Subscribed to PostgreSQL".to_owned()),
+            };
+            self.send(&frame::push(
+                &topic,
+                None,
+                "system",
+                json!({"extension": "postgres_changes", "status": status, "message": text, "channel": sub}),
+            ));
+        }
+    }
+
+    fn leave(&mut self, message: &Message) {
+        self.ok(message);
+        if let Some(channel) = self.channels.remove(&message.topic) {
+            self.send(&frame::push(
+                &message.topic,
+                channel.join_ref.as_deref(),
+                "phx_close",
+                json!({}),
+            ));
+            self.service.hub.remove(&channel);
+        }
+    }
+
+    async fn refresh_token(&mut self, message: &Message) {
+        let Some(channel) = self.channels.get(&message.topic).cloned() else {
+            return;
+        };
+        let Some(token) = message.payload.get("access_token").and_then(Value::as_str) else {
+            return;
+        };
+        if token.is_empty() || token.starts_with("sb_") {
+            return;
+        }
+        let principal = match self.principal_for(Some(token)) {
+            Ok(p) => p,
+            Err(text) => {
+                self.shut_down(&message.topic, &text);
+                return;
+            }
+        };
+        if channel.private {
+            let sub = channel
+                .topic
+                .strip_prefix("realtime:")
+                .unwrap_or(&channel.topic)
+                .to_owned();
+            let readable = self
+                .service
+                .can_read(&principal, &sub, &["broadcast", "presence"])
+                .await
+                .unwrap_or_default();
+            if readable.is_empty() {
+                self.shut_down(
+                    &message.topic,
+                    &format!(
+                        "You no longer have permission to read from this Channel topic: {sub}"
+                    ),
+                );
+                return;
+            }
+        }
+        if let Ok(mut current) = channel.principal.write() {
+            *current = principal;
+        }
+        if let Ok(mut cached) = channel.can_write.lock() {
+            *cached = None;
+        }
+    }
+
+    /// Whether a private channel's caller may write (checked once per token).
+    async fn may_write(&self, channel: &Channel, extension: &str) -> bool {
+        if !channel.private {
+            return true;
+        }
+        if let Some(known) = channel.can_write.lock().ok().and_then(|c| *c) {
+            return known;
+        }
+        let sub = channel
+            .topic
+            .strip_prefix("realtime:")
+            .unwrap_or(&channel.topic);
+        let allowed = self
+            .service
+            .can_write(&channel.principal(), sub, extension)
+            .await
+            .unwrap_or(false);
+        if let Ok(mut cached) = channel.can_write.lock() {
+            *cached = Some(allowed);
+        }
+        allowed
+    }
+
+    async fn broadcast(&mut self, message: Message) {
+        let Some(channel) = self.channels.get(&message.topic).cloned() else {
+            self.error(&message, "unmatched topic");
+            return;
+        };
+        if message.payload.get("type").and_then(Value::as_str) != Some("broadcast") {
+            self.error(&message, "broadcast payload must have type broadcast");
+            return;
+        }
+        if !self.may_write(&channel, "broadcast").await {
+            if channel.ack {
+                self.error(
+                    &message,
+                    "Unauthorized: You do not have permissions to write to this Channel topic",
+                );
+            }
+            return;
+        }
+        let skip = (!channel.broadcast_self).then_some(channel.id);
+        self.service.hub.broadcast(
+            &channel.topic,
+            channel.private,
+            message.payload.clone(),
+            message.binary.as_deref(),
+            skip,
+        );
+        if channel.ack {
+            self.ok(&message);
+        }
+    }
+
+    async fn presence(&mut self, message: &Message) {
+        let Some(channel) = self.channels.get(&message.topic).cloned() else {
+            self.error(message, "unmatched topic");
+            return;
+        };
+        match message.payload.get("event").and_then(Value::as_str) {
+            Some("track") => {
+                let Some(state) = message
+                    .payload
+                    .get("payload")
+                    .and_then(Value::as_object)
+                    .cloned()
+                else {
+                    self.error(message, "Presence track payload must be a map");
+                    return;
+                };
+                if !self.may_write(&channel, "presence").await {
+                    self.error(message, "Unauthorized: You do not have permissions to track presence on this Channel topic");
+                    return;
+                }
+                self.service.hub.track(&channel, state);
+                self.ok(message);
+            }
+            Some("untrack") => {
+                self.service.hub.untrack(&channel);
+                self.ok(message);
+            }
+            _ => self.error(message, "presence event must be track or untrack"),
+        }
+    }
+}

@@ -1,0 +1,873 @@
+//! `/realtime/v1` through the real router on a real database, driven by a
+//! WebSocket client speaking the Phoenix protocol as realtime-js does.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use sovra_test_support::TestApp;
+use tokio_tungstenite::tungstenite::Message as Ws;
+
+type Stream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Client {
+    ws: Stream,
+    v2: bool,
+    next: u64,
+}
+
+/// A received frame: event, topic, payload, ref, or a close with its reason.
+#[derive(Debug, Clone)]
+enum Got {
+    Msg {
+        topic: String,
+        event: String,
+        payload: Value,
+        msg_ref: Option<String>,
+    },
+    Closed(String),
+}
+
+impl Client {
+    async fn connect(app: &TestApp, key: &str, vsn: &str) -> Client {
+        let url = format!(
+            "{}/realtime/v1/websocket?apikey={key}&vsn={vsn}",
+            app.url.replace("http", "ws")
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        Client {
+            ws,
+            v2: vsn == "2.0.0",
+            next: 0,
+        }
+    }
+
+    async fn send(&mut self, topic: &str, event: &str, payload: Value) -> String {
+        self.next += 1;
+        let r = self.next.to_string();
+        let text = if self.v2 {
+            json!([r, r, topic, event, payload]).to_string()
+        } else {
+            json!({"topic": topic, "event": event, "payload": payload, "ref": r, "join_ref": r})
+                .to_string()
+        };
+        self.ws.send(Ws::Text(text.into())).await.unwrap();
+        r
+    }
+
+    async fn next_frame(&mut self, wait: Duration) -> Option<Got> {
+        loop {
+            let frame = tokio::time::timeout(wait, self.ws.next()).await.ok()??;
+            match frame {
+                Ok(Ws::Text(text)) => {
+                    let v: Value = serde_json::from_str(text.as_str()).unwrap();
+                    let (topic, event, payload, msg_ref) = if let Value::Array(a) = &v {
+                        (a[2].clone(), a[3].clone(), a[4].clone(), a[1].clone())
+                    } else {
+                        (
+                            v["topic"].clone(),
+                            v["event"].clone(),
+                            v["payload"].clone(),
+                            v["ref"].clone(),
+                        )
+                    };
+                    return Some(Got::Msg {
+                        topic: topic.as_str().unwrap_or("").to_owned(),
+                        event: event.as_str().unwrap_or("").to_owned(),
+                        payload,
+                        msg_ref: msg_ref.as_str().map(str::to_owned),
+                    });
+                }
+                Ok(Ws::Binary(bytes)) => {
+                    // kind 4: topic, event, meta, JSON or raw payload
+                    assert_eq!(bytes[0], 4);
+                    let (t, e, m) = (bytes[1] as usize, bytes[2] as usize, bytes[3] as usize);
+                    let topic = String::from_utf8(bytes[5..5 + t].to_vec()).unwrap();
+                    let event = String::from_utf8(bytes[5 + t..5 + t + e].to_vec()).unwrap();
+                    let body = bytes[5 + t + e + m..].to_vec();
+                    return Some(Got::Msg {
+                        topic,
+                        event: "broadcast".to_owned(),
+                        payload: json!({"type": "broadcast", "event": event, "binary": body}),
+                        msg_ref: None,
+                    });
+                }
+                Ok(Ws::Close(frame)) => {
+                    return Some(Got::Closed(
+                        frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                    ));
+                }
+                Ok(_) => continue,
+                Err(_) => return Some(Got::Closed(String::new())),
+            }
+        }
+    }
+
+    /// The next message with `event` (skipping others), within 10 s.
+    async fn expect(&mut self, event: &str) -> (String, Value, Option<String>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_frame(left).await {
+                Some(Got::Msg {
+                    topic,
+                    event: e,
+                    payload,
+                    msg_ref,
+                }) if e == event => return (topic, payload, msg_ref),
+                Some(Got::Msg { .. }) => continue,
+                other => panic!("waiting for {event}, got {other:?}"),
+            }
+        }
+    }
+
+    /// The reply to `r`.
+    async fn reply(&mut self, r: &str) -> Value {
+        loop {
+            let (_, payload, msg_ref) = self.expect("phx_reply").await;
+            if msg_ref.as_deref() == Some(r) {
+                return payload;
+            }
+        }
+    }
+
+    /// Nothing with `event` arrives within `wait`.
+    async fn silent(&mut self, event: &str, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.next_frame(left).await {
+                Some(Got::Msg {
+                    event: e, payload, ..
+                }) if e == event => panic!("unexpected {event}: {payload}"),
+                Some(Got::Closed(reason)) => panic!("closed: {reason}"),
+                None => return,
+                _ => {}
+            }
+        }
+    }
+
+    async fn join(&mut self, topic: &str, config: Value, token: Option<&str>) -> Value {
+        let mut payload = json!({"config": config});
+        if let Some(token) = token {
+            payload["access_token"] = json!(token);
+        }
+        let r = self.send(topic, "phx_join", payload).await;
+        self.reply(&r).await
+    }
+
+    /// Waits for a close frame and returns its reason.
+    async fn closed(&mut self) -> String {
+        loop {
+            match self.next_frame(Duration::from_secs(15)).await {
+                Some(Got::Closed(reason)) => return reason,
+                Some(_) => continue,
+                None => panic!("not closed"),
+            }
+        }
+    }
+}
+
+fn init_logs() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(filter)
+        .try_init();
+}
+
+async fn app() -> TestApp {
+    init_logs();
+    TestApp::spawn().await
+}
+
+fn user(app: &TestApp) -> (String, String) {
+    let id = uuid::Uuid::new_v4().to_string();
+    (
+        id.clone(),
+        app.sign(Value::Object(TestApp::user_claims(&id))),
+    )
+}
+
+#[tokio::test]
+async fn connecting_heartbeats_and_refusals() {
+    let app = app().await;
+    for vsn in ["1.0.0", "2.0.0"] {
+        let mut c = Client::connect(&app, &app.anon_key, vsn).await;
+        let r = c.send("phoenix", "heartbeat", json!({})).await;
+        assert_eq!(c.reply(&r).await, json!({"status": "ok", "response": {}}));
+        let r = c
+            .send(
+                "realtime:nowhere",
+                "broadcast",
+                json!({"type": "broadcast", "event": "x", "payload": {}}),
+            )
+            .await;
+        assert_eq!(c.reply(&r).await["response"]["reason"], "unmatched topic");
+        let reply = c.join("realtime:", json!({}), None).await;
+        assert_eq!(reply["status"], "error");
+        let reply = c.join("realtime:room", json!({}), Some("not-a-jwt")).await;
+        assert_eq!(reply["status"], "error");
+        assert!(
+            reply["response"]["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("InvalidJWTToken")
+        );
+        let expired =
+            app.sign(json!({"role": "authenticated", "sub": "x", "exp": TestApp::now() - 100}));
+        let reply = c.join("realtime:room", json!({}), Some(&expired)).await;
+        assert!(
+            reply["response"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("expired"),
+            "{reply}"
+        );
+        let reply = c
+            .join("realtime:room", json!({"postgres_changes": []}), None)
+            .await;
+        assert_eq!(
+            reply,
+            json!({"status": "ok", "response": {"postgres_changes": []}})
+        );
+    }
+    let http = reqwest::Client::new();
+    let base = format!("{}/realtime/v1/websocket", app.url);
+    let upgrade = |url: String| {
+        http.get(url)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+    };
+    let missing = upgrade(format!("{base}?vsn=2.0.0")).await.unwrap();
+    assert_eq!(missing.status(), 401);
+    assert_eq!(
+        missing.json::<Value>().await.unwrap()["error"],
+        "API key is missing"
+    );
+    let bad = upgrade(format!("{base}?vsn=2.0.0&apikey=nope"))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    let forged = app.anon_key.clone() + "x";
+    let forged = upgrade(format!("{base}?vsn=2.0.0&apikey={forged}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        forged.json::<Value>().await.unwrap()["error"],
+        "Failed to validate JWT signature"
+    );
+    let vsn = upgrade(format!("{base}?vsn=9.9&apikey={}", app.anon_key))
+        .await
+        .unwrap();
+    assert_eq!(vsn.status(), 400);
+}
+
+#[tokio::test]
+async fn broadcast_between_clients_with_self_ack_binary_and_http() {
+    let app = app().await;
+    let mut a = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    let mut b = Client::connect(&app, &app.anon_key, "1.0.0").await;
+    assert_eq!(
+        a.join(
+            "realtime:room1",
+            json!({"broadcast": {"self": false, "ack": true}}),
+            None
+        )
+        .await["status"],
+        "ok"
+    );
+    assert_eq!(
+        b.join("realtime:room1", json!({"broadcast": {"self": true}}), None)
+            .await["status"],
+        "ok"
+    );
+
+    let r = a
+        .send(
+            "realtime:room1",
+            "broadcast",
+            json!({"type": "broadcast", "event": "cursor", "payload": {"x": 1}}),
+        )
+        .await;
+    assert_eq!(a.reply(&r).await["status"], "ok", "ack");
+    let (topic, payload, msg_ref) = b.expect("broadcast").await;
+    assert_eq!(topic, "realtime:room1");
+    assert_eq!(
+        payload,
+        json!({"type": "broadcast", "event": "cursor", "payload": {"x": 1}})
+    );
+    assert_eq!(msg_ref, None);
+    a.silent("broadcast", Duration::from_millis(300)).await;
+
+    // self: b hears its own message.
+    b.send(
+        "realtime:room1",
+        "broadcast",
+        json!({"type": "broadcast", "event": "hi", "payload": {"n": 2}}),
+    )
+    .await;
+    assert_eq!(b.expect("broadcast").await.1["event"], "hi");
+    assert_eq!(a.expect("broadcast").await.1["payload"], json!({"n": 2}));
+
+    // Binary kind-3 frames from realtime-js, JSON-encoded payload.
+    let mut frame = vec![3u8, 1, 2, 14, 4, 0, 1];
+    frame.extend_from_slice(b"9");
+    frame.extend_from_slice(b"99");
+    frame.extend_from_slice(b"realtime:room1");
+    frame.extend_from_slice(b"move");
+    frame.extend_from_slice(br#"{"y":3}"#);
+    a.ws.send(Ws::Binary(frame.into())).await.unwrap();
+    assert_eq!(a.reply("99").await["status"], "ok");
+    assert_eq!(
+        b.expect("broadcast").await.1,
+        json!({"type": "broadcast", "event": "move", "payload": {"y": 3}})
+    );
+
+    // Server-side broadcast over HTTP reaches both.
+    let http = reqwest::Client::new();
+    let sent = http
+        .post(format!("{}/realtime/v1/api/broadcast", app.url))
+        .header("apikey", &app.service_role_key)
+        .bearer_auth(&app.service_role_key)
+        .json(&json!({"messages": [{"topic": "room1", "event": "news", "payload": {"z": 9}, "private": false}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    assert_eq!(a.expect("broadcast").await.1["event"], "news");
+    assert_eq!(b.expect("broadcast").await.1["payload"], json!({"z": 9}));
+    let one = http
+        .post(format!(
+            "{}/realtime/v1/api/broadcast/room1/events/ping",
+            app.url
+        ))
+        .header("apikey", &app.anon_key)
+        .json(&json!({"p": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 202);
+    assert_eq!(b.expect("broadcast").await.1["event"], "ping");
+    let invalid = http
+        .post(format!("{}/realtime/v1/api/broadcast", app.url))
+        .header("apikey", &app.anon_key)
+        .json(&json!({"messages": [{"event": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalid.status(), 422);
+
+    // Leaving: reply ok, then phx_close; no more messages.
+    let r = b.send("realtime:room1", "phx_leave", json!({})).await;
+    assert_eq!(b.reply(&r).await["status"], "ok");
+    b.expect("phx_close").await;
+    a.send(
+        "realtime:room1",
+        "broadcast",
+        json!({"type": "broadcast", "event": "after", "payload": {}}),
+    )
+    .await;
+    b.silent("broadcast", Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn presence_syncs_and_leaves_when_a_socket_drops() {
+    let app = app().await;
+    let mut a = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    let mut b = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    a.join(
+        "realtime:lobby",
+        json!({"presence": {"key": "alice", "enabled": true}}),
+        None,
+    )
+    .await;
+    let (_, state, _) = a.expect("presence_state").await;
+    assert_eq!(state, json!({}));
+    let r = a
+        .send(
+            "realtime:lobby",
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": {"online": true}}),
+        )
+        .await;
+    // The diff goes out before the reply.
+    let (_, diff, _) = a.expect("presence_diff").await;
+    assert_eq!(a.reply(&r).await["status"], "ok");
+    assert_eq!(diff["joins"]["alice"]["metas"][0]["online"], true);
+    assert!(diff["joins"]["alice"]["metas"][0]["phx_ref"].is_string());
+
+    b.join(
+        "realtime:lobby",
+        json!({"presence": {"key": "bob", "enabled": true}}),
+        None,
+    )
+    .await;
+    let (_, state, _) = b.expect("presence_state").await;
+    assert_eq!(state["alice"]["metas"][0]["online"], true);
+
+    // Re-tracking replaces the meta (leave old + join new with phx_ref_prev).
+    let r = a
+        .send(
+            "realtime:lobby",
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": {"online": false}}),
+        )
+        .await;
+    a.reply(&r).await;
+    let (_, diff, _) = b.expect("presence_diff").await;
+    assert_eq!(diff["joins"]["alice"]["metas"][0]["online"], false);
+    assert!(diff["joins"]["alice"]["metas"][0]["phx_ref_prev"].is_string());
+    assert_eq!(diff["leaves"]["alice"]["metas"][0]["online"], true);
+
+    let bad = a
+        .send(
+            "realtime:lobby",
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": 5}),
+        )
+        .await;
+    assert_eq!(
+        a.reply(&bad).await["response"]["reason"],
+        "Presence track payload must be a map"
+    );
+
+    // Dropping the socket leaves presence at once.
+    drop(a);
+    let (_, diff, _) = b.expect("presence_diff").await;
+    assert_eq!(diff["leaves"]["alice"]["metas"][0]["online"], false);
+    assert_eq!(diff["joins"], json!({}));
+}
+
+const FIXTURE: &str = "
+  create table public.notes (
+    id bigint generated always as identity primary key,
+    owner_id uuid not null,
+    body text,
+    big text,
+    done boolean default false
+  );
+  alter table public.notes replica identity full;
+  alter table public.notes enable row level security;
+  create policy own on public.notes for select to authenticated using (owner_id = auth.uid());
+  grant select on public.notes to authenticated, anon;
+  create table public.nokey (v int);
+  grant select on public.nokey to authenticated, anon;
+  alter publication supabase_realtime add table public.notes, public.nokey;
+";
+
+async fn change_app() -> TestApp {
+    let app = app().await;
+    app.db.client().await.batch_execute(FIXTURE).await.unwrap();
+    app
+}
+
+async fn pg_join(client: &mut Client, topic: &str, bindings: Value, token: &str) -> Vec<i64> {
+    let reply = client
+        .join(topic, json!({"postgres_changes": bindings}), Some(token))
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let (_, system, _) = client.expect("system").await;
+    assert_eq!(system["extension"], "postgres_changes");
+    assert_eq!(system["status"], "ok", "{system}");
+    reply["response"]["postgres_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// Waits until the feed leads (its slot exists), so that changes made
+/// from now on are seen.
+async fn feed_ready(app: &TestApp) {
+    for _ in 0..400 {
+        if app.tenant.realtime.feed_slot().is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the change feed did not start");
+}
+
+#[tokio::test]
+async fn database_changes_in_commit_order_under_rls() {
+    let app = change_app().await;
+    let (alice, alice_token) = user(&app);
+    let (bob, bob_token) = user(&app);
+    let mut a = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    let mut b = Client::connect(&app, &app.anon_key, "1.0.0").await;
+    let ids = pg_join(
+        &mut a,
+        "realtime:notes",
+        json!([{"event": "*", "schema": "public", "table": "notes"}]),
+        &alice_token,
+    )
+    .await;
+    let reply = b.join("realtime:notes", json!({"postgres_changes": [{"event": "INSERT", "schema": "public", "table": "notes", "filter": "done=eq.false"}]}), Some(&bob_token)).await;
+    assert_eq!(
+        reply["response"]["postgres_changes"][0]["filter"], "done=eq.false",
+        "bindings are echoed"
+    );
+    b.expect("system").await;
+    feed_ready(&app).await;
+
+    let db = app.db.client().await;
+    db.execute(
+        "insert into notes (owner_id, body) values ($1::text::uuid, 'one')",
+        &[&alice],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "insert into notes (owner_id, body) values ($1::text::uuid, 'for bob')",
+        &[&bob],
+    )
+    .await
+    .unwrap();
+    db.execute("update notes set body = 'two' where body = 'one'", &[])
+        .await
+        .unwrap();
+
+    let (topic, payload, msg_ref) = a.expect("postgres_changes").await;
+    assert_eq!(topic, "realtime:notes");
+    assert_eq!(msg_ref, None);
+    assert_eq!(payload["ids"], json!(ids));
+    let data = &payload["data"];
+    assert_eq!(data["type"], "INSERT");
+    assert_eq!(data["schema"], "public");
+    assert_eq!(data["table"], "notes");
+    assert_eq!(data["record"]["body"], "one");
+    assert_eq!(data["record"]["owner_id"], alice.as_str());
+    assert_eq!(data["record"]["done"], false);
+    assert!(data["record"]["id"].is_i64());
+    assert_eq!(data["errors"], Value::Null);
+    assert!(
+        data["columns"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "id", "type": "int8"}))
+    );
+    assert!(data["commit_timestamp"].as_str().unwrap().ends_with('Z'));
+    let (_, update, _) = a.expect("postgres_changes").await;
+    assert_eq!(
+        update["data"]["type"], "UPDATE",
+        "alice never sees bob's row"
+    );
+    assert_eq!(update["data"]["record"]["body"], "two");
+    assert_eq!(
+        update["data"]["old_record"]["body"], "one",
+        "REPLICA IDENTITY FULL sends the old row"
+    );
+
+    let (_, bobs, _) = b.expect("postgres_changes").await;
+    assert_eq!(
+        bobs["data"]["record"]["body"], "for bob",
+        "bob sees only his row"
+    );
+    b.silent("postgres_changes", Duration::from_millis(500))
+        .await;
+
+    // A large transaction arrives whole and in order.
+    db.batch_execute(&format!(
+        "insert into notes (owner_id, body) select '{alice}', 'row ' || g from generate_series(1, 300) g"
+    ))
+    .await
+    .unwrap();
+    for n in 1..=300 {
+        let (_, p, _) = a.expect("postgres_changes").await;
+        assert_eq!(p["data"]["record"]["body"], format!("row {n}"));
+    }
+
+    // TOASTed values that did not change stay in the record.
+    let big = "x".repeat(100_000);
+    db.execute("update notes set big = $1 where body = 'row 1'", &[&big])
+        .await
+        .unwrap();
+    a.expect("postgres_changes").await;
+    db.execute("update notes set done = true where body = 'row 1'", &[])
+        .await
+        .unwrap();
+    let (_, p, _) = a.expect("postgres_changes").await;
+    assert_eq!(p["data"]["record"]["done"], true);
+    assert_eq!(
+        p["data"]["record"]["big"].as_str().map(str::len),
+        Some(100_000)
+    );
+
+    // Deletes reach subscribers whose filter passes, key columns only under RLS.
+    db.execute("delete from notes where body = 'two'", &[])
+        .await
+        .unwrap();
+    let (_, p, _) = a.expect("postgres_changes").await;
+    assert_eq!(p["data"]["type"], "DELETE");
+    assert!(p["data"]["old_record"]["id"].is_i64());
+    assert!(p["data"]["old_record"].get("body").is_none());
+
+    // Tables without a primary key are reported, not checked.
+    let mut s = Client::connect(&app, &app.service_role_key, "2.0.0").await;
+    pg_join(
+        &mut s,
+        "realtime:nokey",
+        json!([{"event": "INSERT", "schema": "public", "table": "nokey"}]),
+        &app.service_role_key,
+    )
+    .await;
+    db.execute("insert into nokey values (1)", &[])
+        .await
+        .unwrap();
+    let (_, p, _) = s.expect("postgres_changes").await;
+    assert_eq!(
+        p["data"]["errors"],
+        json!(["Error 400: Bad Request, no primary key"])
+    );
+}
+
+#[tokio::test]
+async fn filters_bad_filters_and_resuming_after_the_feed_stops() {
+    let app = change_app().await;
+    let (alice, alice_token) = user(&app);
+    let mut a = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    let reply = a
+        .join(
+            "realtime:f",
+            json!({"postgres_changes": [
+                {"event": "INSERT", "schema": "public", "table": "notes", "filter": "body=in.(keep,also)"},
+                {"event": "INSERT", "schema": "public", "table": "notes", "filter": "body=like.x"}
+            ]}),
+            Some(&alice_token),
+        )
+        .await;
+    assert_eq!(reply["status"], "ok");
+    let (_, system, _) = a.expect("system").await;
+    assert_eq!(system["status"], "error");
+    assert!(
+        system["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error parsing `filter` params")
+    );
+    feed_ready(&app).await;
+    let db = app.db.client().await;
+    for body in ["drop", "keep", "also"] {
+        db.execute(
+            "insert into notes (owner_id, body) values ($1::text::uuid, $2)",
+            &[&alice, &body],
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        a.expect("postgres_changes").await.1["data"]["record"]["body"],
+        "keep"
+    );
+    assert_eq!(
+        a.expect("postgres_changes").await.1["data"]["record"]["body"],
+        "also"
+    );
+
+    // Stop the feed, commit, start it again: nothing committed meanwhile is lost.
+    app.tenant.realtime.stop_feed();
+    for n in 0..5 {
+        db.execute(
+            "insert into notes (owner_id, body) values ($1::text::uuid, $2)",
+            &[&alice, &if n % 2 == 0 { "keep" } else { "also" }],
+        )
+        .await
+        .unwrap();
+    }
+    a.silent("postgres_changes", Duration::from_millis(500))
+        .await;
+    app.tenant.realtime.start_feed(app.db.config());
+    for _ in 0..5 {
+        a.expect("postgres_changes").await;
+    }
+}
+
+#[tokio::test]
+async fn private_channels_follow_policies_on_realtime_messages() {
+    let app = app().await;
+    app.db
+        .client()
+        .await
+        .batch_execute(
+            "create policy read_own on realtime.messages for select to authenticated
+               using (realtime.topic() = 'secret:' || auth.uid()::text);
+             create policy write_own on realtime.messages for insert to authenticated
+               with check (realtime.topic() = 'secret:' || auth.uid()::text);",
+        )
+        .await
+        .unwrap();
+    let (alice, alice_token) = user(&app);
+    let (_, bob_token) = user(&app);
+    let topic = format!("realtime:secret:{alice}");
+    let mut a = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    let mut b = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    let reply = a
+        .join(
+            &topic,
+            json!({"private": true, "broadcast": {"self": true, "ack": true}}),
+            Some(&alice_token),
+        )
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let refused = b
+        .join(&topic, json!({"private": true}), Some(&bob_token))
+        .await;
+    assert_eq!(refused["status"], "error");
+    assert_eq!(
+        refused["response"]["reason"],
+        format!(
+            "Unauthorized: You do not have permissions to read from this Channel topic: secret:{alice}"
+        )
+    );
+    let anon = b.join(&topic, json!({"private": true}), None).await;
+    assert_eq!(anon["status"], "error");
+    // The public channel of the same name is another topic.
+    assert_eq!(
+        b.join(&topic, json!({"private": false}), Some(&bob_token))
+            .await["status"],
+        "ok"
+    );
+
+    let r = a
+        .send(
+            &topic,
+            "broadcast",
+            json!({"type": "broadcast", "event": "e", "payload": {"k": 1}}),
+        )
+        .await;
+    assert_eq!(
+        a.expect("broadcast").await.1["payload"],
+        json!({"k": 1}),
+        "self: the sender hears it, before the ack"
+    );
+    assert_eq!(a.reply(&r).await["status"], "ok");
+    b.silent("broadcast", Duration::from_millis(300)).await;
+
+    // Broadcast from SQL reaches the private subscribers.
+    feed_ready(&app).await;
+    app.db
+        .client()
+        .await
+        .execute(
+            "select realtime.send('{\"from\":\"sql\"}'::jsonb, 'db', $1, true)",
+            &[&format!("secret:{alice}")],
+        )
+        .await
+        .unwrap();
+    let (_, p, _) = a.expect("broadcast").await;
+    assert_eq!(p["event"], "db");
+    assert_eq!(p["payload"]["from"], "sql");
+    assert!(p["payload"]["id"].is_string());
+}
+
+#[tokio::test]
+async fn limits_close_connections_with_a_reason() {
+    init_logs();
+    let mut config = sovra_config::Config::default();
+    config.realtime.max_channels_per_connection = 2;
+    config.realtime.max_events_per_second = 20;
+    config.realtime.idle_timeout = 2;
+    config.realtime.outbound_queue = 8;
+    config.realtime.max_connections = 3;
+    config.realtime.max_frame_size = 2048;
+    let app = TestApp::spawn_with(config).await;
+
+    let mut c = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    assert_eq!(c.join("realtime:a", json!({}), None).await["status"], "ok");
+    assert_eq!(c.join("realtime:b", json!({}), None).await["status"], "ok");
+    let third = c.join("realtime:c", json!({}), None).await;
+    assert_eq!(
+        third["response"]["reason"],
+        "ChannelRateLimitReached: Too many channels"
+    );
+
+    // Too many messages per second.
+    for _ in 0..30 {
+        c.send(
+            "realtime:a",
+            "broadcast",
+            json!({"type": "broadcast", "event": "x", "payload": {}}),
+        )
+        .await;
+    }
+    assert!(c.closed().await.contains("rate limit"));
+
+    // Idle: no heartbeat for longer than the timeout.
+    let mut idle = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    assert!(idle.closed().await.contains("idle"));
+
+    // Frames over the size limit end the connection.
+    let mut big = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    big.send(
+        "realtime:a",
+        "broadcast",
+        json!({"type": "broadcast", "event": "x", "payload": {"p": "y".repeat(4096)}}),
+    )
+    .await;
+    big.closed().await;
+
+    // A consumer that does not read is cut off, not buffered without end.
+    let mut slow = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    slow.join("realtime:flood", json!({}), None).await;
+    let http = reqwest::Client::new();
+    let payload = json!({"blob": "z".repeat(1000)});
+    let messages: Vec<Value> = (0..200)
+        .map(|_| json!({"topic": "flood", "event": "f", "payload": payload}))
+        .collect();
+    for _ in 0..50 {
+        http.post(format!("{}/realtime/v1/api/broadcast", app.url))
+            .header("apikey", &app.service_role_key)
+            .bearer_auth(&app.service_role_key)
+            .json(&json!({"messages": messages}))
+            .send()
+            .await
+            .unwrap();
+    }
+    // Its queue and the TCP buffers are full, so the close frame may not
+    // reach it; the connection ends and the metric counts the cut-off.
+    slow.closed().await;
+    let metrics = http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sovra_realtime_disconnects_total{reason=\"slow_consumer\"}"),
+        "{metrics}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Connection limit.
+    let _held: Vec<Client> = futures_util::future::join_all(
+        (0..3).map(|_| Client::connect(&app, &app.anon_key, "2.0.0")),
+    )
+    .await;
+    let url = format!(
+        "{}/realtime/v1/websocket?apikey={}&vsn=2.0.0",
+        app.url.replace("http", "ws"),
+        app.anon_key
+    );
+    let refused = tokio_tungstenite::connect_async(url).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429)
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+}
