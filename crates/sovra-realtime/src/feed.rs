@@ -334,6 +334,7 @@ impl RealtimeService {
         // Which channels want which change, with which binding ids.
         let mut wanted: Vec<Vec<(Arc<Channel>, Vec<i64>)>> = Vec::with_capacity(txn.changes.len());
         let mut checks: HashMap<(u32, String), (Principal, Vec<usize>)> = HashMap::new();
+        let mut delete_checks: HashMap<(usize, String), Principal> = HashMap::new();
         for (index, change) in txn.changes.iter().enumerate() {
             let mut receivers = Vec::new();
             let rel = &change.rel;
@@ -369,6 +370,11 @@ impl RealtimeService {
                     continue;
                 }
                 let principal = channel.principal();
+                if change.kind == "DELETE" && rel.rls && !principal.is_service() {
+                    delete_checks
+                        .entry((index, principal.rights_key()))
+                        .or_insert_with(|| principal.clone());
+                }
                 if change.kind != "DELETE"
                     && !principal.is_service()
                     && !rel.key_columns().is_empty()
@@ -396,6 +402,19 @@ impl RealtimeService {
                 Err(err) => tracing::debug!(error = %err, "visibility check failed; not delivered"),
             }
         }
+        // Deletes of RLS tables: the old row (REPLICA IDENTITY FULL) is
+        // checked against the table's SELECT policies as each subscriber.
+        for ((index, rights), principal) in &delete_checks {
+            match self.old_row_visible(principal, &txn.changes[*index]).await {
+                Ok(true) => {
+                    visible.insert((*index, rights.clone()));
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::debug!(error = %err, "delete visibility check failed; not delivered")
+                }
+            }
+        }
         let mut delivered = 0u64;
         for (index, change) in txn.changes.iter().enumerate() {
             let rel = &change.rel;
@@ -409,9 +428,12 @@ impl RealtimeService {
             let data = change_data(change, &commit_timestamp);
             for (channel, ids) in &wanted[index] {
                 let principal = channel.principal();
-                let needs_check = change.kind != "DELETE"
-                    && !principal.is_service()
-                    && !rel.key_columns().is_empty();
+                let needs_check = !principal.is_service()
+                    && if change.kind == "DELETE" {
+                        rel.rls
+                    } else {
+                        !rel.key_columns().is_empty()
+                    };
                 if needs_check && !visible.contains(&(index, principal.rights_key())) {
                     continue;
                 }
@@ -461,6 +483,119 @@ impl RealtimeService {
         let body = json!({"type": "broadcast", "event": event, "payload": payload});
         self.hub
             .broadcast(&format!("realtime:{topic}"), private, body, None, None);
+    }
+
+    /// Whether the SELECT policies of a deleted row's table (those that
+    /// apply to the subscriber's role) pass for the old row, evaluated as
+    /// the subscriber over the old values. Without the whole old row
+    /// (REPLICA IDENTITY FULL) the policies cannot be evaluated: not sent.
+    async fn old_row_visible(
+        &self,
+        principal: &Principal,
+        change: &Change,
+    ) -> Result<bool, String> {
+        let rel = &change.rel;
+        if rel.rel.replica_identity != b'f' {
+            return Ok(false);
+        }
+        let Some(old) = &change.old else {
+            return Ok(false);
+        };
+        let mut client = self.pool.get().await.map_err(|err| err.to_string())?;
+        let context = RequestContext {
+            role: principal.role.clone(),
+            claims: principal.claims.clone(),
+            method: "GET".to_owned(),
+            path: "/realtime/v1".to_owned(),
+            headers: Map::new(),
+            search_path: None,
+        };
+        // Policy expressions are the table owner's SQL from the catalog;
+        // the row's values are bound.
+        let policies = {
+            let tx = sovra_pg::begin_request(&mut client, &context, true)
+                .await
+                .map_err(|err| err.to_string())?;
+            let rows = tx
+                .query(
+                    "select p.permissive = 'PERMISSIVE', p.qual from pg_policies p
+                     where p.schemaname = $1 and p.tablename = $2 and p.cmd in ('SELECT', 'ALL')
+                       and (current_user = any(p.roles) or 'public' = any(p.roles)
+                            or exists (select 1 from unnest(p.roles) r where pg_has_role(current_user, r, 'member')))",
+                    &[&rel.rel.schema, &rel.rel.name],
+                )
+                .await
+                .map_err(|err| err.to_string())?;
+            let _ = tx.commit().await;
+            rows.iter()
+                .map(|r| {
+                    (
+                        r.get::<_, bool>(0),
+                        r.get::<_, Option<String>>(1)
+                            .unwrap_or_else(|| "true".to_owned()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let permissive: Vec<&String> = policies
+            .iter()
+            .filter(|(p, _)| *p)
+            .map(|(_, q)| q)
+            .collect();
+        if permissive.is_empty() {
+            return Ok(false);
+        }
+        let restrictive: Vec<&String> = policies
+            .iter()
+            .filter(|(p, _)| !*p)
+            .map(|(_, q)| q)
+            .collect();
+        let mut condition = format!(
+            "(({}))",
+            permissive
+                .iter()
+                .map(|q| q.as_str())
+                .collect::<Vec<_>>()
+                .join(") or (")
+        );
+        for q in restrictive {
+            condition.push_str(&format!(" and ({q})"));
+        }
+        let columns: Vec<String> = rel
+            .rel
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                format!(
+                    "${}::text::{} as {}",
+                    i + 1,
+                    rel.sql_types[i],
+                    quote_ident(&c.name)
+                )
+            })
+            .collect();
+        let values: Vec<Option<String>> = (0..rel.rel.columns.len())
+            .map(|i| match old.get(i) {
+                Some(Datum::Text(t)) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        let sql = format!(
+            "select coalesce(({condition}), false) from (select {}) as t",
+            columns.join(", ")
+        );
+        let tx = sovra_pg::begin_request(&mut client, &context, true)
+            .await
+            .map_err(|err| err.to_string())?;
+        let params: Vec<&(dyn ToSql + Sync)> =
+            values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let row = tx
+            .query_one(&sql, &params)
+            .await
+            .map_err(|err| err.to_string())?;
+        let _ = tx.commit().await;
+        Ok(row.get(0))
     }
 
     /// Which of `indexes` (changes of one table) `principal` can see now.

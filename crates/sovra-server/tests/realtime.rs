@@ -606,7 +606,8 @@ async fn database_changes_in_commit_order_under_rls() {
         Some(100_000)
     );
 
-    // Deletes reach subscribers whose filter passes, key columns only under RLS.
+    // Deletes reach subscribers whose filter passes and whose policy allows
+    // the old row (REPLICA IDENTITY FULL), with key columns only under RLS.
     db.execute("delete from notes where body = 'two'", &[])
         .await
         .unwrap();
@@ -614,6 +615,36 @@ async fn database_changes_in_commit_order_under_rls() {
     assert_eq!(p["data"]["type"], "DELETE");
     assert!(p["data"]["old_record"]["id"].is_i64());
     assert!(p["data"]["old_record"].get("body").is_none());
+    // Bob is not told of Alice's deletes, only of his own.
+    let mut d = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    pg_join(
+        &mut d,
+        "realtime:deletes",
+        json!([{"event": "DELETE", "schema": "public", "table": "notes"}]),
+        &bob_token,
+    )
+    .await;
+    let bobs_id: i64 = db
+        .query_one("select id from notes where body = 'for bob'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    db.execute("delete from notes where body = 'row 2'", &[])
+        .await
+        .unwrap();
+    db.execute("delete from notes where body = 'for bob'", &[])
+        .await
+        .unwrap();
+    let (_, p, _) = d.expect("postgres_changes").await;
+    assert_eq!(p["data"]["type"], "DELETE");
+    assert_eq!(
+        p["data"]["old_record"]["id"], bobs_id,
+        "the first delete bob hears is his own"
+    );
+    d.silent("postgres_changes", Duration::from_millis(300))
+        .await;
+    let (_, p, _) = a.expect("postgres_changes").await;
+    assert_eq!(p["data"]["type"], "DELETE", "alice hears of her row 2");
 
     // Tables without a primary key are reported, not checked.
     let mut s = Client::connect(&app, &app.service_role_key, "2.0.0").await;
