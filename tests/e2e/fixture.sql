@@ -63,3 +63,24 @@ create policy e2e_private_update on storage.objects for update to authenticated
 create policy e2e_private_delete on storage.objects for delete to authenticated
   using (bucket_id = 'e2e-private' and (storage.foldername(name))[1] = auth.uid()::text);
 create policy e2e_buckets_select on storage.buckets for select to authenticated using (true);
+
+-- Realtime (tests/e2e/realtime.test.js): notes each user sees only their own
+-- of, published for postgres_changes with whole old rows (so that deletes can
+-- be checked against the policy too), and private channels `secret:<uid>`
+-- that only that user may read and write.
+create table public.rt_notes (
+  id bigint generated always as identity primary key,
+  owner_id uuid not null default auth.uid(),
+  body text not null
+);
+alter table public.rt_notes replica identity full;
+alter table public.rt_notes enable row level security;
+create policy rt_own on public.rt_notes to authenticated
+  using (owner_id = auth.uid()) with check (owner_id = auth.uid());
+grant select, insert, update, delete on public.rt_notes to authenticated;
+alter publication supabase_realtime add table public.rt_notes;
+
+create policy rt_secret_read on realtime.messages for select to authenticated
+  using (realtime.topic() = 'secret:' || auth.uid()::text);
+create policy rt_secret_write on realtime.messages for insert to authenticated
+  with check (realtime.topic() = 'secret:' || auth.uid()::text);

@@ -10,12 +10,15 @@
 //! transactions), delivers them, and only then advances the slot, so a
 //! restart resumes where it stopped (at least once).
 //!
-//! INSERT and UPDATE are checked against the table's RLS for each group of
-//! subscribers with the same claims, in one query per group and batch
-//! (`select … where exists (select 1 from table where pk = …)` as that
-//! role); rows a subscriber cannot see are not sent to it. DELETE cannot
-//! be checked (the row is gone): it is sent to every subscriber whose
-//! filter passes, with only the key columns when the table has RLS.
+//! Each change is authorised on the changed row itself, not on the table as
+//! it is by the time the change is read (a row inserted and deleted at once
+//! is still judged correctly): the subscriber's role needs SELECT on the
+//! table, and with RLS on, the table's SELECT policies for that role are
+//! evaluated over the row's values as that role with its claims, in one
+//! query per group of subscribers with the same claims and transaction.
+//! Rows a subscriber may not see are not sent to it. Deletes are judged on
+//! the old row, which needs REPLICA IDENTITY FULL; without it a delete
+//! reaches no subscriber of an RLS table (the service role sees all).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -331,10 +334,10 @@ impl RealtimeService {
     async fn deliver(&self, txn: &Txn) {
         let channels = self.hub.pg_channels();
         let commit_timestamp = pgoutput::commit_timestamp(txn.commit_time);
-        // Which channels want which change, with which binding ids.
+        // Which channels want which change, with which binding ids, and
+        // which (change, claims) pairs must pass the table's policies.
         let mut wanted: Vec<Vec<(Arc<Channel>, Vec<i64>)>> = Vec::with_capacity(txn.changes.len());
-        let mut checks: HashMap<(u32, String), (Principal, Vec<usize>)> = HashMap::new();
-        let mut delete_checks: HashMap<(usize, String), Principal> = HashMap::new();
+        let mut groups: HashMap<(u32, String), (Principal, Vec<usize>)> = HashMap::new();
         for (index, change) in txn.changes.iter().enumerate() {
             let mut receivers = Vec::new();
             let rel = &change.rel;
@@ -370,16 +373,8 @@ impl RealtimeService {
                     continue;
                 }
                 let principal = channel.principal();
-                if change.kind == "DELETE" && rel.rls && !principal.is_service() {
-                    delete_checks
-                        .entry((index, principal.rights_key()))
-                        .or_insert_with(|| principal.clone());
-                }
-                if change.kind != "DELETE"
-                    && !principal.is_service()
-                    && !rel.key_columns().is_empty()
-                {
-                    let entry = checks
+                if !principal.is_service() {
+                    let entry = groups
                         .entry((rel.rel.oid, principal.rights_key()))
                         .or_insert_with(|| (principal.clone(), Vec::new()));
                     if !entry.1.contains(&index) {
@@ -390,28 +385,17 @@ impl RealtimeService {
             }
             wanted.push(receivers);
         }
-        // One visibility query per (table, claims) group.
-        let mut visible: HashSet<(usize, String)> = HashSet::new();
-        for ((_, rights), (principal, indexes)) in &checks {
-            match self.visible(principal, &txn.changes, indexes).await {
+        // One query per (table, claims) group for the whole transaction.
+        let mut allowed: HashSet<(usize, String)> = HashSet::new();
+        for ((_, rights), (principal, indexes)) in &groups {
+            match self.authorize(principal, &txn.changes, indexes).await {
                 Ok(seen) => {
                     for index in seen {
-                        visible.insert((index, rights.clone()));
+                        allowed.insert((index, rights.clone()));
                     }
                 }
-                Err(err) => tracing::debug!(error = %err, "visibility check failed; not delivered"),
-            }
-        }
-        // Deletes of RLS tables: the old row (REPLICA IDENTITY FULL) is
-        // checked against the table's SELECT policies as each subscriber.
-        for ((index, rights), principal) in &delete_checks {
-            match self.old_row_visible(principal, &txn.changes[*index]).await {
-                Ok(true) => {
-                    visible.insert((*index, rights.clone()));
-                }
-                Ok(false) => {}
                 Err(err) => {
-                    tracing::debug!(error = %err, "delete visibility check failed; not delivered")
+                    tracing::debug!(error = %err, "change authorisation failed; not delivered")
                 }
             }
         }
@@ -428,13 +412,7 @@ impl RealtimeService {
             let data = change_data(change, &commit_timestamp);
             for (channel, ids) in &wanted[index] {
                 let principal = channel.principal();
-                let needs_check = !principal.is_service()
-                    && if change.kind == "DELETE" {
-                        rel.rls
-                    } else {
-                        !rel.key_columns().is_empty()
-                    };
-                if needs_check && !visible.contains(&(index, principal.rights_key())) {
+                if !principal.is_service() && !allowed.contains(&(index, principal.rights_key())) {
                     continue;
                 }
                 let payload = json!({"ids": ids, "data": data});
@@ -485,121 +463,14 @@ impl RealtimeService {
             .broadcast(&format!("realtime:{topic}"), private, body, None, None);
     }
 
-    /// Whether the SELECT policies of a deleted row's table (those that
-    /// apply to the subscriber's role) pass for the old row, evaluated as
-    /// the subscriber over the old values. Without the whole old row
-    /// (REPLICA IDENTITY FULL) the policies cannot be evaluated: not sent.
-    async fn old_row_visible(
-        &self,
-        principal: &Principal,
-        change: &Change,
-    ) -> Result<bool, String> {
-        let rel = &change.rel;
-        if rel.rel.replica_identity != b'f' {
-            return Ok(false);
-        }
-        let Some(old) = &change.old else {
-            return Ok(false);
-        };
-        let mut client = self.pool.get().await.map_err(|err| err.to_string())?;
-        let context = RequestContext {
-            role: principal.role.clone(),
-            claims: principal.claims.clone(),
-            method: "GET".to_owned(),
-            path: "/realtime/v1".to_owned(),
-            headers: Map::new(),
-            search_path: None,
-        };
-        // Policy expressions are the table owner's SQL from the catalog;
-        // the row's values are bound.
-        let policies = {
-            let tx = sovra_pg::begin_request(&mut client, &context, true)
-                .await
-                .map_err(|err| err.to_string())?;
-            let rows = tx
-                .query(
-                    "select p.permissive = 'PERMISSIVE', p.qual from pg_policies p
-                     where p.schemaname = $1 and p.tablename = $2 and p.cmd in ('SELECT', 'ALL')
-                       and (current_user = any(p.roles) or 'public' = any(p.roles)
-                            or exists (select 1 from unnest(p.roles) r where pg_has_role(current_user, r, 'member')))",
-                    &[&rel.rel.schema, &rel.rel.name],
-                )
-                .await
-                .map_err(|err| err.to_string())?;
-            let _ = tx.commit().await;
-            rows.iter()
-                .map(|r| {
-                    (
-                        r.get::<_, bool>(0),
-                        r.get::<_, Option<String>>(1)
-                            .unwrap_or_else(|| "true".to_owned()),
-                    )
-                })
-                .collect::<Vec<_>>()
-        };
-        let permissive: Vec<&String> = policies
-            .iter()
-            .filter(|(p, _)| *p)
-            .map(|(_, q)| q)
-            .collect();
-        if permissive.is_empty() {
-            return Ok(false);
-        }
-        let restrictive: Vec<&String> = policies
-            .iter()
-            .filter(|(p, _)| !*p)
-            .map(|(_, q)| q)
-            .collect();
-        let mut condition = format!(
-            "(({}))",
-            permissive
-                .iter()
-                .map(|q| q.as_str())
-                .collect::<Vec<_>>()
-                .join(") or (")
-        );
-        for q in restrictive {
-            condition.push_str(&format!(" and ({q})"));
-        }
-        let columns: Vec<String> = rel
-            .rel
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                format!(
-                    "${}::text::{} as {}",
-                    i + 1,
-                    rel.sql_types[i],
-                    quote_ident(&c.name)
-                )
-            })
-            .collect();
-        let values: Vec<Option<String>> = (0..rel.rel.columns.len())
-            .map(|i| match old.get(i) {
-                Some(Datum::Text(t)) => Some(t.clone()),
-                _ => None,
-            })
-            .collect();
-        let sql = format!(
-            "select coalesce(({condition}), false) from (select {}) as t",
-            columns.join(", ")
-        );
-        let tx = sovra_pg::begin_request(&mut client, &context, true)
-            .await
-            .map_err(|err| err.to_string())?;
-        let params: Vec<&(dyn ToSql + Sync)> =
-            values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let row = tx
-            .query_one(&sql, &params)
-            .await
-            .map_err(|err| err.to_string())?;
-        let _ = tx.commit().await;
-        Ok(row.get(0))
-    }
-
-    /// Which of `indexes` (changes of one table) `principal` can see now.
-    async fn visible(
+    /// Which of `indexes` (changes of one table) `principal` may see,
+    /// judged on the changed row itself (the new row; the old one for
+    /// deletes), not on the table as it is by now: the role needs SELECT on
+    /// the table, and when RLS is on, the SELECT policies that apply to the
+    /// role must pass for the row, evaluated as the subscriber with its
+    /// claims. Deletes can be judged only with the whole old row (REPLICA
+    /// IDENTITY FULL). One query per group.
+    async fn authorize(
         &self,
         principal: &Principal,
         changes: &[Change],
@@ -609,52 +480,6 @@ impl RealtimeService {
             return Ok(Vec::new());
         };
         let rel = &changes[*first].rel;
-        let keys = rel.key_columns();
-        let mut columns: Vec<Vec<Option<String>>> =
-            vec![Vec::with_capacity(indexes.len()); keys.len()];
-        let mut ordinals: Vec<i64> = Vec::with_capacity(indexes.len());
-        for index in indexes {
-            let Some(new) = &changes[*index].new else {
-                continue;
-            };
-            for (k, col) in keys.iter().enumerate() {
-                let value = match new.get(*col) {
-                    Some(Datum::Text(t)) => Some(t.clone()),
-                    _ => None,
-                };
-                columns[k].push(value);
-            }
-            ordinals.push(*index as i64);
-        }
-        // Identifiers come from the decoder's relation message and the
-        // catalog's type names; values are bound.
-        let table = format!(
-            "{}.{}",
-            quote_ident(&rel.rel.schema),
-            quote_ident(&rel.rel.name)
-        );
-        let aliases: Vec<String> = (0..keys.len()).map(|k| format!("k{k}")).collect();
-        let unnest: Vec<String> = (0..keys.len())
-            .map(|k| format!("${}::text[]", k + 1))
-            .collect();
-        let conditions: Vec<String> = keys
-            .iter()
-            .enumerate()
-            .map(|(k, col)| {
-                format!(
-                    "t.{} = x.k{k}::{}",
-                    quote_ident(&rel.rel.columns[*col].name),
-                    rel.sql_types[*col]
-                )
-            })
-            .collect();
-        let sql = format!(
-            "select x.i from unnest({}, ${}::int8[]) as x({}, i) where exists (select 1 from {table} t where {})",
-            unnest.join(", "),
-            keys.len() + 1,
-            aliases.join(", "),
-            conditions.join(" and ")
-        );
         let mut client = self.pool.get().await.map_err(|err| err.to_string())?;
         let context = RequestContext {
             role: principal.role.clone(),
@@ -667,6 +492,109 @@ impl RealtimeService {
         let tx = sovra_pg::begin_request(&mut client, &context, true)
             .await
             .map_err(|err| err.to_string())?;
+        let can_select: bool = tx
+            .query_one(
+                "select has_table_privilege(current_user, $1::oid, 'SELECT')",
+                &[&rel.rel.oid],
+            )
+            .await
+            .map_err(|err| err.to_string())?
+            .get(0);
+        if !can_select {
+            return Ok(Vec::new());
+        }
+        let bypass: bool = tx
+            .query_one(
+                "select rolbypassrls from pg_roles where rolname = current_user",
+                &[],
+            )
+            .await
+            .map_err(|err| err.to_string())?
+            .get(0);
+        if !rel.rls || bypass {
+            return Ok(indexes.to_vec());
+        }
+        // Policy expressions are the table owner's SQL from the catalog;
+        // row values are bound.
+        let policies: Vec<(bool, String)> = tx
+            .query(
+                "select p.permissive = 'PERMISSIVE', coalesce(p.qual, 'true') from pg_policies p
+                 where p.schemaname = $1 and p.tablename = $2 and p.cmd in ('SELECT', 'ALL')
+                   and ('public' = any(p.roles)
+                        or exists (select 1 from unnest(p.roles) r where pg_has_role(current_user, r, 'member')))",
+                &[&rel.rel.schema, &rel.rel.name],
+            )
+            .await
+            .map_err(|err| err.to_string())?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let permissive: Vec<&str> = policies
+            .iter()
+            .filter(|(p, _)| *p)
+            .map(|(_, q)| q.as_str())
+            .collect();
+        if permissive.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut condition = format!("(({}))", permissive.join(") or ("));
+        for (_, q) in policies.iter().filter(|(p, _)| !*p) {
+            condition.push_str(&format!(" and ({q})"));
+        }
+        let n = rel.rel.columns.len();
+        let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(indexes.len()); n];
+        let mut ordinals: Vec<i64> = Vec::with_capacity(indexes.len());
+        for index in indexes {
+            let change = &changes[*index];
+            let tuple = if change.kind == "DELETE" {
+                if rel.rel.replica_identity != b'f' {
+                    continue;
+                }
+                change.old.as_ref()
+            } else {
+                change.new.as_ref()
+            };
+            let Some(tuple) = tuple else { continue };
+            for (i, column) in columns.iter_mut().enumerate() {
+                let value = match tuple.get(i) {
+                    Some(Datum::Text(t)) => Some(t.clone()),
+                    // An unchanged TOASTed value: from the old row if sent.
+                    Some(Datum::Unchanged) => match change.old.as_ref().and_then(|o| o.get(i)) {
+                        Some(Datum::Text(t)) => Some(t.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                column.push(value);
+            }
+            ordinals.push(*index as i64);
+        }
+        if ordinals.is_empty() {
+            return Ok(Vec::new());
+        }
+        let arrays: Vec<String> = (0..n).map(|i| format!("${}::text[]", i + 1)).collect();
+        let names: Vec<String> = (0..n).map(|i| format!("__sovra_c{i}")).collect();
+        let typed: Vec<String> = rel
+            .rel
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                format!(
+                    "x.__sovra_c{i}::{} as {}",
+                    rel.sql_types[i],
+                    quote_ident(&c.name)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "select x.__sovra_i from unnest({}, ${}::int8[]) as x({}, __sovra_i)
+             cross join lateral (select {}) as t where coalesce(({condition}), false)",
+            arrays.join(", "),
+            n + 1,
+            names.join(", "),
+            typed.join(", ")
+        );
         let mut params: Vec<&(dyn ToSql + Sync)> =
             columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         params.push(&ordinals);

@@ -1,0 +1,172 @@
+// Realtime through the real supabase-js client (realtime-js, vsn 2.0.0 with
+// binary broadcast frames), against the running sovra binary that run.sh
+// started with fixture.sql loaded: broadcast between clients, presence,
+// postgres_changes under RLS for rows written through /rest/v1, and private
+// channels authorised by policies on realtime.messages.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { createClient } from '@supabase/supabase-js';
+import ws from 'ws';
+
+const url = process.env.SOVRA_URL;
+const anonKey = process.env.SOVRA_ANON_KEY;
+const serviceKey = process.env.SOVRA_SERVICE_KEY;
+
+const opts = { auth: { persistSession: false, autoRefreshToken: false }, realtime: { transport: ws } };
+// Every client made here is disconnected at the end, whatever failed, so
+// that no open socket keeps node from exiting.
+const made = [];
+const client = () => {
+  const c = createClient(url, anonKey, opts);
+  made.push(c);
+  return c;
+};
+const service = createClient(url, serviceKey, opts);
+made.push(service);
+after(async () => {
+  for (const c of made) {
+    await c.removeAllChannels().catch(() => {});
+    c.realtime.disconnect();
+  }
+});
+const short = () => randomUUID().slice(0, 8);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Resolves with the subscribe() status once it is final.
+function subscribed(channel) {
+  return new Promise((resolve) => {
+    channel.subscribe((status, err) => {
+      if (status === 'SUBSCRIBED' || status === 'CHANNEL_ERROR' || status === 'TIMED_OUT') resolve({ status, err });
+    });
+  });
+}
+
+// Waits until `predicate()` holds (polling), or fails after `ms`.
+async function until(predicate, what, ms = 10000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (predicate()) return;
+    await sleep(25);
+  }
+  assert.fail(`timed out waiting for ${typeof what === 'function' ? what() : what}`);
+}
+
+async function signedIn(tag) {
+  const email = `${tag}-${short()}@example.com`;
+  const made = await service.auth.admin.createUser({ email, password: 'password1', email_confirm: true });
+  assert.equal(made.error, null);
+  const c = client();
+  const { data, error } = await c.auth.signInWithPassword({ email, password: 'password1' });
+  assert.equal(error, null);
+  c.realtime.setAuth(data.session.access_token);
+  return { c, id: data.user.id };
+}
+
+test('two clients exchange broadcasts (self, ack, HTTP send)', async () => {
+  const room = `room-${short()}`;
+  const a = client();
+  const b = client();
+  const got = { a: [], b: [] };
+  const ca = a.channel(room, { config: { broadcast: { self: true, ack: true } } })
+    .on('broadcast', { event: '*' }, (m) => got.a.push(m));
+  const cb = b.channel(room).on('broadcast', { event: 'cursor' }, (m) => got.b.push(m));
+  assert.equal((await subscribed(ca)).status, 'SUBSCRIBED');
+  assert.equal((await subscribed(cb)).status, 'SUBSCRIBED');
+
+  assert.equal(await ca.send({ type: 'broadcast', event: 'cursor', payload: { x: 1 } }), 'ok');
+  await until(() => got.b.length === 1 && got.a.length === 1, 'both hear the cursor');
+  assert.deepEqual(got.b[0].payload, { x: 1 });
+  assert.equal(got.b[0].event, 'cursor');
+
+  // Sent from the server with the service key, over HTTP.
+  const other = service.channel(room);
+  assert.equal(await other.httpSend('cursor', { x: 2 }).then(() => 'ok', (e) => String(e)), 'ok');
+  await until(() => got.b.length === 2, 'the HTTP broadcast');
+  assert.deepEqual(got.b[1].payload, { x: 2 });
+
+  await a.removeAllChannels();
+  await b.removeAllChannels();
+  await service.removeAllChannels();
+});
+
+test('presence syncs between clients and leaves when one goes', async () => {
+  const room = `lobby-${short()}`;
+  const a = client();
+  const b = client();
+  const ca = a.channel(room, { config: { presence: { key: 'alice' } } });
+  ca.on('presence', { event: 'sync' }, () => {});
+  const cb = b.channel(room, { config: { presence: { key: 'bob' } } });
+  const leaves = [];
+  cb.on('presence', { event: 'sync' }, () => {}).on('presence', { event: 'leave' }, ({ key }) => leaves.push(key));
+  assert.equal((await subscribed(ca)).status, 'SUBSCRIBED');
+  assert.equal((await subscribed(cb)).status, 'SUBSCRIBED');
+  assert.equal(await ca.track({ online_at: 'now', name: 'Alice' }), 'ok');
+  assert.equal(await cb.track({ name: 'Bob' }), 'ok');
+  await until(() => cb.presenceState().alice && ca.presenceState().bob, 'both presences');
+  assert.equal(cb.presenceState().alice[0].name, 'Alice');
+  assert.ok(cb.presenceState().alice[0].presence_ref);
+
+  await a.removeChannel(ca);
+  await until(() => leaves.includes('alice'), 'alice leaving');
+  assert.equal(cb.presenceState().alice, undefined);
+  await b.removeAllChannels();
+});
+
+test('postgres_changes: rows written through /rest/v1 reach their owner and nobody else', async () => {
+  const alice = await signedIn('rt-alice');
+  const bob = await signedIn('rt-bob');
+  const seen = { alice: [], bob: [] };
+  const ca = alice.c.channel(`notes-${short()}`)
+    .on('postgres_changes', { event: '*', schema: 'public', table: 'rt_notes' }, (p) => seen.alice.push(p));
+  const cb = bob.c.channel(`notes-${short()}`)
+    .on('postgres_changes', { event: '*', schema: 'public', table: 'rt_notes' }, (p) => seen.bob.push(p));
+  assert.equal((await subscribed(ca)).status, 'SUBSCRIBED');
+  assert.equal((await subscribed(cb)).status, 'SUBSCRIBED');
+  // The feed may still be creating its slot on a fresh server: wait until a
+  // probe row of Bob's comes through before measuring.
+  const probe = await bob.c.from('rt_notes').insert({ body: 'probe' }).select().single();
+  assert.equal(probe.error, null);
+  await until(() => seen.bob.some((p) => p.new.body === 'probe'), 'the change feed', 20000);
+
+  const inserted = await alice.c.from('rt_notes').insert({ body: 'hello' }).select().single();
+  assert.equal(inserted.error, null);
+  const id = inserted.data.id;
+  assert.equal((await alice.c.from('rt_notes').update({ body: 'edited' }).eq('id', id)).error, null);
+  assert.equal((await alice.c.from('rt_notes').delete().eq('id', id)).error, null);
+  await until(() => seen.alice.length >= 3, () => `insert, update and delete (saw ${JSON.stringify(seen.alice)})`);
+  assert.deepEqual(seen.alice.map((p) => p.eventType), ['INSERT', 'UPDATE', 'DELETE']);
+  assert.equal(seen.alice[0].new.body, 'hello');
+  assert.equal(seen.alice[0].new.id, id, 'int8 arrives as a number');
+  assert.equal(seen.alice[0].new.owner_id, alice.id);
+  assert.equal(seen.alice[1].new.body, 'edited');
+  assert.equal(seen.alice[1].old.body, 'hello');
+  assert.equal(seen.alice[2].old.id, id);
+  assert.equal(seen.alice[0].schema, 'public');
+  assert.equal(seen.alice[0].table, 'rt_notes');
+  assert.ok(!Number.isNaN(Date.parse(seen.alice[0].commit_timestamp)));
+
+  await sleep(500);
+  assert.deepEqual(seen.bob.map((p) => p.new?.body ?? p.old?.id), ['probe'], 'bob only ever sees his own row');
+  await alice.c.removeAllChannels();
+  await bob.c.removeAllChannels();
+});
+
+test('private channels: the policy lets its user in and keeps others out', async () => {
+  const alice = await signedIn('rt-priv-a');
+  const bob = await signedIn('rt-priv-b');
+  const topic = `secret:${alice.id}`;
+  const heard = [];
+  const ca = alice.c.channel(topic, { config: { private: true, broadcast: { self: true, ack: true } } })
+    .on('broadcast', { event: 'note' }, (m) => heard.push(m.payload));
+  assert.equal((await subscribed(ca)).status, 'SUBSCRIBED');
+  assert.equal(await ca.send({ type: 'broadcast', event: 'note', payload: { n: 1 } }), 'ok');
+  await until(() => heard.length === 1, 'alice hearing her own note');
+
+  const cb = bob.c.channel(topic, { config: { private: true } });
+  const refused = await subscribed(cb);
+  assert.equal(refused.status, 'CHANNEL_ERROR');
+  assert.match(String(refused.err?.message ?? refused.err), /Unauthorized/);
+  await bob.c.removeAllChannels();
+  await alice.c.removeAllChannels();
+});
