@@ -11,9 +11,16 @@
 //! - `hash`: the reference for `signin`: argon2id verifications per second
 //!   on this machine with Sovra's parameters, no HTTP, no database;
 //! - `put4k`: 4 KiB uploads to `/storage/v1/object/bench/…` (new names);
-//! - `get4k`: downloads of 4 KiB objects uploaded beforehand.
+//! - `get4k`: downloads of 4 KiB objects uploaded beforehand;
+//! - `rt-idle`: `--connections` WebSocket connections held open;
+//! - `rt-broadcast`: `--connections` receivers, one sender at `--rate`
+//!   messages/s, send-to-receipt latency;
+//! - `rt-changes`: `--connections` users, each subscribed to INSERTs on
+//!   `--table` (ids written to `--tokens FILE`), commit-to-receipt latency.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+mod realtime;
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +37,9 @@ enum Mode {
     Sql,
     Put4k,
     Get4k,
+    RtIdle,
+    RtBroadcast,
+    RtChanges,
 }
 
 #[derive(Parser, Debug)]
@@ -46,6 +56,15 @@ struct Args {
     connections: usize,
     #[arg(long, default_value_t = 10)]
     secs: u64,
+    /// rt-broadcast: messages per second from the sender.
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    /// rt-changes: the table to subscribe to.
+    #[arg(long, default_value = "bench_changes")]
+    table: String,
+    /// rt-changes: where to write the subscribing users' ids, one per line.
+    #[arg(long, default_value = "")]
+    tokens: String,
 }
 
 struct Report {
@@ -162,7 +181,7 @@ async fn run(args: Args) -> anyhow::Result<String> {
                     Mode::Signin => client
                         .post(format!("{url}/auth/v1/token?grant_type=password"))
                         .json(&json!({"email": email, "password": "bench-password"})),
-                    Mode::Hash | Mode::Sql | Mode::Put4k | Mode::Get4k => unreachable!(),
+                    _ => unreachable!(),
                 };
                 match request.header("apikey", &anon).send().await {
                     Ok(response) if response.status().is_success() => {
@@ -317,6 +336,31 @@ async fn main() -> anyhow::Result<()> {
         Mode::Hash => hash_rate(args.secs).await,
         Mode::Sql => pg_scripts(&args.url),
         Mode::Put4k | Mode::Get4k => storage(args).await?,
+        Mode::RtIdle => {
+            realtime::idle(&args.url, &args.anon_key, args.connections, args.secs).await?
+        }
+        Mode::RtBroadcast => {
+            realtime::broadcast(
+                &args.url,
+                &args.anon_key,
+                args.connections,
+                args.rate,
+                args.secs,
+            )
+            .await?
+        }
+        Mode::RtChanges => {
+            realtime::changes(
+                &args.url,
+                &args.anon_key,
+                &args.service_key,
+                &args.table,
+                args.connections,
+                &args.tokens,
+                args.secs,
+            )
+            .await?
+        }
         _ => run(args).await?,
     };
     println!("{line}");

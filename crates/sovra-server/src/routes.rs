@@ -392,6 +392,9 @@ pub(crate) async fn realtime_socket(
     upgrade
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
+        // Small buffers: memory per idle connection matters at 100k.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| service.serve(socket, vsn, principal, permit))
 }
 

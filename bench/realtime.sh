@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Realtime: idle connections held and server memory per connection;
+# broadcast fan-out (delivered messages/s, send-to-receipt p50/p99); and
+# database changes delivered per second under RLS (commit-to-receipt p50/p99),
+# with pgbench's insert rate on the same table in the same run as the
+# reference for the change rate. Load comes from `sovra-load rt-*`
+# (bench/load), connecting from several loopback source addresses.
+#
+#   bench/realtime.sh [idle_connections] [receivers] [rate] [subscribers] [seconds]
+#   (defaults: 20000 1000 200 100 10)
+#
+# Prints Markdown rows.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+idle_n="${1:-20000}"; receivers="${2:-1000}"; rate="${3:-200}"; subs="${4:-100}"; secs="${5:-10}"
+command -v pgbench >/dev/null || export PATH="$(pg_config --bindir):$PATH"
+cargo build --release --locked --quiet --bin sovra --bin sovra-load
+bin=./target/release/sovra; load=./target/release/sovra-load
+ulimit -n "$(( idle_n * 2 + 10000 ))" 2>/dev/null || ulimit -n 1048576 2>/dev/null || true
+dir="$(mktemp -d /var/tmp/sovra-bench-XXXXXX)"; chmod 755 "$dir"
+port=54395
+SOVRA_LOG_LEVEL=warn SOVRA_AUTH_RATE_LIMIT_SIGN_IN=0 \
+SOVRA_REALTIME_MAX_EVENTS_PER_SECOND=100000 SOVRA_REALTIME_OUTBOUND_QUEUE=100000 \
+  "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >/dev/null 2>"$dir/err.log" &
+pid=$!
+trap 'kill -INT $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
+url="http://127.0.0.1:$port"
+until curl -fs "$url/ready" >/dev/null 2>&1; do sleep 0.05; done
+keys="$("$bin" keys --json --data-dir "$dir/data")"
+anon="$(echo "$keys" | python3 -c 'import json,sys; print(json.load(sys.stdin)["anon_key"])')"
+service="$(echo "$keys" | python3 -c 'import json,sys; print(json.load(sys.stdin)["service_role_key"])')"
+sock="$dir/data/pg"
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$pid/status"; }
+run_load() { "$load" "$@" --url "$url" --anon-key "$anon" --service-key "$service"; }
+
+echo "| case | sovra | reference |"
+echo "|---|---|---|"
+
+# 1. Idle connections and memory per connection.
+before="$(rss_kib)"
+fifo="$dir/idle.out"; mkfifo "$fifo"
+run_load rt-idle --connections "$idle_n" --secs 5 >"$fifo" 2>"$dir/idle.err" &
+loader=$!
+exec 3<"$fifo"
+read -r line <&3   # READY
+after="$(rss_kib)"
+read -r summary <&3 || true
+wait $loader || true
+exec 3<&-
+per_conn="$(awk -v a="$after" -v b="$before" -v n="$idle_n" 'BEGIN {printf "%.1f", (a - b) / n}')"
+echo "| idle connections (each joined to a channel) | ${summary} | server RSS ${before} KiB idle, ${after} KiB with them: ${per_conn} KiB per connection |"
+
+# 2. Broadcast fan-out: one sender, $receivers receivers on one topic.
+bc="$(run_load rt-broadcast --connections "$receivers" --rate "$rate" --secs "$secs" 2>>"$dir/err.log")"
+echo "| broadcast fan-out: 1 sender at ${rate}/s to ${receivers} receivers (${secs} s) | ${bc} | offered $(( rate * receivers )) deliveries/s |"
+
+# 3. Database changes under RLS: $subs users each subscribed to INSERTs on a
+#    table whose policy shows each only their own rows; pgbench inserts rows
+#    owned round-robin by them, 100 per transaction.
+psql -h "$sock" -U postgres -d postgres -q -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
+create table public.bench_changes (
+  id bigint generated always as identity primary key,
+  owner_id uuid not null,
+  body text not null
+);
+alter table public.bench_changes enable row level security;
+create policy own on public.bench_changes for select to authenticated using (owner_id = auth.uid());
+grant select on public.bench_changes to authenticated;
+alter publication supabase_realtime add table public.bench_changes;
+create table public.bench_owners (n int primary key, id uuid not null);
+SQL
+fifo2="$dir/changes.out"; mkfifo "$fifo2"
+run_load rt-changes --connections "$subs" --tokens "$dir/ids" --secs "$((secs + 5))" >"$fifo2" 2>>"$dir/err.log" &
+loader=$!
+exec 4<"$fifo2"
+read -r line <&4   # READY: users made and subscribed
+awk '{printf "insert into public.bench_owners values (%d, %c%s%c);\n", NR - 1, 39, $1, 39}' "$dir/ids" \
+  | psql -h "$sock" -U postgres -d postgres -q -v ON_ERROR_STOP=1 >/dev/null
+cat >"$dir/insert.sql" <<SQL
+insert into public.bench_changes (owner_id, body)
+select o.id, 'row' from generate_series(1, 100) g join public.bench_owners o on o.n = g % $subs;
+SQL
+tps="$(pgbench -n -h "$sock" -U postgres -d postgres -c 4 -j 2 -T "$secs" -f "$dir/insert.sql" 2>"$dir/pgbench.err" \
+  | awk '/^tps = / {print $3; exit}')"
+read -r changes <&4 || true
+wait $loader || true
+exec 4<&-
+echo "| database changes under RLS: ${subs} subscribers, each sees its own rows (100-row transactions) | ${changes} | rows written: $(awk -v t="$tps" 'BEGIN {printf "%.0f", t * 100}') rows/s (pgbench -c4, ${tps} tx/s of 100 rows) |"
