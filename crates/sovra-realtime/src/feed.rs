@@ -30,8 +30,9 @@ use sovra_pg::tokio_postgres::{self, types::ToSql};
 use sovra_realtime_proto::frame;
 use sovra_realtime_proto::pgoutput::{self, Datum, Decoded, Relation};
 
-use crate::hub::Channel;
+use crate::hub::{Channel, Out};
 use crate::{Principal, RealtimeService};
+use sovra_realtime_proto::frame::Vsn;
 
 /// Serialises slot consumers of one database (`pg_try_advisory_lock`).
 const LEADER_LOCK: i64 = 0x736f_7672_615f_7274; // "sovra_rt"
@@ -209,9 +210,18 @@ impl RealtimeService {
             }
             if let Some(last) = txns.last() {
                 let end = last.end_lsn;
-                for txn in &txns {
-                    self.deliver(txn).await;
+                // The whole batch is authorised and delivered together:
+                // one query per claims group per poll, in commit order.
+                let mut changes = Vec::new();
+                let mut stamps = Vec::new();
+                for txn in txns {
+                    let stamp: Arc<str> = Arc::from(pgoutput::commit_timestamp(txn.commit_time));
+                    for change in txn.changes {
+                        changes.push(change);
+                        stamps.push(stamp.clone());
+                    }
                 }
+                self.deliver(&changes, &stamps).await;
                 client
                     .execute(
                         "select pg_replication_slot_advance($1, $2::text::pg_lsn)",
@@ -330,15 +340,25 @@ impl RealtimeService {
         Ok(txns)
     }
 
-    /// Delivers one transaction's changes in order.
-    async fn deliver(&self, txn: &Txn) {
-        let channels = self.hub.pg_channels();
-        let commit_timestamp = pgoutput::commit_timestamp(txn.commit_time);
+    /// Delivers the changes of a batch of transactions in commit order;
+    /// `stamps[i]` is the commit timestamp of `changes[i]`.
+    async fn deliver(&self, changes: &[Change], stamps: &[Arc<str>]) {
+        // Each subscriber's claims (and their grouping key), read once.
+        let channels: Vec<(Arc<Channel>, Principal, Arc<str>)> = self
+            .hub
+            .pg_channels()
+            .into_iter()
+            .map(|channel| {
+                let principal = channel.principal();
+                let rights: Arc<str> = Arc::from(principal.rights_key());
+                (channel, principal, rights)
+            })
+            .collect();
         // Which channels want which change, with which binding ids, and
         // which (change, claims) pairs must pass the table's policies.
-        let mut wanted: Vec<Vec<(Arc<Channel>, Vec<i64>)>> = Vec::with_capacity(txn.changes.len());
-        let mut groups: HashMap<(u32, String), (Principal, Vec<usize>)> = HashMap::new();
-        for (index, change) in txn.changes.iter().enumerate() {
+        let mut wanted: Vec<Vec<(usize, Vec<i64>)>> = Vec::with_capacity(changes.len());
+        let mut groups: HashMap<(u32, Arc<str>), (Principal, Vec<usize>)> = HashMap::new();
+        for (index, change) in changes.iter().enumerate() {
             let mut receivers = Vec::new();
             let rel = &change.rel;
             if rel.rel.schema == "realtime" && rel.rel.name == "messages" {
@@ -350,7 +370,7 @@ impl RealtimeService {
             } else {
                 change.new.as_ref()
             };
-            for channel in &channels {
+            for (position, (channel, principal, rights)) in channels.iter().enumerate() {
                 let ids: Vec<i64> = channel
                     .pg
                     .iter()
@@ -372,23 +392,22 @@ impl RealtimeService {
                 if ids.is_empty() {
                     continue;
                 }
-                let principal = channel.principal();
                 if !principal.is_service() {
                     let entry = groups
-                        .entry((rel.rel.oid, principal.rights_key()))
+                        .entry((rel.rel.oid, rights.clone()))
                         .or_insert_with(|| (principal.clone(), Vec::new()));
-                    if !entry.1.contains(&index) {
+                    if entry.1.last() != Some(&index) {
                         entry.1.push(index);
                     }
                 }
-                receivers.push((channel.clone(), ids));
+                receivers.push((position, ids));
             }
             wanted.push(receivers);
         }
         // One query per (table, claims) group for the whole transaction.
-        let mut allowed: HashSet<(usize, String)> = HashSet::new();
+        let mut allowed: HashSet<(usize, Arc<str>)> = HashSet::new();
         for ((_, rights), (principal, indexes)) in &groups {
-            match self.authorize(principal, &txn.changes, indexes).await {
+            match self.authorize(principal, changes, indexes).await {
                 Ok(seen) => {
                     for index in seen {
                         allowed.insert((index, rights.clone()));
@@ -400,7 +419,7 @@ impl RealtimeService {
             }
         }
         let mut delivered = 0u64;
-        for (index, change) in txn.changes.iter().enumerate() {
+        for (index, change) in changes.iter().enumerate() {
             let rel = &change.rel;
             if rel.rel.schema == "realtime" && rel.rel.name == "messages" {
                 self.deliver_message(change);
@@ -409,19 +428,23 @@ impl RealtimeService {
             if wanted[index].is_empty() {
                 continue;
             }
-            let data = change_data(change, &commit_timestamp);
-            for (channel, ids) in &wanted[index] {
-                let principal = channel.principal();
-                if !principal.is_service() && !allowed.contains(&(index, principal.rights_key())) {
+            // The data is serialised once; each channel gets its own ids.
+            let data = change_data(change, &stamps[index]).to_string();
+            for (position, ids) in &wanted[index] {
+                let (channel, principal, rights) = &channels[*position];
+                if !principal.is_service() && !allowed.contains(&(index, rights.clone())) {
                     continue;
                 }
-                let payload = json!({"ids": ids, "data": data});
-                if channel.socket.send_message(&frame::push(
-                    &channel.topic,
-                    None,
-                    "postgres_changes",
-                    payload,
-                )) {
+                let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned());
+                let topic = serde_json::to_string(&channel.topic).unwrap_or_default();
+                let payload = format!(r#"{{"ids":{ids},"data":{data}}}"#);
+                let text = match channel.socket.vsn {
+                    Vsn::V1 => format!(
+                        r#"{{"topic":{topic},"event":"postgres_changes","payload":{payload},"ref":null,"join_ref":null}}"#
+                    ),
+                    Vsn::V2 => format!(r#"[null,null,{topic},"postgres_changes",{payload}]"#),
+                };
+                if channel.socket.send(Out::Text(Arc::from(text))) {
                     delivered += 1;
                 }
             }
@@ -492,43 +515,47 @@ impl RealtimeService {
         let tx = sovra_pg::begin_request(&mut client, &context, true)
             .await
             .map_err(|err| err.to_string())?;
-        let can_select: bool = tx
+        // Privilege, RLS bypass and the policies that apply, in one query.
+        // Policy expressions are the table owner's SQL from the catalog;
+        // row values are bound.
+        let meta = tx
             .query_one(
-                "select has_table_privilege(current_user, $1::oid, 'SELECT')",
-                &[&rel.rel.oid],
+                "select has_table_privilege(current_user, $1::oid, 'SELECT'),
+                        (select rolbypassrls from pg_roles where rolname = current_user),
+                        coalesce((select json_agg(json_build_array(p.permissive = 'PERMISSIVE', coalesce(p.qual, 'true')))
+                                  from pg_policies p
+                                  where p.schemaname = $2 and p.tablename = $3 and p.cmd in ('SELECT', 'ALL')
+                                    and ('public' = any(p.roles)
+                                         or exists (select 1 from unnest(p.roles) r
+                                                    where pg_has_role(current_user, r, 'member')))),
+                                 '[]'::json)",
+                &[&rel.rel.oid, &rel.rel.schema, &rel.rel.name],
             )
             .await
-            .map_err(|err| err.to_string())?
-            .get(0);
+            .map_err(|err| err.to_string())?;
+        let can_select: bool = meta.get(0);
+        let bypass: bool = meta.get::<_, Option<bool>>(1).unwrap_or(false);
         if !can_select {
             return Ok(Vec::new());
         }
-        let bypass: bool = tx
-            .query_one(
-                "select rolbypassrls from pg_roles where rolname = current_user",
-                &[],
-            )
-            .await
-            .map_err(|err| err.to_string())?
-            .get(0);
         if !rel.rls || bypass {
             return Ok(indexes.to_vec());
         }
-        // Policy expressions are the table owner's SQL from the catalog;
-        // row values are bound.
-        let policies: Vec<(bool, String)> = tx
-            .query(
-                "select p.permissive = 'PERMISSIVE', coalesce(p.qual, 'true') from pg_policies p
-                 where p.schemaname = $1 and p.tablename = $2 and p.cmd in ('SELECT', 'ALL')
-                   and ('public' = any(p.roles)
-                        or exists (select 1 from unnest(p.roles) r where pg_has_role(current_user, r, 'member')))",
-                &[&rel.rel.schema, &rel.rel.name],
-            )
-            .await
-            .map_err(|err| err.to_string())?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        let policies: Vec<(bool, String)> = meta
+            .get::<_, Value>(2)
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|p| {
+                        (
+                            p[0].as_bool().unwrap_or(false),
+                            p[1].as_str().unwrap_or("false").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let permissive: Vec<&str> = policies
             .iter()
             .filter(|(p, _)| *p)
