@@ -108,8 +108,12 @@ pub(crate) async fn idle(url: &str, key: &str, n: usize, secs: u64) -> anyhow::R
             }
         }));
     }
-    // Wait until every connection is up or failed.
-    while (up.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed)) < n as u64 {
+    // Wait until every connection is up or failed (at most two minutes:
+    // connections stuck in a full accept queue count as not held).
+    let ramp_deadline = Instant::now() + Duration::from_secs(120);
+    while (up.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed)) < n as u64
+        && Instant::now() < ramp_deadline
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ramp = started.elapsed();

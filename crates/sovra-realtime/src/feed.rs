@@ -38,7 +38,7 @@ use sovra_realtime_proto::frame::Vsn;
 const LEADER_LOCK: i64 = 0x736f_7672_615f_7274; // "sovra_rt"
 /// Changes read per poll (whole transactions; PostgreSQL stops at a
 /// transaction boundary once past this).
-const BATCH: i32 = 5000;
+const BATCH: i32 = 20_000;
 const PUBLICATIONS: &str = "supabase_realtime,sovra_realtime_messages";
 
 /// A relation with what delivery needs beyond the decoder's message.
