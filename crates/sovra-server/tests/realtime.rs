@@ -902,3 +902,68 @@ async fn limits_close_connections_with_a_reason() {
         other => panic!("expected 429, got {:?}", other.map(|_| ())),
     }
 }
+
+#[tokio::test]
+async fn a_slot_too_far_behind_is_skipped_and_subscribers_are_told() {
+    init_logs();
+    let mut config = sovra_config::Config::default();
+    // Any lag at all counts as too far: the policy must fire.
+    config.realtime.max_slot_lag = 0;
+    let app = TestApp::spawn_with(config).await;
+    app.db.client().await.batch_execute(FIXTURE).await.unwrap();
+    let mut s = Client::connect(&app, &app.service_role_key, "2.0.0").await;
+    pg_join(
+        &mut s,
+        "realtime:lag",
+        json!([{"event": "*", "schema": "public", "table": "notes"}]),
+        &app.service_role_key,
+    )
+    .await;
+    feed_ready(&app).await;
+    let db = app.db.client().await;
+    db.execute(
+        "insert into notes (owner_id, body) values (gen_random_uuid(), 'x')",
+        &[],
+    )
+    .await
+    .unwrap();
+    // The lag check runs every few seconds; when it finds the slot behind
+    // it skips to the present and says so on every change channel.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    'wait: loop {
+        assert!(tokio::time::Instant::now() < deadline, "no skip notice");
+        // Keep WAL moving so that the slot lags behind it.
+        db.execute(
+            "insert into notes (owner_id, body) values (gen_random_uuid(), 'y')",
+            &[],
+        )
+        .await
+        .unwrap();
+        while let Some(got) = s.next_frame(Duration::from_millis(300)).await {
+            match got {
+                Got::Msg { event, payload, .. }
+                    if event == "system" && payload["status"] == "error" =>
+                {
+                    assert_eq!(payload["extension"], "postgres_changes");
+                    assert!(
+                        payload["message"].as_str().unwrap().contains("skipped"),
+                        "{payload}"
+                    );
+                    break 'wait;
+                }
+                Got::Msg { .. } => {}
+                Got::Closed(reason) => panic!("closed: {reason}"),
+            }
+        }
+    }
+    let metrics = reqwest::get(format!("{}/metrics", app.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sovra_realtime_slot_skips_total"),
+        "{metrics}"
+    );
+}

@@ -179,6 +179,7 @@ pub(crate) async fn receive(
         && length > limit
         && !is_multipart(ctx)
     {
+        drain(body).await;
         return Err(StorageError::too_large());
     }
     let version = new_version();
@@ -193,52 +194,26 @@ pub(crate) async fn receive(
         let mut mime_field: Option<String> = None;
         let mut metadata: Option<Value> = None;
         let mut stored: Option<(u64, String)> = None;
-        loop {
-            let field = match form.next_field().await {
-                Ok(Some(field)) => field,
-                Ok(None) => break,
-                Err(err) => {
-                    if stored.is_some() {
-                        let _ = ctx.service.backend.delete(&path).await;
-                    }
-                    return Err(StorageError::invalid(format!(
-                        "Invalid multipart/form-data body: {err}"
-                    )));
-                }
-            };
-            let name = field.name().unwrap_or("").to_owned();
-            let is_text = field.file_name().is_none()
-                && matches!(name.as_str(), "cacheControl" | "contentType" | "metadata");
-            if is_text {
-                let text = read_text_field(field).await?;
-                match name.as_str() {
-                    "cacheControl" => cache = Some(text),
-                    "contentType" => mime_field = Some(text),
-                    _ => {
-                        let value: Value = serde_json::from_str(&text)
-                            .ok()
-                            .filter(Value::is_object)
-                            .ok_or_else(|| {
-                                StorageError::invalid("metadata must be a JSON object")
-                            })?;
-                        metadata = Some(value);
-                    }
-                }
-                continue;
-            }
+        let read = read_form(
+            ctx,
+            bucket,
+            key,
+            &path,
+            limit,
+            &mut form,
+            &mut cache,
+            &mut mime_field,
+            &mut metadata,
+            &mut stored,
+        )
+        .await;
+        if let Err(err) = read {
             if stored.is_some() {
-                // Only the first file counts; drain the rest.
-                let mut field = field;
-                while let Ok(Some(_)) = field.chunk().await {}
-                continue;
+                let _ = ctx.service.backend.delete(&path).await;
             }
-            let mime = mime_field
-                .clone()
-                .or_else(|| field.content_type().map(ToString::to_string))
-                .unwrap_or_else(|| "application/octet-stream".to_owned());
-            check_mime(bucket, key, &mime)?;
-            let size = write_or_map(ctx, &path, Box::pin(field), limit).await?;
-            stored = Some((size, mime));
+            // Read what the client still sends, so that it gets the answer.
+            drain_form(&mut form).await;
+            return Err(err);
         }
         let Some((size, part_mime)) = stored else {
             return Err(StorageError::no_content());
@@ -261,10 +236,14 @@ pub(crate) async fn receive(
         .filter(|v| !v.is_empty())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    check_mime(bucket, key, &mimetype)?;
-    let user_metadata = match ctx.header("x-metadata") {
-        Some(text) => Some(decode_metadata(text)?),
-        None => None,
+    let user_metadata = match check_mime(bucket, key, &mimetype)
+        .and_then(|()| ctx.header("x-metadata").map(decode_metadata).transpose())
+    {
+        Ok(metadata) => metadata,
+        Err(err) => {
+            drain(body).await;
+            return Err(err);
+        }
     };
     let size = write_or_map(ctx, &path, body.into_data_stream(), limit).await?;
     Ok(NewObject {
@@ -274,6 +253,87 @@ pub(crate) async fn receive(
         size: i64::try_from(size).unwrap_or(i64::MAX),
         version,
     })
+}
+
+/// Reads a multipart form: the text fields, and the first file part
+/// streamed to `path` (later files are skipped).
+#[allow(clippy::too_many_arguments)]
+async fn read_form(
+    ctx: &Ctx<'_>,
+    bucket: &BucketInfo,
+    key: &str,
+    path: &object_store::path::Path,
+    limit: u64,
+    form: &mut multer::Multipart<'_>,
+    cache: &mut Option<String>,
+    mime_field: &mut Option<String>,
+    metadata: &mut Option<Value>,
+    stored: &mut Option<(u64, String)>,
+) -> Result<(), StorageError> {
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(err) => {
+                if stored.is_some() {
+                    let _ = ctx.service.backend.delete(&path).await;
+                }
+                return Err(StorageError::invalid(format!(
+                    "Invalid multipart/form-data body: {err}"
+                )));
+            }
+        };
+        let name = field.name().unwrap_or("").to_owned();
+        let is_text = field.file_name().is_none()
+            && matches!(name.as_str(), "cacheControl" | "contentType" | "metadata");
+        if is_text {
+            let text = read_text_field(field).await?;
+            match name.as_str() {
+                "cacheControl" => *cache = Some(text),
+                "contentType" => *mime_field = Some(text),
+                _ => {
+                    let value: Value = serde_json::from_str(&text)
+                        .ok()
+                        .filter(Value::is_object)
+                        .ok_or_else(|| StorageError::invalid("metadata must be a JSON object"))?;
+                    *metadata = Some(value);
+                }
+            }
+            continue;
+        }
+        if stored.is_some() {
+            // Only the first file counts; drain the rest.
+            let mut field = field;
+            while let Ok(Some(_)) = field.chunk().await {}
+            continue;
+        }
+        let mime = mime_field
+            .clone()
+            .or_else(|| field.content_type().map(ToString::to_string))
+            .unwrap_or_else(|| "application/octet-stream".to_owned());
+        check_mime(bucket, key, &mime)?;
+        let size = write_or_map(ctx, path, Box::pin(field), limit).await?;
+        *stored = Some((size, mime));
+    }
+    Ok(())
+}
+
+/// Reads and discards the rest of a request body (up to 8 MiB), so that a
+/// client still sending gets the error answer instead of a reset.
+async fn drain(body: Body) {
+    let _ = axum::body::to_bytes(body, 8 * 1024 * 1024).await;
+}
+
+async fn drain_form(form: &mut multer::Multipart<'_>) {
+    let mut left: usize = 8 * 1024 * 1024;
+    while let Ok(Some(mut field)) = form.next_field().await {
+        while let Ok(Some(chunk)) = field.chunk().await {
+            left = left.saturating_sub(chunk.len());
+            if left == 0 {
+                return;
+            }
+        }
+    }
 }
 
 fn is_multipart(ctx: &Ctx<'_>) -> bool {
@@ -338,8 +398,16 @@ pub(crate) async fn store(
     mode: Mode,
     upsert: bool,
 ) -> Result<String, StorageError> {
-    let Some(bucket) = bucket::lookup(ctx, bucket_id).await? else {
-        return Err(StorageError::bucket_not_found());
+    let bucket = match bucket::lookup(ctx, bucket_id).await {
+        Ok(Some(bucket)) => bucket,
+        Ok(None) => {
+            drain(body).await;
+            return Err(StorageError::bucket_not_found());
+        }
+        Err(err) => {
+            drain(body).await;
+            return Err(err);
+        }
     };
     let small = ctx
         .header("content-length")
@@ -353,6 +421,8 @@ pub(crate) async fn store(
             size: 0,
             version: String::new(),
         };
+        // A refusal now spares the client sending a large body: it is not
+        // drained, the connection just closes after the answer.
         write_row(ctx, who, owner, bucket_id, key, &probe, mode, upsert, false).await?;
     }
     let object = receive(ctx, &bucket, key, body).await?;
