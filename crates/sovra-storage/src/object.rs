@@ -275,9 +275,6 @@ async fn read_form(
             Ok(Some(field)) => field,
             Ok(None) => break,
             Err(err) => {
-                if stored.is_some() {
-                    let _ = ctx.service.backend.delete(&path).await;
-                }
                 return Err(StorageError::invalid(format!(
                     "Invalid multipart/form-data body: {err}"
                 )));
