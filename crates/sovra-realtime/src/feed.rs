@@ -24,6 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use serde_json::{Map, Value, json};
 use sovra_pg::RequestContext;
 use sovra_pg::tokio_postgres::{self, types::ToSql};
@@ -58,6 +59,9 @@ impl RelInfo {
         self.keys.clone()
     }
 }
+
+/// The changes (by index) a group may see, or why that is unknown.
+type Authorized = Result<Vec<usize>, String>;
 
 struct Change {
     rel: Arc<RelInfo>,
@@ -406,8 +410,22 @@ impl RealtimeService {
         }
         // One query per (table, claims) group for the whole transaction.
         let mut allowed: HashSet<(usize, Arc<str>)> = HashSet::new();
-        for ((_, rights), (principal, indexes)) in &groups {
-            match self.authorize(principal, changes, indexes).await {
+        // Groups are authorised a few at a time, each on its own pooled
+        // connection, so that their round trips overlap.
+        let work: Vec<(Arc<str>, Principal, Vec<usize>)> = groups
+            .into_iter()
+            .map(|((_, rights), (principal, indexes))| (rights, principal, indexes))
+            .collect();
+        let results: Vec<(Arc<str>, Authorized)> = futures_util::stream::iter(work)
+            .map(|(rights, principal, indexes)| async move {
+                let result = self.authorize(&principal, changes, &indexes).await;
+                (rights, result)
+            })
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        for (rights, result) in results {
+            match result {
                 Ok(seen) => {
                     for index in seen {
                         allowed.insert((index, rights.clone()));
