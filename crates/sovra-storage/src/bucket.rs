@@ -12,7 +12,6 @@ use crate::{Ctx, Principal, not_allowed};
 /// A bucket's settings that uploads check.
 #[derive(Clone, Debug)]
 pub(crate) struct BucketInfo {
-    pub public: bool,
     pub file_size_limit: Option<i64>,
     pub allowed_mime_types: Option<Vec<String>>,
 }
@@ -45,16 +44,14 @@ pub(crate) async fn lookup(ctx: &Ctx<'_>, id: &str) -> Result<Option<BucketInfo>
         .run(
             &Principal::service(),
             "bucket.lookup",
-            "select coalesce(public, false), file_size_limit, allowed_mime_types \
-             from storage.buckets where id = $1",
+            "select file_size_limit, allowed_mime_types from storage.buckets where id = $1",
             &[&id],
             true,
         )
         .await?;
     Ok(rows.first().map(|row| BucketInfo {
-        public: row.get(0),
-        file_size_limit: row.get(1),
-        allowed_mime_types: row.get(2),
+        file_size_limit: row.get(0),
+        allowed_mime_types: row.get(1),
     }))
 }
 

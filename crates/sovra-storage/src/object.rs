@@ -5,7 +5,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
-use futures_util::StreamExt as _;
 use serde_json::{Map, Value, json};
 
 use crate::backend::WriteError;
@@ -477,15 +476,28 @@ pub(crate) struct StoredObject {
     pub info: Value,
 }
 
-const OBJECT_SQL: &str = "select o.version, coalesce(o.metadata->>'mimetype', 'application/octet-stream'),
+/// What downloads and `info` read of an object (alias `o`).
+const OBJECT_COLUMNS: &str = "o.version, coalesce(o.metadata->>'mimetype', 'application/octet-stream'),
         coalesce(o.metadata->>'cacheControl', 'no-cache'), coalesce(o.metadata->>'eTag', ''),
         coalesce((o.metadata->>'size')::int8, 0),
         extract(epoch from coalesce(o.updated_at, o.created_at, now()))::float8,
         jsonb_build_object('id', o.id, 'name', o.name, 'version', o.version, 'bucket_id', o.bucket_id,
           'size', (o.metadata->>'size')::int8, 'content_type', o.metadata->>'mimetype',
           'cache_control', o.metadata->>'cacheControl', 'etag', o.metadata->>'eTag',
-          'metadata', o.user_metadata, 'last_modified', o.updated_at, 'created_at', o.created_at)
-   from storage.objects o where o.bucket_id = $1 and o.name = $2";
+          'metadata', o.user_metadata, 'last_modified', o.updated_at, 'created_at', o.created_at)";
+
+fn stored_object(row: &sovra_pg::tokio_postgres::Row, at: usize) -> StoredObject {
+    let version: Option<String> = row.get(at);
+    StoredObject {
+        version: version.unwrap_or_default(),
+        mimetype: row.get(at + 1),
+        cache_control: row.get(at + 2),
+        etag: row.get(at + 3),
+        size: u64::try_from(row.get::<_, i64>(at + 4)).unwrap_or(0),
+        modified: row.get(at + 5),
+        info: row.get(at + 6),
+    }
+}
 
 /// The object's row as `who` may see it.
 pub(crate) async fn find(
@@ -494,42 +506,65 @@ pub(crate) async fn find(
     bucket: &str,
     key: &str,
 ) -> Result<StoredObject, StorageError> {
+    let sql = format!(
+        "select {OBJECT_COLUMNS} from storage.objects o where o.bucket_id = $1 and o.name = $2"
+    );
     let rows = ctx
-        .run(who, "object.get", OBJECT_SQL, &[&bucket, &key], true)
+        .run(who, "object.get", &sql, &[&bucket, &key], true)
         .await?;
-    let Some(row) = rows.first() else {
-        return Err(StorageError::object_not_found());
-    };
-    let version: Option<String> = row.get(0);
-    Ok(StoredObject {
-        version: version.unwrap_or_default(),
-        mimetype: row.get(1),
-        cache_control: row.get(2),
-        etag: row.get(3),
-        size: u64::try_from(row.get::<_, i64>(4)).unwrap_or(0),
-        modified: row.get(5),
-        info: row.get(6),
-    })
+    rows.first()
+        .map(|row| stored_object(row, 0))
+        .ok_or_else(StorageError::object_not_found)
+}
+
+/// An object of a public bucket, read as the service in one query: a
+/// bucket that is missing or not public is `Bucket not found`, as upstream.
+async fn find_public(ctx: &Ctx<'_>, bucket: &str, key: &str) -> Result<StoredObject, StorageError> {
+    let sql = format!(
+        "select coalesce(b.public, false), o.id is not null, {OBJECT_COLUMNS}
+         from storage.buckets b left join storage.objects o on o.bucket_id = b.id and o.name = $2
+         where b.id = $1"
+    );
+    let rows = ctx
+        .run(
+            &Principal::service(),
+            "object.get",
+            &sql,
+            &[&bucket, &key],
+            true,
+        )
+        .await?;
+    match rows.first() {
+        Some(row) if row.get::<_, bool>(0) && row.get::<_, bool>(1) => Ok(stored_object(row, 2)),
+        Some(row) if row.get::<_, bool>(0) => Err(StorageError::object_not_found()),
+        _ => Err(StorageError::bucket_not_found()),
+    }
+}
+
+/// The object as a download or `info` request may see it: from a public
+/// bucket by anyone, otherwise as the caller under RLS.
+async fn find_readable(
+    ctx: &Ctx<'_>,
+    bucket: &str,
+    key: &str,
+    public: bool,
+) -> Result<StoredObject, StorageError> {
+    if public {
+        find_public(ctx, bucket, key).await
+    } else {
+        find(ctx, &ctx.caller()?, bucket, key).await
+    }
 }
 
 /// `GET`/`HEAD /object/[public|authenticated/]{bucket}/{key}`.
 pub(crate) async fn download(
     ctx: &Ctx<'_>,
-    bucket_id: &str,
+    bucket: &str,
     key: &str,
     public: bool,
 ) -> Result<Response, StorageError> {
-    let object = if public {
-        match bucket::lookup(ctx, bucket_id).await? {
-            Some(bucket) if bucket.public => {}
-            _ => return Err(StorageError::bucket_not_found()),
-        }
-        find(ctx, &Principal::service(), bucket_id, key).await?
-    } else {
-        let caller = ctx.caller()?;
-        find(ctx, &caller, bucket_id, key).await?
-    };
-    serve(ctx, &object, key, None).await
+    let object = find_readable(ctx, bucket, key, public).await?;
+    serve(ctx, &object, None).await
 }
 
 /// Sends an object's bytes (or the requested range, or 304) with the
@@ -538,7 +573,6 @@ pub(crate) async fn download(
 pub(crate) async fn serve(
     ctx: &Ctx<'_>,
     object: &StoredObject,
-    key: &str,
     expires: Option<i64>,
 ) -> Result<Response, StorageError> {
     let modified = std::time::UNIX_EPOCH
@@ -567,15 +601,9 @@ pub(crate) async fn serve(
     put(header::ACCEPT_RANGES, "bytes");
     put(header::HeaderName::from_static("x-robots-tag"), "none");
     if let Some(name) = ctx.query("download") {
-        let file = if name.is_empty() {
-            String::new()
-        } else {
-            name.to_owned()
-        };
-        let _ = key;
         put(
             header::CONTENT_DISPOSITION,
-            &names::content_disposition(&file),
+            &names::content_disposition(name),
         );
     }
     // Conditional requests.
@@ -643,19 +671,11 @@ pub(crate) async fn serve(
 /// `GET /object/info/[authenticated|public/]{bucket}/{key}`.
 pub(crate) async fn info(
     ctx: &Ctx<'_>,
-    bucket_id: &str,
+    bucket: &str,
     key: &str,
     public: bool,
 ) -> Result<Response, StorageError> {
-    let object = if public {
-        match bucket::lookup(ctx, bucket_id).await? {
-            Some(bucket) if bucket.public => {}
-            _ => return Err(StorageError::bucket_not_found()),
-        }
-        find(ctx, &Principal::service(), bucket_id, key).await?
-    } else {
-        find(ctx, &ctx.caller()?, bucket_id, key).await?
-    };
+    let object = find_readable(ctx, bucket, key, public).await?;
     Ok(axum::Json(object.info).into_response())
 }
 
@@ -1040,11 +1060,4 @@ pub(crate) async fn delete_one(
         return Err(StorageError::object_not_found());
     }
     Ok(axum::Json(json!({"message": "Successfully deleted"})).into_response())
-}
-
-#[allow(dead_code)]
-fn _assert_stream_type(
-    stream: futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>,
-) {
-    let _ = stream.boxed();
 }

@@ -179,7 +179,7 @@ async fn download(ctx: &Ctx<'_>, bucket: &str, key: &str) -> Result<Response, St
     let url = format!("{bucket}/{key}");
     let (_, exp) = verify(ctx, ctx.query("token"), &url, "download")?;
     let object = object::find(ctx, &Principal::service(), bucket, key).await?;
-    object::serve(ctx, &object, key, Some(exp)).await
+    object::serve(ctx, &object, Some(exp)).await
 }
 
 /// `POST /object/upload/sign/{bucket}/{key}`: the caller must be allowed

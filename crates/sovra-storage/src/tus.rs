@@ -387,8 +387,7 @@ async fn append_leased(
     body: Body,
     offset: Option<u64>,
 ) -> Result<bool, StorageError> {
-    let who = allowed(ctx, upload)?;
-    let _ = who;
+    allowed(ctx, upload)?;
     if let Some(offset) = offset
         && i64::try_from(offset).ok() != Some(upload.offset)
     {

@@ -227,7 +227,7 @@ impl Drop for TestDb {
                                 &[&name],
                             )
                             .await;
-                        let left = client
+                        let _ = client
                             .query_one(
                                 "select count(*) from (select pg_drop_replication_slot(slot_name)
                                    from pg_replication_slots where database = $1 and not active) d",
@@ -239,7 +239,6 @@ impl Drop for TestDb {
                             .await
                             .map(|row| row.get::<_, i64>(0))
                             .unwrap_or(0);
-                        let _ = left;
                         if remaining == 0 {
                             break;
                         }
