@@ -74,6 +74,25 @@ struct Report {
 }
 
 impl Report {
+    /// Waits for the closed-loop tasks and merges what they measured.
+    async fn gather(
+        tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, usize)>>,
+        started: Instant,
+    ) -> anyhow::Result<String> {
+        let mut report = Report {
+            latencies: Vec::new(),
+            errors: 0,
+            elapsed: Duration::ZERO,
+        };
+        for task in tasks {
+            let (l, e) = task.await?;
+            report.latencies.extend(l);
+            report.errors += e;
+        }
+        report.elapsed = started.elapsed();
+        Ok(report.line())
+    }
+
     fn line(mut self) -> String {
         self.latencies.sort();
         let n = self.latencies.len();
@@ -197,18 +216,7 @@ async fn run(args: Args) -> anyhow::Result<String> {
             (latencies, errors)
         }));
     }
-    let mut report = Report {
-        latencies: Vec::new(),
-        errors: 0,
-        elapsed: Duration::ZERO,
-    };
-    for task in tasks {
-        let (l, e) = task.await?;
-        report.latencies.extend(l);
-        report.errors += e;
-    }
-    report.elapsed = started.elapsed();
-    Ok(report.line())
+    Report::gather(tasks, started).await
 }
 
 /// Small-object storage load: uploads of 4 KiB under new names, or
@@ -282,18 +290,7 @@ async fn storage(args: Args) -> anyhow::Result<String> {
             (latencies, errors)
         }));
     }
-    let mut report = Report {
-        latencies: Vec::new(),
-        errors: 0,
-        elapsed: Duration::ZERO,
-    };
-    for task in tasks {
-        let (l, e) = task.await?;
-        report.latencies.extend(l);
-        report.errors += e;
-    }
-    report.elapsed = started.elapsed();
-    Ok(report.line())
+    Report::gather(tasks, started).await
 }
 
 /// argon2id verifications per second with Sovra's hasher, as many at once

@@ -325,9 +325,13 @@ impl RealtimeService {
                         txns.push(txn);
                     }
                 }
+                // Every poll announces its relations again; the catalog is
+                // read only when one is new or its shape changed.
                 Decoded::Relation(rel) => {
-                    let info = describe(client, rel).await?;
-                    relations.insert(info.rel.oid, Arc::new(info));
+                    if relations.get(&rel.oid).is_none_or(|known| known.rel != rel) {
+                        let info = describe(client, rel).await?;
+                        relations.insert(info.rel.oid, Arc::new(info));
+                    }
                 }
                 Decoded::Insert { relation, new } => {
                     push_change(&mut current, relations, relation, "INSERT", Some(new), None)

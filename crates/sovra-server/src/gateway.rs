@@ -78,15 +78,30 @@ pub(crate) fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A query parameter, percent-decoded.
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| sovra_rest_grammar::decode_component(value))
+    })
+}
+
 /// The `apikey` header, else the `apikey` query parameter.
 fn api_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(value) = headers.get("apikey") {
         return value.to_str().ok().map(str::to_owned);
     }
-    query?.split('&').find_map(|pair| {
-        let (name, value) = pair.split_once('=')?;
-        (name == "apikey").then(|| sovra_rest_grammar::decode_component(value))
-    })
+    query_param(query, "apikey")
+}
+
+/// The role and claims a live Sovra API key (`sovra_sk_…`) stands for.
+pub(crate) fn api_key_claims(tenant: &Tenant, key: &str) -> Option<(String, Map<String, Value>)> {
+    let found = tenant.auth.api_keys.lookup(key)?;
+    let mut claims = Map::new();
+    claims.insert("role".to_owned(), Value::String(found.role.clone()));
+    claims.insert("api_key_id".to_owned(), Value::String(found.id.to_string()));
+    claims.insert("api_key_name".to_owned(), Value::String(found.name.clone()));
+    Some((found.role, claims))
 }
 
 /// The bearer token of the `Authorization` header (scheme case-insensitive).
@@ -128,14 +143,10 @@ pub fn check_api_key(
         }
         return Ok((None, None));
     };
-    if let Some(found) = tenant.auth.api_keys.lookup(key) {
-        let mut claims = Map::new();
-        claims.insert("role".to_owned(), Value::String(found.role.clone()));
-        claims.insert("api_key_id".to_owned(), Value::String(found.id.to_string()));
-        claims.insert("api_key_name".to_owned(), Value::String(found.name.clone()));
+    if let Some((role, claims)) = api_key_claims(tenant, key) {
         let caller = Caller {
             tenant: tenant.clone(),
-            role: found.role,
+            role,
             claims,
         };
         return Ok((None, Some(caller)));

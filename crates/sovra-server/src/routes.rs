@@ -318,14 +318,8 @@ fn realtime_principal(
     let Some(key) = key.filter(|k| !k.is_empty()) else {
         return Err((StatusCode::UNAUTHORIZED, "API key is missing"));
     };
-    if let Some(found) = tenant.auth.api_keys.lookup(key) {
-        let mut claims = serde_json::Map::new();
-        claims.insert("role".to_owned(), json!(found.role));
-        claims.insert("api_key_id".to_owned(), json!(found.id.to_string()));
-        return Ok(sovra_realtime::Principal {
-            role: found.role,
-            claims,
-        });
+    if let Some((role, claims)) = crate::gateway::api_key_claims(tenant, key) {
+        return Ok(sovra_realtime::Principal { role, claims });
     }
     match tenant.keys.verify(key, crate::gateway::now()) {
         Ok(verified) => Ok(sovra_realtime::Principal {
@@ -341,13 +335,6 @@ fn realtime_principal(
             "The token provided is not a valid JWT",
         )),
     }
-}
-
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == name).then(|| sovra_rest_grammar::decode_component(value))
-    })
 }
 
 /// `GET /realtime/v1/websocket`: Phoenix channels over WebSocket.
@@ -369,12 +356,14 @@ pub(crate) async fn realtime_socket(
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| query_param(query, "apikey"));
+        .or_else(|| crate::gateway::query_param(query, "apikey"));
     let principal = match realtime_principal(&tenant, key.as_deref()) {
         Ok(principal) => principal,
         Err((status, message)) => return realtime_error(status, message),
     };
-    let Some(vsn) = sovra_realtime::Vsn::parse(query_param(query, "vsn").as_deref()) else {
+    let Some(vsn) =
+        sovra_realtime::Vsn::parse(crate::gateway::query_param(query, "vsn").as_deref())
+    else {
         return realtime_error(
             StatusCode::BAD_REQUEST,
             "Unsupported protocol version (vsn)",
@@ -434,7 +423,8 @@ pub(crate) async fn realtime_broadcast(
         };
         let topic = sovra_rest_grammar::decode_component(topic);
         let event = sovra_rest_grammar::decode_component(event);
-        let private = query_param(uri.query(), "private").as_deref() == Some("true");
+        let private =
+            crate::gateway::query_param(uri.query(), "private").as_deref() == Some("true");
         let binary = headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
