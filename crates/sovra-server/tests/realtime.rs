@@ -787,6 +787,56 @@ async fn private_channels_follow_policies_on_realtime_messages() {
     assert_eq!(a.reply(&r).await["status"], "ok");
     b.silent("broadcast", Duration::from_millis(300)).await;
 
+    // Over HTTP, a private message needs the topic's write policy: Bob's
+    // is dropped, Alice's arrives.
+    let http = reqwest::Client::new();
+    for (token, event) in [(&bob_token, "from-bob"), (&alice_token, "from-alice")] {
+        let sent = http
+            .post(format!("{}/realtime/v1/api/broadcast", app.url))
+            .header("apikey", &app.anon_key)
+            .bearer_auth(token)
+            .json(&json!({"messages": [{"topic": format!("secret:{alice}"), "event": event, "payload": {}, "private": true}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 202);
+    }
+    assert_eq!(
+        a.expect("broadcast").await.1["event"],
+        "from-alice",
+        "bob's message never arrives"
+    );
+
+    // A forged token sent on a live channel closes it with a reason.
+    a.send(
+        &topic,
+        "access_token",
+        json!({"access_token": format!("{alice_token}x")}),
+    )
+    .await;
+    let (_, system, _) = a.expect("system").await;
+    assert_eq!(system["status"], "error");
+    assert!(
+        system["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("InvalidJWTToken"),
+        "{system}"
+    );
+    a.expect("phx_close").await;
+    let r = a
+        .send(
+            &topic,
+            "broadcast",
+            json!({"type": "broadcast", "event": "e", "payload": {}}),
+        )
+        .await;
+    assert_eq!(a.reply(&r).await["response"]["reason"], "unmatched topic");
+    let reply = a
+        .join(&topic, json!({"private": true}), Some(&alice_token))
+        .await;
+    assert_eq!(reply["status"], "ok", "a fresh token joins again");
+
     // Broadcast from SQL reaches the private subscribers.
     feed_ready(&app).await;
     app.db

@@ -796,6 +796,27 @@ async fn rls_keeps_each_user_in_their_folder() {
     ))
     .await;
     assert_eq!(anon_read.logical(), "404");
+    // An expired or forged token is refused outright, even for one's own folder.
+    let now = TestApp::now();
+    let expired = st
+        .app
+        .sign(json!({"sub": alice, "role": "authenticated", "iat": now - 7200, "exp": now - 3600}));
+    for token in [expired, format!("{alice_token}x")] {
+        let refused = st
+            .upload(
+                Method::POST,
+                &format!("private/{alice}/late.txt"),
+                &token,
+                b"x",
+                "text/plain",
+            )
+            .await;
+        assert_eq!(
+            (refused.status, refused.logical()),
+            (StatusCode::BAD_REQUEST, "403".to_owned())
+        );
+        assert_eq!(refused.json()["code"], "AccessDenied");
+    }
 
     // Alice still has it, untouched, and can move it within her folder
     // but not into Bob's.
@@ -1088,6 +1109,18 @@ async fn listing_folders_search_sort_and_pages() {
         .json();
     assert_eq!(next["hasNext"], false);
     assert_eq!(next["objects"][0]["key"], "a/two.txt");
+    let bad_cursor = st
+        .call(
+            Method::POST,
+            "/object/list-v2/l",
+            &service,
+            Some(json!({"prefix": "a/", "cursor": "%%%"})),
+        )
+        .await;
+    assert_eq!(
+        (bad_cursor.logical(), bad_cursor.json()["message"].clone()),
+        ("400".to_owned(), json!("Invalid cursor"))
+    );
 }
 
 #[tokio::test]
@@ -1596,6 +1629,28 @@ async fn resumable_uploads_survive_a_dropped_connection() {
         .await
         .unwrap();
     assert_ne!(bob_patch.status, StatusCode::NO_CONTENT);
+    // Chunks must be sent as offset streams, to an upload that exists.
+    let wrong_type = St::send(
+        st.http
+            .patch(format!("{}{location}", st.app.url))
+            .bearer_auth(&alice_token)
+            .header("upload-offset", chunk.to_string())
+            .header("content-type", "text/plain")
+            .body("x"),
+    )
+    .await;
+    assert_eq!(wrong_type.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let unknown = tus_patch(
+        &st,
+        &format!("/storage/v1/upload/resumable/{}", uuid::Uuid::new_v4()),
+        &alice_token,
+        0,
+        vec![1],
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(unknown.logical(), "404");
     // Resume, with a wrong offset first.
     let wrong = tus_patch(
         &st,
