@@ -479,6 +479,30 @@ pub const OPTIONS: &[OptionDoc] = &[
         default: "1073741824",
         doc: "Bytes of WAL the change feed's replication slot may fall behind; past it the feed skips to the present and tells subscribers (`system` error), so the slot never holds the disk hostage.",
     },
+    OptionDoc {
+        key: "realtime.catchup_window",
+        kind: Kind::Integer,
+        default: "300",
+        doc: "Seconds of database changes each instance keeps in memory, so that a client rejoining with `since` (a `commit_timestamp` it saw) catches up on what it missed; 0 turns catch-up off.",
+    },
+    OptionDoc {
+        key: "realtime.catchup_max_changes",
+        kind: Kind::Integer,
+        default: "100000",
+        doc: "Most changes kept for catch-up, whatever their age.",
+    },
+    OptionDoc {
+        key: "realtime.nats_url",
+        kind: Kind::String,
+        default: "",
+        doc: "NATS server (`nats://host:4222`) joining several Sovra instances: broadcast, presence and database changes then reach clients on every instance. Empty: one instance, fan-out in process.",
+    },
+    OptionDoc {
+        key: "realtime.nats_subject",
+        kind: Kind::String,
+        default: "\"sovra.realtime\"",
+        doc: "NATS subject prefix (the tenant id is appended); instances of different deployments sharing one NATS server need different prefixes.",
+    },
 ];
 
 /// The whole configuration, after defaults, file, environment and flags.
@@ -507,6 +531,10 @@ pub struct RealtimeConfig {
     pub outbound_queue: u64,
     pub idle_timeout: u64,
     pub max_slot_lag: u64,
+    pub catchup_window: u64,
+    pub catchup_max_changes: u64,
+    pub nats_url: String,
+    pub nats_subject: String,
 }
 
 impl Default for RealtimeConfig {
@@ -519,6 +547,10 @@ impl Default for RealtimeConfig {
             outbound_queue: 1024,
             idle_timeout: 60,
             max_slot_lag: 1 << 30,
+            catchup_window: 300,
+            catchup_max_changes: 100_000,
+            nats_url: String::new(),
+            nats_subject: "sovra.realtime".to_owned(),
         }
     }
 }
@@ -1131,6 +1163,27 @@ impl Config {
                 "must be at least 1024 bytes",
             ));
         }
+        if !realtime.nats_url.is_empty()
+            && !["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|scheme| realtime.nats_url.starts_with(scheme))
+        {
+            return Err(ConfigError::invalid(
+                "realtime.nats_url",
+                "must be a nats:// (or tls://, ws://, wss://) URL",
+            ));
+        }
+        if realtime.nats_subject.is_empty()
+            || realtime
+                .nats_subject
+                .split('.')
+                .any(|part| part.is_empty() || part.contains(['*', '>', ' ']))
+        {
+            return Err(ConfigError::invalid(
+                "realtime.nats_subject",
+                "must be dot-separated tokens without wildcards or spaces",
+            ));
+        }
         Ok(())
     }
 
@@ -1436,6 +1489,18 @@ mod tests {
             ("[jwt]\njwks = \"{}\"\n", "jwt.jwks"),
             ("[jwt]\njwks = \"not json\"\n", "jwt.jwks"),
             ("data_dir = \"\"\n", "data_dir"),
+            (
+                "[realtime]\nnats_url = \"localhost:4222\"\n",
+                "realtime.nats_url",
+            ),
+            (
+                "[realtime]\nnats_subject = \"sovra.*\"\n",
+                "realtime.nats_subject",
+            ),
+            (
+                "[realtime]\nnats_subject = \"a..b\"\n",
+                "realtime.nats_subject",
+            ),
         ];
         for (text, option) in cases {
             let err = load(text, &[]).unwrap_err();

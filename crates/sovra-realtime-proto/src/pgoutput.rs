@@ -3,10 +3,11 @@
 //! 'publication_names', ...)` returns them, one message per row; and the
 //! conversion of their text values to JSON by column type.
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A column of a relation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {
     /// Part of the replica identity (the key sent for deletes).
     pub key: bool,
@@ -15,7 +16,7 @@ pub struct Column {
 }
 
 /// A relation as the decoder announces it before its first change.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Relation {
     pub oid: u32,
     pub schema: String,
@@ -26,7 +27,7 @@ pub struct Relation {
 }
 
 /// One column's value in a tuple.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Datum {
     Null,
     /// A TOASTed value that did not change (not sent).
@@ -268,6 +269,82 @@ pub fn commit_timestamp(pg_micros: i64) -> String {
     )
 }
 
+/// Reads an RFC 3339 timestamp (as `commit_timestamp` writes it, or with
+/// any fraction and a `Z` or `±HH:MM` offset) as microseconds since
+/// 2000-01-01 UTC, PostgreSQL's epoch.
+pub fn parse_timestamp(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    if bytes.len() < 20 || !text.is_ascii() {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = text.get(range)?;
+        if part.bytes().all(|b| b.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
+    };
+    if bytes[4] != b'-' || bytes[7] != b'-' || !matches!(bytes[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if bytes[13] != b':' || bytes[16] != b':' {
+        return None;
+    }
+    let (y, m, d) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hh, mm, ss) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let mut rest = &text[19..];
+    let mut micros = 0i64;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        for (i, b) in fraction.bytes().take(digits).enumerate() {
+            if i < 6 {
+                micros = micros * 10 + i64::from(b - b'0');
+            }
+        }
+        for _ in digits..6 {
+            micros *= 10;
+        }
+        rest = &fraction[digits..];
+    }
+    let offset_secs = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            if rest.len() != 6 || rest.as_bytes()[3] != b':' {
+                return None;
+            }
+            let h: i64 = rest.get(1..3)?.parse().ok()?;
+            let m: i64 = rest.get(4..6)?.parse().ok()?;
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    let days = days_from_civil(y, m, d);
+    let unix = days * 86_400 + hh * 3600 + mm * 60 + ss - offset_secs;
+    Some((unix - PG_EPOCH_UNIX_SECS) * 1_000_000 + micros)
+}
+
+/// A proleptic Gregorian date to days since 1970-01-01 (Howard Hinnant).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -388,6 +465,19 @@ mod tests {
         assert_eq!(decode(b"Yxyz").unwrap(), Decoded::Other(b'Y'));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn timestamps_round_trip(ms in -10_000_000_000_000i64..10_000_000_000_000i64) {
+            let micros = ms * 1000;
+            proptest::prop_assert_eq!(parse_timestamp(&commit_timestamp(micros)), Some(micros));
+        }
+
+        #[test]
+        fn timestamp_parser_never_panics(text in "\\PC{0,40}") {
+            let _ = parse_timestamp(&text);
+        }
+    }
+
     #[test]
     fn timestamps_and_values() {
         assert_eq!(commit_timestamp(0), "2000-01-01T00:00:00.000Z");
@@ -395,6 +485,25 @@ mod tests {
         let unix_ms: i64 = 1_767_607_872_345;
         let pg = (unix_ms - PG_EPOCH_UNIX_SECS * 1000) * 1000;
         assert_eq!(commit_timestamp(pg), "2026-01-05T10:11:12.345Z");
+        assert_eq!(parse_timestamp("2026-01-05T10:11:12.345Z"), Some(pg));
+        assert_eq!(parse_timestamp("2026-01-05T11:11:12.345+01:00"), Some(pg));
+        assert_eq!(
+            parse_timestamp("2026-01-05T10:11:12.3456789Z"),
+            Some(pg + 678)
+        );
+        assert_eq!(parse_timestamp("2000-01-01T00:00:00Z"), Some(0));
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-05T10:11:12Z",
+            "2026-01-05T10:11:12",
+            "2026-01-05T10:11:12.Z",
+            "2026-01-05T10:11:12+0100",
+            "2026-01-05T10:11:1xZ",
+            "2026-01-05T10:11:12.345Zjunk",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
         assert_eq!(json_value("int8", "42"), Value::from(42));
         assert_eq!(json_value("bool", "t"), Value::Bool(true));
         assert_eq!(

@@ -22,6 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
@@ -31,6 +32,7 @@ use sovra_pg::tokio_postgres::{self, types::ToSql};
 use sovra_realtime_proto::frame;
 use sovra_realtime_proto::pgoutput::{self, Datum, Decoded, Relation};
 
+use crate::bus::{Event, RemoteBatch, WireChange, WireRelation};
 use crate::hub::{Channel, Out};
 use crate::{Principal, RealtimeService};
 use sovra_realtime_proto::frame::Vsn;
@@ -63,7 +65,8 @@ impl RelInfo {
 /// The changes (by index) a group may see, or why that is unknown.
 type Authorized = Result<Vec<usize>, String>;
 
-struct Change {
+#[derive(Clone)]
+pub(crate) struct Change {
     rel: Arc<RelInfo>,
     kind: &'static str,
     new: Option<Vec<Datum>>,
@@ -74,6 +77,49 @@ struct Txn {
     commit_time: i64,
     end_lsn: u64,
     changes: Vec<Change>,
+}
+
+/// A catch-up replays from this much before the `since` it is given:
+/// commit timestamps are taken shortly before the commit record is
+/// written, so commit order and timestamp order can differ by a little.
+pub(crate) const CATCHUP_SLACK_MICROS: i64 = 1_000_000;
+
+/// Changes kept for catch-up, oldest first.
+pub(crate) struct Recent {
+    entries: std::collections::VecDeque<RecentChange>,
+    /// Changes committed before this (PostgreSQL microseconds) may be
+    /// missing: evicted, skipped, or from before this instance started.
+    horizon: i64,
+}
+
+impl Recent {
+    pub(crate) fn new() -> Recent {
+        Recent {
+            entries: std::collections::VecDeque::new(),
+            horizon: now_pg_micros(),
+        }
+    }
+}
+
+struct RecentChange {
+    at: Instant,
+    time: i64,
+    stamp: Arc<str>,
+    change: Change,
+}
+
+/// Now in microseconds since 2000-01-01 UTC.
+fn now_pg_micros() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    unix - 946_684_800_000_000
+}
+
+/// An insert into `realtime.messages` (a broadcast from SQL).
+fn is_message(change: &Change) -> bool {
+    change.rel.rel.schema == "realtime" && change.rel.rel.name == "messages"
 }
 
 fn lsn_text(lsn: u64) -> String {
@@ -225,7 +271,8 @@ impl RealtimeService {
                         stamps.push(stamp.clone());
                     }
                 }
-                self.deliver(&changes, &stamps).await;
+                self.share_changes(&changes, &stamps).await;
+                self.deliver(changes, stamps).await;
                 client
                     .execute(
                         "select pg_replication_slot_advance($1, $2::text::pg_lsn)",
@@ -269,6 +316,7 @@ impl RealtimeService {
                 )
                 .await?;
             metrics::counter!("sovra_realtime_slot_skips_total").increment(1);
+            self.forget_recent();
             for channel in self.hub.pg_channels() {
                 let sub = channel
                     .topic
@@ -348,14 +396,154 @@ impl RealtimeService {
         Ok(txns)
     }
 
-    /// Delivers the changes of a batch of transactions in commit order;
+    /// Delivers the changes of a batch of transactions in commit order
+    /// to every subscriber here, and keeps them for catch-up;
     /// `stamps[i]` is the commit timestamp of `changes[i]`.
-    async fn deliver(&self, changes: &[Change], stamps: &[Arc<str>]) {
+    async fn deliver(&self, changes: Vec<Change>, stamps: Vec<Arc<str>>) {
+        let _order = self.delivery.lock().await;
+        let channels = self.hub.pg_channels();
+        let delivered = self.deliver_to(&channels, &changes, &stamps).await;
+        metrics::counter!("sovra_realtime_messages_total", "kind" => "postgres_changes")
+            .increment(delivered);
+        for change in changes.iter().filter(|c| is_message(c)) {
+            self.deliver_message(change);
+        }
+        self.remember(changes, stamps);
+    }
+
+    /// Keeps delivered table changes for catch-up, within the window.
+    fn remember(&self, changes: Vec<Change>, stamps: Vec<Arc<str>>) {
+        let window = self.config.catchup_window;
+        let max = self.config.catchup_max_changes;
+        let Ok(mut recent) = self.recent.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if !window.is_zero() && max > 0 {
+            for (change, stamp) in changes.into_iter().zip(stamps) {
+                if is_message(&change) {
+                    continue;
+                }
+                let time = pgoutput::parse_timestamp(&stamp).unwrap_or(i64::MAX);
+                recent.entries.push_back(RecentChange {
+                    at: now,
+                    time,
+                    stamp,
+                    change,
+                });
+            }
+        }
+        while let Some(front) = recent.entries.front() {
+            if recent.entries.len() <= max && now.duration_since(front.at) <= window {
+                break;
+            }
+            let time = front.time;
+            recent.entries.pop_front();
+            recent.horizon = recent.horizon.max(time.saturating_add(1));
+        }
+    }
+
+    /// Sends `channel` (just joined, not yet given any live change) the
+    /// changes it may see that were committed at or after `since` (less
+    /// [`CATCHUP_SLACK_MICROS`]) and are still kept, then a `system`
+    /// message that says how it went. Holds delivery, so live changes
+    /// follow the replay in order.
+    pub(crate) async fn catch_up(&self, channel: &Arc<Channel>, since: i64) {
+        let from = since.saturating_sub(CATCHUP_SLACK_MICROS);
+        let (changes, stamps, horizon) = {
+            let Ok(recent) = self.recent.lock() else {
+                return;
+            };
+            let mut changes = Vec::new();
+            let mut stamps = Vec::new();
+            for entry in recent.entries.iter().filter(|e| e.time >= from) {
+                changes.push(entry.change.clone());
+                stamps.push(entry.stamp.clone());
+            }
+            (changes, stamps, recent.horizon)
+        };
+        let sub = channel
+            .topic
+            .strip_prefix("realtime:")
+            .unwrap_or(&channel.topic)
+            .to_owned();
+        let system = |status: &str, message: String| {
+            frame::push(
+                &channel.topic,
+                None,
+                "system",
+                json!({"extension": "postgres_changes", "status": status, "message": message, "channel": sub}),
+            )
+        };
+        if self.config.catchup_window.is_zero() {
+            channel.socket.send_message(&system(
+                "error",
+                "Catch-up is off on this server (realtime.catchup_window = 0)".to_owned(),
+            ));
+            return;
+        }
+        if horizon > from {
+            metrics::counter!("sovra_realtime_catchup_total", "result" => "incomplete")
+                .increment(1);
+            channel.socket.send_message(&system(
+                "error",
+                format!(
+                    "Cannot catch up from {}: changes before {} are no longer kept; reload the data",
+                    pgoutput::commit_timestamp(since),
+                    pgoutput::commit_timestamp(horizon)
+                ),
+            ));
+        } else {
+            metrics::counter!("sovra_realtime_catchup_total", "result" => "complete").increment(1);
+        }
+        // In steps the connection's queue can hold, waiting for it to drain.
+        let step = (self.config.outbound_queue / 2).max(1);
+        let mut sent = 0u64;
+        for (chunk, chunk_stamps) in changes.chunks(step).zip(stamps.chunks(step)) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while channel.socket.tx.capacity() < chunk.len().min(step) {
+                if Instant::now() > deadline || channel.socket.tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sent += self
+                .deliver_to(std::slice::from_ref(channel), chunk, chunk_stamps)
+                .await;
+        }
+        metrics::counter!("sovra_realtime_messages_total", "kind" => "catch_up").increment(sent);
+        if horizon <= from {
+            channel.socket.send_message(&system(
+                "ok",
+                format!(
+                    "Caught up on {sent} changes since {}",
+                    pgoutput::commit_timestamp(since)
+                ),
+            ));
+        }
+    }
+
+    /// Forgets what was kept for catch-up (changes were skipped).
+    fn forget_recent(&self) {
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.entries.clear();
+            recent.horizon = now_pg_micros();
+        }
+    }
+
+    /// Delivers table changes to `channels` (those whose bindings want
+    /// them and whose claims pass the table's policies); returns how many
+    /// messages were queued.
+    async fn deliver_to(
+        &self,
+        channels: &[Arc<Channel>],
+        changes: &[Change],
+        stamps: &[Arc<str>],
+    ) -> u64 {
         // Each subscriber's claims (and their grouping key), read once.
-        let channels: Vec<(Arc<Channel>, Principal, Arc<str>)> = self
-            .hub
-            .pg_channels()
-            .into_iter()
+        let channels: Vec<(Arc<Channel>, Principal, Arc<str>)> = channels
+            .iter()
+            .cloned()
             .map(|channel| {
                 let principal = channel.principal();
                 let rights: Arc<str> = Arc::from(principal.rights_key());
@@ -369,7 +557,7 @@ impl RealtimeService {
         for (index, change) in changes.iter().enumerate() {
             let mut receivers = Vec::new();
             let rel = &change.rel;
-            if rel.rel.schema == "realtime" && rel.rel.name == "messages" {
+            if is_message(change) {
                 wanted.push(receivers);
                 continue;
             }
@@ -442,11 +630,6 @@ impl RealtimeService {
         }
         let mut delivered = 0u64;
         for (index, change) in changes.iter().enumerate() {
-            let rel = &change.rel;
-            if rel.rel.schema == "realtime" && rel.rel.name == "messages" {
-                self.deliver_message(change);
-                continue;
-            }
             if wanted[index].is_empty() {
                 continue;
             }
@@ -471,8 +654,141 @@ impl RealtimeService {
                 }
             }
         }
-        metrics::counter!("sovra_realtime_messages_total", "kind" => "postgres_changes")
-            .increment(delivered);
+        delivered
+    }
+
+    /// Publishes a batch to the other instances (in chunks the bus can
+    /// carry), waiting until the bus has it: the slot advances only after.
+    async fn share_changes(&self, changes: &[Change], stamps: &[Arc<str>]) {
+        let bus = self.current_bus();
+        if !bus.is_shared() || changes.is_empty() {
+            return;
+        }
+        // Leave room for the envelope and the relations of a chunk.
+        let budget = bus.max_event_bytes().saturating_sub(4096) / 2;
+        let mut chunk: Vec<WireChange> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        let mut stamp_list: Vec<String> = Vec::new();
+        let mut rels: Vec<Arc<RelInfo>> = Vec::new();
+        for (change, stamp) in changes.iter().zip(stamps) {
+            let wire = WireChange {
+                rel: change.rel.rel.oid,
+                kind: change.kind.to_owned(),
+                new: change.new.clone(),
+                old: change.old.clone(),
+                stamp: 0,
+            };
+            let size = serde_json::to_vec(&wire).map(|v| v.len()).unwrap_or(0) + 64;
+            if size > budget {
+                metrics::counter!("sovra_realtime_bus_dropped_total").increment(1);
+                tracing::warn!(
+                    bytes = size,
+                    "a change too large for the bus reaches this instance's clients only"
+                );
+                continue;
+            }
+            if chunk_bytes + size > budget && !chunk.is_empty() {
+                self.publish_chunk(bus.as_ref(), &mut chunk, &mut stamp_list, &mut rels)
+                    .await;
+                chunk_bytes = 0;
+            }
+            if !rels.iter().any(|r| Arc::ptr_eq(r, &change.rel)) {
+                chunk_bytes += change.rel.rel.columns.len() * 64 + 128;
+                rels.push(change.rel.clone());
+            }
+            if stamp_list.last().map(String::as_str) != Some(stamp.as_ref()) {
+                stamp_list.push(stamp.to_string());
+            }
+            chunk.push(WireChange {
+                stamp: stamp_list.len() - 1,
+                ..wire
+            });
+            chunk_bytes += size;
+        }
+        if !chunk.is_empty() {
+            self.publish_chunk(bus.as_ref(), &mut chunk, &mut stamp_list, &mut rels)
+                .await;
+        }
+    }
+
+    async fn publish_chunk(
+        &self,
+        bus: &dyn crate::bus::Bus,
+        chunk: &mut Vec<WireChange>,
+        stamps: &mut Vec<String>,
+        rels: &mut Vec<Arc<RelInfo>>,
+    ) {
+        let relations = rels
+            .drain(..)
+            .map(|info| WireRelation {
+                rel: info.rel.clone(),
+                type_names: info.type_names.clone(),
+                sql_types: info.sql_types.clone(),
+                rls: info.rls,
+                keys: info.keys.clone(),
+            })
+            .collect();
+        let seq = self.bus_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let event = crate::bus::encode(
+            &self.instance,
+            Event::Changes {
+                seq,
+                relations,
+                stamps: std::mem::take(stamps),
+                changes: std::mem::take(chunk),
+            },
+        );
+        if let Err(err) = bus.publish_durably(event).await {
+            metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+            tracing::warn!(error = %err, "change batch not published on the bus");
+        }
+    }
+
+    /// Delivers a change batch that the slot's consumer published.
+    pub(crate) async fn deliver_remote(&self, batch: RemoteBatch) {
+        let RemoteBatch {
+            relations,
+            stamps,
+            changes: wire,
+        } = batch;
+        let relations: HashMap<u32, Arc<RelInfo>> = relations
+            .into_iter()
+            .map(|r| {
+                (
+                    r.rel.oid,
+                    Arc::new(RelInfo {
+                        rel: r.rel,
+                        type_names: r.type_names,
+                        sql_types: r.sql_types,
+                        rls: r.rls,
+                        keys: r.keys,
+                    }),
+                )
+            })
+            .collect();
+        let stamps: Vec<Arc<str>> = stamps.into_iter().map(Arc::from).collect();
+        let mut changes = Vec::with_capacity(wire.len());
+        let mut change_stamps = Vec::with_capacity(wire.len());
+        for change in wire {
+            let (Some(rel), Some(stamp)) = (relations.get(&change.rel), stamps.get(change.stamp))
+            else {
+                continue;
+            };
+            let kind = match change.kind.as_str() {
+                "INSERT" => "INSERT",
+                "UPDATE" => "UPDATE",
+                "DELETE" => "DELETE",
+                _ => continue,
+            };
+            changes.push(Change {
+                rel: rel.clone(),
+                kind,
+                new: change.new,
+                old: change.old,
+            });
+            change_stamps.push(stamp.clone());
+        }
+        self.deliver(changes, change_stamps).await;
     }
 
     /// A broadcast sent from SQL (`realtime.send`).

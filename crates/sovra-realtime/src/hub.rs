@@ -14,6 +14,7 @@ use sovra_realtime_proto::frame::{self, Message, Vsn};
 use tokio::sync::{Notify, mpsc};
 
 use crate::Principal;
+use crate::bus::PresenceEntry;
 
 /// What a socket's writer sends.
 #[derive(Clone, Debug)]
@@ -119,8 +120,30 @@ pub(crate) fn topic_key(topic: &str, private: bool) -> String {
 #[derive(Debug, Clone)]
 struct Meta {
     phx_ref: String,
+    /// The channel's id on its instance.
     channel: u64,
+    /// The instance holding the channel; `None` for this one.
+    origin: Option<Arc<str>>,
     state: Map<String, Value>,
+}
+
+/// A presence change to pass on to the other instances.
+pub(crate) enum PresenceChange {
+    Track(PresenceEntry),
+    Untrack {
+        topic_key: String,
+        key: String,
+        channel: u64,
+    },
+}
+
+/// The topic (and whether it is private) of a topic key.
+fn split_key(topic_key: &str) -> (&str, bool) {
+    match topic_key.split_once(':') {
+        Some(("private", topic)) => (topic, true),
+        Some((_, topic)) => (topic, false),
+        None => (topic_key, false),
+    }
 }
 
 /// Channels and presence of one tenant.
@@ -162,7 +185,7 @@ impl Hub {
     }
 
     /// Removes a channel (and its presence, announcing the leave).
-    pub(crate) fn remove(&self, channel: &Channel) {
+    pub(crate) fn remove(&self, channel: &Channel) -> Option<PresenceChange> {
         let key = topic_key(&channel.topic, channel.private);
         if let Ok(mut topics) = self.topics.write()
             && let Some(members) = topics.get_mut(&key)
@@ -172,7 +195,7 @@ impl Hub {
                 topics.remove(&key);
             }
         }
-        self.untrack(channel);
+        self.untrack(channel)
     }
 
     pub(crate) fn members(&self, topic: &str, private: bool) -> Vec<Arc<Channel>> {
@@ -285,11 +308,32 @@ impl Hub {
     }
 
     /// Tracks (or re-tracks) a channel's presence with `state`.
-    pub(crate) fn track(&self, channel: &Channel, state: Map<String, Value>) {
-        let key = topic_key(&channel.topic, channel.private);
-        let new = Meta {
-            phx_ref: format!("F{}", uuid::Uuid::new_v4().simple()),
+    pub(crate) fn track(&self, channel: &Channel, state: Map<String, Value>) -> PresenceChange {
+        let entry = PresenceEntry {
+            topic_key: topic_key(&channel.topic, channel.private),
+            key: channel.presence_key.clone(),
             channel: channel.id,
+            phx_ref: format!("F{}", uuid::Uuid::new_v4().simple()),
+            state,
+        };
+        self.apply_track(None, entry.clone());
+        PresenceChange::Track(entry)
+    }
+
+    /// Adds (or replaces) a presence of `origin` (`None`: this instance)
+    /// and sends the diff to the topic's channels here.
+    pub(crate) fn apply_track(&self, origin: Option<Arc<str>>, entry: PresenceEntry) {
+        let PresenceEntry {
+            topic_key: key,
+            key: presence_key,
+            channel,
+            phx_ref,
+            state,
+        } = entry;
+        let new = Meta {
+            phx_ref,
+            channel,
+            origin,
             state,
         };
         let mut leaves = Map::new();
@@ -299,11 +343,14 @@ impl Hub {
                 return;
             };
             let metas = presence
-                .entry(key)
+                .entry(key.clone())
                 .or_default()
-                .entry(channel.presence_key.clone())
+                .entry(presence_key.clone())
                 .or_default();
-            if let Some(index) = metas.iter().position(|m| m.channel == channel.id) {
+            if let Some(index) = metas
+                .iter()
+                .position(|m| m.channel == new.channel && m.origin == new.origin)
+            {
                 let old = metas.remove(index);
                 if let Value::Object(map) = &mut joined {
                     map.insert(
@@ -311,18 +358,16 @@ impl Hub {
                         Value::String(old.phx_ref.clone()),
                     );
                 }
-                leaves.insert(
-                    channel.presence_key.clone(),
-                    json!({"metas": [meta_json(&old)]}),
-                );
+                leaves.insert(presence_key.clone(), json!({"metas": [meta_json(&old)]}));
             }
             metas.push(new);
         }
         let mut joins = Map::new();
-        joins.insert(channel.presence_key.clone(), json!({"metas": [joined]}));
+        joins.insert(presence_key, json!({"metas": [joined]}));
+        let (topic, private) = split_key(&key);
         self.push_all(
-            &channel.topic,
-            channel.private,
+            topic,
+            private,
             "presence_diff",
             json!({"joins": joins, "leaves": leaves}),
         );
@@ -330,41 +375,103 @@ impl Hub {
     }
 
     /// Removes a channel's presence, announcing the leave.
-    pub(crate) fn untrack(&self, channel: &Channel) {
+    pub(crate) fn untrack(&self, channel: &Channel) -> Option<PresenceChange> {
         let key = topic_key(&channel.topic, channel.private);
+        self.apply_untrack(None, &key, &channel.presence_key, channel.id)
+            .then(|| PresenceChange::Untrack {
+                topic_key: key,
+                key: channel.presence_key.clone(),
+                channel: channel.id,
+            })
+    }
+
+    /// Removes a presence of `origin` (`None`: this instance), sending the
+    /// leave to the topic's channels here; `false` when there was none.
+    pub(crate) fn apply_untrack(
+        &self,
+        origin: Option<&Arc<str>>,
+        key: &str,
+        presence_key: &str,
+        channel: u64,
+    ) -> bool {
         let removed = {
             let Ok(mut presence) = self.presence.lock() else {
-                return;
+                return false;
             };
-            let Some(topic) = presence.get_mut(&key) else {
-                return;
+            let Some(topic) = presence.get_mut(key) else {
+                return false;
             };
-            let Some(metas) = topic.get_mut(&channel.presence_key) else {
-                return;
+            let Some(metas) = topic.get_mut(presence_key) else {
+                return false;
             };
-            let Some(index) = metas.iter().position(|m| m.channel == channel.id) else {
-                return;
+            let Some(index) = metas
+                .iter()
+                .position(|m| m.channel == channel && m.origin.as_ref() == origin)
+            else {
+                return false;
             };
             let old = metas.remove(index);
             if metas.is_empty() {
-                topic.remove(&channel.presence_key);
+                topic.remove(presence_key);
             }
             if topic.is_empty() {
-                presence.remove(&key);
+                presence.remove(key);
             }
             old
         };
         let mut leaves = Map::new();
         leaves.insert(
-            channel.presence_key.clone(),
+            presence_key.to_owned(),
             json!({"metas": [meta_json(&removed)]}),
         );
+        let (topic, private) = split_key(key);
         self.push_all(
-            &channel.topic,
-            channel.private,
+            topic,
+            private,
             "presence_diff",
             json!({"joins": {}, "leaves": leaves}),
         );
+        true
+    }
+
+    /// The presence held by `origin` (`None`: this instance).
+    pub(crate) fn presence_of(&self, origin: Option<&Arc<str>>) -> Vec<PresenceEntry> {
+        let Ok(presence) = self.presence.lock() else {
+            return Vec::new();
+        };
+        let mut entries = Vec::new();
+        for (topic_key, keys) in presence.iter() {
+            for (key, metas) in keys {
+                for meta in metas.iter().filter(|m| m.origin.as_ref() == origin) {
+                    entries.push(PresenceEntry {
+                        topic_key: topic_key.clone(),
+                        key: key.clone(),
+                        channel: meta.channel,
+                        phx_ref: meta.phx_ref.clone(),
+                        state: meta.state.clone(),
+                    });
+                }
+            }
+        }
+        entries
+    }
+
+    /// Makes the presence held for `origin` equal to `entries`, sending
+    /// the joins and leaves that takes.
+    pub(crate) fn reconcile(&self, origin: &Arc<str>, entries: Vec<PresenceEntry>) {
+        let known = self.presence_of(Some(origin));
+        for old in &known {
+            if !entries.iter().any(|e| {
+                e.topic_key == old.topic_key && e.key == old.key && e.channel == old.channel
+            }) {
+                self.apply_untrack(Some(origin), &old.topic_key, &old.key, old.channel);
+            }
+        }
+        for entry in entries {
+            if !known.contains(&entry) {
+                self.apply_track(Some(origin.clone()), entry);
+            }
+        }
     }
 }
 

@@ -18,12 +18,14 @@
 //! in `sovra-realtime-proto`.
 
 mod authz;
+pub mod bus;
 pub mod feed;
 mod hub;
 mod socket;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -51,6 +53,11 @@ pub struct RealtimeConfig {
     pub max_slot_lag_bytes: u64,
     /// Name of the logical replication slot.
     pub slot_name: String,
+    /// How long delivered changes are kept for clients that rejoin with
+    /// `since`; zero turns catch-up off.
+    pub catchup_window: Duration,
+    /// Most changes kept for catch-up.
+    pub catchup_max_changes: usize,
 }
 
 impl Default for RealtimeConfig {
@@ -65,6 +72,8 @@ impl Default for RealtimeConfig {
             poll_interval: Duration::from_millis(100),
             max_slot_lag_bytes: 1 << 30,
             slot_name: "sovra_realtime".to_owned(),
+            catchup_window: Duration::from_secs(300),
+            catchup_max_changes: 100_000,
         }
     }
 }
@@ -106,6 +115,17 @@ pub struct RealtimeService {
     feed_source: std::sync::Mutex<Option<sovra_pg::tokio_postgres::Config>>,
     /// The slot the feed consumes, once it leads.
     feed_slot: std::sync::Mutex<Option<String>>,
+    /// This instance's id on the bus.
+    instance: Arc<str>,
+    bus: RwLock<Arc<dyn bus::Bus>>,
+    peers: std::sync::Mutex<HashMap<Arc<str>, bus::Peer>>,
+    /// Change batches this instance published (as slot consumer).
+    bus_seq: AtomicU64,
+    remote_changes: OnceLock<tokio::sync::mpsc::Sender<bus::RemoteBatch>>,
+    /// Held while changes are delivered (and while a catch-up replays), so
+    /// that every subscriber gets them in commit order.
+    delivery: tokio::sync::Mutex<()>,
+    recent: std::sync::Mutex<feed::Recent>,
 }
 
 impl std::fmt::Debug for RealtimeService {
@@ -160,7 +180,79 @@ impl RealtimeService {
             feed: std::sync::Mutex::new(None),
             feed_source: std::sync::Mutex::new(None),
             feed_slot: std::sync::Mutex::new(None),
+            instance: Arc::from(uuid::Uuid::new_v4().to_string()),
+            bus: RwLock::new(Arc::new(bus::LocalBus)),
+            peers: std::sync::Mutex::new(HashMap::new()),
+            bus_seq: AtomicU64::new(0),
+            remote_changes: OnceLock::new(),
+            delivery: tokio::sync::Mutex::new(()),
+            recent: std::sync::Mutex::new(feed::Recent::new()),
         })
+    }
+
+    /// Sends a broadcast to the channels of a topic here (except `skip`)
+    /// and on every other instance; returns how many channels here got it.
+    pub(crate) fn broadcast(
+        &self,
+        topic: &str,
+        private: bool,
+        payload: Value,
+        binary: Option<&[u8]>,
+        skip: Option<u64>,
+    ) -> usize {
+        if !self.current_bus().is_shared() {
+            return self.hub.broadcast(topic, private, payload, binary, skip);
+        }
+        let sent = self
+            .hub
+            .broadcast(topic, private, payload.clone(), binary, skip);
+        self.publish(bus::Event::Broadcast {
+            topic: topic.to_owned(),
+            private,
+            payload,
+            binary: binary.map(bus::encode_binary),
+        });
+        sent
+    }
+
+    /// Tracks a channel's presence here and on the other instances.
+    pub(crate) fn track(&self, channel: &hub::Channel, state: Map<String, Value>) {
+        let change = self.hub.track(channel, state);
+        self.share_presence(Some(change));
+    }
+
+    /// Untracks a channel's presence here and on the other instances.
+    pub(crate) fn untrack(&self, channel: &hub::Channel) {
+        let change = self.hub.untrack(channel);
+        self.share_presence(change);
+    }
+
+    /// Removes a channel (its presence leaves everywhere).
+    pub(crate) fn remove_channel(&self, channel: &hub::Channel) {
+        let change = self.hub.remove(channel);
+        self.share_presence(change);
+    }
+
+    fn share_presence(&self, change: Option<hub::PresenceChange>) {
+        match change {
+            Some(hub::PresenceChange::Track(entry)) => self.publish(bus::Event::Track {
+                topic_key: entry.topic_key,
+                key: entry.key,
+                channel: entry.channel,
+                phx_ref: entry.phx_ref,
+                state: entry.state,
+            }),
+            Some(hub::PresenceChange::Untrack {
+                topic_key,
+                key,
+                channel,
+            }) => self.publish(bus::Event::Untrack {
+                topic_key,
+                key,
+                channel,
+            }),
+            None => {}
+        }
     }
 
     pub fn config(&self) -> &RealtimeConfig {
@@ -270,9 +362,7 @@ impl RealtimeService {
             if let (Some(id), Value::Object(map)) = (id, &mut body) {
                 map.insert("meta".to_owned(), json!({"id": id}));
             }
-            delivered +=
-                self.hub
-                    .broadcast(&format!("realtime:{topic}"), private, body, None, None);
+            delivered += self.broadcast(&format!("realtime:{topic}"), private, body, None, None);
         }
         Ok(delivered)
     }
@@ -304,8 +394,6 @@ impl RealtimeService {
             return Ok(0);
         }
         let body = json!({"type": "broadcast", "event": event, "payload": payload});
-        Ok(self
-            .hub
-            .broadcast(&format!("realtime:{topic}"), private, body, binary, None))
+        Ok(self.broadcast(&format!("realtime:{topic}"), private, body, binary, None))
     }
 }

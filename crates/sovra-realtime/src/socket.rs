@@ -123,7 +123,7 @@ pub(crate) async fn run(
         }
     }
     for channel in connection.channels.values() {
-        service.hub.remove(channel);
+        service.remove_channel(channel);
     }
     writer.abort();
 }
@@ -210,7 +210,7 @@ impl Connection {
                 "phx_close",
                 json!({}),
             ));
-            self.service.hub.remove(&channel);
+            self.service.remove_channel(&channel);
         }
     }
 
@@ -316,8 +316,19 @@ impl Connection {
         let mut bindings = Vec::new();
         let mut echo = Vec::new();
         let mut filter_errors = Vec::new();
+        // `since` (an extension realtime-js passes through untouched): the
+        // commit_timestamp of the last change the client saw.
+        let mut since = None;
         if let Some(list) = config.get("postgres_changes").and_then(Value::as_array) {
             for (index, binding) in list.iter().enumerate() {
+                if let Some(text) = binding.get("since").and_then(Value::as_str) {
+                    match sovra_realtime_proto::pgoutput::parse_timestamp(text) {
+                        Some(time) => since = Some(since.map_or(time, |s: i64| s.min(time))),
+                        None => filter_errors.push(format!(
+                            "since must be an RFC 3339 timestamp (a commit_timestamp), not {text:?}"
+                        )),
+                    }
+                }
                 let binding_id =
                     i64::try_from(id).unwrap_or(0).saturating_mul(1000) + index as i64 + 1;
                 let text = |k: &str| binding.get(k).and_then(Value::as_str).map(str::to_owned);
@@ -352,7 +363,7 @@ impl Connection {
                 "phx_close",
                 json!({}),
             ));
-            self.service.hub.remove(&old);
+            self.service.remove_channel(&old);
         }
         let channel = Arc::new(Channel {
             id,
@@ -367,6 +378,13 @@ impl Connection {
             principal: RwLock::new(principal),
             can_write: Mutex::new(None),
         });
+        // A catch-up holds delivery from before the channel is visible to
+        // the feed until the replay is queued: live changes follow it.
+        let service = self.service.clone();
+        let order = match since {
+            Some(_) if !channel.pg.is_empty() => Some(service.delivery.lock().await),
+            _ => None,
+        };
         self.service.hub.add(channel.clone());
         self.channels.insert(topic.clone(), channel.clone());
         self.send(&status_reply(
@@ -390,6 +408,9 @@ impl Connection {
                 json!({"extension": "postgres_changes", "status": status, "message": text, "channel": sub}),
             ));
         }
+        if let (Some(since), Some(_order)) = (since, order) {
+            self.service.catch_up(&channel, since).await;
+        }
     }
 
     fn leave(&mut self, message: &Message) {
@@ -401,7 +422,7 @@ impl Connection {
                 "phx_close",
                 json!({}),
             ));
-            self.service.hub.remove(&channel);
+            self.service.remove_channel(&channel);
         }
     }
 
@@ -493,7 +514,7 @@ impl Connection {
             return;
         }
         let skip = (!channel.broadcast_self).then_some(channel.id);
-        self.service.hub.broadcast(
+        self.service.broadcast(
             &channel.topic,
             channel.private,
             message.payload.clone(),
@@ -525,11 +546,11 @@ impl Connection {
                     self.error(message, "Unauthorized: You do not have permissions to track presence on this Channel topic");
                     return;
                 }
-                self.service.hub.track(&channel, state);
+                self.service.track(&channel, state);
                 self.ok(message);
             }
             Some("untrack") => {
-                self.service.hub.untrack(&channel);
+                self.service.untrack(&channel);
                 self.ok(message);
             }
             _ => self.error(message, "presence event must be track or untrack"),

@@ -42,6 +42,8 @@ pub enum ServeError {
     Auth(String),
     #[error("storage could not start: {0}")]
     Storage(String),
+    #[error("realtime could not start: {0}")]
+    Realtime(String),
     #[error("embedded postgresql exited unexpectedly; see {0}")]
     ClusterDied(String),
 }
@@ -202,8 +204,16 @@ pub async fn build_tenant(
     let realtime =
         sovra_realtime::RealtimeService::new(realtime_config(config), pool.clone(), verifier);
     realtime.set_feed_source(service.clone());
+    let id = "default".to_owned();
+    if !config.realtime.nats_url.is_empty() {
+        let subject = format!("{}.{id}", config.realtime.nats_subject);
+        realtime
+            .attach_nats(&config.realtime.nats_url, &subject)
+            .await
+            .map_err(ServeError::Realtime)?;
+    }
     Ok(Tenant {
-        id: "default".to_owned(),
+        id,
         storage,
         realtime,
         pool,
@@ -227,6 +237,8 @@ fn realtime_config(config: &Config) -> sovra_realtime::RealtimeConfig {
         outbound_queue: size(realtime.outbound_queue),
         idle_timeout: Duration::from_secs(realtime.idle_timeout),
         max_slot_lag_bytes: realtime.max_slot_lag,
+        catchup_window: Duration::from_secs(realtime.catchup_window),
+        catchup_max_changes: size(realtime.catchup_max_changes),
         ..sovra_realtime::RealtimeConfig::default()
     }
 }
@@ -388,6 +400,9 @@ async fn serve_with(
         () = died => true,
     };
     tracing::info!("shutting down: finishing in-flight requests");
+    for tenant in tenants.all() {
+        tenant.realtime.shutdown().await;
+    }
     let _ = drain_tx.send(());
     let timeout = Duration::from_secs(config.server.shutdown_timeout);
     match tokio::time::timeout(timeout, server).await {

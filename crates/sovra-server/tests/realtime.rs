@@ -1017,3 +1017,331 @@ async fn a_slot_too_far_behind_is_skipped_and_subscribers_are_told() {
         "{metrics}"
     );
 }
+
+/// The changes (by body and type) that arrive before the next `system`
+/// message, and that message.
+async fn changes_until_system(client: &mut Client) -> (Vec<(String, String)>, Value) {
+    let mut seen = Vec::new();
+    loop {
+        let Some(got) = client.next_frame(Duration::from_secs(10)).await else {
+            panic!("no system message after the replay");
+        };
+        match got {
+            Got::Msg { event, payload, .. } if event == "postgres_changes" => {
+                let data = &payload["data"];
+                seen.push((
+                    data["record"]["body"].as_str().unwrap_or("").to_owned(),
+                    data["type"].as_str().unwrap().to_owned(),
+                ));
+            }
+            Got::Msg { event, payload, .. } if event == "system" => return (seen, payload),
+            Got::Msg { .. } => {}
+            Got::Closed(reason) => panic!("closed: {reason}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_rejoins_with_since_catches_up_on_what_it_may_see() {
+    let app = change_app().await;
+    let (alice, alice_token) = user(&app);
+    let (bob, bob_token) = user(&app);
+    let binding = json!([{"event": "*", "schema": "public", "table": "notes"}]);
+    // A service-role observer tells when the feed has delivered.
+    let mut observer = Client::connect(&app, &app.service_role_key, "2.0.0").await;
+    pg_join(
+        &mut observer,
+        "realtime:all",
+        binding.clone(),
+        &app.service_role_key,
+    )
+    .await;
+    let mut a = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    pg_join(&mut a, "realtime:notes", binding.clone(), &alice_token).await;
+    feed_ready(&app).await;
+    // A server keeps only what it delivered: a catch-up reaching (with its
+    // one-second slack) before the server started is reported incomplete.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let db = app.db.client().await;
+    let insert = "insert into notes (owner_id, body) values ($1::text::uuid, $2)";
+    db.execute(insert, &[&alice, &"seen"]).await.unwrap();
+    let (_, seen, _) = a.expect("postgres_changes").await;
+    let since = seen["data"]["commit_timestamp"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    observer.expect("postgres_changes").await;
+    drop(a);
+
+    // While alice is away: hers, bob's (hidden from her), an update of hers.
+    db.execute(insert, &[&alice, &"missed"]).await.unwrap();
+    db.execute(insert, &[&bob, &"bobs"]).await.unwrap();
+    db.execute(
+        "update notes set body = 'missed again' where body = 'missed'",
+        &[],
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        observer.expect("postgres_changes").await;
+    }
+
+    let with_since =
+        |since: &str| json!([{"event": "*", "schema": "public", "table": "notes", "since": since}]);
+    let mut a = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    let reply = a
+        .join(
+            "realtime:notes",
+            json!({"postgres_changes": with_since(&since)}),
+            Some(&alice_token),
+        )
+        .await;
+    assert_eq!(reply["status"], "ok");
+    assert_eq!(
+        reply["response"]["postgres_changes"][0]["since"], since,
+        "the extension key is echoed, so realtime-js matches the binding"
+    );
+    let (_, subscribed, _) = a.expect("system").await;
+    assert_eq!(subscribed["status"], "ok");
+    let (replayed, done) = changes_until_system(&mut a).await;
+    assert_eq!(done["status"], "ok", "{done}");
+    assert!(
+        done["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Caught up on")
+    );
+    // At least once from `since`: the change seen last may come again.
+    let replayed: Vec<_> = replayed.into_iter().filter(|(b, _)| b != "seen").collect();
+    assert_eq!(
+        replayed,
+        vec![
+            ("missed".to_owned(), "INSERT".to_owned()),
+            ("missed again".to_owned(), "UPDATE".to_owned()),
+        ],
+        "alice gets hers, in commit order, and never bob's"
+    );
+    // Live changes follow the replay.
+    db.execute(insert, &[&alice, &"live"]).await.unwrap();
+    assert_eq!(
+        a.expect("postgres_changes").await.1["data"]["record"]["body"],
+        "live"
+    );
+
+    // Bob, rejoining from the same point, gets only his.
+    let mut b = Client::connect(&app, &app.anon_key, "1.0.0").await;
+    b.join(
+        "realtime:notes",
+        json!({"postgres_changes": with_since(&since)}),
+        Some(&bob_token),
+    )
+    .await;
+    b.expect("system").await;
+    let (replayed, done) = changes_until_system(&mut b).await;
+    assert_eq!(done["status"], "ok");
+    assert_eq!(replayed, vec![("bobs".to_owned(), "INSERT".to_owned())]);
+
+    // From before this server kept anything: the client is told to reload.
+    let mut c = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    c.join(
+        "realtime:notes",
+        json!({"postgres_changes": with_since("2000-01-01T00:00:00.000Z")}),
+        Some(&alice_token),
+    )
+    .await;
+    c.expect("system").await;
+    let (_, error, _) = c.expect("system").await;
+    assert_eq!(error["status"], "error");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Cannot catch up from 2000-01-01T00:00:00.000Z"),
+        "{error}"
+    );
+
+    // A `since` that is not a timestamp is refused like a bad filter.
+    let mut d = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    let reply = d
+        .join(
+            "realtime:notes",
+            json!({"postgres_changes": with_since("yesterday")}),
+            Some(&alice_token),
+        )
+        .await;
+    assert_eq!(reply["status"], "ok");
+    let (_, error, _) = d.expect("system").await;
+    assert_eq!(error["status"], "error");
+    assert!(error["message"].as_str().unwrap().contains("since must be"));
+}
+
+/// Waits until `app` hears from `n` other instances on the bus.
+async fn peers(app: &TestApp, n: usize) {
+    for _ in 0..200 {
+        if app.tenant.realtime.peers() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the instances did not meet on the bus");
+}
+
+#[tokio::test]
+async fn two_instances_share_broadcast_presence_and_changes_over_nats() {
+    let nats = sovra_test_support::NatsServer::start().await;
+    init_logs();
+    let mut config = sovra_config::Config::default();
+    config.realtime.nats_url = nats.url.clone();
+    // One bus per test: tests share the NATS server only with themselves,
+    // but keep the subject unique anyway.
+    config.realtime.nats_subject = format!("test{}", uuid::Uuid::new_v4().simple());
+    let one = TestApp::spawn_with(config.clone()).await;
+    one.db.client().await.batch_execute(FIXTURE).await.unwrap();
+    let two = one.spawn_peer(config).await;
+    peers(&one, 1).await;
+    peers(&two, 1).await;
+
+    // Presence tracked on one is in the state a client of two gets.
+    let mut a = Client::connect(&one, &one.anon_key, "2.0.0").await;
+    a.join(
+        "realtime:room",
+        json!({"presence": {"key": "alice", "enabled": true}, "broadcast": {"self": false}}),
+        None,
+    )
+    .await;
+    a.expect("presence_state").await;
+    let r = a
+        .send(
+            "realtime:room",
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": {"at": "one"}}),
+        )
+        .await;
+    a.reply(&r).await;
+    let mut b = Client::connect(&two, &two.anon_key, "1.0.0").await;
+    let mut state = json!({});
+    for _ in 0..50 {
+        b.join(
+            "realtime:room",
+            json!({"presence": {"key": "bob", "enabled": true}}),
+            None,
+        )
+        .await;
+        state = b.expect("presence_state").await.1;
+        if state.get("alice").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state["alice"]["metas"][0]["at"], "one", "{state}");
+    let r = b
+        .send(
+            "realtime:room",
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": {"at": "two"}}),
+        )
+        .await;
+    b.reply(&r).await;
+    let (_, diff, _) = a.expect("presence_diff").await;
+    assert_eq!(diff["joins"]["bob"]["metas"][0]["at"], "two", "{diff}");
+
+    // Broadcasts cross in both directions, and from the HTTP API.
+    a.send(
+        "realtime:room",
+        "broadcast",
+        json!({"type": "broadcast", "event": "hi", "payload": {"from": "one"}}),
+    )
+    .await;
+    let (_, got, _) = b.expect("broadcast").await;
+    assert_eq!(got["payload"]["from"], "one");
+    b.send(
+        "realtime:room",
+        "broadcast",
+        json!({"type": "broadcast", "event": "hi", "payload": {"from": "two"}}),
+    )
+    .await;
+    let (_, got, _) = a.expect("broadcast").await;
+    assert_eq!(got["payload"]["from"], "two");
+    let status = reqwest::Client::new()
+        .post(format!("{}/realtime/v1/api/broadcast", two.url))
+        .header("apikey", &two.service_role_key)
+        .json(&json!({"messages": [{"topic": "room", "event": "hi", "payload": {"from": "http"}}]}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202);
+    let (_, got, _) = a.expect("broadcast").await;
+    assert_eq!(got["payload"]["from"], "http");
+
+    // A dropped connection on two leaves presence on one at once.
+    drop(b);
+    let (_, diff, _) = a.expect("presence_diff").await;
+    assert_eq!(diff["leaves"]["bob"]["metas"][0]["at"], "two", "{diff}");
+
+    // Database changes: one instance consumes the slot, clients of both
+    // get what their policies allow.
+    let (alice, alice_token) = user(&one);
+    let (_, bob_token) = user(&one);
+    let binding = json!([{"event": "INSERT", "schema": "public", "table": "notes"}]);
+    let mut on_one = Client::connect(&one, &one.anon_key, "2.0.0").await;
+    pg_join(&mut on_one, "realtime:notes", binding.clone(), &alice_token).await;
+    let mut on_two = Client::connect(&two, &two.anon_key, "2.0.0").await;
+    pg_join(&mut on_two, "realtime:notes", binding.clone(), &alice_token).await;
+    let mut bob_on_two = Client::connect(&two, &two.anon_key, "2.0.0").await;
+    pg_join(&mut bob_on_two, "realtime:notes", binding, &bob_token).await;
+    let leader = async {
+        for _ in 0..400 {
+            match (
+                one.tenant.realtime.feed_slot(),
+                two.tenant.realtime.feed_slot(),
+            ) {
+                (Some(_), None) => return (&one, &two),
+                (None, Some(_)) => return (&two, &one),
+                (Some(_), Some(_)) => panic!("two instances consume the slot"),
+                (None, None) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        panic!("no instance leads the change feed");
+    };
+    let (leader, follower) = leader.await;
+    let db = one.db.client().await;
+    let insert = "insert into notes (owner_id, body) values ($1::text::uuid, $2)";
+    db.execute(insert, &[&alice, &"first"]).await.unwrap();
+    for client in [&mut on_one, &mut on_two] {
+        assert_eq!(
+            client.expect("postgres_changes").await.1["data"]["record"]["body"],
+            "first"
+        );
+    }
+    bob_on_two
+        .silent("postgres_changes", Duration::from_millis(500))
+        .await;
+
+    // The leader stops; the other takes over from the slot's position and
+    // nothing committed in between is lost.
+    leader.tenant.realtime.stop_feed();
+    db.execute(insert, &[&alice, &"second"]).await.unwrap();
+    for _ in 0..400 {
+        if follower.tenant.realtime.feed_slot().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        follower.tenant.realtime.feed_slot().is_some(),
+        "no takeover"
+    );
+    db.execute(insert, &[&alice, &"third"]).await.unwrap();
+    for client in [&mut on_one, &mut on_two] {
+        for body in ["second", "third"] {
+            assert_eq!(
+                client.expect("postgres_changes").await.1["data"]["record"]["body"],
+                body
+            );
+        }
+    }
+    bob_on_two
+        .silent("postgres_changes", Duration::from_millis(300))
+        .await;
+}

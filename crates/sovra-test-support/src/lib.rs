@@ -261,7 +261,8 @@ pub struct TestApp {
     pub anon_key: String,
     pub service_role_key: String,
     pub tenant: std::sync::Arc<sovra_server::Tenant>,
-    pub db: TestDb,
+    /// Shared with peers started by [`TestApp::spawn_peer`].
+    pub db: std::sync::Arc<TestDb>,
     pub data_dir: PathBuf,
     server: tokio::task::JoinHandle<()>,
 }
@@ -274,10 +275,28 @@ impl TestApp {
 
     /// Spawns the server with `config` (its data directory and listen
     /// address are replaced by fresh ones).
-    pub async fn spawn_with(mut config: sovra_config::Config) -> TestApp {
-        let db = TestDb::new().await;
+    pub async fn spawn_with(config: sovra_config::Config) -> TestApp {
+        let db = std::sync::Arc::new(TestDb::new().await);
+        TestApp::spawn_on(config, db, None).await
+    }
+
+    /// Another server on the same database with the same keys (a second
+    /// instance behind a load balancer), configured by `config`.
+    pub async fn spawn_peer(&self, config: sovra_config::Config) -> TestApp {
+        TestApp::spawn_on(config, self.db.clone(), Some(&self.data_dir)).await
+    }
+
+    async fn spawn_on(
+        mut config: sovra_config::Config,
+        db: std::sync::Arc<TestDb>,
+        keys_from: Option<&std::path::Path>,
+    ) -> TestApp {
         let data_dir = scratch_dir();
         config.data_dir = data_dir.clone();
+        if let Some(from) = keys_from {
+            std::fs::copy(from.join("keys.json"), data_dir.join("keys.json"))
+                .expect("copying the keys to a peer");
+        }
         let keys = sovra_server::keys::load_or_create(&data_dir.join("keys.json"), &config)
             .expect("making test keys");
         let anon_key = keys.api.anon.clone();
@@ -345,6 +364,63 @@ impl TestApp {
             unreachable!()
         };
         map
+    }
+}
+
+/// A `nats-server` on a free loopback port, stopped when dropped.
+pub struct NatsServer {
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl NatsServer {
+    /// Starts `nats-server` (from `PATH` or `/usr/sbin`) and waits until it
+    /// accepts connections.
+    pub async fn start() -> NatsServer {
+        let binary = std::env::var_os("PATH")
+            .and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join("nats-server"))
+                    .find(|path| path.exists())
+            })
+            .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"));
+        for _ in 0..20 {
+            let port = {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                listener.local_addr().unwrap().port()
+            };
+            let mut child = std::process::Command::new(&binary)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|err| panic!("starting {}: {err}", binary.display()));
+            for _ in 0..100 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return NatsServer {
+                        url: format!("nats://127.0.0.1:{port}"),
+                        child,
+                    };
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break; // the port was taken in between: try another
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("nats-server did not start");
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
