@@ -170,3 +170,87 @@ test('private channels: the policy lets its user in and keeps others out', async
   await bob.c.removeAllChannels();
   await alice.c.removeAllChannels();
 });
+
+test('catch-up: a client that rejoins with since gets what it missed', async () => {
+  const alice = await signedIn('rt-catch');
+  const seen = [];
+  const topic = `catch-${short()}`;
+  const first = alice.c.channel(topic)
+    .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'rt_notes' }, (p) => seen.push(p));
+  assert.equal((await subscribed(first)).status, 'SUBSCRIBED');
+  const probe = await alice.c.from('rt_notes').insert({ body: 'before' }).select().single();
+  assert.equal(probe.error, null);
+  await until(() => seen.some((p) => p.new.body === 'before'), 'the first change', 20000);
+  const since = seen.at(-1).commit_timestamp;
+  await alice.c.removeChannel(first);
+
+  for (const body of ['away-1', 'away-2']) {
+    assert.equal((await alice.c.from('rt_notes').insert({ body })).error, null);
+  }
+  await sleep(500); // delivered (to nobody) and kept for catch-up
+
+  const again = [];
+  const system = [];
+  const second = alice.c.channel(topic)
+    .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'rt_notes', since }, (p) => again.push(p))
+    .on('system', {}, (m) => system.push(m));
+  assert.equal((await subscribed(second)).status, 'SUBSCRIBED');
+  await until(() => again.filter((p) => p.new.body.startsWith('away')).length === 2, () => `the missed rows (got ${JSON.stringify(again)})`);
+  assert.deepEqual(again.filter((p) => p.new.body !== 'before').map((p) => p.new.body), ['away-1', 'away-2']);
+  await until(() => system.some((m) => /^Caught up on/.test(m.message)), 'the caught-up message');
+  await alice.c.removeAllChannels();
+});
+
+test('two instances joined by nats-server: broadcast, presence and database changes cross', async () => {
+  const url2 = process.env.E2E_SECOND_URL;
+  assert.ok(url2, 'run.sh starts a second instance and sets E2E_SECOND_URL');
+  const onTwo = (key) => {
+    const c = createClient(url2, key, opts);
+    made.push(c);
+    return c;
+  };
+  const room = `cluster-${short()}`;
+  const a = client();
+  const b = onTwo(anonKey);
+  const heard = [];
+  const ca = a.channel(room, { config: { presence: { key: 'one' } } });
+  ca.on('presence', { event: 'sync' }, () => {});
+  const cb = b.channel(room, { config: { presence: { key: 'two' } } })
+    .on('broadcast', { event: 'hello' }, (m) => heard.push(m.payload));
+  cb.on('presence', { event: 'sync' }, () => {});
+  assert.equal((await subscribed(ca)).status, 'SUBSCRIBED');
+  assert.equal((await subscribed(cb)).status, 'SUBSCRIBED');
+  assert.equal(await ca.track({ where: 'one' }), 'ok');
+  assert.equal(await cb.track({ where: 'two' }), 'ok');
+  await until(() => cb.presenceState().one && ca.presenceState().two, 'presence across instances');
+  assert.equal(cb.presenceState().one[0].where, 'one');
+  assert.equal(await ca.send({ type: 'broadcast', event: 'hello', payload: { from: 'one' } }), 'ok');
+  await until(() => heard.length === 1, 'the broadcast on the other instance');
+  assert.deepEqual(heard[0], { from: 'one' });
+  await a.removeChannel(ca);
+  await until(() => !cb.presenceState().one, 'the leave on the other instance');
+
+  // Rows written through instance one reach their owner on instance two.
+  const alice = await signedIn('rt-cl-a');
+  const bob = await signedIn('rt-cl-b');
+  const aliceTwo = onTwo(anonKey);
+  aliceTwo.realtime.setAuth((await alice.c.auth.getSession()).data.session.access_token);
+  const bobTwo = onTwo(anonKey);
+  bobTwo.realtime.setAuth((await bob.c.auth.getSession()).data.session.access_token);
+  const seen = { alice: [], bob: [] };
+  const c1 = aliceTwo.channel(`cl-${short()}`)
+    .on('postgres_changes', { event: '*', schema: 'public', table: 'rt_notes' }, (p) => seen.alice.push(p));
+  const c2 = bobTwo.channel(`cl-${short()}`)
+    .on('postgres_changes', { event: '*', schema: 'public', table: 'rt_notes' }, (p) => seen.bob.push(p));
+  assert.equal((await subscribed(c1)).status, 'SUBSCRIBED');
+  assert.equal((await subscribed(c2)).status, 'SUBSCRIBED');
+  const row = await alice.c.from('rt_notes').insert({ body: 'across' }).select().single();
+  assert.equal(row.error, null);
+  await until(() => seen.alice.some((p) => p.new.body === 'across'), 'the change on the other instance', 20000);
+  assert.equal(seen.alice.find((p) => p.new.body === 'across').eventType, 'INSERT');
+  await sleep(500);
+  assert.equal(seen.bob.length, 0, 'bob sees nothing of alice');
+  await aliceTwo.removeAllChannels();
+  await bobTwo.removeAllChannels();
+  await b.removeAllChannels();
+});

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end: starts the real `sovra` binary on the embedded default in a
 # fresh data directory, loads fixture.sql, and drives it with the real
-# supabase-js client (node --test). Prints node's TAP output.
+# supabase-js client (node --test); a second instance on the same database
+# and a real nats-server serve the tests that cross instances. Prints
+# node's TAP output.
 set -euo pipefail
 cd "$(dirname "$0")"
 root="$(cd ../.. && pwd)"
@@ -16,11 +18,22 @@ port="$(node -e "const s = require('net').createServer(); s.listen(0, '127.0.0.1
 export SOVRA_AUTH_ANONYMOUS_USERS=true SOVRA_AUTH_EMAIL_MAX_FREQUENCY=0 \
   SOVRA_AUTH_RATE_LIMIT_SIGN_IN=10000 SOVRA_AUTH_RATE_LIMIT_VERIFY=10000 \
   SOVRA_AUTH_RATE_LIMIT_OTP=10000 SOVRA_AUTH_RATE_LIMIT_ANONYMOUS=10000
+free_port() { node -e "const s = require('net').createServer(); s.listen(0, '127.0.0.1', () => { console.log(s.address().port); s.close(); })"; }
+# A real nats-server joins this instance and a second one (started below on
+# the same database) for the tests that cross instances.
+nats_bin="$(command -v nats-server || echo /usr/sbin/nats-server)"
+nats_port="$(free_port)"
+"$nats_bin" -a 127.0.0.1 -p "$nats_port" >"$dir/nats.log" 2>&1 &
+nats_pid=$!
+export SOVRA_REALTIME_NATS_URL="nats://127.0.0.1:$nats_port"
 SOVRA_REST_SCHEMAS=public,personal "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >"$dir/out.log" 2>"$dir/err.log" &
 pid=$!
+pid2=""
 cleanup() {
-  kill -INT "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  kill -INT "$pid" $pid2 2>/dev/null || true
+  wait "$pid" $pid2 2>/dev/null || true
+  kill "$nats_pid" 2>/dev/null || true
+  wait "$nats_pid" 2>/dev/null || true
   rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -32,6 +45,22 @@ for _ in $(seq 600); do
 done
 curl -fs "$url/ready" >/dev/null || { echo "sovra did not become ready" >&2; cat "$dir/err.log" >&2; exit 1; }
 psql -h "$dir/data/pg" -U postgres -d postgres -v ON_ERROR_STOP=1 -q -f fixture.sql >/dev/null
+# The second instance: same database (the first one's cluster, through its
+# socket), same keys, same NATS server; its own port and data directory.
+port2="$(free_port)"
+mkdir -p "$dir/data2"
+cp "$dir/data/keys.json" "$dir/data2/keys.json"
+SOVRA_REST_SCHEMAS=public,personal SOVRA_DATABASE_URL="host=$dir/data/pg user=postgres dbname=postgres" \
+  "$bin" serve --data-dir "$dir/data2" --listen "127.0.0.1:$port2" >"$dir/out2.log" 2>"$dir/err2.log" &
+pid2=$!
+url2="http://127.0.0.1:$port2"
+for _ in $(seq 600); do
+  curl -fs "$url2/ready" >/dev/null 2>&1 && break
+  kill -0 "$pid2" 2>/dev/null || { cat "$dir/err2.log" >&2; exit 1; }
+  sleep 0.1
+done
+curl -fs "$url2/ready" >/dev/null || { echo "the second sovra did not become ready" >&2; cat "$dir/err2.log" >&2; exit 1; }
+export E2E_SECOND_URL="$url2"
 keys="$("$bin" keys --json --data-dir "$dir/data")"
 export SOVRA_URL="$url"
 export SOVRA_ANON_KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).anon_key)' "$keys")"
@@ -43,4 +72,5 @@ for _ in $(seq 100); do
   [ "$code" = 200 ] && break
   sleep 0.1
 done
-node --test --test-reporter=tap
+# E2E_FILES (optional) names the test files to run.
+node --test --test-reporter=tap ${E2E_FILES:-}
