@@ -25,10 +25,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
 use serde_json::{Map, Value, json};
-use sovra_pg::RequestContext;
-use sovra_pg::tokio_postgres::{self, types::ToSql};
+use sovra_pg::tokio_postgres;
 use sovra_realtime_proto::frame;
 use sovra_realtime_proto::pgoutput::{self, Datum, Decoded, Relation};
 
@@ -45,12 +43,12 @@ const BATCH: i32 = 20_000;
 const PUBLICATIONS: &str = "supabase_realtime,sovra_realtime_messages";
 
 /// A relation with what delivery needs beyond the decoder's message.
-struct RelInfo {
-    rel: Relation,
-    type_names: Vec<String>,
+pub(crate) struct RelInfo {
+    pub(crate) rel: Relation,
+    pub(crate) type_names: Vec<String>,
     /// `format_type` of each column, for casts in the visibility query.
-    sql_types: Vec<String>,
-    rls: bool,
+    pub(crate) sql_types: Vec<String>,
+    pub(crate) rls: bool,
     /// The primary key's columns (the replica identity's when there is no
     /// primary key but a unique index identity).
     keys: Vec<usize>,
@@ -62,15 +60,12 @@ impl RelInfo {
     }
 }
 
-/// The changes (by index) a group may see, or why that is unknown.
-type Authorized = Result<Vec<usize>, String>;
-
 #[derive(Clone)]
 pub(crate) struct Change {
-    rel: Arc<RelInfo>,
-    kind: &'static str,
-    new: Option<Vec<Datum>>,
-    old: Option<Vec<Datum>>,
+    pub(crate) rel: Arc<RelInfo>,
+    pub(crate) kind: &'static str,
+    pub(crate) new: Option<Vec<Datum>>,
+    pub(crate) old: Option<Vec<Datum>>,
 }
 
 struct Txn {
@@ -124,10 +119,6 @@ fn is_message(change: &Change) -> bool {
 
 fn lsn_text(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A slot name for this database (slot names are per cluster).
@@ -540,87 +531,66 @@ impl RealtimeService {
         changes: &[Change],
         stamps: &[Arc<str>],
     ) -> u64 {
-        // Each subscriber's claims (and their grouping key), read once.
-        let channels: Vec<(Arc<Channel>, Principal, Arc<str>)> = channels
+        // Each subscriber's claims, read once, and a small id per distinct
+        // set of claims (subscribers with the same claims see the same).
+        let mut rights_ids: HashMap<Arc<str>, u32> = HashMap::new();
+        let mut rights_list: Vec<Arc<str>> = Vec::new();
+        let channels: Vec<(Arc<Channel>, Principal, u32)> = channels
             .iter()
             .cloned()
             .map(|channel| {
                 let principal = channel.principal();
                 let rights: Arc<str> = Arc::from(principal.rights_key());
-                (channel, principal, rights)
+                let next = u32::try_from(rights_list.len()).unwrap_or(u32::MAX);
+                let id = *rights_ids.entry(rights.clone()).or_insert_with(|| {
+                    rights_list.push(rights);
+                    next
+                });
+                (channel, principal, id)
             })
             .collect();
-        // Which channels want which change, with which binding ids, and
-        // which (change, claims) pairs must pass the table's policies.
-        let mut wanted: Vec<Vec<(usize, Vec<i64>)>> = Vec::with_capacity(changes.len());
-        let mut groups: HashMap<(u32, Arc<str>), (Principal, Vec<usize>)> = HashMap::new();
+        // Which channels want which change, and which (change, claims)
+        // pairs must pass the table's policies.
+        let mut wanted: Vec<Vec<u32>> = Vec::with_capacity(changes.len());
+        let mut group_of: HashMap<(u32, u32), usize> = HashMap::new();
+        let mut groups: Vec<crate::rls::Group> = Vec::new();
         for (index, change) in changes.iter().enumerate() {
             let mut receivers = Vec::new();
-            let rel = &change.rel;
             if is_message(change) {
                 wanted.push(receivers);
                 continue;
             }
-            let row = if change.kind == "DELETE" {
-                change.old.as_ref()
-            } else {
-                change.new.as_ref()
-            };
+            let oid = change.rel.rel.oid;
             for (position, (channel, principal, rights)) in channels.iter().enumerate() {
-                let ids: Vec<i64> = channel
-                    .pg
-                    .iter()
-                    .filter(|b| b.wants(&rel.rel.schema, &rel.rel.name, change.kind))
-                    .filter(|b| {
-                        b.filter.matches(|name| {
-                            let i = rel.rel.columns.iter().position(|c| c.name == name)?;
-                            match row?.get(i)? {
-                                Datum::Text(t) => {
-                                    Some((Some(t.as_str()), rel.type_names[i].as_str()))
-                                }
-                                Datum::Null => Some((None, rel.type_names[i].as_str())),
-                                Datum::Unchanged => None,
-                            }
-                        })
-                    })
-                    .map(|b| b.id)
-                    .collect();
-                if ids.is_empty() {
+                if !binding_ids(channel, change).any(|_| true) {
                     continue;
                 }
                 if !principal.is_service() {
-                    let entry = groups
-                        .entry((rel.rel.oid, rights.clone()))
-                        .or_insert_with(|| (principal.clone(), Vec::new()));
-                    if entry.1.last() != Some(&index) {
-                        entry.1.push(index);
+                    let slot = *group_of.entry((oid, *rights)).or_insert_with(|| {
+                        groups.push(crate::rls::Group {
+                            rights: rights_list[*rights as usize].clone(),
+                            principal: principal.clone(),
+                            indexes: Vec::new(),
+                        });
+                        groups.len() - 1
+                    });
+                    let indexes = &mut groups[slot].indexes;
+                    if indexes.last() != Some(&index) {
+                        indexes.push(index);
                     }
                 }
-                receivers.push((position, ids));
+                receivers.push(u32::try_from(position).unwrap_or(u32::MAX));
             }
             wanted.push(receivers);
         }
-        // One query per (table, claims) group for the whole transaction.
-        let mut allowed: HashSet<(usize, Arc<str>)> = HashSet::new();
-        // Groups are authorised a few at a time, each on its own pooled
-        // connection, so that their round trips overlap.
-        let work: Vec<(Arc<str>, Principal, Vec<usize>)> = groups
-            .into_iter()
-            .map(|((_, rights), (principal, indexes))| (rights, principal, indexes))
-            .collect();
-        let results: Vec<(Arc<str>, Authorized)> = futures_util::stream::iter(work)
-            .map(|(rights, principal, indexes)| async move {
-                let result = self.authorize(&principal, changes, &indexes).await;
-                (rights, result)
-            })
-            .buffer_unordered(4)
-            .collect()
-            .await;
-        for (rights, result) in results {
+        // One query per (table, claims) group for the whole batch.
+        let mut allowed: HashSet<(usize, u32)> = HashSet::new();
+        for (rights, result) in crate::rls::authorize(&self.pool, changes, groups).await {
             match result {
                 Ok(seen) => {
+                    let id = rights_ids.get(&rights).copied().unwrap_or(u32::MAX);
                     for index in seen {
-                        allowed.insert((index, rights.clone()));
+                        allowed.insert((index, id));
                     }
                 }
                 Err(err) => {
@@ -630,17 +600,18 @@ impl RealtimeService {
         }
         let mut delivered = 0u64;
         for (index, change) in changes.iter().enumerate() {
-            if wanted[index].is_empty() {
-                continue;
-            }
-            // The data is serialised once; each channel gets its own ids.
-            let data = change_data(change, &stamps[index]).to_string();
-            for (position, ids) in &wanted[index] {
-                let (channel, principal, rights) = &channels[*position];
-                if !principal.is_service() && !allowed.contains(&(index, rights.clone())) {
+            // The data is serialised once, when someone may see it; each
+            // channel gets its own ids.
+            let mut data: Option<String> = None;
+            for position in &wanted[index] {
+                let (channel, principal, rights) = &channels[*position as usize];
+                if !principal.is_service() && !allowed.contains(&(index, *rights)) {
                     continue;
                 }
-                let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_owned());
+                let data =
+                    data.get_or_insert_with(|| change_data(change, &stamps[index]).to_string());
+                let ids: Vec<i64> = binding_ids(channel, change).collect();
+                let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned());
                 let topic = serde_json::to_string(&channel.topic).unwrap_or_default();
                 let payload = format!(r#"{{"ids":{ids},"data":{data}}}"#);
                 let text = match channel.socket.vsn {
@@ -823,156 +794,32 @@ impl RealtimeService {
         self.hub
             .broadcast(&format!("realtime:{topic}"), private, body, None, None);
     }
+}
 
-    /// Which of `indexes` (changes of one table) `principal` may see,
-    /// judged on the changed row itself (the new row; the old one for
-    /// deletes), not on the table as it is by now: the role needs SELECT on
-    /// the table, and when RLS is on, the SELECT policies that apply to the
-    /// role must pass for the row, evaluated as the subscriber with its
-    /// claims. Deletes can be judged only with the whole old row (REPLICA
-    /// IDENTITY FULL). One query per group.
-    async fn authorize(
-        &self,
-        principal: &Principal,
-        changes: &[Change],
-        indexes: &[usize],
-    ) -> Result<Vec<usize>, String> {
-        let Some(first) = indexes.first() else {
-            return Ok(Vec::new());
-        };
-        let rel = &changes[*first].rel;
-        let mut client = self.pool.get().await.map_err(|err| err.to_string())?;
-        let context = RequestContext {
-            role: principal.role.clone(),
-            claims: principal.claims.clone(),
-            method: "GET".to_owned(),
-            path: "/realtime/v1".to_owned(),
-            headers: Map::new(),
-            search_path: None,
-        };
-        let tx = sovra_pg::begin_request(&mut client, &context, true)
-            .await
-            .map_err(|err| err.to_string())?;
-        // Privilege, RLS bypass and the policies that apply, in one query.
-        // Policy expressions are the table owner's SQL from the catalog;
-        // row values are bound.
-        let meta = tx
-            .query_one(
-                "select has_table_privilege(current_user, $1::oid, 'SELECT'),
-                        (select rolbypassrls from pg_roles where rolname = current_user),
-                        coalesce((select json_agg(json_build_array(p.permissive = 'PERMISSIVE', coalesce(p.qual, 'true')))
-                                  from pg_policies p
-                                  where p.schemaname = $2 and p.tablename = $3 and p.cmd in ('SELECT', 'ALL')
-                                    and ('public' = any(p.roles)
-                                         or exists (select 1 from unnest(p.roles) r
-                                                    where pg_has_role(current_user, r, 'member')))),
-                                 '[]'::json)",
-                &[&rel.rel.oid, &rel.rel.schema, &rel.rel.name],
-            )
-            .await
-            .map_err(|err| err.to_string())?;
-        let can_select: bool = meta.get(0);
-        let bypass: bool = meta.get::<_, Option<bool>>(1).unwrap_or(false);
-        if !can_select {
-            return Ok(Vec::new());
-        }
-        if !rel.rls || bypass {
-            return Ok(indexes.to_vec());
-        }
-        let policies: Vec<(bool, String)> = meta
-            .get::<_, Value>(2)
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .map(|p| {
-                        (
-                            p[0].as_bool().unwrap_or(false),
-                            p[1].as_str().unwrap_or("false").to_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let permissive: Vec<&str> = policies
-            .iter()
-            .filter(|(p, _)| *p)
-            .map(|(_, q)| q.as_str())
-            .collect();
-        if permissive.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut condition = format!("(({}))", permissive.join(") or ("));
-        for (_, q) in policies.iter().filter(|(p, _)| !*p) {
-            condition.push_str(&format!(" and ({q})"));
-        }
-        let n = rel.rel.columns.len();
-        let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(indexes.len()); n];
-        let mut ordinals: Vec<i64> = Vec::with_capacity(indexes.len());
-        for index in indexes {
-            let change = &changes[*index];
-            let tuple = if change.kind == "DELETE" {
-                if rel.rel.replica_identity != b'f' {
-                    continue;
+/// The ids of a channel's bindings that want `change` (event, table and
+/// filter).
+fn binding_ids<'a>(channel: &'a Channel, change: &'a Change) -> impl Iterator<Item = i64> + 'a {
+    let rel = &change.rel;
+    let row = if change.kind == "DELETE" {
+        change.old.as_ref()
+    } else {
+        change.new.as_ref()
+    };
+    channel
+        .pg
+        .iter()
+        .filter(move |b| b.wants(&rel.rel.schema, &rel.rel.name, change.kind))
+        .filter(move |b| {
+            b.filter.matches(|name| {
+                let i = rel.rel.columns.iter().position(|c| c.name == name)?;
+                match row?.get(i)? {
+                    Datum::Text(t) => Some((Some(t.as_str()), rel.type_names[i].as_str())),
+                    Datum::Null => Some((None, rel.type_names[i].as_str())),
+                    Datum::Unchanged => None,
                 }
-                change.old.as_ref()
-            } else {
-                change.new.as_ref()
-            };
-            let Some(tuple) = tuple else { continue };
-            for (i, column) in columns.iter_mut().enumerate() {
-                let value = match tuple.get(i) {
-                    Some(Datum::Text(t)) => Some(t.clone()),
-                    // An unchanged TOASTed value: from the old row if sent.
-                    Some(Datum::Unchanged) => match change.old.as_ref().and_then(|o| o.get(i)) {
-                        Some(Datum::Text(t)) => Some(t.clone()),
-                        _ => None,
-                    },
-                    _ => None,
-                };
-                column.push(value);
-            }
-            ordinals.push(*index as i64);
-        }
-        if ordinals.is_empty() {
-            return Ok(Vec::new());
-        }
-        let arrays: Vec<String> = (0..n).map(|i| format!("${}::text[]", i + 1)).collect();
-        let names: Vec<String> = (0..n).map(|i| format!("__sovra_c{i}")).collect();
-        let typed: Vec<String> = rel
-            .rel
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                format!(
-                    "x.__sovra_c{i}::{} as {}",
-                    rel.sql_types[i],
-                    quote_ident(&c.name)
-                )
             })
-            .collect();
-        let sql = format!(
-            "select x.__sovra_i from unnest({}, ${}::int8[]) as x({}, __sovra_i)
-             cross join lateral (select {}) as t where coalesce(({condition}), false)",
-            arrays.join(", "),
-            n + 1,
-            names.join(", "),
-            typed.join(", ")
-        );
-        let mut params: Vec<&(dyn ToSql + Sync)> =
-            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        params.push(&ordinals);
-        let rows = tx
-            .query(&sql, &params)
-            .await
-            .map_err(|err| err.to_string())?;
-        let _ = tx.commit().await;
-        Ok(rows
-            .iter()
-            .map(|r| usize::try_from(r.get::<_, i64>(0)).unwrap_or(usize::MAX))
-            .collect())
-    }
+        })
+        .map(|b| b.id)
 }
 
 fn push_change(

@@ -21,6 +21,7 @@ mod authz;
 pub mod bus;
 pub mod feed;
 mod hub;
+mod rls;
 mod socket;
 
 use std::collections::HashMap;
