@@ -1345,3 +1345,72 @@ async fn two_instances_share_broadcast_presence_and_changes_over_nats() {
         .silent("postgres_changes", Duration::from_millis(300))
         .await;
 }
+
+#[tokio::test]
+async fn a_policy_that_fails_for_one_subscriber_or_an_unknown_role_hides_rows_only_from_them() {
+    let app = app().await;
+    app.db
+        .client()
+        .await
+        .batch_execute(
+            "create table public.levels (id bigint generated always as identity primary key, level int not null);
+             alter table public.levels replica identity full;
+             alter table public.levels enable row level security;
+             create policy by_level on public.levels for select to authenticated
+               using (level <= (auth.jwt() ->> 'level')::int);
+             grant select on public.levels to authenticated;
+             alter publication supabase_realtime add table public.levels;",
+        )
+        .await
+        .unwrap();
+    let token = |level: &str, role: &str| {
+        let mut claims = TestApp::user_claims(&uuid::Uuid::new_v4().to_string());
+        claims.insert("level".to_owned(), json!(level));
+        claims.insert("role".to_owned(), json!(role));
+        app.sign(Value::Object(claims))
+    };
+    let binding = json!([{"event": "INSERT", "schema": "public", "table": "levels"}]);
+    let mut five = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    pg_join(
+        &mut five,
+        "realtime:l",
+        binding.clone(),
+        &token("5", "authenticated"),
+    )
+    .await;
+    let mut broken = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    pg_join(
+        &mut broken,
+        "realtime:l",
+        binding.clone(),
+        &token("oops", "authenticated"),
+    )
+    .await;
+    let mut ghost = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    pg_join(
+        &mut ghost,
+        "realtime:l",
+        binding,
+        &token("9", "no_such_role"),
+    )
+    .await;
+    feed_ready(&app).await;
+    app.db
+        .client()
+        .await
+        .batch_execute("insert into levels (level) values (3), (7), (4)")
+        .await
+        .unwrap();
+    for want in [3, 4] {
+        let (_, payload, _) = five.expect("postgres_changes").await;
+        assert_eq!(payload["data"]["record"]["level"], want);
+    }
+    five.silent("postgres_changes", Duration::from_millis(300))
+        .await;
+    broken
+        .silent("postgres_changes", Duration::from_millis(300))
+        .await;
+    ghost
+        .silent("postgres_changes", Duration::from_millis(300))
+        .await;
+}
