@@ -620,7 +620,7 @@ impl RealtimeService {
                     ),
                     Vsn::V2 => format!(r#"[null,null,{topic},"postgres_changes",{payload}]"#),
                 };
-                if channel.socket.send(Out::Text(Arc::from(text))) {
+                if channel.socket.send(Out::Text(text.into())) {
                     delivered += 1;
                 }
             }

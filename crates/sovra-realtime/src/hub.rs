@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use axum::body::Bytes;
+use axum::extract::ws::Utf8Bytes;
 use serde_json::{Map, Value, json};
 use sovra_realtime_proto::filter::Filter;
 use sovra_realtime_proto::frame::{self, Message, Vsn};
@@ -16,11 +18,12 @@ use tokio::sync::{Notify, mpsc};
 use crate::Principal;
 use crate::bus::PresenceEntry;
 
-/// What a socket's writer sends.
+/// What a socket's writer sends: shared, reference-counted bytes, so that
+/// one encoded message reaches every receiver without a copy.
 #[derive(Clone, Debug)]
 pub(crate) enum Out {
-    Text(Arc<str>),
-    Binary(Arc<[u8]>),
+    Text(Utf8Bytes),
+    Binary(Bytes),
 }
 
 /// The sending half of a socket, shared by its channels.
@@ -47,7 +50,7 @@ impl SocketTx {
     }
 
     pub(crate) fn send_message(&self, message: &Message) -> bool {
-        self.send(Out::Text(Arc::from(frame::encode_text(self.vsn, message))))
+        self.send(Out::Text(frame::encode_text(self.vsn, message).into()))
     }
 
     pub(crate) fn cut_off(&self, reason: &str) {
@@ -157,8 +160,8 @@ pub(crate) struct Hub {
 /// A message encoded for both protocol versions, lazily.
 struct Encoded<'a> {
     message: &'a Message,
-    v1: Option<Arc<str>>,
-    v2: Option<Arc<str>>,
+    v1: Option<Utf8Bytes>,
+    v2: Option<Utf8Bytes>,
 }
 
 impl Encoded<'_> {
@@ -167,7 +170,7 @@ impl Encoded<'_> {
             Vsn::V1 => &mut self.v1,
             Vsn::V2 => &mut self.v2,
         };
-        let text = slot.get_or_insert_with(|| Arc::from(frame::encode_text(vsn, self.message)));
+        let text = slot.get_or_insert_with(|| frame::encode_text(vsn, self.message).into());
         Out::Text(text.clone())
     }
 }
@@ -246,14 +249,14 @@ impl Hub {
             v1: None,
             v2: None,
         };
-        let kind4: Option<Arc<[u8]>> = binary.and_then(|bytes| {
+        let kind4: Option<Bytes> = binary.and_then(|bytes| {
             let event = message
                 .payload
                 .get("event")
                 .and_then(Value::as_str)
                 .unwrap_or("");
             frame::encode_broadcast_binary(topic, event, message.payload.get("meta"), bytes, false)
-                .map(Arc::from)
+                .map(Bytes::from)
         });
         let mut sent = 0;
         for channel in members {

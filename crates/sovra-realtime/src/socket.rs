@@ -58,8 +58,8 @@ pub(crate) async fn run(
             };
             let Some(out) = out else { break false };
             let message = match out {
-                Out::Text(text) => WsMessage::Text(text.as_ref().into()),
-                Out::Binary(bytes) => WsMessage::Binary(bytes.to_vec().into()),
+                Out::Text(text) => WsMessage::Text(text),
+                Out::Binary(bytes) => WsMessage::Binary(bytes),
             };
             tokio::select! {
                 biased;
