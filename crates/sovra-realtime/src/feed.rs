@@ -14,8 +14,8 @@
 //! it is by the time the change is read (a row inserted and deleted at once
 //! is still judged correctly): the subscriber's role needs SELECT on the
 //! table, and with RLS on, the table's SELECT policies for that role are
-//! evaluated over the row's values as that role with its claims, in one
-//! query per group of subscribers with the same claims and transaction.
+//! evaluated over the row's values as that role with its claims, once per
+//! group of subscribers with the same claims and poll batch (see `rls`).
 //! Rows a subscriber may not see are not sent to it. Deletes are judged on
 //! the old row, which needs REPLICA IDENTITY FULL; without it a delete
 //! reaches no subscriber of an RLS table (the service role sees all).
