@@ -37,13 +37,18 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
+# wait_ready URL PID ERR_LOG: until the server answers /ready, or fail
+# with its log when it exits or takes a minute.
+wait_ready() {
+  for _ in $(seq 600); do
+    curl -fs "$1/ready" >/dev/null 2>&1 && return 0
+    kill -0 "$2" 2>/dev/null || { cat "$3" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "sovra at $1 did not become ready" >&2; cat "$3" >&2; exit 1
+}
 url="http://127.0.0.1:$port"
-for _ in $(seq 600); do
-  curl -fs "$url/ready" >/dev/null 2>&1 && break
-  kill -0 "$pid" 2>/dev/null || { cat "$dir/err.log" >&2; exit 1; }
-  sleep 0.1
-done
-curl -fs "$url/ready" >/dev/null || { echo "sovra did not become ready" >&2; cat "$dir/err.log" >&2; exit 1; }
+wait_ready "$url" "$pid" "$dir/err.log"
 psql -h "$dir/data/pg" -U postgres -d postgres -v ON_ERROR_STOP=1 -q -f fixture.sql >/dev/null
 # The second instance: same database (the first one's cluster, through its
 # socket), same keys, same NATS server; its own port and data directory.
@@ -54,12 +59,7 @@ SOVRA_REST_SCHEMAS=public,personal SOVRA_DATABASE_URL="host=$dir/data/pg user=po
   "$bin" serve --data-dir "$dir/data2" --listen "127.0.0.1:$port2" >"$dir/out2.log" 2>"$dir/err2.log" &
 pid2=$!
 url2="http://127.0.0.1:$port2"
-for _ in $(seq 600); do
-  curl -fs "$url2/ready" >/dev/null 2>&1 && break
-  kill -0 "$pid2" 2>/dev/null || { cat "$dir/err2.log" >&2; exit 1; }
-  sleep 0.1
-done
-curl -fs "$url2/ready" >/dev/null || { echo "the second sovra did not become ready" >&2; cat "$dir/err2.log" >&2; exit 1; }
+wait_ready "$url2" "$pid2" "$dir/err2.log"
 export E2E_SECOND_URL="$url2"
 keys="$("$bin" keys --json --data-dir "$dir/data")"
 export SOVRA_URL="$url"
