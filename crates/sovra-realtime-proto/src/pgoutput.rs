@@ -251,7 +251,8 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
 }
 
 /// PostgreSQL timestamps count microseconds from 2000-01-01.
-const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+/// PostgreSQL's epoch, 2000-01-01 UTC, in Unix seconds.
+pub const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
 
 /// `2026-01-05T10:11:12.345Z` for a pgoutput commit time.
 pub fn commit_timestamp(pg_micros: i64) -> String {

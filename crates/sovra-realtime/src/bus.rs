@@ -22,6 +22,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sovra_realtime_proto::pgoutput::{Datum, Relation};
 use tokio::sync::{mpsc, oneshot};
@@ -177,7 +178,9 @@ pub(crate) struct Envelope {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+// Externally tagged: a tag-first format lets the raw change rows through
+// without buffering (an internally tagged enum cannot carry `RawValue`).
+#[serde(rename_all = "snake_case")]
 pub(crate) enum Event {
     /// A broadcast to a topic (delivered to every channel of it there).
     Broadcast {
@@ -189,19 +192,9 @@ pub(crate) enum Event {
         binary: Option<String>,
     },
     /// A presence joined (or re-tracked) on the origin.
-    Track {
-        topic_key: String,
-        key: String,
-        channel: u64,
-        phx_ref: String,
-        state: Map<String, Value>,
-    },
+    Track(PresenceEntry),
     /// A presence left on the origin.
-    Untrack {
-        topic_key: String,
-        key: String,
-        channel: u64,
-    },
+    Untrack(PresenceLeave),
     /// The origin is alive.
     Heartbeat,
     /// All presence held on the origin; `reply` asks for the receiver's.
@@ -216,11 +209,22 @@ pub(crate) enum Event {
     Changes {
         seq: u64,
         relations: Vec<WireRelation>,
-        stamps: Vec<String>,
-        changes: Vec<WireChange>,
+        /// Each a [`WireChange`], serialised once by the sender (which
+        /// measures it to fit the bus) and parsed off the receive loop.
+        changes: Vec<Box<RawValue>>,
     },
 }
 
+/// Which presence left: topic, presence key, and the channel on its
+/// instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct PresenceLeave {
+    pub(crate) topic_key: String,
+    pub(crate) key: String,
+    pub(crate) channel: u64,
+}
+
+/// A presence as its instance holds it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct PresenceEntry {
     pub(crate) topic_key: String,
@@ -239,15 +243,26 @@ pub(crate) struct WireRelation {
     pub(crate) keys: Vec<usize>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A change as it is received.
+#[derive(Debug, Clone, Deserialize)]
 pub(crate) struct WireChange {
     /// The relation's oid.
     pub(crate) rel: u32,
     pub(crate) kind: String,
     pub(crate) new: Option<Vec<Datum>>,
     pub(crate) old: Option<Vec<Datum>>,
-    /// Index into the batch's `stamps`.
-    pub(crate) stamp: usize,
+    /// The commit timestamp.
+    pub(crate) stamp: String,
+}
+
+/// A change as it is sent, borrowing the feed's rows.
+#[derive(Debug, Serialize)]
+pub(crate) struct WireChangeRef<'a> {
+    pub(crate) rel: u32,
+    pub(crate) kind: &'a str,
+    pub(crate) new: Option<&'a [Datum]>,
+    pub(crate) old: Option<&'a [Datum]>,
+    pub(crate) stamp: &'a str,
 }
 
 pub(crate) fn encode(origin: &str, event: Event) -> Vec<u8> {
@@ -269,8 +284,7 @@ pub(crate) fn decode_binary(text: &str) -> Option<Vec<u8>> {
 /// A change batch from the instance that consumes the slot.
 pub(crate) struct RemoteBatch {
     pub(crate) relations: Vec<WireRelation>,
-    pub(crate) stamps: Vec<String>,
-    pub(crate) changes: Vec<WireChange>,
+    pub(crate) changes: Vec<Box<RawValue>>,
 }
 
 impl RealtimeService {
@@ -424,29 +438,9 @@ impl RealtimeService {
                 self.hub
                     .broadcast(&topic, private, payload, binary.as_deref(), None);
             }
-            Event::Track {
-                topic_key,
-                key,
-                channel,
-                phx_ref,
-                state,
-            } => self.hub.apply_track(
-                Some(origin.clone()),
-                PresenceEntry {
-                    topic_key,
-                    key,
-                    channel,
-                    phx_ref,
-                    state,
-                },
-            ),
-            Event::Untrack {
-                topic_key,
-                key,
-                channel,
-            } => {
-                self.hub
-                    .apply_untrack(Some(&origin), &topic_key, &key, channel);
+            Event::Track(entry) => self.hub.apply_track(Some(origin.clone()), entry),
+            Event::Untrack(leave) => {
+                self.hub.apply_untrack(Some(&origin), &leave);
             }
             Event::Heartbeat => {}
             Event::Snapshot { entries, reply } => {
@@ -463,7 +457,6 @@ impl RealtimeService {
             Event::Changes {
                 seq,
                 relations,
-                stamps,
                 changes,
             } => {
                 let gap = self.peers.lock().ok().and_then(|mut peers| {
@@ -477,13 +470,7 @@ impl RealtimeService {
                     tracing::warn!(instance = %origin, expected, got = seq, "change batches were lost on the bus");
                 }
                 if let Some(tx) = self.remote_changes.get() {
-                    let _ = tx
-                        .send(RemoteBatch {
-                            relations,
-                            stamps,
-                            changes,
-                        })
-                        .await;
+                    let _ = tx.send(RemoteBatch { relations, changes }).await;
                 }
             }
         }
@@ -527,23 +514,20 @@ mod tests {
             panic!("not a broadcast");
         };
         assert_eq!(decode_binary(&binary.unwrap()).unwrap(), vec![0, 1, 255]);
+        let row = vec![Datum::Text("x".to_owned()), Datum::Null, Datum::Unchanged];
+        let sent = WireChangeRef {
+            rel: 1,
+            kind: "UPDATE",
+            new: Some(&row),
+            old: None,
+            stamp: "2026-01-01T00:00:00.000Z",
+        };
         let bytes = encode(
             "b",
             Event::Changes {
                 seq: 7,
                 relations: Vec::new(),
-                stamps: vec!["2026-01-01T00:00:00Z".to_owned()],
-                changes: vec![WireChange {
-                    rel: 1,
-                    kind: "UPDATE".to_owned(),
-                    new: Some(vec![
-                        Datum::Text("x".to_owned()),
-                        Datum::Null,
-                        Datum::Unchanged,
-                    ]),
-                    old: None,
-                    stamp: 0,
-                }],
+                changes: vec![serde_json::value::to_raw_value(&sent).unwrap()],
             },
         );
         let envelope: Envelope = serde_json::from_slice(&bytes).unwrap();
@@ -551,6 +535,20 @@ mod tests {
             panic!("not changes");
         };
         assert_eq!(seq, 7);
-        assert_eq!(changes[0].new.as_ref().unwrap()[2], Datum::Unchanged);
+        let change: WireChange = serde_json::from_str(changes[0].get()).unwrap();
+        assert_eq!(change.stamp, "2026-01-01T00:00:00.000Z");
+        assert_eq!(change.new.unwrap(), row);
+        let bytes = encode(
+            "c",
+            Event::Track(PresenceEntry {
+                topic_key: "public:realtime:room".to_owned(),
+                key: "alice".to_owned(),
+                channel: 3,
+                phx_ref: "F1".to_owned(),
+                state: Map::new(),
+            }),
+        );
+        let envelope: Envelope = serde_json::from_slice(&bytes).unwrap();
+        assert!(matches!(envelope.event, Event::Track(entry) if entry.key == "alice"));
     }
 }

@@ -27,12 +27,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use sovra_pg::tokio_postgres;
-use sovra_realtime_proto::frame;
 use sovra_realtime_proto::pgoutput::{self, Datum, Decoded, Relation};
 
-use crate::bus::{Event, RemoteBatch, WireChange, WireRelation};
+use crate::bus::{Event, RemoteBatch, WireChange, WireChangeRef, WireRelation};
 use crate::hub::{Channel, Out};
 use crate::{Principal, RealtimeService};
+use serde_json::value::RawValue;
 use sovra_realtime_proto::frame::Vsn;
 
 /// Serialises slot consumers of one database (`pg_try_advisory_lock`).
@@ -109,7 +109,7 @@ fn now_pg_micros() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    unix - 946_684_800_000_000
+    unix - pgoutput::PG_EPOCH_UNIX_SECS * 1_000_000
 }
 
 /// An insert into `realtime.messages` (a broadcast from SQL).
@@ -309,17 +309,9 @@ impl RealtimeService {
             metrics::counter!("sovra_realtime_slot_skips_total").increment(1);
             self.forget_recent();
             for channel in self.hub.pg_channels() {
-                let sub = channel
-                    .topic
-                    .strip_prefix("realtime:")
-                    .unwrap_or(&channel.topic)
-                    .to_owned();
-                channel.socket.send_message(&frame::push(
-                    &channel.topic,
-                    None,
-                    "system",
-                    json!({"extension": "postgres_changes", "status": "error",
-                           "message": "Database changes were skipped: the change feed fell too far behind", "channel": sub}),
+                channel.socket.send_message(&channel.changes_status(
+                    "error",
+                    "Database changes were skipped: the change feed fell too far behind",
                 ));
             }
         }
@@ -411,11 +403,20 @@ impl RealtimeService {
         };
         let now = Instant::now();
         if !window.is_zero() && max > 0 {
+            // A transaction's changes share one stamp: read it once.
+            let mut last: Option<(Arc<str>, i64)> = None;
             for (change, stamp) in changes.into_iter().zip(stamps) {
                 if is_message(&change) {
                     continue;
                 }
-                let time = pgoutput::parse_timestamp(&stamp).unwrap_or(i64::MAX);
+                let time = match &last {
+                    Some((seen, time)) if Arc::ptr_eq(seen, &stamp) => *time,
+                    _ => {
+                        let time = pgoutput::parse_timestamp(&stamp).unwrap_or(i64::MAX);
+                        last = Some((stamp.clone(), time));
+                        time
+                    }
+                };
                 recent.entries.push_back(RecentChange {
                     at: now,
                     time,
@@ -453,19 +454,7 @@ impl RealtimeService {
             }
             (changes, stamps, recent.horizon)
         };
-        let sub = channel
-            .topic
-            .strip_prefix("realtime:")
-            .unwrap_or(&channel.topic)
-            .to_owned();
-        let system = |status: &str, message: String| {
-            frame::push(
-                &channel.topic,
-                None,
-                "system",
-                json!({"extension": "postgres_changes", "status": status, "message": message, "channel": sub}),
-            )
-        };
+        let system = |status: &str, message: String| channel.changes_status(status, &message);
         if self.config.catchup_window.is_zero() {
             channel.socket.send_message(&system(
                 "error",
@@ -637,19 +626,21 @@ impl RealtimeService {
         }
         // Leave room for the envelope and the relations of a chunk.
         let budget = bus.max_event_bytes().saturating_sub(4096) / 2;
-        let mut chunk: Vec<WireChange> = Vec::new();
+        let mut chunk: Vec<Box<RawValue>> = Vec::new();
         let mut chunk_bytes = 0usize;
-        let mut stamp_list: Vec<String> = Vec::new();
         let mut rels: Vec<Arc<RelInfo>> = Vec::new();
         for (change, stamp) in changes.iter().zip(stamps) {
-            let wire = WireChange {
+            let wire = WireChangeRef {
                 rel: change.rel.rel.oid,
-                kind: change.kind.to_owned(),
-                new: change.new.clone(),
-                old: change.old.clone(),
-                stamp: 0,
+                kind: change.kind,
+                new: change.new.as_deref(),
+                old: change.old.as_deref(),
+                stamp,
             };
-            let size = serde_json::to_vec(&wire).map(|v| v.len()).unwrap_or(0) + 64;
+            let Ok(raw) = serde_json::value::to_raw_value(&wire) else {
+                continue;
+            };
+            let size = raw.get().len() + 1;
             if size > budget {
                 metrics::counter!("sovra_realtime_bus_dropped_total").increment(1);
                 tracing::warn!(
@@ -659,7 +650,7 @@ impl RealtimeService {
                 continue;
             }
             if chunk_bytes + size > budget && !chunk.is_empty() {
-                self.publish_chunk(bus.as_ref(), &mut chunk, &mut stamp_list, &mut rels)
+                self.publish_chunk(bus.as_ref(), &mut chunk, &mut rels)
                     .await;
                 chunk_bytes = 0;
             }
@@ -667,17 +658,11 @@ impl RealtimeService {
                 chunk_bytes += change.rel.rel.columns.len() * 64 + 128;
                 rels.push(change.rel.clone());
             }
-            if stamp_list.last().map(String::as_str) != Some(stamp.as_ref()) {
-                stamp_list.push(stamp.to_string());
-            }
-            chunk.push(WireChange {
-                stamp: stamp_list.len() - 1,
-                ..wire
-            });
+            chunk.push(raw);
             chunk_bytes += size;
         }
         if !chunk.is_empty() {
-            self.publish_chunk(bus.as_ref(), &mut chunk, &mut stamp_list, &mut rels)
+            self.publish_chunk(bus.as_ref(), &mut chunk, &mut rels)
                 .await;
         }
     }
@@ -685,8 +670,7 @@ impl RealtimeService {
     async fn publish_chunk(
         &self,
         bus: &dyn crate::bus::Bus,
-        chunk: &mut Vec<WireChange>,
-        stamps: &mut Vec<String>,
+        chunk: &mut Vec<Box<RawValue>>,
         rels: &mut Vec<Arc<RelInfo>>,
     ) {
         let relations = rels
@@ -705,7 +689,6 @@ impl RealtimeService {
             Event::Changes {
                 seq,
                 relations,
-                stamps: std::mem::take(stamps),
                 changes: std::mem::take(chunk),
             },
         );
@@ -719,7 +702,6 @@ impl RealtimeService {
     pub(crate) async fn deliver_remote(&self, batch: RemoteBatch) {
         let RemoteBatch {
             relations,
-            stamps,
             changes: wire,
         } = batch;
         let relations: HashMap<u32, Arc<RelInfo>> = relations
@@ -737,12 +719,18 @@ impl RealtimeService {
                 )
             })
             .collect();
-        let stamps: Vec<Arc<str>> = stamps.into_iter().map(Arc::from).collect();
         let mut changes = Vec::with_capacity(wire.len());
-        let mut change_stamps = Vec::with_capacity(wire.len());
-        for change in wire {
-            let (Some(rel), Some(stamp)) = (relations.get(&change.rel), stamps.get(change.stamp))
-            else {
+        let mut stamps: Vec<Arc<str>> = Vec::with_capacity(wire.len());
+        for raw in wire {
+            let change: WireChange = match serde_json::from_str(raw.get()) {
+                Ok(change) => change,
+                Err(err) => {
+                    metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+                    tracing::warn!(error = %err, "unreadable change on the bus; skipped");
+                    continue;
+                }
+            };
+            let Some(rel) = relations.get(&change.rel) else {
                 continue;
             };
             let kind = match change.kind.as_str() {
@@ -751,15 +739,20 @@ impl RealtimeService {
                 "DELETE" => "DELETE",
                 _ => continue,
             };
+            // A transaction's changes share one stamp.
+            let stamp = match stamps.last() {
+                Some(last) if **last == *change.stamp => last.clone(),
+                _ => Arc::from(change.stamp),
+            };
             changes.push(Change {
                 rel: rel.clone(),
                 kind,
                 new: change.new,
                 old: change.old,
             });
-            change_stamps.push(stamp.clone());
+            stamps.push(stamp);
         }
-        self.deliver(changes, change_stamps).await;
+        self.deliver(changes, stamps).await;
     }
 
     /// A broadcast sent from SQL (`realtime.send`).

@@ -16,7 +16,7 @@ use sovra_realtime_proto::frame::{self, Message, Vsn};
 use tokio::sync::{Notify, mpsc};
 
 use crate::Principal;
-use crate::bus::PresenceEntry;
+use crate::bus::{PresenceEntry, PresenceLeave};
 
 /// What a socket's writer sends: shared, reference-counted bytes, so that
 /// one encoded message reaches every receiver without a copy.
@@ -106,6 +106,22 @@ pub(crate) struct Channel {
 }
 
 impl Channel {
+    /// The topic without `realtime:`, as policies and `system` messages
+    /// name it.
+    pub(crate) fn sub_topic(&self) -> &str {
+        self.topic.strip_prefix("realtime:").unwrap_or(&self.topic)
+    }
+
+    /// A `system` message about this channel's database changes.
+    pub(crate) fn changes_status(&self, status: &str, message: &str) -> Message {
+        frame::push(
+            &self.topic,
+            None,
+            "system",
+            json!({"extension": "postgres_changes", "status": status, "message": message, "channel": self.sub_topic()}),
+        )
+    }
+
     pub(crate) fn principal(&self) -> Principal {
         self.principal
             .read()
@@ -128,16 +144,6 @@ struct Meta {
     /// The instance holding the channel; `None` for this one.
     origin: Option<Arc<str>>,
     state: Map<String, Value>,
-}
-
-/// A presence change to pass on to the other instances.
-pub(crate) enum PresenceChange {
-    Track(PresenceEntry),
-    Untrack {
-        topic_key: String,
-        key: String,
-        channel: u64,
-    },
 }
 
 /// The topic (and whether it is private) of a topic key.
@@ -188,7 +194,7 @@ impl Hub {
     }
 
     /// Removes a channel (and its presence, announcing the leave).
-    pub(crate) fn remove(&self, channel: &Channel) -> Option<PresenceChange> {
+    pub(crate) fn remove(&self, channel: &Channel) -> Option<PresenceLeave> {
         let key = topic_key(&channel.topic, channel.private);
         if let Ok(mut topics) = self.topics.write()
             && let Some(members) = topics.get_mut(&key)
@@ -311,7 +317,7 @@ impl Hub {
     }
 
     /// Tracks (or re-tracks) a channel's presence with `state`.
-    pub(crate) fn track(&self, channel: &Channel, state: Map<String, Value>) -> PresenceChange {
+    pub(crate) fn track(&self, channel: &Channel, state: Map<String, Value>) -> PresenceEntry {
         let entry = PresenceEntry {
             topic_key: topic_key(&channel.topic, channel.private),
             key: channel.presence_key.clone(),
@@ -320,7 +326,7 @@ impl Hub {
             state,
         };
         self.apply_track(None, entry.clone());
-        PresenceChange::Track(entry)
+        entry
     }
 
     /// Adds (or replaces) a presence of `origin` (`None`: this instance)
@@ -378,25 +384,24 @@ impl Hub {
     }
 
     /// Removes a channel's presence, announcing the leave.
-    pub(crate) fn untrack(&self, channel: &Channel) -> Option<PresenceChange> {
-        let key = topic_key(&channel.topic, channel.private);
-        self.apply_untrack(None, &key, &channel.presence_key, channel.id)
-            .then(|| PresenceChange::Untrack {
-                topic_key: key,
-                key: channel.presence_key.clone(),
-                channel: channel.id,
-            })
+    pub(crate) fn untrack(&self, channel: &Channel) -> Option<PresenceLeave> {
+        let leave = PresenceLeave {
+            topic_key: topic_key(&channel.topic, channel.private),
+            key: channel.presence_key.clone(),
+            channel: channel.id,
+        };
+        self.apply_untrack(None, &leave).then_some(leave)
     }
 
     /// Removes a presence of `origin` (`None`: this instance), sending the
     /// leave to the topic's channels here; `false` when there was none.
-    pub(crate) fn apply_untrack(
-        &self,
-        origin: Option<&Arc<str>>,
-        key: &str,
-        presence_key: &str,
-        channel: u64,
-    ) -> bool {
+    pub(crate) fn apply_untrack(&self, origin: Option<&Arc<str>>, leave: &PresenceLeave) -> bool {
+        let PresenceLeave {
+            topic_key: key,
+            key: presence_key,
+            channel,
+        } = leave;
+        let (key, presence_key, channel) = (key.as_str(), presence_key.as_str(), *channel);
         let removed = {
             let Ok(mut presence) = self.presence.lock() else {
                 return false;
@@ -467,7 +472,12 @@ impl Hub {
             if !entries.iter().any(|e| {
                 e.topic_key == old.topic_key && e.key == old.key && e.channel == old.channel
             }) {
-                self.apply_untrack(Some(origin), &old.topic_key, &old.key, old.channel);
+                let leave = PresenceLeave {
+                    topic_key: old.topic_key.clone(),
+                    key: old.key.clone(),
+                    channel: old.channel,
+                };
+                self.apply_untrack(Some(origin), &leave);
             }
         }
         for entry in entries {

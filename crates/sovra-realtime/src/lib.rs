@@ -218,41 +218,21 @@ impl RealtimeService {
 
     /// Tracks a channel's presence here and on the other instances.
     pub(crate) fn track(&self, channel: &hub::Channel, state: Map<String, Value>) {
-        let change = self.hub.track(channel, state);
-        self.share_presence(Some(change));
+        let entry = self.hub.track(channel, state);
+        self.publish(bus::Event::Track(entry));
     }
 
     /// Untracks a channel's presence here and on the other instances.
     pub(crate) fn untrack(&self, channel: &hub::Channel) {
-        let change = self.hub.untrack(channel);
-        self.share_presence(change);
+        if let Some(leave) = self.hub.untrack(channel) {
+            self.publish(bus::Event::Untrack(leave));
+        }
     }
 
     /// Removes a channel (its presence leaves everywhere).
     pub(crate) fn remove_channel(&self, channel: &hub::Channel) {
-        let change = self.hub.remove(channel);
-        self.share_presence(change);
-    }
-
-    fn share_presence(&self, change: Option<hub::PresenceChange>) {
-        match change {
-            Some(hub::PresenceChange::Track(entry)) => self.publish(bus::Event::Track {
-                topic_key: entry.topic_key,
-                key: entry.key,
-                channel: entry.channel,
-                phx_ref: entry.phx_ref,
-                state: entry.state,
-            }),
-            Some(hub::PresenceChange::Untrack {
-                topic_key,
-                key,
-                channel,
-            }) => self.publish(bus::Event::Untrack {
-                topic_key,
-                key,
-                channel,
-            }),
-            None => {}
+        if let Some(leave) = self.hub.remove(channel) {
+            self.publish(bus::Event::Untrack(leave));
         }
     }
 

@@ -27,6 +27,8 @@ use sovra_pg::tokio_postgres::{self, types::ToSql, types::Type};
 use sovra_pg::{Pool, RequestContext};
 use sovra_realtime_proto::pgoutput::Datum;
 
+use sovra_rest_plan::quote_ident;
+
 use crate::Principal;
 use crate::feed::Change;
 
@@ -102,10 +104,6 @@ pub(crate) fn hoist_claims(expression: &str) -> String {
         rest = &rest[c.len_utf8()..];
     }
     out
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Authorises every group; the result is keyed like the input, in any
@@ -421,10 +419,10 @@ async fn evaluate(
         db.batch_execute("rollback").await.map(|()| None)
     }));
     let results = futures_util::future::join_all(steps).await;
+    // Steps: create, insert, then four per group (the third answers).
+    let setup = results[0].as_ref().err().or(results[1].as_ref().err());
     let mut out = Vec::with_capacity(task.len());
     for (i, (group, _)) in task.into_iter().enumerate() {
-        // Steps: create, insert, then four per group (the third answers).
-        let setup = results[0].as_ref().err().or(results[1].as_ref().err());
         let result = match (setup, &results[2 + i * 4 + 1], &results[2 + i * 4 + 2]) {
             (Some(err), _, _) | (None, Err(err), _) | (None, Ok(_), Err(err)) => {
                 Err(err.to_string())

@@ -188,15 +188,11 @@ impl Connection {
     }
 
     fn system_error(&self, channel: &Channel, text: &str) {
-        let sub = channel
-            .topic
-            .strip_prefix("realtime:")
-            .unwrap_or(&channel.topic);
         self.send(&frame::push(
             &channel.topic,
             channel.join_ref.as_deref(),
             "system",
-            json!({"extension": "system", "status": "error", "message": text, "channel": sub}),
+            json!({"extension": "system", "status": "error", "message": text, "channel": channel.sub_topic()}),
         ));
     }
 
@@ -401,12 +397,7 @@ impl Connection {
                 Some(err) => ("error", err.clone()),
                 None => ("ok", "Subscribed to PostgreSQL".to_owned()),
             };
-            self.send(&frame::push(
-                &topic,
-                None,
-                "system",
-                json!({"extension": "postgres_changes", "status": status, "message": text, "channel": sub}),
-            ));
+            self.send(&channel.changes_status(status, &text));
         }
         if let (Some(since), Some(_order)) = (since, order) {
             self.service.catch_up(&channel, since).await;
@@ -444,21 +435,17 @@ impl Connection {
             }
         };
         if channel.private {
-            let sub = channel
-                .topic
-                .strip_prefix("realtime:")
-                .unwrap_or(&channel.topic)
-                .to_owned();
             let readable = self
                 .service
-                .can_read(&principal, &sub, &["broadcast", "presence"])
+                .can_read(&principal, channel.sub_topic(), &["broadcast", "presence"])
                 .await
                 .unwrap_or_default();
             if readable.is_empty() {
                 self.shut_down(
                     &message.topic,
                     &format!(
-                        "You no longer have permission to read from this Channel topic: {sub}"
+                        "You no longer have permission to read from this Channel topic: {}",
+                        channel.sub_topic()
                     ),
                 );
                 return;
@@ -480,13 +467,9 @@ impl Connection {
         if let Some(known) = channel.can_write.lock().ok().and_then(|c| *c) {
             return known;
         }
-        let sub = channel
-            .topic
-            .strip_prefix("realtime:")
-            .unwrap_or(&channel.topic);
         let allowed = self
             .service
-            .can_write(&channel.principal(), sub, extension)
+            .can_write(&channel.principal(), channel.sub_topic(), extension)
             .await
             .unwrap_or(false);
         if let Ok(mut cached) = channel.can_write.lock() {

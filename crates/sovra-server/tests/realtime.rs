@@ -1197,9 +1197,31 @@ async fn two_instances_share_broadcast_presence_and_changes_over_nats() {
     config.realtime.nats_subject = format!("test{}", uuid::Uuid::new_v4().simple());
     let one = TestApp::spawn_with(config.clone()).await;
     one.db.client().await.batch_execute(FIXTURE).await.unwrap();
-    let two = one.spawn_peer(config).await;
+    let two = one.spawn_peer(config.clone()).await;
     peers(&one, 1).await;
     peers(&two, 1).await;
+
+    // Garbage published on the tenant's subject is counted and skipped.
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut raw = tokio::net::TcpStream::connect(nats.url.trim_start_matches("nats://"))
+            .await
+            .unwrap();
+        let subject = format!("{}.default", config.realtime.nats_subject);
+        raw.write_all(
+            format!("CONNECT {{\"verbose\":false}}\r\nPUB {subject} 9\r\nnot json!\r\nPING\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut seen = String::new();
+        let mut buf = [0u8; 1024];
+        while !seen.contains("PONG") {
+            let n = raw.read(&mut buf).await.unwrap();
+            assert!(n > 0, "nats closed: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
 
     // Presence tracked on one is in the state a client of two gets.
     let mut a = Client::connect(&one, &one.anon_key, "2.0.0").await;
@@ -1273,6 +1295,17 @@ async fn two_instances_share_broadcast_presence_and_changes_over_nats() {
     assert_eq!(status, 202);
     let (_, got, _) = a.expect("broadcast").await;
     assert_eq!(got["payload"]["from"], "http");
+
+    let metrics = reqwest::get(format!("{}/metrics", one.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sovra_realtime_bus_errors_total"),
+        "the unreadable event is counted"
+    );
 
     // A dropped connection on two leaves presence on one at once.
     drop(b);
@@ -1370,30 +1403,23 @@ async fn a_policy_that_fails_for_one_subscriber_or_an_unknown_role_hides_rows_on
         app.sign(Value::Object(claims))
     };
     let binding = json!([{"event": "INSERT", "schema": "public", "table": "levels"}]);
-    let mut five = Client::connect(&app, &app.anon_key, "2.0.0").await;
-    pg_join(
-        &mut five,
-        "realtime:l",
-        binding.clone(),
-        &token("5", "authenticated"),
-    )
-    .await;
-    let mut broken = Client::connect(&app, &app.anon_key, "2.0.0").await;
-    pg_join(
-        &mut broken,
-        "realtime:l",
-        binding.clone(),
-        &token("oops", "authenticated"),
-    )
-    .await;
-    let mut ghost = Client::connect(&app, &app.anon_key, "2.0.0").await;
-    pg_join(
-        &mut ghost,
-        "realtime:l",
-        binding,
-        &token("9", "no_such_role"),
-    )
-    .await;
+    let mut clients = Vec::new();
+    for (level, role) in [
+        ("5", "authenticated"),
+        ("oops", "authenticated"),
+        ("9", "no_such_role"),
+    ] {
+        let mut client = Client::connect(&app, &app.anon_key, "2.0.0").await;
+        pg_join(
+            &mut client,
+            "realtime:l",
+            binding.clone(),
+            &token(level, role),
+        )
+        .await;
+        clients.push(client);
+    }
+    let [mut five, mut broken, mut ghost] = <[Client; 3]>::try_from(clients).ok().unwrap();
     feed_ready(&app).await;
     app.db
         .client()
@@ -1413,4 +1439,35 @@ async fn a_policy_that_fails_for_one_subscriber_or_an_unknown_role_hides_rows_on
     ghost
         .silent("postgres_changes", Duration::from_millis(300))
         .await;
+}
+
+#[tokio::test]
+async fn catch_up_turned_off_says_so() {
+    init_logs();
+    let mut config = sovra_config::Config::default();
+    config.realtime.catchup_window = 0;
+    let app = TestApp::spawn_with(config).await;
+    app.db.client().await.batch_execute(FIXTURE).await.unwrap();
+    let (_, token) = user(&app);
+    let mut a = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    let reply = a
+        .join(
+            "realtime:notes",
+            json!({"postgres_changes": [{"event": "*", "schema": "public", "table": "notes",
+                                         "since": "2026-01-01T00:00:00.000Z"}]}),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(reply["status"], "ok");
+    let (_, subscribed, _) = a.expect("system").await;
+    assert_eq!(subscribed["status"], "ok");
+    let (_, off, _) = a.expect("system").await;
+    assert_eq!(off["status"], "error");
+    assert!(
+        off["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Catch-up is off"),
+        "{off}"
+    );
 }
