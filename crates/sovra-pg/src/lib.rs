@@ -17,7 +17,7 @@ pub use cluster::{Cluster, ClusterError, ClusterOptions, PgBinaries};
 pub use error::{ErrorKind, error_kind};
 pub use migrate::{MigrateError, MigrationReport, migrate};
 pub use pool::{ClientWrapper, GenericClient, Pool, PoolError, PooledClient, connect_one};
-pub use request::{PROLOGUE_SQL, RequestContext, begin_request, prologue_params};
+pub use request::{PROLOGUE_SQL, RESET_SQL, RequestContext, begin_request, prologue_params};
 
 /// Re-exported so that callers use the same driver version.
 pub use tokio_postgres;

@@ -54,6 +54,18 @@ pub const PROLOGUE_SQL: &str = "select (select count(*) from (
         set_config('request.cookies', '{}', true),
         CASE WHEN $8::text IS NOT NULL THEN set_config('search_path', $8, true) END";
 
+/// Clears what an earlier user of a pooled connection may have left in the
+/// session, outside any transaction: settings made with
+/// `set_config(…, false)` or `SET` (every `request.*` placeholder, the
+/// legacy `request.jwt.claim` and `request.jwt.claim.*` included, `role`,
+/// `timezone`, `search_path`), open cursors, `LISTEN`s, session advisory
+/// locks, temporary tables and sequence state. Prepared statements stay,
+/// so the driver's statement cache keeps working. Send it (pipelined, so
+/// it costs no round trip of its own) before the request transaction
+/// begins.
+pub const RESET_SQL: &str = "CLOSE ALL; RESET ROLE; RESET ALL; UNLISTEN *; \
+     SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+
 /// The parameters of [`PROLOGUE_SQL`] for `context`.
 pub fn prologue_params(context: &RequestContext) -> [Option<String>; 8] {
     let claim_text = |name: &str| -> String {
@@ -74,13 +86,15 @@ pub fn prologue_params(context: &RequestContext) -> [Option<String>; 8] {
     ]
 }
 
-/// Begins the request transaction and applies `context`. A role that does
+/// Resets the session ([`RESET_SQL`]), begins the request transaction and
+/// applies `context`. A role that does
 /// not exist fails with SQLSTATE `22023` ([`crate::ErrorKind::InvalidParameterValue`]).
 pub async fn begin_request<'a>(
     client: &'a mut tokio_postgres::Client,
     context: &RequestContext,
     read_only: bool,
 ) -> Result<tokio_postgres::Transaction<'a>, tokio_postgres::Error> {
+    client.batch_execute(RESET_SQL).await?;
     let tx = client
         .build_transaction()
         .read_only(read_only)

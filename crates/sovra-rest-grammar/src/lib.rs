@@ -24,6 +24,10 @@
 //! order       = oterm *( "," oterm )
 //! oterm       = ( field | name "(" field ")" ) [ "." ( "asc" | "desc" ) ] [ "." ( "nullsfirst" | "nullslast" ) ]
 //! ```
+//!
+//! Embeds and logic trees nest at most [`MAX_DEPTH`] levels (a logic
+//! parameter's own parentheses are the first level): deeper input is a
+//! parse error, so no tree that reaches the planner can exhaust a stack.
 
 mod ast;
 mod parse;
@@ -33,7 +37,7 @@ mod print;
 pub use print::{SelectList, print_name};
 
 pub use ast::*;
-pub use parse::ParseError;
+pub use parse::{MAX_DEPTH, ParseError};
 pub use prefer::{
     CountPreference, Handling, Missing, Preferences, RangeHeader, Resolution, ReturnPreference,
     TxPreference, parse_prefer, parse_range,

@@ -462,6 +462,90 @@ fn range_header() {
     assert_eq!(parse_range("a-b"), Ok(None));
 }
 
+/// `a(a(…a()…))` with `levels` embeds.
+fn nested_select(levels: usize) -> String {
+    format!("{}{}", "a(".repeat(levels), ")".repeat(levels))
+}
+
+/// The value of `or=` holding `levels` trees in all: `(and(and(…x.eq.1…)))`.
+fn nested_logic(levels: usize) -> String {
+    let inner = levels.saturating_sub(1);
+    format!("({}x.eq.1{})", "and(".repeat(inner), ")".repeat(inner))
+}
+
+#[test]
+fn nesting_is_accepted_up_to_the_limit() {
+    let select = parse_select(&nested_select(MAX_DEPTH)).unwrap();
+    let mut depth = 0;
+    let mut items = &select;
+    while let [SelectItem::Embed { select, .. }] = items.as_slice() {
+        depth += 1;
+        items = select;
+    }
+    assert_eq!(depth, MAX_DEPTH);
+    let tree = parse_logic(false, LogicOp::Or, &nested_logic(MAX_DEPTH)).unwrap();
+    assert_eq!(tree_depth(&tree), MAX_DEPTH);
+    // Side by side is not nested: many embeds at one level are fine.
+    let wide = vec!["a()"; 500].join(",");
+    assert_eq!(parse_select(&wide).unwrap().len(), 500);
+}
+
+fn tree_depth(tree: &LogicTree) -> usize {
+    match tree {
+        LogicTree::Filter(_) => 0,
+        LogicTree::Expr { children, .. } => 1 + children.iter().map(tree_depth).max().unwrap_or(0),
+    }
+}
+
+#[test]
+fn nesting_past_the_limit_is_a_parse_error() {
+    let err = parse_select(&nested_select(MAX_DEPTH + 1)).unwrap_err();
+    assert_eq!(err.parameter, "select parameter");
+    // At the `(` that opens one level too many.
+    assert_eq!(err.column, 2 * MAX_DEPTH + 2, "{err}");
+    assert_eq!(
+        err.expected,
+        format!("embedded resources nested more than {MAX_DEPTH} levels deep")
+    );
+    let err = parse_logic(false, LogicOp::Or, &nested_logic(MAX_DEPTH + 1)).unwrap_err();
+    assert_eq!(err.parameter, "logic tree");
+    assert_eq!(
+        err.expected,
+        format!("logic trees nested more than {MAX_DEPTH} levels deep")
+    );
+    // What once overflowed the stack: 3,000 levels of each, as parameters.
+    let deep_or = nested_logic(3000);
+    let deep_select = nested_select(3000);
+    for (key, value) in [
+        ("or", deep_or.as_str()),
+        ("not.and", deep_or.as_str()),
+        ("items.or", deep_or.as_str()),
+        ("select", deep_select.as_str()),
+    ] {
+        let err = parse_query(&[(key.to_owned(), value.to_owned())], false).unwrap_err();
+        assert!(matches!(err, QueryError::Parse(_)), "{key}: {err}");
+    }
+    // Spreads and aliased or hinted embeds count as levels too.
+    let spreads = format!(
+        "{}{}",
+        "...a(".repeat(MAX_DEPTH + 1),
+        ")".repeat(MAX_DEPTH + 1)
+    );
+    assert!(parse_select(&spreads).is_err());
+    let hinted = format!(
+        "{}{}",
+        "x:a!fk!inner(".repeat(MAX_DEPTH + 1),
+        ")".repeat(MAX_DEPTH + 1)
+    );
+    assert!(parse_select(&hinted).is_err());
+    let hinted_ok = format!(
+        "{}{}",
+        "x:a!fk!inner(".repeat(MAX_DEPTH),
+        ")".repeat(MAX_DEPTH)
+    );
+    assert!(parse_select(&hinted_ok).is_ok());
+}
+
 // Property tests: no input makes a parser panic, and printed trees parse
 // back to themselves.
 

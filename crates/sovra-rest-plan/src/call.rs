@@ -5,11 +5,12 @@
 
 use std::collections::BTreeSet;
 
-use sovra_rest_grammar::{Preferences, QueryParams, RangeHeader, SelectItem};
+use sovra_rest_grammar::{CountPreference, Preferences, QueryParams, RangeHeader, SelectItem};
 
 use crate::error::ApiError;
 use crate::plan::{
-    Action, Builder, Ctx, Plan, Request, Target, check_paths, check_supported, level, plan_read,
+    Action, Builder, Ctx, EXPLAIN_PREFIX, Plan, Request, Target, check_paths, check_supported,
+    level, plan_read,
 };
 use crate::schema::{Relation, RelationKind, ReturnShape, Routine, SchemaCache, quote_ident};
 
@@ -257,8 +258,14 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
             RoutineResult::Scalar,
         ),
         ReturnShape::Scalar(_) => (
+            // The page is every row, so a count is the page's.
             format!(
-                "SELECT NULL::bigint, count(_pgrst_scalar), coalesce(json_agg(_pgrst_scalar), '[]')::text FROM {call} AS _pgrst_scalar"
+                "SELECT {}, count(_pgrst_scalar), coalesce(json_agg(_pgrst_scalar), '[]')::text FROM {call} AS _pgrst_scalar",
+                if request.prefs.count.is_some() {
+                    "count(_pgrst_scalar)"
+                } else {
+                    "NULL::bigint"
+                }
             ),
             RoutineResult::Set,
         ),
@@ -298,8 +305,19 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                 .unwrap_or_else(|| vec![SelectItem::Star]);
             check_supported(&select)?;
             check_paths(&select, request.query)?;
+            // A count needs the rows twice (the page and the total), so the
+            // call's result is materialised once and both read it: the
+            // function runs once, side effects and all, as in PostgREST.
+            let counted = matches!(
+                request.prefs.count,
+                Some(CountPreference::Exact | CountPreference::Estimated)
+            );
             let mut target = Target::new(&relation);
-            target.qualified = format!("{call} AS {}", target.alias);
+            target.qualified = if counted {
+                format!("_pgrst_source AS {}", target.alias)
+            } else {
+                format!("{call} AS {}", target.alias)
+            };
             let ctx = Ctx {
                 cache,
                 query: request.query,
@@ -317,7 +335,15 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                 csv: false,
                 strip_nulls: request.strip_nulls,
             };
-            let plan = plan_read(&ctx, &target, &read, &level, &mut b)?;
+            let mut plan = plan_read(&ctx, &target, &read, &level, &mut b)?;
+            if counted {
+                let with = format!("WITH _pgrst_source AS MATERIALIZED (SELECT * FROM {call}) ");
+                plan.statement.sql.insert_str(0, &with);
+                if let Some(planned) = &mut plan.planned_count {
+                    *planned =
+                        planned.replacen(EXPLAIN_PREFIX, &format!("{EXPLAIN_PREFIX}{with}"), 1);
+                }
+            }
             let result = if routine.returns_set {
                 RoutineResult::Set
             } else {

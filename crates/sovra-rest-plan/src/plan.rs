@@ -1046,6 +1046,9 @@ fn count_expr(request: &Request<'_>, target: &Target<'_>, where_sql: &str) -> St
     }
 }
 
+/// How [`Plan::planned_count`] starts.
+pub(crate) const EXPLAIN_PREFIX: &str = "EXPLAIN (FORMAT JSON) ";
+
 fn planned_count(request: &Request<'_>, target: &Target<'_>, where_sql: &str) -> Option<String> {
     matches!(
         request.prefs.count,
@@ -1053,7 +1056,7 @@ fn planned_count(request: &Request<'_>, target: &Target<'_>, where_sql: &str) ->
     )
     .then(|| {
         format!(
-            "EXPLAIN (FORMAT JSON) SELECT 1 FROM {}{where_sql}",
+            "{EXPLAIN_PREFIX}SELECT 1 FROM {}{where_sql}",
             target.qualified
         )
     })

@@ -457,14 +457,19 @@ impl RestService {
         // One round trip for everything up to the result (and, for reads,
         // the commit too): the driver pipelines requests polled together.
         let begin = if read { "BEGIN READ ONLY" } else { "BEGIN" };
-        let set_timezone = async {
-            match timezone {
-                Some(_) => client
-                    .query_typed("select set_config('timezone', $1, true)", &timezone_params)
-                    .await
-                    .map(drop),
-                None => Ok(()),
-            }
+        // JIT compilation is off for the request: every embed is a
+        // correlated subquery whose cost estimate multiplies the one above,
+        // so a few levels of embeds over five rows passed the JIT
+        // thresholds and spent seconds compiling what runs in a millisecond.
+        let settings = async {
+            client
+                .query_typed(
+                    "select set_config('jit', 'off', true), \
+                     CASE WHEN $1::text IS NOT NULL THEN set_config('timezone', $1, true) END",
+                    &timezone_params,
+                )
+                .await
+                .map(drop)
         };
         let planned = async {
             match &plan.planned_count {
@@ -499,37 +504,47 @@ impl RestService {
             .map_err(db)?;
         let prologue_values: Vec<&(dyn ToSql + Sync)> =
             prologue.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let (begun, applied, zoned, result, estimate, committed) = tokio::join!(
+        let (reset, begun, applied, zoned, result, estimate, committed) = tokio::join!(
+            // What an earlier request on this connection left in the session.
+            client.batch_execute(sovra_pg::RESET_SQL),
             client.batch_execute(begin),
             client.query(&prologue_statement, &prologue_values),
-            set_timezone,
+            settings,
             client.query_typed(&plan.statement.sql, &main_params),
             planned,
             finish_read,
         );
-        let (committed, estimate) = match (begun, applied, zoned, result, estimate, committed) {
-            (Ok(()), Ok(_), Ok(()), Ok(rows), Ok(estimate), Ok(committed)) => {
-                let row = rows.into_iter().next().ok_or_else(|| {
-                    ApiError::from_database("XX000", "no result".to_owned(), None, None, anonymous)
-                })?;
-                ((row, committed), estimate)
-            }
-            (begun, applied, zoned, result, estimate, committed) => {
-                let err = [
-                    begun.err(),
-                    applied.err(),
-                    zoned.err(),
-                    result.err(),
-                    estimate.err(),
-                    committed.err(),
-                ]
-                .into_iter()
-                .flatten()
-                .next();
-                // The guard rolls back whatever is still open.
-                return Err(err.map_or_else(ApiError::connection, db));
-            }
-        };
+        let (committed, estimate) =
+            match (reset, begun, applied, zoned, result, estimate, committed) {
+                (Ok(()), Ok(()), Ok(_), Ok(()), Ok(rows), Ok(estimate), Ok(committed)) => {
+                    let row = rows.into_iter().next().ok_or_else(|| {
+                        ApiError::from_database(
+                            "XX000",
+                            "no result".to_owned(),
+                            None,
+                            None,
+                            anonymous,
+                        )
+                    })?;
+                    ((row, committed), estimate)
+                }
+                (reset, begun, applied, zoned, result, estimate, committed) => {
+                    let err = [
+                        reset.err(),
+                        begun.err(),
+                        applied.err(),
+                        zoned.err(),
+                        result.err(),
+                        estimate.err(),
+                        committed.err(),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .next();
+                    // The guard rolls back whatever is still open.
+                    return Err(err.map_or_else(ApiError::connection, db));
+                }
+            };
         let (row, committed) = committed;
         if committed {
             guard.open = false;
