@@ -129,7 +129,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         key: "database.url",
         kind: Kind::String,
         default: "",
-        doc: "PostgreSQL connection URL (`postgres://user:pass@host:5432/db`). When set, Sovra uses that server and manages none; when unset, Sovra runs its own embedded cluster in the data directory.",
+        doc: "PostgreSQL connection URL (`postgres://user:pass@host:5432/db`). When set, Sovra uses that server and manages none; when unset, Sovra runs its own embedded cluster in the data directory. The URL's user runs migrations and the change feed only: requests log in as `authenticator` and auth as `supabase_auth_admin`, never a superuser, with passwords Sovra has PostgreSQL generate and keeps in `sovra.login_secrets`, so that user must be allowed to set those roles' passwords (a superuser, or `CREATEROLE`) and pg_hba.conf must let the two roles log in with a password.",
     },
     OptionDoc {
         key: "database.pool_size",

@@ -1,6 +1,7 @@
 //! PostgreSQL for Sovra: the embedded cluster Sovra manages when no database
 //! URL is configured ([`cluster`]), the connection pool ([`pool`]), the
-//! versioned migrations embedded in the binary ([`migrate`]), the
+//! versioned migrations embedded in the binary ([`migrate`]), the roles
+//! Sovra's pools log in as ([`logins`]), the
 //! per-request transaction that sets role and request settings
 //! ([`request`]), and the classification of database errors ([`ErrorKind`]).
 //!
@@ -9,12 +10,14 @@
 
 pub mod cluster;
 mod error;
+pub mod logins;
 pub mod migrate;
 pub mod pool;
 pub mod request;
 
 pub use cluster::{Cluster, ClusterError, ClusterOptions, PgBinaries};
 pub use error::{ErrorKind, error_kind};
+pub use logins::{LoginError, Logins};
 pub use migrate::{MigrateError, MigrationReport, migrate};
 pub use pool::{ClientWrapper, GenericClient, Pool, PoolError, PooledClient, connect_one};
 pub use request::{PROLOGUE_SQL, RESET_SQL, RequestContext, begin_request, prologue_params};

@@ -152,6 +152,14 @@ fn db_error(err: sovra_pg::tokio_postgres::Error) -> (StatusCode, String) {
             err.as_db_error()
                 .map_or_else(|| "invalid role".to_owned(), |db| db.message().to_owned()),
         ),
+        // A token's role the request login may not become.
+        sovra_pg::ErrorKind::InsufficientPrivilege => (
+            StatusCode::FORBIDDEN,
+            err.as_db_error().map_or_else(
+                || "permission denied".to_owned(),
+                |db| db.message().to_owned(),
+            ),
+        ),
         sovra_pg::ErrorKind::Connection => (
             StatusCode::SERVICE_UNAVAILABLE,
             "database unavailable".to_owned(),

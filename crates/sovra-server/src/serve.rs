@@ -30,6 +30,17 @@ pub enum ServeError {
     Keys(#[from] keys::KeysError),
     #[error("database pool: {0}")]
     Pool(String),
+    #[error(transparent)]
+    Logins(#[from] sovra_pg::LoginError),
+    #[error(
+        "cannot log in to postgresql as `{role}` ({purpose}): {source}; Sovra keeps the role's password in the table sovra.login_secrets, so allow password logins for `authenticator` and `supabase_auth_admin` from this host in pg_hba.conf"
+    )]
+    Login {
+        role: &'static str,
+        purpose: &'static str,
+        #[source]
+        source: sovra_pg::tokio_postgres::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -65,9 +76,14 @@ pub async fn open_database(config: &Config, data_dir: &DataDir) -> Result<Databa
             .map_err(|err| ServeError::DatabaseUrl(err.to_string()))?;
         let mut parsed = parsed;
         parsed.application_name("sovra");
+        // Requests never log in as the URL's user (usually a superuser, who
+        // could become any role a token names): they log in as
+        // `authenticator`, whose password `build_tenant` provides.
+        let mut requests = parsed.clone();
+        requests.user(sovra_pg::logins::AUTHENTICATOR);
         return Ok(Database {
-            admin: parsed.clone(),
-            requests: parsed,
+            admin: parsed,
+            requests,
             cluster: None,
         });
     }
@@ -146,17 +162,98 @@ pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError
     Ok(out)
 }
 
+/// Connects once as `login` (a pool's role) and checks that the session is
+/// not a superuser's.
+async fn check_login(
+    login: &sovra_pg::tokio_postgres::Config,
+    role: &'static str,
+    purpose: &'static str,
+) -> Result<(), ServeError> {
+    let failed = |source| ServeError::Login {
+        role,
+        purpose,
+        source,
+    };
+    let client = sovra_pg::connect_one(login).await.map_err(failed)?;
+    let row = client
+        .query_one(
+            "select session_user::text, rolsuper or rolbypassrls from pg_catalog.pg_roles where rolname = session_user",
+            &[],
+        )
+        .await
+        .map_err(failed)?;
+    if row.get::<_, String>(0) != role || row.get::<_, bool>(1) {
+        return Err(sovra_pg::LoginError::Privileged { role }.into());
+    }
+    Ok(())
+}
+
+fn wrong_password(err: &ServeError) -> bool {
+    matches!(err, ServeError::Login { source, .. }
+        if source.code() == Some(&sovra_pg::tokio_postgres::error::SqlState::INVALID_PASSWORD))
+}
+
+/// The connection settings of the request pool (`authenticator`) and the
+/// auth pool (`supabase_auth_admin`): `requests` with each role's user and
+/// password, prepared by `service` and checked by logging in once.
+async fn pool_logins(
+    requests: sovra_pg::tokio_postgres::Config,
+    service: &sovra_pg::tokio_postgres::Config,
+) -> Result<
+    (
+        sovra_pg::tokio_postgres::Config,
+        sovra_pg::tokio_postgres::Config,
+    ),
+    ServeError,
+> {
+    use sovra_pg::logins::{AUTH_ADMIN, AUTHENTICATOR};
+    let admin = sovra_pg::connect_one(service)
+        .await
+        .map_err(ServeError::Connect)?;
+    let configs = |logins: &sovra_pg::Logins| {
+        let mut request_login = requests.clone();
+        request_login
+            .user(AUTHENTICATOR)
+            .password(logins.authenticator.as_str());
+        let mut auth_login = requests.clone();
+        auth_login
+            .user(AUTH_ADMIN)
+            .password(logins.auth_admin.as_str());
+        (request_login, auth_login)
+    };
+    let check = |(request_login, auth_login): (
+        sovra_pg::tokio_postgres::Config,
+        sovra_pg::tokio_postgres::Config,
+    )| async move {
+        check_login(&request_login, AUTHENTICATOR, "requests").await?;
+        check_login(&auth_login, AUTH_ADMIN, "auth").await?;
+        Ok::<_, ServeError>((request_login, auth_login))
+    };
+    let logins = sovra_pg::logins::prepare(&admin, false).await?;
+    match check(configs(&logins)).await {
+        // Another database of the cluster set the roles' passwords since:
+        // set this database's again.
+        Err(err) if wrong_password(&err) => {
+            let logins = sovra_pg::logins::prepare(&admin, true).await?;
+            check(configs(&logins)).await
+        }
+        other => other,
+    }
+}
+
 /// Builds the single tenant of this server: its pools, keys and services
-/// (the REST schema cache is loaded before this returns). `requests`
-/// connects as `authenticator`; `service` as a role that may become
-/// `supabase_auth_admin` (the superuser of the embedded cluster, or the
-/// user of `database.url`).
+/// (the REST schema cache is loaded before this returns). `requests` says
+/// where the database is: the request pool logs in there as
+/// `authenticator` and the auth pool as `supabase_auth_admin`, neither a
+/// superuser, with the passwords `service` (the superuser of the embedded
+/// cluster, or the user of `database.url`) prepares.
 pub async fn build_tenant(
     config: &Config,
     requests: sovra_pg::tokio_postgres::Config,
     service: sovra_pg::tokio_postgres::Config,
     keys: ProjectKeys,
 ) -> Result<Tenant, ServeError> {
+    let (requests, auth_db) = pool_logins(requests, &service).await?;
     let rest = sovra_rest::RestService::start(
         sovra_rest::RestConfig {
             schemas: config.rest.schema_list(),
@@ -173,9 +270,8 @@ pub async fn build_tenant(
         Duration::from_secs(config.database.connect_timeout),
     )
     .map_err(|err| ServeError::Pool(err.to_string()))?;
-    // Auth works on its own tables as their owner, never as a superuser.
-    let mut auth_db = service.clone();
-    auth_db.options("-c role=supabase_auth_admin");
+    // Auth works on its own tables as their owner, logged in as that role:
+    // app triggers on auth.users never run in a superuser's session.
     let auth_pool = sovra_pg::pool::build(
         auth_db,
         config.database.pool_size.clamp(2, 32),

@@ -125,6 +125,11 @@ async fn shared() -> &'static Shared {
             sovra_pg::migrate(&mut client)
                 .await
                 .expect("migrating the template database");
+            // Clones inherit the pools' login passwords, so tests running
+            // side by side never set them (cluster-wide) at once.
+            sovra_pg::logins::prepare(&client, false)
+                .await
+                .expect("preparing the login roles");
             drop(client);
             // Cloning needs the template to have no open connections; the
             // dropped client may still be closing.
