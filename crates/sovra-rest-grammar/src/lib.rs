@@ -240,3 +240,6 @@ pub fn decode_component(text: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz;

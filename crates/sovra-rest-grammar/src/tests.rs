@@ -549,14 +549,14 @@ fn nesting_past_the_limit_is_a_parse_error() {
 // Property tests: no input makes a parser panic, and printed trees parse
 // back to themselves.
 
-fn arb_name() -> impl Strategy<Value = String> {
+pub(crate) fn arb_name() -> impl Strategy<Value = String> {
     prop_oneof!["[a-z_][a-z0-9_]{0,8}", "[a-zA-Z0-9 ,.()\"\\\\:!>-]{1,8}",]
         .prop_filter("not a keyword", |n| {
             n != "count" && n != "inner" && n != "left"
         })
 }
 
-fn arb_field() -> impl Strategy<Value = Field> {
+pub(crate) fn arb_field() -> impl Strategy<Value = Field> {
     (
         arb_name(),
         prop::collection::vec(
@@ -579,7 +579,7 @@ fn arb_field() -> impl Strategy<Value = Field> {
         })
 }
 
-fn arb_cast() -> impl Strategy<Value = Option<String>> {
+pub(crate) fn arb_cast() -> impl Strategy<Value = Option<String>> {
     prop::option::of(prop_oneof![
         Just("text".to_owned()),
         Just("int4".to_owned()),
@@ -631,7 +631,7 @@ fn arb_select() -> impl Strategy<Value = Vec<SelectItem>> {
     prop::collection::vec(item, 1..5)
 }
 
-fn arb_operation() -> impl Strategy<Value = Operation> {
+pub(crate) fn arb_operation() -> impl Strategy<Value = Operation> {
     prop_oneof![
         (
             prop_oneof![
