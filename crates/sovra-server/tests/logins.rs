@@ -20,8 +20,10 @@ struct UrlServer {
 }
 
 async fn serve_url(database_url: &str) -> Result<UrlServer, sovra_server::serve::ServeError> {
-    let mut config = sovra_config::Config::default();
-    config.data_dir = scratch_dir();
+    let mut config = sovra_config::Config {
+        data_dir: scratch_dir(),
+        ..sovra_config::Config::default()
+    };
     config.database.url = Some(database_url.to_owned());
     let data_dir = sovra_server::data_dir::DataDir::open(&config.data_dir).unwrap();
     let database = sovra_server::serve::open_database(&config, &data_dir).await?;
