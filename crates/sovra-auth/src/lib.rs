@@ -313,6 +313,11 @@ impl AuthService {
         &self.pool
     }
 
+    /// Password hashes queued or running now.
+    pub fn hashes_in_flight(&self) -> usize {
+        self.hasher.in_flight()
+    }
+
     /// Loads the API-key cache from the database.
     pub async fn reload_api_keys(&self) -> AuthResult<()> {
         let client = self.pool.get().await?;

@@ -146,7 +146,7 @@ impl Hasher {
         &self,
         job: impl FnOnce(&mut [Block]) -> T + Send + 'static,
     ) -> AuthResult<T> {
-        let shared = &self.shared;
+        let shared = &*self.shared;
         let reserved = shared
             .in_flight
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -160,16 +160,22 @@ impl Hasher {
                 1,
             ));
         }
+        // Gives the place back when dropped: on the hashing thread, once the
+        // job has finished (or panicked, or was skipped).
+        let place = Place(self.shared.clone());
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let boxed: Job = Box::new(move |blocks: &mut [Block]| {
             // Its caller went away before its turn: nothing to compute.
             if sender.is_closed() {
+                drop(place);
                 return;
             }
-            let _ = sender.send(job(blocks));
+            let out = job(blocks);
+            // Finished: the place is free before the caller hears back.
+            drop(place);
+            let _ = sender.send(out);
         });
         if self.jobs.send(boxed).is_err() {
-            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
             return Err(AuthError::internal());
         }
         receiver.await.map_err(|_| AuthError::internal())
@@ -208,6 +214,15 @@ impl Hasher {
     }
 }
 
+/// A reserved place among the threads and the queue.
+struct Place(Arc<Shared>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// One hashing thread: takes jobs until every [`Hasher`] clone is gone,
 /// with one memory buffer allocated on first use and kept.
 fn worker(receiver: &Mutex<mpsc::Receiver<Job>>, shared: &Shared) {
@@ -230,7 +245,6 @@ fn worker(receiver: &Mutex<mpsc::Receiver<Job>>, shared: &Shared) {
         if outcome.is_err() {
             tracing::error!("a password hashing job panicked");
         }
-        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
