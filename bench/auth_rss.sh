@@ -30,7 +30,7 @@ service="$(echo "$keys" | python3 -c 'import json,sys; print(json.load(sys.stdin
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$pid/status"; }   # KiB
 mib() { awk -v k="$1" 'BEGIN {printf "%.0f MiB", k / 1024}'; }
 
-curl -fs -o /dev/null -X POST "$url/auth/v1/admin/users" -H "apikey: $anon" \
+curl -sS -o /dev/null -X POST "$url/auth/v1/admin/users" -H "apikey: $anon" \
   -H "authorization: Bearer $service" -H 'content-type: application/json' \
   -d '{"email":"rss@example.com","password":"rss-password","email_confirm":true}'
 # One sign-in to warm up (first connections, first hash), then settle.

@@ -509,8 +509,8 @@ async fn an_external_issuers_tokens_need_its_issuer_and_audience() {
     let mut refused = Config::default();
     refused.jwt.jwks = Some(public.to_string());
     let dir = tempfile::tempdir().unwrap();
-    let err = sovra_server::keys::load_or_create(&dir.path().join("keys.json"), &refused)
-        .unwrap_err();
+    let err =
+        sovra_server::keys::load_or_create(&dir.path().join("keys.json"), &refused).unwrap_err();
     assert!(err.to_string().contains("jwt.jwks_audience"), "{err}");
 
     let mut config = Config::default();
@@ -520,12 +520,11 @@ async fn an_external_issuers_tokens_need_its_issuer_and_audience() {
     let app = TestApp::spawn_with(config).await;
     // The identity provider signs with the private half.
     let private = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "idp-1", "alg": "ES256", "d": EC_D, "x": EC_X, "y": EC_Y}]});
-    let idp = sovra_jwt::KeySet::new(&sovra_jwt::KeyStore::default(), Some(&private), None).unwrap();
+    let idp =
+        sovra_jwt::KeySet::new(&sovra_jwt::KeyStore::default(), Some(&private), None).unwrap();
     let url = format!("{}/sovra/v1/whoami", app.url);
     let whoami = |claims: Value| {
-        let token = idp
-            .sign(claims.as_object().unwrap())
-            .unwrap();
+        let token = idp.sign(claims.as_object().unwrap()).unwrap();
         let url = url.clone();
         let anon = app.anon_key.clone();
         async move {
