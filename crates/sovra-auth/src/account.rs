@@ -91,6 +91,14 @@ struct UpdateBody {
     current_password: Option<String>,
 }
 
+/// A new password, checked and hashed before the transaction that stores it.
+pub(crate) struct NewPassword {
+    user_id: Uuid,
+    /// The stored hash the checks were made against.
+    checked_against: Option<String>,
+    hash: String,
+}
+
 /// `data` as a metadata object (`null`/absent: empty).
 pub(crate) fn metadata(data: Option<Value>) -> AuthResult<Map<String, Value>> {
     match data {
@@ -361,6 +369,7 @@ impl AuthService {
         if password.is_empty() {
             return Err(AuthError::validation("Signup requires a valid password"));
         }
+        crate::password::check_length(&password)?;
         if let Err((message, reasons)) = self.config.password.check(&password) {
             return Err(AuthError::weak_password(message, reasons));
         }
@@ -382,12 +391,9 @@ impl AuthService {
         };
         let subject = email.clone().or_else(|| phone.clone()).unwrap_or_default();
         self.limit(Bucket::SignIn, &subject)?;
-        // Hash before looking the user up, so both paths take as long.
-        let hash = self
-            .hasher
-            .hash(&password)
-            .await
-            .ok_or_else(AuthError::internal)?;
+        // Hash before looking the user up, so both paths take as long, and
+        // before taking a connection, so none is held while hashing.
+        let hash = self.hasher.hash(&password).await?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let existing = match (&email, &phone) {
@@ -635,23 +641,32 @@ impl AuthService {
         };
         self.limit(Bucket::SignIn, &ctx.ip_key())?;
         self.limit(Bucket::SignIn, &subject)?;
-        let mut client = self.pool.get().await?;
-        let found = if email.is_some() {
-            user::by_email(&client, &subject).await?
-        } else {
-            user::by_phone(&client, &subject).await?
+        crate::password::check_length(&password)?;
+        // No connection is held while the hasher works or is waited for.
+        let found = {
+            let client = self.pool.get().await?;
+            if email.is_some() {
+                user::by_email(&client, &subject).await?
+            } else {
+                user::by_phone(&client, &subject).await?
+            }
         };
         let stored = found.as_ref().and_then(|u| u.encrypted_password.clone());
-        let checked = self.hasher.verify(&password, stored.as_deref()).await;
+        let checked = self.hasher.verify(&password, stored.as_deref()).await?;
+        let rehash = match (&found, checked) {
+            (Some(_), Checked::RightRehash) => self.hasher.hash(&password).await.ok(),
+            _ => None,
+        };
+        let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let user = match (found, checked) {
             (Some(user), Checked::Right | Checked::RightRehash) => {
-                if checked == Checked::RightRehash
-                    && let Some(new_hash) = self.hasher.hash(&password).await
-                {
+                if let Some(new_hash) = rehash {
+                    // Only if the hash is still the one that was checked.
                     tx.c_execute(
-                        "update auth.users set encrypted_password = $2 where id = $1",
-                        &[&user.id, &new_hash],
+                        "update auth.users set encrypted_password = $2
+                          where id = $1 and encrypted_password is not distinct from $3",
+                        &[&user.id, &new_hash, &stored],
                     )
                     .await?;
                 }
@@ -787,6 +802,16 @@ impl AuthService {
             ));
         }
         let redirect = self.redirect_target(ctx.query("redirect_to").as_deref());
+        let password = body.password.filter(|p| !p.is_empty());
+        // The password is checked and hashed before the transaction, with no
+        // connection held while the hasher works.
+        let new_password = match &password {
+            Some(password) => Some(
+                self.prepare_password(ctx, password, body.current_password.as_deref())
+                    .await?,
+            ),
+            None => None,
+        };
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let current = self.current(ctx, &tx).await?;
@@ -809,16 +834,9 @@ impl AuthService {
             )
             .await?;
         }
-        if let Some(password) = body.password.filter(|p| !p.is_empty()) {
-            self.change_password(
-                ctx,
-                &tx,
-                &current,
-                &password,
-                body.nonce.as_deref(),
-                body.current_password.as_deref(),
-            )
-            .await?;
+        if let Some(new_password) = &new_password {
+            self.change_password(ctx, &tx, &current, new_password, body.nonce.as_deref())
+                .await?;
         }
         if let Some(email) = body.email.filter(|e| !e.is_empty()) {
             self.change_email(ctx, &tx, user, &email, &redirect).await?;
@@ -835,16 +853,27 @@ impl AuthService {
         Ok(ok_json(updated.to_json()))
     }
 
-    async fn change_password(
+    /// Checks a new password (and the current one when given) for the
+    /// signed-in user and hashes it, all outside any transaction: the caller
+    /// is looked up with a connection that is returned before hashing.
+    /// Throttled like sign-in, per address and per user.
+    async fn prepare_password(
         &self,
         ctx: &Ctx<'_>,
-        tx: &impl GenericClient,
-        current: &crate::Current,
         password: &str,
-        nonce: Option<&str>,
         current_password: Option<&str>,
-    ) -> AuthResult<()> {
+    ) -> AuthResult<NewPassword> {
+        crate::password::check_length(password)?;
+        if let Some(old) = current_password {
+            crate::password::check_length(old)?;
+        }
+        let current = {
+            let client = self.pool.get().await?;
+            self.current(ctx, &client).await?
+        };
         let user = &current.user;
+        self.limit(Bucket::SignIn, &ctx.ip_key())?;
+        self.limit(Bucket::SignIn, &user.id.to_string())?;
         if user.is_anonymous && user.email.is_empty() && user.phone.is_empty() {
             return Err(AuthError::unprocessable(
                 "validation_failed",
@@ -861,28 +890,42 @@ impl AuthService {
         if let Err((message, reasons)) = self.config.password.check(password) {
             return Err(AuthError::weak_password(message, reasons));
         }
+        let stored = user.encrypted_password.clone();
         if let Some(old) = current_password
-            && self
-                .hasher
-                .verify(old, user.encrypted_password.as_deref())
-                .await
-                == Checked::Wrong
+            && self.hasher.verify(old, stored.as_deref()).await? == Checked::Wrong
         {
             return Err(AuthError::bad_request(
                 "current_password_invalid",
                 "Current password is incorrect",
             ));
         }
-        if self
-            .hasher
-            .verify(password, user.encrypted_password.as_deref())
-            .await
-            != Checked::Wrong
-        {
+        if self.hasher.verify(password, stored.as_deref()).await? != Checked::Wrong {
             return Err(AuthError::unprocessable(
                 "same_password",
                 "New password should be different from the old password.",
             ));
+        }
+        let hash = self.hasher.hash(password).await?;
+        Ok(NewPassword {
+            user_id: user.id,
+            checked_against: stored,
+            hash,
+        })
+    }
+
+    /// Stores a password prepared by [`Self::prepare_password`] inside the
+    /// request's transaction, after the reauthentication nonce check.
+    async fn change_password(
+        &self,
+        ctx: &Ctx<'_>,
+        tx: &impl GenericClient,
+        current: &crate::Current,
+        new: &NewPassword,
+        nonce: Option<&str>,
+    ) -> AuthResult<()> {
+        let user = &current.user;
+        if user.id != new.user_id {
+            return Err(AuthError::internal());
         }
         let session_age = current
             .session_created
@@ -915,16 +958,21 @@ impl AuthService {
                 ));
             }
         }
-        let hash = self
-            .hasher
-            .hash(password)
-            .await
-            .ok_or_else(AuthError::internal)?;
-        tx.c_execute(
-            "update auth.users set encrypted_password = $2, updated_at = now() where id = $1",
-            &[&user.id, &hash],
-        )
-        .await?;
+        // Only if the password is still the one the checks saw.
+        let changed = tx
+            .c_execute(
+                "update auth.users set encrypted_password = $2, updated_at = now()
+                  where id = $1 and encrypted_password is not distinct from $3",
+                &[&user.id, &new.hash, &new.checked_against],
+            )
+            .await?;
+        if changed != 1 {
+            return Err(AuthError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "The password was changed by another request; try again",
+            ));
+        }
         // Other sessions end with the old password.
         tx.c_execute(
             "delete from auth.sessions where user_id = $1 and id is distinct from $2",

@@ -240,12 +240,11 @@ impl AuthService {
                 "Only a password or a password hash should be provided",
             )),
             (Some(p), None) => {
+                crate::password::check_length(p)?;
                 if let Err((message, reasons)) = self.config.password.check(p) {
                     return Err(AuthError::weak_password(message, reasons));
                 }
-                Ok(Some(
-                    self.hasher.hash(p).await.ok_or_else(AuthError::internal)?,
-                ))
+                Ok(Some(self.hasher.hash(p).await?))
             }
             (None, Some(h)) => {
                 if is_password_hash(h) {
@@ -542,6 +541,22 @@ impl AuthService {
                 .or(ctx.query("redirect_to").as_deref()),
         );
         let data = metadata(body.data)?;
+        // A sign-up link's password is checked and hashed before the
+        // transaction, so no connection is held while hashing.
+        let signup_hash = if kind == "signup" {
+            let password = body
+                .password
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| AuthError::validation("Signup requires a valid password"))?;
+            crate::password::check_length(password)?;
+            if let Err((message, reasons)) = self.config.password.check(password) {
+                return Err(AuthError::weak_password(message, reasons));
+            }
+            Some(self.hasher.hash(password).await?)
+        } else {
+            None
+        };
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let existing = user::by_email(&tx, &email).await?;
@@ -555,24 +570,7 @@ impl AuthService {
                         "A user with this email address has already been registered",
                     ));
                 }
-                let hash = if kind == "signup" {
-                    let password = body
-                        .password
-                        .as_deref()
-                        .filter(|p| !p.is_empty())
-                        .ok_or_else(|| AuthError::validation("Signup requires a valid password"))?;
-                    if let Err((message, reasons)) = self.config.password.check(password) {
-                        return Err(AuthError::weak_password(message, reasons));
-                    }
-                    Some(
-                        self.hasher
-                            .hash(password)
-                            .await
-                            .ok_or_else(AuthError::internal)?,
-                    )
-                } else {
-                    None
-                };
+                let hash = signup_hash;
                 let user = match existing {
                     Some(u) => u,
                     None => {

@@ -22,6 +22,7 @@ pub mod limits;
 pub mod mail;
 mod mfa;
 pub mod password;
+pub mod redirect;
 pub mod session;
 pub mod time;
 pub mod user;
@@ -64,8 +65,9 @@ pub struct RateLimits {
 pub struct AuthConfig {
     /// Where links in mail lead by default and what `redirect_to` must match.
     pub site_url: String,
-    /// Other allowed `redirect_to` URLs (`*` matches within a path segment,
-    /// `**` across segments).
+    /// Other allowed `redirect_to` URLs: GoTrue's globs (`*` within a host
+    /// label or path segment, `**` across), matched on the parsed URL
+    /// ([`redirect`]).
     pub redirect_urls: Vec<String>,
     /// The API's public URL (links in mail, the `iss` claim).
     pub external_url: String,
@@ -89,7 +91,10 @@ pub struct AuthConfig {
     pub mfa_max_factors: i64,
     pub limits: RateLimits,
     pub trusted_proxies: Vec<Cidr>,
+    /// Threads that hash passwords (0: one per core).
     pub hash_concurrency: usize,
+    /// Requests that may wait for a hashing thread; more get 429.
+    pub hash_queue: usize,
     pub admin_roles: Vec<String>,
     pub smtp_url: Option<String>,
     pub smtp_from: String,
@@ -152,6 +157,7 @@ impl AuthConfig {
             },
             trusted_proxies: Vec::new(),
             hash_concurrency: 0,
+            hash_queue: 64,
             admin_roles: vec!["service_role".to_owned(), "supabase_admin".to_owned()],
             smtp_url: None,
             smtp_from: "Sovra <noreply@localhost>".to_owned(),
@@ -171,6 +177,8 @@ pub struct AuthService {
     sender: Sender,
     templates: BTreeMap<Kind, Template>,
     external_url: RwLock<Arc<str>>,
+    /// `config.redirect_urls`, compiled.
+    redirect_patterns: Vec<redirect::Pattern>,
     /// Sovra API keys, for the gateway.
     pub api_keys: Arc<ApiKeyCache>,
 }
@@ -242,9 +250,18 @@ pub(crate) fn ok_json(value: Value) -> Response {
 }
 
 impl AuthService {
-    /// Builds the service. Fails on an invalid SMTP URL or unreadable
-    /// templates.
+    /// Builds the service. Fails on an invalid SMTP URL, unreadable
+    /// templates or an invalid redirect URL pattern.
     pub fn new(config: AuthConfig, pool: Pool) -> Result<AuthService, String> {
+        let redirect_patterns = config
+            .redirect_urls
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| {
+                redirect::Pattern::compile(p)
+                    .map_err(|err| format!("auth.redirect_urls: {p:?} {err}"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let sender = Sender::new(
             config.smtp_url.as_deref(),
             &config.smtp_from,
@@ -253,11 +270,12 @@ impl AuthService {
         let templates = mail::load_templates(config.templates_dir.as_deref())?;
         let external_url = RwLock::new(Arc::from(config.external_url.as_str()));
         Ok(AuthService {
-            hasher: Hasher::new(config.hash_concurrency),
+            hasher: Hasher::new(config.hash_concurrency, config.hash_queue),
             limiter: Limiter::default(),
             sender,
             templates,
             external_url,
+            redirect_patterns,
             api_keys: Arc::new(ApiKeyCache::default()),
             config,
             pool,
@@ -295,6 +313,11 @@ impl AuthService {
         &self.pool
     }
 
+    /// Password hashes queued or running now.
+    pub fn hashes_in_flight(&self) -> usize {
+        self.hasher.in_flight()
+    }
+
     /// Loads the API-key cache from the database.
     pub async fn reload_api_keys(&self) -> AuthResult<()> {
         let client = self.pool.get().await?;
@@ -314,7 +337,14 @@ impl AuthService {
             .and_then(|v| v.to_str().ok());
         let ip = limits::client_ip(req.peer, forwarded, &self.config.trusted_proxies);
         let ctx = Ctx { req: &req, ip };
-        let mut response = match self.route(&ctx).await {
+        // Mail is sent only after the request's work (and its transaction)
+        // is done, and only when it succeeded.
+        let (routed, outbox) = mail::with_outbox(self.route(&ctx)).await;
+        let routed = match routed {
+            Ok(response) => self.flush_outbox(outbox).await.map(|()| response),
+            Err(err) => Err(err),
+        };
+        let mut response = match routed {
             Ok(response) => response,
             Err(err) => err.render(api_2024),
         };
@@ -325,6 +355,14 @@ impl AuthService {
             );
         }
         response
+    }
+
+    /// Sends the mail a successful request queued.
+    async fn flush_outbox(&self, outbox: Vec<mail::Outgoing>) -> AuthResult<()> {
+        for message in &outbox {
+            self.send_now(message).await?;
+        }
+        Ok(())
     }
 
     async fn route(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
@@ -566,16 +604,14 @@ impl AuthService {
         let Some(requested) = requested.filter(|r| !r.is_empty()) else {
             return site;
         };
-        let allowed = requested.starts_with(&site)
-            && requested[site.len()..]
-                .chars()
-                .next()
-                .is_none_or(|c| matches!(c, '/' | '?' | '#'))
+        let Ok(parts) = redirect::parse(requested) else {
+            return site;
+        };
+        let allowed = redirect::under_site(&site, requested)
             || self
-                .config
-                .redirect_urls
+                .redirect_patterns
                 .iter()
-                .any(|pattern| glob_match(pattern, requested));
+                .any(|pattern| pattern.matches_parts(&parts));
         if allowed { requested.to_owned() } else { site }
     }
 }
@@ -598,45 +634,4 @@ pub fn current_user_sql() -> &'static str {
 
 fn metrics_rate_limited(bucket: Bucket) {
     tracing::info!(?bucket, "auth rate limit reached");
-}
-
-/// `*` matches any run of characters except `/`; `**` any run at all.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    fn go(p: &[u8], t: &[u8]) -> bool {
-        match p {
-            [] => t.is_empty(),
-            [b'*', b'*', rest @ ..] => (0..=t.len()).any(|i| go(rest, &t[i..])),
-            [b'*', rest @ ..] => (0..=t.len())
-                .take_while(|&i| i == 0 || t[i - 1] != b'/')
-                .any(|i| go(rest, &t[i..])),
-            [c, rest @ ..] => t.first() == Some(c) && go(rest, &t[1..]),
-        }
-    }
-    go(pattern.as_bytes(), text.as_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match(
-            "http://localhost:3000/**",
-            "http://localhost:3000/a/b"
-        ));
-        assert!(glob_match(
-            "https://*.example.com/cb",
-            "https://app.example.com/cb"
-        ));
-        assert!(!glob_match(
-            "https://*.example.com/cb",
-            "https://evil.com/x.example.com/cb"
-        ));
-        assert!(!glob_match(
-            "http://localhost:3000/*",
-            "http://localhost:3000/a/b"
-        ));
-        assert!(glob_match("http://x/*", "http://x/a"));
-    }
 }

@@ -167,6 +167,48 @@ pub struct Message {
     pub sent_at: i64,
 }
 
+/// A rendered message waiting to be sent.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub kind: Kind,
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+}
+
+tokio::task_local! {
+    /// The messages a request has produced, sent once its work committed.
+    static OUTBOX: std::cell::RefCell<Vec<Outgoing>>;
+}
+
+/// Queues `message` in the current request's outbox, or hands it back when
+/// there is no request (it is then sent at once).
+pub(crate) fn queue(message: Outgoing) -> Option<Outgoing> {
+    let mut message = Some(message);
+    let queued = OUTBOX.try_with(|outbox| {
+        if let Some(m) = message.take() {
+            outbox.borrow_mut().push(m);
+        }
+    });
+    match queued {
+        Ok(()) => None,
+        Err(_) => message,
+    }
+}
+
+/// Runs `work` with an outbox; returns its output and the queued messages.
+pub(crate) async fn with_outbox<T>(
+    work: impl std::future::Future<Output = T>,
+) -> (T, Vec<Outgoing>) {
+    OUTBOX
+        .scope(std::cell::RefCell::new(Vec::new()), async move {
+            let out = work.await;
+            let queued = OUTBOX.with(|outbox| std::mem::take(&mut *outbox.borrow_mut()));
+            (out, queued)
+        })
+        .await
+}
+
 /// Where messages go.
 #[derive(Clone)]
 pub enum Sender {

@@ -110,8 +110,11 @@ impl AuthService {
         )
     }
 
-    /// Renders and sends one message, counting it against the per-address
-    /// mail limit.
+    /// Renders one message and counts it against the per-address mail
+    /// limit. Inside a request it is only queued: [`AuthService::handle`]
+    /// sends the queue after the request's transaction has committed, so no
+    /// transaction or connection is held across SMTP, and nothing is sent
+    /// for a request that failed. Outside a request it is sent at once.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn deliver(
         &self,
@@ -137,8 +140,23 @@ impl AuthService {
             redirect_to: redirect_to.to_owned(),
         };
         let (subject, body) = template.render(&vars);
+        let outgoing = crate::mail::Outgoing {
+            kind,
+            to: to.to_owned(),
+            subject,
+            body,
+        };
+        match crate::mail::queue(outgoing) {
+            None => Ok(()),
+            Some(outgoing) => self.send_now(&outgoing).await,
+        }
+    }
+
+    /// Sends one rendered message; failures are the client's 500.
+    pub(crate) async fn send_now(&self, outgoing: &crate::mail::Outgoing) -> AuthResult<()> {
+        let kind = outgoing.kind;
         self.sender
-            .send(kind, to, &subject, &body)
+            .send(kind, &outgoing.to, &outgoing.subject, &outgoing.body)
             .await
             .map_err(|err| {
                 tracing::error!(error = %err, kind = kind.name(), "sending mail failed");

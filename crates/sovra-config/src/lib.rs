@@ -198,6 +198,18 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "When set, tokens whose `aud` does not include this value are refused. Unset: `aud` is not checked.",
     },
     OptionDoc {
+        key: "jwt.jwks_audience",
+        kind: Kind::String,
+        default: "",
+        doc: "Audience required of tokens verified by an external issuer's key (a public-only key in `jwt.jwks`): a token without this value in `aud` is refused. Defaults to `jwt.audience`; one of the two must be set when `jwt.jwks` holds such keys, or Sovra does not start.",
+    },
+    OptionDoc {
+        key: "jwt.jwks_issuer",
+        kind: Kind::String,
+        default: "",
+        doc: "Pins the issuer of tokens verified by an external issuer's key (a public-only key in `jwt.jwks`): a token without exactly this `iss` is refused. Unset: their `iss` is not checked. Sovra's own keys are not affected.",
+    },
+    OptionDoc {
         key: "jwt.issuer",
         kind: Kind::String,
         default: "\"sovra\"",
@@ -213,7 +225,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         key: "auth.redirect_urls",
         kind: Kind::String,
         default: "",
-        doc: "Other allowed `redirect_to` URLs, comma-separated; `*` matches within a path segment, `**` across segments (`http://localhost:3000/**`). Anything else falls back to the site URL.",
+        doc: "Other allowed `redirect_to` URLs, comma-separated, with GoTrue's globs matched on the parsed URL: `*` within one host label or path segment, `**` across them (`http://localhost:3000/**`, `https://*-team.vercel.app/**`); scheme, host, port and path are matched separately, userinfo is refused and the query and fragment are never matched by a wildcard (see docs/security.md). An invalid pattern stops Sovra at start. Anything else falls back to the site URL.",
     },
     OptionDoc {
         key: "auth.jwt_expiry",
@@ -321,7 +333,13 @@ pub const OPTIONS: &[OptionDoc] = &[
         key: "auth.hash_concurrency",
         kind: Kind::Integer,
         default: "0",
-        doc: "Password hashes computed at once (each takes 19 MiB); 0 for one per core. Other sign-ins wait their turn, other requests do not.",
+        doc: "Threads that hash passwords, each keeping one 19 MiB buffer for its life; 0 for one per core. At most 256. They are Sovra's own, separate from the threads file transfers use.",
+    },
+    OptionDoc {
+        key: "auth.hash_queue",
+        kind: Kind::Integer,
+        default: "64",
+        doc: "Requests that may wait for a password-hashing thread (sign-up, sign-in, password changes, admin). When the threads are busy and this many wait, more are refused at once with 429 `over_request_rate_limit`. At most 100000; 0 refuses whenever every thread is busy.",
     },
     OptionDoc {
         key: "auth.smtp_url",
@@ -614,6 +632,7 @@ pub struct AuthConfig {
     pub mfa_max_factors: u64,
     pub trusted_proxies: String,
     pub hash_concurrency: u64,
+    pub hash_queue: u64,
     pub smtp_url: Option<String>,
     pub smtp_from: String,
     pub templates_dir: Option<PathBuf>,
@@ -667,6 +686,7 @@ impl Default for AuthConfig {
             mfa_max_factors: 10,
             trusted_proxies: String::new(),
             hash_concurrency: 0,
+            hash_queue: 64,
             smtp_url: None,
             smtp_from: "Sovra <noreply@localhost>".to_owned(),
             templates_dir: None,
@@ -785,6 +805,8 @@ pub struct JwtConfig {
     pub secret: Option<String>,
     pub jwks: Option<String>,
     pub audience: Option<String>,
+    pub jwks_audience: Option<String>,
+    pub jwks_issuer: Option<String>,
     pub issuer: String,
 }
 
@@ -853,6 +875,8 @@ impl Default for JwtConfig {
             secret: None,
             jwks: None,
             audience: None,
+            jwks_audience: None,
+            jwks_issuer: None,
             issuer: "sovra".to_owned(),
         }
     }
@@ -1132,7 +1156,16 @@ impl Config {
         if let Some(jwks) = &self.jwt.jwks
             && !jwks.starts_with('@')
         {
-            parse_jwks("jwt.jwks", jwks)?;
+            let parsed = parse_jwks("jwt.jwks", jwks)?;
+            self.check_external_audience(&parsed)?;
+        }
+        for (option, value) in [
+            ("jwt.jwks_audience", &self.jwt.jwks_audience),
+            ("jwt.jwks_issuer", &self.jwt.jwks_issuer),
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(ConfigError::invalid(option, "must not be empty when set"));
+            }
         }
         if self.jwt.issuer.is_empty() {
             return Err(ConfigError::invalid("jwt.issuer", "must not be empty"));
@@ -1263,6 +1296,18 @@ impl Config {
                 "must be at least 1 second",
             ));
         }
+        if auth.hash_concurrency > 256 {
+            return Err(ConfigError::invalid(
+                "auth.hash_concurrency",
+                "must be at most 256 (each thread keeps 19 MiB)",
+            ));
+        }
+        if auth.hash_queue > 100_000 {
+            return Err(ConfigError::invalid(
+                "auth.hash_queue",
+                "must be at most 100000",
+            ));
+        }
         if let Some(bad) = auth.trusted_proxy_list().into_iter().find(|p| !is_cidr(p)) {
             return Err(ConfigError::invalid(
                 "auth.trusted_proxies",
@@ -1275,6 +1320,29 @@ impl Config {
             return Err(ConfigError::invalid(
                 "auth.smtp_url",
                 "must start with smtp:// or smtps://",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a JWK set with an external issuer's keys (public-only
+    /// asymmetric keys) when no audience would be required of their tokens.
+    pub fn check_external_audience(&self, jwks: &serde_json::Value) -> Result<(), ConfigError> {
+        let external = jwks
+            .get("keys")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|keys| {
+                keys.iter().any(|key| {
+                    matches!(
+                        key.get("kty").and_then(serde_json::Value::as_str),
+                        Some("RSA" | "EC" | "OKP")
+                    ) && key.get("d").is_none()
+                })
+            });
+        if external && self.jwt.jwks_audience.is_none() && self.jwt.audience.is_none() {
+            return Err(ConfigError::invalid(
+                "jwt.jwks_audience",
+                "jwt.jwks holds public keys of an external issuer: set jwt.jwks_audience (or jwt.audience) to the audience their tokens must carry",
             ));
         }
         Ok(())
@@ -1564,6 +1632,52 @@ mod tests {
             let text = toml::to_string(&table).unwrap();
             load(&text, &[]).unwrap_or_else(|err| panic!("{}: {err}", option.key));
         }
+    }
+
+    #[test]
+    fn hashing_and_external_jwt_options_are_validated() {
+        let external = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"a","y":"b","kid":"idp"}]}"#;
+        let cases: &[(String, &str)] = &[
+            (
+                "[auth]\nhash_queue = 100001\n".to_owned(),
+                "auth.hash_queue",
+            ),
+            (
+                "[auth]\nhash_concurrency = 257\n".to_owned(),
+                "auth.hash_concurrency",
+            ),
+            (format!("[jwt]\njwks = '{external}'\n"), "jwt.jwks_audience"),
+            ("[jwt]\njwks_issuer = \" \"\n".to_owned(), "jwt.jwks_issuer"),
+            (
+                "[jwt]\njwks_audience = \"\"\n".to_owned(),
+                "jwt.jwks_audience",
+            ),
+        ];
+        for (text, option) in cases {
+            let err = load(text, &[]).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("invalid value for `{option}`")),
+                "{text}: {err}"
+            );
+        }
+        for text in [
+            format!("[jwt]\njwks = '{external}'\njwks_audience = \"my-api\"\n"),
+            format!("[jwt]\njwks = '{external}'\naudience = \"authenticated\"\n"),
+            "[auth]\nhash_queue = 0\nhash_concurrency = 256\n".to_owned(),
+        ] {
+            load(&text, &[]).unwrap_or_else(|err| panic!("{text}: {err}"));
+        }
+        let config = load(
+            "[jwt]\njwks_issuer = \"https://idp.example.com/\"\n",
+            &[("SOVRA_AUTH_HASH_QUEUE", "7")],
+        )
+        .unwrap();
+        assert_eq!(config.auth.hash_queue, 7);
+        assert_eq!(
+            config.jwt.jwks_issuer.as_deref(),
+            Some("https://idp.example.com/")
+        );
     }
 
     /// Keeps `docs/config.md` in step with [`OPTIONS`]. Run with

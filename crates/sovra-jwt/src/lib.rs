@@ -8,6 +8,12 @@
 //! checked with 30 seconds of leeway against a clock the caller passes in,
 //! and `aud` checked only when an audience is configured.
 //!
+//! Keys that Sovra cannot sign with — public-only asymmetric keys from a
+//! configured JWK set — belong to an external issuer. Tokens they verify are
+//! held to the external rules ([`KeySet::with_external_rules`]): an audience
+//! is then required (a token without the configured `aud` is refused), and
+//! the issuer may be pinned (a token without that exact `iss` is refused).
+//!
 //! This crate is pure: no IO, no clock, no async. Secrets are never part of
 //! an error message.
 //!
@@ -22,6 +28,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+/// Longest token considered, in bytes; longer ones are malformed.
+pub const MAX_TOKEN_LEN: usize = 64 * 1024;
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
 pub const LEEWAY_SECS: i64 = 30;
@@ -51,6 +60,8 @@ pub enum JwtError {
     IssuedInFuture,
     #[error("JWT audience is not accepted")]
     WrongAudience,
+    #[error("JWT issuer is not accepted")]
+    WrongIssuer,
     #[error("JWT could not be signed: {0}")]
     Signing(String),
 }
@@ -68,6 +79,10 @@ pub enum KeyError {
     NoSuchKey(String),
     #[error("key {0} is the active signing key; rotate before retiring it")]
     RetireActive(String),
+    #[error(
+        "the JWK set has public keys of an external issuer: an audience is required to accept their tokens"
+    )]
+    ExternalAudienceMissing,
 }
 
 /// Whether a stored key signs, only verifies, or neither.
@@ -216,6 +231,8 @@ impl Family {
 struct VerifyKey {
     kid: Option<String>,
     family: Family,
+    /// A public-only asymmetric key: another issuer's.
+    external: bool,
     /// When the JWK names its algorithm, only that one.
     alg: Option<Algorithm>,
     key: DecodingKey,
@@ -233,12 +250,22 @@ struct SignKey {
     key: EncodingKey,
 }
 
+/// What tokens verified by an external issuer's keys must carry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ExternalRules {
+    /// Set by [`KeySet::with_external_rules`].
+    enforced: bool,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
 /// A tenant's keys, ready to verify and sign.
 pub struct KeySet {
     verify: Vec<VerifyKey>,
     sign: SignKey,
     public_jwks: Vec<Value>,
     audience: Option<String>,
+    external: ExternalRules,
 }
 
 impl std::fmt::Debug for KeySet {
@@ -249,6 +276,7 @@ impl std::fmt::Debug for KeySet {
             .field("sign_kid", &self.sign.kid)
             .field("sign_alg", &self.sign.alg)
             .field("audience", &self.audience)
+            .field("external", &self.external)
             .finish()
     }
 }
@@ -394,6 +422,7 @@ fn load_jwk(
     let verify = VerifyKey {
         kid,
         family,
+        external: family != Family::Hmac && sign.is_none(),
         alg,
         key,
     };
@@ -408,6 +437,9 @@ struct RawHeader {
 }
 
 fn raw_header(token: &str) -> Result<RawHeader, JwtError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(JwtError::Malformed);
+    }
     let mut parts = token.split('.');
     let (Some(header), Some(_), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -459,6 +491,7 @@ impl KeySet {
             verify.push(VerifyKey {
                 kid: kid.clone(),
                 family: Family::Hmac,
+                external: false,
                 alg: None,
                 key: DecodingKey::from_secret(secret),
             });
@@ -504,7 +537,37 @@ impl KeySet {
             sign,
             public_jwks,
             audience,
+            external: ExternalRules::default(),
         })
+    }
+
+    /// Whether the set holds public-only asymmetric keys (an external
+    /// issuer's).
+    pub fn has_external_keys(&self) -> bool {
+        self.verify.iter().any(|key| key.external)
+    }
+
+    /// Holds tokens verified by an external issuer's keys to these rules:
+    /// they must carry `audience` in `aud` (the set's own audience when
+    /// `None`), and, when `issuer` is set, exactly that `iss`. Refused when
+    /// the set has external keys but no audience at all.
+    pub fn with_external_rules(
+        mut self,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Result<KeySet, KeyError> {
+        let audience = audience
+            .filter(|a| !a.is_empty())
+            .or_else(|| self.audience.clone());
+        if self.has_external_keys() && audience.is_none() {
+            return Err(KeyError::ExternalAudienceMissing);
+        }
+        self.external = ExternalRules {
+            enforced: true,
+            issuer: issuer.filter(|i| !i.is_empty()),
+            audience,
+        };
+        Ok(self)
     }
 
     /// Verifies `token` at time `now_unix` (seconds).
@@ -549,11 +612,13 @@ impl KeySet {
         validation.leeway = 0;
         let mut tried = false;
         let mut claims = None;
+        let mut external = false;
         for key in candidates.into_iter().filter(|key| key.accepts(alg)) {
             tried = true;
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
                 Ok(data) => {
                     claims = Some(data.claims);
+                    external = key.external;
                     break;
                 }
                 Err(err) => match err.kind() {
@@ -576,7 +641,7 @@ impl KeySet {
                 JwtError::AlgNotAllowed
             });
         };
-        self.check_claims(&claims, now_unix)?;
+        self.check_claims(&claims, now_unix, external)?;
         let role = match claims.get("role") {
             Some(Value::String(role)) if !role.is_empty() => role.clone(),
             _ => {
@@ -587,7 +652,12 @@ impl KeySet {
         Ok(Verified { role, claims })
     }
 
-    fn check_claims(&self, claims: &Map<String, Value>, now: i64) -> Result<(), JwtError> {
+    fn check_claims(
+        &self,
+        claims: &Map<String, Value>,
+        now: i64,
+        external: bool,
+    ) -> Result<(), JwtError> {
         if let Some(exp) = numeric(claims, "exp")?
             && now > exp.saturating_add(LEEWAY_SECS)
         {
@@ -603,7 +673,17 @@ impl KeySet {
         {
             return Err(JwtError::IssuedInFuture);
         }
-        if let Some(audience) = &self.audience {
+        let audience = if external && self.external.enforced {
+            if let Some(issuer) = &self.external.issuer
+                && claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str())
+            {
+                return Err(JwtError::WrongIssuer);
+            }
+            self.external.audience.as_ref()
+        } else {
+            self.audience.as_ref()
+        };
+        if let Some(audience) = audience {
             let accepted = match claims.get("aud") {
                 Some(Value::String(aud)) => aud == audience,
                 Some(Value::Array(auds)) => auds.iter().any(|aud| aud.as_str() == Some(audience)),

@@ -407,3 +407,235 @@ fn debug_output_hides_key_material() {
     let set = KeySet::new(&store, None, None).unwrap();
     assert!(!format!("{set:?}").contains(DEMO_SECRET));
 }
+
+/// An external issuer's token: signed by `signer`'s private EC key, verified
+/// by a set holding only the public key.
+fn external(claims: Value) -> (KeySet, String) {
+    let (private, public) = ec_jwk("idp-1");
+    let signer = KeySet::new(
+        &KeyStore::default(),
+        Some(&json!({"keys": [private]})),
+        None,
+    )
+    .unwrap();
+    let token = signer.sign(&obj(claims)).unwrap();
+    let verifier = KeySet::new(
+        &KeyStore::generate(NOW),
+        Some(&json!({"keys": [public]})),
+        None,
+    )
+    .unwrap();
+    (verifier, token)
+}
+
+const IDP: &str = "https://idp.example.com/";
+
+#[test]
+fn external_keys_need_an_audience() {
+    let (set, _) = external(json!({}));
+    assert!(set.has_external_keys());
+    assert_eq!(
+        set.with_external_rules(Some(IDP.into()), None).unwrap_err(),
+        KeyError::ExternalAudienceMissing
+    );
+    // The set's own audience counts.
+    let (_, public) = ec_jwk("idp-1");
+    let with_aud = KeySet::new(
+        &KeyStore::generate(NOW),
+        Some(&json!({"keys": [public]})),
+        Some("authenticated".into()),
+    )
+    .unwrap();
+    assert!(with_aud.with_external_rules(None, None).is_ok());
+    // A private key in the set is Sovra's own, not external.
+    let (private, _) = ec_jwk("own");
+    let own = KeySet::new(
+        &KeyStore::default(),
+        Some(&json!({"keys": [private]})),
+        None,
+    )
+    .unwrap();
+    assert!(!own.has_external_keys());
+    assert!(own.with_external_rules(None, None).is_ok());
+}
+
+#[test]
+fn external_tokens_must_carry_the_pinned_issuer_and_the_audience() {
+    let good =
+        json!({"sub": "x", "role": "authenticated", "iss": IDP, "aud": "my-api", "exp": NOW + 100});
+    let rules = |set: KeySet| {
+        set.with_external_rules(Some(IDP.into()), Some("my-api".into()))
+            .unwrap()
+    };
+    let (set, token) = external(good.clone());
+    assert_eq!(rules(set).verify(&token, NOW).unwrap().claims["sub"], "x");
+    let mut listed = good.clone();
+    listed["aud"] = json!(["other", "my-api"]);
+    let (set, token) = external(listed);
+    assert!(rules(set).verify(&token, NOW).is_ok());
+    let cases = [
+        (
+            "iss",
+            Some(json!("https://evil.example.com/")),
+            JwtError::WrongIssuer,
+        ),
+        ("iss", None, JwtError::WrongIssuer),
+        ("iss", Some(json!(7)), JwtError::WrongIssuer),
+        ("aud", Some(json!("someone-else")), JwtError::WrongAudience),
+        ("aud", None, JwtError::WrongAudience),
+        ("aud", Some(json!([])), JwtError::WrongAudience),
+    ];
+    for (claim, value, want) in cases {
+        let mut claims = good.clone();
+        match &value {
+            Some(v) => claims[claim] = v.clone(),
+            None => {
+                claims.as_object_mut().unwrap().remove(claim);
+            }
+        }
+        let (set, token) = external(claims);
+        assert_eq!(
+            rules(set).verify(&token, NOW),
+            Err(want),
+            "{claim} = {value:?}"
+        );
+    }
+    // Without a pinned issuer any `iss` (or none) passes; `aud` still counts.
+    let mut no_iss = good.clone();
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let (set, token) = external(no_iss);
+    let set = set
+        .with_external_rules(None, Some("my-api".into()))
+        .unwrap();
+    assert!(set.verify(&token, NOW).is_ok());
+}
+
+#[test]
+fn external_rules_leave_own_keys_alone() {
+    let (private, public) = ec_jwk("idp-1");
+    let _ = private;
+    let store = KeyStore::generate(NOW);
+    let set = KeySet::new(&store, Some(&json!({"keys": [public]})), None)
+        .unwrap()
+        .with_external_rules(Some(IDP.into()), Some("my-api".into()))
+        .unwrap();
+    // Sovra's own HS256 tokens: no `iss` pin, no audience required.
+    let own = set
+        .sign(&obj(
+            json!({"role": "anon", "iss": "sovra", "exp": NOW + 100}),
+        ))
+        .unwrap();
+    assert_eq!(set.verify(&own, NOW).unwrap().role, "anon");
+}
+
+#[test]
+fn oversized_tokens_are_malformed() {
+    let (_, set) = generated();
+    let huge = format!("{}.e30.sig", "A".repeat(MAX_TOKEN_LEN));
+    assert_eq!(set.verify(&huge, NOW), Err(JwtError::Malformed));
+}
+
+fn fuzz_cases() -> u32 {
+    std::env::var("SOVRA_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+fn fuzz_set() -> &'static (KeySet, String) {
+    static SET: std::sync::OnceLock<(KeySet, String)> = std::sync::OnceLock::new();
+    SET.get_or_init(|| {
+        let (_, public) = ec_jwk("ec-1");
+        let jwks = json!({"keys": [public, {"kty": "RSA", "kid": "rsa-1", "alg": "RS256", "n": RSA_N, "e": "AQAB"}]});
+        let store = KeyStore::from_secret(DEMO_SECRET, NOW);
+        let set = KeySet::new(&store, Some(&jwks), Some("authenticated".into()))
+            .unwrap()
+            .with_external_rules(Some(IDP.into()), None)
+            .unwrap();
+        let valid = set.sign(&user(NOW + 3600)).unwrap();
+        (set, valid)
+    })
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header_strategy() -> impl Strategy<Value = String> {
+        let alg = prop::sample::select(vec![
+            "none", "None", "NONE", "HS256", "HS384", "HS512", "RS256", "ES256", "EdDSA", "PS256",
+            "ES384", "XX", "",
+        ]);
+        let kid = prop::sample::select(vec![
+            "null",
+            "\"ec-1\"",
+            "\"rsa-1\"",
+            "\"configured\"",
+            "\"../../etc/passwd\"",
+            "\"\"",
+            "1",
+            "[]",
+            "{}",
+            "\"\\u0000\"",
+        ]);
+        (alg, kid, any::<bool>(), 0usize..4096).prop_map(|(alg, kid, with_kid, pad)| {
+            let extra = "x".repeat(pad);
+            if with_kid {
+                format!(r#"{{"alg":"{alg}","kid":{kid},"typ":"JWT","x":"{extra}"}}"#)
+            } else {
+                format!(r#"{{"alg":"{alg}","x":"{extra}"}}"#)
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
+
+        /// Arbitrary bytes never panic and never verify.
+        #[test]
+        fn fuzz_jwt_parse(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            let (set, _) = fuzz_set();
+            let text = String::from_utf8_lossy(&bytes);
+            prop_assert!(set.verify(&text, NOW).is_err());
+        }
+
+        /// Near-valid tokens: forged headers (`none`, wrong algorithms, huge,
+        /// kid tricks), any payload, bad or missing signatures.
+        #[test]
+        fn fuzz_jwt_parse_near_valid(
+            header in header_strategy(),
+            payload in prop::sample::select(vec![
+                r#"{"role":"service_role"}"#,
+                r#"{"role":"service_role","aud":"authenticated","exp":1900000000}"#,
+                r#"{"exp":"soon"}"#, "[]", "null", "{", "",
+            ]),
+            signature in "[A-Za-z0-9_=+/-]{0,90}",
+            raw_base64 in any::<bool>(),
+        ) {
+            let (set, _) = fuzz_set();
+            let head = if raw_base64 { header.clone() } else { b64(&header) };
+            let token = format!("{head}.{}.{signature}", b64(payload));
+            prop_assert!(set.verify(&token, NOW).is_err());
+        }
+
+        /// A valid token with any one byte changed never verifies as
+        /// something else.
+        #[test]
+        fn fuzz_jwt_parse_mutated(index in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let (set, valid) = fuzz_set();
+            prop_assert!(set.verify(valid, NOW).is_ok());
+            let mut bytes = valid.clone().into_bytes();
+            let i = index.index(bytes.len());
+            if bytes[i] == byte {
+                return Ok(());
+            }
+            bytes[i] = byte;
+            let mutated = String::from_utf8_lossy(&bytes).into_owned();
+            if let Ok(verified) = set.verify(&mutated, NOW) {
+                // Base64 padding bits can change without changing the
+                // decoded token: then it is the same token.
+                prop_assert_eq!(verified.claims, set.verify(valid, NOW).unwrap().claims);
+            }
+        }
+    }
+}

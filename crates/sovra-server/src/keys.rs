@@ -107,7 +107,18 @@ fn keyset(store: &KeyStore, config: &Config) -> Result<KeySet, KeysError> {
     let jwks = config
         .jwks()
         .map_err(|err| KeysError::Config(err.to_string()))?;
+    if let Some(jwks) = &jwks {
+        config
+            .check_external_audience(jwks)
+            .map_err(|err| KeysError::Config(err.to_string()))?;
+    }
     KeySet::new(store, jwks.as_ref(), config.jwt.audience.clone())
+        .and_then(|set| {
+            set.with_external_rules(
+                config.jwt.jwks_issuer.clone(),
+                config.jwt.jwks_audience.clone(),
+            )
+        })
         .map_err(|err| KeysError::Config(err.to_string()))
 }
 

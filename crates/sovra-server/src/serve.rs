@@ -148,6 +148,7 @@ pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError
         .filter_map(|p| sovra_auth::limits::Cidr::parse(p))
         .collect();
     out.hash_concurrency = usize::try_from(a.hash_concurrency).unwrap_or(0);
+    out.hash_queue = usize::try_from(a.hash_queue).unwrap_or(0);
     out.smtp_url.clone_from(&a.smtp_url);
     out.smtp_from.clone_from(&a.smtp_from);
     out.templates_dir.clone_from(&a.templates_dir);

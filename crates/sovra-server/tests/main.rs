@@ -500,3 +500,83 @@ async fn a_configured_asymmetric_key_signs_verifies_and_is_published() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["role"], "authenticated");
 }
+
+#[tokio::test]
+async fn an_external_issuers_tokens_need_its_issuer_and_audience() {
+    const IDP: &str = "https://idp.example.com/";
+    let public = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "idp-1", "alg": "ES256", "x": EC_X, "y": EC_Y}]});
+    // Without an audience for the external keys, Sovra does not start.
+    let mut refused = Config::default();
+    refused.jwt.jwks = Some(public.to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let err =
+        sovra_server::keys::load_or_create(&dir.path().join("keys.json"), &refused).unwrap_err();
+    assert!(err.to_string().contains("jwt.jwks_audience"), "{err}");
+
+    let mut config = Config::default();
+    config.jwt.jwks = Some(public.to_string());
+    config.jwt.jwks_issuer = Some(IDP.to_owned());
+    config.jwt.jwks_audience = Some("my-api".to_owned());
+    let app = TestApp::spawn_with(config).await;
+    // The identity provider signs with the private half.
+    let private = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "idp-1", "alg": "ES256", "d": EC_D, "x": EC_X, "y": EC_Y}]});
+    let idp =
+        sovra_jwt::KeySet::new(&sovra_jwt::KeyStore::default(), Some(&private), None).unwrap();
+    let url = format!("{}/sovra/v1/whoami", app.url);
+    let whoami = |claims: Value| {
+        let token = idp.sign(claims.as_object().unwrap()).unwrap();
+        let url = url.clone();
+        let anon = app.anon_key.clone();
+        async move {
+            get_json(
+                &url,
+                &[
+                    ("apikey", anon.as_str()),
+                    ("authorization", &format!("Bearer {token}")),
+                ],
+            )
+            .await
+        }
+    };
+    let now = TestApp::now();
+    let good = json!({"sub": "ext", "role": "authenticated", "iss": IDP, "aud": "my-api", "exp": now + 600});
+    let (status, body) = whoami(good.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut cases = Vec::new();
+    for (claim, value, word) in [
+        ("iss", Some(json!("https://evil.example.com/")), "issuer"),
+        ("iss", None, "issuer"),
+        ("aud", Some(json!("someone-else")), "audience"),
+        ("aud", None, "audience"),
+    ] {
+        let mut claims = good.clone();
+        match value {
+            Some(v) => claims[claim] = v,
+            None => {
+                claims.as_object_mut().unwrap().remove(claim);
+            }
+        }
+        cases.push((claims, word));
+    }
+    for (claims, word) in cases {
+        let (status, body) = whoami(claims.clone()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{claims}: {body}");
+        assert!(
+            body["message"].as_str().unwrap_or("").contains(word),
+            "{claims}: {body}"
+        );
+    }
+    // Sovra's own tokens are not held to the external issuer's rules.
+    let own = app.sign(Value::Object(TestApp::user_claims(
+        "66666666-6666-6666-6666-666666666666",
+    )));
+    let (status, body) = get_json(
+        &url,
+        &[
+            ("apikey", &app.anon_key),
+            ("authorization", &format!("Bearer {own}")),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
