@@ -15,6 +15,7 @@
 mod account;
 mod admin;
 pub mod apikeys;
+mod attempts;
 pub mod crypto;
 mod db;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod limits;
 pub mod mail;
 mod mfa;
 pub mod password;
+pub mod secret;
 pub mod session;
 pub mod time;
 pub mod user;
@@ -95,6 +97,12 @@ pub struct AuthConfig {
     pub smtp_from: String,
     pub templates_dir: Option<PathBuf>,
     pub mailbox_dir: PathBuf,
+    /// The service key's file (`<data_dir>/auth.key`), made on first
+    /// start; `None`: a random key per process.
+    pub key_file: Option<PathBuf>,
+    /// Failed guesses one issued code or MFA challenge takes before it is
+    /// invalidated.
+    pub code_attempts: u32,
 }
 
 impl AuthConfig {
@@ -157,6 +165,8 @@ impl AuthConfig {
             smtp_from: "Sovra <noreply@localhost>".to_owned(),
             templates_dir: None,
             mailbox_dir,
+            key_file: None,
+            code_attempts: 5,
         }
     }
 }
@@ -171,6 +181,8 @@ pub struct AuthService {
     sender: Sender,
     templates: BTreeMap<Kind, Template>,
     external_url: RwLock<Arc<str>>,
+    /// Seals TOTP secrets and derives refresh-token successors.
+    key: secret::ServiceKey,
     /// Sovra API keys, for the gateway.
     pub api_keys: Arc<ApiKeyCache>,
 }
@@ -214,7 +226,14 @@ impl Ctx<'_> {
         })
     }
 
+    /// The key the client is rate-limited under (IPv6 by /64).
     pub(crate) fn ip_key(&self) -> String {
+        self.ip
+            .map_or_else(|| "unknown".to_owned(), limits::client_key)
+    }
+
+    /// The client's full address, for the audit log.
+    pub(crate) fn ip_text(&self) -> String {
         self.ip
             .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
     }
@@ -252,7 +271,12 @@ impl AuthService {
         )?;
         let templates = mail::load_templates(config.templates_dir.as_deref())?;
         let external_url = RwLock::new(Arc::from(config.external_url.as_str()));
+        let key = match &config.key_file {
+            Some(path) => secret::ServiceKey::load_or_create(path)?,
+            None => secret::ServiceKey::random(),
+        };
         Ok(AuthService {
+            key,
             hasher: Hasher::new(config.hash_concurrency),
             limiter: Limiter::default(),
             sender,

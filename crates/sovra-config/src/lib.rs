@@ -312,6 +312,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Most verified MFA factors per user.",
     },
     OptionDoc {
+        key: "auth.code_attempts",
+        kind: Kind::Integer,
+        default: "5",
+        doc: "Wrong guesses one issued six-digit code (mail, SMS) or one MFA challenge takes before it is invalidated; the owner's next fresh code starts from zero. An MFA factor that fails this often in a row also waits 1, 2, 4 … up to 300 seconds between further attempts (1–100).",
+    },
+    OptionDoc {
         key: "auth.trusted_proxies",
         kind: Kind::String,
         default: "\"\"",
@@ -612,6 +618,7 @@ pub struct AuthConfig {
     pub double_confirm_changes: bool,
     pub invite_only: bool,
     pub mfa_max_factors: u64,
+    pub code_attempts: u64,
     pub trusted_proxies: String,
     pub hash_concurrency: u64,
     pub smtp_url: Option<String>,
@@ -665,6 +672,7 @@ impl Default for AuthConfig {
             double_confirm_changes: true,
             invite_only: false,
             mfa_max_factors: 10,
+            code_attempts: 5,
             trusted_proxies: String::new(),
             hash_concurrency: 0,
             smtp_url: None,
@@ -1257,6 +1265,12 @@ impl Config {
                 "must be empty, letters_digits, lower_upper_letters_digits or lower_upper_letters_digits_symbols",
             ));
         }
+        if !(1..=100).contains(&auth.code_attempts) {
+            return Err(ConfigError::invalid(
+                "auth.code_attempts",
+                "must be between 1 and 100",
+            ));
+        }
         if auth.otp_expiry == 0 {
             return Err(ConfigError::invalid(
                 "auth.otp_expiry",
@@ -1510,6 +1524,28 @@ mod tests {
                 "{text}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn code_attempts_must_be_between_1_and_100() {
+        for text in [
+            "[auth]\ncode_attempts = 0\n",
+            "[auth]\ncode_attempts = 101\n",
+        ] {
+            let err = load(text, &[]).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("invalid value for `auth.code_attempts`"),
+                "{text}: {err}"
+            );
+        }
+        assert_eq!(
+            load("[auth]\ncode_attempts = 3\n", &[])
+                .unwrap()
+                .auth
+                .code_attempts,
+            3
+        );
     }
 
     #[test]
