@@ -76,7 +76,8 @@ impl Limiter {
         entry.left = (entry.left + elapsed * rate).min(max);
         entry.at = now;
         if entry.left < 1.0 {
-            let wait = (1.0 - entry.left) / rate;
+            // (Less a hair, so that float noise does not add a second.)
+            let wait = (1.0 - entry.left) / rate - 1e-6;
             return Err((wait.ceil() as u64).max(1));
         }
         entry.left -= 1.0;

@@ -158,7 +158,8 @@ impl Auth {
     }
 
     /// Enrolls and verifies a TOTP factor from `access`'s session: the
-    /// factor id, its secret, and the session's aal2 tokens.
+    /// factor id, its secret, and the session's aal2 tokens (with the code
+    /// used, as `"code"`).
     async fn totp(&self, access: &str) -> (String, Vec<u8>, Value) {
         let enrolled = self
             .call(
@@ -173,8 +174,10 @@ impl Auth {
         let secret =
             sovra_auth::crypto::base32_decode(enrolled.body["totp"]["secret"].as_str().unwrap())
                 .unwrap();
-        let verified = self.verify_totp(access, &factor, &totp_now(&secret)).await;
+        let code = totp_now(&secret);
+        let mut verified = self.verify_totp(access, &factor, &code).await;
         assert_eq!(verified.status, StatusCode::OK, "{:?}", verified.body);
+        verified.body["code"] = json!(code);
         (factor, secret, verified.body)
     }
 
@@ -679,4 +682,282 @@ async fn a_retried_refresh_returns_the_live_child_and_late_reuse_ends_the_sessio
     let sessions = auth.sql("select count(*) from auth.sessions").await;
     assert_eq!(sessions[0].get::<_, i64>(0), 0);
     let _ = &first.headers;
+}
+
+// ---------------------------------------------------------------------
+// Item 9: codes, buckets and TOTP.
+
+#[tokio::test]
+async fn guessing_a_code_past_the_cap_invalidates_it_and_the_next_code_works() {
+    let auth = Auth::new().await;
+    auth.user("guessed@example.com", "password1").await;
+    auth.post("/otp", json!({"email": "guessed@example.com"}))
+        .await;
+    let code = code_in(&auth.mail("guessed@example.com").await);
+    let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+    let verify = |token: String| {
+        let auth = &auth;
+        async move {
+            auth.post(
+                "/verify",
+                json!({"type": "magiclink", "email": "guessed@example.com", "token": token}),
+            )
+            .await
+        }
+    };
+    // auth.code_attempts (5) wrong guesses...
+    for _ in 0..5 {
+        let guess = verify(wrong.clone()).await;
+        assert_eq!(guess.code(), "otp_expired", "{:?}", guess.body);
+    }
+    // ...and the right code is dead too.
+    let late = verify(code).await;
+    assert_eq!(late.code(), "otp_expired", "{:?}", late.body);
+    // The owner asks for a fresh code, which starts from zero.
+    auth.post("/otp", json!({"email": "guessed@example.com"}))
+        .await;
+    let fresh = code_in(&auth.mail("guessed@example.com").await);
+    let fresh_wrong = format!("{:06}", (fresh.parse::<u32>().unwrap() + 1) % 1_000_000);
+    for _ in 0..4 {
+        assert_eq!(verify(fresh_wrong.clone()).await.code(), "otp_expired");
+    }
+    let signed_in = verify(fresh).await;
+    assert_eq!(signed_in.status, StatusCode::OK, "{:?}", signed_in.body);
+    assert!(signed_in.body["access_token"].is_string());
+    // Guesses for an address nobody has change nothing and say nothing.
+    let nobody = auth
+        .post(
+            "/verify",
+            json!({"type": "magiclink", "email": "nobody@example.com", "token": "123456"}),
+        )
+        .await;
+    assert_eq!(nobody.code(), "otp_expired");
+}
+
+#[tokio::test]
+async fn sign_in_guesses_from_one_client_do_not_lock_the_owner_out() {
+    let auth = Auth::with(config(|c| {
+        c.auth.rate_limit.sign_in = 3;
+        c.auth.trusted_proxies = "127.0.0.1".into();
+    }))
+    .await;
+    auth.user("victim@example.com", "password1").await;
+    let from = |ip: &'static str, password: &'static str| {
+        let auth = &auth;
+        async move {
+            let response = auth
+                .http
+                .post(format!(
+                    "{}/auth/v1/token?grant_type=password",
+                    auth.app.url
+                ))
+                .header("apikey", &auth.app.anon_key)
+                .header("x-forwarded-for", ip)
+                .json(&json!({"email": "victim@example.com", "password": password}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (status, body)
+        }
+    };
+    for _ in 0..3 {
+        let (status, _) = from("198.51.100.7", "wrong-guess").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    let (status, body) = from("198.51.100.7", "wrong-guess").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body:?}");
+    // The owner, elsewhere, signs in.
+    let (status, body) = from("203.0.113.20", "password1").await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert!(body["access_token"].is_string());
+}
+
+#[tokio::test]
+async fn ipv6_clients_of_one_64_share_a_bucket() {
+    let auth = Auth::with(config(|c| {
+        c.auth.rate_limit.verify = 2;
+        c.auth.trusted_proxies = "127.0.0.1".into();
+    }))
+    .await;
+    let from = |ip: &'static str| {
+        let auth = &auth;
+        async move {
+            auth.http
+                .post(format!("{}/auth/v1/verify", auth.app.url))
+                .header("apikey", &auth.app.anon_key)
+                .header("x-forwarded-for", ip)
+                .json(&json!({"type": "magiclink", "token_hash": "0".repeat(56)}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        from("2001:db8:1:2::1").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        from("2001:db8:1:2:ffff::9").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    // A third address in the same /64: the bucket is empty.
+    let limited = from("2001:db8:1:2:abcd::1").await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().contains_key("retry-after"));
+    // The next /64 is another client.
+    assert_eq!(
+        from("2001:db8:1:3::1").await.status(),
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn a_totp_code_is_accepted_once() {
+    let auth = Auth::new().await;
+    auth.user("replay@example.com", "password1").await;
+    let first = auth.session("replay@example.com", "password1").await;
+    let (factor, secret, verified) = auth.totp(&token(&first, "access_token")).await;
+    // The code that verified the factor, again, from another session:
+    // refused, though still inside its window.
+    let other = token(
+        &auth.session("replay@example.com", "password1").await,
+        "access_token",
+    );
+    let used = token(&verified, "code");
+    let replay = auth.verify_totp(&other, &factor, &used).await;
+    assert_eq!(
+        (replay.status, replay.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "mfa_verification_failed"),
+        "{:?}",
+        replay.body
+    );
+    // The next step's code is accepted, once.
+    let now = u64::try_from(TestApp::now()).unwrap();
+    let next = sovra_auth::crypto::totp_at(&secret, now / 30 + 1);
+    let ok = auth.verify_totp(&other, &factor, &next).await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    assert_eq!(claims(&token(&ok.body, "access_token"))["aal"], "aal2");
+    let third = token(
+        &auth.session("replay@example.com", "password1").await,
+        "access_token",
+    );
+    let again = auth.verify_totp(&third, &factor, &next).await;
+    assert_eq!(again.code(), "mfa_verification_failed");
+}
+
+#[tokio::test]
+async fn mfa_guesses_kill_the_challenge_and_back_the_factor_off() {
+    let auth = Auth::new().await;
+    auth.user("mfa-guess@example.com", "password1").await;
+    let first = auth.session("mfa-guess@example.com", "password1").await;
+    let (factor, secret, _) = auth.totp(&token(&first, "access_token")).await;
+    let access = token(
+        &auth.session("mfa-guess@example.com", "password1").await,
+        "access_token",
+    );
+    let now = u64::try_from(TestApp::now()).unwrap();
+    let good = sovra_auth::crypto::totp_at(&secret, now / 30 + 1);
+    let bad = format!("{:06}", (good.parse::<u32>().unwrap() + 1) % 1_000_000);
+    let challenge = auth
+        .call(
+            Method::POST,
+            &format!("/factors/{factor}/challenge"),
+            Some(&access),
+            None,
+        )
+        .await;
+    let id = challenge.body["id"].clone();
+    let attempt = |code: String| {
+        let auth = &auth;
+        let access = access.clone();
+        let factor = factor.clone();
+        let id = id.clone();
+        async move {
+            auth.call(
+                Method::POST,
+                &format!("/factors/{factor}/verify"),
+                Some(&access),
+                Some(json!({"challenge_id": id, "code": code})),
+            )
+            .await
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(attempt(bad.clone()).await.code(), "mfa_verification_failed");
+    }
+    // The challenge took its five guesses and is gone, right code or not.
+    let gone = attempt(good.clone()).await;
+    assert_eq!(
+        (gone.status, gone.code()),
+        (StatusCode::NOT_FOUND, "mfa_challenge_not_found")
+    );
+    // The factor backs off: many failures in a row mean a wait.
+    auth.sql("update sovra.auth_attempts set failures = 12, last_failure_at = now() where kind = 'factor'")
+        .await;
+    let waiting = auth.verify_totp(&access, &factor, &good).await;
+    assert_eq!(
+        (waiting.status, waiting.code()),
+        (StatusCode::TOO_MANY_REQUESTS, "over_request_rate_limit"),
+        "{:?}",
+        waiting.body
+    );
+    assert!(waiting.headers.contains_key("retry-after"));
+    // Once the wait is over, the right code works and clears the count.
+    auth.sql("update sovra.auth_attempts set last_failure_at = now() - interval '1 hour' where kind = 'factor'")
+        .await;
+    let ok = auth.verify_totp(&access, &factor, &good).await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    let left = auth
+        .sql("select count(*) from sovra.auth_attempts where kind in ('factor', 'challenge')")
+        .await;
+    assert_eq!(left[0].get::<_, i64>(0), 0);
+}
+
+#[tokio::test]
+async fn totp_secrets_are_sealed_at_rest_and_old_plaintext_ones_still_work() {
+    let auth = Auth::new().await;
+    auth.user("sealed@example.com", "password1").await;
+    let first = auth.session("sealed@example.com", "password1").await;
+    let (factor, secret, _) = auth.totp(&token(&first, "access_token")).await;
+    let plaintext = sovra_auth::crypto::base32_encode(&secret);
+    let stored = auth
+        .sql("select secret from auth.mfa_factors")
+        .await
+        .remove(0)
+        .get::<_, String>(0);
+    assert_ne!(stored, plaintext);
+    assert!(!stored.contains(&plaintext));
+    assert!(stored.starts_with("sovra1:"), "{stored}");
+    // A factor from before sealing (or imported from Supabase) keeps
+    // working and is sealed on its first use.
+    auth.app
+        .db
+        .client()
+        .await
+        .execute("update auth.mfa_factors set secret = $1", &[&plaintext])
+        .await
+        .unwrap();
+    let access = token(
+        &auth.session("sealed@example.com", "password1").await,
+        "access_token",
+    );
+    let now = u64::try_from(TestApp::now()).unwrap();
+    let next = sovra_auth::crypto::totp_at(&secret, now / 30 + 1);
+    let ok = auth.verify_totp(&access, &factor, &next).await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    let resealed = auth
+        .sql("select secret from auth.mfa_factors")
+        .await
+        .remove(0)
+        .get::<_, String>(0);
+    assert!(resealed.starts_with("sovra1:"), "{resealed}");
+    // The key lives in the data directory, readable by its owner only.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(auth.app.data_dir.join("auth.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
 }
