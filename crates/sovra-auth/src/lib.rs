@@ -19,6 +19,8 @@ mod attempts;
 pub mod crypto;
 mod db;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod limits;
 pub mod mail;
 mod mfa;
