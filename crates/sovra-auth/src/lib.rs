@@ -102,6 +102,10 @@ pub struct AuthConfig {
     /// The service key's file (`<data_dir>/auth.key`), made on first
     /// start; `None`: a random key per process.
     pub key_file: Option<PathBuf>,
+    /// A secret every instance shares (the configured `jwt.secret`): the
+    /// service key is derived from it, so instances agree without sharing
+    /// `auth.key`.
+    pub shared_secret: Option<secret::Redacted>,
     /// Failed guesses one issued code or MFA challenge takes before it is
     /// invalidated.
     pub code_attempts: u32,
@@ -168,6 +172,7 @@ impl AuthConfig {
             templates_dir: None,
             mailbox_dir,
             key_file: None,
+            shared_secret: None,
             code_attempts: 5,
         }
     }
@@ -273,10 +278,13 @@ impl AuthService {
         )?;
         let templates = mail::load_templates(config.templates_dir.as_deref())?;
         let external_url = RwLock::new(Arc::from(config.external_url.as_str()));
-        let key = match &config.key_file {
+        let mut key = match &config.key_file {
             Some(path) => secret::ServiceKey::load_or_create(path)?,
             None => secret::ServiceKey::random(),
         };
+        if let Some(shared) = &config.shared_secret {
+            key = key.shared(&shared.0);
+        }
         Ok(AuthService {
             key,
             hasher: Hasher::new(config.hash_concurrency),

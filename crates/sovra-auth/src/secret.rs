@@ -18,10 +18,21 @@ use sha2::Sha256;
 const SEALED_PREFIX: &str = "sovra1:";
 const NONCE_LEN: usize = 12;
 
-/// The service key.
+/// A secret that must not reach a log (`Debug` shows nothing of it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Redacted(..)")
+    }
+}
+
+/// The service key, and older keys that still open what they sealed.
 #[derive(Clone)]
 pub struct ServiceKey {
     key: [u8; 32],
+    older: Vec<[u8; 32]>,
 }
 
 impl std::fmt::Debug for ServiceKey {
@@ -32,14 +43,32 @@ impl std::fmt::Debug for ServiceKey {
 
 impl ServiceKey {
     pub fn from_bytes(key: [u8; 32]) -> ServiceKey {
-        ServiceKey { key }
+        ServiceKey {
+            key,
+            older: Vec::new(),
+        }
+    }
+
+    /// The key derived from a secret every instance shares (the configured
+    /// `jwt.secret`), so that instances without a common data directory
+    /// agree; `self` still opens what it sealed before.
+    pub fn shared(self, secret: &str) -> ServiceKey {
+        let mut mac = <Hmac<Sha256>>::new_from_slice(secret.as_bytes())
+            .unwrap_or_else(|_| unreachable!("hmac key"));
+        mac.update(b"sovra-auth/service-key");
+        let mut older = vec![self.key];
+        older.extend(self.older);
+        ServiceKey {
+            key: mac.finalize().into_bytes().into(),
+            older,
+        }
     }
 
     /// A fresh random key (nothing persisted).
     pub fn random() -> ServiceKey {
         let mut key = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-        ServiceKey { key }
+        ServiceKey::from_bytes(key)
     }
 
     /// Reads the key in `path` (64 hex digits), creating it with mode 0600
@@ -70,27 +99,26 @@ impl ServiceKey {
         }
     }
 
-    /// A sub-key for one purpose.
-    fn derive(&self, label: &str) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256>>::new_from_slice(&self.key).unwrap_or_else(|_| {
-            // HMAC takes keys of any length.
-            unreachable!("hmac key")
-        });
+    /// A sub-key of `key` for one purpose.
+    fn derive(key: &[u8; 32], label: &str) -> [u8; 32] {
+        // HMAC takes keys of any length.
+        let mut mac =
+            <Hmac<Sha256>>::new_from_slice(key).unwrap_or_else(|_| unreachable!("hmac key"));
         mac.update(b"sovra-auth/");
         mac.update(label.as_bytes());
         mac.finalize().into_bytes().into()
     }
 
-    fn aead_key(&self) -> Option<aead::LessSafeKey> {
+    fn aead_key(key: &[u8; 32]) -> Option<aead::LessSafeKey> {
         let unbound =
-            aead::UnboundKey::new(&aead::AES_256_GCM, &self.derive("totp-secret")).ok()?;
+            aead::UnboundKey::new(&aead::AES_256_GCM, &Self::derive(key, "totp-secret")).ok()?;
         Some(aead::LessSafeKey::new(unbound))
     }
 
     /// Seals `plaintext` for the row identified by `context` (the factor's
     /// id): `sovra1:` + base64url(nonce ‖ ciphertext ‖ tag).
     pub fn seal(&self, plaintext: &[u8], context: &[u8]) -> Option<String> {
-        let key = self.aead_key()?;
+        let key = Self::aead_key(&self.key)?;
         let mut nonce = [0u8; NONCE_LEN];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
         let mut buffer = plaintext.to_vec();
@@ -118,13 +146,17 @@ impl ServiceKey {
             return None;
         }
         let (nonce, rest) = bytes.split_at(NONCE_LEN);
-        let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut buffer = rest.to_vec();
-        let key = self.aead_key()?;
-        let plain = key
-            .open_in_place(nonce, aead::Aad::from(context), &mut buffer)
-            .ok()?;
-        Some(plain.to_vec())
+        // The tag tells which key sealed it: the current one, else an older.
+        std::iter::once(&self.key)
+            .chain(&self.older)
+            .find_map(|key| {
+                let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+                let mut buffer = rest.to_vec();
+                let plain = Self::aead_key(key)?
+                    .open_in_place(nonce, aead::Aad::from(context), &mut buffer)
+                    .ok()?;
+                Some(plain.to_vec())
+            })
     }
 
     /// The refresh token that succeeds `parent`: 40 alphanumerics derived
@@ -132,7 +164,7 @@ impl ServiceKey {
     /// child and nobody without the key can compute it.
     pub fn refresh_child(&self, parent: &str) -> String {
         const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-        let key = self.derive("refresh-child");
+        let key = Self::derive(&self.key, "refresh-child");
         let mut out = String::with_capacity(40);
         let mut block = 0u8;
         while out.len() < 40 {
@@ -212,6 +244,21 @@ mod tests {
         // Two seals of one secret differ (fresh nonces).
         assert_ne!(sealed, key.seal(b"JBSWY3DPEHPK3PXP", b"factor-1").unwrap());
         assert!(!is_sealed("JBSWY3DPEHPK3PXP"));
+    }
+
+    #[test]
+    fn a_shared_key_agrees_across_instances_and_opens_older_seals() {
+        let one = ServiceKey::random();
+        let two = ServiceKey::random();
+        let sealed_before = one.seal(b"OLD", b"f").unwrap();
+        let one = one.shared("a-jwt-secret-shared-by-every-instance");
+        let two = two.shared("a-jwt-secret-shared-by-every-instance");
+        let sealed = one.seal(b"NEW", b"f").unwrap();
+        assert_eq!(two.open(&sealed, b"f").unwrap(), b"NEW");
+        assert_eq!(one.refresh_child("t"), two.refresh_child("t"));
+        // What the file key sealed before still opens on its instance.
+        assert_eq!(one.open(&sealed_before, b"f").unwrap(), b"OLD");
+        assert_eq!(two.open(&sealed_before, b"f"), None);
     }
 
     #[test]

@@ -961,3 +961,31 @@ async fn totp_secrets_are_sealed_at_rest_and_old_plaintext_ones_still_work() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn a_second_instance_opens_sealed_secrets_and_answers_retries_alike() {
+    let auth = Auth::new().await;
+    auth.user("peer@example.com", "password1").await;
+    let first = auth.session("peer@example.com", "password1").await;
+    let (factor, secret, _) = auth.totp(&token(&first, "access_token")).await;
+    let peer = Auth {
+        app: auth.app.spawn_peer(config(|_| {})).await,
+        http: auth.http.clone(),
+    };
+    // The factor enrolled on the first instance verifies on the second.
+    let access = token(
+        &peer.session("peer@example.com", "password1").await,
+        "access_token",
+    );
+    let now = u64::try_from(TestApp::now()).unwrap();
+    let next = sovra_auth::crypto::totp_at(&secret, now / 30 + 1);
+    let ok = peer.verify_totp(&access, &factor, &next).await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    // A refresh on one instance, retried on the other: the same token.
+    let session = auth.session("peer@example.com", "password1").await;
+    let a = token(&session, "refresh_token");
+    let b = token(&auth.refresh(&a).await.body, "refresh_token");
+    let retried = peer.refresh(&a).await;
+    assert_eq!(retried.status, StatusCode::OK, "{:?}", retried.body);
+    assert_eq!(token(&retried.body, "refresh_token"), b);
+}
