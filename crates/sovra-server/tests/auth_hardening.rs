@@ -989,3 +989,28 @@ async fn a_second_instance_opens_sealed_secrets_and_answers_retries_alike() {
     assert_eq!(retried.status, StatusCode::OK, "{:?}", retried.body);
     assert_eq!(token(&retried.body, "refresh_token"), b);
 }
+
+#[tokio::test]
+async fn a_session_is_aal2_only_while_a_verified_factor_backs_it() {
+    let auth = Auth::new().await;
+    let id = auth.user("factor-gone@example.com", "password1").await;
+    let first = auth.session("factor-gone@example.com", "password1").await;
+    let (factor, _, aal2) = auth.totp(&token(&first, "access_token")).await;
+    let refreshed = auth.refresh(&token(&aal2, "refresh_token")).await;
+    assert_eq!(
+        claims(&token(&refreshed.body, "access_token"))["aal"],
+        "aal2"
+    );
+    // The admin removes the factor: the session's next token is aal1.
+    let removed = auth
+        .admin(
+            Method::DELETE,
+            &format!("/admin/users/{id}/factors/{factor}"),
+            None,
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::OK, "{:?}", removed.body);
+    let after = auth.refresh(&token(&refreshed.body, "refresh_token")).await;
+    assert_eq!(after.status, StatusCode::OK, "{:?}", after.body);
+    assert_eq!(claims(&token(&after.body, "access_token"))["aal"], "aal1");
+}
