@@ -330,6 +330,13 @@ impl AuthService {
             let matched = key
                 .and_then(|key| crypto::totp_match(&key, &code, time::now_unix().unsigned_abs()));
             // A code is good once: only a step after the last accepted one.
+            // The factor's row lock serialises concurrent verifications, and
+            // the next statement sees a step the previous one committed.
+            tx.c_execute(
+                "select 1 from auth.mfa_factors where id = $1 for update",
+                &[&factor_id],
+            )
+            .await?;
             let last: Option<i64> = tx
                 .c_query_opt(
                     "select last_step from sovra.mfa_totp_steps where factor_id = $1",
