@@ -380,14 +380,16 @@ fn pg_scripts(dir: &str) -> String {
             .replace("$2", sid)
     );
     // pgbench presents the same token again and again: a reuse interval
-    // of "forever" keeps it valid, so every transaction rotates.
+    // of "forever" keeps it valid, so every transaction rotates. The new
+    // token's hash is a per-transaction constant (a pgbench variable), as
+    // the bound `$4` is, so that its lookups use the index.
     let refresh_sql = format!(
-        "\\set i random(1, 32)\n{};\n",
+        "\\set i random(1, 32)\n\\set r random(1, 2000000000)\n{};\n",
         one_line(sovra_auth::session::refresh_sql())
             .replace("$1", token)
             .replace("$2", "1000000000")
             .replace("$3", "0")
-            .replace("$4", "md5(random()::text || clock_timestamp()::text)")
+            .replace("$4", "md5(CAST(:r AS text))")
     );
     let setup = "insert into auth.users (instance_id, id, aud, role, email, encrypted_password, email_confirmed_at, raw_app_meta_data, raw_user_meta_data, created_at, updated_at) select '00000000-0000-0000-0000-000000000000', md5('u' || i)::uuid, 'authenticated', 'authenticated', 'pgbench' || i || '@example.com', '', now(), '{\"provider\":\"email\",\"providers\":[\"email\"]}', '{}', now(), now() from generate_series(1, 32) i;\n\
 insert into auth.identities (provider_id, user_id, identity_data, provider, created_at, updated_at) select md5('u' || i)::uuid::text, md5('u' || i)::uuid, jsonb_build_object('sub', md5('u' || i)::uuid, 'email', 'pgbench' || i || '@example.com'), 'email', now(), now() from generate_series(1, 32) i;\n\

@@ -13,9 +13,9 @@ use crate::error::{AuthError, AuthResult};
 use crate::limits::Bucket;
 use crate::mail::Kind;
 use crate::password::Checked;
-use crate::session::{OneTime, TokenColumn};
+use crate::session::{OneTime, TokenColumn, Via, admit};
 use crate::user::{self, User, normalize_email, normalize_phone};
-use crate::{AuthService, Ctx, crypto, ok_json, time};
+use crate::{AuthService, Ctx, attempts, crypto, ok_json, time};
 
 /// A new account.
 pub(crate) struct NewUser<'a> {
@@ -106,6 +106,12 @@ pub(crate) fn metadata(data: Option<Value>) -> AuthResult<Map<String, Value>> {
         Some(Value::Object(map)) => Ok(map),
         Some(_) => Err(AuthError::validation("data must be a JSON object")),
     }
+}
+
+/// The key of an account's sign-in bucket: the account and the client
+/// (IPv6 by /64), so that nobody can empty the owner's bucket.
+fn account_key(subject: &str, ctx: &Ctx<'_>) -> String {
+    format!("{subject}\u{0}{}", ctx.ip_key())
 }
 
 /// A PKCE challenge from a request body, validated.
@@ -390,7 +396,7 @@ impl AuthService {
             (None, None) => (None, None),
         };
         let subject = email.clone().or_else(|| phone.clone()).unwrap_or_default();
-        self.limit(Bucket::SignIn, &subject)?;
+        self.limit(Bucket::SignIn, &account_key(&subject, ctx))?;
         // Hash before looking the user up, so both paths take as long, and
         // before taking a connection, so none is held while hashing.
         let hash = self.hasher.hash(&password).await?;
@@ -503,7 +509,9 @@ impl AuthService {
         )
         .await?;
         if autoconfirm {
-            let session = self.start_session(&tx, ctx, id, "password").await?;
+            let session = self
+                .start_session(&tx, ctx, id, "password", Via::Grant)
+                .await?;
             self.audit(
                 &tx,
                 ctx,
@@ -591,7 +599,9 @@ impl AuthService {
             },
         )
         .await?;
-        let session = self.start_session(&tx, ctx, id, "anonymous").await?;
+        let session = self
+            .start_session(&tx, ctx, id, "anonymous", Via::Grant)
+            .await?;
         self.audit(
             &tx,
             ctx,
@@ -640,7 +650,9 @@ impl AuthService {
             (None, Some(p)) => normalize_phone(p).unwrap_or_else(|| p.clone()),
         };
         self.limit(Bucket::SignIn, &ctx.ip_key())?;
-        self.limit(Bucket::SignIn, &subject)?;
+        // Per account *and* client: guesses from elsewhere cannot lock the
+        // account's owner out.
+        self.limit(Bucket::SignIn, &account_key(&subject, ctx))?;
         crate::password::check_length(&password)?;
         // No connection is held while the hasher works or is waited for.
         let found = {
@@ -700,10 +712,10 @@ impl AuthService {
                 "Phone not confirmed",
             ));
         }
-        if user.is_banned() {
-            return Err(AuthError::bad_request("user_banned", "User is banned"));
-        }
-        let mut session = self.start_session(&tx, ctx, user.id, "password").await?;
+        admit(Some(&user), Via::Grant)?;
+        let mut session = self
+            .start_session(&tx, ctx, user.id, "password", Via::Grant)
+            .await?;
         self.audit(
             &tx,
             ctx,
@@ -782,7 +794,9 @@ impl AuthService {
             "email/signup" => "email/signup",
             _ => "otp",
         };
-        let session = self.start_session(&tx, ctx, user_id, method).await?;
+        let session = self
+            .start_session(&tx, ctx, user_id, method, Via::Grant)
+            .await?;
         tx.commit().await?;
         Ok(ok_json(session))
     }
@@ -816,6 +830,29 @@ impl AuthService {
         let tx = client.transaction().await?;
         let current = self.current(ctx, &tx).await?;
         let user = &current.user;
+        // GoTrue: with a verified factor, email, phone and password change
+        // only from an aal2 session.
+        let changes_email = body
+            .email
+            .as_deref()
+            .filter(|e| !e.is_empty())
+            .is_some_and(|e| normalize_email(e).as_deref() != Some(user.email.as_str()));
+        let changes_phone = body
+            .phone
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .is_some_and(|p| normalize_phone(p).as_deref() != Some(user.phone.as_str()));
+        let changes_password = body.password.as_deref().is_some_and(|p| !p.is_empty());
+        if user.has_verified_factor()
+            && current.aal != "aal2"
+            && (changes_email || changes_phone || changes_password)
+        {
+            return Err(AuthError::new(
+                StatusCode::UNAUTHORIZED,
+                "insufficient_aal",
+                "AAL2 session is required to update email or password when MFA is enabled.",
+            ));
+        }
         if let Some(data) = body.data {
             let Value::Object(patch) = data else {
                 return Err(AuthError::validation("data must be a JSON object"));
@@ -1014,18 +1051,43 @@ impl AuthService {
             return Ok(());
         }
         self.check_frequency(user.email_change_sent_at)?;
+        self.send_email_change(tx, user, &email, redirect).await?;
+        self.audit(
+            tx,
+            ctx,
+            "user_modified",
+            Some(user),
+            "",
+            json!({"email_change_requested": true}),
+        )
+        .await
+    }
+
+    /// Starts (or starts again) the change of `user`'s address to
+    /// `new_email`: fresh codes to the new address and, with double
+    /// confirmation, to the current one, and the confirmation state back
+    /// to zero, so that both addresses must confirm these codes (GoTrue's
+    /// `sendEmailChange`, which `/resend` calls too).
+    async fn send_email_change(
+        &self,
+        tx: &impl GenericClient,
+        user: &User,
+        new_email: &str,
+        redirect: &str,
+    ) -> AuthResult<()> {
         tx.c_execute(
             "update auth.users set email_change = $2, email_change_confirm_status = 0,
-                    email_change_token_current = '', updated_at = now() where id = $1",
-            &[&user.id, &email],
+                    email_change_token_new = '', email_change_token_current = '',
+                    updated_at = now() where id = $1",
+            &[&user.id, &new_email],
         )
         .await?;
         let mut pending = user.clone();
-        pending.email_change.clone_from(&email);
+        pending.email_change = new_email.to_owned();
         self.send_one_time(
             tx,
             &pending,
-            &email,
+            new_email,
             TokenColumn::EmailChangeNew,
             Kind::EmailChange,
             "email_change",
@@ -1046,15 +1108,7 @@ impl AuthService {
             )
             .await?;
         }
-        self.audit(
-            tx,
-            ctx,
-            "user_modified",
-            Some(user),
-            "",
-            json!({"email_change_requested": true}),
-        )
-        .await
+        Ok(())
     }
 
     async fn change_phone(
@@ -1426,17 +1480,10 @@ impl AuthService {
                 }
                 "email_change" if !user.email_change.is_empty() => {
                     self.check_frequency(user.email_change_sent_at)?;
-                    self.send_one_time(
-                        &tx,
-                        &user,
-                        &user.email_change.clone(),
-                        TokenColumn::EmailChangeNew,
-                        Kind::EmailChange,
-                        "email_change",
-                        &redirect,
-                        false,
-                    )
-                    .await?;
+                    // Both addresses get new codes and must confirm again:
+                    // a resend never counts a confirmation already made.
+                    self.send_email_change(&tx, &user, &user.email_change.clone(), &redirect)
+                        .await?;
                 }
                 "sms" if user.phone_confirmed_at.is_none() => {
                     self.check_frequency(user.confirmation_sent_at)?;
@@ -1524,6 +1571,7 @@ impl AuthService {
             .kind
             .filter(|k| !k.is_empty())
             .ok_or_else(|| AuthError::validation("Verify requires a verification type"))?;
+        let mut typed_for = None;
         let hash = match (
             body.token.filter(|t| !t.is_empty()),
             body.token_hash.filter(|t| !t.is_empty()),
@@ -1538,7 +1586,9 @@ impl AuthService {
                         AuthError::validation("Only an email address or phone number should be provided on verify")
                     })?
                 };
-                crypto::token_hash(&subject, token.trim())
+                let hash = crypto::token_hash(&subject, token.trim());
+                typed_for = Some(subject);
+                hash
             }
             (None, Some(hash)) => hash,
             _ => {
@@ -1547,7 +1597,10 @@ impl AuthService {
                 ));
             }
         };
-        match self.verify_token(ctx, &kind, &hash).await? {
+        match self
+            .verify_token(ctx, &kind, &hash, typed_for.as_deref())
+            .await?
+        {
             Verified::Session(session) | Verified::Message(session) => Ok(ok_json(session)),
         }
     }
@@ -1567,7 +1620,7 @@ impl AuthService {
                 Err(err) => error_redirect(&redirect, &err, true),
             }
         } else {
-            match self.verify_token(ctx, &kind, &token).await {
+            match self.verify_token(ctx, &kind, &token, None).await {
                 Ok(Verified::Session(session)) => {
                     let get = |k: &str| {
                         session
@@ -1610,6 +1663,8 @@ impl AuthService {
         let tx = client.transaction().await?;
         let stored = crypto::stored_token(&format!("pkce_{hash}"));
         let (user, column) = self.find_token(&tx, columns, &stored).await?;
+        // The code this yields is a session to be: the same gate.
+        admit(Some(&user), Via::Link)?;
         self.apply_verification(ctx, &tx, &user, column, kind)
             .await?;
         let row = tx
@@ -1626,6 +1681,84 @@ impl AuthService {
         })?;
         tx.commit().await?;
         Ok(code)
+    }
+
+    /// A wrong six-digit code typed for `subject`: one failure against
+    /// each of its pending codes of this kind; a code that reaches
+    /// `auth.code_attempts` failures is invalidated (the owner asks for a
+    /// fresh one, which starts from zero).
+    async fn count_wrong_code(
+        &self,
+        tx: &impl GenericClient,
+        kind: &str,
+        columns: &[TokenColumn],
+        subject: &str,
+    ) -> AuthResult<()> {
+        let row = match kind {
+            "sms" => {
+                tx.c_query_opt(
+                    "select id from auth.users where phone = $1 and deleted_at is null",
+                    &[&subject],
+                )
+                .await?
+            }
+            "phone_change" => {
+                tx.c_query_opt(
+                    "select id from auth.users where phone_change = $1 and deleted_at is null",
+                    &[&subject],
+                )
+                .await?
+            }
+            "email_change" => {
+                tx.c_query_opt(
+                    "select id from auth.users
+                      where (email_change = $1 or lower(email) = $1) and deleted_at is null
+                      limit 1",
+                    &[&subject],
+                )
+                .await?
+            }
+            _ => {
+                tx.c_query_opt(
+                    "select id from auth.users where lower(email) = $1 and deleted_at is null",
+                    &[&subject],
+                )
+                .await?
+            }
+        };
+        let Some(row) = row else {
+            return Ok(());
+        };
+        let user_id: Uuid = row.get(0);
+        for column in columns {
+            let sql = format!(
+                "select {} from auth.users where id = $1 and coalesce({}, '') <> '' for update",
+                column.sent_at(),
+                column.column()
+            );
+            let Some(pending) = tx.c_query_opt(&sql, &[&user_id]).await? else {
+                continue;
+            };
+            let Some(sent_at) = pending.get::<_, Option<std::time::SystemTime>>(0) else {
+                continue;
+            };
+            let failures = attempts::record_failure(
+                tx,
+                user_id,
+                attempts::Kind::Code(column.column()),
+                sent_at,
+            )
+            .await?;
+            if failures >= i64::from(self.config.code_attempts) {
+                let clear = format!(
+                    "update auth.users set {} = '' where id = $1",
+                    column.column()
+                );
+                tx.c_execute(&clear, &[&user_id]).await?;
+                tracing::info!(%user_id, column = column.column(), "one-time code invalidated after failed guesses");
+            }
+        }
+        Ok(())
     }
 
     /// Finds the user whose `columns` hold `stored` and whose token has not
@@ -1655,19 +1788,34 @@ impl AuthService {
         Err(AuthError::otp_expired())
     }
 
-    async fn verify_token(&self, ctx: &Ctx<'_>, kind: &str, hash: &str) -> AuthResult<Verified> {
+    /// Verifies a link or code. `typed_for`: the address a six-digit code
+    /// was typed for, whose pending codes a wrong guess counts against.
+    async fn verify_token(
+        &self,
+        ctx: &Ctx<'_>,
+        kind: &str,
+        hash: &str,
+        typed_for: Option<&str>,
+    ) -> AuthResult<Verified> {
         self.limit(Bucket::Verify, &ctx.ip_key())?;
         let columns = link_types(kind).ok_or_else(|| {
             AuthError::validation(format!("Unsupported verification type {kind:?}"))
         })?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let (user, column) = self
+        let found = self
             .find_token(&tx, columns, &crypto::stored_token(hash))
-            .await?;
-        if user.is_banned() {
-            return Err(AuthError::forbidden("user_banned", "User is banned"));
-        }
+            .await;
+        let (user, column) = match (found, typed_for) {
+            (Ok(found), _) => found,
+            (Err(err), Some(subject)) if err.code == "otp_expired" => {
+                self.count_wrong_code(&tx, kind, columns, subject).await?;
+                tx.commit().await?;
+                return Err(err);
+            }
+            (Err(err), _) => return Err(err),
+        };
+        admit(Some(&user), Via::Link)?;
         if let Some(message) = self
             .apply_verification(ctx, &tx, &user, column, kind)
             .await?
@@ -1683,7 +1831,9 @@ impl AuthService {
             ("signup", _) => "otp",
             _ => "otp",
         };
-        let session = self.start_session(&tx, ctx, user.id, method).await?;
+        let session = self
+            .start_session(&tx, ctx, user.id, method, Via::Link)
+            .await?;
         self.audit(
             &tx,
             ctx,
@@ -1760,12 +1910,30 @@ impl AuthService {
                 }
             }
             TokenColumn::EmailChangeNew | TokenColumn::EmailChangeCurrent => {
+                // The change completes when no code of it is left
+                // unconfirmed: with double confirmation, the other
+                // address's code must have been used too, after the codes
+                // were last (re)sent.
+                let other = if column == TokenColumn::EmailChangeNew {
+                    TokenColumn::EmailChangeCurrent
+                } else {
+                    TokenColumn::EmailChangeNew
+                };
+                let pending = tx
+                    .c_query_one(
+                        &format!(
+                            "select coalesce({}, '') <> '' from auth.users where id = $1",
+                            other.column()
+                        ),
+                        &[&user.id],
+                    )
+                    .await?
+                    .get::<_, bool>(0);
                 let double = self.config.double_confirm_changes && !user.email.is_empty();
-                let status = user.email_change_confirm_status + 1;
-                if double && status < 2 {
+                if double && (pending || user.email_change_confirm_status < 1) {
                     tx.c_execute(
-                        "update auth.users set email_change_confirm_status = $2 where id = $1",
-                        &[&user.id, &(status as i16)],
+                        "update auth.users set email_change_confirm_status = 1 where id = $1",
+                        &[&user.id],
                     )
                     .await?;
                     return Ok(Some(json!({

@@ -122,12 +122,22 @@ pub fn totp_at(secret: &[u8], counter: u64) -> String {
 /// Whether `code` is the TOTP of `secret` at `unix` seconds, allowing one
 /// step of clock skew either way.
 pub fn totp_check(secret: &[u8], code: &str, unix: u64) -> bool {
+    totp_match(secret, code, unix).is_some()
+}
+
+/// The time step (of the three around `unix`) whose TOTP `code` is, if
+/// any; the latest when several match. Every candidate is compared in
+/// constant time.
+pub fn totp_match(secret: &[u8], code: &str, unix: u64) -> Option<u64> {
     let step = unix / 30;
-    let mut ok = false;
+    let code = code.trim();
+    let mut matched = None;
     for counter in [step.saturating_sub(1), step, step + 1] {
-        ok |= equal(&totp_at(secret, counter), code.trim());
+        if equal(&totp_at(secret, counter), code) {
+            matched = Some(counter);
+        }
     }
-    ok
+    matched.filter(|_| code.len() == 6)
 }
 
 /// The `otpauth://` URI authenticator apps scan.
@@ -212,6 +222,9 @@ mod tests {
         assert!(totp_check(secret, "287082", 89), "one step of skew");
         assert!(!totp_check(secret, "287082", 150));
         assert!(!totp_check(secret, "", 59));
+        assert_eq!(totp_match(secret, "287082", 59), Some(1));
+        assert_eq!(totp_match(secret, " 287082 ", 89), Some(1));
+        assert_eq!(totp_match(secret, "287083", 59), None);
     }
 
     #[test]

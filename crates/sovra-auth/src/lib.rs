@@ -15,14 +15,18 @@
 mod account;
 mod admin;
 pub mod apikeys;
+mod attempts;
 pub mod crypto;
 mod db;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod limits;
 pub mod mail;
 mod mfa;
 pub mod password;
 pub mod redirect;
+pub mod secret;
 pub mod session;
 pub mod time;
 pub mod user;
@@ -100,6 +104,16 @@ pub struct AuthConfig {
     pub smtp_from: String,
     pub templates_dir: Option<PathBuf>,
     pub mailbox_dir: PathBuf,
+    /// The service key's file (`<data_dir>/auth.key`), made on first
+    /// start; `None`: a random key per process.
+    pub key_file: Option<PathBuf>,
+    /// A secret every instance shares (the configured `jwt.secret`): the
+    /// service key is derived from it, so instances agree without sharing
+    /// `auth.key`.
+    pub shared_secret: Option<secret::Redacted>,
+    /// Failed guesses one issued code or MFA challenge takes before it is
+    /// invalidated.
+    pub code_attempts: u32,
 }
 
 impl AuthConfig {
@@ -163,6 +177,9 @@ impl AuthConfig {
             smtp_from: "Sovra <noreply@localhost>".to_owned(),
             templates_dir: None,
             mailbox_dir,
+            key_file: None,
+            shared_secret: None,
+            code_attempts: 5,
         }
     }
 }
@@ -179,6 +196,8 @@ pub struct AuthService {
     external_url: RwLock<Arc<str>>,
     /// `config.redirect_urls`, compiled.
     redirect_patterns: Vec<redirect::Pattern>,
+    /// Seals TOTP secrets and derives refresh-token successors.
+    key: secret::ServiceKey,
     /// Sovra API keys, for the gateway.
     pub api_keys: Arc<ApiKeyCache>,
 }
@@ -222,7 +241,14 @@ impl Ctx<'_> {
         })
     }
 
+    /// The key the client is rate-limited under (IPv6 by /64).
     pub(crate) fn ip_key(&self) -> String {
+        self.ip
+            .map_or_else(|| "unknown".to_owned(), limits::client_key)
+    }
+
+    /// The client's full address, for the audit log.
+    pub(crate) fn ip_text(&self) -> String {
         self.ip
             .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
     }
@@ -269,7 +295,15 @@ impl AuthService {
         )?;
         let templates = mail::load_templates(config.templates_dir.as_deref())?;
         let external_url = RwLock::new(Arc::from(config.external_url.as_str()));
+        let mut key = match &config.key_file {
+            Some(path) => secret::ServiceKey::load_or_create(path)?,
+            None => secret::ServiceKey::random(),
+        };
+        if let Some(shared) = &config.shared_secret {
+            key = key.shared(&shared.0);
+        }
         Ok(AuthService {
+            key,
             hasher: Hasher::new(config.hash_concurrency, config.hash_queue),
             limiter: Limiter::default(),
             sender,

@@ -1,5 +1,6 @@
-//! In-memory rate limits (fixed windows per key) and the client address
-//! behind trusted proxies.
+//! In-memory rate limits (token buckets per key), the key a client is
+//! counted under (IPv6 grouped by /64), and the client address behind
+//! trusted proxies.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 /// What is being limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Bucket {
-    /// Password sign-in and sign-up, per IP and per email.
+    /// Password sign-in and sign-up, per IP and per account and IP.
     SignIn,
     /// `/verify` and MFA verification, per IP.
     Verify,
@@ -23,43 +24,77 @@ pub enum Bucket {
     Anonymous,
 }
 
-/// A limit: at most `max` events per `window`.
+/// A limit: a bucket of `max` tokens (the burst) that refills at `max` per
+/// `window`, continuously (GoTrue's token buckets, not fixed windows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
     pub max: u32,
     pub window: Duration,
 }
 
-/// Counters for every bucket and key.
+/// One key's bucket: tokens left as of `at`.
+#[derive(Debug, Clone, Copy)]
+struct Tokens {
+    at: Instant,
+    left: f64,
+}
+
+/// Buckets for every kind and key.
 #[derive(Debug, Default)]
 pub struct Limiter {
-    counters: Mutex<HashMap<(Bucket, String), (Instant, u32)>>,
+    counters: Mutex<HashMap<(Bucket, String), Tokens>>,
 }
 
 impl Limiter {
-    /// Counts one event for `key` in `bucket`; `Err(seconds to wait)` when
-    /// over the limit. A limit with `max` 0 is off.
+    /// Takes one token for `key` in `bucket`; `Err(seconds to wait)` when
+    /// the bucket is empty. A limit with `max` 0 is off.
     pub fn hit(&self, bucket: Bucket, key: &str, limit: Limit) -> Result<(), u64> {
+        self.hit_at(bucket, key, limit, Instant::now())
+    }
+
+    /// [`Limiter::hit`] at a given instant (tests pass the clock in).
+    pub fn hit_at(&self, bucket: Bucket, key: &str, limit: Limit, now: Instant) -> Result<(), u64> {
         if limit.max == 0 {
             return Ok(());
         }
-        let now = Instant::now();
         let Ok(mut counters) = self.counters.lock() else {
             return Ok(());
         };
+        let max = f64::from(limit.max);
+        // Tokens per second; a zero window refills at once.
+        let rate = max / limit.window.as_secs_f64().max(1e-9);
         if counters.len() > 100_000 {
-            counters.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(3600));
+            // Full buckets carry no state: forget them.
+            counters.retain(|_, t| {
+                t.left + now.saturating_duration_since(t.at).as_secs_f64() * rate < max
+            });
         }
-        let entry = counters.entry((bucket, key.to_owned())).or_insert((now, 0));
-        if now.duration_since(entry.0) >= limit.window {
-            *entry = (now, 0);
+        let entry = counters
+            .entry((bucket, key.to_owned()))
+            .or_insert(Tokens { at: now, left: max });
+        let elapsed = now.saturating_duration_since(entry.at).as_secs_f64();
+        entry.left = (entry.left + elapsed * rate).min(max);
+        entry.at = now;
+        if entry.left < 1.0 {
+            // (Less a hair, so that float noise does not add a second.)
+            let wait = (1.0 - entry.left) / rate - 1e-6;
+            return Err((wait.ceil() as u64).max(1));
         }
-        if entry.1 >= limit.max {
-            let wait = limit.window.saturating_sub(now.duration_since(entry.0));
-            return Err(wait.as_secs().max(1));
-        }
-        entry.1 += 1;
+        entry.left -= 1.0;
         Ok(())
+    }
+}
+
+/// The key a client address is counted under: an IPv4 address as it is,
+/// an IPv6 address by its /64 (one subscriber's prefix, which a client can
+/// rotate freely within).
+pub fn client_key(ip: IpAddr) -> String {
+    match canonical(ip) {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            format!("{}/64", std::net::Ipv6Addr::from(prefix))
+        }
     }
 }
 
@@ -156,17 +191,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fixed_window() {
+    fn token_buckets_allow_a_burst_then_refill() {
         let limiter = Limiter::default();
         let limit = Limit {
             max: 2,
             window: Duration::from_secs(60),
         };
-        assert!(limiter.hit(Bucket::SignIn, "a", limit).is_ok());
-        assert!(limiter.hit(Bucket::SignIn, "a", limit).is_ok());
-        assert!(limiter.hit(Bucket::SignIn, "a", limit).is_err());
-        assert!(limiter.hit(Bucket::SignIn, "b", limit).is_ok());
-        assert!(limiter.hit(Bucket::Verify, "a", limit).is_ok());
+        let t0 = Instant::now();
+        assert!(limiter.hit_at(Bucket::SignIn, "a", limit, t0).is_ok());
+        assert!(limiter.hit_at(Bucket::SignIn, "a", limit, t0).is_ok());
+        // Empty: one token comes back every 30 s.
+        assert_eq!(limiter.hit_at(Bucket::SignIn, "a", limit, t0), Err(30));
+        assert_eq!(
+            limiter.hit_at(Bucket::SignIn, "a", limit, t0 + Duration::from_secs(20)),
+            Err(10)
+        );
+        // Other keys and kinds have their own buckets.
+        assert!(limiter.hit_at(Bucket::SignIn, "b", limit, t0).is_ok());
+        assert!(limiter.hit_at(Bucket::Verify, "a", limit, t0).is_ok());
+        // A refill gives one more, not a whole new window.
+        let later = t0 + Duration::from_secs(31);
+        assert!(limiter.hit_at(Bucket::SignIn, "a", limit, later).is_ok());
+        assert!(limiter.hit_at(Bucket::SignIn, "a", limit, later).is_err());
+        // Refilling stops at the burst size.
+        let much_later = t0 + Duration::from_secs(3600);
+        assert!(
+            limiter
+                .hit_at(Bucket::SignIn, "a", limit, much_later)
+                .is_ok()
+        );
+        assert!(
+            limiter
+                .hit_at(Bucket::SignIn, "a", limit, much_later)
+                .is_ok()
+        );
+        assert!(
+            limiter
+                .hit_at(Bucket::SignIn, "a", limit, much_later)
+                .is_err()
+        );
         let off = Limit {
             max: 0,
             window: Duration::from_secs(1),
@@ -174,6 +237,35 @@ mod tests {
         for _ in 0..10 {
             assert!(limiter.hit(Bucket::SignIn, "a", off).is_ok());
         }
+    }
+
+    #[test]
+    fn ipv6_clients_are_grouped_by_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_eq!(client_key(a), "2001:db8:1:2::/64");
+        assert_ne!(client_key(a), client_key(other));
+        // IPv4, also when mapped into IPv6, stays one address.
+        assert_eq!(client_key("203.0.113.7".parse().unwrap()), "203.0.113.7");
+        assert_eq!(
+            client_key("::ffff:203.0.113.7".parse().unwrap()),
+            "203.0.113.7"
+        );
+        // Addresses of one /64 share a bucket.
+        let limiter = Limiter::default();
+        let limit = Limit {
+            max: 1,
+            window: Duration::from_secs(60),
+        };
+        assert!(limiter.hit(Bucket::Verify, &client_key(a), limit).is_ok());
+        assert!(limiter.hit(Bucket::Verify, &client_key(b), limit).is_err());
+        assert!(
+            limiter
+                .hit(Bucket::Verify, &client_key(other), limit)
+                .is_ok()
+        );
     }
 
     #[test]

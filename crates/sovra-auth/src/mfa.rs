@@ -10,8 +10,8 @@ use uuid::Uuid;
 use crate::error::{AuthError, AuthResult};
 use crate::limits::Bucket;
 use crate::mail::Kind;
-use crate::session::OneTime;
-use crate::{AuthService, Ctx, crypto, ok_json, time, user};
+use crate::session::{OneTime, Via};
+use crate::{AuthService, Ctx, attempts, crypto, ok_json, secret, time, user};
 
 /// Challenges expire after five minutes.
 const CHALLENGE_TTL: i64 = 300;
@@ -111,10 +111,16 @@ impl AuthService {
                 &user.email
             };
             let uri = crypto::totp_uri(&issuer, account, &secret);
+            // At rest the secret is sealed under the service key, bound to
+            // this factor's id.
+            let sealed = self
+                .key
+                .seal(secret.as_bytes(), id.as_bytes())
+                .ok_or_else(AuthError::internal)?;
             tx.c_execute(
                 "insert into auth.mfa_factors (id, user_id, friendly_name, factor_type, status, created_at, updated_at, secret)
                  values ($1, $2, $3, 'totp', 'unverified', now(), now(), $4)",
-                &[&id, &user.id, &friendly, &secret],
+                &[&id, &user.id, &friendly, &sealed],
             )
             .await?;
             json!({
@@ -168,6 +174,40 @@ impl AuthService {
             .await?
             .ok_or_else(factor_not_found)?;
         Ok((id, row.get(0), row.get(1), row.get(2), row.get(3)))
+    }
+
+    /// The TOTP key of `factor_id` from its stored secret: sealed, or
+    /// plaintext from before secrets were sealed (an import from
+    /// Supabase, an older Sovra), which is sealed now, on its first use.
+    async fn totp_key(
+        &self,
+        tx: &impl sovra_pg::GenericClient,
+        factor_id: Uuid,
+        stored: Option<&str>,
+    ) -> AuthResult<Option<Vec<u8>>> {
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        if secret::is_sealed(stored) {
+            let opened = self.key.open(stored, factor_id.as_bytes());
+            if opened.is_none() {
+                tracing::warn!(%factor_id, "a TOTP secret does not open with this server's auth.key");
+            }
+            return Ok(opened
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|b32| crypto::base32_decode(&b32)));
+        }
+        let key = crypto::base32_decode(stored);
+        if key.is_some()
+            && let Some(sealed) = self.key.seal(stored.as_bytes(), factor_id.as_bytes())
+        {
+            tx.c_execute(
+                "update auth.mfa_factors set secret = $2 where id = $1 and secret = $3",
+                &[&factor_id, &sealed, &stored],
+            )
+            .await?;
+        }
+        Ok(key)
     }
 
     pub(crate) async fn challenge(&self, ctx: &Ctx<'_>, id: &str) -> AuthResult<Response> {
@@ -246,7 +286,7 @@ impl AuthService {
             })?;
         let row = tx
             .c_query_opt(
-                "select extract(epoch from now() - created_at)::float8, otp_code
+                "select extract(epoch from now() - created_at)::float8, otp_code, created_at
                    from auth.mfa_challenges
                   where id = $1 and factor_id = $2 and verified_at is null
                   for update",
@@ -258,6 +298,7 @@ impl AuthService {
             })?;
         let age: f64 = row.get(0);
         let otp_code: Option<String> = row.get(1);
+        let challenged_at: std::time::SystemTime = row.get(2);
         if age > CHALLENGE_TTL as f64 {
             tx.c_execute(
                 "delete from auth.mfa_challenges where id = $1",
@@ -272,12 +313,41 @@ impl AuthService {
                 ),
             ));
         }
+        // A factor that keeps failing rests before its next attempt.
+        let free = self.config.code_attempts;
+        let wait = attempts::wait_secs(&tx, factor_id, attempts::Kind::Factor, free).await?;
+        if wait > 0 {
+            return Err(AuthError::rate_limited(
+                "over_request_rate_limit",
+                format!("Too many failed MFA attempts: try again in {wait} seconds"),
+                wait,
+            ));
+        }
         let code = body.code.unwrap_or_default();
+        let mut accepted_step = None;
         let ok = if factor_type == "totp" {
-            secret
-                .as_deref()
-                .and_then(crypto::base32_decode)
-                .is_some_and(|key| crypto::totp_check(&key, &code, time::now_unix().unsigned_abs()))
+            let key = self.totp_key(&tx, factor_id, secret.as_deref()).await?;
+            let matched = key
+                .and_then(|key| crypto::totp_match(&key, &code, time::now_unix().unsigned_abs()));
+            // A code is good once: only a step after the last accepted one.
+            // The factor's row lock serialises concurrent verifications, and
+            // the next statement sees a step the previous one committed.
+            tx.c_execute(
+                "select 1 from auth.mfa_factors where id = $1 for update",
+                &[&factor_id],
+            )
+            .await?;
+            let last: Option<i64> = tx
+                .c_query_opt(
+                    "select last_step from sovra.mfa_totp_steps where factor_id = $1",
+                    &[&factor_id],
+                )
+                .await?
+                .map(|r| r.get(0));
+            accepted_step = matched
+                .and_then(|step| i64::try_from(step).ok())
+                .filter(|step| last.is_none_or(|last| *step > last));
+            accepted_step.is_some()
         } else {
             let expected = otp_code.unwrap_or_default();
             let got =
@@ -285,6 +355,30 @@ impl AuthService {
             !expected.is_empty() && crypto::equal(&expected, &got)
         };
         if !ok {
+            // Counted per challenge (which dies after `code_attempts`
+            // failures: ask for a new one) and per factor (back-off).
+            let failures = attempts::record_failure(
+                &tx,
+                challenge_id,
+                attempts::Kind::Challenge,
+                challenged_at,
+            )
+            .await?;
+            attempts::record_failure(
+                &tx,
+                factor_id,
+                attempts::Kind::Factor,
+                std::time::UNIX_EPOCH,
+            )
+            .await?;
+            if failures >= i64::from(free) {
+                tx.c_execute(
+                    "delete from auth.mfa_challenges where id = $1",
+                    &[&challenge_id],
+                )
+                .await?;
+                attempts::clear(&tx, challenge_id, attempts::Kind::Challenge).await?;
+            }
             self.audit(
                 &tx,
                 ctx,
@@ -309,6 +403,16 @@ impl AuthService {
             &[&challenge_id],
         )
         .await?;
+        if let Some(step) = accepted_step {
+            tx.c_execute(
+                "insert into sovra.mfa_totp_steps (factor_id, last_step) values ($1, $2)
+                 on conflict (factor_id) do update set last_step = greatest(sovra.mfa_totp_steps.last_step, excluded.last_step)",
+                &[&factor_id, &step],
+            )
+            .await?;
+        }
+        attempts::clear(&tx, factor_id, attempts::Kind::Factor).await?;
+        attempts::clear(&tx, challenge_id, attempts::Kind::Challenge).await?;
         tx.c_execute(
             "update auth.mfa_factors set status = 'verified', updated_at = now() where id = $1",
             &[&factor_id],
@@ -350,7 +454,7 @@ impl AuthService {
             .await?
             .ok_or_else(AuthError::internal)?;
         let session = self
-            .token_response(&tx, ctx, &user, session_id, &refresh)
+            .token_response(&tx, ctx, &user, session_id, &refresh, Via::Mfa)
             .await?;
         self.audit(
             &tx,

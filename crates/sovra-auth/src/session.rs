@@ -15,6 +15,10 @@ use crate::{AuthService, Ctx, crypto, ok_json, time, user};
 /// Refresh tokens are 40 random alphanumerics (about 238 bits).
 const REFRESH_TOKEN_LEN: usize = 40;
 
+/// How far a retried refresh follows the chain of successors to find the
+/// live one.
+const MAX_DESCENDANTS: usize = 16;
+
 /// A token column of `auth.users` and its `*_sent_at` partner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TokenColumn {
@@ -46,6 +50,59 @@ impl TokenColumn {
             TokenColumn::PhoneChange => "phone_change_sent_at",
             TokenColumn::Reauthentication => "reauthentication_sent_at",
         }
+    }
+}
+
+/// The road a session is issued by; it decides how a refusal is worded
+/// (GoTrue words them differently per endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// `/token?grant_type=password|pkce`, sign-up with auto-confirm,
+    /// anonymous sign-in.
+    Grant,
+    /// `/token?grant_type=refresh_token`.
+    Refresh,
+    /// `/verify` of every type, links and codes (PKCE links included).
+    Link,
+    /// `/factors/{id}/verify`.
+    Mfa,
+}
+
+/// The one gate every session passes before it is issued (and before a
+/// PKCE link yields its code): the user exists, is not soft-deleted and is
+/// not banned. Refusals are GoTrue's (`user_banned`).
+pub(crate) fn admit(user: Option<&User>, via: Via) -> AuthResult<&User> {
+    let gone = || match via {
+        Via::Refresh => AuthError::bad_request(
+            "session_not_found",
+            "Invalid Refresh Token: No Valid Session Found",
+        ),
+        _ => AuthError::not_found("user_not_found", "User not found"),
+    };
+    let user = user.ok_or_else(gone)?;
+    if user.deleted_at.is_some() {
+        return Err(gone());
+    }
+    if user.is_banned() {
+        return Err(match via {
+            Via::Refresh => {
+                AuthError::bad_request("user_banned", "Invalid Refresh Token: User Banned")
+            }
+            Via::Grant => AuthError::bad_request("user_banned", "User is banned"),
+            Via::Link | Via::Mfa => AuthError::forbidden("user_banned", "User is banned"),
+        });
+    }
+    Ok(user)
+}
+
+/// The assurance level a session's token may claim: `aal2` only while the
+/// user still has a verified factor (an unenrolled or deleted factor takes
+/// the session back to `aal1`).
+fn effective_aal<'a>(user: &User, aal: &'a str) -> &'a str {
+    if aal == "aal2" && !user.has_verified_factor() {
+        "aal1"
+    } else {
+        aal
     }
 }
 
@@ -195,7 +252,7 @@ impl AuthService {
             .c_execute(
                 "insert into auth.audit_log_entries (id, payload, created_at, ip_address)
                  values (gen_random_uuid(), $1::jsonb::json, now(), $2)",
-                &[&payload, &ctx.ip_key()],
+                &[&payload, &ctx.ip_text()],
             )
             .await?;
         Ok(())
@@ -209,7 +266,10 @@ impl AuthService {
         ctx: &Ctx<'_>,
         user_id: Uuid,
         method: &str,
+        via: Via,
     ) -> AuthResult<Value> {
+        // Refused before anything is written.
+        admit(user::by_id(client, user_id).await?.as_ref(), via)?;
         let session_id = Uuid::new_v4();
         let not_after = (self.config.session_timebox > 0).then(|| {
             std::time::SystemTime::now()
@@ -244,7 +304,7 @@ impl AuthService {
         let user = user::by_id(client, user_id)
             .await?
             .ok_or_else(AuthError::internal)?;
-        self.token_response(client, ctx, &user, session_id, &refresh)
+        self.token_response(client, ctx, &user, session_id, &refresh, via)
             .await
     }
 
@@ -282,6 +342,7 @@ impl AuthService {
         user: &User,
         session_id: Uuid,
         refresh: &str,
+        via: Via,
     ) -> AuthResult<Value> {
         let row = client
             .c_query_one(
@@ -297,9 +358,12 @@ impl AuthService {
             .await?;
         let aal: String = row.get(0);
         let amr: Value = row.get(1);
-        self.sign_session(ctx, user, session_id, &aal, amr, refresh)
+        self.sign_session(ctx, user, session_id, &aal, amr, refresh, via)
     }
 
+    /// Signs the access token of a session: the only place one is made,
+    /// so every road passes [`admit`] here.
+    #[allow(clippy::too_many_arguments)]
     fn sign_session(
         &self,
         ctx: &Ctx<'_>,
@@ -308,7 +372,10 @@ impl AuthService {
         aal: &str,
         amr: Value,
         refresh: &str,
+        via: Via,
     ) -> AuthResult<Value> {
+        let user = admit(Some(user), via)?;
+        let aal = effective_aal(user, aal);
         let now = time::now_unix();
         let exp = now + self.config.jwt_expiry;
         let Value::Object(claims) = json!({
@@ -343,13 +410,19 @@ impl AuthService {
         }))
     }
 
-    /// `grant_type=refresh_token` (spec §3.4).
+    /// `grant_type=refresh_token` (spec §3.4). A token's successor is
+    /// derived from the token under the service key, so presenting a
+    /// rotated token again within `refresh_token_reuse_interval` answers
+    /// with its current active descendant (the same refresh token string,
+    /// a new access token) instead of minting an independent one; later,
+    /// it ends the whole session.
     pub(crate) async fn refresh(&self, ctx: &Ctx<'_>, token: &str) -> AuthResult<Response> {
         self.limit(crate::limits::Bucket::Refresh, &ctx.ip_key())?;
         let hash = crypto::sha256_hex(token);
+        let child = self.key.refresh_child(token);
         let mut client = self.pool.get().await?;
-        // Fast path, one statement: a valid token rotates at once.
-        let refresh = crypto::random_alnum(REFRESH_TOKEN_LEN);
+        // Fast path, one statement: a live token (or one whose successor
+        // is still live or was never stored) rotates at once.
         let row = client
             .c_query_opt(
                 refresh_sql(),
@@ -357,7 +430,7 @@ impl AuthService {
                     &hash,
                     &(self.config.refresh_reuse_interval as f64),
                     &(self.config.session_inactivity as f64),
-                    &crypto::sha256_hex(&refresh),
+                    &crypto::sha256_hex(&child),
                 ],
             )
             .await?;
@@ -366,7 +439,8 @@ impl AuthService {
             let session_id: Uuid = row.get("session_id");
             let aal: String = row.get("session_aal");
             let amr: Value = row.get("session_amr");
-            let body = self.sign_session(ctx, &user, session_id, &aal, amr, &refresh)?;
+            let body =
+                self.sign_session(ctx, &user, session_id, &aal, amr, &child, Via::Refresh)?;
             return Ok(ok_json(body));
         }
         // Anything else takes the careful path, which says why (and ends
@@ -401,6 +475,12 @@ impl AuthService {
                 "Invalid Refresh Token: Session Expired",
             ));
         }
+        let reused = || {
+            AuthError::bad_request(
+                "refresh_token_already_used",
+                "Invalid Refresh Token: Already Used",
+            )
+        };
         if revoked && age > self.config.refresh_reuse_interval as f64 {
             // Reuse of an old token: someone else may hold it. End the
             // whole session (its tokens go with it).
@@ -418,48 +498,68 @@ impl AuthService {
             .await?;
             tx.commit().await?;
             tracing::warn!(%session_id, "refresh token reused: session revoked");
-            return Err(AuthError::bad_request(
-                "refresh_token_already_used",
-                "Invalid Refresh Token: Already Used",
-            ));
+            return Err(reused());
         }
-        // One statement: retire the presented token, touch the session,
-        // store the new token, and read back the user and the session's
-        // assurance level and methods for the new access token.
-        let sql = refresh_rotate_sql();
-        let refresh = crypto::random_alnum(REFRESH_TOKEN_LEN);
+        if revoked {
+            // A retry within the interval: answer with the live token that
+            // descends from this one (a lost response, a second tab).
+            let mut current = child.clone();
+            for _ in 0..MAX_DESCENDANTS {
+                let found = tx
+                    .c_query_opt(
+                        "select coalesce(revoked, false) from auth.refresh_tokens
+                          where token = $1 and session_id = $2",
+                        &[&crypto::sha256_hex(&current), &session_id],
+                    )
+                    .await?;
+                match found {
+                    Some(row) if !row.get::<_, bool>(0) => {
+                        tx.c_execute(
+                            "update auth.sessions set refreshed_at = now() at time zone 'utc',
+                                    updated_at = now() where id = $1",
+                            &[&session_id],
+                        )
+                        .await?;
+                        let user = user::by_id(&tx, user_id).await?;
+                        let user = admit(user.as_ref(), Via::Refresh)?;
+                        let body = self
+                            .token_response(&tx, ctx, user, session_id, &current, Via::Refresh)
+                            .await?;
+                        tx.commit().await?;
+                        return Ok(ok_json(body));
+                    }
+                    Some(_) => current = self.key.refresh_child(&current),
+                    None => break,
+                }
+            }
+            // No live descendant (the session's tokens were replaced, e.g.
+            // by an MFA verification): nothing to hand back.
+            return Err(reused());
+        }
+        // A live token the fast path did not take (a banned or deleted
+        // user): rotate here, and let the gate say why not.
         let row = tx
             .c_query_opt(
-                sql,
+                refresh_rotate_sql(),
                 &[
                     &token_id,
                     &session_id,
-                    &crypto::sha256_hex(&refresh),
+                    &crypto::sha256_hex(&child),
                     &user_id,
                     &hash,
                 ],
             )
             .await?;
-        let not_found = || {
+        let row = row.ok_or_else(|| {
             AuthError::bad_request(
                 "session_not_found",
                 "Invalid Refresh Token: No Valid Session Found",
             )
-        };
-        let row = row.ok_or_else(not_found)?;
+        })?;
         let user = User::from_row(&row)?;
-        if user.deleted_at.is_some() {
-            return Err(not_found());
-        }
-        if user.is_banned() {
-            return Err(AuthError::bad_request(
-                "user_banned",
-                "Invalid Refresh Token: User Banned",
-            ));
-        }
         let aal: String = row.get("session_aal");
         let amr: Value = row.get("session_amr");
-        let body = self.sign_session(ctx, &user, session_id, &aal, amr, &refresh)?;
+        let body = self.sign_session(ctx, &user, session_id, &aal, amr, &child, Via::Refresh)?;
         tx.commit().await?;
         Ok(ok_json(body))
     }
@@ -479,11 +579,13 @@ pub fn refresh_lock_sql() -> &'static str {
                   for update of rt"
 }
 
-/// A refresh in one statement, when the token (hash `$1`) is live or was
-/// rotated less than `$2` seconds ago, its session is neither past its
+/// A refresh in one statement, when the token (hash `$1`) is live, or was
+/// rotated less than `$2` seconds ago and its successor (hash `$4`) is not
+/// itself rotated, and its session is neither past its
 /// time box nor idle longer than `$3` seconds (0: no limit), and its user
 /// is neither banned nor deleted: the token is retired, the session
-/// touched, the new token hash `$4` stored, and the user and the session's
+/// touched, the successor's hash `$4` stored (kept when a concurrent
+/// refresh stored it first), and the user and the session's
 /// AAL and methods read back. No row: take the careful path. Concurrent
 /// refreshes of one token serialise on its row lock. Public for the
 /// benchmark's pgbench reference.
@@ -495,7 +597,9 @@ pub fn refresh_sql() -> &'static str {
                select rt.id, rt.session_id from auth.refresh_tokens rt
                 where rt.token = $1
                   and (not coalesce(rt.revoked, false)
-                       or rt.updated_at >= now() - make_interval(secs => $2))
+                       or (rt.updated_at >= now() - make_interval(secs => $2)
+                           and not exists (select 1 from auth.refresh_tokens c
+                                            where c.token = $4 and coalesce(c.revoked, false))))
                 for update),
              ok as (
                select t.id as token_id, s.id as session_id, s.user_id, coalesce(s.aal, 'aal1') as aal
@@ -515,7 +619,8 @@ pub fn refresh_sql() -> &'static str {
                  from ok where s.id = ok.session_id),
              n as (
                insert into auth.refresh_tokens (token, user_id, revoked, created_at, updated_at, parent, session_id)
-               select $4, ok.user_id::text, false, now(), now(), $1, ok.session_id from ok)
+               select $4, ok.user_id::text, false, now(), now(), $1, ok.session_id from ok
+               on conflict (token) do nothing)
              select {}, ok.session_id, ok.aal as session_aal,
                     coalesce((select json_agg(json_build_object(
                          'method', c.authentication_method,
@@ -543,7 +648,8 @@ pub fn refresh_rotate_sql() -> &'static str {
                     where id = $2 returning id, aal),
                  n as (
                    insert into auth.refresh_tokens (token, user_id, revoked, created_at, updated_at, parent, session_id)
-                   values ($3, $4::uuid::text, false, now(), now(), $5, $2))
+                   values ($3, $4::uuid::text, false, now(), now(), $5, $2)
+                   on conflict (token) do nothing)
                  select {}, coalesce(s.aal, 'aal1') as session_aal,
                         coalesce((select json_agg(json_build_object(
                              'method', c.authentication_method,

@@ -273,7 +273,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         key: "auth.refresh_token_reuse_interval",
         kind: Kind::Integer,
         default: "10",
-        doc: "Seconds during which a just-used refresh token may be presented again (concurrent tabs); later reuse revokes the whole session.",
+        doc: "Seconds during which a just-used refresh token may be presented again (a lost response, concurrent tabs): it answers with the session's live refresh token that descends from it, not a new one; later reuse revokes the whole session.",
     },
     OptionDoc {
         key: "auth.session_timebox",
@@ -324,6 +324,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Most verified MFA factors per user.",
     },
     OptionDoc {
+        key: "auth.code_attempts",
+        kind: Kind::Integer,
+        default: "5",
+        doc: "Wrong guesses one issued six-digit code (mail, SMS) or one MFA challenge takes before it is invalidated; the owner's next fresh code starts from zero. An MFA factor that fails this often in a row also waits 1, 2, 4 … up to 300 seconds between further attempts (1–100).",
+    },
+    OptionDoc {
         key: "auth.trusted_proxies",
         kind: Kind::String,
         default: "\"\"",
@@ -363,37 +369,37 @@ pub const OPTIONS: &[OptionDoc] = &[
         key: "auth.rate_limit.sign_in",
         kind: Kind::Integer,
         default: "30",
-        doc: "Sign-ins and sign-ups per 5 minutes, per client address and per email or phone; 0 for no limit.",
+        doc: "Sign-ins and sign-ups per 5 minutes, per client address and per email or phone from one client address (so guesses from elsewhere cannot lock the owner out); a token bucket of this size, refilled continuously at this rate. Client addresses: IPv4 as is, IPv6 by /64. 0 for no limit.",
     },
     OptionDoc {
         key: "auth.rate_limit.verify",
         kind: Kind::Integer,
         default: "30",
-        doc: "Code and link verifications (and MFA verifications) per 5 minutes per client address.",
+        doc: "Code and link verifications (and MFA verifications) per 5 minutes per client address (token bucket; IPv6 by /64).",
     },
     OptionDoc {
         key: "auth.rate_limit.token_refresh",
         kind: Kind::Integer,
         default: "150",
-        doc: "Token refreshes per 5 minutes per client address.",
+        doc: "Token refreshes per 5 minutes per client address (token bucket; IPv6 by /64).",
     },
     OptionDoc {
         key: "auth.rate_limit.otp",
         kind: Kind::Integer,
         default: "30",
-        doc: "Requests for codes, magic links and recovery mail per 5 minutes per client address.",
+        doc: "Requests for codes, magic links and recovery mail per 5 minutes per client address (token bucket; IPv6 by /64).",
     },
     OptionDoc {
         key: "auth.rate_limit.email_sent",
         kind: Kind::Integer,
         default: "30",
-        doc: "Mails (and text messages) per hour per address.",
+        doc: "Mails (and text messages) per hour per address (token bucket).",
     },
     OptionDoc {
         key: "auth.rate_limit.anonymous",
         kind: Kind::Integer,
         default: "30",
-        doc: "Anonymous sign-ins per hour per client address.",
+        doc: "Anonymous sign-ins per hour per client address (token bucket; IPv6 by /64).",
     },
     OptionDoc {
         key: "storage.backend",
@@ -630,6 +636,7 @@ pub struct AuthConfig {
     pub double_confirm_changes: bool,
     pub invite_only: bool,
     pub mfa_max_factors: u64,
+    pub code_attempts: u64,
     pub trusted_proxies: String,
     pub hash_concurrency: u64,
     pub hash_queue: u64,
@@ -684,6 +691,7 @@ impl Default for AuthConfig {
             double_confirm_changes: true,
             invite_only: false,
             mfa_max_factors: 10,
+            code_attempts: 5,
             trusted_proxies: String::new(),
             hash_concurrency: 0,
             hash_queue: 64,
@@ -1290,6 +1298,12 @@ impl Config {
                 "must be empty, letters_digits, lower_upper_letters_digits or lower_upper_letters_digits_symbols",
             ));
         }
+        if !(1..=100).contains(&auth.code_attempts) {
+            return Err(ConfigError::invalid(
+                "auth.code_attempts",
+                "must be between 1 and 100",
+            ));
+        }
         if auth.otp_expiry == 0 {
             return Err(ConfigError::invalid(
                 "auth.otp_expiry",
@@ -1578,6 +1592,28 @@ mod tests {
                 "{text}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn code_attempts_must_be_between_1_and_100() {
+        for text in [
+            "[auth]\ncode_attempts = 0\n",
+            "[auth]\ncode_attempts = 101\n",
+        ] {
+            let err = load(text, &[]).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("invalid value for `auth.code_attempts`"),
+                "{text}: {err}"
+            );
+        }
+        assert_eq!(
+            load("[auth]\ncode_attempts = 3\n", &[])
+                .unwrap()
+                .auth
+                .code_attempts,
+            3
+        );
     }
 
     #[test]

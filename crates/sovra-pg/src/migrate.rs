@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "realtime",
         sql: include_str!("../migrations/0008_realtime.sql"),
     },
+    Migration {
+        version: 9,
+        name: "auth_attempts",
+        sql: include_str!("../migrations/0009_auth_attempts.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

@@ -152,6 +152,9 @@ pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError
     out.smtp_url.clone_from(&a.smtp_url);
     out.smtp_from.clone_from(&a.smtp_from);
     out.templates_dir.clone_from(&a.templates_dir);
+    out.key_file = Some(config.data_dir.join("auth.key"));
+    out.shared_secret = config.jwt.secret.clone().map(sovra_auth::secret::Redacted);
+    out.code_attempts = u32::try_from(a.code_attempts).unwrap_or(5);
     let max = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
     let r = &a.rate_limit;
     out.limits.sign_in.max = max(r.sign_in);

@@ -301,6 +301,11 @@ impl TestApp {
         if let Some(from) = keys_from {
             std::fs::copy(from.join("keys.json"), data_dir.join("keys.json"))
                 .expect("copying the keys to a peer");
+            // Auth's key (sealed TOTP secrets, refresh successors), once made.
+            if from.join("auth.key").exists() {
+                std::fs::copy(from.join("auth.key"), data_dir.join("auth.key"))
+                    .expect("copying the auth key to a peer");
+            }
         }
         let keys = sovra_server::keys::load_or_create(&data_dir.join("keys.json"), &config)
             .expect("making test keys");
