@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "realtime",
         sql: include_str!("../migrations/0008_realtime.sql"),
     },
+    Migration {
+        version: 9,
+        name: "storage_hardening",
+        sql: include_str!("../migrations/0009_storage_hardening.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

@@ -267,6 +267,7 @@ fn storage_config(config: &Config) -> sovra_storage::StorageConfig {
         backend,
         file_size_limit: storage.file_size_limit,
         upload_expiry: Duration::from_secs(storage.upload_expiry),
+        io_threads: usize::try_from(storage.io_threads).unwrap_or(16),
     }
 }
 
