@@ -399,15 +399,16 @@ impl Backend {
         parts: i32,
         to: &Path,
     ) -> Result<u64, WriteError> {
-        use futures_util::TryStreamExt as _;
-        let joined = futures_util::stream::iter(0..parts)
-            .then(|part| async move {
-                self.read(&self.part_path(upload, part), None)
-                    .await
-                    .map(|download| download.stream)
-                    .map_err(std::io::Error::other)
-            })
-            .try_flatten();
+        let joined = futures_util::stream::unfold(
+            Parts {
+                backend: self.clone(),
+                upload: upload.to_owned(),
+                next: 0,
+                count: parts,
+                current: None,
+            },
+            next_part_chunk,
+        );
         self.write(to, Box::pin(joined), u64::MAX).await
     }
 
@@ -417,6 +418,40 @@ impl Backend {
             let path = self.part_path(upload, part);
             if let Err(err) = self.delete(&path).await {
                 tracing::warn!(error = %err, %path, "could not delete an upload part");
+            }
+        }
+    }
+}
+
+/// The parts of a resumable upload being read back, one open at a time.
+struct Parts {
+    backend: Backend,
+    upload: String,
+    next: i32,
+    count: i32,
+    current: Option<futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>>,
+}
+
+/// The next chunk of the joined parts (a named function rather than a
+/// closure, so that the stream's future is `Send` for every lifetime).
+async fn next_part_chunk(mut parts: Parts) -> Option<(Result<Bytes, std::io::Error>, Parts)> {
+    loop {
+        if let Some(stream) = &mut parts.current {
+            match stream.next().await {
+                Some(item) => return Some((item, parts)),
+                None => parts.current = None,
+            }
+        }
+        if parts.next >= parts.count {
+            return None;
+        }
+        let path = parts.backend.part_path(&parts.upload, parts.next);
+        parts.next += 1;
+        match parts.backend.read(&path, None).await {
+            Ok(download) => parts.current = Some(download.stream),
+            Err(err) => {
+                parts.next = parts.count;
+                return Some((Err(std::io::Error::other(err)), parts));
             }
         }
     }

@@ -432,20 +432,22 @@ pub(crate) async fn store(
         size: 0,
         version: String::new(),
     };
-    let authorised = async {
-        let bucket = bucket::lookup(ctx, bucket_id)
-            .await?
-            .ok_or_else(StorageError::bucket_not_found)?;
-        write_row(ctx, who, owner, bucket_id, key, &probe, mode, upsert, false).await?;
-        Ok::<_, StorageError>(bucket)
-    };
-    let bucket = match authorised.await {
-        Ok(bucket) => bucket,
+    let bucket = match bucket::lookup(ctx, bucket_id).await {
+        Ok(Some(bucket)) => bucket,
+        Ok(None) => {
+            refuse_body(body);
+            return Err(StorageError::bucket_not_found());
+        }
         Err(err) => {
             refuse_body(body);
             return Err(err);
         }
     };
+    if let Err(err) = write_row(ctx, who, owner, bucket_id, key, &probe, mode, upsert, false).await
+    {
+        refuse_body(body);
+        return Err(err);
+    }
     let object = receive(ctx, &bucket, key, body).await?;
     match write_row(ctx, who, owner, bucket_id, key, &object, mode, upsert, true).await {
         Ok((id, old)) => {
