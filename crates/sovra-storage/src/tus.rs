@@ -459,13 +459,9 @@ async fn append_leased(
     let announced = ctx
         .header("content-length")
         .and_then(|v| v.parse::<u64>().ok());
-    let finishes = |size: u64| {
-        upload
-            .length
-            .is_some_and(|l| u64::try_from(l).unwrap_or(0) == offset_u.saturating_add(size))
-    };
-    let chunk_ok =
-        |size: u64| finishes(size) || (size >= MIN_CHUNK && upload.parts + 1 < MAX_PARTS);
+    let length = upload.length.and_then(|l| u64::try_from(l).ok());
+    let parts = upload.parts;
+    let chunk_ok = |size: u64| chunk_allowed(length, offset_u, size, parts);
     if let Some(size) = announced
         && size > 0
         && !chunk_ok(size)
@@ -514,6 +510,15 @@ async fn append_leased(
     )
     .await?;
     Ok(complete)
+}
+
+/// Whether a chunk of `size` bytes at `offset` may be stored as part
+/// number `parts` (counting from 0) of an upload of `length` bytes (when
+/// known): it completes the upload, or it holds at least [`MIN_CHUNK`]
+/// bytes and leaves room for the part that will complete it.
+pub(crate) fn chunk_allowed(length: Option<u64>, offset: u64, size: u64, parts: i32) -> bool {
+    let finishes = length.is_some_and(|l| l == offset.saturating_add(size));
+    finishes || (size >= MIN_CHUNK && parts.saturating_add(1) < MAX_PARTS)
 }
 
 fn small_chunk() -> StorageError {
@@ -629,4 +634,29 @@ pub(crate) async fn sweep(service: &StorageService) -> Result<usize, String> {
         service.backend.delete_parts(&id, row.get(1)).await;
     }
     Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_large_enough_and_parts_bounded() {
+        let mib = MIN_CHUNK;
+        // The last chunk may be small, the others not.
+        assert!(chunk_allowed(Some(10), 0, 10, 0));
+        assert!(chunk_allowed(Some(3 * mib), 2 * mib, mib, 2));
+        assert!(chunk_allowed(Some(3 * mib + 1), 3 * mib, 1, 3));
+        assert!(!chunk_allowed(Some(3 * mib), 0, 10, 0));
+        assert!(!chunk_allowed(Some(3 * mib), 0, mib - 1, 0));
+        assert!(chunk_allowed(Some(3 * mib), 0, mib, 0));
+        // Deferred length: only a full-size chunk, until the length is known.
+        assert!(!chunk_allowed(None, 0, 10, 0));
+        assert!(chunk_allowed(None, 0, mib, 0));
+        // The last part allowed must complete the upload.
+        assert!(chunk_allowed(Some(u64::MAX), 0, mib, MAX_PARTS - 2));
+        assert!(!chunk_allowed(Some(u64::MAX), 0, mib, MAX_PARTS - 1));
+        assert!(chunk_allowed(Some(5 * mib), 4 * mib, mib, MAX_PARTS - 1));
+        assert!(!chunk_allowed(Some(u64::MAX), 0, mib, MAX_PARTS));
+    }
 }
