@@ -432,22 +432,23 @@ pub(crate) async fn store(
         size: 0,
         version: String::new(),
     };
-    let bucket = match bucket::lookup(ctx, bucket_id).await {
-        Ok(Some(bucket)) => bucket,
-        Ok(None) => {
+    // Both at once, on two connections: an upload waits for one round
+    // trip, not two.
+    let (bucket, dry_run) = tokio::join!(
+        bucket::lookup(ctx, bucket_id),
+        write_row(ctx, who, owner, bucket_id, key, &probe, mode, upsert, false),
+    );
+    let bucket = match (bucket, dry_run) {
+        (Ok(Some(bucket)), Ok(_)) => bucket,
+        (Ok(None), _) => {
             refuse_body(body);
             return Err(StorageError::bucket_not_found());
         }
-        Err(err) => {
+        (Err(err), _) | (Ok(Some(_)), Err(err)) => {
             refuse_body(body);
             return Err(err);
         }
     };
-    if let Err(err) = write_row(ctx, who, owner, bucket_id, key, &probe, mode, upsert, false).await
-    {
-        refuse_body(body);
-        return Err(err);
-    }
     let object = receive(ctx, &bucket, key, body).await?;
     match write_row(ctx, who, owner, bucket_id, key, &object, mode, upsert, true).await {
         Ok((id, old)) => {
