@@ -9,7 +9,8 @@
 #   throughout;
 # - 4 KiB uploads and downloads at 32 connections (sovra-load) beside
 #   pgbench running the same transactions Sovra runs (prologue, settings,
-#   bucket lookup / row insert / row select), pipelined as Sovra does, at
+#   bucket lookup / dry run of the row insert / row insert / row select),
+#   pipelined as Sovra does, at
 #   the same concurrency; the bytes' file IO has no part in the reference.
 #
 #   bench/storage.sh [seconds] [connections] [size_mib]   (defaults: 10 s, 32, 1024)
@@ -104,7 +105,7 @@ SQL
 # as Sovra pipelines them: the request prologue (role and claims), the
 # storage settings, the statement; an upload is the bucket lookup and then
 # the row insert, a download the row select.
-prologue() { # $1 method, $2 path, $3 operation
+prologue() { # $1 method, $2 path, $3 operation, $4 may write the version column
   cat <<SQL
 BEGIN;
 select set_config('role', 'service_role', true), set_config('request.jwt.claims', '{"role":"service_role"}', true),
@@ -112,7 +113,8 @@ select set_config('role', 'service_role', true), set_config('request.jwt.claims'
        set_config('request.jwt.claim.email', '', true), set_config('request.method', '$1', true),
        set_config('request.path', '$2', true), set_config('request.headers', '{}', true),
        set_config('request.cookies', '{}', true);
-select set_config('storage.operation', '$3', true), set_config('storage.allow_delete_query', 'false', true);
+select set_config('storage.operation', '$3', true), set_config('storage.allow_delete_query', 'false', true),
+       set_config('storage.allow_version_write', '${4:-false}', true);
 SQL
 }
 {
@@ -121,8 +123,22 @@ SQL
   echo "select coalesce(public, false), file_size_limit, allowed_mime_types from storage.buckets where id = 'bench';"
   echo 'COMMIT;'
   echo '\endpipeline'
+  # The dry run of the row write that authorises the upload before its
+  # body is read (Sovra sends it alongside the bucket lookup).
   echo '\startpipeline'
-  prologue POST /object/bench/x object.upload
+  prologue POST /object/bench/x object.upload.check true
+  cat <<'SQL'
+insert into storage.objects (bucket_id, name, owner, owner_id, version, metadata, user_metadata)
+values ('bench', 'pg-' || md5(random()::text), null, null, '',
+        jsonb_build_object('eTag', '""', 'size', 0, 'mimetype', '',
+                           'cacheControl', '', 'lastModified', now()::text,
+                           'contentLength', 0, 'httpStatusCode', 200), null)
+returning id::text, null::text;
+ROLLBACK;
+\endpipeline
+SQL
+  echo '\startpipeline'
+  prologue POST /object/bench/x object.upload true
   cat <<'SQL'
 insert into storage.objects (bucket_id, name, owner, owner_id, version, metadata, user_metadata)
 values ('bench', 'pg-' || md5(random()::text), null, null, md5(random()::text),
@@ -156,5 +172,5 @@ row() {
   sr="$(echo "$s" | awk '{print $1}')"; pr="$(echo "$p" | awk '{print $1}')"
   echo "| $name | $s | $p | $(awk -v a="$sr" -v b="$pr" 'BEGIN {printf "%.0f%%", 100 * a / b}') |"
 }
-row "4 KiB uploads, $conns connections, ${secs} s" "$(sovra_run put4k)" "$(pg_run "$dir/pg_put.sql") (pgbench -M extended: the same two transactions, pipelined)"
+row "4 KiB uploads, $conns connections, ${secs} s" "$(sovra_run put4k)" "$(pg_run "$dir/pg_put.sql") (pgbench -M extended: the same three transactions, pipelined)"
 row "4 KiB downloads, $conns connections, ${secs} s" "$(sovra_run get4k)" "$(pg_run "$dir/pg_get.sql") (pgbench -M extended: the same transaction, pipelined)"

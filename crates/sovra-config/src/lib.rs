@@ -108,6 +108,18 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Seconds that in-flight requests get to finish after SIGINT or SIGTERM before Sovra stops anyway.",
     },
     OptionDoc {
+        key: "server.body_idle_timeout",
+        kind: Kind::Integer,
+        default: "60",
+        doc: "Seconds a request body may send nothing before the request is answered with 408 and its connection closed. Applies to every route that reads a body, uploads included (an authorised upload that stalls too). At least 1.",
+    },
+    OptionDoc {
+        key: "server.header_read_timeout",
+        kind: Kind::Integer,
+        default: "30",
+        doc: "Seconds a client gets to send the headers of a request (WebSocket handshakes included), and an idle keep-alive connection to start the next one, before the connection is closed. At least 1.",
+    },
+    OptionDoc {
         key: "server.require_apikey",
         kind: Kind::Bool,
         default: "false",
@@ -426,6 +438,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Seconds a resumable (TUS) upload may stay unfinished before it and its chunks are deleted.",
     },
     OptionDoc {
+        key: "storage.io_threads",
+        kind: Kind::Integer,
+        default: "16",
+        doc: "Most blocking file calls (open, read or write of one chunk, sync) of the `fs` backend running at once; the rest wait, without holding a thread, and get 503 after 30 s. Clients never hold one while the server waits for them. 1 to 256.",
+    },
+    OptionDoc {
         key: "storage.s3.endpoint",
         kind: Kind::String,
         default: "",
@@ -586,6 +604,7 @@ pub struct StorageConfig {
     pub path: Option<PathBuf>,
     pub file_size_limit: u64,
     pub upload_expiry: u64,
+    pub io_threads: u64,
     pub s3: S3Config,
 }
 
@@ -607,6 +626,7 @@ impl Default for StorageConfig {
             path: None,
             file_size_limit: 52_428_800,
             upload_expiry: 86_400,
+            io_threads: 16,
             s3: S3Config {
                 region: "us-east-1".to_owned(),
                 ..S3Config::default()
@@ -773,6 +793,8 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     pub body_limit: usize,
     pub shutdown_timeout: u64,
+    pub body_idle_timeout: u64,
+    pub header_read_timeout: u64,
     pub require_apikey: bool,
 }
 
@@ -842,6 +864,8 @@ impl Default for ServerConfig {
             public_url: None,
             body_limit: 10 * 1024 * 1024,
             shutdown_timeout: 30,
+            body_idle_timeout: 60,
+            header_read_timeout: 30,
             require_apikey: false,
         }
     }
@@ -1101,6 +1125,18 @@ impl Config {
                 "must be at least 1024 bytes",
             ));
         }
+        if self.server.body_idle_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "server.body_idle_timeout",
+                "must be at least 1 second",
+            ));
+        }
+        if self.server.header_read_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "server.header_read_timeout",
+                "must be at least 1 second",
+            ));
+        }
         if !is_log_filter(&self.log.level) {
             return Err(ConfigError::invalid(
                 "log.level",
@@ -1260,6 +1296,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "storage.upload_expiry",
                 "must be at least 60 seconds",
+            ));
+        }
+        if !(1..=256).contains(&storage.io_threads) {
+            return Err(ConfigError::invalid(
+                "storage.io_threads",
+                "must be between 1 and 256",
             ));
         }
         Ok(())
@@ -1557,6 +1599,16 @@ mod tests {
                 "server.public_url",
             ),
             ("[server]\nbody_limit = 10\n", "server.body_limit"),
+            (
+                "[server]\nbody_idle_timeout = 0\n",
+                "server.body_idle_timeout",
+            ),
+            (
+                "[server]\nheader_read_timeout = 0\n",
+                "server.header_read_timeout",
+            ),
+            ("[storage]\nio_threads = 0\n", "storage.io_threads"),
+            ("[storage]\nio_threads = 1000\n", "storage.io_threads"),
             ("[log]\nlevel = \"loud\"\n", "log.level"),
             ("[database]\nurl = \"mysql\"\n", "database.url"),
             ("[database]\npool_size = 0\n", "database.pool_size"),

@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "auth_attempts",
         sql: include_str!("../migrations/0009_auth_attempts.sql"),
     },
+    Migration {
+        version: 10,
+        name: "storage_hardening",
+        sql: include_str!("../migrations/0010_storage_hardening.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

@@ -45,10 +45,11 @@ impl DataDir {
             source,
         };
         let meta = fs::metadata(&root).map_err(io)?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            // Keys live here: nobody else needs to list it. The embedded
-            // cluster's user only passes through (x).
-            fs::set_permissions(&root, fs::Permissions::from_mode(0o711)).map_err(io)?;
+        if meta.permissions().mode() & 0o777 != 0o700 {
+            // Keys and stored files live here: nobody else may list it or
+            // pass through it (see `let_group_through` for the embedded
+            // cluster's user when Sovra is root).
+            fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).map_err(io)?;
         }
         let path = root.join("sovra.lock");
         let file = fs::OpenOptions::new()
@@ -77,6 +78,19 @@ impl DataDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Lets members of group `gid` (and nobody else) pass through the
+    /// directory, mode 0710: when Sovra is root, the embedded cluster runs
+    /// as an unprivileged system user that must reach its own directory
+    /// inside. Nothing else of the data directory is opened to it.
+    pub fn let_group_through(&self, gid: nix::unistd::Gid) -> Result<(), DataDirError> {
+        let io = |source| DataDirError::Io {
+            dir: self.root.clone(),
+            source,
+        };
+        nix::unistd::chown(&self.root, None, Some(gid)).map_err(|err| io(err.into()))?;
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o710)).map_err(io)
     }
 
     /// The embedded cluster's directory.
@@ -112,4 +126,27 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     }
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))?;
     fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_directory_is_private() {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("data");
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = DataDir::open(&root).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        dir.let_group_through(nix::unistd::getegid()).unwrap();
+        assert_eq!(mode(&root), 0o710);
+        drop(dir);
+        // A fresh one is private from the start.
+        let fresh = scratch.path().join("fresh");
+        let _dir = DataDir::open(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+    }
 }

@@ -7,6 +7,7 @@
 //! a privileged role on behalf of a caller: requests that touch the database
 //! go through [`sovra_pg::begin_request`] with the caller's role.
 
+pub mod body;
 pub mod data_dir;
 pub mod gateway;
 pub mod keys;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub prometheus: PrometheusHandle,
     pub started: Instant,
     pub body_limit: usize,
+    /// How long a request body may send nothing (`server.body_idle_timeout`).
+    pub body_idle_timeout: Duration,
 }
 
 impl AppState {
@@ -48,7 +51,15 @@ impl AppState {
             prometheus: observe::prometheus(),
             started: Instant::now(),
             body_limit,
+            body_idle_timeout: Duration::from_secs(60),
         }
+    }
+
+    /// The state `config` describes.
+    pub fn from_config(tenants: TenantResolver, config: &sovra_config::Config) -> AppState {
+        let mut state = AppState::new(tenants, config.server.body_limit);
+        state.body_idle_timeout = Duration::from_secs(config.server.body_idle_timeout);
+        state
     }
 }
 
@@ -117,6 +128,7 @@ fn cors() -> CorsLayer {
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.body_limit;
+    let body_idle_timeout = state.body_idle_timeout;
     let trace = TraceLayer::new_for_http()
         .make_span_with(|request: &Request<_>| {
             let request_id = request
@@ -177,6 +189,10 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable());
     api.merge(storage)
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            body_idle_timeout,
+            body::idle_bodies,
+        ))
         .layer(cors())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(trace)

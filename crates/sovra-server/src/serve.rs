@@ -87,6 +87,14 @@ pub async fn open_database(config: &Config, data_dir: &DataDir) -> Result<Databa
             cluster: None,
         });
     }
+    // PostgreSQL runs as `embedded.system_user` when Sovra is root; that
+    // user's group may pass through the otherwise private data directory
+    // to reach the cluster's own.
+    if nix::unistd::geteuid().is_root()
+        && let Ok(Some(user)) = nix::unistd::User::from_name(&config.embedded.system_user)
+    {
+        data_dir.let_group_through(user.gid)?;
+    }
     let mut options = ClusterOptions::new(data_dir.pg_dir());
     options.log_file = data_dir.pg_log();
     options.bin_dir.clone_from(&config.embedded.bin_dir);
@@ -367,6 +375,7 @@ fn storage_config(config: &Config) -> sovra_storage::StorageConfig {
         backend,
         file_size_limit: storage.file_size_limit,
         upload_expiry: Duration::from_secs(storage.upload_expiry),
+        io_threads: usize::try_from(storage.io_threads).unwrap_or(16),
     }
 }
 
@@ -458,7 +467,7 @@ async fn serve_with(
     for tenant in tenants.all() {
         tenant.realtime.start_feed(admin.clone());
     }
-    let state = AppState::new(tenants.clone(), config.server.body_limit);
+    let state = AppState::from_config(tenants.clone(), config);
     let app = router(state);
 
     let addr = config.listen_addr();
@@ -483,12 +492,8 @@ async fn serve_with(
     let graceful = async move {
         let _ = drain_rx.await;
     };
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(graceful);
-    let server = tokio::spawn(async move { server.await });
+    let server = serve_http(listener, app, HttpOptions::from_config(config), graceful);
+    let server = tokio::spawn(server);
     let died = async {
         match cluster {
             Some(cluster) => cluster.exited().await,
@@ -516,6 +521,110 @@ async fn serve_with(
             data_dir.pg_log().display().to_string(),
         ));
     }
+    Ok(())
+}
+
+/// Settings of the HTTP listener.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpOptions {
+    /// How long a client has to send a request's headers, or an idle
+    /// connection the first byte of its next request.
+    pub header_read_timeout: Duration,
+}
+
+impl HttpOptions {
+    pub fn from_config(config: &Config) -> HttpOptions {
+        HttpOptions {
+            header_read_timeout: Duration::from_secs(config.server.header_read_timeout),
+        }
+    }
+}
+
+/// Serves `app` on `listener` (HTTP/1.1 with upgrades for WebSockets, and
+/// HTTP/2 with prior knowledge) until `shutdown` resolves; then stops
+/// accepting, lets each connection finish its requests, and returns when
+/// the last one has closed.
+///
+/// Unlike `axum::serve`, a connection must send the headers of each
+/// request within `header_read_timeout` (hyper's own timer, which covers
+/// WebSocket handshakes too), and a new connection its first byte, or it
+/// is closed: idle or trickling connections cannot pile up. The client's
+/// address is available to handlers as `ConnectInfo<SocketAddr>`.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    options: HttpOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), std::io::Error> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of file descriptors, or a connection reset before
+                    // it was accepted: wait a little rather than spin.
+                    tracing::warn!(error = %err, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let mut closing = closing_rx.clone();
+        tokio::spawn(async move {
+            // Until the first byte, hyper's version detection has no timer.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(options.header_read_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let service =
+                app.map_request(move |request: axum::http::Request<hyper::body::Incoming>| {
+                    let mut request = request.map(axum::body::Body::new);
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    request
+                });
+            let service = hyper_util::service::TowerToHyperService::new(service);
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(options.header_read_timeout);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .enable_connect_protocol();
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::trace!(error = %err, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = closing.wait_for(|closing| *closing) => {
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+            let _ = connection.await;
+            drop(closing);
+        });
+    }
+    drop(listener);
+    let _ = closing_tx.send(true);
+    drop(closing_rx);
+    // Every connection task holds a receiver until it ends.
+    closing_tx.closed().await;
     Ok(())
 }
 

@@ -1748,16 +1748,44 @@ async fn resumable_uploads_survive_a_dropped_connection() {
     .await;
     assert_eq!(bad_name.json()["code"], "InvalidKey");
 
+    // Every chunk but the last holds at least 1 MiB.
+    const MIB: usize = 1024 * 1024;
+    let small = St::send(
+        st.request(Method::POST, "/upload/resumable", Some(&alice_token))
+            .header("upload-length", (3 * MIB).to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .header(
+                "upload-metadata",
+                tus_metadata("private", &format!("{alice}/small.txt"), "text/plain"),
+            )
+            .body("01234"),
+    )
+    .await;
+    assert_eq!(small.logical(), "400", "{:?}", small.json());
+    assert!(
+        small.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("at least 1048576 bytes")
+    );
+    st.app
+        .db
+        .client()
+        .await
+        .execute("delete from sovra.storage_uploads", &[])
+        .await
+        .unwrap();
+
     // Creation with upload, then termination.
     let with_body = St::send(
         st.request(Method::POST, "/upload/resumable", Some(&alice_token))
-            .header("upload-length", "10")
+            .header("upload-length", (MIB + 10).to_string())
             .header("content-type", "application/offset+octet-stream")
             .header(
                 "upload-metadata",
                 tus_metadata("private", &format!("{alice}/t.txt"), "text/plain"),
             )
-            .body("01234"),
+            .body(vec![b'0'; MIB]),
     )
     .await;
     assert_eq!(
@@ -1766,7 +1794,7 @@ async fn resumable_uploads_survive_a_dropped_connection() {
         "{:?}",
         with_body.json()
     );
-    assert_eq!(with_body.header("upload-offset"), "5");
+    assert_eq!(with_body.header("upload-offset"), MIB.to_string());
     let location = with_body.header("location").to_owned();
     let terminated = St::send(
         st.http
@@ -1785,13 +1813,13 @@ async fn resumable_uploads_survive_a_dropped_connection() {
     // Expired uploads are swept with their parts.
     let stale = St::send(
         st.request(Method::POST, "/upload/resumable", Some(&alice_token))
-            .header("upload-length", "10")
+            .header("upload-length", (MIB + 10).to_string())
             .header("content-type", "application/offset+octet-stream")
             .header(
                 "upload-metadata",
                 tus_metadata("private", &format!("{alice}/s.txt"), "text/plain"),
             )
-            .body("01"),
+            .body(vec![b'0'; MIB]),
     )
     .await;
     assert_eq!(stale.status, StatusCode::CREATED);
@@ -2081,5 +2109,500 @@ async fn s3_backend() {
     assert!(
         !listing.contains("<Key>"),
         "S3 still holds objects: {listing}"
+    );
+}
+
+/// Sends `head` (and `body`) as raw HTTP/1.1, then reads the answer
+/// without sending anything more. The deadline only catches a hang.
+async fn raw_exchange(st: &St, head: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = st.app.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            // The answer is whole once its JSON body has closed.
+            if answer.ends_with(b"}") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "no answer while the body was held: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Keep the connection (and its unsent body) open until here.
+    drop(stream);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn unauthorised_uploads_are_refused_before_their_body_is_read() {
+    let st = St::new().await;
+    st.bucket("private", json!({})).await;
+    let (alice, _) = st.user();
+    let (_, bob_token) = st.user();
+    let addr = st.app.url.trim_start_matches("http://").to_owned();
+    // Small enough that uploads used to stream before any check: the
+    // answer now comes while most of the body is still unsent.
+    let head = |path: &str, token: &str| {
+        format!(
+            "POST /storage/v1{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: text/plain\r\nContent-Length: 500000\r\n\r\n"
+        )
+    };
+    // RLS: Bob in Alice's folder.
+    let rls = raw_exchange(
+        &st,
+        &head(&format!("/object/private/{alice}/x.txt"), &bob_token),
+        b"0123456789",
+    )
+    .await;
+    assert!(rls.contains("\"statusCode\":\"403\""), "{rls}");
+    // No such bucket.
+    let missing = raw_exchange(
+        &st,
+        &head(&format!("/object/nope/{alice}/x.txt"), &bob_token),
+        b"0123456789",
+    )
+    .await;
+    assert!(missing.contains("\"statusCode\":\"404\""), "{missing}");
+    // A token that does not verify.
+    let forged = raw_exchange(
+        &st,
+        &head(&format!("/object/private/{alice}/x.txt"), "not.a.jwt"),
+        b"0123456789",
+    )
+    .await;
+    assert!(forged.contains("\"statusCode\":\"403\""), "{forged}");
+    // Updates too: PUT of an object that does not exist.
+    let put = raw_exchange(
+        &st,
+        &head(&format!("/object/private/{alice}/x.txt"), &bob_token).replacen("POST", "PUT", 1),
+        b"0123456789",
+    )
+    .await;
+    assert!(put.contains("\"statusCode\":\"4"), "{put}");
+    assert!(st.stored_files().is_empty(), "nothing was written");
+    // And an allowed upload still works.
+    let (carol, carol_token) = st.user();
+    let ok = st
+        .upload(
+            Method::POST,
+            &format!("private/{carol}/a.txt"),
+            &carol_token,
+            b"hello",
+            "text/plain",
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.json());
+}
+
+#[tokio::test]
+async fn active_content_is_never_served_inline_and_content_types_are_strict() {
+    let st = St::new().await;
+    let service = st.service();
+    st.bucket("site", json!({"public": true})).await;
+    st.bucket("images", json!({"allowed_mime_types": ["image/png"]}))
+        .await;
+    for (name, mime) in [
+        ("page.html", "text/html"),
+        ("logo.svg", "image/svg+xml"),
+        ("feed.xml", "application/xml"),
+        ("doc.xhtml", "application/xhtml+xml; charset=utf-8"),
+    ] {
+        let up = st
+            .upload(
+                Method::POST,
+                &format!("site/{name}"),
+                &service,
+                b"<svg onload=alert(1)>",
+                mime,
+            )
+            .await;
+        assert_eq!(up.status, StatusCode::OK, "{:?}", up.json());
+        for path in [
+            format!("/object/site/{name}"),
+            format!("/object/public/site/{name}"),
+        ] {
+            let down = St::send(st.request(Method::GET, &path, Some(&service))).await;
+            assert_eq!(down.status, StatusCode::OK);
+            assert_eq!(down.header("x-content-type-options"), "nosniff", "{path}");
+            assert_eq!(
+                down.header("content-security-policy"),
+                "default-src 'none'; sandbox",
+                "{path}"
+            );
+            assert_eq!(down.header("content-disposition"), "attachment;", "{path}");
+        }
+    }
+    // Passive types are shown inline, but never sniffed or scripted.
+    let png = st
+        .upload(
+            Method::POST,
+            "site/a.png",
+            &service,
+            b"\x89PNG",
+            "image/png",
+        )
+        .await;
+    assert_eq!(png.status, StatusCode::OK);
+    let down = St::send(st.request(Method::GET, "/object/public/site/a.png", None)).await;
+    assert_eq!(down.header("x-content-type-options"), "nosniff");
+    assert_eq!(
+        down.header("content-security-policy"),
+        "default-src 'none'; sandbox"
+    );
+    assert_eq!(down.header("content-disposition"), "");
+    // `?download=` still names the file.
+    let named = St::send(st.request(
+        Method::GET,
+        "/object/public/site/page.html?download=p.html",
+        None,
+    ))
+    .await;
+    assert_eq!(
+        named.header("content-disposition"),
+        "attachment; filename=p.html; filename*=UTF-8''p.html"
+    );
+    // PDFs get nosniff but no sandbox (browsers refuse to show a
+    // sandboxed PDF).
+    st.upload(
+        Method::POST,
+        "site/a.pdf",
+        &service,
+        b"%PDF-1.4",
+        "application/pdf",
+    )
+    .await;
+    let pdf = St::send(st.request(Method::GET, "/object/public/site/a.pdf", None)).await;
+    assert_eq!(pdf.header("x-content-type-options"), "nosniff");
+    assert_eq!(pdf.header("content-security-policy"), "");
+
+    // A newline in a multipart contentType no longer passes the
+    // allow-list (it used to, and then dropped the header).
+    let form = reqwest::multipart::Form::new()
+        .text("contentType", "image/png\r\nX-Evil: 1")
+        .part(
+            "",
+            reqwest::multipart::Part::bytes(b"<script>".to_vec()).file_name("x"),
+        );
+    let multipart = St::send(
+        st.request(Method::POST, "/object/images/x.png", Some(&service))
+            .multipart(form),
+    )
+    .await;
+    assert_eq!(
+        multipart.json()["code"],
+        "InvalidMimeType",
+        "{:?}",
+        multipart.json()
+    );
+    // A raw Content-Type that is not text (it used to become
+    // application/octet-stream), or not type/subtype.
+    for bad in [
+        &b"text/pl\xe4in"[..],
+        b"text/html, image/png",
+        b"image/png;x",
+    ] {
+        let raw = St::send(
+            st.request(Method::POST, "/object/site/bad.bin", Some(&service))
+                .header(
+                    "content-type",
+                    reqwest::header::HeaderValue::from_bytes(bad).unwrap(),
+                )
+                .body("x"),
+        )
+        .await;
+        assert_eq!(raw.json()["code"], "InvalidMimeType", "{bad:?}");
+    }
+    // Updates (PUT) check it too.
+    let update = St::send(
+        st.request(Method::PUT, "/object/site/a.png", Some(&service))
+            .header("content-type", "image/png; x")
+            .body("x"),
+    )
+    .await;
+    assert_eq!(update.json()["code"], "InvalidMimeType");
+    // And TUS metadata.
+    let tus = St::send(
+        st.request(Method::POST, "/upload/resumable", Some(&service))
+            .header("upload-length", "10")
+            .header(
+                "upload-metadata",
+                tus_metadata("images", "t.png", "image/png\nX-Evil: 1"),
+            ),
+    )
+    .await;
+    assert_eq!(tus.json()["code"], "InvalidMimeType", "{:?}", tus.json());
+    assert_eq!(
+        st.count_rows("select count(*) from storage.objects where name like 'bad%' or name in ('x.png', 't.png')")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn stored_files_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let st = St::new().await;
+    let service = st.service();
+    st.bucket("media", json!({})).await;
+    let up = st
+        .upload(
+            Method::POST,
+            "media/a.txt",
+            &service,
+            b"secret",
+            "text/plain",
+        )
+        .await;
+    assert_eq!(up.status, StatusCode::OK);
+    let copy = st
+        .call(
+            Method::POST,
+            "/object/copy",
+            &service,
+            Some(json!({"bucketId": "media", "sourceKey": "a.txt", "destinationKey": "b.txt"})),
+        )
+        .await;
+    assert_eq!(copy.status, StatusCode::OK, "{:?}", copy.json());
+    let files = st.stored_files();
+    assert_eq!(files.len(), 2);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let root = st.app.data_dir.join("storage");
+    for file in files {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+        let mut dir = file.parent().unwrap();
+        while dir != root {
+            assert_eq!(mode(dir), 0o700, "{}", dir.display());
+            dir = dir.parent().unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn move_and_copy_apply_the_destination_bucket_rules() {
+    let st = St::new().await;
+    let service = st.service();
+    st.bucket("big", json!({})).await;
+    st.bucket(
+        "small",
+        json!({"file_size_limit": 10, "allowed_mime_types": ["image/png"]}),
+    )
+    .await;
+    st.upload(
+        Method::POST,
+        "big/long.png",
+        &service,
+        &[7u8; 100],
+        "image/png",
+    )
+    .await;
+    st.upload(
+        Method::POST,
+        "big/short.txt",
+        &service,
+        b"12345",
+        "text/plain",
+    )
+    .await;
+    st.upload(Method::POST, "big/ok.png", &service, b"12345", "image/png")
+        .await;
+    for op in ["/object/move", "/object/copy"] {
+        let relocate = |source: &str, target: &str| {
+            st.call(
+                Method::POST,
+                op,
+                &service,
+                Some(json!({"bucketId": "big", "sourceKey": source,
+                            "destinationBucket": "small", "destinationKey": target})),
+            )
+        };
+        let too_big = relocate("long.png", "long.png").await;
+        assert_eq!(too_big.logical(), "413", "{op}: {:?}", too_big.json());
+        let wrong_type = relocate("short.txt", "short.txt").await;
+        assert_eq!(wrong_type.logical(), "415", "{op}: {:?}", wrong_type.json());
+        let missing_bucket = st
+            .call(
+                Method::POST,
+                op,
+                &service,
+                Some(json!({"bucketId": "big", "sourceKey": "ok.png",
+                            "destinationBucket": "nope", "destinationKey": "x.png"})),
+            )
+            .await;
+        assert_eq!(missing_bucket.logical(), "404");
+    }
+    assert_eq!(
+        st.count_rows("select count(*) from storage.objects where bucket_id = 'small'")
+            .await,
+        0
+    );
+    // What fits is moved and copied as before.
+    let copied = st
+        .call(
+            Method::POST,
+            "/object/copy",
+            &service,
+            Some(json!({"bucketId": "big", "sourceKey": "ok.png",
+                        "destinationBucket": "small", "destinationKey": "c.png"})),
+        )
+        .await;
+    assert_eq!(copied.status, StatusCode::OK, "{:?}", copied.json());
+    let moved = st
+        .call(
+            Method::POST,
+            "/object/move",
+            &service,
+            Some(json!({"bucketId": "big", "sourceKey": "ok.png",
+                        "destinationBucket": "small", "destinationKey": "m.png"})),
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{:?}", moved.json());
+    assert_eq!(
+        st.count_rows("select count(*) from storage.objects where bucket_id = 'small'")
+            .await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn the_version_column_is_written_only_by_the_api() {
+    let st = St::new().await;
+    st.bucket("private", json!({})).await;
+    let (alice, alice_token) = st.user();
+    let up = st
+        .upload(
+            Method::POST,
+            &format!("private/{alice}/a.txt"),
+            &alice_token,
+            b"mine",
+            "text/plain",
+        )
+        .await;
+    assert_eq!(up.status, StatusCode::OK, "{:?}", up.json());
+    let client = st.app.db.client().await;
+    let claims = json!({"sub": alice, "role": "authenticated"}).to_string();
+    let as_alice = |sql: &str| {
+        format!(
+            "begin; set local role authenticated; \
+             select set_config('request.jwt.claims', '{claims}', true); {sql}; commit;"
+        )
+    };
+    for sql in [
+        "update storage.objects set version = 'someone-elses-version'".to_owned(),
+        format!(
+            "insert into storage.objects (bucket_id, name, version) values ('private', '{alice}/b.txt', 'someone-elses-version')"
+        ),
+    ] {
+        let err = client.batch_execute(&as_alice(&sql)).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&sovra_pg::tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {err:?}"
+        );
+        assert!(
+            err.as_db_error()
+                .unwrap()
+                .message()
+                .contains("written only by the Storage API"),
+            "{err:?}"
+        );
+        client.batch_execute("rollback").await.unwrap();
+    }
+    // Other columns stay writable under RLS, and the API still writes it.
+    client
+        .batch_execute(&as_alice(
+            "update storage.objects set user_metadata = '{\"a\": 1}'",
+        ))
+        .await
+        .unwrap();
+    let again = st
+        .upload(
+            Method::PUT,
+            &format!("private/{alice}/a.txt"),
+            &alice_token,
+            b"mine again",
+            "text/plain",
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.json());
+    let down = St::send(st.request(
+        Method::GET,
+        &format!("/object/private/{alice}/a.txt"),
+        Some(&alice_token),
+    ))
+    .await;
+    assert_eq!(&down.bytes[..], b"mine again");
+}
+
+#[tokio::test]
+async fn resumable_uploads_of_callers_without_a_sub_are_not_shared() {
+    let st = St::new().await;
+    st.bucket("drop", json!({})).await;
+    st.app
+        .db
+        .client()
+        .await
+        .batch_execute(
+            "create policy anon_drop on storage.objects for insert to anon with check (bucket_id = 'drop');
+             create policy anon_see on storage.objects for select to anon using (bucket_id = 'drop');",
+        )
+        .await
+        .unwrap();
+    let anon = st.app.anon_key.clone();
+    // Another caller without a `sub`: an anon token with other claims.
+    let other_anon = st.app.sign(json!({"role": "anon", "iss": "someone-else"}));
+    let created = St::send(
+        st.request(Method::POST, "/upload/resumable", Some(&anon))
+            .header("upload-length", "10")
+            .header(
+                "upload-metadata",
+                tus_metadata("drop", "a.bin", "text/plain"),
+            ),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.json());
+    let location = created.header("location").to_owned();
+    let head = |token: String| {
+        St::send(
+            st.http
+                .head(format!("{}{location}", st.app.url))
+                .header("apikey", &st.app.anon_key)
+                .bearer_auth(token)
+                .header("tus-resumable", "1.0.0"),
+        )
+    };
+    assert_eq!(head(other_anon.clone()).await.status, StatusCode::NOT_FOUND);
+    let stranger = tus_patch(
+        &st,
+        &location,
+        &other_anon,
+        0,
+        b"0123456789".to_vec(),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(stranger.logical(), "404", "{:?}", stranger.json());
+    // The stranger took no lease: the creator continues at once.
+    assert_eq!(head(anon.clone()).await.status, StatusCode::OK);
+    let done = tus_patch(&st, &location, &anon, 0, b"0123456789".to_vec(), false)
+        .await
+        .unwrap();
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{:?}", done.json());
+    assert_eq!(
+        st.count_rows("select count(*) from storage.objects where bucket_id = 'drop'")
+            .await,
+        1
     );
 }

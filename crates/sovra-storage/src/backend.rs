@@ -7,9 +7,22 @@
 //! An upload writes a new version and becomes visible only when its row in
 //! `storage.objects` names that version, in the same commit that replaces
 //! the old one; a move is a metadata change; names cannot escape anything.
+//!
+//! On the local disk, files are private to Sovra's user (0600 in 0700
+//! directories), written to a temporary file that is synced, renamed into
+//! place and made durable by syncing its directory. Every blocking file
+//! call (open, one read or write of a chunk, sync, rename) runs on
+//! tokio's blocking pool while holding one of a bounded number of IO slots
+//! (`storage.io_threads`), and never while waiting for the network: a
+//! chunk is received from the client asynchronously and only then
+//! written, and a download reads its next chunk only when the client has
+//! taken the previous one. A slow client therefore holds memory for one
+//! chunk, never a thread.
 
+use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt as _};
@@ -27,6 +40,11 @@ const PART_SIZE: usize = 8 * 1024 * 1024;
 const PARTS_IN_FLIGHT: usize = 2;
 /// Chunk size of downloads read from the local disk.
 const READ_CHUNK: usize = 1024 * 1024;
+/// Received bytes are written to the local disk in batches of this size.
+const WRITE_BATCH: usize = 256 * 1024;
+/// How long a request waits for a free IO slot before it is refused with
+/// 503 (the disk, not a client, is then the bottleneck).
+const IO_WAIT: Duration = Duration::from_secs(30);
 
 /// How bytes are stored.
 #[derive(Clone, Debug)]
@@ -51,6 +69,8 @@ pub enum WriteError {
     TooLarge,
     #[error("the request body broke off: {0}")]
     Body(String),
+    #[error("every file IO slot stayed busy")]
+    Busy,
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
 }
@@ -66,25 +86,124 @@ pub struct Download {
 pub struct Backend {
     store: Arc<dyn ObjectStore>,
     prefix: String,
-    /// Local stores sync files to disk before a write is acknowledged.
-    local_root: Option<PathBuf>,
+    /// The local disk, when bytes live there.
+    local: Option<LocalDisk>,
+}
+
+/// The local disk: its root and the IO slots blocking file calls take.
+#[derive(Clone, Debug)]
+struct LocalDisk {
+    root: PathBuf,
+    io: Arc<tokio::sync::Semaphore>,
+}
+
+impl LocalDisk {
+    /// Runs one blocking file call on the blocking pool, holding an IO
+    /// slot for exactly as long as it runs (the slot moves into the task,
+    /// so a request that goes away does not free it early).
+    async fn run<T, F>(&self, call: F) -> Result<T, LocalError>
+    where
+        F: FnOnce() -> std::io::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = tokio::time::timeout(IO_WAIT, self.io.clone().acquire_owned())
+            .await
+            .map_err(|_| LocalError::Busy)?
+            .map_err(|_| LocalError::Busy)?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = permit;
+            call()
+        })
+        .await
+        .map_err(|err| LocalError::Io(std::io::Error::other(err)))?
+        .map_err(LocalError::Io)
+    }
+}
+
+/// Why a local file call failed.
+#[derive(Debug)]
+enum LocalError {
+    Busy,
+    Io(std::io::Error),
+}
+
+impl LocalError {
+    fn into_store(self, location: &str) -> WriteError {
+        match self {
+            LocalError::Busy => WriteError::Busy,
+            LocalError::Io(err) => WriteError::Store(io_to_store(err, location)),
+        }
+    }
+
+    fn into_io(self) -> std::io::Error {
+        match self {
+            LocalError::Busy => std::io::Error::other("every file IO slot stayed busy"),
+            LocalError::Io(err) => err,
+        }
+    }
+}
+
+fn io_to_store(err: std::io::Error, location: &str) -> object_store::Error {
+    if err.kind() == std::io::ErrorKind::NotFound {
+        object_store::Error::NotFound {
+            path: location.to_owned(),
+            source: Box::new(err),
+        }
+    } else {
+        object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(err),
+        }
+    }
+}
+
+/// Creates `dir` and its missing parents with mode 0700.
+fn create_private_dirs(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Makes a rename in `dir` durable.
+fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl Backend {
-    /// Opens the store for `tenant`.
-    pub fn open(config: &BackendConfig, tenant: &str) -> Result<Backend, object_store::Error> {
+    /// Opens the store for `tenant`; on the local disk, at most
+    /// `io_threads` blocking file calls run at once.
+    pub fn open(
+        config: &BackendConfig,
+        tenant: &str,
+        io_threads: usize,
+    ) -> Result<Backend, object_store::Error> {
         match config {
             BackendConfig::Fs { root } => {
-                std::fs::create_dir_all(root).map_err(|err| object_store::Error::Generic {
+                let generic = |err: std::io::Error| object_store::Error::Generic {
                     store: "LocalFileSystem",
                     source: Box::new(err),
-                })?;
+                };
+                // The tenant's tree is Sovra's alone, whatever the root
+                // (which may be a directory the operator chose) allows;
+                // files written by earlier versions with wider modes are
+                // unreachable through it.
+                let tenant_dir = root.join(tenant);
+                create_private_dirs(&tenant_dir).map_err(generic)?;
+                {
+                    use std::os::unix::fs::PermissionsExt as _;
+                    std::fs::set_permissions(&tenant_dir, std::fs::Permissions::from_mode(0o700))
+                        .map_err(generic)?;
+                }
                 let store = object_store::local::LocalFileSystem::new_with_prefix(root)?
                     .with_automatic_cleanup(true);
                 Ok(Backend {
                     store: Arc::new(store),
                     prefix: tenant.to_owned(),
-                    local_root: Some(root.clone()),
+                    local: Some(LocalDisk {
+                        root: root.clone(),
+                        io: Arc::new(tokio::sync::Semaphore::new(io_threads.max(1))),
+                    }),
                 })
             }
             BackendConfig::S3 {
@@ -113,7 +232,7 @@ impl Backend {
                 Ok(Backend {
                     store: Arc::new(builder.build()?),
                     prefix: tenant.to_owned(),
-                    local_root: None,
+                    local: None,
                 })
             }
         }
@@ -138,8 +257,8 @@ impl Backend {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        if let Some(root) = &self.local_root {
-            return write_local(root.join(path.as_ref()), body, limit).await;
+        if let Some(disk) = &self.local {
+            return write_local(disk, path, body, limit).await;
         }
         let mut body = body;
         let mut first = BytesMut::new();
@@ -188,22 +307,7 @@ impl Backend {
             }
         }
         writer.finish().await?;
-        self.sync(path).await;
         Ok(size)
-    }
-
-    /// On the local disk, flushes a written file so that an acknowledged
-    /// upload survives a power cut (object stores do this themselves).
-    async fn sync(&self, path: &Path) {
-        let Some(root) = &self.local_root else { return };
-        let file = root.join(path.as_ref());
-        let result = tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&file).and_then(|f| f.sync_all())
-        })
-        .await;
-        if let Ok(Err(err)) = result {
-            tracing::warn!(error = %err, "could not sync a stored file");
-        }
     }
 
     /// Reads `path`, or the `range` of it.
@@ -211,9 +315,9 @@ impl Backend {
         &self,
         path: &Path,
         range: Option<ByteRange>,
-    ) -> Result<Download, object_store::Error> {
-        if let Some(root) = &self.local_root {
-            return read_local(root.join(path.as_ref()), path, range).await;
+    ) -> Result<Download, WriteError> {
+        if let Some(disk) = &self.local {
+            return read_local(disk, path, range).await;
         }
         let options = GetOptions {
             range: range.map(|r| GetRange::Bounded(r.start..r.end)),
@@ -223,19 +327,45 @@ impl Backend {
         let size = result.meta.size;
         let span = result.range.clone();
         let stream = match result.payload {
-            GetResultPayload::File(file, _) => read_file(file, span.start, span.end),
+            // Only the local file system gives files, and it is read above.
+            GetResultPayload::File(..) => {
+                return Err(WriteError::Store(object_store::Error::NotImplemented));
+            }
             GetResultPayload::Stream(stream) => stream
                 .map(|chunk| chunk.map_err(std::io::Error::other))
                 .boxed(),
         };
+        let _ = span;
         Ok(Download { stream, size })
     }
 
     /// Copies the bytes of one version to another path.
-    pub async fn copy(&self, from: &Path, to: &Path) -> Result<(), object_store::Error> {
-        self.store.copy(from, to).await?;
-        self.sync(to).await;
-        Ok(())
+    pub async fn copy(&self, from: &Path, to: &Path) -> Result<(), WriteError> {
+        let Some(disk) = &self.local else {
+            return Ok(self.store.copy(from, to).await?);
+        };
+        let source = disk.root.join(from.as_ref());
+        let target = disk.root.join(to.as_ref());
+        let location = from.to_string();
+        disk.run(move || {
+            let dir = target.parent().unwrap_or(&target).to_owned();
+            create_private_dirs(&dir)?;
+            let tmp = temp_name(&target);
+            let result = (|| {
+                let mut input = std::fs::File::open(&source)?;
+                let mut out = private_file(&tmp)?;
+                std::io::copy(&mut input, &mut out)?;
+                out.sync_all()?;
+                std::fs::rename(&tmp, &target)?;
+                sync_dir(&dir)
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result
+        })
+        .await
+        .map_err(|err| err.into_store(&location))
     }
 
     /// Deletes `path`; a missing file is not an error.
@@ -261,19 +391,24 @@ impl Backend {
             .await;
     }
 
-    /// Streams the parts of a resumable upload, in order, into `to`.
+    /// Streams the parts of a resumable upload, in order, into `to`:
+    /// one part is open at a time.
     pub async fn concat_parts(
         &self,
         upload: &str,
         parts: i32,
         to: &Path,
     ) -> Result<u64, WriteError> {
-        let mut streams = Vec::new();
-        for part in 0..parts {
-            let path = self.part_path(upload, part);
-            streams.push(self.read(&path, None).await?.stream);
-        }
-        let joined = futures_util::stream::iter(streams).flatten();
+        let joined = futures_util::stream::unfold(
+            Parts {
+                backend: self.clone(),
+                upload: upload.to_owned(),
+                next: 0,
+                count: parts,
+                current: None,
+            },
+            next_part_chunk,
+        );
         self.write(to, Box::pin(joined), u64::MAX).await
     }
 
@@ -288,178 +423,326 @@ impl Backend {
     }
 }
 
-/// What the request side hands the writer thread of a local upload.
-enum Chunk {
-    Data(Bytes),
-    Finish,
+/// The parts of a resumable upload being read back, one open at a time.
+struct Parts {
+    backend: Backend,
+    upload: String,
+    next: i32,
+    count: i32,
+    current: Option<futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>>,
 }
 
-/// Streams `body` into a temporary file next to `file` on one blocking
-/// thread (chunks are written as they arrive, without copies or buffering
-/// beyond a few in flight), then syncs it and renames it into place. The
-/// temporary file is removed if anything fails or the body stops.
-async fn write_local<S, E>(file: PathBuf, body: S, limit: u64) -> Result<u64, WriteError>
+/// The next chunk of the joined parts (a named function rather than a
+/// closure, so that the stream's future is `Send` for every lifetime).
+async fn next_part_chunk(mut parts: Parts) -> Option<(Result<Bytes, std::io::Error>, Parts)> {
+    loop {
+        if let Some(stream) = &mut parts.current {
+            match stream.next().await {
+                Some(item) => return Some((item, parts)),
+                None => parts.current = None,
+            }
+        }
+        if parts.next >= parts.count {
+            return None;
+        }
+        let path = parts.backend.part_path(&parts.upload, parts.next);
+        parts.next += 1;
+        match parts.backend.read(&path, None).await {
+            Ok(download) => parts.current = Some(download.stream),
+            Err(err) => {
+                parts.next = parts.count;
+                return Some((Err(std::io::Error::other(err)), parts));
+            }
+        }
+    }
+}
+
+/// `<file>.tmp-<random>`, next to `file`.
+fn temp_name(file: &std::path::Path) -> PathBuf {
+    file.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// Creates a new file readable and writable by Sovra's user only.
+fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Removes a temporary file unless it was renamed into place.
+struct TempFile {
+    path: Option<PathBuf>,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            // Off the async thread when a runtime is there.
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn_blocking(move || {
+                        let _ = std::fs::remove_file(&path);
+                    });
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
+}
+
+/// Streams `body` into a temporary file next to its destination: chunks
+/// are received asynchronously and written in batches (each write takes
+/// an IO slot only while it runs), then the file is synced, renamed into
+/// place and its directory synced. The temporary file is removed if
+/// anything fails or the body stops.
+async fn write_local<S, E>(
+    disk: &LocalDisk,
+    path: &Path,
+    body: S,
+    limit: u64,
+) -> Result<u64, WriteError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(16);
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        use std::io::Write as _;
-        if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = file.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
-        let result = (|| {
-            let mut out = std::fs::File::create(&tmp)?;
-            loop {
-                match rx.blocking_recv() {
-                    Some(Chunk::Data(bytes)) => out.write_all(&bytes)?,
-                    Some(Chunk::Finish) => break,
-                    None => {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::Interrupted,
-                            "upload abandoned",
-                        ));
-                    }
-                }
-            }
-            out.sync_all()?;
-            std::fs::rename(&tmp, &file)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
-    });
+    let location = path.to_string();
+    let file = disk.root.join(path.as_ref());
+    let dir = file.parent().unwrap_or(&disk.root).to_owned();
+    let tmp = temp_name(&file);
+    let out = {
+        let (dir, tmp) = (dir.clone(), tmp.clone());
+        disk.run(move || {
+            create_private_dirs(&dir)?;
+            private_file(&tmp)
+        })
+        .await
+        .map_err(|err| err.into_store(&location))?
+    };
+    let mut guard = TempFile {
+        path: Some(tmp.clone()),
+    };
+    let out = Arc::new(out);
     let mut body = body;
     let mut size: u64 = 0;
-    let outcome = loop {
-        match body.next().await {
-            None => break Ok(()),
-            Some(Err(err)) => break Err(WriteError::Body(err.to_string())),
+    let mut batch = BytesMut::new();
+    loop {
+        let next = body.next().await;
+        let done = match next {
+            None => true,
+            Some(Err(err)) => return Err(WriteError::Body(err.to_string())),
             Some(Ok(chunk)) => {
                 size += chunk.len() as u64;
                 if size > limit {
-                    break Err(WriteError::TooLarge);
+                    return Err(WriteError::TooLarge);
                 }
-                if tx.send(Chunk::Data(chunk)).await.is_err() {
-                    break Ok(()); // the writer failed; its error follows
-                }
+                batch.extend_from_slice(&chunk);
+                false
             }
+        };
+        if !batch.is_empty() && (done || batch.len() >= WRITE_BATCH) {
+            let bytes = batch.split().freeze();
+            let out = out.clone();
+            disk.run(move || {
+                use std::io::Write as _;
+                (&*out).write_all(&bytes)
+            })
+            .await
+            .map_err(|err| err.into_store(&location))?;
         }
-    };
-    if outcome.is_ok() {
-        let _ = tx.send(Chunk::Finish).await;
+        if done {
+            break;
+        }
     }
-    drop(tx);
-    let written = writer.await.map_err(|err| object_store::Error::Generic {
-        store: "LocalFileSystem",
-        source: Box::new(err),
-    })?;
-    outcome?;
-    written.map_err(|err| object_store::Error::Generic {
-        store: "LocalFileSystem",
-        source: Box::new(err),
-    })?;
+    disk.run(move || {
+        out.sync_all()?;
+        std::fs::rename(&tmp, &file)?;
+        sync_dir(&dir)
+    })
+    .await
+    .map_err(|err| err.into_store(&location))?;
+    guard.path = None;
     Ok(size)
 }
 
-/// Opens a local file (and reads it whole when small) in one blocking task.
+/// Opens a local file (and reads it whole when small) with one IO slot;
+/// larger ranges are read one chunk per slot as the client takes them.
 async fn read_local(
-    file: PathBuf,
+    disk: &LocalDisk,
     path: &Path,
     range: Option<ByteRange>,
-) -> Result<Download, object_store::Error> {
+) -> Result<Download, WriteError> {
     let location = path.to_string();
-    let opened = tokio::task::spawn_blocking(
-        move || -> std::io::Result<(std::fs::File, u64, Option<Bytes>)> {
-            use std::io::{Read as _, Seek as _, SeekFrom};
-            let mut handle = std::fs::File::open(&file)?;
-            let size = handle.metadata()?.len();
-            let (start, end) = range.map_or((0, size), |r| (r.start, r.end.min(size)));
-            let len = end.saturating_sub(start);
-            if len <= READ_CHUNK as u64 {
-                handle.seek(SeekFrom::Start(start))?;
-                let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
-                handle.read_exact(&mut buf)?;
-                return Ok((handle, size, Some(Bytes::from(buf))));
-            }
-            Ok((handle, size, None))
-        },
-    )
-    .await
-    .map_err(|err| object_store::Error::Generic {
-        store: "LocalFileSystem",
-        source: Box::new(err),
-    })?;
-    let (handle, size, whole) = opened.map_err(|err| {
-        if err.kind() == std::io::ErrorKind::NotFound {
-            object_store::Error::NotFound {
-                path: location,
-                source: Box::new(err),
-            }
-        } else {
-            object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source: Box::new(err),
-            }
-        }
-    })?;
+    let file = disk.root.join(path.as_ref());
+    let opened = disk
+        .run(
+            move || -> std::io::Result<(std::fs::File, u64, Option<Bytes>)> {
+                let handle = std::fs::File::open(&file)?;
+                let size = handle.metadata()?.len();
+                let (start, end) = range.map_or((0, size), |r| (r.start, r.end.min(size)));
+                let len = end.saturating_sub(start);
+                if len <= READ_CHUNK as u64 {
+                    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+                    handle.read_exact_at(&mut buf, start)?;
+                    return Ok((handle, size, Some(Bytes::from(buf))));
+                }
+                Ok((handle, size, None))
+            },
+        )
+        .await;
+    let (handle, size, whole) = opened.map_err(|err| err.into_store(&location))?;
     let stream = match whole {
         Some(bytes) => futures_util::stream::once(async move { Ok(bytes) }).boxed(),
         None => {
             let (start, end) = range.map_or((0, size), |r| (r.start, r.end.min(size)));
-            read_file(handle, start, end)
+            read_chunks(disk.clone(), Arc::new(handle), start, end)
         }
     };
     Ok(Download { stream, size })
 }
 
-/// Reads a local file range on one blocking thread in large chunks, handed
-/// over through a small channel: memory stays at a few chunks per download.
-fn read_file(
-    file: std::fs::File,
+/// Reads `start..end` of a local file in large chunks, each read taking
+/// an IO slot only while it runs and only when the client has taken the
+/// previous chunk: memory stays at one chunk per download, and a slow
+/// client holds no thread.
+fn read_chunks(
+    disk: LocalDisk,
+    file: Arc<std::fs::File>,
     start: u64,
     end: u64,
 ) -> futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Read as _, Seek as _, SeekFrom};
-        let mut file = file;
-        if let Err(err) = file.seek(SeekFrom::Start(start)) {
-            let _ = tx.blocking_send(Err(err));
-            return;
-        }
-        let mut left = end.saturating_sub(start);
-        while left > 0 {
-            let want = usize::try_from(left.min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
-            let mut buf = BytesMut::zeroed(want);
-            match file.read(&mut buf) {
-                Ok(0) => {
-                    let _ = tx.blocking_send(Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "stored file is shorter than its metadata",
-                    )));
-                    return;
-                }
-                Ok(n) => {
-                    buf.truncate(n);
-                    left -= n as u64;
-                    if tx.blocking_send(Ok(buf.freeze())).is_err() {
-                        return; // the client went away
+    futures_util::stream::unfold(Some(start), move |at| {
+        let disk = disk.clone();
+        let file = file.clone();
+        async move {
+            let at = at?;
+            if at >= end {
+                return None;
+            }
+            let want = usize::try_from((end - at).min(READ_CHUNK as u64)).unwrap_or(READ_CHUNK);
+            let read = disk
+                .run(move || {
+                    let mut buf = BytesMut::zeroed(want);
+                    let mut filled = 0;
+                    while filled < want {
+                        match file.read_at(&mut buf[filled..], at + filled as u64) {
+                            Ok(0) => {
+                                return Err(std::io::Error::new(
+                                    std::io::ErrorKind::UnexpectedEof,
+                                    "stored file is shorter than its metadata",
+                                ));
+                            }
+                            Ok(n) => filled += n,
+                            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(err) => return Err(err),
+                        }
                     }
+                    Ok(buf.freeze())
+                })
+                .await;
+            match read {
+                Ok(bytes) => {
+                    let next = at + bytes.len() as u64;
+                    Some((Ok(bytes), Some(next)))
                 }
-                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(err) => {
-                    let _ = tx.blocking_send(Err(err));
-                    return;
-                }
+                Err(err) => Some((Err(err.into_io()), None)),
             }
         }
-    });
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn mode(path: &std::path::Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn stored_files_are_private_and_reads_and_copies_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("storage");
+        let backend = Backend::open(&BackendConfig::Fs { root: root.clone() }, "t1", 2).unwrap();
+        assert_eq!(mode(&root.join("t1")), 0o700);
+        let data: Vec<u8> = (0..3 * READ_CHUNK + 17).map(|i| (i % 251) as u8).collect();
+        let chunks: Vec<Result<Bytes, std::io::Error>> = data
+            .chunks(10_000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let path = backend.object_path("ab12");
+        let written = backend
+            .write(&path, futures_util::stream::iter(chunks), u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(written, data.len() as u64);
+        let file = root.join(path.as_ref());
+        assert_eq!(mode(&file), 0o600, "stored files are not world-readable");
+        assert_eq!(mode(file.parent().unwrap()), 0o700);
+        assert_eq!(mode(file.parent().unwrap().parent().unwrap()), 0o700);
+        let read = |range| {
+            let backend = backend.clone();
+            let path = path.clone();
+            async move {
+                let download = backend.read(&path, range).await.unwrap();
+                let parts: Vec<Bytes> = download.stream.map(Result::unwrap).collect().await;
+                parts.concat()
+            }
+        };
+        assert_eq!(read(None).await, data);
+        let range = ByteRange {
+            start: 5,
+            end: 2 * READ_CHUNK as u64 + 9,
+        };
+        assert_eq!(read(Some(range)).await, data[5..2 * READ_CHUNK + 9]);
+        let copy = backend.object_path("cd34");
+        backend.copy(&path, &copy).await.unwrap();
+        assert_eq!(mode(&root.join(copy.as_ref())), 0o600);
+        assert_eq!(std::fs::read(root.join(copy.as_ref())).unwrap(), data);
+        // Nothing temporary is left behind.
+        let names: Vec<String> = std::fs::read_dir(file.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains("tmp-")), "{names:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_or_broken_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("storage");
+        let backend = Backend::open(&BackendConfig::Fs { root: root.clone() }, "t1", 1).unwrap();
+        let path = backend.object_path("ef56");
+        let too_big = vec![Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 100]))];
+        assert!(matches!(
+            backend
+                .write(&path, futures_util::stream::iter(too_big), 10)
+                .await,
+            Err(WriteError::TooLarge)
+        ));
+        let broken = vec![
+            Ok(Bytes::from(vec![1u8; 100])),
+            Err(std::io::Error::other("gone")),
+        ];
+        assert!(matches!(
+            backend
+                .write(&path, futures_util::stream::iter(broken), 1000)
+                .await,
+            Err(WriteError::Body(_))
+        ));
+        // The temporary files are removed on the blocking pool.
+        let dir_of = root.join(path.as_ref()).parent().unwrap().to_owned();
+        for _ in 0..100 {
+            if std::fs::read_dir(&dir_of).unwrap().next().is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("a temporary file was left behind");
+    }
 }

@@ -107,6 +107,26 @@ impl StorageError {
             format!("mime type {mime} is not supported"),
         )
     }
+    /// A content type that is not `type/subtype[;params]` (RFC 9110).
+    pub fn bad_content_type(reason: impl std::fmt::Display) -> Self {
+        Self::new(
+            400,
+            "invalid_mime_type",
+            "InvalidMimeType",
+            format!("Invalid Content-Type: {reason}"),
+        )
+    }
+    /// The server is saturated (file IO slots); the client may retry.
+    pub fn busy() -> Self {
+        let mut err = Self::new(
+            503,
+            "SlowDown",
+            "SlowDown",
+            "The server is busy; retry later",
+        );
+        err.http = Some(503);
+        err
+    }
     pub fn invalid_key(key: &str) -> Self {
         Self::new(
             400,

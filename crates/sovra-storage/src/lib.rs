@@ -36,10 +36,12 @@ use sovra_pg::{Pool, RequestContext};
 pub use backend::{Backend, BackendConfig};
 pub use error::StorageError;
 
-/// `storage.operation` (which policies may read) and whether the
-/// statement may delete rows of the storage tables.
+/// `storage.operation` (which policies may read), whether the statement
+/// may delete rows of the storage tables, and whether it may write
+/// `storage.objects.version` (a trigger refuses other writes of it).
 const SETTINGS_SQL: &str = "select set_config('storage.operation', $1, true), \
-     set_config('storage.allow_delete_query', $2, true)";
+     set_config('storage.allow_delete_query', $2, true), \
+     set_config('storage.allow_version_write', $3, true)";
 
 /// Settings of one tenant's storage.
 #[derive(Clone, Debug)]
@@ -49,6 +51,8 @@ pub struct StorageConfig {
     pub file_size_limit: u64,
     /// How long a resumable upload may stay unfinished.
     pub upload_expiry: Duration,
+    /// Most blocking file calls of the local disk at once.
+    pub io_threads: usize,
 }
 
 /// Who a request is from, as the gateway verified it.
@@ -79,6 +83,32 @@ impl Principal {
 
     fn is_service(&self) -> bool {
         self.role == "service_role"
+    }
+
+    /// Who this caller is, as a resumable upload remembers its creator:
+    /// the role and `sub`, or for a caller without a `sub` (the anon key,
+    /// custom tokens) the role and every claim but the token's own times
+    /// and id. SHA-256, hex.
+    fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        let mut hash = sha2::Sha256::new();
+        hash.update(self.role.as_bytes());
+        hash.update([0]);
+        match self.sub() {
+            Some(sub) => {
+                hash.update(b"sub\0");
+                hash.update(sub.as_bytes());
+            }
+            None => {
+                let mut claims = self.claims.clone();
+                for transient in ["iat", "exp", "nbf", "jti"] {
+                    claims.remove(transient);
+                }
+                hash.update(b"claims\0");
+                hash.update(Value::Object(claims).to_string().as_bytes());
+            }
+        }
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -180,17 +210,23 @@ impl Ctx<'_> {
         } else {
             "false"
         };
+        // Only uploads, updates and copies point a row at new bytes.
+        let allow_version = if op.starts_with("object.upload") || op == "object.update" {
+            "true"
+        } else {
+            "false"
+        };
         let prepared = async {
             tokio::try_join!(
                 wrapper.prepare_typed_cached(sovra_pg::PROLOGUE_SQL, &[Type::TEXT; 8]),
-                wrapper.prepare_typed_cached(SETTINGS_SQL, &[Type::TEXT, Type::TEXT]),
+                wrapper.prepare_typed_cached(SETTINGS_SQL, &[Type::TEXT; 3]),
                 wrapper.prepare_cached(sql),
             )
         };
         let (prologue_statement, settings_statement, statement) =
             prepared.await.map_err(|err| error::from_db(&err))?;
         let end = if commit { "COMMIT" } else { "ROLLBACK" };
-        let settings: [&(dyn ToSql + Sync); 2] = [&op, &allow_delete];
+        let settings: [&(dyn ToSql + Sync); 3] = [&op, &allow_delete, &allow_version];
         let (begun, applied, set, result, ended) = tokio::join!(
             client.batch_execute("BEGIN"),
             client.query(&prologue_statement, &prologue_values),
@@ -243,7 +279,8 @@ impl StorageService {
     /// the configured backend and metadata through `pool` (which connects
     /// as `authenticator`).
     pub fn new(config: StorageConfig, tenant: &str, pool: Pool) -> Result<StorageService, String> {
-        let backend = Backend::open(&config.backend, tenant).map_err(|err| err.to_string())?;
+        let backend = Backend::open(&config.backend, tenant, config.io_threads)
+            .map_err(|err| err.to_string())?;
         Ok(StorageService {
             config,
             backend,

@@ -139,15 +139,22 @@ pub(crate) fn limit_for(ctx: &Ctx<'_>, bucket: &BucketInfo, key: &str) -> u64 {
         .map_or(global, |l| l.min(global))
 }
 
-/// Refuses a MIME type the bucket does not allow.
-pub(crate) fn check_mime(bucket: &BucketInfo, key: &str, mime: &str) -> Result<(), StorageError> {
+/// Checks a content type: well-formed (RFC 9110, no control characters,
+/// bounded; for every object, placeholders included) and allowed by the
+/// bucket. Returns it without surrounding whitespace.
+pub(crate) fn check_mime(
+    bucket: &BucketInfo,
+    key: &str,
+    mime: &str,
+) -> Result<String, StorageError> {
+    let mime = names::parse_content_type(mime).map_err(StorageError::bad_content_type)?;
     if key.ends_with(PLACEHOLDER) {
-        return Ok(());
+        return Ok(mime.to_owned());
     }
     if !names::mime_allowed(mime, bucket.allowed_mime_types.as_deref()) {
         return Err(StorageError::mime(&names::mime_essence(mime)));
     }
-    Ok(())
+    Ok(mime.to_owned())
 }
 
 fn decode_metadata(text: &str) -> Result<Value, StorageError> {
@@ -178,7 +185,7 @@ pub(crate) async fn receive(
         && length > limit
         && !is_multipart(ctx)
     {
-        drain(body).await;
+        refuse_body(body);
         return Err(StorageError::too_large());
     }
     let version = new_version();
@@ -210,18 +217,19 @@ pub(crate) async fn receive(
             if stored.is_some() {
                 let _ = ctx.service.backend.delete(&path).await;
             }
-            // Read what the client still sends, so that it gets the answer.
-            drain_form(&mut form).await;
+            refuse_form(form);
             return Err(err);
         }
         let Some((size, part_mime)) = stored else {
             return Err(StorageError::no_content());
         };
-        let mimetype = mime_field.unwrap_or(part_mime);
-        if let Err(err) = check_mime(bucket, key, &mimetype) {
-            let _ = ctx.service.backend.delete(&path).await;
-            return Err(err);
-        }
+        let mimetype = match check_mime(bucket, key, &mime_field.unwrap_or(part_mime)) {
+            Ok(mimetype) => mimetype,
+            Err(err) => {
+                let _ = ctx.service.backend.delete(&path).await;
+                return Err(err);
+            }
+        };
         return Ok(NewObject {
             mimetype,
             cache_control: names::cache_control(cache.as_deref()),
@@ -230,17 +238,23 @@ pub(crate) async fn receive(
             version,
         });
     }
-    let mimetype = ctx
-        .header("content-type")
-        .filter(|v| !v.is_empty())
-        .unwrap_or("application/octet-stream")
-        .to_owned();
-    let user_metadata = match check_mime(bucket, key, &mimetype)
-        .and_then(|()| ctx.header("x-metadata").map(decode_metadata).transpose())
-    {
-        Ok(metadata) => metadata,
+    let raw_type = match ctx.headers.get("content-type") {
+        None => Ok("application/octet-stream"),
+        Some(value) if value.is_empty() => Ok("application/octet-stream"),
+        Some(value) => value
+            .to_str()
+            .map_err(|_| StorageError::bad_content_type(names::ContentTypeError::Control)),
+    };
+    let checked = raw_type
+        .and_then(|raw| check_mime(bucket, key, raw))
+        .and_then(|mimetype| {
+            let metadata = ctx.header("x-metadata").map(decode_metadata).transpose()?;
+            Ok((mimetype, metadata))
+        });
+    let (mimetype, user_metadata) = match checked {
+        Ok(checked) => checked,
         Err(err) => {
-            drain(body).await;
+            refuse_body(body);
             return Err(err);
         }
     };
@@ -307,29 +321,40 @@ async fn read_form(
             .clone()
             .or_else(|| field.content_type().map(ToString::to_string))
             .unwrap_or_else(|| "application/octet-stream".to_owned());
-        check_mime(bucket, key, &mime)?;
+        let mime = check_mime(bucket, key, &mime)?;
         let size = write_or_map(ctx, path, Box::pin(field), limit).await?;
         *stored = Some((size, mime));
     }
     Ok(())
 }
 
-/// Reads and discards the rest of a request body (up to 8 MiB), so that a
-/// client still sending gets the error answer instead of a reset.
-async fn drain(body: Body) {
-    let _ = axum::body::to_bytes(body, 8 * 1024 * 1024).await;
+/// At most this much of a refused body is read (and discarded) after the
+/// answer, so that a client still sending reads the answer rather than a
+/// reset; a larger body just has its connection closed.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
+/// Lets the answer to a refused upload go out at once: the rest of the
+/// body (if small) is read and discarded in the background while the
+/// response is written. Nothing waits for a slow client, and the body's
+/// idle timeout still ends a stalled one.
+pub(crate) fn refuse_body(body: Body) {
+    tokio::spawn(async move {
+        let _ = axum::body::to_bytes(body, DRAIN_LIMIT).await;
+    });
 }
 
-async fn drain_form(form: &mut multer::Multipart<'_>) {
-    let mut left: usize = 8 * 1024 * 1024;
-    while let Ok(Some(mut field)) = form.next_field().await {
-        while let Ok(Some(chunk)) = field.chunk().await {
-            left = left.saturating_sub(chunk.len());
-            if left == 0 {
-                return;
+fn refuse_form(mut form: multer::Multipart<'static>) {
+    tokio::spawn(async move {
+        let mut left = DRAIN_LIMIT;
+        while let Ok(Some(mut field)) = form.next_field().await {
+            while let Ok(Some(chunk)) = field.chunk().await {
+                left = left.saturating_sub(chunk.len());
+                if left == 0 {
+                    return;
+                }
             }
         }
-    }
+    });
 }
 
 fn is_multipart(ctx: &Ctx<'_>) -> bool {
@@ -369,9 +394,12 @@ where
         }
         Ok(size) => Ok(size),
         Err(WriteError::TooLarge) => Err(StorageError::too_large()),
+        Err(WriteError::Busy) => Err(StorageError::busy()),
         Err(WriteError::Body(message)) => {
             tracing::debug!(%message, "upload body broke off");
-            Err(StorageError::invalid("The upload was interrupted"))
+            Err(StorageError::invalid(
+                "The upload was interrupted or sent nothing for too long",
+            ))
         }
         Err(WriteError::Store(err)) => {
             tracing::error!(error = %err, "could not store an upload");
@@ -380,9 +408,12 @@ where
     }
 }
 
-/// Stores an object: checks (a dry run of the row write unless the body is
-/// small), streams the bytes, writes the row, then deletes the replaced
-/// version. On any failure the new bytes are deleted.
+/// Stores an object. Before the first byte of the body is read, the
+/// upload is authorised: the bucket is looked up and the row write is
+/// dry-run as the caller (RLS, duplicates, missing objects), so a refused
+/// upload is answered at once and costs no disk. Then the bytes stream to
+/// a new version, the row is written, and the replaced version is
+/// deleted. On any failure the new bytes are deleted.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn store(
     ctx: &Ctx<'_>,
@@ -394,33 +425,30 @@ pub(crate) async fn store(
     mode: Mode,
     upsert: bool,
 ) -> Result<String, StorageError> {
-    let bucket = match bucket::lookup(ctx, bucket_id).await {
-        Ok(Some(bucket)) => bucket,
-        Ok(None) => {
-            drain(body).await;
+    let probe = NewObject {
+        mimetype: String::new(),
+        cache_control: String::new(),
+        user_metadata: None,
+        size: 0,
+        version: String::new(),
+    };
+    // Both at once, on two connections: an upload waits for one round
+    // trip, not two.
+    let (bucket, dry_run) = tokio::join!(
+        bucket::lookup(ctx, bucket_id),
+        write_row(ctx, who, owner, bucket_id, key, &probe, mode, upsert, false),
+    );
+    let bucket = match (bucket, dry_run) {
+        (Ok(Some(bucket)), Ok(_)) => bucket,
+        (Ok(None), _) => {
+            refuse_body(body);
             return Err(StorageError::bucket_not_found());
         }
-        Err(err) => {
-            drain(body).await;
+        (Err(err), _) | (Ok(Some(_)), Err(err)) => {
+            refuse_body(body);
             return Err(err);
         }
     };
-    let small = ctx
-        .header("content-length")
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n <= 1024 * 1024);
-    if !small {
-        let probe = NewObject {
-            mimetype: String::new(),
-            cache_control: String::new(),
-            user_metadata: None,
-            size: 0,
-            version: String::new(),
-        };
-        // A refusal now spares the client sending a large body: it is not
-        // drained, the connection just closes after the answer.
-        write_row(ctx, who, owner, bucket_id, key, &probe, mode, upsert, false).await?;
-    }
     let object = receive(ctx, &bucket, key, body).await?;
     match write_row(ctx, who, owner, bucket_id, key, &object, mode, upsert, true).await {
         Ok((id, old)) => {
@@ -567,6 +595,9 @@ pub(crate) async fn download(
     serve(ctx, &object, None).await
 }
 
+/// The `Content-Security-Policy` of every object response (PDFs aside).
+const OBJECT_CSP: &str = "default-src 'none'; sandbox";
+
 /// Sends an object's bytes (or the requested range, or 304) with the
 /// headers storage-js and browsers expect. `expires` replaces
 /// `Cache-Control` on signed downloads.
@@ -583,7 +614,25 @@ pub(crate) async fn serve(
             headers.insert(name, value);
         }
     };
-    put(header::CONTENT_TYPE, &object.mimetype);
+    // A type that is not a clean header value (rows written by SQL) is
+    // served as opaque bytes, never dropped: with `nosniff` below, a
+    // browser would otherwise guess.
+    let mimetype =
+        names::parse_content_type(&object.mimetype).unwrap_or("application/octet-stream");
+    put(header::CONTENT_TYPE, mimetype);
+    // Uploaded bytes never script the API's origin: browsers must not
+    // guess a type, a document rendered from an object runs sandboxed
+    // (no script, no forms, an opaque origin), and HTML, SVG and XML are
+    // downloaded rather than shown. PDFs are left out of the sandbox:
+    // browsers refuse to show a PDF in a sandboxed document, and their
+    // viewers do not run script in the page's origin.
+    put(
+        header::HeaderName::from_static("x-content-type-options"),
+        "nosniff",
+    );
+    if names::mime_essence(mimetype) != "application/pdf" {
+        put(header::CONTENT_SECURITY_POLICY, OBJECT_CSP);
+    }
     match expires {
         Some(exp) => put(
             header::EXPIRES,
@@ -600,11 +649,15 @@ pub(crate) async fn serve(
     put(header::LAST_MODIFIED, &httpdate::fmt_http_date(modified));
     put(header::ACCEPT_RANGES, "bytes");
     put(header::HeaderName::from_static("x-robots-tag"), "none");
-    if let Some(name) = ctx.query("download") {
-        put(
+    match ctx.query("download") {
+        Some(name) => put(
             header::CONTENT_DISPOSITION,
             &names::content_disposition(name),
-        );
+        ),
+        None if names::is_active_content(mimetype) => {
+            put(header::CONTENT_DISPOSITION, &names::content_disposition(""));
+        }
+        None => {}
     }
     // Conditional requests.
     let not_modified = match ctx.header("if-none-match") {
@@ -655,7 +708,10 @@ pub(crate) async fn serve(
             .read(&path, range)
             .await
             .map_err(|err| match err {
-                object_store::Error::NotFound { .. } => StorageError::object_not_found(),
+                WriteError::Store(object_store::Error::NotFound { .. }) => {
+                    StorageError::object_not_found()
+                }
+                WriteError::Busy => StorageError::busy(),
                 err => {
                     tracing::error!(error = %err, "could not read stored bytes");
                     StorageError::internal()
@@ -878,26 +934,12 @@ pub(crate) async fn relocate(
             return Err(StorageError::invalid_key(key));
         }
     }
-    if !copy {
-        let rows = ctx
-            .run(
-                &caller,
-                "object.move",
-                "update storage.objects set bucket_id = $3, name = $4, last_accessed_at = now()
-                 where bucket_id = $1 and name = $2 returning id::text",
-                &[&bucket, &source, &target_bucket, &target],
-                true,
-            )
-            .await?;
-        if rows.is_empty() {
-            return Err(StorageError::object_not_found());
-        }
-        return Ok(axum::Json(json!({"message": "Successfully moved"})).into_response());
-    }
+    // The source as the caller may see it; its size and type must suit
+    // the destination bucket, as an upload there would have to.
     let found = ctx
         .run(
             &caller,
-            "object.copy",
+            if copy { "object.copy" } else { "object.move" },
             "select version, metadata, user_metadata from storage.objects where bucket_id = $1 and name = $2",
             &[&bucket, &source],
             true,
@@ -909,6 +951,38 @@ pub(crate) async fn relocate(
     let old_version: Option<String> = row.get(0);
     let metadata: Option<Value> = row.get(1);
     let user_metadata: Option<Value> = row.get(2);
+    let meta = metadata.unwrap_or_else(|| json!({}));
+    let size = meta.get("size").and_then(Value::as_i64).unwrap_or(0);
+    let mimetype = meta
+        .get("mimetype")
+        .and_then(Value::as_str)
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let Some(destination) = bucket::lookup(ctx, &target_bucket).await? else {
+        return Err(StorageError::bucket_not_found());
+    };
+    if u64::try_from(size).unwrap_or(0) > limit_for(ctx, &destination, &target) {
+        return Err(StorageError::too_large());
+    }
+    let mimetype = check_mime(&destination, &target, &mimetype)?;
+    if !copy {
+        // Only the row checked above moves: a concurrent replacement of
+        // the source (another size or type) makes this a 404.
+        let rows = ctx
+            .run(
+                &caller,
+                "object.move",
+                "update storage.objects set bucket_id = $3, name = $4, last_accessed_at = now()
+                 where bucket_id = $1 and name = $2 and version is not distinct from $5 returning id::text",
+                &[&bucket, &source, &target_bucket, &target, &old_version],
+                true,
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(StorageError::object_not_found());
+        }
+        return Ok(axum::Json(json!({"message": "Successfully moved"})).into_response());
+    }
     let copy_metadata = body
         .get("copyMetadata")
         .and_then(Value::as_bool)
@@ -918,7 +992,6 @@ pub(crate) async fn relocate(
     } else {
         body.get("metadata").filter(|m| m.is_object()).cloned()
     };
-    let meta = metadata.unwrap_or_else(|| json!({}));
     let version = new_version();
     let from = ctx
         .service
@@ -930,25 +1003,24 @@ pub(crate) async fn relocate(
         .copy(&from, &to)
         .await
         .map_err(|err| match err {
-            object_store::Error::NotFound { .. } => StorageError::object_not_found(),
+            WriteError::Store(object_store::Error::NotFound { .. }) => {
+                StorageError::object_not_found()
+            }
+            WriteError::Busy => StorageError::busy(),
             err => {
                 tracing::error!(error = %err, "could not copy stored bytes");
                 StorageError::internal()
             }
         })?;
     let object = NewObject {
-        mimetype: meta
-            .get("mimetype")
-            .and_then(Value::as_str)
-            .unwrap_or("application/octet-stream")
-            .to_owned(),
+        mimetype,
         cache_control: meta
             .get("cacheControl")
             .and_then(Value::as_str)
             .unwrap_or("no-cache")
             .to_owned(),
         user_metadata,
-        size: meta.get("size").and_then(Value::as_i64).unwrap_or(0),
+        size,
         version: version.clone(),
     };
     let upsert = ctx

@@ -12,7 +12,6 @@
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use serde_json::Value;
 
 use crate::backend::WriteError;
@@ -21,7 +20,15 @@ use crate::object::{self, Mode, NewObject};
 use crate::{Ctx, Principal, StorageService, bucket, names, not_allowed};
 
 const TUS_VERSION: &str = "1.0.0";
-const OFFSET_TYPE: &str = "application/offset+octet-stream";
+
+/// Smallest chunk a `PATCH` may carry, except the one that completes the
+/// upload: each chunk is a stored part, so this bounds the parts (and the
+/// rows, files and reads of the final join) per byte uploaded.
+/// tus-js-client sends the whole file at once by default, and Supabase's
+/// guides use 6 MiB chunks.
+pub(crate) const MIN_CHUNK: u64 = 1024 * 1024;
+/// Most parts of one upload (S3's multipart limit).
+pub(crate) const MAX_PARTS: i32 = 10_000;
 
 pub(crate) async fn route(
     ctx: &Ctx<'_>,
@@ -62,37 +69,37 @@ fn options(ctx: &Ctx<'_>) -> Response {
     response
 }
 
-/// `Upload-Metadata`: comma-separated `key base64value` pairs.
-fn parse_metadata(header: &str) -> Result<Vec<(String, String)>, StorageError> {
-    let mut pairs = Vec::new();
-    for item in header.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (key, value) = item.split_once(' ').unwrap_or((item, ""));
-        let value = base64::engine::general_purpose::STANDARD
-            .decode(value.trim())
+fn header_u64(ctx: &Ctx<'_>, name: &str) -> Result<Option<u64>, StorageError> {
+    match ctx.headers.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
             .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(names::parse_tus_u64)
+            .map(Some)
             .ok_or_else(|| {
-                StorageError::invalid("Upload-Metadata values must be base64-encoded UTF-8")
-            })?;
-        pairs.push((key.to_owned(), value));
+                StorageError::invalid(format!(
+                    "{name} must be a non-negative integer of at most 19 digits"
+                ))
+            }),
     }
-    Ok(pairs)
 }
 
-fn header_u64(ctx: &Ctx<'_>, name: &str) -> Result<Option<u64>, StorageError> {
-    match ctx.header(name) {
-        None => Ok(None),
-        Some(text) => {
-            text.trim().parse::<u64>().map(Some).map_err(|_| {
-                StorageError::invalid(format!("{name} must be a non-negative integer"))
-            })
-        }
-    }
+/// Whether the request body is a TUS chunk (`application/offset+octet-stream`).
+fn is_chunk(ctx: &Ctx<'_>) -> bool {
+    ctx.header("content-type")
+        .is_some_and(names::is_tus_offset_stream)
 }
 
 /// `POST /upload/resumable[/sign]`.
 async fn create(ctx: &Ctx<'_>, body: Body, signed: bool) -> Result<Response, StorageError> {
-    let metadata = parse_metadata(ctx.header("upload-metadata").unwrap_or(""))?;
+    let metadata = match ctx.headers.get("upload-metadata") {
+        None => Vec::new(),
+        Some(value) => value
+            .to_str()
+            .map_err(|_| StorageError::invalid("Upload-Metadata must be ASCII"))
+            .and_then(|text| names::parse_tus_metadata(text).map_err(StorageError::invalid))?,
+    };
     let field = |name: &str| {
         metadata
             .iter()
@@ -108,23 +115,28 @@ async fn create(ctx: &Ctx<'_>, body: Body, signed: bool) -> Result<Response, Sto
         return Err(StorageError::invalid_key(&key));
     }
     let length = header_u64(ctx, "upload-length")?;
-    let deferred = ctx.header("upload-defer-length") == Some("1");
+    let deferred = match ctx.header("upload-defer-length") {
+        None => false,
+        Some(text) => names::parse_tus_defer_length(text)
+            .ok_or_else(|| StorageError::invalid("Upload-Defer-Length must be 1"))?,
+    };
     if length.is_none() && !deferred {
         return Err(StorageError::invalid(
             "Upload-Length or Upload-Defer-Length: 1 is required",
         ));
     }
-    let (who, owner, upsert) = if signed {
+    let (who, owner, upsert, creator) = if signed {
         let url = format!("{bucket_id}/{key}");
         let (owner, upsert) = crate::sign::verify_upload(ctx, ctx.header("x-signature"), &url)?;
-        (Principal::service(), owner, upsert)
+        (Principal::service(), owner, upsert, None)
     } else {
         let caller = ctx.caller()?;
         let upsert = ctx
             .header("x-upsert")
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let owner = caller.sub().map(str::to_owned);
-        (caller, owner, upsert)
+        let creator = Some(caller.fingerprint());
+        (caller, owner, upsert, creator)
     };
     let Some(bucket) = bucket::lookup(ctx, &bucket_id).await? else {
         return Err(StorageError::bucket_not_found());
@@ -134,8 +146,13 @@ async fn create(ctx: &Ctx<'_>, body: Body, signed: bool) -> Result<Response, Sto
     {
         return Err(StorageError::too_large());
     }
-    let mimetype = field("contentType").unwrap_or_else(|| "application/octet-stream".to_owned());
-    object::check_mime(&bucket, &key, &mimetype)?;
+    let mimetype = object::check_mime(
+        &bucket,
+        &key,
+        field("contentType")
+            .as_deref()
+            .unwrap_or("application/octet-stream"),
+    )?;
     let user_metadata = match field("metadata") {
         Some(text) => Some(
             serde_json::from_str::<Value>(&text)
@@ -173,8 +190,8 @@ async fn create(ctx: &Ctx<'_>, body: Body, signed: bool) -> Result<Response, Sto
         &Principal::service(),
         "upload.create",
         "insert into sovra.storage_uploads
-           (id, bucket_id, name, upload_length, content_type, cache_control, user_metadata, upsert, owner_id, signed, expires_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11::float8))",
+           (id, bucket_id, name, upload_length, content_type, cache_control, user_metadata, upsert, owner_id, signed, expires_at, creator)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11::float8), $12)",
         &[
             &id,
             &bucket_id,
@@ -187,15 +204,13 @@ async fn create(ctx: &Ctx<'_>, body: Body, signed: bool) -> Result<Response, Sto
             &owner,
             &signed,
             &(expiry as f64),
+            &creator,
         ],
         true,
     )
     .await?;
     let location = format!("/storage/v1/upload/resumable/{id}");
-    let mut response = if ctx
-        .header("content-type")
-        .is_some_and(|t| t.starts_with(OFFSET_TYPE))
-    {
+    let mut response = if is_chunk(ctx) {
         // creation-with-upload: the first chunk came with the POST.
         let mut response = append(ctx, &id.to_string(), body, Some(0)).await?;
         *response.status_mut() = StatusCode::CREATED;
@@ -222,10 +237,11 @@ struct Upload {
     upsert: bool,
     owner_id: Option<String>,
     signed: bool,
+    creator: Option<String>,
 }
 
 const UPLOAD_COLUMNS: &str = "bucket_id, name, upload_length, upload_offset, parts, coalesce(content_type, 'application/octet-stream'),
-   coalesce(cache_control, 'no-cache'), user_metadata, upsert, owner_id, signed";
+   coalesce(cache_control, 'no-cache'), user_metadata, upsert, owner_id, signed, creator";
 
 fn upload_from(row: &sovra_pg::tokio_postgres::Row) -> Upload {
     Upload {
@@ -240,6 +256,7 @@ fn upload_from(row: &sovra_pg::tokio_postgres::Row) -> Upload {
         upsert: row.get(8),
         owner_id: row.get(9),
         signed: row.get(10),
+        creator: row.get(11),
     }
 }
 
@@ -247,14 +264,26 @@ fn parse_id(id: &str) -> Result<uuid::Uuid, StorageError> {
     uuid::Uuid::parse_str(id).map_err(|_| StorageError::upload_not_found())
 }
 
-/// Only whoever started an upload continues it (any holder of the id, for
-/// uploads made through a signed URL; the service role always).
+/// Only whoever started an upload sees or continues it: the same role and
+/// `sub`, or for callers without a `sub` the same claims (any holder of
+/// the id, for uploads made through a signed URL; the service role
+/// always). Others are told it does not exist.
 fn allowed(ctx: &Ctx<'_>, upload: &Upload) -> Result<Principal, StorageError> {
     if upload.signed {
         return Ok(Principal::service());
     }
     let caller = ctx.caller()?;
-    if caller.is_service() || caller.sub() == upload.owner_id.as_deref() {
+    let same = upload.creator.as_deref().is_some_and(|creator| {
+        // Both are hex digests; compared in constant time all the same.
+        let mine = caller.fingerprint();
+        creator.len() == mine.len()
+            && creator
+                .bytes()
+                .zip(mine.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if caller.is_service() || same {
         Ok(caller)
     } else {
         Err(StorageError::upload_not_found())
@@ -297,10 +326,7 @@ async fn head(ctx: &Ctx<'_>, id: &str) -> Result<Response, StorageError> {
 
 /// `PATCH /upload/resumable/{id}`.
 async fn patch(ctx: &Ctx<'_>, id: &str, body: Body) -> Result<Response, StorageError> {
-    if !ctx
-        .header("content-type")
-        .is_some_and(|t| t.starts_with(OFFSET_TYPE))
-    {
+    if !is_chunk(ctx) {
         return Ok(StatusCode::UNSUPPORTED_MEDIA_TYPE.into_response());
     }
     let Some(offset) = header_u64(ctx, "upload-offset")? else {
@@ -325,7 +351,9 @@ async fn release(ctx: &Ctx<'_>, id: &uuid::Uuid) {
 }
 
 /// Appends one chunk at `offset` under a lease, and completes the upload
-/// when it is whole.
+/// when it is whole. The caller is checked (and the offset compared)
+/// before the lease is taken, so a stranger can neither hold an upload
+/// nor learn that it exists.
 async fn append(
     ctx: &Ctx<'_>,
     id: &str,
@@ -333,6 +361,28 @@ async fn append(
     offset: Option<u64>,
 ) -> Result<Response, StorageError> {
     let id = parse_id(id)?;
+    let found = ctx
+        .run(
+            &Principal::service(),
+            "upload.head",
+            &format!("select {UPLOAD_COLUMNS} from sovra.storage_uploads where id = $1 and expires_at > now()"),
+            &[&id],
+            true,
+        )
+        .await?;
+    let Some(row) = found.first() else {
+        return Err(StorageError::upload_not_found());
+    };
+    let seen = upload_from(row);
+    allowed(ctx, &seen)?;
+    if let Some(offset) = offset
+        && i64::try_from(offset).ok() != Some(seen.offset)
+    {
+        return Err(StorageError::conflict(format!(
+            "Upload-Offset {offset} does not match the current offset {}",
+            seen.offset
+        )));
+    }
     let rows = ctx
         .run(
             &Principal::service(),
@@ -340,30 +390,20 @@ async fn append(
             &format!(
                 "update sovra.storage_uploads set locked_until = now() + interval '10 minutes'
                  where id = $1 and expires_at > now() and (locked_until is null or locked_until < now())
+                   and upload_offset = $2
                  returning {UPLOAD_COLUMNS}"
             ),
-            &[&id],
+            &[&id, &seen.offset],
             true,
         )
         .await?;
     let Some(row) = rows.first() else {
-        let busy = ctx
-            .run(
-                &Principal::service(),
-                "upload.lease",
-                "select 1 from sovra.storage_uploads where id = $1 and expires_at > now()",
-                &[&id],
-                true,
-            )
-            .await?;
-        return Err(if busy.is_empty() {
-            StorageError::upload_not_found()
-        } else {
-            StorageError::conflict("The upload is being written by another request")
-        });
+        return Err(StorageError::conflict(
+            "The upload is being written by another request",
+        ));
     };
     let mut upload = upload_from(row);
-    let result = append_leased(ctx, &id, &mut upload, body, offset).await;
+    let result = append_leased(ctx, &id, &mut upload, body).await;
     if !matches!(result, Ok(true)) {
         release(ctx, &id).await;
     }
@@ -385,20 +425,16 @@ async fn append_leased(
     id: &uuid::Uuid,
     upload: &mut Upload,
     body: Body,
-    offset: Option<u64>,
 ) -> Result<bool, StorageError> {
     allowed(ctx, upload)?;
-    if let Some(offset) = offset
-        && i64::try_from(offset).ok() != Some(upload.offset)
-    {
-        return Err(StorageError::conflict(format!(
-            "Upload-Offset {offset} does not match the current offset {}",
-            upload.offset
-        )));
-    }
     if upload.length.is_none()
         && let Some(length) = header_u64(ctx, "upload-length")?
     {
+        if length < u64::try_from(upload.offset).unwrap_or(0) {
+            return Err(StorageError::invalid(
+                "Upload-Length is smaller than what was already uploaded",
+            ));
+        }
         upload.length = Some(i64::try_from(length).unwrap_or(i64::MAX));
     }
     let Some(bucket) = bucket::lookup(ctx, &upload.bucket_id).await? else {
@@ -417,6 +453,21 @@ async fn append_leased(
     {
         return Err(StorageError::too_large());
     }
+    // A chunk that does not finish the upload must be at least MIN_CHUNK,
+    // and the last part allowed must finish it. Refused before reading
+    // when Content-Length already tells.
+    let announced = ctx
+        .header("content-length")
+        .and_then(|v| v.parse::<u64>().ok());
+    let length = upload.length.and_then(|l| u64::try_from(l).ok());
+    let parts = upload.parts;
+    let chunk_ok = |size: u64| chunk_allowed(length, offset_u, size, parts);
+    if let Some(size) = announced
+        && size > 0
+        && !chunk_ok(size)
+    {
+        return Err(small_chunk());
+    }
     let path = ctx.service.backend.part_path(&id.to_string(), upload.parts);
     let written = match ctx
         .service
@@ -430,6 +481,7 @@ async fn append_leased(
             tracing::debug!(%message, "resumable chunk broke off; the client resumes from the last offset");
             return Err(StorageError::invalid("The chunk was interrupted"));
         }
+        Err(WriteError::Busy) => return Err(StorageError::busy()),
         Err(WriteError::Store(err)) => {
             tracing::error!(error = %err, "could not store an upload chunk");
             return Err(StorageError::internal());
@@ -439,6 +491,10 @@ async fn append_leased(
         let _ = ctx.service.backend.delete(&path).await;
         let complete = upload.length == Some(upload.offset);
         return Ok(complete);
+    }
+    if !chunk_ok(written) {
+        let _ = ctx.service.backend.delete(&path).await;
+        return Err(small_chunk());
     }
     upload.offset += i64::try_from(written).unwrap_or(0);
     upload.parts += 1;
@@ -454,6 +510,21 @@ async fn append_leased(
     )
     .await?;
     Ok(complete)
+}
+
+/// Whether a chunk of `size` bytes at `offset` may be stored as part
+/// number `parts` (counting from 0) of an upload of `length` bytes (when
+/// known): it completes the upload, or it holds at least [`MIN_CHUNK`]
+/// bytes and leaves room for the part that will complete it.
+pub(crate) fn chunk_allowed(length: Option<u64>, offset: u64, size: u64, parts: i32) -> bool {
+    let finishes = length.is_some_and(|l| l == offset.saturating_add(size));
+    finishes || (size >= MIN_CHUNK && parts.saturating_add(1) < MAX_PARTS)
+}
+
+fn small_chunk() -> StorageError {
+    StorageError::invalid(format!(
+        "Every chunk but the last must hold at least {MIN_CHUNK} bytes, and an upload at most {MAX_PARTS} chunks"
+    ))
 }
 
 /// Joins the parts into a new version and writes the object's row as the
@@ -563,4 +634,29 @@ pub(crate) async fn sweep(service: &StorageService) -> Result<usize, String> {
         service.backend.delete_parts(&id, row.get(1)).await;
     }
     Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_large_enough_and_parts_bounded() {
+        let mib = MIN_CHUNK;
+        // The last chunk may be small, the others not.
+        assert!(chunk_allowed(Some(10), 0, 10, 0));
+        assert!(chunk_allowed(Some(3 * mib), 2 * mib, mib, 2));
+        assert!(chunk_allowed(Some(3 * mib + 1), 3 * mib, 1, 3));
+        assert!(!chunk_allowed(Some(3 * mib), 0, 10, 0));
+        assert!(!chunk_allowed(Some(3 * mib), 0, mib - 1, 0));
+        assert!(chunk_allowed(Some(3 * mib), 0, mib, 0));
+        // Deferred length: only a full-size chunk, until the length is known.
+        assert!(!chunk_allowed(None, 0, 10, 0));
+        assert!(chunk_allowed(None, 0, mib, 0));
+        // The last part allowed must complete the upload.
+        assert!(chunk_allowed(Some(u64::MAX), 0, mib, MAX_PARTS - 2));
+        assert!(!chunk_allowed(Some(u64::MAX), 0, mib, MAX_PARTS - 1));
+        assert!(chunk_allowed(Some(5 * mib), 4 * mib, mib, MAX_PARTS - 1));
+        assert!(!chunk_allowed(Some(u64::MAX), 0, mib, MAX_PARTS));
+    }
 }

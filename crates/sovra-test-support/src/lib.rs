@@ -321,17 +321,15 @@ impl TestApp {
         .expect("building the test tenant");
         let resolver = sovra_server::TenantResolver::single(tenant);
         let tenant = resolver.all().remove(0);
-        let state = sovra_server::AppState::new(resolver, config.server.body_limit);
+        let state = sovra_server::AppState::from_config(resolver, &config);
         let app = sovra_server::router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tenant.auth.set_external_url(&format!("http://{addr}"));
+        let options = sovra_server::serve::HttpOptions::from_config(&config);
         let server = tokio::spawn(async move {
-            let _ = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .await;
+            let _ = sovra_server::serve::serve_http(listener, app, options, std::future::pending())
+                .await;
         });
         TestApp {
             url: format!("http://{addr}"),
