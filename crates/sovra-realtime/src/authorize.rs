@@ -515,6 +515,10 @@ async fn evaluate(
     steps.push(setup("begin isolation level repeatable read"));
     if !rounds.is_empty() {
         steps.push(setup("set local session_replication_role = replica"));
+        // A row to put back that a writer holds locked (an open
+        // transaction) must not stall the feed: give up after a while and
+        // report the error to the groups.
+        steps.push(setup("set local lock_timeout = '5s'"));
     }
     let prologue: Arc<str> = Arc::from(sovra_pg::PROLOGUE_SQL);
     let member_sql: Arc<str> =
