@@ -633,3 +633,64 @@ async fn a_hostile_change_batch_on_the_bus_runs_no_sql_and_is_counted() {
         .unwrap_or(0.0);
     assert!(errors >= 4.0, "{metrics}");
 }
+
+#[tokio::test]
+async fn a_5000_row_transaction_reaches_every_entitled_subscriber() {
+    let app = app().await;
+    setup(
+        &app,
+        "create table public.bulk (id bigint generated always as identity primary key,
+                                   owner_id uuid not null, n int);
+         alter table public.bulk enable row level security;
+         create policy own on public.bulk for select to authenticated using (owner_id = auth.uid());
+         grant select on public.bulk to authenticated;
+         create table public.bulk_owners (n int primary key, id uuid);
+         alter publication supabase_realtime add table public.bulk;",
+    )
+    .await;
+    let mut owners = Vec::new();
+    let mut clients = Vec::new();
+    for n in 0..10 {
+        let (id, token) = user(&app);
+        let mut client = Client::connect(&app, &app.anon_key, "2.0.0").await;
+        pg_join(
+            &mut client,
+            &format!("realtime:bulk{n}"),
+            binding("bulk"),
+            &token,
+        )
+        .await;
+        owners.push(id);
+        clients.push(client);
+    }
+    let db = app.db.client().await;
+    for (n, id) in owners.iter().enumerate() {
+        db.execute(
+            "insert into bulk_owners values ($1, $2::text::uuid)",
+            &[&(n as i32), id],
+        )
+        .await
+        .unwrap();
+    }
+    feed_ready(&app).await;
+    db.batch_execute(
+        "insert into bulk (owner_id, n) select o.id, g from generate_series(1, 5000) g
+         join bulk_owners o on o.n = g % 10",
+    )
+    .await
+    .unwrap();
+    marker(&app, "end").await;
+    for (n, client) in clients.iter_mut().enumerate() {
+        let (changes, system) = until_marker(client, "end").await;
+        assert_eq!(system, Vec::<Value>::new());
+        assert_eq!(changes.len(), 500, "subscriber {n}");
+        let mut previous = 0;
+        for change in &changes {
+            assert_eq!(change["record"]["owner_id"], owners[n].as_str());
+            let g = change["record"]["n"].as_i64().unwrap();
+            assert_eq!(g % 10, n as i64);
+            assert!(g > previous, "in commit order");
+            previous = g;
+        }
+    }
+}
