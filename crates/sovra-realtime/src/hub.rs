@@ -5,18 +5,18 @@
 //! a reason) instead of being buffered without end.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::body::Bytes;
 use axum::extract::ws::Utf8Bytes;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sovra_realtime_proto::filter::Filter;
 use sovra_realtime_proto::frame::{self, Message, Vsn};
 use tokio::sync::{Notify, mpsc};
 
-use crate::Principal;
-use crate::bus::{PresenceEntry, PresenceLeave};
+use crate::principal::Principal;
 
 /// What a socket's writer sends: shared, reference-counted bytes, so that
 /// one encoded message reaches every receiver without a copy.
@@ -65,6 +65,25 @@ impl SocketTx {
     }
 }
 
+/// Which presence left: topic, presence key, and the channel on its
+/// instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct PresenceLeave {
+    pub(crate) topic_key: String,
+    pub(crate) key: String,
+    pub(crate) channel: u64,
+}
+
+/// A presence as its instance holds it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct PresenceEntry {
+    pub(crate) topic_key: String,
+    pub(crate) key: String,
+    pub(crate) channel: u64,
+    pub(crate) phx_ref: String,
+    pub(crate) state: Map<String, Value>,
+}
+
 /// One `postgres_changes` binding of a channel.
 #[derive(Clone, Debug)]
 pub(crate) struct PgBinding {
@@ -100,9 +119,14 @@ pub(crate) struct Channel {
     pub(crate) pg: Vec<PgBinding>,
     /// The claims changes are checked with (updated by `access_token`).
     pub(crate) principal: RwLock<Principal>,
-    /// Whether writes (broadcast, track) pass the private-channel policy;
-    /// `None` until first checked.
-    pub(crate) can_write: Mutex<Option<bool>>,
+    /// Whether writes pass the private-channel policy, per extension
+    /// (broadcast, presence); `None` until first checked.
+    pub(crate) can_write: Mutex<[Option<bool>; 2]>,
+    /// Whether the channel may read broadcasts (private channels: the
+    /// `realtime.messages` policies for extension `broadcast`).
+    pub(crate) read_broadcast: AtomicBool,
+    /// Whether the channel may read presence (extension `presence`).
+    pub(crate) read_presence: AtomicBool,
 }
 
 impl Channel {
@@ -120,6 +144,15 @@ impl Channel {
             "system",
             json!({"extension": "postgres_changes", "status": status, "message": message, "channel": self.sub_topic()}),
         )
+    }
+
+    /// Sets what the channel may read from the extensions its policies
+    /// allow (`broadcast`, `presence`).
+    pub(crate) fn set_readable(&self, extensions: &[String]) {
+        let has = |e: &str| extensions.iter().any(|x| x == e);
+        self.read_broadcast
+            .store(has("broadcast"), Ordering::Relaxed);
+        self.read_presence.store(has("presence"), Ordering::Relaxed);
     }
 
     pub(crate) fn principal(&self) -> Principal {
@@ -266,7 +299,7 @@ impl Hub {
         });
         let mut sent = 0;
         for channel in members {
-            if Some(channel.id) == skip {
+            if Some(channel.id) == skip || !channel.read_broadcast.load(Ordering::Relaxed) {
                 continue;
             }
             let out = match (&kind4, channel.socket.vsn) {
@@ -294,7 +327,9 @@ impl Hub {
             v2: None,
         };
         for channel in self.members(topic, private) {
-            channel.socket.send(encoded.get(channel.socket.vsn));
+            if channel.read_presence.load(Ordering::Relaxed) {
+                channel.socket.send(encoded.get(channel.socket.vsn));
+            }
         }
     }
 
