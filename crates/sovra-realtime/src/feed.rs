@@ -476,16 +476,14 @@ impl RealtimeService {
         } else {
             metrics::counter!("sovra_realtime_catchup_total", "result" => "complete").increment(1);
         }
-        // In steps the connection's queue can hold, waiting for it to drain.
-        let step = (self.config.outbound_queue / 2).max(1);
+        // In steps, waiting for the connection's queue to drain between
+        // them; one that does not drain in time is cut off.
+        let step = 500;
         let mut sent = 0u64;
         for (chunk, chunk_stamps) in changes.chunks(step).zip(stamps.chunks(step)) {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while channel.socket.tx.capacity() < chunk.len().min(step) {
-                if Instant::now() > deadline || channel.socket.tx.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            if !channel.socket.drained_by(deadline).await {
+                return;
             }
             sent += self
                 .deliver_to(std::slice::from_ref(channel), chunk, chunk_stamps)

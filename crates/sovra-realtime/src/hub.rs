@@ -5,7 +5,7 @@
 //! a reason) instead of being buffered without end.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::body::Bytes;
@@ -26,26 +26,138 @@ pub(crate) enum Out {
     Binary(Bytes),
 }
 
+impl Out {
+    /// Bytes this frame holds while it waits in a queue: its payload plus
+    /// a fixed overhead, so that many tiny frames count too.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        QUEUE_ENTRY_OVERHEAD
+            + match self {
+                Out::Text(text) => text.len(),
+                Out::Binary(bytes) => bytes.len(),
+            }
+    }
+}
+
+/// What one queued frame costs beyond its bytes (the queue entry, the
+/// reference count of the shared buffer).
+pub(crate) const QUEUE_ENTRY_OVERHEAD: usize = 64;
+
+/// Why a socket is closed from the server side: the WebSocket close code,
+/// the label counted in `sovra_realtime_disconnects_total`, and the reason
+/// sent in the close frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Kill {
+    pub(crate) code: u16,
+    pub(crate) label: &'static str,
+    pub(crate) reason: String,
+}
+
 /// The sending half of a socket, shared by its channels.
+///
+/// The queue is counted in bytes: a frame is refused (and the socket cut
+/// off as a slow consumer) when the bytes already queued plus the frame
+/// would pass `limit`. A frame always fits an empty queue, so one message
+/// larger than the limit still reaches a client that keeps up.
 #[derive(Debug)]
 pub(crate) struct SocketTx {
     pub(crate) vsn: Vsn,
-    pub(crate) tx: mpsc::Sender<Out>,
-    /// Set when the socket must close (slow consumer); the reason is kept.
+    tx: mpsc::UnboundedSender<Out>,
+    /// Bytes queued and not yet written to the socket.
+    queued: AtomicUsize,
+    limit: usize,
+    /// Notified when the queue drains to half the limit or less.
+    drained: Notify,
+    /// Set when the socket must close; the reason is kept.
+    closing: AtomicBool,
     pub(crate) kill: Notify,
-    pub(crate) kill_reason: Mutex<Option<String>>,
+    pub(crate) kill_reason: Mutex<Option<Kill>>,
 }
 
 impl SocketTx {
-    /// Queues a frame; a full queue cuts the socket off.
+    /// A socket's sending half and the receiver its writer drains.
+    pub(crate) fn new(vsn: Vsn, limit: usize) -> (SocketTx, mpsc::UnboundedReceiver<Out>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let socket = SocketTx {
+            vsn,
+            tx,
+            queued: AtomicUsize::new(0),
+            limit: limit.max(1),
+            drained: Notify::new(),
+            closing: AtomicBool::new(false),
+            kill: Notify::new(),
+            kill_reason: Mutex::new(None),
+        };
+        (socket, rx)
+    }
+
+    /// Queues a frame; a frame that would take the queue past its byte
+    /// limit cuts the socket off.
     pub(crate) fn send(&self, out: Out) -> bool {
-        match self.tx.try_send(out) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.cut_off("slow consumer: outbound queue is full");
-                false
+        if self.is_closed() {
+            return false;
+        }
+        let size = out.queued_bytes();
+        let before = self.queued.fetch_add(size, Ordering::AcqRel);
+        if before > 0 && before + size > self.limit {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            self.cut_off(
+                1008,
+                "slow_consumer",
+                &format!(
+                    "slow consumer: more than {} bytes queued for this connection",
+                    self.limit
+                ),
+            );
+            return false;
+        }
+        if self.tx.send(out).is_err() {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// The writer took `out` off the queue and wrote it.
+    pub(crate) fn written(&self, out: &Out) {
+        let size = out.queued_bytes();
+        let before = self.queued.fetch_sub(size, Ordering::AcqRel);
+        let low = self.limit / 2;
+        if before > low && before.saturating_sub(size) <= low {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Whether the queue holds more than half its limit.
+    pub(crate) fn is_backed_up(&self) -> bool {
+        self.queued() > self.limit / 2
+    }
+
+    /// Whether the socket is closing or closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closing.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+
+    /// Waits until the queue holds at most half its limit (`true`), the
+    /// socket closes, or `deadline` passes (`false` for both).
+    pub(crate) async fn drained_by(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return false;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            if !self.is_backed_up() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return !self.is_backed_up() && !self.is_closed();
+            }
         }
     }
 
@@ -53,15 +165,23 @@ impl SocketTx {
         self.send(Out::Text(frame::encode_text(self.vsn, message).into()))
     }
 
-    pub(crate) fn cut_off(&self, reason: &str) {
+    /// Closes the socket with `code` and `reason` (the first reason wins);
+    /// `label` is what `sovra_realtime_disconnects_total` counts.
+    pub(crate) fn cut_off(&self, code: u16, label: &'static str, reason: &str) {
         if let Ok(mut slot) = self.kill_reason.lock()
             && slot.is_none()
         {
-            *slot = Some(reason.to_owned());
-            metrics::counter!("sovra_realtime_disconnects_total", "reason" => "slow_consumer")
-                .increment(1);
+            *slot = Some(Kill {
+                code,
+                label,
+                reason: reason.to_owned(),
+            });
+            metrics::counter!("sovra_realtime_disconnects_total", "reason" => label).increment(1);
         }
+        self.closing.store(true, Ordering::Release);
         self.kill.notify_one();
+        // Whoever waits for this queue to drain stops waiting.
+        self.drained.notify_waiters();
     }
 }
 

@@ -10,7 +10,6 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use sovra_realtime_proto::filter::Filter;
 use sovra_realtime_proto::frame::{self, Message, Vsn};
-use tokio::sync::{Notify, mpsc};
 
 use crate::hub::{Channel, Out, PgBinding, SocketTx};
 use crate::{Principal, RealtimeService};
@@ -39,13 +38,8 @@ pub(crate) async fn run(
     principal: Principal,
 ) {
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Out>(service.config.outbound_queue.max(1));
-    let shared = Arc::new(SocketTx {
-        vsn,
-        tx,
-        kill: Notify::new(),
-        kill_reason: Mutex::new(None),
-    });
+    let (socket_tx, mut rx) = SocketTx::new(vsn, service.config.outbound_queue_bytes);
+    let shared = Arc::new(socket_tx);
     let writer_socket = shared.clone();
     let mut writer = tokio::spawn(async move {
         // A send can block on a client that does not read; the kill signal
@@ -57,25 +51,26 @@ pub(crate) async fn run(
                 out = rx.recv() => out,
             };
             let Some(out) = out else { break false };
-            let message = match out {
-                Out::Text(text) => WsMessage::Text(text),
-                Out::Binary(bytes) => WsMessage::Binary(bytes),
+            let message = match &out {
+                Out::Text(text) => WsMessage::Text(text.clone()),
+                Out::Binary(bytes) => WsMessage::Binary(bytes.clone()),
             };
             tokio::select! {
                 biased;
                 () = writer_socket.kill.notified() => break true,
                 sent = sink.send(message) => if sent.is_err() { break false },
             }
+            writer_socket.written(&out);
         };
         if killed {
-            let reason = writer_socket
+            let kill = writer_socket
                 .kill_reason
                 .lock()
                 .ok()
-                .and_then(|r| r.clone())
-                .unwrap_or_default();
+                .and_then(|r| r.clone());
+            let (code, reason) = kill.map_or((1008, String::new()), |k| (k.code, k.reason));
             let close = WsMessage::Close(Some(CloseFrame {
-                code: 1008,
+                code,
                 reason: reason.into(),
             }));
             let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
@@ -93,39 +88,82 @@ pub(crate) async fn run(
         last_seen: Instant::now(),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    let ended_by_writer = loop {
         tokio::select! {
-            _ = &mut writer => break,
+            _ = &mut writer => break true,
             _ = tick.tick() => {
                 if connection.last_seen.elapsed() > service.config.idle_timeout {
-                    metrics::counter!("sovra_realtime_disconnects_total", "reason" => "idle").increment(1);
-                    shared.cut_off("idle timeout: no heartbeat");
+                    shared.cut_off(1008, "idle", "idle timeout: no heartbeat");
                 }
                 connection.expire_tokens();
             }
             frame = stream.next() => {
-                let Some(Ok(frame)) = frame else { break };
+                let frame = match frame {
+                    None => break false,
+                    Some(Ok(frame)) => frame,
+                    Some(Err(err)) => {
+                        // The client broke the WebSocket protocol: close
+                        // with the code RFC 6455 gives the fault.
+                        let (code, label, reason) = close_for(&err, service.config.max_frame_bytes);
+                        metrics::counter!("sovra_realtime_refused_total", "reason" => label).increment(1);
+                        shared.cut_off(code, label, &reason);
+                        break false;
+                    }
+                };
                 connection.last_seen = Instant::now();
-                let message = match frame {
+                let message = match &frame {
                     WsMessage::Text(text) => frame::decode_text(vsn, text.as_str()),
-                    WsMessage::Binary(bytes) => frame::decode_binary(&bytes),
-                    WsMessage::Close(_) => break,
+                    WsMessage::Binary(bytes) => frame::decode_binary(bytes),
+                    WsMessage::Close(_) => break false,
                     WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
                 };
                 match message {
                     Ok(message) => connection.handle(message).await,
                     Err(err) => {
-                        tracing::debug!(error = %err, "unreadable realtime frame");
                         metrics::counter!("sovra_realtime_refused_total", "reason" => "bad_frame").increment(1);
+                        if connection.over_rate() {
+                            connection.rate_limited();
+                            continue;
+                        }
+                        let text = match &frame {
+                            WsMessage::Text(text) => Some(text.as_str()),
+                            _ => None,
+                        };
+                        connection.send(&frame::malformed_reply(text, &err));
                     }
                 }
             }
         }
-    }
+    };
     for channel in connection.channels.values() {
         service.remove_channel(channel);
     }
+    if !ended_by_writer && shared.is_closed() {
+        // Let the writer send its close frame (it gives up after 1 s).
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+    }
     writer.abort();
+}
+
+/// The close code, metric label and reason for a WebSocket error of the
+/// client's making.
+fn close_for(err: &axum::Error, max_frame: usize) -> (u16, &'static str, String) {
+    use tungstenite::error::Error as WsError;
+    let inner = std::error::Error::source(err).and_then(|e| e.downcast_ref::<WsError>());
+    match inner {
+        Some(WsError::Capacity(_)) => (
+            1009,
+            "frame_too_large",
+            format!("frame too large: the limit is {max_frame} bytes"),
+        ),
+        Some(WsError::Utf8(_)) => (1007, "bad_utf8", "text frame is not valid UTF-8".to_owned()),
+        Some(WsError::Protocol(protocol)) => (
+            1002,
+            "protocol_error",
+            format!("protocol error: {protocol}"),
+        ),
+        _ => (1002, "protocol_error", "protocol error".to_owned()),
+    }
 }
 
 fn status_reply(request: &Message, status: &str, response: Value) -> Message {
@@ -159,19 +197,26 @@ impl Connection {
         self.window_count > self.service.config.max_events_per_second
     }
 
+    /// Tells every channel, then closes the socket: too many messages.
+    fn rate_limited(&self) {
+        metrics::counter!("sovra_realtime_refused_total", "reason" => "rate_limit").increment(1);
+        for channel in self.channels.values() {
+            self.system_error(channel, "Too many messages per second");
+        }
+        self.socket.cut_off(
+            1008,
+            "rate_limit",
+            "rate limit: too many messages per second",
+        );
+    }
+
     async fn handle(&mut self, message: Message) {
         if message.topic == "phoenix" && message.event == "heartbeat" {
             self.ok(&message);
             return;
         }
         if self.over_rate() {
-            metrics::counter!("sovra_realtime_refused_total", "reason" => "rate_limit")
-                .increment(1);
-            for channel in self.channels.values() {
-                self.system_error(channel, "Too many messages per second");
-            }
-            self.socket
-                .cut_off("rate limit: too many messages per second");
+            self.rate_limited();
             return;
         }
         match message.event.as_str() {

@@ -234,11 +234,17 @@ fn realtime_config(config: &Config) -> sovra_realtime::RealtimeConfig {
         max_channels_per_connection: size(realtime.max_channels_per_connection),
         max_events_per_second: u32::try_from(realtime.max_events_per_second).unwrap_or(u32::MAX),
         max_frame_bytes: size(realtime.max_frame_size),
-        outbound_queue: size(realtime.outbound_queue),
+        outbound_queue_bytes: size(realtime.outbound_queue_bytes),
+        slow_consumer_timeout: Duration::from_secs(realtime.slow_consumer_timeout),
+        max_bindings_per_channel: size(realtime.max_bindings_per_channel),
+        max_presence_bytes: size(realtime.max_presence_bytes),
+        revalidate_interval: Duration::from_secs(realtime.revalidate_interval),
         idle_timeout: Duration::from_secs(realtime.idle_timeout),
         max_slot_lag_bytes: realtime.max_slot_lag,
         catchup_window: Duration::from_secs(realtime.catchup_window),
         catchup_max_changes: size(realtime.catchup_max_changes),
+        catchup_max_bytes: size(realtime.catchup_max_bytes),
+        feed_batch_bytes: size(realtime.feed_batch_bytes),
         ..sovra_realtime::RealtimeConfig::default()
     }
 }
