@@ -304,6 +304,23 @@ impl Connection {
             return;
         }
         let payload = &message.payload;
+        let bindings_asked = payload
+            .get("config")
+            .and_then(|c| c.get("postgres_changes"))
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        let max_bindings = self.service.config.max_bindings_per_channel;
+        if bindings_asked > max_bindings {
+            metrics::counter!("sovra_realtime_refused_total", "reason" => "max_bindings")
+                .increment(1);
+            self.error(
+                &message,
+                format!(
+                    "TooManyBindings: a channel may have at most {max_bindings} postgres_changes bindings, this join has {bindings_asked}"
+                ),
+            );
+            return;
+        }
         let token = payload
             .get("access_token")
             .or_else(|| payload.get("user_token"))
@@ -570,6 +587,17 @@ impl Connection {
                     self.error(message, "Presence track payload must be a map");
                     return;
                 };
+                let size = Value::Object(state.clone()).to_string().len();
+                let max = self.service.config.max_presence_bytes;
+                if size > max {
+                    metrics::counter!("sovra_realtime_refused_total", "reason" => "presence_size")
+                        .increment(1);
+                    self.error(
+                        message,
+                        format!("PresencePayloadTooLarge: a presence state may have at most {max} bytes, this one has {size}"),
+                    );
+                    return;
+                }
                 if !self.may_write(&channel, "presence").await {
                     self.error(message, "Unauthorized: You do not have permissions to track presence on this Channel topic");
                     return;

@@ -585,3 +585,84 @@ async fn malformed_messages_get_an_error_reply_and_the_socket_stays_open() {
     assert_eq!(reply[1], "9");
     assert_eq!(reply[4]["status"], "ok");
 }
+
+#[tokio::test]
+async fn too_many_bindings_and_too_large_presence_are_refused_with_a_reason() {
+    init_logs();
+    let mut config = sovra_config::Config::default();
+    config.realtime.max_bindings_per_channel = 3;
+    config.realtime.max_presence_bytes = 100;
+    let app = TestApp::spawn_with(config).await;
+    let mut c = Client::connect(&app, &app.anon_key).await;
+    let binding = json!({"event": "*", "schema": "public", "table": "t"});
+    let refused = c
+        .join(
+            "realtime:many",
+            json!({"postgres_changes": [binding, binding, binding, binding]}),
+            None,
+        )
+        .await;
+    assert_eq!(refused["status"], "error");
+    assert_eq!(
+        refused["response"]["reason"],
+        "TooManyBindings: a channel may have at most 3 postgres_changes bindings, this join has 4"
+    );
+    assert_eq!(
+        app.tenant.realtime.channels(),
+        0,
+        "the channel was not joined"
+    );
+    let ok = c
+        .join(
+            "realtime:many",
+            json!({"postgres_changes": [binding, binding, binding]}),
+            None,
+        )
+        .await;
+    assert_eq!(ok["status"], "ok", "{ok}");
+
+    // Presence: a state within the limit is tracked, a larger one refused
+    // and never shown to the others.
+    let presence = json!({"presence": {"key": "k", "enabled": true}});
+    let mut other = Client::connect(&app, &app.anon_key).await;
+    assert_eq!(
+        other.join("realtime:room", presence.clone(), None).await["status"],
+        "ok"
+    );
+    other.expect("presence_state").await;
+    assert_eq!(
+        c.join("realtime:room", presence, None).await["status"],
+        "ok"
+    );
+    let track = |state: Value| json!({"type": "presence", "event": "track", "payload": state});
+    let r = c
+        .send("realtime:room", "presence", track(json!({"name": "ann"})))
+        .await;
+    assert_eq!(c.reply(&r).await["status"], "ok");
+    let (_, diff, _) = other.expect("presence_diff").await;
+    assert_eq!(diff["joins"]["k"]["metas"][0]["name"], "ann");
+    let r = c
+        .send(
+            "realtime:room",
+            "presence",
+            track(json!({"name": "x".repeat(200)})),
+        )
+        .await;
+    let refused = c.reply(&r).await;
+    assert_eq!(refused["status"], "error");
+    assert_eq!(
+        refused["response"]["reason"],
+        "PresencePayloadTooLarge: a presence state may have at most 100 bytes, this one has 211"
+    );
+    // The earlier state stands: an untrack leaves "ann".
+    let r = c
+        .send(
+            "realtime:room",
+            "presence",
+            json!({"type": "presence", "event": "untrack"}),
+        )
+        .await;
+    assert_eq!(c.reply(&r).await["status"], "ok");
+    let (_, diff, _) = other.expect("presence_diff").await;
+    assert_eq!(diff["leaves"]["k"]["metas"][0]["name"], "ann", "{diff}");
+}
