@@ -10,7 +10,9 @@ use serde_json::Map;
 use sovra_pg::RequestContext;
 use sovra_pg::tokio_postgres::types::{ToSql, Type};
 
-use crate::{Principal, RealtimeService};
+use sovra_pg::Pool;
+
+use crate::principal::Principal;
 
 fn context(principal: &Principal, topic: &str) -> RequestContext {
     let mut headers = Map::new();
@@ -28,97 +30,95 @@ fn context(principal: &Principal, topic: &str) -> RequestContext {
     }
 }
 
-impl RealtimeService {
-    /// Which of `extensions` (`broadcast`, `presence`) the caller may read
-    /// on `topic` (the sub-topic, without `realtime:`).
-    pub(crate) async fn can_read(
-        &self,
-        principal: &Principal,
-        topic: &str,
-        extensions: &[&str],
-    ) -> Result<Vec<String>, String> {
-        if principal.is_service() {
-            return Ok(extensions.iter().map(|e| (*e).to_owned()).collect());
-        }
-        let mut client = self.pool.get().await.map_err(|err| err.to_string())?;
-        let service = Principal {
-            role: "service_role".to_owned(),
-            claims: {
-                let mut claims = Map::new();
-                claims.insert("role".to_owned(), "service_role".into());
-                claims
-            },
-        };
-        let tx = sovra_pg::begin_request(&mut client, &context(&service, topic), false)
-            .await
-            .map_err(|err| err.to_string())?;
-        let extensions: Vec<String> = extensions.iter().map(|e| (*e).to_owned()).collect();
-        let probes = tx
-            .query(
-                "insert into realtime.messages (topic, extension, event, private)
-                 select $1, e, 'sovra.authorization', true from unnest($2::text[]) e
-                 returning id",
-                &[&topic, &extensions],
-            )
-            .await
-            .map_err(|err| err.to_string())?;
-        let ids: Vec<uuid::Uuid> = probes.iter().map(|r| r.get(0)).collect();
-        let params = sovra_pg::prologue_params(&context(principal, topic));
-        let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
-            .iter()
-            .map(|p| (p as &(dyn ToSql + Sync), Type::TEXT))
-            .collect();
-        tx.query_typed(sovra_pg::PROLOGUE_SQL, &typed)
-            .await
-            .map_err(|err| err.to_string())?;
-        tx.execute("select set_config('realtime.topic', $1, true)", &[&topic])
-            .await
-            .map_err(|err| err.to_string())?;
-        let visible = match tx
-            .query(
-                "select extension from realtime.messages where id = any($1)",
-                &[&ids],
-            )
-            .await
-        {
-            Ok(rows) => rows.iter().map(|r| r.get::<_, String>(0)).collect(),
-            Err(err) if err.code().map(|c| c.code()) == Some("42501") => Vec::new(),
-            Err(err) => return Err(err.to_string()),
-        };
-        let _ = tx.rollback().await;
-        Ok(visible)
+/// Which of `extensions` (`broadcast`, `presence`) the caller may read
+/// on `topic` (the sub-topic, without `realtime:`).
+pub(crate) async fn can_read(
+    pool: &Pool,
+    principal: &Principal,
+    topic: &str,
+    extensions: &[&str],
+) -> Result<Vec<String>, String> {
+    if principal.is_service() {
+        return Ok(extensions.iter().map(|e| (*e).to_owned()).collect());
     }
+    let mut client = pool.get().await.map_err(|err| err.to_string())?;
+    let service = Principal {
+        role: "service_role".to_owned(),
+        claims: {
+            let mut claims = Map::new();
+            claims.insert("role".to_owned(), "service_role".into());
+            claims
+        },
+    };
+    let tx = sovra_pg::begin_request(&mut client, &context(&service, topic), false)
+        .await
+        .map_err(|err| err.to_string())?;
+    let extensions: Vec<String> = extensions.iter().map(|e| (*e).to_owned()).collect();
+    let probes = tx
+        .query(
+            "insert into realtime.messages (topic, extension, event, private)
+             select $1, e, 'sovra.authorization', true from unnest($2::text[]) e
+             returning id",
+            &[&topic, &extensions],
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+    let ids: Vec<uuid::Uuid> = probes.iter().map(|r| r.get(0)).collect();
+    let params = sovra_pg::prologue_params(&context(principal, topic));
+    let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+        .iter()
+        .map(|p| (p as &(dyn ToSql + Sync), Type::TEXT))
+        .collect();
+    tx.query_typed(sovra_pg::PROLOGUE_SQL, &typed)
+        .await
+        .map_err(|err| err.to_string())?;
+    tx.execute("select set_config('realtime.topic', $1, true)", &[&topic])
+        .await
+        .map_err(|err| err.to_string())?;
+    let visible = match tx
+        .query(
+            "select extension from realtime.messages where id = any($1)",
+            &[&ids],
+        )
+        .await
+    {
+        Ok(rows) => rows.iter().map(|r| r.get::<_, String>(0)).collect(),
+        Err(err) if err.code().map(|c| c.code()) == Some("42501") => Vec::new(),
+        Err(err) => return Err(err.to_string()),
+    };
+    let _ = tx.rollback().await;
+    Ok(visible)
+}
 
-    /// Whether the caller may write `extension` messages to `topic`.
-    pub(crate) async fn can_write(
-        &self,
-        principal: &Principal,
-        topic: &str,
-        extension: &str,
-    ) -> Result<bool, String> {
-        if principal.is_service() {
-            return Ok(true);
-        }
-        let mut client = self.pool.get().await.map_err(|err| err.to_string())?;
-        let tx = sovra_pg::begin_request(&mut client, &context(principal, topic), false)
-            .await
-            .map_err(|err| err.to_string())?;
-        tx.execute("select set_config('realtime.topic', $1, true)", &[&topic])
-            .await
-            .map_err(|err| err.to_string())?;
-        let allowed = match tx
-            .execute(
-                "insert into realtime.messages (topic, extension, event, private)
-                 values ($1, $2, 'sovra.authorization', true)",
-                &[&topic, &extension],
-            )
-            .await
-        {
-            Ok(_) => true,
-            Err(err) if err.code().map(|c| c.code()) == Some("42501") => false,
-            Err(err) => return Err(err.to_string()),
-        };
-        let _ = tx.rollback().await;
-        Ok(allowed)
+/// Whether the caller may write `extension` messages to `topic`.
+pub(crate) async fn can_write(
+    pool: &Pool,
+    principal: &Principal,
+    topic: &str,
+    extension: &str,
+) -> Result<bool, String> {
+    if principal.is_service() {
+        return Ok(true);
     }
+    let mut client = pool.get().await.map_err(|err| err.to_string())?;
+    let tx = sovra_pg::begin_request(&mut client, &context(principal, topic), false)
+        .await
+        .map_err(|err| err.to_string())?;
+    tx.execute("select set_config('realtime.topic', $1, true)", &[&topic])
+        .await
+        .map_err(|err| err.to_string())?;
+    let allowed = match tx
+        .execute(
+            "insert into realtime.messages (topic, extension, event, private)
+             values ($1, $2, 'sovra.authorization', true)",
+            &[&topic, &extension],
+        )
+        .await
+    {
+        Ok(_) => true,
+        Err(err) if err.code().map(|c| c.code()) == Some("42501") => false,
+        Err(err) => return Err(err.to_string()),
+    };
+    let _ = tx.rollback().await;
+    Ok(allowed)
 }

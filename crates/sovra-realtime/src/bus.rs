@@ -14,20 +14,23 @@
 //! presence removed, with leaves sent to the clients, as when a connection
 //! drops.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use sovra_realtime_proto::pgoutput::{Datum, Relation};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::RealtimeService;
+use crate::change::{Change, RelInfo};
+
+use crate::hub::{PresenceEntry, PresenceLeave};
 
 /// How often an instance announces itself.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -91,11 +94,12 @@ pub struct NatsBus {
 
 impl NatsBus {
     /// Connects to `url` and joins `subject`; incoming events go to
-    /// `service` (held weakly: the bus ends with the service).
-    pub async fn connect(
+    /// `incoming`, in the order they arrive (the bus ends when its receiver
+    /// is dropped).
+    pub(crate) async fn connect(
         url: &str,
         subject: &str,
-        service: &Arc<RealtimeService>,
+        incoming: mpsc::Sender<Vec<u8>>,
     ) -> Result<NatsBus, String> {
         let client = async_nats::ConnectOptions::new()
             .name("sovra-realtime")
@@ -108,11 +112,11 @@ impl NatsBus {
             .subscribe(subject.to_owned())
             .await
             .map_err(|err| format!("cannot subscribe to {subject}: {err}"))?;
-        let weak: Weak<RealtimeService> = Arc::downgrade(service);
         tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
-                let Some(service) = weak.upgrade() else { break };
-                service.on_bus_event(&message.payload).await;
+                if incoming.send(message.payload.to_vec()).await.is_err() {
+                    break;
+                }
             }
         });
         let (queue, mut rx) = mpsc::channel::<Outgoing>(4096);
@@ -215,32 +219,11 @@ pub(crate) enum Event {
     },
 }
 
-/// Which presence left: topic, presence key, and the channel on its
-/// instance.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub(crate) struct PresenceLeave {
-    pub(crate) topic_key: String,
-    pub(crate) key: String,
-    pub(crate) channel: u64,
-}
-
-/// A presence as its instance holds it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub(crate) struct PresenceEntry {
-    pub(crate) topic_key: String,
-    pub(crate) key: String,
-    pub(crate) channel: u64,
-    pub(crate) phx_ref: String,
-    pub(crate) state: Map<String, Value>,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct WireRelation {
+    /// As the slot described it; the receiver checks it against its own
+    /// catalog.
     pub(crate) rel: Relation,
-    pub(crate) type_names: Vec<String>,
-    pub(crate) sql_types: Vec<String>,
-    pub(crate) rls: bool,
-    pub(crate) keys: Vec<usize>,
 }
 
 /// A change as it is received.
@@ -281,215 +264,64 @@ pub(crate) fn decode_binary(text: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
+/// Reads one change of a batch: it must name a relation of the batch, a
+/// known kind, and carry rows of that relation's width.
+pub(crate) fn read_change(
+    raw: &str,
+    relations: &HashMap<u32, Arc<RelInfo>>,
+) -> Result<(Change, String), String> {
+    let change: WireChange = serde_json::from_str(raw).map_err(|err| err.to_string())?;
+    let rel = relations
+        .get(&change.rel)
+        .ok_or_else(|| format!("relation {} is not in the batch", change.rel))?;
+    let kind = match change.kind.as_str() {
+        "INSERT" => "INSERT",
+        "UPDATE" => "UPDATE",
+        "DELETE" => "DELETE",
+        other => return Err(format!("unknown change kind {other:?}")),
+    };
+    let width = rel.rel.columns.len();
+    let fits = |row: &Option<Vec<Datum>>| row.as_ref().is_none_or(|r| r.len() == width);
+    let shape_ok = match kind {
+        "INSERT" => change.new.is_some() && change.old.is_none(),
+        "UPDATE" => change.new.is_some(),
+        _ => change.new.is_none() && change.old.is_some(),
+    };
+    if !shape_ok || !fits(&change.new) || !fits(&change.old) {
+        return Err(format!(
+            "a {kind} change whose rows do not fit its relation ({width} columns)"
+        ));
+    }
+    if pgoutput_timestamp(&change.stamp).is_none() {
+        return Err("a change without a commit timestamp".to_owned());
+    }
+    Ok((
+        Change {
+            rel: rel.clone(),
+            kind,
+            new: change.new,
+            old: change.old,
+        },
+        change.stamp,
+    ))
+}
+
+fn pgoutput_timestamp(text: &str) -> Option<i64> {
+    sovra_realtime_proto::pgoutput::parse_timestamp(text)
+}
+
 /// A change batch from the instance that consumes the slot.
 pub(crate) struct RemoteBatch {
     pub(crate) relations: Vec<WireRelation>,
     pub(crate) changes: Vec<Box<RawValue>>,
 }
 
-impl RealtimeService {
-    /// Joins the NATS bus at `url` on `subject` (one per tenant): from
-    /// now on broadcast, presence and database changes reach the clients
-    /// of every instance on the same subject.
-    pub async fn attach_nats(self: &Arc<Self>, url: &str, subject: &str) -> Result<(), String> {
-        let bus = NatsBus::connect(url, subject, self).await?;
-        let (tx, mut rx) = mpsc::channel::<RemoteBatch>(64);
-        if self.remote_changes.set(tx).is_err() {
-            return Err("the realtime bus is already attached".to_owned());
-        }
-        if let Ok(mut current) = self.bus.write() {
-            *current = Arc::new(bus);
-        }
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            while let Some(batch) = rx.recv().await {
-                let Some(service) = weak.upgrade() else { break };
-                service.deliver_remote(batch).await;
-            }
-        });
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut beats = 0u64;
-            let mut ticker = tokio::time::interval(HEARTBEAT);
-            loop {
-                ticker.tick().await;
-                let Some(service) = weak.upgrade() else { break };
-                beats += 1;
-                if beats.is_multiple_of(SNAPSHOT_EVERY) {
-                    service.publish(Event::Snapshot {
-                        entries: service.hub.presence_of(None),
-                        reply: false,
-                    });
-                } else {
-                    service.publish(Event::Heartbeat);
-                }
-                service.expire_peers();
-            }
-        });
-        self.publish(Event::Snapshot {
-            entries: Vec::new(),
-            reply: true,
-        });
-        tracing::info!(%url, %subject, instance = %self.instance, "realtime joined the NATS bus");
-        Ok(())
-    }
-
-    /// Publishes an event to the other instances, if there are any.
-    pub(crate) fn publish(&self, event: Event) {
-        let bus = self.current_bus();
-        if bus.is_shared() {
-            bus.try_publish(encode(&self.instance, event));
-        }
-    }
-
-    pub(crate) fn current_bus(&self) -> Arc<dyn Bus> {
-        self.bus
-            .read()
-            .map(|b| b.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
-    }
-
-    /// Other instances heard from within [`PEER_TIMEOUT`].
-    pub fn peers(&self) -> usize {
-        self.peers.lock().map(|p| p.len()).unwrap_or(0)
-    }
-
-    /// Tells the other instances that this one is going away, so that its
-    /// presence leaves at once.
-    pub async fn shutdown(&self) {
-        let bus = self.current_bus();
-        if bus.is_shared() {
-            let _ = bus
-                .publish_durably(encode(&self.instance, Event::Gone))
-                .await;
-        }
-    }
-
-    fn expire_peers(&self) {
-        let expired: Vec<Arc<str>> = match self.peers.lock() {
-            Ok(mut peers) => {
-                let now = std::time::Instant::now();
-                let gone: Vec<Arc<str>> = peers
-                    .iter()
-                    .filter(|(_, peer)| now.duration_since(peer.seen) > PEER_TIMEOUT)
-                    .map(|(origin, _)| origin.clone())
-                    .collect();
-                for origin in &gone {
-                    peers.remove(origin);
-                }
-                gone
-            }
-            Err(_) => Vec::new(),
-        };
-        for origin in expired {
-            tracing::warn!(instance = %origin, "realtime peer went silent; its presence left");
-            self.hub.reconcile(&origin, Vec::new());
-        }
-    }
-
-    /// Handles one event from another instance.
-    pub(crate) async fn on_bus_event(&self, bytes: &[u8]) {
-        let envelope: Envelope = match serde_json::from_slice(bytes) {
-            Ok(envelope) => envelope,
-            Err(err) => {
-                metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
-                tracing::warn!(error = %err, "unreadable realtime bus event");
-                return;
-            }
-        };
-        if envelope.origin == *self.instance {
-            return;
-        }
-        let (origin, new_peer) = {
-            let Ok(mut peers) = self.peers.lock() else {
-                return;
-            };
-            let now = std::time::Instant::now();
-            match peers.get_key_value(envelope.origin.as_str()) {
-                Some((origin, _)) => {
-                    let origin = origin.clone();
-                    if let Some(peer) = peers.get_mut(&origin) {
-                        peer.seen = now;
-                    }
-                    (origin, false)
-                }
-                None => {
-                    let origin: Arc<str> = Arc::from(envelope.origin.as_str());
-                    peers.insert(
-                        origin.clone(),
-                        Peer {
-                            seen: now,
-                            seq: None,
-                        },
-                    );
-                    (origin, true)
-                }
-            }
-        };
-        let mut reply_wanted = false;
-        match envelope.event {
-            Event::Broadcast {
-                topic,
-                private,
-                payload,
-                binary,
-            } => {
-                let binary = binary.as_deref().and_then(decode_binary);
-                self.hub
-                    .broadcast(&topic, private, payload, binary.as_deref(), None);
-            }
-            Event::Track(entry) => self.hub.apply_track(Some(origin.clone()), entry),
-            Event::Untrack(leave) => {
-                self.hub.apply_untrack(Some(&origin), &leave);
-            }
-            Event::Heartbeat => {}
-            Event::Snapshot { entries, reply } => {
-                self.hub.reconcile(&origin, entries);
-                reply_wanted = reply;
-            }
-            Event::Gone => {
-                if let Ok(mut peers) = self.peers.lock() {
-                    peers.remove(&origin);
-                }
-                self.hub.reconcile(&origin, Vec::new());
-                return;
-            }
-            Event::Changes {
-                seq,
-                relations,
-                changes,
-            } => {
-                let gap = self.peers.lock().ok().and_then(|mut peers| {
-                    let peer = peers.get_mut(&origin)?;
-                    let expected = peer.seq.map(|s| s + 1);
-                    peer.seq = Some(seq);
-                    expected.filter(|e| *e != seq)
-                });
-                if let Some(expected) = gap {
-                    metrics::counter!("sovra_realtime_bus_gaps_total").increment(1);
-                    tracing::warn!(instance = %origin, expected, got = seq, "change batches were lost on the bus");
-                }
-                if let Some(tx) = self.remote_changes.get() {
-                    let _ = tx.send(RemoteBatch { relations, changes }).await;
-                }
-            }
-        }
-        // A new instance gets this one's presence (and is asked for its own).
-        if new_peer || reply_wanted {
-            self.publish(Event::Snapshot {
-                entries: self.hub.presence_of(None),
-                reply: new_peer,
-            });
-        }
-    }
-}
-
 /// Another instance on the bus.
 #[derive(Debug)]
 pub(crate) struct Peer {
-    seen: std::time::Instant,
+    pub(crate) seen: std::time::Instant,
     /// The last change batch number received from it.
-    seq: Option<u64>,
+    pub(crate) seq: Option<u64>,
 }
 
 #[cfg(test)]
@@ -545,7 +377,7 @@ mod tests {
                 key: "alice".to_owned(),
                 channel: 3,
                 phx_ref: "F1".to_owned(),
-                state: Map::new(),
+                state: serde_json::Map::new(),
             }),
         );
         let envelope: Envelope = serde_json::from_slice(&bytes).unwrap();

@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use axum::body::Bytes;
 use axum::extract::ws::Utf8Bytes;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sovra_realtime_proto::filter::Filter;
 use sovra_realtime_proto::frame::{self, Message, Vsn};
 use tokio::sync::{Notify, mpsc};
 
-use crate::Principal;
-use crate::bus::{PresenceEntry, PresenceLeave};
+use crate::principal::Principal;
 
 /// What a socket's writer sends: shared, reference-counted bytes, so that
 /// one encoded message reaches every receiver without a copy.
@@ -183,6 +183,25 @@ impl SocketTx {
         // Whoever waits for this queue to drain stops waiting.
         self.drained.notify_waiters();
     }
+}
+
+/// Which presence left: topic, presence key, and the channel on its
+/// instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct PresenceLeave {
+    pub(crate) topic_key: String,
+    pub(crate) key: String,
+    pub(crate) channel: u64,
+}
+
+/// A presence as its instance holds it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct PresenceEntry {
+    pub(crate) topic_key: String,
+    pub(crate) key: String,
+    pub(crate) channel: u64,
+    pub(crate) phx_ref: String,
+    pub(crate) state: Map<String, Value>,
 }
 
 /// One `postgres_changes` binding of a channel.

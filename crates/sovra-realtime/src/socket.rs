@@ -12,7 +12,8 @@ use sovra_realtime_proto::filter::Filter;
 use sovra_realtime_proto::frame::{self, Message, Vsn};
 
 use crate::hub::{Channel, Out, PgBinding, SocketTx};
-use crate::{Principal, RealtimeService};
+use crate::principal::Principal;
+use crate::service::RealtimeService;
 
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
@@ -440,7 +441,7 @@ impl Connection {
         // the feed until the replay is queued: live changes follow it.
         let service = self.service.clone();
         let order = match since {
-            Some(_) if !channel.pg.is_empty() => Some(service.delivery.lock().await),
+            Some(_) if !channel.pg.is_empty() => Some(service.fanout.delivery.lock().await),
             _ => None,
         };
         self.service.hub.add(channel.clone());

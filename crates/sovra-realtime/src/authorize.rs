@@ -29,8 +29,8 @@ use sovra_realtime_proto::pgoutput::Datum;
 
 use sovra_rest_plan::quote_ident;
 
-use crate::Principal;
-use crate::feed::Change;
+use crate::change::Change;
+use crate::principal::Principal;
 
 /// Connections that evaluate policies at once.
 const WORKERS: usize = 4;

@@ -1,0 +1,386 @@
+//! Stage 3 of the change path: fan authorised changes out to the
+//! subscribed channels of this instance, in commit order, and keep them for
+//! catch-up.
+//!
+//! Input: a batch of [`Change`]s in commit order. For every channel whose
+//! bindings want a change (event, table, filter), subscribers are grouped
+//! by claims; `authorize` answers, per group, which changes PostgreSQL lets
+//! it see; each visible change is serialised once and queued to the
+//! channel's socket. Delivered changes are kept for
+//! `realtime.catchup_window`, so that a client rejoining with `since` is
+//! replayed what it missed, under the same lock that orders live delivery.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sovra_pg::Pool;
+use sovra_realtime_proto::frame::Vsn;
+use sovra_realtime_proto::pgoutput::{self, Datum};
+
+use crate::change::{Change, change_data, is_message};
+use crate::hub::{Channel, Hub, Out};
+use crate::principal::Principal;
+
+/// A catch-up replays from this much before the `since` it is given:
+/// commit timestamps are taken shortly before the commit record is
+/// written, so commit order and timestamp order can differ by a little.
+pub(crate) const CATCHUP_SLACK_MICROS: i64 = 1_000_000;
+
+/// Changes kept for catch-up, oldest first.
+struct Recent {
+    entries: std::collections::VecDeque<RecentChange>,
+    /// Changes committed before this (PostgreSQL microseconds) may be
+    /// missing: evicted, skipped, or from before this instance started.
+    horizon: i64,
+}
+
+impl Recent {
+    fn new() -> Recent {
+        Recent {
+            entries: std::collections::VecDeque::new(),
+            horizon: now_pg_micros(),
+        }
+    }
+}
+
+struct RecentChange {
+    at: Instant,
+    time: i64,
+    stamp: Arc<str>,
+    change: Change,
+}
+
+/// Now in microseconds since 2000-01-01 UTC.
+fn now_pg_micros() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    unix - pgoutput::PG_EPOCH_UNIX_SECS * 1_000_000
+}
+
+/// Delivery of database changes to this instance's channels.
+pub(crate) struct Fanout {
+    pool: Pool,
+    catchup_window: Duration,
+    catchup_max_changes: usize,
+    slow_consumer_timeout: Duration,
+    /// Held while changes are delivered (and while a catch-up replays), so
+    /// that every subscriber gets them in commit order.
+    pub(crate) delivery: tokio::sync::Mutex<()>,
+    recent: std::sync::Mutex<Recent>,
+}
+
+impl Fanout {
+    pub(crate) fn new(
+        pool: Pool,
+        catchup_window: Duration,
+        catchup_max_changes: usize,
+        slow_consumer_timeout: Duration,
+    ) -> Fanout {
+        Fanout {
+            pool,
+            catchup_window,
+            catchup_max_changes,
+            slow_consumer_timeout,
+            delivery: tokio::sync::Mutex::new(()),
+            recent: std::sync::Mutex::new(Recent::new()),
+        }
+    }
+
+    /// Delivers the changes of a batch of transactions in commit order
+    /// to every subscriber here, and keeps them for catch-up;
+    /// `stamps[i]` is the commit timestamp of `changes[i]`.
+    pub(crate) async fn deliver(&self, hub: &Hub, changes: Vec<Change>, stamps: Vec<Arc<str>>) {
+        let _order = self.delivery.lock().await;
+        let channels = hub.pg_channels();
+        let delivered = self.deliver_to(&channels, &changes, &stamps).await;
+        metrics::counter!("sovra_realtime_messages_total", "kind" => "postgres_changes")
+            .increment(delivered);
+        for change in changes.iter().filter(|c| is_message(c)) {
+            deliver_message(hub, change);
+        }
+        self.remember(changes, stamps);
+    }
+
+    /// Keeps delivered table changes for catch-up, within the window.
+    fn remember(&self, changes: Vec<Change>, stamps: Vec<Arc<str>>) {
+        let window = self.catchup_window;
+        let max = self.catchup_max_changes;
+        let Ok(mut recent) = self.recent.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if !window.is_zero() && max > 0 {
+            // A transaction's changes share one stamp: read it once.
+            let mut last: Option<(Arc<str>, i64)> = None;
+            for (change, stamp) in changes.into_iter().zip(stamps) {
+                if is_message(&change) {
+                    continue;
+                }
+                let time = match &last {
+                    Some((seen, time)) if Arc::ptr_eq(seen, &stamp) => *time,
+                    _ => {
+                        let time = pgoutput::parse_timestamp(&stamp).unwrap_or(i64::MAX);
+                        last = Some((stamp.clone(), time));
+                        time
+                    }
+                };
+                recent.entries.push_back(RecentChange {
+                    at: now,
+                    time,
+                    stamp,
+                    change,
+                });
+            }
+        }
+        while let Some(front) = recent.entries.front() {
+            if recent.entries.len() <= max && now.duration_since(front.at) <= window {
+                break;
+            }
+            let time = front.time;
+            recent.entries.pop_front();
+            recent.horizon = recent.horizon.max(time.saturating_add(1));
+        }
+    }
+
+    /// Sends `channel` (just joined, not yet given any live change) the
+    /// changes it may see that were committed at or after `since` (less
+    /// [`CATCHUP_SLACK_MICROS`]) and are still kept, then a `system`
+    /// message that says how it went. Holds delivery, so live changes
+    /// follow the replay in order.
+    pub(crate) async fn catch_up(&self, channel: &Arc<Channel>, since: i64) {
+        let from = since.saturating_sub(CATCHUP_SLACK_MICROS);
+        let (changes, stamps, horizon) = {
+            let Ok(recent) = self.recent.lock() else {
+                return;
+            };
+            let mut changes = Vec::new();
+            let mut stamps = Vec::new();
+            for entry in recent.entries.iter().filter(|e| e.time >= from) {
+                changes.push(entry.change.clone());
+                stamps.push(entry.stamp.clone());
+            }
+            (changes, stamps, recent.horizon)
+        };
+        let system = |status: &str, message: String| channel.changes_status(status, &message);
+        if self.catchup_window.is_zero() {
+            channel.socket.send_message(&system(
+                "error",
+                "Catch-up is off on this server (realtime.catchup_window = 0)".to_owned(),
+            ));
+            return;
+        }
+        if horizon > from {
+            metrics::counter!("sovra_realtime_catchup_total", "result" => "incomplete")
+                .increment(1);
+            channel.socket.send_message(&system(
+                "error",
+                format!(
+                    "Cannot catch up from {}: changes before {} are no longer kept; reload the data",
+                    pgoutput::commit_timestamp(since),
+                    pgoutput::commit_timestamp(horizon)
+                ),
+            ));
+        } else {
+            metrics::counter!("sovra_realtime_catchup_total", "result" => "complete").increment(1);
+        }
+        // In steps, waiting for the connection's queue to drain between
+        // them; one that does not drain in time is cut off.
+        let step = 500;
+        let mut sent = 0u64;
+        for (chunk, chunk_stamps) in changes.chunks(step).zip(stamps.chunks(step)) {
+            let deadline = tokio::time::Instant::now() + self.slow_consumer_timeout;
+            if !channel.socket.drained_by(deadline).await {
+                return;
+            }
+            sent += self
+                .deliver_to(std::slice::from_ref(channel), chunk, chunk_stamps)
+                .await;
+        }
+        metrics::counter!("sovra_realtime_messages_total", "kind" => "catch_up").increment(sent);
+        if horizon <= from {
+            channel.socket.send_message(&system(
+                "ok",
+                format!(
+                    "Caught up on {sent} changes since {}",
+                    pgoutput::commit_timestamp(since)
+                ),
+            ));
+        }
+    }
+
+    /// Forgets what was kept for catch-up (changes were skipped).
+    pub(crate) fn forget_recent(&self) {
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.entries.clear();
+            recent.horizon = now_pg_micros();
+        }
+    }
+
+    /// Delivers table changes to `channels` (those whose bindings want
+    /// them and whose claims pass the table's policies); returns how many
+    /// messages were queued.
+    async fn deliver_to(
+        &self,
+        channels: &[Arc<Channel>],
+        changes: &[Change],
+        stamps: &[Arc<str>],
+    ) -> u64 {
+        // Each subscriber's claims, read once, and a small id per distinct
+        // set of claims (subscribers with the same claims see the same).
+        let mut rights_ids: HashMap<Arc<str>, u32> = HashMap::new();
+        let mut rights_list: Vec<Arc<str>> = Vec::new();
+        let channels: Vec<(Arc<Channel>, Principal, u32)> = channels
+            .iter()
+            .cloned()
+            .map(|channel| {
+                let principal = channel.principal();
+                let rights: Arc<str> = Arc::from(principal.rights_key());
+                let next = u32::try_from(rights_list.len()).unwrap_or(u32::MAX);
+                let id = *rights_ids.entry(rights.clone()).or_insert_with(|| {
+                    rights_list.push(rights);
+                    next
+                });
+                (channel, principal, id)
+            })
+            .collect();
+        // Which channels want which change, and which (change, claims)
+        // pairs must pass the table's policies.
+        let mut wanted: Vec<Vec<u32>> = Vec::with_capacity(changes.len());
+        let mut group_of: HashMap<(u32, u32), usize> = HashMap::new();
+        let mut groups: Vec<crate::authorize::Group> = Vec::new();
+        for (index, change) in changes.iter().enumerate() {
+            let mut receivers = Vec::new();
+            if is_message(change) {
+                wanted.push(receivers);
+                continue;
+            }
+            let oid = change.rel.rel.oid;
+            for (position, (channel, principal, rights)) in channels.iter().enumerate() {
+                if !binding_ids(channel, change).any(|_| true) {
+                    continue;
+                }
+                if !principal.is_service() {
+                    let slot = *group_of.entry((oid, *rights)).or_insert_with(|| {
+                        groups.push(crate::authorize::Group {
+                            rights: rights_list[*rights as usize].clone(),
+                            principal: principal.clone(),
+                            indexes: Vec::new(),
+                        });
+                        groups.len() - 1
+                    });
+                    let indexes = &mut groups[slot].indexes;
+                    if indexes.last() != Some(&index) {
+                        indexes.push(index);
+                    }
+                }
+                receivers.push(u32::try_from(position).unwrap_or(u32::MAX));
+            }
+            wanted.push(receivers);
+        }
+        // One query per (table, claims) group for the whole batch.
+        let mut allowed: HashSet<(usize, u32)> = HashSet::new();
+        for (rights, result) in crate::authorize::authorize(&self.pool, changes, groups).await {
+            match result {
+                Ok(seen) => {
+                    let id = rights_ids.get(&rights).copied().unwrap_or(u32::MAX);
+                    for index in seen {
+                        allowed.insert((index, id));
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "change authorisation failed; not delivered")
+                }
+            }
+        }
+        let mut delivered = 0u64;
+        for (index, change) in changes.iter().enumerate() {
+            // The data is serialised once, when someone may see it; each
+            // channel gets its own ids.
+            let mut data: Option<String> = None;
+            for position in &wanted[index] {
+                let (channel, principal, rights) = &channels[*position as usize];
+                if !principal.is_service() && !allowed.contains(&(index, *rights)) {
+                    continue;
+                }
+                let data =
+                    data.get_or_insert_with(|| change_data(change, &stamps[index]).to_string());
+                let ids: Vec<i64> = binding_ids(channel, change).collect();
+                let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned());
+                let topic = serde_json::to_string(&channel.topic).unwrap_or_default();
+                let payload = format!(r#"{{"ids":{ids},"data":{data}}}"#);
+                let text = match channel.socket.vsn {
+                    Vsn::V1 => format!(
+                        r#"{{"topic":{topic},"event":"postgres_changes","payload":{payload},"ref":null,"join_ref":null}}"#
+                    ),
+                    Vsn::V2 => format!(r#"[null,null,{topic},"postgres_changes",{payload}]"#),
+                };
+                if channel.socket.send(Out::Text(text.into())) {
+                    delivered += 1;
+                }
+            }
+        }
+        delivered
+    }
+}
+
+/// A broadcast sent from SQL (`realtime.send`).
+fn deliver_message(hub: &Hub, change: &Change) {
+    let (Some(new), "INSERT") = (&change.new, change.kind) else {
+        return;
+    };
+    let rel = &change.rel;
+    let get = |name: &str| -> Option<&str> {
+        let i = rel.rel.columns.iter().position(|c| c.name == name)?;
+        match new.get(i)? {
+            Datum::Text(t) => Some(t.as_str()),
+            _ => None,
+        }
+    };
+    if get("extension") != Some("broadcast") || get("event") == Some("sovra.authorization") {
+        return;
+    }
+    let (Some(topic), Some(event)) = (get("topic"), get("event")) else {
+        return;
+    };
+    let private = get("private") == Some("t");
+    let mut payload: Value = get("payload")
+        .and_then(|p| serde_json::from_str(p).ok())
+        .unwrap_or_else(|| json!({}));
+    if let (Value::Object(map), Some(id)) = (&mut payload, get("id"))
+        && !map.contains_key("id")
+    {
+        map.insert("id".to_owned(), Value::String(id.to_owned()));
+    }
+    let body = json!({"type": "broadcast", "event": event, "payload": payload});
+    hub.broadcast(&format!("realtime:{topic}"), private, body, None, None);
+}
+
+/// The ids of a channel's bindings that want `change` (event, table and
+/// filter).
+fn binding_ids<'a>(channel: &'a Channel, change: &'a Change) -> impl Iterator<Item = i64> + 'a {
+    let rel = &change.rel;
+    let row = if change.kind == "DELETE" {
+        change.old.as_ref()
+    } else {
+        change.new.as_ref()
+    };
+    channel
+        .pg
+        .iter()
+        .filter(move |b| b.wants(&rel.rel.schema, &rel.rel.name, change.kind))
+        .filter(move |b| {
+            b.filter.matches(|name| {
+                let i = rel.rel.columns.iter().position(|c| c.name == name)?;
+                match row?.get(i)? {
+                    Datum::Text(t) => Some((Some(t.as_str()), rel.type_names[i].as_str())),
+                    Datum::Null => Some((None, rel.type_names[i].as_str())),
+                    Datum::Unchanged => None,
+                }
+            })
+        })
+        .map(|b| b.id)
+}

@@ -1,0 +1,751 @@
+//! The realtime service of one tenant: it owns the stages and wires them
+//! together. The slot reader (`slot`) hands each batch to this service,
+//! which publishes it on the bus for the other instances and gives it to
+//! `fanout` (which asks `authorize`, then queues to the sockets of `hub`);
+//! batches arriving from the bus take the same way from `fanout` on.
+//! Broadcast and presence go from `socket` through here to `hub` and the bus.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
+
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+use sovra_pg::{Pool, tokio_postgres};
+use tokio::sync::mpsc;
+
+use crate::bus::{
+    self, Bus, Envelope, Event, HEARTBEAT, NatsBus, PEER_TIMEOUT, Peer, RemoteBatch,
+    SNAPSHOT_EVERY, WireChangeRef, WireRelation, decode_binary, encode,
+};
+use crate::change::{Change, RelInfo};
+use crate::config::RealtimeConfig;
+use crate::hub::{self, Channel};
+use crate::principal::{Principal, Verifier};
+use crate::{authz, catalog, fanout, slot};
+
+/// One tenant's realtime service.
+pub struct RealtimeService {
+    pub(crate) config: RealtimeConfig,
+    pool: Pool,
+    pub(crate) hub: hub::Hub,
+    pub(crate) verifier: Verifier,
+    connections: AtomicUsize,
+    feed: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    feed_source: std::sync::Mutex<Option<sovra_pg::tokio_postgres::Config>>,
+    /// The slot the feed consumes, once it leads.
+    feed_slot: std::sync::Mutex<Option<String>>,
+    /// This instance's id on the bus.
+    instance: Arc<str>,
+    bus: RwLock<Arc<dyn bus::Bus>>,
+    peers: std::sync::Mutex<HashMap<Arc<str>, bus::Peer>>,
+    /// Change batches this instance published (as slot consumer).
+    bus_seq: AtomicU64,
+    remote_changes: OnceLock<tokio::sync::mpsc::Sender<bus::RemoteBatch>>,
+    /// Stage 3: delivery to this instance's channels, catch-up.
+    pub(crate) fanout: fanout::Fanout,
+}
+
+impl std::fmt::Debug for RealtimeService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RealtimeService")
+            .field("config", &self.config)
+            .field("connections", &self.connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Held while a connection is open; counts it.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    service: Arc<RealtimeService>,
+}
+
+impl Drop for RealtimeService {
+    fn drop(&mut self) {
+        if let Ok(mut feed) = self.feed.lock()
+            && let Some(task) = feed.take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.service.connections.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("sovra_realtime_connections").decrement(1.0);
+    }
+}
+
+/// A refused HTTP broadcast.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpError {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl RealtimeService {
+    /// The realtime service of one tenant; `pool` connects as
+    /// `authenticator` (the service switches to each caller's role).
+    pub fn new(config: RealtimeConfig, pool: Pool, verifier: Verifier) -> Arc<RealtimeService> {
+        Arc::new(RealtimeService {
+            fanout: fanout::Fanout::new(
+                pool.clone(),
+                config.catchup_window,
+                config.catchup_max_changes,
+                config.slow_consumer_timeout,
+            ),
+            config,
+            pool,
+            hub: hub::Hub::default(),
+            verifier,
+            connections: AtomicUsize::new(0),
+            feed: std::sync::Mutex::new(None),
+            feed_source: std::sync::Mutex::new(None),
+            feed_slot: std::sync::Mutex::new(None),
+            instance: Arc::from(uuid::Uuid::new_v4().to_string()),
+            bus: RwLock::new(Arc::new(bus::LocalBus)),
+            peers: std::sync::Mutex::new(HashMap::new()),
+            bus_seq: AtomicU64::new(0),
+            remote_changes: OnceLock::new(),
+        })
+    }
+
+    /// Sends a broadcast to the channels of a topic here (except `skip`)
+    /// and on every other instance; returns how many channels here got it.
+    pub(crate) fn broadcast(
+        &self,
+        topic: &str,
+        private: bool,
+        payload: Value,
+        binary: Option<&[u8]>,
+        skip: Option<u64>,
+    ) -> usize {
+        if !self.current_bus().is_shared() {
+            return self.hub.broadcast(topic, private, payload, binary, skip);
+        }
+        let sent = self
+            .hub
+            .broadcast(topic, private, payload.clone(), binary, skip);
+        self.publish(bus::Event::Broadcast {
+            topic: topic.to_owned(),
+            private,
+            payload,
+            binary: binary.map(bus::encode_binary),
+        });
+        sent
+    }
+
+    /// Tracks a channel's presence here and on the other instances.
+    pub(crate) fn track(&self, channel: &hub::Channel, state: Map<String, Value>) {
+        let entry = self.hub.track(channel, state);
+        self.publish(bus::Event::Track(entry));
+    }
+
+    /// Untracks a channel's presence here and on the other instances.
+    pub(crate) fn untrack(&self, channel: &hub::Channel) {
+        if let Some(leave) = self.hub.untrack(channel) {
+            self.publish(bus::Event::Untrack(leave));
+        }
+    }
+
+    /// Removes a channel (its presence leaves everywhere).
+    pub(crate) fn remove_channel(&self, channel: &hub::Channel) {
+        if let Some(leave) = self.hub.remove(channel) {
+            self.publish(bus::Event::Untrack(leave));
+        }
+    }
+
+    pub fn config(&self) -> &RealtimeConfig {
+        &self.config
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// The replication slot this instance consumes, when it leads the feed.
+    pub fn feed_slot(&self) -> Option<String> {
+        self.feed_slot.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// Joined channels.
+    pub fn channels(&self) -> usize {
+        self.hub.channel_count()
+    }
+
+    /// Admits one more connection, unless the limit is reached.
+    pub fn admit(self: &Arc<Self>) -> Option<ConnectionPermit> {
+        let mut current = self.connections.load(Ordering::Relaxed);
+        loop {
+            if current >= self.config.max_connections {
+                metrics::counter!("sovra_realtime_refused_total", "reason" => "max_connections")
+                    .increment(1);
+                return None;
+            }
+            match self.connections.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
+        metrics::gauge!("sovra_realtime_connections").increment(1.0);
+        Some(ConnectionPermit {
+            service: self.clone(),
+        })
+    }
+
+    /// `POST /realtime/v1/api/broadcast` with `{"messages": [...]}`:
+    /// delivers each message to the channels of its topic. Private
+    /// messages need the caller to pass the topic's write policy.
+    pub async fn http_broadcast(
+        &self,
+        principal: &Principal,
+        body: &Value,
+    ) -> Result<usize, HttpError> {
+        let invalid = |field: &str, why: &str| HttpError {
+            status: 422,
+            body: json!({"errors": {field: [why]}}),
+        };
+        let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+            return Err(invalid("messages", "is required and must be a list"));
+        };
+        if messages.len() > 1000 {
+            return Err(invalid("messages", "at most 1000 messages at once"));
+        }
+        let mut parsed = Vec::with_capacity(messages.len());
+        for message in messages {
+            let topic = message.get("topic").and_then(Value::as_str).unwrap_or("");
+            let event = message.get("event").and_then(Value::as_str).unwrap_or("");
+            if topic.is_empty() {
+                return Err(invalid("topic", "can't be blank"));
+            }
+            if event.is_empty() {
+                return Err(invalid("event", "can't be blank"));
+            }
+            let payload = message.get("payload").cloned().unwrap_or_else(|| json!({}));
+            let private = message
+                .get("private")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let id = message.get("id").and_then(Value::as_str).map(str::to_owned);
+            parsed.push((topic.to_owned(), event.to_owned(), payload, private, id));
+        }
+        let mut delivered = 0;
+        for (topic, event, payload, private, id) in parsed {
+            if private
+                && !principal.is_service()
+                && !self
+                    .can_write(principal, &topic, "broadcast")
+                    .await
+                    .unwrap_or(false)
+            {
+                continue;
+            }
+            let mut body = json!({"type": "broadcast", "event": event, "payload": payload});
+            if let (Some(id), Value::Object(map)) = (id, &mut body) {
+                map.insert("meta".to_owned(), json!({"id": id}));
+            }
+            delivered += self.broadcast(&format!("realtime:{topic}"), private, body, None, None);
+        }
+        Ok(delivered)
+    }
+
+    /// `POST /realtime/v1/api/broadcast/{topic}/events/{event}`: one
+    /// message; `binary` holds a raw (octet-stream) payload.
+    pub async fn http_broadcast_one(
+        &self,
+        principal: &Principal,
+        topic: &str,
+        event: &str,
+        private: bool,
+        payload: Value,
+        binary: Option<&[u8]>,
+    ) -> Result<usize, HttpError> {
+        if topic.is_empty() || event.is_empty() {
+            return Err(HttpError {
+                status: 422,
+                body: json!({"errors": {"topic": ["can't be blank"]}}),
+            });
+        }
+        if private
+            && !principal.is_service()
+            && !authz::can_write(&self.pool, principal, topic, "broadcast")
+                .await
+                .unwrap_or(false)
+        {
+            return Ok(0);
+        }
+        let body = json!({"type": "broadcast", "event": event, "payload": payload});
+        Ok(self.broadcast(&format!("realtime:{topic}"), private, body, binary, None))
+    }
+
+    /// Which of `extensions` (`broadcast`, `presence`) the caller may read
+    /// on `topic` (the sub-topic, without `realtime:`).
+    pub(crate) async fn can_read(
+        &self,
+        principal: &Principal,
+        topic: &str,
+        extensions: &[&str],
+    ) -> Result<Vec<String>, String> {
+        authz::can_read(&self.pool, principal, topic, extensions).await
+    }
+
+    /// Whether the caller may write `extension` messages to `topic`.
+    pub(crate) async fn can_write(
+        &self,
+        principal: &Principal,
+        topic: &str,
+        extension: &str,
+    ) -> Result<bool, String> {
+        authz::can_write(&self.pool, principal, topic, extension).await
+    }
+
+    /// Delivers a batch read from the slot: to the other instances first
+    /// (the slot advances only after the bus has it), then here.
+    async fn deliver_local(&self, batch: slot::Batch) {
+        let slot::Batch { changes, stamps } = batch;
+        self.share_changes(&changes, &stamps).await;
+        self.fanout.deliver(&self.hub, changes, stamps).await;
+    }
+
+    /// Starts the change feed of this tenant (once); `admin` connects as a
+    /// role that may use replication slots.
+    pub fn start_feed(self: &Arc<Self>, admin: tokio_postgres::Config) {
+        let mut started = match self.feed.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if started.is_some() {
+            return;
+        }
+        let config = slot::SlotConfig {
+            slot_prefix: self.config.slot_name.clone(),
+            poll_interval: self.config.poll_interval,
+            max_lag_bytes: self.config.max_slot_lag_bytes,
+        };
+        let sink: Arc<dyn slot::Sink> = Arc::new(FeedSink(Arc::downgrade(self)));
+        *started = Some(tokio::spawn(slot::run(admin, config, sink)));
+    }
+
+    /// Stops the change feed (its connection closes, releasing leadership);
+    /// `start_feed` resumes from the slot's durable position.
+    pub fn stop_feed(&self) {
+        if let Ok(mut feed) = self.feed.lock()
+            && let Some(task) = feed.take()
+        {
+            task.abort();
+        }
+        if let Ok(mut slot) = self.feed_slot.lock() {
+            *slot = None;
+        }
+    }
+
+    /// Remembers how to start the feed, and starts it on the first join
+    /// (`sovra serve` starts it at once).
+    pub fn set_feed_source(&self, admin: tokio_postgres::Config) {
+        if let Ok(mut source) = self.feed_source.lock() {
+            *source = Some(admin);
+        }
+    }
+
+    pub(crate) fn ensure_feed(self: &Arc<Self>) {
+        let source = self.feed_source.lock().ok().and_then(|s| s.clone());
+        if let Some(admin) = source {
+            self.start_feed(admin);
+        }
+    }
+
+    /// Publishes a batch to the other instances (in chunks the bus can
+    /// carry), waiting until the bus has it: the slot advances only after.
+    async fn share_changes(&self, changes: &[Change], stamps: &[Arc<str>]) {
+        let bus = self.current_bus();
+        if !bus.is_shared() || changes.is_empty() {
+            return;
+        }
+        // Leave room for the envelope and the relations of a chunk.
+        let budget = bus.max_event_bytes().saturating_sub(4096) / 2;
+        let mut chunk: Vec<Box<RawValue>> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        let mut rels: Vec<Arc<RelInfo>> = Vec::new();
+        for (change, stamp) in changes.iter().zip(stamps) {
+            let wire = WireChangeRef {
+                rel: change.rel.rel.oid,
+                kind: change.kind,
+                new: change.new.as_deref(),
+                old: change.old.as_deref(),
+                stamp,
+            };
+            let Ok(raw) = serde_json::value::to_raw_value(&wire) else {
+                continue;
+            };
+            let size = raw.get().len() + 1;
+            if size > budget {
+                metrics::counter!("sovra_realtime_bus_dropped_total").increment(1);
+                tracing::warn!(
+                    bytes = size,
+                    "a change too large for the bus reaches this instance's clients only"
+                );
+                continue;
+            }
+            if chunk_bytes + size > budget && !chunk.is_empty() {
+                self.publish_chunk(bus.as_ref(), &mut chunk, &mut rels)
+                    .await;
+                chunk_bytes = 0;
+            }
+            if !rels.iter().any(|r| Arc::ptr_eq(r, &change.rel)) {
+                chunk_bytes += change.rel.rel.columns.len() * 64 + 128;
+                rels.push(change.rel.clone());
+            }
+            chunk.push(raw);
+            chunk_bytes += size;
+        }
+        if !chunk.is_empty() {
+            self.publish_chunk(bus.as_ref(), &mut chunk, &mut rels)
+                .await;
+        }
+    }
+
+    async fn publish_chunk(
+        &self,
+        bus: &dyn bus::Bus,
+        chunk: &mut Vec<Box<RawValue>>,
+        rels: &mut Vec<Arc<RelInfo>>,
+    ) {
+        let relations = rels
+            .drain(..)
+            .map(|info| WireRelation {
+                rel: info.rel.clone(),
+            })
+            .collect();
+        let seq = self.bus_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let event = bus::encode(
+            &self.instance,
+            Event::Changes {
+                seq,
+                relations,
+                changes: std::mem::take(chunk),
+            },
+        );
+        if let Err(err) = bus.publish_durably(event).await {
+            metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+            tracing::warn!(error = %err, "change batch not published on the bus");
+        }
+    }
+
+    /// Delivers a change batch that the slot's consumer published. Nothing
+    /// in it becomes SQL text: each relation is looked up by its oid in this
+    /// database's catalog (and must be a published table of that name and
+    /// column shape here); a change that does not fit its relation is
+    /// dropped and counted.
+    pub(crate) async fn deliver_remote(&self, batch: RemoteBatch) {
+        let RemoteBatch {
+            relations: wire_relations,
+            changes: wire,
+        } = batch;
+        let mut relations: HashMap<u32, Arc<RelInfo>> = HashMap::new();
+        if !wire_relations.is_empty() {
+            let client = match self.pool.get().await {
+                Ok(client) => client,
+                Err(err) => {
+                    metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+                    tracing::warn!(error = %err, "change batch from the bus not delivered: no database connection");
+                    return;
+                }
+            };
+            for WireRelation { rel } in wire_relations {
+                let oid = rel.oid;
+                match catalog::describe_published(&client, rel).await {
+                    Ok(Some(info)) => {
+                        relations.insert(oid, Arc::new(info));
+                    }
+                    Ok(None) => {
+                        metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+                        tracing::warn!(
+                            oid,
+                            "a change batch from the bus names a relation that is not published here; its changes are dropped"
+                        );
+                    }
+                    Err(err) => {
+                        metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+                        tracing::warn!(error = %err, "change batch from the bus not delivered");
+                        return;
+                    }
+                }
+            }
+        }
+        let mut changes = Vec::with_capacity(wire.len());
+        let mut stamps: Vec<Arc<str>> = Vec::with_capacity(wire.len());
+        for raw in wire {
+            match bus::read_change(raw.get(), &relations) {
+                Ok((change, stamp)) => {
+                    // A transaction's changes share one stamp.
+                    let stamp = match stamps.last() {
+                        Some(last) if **last == *stamp => last.clone(),
+                        _ => Arc::from(stamp),
+                    };
+                    changes.push(change);
+                    stamps.push(stamp);
+                }
+                Err(err) => {
+                    metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+                    tracing::warn!(error = %err, "unreadable change on the bus; dropped");
+                }
+            }
+        }
+        self.fanout.deliver(&self.hub, changes, stamps).await;
+    }
+
+    /// Sends `channel` (just joined, not yet given any live change) the
+    /// changes it may see that were committed at or after `since` (less
+    /// [`CATCHUP_SLACK_MICROS`]) and are still kept, then a `system`
+    /// message that says how it went. Holds delivery, so live changes
+    /// follow the replay in order.
+    pub(crate) async fn catch_up(&self, channel: &Arc<Channel>, since: i64) {
+        self.fanout.catch_up(channel, since).await;
+    }
+
+    /// Joins the NATS bus at `url` on `subject` (one per tenant): from
+    /// now on broadcast, presence and database changes reach the clients
+    /// of every instance on the same subject.
+    pub async fn attach_nats(self: &Arc<Self>, url: &str, subject: &str) -> Result<(), String> {
+        let (incoming, mut events) = mpsc::channel::<Vec<u8>>(1024);
+        let bus = NatsBus::connect(url, subject, incoming).await?;
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let Some(service) = weak.upgrade() else { break };
+                service.on_bus_event(&event).await;
+            }
+        });
+        let (tx, mut rx) = mpsc::channel::<RemoteBatch>(64);
+        if self.remote_changes.set(tx).is_err() {
+            return Err("the realtime bus is already attached".to_owned());
+        }
+        if let Ok(mut current) = self.bus.write() {
+            *current = Arc::new(bus);
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                let Some(service) = weak.upgrade() else { break };
+                service.deliver_remote(batch).await;
+            }
+        });
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut beats = 0u64;
+            let mut ticker = tokio::time::interval(HEARTBEAT);
+            loop {
+                ticker.tick().await;
+                let Some(service) = weak.upgrade() else { break };
+                beats += 1;
+                if beats.is_multiple_of(SNAPSHOT_EVERY) {
+                    service.publish(Event::Snapshot {
+                        entries: service.hub.presence_of(None),
+                        reply: false,
+                    });
+                } else {
+                    service.publish(Event::Heartbeat);
+                }
+                service.expire_peers();
+            }
+        });
+        self.publish(Event::Snapshot {
+            entries: Vec::new(),
+            reply: true,
+        });
+        tracing::info!(%url, %subject, instance = %self.instance, "realtime joined the NATS bus");
+        Ok(())
+    }
+
+    /// Publishes an event to the other instances, if there are any.
+    pub(crate) fn publish(&self, event: Event) {
+        let bus = self.current_bus();
+        if bus.is_shared() {
+            bus.try_publish(encode(&self.instance, event));
+        }
+    }
+
+    pub(crate) fn current_bus(&self) -> Arc<dyn Bus> {
+        self.bus
+            .read()
+            .map(|b| b.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Other instances heard from within [`PEER_TIMEOUT`].
+    pub fn peers(&self) -> usize {
+        self.peers.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Tells the other instances that this one is going away, so that its
+    /// presence leaves at once.
+    pub async fn shutdown(&self) {
+        let bus = self.current_bus();
+        if bus.is_shared() {
+            let _ = bus
+                .publish_durably(encode(&self.instance, Event::Gone))
+                .await;
+        }
+    }
+
+    fn expire_peers(&self) {
+        let expired: Vec<Arc<str>> = match self.peers.lock() {
+            Ok(mut peers) => {
+                let now = std::time::Instant::now();
+                let gone: Vec<Arc<str>> = peers
+                    .iter()
+                    .filter(|(_, peer)| now.duration_since(peer.seen) > PEER_TIMEOUT)
+                    .map(|(origin, _)| origin.clone())
+                    .collect();
+                for origin in &gone {
+                    peers.remove(origin);
+                }
+                gone
+            }
+            Err(_) => Vec::new(),
+        };
+        for origin in expired {
+            tracing::warn!(instance = %origin, "realtime peer went silent; its presence left");
+            self.hub.reconcile(&origin, Vec::new());
+        }
+    }
+
+    /// Handles one event from another instance.
+    pub(crate) async fn on_bus_event(&self, bytes: &[u8]) {
+        let envelope: Envelope = match serde_json::from_slice(bytes) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+                tracing::warn!(error = %err, "unreadable realtime bus event");
+                return;
+            }
+        };
+        if envelope.origin == *self.instance {
+            return;
+        }
+        let (origin, new_peer) = {
+            let Ok(mut peers) = self.peers.lock() else {
+                return;
+            };
+            let now = std::time::Instant::now();
+            match peers.get_key_value(envelope.origin.as_str()) {
+                Some((origin, _)) => {
+                    let origin = origin.clone();
+                    if let Some(peer) = peers.get_mut(&origin) {
+                        peer.seen = now;
+                    }
+                    (origin, false)
+                }
+                None => {
+                    let origin: Arc<str> = Arc::from(envelope.origin.as_str());
+                    peers.insert(
+                        origin.clone(),
+                        Peer {
+                            seen: now,
+                            seq: None,
+                        },
+                    );
+                    (origin, true)
+                }
+            }
+        };
+        let mut reply_wanted = false;
+        match envelope.event {
+            Event::Broadcast {
+                topic,
+                private,
+                payload,
+                binary,
+            } => {
+                let binary = binary.as_deref().and_then(decode_binary);
+                self.hub
+                    .broadcast(&topic, private, payload, binary.as_deref(), None);
+            }
+            Event::Track(entry) => self.hub.apply_track(Some(origin.clone()), entry),
+            Event::Untrack(leave) => {
+                self.hub.apply_untrack(Some(&origin), &leave);
+            }
+            Event::Heartbeat => {}
+            Event::Snapshot { entries, reply } => {
+                self.hub.reconcile(&origin, entries);
+                reply_wanted = reply;
+            }
+            Event::Gone => {
+                if let Ok(mut peers) = self.peers.lock() {
+                    peers.remove(&origin);
+                }
+                self.hub.reconcile(&origin, Vec::new());
+                return;
+            }
+            Event::Changes {
+                seq,
+                relations,
+                changes,
+            } => {
+                let gap = self.peers.lock().ok().and_then(|mut peers| {
+                    let peer = peers.get_mut(&origin)?;
+                    let expected = peer.seq.map(|s| s + 1);
+                    peer.seq = Some(seq);
+                    expected.filter(|e| *e != seq)
+                });
+                if let Some(expected) = gap {
+                    metrics::counter!("sovra_realtime_bus_gaps_total").increment(1);
+                    tracing::warn!(instance = %origin, expected, got = seq, "change batches were lost on the bus");
+                }
+                if let Some(tx) = self.remote_changes.get() {
+                    let _ = tx.send(RemoteBatch { relations, changes }).await;
+                }
+            }
+        }
+        // A new instance gets this one's presence (and is asked for its own).
+        if new_peer || reply_wanted {
+            self.publish(Event::Snapshot {
+                entries: self.hub.presence_of(None),
+                reply: new_peer,
+            });
+        }
+    }
+}
+
+/// The slot reader's view of the service (held weakly: the feed ends with
+/// the service).
+struct FeedSink(Weak<RealtimeService>);
+
+impl slot::Sink for FeedSink {
+    fn leading(&self, slot: &str) {
+        if let Some(service) = self.0.upgrade()
+            && let Ok(mut ready) = service.feed_slot.lock()
+        {
+            *ready = Some(slot.to_owned());
+        }
+    }
+
+    fn deliver(&self, batch: slot::Batch) -> slot::SinkFuture<'_> {
+        Box::pin(async move {
+            if let Some(service) = self.0.upgrade() {
+                service.deliver_local(batch).await;
+            }
+        })
+    }
+
+    fn skipped(&self) {
+        let Some(service) = self.0.upgrade() else {
+            return;
+        };
+        service.fanout.forget_recent();
+        for channel in service.hub.pg_channels() {
+            channel.socket.send_message(&channel.changes_status(
+                "error",
+                "Database changes were skipped: the change feed fell too far behind",
+            ));
+        }
+    }
+}
