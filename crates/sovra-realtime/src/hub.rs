@@ -161,6 +161,21 @@ impl SocketTx {
         }
     }
 
+    /// Whether a frame of `size` bytes can be queued now.
+    pub(crate) fn fits(&self, size: usize) -> bool {
+        let queued = self.queued();
+        queued == 0 || queued + size <= self.limit
+    }
+
+    /// Waits until a frame of `size` bytes fits (the client drained its
+    /// queue to half), the socket closes, or `deadline` passes; then the
+    /// frame that still does not fit cuts the client off.
+    pub(crate) async fn wait_for_room(&self, size: usize, deadline: tokio::time::Instant) {
+        while !self.fits(size) && !self.is_closed() && tokio::time::Instant::now() < deadline {
+            self.drained_by(deadline).await;
+        }
+    }
+
     pub(crate) fn send_message(&self, message: &Message) -> bool {
         self.send(Out::Text(frame::encode_text(self.vsn, message).into()))
     }
@@ -242,6 +257,17 @@ pub(crate) struct Channel {
     /// Whether writes (broadcast, track) pass the private-channel policy;
     /// `None` until first checked.
     pub(crate) can_write: Mutex<Option<bool>>,
+    /// While a catch-up replays to this channel, the live changes that
+    /// arrive meanwhile wait here (in order) instead of in the socket's
+    /// queue, so that they follow the replay; `None` otherwise.
+    pub(crate) held: Mutex<Option<Held>>,
+}
+
+/// Live changes held back while a catch-up replays.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    outs: std::collections::VecDeque<Out>,
+    bytes: usize,
 }
 
 impl Channel {
@@ -259,6 +285,83 @@ impl Channel {
             "system",
             json!({"extension": "postgres_changes", "status": status, "message": message, "channel": self.sub_topic()}),
         )
+    }
+
+    /// Queues a database change: to the socket, or behind a replay that
+    /// is still going on. Held changes count against the socket's byte
+    /// limit as queued ones do.
+    pub(crate) fn send_change(&self, out: Out) -> bool {
+        if let Ok(mut held) = self.held.lock()
+            && let Some(held) = held.as_mut()
+        {
+            let size = out.queued_bytes();
+            if held.bytes + size > self.socket.limit {
+                self.socket.cut_off(
+                    1008,
+                    "slow_consumer",
+                    &format!(
+                        "slow consumer: more than {} bytes of changes waiting behind a catch-up",
+                        self.socket.limit
+                    ),
+                );
+                return false;
+            }
+            held.bytes += size;
+            held.outs.push_back(out);
+            return true;
+        }
+        self.socket.send(out)
+    }
+
+    /// Ends a replay: the held changes go to the socket in order, in steps
+    /// the queue can take, waiting for the client (see
+    /// [`SocketTx::wait_for_room`]) until `deadline`.
+    pub(crate) async fn release_held(&self, deadline: tokio::time::Instant) {
+        loop {
+            let next_size = {
+                let Ok(mut slot) = self.held.lock() else {
+                    return;
+                };
+                let Some(held) = slot.as_mut() else {
+                    return;
+                };
+                // Move what fits; the rest waits for room.
+                while let Some(out) = held.outs.front() {
+                    let size = out.queued_bytes();
+                    if !self.socket.fits(size) {
+                        break;
+                    }
+                    held.bytes -= size;
+                    if let Some(out) = held.outs.pop_front() {
+                        self.socket.send(out);
+                    }
+                }
+                match held.outs.front() {
+                    None => {
+                        *slot = None;
+                        return;
+                    }
+                    Some(out) => out.queued_bytes(),
+                }
+            };
+            self.socket.wait_for_room(next_size, deadline).await;
+            if self.socket.is_closed() {
+                return;
+            }
+            if !self.socket.fits(next_size) {
+                // Stalled or out of time: the next send cuts it off.
+                if let Ok(mut slot) = self.held.lock()
+                    && let Some(held) = slot.take()
+                {
+                    for out in held.outs {
+                        if !self.socket.send(out) {
+                            break;
+                        }
+                    }
+                }
+                return;
+            }
+        }
     }
 
     pub(crate) fn principal(&self) -> Principal {

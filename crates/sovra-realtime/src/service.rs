@@ -44,6 +44,9 @@ pub struct RealtimeService {
     remote_changes: OnceLock<tokio::sync::mpsc::Sender<bus::RemoteBatch>>,
     /// Stage 3: delivery to this instance's channels, catch-up.
     pub(crate) fanout: fanout::Fanout,
+    /// Batches read from the slot, and the largest (bytes of changes).
+    feed_batches: AtomicU64,
+    feed_batch_max_bytes: AtomicUsize,
 }
 
 impl std::fmt::Debug for RealtimeService {
@@ -94,6 +97,7 @@ impl RealtimeService {
                 pool.clone(),
                 config.catchup_window,
                 config.catchup_max_changes,
+                config.catchup_max_bytes,
                 config.slow_consumer_timeout,
             ),
             config,
@@ -109,6 +113,8 @@ impl RealtimeService {
             peers: std::sync::Mutex::new(HashMap::new()),
             bus_seq: AtomicU64::new(0),
             remote_changes: OnceLock::new(),
+            feed_batches: AtomicU64::new(0),
+            feed_batch_max_bytes: AtomicUsize::new(0),
         })
     }
 
@@ -310,9 +316,25 @@ impl RealtimeService {
     /// Delivers a batch read from the slot: to the other instances first
     /// (the slot advances only after the bus has it), then here.
     async fn deliver_local(&self, batch: slot::Batch) {
-        let slot::Batch { changes, stamps } = batch;
+        let slot::Batch {
+            changes,
+            stamps,
+            bytes,
+        } = batch;
+        self.feed_batches.fetch_add(1, Ordering::Relaxed);
+        self.feed_batch_max_bytes
+            .fetch_max(bytes, Ordering::Relaxed);
         self.share_changes(&changes, &stamps).await;
         self.fanout.deliver(&self.hub, changes, stamps).await;
+    }
+
+    /// Batches the feed has read from the slot, and the largest of them
+    /// in bytes of changes (their values plus a fixed overhead each).
+    pub fn feed_batches(&self) -> (u64, usize) {
+        (
+            self.feed_batches.load(Ordering::Relaxed),
+            self.feed_batch_max_bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// Starts the change feed of this tenant (once); `admin` connects as a
@@ -329,6 +351,7 @@ impl RealtimeService {
             slot_prefix: self.config.slot_name.clone(),
             poll_interval: self.config.poll_interval,
             max_lag_bytes: self.config.max_slot_lag_bytes,
+            batch_bytes: self.config.feed_batch_bytes,
         };
         let sink: Arc<dyn slot::Sink> = Arc::new(FeedSink(Arc::downgrade(self)));
         *started = Some(tokio::spawn(slot::run(admin, config, sink)));
@@ -502,13 +525,10 @@ impl RealtimeService {
         self.fanout.deliver(&self.hub, changes, stamps).await;
     }
 
-    /// Sends `channel` (just joined, not yet given any live change) the
-    /// changes it may see that were committed at or after `since` (less
-    /// [`CATCHUP_SLACK_MICROS`]) and are still kept, then a `system`
-    /// message that says how it went. Holds delivery, so live changes
-    /// follow the replay in order.
-    pub(crate) async fn catch_up(&self, channel: &Arc<Channel>, since: i64) {
-        self.fanout.catch_up(channel, since).await;
+    /// Replays to `channel` what `fanout::Fanout::snapshot` took for it,
+    /// then the live changes it held meanwhile.
+    pub(crate) async fn catch_up(&self, channel: &Arc<Channel>, replay: fanout::Replay) {
+        self.fanout.replay(channel, replay).await;
     }
 
     /// Joins the NATS bus at `url` on `subject` (one per tenant): from

@@ -424,6 +424,7 @@ impl Connection {
             ));
             self.service.remove_channel(&old);
         }
+        let bindings_empty = bindings.is_empty();
         let channel = Arc::new(Channel {
             id,
             socket: self.socket.clone(),
@@ -436,9 +437,12 @@ impl Connection {
             pg: bindings,
             principal: RwLock::new(principal),
             can_write: Mutex::new(None),
+            // A catch-up holds the channel's live changes until its replay
+            // is queued: they follow it without a gap.
+            held: Mutex::new((since.is_some() && !bindings_empty).then(crate::hub::Held::default)),
         });
-        // A catch-up holds delivery from before the channel is visible to
-        // the feed until the replay is queued: live changes follow it.
+        // Delivery is held only from before the channel is visible to the
+        // feed until the replay is taken (not while it is sent).
         let service = self.service.clone();
         let order = match since {
             Some(_) if !channel.pg.is_empty() => Some(service.fanout.delivery.lock().await),
@@ -462,8 +466,10 @@ impl Connection {
             };
             self.send(&channel.changes_status(status, &text));
         }
-        if let (Some(since), Some(_order)) = (since, order) {
-            self.service.catch_up(&channel, since).await;
+        if let (Some(since), Some(order)) = (since, order) {
+            let replay = self.service.fanout.snapshot(since);
+            drop(order);
+            self.service.catch_up(&channel, replay).await;
         }
     }
 

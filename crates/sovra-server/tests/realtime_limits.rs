@@ -666,3 +666,122 @@ async fn too_many_bindings_and_too_large_presence_are_refused_with_a_reason() {
     let (_, diff, _) = other.expect("presence_diff").await;
     assert_eq!(diff["leaves"]["k"]["metas"][0]["name"], "ann", "{diff}");
 }
+
+#[tokio::test]
+async fn transactions_of_5000_and_100000_rows_stream_in_bounded_batches() {
+    let mut config = sovra_config::Config::default();
+    // The smallest batch allowed: a 100,000-row transaction takes many.
+    config.realtime.feed_batch_bytes = 65_536;
+    let app = change_app(config).await;
+    let (alice, token) = user(&app);
+    let (_bob, bob_token) = user(&app);
+    let mut a = Client::connect(&app, &app.anon_key).await;
+    let mut b = Client::connect(&app, &app.anon_key).await;
+    pg_join(&mut a, "realtime:notes", &token).await;
+    pg_join(&mut b, "realtime:notes", &bob_token).await;
+    feed_ready(&app).await;
+    let db = app.db.client().await;
+    for n in [5_000, 100_000] {
+        let (batches_before, _) = app.tenant.realtime.feed_batches();
+        db.batch_execute(&format!(
+            "insert into notes (owner_id, body) select '{alice}', 'row ' || g from generate_series(1, {n}) g"
+        ))
+        .await
+        .unwrap();
+        expect_rows(&mut a, n).await;
+        let (batches, largest) = app.tenant.realtime.feed_batches();
+        // Each change counts its values plus 64 bytes (about 120 here):
+        // a batch holds at most 65,536 bytes' worth, plus the change that
+        // passed the mark.
+        assert!(largest <= 65_536 + 256, "largest batch {largest} bytes");
+        assert!(
+            batches - batches_before >= (n as u64 * 100) / 65_536,
+            "{n} rows came in {} batches",
+            batches - batches_before
+        );
+    }
+    // Bob may see none of it, and the socket is still fine.
+    let r = b.send("phoenix", "heartbeat", json!({})).await;
+    match b.next_frame(Duration::from_secs(20)).await {
+        Some(Got::Msg { event, msg_ref, .. }) => {
+            assert_eq!(
+                (event.as_str(), msg_ref.as_deref()),
+                ("phx_reply", Some(r.as_str()))
+            )
+        }
+        other => panic!("bob got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_catch_up_to_a_slow_client_does_not_hold_back_others() {
+    let mut config = sovra_config::Config::default();
+    config.realtime.outbound_queue_bytes = 65_536;
+    // Long enough that a feed waiting on the stuck client would be seen.
+    config.realtime.slow_consumer_timeout = 120;
+    let app = change_app(config).await;
+    let (alice, token) = user(&app);
+    let mut reader = Client::connect(&app, &app.anon_key).await;
+    pg_join(&mut reader, "realtime:notes", &token).await;
+    feed_ready(&app).await;
+    let db = app.db.client().await;
+    // More than the socket buffers and the queue hold: a replay of it to
+    // a client that reads nothing must wait for that client.
+    db.batch_execute(&format!(
+        "insert into notes (owner_id, body) select '{alice}', 'row ' || g || ' ' || repeat('p', 2000) from generate_series(1, 4000) g"
+    ))
+    .await
+    .unwrap();
+    let (_, first, _) = reader.expect("postgres_changes").await;
+    let since = first["data"]["commit_timestamp"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 1..4000 {
+        reader.expect("postgres_changes").await;
+    }
+
+    // A client rejoins with `since` and then reads slowly (a frame every
+    // 10 ms: its replay takes about a minute).
+    let mut stuck = Client::connect(&app, &app.anon_key).await;
+    let bindings = json!([{"event": "*", "schema": "public", "table": "notes", "since": since}]);
+    stuck
+        .send(
+            "realtime:notes",
+            "phx_join",
+            json!({"config": {"postgres_changes": bindings}, "access_token": token}),
+        )
+        .await;
+    let trickle = tokio::spawn(async move {
+        while let Some(Got::Msg { .. }) = stuck.next_frame(Duration::from_secs(60)).await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    // Its replay has started (the channel is joined).
+    for _ in 0..200 {
+        if app.tenant.realtime.channels() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.tenant.realtime.channels(), 2);
+
+    // Live changes still reach the reader: the feed does not wait for the
+    // slow client's replay (with the stall, they would come only after the
+    // replay, about a minute). The wait only catches a hang.
+    for n in 0..3 {
+        db.execute(
+            "insert into notes (owner_id, body) values ($1::text::uuid, $2)",
+            &[&alice, &format!("live {n}")],
+        )
+        .await
+        .unwrap();
+        match reader.next_frame(Duration::from_secs(9)).await {
+            Some(Got::Msg { event, payload, .. }) if event == "postgres_changes" => {
+                assert_eq!(payload["data"]["record"]["body"], format!("live {n}"))
+            }
+            other => panic!("live change {n} did not arrive: {other:?}"),
+        }
+    }
+    trickle.abort();
+}
