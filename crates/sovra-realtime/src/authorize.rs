@@ -1,471 +1,757 @@
-//! Which changed rows each group of subscribers may see, by the table's
-//! row-level security, for a whole poll batch at once.
+//! Stage 2 of the change path: which changes each group of subscribers
+//! (same role, same claims) may see. PostgreSQL decides, on the real
+//! table, with its own privileges, policies and role usage; Sovra never
+//! evaluates a policy itself.
 //!
-//! 1. One catalog query answers, for every (table, role) pair in the batch,
-//!    whether the role may SELECT, bypasses RLS, and which SELECT policies
-//!    apply to it (PostgreSQL's own privilege and membership functions).
-//! 2. For the groups that need their policies evaluated, the changed rows
-//!    of a table are loaded once per connection into a temporary table
-//!    typed like the table, and each group's policies run over it as that
-//!    group's role with its claims (the request prologue), inside a
-//!    savepoint that is rolled back, so a failing policy affects only its
-//!    group. Everything on one connection is sent as one pipeline and the
-//!    transaction is rolled back. Up to [`WORKERS`] connections share the
-//!    groups.
+//! Per poll batch and table, on up to [`WORKERS`] connections of the
+//! feed's administrative pool, each in one pipelined transaction that is
+//! always rolled back (`REPEATABLE READ`, so every statement sees one
+//! snapshot):
 //!
-//! Policy expressions are the table owner's SQL from the catalog; row
-//! values are bound parameters.
+//! 1. **Put the committed rows back.** The row versions the batch carries
+//!    (the new row of an insert or update; the old row of a delete when the
+//!    table has `REPLICA IDENTITY FULL`) are written into the real table by
+//!    key with `session_replication_role = replica` (no trigger, no foreign
+//!    key check fires): a row changed since is set back to its committed
+//!    values, a row deleted since is inserted again. A row that still has
+//!    its committed values is left alone (no write, no lock). When one batch
+//!    holds several versions of one row, they are judged in rounds, one
+//!    version per key per round.
+//! 2. **Ask as each group.** In a savepoint per group, the request prologue
+//!    of `/rest/v1` sets the group's role and claims (`SET LOCAL ROLE`,
+//!    `request.jwt.claims`, ...), and one statement selects the keys of the
+//!    round's rows from the real table: the rows it returns are the ones the
+//!    group may see. `has_column_privilege` names the columns it may read.
+//!    The savepoint is rolled back.
+//!
+//! A delete on a table with the default replica identity carries only its
+//! key: no row can be put back, so it goes (key only) to every group whose
+//! role may select the key columns, as on Supabase. Without a primary key
+//! a row cannot be found again: on a table with RLS active for the group,
+//! its changes are not delivered.
+//!
+//! Everything here is SQL built from this database's catalog (quoted
+//! names, `format_type`) and bound values.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::StreamExt as _;
-use serde_json::{Map, Value};
+use serde_json::Map;
 use sovra_pg::tokio_postgres::{self, types::ToSql, types::Type};
 use sovra_pg::{Pool, RequestContext};
 use sovra_realtime_proto::pgoutput::Datum;
 
-use sovra_rest_plan::quote_ident;
-
-use crate::change::Change;
+use crate::change::{Change, RelInfo};
 use crate::principal::Principal;
 
-/// Connections that evaluate policies at once.
+/// Connections that authorise at once.
 const WORKERS: usize = 4;
 
-/// The changes (by index) a group may see, or why that is unknown.
-pub(crate) type Authorized = Result<Vec<usize>, String>;
-
 /// Subscribers with the same claims, and the changes (all of one table)
-/// they would receive if the policies allow.
+/// they would receive if PostgreSQL lets them see the rows.
 pub(crate) struct Group {
     pub(crate) rights: Arc<str>,
     pub(crate) principal: Principal,
     pub(crate) indexes: Vec<usize>,
 }
 
-/// What one role may do on one table.
+/// What a group may see.
 #[derive(Debug, Default)]
-struct Access {
-    can_select: bool,
-    bypass: bool,
-    permissive: Vec<String>,
-    restrictive: Vec<String>,
+pub(crate) struct Seen {
+    /// The changes (by index) it may see.
+    pub(crate) indexes: Vec<usize>,
+    /// Columns of the table it may not read (by position), when there are
+    /// any: they are left out of `record` and `old_record`.
+    pub(crate) hidden: Option<Arc<[bool]>>,
 }
 
-impl Access {
-    fn condition(&self) -> Option<String> {
-        if self.permissive.is_empty() {
-            return None;
-        }
-        let mut condition = format!("(({}))", self.permissive.join(") or ("));
-        for q in &self.restrictive {
-            condition.push_str(&format!(" and ({q})"));
-        }
-        Some(condition)
-    }
+/// Why a group's changes could not be authorised.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthError {
+    /// The table, as `schema.name`.
+    pub(crate) table: String,
+    /// PostgreSQL's message (e.g. the error a policy raised).
+    pub(crate) message: String,
 }
 
-/// The claim functions a policy may call, which return the same value for
-/// every row of a statement.
-const CLAIM_FUNCTIONS: [&str; 3] = ["auth.uid()", "auth.jwt()", "auth.role()"];
+pub(crate) type Authorized = Result<Seen, AuthError>;
 
-/// Wraps each call of a claim function in a policy expression in a scalar
-/// subquery, `(select auth.uid())`, which PostgreSQL evaluates once per
-/// query instead of once per row (Supabase's own advice for policies). Calls
-/// inside string literals and quoted identifiers are left alone.
-pub(crate) fn hoist_claims(expression: &str) -> String {
-    let mut out = String::with_capacity(expression.len() + 16);
-    let mut in_literal = false;
-    let mut in_ident = false;
-    let mut rest = expression;
-    while let Some(c) = rest.chars().next() {
-        if !in_literal && !in_ident {
-            let boundary = out
-                .chars()
-                .next_back()
-                .is_none_or(|p| !(p.is_alphanumeric() || p == '_' || p == '.' || p == '"'));
-            if boundary && let Some(call) = CLAIM_FUNCTIONS.iter().find(|f| rest.starts_with(**f)) {
-                out.push_str("(select ");
-                out.push_str(call);
-                out.push(')');
-                rest = &rest[call.len()..];
-                continue;
-            }
-        }
-        match c {
-            '\'' if !in_ident => in_literal = !in_literal,
-            '"' if !in_literal => in_ident = !in_ident,
-            _ => {}
-        }
-        out.push(c);
-        rest = &rest[c.len_utf8()..];
-    }
-    out
-}
+/// A row version to judge: each column's text (`None`: SQL NULL), or
+/// unknown (an unchanged TOASTed value whose old row was not sent).
+type Version = Vec<Option<Option<String>>>;
 
 /// Authorises every group; the result is keyed like the input, in any
 /// order.
+///
+/// `pool` connects as a role that may write the published tables with
+/// `session_replication_role = replica` and switch to any role (the feed's
+/// administrative role). `login` is the role `/rest/v1` connects as
+/// (`authenticator`): a group whose role it may not become sees nothing,
+/// as its requests to `/rest/v1` would fail.
 pub(crate) async fn authorize(
     pool: &Pool,
+    login: &str,
     changes: &[Change],
     groups: Vec<Group>,
 ) -> Vec<(Arc<str>, Authorized)> {
-    let mut out = Vec::with_capacity(groups.len());
     let groups: Vec<Group> = groups
         .into_iter()
         .filter(|g| !g.indexes.is_empty())
         .collect();
-    if groups.is_empty() {
-        return out;
-    }
-    let access = match access(pool, changes, &groups).await {
-        Ok(access) => access,
-        Err(err) => {
-            return groups
-                .into_iter()
-                .map(|g| (g.rights, Err(err.clone())))
-                .collect();
-        }
-    };
-    // Per table, the groups whose policies must be evaluated.
-    let mut pending: HashMap<u32, Vec<(Group, String)>> = HashMap::new();
+    // Per table, its groups split into at most WORKERS tasks.
+    let mut by_table: HashMap<u32, Vec<Group>> = HashMap::new();
     for group in groups {
-        let rel = &changes[group.indexes[0]].rel;
-        let key = (rel.rel.oid, group.principal.role.clone());
-        let Some(rights) = access.get(&key) else {
-            out.push((group.rights, Ok(Vec::new())));
-            continue;
-        };
-        if !rights.can_select {
-            out.push((group.rights, Ok(Vec::new())));
-        } else if !rel.rls || rights.bypass {
-            out.push((group.rights, Ok(group.indexes)));
-        } else if let Some(condition) = rights.condition() {
-            pending
-                .entry(rel.rel.oid)
-                .or_default()
-                .push((group, condition));
-        } else {
-            out.push((group.rights, Ok(Vec::new())));
-        }
+        let oid = changes[group.indexes[0]].rel.rel.oid;
+        by_table.entry(oid).or_default().push(group);
     }
-    // Split each table's groups into at most WORKERS tasks.
-    let mut tasks: Vec<Vec<(Group, String)>> = Vec::new();
-    for (_, groups) in pending {
+    let mut tasks: Vec<Vec<Group>> = Vec::new();
+    for (_, groups) in by_table {
         let n = groups.len().clamp(1, WORKERS);
-        let mut split: Vec<Vec<(Group, String)>> = (0..n).map(|_| Vec::new()).collect();
+        let mut split: Vec<Vec<Group>> = (0..n).map(|_| Vec::new()).collect();
         for (i, group) in groups.into_iter().enumerate() {
             split[i % n].push(group);
         }
         tasks.extend(split);
     }
     let results: Vec<Vec<(Arc<str>, Authorized)>> = futures_util::stream::iter(tasks)
-        .map(|task| evaluate(pool, changes, task))
+        .map(|task| evaluate(pool, login, changes, task))
         .buffer_unordered(WORKERS)
         .collect()
         .await;
-    out.extend(results.into_iter().flatten());
-    out
+    results.into_iter().flatten().collect()
 }
 
-/// Privilege, RLS bypass and applicable SELECT policies of every (table,
-/// role) pair of the groups, in one query.
-async fn access(
-    pool: &Pool,
-    changes: &[Change],
-    groups: &[Group],
-) -> Result<HashMap<(u32, String), Access>, String> {
-    let mut pairs: Vec<(u32, String)> = groups
-        .iter()
-        .map(|g| (changes[g.indexes[0]].rel.rel.oid, g.principal.role.clone()))
-        .collect();
-    pairs.sort();
-    pairs.dedup();
-    let oids: Vec<u32> = pairs.iter().map(|p| p.0).collect();
-    let roles: Vec<String> = pairs.iter().map(|p| p.1.clone()).collect();
-    let client = pool.get().await.map_err(|err| err.to_string())?;
-    // A role that does not exist may do nothing (the CASE keeps the
-    // privilege functions from raising for it).
-    let rows = client
-        .query_typed(
-            "select x.oid, x.role,
-                    case when r.oid is null then false
-                         else has_table_privilege(r.oid, x.oid, 'SELECT') end,
-                    coalesce(r.rolbypassrls, false),
-                    case when r.oid is null then '[]'::json else coalesce(
-                      (select json_agg(json_build_array(p.polpermissive,
-                                                        coalesce(pg_get_expr(p.polqual, p.polrelid), 'true')))
-                       from pg_policy p
-                       where p.polrelid = x.oid and p.polcmd in ('r', '*')
-                         and (0::oid = any(p.polroles)
-                              or exists (select 1 from unnest(p.polroles) pr
-                                         where pg_has_role(r.oid, pr, 'member')))),
-                      '[]'::json) end
-             from unnest($1::oid[], $2::text[]) as x(oid, role)
-             left join pg_roles r on r.rolname = x.role",
-            &[(&oids, Type::OID_ARRAY), (&roles, Type::TEXT_ARRAY)],
-        )
-        .await
-        .map_err(|err| err.to_string())?;
-    let mut access = HashMap::new();
-    for row in rows {
-        let oid: u32 = row.get(0);
-        let role: String = row.get(1);
-        let mut rights = Access {
-            can_select: row.get(2),
-            bypass: row.get(3),
-            ..Access::default()
-        };
-        let policies: Value = row.get(4);
-        for policy in policies.as_array().into_iter().flatten() {
-            let qual = hoist_claims(policy[1].as_str().unwrap_or("false"));
-            if policy[0].as_bool().unwrap_or(false) {
-                rights.permissive.push(qual);
-            } else {
-                rights.restrictive.push(qual);
-            }
+/// One statement of a pipeline and its bound values.
+struct Step {
+    sql: Arc<str>,
+    params: Vec<Param>,
+    purpose: Purpose,
+}
+
+enum Param {
+    Text(Option<String>),
+    TextArray(Vec<Option<String>>),
+    Oid(u32),
+}
+
+impl Param {
+    fn typed(&self) -> (&(dyn ToSql + Sync), Type) {
+        match self {
+            Param::Text(v) => (v as &(dyn ToSql + Sync), Type::TEXT),
+            Param::TextArray(v) => (v as &(dyn ToSql + Sync), Type::TEXT_ARRAY),
+            Param::Oid(v) => (v as &(dyn ToSql + Sync), Type::OID),
         }
-        access.insert((oid, role), rights);
     }
-    Ok(access)
 }
 
-type Step<'a> =
-    Pin<Box<dyn Future<Output = Result<Option<Vec<i64>>, tokio_postgres::Error>> + Send + 'a>>;
+#[derive(Clone, Copy, PartialEq)]
+enum Purpose {
+    /// Transaction control, settings.
+    Setup,
+    /// Whether the login role may become group `.0`'s role.
+    Member(usize),
+    /// The request prologue of group `.0` (fails for a role that does not
+    /// exist).
+    Prologue(usize),
+    /// Puts a round's rows back.
+    Restore,
+    /// The keys group `.0` may see of round `.1`.
+    Select(usize, usize),
+    /// Whether group `.0` may read the key columns (key-only deletes).
+    Privilege(usize),
+    /// Whether row security is active for group `.0` (tables without key).
+    RowSecurity(usize),
+    /// The columns group `.0` may read.
+    Columns(usize),
+}
 
-/// Evaluates the policies of several groups of one table on one
-/// connection, in one pipeline.
+/// The SQL of one table, from this database's catalog.
+struct Table<'a> {
+    rel: &'a RelInfo,
+    name: String,
+    /// Key columns (positions), all present here.
+    keys: Vec<usize>,
+}
+
+impl Table<'_> {
+    fn column(&self, i: usize) -> &str {
+        self.rel.column_sql[i].as_deref().unwrap_or("")
+    }
+
+    fn ty(&self, i: usize) -> &str {
+        &self.rel.sql_types[i]
+    }
+
+    /// Present columns, in order.
+    fn present(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.rel.rel.columns.len()).filter(|i| self.rel.column_sql[*i].is_some())
+    }
+
+    /// Puts rows back: `$1` is a mask per row (`1`: the value is known),
+    /// then one text array per present column.
+    fn restore_sql(&self) -> String {
+        let present: Vec<usize> = self.present().collect();
+        let aliases: Vec<String> = present.iter().map(|i| format!("c{i}")).collect();
+        let arrays: Vec<String> = (0..present.len())
+            .map(|n| format!("${}::text[]", n + 2))
+            .collect();
+        let known = |i: usize| format!("substr(x.m, {}, 1) = '1'", i + 1);
+        let key_match: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| format!("t.{} = x.c{k}::{}", self.column(*k), self.ty(*k)))
+            .collect();
+        let settable: Vec<usize> = present
+            .iter()
+            .copied()
+            .filter(|i| !self.keys.contains(i) && !self.rel.generated_always[*i])
+            .collect();
+        let update = if settable.is_empty() {
+            "select 1 where false".to_owned()
+        } else {
+            let sets: Vec<String> = settable
+                .iter()
+                .map(|i| {
+                    let c = self.column(*i);
+                    format!(
+                        "{c} = case when {} then x.c{i}::{} else t.{c} end",
+                        known(*i),
+                        self.ty(*i)
+                    )
+                })
+                .collect();
+            let differs: Vec<String> = settable
+                .iter()
+                .map(|i| {
+                    format!(
+                        "({} and t.{}::text is distinct from x.c{i})",
+                        known(*i),
+                        self.column(*i)
+                    )
+                })
+                .collect();
+            format!(
+                "update {table} t set {sets} from x where {keys} and ({differs}) returning 1",
+                table = self.name,
+                sets = sets.join(", "),
+                keys = key_match.join(" and "),
+                differs = differs.join(" or "),
+            )
+        };
+        let columns: Vec<&str> = present.iter().map(|i| self.column(*i)).collect();
+        let values: Vec<String> = present
+            .iter()
+            .map(|i| format!("x.c{i}::{}", self.ty(*i)))
+            .collect();
+        format!(
+            "with x as materialized (select * from unnest($1::text[], {arrays}) as x(m, {aliases})),
+             u as ({update}),
+             i as (insert into {table} as t ({columns}) overriding system value
+                   select {values} from x
+                   where strpos(x.m, '0') = 0
+                     and not exists (select 1 from {table} t where {keys})
+                   on conflict do nothing returning 1)
+             select (select count(*) from u), (select count(*) from i)",
+            arrays = arrays.join(", "),
+            aliases = aliases.join(", "),
+            table = self.name,
+            columns = columns.join(", "),
+            values = values.join(", "),
+            keys = key_match.join(" and "),
+        )
+    }
+
+    /// The keys (as text) of the rows with the given keys that the current
+    /// role may see: one text array per key column.
+    fn select_sql(&self) -> String {
+        let out: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| format!("t.{}::text", self.column(*k)))
+            .collect();
+        if let [k] = self.keys.as_slice() {
+            // One key column: an index scan over the array, evaluated once
+            // (an init plan) rather than planned per element.
+            return format!(
+                "select {out} from {table} t where t.{c} = any((select $1::text[]::{ty}[])::{ty}[])",
+                out = out.join(", "),
+                table = self.name,
+                c = self.column(*k),
+                ty = self.ty(*k),
+            );
+        }
+        let columns: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| format!("t.{}", self.column(*k)))
+            .collect();
+        let arrays: Vec<String> = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(n, k)| format!("(select ${}::text[]::{}[])", n + 1, self.ty(*k)))
+            .collect();
+        format!(
+            "select {out} from {table} t where ({columns}) in (select * from unnest({arrays}))",
+            out = out.join(", "),
+            table = self.name,
+            columns = columns.join(", "),
+            arrays = arrays.join(", "),
+        )
+    }
+
+    /// Fails with 42501 unless the current role may select the key columns
+    /// (every column's privilege is checked even though no row is read).
+    fn privilege_sql(&self) -> String {
+        let columns: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| format!("t.{}", self.column(*k)))
+            .collect();
+        if columns.is_empty() {
+            format!("select from {} t where false", self.name)
+        } else {
+            format!(
+                "select {} from {} t where false",
+                columns.join(", "),
+                self.name
+            )
+        }
+    }
+}
+
+/// The version of the row a change is judged on.
+fn version_of(change: &Change) -> Option<Version> {
+    let row = match change.kind {
+        "DELETE" => {
+            if change.rel.rel.replica_identity != b'f' {
+                return None;
+            }
+            change.old.as_ref()?
+        }
+        _ => change.new.as_ref()?,
+    };
+    Some(
+        row.iter()
+            .enumerate()
+            .map(|(i, datum)| match datum {
+                Datum::Text(t) => Some(Some(t.clone())),
+                Datum::Null => Some(None),
+                // An unchanged TOASTed value: from the old row if sent.
+                Datum::Unchanged => match change.old.as_ref().and_then(|o| o.get(i)) {
+                    Some(Datum::Text(t)) => Some(Some(t.clone())),
+                    Some(Datum::Null) => Some(None),
+                    _ => None,
+                },
+            })
+            .collect(),
+    )
+}
+
+fn key_of(version: &Version, keys: &[usize]) -> Option<Vec<String>> {
+    keys.iter()
+        .map(|k| version.get(*k).cloned().flatten().flatten())
+        .collect()
+}
+
+fn context(principal: &Principal) -> RequestContext {
+    RequestContext {
+        role: principal.role.clone(),
+        claims: principal.claims.clone(),
+        method: "GET".to_owned(),
+        path: "/realtime/v1".to_owned(),
+        headers: Map::new(),
+        search_path: None,
+    }
+}
+
+/// Authorises the groups of one task (all of one table) on one connection,
+/// in one pipeline.
 async fn evaluate(
     pool: &Pool,
+    login: &str,
     changes: &[Change],
-    task: Vec<(Group, String)>,
+    task: Vec<Group>,
 ) -> Vec<(Arc<str>, Authorized)> {
-    let fail = |task: Vec<(Group, String)>, err: String| {
-        task.into_iter()
-            .map(|(g, _)| (g.rights, Err(err.clone())))
-            .collect::<Vec<_>>()
-    };
-    let Some((first, _)) = task.first() else {
+    let Some(first) = task.first() else {
         return Vec::new();
     };
     let rel = changes[first.indexes[0]].rel.clone();
-    // The rows any group of the task needs, each once: the new row (the
-    // old one for deletes, which needs REPLICA IDENTITY FULL).
+    let table_name = format!("{}.{}", rel.rel.schema, rel.rel.name);
+    let fail = |task: Vec<Group>, message: String| {
+        let error = AuthError {
+            table: table_name.clone(),
+            message,
+        };
+        task.into_iter()
+            .map(|g| (g.rights, Err(error.clone())))
+            .collect::<Vec<_>>()
+    };
+    let keys = rel.key_columns();
+    if keys.iter().any(|k| rel.column_sql[*k].is_none()) {
+        return fail(
+            task,
+            "the table's key columns changed since these changes were committed".to_owned(),
+        );
+    }
+    let table = Table {
+        rel: &rel,
+        name: rel.table_sql.clone(),
+        keys,
+    };
+    let keyless = table.keys.is_empty();
+
+    // The row versions to put back, in rounds of one version per key; and
+    // per change, how it is judged.
+    enum Judge {
+        /// By its row, in this round.
+        Row(usize),
+        /// Key-only delete: by the privilege on the key columns.
+        Privilege,
+        /// By nothing PostgreSQL can check: seen by no one.
+        Never,
+        /// RLS off: by the privilege on the key columns... or table.
+        Table,
+    }
     let mut needed: Vec<usize> = task
         .iter()
-        .flat_map(|(g, _)| g.indexes.iter().copied())
+        .flat_map(|g| g.indexes.iter().copied())
         .collect();
     needed.sort_unstable();
     needed.dedup();
-    let needed_count = needed.len();
-    let n = rel.rel.columns.len();
-    let mut columns: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(needed.len()); n];
-    let mut ordinals: Vec<i64> = Vec::with_capacity(needed.len());
+    let mut rounds: Vec<Vec<(usize, Version, Vec<String>)>> = Vec::new();
+    let mut round_of_key: HashMap<Vec<String>, usize> = HashMap::new();
+    let mut judge: HashMap<usize, Judge> = HashMap::with_capacity(needed.len());
     for index in needed {
         let change = &changes[index];
-        let tuple = if change.kind == "DELETE" {
-            if rel.rel.replica_identity != b'f' {
+        if !rel.rls {
+            judge.insert(index, Judge::Table);
+            continue;
+        }
+        if keyless {
+            judge.insert(index, Judge::Never);
+            continue;
+        }
+        let Some(version) = version_of(change) else {
+            judge.insert(
+                index,
+                if change.kind == "DELETE" {
+                    Judge::Privilege
+                } else {
+                    Judge::Never
+                },
+            );
+            continue;
+        };
+        let Some(key) = key_of(&version, &table.keys) else {
+            judge.insert(index, Judge::Never);
+            continue;
+        };
+        let round = round_of_key.entry(key.clone()).or_insert(0);
+        if rounds.len() <= *round {
+            rounds.push(Vec::new());
+        }
+        judge.insert(index, Judge::Row(*round));
+        rounds[*round].push((index, version, key));
+        *round += 1;
+    }
+
+    // The pipeline.
+    let mut steps: Vec<Step> = Vec::new();
+    let setup = |sql: &str| Step {
+        sql: Arc::from(sql),
+        params: Vec::new(),
+        purpose: Purpose::Setup,
+    };
+    steps.push(setup("begin isolation level repeatable read"));
+    if !rounds.is_empty() {
+        steps.push(setup("set local session_replication_role = replica"));
+    }
+    let prologue: Arc<str> = Arc::from(sovra_pg::PROLOGUE_SQL);
+    let member_sql: Arc<str> =
+        Arc::from("select pg_has_role($1::text::name, $2::text::name, 'MEMBER')");
+    let select_sql: Arc<str> = Arc::from(table.select_sql());
+    let privilege_sql: Arc<str> = Arc::from(table.privilege_sql());
+    let restore_sql: Arc<str> = Arc::from(table.restore_sql());
+    let columns_sql: Arc<str> = Arc::from(
+        "select coalesce(array_agg(case when x.name is null then false
+                                       else has_column_privilege($1::oid, x.name, 'SELECT') end
+                                  order by x.n), '{}')
+         from unnest($2::text[]) with ordinality as x(name, n)",
+    );
+    let column_names: Vec<Option<String>> = rel
+        .rel
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| rel.column_sql[i].as_ref().map(|_| c.name.clone()))
+        .collect();
+    let group_steps = |steps: &mut Vec<Step>, g: usize, body: Vec<Step>| {
+        steps.push(setup("savepoint sovra_rt"));
+        // `SET ROLE` from the login role needs membership; this session's
+        // own role may switch to any role, so PostgreSQL is asked.
+        steps.push(Step {
+            sql: member_sql.clone(),
+            params: vec![
+                Param::Text(Some(login.to_owned())),
+                Param::Text(Some(task[g].principal.role.clone())),
+            ],
+            purpose: Purpose::Member(g),
+        });
+        let params = sovra_pg::prologue_params(&context(&task[g].principal));
+        steps.push(Step {
+            sql: prologue.clone(),
+            params: params.into_iter().map(Param::Text).collect(),
+            purpose: Purpose::Prologue(g),
+        });
+        steps.extend(body);
+        steps.push(setup("rollback to savepoint sovra_rt"));
+    };
+    // Per group, what it wants of each round, and its other checks.
+    for (g, group) in task.iter().enumerate() {
+        let mut body = Vec::new();
+        let wants =
+            |j: fn(&Judge) -> bool| group.indexes.iter().any(|i| judge.get(i).is_some_and(j));
+        if wants(|j| matches!(j, Judge::Privilege | Judge::Table)) {
+            body.push(Step {
+                sql: privilege_sql.clone(),
+                params: Vec::new(),
+                purpose: Purpose::Privilege(g),
+            });
+        }
+        if keyless && rel.rls {
+            body.push(Step {
+                sql: privilege_sql.clone(),
+                params: Vec::new(),
+                purpose: Purpose::Privilege(g),
+            });
+            body.push(Step {
+                sql: Arc::from("select row_security_active($1::oid)"),
+                params: vec![Param::Oid(rel.rel.oid)],
+                purpose: Purpose::RowSecurity(g),
+            });
+        }
+        body.push(Step {
+            sql: columns_sql.clone(),
+            params: vec![
+                Param::Oid(rel.rel.oid),
+                Param::TextArray(column_names.clone()),
+            ],
+            purpose: Purpose::Columns(g),
+        });
+        group_steps(&mut steps, g, body);
+    }
+    for (r, round) in rounds.iter().enumerate() {
+        // Restore the round's rows (as the pool's own role).
+        let mut params = Vec::with_capacity(2 + rel.rel.columns.len());
+        params.push(Param::TextArray(
+            round
+                .iter()
+                .map(|(_, v, _)| {
+                    Some(
+                        v.iter()
+                            .map(|c| if c.is_some() { '1' } else { '0' })
+                            .collect(),
+                    )
+                })
+                .collect(),
+        ));
+        for i in table.present() {
+            params.push(Param::TextArray(
+                round
+                    .iter()
+                    .map(|(_, v, _)| v[i].clone().flatten())
+                    .collect(),
+            ));
+        }
+        steps.push(Step {
+            sql: restore_sql.clone(),
+            params,
+            purpose: Purpose::Restore,
+        });
+        for (g, group) in task.iter().enumerate() {
+            let in_round = group
+                .indexes
+                .iter()
+                .any(|i| matches!(judge.get(i), Some(Judge::Row(rr)) if *rr == r));
+            if !in_round {
                 continue;
             }
-            change.old.as_ref()
-        } else {
-            change.new.as_ref()
-        };
-        let Some(tuple) = tuple else { continue };
-        for (i, column) in columns.iter_mut().enumerate() {
-            let value = match tuple.get(i) {
-                Some(Datum::Text(t)) => Some(t.clone()),
-                // An unchanged TOASTed value: from the old row if sent.
-                Some(Datum::Unchanged) => match change.old.as_ref().and_then(|o| o.get(i)) {
-                    Some(Datum::Text(t)) => Some(t.clone()),
-                    _ => None,
-                },
-                _ => None,
-            };
-            column.push(value);
+            let key_params: Vec<Param> = (0..table.keys.len())
+                .map(|n| {
+                    Param::TextArray(
+                        round
+                            .iter()
+                            .map(|(_, _, key)| Some(key[n].clone()))
+                            .collect(),
+                    )
+                })
+                .collect();
+            group_steps(
+                &mut steps,
+                g,
+                vec![Step {
+                    sql: select_sql.clone(),
+                    params: key_params,
+                    purpose: Purpose::Select(g, r),
+                }],
+            );
         }
-        ordinals.push(index as i64);
     }
-    if ordinals.is_empty() {
-        return task
-            .into_iter()
-            .map(|(g, _)| (g.rights, Ok(Vec::new())))
-            .collect();
-    }
+    steps.push(setup("rollback"));
+
     let client = match pool.get().await {
         Ok(client) => client,
         Err(err) => return fail(task, err.to_string()),
     };
-    let table = "pg_temp.__sovra_rt_rows";
-    let mut defs = vec!["__sovra_i int8".to_owned()];
-    let mut casts = vec!["x.__sovra_i".to_owned()];
-    let mut aliases = vec!["__sovra_i".to_owned()];
-    for (i, column) in rel.rel.columns.iter().enumerate() {
-        defs.push(format!(
-            "{} {}",
-            quote_ident(&column.name),
-            rel.sql_types[i]
-        ));
-        casts.push(format!("x.__sovra_c{i}::{}", rel.sql_types[i]));
-        aliases.push(format!("__sovra_c{i}"));
-    }
-    let create = format!(
-        "begin; create temp table __sovra_rt_rows ({}) on commit drop; grant select on {table} to public",
-        defs.join(", ")
-    );
-    let arrays: Vec<String> = (0..=n)
-        .map(|i| {
-            if i == 0 {
-                "$1::int8[]".to_owned()
-            } else {
-                format!("${}::text[]", i + 1)
-            }
-        })
-        .collect();
-    let insert = format!(
-        "insert into {table} select {} from unnest({}) as x({})",
-        casts.join(", "),
-        arrays.join(", "),
-        aliases.join(", ")
-    );
-    let mut insert_params: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&ordinals, Type::INT8_ARRAY)];
-    for column in &columns {
-        insert_params.push((column as &(dyn ToSql + Sync), Type::TEXT_ARRAY));
-    }
-    let contexts: Vec<[Option<String>; 8]> = task
-        .iter()
-        .map(|(g, _)| {
-            sovra_pg::request::prologue_params(&RequestContext {
-                role: g.principal.role.clone(),
-                claims: g.principal.claims.clone(),
-                method: "GET".to_owned(),
-                path: "/realtime/v1".to_owned(),
-                headers: Map::new(),
-                search_path: None,
-            })
-        })
-        .collect();
-    let typed_contexts: Vec<Vec<(&(dyn ToSql + Sync), Type)>> = contexts
-        .iter()
-        .map(|params| {
-            params
-                .iter()
-                .map(|p| (p as &(dyn ToSql + Sync), Type::TEXT))
-                .collect()
-        })
-        .collect();
-    let wanted: Vec<Vec<i64>> = task
-        .iter()
-        .map(|(g, _)| g.indexes.iter().map(|i| *i as i64).collect())
-        .collect();
-    // A group that wants every loaded row reads the table whole; others
-    // join their rows (a hash join, not a scan of the array per row).
-    let queries: Vec<String> = task
-        .iter()
-        .map(|(group, condition)| {
-            if group.indexes.len() >= needed_count {
-                format!(
-                    "select __sovra_i from {table} where $1::int8[] is not null and coalesce(({condition}), false)"
-                )
-            } else {
-                format!(
-                    "select __sovra_i from {table} where __sovra_i in (select unnest($1::int8[])) and coalesce(({condition}), false)"
-                )
-            }
-        })
-        .collect();
-    let wanted_params: Vec<[(&(dyn ToSql + Sync), Type); 1]> = wanted
-        .iter()
-        .map(|w| [(w as &(dyn ToSql + Sync), Type::INT8_ARRAY)])
-        .collect();
-    // The whole conversation as one pipeline, in order.
     let db: &tokio_postgres::Client = &client;
-    let mut steps: Vec<Step<'_>> = Vec::with_capacity(4 + task.len() * 4);
-    steps.push(Box::pin(async move {
-        db.batch_execute(&create).await.map(|()| None)
-    }));
-    let insert_ref = &insert;
-    let insert_params_ref = &insert_params;
-    steps.push(Box::pin(async move {
-        db.query_typed(insert_ref, insert_params_ref)
-            .await
-            .map(|_| None)
-    }));
-    for (i, query) in queries.iter().enumerate() {
-        let prologue = &typed_contexts[i];
-        let params = &wanted_params[i];
-        steps.push(Box::pin(async move {
-            db.batch_execute("savepoint sovra_rt").await.map(|()| None)
-        }));
-        steps.push(Box::pin(async move {
-            db.query_typed(sovra_pg::request::PROLOGUE_SQL, prologue)
-                .await
-                .map(|_| None)
-        }));
-        steps.push(Box::pin(async move {
-            let rows = db.query_typed(query, params).await?;
-            Ok(Some(rows.iter().map(|r| r.get::<_, i64>(0)).collect()))
-        }));
-        steps.push(Box::pin(async move {
-            db.batch_execute("rollback to savepoint sovra_rt")
-                .await
-                .map(|()| None)
-        }));
-    }
-    steps.push(Box::pin(async move {
-        db.batch_execute("rollback").await.map(|()| None)
-    }));
-    let results = futures_util::future::join_all(steps).await;
-    // Steps: create, insert, then four per group (the third answers).
-    let setup = results[0].as_ref().err().or(results[1].as_ref().err());
-    let mut out = Vec::with_capacity(task.len());
-    for (i, (group, _)) in task.into_iter().enumerate() {
-        let result = match (setup, &results[2 + i * 4 + 1], &results[2 + i * 4 + 2]) {
-            (Some(err), _, _) | (None, Err(err), _) | (None, Ok(_), Err(err)) => {
-                Err(err.to_string())
+    let typed: Vec<Vec<(&(dyn ToSql + Sync), Type)>> = steps
+        .iter()
+        .map(|s| s.params.iter().map(Param::typed).collect())
+        .collect();
+    // A row written by someone else after this transaction's snapshot
+    // cannot be put back (serialisation failure): start again with a new
+    // snapshot.
+    let mut attempts = 0;
+    let results = loop {
+        let results = futures_util::future::join_all(
+            steps
+                .iter()
+                .zip(&typed)
+                .map(|(step, params)| db.query_typed(&step.sql, params)),
+        )
+        .await;
+        attempts += 1;
+        let conflict = steps.iter().zip(&results).any(|(step, result)| {
+            step.purpose == Purpose::Restore
+                && result
+                    .as_ref()
+                    .err()
+                    .and_then(|e| e.code())
+                    .is_some_and(|c| c.code() == "40001" || c.code() == "40P01")
+        });
+        if conflict && attempts < 10 {
+            metrics::counter!("sovra_realtime_authorization_retries_total").increment(1);
+            continue;
+        }
+        break results;
+    };
+
+    // Read the answers.
+    let mut seen: Vec<Vec<usize>> = vec![Vec::new(); task.len()];
+    let mut errors: Vec<Option<String>> = vec![None; task.len()];
+    let mut may_select: Vec<bool> = vec![false; task.len()];
+    let mut row_security: Vec<bool> = vec![true; task.len()];
+    let mut readable: Vec<Option<Vec<bool>>> = vec![None; task.len()];
+    let mut broken: Option<String> = None;
+    let denied = |err: &tokio_postgres::Error| err.code().map(|c| c.code()) == Some("42501");
+    for (step, result) in steps.iter().zip(results) {
+        match (step.purpose, result) {
+            (Purpose::Setup, Err(err)) if step.sql.as_ref() == "rollback" => {
+                tracing::debug!(error = %err, "realtime authorisation rollback failed");
             }
-            (None, Ok(_), Ok(rows)) => Ok(rows
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|i| usize::try_from(i).ok())
-                .collect()),
-        };
-        out.push((group.rights, result));
+            (Purpose::Setup | Purpose::Restore, Err(err)) => {
+                // Breaks the whole transaction.
+                if broken.is_none() && !aborted(&err) {
+                    broken = Some(error_text(&err));
+                }
+            }
+            (_, Err(err)) if aborted(&err) => {}
+            // Not allowed to read: sees nothing.
+            (_, Err(err)) if denied(&err) => {}
+            (
+                Purpose::Member(g)
+                | Purpose::Prologue(g)
+                | Purpose::Select(g, _)
+                | Purpose::Privilege(g)
+                | Purpose::Columns(g)
+                | Purpose::RowSecurity(g),
+                Err(err),
+            ) => {
+                errors[g].get_or_insert_with(|| error_text(&err));
+            }
+            (Purpose::Setup | Purpose::Restore | Purpose::Prologue(_), Ok(_)) => {}
+            (Purpose::Privilege(g), Ok(_)) => may_select[g] = true,
+            (Purpose::Member(g), Ok(rows)) => {
+                if !rows.first().is_some_and(|r| r.get::<_, bool>(0)) {
+                    errors[g].get_or_insert_with(|| {
+                        format!(
+                            "permission denied to set role \"{}\"",
+                            task[g].principal.role
+                        )
+                    });
+                }
+            }
+            (Purpose::RowSecurity(g), Ok(rows)) => {
+                row_security[g] = rows.first().is_none_or(|r| r.get::<_, bool>(0));
+            }
+            (Purpose::Columns(g), Ok(rows)) => {
+                readable[g] = rows.first().map(|r| r.get::<_, Vec<bool>>(0));
+            }
+            (Purpose::Select(g, r), Ok(rows)) => {
+                let round = &rounds[r];
+                let mut position: HashMap<&[String], usize> = HashMap::with_capacity(round.len());
+                for (i, (_, _, key)) in round.iter().enumerate() {
+                    position.insert(key.as_slice(), i);
+                }
+                for row in rows {
+                    let key: Vec<String> = (0..table.keys.len())
+                        .map(|n| row.get::<_, Option<String>>(n).unwrap_or_default())
+                        .collect();
+                    if let Some(i) = position.get(key.as_slice()) {
+                        seen[g].push(round[*i].0);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(task.len());
+    for (g, group) in task.into_iter().enumerate() {
+        if let Some(message) = broken.clone().or_else(|| errors[g].take()) {
+            out.push((
+                group.rights,
+                Err(AuthError {
+                    table: table_name.clone(),
+                    message,
+                }),
+            ));
+            continue;
+        }
+        let mut indexes: Vec<usize> = std::mem::take(&mut seen[g]);
+        for index in &group.indexes {
+            let visible = match judge.get(index) {
+                Some(Judge::Table | Judge::Privilege) => may_select[g],
+                Some(Judge::Never) => keyless && may_select[g] && !row_security[g],
+                _ => false,
+            };
+            if visible {
+                indexes.push(*index);
+            }
+        }
+        // Only the group's own changes (a round is shared by the task).
+        indexes.retain(|i| group.indexes.binary_search(i).is_ok());
+        indexes.sort_unstable();
+        indexes.dedup();
+        let hidden = readable[g].as_ref().and_then(|r| {
+            r.iter()
+                .any(|ok| !ok)
+                .then(|| r.iter().map(|ok| !ok).collect::<Arc<[bool]>>())
+        });
+        out.push((group.rights, Ok(Seen { indexes, hidden })));
     }
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::hoist_claims;
+/// "current transaction is aborted": a consequence of an earlier error.
+fn aborted(err: &tokio_postgres::Error) -> bool {
+    err.code().map(|c| c.code()) == Some("25P02")
+}
 
-    #[test]
-    fn claim_calls_are_hoisted_outside_literals_only() {
-        assert_eq!(
-            hoist_claims("(owner_id = auth.uid())"),
-            "(owner_id = (select auth.uid()))"
-        );
-        assert_eq!(
-            hoist_claims("((auth.jwt() ->> 'team'::text) = team) AND (auth.role() = 'x'::text)"),
-            "(((select auth.jwt()) ->> 'team'::text) = team) AND ((select auth.role()) = 'x'::text)"
-        );
-        for untouched in [
-            "(body <> 'auth.uid()'::text)",
-            "(body <> 'it''s auth.uid()'::text)",
-            "(\"auth.uid()\" = 1)",
-            "(myauth.uid() = owner)",
-            "(x.auth.uid() = owner)",
-            "true",
-        ] {
-            assert_eq!(hoist_claims(untouched), untouched);
-        }
-        assert_eq!(
-            hoist_claims("('a''b' = c) or (d = auth.uid())"),
-            "('a''b' = c) or (d = (select auth.uid()))"
-        );
+/// PostgreSQL's message (and detail) without Sovra's SQL.
+fn error_text(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => err.to_string(),
     }
 }

@@ -7,7 +7,6 @@ use serde_json::{Map, Value, json};
 use sovra_realtime_proto::pgoutput::{self, Datum, Relation};
 
 /// A relation with what delivery needs beyond the decoder's message.
-#[allow(dead_code)] // the catalog fields are read by the next commit's authorisation
 pub(crate) struct RelInfo {
     pub(crate) rel: Relation,
     pub(crate) type_names: Vec<String>,
@@ -68,19 +67,28 @@ pub(crate) fn is_message(change: &Change) -> bool {
 }
 
 /// The `data` of a `postgres_changes` message, as realtime-js reads it.
-pub(crate) fn change_data(change: &Change, commit_timestamp: &str) -> Value {
+/// `hidden` marks columns the receiver may not read (column privileges):
+/// they are left out.
+pub(crate) fn change_data(
+    change: &Change,
+    commit_timestamp: &str,
+    hidden: Option<&[bool]>,
+) -> Value {
     let rel = &change.rel;
+    let is_hidden = |i: usize| hidden.is_some_and(|h| h.get(i).copied().unwrap_or(true));
     let columns: Vec<Value> = rel
         .rel
         .columns
         .iter()
         .zip(&rel.type_names)
-        .map(|(c, t)| json!({"name": c.name, "type": t}))
+        .enumerate()
+        .filter(|(i, _)| !is_hidden(*i))
+        .map(|(_, (c, t))| json!({"name": c.name, "type": t}))
         .collect();
     let record_of = |tuple: &Vec<Datum>, only: Option<&[usize]>| -> Value {
         let mut map = Map::new();
         for (i, column) in rel.rel.columns.iter().enumerate() {
-            if only.is_some_and(|keys| !keys.contains(&i)) {
+            if only.is_some_and(|keys| !keys.contains(&i)) || is_hidden(i) {
                 continue;
             }
             match tuple.get(i) {
@@ -116,6 +124,7 @@ pub(crate) fn change_data(change: &Change, commit_timestamp: &str) -> Value {
         if let (Value::Object(map), Some(old)) = (&mut record, &change.old) {
             for (i, column) in rel.rel.columns.iter().enumerate() {
                 if matches!(new.get(i), Some(Datum::Unchanged))
+                    && !is_hidden(i)
                     && let Some(Datum::Text(t)) = old.get(i)
                 {
                     map.insert(
@@ -130,7 +139,9 @@ pub(crate) fn change_data(change: &Change, commit_timestamp: &str) -> Value {
     match (change.kind, &change.old) {
         ("UPDATE" | "DELETE", Some(old)) => {
             let full = rel.rel.replica_identity == b'f';
-            let only = (!full || (change.kind == "DELETE" && rel.rls)).then_some(keys.as_slice());
+            // Under RLS the old row may have been invisible to the
+            // receiver: only its key is sent (as Supabase does).
+            let only = (!full || rel.rls).then_some(keys.as_slice());
             data.insert("old_record".to_owned(), record_of(old, only));
         }
         ("UPDATE", None) => {

@@ -78,6 +78,11 @@ pub(crate) struct Replay {
 /// Delivery of database changes to this instance's channels.
 pub(crate) struct Fanout {
     pool: Pool,
+    /// The role the request pool logs in as (`authenticator`).
+    login: tokio::sync::OnceCell<String>,
+    /// The feed's administrative pool, which authorisation uses (it puts
+    /// committed rows back, then switches to each subscriber's role).
+    pub(crate) admin: std::sync::OnceLock<Pool>,
     catchup_window: Duration,
     catchup_max_changes: usize,
     catchup_max_bytes: usize,
@@ -98,6 +103,8 @@ impl Fanout {
     ) -> Fanout {
         Fanout {
             pool,
+            admin: std::sync::OnceLock::new(),
+            login: tokio::sync::OnceCell::new(),
             catchup_window,
             catchup_max_changes,
             catchup_max_bytes,
@@ -277,6 +284,29 @@ impl Fanout {
         }
     }
 
+    /// The role the request pool logs in as, asked once.
+    async fn login(&self) -> String {
+        let asked = self
+            .login
+            .get_or_try_init(|| async {
+                let client = self.pool.get().await.map_err(|err| err.to_string())?;
+                client
+                    .query_one("select session_user::text", &[])
+                    .await
+                    .map(|row| row.get::<_, String>(0))
+                    .map_err(|err| err.to_string())
+            })
+            .await;
+        match asked {
+            Ok(login) => login.clone(),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot ask the request pool's role");
+                // Nobody is a member of a role that cannot exist.
+                String::new()
+            }
+        }
+    }
+
     /// Delivers table changes to `channels` (those whose bindings want
     /// them and whose claims pass the table's policies); returns how many
     /// messages were queued.
@@ -335,51 +365,58 @@ impl Fanout {
                 if !binding_ids(channel, change).any(|_| true) {
                     continue;
                 }
-                if !principal.is_service() {
-                    let slot = *group_of.entry((oid, *rights)).or_insert_with(|| {
-                        groups.push(crate::authorize::Group {
-                            rights: rights_list[*rights as usize].clone(),
-                            principal: principal.clone(),
-                            indexes: Vec::new(),
-                        });
-                        groups.len() - 1
+                let slot = *group_of.entry((oid, *rights)).or_insert_with(|| {
+                    groups.push(crate::authorize::Group {
+                        rights: rights_list[*rights as usize].clone(),
+                        principal: principal.clone(),
+                        indexes: Vec::new(),
                     });
-                    let indexes = &mut groups[slot].indexes;
-                    if indexes.last() != Some(&index) {
-                        indexes.push(index);
-                    }
+                    groups.len() - 1
+                });
+                let indexes = &mut groups[slot].indexes;
+                if indexes.last() != Some(&index) {
+                    indexes.push(index);
                 }
                 receivers.push(u32::try_from(position).unwrap_or(u32::MAX));
             }
             wanted.push(receivers);
         }
-        // One query per (table, claims) group for the whole batch.
-        let mut allowed: HashSet<(usize, u32)> = HashSet::new();
-        for (rights, result) in crate::authorize::authorize(&self.pool, changes, groups).await {
+        // One pipeline per (table, claims) group for the whole batch.
+        let mut allowed: HashMap<(usize, u32), Option<Arc<[bool]>>> = HashMap::new();
+        let admin = self.admin.get().unwrap_or(&self.pool);
+        let login = self.login().await;
+        for (rights, result) in crate::authorize::authorize(admin, &login, changes, groups).await {
+            let id = rights_ids.get(&rights).copied().unwrap_or(u32::MAX);
             match result {
                 Ok(seen) => {
-                    let id = rights_ids.get(&rights).copied().unwrap_or(u32::MAX);
-                    for index in seen {
-                        allowed.insert((index, id));
+                    for index in seen.indexes {
+                        allowed.insert((index, id), seen.hidden.clone());
                     }
                 }
-                Err(err) => {
-                    tracing::debug!(error = %err, "change authorisation failed; not delivered")
-                }
+                Err(err) => report(&err, id, &channels, changes, &wanted),
             }
         }
         let mut delivered = 0u64;
         for (index, change) in changes.iter().enumerate() {
             // The data is serialised once, when someone may see it; each
             // channel gets its own ids.
-            let mut data: Option<String> = None;
+            // (hidden columns, data): usually one entry.
+            let mut data: Vec<(Option<Arc<[bool]>>, String)> = Vec::new();
             for position in &wanted[index] {
-                let (channel, principal, rights) = &channels[*position as usize];
-                if !principal.is_service() && !allowed.contains(&(index, *rights)) {
+                let (channel, _, rights) = &channels[*position as usize];
+                let Some(hidden) = allowed.get(&(index, *rights)) else {
                     continue;
-                }
-                let data =
-                    data.get_or_insert_with(|| change_data(change, &stamps[index]).to_string());
+                };
+                let at = match data.iter().position(|(h, _)| h == hidden) {
+                    Some(at) => at,
+                    None => {
+                        let text =
+                            change_data(change, &stamps[index], hidden.as_deref()).to_string();
+                        data.push((hidden.clone(), text));
+                        data.len() - 1
+                    }
+                };
+                let data = &data[at].1;
                 let ids: Vec<i64> = binding_ids(channel, change).collect();
                 let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned());
                 let topic = serde_json::to_string(&channel.topic).unwrap_or_default();
@@ -412,6 +449,40 @@ impl Fanout {
             }
         }
         delivered
+    }
+}
+
+/// Reports a group's authorisation error: counted, logged at warn with the
+/// table and PostgreSQL's message, and sent as a `system` error to that
+/// group's channels that wanted changes of the table. Other groups are not
+/// affected.
+fn report(
+    err: &crate::authorize::AuthError,
+    rights: u32,
+    channels: &[(Arc<Channel>, Principal, u32)],
+    changes: &[Change],
+    wanted: &[Vec<u32>],
+) {
+    metrics::counter!("sovra_realtime_authorization_errors_total", "table" => err.table.clone())
+        .increment(1);
+    tracing::warn!(table = %err.table, error = %err.message, "database changes could not be authorised for a group of subscribers; not delivered to them");
+    let mut told: HashSet<u32> = HashSet::new();
+    for (index, change) in changes.iter().enumerate() {
+        if format!("{}.{}", change.rel.rel.schema, change.rel.rel.name) != err.table {
+            continue;
+        }
+        for position in &wanted[index] {
+            let (channel, _, id) = &channels[*position as usize];
+            if *id == rights && told.insert(*position) {
+                channel.socket.send_message(&channel.changes_status(
+                    "error",
+                    &format!(
+                        "Changes on {} could not be authorised: {}",
+                        err.table, err.message
+                    ),
+                ));
+            }
+        }
     }
 }
 

@@ -254,9 +254,14 @@ pub(crate) struct Channel {
     pub(crate) pg: Vec<PgBinding>,
     /// The claims changes are checked with (updated by `access_token`).
     pub(crate) principal: RwLock<Principal>,
-    /// Whether writes (broadcast, track) pass the private-channel policy;
-    /// `None` until first checked.
-    pub(crate) can_write: Mutex<Option<bool>>,
+    /// Whether writes pass the private-channel policy, per extension
+    /// (broadcast, presence); `None` until first checked.
+    pub(crate) can_write: Mutex<[Option<bool>; 2]>,
+    /// Whether the channel may read broadcasts (private channels: the
+    /// `realtime.messages` policies for extension `broadcast`).
+    pub(crate) read_broadcast: AtomicBool,
+    /// Whether the channel may read presence (extension `presence`).
+    pub(crate) read_presence: AtomicBool,
     /// While a catch-up replays to this channel, the live changes that
     /// arrive meanwhile wait here (in order) instead of in the socket's
     /// queue, so that they follow the replay; `None` otherwise.
@@ -362,6 +367,15 @@ impl Channel {
                 return;
             }
         }
+    }
+
+    /// Sets what the channel may read from the extensions its policies
+    /// allow (`broadcast`, `presence`).
+    pub(crate) fn set_readable(&self, extensions: &[String]) {
+        let has = |e: &str| extensions.iter().any(|x| x == e);
+        self.read_broadcast
+            .store(has("broadcast"), Ordering::Relaxed);
+        self.read_presence.store(has("presence"), Ordering::Relaxed);
     }
 
     pub(crate) fn principal(&self) -> Principal {
@@ -508,7 +522,7 @@ impl Hub {
         });
         let mut sent = 0;
         for channel in members {
-            if Some(channel.id) == skip {
+            if Some(channel.id) == skip || !channel.read_broadcast.load(Ordering::Relaxed) {
                 continue;
             }
             let out = match (&kind4, channel.socket.vsn) {
@@ -536,7 +550,9 @@ impl Hub {
             v2: None,
         };
         for channel in self.members(topic, private) {
-            channel.socket.send(encoded.get(channel.socket.vsn));
+            if channel.read_presence.load(Ordering::Relaxed) {
+                channel.socket.send(encoded.get(channel.socket.vsn));
+            }
         }
     }
 

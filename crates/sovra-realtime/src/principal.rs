@@ -23,7 +23,7 @@ impl Principal {
 
     /// A stable key for grouping subscribers with the same rights.
     pub(crate) fn rights_key(&self) -> String {
-        Value::Object(self.claims.clone()).to_string()
+        format!("{}\u{0}{}", self.role, Value::Object(self.claims.clone()))
     }
 }
 

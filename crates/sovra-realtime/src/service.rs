@@ -340,6 +340,7 @@ impl RealtimeService {
     /// Starts the change feed of this tenant (once); `admin` connects as a
     /// role that may use replication slots.
     pub fn start_feed(self: &Arc<Self>, admin: tokio_postgres::Config) {
+        self.use_admin(&admin);
         let mut started = match self.feed.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -373,8 +374,24 @@ impl RealtimeService {
     /// Remembers how to start the feed, and starts it on the first join
     /// (`sovra serve` starts it at once).
     pub fn set_feed_source(&self, admin: tokio_postgres::Config) {
+        self.use_admin(&admin);
         if let Ok(mut source) = self.feed_source.lock() {
             *source = Some(admin);
+        }
+    }
+
+    /// Authorisation of database changes connects with `admin` (it puts
+    /// committed rows back before it asks as each subscriber).
+    fn use_admin(&self, admin: &tokio_postgres::Config) {
+        if self.fanout.admin.get().is_none() {
+            match sovra_pg::pool::build(admin.clone(), 4, std::time::Duration::from_secs(10)) {
+                Ok(pool) => {
+                    let _ = self.fanout.admin.set(pool);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot build the realtime authorisation pool")
+                }
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! that drains the connection's bounded queue.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -352,13 +353,14 @@ impl Connection {
             .and_then(Value::as_str)
             .filter(|k| !k.is_empty())
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        let mut readable = vec!["broadcast".to_owned(), "presence".to_owned()];
         if private {
             match self
                 .service
                 .can_read(&principal, &sub, &["broadcast", "presence"])
                 .await
             {
-                Ok(readable) if !readable.is_empty() => {}
+                Ok(allowed) if !allowed.is_empty() => readable = allowed,
                 Ok(_) => {
                     self.error(&message, format!("Unauthorized: You do not have permissions to read from this Channel topic: {sub}"));
                     return;
@@ -436,11 +438,14 @@ impl Connection {
             presence_key,
             pg: bindings,
             principal: RwLock::new(principal),
-            can_write: Mutex::new(None),
+            can_write: Mutex::new([None, None]),
+            read_broadcast: AtomicBool::new(false),
+            read_presence: AtomicBool::new(false),
             // A catch-up holds the channel's live changes until its replay
             // is queued: they follow it without a gap.
             held: Mutex::new((since.is_some() && !bindings_empty).then(crate::hub::Held::default)),
         });
+        channel.set_readable(&readable);
         // Delivery is held only from before the channel is visible to the
         // feed until the replay is taken (not while it is sent).
         let service = self.service.clone();
@@ -455,7 +460,7 @@ impl Connection {
             "ok",
             json!({"postgres_changes": echo}),
         ));
-        if presence_enabled {
+        if presence_enabled && channel.read_presence.load(Ordering::Relaxed) {
             let state = self.service.hub.presence_state(&topic, private);
             self.send(&frame::push(&topic, None, "presence_state", state));
         }
@@ -519,12 +524,13 @@ impl Connection {
                 );
                 return;
             }
+            channel.set_readable(&readable);
         }
         if let Ok(mut current) = channel.principal.write() {
             *current = principal;
         }
         if let Ok(mut cached) = channel.can_write.lock() {
-            *cached = None;
+            *cached = [None, None];
         }
     }
 
@@ -533,7 +539,8 @@ impl Connection {
         if !channel.private {
             return true;
         }
-        if let Some(known) = channel.can_write.lock().ok().and_then(|c| *c) {
+        let slot = usize::from(extension == "presence");
+        if let Some(known) = channel.can_write.lock().ok().and_then(|c| c[slot]) {
             return known;
         }
         let allowed = self
@@ -542,7 +549,7 @@ impl Connection {
             .await
             .unwrap_or(false);
         if let Ok(mut cached) = channel.can_write.lock() {
-            *cached = Some(allowed);
+            cached[slot] = Some(allowed);
         }
         allowed
     }

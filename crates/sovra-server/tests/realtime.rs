@@ -566,10 +566,10 @@ async fn database_changes_in_commit_order_under_rls() {
         "alice never sees bob's row"
     );
     assert_eq!(update["data"]["record"]["body"], "two");
-    assert_eq!(
-        update["data"]["old_record"]["body"], "one",
-        "REPLICA IDENTITY FULL sends the old row"
-    );
+    // Under RLS the old row may not have been visible: only its key is
+    // sent, as Supabase does, even with REPLICA IDENTITY FULL.
+    let old = update["data"]["old_record"].as_object().unwrap();
+    assert_eq!(old.keys().collect::<Vec<_>>(), ["id"], "{old:?}");
 
     let (_, bobs, _) = b.expect("postgres_changes").await;
     assert_eq!(
