@@ -785,3 +785,57 @@ async fn a_catch_up_to_a_slow_client_does_not_hold_back_others() {
     }
     trickle.abort();
 }
+
+#[tokio::test]
+async fn the_catch_up_buffer_is_capped_in_bytes() {
+    let mut config = sovra_config::Config::default();
+    config.realtime.catchup_max_bytes = 65_536;
+    let app = change_app(config).await;
+    let (alice, token) = user(&app);
+    let mut reader = Client::connect(&app, &app.anon_key).await;
+    pg_join(&mut reader, "realtime:notes", &token).await;
+    feed_ready(&app).await;
+    let db = app.db.client().await;
+    // 200 changes of about 1,100 bytes each: far more than 65,536 bytes,
+    // far fewer than the count limit (100,000).
+    for n in 1..=200 {
+        db.execute(
+            "insert into notes (owner_id, body) values ($1::text::uuid, $2)",
+            &[&alice, &format!("row {n} {}", "p".repeat(1000))],
+        )
+        .await
+        .unwrap();
+    }
+    let (_, first, _) = reader.expect("postgres_changes").await;
+    let since = first["data"]["commit_timestamp"].as_str().unwrap().to_owned();
+    for _ in 2..=200 {
+        reader.expect("postgres_changes").await;
+    }
+    let mut again = Client::connect(&app, &app.anon_key).await;
+    let bindings = json!([{"event": "*", "schema": "public", "table": "notes", "since": since}]);
+    let reply = again
+        .join("realtime:notes", json!({"postgres_changes": bindings}), Some(&token))
+        .await;
+    assert_eq!(reply["status"], "ok");
+    let (_, subscribed, _) = again.expect("system").await;
+    assert_eq!(subscribed["status"], "ok");
+    let (_, gap, _) = again.expect("system").await;
+    assert_eq!(gap["status"], "error", "{gap}");
+    assert!(
+        gap["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("Cannot catch up from {since}")),
+        "{gap}"
+    );
+    // What is kept is the newest changes, within the byte cap.
+    let mut replayed = Vec::new();
+    while let Some(Got::Msg { event, payload, .. }) = again.next_frame(Duration::from_secs(3)).await {
+        if event == "postgres_changes" {
+            replayed.push(payload["data"]["record"]["body"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(!replayed.is_empty());
+    assert!(replayed.len() < 65_536 / 1_000, "{} kept", replayed.len());
+    assert!(replayed.last().unwrap().starts_with("row 200 "));
+}
