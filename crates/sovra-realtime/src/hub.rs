@@ -487,6 +487,20 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// Every channel.
+    pub(crate) fn all_channels(&self) -> Vec<Arc<Channel>> {
+        self.topics
+            .read()
+            .map(|topics| {
+                topics
+                    .values()
+                    .flat_map(|members| members.values())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub(crate) fn channel_count(&self) -> usize {
         self.topics
             .read()

@@ -42,6 +42,7 @@ pub(crate) async fn run(
     let (mut sink, mut stream) = socket.split();
     let (socket_tx, mut rx) = SocketTx::new(vsn, service.config.outbound_queue_bytes);
     let shared = Arc::new(socket_tx);
+    service.register_socket(&shared, &principal);
     let writer_socket = shared.clone();
     let mut writer = tokio::spawn(async move {
         // A send can block on a client that does not read; the kill signal

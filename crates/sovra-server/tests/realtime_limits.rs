@@ -807,14 +807,21 @@ async fn the_catch_up_buffer_is_capped_in_bytes() {
         .unwrap();
     }
     let (_, first, _) = reader.expect("postgres_changes").await;
-    let since = first["data"]["commit_timestamp"].as_str().unwrap().to_owned();
+    let since = first["data"]["commit_timestamp"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for _ in 2..=200 {
         reader.expect("postgres_changes").await;
     }
     let mut again = Client::connect(&app, &app.anon_key).await;
     let bindings = json!([{"event": "*", "schema": "public", "table": "notes", "since": since}]);
     let reply = again
-        .join("realtime:notes", json!({"postgres_changes": bindings}), Some(&token))
+        .join(
+            "realtime:notes",
+            json!({"postgres_changes": bindings}),
+            Some(&token),
+        )
         .await;
     assert_eq!(reply["status"], "ok");
     let (_, subscribed, _) = again.expect("system").await;
@@ -830,12 +837,160 @@ async fn the_catch_up_buffer_is_capped_in_bytes() {
     );
     // What is kept is the newest changes, within the byte cap.
     let mut replayed = Vec::new();
-    while let Some(Got::Msg { event, payload, .. }) = again.next_frame(Duration::from_secs(3)).await {
+    while let Some(Got::Msg { event, payload, .. }) = again.next_frame(Duration::from_secs(3)).await
+    {
         if event == "postgres_changes" {
-            replayed.push(payload["data"]["record"]["body"].as_str().unwrap().to_owned());
+            replayed.push(
+                payload["data"]["record"]["body"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
         }
     }
     assert!(!replayed.is_empty());
     assert!(replayed.len() < 65_536 / 1_000, "{} kept", replayed.len());
     assert!(replayed.last().unwrap().starts_with("row 200 "));
+}
+
+/// Calls `/auth/v1{path}` with the anon key and `token` as bearer.
+async fn auth_call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{}/auth/v1{path}", app.url))
+        .header("apikey", &app.anon_key)
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Signs `email` in; its access token (which names its session).
+async fn sign_in(app: &TestApp, email: &str) -> String {
+    let (status, body) = auth_call(
+        app,
+        reqwest::Method::POST,
+        "/token?grant_type=password",
+        &app.anon_key,
+        Some(json!({"email": email, "password": "password123"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["user"]["id"].is_string());
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn sign_out_ban_and_key_revocation_close_open_sockets() {
+    init_logs();
+    let mut config = sovra_config::Config::default();
+    config.realtime.revalidate_interval = 1;
+    let app = TestApp::spawn_with(config).await;
+    let service = app.service_role_key.clone();
+    let (status, user) = auth_call(
+        &app,
+        reqwest::Method::POST,
+        "/admin/users",
+        &service,
+        Some(json!({"email": "rt@example.com", "password": "password123", "email_confirm": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{user}");
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    // A socket that nothing revokes stays open throughout.
+    let mut bystander = Client::connect(&app, &app.anon_key).await;
+    assert_eq!(
+        bystander.join("realtime:a", json!({}), None).await["status"],
+        "ok"
+    );
+
+    // Sign-out (global): a socket opened with the user's token, and a
+    // channel joined with it on an anon socket, both close.
+    let token = sign_in(&app, "rt@example.com").await;
+    let mut own = Client::connect(&app, &token).await;
+    assert_eq!(
+        own.join("realtime:a", json!({}), None).await["status"],
+        "ok"
+    );
+    let mut joined = Client::connect(&app, &app.anon_key).await;
+    assert_eq!(
+        joined.join("realtime:a", json!({}), Some(&token)).await["status"],
+        "ok"
+    );
+    let (status, _) = auth_call(
+        &app,
+        reqwest::Method::POST,
+        "/logout?scope=global",
+        &token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let ended =
+        "InvalidJWTToken: the session of this token has ended (signed out, banned or deleted)";
+    assert_eq!(own.closed().await, (1008, ended.to_owned()));
+    assert_eq!(joined.closed().await, (1008, ended.to_owned()));
+
+    // A ban through the admin API.
+    let token = sign_in(&app, "rt@example.com").await;
+    let mut banned = Client::connect(&app, &token).await;
+    assert_eq!(
+        banned.join("realtime:a", json!({}), None).await["status"],
+        "ok"
+    );
+    let (status, body) = auth_call(
+        &app,
+        reqwest::Method::PUT,
+        &format!("/admin/users/{user_id}"),
+        &service,
+        Some(json!({"ban_duration": "24h"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(banned.closed().await, (1008, ended.to_owned()));
+
+    // A Sovra API key, revoked.
+    let (status, made) = auth_call(
+        &app,
+        reqwest::Method::POST,
+        "/admin/api_keys",
+        &service,
+        Some(json!({"name": "rt", "role": "authenticated"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let key = made["key"].as_str().unwrap().to_owned();
+    let mut machine = Client::connect(&app, &key).await;
+    assert_eq!(
+        machine.join("realtime:a", json!({}), None).await["status"],
+        "ok"
+    );
+    let (status, _) = auth_call(
+        &app,
+        reqwest::Method::DELETE,
+        &format!("/admin/api_keys/{}", made["id"].as_str().unwrap()),
+        &service,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        machine.closed().await,
+        (
+            1008,
+            "InvalidJWTToken: this API key has been revoked".to_owned()
+        )
+    );
+
+    let r = bystander.send("phoenix", "heartbeat", json!({})).await;
+    assert_eq!(bystander.reply(&r).await["status"], "ok");
 }
