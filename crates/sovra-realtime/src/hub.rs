@@ -765,3 +765,70 @@ fn meta_json(meta: &Meta) -> Value {
     map.insert("phx_ref".to_owned(), Value::String(meta.phx_ref.clone()));
     Value::Object(map)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(len: usize) -> Out {
+        Out::Text("x".repeat(len).into())
+    }
+
+    #[test]
+    fn queues_count_bytes_and_cut_off_past_the_limit() {
+        let (socket, mut rx) = SocketTx::new(Vsn::V2, 1000);
+        // Many small frames within the byte limit are fine.
+        for _ in 0..10 {
+            assert!(socket.send(text(30)));
+        }
+        assert_eq!(socket.queued(), 10 * (30 + QUEUE_ENTRY_OVERHEAD));
+        // Written frames free their bytes.
+        for _ in 0..10 {
+            let out = rx.try_recv().unwrap();
+            socket.written(&out);
+        }
+        assert_eq!(socket.queued(), 0);
+        // One frame larger than the limit still fits an empty queue...
+        assert!(socket.send(text(5000)));
+        assert!(!socket.is_closed());
+        // ...but nothing more until it is written: the socket is cut off.
+        assert!(!socket.send(text(1)));
+        assert!(socket.is_closed());
+        let kill = socket.kill_reason.lock().unwrap().clone().unwrap();
+        assert_eq!(kill.code, 1008);
+        assert_eq!(kill.label, "slow_consumer");
+        assert_eq!(
+            kill.reason,
+            "slow consumer: more than 1000 bytes queued for this connection"
+        );
+        // A closed socket takes nothing, and the first reason stays.
+        socket.cut_off(1008, "idle", "idle timeout: no heartbeat");
+        assert!(!socket.send(text(1)));
+        assert_eq!(
+            socket.kill_reason.lock().unwrap().as_ref().unwrap().label,
+            "slow_consumer"
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_room_ends_when_the_queue_drains_or_the_deadline_passes() {
+        let (socket, mut rx) = SocketTx::new(Vsn::V2, 1000);
+        assert!(socket.send(text(800)));
+        assert!(!socket.fits(200));
+        // Nobody drains: the wait ends at the deadline without room.
+        let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(20);
+        socket.wait_for_room(200, soon).await;
+        assert!(!socket.fits(200));
+        // The writer drains meanwhile: the wait ends with room.
+        let socket = Arc::new(socket);
+        let writer = socket.clone();
+        let drain = tokio::spawn(async move {
+            let out = rx.recv().await.unwrap();
+            writer.written(&out);
+        });
+        let later = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+        socket.wait_for_room(200, later).await;
+        assert!(socket.fits(200));
+        drain.await.unwrap();
+    }
+}
