@@ -136,6 +136,14 @@ enum Param {
 }
 
 impl Param {
+    fn duplicate(&self) -> Param {
+        match self {
+            Param::Text(v) => Param::Text(v.clone()),
+            Param::TextArray(v) => Param::TextArray(v.clone()),
+            Param::Oid(v) => Param::Oid(*v),
+        }
+    }
+
     fn typed(&self) -> (&(dyn ToSql + Sync), Type) {
         match self {
             Param::Text(v) => (v as &(dyn ToSql + Sync), Type::TEXT),
@@ -301,6 +309,22 @@ impl Table<'_> {
         )
     }
 
+    /// [`Table::select_sql`] for a single integer key whose values in the
+    /// round are dense: an index range scan between `$1` and `$2` (rows in
+    /// the range that are not in the round are ignored by the caller).
+    fn range_sql(&self) -> String {
+        let Some(k) = self.keys.first() else {
+            return String::new();
+        };
+        format!(
+            "select t.{c}::text from {table} t
+             where t.{c} between (select $1::text::{ty}) and (select $2::text::{ty})",
+            table = self.name,
+            c = self.column(*k),
+            ty = self.ty(*k),
+        )
+    }
+
     /// Fails with 42501 unless the current role may select the key columns
     /// (every column's privilege is checked even though no row is read).
     fn privilege_sql(&self) -> String {
@@ -319,6 +343,30 @@ impl Table<'_> {
             )
         }
     }
+}
+
+/// The lowest and highest key of a round when the table has one integer
+/// key and the round's keys fill at least half of the range between them
+/// (rows inserted by one writer, for instance).
+fn dense_range(
+    table: &Table<'_>,
+    round: &[(usize, Version, Vec<String>)],
+) -> Option<(String, String)> {
+    let [k] = table.keys.as_slice() else {
+        return None;
+    };
+    if !matches!(table.rel.type_names[*k].as_str(), "int2" | "int4" | "int8") || round.len() < 64 {
+        return None;
+    }
+    let mut low = i64::MAX;
+    let mut high = i64::MIN;
+    for (_, _, key) in round {
+        let value: i64 = key.first()?.parse().ok()?;
+        low = low.min(value);
+        high = high.max(value);
+    }
+    let span = u64::try_from(i128::from(high) - i128::from(low) + 1).ok()?;
+    (span <= 2 * round.len() as u64).then(|| (low.to_string(), high.to_string()))
 }
 
 /// The version of the row a change is judged on.
@@ -467,6 +515,10 @@ async fn evaluate(
     steps.push(setup("begin isolation level repeatable read"));
     if !rounds.is_empty() {
         steps.push(setup("set local session_replication_role = replica"));
+        // A row to put back that a writer holds locked (an open
+        // transaction) must not stall the feed: give up after a while and
+        // report the error to the groups.
+        steps.push(setup("set local lock_timeout = '5s'"));
     }
     let prologue: Arc<str> = Arc::from(sovra_pg::PROLOGUE_SQL);
     let member_sql: Arc<str> =
@@ -474,6 +526,7 @@ async fn evaluate(
     let select_sql: Arc<str> = Arc::from(table.select_sql());
     let privilege_sql: Arc<str> = Arc::from(table.privilege_sql());
     let restore_sql: Arc<str> = Arc::from(table.restore_sql());
+    let range_sql: Arc<str> = Arc::from(table.range_sql());
     let columns_sql: Arc<str> = Arc::from(
         "select coalesce(array_agg(case when x.name is null then false
                                        else has_column_privilege($1::oid, x.name, 'SELECT') end
@@ -508,77 +561,49 @@ async fn evaluate(
         steps.extend(body);
         steps.push(setup("rollback to savepoint sovra_rt"));
     };
-    // Per group, what it wants of each round, and its other checks.
-    for (g, group) in task.iter().enumerate() {
-        let mut body = Vec::new();
-        let wants =
-            |j: fn(&Judge) -> bool| group.indexes.iter().any(|i| judge.get(i).is_some_and(j));
-        if wants(|j| matches!(j, Judge::Privilege | Judge::Table)) {
-            body.push(Step {
-                sql: privilege_sql.clone(),
-                params: Vec::new(),
-                purpose: Purpose::Privilege(g),
-            });
-        }
-        if keyless && rel.rls {
-            body.push(Step {
-                sql: privilege_sql.clone(),
-                params: Vec::new(),
-                purpose: Purpose::Privilege(g),
-            });
-            body.push(Step {
-                sql: Arc::from("select row_security_active($1::oid)"),
-                params: vec![Param::Oid(rel.rel.oid)],
-                purpose: Purpose::RowSecurity(g),
-            });
-        }
-        body.push(Step {
-            sql: columns_sql.clone(),
-            params: vec![
-                Param::Oid(rel.rel.oid),
-                Param::TextArray(column_names.clone()),
-            ],
-            purpose: Purpose::Columns(g),
-        });
-        group_steps(&mut steps, g, body);
-    }
-    for (r, round) in rounds.iter().enumerate() {
-        // Restore the round's rows (as the pool's own role).
-        let mut params = Vec::with_capacity(2 + rel.rel.columns.len());
-        params.push(Param::TextArray(
-            round
-                .iter()
-                .map(|(_, v, _)| {
-                    Some(
-                        v.iter()
-                            .map(|c| if c.is_some() { '1' } else { '0' })
-                            .collect(),
-                    )
-                })
-                .collect(),
-        ));
-        for i in table.present() {
+    // Round 0 also carries each group's other checks (one savepoint per
+    // group); later rounds (several versions of a row in one batch) only
+    // their selects.
+    let rounds_to_run = rounds.len().max(1);
+    for r in 0..rounds_to_run {
+        if let Some(round) = rounds.get(r) {
+            // Put the round's rows back (as the pool's own role).
+            let mut params = Vec::with_capacity(2 + rel.rel.columns.len());
             params.push(Param::TextArray(
                 round
                     .iter()
-                    .map(|(_, v, _)| v[i].clone().flatten())
+                    .map(|(_, v, _)| {
+                        Some(
+                            v.iter()
+                                .map(|c| if c.is_some() { '1' } else { '0' })
+                                .collect(),
+                        )
+                    })
                     .collect(),
             ));
-        }
-        steps.push(Step {
-            sql: restore_sql.clone(),
-            params,
-            purpose: Purpose::Restore,
-        });
-        for (g, group) in task.iter().enumerate() {
-            let in_round = group
-                .indexes
-                .iter()
-                .any(|i| matches!(judge.get(i), Some(Judge::Row(rr)) if *rr == r));
-            if !in_round {
-                continue;
+            for i in table.present() {
+                params.push(Param::TextArray(
+                    round
+                        .iter()
+                        .map(|(_, v, _)| v[i].clone().flatten())
+                        .collect(),
+                ));
             }
-            let key_params: Vec<Param> = (0..table.keys.len())
+            steps.push(Step {
+                sql: restore_sql.clone(),
+                params,
+                purpose: Purpose::Restore,
+            });
+        }
+        // The round's keys, as the select wants them.
+        let key_params = |round: &[(usize, Version, Vec<String>)]| -> (Arc<str>, Vec<Param>) {
+            if let Some((low, high)) = dense_range(&table, round) {
+                return (
+                    range_sql.clone(),
+                    vec![Param::Text(Some(low)), Param::Text(Some(high))],
+                );
+            }
+            let params = (0..table.keys.len())
                 .map(|n| {
                     Param::TextArray(
                         round
@@ -588,15 +613,52 @@ async fn evaluate(
                     )
                 })
                 .collect();
-            group_steps(
-                &mut steps,
-                g,
-                vec![Step {
-                    sql: select_sql.clone(),
-                    params: key_params,
+            (select_sql.clone(), params)
+        };
+        let round_keys = rounds.get(r).map(|round| key_params(round));
+        for (g, group) in task.iter().enumerate() {
+            let in_round = group
+                .indexes
+                .iter()
+                .any(|i| matches!(judge.get(i), Some(Judge::Row(rr)) if *rr == r));
+            let mut body = Vec::new();
+            if r == 0 {
+                let wants = |j: fn(&Judge) -> bool| {
+                    group.indexes.iter().any(|i| judge.get(i).is_some_and(j))
+                };
+                if wants(|j| matches!(j, Judge::Privilege | Judge::Table)) || (keyless && rel.rls) {
+                    body.push(Step {
+                        sql: privilege_sql.clone(),
+                        params: Vec::new(),
+                        purpose: Purpose::Privilege(g),
+                    });
+                }
+                if keyless && rel.rls {
+                    body.push(Step {
+                        sql: Arc::from("select row_security_active($1::oid)"),
+                        params: vec![Param::Oid(rel.rel.oid)],
+                        purpose: Purpose::RowSecurity(g),
+                    });
+                }
+                body.push(Step {
+                    sql: columns_sql.clone(),
+                    params: vec![
+                        Param::Oid(rel.rel.oid),
+                        Param::TextArray(column_names.clone()),
+                    ],
+                    purpose: Purpose::Columns(g),
+                });
+            } else if !in_round {
+                continue;
+            }
+            if in_round && let Some((sql, params)) = &round_keys {
+                body.push(Step {
+                    sql: sql.clone(),
+                    params: params.iter().map(Param::duplicate).collect(),
                     purpose: Purpose::Select(g, r),
-                }],
-            );
+                });
+            }
+            group_steps(&mut steps, g, body);
         }
     }
     steps.push(setup("rollback"));

@@ -383,4 +383,101 @@ mod tests {
         let envelope: Envelope = serde_json::from_slice(&bytes).unwrap();
         assert!(matches!(envelope.event, Event::Track(entry) if entry.key == "alice"));
     }
+
+    /// Cases per fuzz target: `SOVRA_FUZZ_CASES` (default 256).
+    fn fuzz_cases() -> u32 {
+        std::env::var("SOVRA_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
+
+    fn relation() -> HashMap<u32, Arc<RelInfo>> {
+        let rel = Relation {
+            oid: 7,
+            schema: "public".to_owned(),
+            name: "t".to_owned(),
+            replica_identity: b'd',
+            columns: vec![
+                sovra_realtime_proto::pgoutput::Column {
+                    key: true,
+                    name: "id".to_owned(),
+                    type_oid: 20,
+                },
+                sovra_realtime_proto::pgoutput::Column {
+                    key: false,
+                    name: "v".to_owned(),
+                    type_oid: 25,
+                },
+            ],
+        };
+        let info = RelInfo {
+            rel,
+            type_names: vec!["int8".to_owned(), "text".to_owned()],
+            sql_types: vec!["bigint".to_owned(), "text".to_owned()],
+            rls: true,
+            keys: vec![0],
+            table_sql: "public.t".to_owned(),
+            column_sql: vec![Some("id".to_owned()), Some("v".to_owned())],
+            generated_always: vec![false, false],
+        };
+        HashMap::from([(7, Arc::new(info))])
+    }
+
+    #[test]
+    fn changes_that_do_not_fit_their_relation_are_refused() {
+        let relations = relation();
+        let ok = r#"{"rel":7,"kind":"INSERT","new":[{"Text":"1"},"Null"],"old":null,"stamp":"2026-01-01T00:00:00.000Z"}"#;
+        assert!(read_change(ok, &relations).is_ok());
+        for bad in [
+            r#"{"rel":8,"kind":"INSERT","new":[{"Text":"1"},"Null"],"old":null,"stamp":"2026-01-01T00:00:00.000Z"}"#,
+            r#"{"rel":7,"kind":"INSERT","new":[{"Text":"1"}],"old":null,"stamp":"2026-01-01T00:00:00.000Z"}"#,
+            r#"{"rel":7,"kind":"DROP","new":[{"Text":"1"},"Null"],"old":null,"stamp":"2026-01-01T00:00:00.000Z"}"#,
+            r#"{"rel":7,"kind":"DELETE","new":[{"Text":"1"},"Null"],"old":null,"stamp":"2026-01-01T00:00:00.000Z"}"#,
+            r#"{"rel":7,"kind":"INSERT","new":[{"Text":"1"},"Null"],"old":null,"stamp":"yesterday"}"#,
+            r#""not a change""#,
+        ] {
+            assert!(read_change(bad, &relations).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: fuzz_cases(),
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Arbitrary bytes on the subject: no panic.
+        #[test]
+        fn fuzz_bus_events(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = serde_json::from_slice::<Envelope>(&bytes);
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                let _ = read_change(text, &relation());
+            }
+        }
+
+        /// Near-valid changes: any relation, kind, widths and stamps.
+        #[test]
+        fn fuzz_bus_changes(
+            rel in 0u32..10,
+            kind in "(INSERT|UPDATE|DELETE|[A-Z]{0,8})",
+            new in proptest::option::of(proptest::collection::vec("\\PC{0,8}", 0..4)),
+            old in proptest::option::of(proptest::collection::vec("\\PC{0,8}", 0..4)),
+            stamp in "(2026-01-01T00:00:00.000Z|\\PC{0,24})",
+        ) {
+            let row = |r: &Option<Vec<String>>| r.as_ref().map(|r| {
+                r.iter().map(|t| Datum::Text(t.clone())).collect::<Vec<_>>()
+            });
+            let change = serde_json::json!({
+                "rel": rel, "kind": kind, "new": row(&new), "old": row(&old), "stamp": stamp
+            });
+            let relations = relation();
+            if let Ok((change, _)) = read_change(&change.to_string(), &relations) {
+                let width = change.rel.rel.columns.len();
+                proptest::prop_assert!(change.new.as_ref().is_none_or(|r| r.len() == width));
+                proptest::prop_assert!(change.old.as_ref().is_none_or(|r| r.len() == width));
+            }
+        }
+    }
 }

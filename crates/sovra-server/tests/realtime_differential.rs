@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use sovra_test_support::TestApp;
-use support::realtime_client::{Client, Got, app, feed_ready, pg_join};
+use support::realtime_client::{Client, Got, feed_ready, init_logs, pg_join};
 
 /// A small deterministic generator (splitmix64).
 struct Rng(u64);
@@ -99,7 +99,12 @@ async fn delivered_exactly_when_postgres_would_show_the_row() {
 
 async fn run(seed: u64) {
     let mut rng = Rng(seed);
-    let app = app().await;
+    init_logs();
+    // The clients are read one after the other after all writes: room for
+    // every change (the queue limit is not what this test is about).
+    let mut config = sovra_config::Config::default();
+    config.realtime.outbound_queue_bytes = 1 << 28;
+    let app = TestApp::spawn_with(config).await;
     let p = format!("d{}", rng.below(1_000_000));
     let team = format!("rt_{p}_team");
     let inherit = format!("rt_{p}_inherit");

@@ -530,7 +530,9 @@ async fn a_hostile_change_batch_on_the_bus_runs_no_sql_and_is_counted() {
          alter table public.bus_t enable row level security;
          create policy all_rows on public.bus_t for select to authenticated using (true);
          grant select on public.bus_t to authenticated;
-         alter publication supabase_realtime add table public.bus_t;",
+         alter publication supabase_realtime add table public.bus_t;
+         create table public.bus_log (v text);
+         grant insert on public.bus_log to service_role;",
     )
     .await;
     let (_, token) = user(&app);
@@ -544,7 +546,9 @@ async fn a_hostile_change_batch_on_the_bus_runs_no_sql_and_is_counted() {
         .await
         .unwrap()
         .get(0);
-    let hostile = "int8); create table public.pwned (); --";
+    // Ends the transaction it would run in, then writes as another role.
+    let hostile =
+        "int8); commit; set role service_role; insert into public.bus_log values ('pwned'); --";
     let relation = |name: &str, type_name: &str| {
         json!({
             "rel": {"oid": oid, "schema": "public", "name": name, "replica_identity": 100,
@@ -606,11 +610,12 @@ async fn a_hostile_change_batch_on_the_bus_runs_no_sql_and_is_counted() {
         assert_eq!(change["table"], "bus_t");
     }
     let db = app.db.client().await;
-    let pwned = db
-        .query_opt("select 1 from pg_class where relname = 'pwned'", &[])
+    let pwned: i64 = db
+        .query_one("select count(*) from public.bus_log", &[])
         .await
-        .unwrap();
-    assert!(pwned.is_none(), "SQL from the bus ran");
+        .unwrap()
+        .get(0);
+    assert_eq!(pwned, 0, "SQL from the bus ran");
     db.query_one("select count(*) from public.bus_t", &[])
         .await
         .unwrap();
