@@ -471,7 +471,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         key: "realtime.slow_consumer_timeout",
         kind: Kind::Integer,
         default: "10",
-        doc: "Seconds the change feed waits for a subscriber whose queue is more than half full before the next batch; one still over half full then is disconnected (`slow consumer: …`). Bounds how long one slow client can hold database changes back for everyone.",
+        doc: "Seconds the change feed waits, each time a subscriber's queue is too full for its next change, for that subscriber to drain it to half; one that has not is disconnected (`slow consumer: …`). Bounds how long a client that stops reading holds database changes back for everyone; a subscriber must drain at least half of `outbound_queue_bytes` per this many seconds while it is backed up.",
     },
     OptionDoc {
         key: "realtime.max_bindings_per_channel",

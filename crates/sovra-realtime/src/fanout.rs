@@ -120,7 +120,7 @@ impl Fanout {
     ///
     /// A subscriber whose queue cannot take its next change is waited for
     /// until it drains it to half, up to `realtime.slow_consumer_timeout`
-    /// per batch (see [`crate::hub::SocketTx::wait_for_room`]): a healthy
+    /// each time (see [`crate::hub::SocketTx::wait_for_room`]): a healthy
     /// client receives a transaction of any size, and one that stops
     /// reading holds the others back for at most that long, once, before
     /// it is cut off.
@@ -221,14 +221,14 @@ impl Fanout {
             stamps,
             horizon,
         } = replay;
-        let deadline = tokio::time::Instant::now() + self.slow_consumer_timeout;
+        let patience = self.slow_consumer_timeout;
         let system = |status: &str, message: String| channel.changes_status(status, &message);
         if self.catchup_window.is_zero() {
             channel.socket.send_message(&system(
                 "error",
                 "Catch-up is off on this server (realtime.catchup_window = 0)".to_owned(),
             ));
-            channel.release_held(deadline).await;
+            channel.release_held(patience).await;
             return;
         }
         if horizon > from {
@@ -258,7 +258,7 @@ impl Fanout {
                     std::slice::from_ref(channel),
                     chunk,
                     chunk_stamps,
-                    deadline,
+                    patience,
                     false,
                 )
                 .await;
@@ -273,7 +273,7 @@ impl Fanout {
                 ),
             ));
         }
-        channel.release_held(deadline).await;
+        channel.release_held(patience).await;
     }
 
     /// Forgets what was kept for catch-up (changes were skipped).
@@ -316,19 +316,19 @@ impl Fanout {
         changes: &[Change],
         stamps: &[Arc<str>],
     ) -> u64 {
-        let deadline = tokio::time::Instant::now() + self.slow_consumer_timeout;
-        self.deliver_to_socket(channels, changes, stamps, deadline, true)
+        self.deliver_to_socket(channels, changes, stamps, self.slow_consumer_timeout, true)
             .await
     }
 
     /// [`Self::deliver_to`], waiting for a subscriber whose queue is full
-    /// until `deadline`; `live` changes may be held behind a replay.
+    /// for up to `patience` each time; `live` changes may be held behind a
+    /// replay.
     async fn deliver_to_socket(
         &self,
         channels: &[Arc<Channel>],
         changes: &[Change],
         stamps: &[Arc<str>],
-        deadline: tokio::time::Instant,
+        patience: Duration,
         live: bool,
     ) -> u64 {
         // Each subscriber's claims, read once, and a small id per distinct
@@ -432,14 +432,14 @@ impl Fanout {
                     if !channel.socket.fits(out.queued_bytes()) {
                         channel
                             .socket
-                            .wait_for_room(out.queued_bytes(), deadline)
+                            .wait_for_room(out.queued_bytes(), patience)
                             .await;
                     }
                     channel.send_change(out)
                 } else {
                     channel
                         .socket
-                        .wait_for_room(out.queued_bytes(), deadline)
+                        .wait_for_room(out.queued_bytes(), patience)
                         .await;
                     channel.socket.send(out)
                 };

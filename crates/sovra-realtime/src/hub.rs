@@ -168,9 +168,12 @@ impl SocketTx {
     }
 
     /// Waits until a frame of `size` bytes fits (the client drained its
-    /// queue to half), the socket closes, or `deadline` passes; then the
-    /// frame that still does not fit cuts the client off.
-    pub(crate) async fn wait_for_room(&self, size: usize, deadline: tokio::time::Instant) {
+    /// queue to half) or the socket closes, for at most `patience`; a frame
+    /// that still does not fit then cuts the client off. Each wait gets
+    /// the whole `patience`: a client that drains half its queue within it
+    /// every time is never cut off.
+    pub(crate) async fn wait_for_room(&self, size: usize, patience: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + patience;
         while !self.fits(size) && !self.is_closed() && tokio::time::Instant::now() < deadline {
             self.drained_by(deadline).await;
         }
@@ -320,8 +323,8 @@ impl Channel {
 
     /// Ends a replay: the held changes go to the socket in order, in steps
     /// the queue can take, waiting for the client (see
-    /// [`SocketTx::wait_for_room`]) until `deadline`.
-    pub(crate) async fn release_held(&self, deadline: tokio::time::Instant) {
+    /// [`SocketTx::wait_for_room`]) for at most `patience` each time.
+    pub(crate) async fn release_held(&self, patience: std::time::Duration) {
         loop {
             let next_size = {
                 let Ok(mut slot) = self.held.lock() else {
@@ -349,7 +352,7 @@ impl Channel {
                     Some(out) => out.queued_bytes(),
                 }
             };
-            self.socket.wait_for_room(next_size, deadline).await;
+            self.socket.wait_for_room(next_size, patience).await;
             if self.socket.is_closed() {
                 return;
             }
@@ -811,13 +814,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn waiting_for_room_ends_when_the_queue_drains_or_the_deadline_passes() {
+    async fn waiting_for_room_ends_when_the_queue_drains_or_patience_runs_out() {
         let (socket, mut rx) = SocketTx::new(Vsn::V2, 1000);
         assert!(socket.send(text(800)));
         assert!(!socket.fits(200));
-        // Nobody drains: the wait ends at the deadline without room.
-        let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(20);
-        socket.wait_for_room(200, soon).await;
+        // Nobody drains: the wait ends after its patience without room.
+        socket
+            .wait_for_room(200, std::time::Duration::from_millis(20))
+            .await;
         assert!(!socket.fits(200));
         // The writer drains meanwhile: the wait ends with room.
         let socket = Arc::new(socket);
@@ -826,8 +830,9 @@ mod tests {
             let out = rx.recv().await.unwrap();
             writer.written(&out);
         });
-        let later = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
-        socket.wait_for_room(200, later).await;
+        socket
+            .wait_for_room(200, std::time::Duration::from_secs(600))
+            .await;
         assert!(socket.fits(200));
         drain.await.unwrap();
     }

@@ -994,3 +994,39 @@ async fn sign_out_ban_and_key_revocation_close_open_sockets() {
     let r = bystander.send("phoenix", "heartbeat", json!({})).await;
     assert_eq!(bystander.reply(&r).await["status"], "ok");
 }
+
+#[tokio::test]
+async fn a_subscriber_that_does_not_read_is_cut_off_and_the_others_get_every_change() {
+    let mut config = sovra_config::Config::default();
+    config.realtime.outbound_queue_bytes = 65_536;
+    config.realtime.slow_consumer_timeout = 1;
+    let app = change_app(config).await;
+    let (alice, token) = user(&app);
+    let mut reader = Client::connect(&app, &app.anon_key).await;
+    let mut deaf = Client::connect(&app, &app.anon_key).await;
+    pg_join(&mut reader, "realtime:notes", &token).await;
+    pg_join(&mut deaf, "realtime:notes", &token).await;
+    feed_ready(&app).await;
+    // About 9 MB of changes: more than the socket buffers and the queue.
+    app.db
+        .client()
+        .await
+        .batch_execute(&format!(
+            "insert into notes (owner_id, body) select '{alice}', 'row ' || g || ' ' || repeat('p', 2000) from generate_series(1, 4000) g"
+        ))
+        .await
+        .unwrap();
+    for i in 1..=4000 {
+        let (_, p, _) = reader.expect("postgres_changes").await;
+        let body = p["data"]["record"]["body"].as_str().unwrap();
+        assert!(body.starts_with(&format!("row {i} ")), "change {i}");
+    }
+    // The one that read nothing was cut off; what it finds when it reads
+    // is what was in flight, then the end of the connection (with the
+    // reason, when the close frame got through).
+    let (code, reason) = deaf.closed().await;
+    if code != 0 {
+        assert_eq!(code, 1008);
+        assert!(reason.starts_with("slow consumer: "), "{reason}");
+    }
+}
