@@ -107,9 +107,10 @@ pub(crate) async fn run(
                     Some(Err(err)) => {
                         // The client broke the WebSocket protocol: close
                         // with the code RFC 6455 gives the fault.
-                        let (code, label, reason) = close_for(&err, service.config.max_frame_bytes);
-                        metrics::counter!("sovra_realtime_refused_total", "reason" => label).increment(1);
-                        shared.cut_off(code, label, &reason);
+                        if let Some((code, label, reason)) = close_for(&err, service.config.max_frame_bytes) {
+                            metrics::counter!("sovra_realtime_refused_total", "reason" => label).increment(1);
+                            shared.cut_off(code, label, &reason);
+                        }
                         break false;
                     }
                 };
@@ -149,23 +150,28 @@ pub(crate) async fn run(
 }
 
 /// The close code, metric label and reason for a WebSocket error of the
-/// client's making.
-fn close_for(err: &axum::Error, max_frame: usize) -> (u16, &'static str, String) {
-    use tungstenite::error::Error as WsError;
+/// client's making; `None` when the connection just went away (reset, an
+/// IO error), which is not a fault to answer or count.
+fn close_for(err: &axum::Error, max_frame: usize) -> Option<(u16, &'static str, String)> {
+    use tungstenite::error::{Error as WsError, ProtocolError};
     let inner = std::error::Error::source(err).and_then(|e| e.downcast_ref::<WsError>());
     match inner {
-        Some(WsError::Capacity(_)) => (
+        Some(WsError::Capacity(_)) => Some((
             1009,
             "frame_too_large",
             format!("frame too large: the limit is {max_frame} bytes"),
-        ),
-        Some(WsError::Utf8(_)) => (1007, "bad_utf8", "text frame is not valid UTF-8".to_owned()),
-        Some(WsError::Protocol(protocol)) => (
+        )),
+        Some(WsError::Utf8(_)) => {
+            Some((1007, "bad_utf8", "text frame is not valid UTF-8".to_owned()))
+        }
+        Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => None,
+        Some(WsError::Protocol(protocol)) => Some((
             1002,
             "protocol_error",
             format!("protocol error: {protocol}"),
-        ),
-        _ => (1002, "protocol_error", "protocol error".to_owned()),
+        )),
+        Some(WsError::AttackAttempt) => Some((1002, "protocol_error", "protocol error".to_owned())),
+        _ => None,
     }
 }
 
