@@ -27,7 +27,7 @@ fi
 dir="$(mktemp -d /var/tmp/sovra-bench-XXXXXX)"; chmod 755 "$dir"
 port=54395
 SOVRA_LOG_LEVEL=warn SOVRA_AUTH_RATE_LIMIT_SIGN_IN=0 \
-SOVRA_REALTIME_MAX_EVENTS_PER_SECOND=100000 SOVRA_REALTIME_OUTBOUND_QUEUE=100000 \
+SOVRA_REALTIME_MAX_EVENTS_PER_SECOND=100000 SOVRA_REALTIME_OUTBOUND_QUEUE_BYTES=67108864 \
   "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >/dev/null 2>"$dir/err.log" &
 pid=$!
 trap 'kill -INT $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT

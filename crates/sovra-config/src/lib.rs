@@ -504,10 +504,34 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Largest WebSocket frame accepted, in bytes; a larger one closes the connection (1009).",
     },
     OptionDoc {
-        key: "realtime.outbound_queue",
+        key: "realtime.outbound_queue_bytes",
         kind: Kind::Integer,
-        default: "1024",
-        doc: "Messages queued for one connection; a client too slow to drain its queue is disconnected with a reason.",
+        default: "8388608",
+        doc: "Bytes queued for one connection (each message counts its size plus 64). A message that would pass it disconnects the client (close 1008, `slow consumer: …`); a message always fits an empty queue. At least 65536.",
+    },
+    OptionDoc {
+        key: "realtime.slow_consumer_timeout",
+        kind: Kind::Integer,
+        default: "10",
+        doc: "Seconds the change feed waits, each time a subscriber's queue is too full for its next change, for that subscriber to drain it to half; one that has not is disconnected (`slow consumer: …`). Bounds how long a client that stops reading holds database changes back for everyone; a subscriber must drain at least half of `outbound_queue_bytes` per this many seconds while it is backed up.",
+    },
+    OptionDoc {
+        key: "realtime.max_bindings_per_channel",
+        kind: Kind::Integer,
+        default: "100",
+        doc: "`postgres_changes` bindings one channel join may carry; a join with more is refused (`phx_reply` error `TooManyBindings: …`).",
+    },
+    OptionDoc {
+        key: "realtime.max_presence_bytes",
+        kind: Kind::Integer,
+        default: "10000",
+        doc: "Largest presence state one channel may track, in bytes of JSON; a larger `track` is refused (`phx_reply` error `PresencePayloadTooLarge: …`).",
+    },
+    OptionDoc {
+        key: "realtime.revalidate_interval",
+        kind: Kind::Integer,
+        default: "5",
+        doc: "Seconds between re-checks of the credentials behind open sockets and channels (the session of a user's token, a Sovra API key): a signed-out or banned user's or a revoked key's socket is closed (close 1008, or the channel with a `system` error) within about this long. One query per interval per server, whatever the number of sockets.",
     },
     OptionDoc {
         key: "realtime.idle_timeout",
@@ -532,6 +556,18 @@ pub const OPTIONS: &[OptionDoc] = &[
         kind: Kind::Integer,
         default: "100000",
         doc: "Most changes kept for catch-up, whatever their age.",
+    },
+    OptionDoc {
+        key: "realtime.catchup_max_bytes",
+        kind: Kind::Integer,
+        default: "67108864",
+        doc: "Most bytes of changes (their column values plus a fixed overhead each) kept for catch-up, whatever their age; the oldest go first. At least 65536.",
+    },
+    OptionDoc {
+        key: "realtime.feed_batch_bytes",
+        kind: Kind::Integer,
+        default: "8388608",
+        doc: "Bytes of changes (their column values plus a fixed overhead each) the change feed holds at once: a transaction of any size is read from the slot, authorised and delivered in batches of at most this much (and at most 20,000 changes), so memory does not grow with transaction size. At least 65536.",
     },
     OptionDoc {
         key: "realtime.nats_url",
@@ -570,11 +606,17 @@ pub struct RealtimeConfig {
     pub max_channels_per_connection: u64,
     pub max_events_per_second: u64,
     pub max_frame_size: u64,
-    pub outbound_queue: u64,
+    pub outbound_queue_bytes: u64,
+    pub slow_consumer_timeout: u64,
+    pub max_bindings_per_channel: u64,
+    pub max_presence_bytes: u64,
+    pub revalidate_interval: u64,
     pub idle_timeout: u64,
     pub max_slot_lag: u64,
     pub catchup_window: u64,
     pub catchup_max_changes: u64,
+    pub catchup_max_bytes: u64,
+    pub feed_batch_bytes: u64,
     pub nats_url: String,
     pub nats_subject: String,
 }
@@ -586,11 +628,17 @@ impl Default for RealtimeConfig {
             max_channels_per_connection: 100,
             max_events_per_second: 1000,
             max_frame_size: 3_000_000,
-            outbound_queue: 1024,
+            outbound_queue_bytes: 8 << 20,
+            slow_consumer_timeout: 10,
+            max_bindings_per_channel: 100,
+            max_presence_bytes: 10_000,
+            revalidate_interval: 5,
             idle_timeout: 60,
             max_slot_lag: 1 << 30,
             catchup_window: 300,
             catchup_max_changes: 100_000,
+            catchup_max_bytes: 64 << 20,
+            feed_batch_bytes: 8 << 20,
             nats_url: String::new(),
             nats_subject: "sovra.realtime".to_owned(),
         }
@@ -1227,11 +1275,32 @@ impl Config {
                 "realtime.max_events_per_second",
                 realtime.max_events_per_second,
             ),
-            ("realtime.outbound_queue", realtime.outbound_queue),
             ("realtime.idle_timeout", realtime.idle_timeout),
+            (
+                "realtime.slow_consumer_timeout",
+                realtime.slow_consumer_timeout,
+            ),
+            (
+                "realtime.max_bindings_per_channel",
+                realtime.max_bindings_per_channel,
+            ),
+            ("realtime.max_presence_bytes", realtime.max_presence_bytes),
+            ("realtime.revalidate_interval", realtime.revalidate_interval),
         ] {
             if value == 0 {
                 return Err(ConfigError::invalid(option, "must be at least 1"));
+            }
+        }
+        for (option, value) in [
+            (
+                "realtime.outbound_queue_bytes",
+                realtime.outbound_queue_bytes,
+            ),
+            ("realtime.catchup_max_bytes", realtime.catchup_max_bytes),
+            ("realtime.feed_batch_bytes", realtime.feed_batch_bytes),
+        ] {
+            if value < 65_536 {
+                return Err(ConfigError::invalid(option, "must be at least 65536 bytes"));
             }
         }
         if realtime.max_frame_size < 1024 {
@@ -1634,6 +1703,34 @@ mod tests {
             (
                 "[realtime]\nnats_subject = \"a..b\"\n",
                 "realtime.nats_subject",
+            ),
+            (
+                "[realtime]\noutbound_queue_bytes = 1024\n",
+                "realtime.outbound_queue_bytes",
+            ),
+            (
+                "[realtime]\ncatchup_max_bytes = 0\n",
+                "realtime.catchup_max_bytes",
+            ),
+            (
+                "[realtime]\nfeed_batch_bytes = 100\n",
+                "realtime.feed_batch_bytes",
+            ),
+            (
+                "[realtime]\nslow_consumer_timeout = 0\n",
+                "realtime.slow_consumer_timeout",
+            ),
+            (
+                "[realtime]\nmax_bindings_per_channel = 0\n",
+                "realtime.max_bindings_per_channel",
+            ),
+            (
+                "[realtime]\nmax_presence_bytes = 0\n",
+                "realtime.max_presence_bytes",
+            ),
+            (
+                "[realtime]\nrevalidate_interval = 0\n",
+                "realtime.revalidate_interval",
             ),
         ];
         for (text, option) in cases {

@@ -227,6 +227,42 @@ pub fn reply(request: &Message, status: &str, response: Value) -> Message {
     }
 }
 
+/// The `phx_reply` error for a frame that could not be read: on the
+/// frame's topic and with its refs when they can be made out (so the
+/// client's pending push gets its answer), else on topic `phoenix`.
+/// `text` is the frame when it was a text frame.
+pub fn malformed_reply(text: Option<&str>, err: &FrameError) -> Message {
+    let value: Option<Value> = text.and_then(|t| serde_json::from_str(t).ok());
+    let field = |index: usize, key: &str| -> Option<&Value> {
+        match &value {
+            Some(Value::Array(items)) => items.get(index),
+            Some(Value::Object(map)) => map.get(key),
+            _ => None,
+        }
+    };
+    let text_of = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let request = Message {
+        join_ref: text_of(field(0, "join_ref")),
+        msg_ref: text_of(field(1, "ref")),
+        topic: field(2, "topic")
+            .and_then(Value::as_str)
+            .unwrap_or("phoenix")
+            .to_owned(),
+        event: String::new(),
+        payload: Value::Null,
+        binary: None,
+    };
+    reply(
+        &request,
+        "error",
+        json!({"reason": format!("malformed message: {err}")}),
+    )
+}
+
 /// A server push (`ref` null) on `topic` for the channel joined as `join_ref`.
 pub fn push(topic: &str, join_ref: Option<&str>, event: &str, payload: Value) -> Message {
     Message {

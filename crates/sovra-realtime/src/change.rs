@@ -39,6 +39,28 @@ pub(crate) struct Change {
     pub(crate) old: Option<Vec<Datum>>,
 }
 
+/// What a change is counted as for memory limits: the bytes of its
+/// values plus a fixed overhead per change and per value.
+pub(crate) const CHANGE_OVERHEAD: usize = 64;
+
+impl Change {
+    /// The change's size for memory limits (feed batches, catch-up).
+    pub(crate) fn size(&self) -> usize {
+        let tuple = |t: &Option<Vec<Datum>>| {
+            t.as_deref().map_or(0, |values| {
+                values
+                    .iter()
+                    .map(|v| match v {
+                        Datum::Text(text) => text.len() + 8,
+                        Datum::Null | Datum::Unchanged => 8,
+                    })
+                    .sum()
+            })
+        };
+        CHANGE_OVERHEAD + tuple(&self.new) + tuple(&self.old)
+    }
+}
+
 /// An insert into `realtime.messages` (a broadcast from SQL).
 pub(crate) fn is_message(change: &Change) -> bool {
     change.rel.rel.schema == "realtime" && change.rel.rel.name == "messages"

@@ -11,8 +11,17 @@ pub struct RealtimeConfig {
     pub max_events_per_second: u32,
     /// Largest frame accepted, in bytes.
     pub max_frame_bytes: usize,
-    /// Frames queued per connection before it counts as too slow.
-    pub outbound_queue: usize,
+    /// Bytes queued per connection before it counts as too slow.
+    pub outbound_queue_bytes: usize,
+    /// How long the change feed waits for a subscriber whose queue is more
+    /// than half full before it cuts it off.
+    pub slow_consumer_timeout: Duration,
+    /// `postgres_changes` bindings per channel.
+    pub max_bindings_per_channel: usize,
+    /// Largest presence state one channel may track (bytes of JSON).
+    pub max_presence_bytes: usize,
+    /// How often the credentials behind open sockets are re-checked.
+    pub revalidate_interval: Duration,
     /// A connection that sends nothing (not even a heartbeat) for this long
     /// is closed.
     pub idle_timeout: Duration,
@@ -27,6 +36,10 @@ pub struct RealtimeConfig {
     pub catchup_window: Duration,
     /// Most changes kept for catch-up.
     pub catchup_max_changes: usize,
+    /// Most bytes of changes kept for catch-up.
+    pub catchup_max_bytes: usize,
+    /// Most bytes of changes the feed holds at once (a batch).
+    pub feed_batch_bytes: usize,
 }
 
 impl Default for RealtimeConfig {
@@ -36,13 +49,19 @@ impl Default for RealtimeConfig {
             max_channels_per_connection: 100,
             max_events_per_second: 1000,
             max_frame_bytes: 3_000_000,
-            outbound_queue: 1024,
+            outbound_queue_bytes: 8 << 20,
+            slow_consumer_timeout: Duration::from_secs(10),
+            max_bindings_per_channel: 100,
+            max_presence_bytes: 10_000,
+            revalidate_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             poll_interval: Duration::from_millis(100),
             max_slot_lag_bytes: 1 << 30,
             slot_name: "sovra_realtime".to_owned(),
             catchup_window: Duration::from_secs(300),
             catchup_max_changes: 100_000,
+            catchup_max_bytes: 64 << 20,
+            feed_batch_bytes: 8 << 20,
         }
     }
 }

@@ -31,6 +31,8 @@ pub(crate) const CATCHUP_SLACK_MICROS: i64 = 1_000_000;
 /// Changes kept for catch-up, oldest first.
 struct Recent {
     entries: std::collections::VecDeque<RecentChange>,
+    /// The entries' size, as [`Change::size`] counts it.
+    bytes: usize,
     /// Changes committed before this (PostgreSQL microseconds) may be
     /// missing: evicted, skipped, or from before this instance started.
     horizon: i64,
@@ -40,6 +42,7 @@ impl Recent {
     fn new() -> Recent {
         Recent {
             entries: std::collections::VecDeque::new(),
+            bytes: 0,
             horizon: now_pg_micros(),
         }
     }
@@ -47,6 +50,7 @@ impl Recent {
 
 struct RecentChange {
     at: Instant,
+    size: usize,
     time: i64,
     stamp: Arc<str>,
     change: Change,
@@ -61,6 +65,16 @@ fn now_pg_micros() -> i64 {
     unix - pgoutput::PG_EPOCH_UNIX_SECS * 1_000_000
 }
 
+/// The changes a catch-up replays, taken under `delivery`.
+pub(crate) struct Replay {
+    since: i64,
+    from: i64,
+    changes: Vec<Change>,
+    stamps: Vec<Arc<str>>,
+    /// Changes committed before this may be missing.
+    horizon: i64,
+}
+
 /// Delivery of database changes to this instance's channels.
 pub(crate) struct Fanout {
     pool: Pool,
@@ -71,7 +85,8 @@ pub(crate) struct Fanout {
     pub(crate) admin: std::sync::OnceLock<Pool>,
     catchup_window: Duration,
     catchup_max_changes: usize,
-    outbound_queue: usize,
+    catchup_max_bytes: usize,
+    slow_consumer_timeout: Duration,
     /// Held while changes are delivered (and while a catch-up replays), so
     /// that every subscriber gets them in commit order.
     pub(crate) delivery: tokio::sync::Mutex<()>,
@@ -83,7 +98,8 @@ impl Fanout {
         pool: Pool,
         catchup_window: Duration,
         catchup_max_changes: usize,
-        outbound_queue: usize,
+        catchup_max_bytes: usize,
+        slow_consumer_timeout: Duration,
     ) -> Fanout {
         Fanout {
             pool,
@@ -91,7 +107,8 @@ impl Fanout {
             login: tokio::sync::OnceCell::new(),
             catchup_window,
             catchup_max_changes,
-            outbound_queue,
+            catchup_max_bytes,
+            slow_consumer_timeout,
             delivery: tokio::sync::Mutex::new(()),
             recent: std::sync::Mutex::new(Recent::new()),
         }
@@ -100,6 +117,13 @@ impl Fanout {
     /// Delivers the changes of a batch of transactions in commit order
     /// to every subscriber here, and keeps them for catch-up;
     /// `stamps[i]` is the commit timestamp of `changes[i]`.
+    ///
+    /// A subscriber whose queue cannot take its next change is waited for
+    /// until it drains it to half, up to `realtime.slow_consumer_timeout`
+    /// each time (see [`crate::hub::SocketTx::wait_for_room`]): a healthy
+    /// client receives a transaction of any size, and one that stops
+    /// reading holds the others back for at most that long, once, before
+    /// it is cut off.
     pub(crate) async fn deliver(&self, hub: &Hub, changes: Vec<Change>, stamps: Vec<Arc<str>>) {
         let _order = self.delivery.lock().await;
         let channels = hub.pg_channels();
@@ -116,6 +140,7 @@ impl Fanout {
     fn remember(&self, changes: Vec<Change>, stamps: Vec<Arc<str>>) {
         let window = self.catchup_window;
         let max = self.catchup_max_changes;
+        let max_bytes = self.catchup_max_bytes;
         let Ok(mut recent) = self.recent.lock() else {
             return;
         };
@@ -135,8 +160,11 @@ impl Fanout {
                         time
                     }
                 };
+                let size = change.size();
+                recent.bytes += size;
                 recent.entries.push_back(RecentChange {
                     at: now,
+                    size,
                     time,
                     stamp,
                     change,
@@ -144,40 +172,63 @@ impl Fanout {
             }
         }
         while let Some(front) = recent.entries.front() {
-            if recent.entries.len() <= max && now.duration_since(front.at) <= window {
+            if recent.entries.len() <= max
+                && recent.bytes <= max_bytes
+                && now.duration_since(front.at) <= window
+            {
                 break;
             }
-            let time = front.time;
+            let (time, size) = (front.time, front.size);
             recent.entries.pop_front();
+            recent.bytes -= size;
             recent.horizon = recent.horizon.max(time.saturating_add(1));
         }
     }
 
-    /// Sends `channel` (just joined, not yet given any live change) the
-    /// changes it may see that were committed at or after `since` (less
-    /// [`CATCHUP_SLACK_MICROS`]) and are still kept, then a `system`
-    /// message that says how it went. Holds delivery, so live changes
-    /// follow the replay in order.
-    pub(crate) async fn catch_up(&self, channel: &Arc<Channel>, since: i64) {
+    /// What a catch-up from `since` replays: the kept changes committed at
+    /// or after `since` (less [`CATCHUP_SLACK_MICROS`]). Called with
+    /// `delivery` held, right after the channel (holding its live changes,
+    /// see [`Channel::held`]) became visible to the feed: every change is
+    /// then either in the replay or held, never both, never neither.
+    pub(crate) fn snapshot(&self, since: i64) -> Replay {
         let from = since.saturating_sub(CATCHUP_SLACK_MICROS);
-        let (changes, stamps, horizon) = {
-            let Ok(recent) = self.recent.lock() else {
-                return;
-            };
-            let mut changes = Vec::new();
-            let mut stamps = Vec::new();
-            for entry in recent.entries.iter().filter(|e| e.time >= from) {
-                changes.push(entry.change.clone());
-                stamps.push(entry.stamp.clone());
-            }
-            (changes, stamps, recent.horizon)
+        let mut replay = Replay {
+            since,
+            from,
+            changes: Vec::new(),
+            stamps: Vec::new(),
+            horizon: i64::MAX,
         };
+        if let Ok(recent) = self.recent.lock() {
+            for entry in recent.entries.iter().filter(|e| e.time >= from) {
+                replay.changes.push(entry.change.clone());
+                replay.stamps.push(entry.stamp.clone());
+            }
+            replay.horizon = recent.horizon;
+        }
+        replay
+    }
+
+    /// Sends `channel` the changes of `replay` it may see, then a `system`
+    /// message that says how it went, then the live changes held
+    /// meanwhile. Runs without `delivery`: a client slow to take its
+    /// replay delays only itself, and is cut off when it stops reading.
+    pub(crate) async fn replay(&self, channel: &Arc<Channel>, replay: Replay) {
+        let Replay {
+            since,
+            from,
+            changes,
+            stamps,
+            horizon,
+        } = replay;
+        let patience = self.slow_consumer_timeout;
         let system = |status: &str, message: String| channel.changes_status(status, &message);
         if self.catchup_window.is_zero() {
             channel.socket.send_message(&system(
                 "error",
                 "Catch-up is off on this server (realtime.catchup_window = 0)".to_owned(),
             ));
+            channel.release_held(patience).await;
             return;
         }
         if horizon > from {
@@ -194,19 +245,22 @@ impl Fanout {
         } else {
             metrics::counter!("sovra_realtime_catchup_total", "result" => "complete").increment(1);
         }
-        // In steps the connection's queue can hold, waiting for it to drain.
-        let step = (self.outbound_queue / 2).max(1);
+        // In steps (one authorisation query each), each waiting for the
+        // client to make room as live delivery does.
+        let step = 2_000;
         let mut sent = 0u64;
         for (chunk, chunk_stamps) in changes.chunks(step).zip(stamps.chunks(step)) {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while channel.socket.tx.capacity() < chunk.len().min(step) {
-                if Instant::now() > deadline || channel.socket.tx.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            if channel.socket.is_closed() {
+                return;
             }
             sent += self
-                .deliver_to(std::slice::from_ref(channel), chunk, chunk_stamps)
+                .deliver_to_socket(
+                    std::slice::from_ref(channel),
+                    chunk,
+                    chunk_stamps,
+                    patience,
+                    false,
+                )
                 .await;
         }
         metrics::counter!("sovra_realtime_messages_total", "kind" => "catch_up").increment(sent);
@@ -219,6 +273,7 @@ impl Fanout {
                 ),
             ));
         }
+        channel.release_held(patience).await;
     }
 
     /// Forgets what was kept for catch-up (changes were skipped).
@@ -260,6 +315,21 @@ impl Fanout {
         channels: &[Arc<Channel>],
         changes: &[Change],
         stamps: &[Arc<str>],
+    ) -> u64 {
+        self.deliver_to_socket(channels, changes, stamps, self.slow_consumer_timeout, true)
+            .await
+    }
+
+    /// [`Self::deliver_to`], waiting for a subscriber whose queue is full
+    /// for up to `patience` each time; `live` changes may be held behind a
+    /// replay.
+    async fn deliver_to_socket(
+        &self,
+        channels: &[Arc<Channel>],
+        changes: &[Change],
+        stamps: &[Arc<str>],
+        patience: Duration,
+        live: bool,
     ) -> u64 {
         // Each subscriber's claims, read once, and a small id per distinct
         // set of claims (subscribers with the same claims see the same).
@@ -357,7 +427,23 @@ impl Fanout {
                     ),
                     Vsn::V2 => format!(r#"[null,null,{topic},"postgres_changes",{payload}]"#),
                 };
-                if channel.socket.send(Out::Text(text.into())) {
+                let out = Out::Text(text.into());
+                let sent = if live {
+                    if !channel.socket.fits(out.queued_bytes()) {
+                        channel
+                            .socket
+                            .wait_for_room(out.queued_bytes(), patience)
+                            .await;
+                    }
+                    channel.send_change(out)
+                } else {
+                    channel
+                        .socket
+                        .wait_for_room(out.queued_bytes(), patience)
+                        .await;
+                    channel.socket.send(out)
+                };
+                if sent {
                     delivered += 1;
                 }
             }

@@ -5,7 +5,7 @@
 //! a reason) instead of being buffered without end.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::body::Bytes;
@@ -26,26 +26,156 @@ pub(crate) enum Out {
     Binary(Bytes),
 }
 
+impl Out {
+    /// Bytes this frame holds while it waits in a queue: its payload plus
+    /// a fixed overhead, so that many tiny frames count too.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        QUEUE_ENTRY_OVERHEAD
+            + match self {
+                Out::Text(text) => text.len(),
+                Out::Binary(bytes) => bytes.len(),
+            }
+    }
+}
+
+/// What one queued frame costs beyond its bytes (the queue entry, the
+/// reference count of the shared buffer).
+pub(crate) const QUEUE_ENTRY_OVERHEAD: usize = 64;
+
+/// Why a socket is closed from the server side: the WebSocket close code,
+/// the label counted in `sovra_realtime_disconnects_total`, and the reason
+/// sent in the close frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Kill {
+    pub(crate) code: u16,
+    pub(crate) label: &'static str,
+    pub(crate) reason: String,
+}
+
 /// The sending half of a socket, shared by its channels.
+///
+/// The queue is counted in bytes: a frame is refused (and the socket cut
+/// off as a slow consumer) when the bytes already queued plus the frame
+/// would pass `limit`. A frame always fits an empty queue, so one message
+/// larger than the limit still reaches a client that keeps up.
 #[derive(Debug)]
 pub(crate) struct SocketTx {
     pub(crate) vsn: Vsn,
-    pub(crate) tx: mpsc::Sender<Out>,
-    /// Set when the socket must close (slow consumer); the reason is kept.
+    tx: mpsc::UnboundedSender<Out>,
+    /// Bytes queued and not yet written to the socket.
+    queued: AtomicUsize,
+    limit: usize,
+    /// Notified when the queue drains to half the limit or less.
+    drained: Notify,
+    /// Set when the socket must close; the reason is kept.
+    closing: AtomicBool,
     pub(crate) kill: Notify,
-    pub(crate) kill_reason: Mutex<Option<String>>,
+    pub(crate) kill_reason: Mutex<Option<Kill>>,
 }
 
 impl SocketTx {
-    /// Queues a frame; a full queue cuts the socket off.
+    /// A socket's sending half and the receiver its writer drains.
+    pub(crate) fn new(vsn: Vsn, limit: usize) -> (SocketTx, mpsc::UnboundedReceiver<Out>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let socket = SocketTx {
+            vsn,
+            tx,
+            queued: AtomicUsize::new(0),
+            limit: limit.max(1),
+            drained: Notify::new(),
+            closing: AtomicBool::new(false),
+            kill: Notify::new(),
+            kill_reason: Mutex::new(None),
+        };
+        (socket, rx)
+    }
+
+    /// Queues a frame; a frame that would take the queue past its byte
+    /// limit cuts the socket off.
     pub(crate) fn send(&self, out: Out) -> bool {
-        match self.tx.try_send(out) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.cut_off("slow consumer: outbound queue is full");
-                false
+        if self.is_closed() {
+            return false;
+        }
+        let size = out.queued_bytes();
+        let before = self.queued.fetch_add(size, Ordering::AcqRel);
+        if before > 0 && before + size > self.limit {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            self.cut_off(
+                1008,
+                "slow_consumer",
+                &format!(
+                    "slow consumer: more than {} bytes queued for this connection",
+                    self.limit
+                ),
+            );
+            return false;
+        }
+        if self.tx.send(out).is_err() {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// The writer took `out` off the queue and wrote it.
+    pub(crate) fn written(&self, out: &Out) {
+        let size = out.queued_bytes();
+        let before = self.queued.fetch_sub(size, Ordering::AcqRel);
+        let low = self.limit / 2;
+        if before > low && before.saturating_sub(size) <= low {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Whether the queue holds more than half its limit.
+    pub(crate) fn is_backed_up(&self) -> bool {
+        self.queued() > self.limit / 2
+    }
+
+    /// Whether the socket is closing or closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closing.load(Ordering::Acquire) || self.tx.is_closed()
+    }
+
+    /// Waits until the queue holds at most half its limit (`true`), the
+    /// socket closes, or `deadline` passes (`false` for both).
+    pub(crate) async fn drained_by(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return false;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            if !self.is_backed_up() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return !self.is_backed_up() && !self.is_closed();
+            }
+        }
+    }
+
+    /// Whether a frame of `size` bytes can be queued now.
+    pub(crate) fn fits(&self, size: usize) -> bool {
+        let queued = self.queued();
+        queued == 0 || queued + size <= self.limit
+    }
+
+    /// Waits until a frame of `size` bytes fits (the client drained its
+    /// queue to half) or the socket closes, for at most `patience`; a frame
+    /// that still does not fit then cuts the client off. Each wait gets
+    /// the whole `patience`: a client that drains half its queue within it
+    /// every time is never cut off.
+    pub(crate) async fn wait_for_room(&self, size: usize, patience: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + patience;
+        while !self.fits(size) && !self.is_closed() && tokio::time::Instant::now() < deadline {
+            self.drained_by(deadline).await;
         }
     }
 
@@ -53,15 +183,23 @@ impl SocketTx {
         self.send(Out::Text(frame::encode_text(self.vsn, message).into()))
     }
 
-    pub(crate) fn cut_off(&self, reason: &str) {
+    /// Closes the socket with `code` and `reason` (the first reason wins);
+    /// `label` is what `sovra_realtime_disconnects_total` counts.
+    pub(crate) fn cut_off(&self, code: u16, label: &'static str, reason: &str) {
         if let Ok(mut slot) = self.kill_reason.lock()
             && slot.is_none()
         {
-            *slot = Some(reason.to_owned());
-            metrics::counter!("sovra_realtime_disconnects_total", "reason" => "slow_consumer")
-                .increment(1);
+            *slot = Some(Kill {
+                code,
+                label,
+                reason: reason.to_owned(),
+            });
+            metrics::counter!("sovra_realtime_disconnects_total", "reason" => label).increment(1);
         }
+        self.closing.store(true, Ordering::Release);
         self.kill.notify_one();
+        // Whoever waits for this queue to drain stops waiting.
+        self.drained.notify_waiters();
     }
 }
 
@@ -127,6 +265,17 @@ pub(crate) struct Channel {
     pub(crate) read_broadcast: AtomicBool,
     /// Whether the channel may read presence (extension `presence`).
     pub(crate) read_presence: AtomicBool,
+    /// While a catch-up replays to this channel, the live changes that
+    /// arrive meanwhile wait here (in order) instead of in the socket's
+    /// queue, so that they follow the replay; `None` otherwise.
+    pub(crate) held: Mutex<Option<Held>>,
+}
+
+/// Live changes held back while a catch-up replays.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    outs: std::collections::VecDeque<Out>,
+    bytes: usize,
 }
 
 impl Channel {
@@ -144,6 +293,83 @@ impl Channel {
             "system",
             json!({"extension": "postgres_changes", "status": status, "message": message, "channel": self.sub_topic()}),
         )
+    }
+
+    /// Queues a database change: to the socket, or behind a replay that
+    /// is still going on. Held changes count against the socket's byte
+    /// limit as queued ones do.
+    pub(crate) fn send_change(&self, out: Out) -> bool {
+        if let Ok(mut held) = self.held.lock()
+            && let Some(held) = held.as_mut()
+        {
+            let size = out.queued_bytes();
+            if held.bytes + size > self.socket.limit {
+                self.socket.cut_off(
+                    1008,
+                    "slow_consumer",
+                    &format!(
+                        "slow consumer: more than {} bytes of changes waiting behind a catch-up",
+                        self.socket.limit
+                    ),
+                );
+                return false;
+            }
+            held.bytes += size;
+            held.outs.push_back(out);
+            return true;
+        }
+        self.socket.send(out)
+    }
+
+    /// Ends a replay: the held changes go to the socket in order, in steps
+    /// the queue can take, waiting for the client (see
+    /// [`SocketTx::wait_for_room`]) for at most `patience` each time.
+    pub(crate) async fn release_held(&self, patience: std::time::Duration) {
+        loop {
+            let next_size = {
+                let Ok(mut slot) = self.held.lock() else {
+                    return;
+                };
+                let Some(held) = slot.as_mut() else {
+                    return;
+                };
+                // Move what fits; the rest waits for room.
+                while let Some(out) = held.outs.front() {
+                    let size = out.queued_bytes();
+                    if !self.socket.fits(size) {
+                        break;
+                    }
+                    held.bytes -= size;
+                    if let Some(out) = held.outs.pop_front() {
+                        self.socket.send(out);
+                    }
+                }
+                match held.outs.front() {
+                    None => {
+                        *slot = None;
+                        return;
+                    }
+                    Some(out) => out.queued_bytes(),
+                }
+            };
+            self.socket.wait_for_room(next_size, patience).await;
+            if self.socket.is_closed() {
+                return;
+            }
+            if !self.socket.fits(next_size) {
+                // Stalled or out of time: the next send cuts it off.
+                if let Ok(mut slot) = self.held.lock()
+                    && let Some(held) = slot.take()
+                {
+                    for out in held.outs {
+                        if !self.socket.send(out) {
+                            break;
+                        }
+                    }
+                }
+                return;
+            }
+        }
     }
 
     /// Sets what the channel may read from the extensions its policies
@@ -258,6 +484,20 @@ impl Hub {
                     .values()
                     .flat_map(|members| members.values())
                     .filter(|c| !c.pg.is_empty())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every channel.
+    pub(crate) fn all_channels(&self) -> Vec<Arc<Channel>> {
+        self.topics
+            .read()
+            .map(|topics| {
+                topics
+                    .values()
+                    .flat_map(|members| members.values())
                     .cloned()
                     .collect()
             })
@@ -527,4 +767,73 @@ fn meta_json(meta: &Meta) -> Value {
     let mut map = meta.state.clone();
     map.insert("phx_ref".to_owned(), Value::String(meta.phx_ref.clone()));
     Value::Object(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(len: usize) -> Out {
+        Out::Text("x".repeat(len).into())
+    }
+
+    #[test]
+    fn queues_count_bytes_and_cut_off_past_the_limit() {
+        let (socket, mut rx) = SocketTx::new(Vsn::V2, 1000);
+        // Many small frames within the byte limit are fine.
+        for _ in 0..10 {
+            assert!(socket.send(text(30)));
+        }
+        assert_eq!(socket.queued(), 10 * (30 + QUEUE_ENTRY_OVERHEAD));
+        // Written frames free their bytes.
+        for _ in 0..10 {
+            let out = rx.try_recv().unwrap();
+            socket.written(&out);
+        }
+        assert_eq!(socket.queued(), 0);
+        // One frame larger than the limit still fits an empty queue...
+        assert!(socket.send(text(5000)));
+        assert!(!socket.is_closed());
+        // ...but nothing more until it is written: the socket is cut off.
+        assert!(!socket.send(text(1)));
+        assert!(socket.is_closed());
+        let kill = socket.kill_reason.lock().unwrap().clone().unwrap();
+        assert_eq!(kill.code, 1008);
+        assert_eq!(kill.label, "slow_consumer");
+        assert_eq!(
+            kill.reason,
+            "slow consumer: more than 1000 bytes queued for this connection"
+        );
+        // A closed socket takes nothing, and the first reason stays.
+        socket.cut_off(1008, "idle", "idle timeout: no heartbeat");
+        assert!(!socket.send(text(1)));
+        assert_eq!(
+            socket.kill_reason.lock().unwrap().as_ref().unwrap().label,
+            "slow_consumer"
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_room_ends_when_the_queue_drains_or_patience_runs_out() {
+        let (socket, mut rx) = SocketTx::new(Vsn::V2, 1000);
+        assert!(socket.send(text(800)));
+        assert!(!socket.fits(200));
+        // Nobody drains: the wait ends after its patience without room.
+        socket
+            .wait_for_room(200, std::time::Duration::from_millis(20))
+            .await;
+        assert!(!socket.fits(200));
+        // The writer drains meanwhile: the wait ends with room.
+        let socket = Arc::new(socket);
+        let writer = socket.clone();
+        let drain = tokio::spawn(async move {
+            let out = rx.recv().await.unwrap();
+            writer.written(&out);
+        });
+        socket
+            .wait_for_room(200, std::time::Duration::from_secs(600))
+            .await;
+        assert!(socket.fits(200));
+        drain.await.unwrap();
+    }
 }

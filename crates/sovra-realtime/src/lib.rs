@@ -19,7 +19,8 @@
 //!    connection's queue.
 //!
 //! [`service`] owns the stages of one tenant and wires them together;
-//! [`authz`] authorises private channels; [`principal`] and [`config`]
+//! [`authz`] authorises private channels; [`revalidate`] re-checks the
+//! credentials behind open sockets; [`principal`] and [`config`]
 //! are the plain types every stage shares. This file only declares the
 //! modules and hands a WebSocket to [`socket`].
 
@@ -32,12 +33,14 @@ mod config;
 mod fanout;
 mod hub;
 mod principal;
+mod revalidate;
 mod service;
 mod slot;
 mod socket;
 
 pub use config::RealtimeConfig;
 pub use principal::{Principal, Verifier};
+pub use revalidate::{Credential, RevalidateFuture, Revalidator};
 pub use service::{ConnectionPermit, HttpError, RealtimeService};
 pub use sovra_realtime_proto::frame::Vsn;
 

@@ -22,6 +22,7 @@ use crate::change::{Change, RelInfo};
 use crate::config::RealtimeConfig;
 use crate::hub::{self, Channel};
 use crate::principal::{Principal, Verifier};
+use crate::revalidate::{Credential, Revalidator};
 use crate::{authz, catalog, fanout, slot};
 
 /// One tenant's realtime service.
@@ -44,6 +45,13 @@ pub struct RealtimeService {
     remote_changes: OnceLock<tokio::sync::mpsc::Sender<bus::RemoteBatch>>,
     /// Stage 3: delivery to this instance's channels, catch-up.
     pub(crate) fanout: fanout::Fanout,
+    /// Open sockets whose own key can be revoked (held weakly).
+    revocable: std::sync::Mutex<Vec<(Weak<hub::SocketTx>, Credential)>>,
+    /// The periodic re-check of credentials, once a revalidator is set.
+    revalidation: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Batches read from the slot, and the largest (bytes of changes).
+    feed_batches: AtomicU64,
+    feed_batch_max_bytes: AtomicUsize,
 }
 
 impl std::fmt::Debug for RealtimeService {
@@ -63,6 +71,11 @@ pub struct ConnectionPermit {
 
 impl Drop for RealtimeService {
     fn drop(&mut self) {
+        if let Ok(mut task) = self.revalidation.lock()
+            && let Some(task) = task.take()
+        {
+            task.abort();
+        }
         if let Ok(mut feed) = self.feed.lock()
             && let Some(task) = feed.take()
         {
@@ -94,7 +107,8 @@ impl RealtimeService {
                 pool.clone(),
                 config.catchup_window,
                 config.catchup_max_changes,
-                config.outbound_queue,
+                config.catchup_max_bytes,
+                config.slow_consumer_timeout,
             ),
             config,
             pool,
@@ -109,6 +123,10 @@ impl RealtimeService {
             peers: std::sync::Mutex::new(HashMap::new()),
             bus_seq: AtomicU64::new(0),
             remote_changes: OnceLock::new(),
+            revocable: std::sync::Mutex::new(Vec::new()),
+            revalidation: std::sync::Mutex::new(None),
+            feed_batches: AtomicU64::new(0),
+            feed_batch_max_bytes: AtomicUsize::new(0),
         })
     }
 
@@ -310,9 +328,98 @@ impl RealtimeService {
     /// Delivers a batch read from the slot: to the other instances first
     /// (the slot advances only after the bus has it), then here.
     async fn deliver_local(&self, batch: slot::Batch) {
-        let slot::Batch { changes, stamps } = batch;
+        let slot::Batch {
+            changes,
+            stamps,
+            bytes,
+        } = batch;
+        self.feed_batches.fetch_add(1, Ordering::Relaxed);
+        self.feed_batch_max_bytes
+            .fetch_max(bytes, Ordering::Relaxed);
         self.share_changes(&changes, &stamps).await;
         self.fanout.deliver(&self.hub, changes, stamps).await;
+    }
+
+    /// Re-checks the credentials behind open sockets every
+    /// `revalidate_interval` with `revalidator`, closing the sockets whose
+    /// credential is no longer valid (see [`crate::revalidate`]).
+    pub fn set_revalidator(self: &Arc<Self>, revalidator: Revalidator) {
+        let weak = Arc::downgrade(self);
+        let every = self.config.revalidate_interval;
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(service) = weak.upgrade() else {
+                    return;
+                };
+                service.revalidate(&revalidator).await;
+            }
+        });
+        if let Ok(mut slot) = self.revalidation.lock()
+            && let Some(old) = slot.replace(task)
+        {
+            old.abort();
+        }
+    }
+
+    /// Remembers an open socket whose own key can be revoked.
+    pub(crate) fn register_socket(&self, socket: &Arc<hub::SocketTx>, principal: &Principal) {
+        if let (Some(credential), Ok(mut sockets)) =
+            (Credential::of(principal), self.revocable.lock())
+        {
+            sockets.push((Arc::downgrade(socket), credential));
+        }
+    }
+
+    /// One re-check: every credential in use (sockets' keys, channels'
+    /// tokens), asked about at once; sockets using a revoked one close.
+    async fn revalidate(&self, revalidator: &Revalidator) {
+        let mut users: HashMap<Credential, Vec<Arc<hub::SocketTx>>> = HashMap::new();
+        if let Ok(mut sockets) = self.revocable.lock() {
+            sockets.retain(|(socket, credential)| match socket.upgrade() {
+                Some(socket) if !socket.is_closed() => {
+                    users.entry(credential.clone()).or_default().push(socket);
+                    true
+                }
+                _ => false,
+            });
+        }
+        for channel in self.hub.all_channels() {
+            if let Some(credential) = Credential::of(&channel.principal()) {
+                users
+                    .entry(credential)
+                    .or_default()
+                    .push(channel.socket.clone());
+            }
+        }
+        if users.is_empty() {
+            return;
+        }
+        let revoked = match revalidator(users.keys().cloned().collect()).await {
+            Ok(revoked) => revoked,
+            Err(err) => {
+                // Keep the sockets: the check is retried next interval.
+                tracing::warn!(error = %err, "could not re-check realtime credentials");
+                return;
+            }
+        };
+        for credential in revoked {
+            for socket in users.remove(&credential).unwrap_or_default() {
+                socket.cut_off(1008, "revoked", credential.revoked_reason());
+            }
+        }
+    }
+
+    /// Batches the feed has read from the slot, and the largest of them
+    /// in bytes of changes (their values plus a fixed overhead each).
+    pub fn feed_batches(&self) -> (u64, usize) {
+        (
+            self.feed_batches.load(Ordering::Relaxed),
+            self.feed_batch_max_bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// Starts the change feed of this tenant (once); `admin` connects as a
@@ -330,6 +437,7 @@ impl RealtimeService {
             slot_prefix: self.config.slot_name.clone(),
             poll_interval: self.config.poll_interval,
             max_lag_bytes: self.config.max_slot_lag_bytes,
+            batch_bytes: self.config.feed_batch_bytes,
         };
         let sink: Arc<dyn slot::Sink> = Arc::new(FeedSink(Arc::downgrade(self)));
         *started = Some(tokio::spawn(slot::run(admin, config, sink)));
@@ -519,13 +627,10 @@ impl RealtimeService {
         self.fanout.deliver(&self.hub, changes, stamps).await;
     }
 
-    /// Sends `channel` (just joined, not yet given any live change) the
-    /// changes it may see that were committed at or after `since` (less
-    /// [`CATCHUP_SLACK_MICROS`]) and are still kept, then a `system`
-    /// message that says how it went. Holds delivery, so live changes
-    /// follow the replay in order.
-    pub(crate) async fn catch_up(&self, channel: &Arc<Channel>, since: i64) {
-        self.fanout.catch_up(channel, since).await;
+    /// Replays to `channel` what `fanout::Fanout::snapshot` took for it,
+    /// then the live changes it held meanwhile.
+    pub(crate) async fn catch_up(&self, channel: &Arc<Channel>, replay: fanout::Replay) {
+        self.fanout.replay(channel, replay).await;
     }
 
     /// Joins the NATS bus at `url` on `subject` (one per tenant): from

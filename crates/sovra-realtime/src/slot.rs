@@ -6,10 +6,15 @@
 //! built-in `pgoutput` plugin and decoded by `sovra-realtime-proto` (pure).
 //! One reader per database consumes the slot at a time: the holder of a
 //! session advisory lock; others wait and take over when it goes away.
-//! Each poll peeks at most a bounded number of changes (whole
-//! transactions), hands them to a [`Sink`], and only after the sink returns
-//! advances the slot, so a restart resumes where it stopped (at least
-//! once). Nothing here knows about subscribers.
+//! Each poll peeks at the slot and streams what it returns (whole
+//! transactions, about [`BATCH`] changes or a little more; PostgreSQL
+//! spills a large transaction to disk rather than holding it in memory),
+//! handing it to a [`Sink`] in batches of at most
+//! `realtime.feed_batch_bytes` (and [`BATCH`] changes) — a batch may end
+//! inside a transaction, so memory does not grow with a transaction's
+//! size. Only after the sink has taken every change of a transaction does
+//! the slot advance past it, so a restart resumes where it stopped (at
+//! least once). Nothing here knows about subscribers.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sovra_pg::tokio_postgres;
-use sovra_realtime_proto::pgoutput::{self, Datum, Decoded};
+use sovra_realtime_proto::pgoutput::{self, Decoded};
 
 use crate::catalog;
 use crate::change::{Change, RelInfo};
@@ -26,7 +31,7 @@ use crate::change::{Change, RelInfo};
 /// Serialises slot consumers of one database (`pg_try_advisory_lock`).
 const LEADER_LOCK: i64 = 0x736f_7672_615f_7274; // "sovra_rt"
 /// Changes read per poll (whole transactions; PostgreSQL stops at a
-/// transaction boundary once past this).
+/// transaction boundary once past this), and most changes per batch.
 const BATCH: i32 = 20_000;
 
 /// What the slot reader needs to know.
@@ -36,6 +41,8 @@ pub(crate) struct SlotConfig {
     pub(crate) slot_prefix: String,
     pub(crate) poll_interval: Duration,
     pub(crate) max_lag_bytes: u64,
+    /// Most bytes of changes (as [`Change::size`] counts them) per batch.
+    pub(crate) batch_bytes: usize,
 }
 
 /// Committed changes in commit order; `stamps[i]` is the commit timestamp
@@ -43,6 +50,8 @@ pub(crate) struct SlotConfig {
 pub(crate) struct Batch {
     pub(crate) changes: Vec<Change>,
     pub(crate) stamps: Vec<Arc<str>>,
+    /// The changes' size, as [`Change::size`] counts it.
+    pub(crate) bytes: usize,
 }
 
 pub(crate) type SinkFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -56,12 +65,6 @@ pub(crate) trait Sink: Send + Sync {
     /// The slot fell too far behind and was moved to the present: changes
     /// were skipped.
     fn skipped(&self);
-}
-
-struct Txn {
-    commit_time: i64,
-    end_lsn: u64,
-    changes: Vec<Change>,
 }
 
 fn lsn_text(lsn: u64) -> String {
@@ -135,39 +138,33 @@ async fn lead(
         tracing::info!(%slot, "created the realtime replication slot");
     }
     sink.leading(&slot);
+    // Relations are described on a second connection: the first is busy
+    // streaming the slot's changes while they are decoded.
+    let catalog_client = sovra_pg::connect_one(admin).await?;
     let mut relations: HashMap<u32, Option<Arc<RelInfo>>> = HashMap::new();
     let mut last_lag_check = Instant::now() - Duration::from_secs(60);
+    let publications = catalog::PUBLICATIONS.join(",");
     loop {
         let rows = client
-            .query(
+            .query_raw(
                 "select data from pg_logical_slot_peek_binary_changes($1, null, $2,
                    'proto_version', '1', 'publication_names', $3)",
-                &[&slot, &BATCH, &catalog::PUBLICATIONS.join(",")],
+                [
+                    &slot as &(dyn tokio_postgres::types::ToSql + Sync),
+                    &BATCH,
+                    &publications,
+                ],
             )
             .await?;
-        let full = rows.len() >= BATCH as usize;
-        let txns = decode(&client, &rows, &mut relations).await?;
-        if !rows.is_empty() {
+        let read = stream(rows, &catalog_client, &mut relations, config, sink).await?;
+        if read.messages > 0 {
             tracing::debug!(
-                messages = rows.len(),
-                transactions = txns.len(),
-                "change feed batch"
+                messages = read.messages,
+                transactions = read.transactions,
+                "change feed poll"
             );
         }
-        if let Some(last) = txns.last() {
-            let end = last.end_lsn;
-            // The whole batch is authorised and delivered together: one
-            // query per claims group per poll, in commit order.
-            let mut changes = Vec::new();
-            let mut stamps = Vec::new();
-            for txn in txns {
-                let stamp: Arc<str> = Arc::from(pgoutput::commit_timestamp(txn.commit_time));
-                for change in txn.changes {
-                    changes.push(change);
-                    stamps.push(stamp.clone());
-                }
-            }
-            sink.deliver(Batch { changes, stamps }).await;
+        if let Some(end) = read.end_lsn {
             client
                 .execute(
                     "select pg_replication_slot_advance($1, $2::text::pg_lsn)",
@@ -179,10 +176,137 @@ async fn lead(
             last_lag_check = Instant::now();
             check_lag(&client, &slot, config, sink).await?;
         }
-        if !full {
+        if read.messages < BATCH as usize {
             tokio::time::sleep(config.poll_interval).await;
         }
     }
+}
+
+/// What one poll read.
+struct Read {
+    messages: usize,
+    transactions: usize,
+    /// The end of the last transaction the sink took whole.
+    end_lsn: Option<u64>,
+}
+
+/// Changes gathered for the sink, up to the batch limits.
+#[derive(Default)]
+struct Pending {
+    changes: Vec<Change>,
+    stamps: Vec<Arc<str>>,
+    bytes: usize,
+}
+
+impl Pending {
+    fn full(&self, config: &SlotConfig) -> bool {
+        self.changes.len() >= BATCH as usize || self.bytes >= config.batch_bytes
+    }
+
+    async fn flush(&mut self, sink: &dyn Sink) {
+        if self.changes.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(self);
+        sink.deliver(Batch {
+            changes: batch.changes,
+            stamps: batch.stamps,
+            bytes: batch.bytes,
+        })
+        .await;
+    }
+}
+
+/// Decodes the rows of one peek as they arrive and hands their changes to
+/// the sink in bounded batches. Changes of a table that no longer exists
+/// here are skipped, with a warning and a count. A trailing transaction
+/// without its commit (PostgreSQL sends whole ones) is not counted as
+/// taken: the slot stays before it and it is read again.
+async fn stream(
+    rows: tokio_postgres::RowStream,
+    catalog_client: &tokio_postgres::Client,
+    relations: &mut HashMap<u32, Option<Arc<RelInfo>>>,
+    config: &SlotConfig,
+    sink: &dyn Sink,
+) -> Result<Read, tokio_postgres::Error> {
+    use futures_util::TryStreamExt as _;
+    let mut rows = std::pin::pin!(rows);
+    let mut read = Read {
+        messages: 0,
+        transactions: 0,
+        end_lsn: None,
+    };
+    let mut pending = Pending::default();
+    // The commit timestamp of the transaction being read (Begin has it).
+    let mut stamp: Option<Arc<str>> = None;
+    while let Some(row) = rows.try_next().await? {
+        read.messages += 1;
+        let data: &[u8] = row.get(0);
+        let message = match pgoutput::decode(data) {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::error!(error = %err, "undecodable change; skipped");
+                continue;
+            }
+        };
+        let (relation, kind, new, old) = match message {
+            Decoded::Begin { commit_time, .. } => {
+                stamp = Some(Arc::from(pgoutput::commit_timestamp(commit_time)));
+                continue;
+            }
+            Decoded::Commit { end_lsn, .. } => {
+                if stamp.take().is_some() {
+                    read.transactions += 1;
+                    read.end_lsn = Some(end_lsn);
+                }
+                continue;
+            }
+            // Every poll announces its relations again; the catalog is read
+            // only when one is new or its shape changed.
+            Decoded::Relation(rel) => {
+                let stale = match relations.get(&rel.oid) {
+                    Some(Some(info)) => info.rel != rel,
+                    _ => true,
+                };
+                if stale {
+                    let oid = rel.oid;
+                    let (schema, name) = (rel.schema.clone(), rel.name.clone());
+                    let info = catalog::describe(catalog_client, rel).await?;
+                    if info.is_none() {
+                        tracing::warn!(%schema, table = %name, "a published table was dropped before its changes were read; they are skipped");
+                    }
+                    relations.insert(oid, info.map(Arc::new));
+                }
+                continue;
+            }
+            Decoded::Insert { relation, new } => (relation, "INSERT", Some(new), None),
+            Decoded::Update { relation, old, new } => (relation, "UPDATE", Some(new), old),
+            Decoded::Delete { relation, old } => (relation, "DELETE", None, Some(old)),
+            Decoded::Truncate { .. } | Decoded::Other(_) => continue,
+        };
+        let Some(stamp) = &stamp else {
+            continue;
+        };
+        let Some(Some(rel)) = relations.get(&relation) else {
+            metrics::counter!("sovra_realtime_changes_skipped_total", "reason" => "table_dropped")
+                .increment(1);
+            continue;
+        };
+        let change = Change {
+            rel: rel.clone(),
+            kind,
+            new,
+            old,
+        };
+        pending.bytes += change.size();
+        pending.changes.push(change);
+        pending.stamps.push(stamp.clone());
+        if pending.full(config) {
+            pending.flush(sink).await;
+        }
+    }
+    pending.flush(sink).await;
+    Ok(read)
 }
 
 /// Reports the slot's lag and applies the policy for a slot too far
@@ -215,102 +339,6 @@ async fn check_lag(
         sink.skipped();
     }
     Ok(())
-}
-
-/// Decodes a batch into whole transactions (a trailing partial one is left
-/// for the next poll). Changes of a table that no longer exists here are
-/// skipped, with a warning and a count.
-async fn decode(
-    client: &tokio_postgres::Client,
-    rows: &[tokio_postgres::Row],
-    relations: &mut HashMap<u32, Option<Arc<RelInfo>>>,
-) -> Result<Vec<Txn>, tokio_postgres::Error> {
-    let mut txns = Vec::new();
-    let mut current: Option<Txn> = None;
-    for row in rows {
-        let data: &[u8] = row.get(0);
-        let message = match pgoutput::decode(data) {
-            Ok(message) => message,
-            Err(err) => {
-                tracing::error!(error = %err, "undecodable change; skipped");
-                continue;
-            }
-        };
-        match message {
-            Decoded::Begin { commit_time, .. } => {
-                current = Some(Txn {
-                    commit_time,
-                    end_lsn: 0,
-                    changes: Vec::new(),
-                });
-            }
-            Decoded::Commit {
-                end_lsn,
-                commit_time,
-                ..
-            } => {
-                if let Some(mut txn) = current.take() {
-                    txn.end_lsn = end_lsn;
-                    txn.commit_time = commit_time;
-                    txns.push(txn);
-                }
-            }
-            // Every poll announces its relations again; the catalog is read
-            // only when one is new or its shape changed.
-            Decoded::Relation(rel) => {
-                let known = relations.get(&rel.oid);
-                let stale = match known {
-                    None => true,
-                    Some(Some(info)) => info.rel != rel,
-                    Some(None) => true,
-                };
-                if stale {
-                    let oid = rel.oid;
-                    let (schema, name) = (rel.schema.clone(), rel.name.clone());
-                    let info = catalog::describe(client, rel).await?;
-                    if info.is_none() {
-                        tracing::warn!(%schema, table = %name, "a published table was dropped before its changes were read; they are skipped");
-                    }
-                    relations.insert(oid, info.map(Arc::new));
-                }
-            }
-            Decoded::Insert { relation, new } => {
-                push_change(&mut current, relations, relation, "INSERT", Some(new), None)
-            }
-            Decoded::Update { relation, old, new } => {
-                push_change(&mut current, relations, relation, "UPDATE", Some(new), old)
-            }
-            Decoded::Delete { relation, old } => {
-                push_change(&mut current, relations, relation, "DELETE", None, Some(old))
-            }
-            Decoded::Truncate { .. } | Decoded::Other(_) => {}
-        }
-    }
-    Ok(txns)
-}
-
-fn push_change(
-    current: &mut Option<Txn>,
-    relations: &HashMap<u32, Option<Arc<RelInfo>>>,
-    relation: u32,
-    kind: &'static str,
-    new: Option<Vec<Datum>>,
-    old: Option<Vec<Datum>>,
-) {
-    let Some(txn) = current.as_mut() else {
-        return;
-    };
-    let Some(Some(rel)) = relations.get(&relation) else {
-        metrics::counter!("sovra_realtime_changes_skipped_total", "reason" => "table_dropped")
-            .increment(1);
-        return;
-    };
-    txn.changes.push(Change {
-        rel: rel.clone(),
-        kind,
-        new,
-        old,
-    });
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use sovra_realtime_proto::filter::Filter;
 use sovra_realtime_proto::frame::{self, Message, Vsn};
-use tokio::sync::{Notify, mpsc};
 
 use crate::hub::{Channel, Out, PgBinding, SocketTx};
 use crate::principal::Principal;
@@ -41,13 +40,9 @@ pub(crate) async fn run(
     principal: Principal,
 ) {
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Out>(service.config.outbound_queue.max(1));
-    let shared = Arc::new(SocketTx {
-        vsn,
-        tx,
-        kill: Notify::new(),
-        kill_reason: Mutex::new(None),
-    });
+    let (socket_tx, mut rx) = SocketTx::new(vsn, service.config.outbound_queue_bytes);
+    let shared = Arc::new(socket_tx);
+    service.register_socket(&shared, &principal);
     let writer_socket = shared.clone();
     let mut writer = tokio::spawn(async move {
         // A send can block on a client that does not read; the kill signal
@@ -59,25 +54,26 @@ pub(crate) async fn run(
                 out = rx.recv() => out,
             };
             let Some(out) = out else { break false };
-            let message = match out {
-                Out::Text(text) => WsMessage::Text(text),
-                Out::Binary(bytes) => WsMessage::Binary(bytes),
+            let message = match &out {
+                Out::Text(text) => WsMessage::Text(text.clone()),
+                Out::Binary(bytes) => WsMessage::Binary(bytes.clone()),
             };
             tokio::select! {
                 biased;
                 () = writer_socket.kill.notified() => break true,
                 sent = sink.send(message) => if sent.is_err() { break false },
             }
+            writer_socket.written(&out);
         };
         if killed {
-            let reason = writer_socket
+            let kill = writer_socket
                 .kill_reason
                 .lock()
                 .ok()
-                .and_then(|r| r.clone())
-                .unwrap_or_default();
+                .and_then(|r| r.clone());
+            let (code, reason) = kill.map_or((1008, String::new()), |k| (k.code, k.reason));
             let close = WsMessage::Close(Some(CloseFrame {
-                code: 1008,
+                code,
                 reason: reason.into(),
             }));
             let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
@@ -95,39 +91,88 @@ pub(crate) async fn run(
         last_seen: Instant::now(),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    let ended_by_writer = loop {
         tokio::select! {
-            _ = &mut writer => break,
+            _ = &mut writer => break true,
             _ = tick.tick() => {
                 if connection.last_seen.elapsed() > service.config.idle_timeout {
-                    metrics::counter!("sovra_realtime_disconnects_total", "reason" => "idle").increment(1);
-                    shared.cut_off("idle timeout: no heartbeat");
+                    shared.cut_off(1008, "idle", "idle timeout: no heartbeat");
                 }
                 connection.expire_tokens();
             }
             frame = stream.next() => {
-                let Some(Ok(frame)) = frame else { break };
+                let frame = match frame {
+                    None => break false,
+                    Some(Ok(frame)) => frame,
+                    Some(Err(err)) => {
+                        // The client broke the WebSocket protocol: close
+                        // with the code RFC 6455 gives the fault.
+                        if let Some((code, label, reason)) = close_for(&err, service.config.max_frame_bytes) {
+                            metrics::counter!("sovra_realtime_refused_total", "reason" => label).increment(1);
+                            shared.cut_off(code, label, &reason);
+                        }
+                        break false;
+                    }
+                };
                 connection.last_seen = Instant::now();
-                let message = match frame {
+                let message = match &frame {
                     WsMessage::Text(text) => frame::decode_text(vsn, text.as_str()),
-                    WsMessage::Binary(bytes) => frame::decode_binary(&bytes),
-                    WsMessage::Close(_) => break,
+                    WsMessage::Binary(bytes) => frame::decode_binary(bytes),
+                    WsMessage::Close(_) => break false,
                     WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
                 };
                 match message {
                     Ok(message) => connection.handle(message).await,
                     Err(err) => {
-                        tracing::debug!(error = %err, "unreadable realtime frame");
                         metrics::counter!("sovra_realtime_refused_total", "reason" => "bad_frame").increment(1);
+                        if connection.over_rate() {
+                            connection.rate_limited();
+                            continue;
+                        }
+                        let text = match &frame {
+                            WsMessage::Text(text) => Some(text.as_str()),
+                            _ => None,
+                        };
+                        connection.send(&frame::malformed_reply(text, &err));
                     }
                 }
             }
         }
-    }
+    };
     for channel in connection.channels.values() {
         service.remove_channel(channel);
     }
+    if !ended_by_writer && shared.is_closed() {
+        // Let the writer send its close frame (it gives up after 1 s).
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+    }
     writer.abort();
+}
+
+/// The close code, metric label and reason for a WebSocket error of the
+/// client's making; `None` when the connection just went away (reset, an
+/// IO error), which is not a fault to answer or count.
+fn close_for(err: &axum::Error, max_frame: usize) -> Option<(u16, &'static str, String)> {
+    use tungstenite::error::{Error as WsError, ProtocolError};
+    let inner = std::error::Error::source(err).and_then(|e| e.downcast_ref::<WsError>());
+    match inner {
+        Some(WsError::Capacity(_)) => Some((
+            1009,
+            "frame_too_large",
+            format!("frame too large: the limit is {max_frame} bytes"),
+        )),
+        Some(WsError::Utf8(_)) => {
+            Some((1007, "bad_utf8", "text frame is not valid UTF-8".to_owned()))
+        }
+        Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => None,
+        Some(WsError::Protocol(protocol)) => Some((
+            1002,
+            "protocol_error",
+            format!("protocol error: {protocol}"),
+        )),
+        Some(WsError::AttackAttempt) => Some((1002, "protocol_error", "protocol error".to_owned())),
+        _ => None,
+    }
 }
 
 fn status_reply(request: &Message, status: &str, response: Value) -> Message {
@@ -161,19 +206,26 @@ impl Connection {
         self.window_count > self.service.config.max_events_per_second
     }
 
+    /// Tells every channel, then closes the socket: too many messages.
+    fn rate_limited(&self) {
+        metrics::counter!("sovra_realtime_refused_total", "reason" => "rate_limit").increment(1);
+        for channel in self.channels.values() {
+            self.system_error(channel, "Too many messages per second");
+        }
+        self.socket.cut_off(
+            1008,
+            "rate_limit",
+            "rate limit: too many messages per second",
+        );
+    }
+
     async fn handle(&mut self, message: Message) {
         if message.topic == "phoenix" && message.event == "heartbeat" {
             self.ok(&message);
             return;
         }
         if self.over_rate() {
-            metrics::counter!("sovra_realtime_refused_total", "reason" => "rate_limit")
-                .increment(1);
-            for channel in self.channels.values() {
-                self.system_error(channel, "Too many messages per second");
-            }
-            self.socket
-                .cut_off("rate limit: too many messages per second");
+            self.rate_limited();
             return;
         }
         match message.event.as_str() {
@@ -261,6 +313,23 @@ impl Connection {
             return;
         }
         let payload = &message.payload;
+        let bindings_asked = payload
+            .get("config")
+            .and_then(|c| c.get("postgres_changes"))
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        let max_bindings = self.service.config.max_bindings_per_channel;
+        if bindings_asked > max_bindings {
+            metrics::counter!("sovra_realtime_refused_total", "reason" => "max_bindings")
+                .increment(1);
+            self.error(
+                &message,
+                format!(
+                    "TooManyBindings: a channel may have at most {max_bindings} postgres_changes bindings, this join has {bindings_asked}"
+                ),
+            );
+            return;
+        }
         let token = payload
             .get("access_token")
             .or_else(|| payload.get("user_token"))
@@ -364,6 +433,7 @@ impl Connection {
             ));
             self.service.remove_channel(&old);
         }
+        let bindings_empty = bindings.is_empty();
         let channel = Arc::new(Channel {
             id,
             socket: self.socket.clone(),
@@ -378,10 +448,13 @@ impl Connection {
             can_write: Mutex::new([None, None]),
             read_broadcast: AtomicBool::new(false),
             read_presence: AtomicBool::new(false),
+            // A catch-up holds the channel's live changes until its replay
+            // is queued: they follow it without a gap.
+            held: Mutex::new((since.is_some() && !bindings_empty).then(crate::hub::Held::default)),
         });
         channel.set_readable(&readable);
-        // A catch-up holds delivery from before the channel is visible to
-        // the feed until the replay is queued: live changes follow it.
+        // Delivery is held only from before the channel is visible to the
+        // feed until the replay is taken (not while it is sent).
         let service = self.service.clone();
         let order = match since {
             Some(_) if !channel.pg.is_empty() => Some(service.fanout.delivery.lock().await),
@@ -405,8 +478,10 @@ impl Connection {
             };
             self.send(&channel.changes_status(status, &text));
         }
-        if let (Some(since), Some(_order)) = (since, order) {
-            self.service.catch_up(&channel, since).await;
+        if let (Some(since), Some(order)) = (since, order) {
+            let replay = self.service.fanout.snapshot(since);
+            drop(order);
+            self.service.catch_up(&channel, replay).await;
         }
     }
 
@@ -533,6 +608,17 @@ impl Connection {
                     self.error(message, "Presence track payload must be a map");
                     return;
                 };
+                let size = Value::Object(state.clone()).to_string().len();
+                let max = self.service.config.max_presence_bytes;
+                if size > max {
+                    metrics::counter!("sovra_realtime_refused_total", "reason" => "presence_size")
+                        .increment(1);
+                    self.error(
+                        message,
+                        format!("PresencePayloadTooLarge: a presence state may have at most {max} bytes, this one has {size}"),
+                    );
+                    return;
+                }
                 if !self.may_write(&channel, "presence").await {
                     self.error(message, "Unauthorized: You do not have permissions to track presence on this Channel topic");
                     return;

@@ -312,6 +312,7 @@ pub async fn build_tenant(
     let realtime =
         sovra_realtime::RealtimeService::new(realtime_config(config), pool.clone(), verifier);
     realtime.set_feed_source(service.clone());
+    realtime.set_revalidator(revalidator(auth.pool().clone()));
     let id = "default".to_owned();
     if !config.realtime.nats_url.is_empty() {
         let subject = format!("{}.{id}", config.realtime.nats_subject);
@@ -333,6 +334,63 @@ pub async fn build_tenant(
     })
 }
 
+/// Answers the realtime service which credentials behind its open sockets
+/// are no longer valid: sessions that ended (signed out, expired, or whose
+/// user was banned or deleted) and revoked API keys. One round trip for
+/// all of them.
+fn revalidator(auth_pool: sovra_pg::Pool) -> sovra_realtime::Revalidator {
+    use sovra_realtime::Credential;
+    fn ids(list: &[(uuid::Uuid, Credential)]) -> Vec<uuid::Uuid> {
+        list.iter().map(|(id, _)| *id).collect()
+    }
+    std::sync::Arc::new(move |credentials: Vec<Credential>| {
+        let pool = auth_pool.clone();
+        Box::pin(async move {
+            let mut sessions = Vec::new();
+            let mut keys = Vec::new();
+            let mut revoked = std::collections::HashSet::new();
+            for credential in credentials {
+                let (list, id) = match &credential {
+                    Credential::Session(id) => (&mut sessions, id),
+                    Credential::ApiKey(id) => (&mut keys, id),
+                };
+                match uuid::Uuid::parse_str(id) {
+                    Ok(uuid) => list.push((uuid, credential.clone())),
+                    // Not an id Sovra issued: nothing it names is valid.
+                    Err(_) => {
+                        revoked.insert(credential);
+                    }
+                }
+            }
+            let client = pool.get().await.map_err(|err| err.to_string())?;
+            let row = client
+                .query_one(
+                    "select
+                       array(select s.id from auth.sessions s join auth.users u on u.id = s.user_id
+                             where s.id = any($1)
+                               and (s.not_after is null or s.not_after > now())
+                               and u.deleted_at is null
+                               and (u.banned_until is null or u.banned_until <= now())),
+                       array(select k.id from sovra.api_keys k
+                             where k.id = any($2) and k.revoked_at is null)",
+                    &[&ids(&sessions), &ids(&keys)],
+                )
+                .await
+                .map_err(|err| err.to_string())?;
+            let live_sessions: Vec<uuid::Uuid> = row.get(0);
+            let live_keys: Vec<uuid::Uuid> = row.get(1);
+            for (list, live) in [(sessions, live_sessions), (keys, live_keys)] {
+                for (id, credential) in list {
+                    if !live.contains(&id) {
+                        revoked.insert(credential);
+                    }
+                }
+            }
+            Ok(revoked)
+        })
+    })
+}
+
 /// The realtime settings of the configuration.
 fn realtime_config(config: &Config) -> sovra_realtime::RealtimeConfig {
     let realtime = &config.realtime;
@@ -342,11 +400,17 @@ fn realtime_config(config: &Config) -> sovra_realtime::RealtimeConfig {
         max_channels_per_connection: size(realtime.max_channels_per_connection),
         max_events_per_second: u32::try_from(realtime.max_events_per_second).unwrap_or(u32::MAX),
         max_frame_bytes: size(realtime.max_frame_size),
-        outbound_queue: size(realtime.outbound_queue),
+        outbound_queue_bytes: size(realtime.outbound_queue_bytes),
+        slow_consumer_timeout: Duration::from_secs(realtime.slow_consumer_timeout),
+        max_bindings_per_channel: size(realtime.max_bindings_per_channel),
+        max_presence_bytes: size(realtime.max_presence_bytes),
+        revalidate_interval: Duration::from_secs(realtime.revalidate_interval),
         idle_timeout: Duration::from_secs(realtime.idle_timeout),
         max_slot_lag_bytes: realtime.max_slot_lag,
         catchup_window: Duration::from_secs(realtime.catchup_window),
         catchup_max_changes: size(realtime.catchup_max_changes),
+        catchup_max_bytes: size(realtime.catchup_max_bytes),
+        feed_batch_bytes: size(realtime.feed_batch_bytes),
         ..sovra_realtime::RealtimeConfig::default()
     }
 }

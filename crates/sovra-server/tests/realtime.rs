@@ -861,7 +861,7 @@ async fn limits_close_connections_with_a_reason() {
     config.realtime.max_channels_per_connection = 2;
     config.realtime.max_events_per_second = 20;
     config.realtime.idle_timeout = 2;
-    config.realtime.outbound_queue = 8;
+    config.realtime.outbound_queue_bytes = 65_536;
     config.realtime.max_connections = 3;
     config.realtime.max_frame_size = 2048;
     let app = TestApp::spawn_with(config).await;

@@ -103,7 +103,7 @@ async fn run(seed: u64) {
     // The clients are read one after the other after all writes: room for
     // every change (the queue limit is not what this test is about).
     let mut config = sovra_config::Config::default();
-    config.realtime.outbound_queue = 100_000;
+    config.realtime.outbound_queue_bytes = 1 << 28;
     let app = TestApp::spawn_with(config).await;
     let p = format!("d{}", rng.below(1_000_000));
     let team = format!("rt_{p}_team");
