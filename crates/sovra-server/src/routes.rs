@@ -57,8 +57,42 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+/// SHA-256 of a bearer token: both sides of the `/metrics` check are
+/// digests of the same length, so comparing them in constant time reveals
+/// neither the token's bytes nor its length.
+pub(crate) fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>` whose digest is
+/// `expected`. The scheme is case-insensitive, as RFC 9110 says.
+fn metrics_authorized(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
+    use subtle::ConstantTimeEq as _;
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((scheme, token)) = value.split_once(' ') else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer") && bool::from(token_digest(token.trim()).ct_eq(expected))
+}
+
+/// `GET /metrics`: Prometheus text format; behind `metrics.token` when set.
+pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &state.metrics_token
+        && !metrics_authorized(&headers, expected)
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+            Json(json!({"message": "/metrics needs `Authorization: Bearer <metrics.token>`"})),
+        )
+            .into_response();
+    }
     for tenant in state.tenants.all() {
         let status = tenant.pool.status();
         let labels = [("tenant", tenant.id.clone())];

@@ -358,7 +358,15 @@ async fn serve_with(
     for tenant in tenants.all() {
         tenant.realtime.start_feed(admin.clone());
     }
-    let state = AppState::new(tenants.clone(), config.server.body_limit);
+    let state = AppState::new(tenants.clone(), config.server.body_limit)
+        .with_metrics_token(config.metrics.token.as_deref());
+    if config.metrics_exposed() {
+        tracing::warn!(
+            listen = %config.server.listen,
+            "/metrics is open to every client that reaches {}: set `metrics.token` (SOVRA_METRICS_TOKEN) or block /metrics in front of Sovra",
+            config.server.listen
+        );
+    }
     let app = router(state);
 
     let addr = config.listen_addr();

@@ -311,7 +311,8 @@ impl TestApp {
         .expect("building the test tenant");
         let resolver = sovra_server::TenantResolver::single(tenant);
         let tenant = resolver.all().remove(0);
-        let state = sovra_server::AppState::new(resolver, config.server.body_limit);
+        let state = sovra_server::AppState::new(resolver, config.server.body_limit)
+            .with_metrics_token(config.metrics.token.as_deref());
         let app = sovra_server::router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
