@@ -122,6 +122,28 @@ fn bearer(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
     }
 }
 
+pub(crate) const NUL_CLAIMS: &str = "JWT claims must not contain NUL characters";
+
+/// Whether a NUL character appears in any key or string of `claims`.
+/// PostgreSQL's text cannot hold one, so such claims could never be set as
+/// `request.jwt.claims`: the token is refused up front (401) instead of
+/// failing later inside a service.
+pub(crate) fn claims_contain_nul(claims: &Map<String, Value>) -> bool {
+    fn value_has_nul(value: &Value) -> bool {
+        match value {
+            Value::String(text) => text.contains('\0'),
+            Value::Array(items) => items.iter().any(value_has_nul),
+            Value::Object(map) => map
+                .iter()
+                .any(|(key, value)| key.contains('\0') || value_has_nul(value)),
+            Value::Null | Value::Bool(_) | Value::Number(_) => false,
+        }
+    }
+    claims
+        .iter()
+        .any(|(key, value)| key.contains('\0') || value_has_nul(value))
+}
+
 fn equal(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
@@ -191,6 +213,9 @@ pub fn authenticate(
         .keys
         .verify(&token, now)
         .map_err(|err| GatewayError::InvalidToken(err.to_string()))?;
+    if claims_contain_nul(&verified.claims) {
+        return Err(GatewayError::InvalidToken(NUL_CLAIMS.to_owned()));
+    }
     Ok(Caller {
         tenant: tenant.clone(),
         role: verified.role,
@@ -224,6 +249,25 @@ mod tests {
         assert_eq!(bearer(&headers), Err(GatewayError::MalformedAuthorization));
         headers.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
         assert_eq!(bearer(&headers), Err(GatewayError::MalformedAuthorization));
+    }
+
+    #[test]
+    fn nul_is_found_anywhere_in_claims() {
+        let Value::Object(clean) = json!({"role": "anon", "a": [1, {"b": "c"}], "n": null}) else {
+            unreachable!()
+        };
+        assert!(!claims_contain_nul(&clean));
+        for dirty in [
+            json!({"role": "anon\u{0}"}),
+            json!({"k\u{0}": 1}),
+            json!({"a": [1, ["\u{0}"]]}),
+            json!({"a": {"b": {"c\u{0}": true}}}),
+        ] {
+            let Value::Object(map) = dirty else {
+                unreachable!()
+            };
+            assert!(claims_contain_nul(&map), "{map:?}");
+        }
     }
 
     #[test]

@@ -180,12 +180,18 @@ pub(crate) async fn whoami_db(
 }
 
 fn db_error(err: sovra_pg::tokio_postgres::Error) -> (StatusCode, String) {
+    let message = || {
+        err.as_db_error()
+            .map_or_else(|| "invalid role".to_owned(), |db| db.message().to_owned())
+    };
     match sovra_pg::error_kind(&err) {
-        sovra_pg::ErrorKind::InvalidParameterValue => (
-            StatusCode::UNAUTHORIZED,
-            err.as_db_error()
-                .map_or_else(|| "invalid role".to_owned(), |db| db.message().to_owned()),
-        ),
+        sovra_pg::ErrorKind::InvalidParameterValue => (StatusCode::UNAUTHORIZED, message()),
+        // A role `authenticator` may not become (PostgREST answers 403).
+        sovra_pg::ErrorKind::InsufficientPrivilege => (StatusCode::FORBIDDEN, message()),
+        // Claims PostgreSQL cannot take, e.g. a `sub` that is no uuid.
+        _ if err.code().is_some_and(|code| code.code().starts_with("22")) => {
+            (StatusCode::BAD_REQUEST, message())
+        }
         sovra_pg::ErrorKind::Connection => (
             StatusCode::SERVICE_UNAVAILABLE,
             "database unavailable".to_owned(),

@@ -193,13 +193,16 @@ pub async fn build_tenant(
     let keyset = std::sync::Arc::new(keys.keyset);
     let verify_keys = keyset.clone();
     let verifier: sovra_realtime::Verifier = std::sync::Arc::new(move |token: &str| {
-        verify_keys
+        let verified = verify_keys
             .verify(token, crate::gateway::now())
-            .map(|verified| sovra_realtime::Principal {
-                role: verified.role,
-                claims: verified.claims,
-            })
-            .map_err(|err| err.to_string())
+            .map_err(|err| err.to_string())?;
+        if crate::gateway::claims_contain_nul(&verified.claims) {
+            return Err(crate::gateway::NUL_CLAIMS.to_owned());
+        }
+        Ok(sovra_realtime::Principal {
+            role: verified.role,
+            claims: verified.claims,
+        })
     });
     let realtime =
         sovra_realtime::RealtimeService::new(realtime_config(config), pool.clone(), verifier);

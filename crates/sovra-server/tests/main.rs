@@ -372,6 +372,73 @@ async fn database_sees_the_callers_role_and_claims() {
 }
 
 #[tokio::test]
+async fn hostile_claims_are_refused_not_500() {
+    let app = TestApp::spawn().await;
+    let db = format!("{}/sovra/v1/whoami/db", app.url);
+    let uid = "44444444-4444-4444-4444-444444444444";
+    let token = |key: &str, value: Value| {
+        let mut claims = TestApp::user_claims(uid);
+        claims.insert(key.into(), value);
+        format!("Bearer {}", app.sign(Value::Object(claims)))
+    };
+    // Roles `authenticator` may not become: 403, as PostgREST answers.
+    for role in ["postgres", "supabase_auth_admin", "authenticator"] {
+        let bearer = token("role", json!(role));
+        let (status, body) = get_json(&db, &[("authorization", &bearer)]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{role}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("permission denied"),
+            "{body}"
+        );
+    }
+    // Claims PostgreSQL cannot take as they are: 400 with its message.
+    for (key, value) in [("sub", json!("not-a-uuid")), ("sub", json!(42))] {
+        let bearer = token(key, value.clone());
+        let (status, body) = get_json(&db, &[("authorization", &bearer)]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{key}={value}: {body}");
+    }
+    // A NUL anywhere in the claims cannot reach PostgreSQL (its text has no
+    // NUL): refused at the gateway for every service.
+    for (key, value) in [
+        ("role", json!("anon\u{0}")),
+        ("sub", json!("\u{0}")),
+        ("email", json!("a\u{0}@example.com")),
+        ("app_metadata", json!({"nested": ["\u{0}"]})),
+        ("user_metadata", json!({"k\u{0}": 1})),
+    ] {
+        let bearer = token(key, value);
+        for path in [
+            "/sovra/v1/whoami/db",
+            "/sovra/v1/whoami",
+            "/rest/v1/",
+            "/storage/v1/bucket",
+        ] {
+            let (status, body) = get_json(
+                &format!("{}{path}", app.url),
+                &[("apikey", &app.anon_key), ("authorization", &bearer)],
+            )
+            .await;
+            // Storage answers refused tokens with 400, as Supabase's does.
+            assert!(
+                status == StatusCode::UNAUTHORIZED || status == StatusCode::BAD_REQUEST,
+                "{key} {path}: {status} {body}"
+            );
+            assert!(body.to_string().contains("NUL"), "{key} {path}: {body}");
+        }
+    }
+    // Well-formed claims still work.
+    let (status, body) = get_json(
+        &db,
+        &[("authorization", &token("email", json!("ok@example.com")))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
 async fn bad_credentials_are_refused() {
     let app = TestApp::spawn().await;
     let url = format!("{}/sovra/v1/whoami", app.url);
