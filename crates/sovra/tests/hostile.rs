@@ -356,9 +356,9 @@ fn websocket(port: u16, query: &str, extra: &[(&str, &str)], frames: &[Vec<u8>])
             break;
         }
     }
-    // A clean close, then read what the server sends until it hangs up.
+    // A clean close, then read what the server sends until it hangs up
+    // (without shutting our side: the server would drop its replies).
     let _ = stream.write_all(&ws_frame(0x88, true, &1000u16.to_be_bytes(), None));
-    let _ = stream.shutdown(Shutdown::Write);
     let mut received = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut chunk = [0u8; 65536];
@@ -414,9 +414,16 @@ enum Run {
     },
 }
 
+/// A case name for one output line: control characters shown as `?`.
+fn printable(name: String) -> String {
+    name.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 fn case(name: impl Into<String>, bytes: Vec<u8>) -> Case {
     Case {
-        name: name.into(),
+        name: printable(name.into()),
         run: Run::Http(bytes),
         may_close: false,
     }
@@ -424,7 +431,7 @@ fn case(name: impl Into<String>, bytes: Vec<u8>) -> Case {
 
 fn closing(name: impl Into<String>, bytes: Vec<u8>) -> Case {
     Case {
-        name: name.into(),
+        name: printable(name.into()),
         run: Run::Http(bytes),
         may_close: true,
     }
@@ -1039,6 +1046,9 @@ fn rest_cases(f: &Fixture) -> Vec<Case> {
     cases
 }
 
+/// Request headers as `(name, value)` pairs.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
 fn json_body_cases(f: &Fixture) -> Vec<Case> {
     let user_bearer = format!("Bearer {}", f.user);
     let service_bearer = format!("Bearer {}", f.service);
@@ -1056,7 +1066,7 @@ fn json_body_cases(f: &Fixture) -> Vec<Case> {
         ("apikey", f.anon.as_str()),
         ("Content-Type", "application/json"),
     ];
-    let targets: &[(&str, &str, &[(&str, &str)])] = &[
+    let targets: &[(&str, &str, Headers)] = &[
         ("POST", "/rest/v1/items", &user),
         ("PATCH", "/rest/v1/items?id=eq.1", &user),
         ("POST", "/rest/v1/rpc/echo", &anon),
@@ -2562,7 +2572,8 @@ fn websocket_cases(f: &Fixture) -> Vec<Case> {
     cases
 }
 
-/// Runs one case and says what went wrong, if anything.
+/// Runs one case and says what went wrong, if anything. With
+/// `SOVRA_HOSTILE_VERBOSE` set, prints every case's answer.
 fn run_case(sovra: &mut Sovra, case: &Case) -> Option<String> {
     let outcome = match &case.run {
         Run::Http(bytes) => send(sovra.port, bytes, CASE_TIMEOUT, case.may_close),
@@ -2578,6 +2589,21 @@ fn run_case(sovra: &mut Sovra, case: &Case) -> Option<String> {
             websocket(sovra.port, query, &extra, frames)
         }
     };
+    if std::env::var_os("SOVRA_HOSTILE_VERBOSE").is_some() {
+        let shown = match &outcome {
+            Outcome::Status(code, head) => format!(
+                "{code} {}",
+                head.lines()
+                    .next_back()
+                    .unwrap_or("")
+                    .chars()
+                    .take(100)
+                    .collect::<String>()
+            ),
+            other => format!("{other:?}"),
+        };
+        println!("CASE {:.100} -> {shown}", case.name);
+    }
     let mut problem = match &outcome {
         Outcome::Status(code, head) if *code >= 500 => {
             let allowed = ALLOWED_5XX
