@@ -798,6 +798,8 @@ async fn unknown_environment_variables_warn_and_open_metrics_are_flagged() {
     );
     assert!(!logs.contains("injected"), "{logs}");
     assert!(logs.contains(&fresh), "the fresh id is logged: {logs}");
+    // Logs to a pipe or file carry no terminal colour codes.
+    assert!(!logs.contains('\x1b'), "ANSI escapes in piped logs: {logs}");
 
     // With a token, /metrics needs it and there is no warning.
     let mut server = start(&dir, &[("SOVRA_METRICS_TOKEN", "scrape-token-0123456789")]);

@@ -2689,6 +2689,13 @@ fn hostile_inputs_get_answers_below_500_and_never_crash_the_server() {
     for panic in &panics {
         println!("PANIC {panic}");
     }
+    if !failures.is_empty() {
+        // What the server said about them (its error lines carry no secrets).
+        let log = std::fs::read_to_string(&sovra.log).unwrap_or_default();
+        for line in log.lines().filter(|line| line.contains("ERROR")).take(50) {
+            println!("LOG {}", line.chars().take(400).collect::<String>());
+        }
+    }
     assert!(
         cases.len() >= 300,
         "the suite shrank: {} cases",
