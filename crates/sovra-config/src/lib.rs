@@ -138,6 +138,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or `tracing` directives such as `info,sovra_pg=debug`.",
     },
     OptionDoc {
+        key: "metrics.token",
+        kind: Kind::String,
+        default: "",
+        doc: "Bearer token that `GET /metrics` requires (`Authorization: Bearer <token>`, compared in constant time); at least 16 characters. Unset: `/metrics` is open, and Sovra warns at start when `server.listen` is not a loopback address.",
+    },
+    OptionDoc {
         key: "database.url",
         kind: Kind::String,
         default: "",
@@ -590,6 +596,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub server: ServerConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     pub database: DatabaseConfig,
     pub rest: RestConfig,
     pub embedded: EmbeddedConfig,
@@ -860,6 +867,13 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// Who may read `/metrics`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub token: Option<String>,
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
@@ -894,6 +908,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./sovra-data"),
             server: ServerConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
             database: DatabaseConfig::default(),
             rest: RestConfig::default(),
             embedded: EmbeddedConfig::default(),
@@ -968,6 +983,7 @@ impl Default for JwtConfig {
 pub struct Loader {
     table: toml::Table,
     overrides: Vec<(String, String, String)>,
+    unknown_env: Vec<String>,
 }
 
 impl Loader {
@@ -1001,13 +1017,17 @@ impl Loader {
         Ok(Loader {
             table,
             overrides: Vec::new(),
+            unknown_env: Vec::new(),
         })
     }
 
     /// Applies the `SOVRA_*` variables among `vars`. Variables that name no
-    /// option are refused, so that a typo does not silently do nothing.
+    /// option are not an error (people export `SOVRA_URL` or
+    /// `SOVRA_ANON_KEY` for their own clients in the same shell): they are
+    /// collected for [`Loader::env_warnings`], which the binary logs.
+    /// Unknown keys in the file and unknown flags are still refused.
     /// `SOVRA_CONFIG` (the file path) and `SOVRA_TEST_*` (the test harness)
-    /// are not options and are skipped.
+    /// are not options and are skipped silently.
     pub fn env<I>(mut self, vars: I) -> Result<Loader, ConfigError>
     where
         I: IntoIterator<Item = (String, String)>,
@@ -1020,13 +1040,44 @@ impl Loader {
             if name == "SOVRA_CONFIG" || name.starts_with("SOVRA_TEST_") {
                 continue;
             }
-            let option = OPTIONS
-                .iter()
-                .find(|opt| opt.env_name() == name)
-                .ok_or_else(|| ConfigError::Unknown(name.clone()))?;
-            self.overrides.push((option.key.to_owned(), name, value));
+            match OPTIONS.iter().find(|opt| opt.env_name() == name) {
+                Some(option) => self.overrides.push((option.key.to_owned(), name, value)),
+                None => self.unknown_env.push(name),
+            }
         }
         Ok(self)
+    }
+
+    /// The `SOVRA_*` variables given to [`Loader::env`] that name no option,
+    /// in name order.
+    pub fn unknown_env(&self) -> &[String] {
+        &self.unknown_env
+    }
+
+    /// One warning per unknown `SOVRA_*` variable, naming the option it
+    /// most likely meant when one is close (a typo such as
+    /// `SOVRA_SERVER_LISEN`). Never contains the variable's value.
+    pub fn env_warnings(&self) -> Vec<String> {
+        self.unknown_env
+            .iter()
+            .map(|name| {
+                let closest = OPTIONS
+                    .iter()
+                    .map(|opt| (edit_distance(name, &opt.env_name()), opt))
+                    .filter(|(distance, _)| *distance <= 2)
+                    .min_by_key(|(distance, _)| *distance);
+                match closest {
+                    Some((_, opt)) => format!(
+                        "ignoring environment variable {name}: it names no option; did you mean {} (`{}`)?",
+                        opt.env_name(),
+                        opt.key
+                    ),
+                    None => format!(
+                        "ignoring environment variable {name}: it names no option (see docs/config.md)"
+                    ),
+                }
+            })
+            .collect()
     }
 
     /// Sets one option from a command-line flag (`key` is the dotted path).
@@ -1056,6 +1107,21 @@ impl Loader {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// Levenshtein distance over bytes (names are ASCII), for suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, &ca) in a.iter().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, &cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
 }
 
 fn check_known(table: &toml::Table, prefix: &str) -> Result<(), ConfigError> {
@@ -1137,6 +1203,13 @@ impl Config {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 54321)))
     }
 
+    /// True when `/metrics` answers anyone who can reach the listener from
+    /// another machine: no `metrics.token` and `server.listen` is not a
+    /// loopback address. `sovra serve` warns about it at start.
+    pub fn metrics_exposed(&self) -> bool {
+        self.metrics.token.is_none() && !self.listen_addr().ip().is_loopback()
+    }
+
     /// The URL clients reach Sovra at.
     pub fn public_url(&self, bound: SocketAddr) -> String {
         match &self.server.public_url {
@@ -1192,6 +1265,14 @@ impl Config {
                     "{:?} is not a level (error, warn, info, debug, trace) or target=level list",
                     self.log.level
                 ),
+            ));
+        }
+        if let Some(token) = &self.metrics.token
+            && (token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError::invalid(
+                "metrics.token",
+                "must be at least 16 printable ASCII characters without spaces",
             ));
         }
         if let Some(url) = &self.database.url {
@@ -1527,7 +1608,7 @@ pub fn markdown_reference() -> String {
         "# Configuration\n\n\
          <!-- Generated from crates/sovra-config/src/lib.rs by `cargo test -p sovra-config`; do not edit. -->\n\n\
          Sovra reads built-in defaults, then `sovra.toml` in the working directory (or the file named by `--config` or `SOVRA_CONFIG`), then `SOVRA_*` environment variables, then command-line flags; later ones win.\n\
-         An unknown option or a wrong value stops Sovra at start with a message that names the option.\n\n\
+         An unknown option in the file or on the command line, or a wrong value anywhere, stops Sovra at start with a message that names the option. An unknown `SOVRA_*` environment variable only gets a warning (naming the option it most likely meant), since shells often export `SOVRA_URL` and the like for clients.\n\n\
          | option | environment | default | meaning |\n|---|---|---|---|\n",
     );
     for option in OPTIONS {
@@ -1626,8 +1707,97 @@ mod tests {
         );
         let err = load("colour = 1\n", &[]).unwrap_err();
         assert!(err.to_string().contains("`colour`"), "{err}");
-        let err = load("", &[("SOVRA_SERVER_LISEN", "x")]).unwrap_err();
-        assert!(err.to_string().contains("SOVRA_SERVER_LISEN"), "{err}");
+    }
+
+    #[test]
+    fn unknown_environment_variables_are_warned_about_not_refused() {
+        let loader = Loader::from_toml("", Path::new("t.toml"))
+            .unwrap()
+            .env(env(&[
+                ("SOVRA_URL", "https://api.example.com"),
+                ("SOVRA_SERVER_LISEN", "127.0.0.1:1"),
+                ("SOVRA_ANON_KEY", "secret-value"),
+                ("SOVRA_DATABASE_POOL_SIZE", "4"),
+                ("SOVRA_CONFIG", "x.toml"),
+                ("SOVRA_TEST_DATABASE_URL", "postgres://x"),
+            ]))
+            .unwrap();
+        assert_eq!(
+            loader.unknown_env(),
+            ["SOVRA_ANON_KEY", "SOVRA_SERVER_LISEN", "SOVRA_URL"]
+        );
+        let warnings = loader.env_warnings();
+        assert_eq!(warnings.len(), 3);
+        assert!(
+            warnings[1].contains("did you mean SOVRA_SERVER_LISTEN (`server.listen`)"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[2].starts_with("ignoring environment variable SOVRA_URL: it names no option"),
+            "{warnings:?}"
+        );
+        assert!(
+            !warnings.iter().any(|w| w.contains("secret-value")),
+            "values never appear in warnings"
+        );
+        // The known variable still applies; the unknown ones change nothing.
+        let config = loader.load().unwrap();
+        assert_eq!(config.database.pool_size, 4);
+        assert_eq!(config.server.listen, "127.0.0.1:54321");
+    }
+
+    #[test]
+    fn unknown_flags_are_still_refused() {
+        let err = Loader::default()
+            .set("server.lisen", "x")
+            .load()
+            .unwrap_err();
+        assert!(err.to_string().contains("`server.lisen`"), "{err}");
+    }
+
+    #[test]
+    fn metrics_token_is_validated_and_exposure_is_detected() {
+        for bad in [
+            "short",
+            "has a space in it!!",
+            "tab\tinside-the-token-x",
+            "",
+        ] {
+            let text = format!("[metrics]\ntoken = \"{bad}\"\n");
+            let err = load(&text, &[]).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("invalid value for `metrics.token`"),
+                "{bad:?}: {err}"
+            );
+        }
+        let config = load("", &[("SOVRA_METRICS_TOKEN", "0123456789abcdef-scrape")]).unwrap();
+        assert_eq!(
+            config.metrics.token.as_deref(),
+            Some("0123456789abcdef-scrape")
+        );
+        assert!(!config.metrics_exposed());
+        assert!(
+            !load("", &[]).unwrap().metrics_exposed(),
+            "loopback default"
+        );
+        let open = load("[server]\nlisten = \"0.0.0.0:54321\"\n", &[]).unwrap();
+        assert!(open.metrics_exposed());
+        let open6 = load("[server]\nlisten = \"[::]:54321\"\n", &[]).unwrap();
+        assert!(open6.metrics_exposed());
+        let local6 = load("[server]\nlisten = \"[::1]:54321\"\n", &[]).unwrap();
+        assert!(!local6.metrics_exposed());
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(
+            edit_distance("SOVRA_SERVER_LISEN", "SOVRA_SERVER_LISTEN"),
+            1
+        );
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

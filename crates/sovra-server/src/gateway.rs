@@ -122,6 +122,28 @@ fn bearer(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
     }
 }
 
+pub(crate) const NUL_CLAIMS: &str = "JWT claims must not contain NUL characters";
+
+/// Whether a NUL character appears in any key or string of `claims`.
+/// PostgreSQL's text cannot hold one, so such claims could never be set as
+/// `request.jwt.claims`: the token is refused up front (401) instead of
+/// failing later inside a service.
+pub(crate) fn claims_contain_nul(claims: &Map<String, Value>) -> bool {
+    fn value_has_nul(value: &Value) -> bool {
+        match value {
+            Value::String(text) => text.contains('\0'),
+            Value::Array(items) => items.iter().any(value_has_nul),
+            Value::Object(map) => map
+                .iter()
+                .any(|(key, value)| key.contains('\0') || value_has_nul(value)),
+            Value::Null | Value::Bool(_) | Value::Number(_) => false,
+        }
+    }
+    claims
+        .iter()
+        .any(|(key, value)| key.contains('\0') || value_has_nul(value))
+}
+
 fn equal(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
@@ -191,6 +213,9 @@ pub fn authenticate(
         .keys
         .verify(&token, now)
         .map_err(|err| GatewayError::InvalidToken(err.to_string()))?;
+    if claims_contain_nul(&verified.claims) {
+        return Err(GatewayError::InvalidToken(NUL_CLAIMS.to_owned()));
+    }
     Ok(Caller {
         tenant: tenant.clone(),
         role: verified.role,
@@ -224,6 +249,86 @@ mod tests {
         assert_eq!(bearer(&headers), Err(GatewayError::MalformedAuthorization));
         headers.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
         assert_eq!(bearer(&headers), Err(GatewayError::MalformedAuthorization));
+    }
+
+    /// Cases per `fuzz_*` target: `SOVRA_FUZZ_CASES`, default 256.
+    fn fuzz_cases() -> u32 {
+        std::env::var("SOVRA_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
+
+    fn header_map(name: &'static str, value: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = header::HeaderValue::from_bytes(value) {
+            headers.insert(name, value);
+        }
+        headers
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: fuzz_cases(),
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Credentials as clients send them: arbitrary header bytes and
+        /// query strings never panic the parsers; a bearer that is found
+        /// is trimmed and non-empty, and a query parameter round-trips.
+        #[test]
+        fn fuzz_credentials(
+            header in proptest::collection::vec(proptest::num::u8::ANY, 0..96),
+            query in "(apikey|vsn|x|%|=|&|\\+|%[0-9a-fA-F]{0,2}|[^&=]{0,8}){0,12}",
+        ) {
+            let headers = header_map("authorization", &header);
+            if let Ok(Some(token)) = bearer(&headers) {
+                proptest::prop_assert!(!token.is_empty());
+                proptest::prop_assert_eq!(token.trim(), token.as_str());
+            }
+            let headers = header_map("apikey", &header);
+            let _ = api_key(&headers, Some(&query));
+            let _ = query_param(Some(&query), "apikey");
+            let _ = crate::is_safe_request_id(&header);
+        }
+
+        /// Near-valid: `Bearer <anything>` and `apikey=<encoded anything>`.
+        #[test]
+        fn fuzz_credentials_near_valid(
+            scheme in "(?i:bearer|basic|)",
+            spaces in " {0,3}",
+            token in "[ -~]{0,64}",
+        ) {
+            let value = format!("{scheme}{spaces}{token}");
+            let headers = header_map("authorization", value.as_bytes());
+            if let Ok(Some(found)) = bearer(&headers) {
+                proptest::prop_assert!(scheme.eq_ignore_ascii_case("bearer"));
+                proptest::prop_assert_eq!(found.as_str(), token.trim());
+            }
+            let encoded: String = token.bytes().map(|b| format!("%{b:02X}")).collect();
+            let query = format!("vsn=1.0.0&apikey={encoded}");
+            proptest::prop_assert_eq!(query_param(Some(&query), "apikey"), Some(token.clone()));
+        }
+    }
+
+    #[test]
+    fn nul_is_found_anywhere_in_claims() {
+        let Value::Object(clean) = json!({"role": "anon", "a": [1, {"b": "c"}], "n": null}) else {
+            unreachable!()
+        };
+        assert!(!claims_contain_nul(&clean));
+        for dirty in [
+            json!({"role": "anon\u{0}"}),
+            json!({"k\u{0}": 1}),
+            json!({"a": [1, ["\u{0}"]]}),
+            json!({"a": {"b": {"c\u{0}": true}}}),
+        ] {
+            let Value::Object(map) = dirty else {
+                unreachable!()
+            };
+            assert!(claims_contain_nul(&map), "{map:?}");
+        }
     }
 
     #[test]

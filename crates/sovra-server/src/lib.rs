@@ -42,6 +42,9 @@ pub struct AppState {
     pub body_limit: usize,
     /// How long a request body may send nothing (`server.body_idle_timeout`).
     pub body_idle_timeout: Duration,
+    /// SHA-256 of `metrics.token`: `/metrics` then requires it as a bearer
+    /// token. `None`: `/metrics` is open.
+    pub metrics_token: Option<[u8; 32]>,
 }
 
 impl AppState {
@@ -52,14 +55,23 @@ impl AppState {
             started: Instant::now(),
             body_limit,
             body_idle_timeout: Duration::from_secs(60),
+            metrics_token: None,
         }
     }
 
     /// The state `config` describes.
     pub fn from_config(tenants: TenantResolver, config: &sovra_config::Config) -> AppState {
-        let mut state = AppState::new(tenants, config.server.body_limit);
+        let mut state = AppState::new(tenants, config.server.body_limit)
+            .with_metrics_token(config.metrics.token.as_deref());
         state.body_idle_timeout = Duration::from_secs(config.server.body_idle_timeout);
         state
+    }
+
+    /// Requires `token` as the bearer token of `GET /metrics`.
+    #[must_use]
+    pub fn with_metrics_token(mut self, token: Option<&str>) -> AppState {
+        self.metrics_token = token.map(routes::token_digest);
+        self
     }
 }
 
@@ -83,6 +95,34 @@ impl FromRequestParts<AppState> for ResolvedTenant {
 }
 
 const REQUEST_ID: &str = "x-request-id";
+
+/// Whether a client's `x-request-id` is kept: 1 to 64 characters of
+/// `[A-Za-z0-9._-]`, so that it cannot forge fields in text logs, flood
+/// them, or carry anything but an id. Anything else is replaced by a fresh
+/// UUID, which the response then carries.
+pub fn is_safe_request_id(value: &[u8]) -> bool {
+    (1..=64).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Drops the client's `x-request-id` unless it is exactly one safe id, so
+/// that [`SetRequestIdLayer`] generates a fresh one.
+async fn drop_unsafe_request_id(
+    mut request: Request<axum::body::Body>,
+) -> Request<axum::body::Body> {
+    let ids = request.headers().get_all(REQUEST_ID);
+    let mut iter = ids.iter();
+    let keep = match (iter.next(), iter.next()) {
+        (Some(id), None) => is_safe_request_id(id.as_bytes()),
+        _ => false,
+    };
+    if !keep {
+        request.headers_mut().remove(REQUEST_ID);
+    }
+    request
+}
 
 /// Headers browsers may read from responses (spec §1.1).
 const EXPOSED_HEADERS: &[&str] = &[
@@ -197,4 +237,32 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(trace)
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::map_request(drop_unsafe_request_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_safe_request_id;
+
+    #[test]
+    fn request_ids_are_safe_only_as_short_plain_tokens() {
+        for safe in ["a", "abc-123", "trace.ID_42", &"9".repeat(64)] {
+            assert!(is_safe_request_id(safe.as_bytes()), "{safe}");
+        }
+        for unsafe_id in [
+            "",
+            &"9".repeat(65),
+            "a b",
+            "a=b",
+            "a\tb",
+            "\"quoted\"",
+            "a/b",
+            "a:b",
+            "caf\u{e9}",
+        ] {
+            assert!(!is_safe_request_id(unsafe_id.as_bytes()), "{unsafe_id:?}");
+        }
+        assert!(!is_safe_request_id(b"a\x00b"));
+        assert!(!is_safe_request_id(b"\xff"));
+    }
 }

@@ -17,9 +17,13 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global log subscriber: text or JSON lines on stderr.
 pub fn init_logging(config: &Config) {
     let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a terminal: a log file or collector gets plain
+    // text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(true);
     let _ = match config.log.format {
         LogFormat::Json => builder

@@ -57,8 +57,42 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+/// SHA-256 of a bearer token: both sides of the `/metrics` check are
+/// digests of the same length, so comparing them in constant time reveals
+/// neither the token's bytes nor its length.
+pub(crate) fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>` whose digest is
+/// `expected`. The scheme is case-insensitive, as RFC 9110 says.
+fn metrics_authorized(headers: &HeaderMap, expected: &[u8; 32]) -> bool {
+    use subtle::ConstantTimeEq as _;
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((scheme, token)) = value.split_once(' ') else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer") && bool::from(token_digest(token.trim()).ct_eq(expected))
+}
+
+/// `GET /metrics`: Prometheus text format; behind `metrics.token` when set.
+pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(expected) = &state.metrics_token
+        && !metrics_authorized(&headers, expected)
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+            Json(json!({"message": "/metrics needs `Authorization: Bearer <metrics.token>`"})),
+        )
+            .into_response();
+    }
     for tenant in state.tenants.all() {
         let status = tenant.pool.status();
         let labels = [("tenant", tenant.id.clone())];
@@ -146,20 +180,18 @@ pub(crate) async fn whoami_db(
 }
 
 fn db_error(err: sovra_pg::tokio_postgres::Error) -> (StatusCode, String) {
+    let message = || {
+        err.as_db_error()
+            .map_or_else(|| "invalid role".to_owned(), |db| db.message().to_owned())
+    };
     match sovra_pg::error_kind(&err) {
-        sovra_pg::ErrorKind::InvalidParameterValue => (
-            StatusCode::UNAUTHORIZED,
-            err.as_db_error()
-                .map_or_else(|| "invalid role".to_owned(), |db| db.message().to_owned()),
-        ),
-        // A token's role the request login may not become.
-        sovra_pg::ErrorKind::InsufficientPrivilege => (
-            StatusCode::FORBIDDEN,
-            err.as_db_error().map_or_else(
-                || "permission denied".to_owned(),
-                |db| db.message().to_owned(),
-            ),
-        ),
+        sovra_pg::ErrorKind::InvalidParameterValue => (StatusCode::UNAUTHORIZED, message()),
+        // A role `authenticator` may not become (PostgREST answers 403).
+        sovra_pg::ErrorKind::InsufficientPrivilege => (StatusCode::FORBIDDEN, message()),
+        // Claims PostgreSQL cannot take, e.g. a `sub` that is no uuid.
+        _ if err.code().is_some_and(|code| code.code().starts_with("22")) => {
+            (StatusCode::BAD_REQUEST, message())
+        }
         sovra_pg::ErrorKind::Connection => (
             StatusCode::SERVICE_UNAVAILABLE,
             "database unavailable".to_owned(),

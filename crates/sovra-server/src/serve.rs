@@ -301,13 +301,16 @@ pub async fn build_tenant(
     let keyset = std::sync::Arc::new(keys.keyset);
     let verify_keys = keyset.clone();
     let verifier: sovra_realtime::Verifier = std::sync::Arc::new(move |token: &str| {
-        verify_keys
+        let verified = verify_keys
             .verify(token, crate::gateway::now())
-            .map(|verified| sovra_realtime::Principal {
-                role: verified.role,
-                claims: verified.claims,
-            })
-            .map_err(|err| err.to_string())
+            .map_err(|err| err.to_string())?;
+        if crate::gateway::claims_contain_nul(&verified.claims) {
+            return Err(crate::gateway::NUL_CLAIMS.to_owned());
+        }
+        Ok(sovra_realtime::Principal {
+            role: verified.role,
+            claims: verified.claims,
+        })
     });
     let realtime =
         sovra_realtime::RealtimeService::new(realtime_config(config), pool.clone(), verifier);
@@ -532,6 +535,13 @@ async fn serve_with(
         tenant.realtime.start_feed(admin.clone());
     }
     let state = AppState::from_config(tenants.clone(), config);
+    if config.metrics_exposed() {
+        tracing::warn!(
+            listen = %config.server.listen,
+            "/metrics is open to every client that reaches {}: set `metrics.token` (SOVRA_METRICS_TOKEN) or block /metrics in front of Sovra",
+            config.server.listen
+        );
+    }
     let app = router(state);
 
     let addr = config.listen_addr();

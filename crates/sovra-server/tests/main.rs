@@ -55,6 +55,137 @@ async fn health_ready_and_metrics() {
 }
 
 #[tokio::test]
+async fn metrics_token_is_required_when_configured() {
+    let mut config = Config::default();
+    config.metrics.token = Some("scrape-token-0123456789".to_owned());
+    let app = TestApp::spawn_with(config).await;
+    let url = format!("{}/metrics", app.url);
+    for authorization in [
+        None,
+        Some("Bearer wrong-token-0123456789"),
+        Some("Bearer scrape-token-012345678"),
+        Some("Bearer scrape-token-01234567890"),
+        Some("Basic c2NyYXBlLXRva2VuLTAxMjM0NTY3ODk="),
+        Some("scrape-token-0123456789"),
+        Some("Bearer"),
+        Some("Bearer "),
+    ] {
+        let mut request = client().get(&url);
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{authorization:?}"
+        );
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().contains("metrics.token"),
+            "{body}"
+        );
+    }
+    // Non-UTF-8 header bytes are refused the same way, not a 500.
+    let response = client()
+        .get(&url)
+        .header(
+            "authorization",
+            reqwest::header::HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // The apikey or a service_role token is not the metrics token.
+    let response = client()
+        .get(&url)
+        .header("apikey", &app.service_role_key)
+        .bearer_auth(&app.service_role_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    for authorization in [
+        "Bearer scrape-token-0123456789",
+        "bearer scrape-token-0123456789",
+    ] {
+        let response = client()
+            .get(&url)
+            .header("authorization", authorization)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{authorization}");
+        let text = response.text().await.unwrap();
+        assert!(text.contains("sovra_uptime_seconds"), "{text}");
+    }
+    // Other endpoints are not affected.
+    let (status, _) = get_json(&format!("{}/health", app.url), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unsafe_request_ids_are_replaced_by_fresh_ones() {
+    let app = TestApp::spawn().await;
+    let url = format!("{}/health", app.url);
+    let long = "a".repeat(65);
+    for hostile in [
+        "forged status=500 user=admin",
+        "with\ttab",
+        "quote\"d",
+        "semi;colon",
+        "slash/../x",
+        long.as_str(),
+        "",
+    ] {
+        let response = client()
+            .get(&url)
+            .header("x-request-id", hostile)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let id = response.headers()["x-request-id"].to_str().unwrap();
+        assert_ne!(id, hostile);
+        assert_eq!(id.len(), 36, "a fresh uuid for {hostile:?}: {id}");
+    }
+    let response = client()
+        .get(&url)
+        .header(
+            "x-request-id",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"].len(), 36);
+    // Two ids: neither is trusted.
+    let response = client()
+        .get(&url)
+        .header("x-request-id", "first-id")
+        .header("x-request-id", "second-id")
+        .send()
+        .await
+        .unwrap();
+    let ids: Vec<_> = response.headers().get_all("x-request-id").iter().collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(ids[0].len(), 36);
+    // Safe ids, up to 64 characters of [A-Za-z0-9._-], are kept.
+    let longest = "Z".repeat(64);
+    for safe in ["abc-123", "trace.ID_42", longest.as_str()] {
+        let response = client()
+            .get(&url)
+            .header("x-request-id", safe)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-request-id"], safe);
+    }
+}
+
+#[tokio::test]
 async fn ready_fails_when_the_database_is_gone() {
     let app = TestApp::spawn().await;
     let (status, _) = get_json(&format!("{}/ready", app.url), &[]).await;
@@ -238,6 +369,73 @@ async fn database_sees_the_callers_role_and_claims() {
         body["message"].as_str().unwrap().contains("ghost"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn hostile_claims_are_refused_not_500() {
+    let app = TestApp::spawn().await;
+    let db = format!("{}/sovra/v1/whoami/db", app.url);
+    let uid = "44444444-4444-4444-4444-444444444444";
+    let token = |key: &str, value: Value| {
+        let mut claims = TestApp::user_claims(uid);
+        claims.insert(key.into(), value);
+        format!("Bearer {}", app.sign(Value::Object(claims)))
+    };
+    // Roles `authenticator` may not become: 403, as PostgREST answers.
+    for role in ["postgres", "supabase_auth_admin", "authenticator"] {
+        let bearer = token("role", json!(role));
+        let (status, body) = get_json(&db, &[("authorization", &bearer)]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{role}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("permission denied"),
+            "{body}"
+        );
+    }
+    // Claims PostgreSQL cannot take as they are: 400 with its message.
+    for (key, value) in [("sub", json!("not-a-uuid")), ("sub", json!(42))] {
+        let bearer = token(key, value.clone());
+        let (status, body) = get_json(&db, &[("authorization", &bearer)]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{key}={value}: {body}");
+    }
+    // A NUL anywhere in the claims cannot reach PostgreSQL (its text has no
+    // NUL): refused at the gateway for every service.
+    for (key, value) in [
+        ("role", json!("anon\u{0}")),
+        ("sub", json!("\u{0}")),
+        ("email", json!("a\u{0}@example.com")),
+        ("app_metadata", json!({"nested": ["\u{0}"]})),
+        ("user_metadata", json!({"k\u{0}": 1})),
+    ] {
+        let bearer = token(key, value);
+        for path in [
+            "/sovra/v1/whoami/db",
+            "/sovra/v1/whoami",
+            "/rest/v1/",
+            "/storage/v1/bucket",
+        ] {
+            let (status, body) = get_json(
+                &format!("{}{path}", app.url),
+                &[("apikey", &app.anon_key), ("authorization", &bearer)],
+            )
+            .await;
+            // Storage answers refused tokens with 400, as Supabase's does.
+            assert!(
+                status == StatusCode::UNAUTHORIZED || status == StatusCode::BAD_REQUEST,
+                "{key} {path}: {status} {body}"
+            );
+            assert!(body.to_string().contains("NUL"), "{key} {path}: {body}");
+        }
+    }
+    // Well-formed claims still work.
+    let (status, body) = get_json(
+        &db,
+        &[("authorization", &token("email", json!("ok@example.com")))],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test]

@@ -98,8 +98,15 @@ enum Command {
         #[command(subcommand)]
         action: ApiKeyAction,
         /// URL of the running server [default: the configured public URL].
+        /// Plain http:// is refused unless the host is this machine
+        /// (localhost, 127.0.0.0/8, ::1): the service_role key travels with
+        /// every request.
         #[arg(long, value_name = "URL")]
         url: Option<String>,
+        /// Allow a plain http:// URL to another machine (a private network
+        /// you trust); the service_role key is then sent unencrypted.
+        #[arg(long)]
+        allow_http: bool,
     },
 }
 
@@ -120,15 +127,18 @@ enum ApiKeyAction {
     Revoke { id: String },
 }
 
+/// The configuration, and warnings (unknown `SOVRA_*` variables) to log once
+/// logging is set up.
 fn load_config(
     global: &GlobalArgs,
     listen: Option<&String>,
-) -> Result<Config, sovra_config::ConfigError> {
+) -> Result<(Config, Vec<String>), sovra_config::ConfigError> {
     let loader = match &global.config {
         Some(path) => Loader::file(path, true)?,
         None => Loader::file(std::path::Path::new(sovra_config::DEFAULT_FILE), false)?,
     };
     let mut loader = loader.env(std::env::vars())?;
+    let warnings = loader.env_warnings();
     if let Some(dir) = &global.data_dir {
         loader = loader.set("data_dir", dir.display().to_string());
     }
@@ -138,7 +148,7 @@ fn load_config(
     if let Some(listen) = listen {
         loader = loader.set("server.listen", listen.clone());
     }
-    loader.load()
+    Ok((loader.load()?, warnings))
 }
 
 fn main() -> ExitCode {
@@ -147,14 +157,17 @@ fn main() -> ExitCode {
         Command::Serve { listen } => listen.as_ref(),
         _ => None,
     };
-    let config = match load_config(&cli.global, listen) {
-        Ok(config) => config,
+    let (config, warnings) = match load_config(&cli.global, listen) {
+        Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("sovra: {err}");
             return ExitCode::from(2);
         }
     };
     sovra_server::observe::init_logging(&config);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -176,7 +189,11 @@ fn main() -> ExitCode {
             } => keys(&config, rotate, retire.as_deref(), json),
             Command::Doctor => doctor::run(&config).await,
             Command::Mail { to, last, json } => mail(&config, to.as_deref(), last, json),
-            Command::ApiKeys { action, url } => api_keys(&config, action, url).await,
+            Command::ApiKeys {
+                action,
+                url,
+                allow_http,
+            } => api_keys(&config, action, url, allow_http).await,
         }
     });
     match result {
@@ -314,13 +331,53 @@ fn mail(config: &Config, to: Option<&str>, last: bool, json: bool) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
+/// Checks the URL `sovra api-keys` sends the service_role key to: http or
+/// https, and plain http only to this machine unless `allow_http`.
+fn check_server_url(base: &str, allow_http: bool) -> anyhow::Result<()> {
+    let url = reqwest::Url::parse(base)
+        .map_err(|err| anyhow::anyhow!("--url {base:?} is not a URL: {err}"))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_http || url.host_str().is_some_and(is_local_host) => Ok(()),
+        "http" => anyhow::bail!(
+            "refusing to send the service_role key over plain http to {}: use an https:// URL (or --allow-http on a network you trust)",
+            url.host_str().unwrap_or("")
+        ),
+        other => anyhow::bail!("--url must be http:// or https://, not {other}://"),
+    }
+}
+
+/// Hosts that are this machine: `localhost` (and `*.localhost`, RFC 6761),
+/// loopback addresses (IPv4-mapped ones too) and the unspecified address,
+/// which connects locally (the default URL when listening on 0.0.0.0).
+fn is_local_host(host: &str) -> bool {
+    use std::net::IpAddr;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.is_loopback() || v4.is_unspecified(),
+        Ok(IpAddr::V6(v6)) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_unspecified())
+        }
+        Err(_) => {
+            let name = bare.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+    }
+}
+
 async fn api_keys(
     config: &Config,
     action: ApiKeyAction,
     url: Option<String>,
+    allow_http: bool,
 ) -> anyhow::Result<ExitCode> {
-    let keys = sovra_server::keys::load_or_create(&config.data_dir.join("keys.json"), config)?;
     let base = url.unwrap_or_else(|| config.public_url(config.listen_addr()));
+    check_server_url(&base, allow_http)?;
+    let keys = sovra_server::keys::load_or_create(&config.data_dir.join("keys.json"), config)?;
     let endpoint = format!("{}/auth/v1/admin/api_keys", base.trim_end_matches('/'));
     let client = reqwest::Client::new();
     let service = keys.api.service_role;
@@ -380,4 +437,51 @@ async fn api_keys(
         ApiKeyAction::Revoke { id } => println!("revoked {id}"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_server_url;
+
+    #[test]
+    fn plain_http_only_to_this_machine() {
+        for ok in [
+            "https://api.example.com",
+            "https://10.0.0.5:54321",
+            "http://localhost:54321",
+            "http://LOCALHOST.:54321",
+            "http://app.localhost",
+            "http://127.0.0.1:54321",
+            "http://127.8.9.10",
+            "http://[::1]:54321",
+            "http://[::ffff:127.0.0.1]:54321",
+            "http://0.0.0.0:54321",
+            "http://[::]:54321",
+        ] {
+            assert!(check_server_url(ok, false).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://api.example.com",
+            "http://10.0.0.5:54321",
+            "http://192.168.1.2",
+            "http://[fe80::1]:54321",
+            "http://localhost.example.com",
+            "http://127.0.0.1.nip.io",
+        ] {
+            let err = check_server_url(refused, false).unwrap_err().to_string();
+            assert!(
+                err.contains("plain http") && err.contains("--allow-http"),
+                "{refused}: {err}"
+            );
+            assert!(check_server_url(refused, true).is_ok(), "{refused}");
+        }
+        for bad in [
+            "ftp://localhost",
+            "localhost:54321",
+            "not a url",
+            "file:///tmp/x",
+        ] {
+            assert!(check_server_url(bad, true).is_err(), "{bad}");
+        }
+    }
 }

@@ -722,3 +722,163 @@ async fn mail_lists_the_mailbox_and_api_keys_are_made_through_the_server() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `sovra serve` running?"));
 }
+
+/// Like [`start`], listening on every interface (`0.0.0.0`).
+fn start_on_all_interfaces(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+    let port = free_port();
+    let mut command = sovra();
+    command
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", &format!("0.0.0.0:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, value) in extra_env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let stdout = lines_of(child.stdout.take().unwrap());
+    let stderr = lines_of(child.stderr.take().unwrap());
+    Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        stdout,
+        stderr,
+    }
+}
+
+#[tokio::test]
+async fn unknown_environment_variables_warn_and_open_metrics_are_flagged() {
+    let scratch = sovra_dir();
+    let dir = scratch.data();
+    // People export SOVRA_URL for their own clients in the same shell.
+    let mut server = start_on_all_interfaces(
+        &dir,
+        &[
+            ("SOVRA_URL", "http://example.com/secret-value"),
+            ("SOVRA_SERVER_LISEN", "127.0.0.1:1"),
+        ],
+    );
+    server.wait_ready().await;
+    let client = reqwest::Client::new();
+    // No metrics.token: /metrics is open (and the start-up log said so).
+    let response = client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // A request id that would forge fields in a text log is replaced.
+    let response = client
+        .get(format!("{}/health", server.url))
+        .header("x-request-id", "forged status=500 injected=yes")
+        .send()
+        .await
+        .unwrap();
+    let fresh = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(fresh.len(), 36, "{fresh}");
+    kill(server.pid(), Signal::SIGINT).unwrap();
+    assert!(server.wait_exit().success());
+    let logs = server.stderr_text();
+    assert!(
+        logs.contains("ignoring environment variable SOVRA_URL: it names no option"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("ignoring environment variable SOVRA_SERVER_LISEN: it names no option; did you mean SOVRA_SERVER_LISTEN"),
+        "{logs}"
+    );
+    assert!(!logs.contains("secret-value"), "{logs}");
+    assert!(
+        logs.contains("/metrics is open to every client that reaches 0.0.0.0:"),
+        "{logs}"
+    );
+    assert!(!logs.contains("injected"), "{logs}");
+    assert!(logs.contains(&fresh), "the fresh id is logged: {logs}");
+    // Logs to a pipe or file carry no terminal colour codes.
+    assert!(!logs.contains('\x1b'), "ANSI escapes in piped logs: {logs}");
+
+    // With a token, /metrics needs it and there is no warning.
+    let mut server = start(&dir, &[("SOVRA_METRICS_TOKEN", "scrape-token-0123456789")]);
+    server.wait_ready().await;
+    let response = client
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = client
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth("scrape-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    kill(server.pid(), Signal::SIGINT).unwrap();
+    assert!(server.wait_exit().success());
+    let logs = server.stderr_text();
+    assert!(!logs.contains("/metrics is open"), "{logs}");
+    assert!(!logs.contains("scrape-token-0123456789"), "{logs}");
+
+    // An unknown key in the file still stops Sovra.
+    let config = scratch.path().join("typo.toml");
+    std::fs::write(&config, "[metrics]\ntokn = \"x\"\n").unwrap();
+    let out = sovra()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("SOVRA_URL", "http://example.com")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`metrics.tokn`"));
+}
+
+#[test]
+fn api_keys_refuses_plain_http_to_another_machine() {
+    let scratch = sovra_dir();
+    let dir = scratch.data();
+    for url in ["http://api.example.com", "http://10.1.2.3:54321"] {
+        let out = sovra()
+            .args(["api-keys", "--url", url, "list", "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{url}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("refusing to send the service_role key over plain http")
+                && err.contains("--allow-http"),
+            "{url}: {err}"
+        );
+        // Refused before anything is made in the data directory.
+        assert!(!dir.join("keys.json").exists());
+    }
+    let out = sovra()
+        .args(["api-keys", "--url", "ftp://localhost", "list", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http:// or https://"));
+    // With --allow-http the check passes and the command goes on to
+    // send the request (0.0.0.1 is no server: it fails, differently).
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = sovra()
+        .args([
+            "api-keys",
+            "--allow-http",
+            "--url",
+            "http://0.0.0.1:9",
+            "list",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("refusing"), "{err}");
+}
