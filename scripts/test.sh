@@ -24,7 +24,7 @@ cargo_status=${PIPESTATUS[0]}
 # build would run them ~10x faster but costs more to compile than it saves
 # at this scale (docs/security.md, "Fuzzing and hostile-input tests").
 # SOVRA_FUZZ_CASES=0 skips the step.
-fuzz_cases="${SOVRA_FUZZ_CASES:-20000}"
+fuzz_cases="${SOVRA_FUZZ_CASES:-10000}"
 fuzz_status=0
 if [ "$fuzz_cases" != 0 ]; then
   echo "test: fuzz targets (fuzz_*, $fuzz_cases cases each)"

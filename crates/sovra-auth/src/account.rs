@@ -842,7 +842,7 @@ impl AuthService {
             .as_deref()
             .filter(|p| !p.is_empty())
             .is_some_and(|p| normalize_phone(p).as_deref() != Some(user.phone.as_str()));
-        let changes_password = body.password.as_deref().is_some_and(|p| !p.is_empty());
+        let changes_password = password.is_some();
         if user.has_verified_factor()
             && current.aal != "aal2"
             && (changes_email || changes_phone || changes_password)
