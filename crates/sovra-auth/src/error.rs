@@ -144,6 +144,9 @@ impl From<sovra_pg::tokio_postgres::Error> for AuthError {
             sovra_pg::ErrorKind::UniqueViolation => {
                 AuthError::new(StatusCode::CONFLICT, "conflict", "Conflicting update")
             }
+            _ if sovra_pg::is_bad_text(&err) => {
+                AuthError::validation("Text fields must not contain NUL characters")
+            }
             _ => {
                 match err.as_db_error() {
                     Some(db) => tracing::error!(

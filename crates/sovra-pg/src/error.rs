@@ -20,6 +20,16 @@ pub enum ErrorKind {
     Other,
 }
 
+/// Whether PostgreSQL refused text it cannot store, such as a NUL character
+/// (`22021`) or one the database encoding lacks (`22P05`): the client's
+/// input, answered as a bad request.
+pub fn is_bad_text(err: &tokio_postgres::Error) -> bool {
+    err.code().is_some_and(|code| {
+        *code == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+            || *code == SqlState::UNTRANSLATABLE_CHARACTER
+    })
+}
+
 /// Classifies a driver error.
 pub fn error_kind(err: &tokio_postgres::Error) -> ErrorKind {
     let Some(code) = err.code() else {

@@ -16,7 +16,7 @@ pub mod pool;
 pub mod request;
 
 pub use cluster::{Cluster, ClusterError, ClusterOptions, PgBinaries};
-pub use error::{ErrorKind, error_kind};
+pub use error::{ErrorKind, error_kind, is_bad_text};
 pub use logins::{LoginError, Logins};
 pub use migrate::{MigrateError, MigrationReport, migrate};
 pub use pool::{ClientWrapper, GenericClient, Pool, PoolError, PooledClient, connect_one};

@@ -37,7 +37,7 @@ mod print;
 pub use print::{SelectList, print_name};
 
 pub use ast::*;
-pub use parse::{MAX_DEPTH, ParseError};
+pub use parse::{MAX_DEPTH, MAX_SELECT_ITEMS, ParseError};
 pub use prefer::{
     CountPreference, Handling, Missing, Preferences, RangeHeader, Resolution, ReturnPreference,
     TxPreference, parse_prefer, parse_range,

@@ -28,6 +28,11 @@ pub struct ParseError {
 /// real request comes near it: PostgREST's own examples nest three levels.
 pub const MAX_DEPTH: usize = 16;
 
+/// The most items one `select=` list (or embed) may name: PostgreSQL's own
+/// limit on a target list, so a longer list is refused here with a 400
+/// instead of failing in the database.
+pub const MAX_SELECT_ITEMS: usize = 1664;
+
 /// A position in the text being parsed.
 pub(crate) struct Cursor<'a> {
     text: &'a str,
@@ -250,6 +255,11 @@ pub(crate) fn select_list(c: &mut Cursor<'_>) -> PResult<Vec<SelectItem>> {
     }
     loop {
         c.skip_spaces();
+        if items.len() == MAX_SELECT_ITEMS {
+            return Err(c.fail(format!(
+                "a select list names at most {MAX_SELECT_ITEMS} items"
+            )));
+        }
         items.push(select_item(c)?);
         c.skip_spaces();
         if !c.eat(",") {

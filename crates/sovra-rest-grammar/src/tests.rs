@@ -747,3 +747,20 @@ proptest! {
         let _ = children;
     }
 }
+
+#[test]
+fn select_lists_past_postgresqls_target_list_limit_are_refused() {
+    let list = |n: usize| vec!["id"; n].join(",");
+    assert_eq!(
+        parse_select(&list(MAX_SELECT_ITEMS)).unwrap().len(),
+        MAX_SELECT_ITEMS
+    );
+    let err = parse_select(&list(MAX_SELECT_ITEMS + 1)).unwrap_err();
+    assert_eq!(
+        err.expected,
+        format!("a select list names at most {MAX_SELECT_ITEMS} items")
+    );
+    // Inside an embed too.
+    let err = parse_select(&format!("id,rel({})", list(20_000))).unwrap_err();
+    assert_eq!(err.parameter, "select parameter");
+}

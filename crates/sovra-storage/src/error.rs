@@ -247,6 +247,9 @@ pub fn from_db(err: &sovra_pg::tokio_postgres::Error) -> StorageError {
         ErrorKind::InvalidParameterValue => StorageError::unauthorized("invalid role"),
         ErrorKind::QueryCanceled => StorageError::timeout(),
         ErrorKind::Connection => StorageError::unavailable(),
+        _ if sovra_pg::is_bad_text(err) => {
+            StorageError::invalid("names and fields must not contain NUL characters")
+        }
         _ => {
             let detail = err.as_db_error().map_or_else(
                 || err.to_string(),
