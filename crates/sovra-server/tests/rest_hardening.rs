@@ -469,3 +469,44 @@ async fn malformed_queries_and_headers_get_client_errors() {
     let (status, body) = rest.get("/docs?select=id").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+#[tokio::test]
+async fn session_state_left_by_a_rest_request_does_not_reach_storage() {
+    let mut config = sovra_config::Config::default();
+    // One connection: the storage request gets the one the REST call used.
+    config.database.pool_size = 1;
+    let rest = Rest::with(
+        config,
+        "create function public.leave_tenant() returns int language plpgsql volatile as $$
+         begin perform set_config('app.tenant', 'leaked', false); return 1; end $$;
+         grant execute on function public.leave_tenant() to anon;
+         insert into storage.buckets (id, name, public) values ('b', 'b', false);
+         insert into storage.objects (bucket_id, name, version) values ('b', 'secret.txt', 'v1');
+         create policy leak on storage.objects for select to anon
+           using (current_setting('app.tenant', true) = 'leaked');",
+    )
+    .await;
+    let anon = rest.app.anon_key.clone();
+    let (status, _, body) = rest
+        .call(
+            Method::POST,
+            "/rpc/leave_tenant",
+            &anon,
+            &[],
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let response = rest
+        .http
+        .post(format!("{}/storage/v1/object/list/b", rest.app.url))
+        .header("apikey", &anon)
+        .header("authorization", format!("Bearer {anon}"))
+        .json(&json!({"prefix": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let listed: Value = response.json().await.unwrap();
+    assert_eq!(listed, json!([]), "the REST call's session setting leaked");
+}

@@ -227,17 +227,21 @@ impl Ctx<'_> {
             prepared.await.map_err(|err| error::from_db(&err))?;
         let end = if commit { "COMMIT" } else { "ROLLBACK" };
         let settings: [&(dyn ToSql + Sync); 3] = [&op, &allow_delete, &allow_version];
-        let (begun, applied, set, result, ended) = tokio::join!(
+        let (reset, begun, applied, set, result, ended) = tokio::join!(
+            // What an earlier request on this pooled connection left in the
+            // session (a REST function's `set_config(..., false)`, say).
+            client.batch_execute(sovra_pg::RESET_SQL),
             client.batch_execute("BEGIN"),
             client.query(&prologue_statement, &prologue_values),
             client.query(&settings_statement, &settings),
             client.query(&statement, params),
             client.batch_execute(end),
         );
-        match (begun, applied, set, result, ended) {
-            (Ok(()), Ok(_), Ok(_), Ok(rows), Ok(())) => Ok(rows),
-            (begun, applied, set, result, ended) => {
+        match (reset, begun, applied, set, result, ended) {
+            (Ok(()), Ok(()), Ok(_), Ok(_), Ok(rows), Ok(())) => Ok(rows),
+            (reset, begun, applied, set, result, ended) => {
                 let err = [
+                    reset.err(),
                     begun.err(),
                     applied.err(),
                     set.err(),
