@@ -17,12 +17,17 @@
 //!    its committed values is left alone (no write, no lock). When one batch
 //!    holds several versions of one row, they are judged in rounds, one
 //!    version per key per round.
-//! 2. **Ask as each group.** In a savepoint per group, the request prologue
-//!    of `/rest/v1` sets the group's role and claims (`SET LOCAL ROLE`,
+//! 2. **Ask as each group.** After a savepoint, the request prologue of
+//!    `/rest/v1` sets the group's role and claims (`SET LOCAL ROLE`,
 //!    `request.jwt.claims`, ...), and one statement selects the keys of the
 //!    round's rows from the real table: the rows it returns are the ones the
-//!    group may see. `has_column_privilege` names the columns it may read.
-//!    The savepoint is rolled back.
+//!    group may see. Then everything the group's statements did is rolled
+//!    back to the savepoint (which stays for the next group).
+//!
+//! Once per task and distinct role, before any of that and as the feed's
+//! own role, PostgreSQL says whether the login role may become the role
+//! (`pg_has_role`) and which columns the role may read
+//! (`has_column_privilege`). Statements are prepared once per connection.
 //!
 //! A delete on a table with the default replica identity carries only its
 //! key: no row can be put back, so it goes (key only) to every group whose
@@ -131,7 +136,7 @@ struct Step {
 
 enum Param {
     Text(Option<String>),
-    TextArray(Vec<Option<String>>),
+    TextArray(Arc<Vec<Option<String>>>),
     Oid(u32),
 }
 
@@ -139,7 +144,7 @@ impl Param {
     fn duplicate(&self) -> Param {
         match self {
             Param::Text(v) => Param::Text(v.clone()),
-            Param::TextArray(v) => Param::TextArray(v.clone()),
+            Param::TextArray(v) => Param::TextArray(Arc::clone(v)),
             Param::Oid(v) => Param::Oid(*v),
         }
     }
@@ -147,7 +152,7 @@ impl Param {
     fn typed(&self) -> (&(dyn ToSql + Sync), Type) {
         match self {
             Param::Text(v) => (v as &(dyn ToSql + Sync), Type::TEXT),
-            Param::TextArray(v) => (v as &(dyn ToSql + Sync), Type::TEXT_ARRAY),
+            Param::TextArray(v) => (&**v as &(dyn ToSql + Sync), Type::TEXT_ARRAY),
             Param::Oid(v) => (v as &(dyn ToSql + Sync), Type::OID),
         }
     }
@@ -157,8 +162,9 @@ impl Param {
 enum Purpose {
     /// Transaction control, settings.
     Setup,
-    /// Whether the login role may become group `.0`'s role.
-    Member(usize),
+    /// Per distinct role of the task (`.0` indexes `roles`): whether the
+    /// login role may become it, and the columns it may read.
+    Roles,
     /// The request prologue of group `.0` (fails for a role that does not
     /// exist).
     Prologue(usize),
@@ -170,8 +176,6 @@ enum Purpose {
     Privilege(usize),
     /// Whether row security is active for group `.0` (tables without key).
     RowSecurity(usize),
-    /// The columns group `.0` may read.
-    Columns(usize),
 }
 
 /// The SQL of one table, from this database's catalog.
@@ -452,6 +456,7 @@ async fn evaluate(
 
     // The row versions to put back, in rounds of one version per key; and
     // per change, how it is judged.
+    #[derive(Clone, Copy)]
     enum Judge {
         /// By its row, in this round.
         Row(usize),
@@ -470,37 +475,35 @@ async fn evaluate(
     needed.dedup();
     let mut rounds: Vec<Vec<(usize, Version, Vec<String>)>> = Vec::new();
     let mut round_of_key: HashMap<Vec<String>, usize> = HashMap::new();
-    let mut judge: HashMap<usize, Judge> = HashMap::with_capacity(needed.len());
+    // By change index (a lookup per group and change: no hashing).
+    let mut judge: Vec<Option<Judge>> = vec![None; changes.len()];
     for index in needed {
         let change = &changes[index];
         if !rel.rls {
-            judge.insert(index, Judge::Table);
+            judge[index] = Some(Judge::Table);
             continue;
         }
         if keyless {
-            judge.insert(index, Judge::Never);
+            judge[index] = Some(Judge::Never);
             continue;
         }
         let Some(version) = version_of(change) else {
-            judge.insert(
-                index,
-                if change.kind == "DELETE" {
-                    Judge::Privilege
-                } else {
-                    Judge::Never
-                },
-            );
+            judge[index] = Some(if change.kind == "DELETE" {
+                Judge::Privilege
+            } else {
+                Judge::Never
+            });
             continue;
         };
         let Some(key) = key_of(&version, &table.keys) else {
-            judge.insert(index, Judge::Never);
+            judge[index] = Some(Judge::Never);
             continue;
         };
         let round = round_of_key.entry(key.clone()).or_insert(0);
         if rounds.len() <= *round {
             rounds.push(Vec::new());
         }
-        judge.insert(index, Judge::Row(*round));
+        judge[index] = Some(Judge::Row(*round));
         rounds[*round].push((index, version, key));
         *round += 1;
     }
@@ -521,18 +524,26 @@ async fn evaluate(
         steps.push(setup("set local lock_timeout = '5s'"));
     }
     let prologue: Arc<str> = Arc::from(sovra_pg::PROLOGUE_SQL);
-    let member_sql: Arc<str> =
-        Arc::from("select pg_has_role($1::text::name, $2::text::name, 'MEMBER')");
     let select_sql: Arc<str> = Arc::from(table.select_sql());
     let privilege_sql: Arc<str> = Arc::from(table.privilege_sql());
     let restore_sql: Arc<str> = Arc::from(table.restore_sql());
     let range_sql: Arc<str> = Arc::from(table.range_sql());
-    let columns_sql: Arc<str> = Arc::from(
-        "select coalesce(array_agg(case when x.name is null then false
-                                       else has_column_privilege($1::oid, x.name, 'SELECT') end
-                                  order by x.n), '{}')
-         from unnest($2::text[]) with ordinality as x(name, n)",
+    // Per distinct role of the task, asked once as this session's own role:
+    // whether the login role is a member of it (`SET ROLE` from the login
+    // role needs membership; this session may switch to any role), and
+    // which columns it may read. A role that does not exist gets no row
+    // (its prologue then fails with PostgreSQL's error).
+    let roles_sql: Arc<str> = Arc::from(
+        "select q.name, coalesce(pg_has_role($1::text::name, r.oid, 'MEMBER'), false),
+                coalesce((select array_agg(case when x.name is null then false
+                                                else coalesce(has_column_privilege(r.oid, $2::oid, x.name, 'SELECT'), false)
+                                           end order by x.n)
+                          from unnest($3::text[]) with ordinality as x(name, n)), '{}')
+         from unnest($4::text[]) as q(name) join pg_catalog.pg_roles r on r.rolname = q.name",
     );
+    let mut roles: Vec<String> = task.iter().map(|g| g.principal.role.clone()).collect();
+    roles.sort_unstable();
+    roles.dedup();
     let column_names: Vec<Option<String>> = rel
         .rel
         .columns
@@ -540,18 +551,11 @@ async fn evaluate(
         .enumerate()
         .map(|(i, c)| rel.column_sql[i].as_ref().map(|_| c.name.clone()))
         .collect();
+    // Each group runs after a savepoint and is rolled back to it, so that
+    // nothing one group's statements set (role, settings, whatever a policy
+    // function does) reaches the next. `rollback to savepoint` keeps the
+    // savepoint, so one is set per round, after the round's rows are back.
     let group_steps = |steps: &mut Vec<Step>, g: usize, body: Vec<Step>| {
-        steps.push(setup("savepoint sovra_rt"));
-        // `SET ROLE` from the login role needs membership; this session's
-        // own role may switch to any role, so PostgreSQL is asked.
-        steps.push(Step {
-            sql: member_sql.clone(),
-            params: vec![
-                Param::Text(Some(login.to_owned())),
-                Param::Text(Some(task[g].principal.role.clone())),
-            ],
-            purpose: Purpose::Member(g),
-        });
         let params = sovra_pg::prologue_params(&context(&task[g].principal));
         steps.push(Step {
             sql: prologue.clone(),
@@ -561,6 +565,16 @@ async fn evaluate(
         steps.extend(body);
         steps.push(setup("rollback to savepoint sovra_rt"));
     };
+    steps.push(Step {
+        sql: roles_sql,
+        params: vec![
+            Param::Text(Some(login.to_owned())),
+            Param::Oid(rel.rel.oid),
+            Param::TextArray(Arc::new(column_names)),
+            Param::TextArray(Arc::new(roles.iter().cloned().map(Some).collect())),
+        ],
+        purpose: Purpose::Roles,
+    });
     // Round 0 also carries each group's other checks (one savepoint per
     // group); later rounds (several versions of a row in one batch) only
     // their selects.
@@ -569,7 +583,7 @@ async fn evaluate(
         if let Some(round) = rounds.get(r) {
             // Put the round's rows back (as the pool's own role).
             let mut params = Vec::with_capacity(2 + rel.rel.columns.len());
-            params.push(Param::TextArray(
+            params.push(Param::TextArray(Arc::new(
                 round
                     .iter()
                     .map(|(_, v, _)| {
@@ -580,14 +594,14 @@ async fn evaluate(
                         )
                     })
                     .collect(),
-            ));
+            )));
             for i in table.present() {
-                params.push(Param::TextArray(
+                params.push(Param::TextArray(Arc::new(
                     round
                         .iter()
                         .map(|(_, v, _)| v[i].clone().flatten())
                         .collect(),
-                ));
+                )));
             }
             steps.push(Step {
                 sql: restore_sql.clone(),
@@ -595,6 +609,7 @@ async fn evaluate(
                 purpose: Purpose::Restore,
             });
         }
+        steps.push(setup("savepoint sovra_rt"));
         // The round's keys, as the select wants them.
         let key_params = |round: &[(usize, Version, Vec<String>)]| -> (Arc<str>, Vec<Param>) {
             if let Some((low, high)) = dense_range(&table, round) {
@@ -605,12 +620,12 @@ async fn evaluate(
             }
             let params = (0..table.keys.len())
                 .map(|n| {
-                    Param::TextArray(
+                    Param::TextArray(Arc::new(
                         round
                             .iter()
                             .map(|(_, _, key)| Some(key[n].clone()))
                             .collect(),
-                    )
+                    ))
                 })
                 .collect();
             (select_sql.clone(), params)
@@ -620,11 +635,14 @@ async fn evaluate(
             let in_round = group
                 .indexes
                 .iter()
-                .any(|i| matches!(judge.get(i), Some(Judge::Row(rr)) if *rr == r));
+                .any(|i| matches!(judge[*i], Some(Judge::Row(rr)) if rr == r));
             let mut body = Vec::new();
             if r == 0 {
                 let wants = |j: fn(&Judge) -> bool| {
-                    group.indexes.iter().any(|i| judge.get(i).is_some_and(j))
+                    group
+                        .indexes
+                        .iter()
+                        .any(|i| judge[*i].as_ref().is_some_and(j))
                 };
                 if wants(|j| matches!(j, Judge::Privilege | Judge::Table)) || (keyless && rel.rls) {
                     body.push(Step {
@@ -640,14 +658,6 @@ async fn evaluate(
                         purpose: Purpose::RowSecurity(g),
                     });
                 }
-                body.push(Step {
-                    sql: columns_sql.clone(),
-                    params: vec![
-                        Param::Oid(rel.rel.oid),
-                        Param::TextArray(column_names.clone()),
-                    ],
-                    purpose: Purpose::Columns(g),
-                });
             } else if !in_round {
                 continue;
             }
@@ -667,23 +677,43 @@ async fn evaluate(
         Ok(client) => client,
         Err(err) => return fail(task, err.to_string()),
     };
+    // Statements with parameters are prepared once per connection (by
+    // text) and reused batch after batch: PostgreSQL parses them once,
+    // and re-plans them itself when a role, policy or table changes.
+    let mut prepared: HashMap<&str, tokio_postgres::Statement> = HashMap::new();
+    for step in steps.iter().filter(|s| !s.params.is_empty()) {
+        let key: &str = &step.sql;
+        if prepared.contains_key(&key) {
+            continue;
+        }
+        let types: Vec<Type> = step.params.iter().map(|p| p.typed().1).collect();
+        match client.prepare_typed_cached(&step.sql, &types).await {
+            Ok(statement) => {
+                prepared.insert(key, statement);
+            }
+            Err(err) => return fail(task, error_text(&err)),
+        }
+    }
     let db: &tokio_postgres::Client = &client;
-    let typed: Vec<Vec<(&(dyn ToSql + Sync), Type)>> = steps
+    let values: Vec<Vec<&(dyn ToSql + Sync)>> = steps
         .iter()
-        .map(|s| s.params.iter().map(Param::typed).collect())
+        .map(|s| s.params.iter().map(|p| p.typed().0).collect())
         .collect();
     // A row written by someone else after this transaction's snapshot
     // cannot be put back (serialisation failure): start again with a new
     // snapshot.
     let mut attempts = 0;
     let results = loop {
-        let results = futures_util::future::join_all(
-            steps
-                .iter()
-                .zip(&typed)
-                .map(|(step, params)| db.query_typed(&step.sql, params)),
-        )
-        .await;
+        let results =
+            futures_util::future::join_all(steps.iter().zip(&values).map(|(step, params)| {
+                match prepared.get(step.sql.as_ref()) {
+                    Some(statement) => {
+                        futures_util::future::Either::Left(db.query(statement, params))
+                    }
+                    None => futures_util::future::Either::Right(db.query_typed(&step.sql, &[])),
+                }
+            }))
+            .await;
         attempts += 1;
         let conflict = steps.iter().zip(&results).any(|(step, result)| {
             step.purpose == Purpose::Restore
@@ -705,15 +735,26 @@ async fn evaluate(
     let mut errors: Vec<Option<String>> = vec![None; task.len()];
     let mut may_select: Vec<bool> = vec![false; task.len()];
     let mut row_security: Vec<bool> = vec![true; task.len()];
-    let mut readable: Vec<Option<Vec<bool>>> = vec![None; task.len()];
+    let mut role_rights: HashMap<String, (bool, Vec<bool>)> = HashMap::new();
     let mut broken: Option<String> = None;
+    // Per round, where each key is (built once, shared by the groups).
+    let positions: Vec<HashMap<&[String], usize>> = rounds
+        .iter()
+        .map(|round| {
+            round
+                .iter()
+                .enumerate()
+                .map(|(i, (_, _, key))| (key.as_slice(), i))
+                .collect()
+        })
+        .collect();
     let denied = |err: &tokio_postgres::Error| err.code().map(|c| c.code()) == Some("42501");
     for (step, result) in steps.iter().zip(results) {
         match (step.purpose, result) {
             (Purpose::Setup, Err(err)) if step.sql.as_ref() == "rollback" => {
                 tracing::debug!(error = %err, "realtime authorisation rollback failed");
             }
-            (Purpose::Setup | Purpose::Restore, Err(err)) => {
+            (Purpose::Setup | Purpose::Restore | Purpose::Roles, Err(err)) => {
                 // Breaks the whole transaction.
                 if broken.is_none() && !aborted(&err) {
                     broken = Some(error_text(&err));
@@ -723,11 +764,9 @@ async fn evaluate(
             // Not allowed to read: sees nothing.
             (_, Err(err)) if denied(&err) => {}
             (
-                Purpose::Member(g)
-                | Purpose::Prologue(g)
+                Purpose::Prologue(g)
                 | Purpose::Select(g, _)
                 | Purpose::Privilege(g)
-                | Purpose::Columns(g)
                 | Purpose::RowSecurity(g),
                 Err(err),
             ) => {
@@ -735,28 +774,24 @@ async fn evaluate(
             }
             (Purpose::Setup | Purpose::Restore | Purpose::Prologue(_), Ok(_)) => {}
             (Purpose::Privilege(g), Ok(_)) => may_select[g] = true,
-            (Purpose::Member(g), Ok(rows)) => {
-                if !rows.first().is_some_and(|r| r.get::<_, bool>(0)) {
-                    errors[g].get_or_insert_with(|| {
-                        format!(
-                            "permission denied to set role \"{}\"",
-                            task[g].principal.role
-                        )
-                    });
+            (Purpose::Roles, Ok(rows)) => {
+                for row in rows {
+                    let (Ok(name), Ok(member), Ok(columns)) = (
+                        row.try_get::<_, String>(0),
+                        row.try_get::<_, bool>(1),
+                        row.try_get::<_, Vec<bool>>(2),
+                    ) else {
+                        continue;
+                    };
+                    role_rights.insert(name, (member, columns));
                 }
             }
             (Purpose::RowSecurity(g), Ok(rows)) => {
                 row_security[g] = rows.first().is_none_or(|r| r.get::<_, bool>(0));
             }
-            (Purpose::Columns(g), Ok(rows)) => {
-                readable[g] = rows.first().map(|r| r.get::<_, Vec<bool>>(0));
-            }
             (Purpose::Select(g, r), Ok(rows)) => {
                 let round = &rounds[r];
-                let mut position: HashMap<&[String], usize> = HashMap::with_capacity(round.len());
-                for (i, (_, _, key)) in round.iter().enumerate() {
-                    position.insert(key.as_slice(), i);
-                }
+                let position = &positions[r];
                 for row in rows {
                     let key: Vec<String> = (0..table.keys.len())
                         .map(|n| row.get::<_, Option<String>>(n).unwrap_or_default())
@@ -765,6 +800,21 @@ async fn evaluate(
                         seen[g].push(round[*i].0);
                     }
                 }
+            }
+        }
+    }
+    let mut readable: Vec<Option<Vec<bool>>> = vec![None; task.len()];
+    for (g, group) in task.iter().enumerate() {
+        let role = &group.principal.role;
+        match role_rights.get(role) {
+            Some((true, columns)) => readable[g] = Some(columns.clone()),
+            Some((false, _)) => {
+                errors[g]
+                    .get_or_insert_with(|| format!("permission denied to set role \"{role}\""));
+            }
+            // No such role: its prologue failed with PostgreSQL's error.
+            None => {
+                errors[g].get_or_insert_with(|| format!("role \"{role}\" does not exist"));
             }
         }
     }
@@ -782,7 +832,7 @@ async fn evaluate(
         }
         let mut indexes: Vec<usize> = std::mem::take(&mut seen[g]);
         for index in &group.indexes {
-            let visible = match judge.get(index) {
+            let visible = match judge[*index] {
                 Some(Judge::Table | Judge::Privilege) => may_select[g],
                 Some(Judge::Never) => keyless && may_select[g] && !row_security[g],
                 _ => false,

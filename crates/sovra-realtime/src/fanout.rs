@@ -352,7 +352,9 @@ impl Fanout {
         // Which channels want which change, and which (change, claims)
         // pairs must pass the table's policies.
         let mut wanted: Vec<Vec<u32>> = Vec::with_capacity(changes.len());
-        let mut group_of: HashMap<(u32, u32), usize> = HashMap::new();
+        // Per table, the group of each claims id (`usize::MAX`: none yet);
+        // looked up per (change, channel), so a vector, not a hash map.
+        let mut group_of: HashMap<u32, Vec<usize>> = HashMap::new();
         let mut groups: Vec<crate::authorize::Group> = Vec::new();
         for (index, change) in changes.iter().enumerate() {
             let mut receivers = Vec::new();
@@ -361,19 +363,23 @@ impl Fanout {
                 continue;
             }
             let oid = change.rel.rel.oid;
+            let slots = group_of
+                .entry(oid)
+                .or_insert_with(|| vec![usize::MAX; rights_list.len()]);
             for (position, (channel, principal, rights)) in channels.iter().enumerate() {
                 if !binding_ids(channel, change).any(|_| true) {
                     continue;
                 }
-                let slot = *group_of.entry((oid, *rights)).or_insert_with(|| {
+                let slot = &mut slots[*rights as usize];
+                if *slot == usize::MAX {
                     groups.push(crate::authorize::Group {
                         rights: rights_list[*rights as usize].clone(),
                         principal: principal.clone(),
                         indexes: Vec::new(),
                     });
-                    groups.len() - 1
-                });
-                let indexes = &mut groups[slot].indexes;
+                    *slot = groups.len() - 1;
+                }
+                let indexes = &mut groups[*slot].indexes;
                 if indexes.last() != Some(&index) {
                     indexes.push(index);
                 }
@@ -382,20 +388,27 @@ impl Fanout {
             wanted.push(receivers);
         }
         // One pipeline per (table, claims) group for the whole batch.
-        let mut allowed: HashMap<(usize, u32), Option<Arc<[bool]>>> = HashMap::new();
+        // Per claims id, the changes it may see in increasing order (with
+        // the columns hidden from it), walked with a cursor as the changes
+        // are delivered in order: no lookup per (change, channel).
+        let mut allowed: Vec<Vec<Visible>> = vec![Vec::new(); rights_list.len()];
         let admin = self.admin.get().unwrap_or(&self.pool);
         let login = self.login().await;
         for (rights, result) in crate::authorize::authorize(admin, &login, changes, groups).await {
             let id = rights_ids.get(&rights).copied().unwrap_or(u32::MAX);
             match result {
                 Ok(seen) => {
-                    for index in seen.indexes {
-                        allowed.insert((index, id), seen.hidden.clone());
+                    if let Some(list) = allowed.get_mut(id as usize) {
+                        list.extend(seen.indexes.into_iter().map(|i| (i, seen.hidden.clone())));
                     }
                 }
                 Err(err) => report(&err, id, &channels, changes, &wanted),
             }
         }
+        for list in &mut allowed {
+            list.sort_unstable_by_key(|(index, _)| *index);
+        }
+        let mut cursor: Vec<usize> = vec![0; allowed.len()];
         let mut delivered = 0u64;
         for (index, change) in changes.iter().enumerate() {
             // The data is serialised once, when someone may see it; each
@@ -404,7 +417,11 @@ impl Fanout {
             let mut data: Vec<(Option<Arc<[bool]>>, String)> = Vec::new();
             for position in &wanted[index] {
                 let (channel, _, rights) = &channels[*position as usize];
-                let Some(hidden) = allowed.get(&(index, *rights)) else {
+                let (list, at) = (&allowed[*rights as usize], &mut cursor[*rights as usize]);
+                while list.get(*at).is_some_and(|(i, _)| *i < index) {
+                    *at += 1;
+                }
+                let Some((_, hidden)) = list.get(*at).filter(|(i, _)| *i == index) else {
                     continue;
                 };
                 let at = match data.iter().position(|(h, _)| h == hidden) {
@@ -451,6 +468,10 @@ impl Fanout {
         delivered
     }
 }
+
+/// A change a claims id may see (by index), and the columns hidden from
+/// it.
+type Visible = (usize, Option<Arc<[bool]>>);
 
 /// Reports a group's authorisation error: counted, logged at warn with the
 /// table and PostgreSQL's message, and sent as a `system` error to that
