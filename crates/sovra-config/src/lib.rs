@@ -138,7 +138,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         key: "server.header_read_timeout",
         kind: Kind::Integer,
         default: "30",
-        doc: "Seconds a client gets to send the headers of a request (WebSocket handshakes included), and an idle keep-alive connection to start the next one, before the connection is closed. At least 1.",
+        doc: "Seconds a client gets to send the headers of a request (WebSocket handshakes included), and an idle keep-alive connection to start the next one, before the connection is closed; HTTP/1 and HTTP/2 (h2c) alike. At least 1.",
     },
     OptionDoc {
         key: "server.require_apikey",
@@ -468,7 +468,13 @@ pub const OPTIONS: &[OptionDoc] = &[
         key: "storage.io_threads",
         kind: Kind::Integer,
         default: "16",
-        doc: "Most blocking file calls (open, read or write of one chunk, sync) of the `fs` backend running at once; the rest wait, without holding a thread, and get 503 after 30 s. Clients never hold one while the server waits for them. 1 to 256.",
+        doc: "Most blocking file calls (open, read or write of one chunk, sync) of the `fs` backend running at once; the rest wait, without holding a thread, and get 503 after `storage.io_wait`. Clients never hold one while the server waits for them. 1 to 256.",
+    },
+    OptionDoc {
+        key: "storage.io_wait",
+        kind: Kind::Integer,
+        default: "30",
+        doc: "Seconds a request waits for a free file IO slot of the `fs` backend (`storage.io_threads`) before it is answered 503 `SlowDown` (the disk, not a client, is then the bottleneck). 1 to 3600.",
     },
     OptionDoc {
         key: "storage.s3.endpoint",
@@ -681,6 +687,7 @@ pub struct StorageConfig {
     pub file_size_limit: u64,
     pub upload_expiry: u64,
     pub io_threads: u64,
+    pub io_wait: u64,
     pub s3: S3Config,
 }
 
@@ -703,6 +710,7 @@ impl Default for StorageConfig {
             file_size_limit: 52_428_800,
             upload_expiry: 86_400,
             io_threads: 16,
+            io_wait: 30,
             s3: S3Config {
                 region: "us-east-1".to_owned(),
                 ..S3Config::default()
@@ -1491,6 +1499,12 @@ impl Config {
                 "must be between 1 and 256",
             ));
         }
+        if !(1..=3600).contains(&storage.io_wait) {
+            return Err(ConfigError::invalid(
+                "storage.io_wait",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
         Ok(())
     }
 
@@ -1930,6 +1944,8 @@ mod tests {
             ),
             ("[storage]\nio_threads = 0\n", "storage.io_threads"),
             ("[storage]\nio_threads = 1000\n", "storage.io_threads"),
+            ("[storage]\nio_wait = 0\n", "storage.io_wait"),
+            ("[storage]\nio_wait = 3601\n", "storage.io_wait"),
             ("[log]\nlevel = \"loud\"\n", "log.level"),
             ("[database]\nurl = \"mysql\"\n", "database.url"),
             ("[database]\npool_size = 0\n", "database.pool_size"),
