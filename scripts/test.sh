@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Sets up this machine (scripts/setup.sh) and runs Sovra's whole test suite:
-# formatting, lints, every test of every crate against real PostgreSQL
-# processes that the test harness starts itself, and the end-to-end tests
-# through the real supabase-js client against the sovra binary.
+# Sets up this machine (scripts/setup.sh test) and runs Sovra's whole test
+# suite: formatting, lints, every test of every crate against real
+# PostgreSQL processes that the test harness starts itself, the bounded fuzz
+# run, and the end-to-end tests through the real supabase-js client against
+# the sovra binary (the quickstart in examples/ among them). Extra arguments
+# go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh test
+# moto_server, when setup put it in the project's virtual environment.
+if [ -x .tools/venv/bin/moto_server ]; then export PATH="$PWD/.tools/venv/bin:$PATH"; fi
 echo "test: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test: cargo clippy"

@@ -10,6 +10,11 @@ root="$(cd ../.. && pwd)"
 bin="${SOVRA_BIN:-$root/target/debug/sovra}"
 [ -n "${SOVRA_BIN:-}" ] || (cd "$root" && cargo build --locked --quiet --bin sovra)
 [ -d node_modules/@supabase/supabase-js ] || npm ci --no-audit --no-fund --loglevel=error
+# The quickstart (quickstart.test.js) runs examples/quickstart with its own
+# dependencies, as a developer who copied it would.
+[ -d ../../examples/quickstart/node_modules/@supabase/supabase-js ] \
+  || (cd ../../examples/quickstart && npm ci --no-audit --no-fund --loglevel=error)
+export E2E_SOVRA_BIN="$bin"
 dir="$(mktemp -d /tmp/sovra-e2e-XXXXXX)"
 chmod 755 "$dir"
 port="$(node -e "const s = require('net').createServer(); s.listen(0, '127.0.0.1', () => { console.log(s.address().port); s.close(); })")"

@@ -485,6 +485,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_real_hash_needing_more_memory_than_the_buffer_is_refused() {
+        use argon2::password_hash::{PasswordHasher as _, SaltString};
+        let real = |m_cost: u32| {
+            let salt = SaltString::generate(&mut rand::rngs::OsRng);
+            Argon2::new(
+                Algorithm::Argon2id,
+                Version::V0x13,
+                Params::new(m_cost, PASSES, LANES, None).unwrap(),
+            )
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string()
+        };
+        let hasher = Hasher::new(1, 2);
+        // Exactly the buffer's size: verified.
+        let fits = real(MEMORY_KIB);
+        assert_eq!(
+            hasher.verify("correct horse", Some(&fits)).await.unwrap(),
+            Checked::Right
+        );
+        // One MiB more, with the right password: refused (answered as a
+        // wrong password, never computed in a bigger allocation), and
+        // the thread keeps its one buffer.
+        let bigger = real(MEMORY_KIB + 1024);
+        assert_eq!(
+            hasher.verify("correct horse", Some(&bigger)).await.unwrap(),
+            Checked::Wrong
+        );
+        let mut blocks = vec![Block::default(); buffer_blocks()];
+        assert_eq!(
+            verify_argon2(b"correct horse", &bigger, &mut blocks),
+            None,
+            "refused before hashing, not a mismatch"
+        );
+        assert_eq!(
+            verify_argon2(b"correct horse", &fits, &mut blocks),
+            Some((true, true))
+        );
+        assert_eq!(hasher.buffers_allocated(), 1);
+        // The thread is still there for the next hash.
+        assert_eq!(
+            hasher.verify("correct horse", Some(&fits)).await.unwrap(),
+            Checked::Right
+        );
+    }
+
+    #[tokio::test]
     async fn passwords_over_72_bytes_are_refused() {
         let hasher = Hasher::new(1, 1);
         let long = "a".repeat(73);

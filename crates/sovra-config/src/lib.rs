@@ -21,6 +21,27 @@ use serde::Deserialize;
 /// The default file name looked up in the working directory.
 pub const DEFAULT_FILE: &str = "sovra.toml";
 
+/// The data directory when none is configured.
+pub const DEFAULT_DATA_DIR: &str = "./sovra-data";
+
+/// The data directory when none is configured and Sovra runs as root: its
+/// PostgreSQL then runs as the `postgres` system user, which must pass
+/// through every directory above the data directory, and a checkout under
+/// `/root` (mode 0700) is closed to it. `/var/lib` is open to it.
+pub const ROOT_DATA_DIR: &str = "/var/lib/sovra";
+
+/// The data directory to use when none is configured: [`ROOT_DATA_DIR`]
+/// for root, unless [`DEFAULT_DATA_DIR`] already holds a project
+/// (`default_holds_project`: its `keys.json` exists), which stays where it
+/// is so that an existing installation keeps its keys and data.
+pub fn default_data_dir(root: bool, default_holds_project: bool) -> &'static str {
+    if root && !default_holds_project {
+        ROOT_DATA_DIR
+    } else {
+        DEFAULT_DATA_DIR
+    }
+}
+
 /// A configuration that is missing, unreadable or wrong. The message always
 /// names the option (or the file) at fault.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +102,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         key: "data_dir",
         kind: Kind::String,
         default: "\"./sovra-data\"",
-        doc: "Directory that holds everything Sovra keeps on disk: the embedded PostgreSQL cluster, the signing keys, stored files. Created on first start.",
+        doc: "Directory that holds everything Sovra keeps on disk: the embedded PostgreSQL cluster, the signing keys, stored files. Created on first start. When Sovra runs as root the default is `/var/lib/sovra` (its PostgreSQL runs as the `postgres` user, which cannot reach a directory under `/root`), unless `./sovra-data` already holds a project.",
     },
     OptionDoc {
         key: "server.listen",
@@ -117,7 +138,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         key: "server.header_read_timeout",
         kind: Kind::Integer,
         default: "30",
-        doc: "Seconds a client gets to send the headers of a request (WebSocket handshakes included), and an idle keep-alive connection to start the next one, before the connection is closed. At least 1.",
+        doc: "Seconds a client gets to send the headers of a request (WebSocket handshakes included), and an idle keep-alive connection to start the next one, before the connection is closed; HTTP/1 and HTTP/2 (h2c) alike. At least 1.",
     },
     OptionDoc {
         key: "server.require_apikey",
@@ -447,7 +468,13 @@ pub const OPTIONS: &[OptionDoc] = &[
         key: "storage.io_threads",
         kind: Kind::Integer,
         default: "16",
-        doc: "Most blocking file calls (open, read or write of one chunk, sync) of the `fs` backend running at once; the rest wait, without holding a thread, and get 503 after 30 s. Clients never hold one while the server waits for them. 1 to 256.",
+        doc: "Most blocking file calls (open, read or write of one chunk, sync) of the `fs` backend running at once; the rest wait, without holding a thread, and get 503 after `storage.io_wait`. Clients never hold one while the server waits for them. 1 to 256.",
+    },
+    OptionDoc {
+        key: "storage.io_wait",
+        kind: Kind::Integer,
+        default: "30",
+        doc: "Seconds a request waits for a free file IO slot of the `fs` backend (`storage.io_threads`) before it is answered 503 `SlowDown` (the disk, not a client, is then the bottleneck). 1 to 3600.",
     },
     OptionDoc {
         key: "storage.s3.endpoint",
@@ -660,6 +687,7 @@ pub struct StorageConfig {
     pub file_size_limit: u64,
     pub upload_expiry: u64,
     pub io_threads: u64,
+    pub io_wait: u64,
     pub s3: S3Config,
 }
 
@@ -682,6 +710,7 @@ impl Default for StorageConfig {
             file_size_limit: 52_428_800,
             upload_expiry: 86_400,
             io_threads: 16,
+            io_wait: 30,
             s3: S3Config {
                 region: "us-east-1".to_owned(),
                 ..S3Config::default()
@@ -905,7 +934,7 @@ pub struct JwtConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            data_dir: PathBuf::from("./sovra-data"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             server: ServerConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
@@ -984,6 +1013,7 @@ pub struct Loader {
     table: toml::Table,
     overrides: Vec<(String, String, String)>,
     unknown_env: Vec<String>,
+    default_data_dir: Option<String>,
 }
 
 impl Loader {
@@ -1018,6 +1048,7 @@ impl Loader {
             table,
             overrides: Vec::new(),
             unknown_env: Vec::new(),
+            default_data_dir: None,
         })
     }
 
@@ -1087,10 +1118,24 @@ impl Loader {
         self
     }
 
+    /// Replaces the built-in default of `data_dir` (used only when neither
+    /// the file, the environment nor a flag sets it); the binary passes
+    /// [`default_data_dir`] for the user it runs as.
+    pub fn default_data_dir(mut self, dir: impl Into<String>) -> Loader {
+        self.default_data_dir = Some(dir.into());
+        self
+    }
+
     /// Merges the layers, deserialises and validates.
     pub fn load(self) -> Result<Config, ConfigError> {
         let mut table = self.table;
         check_known(&table, "")?;
+        if let Some(dir) = self.default_data_dir
+            && !table.contains_key("data_dir")
+            && !self.overrides.iter().any(|(key, _, _)| key == "data_dir")
+        {
+            table.insert("data_dir".to_owned(), toml::Value::String(dir));
+        }
         for (key, source, value) in self.overrides {
             let option = OPTIONS
                 .iter()
@@ -1454,6 +1499,12 @@ impl Config {
                 "must be between 1 and 256",
             ));
         }
+        if !(1..=3600).contains(&storage.io_wait) {
+            return Err(ConfigError::invalid(
+                "storage.io_wait",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
         Ok(())
     }
 
@@ -1677,6 +1728,51 @@ mod tests {
     }
 
     #[test]
+    fn root_defaults_the_data_dir_to_a_place_postgres_reaches() {
+        assert_eq!(default_data_dir(true, false), "/var/lib/sovra");
+        assert_eq!(default_data_dir(false, false), "./sovra-data");
+        // An existing project in ./sovra-data stays where it is.
+        assert_eq!(default_data_dir(true, true), "./sovra-data");
+        let root = |text: &str, vars: &[(&str, &str)]| {
+            Loader::from_toml(text, Path::new("t.toml"))
+                .unwrap()
+                .env(env(vars))
+                .unwrap()
+                .default_data_dir(default_data_dir(true, false))
+        };
+        assert_eq!(
+            root("", &[]).load().unwrap().data_dir,
+            PathBuf::from("/var/lib/sovra")
+        );
+        // Whatever sets it wins over the root default: file, environment, flag.
+        assert_eq!(
+            root("data_dir = \"/srv/a\"\n", &[])
+                .load()
+                .unwrap()
+                .data_dir,
+            PathBuf::from("/srv/a")
+        );
+        assert_eq!(
+            root("", &[("SOVRA_DATA_DIR", "/srv/b")])
+                .load()
+                .unwrap()
+                .data_dir,
+            PathBuf::from("/srv/b")
+        );
+        assert_eq!(
+            root("", &[])
+                .set("data_dir", "/srv/c")
+                .load()
+                .unwrap()
+                .data_dir,
+            PathBuf::from("/srv/c")
+        );
+        // And an empty one is still refused, whatever the default.
+        let err = root("", &[("SOVRA_DATA_DIR", "")]).load().unwrap_err();
+        assert!(err.to_string().contains("`data_dir`"), "{err}");
+    }
+
+    #[test]
     fn environment_overrides_file_and_flags_override_environment() {
         let text =
             "[server]\nlisten = \"127.0.0.1:1000\"\nbody_limit = 2048\n[database]\npool_size = 4\n";
@@ -1848,6 +1944,8 @@ mod tests {
             ),
             ("[storage]\nio_threads = 0\n", "storage.io_threads"),
             ("[storage]\nio_threads = 1000\n", "storage.io_threads"),
+            ("[storage]\nio_wait = 0\n", "storage.io_wait"),
+            ("[storage]\nio_wait = 3601\n", "storage.io_wait"),
             ("[log]\nlevel = \"loud\"\n", "log.level"),
             ("[database]\nurl = \"mysql\"\n", "database.url"),
             ("[database]\npool_size = 0\n", "database.pool_size"),

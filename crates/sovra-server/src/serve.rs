@@ -443,6 +443,7 @@ fn storage_config(config: &Config) -> sovra_storage::StorageConfig {
         file_size_limit: storage.file_size_limit,
         upload_expiry: Duration::from_secs(storage.upload_expiry),
         io_threads: usize::try_from(storage.io_threads).unwrap_or(16),
+        io_wait: Duration::from_secs(storage.io_wait),
     }
 }
 
@@ -659,14 +660,30 @@ pub async fn serve_http(
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
-            let service =
-                app.map_request(move |request: axum::http::Request<hyper::body::Incoming>| {
+            // hyper's header-read timer is HTTP/1 only; `activity` lets the
+            // watchdog below close an HTTP/2 (h2c) connection that starts
+            // no request in time as well.
+            let activity = std::sync::Arc::new(Activity::default());
+            let service = tower::service_fn({
+                let activity = activity.clone();
+                move |request: axum::http::Request<hyper::body::Incoming>| {
+                    let in_flight = InFlight::start(&activity, request.method());
                     let mut request = request.map(axum::body::Body::new);
                     request
                         .extensions_mut()
                         .insert(axum::extract::ConnectInfo(peer));
-                    request
-                });
+                    let app = app.clone();
+                    async move {
+                        let response = app.oneshot(request).await?;
+                        Ok::<_, std::convert::Infallible>(response.map(|body| {
+                            axum::body::Body::new(CountedBody {
+                                body,
+                                _in_flight: in_flight,
+                            })
+                        }))
+                    }
+                }
+            });
             let service = hyper_util::service::TowerToHyperService::new(service);
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
@@ -679,16 +696,31 @@ pub async fn serve_http(
                 .enable_connect_protocol();
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
-            tokio::select! {
+            let idle = activity.idle_for(options.header_read_timeout);
+            let idled = tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(err) = result {
                         tracing::trace!(error = %err, "connection ended with an error");
                     }
                     return;
                 }
-                _ = closing.wait_for(|closing| *closing) => {
-                    connection.as_mut().graceful_shutdown();
+                _ = closing.wait_for(|closing| *closing) => false,
+                () = idle => true,
+            };
+            connection.as_mut().graceful_shutdown();
+            if idled {
+                // Nothing in flight: what the connection still owes (a
+                // GOAWAY) goes out, and a request that never completed its
+                // headers does not keep it open.
+                while tokio::time::timeout(options.header_read_timeout, connection.as_mut())
+                    .await
+                    .is_err()
+                {
+                    if activity.in_flight() == 0 {
+                        return;
+                    }
                 }
+                return;
             }
             let _ = connection.await;
             drop(closing);
@@ -700,6 +732,91 @@ pub async fn serve_http(
     // Every connection task holds a receiver until it ends.
     closing_tx.closed().await;
     Ok(())
+}
+
+/// What one connection is doing, for its idle watchdog: requests in
+/// flight (from complete headers until the response body is dropped), how
+/// many have started, and whether one took the connection over (an HTTP/2
+/// extended CONNECT for a WebSocket, which has its own idle handling).
+#[derive(Default)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    started: std::sync::atomic::AtomicU64,
+    upgraded: std::sync::atomic::AtomicBool,
+}
+
+impl Activity {
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once a whole `timeout` has passed with nothing in flight
+    /// and no request started: the connection is idle, or a client is
+    /// holding it with headers it never finishes. Checked once per
+    /// `timeout`, so it fires between one and two timeouts after the last
+    /// activity.
+    async fn idle_for(&self, timeout: Duration) {
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            let started = self.started.load(SeqCst);
+            tokio::time::sleep(timeout).await;
+            if self.in_flight() == 0
+                && self.started.load(SeqCst) == started
+                && !self.upgraded.load(SeqCst)
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// One request counted in [`Activity::in_flight`] until dropped.
+struct InFlight(std::sync::Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &std::sync::Arc<Activity>, method: &axum::http::Method) -> InFlight {
+        use std::sync::atomic::Ordering::SeqCst;
+        activity.in_flight.fetch_add(1, SeqCst);
+        activity.started.fetch_add(1, SeqCst);
+        if method == axum::http::Method::CONNECT {
+            activity.upgraded.store(true, SeqCst);
+        }
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its request in flight while it streams.
+struct CountedBody {
+    body: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[allow(clippy::print_stdout)]

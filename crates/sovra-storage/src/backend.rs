@@ -43,7 +43,8 @@ const READ_CHUNK: usize = 1024 * 1024;
 /// Received bytes are written to the local disk in batches of this size.
 const WRITE_BATCH: usize = 256 * 1024;
 /// How long a request waits for a free IO slot before it is refused with
-/// 503 (the disk, not a client, is then the bottleneck).
+/// 503 (the disk, not a client, is then the bottleneck), unless
+/// `storage.io_wait` says otherwise ([`Backend::with_io_wait`]).
 const IO_WAIT: Duration = Duration::from_secs(30);
 
 /// How bytes are stored.
@@ -95,6 +96,7 @@ pub struct Backend {
 struct LocalDisk {
     root: PathBuf,
     io: Arc<tokio::sync::Semaphore>,
+    io_wait: Duration,
 }
 
 impl LocalDisk {
@@ -106,7 +108,7 @@ impl LocalDisk {
         F: FnOnce() -> std::io::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let permit = tokio::time::timeout(IO_WAIT, self.io.clone().acquire_owned())
+        let permit = tokio::time::timeout(self.io_wait, self.io.clone().acquire_owned())
             .await
             .map_err(|_| LocalError::Busy)?
             .map_err(|_| LocalError::Busy)?;
@@ -171,6 +173,24 @@ fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 impl Backend {
+    /// How long a blocking file call of the local disk waits for a free IO
+    /// slot before the request is refused (503).
+    pub fn with_io_wait(mut self, wait: Duration) -> Backend {
+        if let Some(local) = &mut self.local {
+            local.io_wait = wait;
+        }
+        self
+    }
+
+    /// Takes one of the local disk's IO slots until the permit is dropped,
+    /// as a long blocking file call would; `None` for other stores. For
+    /// tests that need the disk saturated.
+    #[doc(hidden)]
+    pub async fn hold_io_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let local = self.local.as_ref()?;
+        local.io.clone().acquire_owned().await.ok()
+    }
+
     /// Opens the store for `tenant`; on the local disk, at most
     /// `io_threads` blocking file calls run at once.
     pub fn open(
@@ -203,6 +223,7 @@ impl Backend {
                     local: Some(LocalDisk {
                         root: root.clone(),
                         io: Arc::new(tokio::sync::Semaphore::new(io_threads.max(1))),
+                        io_wait: IO_WAIT,
                     }),
                 })
             }

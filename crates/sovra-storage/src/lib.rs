@@ -53,6 +53,8 @@ pub struct StorageConfig {
     pub upload_expiry: Duration,
     /// Most blocking file calls of the local disk at once.
     pub io_threads: usize,
+    /// How long a request waits for one of them before it gets 503.
+    pub io_wait: Duration,
 }
 
 /// Who a request is from, as the gateway verified it.
@@ -284,7 +286,8 @@ impl StorageService {
     /// as `authenticator`).
     pub fn new(config: StorageConfig, tenant: &str, pool: Pool) -> Result<StorageService, String> {
         let backend = Backend::open(&config.backend, tenant, config.io_threads)
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| err.to_string())?
+            .with_io_wait(config.io_wait);
         Ok(StorageService {
             config,
             backend,

@@ -64,15 +64,19 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         ),
     }
 
+    let mut run_as = None;
     if embedded && nix::unistd::geteuid().is_root() {
         match nix::unistd::User::from_name(&config.embedded.system_user) {
-            Ok(Some(user)) => report.ok(
-                "system user",
-                format!(
-                    "running as root; postgresql will run as `{}` (uid {})",
-                    user.name, user.uid
-                ),
-            ),
+            Ok(Some(user)) => {
+                report.ok(
+                    "system user",
+                    format!(
+                        "running as root; postgresql will run as `{}` (uid {})",
+                        user.name, user.uid
+                    ),
+                );
+                run_as = Some(user);
+            }
             _ => report.fail(
                 "system user",
                 format!(
@@ -84,6 +88,9 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     }
 
     check_data_dir(&mut report, &config.data_dir, embedded);
+    if let Some(user) = &run_as {
+        check_reachable(&mut report, &config.data_dir, user);
+    }
 
     let addr = config.listen_addr();
     match std::net::TcpListener::bind(addr) {
@@ -143,10 +150,17 @@ pub(crate) async fn run(config: &Config) -> anyhow::Result<ExitCode> {
 fn check_data_dir(report: &mut Report, dir: &Path, embedded: bool) {
     use std::os::unix::fs::PermissionsExt as _;
     if !dir.exists() {
-        let parent = dir
+        // The nearest directory above that exists: Sovra creates the rest.
+        let mut parent = dir
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        while !parent.is_dir() {
+            match parent.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(up) => parent = up,
+                None => break,
+            }
+        }
         let writable = tempfile_probe(parent);
         if writable {
             report.ok(
@@ -205,6 +219,48 @@ fn check_data_dir(report: &mut Report, dir: &Path, embedded: bool) {
             ),
             Err(_) => report.ok("cluster", "will be created on first start (initdb)"),
         }
+    }
+}
+
+/// As root, the embedded PostgreSQL runs as `user`, which must pass through
+/// every directory above the data directory (the data directory itself
+/// Sovra opens to it). Asked of the kernel as that user: a child process
+/// with its uid and gid and no supplementary groups, as the cluster is
+/// started, tries to enter the nearest existing directory above.
+fn check_reachable(report: &mut Report, dir: &Path, user: &nix::unistd::User) {
+    use std::os::unix::process::CommandExt as _;
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+    let mut above = absolute.parent().unwrap_or(Path::new("/")).to_owned();
+    while !above.is_dir() {
+        match above.parent() {
+            Some(parent) => above = parent.to_owned(),
+            None => break,
+        }
+    }
+    let entered = std::process::Command::new("test")
+        .arg("-x")
+        .arg(&above)
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .status();
+    match entered {
+        Ok(status) if status.success() => report.ok(
+            "data dir reach",
+            format!("`{}` can reach {}", user.name, above.display()),
+        ),
+        Ok(_) => report.fail(
+            "data dir reach",
+            format!(
+                "`{}` (which runs postgresql, as Sovra is root) cannot reach {}: a directory above is closed to other users (as /root is); use a data directory it can reach (the default for root is {}; `--data-dir` or SOVRA_DATA_DIR) or open the way with `chmod o+x`",
+                user.name,
+                above.display(),
+                sovra_config::ROOT_DATA_DIR
+            ),
+        ),
+        Err(err) => report.warn(
+            "data dir reach",
+            format!("could not check as `{}`: {err}", user.name),
+        ),
     }
 }
 

@@ -137,7 +137,9 @@ fn load_config(
         Some(path) => Loader::file(path, true)?,
         None => Loader::file(std::path::Path::new(sovra_config::DEFAULT_FILE), false)?,
     };
-    let mut loader = loader.env(std::env::vars())?;
+    let mut loader = loader
+        .env(std::env::vars())?
+        .default_data_dir(root_aware_data_dir());
     let warnings = loader.env_warnings();
     if let Some(dir) = &global.data_dir {
         loader = loader.set("data_dir", dir.display().to_string());
@@ -149,6 +151,31 @@ fn load_config(
         loader = loader.set("server.listen", listen.clone());
     }
     Ok((loader.load()?, warnings))
+}
+
+/// The default data directory for the user Sovra runs as (see
+/// [`sovra_config::default_data_dir`]).
+fn root_aware_data_dir() -> &'static str {
+    let root = nix::unistd::geteuid().is_root();
+    let holds_project = std::path::Path::new(sovra_config::DEFAULT_DATA_DIR)
+        .join("keys.json")
+        .exists();
+    sovra_config::default_data_dir(root, holds_project)
+}
+
+/// An error and its causes, each said once: many messages already include
+/// their source's text (`embedded postgresql: {0}`), which `{:#}` would
+/// print a second time.
+fn describe(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn main() -> ExitCode {
@@ -199,7 +226,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("sovra: {err:#}");
+            eprintln!("sovra: {}", describe(&err));
             ExitCode::FAILURE
         }
     }
@@ -441,7 +468,36 @@ async fn api_keys(
 
 #[cfg(test)]
 mod tests {
-    use super::check_server_url;
+    use super::{check_server_url, describe};
+
+    #[test]
+    fn an_error_says_each_cause_once() {
+        #[derive(Debug)]
+        struct Inner;
+        impl std::fmt::Display for Inner {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("cannot reach /root")
+            }
+        }
+        impl std::error::Error for Inner {}
+        #[derive(Debug)]
+        struct Outer(Inner);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "embedded postgresql: {}", self.0)
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let err = anyhow::Error::new(Outer(Inner));
+        assert_eq!(describe(&err), "embedded postgresql: cannot reach /root");
+        // A cause the message does not include is still said.
+        let err = anyhow::Error::new(Inner).context("starting");
+        assert_eq!(describe(&err), "starting: cannot reach /root");
+    }
 
     #[test]
     fn plain_http_only_to_this_machine() {

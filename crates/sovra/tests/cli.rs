@@ -78,12 +78,19 @@ fn lines_of(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Rec
 }
 
 fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
+    start_on("127.0.0.1", dir, extra_env)
+}
+
+/// Starts `sovra serve` on `host` and a free port, with the data directory
+/// `dir` and `extra_env` on top of a clean environment; its output lines
+/// are collected for the test.
+fn start_on(host: &str, dir: &Path, extra_env: &[(&str, &str)]) -> Server {
     let port = free_port();
     let mut command = sovra();
     command
         .args(["serve", "--data-dir"])
         .arg(dir)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", &format!("{host}:{port}")])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (name, value) in extra_env {
@@ -98,6 +105,23 @@ fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
         stdout,
         stderr,
     }
+}
+
+/// Runs `sovra ARGS --data-dir DIR` to completion.
+fn run(args: &[&str], dir: &Path) -> std::process::Output {
+    sovra()
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+/// Stops a server with `signal` and asserts that it exited cleanly.
+fn stop(server: &mut Server, signal: Signal) {
+    kill(server.pid(), signal).unwrap();
+    let status = server.wait_exit();
+    assert!(status.success(), "{status}: {}", server.stderr_text());
 }
 
 impl Server {
@@ -280,8 +304,7 @@ async fn embedded_lifecycle_first_start_restart_kill_and_second_instance() {
         .send()
         .await
         .unwrap();
-    kill(server.pid(), Signal::SIGTERM).unwrap();
-    assert!(server.wait_exit().success());
+    stop(&mut server, Signal::SIGTERM);
     let logs = server.stderr_text();
     assert!(
         logs.contains("/sovra/v1/whoami"),
@@ -307,8 +330,7 @@ async fn json_logs_carry_request_ids() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    kill(server.pid(), Signal::SIGINT).unwrap();
-    assert!(server.wait_exit().success());
+    stop(&mut server, Signal::SIGINT);
     let logs = server.stderr_text();
     let line = logs
         .lines()
@@ -396,11 +418,7 @@ fn configuration_errors_name_the_option() {
 fn keys_prints_rotates_and_retires() {
     let scratch = sovra_dir();
     let dir = scratch.data();
-    let out = sovra()
-        .args(["keys", "--json", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = run(&["keys", "--json"], &dir);
     assert!(
         out.status.success(),
         "{}",
@@ -408,22 +426,14 @@ fn keys_prints_rotates_and_retires() {
     );
     let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(first["anon_key"].as_str().unwrap().starts_with("ey"));
-    let out = sovra()
-        .args(["keys", "--json", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = run(&["keys", "--json"], &dir);
     let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         first["anon_key"], again["anon_key"],
         "stable without --rotate"
     );
 
-    let out = sovra()
-        .args(["keys", "--rotate", "--json", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = run(&["keys", "--rotate", "--json"], &dir);
     assert!(out.status.success());
     let rotated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_ne!(first["anon_key"], rotated["anon_key"]);
@@ -445,28 +455,16 @@ fn keys_prints_rotates_and_retires() {
         .as_str()
         .unwrap()
         .to_owned();
-    let out = sovra()
-        .args(["keys", "--retire", &active, "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = run(&["keys", "--retire", &active], &dir);
     assert!(!out.status.success(), "the active key cannot be retired");
-    let out = sovra()
-        .args(["keys", "--retire", &previous, "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = run(&["keys", "--retire", &previous], &dir);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let text = sovra()
-        .args(["keys", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let text = run(&["keys"], &dir);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("(mode 0600)"), "{text}");
     assert!(!text.contains("\"secret\""), "{text}");
@@ -476,41 +474,25 @@ fn keys_prints_rotates_and_retires() {
 fn migrate_and_doctor_on_a_fresh_directory() {
     let scratch = sovra_dir();
     let dir = scratch.data();
-    let out = sovra()
-        .args(["doctor", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = run(&["doctor"], &dir);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ok    postgresql"), "{text}");
     assert!(text.contains("will be created on first start"), "{text}");
 
-    let out = sovra()
-        .args(["migrate", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = run(&["migrate"], &dir);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("applied migrations"));
-    let out = sovra()
-        .args(["migrate", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = run(&["migrate"], &dir);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
     // migrate stops the PostgreSQL it started.
     assert!(postmaster_pid(&dir).is_none());
 
-    let out = sovra()
-        .args(["doctor", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = run(&["doctor"], &dir);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("cluster: PostgreSQL"), "{text}");
 
@@ -552,8 +534,7 @@ async fn external_database_url_manages_nothing() {
     );
     let out = server.stdout_text();
     assert!(!out.contains("PostgreSQL    embedded"), "{out}");
-    kill(server.pid(), Signal::SIGINT).unwrap();
-    assert!(server.wait_exit().success());
+    stop(&mut server, Signal::SIGINT);
     // The server's database was migrated and is still there.
     let client = db.client().await;
     assert!(sovra_pg::migrate::is_current(&client).await.unwrap());
@@ -637,11 +618,7 @@ async fn mail_lists_the_mailbox_and_api_keys_are_made_through_the_server() {
     let dir = scratch.data();
     let mut server = start(&dir, &[]);
     server.wait_ready().await;
-    let keys = sovra()
-        .args(["keys", "--json", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let keys = run(&["keys", "--json"], &dir);
     let keys: serde_json::Value = serde_json::from_slice(&keys.stdout).unwrap();
     let anon = keys["anon_key"].as_str().unwrap().to_owned();
     let signup = reqwest::Client::new()
@@ -652,38 +629,21 @@ async fn mail_lists_the_mailbox_and_api_keys_are_made_through_the_server() {
         .await
         .unwrap();
     assert_eq!(signup.status(), 200);
-    let out = sovra()
-        .args(["mail", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = run(&["mail"], &dir);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("cli@example.com") && text.contains("confirmation"),
         "{text}"
     );
-    let out = sovra()
-        .args(["mail", "--last", "--to", "cli@example.com", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = run(&["mail", "--last", "--to", "cli@example.com"], &dir);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("/auth/v1/verify?token="), "{text}");
 
-    let out = sovra()
-        .args([
-            "api-keys",
-            "--url",
-            &server.url,
-            "create",
-            "--name",
-            "etl",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = run(
+        &["api-keys", "--url", &server.url, "create", "--name", "etl"],
+        &dir,
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -705,46 +665,13 @@ async fn mail_lists_the_mailbox_and_api_keys_are_made_through_the_server() {
         .await
         .unwrap();
     assert_eq!(whoami["role"], "service_role");
-    let out = sovra()
-        .args(["api-keys", "--url", &server.url, "list", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = run(&["api-keys", "--url", &server.url, "list"], &dir);
     assert!(String::from_utf8_lossy(&out.stdout).contains("etl"));
-    kill(server.pid(), Signal::SIGINT).unwrap();
-    assert!(server.wait_exit().success());
+    stop(&mut server, Signal::SIGINT);
     // Without a server the command says so.
-    let out = sovra()
-        .args(["api-keys", "--url", &server.url, "list", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = run(&["api-keys", "--url", &server.url, "list"], &dir);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `sovra serve` running?"));
-}
-
-/// Like [`start`], listening on every interface (`0.0.0.0`).
-fn start_on_all_interfaces(dir: &Path, extra_env: &[(&str, &str)]) -> Server {
-    let port = free_port();
-    let mut command = sovra();
-    command
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", &format!("0.0.0.0:{port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, value) in extra_env {
-        command.env(name, value);
-    }
-    let mut child = command.spawn().unwrap();
-    let stdout = lines_of(child.stdout.take().unwrap());
-    let stderr = lines_of(child.stderr.take().unwrap());
-    Server {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        stdout,
-        stderr,
-    }
 }
 
 #[tokio::test]
@@ -752,7 +679,8 @@ async fn unknown_environment_variables_warn_and_open_metrics_are_flagged() {
     let scratch = sovra_dir();
     let dir = scratch.data();
     // People export SOVRA_URL for their own clients in the same shell.
-    let mut server = start_on_all_interfaces(
+    let mut server = start_on(
+        "0.0.0.0",
         &dir,
         &[
             ("SOVRA_URL", "http://example.com/secret-value"),
@@ -780,8 +708,7 @@ async fn unknown_environment_variables_warn_and_open_metrics_are_flagged() {
         .unwrap()
         .to_owned();
     assert_eq!(fresh.len(), 36, "{fresh}");
-    kill(server.pid(), Signal::SIGINT).unwrap();
-    assert!(server.wait_exit().success());
+    stop(&mut server, Signal::SIGINT);
     let logs = server.stderr_text();
     assert!(
         logs.contains("ignoring environment variable SOVRA_URL: it names no option"),
@@ -817,8 +744,7 @@ async fn unknown_environment_variables_warn_and_open_metrics_are_flagged() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    kill(server.pid(), Signal::SIGINT).unwrap();
-    assert!(server.wait_exit().success());
+    stop(&mut server, Signal::SIGINT);
     let logs = server.stderr_text();
     assert!(!logs.contains("/metrics is open"), "{logs}");
     assert!(!logs.contains("scrape-token-0123456789"), "{logs}");
@@ -841,11 +767,7 @@ fn api_keys_refuses_plain_http_to_another_machine() {
     let scratch = sovra_dir();
     let dir = scratch.data();
     for url in ["http://api.example.com", "http://10.1.2.3:54321"] {
-        let out = sovra()
-            .args(["api-keys", "--url", url, "list", "--data-dir"])
-            .arg(&dir)
-            .output()
-            .unwrap();
+        let out = run(&["api-keys", "--url", url, "list"], &dir);
         assert!(!out.status.success(), "{url}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -856,29 +778,133 @@ fn api_keys_refuses_plain_http_to_another_machine() {
         // Refused before anything is made in the data directory.
         assert!(!dir.join("keys.json").exists());
     }
-    let out = sovra()
-        .args(["api-keys", "--url", "ftp://localhost", "list", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = run(&["api-keys", "--url", "ftp://localhost", "list"], &dir);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("http:// or https://"));
     // With --allow-http the check passes and the command goes on to
     // send the request (0.0.0.1 is no server: it fails, differently).
     std::fs::create_dir_all(&dir).unwrap();
-    let out = sovra()
-        .args([
+    let out = run(
+        &[
             "api-keys",
             "--allow-http",
             "--url",
             "http://0.0.0.1:9",
             "list",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
+        ],
+        &dir,
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("refusing"), "{err}");
+}
+
+/// A directory closed to everyone but its owner, as `/root` is.
+fn closed_dir(scratch: &Scratch) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let closed = scratch.path().join("home");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    closed
+}
+
+#[test]
+fn doctor_checks_that_postgres_can_reach_the_real_data_dir() {
+    let scratch = sovra_dir();
+    let closed = closed_dir(&scratch);
+    let doctor = |dir: &Path| {
+        let out = sovra()
+            .args(["doctor", "--data-dir"])
+            .arg(dir)
+            .env("SOVRA_SERVER_LISTEN", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = doctor(&closed.join("project/sovra-data"));
+    if nix::unistd::geteuid().is_root() {
+        // PostgreSQL runs as `postgres`, which cannot pass through.
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains("FAIL  data dir reach: `postgres`")
+                && text.contains(&format!("cannot reach {}", closed.display()))
+                && text.contains("/var/lib/sovra"),
+            "{text}"
+        );
+        // The same when the data directory exists already.
+        std::fs::create_dir_all(closed.join("project/sovra-data")).unwrap();
+        let (ok, text) = doctor(&closed.join("project/sovra-data"));
+        assert!(!ok && text.contains("FAIL  data dir reach"), "{text}");
+        // And so `serve` fails, saying why once.
+        let out = sovra()
+            .args(["serve", "--data-dir"])
+            .arg(closed.join("project/sovra-data"))
+            .args(["--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches("cannot reach").count(), 1, "{err}");
+    } else {
+        // Not root: PostgreSQL runs as this user, who owns the way there.
+        assert!(ok, "{text}");
+        assert!(!text.contains("data dir reach"), "{text}");
+    }
+    // A place it can reach.
+    let (ok, text) = doctor(&scratch.data());
+    assert!(ok, "{text}");
+    assert!(!text.contains("FAIL"), "{text}");
+    if nix::unistd::geteuid().is_root() {
+        assert!(
+            text.contains("ok    data dir reach: `postgres` can reach"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn the_default_data_dir_for_root_is_one_postgres_can_reach() {
+    let scratch = sovra_dir();
+    // Run where no ./sovra-data exists, with no data directory configured.
+    let cwd = closed_dir(&scratch);
+    let doctor = || {
+        let out = sovra()
+            .arg("doctor")
+            .current_dir(&cwd)
+            .env("SOVRA_SERVER_LISTEN", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = doctor();
+    let root = nix::unistd::geteuid().is_root();
+    if root {
+        assert!(text.contains("data dir: /var/lib/sovra"), "{text}");
+        assert!(!text.contains("FAIL  data dir reach"), "{text}");
+    } else {
+        assert!(text.contains("data dir: ./sovra-data"), "{text}");
+    }
+    // An existing project in ./sovra-data keeps its place (and its keys).
+    let existing = cwd.join("sovra-data");
+    std::fs::create_dir(&existing).unwrap();
+    let keys = run(&["keys", "--json"], &existing);
+    assert!(keys.status.success());
+    let text = doctor();
+    assert!(text.contains("data dir: ./sovra-data"), "{text}");
+    // A configured one always wins.
+    let out = sovra()
+        .args(["doctor"])
+        .current_dir(&cwd)
+        .env("SOVRA_SERVER_LISTEN", "127.0.0.1:0")
+        .env("SOVRA_DATA_DIR", scratch.data())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("data dir: {}", scratch.data().display())),
+        "{text}"
+    );
 }
