@@ -265,15 +265,20 @@ impl ApiError {
         ))
     }
 
-    /// PGRST202: no function with these argument names.
+    /// PGRST202: no function with these argument names (`raw`: the
+    /// parameter type a raw `text/plain`, `text/xml` or octet-stream body
+    /// would fill).
     pub fn unknown_function(
         schema: &str,
         function: &str,
         supplied: &[&str],
         json_body: bool,
+        raw: Option<&str>,
         suggestion: Option<String>,
     ) -> ApiError {
-        let message = if supplied.is_empty() {
+        let message = if raw.is_some() {
+            format!("Could not find the function {schema}.{function} in the schema cache")
+        } else if supplied.is_empty() {
             format!(
                 "Could not find the function {schema}.{function} without parameters in the schema cache"
             )
@@ -288,13 +293,13 @@ impl ApiError {
             [one] => format!("with parameter {one}"),
             many => format!("with parameters {}", many.join(", ")),
         };
-        let json_clause = if json_body {
-            " or with a single unnamed json/jsonb parameter"
-        } else {
-            ""
+        let searched = match raw {
+            Some(type_name) => format!("with a single unnamed {type_name} parameter"),
+            None if json_body => format!("{with} or with a single unnamed json/jsonb parameter"),
+            None => with,
         };
         let mut err = ApiError::new(404, "PGRST202", message).with_details(format!(
-            "Searched for the function {schema}.{function} {with}{json_clause}, but no matches were found in the schema cache."
+            "Searched for the function {schema}.{function} {searched}, but no matches were found in the schema cache."
         ));
         if let Some(suggestion) = suggestion {
             err = err.with_hint(format!(

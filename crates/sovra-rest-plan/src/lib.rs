@@ -15,7 +15,9 @@ mod plan;
 mod relationship;
 mod schema;
 
-pub use call::{Arguments, CallPlan, CallRequest, RoutineResult, parameter_names, plan_call};
+pub use call::{
+    Arguments, CallPlan, CallRequest, RawMedia, RoutineResult, parameter_names, plan_call,
+};
 pub use error::{ApiError, sqlstate_status};
 pub use openapi::openapi;
 pub use plan::{Action, Plan, Request, Statement, plan};

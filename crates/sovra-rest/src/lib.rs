@@ -290,17 +290,21 @@ impl RestService {
         let params = query_params(&rest, is_get)?;
         arguments.extend(params.arguments.iter().cloned());
         let (prefs, range) = request_headers(headers, is_get)?;
-        let body_text = std::str::from_utf8(&body)
-            .map_err(|_| ApiError::invalid_body("Empty or invalid json"))?;
+        let raw = if is_get { None } else { raw_media(headers) };
+        let body_text = match raw {
+            Some(_) => "",
+            None => std::str::from_utf8(&body)
+                .map_err(|_| ApiError::invalid_body("Empty or invalid json"))?,
+        };
         let call = sovra_rest_plan::plan_call(
             &cache,
             &sovra_rest_plan::CallRequest {
                 schema: &schema,
                 function,
-                arguments: if is_get {
-                    sovra_rest_plan::Arguments::Query(&arguments)
-                } else {
-                    sovra_rest_plan::Arguments::Json(body_text)
+                arguments: match raw {
+                    _ if is_get => sovra_rest_plan::Arguments::Query(&arguments),
+                    Some(media) => sovra_rest_plan::Arguments::Raw(media, &body),
+                    None => sovra_rest_plan::Arguments::Json(body_text),
                 },
                 is_get,
                 query: &params,
@@ -919,6 +923,24 @@ fn negotiate(headers: &HeaderMap) -> Result<(Media, bool), ApiError> {
         }
     }
     Err(ApiError::not_acceptable(accept))
+}
+
+/// The raw body media of an `/rpc` call (PostgREST's single unnamed
+/// `text`, `xml` and `bytea` parameters), from `Content-Type`.
+fn raw_media(headers: &HeaderMap) -> Option<sovra_rest_plan::RawMedia> {
+    let value = header_text(headers, "content-type")?;
+    let media = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media.as_str() {
+        "text/plain" => Some(sovra_rest_plan::RawMedia::Text),
+        "text/xml" => Some(sovra_rest_plan::RawMedia::Xml),
+        "application/octet-stream" => Some(sovra_rest_plan::RawMedia::Octet),
+        _ => None,
+    }
 }
 
 /// Write bodies are JSON; a request that says otherwise is refused.

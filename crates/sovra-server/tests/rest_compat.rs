@@ -1,0 +1,474 @@
+//! `/rest/v1` compatibility with PostgREST where clients rely on it (#16):
+//! computed relationships and fields, functions with unnamed parameters
+//! and overloads, PostgREST's function errors, upsert statuses, counts on
+//! `/rpc`, embedding disambiguation, aggregates beside embeds, response
+//! GUCs and custom errors, `OPTIONS`, and the plan media type. Every
+//! request is the one the client sends, against real PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sovra_test_support::TestApp;
+
+const FIXTURE: &str = "
+create table public.channels (id int primary key, slug text);
+create table public.messages (
+  id int primary key, channel_id int references public.channels, body text,
+  likes int not null default 0);
+insert into public.channels values (1, 'general'), (2, 'random'), (3, 'empty');
+insert into public.messages values
+  (1, 1, 'hello world', 3), (2, 1, 'help me', 5), (3, 2, 'random thought', 1);
+create view public.channel_view as select id, slug from public.channels;
+
+-- Computed relationships.
+create function public.get_messages(public.channels) returns setof public.messages
+  language sql stable as $$ select * from public.messages where channel_id = $1.id $$;
+create function public.latest_message(public.channels) returns setof public.messages
+  language sql stable rows 1
+  as $$ select * from public.messages where channel_id = $1.id order by id desc limit 1 $$;
+create function public.channel_of(public.messages) returns public.channels
+  language sql stable as $$ select * from public.channels where id = $1.channel_id $$;
+create function public.view_messages(public.channel_view) returns setof public.messages
+  language sql stable as $$ select * from public.messages where channel_id = $1.id $$;
+
+-- Computed fields.
+create function public.blurb_message(public.messages) returns text
+  language sql immutable as $$ select left($1.body, 3) $$;
+create table public.events (id int, kind text, at date not null) partition by range (at);
+create table public.events_2024 partition of public.events
+  for values from ('2024-01-01') to ('2025-01-01');
+insert into public.events values (1, 'click', '2024-05-01'), (2, 'view', '2024-06-01');
+create function public.kind_upper(public.events) returns text
+  language sql immutable as $$ select upper($1.kind) $$;
+create function public.all_messages() returns setof public.messages
+  language sql stable as $$ select * from public.messages $$;
+
+-- Unnamed parameters and overloads.
+create function public.echo_text(text) returns text
+  language sql immutable as $$ select 'got ' || $1 $$;
+create function public.echo_xml(xml) returns text
+  language sql immutable as $$ select $1::text $$;
+create function public.byte_len(bytea) returns int
+  language sql immutable as $$ select length($1) $$;
+create function public.echo_jsonb(jsonb) returns jsonb
+  language sql immutable as $$ select $1 $$;
+create function public.two_unnamed(int, int) returns int
+  language sql immutable as $$ select $1 + $2 $$;
+create function public.unnamed_default(int default 7) returns int
+  language sql immutable as $$ select $1 $$;
+create function public.ov(a int) returns text language sql immutable as $$ select 'int' $$;
+create function public.ov(a text) returns text language sql immutable as $$ select 'text' $$;
+create function public.ov2(a int) returns text language sql immutable as $$ select 'one' $$;
+create function public.ov2(a int, b int) returns text language sql immutable as $$ select 'two' $$;
+create function public.ov_json(json) returns text language sql immutable as $$ select 'json' $$;
+create function public.ov_json(a int) returns text language sql immutable as $$ select 'int' $$;
+create function public.ov_default(a int, b int default 1) returns text
+  language sql immutable as $$ select 'ab' $$;
+create function public.ov_default(a int, c text) returns text
+  language sql immutable as $$ select 'ac' $$;
+create function public.typed(a int, b varchar, c timestamptz) returns text
+  language sql immutable as $$ select 'typed' $$;
+create function public.typed(a bigint, b boolean, c double precision) returns text
+  language sql immutable as $$ select 'typed2' $$;
+grant all on all tables in schema public to anon, authenticated, service_role;
+";
+
+struct Rest {
+    app: TestApp,
+    http: reqwest::Client,
+}
+
+impl Rest {
+    async fn new() -> Rest {
+        Rest::with(sovra_config::Config::default(), FIXTURE).await
+    }
+
+    async fn with(config: sovra_config::Config, fixture: &str) -> Rest {
+        let app = TestApp::spawn_with(config).await;
+        let client = app.db.client().await;
+        client.batch_execute(fixture).await.unwrap();
+        client
+            .batch_execute("create table public.zz_ready (id int)")
+            .await
+            .unwrap();
+        // The DDL event trigger reloads the schema cache; wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while app
+            .tenant
+            .rest
+            .cache()
+            .get()
+            .and_then(|c| c.relation("public", "zz_ready").cloned())
+            .is_none()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "schema cache never reloaded"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Rest {
+            app,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, String) {
+        let mut request = self
+            .http
+            .request(method, format!("{}/rest/v1{path_and_query}", self.app.url))
+            .header("apikey", &self.app.anon_key);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        (status, headers, response.text().await.unwrap())
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let (status, _, body) = self.send(Method::GET, path, &[], None).await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let (status, _, body) = self
+            .send(
+                Method::POST,
+                path,
+                &[("content-type", "application/json")],
+                Some(body.to_string().into_bytes()),
+            )
+            .await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+}
+
+async fn expect_ok(rest: &Rest, cases: &[(&str, Value)]) {
+    for (path, want) in cases {
+        let (status, body) = rest.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(&body, want, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn computed_relationships_embed_like_foreign_keys() {
+    let rest = Rest::new().await;
+    expect_ok(
+        &rest,
+        &[
+            (
+                "/channels?select=id,get_messages(id,body)&order=id&get_messages.order=id",
+                json!([
+                    {"id": 1, "get_messages": [{"id": 1, "body": "hello world"}, {"id": 2, "body": "help me"}]},
+                    {"id": 2, "get_messages": [{"id": 3, "body": "random thought"}]},
+                    {"id": 3, "get_messages": []}
+                ]),
+            ),
+            // Inner join, filters, order and limit inside.
+            (
+                "/channels?select=id,get_messages!inner(id)&get_messages.likes=gt.2&order=id",
+                json!([{"id": 1, "get_messages": [{"id": 1}, {"id": 2}]}]),
+            ),
+            (
+                "/channels?select=id,get_messages(id)&id=eq.1&get_messages.order=likes.desc&get_messages.limit=1",
+                json!([{"id": 1, "get_messages": [{"id": 2}]}]),
+            ),
+            // An alias, and nested: a computed relationship inside another.
+            (
+                "/channels?select=id,msgs:get_messages(id,channel:channel_of(slug))&id=eq.2",
+                json!([{"id": 2, "msgs": [{"id": 3, "channel": {"slug": "random"}}]}]),
+            ),
+            // Returning one row (not setof): to-one.
+            (
+                "/messages?select=id,channel_of(slug)&order=id&limit=2",
+                json!([{"id": 1, "channel_of": {"slug": "general"}}, {"id": 2, "channel_of": {"slug": "general"}}]),
+            ),
+            // setof with ROWS 1: to-one as well.
+            (
+                "/channels?select=id,latest_message(id)&order=id",
+                json!([
+                    {"id": 1, "latest_message": {"id": 2}},
+                    {"id": 2, "latest_message": {"id": 3}},
+                    {"id": 3, "latest_message": null}
+                ]),
+            ),
+            // Through a view: the function takes the view's row.
+            (
+                "/channel_view?select=slug,view_messages(id)&id=eq.2",
+                json!([{"slug": "random", "view_messages": [{"id": 3}]}]),
+            ),
+            // Spread.
+            (
+                "/messages?select=id,...channel_of(slug)&id=eq.3",
+                json!([{"id": 3, "slug": "random"}]),
+            ),
+            // On a function's result.
+            (
+                "/rpc/all_messages?select=id,channel_of(slug)&id=eq.1",
+                json!([{"id": 1, "channel_of": {"slug": "general"}}]),
+            ),
+            // Null filter on the embed.
+            (
+                "/channels?select=id,latest_message()&latest_message=is.null",
+                json!([{"id": 3}]),
+            ),
+        ],
+    )
+    .await;
+    // A function that does not take the origin's row is no relationship.
+    let (status, body) = rest.get("/messages?select=id,get_messages(id)").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "PGRST200");
+}
+
+#[tokio::test]
+async fn computed_fields_select_filter_and_order_like_columns() {
+    let rest = Rest::new().await;
+    expect_ok(
+        &rest,
+        &[
+            (
+                "/messages?select=id,blurb_message&blurb_message=eq.hel&order=id",
+                json!([{"id": 1, "blurb_message": "hel"}, {"id": 2, "blurb_message": "hel"}]),
+            ),
+            (
+                "/messages?select=id,short:blurb_message&order=blurb_message.desc,id",
+                json!([
+                    {"id": 3, "short": "ran"},
+                    {"id": 1, "short": "hel"},
+                    {"id": 2, "short": "hel"}
+                ]),
+            ),
+            (
+                "/messages?select=id&blurb_message=in.(ran,xyz)",
+                json!([{"id": 3}]),
+            ),
+            (
+                "/messages?select=id&or=(blurb_message.eq.ran,id.eq.1)&order=id",
+                json!([{"id": 1}, {"id": 3}]),
+            ),
+            // Inside an embed.
+            (
+                "/channels?select=id,messages(id,blurb_message)&id=eq.2",
+                json!([{"id": 2, "messages": [{"id": 3, "blurb_message": "ran"}]}]),
+            ),
+            (
+                "/channels?select=id,messages!inner(id)&messages.blurb_message=eq.ran",
+                json!([{"id": 2, "messages": [{"id": 3}]}]),
+            ),
+            // On a partitioned table.
+            (
+                "/events?select=id,kind_upper&kind_upper=eq.CLICK",
+                json!([{"id": 1, "kind_upper": "CLICK"}]),
+            ),
+            // On a function's result.
+            (
+                "/rpc/all_messages?select=id,blurb_message&blurb_message=eq.ran",
+                json!([{"id": 3, "blurb_message": "ran"}]),
+            ),
+            // A cast and an aggregate over it.
+            (
+                "/messages?select=blurb_message,count()&order=blurb_message",
+                json!([{"blurb_message": "hel", "count": 2}, {"blurb_message": "ran", "count": 1}]),
+            ),
+        ],
+    )
+    .await;
+    // `*` is the columns only, as in PostgREST.
+    let (_, body) = rest.get("/messages?id=eq.1").await;
+    assert!(body[0].get("blurb_message").is_none(), "{body}");
+    // Returned by writes too.
+    let (status, _, text) = rest
+        .send(
+            Method::POST,
+            "/messages?select=id,blurb_message",
+            &[
+                ("content-type", "application/json"),
+                ("prefer", "return=representation"),
+            ],
+            Some(br#"{"id": 9, "channel_id": 3, "body": "wow"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!([{"id": 9, "blurb_message": "wow"}])
+    );
+    // An unknown name is still PostgreSQL's 42703.
+    let (status, body) = rest.get("/messages?select=id,nope").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "42703");
+    assert_eq!(body["message"], "column messages.nope does not exist");
+    let (status, body) = rest.get("/messages?nope=eq.1").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "42703");
+}
+
+#[tokio::test]
+async fn unnamed_parameters_take_the_raw_body() {
+    let rest = Rest::new().await;
+    let raw = |media: &'static str, body: &'static [u8]| (media, body);
+    for (path, (media, body), want) in [
+        (
+            "/rpc/echo_text",
+            raw("text/plain", b"hello"),
+            json!("got hello"),
+        ),
+        (
+            "/rpc/echo_xml",
+            raw("text/xml", b"<a>1</a>"),
+            json!("<a>1</a>"),
+        ),
+        (
+            "/rpc/byte_len",
+            raw("application/octet-stream", &[0, 255, 1, 2]),
+            json!(4),
+        ),
+    ] {
+        let (status, _, text) = rest
+            .send(
+                Method::POST,
+                path,
+                &[("content-type", media)],
+                Some(body.to_vec()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{path}: {text}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            want,
+            "{path}"
+        );
+    }
+    // A single unnamed jsonb parameter takes any JSON body.
+    let (status, body) = rest.post("/rpc/echo_jsonb", json!([1, {"a": 2}])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!([1, {"a": 2}]));
+    // An unnamed parameter with a default: called without it.
+    let (status, body) = rest.post("/rpc/unnamed_default", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!(7));
+    // Unnamed parameters that cannot be named: PGRST202, never an empty
+    // quoted identifier in the SQL.
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/rpc/two_unnamed",
+            Some(br#"{"": 1}"#.to_vec()),
+        ),
+        (Method::POST, "/rpc/two_unnamed", Some(b"{}".to_vec())),
+        (Method::GET, "/rpc/two_unnamed?=1", None),
+        (Method::GET, "/rpc/echo_text?=1", None),
+    ] {
+        let headers: &[(&str, &str)] = if body.is_some() {
+            &[("content-type", "application/json")]
+        } else {
+            &[]
+        };
+        let (status, _, text) = rest.send(method, path, headers, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {text}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["code"], "PGRST202", "{path}");
+    }
+    // A raw body for a function without such a parameter.
+    let (status, _, text) = rest
+        .send(
+            Method::POST,
+            "/rpc/ov2",
+            &[("content-type", "text/plain")],
+            Some(b"x".to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        body,
+        json!({
+            "code": "PGRST202",
+            "message": "Could not find the function public.ov2 in the schema cache",
+            "details": "Searched for the function public.ov2 with a single unnamed text parameter, but no matches were found in the schema cache.",
+            "hint": null
+        })
+    );
+}
+
+#[tokio::test]
+async fn overloads_resolve_as_postgrest_resolves_them() {
+    let rest = Rest::new().await;
+    for (path, body, want) in [
+        ("/rpc/ov2", json!({"a": 1}), "one"),
+        ("/rpc/ov2", json!({"a": 1, "b": 2}), "two"),
+        ("/rpc/ov_json", json!({"a": 1}), "int"),
+        ("/rpc/ov_json", json!({"x": 1}), "json"),
+        ("/rpc/ov_default", json!({"a": 1}), "ab"),
+        ("/rpc/ov_default", json!({"a": 1, "b": 2}), "ab"),
+        ("/rpc/ov_default", json!({"a": 1, "c": "x"}), "ac"),
+    ] {
+        let (status, got) = rest.post(path, body.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{path} {body}: {got}");
+        assert_eq!(got, json!(want), "{path} {body}");
+    }
+    let (status, got) = rest.get("/rpc/ov2?a=1&b=2").await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got, json!("two"));
+}
+
+#[tokio::test]
+async fn function_errors_name_types_and_candidates_as_postgrest() {
+    let rest = Rest::new().await;
+    let (status, body) = rest.post("/rpc/ov", json!({"a": 1})).await;
+    assert_eq!(status, StatusCode::MULTIPLE_CHOICES, "{body}");
+    assert_eq!(
+        body,
+        json!({
+            "code": "PGRST203",
+            "message": "Could not choose the best candidate function between: public.ov(a => integer), public.ov(a => text)",
+            "details": null,
+            "hint": "Try renaming the parameters or the function itself in the database so function overloading can be resolved"
+        })
+    );
+    let (status, body) = rest
+        .post("/rpc/typed", json!({"a": 1, "b": "x", "c": "now"}))
+        .await;
+    assert_eq!(status, StatusCode::MULTIPLE_CHOICES, "{body}");
+    assert_eq!(
+        body["message"],
+        "Could not choose the best candidate function between: public.typed(a => bigint, b => boolean, c => double precision), public.typed(a => integer, b => character varying, c => timestamp with time zone)"
+    );
+    // Names that fit no overload: the closest parameter list as the hint.
+    let (status, body) = rest.post("/rpc/ov2", json!({"a": 1, "bb": 2})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(
+        body,
+        json!({
+            "code": "PGRST202",
+            "message": "Could not find the function public.ov2(a, bb) in the schema cache",
+            "details": "Searched for the function public.ov2 with parameters a, bb or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.",
+            "hint": "Perhaps you meant to call the function public.ov2(a, b)"
+        })
+    );
+    // An unknown function: the closest name in the schema.
+    let (status, body) = rest.get("/rpc/echo_txt").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(
+        body["message"],
+        "Could not find the function public.echo_txt without parameters in the schema cache"
+    );
+    assert_eq!(
+        body["hint"],
+        "Perhaps you meant to call the function public.echo_text"
+    );
+}
