@@ -67,6 +67,11 @@ pub struct Plan {
     /// of the count, run with the statement's parameters; its top
     /// `Plan Rows` is the planner's estimate.
     pub planned_count: Option<String>,
+    /// An upsert into a table: the statement's first column is the number
+    /// of rows inserted (not updated), so that the response can answer
+    /// `201` only when one was (PostgREST tells them apart the same way,
+    /// by `xmax`).
+    pub counts_inserted: bool,
 }
 
 pub(crate) struct Builder {
@@ -83,6 +88,7 @@ impl Builder {
             },
             offset,
             planned_count: None,
+            counts_inserted: false,
         }
     }
 
@@ -1499,18 +1505,44 @@ fn plan_insert(
             }
         }
     };
-    let sql = format!(
-        "WITH pgrst_source AS ({insert}{conflict} RETURNING {}.*) {}",
-        target.alias,
-        wrap(
-            &count_expr(request, target, ""),
-            items,
-            "pgrst_source",
-            &target.alias,
-            (request.csv, request.strip_nulls)
+    // Upserts into tables tell inserted rows from updated ones by `xmax`
+    // (zero for a row this statement inserted); views have no `xmax`.
+    // As PostgREST, only merging upserts answer 200 when nothing was
+    // inserted; ignored duplicates keep the insert's 201.
+    let counts_inserted = request.prefs.resolution == Some(Resolution::MergeDuplicates)
+        && matches!(
+            target.relation.kind,
+            crate::schema::RelationKind::Table | crate::schema::RelationKind::PartitionedTable
+        );
+    let sql = if counts_inserted {
+        format!(
+            "WITH _pgrst_written AS ({insert}{conflict} RETURNING {alias} AS _pgrst_row, {alias}.xmax = 0 AS _pgrst_inserted), \
+             pgrst_source AS (SELECT (_pgrst_row).* FROM _pgrst_written) {}",
+            wrap(
+                "(SELECT count(*) FROM _pgrst_written WHERE _pgrst_inserted)",
+                items,
+                "pgrst_source",
+                &target.alias,
+                (request.csv, request.strip_nulls)
+            ),
+            alias = target.alias,
         )
-    );
-    Ok(b.finish(sql, 0))
+    } else {
+        format!(
+            "WITH pgrst_source AS ({insert}{conflict} RETURNING {}.*) {}",
+            target.alias,
+            wrap(
+                &count_expr(request, target, ""),
+                items,
+                "pgrst_source",
+                &target.alias,
+                (request.csv, request.strip_nulls)
+            )
+        )
+    };
+    let mut plan = b.finish(sql, 0);
+    plan.counts_inserted = counts_inserted;
+    Ok(plan)
 }
 
 fn plan_update(

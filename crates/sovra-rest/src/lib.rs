@@ -347,20 +347,47 @@ impl RestService {
             );
         }
         let content_type = media_type(media);
+        if let Some(count) = prefs.count {
+            insert_header(
+                &mut response_headers,
+                HeaderName::from_static("preference-applied"),
+                match count {
+                    CountPreference::Exact => "count=exact",
+                    CountPreference::Planned => "count=planned",
+                    CountPreference::Estimated => "count=estimated",
+                },
+            );
+        }
         use sovra_rest_plan::RoutineResult;
+        // A single value or row is a page of one, as PostgREST counts it;
+        // with a count asked for, the total is that one row.
+        let single_range = |response_headers: &mut HeaderMap| {
+            let total = if prefs.count.is_some() { "1" } else { "*" };
+            insert_header(
+                response_headers,
+                header::CONTENT_RANGE,
+                &format!("0-0/{total}"),
+            );
+        };
         let (status, body) = match call.result {
             RoutineResult::Void => {
                 return Ok((StatusCode::NO_CONTENT, response_headers).into_response());
             }
-            RoutineResult::Scalar => (StatusCode::OK, outcome.body),
-            RoutineResult::SingleRow => (
-                StatusCode::OK,
-                if outcome.page_count == 0 {
-                    "null".to_owned()
-                } else {
-                    unwrap_single(&outcome.body)
-                },
-            ),
+            RoutineResult::Scalar => {
+                single_range(&mut response_headers);
+                (StatusCode::OK, outcome.body)
+            }
+            RoutineResult::SingleRow => {
+                single_range(&mut response_headers);
+                (
+                    StatusCode::OK,
+                    if outcome.page_count == 0 {
+                        "null".to_owned()
+                    } else {
+                        unwrap_single(&outcome.body)
+                    },
+                )
+            }
             RoutineResult::Set => {
                 let total_text = outcome
                     .total
@@ -699,10 +726,17 @@ impl RestService {
                     "*".to_owned()
                 };
                 insert_header(&mut headers, header::CONTENT_RANGE, &format!("*/{total}"));
-                StatusCode::CREATED
+                // An upsert that only updated created nothing.
+                if plan.counts_inserted && outcome.total == Some(0) {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                }
             }
             Action::Put => {
-                if representation {
+                if plan.counts_inserted && outcome.total.is_some_and(|n| n > 0) {
+                    StatusCode::CREATED
+                } else if representation {
                     StatusCode::OK
                 } else {
                     StatusCode::NO_CONTENT

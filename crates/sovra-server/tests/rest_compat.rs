@@ -71,7 +71,20 @@ create function public.typed(a int, b varchar, c timestamptz) returns text
   language sql immutable as $$ select 'typed' $$;
 create function public.typed(a bigint, b boolean, c double precision) returns text
   language sql immutable as $$ select 'typed2' $$;
+
+-- Embedding disambiguation.
+create view public.messages_view as select * from public.messages;
+create table public.people (id int primary key, name text, boss_id int references public.people);
+insert into public.people values (1, 'ann', null), (2, 'bob', 1), (3, 'cid', 1);
+create table public.pairs (
+  id int primary key, a int references public.people, b int references public.people);
+
+-- A function with a side effect, to count its executions.
+create table public.calls (n serial primary key);
+create function public.logged_messages() returns setof public.messages language sql volatile
+  as $$ insert into public.calls default values; select * from public.messages order by id $$;
 grant all on all tables in schema public to anon, authenticated, service_role;
+grant all on all sequences in schema public to anon, authenticated, service_role;
 ";
 
 struct Rest {
@@ -471,4 +484,268 @@ async fn function_errors_name_types_and_candidates_as_postgrest() {
         body["hint"],
         "Perhaps you meant to call the function public.echo_text"
     );
+}
+
+#[tokio::test]
+async fn embedding_disambiguates_as_postgrest() {
+    let rest = Rest::new().await;
+    expect_ok(
+        &rest,
+        &[
+            // The view of `messages` exposes the same foreign key: by the
+            // constraint's name (or the key column) the table is meant.
+            (
+                "/channels?select=id,messages_channel_id_fkey(id)&id=eq.2",
+                json!([{"id": 2, "messages_channel_id_fkey": [{"id": 3}]}]),
+            ),
+            (
+                "/messages?select=id,channel_id(slug)&id=eq.3",
+                json!([{"id": 3, "channel_id": {"slug": "random"}}]),
+            ),
+            // By its own name, the view embeds.
+            (
+                "/channels?select=id,messages_view(id)&id=eq.2",
+                json!([{"id": 2, "messages_view": [{"id": 3}]}]),
+            ),
+            // Self-reference: the key column is the parent, the table's
+            // name the children, and a hint by column picks the children.
+            (
+                "/people?select=name,boss_id(name)&id=eq.2",
+                json!([{"name": "bob", "boss_id": {"name": "ann"}}]),
+            ),
+            (
+                "/people?select=name,boss:boss_id(name)&id=eq.2",
+                json!([{"name": "bob", "boss": {"name": "ann"}}]),
+            ),
+            (
+                "/people?select=name,people(name)&id=eq.1&people.order=id",
+                json!([{"name": "ann", "people": [{"name": "bob"}, {"name": "cid"}]}]),
+            ),
+            (
+                "/people?select=name,reports:people!boss_id(name)&id=eq.1&reports.order=id",
+                json!([{"name": "ann", "reports": [{"name": "bob"}, {"name": "cid"}]}]),
+            ),
+            ("/pairs?select=id,first:people!a(name)", json!([])),
+        ],
+    )
+    .await;
+    // A hint naming no constraint or column: 400, not 300.
+    let (status, body) = rest.get("/channels?select=id,messages!nope(id)").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body,
+        json!({
+            "code": "PGRST200",
+            "message": "Could not find a relationship between 'channels' and 'messages' in the schema cache",
+            "details": "Searched for a foreign key relationship between 'channels' and 'messages' using the hint 'nope' in the schema 'public', but no matches were found.",
+            "hint": null
+        })
+    );
+    let (status, body) = rest.get("/people?select=name,people!nope(name)").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "PGRST200");
+    // Two keys to the same table stay ambiguous, with PostgREST's hint.
+    let (status, body) = rest.get("/people?select=name,pairs(id)").await;
+    assert_eq!(status, StatusCode::MULTIPLE_CHOICES, "{body}");
+    assert_eq!(body["code"], "PGRST201");
+    assert_eq!(
+        body["hint"],
+        "Try changing 'pairs' to one of the following: 'pairs!pairs_a_fkey', 'pairs!pairs_b_fkey'. Find the desired relationship in the 'details' key."
+    );
+    assert_eq!(
+        body["details"][0],
+        json!({"cardinality": "one-to-many", "embedding": "people with pairs", "relationship": "pairs_a_fkey using people(id) and pairs(a)"})
+    );
+}
+
+#[tokio::test]
+async fn merging_upserts_answer_200_when_nothing_was_inserted() {
+    let rest = Rest::new().await;
+    let upsert = |resolution: &'static str, body: Value| {
+        let rest = &rest;
+        async move {
+            let prefer = format!("resolution={resolution},return=representation");
+            let (status, _, text) = rest
+                .send(
+                    Method::POST,
+                    "/channels",
+                    &[("content-type", "application/json"), ("prefer", &prefer)],
+                    Some(body.to_string().into_bytes()),
+                )
+                .await;
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        }
+    };
+    // Only updated: 200.
+    let (status, body) = upsert("merge-duplicates", json!({"id": 1, "slug": "general2"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!([{"id": 1, "slug": "general2"}]));
+    // Inserted: 201; one of several inserted: 201.
+    let (status, body) = upsert("merge-duplicates", json!({"id": 10, "slug": "new"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = upsert(
+        "merge-duplicates",
+        json!([{"id": 10, "slug": "new2"}, {"id": 11, "slug": "newer"}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Duplicates ignored keep the insert's 201 (PostgREST changed the
+    // status of merging upserts only).
+    let (status, body) = upsert("ignore-duplicates", json!({"id": 11, "slug": "again"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body, json!([]));
+    // A plain insert stays 201.
+    let (status, _, text) = rest
+        .send(
+            Method::POST,
+            "/channels",
+            &[("content-type", "application/json")],
+            Some(br#"{"id": 12, "slug": "plain"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    // PUT: 201 when it creates the row, 200 when it replaces it.
+    for want in [StatusCode::CREATED, StatusCode::OK] {
+        let (status, _, text) = rest
+            .send(
+                Method::PUT,
+                "/channels?id=eq.20",
+                &[
+                    ("content-type", "application/json"),
+                    ("prefer", "return=representation"),
+                ],
+                Some(br#"{"id": 20, "slug": "put"}"#.to_vec()),
+            )
+            .await;
+        assert_eq!(status, want, "{text}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            json!([{"id": 20, "slug": "put"}])
+        );
+    }
+}
+
+#[tokio::test]
+async fn rpc_counts_come_from_the_one_execution() {
+    let rest = Rest::new().await;
+    let (status, headers, text) = rest
+        .send(
+            Method::POST,
+            "/rpc/logged_messages?select=id&limit=1",
+            &[
+                ("content-type", "application/json"),
+                ("prefer", "count=exact"),
+            ],
+            Some(b"{}".to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{text}");
+    assert_eq!(headers["content-range"], "0-0/3");
+    assert_eq!(headers["preference-applied"], "count=exact");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!([{"id": 1}])
+    );
+    // The function ran once for the page and the count.
+    let client = rest.app.db.client().await;
+    let calls: i64 = client
+        .query_one("select count(*) from public.calls", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(calls, 1);
+    // HEAD (supabase-js `head: true`) and a filter.
+    let (status, headers, text) = rest
+        .send(
+            Method::HEAD,
+            "/rpc/all_messages?channel_id=eq.1",
+            &[("prefer", "count=exact")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(headers["content-range"], "0-1/2");
+    assert!(text.is_empty());
+    // Scalar results are a page of one.
+    let (status, headers, text) = rest
+        .send(
+            Method::GET,
+            "/rpc/ov2?a=1",
+            &[("prefer", "count=exact")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(headers["content-range"], "0-0/1");
+    let (_, headers, _) = rest.send(Method::GET, "/rpc/ov2?a=1", &[], None).await;
+    assert_eq!(headers["content-range"], "0-0/*");
+    // Planned and estimated counts answer too.
+    for count in ["planned", "estimated"] {
+        let prefer = format!("count={count}");
+        let (status, headers, text) = rest
+            .send(
+                Method::GET,
+                "/rpc/all_messages?select=id",
+                &[("prefer", &prefer)],
+                None,
+            )
+            .await;
+        assert!(status.is_success(), "{count}: {text}");
+        let range = headers["content-range"].to_str().unwrap();
+        assert!(range.starts_with("0-2/"), "{count}: {range}");
+        assert!(range[4..].parse::<i64>().is_ok(), "{count}: {range}");
+    }
+}
+
+#[tokio::test]
+async fn aggregates_beside_embeds_and_in_spreads() {
+    let rest = Rest::new().await;
+    let sorted = |mut rows: Value, key: &str| {
+        rows.as_array_mut()
+            .unwrap()
+            .sort_by_key(|row| row.pointer(key).map(ToString::to_string));
+        rows
+    };
+    let (status, body) = rest
+        .get("/messages?select=likes.sum(),channels(slug)")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        sorted(body, "/channels/slug"),
+        json!([{"sum": 8, "channels": {"slug": "general"}}, {"sum": 1, "channels": {"slug": "random"}}])
+    );
+    let (status, body) = rest
+        .get("/messages?select=...channels(slug),likes.sum(),count()")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        sorted(body, "/slug"),
+        json!([{"slug": "general", "sum": 8, "count": 2}, {"slug": "random", "sum": 1, "count": 1}])
+    );
+    expect_ok(
+        &rest,
+        &[
+            // Aggregates in a spread are hoisted into the parent.
+            (
+                "/channels?select=slug,...messages(likes.sum(),likes.max(),count())&slug=in.(general,random)&order=slug",
+                json!([
+                    {"slug": "general", "sum": 8, "max": 5, "count": 2},
+                    {"slug": "random", "sum": 1, "max": 1, "count": 1}
+                ]),
+            ),
+            (
+                "/channels?select=...messages(total:likes.sum(),average:likes.avg()::int)",
+                json!([{"total": 9, "average": 3}]),
+            ),
+            // Aggregates beside a to-many embed.
+            (
+                "/channels?select=count(),messages(id)&id=eq.2",
+                json!([{"count": 1, "messages": [{"id": 3}]}]),
+            ),
+        ],
+    )
+    .await;
 }
