@@ -9,8 +9,8 @@ use sovra_rest_grammar::{CountPreference, Preferences, QueryParams, RangeHeader,
 
 use crate::error::ApiError;
 use crate::plan::{
-    Action, Builder, Ctx, EXPLAIN_PREFIX, Plan, Request, Target, check_paths, check_supported,
-    level, plan_read,
+    Action, Builder, Ctx, EXPLAIN_PREFIX, Plan, RESPONSE_SETTINGS, Request, Target, check_paths,
+    check_supported, level, plan_read,
 };
 use crate::schema::{Relation, RelationKind, ReturnShape, Routine, SchemaCache, quote_ident};
 
@@ -361,17 +361,26 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
 
     let (sql, result) = match &routine.returns {
         ReturnShape::Void => (
-            format!("SELECT NULL::bigint, 0::bigint, ''::text FROM (SELECT {call}) _pgrst_void"),
+            format!(
+                "SELECT NULL::bigint, 0::bigint, ''::text, {RESPONSE_SETTINGS} FROM (SELECT {call}) _pgrst_void"
+            ),
             RoutineResult::Void,
         ),
         ReturnShape::Scalar(_) if !routine.returns_set => (
-            format!("SELECT NULL::bigint, 1::bigint, coalesce(to_json({call}), 'null')::text"),
+            format!(
+                "SELECT {}, 1::bigint, coalesce(to_json({call}), 'null')::text, {RESPONSE_SETTINGS}",
+                if request.prefs.count.is_some() {
+                    "1::bigint"
+                } else {
+                    "NULL::bigint"
+                }
+            ),
             RoutineResult::Scalar,
         ),
         ReturnShape::Scalar(_) => (
             // The page is every row, so a count is the page's.
             format!(
-                "SELECT {}, count(_pgrst_scalar), coalesce(json_agg(_pgrst_scalar), '[]')::text FROM {call} AS _pgrst_scalar",
+                "SELECT {}, count(_pgrst_scalar), coalesce(json_agg(_pgrst_scalar), '[]')::text, {RESPONSE_SETTINGS} FROM {call} AS _pgrst_scalar",
                 if request.prefs.count.is_some() {
                     "count(_pgrst_scalar)"
                 } else {

@@ -20,7 +20,7 @@ pub use call::{
 };
 pub use error::{ApiError, sqlstate_status};
 pub use openapi::openapi;
-pub use plan::{Action, Plan, Request, Statement, plan};
+pub use plan::{Action, Plan, RESPONSE_SETTINGS, Request, Statement, plan};
 pub use schema::{
     Column, ForeignKey, Relation, RelationKind, ReturnShape, Routine, RoutineParam, SchemaCache,
     TypeName, Volatility, quote_ident,

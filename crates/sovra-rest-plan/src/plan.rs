@@ -2,7 +2,9 @@
 //!
 //! Every statement returns one row of three columns: the total count
 //! (`bigint`, null unless asked for), the number of rows in the page
-//! (`bigint`), and the JSON body (`text`), built by PostgreSQL itself.
+//! (`bigint`), and the JSON body (`text`), built by PostgreSQL itself;
+//! most add two more, [`RESPONSE_SETTINGS`]: what the request's SQL set in
+//! `response.headers` and `response.status`, read after the body was built.
 //!
 //! Identifiers come from the schema cache and are always quoted; values are
 //! always bound parameters (all of type `text`, cast by PostgreSQL to the
@@ -1191,6 +1193,13 @@ fn count_expr(request: &Request<'_>, target: &Target<'_>, where_sql: &str) -> St
     }
 }
 
+/// The response settings a function or trigger may set during the
+/// statement (PostgREST's `response.headers` and `response.status`), as
+/// the statement's fourth and fifth columns. They are evaluated after the
+/// rest of the row, so they see what the statement's own work set.
+pub const RESPONSE_SETTINGS: &str =
+    "current_setting('response.headers', true), current_setting('response.status', true)";
+
 /// How [`Plan::planned_count`] starts.
 pub(crate) const EXPLAIN_PREFIX: &str = "EXPLAIN (FORMAT JSON) ";
 
@@ -1224,7 +1233,7 @@ fn wrap(total: &str, items: &[String], source: &str, alias: &str, media: (bool, 
         "coalesce(json_agg(_pgrst_t), '[]')::text"
     };
     format!(
-        "SELECT {total}, count(_pgrst_t), {body} \
+        "SELECT {total}, count(_pgrst_t), {body}, {RESPONSE_SETTINGS} \
          FROM (SELECT {list} FROM {source} AS {alias}) _pgrst_t"
     )
 }

@@ -185,11 +185,35 @@ impl RestService {
             Method::PATCH => Action::Update,
             Method::DELETE => Action::Delete,
             Method::OPTIONS => {
-                return Ok((
-                    StatusCode::OK,
-                    [(header::ALLOW, "OPTIONS,GET,HEAD,POST,PUT,PATCH,DELETE")],
-                )
-                    .into_response());
+                // What the relation allows, as PostgREST lists it.
+                let schema = self.schema(headers, true)?;
+                let cache = self
+                    .cache
+                    .get()
+                    .ok_or_else(ApiError::schema_cache_unavailable)?;
+                let table = cache.relation(&schema, &relation).ok_or_else(|| {
+                    ApiError::unknown_relation(
+                        &schema,
+                        &relation,
+                        cache.suggest(&schema, &relation),
+                    )
+                })?;
+                let mut allow = vec!["OPTIONS", "GET", "HEAD"];
+                if table.insertable {
+                    allow.push("POST");
+                }
+                if table.insertable && table.updatable && !table.primary_key.is_empty() {
+                    allow.push("PUT");
+                }
+                if table.updatable {
+                    allow.push("PATCH");
+                }
+                if table.deletable {
+                    allow.push("DELETE");
+                }
+                let mut response = StatusCode::OK.into_response();
+                insert_header(response.headers_mut(), header::ALLOW, &allow.join(","));
+                return Ok(response);
             }
             Method::PUT => Action::Put,
             _ => return Err(ApiError::unsupported_method(method.as_str())),
@@ -234,7 +258,7 @@ impl RestService {
             },
         )?;
 
-        let outcome = self
+        let mut outcome = self
             .execute(
                 pool, caller, method, path, &schema, read, &plan, &prefs, singular,
             )
@@ -243,11 +267,12 @@ impl RestService {
             && prefs.return_ == Some(ReturnPreference::HeadersOnly))
         .then(|| location(&cache, &schema, &relation, &outcome.body))
         .flatten();
+        let settings = std::mem::take(&mut outcome.settings);
         let mut response = self.respond(method, action, &schema, &plan, &prefs, media, outcome);
         if let Some(location) = location {
             insert_header(response.headers_mut(), header::LOCATION, &location);
         }
-        Ok(response)
+        settings.apply(response)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -266,9 +291,36 @@ impl RestService {
             Method::GET | Method::HEAD => true,
             Method::POST => false,
             Method::OPTIONS => {
-                return Ok(
-                    (StatusCode::OK, [(header::ALLOW, "OPTIONS,GET,HEAD,POST")]).into_response()
-                );
+                // Volatile functions are called with POST only.
+                let schema = self.schema(headers, true)?;
+                let cache = self
+                    .cache
+                    .get()
+                    .ok_or_else(ApiError::schema_cache_unavailable)?;
+                let overloads: Vec<&sovra_rest_plan::Routine> = cache
+                    .routines
+                    .iter()
+                    .filter(|r| r.schema == schema && r.name == function)
+                    .collect();
+                if overloads.is_empty() {
+                    return Err(ApiError::unknown_function(
+                        &schema,
+                        function,
+                        &[],
+                        false,
+                        None,
+                        None,
+                    ));
+                }
+                let allow = if overloads
+                    .iter()
+                    .all(|r| r.volatility == sovra_rest_plan::Volatility::Volatile)
+                {
+                    "OPTIONS,POST"
+                } else {
+                    "OPTIONS,GET,HEAD,POST"
+                };
+                return Ok((StatusCode::OK, [(header::ALLOW, allow)]).into_response());
             }
             _ => return Err(ApiError::rpc_method(method.as_str())),
         };
@@ -320,7 +372,7 @@ impl RestService {
         if strict_max.is_some() && call.result != sovra_rest_plan::RoutineResult::Set {
             return Err(ApiError::max_affected_not_set());
         }
-        let outcome = self
+        let mut outcome = self
             .execute(
                 pool,
                 caller,
@@ -333,6 +385,7 @@ impl RestService {
                 singular,
             )
             .await?;
+        let settings = std::mem::take(&mut outcome.settings);
         if let Some(max) = strict_max
             && outcome.page_count > max
         {
@@ -371,7 +424,7 @@ impl RestService {
         };
         let (status, body) = match call.result {
             RoutineResult::Void => {
-                return Ok((StatusCode::NO_CONTENT, response_headers).into_response());
+                return settings.apply((StatusCode::NO_CONTENT, response_headers).into_response());
             }
             RoutineResult::Scalar => {
                 single_range(&mut response_headers);
@@ -413,9 +466,9 @@ impl RestService {
         };
         insert_header(&mut response_headers, header::CONTENT_TYPE, content_type);
         if *method == Method::HEAD {
-            return Ok((status, response_headers).into_response());
+            return settings.apply((status, response_headers).into_response());
         }
-        Ok((status, response_headers, body).into_response())
+        settings.apply((status, response_headers, body).into_response())
     }
 
     fn schema(&self, headers: &HeaderMap, read: bool) -> Result<String, ApiError> {
@@ -593,6 +646,10 @@ impl RestService {
         };
         let page_count: i64 = row.get(1);
         let body: String = row.get(2);
+        let settings = ResponseSettings {
+            headers: row.try_get(3).ok().flatten(),
+            status: row.try_get(4).ok().flatten(),
+        };
 
         if singular && page_count != 1 {
             return Err(ApiError::singular(page_count));
@@ -616,6 +673,7 @@ impl RestService {
             total,
             page_count,
             body,
+            settings,
         })
     }
 
@@ -852,6 +910,63 @@ struct Outcome {
     total: Option<i64>,
     page_count: i64,
     body: String,
+    /// What the request's SQL set in `response.headers` and
+    /// `response.status`.
+    settings: ResponseSettings,
+}
+
+#[derive(Default)]
+struct ResponseSettings {
+    headers: Option<String>,
+    status: Option<String>,
+}
+
+impl ResponseSettings {
+    /// Applies the settings to `response` as PostgREST does: the status
+    /// replaces the response's, each header replaces the response's of
+    /// that name (repeated names are all sent).
+    fn apply(&self, mut response: Response) -> Result<Response, ApiError> {
+        let present = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        if let Some(status) = present(&self.status) {
+            let status = status
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .and_then(|n| StatusCode::from_u16(n).ok())
+                .filter(|s| (100..600).contains(&s.as_u16()))
+                .ok_or_else(ApiError::bad_response_status)?;
+            *response.status_mut() = status;
+        }
+        if let Some(headers) = present(&self.headers) {
+            let Ok(Value::Array(items)) = serde_json::from_str::<Value>(&headers) else {
+                return Err(ApiError::bad_response_headers());
+            };
+            let mut pairs = Vec::new();
+            for item in &items {
+                let Some(object) = item.as_object().filter(|o| o.len() == 1) else {
+                    return Err(ApiError::bad_response_headers());
+                };
+                for (name, value) in object {
+                    let (Ok(name), Some(Ok(value))) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        value.as_str().map(HeaderValue::from_str),
+                    ) else {
+                        return Err(ApiError::bad_response_headers());
+                    };
+                    pairs.push((name, value));
+                }
+            }
+            let mut replaced = Vec::new();
+            for (name, value) in pairs {
+                if !replaced.contains(&name) {
+                    response.headers_mut().remove(&name);
+                    replaced.push(name.clone());
+                }
+                response.headers_mut().append(name, value);
+            }
+        }
+        Ok(response)
+    }
 }
 
 fn media_type(media: Media) -> &'static str {
@@ -999,6 +1114,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 
 fn database_error(err: sovra_pg::tokio_postgres::Error, anonymous: bool) -> ApiError {
     match err.as_db_error() {
+        Some(db) if db.code().code() == "PGRST" => ApiError::raised(db.message(), db.detail()),
         Some(db) => ApiError::from_database(
             db.code().code(),
             db.message().to_owned(),
@@ -1035,6 +1151,14 @@ pub fn error_response(err: &ApiError) -> Response {
     );
     if status == StatusCode::UNAUTHORIZED {
         insert_header(&mut headers, header::WWW_AUTHENTICATE, "Bearer");
+    }
+    for (name, value) in &err.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
     }
     (status, headers, body.to_string()).into_response()
 }

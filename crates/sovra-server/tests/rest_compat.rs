@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sovra_test_support::TestApp;
 
-const FIXTURE: &str = "
+const FIXTURE: &str = r#"
 create table public.channels (id int primary key, slug text);
 create table public.messages (
   id int primary key, channel_id int references public.channels, body text,
@@ -83,9 +83,44 @@ create table public.pairs (
 create table public.calls (n serial primary key);
 create function public.logged_messages() returns setof public.messages language sql volatile
   as $$ insert into public.calls default values; select * from public.messages order by id $$;
+
+-- Response settings and custom errors.
+create function public.with_headers() returns setof public.channels language plpgsql stable as $$
+begin
+  perform set_config('response.headers',
+    '[{"Cache-Control": "public, max-age=60"}, {"X-Custom": "a"}, {"X-Custom": "b"}]', true);
+  perform set_config('response.status', '202', true);
+  return query select * from public.channels order by id;
+end $$;
+create function public.created_elsewhere() returns void language plpgsql as $$
+begin
+  perform set_config('response.status', '201', true);
+  perform set_config('response.headers', '[{"Location": "/channels?id=eq.1"}]', true);
+end $$;
+create function public.bad_headers() returns int language plpgsql as $$
+begin perform set_config('response.headers', '{"no": "array"}', true); return 1; end $$;
+create function public.bad_status() returns int language plpgsql as $$
+begin perform set_config('response.status', 'abc', true); return 1; end $$;
+create function public.payment() returns void language plpgsql as $$
+begin
+  raise sqlstate 'PGRST' using
+    message = '{"code":"123","message":"Payment Required","details":"Quota exceeded","hint":"Upgrade your plan"}',
+    detail = '{"status":402,"headers":{"X-Powered-By":"Nerd Rage"}}';
+end $$;
+create function public.bad_raise() returns void language plpgsql as $$
+begin raise sqlstate 'PGRST' using message = 'not json'; end $$;
+create function public.message_trigger() returns trigger language plpgsql as $$
+begin
+  perform set_config('response.headers', format('[{"X-Message": "%s"}]', new.id), true);
+  return new;
+end $$;
+create trigger message_trigger before insert on public.messages
+  for each row execute function public.message_trigger();
+create view public.channel_count as select count(*) as n from public.channels;
+
 grant all on all tables in schema public to anon, authenticated, service_role;
 grant all on all sequences in schema public to anon, authenticated, service_role;
-";
+"#;
 
 struct Rest {
     app: TestApp,
@@ -748,4 +783,143 @@ async fn aggregates_beside_embeds_and_in_spreads() {
         ],
     )
     .await;
+}
+
+#[tokio::test]
+async fn response_settings_and_custom_errors_shape_the_response() {
+    let rest = Rest::new().await;
+    let (status, headers, text) = rest
+        .send(
+            Method::GET,
+            "/rpc/with_headers?select=id&id=eq.1",
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+    assert_eq!(headers["cache-control"], "public, max-age=60");
+    let custom: Vec<_> = headers
+        .get_all("x-custom")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(custom, ["a", "b"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!([{"id": 1}])
+    );
+    let (status, headers, text) = rest
+        .send(
+            Method::POST,
+            "/rpc/created_elsewhere",
+            &[("content-type", "application/json")],
+            Some(b"{}".to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    assert_eq!(headers["location"], "/channels?id=eq.1");
+    // Set by a (BEFORE) trigger during an insert.
+    let (status, headers, text) = rest
+        .send(
+            Method::POST,
+            "/messages",
+            &[("content-type", "application/json")],
+            Some(br#"{"id": 30, "channel_id": 1, "body": "x"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    assert_eq!(headers["x-message"], "30");
+    // Invalid settings are PostgREST's 500s.
+    for (path, code) in [
+        ("/rpc/bad_headers", "PGRST111"),
+        ("/rpc/bad_status", "PGRST112"),
+    ] {
+        let (status, body) = rest.post(path, json!({})).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{path}: {body}");
+        assert_eq!(body["code"], code, "{path}");
+    }
+    // RAISE SQLSTATE 'PGRST': the body, status and headers it names.
+    let (status, headers, text) = rest
+        .send(
+            Method::POST,
+            "/rpc/payment",
+            &[("content-type", "application/json")],
+            Some(b"{}".to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{text}");
+    assert_eq!(headers["x-powered-by"], "Nerd Rage");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!({"code": "123", "message": "Payment Required", "details": "Quota exceeded", "hint": "Upgrade your plan"})
+    );
+    let (status, body) = rest.post("/rpc/bad_raise", json!({})).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["code"], "PGRST121");
+    assert_eq!(
+        body["message"],
+        "Could not parse JSON in the RAISE SQLSTATE 'PGRST' error"
+    );
+    assert_eq!(
+        body["details"],
+        "Invalid JSON value for MESSAGE: 'not json'"
+    );
+}
+
+#[tokio::test]
+async fn options_lists_what_the_resource_allows() {
+    let rest = Rest::new().await;
+    for (path, allow) in [
+        ("/channels", "OPTIONS,GET,HEAD,POST,PUT,PATCH,DELETE"),
+        ("/channel_view", "OPTIONS,GET,HEAD,POST,PATCH,DELETE"),
+        ("/channel_count", "OPTIONS,GET,HEAD"),
+        ("/rpc/ov2", "OPTIONS,GET,HEAD,POST"),
+        ("/rpc/logged_messages", "OPTIONS,POST"),
+    ] {
+        let (status, headers, text) = rest.send(Method::OPTIONS, path, &[], None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {text}");
+        assert_eq!(headers["allow"], allow, "{path}");
+        assert!(text.is_empty(), "{path}");
+    }
+    let (status, _, text) = rest.send(Method::OPTIONS, "/nope", &[], None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
+    assert!(text.contains("PGRST205"), "{text}");
+    let (status, _, text) = rest.send(Method::OPTIONS, "/rpc/nope", &[], None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
+    assert!(text.contains("PGRST202"), "{text}");
+}
+
+#[tokio::test]
+async fn oversize_bodies_are_refused_in_postgrest_shape() {
+    let mut config = sovra_config::Config::default();
+    config.server.body_limit = 1024;
+    let rest = Rest::with(config, FIXTURE).await;
+    let big = format!(r#"{{"id": 1, "slug": "{}"}}"#, "x".repeat(4096));
+    let (status, headers, text) = rest
+        .send(
+            Method::POST,
+            "/channels",
+            &[("content-type", "application/json")],
+            Some(big.into_bytes()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    assert_eq!(headers["content-type"], "application/json; charset=utf-8");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["code"], "PGRST413");
+    assert_eq!(body["message"], "Payload Too Large");
+    assert!(
+        body.get("details").is_some() && body.get("hint").is_some(),
+        "{body}"
+    );
+    // Within the limit, the same request is served.
+    let (status, _, text) = rest
+        .send(
+            Method::POST,
+            "/channels",
+            &[("content-type", "application/json")],
+            Some(br#"{"id": 50, "slug": "ok"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
 }
