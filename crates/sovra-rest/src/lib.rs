@@ -35,6 +35,37 @@ pub struct RestConfig {
     pub schemas: Vec<String>,
     /// The most rows a read returns (`db-max-rows`).
     pub max_rows: Option<i64>,
+    /// `Accept: application/vnd.pgrst.plan` answers (`db-plan-enabled`);
+    /// when false, the login role's `pgrst.db_plan_enabled` setting can
+    /// still turn it on.
+    pub plan_enabled: bool,
+    /// Who reads the OpenAPI root.
+    pub openapi_mode: OpenApiMode,
+}
+
+/// Who reads the OpenAPI document at `GET /rest/v1/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenApiMode {
+    /// The service role only, as hosted Supabase.
+    ServiceRole,
+    /// Everyone; each caller sees what its role may use (PostgREST's
+    /// default), as PostgreSQL answers for the role.
+    FollowPrivileges,
+    /// Everyone; everything.
+    IgnorePrivileges,
+    Disabled,
+}
+
+impl OpenApiMode {
+    /// From `rest.openapi_mode` (validated by the configuration).
+    pub fn from_config(value: &str) -> OpenApiMode {
+        match value {
+            "follow-privileges" => OpenApiMode::FollowPrivileges,
+            "ignore-privileges" => OpenApiMode::IgnorePrivileges,
+            "disabled" => OpenApiMode::Disabled,
+            _ => OpenApiMode::ServiceRole,
+        }
+    }
 }
 
 /// One tenant's REST service.
@@ -138,10 +169,17 @@ impl RestService {
             .collect();
         let relation = match segments.as_slice() {
             [] => {
+                let mode = self.config.openapi_mode;
                 return match *method {
-                    // The catalogue of every table and function is for the
-                    // project's operators, as on hosted Supabase.
-                    Method::GET | Method::HEAD if caller.role != "service_role" => {
+                    Method::GET | Method::HEAD if mode == OpenApiMode::Disabled => {
+                        Err(ApiError::openapi_restricted()
+                            .with_hint("The OpenAPI description is disabled (rest.openapi_mode)."))
+                    }
+                    // By default the catalogue of every table and function
+                    // is for the project's operators, as on hosted Supabase.
+                    Method::GET | Method::HEAD
+                        if mode == OpenApiMode::ServiceRole && caller.role != "service_role" =>
+                    {
                         Err(ApiError::openapi_restricted())
                     }
                     Method::GET | Method::HEAD => {
@@ -150,7 +188,14 @@ impl RestService {
                             .cache
                             .get()
                             .ok_or_else(ApiError::schema_cache_unavailable)?;
-                        let document = sovra_rest_plan::openapi(&cache, &schema, "/rest/v1");
+                        let document = if mode == OpenApiMode::FollowPrivileges {
+                            let visible =
+                                self.privileges(pool, caller, method, path, &schema).await?;
+                            let filtered = visible.filter(&cache, &schema);
+                            sovra_rest_plan::openapi(&filtered, &schema, "/rest/v1")
+                        } else {
+                            sovra_rest_plan::openapi(&cache, &schema, "/rest/v1")
+                        };
                         let mut response_headers = HeaderMap::new();
                         insert_header(
                             &mut response_headers,
@@ -258,6 +303,13 @@ impl RestService {
             },
         )?;
 
+        if let Media::Plan(plan_media) = media {
+            return self
+                .explain(
+                    pool, caller, method, path, &schema, read, &plan, plan_media, headers,
+                )
+                .await;
+        }
         let mut outcome = self
             .execute(
                 pool, caller, method, path, &schema, read, &plan, &prefs, singular,
@@ -372,6 +424,21 @@ impl RestService {
         if strict_max.is_some() && call.result != sovra_rest_plan::RoutineResult::Set {
             return Err(ApiError::max_affected_not_set());
         }
+        if let Media::Plan(plan_media) = media {
+            return self
+                .explain(
+                    pool,
+                    caller,
+                    method,
+                    path,
+                    &schema,
+                    call.read_only,
+                    &call.plan,
+                    plan_media,
+                    headers,
+                )
+                .await;
+        }
         let mut outcome = self
             .execute(
                 pool,
@@ -469,6 +536,129 @@ impl RestService {
             return settings.apply((status, response_headers).into_response());
         }
         settings.apply((status, response_headers, body).into_response())
+    }
+
+    /// The request's context for the prologue, as [`Self::execute`] sets it.
+    fn context(caller: &Caller, method: &Method, path: &str, schema: &str) -> RequestContext {
+        RequestContext {
+            role: caller.role.clone(),
+            claims: caller.claims.clone(),
+            method: method.to_string(),
+            path: path.to_owned(),
+            headers: caller.headers.clone(),
+            search_path: Some(format!("{}, \"extensions\"", quote_ident(schema))),
+        }
+    }
+
+    /// `Accept: application/vnd.pgrst.plan`: the statement's `EXPLAIN`, in
+    /// the caller's request transaction, which is always rolled back (so
+    /// `options=analyze` changes nothing). Only when plans are enabled: by
+    /// `rest.plan_enabled`, or the login role's `pgrst.db_plan_enabled`
+    /// setting (PostgREST's in-database configuration); else 406.
+    #[allow(clippy::too_many_arguments)]
+    async fn explain(
+        &self,
+        pool: &Pool,
+        caller: &Caller,
+        method: &Method,
+        path: &str,
+        schema: &str,
+        read: bool,
+        plan: &sovra_rest_plan::Plan,
+        media: PlanMedia,
+        headers: &HeaderMap,
+    ) -> Result<Response, ApiError> {
+        let anonymous = caller.role == "anon";
+        let db = |err| database_error(err, anonymous);
+        let mut client = pool.get().await.map_err(|err| {
+            if matches!(err, sovra_pg::PoolError::Timeout(_)) {
+                ApiError::pool_timeout()
+            } else {
+                tracing::warn!(error = %err, "no database connection");
+                ApiError::connection()
+            }
+        })?;
+        let context = Self::context(caller, method, path, schema);
+        let tx = sovra_pg::begin_request(&mut client, &context, read)
+            .await
+            .map_err(db)?;
+        if !self.config.plan_enabled {
+            let enabled: bool = tx
+                .query_one(PLAN_ENABLED_SQL, &[])
+                .await
+                .map_err(db)?
+                .get(0);
+            if !enabled {
+                return Err(ApiError::not_acceptable(
+                    header_text(headers, "accept").unwrap_or_default(),
+                ));
+            }
+        }
+        let sql = format!(
+            "EXPLAIN ({}) {}",
+            media.explain_options(),
+            plan.statement.sql
+        );
+        let rows = tx
+            .query_typed(&sql, &text_params(&plan.statement.params))
+            .await
+            .map_err(db)?;
+        tx.rollback().await.map_err(db)?;
+        let body = if media.json {
+            let explain: Option<Value> = rows.first().and_then(|row| row.try_get(0).ok());
+            explain.unwrap_or(Value::Null).to_string()
+        } else {
+            rows.iter()
+                .filter_map(|row| row.try_get::<_, String>(0).ok())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let mut response_headers = HeaderMap::new();
+        insert_header(
+            &mut response_headers,
+            header::CONTENT_TYPE,
+            media_type(Media::Plan(media)),
+        );
+        if *method == Method::HEAD {
+            return Ok((StatusCode::OK, response_headers).into_response());
+        }
+        Ok((StatusCode::OK, response_headers, body).into_response())
+    }
+
+    /// What the caller's role may use in `schema`, as PostgreSQL answers
+    /// for it (for the OpenAPI root in `follow-privileges` mode).
+    async fn privileges(
+        &self,
+        pool: &Pool,
+        caller: &Caller,
+        method: &Method,
+        path: &str,
+        schema: &str,
+    ) -> Result<Privileges, ApiError> {
+        let anonymous = caller.role == "anon";
+        let db = |err| database_error(err, anonymous);
+        let mut client = pool.get().await.map_err(|err| {
+            if matches!(err, sovra_pg::PoolError::Timeout(_)) {
+                ApiError::pool_timeout()
+            } else {
+                tracing::warn!(error = %err, "no database connection");
+                ApiError::connection()
+            }
+        })?;
+        let context = Self::context(caller, method, path, schema);
+        let tx = sovra_pg::begin_request(&mut client, &context, true)
+            .await
+            .map_err(db)?;
+        let row = tx.query_one(PRIVILEGES_SQL, &[&schema]).await.map_err(db)?;
+        tx.rollback().await.map_err(db)?;
+        let relations: Vec<(String, bool, bool, bool, bool)> =
+            serde_json::from_str(&row.get::<_, String>(0)).unwrap_or_default();
+        let functions: Vec<String> =
+            serde_json::from_str(&row.get::<_, String>(1)).unwrap_or_default();
+        Ok(Privileges {
+            relations,
+            functions,
+        })
     }
 
     fn schema(&self, headers: &HeaderMap, read: bool) -> Result<String, ApiError> {
@@ -858,6 +1048,74 @@ impl Drop for TxGuard {
     }
 }
 
+/// Whether the login role's in-database configuration turns plans on
+/// (`ALTER ROLE authenticator SET pgrst.db_plan_enabled = true`).
+const PLAN_ENABLED_SQL: &str = "select coalesce((
+    select bool_or(lower(s.setting) in ('pgrst.db_plan_enabled=true', 'pgrst.db_plan_enabled=on'))
+    from pg_catalog.pg_db_role_setting d, unnest(d.setconfig) as s(setting)
+    where d.setrole = (select oid from pg_catalog.pg_roles where rolname = session_user)
+      and d.setdatabase in (0, (select oid from pg_catalog.pg_database where datname = current_database()))
+  ), false)";
+
+/// The current role's privileges on the relations and functions of $1:
+/// `[[name, select, insert, update, delete]]` and `[function name]`.
+const PRIVILEGES_SQL: &str = "select
+    coalesce((select json_agg(json_build_array(c.relname,
+        has_any_column_privilege(c.oid, 'SELECT'), has_any_column_privilege(c.oid, 'INSERT'),
+        has_any_column_privilege(c.oid, 'UPDATE'), has_table_privilege(c.oid, 'DELETE')))
+      from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+      where n.nspname = $1 and c.relkind in ('r', 'v', 'm', 'f', 'p')
+        and has_schema_privilege(n.oid, 'USAGE')), '[]')::text,
+    coalesce((select json_agg(distinct p.proname)
+      from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+      where n.nspname = $1 and has_function_privilege(p.oid, 'EXECUTE')
+        and has_schema_privilege(n.oid, 'USAGE')), '[]')::text";
+
+/// A role's privileges in one schema.
+struct Privileges {
+    /// `(relation, select, insert, update, delete)`.
+    relations: Vec<(String, bool, bool, bool, bool)>,
+    /// Functions it may execute.
+    functions: Vec<String>,
+}
+
+impl Privileges {
+    /// The part of `cache`'s `schema` the role may use: relations it may
+    /// read or write (each write method only when granted), functions it
+    /// may execute.
+    fn filter(
+        &self,
+        cache: &sovra_rest_plan::SchemaCache,
+        schema: &str,
+    ) -> sovra_rest_plan::SchemaCache {
+        let mut filtered = sovra_rest_plan::SchemaCache {
+            relations: std::collections::BTreeMap::new(),
+            foreign_keys: cache.foreign_keys.clone(),
+            routines: cache
+                .routines
+                .iter()
+                .filter(|r| r.schema == schema && self.functions.contains(&r.name))
+                .cloned()
+                .collect(),
+        };
+        for (name, select, insert, update, delete) in self.relations.iter().cloned() {
+            if !(select || insert || update || delete) {
+                continue;
+            }
+            if let Some(relation) = cache.relation(schema, &name) {
+                let mut relation = relation.clone();
+                relation.insertable &= insert;
+                relation.updatable &= update;
+                relation.deletable &= delete;
+                filtered
+                    .relations
+                    .insert((schema.to_owned(), name), relation);
+            }
+        }
+        filtered
+    }
+}
+
 fn text_params<T: ToSql + Sync>(values: &[T]) -> Vec<(&(dyn ToSql + Sync), Type)> {
     values
         .iter()
@@ -974,6 +1232,12 @@ fn media_type(media: Media) -> &'static str {
         Media::Json => "application/json; charset=utf-8",
         Media::Object => "application/vnd.pgrst.object+json; charset=utf-8",
         Media::Csv => "text/csv; charset=utf-8",
+        Media::Plan(PlanMedia { json: true, .. }) => {
+            "application/vnd.pgrst.plan+json; for=\"application/json\"; charset=utf-8"
+        }
+        Media::Plan(_) => {
+            "application/vnd.pgrst.plan+text; for=\"application/json\"; charset=utf-8"
+        }
     }
 }
 
@@ -1047,6 +1311,74 @@ enum Media {
     /// `application/vnd.pgrst.object+json`: exactly one row, as an object.
     Object,
     Csv,
+    /// `application/vnd.pgrst.plan[+json|+text]`: the statement's EXPLAIN.
+    Plan(PlanMedia),
+}
+
+/// The plan media type's format and `options=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+struct PlanMedia {
+    json: bool,
+    analyze: bool,
+    verbose: bool,
+    settings: bool,
+    buffers: bool,
+    wal: bool,
+}
+
+impl PlanMedia {
+    fn parse(media: &str, params: &[&str]) -> Option<PlanMedia> {
+        let json = match media {
+            "application/vnd.pgrst.plan" | "application/vnd.pgrst.plan+text" => false,
+            "application/vnd.pgrst.plan+json" => true,
+            _ => return None,
+        };
+        let mut plan = PlanMedia {
+            json,
+            ..PlanMedia::default()
+        };
+        for param in params {
+            let Some((name, value)) = param.split_once('=') else {
+                continue;
+            };
+            if !name.trim().eq_ignore_ascii_case("options") {
+                continue;
+            }
+            for option in value.trim().trim_matches('"').split('|') {
+                match option.trim().to_ascii_lowercase().as_str() {
+                    "analyze" => plan.analyze = true,
+                    "verbose" => plan.verbose = true,
+                    "settings" => plan.settings = true,
+                    "buffers" => plan.buffers = true,
+                    "wal" => plan.wal = true,
+                    _ => {}
+                }
+            }
+        }
+        Some(plan)
+    }
+
+    /// The options of `EXPLAIN (…)`.
+    fn explain_options(self) -> String {
+        let mut options = vec![if self.json {
+            "FORMAT JSON"
+        } else {
+            "FORMAT TEXT"
+        }];
+        for (on, name) in [
+            (self.analyze, "ANALYZE"),
+            (self.verbose, "VERBOSE"),
+            (self.settings, "SETTINGS"),
+            (self.buffers, "BUFFERS"),
+            // WAL needs ANALYZE.
+            (self.wal && self.analyze, "WAL"),
+        ] {
+            if on {
+                options.push(name);
+            }
+        }
+        options.join(", ")
+    }
 }
 
 /// Picks the first media type of `Accept` the REST layer can produce, and
@@ -1058,7 +1390,13 @@ fn negotiate(headers: &HeaderMap) -> Result<(Media, bool), ApiError> {
     for part in accept.split(',') {
         let mut pieces = part.split(';');
         let media = pieces.next().unwrap_or("").trim().to_ascii_lowercase();
-        let stripped = pieces.any(|p| p.trim().eq_ignore_ascii_case("nulls=stripped"));
+        let params: Vec<&str> = pieces.collect();
+        if let Some(plan) = PlanMedia::parse(&media, &params) {
+            return Ok((Media::Plan(plan), false));
+        }
+        let stripped = params
+            .iter()
+            .any(|p| p.trim().eq_ignore_ascii_case("nulls=stripped"));
         match media.as_str() {
             "application/vnd.pgrst.object+json" | "application/vnd.pgrst.object" => {
                 return Ok((Media::Object, stripped));

@@ -923,3 +923,145 @@ async fn oversize_bodies_are_refused_in_postgrest_shape() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{text}");
 }
+
+#[tokio::test]
+async fn plans_answer_only_when_enabled() {
+    let rest = Rest::new().await;
+    let plan_json = [("accept", "application/vnd.pgrst.plan+json")];
+    // Off by default: the media type is not available.
+    let (status, _, text) = rest
+        .send(Method::GET, "/channels?id=eq.1", &plan_json, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_ACCEPTABLE, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["code"], "PGRST107");
+    // Turned on in the database, as PostgREST's in-database configuration.
+    let client = rest.app.db.client().await;
+    client
+        .batch_execute("alter role authenticator set pgrst.db_plan_enabled = true")
+        .await
+        .unwrap();
+    let (status, headers, text) = rest
+        .send(Method::GET, "/channels?id=eq.1", &plan_json, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        headers["content-type"],
+        "application/vnd.pgrst.plan+json; for=\"application/json\"; charset=utf-8"
+    );
+    let plan: Value = serde_json::from_str(&text).unwrap();
+    assert!(plan[0]["Plan"]["Node Type"].is_string(), "{plan}");
+    client
+        .batch_execute("alter role authenticator reset pgrst.db_plan_enabled")
+        .await
+        .unwrap();
+
+    // Enabled by configuration: text, analyze of a write that is rolled back.
+    let mut config = sovra_config::Config::default();
+    config.rest.plan_enabled = true;
+    let rest = Rest::with(config, FIXTURE).await;
+    let (status, headers, text) = rest
+        .send(
+            Method::GET,
+            "/channels?select=id,get_messages(id)",
+            &[("accept", "application/vnd.pgrst.plan")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/vnd.pgrst.plan+text")
+    );
+    assert!(text.contains("cost="), "{text}");
+    let (status, _, text) = rest
+        .send(
+            Method::POST,
+            "/channels",
+            &[
+                ("content-type", "application/json"),
+                (
+                    "accept",
+                    "application/vnd.pgrst.plan+json; options=analyze|buffers",
+                ),
+            ],
+            Some(br#"{"id": 77, "slug": "explained"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let plan: Value = serde_json::from_str(&text).unwrap();
+    assert!(plan[0]["Execution Time"].is_number(), "{plan}");
+    let (_, body) = rest.get("/channels?id=eq.77").await;
+    assert_eq!(body, json!([]), "the analyzed insert was rolled back");
+    // On /rpc too.
+    let (status, _, text) = rest
+        .send(
+            Method::GET,
+            "/rpc/all_messages",
+            &[("accept", "application/vnd.pgrst.plan+json")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+}
+
+#[tokio::test]
+async fn openapi_follows_the_callers_privileges_when_configured() {
+    let fixture = format!(
+        "{FIXTURE}
+        create table public.secret_stuff (id int primary key);
+        revoke all on public.secret_stuff from anon;
+        create table public.read_only (id int primary key);
+        revoke all on public.read_only from anon;
+        grant select on public.read_only to anon;
+        create function public.hidden_fn() returns int language sql as $$ select 1 $$;
+        revoke execute on function public.hidden_fn() from public, anon;"
+    );
+    let mut config = sovra_config::Config::default();
+    config.rest.openapi_mode = "follow-privileges".to_owned();
+    let rest = Rest::with(config, &fixture).await;
+    let (status, body) = rest.get("/").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let paths = body["paths"].as_object().unwrap();
+    assert!(paths.contains_key("/channels"), "{body}");
+    assert!(
+        !paths.contains_key("/secret_stuff"),
+        "anon may not touch it"
+    );
+    assert!(paths.contains_key("/read_only"));
+    assert!(paths["/read_only"].get("get").is_some());
+    assert!(paths["/read_only"].get("post").is_none(), "no insert grant");
+    assert!(paths.contains_key("/rpc/ov2"));
+    assert!(!paths.contains_key("/rpc/hidden_fn"));
+    // The service role sees everything it may use.
+    let service = rest.app.service_role_key.clone();
+    let (status, _, text) = rest
+        .send(
+            Method::GET,
+            "/",
+            &[("authorization", &format!("Bearer {service}"))],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert!(body["paths"].get("/secret_stuff").is_some());
+
+    // Disabled: 404 for everyone.
+    let mut config = sovra_config::Config::default();
+    config.rest.openapi_mode = "disabled".to_owned();
+    let rest = Rest::with(config, FIXTURE).await;
+    let service = rest.app.service_role_key.clone();
+    let (status, _, text) = rest
+        .send(
+            Method::GET,
+            "/",
+            &[("authorization", &format!("Bearer {service}"))],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
+    assert!(text.contains("PGRST126"));
+}
