@@ -30,6 +30,7 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 PG_MAJOR="${SOVRA_PG_MAJOR:-15}"
 missing=()
 for pkg in "postgresql-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR" postgresql-contrib \
+           "postgresql-$PG_MAJOR-postgis-3" \
            redis-server nats-server build-essential ca-certificates pkg-config; do
   have_pkg "$pkg" || missing+=("$pkg")
 done

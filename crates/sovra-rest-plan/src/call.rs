@@ -454,6 +454,7 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                 body: None,
                 max_rows: request.max_rows,
                 csv: false,
+                geojson: false,
                 strip_nulls: request.strip_nulls,
             };
             let mut plan = plan_read(&ctx, &target, &read, &level, &mut b)?;

@@ -55,6 +55,9 @@ pub struct Request<'a> {
     pub max_rows: Option<i64>,
     /// Render the body as CSV instead of JSON.
     pub csv: bool,
+    /// Render the body as a GeoJSON `FeatureCollection` (PostGIS's
+    /// `ST_AsGeoJSON` of each row), for `Accept: application/geo+json`.
+    pub geojson: bool,
     /// Drop null-valued keys from the JSON body (`nulls=stripped`).
     pub strip_nulls: bool,
 }
@@ -1216,8 +1219,14 @@ fn planned_count(request: &Request<'_>, target: &Target<'_>, where_sql: &str) ->
     })
 }
 
-fn wrap(total: &str, items: &[String], source: &str, alias: &str, media: (bool, bool)) -> String {
-    let (csv, strip_nulls) = media;
+fn wrap(
+    total: &str,
+    items: &[String],
+    source: &str,
+    alias: &str,
+    media: (bool, bool, bool),
+) -> String {
+    let (csv, strip_nulls, geojson) = media;
     // An empty list selects rows without columns, rendered as `{}`.
     let list = items.join(", ");
     // CSV: a header from the first row's keys, then each row in
@@ -1227,6 +1236,11 @@ fn wrap(total: &str, items: &[String], source: &str, alias: &str, media: (bool, 
         "coalesce((SELECT string_agg(_pgrst_k, ',') FROM json_object_keys(json_agg(_pgrst_t) -> 0) AS _pgrst_k), '') \
          || CASE WHEN count(_pgrst_t) > 0 THEN E'\\n' ELSE '' END \
          || coalesce(string_agg(substring(_pgrst_t::text, 2, length(_pgrst_t::text) - 2), E'\\n'), '')"
+    } else if geojson {
+        // PostGIS turns each row (its geometry column, the other columns as
+        // properties) into a Feature.
+        "json_build_object('type', 'FeatureCollection', 'features', \
+         coalesce(json_agg(st_asgeojson(_pgrst_t)::json), '[]'))::text"
     } else if strip_nulls {
         "json_strip_nulls(coalesce(json_agg(_pgrst_t), '[]'))::text"
     } else {
@@ -1284,7 +1298,7 @@ pub(crate) fn plan_read(
             &["*".to_owned()],
             &source,
             "_pgrst_g",
-            (request.csv, request.strip_nulls),
+            (request.csv, request.strip_nulls, request.geojson),
         )
     } else {
         wrap(
@@ -1292,7 +1306,7 @@ pub(crate) fn plan_read(
             &level.items,
             &source,
             &target.alias,
-            (request.csv, request.strip_nulls),
+            (request.csv, request.strip_nulls, request.geojson),
         )
     };
     let mut plan = b.finish(sql, offset);
@@ -1532,7 +1546,7 @@ fn plan_insert(
                 items,
                 "pgrst_source",
                 &target.alias,
-                (request.csv, request.strip_nulls)
+                (request.csv, request.strip_nulls, request.geojson)
             ),
             alias = target.alias,
         )
@@ -1545,7 +1559,7 @@ fn plan_insert(
                 items,
                 "pgrst_source",
                 &target.alias,
-                (request.csv, request.strip_nulls)
+                (request.csv, request.strip_nulls, request.geojson)
             )
         )
     };
@@ -1585,7 +1599,7 @@ fn plan_update(
             items,
             "pgrst_source",
             &target.alias,
-            (request.csv, request.strip_nulls)
+            (request.csv, request.strip_nulls, request.geojson)
         )
     );
     Ok(b.finish(sql, 0))
@@ -1609,7 +1623,7 @@ fn plan_delete(
             items,
             "pgrst_source",
             &target.alias,
-            (request.csv, request.strip_nulls)
+            (request.csv, request.strip_nulls, request.geojson)
         )
     );
     Ok(b.finish(sql, 0))

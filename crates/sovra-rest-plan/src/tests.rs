@@ -62,6 +62,7 @@ fn read_with(text: &str, prefs: &Preferences) -> Result<Plan, ApiError> {
             body: None,
             max_rows: Some(1000),
             csv: false,
+            geojson: false,
             strip_nulls: false,
         },
     )
@@ -82,6 +83,7 @@ fn write(action: Action, text: &str, body: &str, prefs: &str) -> Result<Plan, Ap
             body: Some(body),
             max_rows: None,
             csv: false,
+            geojson: false,
             strip_nulls: false,
         },
     )
@@ -207,6 +209,7 @@ fn refusals() {
             body: None,
             max_rows: None,
             csv: false,
+            geojson: false,
             strip_nulls: false,
         },
     )
@@ -278,6 +281,7 @@ fn pages_intersect_limit_range_and_max_rows() {
             body: None,
             max_rows: Some(8),
             csv: false,
+            geojson: false,
             strip_nulls: false,
         },
     )

@@ -299,6 +299,7 @@ impl RestService {
                 body: body_text,
                 max_rows: if read { self.config.max_rows } else { None },
                 csv: media == Media::Csv,
+                geojson: media == Media::GeoJson,
                 strip_nulls,
             },
         )?;
@@ -314,7 +315,18 @@ impl RestService {
             .execute(
                 pool, caller, method, path, &schema, read, &plan, &prefs, singular,
             )
-            .await?;
+            .await
+            .map_err(|err| {
+                // Without PostGIS there is no GeoJSON to offer.
+                if media == Media::GeoJson
+                    && err.code == "42883"
+                    && err.message.contains("st_asgeojson")
+                {
+                    ApiError::not_acceptable(header_text(headers, "accept").unwrap_or_default())
+                } else {
+                    err
+                }
+            })?;
         let location = (action == Action::Insert
             && prefs.return_ == Some(ReturnPreference::HeadersOnly))
         .then(|| location(&cache, &schema, &relation, &outcome.body))
@@ -378,8 +390,10 @@ impl RestService {
         };
         let schema = self.schema(headers, is_get)?;
         let (media, strip_nulls) = negotiate(headers)?;
-        if media == Media::Csv {
-            return Err(ApiError::not_acceptable("text/csv"));
+        if media == Media::Csv || media == Media::GeoJson {
+            return Err(ApiError::not_acceptable(
+                header_text(headers, "accept").unwrap_or_default(),
+            ));
         }
         let singular = media == Media::Object;
         let cache = self
@@ -1232,6 +1246,7 @@ fn media_type(media: Media) -> &'static str {
         Media::Json => "application/json; charset=utf-8",
         Media::Object => "application/vnd.pgrst.object+json; charset=utf-8",
         Media::Csv => "text/csv; charset=utf-8",
+        Media::GeoJson => "application/geo+json; charset=utf-8",
         Media::Plan(PlanMedia { json: true, .. }) => {
             "application/vnd.pgrst.plan+json; for=\"application/json\"; charset=utf-8"
         }
@@ -1311,6 +1326,8 @@ enum Media {
     /// `application/vnd.pgrst.object+json`: exactly one row, as an object.
     Object,
     Csv,
+    /// `application/geo+json` (PostGIS): a `FeatureCollection`.
+    GeoJson,
     /// `application/vnd.pgrst.plan[+json|+text]`: the statement's EXPLAIN.
     Plan(PlanMedia),
 }
@@ -1405,6 +1422,7 @@ fn negotiate(headers: &HeaderMap) -> Result<(Media, bool), ApiError> {
                 return Ok((Media::Json, stripped));
             }
             "text/csv" => return Ok((Media::Csv, false)),
+            "application/geo+json" => return Ok((Media::GeoJson, false)),
             "" | "*/*" | "application/*" | "application/json" => return Ok((Media::Json, false)),
             _ => {}
         }

@@ -1065,3 +1065,72 @@ async fn openapi_follows_the_callers_privileges_when_configured() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
     assert!(text.contains("PGRST126"));
 }
+
+#[tokio::test]
+async fn geojson_is_a_feature_collection_with_postgis() {
+    let rest = Rest::new().await;
+    let geo = [("accept", "application/geo+json")];
+    // Without PostGIS the media type is not available.
+    let (status, _, text) = rest.send(Method::GET, "/channels", &geo, None).await;
+    assert_eq!(status, StatusCode::NOT_ACCEPTABLE, "{text}");
+    assert!(text.contains("PGRST107"), "{text}");
+    let client = rest.app.db.client().await;
+    client
+        .batch_execute(
+            "create extension postgis;
+             create table public.places (id int primary key, name text, geom geometry(Point, 4326));
+             insert into public.places values
+               (1, 'home', 'SRID=4326;POINT(1 2)'), (2, 'work', 'SRID=4326;POINT(3 4)');
+             grant all on public.places to anon;",
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rest
+        .app
+        .tenant
+        .rest
+        .cache()
+        .get()
+        .and_then(|c| c.relation("public", "places").cloned())
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "schema cache never reloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, headers, text) = rest
+        .send(
+            Method::GET,
+            "/places?select=id,name,geom&order=id",
+            &geo,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        headers["content-type"],
+        "application/geo+json; charset=utf-8"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!({
+            "type": "FeatureCollection",
+            "features": [
+                {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}, "properties": {"id": 1, "name": "home"}},
+                {"type": "Feature", "geometry": {"type": "Point", "coordinates": [3, 4]}, "properties": {"id": 2, "name": "work"}}
+            ]
+        })
+    );
+    // Filters apply; an empty result is an empty collection.
+    let (status, _, text) = rest
+        .send(Method::GET, "/places?name=eq.none", &geo, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!({"type": "FeatureCollection", "features": []})
+    );
+}
