@@ -12,9 +12,14 @@ pub struct ApiError {
     /// A string for most errors; a JSON array for PGRST201.
     pub details: Option<serde_json::Value>,
     pub hint: Option<String>,
-    /// Extra response headers (from `RAISE SQLSTATE 'PGRST'`).
-    pub headers: Vec<(String, String)>,
+    /// Extra response headers (from `RAISE SQLSTATE 'PGRST'`); boxed, as
+    /// errors travel in every `Result` of the planner.
+    pub headers: Option<Box<ErrorHeaders>>,
 }
+
+/// Response headers an error carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ErrorHeaders(pub Vec<(String, String)>);
 
 impl ApiError {
     fn new(status: u16, code: &str, message: impl Into<String>) -> ApiError {
@@ -24,7 +29,7 @@ impl ApiError {
             message: message.into(),
             details: None,
             hint: None,
-            headers: Vec::new(),
+            headers: None,
         }
     }
 
@@ -373,7 +378,7 @@ impl ApiError {
             message,
             details: details.map(serde_json::Value::String),
             hint,
-            headers: Vec::new(),
+            headers: None,
         }
     }
 
@@ -431,12 +436,14 @@ impl ApiError {
             return parse_error("DETAIL", detail);
         };
         err.status = status;
+        let mut pairs = Vec::new();
         for (name, value) in headers {
             let Some(value) = value.as_str() else {
                 return parse_error("DETAIL", detail);
             };
-            err.headers.push((name.clone(), value.to_owned()));
+            pairs.push((name.clone(), value.to_owned()));
         }
+        err.headers = Some(Box::new(ErrorHeaders(pairs)));
         err
     }
 

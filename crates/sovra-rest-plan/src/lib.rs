@@ -18,7 +18,7 @@ mod schema;
 pub use call::{
     Arguments, CallPlan, CallRequest, RawMedia, RoutineResult, parameter_names, plan_call,
 };
-pub use error::{ApiError, sqlstate_status};
+pub use error::{ApiError, ErrorHeaders, sqlstate_status};
 pub use openapi::openapi;
 pub use plan::{Action, Plan, RESPONSE_SETTINGS, Request, Statement, plan};
 pub use schema::{

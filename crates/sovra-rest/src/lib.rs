@@ -1508,7 +1508,7 @@ pub fn error_response(err: &ApiError) -> Response {
     if status == StatusCode::UNAUTHORIZED {
         insert_header(&mut headers, header::WWW_AUTHENTICATE, "Bearer");
     }
-    for (name, value) in &err.headers {
+    for (name, value) in err.headers.iter().flat_map(|h| h.0.iter()) {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
