@@ -85,6 +85,9 @@ pub struct CallRequest<'a> {
     pub max_rows: Option<i64>,
     /// Drop null-valued keys from row results (`nulls=stripped`).
     pub strip_nulls: bool,
+    /// Render rows as a GeoJSON `FeatureCollection` (only functions that
+    /// return rows can).
+    pub geojson: bool,
 }
 
 /// The parameter names of every overload of `function` (the query keys
@@ -359,6 +362,9 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
     );
     let read_only = request.is_get || routine.volatility != crate::schema::Volatility::Volatile;
 
+    if request.geojson && !matches!(routine.returns, ReturnShape::Rows(_)) {
+        return Err(ApiError::not_acceptable("application/geo+json"));
+    }
     let (sql, result) = match &routine.returns {
         ReturnShape::Void => (
             format!(
@@ -454,7 +460,7 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                 body: None,
                 max_rows: request.max_rows,
                 csv: false,
-                geojson: false,
+                geojson: request.geojson,
                 strip_nulls: request.strip_nulls,
             };
             let mut plan = plan_read(&ctx, &target, &read, &level, &mut b)?;

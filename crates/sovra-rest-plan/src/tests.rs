@@ -510,6 +510,7 @@ fn overloads_are_chosen_and_listed_as_postgrest() {
                 range: None,
                 max_rows: None,
                 strip_nulls: false,
+                geojson: false,
             },
         )
     };

@@ -316,17 +316,7 @@ impl RestService {
                 pool, caller, method, path, &schema, read, &plan, &prefs, singular,
             )
             .await
-            .map_err(|err| {
-                // Without PostGIS there is no GeoJSON to offer.
-                if media == Media::GeoJson
-                    && err.code == "42883"
-                    && err.message.contains("st_asgeojson")
-                {
-                    ApiError::not_acceptable(header_text(headers, "accept").unwrap_or_default())
-                } else {
-                    err
-                }
-            })?;
+            .map_err(|err| geojson_unavailable(err, media, headers))?;
         let location = (action == Action::Insert
             && prefs.return_ == Some(ReturnPreference::HeadersOnly))
         .then(|| location(&cache, &schema, &relation, &outcome.body))
@@ -390,7 +380,7 @@ impl RestService {
         };
         let schema = self.schema(headers, is_get)?;
         let (media, strip_nulls) = negotiate(headers)?;
-        if media == Media::Csv || media == Media::GeoJson {
+        if media == Media::Csv {
             return Err(ApiError::not_acceptable(
                 header_text(headers, "accept").unwrap_or_default(),
             ));
@@ -430,6 +420,7 @@ impl RestService {
                 range,
                 max_rows: self.config.max_rows,
                 strip_nulls,
+                geojson: media == Media::GeoJson,
             },
         )?;
         let strict_max = prefs
@@ -465,7 +456,8 @@ impl RestService {
                 &prefs,
                 singular,
             )
-            .await?;
+            .await
+            .map_err(|err| geojson_unavailable(err, media, headers))?;
         let settings = std::mem::take(&mut outcome.settings);
         if let Some(max) = strict_max
             && outcome.page_count > max
@@ -1428,6 +1420,16 @@ fn negotiate(headers: &HeaderMap) -> Result<(Media, bool), ApiError> {
         }
     }
     Err(ApiError::not_acceptable(accept))
+}
+
+/// Without PostGIS there is no GeoJSON to offer: 406, not PostgreSQL's
+/// missing function.
+fn geojson_unavailable(err: ApiError, media: Media, headers: &HeaderMap) -> ApiError {
+    if media == Media::GeoJson && err.code == "42883" && err.message.contains("st_asgeojson") {
+        ApiError::not_acceptable(header_text(headers, "accept").unwrap_or_default())
+    } else {
+        err
+    }
 }
 
 /// The raw body media of an `/rpc` call (PostgREST's single unnamed

@@ -1124,6 +1124,43 @@ async fn geojson_is_a_feature_collection_with_postgis() {
             ]
         })
     );
+    // Functions returning rows too; a scalar function has no features.
+    client
+        .batch_execute(
+            "create function public.all_places() returns setof public.places
+               language sql stable as $$ select * from public.places $$;",
+        )
+        .await
+        .unwrap();
+    while rest
+        .app
+        .tenant
+        .rest
+        .cache()
+        .get()
+        .is_none_or(|c| !c.routines.iter().any(|r| r.name == "all_places"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "schema cache never reloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, _, text) = rest
+        .send(
+            Method::GET,
+            "/rpc/all_places?select=name,geom&id=eq.2",
+            &geo,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["features"],
+        json!([{"type": "Feature", "geometry": {"type": "Point", "coordinates": [3, 4]}, "properties": {"name": "work"}}])
+    );
+    let (status, _, text) = rest.send(Method::GET, "/rpc/ov2?a=1", &geo, None).await;
+    assert_eq!(status, StatusCode::NOT_ACCEPTABLE, "{text}");
     // Filters apply; an empty result is an empty collection.
     let (status, _, text) = rest
         .send(Method::GET, "/places?name=eq.none", &geo, None)
