@@ -1069,16 +1069,15 @@ fn order_at(
                     }
                     return Err(ApiError::not_embedded(relation));
                 };
-                let column = one.relation.column(&term.field.name).ok_or_else(|| {
-                    ApiError::undefined_column(&one.relation.name, &term.field.name)
-                })?;
-                format!(
-                    "(SELECT {}.{} FROM {}{} LIMIT 1)",
-                    one.alias,
-                    quote_ident(&column.name),
-                    one.from,
-                    one.where_sql
-                )
+                // A column or a computed field of the embedded row.
+                let embedded = Target {
+                    relation: one.relation,
+                    qualified: one.from.clone(),
+                    alias: one.alias.clone(),
+                    cache: ctx.cache,
+                };
+                let (expr, _, _) = embedded.field(&term.field.name)?;
+                format!("(SELECT {expr} FROM {}{} LIMIT 1)", one.from, one.where_sql)
             }
             None => field_expr(target, &term.field, b)?.sql,
         };

@@ -35,6 +35,8 @@ create function public.view_messages(public.channel_view) returns setof public.m
 -- Computed fields.
 create function public.blurb_message(public.messages) returns text
   language sql immutable as $$ select left($1.body, 3) $$;
+create function public.blurb_channel(public.channels) returns text
+  language sql immutable as $$ select upper($1.slug) $$;
 create table public.events (id int, kind text, at date not null) partition by range (at);
 create table public.events_2024 partition of public.events
   for values from ('2024-01-01') to ('2025-01-01');
@@ -316,6 +318,14 @@ async fn computed_fields_select_filter_and_order_like_columns() {
             (
                 "/channels?select=id,messages!inner(id)&messages.blurb_message=eq.ran",
                 json!([{"id": 2, "messages": [{"id": 3}]}]),
+            ),
+            // Ordering by an embedded row's computed field.
+            (
+                "/messages?select=id,channels(slug)&order=channels(blurb_channel).desc,id&limit=2",
+                json!([
+                    {"id": 3, "channels": {"slug": "random"}},
+                    {"id": 1, "channels": {"slug": "general"}}
+                ]),
             ),
             // On a partitioned table.
             (
