@@ -365,6 +365,36 @@ async fn computed_fields_select_filter_and_order_like_columns() {
         serde_json::from_str::<Value>(&text).unwrap(),
         json!([{"id": 9, "blurb_message": "wow"}])
     );
+    // Filters of updates and deletes too.
+    let (status, _, text) = rest
+        .send(
+            Method::PATCH,
+            "/messages?blurb_message=eq.wow&select=id,likes",
+            &[
+                ("content-type", "application/json"),
+                ("prefer", "return=representation"),
+            ],
+            Some(br#"{"likes": 42}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!([{"id": 9, "likes": 42}])
+    );
+    let (status, _, text) = rest
+        .send(
+            Method::DELETE,
+            "/messages?blurb_message=eq.wow&select=blurb_message",
+            &[("prefer", "return=representation")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!([{"blurb_message": "wow"}])
+    );
     // An unknown name is still PostgreSQL's 42703.
     let (status, body) = rest.get("/messages?select=id,nope").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
