@@ -298,7 +298,8 @@ impl RestService {
                 range,
                 body: body_text,
                 max_rows: if read { self.config.max_rows } else { None },
-                csv: media == Media::Csv,
+                csv: media == Media::Csv
+                    || matches!(media, Media::Plan(PlanMedia { for_csv: true, .. })),
                 geojson: media == Media::GeoJson,
                 strip_nulls,
             },
@@ -1239,12 +1240,20 @@ fn media_type(media: Media) -> &'static str {
         Media::Object => "application/vnd.pgrst.object+json; charset=utf-8",
         Media::Csv => "text/csv; charset=utf-8",
         Media::GeoJson => "application/geo+json; charset=utf-8",
-        Media::Plan(PlanMedia { json: true, .. }) => {
-            "application/vnd.pgrst.plan+json; for=\"application/json\"; charset=utf-8"
-        }
-        Media::Plan(_) => {
+        Media::Plan(PlanMedia {
+            json: true,
+            for_csv: false,
+            ..
+        }) => "application/vnd.pgrst.plan+json; for=\"application/json\"; charset=utf-8",
+        Media::Plan(PlanMedia {
+            json: true,
+            for_csv: true,
+            ..
+        }) => "application/vnd.pgrst.plan+json; for=\"text/csv\"; charset=utf-8",
+        Media::Plan(PlanMedia { for_csv: false, .. }) => {
             "application/vnd.pgrst.plan+text; for=\"application/json\"; charset=utf-8"
         }
+        Media::Plan(_) => "application/vnd.pgrst.plan+text; for=\"text/csv\"; charset=utf-8",
     }
 }
 
@@ -1328,6 +1337,8 @@ enum Media {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 struct PlanMedia {
     json: bool,
+    /// `for="text/csv"`: the plan of the CSV statement.
+    for_csv: bool,
     analyze: bool,
     verbose: bool,
     settings: bool,
@@ -1350,6 +1361,13 @@ impl PlanMedia {
             let Some((name, value)) = param.split_once('=') else {
                 continue;
             };
+            if name.trim().eq_ignore_ascii_case("for") {
+                plan.for_csv = value
+                    .trim()
+                    .trim_matches('"')
+                    .eq_ignore_ascii_case("text/csv");
+                continue;
+            }
             if !name.trim().eq_ignore_ascii_case("options") {
                 continue;
             }

@@ -1035,6 +1035,23 @@ async fn plans_answer_only_when_enabled() {
     assert!(plan[0]["Execution Time"].is_number(), "{plan}");
     let (_, body) = rest.get("/channels?id=eq.77").await;
     assert_eq!(body, json!([]), "the analyzed insert was rolled back");
+    // The plan of the CSV statement.
+    let (status, headers, text) = rest
+        .send(
+            Method::GET,
+            "/channels",
+            &[(
+                "accept",
+                "application/vnd.pgrst.plan+json; for=\"text/csv\"",
+            )],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(
+        headers["content-type"],
+        "application/vnd.pgrst.plan+json; for=\"text/csv\"; charset=utf-8"
+    );
     // On /rpc too.
     let (status, _, text) = rest
         .send(
