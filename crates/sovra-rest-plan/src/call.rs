@@ -10,7 +10,7 @@ use sovra_rest_grammar::{CountPreference, Preferences, QueryParams, RangeHeader,
 use crate::error::ApiError;
 use crate::plan::{
     Action, Builder, Ctx, EXPLAIN_PREFIX, Plan, RESPONSE_SETTINGS, Request, Target, check_paths,
-    check_supported, level, plan_read,
+    check_supported, level, page, plan_read,
 };
 use crate::schema::{Relation, RelationKind, ReturnShape, Routine, SchemaCache, quote_ident};
 
@@ -383,18 +383,52 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
             ),
             RoutineResult::Scalar,
         ),
-        ReturnShape::Scalar(_) => (
-            // The page is every row, so a count is the page's.
-            format!(
-                "SELECT {}, count(_pgrst_scalar), coalesce(json_agg(_pgrst_scalar), '[]')::text, {RESPONSE_SETTINGS} FROM {call} AS _pgrst_scalar",
-                if request.prefs.count.is_some() {
-                    "count(_pgrst_scalar)"
-                } else {
-                    "NULL::bigint"
-                }
-            ),
-            RoutineResult::Set,
-        ),
+        ReturnShape::Scalar(_) => {
+            // `limit`, `offset`, `Range` and db-max-rows page the values; a
+            // count reads the same materialised call, so the function runs
+            // once.
+            let read = Request {
+                schema: request.schema,
+                relation: &routine.name,
+                action: Action::Read,
+                query: request.query,
+                prefs: request.prefs,
+                range: request.range,
+                body: None,
+                max_rows: request.max_rows,
+                csv: false,
+                geojson: false,
+                strip_nulls: false,
+            };
+            let (offset, limit) = page(&read);
+            let mut paging = String::new();
+            if let Some(limit) = limit {
+                paging.push_str(&format!(" LIMIT {}::bigint", b.bind(limit.to_string())));
+            }
+            if offset > 0 {
+                paging.push_str(&format!(" OFFSET {}::bigint", b.bind(offset.to_string())));
+            }
+            let values = format!("SELECT _pgrst_scalar AS _pgrst_v FROM {call} AS _pgrst_scalar");
+            let sql = if request.prefs.count.is_some() {
+                format!(
+                    "WITH _pgrst_source AS MATERIALIZED ({values}) \
+                     SELECT (SELECT count(*) FROM _pgrst_source), count(_pgrst_p), \
+                     coalesce(json_agg(_pgrst_p._pgrst_v), '[]')::text, {RESPONSE_SETTINGS} \
+                     FROM (SELECT _pgrst_v FROM _pgrst_source{paging}) _pgrst_p"
+                )
+            } else {
+                format!(
+                    "SELECT NULL::bigint, count(_pgrst_p), \
+                     coalesce(json_agg(_pgrst_p._pgrst_v), '[]')::text, {RESPONSE_SETTINGS} \
+                     FROM ({values}{paging}) _pgrst_p"
+                )
+            };
+            return Ok(CallPlan {
+                plan: b.finish(sql, offset),
+                result: RoutineResult::Set,
+                read_only,
+            });
+        }
         ReturnShape::Rows(columns) => {
             // The result as a relation: a table's row type keeps the
             // table's name, so its relationships embed as the table's do.

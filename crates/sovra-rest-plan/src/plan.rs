@@ -1141,7 +1141,7 @@ fn page_at(query: &QueryParams, path: &[String]) -> (i64, Option<i64>) {
 
 /// Offset and limit from `offset`/`limit`, the `Range` header and
 /// `max_rows`, intersected.
-fn page(request: &Request<'_>) -> (i64, Option<i64>) {
+pub(crate) fn page(request: &Request<'_>) -> (i64, Option<i64>) {
     let query = request.query;
     let q_offset = query
         .offsets

@@ -81,6 +81,8 @@ insert into public.people values (1, 'ann', null), (2, 'bob', 1), (3, 'cid', 1);
 create table public.pairs (
   id int primary key, a int references public.people, b int references public.people);
 
+create function public.numbers() returns setof int
+  language sql immutable as $$ select generate_series(1, 5) $$;
 -- A function with a side effect, to count its executions.
 create table public.calls (n serial primary key);
 create function public.logged_messages() returns setof public.messages language sql volatile
@@ -757,6 +759,24 @@ async fn rpc_counts_come_from_the_one_execution() {
     assert_eq!(headers["content-range"], "0-0/1");
     let (_, headers, _) = rest.send(Method::GET, "/rpc/ov2?a=1", &[], None).await;
     assert_eq!(headers["content-range"], "0-0/*");
+    // A set of scalars pages and counts too.
+    let (status, headers, text) = rest
+        .send(
+            Method::GET,
+            "/rpc/numbers?limit=2&offset=1",
+            &[("prefer", "count=exact")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{text}");
+    assert_eq!(headers["content-range"], "1-2/5");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!([2, 3]));
+    let (status, headers, text) = rest
+        .send(Method::GET, "/rpc/numbers", &[("range", "0-1")], None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(headers["content-range"], "0-1/*");
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!([1, 2]));
     // Planned and estimated counts answer too.
     for count in ["planned", "estimated"] {
         let prefer = format!("count={count}");
