@@ -292,7 +292,12 @@ pub(crate) fn resolve<'a>(
     if let Some(relationship) = computed(cache, origin, schema, name) {
         return Ok(relationship);
     }
-    let mut candidates: Vec<Relationship<'a>> = candidates(cache, origin, schema)
+    let all = candidates(cache, origin, schema);
+    let targets: Vec<String> = all
+        .iter()
+        .map(|c| c.relationship.target().name.clone())
+        .collect();
+    let mut candidates: Vec<Relationship<'a>> = all
         .into_iter()
         .filter(|c| matches(c, name, hint))
         .map(|c| c.relationship)
@@ -310,7 +315,11 @@ pub(crate) fn resolve<'a>(
                     origin.name
                 ),
             };
-            Err(ApiError::no_relationship(&origin.name, name).with_details(searched))
+            let mut err = ApiError::no_relationship(&origin.name, name).with_details(searched);
+            if let Some(hint) = no_relationship_hint(cache, origin, schema, name, &targets) {
+                err = err.with_hint(hint);
+            }
+            Err(err)
         }
         _ => {
             let details: Vec<serde_json::Value> = candidates
@@ -336,4 +345,45 @@ pub(crate) fn resolve<'a>(
             ))
         }
     }
+}
+
+/// PostgREST's hint for a missing relationship: when the origin has
+/// relationships, the closest other target name; otherwise the closest
+/// relation of the schema that has relationships.
+fn no_relationship_hint(
+    cache: &SchemaCache,
+    origin: &Relation,
+    schema: &str,
+    name: &str,
+    targets: &[String],
+) -> Option<String> {
+    let closest = |names: &mut dyn Iterator<Item = &str>, wanted: &str| {
+        names
+            .filter(|n| *n != wanted)
+            .map(|n| (crate::schema::similarity(n, wanted), n.to_owned()))
+            .filter(|(score, _)| *score >= 0.55)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, n)| n)
+    };
+    if !targets.is_empty() {
+        if targets.iter().any(|t| t == name) {
+            return None;
+        }
+        let suggestion = closest(&mut targets.iter().map(String::as_str), name)?;
+        return Some(format!(
+            "Perhaps you meant '{suggestion}' instead of '{name}'."
+        ));
+    }
+    let with_relationships: Vec<&str> = cache
+        .relations
+        .values()
+        .filter(|r| r.schema == schema && r.name != origin.name)
+        .filter(|r| !candidates(cache, r, schema).is_empty())
+        .map(|r| r.name.as_str())
+        .collect();
+    let suggestion = closest(&mut with_relationships.into_iter(), &origin.name)?;
+    Some(format!(
+        "Perhaps you meant '{suggestion}' instead of '{}'.",
+        origin.name
+    ))
 }

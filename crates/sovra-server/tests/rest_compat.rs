@@ -618,6 +618,13 @@ async fn embedding_disambiguates_as_postgrest() {
             "hint": null
         })
     );
+    // A near miss gets PostgREST's suggestion.
+    let (status, body) = rest.get("/channels?select=id,message(id)").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["hint"],
+        "Perhaps you meant 'messages' instead of 'message'."
+    );
     let (status, body) = rest.get("/people?select=name,people!nope(name)").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["code"], "PGRST200");
