@@ -187,6 +187,68 @@ test('aggregates and spreads as postgrest-js sends them', async () => {
   assert.deepEqual(r.data, [{ username: 'supabot', messages: [{ count: 2 }] }]);
 });
 
+test('computed relationships and fields (#16)', async () => {
+  let r = await anon.from('channels').select('id, channel_messages(id)').order('id')
+    .order('id', { referencedTable: 'channel_messages' });
+  assert.equal(r.error, null, JSON.stringify(r.error));
+  assert.deepEqual(r.data, [
+    { id: 1, channel_messages: [{ id: 1 }, { id: 3 }] },
+    { id: 2, channel_messages: [{ id: 2 }] },
+  ]);
+  r = await anon.from('channels').select('id, channel_messages!inner(id)').eq('channel_messages.username', 'kiwicopple');
+  assert.deepEqual(r.data, [{ id: 1, channel_messages: [{ id: 3 }] }]);
+  r = await anon.from('messages').select('id, message_channel(slug)').eq('id', 2).single();
+  assert.deepEqual(r.data, { id: 2, message_channel: { slug: 'random' } });
+  r = await anon.from('messages').select('id, shout').eq('shout', 'HI');
+  assert.equal(r.error, null, JSON.stringify(r.error));
+  assert.deepEqual(r.data, [{ id: 3, shout: 'HI' }]);
+  r = await anon.from('messages').select('id').order('shout').limit(1);
+  assert.deepEqual(r.data, [{ id: 1 }]);
+  r = await anon.from('channels').select('slug, messages(shout)').eq('id', 2);
+  assert.deepEqual(r.data, [{ slug: 'random', messages: [{ shout: 'PERFECTION' }] }]);
+});
+
+test('unnamed parameters and overloads through rpc() (#16)', async () => {
+  let r = await anon.rpc('echo_jsonb', [1, { a: 2 }]);
+  assert.equal(r.error, null, JSON.stringify(r.error));
+  assert.deepEqual(r.data, [1, { a: 2 }]);
+  r = await anon.rpc('pick', { a: 1 });
+  assert.equal(r.data, 'one');
+  r = await anon.rpc('pick', { a: 1, b: 2 });
+  assert.equal(r.data, 'two');
+  r = await anon.rpc('pick', { a: 1, c: 2 });
+  assert.equal(r.error.code, 'PGRST202');
+  assert.equal(r.error.hint, 'Perhaps you meant to call the function public.pick(a, b)');
+});
+
+test('aggregates beside embeds (#16)', async () => {
+  const r = await anon.from('messages').select('channels(slug), id.count()');
+  assert.equal(r.error, null, JSON.stringify(r.error));
+  const rows = r.data.sort((x, y) => x.channels.slug.localeCompare(y.channels.slug));
+  assert.deepEqual(rows, [{ channels: { slug: 'public' }, count: 2 }, { channels: { slug: 'random' }, count: 1 }]);
+});
+
+test('upsert answers 201 when it creates, 200 when it only updates (#16)', async () => {
+  let r = await service.from('kv').upsert({ k: 'up', v: '1' });
+  assert.equal(r.error, null, JSON.stringify(r.error));
+  assert.equal(r.status, 201);
+  r = await service.from('kv').upsert({ k: 'up', v: '2' }).select();
+  assert.equal(r.status, 200);
+  assert.deepEqual(r.data, [{ k: 'up', v: '2' }]);
+});
+
+test('rpc() with a count runs the function once (#16)', async () => {
+  const r = await service.rpc('counted_messages', {}, { count: 'exact' }).select('id').limit(1);
+  assert.equal(r.error, null, JSON.stringify(r.error));
+  assert.equal(r.count, 3);
+  assert.equal(r.status, 206);
+  assert.deepEqual(r.data, [{ id: 1 }]);
+  const calls = await service.from('rpc_calls').select('*', { count: 'exact', head: true });
+  assert.equal(calls.count, 1);
+  const scalar = await anon.rpc('pick', { a: 1 }, { count: 'exact' });
+  assert.equal(scalar.count, 1);
+});
+
 test('csv()', async () => {
   const r = await anon.from('users').select('username, status').order('username').csv();
   assert.equal(r.error, null, JSON.stringify(r.error));

@@ -195,6 +195,18 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "The most rows one read returns (PostgREST's `db-max-rows`); 0 for no cap.",
     },
     OptionDoc {
+        key: "rest.plan_enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Answer `Accept: application/vnd.pgrst.plan` with the request's `EXPLAIN` (PostgREST's `db-plan-enabled`; also turned on by the `pgrst.db_plan_enabled` setting of the login role). For development: plans show table sizes and policies.",
+    },
+    OptionDoc {
+        key: "rest.openapi_mode",
+        kind: Kind::String,
+        default: "\"service-role\"",
+        doc: "Who reads the OpenAPI document at `GET /rest/v1/`: `service-role` (only the service role, as hosted Supabase), `follow-privileges` (every caller, listing what its role may use, as PostgREST), `ignore-privileges` (every caller, everything) or `disabled`.",
+    },
+    OptionDoc {
         key: "embedded.bin_dir",
         kind: Kind::String,
         default: "",
@@ -847,6 +859,8 @@ fn is_cidr(text: &str) -> bool {
 pub struct RestConfig {
     pub schemas: String,
     pub max_rows: u64,
+    pub plan_enabled: bool,
+    pub openapi_mode: String,
 }
 
 impl Default for RestConfig {
@@ -854,6 +868,8 @@ impl Default for RestConfig {
         RestConfig {
             schemas: "public".to_owned(),
             max_rows: 1000,
+            plan_enabled: false,
+            openapi_mode: "service-role".to_owned(),
         }
     }
 }
@@ -1346,6 +1362,15 @@ impl Config {
             return Err(ConfigError::invalid(
                 "rest.schemas",
                 "must name at least one schema",
+            ));
+        }
+        if !matches!(
+            self.rest.openapi_mode.as_str(),
+            "service-role" | "follow-privileges" | "ignore-privileges" | "disabled"
+        ) {
+            return Err(ConfigError::invalid(
+                "rest.openapi_mode",
+                "must be service-role, follow-privileges, ignore-privileges or disabled",
             ));
         }
         if self.embedded.port == Some(0) {
@@ -1954,6 +1979,8 @@ mod tests {
                 "database.connect_timeout",
             ),
             ("[rest]\nschemas = \" , \"\n", "rest.schemas"),
+            ("[rest]\nopenapi_mode = \"everyone\"\n", "rest.openapi_mode"),
+            ("[rest]\nplan_enabled = \"yes\"\n", "rest.plan_enabled"),
             ("[embedded]\nport = 0\n", "embedded.port"),
             ("[embedded]\nsystem_user = \"\"\n", "embedded.system_user"),
             ("[jwt]\nsecret = \"short\"\n", "jwt.secret"),

@@ -9,8 +9,8 @@ use sovra_rest_grammar::{CountPreference, Preferences, QueryParams, RangeHeader,
 
 use crate::error::ApiError;
 use crate::plan::{
-    Action, Builder, Ctx, EXPLAIN_PREFIX, Plan, Request, Target, check_paths, check_supported,
-    level, plan_read,
+    Action, Builder, Ctx, EXPLAIN_PREFIX, Plan, RESPONSE_SETTINGS, Request, Target, check_paths,
+    check_supported, level, page, plan_read,
 };
 use crate::schema::{Relation, RelationKind, ReturnShape, Routine, SchemaCache, quote_ident};
 
@@ -44,6 +44,31 @@ pub enum Arguments<'a> {
     /// `POST`: a JSON body (an object of named arguments, or anything for a
     /// single unnamed `json`/`jsonb` parameter).
     Json(&'a str),
+    /// `POST` with a `text/plain`, `text/xml` or `application/octet-stream`
+    /// body: the whole body is the one unnamed `text`, `xml` or `bytea`
+    /// parameter (or the call takes no argument).
+    Raw(RawMedia, &'a [u8]),
+}
+
+/// The media types of a raw `/rpc` body, and the parameter type each fills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawMedia {
+    /// `text/plain` → `text`.
+    Text,
+    /// `text/xml` → `xml`.
+    Xml,
+    /// `application/octet-stream` → `bytea`.
+    Octet,
+}
+
+impl RawMedia {
+    fn type_name(self) -> &'static str {
+        match self {
+            RawMedia::Text => "text",
+            RawMedia::Xml => "xml",
+            RawMedia::Octet => "bytea",
+        }
+    }
 }
 
 /// A call request.
@@ -60,6 +85,9 @@ pub struct CallRequest<'a> {
     pub max_rows: Option<i64>,
     /// Drop null-valued keys from row results (`nulls=stripped`).
     pub strip_nulls: bool,
+    /// Render rows as a GeoJSON `FeatureCollection` (only functions that
+    /// return rows can).
+    pub geojson: bool,
 }
 
 /// The parameter names of every overload of `function` (the query keys
@@ -74,74 +102,147 @@ pub fn parameter_names(cache: &SchemaCache, schema: &str, function: &str) -> BTr
         .collect()
 }
 
-fn is_json_type(routine: &Routine) -> bool {
-    matches!(routine.params.as_slice(), [only] if only.name.is_empty()
-        && only.type_name.schema == "pg_catalog"
-        && matches!(only.type_name.name.as_str(), "json" | "jsonb"))
+/// A single unnamed parameter that takes the whole body (PostgREST's
+/// `hasSingleUnnamedParam`): `json`/`jsonb` for a JSON body, `text`,
+/// `xml` or `bytea` for a raw one.
+fn takes_whole_body(routine: &Routine, arguments: &Arguments<'_>) -> bool {
+    let [only] = routine.params.as_slice() else {
+        return false;
+    };
+    if !only.name.is_empty() || only.type_name.schema != "pg_catalog" {
+        return false;
+    }
+    match arguments {
+        Arguments::Json(_) => matches!(only.type_name.name.as_str(), "json" | "jsonb"),
+        Arguments::Raw(media, _) => only.type_name.name == media.type_name(),
+        Arguments::Query(_) => false,
+    }
 }
 
+/// Whether the argument names fit the parameters (PostgREST's
+/// `matchesParams`): every required parameter named, every name a
+/// parameter. An unnamed parameter is never named by an argument.
+fn fits(routine: &Routine, supplied: &BTreeSet<String>, arguments: &Arguments<'_>) -> bool {
+    if routine.params.is_empty() {
+        return supplied.is_empty() && !matches!(arguments, Arguments::Raw(..));
+    }
+    routine
+        .params
+        .iter()
+        .all(|p| p.has_default || (!p.name.is_empty() && supplied.contains(&p.name)))
+        && supplied.iter().all(|name| {
+            routine
+                .params
+                .iter()
+                .any(|p| !p.name.is_empty() && &p.name == name)
+        })
+}
+
+/// `schema.name(a => integer, b => text)`, as PostgREST lists candidates.
 fn signature(routine: &Routine) -> String {
     let params: Vec<String> = routine
         .params
         .iter()
-        .map(|p| format!("{} => {}", p.name, p.type_name.name))
+        .map(|p| format!("{} => {}", p.name, p.type_display))
         .collect();
     format!("{}.{}({})", routine.schema, routine.name, params.join(", "))
 }
 
-/// Chooses the overload whose parameters the supplied names fit.
+/// `(a, b, c)`: parameter names sorted, as PostgREST's hints show them.
+fn name_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let mut names: Vec<&str> = names.collect();
+    names.sort_unstable();
+    format!("({})", names.join(", "))
+}
+
+/// PostgREST's order of overloads: fewer parameters first, then by the
+/// parameters' names and types.
+fn overload_order(a: &&Routine, b: &&Routine) -> std::cmp::Ordering {
+    let key = |r: &Routine| {
+        r.params
+            .iter()
+            .map(|p| (p.name.clone(), p.type_display.clone()))
+            .collect::<Vec<_>>()
+    };
+    a.params
+        .len()
+        .cmp(&b.params.len())
+        .then_with(|| key(a).cmp(&key(b)))
+}
+
+/// Chooses the overload as PostgREST's `findProc` does: the overloads
+/// whose parameters the supplied names fit; failing those, the one with a
+/// single unnamed parameter that takes the whole body.
 fn choose<'a>(
     cache: &'a SchemaCache,
     request: &CallRequest<'_>,
     supplied: &BTreeSet<String>,
 ) -> Result<(&'a Routine, bool), ApiError> {
-    let overloads: Vec<&Routine> = cache
+    let mut overloads: Vec<&Routine> = cache
         .routines
         .iter()
         .filter(|r| r.schema == request.schema && r.name == request.function)
         .collect();
-    let fits = |routine: &&Routine| {
-        routine
-            .params
-            .iter()
-            .all(|p| p.has_default || supplied.contains(&p.name))
-            && supplied
-                .iter()
-                .all(|name| routine.params.iter().any(|p| &p.name == name))
-    };
+    overloads.sort_by(overload_order);
+    let is_post = !request.is_get;
     let named: Vec<&Routine> = overloads
         .iter()
         .copied()
-        .filter(|r| !is_json_type(r))
-        .filter(fits)
+        .filter(|r| fits(r, supplied, &request.arguments))
         .collect();
-    match named.as_slice() {
-        [one] => return Ok((one, false)),
-        [] => {}
-        many => {
+    let whole_body: Vec<&Routine> = overloads
+        .iter()
+        .copied()
+        .filter(|r| is_post && !fits(r, supplied, &request.arguments))
+        .filter(|r| takes_whole_body(r, &request.arguments))
+        .collect();
+    match (named.as_slice(), whole_body.as_slice()) {
+        ([one], _) => return Ok((one, false)),
+        ([], [one]) => return Ok((one, true)),
+        ([], []) => {}
+        ([], many) => {
+            let list: Vec<String> = many.iter().map(|r| signature(r)).collect();
+            return Err(ApiError::ambiguous_function(&list));
+        }
+        (many, _) => {
             let list: Vec<String> = many.iter().map(|r| signature(r)).collect();
             return Err(ApiError::ambiguous_function(&list));
         }
     }
-    if matches!(request.arguments, Arguments::Json(_))
-        && let Some(json_fn) = overloads.iter().find(|r| is_json_type(r))
-    {
-        return Ok((json_fn, true));
-    }
     let names: Vec<&str> = supplied.iter().map(String::as_str).collect();
-    let suggestion = overloads.first().map(|r| signature(r)).or_else(|| {
+    let raw = match request.arguments {
+        Arguments::Raw(media, _) => Some(media.type_name()),
+        _ => None,
+    };
+    // PostgREST's hint: the closest parameter list among the overloads,
+    // or else the closest function name in the schema.
+    let suggestion = if raw.is_some() {
+        None
+    } else if overloads.is_empty() {
         cache
             .routines
             .iter()
             .filter(|r| r.schema == request.schema)
-            .find(|r| r.name.eq_ignore_ascii_case(request.function))
-            .map(signature)
-    });
+            .map(|r| (crate::schema::similarity(&r.name, request.function), r))
+            .filter(|(score, _)| *score >= 0.33)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, r)| format!("{}.{}", r.schema, r.name))
+    } else {
+        let wanted = name_list(names.iter().copied());
+        overloads
+            .iter()
+            .map(|r| name_list(r.params.iter().map(|p| p.name.as_str())))
+            .map(|list| (crate::schema::similarity(&list, &wanted), list))
+            .filter(|(score, _)| *score >= 0.33)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, list)| format!("{}.{}{list}", request.schema, request.function))
+    };
     Err(ApiError::unknown_function(
         request.schema,
         request.function,
         &names,
         matches!(request.arguments, Arguments::Json(_)),
+        raw,
         suggestion,
     ))
 }
@@ -170,7 +271,7 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
         (Arguments::Json(_), Some(serde_json::Value::Object(object))) => {
             object.keys().cloned().collect()
         }
-        (Arguments::Json(_), _) => BTreeSet::new(),
+        (Arguments::Json(_) | Arguments::Raw(..), _) => BTreeSet::new(),
     };
     let (routine, whole_body) = choose(cache, request, &supplied)?;
     if request.is_get && routine.volatility == crate::schema::Volatility::Volatile {
@@ -181,20 +282,30 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
 
     // The argument list, values bound.
     let args: Vec<String> = if whole_body {
-        let text = match request.arguments {
-            Arguments::Json(text) => text.to_owned(),
+        // The one unnamed parameter, positionally (it has no name to use).
+        let value = match request.arguments {
+            Arguments::Json(text) => {
+                format!("{}::{}", b.bind(text), routine.params[0].type_name.sql())
+            }
+            Arguments::Raw(RawMedia::Octet, bytes) => {
+                // Parameters are bound as text: the bytes travel as hex.
+                let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+                format!("decode({}, 'hex')", b.bind(hex))
+            }
+            Arguments::Raw(_, bytes) => {
+                let text = std::str::from_utf8(bytes)
+                    .map_err(|_| ApiError::invalid_body("The body is not valid UTF-8"))?;
+                format!("{}::{}", b.bind(text), routine.params[0].type_name.sql())
+            }
             Arguments::Query(_) => String::new(),
         };
-        vec![format!(
-            "{}::{}",
-            b.bind(text),
-            routine.params[0].type_name.sql()
-        )]
+        vec![value]
     } else {
         match request.arguments {
             Arguments::Query(pairs) => routine
                 .params
                 .iter()
+                .filter(|param| !param.name.is_empty())
                 .filter_map(|param| {
                     let values: Vec<&String> = pairs
                         .iter()
@@ -217,6 +328,9 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                     ))
                 })
                 .collect(),
+            // No argument fits a raw body but the whole-body parameter;
+            // the call takes its defaults.
+            Arguments::Raw(..) => Vec::new(),
             Arguments::Json(_) => {
                 let body = match &body_value {
                     Some(value @ serde_json::Value::Object(_)) => value.to_string(),
@@ -227,7 +341,7 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                 routine
                     .params
                     .iter()
-                    .filter(|p| supplied.contains(&p.name))
+                    .filter(|p| !p.name.is_empty() && supplied.contains(&p.name))
                     .map(|p| {
                         let name = quote_ident(&p.name);
                         let keyword = if p.variadic { "VARIADIC " } else { "" };
@@ -248,27 +362,73 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
     );
     let read_only = request.is_get || routine.volatility != crate::schema::Volatility::Volatile;
 
+    if request.geojson && !matches!(routine.returns, ReturnShape::Rows(_)) {
+        return Err(ApiError::not_acceptable("application/geo+json"));
+    }
     let (sql, result) = match &routine.returns {
         ReturnShape::Void => (
-            format!("SELECT NULL::bigint, 0::bigint, ''::text FROM (SELECT {call}) _pgrst_void"),
+            format!(
+                "SELECT NULL::bigint, 0::bigint, ''::text, {RESPONSE_SETTINGS} FROM (SELECT {call}) _pgrst_void"
+            ),
             RoutineResult::Void,
         ),
         ReturnShape::Scalar(_) if !routine.returns_set => (
-            format!("SELECT NULL::bigint, 1::bigint, coalesce(to_json({call}), 'null')::text"),
-            RoutineResult::Scalar,
-        ),
-        ReturnShape::Scalar(_) => (
-            // The page is every row, so a count is the page's.
             format!(
-                "SELECT {}, count(_pgrst_scalar), coalesce(json_agg(_pgrst_scalar), '[]')::text FROM {call} AS _pgrst_scalar",
+                "SELECT {}, 1::bigint, coalesce(to_json({call}), 'null')::text, {RESPONSE_SETTINGS}",
                 if request.prefs.count.is_some() {
-                    "count(_pgrst_scalar)"
+                    "1::bigint"
                 } else {
                     "NULL::bigint"
                 }
             ),
-            RoutineResult::Set,
+            RoutineResult::Scalar,
         ),
+        ReturnShape::Scalar(_) => {
+            // `limit`, `offset`, `Range` and db-max-rows page the values; a
+            // count reads the same materialised call, so the function runs
+            // once.
+            let read = Request {
+                schema: request.schema,
+                relation: &routine.name,
+                action: Action::Read,
+                query: request.query,
+                prefs: request.prefs,
+                range: request.range,
+                body: None,
+                max_rows: request.max_rows,
+                csv: false,
+                geojson: false,
+                strip_nulls: false,
+            };
+            let (offset, limit) = page(&read);
+            let mut paging = String::new();
+            if let Some(limit) = limit {
+                paging.push_str(&format!(" LIMIT {}::bigint", b.bind(limit.to_string())));
+            }
+            if offset > 0 {
+                paging.push_str(&format!(" OFFSET {}::bigint", b.bind(offset.to_string())));
+            }
+            let values = format!("SELECT _pgrst_scalar AS _pgrst_v FROM {call} AS _pgrst_scalar");
+            let sql = if request.prefs.count.is_some() {
+                format!(
+                    "WITH _pgrst_source AS MATERIALIZED ({values}) \
+                     SELECT (SELECT count(*) FROM _pgrst_source), count(_pgrst_p), \
+                     coalesce(json_agg(_pgrst_p._pgrst_v), '[]')::text, {RESPONSE_SETTINGS} \
+                     FROM (SELECT _pgrst_v FROM _pgrst_source{paging}) _pgrst_p"
+                )
+            } else {
+                format!(
+                    "SELECT NULL::bigint, count(_pgrst_p), \
+                     coalesce(json_agg(_pgrst_p._pgrst_v), '[]')::text, {RESPONSE_SETTINGS} \
+                     FROM ({values}{paging}) _pgrst_p"
+                )
+            };
+            return Ok(CallPlan {
+                plan: b.finish(sql, offset),
+                result: RoutineResult::Set,
+                read_only,
+            });
+        }
         ReturnShape::Rows(columns) => {
             // The result as a relation: a table's row type keeps the
             // table's name, so its relationships embed as the table's do.
@@ -312,7 +472,7 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                 request.prefs.count,
                 Some(CountPreference::Exact | CountPreference::Estimated)
             );
-            let mut target = Target::new(&relation);
+            let mut target = Target::new(&relation, cache);
             target.qualified = if counted {
                 format!("_pgrst_source AS {}", target.alias)
             } else {
@@ -321,6 +481,7 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
             let ctx = Ctx {
                 cache,
                 query: request.query,
+                schema: request.schema,
             };
             let level = level(&ctx, &target, &select, &[], 1, &mut b)?;
             let read = Request {
@@ -333,6 +494,7 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                 body: None,
                 max_rows: request.max_rows,
                 csv: false,
+                geojson: request.geojson,
                 strip_nulls: request.strip_nulls,
             };
             let mut plan = plan_read(&ctx, &target, &read, &level, &mut b)?;

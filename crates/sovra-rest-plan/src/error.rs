@@ -12,7 +12,14 @@ pub struct ApiError {
     /// A string for most errors; a JSON array for PGRST201.
     pub details: Option<serde_json::Value>,
     pub hint: Option<String>,
+    /// Extra response headers (from `RAISE SQLSTATE 'PGRST'`); boxed, as
+    /// errors travel in every `Result` of the planner.
+    pub headers: Option<Box<ErrorHeaders>>,
 }
+
+/// Response headers an error carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ErrorHeaders(pub Vec<(String, String)>);
 
 impl ApiError {
     fn new(status: u16, code: &str, message: impl Into<String>) -> ApiError {
@@ -22,6 +29,7 @@ impl ApiError {
             message: message.into(),
             details: None,
             hint: None,
+            headers: None,
         }
     }
 
@@ -265,15 +273,20 @@ impl ApiError {
         ))
     }
 
-    /// PGRST202: no function with these argument names.
+    /// PGRST202: no function with these argument names (`raw`: the
+    /// parameter type a raw `text/plain`, `text/xml` or octet-stream body
+    /// would fill).
     pub fn unknown_function(
         schema: &str,
         function: &str,
         supplied: &[&str],
         json_body: bool,
+        raw: Option<&str>,
         suggestion: Option<String>,
     ) -> ApiError {
-        let message = if supplied.is_empty() {
+        let message = if raw.is_some() {
+            format!("Could not find the function {schema}.{function} in the schema cache")
+        } else if supplied.is_empty() {
             format!(
                 "Could not find the function {schema}.{function} without parameters in the schema cache"
             )
@@ -288,13 +301,13 @@ impl ApiError {
             [one] => format!("with parameter {one}"),
             many => format!("with parameters {}", many.join(", ")),
         };
-        let json_clause = if json_body {
-            " or with a single unnamed json/jsonb parameter"
-        } else {
-            ""
+        let searched = match raw {
+            Some(type_name) => format!("with a single unnamed {type_name} parameter"),
+            None if json_body => format!("{with} or with a single unnamed json/jsonb parameter"),
+            None => with,
         };
         let mut err = ApiError::new(404, "PGRST202", message).with_details(format!(
-            "Searched for the function {schema}.{function} {with}{json_clause}, but no matches were found in the schema cache."
+            "Searched for the function {schema}.{function} {searched}, but no matches were found in the schema cache."
         ));
         if let Some(suggestion) = suggestion {
             err = err.with_hint(format!(
@@ -365,7 +378,91 @@ impl ApiError {
             message,
             details: details.map(serde_json::Value::String),
             hint,
+            headers: None,
         }
+    }
+
+    /// PostgREST's custom errors: `RAISE SQLSTATE 'PGRST' USING MESSAGE =
+    /// '{"code": …, "message": …, "details": …, "hint": …}', DETAIL =
+    /// '{"status": 402, "headers": {…}}'` answers with that body, status
+    /// and headers; a payload that is not such JSON is PGRST121.
+    pub fn raised(message: &str, detail: Option<&str>) -> ApiError {
+        use serde_json::Value;
+        let parse_error = |what: &str, value: &str| {
+            let hint = if what == "MESSAGE" {
+                "MESSAGE must be a JSON object with obligatory keys: 'code', 'message' and optional keys: 'details', 'hint'."
+            } else {
+                "DETAIL must be a JSON object with obligatory keys: 'status', 'headers' and optional key: 'status_text'."
+            };
+            ApiError::new(
+                500,
+                "PGRST121",
+                "Could not parse JSON in the RAISE SQLSTATE 'PGRST' error",
+            )
+            .with_details(format!("Invalid JSON value for {what}: '{value}'"))
+            .with_hint(hint)
+        };
+        let body = match serde_json::from_str::<Value>(message) {
+            Ok(Value::Object(body))
+                if body.get("code").is_some_and(Value::is_string)
+                    && body.get("message").is_some_and(Value::is_string) =>
+            {
+                body
+            }
+            _ => return parse_error("MESSAGE", message),
+        };
+        let text = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_owned);
+        let mut err = ApiError::new(
+            400,
+            &text("code").unwrap_or_default(),
+            text("message").unwrap_or_default(),
+        );
+        err.details = text("details").map(Value::String);
+        err.hint = text("hint");
+        let Some(detail) = detail else {
+            return err;
+        };
+        let detail_value = match serde_json::from_str::<Value>(detail) {
+            Ok(Value::Object(detail)) => detail,
+            _ => return parse_error("DETAIL", detail),
+        };
+        let status = detail_value
+            .get("status")
+            .and_then(Value::as_u64)
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| (100..600).contains(n));
+        let headers = detail_value.get("headers").and_then(Value::as_object);
+        let (Some(status), Some(headers)) = (status, headers) else {
+            return parse_error("DETAIL", detail);
+        };
+        err.status = status;
+        let mut pairs = Vec::new();
+        for (name, value) in headers {
+            let Some(value) = value.as_str() else {
+                return parse_error("DETAIL", detail);
+            };
+            pairs.push((name.clone(), value.to_owned()));
+        }
+        err.headers = Some(Box::new(ErrorHeaders(pairs)));
+        err
+    }
+
+    /// PGRST111: `response.headers` that is not an array of one-key objects.
+    pub fn bad_response_headers() -> ApiError {
+        ApiError::new(
+            500,
+            "PGRST111",
+            "response.headers guc must be a JSON array composed of objects with a single key and a string value",
+        )
+    }
+
+    /// PGRST112: `response.status` that is not a status code.
+    pub fn bad_response_status() -> ApiError {
+        ApiError::new(
+            500,
+            "PGRST112",
+            "response.status guc must be a valid status code",
+        )
     }
 }
 

@@ -15,10 +15,12 @@ mod plan;
 mod relationship;
 mod schema;
 
-pub use call::{Arguments, CallPlan, CallRequest, RoutineResult, parameter_names, plan_call};
-pub use error::{ApiError, sqlstate_status};
+pub use call::{
+    Arguments, CallPlan, CallRequest, RawMedia, RoutineResult, parameter_names, plan_call,
+};
+pub use error::{ApiError, ErrorHeaders, sqlstate_status};
 pub use openapi::openapi;
-pub use plan::{Action, Plan, Request, Statement, plan};
+pub use plan::{Action, Plan, RESPONSE_SETTINGS, Request, Statement, plan};
 pub use schema::{
     Column, ForeignKey, Relation, RelationKind, ReturnShape, Routine, RoutineParam, SchemaCache,
     TypeName, Volatility, quote_ident,

@@ -2,7 +2,9 @@
 //!
 //! Every statement returns one row of three columns: the total count
 //! (`bigint`, null unless asked for), the number of rows in the page
-//! (`bigint`), and the JSON body (`text`), built by PostgreSQL itself.
+//! (`bigint`), and the JSON body (`text`), built by PostgreSQL itself;
+//! most add two more, [`RESPONSE_SETTINGS`]: what the request's SQL set in
+//! `response.headers` and `response.status`, read after the body was built.
 //!
 //! Identifiers come from the schema cache and are always quoted; values are
 //! always bound parameters (all of type `text`, cast by PostgreSQL to the
@@ -11,13 +13,13 @@
 
 use serde_json::Value;
 use sovra_rest_grammar::{
-    CompareOp, CountPreference, Direction, Field, FtsKind, IsValue, JsonKey, LogicOp, LogicTree,
-    Nulls, Operation, OrderTerm, Preferences, Quantifier, QueryParams, RangeHeader, RangeOp,
-    Resolution, SelectItem,
+    AggregateFn, CompareOp, CountPreference, Direction, Field, FtsKind, IsValue, JsonKey, LogicOp,
+    LogicTree, Nulls, Operation, OrderTerm, Preferences, Quantifier, QueryParams, RangeHeader,
+    RangeOp, Resolution, SelectItem,
 };
 
 use crate::error::ApiError;
-use crate::schema::{Column, Relation, SchemaCache, TypeName, quote_ident};
+use crate::schema::{Column, Relation, ReturnShape, Routine, SchemaCache, TypeName, quote_ident};
 
 /// One parameterised statement.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +55,9 @@ pub struct Request<'a> {
     pub max_rows: Option<i64>,
     /// Render the body as CSV instead of JSON.
     pub csv: bool,
+    /// Render the body as a GeoJSON `FeatureCollection` (PostGIS's
+    /// `ST_AsGeoJSON` of each row), for `Accept: application/geo+json`.
+    pub geojson: bool,
     /// Drop null-valued keys from the JSON body (`nulls=stripped`).
     pub strip_nulls: bool,
 }
@@ -67,6 +72,11 @@ pub struct Plan {
     /// of the count, run with the statement's parameters; its top
     /// `Plan Rows` is the planner's estimate.
     pub planned_count: Option<String>,
+    /// An upsert into a table: the statement's first column is the number
+    /// of rows inserted (not updated), so that the response can answer
+    /// `201` only when one was (PostgREST tells them apart the same way,
+    /// by `xmax`).
+    pub counts_inserted: bool,
 }
 
 pub(crate) struct Builder {
@@ -83,6 +93,7 @@ impl Builder {
             },
             offset,
             planned_count: None,
+            counts_inserted: false,
         }
     }
 
@@ -112,8 +123,12 @@ pub fn plan(cache: &SchemaCache, request: &Request<'_>) -> Result<Plan, ApiError
     check_paths(&select, query)?;
 
     let mut b = Builder { params: Vec::new() };
-    let target = Target::new(relation);
-    let ctx = Ctx { cache, query };
+    let target = Target::new(relation, cache);
+    let ctx = Ctx {
+        cache,
+        query,
+        schema: request.schema,
+    };
     let level = level(&ctx, &target, &select, &[], 1, &mut b)?;
 
     match request.action {
@@ -128,6 +143,8 @@ pub fn plan(cache: &SchemaCache, request: &Request<'_>) -> Result<Plan, ApiError
 pub(crate) struct Ctx<'a> {
     pub(crate) cache: &'a SchemaCache,
     pub(crate) query: &'a QueryParams,
+    /// The request's schema: embeds find their targets there.
+    pub(crate) schema: &'a str,
 }
 
 /// The relation being planned, with its SQL names.
@@ -137,12 +154,15 @@ pub(crate) struct Target<'a> {
     pub(crate) qualified: String,
     /// `"name"`: how columns are qualified in the statement.
     pub(crate) alias: String,
+    /// For computed fields (functions of the relation's row).
+    pub(crate) cache: &'a SchemaCache,
 }
 
 impl<'a> Target<'a> {
-    pub(crate) fn new(relation: &'a Relation) -> Target<'a> {
+    pub(crate) fn new(relation: &'a Relation, cache: &'a SchemaCache) -> Target<'a> {
         Target {
             relation,
+            cache,
             qualified: format!(
                 "{}.{}",
                 quote_ident(&relation.schema),
@@ -153,8 +173,8 @@ impl<'a> Target<'a> {
     }
 
     /// An embedded relation, aliased `"<table>_<depth>"` as PostgREST does.
-    fn embedded(relation: &'a Relation, depth: usize) -> Target<'a> {
-        let mut target = Target::new(relation);
+    fn embedded(relation: &'a Relation, cache: &'a SchemaCache, depth: usize) -> Target<'a> {
+        let mut target = Target::new(relation, cache);
         target.alias = quote_ident(&format!("{}_{depth}", relation.name));
         target
     }
@@ -163,6 +183,48 @@ impl<'a> Target<'a> {
         self.relation
             .column(name)
             .ok_or_else(|| ApiError::undefined_column(&self.relation.name, name))
+    }
+
+    /// This relation's row, typed as the relation's row type (a subquery's
+    /// or a CTE's row is a plain record otherwise), for functions of it.
+    pub(crate) fn row(&self) -> String {
+        format!(
+            "{}::{}",
+            self.alias,
+            TypeName::new(&self.relation.schema, &self.relation.name).sql()
+        )
+    }
+
+    /// A column, or a computed field: `(sql, type, array type)`.
+    fn field(&self, name: &str) -> Result<(String, TypeName, String), ApiError> {
+        if let Some(column) = self.relation.column(name) {
+            return Ok((
+                format!("{}.{}", self.alias, quote_ident(&column.name)),
+                column.type_name.clone(),
+                column
+                    .array_type
+                    .as_ref()
+                    .map_or_else(|| "text[]".to_owned(), TypeName::sql),
+            ));
+        }
+        match self.cache.computed_field(self.relation, name) {
+            Some(Routine {
+                schema,
+                name,
+                returns: ReturnShape::Scalar(type_name),
+                ..
+            }) => Ok((
+                format!(
+                    "{}.{}({})",
+                    quote_ident(schema),
+                    quote_ident(name),
+                    self.row()
+                ),
+                type_name.clone(),
+                format!("{}[]", type_name.sql()),
+            )),
+            _ => Err(ApiError::undefined_column(&self.relation.name, name)),
+        }
     }
 }
 
@@ -277,30 +339,26 @@ pub(crate) struct Expr {
 }
 
 fn field_expr(target: &Target<'_>, field: &Field, b: &mut Builder) -> Result<Expr, ApiError> {
-    let column = target.column(&field.name)?;
-    let mut sql = format!("{}.{}", target.alias, quote_ident(&column.name));
+    let (mut sql, type_name, array_cast) = target.field(&field.name)?;
     if field.json_path.is_empty() {
         let is_text = matches!(
-            column.type_name.name.as_str(),
+            type_name.name.as_str(),
             "text" | "varchar" | "bpchar" | "citext" | "name"
         );
         return Ok(Expr {
             sql,
-            cast: column.type_name.sql(),
-            array_cast: column
-                .array_type
-                .as_ref()
-                .map_or_else(|| "text[]".to_owned(), TypeName::sql),
+            cast: type_name.sql(),
+            array_cast,
             is_text,
-            is_tsvector: column.type_name.name == "tsvector",
+            is_tsvector: type_name.name == "tsvector",
         });
     }
     // Composite and array columns are navigated as JSON.
-    let is_json = matches!(column.type_name.name.as_str(), "json" | "jsonb");
+    let is_json = matches!(type_name.name.as_str(), "json" | "jsonb");
     if !is_json {
         sql = format!("to_jsonb({sql})");
     }
-    let json_type = if column.type_name.name == "json" {
+    let json_type = if type_name.name == "json" {
         "json"
     } else {
         "jsonb"
@@ -365,6 +423,14 @@ pub(crate) struct Level<'a> {
     to_many: Vec<String>,
     /// Each embed's `EXISTS (…)` test, for null filters in logic trees.
     exists: Vec<(String, String)>,
+    /// Items computed by a subquery per row (embeds, spread columns):
+    /// `(item index, sql, name, is json)`. When the level aggregates,
+    /// they become grouping keys (json through its text, which has
+    /// equality).
+    subqueries: Vec<(usize, String, String, bool)>,
+    /// The aggregate columns, for hoisting out of a spread:
+    /// `(column index, function, argument, cast)`.
+    aggregates: Vec<(usize, AggregateFn, String, Option<String>)>,
 }
 
 struct ToOne<'a> {
@@ -392,6 +458,8 @@ pub(crate) fn level<'a>(
         to_one: Vec::new(),
         to_many: Vec::new(),
         exists: Vec::new(),
+        subqueries: Vec::new(),
+        aggregates: Vec::new(),
     };
     for item in select {
         match item {
@@ -419,13 +487,26 @@ pub(crate) fn level<'a>(
                 level
                     .items
                     .push(format!("count(*) AS {}", quote_ident(&name)));
+                level.aggregates.push((
+                    level.columns.len(),
+                    AggregateFn::Count,
+                    "*".to_owned(),
+                    None,
+                ));
                 level.columns.push(("count(*)".to_owned(), name));
             }
             SelectItem::Count { alias, cast } => {
                 level.aggregated = true;
                 let mut expr = "count(*)".to_owned();
+                let cast = cast.as_deref().map(cast_type).transpose()?;
+                level.aggregates.push((
+                    level.columns.len(),
+                    AggregateFn::Count,
+                    "*".to_owned(),
+                    cast.clone(),
+                ));
                 if let Some(cast) = cast {
-                    expr = format!("({expr})::{}", cast_type(cast)?);
+                    expr = format!("({expr})::{cast}");
                 }
                 let name = alias.clone().unwrap_or_else(|| "count".to_owned());
                 level
@@ -452,9 +533,16 @@ pub(crate) fn level<'a>(
                 match aggregate {
                     Some(aggregate) => {
                         level.aggregated = true;
+                        let cast = aggregate.cast.as_deref().map(cast_type).transpose()?;
+                        level.aggregates.push((
+                            level.columns.len(),
+                            aggregate.function,
+                            sql.clone(),
+                            cast.clone(),
+                        ));
                         sql = format!("{}({sql})", aggregate.function.name());
-                        if let Some(cast) = &aggregate.cast {
-                            sql = format!("({sql})::{}", cast_type(cast)?);
+                        if let Some(cast) = cast {
+                            sql = format!("({sql})::{cast}");
                         }
                     }
                     None => level.group_by.push(sql.clone()),
@@ -473,13 +561,14 @@ pub(crate) fn level<'a>(
                 let relationship = crate::relationship::resolve(
                     ctx.cache,
                     target.relation,
+                    ctx.schema,
                     name,
                     hint.as_deref(),
                 )?;
                 let key = alias.clone().unwrap_or_else(|| name.clone());
                 let mut child_path = path.to_vec();
                 child_path.push(key.clone());
-                let child = Target::embedded(relationship.target(), depth);
+                let child = Target::embedded(relationship.target(), ctx.cache, depth);
                 let (from, join_condition) = join_sql(target, &child, &relationship, depth);
                 let child_level =
                     self::level(ctx, &child, child_select, &child_path, depth + 1, b)?;
@@ -534,14 +623,41 @@ pub(crate) fn level<'a>(
                 };
                 if *spread {
                     // `...embed(a, b)`: the embed's columns lifted into the
-                    // parent; for to-many, each becomes an array.
-                    if child_level.aggregated {
-                        return Err(ApiError::not_implemented(
-                            "aggregates inside spread embeds are not available in this version of Sovra",
-                        ));
-                    }
-                    for (expr, name) in &child_level.columns {
-                        let sql = if relationship.is_to_one() {
+                    // parent; for to-many, each becomes an array. Aggregates
+                    // are hoisted into the parent, as PostgREST does: they
+                    // aggregate the embedded rows of every parent row of a
+                    // group, so the parent groups by its other columns.
+                    for (index, (expr, name)) in child_level.columns.iter().enumerate() {
+                        if let Some((_, function, arg, cast)) =
+                            child_level.aggregates.iter().find(|a| a.0 == index)
+                        {
+                            let per_row =
+                                |inner: &str| format!("(SELECT {inner} FROM {from}{where_sql})");
+                            let mut sql = match function {
+                                AggregateFn::Count => format!(
+                                    "coalesce(sum({}), 0)::bigint",
+                                    per_row(&format!("count({arg})"))
+                                ),
+                                AggregateFn::Avg => format!(
+                                    "(sum({})::numeric / nullif(sum({}), 0))",
+                                    per_row(&format!("sum({arg})")),
+                                    per_row(&format!("count({arg})"))
+                                ),
+                                AggregateFn::Sum | AggregateFn::Max | AggregateFn::Min => {
+                                    let f = function.name();
+                                    format!("{f}({})", per_row(&format!("{f}({arg})")))
+                                }
+                            };
+                            if let Some(cast) = cast {
+                                sql = format!("({sql})::{cast}");
+                            }
+                            level.aggregated = true;
+                            level.items.push(format!("{sql} AS {}", quote_ident(name)));
+                            level.columns.push((sql, name.clone()));
+                            continue;
+                        }
+                        let to_one = relationship.is_to_one();
+                        let sql = if to_one {
                             format!("(SELECT {expr} FROM {from}{where_sql} LIMIT 1)")
                         } else {
                             let order = order_at(ctx, &child, &child_path, &child_level, b)?;
@@ -549,6 +665,12 @@ pub(crate) fn level<'a>(
                                 "(SELECT coalesce(json_agg({expr}{order}), '[]') FROM {from}{where_sql})"
                             )
                         };
+                        level.subqueries.push((
+                            level.items.len(),
+                            sql.clone(),
+                            name.clone(),
+                            !to_one,
+                        ));
                         level.items.push(format!("{sql} AS {}", quote_ident(name)));
                         level.columns.push((sql, name.clone()));
                     }
@@ -574,15 +696,32 @@ pub(crate) fn level<'a>(
                         "(SELECT coalesce(json_agg({sub}), '[]') FROM (SELECT {list} FROM {from}{where_sql}{group}{order}{page}) {sub})"
                     )
                 };
+                level
+                    .subqueries
+                    .push((level.items.len(), sql.clone(), key.clone(), true));
                 level.items.push(format!("{sql} AS {}", quote_ident(&key)));
                 level.columns.push((sql, key.clone()));
             }
         }
     }
-    if level.aggregated && (!level.to_one.is_empty() || !level.to_many.is_empty()) {
-        return Err(ApiError::not_implemented(
-            "aggregates beside embedded resources are not available in this version of Sovra",
-        ));
+    if level.aggregated {
+        // Aggregates beside embeds: each embed is a grouping key, as the
+        // subquery it is (PostgreSQL accepts an expression it groups by);
+        // json has no equality, so it is grouped by its text.
+        for (index, sql, name, json) in std::mem::take(&mut level.subqueries) {
+            let key = if json {
+                format!("({sql})::text")
+            } else {
+                sql.clone()
+            };
+            let value = if json {
+                format!("({key})::json")
+            } else {
+                key.clone()
+            };
+            level.group_by.push(key);
+            level.items[index] = format!("{value} AS {}", quote_ident(&name));
+        }
     }
     Ok(level)
 }
@@ -606,6 +745,17 @@ fn join_sql(
     };
     let from = format!("{} AS {}", child.qualified, child.alias);
     match relationship {
+        // The function of the parent's row is the embedded relation.
+        Relationship::Computed { routine, .. } => (
+            format!(
+                "{}.{}({}) AS {}",
+                quote_ident(&routine.schema),
+                quote_ident(&routine.name),
+                parent.row(),
+                child.alias
+            ),
+            "TRUE".to_owned(),
+        ),
         Relationship::ManyToOne { fk, .. } => (
             from,
             pairs(&child.alias, &fk.ref_columns, &parent.alias, &fk.columns),
@@ -919,16 +1069,15 @@ fn order_at(
                     }
                     return Err(ApiError::not_embedded(relation));
                 };
-                let column = one.relation.column(&term.field.name).ok_or_else(|| {
-                    ApiError::undefined_column(&one.relation.name, &term.field.name)
-                })?;
-                format!(
-                    "(SELECT {}.{} FROM {}{} LIMIT 1)",
-                    one.alias,
-                    quote_ident(&column.name),
-                    one.from,
-                    one.where_sql
-                )
+                // A column or a computed field of the embedded row.
+                let embedded = Target {
+                    relation: one.relation,
+                    qualified: one.from.clone(),
+                    alias: one.alias.clone(),
+                    cache: ctx.cache,
+                };
+                let (expr, _, _) = embedded.field(&term.field.name)?;
+                format!("(SELECT {expr} FROM {}{} LIMIT 1)", one.from, one.where_sql)
             }
             None => field_expr(target, &term.field, b)?.sql,
         };
@@ -992,7 +1141,7 @@ fn page_at(query: &QueryParams, path: &[String]) -> (i64, Option<i64>) {
 
 /// Offset and limit from `offset`/`limit`, the `Range` header and
 /// `max_rows`, intersected.
-fn page(request: &Request<'_>) -> (i64, Option<i64>) {
+pub(crate) fn page(request: &Request<'_>) -> (i64, Option<i64>) {
     let query = request.query;
     let q_offset = query
         .offsets
@@ -1046,6 +1195,13 @@ fn count_expr(request: &Request<'_>, target: &Target<'_>, where_sql: &str) -> St
     }
 }
 
+/// The response settings a function or trigger may set during the
+/// statement (PostgREST's `response.headers` and `response.status`), as
+/// the statement's fourth and fifth columns. They are evaluated after the
+/// rest of the row, so they see what the statement's own work set.
+pub const RESPONSE_SETTINGS: &str =
+    "current_setting('response.headers', true), current_setting('response.status', true)";
+
 /// How [`Plan::planned_count`] starts.
 pub(crate) const EXPLAIN_PREFIX: &str = "EXPLAIN (FORMAT JSON) ";
 
@@ -1062,8 +1218,14 @@ fn planned_count(request: &Request<'_>, target: &Target<'_>, where_sql: &str) ->
     })
 }
 
-fn wrap(total: &str, items: &[String], source: &str, alias: &str, media: (bool, bool)) -> String {
-    let (csv, strip_nulls) = media;
+fn wrap(
+    total: &str,
+    items: &[String],
+    source: &str,
+    alias: &str,
+    media: (bool, bool, bool),
+) -> String {
+    let (csv, strip_nulls, geojson) = media;
     // An empty list selects rows without columns, rendered as `{}`.
     let list = items.join(", ");
     // CSV: a header from the first row's keys, then each row in
@@ -1073,13 +1235,18 @@ fn wrap(total: &str, items: &[String], source: &str, alias: &str, media: (bool, 
         "coalesce((SELECT string_agg(_pgrst_k, ',') FROM json_object_keys(json_agg(_pgrst_t) -> 0) AS _pgrst_k), '') \
          || CASE WHEN count(_pgrst_t) > 0 THEN E'\\n' ELSE '' END \
          || coalesce(string_agg(substring(_pgrst_t::text, 2, length(_pgrst_t::text) - 2), E'\\n'), '')"
+    } else if geojson {
+        // PostGIS turns each row (its geometry column, the other columns as
+        // properties) into a Feature.
+        "json_build_object('type', 'FeatureCollection', 'features', \
+         coalesce(json_agg(st_asgeojson(_pgrst_t)::json), '[]'))::text"
     } else if strip_nulls {
         "json_strip_nulls(coalesce(json_agg(_pgrst_t), '[]'))::text"
     } else {
         "coalesce(json_agg(_pgrst_t), '[]')::text"
     };
     format!(
-        "SELECT {total}, count(_pgrst_t), {body} \
+        "SELECT {total}, count(_pgrst_t), {body}, {RESPONSE_SETTINGS} \
          FROM (SELECT {list} FROM {source} AS {alias}) _pgrst_t"
     )
 }
@@ -1130,7 +1297,7 @@ pub(crate) fn plan_read(
             &["*".to_owned()],
             &source,
             "_pgrst_g",
-            (request.csv, request.strip_nulls),
+            (request.csv, request.strip_nulls, request.geojson),
         )
     } else {
         wrap(
@@ -1138,7 +1305,7 @@ pub(crate) fn plan_read(
             &level.items,
             &source,
             &target.alias,
-            (request.csv, request.strip_nulls),
+            (request.csv, request.strip_nulls, request.geojson),
         )
     };
     let mut plan = b.finish(sql, offset);
@@ -1360,18 +1527,44 @@ fn plan_insert(
             }
         }
     };
-    let sql = format!(
-        "WITH pgrst_source AS ({insert}{conflict} RETURNING {}.*) {}",
-        target.alias,
-        wrap(
-            &count_expr(request, target, ""),
-            items,
-            "pgrst_source",
-            &target.alias,
-            (request.csv, request.strip_nulls)
+    // Upserts into tables tell inserted rows from updated ones by `xmax`
+    // (zero for a row this statement inserted); views have no `xmax`.
+    // As PostgREST, only merging upserts answer 200 when nothing was
+    // inserted; ignored duplicates keep the insert's 201.
+    let counts_inserted = request.prefs.resolution == Some(Resolution::MergeDuplicates)
+        && matches!(
+            target.relation.kind,
+            crate::schema::RelationKind::Table | crate::schema::RelationKind::PartitionedTable
+        );
+    let sql = if counts_inserted {
+        format!(
+            "WITH _pgrst_written AS ({insert}{conflict} RETURNING {alias} AS _pgrst_row, {alias}.xmax = 0 AS _pgrst_inserted), \
+             pgrst_source AS (SELECT (_pgrst_row).* FROM _pgrst_written) {}",
+            wrap(
+                "(SELECT count(*) FROM _pgrst_written WHERE _pgrst_inserted)",
+                items,
+                "pgrst_source",
+                &target.alias,
+                (request.csv, request.strip_nulls, request.geojson)
+            ),
+            alias = target.alias,
         )
-    );
-    Ok(b.finish(sql, 0))
+    } else {
+        format!(
+            "WITH pgrst_source AS ({insert}{conflict} RETURNING {}.*) {}",
+            target.alias,
+            wrap(
+                &count_expr(request, target, ""),
+                items,
+                "pgrst_source",
+                &target.alias,
+                (request.csv, request.strip_nulls, request.geojson)
+            )
+        )
+    };
+    let mut plan = b.finish(sql, 0);
+    plan.counts_inserted = counts_inserted;
+    Ok(plan)
 }
 
 fn plan_update(
@@ -1405,7 +1598,7 @@ fn plan_update(
             items,
             "pgrst_source",
             &target.alias,
-            (request.csv, request.strip_nulls)
+            (request.csv, request.strip_nulls, request.geojson)
         )
     );
     Ok(b.finish(sql, 0))
@@ -1429,7 +1622,7 @@ fn plan_delete(
             items,
             "pgrst_source",
             &target.alias,
-            (request.csv, request.strip_nulls)
+            (request.csv, request.strip_nulls, request.geojson)
         )
     );
     Ok(b.finish(sql, 0))

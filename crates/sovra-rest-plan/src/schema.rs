@@ -97,6 +97,9 @@ pub struct RoutineParam {
     /// Empty for an unnamed parameter.
     pub name: String,
     pub type_name: TypeName,
+    /// The type as PostgreSQL prints it (`format_type`: `integer`,
+    /// `character varying`, `public.channels`), for messages.
+    pub type_display: String,
     pub has_default: bool,
     pub variadic: bool,
 }
@@ -128,7 +131,23 @@ pub struct Routine {
     pub params: Vec<RoutineParam>,
     pub returns: ReturnShape,
     pub returns_set: bool,
+    /// The composite type of [`ReturnShape::Rows`] when the function
+    /// returns a named one (a table's or view's row type): what a
+    /// computed relationship embeds.
+    pub return_type: Option<TypeName>,
+    /// Declared `ROWS 1`: a set-returning function PostgREST treats as
+    /// to-one when embedded.
+    pub single_row: bool,
     pub volatility: Volatility,
+}
+
+impl Routine {
+    /// Whether the function takes exactly one parameter of `relation`'s
+    /// row type: the shape of computed fields and relationships.
+    pub fn takes_row_of(&self, relation: &Relation) -> bool {
+        matches!(self.params.as_slice(), [only]
+            if only.type_name.schema == relation.schema && only.type_name.name == relation.name)
+    }
 }
 
 /// Everything the planner may use, for every exposed schema.
@@ -146,6 +165,19 @@ impl SchemaCache {
         self.relations.get(&(schema.to_owned(), name.to_owned()))
     }
 
+    /// The computed field `name` of `relation`: a function of the
+    /// relation's schema taking one row of it and returning one scalar
+    /// (PostgreSQL's `row.function` notation, as PostgREST uses it).
+    pub fn computed_field(&self, relation: &Relation, name: &str) -> Option<&Routine> {
+        self.routines.iter().find(|r| {
+            r.name == name
+                && r.schema == relation.schema
+                && !r.returns_set
+                && matches!(r.returns, ReturnShape::Scalar(_))
+                && r.takes_row_of(relation)
+        })
+    }
+
     /// The most similar relation name in `schema` (for PGRST205 hints).
     pub fn suggest(&self, schema: &str, name: &str) -> Option<String> {
         self.relations
@@ -159,7 +191,7 @@ impl SchemaCache {
 }
 
 /// Dice coefficient over character bigrams, in `0.0..=1.0`.
-fn similarity(a: &str, b: &str) -> f64 {
+pub(crate) fn similarity(a: &str, b: &str) -> f64 {
     let bigrams = |s: &str| -> Vec<(char, char)> {
         let chars: Vec<char> = s.to_lowercase().chars().collect();
         chars.windows(2).map(|w| (w[0], w[1])).collect()

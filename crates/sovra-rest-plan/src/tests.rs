@@ -62,6 +62,7 @@ fn read_with(text: &str, prefs: &Preferences) -> Result<Plan, ApiError> {
             body: None,
             max_rows: Some(1000),
             csv: false,
+            geojson: false,
             strip_nulls: false,
         },
     )
@@ -82,6 +83,7 @@ fn write(action: Action, text: &str, body: &str, prefs: &str) -> Result<Plan, Ap
             body: Some(body),
             max_rows: None,
             csv: false,
+            geojson: false,
             strip_nulls: false,
         },
     )
@@ -207,6 +209,7 @@ fn refusals() {
             body: None,
             max_rows: None,
             csv: false,
+            geojson: false,
             strip_nulls: false,
         },
     )
@@ -278,6 +281,7 @@ fn pages_intersect_limit_range_and_max_rows() {
             body: None,
             max_rows: Some(8),
             csv: false,
+            geojson: false,
             strip_nulls: false,
         },
     )
@@ -314,4 +318,220 @@ fn sqlstate_mapping() {
             "{code} {message}"
         );
     }
+}
+
+/// `channels` ← `messages` (fk `messages_channel_id_fkey`), a view of
+/// `messages` with the same key, a self-referencing `people`, computed
+/// fields and relationships, and overloads.
+fn compat_cache() -> SchemaCache {
+    let relation = |name: &str, kind: RelationKind, cols: &[&str]| Relation {
+        schema: "public".to_owned(),
+        name: name.to_owned(),
+        kind,
+        columns: cols.iter().map(|c| column(c, "int4", "_int4")).collect(),
+        primary_key: vec!["id".to_owned()],
+        unique_keys: vec![vec!["id".to_owned()]],
+        insertable: true,
+        updatable: true,
+        deletable: true,
+    };
+    let fk = |name: &str, table: &str, col: &str, ref_table: &str| ForeignKey {
+        name: name.to_owned(),
+        schema: "public".to_owned(),
+        table: table.to_owned(),
+        columns: vec![col.to_owned()],
+        ref_schema: "public".to_owned(),
+        ref_table: ref_table.to_owned(),
+        ref_columns: vec!["id".to_owned()],
+    };
+    let param = |name: &str, schema: &str, ty: &str, display: &str| RoutineParam {
+        name: name.to_owned(),
+        type_name: TypeName::new(schema, ty),
+        type_display: display.to_owned(),
+        has_default: false,
+        variadic: false,
+    };
+    let routine =
+        |name: &str, params: Vec<RoutineParam>, returns: ReturnShape, set: bool| Routine {
+            schema: "public".to_owned(),
+            name: name.to_owned(),
+            params,
+            return_type: match &returns {
+                ReturnShape::Rows(_) => Some(TypeName::new("public", "messages")),
+                _ => None,
+            },
+            returns,
+            returns_set: set,
+            single_row: false,
+            volatility: Volatility::Stable,
+        };
+    let mut cache = SchemaCache::default();
+    for r in [
+        relation("channels", RelationKind::Table, &["id"]),
+        relation("messages", RelationKind::Table, &["id", "channel_id"]),
+        relation("messages_view", RelationKind::View, &["id", "channel_id"]),
+        relation("people", RelationKind::Table, &["id", "boss_id"]),
+    ] {
+        cache
+            .relations
+            .insert((r.schema.clone(), r.name.clone()), r);
+    }
+    cache.foreign_keys = vec![
+        fk(
+            "messages_channel_id_fkey",
+            "messages",
+            "channel_id",
+            "channels",
+        ),
+        fk(
+            "messages_channel_id_fkey",
+            "messages_view",
+            "channel_id",
+            "channels",
+        ),
+        fk("people_boss_id_fkey", "people", "boss_id", "people"),
+    ];
+    let rows = ReturnShape::Rows(vec![column("id", "int4", "_int4")]);
+    cache.routines = vec![
+        routine(
+            "get_messages",
+            vec![param("", "public", "channels", "channels")],
+            rows,
+            true,
+        ),
+        routine(
+            "blurb",
+            vec![param("", "public", "messages", "messages")],
+            ReturnShape::Scalar(TypeName::new("pg_catalog", "text")),
+            false,
+        ),
+        routine(
+            "ov",
+            vec![param("a", "pg_catalog", "text", "text")],
+            ReturnShape::Scalar(TypeName::new("pg_catalog", "text")),
+            false,
+        ),
+        routine(
+            "ov",
+            vec![param("a", "pg_catalog", "int4", "integer")],
+            ReturnShape::Scalar(TypeName::new("pg_catalog", "text")),
+            false,
+        ),
+        routine(
+            "raw",
+            vec![param("", "pg_catalog", "text", "text")],
+            ReturnShape::Scalar(TypeName::new("pg_catalog", "text")),
+            false,
+        ),
+    ];
+    cache
+}
+
+fn compat_read(relation: &str, text: &str) -> Result<Plan, ApiError> {
+    let q = query(text);
+    plan(
+        &compat_cache(),
+        &Request {
+            schema: "public",
+            relation,
+            action: Action::Read,
+            query: &q,
+            prefs: &Preferences::default(),
+            range: None,
+            body: None,
+            max_rows: None,
+            csv: false,
+            geojson: false,
+            strip_nulls: false,
+        },
+    )
+}
+
+#[test]
+fn computed_fields_and_relationships_call_the_function_on_the_row() {
+    let plan = compat_read("messages", "select=id,blurb&blurb=eq.x&order=blurb").unwrap();
+    assert!(
+        plan.statement
+            .sql
+            .contains(r#""public"."blurb"("messages"::"public"."messages")"#),
+        "{}",
+        plan.statement.sql
+    );
+    let plan = compat_read("channels", "select=id,get_messages(id)").unwrap();
+    assert!(
+        plan.statement.sql.contains(
+            r#"FROM "public"."get_messages"("channels"::"public"."channels") AS "messages_1""#
+        ),
+        "{}",
+        plan.statement.sql
+    );
+    // Neither a column nor a computed field.
+    let err = compat_read("messages", "select=nope").unwrap_err();
+    assert_eq!((err.status, err.code.as_str()), (400, "42703"));
+}
+
+#[test]
+fn embedding_follows_postgrest_find_rel() {
+    // By constraint or column: the table, never the view with the same key.
+    for text in [
+        "select=id,messages_channel_id_fkey(id)",
+        "select=id,messages_view(id)",
+    ] {
+        assert!(compat_read("channels", text).is_ok(), "{text}");
+    }
+    assert!(compat_read("messages", "select=id,channel_id(id)").is_ok());
+    // Self-reference: column = parent, table = children, hint = children.
+    for text in [
+        "select=id,boss_id(id)",
+        "select=id,people(id)",
+        "select=id,people!boss_id(id)",
+    ] {
+        assert!(compat_read("people", text).is_ok(), "{text}");
+    }
+    let err = compat_read("channels", "select=id,messages!nope(id)").unwrap_err();
+    assert_eq!((err.status, err.code.as_str()), (400, "PGRST200"));
+}
+
+#[test]
+fn overloads_are_chosen_and_listed_as_postgrest() {
+    let cache = compat_cache();
+    let call = |function: &str, arguments: Arguments<'_>| {
+        let q = QueryParams::default();
+        let prefs = Preferences::default();
+        plan_call(
+            &cache,
+            &CallRequest {
+                schema: "public",
+                function,
+                arguments,
+                is_get: false,
+                query: &q,
+                prefs: &prefs,
+                range: None,
+                max_rows: None,
+                strip_nulls: false,
+                geojson: false,
+            },
+        )
+    };
+    let err = call("ov", Arguments::Json(r#"{"a": 1}"#)).unwrap_err();
+    assert_eq!(err.code, "PGRST203");
+    assert_eq!(
+        err.message,
+        "Could not choose the best candidate function between: public.ov(a => integer), public.ov(a => text)"
+    );
+    // A raw text body fills the single unnamed text parameter, positionally.
+    let plan = call("raw", Arguments::Raw(RawMedia::Text, b"hi")).unwrap();
+    assert!(
+        plan.plan
+            .statement
+            .sql
+            .contains(r#""public"."raw"($1::"pg_catalog"."text")"#),
+        "{}",
+        plan.plan.statement.sql
+    );
+    assert!(!plan.plan.statement.sql.contains(r#""""#));
+    // Named arguments never name an unnamed parameter.
+    let err = call("raw", Arguments::Json(r#"{"": "x"}"#)).unwrap_err();
+    assert_eq!(err.code, "PGRST202");
 }

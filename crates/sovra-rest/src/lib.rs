@@ -35,6 +35,37 @@ pub struct RestConfig {
     pub schemas: Vec<String>,
     /// The most rows a read returns (`db-max-rows`).
     pub max_rows: Option<i64>,
+    /// `Accept: application/vnd.pgrst.plan` answers (`db-plan-enabled`);
+    /// when false, the login role's `pgrst.db_plan_enabled` setting can
+    /// still turn it on.
+    pub plan_enabled: bool,
+    /// Who reads the OpenAPI root.
+    pub openapi_mode: OpenApiMode,
+}
+
+/// Who reads the OpenAPI document at `GET /rest/v1/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenApiMode {
+    /// The service role only, as hosted Supabase.
+    ServiceRole,
+    /// Everyone; each caller sees what its role may use (PostgREST's
+    /// default), as PostgreSQL answers for the role.
+    FollowPrivileges,
+    /// Everyone; everything.
+    IgnorePrivileges,
+    Disabled,
+}
+
+impl OpenApiMode {
+    /// From `rest.openapi_mode` (validated by the configuration).
+    pub fn from_config(value: &str) -> OpenApiMode {
+        match value {
+            "follow-privileges" => OpenApiMode::FollowPrivileges,
+            "ignore-privileges" => OpenApiMode::IgnorePrivileges,
+            "disabled" => OpenApiMode::Disabled,
+            _ => OpenApiMode::ServiceRole,
+        }
+    }
 }
 
 /// One tenant's REST service.
@@ -138,10 +169,17 @@ impl RestService {
             .collect();
         let relation = match segments.as_slice() {
             [] => {
+                let mode = self.config.openapi_mode;
                 return match *method {
-                    // The catalogue of every table and function is for the
-                    // project's operators, as on hosted Supabase.
-                    Method::GET | Method::HEAD if caller.role != "service_role" => {
+                    Method::GET | Method::HEAD if mode == OpenApiMode::Disabled => {
+                        Err(ApiError::openapi_restricted()
+                            .with_hint("The OpenAPI description is disabled (rest.openapi_mode)."))
+                    }
+                    // By default the catalogue of every table and function
+                    // is for the project's operators, as on hosted Supabase.
+                    Method::GET | Method::HEAD
+                        if mode == OpenApiMode::ServiceRole && caller.role != "service_role" =>
+                    {
                         Err(ApiError::openapi_restricted())
                     }
                     Method::GET | Method::HEAD => {
@@ -150,7 +188,14 @@ impl RestService {
                             .cache
                             .get()
                             .ok_or_else(ApiError::schema_cache_unavailable)?;
-                        let document = sovra_rest_plan::openapi(&cache, &schema, "/rest/v1");
+                        let document = if mode == OpenApiMode::FollowPrivileges {
+                            let visible =
+                                self.privileges(pool, caller, method, path, &schema).await?;
+                            let filtered = visible.filter(&cache, &schema);
+                            sovra_rest_plan::openapi(&filtered, &schema, "/rest/v1")
+                        } else {
+                            sovra_rest_plan::openapi(&cache, &schema, "/rest/v1")
+                        };
                         let mut response_headers = HeaderMap::new();
                         insert_header(
                             &mut response_headers,
@@ -185,11 +230,35 @@ impl RestService {
             Method::PATCH => Action::Update,
             Method::DELETE => Action::Delete,
             Method::OPTIONS => {
-                return Ok((
-                    StatusCode::OK,
-                    [(header::ALLOW, "OPTIONS,GET,HEAD,POST,PUT,PATCH,DELETE")],
-                )
-                    .into_response());
+                // What the relation allows, as PostgREST lists it.
+                let schema = self.schema(headers, true)?;
+                let cache = self
+                    .cache
+                    .get()
+                    .ok_or_else(ApiError::schema_cache_unavailable)?;
+                let table = cache.relation(&schema, &relation).ok_or_else(|| {
+                    ApiError::unknown_relation(
+                        &schema,
+                        &relation,
+                        cache.suggest(&schema, &relation),
+                    )
+                })?;
+                let mut allow = vec!["OPTIONS", "GET", "HEAD"];
+                if table.insertable {
+                    allow.push("POST");
+                }
+                if table.insertable && table.updatable && !table.primary_key.is_empty() {
+                    allow.push("PUT");
+                }
+                if table.updatable {
+                    allow.push("PATCH");
+                }
+                if table.deletable {
+                    allow.push("DELETE");
+                }
+                let mut response = StatusCode::OK.into_response();
+                insert_header(response.headers_mut(), header::ALLOW, &allow.join(","));
+                return Ok(response);
             }
             Method::PUT => Action::Put,
             _ => return Err(ApiError::unsupported_method(method.as_str())),
@@ -229,25 +298,36 @@ impl RestService {
                 range,
                 body: body_text,
                 max_rows: if read { self.config.max_rows } else { None },
-                csv: media == Media::Csv,
+                csv: media == Media::Csv
+                    || matches!(media, Media::Plan(PlanMedia { for_csv: true, .. })),
+                geojson: media == Media::GeoJson,
                 strip_nulls,
             },
         )?;
 
-        let outcome = self
+        if let Media::Plan(plan_media) = media {
+            return self
+                .explain(
+                    pool, caller, method, path, &schema, read, &plan, plan_media, headers,
+                )
+                .await;
+        }
+        let mut outcome = self
             .execute(
                 pool, caller, method, path, &schema, read, &plan, &prefs, singular,
             )
-            .await?;
+            .await
+            .map_err(|err| geojson_unavailable(err, media, headers))?;
         let location = (action == Action::Insert
             && prefs.return_ == Some(ReturnPreference::HeadersOnly))
         .then(|| location(&cache, &schema, &relation, &outcome.body))
         .flatten();
+        let settings = std::mem::take(&mut outcome.settings);
         let mut response = self.respond(method, action, &schema, &plan, &prefs, media, outcome);
         if let Some(location) = location {
             insert_header(response.headers_mut(), header::LOCATION, &location);
         }
-        Ok(response)
+        settings.apply(response)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -266,16 +346,45 @@ impl RestService {
             Method::GET | Method::HEAD => true,
             Method::POST => false,
             Method::OPTIONS => {
-                return Ok(
-                    (StatusCode::OK, [(header::ALLOW, "OPTIONS,GET,HEAD,POST")]).into_response()
-                );
+                // Volatile functions are called with POST only.
+                let schema = self.schema(headers, true)?;
+                let cache = self
+                    .cache
+                    .get()
+                    .ok_or_else(ApiError::schema_cache_unavailable)?;
+                let overloads: Vec<&sovra_rest_plan::Routine> = cache
+                    .routines
+                    .iter()
+                    .filter(|r| r.schema == schema && r.name == function)
+                    .collect();
+                if overloads.is_empty() {
+                    return Err(ApiError::unknown_function(
+                        &schema,
+                        function,
+                        &[],
+                        false,
+                        None,
+                        None,
+                    ));
+                }
+                let allow = if overloads
+                    .iter()
+                    .all(|r| r.volatility == sovra_rest_plan::Volatility::Volatile)
+                {
+                    "OPTIONS,POST"
+                } else {
+                    "OPTIONS,GET,HEAD,POST"
+                };
+                return Ok((StatusCode::OK, [(header::ALLOW, allow)]).into_response());
             }
             _ => return Err(ApiError::rpc_method(method.as_str())),
         };
         let schema = self.schema(headers, is_get)?;
         let (media, strip_nulls) = negotiate(headers)?;
         if media == Media::Csv {
-            return Err(ApiError::not_acceptable("text/csv"));
+            return Err(ApiError::not_acceptable(
+                header_text(headers, "accept").unwrap_or_default(),
+            ));
         }
         let singular = media == Media::Object;
         let cache = self
@@ -290,17 +399,21 @@ impl RestService {
         let params = query_params(&rest, is_get)?;
         arguments.extend(params.arguments.iter().cloned());
         let (prefs, range) = request_headers(headers, is_get)?;
-        let body_text = std::str::from_utf8(&body)
-            .map_err(|_| ApiError::invalid_body("Empty or invalid json"))?;
+        let raw = if is_get { None } else { raw_media(headers) };
+        let body_text = match raw {
+            Some(_) => "",
+            None => std::str::from_utf8(&body)
+                .map_err(|_| ApiError::invalid_body("Empty or invalid json"))?,
+        };
         let call = sovra_rest_plan::plan_call(
             &cache,
             &sovra_rest_plan::CallRequest {
                 schema: &schema,
                 function,
-                arguments: if is_get {
-                    sovra_rest_plan::Arguments::Query(&arguments)
-                } else {
-                    sovra_rest_plan::Arguments::Json(body_text)
+                arguments: match raw {
+                    _ if is_get => sovra_rest_plan::Arguments::Query(&arguments),
+                    Some(media) => sovra_rest_plan::Arguments::Raw(media, &body),
+                    None => sovra_rest_plan::Arguments::Json(body_text),
                 },
                 is_get,
                 query: &params,
@@ -308,6 +421,7 @@ impl RestService {
                 range,
                 max_rows: self.config.max_rows,
                 strip_nulls,
+                geojson: media == Media::GeoJson,
             },
         )?;
         let strict_max = prefs
@@ -316,7 +430,22 @@ impl RestService {
         if strict_max.is_some() && call.result != sovra_rest_plan::RoutineResult::Set {
             return Err(ApiError::max_affected_not_set());
         }
-        let outcome = self
+        if let Media::Plan(plan_media) = media {
+            return self
+                .explain(
+                    pool,
+                    caller,
+                    method,
+                    path,
+                    &schema,
+                    call.read_only,
+                    &call.plan,
+                    plan_media,
+                    headers,
+                )
+                .await;
+        }
+        let mut outcome = self
             .execute(
                 pool,
                 caller,
@@ -328,7 +457,9 @@ impl RestService {
                 &prefs,
                 singular,
             )
-            .await?;
+            .await
+            .map_err(|err| geojson_unavailable(err, media, headers))?;
+        let settings = std::mem::take(&mut outcome.settings);
         if let Some(max) = strict_max
             && outcome.page_count > max
         {
@@ -343,20 +474,47 @@ impl RestService {
             );
         }
         let content_type = media_type(media);
+        if let Some(count) = prefs.count {
+            insert_header(
+                &mut response_headers,
+                HeaderName::from_static("preference-applied"),
+                match count {
+                    CountPreference::Exact => "count=exact",
+                    CountPreference::Planned => "count=planned",
+                    CountPreference::Estimated => "count=estimated",
+                },
+            );
+        }
         use sovra_rest_plan::RoutineResult;
+        // A single value or row is a page of one, as PostgREST counts it;
+        // with a count asked for, the total is that one row.
+        let single_range = |response_headers: &mut HeaderMap| {
+            let total = if prefs.count.is_some() { "1" } else { "*" };
+            insert_header(
+                response_headers,
+                header::CONTENT_RANGE,
+                &format!("0-0/{total}"),
+            );
+        };
         let (status, body) = match call.result {
             RoutineResult::Void => {
-                return Ok((StatusCode::NO_CONTENT, response_headers).into_response());
+                return settings.apply((StatusCode::NO_CONTENT, response_headers).into_response());
             }
-            RoutineResult::Scalar => (StatusCode::OK, outcome.body),
-            RoutineResult::SingleRow => (
-                StatusCode::OK,
-                if outcome.page_count == 0 {
-                    "null".to_owned()
-                } else {
-                    unwrap_single(&outcome.body)
-                },
-            ),
+            RoutineResult::Scalar => {
+                single_range(&mut response_headers);
+                (StatusCode::OK, outcome.body)
+            }
+            RoutineResult::SingleRow => {
+                single_range(&mut response_headers);
+                (
+                    StatusCode::OK,
+                    if outcome.page_count == 0 {
+                        "null".to_owned()
+                    } else {
+                        unwrap_single(&outcome.body)
+                    },
+                )
+            }
             RoutineResult::Set => {
                 let total_text = outcome
                     .total
@@ -382,9 +540,132 @@ impl RestService {
         };
         insert_header(&mut response_headers, header::CONTENT_TYPE, content_type);
         if *method == Method::HEAD {
-            return Ok((status, response_headers).into_response());
+            return settings.apply((status, response_headers).into_response());
         }
-        Ok((status, response_headers, body).into_response())
+        settings.apply((status, response_headers, body).into_response())
+    }
+
+    /// The request's context for the prologue, as [`Self::execute`] sets it.
+    fn context(caller: &Caller, method: &Method, path: &str, schema: &str) -> RequestContext {
+        RequestContext {
+            role: caller.role.clone(),
+            claims: caller.claims.clone(),
+            method: method.to_string(),
+            path: path.to_owned(),
+            headers: caller.headers.clone(),
+            search_path: Some(format!("{}, \"extensions\"", quote_ident(schema))),
+        }
+    }
+
+    /// `Accept: application/vnd.pgrst.plan`: the statement's `EXPLAIN`, in
+    /// the caller's request transaction, which is always rolled back (so
+    /// `options=analyze` changes nothing). Only when plans are enabled: by
+    /// `rest.plan_enabled`, or the login role's `pgrst.db_plan_enabled`
+    /// setting (PostgREST's in-database configuration); else 406.
+    #[allow(clippy::too_many_arguments)]
+    async fn explain(
+        &self,
+        pool: &Pool,
+        caller: &Caller,
+        method: &Method,
+        path: &str,
+        schema: &str,
+        read: bool,
+        plan: &sovra_rest_plan::Plan,
+        media: PlanMedia,
+        headers: &HeaderMap,
+    ) -> Result<Response, ApiError> {
+        let anonymous = caller.role == "anon";
+        let db = |err| database_error(err, anonymous);
+        let mut client = pool.get().await.map_err(|err| {
+            if matches!(err, sovra_pg::PoolError::Timeout(_)) {
+                ApiError::pool_timeout()
+            } else {
+                tracing::warn!(error = %err, "no database connection");
+                ApiError::connection()
+            }
+        })?;
+        let context = Self::context(caller, method, path, schema);
+        let tx = sovra_pg::begin_request(&mut client, &context, read)
+            .await
+            .map_err(db)?;
+        if !self.config.plan_enabled {
+            let enabled: bool = tx
+                .query_one(PLAN_ENABLED_SQL, &[])
+                .await
+                .map_err(db)?
+                .get(0);
+            if !enabled {
+                return Err(ApiError::not_acceptable(
+                    header_text(headers, "accept").unwrap_or_default(),
+                ));
+            }
+        }
+        let sql = format!(
+            "EXPLAIN ({}) {}",
+            media.explain_options(),
+            plan.statement.sql
+        );
+        let rows = tx
+            .query_typed(&sql, &text_params(&plan.statement.params))
+            .await
+            .map_err(db)?;
+        tx.rollback().await.map_err(db)?;
+        let body = if media.json {
+            let explain: Option<Value> = rows.first().and_then(|row| row.try_get(0).ok());
+            explain.unwrap_or(Value::Null).to_string()
+        } else {
+            rows.iter()
+                .filter_map(|row| row.try_get::<_, String>(0).ok())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let mut response_headers = HeaderMap::new();
+        insert_header(
+            &mut response_headers,
+            header::CONTENT_TYPE,
+            media_type(Media::Plan(media)),
+        );
+        if *method == Method::HEAD {
+            return Ok((StatusCode::OK, response_headers).into_response());
+        }
+        Ok((StatusCode::OK, response_headers, body).into_response())
+    }
+
+    /// What the caller's role may use in `schema`, as PostgreSQL answers
+    /// for it (for the OpenAPI root in `follow-privileges` mode).
+    async fn privileges(
+        &self,
+        pool: &Pool,
+        caller: &Caller,
+        method: &Method,
+        path: &str,
+        schema: &str,
+    ) -> Result<Privileges, ApiError> {
+        let anonymous = caller.role == "anon";
+        let db = |err| database_error(err, anonymous);
+        let mut client = pool.get().await.map_err(|err| {
+            if matches!(err, sovra_pg::PoolError::Timeout(_)) {
+                ApiError::pool_timeout()
+            } else {
+                tracing::warn!(error = %err, "no database connection");
+                ApiError::connection()
+            }
+        })?;
+        let context = Self::context(caller, method, path, schema);
+        let tx = sovra_pg::begin_request(&mut client, &context, true)
+            .await
+            .map_err(db)?;
+        let row = tx.query_one(PRIVILEGES_SQL, &[&schema]).await.map_err(db)?;
+        tx.rollback().await.map_err(db)?;
+        let relations: Vec<(String, bool, bool, bool, bool)> =
+            serde_json::from_str(&row.get::<_, String>(0)).unwrap_or_default();
+        let functions: Vec<String> =
+            serde_json::from_str(&row.get::<_, String>(1)).unwrap_or_default();
+        Ok(Privileges {
+            relations,
+            functions,
+        })
     }
 
     fn schema(&self, headers: &HeaderMap, read: bool) -> Result<String, ApiError> {
@@ -562,6 +843,10 @@ impl RestService {
         };
         let page_count: i64 = row.get(1);
         let body: String = row.get(2);
+        let settings = ResponseSettings {
+            headers: row.try_get(3).ok().flatten(),
+            status: row.try_get(4).ok().flatten(),
+        };
 
         if singular && page_count != 1 {
             return Err(ApiError::singular(page_count));
@@ -585,6 +870,7 @@ impl RestService {
             total,
             page_count,
             body,
+            settings,
         })
     }
 
@@ -695,10 +981,17 @@ impl RestService {
                     "*".to_owned()
                 };
                 insert_header(&mut headers, header::CONTENT_RANGE, &format!("*/{total}"));
-                StatusCode::CREATED
+                // An upsert that only updated created nothing.
+                if plan.counts_inserted && outcome.total == Some(0) {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                }
             }
             Action::Put => {
-                if representation {
+                if plan.counts_inserted && outcome.total.is_some_and(|n| n > 0) {
+                    StatusCode::CREATED
+                } else if representation {
                     StatusCode::OK
                 } else {
                     StatusCode::NO_CONTENT
@@ -762,6 +1055,74 @@ impl Drop for TxGuard {
     }
 }
 
+/// Whether the login role's in-database configuration turns plans on
+/// (`ALTER ROLE authenticator SET pgrst.db_plan_enabled = true`).
+const PLAN_ENABLED_SQL: &str = "select coalesce((
+    select bool_or(lower(s.setting) in ('pgrst.db_plan_enabled=true', 'pgrst.db_plan_enabled=on'))
+    from pg_catalog.pg_db_role_setting d, unnest(d.setconfig) as s(setting)
+    where d.setrole = (select oid from pg_catalog.pg_roles where rolname = session_user)
+      and d.setdatabase in (0, (select oid from pg_catalog.pg_database where datname = current_database()))
+  ), false)";
+
+/// The current role's privileges on the relations and functions of $1:
+/// `[[name, select, insert, update, delete]]` and `[function name]`.
+const PRIVILEGES_SQL: &str = "select
+    coalesce((select json_agg(json_build_array(c.relname,
+        has_any_column_privilege(c.oid, 'SELECT'), has_any_column_privilege(c.oid, 'INSERT'),
+        has_any_column_privilege(c.oid, 'UPDATE'), has_table_privilege(c.oid, 'DELETE')))
+      from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+      where n.nspname = $1 and c.relkind in ('r', 'v', 'm', 'f', 'p')
+        and has_schema_privilege(n.oid, 'USAGE')), '[]')::text,
+    coalesce((select json_agg(distinct p.proname)
+      from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+      where n.nspname = $1 and has_function_privilege(p.oid, 'EXECUTE')
+        and has_schema_privilege(n.oid, 'USAGE')), '[]')::text";
+
+/// A role's privileges in one schema.
+struct Privileges {
+    /// `(relation, select, insert, update, delete)`.
+    relations: Vec<(String, bool, bool, bool, bool)>,
+    /// Functions it may execute.
+    functions: Vec<String>,
+}
+
+impl Privileges {
+    /// The part of `cache`'s `schema` the role may use: relations it may
+    /// read or write (each write method only when granted), functions it
+    /// may execute.
+    fn filter(
+        &self,
+        cache: &sovra_rest_plan::SchemaCache,
+        schema: &str,
+    ) -> sovra_rest_plan::SchemaCache {
+        let mut filtered = sovra_rest_plan::SchemaCache {
+            relations: std::collections::BTreeMap::new(),
+            foreign_keys: cache.foreign_keys.clone(),
+            routines: cache
+                .routines
+                .iter()
+                .filter(|r| r.schema == schema && self.functions.contains(&r.name))
+                .cloned()
+                .collect(),
+        };
+        for (name, select, insert, update, delete) in self.relations.iter().cloned() {
+            if !(select || insert || update || delete) {
+                continue;
+            }
+            if let Some(relation) = cache.relation(schema, &name) {
+                let mut relation = relation.clone();
+                relation.insertable &= insert;
+                relation.updatable &= update;
+                relation.deletable &= delete;
+                filtered
+                    .relations
+                    .insert((schema.to_owned(), name), relation);
+            }
+        }
+        filtered
+    }
+}
+
 fn text_params<T: ToSql + Sync>(values: &[T]) -> Vec<(&(dyn ToSql + Sync), Type)> {
     values
         .iter()
@@ -814,6 +1175,63 @@ struct Outcome {
     total: Option<i64>,
     page_count: i64,
     body: String,
+    /// What the request's SQL set in `response.headers` and
+    /// `response.status`.
+    settings: ResponseSettings,
+}
+
+#[derive(Default)]
+struct ResponseSettings {
+    headers: Option<String>,
+    status: Option<String>,
+}
+
+impl ResponseSettings {
+    /// Applies the settings to `response` as PostgREST does: the status
+    /// replaces the response's, each header replaces the response's of
+    /// that name (repeated names are all sent).
+    fn apply(&self, mut response: Response) -> Result<Response, ApiError> {
+        let present = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+        if let Some(status) = present(&self.status) {
+            let status = status
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .and_then(|n| StatusCode::from_u16(n).ok())
+                .filter(|s| (100..600).contains(&s.as_u16()))
+                .ok_or_else(ApiError::bad_response_status)?;
+            *response.status_mut() = status;
+        }
+        if let Some(headers) = present(&self.headers) {
+            let Ok(Value::Array(items)) = serde_json::from_str::<Value>(&headers) else {
+                return Err(ApiError::bad_response_headers());
+            };
+            let mut pairs = Vec::new();
+            for item in &items {
+                let Some(object) = item.as_object().filter(|o| o.len() == 1) else {
+                    return Err(ApiError::bad_response_headers());
+                };
+                for (name, value) in object {
+                    let (Ok(name), Some(Ok(value))) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        value.as_str().map(HeaderValue::from_str),
+                    ) else {
+                        return Err(ApiError::bad_response_headers());
+                    };
+                    pairs.push((name, value));
+                }
+            }
+            let mut replaced = Vec::new();
+            for (name, value) in pairs {
+                if !replaced.contains(&name) {
+                    response.headers_mut().remove(&name);
+                    replaced.push(name.clone());
+                }
+                response.headers_mut().append(name, value);
+            }
+        }
+        Ok(response)
+    }
 }
 
 fn media_type(media: Media) -> &'static str {
@@ -821,6 +1239,21 @@ fn media_type(media: Media) -> &'static str {
         Media::Json => "application/json; charset=utf-8",
         Media::Object => "application/vnd.pgrst.object+json; charset=utf-8",
         Media::Csv => "text/csv; charset=utf-8",
+        Media::GeoJson => "application/geo+json; charset=utf-8",
+        Media::Plan(PlanMedia {
+            json: true,
+            for_csv: false,
+            ..
+        }) => "application/vnd.pgrst.plan+json; for=\"application/json\"; charset=utf-8",
+        Media::Plan(PlanMedia {
+            json: true,
+            for_csv: true,
+            ..
+        }) => "application/vnd.pgrst.plan+json; for=\"text/csv\"; charset=utf-8",
+        Media::Plan(PlanMedia { for_csv: false, .. }) => {
+            "application/vnd.pgrst.plan+text; for=\"application/json\"; charset=utf-8"
+        }
+        Media::Plan(_) => "application/vnd.pgrst.plan+text; for=\"text/csv\"; charset=utf-8",
     }
 }
 
@@ -894,6 +1327,85 @@ enum Media {
     /// `application/vnd.pgrst.object+json`: exactly one row, as an object.
     Object,
     Csv,
+    /// `application/geo+json` (PostGIS): a `FeatureCollection`.
+    GeoJson,
+    /// `application/vnd.pgrst.plan[+json|+text]`: the statement's EXPLAIN.
+    Plan(PlanMedia),
+}
+
+/// The plan media type's format and `options=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+struct PlanMedia {
+    json: bool,
+    /// `for="text/csv"`: the plan of the CSV statement.
+    for_csv: bool,
+    analyze: bool,
+    verbose: bool,
+    settings: bool,
+    buffers: bool,
+    wal: bool,
+}
+
+impl PlanMedia {
+    fn parse(media: &str, params: &[&str]) -> Option<PlanMedia> {
+        let json = match media {
+            "application/vnd.pgrst.plan" | "application/vnd.pgrst.plan+text" => false,
+            "application/vnd.pgrst.plan+json" => true,
+            _ => return None,
+        };
+        let mut plan = PlanMedia {
+            json,
+            ..PlanMedia::default()
+        };
+        for param in params {
+            let Some((name, value)) = param.split_once('=') else {
+                continue;
+            };
+            if name.trim().eq_ignore_ascii_case("for") {
+                plan.for_csv = value
+                    .trim()
+                    .trim_matches('"')
+                    .eq_ignore_ascii_case("text/csv");
+                continue;
+            }
+            if !name.trim().eq_ignore_ascii_case("options") {
+                continue;
+            }
+            for option in value.trim().trim_matches('"').split('|') {
+                match option.trim().to_ascii_lowercase().as_str() {
+                    "analyze" => plan.analyze = true,
+                    "verbose" => plan.verbose = true,
+                    "settings" => plan.settings = true,
+                    "buffers" => plan.buffers = true,
+                    "wal" => plan.wal = true,
+                    _ => {}
+                }
+            }
+        }
+        Some(plan)
+    }
+
+    /// The options of `EXPLAIN (…)`.
+    fn explain_options(self) -> String {
+        let mut options = vec![if self.json {
+            "FORMAT JSON"
+        } else {
+            "FORMAT TEXT"
+        }];
+        for (on, name) in [
+            (self.analyze, "ANALYZE"),
+            (self.verbose, "VERBOSE"),
+            (self.settings, "SETTINGS"),
+            (self.buffers, "BUFFERS"),
+            // WAL needs ANALYZE.
+            (self.wal && self.analyze, "WAL"),
+        ] {
+            if on {
+                options.push(name);
+            }
+        }
+        options.join(", ")
+    }
 }
 
 /// Picks the first media type of `Accept` the REST layer can produce, and
@@ -905,7 +1417,13 @@ fn negotiate(headers: &HeaderMap) -> Result<(Media, bool), ApiError> {
     for part in accept.split(',') {
         let mut pieces = part.split(';');
         let media = pieces.next().unwrap_or("").trim().to_ascii_lowercase();
-        let stripped = pieces.any(|p| p.trim().eq_ignore_ascii_case("nulls=stripped"));
+        let params: Vec<&str> = pieces.collect();
+        if let Some(plan) = PlanMedia::parse(&media, &params) {
+            return Ok((Media::Plan(plan), false));
+        }
+        let stripped = params
+            .iter()
+            .any(|p| p.trim().eq_ignore_ascii_case("nulls=stripped"));
         match media.as_str() {
             "application/vnd.pgrst.object+json" | "application/vnd.pgrst.object" => {
                 return Ok((Media::Object, stripped));
@@ -914,11 +1432,40 @@ fn negotiate(headers: &HeaderMap) -> Result<(Media, bool), ApiError> {
                 return Ok((Media::Json, stripped));
             }
             "text/csv" => return Ok((Media::Csv, false)),
+            "application/geo+json" => return Ok((Media::GeoJson, false)),
             "" | "*/*" | "application/*" | "application/json" => return Ok((Media::Json, false)),
             _ => {}
         }
     }
     Err(ApiError::not_acceptable(accept))
+}
+
+/// Without PostGIS there is no GeoJSON to offer: 406, not PostgreSQL's
+/// missing function.
+fn geojson_unavailable(err: ApiError, media: Media, headers: &HeaderMap) -> ApiError {
+    if media == Media::GeoJson && err.code == "42883" && err.message.contains("st_asgeojson") {
+        ApiError::not_acceptable(header_text(headers, "accept").unwrap_or_default())
+    } else {
+        err
+    }
+}
+
+/// The raw body media of an `/rpc` call (PostgREST's single unnamed
+/// `text`, `xml` and `bytea` parameters), from `Content-Type`.
+fn raw_media(headers: &HeaderMap) -> Option<sovra_rest_plan::RawMedia> {
+    let value = header_text(headers, "content-type")?;
+    let media = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media.as_str() {
+        "text/plain" => Some(sovra_rest_plan::RawMedia::Text),
+        "text/xml" => Some(sovra_rest_plan::RawMedia::Xml),
+        "application/octet-stream" => Some(sovra_rest_plan::RawMedia::Octet),
+        _ => None,
+    }
 }
 
 /// Write bodies are JSON; a request that says otherwise is refused.
@@ -943,6 +1490,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 
 fn database_error(err: sovra_pg::tokio_postgres::Error, anonymous: bool) -> ApiError {
     match err.as_db_error() {
+        Some(db) if db.code().code() == "PGRST" => ApiError::raised(db.message(), db.detail()),
         Some(db) => ApiError::from_database(
             db.code().code(),
             db.message().to_owned(),
@@ -979,6 +1527,14 @@ pub fn error_response(err: &ApiError) -> Response {
     );
     if status == StatusCode::UNAUTHORIZED {
         insert_header(&mut headers, header::WWW_AUTHENTICATE, "Bearer");
+    }
+    for (name, value) in err.headers.iter().flat_map(|h| h.0.iter()) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
     }
     (status, headers, body.to_string()).into_response()
 }

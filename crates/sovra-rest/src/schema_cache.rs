@@ -130,6 +130,7 @@ select n.nspname::text, p.proname::text, p.provolatile::text, p.proretset, p.pro
        (select coalesce(json_agg(json_build_object(
                  'name', coalesce(p.proargnames[a.ord], ''),
                  'type_schema', tn.nspname, 'type_name', t.typname,
+                 'type_display', format_type(t.oid, null),
                  'mode', coalesce(p.proargmodes[a.ord]::text, 'i')) order by a.ord), '[]')
           from unnest(coalesce(p.proallargtypes, p.proargtypes::oid[])) with ordinality a(typ, ord)
           join pg_type t on t.oid = a.typ
@@ -144,13 +145,15 @@ select n.nspname::text, p.proname::text, p.provolatile::text, p.proretset, p.pro
           join pg_namespace ctn on ctn.oid = ct.typnamespace
           left join pg_type cat on cat.oid = ct.typarray
           left join pg_namespace can on can.oid = cat.typnamespace
-          where ca.attrelid = rt.typrelid and ca.attnum > 0 and not ca.attisdropped)::text
+          where ca.attrelid = rt.typrelid and ca.attnum > 0 and not ca.attisdropped)::text,
+       p.prorows = 1
 from pg_proc p
 join pg_namespace n on n.oid = p.pronamespace
 join pg_type rt on rt.oid = p.prorettype
 join pg_namespace rtn on rtn.oid = rt.typnamespace
 where n.nspname = any($1) and p.prokind = 'f'
-  and rt.typname not in ('trigger', 'event_trigger')";
+  and rt.typname not in ('trigger', 'event_trigger')
+order by p.oid";
 
 fn column_of(c: &Value) -> Column {
     Column {
@@ -186,6 +189,7 @@ fn routine_of(row: &tokio_postgres::Row) -> Routine {
         .map(|(i, a)| RoutineParam {
             name: text(a, "name"),
             type_name: TypeName::new(&text(a, "type_schema"), &text(a, "type_name")),
+            type_display: text(a, "type_display"),
             has_default: i >= first_default,
             variadic: a.get("mode").and_then(Value::as_str) == Some("v"),
         })
@@ -199,6 +203,7 @@ fn routine_of(row: &tokio_postgres::Row) -> Routine {
     let type_schema: String = row.get(7);
     let type_type: String = row.get(8);
     let composite: Vec<Value> = serde_json::from_str(&row.get::<_, String>(9)).unwrap_or_default();
+    let return_type = (type_type == "c").then(|| TypeName::new(&type_schema, &type_name));
     let returns = if type_name == "void" {
         ReturnShape::Void
     } else if type_type == "c" {
@@ -214,6 +219,8 @@ fn routine_of(row: &tokio_postgres::Row) -> Routine {
         params,
         returns,
         returns_set: row.get(3),
+        return_type,
+        single_row: row.get(10),
         volatility: match row.get::<_, String>(2).as_str() {
             "i" => Volatility::Immutable,
             "s" => Volatility::Stable,

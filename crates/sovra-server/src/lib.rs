@@ -165,6 +165,31 @@ fn cors() -> CorsLayer {
         .max_age(Duration::from_secs(86_400))
 }
 
+/// The method a plain `OPTIONS` (one without `Access-Control-Request-Method`,
+/// so not a CORS preflight) travels under through the CORS layer, which
+/// would otherwise answer every `OPTIONS` itself: the routes answer it
+/// (PostgREST's `Allow` of a relation or function).
+const PLAIN_OPTIONS: &[u8] = b"SOVRA-PLAIN-OPTIONS";
+
+async fn disguise_plain_options(mut request: axum::extract::Request) -> axum::extract::Request {
+    if request.method() == Method::OPTIONS
+        && !request
+            .headers()
+            .contains_key(axum::http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        && let Ok(method) = Method::from_bytes(PLAIN_OPTIONS)
+    {
+        *request.method_mut() = method;
+    }
+    request
+}
+
+async fn restore_plain_options(mut request: axum::extract::Request) -> axum::extract::Request {
+    if request.method().as_str().as_bytes() == PLAIN_OPTIONS {
+        *request.method_mut() = Method::OPTIONS;
+    }
+    request
+}
+
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.body_limit;
@@ -222,7 +247,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route_layer(axum::middleware::from_fn(observe::track))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(RequestBodyLimitLayer::new(body_limit));
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(axum::middleware::from_fn(routes::rest_body_limit));
     let storage = Router::new()
         .route("/storage/v1/{*path}", any(routes::storage))
         .route_layer(axum::middleware::from_fn(observe::track))
@@ -233,7 +259,9 @@ pub fn router(state: AppState) -> Router {
             body_idle_timeout,
             body::idle_bodies,
         ))
+        .layer(axum::middleware::map_request(restore_plain_options))
         .layer(cors())
+        .layer(axum::middleware::map_request(disguise_plain_options))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(trace)
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

@@ -252,6 +252,38 @@ pub(crate) async fn rest(
         .await
 }
 
+/// A body over `server.body_limit` sent to `/rest/v1` is refused in
+/// PostgREST's error shape (`code`, `message`, `details`, `hint`), whichever
+/// layer noticed it (the declared length or the bytes read).
+pub(crate) async fn rest_body_limit(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let is_rest = request.uri().path().contains("/rest/v1");
+    let response = next.run(request).await;
+    if !is_rest || response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
+    }
+    let body = json!({
+        "code": "PGRST413",
+        "message": "Payload Too Large",
+        "details": "The request body is larger than the server accepts (server.body_limit).",
+        "hint": null,
+    });
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        [
+            (header::CONTENT_TYPE, "application/json; charset=utf-8"),
+            (
+                header::HeaderName::from_static("proxy-status"),
+                "PostgREST; error=PGRST413",
+            ),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 /// `/auth/v1/*`: the GoTrue-compatible API. The API key is checked here
 /// (except on `GET /verify`, which browsers open from links in mail); the
 /// bearer token is the auth service's business.

@@ -271,6 +271,8 @@ pub async fn build_tenant(
             schemas: config.rest.schema_list(),
             max_rows: (config.rest.max_rows > 0)
                 .then(|| i64::try_from(config.rest.max_rows).unwrap_or(i64::MAX)),
+            plan_enabled: config.rest.plan_enabled,
+            openapi_mode: sovra_rest::OpenApiMode::from_config(&config.rest.openapi_mode),
         },
         requests.clone(),
         Duration::from_secs(config.database.connect_timeout),
