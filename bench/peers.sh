@@ -14,7 +14,8 @@
 # (to compare builds); otherwise the release build of this tree is used.
 #
 # Load: wrk (-t2, `connections` connections; password sign-in at 8), the
-# same request shape for both (bench/peers/req.lua). Each figure is the mean
+# same request shape for both (bench/peers/req.lua); requests by id pick
+# one of the 10,000 records at random for every request, on both. Each figure is the mean
 # of the rounds; p99 is the mean of the rounds' p99. Prints one Markdown
 # table, then both servers' resident memory after the run.
 set -euo pipefail
@@ -38,7 +39,7 @@ pb="$venv/bin/pocketbase"
 dir="$(mktemp -d /tmp/sovra-peers-XXXXXX)"; chmod 755 "$dir"
 sport=54401; pport=54402
 surl="http://127.0.0.1:$sport"; purl="http://127.0.0.1:$pport"
-SOVRA_LOG_LEVEL=warn SOVRA_AUTH_RATE_LIMIT_SIGN_IN=0 SOVRA_AUTH_RATE_LIMIT_TOKEN_REFRESH=0 \
+env -u SOVRA_BIN SOVRA_LOG_LEVEL=warn SOVRA_AUTH_RATE_LIMIT_SIGN_IN=0 SOVRA_AUTH_RATE_LIMIT_TOKEN_REFRESH=0 \
   "$bin" serve --data-dir "$dir/sovra" --listen "127.0.0.1:$sport" >/dev/null 2>"$dir/sovra.log" &
 spid=$!
 mkdir -p "$dir/pb/pb_migrations"
@@ -70,21 +71,29 @@ until [ "$(curl -s -o /dev/null -w '%{http_code}' -H "apikey: $anon" "$surl/rest
 pb_signin_body="{\"identity\":\"$email\",\"password\":\"$password\"}"
 ptoken="$(curl -fs -X POST "$purl/api/collections/users/auth-with-password" -H 'Content-Type: application/json' \
   -d "$pb_signin_body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')"
-pb_id() { curl -fs "$purl/api/collections/$1/records?perPage=1&skipTotal=1&filter=title%3D%27post%202%27" \
-  -H "Authorization: $ptoken" | python3 -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["id"])'; }
-pub_id="$(pb_id posts_public)"; signed_id="$(pb_id posts_signed_in)"
+# Requests by id pick one of the 10,000 records at random (bench/peers/req.lua).
+pb_paths() { # collection -> one record path a line
+  local page
+  for page in $(seq 1 20); do
+    curl -fs "$purl/api/collections/$1/records?perPage=500&page=$page&skipTotal=1&fields=id" -H "Authorization: $ptoken" \
+      | python3 -c 'import json,sys; [print("/api/collections/'"$1"'/records/" + r["id"]) for r in json.load(sys.stdin)["items"]]'
+  done
+}
+pb_paths posts_public >"$dir/pb_public.paths"; pb_paths posts_signed_in >"$dir/pb_signed_in.paths"
+for t in posts_public posts_signed_in posts_owner; do seq 1 10000 | sed "s|^|/rest/v1/$t?id=eq.|" >"$dir/$t.paths"; done
+[ "$(wc -l <"$dir/pb_public.paths")" = 10000 ] && [ "$(wc -l <"$dir/pb_signed_in.paths")" = 10000 ]
 
 echo '{"title":"new post","body":"written by the benchmark"}' >"$dir/create.json"
 echo '{"title":"patched title"}' >"$dir/patch.json"
 echo "$signin_body" >"$dir/signin.json"
 echo "$pb_signin_body" >"$dir/pb_signin.json"
 
-# run connections method body-file url header... -> "req/s p99_ms non2xx"
+# run connections method body-file paths-file url header... -> "req/s p99_ms non2xx"
 run() {
-  local c="$1" method="$2" body="$3" url="$4"; shift 4
+  local c="$1" method="$2" body="$3" paths="$4" url="$5"; shift 5
   local hdrs=() h
   for h in "$@"; do hdrs+=(-H "$h"); done
-  WRK_METHOD="$method" WRK_BODY="$body" wrk -t2 -c"$c" -d"${secs}s" --latency -s bench/peers/req.lua \
+  WRK_METHOD="$method" WRK_BODY="$body" WRK_PATHS="$paths" wrk -t2 -c"$c" -d"${secs}s" --latency -s bench/peers/req.lua \
     "${hdrs[@]}" "$url" | awk '
       function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
       /Requests\/sec/ {rps = $2} /^ +99%/ {p99 = ms($2)} /Non-2xx/ {bad = $NF}
@@ -116,29 +125,29 @@ case_row() { # name; then two commands separated by ::
 }
 
 case_row "GET one record by id, public" \
-  "$conns" GET "" "$surl/rest/v1/posts_public?id=eq.2" "apikey: $anon" "${one[@]}" :: \
-  "$conns" GET "" "$purl/api/collections/posts_public/records/$pub_id"
+  "$conns" GET "" "$dir/posts_public.paths" "$surl" "apikey: $anon" "${one[@]}" :: \
+  "$conns" GET "" "$dir/pb_public.paths" "$purl"
 case_row "GET one by id, signed-in users only" \
-  "$conns" GET "" "$surl/rest/v1/posts_signed_in?id=eq.2" "${sauth[@]}" "${one[@]}" :: \
-  "$conns" GET "" "$purl/api/collections/posts_signed_in/records/$signed_id" "Authorization: $ptoken"
+  "$conns" GET "" "$dir/posts_signed_in.paths" "$surl" "${sauth[@]}" "${one[@]}" :: \
+  "$conns" GET "" "$dir/pb_signed_in.paths" "$purl" "Authorization: $ptoken"
 case_row "GET one by id, owner-only RLS (Sovra) vs signed-in rule (PocketBase)" \
-  "$conns" GET "" "$surl/rest/v1/posts_owner?id=eq.2" "${sauth[@]}" "${one[@]}" :: \
-  "$conns" GET "" "$purl/api/collections/posts_signed_in/records/$signed_id" "Authorization: $ptoken"
+  "$conns" GET "" "$dir/posts_owner.paths" "$surl" "${sauth[@]}" "${one[@]}" :: \
+  "$conns" GET "" "$dir/pb_signed_in.paths" "$purl" "Authorization: $ptoken"
 case_row "page of 20, no total (public)" \
-  "$conns" GET "" "$surl/rest/v1/posts_public?select=*&limit=20" "apikey: $anon" :: \
-  "$conns" GET "" "$purl/api/collections/posts_public/records?perPage=20&skipTotal=1"
+  "$conns" GET "" "" "$surl/rest/v1/posts_public?select=*&limit=20" "apikey: $anon" :: \
+  "$conns" GET "" "" "$purl/api/collections/posts_public/records?perPage=20&skipTotal=1"
 case_row "page of 20 with total count (public)" \
-  "$conns" GET "" "$surl/rest/v1/posts_public?select=*&limit=20" "apikey: $anon" "Prefer: count=exact" :: \
-  "$conns" GET "" "$purl/api/collections/posts_public/records?perPage=20"
-case_row "create one, record returned (signed-in; Sovra durable commit)" \
-  "$conns" POST "$dir/create.json" "$surl/rest/v1/posts_signed_in" "${sauth[@]}" "${rep[@]}" :: \
-  "$conns" POST "$dir/create.json" "$purl/api/collections/posts_signed_in/records" "Authorization: $ptoken"
-case_row "PATCH one, record returned (signed-in; Sovra durable commit)" \
-  "$conns" PATCH "$dir/patch.json" "$surl/rest/v1/posts_signed_in?id=eq.2" "${sauth[@]}" "${rep[@]}" :: \
-  "$conns" PATCH "$dir/patch.json" "$purl/api/collections/posts_signed_in/records/$signed_id" "Authorization: $ptoken"
+  "$conns" GET "" "" "$surl/rest/v1/posts_public?select=*&limit=20" "apikey: $anon" "Prefer: count=exact" :: \
+  "$conns" GET "" "" "$purl/api/collections/posts_public/records?perPage=20"
+case_row "create one, record returned (signed-in; Sovra commits durably)" \
+  "$conns" POST "$dir/create.json" "" "$surl/rest/v1/posts_signed_in" "${sauth[@]}" "${rep[@]}" :: \
+  "$conns" POST "$dir/create.json" "" "$purl/api/collections/posts_signed_in/records" "Authorization: $ptoken"
+case_row "PATCH one by id, record returned (signed-in; Sovra commits durably)" \
+  "$conns" PATCH "$dir/patch.json" "$dir/posts_signed_in.paths" "$surl" "${sauth[@]}" "${rep[@]}" :: \
+  "$conns" PATCH "$dir/patch.json" "$dir/pb_signed_in.paths" "$purl" "Authorization: $ptoken"
 case_row "password sign-in, 8 connections (argon2id vs bcrypt)" \
-  8 POST "$dir/signin.json" "$surl/auth/v1/token?grant_type=password" "apikey: $anon" :: \
-  8 POST "$dir/pb_signin.json" "$purl/api/collections/users/auth-with-password"
+  8 POST "$dir/signin.json" "" "$surl/auth/v1/token?grant_type=password" "apikey: $anon" :: \
+  8 POST "$dir/pb_signin.json" "" "$purl/api/collections/users/auth-with-password"
 
 rss() { awk '/VmRSS/ {printf "%.0f MiB", $2 / 1024}' "/proc/$1/status"; }
 echo

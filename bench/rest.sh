@@ -27,7 +27,7 @@ fi
 bin="$SOVRA_BIN"
 dir="$(mktemp -d /tmp/sovra-bench-XXXXXX)"; chmod 755 "$dir"
 port=54397
-SOVRA_DATABASE_POOL_SIZE="$clients" SOVRA_LOG_LEVEL=warn "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >/dev/null 2>"$dir/err.log" &
+env -u SOVRA_BIN SOVRA_DATABASE_POOL_SIZE="$clients" SOVRA_LOG_LEVEL=warn "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >/dev/null 2>"$dir/err.log" &
 pid=$!
 trap 'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
 url="http://127.0.0.1:$port"
