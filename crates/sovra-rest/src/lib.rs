@@ -461,6 +461,7 @@ impl RestService {
         let mut guard = TxGuard {
             client: Some(client),
             open: true,
+            preparing: std::sync::atomic::AtomicBool::new(false),
         };
         let Some(client) = guard.client.as_deref() else {
             return Err(ApiError::connection());
@@ -547,7 +548,13 @@ impl RestService {
             }
             None => {
                 let types = vec![Type::TEXT; main_values.len()];
+                guard
+                    .preparing
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 let (head, prepared) = tokio::join!(head(), client.prepare_typed(sql, &types));
+                guard
+                    .preparing
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 match head.and(prepared) {
                     Ok(statement) => {
                         self.statements
@@ -778,14 +785,24 @@ impl RestService {
 
 /// Rolls back a request transaction that did not finish (an error, or the
 /// client went away mid-request), so the connection returns to the pool
-/// clean.
+/// clean. A request dropped while a statement was being prepared leaves a
+/// named statement on the server that no handle will ever close: its
+/// connection is taken out of the pool and closed instead.
 struct TxGuard {
     client: Option<sovra_pg::PooledClient>,
     open: bool,
+    preparing: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for TxGuard {
     fn drop(&mut self) {
+        if self.preparing.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(client) = self.client.take() {
+                // Dropping the wrapper closes the connection.
+                drop(sovra_pg::PooledClient::take(client));
+            }
+            return;
+        }
         if !self.open {
             return;
         }

@@ -250,3 +250,71 @@ async fn a_connection_keeps_a_bounded_number_of_statements() {
     assert_eq!(body, json!([{ format!("n{}", limit + 7): "a private" }]));
     assert_eq!(rest.held().await, limit);
 }
+
+#[tokio::test]
+async fn a_request_dropped_while_preparing_closes_its_connection() {
+    let rest = Rest::new().await;
+    let a = rest.token(USER_A);
+    // Hold a lock that makes preparing a statement on `open_list` wait
+    // (name lookup takes the table's share lock).
+    let locker = rest.app.db.client().await;
+    locker
+        .batch_execute("begin; lock table public.open_list in access exclusive mode")
+        .await
+        .unwrap();
+    let url = format!("{}/rest/v1/open_list?id=eq.1", rest.app.url);
+    let request = rest
+        .http
+        .get(&url)
+        .header("apikey", &rest.app.anon_key)
+        .header("authorization", format!("Bearer {a}"))
+        .send();
+    let pending = tokio::spawn(request);
+    // The request's backend is waiting for the lock, inside the preparation.
+    let admin = rest.app.db.client().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let pid: i32 = loop {
+        let row = admin
+            .query_opt(
+                "select pid from pg_stat_activity
+                  where usename = 'authenticator' and wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = row {
+            break row.get(0);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    // The client goes away: the server drops the request mid-preparation.
+    pending.abort();
+    let _ = pending.await;
+    // Its connection leaves the pool and closes (the lock wait ends with it),
+    // so no statement is left prepared where no handle can close it.
+    let gone = loop {
+        let alive = admin
+            .query_opt("select 1 from pg_stat_activity where pid = $1", &[&pid])
+            .await
+            .unwrap()
+            .is_some();
+        if !alive {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    locker.batch_execute("commit").await.unwrap();
+    assert!(gone, "the dropped request's connection was closed");
+    // The pool opens a fresh connection for the next request.
+    let (status, body) = rest.get("/open_list?id=eq.1", Some(&a), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!([{"id": 1, "body": "one"}]));
+    assert_eq!(rest.held().await, 1);
+}
