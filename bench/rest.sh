@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# REST throughput and p99 latency against pgbench running the same SQL
-# transaction (the prologue that sets role and claims, then the statement
-# Sovra generates) at the same concurrency, in the same run, on the same
-# fixture (bench/rest/fixture.sql: 10,000 rows under an RLS policy).
+# REST throughput and p99 latency against pgbench running the minimal
+# transaction each request needs (bench/rest/min_*.sql: BEGIN; one select of
+# four set_config calls for role, claims, method and path; the statement
+# written by hand; COMMIT; simple protocol, not pipelined) at the same
+# concurrency, in the same run, on the same fixture (bench/rest/fixture.sql:
+# 10,000 rows under an RLS policy). The reference is deliberately not
+# Sovra's own prologue and statement, whose cost it would hide.
 #
 #   bench/rest.sh [seconds] [clients]     (defaults: 10 s, 32 clients)
+#
+# SOVRA_BIN picks another sovra binary (to compare builds); otherwise the
+# release build of this tree is used.
 #
 # Cases: GET one row by primary key as an authenticated user; GET a page of
 # 20 rows with one embedded (many-to-one) relation; POST one row; POST 100
@@ -14,11 +20,14 @@ cd "$(dirname "$0")/.."
 secs="${1:-10}"; clients="${2:-32}"
 command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null
 command -v pgbench >/dev/null || export PATH="$(pg_config --bindir):$PATH"
-bin=./target/release/sovra
-cargo build --release --locked --quiet --bin sovra
+if [ -z "${SOVRA_BIN:-}" ]; then
+  cargo build --release --locked --quiet --bin sovra
+  SOVRA_BIN=./target/release/sovra
+fi
+bin="$SOVRA_BIN"
 dir="$(mktemp -d /tmp/sovra-bench-XXXXXX)"; chmod 755 "$dir"
 port=54397
-SOVRA_DATABASE_POOL_SIZE="$clients" SOVRA_LOG_LEVEL=warn "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >/dev/null 2>"$dir/err.log" &
+env -u SOVRA_BIN SOVRA_DATABASE_POOL_SIZE="$clients" SOVRA_LOG_LEVEL=warn "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >/dev/null 2>"$dir/err.log" &
 pid=$!
 trap 'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
 url="http://127.0.0.1:$port"
@@ -58,7 +67,7 @@ pg_run() { # script
   printf '%.0f tx/s, p99 %s' "$tps" "$p99"
 }
 
-echo "| case ($clients clients, ${secs} s each) | sovra over HTTP (wrk) | same SQL through pgbench | sovra / pgbench |"
+echo "| case ($clients clients, ${secs} s each) | sovra over HTTP (wrk) | minimal transaction through pgbench | sovra / pgbench |"
 echo "|---|---|---|---|"
 row() {
   local name="$1" s="$2" p="$3"
@@ -66,7 +75,7 @@ row() {
   sr="$(echo "$s" | awk '{print $1}')"; pr="$(echo "$p" | awk '{print $1}')"
   echo "| $name | $s | $p | $(awk -v a="$sr" -v b="$pr" 'BEGIN {printf "%.0f%%", 100 * a / b}') |"
 }
-row "GET one row by primary key (RLS)" "$(sovra_run '/items?id=eq.2')" "$(pg_run bench/rest/pg_get_one.sql)"
-row "GET 20 rows with one embed" "$(sovra_run '/items?select=*,categories(name)&order=id&limit=20')" "$(pg_run bench/rest/pg_page_embed.sql)"
-row "POST one row" "$(sovra_run '/items' bench/rest/one.json)" "$(pg_run bench/rest/pg_insert_one.sql)"
-row "POST 100 rows" "$(sovra_run '/items' bench/rest/bulk100.json)" "$(pg_run bench/rest/pg_insert_bulk.sql)"
+row "GET one row by primary key (RLS)" "$(sovra_run '/items?id=eq.2')" "$(pg_run bench/rest/min_get_one.sql)"
+row "GET 20 rows with one embed" "$(sovra_run '/items?select=*,categories(name)&order=id&limit=20')" "$(pg_run bench/rest/min_page_embed.sql)"
+row "POST one row" "$(sovra_run '/items' bench/rest/one.json)" "$(pg_run bench/rest/min_insert_one.sql)"
+row "POST 100 rows" "$(sovra_run '/items' bench/rest/bulk100.json)" "$(pg_run bench/rest/min_insert_bulk.sql)"

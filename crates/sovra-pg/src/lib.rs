@@ -19,7 +19,9 @@ pub use cluster::{Cluster, ClusterError, ClusterOptions, PgBinaries};
 pub use error::{ErrorKind, error_kind, is_bad_text};
 pub use logins::{LoginError, Logins};
 pub use migrate::{MigrateError, MigrationReport, migrate};
-pub use pool::{ClientWrapper, GenericClient, Pool, PoolError, PooledClient, connect_one};
+pub use pool::{
+    ClientWrapper, GenericClient, Pool, PoolError, PooledClient, StatementCache, connect_one,
+};
 pub use request::{PROLOGUE_SQL, RESET_SQL, RequestContext, begin_request, prologue_params};
 
 /// Re-exported so that callers use the same driver version.

@@ -6,7 +6,9 @@ use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 
 /// A pool of connections to one database.
 pub type Pool = deadpool_postgres::Pool;
-pub use deadpool_postgres::{ClientWrapper, GenericClient, Object as PooledClient, PoolError};
+pub use deadpool_postgres::{
+    ClientWrapper, GenericClient, Object as PooledClient, PoolError, StatementCache,
+};
 
 /// Builds a pool of at most `size` connections; `wait` bounds how long a
 /// request waits for a free connection. Connections are opened lazily.

@@ -9,9 +9,10 @@
 //! Every statement runs as the caller's role, so row-level security decides
 //! what each request can see and change.
 
+pub mod prepared;
 pub mod schema_cache;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -27,6 +28,23 @@ use sovra_rest_grammar::{
 use sovra_rest_plan::{Action, ApiError, Request, quote_ident};
 
 pub use schema_cache::CacheCell;
+
+/// The prologue REST requests run: [`sovra_pg::PROLOGUE_SQL`] (role, role
+/// settings, claims, method, path, headers, `search_path`; parameters 1 to
+/// 8) followed, in the same statement, by what only REST sets: JIT off and
+/// the `Prefer: timezone` (parameter 9, `NULL` for none).
+///
+/// JIT compilation is off for the request: every embed is a correlated
+/// subquery whose cost estimate multiplies the one above, so a few levels of
+/// embeds over five rows passed the JIT thresholds and spent seconds
+/// compiling what runs in a millisecond.
+pub static REST_PROLOGUE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{},\n        set_config('jit', 'off', true),\n        \
+         CASE WHEN $9::text IS NOT NULL THEN set_config('timezone', $9, true) END",
+        sovra_pg::PROLOGUE_SQL
+    )
+});
 
 /// Settings of one tenant's REST service.
 #[derive(Clone, Debug)]
@@ -74,6 +92,7 @@ pub struct RestService {
     config: RestConfig,
     cache: Arc<CacheCell>,
     listener: tokio::task::JoinHandle<()>,
+    statements: prepared::Statements,
 }
 
 impl Drop for RestService {
@@ -124,12 +143,19 @@ impl RestService {
             config,
             cache,
             listener,
+            statements: prepared::Statements::default(),
         }
     }
 
     /// The schema cache cell (for tests and diagnostics).
     pub fn cache(&self) -> &CacheCell {
         &self.cache
+    }
+
+    /// The main statements prepared per connection (for tests and
+    /// diagnostics).
+    pub fn statements(&self) -> &prepared::Statements {
+        &self.statements
     }
 
     /// Answers one request to `/rest/v1{path}`.
@@ -716,6 +742,7 @@ impl RestService {
         let mut guard = TxGuard {
             client: Some(client),
             open: true,
+            preparing: std::sync::atomic::AtomicBool::new(false),
         };
         let Some(client) = guard.client.as_deref() else {
             return Err(ApiError::connection());
@@ -730,28 +757,19 @@ impl RestService {
         };
         let anonymous = caller.role == "anon";
         let db = |err| database_error(err, anonymous);
-        let prologue = sovra_pg::prologue_params(&context);
+        let mut prologue = sovra_pg::prologue_params(&context).to_vec();
+        prologue.push(prefs.timezone.clone());
         let main_params = text_params(&plan.statement.params);
-        let timezone = prefs.timezone.clone();
-        let timezone_params = text_params(std::slice::from_ref(&timezone));
+        let main_values: Vec<&(dyn ToSql + Sync)> = plan
+            .statement
+            .params
+            .iter()
+            .map(|p| p as &(dyn ToSql + Sync))
+            .collect();
 
         // One round trip for everything up to the result (and, for reads,
         // the commit too): the driver pipelines requests polled together.
         let begin = if read { "BEGIN READ ONLY" } else { "BEGIN" };
-        // JIT compilation is off for the request: every embed is a
-        // correlated subquery whose cost estimate multiplies the one above,
-        // so a few levels of embeds over five rows passed the JIT
-        // thresholds and spent seconds compiling what runs in a millisecond.
-        let settings = async {
-            client
-                .query_typed(
-                    "select set_config('jit', 'off', true), \
-                     CASE WHEN $1::text IS NOT NULL THEN set_config('timezone', $1, true) END",
-                    &timezone_params,
-                )
-                .await
-                .map(drop)
-        };
         let planned = async {
             match &plan.planned_count {
                 Some(sql) => client
@@ -775,57 +793,83 @@ impl RestService {
             }
         };
         // The prologue (which names no schema object) is prepared once per
-        // connection. The main statement is parsed inside the transaction,
-        // after the role switch, because name lookup checks the caller's
-        // schema privileges; PostgreSQL keeps no plan across roles for it.
+        // connection, outside any transaction.
         let wrapper: &sovra_pg::ClientWrapper = client;
         let prologue_statement = wrapper
-            .prepare_typed_cached(sovra_pg::PROLOGUE_SQL, &[Type::TEXT; 8])
+            .prepare_typed_cached(&REST_PROLOGUE_SQL, &[Type::TEXT; 9])
             .await
             .map_err(db)?;
         let prologue_values: Vec<&(dyn ToSql + Sync)> =
             prologue.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let (reset, begun, applied, zoned, result, estimate, committed) = tokio::join!(
-            // What an earlier request on this connection left in the session.
-            client.batch_execute(sovra_pg::RESET_SQL),
-            client.batch_execute(begin),
-            client.query(&prologue_statement, &prologue_values),
-            settings,
-            client.query_typed(&plan.statement.sql, &main_params),
-            planned,
-            finish_read,
-        );
-        let (committed, estimate) =
-            match (reset, begun, applied, zoned, result, estimate, committed) {
-                (Ok(()), Ok(()), Ok(_), Ok(()), Ok(rows), Ok(estimate), Ok(committed)) => {
-                    let row = rows.into_iter().next().ok_or_else(|| {
-                        ApiError::from_database(
-                            "XX000",
-                            "no result".to_owned(),
-                            None,
-                            None,
-                            anonymous,
-                        )
-                    })?;
-                    ((row, committed), estimate)
+        // Reset what an earlier request left in the session, begin, and
+        // apply role and settings: the head of every request's pipeline.
+        let head = || async {
+            let (reset, begun, applied) = tokio::join!(
+                client.batch_execute(sovra_pg::RESET_SQL),
+                client.batch_execute(begin),
+                client.query(&prologue_statement, &prologue_values),
+            );
+            reset.and(begun).and(applied).map(drop)
+        };
+        // The main statement is prepared per connection and role, inside the
+        // transaction after the role switch (see [`prepared`]): a statement
+        // already prepared costs no parse or plan and travels with the head;
+        // a new one is prepared in the head's round trip and run in a second.
+        let sql = plan.statement.sql.as_str();
+        let cached = self.statements.get(wrapper, &caller.role, sql);
+        let outcome = match cached {
+            Some(statement) => {
+                let (head, result, estimate, committed) = tokio::join!(
+                    head(),
+                    client.query(&statement, &main_values),
+                    planned,
+                    finish_read,
+                );
+                head.and_then(|()| Ok((result?, estimate?, committed?)))
+            }
+            None => {
+                let types = vec![Type::TEXT; main_values.len()];
+                guard
+                    .preparing
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                let (head, prepared) = tokio::join!(head(), client.prepare_typed(sql, &types));
+                guard
+                    .preparing
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                match head.and(prepared) {
+                    Ok(statement) => {
+                        self.statements
+                            .insert(wrapper, &caller.role, sql, statement.clone());
+                        let (result, estimate, committed) = tokio::join!(
+                            client.query(&statement, &main_values),
+                            planned,
+                            finish_read,
+                        );
+                        (|| Ok((result?, estimate?, committed?)))()
+                    }
+                    Err(err) => Err(err),
                 }
-                (reset, begun, applied, zoned, result, estimate, committed) => {
-                    let err = [
-                        reset.err(),
-                        begun.err(),
-                        applied.err(),
-                        zoned.err(),
-                        result.err(),
-                        estimate.err(),
-                        committed.err(),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .next();
-                    // The guard rolls back whatever is still open.
-                    return Err(err.map_or_else(ApiError::connection, db));
+            }
+        };
+        // The first error in pipeline order is the cause; the guard rolls
+        // back whatever is still open.
+        let (rows, estimate, committed) = match outcome {
+            Ok(done) => done,
+            Err(err) => {
+                if err
+                    .code()
+                    .is_none_or(|code| code.code() == "26000" || code.code() == "0A000")
+                {
+                    // The statement itself may be gone or stale.
+                    self.statements.remove(wrapper, &caller.role, sql);
                 }
-            };
+                return Err(db(err));
+            }
+        };
+        let row = rows.into_iter().next().ok_or_else(|| {
+            ApiError::from_database("XX000", "no result".to_owned(), None, None, anonymous)
+        })?;
+        let committed = (row, committed);
         let (row, committed) = committed;
         if committed {
             guard.open = false;
@@ -1034,14 +1078,24 @@ impl RestService {
 
 /// Rolls back a request transaction that did not finish (an error, or the
 /// client went away mid-request), so the connection returns to the pool
-/// clean.
+/// clean. A request dropped while a statement was being prepared leaves a
+/// named statement on the server that no handle will ever close: its
+/// connection is taken out of the pool and closed instead.
 struct TxGuard {
     client: Option<sovra_pg::PooledClient>,
     open: bool,
+    preparing: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for TxGuard {
     fn drop(&mut self) {
+        if self.preparing.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(client) = self.client.take() {
+                // Dropping the wrapper closes the connection.
+                drop(sovra_pg::PooledClient::take(client));
+            }
+            return;
+        }
         if !self.open {
             return;
         }
