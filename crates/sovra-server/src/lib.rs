@@ -227,6 +227,7 @@ pub fn router(state: AppState) -> Router {
         .route("/storage/v1/{*path}", any(routes::storage))
         .route_layer(axum::middleware::from_fn(observe::track))
         .layer(DefaultBodyLimit::disable());
+    let tus_state = state.clone();
     api.merge(storage)
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
@@ -234,6 +235,10 @@ pub fn router(state: AppState) -> Router {
             body::idle_bodies,
         ))
         .layer(cors())
+        .layer(axum::middleware::from_fn_with_state(
+            tus_state,
+            routes::tus_options,
+        ))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(trace)
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

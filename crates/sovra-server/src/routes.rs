@@ -315,7 +315,20 @@ pub(crate) async fn storage(
         return crate::GatewayError::NoTenant.into_response();
     };
     let path = parts.uri.path().strip_prefix("/storage/v1").unwrap_or("");
-    let auth = crate::gateway::authenticate(&tenant, &parts.headers, parts.uri.query())
+    // Without any credential, Supabase Storage verifies an empty token,
+    // which its JWT library refuses as "Invalid Compact JWS" (routes that
+    // need no caller, such as public downloads, still work).
+    let anonymous = !parts.headers.contains_key(header::AUTHORIZATION)
+        && !parts.headers.contains_key("apikey")
+        && crate::gateway::query_param(parts.uri.query(), "apikey").is_none();
+    let auth = if anonymous {
+        Err(crate::GatewayError::InvalidToken(
+            "Invalid Compact JWS".to_owned(),
+        ))
+    } else {
+        crate::gateway::authenticate(&tenant, &parts.headers, parts.uri.query())
+    };
+    let auth = auth
         .map(|caller| sovra_storage::Principal {
             role: caller.role,
             claims: caller.claims,
@@ -342,6 +355,39 @@ pub(crate) async fn storage(
             keys: &tenant.keys,
         })
         .await
+}
+
+/// Adds the TUS headers (`Tus-Version`, `Tus-Extension`, `Tus-Max-Size`)
+/// to the answer of an `OPTIONS` request for `/storage/v1/upload/resumable`,
+/// as Supabase's TUS server sends them; the CORS layer inside answers such
+/// requests itself (204 with the CORS headers) before any route sees them.
+pub(crate) async fn tus_options(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let tus = request.method() == Method::OPTIONS
+        && request
+            .uri()
+            .path()
+            .contains("/storage/v1/upload/resumable");
+    if !tus {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let tenant = state.tenants.resolve(&parts);
+    let mut response = next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await;
+    if let Some(tenant) = tenant
+        && response.status().is_success()
+    {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        response
+            .headers_mut()
+            .extend(tenant.storage.tus_options_headers());
+    }
+    response
 }
 
 fn realtime_error(status: StatusCode, message: &str) -> Response {
