@@ -617,6 +617,11 @@ impl AuthService {
 
     pub(crate) async fn token(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
         let grant = ctx.query("grant_type").unwrap_or_default();
+        match grant.as_str() {
+            "web3" => return self.web3_disabled(),
+            "id_token" => return self.id_token_disabled(ctx),
+            _ => {}
+        }
         let body: PasswordBody = ctx.json()?;
         match grant.as_str() {
             "password" => self.password_grant(ctx, body).await,
@@ -1577,14 +1582,26 @@ impl AuthService {
             body.token_hash.filter(|t| !t.is_empty()),
         ) {
             (Some(token), None) => {
-                let subject = if matches!(kind.as_str(), "sms" | "phone_change") {
-                    body.phone.as_deref().and_then(normalize_phone).ok_or_else(|| {
-                        AuthError::validation("Only an email address or phone number should be provided on verify")
-                    })?
-                } else {
-                    body.email.as_deref().and_then(normalize_email).ok_or_else(|| {
-                        AuthError::validation("Only an email address or phone number should be provided on verify")
-                    })?
+                // As GoTrue's verify params: a malformed phone or email
+                // is named as such; a missing one is the generic refusal.
+                let phone = body.phone.as_deref().filter(|p| !p.is_empty());
+                let email = body.email.as_deref().filter(|e| !e.is_empty());
+                let subject = match (
+                    matches!(kind.as_str(), "sms" | "phone_change"),
+                    phone,
+                    email,
+                ) {
+                    (true, Some(phone), _) => normalize_phone(phone).ok_or_else(|| {
+                        AuthError::validation("Invalid phone number format (E.164 required)")
+                    })?,
+                    (false, _, Some(email)) => normalize_email(email).ok_or_else(|| {
+                        AuthError::validation("Unable to validate email address: invalid format")
+                    })?,
+                    _ => {
+                        return Err(AuthError::validation(
+                            "Only an email address or phone number should be provided on verify",
+                        ));
+                    }
                 };
                 let hash = crypto::token_hash(&subject, token.trim());
                 typed_for = Some(subject);

@@ -1928,3 +1928,204 @@ async fn phone_sign_up_with_the_code_from_the_mailbox() {
         .await;
     assert_eq!(signed.status, StatusCode::OK, "{:?}", signed.body);
 }
+
+/// Issue #16 items 20, 22 and 23: admin input refused as GoTrue refuses it,
+/// a malformed phone on verify named as such, and the features Sovra does
+/// not offer answered with GoTrue's errors for an unconfigured project.
+#[tokio::test]
+async fn admin_input_verify_and_disabled_features_answer_as_gotrue() {
+    let auth = Auth::new().await;
+    let message = |reply: &Reply| reply.body["msg"].as_str().unwrap_or("").to_owned();
+    // Invalid emails in createUser, inviteUserByEmail and generateLink.
+    for (path, body) in [
+        (
+            "/admin/users",
+            json!({"email": "not-an-email", "password": "password1"}),
+        ),
+        ("/invite", json!({"email": "nope@"})),
+        (
+            "/admin/generate_link",
+            json!({"type": "magiclink", "email": "a b@example.com"}),
+        ),
+    ] {
+        let reply = auth.admin(Method::POST, path, Some(body)).await;
+        assert_eq!(
+            (reply.status, reply.code(), message(&reply).as_str()),
+            (
+                StatusCode::BAD_REQUEST,
+                "validation_failed",
+                "Unable to validate email address: invalid format"
+            ),
+            "{path}"
+        );
+    }
+    // Pagination: numbers work, anything else is refused.
+    auth.user("page@example.com", "password1").await;
+    let page = auth
+        .admin(Method::GET, "/admin/users?page=1&per_page=1", None)
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.body["users"].as_array().unwrap().len(), 1);
+    for (query, text) in [
+        (
+            "page=abc",
+            "Bad Pagination Parameters: strconv.ParseUint: parsing \"abc\": invalid syntax",
+        ),
+        (
+            "per_page=-1",
+            "Bad Pagination Parameters: strconv.ParseUint: parsing \"-1\": invalid syntax",
+        ),
+        (
+            "page=99999999999999999999",
+            "Bad Pagination Parameters: strconv.ParseUint: parsing \"99999999999999999999\": value out of range",
+        ),
+    ] {
+        let reply = auth
+            .admin(Method::GET, &format!("/admin/users?{query}"), None)
+            .await;
+        assert_eq!(
+            (reply.status, reply.code(), message(&reply)),
+            (
+                StatusCode::BAD_REQUEST,
+                "validation_failed",
+                text.to_owned()
+            ),
+            "{query}"
+        );
+    }
+    // A page far past the end is empty, not an error or an overflow.
+    let far = auth
+        .admin(
+            Method::GET,
+            "/admin/users?page=9223372036854775807&per_page=1000",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (far.status, far.body["users"].clone()),
+        (StatusCode::OK, json!([]))
+    );
+
+    // verifyOtp: a malformed phone, a malformed email, neither.
+    for (body, text) in [
+        (
+            json!({"type": "sms", "phone": "12ab", "token": "123456"}),
+            "Invalid phone number format (E.164 required)",
+        ),
+        (
+            json!({"type": "email", "email": "x@", "token": "123456"}),
+            "Unable to validate email address: invalid format",
+        ),
+        (
+            json!({"type": "sms", "token": "123456"}),
+            "Only an email address or phone number should be provided on verify",
+        ),
+    ] {
+        let reply = auth.post("/verify", body.clone()).await;
+        assert_eq!(
+            (reply.status, reply.code(), message(&reply).as_str()),
+            (StatusCode::BAD_REQUEST, "validation_failed", text),
+            "{body}"
+        );
+    }
+
+    // SSO, manual linking, Web3 and id_token: GoTrue's "disabled" answers.
+    let sso = auth.post("/sso", json!({"domain": "example.com"})).await;
+    assert_eq!(
+        (sso.status, sso.code(), message(&sso).as_str()),
+        (
+            StatusCode::NOT_FOUND,
+            "saml_provider_disabled",
+            "SAML 2.0 is disabled"
+        )
+    );
+    let anon_link = auth
+        .call(
+            Method::GET,
+            "/user/identities/authorize?provider=github",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        anon_link.status,
+        StatusCode::UNAUTHORIZED,
+        "{:?}",
+        anon_link.body
+    );
+    let session = auth.session("page@example.com", "password1").await;
+    let token = session["access_token"].as_str().unwrap();
+    for method in [Method::GET, Method::DELETE] {
+        let path = if method == Method::GET {
+            "/user/identities/authorize?provider=github".to_owned()
+        } else {
+            format!("/user/identities/{}", uuid::Uuid::new_v4())
+        };
+        let reply = auth.call(method, &path, Some(token), None).await;
+        assert_eq!(
+            (reply.status, reply.code(), message(&reply).as_str()),
+            (
+                StatusCode::NOT_FOUND,
+                "manual_linking_disabled",
+                "Manual linking is disabled"
+            ),
+            "{path}"
+        );
+    }
+    let web3 = auth
+        .post(
+            "/token?grant_type=web3",
+            json!({"chain": "solana", "message": "m", "signature": "s"}),
+        )
+        .await;
+    assert_eq!(
+        (web3.status, web3.code(), message(&web3).as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "web3_provider_disabled",
+            "Web3 provider is disabled"
+        )
+    );
+    let google = auth
+        .post(
+            "/token?grant_type=id_token",
+            json!({"provider": "google", "id_token": "x.y.z"}),
+        )
+        .await;
+    assert_eq!(
+        (google.status, google.code(), message(&google).as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            "provider_disabled",
+            "Provider (issuer \"https://accounts.google.com\") is not enabled"
+        )
+    );
+    let custom = auth
+        .post(
+            "/token?grant_type=id_token",
+            json!({"provider": "acme", "id_token": "x.y.z"}),
+        )
+        .await;
+    assert_eq!(
+        (custom.code(), message(&custom).as_str()),
+        (
+            "validation_failed",
+            "Custom OIDC provider \"acme\" not allowed"
+        )
+    );
+    let missing = auth
+        .post("/token?grant_type=id_token", json!({"provider": "google"}))
+        .await;
+    assert_eq!(
+        (
+            missing.status,
+            missing.body["error"].clone(),
+            missing.body["error_description"].clone()
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            json!("invalid request"),
+            json!("id_token required")
+        )
+    );
+}
