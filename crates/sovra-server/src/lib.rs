@@ -12,6 +12,7 @@ pub mod data_dir;
 pub mod gateway;
 pub mod keys;
 pub mod observe;
+pub mod opaque_keys;
 mod routes;
 pub mod serve;
 pub mod tenant;

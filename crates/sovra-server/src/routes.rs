@@ -259,10 +259,31 @@ pub(crate) async fn auth(
     State(state): State<AppState>,
     request: axum::extract::Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let Some(tenant) = state.tenants.resolve(&parts) else {
         return crate::GatewayError::NoTenant.into_response();
     };
+    // An opaque key as the bearer (supabase-js without a session, or an
+    // admin client made with a secret key) stands for the role's JWT.
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION)
+        && let Some(token) = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|token| crate::opaque_keys::looks_opaque(token))
+    {
+        let Some(jwt) = tenant.api_keys.jwt_for_opaque(token) else {
+            return crate::GatewayError::InvalidApiKey.into_response();
+        };
+        match HeaderValue::from_str(&format!("Bearer {jwt}")) {
+            Ok(value) => {
+                parts.headers.insert(header::AUTHORIZATION, value);
+            }
+            Err(_) => return crate::GatewayError::InvalidApiKey.into_response(),
+        }
+    }
     let path = parts.uri.path().strip_prefix("/auth/v1").unwrap_or("");
     let is_link = parts.method == Method::GET && path.trim_end_matches('/') == "/verify";
     if !is_link
@@ -401,9 +422,15 @@ fn realtime_principal(
     tenant: &crate::Tenant,
     key: Option<&str>,
 ) -> Result<sovra_realtime::Principal, (StatusCode, &'static str)> {
-    let Some(key) = key.filter(|k| !k.is_empty()) else {
+    let Some(mut key) = key.filter(|k| !k.is_empty()) else {
         return Err((StatusCode::UNAUTHORIZED, "API key is missing"));
     };
+    if crate::opaque_keys::looks_opaque(key) {
+        key = tenant
+            .api_keys
+            .jwt_for_opaque(key)
+            .ok_or((StatusCode::UNAUTHORIZED, "Invalid API key"))?;
+    }
     if let Some((role, claims)) = crate::gateway::api_key_claims(tenant, key) {
         return Ok(sovra_realtime::Principal { role, claims });
     }

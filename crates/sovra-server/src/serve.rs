@@ -300,7 +300,16 @@ pub async fn build_tenant(
             .map_err(ServeError::Storage)?;
     let keyset = std::sync::Arc::new(keys.keyset);
     let verify_keys = keyset.clone();
+    let opaque_keys = keys.api.clone();
     let verifier: sovra_realtime::Verifier = std::sync::Arc::new(move |token: &str| {
+        // An opaque key as `access_token` (supabase-js without a session).
+        let token = if crate::opaque_keys::looks_opaque(token) {
+            opaque_keys
+                .jwt_for_opaque(token)
+                .ok_or_else(|| "Invalid API key".to_owned())?
+        } else {
+            token
+        };
         let verified = verify_keys
             .verify(token, crate::gateway::now())
             .map_err(|err| err.to_string())?;

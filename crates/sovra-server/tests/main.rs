@@ -778,3 +778,137 @@ async fn an_external_issuers_tokens_need_its_issuer_and_audience() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// Issue #16 item 19: opaque `sb_publishable_…`/`sb_secret_…` keys made by
+/// `sovra keys --rotate-opaque` stand for anon and service_role on every
+/// service, as `apikey`, as the bearer supabase-js sends without a session,
+/// and as the realtime socket's `apikey`; unknown ones are refused.
+#[tokio::test]
+async fn opaque_api_keys_stand_for_anon_and_service_role() {
+    let first = TestApp::spawn().await;
+    let config = Config {
+        data_dir: first.data_dir.clone(),
+        ..Config::default()
+    };
+    let pair =
+        sovra_server::keys::rotate_opaque(&first.data_dir.join("keys.json"), &config).unwrap();
+    let stored = std::fs::read_to_string(first.data_dir.join("keys.json")).unwrap();
+    assert!(!stored.contains(&pair.secret) && !stored.contains(&pair.publishable));
+    // A server loads them at start.
+    let app = first.spawn_peer(Config::default()).await;
+    let whoami = format!("{}/sovra/v1/whoami", app.url);
+    let bearer = |key: &str| format!("Bearer {key}");
+    for (key, role) in [(&pair.publishable, "anon"), (&pair.secret, "service_role")] {
+        let (status, body) = get_json(&whoami, &[("apikey", key)]).await;
+        assert_eq!(
+            (status, body["role"].clone()),
+            (StatusCode::OK, json!(role))
+        );
+        let (status, body) =
+            get_json(&whoami, &[("apikey", key), ("authorization", &bearer(key))]).await;
+        assert_eq!(
+            (status, body["role"].clone()),
+            (StatusCode::OK, json!(role))
+        );
+    }
+    // A signed-in user's token still wins over the publishable key.
+    let user = app.sign(Value::Object(TestApp::user_claims(
+        "55555555-5555-5555-5555-555555555555",
+    )));
+    let (_, body) = get_json(
+        &whoami,
+        &[
+            ("apikey", &pair.publishable),
+            ("authorization", &bearer(&user)),
+        ],
+    )
+    .await;
+    assert_eq!(body["role"], "authenticated");
+    // Unknown opaque keys, as apikey or bearer, and the server that
+    // started before the keys were made.
+    let forged = format!("sb_secret_{}", "x".repeat(32));
+    let (status, body) = get_json(&whoami, &[("apikey", &forged)]).await;
+    assert_eq!(
+        (status, body["message"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("Invalid API key"))
+    );
+    let (status, _) = get_json(
+        &whoami,
+        &[
+            ("apikey", &pair.publishable),
+            ("authorization", &bearer(&forged)),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = get_json(
+        &format!("{}/sovra/v1/whoami", first.url),
+        &[("apikey", &pair.secret)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The publishable key's prefix on the secret's digest is not a key.
+    let swapped = pair.secret.replacen("sb_secret_", "sb_publishable_", 1);
+    let (status, _) = get_json(&whoami, &[("apikey", &swapped)]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Auth: the secret key is an admin (auth-js admin sends it as bearer),
+    // the publishable key is not.
+    let users = format!("{}/auth/v1/admin/users", app.url);
+    let (status, body) = get_json(
+        &users,
+        &[
+            ("apikey", &pair.secret),
+            ("authorization", &bearer(&pair.secret)),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = get_json(
+        &users,
+        &[
+            ("apikey", &pair.publishable),
+            ("authorization", &bearer(&pair.publishable)),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = get_json(&users, &[("apikey", &forged)]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // REST and storage.
+    let (status, _) = get_json(
+        &format!("{}/storage/v1/bucket", app.url),
+        &[
+            ("apikey", &pair.secret),
+            ("authorization", &bearer(&pair.secret)),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = get_json(
+        &format!("{}/rest/v1/", app.url),
+        &[
+            ("apikey", &pair.secret),
+            ("authorization", &bearer(&pair.secret)),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // The realtime socket's `apikey` parameter.
+    let ws = app.url.replacen("http://", "ws://", 1);
+    let socket = |key: &str| format!("{ws}/realtime/v1/websocket?apikey={key}&vsn=1.0.0");
+    assert!(
+        tokio_tungstenite::connect_async(socket(&pair.publishable))
+            .await
+            .is_ok()
+    );
+    match tokio_tungstenite::connect_async(socket(&forged)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 401);
+        }
+        other => panic!(
+            "a forged key connected: {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
+}

@@ -2715,7 +2715,11 @@ async fn active_content_is_never_served_inline_and_content_types_are_strict() {
     )
     .await;
     assert_eq!(tus.status, StatusCode::BAD_REQUEST, "{}", tus.text());
-    assert!(tus.text().starts_with("Invalid Content-Type"), "{}", tus.text());
+    assert!(
+        tus.text().starts_with("Invalid Content-Type"),
+        "{}",
+        tus.text()
+    );
     assert_eq!(
         st.count_rows("select count(*) from storage.objects where name like 'bad%' or name in ('x.png', 't.png')")
             .await,
