@@ -912,3 +912,25 @@ async fn opaque_api_keys_stand_for_anon_and_service_role() {
         ),
     }
 }
+
+/// With `jwt.audience` set, the anon and service_role keys Sovra mints
+/// itself still verify (they carry that audience), and so do the tokens
+/// auth issues.
+#[tokio::test]
+async fn minted_keys_verify_with_a_configured_audience() {
+    let mut config = Config::default();
+    config.jwt.audience = Some("authenticated".to_owned());
+    let app = TestApp::spawn_with(config).await;
+    let url = format!("{}/sovra/v1/whoami", app.url);
+    for (key, role) in [(&app.anon_key, "anon"), (&app.service_role_key, "service_role")] {
+        let (status, body) = get_json(&url, &[("apikey", key)]).await;
+        assert_eq!((status, body["role"].clone()), (StatusCode::OK, json!(role)), "{body}");
+    }
+    // A key minted without the audience (before it was configured) is
+    // refused, and replaced by a fresh one when the keys are next loaded.
+    let mut claims = serde_json::Map::new();
+    claims.insert("role".into(), json!("anon"));
+    let old = app.sign(Value::Object(claims));
+    let (status, _) = get_json(&url, &[("apikey", &old)]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
