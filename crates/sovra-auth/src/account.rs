@@ -984,6 +984,29 @@ impl AuthService {
             } else {
                 &user.email
             };
+            let invalid = || {
+                AuthError::unprocessable(
+                    "reauthentication_not_valid",
+                    "Nonce has expired or is invalid",
+                )
+            };
+            // Wrong guesses of this nonce are counted like those of other
+            // one-time codes: after `auth.code_attempts` of them it is
+            // spent, right or not, until a new one is sent.
+            let kind = attempts::Kind::Code("reauthentication_token");
+            let sent_at: Option<std::time::SystemTime> = tx
+                .c_query_one(
+                    "select reauthentication_sent_at from auth.users where id = $1",
+                    &[&user.id],
+                )
+                .await?
+                .get(0);
+            if let Some(sent_at) = sent_at
+                && attempts::failures(tx, user.id, kind, sent_at).await?
+                    >= i64::from(self.config.code_attempts)
+            {
+                return Err(invalid());
+            }
             let stored = crypto::stored_token(&crypto::token_hash(subject, nonce.trim()));
             let ok = tx
                 .c_execute(
@@ -994,11 +1017,17 @@ impl AuthService {
                 )
                 .await?;
             if ok != 1 {
-                return Err(AuthError::unprocessable(
-                    "reauthentication_not_valid",
-                    "Nonce has expired or is invalid",
-                ));
+                // The request's transaction rolls back: the failure is
+                // counted on a connection of its own (a row of
+                // `sovra.auth_attempts`, which that transaction holds no
+                // lock on).
+                if let Some(sent_at) = sent_at {
+                    let own = self.pool.get().await?;
+                    attempts::record_failure(&own, user.id, kind, sent_at).await?;
+                }
+                return Err(invalid());
             }
+            attempts::clear(tx, user.id, kind).await?;
         }
         // Only if the password is still the one the checks saw.
         let changed = tx

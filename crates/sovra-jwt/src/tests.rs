@@ -92,7 +92,14 @@ fn minted_api_keys_carry_a_configured_audience() {
     // Without an audience, none is added (Supabase's keys have none).
     let plain = KeySet::new(&store, None, None).unwrap();
     let minted = plain.mint_api_key("anon", "sovra", NOW, NOW + 100).unwrap();
-    assert!(plain.verify(&minted, NOW).unwrap().claims.get("aud").is_none());
+    assert!(
+        plain
+            .verify(&minted, NOW)
+            .unwrap()
+            .claims
+            .get("aud")
+            .is_none()
+    );
     // A key minted without the audience fails where one is required.
     assert_eq!(set.verify(&minted, NOW), Err(JwtError::WrongAudience));
 }

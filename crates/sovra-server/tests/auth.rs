@@ -2129,3 +2129,73 @@ async fn admin_input_verify_and_disabled_features_answer_as_gotrue() {
         )
     );
 }
+
+/// The reauthentication nonce of a password change takes at most
+/// `auth.code_attempts` wrong guesses: then even the right one is refused
+/// until a new nonce is sent, which starts afresh.
+#[tokio::test]
+async fn reauthentication_nonces_take_a_bounded_number_of_guesses() {
+    let auth = Auth::with(config(|c| {
+        c.auth.secure_password_change = true;
+        c.auth.email_max_frequency = 0;
+        c.auth.code_attempts = 3;
+    }))
+    .await;
+    auth.user("guess@example.com", "password1").await;
+    let session = auth.session("guess@example.com", "password1").await;
+    let access = token(&session, "access_token");
+    auth.sql("update auth.sessions set created_at = now() - interval '2 days'")
+        .await;
+    let nonce = || async {
+        let sent = auth
+            .call(Method::GET, "/reauthenticate", Some(&access), None)
+            .await;
+        assert_eq!(sent.status, StatusCode::OK);
+        let mail = auth.mail("guess@example.com").await;
+        mail["body"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .to_owned()
+    };
+    let change = |nonce: String| {
+        auth.call(
+            Method::PUT,
+            "/user",
+            Some(&access),
+            Some(json!({"password": "password2", "nonce": nonce, "data": {"n": 1}})),
+        )
+    };
+    let right = nonce().await;
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            change(wrong.to_owned()).await.code(),
+            "reauthentication_not_valid"
+        );
+    }
+    let spent = change(right.clone()).await;
+    assert_eq!(
+        spent.code(),
+        "reauthentication_not_valid",
+        "{:?}",
+        spent.body
+    );
+    // The refused requests changed nothing.
+    let user = auth.call(Method::GET, "/user", Some(&access), None).await;
+    assert!(
+        user.body["user_metadata"].get("n").is_none(),
+        "{:?}",
+        user.body
+    );
+    // A new nonce works.
+    let fresh = nonce().await;
+    let ok = change(fresh).await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+}

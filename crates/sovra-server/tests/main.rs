@@ -922,9 +922,16 @@ async fn minted_keys_verify_with_a_configured_audience() {
     config.jwt.audience = Some("authenticated".to_owned());
     let app = TestApp::spawn_with(config).await;
     let url = format!("{}/sovra/v1/whoami", app.url);
-    for (key, role) in [(&app.anon_key, "anon"), (&app.service_role_key, "service_role")] {
+    for (key, role) in [
+        (&app.anon_key, "anon"),
+        (&app.service_role_key, "service_role"),
+    ] {
         let (status, body) = get_json(&url, &[("apikey", key)]).await;
-        assert_eq!((status, body["role"].clone()), (StatusCode::OK, json!(role)), "{body}");
+        assert_eq!(
+            (status, body["role"].clone()),
+            (StatusCode::OK, json!(role)),
+            "{body}"
+        );
     }
     // A key minted without the audience (before it was configured) is
     // refused, and replaced by a fresh one when the keys are next loaded.
