@@ -259,6 +259,11 @@ impl AuthService {
                 }
                 Ok(Some(self.hasher.hash(p).await?))
             }
+            (None, Some(h)) if h.starts_with("$2") => {
+                crate::password::bcrypt_cost(h)
+                    .map_err(|err| AuthError::validation(err.to_string()))?;
+                Ok(Some(h.to_owned()))
+            }
             (None, Some(h)) => {
                 if is_password_hash(h) {
                     Ok(Some(h.to_owned()))

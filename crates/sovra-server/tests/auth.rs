@@ -2199,3 +2199,68 @@ async fn reauthentication_nonces_take_a_bounded_number_of_guesses() {
     let ok = change(fresh).await;
     assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
 }
+
+/// Admin-imported bcrypt hashes are held to a cost cap: checking a
+/// password against a cost-31 hash would take a hashing thread for days.
+/// Hashes up to the cap import and sign in; others are refused as GoTrue
+/// refuses a bad hash, on create and on update.
+#[tokio::test]
+async fn imported_bcrypt_hashes_have_a_bounded_cost() {
+    let auth = Auth::new().await;
+    let hash = |cost: u32| {
+        let good = "$2a$04$9ts0ZMPlQ3ppfgRSbLP8D.u8LIdtcbXFAJOXZXgy9GeYyjAsyO6fC";
+        format!("$2a${cost:02}${}", &good[7..])
+    };
+    let ok = auth
+        .admin(
+            Method::POST,
+            "/admin/users",
+            Some(json!({"email": "cheap@example.com", "password_hash": hash(4), "email_confirm": true})),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+    for (path, method, cost) in [
+        ("/admin/users".to_owned(), Method::POST, 31),
+        ("/admin/users".to_owned(), Method::POST, 15),
+        (
+            format!("/admin/users/{}", ok.body["id"].as_str().unwrap()),
+            Method::PUT,
+            20,
+        ),
+    ] {
+        let mut body = json!({"password_hash": hash(cost)});
+        if method == Method::POST {
+            body["email"] = json!(format!("costly{cost}@example.com"));
+        }
+        let reply = auth.admin(method, &path, Some(body)).await;
+        assert_eq!(
+            (reply.status, reply.code(), reply.body["msg"].clone()),
+            (
+                StatusCode::BAD_REQUEST,
+                "validation_failed",
+                json!(format!(
+                    "Invalid password hash: bcrypt cost {cost} is above the maximum of 14"
+                ))
+            ),
+            "{path} {cost}"
+        );
+    }
+    // A malformed bcrypt hash is refused too.
+    let short = auth
+        .admin(
+            Method::POST,
+            "/admin/users",
+            Some(json!({"email": "short@example.com", "password_hash": "$2a$04$short"})),
+        )
+        .await;
+    assert_eq!(short.code(), "validation_failed");
+    // A hash over the cap written by SQL (a dump) never costs a hashing
+    // thread: signing in against it is refused at once.
+    auth.sql(&format!(
+        "update auth.users set encrypted_password = '{}' where email = 'cheap@example.com'",
+        hash(31)
+    ))
+    .await;
+    let refused = auth.sign_in("cheap@example.com", "password").await;
+    assert_eq!(refused.code(), "invalid_credentials");
+}
