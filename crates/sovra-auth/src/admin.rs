@@ -533,12 +533,24 @@ impl AuthService {
             .cloned()
             .ok_or_else(|| AuthError::not_found("mfa_factor_not_found", "Factor not found"))?;
         let factor_id = Uuid::parse_str(factor).map_err(|_| AuthError::internal())?;
-        client
+        drop(client);
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let deleted = tx
             .c_execute(
                 "delete from auth.mfa_factors where id = $1 and user_id = $2",
                 &[&factor_id, &id],
             )
             .await?;
+        if deleted == 0 {
+            return Err(AuthError::not_found(
+                "mfa_factor_not_found",
+                "Factor not found",
+            ));
+        }
+        // Sessions that reached aal2 with this factor are aal1 again.
+        self.downgrade_sessions_of(&tx, id, factor_id).await?;
+        tx.commit().await?;
         Ok(ok_json(found))
     }
 

@@ -2264,3 +2264,95 @@ async fn imported_bcrypt_hashes_have_a_bounded_cost() {
     let refused = auth.sign_in("cheap@example.com", "password").await;
     assert_eq!(refused.code(), "invalid_credentials");
 }
+
+/// When an admin deletes the verified factor a session reached aal2 with,
+/// that session is aal1 again (its next tokens and its checks), even while
+/// the user has another verified factor.
+#[tokio::test]
+async fn an_admin_deleting_a_verified_factor_downgrades_its_sessions() {
+    let auth = Auth::new().await;
+    let user = auth.user("twofactor@example.com", "password1").await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    let session = auth.session("twofactor@example.com", "password1").await;
+    // Enrolls and verifies a TOTP factor with `access`; the new session.
+    let verify = |access: String, name: &'static str| {
+        let auth = &auth;
+        async move {
+            let enrolled = auth
+                .call(
+                    Method::POST,
+                    "/factors",
+                    Some(&access),
+                    Some(json!({"factor_type": "totp", "friendly_name": name})),
+                )
+                .await;
+            assert_eq!(enrolled.status, StatusCode::OK, "{:?}", enrolled.body);
+            let factor = enrolled.body["id"].as_str().unwrap().to_owned();
+            let secret = sovra_auth::crypto::base32_decode(
+                enrolled.body["totp"]["secret"].as_str().unwrap(),
+            )
+            .unwrap();
+            let challenge = auth
+                .call(
+                    Method::POST,
+                    &format!("/factors/{factor}/challenge"),
+                    Some(&access),
+                    Some(json!({})),
+                )
+                .await;
+            let now = u64::try_from(TestApp::now()).unwrap();
+            let code = sovra_auth::crypto::totp_at(&secret, now / 30);
+            let verified = auth
+                .call(
+                    Method::POST,
+                    &format!("/factors/{factor}/verify"),
+                    Some(&access),
+                    Some(json!({"challenge_id": challenge.body["id"], "code": code})),
+                )
+                .await;
+            assert_eq!(verified.status, StatusCode::OK, "{:?}", verified.body);
+            (factor, verified.body)
+        }
+    };
+    let (first, aal2) = verify(token(&session, "access_token"), "first").await;
+    let (second, aal2) = verify(token(&aal2, "access_token"), "second").await;
+    assert_eq!(claims(&token(&aal2, "access_token"))["aal"], "aal2");
+    // The admin deletes the factor this session was verified with.
+    let deleted = auth
+        .admin(
+            Method::DELETE,
+            &format!("/admin/users/{user_id}/factors/{second}"),
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{:?}", deleted.body);
+    let refreshed = auth
+        .post(
+            "/token?grant_type=refresh_token",
+            json!({"refresh_token": token(&aal2, "refresh_token")}),
+        )
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{:?}", refreshed.body);
+    let c = claims(&token(&refreshed.body, "access_token"));
+    assert_eq!(c["aal"], "aal1", "{c}");
+    // Its checks see aal1 too: the remaining verified factor cannot be
+    // removed without verifying again.
+    let refused = auth
+        .call(
+            Method::DELETE,
+            &format!("/factors/{first}"),
+            Some(&token(&refreshed.body, "access_token")),
+            None,
+        )
+        .await;
+    assert_eq!(refused.code(), "insufficient_aal", "{:?}", refused.body);
+    // Deleting a factor that does not exist is still a 404.
+    let missing = auth
+        .admin(
+            Method::DELETE,
+            &format!("/admin/users/{user_id}/factors/{second}"),
+            None,
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
