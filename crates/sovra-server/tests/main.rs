@@ -941,3 +941,27 @@ async fn minted_keys_verify_with_a_configured_audience() {
     let (status, _) = get_json(&url, &[("apikey", &old)]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// Issue #16 item 25: the banner says whether sign-ups need confirming,
+/// how to turn that off, and where mail goes.
+#[test]
+fn the_banner_says_how_sign_ups_are_confirmed_and_where_mail_goes() {
+    let dir = std::path::Path::new("/srv/sovra-data");
+    let default = sovra_server::serve::auth_banner_lines(&Config::default(), dir).join("\n");
+    assert!(default.contains("Email confirm on"), "{default}");
+    assert!(
+        default.contains("SOVRA_AUTH_EMAIL_AUTOCONFIRM=true"),
+        "{default}"
+    );
+    assert!(default.contains("/srv/sovra-data/mailbox"), "{default}");
+    assert!(default.contains("`sovra mail`"), "{default}");
+    let mut config = Config::default();
+    config.auth.email_autoconfirm = true;
+    config.auth.smtp_url = Some("smtp://mail.example.com:587".to_owned());
+    let configured = sovra_server::serve::auth_banner_lines(&config, dir).join("\n");
+    assert!(configured.contains("Email confirm off"), "{configured}");
+    assert!(configured.contains("auth.smtp_url"), "{configured}");
+    assert!(!configured.contains("mailbox"), "{configured}");
+    // The SMTP URL (it may hold a password) is never printed.
+    assert!(!configured.contains("mail.example.com"), "{configured}");
+}
