@@ -26,6 +26,11 @@ nats_port="$(free_port)"
 "$nats_bin" -a 127.0.0.1 -p "$nats_port" >"$dir/nats.log" 2>&1 &
 nats_pid=$!
 export SOVRA_REALTIME_NATS_URL="nats://127.0.0.1:$nats_port"
+# Opaque keys (sb_publishable_/sb_secret_), made before the server starts
+# so that it loads them; shown this once.
+opaque="$("$bin" keys --rotate-opaque --json --data-dir "$dir/data")"
+export SOVRA_PUBLISHABLE_KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).publishable_key)' "$opaque")"
+export SOVRA_SECRET_KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).secret_key)' "$opaque")"
 SOVRA_REST_SCHEMAS=public,personal "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >"$dir/out.log" 2>"$dir/err.log" &
 pid=$!
 pid2=""
