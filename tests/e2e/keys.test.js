@@ -72,5 +72,9 @@ test('an unknown opaque key is refused everywhere', async () => {
   const auth = await forged.auth.admin.listUsers();
   assert.equal(auth.error?.status, 401);
   const storage = await fetch(`${url}/storage/v1/bucket`, { headers: { apikey: `sb_publishable_${'y'.repeat(32)}` } });
-  assert.equal(storage.status, 401);
+  // Storage answers in its own error shape (HTTP 400, statusCode "403").
+  assert.equal(storage.status, 400);
+  assert.deepEqual(await storage.json(), {
+    statusCode: '403', error: 'Unauthorized', message: 'Invalid API key', code: 'AccessDenied',
+  });
 });
