@@ -174,15 +174,15 @@ impl AuthService {
             (None, Some(p)) => json!({"provider": p, "providers": [p]}),
             (None, None) => json!({}),
         };
-        if let Some(email) = new.email {
-            user_metadata.insert("email".to_owned(), json!(email));
-            user_metadata.insert("email_verified".to_owned(), json!(new.email_confirmed));
+        // As GoTrue: the metadata is what the client sent; the address's
+        // claims (`sub`, `email`, …) are identity data. Confirming an
+        // address adds `email_verified`/`phone_verified: true`, as GoTrue's
+        // `Confirm`/`ConfirmPhone` do (here when it is confirmed at once).
+        if new.email.is_some() && new.email_confirmed {
+            user_metadata.insert("email_verified".to_owned(), json!(true));
         }
-        if new.phone.is_some() || new.email.is_some() {
-            user_metadata.insert("phone_verified".to_owned(), json!(new.phone_confirmed));
-        }
-        if provider.is_some() {
-            user_metadata.insert("sub".to_owned(), json!(new.id));
+        if new.phone.is_some() && new.phone_confirmed {
+            user_metadata.insert("phone_verified".to_owned(), json!(true));
         }
         let result = client
             .c_execute(

@@ -3,192 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sovra_test_support::TestApp;
-
-struct Auth {
-    app: TestApp,
-    http: reqwest::Client,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
-impl Reply {
-    fn code(&self) -> &str {
-        self.body
-            .get("error_code")
-            .or_else(|| self.body.get("code"))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    }
-}
-
-fn config(edit: impl FnOnce(&mut sovra_config::Config)) -> sovra_config::Config {
-    let mut config = sovra_config::Config::default();
-    edit(&mut config);
-    config
-}
-
-impl Auth {
-    async fn new() -> Auth {
-        Auth::with(config(|_| {})).await
-    }
-
-    async fn with(config: sovra_config::Config) -> Auth {
-        // Server logs appear with a failing test's output.
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter("warn")
-            .try_init();
-        Auth {
-            app: TestApp::spawn_with(config).await,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        let mut request = self
-            .http
-            .request(method, format!("{}/auth/v1{path}", self.app.url))
-            .header("apikey", &self.app.anon_key);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Reply {
-        self.call(Method::POST, path, None, Some(body)).await
-    }
-
-    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
-        let key = self.app.service_role_key.clone();
-        self.call(method, path, Some(&key), body).await
-    }
-
-    /// A confirmed user made through the admin API.
-    async fn user(&self, email: &str, password: &str) -> Value {
-        let reply = self
-            .admin(
-                Method::POST,
-                "/admin/users",
-                Some(json!({"email": email, "password": password, "email_confirm": true})),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-        reply.body
-    }
-
-    async fn sign_in(&self, email: &str, password: &str) -> Reply {
-        self.post(
-            "/token?grant_type=password",
-            json!({"email": email, "password": password}),
-        )
-        .await
-    }
-
-    async fn session(&self, email: &str, password: &str) -> Value {
-        let reply = self.sign_in(email, password).await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-        reply.body
-    }
-
-    /// The latest message to `to`, from the mailbox.
-    async fn mail(&self, to: &str) -> Value {
-        let reply = self
-            .admin(Method::GET, &format!("/admin/mailbox?to={to}"), None)
-            .await;
-        assert_eq!(reply.status, StatusCode::OK);
-        reply
-            .body
-            .as_array()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("a message")
-    }
-
-    async fn mail_count(&self, to: &str) -> usize {
-        let reply = self
-            .admin(Method::GET, &format!("/admin/mailbox?to={to}"), None)
-            .await;
-        reply.body.as_array().unwrap().len()
-    }
-
-    async fn sql(&self, sql: &str) -> Vec<sovra_pg::tokio_postgres::Row> {
-        self.app.db.client().await.query(sql, &[]).await.unwrap()
-    }
-}
-
-/// The six-digit code in a message body.
-fn code_in(message: &Value) -> String {
-    let body = message["body"].as_str().unwrap();
-    let at = body.find("code: ").expect("a code") + 6;
-    body[at..at + 6].to_owned()
-}
-
-/// The verify link in a message body.
-fn link_in(message: &Value) -> String {
-    message["body"]
-        .as_str()
-        .unwrap()
-        .split_whitespace()
-        .find(|w| w.contains("/auth/v1/verify?"))
-        .expect("a link")
-        .to_owned()
-}
-
-/// `link` with its `redirect_to` replaced.
-fn redirect(link: &str, to: &str) -> String {
-    let base = link.split("&redirect_to=").next().unwrap();
-    format!(
-        "{base}&redirect_to={}",
-        sovra_auth::crypto::percent_encode(to)
-    )
-}
-
-fn token(session: &Value, key: &str) -> String {
-    session[key].as_str().unwrap().to_owned()
-}
-
-fn claims(access_token: &str) -> Value {
-    use base64::Engine as _;
-    let payload = access_token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
+use support::auth_client::{Auth, Reply, claims, code_in, config, link_in, redirect, token};
 
 #[tokio::test]
 async fn signup_confirm_through_the_mailbox_then_sign_in() {
@@ -2355,4 +2175,63 @@ async fn an_admin_deleting_a_verified_factor_downgrades_its_sessions() {
         )
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+/// Issue #16 item 21: `user_metadata` holds what the client sent, as on
+/// GoTrue: no `email`, `sub` or `phone_verified` added (those are identity
+/// data); confirming an address adds `email_verified: true`, as GoTrue's
+/// confirmation does.
+#[tokio::test]
+async fn user_metadata_holds_what_the_client_sent() {
+    let auth = Auth::new().await;
+    let signed_up = auth
+        .post(
+            "/signup",
+            json!({"email": "meta@example.com", "password": "password1", "data": {"name": "Meta"}}),
+        )
+        .await;
+    assert_eq!(signed_up.status, StatusCode::OK, "{:?}", signed_up.body);
+    assert_eq!(signed_up.body["user_metadata"], json!({"name": "Meta"}));
+    let identity = &signed_up.body["identities"][0]["identity_data"];
+    assert_eq!(identity["email"], "meta@example.com");
+    assert_eq!(identity["sub"], signed_up.body["id"]);
+    let code = code_in(&auth.mail("meta@example.com").await);
+    let verified = auth
+        .post(
+            "/verify",
+            json!({"type": "signup", "email": "meta@example.com", "token": code}),
+        )
+        .await;
+    assert_eq!(
+        verified.body["user"]["user_metadata"],
+        json!({"name": "Meta", "email_verified": true})
+    );
+    // Admin-created: what was given, plus the confirmation when asked.
+    let plain = auth
+        .admin(
+            Method::POST,
+            "/admin/users",
+            Some(json!({"email": "plain@example.com", "user_metadata": {"team": "a"}})),
+        )
+        .await;
+    assert_eq!(plain.body["user_metadata"], json!({"team": "a"}));
+    let confirmed = auth
+        .admin(
+            Method::POST,
+            "/admin/users",
+            Some(json!({"email": "conf@example.com", "email_confirm": true})),
+        )
+        .await;
+    assert_eq!(
+        confirmed.body["user_metadata"],
+        json!({"email_verified": true})
+    );
+    let phone = auth
+        .admin(
+            Method::POST,
+            "/admin/users",
+            Some(json!({"phone": "+15555550100", "phone_confirm": true})),
+        )
+        .await;
+    assert_eq!(phone.body["user_metadata"], json!({"phone_verified": true}));
 }

@@ -965,3 +965,58 @@ fn the_banner_says_how_sign_ups_are_confirmed_and_where_mail_goes() {
     // The SMTP URL (it may hold a password) is never printed.
     assert!(!configured.contains("mail.example.com"), "{configured}");
 }
+
+/// Issue #16 item 24: with an EC private key configured, the access tokens
+/// auth issues are ES256 with the key's `kid`, and the published JWKS alone
+/// verifies them (what auth-js' `getClaims()` does locally).
+#[tokio::test]
+async fn auth_tokens_verify_with_the_published_jwks_alone() {
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "ec-main", "alg": "ES256", "d": EC_D, "x": EC_X, "y": EC_Y}]});
+    let mut config = Config::default();
+    config.jwt.jwks = Some(jwks.to_string());
+    config.auth.email_autoconfirm = true;
+    let app = TestApp::spawn_with(config).await;
+    let signed_up: Value = client()
+        .post(format!("{}/auth/v1/signup", app.url))
+        .header("apikey", &app.anon_key)
+        .json(&json!({"email": "claims@example.com", "password": "password1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = signed_up["access_token"].as_str().expect("a session");
+    let header: Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            access.split('.').next().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (header["alg"].clone(), header["kid"].clone()),
+        (json!("ES256"), json!("ec-main"))
+    );
+    // Only what a client can fetch: the JWKS endpoint.
+    let published: Value = client()
+        .get(format!("{}/auth/v1/.well-known/jwks.json", app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(published["keys"][0].get("d").is_none());
+    let store = sovra_jwt::KeyStore::generate(TestApp::now());
+    let verifier = sovra_jwt::KeySet::new(&store, Some(&published), None).unwrap();
+    let verified = verifier.verify(access, TestApp::now()).unwrap();
+    assert_eq!(verified.role, "authenticated");
+    assert_eq!(verified.claims["email"], "claims@example.com");
+    // A token signed by another key with the same kid does not verify.
+    let other = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "ec-main", "alg": "ES256",
+        "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]});
+    let wrong = sovra_jwt::KeySet::new(&store, Some(&other), None).unwrap();
+    assert!(wrong.verify(access, TestApp::now()).is_err());
+}
