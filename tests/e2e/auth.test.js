@@ -211,3 +211,29 @@ test('admin: createUser, listUsers, deleteUser; refused without the service key'
   const again = await service.auth.admin.createUser({ email: dup.data.user.email });
   assert.equal(again.error.code, 'email_exists');
 });
+
+test('with an EC signing key, getClaims() verifies the access token locally against the JWKS', async () => {
+  const es256 = process.env.E2E_ES256_URL;
+  const calls = [];
+  const counting = (input, init) => {
+    calls.push(new URL(typeof input === 'string' ? input : input.url).pathname);
+    return fetch(input, init);
+  };
+  const c = createClient(es256, anonKey, { ...opts, global: { fetch: counting } });
+  const email = `claims-${randomUUID().slice(0, 8)}@example.com`;
+  assert.equal((await service.auth.admin.createUser({ email, password: 'password1', email_confirm: true })).error, null);
+  const signedIn = await c.auth.signInWithPassword({ email, password: 'password1' });
+  assert.equal(signedIn.error, null, JSON.stringify(signedIn.error));
+  const header = JSON.parse(Buffer.from(signedIn.data.session.access_token.split('.')[0], 'base64url').toString());
+  assert.deepEqual([header.alg, header.kid], ['ES256', 'e2e-ec']);
+  calls.length = 0;
+  const { data, error } = await c.auth.getClaims();
+  assert.equal(error, null, JSON.stringify(error));
+  assert.equal(data.claims.email, email);
+  assert.deepEqual(calls, ['/auth/v1/.well-known/jwks.json'], 'verified locally, not through /user');
+  // A tampered token fails the local check.
+  const [h, p, sig] = signedIn.data.session.access_token.split('.');
+  const forgedPayload = Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.from(p, 'base64url')), role: 'service_role' })).toString('base64url');
+  const forged = await c.auth.getClaims(`${h}.${forgedPayload}.${sig}`);
+  assert.ok(forged.error, 'a tampered token is refused');
+});

@@ -31,12 +31,18 @@ nats_port="$(free_port)"
 "$nats_bin" -a 127.0.0.1 -p "$nats_port" >"$dir/nats.log" 2>&1 &
 nats_pid=$!
 export SOVRA_REALTIME_NATS_URL="nats://127.0.0.1:$nats_port"
+# Opaque keys (sb_publishable_/sb_secret_), made before the server starts
+# so that it loads them; shown this once.
+opaque="$("$bin" keys --rotate-opaque --json --data-dir "$dir/data")"
+export SOVRA_PUBLISHABLE_KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).publishable_key)' "$opaque")"
+export SOVRA_SECRET_KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).secret_key)' "$opaque")"
 SOVRA_REST_SCHEMAS=public,personal "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >"$dir/out.log" 2>"$dir/err.log" &
 pid=$!
 pid2=""
+pid3=""
 cleanup() {
-  kill -INT "$pid" $pid2 2>/dev/null || true
-  wait "$pid" $pid2 2>/dev/null || true
+  kill -INT "$pid" $pid2 $pid3 2>/dev/null || true
+  wait "$pid" $pid2 $pid3 2>/dev/null || true
   kill "$nats_pid" 2>/dev/null || true
   wait "$nats_pid" 2>/dev/null || true
   rm -rf "$dir"
@@ -66,6 +72,18 @@ pid2=$!
 url2="http://127.0.0.1:$port2"
 wait_ready "$url2" "$pid2" "$dir/err2.log"
 export E2E_SECOND_URL="$url2"
+# A third instance on the same database that signs access tokens with an
+# EC private key (a fixed test key), for auth-js' local getClaims().
+port3="$(free_port)"
+mkdir -p "$dir/data3"
+cp "$dir/data/keys.json" "$dir/data3/keys.json"
+SOVRA_JWT_JWKS='{"keys":[{"kty":"EC","crv":"P-256","kid":"e2e-ec","alg":"ES256","d":"xk-UCYVX6qgVDvNQffbgeUrXH4yiQJTNB4zWcfMOAKk","x":"kPEvY2IfeFBp164JNCro7Fy-U9KZKmvI9mzbtkRz7Ng","y":"NsifjvHI5lvyKGXlAOPkZCYzxjApuwwVwpmEmo7X-2U"}]}' \
+  SOVRA_REST_SCHEMAS=public,personal SOVRA_DATABASE_URL="host=$dir/data/pg user=postgres dbname=postgres" \
+  "$bin" serve --data-dir "$dir/data3" --listen "127.0.0.1:$port3" >"$dir/out3.log" 2>"$dir/err3.log" &
+pid3=$!
+url3="http://127.0.0.1:$port3"
+wait_ready "$url3" "$pid3" "$dir/err3.log"
+export E2E_ES256_URL="$url3"
 keys="$("$bin" keys --json --data-dir "$dir/data")"
 export SOVRA_URL="$url"
 export SOVRA_ANON_KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).anon_key)' "$keys")"

@@ -181,7 +181,9 @@ test('a user uploads, downloads, lists, inspects, upserts, updates, moves, copie
   const info = await files.info(path);
   assert.equal(info.error, null, JSON.stringify(info.error));
   assert.equal(info.data.name, path);
-  assert.equal(info.data.bucketId, PRIVATE);
+  // Only the fields Supabase Storage's info sends (no bucket_id).
+  assert.equal(info.data.bucketId, undefined);
+  assert.match(info.data.createdAt, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
   assert.equal(info.data.size, 11);
   assert.equal(info.data.contentType, 'text/plain');
   assert.equal(info.data.cacheControl, 'max-age=3600');
@@ -487,4 +489,76 @@ test('emptyBucket and deleteBucket: a non-empty bucket cannot be deleted', async
   isStorageError((await service.storage.getBucket(id)).error, '404', 'Bucket not found');
   assert.ok(!(await service.storage.listBuckets()).data.some((b) => b.id === id));
   isStorageError((await service.storage.deleteBucket(id)).error, '404');
+});
+
+test('listV2 lists full keys under a string prefix, folders with the delimiter, pages by cursor', async () => {
+  const id = await newBucket('v2');
+  const bucket = service.storage.from(id);
+  for (const name of ['top.txt', 'a/one.txt', 'a/two.txt', 'a/sub/deep.txt', 'a_b/x.txt']) {
+    assert.equal((await bucket.upload(name, name, { contentType: 'text/plain' })).error, null);
+  }
+  const flat = await bucket.listV2({ prefix: 'a', limit: 2 });
+  assert.equal(flat.error, null, JSON.stringify(flat.error));
+  assert.deepEqual(flat.data.objects.map((o) => o.name), ['a/one.txt', 'a/sub/deep.txt']);
+  assert.deepEqual(flat.data.folders, []);
+  assert.equal(flat.data.hasNext, true);
+  const next = await bucket.listV2({ prefix: 'a', limit: 2, cursor: flat.data.nextCursor });
+  assert.deepEqual(next.data.objects.map((o) => o.name), ['a/two.txt', 'a_b/x.txt']);
+  assert.equal(next.data.hasNext, false);
+  const tree = await bucket.listV2({ prefix: 'a/', with_delimiter: true });
+  assert.deepEqual(tree.data.folders.map((f) => f.name), ['a/sub/']);
+  assert.deepEqual(tree.data.objects.map((o) => o.name), ['a/one.txt', 'a/two.txt']);
+  assert.equal(tree.data.objects[0].metadata.size, 9);
+  const bad = await bucket.listV2({ cursor: 'not a cursor' });
+  isStorageError(bad.error, '400', 'Invalid Parameter continuation token');
+  // Bucket search matches anywhere in the name.
+  const found = await service.storage.listBuckets({ search: id.slice(4) });
+  assert.equal(found.error, null, JSON.stringify(found.error));
+  assert.deepEqual(found.data.map((b) => b.id), [id]);
+  assert.match(found.data[0].created_at, /\.\d{3}Z$/);
+
+  // info: metadata {} when none was given; exists() via HEAD.
+  const info = await bucket.info('top.txt');
+  assert.equal(info.error, null, JSON.stringify(info.error));
+  assert.deepEqual(info.data.metadata, {});
+  const head = await fetch(`${storageUrl}/object/info/${id}/top.txt`, {
+    method: 'HEAD', headers: { apikey: serviceKey, authorization: `Bearer ${serviceKey}` },
+  });
+  assert.equal(head.status, 200);
+  assert.equal(head.headers.get('etag'), info.data.etag);
+
+  // copy takes user metadata from x-metadata when not copying the source's.
+  const copy = await fetch(`${storageUrl}/object/copy`, {
+    method: 'POST',
+    headers: {
+      apikey: serviceKey, authorization: `Bearer ${serviceKey}`, 'content-type': 'application/json',
+      'x-metadata': Buffer.from(JSON.stringify({ k: 'v' })).toString('base64'),
+    },
+    body: JSON.stringify({ bucketId: id, sourceKey: 'top.txt', destinationKey: 'copy.txt', copyMetadata: false }),
+  });
+  assert.equal(copy.status, 200);
+  assert.deepEqual((await bucket.info('copy.txt')).data.metadata, { k: 'v' });
+  assert.equal((await bucket.remove(['copy.txt'])).error, null);
+  await dropBucket(id);
+});
+
+test('TUS OPTIONS, /version, and a request without any credential, as Supabase Storage answers them', async () => {
+  const options = await fetch(`${storageUrl}/upload/resumable`, {
+    method: 'OPTIONS',
+    headers: { origin: 'http://localhost:3000', 'access-control-request-method': 'POST' },
+  });
+  assert.equal(options.status, 204);
+  assert.equal(options.headers.get('tus-version'), '1.0.0');
+  assert.match(options.headers.get('tus-extension'), /creation/);
+  assert.match(options.headers.get('tus-max-size'), /^\d+$/);
+  const unknown = await fetch(`${storageUrl}/upload/resumable/${randomUUID()}`, {
+    method: 'HEAD', headers: { apikey: serviceKey, authorization: `Bearer ${serviceKey}`, 'tus-resumable': '1.0.0' },
+  });
+  assert.equal(unknown.status, 404);
+  const version = await fetch(`${storageUrl}/version`);
+  assert.equal(version.status, 200);
+  assert.match(await version.text(), /^\d+\.\d+\.\d+/);
+  const bare = await fetch(`${storageUrl}/bucket`);
+  const body = await isErrorResponse(bare, '403');
+  assert.equal(body.message, 'Invalid Compact JWS');
 });

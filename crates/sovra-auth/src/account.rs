@@ -174,15 +174,15 @@ impl AuthService {
             (None, Some(p)) => json!({"provider": p, "providers": [p]}),
             (None, None) => json!({}),
         };
-        if let Some(email) = new.email {
-            user_metadata.insert("email".to_owned(), json!(email));
-            user_metadata.insert("email_verified".to_owned(), json!(new.email_confirmed));
+        // As GoTrue: the metadata is what the client sent; the address's
+        // claims (`sub`, `email`, …) are identity data. Confirming an
+        // address adds `email_verified`/`phone_verified: true`, as GoTrue's
+        // `Confirm`/`ConfirmPhone` do (here when it is confirmed at once).
+        if new.email.is_some() && new.email_confirmed {
+            user_metadata.insert("email_verified".to_owned(), json!(true));
         }
-        if new.phone.is_some() || new.email.is_some() {
-            user_metadata.insert("phone_verified".to_owned(), json!(new.phone_confirmed));
-        }
-        if provider.is_some() {
-            user_metadata.insert("sub".to_owned(), json!(new.id));
+        if new.phone.is_some() && new.phone_confirmed {
+            user_metadata.insert("phone_verified".to_owned(), json!(true));
         }
         let result = client
             .c_execute(
@@ -617,6 +617,11 @@ impl AuthService {
 
     pub(crate) async fn token(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
         let grant = ctx.query("grant_type").unwrap_or_default();
+        match grant.as_str() {
+            "web3" => return self.web3_disabled(),
+            "id_token" => return self.id_token_disabled(ctx),
+            _ => {}
+        }
         let body: PasswordBody = ctx.json()?;
         match grant.as_str() {
             "password" => self.password_grant(ctx, body).await,
@@ -979,6 +984,29 @@ impl AuthService {
             } else {
                 &user.email
             };
+            let invalid = || {
+                AuthError::unprocessable(
+                    "reauthentication_not_valid",
+                    "Nonce has expired or is invalid",
+                )
+            };
+            // Wrong guesses of this nonce are counted like those of other
+            // one-time codes: after `auth.code_attempts` of them it is
+            // spent, right or not, until a new one is sent.
+            let kind = attempts::Kind::Code("reauthentication_token");
+            let sent_at: Option<std::time::SystemTime> = tx
+                .c_query_one(
+                    "select reauthentication_sent_at from auth.users where id = $1",
+                    &[&user.id],
+                )
+                .await?
+                .get(0);
+            if let Some(sent_at) = sent_at
+                && attempts::failures(tx, user.id, kind, sent_at).await?
+                    >= i64::from(self.config.code_attempts)
+            {
+                return Err(invalid());
+            }
             let stored = crypto::stored_token(&crypto::token_hash(subject, nonce.trim()));
             let ok = tx
                 .c_execute(
@@ -989,11 +1017,17 @@ impl AuthService {
                 )
                 .await?;
             if ok != 1 {
-                return Err(AuthError::unprocessable(
-                    "reauthentication_not_valid",
-                    "Nonce has expired or is invalid",
-                ));
+                // The request's transaction rolls back: the failure is
+                // counted on a connection of its own (a row of
+                // `sovra.auth_attempts`, which that transaction holds no
+                // lock on).
+                if let Some(sent_at) = sent_at {
+                    let own = self.pool.get().await?;
+                    attempts::record_failure(&own, user.id, kind, sent_at).await?;
+                }
+                return Err(invalid());
             }
+            attempts::clear(tx, user.id, kind).await?;
         }
         // Only if the password is still the one the checks saw.
         let changed = tx
@@ -1577,14 +1611,26 @@ impl AuthService {
             body.token_hash.filter(|t| !t.is_empty()),
         ) {
             (Some(token), None) => {
-                let subject = if matches!(kind.as_str(), "sms" | "phone_change") {
-                    body.phone.as_deref().and_then(normalize_phone).ok_or_else(|| {
-                        AuthError::validation("Only an email address or phone number should be provided on verify")
-                    })?
-                } else {
-                    body.email.as_deref().and_then(normalize_email).ok_or_else(|| {
-                        AuthError::validation("Only an email address or phone number should be provided on verify")
-                    })?
+                // As GoTrue's verify params: a malformed phone or email
+                // is named as such; a missing one is the generic refusal.
+                let phone = body.phone.as_deref().filter(|p| !p.is_empty());
+                let email = body.email.as_deref().filter(|e| !e.is_empty());
+                let subject = match (
+                    matches!(kind.as_str(), "sms" | "phone_change"),
+                    phone,
+                    email,
+                ) {
+                    (true, Some(phone), _) => normalize_phone(phone).ok_or_else(|| {
+                        AuthError::validation("Invalid phone number format (E.164 required)")
+                    })?,
+                    (false, _, Some(email)) => normalize_email(email).ok_or_else(|| {
+                        AuthError::validation("Unable to validate email address: invalid format")
+                    })?,
+                    _ => {
+                        return Err(AuthError::validation(
+                            "Only an email address or phone number should be provided on verify",
+                        ));
+                    }
                 };
                 let hash = crypto::token_hash(&subject, token.trim());
                 typed_for = Some(subject);

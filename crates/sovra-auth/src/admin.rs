@@ -79,20 +79,33 @@ fn is_password_hash(hash: &str) -> bool {
         || hash.starts_with("$argon2")
 }
 
+/// A `page` or `per_page` value as GoTrue reads it (an unsigned integer,
+/// `default` when absent); anything else is its "Bad Pagination
+/// Parameters" refusal, with Go's `strconv.ParseUint` wording.
+fn pagination(value: Option<&str>, default: i64) -> AuthResult<i64> {
+    match value {
+        None | Some("") => Ok(default),
+        Some(text) => match text.parse::<u64>() {
+            Ok(n) => Ok(i64::try_from(n).unwrap_or(i64::MAX)),
+            Err(err) => {
+                let reason = if matches!(err.kind(), std::num::IntErrorKind::PosOverflow) {
+                    "value out of range"
+                } else {
+                    "invalid syntax"
+                };
+                Err(AuthError::validation(format!(
+                    "Bad Pagination Parameters: strconv.ParseUint: parsing {text:?}: {reason}"
+                )))
+            }
+        },
+    }
+}
+
 impl AuthService {
     pub(crate) async fn admin_list_users(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
         self.require_admin(ctx)?;
-        let page: i64 = ctx
-            .query("page")
-            .and_then(|p| p.parse().ok())
-            .filter(|p| *p >= 1)
-            .unwrap_or(1);
-        let per_page: i64 = ctx
-            .query("per_page")
-            .and_then(|p| p.parse().ok())
-            .filter(|p| *p >= 1)
-            .unwrap_or(50)
-            .min(1000);
+        let page = pagination(ctx.query("page").as_deref(), 1)?.max(1);
+        let per_page = pagination(ctx.query("per_page").as_deref(), 50)?.clamp(1, 1000);
         let client = self.pool.get().await?;
         let total: i64 = client
             .c_query_one(
@@ -107,7 +120,7 @@ impl AuthService {
             user::user_columns()
         );
         let rows = client
-            .c_query(&sql, &[&per_page, &((page - 1) * per_page)])
+            .c_query(&sql, &[&per_page, &(page - 1).saturating_mul(per_page)])
             .await?;
         let users = rows
             .iter()
@@ -245,6 +258,11 @@ impl AuthService {
                     return Err(AuthError::weak_password(message, reasons));
                 }
                 Ok(Some(self.hasher.hash(p).await?))
+            }
+            (None, Some(h)) if h.starts_with("$2") => {
+                crate::password::bcrypt_cost(h)
+                    .map_err(|err| AuthError::validation(err.to_string()))?;
+                Ok(Some(h.to_owned()))
             }
             (None, Some(h)) => {
                 if is_password_hash(h) {
@@ -515,12 +533,24 @@ impl AuthService {
             .cloned()
             .ok_or_else(|| AuthError::not_found("mfa_factor_not_found", "Factor not found"))?;
         let factor_id = Uuid::parse_str(factor).map_err(|_| AuthError::internal())?;
-        client
+        drop(client);
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let deleted = tx
             .c_execute(
                 "delete from auth.mfa_factors where id = $1 and user_id = $2",
                 &[&factor_id, &id],
             )
             .await?;
+        if deleted == 0 {
+            return Err(AuthError::not_found(
+                "mfa_factor_not_found",
+                "Factor not found",
+            ));
+        }
+        // Sessions that reached aal2 with this factor are aal1 again.
+        self.downgrade_sessions_of(&tx, id, factor_id).await?;
+        tx.commit().await?;
         Ok(ok_json(found))
     }
 

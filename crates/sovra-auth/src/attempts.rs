@@ -74,6 +74,24 @@ pub(crate) async fn record_failure(
     Ok(row.get(0))
 }
 
+/// The failures so far of the code or challenge `subject` issued at
+/// `issued_at` (0 when it was issued after the last counted failure).
+pub(crate) async fn failures(
+    client: &impl GenericClient,
+    subject: Uuid,
+    kind: Kind<'_>,
+    issued_at: SystemTime,
+) -> AuthResult<i64> {
+    let row = client
+        .c_query_opt(
+            "select failures::int8 from sovra.auth_attempts
+              where subject = $1 and kind = $2 and issued_at = $3",
+            &[&subject, &kind.name(), &issued_at],
+        )
+        .await?;
+    Ok(row.map_or(0, |row| row.get(0)))
+}
+
 /// Forgets the failures of `subject` (after a success).
 pub(crate) async fn clear(
     client: &impl GenericClient,

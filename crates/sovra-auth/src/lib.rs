@@ -18,6 +18,7 @@ pub mod apikeys;
 mod attempts;
 pub mod crypto;
 mod db;
+mod disabled;
 pub mod error;
 #[cfg(test)]
 mod fuzz;
@@ -428,6 +429,9 @@ impl AuthService {
             ("POST", ["factors", id, "verify"]) => self.verify_factor(ctx, id).await,
             ("DELETE", ["factors", id]) => self.unenroll(ctx, id).await,
             ("POST", ["invite"]) => self.invite(ctx).await,
+            ("POST", ["sso"]) | ("GET" | "POST", ["sso", "saml", ..]) => self.sso_disabled(),
+            ("GET", ["user", "identities", "authorize"])
+            | ("DELETE", ["user", "identities", _]) => self.manual_linking_disabled(ctx).await,
             ("GET", ["admin", "users"]) => self.admin_list_users(ctx).await,
             ("POST", ["admin", "users"]) => self.admin_create_user(ctx).await,
             ("GET", ["admin", "users", id]) => self.admin_get_user(ctx, id).await,

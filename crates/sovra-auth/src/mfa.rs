@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sovra_pg::GenericClient;
 use uuid::Uuid;
 
 use crate::error::{AuthError, AuthResult};
@@ -469,6 +470,27 @@ impl AuthService {
         Ok(ok_json(session))
     }
 
+    /// Sessions of `user_id` that reached aal2 with `factor_id` (now
+    /// deleted) go back to aal1: their next tokens say so, their checks
+    /// see it, and the factor's method leaves their `amr`.
+    pub(crate) async fn downgrade_sessions_of(
+        &self,
+        tx: &impl GenericClient,
+        user_id: Uuid,
+        factor_id: Uuid,
+    ) -> AuthResult<()> {
+        tx.c_execute(
+            "with downgraded as (
+               update auth.sessions set aal = 'aal1', factor_id = null, updated_at = now()
+                where user_id = $1 and factor_id = $2 returning id)
+             delete from auth.mfa_amr_claims c using downgraded d
+              where c.session_id = d.id and c.authentication_method in ('totp', 'mfa/phone')",
+            &[&user_id, &factor_id],
+        )
+        .await?;
+        Ok(())
+    }
+
     pub(crate) async fn unenroll(&self, ctx: &Ctx<'_>, id: &str) -> AuthResult<Response> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -483,6 +505,8 @@ impl AuthService {
             ));
         }
         tx.c_execute("delete from auth.mfa_factors where id = $1", &[&factor_id])
+            .await?;
+        self.downgrade_sessions_of(&tx, current.user.id, factor_id)
             .await?;
         self.audit(
             &tx,

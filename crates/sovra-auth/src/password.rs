@@ -280,8 +280,63 @@ fn hash_with(password: &[u8], blocks: &mut [Block]) -> Option<String> {
     Some(phc(&salt, &output))
 }
 
+/// The highest bcrypt cost accepted (2^14 rounds, about a second of one
+/// core): each step doubles the work, and a cost-31 hash would hold a
+/// hashing thread for days. Supabase hashes at cost 10.
+pub const MAX_BCRYPT_COST: u32 = 14;
+
+/// Why an imported bcrypt hash is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BcryptHashError {
+    Malformed,
+    TooCostly(u32),
+}
+
+impl std::fmt::Display for BcryptHashError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BcryptHashError::Malformed => write!(f, "Invalid password hash: not a bcrypt hash"),
+            BcryptHashError::TooCostly(cost) => write!(
+                f,
+                "Invalid password hash: bcrypt cost {cost} is above the maximum of {MAX_BCRYPT_COST}"
+            ),
+        }
+    }
+}
+
+/// The cost of a bcrypt hash (`$2a$`/`$2b$`/`$2y$`, two-digit cost, 53
+/// characters of salt and hash), if it is one and within
+/// [`MAX_BCRYPT_COST`].
+pub fn bcrypt_cost(hash: &str) -> Result<u32, BcryptHashError> {
+    let bytes = hash.as_bytes();
+    let shaped = bytes.len() == 60
+        && (hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$"))
+        && bytes[4].is_ascii_digit()
+        && bytes[5].is_ascii_digit()
+        && bytes[6] == b'$'
+        && bytes[7..]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'.' || *b == b'/');
+    if !shaped {
+        return Err(BcryptHashError::Malformed);
+    }
+    let cost = u32::from(bytes[4] - b'0') * 10 + u32::from(bytes[5] - b'0');
+    if !(4..=31).contains(&cost) {
+        return Err(BcryptHashError::Malformed);
+    }
+    if cost > MAX_BCRYPT_COST {
+        return Err(BcryptHashError::TooCostly(cost));
+    }
+    Ok(cost)
+}
+
 fn verify_with(password: &[u8], stored: &str, blocks: &mut [Block]) -> Checked {
     if stored.starts_with("$2a$") || stored.starts_with("$2b$") || stored.starts_with("$2y$") {
+        // A hash over the cost cap (written by SQL, say) is never checked.
+        if let Err(err) = bcrypt_cost(stored) {
+            tracing::warn!(error = %err, "a stored bcrypt hash cannot be verified");
+            return Checked::Wrong;
+        }
         return match bcrypt::verify(password, stored) {
             Ok(true) => Checked::RightRehash,
             _ => Checked::Wrong,
@@ -424,6 +479,37 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bcrypt_costs_are_capped() {
+        let hash = |cost: &str| {
+            format!("$2b${cost}$9ts0ZMPlQ3ppfgRSbLP8D.u8LIdtcbXFAJOXZXgy9GeYyjAsyO6fC")
+        };
+        assert_eq!(bcrypt_cost(&hash("04")), Ok(4));
+        assert_eq!(bcrypt_cost(&hash("14")), Ok(MAX_BCRYPT_COST));
+        assert_eq!(
+            bcrypt_cost(&hash("15")),
+            Err(BcryptHashError::TooCostly(15))
+        );
+        assert_eq!(
+            bcrypt_cost(&hash("31")),
+            Err(BcryptHashError::TooCostly(31))
+        );
+        for bad in [
+            hash("03"),
+            hash("32"),
+            hash("x4"),
+            "$2b$04$short".to_owned(),
+            "$1$04$".to_owned(),
+        ] {
+            assert_eq!(bcrypt_cost(&bad), Err(BcryptHashError::Malformed), "{bad}");
+        }
+        let mut blocks = vec![Block::default(); 8];
+        assert!(matches!(
+            verify_with(b"password", &hash("31"), &mut blocks),
+            Checked::Wrong
+        ));
+    }
 
     #[tokio::test]
     async fn argon2_round_trip_and_bcrypt_import() {

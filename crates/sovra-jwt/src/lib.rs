@@ -704,7 +704,9 @@ impl KeySet {
             .map_err(|err| JwtError::Signing(err.to_string()))
     }
 
-    /// A Supabase-style API key: `{"iss", "role", "iat", "exp"}`.
+    /// A Supabase-style API key: `{"iss", "role", "iat", "exp"}`, plus
+    /// `aud` when the set requires an audience, so that the keys a
+    /// project mints for itself verify under its own rules.
     pub fn mint_api_key(
         &self,
         role: &str,
@@ -717,6 +719,9 @@ impl KeySet {
         claims.insert("role".to_owned(), Value::from(role));
         claims.insert("iat".to_owned(), Value::from(iat));
         claims.insert("exp".to_owned(), Value::from(exp));
+        if let Some(audience) = &self.audience {
+            claims.insert("aud".to_owned(), Value::from(audience.as_str()));
+        }
         self.sign(&claims)
     }
 

@@ -83,6 +83,28 @@ fn supabase_demo_key_verifies_with_its_secret() {
 }
 
 #[test]
+fn minted_api_keys_carry_a_configured_audience() {
+    let store = KeyStore::generate(NOW);
+    let set = KeySet::new(&store, None, Some("authenticated".to_owned())).unwrap();
+    let minted = set.mint_api_key("anon", "sovra", NOW, NOW + 100).unwrap();
+    let verified = set.verify(&minted, NOW).unwrap();
+    assert_eq!(verified.claims["aud"], "authenticated");
+    // Without an audience, none is added (Supabase's keys have none).
+    let plain = KeySet::new(&store, None, None).unwrap();
+    let minted = plain.mint_api_key("anon", "sovra", NOW, NOW + 100).unwrap();
+    assert!(
+        plain
+            .verify(&minted, NOW)
+            .unwrap()
+            .claims
+            .get("aud")
+            .is_none()
+    );
+    // A key minted without the audience fails where one is required.
+    assert_eq!(set.verify(&minted, NOW), Err(JwtError::WrongAudience));
+}
+
+#[test]
 fn role_defaults_to_anon() {
     let (_, set) = generated();
     let token = set

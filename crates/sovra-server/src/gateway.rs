@@ -173,6 +173,14 @@ pub fn check_api_key(
         };
         return Ok((None, Some(caller)));
     }
+    // An opaque `sb_publishable_…`/`sb_secret_…` key stands for the
+    // project's anon or service_role JWT.
+    if crate::opaque_keys::looks_opaque(key) {
+        return match tenant.api_keys.jwt_for_opaque(key) {
+            Some(jwt) => Ok((Some(jwt.to_owned()), None)),
+            None => Err(GatewayError::InvalidApiKey),
+        };
+    }
     // Constant-time comparison against both keys, without short-circuit.
     let is_anon = equal(key, &tenant.api_keys.anon);
     let is_service = equal(key, &tenant.api_keys.service_role);
@@ -195,7 +203,18 @@ pub fn authenticate(
 ) -> Result<Caller, GatewayError> {
     let now = now();
     let (api_key, key_caller) = check_api_key(tenant, headers, query, now)?;
-    let bearer = bearer(headers)?;
+    // supabase-js sends an opaque key as the bearer when no one is signed
+    // in: it stands for the role's JWT there too.
+    let bearer = match bearer(headers)? {
+        Some(token) if crate::opaque_keys::looks_opaque(&token) => Some(
+            tenant
+                .api_keys
+                .jwt_for_opaque(&token)
+                .ok_or(GatewayError::InvalidApiKey)?
+                .to_owned(),
+        ),
+        other => other,
+    };
     if let (Some(caller), None) = (&key_caller, &bearer) {
         return Ok(caller.clone());
     }

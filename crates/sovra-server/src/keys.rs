@@ -48,6 +48,21 @@ pub enum KeysError {
 pub struct ApiKeys {
     pub anon: String,
     pub service_role: String,
+    /// Digests of the opaque `sb_publishable_…`/`sb_secret_…` keys
+    /// ([`crate::opaque_keys`]), when `sovra keys --rotate-opaque` made some.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opaque: Vec<crate::opaque_keys::OpaqueKey>,
+}
+
+impl ApiKeys {
+    /// The project JWT an opaque key stands for, when `key` is a live one.
+    pub fn jwt_for_opaque(&self, key: &str) -> Option<&str> {
+        match crate::opaque_keys::role_of(&self.opaque, key)? {
+            "anon" => Some(&self.anon),
+            "service_role" => Some(&self.service_role),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -133,6 +148,7 @@ fn mint(keyset: &KeySet, issuer: &str) -> Result<ApiKeys, KeysError> {
     Ok(ApiKeys {
         anon: sign("anon")?,
         service_role: sign("service_role")?,
+        opaque: Vec::new(),
     })
 }
 
@@ -165,7 +181,9 @@ pub fn load_or_create(path: &Path, config: &Config) -> Result<ProjectKeys, KeysE
     let api = match &file.api_keys {
         Some(api) if api_keys_valid(&keyset, api) => api.clone(),
         _ => {
-            let api = mint(&keyset, &config.jwt.issuer)?;
+            let mut api = mint(&keyset, &config.jwt.issuer)?;
+            // Opaque keys stand for the roles, not for a signing key.
+            api.opaque = file.api_keys.take().map(|a| a.opaque).unwrap_or_default();
             file.api_keys = Some(api.clone());
             if config.jwt.secret.is_some() {
                 // The configured secret is not written to disk.
@@ -193,7 +211,8 @@ pub fn rotate(path: &Path, config: &Config) -> Result<ProjectKeys, KeysError> {
     let mut store = KeyStore { keys: file.keys };
     store.rotate(now());
     let keyset = keyset(&store, config)?;
-    let api = mint(&keyset, &config.jwt.issuer)?;
+    let mut api = mint(&keyset, &config.jwt.issuer)?;
+    api.opaque = file.api_keys.take().map(|a| a.opaque).unwrap_or_default();
     file.keys = store.keys;
     file.api_keys = Some(api.clone());
     write_file(path, &file)?;
@@ -202,6 +221,25 @@ pub fn rotate(path: &Path, config: &Config) -> Result<ProjectKeys, KeysError> {
         api,
         created: false,
     })
+}
+
+/// Makes a new pair of opaque keys (`sb_publishable_…`, `sb_secret_…`),
+/// stores their digests in place of the previous pair's (which stop
+/// working when the server next loads its keys) and returns the keys,
+/// which are shown this once.
+pub fn rotate_opaque(
+    path: &Path,
+    config: &Config,
+) -> Result<crate::opaque_keys::NewPair, KeysError> {
+    load_or_create(path, config)?;
+    let mut file = read_file(path)?.unwrap_or_default();
+    let pair = crate::opaque_keys::generate(now());
+    let Some(api) = file.api_keys.as_mut() else {
+        return Err(KeysError::Config("no API keys to stand for".to_owned()));
+    };
+    api.opaque = pair.stored.clone();
+    write_file(path, &file)?;
+    Ok(pair)
 }
 
 /// Retires a previous signing key: tokens it signed stop verifying.

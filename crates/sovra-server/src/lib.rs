@@ -12,6 +12,7 @@ pub mod data_dir;
 pub mod gateway;
 pub mod keys;
 pub mod observe;
+pub mod opaque_keys;
 mod routes;
 pub mod serve;
 pub mod tenant;
@@ -176,6 +177,8 @@ async fn disguise_plain_options(mut request: axum::extract::Request) -> axum::ex
         && !request
             .headers()
             .contains_key(axum::http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        // TUS answers its own `OPTIONS` (with the CORS layer's reply).
+        && !request.uri().path().contains("/storage/v1/upload/resumable")
         && let Ok(method) = Method::from_bytes(PLAIN_OPTIONS)
     {
         *request.method_mut() = method;
@@ -253,6 +256,7 @@ pub fn router(state: AppState) -> Router {
         .route("/storage/v1/{*path}", any(routes::storage))
         .route_layer(axum::middleware::from_fn(observe::track))
         .layer(DefaultBodyLimit::disable());
+    let tus_state = state.clone();
     api.merge(storage)
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
@@ -261,6 +265,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::map_request(restore_plain_options))
         .layer(cors())
+        .layer(axum::middleware::from_fn_with_state(
+            tus_state,
+            routes::tus_options,
+        ))
         .layer(axum::middleware::map_request(disguise_plain_options))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(trace)

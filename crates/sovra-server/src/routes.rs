@@ -291,10 +291,31 @@ pub(crate) async fn auth(
     State(state): State<AppState>,
     request: axum::extract::Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let Some(tenant) = state.tenants.resolve(&parts) else {
         return crate::GatewayError::NoTenant.into_response();
     };
+    // An opaque key as the bearer (supabase-js without a session, or an
+    // admin client made with a secret key) stands for the role's JWT.
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION)
+        && let Some(token) = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .filter(|token| crate::opaque_keys::looks_opaque(token))
+    {
+        let Some(jwt) = tenant.api_keys.jwt_for_opaque(token) else {
+            return crate::GatewayError::InvalidApiKey.into_response();
+        };
+        match HeaderValue::from_str(&format!("Bearer {jwt}")) {
+            Ok(value) => {
+                parts.headers.insert(header::AUTHORIZATION, value);
+            }
+            Err(_) => return crate::GatewayError::InvalidApiKey.into_response(),
+        }
+    }
     let path = parts.uri.path().strip_prefix("/auth/v1").unwrap_or("");
     let is_link = parts.method == Method::GET && path.trim_end_matches('/') == "/verify";
     if !is_link
@@ -347,7 +368,20 @@ pub(crate) async fn storage(
         return crate::GatewayError::NoTenant.into_response();
     };
     let path = parts.uri.path().strip_prefix("/storage/v1").unwrap_or("");
-    let auth = crate::gateway::authenticate(&tenant, &parts.headers, parts.uri.query())
+    // Without any credential, Supabase Storage verifies an empty token,
+    // which its JWT library refuses as "Invalid Compact JWS" (routes that
+    // need no caller, such as public downloads, still work).
+    let anonymous = !parts.headers.contains_key(header::AUTHORIZATION)
+        && !parts.headers.contains_key("apikey")
+        && crate::gateway::query_param(parts.uri.query(), "apikey").is_none();
+    let auth = if anonymous {
+        Err(crate::GatewayError::InvalidToken(
+            "Invalid Compact JWS".to_owned(),
+        ))
+    } else {
+        crate::gateway::authenticate(&tenant, &parts.headers, parts.uri.query())
+    };
+    let auth = auth
         .map(|caller| sovra_storage::Principal {
             role: caller.role,
             claims: caller.claims,
@@ -376,6 +410,39 @@ pub(crate) async fn storage(
         .await
 }
 
+/// Adds the TUS headers (`Tus-Version`, `Tus-Extension`, `Tus-Max-Size`)
+/// to the answer of an `OPTIONS` request for `/storage/v1/upload/resumable`,
+/// as Supabase's TUS server sends them; the CORS layer inside answers such
+/// requests itself (204 with the CORS headers) before any route sees them.
+pub(crate) async fn tus_options(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let tus = request.method() == Method::OPTIONS
+        && request
+            .uri()
+            .path()
+            .contains("/storage/v1/upload/resumable");
+    if !tus {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let tenant = state.tenants.resolve(&parts);
+    let mut response = next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await;
+    if let Some(tenant) = tenant
+        && response.status().is_success()
+    {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        response
+            .headers_mut()
+            .extend(tenant.storage.tus_options_headers());
+    }
+    response
+}
+
 fn realtime_error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"error": message}))).into_response()
 }
@@ -387,9 +454,15 @@ fn realtime_principal(
     tenant: &crate::Tenant,
     key: Option<&str>,
 ) -> Result<sovra_realtime::Principal, (StatusCode, &'static str)> {
-    let Some(key) = key.filter(|k| !k.is_empty()) else {
+    let Some(mut key) = key.filter(|k| !k.is_empty()) else {
         return Err((StatusCode::UNAUTHORIZED, "API key is missing"));
     };
+    if crate::opaque_keys::looks_opaque(key) {
+        key = tenant
+            .api_keys
+            .jwt_for_opaque(key)
+            .ok_or((StatusCode::UNAUTHORIZED, "Invalid API key"))?;
+    }
     if let Some((role, claims)) = crate::gateway::api_key_claims(tenant, key) {
         return Ok(sovra_realtime::Principal { role, claims });
     }

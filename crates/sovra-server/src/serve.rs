@@ -302,7 +302,16 @@ pub async fn build_tenant(
             .map_err(ServeError::Storage)?;
     let keyset = std::sync::Arc::new(keys.keyset);
     let verify_keys = keyset.clone();
+    let opaque_keys = keys.api.clone();
     let verifier: sovra_realtime::Verifier = std::sync::Arc::new(move |token: &str| {
+        // An opaque key as `access_token` (supabase-js without a session).
+        let token = if crate::opaque_keys::looks_opaque(token) {
+            opaque_keys
+                .jwt_for_opaque(token)
+                .ok_or_else(|| "Invalid API key".to_owned())?
+        } else {
+            token
+        };
         let verified = verify_keys
             .verify(token, crate::gateway::now())
             .map_err(|err| err.to_string())?;
@@ -564,6 +573,7 @@ async fn serve_with(
         "sovra is ready"
     );
     print_banner(&url, &api, first_run, data_dir, cluster.is_some());
+    print_auth_banner(&auth_banner_lines(config, data_dir.root()));
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let graceful = async move {
@@ -859,6 +869,43 @@ fn print_banner(
         println!("  (the service_role key bypasses row-level security: keep it on servers only)");
     } else {
         println!("  Keys: run `sovra keys` to print them.");
+    }
+    println!();
+}
+
+/// What the banner says about sign-ups: whether email confirmation is on,
+/// where mail goes, and how to change it (Supabase's local CLI starts with
+/// confirmations off; Sovra starts with them on, as a hosted project).
+pub fn auth_banner_lines(config: &Config, data_dir: &std::path::Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    if config.auth.email_autoconfirm {
+        lines.push(
+            "  Email confirm off: sign-ups get a session at once (auth.email_autoconfirm = true)"
+                .to_owned(),
+        );
+    } else {
+        lines.push(
+            "  Email confirm on: sign-ups must open the link or code mailed to them".to_owned(),
+        );
+        lines.push(
+            "                 to skip it, as Supabase's local CLI does: SOVRA_AUTH_EMAIL_AUTOCONFIRM=true"
+                .to_owned(),
+        );
+    }
+    match &config.auth.smtp_url {
+        Some(_) => lines.push("  Mail          sent through auth.smtp_url".to_owned()),
+        None => lines.push(format!(
+            "  Mail          kept in {} (no SMTP server set): read it with `sovra mail`",
+            data_dir.join("mailbox").display()
+        )),
+    }
+    lines
+}
+
+#[allow(clippy::print_stdout)]
+fn print_auth_banner(lines: &[String]) {
+    for line in lines {
+        println!("{line}");
     }
     println!();
 }

@@ -5,156 +5,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sovra_test_support::TestApp;
+use support::auth_client::{Auth, Reply, claims, code_in, link_in, token};
 
-struct Auth {
-    app: TestApp,
-    http: reqwest::Client,
-}
-
-struct Reply {
-    status: StatusCode,
-    body: Value,
-    headers: reqwest::header::HeaderMap,
-}
-
-impl Reply {
-    fn code(&self) -> &str {
-        self.body
-            .get("error_code")
-            .or_else(|| self.body.get("code"))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    }
-}
-
+/// The shared configuration, with no wait between mails to one address.
 fn config(edit: impl FnOnce(&mut sovra_config::Config)) -> sovra_config::Config {
-    let mut config = sovra_config::Config::default();
-    config.auth.email_max_frequency = 0;
-    edit(&mut config);
-    config
+    support::auth_client::config(|config| {
+        config.auth.email_max_frequency = 0;
+        edit(config);
+    })
 }
 
+/// MFA helpers of these tests.
 impl Auth {
-    async fn new() -> Auth {
+    async fn hardened() -> Auth {
         Auth::with(config(|_| {})).await
-    }
-
-    async fn with(config: sovra_config::Config) -> Auth {
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter("warn")
-            .try_init();
-        Auth {
-            app: TestApp::spawn_with(config).await,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Reply {
-        let mut request = self
-            .http
-            .request(method, format!("{}/auth/v1{path}", self.app.url))
-            .header("apikey", &self.app.anon_key);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        Reply {
-            status,
-            body,
-            headers,
-        }
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Reply {
-        self.call(Method::POST, path, None, Some(body)).await
-    }
-
-    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
-        let key = self.app.service_role_key.clone();
-        self.call(method, path, Some(&key), body).await
-    }
-
-    async fn user(&self, email: &str, password: &str) -> String {
-        let reply = self
-            .admin(
-                Method::POST,
-                "/admin/users",
-                Some(json!({"email": email, "password": password, "email_confirm": true})),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-        reply.body["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn sign_in(&self, email: &str, password: &str) -> Reply {
-        self.post(
-            "/token?grant_type=password",
-            json!({"email": email, "password": password}),
-        )
-        .await
-    }
-
-    async fn session(&self, email: &str, password: &str) -> Value {
-        let reply = self.sign_in(email, password).await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-        reply.body
-    }
-
-    async fn refresh(&self, refresh_token: &str) -> Reply {
-        self.post(
-            "/token?grant_type=refresh_token",
-            json!({"refresh_token": refresh_token}),
-        )
-        .await
-    }
-
-    async fn mail(&self, to: &str) -> Value {
-        let reply = self
-            .admin(Method::GET, &format!("/admin/mailbox?to={to}"), None)
-            .await;
-        assert_eq!(reply.status, StatusCode::OK);
-        reply
-            .body
-            .as_array()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("a message")
-    }
-
-    async fn sql(&self, sql: &str) -> Vec<sovra_pg::tokio_postgres::Row> {
-        self.app.db.client().await.query(sql, &[]).await.unwrap()
-    }
-
-    /// Follows a link from a mail; the `Location` it redirects to.
-    async fn follow(&self, link: &str) -> String {
-        let response = self.http.get(link).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::SEE_OTHER);
-        response.headers()["location"].to_str().unwrap().to_owned()
     }
 
     /// Enrolls and verifies a TOTP factor from `access`'s session: the
@@ -207,35 +76,6 @@ fn totp_now(secret: &[u8]) -> String {
     sovra_auth::crypto::totp_at(secret, now / 30)
 }
 
-fn code_in(message: &Value) -> String {
-    let body = message["body"].as_str().unwrap();
-    let at = body.find("code: ").expect("a code") + 6;
-    body[at..at + 6].to_owned()
-}
-
-fn link_in(message: &Value) -> String {
-    message["body"]
-        .as_str()
-        .unwrap()
-        .split_whitespace()
-        .find(|w| w.contains("/auth/v1/verify?"))
-        .expect("a link")
-        .to_owned()
-}
-
-fn token(session: &Value, key: &str) -> String {
-    session[key].as_str().unwrap().to_owned()
-}
-
-fn claims(access_token: &str) -> Value {
-    use base64::Engine as _;
-    let payload = access_token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
-
 fn pkce_pair() -> (String, String) {
     let verifier = "v".repeat(50);
     let challenge = sovra_auth::crypto::pkce_s256(&verifier);
@@ -256,8 +96,8 @@ fn auth_code(location: &str) -> String {
 
 #[tokio::test]
 async fn resending_an_email_change_makes_both_addresses_confirm_again() {
-    let auth = Auth::new().await;
-    auth.user("old@example.com", "password1").await;
+    let auth = Auth::hardened().await;
+    auth.user_id("old@example.com", "password1").await;
     let access = token(
         &auth.session("old@example.com", "password1").await,
         "access_token",
@@ -323,8 +163,8 @@ async fn resending_an_email_change_makes_both_addresses_confirm_again() {
 
 #[tokio::test]
 async fn email_and_phone_changes_need_aal2_once_a_factor_is_verified() {
-    let auth = Auth::new().await;
-    auth.user("mfa-change@example.com", "password1").await;
+    let auth = Auth::hardened().await;
+    auth.user_id("mfa-change@example.com", "password1").await;
     let first = auth.session("mfa-change@example.com", "password1").await;
     let (_, _, aal2) = auth.totp(&token(&first, "access_token")).await;
     // A new password sign-in is aal1.
@@ -400,9 +240,9 @@ async fn ban(auth: &Auth, id: &str) {
 
 #[tokio::test]
 async fn banned_users_get_no_session_on_any_path() {
-    let auth = Auth::new().await;
+    let auth = Auth::hardened().await;
     let (verifier, challenge) = pkce_pair();
-    let id = auth.user("banned@example.com", "password1").await;
+    let id = auth.user_id("banned@example.com", "password1").await;
     let session = auth.session("banned@example.com", "password1").await;
     let access = token(&session, "access_token");
     let (factor, _, _) = auth.totp(&access).await;
@@ -566,10 +406,10 @@ async fn banned_invited_signed_up_and_anonymous_users_cannot_verify() {
 
 #[tokio::test]
 async fn deleted_users_get_nothing() {
-    let auth = Auth::new().await;
+    let auth = Auth::hardened().await;
     let (verifier, challenge) = pkce_pair();
     for (email, soft) in [("soft@example.com", true), ("hard@example.com", false)] {
-        let id = auth.user(email, "password1").await;
+        let id = auth.user_id(email, "password1").await;
         let session = auth.session(email, "password1").await;
         // A PKCE magic link followed to its code before the deletion.
         auth.post(
@@ -609,7 +449,7 @@ async fn deleted_users_get_nothing() {
     }
     // A soft-deleted row that still has a session (deleted by hand, as an
     // import might leave it): its refresh token yields nothing.
-    auth.user("kept@example.com", "password1").await;
+    auth.user_id("kept@example.com", "password1").await;
     let session = auth.session("kept@example.com", "password1").await;
     auth.sql("update auth.users set deleted_at = now() where email = 'kept@example.com'")
         .await;
@@ -629,8 +469,8 @@ async fn deleted_users_get_nothing() {
 
 #[tokio::test]
 async fn a_retried_refresh_returns_the_live_child_and_late_reuse_ends_the_session() {
-    let auth = Auth::new().await;
-    auth.user("retry@example.com", "password1").await;
+    let auth = Auth::hardened().await;
+    auth.user_id("retry@example.com", "password1").await;
     let session = auth.session("retry@example.com", "password1").await;
     let a = token(&session, "refresh_token");
     let first = auth.refresh(&a).await;
@@ -689,8 +529,8 @@ async fn a_retried_refresh_returns_the_live_child_and_late_reuse_ends_the_sessio
 
 #[tokio::test]
 async fn guessing_a_code_past_the_cap_invalidates_it_and_the_next_code_works() {
-    let auth = Auth::new().await;
-    auth.user("guessed@example.com", "password1").await;
+    let auth = Auth::hardened().await;
+    auth.user_id("guessed@example.com", "password1").await;
     auth.post("/otp", json!({"email": "guessed@example.com"}))
         .await;
     let code = code_in(&auth.mail("guessed@example.com").await);
@@ -741,7 +581,7 @@ async fn sign_in_guesses_from_one_client_do_not_lock_the_owner_out() {
         c.auth.trusted_proxies = "127.0.0.1".into();
     }))
     .await;
-    auth.user("victim@example.com", "password1").await;
+    auth.user_id("victim@example.com", "password1").await;
     let from = |ip: &'static str, password: &'static str| {
         let auth = &auth;
         async move {
@@ -815,8 +655,8 @@ async fn ipv6_clients_of_one_64_share_a_bucket() {
 
 #[tokio::test]
 async fn a_totp_code_is_accepted_once() {
-    let auth = Auth::new().await;
-    auth.user("replay@example.com", "password1").await;
+    let auth = Auth::hardened().await;
+    auth.user_id("replay@example.com", "password1").await;
     let first = auth.session("replay@example.com", "password1").await;
     let (factor, secret, verified) = auth.totp(&token(&first, "access_token")).await;
     // The code that verified the factor, again, from another session:
@@ -849,8 +689,8 @@ async fn a_totp_code_is_accepted_once() {
 
 #[tokio::test]
 async fn mfa_guesses_kill_the_challenge_and_back_the_factor_off() {
-    let auth = Auth::new().await;
-    auth.user("mfa-guess@example.com", "password1").await;
+    let auth = Auth::hardened().await;
+    auth.user_id("mfa-guess@example.com", "password1").await;
     let first = auth.session("mfa-guess@example.com", "password1").await;
     let (factor, secret, _) = auth.totp(&token(&first, "access_token")).await;
     let access = token(
@@ -917,8 +757,8 @@ async fn mfa_guesses_kill_the_challenge_and_back_the_factor_off() {
 
 #[tokio::test]
 async fn totp_secrets_are_sealed_at_rest_and_old_plaintext_ones_still_work() {
-    let auth = Auth::new().await;
-    auth.user("sealed@example.com", "password1").await;
+    let auth = Auth::hardened().await;
+    auth.user_id("sealed@example.com", "password1").await;
     let first = auth.session("sealed@example.com", "password1").await;
     let (factor, secret, _) = auth.totp(&token(&first, "access_token")).await;
     let plaintext = sovra_auth::crypto::base32_encode(&secret);
@@ -964,8 +804,8 @@ async fn totp_secrets_are_sealed_at_rest_and_old_plaintext_ones_still_work() {
 
 #[tokio::test]
 async fn a_second_instance_opens_sealed_secrets_and_answers_retries_alike() {
-    let auth = Auth::new().await;
-    auth.user("peer@example.com", "password1").await;
+    let auth = Auth::hardened().await;
+    auth.user_id("peer@example.com", "password1").await;
     let first = auth.session("peer@example.com", "password1").await;
     let (factor, secret, _) = auth.totp(&token(&first, "access_token")).await;
     let peer = Auth {
@@ -992,8 +832,8 @@ async fn a_second_instance_opens_sealed_secrets_and_answers_retries_alike() {
 
 #[tokio::test]
 async fn a_session_is_aal2_only_while_a_verified_factor_backs_it() {
-    let auth = Auth::new().await;
-    let id = auth.user("factor-gone@example.com", "password1").await;
+    let auth = Auth::hardened().await;
+    let id = auth.user_id("factor-gone@example.com", "password1").await;
     let first = auth.session("factor-gone@example.com", "password1").await;
     let (factor, _, aal2) = auth.totp(&token(&first, "access_token")).await;
     let refreshed = auth.refresh(&token(&aal2, "refresh_token")).await;

@@ -5,93 +5,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::time::Duration;
 
 use axum::http::{HeaderMap, Method, StatusCode};
-use reqwest::redirect::Policy;
 use serde_json::{Value, json};
 use sovra_auth::{AuthConfig, AuthRequest, AuthService};
 use sovra_test_support::TestApp;
+use support::auth_client::{Auth as Client, config};
 
 const LONG: &str = "0123456789012345678901234567890123456789012345678901234567890123456789abc";
 const TOO_LONG_MESSAGE: &str = "Password cannot be longer than 72 characters";
-
-fn config(edit: impl FnOnce(&mut sovra_config::Config)) -> sovra_config::Config {
-    let mut config = sovra_config::Config::default();
-    edit(&mut config);
-    config
-}
-
-struct Client {
-    app: TestApp,
-    http: reqwest::Client,
-}
-
-impl Client {
-    async fn new(config: sovra_config::Config) -> Client {
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter("warn")
-            .try_init();
-        Client {
-            app: TestApp::spawn_with(config).await,
-            http: reqwest::Client::builder()
-                .redirect(Policy::none())
-                .build()
-                .unwrap(),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Value,
-    ) -> (StatusCode, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}/auth/v1{path}", self.app.url))
-            .header("apikey", &self.app.anon_key)
-            .json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.unwrap();
-        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> (StatusCode, Value) {
-        let key = self.app.service_role_key.clone();
-        self.call(method, path, Some(&key), body).await
-    }
-
-    async fn user(&self, email: &str, password: &str) -> Value {
-        let (status, body) = self
-            .admin(
-                reqwest::Method::POST,
-                "/admin/users",
-                json!({"email": email, "password": password, "email_confirm": true}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body
-    }
-
-    async fn token(&self, email: &str, password: &str) -> String {
-        let (status, body) = self
-            .call(
-                reqwest::Method::POST,
-                "/token?grant_type=password",
-                None,
-                json!({"email": email, "password": password}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body["access_token"].as_str().unwrap().to_owned()
-    }
-}
 
 fn assert_too_long((status, body): (StatusCode, Value)) {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -101,13 +26,13 @@ fn assert_too_long((status, body): (StatusCode, Value)) {
 
 #[tokio::test]
 async fn passwords_over_72_bytes_are_refused_on_every_path() {
-    let c = Client::new(config(|c| c.auth.email_autoconfirm = true)).await;
+    let c = Client::with(config(|c| c.auth.email_autoconfirm = true)).await;
     assert_eq!(LONG.len(), 73);
     let post = reqwest::Method::POST;
     let put = reqwest::Method::PUT;
     // Sign-up.
     assert_too_long(
-        c.call(
+        c.call_pair(
             post.clone(),
             "/signup",
             None,
@@ -117,7 +42,7 @@ async fn passwords_over_72_bytes_are_refused_on_every_path() {
     );
     // 72 bytes are fine; multi-byte characters count as bytes.
     let (status, body) = c
-        .call(
+        .call_pair(
             post.clone(),
             "/signup",
             None,
@@ -126,7 +51,7 @@ async fn passwords_over_72_bytes_are_refused_on_every_path() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_too_long(
-        c.call(
+        c.call_pair(
             post.clone(),
             "/signup",
             None,
@@ -136,7 +61,7 @@ async fn passwords_over_72_bytes_are_refused_on_every_path() {
     );
     // Half a megabyte is refused the same way, without hashing it.
     assert_too_long(
-        c.call(
+        c.call_pair(
             post.clone(),
             "/signup",
             None,
@@ -148,7 +73,7 @@ async fn passwords_over_72_bytes_are_refused_on_every_path() {
     c.user("user@example.com", "first-password").await;
     for email in ["user@example.com", "nobody@example.com"] {
         assert_too_long(
-            c.call(
+            c.call_pair(
                 post.clone(),
                 "/token?grant_type=password",
                 None,
@@ -159,9 +84,9 @@ async fn passwords_over_72_bytes_are_refused_on_every_path() {
     }
     // PUT /user (the recovery path sets the password here too), for the new
     // and the current password.
-    let token = c.token("user@example.com", "first-password").await;
+    let token = c.access_token("user@example.com", "first-password").await;
     assert_too_long(
-        c.call(
+        c.call_pair(
             put.clone(),
             "/user",
             Some(&token),
@@ -170,7 +95,7 @@ async fn passwords_over_72_bytes_are_refused_on_every_path() {
         .await,
     );
     assert_too_long(
-        c.call(
+        c.call_pair(
             put.clone(),
             "/user",
             Some(&token),
@@ -180,7 +105,7 @@ async fn passwords_over_72_bytes_are_refused_on_every_path() {
     );
     // Admin create and update, and a sign-up link.
     assert_too_long(
-        c.admin(
+        c.admin_pair(
             post.clone(),
             "/admin/users",
             json!({"email": "admin-made@example.com", "password": LONG}),
@@ -192,7 +117,7 @@ async fn passwords_over_72_bytes_are_refused_on_every_path() {
         .unwrap()
         .to_owned();
     assert_too_long(
-        c.admin(
+        c.admin_pair(
             put.clone(),
             &format!("/admin/users/{id}"),
             json!({"password": LONG}),
@@ -200,7 +125,7 @@ async fn passwords_over_72_bytes_are_refused_on_every_path() {
         .await,
     );
     assert_too_long(
-        c.admin(
+        c.admin_pair(
             post.clone(),
             "/admin/generate_link",
             json!({"type": "signup", "email": "link@example.com", "password": LONG}),
@@ -208,11 +133,11 @@ async fn passwords_over_72_bytes_are_refused_on_every_path() {
         .await,
     );
     // Nothing was changed by the refusals.
-    c.token("user@example.com", "first-password").await;
-    c.token("victim@example.com", "first-password").await;
+    c.access_token("user@example.com", "first-password").await;
+    c.access_token("victim@example.com", "first-password").await;
     // The legitimate change still works.
     let (status, body) = c
-        .call(
+        .call_pair(
             put,
             "/user",
             Some(&token),
@@ -220,7 +145,7 @@ async fn passwords_over_72_bytes_are_refused_on_every_path() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    c.token("user@example.com", "second-password").await;
+    c.access_token("user@example.com", "second-password").await;
 }
 
 /// An auth service on the test database with a pool of one connection, so
@@ -294,9 +219,9 @@ const SLOW_HASH: &str =
 
 #[tokio::test]
 async fn no_connection_is_held_while_hashing() {
-    let c = Client::new(config(|c| c.auth.email_autoconfirm = true)).await;
+    let c = Client::with(config(|c| c.auth.email_autoconfirm = true)).await;
     let (status, body) = c
-        .admin(
+        .admin_pair(
             reqwest::Method::POST,
             "/admin/users",
             json!({"email": "slow@example.com", "password_hash": SLOW_HASH, "email_confirm": true}),
@@ -304,7 +229,7 @@ async fn no_connection_is_held_while_hashing() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     c.user("fast@example.com", "fast-password").await;
-    let token = c.token("fast@example.com", "fast-password").await;
+    let token = c.access_token("fast@example.com", "fast-password").await;
     let auth = std::sync::Arc::new(single_connection_service(&c.app, |_| {}).await);
 
     // A sign-in waits for the hasher; meanwhile the only connection is free.
@@ -363,14 +288,15 @@ async fn no_connection_is_held_while_hashing() {
     let (status, body) = call(&c.app, &auth, Method::GET, "/user", Some(&token), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(updating.await.unwrap(), StatusCode::OK);
-    c.token("fast@example.com", "new-fast-password").await;
+    c.access_token("fast@example.com", "new-fast-password")
+        .await;
 }
 
 #[tokio::test]
 async fn a_full_hashing_queue_refuses_with_429() {
-    let c = Client::new(config(|c| c.auth.email_autoconfirm = true)).await;
+    let c = Client::with(config(|c| c.auth.email_autoconfirm = true)).await;
     let (status, _) = c
-        .admin(
+        .admin_pair(
             reqwest::Method::POST,
             "/admin/users",
             json!({"email": "slow@example.com", "password_hash": SLOW_HASH, "email_confirm": true}),
@@ -429,7 +355,7 @@ async fn a_full_hashing_queue_refuses_with_429() {
 
 #[tokio::test]
 async fn mail_is_sent_after_commit_with_no_connection_held() {
-    let c = Client::new(config(|_| {})).await;
+    let c = Client::with(config(|_| {})).await;
     // An SMTP server that accepts and then never answers.
     let smtp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let smtp_url = format!("smtp://{}", smtp.local_addr().unwrap());
@@ -498,7 +424,7 @@ async fn mail_is_sent_after_commit_with_no_connection_held() {
 
 #[tokio::test]
 async fn redirect_patterns_do_not_leak_links_to_other_hosts() {
-    let c = Client::new(config(|c| {
+    let c = Client::with(config(|c| {
         c.auth.email_max_frequency = 0;
         c.auth.site_url = Some("https://app.example.com".into());
         c.auth.redirect_urls = Some("https://*-team.vercel.app/**".into());
@@ -526,7 +452,7 @@ async fn redirect_patterns_do_not_leak_links_to_other_hosts() {
             sovra_auth::crypto::percent_encode(redirect)
         );
         let (status, body) = c
-            .call(
+            .call_pair(
                 reqwest::Method::POST,
                 &path,
                 None,

@@ -778,3 +778,245 @@ async fn an_external_issuers_tokens_need_its_issuer_and_audience() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// Issue #16 item 19: opaque `sb_publishable_…`/`sb_secret_…` keys made by
+/// `sovra keys --rotate-opaque` stand for anon and service_role on every
+/// service, as `apikey`, as the bearer supabase-js sends without a session,
+/// and as the realtime socket's `apikey`; unknown ones are refused.
+#[tokio::test]
+async fn opaque_api_keys_stand_for_anon_and_service_role() {
+    let first = TestApp::spawn().await;
+    let config = Config {
+        data_dir: first.data_dir.clone(),
+        ..Config::default()
+    };
+    let pair =
+        sovra_server::keys::rotate_opaque(&first.data_dir.join("keys.json"), &config).unwrap();
+    let stored = std::fs::read_to_string(first.data_dir.join("keys.json")).unwrap();
+    assert!(!stored.contains(&pair.secret) && !stored.contains(&pair.publishable));
+    // A server loads them at start.
+    let app = first.spawn_peer(Config::default()).await;
+    let whoami = format!("{}/sovra/v1/whoami", app.url);
+    let bearer = |key: &str| format!("Bearer {key}");
+    for (key, role) in [(&pair.publishable, "anon"), (&pair.secret, "service_role")] {
+        let (status, body) = get_json(&whoami, &[("apikey", key)]).await;
+        assert_eq!(
+            (status, body["role"].clone()),
+            (StatusCode::OK, json!(role))
+        );
+        let (status, body) =
+            get_json(&whoami, &[("apikey", key), ("authorization", &bearer(key))]).await;
+        assert_eq!(
+            (status, body["role"].clone()),
+            (StatusCode::OK, json!(role))
+        );
+    }
+    // A signed-in user's token still wins over the publishable key.
+    let user = app.sign(Value::Object(TestApp::user_claims(
+        "55555555-5555-5555-5555-555555555555",
+    )));
+    let (_, body) = get_json(
+        &whoami,
+        &[
+            ("apikey", &pair.publishable),
+            ("authorization", &bearer(&user)),
+        ],
+    )
+    .await;
+    assert_eq!(body["role"], "authenticated");
+    // Unknown opaque keys, as apikey or bearer, and the server that
+    // started before the keys were made.
+    let forged = format!("sb_secret_{}", "x".repeat(32));
+    let (status, body) = get_json(&whoami, &[("apikey", &forged)]).await;
+    assert_eq!(
+        (status, body["message"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("Invalid API key"))
+    );
+    let (status, _) = get_json(
+        &whoami,
+        &[
+            ("apikey", &pair.publishable),
+            ("authorization", &bearer(&forged)),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = get_json(
+        &format!("{}/sovra/v1/whoami", first.url),
+        &[("apikey", &pair.secret)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The publishable key's prefix on the secret's digest is not a key.
+    let swapped = pair.secret.replacen("sb_secret_", "sb_publishable_", 1);
+    let (status, _) = get_json(&whoami, &[("apikey", &swapped)]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Auth: the secret key is an admin (auth-js admin sends it as bearer),
+    // the publishable key is not.
+    let users = format!("{}/auth/v1/admin/users", app.url);
+    let (status, body) = get_json(
+        &users,
+        &[
+            ("apikey", &pair.secret),
+            ("authorization", &bearer(&pair.secret)),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = get_json(
+        &users,
+        &[
+            ("apikey", &pair.publishable),
+            ("authorization", &bearer(&pair.publishable)),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = get_json(&users, &[("apikey", &forged)]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // REST and storage.
+    let (status, _) = get_json(
+        &format!("{}/storage/v1/bucket", app.url),
+        &[
+            ("apikey", &pair.secret),
+            ("authorization", &bearer(&pair.secret)),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = get_json(
+        &format!("{}/rest/v1/", app.url),
+        &[
+            ("apikey", &pair.secret),
+            ("authorization", &bearer(&pair.secret)),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // The realtime socket's `apikey` parameter.
+    let ws = app.url.replacen("http://", "ws://", 1);
+    let socket = |key: &str| format!("{ws}/realtime/v1/websocket?apikey={key}&vsn=1.0.0");
+    assert!(
+        tokio_tungstenite::connect_async(socket(&pair.publishable))
+            .await
+            .is_ok()
+    );
+    match tokio_tungstenite::connect_async(socket(&forged)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 401);
+        }
+        other => panic!(
+            "a forged key connected: {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
+}
+
+/// With `jwt.audience` set, the anon and service_role keys Sovra mints
+/// itself still verify (they carry that audience), and so do the tokens
+/// auth issues.
+#[tokio::test]
+async fn minted_keys_verify_with_a_configured_audience() {
+    let mut config = Config::default();
+    config.jwt.audience = Some("authenticated".to_owned());
+    let app = TestApp::spawn_with(config).await;
+    let url = format!("{}/sovra/v1/whoami", app.url);
+    for (key, role) in [
+        (&app.anon_key, "anon"),
+        (&app.service_role_key, "service_role"),
+    ] {
+        let (status, body) = get_json(&url, &[("apikey", key)]).await;
+        assert_eq!(
+            (status, body["role"].clone()),
+            (StatusCode::OK, json!(role)),
+            "{body}"
+        );
+    }
+    // A key minted without the audience (before it was configured) is
+    // refused, and replaced by a fresh one when the keys are next loaded.
+    let mut claims = serde_json::Map::new();
+    claims.insert("role".into(), json!("anon"));
+    let old = app.sign(Value::Object(claims));
+    let (status, _) = get_json(&url, &[("apikey", &old)]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// Issue #16 item 25: the banner says whether sign-ups need confirming,
+/// how to turn that off, and where mail goes.
+#[test]
+fn the_banner_says_how_sign_ups_are_confirmed_and_where_mail_goes() {
+    let dir = std::path::Path::new("/srv/sovra-data");
+    let default = sovra_server::serve::auth_banner_lines(&Config::default(), dir).join("\n");
+    assert!(default.contains("Email confirm on"), "{default}");
+    assert!(
+        default.contains("SOVRA_AUTH_EMAIL_AUTOCONFIRM=true"),
+        "{default}"
+    );
+    assert!(default.contains("/srv/sovra-data/mailbox"), "{default}");
+    assert!(default.contains("`sovra mail`"), "{default}");
+    let mut config = Config::default();
+    config.auth.email_autoconfirm = true;
+    config.auth.smtp_url = Some("smtp://mail.example.com:587".to_owned());
+    let configured = sovra_server::serve::auth_banner_lines(&config, dir).join("\n");
+    assert!(configured.contains("Email confirm off"), "{configured}");
+    assert!(configured.contains("auth.smtp_url"), "{configured}");
+    assert!(!configured.contains("mailbox"), "{configured}");
+    // The SMTP URL (it may hold a password) is never printed.
+    assert!(!configured.contains("mail.example.com"), "{configured}");
+}
+
+/// Issue #16 item 24: with an EC private key configured, the access tokens
+/// auth issues are ES256 with the key's `kid`, and the published JWKS alone
+/// verifies them (what auth-js' `getClaims()` does locally).
+#[tokio::test]
+async fn auth_tokens_verify_with_the_published_jwks_alone() {
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "ec-main", "alg": "ES256", "d": EC_D, "x": EC_X, "y": EC_Y}]});
+    let mut config = Config::default();
+    config.jwt.jwks = Some(jwks.to_string());
+    config.auth.email_autoconfirm = true;
+    let app = TestApp::spawn_with(config).await;
+    let signed_up: Value = client()
+        .post(format!("{}/auth/v1/signup", app.url))
+        .header("apikey", &app.anon_key)
+        .json(&json!({"email": "claims@example.com", "password": "password1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = signed_up["access_token"].as_str().expect("a session");
+    let header: Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            access.split('.').next().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (header["alg"].clone(), header["kid"].clone()),
+        (json!("ES256"), json!("ec-main"))
+    );
+    // Only what a client can fetch: the JWKS endpoint.
+    let published: Value = client()
+        .get(format!("{}/auth/v1/.well-known/jwks.json", app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(published["keys"][0].get("d").is_none());
+    let store = sovra_jwt::KeyStore::generate(TestApp::now());
+    let verifier = sovra_jwt::KeySet::new(&store, Some(&published), None).unwrap();
+    let verified = verifier.verify(access, TestApp::now()).unwrap();
+    assert_eq!(verified.role, "authenticated");
+    assert_eq!(verified.claims["email"], "claims@example.com");
+    // A token signed by another key with the same kid does not verify.
+    let other = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "ec-main", "alg": "ES256",
+        "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]});
+    let wrong = sovra_jwt::KeySet::new(&store, Some(&other), None).unwrap();
+    assert!(wrong.verify(access, TestApp::now()).is_err());
+}

@@ -19,7 +19,8 @@ pub(crate) struct BucketInfo {
 const BUCKET_JSON: &str = "jsonb_build_object('id', b.id, 'name', b.name, 'owner', coalesce(b.owner::text, ''), \
      'owner_id', b.owner_id, 'public', coalesce(b.public, false), 'type', b.type, \
      'file_size_limit', b.file_size_limit, 'allowed_mime_types', b.allowed_mime_types, \
-     'created_at', b.created_at, 'updated_at', b.updated_at)";
+     'created_at', to_char(b.created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+     'updated_at', to_char(b.updated_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))";
 
 pub(crate) async fn route(
     ctx: &Ctx<'_>,
@@ -77,10 +78,11 @@ async fn list(ctx: &Ctx<'_>) -> Result<Response, StorageError> {
         _ => return Err(StorageError::invalid("sortOrder must be asc or desc")),
     };
     // Column and direction come from the constants above; values are bound.
+    // `search` matches anywhere in the name, as Supabase's `ilike %search%`.
     let sql = format!(
         "select coalesce(jsonb_agg({BUCKET_JSON} order by {column} {order}), '[]'::jsonb) from (
            select * from storage.buckets b
-           where $1 = '' or starts_with(lower(b.name), lower($1))
+           where $1 = '' or strpos(lower(b.name), lower($1)) > 0
            order by {column} {order} limit $2 offset $3) b"
     );
     let rows = ctx

@@ -146,6 +146,15 @@ impl StorageError {
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(400, "InvalidRequest", "InvalidRequest", message)
     }
+    /// Supabase Storage's `InvalidParameter` (a bad `list-v2` cursor).
+    pub fn invalid_parameter(name: &str) -> Self {
+        Self::new(
+            400,
+            "InvalidParameter",
+            "InvalidParameter",
+            format!("Invalid Parameter {name}"),
+        )
+    }
     pub fn no_content() -> Self {
         Self::invalid("No content provided")
     }

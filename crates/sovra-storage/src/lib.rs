@@ -17,6 +17,7 @@
 
 pub mod backend;
 mod bucket;
+pub mod cursor;
 pub mod error;
 pub mod names;
 mod object;
@@ -42,6 +43,9 @@ pub use error::StorageError;
 const SETTINGS_SQL: &str = "select set_config('storage.operation', $1, true), \
      set_config('storage.allow_delete_query', $2, true), \
      set_config('storage.allow_version_write', $3, true)";
+
+/// What `GET /version` answers: the version of this server.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Settings of one tenant's storage.
 #[derive(Clone, Debug)]
@@ -412,8 +416,16 @@ async fn route(ctx: &Ctx<'_>, body: Body) -> Result<Response, StorageError> {
         (Some("cdn"), _) if method == Method::DELETE => {
             Ok(axum::Json(serde_json::json!({"message": "success"})).into_response())
         }
-        (Some("health" | "status"), None) => {
+        (Some("health"), None) => {
             Ok(axum::Json(serde_json::json!({"healthy": true})).into_response())
+        }
+        // As Supabase Storage: `/status` is an empty 200 and `/version`
+        // the server's version as plain text.
+        (Some("status"), None) if method == Method::GET || method == Method::HEAD => {
+            Ok(axum::http::StatusCode::OK.into_response())
+        }
+        (Some("version"), None) if method == Method::GET || method == Method::HEAD => {
+            Ok(VERSION.into_response())
         }
         _ => Err(StorageError {
             status: 404,

@@ -362,6 +362,46 @@ pub fn like_prefix(prefix: &str) -> String {
     out
 }
 
+/// Whether `text` is a UTC timestamp as JavaScript's `toISOString()`
+/// writes it (`2026-01-05T10:11:12.345Z`) and names a real instant, so
+/// that PostgreSQL will take it as a `timestamptz`.
+pub fn is_iso_timestamp(text: &str) -> bool {
+    let b = text.as_bytes();
+    if b.len() != 24 {
+        return false;
+    }
+    let shape = b.iter().enumerate().all(|(i, c)| match i {
+        4 | 7 => *c == b'-',
+        10 => *c == b'T',
+        13 | 16 => *c == b':',
+        19 => *c == b'.',
+        23 => *c == b'Z',
+        _ => c.is_ascii_digit(),
+    });
+    if !shape {
+        return false;
+    }
+    let num = |from: usize, to: usize| {
+        text[from..to]
+            .bytes()
+            .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'))
+    };
+    let (year, month, day) = (num(0, 4), num(5, 7), num(8, 10));
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    year >= 1
+        && (1..=days).contains(&day)
+        && num(11, 13) < 24
+        && num(14, 16) < 60
+        && num(17, 19) < 60
+}
+
 // TUS 1.0.0 request headers. Pure, so that they can be fuzzed.
 
 /// Most `Upload-Metadata` pairs accepted (storage-js sends five).
@@ -531,6 +571,18 @@ mod tests {
         assert_eq!(split_bucket_key("b"), None);
         assert_eq!(split_bucket_key("b/"), None);
         assert_eq!(like_prefix("a_b%/"), "a\\_b\\%/%");
+        assert!(is_iso_timestamp("2026-01-05T10:11:12.345Z"));
+        assert!(is_iso_timestamp("2024-02-29T23:59:59.999Z"));
+        for bad in [
+            "2026-02-29T10:11:12.345Z",
+            "2026-13-05T10:11:12.345Z",
+            "2026-01-05T24:11:12.345Z",
+            "2026-01-05 10:11:12.345Z",
+            "2026-01-05T10:11:12Z",
+            "'; drop table x; --------",
+        ] {
+            assert!(!is_iso_timestamp(bad), "{bad}");
+        }
     }
 
     #[test]

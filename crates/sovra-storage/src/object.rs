@@ -5,7 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::backend::WriteError;
 use crate::bucket::{self, BucketInfo};
@@ -509,10 +509,11 @@ const OBJECT_COLUMNS: &str = "o.version, coalesce(o.metadata->>'mimetype', 'appl
         coalesce(o.metadata->>'cacheControl', 'no-cache'), coalesce(o.metadata->>'eTag', ''),
         coalesce((o.metadata->>'size')::int8, 0),
         extract(epoch from coalesce(o.updated_at, o.created_at, now()))::float8,
-        jsonb_build_object('id', o.id, 'name', o.name, 'version', o.version, 'bucket_id', o.bucket_id,
+        jsonb_build_object('id', o.id, 'name', o.name, 'version', o.version,
           'size', (o.metadata->>'size')::int8, 'content_type', o.metadata->>'mimetype',
           'cache_control', o.metadata->>'cacheControl', 'etag', o.metadata->>'eTag',
-          'metadata', o.user_metadata, 'last_modified', o.updated_at, 'created_at', o.created_at)";
+          'metadata', coalesce(o.user_metadata, '{}'::jsonb),
+          'created_at', to_char(o.created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))";
 
 fn stored_object(row: &sovra_pg::tokio_postgres::Row, at: usize) -> StoredObject {
     let version: Option<String> = row.get(at);
@@ -732,7 +733,22 @@ pub(crate) async fn info(
     public: bool,
 ) -> Result<Response, StorageError> {
     let object = find_readable(ctx, bucket, key, public).await?;
-    Ok(axum::Json(object.info).into_response())
+    // The fields Supabase Storage's info renderer sends, and its headers
+    // (for `HEAD` too, which storage-js' `exists()` sends).
+    let mut response = axum::Json(object.info).into_response();
+    let headers = response.headers_mut();
+    if let Ok(etag) = HeaderValue::from_str(&object.etag)
+        && !object.etag.is_empty()
+    {
+        headers.insert(header::ETAG, etag);
+    }
+    let modified = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(object.modified.max(0.0).floor() as u64);
+    if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
+        headers.insert(header::LAST_MODIFIED, value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
 }
 
 /// Sort column and direction for listings, from a client's `sortBy`.
@@ -843,8 +859,69 @@ pub(crate) async fn list(
     Ok(axum::Json(entries).into_response())
 }
 
-/// `POST /object/list-v2/{bucket}`: folders and objects under a prefix,
-/// paged by an opaque cursor.
+/// The entries of a `list-v2` page as `who` may see them, in Supabase
+/// Storage's order. `$2` is a plain string prefix of the full key (`$3`,
+/// the same as a `like` pattern); with `$4` (`with_delimiter`) the keys
+/// that go on past the next `/` after the prefix collapse into one folder
+/// entry named up to that `/` (inclusive). Paged by keyset after `$5`
+/// (the last name) and `$6` (the last sort value), at most `$7` rows.
+/// Column and direction are constants.
+fn list_v2_sql(column: &str, order: &str) -> String {
+    let op = if order == "asc" { ">" } else { "<" };
+    let (filter, sort) = if column == "name" {
+        (
+            format!("($5::text = '' or name collate \"C\" {op} $5)"),
+            format!("name collate \"C\" {order}"),
+        )
+    } else {
+        (
+            format!(
+                "($5::text = '' or row(coalesce(date_trunc('milliseconds', {column}), 'epoch'::timestamptz), name collate \"C\")
+                  {op} row(coalesce((select after from params), 'epoch'::timestamptz), $5))"
+            ),
+            format!(
+                "coalesce(date_trunc('milliseconds', {column}), 'epoch'::timestamptz) {order}, name collate \"C\" {order}"
+            ),
+        )
+    };
+    format!(
+        "with params as (select nullif($6::text, '')::timestamptz as after),
+         matched as (
+           select o.id, o.name, o.updated_at, o.created_at, o.last_accessed_at, o.metadata,
+                  $4::bool and strpos(substr(o.name, char_length($2) + 1), '/') > 0 as grouped
+           from storage.objects o
+           where o.bucket_id = $1 and o.name like $3
+         ), entries as (
+           select $2 || split_part(substr(name, char_length($2) + 1), '/', 1) || '/' as name,
+                  null::uuid as id, null::timestamptz as updated_at, null::timestamptz as created_at,
+                  null::timestamptz as last_accessed_at, null::jsonb as metadata, true as folder
+           from matched where grouped group by 1
+           union all
+           select name, id, updated_at, created_at, last_accessed_at, metadata, false
+           from matched where not grouped
+         )
+         select name, folder,
+                to_char({column_value} at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                case when folder then jsonb_build_object('id', null, 'name', name)
+                else jsonb_build_object('id', id, 'name', name, 'metadata', metadata,
+                  'updated_at', to_char(updated_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                  'created_at', to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                  'last_accessed_at', to_char(last_accessed_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
+                  || case when $4 then jsonb_build_object('key', regexp_replace(name, '^.*/', '')) else '{{}}'::jsonb end
+                end
+         from entries
+         where {filter}
+         order by {sort}
+         limit $7",
+        column_value = if column == "name" { "null::timestamptz" } else { column },
+    )
+}
+
+/// `POST /object/list-v2/{bucket}`, as Supabase Storage answers it: the
+/// objects whose full key starts with `prefix` (a plain string prefix, not
+/// a folder), named by their full key; with `with_delimiter`, one folder
+/// entry (`a/sub/`) per group of keys that go on past the next `/`.
+/// Paged by `nextCursor`, a keyset token.
 pub(crate) async fn list_v2(
     ctx: &Ctx<'_>,
     bucket: &str,
@@ -855,62 +932,126 @@ pub(crate) async fn list_v2(
         return Err(StorageError::invalid_bucket());
     }
     let body = Ctx::json(body).await?;
-    let prefix_text = body.get("prefix").and_then(Value::as_str).unwrap_or("");
-    let prefix = folder(prefix_text);
-    let limit = bounded(body.get("limit"), 1000, 1000)?;
-    let offset: i64 = match body.get("cursor").and_then(Value::as_str) {
-        None | Some("") => 0,
-        Some(cursor) => base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(cursor)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| StorageError::invalid("Invalid cursor"))?,
+    let prefix = match body.get("prefix") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(prefix)) => prefix.as_str(),
+        Some(_) => return Err(StorageError::invalid("body/prefix must be string")),
+    }
+    .to_owned();
+    let limit = match body.get("limit") {
+        None | Some(Value::Null) => 1000,
+        Some(v) => v
+            .as_i64()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| StorageError::invalid("body/limit must be >= 1"))?
+            .min(1000),
     };
-    let (column, order) = sort_by(body.get("sortBy"))?;
+    let delimiter = match body.get("with_delimiter") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(StorageError::invalid("body/with_delimiter must be boolean")),
+    };
+    let cursor = match body.get("cursor") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(token)) if token.is_empty() => None,
+        Some(Value::String(token)) => Some(
+            crate::cursor::Cursor::decode(token)
+                .ok_or_else(|| StorageError::invalid_parameter("continuation token"))?,
+        ),
+        Some(_) => return Err(StorageError::invalid("body/cursor must be string")),
+    };
+    let sort = body.get("sortBy");
+    let column = match cursor
+        .as_ref()
+        .and_then(|c| c.sort_column.as_deref())
+        .or_else(|| sort.and_then(|s| s.get("column")).and_then(Value::as_str))
+    {
+        None | Some("name") => "name",
+        Some("updated_at") => "updated_at",
+        Some("created_at") => "created_at",
+        Some(_) => {
+            return Err(StorageError::invalid(
+                "body/sortBy/column must be equal to one of the allowed values",
+            ));
+        }
+    };
+    let order = match cursor
+        .as_ref()
+        .and_then(|c| c.sort_order.as_deref())
+        .or_else(|| sort.and_then(|s| s.get("order")).and_then(Value::as_str))
+    {
+        None | Some("asc") => "asc",
+        Some("desc") => "desc",
+        Some(_) => {
+            return Err(StorageError::invalid(
+                "body/sortBy/order must be equal to one of the allowed values",
+            ));
+        }
+    };
+    let start_after = cursor
+        .as_ref()
+        .map(|c| c.start_after.clone())
+        .unwrap_or_default();
+    let after = cursor
+        .as_ref()
+        .and_then(|c| c.sort_column_after.clone())
+        .unwrap_or_default();
+    if !after.is_empty() && !names::is_iso_timestamp(&after) {
+        return Err(StorageError::invalid_parameter("continuation token"));
+    }
     let pattern = names::like_prefix(&prefix);
     let probe = limit + 1;
     let rows = ctx
         .run(
             &caller,
             "object.list",
-            &list_sql(column, order),
-            &[&bucket, &prefix, &pattern, &"", &probe, &offset],
+            &list_v2_sql(column, order),
+            &[
+                &bucket,
+                &prefix,
+                &pattern,
+                &delimiter,
+                &start_after,
+                &after,
+                &probe,
+            ],
             true,
         )
         .await?;
-    let entries: Vec<Value> = rows
-        .first()
-        .and_then(|row| row.get::<_, Value>(0).as_array().cloned())
-        .unwrap_or_default();
-    let has_next = entries.len() as i64 > limit;
+    let has_next = rows.len() as i64 > limit;
+    let page = &rows[..rows.len().min(usize::try_from(limit).unwrap_or(0))];
     let mut folders = Vec::new();
     let mut objects = Vec::new();
-    for entry in entries
-        .into_iter()
-        .take(usize::try_from(limit).unwrap_or(0))
-    {
-        let name = entry
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let key = format!("{prefix}{name}");
-        if entry.get("id").is_none_or(Value::is_null) {
-            folders.push(json!({"name": name, "key": key}));
+    for row in page {
+        let entry: Value = row.get(3);
+        if row.get::<_, bool>(1) {
+            folders.push(entry);
         } else {
-            let mut object: Map<String, Value> = entry.as_object().cloned().unwrap_or_default();
-            object.insert("key".to_owned(), Value::String(key));
-            objects.push(Value::Object(object));
+            objects.push(entry);
         }
     }
-    let next = has_next.then(|| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode((offset + limit).to_string())
-    });
-    Ok(axum::Json(
-        json!({"hasNext": has_next, "nextCursor": next, "folders": folders, "objects": objects}),
-    )
-    .into_response())
+    let next = match page.last() {
+        Some(last) if has_next => Some(
+            crate::cursor::Cursor {
+                start_after: last.get(0),
+                sort_order: sort
+                    .and_then(|s| s.get("order"))
+                    .and_then(Value::as_str)
+                    .map(|_| order.to_owned())
+                    .or_else(|| cursor.as_ref().and_then(|c| c.sort_order.clone())),
+                sort_column: (column != "name").then(|| column.to_owned()),
+                sort_column_after: last.get(2),
+            }
+            .encode(),
+        ),
+        _ => None,
+    };
+    let mut answer = json!({"hasNext": has_next, "folders": folders, "objects": objects});
+    if let (Some(next), Some(last)) = (next, page.last().filter(|_| has_next)) {
+        answer["nextCursor"] = Value::String(next);
+        answer["nextCursorKey"] = Value::String(last.get(0));
+    }
+    Ok(axum::Json(answer).into_response())
 }
 
 /// `POST /object/move` and `POST /object/copy`.
@@ -951,8 +1092,39 @@ pub(crate) async fn relocate(
     let old_version: Option<String> = row.get(0);
     let metadata: Option<Value> = row.get(1);
     let user_metadata: Option<Value> = row.get(2);
-    let meta = metadata.unwrap_or_else(|| json!({}));
+    let mut meta = metadata.unwrap_or_else(|| json!({}));
     let size = meta.get("size").and_then(Value::as_i64).unwrap_or(0);
+    // As Supabase: `copyMetadata` (default true) copies the source's
+    // metadata; otherwise the user metadata comes from `x-metadata` and
+    // the body's `metadata` may set `cacheControl` and `mimetype`.
+    let copy_metadata = match body.get("copyMetadata") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(StorageError::invalid("body/copyMetadata must be boolean")),
+    };
+    let header_metadata = match ctx.header("x-metadata") {
+        Some(text) if copy && !copy_metadata => Some(decode_metadata(text)?),
+        _ => None,
+    };
+    if copy
+        && !copy_metadata
+        && let Some(Value::Object(given)) = body.get("metadata")
+    {
+        for name in ["cacheControl", "mimetype"] {
+            match given.get(name) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(text)) if name == "cacheControl" => {
+                    meta[name] = Value::String(names::cache_control(Some(text)));
+                }
+                Some(Value::String(text)) => meta[name] = Value::String(text.clone()),
+                Some(_) => {
+                    return Err(StorageError::invalid(format!(
+                        "body/metadata/{name} must be string"
+                    )));
+                }
+            }
+        }
+    }
     let mimetype = meta
         .get("mimetype")
         .and_then(Value::as_str)
@@ -983,14 +1155,10 @@ pub(crate) async fn relocate(
         }
         return Ok(axum::Json(json!({"message": "Successfully moved"})).into_response());
     }
-    let copy_metadata = body
-        .get("copyMetadata")
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
     let user_metadata = if copy_metadata {
         user_metadata
     } else {
-        body.get("metadata").filter(|m| m.is_object()).cloned()
+        header_metadata
     };
     let version = new_version();
     let from = ctx

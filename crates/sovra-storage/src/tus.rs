@@ -45,28 +45,65 @@ pub(crate) async fn route(
         ([_] | ["sign", _], &Method::OPTIONS) => Ok(options(ctx)),
         _ => Err(not_allowed()),
     };
-    result.map(|mut response| {
-        response
-            .headers_mut()
-            .insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
-        response
-    })
+    let mut response = result.unwrap_or_else(tus_error);
+    response
+        .headers_mut()
+        .insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
+    Ok(response)
+}
+
+/// A refusal as Supabase's TUS server sends it (tus-js-client shows the
+/// body): the logical status as the HTTP status and the message as plain
+/// text; a size refusal says `Maximum size exceeded`, as `@tus/server`
+/// does.
+pub(crate) fn tus_error(err: StorageError) -> Response {
+    let status = StatusCode::from_u16(err.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let message = if err.code == "EntityTooLarge" {
+        "Maximum size exceeded".to_owned()
+    } else {
+        err.message
+    };
+    (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        message,
+    )
+        .into_response()
 }
 
 fn options(ctx: &Ctx<'_>) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
-    let headers = response.headers_mut();
-    headers.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
-    headers.insert(
-        "tus-extension",
-        HeaderValue::from_static(
-            "creation,creation-with-upload,creation-defer-length,termination,expiration",
-        ),
-    );
-    if let Ok(value) = HeaderValue::from_str(&ctx.service.config.file_size_limit.to_string()) {
-        headers.insert("tus-max-size", value);
-    }
     response
+        .headers_mut()
+        .extend(ctx.service.tus_options_headers());
+    response
+}
+
+impl StorageService {
+    /// The headers of a TUS `OPTIONS` answer: `Tus-Version`,
+    /// `Tus-Extension`, `Tus-Max-Size` (the largest object this storage
+    /// takes) and `Tus-Resumable`. The server adds them to the CORS answer
+    /// of an `OPTIONS` request to `/upload/resumable`, which its CORS
+    /// layer answers before the request reaches this service.
+    pub fn tus_options_headers(&self) -> axum::http::HeaderMap {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("tus-resumable", HeaderValue::from_static(TUS_VERSION));
+        headers.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
+        headers.insert(
+            "tus-extension",
+            HeaderValue::from_static(
+                "creation,creation-with-upload,creation-defer-length,termination,expiration",
+            ),
+        );
+        headers.insert(
+            "tus-max-size",
+            HeaderValue::from(self.config.file_size_limit),
+        );
+        headers
+    }
 }
 
 fn header_u64(ctx: &Ctx<'_>, name: &str) -> Result<Option<u64>, StorageError> {

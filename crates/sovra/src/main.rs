@@ -70,6 +70,12 @@ enum Command {
         /// verifying.
         #[arg(long, value_name = "KID")]
         retire: Option<String>,
+        /// Make a new pair of opaque API keys in Supabase's current format
+        /// (`sb_publishable_…` for anon, `sb_secret_…` for service_role)
+        /// and print them this once: only their digests are kept. The
+        /// previous pair stops working when the server next starts.
+        #[arg(long, conflicts_with_all = ["rotate", "retire"])]
+        rotate_opaque: bool,
         /// Print as JSON.
         #[arg(long)]
         json: bool,
@@ -212,7 +218,17 @@ fn main() -> ExitCode {
             Command::Keys {
                 rotate,
                 retire,
+                rotate_opaque: true,
                 json,
+            } => {
+                let _ = (rotate, retire);
+                opaque_keys(&config, json)
+            }
+            Command::Keys {
+                rotate,
+                retire,
+                json,
+                ..
             } => keys(&config, rotate, retire.as_deref(), json),
             Command::Doctor => doctor::run(&config).await,
             Command::Mail { to, last, json } => mail(&config, to.as_deref(), last, json),
@@ -303,6 +319,30 @@ fn keys(
     for (kid, status, _) in signing {
         println!("signing key       {kid} ({status})");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sovra keys --rotate-opaque`: a new `sb_publishable_…`/`sb_secret_…`
+/// pair, printed once.
+fn opaque_keys(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let path = config.data_dir.join("keys.json");
+    let pair = sovra_server::keys::rotate_opaque(&path, config)?;
+    if json {
+        let value = serde_json::json!({
+            "publishable_key": pair.publishable,
+            "secret_key": pair.secret,
+            "keys_file": path.display().to_string(),
+        });
+        println!("{value:#}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("publishable key   {}", pair.publishable);
+    println!("secret key        {}", pair.secret);
+    println!(
+        "(shown this once: {} keeps only their digests; the previous pair stops working when the server next starts)",
+        path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -216,6 +216,10 @@ async fn embedded_lifecycle_first_start_restart_kill_and_second_instance() {
     );
     assert!(out.contains("anon key      ey"), "{out}");
     assert!(out.contains("service_role  ey"), "{out}");
+    // Whether sign-ups need confirming, and where the mail goes.
+    assert!(out.contains("Email confirm on"), "{out}");
+    assert!(out.contains("SOVRA_AUTH_EMAIL_AUTOCONFIRM=true"), "{out}");
+    assert!(out.contains("read it with `sovra mail`"), "{out}");
     let anon_key = out
         .lines()
         .find_map(|l| l.trim().strip_prefix("anon key"))

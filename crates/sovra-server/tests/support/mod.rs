@@ -1,1 +1,2 @@
+pub(crate) mod auth_client;
 pub(crate) mod realtime_client;
