@@ -66,12 +66,20 @@ pub struct Filter {
 #[error("Error parsing `filter` params: {0}")]
 pub struct FilterError(pub String);
 
-/// Splits at commas outside parentheses and double quotes.
+/// Splits at commas outside parentheses and double quotes (inside
+/// quotes, `\\` escapes the next character, as realtime-js's filter builder
+/// and PostgREST write them).
 fn split_top(text: &str) -> Vec<&str> {
     let mut parts = Vec::new();
     let (mut depth, mut quoted, mut start) = (0i32, false, 0usize);
+    let mut escaped = false;
     for (i, c) in text.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
         match c {
+            '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
             '(' if !quoted => depth += 1,
             ')' if !quoted => depth -= 1,
@@ -86,10 +94,19 @@ fn split_top(text: &str) -> Vec<&str> {
     parts
 }
 
+/// A value without its double quotes, `\\x` read as `x` inside them.
 fn unquote(value: &str) -> String {
     let value = value.trim();
     if value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
-        value[1..value.len() - 1].replace("\\\"", "\"")
+        let mut out = String::with_capacity(value.len());
+        let mut chars = value[1..value.len() - 1].chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => out.push(chars.next().unwrap_or('\\')),
+                c => out.push(c),
+            }
+        }
+        out
     } else {
         value.to_owned()
     }
@@ -151,10 +168,12 @@ impl Filter {
             if op == Op::Is
                 && !matches!(
                     values[0].to_ascii_lowercase().as_str(),
-                    "null" | "true" | "false"
+                    "null" | "true" | "false" | "unknown"
                 )
             {
-                return Err(FilterError("is takes null, true or false".to_owned()));
+                return Err(FilterError(
+                    "is takes null, true, false or unknown".to_owned(),
+                ));
             }
             if matches!(op, Op::Like | Op::ILike | Op::Match | Op::IMatch)
                 && values[0].chars().count() > MAX_PATTERN_CHARS
@@ -336,7 +355,8 @@ impl Condition {
         if self.op == Op::Is {
             let want = self.values[0].to_ascii_lowercase();
             return match (want.as_str(), value) {
-                ("null", v) => v.is_none(),
+                // `IS UNKNOWN` is `IS NULL` for a boolean.
+                ("null" | "unknown", v) => v.is_none(),
                 (b, Some(v)) => typed("bool", v) == typed("bool", b),
                 _ => false,
             };
@@ -498,6 +518,19 @@ mod tests {
         let long = format!("name=like.{}", "x".repeat(MAX_PATTERN_CHARS + 1));
         assert!(Filter::parse(&long).is_err());
         assert!(Filter::parse(&format!("name=like.{}", "x".repeat(MAX_PATTERN_CHARS))).is_ok());
+    }
+
+    #[test]
+    fn quoted_values_as_realtime_js_writes_them() {
+        // postgresChangesFilter().eq('name', 'a "b", c\\d').in('tag', ['x,y', 'z'])
+        let f = Filter::parse(r#"name=eq."a \"b\", c\\d",tag=in.("x,y",z)"#).unwrap();
+        assert_eq!(f.conditions.len(), 2);
+        assert_eq!(f.conditions[0].values, [r#"a "b", c\d"#]);
+        assert_eq!(f.conditions[1].values, ["x,y", "z"]);
+        let cols = [("flag", None, "bool"), ("name", Some(r#"a "b", c\d"#), "text")];
+        let r = row(&cols);
+        assert!(Filter::parse("flag=is.unknown").unwrap().matches(&r));
+        assert!(Filter::parse(r#"name=eq."a \"b\", c\\d""#).unwrap().matches(&r));
     }
 
     #[test]

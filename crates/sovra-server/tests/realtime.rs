@@ -458,7 +458,7 @@ async fn filters_bad_filters_and_resuming_after_the_feed_stops() {
             "realtime:f",
             json!({"postgres_changes": [
                 {"event": "INSERT", "schema": "public", "table": "notes", "filter": "body=in.(keep,also)"},
-                {"event": "INSERT", "schema": "public", "table": "notes", "filter": "body=like.x"}
+                {"event": "INSERT", "schema": "public", "table": "notes", "filter": "body=fts.x"}
             ]}),
             Some(&alice_token),
         )
