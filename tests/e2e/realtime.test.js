@@ -271,10 +271,14 @@ test('postgres_changes: pattern filters from postgresChangesFilter() and select 
     .on('postgres_changes', {
       event: 'INSERT', schema: 'public', table: 'rt_notes',
       filter: postgresChangesFilter().isDistinct('body', 'hello, "world"'),
-    }, (p) => seen.distinct.push(p.new.body))
+    }, (p) => seen.distinct.push(p.new.body));
+  assert.equal((await subscribed(ch)).status, 'SUBSCRIBED');
+  // On a channel of its own: a change that several bindings of one channel
+  // want carries the columns of all of them.
+  const chs = alice.c.channel(`filters-select-${short()}`)
     .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'rt_notes', select: ['id', 'body'] },
       (p) => seen.select.push(p.new));
-  assert.equal((await subscribed(ch)).status, 'SUBSCRIBED');
+  assert.equal((await subscribed(chs)).status, 'SUBSCRIBED');
   // A filter the server cannot read: the join succeeds, a system error says why.
   const bad = alice.c.channel(`filters-bad-${short()}`)
     .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'rt_notes', filter: 'body=match.(' },
@@ -316,9 +320,18 @@ test('broadcast replay: a private channel gets the latest messages sent from SQL
   const alice = await signedIn('rt-replay');
   const topic = `secret:${alice.id}`;
   const since = Date.now() - 60000;
+  // Sent while alice listens, so that all three have been delivered before
+  // the replaying channel joins (else the oldest would also come live).
+  const live = [];
+  const watch = alice.c.channel(topic, { config: { private: true } })
+    .on('broadcast', { event: 'note' }, (m) => live.push(m.payload.n));
+  assert.equal((await subscribed(watch)).status, 'SUBSCRIBED');
   for (const n of [1, 2, 3]) {
     assert.equal((await service.rpc('rt_send', { topic, n })).error, null);
   }
+  await until(() => live.length === 3, 'the three messages live', 20000);
+  assert.deepEqual(live, [1, 2, 3]);
+  await alice.c.removeChannel(watch);
   const heard = [];
   const bins = [];
   const ch = alice.c.channel(topic, { config: { private: true, broadcast: { replay: { since, limit: 2 } } } })
