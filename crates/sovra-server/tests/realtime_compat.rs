@@ -615,3 +615,52 @@ async fn replay_is_refused_as_supabase_refuses_it() {
         .await;
     assert_eq!(reply["status"], "ok", "{reply}");
 }
+
+#[tokio::test]
+async fn replication_ready_that_never_comes_closes_the_channel() {
+    let app = change_app(FIXTURE).await;
+    let (_, token) = user(&app);
+    // Another session holds the change feed's leader lock on this
+    // database ("sovra_rt"), so the feed never starts reading the slot.
+    let holder = app.db.client().await;
+    let locked: bool = holder
+        .query_one(
+            "select pg_try_advisory_lock($1)",
+            &[&0x736f_7672_615f_7274_i64],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(locked);
+    let mut c = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    let reply = c
+        .join(
+            "realtime:never",
+            json!({"broadcast": {"replication_ready": true}}),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    // After the wait (30 s), as Supabase: a system error, then phx_close.
+    let (topic, system, _) = c.expect_within("system", Duration::from_secs(60)).await;
+    assert_eq!(topic, "realtime:never");
+    assert_eq!(
+        system,
+        json!({"extension": "system", "status": "error", "message": "Replication connection was not established in time", "channel": "never"})
+    );
+    let (topic, _, _) = c.expect("phx_close").await;
+    assert_eq!(topic, "realtime:never");
+    // The channel is gone: a broadcast to it is an unmatched topic.
+    let r = c
+        .send(
+            "realtime:never",
+            "broadcast",
+            json!({"type": "broadcast", "event": "x", "payload": {}}),
+        )
+        .await;
+    assert_eq!(
+        c.reply(&r).await,
+        json!({"status": "error", "response": {"reason": "unmatched topic"}})
+    );
+    drop(holder);
+}

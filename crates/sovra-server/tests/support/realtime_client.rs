@@ -124,7 +124,17 @@ impl Client {
     /// The next message with `event` (skipping others); waits up to 20 s,
     /// only to catch a hang.
     pub(crate) async fn expect(&mut self, event: &str) -> (String, Value, Option<String>) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        self.expect_within(event, Duration::from_secs(20)).await
+    }
+
+    /// [`Self::expect`] for a message that comes after a server-side wait
+    /// of its own: `patience` only catches a hang.
+    pub(crate) async fn expect_within(
+        &mut self,
+        event: &str,
+        patience: Duration,
+    ) -> (String, Value, Option<String>) {
+        let deadline = tokio::time::Instant::now() + patience;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_frame(left).await {
