@@ -664,3 +664,60 @@ async fn replication_ready_that_never_comes_closes_the_channel() {
     );
     drop(holder);
 }
+
+#[tokio::test]
+async fn a_replayed_message_that_then_arrives_live_is_not_sent_twice() {
+    let app = change_app(FIXTURE).await;
+    let (_, token) = user(&app);
+    // The feed runs, then stops: what is stored meanwhile is read when it
+    // starts again, which the replaying join below makes it do.
+    let mut first = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    let reply = first
+        .join("realtime:room-r", json!({"private": true}), Some(&token))
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    feed_ready(&app).await;
+    app.tenant.realtime.stop_feed();
+    each(
+        &app,
+        &[
+            send(1, "room-r", true),
+            send(2, "room-r", true),
+            send(3, "room-r", true),
+        ],
+    )
+    .await;
+    let mut c = Client::connect(&app, &app.anon_key, "1.0.0").await;
+    let reply = c
+        .join(
+            "realtime:room-r",
+            json!({"private": true, "broadcast": {"replay": {"since": 0, "limit": 2}}}),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    feed_ready(&app).await;
+    each(&app, &[send(4, "room-r", true)]).await;
+    // Replayed: 2 and 3. Live, in commit order: 1 (not replayed), 4; 2
+    // and 3 are not sent again.
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let (_, m, _) = c.expect("broadcast").await;
+        got.push((
+            m["payload"]["n"].as_i64().unwrap(),
+            m["meta"]["replayed"] == true,
+        ));
+    }
+    assert_eq!(got, [(2, true), (3, true), (1, false), (4, false)]);
+    // The channel that was there all along gets each once, live.
+    let mut live = Vec::new();
+    for _ in 0..4 {
+        live.push(
+            first.expect("broadcast").await.1["payload"]["n"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    assert_eq!(live, [1, 2, 3, 4]);
+    c.silent("broadcast", Duration::from_millis(300)).await;
+}
