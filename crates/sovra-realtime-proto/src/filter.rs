@@ -198,6 +198,23 @@ impl Filter {
                             ))
                         })?,
                 ),
+                // A like pattern becomes the equivalent expression, whose
+                // matcher is faster than walking the pattern per row (see
+                // `benches/filter.rs`); [`like`] is its reference.
+                Op::Like | Op::ILike => Some(
+                    regex::RegexBuilder::new(&like_to_regex(&values[0]))
+                        .case_insensitive(op == Op::ILike)
+                        .size_limit(REGEX_SIZE_LIMIT)
+                        .dfa_size_limit(REGEX_SIZE_LIMIT)
+                        .build()
+                        .map_err(|err| {
+                            FilterError(format!(
+                                "invalid pattern for {}: {}",
+                                op.name(),
+                                first_line(&err.to_string())
+                            ))
+                        })?,
+                ),
                 _ => None,
             };
             conditions.push(Condition {
@@ -259,6 +276,48 @@ fn first_line(text: &str) -> String {
         .trim()
         .trim_start_matches("error: ")
         .to_owned()
+}
+
+/// A `like` pattern as a regular expression with the same meaning (`%`/`*`
+/// any run, `_` one character, `\\` escapes): anchored at each end that
+/// has no `%`, so that `%word%` is a plain substring search.
+fn like_to_regex(pattern: &str) -> String {
+    // `None`: any run; `Some(None)`: one character; `Some(Some(c))`: `c`.
+    let mut tokens: Vec<Option<Option<char>>> = Vec::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        tokens.push(match c {
+            '%' | '*' => None,
+            '_' => Some(None),
+            '\\' => Some(Some(chars.next().unwrap_or('\\'))),
+            c => Some(Some(c)),
+        });
+    }
+    let open_start = tokens.first().is_some_and(Option::is_none);
+    let open_end = tokens.last().is_some_and(Option::is_none);
+    let first = tokens
+        .iter()
+        .position(Option::is_some)
+        .unwrap_or(tokens.len());
+    let last = tokens
+        .iter()
+        .rposition(Option::is_some)
+        .map_or(first, |i| i + 1);
+    let mut out = String::from("(?s)");
+    if !open_start {
+        out.push('^');
+    }
+    for token in &tokens[first..last.max(first)] {
+        match token {
+            None => out.push_str(".*"),
+            Some(None) => out.push('.'),
+            Some(Some(c)) => out.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
+        }
+    }
+    if !open_end {
+        out.push('$');
+    }
+    out
 }
 
 /// SQL `LIKE`: `%` (or `*`) matches any run of characters, `_` one
@@ -377,9 +436,7 @@ impl Condition {
         // SQL semantics: comparisons with null are not true.
         let Some(value) = value else { return false };
         match self.op {
-            Op::Like => return like(&self.values[0], value, false),
-            Op::ILike => return like(&self.values[0], value, true),
-            Op::Match | Op::IMatch => {
+            Op::Like | Op::ILike | Op::Match | Op::IMatch => {
                 return self.regex.as_ref().is_some_and(|re| re.is_match(value));
             }
             _ => {}
@@ -527,10 +584,17 @@ mod tests {
         assert_eq!(f.conditions.len(), 2);
         assert_eq!(f.conditions[0].values, [r#"a "b", c\d"#]);
         assert_eq!(f.conditions[1].values, ["x,y", "z"]);
-        let cols = [("flag", None, "bool"), ("name", Some(r#"a "b", c\d"#), "text")];
+        let cols = [
+            ("flag", None, "bool"),
+            ("name", Some(r#"a "b", c\d"#), "text"),
+        ];
         let r = row(&cols);
         assert!(Filter::parse("flag=is.unknown").unwrap().matches(&r));
-        assert!(Filter::parse(r#"name=eq."a \"b\", c\\d""#).unwrap().matches(&r));
+        assert!(
+            Filter::parse(r#"name=eq."a \"b\", c\\d""#)
+                .unwrap()
+                .matches(&r)
+        );
     }
 
     #[test]

@@ -320,12 +320,19 @@ proptest! {
         if let Ok(filter) = Filter::parse(&format!("c={op}.{raw}")) {
             let _ = filter.matches(row);
         }
+        // `like` (the reference), the same pattern as an expression, and the
+        // filter (which compiles it) agree.
         let reference = regex::Regex::new(&like_as_regex(&pattern)).unwrap();
-        prop_assert_eq!(
-            sovra_realtime_proto::filter::like(&pattern, &subject, false),
-            reference.is_match(&subject),
-            "like {:?} on {:?}", pattern, subject
-        );
+        let expected = sovra_realtime_proto::filter::like(&pattern, &subject, false);
+        prop_assert_eq!(expected, reference.is_match(&subject), "like {:?} on {:?}", pattern, subject);
+        let quoted = format!("\"{}\"", pattern.replace('\\', "\\\\").replace('"', "\\\""));
+        let filter = Filter::parse(&format!("c=like.{quoted}")).unwrap();
+        let row = |_: &str| Some((Some(subject.as_str()), "text"));
+        prop_assert_eq!(filter.matches(row), expected, "filter like {:?} on {:?}", pattern, subject);
+        let filter = Filter::parse(&format!("c=ilike.{quoted}")).unwrap();
+        let upper = subject.to_uppercase();
+        let row = |_: &str| Some((Some(upper.as_str()), "text"));
+        prop_assert_eq!(filter.matches(row), expected, "filter ilike {:?} on {:?}", pattern, upper);
     }
 }
 
