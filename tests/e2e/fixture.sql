@@ -99,3 +99,14 @@ create policy rt_secret_read on realtime.messages for select to authenticated
   using (realtime.topic() = 'secret:' || auth.uid()::text);
 create policy rt_secret_write on realtime.messages for insert to authenticated
   with check (realtime.topic() = 'secret:' || auth.uid()::text);
+
+-- Broadcast from the database, for the replay tests: the service role sends
+-- through these (realtime.send / realtime.send_binary store the message).
+create function public.rt_send(topic text, n int) returns void
+  language sql security definer set search_path = ''
+  as $$ select realtime.send(jsonb_build_object('n', n), 'note', topic, true) $$;
+create function public.rt_send_binary(topic text) returns void
+  language sql security definer set search_path = ''
+  as $$ select realtime.send_binary('\x0102'::bytea, 'bin', topic, true) $$;
+revoke execute on function public.rt_send(text, int), public.rt_send_binary(text) from public, anon, authenticated;
+grant execute on function public.rt_send(text, int), public.rt_send_binary(text) to service_role;

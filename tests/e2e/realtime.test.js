@@ -1,12 +1,15 @@
 // Realtime through the real supabase-js client (realtime-js, vsn 2.0.0 with
 // binary broadcast frames), against the running sovra binary that run.sh
 // started with fixture.sql loaded: broadcast between clients, presence,
-// postgres_changes under RLS for rows written through /rest/v1, and private
-// channels authorised by policies on realtime.messages.
+// postgres_changes under RLS for rows written through /rest/v1 (with the
+// filter builder's pattern operators and select lists), private channels
+// authorised by policies on realtime.messages, broadcast replay, and the
+// replication_ready message.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { createClient } from '@supabase/supabase-js';
+import { postgresChangesFilter } from '@supabase/realtime-js';
 import ws from 'ws';
 
 const url = process.env.SOVRA_URL;
@@ -254,4 +257,107 @@ test('two instances joined by nats-server: broadcast, presence and database chan
   await aliceTwo.removeAllChannels();
   await bobTwo.removeAllChannels();
   await b.removeAllChannels();
+});
+
+test('postgres_changes: pattern filters from postgresChangesFilter() and select lists', async () => {
+  const alice = await signedIn('rt-filter');
+  const seen = { like: [], distinct: [], select: [], bad: [] };
+  const system = [];
+  const ch = alice.c.channel(`filters-${short()}`)
+    .on('postgres_changes', {
+      event: 'INSERT', schema: 'public', table: 'rt_notes',
+      filter: postgresChangesFilter().ilike('body', 'HELLO%').not('body', 'match', 'x$'),
+    }, (p) => seen.like.push(p.new.body))
+    .on('postgres_changes', {
+      event: 'INSERT', schema: 'public', table: 'rt_notes',
+      filter: postgresChangesFilter().isDistinct('body', 'hello, "world"'),
+    }, (p) => seen.distinct.push(p.new.body));
+  assert.equal((await subscribed(ch)).status, 'SUBSCRIBED');
+  // On a channel of its own: a change that several bindings of one channel
+  // want carries the columns of all of them.
+  const chs = alice.c.channel(`filters-select-${short()}`)
+    .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'rt_notes', select: ['id', 'body'] },
+      (p) => seen.select.push(p.new));
+  assert.equal((await subscribed(chs)).status, 'SUBSCRIBED');
+  // A filter the server cannot read: the join succeeds, a system error says why.
+  const bad = alice.c.channel(`filters-bad-${short()}`)
+    .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'rt_notes', filter: 'body=match.(' },
+      (p) => seen.bad.push(p))
+    .on('system', {}, (m) => system.push(m));
+  assert.equal((await subscribed(bad)).status, 'SUBSCRIBED');
+  await until(() => system.some((m) => m.status === 'error'), 'the filter error');
+  assert.match(system.find((m) => m.status === 'error').message, /^Error parsing `filter` params: invalid regular expression for match/);
+
+  const probe = await alice.c.from('rt_notes').insert({ body: 'probe' }).select().single();
+  assert.equal(probe.error, null);
+  await until(() => seen.select.some((r) => r.body === 'probe'), 'the change feed', 20000);
+  for (const body of ['Hello there', 'hello, "world"', 'hello box', 'bye']) {
+    assert.equal((await alice.c.from('rt_notes').insert({ body })).error, null);
+  }
+  await until(() => seen.select.some((r) => r.body === 'bye'), 'the last row');
+  assert.deepEqual(seen.like, ['Hello there', 'hello, "world"']);
+  assert.deepEqual(seen.distinct, ['probe', 'Hello there', 'hello box', 'bye']);
+  // Only the selected columns, never owner_id.
+  assert.deepEqual(Object.keys(seen.select.at(-1)).sort(), ['body', 'id']);
+  assert.deepEqual(seen.bad, []);
+  await alice.c.removeAllChannels();
+});
+
+test('replication_ready: a channel that asks is told when changes flow', async () => {
+  const c = client();
+  const system = [];
+  const ch = c.channel(`ready-${short()}`, { config: { broadcast: { replication_ready: true } } })
+    .on('system', {}, (m) => system.push(m));
+  assert.equal((await subscribed(ch)).status, 'SUBSCRIBED');
+  await until(() => system.length > 0, 'the replication_ready message');
+  assert.equal(system[0].extension, 'system');
+  assert.equal(system[0].status, 'ok');
+  assert.equal(system[0].message, 'Replication connection established');
+  await c.removeAllChannels();
+});
+
+test('broadcast replay: a private channel gets the latest messages sent from SQL, marked replayed', async () => {
+  const alice = await signedIn('rt-replay');
+  const topic = `secret:${alice.id}`;
+  const since = Date.now() - 60000;
+  // Sent while alice listens, so that all three have been delivered before
+  // the replaying channel joins (else the oldest would also come live).
+  const live = [];
+  const watch = alice.c.channel(topic, { config: { private: true } })
+    .on('broadcast', { event: 'note' }, (m) => live.push(m.payload.n));
+  assert.equal((await subscribed(watch)).status, 'SUBSCRIBED');
+  for (const n of [1, 2, 3]) {
+    assert.equal((await service.rpc('rt_send', { topic, n })).error, null);
+  }
+  await until(() => live.length === 3, 'the three messages live', 20000);
+  assert.deepEqual(live, [1, 2, 3]);
+  await alice.c.removeChannel(watch);
+  const heard = [];
+  const bins = [];
+  const ch = alice.c.channel(topic, { config: { private: true, broadcast: { replay: { since, limit: 2 } } } })
+    .on('broadcast', { event: 'note' }, (m) => heard.push(m))
+    .on('broadcast', { event: 'bin' }, (m) => bins.push(m));
+  assert.equal((await subscribed(ch)).status, 'SUBSCRIBED');
+  await until(() => heard.length === 2, () => `two replayed messages (got ${JSON.stringify(heard)})`);
+  assert.deepEqual(heard.map((m) => m.payload.n), [2, 3]);
+  for (const m of heard) {
+    assert.equal(m.meta.replayed, true);
+    assert.equal(typeof m.meta.id, 'string');
+  }
+  // Live messages follow, not marked replayed; raw bytes from send_binary.
+  assert.equal((await service.rpc('rt_send', { topic, n: 4 })).error, null);
+  await until(() => heard.length === 3, 'the live message');
+  assert.equal(heard[2].payload.n, 4);
+  assert.equal(heard[2].meta?.replayed, undefined);
+  assert.equal((await service.rpc('rt_send_binary', { topic })).error, null);
+  await until(() => bins.length === 1, 'the binary message');
+  assert.deepEqual([...new Uint8Array(bins[0].payload)], [1, 2]);
+
+  // Someone else may not replay alice's channel.
+  const bob = await signedIn('rt-replay-b');
+  const refused = await subscribed(bob.c.channel(topic, { config: { private: true, broadcast: { replay: { since } } } }));
+  assert.equal(refused.status, 'CHANNEL_ERROR');
+  assert.match(String(refused.err?.message ?? refused.err), /Unauthorized/);
+  await bob.c.removeAllChannels();
+  await alice.c.removeAllChannels();
 });

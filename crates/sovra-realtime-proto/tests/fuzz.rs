@@ -240,6 +240,102 @@ proptest! {
     }
 }
 
+/// A `like` pattern as a regular expression: the reference `like` is
+/// checked against.
+fn like_as_regex(pattern: &str) -> String {
+    let mut out = String::from("(?s)^");
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' | '*' => out.push_str(".*"),
+            '_' => out.push('.'),
+            '\\' => out.push_str(&regex_escape(chars.next().unwrap_or('\\'))),
+            c => out.push_str(&regex_escape(c)),
+        }
+    }
+    out.push('$');
+    out
+}
+
+fn regex_escape(c: char) -> String {
+    let mut buf = [0u8; 4];
+    let text: &str = c.encode_utf8(&mut buf);
+    let mut out = String::new();
+    for ch in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(ch) {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// A condition with a pattern operator (`like ilike match imatch`) or
+/// `isdistinct`, valid by construction.
+fn pattern_condition() -> impl Strategy<Value = String> {
+    (
+        "[a-z_][a-z0-9_]{0,8}",
+        any::<bool>(),
+        prop_oneof![
+            ("like|ilike", "[a-zA-Z0-9%*_ .]{0,10}").prop_map(|(op, v)| (op, v)),
+            (
+                "match|imatch",
+                "\\^?([a-zA-Z0-9 ]|\\.|\\[a-z\\]|[a-z][*+?]){0,6}\\$?"
+            )
+                .prop_map(|(op, v)| (op, v)),
+            Just(("isdistinct".to_owned(), "null".to_owned())),
+            ("isdistinct", "[a-z0-9.]{0,8}").prop_map(|(op, v)| (op, v)),
+        ],
+    )
+        .prop_map(|(column, negate, (op, value))| {
+            let not = if negate { "not." } else { "" };
+            format!("{column}={not}{op}.{value}")
+        })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Pattern operators: valid conditions parse and evaluate without a
+    /// panic on any value; arbitrary patterns and expressions are read or
+    /// refused, never a panic; `like` agrees with the same pattern as a
+    /// regular expression.
+    #[test]
+    fn fuzz_filter_patterns(
+        parts in proptest::collection::vec(pattern_condition(), 1..4),
+        op in prop_oneof![Just("like"), Just("ilike"), Just("match"), Just("imatch"), Just("isdistinct")],
+        raw in "\\PC{0,40}",
+        value in proptest::option::of("\\PC{0,24}"),
+        pattern in "[ab%_*\\\\]{0,12}",
+        subject in "[ab%_*\\\\]{0,12}",
+        kind in prop_oneof![Just("int4"), Just("text"), Just("float8")],
+    ) {
+        let row = |_: &str| Some((value.as_deref(), kind));
+        let valid = parts.join(",");
+        let filter = Filter::parse(&valid);
+        prop_assert!(filter.is_ok(), "{valid}: {filter:?}");
+        let filter = filter.unwrap();
+        prop_assert_eq!(filter.conditions.len(), parts.len());
+        let _ = filter.matches(row);
+        if let Ok(filter) = Filter::parse(&format!("c={op}.{raw}")) {
+            let _ = filter.matches(row);
+        }
+        // `like` (the reference), the same pattern as an expression, and the
+        // filter (which compiles it) agree.
+        let reference = regex::Regex::new(&like_as_regex(&pattern)).unwrap();
+        let expected = sovra_realtime_proto::filter::like(&pattern, &subject, false);
+        prop_assert_eq!(expected, reference.is_match(&subject), "like {:?} on {:?}", pattern, subject);
+        let quoted = format!("\"{}\"", pattern.replace('\\', "\\\\").replace('"', "\\\""));
+        let filter = Filter::parse(&format!("c=like.{quoted}")).unwrap();
+        let row = |_: &str| Some((Some(subject.as_str()), "text"));
+        prop_assert_eq!(filter.matches(row), expected, "filter like {:?} on {:?}", pattern, subject);
+        let filter = Filter::parse(&format!("c=ilike.{quoted}")).unwrap();
+        let upper = subject.to_uppercase();
+        let row = |_: &str| Some((Some(upper.as_str()), "text"));
+        prop_assert_eq!(filter.matches(row), expected, "filter ilike {:?} on {:?}", pattern, upper);
+    }
+}
+
 fn condition() -> impl Strategy<Value = String> {
     let value = prop_oneof![
         "[a-z0-9 ._-]{0,8}",

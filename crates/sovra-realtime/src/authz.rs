@@ -122,3 +122,60 @@ pub(crate) async fn can_write(
     let _ = tx.rollback().await;
     Ok(allowed)
 }
+
+/// A broadcast stored in `realtime.messages`, as a replay sends it.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub(crate) id: String,
+    pub(crate) event: String,
+    /// The JSON payload (`realtime.send`), as text.
+    pub(crate) payload: Option<String>,
+    /// The raw payload (`realtime.send_binary`).
+    pub(crate) binary: Option<Vec<u8>>,
+}
+
+/// The broadcasts stored for the private `topic` since `since_ms`
+/// (milliseconds since the Unix epoch), the latest `limit`, oldest first:
+/// what `config.broadcast.replay` sends, as Supabase does. Read as the
+/// caller, with `realtime.topic()` set, so that the table's policies decide
+/// row by row.
+pub(crate) async fn replay(
+    pool: &Pool,
+    principal: &Principal,
+    topic: &str,
+    since_ms: i64,
+    limit: i64,
+) -> Result<Vec<Stored>, String> {
+    let mut client = pool.get().await.map_err(|err| err.to_string())?;
+    let tx = sovra_pg::begin_request(&mut client, &context(principal, topic), true)
+        .await
+        .map_err(|err| err.to_string())?;
+    tx.execute("select set_config('realtime.topic', $1, true)", &[&topic])
+        .await
+        .map_err(|err| err.to_string())?;
+    // `inserted_at` is a timestamp without time zone, written by now() in
+    // the session's time zone.
+    let since = since_ms as f64 / 1000.0;
+    let rows = tx
+        .query(
+            "select id::text, coalesce(event, ''), payload::text, binary_payload from (
+               select id, event, payload, binary_payload, inserted_at from realtime.messages
+               where topic = $1 and private and extension = 'broadcast'
+                 and inserted_at >= (to_timestamp($2) at time zone current_setting('TimeZone'))
+               order by inserted_at desc limit $3) m
+             order by inserted_at",
+            &[&topic, &since, &limit],
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+    let _ = tx.rollback().await;
+    Ok(rows
+        .iter()
+        .map(|row| Stored {
+            id: row.get(0),
+            event: row.get(1),
+            payload: row.get(2),
+            binary: row.get(3),
+        })
+        .collect())
+}

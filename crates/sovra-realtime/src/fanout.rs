@@ -424,7 +424,10 @@ impl Fanout {
                 let Some((_, hidden)) = list.get(*at).filter(|(i, _)| *i == index) else {
                     continue;
                 };
-                let at = match data.iter().position(|(h, _)| h == hidden) {
+                // Columns the role may not read, and those the bindings'
+                // `select` leaves out.
+                let hidden = with_selection(hidden, selection(channel, change));
+                let at = match data.iter().position(|(h, _)| *h == hidden) {
                     Some(at) => at,
                     None => {
                         let text =
@@ -434,15 +437,24 @@ impl Fanout {
                     }
                 };
                 let data = &data[at].1;
-                let ids: Vec<i64> = binding_ids(channel, change).collect();
-                let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned());
                 let topic = serde_json::to_string(&channel.topic).unwrap_or_default();
-                let payload = format!(r#"{{"ids":{ids},"data":{data}}}"#);
+                // Legacy joins get the change type as the event and the
+                // data as the payload; others `{ids, data}`.
+                let (event, payload) = if channel.legacy {
+                    (format!(r#""{}""#, change.kind), data.clone())
+                } else {
+                    let ids: Vec<i64> = binding_ids(channel, change).collect();
+                    let ids = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned());
+                    (
+                        r#""postgres_changes""#.to_owned(),
+                        format!(r#"{{"ids":{ids},"data":{data}}}"#),
+                    )
+                };
                 let text = match channel.socket.vsn {
                     Vsn::V1 => format!(
-                        r#"{{"topic":{topic},"event":"postgres_changes","payload":{payload},"ref":null,"join_ref":null}}"#
+                        r#"{{"topic":{topic},"event":{event},"payload":{payload},"ref":null,"join_ref":null}}"#
                     ),
-                    Vsn::V2 => format!(r#"[null,null,{topic},"postgres_changes",{payload}]"#),
+                    Vsn::V2 => format!(r#"[null,null,{topic},{event},{payload}]"#),
                 };
                 let out = Out::Text(text.into());
                 let sent = if live {
@@ -527,6 +539,17 @@ fn deliver_message(hub: &Hub, change: &Change) {
         return;
     };
     let private = get("private") == Some("t");
+    let topic = format!("realtime:{topic}");
+    // `realtime.send_binary()`: raw bytes, sent as a binary frame (vsn 2
+    // only, as on Supabase).
+    if let Some(bytes) = get("binary_payload").and_then(decode_bytea) {
+        let mut body = json!({"type": "broadcast", "event": event});
+        if let Some(id) = get("id") {
+            body["meta"] = json!({"id": id});
+        }
+        hub.broadcast(&topic, private, body, Some(&bytes), None);
+        return;
+    }
     let mut payload: Value = get("payload")
         .and_then(|p| serde_json::from_str(p).ok())
         .unwrap_or_else(|| json!({}));
@@ -535,8 +558,63 @@ fn deliver_message(hub: &Hub, change: &Change) {
     {
         map.insert("id".to_owned(), Value::String(id.to_owned()));
     }
-    let body = json!({"type": "broadcast", "event": event, "payload": payload});
-    hub.broadcast(&format!("realtime:{topic}"), private, body, None, None);
+    let mut body = json!({"type": "broadcast", "event": event, "payload": payload});
+    if let Some(id) = get("id") {
+        body["meta"] = json!({"id": id});
+    }
+    hub.broadcast(&topic, private, body, None, None);
+}
+
+/// A `bytea` in PostgreSQL's hex text form (`\x0a1b…`).
+pub(crate) fn decode_bytea(text: &str) -> Option<Vec<u8>> {
+    let hex = text.strip_prefix("\\x")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Which columns of `change` the bindings of `channel` that want it
+/// leave out by their `select` (`true`: left out); `None` when one of
+/// them selects every column.
+fn selection(channel: &Channel, change: &Change) -> Option<Vec<bool>> {
+    // Most channels select nothing: no need to ask which bindings match.
+    if channel.pg.iter().all(|b| b.select.is_none()) {
+        return None;
+    }
+    let rel = &change.rel;
+    let ids: Vec<i64> = binding_ids(channel, change).collect();
+    let mut chosen: Vec<&str> = Vec::new();
+    for binding in channel.pg.iter().filter(|b| ids.contains(&b.id)) {
+        chosen.extend(binding.select.as_ref()?.iter().map(String::as_str));
+    }
+    Some(
+        rel.rel
+            .columns
+            .iter()
+            .map(|c| !chosen.contains(&c.name.as_str()))
+            .collect(),
+    )
+}
+
+/// The columns a receiver does not get: those its role may not read
+/// (`hidden`) and those its `select` leaves out.
+fn with_selection(
+    hidden: &Option<Arc<[bool]>>,
+    selected: Option<Vec<bool>>,
+) -> Option<Arc<[bool]>> {
+    let Some(mut out) = selected else {
+        return hidden.clone();
+    };
+    if let Some(hidden) = hidden {
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot |= hidden.get(i).copied().unwrap_or(true);
+        }
+    }
+    Some(Arc::from(out))
 }
 
 /// The ids of a channel's bindings that want `change` (event, table and

@@ -232,6 +232,9 @@ pub(crate) struct PgBinding {
     /// `None` (or `*`): every table of the schema.
     pub(crate) table: Option<String>,
     pub(crate) filter: Filter,
+    /// The binding's `select`: the only columns its changes carry in
+    /// `record`, `old_record` and `columns`; `None`: every column.
+    pub(crate) select: Option<Vec<String>>,
 }
 
 impl PgBinding {
@@ -255,6 +258,13 @@ pub(crate) struct Channel {
     pub(crate) ack: bool,
     pub(crate) presence_key: String,
     pub(crate) pg: Vec<PgBinding>,
+    /// Joined the legacy way (realtime-js v1: no `config`, the binding in
+    /// the topic): changes arrive with their type as the event
+    /// (`INSERT`, …) and `data` as the payload.
+    pub(crate) legacy: bool,
+    /// Ids of the `realtime.messages` rows replayed at join
+    /// (`config.broadcast.replay`): their live delivery is skipped.
+    pub(crate) replayed: Mutex<std::collections::HashSet<String>>,
     /// The claims changes are checked with (updated by `access_token`).
     pub(crate) principal: RwLock<Principal>,
     /// Whether writes pass the private-channel policy, per extension
@@ -279,6 +289,15 @@ pub(crate) struct Held {
 }
 
 impl Channel {
+    /// Whether the `realtime.messages` row `id` was replayed to this
+    /// channel at join.
+    pub(crate) fn was_replayed(&self, id: &str) -> bool {
+        self.replayed
+            .lock()
+            .map(|ids| !ids.is_empty() && ids.contains(id))
+            .unwrap_or(false)
+    }
+
     /// The topic without `realtime:`, as policies and `system` messages
     /// name it.
     pub(crate) fn sub_topic(&self) -> &str {
@@ -537,9 +556,21 @@ impl Hub {
             frame::encode_broadcast_binary(topic, event, message.payload.get("meta"), bytes, false)
                 .map(Bytes::from)
         });
+        // A message from the database that a channel was replayed at join
+        // is not sent to it again (its id is in `meta`, as on Supabase).
+        let message_id = message
+            .payload
+            .get("meta")
+            .and_then(|meta| meta.get("id"))
+            .and_then(Value::as_str);
         let mut sent = 0;
         for channel in members {
             if Some(channel.id) == skip || !channel.read_broadcast.load(Ordering::Relaxed) {
+                continue;
+            }
+            if let Some(id) = message_id
+                && channel.was_replayed(id)
+            {
                 continue;
             }
             let out = match (&kind4, channel.socket.vsn) {

@@ -315,6 +315,24 @@ impl RealtimeService {
         authz::can_read(&self.pool, principal, topic, extensions).await
     }
 
+    /// The broadcasts stored for the private `topic` that a replay sends
+    /// (see [`authz::replay`]).
+    pub(crate) async fn replay_messages(
+        &self,
+        principal: &Principal,
+        topic: &str,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<authz::Stored>, String> {
+        authz::replay(&self.pool, principal, topic, since_ms, limit).await
+    }
+
+    /// Whether the change feed can deliver: this instance reads the slot,
+    /// or another instance does and shares its changes over the bus.
+    pub(crate) fn replication_ready(&self) -> bool {
+        self.feed_slot().is_some() || (self.current_bus().is_shared() && self.peers() > 0)
+    }
+
     /// Whether the caller may write `extension` messages to `topic`.
     pub(crate) async fn can_write(
         &self,

@@ -31,7 +31,18 @@ struct Connection {
     window_start: Instant,
     window_count: u32,
     last_seen: Instant,
+    /// Channels that asked for `replication_ready` and wait for the change
+    /// feed, with the moment they give up.
+    awaiting_replication: Vec<(Arc<Channel>, Instant)>,
 }
+
+/// How long a join with `config.broadcast.replication_ready` waits for the
+/// change feed before its channel is closed.
+const REPLICATION_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Replay as Supabase bounds it: at most 25 messages, 10 by default.
+const REPLAY_MAX_LIMIT: i64 = 25;
+const REPLAY_DEFAULT_LIMIT: i64 = 10;
 
 pub(crate) async fn run(
     service: Arc<RealtimeService>,
@@ -89,6 +100,7 @@ pub(crate) async fn run(
         window_start: Instant::now(),
         window_count: 0,
         last_seen: Instant::now(),
+        awaiting_replication: Vec::new(),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let ended_by_writer = loop {
@@ -99,6 +111,7 @@ pub(crate) async fn run(
                     shared.cut_off(1008, "idle", "idle timeout: no heartbeat");
                 }
                 connection.expire_tokens();
+                connection.check_replication();
             }
             frame = stream.next() => {
                 let frame = match frame {
@@ -175,8 +188,120 @@ fn close_for(err: &axum::Error, max_frame: usize) -> Option<(u16, &'static str, 
     }
 }
 
+/// A boolean as Supabase's join payload reads it: `true`/`false` or their
+/// text.
+fn flexible_bool(value: Option<&Value>) -> bool {
+    match value {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+/// The binding of a legacy join (realtime-js v1), read from the topic as
+/// Supabase does: `schema[:table[:filter]]`.
+fn legacy_binding(sub_topic: &str) -> Value {
+    let mut parts = sub_topic.splitn(3, ':');
+    let mut binding = serde_json::Map::new();
+    for key in ["schema", "table", "filter"] {
+        if let Some(part) = parts.next() {
+            binding.insert(key.to_owned(), Value::String(part.to_owned()));
+        }
+    }
+    Value::Object(binding)
+}
+
+/// A binding's `select`: column names as a comma-separated text or an
+/// array of texts.
+fn parse_select(value: &Value) -> Result<Vec<String>, String> {
+    let names: Vec<String> = match value {
+        Value::String(text) => text.split(',').map(|c| c.trim().to_owned()).collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(|c| c.trim().to_owned())
+                    .ok_or_else(|| "select must list column names".to_owned())
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(
+                "select must be a text like \"id,name\" or a list of column names".to_owned(),
+            );
+        }
+    };
+    if names.is_empty() || names.iter().any(String::is_empty) {
+        return Err("select names an empty column".to_owned());
+    }
+    if names.iter().any(|c| c == "*") {
+        return Err("select takes column names; leave it out to receive every column".to_owned());
+    }
+    Ok(names)
+}
+
+/// `config.broadcast.replay`: `(since in ms, limit)`, or why it is refused.
+fn replay_params(replay: &Value) -> Result<(i64, i64), &'static str> {
+    let Value::Object(map) = replay else {
+        return Err("UnableToReplayMessages: Replay params are not valid");
+    };
+    let number = |key: &str, default: i64| match map.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(value) => value
+            .as_i64()
+            .ok_or("UnableToReplayMessages: Replay params are not valid"),
+    };
+    let since = number("since", 0)?;
+    let limit = number("limit", REPLAY_DEFAULT_LIMIT)?.clamp(1, REPLAY_MAX_LIMIT);
+    Ok((since, limit))
+}
+
 fn status_reply(request: &Message, status: &str, response: Value) -> Message {
     frame::reply(request, status, response)
+}
+
+/// The `system` message of a `replication_ready` join.
+fn replication_ready_message(channel: &Channel) -> Message {
+    frame::push(
+        &channel.topic,
+        channel.join_ref.as_deref(),
+        "system",
+        json!({"extension": "system", "status": "ok", "message": "Replication connection established", "channel": channel.sub_topic()}),
+    )
+}
+
+/// A replayed broadcast: `meta.replayed` and the message's id, as
+/// Supabase sends it; `None` for raw bytes to a vsn 1 socket, which cannot
+/// carry them.
+fn replayed_out(topic: &str, vsn: Vsn, message: &crate::authz::Stored) -> Option<Out> {
+    let meta = json!({"replayed": true, "id": message.id});
+    if let Some(bytes) = &message.binary {
+        return match vsn {
+            Vsn::V1 => None,
+            Vsn::V2 => {
+                frame::encode_broadcast_binary(topic, &message.event, Some(&meta), bytes, false)
+                    .map(|frame| Out::Binary(frame.into()))
+            }
+        };
+    }
+    let mut payload: Value = message
+        .payload
+        .as_deref()
+        .and_then(|p| serde_json::from_str(p).ok())
+        .unwrap_or_else(|| json!({}));
+    // The payload carries its id, as live delivery (and Supabase's
+    // `realtime.send`) gives it.
+    if let Value::Object(map) = &mut payload
+        && !map.contains_key("id")
+    {
+        map.insert("id".to_owned(), Value::String(message.id.clone()));
+    }
+    let push = frame::push(
+        topic,
+        None,
+        "broadcast",
+        json!({"type": "broadcast", "event": message.event, "payload": payload, "meta": meta}),
+    );
+    Some(Out::Text(frame::encode_text(vsn, &push).into()))
 }
 
 fn reason(text: impl Into<String>) -> Value {
@@ -264,6 +389,37 @@ impl Connection {
         }
     }
 
+    /// Tells the channels waiting for `replication_ready` once the change
+    /// feed runs; closes those whose wait ran out, as Supabase does.
+    fn check_replication(&mut self) {
+        if self.awaiting_replication.is_empty() {
+            return;
+        }
+        let ready = self.service.replication_ready();
+        let now = Instant::now();
+        let waiting = std::mem::take(&mut self.awaiting_replication);
+        for (channel, deadline) in waiting {
+            // A channel left or replaced meanwhile is forgotten.
+            if !self
+                .channels
+                .get(&channel.topic)
+                .is_some_and(|c| Arc::ptr_eq(c, &channel))
+            {
+                continue;
+            }
+            if ready {
+                self.send(&replication_ready_message(&channel));
+            } else if now >= deadline {
+                self.shut_down(
+                    &channel.topic,
+                    "Replication connection was not established in time",
+                );
+            } else {
+                self.awaiting_replication.push((channel, deadline));
+            }
+        }
+    }
+
     fn expire_tokens(&mut self) {
         let now = now_secs();
         let expired: Vec<(String, i64)> = self
@@ -313,9 +469,17 @@ impl Connection {
             return;
         }
         let payload = &message.payload;
-        let bindings_asked = payload
-            .get("config")
-            .and_then(|c| c.get("postgres_changes"))
+        // A join without `config` is a legacy one (realtime-js v1 and
+        // older clients): the topic names the one binding, as Supabase
+        // reads it.
+        let legacy = payload.get("config").is_none();
+        let config = if legacy {
+            json!({"postgres_changes": [legacy_binding(&sub)]})
+        } else {
+            payload.get("config").cloned().unwrap_or_else(|| json!({}))
+        };
+        let bindings_asked = config
+            .get("postgres_changes")
             .and_then(Value::as_array)
             .map_or(0, Vec::len);
         let max_bindings = self.service.config.max_bindings_per_channel;
@@ -341,7 +505,6 @@ impl Connection {
                 return;
             }
         };
-        let config = payload.get("config").cloned().unwrap_or_else(|| json!({}));
         let flag = |path: [&str; 2]| {
             config
                 .get(path[0])
@@ -379,6 +542,53 @@ impl Connection {
                 }
             }
         }
+        // `config.broadcast.replay`: private channels that may read
+        // broadcasts get the latest stored ones, as on Supabase.
+        let mut replayed = Vec::new();
+        if let Some(replay) = config
+            .get("broadcast")
+            .and_then(|b| b.get("replay"))
+            .filter(|r| !r.is_null())
+        {
+            if !private {
+                self.error(
+                    &message,
+                    "UnableToReplayMessages: Replay is not allowed for public channels",
+                );
+                return;
+            }
+            if !readable.iter().any(|e| e == "broadcast") {
+                self.error(&message, format!("Unauthorized: You do not have permissions to read from this Channel topic: {sub}"));
+                return;
+            }
+            let (since, limit) = match replay_params(replay) {
+                Ok(params) => params,
+                Err(text) => {
+                    self.error(&message, text);
+                    return;
+                }
+            };
+            match self
+                .service
+                .replay_messages(&principal, &sub, since, limit)
+                .await
+            {
+                Ok(messages) => replayed = messages,
+                Err(err) => {
+                    tracing::warn!(error = %err, "broadcast replay failed");
+                    self.error(
+                        &message,
+                        "UnableToReplayMessages: Realtime was unable to replay messages",
+                    );
+                    return;
+                }
+            }
+        }
+        let replication_ready = flexible_bool(
+            config
+                .get("broadcast")
+                .and_then(|b| b.get("replication_ready")),
+        );
         self.service.ensure_feed();
         let id = self.service.hub.next_id();
         let mut bindings = Vec::new();
@@ -404,12 +614,25 @@ impl Connection {
                     .unwrap_or_else(|| "*".to_owned())
                     .to_ascii_uppercase();
                 let schema = text("schema").unwrap_or_else(|| "public".to_owned());
-                let filter = match Filter::parse(text("filter").as_deref().unwrap_or("")) {
-                    Ok(filter) => filter,
+                let select = match binding.get("select") {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(value) => parse_select(value)
+                        .map(Some)
+                        .map_err(|err| format!("Error parsing `select` params: {err}")),
+                };
+                let parsed = Filter::parse(text("filter").as_deref().unwrap_or(""))
+                    .map_err(|err| err.to_string())
+                    .and_then(|filter| select.map(|select| (filter, select)));
+                let (filter, select) = match parsed {
+                    Ok(parsed) => parsed,
                     Err(err) => {
-                        filter_errors.push(err.to_string());
-                        // A binding whose filter cannot be read matches nothing.
-                        Filter::parse("__invalid__=is.null").unwrap_or_default()
+                        filter_errors.push(err);
+                        // A binding whose filter or select cannot be read
+                        // matches nothing.
+                        (
+                            Filter::parse("__invalid__=is.null").unwrap_or_default(),
+                            None,
+                        )
                     }
                 };
                 bindings.push(PgBinding {
@@ -418,6 +641,7 @@ impl Connection {
                     schema,
                     table: text("table"),
                     filter,
+                    select,
                 });
                 let mut echoed = binding.as_object().cloned().unwrap_or_default();
                 echoed.insert("id".to_owned(), json!(binding_id));
@@ -444,6 +668,8 @@ impl Connection {
             ack: flag(["broadcast", "ack"]),
             presence_key,
             pg: bindings,
+            legacy,
+            replayed: Mutex::new(replayed.iter().map(|m| m.id.clone()).collect()),
             principal: RwLock::new(principal),
             can_write: Mutex::new([None, None]),
             read_broadcast: AtomicBool::new(false),
@@ -467,6 +693,11 @@ impl Connection {
             "ok",
             json!({"postgres_changes": echo}),
         ));
+        for stored in &replayed {
+            if let Some(out) = replayed_out(&topic, self.socket.vsn, stored) {
+                self.socket.send(out);
+            }
+        }
         if presence_enabled && channel.read_presence.load(Ordering::Relaxed) {
             let state = self.service.hub.presence_state(&topic, private);
             self.send(&frame::push(&topic, None, "presence_state", state));
@@ -477,6 +708,14 @@ impl Connection {
                 None => ("ok", "Subscribed to PostgreSQL".to_owned()),
             };
             self.send(&channel.changes_status(status, &text));
+        }
+        if replication_ready {
+            if self.service.replication_ready() {
+                self.send(&replication_ready_message(&channel));
+            } else {
+                self.awaiting_replication
+                    .push((channel.clone(), Instant::now() + REPLICATION_READY_TIMEOUT));
+            }
         }
         if let (Some(since), Some(order)) = (since, order) {
             let replay = self.service.fanout.snapshot(since);

@@ -3,199 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::time::Duration;
 
-use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use sovra_test_support::TestApp;
+use support::realtime_client::{
+    Client, Got, app, change_app, feed_ready, init_logs, pg_join, user,
+};
 use tokio_tungstenite::tungstenite::Message as Ws;
-
-type Stream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-struct Client {
-    ws: Stream,
-    v2: bool,
-    next: u64,
-}
-
-/// A received frame: event, topic, payload, ref, or a close with its reason.
-#[derive(Debug, Clone)]
-enum Got {
-    Msg {
-        topic: String,
-        event: String,
-        payload: Value,
-        msg_ref: Option<String>,
-    },
-    Closed(String),
-}
-
-impl Client {
-    async fn connect(app: &TestApp, key: &str, vsn: &str) -> Client {
-        let url = format!(
-            "{}/realtime/v1/websocket?apikey={key}&vsn={vsn}",
-            app.url.replace("http", "ws")
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("websocket connects");
-        Client {
-            ws,
-            v2: vsn == "2.0.0",
-            next: 0,
-        }
-    }
-
-    async fn send(&mut self, topic: &str, event: &str, payload: Value) -> String {
-        self.next += 1;
-        let r = self.next.to_string();
-        let text = if self.v2 {
-            json!([r, r, topic, event, payload]).to_string()
-        } else {
-            json!({"topic": topic, "event": event, "payload": payload, "ref": r, "join_ref": r})
-                .to_string()
-        };
-        self.ws.send(Ws::Text(text.into())).await.unwrap();
-        r
-    }
-
-    async fn next_frame(&mut self, wait: Duration) -> Option<Got> {
-        loop {
-            let frame = tokio::time::timeout(wait, self.ws.next()).await.ok()??;
-            match frame {
-                Ok(Ws::Text(text)) => {
-                    let v: Value = serde_json::from_str(text.as_str()).unwrap();
-                    let (topic, event, payload, msg_ref) = if let Value::Array(a) = &v {
-                        (a[2].clone(), a[3].clone(), a[4].clone(), a[1].clone())
-                    } else {
-                        (
-                            v["topic"].clone(),
-                            v["event"].clone(),
-                            v["payload"].clone(),
-                            v["ref"].clone(),
-                        )
-                    };
-                    return Some(Got::Msg {
-                        topic: topic.as_str().unwrap_or("").to_owned(),
-                        event: event.as_str().unwrap_or("").to_owned(),
-                        payload,
-                        msg_ref: msg_ref.as_str().map(str::to_owned),
-                    });
-                }
-                Ok(Ws::Binary(bytes)) => {
-                    // kind 4: topic, event, meta, JSON or raw payload
-                    assert_eq!(bytes[0], 4);
-                    let (t, e, m) = (bytes[1] as usize, bytes[2] as usize, bytes[3] as usize);
-                    let topic = String::from_utf8(bytes[5..5 + t].to_vec()).unwrap();
-                    let event = String::from_utf8(bytes[5 + t..5 + t + e].to_vec()).unwrap();
-                    let body = bytes[5 + t + e + m..].to_vec();
-                    return Some(Got::Msg {
-                        topic,
-                        event: "broadcast".to_owned(),
-                        payload: json!({"type": "broadcast", "event": event, "binary": body}),
-                        msg_ref: None,
-                    });
-                }
-                Ok(Ws::Close(frame)) => {
-                    return Some(Got::Closed(
-                        frame.map(|f| f.reason.to_string()).unwrap_or_default(),
-                    ));
-                }
-                Ok(_) => continue,
-                Err(_) => return Some(Got::Closed(String::new())),
-            }
-        }
-    }
-
-    /// The next message with `event` (skipping others), within 10 s.
-    async fn expect(&mut self, event: &str) -> (String, Value, Option<String>) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_frame(left).await {
-                Some(Got::Msg {
-                    topic,
-                    event: e,
-                    payload,
-                    msg_ref,
-                }) if e == event => return (topic, payload, msg_ref),
-                Some(Got::Msg { .. }) => continue,
-                other => panic!("waiting for {event}, got {other:?}"),
-            }
-        }
-    }
-
-    /// The reply to `r`.
-    async fn reply(&mut self, r: &str) -> Value {
-        loop {
-            let (_, payload, msg_ref) = self.expect("phx_reply").await;
-            if msg_ref.as_deref() == Some(r) {
-                return payload;
-            }
-        }
-    }
-
-    /// Nothing with `event` arrives within `wait`.
-    async fn silent(&mut self, event: &str, wait: Duration) {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            match self.next_frame(left).await {
-                Some(Got::Msg {
-                    event: e, payload, ..
-                }) if e == event => panic!("unexpected {event}: {payload}"),
-                Some(Got::Closed(reason)) => panic!("closed: {reason}"),
-                None => return,
-                _ => {}
-            }
-        }
-    }
-
-    async fn join(&mut self, topic: &str, config: Value, token: Option<&str>) -> Value {
-        let mut payload = json!({"config": config});
-        if let Some(token) = token {
-            payload["access_token"] = json!(token);
-        }
-        let r = self.send(topic, "phx_join", payload).await;
-        self.reply(&r).await
-    }
-
-    /// Waits for a close frame and returns its reason.
-    async fn closed(&mut self) -> String {
-        loop {
-            match self.next_frame(Duration::from_secs(15)).await {
-                Some(Got::Closed(reason)) => return reason,
-                Some(_) => continue,
-                None => panic!("not closed"),
-            }
-        }
-    }
-}
-
-fn init_logs() {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(filter)
-        .try_init();
-}
-
-async fn app() -> TestApp {
-    init_logs();
-    TestApp::spawn().await
-}
-
-fn user(app: &TestApp) -> (String, String) {
-    let id = uuid::Uuid::new_v4().to_string();
-    (
-        id.clone(),
-        app.sign(Value::Object(TestApp::user_claims(&id))),
-    )
-}
 
 #[tokio::test]
 async fn connecting_heartbeats_and_refusals() {
@@ -328,7 +145,7 @@ async fn broadcast_between_clients_with_self_ack_binary_and_http() {
     frame.extend_from_slice(b"realtime:room1");
     frame.extend_from_slice(b"move");
     frame.extend_from_slice(br#"{"y":3}"#);
-    a.ws.send(Ws::Binary(frame.into())).await.unwrap();
+    a.send_frame(Ws::Binary(frame.into())).await;
     assert_eq!(a.reply("99").await["status"], "ok");
     assert_eq!(
         b.expect("broadcast").await.1,
@@ -467,43 +284,9 @@ const FIXTURE: &str = "
   alter publication supabase_realtime add table public.notes, public.nokey;
 ";
 
-async fn change_app() -> TestApp {
-    let app = app().await;
-    app.db.client().await.batch_execute(FIXTURE).await.unwrap();
-    app
-}
-
-async fn pg_join(client: &mut Client, topic: &str, bindings: Value, token: &str) -> Vec<i64> {
-    let reply = client
-        .join(topic, json!({"postgres_changes": bindings}), Some(token))
-        .await;
-    assert_eq!(reply["status"], "ok", "{reply}");
-    let (_, system, _) = client.expect("system").await;
-    assert_eq!(system["extension"], "postgres_changes");
-    assert_eq!(system["status"], "ok", "{system}");
-    reply["response"]["postgres_changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["id"].as_i64().unwrap())
-        .collect()
-}
-
-/// Waits until the feed leads (its slot exists), so that changes made
-/// from now on are seen.
-async fn feed_ready(app: &TestApp) {
-    for _ in 0..400 {
-        if app.tenant.realtime.feed_slot().is_some() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the change feed did not start");
-}
-
 #[tokio::test]
 async fn database_changes_in_commit_order_under_rls() {
-    let app = change_app().await;
+    let app = change_app(FIXTURE).await;
     let (alice, alice_token) = user(&app);
     let (bob, bob_token) = user(&app);
     let mut a = Client::connect(&app, &app.anon_key, "2.0.0").await;
@@ -667,7 +450,7 @@ async fn database_changes_in_commit_order_under_rls() {
 
 #[tokio::test]
 async fn filters_bad_filters_and_resuming_after_the_feed_stops() {
-    let app = change_app().await;
+    let app = change_app(FIXTURE).await;
     let (alice, alice_token) = user(&app);
     let mut a = Client::connect(&app, &app.anon_key, "2.0.0").await;
     let reply = a
@@ -675,7 +458,7 @@ async fn filters_bad_filters_and_resuming_after_the_feed_stops() {
             "realtime:f",
             json!({"postgres_changes": [
                 {"event": "INSERT", "schema": "public", "table": "notes", "filter": "body=in.(keep,also)"},
-                {"event": "INSERT", "schema": "public", "table": "notes", "filter": "body=like.x"}
+                {"event": "INSERT", "schema": "public", "table": "notes", "filter": "body=fts.x"}
             ]}),
             Some(&alice_token),
         )
@@ -884,11 +667,11 @@ async fn limits_close_connections_with_a_reason() {
         )
         .await;
     }
-    assert!(c.closed().await.contains("rate limit"));
+    assert!(c.closed().await.1.contains("rate limit"));
 
     // Idle: no heartbeat for longer than the timeout.
     let mut idle = Client::connect(&app, &app.anon_key, "2.0.0").await;
-    assert!(idle.closed().await.contains("idle"));
+    assert!(idle.closed().await.1.contains("idle"));
 
     // Frames over the size limit end the connection.
     let mut big = Client::connect(&app, &app.anon_key, "2.0.0").await;
@@ -1002,7 +785,7 @@ async fn a_slot_too_far_behind_is_skipped_and_subscribers_are_told() {
                     break 'wait;
                 }
                 Got::Msg { .. } => {}
-                Got::Closed(reason) => panic!("closed: {reason}"),
+                Got::Closed(code, reason) => panic!("closed: {code} {reason}"),
             }
         }
     }
@@ -1036,14 +819,14 @@ async fn changes_until_system(client: &mut Client) -> (Vec<(String, String)>, Va
             }
             Got::Msg { event, payload, .. } if event == "system" => return (seen, payload),
             Got::Msg { .. } => {}
-            Got::Closed(reason) => panic!("closed: {reason}"),
+            Got::Closed(code, reason) => panic!("closed: {code} {reason}"),
         }
     }
 }
 
 #[tokio::test]
 async fn a_client_that_rejoins_with_since_catches_up_on_what_it_may_see() {
-    let app = change_app().await;
+    let app = change_app(FIXTURE).await;
     let (alice, alice_token) = user(&app);
     let (bob, bob_token) = user(&app);
     let binding = json!([{"event": "*", "schema": "public", "table": "notes"}]);

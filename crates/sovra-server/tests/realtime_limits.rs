@@ -5,147 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::time::Duration;
 
-use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use sovra_test_support::TestApp;
-use tokio_tungstenite::tungstenite::Message as Ws;
-
-type Stream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A vsn 2.0.0 client.
-struct Client {
-    ws: Stream,
-    next: u64,
-}
-
-/// A received frame.
-#[derive(Debug, Clone)]
-enum Got {
-    Msg {
-        topic: String,
-        event: String,
-        payload: Value,
-        msg_ref: Option<String>,
-    },
-    /// A close frame: code and reason (0 and empty when the connection
-    /// ended without one).
-    Closed(u16, String),
-}
-
-impl Client {
-    async fn connect(app: &TestApp, key: &str) -> Client {
-        let url = format!(
-            "{}/realtime/v1/websocket?apikey={key}&vsn=2.0.0",
-            app.url.replace("http", "ws")
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("websocket connects");
-        Client { ws, next: 0 }
-    }
-
-    async fn send(&mut self, topic: &str, event: &str, payload: Value) -> String {
-        self.next += 1;
-        let r = self.next.to_string();
-        let text = json!([r, r, topic, event, payload]).to_string();
-        self.ws.send(Ws::Text(text.into())).await.unwrap();
-        r
-    }
-
-    async fn next_frame(&mut self, wait: Duration) -> Option<Got> {
-        loop {
-            let frame = tokio::time::timeout(wait, self.ws.next()).await.ok()??;
-            match frame {
-                Ok(Ws::Text(text)) => {
-                    let v: Value = serde_json::from_str(text.as_str()).unwrap();
-                    return Some(Got::Msg {
-                        topic: v[2].as_str().unwrap_or("").to_owned(),
-                        event: v[3].as_str().unwrap_or("").to_owned(),
-                        payload: v[4].clone(),
-                        msg_ref: v[1].as_str().map(str::to_owned),
-                    });
-                }
-                Ok(Ws::Binary(_)) => continue,
-                Ok(Ws::Close(frame)) => {
-                    return Some(match frame {
-                        Some(f) => Got::Closed(f.code.into(), f.reason.to_string()),
-                        None => Got::Closed(0, String::new()),
-                    });
-                }
-                Ok(_) => continue,
-                Err(_) => return Some(Got::Closed(0, String::new())),
-            }
-        }
-    }
-
-    /// The next message with `event` (skipping others), within 20 s.
-    async fn expect(&mut self, event: &str) -> (String, Value, Option<String>) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_frame(left).await {
-                Some(Got::Msg {
-                    topic,
-                    event: e,
-                    payload,
-                    msg_ref,
-                }) if e == event => return (topic, payload, msg_ref),
-                Some(Got::Msg { .. }) => continue,
-                other => panic!("waiting for {event}, got {other:?}"),
-            }
-        }
-    }
-
-    /// The reply to `r`.
-    async fn reply(&mut self, r: &str) -> Value {
-        loop {
-            let (_, payload, msg_ref) = self.expect("phx_reply").await;
-            if msg_ref.as_deref() == Some(r) {
-                return payload;
-            }
-        }
-    }
-
-    async fn join(&mut self, topic: &str, config: Value, token: Option<&str>) -> Value {
-        let mut payload = json!({"config": config});
-        if let Some(token) = token {
-            payload["access_token"] = json!(token);
-        }
-        let r = self.send(topic, "phx_join", payload).await;
-        self.reply(&r).await
-    }
-
-    /// Waits (generously, only to catch a hang) for the connection to
-    /// close; returns the close code and reason.
-    async fn closed(&mut self) -> (u16, String) {
-        loop {
-            match self.next_frame(Duration::from_secs(30)).await {
-                Some(Got::Closed(code, reason)) => return (code, reason),
-                Some(_) => continue,
-                None => panic!("not closed"),
-            }
-        }
-    }
-}
-
-fn init_logs() {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(filter)
-        .try_init();
-}
-
-fn user(app: &TestApp) -> (String, String) {
-    let id = uuid::Uuid::new_v4().to_string();
-    (
-        id.clone(),
-        app.sign(Value::Object(TestApp::user_claims(&id))),
-    )
-}
+use support::realtime_client::{
+    Client, Got, change_app_with, feed_ready, init_logs, pg_join, user,
+};
 
 const FIXTURE: &str = "
   create table public.notes (
@@ -159,31 +27,9 @@ const FIXTURE: &str = "
   alter publication supabase_realtime add table public.notes;
 ";
 
-async fn change_app(config: sovra_config::Config) -> TestApp {
-    init_logs();
-    let app = TestApp::spawn_with(config).await;
-    app.db.client().await.batch_execute(FIXTURE).await.unwrap();
-    app
-}
-
-async fn pg_join(client: &mut Client, topic: &str, token: &str) {
-    let bindings = json!([{"event": "*", "schema": "public", "table": "notes"}]);
-    let reply = client
-        .join(topic, json!({"postgres_changes": bindings}), Some(token))
-        .await;
-    assert_eq!(reply["status"], "ok", "{reply}");
-    let (_, system, _) = client.expect("system").await;
-    assert_eq!(system["status"], "ok", "{system}");
-}
-
-async fn feed_ready(app: &TestApp) {
-    for _ in 0..400 {
-        if app.tenant.realtime.feed_slot().is_some() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the change feed did not start");
+/// The binding of the tests below: every change of `public.notes`.
+fn notes() -> Value {
+    json!([{"event": "*", "schema": "public", "table": "notes"}])
 }
 
 /// Reads `n` postgres_changes and checks they are rows 1..=n in order.
@@ -200,12 +46,12 @@ async fn expect_rows(client: &mut Client, n: usize) {
 
 #[tokio::test]
 async fn a_reading_client_gets_every_row_of_a_1500_row_transaction() {
-    let app = change_app(sovra_config::Config::default()).await;
+    let app = change_app_with(sovra_config::Config::default(), FIXTURE).await;
     let (alice, token) = user(&app);
-    let mut a = Client::connect(&app, &app.anon_key).await;
-    let mut b = Client::connect(&app, &app.anon_key).await;
-    pg_join(&mut a, "realtime:notes", &token).await;
-    pg_join(&mut b, "realtime:notes", &token).await;
+    let mut a = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    let mut b = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    pg_join(&mut a, "realtime:notes", notes(), &token).await;
+    pg_join(&mut b, "realtime:notes", notes(), &token).await;
     feed_ready(&app).await;
     app.db
         .client()
@@ -223,7 +69,7 @@ async fn a_reading_client_gets_every_row_of_a_1500_row_transaction() {
 async fn a_reading_client_gets_every_message_of_two_parallel_http_broadcasts() {
     init_logs();
     let app = TestApp::spawn().await;
-    let mut c = Client::connect(&app, &app.anon_key).await;
+    let mut c = Client::connect(&app, &app.anon_key, "2.0.0").await;
     assert_eq!(
         c.join("realtime:burst", json!({}), None).await["status"],
         "ok"
@@ -258,7 +104,7 @@ async fn a_client_that_does_not_read_is_cut_off_once_past_the_byte_limit() {
     let mut config = sovra_config::Config::default();
     config.realtime.outbound_queue_bytes = 65_536;
     let app = TestApp::spawn_with(config).await;
-    let mut slow = Client::connect(&app, &app.anon_key).await;
+    let mut slow = Client::connect(&app, &app.anon_key, "2.0.0").await;
     assert_eq!(
         slow.join("realtime:flood", json!({}), None).await["status"],
         "ok"
@@ -312,7 +158,7 @@ async fn a_client_that_does_not_read_is_cut_off_once_past_the_byte_limit() {
         "{metrics}"
     );
     // A healthy client on the same topic at the same time is unaffected.
-    let mut healthy = Client::connect(&app, &app.anon_key).await;
+    let mut healthy = Client::connect(&app, &app.anon_key, "2.0.0").await;
     assert_eq!(
         healthy.join("realtime:flood", json!({}), None).await["status"],
         "ok"
@@ -593,7 +439,7 @@ async fn too_many_bindings_and_too_large_presence_are_refused_with_a_reason() {
     config.realtime.max_bindings_per_channel = 3;
     config.realtime.max_presence_bytes = 100;
     let app = TestApp::spawn_with(config).await;
-    let mut c = Client::connect(&app, &app.anon_key).await;
+    let mut c = Client::connect(&app, &app.anon_key, "2.0.0").await;
     let binding = json!({"event": "*", "schema": "public", "table": "t"});
     let refused = c
         .join(
@@ -624,7 +470,7 @@ async fn too_many_bindings_and_too_large_presence_are_refused_with_a_reason() {
     // Presence: a state within the limit is tracked, a larger one refused
     // and never shown to the others.
     let presence = json!({"presence": {"key": "k", "enabled": true}});
-    let mut other = Client::connect(&app, &app.anon_key).await;
+    let mut other = Client::connect(&app, &app.anon_key, "2.0.0").await;
     assert_eq!(
         other.join("realtime:room", presence.clone(), None).await["status"],
         "ok"
@@ -672,13 +518,13 @@ async fn transactions_of_5000_and_100000_rows_stream_in_bounded_batches() {
     let mut config = sovra_config::Config::default();
     // The smallest batch allowed: a 100,000-row transaction takes many.
     config.realtime.feed_batch_bytes = 65_536;
-    let app = change_app(config).await;
+    let app = change_app_with(config, FIXTURE).await;
     let (alice, token) = user(&app);
     let (_bob, bob_token) = user(&app);
-    let mut a = Client::connect(&app, &app.anon_key).await;
-    let mut b = Client::connect(&app, &app.anon_key).await;
-    pg_join(&mut a, "realtime:notes", &token).await;
-    pg_join(&mut b, "realtime:notes", &bob_token).await;
+    let mut a = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    let mut b = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    pg_join(&mut a, "realtime:notes", notes(), &token).await;
+    pg_join(&mut b, "realtime:notes", notes(), &bob_token).await;
     feed_ready(&app).await;
     let db = app.db.client().await;
     for n in [5_000, 100_000] {
@@ -719,10 +565,10 @@ async fn a_catch_up_to_a_slow_client_does_not_hold_back_others() {
     config.realtime.outbound_queue_bytes = 65_536;
     // Long enough that a feed waiting on the stuck client would be seen.
     config.realtime.slow_consumer_timeout = 120;
-    let app = change_app(config).await;
+    let app = change_app_with(config, FIXTURE).await;
     let (alice, token) = user(&app);
-    let mut reader = Client::connect(&app, &app.anon_key).await;
-    pg_join(&mut reader, "realtime:notes", &token).await;
+    let mut reader = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    pg_join(&mut reader, "realtime:notes", notes(), &token).await;
     feed_ready(&app).await;
     let db = app.db.client().await;
     // More than the socket buffers and the queue hold: a replay of it to
@@ -743,7 +589,7 @@ async fn a_catch_up_to_a_slow_client_does_not_hold_back_others() {
 
     // A client rejoins with `since` and then reads slowly (a frame every
     // 10 ms: its replay takes about a minute).
-    let mut stuck = Client::connect(&app, &app.anon_key).await;
+    let mut stuck = Client::connect(&app, &app.anon_key, "2.0.0").await;
     let bindings = json!([{"event": "*", "schema": "public", "table": "notes", "since": since}]);
     stuck
         .send(
@@ -790,10 +636,10 @@ async fn a_catch_up_to_a_slow_client_does_not_hold_back_others() {
 async fn the_catch_up_buffer_is_capped_in_bytes() {
     let mut config = sovra_config::Config::default();
     config.realtime.catchup_max_bytes = 65_536;
-    let app = change_app(config).await;
+    let app = change_app_with(config, FIXTURE).await;
     let (alice, token) = user(&app);
-    let mut reader = Client::connect(&app, &app.anon_key).await;
-    pg_join(&mut reader, "realtime:notes", &token).await;
+    let mut reader = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    pg_join(&mut reader, "realtime:notes", notes(), &token).await;
     feed_ready(&app).await;
     let db = app.db.client().await;
     // 200 changes of about 1,100 bytes each: far more than 65,536 bytes,
@@ -814,7 +660,7 @@ async fn the_catch_up_buffer_is_capped_in_bytes() {
     for _ in 2..=200 {
         reader.expect("postgres_changes").await;
     }
-    let mut again = Client::connect(&app, &app.anon_key).await;
+    let mut again = Client::connect(&app, &app.anon_key, "2.0.0").await;
     let bindings = json!([{"event": "*", "schema": "public", "table": "notes", "since": since}]);
     let reply = again
         .join(
@@ -907,7 +753,7 @@ async fn sign_out_ban_and_key_revocation_close_open_sockets() {
     assert_eq!(status, 200, "{user}");
     let user_id = user["id"].as_str().unwrap().to_owned();
     // A socket that nothing revokes stays open throughout.
-    let mut bystander = Client::connect(&app, &app.anon_key).await;
+    let mut bystander = Client::connect(&app, &app.anon_key, "2.0.0").await;
     assert_eq!(
         bystander.join("realtime:a", json!({}), None).await["status"],
         "ok"
@@ -916,12 +762,12 @@ async fn sign_out_ban_and_key_revocation_close_open_sockets() {
     // Sign-out (global): a socket opened with the user's token, and a
     // channel joined with it on an anon socket, both close.
     let token = sign_in(&app, "rt@example.com").await;
-    let mut own = Client::connect(&app, &token).await;
+    let mut own = Client::connect(&app, &token, "2.0.0").await;
     assert_eq!(
         own.join("realtime:a", json!({}), None).await["status"],
         "ok"
     );
-    let mut joined = Client::connect(&app, &app.anon_key).await;
+    let mut joined = Client::connect(&app, &app.anon_key, "2.0.0").await;
     assert_eq!(
         joined.join("realtime:a", json!({}), Some(&token)).await["status"],
         "ok"
@@ -942,7 +788,7 @@ async fn sign_out_ban_and_key_revocation_close_open_sockets() {
 
     // A ban through the admin API.
     let token = sign_in(&app, "rt@example.com").await;
-    let mut banned = Client::connect(&app, &token).await;
+    let mut banned = Client::connect(&app, &token, "2.0.0").await;
     assert_eq!(
         banned.join("realtime:a", json!({}), None).await["status"],
         "ok"
@@ -969,7 +815,7 @@ async fn sign_out_ban_and_key_revocation_close_open_sockets() {
     .await;
     assert_eq!(status, 201, "{made}");
     let key = made["key"].as_str().unwrap().to_owned();
-    let mut machine = Client::connect(&app, &key).await;
+    let mut machine = Client::connect(&app, &key, "2.0.0").await;
     assert_eq!(
         machine.join("realtime:a", json!({}), None).await["status"],
         "ok"
@@ -1000,12 +846,12 @@ async fn a_subscriber_that_does_not_read_is_cut_off_and_the_others_get_every_cha
     let mut config = sovra_config::Config::default();
     config.realtime.outbound_queue_bytes = 65_536;
     config.realtime.slow_consumer_timeout = 1;
-    let app = change_app(config).await;
+    let app = change_app_with(config, FIXTURE).await;
     let (alice, token) = user(&app);
-    let mut reader = Client::connect(&app, &app.anon_key).await;
-    let mut deaf = Client::connect(&app, &app.anon_key).await;
-    pg_join(&mut reader, "realtime:notes", &token).await;
-    pg_join(&mut deaf, "realtime:notes", &token).await;
+    let mut reader = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    let mut deaf = Client::connect(&app, &app.anon_key, "2.0.0").await;
+    pg_join(&mut reader, "realtime:notes", notes(), &token).await;
+    pg_join(&mut deaf, "realtime:notes", notes(), &token).await;
     feed_ready(&app).await;
     // About 9 MB of changes: more than the socket buffers and the queue.
     app.db

@@ -1,5 +1,5 @@
-//! A WebSocket client speaking the Phoenix protocol as realtime-js does,
-//! for the realtime authorisation tests.
+//! A WebSocket client speaking the Phoenix protocol as realtime-js does
+//! (vsn 1.0.0 or 2.0.0), and the helpers the realtime tests share.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,7 +19,7 @@ pub(crate) struct Client {
     next: u64,
 }
 
-/// A received frame: event, topic, payload, ref, or a close with its reason.
+/// A received frame: event, topic, payload, ref, or a close.
 #[derive(Debug, Clone)]
 pub(crate) enum Got {
     Msg {
@@ -28,7 +28,9 @@ pub(crate) enum Got {
         payload: Value,
         msg_ref: Option<String>,
     },
-    Closed(String),
+    /// A close frame: code and reason (0 and empty when the connection
+    /// ended without one).
+    Closed(u16, String),
 }
 
 impl Client {
@@ -45,6 +47,11 @@ impl Client {
             v2: vsn == "2.0.0",
             next: 0,
         }
+    }
+
+    /// Sends a raw WebSocket frame (a binary broadcast, say).
+    pub(crate) async fn send_frame(&mut self, frame: Ws) {
+        self.ws.send(frame).await.unwrap();
     }
 
     pub(crate) async fn send(&mut self, topic: &str, event: &str, payload: Value) -> String {
@@ -89,28 +96,45 @@ impl Client {
                     let (t, e, m) = (bytes[1] as usize, bytes[2] as usize, bytes[3] as usize);
                     let topic = String::from_utf8(bytes[5..5 + t].to_vec()).unwrap();
                     let event = String::from_utf8(bytes[5 + t..5 + t + e].to_vec()).unwrap();
+                    let meta = &bytes[5 + t + e..5 + t + e + m];
                     let body = bytes[5 + t + e + m..].to_vec();
+                    let mut payload = json!({"type": "broadcast", "event": event, "binary": body});
+                    if !meta.is_empty() {
+                        payload["meta"] = serde_json::from_slice(meta).unwrap();
+                    }
                     return Some(Got::Msg {
                         topic,
                         event: "broadcast".to_owned(),
-                        payload: json!({"type": "broadcast", "event": event, "binary": body}),
+                        payload,
                         msg_ref: None,
                     });
                 }
                 Ok(Ws::Close(frame)) => {
-                    return Some(Got::Closed(
-                        frame.map(|f| f.reason.to_string()).unwrap_or_default(),
-                    ));
+                    return Some(match frame {
+                        Some(f) => Got::Closed(f.code.into(), f.reason.to_string()),
+                        None => Got::Closed(0, String::new()),
+                    });
                 }
                 Ok(_) => continue,
-                Err(_) => return Some(Got::Closed(String::new())),
+                Err(_) => return Some(Got::Closed(0, String::new())),
             }
         }
     }
 
-    /// The next message with `event` (skipping others), within 10 s.
+    /// The next message with `event` (skipping others); waits up to 20 s,
+    /// only to catch a hang.
     pub(crate) async fn expect(&mut self, event: &str) -> (String, Value, Option<String>) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        self.expect_within(event, Duration::from_secs(20)).await
+    }
+
+    /// [`Self::expect`] for a message that comes after a server-side wait
+    /// of its own: `patience` only catches a hang.
+    pub(crate) async fn expect_within(
+        &mut self,
+        event: &str,
+        patience: Duration,
+    ) -> (String, Value, Option<String>) {
+        let deadline = tokio::time::Instant::now() + patience;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_frame(left).await {
@@ -148,7 +172,7 @@ impl Client {
                 Some(Got::Msg {
                     event: e, payload, ..
                 }) if e == event => panic!("unexpected {event}: {payload}"),
-                Some(Got::Closed(reason)) => panic!("closed: {reason}"),
+                Some(Got::Closed(code, reason)) => panic!("closed: {code} {reason}"),
                 None => return,
                 _ => {}
             }
@@ -164,11 +188,21 @@ impl Client {
         self.reply(&r).await
     }
 
-    /// Waits for a close frame and returns its reason.
-    pub(crate) async fn closed(&mut self) -> String {
+    /// Joins the legacy way (realtime-js v1): no `config`, the binding in
+    /// the topic.
+    pub(crate) async fn join_legacy(&mut self, topic: &str, token: &str) -> Value {
+        let r = self
+            .send(topic, "phx_join", json!({"user_token": token}))
+            .await;
+        self.reply(&r).await
+    }
+
+    /// Waits (generously, only to catch a hang) for the connection to
+    /// close; returns the close code and reason.
+    pub(crate) async fn closed(&mut self) -> (u16, String) {
         loop {
-            match self.next_frame(Duration::from_secs(15)).await {
-                Some(Got::Closed(reason)) => return reason,
+            match self.next_frame(Duration::from_secs(30)).await {
+                Some(Got::Closed(code, reason)) => return (code, reason),
                 Some(_) => continue,
                 None => panic!("not closed"),
             }
@@ -197,9 +231,27 @@ pub(crate) fn user(app: &TestApp) -> (String, String) {
     )
 }
 
-/// Joins `topic` with `postgres_changes` bindings and waits for the
-/// "Subscribed" system message.
-pub(crate) async fn pg_join(client: &mut Client, topic: &str, bindings: Value, token: &str) {
+/// A server with `fixture` (SQL) applied to its database.
+pub(crate) async fn change_app(fixture: &str) -> TestApp {
+    change_app_with(sovra_config::Config::default(), fixture).await
+}
+
+/// A server configured by `config`, with `fixture` (SQL) applied.
+pub(crate) async fn change_app_with(config: sovra_config::Config, fixture: &str) -> TestApp {
+    init_logs();
+    let app = TestApp::spawn_with(config).await;
+    app.db.client().await.batch_execute(fixture).await.unwrap();
+    app
+}
+
+/// Joins `topic` with `postgres_changes` bindings, waits for the
+/// "Subscribed" system message, and returns the bindings' ids.
+pub(crate) async fn pg_join(
+    client: &mut Client,
+    topic: &str,
+    bindings: Value,
+    token: &str,
+) -> Vec<i64> {
     let reply = client
         .join(topic, json!({"postgres_changes": bindings}), Some(token))
         .await;
@@ -207,6 +259,12 @@ pub(crate) async fn pg_join(client: &mut Client, topic: &str, bindings: Value, t
     let (_, system, _) = client.expect("system").await;
     assert_eq!(system["extension"], "postgres_changes");
     assert_eq!(system["status"], "ok", "{system}");
+    reply["response"]["postgres_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_i64().unwrap())
+        .collect()
 }
 
 /// Waits until the feed leads (its slot exists), so that changes made
@@ -228,7 +286,7 @@ pub(crate) async fn drain(client: &mut Client, quiet: Duration) -> Vec<(String, 
     while let Some(got) = client.next_frame(quiet).await {
         match got {
             Got::Msg { event, payload, .. } => out.push((event, payload)),
-            Got::Closed(reason) => panic!("closed: {reason}"),
+            Got::Closed(code, reason) => panic!("closed: {code} {reason}"),
         }
     }
     out
