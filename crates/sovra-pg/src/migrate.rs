@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "storage_hardening",
         sql: include_str!("../migrations/0010_storage_hardening.sql"),
     },
+    Migration {
+        version: 11,
+        name: "tenants",
+        sql: include_str!("../migrations/0011_tenants.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes
