@@ -718,6 +718,25 @@ impl RealtimeService {
         }
     }
 
+    /// Closes every joined or credentialed connection of this service with
+    /// `reason` (code 1001) and stops the change feed: its tenant was
+    /// suspended or deleted.
+    pub fn disconnect_all(&self, reason: &str) {
+        self.stop_feed();
+        let mut sockets: Vec<Arc<hub::SocketTx>> = self
+            .hub
+            .all_channels()
+            .into_iter()
+            .map(|channel| channel.socket.clone())
+            .collect();
+        if let Ok(list) = self.revocable.lock() {
+            sockets.extend(list.iter().filter_map(|(socket, _)| socket.upgrade()));
+        }
+        for socket in sockets {
+            socket.cut_off(1001, "tenant_closed", reason);
+        }
+    }
+
     fn expire_peers(&self) {
         let expired: Vec<Arc<str>> = match self.peers.lock() {
             Ok(mut peers) => {

@@ -254,10 +254,13 @@ fn keys(
         keys::load_or_create(&path, config)?
     };
     let signing = keys::list(&path)?;
+    let platform_path = config.data_dir.join("platform.key");
+    let platform = sovra_server::platform::load_or_create(&platform_path)?;
     if json {
         let value = serde_json::json!({
             "anon_key": project.api.anon,
             "service_role_key": project.api.service_role,
+            "platform_key": platform.key,
             "keys_file": path.display().to_string(),
             "signing_keys": signing.iter().map(|(kid, status, created)| serde_json::json!({"kid": kid, "status": status, "created_at": created})).collect::<Vec<_>>(),
         });
@@ -276,6 +279,11 @@ fn keys(
     for (kid, status, _) in signing {
         println!("signing key       {kid} ({status})");
     }
+    println!(
+        "platform key      {} (tenant API; in {})",
+        platform.key,
+        platform_path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
