@@ -666,5 +666,12 @@ fn a_project_ref_binds_tokens_to_their_project() {
     // An unbound set (the default project) signs no ref.
     let plain = KeySet::new(&store, None, None).unwrap();
     let token = plain.sign(&user(NOW + 60)).unwrap();
-    assert!(plain.verify(&token, NOW).unwrap().claims.get("ref").is_none());
+    assert!(
+        plain
+            .verify(&token, NOW)
+            .unwrap()
+            .claims
+            .get("ref")
+            .is_none()
+    );
 }

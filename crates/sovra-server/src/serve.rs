@@ -332,13 +332,12 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
         Duration::from_secs(config.database.connect_timeout),
     )
     .map_err(|err| ServeError::Pool(err.to_string()))?;
-    let auth =
-        sovra_auth::AuthService::new(auth_settings, auth_pool).map_err(ServeError::Auth)?;
+    let auth = sovra_auth::AuthService::new(auth_settings, auth_pool).map_err(ServeError::Auth)?;
     if let Err(err) = auth.reload_api_keys().await {
         tracing::warn!(error = %err.message, "could not load API keys");
     }
     let storage = sovra_storage::StorageService::new(storage_config(config), &id, pool.clone())
-            .map_err(ServeError::Storage)?;
+        .map_err(ServeError::Storage)?;
     let keyset = std::sync::Arc::new(keys.keyset);
     let verify_keys = keyset.clone();
     let verifier: sovra_realtime::Verifier = std::sync::Arc::new(move |token: &str| {
@@ -566,14 +565,10 @@ async fn serve_with(
     let first_run = keys.created;
     let api = keys.api.clone();
     let tenant = build_tenant(config, requests, admin.clone(), keys).await?;
-    let platform_key = crate::platform::load_or_create(&data_dir.platform_key_file()).map_err(
-        |err| {
-            ServeError::Platform(format!(
-                "{}: {err}",
-                data_dir.platform_key_file().display()
-            ))
-        },
-    )?;
+    let platform_key =
+        crate::platform::load_or_create(&data_dir.platform_key_file()).map_err(|err| {
+            ServeError::Platform(format!("{}: {err}", data_dir.platform_key_file().display()))
+        })?;
     let platform = std::sync::Arc::new(
         crate::tenants::Platform::new(config, admin.clone(), &platform_key.key)
             .map_err(ServeError::Platform)?,

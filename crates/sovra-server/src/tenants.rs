@@ -218,6 +218,15 @@ impl IntoResponse for Lookup {
     }
 }
 
+/// An error of the tenant API: status, code and message.
+pub struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1, &self.2)
+    }
+}
+
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
@@ -227,6 +236,12 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 type Cell = Arc<tokio::sync::OnceCell<Arc<Tenant>>>;
+
+/// Serialises migrations of tenant databases in this process.
+static MIGRATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Serialises them across the platform's instances ("sovra_tm").
+const MIGRATE_LOCK: i64 = 0x736f_7672_615f_746d;
 
 /// The tenants of this server beyond the default one: the registry, and
 /// the tenants built so far.
@@ -320,15 +335,18 @@ impl Platform {
             Ok(live) => live.values().cloned().collect(),
             Err(_) => Vec::new(),
         };
-        cells.iter().filter_map(|cell| cell.get().cloned()).collect()
+        cells
+            .iter()
+            .filter_map(|cell| cell.get().cloned())
+            .collect()
     }
 
-    fn check_key(&self, headers: &HeaderMap) -> Result<(), Response> {
+    fn check_key(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
-            return Err(error(
+            return Err(ApiError(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "The tenant API requires `Authorization: Bearer <platform key>`",
+                "The tenant API requires `Authorization: Bearer <platform key>`".to_owned(),
             ));
         };
         let token = value
@@ -338,20 +356,20 @@ impl Platform {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim());
         let Some(token) = token else {
-            return Err(error(
+            return Err(ApiError(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "Authorization header must be `Bearer <platform key>`",
+                "Authorization header must be `Bearer <platform key>`".to_owned(),
             ));
         };
         let digest = crate::routes::token_digest(token);
         if bool::from(digest.ct_eq(&self.key_digest)) {
             Ok(())
         } else {
-            Err(error(
+            Err(ApiError(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                "This is not the platform key",
+                "This is not the platform key".to_owned(),
             ))
         }
     }
@@ -474,7 +492,7 @@ impl Platform {
             .user(user)
             .password(password)
             .application_name("sovra")
-            .options(&format!("-c role={role}{extra}"));
+            .options(format!("-c role={role}{extra}"));
         Ok(login)
     }
 
@@ -588,14 +606,26 @@ impl Platform {
             }
         }
         {
+            // Migrations touch cluster-wide objects (roles, grants to
+            // them): one database at a time, across the instances of the
+            // platform (advisory lock in its database) and in-process.
+            let _serial = MIGRATING.lock().await;
+            let lock = self.admin_client().await?;
+            lock.execute("select pg_advisory_lock($1)", &[&MIGRATE_LOCK])
+                .await
+                .map_err(|err| db_error(&err))?;
             let mut config = self.admin.clone();
             config.dbname(&self.template);
             let mut template_client = sovra_pg::connect_one(&config)
                 .await
                 .map_err(|err| db_error(&err))?;
-            sovra_pg::migrate(&mut template_client)
+            let migrated = sovra_pg::migrate(&mut template_client)
                 .await
-                .map_err(|err| err.to_string())?;
+                .map_err(|err| err.to_string());
+            let _ = lock
+                .execute("select pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
+                .await;
+            migrated?;
         }
         let platform = quote(&self.platform_db);
         client
@@ -690,17 +720,27 @@ impl Platform {
         .await;
         let cloned = match registered {
             Ok(()) => {
-                client
+                let db = quote(&database);
+                // CREATE DATABASE cannot run in a transaction block: alone.
+                match client
                     .batch_execute(&format!(
-                        "create database {db} template {tpl};
-                         revoke connect on database {db} from public;
-                         grant connect on database {db} to {rest}, {auth}",
-                        db = quote(&database),
-                        tpl = quote(&self.template),
-                        rest = quote(&rest),
-                        auth = quote(&auth),
+                        "create database {db} template {}",
+                        quote(&self.template)
                     ))
                     .await
+                {
+                    Ok(()) => {
+                        client
+                            .batch_execute(&format!(
+                                "revoke connect on database {db} from public;
+                                 grant connect on database {db} to {}, {}",
+                                quote(&rest),
+                                quote(&auth),
+                            ))
+                            .await
+                    }
+                    Err(err) => Err(err),
+                }
             }
             Err(err) => Err(err),
         };
@@ -923,6 +963,10 @@ fn mint(keyset: &KeySet, issuer: &str) -> Result<ApiKeys, String> {
 #[derive(Clone, Debug)]
 pub struct RoutedTenant(pub Arc<Tenant>);
 
+/// Locations that services answer with as absolute paths of the server
+/// (TUS upload URLs): under `/t/{name}` they must keep the prefix.
+const PREFIXED_LOCATIONS: &[&str] = &["/storage/v1/", "/auth/v1/", "/realtime/v1/"];
+
 /// The tenant name a request addresses: `/t/{name}/…` (and the rest of the
 /// path), or a `{name}.{base_domain}` host.
 fn addressed<'a>(
@@ -964,8 +1008,7 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
         .map(str::to_owned)
         .or_else(|| request.uri().host().map(str::to_owned));
     let uri = request.uri().clone();
-    let Some((name, path)) = addressed(&uri, host.as_deref(), platform.config.base_domain())
-    else {
+    let Some((name, path)) = addressed(&uri, host.as_deref(), platform.config.base_domain()) else {
         return next.run(request).await;
     };
     if validate_name(name).is_err() {
@@ -975,6 +1018,7 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
         Ok(tenant) => tenant,
         Err(lookup) => return lookup.into_response(),
     };
+    let prefix = path.map(|_| format!("/t/{name}"));
     if let Some(path) = path {
         let path_and_query = match uri.query() {
             Some(query) => format!("{path}?{query}"),
@@ -986,7 +1030,18 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
         }
     }
     request.extensions_mut().insert(RoutedTenant(tenant));
-    next.run(request).await
+    let mut response = next.run(request).await;
+    if let Some(prefix) = prefix
+        && let Some(location) = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+        && PREFIXED_LOCATIONS.iter().any(|p| location.starts_with(p))
+        && let Ok(value) = header::HeaderValue::from_str(&format!("{prefix}{location}"))
+    {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
 }
 
 #[derive(Deserialize)]
@@ -994,12 +1049,12 @@ struct CreateBody {
     name: Option<String>,
 }
 
-fn platform_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Platform>, Response> {
+fn platform_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Platform>, ApiError> {
     let Some(platform) = state.platform.clone() else {
-        return Err(error(
+        return Err(ApiError(
             StatusCode::NOT_FOUND,
             "not_found",
-            "This server hosts no tenants",
+            "This server hosts no tenants".to_owned(),
         ));
     };
     platform.check_key(headers)?;
@@ -1007,23 +1062,23 @@ fn platform_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Platform>, R
 }
 
 /// Refuses the tenant API under a tenant's URL.
-fn at_root(request_tenant: Option<&RoutedTenant>) -> Result<(), Response> {
+fn at_root(request_tenant: Option<&RoutedTenant>) -> Result<(), ApiError> {
     match request_tenant {
-        Some(_) => Err(error(
+        Some(_) => Err(ApiError(
             StatusCode::NOT_FOUND,
             "not_found",
-            "The tenant API is at the server's root URL",
+            "The tenant API is at the server's root URL".to_owned(),
         )),
         None => Ok(()),
     }
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|err| {
-        error(
+        ApiError(
             StatusCode::BAD_REQUEST,
             "bad_json",
-            &format!("invalid JSON body: {err}"),
+            format!("invalid JSON body: {err}"),
         )
     })
 }
@@ -1035,16 +1090,16 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(response) = at_root(routed.as_deref()) {
-        return response;
+    if let Err(err) = at_root(routed.as_deref()) {
+        return err.into_response();
     }
     let platform = match platform_of(&state, &headers) {
         Ok(platform) => platform,
-        Err(response) => return response,
+        Err(err) => return err.into_response(),
     };
     let body: CreateBody = match json_body(&body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(err) => return err.into_response(),
     };
     let Some(name) = body.name else {
         return error(StatusCode::BAD_REQUEST, "bad_name", "name is required");
@@ -1064,7 +1119,11 @@ pub(crate) async fn create(
             };
             if status == StatusCode::INTERNAL_SERVER_ERROR {
                 tracing::error!(tenant = %name, error = %message, "creating a tenant failed");
-                return error(status, code, "creating the tenant failed; see the server log");
+                return error(
+                    status,
+                    code,
+                    "creating the tenant failed; see the server log",
+                );
             }
             error(status, code, &message)
         }
@@ -1077,12 +1136,12 @@ pub(crate) async fn list(
     routed: Option<axum::Extension<RoutedTenant>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = at_root(routed.as_deref()) {
-        return response;
+    if let Err(err) = at_root(routed.as_deref()) {
+        return err.into_response();
     }
     let platform = match platform_of(&state, &headers) {
         Ok(platform) => platform,
-        Err(response) => return response,
+        Err(err) => return err.into_response(),
     };
     match platform.records().await {
         Ok(records) => Json(Value::Array(
@@ -1124,12 +1183,12 @@ pub(crate) async fn show(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = at_root(routed.as_deref()) {
-        return response;
+    if let Err(err) = at_root(routed.as_deref()) {
+        return err.into_response();
     }
     let platform = match platform_of(&state, &headers) {
         Ok(platform) => platform,
-        Err(response) => return response,
+        Err(err) => return err.into_response(),
     };
     match platform.record(&name).await {
         Ok(Some(record)) => Json(platform.view(&record)).into_response(),
@@ -1146,12 +1205,12 @@ pub(crate) async fn patch(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(response) = at_root(routed.as_deref()) {
-        return response;
+    if let Err(err) = at_root(routed.as_deref()) {
+        return err.into_response();
     }
     let platform = match platform_of(&state, &headers) {
         Ok(platform) => platform,
-        Err(response) => return response,
+        Err(err) => return err.into_response(),
     };
     let patch = match TenantPatch::parse(&body) {
         Ok(patch) => patch,
@@ -1181,12 +1240,12 @@ pub(crate) async fn delete(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = at_root(routed.as_deref()) {
-        return response;
+    if let Err(err) = at_root(routed.as_deref()) {
+        return err.into_response();
     }
     let platform = match platform_of(&state, &headers) {
         Ok(platform) => platform,
-        Err(response) => return response,
+        Err(err) => return err.into_response(),
     };
     match platform.delete(&name).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
@@ -1202,12 +1261,12 @@ async fn set_state(
     headers: &HeaderMap,
     suspended: bool,
 ) -> Response {
-    if let Err(response) = at_root(routed) {
-        return response;
+    if let Err(err) = at_root(routed) {
+        return err.into_response();
     }
     let platform = match platform_of(state, headers) {
         Ok(platform) => platform,
-        Err(response) => return response,
+        Err(err) => return err.into_response(),
     };
     match platform.set_state(name, suspended).await {
         Ok(true) => match platform.record(name).await {
