@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout)]
 
 mod doctor;
+mod tenants;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -108,6 +109,10 @@ enum Command {
         #[arg(long)]
         allow_http: bool,
     },
+    /// Create, list, show, update, suspend, resume and delete tenants
+    /// (isolated projects, each with its own database, keys and URL)
+    /// through the running server, with the platform key.
+    Tenants(tenants::TenantsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -194,6 +199,7 @@ fn main() -> ExitCode {
                 url,
                 allow_http,
             } => api_keys(&config, action, url, allow_http).await,
+            Command::Tenants(args) => tenants::run(&config, args).await,
         }
     });
     match result {
@@ -342,13 +348,18 @@ fn mail(config: &Config, to: Option<&str>, last: bool, json: bool) -> anyhow::Re
 /// Checks the URL `sovra api-keys` sends the service_role key to: http or
 /// https, and plain http only to this machine unless `allow_http`.
 fn check_server_url(base: &str, allow_http: bool) -> anyhow::Result<()> {
+    check_url_for(base, allow_http, "service_role key")
+}
+
+/// [`check_server_url`] for a request that carries `secret`.
+fn check_url_for(base: &str, allow_http: bool, secret: &str) -> anyhow::Result<()> {
     let url = reqwest::Url::parse(base)
         .map_err(|err| anyhow::anyhow!("--url {base:?} is not a URL: {err}"))?;
     match url.scheme() {
         "https" => Ok(()),
         "http" if allow_http || url.host_str().is_some_and(is_local_host) => Ok(()),
         "http" => anyhow::bail!(
-            "refusing to send the service_role key over plain http to {}: use an https:// URL (or --allow-http on a network you trust)",
+            "refusing to send the {secret} over plain http to {}: use an https:// URL (or --allow-http on a network you trust)",
             url.host_str().unwrap_or("")
         ),
         other => anyhow::bail!("--url must be http:// or https://, not {other}://"),
