@@ -480,10 +480,23 @@ impl RealtimeService {
         }
     }
 
-    pub(crate) fn ensure_feed(self: &Arc<Self>) {
+    /// Starts the feed on the first join when `sovra serve` did not (a
+    /// tenant's feed starts with its first subscriber). The join that
+    /// starts it waits (at most 10 s) until the slot exists, so that the
+    /// changes its subscriber is told about are not lost.
+    pub(crate) async fn ensure_feed(self: &Arc<Self>) {
         let source = self.feed_source.lock().ok().and_then(|s| s.clone());
         if let Some(admin) = source {
+            let fresh = self.feed.lock().is_ok_and(|feed| feed.is_none());
             self.start_feed(admin);
+            if fresh {
+                for _ in 0..500 {
+                    if self.feed_slot().is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
         }
     }
 

@@ -379,7 +379,7 @@ impl Connection {
                 }
             }
         }
-        self.service.ensure_feed();
+        self.service.ensure_feed().await;
         let id = self.service.hub.next_id();
         let mut bindings = Vec::new();
         let mut echo = Vec::new();

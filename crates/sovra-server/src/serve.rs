@@ -575,6 +575,14 @@ async fn serve_with(
     );
     let mut tenants = TenantResolver::single(tenant);
     tenants.set_platform(platform.clone());
+    // Every tenant database is migrated in the background; `/ready` says
+    // how many are left.
+    let upgrading = platform.clone();
+    tokio::spawn(async move {
+        if let Err(err) = upgrading.upgrade(4).await {
+            tracing::error!(error = %err, "tenant upgrade incomplete");
+        }
+    });
     spawn_api_key_refresh(tenants.clone());
     spawn_upload_sweeper(tenants.clone());
     // The change feed starts now, so that changes made before the first

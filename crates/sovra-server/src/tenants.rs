@@ -97,6 +97,10 @@ pub struct TenantSettings {
     /// Quota: connections of the request pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_size: Option<usize>,
+    /// Quota: requests per second (a token bucket of one second's burst);
+    /// more get 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u64>,
     /// Quota: statement timeout of requests, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement_timeout_ms: Option<u64>,
@@ -118,6 +122,9 @@ impl TenantSettings {
         }
         if self.pool_size.is_some_and(|n| !(1..=1000).contains(&n)) {
             return Err("pool_size must be between 1 and 1000".to_owned());
+        }
+        if self.requests_per_second == Some(0) {
+            return Err("requests_per_second must be at least 1".to_owned());
         }
         if self.statement_timeout_ms == Some(0) {
             return Err("statement_timeout_ms must be at least 1".to_owned());
@@ -145,6 +152,7 @@ impl TenantSettings {
             disable_signup,
             require_apikey,
             pool_size,
+            requests_per_second,
             statement_timeout_ms,
             realtime_max_connections,
             storage_file_size_limit
@@ -256,6 +264,12 @@ pub struct Platform {
     public_url: RwLock<String>,
     live: Mutex<HashMap<String, Cell>>,
     template_ready: tokio::sync::Mutex<bool>,
+    /// Request-rate buckets of the tenants that have a
+    /// `requests_per_second` quota: (rate, tokens, last refill).
+    buckets: Mutex<HashMap<String, (f64, f64, std::time::Instant)>>,
+    /// Tenants whose databases the start-up upgrade has not migrated yet
+    /// (`None`: no upgrade ran or it finished).
+    upgrading: Mutex<Option<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -309,6 +323,8 @@ impl Platform {
             public_url: RwLock::new(config.public_url(config.listen_addr())),
             live: Mutex::new(HashMap::new()),
             template_ready: tokio::sync::Mutex::new(false),
+            upgrading: Mutex::new(None),
+            buckets: Mutex::new(HashMap::new()),
         })
     }
 
@@ -424,6 +440,13 @@ impl Platform {
             .ok_or(Lookup::NotFound)?;
         if record.suspended {
             return Err(Lookup::Suspended);
+        }
+        if self
+            .upgrading
+            .lock()
+            .is_ok_and(|pending| pending.as_ref().is_some_and(|p| p.contains(name)))
+        {
+            return Err(Lookup::Failed(format!("tenant {name} is being migrated")));
         }
         let cell = match self.live.lock() {
             Ok(mut live) => live.entry(name.to_owned()).or_default().clone(),
@@ -556,11 +579,42 @@ impl Platform {
         .await
         .map_err(|err| err.to_string())?;
         tenant.auth.set_external_url(&url);
+        if let Ok(mut buckets) = self.buckets.lock() {
+            match record.settings.requests_per_second {
+                Some(rate) => {
+                    let rate = rate as f64;
+                    buckets.insert(record.name.clone(), (rate, rate, std::time::Instant::now()));
+                }
+                None => {
+                    buckets.remove(&record.name);
+                }
+            }
+        }
         // The change feed starts with the first subscriber: a tenant
         // nobody listens to holds no replication slot reader.
         tenant.realtime.set_feed_source(service);
         tracing::info!(tenant = %record.name, "tenant started");
         Ok(Arc::new(tenant))
+    }
+
+    /// Whether tenant `name` may make one more request now (its
+    /// `requests_per_second` quota, when it has one).
+    pub fn admit_request(&self, name: &str) -> bool {
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return true;
+        };
+        let Some((rate, tokens, last)) = buckets.get_mut(name) else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * *rate).min(*rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// Stops tenant `name` if it runs here: closes its realtime connections
@@ -654,6 +708,91 @@ impl Platform {
         }
         *ready = true;
         Ok(())
+    }
+
+    /// How many tenant databases the start-up upgrade still has to
+    /// migrate (`None` when it is not running).
+    pub fn upgrade_pending(&self) -> Option<usize> {
+        self.upgrading
+            .lock()
+            .ok()
+            .and_then(|pending| pending.as_ref().map(std::collections::HashSet::len))
+    }
+
+    /// Migrates the template and every tenant database, `parallel` at a
+    /// time; `/ready` reports the databases left until it is done, and a
+    /// tenant answers 503 until its own database is current. Resumable:
+    /// each database records what it applied, so a restart continues.
+    pub async fn upgrade(self: &Arc<Self>, parallel: usize) -> Result<(), String> {
+        let records = self.records().await?;
+        if records.is_empty() {
+            // A server without tenants keeps no template and leaves its
+            // database's CONNECT rights alone until the first tenant.
+            return Ok(());
+        }
+        if let Ok(mut pending) = self.upgrading.lock() {
+            *pending = Some(records.iter().map(|r| r.name.clone()).collect());
+        }
+        let template = self.ensure_template().await;
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for record in records {
+            let platform = self.clone();
+            let semaphore = semaphore.clone();
+            tasks.spawn(async move {
+                let _permit = semaphore.acquire_owned().await;
+                let result = platform.migrate_database(&record.database).await;
+                if let Err(err) = &result {
+                    tracing::error!(tenant = %record.name, error = %err, "migrating a tenant database failed");
+                } else if let Ok(mut pending) = platform.upgrading.lock()
+                    && let Some(pending) = pending.as_mut()
+                {
+                    pending.remove(&record.name);
+                }
+                result
+            });
+        }
+        let mut failed = 0;
+        while let Some(done) = tasks.join_next().await {
+            if !matches!(done, Ok(Ok(()))) {
+                failed += 1;
+            }
+        }
+        template?;
+        if failed > 0 {
+            return Err(format!(
+                "{failed} tenant databases could not be migrated; they answer 503 until a restart migrates them"
+            ));
+        }
+        if let Ok(mut pending) = self.upgrading.lock() {
+            *pending = None;
+        }
+        Ok(())
+    }
+
+    /// Applies pending migrations to one tenant database. Statements on
+    /// cluster-wide objects (roles) that collide with another database's
+    /// migration are retried after it.
+    async fn migrate_database(&self, database: &str) -> Result<(), String> {
+        let mut config = self.admin.clone();
+        config.dbname(database);
+        let mut last = String::new();
+        for attempt in 0..5u64 {
+            let mut client = sovra_pg::connect_one(&config)
+                .await
+                .map_err(|err| db_error(&err))?;
+            match sovra_pg::migrate(&mut client).await {
+                Ok(report) => {
+                    if !report.applied.is_empty() {
+                        tracing::info!(%database, applied = ?report.applied, "migrated a tenant database");
+                    }
+                    return Ok(());
+                }
+                Err(err) => last = err.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+        }
+        Err(last)
     }
 
     /// Creates tenant `name`: roles, registry row, then its database.
@@ -897,6 +1036,20 @@ impl Platform {
                 .await
                 .map_err(|err| db_error(&err))?;
         }
+        if let Some(ms) = settings.statement_timeout_ms {
+            // The request prologue applies the API roles' own settings, the
+            // database-specific ones last (as PostgREST does): the quota is
+            // a setting of those roles in this tenant's database only.
+            let db = quote(&record.database);
+            client
+                .batch_execute(&format!(
+                    "alter role anon in database {db} set statement_timeout = '{ms}ms';
+                     alter role authenticated in database {db} set statement_timeout = '{ms}ms';
+                     alter role service_role in database {db} set statement_timeout = '{ms}ms'"
+                ))
+                .await
+                .map_err(|err| db_error(&err))?;
+        }
         // The next request builds it again with the new settings.
         self.evict(name, "this tenant's settings changed");
         self.record(name).await
@@ -1029,6 +1182,20 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
             Err(_) => return Lookup::NotFound.into_response(),
         }
     }
+    if !platform.admit_request(name) {
+        metrics::counter!(
+            "sovra_tenant_quota_exceeded_total",
+            "tenant" => name.to_owned(),
+            "quota" => "requests_per_second"
+        )
+        .increment(1);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"message": "API rate limit exceeded", "code": 429})),
+        )
+            .into_response();
+    }
+    metrics::counter!("sovra_tenant_requests_total", "tenant" => name.to_owned()).increment(1);
     request.extensions_mut().insert(RoutedTenant(tenant));
     let mut response = next.run(request).await;
     if let Some(prefix) = prefix

@@ -21,6 +21,7 @@ struct Server {
     default_anon: String,
     db: TestDb,
     http: reqwest::Client,
+    platform: Arc<Platform>,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -71,6 +72,7 @@ async fn spawn_with(mut config: sovra_config::Config) -> Server {
         default_anon,
         db,
         http: reqwest::Client::new(),
+        platform,
         _server: server,
     }
 }
@@ -901,4 +903,123 @@ async fn subdomains_of_the_base_domain_route_to_tenants() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_upgrade_migrates_every_tenant_database() {
+    let server = spawn().await;
+    // Nothing to do without tenants.
+    server.platform.upgrade(2).await.unwrap();
+    assert_eq!(server.platform.upgrade_pending(), None);
+    let one = server.create("up-one").await;
+    let two = server.create("up-two").await;
+    // Both databases miss the newest migration, as after an upgrade.
+    let newest = sovra_pg::migrate::MIGRATIONS.last().unwrap().version;
+    for t in [&one, &two] {
+        server
+            .sql(&t.database)
+            .await
+            .execute(
+                "delete from sovra.schema_migrations where version = $1",
+                &[&newest],
+            )
+            .await
+            .unwrap();
+    }
+    server.platform.upgrade(2).await.unwrap();
+    assert_eq!(server.platform.upgrade_pending(), None);
+    for t in [&one, &two] {
+        let client = server.sql(&t.database).await;
+        assert!(sovra_pg::migrate::is_current(&client).await.unwrap());
+    }
+    let ready = server
+        .http
+        .get(format!("{}/ready", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let (status, _) = server
+        .get(&format!("{}/rest/v1/", one.url), &one.service, &one.service)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn quotas_answer_in_the_clients_shapes_and_are_counted() {
+    let server = spawn().await;
+    let t = server.create("quota").await;
+    server
+        .patch(
+            &t.name,
+            json!({"requests_per_second": 1, "statement_timeout_ms": 50, "storage_file_size_limit": 4}),
+        )
+        .await;
+    // A statement over the timeout is the database's error, as PostgREST
+    // reports it.
+    server
+        .sql(&t.database)
+        .await
+        .batch_execute(
+            "create function public.slow() returns int language sql as 'select 1 from pg_sleep(1)';
+             grant execute on function public.slow() to anon",
+        )
+        .await
+        .unwrap();
+    let slow = server
+        .http
+        .post(format!("{}/rest/v1/rpc/slow", t.url))
+        .header("apikey", &t.anon)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body: Value = slow.json().await.unwrap();
+    assert_eq!(body["code"], "57014", "{body}");
+    // Thirty requests within a second's burst of one: most are refused.
+    let mut refused = 0;
+    for _ in 0..30 {
+        let response = server
+            .http
+            .get(format!("{}/rest/v1/", t.url))
+            .header("apikey", &t.service)
+            .bearer_auth(&t.service)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["message"], "API rate limit exceeded");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "no request was refused");
+    let metrics = server
+        .http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sovra_tenant_quota_exceeded_total")
+                && l.contains(&format!("tenant=\"{}\"", t.name))),
+        "{metrics}"
+    );
+    // Other tenants are not limited by it.
+    let other = server.create("quota-free").await;
+    for _ in 0..5 {
+        let (status, _) = server
+            .get(
+                &format!("{}/rest/v1/", other.url),
+                &other.service,
+                &other.service,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
 }

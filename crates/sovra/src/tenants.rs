@@ -66,6 +66,9 @@ enum Action {
         /// Quota: connections of the tenant's request pool.
         #[arg(long)]
         pool_size: Option<usize>,
+        /// Quota: requests per second (more get 429).
+        #[arg(long)]
+        requests_per_second: Option<u64>,
         /// Quota: statement timeout of its requests, in milliseconds.
         #[arg(long)]
         statement_timeout_ms: Option<u64>,
@@ -96,6 +99,7 @@ fn update_body(action: &Action) -> Value {
         disable_signup,
         require_apikey,
         pool_size,
+        requests_per_second,
         statement_timeout_ms,
         realtime_max_connections,
         storage_file_size_limit,
@@ -117,6 +121,7 @@ fn update_body(action: &Action) -> Value {
     set("disable_signup", disable_signup.map(|v| json!(v)));
     set("require_apikey", require_apikey.map(|v| json!(v)));
     set("pool_size", pool_size.map(|v| json!(v)));
+    set("requests_per_second", requests_per_second.map(|v| json!(v)));
     set(
         "statement_timeout_ms",
         statement_timeout_ms.map(|v| json!(v)),
