@@ -132,6 +132,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "When true, requests without an `apikey` header or query parameter are refused with 401; when false they run as `anon` (what local Supabase does).",
     },
     OptionDoc {
+        key: "server.tenant_idle_timeout",
+        kind: Kind::Integer,
+        default: "300",
+        doc: "Seconds after its last request when a tenant other than the default one is stopped (pools, schema cache, services), unless it has realtime connections; its next request starts it again (see `docs/tenants.md`).",
+    },
+    OptionDoc {
         key: "log.format",
         kind: Kind::String,
         default: "\"text\"",
@@ -858,6 +864,7 @@ pub struct ServerConfig {
     pub body_idle_timeout: u64,
     pub header_read_timeout: u64,
     pub require_apikey: bool,
+    pub tenant_idle_timeout: u64,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -955,6 +962,7 @@ impl Default for ServerConfig {
             body_idle_timeout: 60,
             header_read_timeout: 30,
             require_apikey: false,
+            tenant_idle_timeout: 300,
         }
     }
 }
@@ -1287,6 +1295,12 @@ impl Config {
         if self.server.body_idle_timeout == 0 {
             return Err(ConfigError::invalid(
                 "server.body_idle_timeout",
+                "must be at least 1 second",
+            ));
+        }
+        if self.server.tenant_idle_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "server.tenant_idle_timeout",
                 "must be at least 1 second",
             ));
         }
@@ -1876,6 +1890,10 @@ mod tests {
                 "server.public_url",
             ),
             ("[server]\nbody_limit = 10\n", "server.body_limit"),
+            (
+                "[server]\ntenant_idle_timeout = 0\n",
+                "server.tenant_idle_timeout",
+            ),
             (
                 "[server]\nbase_domain = \"https://example.com\"\n",
                 "server.base_domain",

@@ -577,6 +577,7 @@ async fn serve_with(
     tenants.set_platform(platform.clone());
     // Every tenant database is migrated in the background; `/ready` says
     // how many are left.
+    platform.spawn_idle_sweep(Duration::from_secs(config.server.tenant_idle_timeout));
     let upgrading = platform.clone();
     tokio::spawn(async move {
         if let Err(err) = upgrading.upgrade(4).await {

@@ -267,6 +267,8 @@ pub struct Platform {
     /// Request-rate buckets of the tenants that have a
     /// `requests_per_second` quota: (rate, tokens, last refill).
     buckets: Mutex<HashMap<String, (f64, f64, std::time::Instant)>>,
+    /// When each started tenant last had a request.
+    last_used: Mutex<HashMap<String, std::time::Instant>>,
     /// Tenants whose databases the start-up upgrade has not migrated yet
     /// (`None`: no upgrade ran or it finished).
     upgrading: Mutex<Option<std::collections::HashSet<String>>>,
@@ -325,6 +327,7 @@ impl Platform {
             template_ready: tokio::sync::Mutex::new(false),
             upgrading: Mutex::new(None),
             buckets: Mutex::new(HashMap::new()),
+            last_used: Mutex::new(HashMap::new()),
         })
     }
 
@@ -593,8 +596,74 @@ impl Platform {
         // The change feed starts with the first subscriber: a tenant
         // nobody listens to holds no replication slot reader.
         tenant.realtime.set_feed_source(service);
+        tenant.realtime.wait_for_slot_on_first_join();
         tracing::info!(tenant = %record.name, "tenant started");
         Ok(Arc::new(tenant))
+    }
+
+    /// Notes a request of tenant `name` (for the idle sweep).
+    fn touch(&self, name: &str) {
+        if let Ok(mut used) = self.last_used.lock() {
+            match used.get_mut(name) {
+                Some(at) => *at = std::time::Instant::now(),
+                None => {
+                    used.insert(name.to_owned(), std::time::Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Stops the started tenants that had no request for `idle` and have no
+    /// realtime connection; returns how many it stopped. Their next request
+    /// starts them again.
+    pub fn stop_idle(&self, idle: Duration) -> usize {
+        let now = std::time::Instant::now();
+        let idle_names: Vec<String> = match self.last_used.lock() {
+            Ok(used) => used
+                .iter()
+                .filter(|(_, at)| now.duration_since(**at) >= idle)
+                .map(|(name, _)| name.clone())
+                .collect(),
+            Err(_) => return 0,
+        };
+        let mut stopped = 0;
+        for name in idle_names {
+            let busy = self
+                .live
+                .lock()
+                .ok()
+                .and_then(|live| live.get(&name).and_then(|cell| cell.get().cloned()))
+                .is_some_and(|tenant| tenant.realtime.connections() > 0);
+            if busy {
+                continue;
+            }
+            if let Ok(mut used) = self.last_used.lock() {
+                used.remove(&name);
+            }
+            self.evict(&name, "idle");
+            stopped += 1;
+        }
+        stopped
+    }
+
+    /// Stops idle tenants every `idle / 2` (at most every minute).
+    pub fn spawn_idle_sweep(self: &Arc<Self>, idle: Duration) {
+        let platform = Arc::downgrade(self);
+        let every = (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(platform) = platform.upgrade() else {
+                    return;
+                };
+                let stopped = platform.stop_idle(idle);
+                if stopped > 0 {
+                    tracing::debug!(stopped, "stopped idle tenants");
+                }
+            }
+        });
     }
 
     /// Whether tenant `name` may make one more request now (its
@@ -1196,6 +1265,7 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
             .into_response();
     }
     metrics::counter!("sovra_tenant_requests_total", "tenant" => name.to_owned()).increment(1);
+    platform.touch(name);
     request.extensions_mut().insert(RoutedTenant(tenant));
     let mut response = next.run(request).await;
     if let Some(prefix) = prefix

@@ -1023,3 +1023,42 @@ async fn quotas_answer_in_the_clients_shapes_and_are_counted() {
         assert_eq!(status, StatusCode::OK);
     }
 }
+
+#[tokio::test]
+async fn idle_tenants_are_stopped_and_start_again_on_their_next_request() {
+    let server = spawn().await;
+    let quiet = server.create("idle-quiet").await;
+    let busy = server.create("idle-busy").await;
+    assert!(
+        server.platform.live().is_empty(),
+        "nothing starts before a request"
+    );
+    for t in [&quiet, &busy] {
+        let (status, _) = server
+            .get(&format!("{}/rest/v1/", t.url), &t.service, &t.service)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(server.platform.live().len(), 2);
+    // A realtime connection keeps a tenant running.
+    let mut ws = socket(&busy.url, &busy.anon).await;
+    join(&mut ws, "room").await;
+    assert_eq!(server.platform.stop_idle(Duration::ZERO), 1);
+    let live: Vec<String> = server
+        .platform
+        .live()
+        .iter()
+        .map(|t| t.id.clone())
+        .collect();
+    assert_eq!(live, vec![busy.name.clone()]);
+    // The stopped one starts again.
+    let (status, _) = server
+        .get(
+            &format!("{}/rest/v1/", quiet.url),
+            &quiet.service,
+            &quiet.service,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(server.platform.live().len(), 2);
+}
