@@ -926,6 +926,9 @@ impl Platform {
             tx.commit().await
         }
         .await;
+        // Whether the database is ours to drop if a later step fails (one
+        // of that name made by someone else is never dropped).
+        let mut db_made = false;
         let cloned = match registered {
             Ok(()) => {
                 let db = quote(&database);
@@ -938,6 +941,7 @@ impl Platform {
                     .await
                 {
                     Ok(()) => {
+                        db_made = true;
                         client
                             .batch_execute(&format!(
                                 "revoke connect on database {db} from public;
@@ -956,7 +960,11 @@ impl Platform {
             let conflict = err.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
                 || err.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION);
             let message = db_error(&err);
-            let _ = self.drop_everything(name, &database).await;
+            if db_made {
+                let _ = self.drop_everything(name, &database).await;
+            } else {
+                let _ = self.drop_logins(name, &database).await;
+            }
             return Err(if conflict {
                 (
                     StatusCode::CONFLICT,
@@ -1014,16 +1022,22 @@ impl Platform {
             ))
             .await
             .map_err(|err| db_error(&err))?;
+        self.drop_logins(name, database).await
+    }
+
+    /// Drops tenant `name`'s login roles and registry row.
+    async fn drop_logins(&self, name: &str, database: &str) -> Result<(), String> {
+        let client = self.admin_client().await?;
+        client
+            .execute("delete from sovra.tenants where name = $1", &[&name])
+            .await
+            .map_err(|err| db_error(&err))?;
         client
             .batch_execute(&format!(
                 "drop role if exists {}; drop role if exists {}",
                 quote(&format!("{database}_rest")),
                 quote(&format!("{database}_auth"))
             ))
-            .await
-            .map_err(|err| db_error(&err))?;
-        client
-            .execute("delete from sovra.tenants where name = $1", &[&name])
             .await
             .map_err(|err| db_error(&err))?;
         Ok(())

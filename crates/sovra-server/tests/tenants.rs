@@ -1062,3 +1062,39 @@ async fn idle_tenants_are_stopped_and_start_again_on_their_next_request() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(server.platform.live().len(), 2);
 }
+
+#[tokio::test]
+async fn a_database_in_the_way_is_a_conflict_and_is_left_alone() {
+    let server = spawn().await;
+    // Make the template first, then a database with a tenant's name.
+    server.create("first").await;
+    let name = unique("squat");
+    let database = format!("tenant_{}", name.replace('-', "_"));
+    let admin = server.sql(&server.db.name).await;
+    admin
+        .batch_execute(&format!("create database \"{database}\""))
+        .await
+        .unwrap();
+    let (status, body) = server
+        .api(reqwest::Method::POST, "", Some(json!({"name": name})))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let left = admin
+        .query_one(
+            "select (select count(*) from pg_database where datname = $1),
+                    (select count(*) from pg_roles where rolname like $1 || '\\_%'),
+                    (select count(*) from sovra.tenants where name = $2)",
+            &[&database, &name],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            left.get::<_, i64>(0),
+            left.get::<_, i64>(1),
+            left.get::<_, i64>(2)
+        ),
+        (1, 0, 0),
+        "the other database stays; the tenant's roles and row are gone"
+    );
+}
