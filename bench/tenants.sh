@@ -28,7 +28,7 @@ bin="${SOVRA_BIN:-./target/release/sovra}"
 command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null
 root="$(mktemp -d /tmp/sovra-bench-tenants-XXXXXX)"
 chmod 755 "$root"
-port="${BENCH_PORT:-54398}"
+port="${BENCH_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 url="http://127.0.0.1:$port"
 pid=""
 cleanup() {
