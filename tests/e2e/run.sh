@@ -89,6 +89,8 @@ export SOVRA_URL="$url"
 export SOVRA_ANON_KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).anon_key)' "$keys")"
 export SOVRA_SERVICE_KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).service_role_key)' "$keys")"
 export SOVRA_KEYS_FILE="$dir/data/keys.json"
+export SOVRA_PLATFORM_KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).platform_key)' "$keys")"
+export SOVRA_PG_SOCKET="$dir/data/pg"
 # The fixture's DDL reloads the schema cache; wait until it has.
 for _ in $(seq 100); do
   code="$(curl -s -o /dev/null -w '%{http_code}' -H "apikey: $SOVRA_ANON_KEY" "$url/rest/v1/messages")"

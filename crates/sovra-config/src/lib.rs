@@ -117,6 +117,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "URL clients use to reach Sovra, printed at start and used as the token issuer base. Defaults to `http://` plus the listen address.",
     },
     OptionDoc {
+        key: "server.base_domain",
+        kind: Kind::String,
+        default: "",
+        doc: "Domain whose subdomains name tenants: with `example.com`, a request whose Host is `acme.example.com` goes to tenant `acme`, as Supabase's project subdomains do (see `docs/tenants.md`). Empty: tenants are reached at `/t/{name}` only.",
+    },
+    OptionDoc {
         key: "server.body_limit",
         kind: Kind::Integer,
         default: "10485760",
@@ -145,6 +151,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         kind: Kind::Bool,
         default: "false",
         doc: "When true, requests without an `apikey` header or query parameter are refused with 401; when false they run as `anon` (what local Supabase does).",
+    },
+    OptionDoc {
+        key: "server.tenant_idle_timeout",
+        kind: Kind::Integer,
+        default: "300",
+        doc: "Seconds after its last request when a tenant other than the default one is stopped (pools, schema cache, services), unless it has realtime connections; its next request starts it again (see `docs/tenants.md`).",
     },
     OptionDoc {
         key: "log.format",
@@ -891,11 +903,13 @@ impl RestConfig {
 pub struct ServerConfig {
     pub listen: String,
     pub public_url: Option<String>,
+    pub base_domain: Option<String>,
     pub body_limit: usize,
     pub shutdown_timeout: u64,
     pub body_idle_timeout: u64,
     pub header_read_timeout: u64,
     pub require_apikey: bool,
+    pub tenant_idle_timeout: u64,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -965,16 +979,35 @@ impl Default for Config {
     }
 }
 
+/// A lowercase DNS name: dot-separated labels of `a-z`, `0-9` and `-`
+/// (not at either end of a label), at most 253 characters. Empty is
+/// allowed (the option is then off).
+fn is_domain_name(name: &str) -> bool {
+    name.is_empty()
+        || (name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            }))
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: "127.0.0.1:54321".to_owned(),
             public_url: None,
+            base_domain: None,
             body_limit: 10 * 1024 * 1024,
             shutdown_timeout: 30,
             body_idle_timeout: 60,
             header_read_timeout: 30,
             require_apikey: false,
+            tenant_idle_timeout: 300,
         }
     }
 }
@@ -1271,6 +1304,11 @@ impl Config {
         self.metrics.token.is_none() && !self.listen_addr().ip().is_loopback()
     }
 
+    /// `server.base_domain`, when set and not empty.
+    pub fn base_domain(&self) -> Option<&str> {
+        self.server.base_domain.as_deref().filter(|d| !d.is_empty())
+    }
+
     /// The URL clients reach Sovra at.
     pub fn public_url(&self, bound: SocketAddr) -> String {
         match &self.server.public_url {
@@ -1301,6 +1339,14 @@ impl Config {
                 "must start with http:// or https://",
             ));
         }
+        if let Some(domain) = &self.server.base_domain
+            && !is_domain_name(domain)
+        {
+            return Err(ConfigError::invalid(
+                "server.base_domain",
+                "must be a lowercase domain name such as example.com (no scheme, port or path)",
+            ));
+        }
         if self.server.body_limit < 1024 {
             return Err(ConfigError::invalid(
                 "server.body_limit",
@@ -1310,6 +1356,12 @@ impl Config {
         if self.server.body_idle_timeout == 0 {
             return Err(ConfigError::invalid(
                 "server.body_idle_timeout",
+                "must be at least 1 second",
+            ));
+        }
+        if self.server.tenant_idle_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "server.tenant_idle_timeout",
                 "must be at least 1 second",
             ));
         }
@@ -1959,6 +2011,18 @@ mod tests {
                 "server.public_url",
             ),
             ("[server]\nbody_limit = 10\n", "server.body_limit"),
+            (
+                "[server]\ntenant_idle_timeout = 0\n",
+                "server.tenant_idle_timeout",
+            ),
+            (
+                "[server]\nbase_domain = \"https://example.com\"\n",
+                "server.base_domain",
+            ),
+            (
+                "[server]\nbase_domain = \"Example.com:80\"\n",
+                "server.base_domain",
+            ),
             (
                 "[server]\nbody_idle_timeout = 0\n",
                 "server.body_idle_timeout",

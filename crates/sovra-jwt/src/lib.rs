@@ -266,6 +266,9 @@ pub struct KeySet {
     public_jwks: Vec<Value>,
     audience: Option<String>,
     external: ExternalRules,
+    /// The project these keys belong to (a tenant's name), see
+    /// [`KeySet::with_project_ref`].
+    project_ref: Option<String>,
 }
 
 impl std::fmt::Debug for KeySet {
@@ -277,6 +280,7 @@ impl std::fmt::Debug for KeySet {
             .field("sign_alg", &self.sign.alg)
             .field("audience", &self.audience)
             .field("external", &self.external)
+            .field("project_ref", &self.project_ref)
             .finish()
     }
 }
@@ -538,7 +542,24 @@ impl KeySet {
             public_jwks,
             audience,
             external: ExternalRules::default(),
+            project_ref: None,
         })
+    }
+
+    /// Binds the set to one project: every token it signs carries
+    /// `"ref": project_ref` (unless the claims name one already), and a
+    /// token verified by its own keys must carry exactly that `ref`. Two
+    /// projects configured with the same secret then still refuse each
+    /// other's tokens.
+    #[must_use]
+    pub fn with_project_ref(mut self, project_ref: &str) -> KeySet {
+        self.project_ref = Some(project_ref.to_owned());
+        self
+    }
+
+    /// The project this set is bound to, if any.
+    pub fn project_ref(&self) -> Option<&str> {
+        self.project_ref.as_deref()
     }
 
     /// Whether the set holds public-only asymmetric keys (an external
@@ -642,6 +663,12 @@ impl KeySet {
             });
         };
         self.check_claims(&claims, now_unix, external)?;
+        if !external
+            && let Some(project) = &self.project_ref
+            && claims.get("ref").and_then(Value::as_str) != Some(project.as_str())
+        {
+            return Err(JwtError::WrongIssuer);
+        }
         let role = match claims.get("role") {
             Some(Value::String(role)) if !role.is_empty() => role.clone(),
             _ => {
@@ -700,6 +727,14 @@ impl KeySet {
     pub fn sign(&self, claims: &Map<String, Value>) -> Result<String, JwtError> {
         let mut header = Header::new(self.sign.alg);
         header.kid.clone_from(&self.sign.kid);
+        if let Some(project) = &self.project_ref
+            && !claims.contains_key("ref")
+        {
+            let mut bound = claims.clone();
+            bound.insert("ref".to_owned(), Value::from(project.as_str()));
+            return jsonwebtoken::encode(&header, &bound, &self.sign.key)
+                .map_err(|err| JwtError::Signing(err.to_string()));
+        }
         jsonwebtoken::encode(&header, claims, &self.sign.key)
             .map_err(|err| JwtError::Signing(err.to_string()))
     }

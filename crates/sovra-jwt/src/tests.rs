@@ -661,3 +661,39 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn a_project_ref_binds_tokens_to_their_project() {
+    // Two projects configured with the same secret.
+    let store = KeyStore::from_secret(DEMO_SECRET, NOW);
+    let acme = KeySet::new(&store, None, None)
+        .unwrap()
+        .with_project_ref("acme");
+    let globex = KeySet::new(&store, None, None)
+        .unwrap()
+        .with_project_ref("globex");
+    let token = acme.sign(&user(NOW + 60)).unwrap();
+    let verified = acme.verify(&token, NOW).unwrap();
+    assert_eq!(verified.claims["ref"], "acme");
+    assert_eq!(acme.project_ref(), Some("acme"));
+    assert_eq!(globex.verify(&token, NOW), Err(JwtError::WrongIssuer));
+    // A token without a ref (the Supabase demo key) is no project's.
+    assert_eq!(acme.verify(DEMO_ANON, NOW), Err(JwtError::WrongIssuer));
+    // A ref the claims name already is kept, and then must match.
+    let mut claims = user(NOW + 60);
+    claims.insert("ref".to_owned(), json!("globex"));
+    let forged = acme.sign(&claims).unwrap();
+    assert_eq!(acme.verify(&forged, NOW), Err(JwtError::WrongIssuer));
+    assert!(globex.verify(&forged, NOW).is_ok());
+    // An unbound set (the default project) signs no ref.
+    let plain = KeySet::new(&store, None, None).unwrap();
+    let token = plain.sign(&user(NOW + 60)).unwrap();
+    assert!(
+        plain
+            .verify(&token, NOW)
+            .unwrap()
+            .claims
+            .get("ref")
+            .is_none()
+    );
+}

@@ -272,7 +272,10 @@ impl Cluster {
             ("unix_socket_permissions".into(), "0700".into()),
             ("wal_level".into(), "logical".into()),
             ("max_wal_senders".into(), "10".into()),
-            ("max_replication_slots".into(), "10".into()),
+            // One change-feed slot per tenant with realtime subscribers,
+            // and a few connections per started tenant (#14).
+            ("max_replication_slots".into(), "128".into()),
+            ("max_connections".into(), "500".into()),
         ];
         settings.extend(options.settings.iter().cloned());
         for (name, value) in &settings {

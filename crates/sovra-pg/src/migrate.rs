@@ -74,6 +74,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "realtime_replay",
         sql: include_str!("../migrations/0011_realtime_replay.sql"),
     },
+    Migration {
+        version: 12,
+        name: "tenants",
+        sql: include_str!("../migrations/0012_tenants.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

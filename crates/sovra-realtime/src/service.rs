@@ -36,6 +36,8 @@ pub struct RealtimeService {
     feed_source: std::sync::Mutex<Option<sovra_pg::tokio_postgres::Config>>,
     /// The slot the feed consumes, once it leads.
     feed_slot: std::sync::Mutex<Option<String>>,
+    /// See [`RealtimeService::wait_for_slot_on_first_join`].
+    wait_for_slot: std::sync::atomic::AtomicBool,
     /// This instance's id on the bus.
     instance: Arc<str>,
     bus: RwLock<Arc<dyn bus::Bus>>,
@@ -118,6 +120,7 @@ impl RealtimeService {
             feed: std::sync::Mutex::new(None),
             feed_source: std::sync::Mutex::new(None),
             feed_slot: std::sync::Mutex::new(None),
+            wait_for_slot: std::sync::atomic::AtomicBool::new(false),
             instance: Arc::from(uuid::Uuid::new_v4().to_string()),
             bus: RwLock::new(Arc::new(bus::LocalBus)),
             peers: std::sync::Mutex::new(HashMap::new()),
@@ -474,6 +477,13 @@ impl RealtimeService {
         }
     }
 
+    /// Makes the join that starts the feed wait until the slot is read
+    /// (for feeds that start with their first subscriber).
+    pub fn wait_for_slot_on_first_join(&self) {
+        self.wait_for_slot
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Remembers how to start the feed, and starts it on the first join
     /// (`sovra serve` starts it at once).
     pub fn set_feed_source(&self, admin: tokio_postgres::Config) {
@@ -498,10 +508,27 @@ impl RealtimeService {
         }
     }
 
-    pub(crate) fn ensure_feed(self: &Arc<Self>) {
+    /// Starts the feed on the first join when `sovra serve` did not (a
+    /// tenant's feed starts with its first subscriber). With
+    /// [`RealtimeService::wait_for_slot_on_first_join`], the join that
+    /// starts it waits (at most 10 s) until this instance reads the slot,
+    /// so that the changes its subscriber is told about are not lost.
+    pub(crate) async fn ensure_feed(self: &Arc<Self>) {
         let source = self.feed_source.lock().ok().and_then(|s| s.clone());
         if let Some(admin) = source {
+            let fresh = self
+                .wait_for_slot
+                .load(std::sync::atomic::Ordering::Relaxed)
+                && self.feed.lock().is_ok_and(|feed| feed.is_none());
             self.start_feed(admin);
+            if fresh {
+                for _ in 0..500 {
+                    if self.feed_slot().is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
         }
     }
 
@@ -733,6 +760,25 @@ impl RealtimeService {
             let _ = bus
                 .publish_durably(encode(&self.instance, Event::Gone))
                 .await;
+        }
+    }
+
+    /// Closes every joined or credentialed connection of this service with
+    /// `reason` (code 1001) and stops the change feed: its tenant was
+    /// suspended or deleted.
+    pub fn disconnect_all(&self, reason: &str) {
+        self.stop_feed();
+        let mut sockets: Vec<Arc<hub::SocketTx>> = self
+            .hub
+            .all_channels()
+            .into_iter()
+            .map(|channel| channel.socket.clone())
+            .collect();
+        if let Ok(list) = self.revocable.lock() {
+            sockets.extend(list.iter().filter_map(|(socket, _)| socket.upgrade()));
+        }
+        for socket in sockets {
+            socket.cut_off(1001, "tenant_closed", reason);
         }
     }
 

@@ -589,7 +589,7 @@ impl Connection {
                 .get("broadcast")
                 .and_then(|b| b.get("replication_ready")),
         );
-        self.service.ensure_feed();
+        self.service.ensure_feed().await;
         let id = self.service.hub.next_id();
         let mut bindings = Vec::new();
         let mut echo = Vec::new();

@@ -103,6 +103,11 @@ impl DataDir {
         self.root.join("postgres.log")
     }
 
+    /// The platform key of the tenant API (mode 0600).
+    pub fn platform_key_file(&self) -> PathBuf {
+        self.root.join("platform.key")
+    }
+
     /// The signing keys and API keys (mode 0600).
     pub fn keys_file(&self) -> PathBuf {
         self.root.join("keys.json")

@@ -13,9 +13,11 @@ pub mod gateway;
 pub mod keys;
 pub mod observe;
 pub mod opaque_keys;
-mod routes;
+pub mod platform;
+pub(crate) mod routes;
 pub mod serve;
 pub mod tenant;
+pub mod tenants;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +48,8 @@ pub struct AppState {
     /// SHA-256 of `metrics.token`: `/metrics` then requires it as a bearer
     /// token. `None`: `/metrics` is open.
     pub metrics_token: Option<[u8; 32]>,
+    /// The tenants beyond the default one, when this server hosts them.
+    pub platform: Option<Arc<tenants::Platform>>,
 }
 
 impl AppState {
@@ -57,7 +61,16 @@ impl AppState {
             body_limit,
             body_idle_timeout: Duration::from_secs(60),
             metrics_token: None,
+            platform: None,
         }
+    }
+
+    /// Hosts the tenants of `platform` besides the default one.
+    #[must_use]
+    pub fn with_platform(mut self, platform: Arc<tenants::Platform>) -> AppState {
+        self.tenants.set_platform(platform.clone());
+        self.platform = Some(platform);
+        self
     }
 
     /// The state `config` describes.
@@ -257,8 +270,33 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn(observe::track))
         .layer(DefaultBodyLimit::disable());
     let tus_state = state.clone();
-    api.merge(storage)
-        .with_state(state)
+    let platform = Router::new()
+        .route(
+            "/sovra/v1/tenants",
+            get(tenants::list).post(tenants::create),
+        )
+        .route(
+            "/sovra/v1/tenants/{name}",
+            get(tenants::show)
+                .patch(tenants::patch)
+                .delete(tenants::delete),
+        )
+        .route(
+            "/sovra/v1/tenants/{name}/suspend",
+            axum::routing::post(tenants::suspend),
+        )
+        .route(
+            "/sovra/v1/tenants/{name}/resume",
+            axum::routing::post(tenants::resume),
+        )
+        .route_layer(axum::middleware::from_fn(observe::track))
+        .layer(DefaultBodyLimit::max(64 * 1024));
+    // Tenant routing rewrites `/t/{name}/…` before the routes match: the
+    // inner router is the fallback of an outer one that runs `route`.
+    let inner = api.merge(storage).merge(platform).with_state(state.clone());
+    Router::new()
+        .fallback_service(inner)
+        .layer(axum::middleware::from_fn_with_state(state, tenants::route))
         .layer(axum::middleware::from_fn_with_state(
             body_idle_timeout,
             body::idle_bodies,

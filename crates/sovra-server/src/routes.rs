@@ -46,6 +46,13 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
             failures.push(json!({"tenant": tenant.id, "reason": "database unavailable"}));
         }
     }
+    if let Some(pending) = state
+        .platform
+        .as_ref()
+        .and_then(|platform| platform.upgrade_pending())
+    {
+        failures.push(json!({"tenants": "migrating", "reason": format!("{pending} tenant databases are being migrated")}));
+    }
     if failures.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
     } else {

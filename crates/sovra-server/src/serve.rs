@@ -55,6 +55,8 @@ pub enum ServeError {
     Storage(String),
     #[error("realtime could not start: {0}")]
     Realtime(String),
+    #[error("tenants: {0}")]
+    Platform(String),
     #[error("embedded postgresql exited unexpectedly; see {0}")]
     ClusterDied(String),
 }
@@ -266,6 +268,46 @@ pub async fn build_tenant(
     keys: ProjectKeys,
 ) -> Result<Tenant, ServeError> {
     let (requests, auth_db) = pool_logins(requests, &service).await?;
+    let auth = auth_config(config)?;
+    build_services(
+        config,
+        TenantParts {
+            id: "default".to_owned(),
+            requests,
+            auth_db,
+            service,
+            keys,
+            auth,
+        },
+    )
+    .await
+}
+
+/// What [`build_services`] builds a tenant from.
+pub struct TenantParts {
+    /// The tenant's name (`default` for the one at the URL root): its
+    /// storage prefix and its NATS subject.
+    pub id: String,
+    /// The request pool's login (a role that may switch to the API roles).
+    pub requests: sovra_pg::tokio_postgres::Config,
+    /// The auth pool's login (owner of the `auth` tables).
+    pub auth_db: sovra_pg::tokio_postgres::Config,
+    /// An administrative login on the tenant's database (change feed).
+    pub service: sovra_pg::tokio_postgres::Config,
+    pub keys: ProjectKeys,
+    pub auth: sovra_auth::AuthConfig,
+}
+
+/// Builds a tenant's pools and services from logins that are ready.
+pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenant, ServeError> {
+    let TenantParts {
+        id,
+        requests,
+        auth_db,
+        service,
+        keys,
+        auth: auth_settings,
+    } = parts;
     let rest = sovra_rest::RestService::start(
         sovra_rest::RestConfig {
             schemas: config.rest.schema_list(),
@@ -292,14 +334,12 @@ pub async fn build_tenant(
         Duration::from_secs(config.database.connect_timeout),
     )
     .map_err(|err| ServeError::Pool(err.to_string()))?;
-    let auth =
-        sovra_auth::AuthService::new(auth_config(config)?, auth_pool).map_err(ServeError::Auth)?;
+    let auth = sovra_auth::AuthService::new(auth_settings, auth_pool).map_err(ServeError::Auth)?;
     if let Err(err) = auth.reload_api_keys().await {
         tracing::warn!(error = %err.message, "could not load API keys");
     }
-    let storage =
-        sovra_storage::StorageService::new(storage_config(config), "default", pool.clone())
-            .map_err(ServeError::Storage)?;
+    let storage = sovra_storage::StorageService::new(storage_config(config), &id, pool.clone())
+        .map_err(ServeError::Storage)?;
     let keyset = std::sync::Arc::new(keys.keyset);
     let verify_keys = keyset.clone();
     let opaque_keys = keys.api.clone();
@@ -327,7 +367,6 @@ pub async fn build_tenant(
         sovra_realtime::RealtimeService::new(realtime_config(config), pool.clone(), verifier);
     realtime.set_feed_source(service.clone());
     realtime.set_revalidator(revalidator(auth.pool().clone()));
-    let id = "default".to_owned();
     if !config.realtime.nats_url.is_empty() {
         let subject = format!("{}.{id}", config.realtime.nats_subject);
         realtime
@@ -538,7 +577,25 @@ async fn serve_with(
     let first_run = keys.created;
     let api = keys.api.clone();
     let tenant = build_tenant(config, requests, admin.clone(), keys).await?;
-    let tenants = TenantResolver::single(tenant);
+    let platform_key =
+        crate::platform::load_or_create(&data_dir.platform_key_file()).map_err(|err| {
+            ServeError::Platform(format!("{}: {err}", data_dir.platform_key_file().display()))
+        })?;
+    let platform = std::sync::Arc::new(
+        crate::tenants::Platform::new(config, admin.clone(), &platform_key.key)
+            .map_err(ServeError::Platform)?,
+    );
+    let mut tenants = TenantResolver::single(tenant);
+    tenants.set_platform(platform.clone());
+    // Every tenant database is migrated in the background; `/ready` says
+    // how many are left.
+    platform.spawn_idle_sweep(Duration::from_secs(config.server.tenant_idle_timeout));
+    let upgrading = platform.clone();
+    tokio::spawn(async move {
+        if let Err(err) = upgrading.upgrade(4).await {
+            tracing::error!(error = %err, "tenant upgrade incomplete");
+        }
+    });
     spawn_api_key_refresh(tenants.clone());
     spawn_upload_sweeper(tenants.clone());
     // The change feed starts now, so that changes made before the first
@@ -546,7 +603,7 @@ async fn serve_with(
     for tenant in tenants.all() {
         tenant.realtime.start_feed(admin.clone());
     }
-    let state = AppState::from_config(tenants.clone(), config);
+    let state = AppState::from_config(tenants.clone(), config).with_platform(platform.clone());
     if config.metrics_exposed() {
         tracing::warn!(
             listen = %config.server.listen,
@@ -565,6 +622,7 @@ async fn serve_with(
     for tenant in tenants.all() {
         tenant.auth.set_external_url(&url);
     }
+    platform.set_public_url(&url);
     tracing::info!(
         %url,
         startup_ms = started.elapsed().as_millis() as u64,
@@ -574,6 +632,9 @@ async fn serve_with(
     );
     print_banner(&url, &api, first_run, data_dir, cluster.is_some());
     print_auth_banner(&auth_banner_lines(config, data_dir.root()));
+    if platform_key.created {
+        print_platform_key(&platform_key.key, data_dir);
+    }
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let graceful = async move {
@@ -907,6 +968,16 @@ fn print_auth_banner(lines: &[String]) {
     for line in lines {
         println!("{line}");
     }
+    println!();
+}
+
+#[allow(clippy::print_stdout)]
+fn print_platform_key(key: &str, data_dir: &DataDir) {
+    println!("  Platform key  {key}");
+    println!(
+        "  (creates and deletes tenants at /sovra/v1/tenants; saved in {}, shown again by `sovra keys`)",
+        data_dir.platform_key_file().display()
+    );
     println!();
 }
 

@@ -33,6 +33,7 @@ pub struct Tenant {
 #[derive(Clone, Debug)]
 pub struct TenantResolver {
     default: Arc<Tenant>,
+    platform: Option<Arc<crate::tenants::Platform>>,
 }
 
 impl TenantResolver {
@@ -40,17 +41,38 @@ impl TenantResolver {
     pub fn single(tenant: Tenant) -> TenantResolver {
         TenantResolver {
             default: Arc::new(tenant),
+            platform: None,
         }
     }
 
-    /// The tenant for a request with these parts. With one tenant this is
-    /// always it; host-, path- or header-based routing plugs in here.
-    pub fn resolve(&self, _parts: &http::request::Parts) -> Option<Arc<Tenant>> {
-        Some(self.default.clone())
+    /// Also serves the tenants of `platform` (routed by
+    /// [`crate::tenants::route`]).
+    pub fn set_platform(&mut self, platform: Arc<crate::tenants::Platform>) {
+        self.platform = Some(platform);
     }
 
-    /// Every tenant (for readiness and metrics).
+    /// The tenant for a request with these parts: the one
+    /// [`crate::tenants::route`] resolved from its path or host, else the
+    /// default tenant.
+    pub fn resolve(&self, parts: &http::request::Parts) -> Option<Arc<Tenant>> {
+        match parts.extensions.get::<crate::tenants::RoutedTenant>() {
+            Some(routed) => Some(routed.0.clone()),
+            None => Some(self.default.clone()),
+        }
+    }
+
+    /// The default tenant.
+    pub fn default_tenant(&self) -> Arc<Tenant> {
+        self.default.clone()
+    }
+
+    /// Every running tenant (for readiness, metrics and sweeps): the
+    /// default one and those started so far.
     pub fn all(&self) -> Vec<Arc<Tenant>> {
-        vec![self.default.clone()]
+        let mut all = vec![self.default.clone()];
+        if let Some(platform) = &self.platform {
+            all.extend(platform.live());
+        }
+        all
     }
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout)]
 
 mod doctor;
+mod tenants;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -114,6 +115,10 @@ enum Command {
         #[arg(long)]
         allow_http: bool,
     },
+    /// Create, list, show, update, suspend, resume and delete tenants
+    /// (isolated projects, each with its own database, keys and URL)
+    /// through the running server, with the platform key.
+    Tenants(tenants::TenantsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -237,6 +242,7 @@ fn main() -> ExitCode {
                 url,
                 allow_http,
             } => api_keys(&config, action, url, allow_http).await,
+            Command::Tenants(args) => tenants::run(&config, args).await,
         }
     });
     match result {
@@ -297,10 +303,13 @@ fn keys(
         keys::load_or_create(&path, config)?
     };
     let signing = keys::list(&path)?;
+    let platform_path = config.data_dir.join("platform.key");
+    let platform = sovra_server::platform::load_or_create(&platform_path)?;
     if json {
         let value = serde_json::json!({
             "anon_key": project.api.anon,
             "service_role_key": project.api.service_role,
+            "platform_key": platform.key,
             "keys_file": path.display().to_string(),
             "signing_keys": signing.iter().map(|(kid, status, created)| serde_json::json!({"kid": kid, "status": status, "created_at": created})).collect::<Vec<_>>(),
         });
@@ -319,6 +328,11 @@ fn keys(
     for (kid, status, _) in signing {
         println!("signing key       {kid} ({status})");
     }
+    println!(
+        "platform key      {} (tenant API; in {})",
+        platform.key,
+        platform_path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -401,13 +415,18 @@ fn mail(config: &Config, to: Option<&str>, last: bool, json: bool) -> anyhow::Re
 /// Checks the URL `sovra api-keys` sends the service_role key to: http or
 /// https, and plain http only to this machine unless `allow_http`.
 fn check_server_url(base: &str, allow_http: bool) -> anyhow::Result<()> {
+    check_url_for(base, allow_http, "service_role key")
+}
+
+/// [`check_server_url`] for a request that carries `secret`.
+fn check_url_for(base: &str, allow_http: bool, secret: &str) -> anyhow::Result<()> {
     let url = reqwest::Url::parse(base)
         .map_err(|err| anyhow::anyhow!("--url {base:?} is not a URL: {err}"))?;
     match url.scheme() {
         "https" => Ok(()),
         "http" if allow_http || url.host_str().is_some_and(is_local_host) => Ok(()),
         "http" => anyhow::bail!(
-            "refusing to send the service_role key over plain http to {}: use an https:// URL (or --allow-http on a network you trust)",
+            "refusing to send the {secret} over plain http to {}: use an https:// URL (or --allow-http on a network you trust)",
             url.host_str().unwrap_or("")
         ),
         other => anyhow::bail!("--url must be http:// or https://, not {other}://"),

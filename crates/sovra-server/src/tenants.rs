@@ -1,0 +1,1643 @@
+//! Many isolated projects ("tenants") on one Sovra (#14).
+//!
+//! The registry (`sovra.tenants`) lives in the platform's own database,
+//! the default tenant's. Each tenant has:
+//!
+//! - its own database, cloned from a migrated template
+//!   (`CREATE DATABASE … TEMPLATE`), with `CONNECT` revoked from `PUBLIC`;
+//! - two login roles of its own, `<database>_rest` and `<database>_auth`,
+//!   `NOINHERIT` members of `authenticator` and `supabase_auth_admin` that
+//!   start every session as those roles (`-c role=…`). `NOINHERIT` means
+//!   they hold no privilege of those cluster-wide roles at login time, so
+//!   `CONNECT` granted to `authenticator` on the platform database does not
+//!   let them in there; only their own database grants them `CONNECT`;
+//! - its own signing key and anon/service_role keys, bound to its name (the
+//!   `ref` claim, see [`sovra_jwt::KeySet::with_project_ref`]), so that a
+//!   token of one tenant is refused by every other even with equal secrets;
+//! - its own storage prefix (its name), realtime service and change feed
+//!   (started on the first subscriber), pools and schema cache, built on
+//!   the first request and dropped when it is suspended or deleted.
+//!
+//! Requests reach a tenant at `/t/{name}/…` or, with `server.base_domain`,
+//! at `{name}.{base_domain}`; [`route`] rewrites them before routing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sovra_config::Config;
+use sovra_jwt::{KeySet, KeyStore, StoredKey};
+use sovra_pg::tokio_postgres;
+use subtle::ConstantTimeEq as _;
+
+use crate::keys::{ApiKeys, ProjectKeys};
+use crate::{AppState, Tenant};
+
+/// Longest tenant name: `tenant_<name>_auth` must fit PostgreSQL's 63-byte
+/// identifiers.
+pub const MAX_NAME: usize = 40;
+
+/// Names that are not tenants: the default tenant's storage prefix, and
+/// host labels people expect to mean the platform itself.
+const RESERVED: &[&str] = &["default", "www", "api", "sovra", "admin", "platform"];
+
+/// Checks a tenant name: a lowercase DNS label of at most [`MAX_NAME`]
+/// characters that starts with a letter.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("name is required".to_owned());
+    }
+    if name.len() > MAX_NAME {
+        return Err(format!("name must be at most {MAX_NAME} characters"));
+    }
+    let bytes = name.as_bytes();
+    let label = bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[bytes.len() - 1] != b'-';
+    if !label {
+        return Err(
+            "name must be a lowercase DNS label: a-z, 0-9 and '-', starting with a letter and not ending with '-'"
+                .to_owned(),
+        );
+    }
+    if RESERVED.contains(&name) {
+        return Err(format!("name {name:?} is reserved"));
+    }
+    Ok(())
+}
+
+/// The database of tenant `name`.
+pub fn database_name(name: &str) -> String {
+    format!("tenant_{}", name.replace('-', "_"))
+}
+
+/// Settings of one tenant (all optional: unset means the platform's).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_urls: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_autoconfirm: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_signup: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_apikey: Option<bool>,
+    /// Quota: connections of the request pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<usize>,
+    /// Quota: requests per second (a token bucket of one second's burst);
+    /// more get 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u64>,
+    /// Quota: statement timeout of requests, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_timeout_ms: Option<u64>,
+    /// Quota: concurrent realtime connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realtime_max_connections: Option<u64>,
+    /// Quota: largest object, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_file_size_limit: Option<u64>,
+}
+
+impl TenantSettings {
+    /// Checks values that would break the tenant.
+    fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.site_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err("site_url must start with http:// or https://".to_owned());
+        }
+        if self.pool_size.is_some_and(|n| !(1..=1000).contains(&n)) {
+            return Err("pool_size must be between 1 and 1000".to_owned());
+        }
+        if self.requests_per_second == Some(0) {
+            return Err("requests_per_second must be at least 1".to_owned());
+        }
+        if self.statement_timeout_ms == Some(0) {
+            return Err("statement_timeout_ms must be at least 1".to_owned());
+        }
+        if self.realtime_max_connections == Some(0) {
+            return Err("realtime_max_connections must be at least 1".to_owned());
+        }
+        if self.storage_file_size_limit == Some(0) {
+            return Err("storage_file_size_limit must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+
+    /// `patch` over `self`: fields `patch` sets replace these.
+    fn merged(&self, patch: &TenantSettings) -> TenantSettings {
+        macro_rules! pick {
+            ($($field:ident),*) => {
+                TenantSettings { $($field: patch.$field.clone().or_else(|| self.$field.clone()),)* }
+            };
+        }
+        pick!(
+            site_url,
+            redirect_urls,
+            email_autoconfirm,
+            disable_signup,
+            require_apikey,
+            pool_size,
+            requests_per_second,
+            statement_timeout_ms,
+            realtime_max_connections,
+            storage_file_size_limit
+        )
+    }
+}
+
+/// The body of `PATCH /sovra/v1/tenants/{name}`: settings, and optionally a
+/// JWT secret to sign with (a project moving in keeps its secret).
+#[derive(Debug, Default)]
+struct TenantPatch {
+    settings: TenantSettings,
+    jwt_secret: Option<String>,
+}
+
+impl TenantPatch {
+    fn parse(body: &[u8]) -> Result<TenantPatch, String> {
+        let mut map: serde_json::Map<String, Value> =
+            serde_json::from_slice(body).map_err(|err| format!("invalid JSON body: {err}"))?;
+        let jwt_secret = match map.remove("jwt_secret") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(secret)) => Some(secret),
+            Some(_) => return Err("jwt_secret must be a string".to_owned()),
+        };
+        let settings = serde_json::from_value(Value::Object(map)).map_err(|err| err.to_string())?;
+        Ok(TenantPatch {
+            settings,
+            jwt_secret,
+        })
+    }
+}
+
+/// One row of the registry.
+#[derive(Clone, Debug)]
+pub struct TenantRecord {
+    pub name: String,
+    pub database: String,
+    pub suspended: bool,
+    pub settings: TenantSettings,
+    pub keys: Vec<StoredKey>,
+    pub api_keys: ApiKeys,
+    pub created_at: String,
+}
+
+/// Why a tenant could not be served.
+#[derive(Debug)]
+pub enum Lookup {
+    NotFound,
+    Suspended,
+    Failed(String),
+}
+
+impl IntoResponse for Lookup {
+    fn into_response(self) -> Response {
+        match self {
+            Lookup::NotFound => error(StatusCode::NOT_FOUND, "tenant_not_found", "No such tenant"),
+            Lookup::Suspended => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tenant_suspended",
+                "This tenant is suspended",
+            ),
+            Lookup::Failed(reason) => {
+                tracing::warn!(%reason, "a tenant could not be started");
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "tenant_unavailable",
+                    "This tenant is not available right now",
+                )
+            }
+        }
+    }
+}
+
+/// An error of the tenant API: status, code and message.
+pub struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1, &self.2)
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": code, "message": message, "code": status.as_u16()})),
+    )
+        .into_response()
+}
+
+type Cell = Arc<tokio::sync::OnceCell<Arc<Tenant>>>;
+
+/// Serialises migrations of tenant databases in this process.
+static MIGRATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Serialises them across the platform's instances ("sovra_tm").
+const MIGRATE_LOCK: i64 = 0x736f_7672_615f_746d;
+
+/// The tenants of this server beyond the default one: the registry, and
+/// the tenants built so far.
+pub struct Platform {
+    config: Config,
+    /// The administrative login on the platform database.
+    admin: tokio_postgres::Config,
+    admin_pool: sovra_pg::Pool,
+    platform_db: String,
+    template: String,
+    key_digest: [u8; 32],
+    public_url: RwLock<String>,
+    live: Mutex<HashMap<String, Cell>>,
+    template_ready: tokio::sync::Mutex<bool>,
+    /// Request-rate buckets of the tenants that have a
+    /// `requests_per_second` quota: (rate, tokens, last refill).
+    buckets: Mutex<HashMap<String, (f64, f64, std::time::Instant)>>,
+    /// When each started tenant last had a request.
+    last_used: Mutex<HashMap<String, std::time::Instant>>,
+    /// Tenants whose databases the start-up upgrade has not migrated yet
+    /// (`None`: no upgrade ran or it finished).
+    upgrading: Mutex<Option<std::collections::HashSet<String>>>,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform")
+            .field("platform_db", &self.platform_db)
+            .field("template", &self.template)
+            .finish_non_exhaustive()
+    }
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn db_error(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => err.to_string(),
+    }
+}
+
+fn now() -> i64 {
+    crate::gateway::now()
+}
+
+impl Platform {
+    /// The platform of a server whose administrative login on its own
+    /// database is `admin`, with `platform_key` for the tenant API.
+    pub fn new(
+        config: &Config,
+        admin: tokio_postgres::Config,
+        platform_key: &str,
+    ) -> Result<Platform, String> {
+        let platform_db = admin.get_dbname().unwrap_or("postgres").to_owned();
+        let mut template: String = format!("{platform_db}_tenant_template");
+        template.truncate(63);
+        let admin_pool = sovra_pg::pool::build(
+            admin.clone(),
+            4,
+            Duration::from_secs(config.database.connect_timeout),
+        )
+        .map_err(|err| err.to_string())?;
+        Ok(Platform {
+            config: config.clone(),
+            admin,
+            admin_pool,
+            platform_db,
+            template,
+            key_digest: crate::routes::token_digest(platform_key),
+            public_url: RwLock::new(config.public_url(config.listen_addr())),
+            live: Mutex::new(HashMap::new()),
+            template_ready: tokio::sync::Mutex::new(false),
+            upgrading: Mutex::new(None),
+            buckets: Mutex::new(HashMap::new()),
+            last_used: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sets the public URL once the listener is bound.
+    pub fn set_public_url(&self, url: &str) {
+        if let Ok(mut guard) = self.public_url.write() {
+            *guard = url.trim_end_matches('/').to_owned();
+        }
+    }
+
+    /// The base URL of tenant `name` (what supabase-js takes).
+    pub fn tenant_url(&self, name: &str) -> String {
+        let base = self
+            .public_url
+            .read()
+            .map(|u| u.clone())
+            .unwrap_or_default();
+        format!("{base}/t/{name}")
+    }
+
+    /// The tenants built so far.
+    pub fn live(&self) -> Vec<Arc<Tenant>> {
+        let cells: Vec<Cell> = match self.live.lock() {
+            Ok(live) => live.values().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        cells
+            .iter()
+            .filter_map(|cell| cell.get().cloned())
+            .collect()
+    }
+
+    fn check_key(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "The tenant API requires `Authorization: Bearer <platform key>`".to_owned(),
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        let Some(token) = token else {
+            return Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authorization header must be `Bearer <platform key>`".to_owned(),
+            ));
+        };
+        let digest = crate::routes::token_digest(token);
+        if bool::from(digest.ct_eq(&self.key_digest)) {
+            Ok(())
+        } else {
+            Err(ApiError(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "This is not the platform key".to_owned(),
+            ))
+        }
+    }
+
+    async fn admin_client(&self) -> Result<sovra_pg::PooledClient, String> {
+        self.admin_pool.get().await.map_err(|err| err.to_string())
+    }
+
+    /// Loads tenant `name` from the registry.
+    pub async fn record(&self, name: &str) -> Result<Option<TenantRecord>, String> {
+        let client = self.admin_client().await?;
+        let row = client
+            .query_opt(
+                "select name, database::text, state = 'suspended', settings, keys, api_keys,
+                        to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                   from sovra.tenants where name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|err| db_error(&err))?;
+        row.map(|row| record_of(&row)).transpose()
+    }
+
+    async fn records(&self) -> Result<Vec<TenantRecord>, String> {
+        let client = self.admin_client().await?;
+        let rows = client
+            .query(
+                "select name, database::text, state = 'suspended', settings, keys, api_keys,
+                        to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                   from sovra.tenants order by name",
+                &[],
+            )
+            .await
+            .map_err(|err| db_error(&err))?;
+        rows.iter().map(record_of).collect()
+    }
+
+    /// The tenant named `name`, built on first use.
+    pub async fn tenant(&self, name: &str) -> Result<Arc<Tenant>, Lookup> {
+        let cell = self
+            .live
+            .lock()
+            .ok()
+            .and_then(|live| live.get(name).cloned());
+        if let Some(tenant) = cell.as_ref().and_then(|cell| cell.get()) {
+            return Ok(tenant.clone());
+        }
+        let record = self
+            .record(name)
+            .await
+            .map_err(Lookup::Failed)?
+            .ok_or(Lookup::NotFound)?;
+        if record.suspended {
+            return Err(Lookup::Suspended);
+        }
+        if self
+            .upgrading
+            .lock()
+            .is_ok_and(|pending| pending.as_ref().is_some_and(|p| p.contains(name)))
+        {
+            return Err(Lookup::Failed(format!("tenant {name} is being migrated")));
+        }
+        let cell = match self.live.lock() {
+            Ok(mut live) => live.entry(name.to_owned()).or_default().clone(),
+            Err(_) => return Err(Lookup::Failed("tenant table poisoned".to_owned())),
+        };
+        let tenant = cell
+            .get_or_try_init(|| self.build(&record))
+            .await
+            .map_err(Lookup::Failed)?;
+        Ok(tenant.clone())
+    }
+
+    /// The platform configuration with a tenant's settings applied.
+    fn tenant_config(&self, settings: &TenantSettings) -> Config {
+        let mut config = self.config.clone();
+        if let Some(site) = &settings.site_url {
+            config.auth.site_url = Some(site.clone());
+        }
+        if let Some(urls) = &settings.redirect_urls {
+            config.auth.redirect_urls = Some(urls.join(","));
+        }
+        if let Some(on) = settings.email_autoconfirm {
+            config.auth.email_autoconfirm = on;
+        }
+        if let Some(on) = settings.disable_signup {
+            config.auth.disable_signup = on;
+        }
+        if let Some(on) = settings.require_apikey {
+            config.server.require_apikey = on;
+        }
+        if let Some(n) = settings.pool_size {
+            config.database.pool_size = n;
+        }
+        if let Some(n) = settings.realtime_max_connections {
+            config.realtime.max_connections = n;
+        }
+        if let Some(n) = settings.storage_file_size_limit {
+            config.storage.file_size_limit = n;
+        }
+        // Tenants never share NATS subjects with the default tenant: the
+        // subject carries the tenant's name (see `build_services`).
+        config
+    }
+
+    /// Login settings of role `user` on `database`, starting as `role`.
+    async fn login(
+        &self,
+        database: &str,
+        user: &str,
+        role: &str,
+        extra: &str,
+    ) -> Result<tokio_postgres::Config, String> {
+        let client = self.admin_client().await?;
+        let row = client
+            .query_opt(
+                "select password from sovra.tenant_logins where role = $1",
+                &[&user],
+            )
+            .await
+            .map_err(|err| db_error(&err))?
+            .ok_or_else(|| format!("no login secret for {user}"))?;
+        let password: String = row.get(0);
+        let mut login = self.admin.clone();
+        login
+            .dbname(database)
+            .user(user)
+            .password(password)
+            .application_name("sovra")
+            .options(format!("-c role={role}{extra}"));
+        Ok(login)
+    }
+
+    async fn build(&self, record: &TenantRecord) -> Result<Arc<Tenant>, String> {
+        let config = self.tenant_config(&record.settings);
+        let timeout = record
+            .settings
+            .statement_timeout_ms
+            .map(|ms| format!(" -c statement_timeout={ms}"))
+            .unwrap_or_default();
+        let requests = self
+            .login(
+                &record.database,
+                &format!("{}_rest", record.database),
+                sovra_pg::logins::AUTHENTICATOR,
+                &timeout,
+            )
+            .await?;
+        let auth_db = self
+            .login(
+                &record.database,
+                &format!("{}_auth", record.database),
+                sovra_pg::logins::AUTH_ADMIN,
+                "",
+            )
+            .await?;
+        let mut service = self.admin.clone();
+        service.dbname(&record.database);
+        let store = KeyStore {
+            keys: record.keys.clone(),
+        };
+        let keyset = KeySet::new(&store, None, config.jwt.audience.clone())
+            .map_err(|err| err.to_string())?
+            .with_project_ref(&record.name);
+        let url = self.tenant_url(&record.name);
+        let mut auth = crate::serve::auth_config(&config).map_err(|err| err.to_string())?;
+        auth.external_url.clone_from(&url);
+        if config.auth.site_url.is_none() {
+            auth.site_url.clone_from(&url);
+        }
+        auth.key_file = None;
+        auth.shared_secret = store
+            .active()
+            .map(|key| sovra_auth::secret::Redacted(key.secret.clone()));
+        auth.mailbox_dir = config.data_dir.join("mailbox").join(&record.name);
+        let tenant = crate::serve::build_services(
+            &config,
+            crate::serve::TenantParts {
+                id: record.name.clone(),
+                requests,
+                auth_db,
+                service: service.clone(),
+                keys: ProjectKeys {
+                    keyset,
+                    api: record.api_keys.clone(),
+                    created: false,
+                },
+                auth,
+            },
+        )
+        .await
+        .map_err(|err| err.to_string())?;
+        tenant.auth.set_external_url(&url);
+        if let Ok(mut buckets) = self.buckets.lock() {
+            match record.settings.requests_per_second {
+                Some(rate) => {
+                    let rate = rate as f64;
+                    buckets.insert(record.name.clone(), (rate, rate, std::time::Instant::now()));
+                }
+                None => {
+                    buckets.remove(&record.name);
+                }
+            }
+        }
+        // The change feed starts with the first subscriber: a tenant
+        // nobody listens to holds no replication slot reader.
+        tenant.realtime.set_feed_source(service);
+        tenant.realtime.wait_for_slot_on_first_join();
+        tracing::info!(tenant = %record.name, "tenant started");
+        Ok(Arc::new(tenant))
+    }
+
+    /// Notes a request of tenant `name` (for the idle sweep).
+    fn touch(&self, name: &str) {
+        if let Ok(mut used) = self.last_used.lock() {
+            match used.get_mut(name) {
+                Some(at) => *at = std::time::Instant::now(),
+                None => {
+                    used.insert(name.to_owned(), std::time::Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Stops the started tenants that had no request for `idle` and have no
+    /// realtime connection; returns how many it stopped. Their next request
+    /// starts them again.
+    pub fn stop_idle(&self, idle: Duration) -> usize {
+        let now = std::time::Instant::now();
+        let idle_names: Vec<String> = match self.last_used.lock() {
+            Ok(used) => used
+                .iter()
+                .filter(|(_, at)| now.duration_since(**at) >= idle)
+                .map(|(name, _)| name.clone())
+                .collect(),
+            Err(_) => return 0,
+        };
+        let mut stopped = 0;
+        for name in idle_names {
+            let busy = self
+                .live
+                .lock()
+                .ok()
+                .and_then(|live| live.get(&name).and_then(|cell| cell.get().cloned()))
+                .is_some_and(|tenant| tenant.realtime.connections() > 0);
+            if busy {
+                continue;
+            }
+            if let Ok(mut used) = self.last_used.lock() {
+                used.remove(&name);
+            }
+            self.evict(&name, "idle");
+            stopped += 1;
+        }
+        stopped
+    }
+
+    /// Stops idle tenants every `idle / 2` (at most every minute).
+    pub fn spawn_idle_sweep(self: &Arc<Self>, idle: Duration) {
+        let platform = Arc::downgrade(self);
+        let every = (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(platform) = platform.upgrade() else {
+                    return;
+                };
+                let stopped = platform.stop_idle(idle);
+                if stopped > 0 {
+                    tracing::debug!(stopped, "stopped idle tenants");
+                }
+            }
+        });
+    }
+
+    /// Whether tenant `name` may make one more request now (its
+    /// `requests_per_second` quota, when it has one).
+    pub fn admit_request(&self, name: &str) -> bool {
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return true;
+        };
+        let Some((rate, tokens, last)) = buckets.get_mut(name) else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * *rate).min(*rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Stops tenant `name` if it runs here: closes its realtime connections
+    /// and its pools. Requests in flight finish on what they hold.
+    pub fn evict(&self, name: &str, reason: &str) {
+        let cell = self.live.lock().ok().and_then(|mut live| live.remove(name));
+        if let Some(tenant) = cell.and_then(|cell| cell.get().cloned()) {
+            tenant.realtime.disconnect_all(reason);
+            tenant.pool.close();
+            tenant.auth.pool().close();
+        }
+    }
+
+    /// Makes the template database when missing (migrated, `CONNECT`
+    /// revoked from `PUBLIC`) and locks the platform database down to its
+    /// own logins, once per process.
+    async fn ensure_template(&self) -> Result<(), String> {
+        let mut ready = self.template_ready.lock().await;
+        if *ready {
+            return Ok(());
+        }
+        let client = self.admin_client().await?;
+        let exists = client
+            .query_one(
+                "select exists (select 1 from pg_database where datname = $1)",
+                &[&self.template],
+            )
+            .await
+            .map_err(|err| db_error(&err))?
+            .get::<_, bool>(0);
+        let template = quote(&self.template);
+        if !exists {
+            match client
+                .batch_execute(&format!("create database {template}"))
+                .await
+            {
+                Ok(()) => {}
+                // Another instance made it meanwhile.
+                Err(err)
+                    if err.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {
+                }
+                Err(err) => return Err(db_error(&err)),
+            }
+        }
+        {
+            // Migrations touch cluster-wide objects (roles, grants to
+            // them): one database at a time, across the instances of the
+            // platform (advisory lock in its database) and in-process.
+            let _serial = MIGRATING.lock().await;
+            let lock = self.admin_client().await?;
+            lock.execute("select pg_advisory_lock($1)", &[&MIGRATE_LOCK])
+                .await
+                .map_err(|err| db_error(&err))?;
+            let mut config = self.admin.clone();
+            config.dbname(&self.template);
+            let mut template_client = sovra_pg::connect_one(&config)
+                .await
+                .map_err(|err| db_error(&err))?;
+            let migrated = sovra_pg::migrate(&mut template_client)
+                .await
+                .map_err(|err| err.to_string());
+            let _ = lock
+                .execute("select pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
+                .await;
+            migrated?;
+        }
+        let platform = quote(&self.platform_db);
+        client
+            .batch_execute(&format!(
+                "revoke connect on database {template} from public;
+                 revoke connect on database {platform} from public;
+                 grant connect on database {platform} to authenticator, supabase_auth_admin, current_user"
+            ))
+            .await
+            .map_err(|err| db_error(&err))?;
+        // Cloning needs the template without connections; ours may still
+        // be closing.
+        for _ in 0..200 {
+            let busy = client
+                .query_one(
+                    "select count(*) from pg_stat_activity where datname = $1",
+                    &[&self.template],
+                )
+                .await
+                .map_err(|err| db_error(&err))?
+                .get::<_, i64>(0);
+            if busy == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        *ready = true;
+        Ok(())
+    }
+
+    /// How many tenant databases the start-up upgrade still has to
+    /// migrate (`None` when it is not running).
+    pub fn upgrade_pending(&self) -> Option<usize> {
+        self.upgrading
+            .lock()
+            .ok()
+            .and_then(|pending| pending.as_ref().map(std::collections::HashSet::len))
+    }
+
+    /// Migrates the template and every tenant database, `parallel` at a
+    /// time; `/ready` reports the databases left until it is done, and a
+    /// tenant answers 503 until its own database is current. Resumable:
+    /// each database records what it applied, so a restart continues.
+    pub async fn upgrade(self: &Arc<Self>, parallel: usize) -> Result<(), String> {
+        let records = self.records().await?;
+        if records.is_empty() {
+            // A server without tenants keeps no template and leaves its
+            // database's CONNECT rights alone until the first tenant.
+            return Ok(());
+        }
+        if let Ok(mut pending) = self.upgrading.lock() {
+            *pending = Some(records.iter().map(|r| r.name.clone()).collect());
+        }
+        let template = self.ensure_template().await;
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for record in records {
+            let platform = self.clone();
+            let semaphore = semaphore.clone();
+            tasks.spawn(async move {
+                let _permit = semaphore.acquire_owned().await;
+                let result = platform.migrate_database(&record.database).await;
+                if let Err(err) = &result {
+                    tracing::error!(tenant = %record.name, error = %err, "migrating a tenant database failed");
+                } else if let Ok(mut pending) = platform.upgrading.lock()
+                    && let Some(pending) = pending.as_mut()
+                {
+                    pending.remove(&record.name);
+                }
+                result
+            });
+        }
+        let mut failed = 0;
+        while let Some(done) = tasks.join_next().await {
+            if !matches!(done, Ok(Ok(()))) {
+                failed += 1;
+            }
+        }
+        template?;
+        if failed > 0 {
+            return Err(format!(
+                "{failed} tenant databases could not be migrated; they answer 503 until a restart migrates them"
+            ));
+        }
+        if let Ok(mut pending) = self.upgrading.lock() {
+            *pending = None;
+        }
+        Ok(())
+    }
+
+    /// Applies pending migrations to one tenant database. Statements on
+    /// cluster-wide objects (roles) that collide with another database's
+    /// migration are retried after it.
+    async fn migrate_database(&self, database: &str) -> Result<(), String> {
+        let mut config = self.admin.clone();
+        config.dbname(database);
+        let mut last = String::new();
+        for attempt in 0..5u64 {
+            let mut client = sovra_pg::connect_one(&config)
+                .await
+                .map_err(|err| db_error(&err))?;
+            match sovra_pg::migrate(&mut client).await {
+                Ok(report) => {
+                    if !report.applied.is_empty() {
+                        tracing::info!(%database, applied = ?report.applied, "migrated a tenant database");
+                    }
+                    return Ok(());
+                }
+                Err(err) => last = err.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+        }
+        Err(last)
+    }
+
+    /// Creates tenant `name`: roles, registry row, then its database.
+    pub async fn create(&self, name: &str) -> Result<TenantRecord, (StatusCode, String)> {
+        let internal = |message: String| (StatusCode::INTERNAL_SERVER_ERROR, message);
+        validate_name(name).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
+        if self.record(name).await.map_err(internal)?.is_some() {
+            return Err((
+                StatusCode::CONFLICT,
+                format!("a tenant named {name:?} exists"),
+            ));
+        }
+        self.ensure_template().await.map_err(internal)?;
+        let database = database_name(name);
+        let rest = format!("{database}_rest");
+        let auth = format!("{database}_auth");
+        let store = KeyStore::generate(now());
+        let keyset = KeySet::new(&store, None, self.config.jwt.audience.clone())
+            .map_err(|err| internal(err.to_string()))?
+            .with_project_ref(name);
+        let api = mint(&keyset, &self.config.jwt.issuer).map_err(internal)?;
+        let mut client = self.admin_client().await.map_err(internal)?;
+        let created = client
+            .batch_execute(&format!(
+                "create role {} login noinherit in role authenticator;
+                 create role {} login noinherit in role supabase_auth_admin",
+                quote(&rest),
+                quote(&auth)
+            ))
+            .await;
+        if let Err(err) = created {
+            if err.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!("database roles of a tenant named {name:?} exist already"),
+                ));
+            }
+            return Err(internal(db_error(&err)));
+        }
+        let registered = async {
+            let tx = client.transaction().await?;
+            tx.execute(
+                "insert into sovra.tenants (name, database, keys, api_keys) values ($1, $2, $3, $4)",
+                &[
+                    &name,
+                    &database,
+                    &serde_json::to_value(&store.keys).unwrap_or_default(),
+                    &serde_json::to_value(&api).unwrap_or_default(),
+                ],
+            )
+            .await?;
+            for role in [&rest, &auth] {
+                tx.execute(
+                    "insert into sovra.tenant_logins (role, tenant, password)
+                     values ($1, $2, replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''))",
+                    &[role, &name],
+                )
+                .await?;
+                tx.execute("select sovra.apply_tenant_login($1)", &[role])
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        // Whether the database is ours to drop if a later step fails (one
+        // of that name made by someone else is never dropped).
+        let mut db_made = false;
+        let cloned = match registered {
+            Ok(()) => {
+                let db = quote(&database);
+                // CREATE DATABASE cannot run in a transaction block: alone.
+                match client
+                    .batch_execute(&format!(
+                        "create database {db} template {}",
+                        quote(&self.template)
+                    ))
+                    .await
+                {
+                    Ok(()) => {
+                        db_made = true;
+                        client
+                            .batch_execute(&format!(
+                                "revoke connect on database {db} from public;
+                                 grant connect on database {db} to {}, {}",
+                                quote(&rest),
+                                quote(&auth),
+                            ))
+                            .await
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            Err(err) => Err(err),
+        };
+        if let Err(err) = cloned {
+            let conflict = err.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+                || err.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION);
+            let message = db_error(&err);
+            if db_made {
+                let _ = self.drop_everything(name, &database).await;
+            } else {
+                let _ = self.drop_logins(name, &database).await;
+            }
+            return Err(if conflict {
+                (
+                    StatusCode::CONFLICT,
+                    format!("a tenant named {name:?} exists"),
+                )
+            } else {
+                internal(message)
+            });
+        }
+        tracing::info!(tenant = %name, %database, "tenant created");
+        self.record(name)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| internal("the new tenant vanished".to_owned()))
+    }
+
+    /// Drops what tenant `name` has in PostgreSQL: connections, slots,
+    /// database, login roles and registry row.
+    async fn drop_everything(&self, name: &str, database: &str) -> Result<(), String> {
+        let client = self.admin_client().await?;
+        for _ in 0..50 {
+            client
+                .execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()",
+                    &[&database],
+                )
+                .await
+                .map_err(|err| db_error(&err))?;
+            let remaining: i64 = client
+                .query_one(
+                    "select count(*) from (select pg_drop_replication_slot(slot_name)
+                       from pg_replication_slots where database = $1 and not active) d",
+                    &[&database],
+                )
+                .await
+                .map_err(|err| db_error(&err))
+                .and(Ok(0))?;
+            let left: i64 = client
+                .query_one(
+                    "select count(*) from pg_replication_slots where database = $1",
+                    &[&database],
+                )
+                .await
+                .map_err(|err| db_error(&err))?
+                .get(0);
+            if left + remaining == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        client
+            .batch_execute(&format!(
+                "drop database if exists {} with (force)",
+                quote(database)
+            ))
+            .await
+            .map_err(|err| db_error(&err))?;
+        self.drop_logins(name, database).await
+    }
+
+    /// Drops tenant `name`'s login roles and registry row.
+    async fn drop_logins(&self, name: &str, database: &str) -> Result<(), String> {
+        let client = self.admin_client().await?;
+        client
+            .execute("delete from sovra.tenants where name = $1", &[&name])
+            .await
+            .map_err(|err| db_error(&err))?;
+        client
+            .batch_execute(&format!(
+                "drop role if exists {}; drop role if exists {}",
+                quote(&format!("{database}_rest")),
+                quote(&format!("{database}_auth"))
+            ))
+            .await
+            .map_err(|err| db_error(&err))?;
+        Ok(())
+    }
+
+    /// Deletes tenant `name`: its connections, database, roles, files,
+    /// slot and registry row. `false`: there was no such tenant.
+    pub async fn delete(&self, name: &str) -> Result<bool, String> {
+        let Some(record) = self.record(name).await? else {
+            return Ok(false);
+        };
+        self.evict(name, "this tenant was deleted");
+        self.drop_everything(name, &record.database).await?;
+        if self.config.storage.backend != "s3" {
+            let root = self
+                .config
+                .storage
+                .path
+                .clone()
+                .unwrap_or_else(|| self.config.data_dir.join("storage"));
+            let dir = root.join(name);
+            if dir.exists()
+                && let Err(err) = std::fs::remove_dir_all(&dir)
+            {
+                tracing::warn!(tenant = %name, error = %err, "could not remove the tenant's files");
+            }
+        }
+        tracing::info!(tenant = %name, "tenant deleted");
+        Ok(true)
+    }
+
+    async fn set_state(&self, name: &str, suspended: bool) -> Result<bool, String> {
+        let client = self.admin_client().await?;
+        let state = if suspended { "suspended" } else { "active" };
+        let n = client
+            .execute(
+                "update sovra.tenants set state = $2, updated_at = now() where name = $1",
+                &[&name, &state],
+            )
+            .await
+            .map_err(|err| db_error(&err))?;
+        if suspended {
+            self.evict(name, "this tenant was suspended");
+        }
+        Ok(n > 0)
+    }
+
+    async fn update(&self, name: &str, patch: TenantPatch) -> Result<Option<TenantRecord>, String> {
+        let Some(record) = self.record(name).await? else {
+            return Ok(None);
+        };
+        let settings = record.settings.merged(&patch.settings);
+        let client = self.admin_client().await?;
+        let settings_json = serde_json::to_value(&settings).unwrap_or_default();
+        if let Some(secret) = &patch.jwt_secret {
+            let store = KeyStore::from_secret(secret, now());
+            let keyset = KeySet::new(&store, None, self.config.jwt.audience.clone())
+                .map_err(|err| err.to_string())?
+                .with_project_ref(name);
+            let api = mint(&keyset, &self.config.jwt.issuer)?;
+            client
+                .execute(
+                    "update sovra.tenants set settings = $2, keys = $3, api_keys = $4, updated_at = now() where name = $1",
+                    &[
+                        &name,
+                        &settings_json,
+                        &serde_json::to_value(&store.keys).unwrap_or_default(),
+                        &serde_json::to_value(&api).unwrap_or_default(),
+                    ],
+                )
+                .await
+                .map_err(|err| db_error(&err))?;
+        } else {
+            client
+                .execute(
+                    "update sovra.tenants set settings = $2, updated_at = now() where name = $1",
+                    &[&name, &settings_json],
+                )
+                .await
+                .map_err(|err| db_error(&err))?;
+        }
+        if let Some(ms) = settings.statement_timeout_ms {
+            // The request prologue applies the API roles' own settings, the
+            // database-specific ones last (as PostgREST does): the quota is
+            // a setting of those roles in this tenant's database only.
+            let db = quote(&record.database);
+            client
+                .batch_execute(&format!(
+                    "alter role anon in database {db} set statement_timeout = '{ms}ms';
+                     alter role authenticated in database {db} set statement_timeout = '{ms}ms';
+                     alter role service_role in database {db} set statement_timeout = '{ms}ms'"
+                ))
+                .await
+                .map_err(|err| db_error(&err))?;
+        }
+        // The next request builds it again with the new settings.
+        self.evict(name, "this tenant's settings changed");
+        self.record(name).await
+    }
+
+    fn view(&self, record: &TenantRecord) -> Value {
+        let mut value = json!({
+            "name": record.name,
+            "url": self.tenant_url(&record.name),
+            "database": record.database,
+            "state": if record.suspended { "suspended" } else { "active" },
+            "anon_key": record.api_keys.anon,
+            "service_role_key": record.api_keys.service_role,
+            "settings": record.settings,
+            "created_at": record.created_at,
+        });
+        if let Some(domain) = self.config.base_domain() {
+            let scheme = if self
+                .public_url
+                .read()
+                .is_ok_and(|u| u.starts_with("https://"))
+            {
+                "https"
+            } else {
+                "http"
+            };
+            value["host_url"] = json!(format!("{scheme}://{}.{domain}", record.name));
+        }
+        value
+    }
+}
+
+fn record_of(row: &tokio_postgres::Row) -> Result<TenantRecord, String> {
+    let settings: Value = row.get(3);
+    let keys: Value = row.get(4);
+    let api_keys: Value = row.get(5);
+    Ok(TenantRecord {
+        name: row.get(0),
+        database: row.get(1),
+        suspended: row.get(2),
+        settings: serde_json::from_value(settings).map_err(|err| err.to_string())?,
+        keys: serde_json::from_value(keys).map_err(|err| err.to_string())?,
+        api_keys: serde_json::from_value(api_keys).map_err(|err| err.to_string())?,
+        created_at: row.get(6),
+    })
+}
+
+/// A tenant's anon and service_role keys, bound to it by `ref`.
+fn mint(keyset: &KeySet, issuer: &str) -> Result<ApiKeys, String> {
+    const LIFETIME: i64 = 10 * 365 * 24 * 3600;
+    let iat = now();
+    let sign = |role: &str| {
+        keyset
+            .mint_api_key(role, issuer, iat, iat + LIFETIME)
+            .map_err(|err| err.to_string())
+    };
+    Ok(ApiKeys {
+        anon: sign("anon")?,
+        service_role: sign("service_role")?,
+    })
+}
+
+/// A request routed to a tenant other than the default one.
+#[derive(Clone, Debug)]
+pub struct RoutedTenant(pub Arc<Tenant>);
+
+/// Locations that services answer with as absolute paths of the server
+/// (TUS upload URLs): under `/t/{name}` they must keep the prefix.
+const PREFIXED_LOCATIONS: &[&str] = &["/storage/v1/", "/auth/v1/", "/realtime/v1/"];
+
+/// The tenant name a request addresses: `/t/{name}/…` (and the rest of the
+/// path), or a `{name}.{base_domain}` host.
+fn addressed<'a>(
+    uri: &'a Uri,
+    host: Option<&'a str>,
+    base_domain: Option<&str>,
+) -> Option<(&'a str, Option<&'a str>)> {
+    if let Some(rest) = uri.path().strip_prefix("/t/") {
+        let (name, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        return Some((name, Some(path)));
+    }
+    let domain = base_domain?;
+    let host = host?;
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let label = host.strip_suffix(domain)?.strip_suffix('.')?;
+    (!label.is_empty() && !label.contains('.')).then_some((label, None))
+}
+
+/// Routes requests for tenants: resolves the tenant (building it on first
+/// use), strips `/t/{name}` from the path, and hands it on with
+/// [`RoutedTenant`]. Unknown tenant: 404; suspended: 503.
+pub async fn route(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let Some(platform) = state.platform.clone() else {
+        return next.run(request).await;
+    };
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().host().map(str::to_owned));
+    let uri = request.uri().clone();
+    let Some((name, path)) = addressed(&uri, host.as_deref(), platform.config.base_domain()) else {
+        return next.run(request).await;
+    };
+    if validate_name(name).is_err() {
+        return Lookup::NotFound.into_response();
+    }
+    let tenant = match platform.tenant(name).await {
+        Ok(tenant) => tenant,
+        Err(lookup) => return lookup.into_response(),
+    };
+    let prefix = path.map(|_| format!("/t/{name}"));
+    if let Some(path) = path {
+        let path_and_query = match uri.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        };
+        match Uri::builder().path_and_query(path_and_query).build() {
+            Ok(rewritten) => *request.uri_mut() = rewritten,
+            Err(_) => return Lookup::NotFound.into_response(),
+        }
+    }
+    if !platform.admit_request(name) {
+        metrics::counter!(
+            "sovra_tenant_quota_exceeded_total",
+            "tenant" => name.to_owned(),
+            "quota" => "requests_per_second"
+        )
+        .increment(1);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"message": "API rate limit exceeded", "code": 429})),
+        )
+            .into_response();
+    }
+    metrics::counter!("sovra_tenant_requests_total", "tenant" => name.to_owned()).increment(1);
+    platform.touch(name);
+    request.extensions_mut().insert(RoutedTenant(tenant));
+    let mut response = next.run(request).await;
+    if let Some(prefix) = prefix
+        && let Some(location) = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+        && PREFIXED_LOCATIONS.iter().any(|p| location.starts_with(p))
+        && let Ok(value) = header::HeaderValue::from_str(&format!("{prefix}{location}"))
+    {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    name: Option<String>,
+}
+
+fn platform_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Platform>, ApiError> {
+    let Some(platform) = state.platform.clone() else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "This server hosts no tenants".to_owned(),
+        ));
+    };
+    platform.check_key(headers)?;
+    Ok(platform)
+}
+
+/// Refuses the tenant API under a tenant's URL.
+fn at_root(request_tenant: Option<&RoutedTenant>) -> Result<(), ApiError> {
+    match request_tenant {
+        Some(_) => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "The tenant API is at the server's root URL".to_owned(),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|err| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("invalid JSON body: {err}"),
+        )
+    })
+}
+
+/// `POST /sovra/v1/tenants`.
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    routed: Option<axum::Extension<RoutedTenant>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(err) = at_root(routed.as_deref()) {
+        return err.into_response();
+    }
+    let platform = match platform_of(&state, &headers) {
+        Ok(platform) => platform,
+        Err(err) => return err.into_response(),
+    };
+    let body: CreateBody = match json_body(&body) {
+        Ok(body) => body,
+        Err(err) => return err.into_response(),
+    };
+    let Some(name) = body.name else {
+        return error(StatusCode::BAD_REQUEST, "bad_name", "name is required");
+    };
+    let started = std::time::Instant::now();
+    match platform.create(&name).await {
+        Ok(record) => {
+            metrics::histogram!("sovra_tenant_create_seconds")
+                .record(started.elapsed().as_secs_f64());
+            (StatusCode::CREATED, Json(platform.view(&record))).into_response()
+        }
+        Err((status, message)) => {
+            let code = match status {
+                StatusCode::BAD_REQUEST => "bad_name",
+                StatusCode::CONFLICT => "conflict",
+                _ => "internal",
+            };
+            if status == StatusCode::INTERNAL_SERVER_ERROR {
+                tracing::error!(tenant = %name, error = %message, "creating a tenant failed");
+                return error(
+                    status,
+                    code,
+                    "creating the tenant failed; see the server log",
+                );
+            }
+            error(status, code, &message)
+        }
+    }
+}
+
+/// `GET /sovra/v1/tenants`.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    routed: Option<axum::Extension<RoutedTenant>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(err) = at_root(routed.as_deref()) {
+        return err.into_response();
+    }
+    let platform = match platform_of(&state, &headers) {
+        Ok(platform) => platform,
+        Err(err) => return err.into_response(),
+    };
+    match platform.records().await {
+        Ok(records) => Json(Value::Array(
+            records.iter().map(|r| platform.view(r)).collect(),
+        ))
+        .into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "listing tenants failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "listing tenants failed",
+            )
+        }
+    }
+}
+
+fn not_found(name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "tenant_not_found",
+        &format!("no tenant named {name:?}"),
+    )
+}
+
+fn internal(err: &str) -> Response {
+    tracing::error!(error = %err, "tenant API failed");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the tenant API failed; see the server log",
+    )
+}
+
+/// `GET /sovra/v1/tenants/{name}`.
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    routed: Option<axum::Extension<RoutedTenant>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(err) = at_root(routed.as_deref()) {
+        return err.into_response();
+    }
+    let platform = match platform_of(&state, &headers) {
+        Ok(platform) => platform,
+        Err(err) => return err.into_response(),
+    };
+    match platform.record(&name).await {
+        Ok(Some(record)) => Json(platform.view(&record)).into_response(),
+        Ok(None) => not_found(&name),
+        Err(err) => internal(&err),
+    }
+}
+
+/// `PATCH /sovra/v1/tenants/{name}`.
+pub(crate) async fn patch(
+    State(state): State<AppState>,
+    routed: Option<axum::Extension<RoutedTenant>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(err) = at_root(routed.as_deref()) {
+        return err.into_response();
+    }
+    let platform = match platform_of(&state, &headers) {
+        Ok(platform) => platform,
+        Err(err) => return err.into_response(),
+    };
+    let patch = match TenantPatch::parse(&body) {
+        Ok(patch) => patch,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "bad_settings", &message),
+    };
+    if let Err(message) = patch.settings.validate() {
+        return error(StatusCode::BAD_REQUEST, "bad_settings", &message);
+    }
+    if patch.jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_settings",
+            "jwt_secret must be at least 32 characters",
+        );
+    }
+    match platform.update(&name, patch).await {
+        Ok(Some(record)) => Json(platform.view(&record)).into_response(),
+        Ok(None) => not_found(&name),
+        Err(err) => internal(&err),
+    }
+}
+
+/// `DELETE /sovra/v1/tenants/{name}`.
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    routed: Option<axum::Extension<RoutedTenant>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(err) = at_root(routed.as_deref()) {
+        return err.into_response();
+    }
+    let platform = match platform_of(&state, &headers) {
+        Ok(platform) => platform,
+        Err(err) => return err.into_response(),
+    };
+    match platform.delete(&name).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => not_found(&name),
+        Err(err) => internal(&err),
+    }
+}
+
+async fn set_state(
+    state: &AppState,
+    routed: Option<&RoutedTenant>,
+    name: &str,
+    headers: &HeaderMap,
+    suspended: bool,
+) -> Response {
+    if let Err(err) = at_root(routed) {
+        return err.into_response();
+    }
+    let platform = match platform_of(state, headers) {
+        Ok(platform) => platform,
+        Err(err) => return err.into_response(),
+    };
+    match platform.set_state(name, suspended).await {
+        Ok(true) => match platform.record(name).await {
+            Ok(Some(record)) => Json(platform.view(&record)).into_response(),
+            Ok(None) => not_found(name),
+            Err(err) => internal(&err),
+        },
+        Ok(false) => not_found(name),
+        Err(err) => internal(&err),
+    }
+}
+
+/// `POST /sovra/v1/tenants/{name}/suspend`.
+pub(crate) async fn suspend(
+    State(state): State<AppState>,
+    routed: Option<axum::Extension<RoutedTenant>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    set_state(&state, routed.as_deref(), &name, &headers, true).await
+}
+
+/// `POST /sovra/v1/tenants/{name}/resume`.
+pub(crate) async fn resume(
+    State(state): State<AppState>,
+    routed: Option<axum::Extension<RoutedTenant>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    set_state(&state, routed.as_deref(), &name, &headers, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_lowercase_dns_labels() {
+        for good in ["acme", "a", "acme-2", "x1", &"a".repeat(MAX_NAME)] {
+            assert_eq!(validate_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "Acme",
+            "1acme",
+            "-acme",
+            "acme-",
+            "ac_me",
+            "ac.me",
+            "acmé",
+            "a b",
+            "default",
+            "www",
+            &"a".repeat(MAX_NAME + 1),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(database_name("acme-2"), "tenant_acme_2");
+    }
+
+    #[test]
+    fn tenants_are_addressed_by_path_or_subdomain() {
+        let uri: Uri = "/t/acme/rest/v1/todos?select=*".parse().unwrap();
+        assert_eq!(
+            addressed(&uri, None, None),
+            Some(("acme", Some("/rest/v1/todos")))
+        );
+        let uri: Uri = "/t/acme".parse().unwrap();
+        assert_eq!(addressed(&uri, None, None), Some(("acme", Some("/"))));
+        let uri: Uri = "/rest/v1/todos".parse().unwrap();
+        assert_eq!(addressed(&uri, Some("acme.example.com"), None), None);
+        let domain = Some("example.com");
+        assert_eq!(
+            addressed(&uri, Some("acme.example.com:54321"), domain),
+            Some(("acme", None))
+        );
+        assert_eq!(
+            addressed(&uri, Some("acme.example.com"), domain),
+            Some(("acme", None))
+        );
+        assert_eq!(addressed(&uri, Some("example.com"), domain), None);
+        assert_eq!(addressed(&uri, Some("a.b.example.com"), domain), None);
+        assert_eq!(addressed(&uri, Some("acmeexample.com"), domain), None);
+        assert_eq!(addressed(&uri, Some("acme.other.com"), domain), None);
+    }
+
+    #[test]
+    fn settings_merge_and_refuse_nonsense() {
+        let base = TenantSettings {
+            site_url: Some("https://a.example".to_owned()),
+            pool_size: Some(3),
+            ..TenantSettings::default()
+        };
+        let patch = TenantSettings {
+            pool_size: Some(5),
+            ..TenantSettings::default()
+        };
+        let merged = base.merged(&patch);
+        assert_eq!(merged.site_url.as_deref(), Some("https://a.example"));
+        assert_eq!(merged.pool_size, Some(5));
+        assert!(
+            TenantSettings {
+                pool_size: Some(0),
+                ..TenantSettings::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            TenantSettings {
+                site_url: Some("ftp://x".to_owned()),
+                ..TenantSettings::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(TenantPatch::parse(br#"{"nope": 1}"#).is_err());
+        assert!(TenantPatch::parse(br#"{"jwt_secret": 1}"#).is_err());
+        let patch = TenantPatch::parse(br#"{"jwt_secret": "s", "pool_size": 2}"#).unwrap();
+        assert_eq!(patch.jwt_secret.as_deref(), Some("s"));
+        assert_eq!(patch.settings.pool_size, Some(2));
+    }
+}

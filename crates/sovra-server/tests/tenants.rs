@@ -1,0 +1,1103 @@
+//! Many tenants on one server (#14), through the real router on a real
+//! PostgreSQL: the tenant API and its refusals, routing by path and host,
+//! and isolation (tokens, keys, signed URLs, TUS uploads, realtime topics,
+//! database logins), suspend, resume and delete.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sovra_server::tenants::Platform;
+use sovra_test_support::TestDb;
+use tokio_tungstenite::tungstenite::Message as Ws;
+
+struct Server {
+    url: String,
+    key: String,
+    default_anon: String,
+    db: TestDb,
+    http: reqwest::Client,
+    platform: Arc<Platform>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+struct Created {
+    name: String,
+    url: String,
+    anon: String,
+    service: String,
+    database: String,
+}
+
+async fn spawn_with(mut config: sovra_config::Config) -> Server {
+    let db = TestDb::new().await;
+    let data_dir = sovra_test_support::scratch_dir();
+    config.data_dir = data_dir.clone();
+    let keys = sovra_server::keys::load_or_create(&data_dir.join("keys.json"), &config).unwrap();
+    let default_anon = keys.api.anon.clone();
+    let tenant = sovra_server::serve::build_tenant(
+        &config,
+        db.config_as("authenticator"),
+        db.config(),
+        keys,
+    )
+    .await
+    .unwrap();
+    let key = sovra_server::platform::load_or_create(&data_dir.join("platform.key"))
+        .unwrap()
+        .key;
+    let platform = Arc::new(Platform::new(&config, db.config(), &key).unwrap());
+    let resolver = sovra_server::TenantResolver::single(tenant);
+    let default = resolver.default_tenant();
+    let state =
+        sovra_server::AppState::from_config(resolver, &config).with_platform(platform.clone());
+    let app = sovra_server::router(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let url = format!("http://{addr}");
+    default.auth.set_external_url(&url);
+    platform.set_public_url(&url);
+    let options = sovra_server::serve::HttpOptions::from_config(&config);
+    let server = tokio::spawn(async move {
+        let _ =
+            sovra_server::serve::serve_http(listener, app, options, std::future::pending()).await;
+    });
+    Server {
+        url,
+        key,
+        default_anon,
+        db,
+        http: reqwest::Client::new(),
+        platform,
+        _server: server,
+    }
+}
+
+async fn spawn() -> Server {
+    spawn_with(sovra_config::Config::default()).await
+}
+
+/// A name no other test of this process uses (they share one cluster).
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand_suffix())
+}
+
+fn rand_suffix() -> u32 {
+    let id = uuid::Uuid::new_v4();
+    u32::from_le_bytes(id.as_bytes()[..4].try_into().unwrap())
+}
+
+impl Server {
+    async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}/sovra/v1/tenants{path}", self.url))
+            .bearer_auth(&self.key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    async fn create(&self, prefix: &str) -> Created {
+        let name = unique(prefix);
+        let (status, body) = self
+            .api(reqwest::Method::POST, "", Some(json!({"name": name})))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        Created {
+            name: body["name"].as_str().unwrap().to_owned(),
+            url: body["url"].as_str().unwrap().to_owned(),
+            anon: body["anon_key"].as_str().unwrap().to_owned(),
+            service: body["service_role_key"].as_str().unwrap().to_owned(),
+            database: body["database"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn patch(&self, name: &str, body: Value) -> Value {
+        let (status, body) = self
+            .api(reqwest::Method::PATCH, &format!("/{name}"), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// A superuser client on `database`.
+    async fn sql(&self, database: &str) -> sovra_pg::tokio_postgres::Client {
+        let mut config = self.db.config();
+        config.dbname(database);
+        sovra_pg::connect_one(&config).await.unwrap()
+    }
+
+    async fn get(&self, url: &str, apikey: &str, token: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(url)
+            .header("apikey", apikey)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Signs up `email` on a tenant with auto-confirmation; its access token.
+    async fn sign_up(&self, tenant: &Created, email: &str) -> String {
+        let response = self
+            .http
+            .post(format!("{}/auth/v1/signup", tenant.url))
+            .header("apikey", &tenant.anon)
+            .json(&json!({"email": email, "password": "correct horse battery"}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+}
+
+#[tokio::test]
+async fn the_tenant_api_requires_the_platform_key() {
+    let server = spawn().await;
+    let url = format!("{}/sovra/v1/tenants", server.url);
+    let none = server.http.get(&url).send().await.unwrap();
+    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = none.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized");
+    let wrong = server
+        .http
+        .get(&url)
+        .bearer_auth(format!("{}x", server.key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
+    assert_eq!(wrong.json::<Value>().await.unwrap()["error"], "forbidden");
+    // The default tenant's keys are not the platform key.
+    let anon = server
+        .http
+        .post(&url)
+        .bearer_auth(&server.default_anon)
+        .json(&json!({"name": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), StatusCode::FORBIDDEN);
+    let basic = server
+        .http
+        .get(&url)
+        .header("authorization", "Basic abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
+    let (status, _) = server.api(reqwest::Method::GET, "", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn tenants_are_created_listed_shown_and_their_names_checked() {
+    let server = spawn().await;
+    let started = std::time::Instant::now();
+    let acme = server.create("acme").await;
+    eprintln!("created a tenant in {:?}", started.elapsed());
+    assert_eq!(acme.url, format!("{}/t/{}", server.url, acme.name));
+    assert_eq!(
+        acme.database,
+        format!("tenant_{}", acme.name.replace('-', "_"))
+    );
+    assert!(acme.anon.starts_with("eyJ") && acme.service.starts_with("eyJ"));
+    assert_ne!(acme.anon, server.default_anon);
+
+    let (status, list) = server.api(reqwest::Method::GET, "", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == acme.name.as_str())
+    );
+    let (status, shown) = server
+        .api(reqwest::Method::GET, &format!("/{}", acme.name), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["state"], "active");
+    assert_eq!(shown["anon_key"], acme.anon.as_str());
+    assert_eq!(shown["database"], acme.database.as_str());
+
+    // Refusals: a name taken, bad names, a bad body, unknown tenants.
+    let (status, body) = server
+        .api(reqwest::Method::POST, "", Some(json!({"name": acme.name})))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"], "conflict");
+    for bad in ["Acme", "1abc", "a_b", "default", "x-", "", &"a".repeat(41)] {
+        let (status, body) = server
+            .api(reqwest::Method::POST, "", Some(json!({"name": bad})))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}: {body}");
+        assert_eq!(body["error"], "bad_name");
+    }
+    let (status, _) = server.api(reqwest::Method::POST, "", Some(json!({}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let raw = server
+        .http
+        .post(format!("{}/sovra/v1/tenants", server.url))
+        .bearer_auth(&server.key)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
+    let (status, body) = server
+        .api(reqwest::Method::GET, "/no-such-tenant", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"], "tenant_not_found");
+    let (status, _) = server
+        .api(
+            reqwest::Method::PATCH,
+            &format!("/{}", acme.name),
+            Some(json!({"pool_size": 0})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = server
+        .api(
+            reqwest::Method::PATCH,
+            &format!("/{}", acme.name),
+            Some(json!({"colour": "red"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = server
+        .api(
+            reqwest::Method::PATCH,
+            &format!("/{}", acme.name),
+            Some(json!({"jwt_secret": "short"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = server
+        .api(
+            reqwest::Method::PATCH,
+            "/no-such-tenant",
+            Some(json!({"pool_size": 2})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let patched = server
+        .patch(
+            &acme.name,
+            json!({"site_url": "https://acme.example", "pool_size": 3}),
+        )
+        .await;
+    assert_eq!(patched["settings"]["site_url"], "https://acme.example");
+    assert_eq!(patched["settings"]["pool_size"], 3);
+
+    // Unknown tenants under /t/: 404 JSON; the API is not under a tenant.
+    let unknown = server
+        .http
+        .get(format!("{}/t/nobody-here/rest/v1/", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        unknown.json::<Value>().await.unwrap()["error"],
+        "tenant_not_found"
+    );
+    let nested = server
+        .http
+        .get(format!("{}/sovra/v1/tenants", acme.url))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nested.status(), StatusCode::NOT_FOUND);
+}
+
+/// A table with a folder-per-user policy, in a tenant's database.
+async fn notes_table(server: &Server, database: &str) {
+    server
+        .sql(database)
+        .await
+        .batch_execute(
+            "create table public.notes (
+               id bigint generated always as identity primary key,
+               owner uuid not null default auth.uid(),
+               body text not null);
+             alter table public.notes enable row level security;
+             create policy own on public.notes for all to authenticated
+               using (owner = auth.uid()) with check (owner = auth.uid());",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn each_tenant_has_its_own_users_rows_and_keys() {
+    let server = spawn().await;
+    let a = server.create("iso-a").await;
+    let b = server.create("iso-b").await;
+    // The same secret on both: tokens still belong to one tenant only.
+    let secret = "an-identical-secret-of-more-than-thirty-two-chars";
+    let a_view = server
+        .patch(
+            &a.name,
+            json!({"email_autoconfirm": true, "jwt_secret": secret}),
+        )
+        .await;
+    let b_view = server
+        .patch(
+            &b.name,
+            json!({"email_autoconfirm": true, "jwt_secret": secret}),
+        )
+        .await;
+    let a_anon = a_view["anon_key"].as_str().unwrap().to_owned();
+    let b_anon = b_view["anon_key"].as_str().unwrap().to_owned();
+    assert!(a_view["settings"].get("jwt_secret").is_none());
+    let a = Created {
+        anon: a_anon.clone(),
+        ..a
+    };
+    let b = Created {
+        anon: b_anon.clone(),
+        ..b
+    };
+    notes_table(&server, &a.database).await;
+    notes_table(&server, &b.database).await;
+
+    // The same email signs up on both, as two different users.
+    let alice_a = server.sign_up(&a, "alice@example.com").await;
+    let alice_b = server.sign_up(&b, "alice@example.com").await;
+    let insert = server
+        .http
+        .post(format!("{}/rest/v1/notes", a.url))
+        .header("apikey", &a_anon)
+        .header("prefer", "return=representation")
+        .bearer_auth(&alice_a)
+        .json(&json!({"body": "from a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(insert.status(), StatusCode::CREATED);
+    let (status, rows) = server
+        .get(
+            &format!("{}/rest/v1/notes?select=body", a.url),
+            &a_anon,
+            &alice_a,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(rows, json!([{"body": "from a"}]));
+    let (status, rows) = server
+        .get(
+            &format!("{}/rest/v1/notes?select=body", b.url),
+            &b_anon,
+            &alice_b,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(rows, json!([]));
+
+    // Cross-tenant tokens and keys are refused, in both directions and
+    // against the default tenant.
+    let (status, body) = server
+        .get(&format!("{}/rest/v1/notes", b.url), &b_anon, &alice_a)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _) = server
+        .get(&format!("{}/rest/v1/notes", b.url), &a_anon, &a_anon)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = server
+        .get(
+            &format!("{}/rest/v1/notes", a.url),
+            &server.default_anon,
+            &server.default_anon,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = server
+        .get(&format!("{}/rest/v1/", server.url), &a_anon, &a_anon)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = server
+        .get(&format!("{}/auth/v1/user", b.url), &b_anon, &alice_a)
+        .await;
+    assert!(
+        status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED,
+        "{status} {body}"
+    );
+    let (status, user) = server
+        .get(&format!("{}/auth/v1/user", a.url), &a_anon, &alice_a)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(user["email"], "alice@example.com");
+
+    // Auth issues tokens for the tenant's own URL.
+    let payload = alice_a.split('.').nth(1).unwrap();
+    use base64::Engine as _;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["iss"], format!("{}/auth/v1", a.url));
+    assert_eq!(claims["ref"], a.name.as_str());
+}
+
+#[tokio::test]
+async fn a_tenants_logins_reach_its_own_database_only() {
+    let server = spawn().await;
+    let a = server.create("db-a").await;
+    let b = server.create("db-b").await;
+    let login = |user: &str, database: &str, role: Option<&str>| {
+        let mut config = server.db.config();
+        config.user(user).dbname(database);
+        if let Some(role) = role {
+            config.options(format!("-c role={role}"));
+        }
+        config
+    };
+    let refused =
+        |result: Result<sovra_pg::tokio_postgres::Client, sovra_pg::tokio_postgres::Error>| {
+            let err = result.expect_err("the login must be refused");
+            assert_eq!(
+                err.code(),
+                Some(&sovra_pg::tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+                "{err}"
+            );
+        };
+    let a_rest = format!("{}_rest", a.database);
+    let a_auth = format!("{}_auth", a.database);
+    // Its own database, as authenticator, switching to the API roles.
+    let own = sovra_pg::connect_one(&login(&a_rest, &a.database, Some("authenticator")))
+        .await
+        .unwrap();
+    let row = own
+        .query_one("select current_user::text, session_user::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "authenticator");
+    assert_eq!(row.get::<_, String>(1), a_rest);
+    own.batch_execute("set role anon; reset role; set role service_role; reset role")
+        .await
+        .unwrap();
+    let row = own
+        .query_one("select current_user::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "authenticator");
+    // Not another tenant's database, nor the platform's, even starting as
+    // a role that may connect there.
+    for role in [None, Some("authenticator")] {
+        refused(sovra_pg::connect_one(&login(&a_rest, &b.database, role)).await);
+        refused(sovra_pg::connect_one(&login(&a_rest, &server.db.name, role)).await);
+    }
+    refused(
+        sovra_pg::connect_one(&login(
+            &a_auth,
+            &server.db.name,
+            Some("supabase_auth_admin"),
+        ))
+        .await,
+    );
+    refused(sovra_pg::connect_one(&login(&a_auth, &b.database, Some("supabase_auth_admin"))).await);
+    // The default tenant's logins do not reach tenant databases.
+    refused(sovra_pg::connect_one(&login("authenticator", &a.database, None)).await);
+    refused(sovra_pg::connect_one(&login("supabase_auth_admin", &a.database, None)).await);
+    // The registry's secrets are not readable by the API roles.
+    let default_login = sovra_pg::connect_one(&login("authenticator", &server.db.name, None))
+        .await
+        .unwrap();
+    let err = default_login
+        .batch_execute("set role service_role; select * from sovra.tenant_logins")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&sovra_pg::tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    default_login.batch_execute("reset role").await.unwrap();
+    let err = default_login
+        .batch_execute("set role service_role; select * from sovra.tenants")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&sovra_pg::tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+}
+
+#[tokio::test]
+async fn signed_urls_and_uploads_of_one_tenant_are_refused_by_another() {
+    let server = spawn().await;
+    let a = server.create("st-a").await;
+    let b = server.create("st-b").await;
+    for t in [&a, &b] {
+        let made = server
+            .http
+            .post(format!("{}/storage/v1/bucket", t.url))
+            .header("apikey", &t.service)
+            .bearer_auth(&t.service)
+            .json(&json!({"id": "files", "name": "files"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(made.status(), StatusCode::OK, "{:?}", made.text().await);
+    }
+    let put = server
+        .http
+        .post(format!("{}/storage/v1/object/files/hello.txt", a.url))
+        .header("apikey", &a.service)
+        .bearer_auth(&a.service)
+        .header("content-type", "text/plain")
+        .body("hello from a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK, "{:?}", put.text().await);
+    let signed: Value = server
+        .http
+        .post(format!("{}/storage/v1/object/sign/files/hello.txt", a.url))
+        .header("apikey", &a.service)
+        .bearer_auth(&a.service)
+        .json(&json!({"expiresIn": 60}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let path = signed["signedURL"].as_str().unwrap();
+    let fetched = server
+        .http
+        .get(format!("{}/storage/v1{path}", a.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), StatusCode::OK);
+    assert_eq!(fetched.text().await.unwrap(), "hello from a");
+    // The same URL on tenant b (which has the same bucket and path) and on
+    // the default tenant is refused.
+    let b_object = server
+        .http
+        .post(format!("{}/storage/v1/object/files/hello.txt", b.url))
+        .header("apikey", &b.service)
+        .bearer_auth(&b.service)
+        .header("content-type", "text/plain")
+        .body("hello from b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(b_object.status(), StatusCode::OK);
+    for base in [&b.url, &server.url] {
+        let other = server
+            .http
+            .get(format!("{base}/storage/v1{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(other.status(), StatusCode::BAD_REQUEST, "{base}");
+        let body: Value = other.json().await.unwrap();
+        assert_eq!(body["error"], "InvalidJWT", "{body}");
+    }
+    // A resumable upload made on a is unknown on b; its Location keeps a's
+    // prefix so that TUS clients continue on the right tenant.
+    use base64::Engine as _;
+    let meta = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    let created = server
+        .http
+        .post(format!("{}/storage/v1/upload/resumable", a.url))
+        .header("apikey", &a.service)
+        .bearer_auth(&a.service)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "5")
+        .header(
+            "upload-metadata",
+            format!(
+                "bucketName {},objectName {},contentType {}",
+                meta("files"),
+                meta("tus.txt"),
+                meta("text/plain")
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let id = location.rsplit('/').next().unwrap().to_owned();
+    assert_eq!(
+        location,
+        format!("/t/{}/storage/v1/upload/resumable/{id}", a.name)
+    );
+    let patch = |base: &str, key: &str| {
+        server
+            .http
+            .patch(format!("{base}/storage/v1/upload/resumable/{id}"))
+            .header("apikey", key)
+            .bearer_auth(key)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-offset", "0")
+            .header("content-type", "application/offset+octet-stream")
+            .body("hello")
+            .send()
+    };
+    let on_b = patch(&b.url, &b.service).await.unwrap();
+    // Storage's shape: HTTP 400 with the logical status in the body.
+    assert_eq!(on_b.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(on_b.json::<Value>().await.unwrap()["statusCode"], "404");
+    let on_a = patch(&a.url, &a.service).await.unwrap();
+    assert_eq!(on_a.status(), StatusCode::NO_CONTENT);
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn socket(tenant_url: &str, key: &str) -> Socket {
+    let url = format!(
+        "{}/realtime/v1/websocket?apikey={key}&vsn=1.0.0",
+        tenant_url.replace("http", "ws")
+    );
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+async fn send(ws: &mut Socket, value: Value) {
+    ws.send(Ws::Text(value.to_string().into())).await.unwrap();
+}
+
+/// The next text frame (a close frame panics), within 30 s.
+async fn next(ws: &mut Socket) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("a frame within 30 s")
+            .expect("the socket is open")
+            .unwrap();
+        match frame {
+            Ws::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Ws::Close(close) => panic!("closed: {close:?}"),
+            _ => {}
+        }
+    }
+}
+
+async fn join(ws: &mut Socket, topic: &str) {
+    send(
+        ws,
+        json!({"topic": format!("realtime:{topic}"), "event": "phx_join", "ref": "1",
+               "payload": {"config": {"broadcast": {"self": false, "ack": true}, "presence": {"key": ""}}}}),
+    )
+    .await;
+    loop {
+        let reply = next(ws).await;
+        if reply["event"] == "phx_reply" {
+            assert_eq!(reply["payload"]["status"], "ok", "{reply}");
+            return;
+        }
+    }
+}
+
+async fn broadcast(ws: &mut Socket, topic: &str, text: &str) {
+    send(
+        ws,
+        json!({"topic": format!("realtime:{topic}"), "event": "broadcast", "ref": "2",
+               "payload": {"type": "broadcast", "event": "say", "payload": {"text": text}}}),
+    )
+    .await;
+    // With ack, the reply comes once the message went to the room.
+    loop {
+        let reply = next(ws).await;
+        if reply["event"] == "phx_reply" && reply["ref"] == "2" {
+            return;
+        }
+    }
+}
+
+async fn next_broadcast(ws: &mut Socket) -> String {
+    loop {
+        let frame = next(ws).await;
+        if frame["event"] == "broadcast" {
+            return frame["payload"]["payload"]["text"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        }
+    }
+}
+
+#[tokio::test]
+async fn realtime_topics_are_per_tenant_and_a_delete_closes_sockets() {
+    let server = spawn().await;
+    let a = server.create("rt-a").await;
+    let b = server.create("rt-b").await;
+    let mut a_listener = socket(&a.url, &a.anon).await;
+    let mut a_sender = socket(&a.url, &a.anon).await;
+    let mut b_listener = socket(&b.url, &b.anon).await;
+    let mut b_sender = socket(&b.url, &b.anon).await;
+    for ws in [
+        &mut a_listener,
+        &mut a_sender,
+        &mut b_listener,
+        &mut b_sender,
+    ] {
+        join(ws, "room").await;
+    }
+    broadcast(&mut a_sender, "room", "to a").await;
+    broadcast(&mut b_sender, "room", "to b").await;
+    assert_eq!(next_broadcast(&mut a_listener).await, "to a");
+    // b's listener gets b's message first: a's never reached it.
+    assert_eq!(next_broadcast(&mut b_listener).await, "to b");
+
+    // A key of one tenant opens no socket on another.
+    let url = format!(
+        "{}/realtime/v1/websocket?apikey={}&vsn=1.0.0",
+        b.url.replace("http", "ws"),
+        a.anon
+    );
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401);
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+
+    // Deleting a tenant closes its sockets; the other tenant carries on.
+    let (status, _) = server
+        .api(reqwest::Method::DELETE, &format!("/{}", a.name), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), a_listener.next())
+            .await
+            .expect("the socket closes within 30 s");
+        match frame {
+            None | Some(Err(_)) | Some(Ok(Ws::Close(_))) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    broadcast(&mut b_sender, "room", "still here").await;
+    assert_eq!(next_broadcast(&mut b_listener).await, "still here");
+    let gone = server
+        .http
+        .get(format!("{}/rest/v1/", a.url))
+        .header("apikey", &a.anon)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn suspend_resume_and_delete() {
+    let server = spawn().await;
+    let t = server.create("life").await;
+    let (status, _) = server
+        .get(&format!("{}/rest/v1/", t.url), &t.service, &t.service)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, body) = server
+        .api(reqwest::Method::POST, &format!("/{}/suspend", t.name), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["state"], "suspended");
+    let (status, body) = server
+        .get(&format!("{}/rest/v1/", t.url), &t.service, &t.service)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"], "tenant_suspended");
+
+    let (status, body) = server
+        .api(reqwest::Method::POST, &format!("/{}/resume", t.name), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["state"], "active");
+    let (status, _) = server
+        .get(&format!("{}/rest/v1/", t.url), &t.service, &t.service)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = server
+        .api(reqwest::Method::POST, "/no-such-tenant/suspend", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, _) = server
+        .api(reqwest::Method::DELETE, &format!("/{}", t.name), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = server
+        .api(reqwest::Method::DELETE, &format!("/{}", t.name), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = server
+        .get(&format!("{}/rest/v1/", t.url), &t.service, &t.service)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let admin = server.sql(&server.db.name).await;
+    let left = admin
+        .query_one(
+            "select (select count(*) from pg_database where datname = $1)
+                  + (select count(*) from pg_roles where rolname like $1 || '\\_%')",
+            &[&t.database],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(left, 0);
+    // The name is free again.
+    let (status, body) = server
+        .api(reqwest::Method::POST, "", Some(json!({"name": t.name})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test]
+async fn subdomains_of_the_base_domain_route_to_tenants() {
+    let mut config = sovra_config::Config::default();
+    config.server.base_domain = Some("tenants.test".to_owned());
+    let server = spawn_with(config).await;
+    let t = server.create("host").await;
+    let (_, shown) = server
+        .api(reqwest::Method::GET, &format!("/{}", t.name), None)
+        .await;
+    assert_eq!(shown["host_url"], format!("http://{}.tenants.test", t.name));
+    let addr = server.url.trim_start_matches("http://");
+    let port = addr.rsplit(':').next().unwrap();
+    let get = |host: String, key: String| {
+        server
+            .http
+            .get(format!("{}/rest/v1/", server.url))
+            .header("host", host)
+            .header("apikey", &key)
+            .bearer_auth(&key)
+            .send()
+    };
+    let ok = get(format!("{}.tenants.test:{port}", t.name), t.service.clone())
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    // The tenant's key is refused at the root host (the default tenant).
+    let root = get(addr.to_owned(), t.service.clone()).await.unwrap();
+    assert_eq!(root.status(), StatusCode::UNAUTHORIZED);
+    let unknown = get("nobody.tenants.test".to_owned(), t.service.clone())
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_upgrade_migrates_every_tenant_database() {
+    let server = spawn().await;
+    // Nothing to do without tenants.
+    server.platform.upgrade(2).await.unwrap();
+    assert_eq!(server.platform.upgrade_pending(), None);
+    let one = server.create("up-one").await;
+    let two = server.create("up-two").await;
+    // Both databases miss a migration, as after an upgrade (the tenants
+    // migration: it is safe to apply again whatever its number).
+    for t in [&one, &two] {
+        let removed = server
+            .sql(&t.database)
+            .await
+            .execute(
+                "delete from sovra.schema_migrations where name = 'tenants'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(removed, 1);
+        let client = server.sql(&t.database).await;
+        assert!(!sovra_pg::migrate::is_current(&client).await.unwrap());
+    }
+    server.platform.upgrade(2).await.unwrap();
+    assert_eq!(server.platform.upgrade_pending(), None);
+    for t in [&one, &two] {
+        let client = server.sql(&t.database).await;
+        assert!(sovra_pg::migrate::is_current(&client).await.unwrap());
+    }
+    let ready = server
+        .http
+        .get(format!("{}/ready", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let (status, _) = server
+        .get(&format!("{}/rest/v1/", one.url), &one.service, &one.service)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn quotas_answer_in_the_clients_shapes_and_are_counted() {
+    let server = spawn().await;
+    let t = server.create("quota").await;
+    server
+        .patch(
+            &t.name,
+            json!({"requests_per_second": 1, "statement_timeout_ms": 50, "storage_file_size_limit": 4}),
+        )
+        .await;
+    // A statement over the timeout is the database's error, as PostgREST
+    // reports it.
+    server
+        .sql(&t.database)
+        .await
+        .batch_execute(
+            "create function public.slow() returns int language sql as 'select 1 from pg_sleep(1)';
+             grant execute on function public.slow() to anon",
+        )
+        .await
+        .unwrap();
+    let slow = server
+        .http
+        .post(format!("{}/rest/v1/rpc/slow", t.url))
+        .header("apikey", &t.anon)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body: Value = slow.json().await.unwrap();
+    assert_eq!(body["code"], "57014", "{body}");
+    // Thirty requests within a second's burst of one: most are refused.
+    let mut refused = 0;
+    for _ in 0..30 {
+        let response = server
+            .http
+            .get(format!("{}/rest/v1/", t.url))
+            .header("apikey", &t.service)
+            .bearer_auth(&t.service)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["message"], "API rate limit exceeded");
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "no request was refused");
+    let metrics = server
+        .http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sovra_tenant_quota_exceeded_total")
+                && l.contains(&format!("tenant=\"{}\"", t.name))),
+        "{metrics}"
+    );
+    // Other tenants are not limited by it.
+    let other = server.create("quota-free").await;
+    for _ in 0..5 {
+        let (status, _) = server
+            .get(
+                &format!("{}/rest/v1/", other.url),
+                &other.service,
+                &other.service,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn idle_tenants_are_stopped_and_start_again_on_their_next_request() {
+    let server = spawn().await;
+    let quiet = server.create("idle-quiet").await;
+    let busy = server.create("idle-busy").await;
+    assert!(
+        server.platform.live().is_empty(),
+        "nothing starts before a request"
+    );
+    for t in [&quiet, &busy] {
+        let (status, _) = server
+            .get(&format!("{}/rest/v1/", t.url), &t.service, &t.service)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(server.platform.live().len(), 2);
+    // A realtime connection keeps a tenant running.
+    let mut ws = socket(&busy.url, &busy.anon).await;
+    join(&mut ws, "room").await;
+    assert_eq!(server.platform.stop_idle(Duration::ZERO), 1);
+    let live: Vec<String> = server
+        .platform
+        .live()
+        .iter()
+        .map(|t| t.id.clone())
+        .collect();
+    assert_eq!(live, vec![busy.name.clone()]);
+    // The stopped one starts again.
+    let (status, _) = server
+        .get(
+            &format!("{}/rest/v1/", quiet.url),
+            &quiet.service,
+            &quiet.service,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(server.platform.live().len(), 2);
+}
+
+#[tokio::test]
+async fn a_database_in_the_way_is_a_conflict_and_is_left_alone() {
+    let server = spawn().await;
+    // Make the template first, then a database with a tenant's name.
+    server.create("first").await;
+    let name = unique("squat");
+    let database = format!("tenant_{}", name.replace('-', "_"));
+    let admin = server.sql(&server.db.name).await;
+    admin
+        .batch_execute(&format!("create database \"{database}\""))
+        .await
+        .unwrap();
+    let (status, body) = server
+        .api(reqwest::Method::POST, "", Some(json!({"name": name})))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let left = admin
+        .query_one(
+            "select (select count(*) from pg_database where datname = $1),
+                    (select count(*) from pg_roles where rolname like $1 || '\\_%'),
+                    (select count(*) from sovra.tenants where name = $2)",
+            &[&database, &name],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            left.get::<_, i64>(0),
+            left.get::<_, i64>(1),
+            left.get::<_, i64>(2)
+        ),
+        (1, 0, 0),
+        "the other database stays; the tenant's roles and row are gone"
+    );
+}
