@@ -1192,6 +1192,9 @@ fn mint(keyset: &KeySet, issuer: &str) -> Result<ApiKeys, String> {
     Ok(ApiKeys {
         anon: sign("anon")?,
         service_role: sign("service_role")?,
+        // Opaque `sb_…` keys are made by `sovra keys` for the default
+        // tenant only, so far.
+        opaque: Vec::new(),
     })
 }
 

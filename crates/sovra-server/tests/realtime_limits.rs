@@ -34,7 +34,15 @@ fn notes() -> Value {
 
 /// Reads `n` postgres_changes and checks they are rows 1..=n in order.
 async fn expect_rows(client: &mut Client, n: usize) {
+    // A long transfer on a loaded machine outlasts the idle timeout: keep
+    // sending heartbeats as realtime-js does (every 25 s), so the test
+    // checks streaming, not the client's silence.
+    let mut beat = tokio::time::Instant::now();
     for i in 1..=n {
+        if beat.elapsed() > Duration::from_secs(20) {
+            client.send("phoenix", "heartbeat", json!({})).await;
+            beat = tokio::time::Instant::now();
+        }
         let (_, p, _) = client.expect("postgres_changes").await;
         assert_eq!(
             p["data"]["record"]["body"],
