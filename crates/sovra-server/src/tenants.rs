@@ -1316,6 +1316,17 @@ fn platform_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Platform>, A
 }
 
 /// Refuses the tenant API under a tenant's URL.
+/// The platform, for a request made at the root (not under a tenant's
+/// URL) with the platform key; otherwise the refusal to send.
+fn platform_for(
+    state: &AppState,
+    routed: Option<&RoutedTenant>,
+    headers: &HeaderMap,
+) -> Result<Arc<Platform>, ApiError> {
+    at_root(routed)?;
+    platform_of(state, headers)
+}
+
 fn at_root(request_tenant: Option<&RoutedTenant>) -> Result<(), ApiError> {
     match request_tenant {
         Some(_) => Err(ApiError(
@@ -1344,10 +1355,7 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(err) = at_root(routed.as_deref()) {
-        return err.into_response();
-    }
-    let platform = match platform_of(&state, &headers) {
+    let platform = match platform_for(&state, routed.as_deref(), &headers) {
         Ok(platform) => platform,
         Err(err) => return err.into_response(),
     };
@@ -1390,10 +1398,7 @@ pub(crate) async fn list(
     routed: Option<axum::Extension<RoutedTenant>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(err) = at_root(routed.as_deref()) {
-        return err.into_response();
-    }
-    let platform = match platform_of(&state, &headers) {
+    let platform = match platform_for(&state, routed.as_deref(), &headers) {
         Ok(platform) => platform,
         Err(err) => return err.into_response(),
     };
@@ -1437,10 +1442,7 @@ pub(crate) async fn show(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(err) = at_root(routed.as_deref()) {
-        return err.into_response();
-    }
-    let platform = match platform_of(&state, &headers) {
+    let platform = match platform_for(&state, routed.as_deref(), &headers) {
         Ok(platform) => platform,
         Err(err) => return err.into_response(),
     };
@@ -1459,10 +1461,7 @@ pub(crate) async fn patch(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(err) = at_root(routed.as_deref()) {
-        return err.into_response();
-    }
-    let platform = match platform_of(&state, &headers) {
+    let platform = match platform_for(&state, routed.as_deref(), &headers) {
         Ok(platform) => platform,
         Err(err) => return err.into_response(),
     };
@@ -1494,10 +1493,7 @@ pub(crate) async fn delete(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(err) = at_root(routed.as_deref()) {
-        return err.into_response();
-    }
-    let platform = match platform_of(&state, &headers) {
+    let platform = match platform_for(&state, routed.as_deref(), &headers) {
         Ok(platform) => platform,
         Err(err) => return err.into_response(),
     };
@@ -1515,10 +1511,7 @@ async fn set_state(
     headers: &HeaderMap,
     suspended: bool,
 ) -> Response {
-    if let Err(err) = at_root(routed) {
-        return err.into_response();
-    }
-    let platform = match platform_of(state, headers) {
+    let platform = match platform_for(state, routed, headers) {
         Ok(platform) => platform,
         Err(err) => return err.into_response(),
     };
