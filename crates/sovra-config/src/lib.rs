@@ -537,6 +537,18 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Address the bucket in the path (`endpoint/bucket/key`) instead of the host name; most self-hosted stores need this.",
     },
     OptionDoc {
+        key: "storage.s3_protocol.enabled",
+        kind: Kind::Bool,
+        default: "true",
+        doc: "Serve the S3 protocol at `/storage/v1/s3` (SigV4, as Supabase Storage), so S3 tools reach the buckets: with an S3 access key (`sovra s3-keys`, full access) or a session token (a user's JWT, under RLS). Off: every request there is refused with `AccessDenied`.",
+    },
+    OptionDoc {
+        key: "storage.s3_protocol.region",
+        kind: Kind::String,
+        default: "\"local\"",
+        doc: "The region S3 clients sign `/storage/v1/s3` requests for (Supabase's local development uses `local`); requests signed for another are refused. Lowercase letters, digits and `-`, at most 64.",
+    },
+    OptionDoc {
         key: "realtime.max_connections",
         kind: Kind::Integer,
         default: "100000",
@@ -713,6 +725,24 @@ pub struct StorageConfig {
     pub io_threads: u64,
     pub io_wait: u64,
     pub s3: S3Config,
+    pub s3_protocol: S3ProtocolConfig,
+}
+
+/// The S3 protocol Sovra serves at `/storage/v1/s3`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3ProtocolConfig {
+    pub enabled: bool,
+    pub region: String,
+}
+
+impl Default for S3ProtocolConfig {
+    fn default() -> Self {
+        S3ProtocolConfig {
+            enabled: true,
+            region: "local".to_owned(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -739,6 +769,7 @@ impl Default for StorageConfig {
                 region: "us-east-1".to_owned(),
                 ..S3Config::default()
             },
+            s3_protocol: S3ProtocolConfig::default(),
         }
     }
 }
@@ -1582,6 +1613,18 @@ impl Config {
                 "must be between 1 and 3600 seconds",
             ));
         }
+        let region = &storage.s3_protocol.region;
+        if region.is_empty()
+            || region.len() > 64
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(ConfigError::invalid(
+                "storage.s3_protocol.region",
+                "must be 1 to 64 lowercase letters, digits and `-`",
+            ));
+        }
         Ok(())
     }
 
@@ -2035,6 +2078,14 @@ mod tests {
             ("[storage]\nio_threads = 1000\n", "storage.io_threads"),
             ("[storage]\nio_wait = 0\n", "storage.io_wait"),
             ("[storage]\nio_wait = 3601\n", "storage.io_wait"),
+            (
+                "[storage.s3_protocol]\nregion = \"\"\n",
+                "storage.s3_protocol.region",
+            ),
+            (
+                "[storage.s3_protocol]\nregion = \"US East\"\n",
+                "storage.s3_protocol.region",
+            ),
             ("[log]\nlevel = \"loud\"\n", "log.level"),
             ("[database]\nurl = \"mysql\"\n", "database.url"),
             ("[database]\npool_size = 0\n", "database.pool_size"),

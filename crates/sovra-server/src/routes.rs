@@ -375,6 +375,11 @@ pub(crate) async fn storage(
         return crate::GatewayError::NoTenant.into_response();
     };
     let path = parts.uri.path().strip_prefix("/storage/v1").unwrap_or("");
+    if let Some(s3_path) = path.strip_prefix("/s3")
+        && (s3_path.is_empty() || s3_path.starts_with('/'))
+    {
+        return storage_s3(&tenant, &parts, s3_path, body).await;
+    }
     // Without any credential, Supabase Storage verifies an empty token,
     // which its JWT library refuses as "Invalid Compact JWS" (routes that
     // need no caller, such as public downloads, still work).
@@ -414,6 +419,58 @@ pub(crate) async fn storage(
             safe_headers: safe_headers(&parts.headers),
             keys: &tenant.keys,
         })
+        .await
+}
+
+/// `/storage/v1/s3/*`: the S3 protocol, signed with SigV4 rather than
+/// sent with an API key; the storage service checks the signature.
+async fn storage_s3(
+    tenant: &std::sync::Arc<crate::tenant::Tenant>,
+    parts: &http::request::Parts,
+    s3_path: &str,
+    body: axum::body::Body,
+) -> Response {
+    // A tenant addressed by path was signed with its `/t/{name}` prefix.
+    let mut signed_paths = vec![parts.uri.path().to_owned()];
+    if parts
+        .extensions
+        .get::<crate::tenants::RoutedTenant>()
+        .is_some()
+    {
+        signed_paths.push(format!("/t/{}{}", tenant.id, parts.uri.path()));
+    }
+    let keys = tenant.keys.clone();
+    let verify = move |token: &str| -> Result<sovra_storage::Principal, String> {
+        let verified = keys
+            .verify(token, crate::gateway::now())
+            .map_err(|err| err.to_string())?;
+        if crate::gateway::claims_contain_nul(&verified.claims) {
+            return Err(crate::gateway::NUL_CLAIMS.to_owned());
+        }
+        Ok(sovra_storage::Principal {
+            role: verified.role,
+            claims: verified.claims,
+        })
+    };
+    let project_ref = tenant.keys.project_ref().unwrap_or(&tenant.id).to_owned();
+    tenant
+        .storage
+        .handle_s3(
+            sovra_storage::s3::S3Request {
+                method: &parts.method,
+                path: s3_path,
+                signed_paths,
+                query: parts.uri.query(),
+                headers: &parts.headers,
+                safe_headers: safe_headers(&parts.headers),
+                keys: &tenant.keys,
+                project_ref: &project_ref,
+                anon_key: &tenant.api_keys.anon,
+                verify_token: &verify,
+                now: crate::gateway::now(),
+            },
+            body,
+        )
         .await
 }
 

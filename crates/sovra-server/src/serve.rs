@@ -338,7 +338,10 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
     if let Err(err) = auth.reload_api_keys().await {
         tracing::warn!(error = %err.message, "could not load API keys");
     }
-    let storage = sovra_storage::StorageService::new(storage_config(config), &id, pool.clone())
+    let mut storage_settings = storage_config(config);
+    // S3 access keys' secrets derive from the project's service key.
+    storage_settings.s3.key_root = keys.api.service_role.clone();
+    let storage = sovra_storage::StorageService::new(storage_settings, &id, pool.clone())
         .map_err(ServeError::Storage)?;
     let keyset = std::sync::Arc::new(keys.keyset);
     let verify_keys = keyset.clone();
@@ -494,6 +497,11 @@ fn storage_config(config: &Config) -> sovra_storage::StorageConfig {
         upload_expiry: Duration::from_secs(storage.upload_expiry),
         io_threads: usize::try_from(storage.io_threads).unwrap_or(16),
         io_wait: Duration::from_secs(storage.io_wait),
+        s3: sovra_storage::s3::S3Config {
+            enabled: storage.s3_protocol.enabled,
+            region: storage.s3_protocol.region.clone(),
+            key_root: String::new(),
+        },
     }
 }
 

@@ -444,6 +444,53 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// Where part `part` of S3 multipart upload `upload` lives.
+    pub fn s3_part_path(&self, upload: &str, part: i32) -> Path {
+        Path::from(format!("{}/uploads/s3-{upload}/{part:05}", self.prefix))
+    }
+
+    /// Streams the files at `paths`, in order, into `to`: one is open at
+    /// a time.
+    pub async fn join_paths(&self, paths: Vec<Path>, to: &Path) -> Result<u64, WriteError> {
+        let joined = futures_util::stream::unfold(
+            Files {
+                backend: self.clone(),
+                paths: paths.into_iter(),
+                current: None,
+            },
+            next_file_chunk,
+        );
+        self.write(to, Box::pin(joined), u64::MAX).await
+    }
+}
+
+/// Files being read back one after the other, one open at a time.
+struct Files {
+    backend: Backend,
+    paths: std::vec::IntoIter<Path>,
+    current: Option<futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>>,
+}
+
+async fn next_file_chunk(mut files: Files) -> Option<(Result<Bytes, std::io::Error>, Files)> {
+    loop {
+        if let Some(stream) = &mut files.current {
+            match stream.next().await {
+                Some(item) => return Some((item, files)),
+                None => files.current = None,
+            }
+        }
+        let path = files.paths.next()?;
+        match files.backend.read(&path, None).await {
+            Ok(download) => files.current = Some(download.stream),
+            Err(err) => {
+                files.paths = Vec::new().into_iter();
+                return Some((Err(std::io::Error::other(err)), files));
+            }
+        }
+    }
+}
+
 /// The parts of a resumable upload being read back, one open at a time.
 struct Parts {
     backend: Backend,

@@ -21,6 +21,7 @@ pub mod cursor;
 pub mod error;
 pub mod names;
 mod object;
+pub mod s3;
 mod sign;
 mod tus;
 
@@ -59,6 +60,8 @@ pub struct StorageConfig {
     pub io_threads: usize,
     /// How long a request waits for one of them before it gets 503.
     pub io_wait: Duration,
+    /// The S3 protocol at `/s3`.
+    pub s3: s3::S3Config,
 }
 
 /// Who a request is from, as the gateway verified it.
@@ -349,7 +352,8 @@ impl StorageService {
 
     /// Deletes resumable uploads past their expiry, with their parts.
     pub async fn sweep_expired_uploads(&self) -> Result<usize, String> {
-        tus::sweep(self).await
+        let resumable = tus::sweep(self).await?;
+        Ok(resumable + s3::multipart_sweep(self).await?)
     }
 }
 
@@ -413,6 +417,7 @@ async fn route(ctx: &Ctx<'_>, body: Body) -> Result<Response, StorageError> {
             }
         }
         (Some("upload"), Some("resumable")) => tus::route(ctx, &seg[2..], body).await,
+        (Some("s3-credentials"), _) => s3::keys::route(ctx, &seg[1..], body).await,
         (Some("cdn"), _) if method == Method::DELETE => {
             Ok(axum::Json(serde_json::json!({"message": "success"})).into_response())
         }

@@ -1229,7 +1229,7 @@ const DELETED_SQL: &str = "delete from storage.objects where bucket_id = $1 and 
      'id', id, 'updated_at', updated_at, 'created_at', created_at, 'last_accessed_at', last_accessed_at,
      'metadata', metadata, 'version', version, 'user_metadata', user_metadata), version";
 
-async fn delete_names(
+pub(crate) async fn delete_names(
     ctx: &Ctx<'_>,
     bucket: &str,
     keys: &[String],
