@@ -1166,9 +1166,7 @@ async fn multipart_uploads_join_their_parts_and_clean_up() {
             .await;
         assert_eq!(reply.status, StatusCode::OK);
     }
-    let body = format!(
-        "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part><Part><PartNumber>2</PartNumber></Part></CompleteMultipartUpload>"
-    );
+    let body = "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part><Part><PartNumber>2</PartNumber></Part></CompleteMultipartUpload>".to_owned();
     let reply = s3
         .send(
             Method::POST,

@@ -198,7 +198,7 @@ enum Payload {
     /// Its SHA-256 must be this (hex).
     Hashed(String),
     /// `aws-chunked`.
-    Chunked(chunked::ChunkDecoder),
+    Chunked(Box<chunked::ChunkDecoder>),
 }
 
 /// The payload bytes of a request body, checked as it was signed; a
@@ -494,7 +494,7 @@ async fn verify(
         None | Some(sigv4::UNSIGNED_PAYLOAD) => Payload::Raw,
         Some(sigv4::STREAMING_PAYLOAD) | Some("STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER") => {
             let trailers = declared.as_deref() != Some(sigv4::STREAMING_PAYLOAD);
-            Payload::Chunked(chunked::ChunkDecoder::new(
+            Payload::Chunked(Box::new(chunked::ChunkDecoder::new(
                 Some(chunked::ChunkSigning {
                     key,
                     long_date: client.long_date.clone(),
@@ -502,10 +502,10 @@ async fn verify(
                     seed: client.signature.clone(),
                 }),
                 trailers,
-            ))
+            )))
         }
         Some(sigv4::STREAMING_UNSIGNED_TRAILER) => {
-            Payload::Chunked(chunked::ChunkDecoder::new(None, true))
+            Payload::Chunked(Box::new(chunked::ChunkDecoder::new(None, true)))
         }
         Some(hash) if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
             Payload::Hashed(hash.to_owned())

@@ -143,8 +143,8 @@ impl<'a> Reader<'a> {
                     .find("?>")
                     .ok_or(XmlError("unterminated declaration"))?;
                 self.at += end + 2;
-            } else if rest.starts_with("<!--") {
-                let end = rest[4..]
+            } else if let Some(comment) = rest.strip_prefix("<!--") {
+                let end = comment
                     .find("-->")
                     .ok_or(XmlError("unterminated comment"))?;
                 self.at += 4 + end + 3;
