@@ -113,7 +113,7 @@ wanted() {
 
 if [ "$list" -eq 1 ]; then
   wanted
-  [ "$mode" = run ] || echo "moto[server] (PyPI, into $VENV)"
+  [ "$mode" = run ] || echo "moto[server] and boto3 (PyPI, into $VENV)"
   exit 0
 fi
 
@@ -201,15 +201,17 @@ if [ -f "$SRC_LIST" ]; then
   fi
 fi
 
-# moto's S3-compatible server for the storage tests of the S3 backend, in a
-# virtual environment inside the project (not the system Python).
+# moto's S3-compatible server for the storage tests of the S3 backend, and
+# boto3 (which moto needs anyway) as the real S3 client of the tests of
+# /storage/v1/s3, in a virtual environment inside the project (not the
+# system Python).
 if [ "$mode" = test ] && ! command -v moto_server >/dev/null 2>&1 && [ ! -x "$VENV/bin/moto_server" ]; then
   if [ "$dry" -eq 1 ]; then
     log "would install moto[server] from PyPI into $VENV"
   else
     log "installing moto[server] from PyPI into $VENV"
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]' >/dev/null
+    "$VENV/bin/pip" install -q --disable-pip-version-check 'moto[server]' boto3 >/dev/null
     change "installed moto[server] into $PWD/$VENV (remove with rm -rf .tools)"
   fi
 fi

@@ -115,10 +115,42 @@ enum Command {
         #[arg(long)]
         allow_http: bool,
     },
+    /// Manage the S3 access keys of `/storage/v1/s3` through the running
+    /// server (full access to every bucket, as service_role; the
+    /// service_role key is read from the data directory).
+    S3Keys {
+        #[command(subcommand)]
+        action: S3KeyAction,
+        /// URL of the running server [default: the configured public URL].
+        /// Plain http:// is refused unless the host is this machine.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Allow a plain http:// URL to another machine (a private network
+        /// you trust); the service_role key is then sent unencrypted.
+        #[arg(long)]
+        allow_http: bool,
+    },
     /// Create, list, show, update, suspend, resume and delete tenants
     /// (isolated projects, each with its own database, keys and URL)
     /// through the running server, with the platform key.
     Tenants(tenants::TenantsArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum S3KeyAction {
+    /// List the keys (ids, descriptions; never the secrets).
+    List,
+    /// Make a key pair; the secret is printed once and never stored.
+    Create {
+        /// A description that says who uses it.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Revoke a key at once.
+    Revoke {
+        /// The access key id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -242,6 +274,11 @@ fn main() -> ExitCode {
                 url,
                 allow_http,
             } => api_keys(&config, action, url, allow_http).await,
+            Command::S3Keys {
+                action,
+                url,
+                allow_http,
+            } => s3_keys(&config, action, url, allow_http).await,
             Command::Tenants(args) => tenants::run(&config, args).await,
         }
     });
@@ -521,6 +558,78 @@ async fn api_keys(
             );
         }
         ApiKeyAction::Revoke { id } => println!("revoked {id}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn s3_keys(
+    config: &Config,
+    action: S3KeyAction,
+    url: Option<String>,
+    allow_http: bool,
+) -> anyhow::Result<ExitCode> {
+    let base = url.unwrap_or_else(|| config.public_url(config.listen_addr()));
+    check_server_url(&base, allow_http)?;
+    let keys = sovra_server::keys::load_or_create(&config.data_dir.join("keys.json"), config)?;
+    let base = base.trim_end_matches('/').to_owned();
+    let endpoint = format!("{base}/storage/v1/s3-credentials");
+    let client = reqwest::Client::new();
+    let service = keys.api.service_role;
+    let request = match &action {
+        S3KeyAction::List => client.get(&endpoint),
+        S3KeyAction::Create { description } => client
+            .post(&endpoint)
+            .json(&serde_json::json!({"description": description})),
+        S3KeyAction::Revoke { id } => client.delete(format!("{endpoint}/{id}")),
+    };
+    let response = request
+        .header("apikey", &service)
+        .bearer_auth(&service)
+        .send()
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot reach {base} (is `sovra serve` running?): {err}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        let message = body
+            .get("message")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("request failed");
+        eprintln!("sovra: {message} ({status})");
+        return Ok(ExitCode::FAILURE);
+    }
+    match action {
+        S3KeyAction::List => {
+            let empty = Vec::new();
+            let list = body.as_array().unwrap_or(&empty);
+            if list.is_empty() {
+                println!("no S3 access keys");
+            }
+            for key in list {
+                println!(
+                    "{}  {}  {}",
+                    key["id"].as_str().unwrap_or(""),
+                    key["created_at"].as_str().unwrap_or(""),
+                    key["description"].as_str().unwrap_or("")
+                );
+            }
+        }
+        S3KeyAction::Create { .. } => {
+            println!("endpoint           {base}/storage/v1/s3");
+            println!("region             {}", config.storage.s3_protocol.region);
+            println!(
+                "access key id      {}",
+                body["access_key"].as_str().unwrap_or("")
+            );
+            println!(
+                "secret access key  {}",
+                body["secret_key"].as_str().unwrap_or("")
+            );
+            println!(
+                "Full access to every bucket (as service_role). The secret is shown only now."
+            );
+        }
+        S3KeyAction::Revoke { id } => println!("revoked {id}"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -356,6 +356,7 @@ fn help_explains_every_command() {
         "doctor",
         "mail",
         "api-keys",
+        "s3-keys",
         "--config",
         "--data-dir",
     ] {
@@ -671,6 +672,45 @@ async fn mail_lists_the_mailbox_and_api_keys_are_made_through_the_server() {
     assert_eq!(whoami["role"], "service_role");
     let out = run(&["api-keys", "--url", &server.url, "list"], &dir);
     assert!(String::from_utf8_lossy(&out.stdout).contains("etl"));
+    // S3 access keys of /storage/v1/s3: made, listed and revoked.
+    let out = run(
+        &[
+            "s3-keys",
+            "--url",
+            &server.url,
+            "create",
+            "--description",
+            "backup",
+        ],
+        &dir,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("access key id      "))
+        .expect("the access key id is printed")
+        .to_owned();
+    let secret = text
+        .lines()
+        .find_map(|l| l.strip_prefix("secret access key  "))
+        .expect("the secret is printed")
+        .to_owned();
+    assert_eq!(secret.len(), 40, "{text}");
+    assert!(text.contains("/storage/v1/s3") && text.contains("region             local"));
+    let out = run(&["s3-keys", "--url", &server.url, "list"], &dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&id) && text.contains("backup") && !text.contains(&secret));
+    let out = run(&["s3-keys", "--url", &server.url, "revoke", &id], &dir);
+    assert!(out.status.success());
+    let out = run(&["s3-keys", "--url", &server.url, "revoke", &id], &dir);
+    assert!(!out.status.success());
+    let out = run(&["s3-keys", "--url", &server.url, "list"], &dir);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no S3 access keys"));
     stop(&mut server, Signal::SIGINT);
     // Without a server the command says so.
     let out = run(&["api-keys", "--url", &server.url, "list"], &dir);
