@@ -816,6 +816,36 @@ async fn bad_signatures_dates_regions_and_bodies_are_refused() {
     assert_eq!(reply.code(), "InvalidArgument");
     let reply = s3.put("/b%20b/x", b"x", &[]).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    // The bucket's size limit and MIME types apply.
+    env.app
+        .db
+        .client()
+        .await
+        .batch_execute(
+            "update storage.buckets set file_size_limit = 5, allowed_mime_types = '{text/plain}' where id = 'b'",
+        )
+        .await
+        .unwrap();
+    let reply = s3
+        .put(
+            "/b/big.txt",
+            b"0123456789",
+            &[("content-type", "text/plain")],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert_eq!(reply.code(), "EntityTooLarge");
+    let reply = s3
+        .put("/b/x.png", b"0", &[("content-type", "image/png")])
+        .await;
+    assert_eq!(reply.code(), "InvalidArgument");
+    assert!(reply.text().contains("image/png"), "{}", reply.text());
+    assert_eq!(
+        s3.put("/b/ok.txt", b"01234", &[("content-type", "text/plain")])
+            .await
+            .status,
+        StatusCode::OK
+    );
     // Operations Sovra does not have are 501 NotImplemented.
     let reply = s3.get("/b", &[("policy", "")]).await;
     assert_eq!(reply.status, StatusCode::NOT_IMPLEMENTED);

@@ -731,4 +731,29 @@ mod tests {
         assert!(!same("abc", "abd"));
         assert!(!same("abc", "ab"));
     }
+
+    fn fuzz_cases() -> u32 {
+        std::env::var("SOVRA_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(fuzz_cases()))]
+        #[test]
+        fn fuzz_sigv4_parsers_never_panic(
+            header in "AWS4-HMAC-SHA256 [ -~]{0,200}",
+            any_text in "\\PC{0,80}",
+            query in "[ -~]{0,200}",
+        ) {
+            let _ = parse_authorization(&header, Some(&any_text), Some(&any_text));
+            let _ = parse_authorization(&any_text, Some("20130524T000000Z"), None);
+            let _ = parse_long_date(&any_text);
+            if let Some(pairs) = decode_query(Some(&query)) {
+                let _ = parse_query(&pairs);
+                let _ = canonical_query(&pairs);
+            }
+        }
+    }
 }
