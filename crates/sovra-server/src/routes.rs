@@ -461,6 +461,7 @@ async fn storage_s3(
                 path: s3_path,
                 signed_paths,
                 query: parts.uri.query(),
+                authority: parts.uri.authority().map(|a| a.as_str()),
                 headers: &parts.headers,
                 safe_headers: safe_headers(&parts.headers),
                 keys: &tenant.keys,

@@ -1583,3 +1583,33 @@ async fn boto3_drives_the_endpoint() {
         .unwrap();
     assert!(String::from_utf8_lossy(&curl.stdout).contains("SignatureDoesNotMatch"));
 }
+
+/// Over HTTP/2 the host a client signed travels as the `:authority`, not
+/// in a `Host` header.
+#[tokio::test]
+async fn http2_requests_verify_against_the_authority() {
+    let env = Env::new().await;
+    let mut s3 = env.service_client().await;
+    s3.http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let reply = s3.put("/h2", b"", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        s3.put("/h2/k", b"over h2", &[]).await.status,
+        StatusCode::OK
+    );
+    let reply = s3.get("/h2/k", &[]).await;
+    assert_eq!(&reply.bytes[..], b"over h2");
+    // The host as the client named it.
+    let mut named = s3.clone();
+    named.url = named.url.replace("127.0.0.1", "localhost");
+    assert_eq!(named.get("/h2/k", &[]).await.status, StatusCode::OK);
+    let mut other = s3.clone();
+    other.secret.push('x');
+    assert_eq!(
+        other.get("/h2/k", &[]).await.code(),
+        "SignatureDoesNotMatch"
+    );
+}

@@ -57,6 +57,8 @@ pub struct S3Request<'a> {
     /// with the `/t/{name}` prefix when the tenant was routed by it).
     pub signed_paths: Vec<String>,
     pub query: Option<&'a str>,
+    /// The URI's authority (HTTP/2 sends the host there, not in `Host`).
+    pub authority: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub safe_headers: Map<String, Value>,
     pub keys: &'a sovra_jwt::KeySet,
@@ -450,7 +452,8 @@ async fn verify(
         if name == "host" {
             let host = header_values(request.headers, "host");
             if host.is_empty() {
-                return header_of(":authority").into_iter().collect();
+                // HTTP/2 carries the host as the `:authority` of the URI.
+                return request.authority.into_iter().collect();
             }
             return host;
         }
