@@ -147,3 +147,23 @@ test('a session token from supabase-js acts as its user under RLS', async () => 
   const forged = s3({ accessKeyId: 'default', secretAccessKey: anonKey, sessionToken: `${data.session.access_token}x` });
   assert.equal(await errorCode(forged.send(new ListObjectsV2Command({ Bucket: PRIVATE }))), 'AccessDenied');
 });
+
+test('opaque API keys stand for their role as session tokens', async () => {
+  const secretKey = process.env.SOVRA_SECRET_KEY;
+  const publishableKey = process.env.SOVRA_PUBLISHABLE_KEY;
+  assert.ok(secretKey?.startsWith('sb_secret_') && publishableKey?.startsWith('sb_publishable_'));
+  const created = await service.storage.createBucket(PRIVATE, { public: false });
+  if (created.error && created.error.statusCode !== '409') throw created.error;
+  const key = `${randomUUID()}/opaque.txt`;
+  const put = await service.storage.from(PRIVATE).upload(key, new Blob(['by the service']));
+  assert.equal(put.error, null);
+  // sb_secret_…: the service role, past RLS.
+  const asService = s3({ accessKeyId: 'default', secretAccessKey: anonKey, sessionToken: secretKey });
+  const got = await asService.send(new GetObjectCommand({ Bucket: PRIVATE, Key: key }));
+  assert.equal(await got.Body.transformToString(), 'by the service');
+  // sb_publishable_…: anon, which no policy lets see the bucket's objects.
+  const asAnon = s3({ accessKeyId: 'default', secretAccessKey: anonKey, sessionToken: publishableKey });
+  assert.equal(await errorCode(asAnon.send(new GetObjectCommand({ Bucket: PRIVATE, Key: key }))), 'NoSuchKey');
+  const forged = s3({ accessKeyId: 'default', secretAccessKey: anonKey, sessionToken: `${secretKey}x` });
+  assert.equal(await errorCode(forged.send(new ListBucketsCommand({}))), 'AccessDenied');
+});

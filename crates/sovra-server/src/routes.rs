@@ -440,7 +440,17 @@ async fn storage_s3(
         signed_paths.push(format!("/t/{}{}", tenant.id, parts.uri.path()));
     }
     let keys = tenant.keys.clone();
-    let verify = move |token: &str| -> Result<sovra_storage::Principal, String> {
+    let verify = |token: &str| -> Result<sovra_storage::Principal, String> {
+        // An opaque key (`sb_publishable_…`, `sb_secret_…`) stands for its
+        // role's JWT here too.
+        let token = if crate::opaque_keys::looks_opaque(token) {
+            tenant
+                .api_keys
+                .jwt_for_opaque(token)
+                .ok_or_else(|| "Invalid API key".to_owned())?
+        } else {
+            token
+        };
         let verified = keys
             .verify(token, crate::gateway::now())
             .map_err(|err| err.to_string())?;
