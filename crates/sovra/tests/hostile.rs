@@ -1608,6 +1608,261 @@ fn jwt_cases(f: &Fixture) -> Vec<Case> {
     cases
 }
 
+/// A request to `/storage/v1/s3` signed with SigV4 as the fixture's user
+/// (session token: project ref `default`, the anon key, the user's JWT),
+/// for `Host: 127.0.0.1`, with `payload` as `x-amz-content-sha256`.
+fn s3_signed(
+    f: &Fixture,
+    method: &str,
+    path: &str,
+    query: &[(&str, &str)],
+    extra: &[(&str, &str)],
+    payload: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    use sovra_storage::s3::sigv4;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let date = sigv4::format_long_date(i64::try_from(now).unwrap());
+    let pairs: Vec<(String, String)> = query
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let mut headers: Vec<(String, String)> = vec![
+        ("host".to_owned(), "127.0.0.1".to_owned()),
+        ("x-amz-content-sha256".to_owned(), payload.to_owned()),
+        ("x-amz-date".to_owned(), date.clone()),
+        ("x-amz-security-token".to_owned(), f.user.clone()),
+    ];
+    headers.extend(
+        extra
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned())),
+    );
+    let names: Vec<String> = headers.iter().map(|(n, _)| n.clone()).collect();
+    let authorization = sigv4::authorization_header(
+        "default",
+        &f.anon,
+        "local",
+        &date,
+        method,
+        path,
+        &pairs,
+        &names,
+        |name| {
+            headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        },
+        payload,
+    );
+    let mut target = path.to_owned();
+    if !pairs.is_empty() {
+        target.push('?');
+        target.push_str(
+            &pairs
+                .iter()
+                .map(|(k, v)| format!("{}={}", sigv4::uri_encode(k), sigv4::uri_encode(v)))
+                .collect::<Vec<_>>()
+                .join("&"),
+        );
+    }
+    let mut sent: Vec<(&str, &str)> = headers
+        .iter()
+        .filter(|(n, _)| n != "host")
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    sent.push(("Authorization", &authorization));
+    request(method, &target, &sent, body)
+}
+
+/// The S3 protocol: forged and malformed signatures, and correctly signed
+/// requests carrying hostile XML, `aws-chunked` bodies and names.
+fn s3_cases(f: &Fixture) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let sig = "0".repeat(64);
+    for authorization in [
+        "AWS4-HMAC-SHA256".to_owned(),
+        "AWS4-HMAC-SHA256 ".to_owned(),
+        "AWS4-HMAC-SHA256 Credential=".to_owned(),
+        "AWS4-HMAC-SHA256 Credential=a/b/c/d/e, SignedHeaders=, Signature=".to_owned(),
+        format!("AWS4-HMAC-SHA256 Credential=x/20990101/local/s3/aws4_request, SignedHeaders=host, Signature={sig}"),
+        format!("AWS4-HMAC-SHA256 Credential={}/20250101/local/s3/aws4_request, SignedHeaders=host, Signature={sig}", "k".repeat(5000)),
+        format!("AWS4-HMAC-SHA256 Credential=a/20250101/local/s3/aws4_request, SignedHeaders={}, Signature={sig}", "host;".repeat(2000)),
+        "AWS4-HMAC-SHA256 Credential=\u{0}/20250101/local/s3/aws4_request, SignedHeaders=host, Signature=zz".to_owned(),
+    ] {
+        for date in ["20250101T000000Z", "99999999T999999Z", "", "\u{7f}"] {
+            cases.push(case(
+                format!("s3 authorization {} / {date}", authorization.chars().take(60).collect::<String>()),
+                request(
+                    "GET",
+                    "/storage/v1/s3/hostile",
+                    &[("Authorization", authorization.as_str()), ("x-amz-date", date)],
+                    b"",
+                ),
+            ));
+        }
+    }
+    for query in [
+        "X-Amz-Algorithm=AWS4-HMAC-SHA256",
+        "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=a%2F20250101%2Flocal%2Fs3%2Faws4_request&X-Amz-Date=20250101T000000Z&X-Amz-Expires=99999999999999999999&X-Amz-SignedHeaders=host&X-Amz-Signature=00",
+        "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=%FF&X-Amz-Date=x&X-Amz-Expires=-1&X-Amz-SignedHeaders=&X-Amz-Signature=",
+        "X-Amz-Algorithm=nope&X-Amz-Credential=a",
+        "%zz=1",
+        "list-type=2&max-keys=-1",
+    ] {
+        cases.push(case(
+            format!("s3 presigned {query}"),
+            request(
+                "GET",
+                &format!("/storage/v1/s3/hostile/k?{query}"),
+                &[],
+                b"",
+            ),
+        ));
+    }
+    // Signed requests with hostile payloads.
+    let hash = |body: &[u8]| sovra_storage::s3::sigv4::sha256_hex(body);
+    let laughs = format!(
+        "<!DOCTYPE l [<!ENTITY a \"{}\"><!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;\">]><Delete><Object><Key>&b;</Key></Object></Delete>",
+        "x".repeat(100)
+    );
+    let deep = format!("{}{}", "<a>".repeat(100_000), "</a>".repeat(100_000));
+    let wide = format!(
+        "<Delete>{}</Delete>",
+        "<Object><Key>k</Key></Object>".repeat(20_000)
+    );
+    let attrs = format!("<Delete {}></Delete>", "a=\"1\" ".repeat(50_000));
+    let xml_bodies: Vec<Vec<u8>> = vec![
+        laughs.into_bytes(),
+        deep.into_bytes(),
+        wide.into_bytes(),
+        attrs.into_bytes(),
+        b"<Delete><Object><Key>\xff\xfe</Key></Object></Delete>".to_vec(),
+        b"<Delete><Object><Key>&#0;&#xD800;&#99999999999;</Key></Object></Delete>".to_vec(),
+        b"<Delete><Object><Key><![CDATA[".to_vec(),
+        vec![0xff; 1000],
+    ];
+    for (i, body) in xml_bodies.iter().enumerate() {
+        cases.push(case(
+            format!("s3 DeleteObjects hostile XML {i}"),
+            s3_signed(
+                f,
+                "POST",
+                "/storage/v1/s3/hostile",
+                &[("delete", "")],
+                &[],
+                &hash(body),
+                body,
+            ),
+        ));
+        cases.push(case(
+            format!("s3 CompleteMultipartUpload hostile XML {i}"),
+            s3_signed(
+                f,
+                "POST",
+                "/storage/v1/s3/hostile/k",
+                &[("uploadId", "00000000-0000-0000-0000-000000000000")],
+                &[],
+                &hash(body),
+                body,
+            ),
+        ));
+    }
+    for (i, body) in [
+        &b"ffffffffffffffffffff;chunk-signature=00\r\n"[..],
+        b"5\r\nhello",
+        b"zz\r\n",
+        b"0;chunk-signature=\r\n\r\n",
+        b"3;chunk-signature=0000000000000000000000000000000000000000000000000000000000000000\r\nabc\r\n0;chunk-signature=00\r\n\r\n",
+        b"\r\n\r\n\r\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        for payload in [
+            "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+            "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        ] {
+            cases.push(case(
+                format!("s3 PutObject aws-chunked {payload} {i}"),
+                s3_signed(
+                    f,
+                    "PUT",
+                    "/storage/v1/s3/hostile/chunked",
+                    &[],
+                    &[("content-encoding", "aws-chunked"), ("x-amz-decoded-content-length", "5")],
+                    payload,
+                    body,
+                ),
+            ));
+        }
+    }
+    for (name, query, extra) in [
+        ("bad content sha", vec![], vec![]),
+        (
+            "copy source traversal",
+            vec![],
+            vec![("x-amz-copy-source", "/../../etc/passwd")],
+        ),
+        (
+            "copy source garbage",
+            vec![],
+            vec![("x-amz-copy-source", "%ff%fe")],
+        ),
+        (
+            "part number huge",
+            vec![("partNumber", "99999999999999999999"), ("uploadId", "x")],
+            vec![],
+        ),
+        (
+            "upload id garbage",
+            vec![("partNumber", "1"), ("uploadId", "../../x")],
+            vec![],
+        ),
+        (
+            "meta header garbage",
+            vec![],
+            vec![("x-amz-meta-a", "\u{1}")],
+        ),
+    ] {
+        let payload = if name == "bad content sha" {
+            "not-a-hash"
+        } else {
+            "UNSIGNED-PAYLOAD"
+        };
+        cases.push(case(
+            format!("s3 PutObject {name}"),
+            s3_signed(
+                f,
+                "PUT",
+                "/storage/v1/s3/hostile/obj",
+                &query,
+                &extra,
+                payload,
+                b"data",
+            ),
+        ));
+    }
+    for path in [
+        "/storage/v1/s3/hostile/..%2F..%2Fetc%2Fpasswd",
+        "/storage/v1/s3/hostile/a%00b",
+        "/storage/v1/s3/..",
+        "/storage/v1/s3/%ff",
+        "/storage/v1/s3//",
+    ] {
+        cases.push(case(
+            format!("s3 signed GET {path}"),
+            s3_signed(f, "GET", path, &[], &[], "UNSIGNED-PAYLOAD", b""),
+        ));
+    }
+    cases
+}
+
 fn storage_cases(f: &Fixture) -> Vec<Case> {
     let user_bearer = format!("Bearer {}", f.user);
     let user = [
@@ -2657,6 +2912,7 @@ fn hostile_inputs_get_answers_below_500_and_never_crash_the_server() {
     cases.extend(json_body_cases(&fixture));
     cases.extend(jwt_cases(&fixture));
     cases.extend(storage_cases(&fixture));
+    cases.extend(s3_cases(&fixture));
     cases.extend(websocket_cases(&fixture));
     // An optional filter, to re-run some cases while fixing them.
     if let Ok(filter) = std::env::var("SOVRA_HOSTILE_FILTER") {
