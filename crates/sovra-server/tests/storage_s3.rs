@@ -505,6 +505,24 @@ async fn buckets_and_objects_round_trip_with_the_storage_api() {
     assert_eq!(reply.code(), "NoSuchKey");
     let reply = s3.get("/nope/x", &[]).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    // Empty objects exist in S3 (files, folder markers).
+    let reply = s3
+        .put(
+            "/photos/empty.txt",
+            b"",
+            &[("content-type", "text/plain"), ("x-amz-meta-e", "1")],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let reply = s3.get("/photos/empty.txt", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.bytes.is_empty());
+    assert_eq!(reply.header("content-length"), "0");
+    assert_eq!(reply.header("x-amz-meta-e"), "1");
+    let reply = s3
+        .send(Method::DELETE, "/photos/empty.txt", &[], &[], Vec::new())
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
     // Replacing an object keeps one version.
     let reply = s3.put("/photos/a/c.bin", b"new", &[]).await;
     assert_eq!(reply.status, StatusCode::OK);

@@ -5,6 +5,7 @@ use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use futures_util::StreamExt as _;
 use serde_json::Value;
 
 use super::{ISO, read_xml, s3_error, sigv4, xml, xml_response};
@@ -424,7 +425,22 @@ pub(crate) async fn put_object(
             return Err(err);
         }
     };
-    let new = object::receive(ctx, &bucket, key, body).await?;
+    // S3 has empty objects (files, folder markers); the Storage API's
+    // upload refuses an empty body, so they are stored here.
+    let mut stream = body.into_data_stream();
+    let first = loop {
+        match stream.next().await {
+            Some(Ok(bytes)) if bytes.is_empty() => {}
+            other => break other,
+        }
+    };
+    let new = match first {
+        None => empty_object(ctx, &bucket, key).await?,
+        Some(first) => {
+            let rejoined = futures_util::stream::once(async move { first }).chain(stream);
+            object::receive(ctx, &bucket, key, Body::from_stream(rejoined)).await?
+        }
+    };
     let version = new.version.clone();
     match object::write_row(
         ctx,
@@ -455,6 +471,52 @@ pub(crate) async fn put_object(
         response.headers_mut().insert(header::ETAG, etag);
     }
     Ok(response)
+}
+
+/// Stores an empty object's (no) bytes and says what its row holds.
+async fn empty_object(
+    ctx: &Ctx<'_>,
+    bucket: &crate::bucket::BucketInfo,
+    key: &str,
+) -> Result<NewObject, StorageError> {
+    let mimetype = object::check_mime(
+        bucket,
+        key,
+        ctx.header("content-type")
+            .filter(|t| !t.is_empty())
+            .unwrap_or("application/octet-stream"),
+    )?;
+    let user_metadata = match ctx.header("x-metadata") {
+        Some(text) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .ok_or_else(StorageError::internal)?,
+        ),
+        None => None,
+    };
+    let version = object::new_version();
+    let path = ctx.service.backend.object_path(&version);
+    let nothing = futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>();
+    ctx.service
+        .backend
+        .write(&path, nothing, 0)
+        .await
+        .map_err(|err| match err {
+            WriteError::Busy => StorageError::busy(),
+            err => {
+                tracing::error!(error = %err, "could not store an empty object");
+                StorageError::internal()
+            }
+        })?;
+    Ok(NewObject {
+        mimetype,
+        cache_control: names::cache_control(ctx.header("cache-control")),
+        user_metadata,
+        size: 0,
+        version,
+    })
 }
 
 /// The bucket and key of `x-amz-copy-source` (`[/]bucket/key[?versionId=…]`,
