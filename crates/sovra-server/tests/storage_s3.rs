@@ -1631,3 +1631,75 @@ async fn http2_requests_verify_against_the_authority() {
         "SignatureDoesNotMatch"
     );
 }
+
+/// Unfinished multipart uploads expire: the sweeper deletes their rows
+/// and their parts' bytes.
+#[tokio::test]
+async fn expired_multipart_uploads_are_swept_with_their_parts() {
+    let env = Env::new().await;
+    let s3 = env.service_client().await;
+    assert_eq!(s3.put("/sweep", b"", &[]).await.status, StatusCode::OK);
+    let mut ids = Vec::new();
+    for key in ["/sweep/old.bin", "/sweep/live.bin"] {
+        let reply = s3
+            .send(Method::POST, key, &[("uploads", "")], &[], Vec::new())
+            .await;
+        let id = reply.xml().child_text("UploadId").unwrap().to_owned();
+        for n in ["1", "2"] {
+            let reply = s3
+                .send(
+                    Method::PUT,
+                    key,
+                    &[("partNumber", n), ("uploadId", &id)],
+                    &[],
+                    b"part".to_vec(),
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::OK);
+        }
+        ids.push(id);
+    }
+    assert_eq!(part_files(&env.app), 4);
+    let old = uuid::Uuid::parse_str(&ids[0]).unwrap();
+    env.app
+        .db
+        .client()
+        .await
+        .execute(
+            "update sovra.s3_multipart_uploads set expires_at = now() - interval '1 minute' where id = $1",
+            &[&old],
+        )
+        .await
+        .unwrap();
+    let swept = env
+        .app
+        .tenant
+        .storage
+        .sweep_expired_uploads()
+        .await
+        .unwrap();
+    assert_eq!(swept, 1);
+    assert_eq!(part_files(&env.app), 2);
+    let left: i64 = env
+        .app
+        .db
+        .client()
+        .await
+        .query_one("select count(*) from sovra.s3_multipart_parts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 2);
+    assert_eq!(
+        s3.get("/sweep/old.bin", &[("uploadId", &ids[0])])
+            .await
+            .code(),
+        "NoSuchUpload"
+    );
+    assert_eq!(
+        s3.get("/sweep/live.bin", &[("uploadId", &ids[1])])
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
