@@ -22,6 +22,7 @@ mod disabled;
 pub mod error;
 #[cfg(test)]
 mod fuzz;
+pub mod hooks;
 pub mod limits;
 pub mod mail;
 mod mfa;
@@ -115,6 +116,9 @@ pub struct AuthConfig {
     /// Failed guesses one issued code or MFA challenge takes before it is
     /// invalidated.
     pub code_attempts: u32,
+    /// Auth hooks (GoTrue's `GOTRUE_HOOK_*`): PostgreSQL functions or HTTP
+    /// endpoints called at fixed points ([`hooks`]).
+    pub hooks: hooks::HookConfig,
 }
 
 impl AuthConfig {
@@ -181,6 +185,7 @@ impl AuthConfig {
             key_file: None,
             shared_secret: None,
             code_attempts: 5,
+            hooks: hooks::HookConfig::default(),
         }
     }
 }
@@ -201,6 +206,8 @@ pub struct AuthService {
     key: secret::ServiceKey,
     /// Sovra API keys, for the gateway.
     pub api_keys: Arc<ApiKeyCache>,
+    /// `config.hooks`, parsed.
+    hooks: hooks::Hooks,
 }
 
 /// One request to `/auth/v1`.
@@ -295,6 +302,7 @@ impl AuthService {
             config.mailbox_dir.clone(),
         )?;
         let templates = mail::load_templates(config.templates_dir.as_deref())?;
+        let hooks = hooks::Hooks::new(&config.hooks)?;
         let external_url = RwLock::new(Arc::from(config.external_url.as_str()));
         let mut key = match &config.key_file {
             Some(path) => secret::ServiceKey::load_or_create(path)?,
@@ -312,6 +320,7 @@ impl AuthService {
             external_url,
             redirect_patterns,
             api_keys: Arc::new(ApiKeyCache::default()),
+            hooks,
             config,
             pool,
         })

@@ -465,6 +465,126 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Anonymous sign-ins per hour per client address (token bucket; IPv6 by /64).",
     },
     OptionDoc {
+        key: "auth.hook.custom_access_token.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Turn on the custom access token hook: called whenever an access token is minted (sign-in, refresh, verify, MFA) with `{user_id, claims, authentication_method}`; the `claims` it answers replace the token's (GoTrue's `GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_ENABLED`). See docs/auth.md#auth-hooks.",
+    },
+    OptionDoc {
+        key: "auth.hook.custom_access_token.uri",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Where the custom access token hook goes: `pg-functions://postgres/<schema>/<function>` (a function `(event jsonb) returns jsonb` that Auth's role may execute), `https://…`, or `http://` to localhost.",
+    },
+    OptionDoc {
+        key: "auth.hook.custom_access_token.secrets",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Standard Webhooks secrets of an HTTP custom access token hook, `v1,whsec_<base64>`, several separated by `|`; requests are signed with each (`webhook-signature`). Never logged.",
+    },
+    OptionDoc {
+        key: "auth.hook.before_user_created.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Turn on the before-user-created hook: shown every user about to be created (`{metadata, user}`); an `error` object in its answer refuses the sign-up (GoTrue's `GOTRUE_HOOK_BEFORE_USER_CREATED_ENABLED`). See docs/auth.md#auth-hooks.",
+    },
+    OptionDoc {
+        key: "auth.hook.before_user_created.uri",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Where the before user created hook goes: `pg-functions://postgres/<schema>/<function>` (a function `(event jsonb) returns jsonb` that Auth's role may execute), `https://…`, or `http://` to localhost.",
+    },
+    OptionDoc {
+        key: "auth.hook.before_user_created.secrets",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Standard Webhooks secrets of an HTTP before user created hook, `v1,whsec_<base64>`, several separated by `|`; requests are signed with each (`webhook-signature`). Never logged.",
+    },
+    OptionDoc {
+        key: "auth.hook.password_verification_attempt.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Turn on the password verification attempt hook: told of every password sign-in of a known user (`{user_id, valid}`); `{decision: \"reject\", message, should_logout_user}` refuses it (GoTrue's `GOTRUE_HOOK_PASSWORD_VERIFICATION_ATTEMPT_ENABLED`). See docs/auth.md#auth-hooks.",
+    },
+    OptionDoc {
+        key: "auth.hook.password_verification_attempt.uri",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Where the password verification attempt hook goes: `pg-functions://postgres/<schema>/<function>` (a function `(event jsonb) returns jsonb` that Auth's role may execute), `https://…`, or `http://` to localhost.",
+    },
+    OptionDoc {
+        key: "auth.hook.password_verification_attempt.secrets",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Standard Webhooks secrets of an HTTP password verification attempt hook, `v1,whsec_<base64>`, several separated by `|`; requests are signed with each (`webhook-signature`). Never logged.",
+    },
+    OptionDoc {
+        key: "auth.hook.mfa_verification_attempt.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Turn on the MFA verification attempt hook: told of every MFA code check (`{user_id, factor_id, factor_type, valid}`); `{decision: \"reject\", message}` refuses it and signs the user out (GoTrue's `GOTRUE_HOOK_MFA_VERIFICATION_ATTEMPT_ENABLED`). See docs/auth.md#auth-hooks.",
+    },
+    OptionDoc {
+        key: "auth.hook.mfa_verification_attempt.uri",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Where the mfa verification attempt hook goes: `pg-functions://postgres/<schema>/<function>` (a function `(event jsonb) returns jsonb` that Auth's role may execute), `https://…`, or `http://` to localhost.",
+    },
+    OptionDoc {
+        key: "auth.hook.mfa_verification_attempt.secrets",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Standard Webhooks secrets of an HTTP mfa verification attempt hook, `v1,whsec_<base64>`, several separated by `|`; requests are signed with each (`webhook-signature`). Never logged.",
+    },
+    OptionDoc {
+        key: "auth.hook.send_email.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Turn on the send-email hook: gets every mail's data (`{user, email_data}`) instead of the SMTP server or mailbox (GoTrue's `GOTRUE_HOOK_SEND_EMAIL_ENABLED`). See docs/auth.md#auth-hooks.",
+    },
+    OptionDoc {
+        key: "auth.hook.send_email.uri",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Where the send email hook goes: `pg-functions://postgres/<schema>/<function>` (a function `(event jsonb) returns jsonb` that Auth's role may execute), `https://…`, or `http://` to localhost.",
+    },
+    OptionDoc {
+        key: "auth.hook.send_email.secrets",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Standard Webhooks secrets of an HTTP send email hook, `v1,whsec_<base64>`, several separated by `|`; requests are signed with each (`webhook-signature`). Never logged.",
+    },
+    OptionDoc {
+        key: "auth.hook.send_sms.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Turn on the send-SMS hook: gets every text message's code (`{user, sms}`) instead of the mailbox (GoTrue's `GOTRUE_HOOK_SEND_SMS_ENABLED`). See docs/auth.md#auth-hooks.",
+    },
+    OptionDoc {
+        key: "auth.hook.send_sms.uri",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Where the send sms hook goes: `pg-functions://postgres/<schema>/<function>` (a function `(event jsonb) returns jsonb` that Auth's role may execute), `https://…`, or `http://` to localhost.",
+    },
+    OptionDoc {
+        key: "auth.hook.send_sms.secrets",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Standard Webhooks secrets of an HTTP send sms hook, `v1,whsec_<base64>`, several separated by `|`; requests are signed with each (`webhook-signature`). Never logged.",
+    },
+    OptionDoc {
+        key: "auth.hook.pg_timeout_ms",
+        kind: Kind::Integer,
+        default: "2000",
+        doc: "`statement_timeout` of a PostgreSQL hook, in milliseconds (GoTrue's 2 s); a hook that runs longer fails the request with 500 (1–60000).",
+    },
+    OptionDoc {
+        key: "auth.hook.http_timeout_ms",
+        kind: Kind::Integer,
+        default: "5000",
+        doc: "Time an HTTP hook may take, retries included, in milliseconds (GoTrue's 5 s); past it the request fails with 422 `hook_timeout` (1–60000).",
+    },
+    OptionDoc {
         key: "storage.backend",
         kind: Kind::String,
         default: "\"fs\"",
@@ -772,6 +892,162 @@ pub struct AuthConfig {
     pub smtp_from: String,
     pub templates_dir: Option<PathBuf>,
     pub rate_limit: AuthRateLimits,
+    pub hook: AuthHooks,
+}
+
+/// `auth.hook.*`: GoTrue's extensibility points.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthHooks {
+    pub custom_access_token: HookOption,
+    pub before_user_created: HookOption,
+    pub password_verification_attempt: HookOption,
+    pub mfa_verification_attempt: HookOption,
+    pub send_email: HookOption,
+    pub send_sms: HookOption,
+    pub pg_timeout_ms: u64,
+    pub http_timeout_ms: u64,
+}
+
+impl Default for AuthHooks {
+    fn default() -> Self {
+        AuthHooks {
+            custom_access_token: HookOption::default(),
+            before_user_created: HookOption::default(),
+            password_verification_attempt: HookOption::default(),
+            mfa_verification_attempt: HookOption::default(),
+            send_email: HookOption::default(),
+            send_sms: HookOption::default(),
+            pg_timeout_ms: 2000,
+            http_timeout_ms: 5000,
+        }
+    }
+}
+
+impl AuthHooks {
+    /// Every hook with its configuration name.
+    pub fn all(&self) -> [(&'static str, &HookOption); 6] {
+        [
+            ("custom_access_token", &self.custom_access_token),
+            ("before_user_created", &self.before_user_created),
+            (
+                "password_verification_attempt",
+                &self.password_verification_attempt,
+            ),
+            ("mfa_verification_attempt", &self.mfa_verification_attempt),
+            ("send_email", &self.send_email),
+            ("send_sms", &self.send_sms),
+        ]
+    }
+}
+
+/// One hook: on or off, where it goes, and the secrets of an HTTP hook.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HookOption {
+    pub enabled: bool,
+    pub uri: String,
+    pub secrets: String,
+}
+
+impl std::fmt::Debug for HookOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookOption")
+            .field("enabled", &self.enabled)
+            .field("uri", &self.uri)
+            .field(
+                "secrets",
+                &if self.secrets.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
+}
+
+/// Checks a hook URI as GoTrue does; the message says what is wrong.
+fn check_hook(hook: &HookOption) -> Result<(), String> {
+    let uri = hook.uri.trim();
+    if uri.is_empty() {
+        return Err("is enabled but has no `uri`".to_owned());
+    }
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Err(format!(
+            "uri {uri:?} is not a URI (pg-functions://…, https://…)"
+        ));
+    };
+    let ident = |name: &str| {
+        let mut chars = name.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+            && name.len() <= 63
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "pg-functions" => {
+            let parts: Vec<&str> = rest.split('/').collect();
+            match parts.as_slice() {
+                [_, schema, function] | [_, schema, function, ""]
+                    if ident(schema) && ident(function) =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "uri {uri:?} must be pg-functions://<database>/<schema>/<function> with plain identifiers"
+                )),
+            }
+        }
+        "https" | "http" => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            if host.contains('@') {
+                return Err(format!("uri {uri:?} must not carry credentials"));
+            }
+            let hostname = if host.starts_with('[') {
+                host.split(']')
+                    .next()
+                    .map(|h| format!("{h}]"))
+                    .unwrap_or_default()
+            } else {
+                host.split(':').next().unwrap_or("").to_owned()
+            };
+            if hostname.is_empty() {
+                return Err(format!("uri {uri:?} has no host"));
+            }
+            if scheme.eq_ignore_ascii_case("http")
+                && !matches!(
+                    hostname.as_str(),
+                    "localhost" | "127.0.0.1" | "[::1]" | "host.docker.internal"
+                )
+            {
+                return Err("only localhost, 127.0.0.1, and ::1 are supported with http".to_owned());
+            }
+            let secrets: Vec<&str> = hook
+                .secrets
+                .split('|')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            if secrets.is_empty() {
+                return Err(
+                    "an HTTP hook needs `secrets` (v1,whsec_<base64>) to sign its requests"
+                        .to_owned(),
+                );
+            }
+            for secret in secrets {
+                let key = secret.strip_prefix("v1,whsec_").unwrap_or("");
+                if !(32..=88).contains(&key.len())
+                    || !key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='))
+                {
+                    return Err("invalid secret format (expected v1,whsec_<base64>)".to_owned());
+                }
+            }
+            Ok(())
+        }
+        _ => Err("only postgres hooks and HTTPS functions are supported at the moment".to_owned()),
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -827,6 +1103,7 @@ impl Default for AuthConfig {
             smtp_from: "Sovra <noreply@localhost>".to_owned(),
             templates_dir: None,
             rate_limit: AuthRateLimits::default(),
+            hook: AuthHooks::default(),
         }
     }
 }
@@ -1656,6 +1933,21 @@ impl Config {
                 "must start with smtp:// or smtps://",
             ));
         }
+        for (name, hook) in auth.hook.all() {
+            if hook.enabled
+                && let Err(message) = check_hook(hook)
+            {
+                return Err(ConfigError::invalid(&format!("auth.hook.{name}"), message));
+            }
+        }
+        for (key, value) in [
+            ("auth.hook.pg_timeout_ms", auth.hook.pg_timeout_ms),
+            ("auth.hook.http_timeout_ms", auth.hook.http_timeout_ms),
+        ] {
+            if !(1..=60_000).contains(&value) {
+                return Err(ConfigError::invalid(key, "must be between 1 and 60000"));
+            }
+        }
         Ok(())
     }
 
@@ -2100,6 +2392,100 @@ mod tests {
                 "{text}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn hooks_are_validated_as_gotrue_validates_them() {
+        let secret = "v1,whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let good = load(
+            "[auth.hook.custom_access_token]\nenabled = true\nuri = \"pg-functions://postgres/public/custom_access_token_hook\"\n",
+            &[
+                ("SOVRA_AUTH_HOOK_SEND_EMAIL_ENABLED", "true"),
+                ("SOVRA_AUTH_HOOK_SEND_EMAIL_URI", "https://hooks.example.com/mail"),
+                ("SOVRA_AUTH_HOOK_SEND_EMAIL_SECRETS", secret),
+                ("SOVRA_AUTH_HOOK_PG_TIMEOUT_MS", "500"),
+            ],
+        )
+        .unwrap();
+        assert!(good.auth.hook.custom_access_token.enabled);
+        assert_eq!(
+            good.auth.hook.send_email.uri,
+            "https://hooks.example.com/mail"
+        );
+        assert_eq!(good.auth.hook.pg_timeout_ms, 500);
+        assert!(
+            !format!("{good:?}").contains("whsec_"),
+            "secrets are not in Debug"
+        );
+        // A disabled hook is not checked (GoTrue populates enabled ones only).
+        load("[auth.hook.send_sms]\nuri = \"ftp://x\"\n", &[]).unwrap();
+        let refused: &[(&str, &str, &str)] = &[
+            (
+                "[auth.hook.custom_access_token]\nenabled = true\n",
+                "auth.hook.custom_access_token",
+                "no `uri`",
+            ),
+            (
+                "[auth.hook.custom_access_token]\nenabled = true\nuri = \"pg-functions://postgres/public\"\n",
+                "auth.hook.custom_access_token",
+                "pg-functions://<database>/<schema>/<function>",
+            ),
+            (
+                "[auth.hook.before_user_created]\nenabled = true\nuri = \"pg-functions://postgres/public/f;drop\"\n",
+                "auth.hook.before_user_created",
+                "plain identifiers",
+            ),
+            (
+                "[auth.hook.send_email]\nenabled = true\nuri = \"ftp://example.com/x\"\n",
+                "auth.hook.send_email",
+                "only postgres hooks and HTTPS",
+            ),
+            (
+                "[auth.hook.send_email]\nenabled = true\nuri = \"http://example.com/x\"\n",
+                "auth.hook.send_email",
+                "only localhost",
+            ),
+            (
+                "[auth.hook.send_sms]\nenabled = true\nuri = \"https://example.com/x\"\n",
+                "auth.hook.send_sms",
+                "needs `secrets`",
+            ),
+            (
+                "[auth.hook.send_sms]\nenabled = true\nuri = \"https://example.com/x\"\nsecrets = \"whsec_abc\"\n",
+                "auth.hook.send_sms",
+                "invalid secret format",
+            ),
+            (
+                "[auth.hook.send_sms]\nenabled = true\nuri = \"https://u:p@example.com/x\"\nsecrets = \"v1,whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+                "auth.hook.send_sms",
+                "credentials",
+            ),
+            (
+                "[auth.hook]\npg_timeout_ms = 0\n",
+                "auth.hook.pg_timeout_ms",
+                "between 1 and 60000",
+            ),
+            (
+                "[auth.hook]\nhttp_timeout_ms = 60001\n",
+                "auth.hook.http_timeout_ms",
+                "between 1 and 60000",
+            ),
+        ];
+        for (text, option, why) in refused {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid value for `{option}`")) && err.contains(why),
+                "{text}: {err}"
+            );
+        }
+        assert!(matches!(
+            load("[auth.hook.custom_access_token]\nurl = \"x\"\n", &[]),
+            Err(ConfigError::Unknown(_))
+        ));
+        assert!(matches!(
+            load("[auth.hook.nonesuch]\nenabled = true\n", &[]),
+            Err(ConfigError::Unknown(_))
+        ));
     }
 
     #[test]

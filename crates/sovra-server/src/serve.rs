@@ -173,6 +173,23 @@ pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError
     out.limits.otp.max = max(r.otp);
     out.limits.email_sent.max = max(r.email_sent);
     out.limits.anonymous.max = max(r.anonymous);
+    for (name, hook) in a.hook.all() {
+        if !hook.enabled {
+            continue;
+        }
+        let Some(point) = sovra_auth::hooks::HookName::ALL
+            .into_iter()
+            .find(|n| n.config_name() == name)
+        else {
+            continue;
+        };
+        *out.hooks.point_mut(point) = Some(sovra_auth::hooks::HookPoint {
+            uri: hook.uri.trim().to_owned(),
+            secrets: sovra_auth::secret::Redacted(hook.secrets.clone()),
+        });
+    }
+    out.hooks.pg_timeout_ms = a.hook.pg_timeout_ms;
+    out.hooks.http_timeout_ms = a.hook.http_timeout_ms;
     Ok(out)
 }
 
