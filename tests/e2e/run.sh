@@ -40,9 +40,10 @@ SOVRA_REST_SCHEMAS=public,personal "$bin" serve --data-dir "$dir/data" --listen 
 pid=$!
 pid2=""
 pid3=""
+pid4=""
 cleanup() {
-  kill -INT "$pid" $pid2 $pid3 2>/dev/null || true
-  wait "$pid" $pid2 $pid3 2>/dev/null || true
+  kill -INT "$pid" $pid2 $pid3 $pid4 2>/dev/null || true
+  wait "$pid" $pid2 $pid3 $pid4 2>/dev/null || true
   kill "$nats_pid" 2>/dev/null || true
   wait "$nats_pid" 2>/dev/null || true
   rm -rf "$dir"
@@ -84,6 +85,19 @@ pid3=$!
 url3="http://127.0.0.1:$port3"
 wait_ready "$url3" "$pid3" "$dir/err3.log"
 export E2E_ES256_URL="$url3"
+# A fourth instance on the same database with the custom access token hook
+# of docs/examples/rbac.sql turned on (rbac.test.js applies the recipe).
+port4="$(free_port)"
+mkdir -p "$dir/data4"
+cp "$dir/data/keys.json" "$dir/data4/keys.json"
+SOVRA_AUTH_HOOK_CUSTOM_ACCESS_TOKEN_ENABLED=true \
+  SOVRA_AUTH_HOOK_CUSTOM_ACCESS_TOKEN_URI=pg-functions://postgres/public/custom_access_token_hook \
+  SOVRA_REST_SCHEMAS=public,personal SOVRA_DATABASE_URL="host=$dir/data/pg user=postgres dbname=postgres" \
+  "$bin" serve --data-dir "$dir/data4" --listen "127.0.0.1:$port4" >"$dir/out4.log" 2>"$dir/err4.log" &
+pid4=$!
+url4="http://127.0.0.1:$port4"
+wait_ready "$url4" "$pid4" "$dir/err4.log"
+export E2E_HOOKS_URL="$url4"
 keys="$("$bin" keys --json --data-dir "$dir/data")"
 export SOVRA_URL="$url"
 export SOVRA_ANON_KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).anon_key)' "$keys")"
