@@ -672,7 +672,7 @@ impl AuthService {
         let grant = ctx.query("grant_type").unwrap_or_default();
         match grant.as_str() {
             "web3" => return self.web3_disabled(),
-            "id_token" => return self.id_token_disabled(ctx),
+            "id_token" => return self.id_token_grant(ctx).await,
             _ => {}
         }
         let body: PasswordBody = ctx.json()?;

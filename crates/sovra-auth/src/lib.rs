@@ -20,6 +20,7 @@ pub mod crypto;
 mod db;
 mod disabled;
 pub mod error;
+pub mod external;
 #[cfg(test)]
 mod fuzz;
 pub mod hooks;
@@ -119,6 +120,8 @@ pub struct AuthConfig {
     /// Auth hooks (GoTrue's `GOTRUE_HOOK_*`): PostgreSQL functions or HTTP
     /// endpoints called at fixed points ([`hooks`]).
     pub hooks: hooks::HookConfig,
+    /// External identity providers (`signInWithIdToken`).
+    pub external: external::ExternalConfig,
 }
 
 impl AuthConfig {
@@ -186,6 +189,7 @@ impl AuthConfig {
             shared_secret: None,
             code_attempts: 5,
             hooks: hooks::HookConfig::default(),
+            external: external::ExternalConfig::default(),
         }
     }
 }
@@ -208,6 +212,8 @@ pub struct AuthService {
     pub api_keys: Arc<ApiKeyCache>,
     /// `config.hooks`, parsed.
     hooks: hooks::Hooks,
+    /// External providers' key sets.
+    provider_key_cache: external::KeyCache,
 }
 
 /// One request to `/auth/v1`.
@@ -321,6 +327,7 @@ impl AuthService {
             redirect_patterns,
             api_keys: Arc::new(ApiKeyCache::default()),
             hooks,
+            provider_key_cache: external::KeyCache::default(),
             config,
             pool,
         })
@@ -494,6 +501,9 @@ impl AuthService {
             "snapchat",
         ] {
             external.insert(provider.to_owned(), Value::Bool(false));
+        }
+        for (name, _) in c.external.enabled() {
+            external.insert(name.to_owned(), Value::Bool(true));
         }
         external.insert("anonymous_users".to_owned(), json!(c.anonymous_users));
         external.insert("email".to_owned(), json!(true));

@@ -585,6 +585,48 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Time an HTTP hook may take, retries included, in milliseconds (GoTrue's 5 s); past it the request fails with 422 `hook_timeout` (1–60000).",
     },
     OptionDoc {
+        key: "auth.external.google.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Accept Google ID tokens (`signInWithIdToken({provider: 'google'})`, issuer `https://accounts.google.com`), GoTrue's `GOTRUE_EXTERNAL_GOOGLE_ENABLED`. `GET /auth/v1/settings` then reports `external.google: true`. The redirect flow (`signInWithOAuth`) is not offered yet.",
+    },
+    OptionDoc {
+        key: "auth.external.google.client_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Google OAuth client ids (comma-separated: web, iOS, Android); an ID token's `aud` must be one of them.",
+    },
+    OptionDoc {
+        key: "auth.external.google.skip_nonce_check",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Accept Google ID tokens without checking the nonce (GoTrue's option, for native SDKs that cannot set one).",
+    },
+    OptionDoc {
+        key: "auth.external.keycloak.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Accept ID tokens of an OpenID Connect issuer (`signInWithIdToken({provider: 'keycloak'})`: Keycloak, or any provider with discovery), GoTrue's `GOTRUE_EXTERNAL_KEYCLOAK_ENABLED`.",
+    },
+    OptionDoc {
+        key: "auth.external.keycloak.client_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Client ids (comma-separated) an ID token's `aud` must name one of.",
+    },
+    OptionDoc {
+        key: "auth.external.keycloak.url",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The issuer (for Keycloak `https://host/realms/<realm>`): its `/.well-known/openid-configuration` names the key set, and ID tokens' `iss` must equal it. https, or http to a loopback host.",
+    },
+    OptionDoc {
+        key: "auth.external.keycloak.skip_nonce_check",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Accept the issuer's ID tokens without checking the nonce.",
+    },
+    OptionDoc {
         key: "storage.backend",
         kind: Kind::String,
         default: "\"fs\"",
@@ -893,6 +935,32 @@ pub struct AuthConfig {
     pub templates_dir: Option<PathBuf>,
     pub rate_limit: AuthRateLimits,
     pub hook: AuthHooks,
+    pub external: AuthExternal,
+}
+
+/// `auth.external.*`: identity providers whose ID tokens are accepted.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthExternal {
+    pub google: ExternalProvider,
+    pub keycloak: ExternalProvider,
+}
+
+/// One provider (GoTrue's `GOTRUE_EXTERNAL_<NAME>_*`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExternalProvider {
+    pub enabled: bool,
+    pub client_id: String,
+    pub url: String,
+    pub skip_nonce_check: bool,
+}
+
+impl ExternalProvider {
+    /// The client ids, as written.
+    pub fn client_ids(&self) -> Vec<String> {
+        split_list(&self.client_id)
+    }
 }
 
 /// `auth.hook.*`: GoTrue's extensibility points.
@@ -1104,6 +1172,7 @@ impl Default for AuthConfig {
             templates_dir: None,
             rate_limit: AuthRateLimits::default(),
             hook: AuthHooks::default(),
+            external: AuthExternal::default(),
         }
     }
 }
@@ -1940,6 +2009,39 @@ impl Config {
                 return Err(ConfigError::invalid(&format!("auth.hook.{name}"), message));
             }
         }
+        for (name, provider) in [
+            ("google", &auth.external.google),
+            ("keycloak", &auth.external.keycloak),
+        ] {
+            if !provider.enabled {
+                continue;
+            }
+            if provider.client_ids().is_empty() {
+                return Err(ConfigError::invalid(
+                    &format!("auth.external.{name}.client_id"),
+                    "is required when the provider is enabled",
+                ));
+            }
+            if name == "keycloak" {
+                let url = provider.url.trim();
+                let loopback = ["http://localhost", "http://127.0.0.1", "http://[::1]"]
+                    .iter()
+                    .any(|p| {
+                        url.starts_with(p)
+                            && url[p.len()..]
+                                .chars()
+                                .next()
+                                .is_none_or(|c| c == ':' || c == '/')
+                    });
+                let https = url.starts_with("https://") && url.len() > "https://".len();
+                if !https && !loopback {
+                    return Err(ConfigError::invalid(
+                        "auth.external.keycloak.url",
+                        "must be the issuer's https:// URL (http:// only to a loopback host)",
+                    ));
+                }
+            }
+        }
         for (key, value) in [
             ("auth.hook.pg_timeout_ms", auth.hook.pg_timeout_ms),
             ("auth.hook.http_timeout_ms", auth.hook.http_timeout_ms),
@@ -2484,6 +2586,54 @@ mod tests {
         ));
         assert!(matches!(
             load("[auth.hook.nonesuch]\nenabled = true\n", &[]),
+            Err(ConfigError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn external_providers_are_validated() {
+        let good = load(
+            "[auth.external.keycloak]\nenabled = true\nclient_id = \"web, ios\"\nurl = \"https://id.example.com/realms/app\"\n",
+            &[
+                ("SOVRA_AUTH_EXTERNAL_GOOGLE_ENABLED", "true"),
+                ("SOVRA_AUTH_EXTERNAL_GOOGLE_CLIENT_ID", "123.apps.googleusercontent.com"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(good.auth.external.keycloak.client_ids(), ["web", "ios"]);
+        assert!(good.auth.external.google.enabled);
+        load(
+            "[auth.external.keycloak]\nenabled = true\nclient_id = \"a\"\nurl = \"http://127.0.0.1:8080/realms/x\"\n",
+            &[],
+        )
+        .unwrap();
+        let refused: &[(&str, &str)] = &[
+            (
+                "[auth.external.google]\nenabled = true\n",
+                "auth.external.google.client_id",
+            ),
+            (
+                "[auth.external.keycloak]\nenabled = true\nclient_id = \"a\"\n",
+                "auth.external.keycloak.url",
+            ),
+            (
+                "[auth.external.keycloak]\nenabled = true\nclient_id = \"a\"\nurl = \"http://id.example.com\"\n",
+                "auth.external.keycloak.url",
+            ),
+            (
+                "[auth.external.keycloak]\nenabled = true\nclient_id = \"a\"\nurl = \"http://127.0.0.1.evil.com\"\n",
+                "auth.external.keycloak.url",
+            ),
+        ];
+        for (text, option) in refused {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid value for `{option}`")),
+                "{text}: {err}"
+            );
+        }
+        assert!(matches!(
+            load("[auth.external.github]\nenabled = true\n", &[]),
             Err(ConfigError::Unknown(_))
         ));
     }

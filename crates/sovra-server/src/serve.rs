@@ -188,6 +188,15 @@ pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError
             secrets: sovra_auth::secret::Redacted(hook.secrets.clone()),
         });
     }
+    let provider = |p: &sovra_config::ExternalProvider, issuer: &str| {
+        p.enabled.then(|| sovra_auth::external::OidcProvider {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            client_ids: p.client_ids(),
+            skip_nonce_check: p.skip_nonce_check,
+        })
+    };
+    out.external.google = provider(&a.external.google, "https://accounts.google.com");
+    out.external.keycloak = provider(&a.external.keycloak, a.external.keycloak.url.trim());
     out.hooks.pg_timeout_ms = a.hook.pg_timeout_ms;
     out.hooks.http_timeout_ms = a.hook.http_timeout_ms;
     Ok(out)

@@ -1,0 +1,599 @@
+//! External OpenID Connect providers for `POST /token?grant_type=id_token`
+//! (auth-js `signInWithIdToken`): the provider's ID token is verified
+//! against its published keys (discovery, then its JWKS: signature, `iss`,
+//! `exp`, then GoTrue's checks of `aud`, `sub` and the nonce), and the
+//! user is found by the identity, linked by verified email, or created, as
+//! GoTrue does.
+//!
+//! The verification is pure ([`verify_id_token`]); fetching the discovery
+//! document and the key set is [`AuthService::provider_keys`], cached per
+//! issuer.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value, json};
+use sha2::{Digest as _, Sha256};
+use sovra_pg::GenericClient;
+use uuid::Uuid;
+
+use crate::db::Cached as _;
+use crate::error::{AuthError, AuthResult};
+use crate::session::Via;
+use crate::{AuthService, Ctx, ok_json, user};
+
+/// How long a provider's key set is trusted before it is fetched again
+/// (an unknown `kid` fetches it at once, at most every [`REFETCH_GAP`]).
+const KEYS_TTL: Duration = Duration::from_secs(600);
+const REFETCH_GAP: Duration = Duration::from_secs(10);
+/// Clock skew allowed on `exp`/`iat`/`nbf`.
+const LEEWAY_SECS: u64 = 30;
+
+/// One OpenID Connect provider Sovra accepts ID tokens from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcProvider {
+    /// Its issuer (`iss`), where discovery starts.
+    pub issuer: String,
+    /// Client ids an ID token's `aud` must name one of.
+    pub client_ids: Vec<String>,
+    /// GoTrue's `skip_nonce_check` (for clients that cannot pass one).
+    pub skip_nonce_check: bool,
+}
+
+/// The providers configured (GoTrue's `GOTRUE_EXTERNAL_<NAME>_*`).
+#[derive(Debug, Clone, Default)]
+pub struct ExternalConfig {
+    /// `google`: issuer `https://accounts.google.com`.
+    pub google: Option<OidcProvider>,
+    /// `keycloak`: any OpenID Connect issuer (its `url`), as GoTrue's
+    /// Keycloak provider.
+    pub keycloak: Option<OidcProvider>,
+}
+
+impl ExternalConfig {
+    /// The enabled providers by name.
+    pub fn enabled(&self) -> Vec<(&'static str, &OidcProvider)> {
+        let mut out = Vec::new();
+        if let Some(p) = &self.google {
+            out.push(("google", p));
+        }
+        if let Some(p) = &self.keycloak {
+            out.push(("keycloak", p));
+        }
+        out
+    }
+}
+
+/// Why an ID token was refused, in GoTrue's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdTokenError {
+    /// Signature, algorithm, issuer, expiry or shape: "Bad ID token".
+    Bad(String),
+    Audience,
+    NoSubject,
+    NonceMissing,
+    NonceMismatch,
+    /// No key of the set carries the token's `kid`.
+    UnknownKey,
+}
+
+impl IdTokenError {
+    fn to_auth(&self) -> AuthError {
+        match self {
+            IdTokenError::Bad(_) | IdTokenError::UnknownKey => {
+                AuthError::oauth("invalid request", "Bad ID token")
+            }
+            IdTokenError::Audience => {
+                AuthError::oauth("invalid request", "Unacceptable audience in id_token")
+            }
+            IdTokenError::NoSubject => {
+                AuthError::oauth("invalid request", "Missing sub claim in id_token")
+            }
+            IdTokenError::NonceMissing => AuthError::oauth(
+                "invalid request",
+                "Passed nonce and nonce in id_token should either both exist or not.",
+            ),
+            IdTokenError::NonceMismatch => AuthError::oauth("invalid nonce", "Nonces mismatch"),
+        }
+    }
+}
+
+/// Verifies `token` from `provider` against `keys` at `now` (Unix
+/// seconds): an asymmetric signature by a key of the set (by `kid`, or
+/// the only key), the issuer, `exp`/`nbf`, an audience among the client
+/// ids, a subject, and, unless skipped, that `nonce` hashes (SHA-256,
+/// hex) to the token's. Returns the claims.
+pub fn verify_id_token(
+    token: &str,
+    keys: &JwkSet,
+    provider: &OidcProvider,
+    nonce: Option<&str>,
+    now: u64,
+) -> Result<Map<String, Value>, IdTokenError> {
+    let bad = |why: &str| IdTokenError::Bad(why.to_owned());
+    let header = jsonwebtoken::decode_header(token).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(
+        header.alg,
+        Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512
+            | Algorithm::ES256
+            | Algorithm::ES384
+            | Algorithm::EdDSA
+    ) {
+        return Err(bad("the token is not signed with an asymmetric key"));
+    }
+    let jwk = match &header.kid {
+        Some(kid) => keys.find(kid).ok_or(IdTokenError::UnknownKey)?,
+        None if keys.keys.len() == 1 => &keys.keys[0],
+        None => return Err(IdTokenError::UnknownKey),
+    };
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(&e.to_string()))?;
+    let mut validation = Validation::new(header.alg);
+    validation.set_issuer(&[provider.issuer.as_str()]);
+    validation.validate_aud = false;
+    validation.validate_nbf = true;
+    validation.leeway = LEEWAY_SECS;
+    validation.set_required_spec_claims(&["exp", "iss"]);
+    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
+        .map_err(|e| bad(&e.to_string()))?;
+    let claims = data.claims;
+    // jsonwebtoken checks exp against the system clock; check `now` too
+    // so that callers (and tests) decide the time.
+    let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+    if exp + LEEWAY_SECS < now {
+        return Err(bad("expired"));
+    }
+    let audiences: Vec<&str> = match claims.get("aud") {
+        Some(Value::String(aud)) => vec![aud.as_str()],
+        Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    let accepted = provider
+        .client_ids
+        .iter()
+        .filter(|id| !id.is_empty())
+        .any(|id| audiences.contains(&id.as_str()));
+    if !accepted {
+        return Err(IdTokenError::Audience);
+    }
+    if claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err(IdTokenError::NoSubject);
+    }
+    if !provider.skip_nonce_check {
+        let token_nonce = claims
+            .get("nonce")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty());
+        let given = nonce.filter(|n| !n.is_empty());
+        match (token_nonce, given) {
+            (None, None) => {}
+            (Some(expected), Some(given)) => {
+                let hash = hex(&Sha256::digest(given.as_bytes()));
+                if !crate::crypto::equal(&hash, expected) {
+                    return Err(IdTokenError::NonceMismatch);
+                }
+            }
+            _ => return Err(IdTokenError::NonceMissing),
+        }
+    }
+    Ok(claims)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What GoTrue keeps of an OIDC identity (`identity_data`): the standard
+/// claims it maps, under GoTrue's names.
+pub fn identity_data(claims: &Map<String, Value>, issuer: &str) -> Map<String, Value> {
+    let mut out = Map::new();
+    let text = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or("");
+    out.insert("iss".to_owned(), json!(issuer));
+    out.insert("sub".to_owned(), json!(text("sub")));
+    out.insert("provider_id".to_owned(), json!(text("sub")));
+    let email = text("email").to_lowercase();
+    if !email.is_empty() {
+        out.insert("email".to_owned(), json!(email));
+        out.insert("email_verified".to_owned(), json!(email_verified(claims)));
+    }
+    let name = text("name");
+    if !name.is_empty() {
+        out.insert("name".to_owned(), json!(name));
+        out.insert("full_name".to_owned(), json!(name));
+    }
+    for (from, to) in [
+        ("picture", "picture"),
+        ("picture", "avatar_url"),
+        ("preferred_username", "preferred_username"),
+        ("phone_number", "phone"),
+    ] {
+        let value = text(from);
+        if !value.is_empty() {
+            out.insert(to.to_owned(), json!(value));
+        }
+    }
+    out.insert(
+        "phone_verified".to_owned(),
+        json!(claims.get("phone_number_verified").and_then(Value::as_bool) == Some(true)),
+    );
+    out
+}
+
+/// `email_verified` as providers send it (a boolean, or Apple's string).
+fn email_verified(claims: &Map<String, Value>) -> bool {
+    match claims.get("email_verified") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true",
+        _ => false,
+    }
+}
+
+/// Cached key sets by issuer.
+#[derive(Debug, Default)]
+pub(crate) struct KeyCache {
+    sets: Mutex<HashMap<String, (Instant, JwkSet)>>,
+}
+
+impl AuthService {
+    /// `POST /token?grant_type=id_token`: GoTrue's checks in its order, then
+    /// the configured provider's key set, then the account.
+    pub(crate) async fn id_token_grant(
+        &self,
+        ctx: &Ctx<'_>,
+    ) -> AuthResult<axum::response::Response> {
+        let body: Value = ctx.json()?;
+        let text = |name: &str| body.get(name).and_then(Value::as_str).unwrap_or("");
+        let (id_token, provider_name) = (text("id_token"), text("provider"));
+        let issuer = text("issuer");
+        let configured = self
+            .config
+            .external
+            .enabled()
+            .into_iter()
+            .find(|(name, p)| {
+                !id_token.is_empty()
+                    && (*name == provider_name || (!issuer.is_empty() && p.issuer == issuer))
+            })
+            .map(|(name, p)| (name, p.clone()));
+        let Some((name, provider)) = configured else {
+            return self.id_token_disabled(ctx);
+        };
+        self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())?;
+        let nonce = Some(text("nonce"));
+        let now = crate::time::now_unix().unsigned_abs();
+        let mut keys = self.provider_keys(&provider, false).await?;
+        let mut verified = verify_id_token(id_token, &keys, &provider, nonce, now);
+        if verified == Err(IdTokenError::UnknownKey) {
+            // Keys rotate: fetch the set again once.
+            keys = self.provider_keys(&provider, true).await?;
+            verified = verify_id_token(id_token, &keys, &provider, nonce, now);
+        }
+        let claims = verified.map_err(|err| {
+            tracing::info!(provider = name, reason = ?err, "ID token refused");
+            err.to_auth()
+        })?;
+        let data = identity_data(&claims, &provider.issuer);
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let user_id = self.external_account(&tx, name, &data).await?;
+        let session = self
+            .start_session(&tx, ctx, user_id, "oauth", Via::Grant)
+            .await?;
+        let actor = user::by_id(&tx, user_id).await?;
+        self.audit(
+            &tx,
+            ctx,
+            "login",
+            actor.as_ref(),
+            "",
+            json!({"provider": name, "provider_type": "id_token"}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ok_json(session))
+    }
+
+    /// The provider's key set (discovery, then `jwks_uri`), cached.
+    async fn provider_keys(&self, provider: &OidcProvider, refresh: bool) -> AuthResult<JwkSet> {
+        if let Ok(sets) = self.provider_key_cache.sets.lock()
+            && let Some((fetched, set)) = sets.get(&provider.issuer)
+        {
+            let age = fetched.elapsed();
+            if age < KEYS_TTL && !(refresh && age >= REFETCH_GAP) {
+                return Ok(set.clone());
+            }
+        }
+        let unavailable = |what: &str, err: &dyn std::fmt::Display| {
+            tracing::warn!(issuer = %provider.issuer, error = %err, "{what}");
+            AuthError::oauth("server_error", "Unable to reach the ID token's provider")
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .map_err(|e| unavailable("building an HTTP client failed", &e))?;
+        let discovery = format!(
+            "{}/.well-known/openid-configuration",
+            provider.issuer.trim_end_matches('/')
+        );
+        let document: Value = http
+            .get(&discovery)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| unavailable("OIDC discovery failed", &e))?
+            .json()
+            .await
+            .map_err(|e| unavailable("OIDC discovery is not JSON", &e))?;
+        let jwks_uri = document
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or_else(|| unavailable("OIDC discovery has no jwks_uri", &"missing"))?;
+        let set: JwkSet = http
+            .get(jwks_uri)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| unavailable("fetching the JWKS failed", &e))?
+            .json()
+            .await
+            .map_err(|e| unavailable("the JWKS is not a key set", &e))?;
+        if let Ok(mut sets) = self.provider_key_cache.sets.lock() {
+            sets.insert(provider.issuer.clone(), (Instant::now(), set.clone()));
+        }
+        Ok(set)
+    }
+
+    /// Finds the user of an external identity, as GoTrue does: the identity
+    /// (`provider`, `sub`) signs in its user (its data refreshed); else a
+    /// user with the same *verified* email gets the identity linked; else a
+    /// new user is made. An unverified email is never linked, and makes a
+    /// new user only with `email_autoconfirm` (GoTrue would mail a
+    /// confirmation first).
+    pub(crate) async fn external_account(
+        &self,
+        client: &impl GenericClient,
+        provider: &str,
+        data: &Map<String, Value>,
+    ) -> AuthResult<Uuid> {
+        let sub = data.get("sub").and_then(Value::as_str).unwrap_or("");
+        let data_json = Value::Object(data.clone());
+        let found = client
+            .c_query_opt(
+                "update auth.identities set identity_data = $3, last_sign_in_at = now(), updated_at = now()
+                  where provider = $1 and provider_id = $2 returning user_id",
+                &[&provider, &sub, &data_json],
+            )
+            .await?;
+        if let Some(row) = found {
+            return Ok(row.get(0));
+        }
+        let email = data.get("email").and_then(Value::as_str).unwrap_or("");
+        let verified = data.get("email_verified").and_then(Value::as_bool) == Some(true);
+        if !email.is_empty()
+            && verified
+            && let Some(existing) = user::by_email(client, email).await?
+        {
+            client
+                    .c_execute(
+                        "insert into auth.identities (provider_id, user_id, identity_data, provider, last_sign_in_at, created_at, updated_at)
+                         values ($1, $2, $3, $4, now(), now(), now())",
+                        &[&sub, &existing.id, &data_json, &provider],
+                    )
+                    .await?;
+            client
+                    .c_execute(
+                        "update auth.users set
+                           raw_app_meta_data = jsonb_set(coalesce(raw_app_meta_data, '{}'), '{providers}',
+                             (select coalesce(jsonb_agg(distinct p), '[]'::jsonb) from (
+                                select jsonb_array_elements_text(coalesce(raw_app_meta_data->'providers', '[]')) as p
+                                union select $2) ps)),
+                           email_confirmed_at = coalesce(email_confirmed_at, now()),
+                           updated_at = now()
+                         where id = $1",
+                        &[&existing.id, &provider],
+                    )
+                    .await?;
+            return Ok(existing.id);
+        }
+        if !email.is_empty() && !verified && !self.config.email_autoconfirm {
+            return Err(AuthError::unprocessable(
+                "provider_email_needs_verification",
+                format!("Unverified email with {provider}."),
+            ));
+        }
+        let id = Uuid::new_v4();
+        let mut metadata = data.clone();
+        metadata.remove("iss");
+        let app_metadata = json!({"provider": provider, "providers": [provider]});
+        let Value::Object(app_metadata) = app_metadata else {
+            return Err(AuthError::internal());
+        };
+        // An address taken by an unverified account is not linked: the
+        // new user goes without it, as GoTrue keeps accounts apart.
+        let email_free = email.is_empty() || user::by_email(client, email).await?.is_none();
+        let new = crate::account::NewUser {
+            id,
+            email: (email_free && !email.is_empty()).then_some(email),
+            phone: None,
+            password_hash: None,
+            user_metadata: metadata,
+            app_metadata: Some(app_metadata),
+            email_confirmed: verified || self.config.email_autoconfirm,
+            phone_confirmed: false,
+            anonymous: false,
+            invited: false,
+            role: "authenticated",
+        };
+        self.insert_user_with_identity(client, new, provider, sub, &data_json)
+            .await?;
+        Ok(id)
+    }
+}
+
+impl AuthService {
+    /// [`AuthService::insert_user`] with the external identity instead of
+    /// an `email` one.
+    async fn insert_user_with_identity(
+        &self,
+        client: &impl GenericClient,
+        new: crate::account::NewUser<'_>,
+        provider: &str,
+        sub: &str,
+        data: &Value,
+    ) -> AuthResult<()> {
+        let id = self.insert_user(client, new).await?;
+        client
+            .c_execute(
+                "delete from auth.identities where user_id = $1 and provider in ('email', 'phone')",
+                &[&id],
+            )
+            .await?;
+        client
+            .c_execute(
+                "insert into auth.identities (provider_id, user_id, identity_data, provider, last_sign_in_at, created_at, updated_at)
+                 values ($1, $2, $3, $4, now(), now(), now())",
+                &[&sub, &id, data, &provider],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use p256::ecdsa::SigningKey;
+    use p256::pkcs8::EncodePrivateKey as _;
+
+    const ISSUER: &str = "https://issuer.example.com";
+
+    fn provider() -> OidcProvider {
+        OidcProvider {
+            issuer: ISSUER.to_owned(),
+            client_ids: vec!["other".to_owned(), "app".to_owned()],
+            skip_nonce_check: false,
+        }
+    }
+
+    /// A P-256 key, its public JWK set (kid `k1`), and a signer.
+    fn key() -> (JwkSet, jsonwebtoken::EncodingKey) {
+        let signing = SigningKey::random(&mut rand::rngs::OsRng);
+        let point = signing.verifying_key().to_encoded_point(false);
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let set: JwkSet = serde_json::from_value(json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+            "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap()),
+        }]}))
+        .unwrap();
+        let der = signing.to_pkcs8_der().unwrap();
+        (set, jsonwebtoken::EncodingKey::from_ec_der(der.as_bytes()))
+    }
+
+    fn sign(key: &jsonwebtoken::EncodingKey, claims: Value) -> String {
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some("k1".to_owned());
+        jsonwebtoken::encode(&header, &claims, key).unwrap()
+    }
+
+    fn claims(now: u64) -> Value {
+        json!({"iss": ISSUER, "sub": "u1", "aud": "app", "exp": now + 600, "iat": now,
+               "email": "Ada@Example.com", "email_verified": true, "name": "Ada",
+               "nonce": hex(&Sha256::digest(b"n-1"))})
+    }
+
+    #[test]
+    fn id_tokens_are_verified_as_gotrue_verifies_them() {
+        let now = crate::time::now_unix().unsigned_abs();
+        let (keys, signer) = key();
+        let p = provider();
+        let good = sign(&signer, claims(now));
+        let got = verify_id_token(&good, &keys, &p, Some("n-1"), now).unwrap();
+        assert_eq!(got["sub"], "u1");
+        let data = identity_data(&got, ISSUER);
+        assert_eq!(data["email"], "ada@example.com");
+        assert_eq!(data["email_verified"], true);
+        assert_eq!(data["full_name"], "Ada");
+
+        let with = |edit: &dyn Fn(&mut Value)| {
+            let mut c = claims(now);
+            edit(&mut c);
+            sign(&signer, c)
+        };
+        let check =
+            |token: &str, nonce: Option<&str>| verify_id_token(token, &keys, &p, nonce, now);
+        assert_eq!(
+            check(&with(&|c| c["aud"] = json!("someone-else")), Some("n-1")),
+            Err(IdTokenError::Audience)
+        );
+        assert!(check(&with(&|c| c["aud"] = json!(["x", "app"])), Some("n-1")).is_ok());
+        assert!(matches!(
+            check(
+                &with(&|c| c["iss"] = json!("https://evil.example.com")),
+                Some("n-1")
+            ),
+            Err(IdTokenError::Bad(_))
+        ));
+        assert!(matches!(
+            check(&with(&|c| c["exp"] = json!(now - 3600)), Some("n-1")),
+            Err(IdTokenError::Bad(_))
+        ));
+        assert_eq!(check(&good, Some("n-2")), Err(IdTokenError::NonceMismatch));
+        assert_eq!(check(&good, None), Err(IdTokenError::NonceMissing));
+        assert_eq!(
+            check(&with(&|c| c["sub"] = json!("")), Some("n-1")),
+            Err(IdTokenError::NoSubject)
+        );
+        // Another key's signature.
+        let (_, other) = key();
+        assert!(matches!(
+            check(&sign(&other, claims(now)), Some("n-1")),
+            Err(IdTokenError::Bad(_))
+        ));
+        // A tampered payload.
+        let mut parts: Vec<&str> = good.split('.').collect();
+        use base64::Engine as _;
+        let forged_payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(&json!({"sub": "admin"})).unwrap());
+        parts[1] = &forged_payload;
+        assert!(matches!(
+            check(&parts.join("."), Some("n-1")),
+            Err(IdTokenError::Bad(_))
+        ));
+        // HS256 (a key confusion attempt) and unknown kids.
+        let hs = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims(now),
+            &jsonwebtoken::EncodingKey::from_secret(b"k"),
+        )
+        .unwrap();
+        assert!(matches!(check(&hs, Some("n-1")), Err(IdTokenError::Bad(_))));
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some("rotated".to_owned());
+        let rotated = jsonwebtoken::encode(&header, &claims(now), &signer).unwrap();
+        assert_eq!(check(&rotated, Some("n-1")), Err(IdTokenError::UnknownKey));
+        assert!(matches!(
+            check("not.a.jwt", None),
+            Err(IdTokenError::Bad(_))
+        ));
+        // skip_nonce_check
+        let lax = OidcProvider {
+            skip_nonce_check: true,
+            ..provider()
+        };
+        assert!(verify_id_token(&good, &keys, &lax, None, now).is_ok());
+    }
+}
