@@ -851,7 +851,8 @@ impl AuthService {
             .c_query_opt(
                 "delete from auth.flow_state where auth_code = $1
                  returning user_id, code_challenge_method, code_challenge, authentication_method,
-                           extract(epoch from now() - created_at)::float8",
+                           extract(epoch from now() - created_at)::float8,
+                           provider_access_token, provider_refresh_token",
                 &[&code],
             )
             .await?;
@@ -894,11 +895,24 @@ impl AuthService {
             "recovery" => "recovery",
             "magiclink" => "magiclink",
             "email/signup" => "email/signup",
+            "oauth" => "oauth",
             _ => "otp",
         };
-        let session = self
+        let mut session = self
             .start_session(&tx, ctx, user_id, method, Via::Grant)
             .await?;
+        // An external sign-in hands the provider's tokens over once.
+        let provider_tokens: [Option<String>; 2] = [row.get(5), row.get(6)];
+        if let Value::Object(map) = &mut session {
+            for (key, value) in ["provider_token", "provider_refresh_token"]
+                .into_iter()
+                .zip(provider_tokens)
+            {
+                if let Some(value) = value.filter(|v| !v.is_empty()) {
+                    map.insert(key.to_owned(), json!(value));
+                }
+            }
+        }
         tx.commit().await?;
         Ok(ok_json(session))
     }
@@ -2189,7 +2203,7 @@ impl AuthService {
     }
 }
 
-fn error_redirect(redirect: &str, err: &AuthError, pkce: bool) -> String {
+pub(crate) fn error_redirect(redirect: &str, err: &AuthError, pkce: bool) -> String {
     let code = if err.code == "otp_expired" {
         "otp_expired"
     } else {

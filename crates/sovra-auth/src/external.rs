@@ -32,8 +32,9 @@ const REFETCH_GAP: Duration = Duration::from_secs(10);
 /// Clock skew allowed on `exp`/`iat`/`nbf`.
 const LEEWAY_SECS: u64 = 30;
 
-/// One OpenID Connect provider Sovra accepts ID tokens from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One OpenID Connect provider Sovra accepts ID tokens from (and signs
+/// users in through, with a client secret).
+#[derive(Debug, Clone)]
 pub struct OidcProvider {
     /// Its issuer (`iss`), where discovery starts.
     pub issuer: String,
@@ -41,6 +42,9 @@ pub struct OidcProvider {
     pub client_ids: Vec<String>,
     /// GoTrue's `skip_nonce_check` (for clients that cannot pass one).
     pub skip_nonce_check: bool,
+    /// The client secret: with it, `/authorize` and `/callback` sign users
+    /// in through the provider's pages (authorization code flow).
+    pub secret: Option<crate::secret::Redacted>,
 }
 
 /// The providers configured (GoTrue's `GOTRUE_EXTERNAL_<NAME>_*`).
@@ -239,10 +243,37 @@ fn email_verified(claims: &Map<String, Value>) -> bool {
     }
 }
 
-/// Cached key sets by issuer.
+/// Cached key sets and discovery documents by issuer.
 #[derive(Debug, Default)]
 pub(crate) struct KeyCache {
     sets: Mutex<HashMap<String, (Instant, JwkSet)>>,
+    documents: Mutex<HashMap<String, (Instant, Value)>>,
+}
+
+/// How long a `/authorize` flow may take to come back (GoTrue's flow
+/// state lifetime).
+pub const FLOW_TTL_SECS: f64 = 300.0;
+
+/// The `state` parameter of flow `id`: the id and its MAC under the
+/// service key, so that only states Sovra made reach the database.
+pub fn sign_state(key: &crate::secret::ServiceKey, id: Uuid) -> String {
+    use base64::Engine as _;
+    let mac = key.mac("oauth-state", id.as_bytes());
+    format!(
+        "{}.{}",
+        id.simple(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac)
+    )
+}
+
+/// The flow a `state` names, if Sovra signed it.
+pub fn open_state(key: &crate::secret::ServiceKey, state: &str) -> Option<Uuid> {
+    use base64::Engine as _;
+    let (id, mac) = state.split_once('.')?;
+    let id = Uuid::parse_str(id).ok()?;
+    let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(key.mac("oauth-state", id.as_bytes()));
+    crate::crypto::equal(&expected, mac).then_some(id)
 }
 
 impl AuthService {
@@ -304,6 +335,33 @@ impl AuthService {
         Ok(ok_json(session))
     }
 
+    /// The provider's discovery document, cached.
+    async fn discovery(&self, provider: &OidcProvider) -> AuthResult<Value> {
+        if let Ok(docs) = self.provider_key_cache.documents.lock()
+            && let Some((fetched, doc)) = docs.get(&provider.issuer)
+            && fetched.elapsed() < KEYS_TTL
+        {
+            return Ok(doc.clone());
+        }
+        let discovery = format!(
+            "{}/.well-known/openid-configuration",
+            provider.issuer.trim_end_matches('/')
+        );
+        let document: Value = provider_http()?
+            .get(&discovery)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| unreachable_provider(provider, "OIDC discovery failed", &e))?
+            .json()
+            .await
+            .map_err(|e| unreachable_provider(provider, "OIDC discovery is not JSON", &e))?;
+        if let Ok(mut docs) = self.provider_key_cache.documents.lock() {
+            docs.insert(provider.issuer.clone(), (Instant::now(), document.clone()));
+        }
+        Ok(document)
+    }
+
     /// The provider's key set (discovery, then `jwks_uri`), cached.
     async fn provider_keys(&self, provider: &OidcProvider, refresh: bool) -> AuthResult<JwkSet> {
         if let Ok(sets) = self.provider_key_cache.sets.lock()
@@ -314,28 +372,10 @@ impl AuthService {
                 return Ok(set.clone());
             }
         }
-        let unavailable = |what: &str, err: &dyn std::fmt::Display| {
-            tracing::warn!(issuer = %provider.issuer, error = %err, "{what}");
-            AuthError::oauth("server_error", "Unable to reach the ID token's provider")
-        };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .map_err(|e| unavailable("building an HTTP client failed", &e))?;
-        let discovery = format!(
-            "{}/.well-known/openid-configuration",
-            provider.issuer.trim_end_matches('/')
-        );
-        let document: Value = http
-            .get(&discovery)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| unavailable("OIDC discovery failed", &e))?
-            .json()
-            .await
-            .map_err(|e| unavailable("OIDC discovery is not JSON", &e))?;
+        let unavailable =
+            |what: &str, err: &dyn std::fmt::Display| unreachable_provider(provider, what, err);
+        let http = provider_http()?;
+        let document = self.discovery(provider).await?;
         let jwks_uri = document
             .get("jwks_uri")
             .and_then(Value::as_str)
@@ -471,6 +511,417 @@ impl AuthService {
     }
 }
 
+/// An HTTP client for provider calls: bounded in time, no redirects
+/// followed beyond three.
+fn provider_http() -> AuthResult<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .build()
+        .map_err(|err| {
+            tracing::error!(error = %err, "building an HTTP client failed");
+            AuthError::internal()
+        })
+}
+
+fn unreachable_provider(
+    provider: &OidcProvider,
+    what: &str,
+    err: &dyn std::fmt::Display,
+) -> AuthError {
+    tracing::warn!(issuer = %provider.issuer, error = %err, "{what}");
+    AuthError::oauth("server_error", "Unable to reach the provider")
+}
+
+/// `url` with `params` appended to its query (`sep` `?`) or fragment
+/// (`sep` `#`).
+fn with_params(url: &str, sep: char, params: &[(&str, &str)]) -> String {
+    let encoded: Vec<String> = params
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}={}", crate::crypto::percent_encode(v)))
+        .collect();
+    let joiner = match sep {
+        '?' if url.contains('?') => '&',
+        c => c,
+    };
+    format!("{url}{joiner}{}", encoded.join("&"))
+}
+
+impl AuthService {
+    /// The provider `/authorize` and `/callback` may use: enabled, with a
+    /// client secret.
+    fn redirect_provider(&self, name: &str) -> Option<(&'static str, OidcProvider)> {
+        self.config
+            .external
+            .enabled()
+            .into_iter()
+            .find(|(n, p)| *n == name && p.secret.is_some())
+            .map(|(n, p)| (n, p.clone()))
+    }
+
+    fn callback_url(&self) -> String {
+        format!("{}/auth/v1/callback", self.external_url())
+    }
+
+    /// `GET /authorize?provider=…&redirect_to=…&scopes=…[&code_challenge=…]`
+    /// (auth-js `signInWithOAuth`): stores the flow and sends the browser
+    /// to the provider with a signed `state`, a nonce and PKCE.
+    pub(crate) async fn authorize(&self, ctx: &Ctx<'_>) -> AuthResult<axum::response::Response> {
+        let name = ctx.query("provider").unwrap_or_default();
+        let Some((name, provider)) = self.redirect_provider(&name) else {
+            return Err(AuthError::validation(format!(
+                "Unsupported provider: Provider {name} could not be found"
+            )));
+        };
+        self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())?;
+        let redirect_to = self.redirect_target(ctx.query("redirect_to").as_deref());
+        let app_pkce = crate::account::pkce(
+            ctx.query("code_challenge"),
+            ctx.query("code_challenge_method"),
+        )?;
+        let document = self.discovery(&provider).await?;
+        let endpoint = document
+            .get("authorization_endpoint")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                unreachable_provider(&provider, "no authorization_endpoint", &"missing")
+            })?
+            .to_owned();
+        let id = Uuid::new_v4();
+        let verifier = crate::crypto::random_alnum(64);
+        let nonce = crate::crypto::random_alnum(32);
+        let (challenge, method) = app_pkce.map_or((None, None), |(c, m)| (Some(c), Some(m)));
+        let client = self.pool.get().await?;
+        client
+            .c_execute(
+                "with old as (delete from sovra.oauth_flows where created_at < now() - interval '1 hour')
+                 insert into sovra.oauth_flows (id, provider, redirect_to, code_challenge, code_challenge_method, provider_verifier, nonce)
+                 values ($1, $2, $3, $4, $5, $6, $7)",
+                &[&id, &name, &redirect_to, &challenge, &method, &verifier, &nonce],
+            )
+            .await?;
+        let mut scope = String::from("openid email profile");
+        for extra in ctx.query("scopes").unwrap_or_default().split([' ', ',']) {
+            if !extra.is_empty() && !scope.split(' ').any(|s| s == extra) {
+                scope.push(' ');
+                scope.push_str(extra);
+            }
+        }
+        let client_id = provider.client_ids.first().cloned().unwrap_or_default();
+        let location = with_params(
+            &endpoint,
+            '?',
+            &[
+                ("client_id", &client_id),
+                ("redirect_uri", &self.callback_url()),
+                ("response_type", "code"),
+                ("scope", &scope),
+                ("state", &sign_state(&self.key, id)),
+                ("nonce", &hex(&Sha256::digest(nonce.as_bytes()))),
+                ("code_challenge", &crate::crypto::pkce_s256(&verifier)),
+                ("code_challenge_method", "S256"),
+            ],
+        );
+        redirect(&location)
+    }
+
+    /// `GET|POST /callback`: the provider's answer. The `state` must be one
+    /// Sovra signed, of a stored flow not used before and not older than
+    /// [`FLOW_TTL_SECS`]; the code is exchanged (with Sovra's PKCE
+    /// verifier and client secret), the ID token verified against the
+    /// provider's keys and nonce, the user found, linked or made, and the
+    /// browser sent back to `redirect_to`: with `?code=` for the app's PKCE
+    /// exchange, or the session in the fragment (implicit flow). Failures
+    /// go back as `error`, `error_code` and `error_description`.
+    pub(crate) async fn callback(&self, ctx: &Ctx<'_>) -> AuthResult<axum::response::Response> {
+        let form;
+        let param = |name: &str| -> Option<String> { ctx.query(name) };
+        let body_param = if ctx.req.method == axum::http::Method::POST {
+            form = String::from_utf8_lossy(&ctx.req.body).into_owned();
+            Some(form.as_str())
+        } else {
+            None
+        };
+        let get = |name: &str| {
+            param(name)
+                .or_else(|| crate::crypto::query_param(body_param, name))
+                .unwrap_or_default()
+        };
+        let state = get("state");
+        let site = self.site_url();
+        let bad_state = |why: &str| {
+            AuthError::bad_request(
+                "bad_oauth_state",
+                format!("OAuth callback with invalid state: {why}"),
+            )
+        };
+        let Some(flow_id) = open_state(&self.key, &state) else {
+            return Ok(error_back(
+                &site,
+                &bad_state("not signed by this server"),
+                true,
+            ));
+        };
+        let client = self.pool.get().await?;
+        let row = client
+            .c_query_opt(
+                "delete from sovra.oauth_flows where id = $1
+                 returning provider, redirect_to, code_challenge, code_challenge_method,
+                           provider_verifier, nonce, extract(epoch from now() - created_at)::float8",
+                &[&flow_id],
+            )
+            .await?;
+        drop(client);
+        let Some(row) = row else {
+            return Ok(error_back(
+                &site,
+                &bad_state("unknown or already used"),
+                true,
+            ));
+        };
+        let name: String = row.get(0);
+        let redirect_to: String = row.get(1);
+        let challenge: Option<String> = row.get(2);
+        let method: Option<String> = row.get(3);
+        let verifier: String = row.get(4);
+        let nonce: String = row.get(5);
+        let age: f64 = row.get(6);
+        let pkce = challenge.is_some();
+        if age > FLOW_TTL_SECS {
+            let err = AuthError::unprocessable("flow_state_expired", "OAuth state has expired");
+            return Ok(error_back(&redirect_to, &err, pkce));
+        }
+        let error = get("error");
+        if !error.is_empty() {
+            let description = get("error_description");
+            let err = AuthError::bad_request(
+                "bad_oauth_callback",
+                if description.is_empty() {
+                    error
+                } else {
+                    description
+                },
+            );
+            return Ok(error_back(&redirect_to, &err, pkce));
+        }
+        match self
+            .finish_callback(
+                ctx,
+                &name,
+                &get("code"),
+                &verifier,
+                &nonce,
+                challenge.zip(method),
+            )
+            .await
+        {
+            Ok(Finished::Code(code)) => {
+                redirect(&with_params(&redirect_to, '?', &[("code", &code)]))
+            }
+            Ok(Finished::Session(session)) => {
+                let text = |key: &str| {
+                    session
+                        .get(key)
+                        .map(|v| match v {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                        .unwrap_or_default()
+                };
+                let location = with_params(
+                    &redirect_to,
+                    '#',
+                    &[
+                        ("access_token", &text("access_token")),
+                        ("expires_at", &text("expires_at")),
+                        ("expires_in", &text("expires_in")),
+                        ("provider_refresh_token", &text("provider_refresh_token")),
+                        ("provider_token", &text("provider_token")),
+                        ("refresh_token", &text("refresh_token")),
+                        ("token_type", "bearer"),
+                    ],
+                );
+                redirect(&location)
+            }
+            Err(err) => Ok(error_back(&redirect_to, &err, pkce)),
+        }
+    }
+
+    async fn finish_callback(
+        &self,
+        ctx: &Ctx<'_>,
+        name: &str,
+        code: &str,
+        verifier: &str,
+        nonce: &str,
+        app_pkce: Option<(String, String)>,
+    ) -> AuthResult<Finished> {
+        let Some((name, provider)) = self.redirect_provider(name) else {
+            return Err(AuthError::bad_request(
+                "provider_disabled",
+                "Provider is not enabled",
+            ));
+        };
+        if code.is_empty() {
+            return Err(AuthError::bad_request(
+                "bad_oauth_callback",
+                "OAuth callback with missing authorization code",
+            ));
+        }
+        let document = self.discovery(&provider).await?;
+        let endpoint = |key: &str| document.get(key).and_then(Value::as_str).map(str::to_owned);
+        let token_endpoint = endpoint("token_endpoint")
+            .ok_or_else(|| unreachable_provider(&provider, "no token_endpoint", &"missing"))?;
+        let client_id = provider.client_ids.first().cloned().unwrap_or_default();
+        let secret = provider
+            .secret
+            .as_ref()
+            .map(|s| s.0.clone())
+            .unwrap_or_default();
+        let http = provider_http()?;
+        let callback_url = self.callback_url();
+        let response = http
+            .post(&token_endpoint)
+            .basic_auth(form_encode(&client_id), Some(form_encode(&secret)))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", callback_url.as_str()),
+                ("code_verifier", verifier),
+            ])
+            .send()
+            .await
+            .map_err(|e| unreachable_provider(&provider, "the token endpoint failed", &e))?;
+        let status = response.status();
+        let tokens: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let error = tokens.get("error").cloned().unwrap_or(Value::Null);
+            tracing::info!(provider = name, %status, %error, "code exchange refused");
+            return Err(AuthError::bad_request(
+                "bad_oauth_callback",
+                "Unable to exchange external code",
+            ));
+        }
+        let text = |key: &str| {
+            tokens
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let (access_token, refresh_token, id_token) = (
+            text("access_token"),
+            text("refresh_token"),
+            text("id_token"),
+        );
+        if id_token.is_empty() {
+            return Err(AuthError::bad_request(
+                "bad_oauth_callback",
+                "The provider answered without an ID token",
+            ));
+        }
+        let now = crate::time::now_unix().unsigned_abs();
+        let mut keys = self.provider_keys(&provider, false).await?;
+        let mut verified = verify_id_token(&id_token, &keys, &provider, Some(nonce), now);
+        if verified == Err(IdTokenError::UnknownKey) {
+            keys = self.provider_keys(&provider, true).await?;
+            verified = verify_id_token(&id_token, &keys, &provider, Some(nonce), now);
+        }
+        let mut claims = verified.map_err(|err| {
+            tracing::info!(provider = name, reason = ?err, "ID token from the code exchange refused");
+            err.to_auth()
+        })?;
+        // Claims the ID token leaves out come from the userinfo endpoint,
+        // for the same subject only.
+        if let Some(userinfo) = endpoint("userinfo_endpoint").filter(|_| !access_token.is_empty()) {
+            let info: Value = http
+                .get(&userinfo)
+                .bearer_auth(&access_token)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| unreachable_provider(&provider, "the userinfo endpoint failed", &e))?
+                .json()
+                .await
+                .unwrap_or(Value::Null);
+            if info.get("sub") == claims.get("sub")
+                && let Value::Object(info) = info
+            {
+                for (key, value) in info {
+                    claims.entry(key).or_insert(value);
+                }
+            }
+        }
+        let data = identity_data(&claims, &provider.issuer);
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let user_id = self.external_account(&tx, name, &data).await?;
+        let actor = user::by_id(&tx, user_id).await?;
+        let finished = if let Some((challenge, method)) = app_pkce {
+            crate::session::admit(actor.as_ref(), Via::Grant)?;
+            let auth_code = Uuid::new_v4().to_string();
+            tx.c_execute(
+                "insert into auth.flow_state (id, user_id, auth_code, code_challenge_method, code_challenge,
+                   provider_type, provider_access_token, provider_refresh_token, created_at, updated_at,
+                   authentication_method, auth_code_issued_at)
+                 values (gen_random_uuid(), $1, $2, $3, $4, $5, $6, $7, now(), now(), 'oauth', now())",
+                &[&user_id, &auth_code, &method, &challenge, &name, &access_token, &refresh_token],
+            )
+            .await?;
+            Finished::Code(auth_code)
+        } else {
+            let mut session = self
+                .start_session(&tx, ctx, user_id, "oauth", Via::Grant)
+                .await?;
+            if let Value::Object(map) = &mut session {
+                map.insert("provider_token".to_owned(), json!(access_token));
+                map.insert("provider_refresh_token".to_owned(), json!(refresh_token));
+            }
+            Finished::Session(session)
+        };
+        self.audit(
+            &tx,
+            ctx,
+            "login",
+            actor.as_ref(),
+            "",
+            json!({"provider": name, "provider_type": "oauth"}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(finished)
+    }
+}
+
+enum Finished {
+    /// PKCE: the code the app exchanges.
+    Code(String),
+    /// Implicit: the token response.
+    Session(Value),
+}
+
+/// `application/x-www-form-urlencoded` of a client credential, as RFC 6749
+/// §2.3.1 asks before HTTP Basic.
+fn form_encode(text: &str) -> String {
+    crate::crypto::percent_encode(text)
+}
+
+fn redirect(location: &str) -> AuthResult<axum::response::Response> {
+    let value = axum::http::HeaderValue::from_str(location).map_err(|_| AuthError::internal())?;
+    let mut response = axum::response::IntoResponse::into_response(axum::http::StatusCode::FOUND);
+    response
+        .headers_mut()
+        .insert(axum::http::header::LOCATION, value);
+    Ok(response)
+}
+
+/// The browser goes back to `to` with the error, as GoTrue sends it.
+fn error_back(to: &str, err: &AuthError, pkce: bool) -> axum::response::Response {
+    let location = crate::account::error_redirect(to, err, pkce);
+    redirect(&location).unwrap_or_else(|e| e.render(false))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -485,6 +936,7 @@ mod tests {
             issuer: ISSUER.to_owned(),
             client_ids: vec!["other".to_owned(), "app".to_owned()],
             skip_nonce_check: false,
+            secret: None,
         }
     }
 
@@ -513,6 +965,35 @@ mod tests {
         json!({"iss": ISSUER, "sub": "u1", "aud": "app", "exp": now + 600, "iat": now,
                "email": "Ada@Example.com", "email_verified": true, "name": "Ada",
                "nonce": hex(&Sha256::digest(b"n-1"))})
+    }
+
+    #[test]
+    fn states_are_signed_and_checked() {
+        let key = crate::secret::ServiceKey::random();
+        let id = Uuid::new_v4();
+        let state = sign_state(&key, id);
+        assert_eq!(open_state(&key, &state), Some(id));
+        assert_eq!(
+            open_state(&crate::secret::ServiceKey::random(), &state),
+            None
+        );
+        let other = Uuid::new_v4();
+        let (_, mac) = state.split_once('.').unwrap();
+        assert_eq!(open_state(&key, &format!("{}.{mac}", other.simple())), None);
+        assert_eq!(open_state(&key, "garbage"), None);
+        assert_eq!(open_state(&key, ""), None);
+        assert_eq!(
+            with_params(
+                "https://app.example.com/cb?x=1",
+                '?',
+                &[("code", "a b"), ("empty", "")]
+            ),
+            "https://app.example.com/cb?x=1&code=a%20b"
+        );
+        assert_eq!(
+            with_params("https://app.example.com/cb", '#', &[("access_token", "t")]),
+            "https://app.example.com/cb#access_token=t"
+        );
     }
 
     #[test]

@@ -427,6 +427,8 @@ impl AuthService {
                 "description": "Sovra Auth is a user registration and authentication API"
             }))),
             ("GET", ["settings"]) => Ok(self.settings()),
+            ("GET", ["authorize"]) => self.authorize(ctx).await,
+            ("GET" | "POST", ["callback"]) => self.callback(ctx).await,
             ("POST", ["signup"]) => self.signup(ctx).await,
             ("POST", ["token"]) => self.token(ctx).await,
             ("GET", ["user"]) => self.get_user(ctx).await,

@@ -597,6 +597,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Google OAuth client ids (comma-separated: web, iOS, Android); an ID token's `aud` must be one of them.",
     },
     OptionDoc {
+        key: "auth.external.google.secret",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Google client secret. With it, `signInWithOAuth({provider: 'google'})` works too: `/auth/v1/authorize` sends the browser to Google and `/auth/v1/callback` (register `<public_url>/auth/v1/callback` with Google) finishes the sign-in. Never logged.",
+    },
+    OptionDoc {
         key: "auth.external.google.skip_nonce_check",
         kind: Kind::Bool,
         default: "false",
@@ -619,6 +625,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         kind: Kind::String,
         default: "\"\"",
         doc: "The issuer (for Keycloak `https://host/realms/<realm>`): its `/.well-known/openid-configuration` names the key set, and ID tokens' `iss` must equal it. https, or http to a loopback host.",
+    },
+    OptionDoc {
+        key: "auth.external.keycloak.secret",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The issuer's client secret (client_secret_basic). With it, `signInWithOAuth({provider: 'keycloak'})` signs users in through the issuer's pages (authorization code with PKCE, nonce, signed state); register `<public_url>/auth/v1/callback` as the redirect URI. The first `client_id` is the one used. Never logged.",
     },
     OptionDoc {
         key: "auth.external.keycloak.skip_nonce_check",
@@ -947,13 +959,33 @@ pub struct AuthExternal {
 }
 
 /// One provider (GoTrue's `GOTRUE_EXTERNAL_<NAME>_*`).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExternalProvider {
     pub enabled: bool,
     pub client_id: String,
     pub url: String,
     pub skip_nonce_check: bool,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ExternalProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalProvider")
+            .field("enabled", &self.enabled)
+            .field("client_id", &self.client_id)
+            .field("url", &self.url)
+            .field("skip_nonce_check", &self.skip_nonce_check)
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
 }
 
 impl ExternalProvider {
@@ -2597,9 +2629,14 @@ mod tests {
             &[
                 ("SOVRA_AUTH_EXTERNAL_GOOGLE_ENABLED", "true"),
                 ("SOVRA_AUTH_EXTERNAL_GOOGLE_CLIENT_ID", "123.apps.googleusercontent.com"),
+                ("SOVRA_AUTH_EXTERNAL_GOOGLE_SECRET", "GOCSPX-very-secret"),
             ],
         )
         .unwrap();
+        assert!(
+            !format!("{good:?}").contains("very-secret"),
+            "secrets are not in Debug"
+        );
         assert_eq!(good.auth.external.keycloak.client_ids(), ["web", "ios"]);
         assert!(good.auth.external.google.enabled);
         load(

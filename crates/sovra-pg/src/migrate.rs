@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tenants",
         sql: include_str!("../migrations/0012_tenants.sql"),
     },
+    Migration {
+        version: 13,
+        name: "oauth_flows",
+        sql: include_str!("../migrations/0013_oauth_flows.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

@@ -193,6 +193,8 @@ pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError
             issuer: issuer.trim_end_matches('/').to_owned(),
             client_ids: p.client_ids(),
             skip_nonce_check: p.skip_nonce_check,
+            secret: (!p.secret.trim().is_empty())
+                .then(|| sovra_auth::secret::Redacted(p.secret.trim().to_owned())),
         })
     };
     out.external.google = provider(&a.external.google, "https://accounts.google.com");

@@ -56,6 +56,7 @@ async fn issuer(keys: Vec<Value>) -> Issuer {
                 move || async move {
                     axum::Json(json!({"issuer": url, "jwks_uri": format!("{url}/jwks"),
                         "authorization_endpoint": format!("{url}/auth"),
+                        "token_endpoint": format!("{url}/token"),
                         "id_token_signing_alg_values_supported": ["ES256"]}))
                 }
             }),
@@ -99,6 +100,7 @@ async fn setup() -> (Auth, Issuer, Key) {
             client_id: "web-app, ios-app".to_owned(),
             url,
             skip_nonce_check: false,
+            secret: "test-client-secret".to_owned(),
         };
     }))
     .await;
@@ -308,4 +310,156 @@ async fn id_token_refusals_are_gotrues() {
         0,
         "no refusal made a user"
     );
+}
+
+/// A query or fragment parameter of `url`.
+fn param(url: &str, name: &str) -> Option<String> {
+    let tail = url.split_once(['?', '#'])?.1;
+    tail.split(['&', '#']).find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| {
+            let mut out = Vec::new();
+            let bytes = v.replace('+', " ").into_bytes();
+            let mut i = 0;
+            while i < bytes.len() {
+                if bytes[i] == b'%' && i + 2 < bytes.len() {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                    out.push(u8::from_str_radix(hex, 16).unwrap());
+                    i += 3;
+                } else {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+            String::from_utf8(out).unwrap()
+        })
+    })
+}
+
+async fn location(auth: &Auth, url: &str) -> String {
+    let response = auth.http.get(url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND, "{url}");
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn redirect_flow_state_is_signed_single_use_and_expiring() {
+    let (auth, issuer, _key) = setup().await;
+    let base = format!("{}/auth/v1", auth.app.url);
+    // Browsers open /authorize without the API key.
+    let unknown = auth
+        .http
+        .get(format!("{base}/authorize?provider=github"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(
+        body["msg"],
+        "Unsupported provider: Provider github could not be found"
+    );
+
+    let start = |redirect_to: &str, pkce: bool| {
+        let mut url = format!(
+            "{base}/authorize?provider=keycloak&redirect_to={}&scopes=offline_access",
+            sovra_auth::crypto::percent_encode(redirect_to)
+        );
+        if pkce {
+            url.push_str("&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=s256");
+        }
+        let auth = &auth;
+        async move { location(auth, &url).await }
+    };
+    let to_provider = start("https://evil.example.com/steal", true).await;
+    assert!(
+        to_provider.starts_with(&format!("{}/auth?", issuer.url)),
+        "{to_provider}"
+    );
+    assert_eq!(param(&to_provider, "client_id").unwrap(), "web-app");
+    assert_eq!(param(&to_provider, "response_type").unwrap(), "code");
+    assert_eq!(
+        param(&to_provider, "code_challenge_method").unwrap(),
+        "S256"
+    );
+    assert_eq!(
+        param(&to_provider, "redirect_uri").unwrap(),
+        format!("{base}/callback")
+    );
+    assert!(
+        param(&to_provider, "scope")
+            .unwrap()
+            .contains("offline_access")
+    );
+    assert_eq!(param(&to_provider, "nonce").unwrap().len(), 64);
+    // A redirect_to outside the allow-list falls back to the site URL.
+    let stored = auth.sql("select redirect_to from sovra.oauth_flows").await;
+    assert_eq!(stored[0].get::<_, String>(0), auth.app.url);
+    let state = param(&to_provider, "state").unwrap();
+
+    // A state Sovra did not sign.
+    let (id, _) = state.split_once('.').unwrap();
+    let forged = format!("{id}.AAAA");
+    let back = location(&auth, &format!("{base}/callback?code=x&state={forged}")).await;
+    assert!(back.starts_with(&auth.app.url), "{back}");
+    assert_eq!(param(&back, "error_code").unwrap(), "bad_oauth_state");
+    // The provider's refusal goes back to the app, and uses the flow up.
+    let back = location(
+        &auth,
+        &format!(
+            "{base}/callback?error=access_denied&error_description=User+said+no&state={state}"
+        ),
+    )
+    .await;
+    assert_eq!(param(&back, "error_code").unwrap(), "bad_oauth_callback");
+    assert_eq!(param(&back, "error_description").unwrap(), "User said no");
+    let again = location(&auth, &format!("{base}/callback?code=x&state={state}")).await;
+    assert_eq!(param(&again, "error_code").unwrap(), "bad_oauth_state");
+    assert!(
+        param(&again, "error_description")
+            .unwrap()
+            .contains("already used"),
+        "{again}"
+    );
+
+    // An expired flow.
+    let to_provider = start(&auth.app.url.clone(), false).await;
+    let state = param(&to_provider, "state").unwrap();
+    auth.sql("update sovra.oauth_flows set created_at = now() - interval '10 minutes'")
+        .await;
+    let back = location(&auth, &format!("{base}/callback?code=x&state={state}")).await;
+    assert_eq!(param(&back, "error_code").unwrap(), "flow_state_expired");
+    // Implicit flow errors travel in the fragment.
+    assert!(back.contains('#'), "{back}");
+
+    // A code the provider does not take (this issuer has no token
+    // endpoint): the exchange fails, back to the app, nothing made.
+    let to_provider = start(&auth.app.url.clone(), true).await;
+    let state = param(&to_provider, "state").unwrap();
+    let back = location(
+        &auth,
+        &format!("{base}/callback?code=made-up&state={state}"),
+    )
+    .await;
+    assert_eq!(
+        param(&back, "error_code").unwrap(),
+        "bad_oauth_callback",
+        "{back}"
+    );
+    assert_eq!(
+        auth.sql("select count(*) from auth.users").await[0].get::<_, i64>(0),
+        0
+    );
+    // POST (form_post) reaches the same callback.
+    let posted = auth
+        .http
+        .post(format!("{base}/callback"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("state={forged}&code=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), StatusCode::FOUND);
+    let back = posted.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(param(&back, "error_code").unwrap(), "bad_oauth_state");
 }
