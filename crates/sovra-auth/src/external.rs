@@ -55,6 +55,73 @@ pub struct ExternalConfig {
     /// `keycloak`: any OpenID Connect issuer (its `url`), as GoTrue's
     /// Keycloak provider.
     pub keycloak: Option<OidcProvider>,
+    /// `github`: OAuth 2.0 (not OIDC): the user and emails endpoints.
+    pub github: Option<GithubProvider>,
+}
+
+/// GitHub (or GitHub Enterprise) as an OAuth 2.0 provider.
+#[derive(Debug, Clone)]
+pub struct GithubProvider {
+    pub client_id: String,
+    pub secret: crate::secret::Redacted,
+    /// Where the authorize and token endpoints are
+    /// (`https://github.com`).
+    pub url: String,
+    /// Where the REST API is (`https://api.github.com`).
+    pub api_url: String,
+}
+
+/// GoTrue's identity data of a GitHub user: the `/user` answer and the
+/// `/user/emails` list, the primary verified address preferred.
+pub fn github_data(user: &Value, emails: &Value) -> AuthResult<Map<String, Value>> {
+    let id = match user.get("id") {
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => {
+            return Err(AuthError::bad_request(
+                "bad_oauth_callback",
+                "Error getting user profile from external provider",
+            ));
+        }
+    };
+    let list: Vec<&Value> = emails
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let flag = |e: &Value, k: &str| e.get(k).and_then(Value::as_bool) == Some(true);
+    let chosen = list
+        .iter()
+        .find(|e| flag(e, "primary") && flag(e, "verified"))
+        .or_else(|| list.iter().find(|e| flag(e, "verified")))
+        .or_else(|| list.iter().find(|e| flag(e, "primary")));
+    let mut out = Map::new();
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    out.insert("iss".to_owned(), json!("https://api.github.com"));
+    out.insert("sub".to_owned(), json!(id));
+    out.insert("provider_id".to_owned(), json!(id));
+    if let Some(email) = chosen {
+        out.insert(
+            "email".to_owned(),
+            json!(text(email, "email").to_lowercase()),
+        );
+        out.insert("email_verified".to_owned(), json!(flag(email, "verified")));
+    }
+    let name = text(user, "name");
+    if !name.is_empty() {
+        out.insert("name".to_owned(), json!(name));
+        out.insert("full_name".to_owned(), json!(name));
+    }
+    let login = text(user, "login");
+    if !login.is_empty() {
+        out.insert("user_name".to_owned(), json!(login));
+        out.insert("preferred_username".to_owned(), json!(login));
+    }
+    let avatar = text(user, "avatar_url");
+    if !avatar.is_empty() {
+        out.insert("avatar_url".to_owned(), json!(avatar));
+    }
+    out.insert("phone_verified".to_owned(), json!(false));
+    Ok(out)
 }
 
 impl ExternalConfig {
@@ -560,6 +627,81 @@ impl AuthService {
             .map(|(n, p)| (n, p.clone()))
     }
 
+    fn github_provider(&self, name: &str) -> Option<(&'static str, GithubProvider)> {
+        (name == "github")
+            .then(|| self.config.external.github.clone())
+            .flatten()
+            .map(|p| ("github", p))
+    }
+
+    /// GitHub's code exchange, then `/user` and `/user/emails`.
+    async fn github_identity(
+        &self,
+        github: &GithubProvider,
+        code: &str,
+        verifier: &str,
+    ) -> AuthResult<(Map<String, Value>, String)> {
+        let http = provider_http()?;
+        let failed = |what: &str, err: &dyn std::fmt::Display| {
+            tracing::warn!(provider = "github", error = %err, "{what}");
+            AuthError::bad_request("bad_oauth_callback", "Unable to exchange external code")
+        };
+        let tokens: Value = http
+            .post(format!(
+                "{}/login/oauth/access_token",
+                github.url.trim_end_matches('/')
+            ))
+            .header("accept", "application/json")
+            .form(&[
+                ("client_id", github.client_id.as_str()),
+                ("client_secret", github.secret.0.as_str()),
+                ("code", code),
+                ("redirect_uri", self.callback_url().as_str()),
+                ("code_verifier", verifier),
+            ])
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| failed("the GitHub code exchange failed", &e))?
+            .json()
+            .await
+            .map_err(|e| failed("the GitHub token answer is not JSON", &e))?;
+        let access = tokens
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                failed(
+                    "GitHub refused the code",
+                    &tokens.get("error").cloned().unwrap_or(Value::Null),
+                )
+            })?
+            .to_owned();
+        let api = github.api_url.trim_end_matches('/');
+        let get = |path: &str| {
+            http.get(format!("{api}{path}"))
+                .bearer_auth(&access)
+                .header("accept", "application/vnd.github+json")
+                .header("user-agent", "Sovra")
+                .send()
+        };
+        let user: Value = get("/user")
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| failed("GitHub /user failed", &e))?
+            .json()
+            .await
+            .map_err(|e| failed("GitHub /user is not JSON", &e))?;
+        let emails: Value = get("/user/emails")
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| failed("GitHub /user/emails failed", &e))?
+            .json()
+            .await
+            .map_err(|e| failed("GitHub /user/emails is not JSON", &e))?;
+        Ok((github_data(&user, &emails)?, access))
+    }
+
     fn callback_url(&self) -> String {
         format!("{}/auth/v1/callback", self.external_url())
     }
@@ -569,10 +711,15 @@ impl AuthService {
     /// to the provider with a signed `state`, a nonce and PKCE.
     pub(crate) async fn authorize(&self, ctx: &Ctx<'_>) -> AuthResult<axum::response::Response> {
         let name = ctx.query("provider").unwrap_or_default();
-        let Some((name, provider)) = self.redirect_provider(&name) else {
-            return Err(AuthError::validation(format!(
-                "Unsupported provider: Provider {name} could not be found"
-            )));
+        let github = self.github_provider(&name);
+        let oidc = self.redirect_provider(&name);
+        let name = match (&github, &oidc) {
+            (Some((name, _)), _) | (None, Some((name, _))) => *name,
+            (None, None) => {
+                return Err(AuthError::validation(format!(
+                    "Unsupported provider: Provider {name} could not be found"
+                )));
+            }
         };
         self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())?;
         let redirect_to = self.redirect_target(ctx.query("redirect_to").as_deref());
@@ -580,14 +727,26 @@ impl AuthService {
             ctx.query("code_challenge"),
             ctx.query("code_challenge_method"),
         )?;
-        let document = self.discovery(&provider).await?;
-        let endpoint = document
-            .get("authorization_endpoint")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                unreachable_provider(&provider, "no authorization_endpoint", &"missing")
-            })?
-            .to_owned();
+        let (endpoint, client_id, mut scope) = match (&github, &oidc) {
+            (Some((_, github)), _) => (
+                format!("{}/login/oauth/authorize", github.url.trim_end_matches('/')),
+                github.client_id.clone(),
+                String::from("user:email"),
+            ),
+            (None, Some((_, provider))) => {
+                let document = self.discovery(provider).await?;
+                let endpoint = document
+                    .get("authorization_endpoint")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        unreachable_provider(provider, "no authorization_endpoint", &"missing")
+                    })?
+                    .to_owned();
+                let client_id = provider.client_ids.first().cloned().unwrap_or_default();
+                (endpoint, client_id, String::from("openid email profile"))
+            }
+            (None, None) => return Err(AuthError::internal()),
+        };
         let id = Uuid::new_v4();
         let verifier = crate::crypto::random_alnum(64);
         let nonce = crate::crypto::random_alnum(32);
@@ -601,14 +760,12 @@ impl AuthService {
                 &[&id, &name, &redirect_to, &challenge, &method, &verifier, &nonce],
             )
             .await?;
-        let mut scope = String::from("openid email profile");
         for extra in ctx.query("scopes").unwrap_or_default().split([' ', ',']) {
             if !extra.is_empty() && !scope.split(' ').any(|s| s == extra) {
                 scope.push(' ');
                 scope.push_str(extra);
             }
         }
-        let client_id = provider.client_ids.first().cloned().unwrap_or_default();
         let location = with_params(
             &endpoint,
             '?',
@@ -648,6 +805,7 @@ impl AuthService {
                 .or_else(|| crate::crypto::query_param(body_param, name))
                 .unwrap_or_default()
         };
+        self.limit(crate::limits::Bucket::Verify, &ctx.ip_key())?;
         let state = get("state");
         let site = self.site_url();
         let bad_state = |why: &str| {
@@ -748,31 +906,20 @@ impl AuthService {
         }
     }
 
-    async fn finish_callback(
+    /// The OpenID Connect code exchange: tokens, the verified ID token
+    /// (with the flow's nonce), claims completed from userinfo.
+    async fn oidc_identity(
         &self,
-        ctx: &Ctx<'_>,
         name: &str,
+        provider: &OidcProvider,
         code: &str,
         verifier: &str,
         nonce: &str,
-        app_pkce: Option<(String, String)>,
-    ) -> AuthResult<Finished> {
-        let Some((name, provider)) = self.redirect_provider(name) else {
-            return Err(AuthError::bad_request(
-                "provider_disabled",
-                "Provider is not enabled",
-            ));
-        };
-        if code.is_empty() {
-            return Err(AuthError::bad_request(
-                "bad_oauth_callback",
-                "OAuth callback with missing authorization code",
-            ));
-        }
-        let document = self.discovery(&provider).await?;
+    ) -> AuthResult<(Map<String, Value>, String, String)> {
+        let document = self.discovery(provider).await?;
         let endpoint = |key: &str| document.get(key).and_then(Value::as_str).map(str::to_owned);
         let token_endpoint = endpoint("token_endpoint")
-            .ok_or_else(|| unreachable_provider(&provider, "no token_endpoint", &"missing"))?;
+            .ok_or_else(|| unreachable_provider(provider, "no token_endpoint", &"missing"))?;
         let client_id = provider.client_ids.first().cloned().unwrap_or_default();
         let secret = provider
             .secret
@@ -792,7 +939,7 @@ impl AuthService {
             ])
             .send()
             .await
-            .map_err(|e| unreachable_provider(&provider, "the token endpoint failed", &e))?;
+            .map_err(|e| unreachable_provider(provider, "the token endpoint failed", &e))?;
         let status = response.status();
         let tokens: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -822,11 +969,11 @@ impl AuthService {
             ));
         }
         let now = crate::time::now_unix().unsigned_abs();
-        let mut keys = self.provider_keys(&provider, false).await?;
-        let mut verified = verify_id_token(&id_token, &keys, &provider, Some(nonce), now);
+        let mut keys = self.provider_keys(provider, false).await?;
+        let mut verified = verify_id_token(&id_token, &keys, provider, Some(nonce), now);
         if verified == Err(IdTokenError::UnknownKey) {
-            keys = self.provider_keys(&provider, true).await?;
-            verified = verify_id_token(&id_token, &keys, &provider, Some(nonce), now);
+            keys = self.provider_keys(provider, true).await?;
+            verified = verify_id_token(&id_token, &keys, provider, Some(nonce), now);
         }
         let mut claims = verified.map_err(|err| {
             tracing::info!(provider = name, reason = ?err, "ID token from the code exchange refused");
@@ -841,7 +988,7 @@ impl AuthService {
                 .send()
                 .await
                 .and_then(reqwest::Response::error_for_status)
-                .map_err(|e| unreachable_provider(&provider, "the userinfo endpoint failed", &e))?
+                .map_err(|e| unreachable_provider(provider, "the userinfo endpoint failed", &e))?
                 .json()
                 .await
                 .unwrap_or(Value::Null);
@@ -853,7 +1000,43 @@ impl AuthService {
                 }
             }
         }
-        let data = identity_data(&claims, &provider.issuer);
+        Ok((
+            identity_data(&claims, &provider.issuer),
+            access_token,
+            refresh_token,
+        ))
+    }
+
+    async fn finish_callback(
+        &self,
+        ctx: &Ctx<'_>,
+        name: &str,
+        code: &str,
+        verifier: &str,
+        nonce: &str,
+        app_pkce: Option<(String, String)>,
+    ) -> AuthResult<Finished> {
+        if code.is_empty() {
+            return Err(AuthError::bad_request(
+                "bad_oauth_callback",
+                "OAuth callback with missing authorization code",
+            ));
+        }
+        let (name, data, access_token, refresh_token) =
+            if let Some((name, github)) = self.github_provider(name) {
+                let (data, access) = self.github_identity(&github, code, verifier).await?;
+                (name, data, access, String::new())
+            } else if let Some((name, provider)) = self.redirect_provider(name) {
+                let (data, access, refresh) = self
+                    .oidc_identity(name, &provider, code, verifier, nonce)
+                    .await?;
+                (name, data, access, refresh)
+            } else {
+                return Err(AuthError::bad_request(
+                    "provider_disabled",
+                    "Provider is not enabled",
+                ));
+            };
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let user_id = self.external_account(&tx, name, &data).await?;
@@ -965,6 +1148,50 @@ mod tests {
         json!({"iss": ISSUER, "sub": "u1", "aud": "app", "exp": now + 600, "iat": now,
                "email": "Ada@Example.com", "email_verified": true, "name": "Ada",
                "nonce": hex(&Sha256::digest(b"n-1"))})
+    }
+
+    #[test]
+    fn github_answers_map_to_gotrues_identity_data() {
+        // Shapes of GitHub's /user and /user/emails answers.
+        let user = json!({"login": "octocat", "id": 583231, "name": "The Octocat",
+                          "avatar_url": "https://avatars.githubusercontent.com/u/583231?v=4",
+                          "email": null});
+        let emails = json!([
+            {"email": "old@example.com", "primary": false, "verified": true, "visibility": null},
+            {"email": "Octocat@GitHub.com", "primary": true, "verified": true, "visibility": "public"},
+            {"email": "unverified@example.com", "primary": false, "verified": false, "visibility": null},
+        ]);
+        let data = github_data(&user, &emails).unwrap();
+        assert_eq!(data["sub"], "583231");
+        assert_eq!(data["provider_id"], "583231");
+        assert_eq!(data["email"], "octocat@github.com");
+        assert_eq!(data["email_verified"], true);
+        assert_eq!(data["user_name"], "octocat");
+        assert_eq!(data["full_name"], "The Octocat");
+        assert_eq!(
+            data["avatar_url"],
+            "https://avatars.githubusercontent.com/u/583231?v=4"
+        );
+        // No verified primary: a verified one; none verified: the primary,
+        // marked unverified (never linked by email).
+        let data = github_data(
+            &user,
+            &json!([{"email": "a@x.com", "primary": true, "verified": false},
+                    {"email": "b@x.com", "primary": false, "verified": true}]),
+        )
+        .unwrap();
+        assert_eq!(data["email"], "b@x.com");
+        let data = github_data(
+            &user,
+            &json!([{"email": "a@x.com", "primary": true, "verified": false}]),
+        )
+        .unwrap();
+        assert_eq!(data["email_verified"], false);
+        let data = github_data(&user, &json!([])).unwrap();
+        assert!(data.get("email").is_none());
+        // A profile without an id is refused.
+        assert!(github_data(&json!({"login": "x"}), &emails).is_err());
+        assert!(github_data(&json!("nonsense"), &json!({"message": "Bad credentials"})).is_err());
     }
 
     #[test]

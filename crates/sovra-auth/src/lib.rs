@@ -507,6 +507,9 @@ impl AuthService {
         for (name, _) in c.external.enabled() {
             external.insert(name.to_owned(), Value::Bool(true));
         }
+        if c.external.github.is_some() {
+            external.insert("github".to_owned(), Value::Bool(true));
+        }
         external.insert("anonymous_users".to_owned(), json!(c.anonymous_users));
         external.insert("email".to_owned(), json!(true));
         external.insert("phone".to_owned(), json!(true));

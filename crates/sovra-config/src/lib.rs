@@ -609,6 +609,36 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Accept Google ID tokens without checking the nonce (GoTrue's option, for native SDKs that cannot set one).",
     },
     OptionDoc {
+        key: "auth.external.github.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Sign in with GitHub (`signInWithOAuth({provider: 'github'})`), GoTrue's `GOTRUE_EXTERNAL_GITHUB_ENABLED`: an OAuth app's client id and secret; register `<public_url>/auth/v1/callback` as its callback URL. The user comes from `/user` and `/user/emails` (the primary verified address).",
+    },
+    OptionDoc {
+        key: "auth.external.github.client_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The GitHub OAuth app's client id.",
+    },
+    OptionDoc {
+        key: "auth.external.github.secret",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The GitHub OAuth app's client secret. Never logged.",
+    },
+    OptionDoc {
+        key: "auth.external.github.url",
+        kind: Kind::String,
+        default: "\"https://github.com\"",
+        doc: "Where GitHub's authorize and token endpoints are (GitHub Enterprise: your server).",
+    },
+    OptionDoc {
+        key: "auth.external.github.api_url",
+        kind: Kind::String,
+        default: "\"https://api.github.com\"",
+        doc: "Where GitHub's REST API is (GitHub Enterprise: `https://<host>/api/v3`).",
+    },
+    OptionDoc {
         key: "auth.external.keycloak.enabled",
         kind: Kind::Bool,
         default: "false",
@@ -956,6 +986,49 @@ pub struct AuthConfig {
 pub struct AuthExternal {
     pub google: ExternalProvider,
     pub keycloak: ExternalProvider,
+    pub github: GithubOption,
+}
+
+/// `auth.external.github`.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GithubOption {
+    pub enabled: bool,
+    pub client_id: String,
+    pub secret: String,
+    pub url: String,
+    pub api_url: String,
+}
+
+impl Default for GithubOption {
+    fn default() -> Self {
+        GithubOption {
+            enabled: false,
+            client_id: String::new(),
+            secret: String::new(),
+            url: "https://github.com".to_owned(),
+            api_url: "https://api.github.com".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for GithubOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GithubOption")
+            .field("enabled", &self.enabled)
+            .field("client_id", &self.client_id)
+            .field("url", &self.url)
+            .field("api_url", &self.api_url)
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
 }
 
 /// One provider (GoTrue's `GOTRUE_EXTERNAL_<NAME>_*`).
@@ -1065,6 +1138,19 @@ impl std::fmt::Debug for HookOption {
             )
             .finish()
     }
+}
+
+/// An `https://` URL, or `http://` to a loopback host (local providers in
+/// development and tests).
+fn https_or_loopback(url: &str) -> bool {
+    let url = url.trim();
+    let loopback = ["http://localhost", "http://127.0.0.1", "http://[::1]"]
+        .iter()
+        .any(|p| {
+            url.strip_prefix(p)
+                .is_some_and(|rest| rest.chars().next().is_none_or(|c| c == ':' || c == '/'))
+        });
+    loopback || (url.starts_with("https://") && url.len() > "https://".len())
 }
 
 /// Checks a hook URI as GoTrue does; the message says what is wrong.
@@ -2054,22 +2140,35 @@ impl Config {
                     "is required when the provider is enabled",
                 ));
             }
-            if name == "keycloak" {
-                let url = provider.url.trim();
-                let loopback = ["http://localhost", "http://127.0.0.1", "http://[::1]"]
-                    .iter()
-                    .any(|p| {
-                        url.starts_with(p)
-                            && url[p.len()..]
-                                .chars()
-                                .next()
-                                .is_none_or(|c| c == ':' || c == '/')
-                    });
-                let https = url.starts_with("https://") && url.len() > "https://".len();
-                if !https && !loopback {
+            if name == "keycloak" && !https_or_loopback(&provider.url) {
+                return Err(ConfigError::invalid(
+                    "auth.external.keycloak.url",
+                    "must be the issuer's https:// URL (http:// only to a loopback host)",
+                ));
+            }
+        }
+        let github = &auth.external.github;
+        if github.enabled {
+            if github.client_id.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    "auth.external.github.client_id",
+                    "is required when GitHub is enabled",
+                ));
+            }
+            if github.secret.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    "auth.external.github.secret",
+                    "is required when GitHub is enabled",
+                ));
+            }
+            for (key, url) in [
+                ("auth.external.github.url", &github.url),
+                ("auth.external.github.api_url", &github.api_url),
+            ] {
+                if !https_or_loopback(url) {
                     return Err(ConfigError::invalid(
-                        "auth.external.keycloak.url",
-                        "must be the issuer's https:// URL (http:// only to a loopback host)",
+                        key,
+                        "must be an https:// URL (http:// only to a loopback host)",
                     ));
                 }
             }
@@ -2669,8 +2768,38 @@ mod tests {
                 "{text}: {err}"
             );
         }
+        let github = load(
+            "[auth.external.github]\nenabled = true\nclient_id = \"Iv1.abc\"\nsecret = \"gh-secret-value\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            github.auth.external.github.api_url,
+            "https://api.github.com"
+        );
+        assert!(!format!("{github:?}").contains("gh-secret-value"));
+        for (text, option) in [
+            (
+                "[auth.external.github]\nenabled = true\nsecret = \"s\"\n",
+                "auth.external.github.client_id",
+            ),
+            (
+                "[auth.external.github]\nenabled = true\nclient_id = \"c\"\n",
+                "auth.external.github.secret",
+            ),
+            (
+                "[auth.external.github]\nenabled = true\nclient_id = \"c\"\nsecret = \"s\"\nurl = \"http://github.example.com\"\n",
+                "auth.external.github.url",
+            ),
+        ] {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid value for `{option}`")),
+                "{text}: {err}"
+            );
+        }
         assert!(matches!(
-            load("[auth.external.github]\nenabled = true\n", &[]),
+            load("[auth.external.gitlab]\nenabled = true\n", &[]),
             Err(ConfigError::Unknown(_))
         ));
     }

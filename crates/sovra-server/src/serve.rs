@@ -199,6 +199,15 @@ pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError
     };
     out.external.google = provider(&a.external.google, "https://accounts.google.com");
     out.external.keycloak = provider(&a.external.keycloak, a.external.keycloak.url.trim());
+    let github = &a.external.github;
+    out.external.github = github
+        .enabled
+        .then(|| sovra_auth::external::GithubProvider {
+            client_id: github.client_id.trim().to_owned(),
+            secret: sovra_auth::secret::Redacted(github.secret.trim().to_owned()),
+            url: github.url.trim().to_owned(),
+            api_url: github.api_url.trim().to_owned(),
+        });
     out.hooks.pg_timeout_ms = a.hook.pg_timeout_ms;
     out.hooks.http_timeout_ms = a.hook.http_timeout_ms;
     Ok(out)

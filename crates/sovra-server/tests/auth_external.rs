@@ -463,3 +463,49 @@ async fn redirect_flow_state_is_signed_single_use_and_expiring() {
     let back = posted.headers()["location"].to_str().unwrap().to_owned();
     assert_eq!(param(&back, "error_code").unwrap(), "bad_oauth_state");
 }
+
+#[tokio::test]
+async fn github_sign_in_starts_at_the_configured_github() {
+    let auth = Auth::with(config(|c| {
+        c.auth.external.github = sovra_config::GithubOption {
+            enabled: true,
+            client_id: "Iv1.test".to_owned(),
+            secret: "github-secret".to_owned(),
+            url: "https://github.example.com".to_owned(),
+            api_url: "https://github.example.com/api/v3".to_owned(),
+        };
+    }))
+    .await;
+    let settings = auth.call(Method::GET, "/settings", None, None).await;
+    assert_eq!(settings.body["external"]["github"], true);
+    assert_eq!(settings.body["external"]["keycloak"], false);
+    let base = format!("{}/auth/v1", auth.app.url);
+    let to_github = location(
+        &auth,
+        &format!("{base}/authorize?provider=github&scopes=read:org"),
+    )
+    .await;
+    assert!(
+        to_github.starts_with("https://github.example.com/login/oauth/authorize?"),
+        "{to_github}"
+    );
+    assert_eq!(param(&to_github, "client_id").unwrap(), "Iv1.test");
+    assert_eq!(param(&to_github, "scope").unwrap(), "user:email read:org");
+    assert!(!to_github.contains("github-secret"));
+    let state = param(&to_github, "state").unwrap();
+    // GitHub's refusal comes back to the app with the flow used up.
+    let back = location(
+        &auth,
+        &format!("{base}/callback?error=access_denied&state={state}"),
+    )
+    .await;
+    assert_eq!(param(&back, "error_code").unwrap(), "bad_oauth_callback");
+    // Google is not configured here.
+    let google = auth
+        .http
+        .get(format!("{base}/authorize?provider=google"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(google.status(), StatusCode::BAD_REQUEST);
+}
