@@ -94,6 +94,24 @@ test('signInWithOAuth (PKCE) through a real OpenID Connect provider', async () =
   assert.ok(reused, 'an auth code works once');
 });
 
+test('signInWithOAuth in the implicit flow lands with the session in the fragment', async () => {
+  const supabase = createClient(url, anonKey, {
+    auth: { flowType: 'implicit', persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+    realtime: { transport: ws },
+  });
+  const redirectTo = `${url}/implicit`;
+  const { data } = await supabase.auth.signInWithOAuth({ provider: 'keycloak', options: { redirectTo, skipBrowserRedirect: true } });
+  const landed = new URL(await follow(data.url, redirectTo));
+  const fragment = new URLSearchParams(landed.hash.slice(1));
+  assert.equal(fragment.get('token_type'), 'bearer');
+  assert.ok(fragment.get('provider_token'));
+  const { data: set, error } = await supabase.auth.setSession({
+    access_token: fragment.get('access_token'), refresh_token: fragment.get('refresh_token'),
+  });
+  assert.equal(error, null);
+  assert.equal(set.user.email, 'oidc-ada@example.com');
+});
+
 test('the callback refuses states it did not sign, used twice, or expired', async () => {
   const supabase = pkceClient();
   const redirectTo = `${url}/welcome`;
