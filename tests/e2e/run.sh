@@ -40,9 +40,13 @@ SOVRA_REST_SCHEMAS=public,personal "$bin" serve --data-dir "$dir/data" --listen 
 pid=$!
 pid2=""
 pid3=""
+pid4=""
+pid5=""
+oidc_pid=""
 cleanup() {
-  kill -INT "$pid" $pid2 $pid3 2>/dev/null || true
-  wait "$pid" $pid2 $pid3 2>/dev/null || true
+  kill -INT "$pid" $pid2 $pid3 $pid4 $pid5 2>/dev/null || true
+  wait "$pid" $pid2 $pid3 $pid4 $pid5 2>/dev/null || true
+  [ -z "$oidc_pid" ] || kill "$oidc_pid" 2>/dev/null || true
   kill "$nats_pid" 2>/dev/null || true
   wait "$nats_pid" 2>/dev/null || true
   rm -rf "$dir"
@@ -84,6 +88,44 @@ pid3=$!
 url3="http://127.0.0.1:$port3"
 wait_ready "$url3" "$pid3" "$dir/err3.log"
 export E2E_ES256_URL="$url3"
+# A fourth instance on the same database with the custom access token hook
+# of docs/examples/rbac.sql turned on (rbac.test.js applies the recipe).
+port4="$(free_port)"
+mkdir -p "$dir/data4"
+cp "$dir/data/keys.json" "$dir/data4/keys.json"
+SOVRA_AUTH_HOOK_CUSTOM_ACCESS_TOKEN_ENABLED=true \
+  SOVRA_AUTH_HOOK_CUSTOM_ACCESS_TOKEN_URI=pg-functions://postgres/public/custom_access_token_hook \
+  SOVRA_REST_SCHEMAS=public,personal SOVRA_DATABASE_URL="host=$dir/data/pg user=postgres dbname=postgres" \
+  "$bin" serve --data-dir "$dir/data4" --listen "127.0.0.1:$port4" >"$dir/out4.log" 2>"$dir/err4.log" &
+pid4=$!
+url4="http://127.0.0.1:$port4"
+wait_ready "$url4" "$pid4" "$dir/err4.log"
+export E2E_HOOKS_URL="$url4"
+# A fifth instance with a real OpenID Connect provider (oidc-provider.mjs)
+# as its `keycloak` provider (external.test.js).
+port5="$(free_port)"
+oidc_port="$(free_port)"
+export E2E_OIDC_URL="http://127.0.0.1:$oidc_port" E2E_OIDC_CLIENT_ID=sovra-e2e E2E_OIDC_CLIENT_SECRET=e2e-client-secret
+export E2E_OIDC_NATIVE_REDIRECT="http://127.0.0.1:$oidc_port/native-app"
+OIDC_PORT="$oidc_port" OIDC_CLIENT_ID="$E2E_OIDC_CLIENT_ID" OIDC_CLIENT_SECRET="$E2E_OIDC_CLIENT_SECRET" \
+  OIDC_REDIRECT_URIS="http://127.0.0.1:$port5/auth/v1/callback,$E2E_OIDC_NATIVE_REDIRECT" \
+  node oidc-provider.mjs >"$dir/oidc.log" 2>&1 &
+oidc_pid=$!
+for _ in $(seq 100); do
+  curl -fs "$E2E_OIDC_URL/.well-known/openid-configuration" >/dev/null 2>&1 && break
+  kill -0 "$oidc_pid" 2>/dev/null || { cat "$dir/oidc.log" >&2; exit 1; }
+  sleep 0.1
+done
+mkdir -p "$dir/data5"
+cp "$dir/data/keys.json" "$dir/data5/keys.json"
+SOVRA_AUTH_EXTERNAL_KEYCLOAK_ENABLED=true SOVRA_AUTH_EXTERNAL_KEYCLOAK_URL="$E2E_OIDC_URL" \
+  SOVRA_AUTH_EXTERNAL_KEYCLOAK_CLIENT_ID="$E2E_OIDC_CLIENT_ID" SOVRA_AUTH_EXTERNAL_KEYCLOAK_SECRET="$E2E_OIDC_CLIENT_SECRET" \
+  SOVRA_REST_SCHEMAS=public,personal SOVRA_DATABASE_URL="host=$dir/data/pg user=postgres dbname=postgres" \
+  "$bin" serve --data-dir "$dir/data5" --listen "127.0.0.1:$port5" >"$dir/out5.log" 2>"$dir/err5.log" &
+pid5=$!
+url5="http://127.0.0.1:$port5"
+wait_ready "$url5" "$pid5" "$dir/err5.log"
+export E2E_OIDC_SOVRA_URL="$url5"
 keys="$("$bin" keys --json --data-dir "$dir/data")"
 export SOVRA_URL="$url"
 export SOVRA_ANON_KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).anon_key)' "$keys")"

@@ -10,6 +10,7 @@ use sovra_pg::GenericClient;
 use uuid::Uuid;
 
 use crate::error::{AuthError, AuthResult};
+use crate::hooks::{self, HookName};
 use crate::limits::Bucket;
 use crate::mail::Kind;
 use crate::password::Checked;
@@ -154,12 +155,60 @@ enum Verified {
 }
 
 impl AuthService {
+    /// The before-user-created hook (GoTrue's): shown the user about to be
+    /// made (`{metadata, user}`), it refuses by answering an `error`
+    /// object, which the client gets with its status and message.
+    async fn before_user_created(
+        &self,
+        client: &impl GenericClient,
+        new: &NewUser<'_>,
+        app_metadata: &Value,
+        user_metadata: &Map<String, Value>,
+    ) -> AuthResult<()> {
+        let now = time::rfc3339(std::time::SystemTime::now());
+        let mut user = json!({
+            "id": new.id,
+            "aud": self.config.jwt_aud,
+            "role": new.role,
+            "email": new.email.unwrap_or(""),
+            "phone": new.phone.unwrap_or(""),
+            "app_metadata": app_metadata,
+            "user_metadata": user_metadata,
+            "identities": [],
+            "is_anonymous": new.anonymous,
+            "created_at": now,
+            "updated_at": now,
+        });
+        if let Value::Object(map) = &mut user {
+            if new.email.is_some() && new.email_confirmed {
+                map.insert("email_confirmed_at".to_owned(), json!(now));
+            }
+            if new.phone.is_some() && new.phone_confirmed {
+                map.insert("phone_confirmed_at".to_owned(), json!(now));
+            }
+            if new.invited {
+                map.insert("invited_at".to_owned(), json!(now));
+            }
+        }
+        let input = json!({
+            "metadata": hooks::metadata(HookName::BeforeUserCreated, None),
+            "user": user,
+        });
+        let output = self
+            .run_hook(client, HookName::BeforeUserCreated, &input)
+            .await?;
+        match hooks::hook_error(&output) {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
     /// Inserts a user and its identity. A taken email or phone is
     /// `email_exists`/`phone_exists`.
     pub(crate) async fn insert_user(
         &self,
         client: &impl GenericClient,
-        new: NewUser<'_>,
+        mut new: NewUser<'_>,
     ) -> AuthResult<Uuid> {
         let provider = if new.anonymous {
             None
@@ -168,8 +217,8 @@ impl AuthService {
         } else {
             Some("phone")
         };
-        let mut user_metadata = new.user_metadata;
-        let app_metadata = match (new.app_metadata, provider) {
+        let mut user_metadata = std::mem::take(&mut new.user_metadata);
+        let app_metadata = match (new.app_metadata.take(), provider) {
             (Some(map), _) => Value::Object(map),
             (None, Some(p)) => json!({"provider": p, "providers": [p]}),
             (None, None) => json!({}),
@@ -183,6 +232,10 @@ impl AuthService {
         }
         if new.phone.is_some() && new.phone_confirmed {
             user_metadata.insert("phone_verified".to_owned(), json!(true));
+        }
+        if self.hook_enabled(HookName::BeforeUserCreated) {
+            self.before_user_created(client, &new, &app_metadata, &user_metadata)
+                .await?;
         }
         let result = client
             .c_execute(
@@ -337,7 +390,7 @@ impl AuthService {
             &one_time,
             link_type,
             redirect_to,
-            &user.email,
+            user,
             &new_email,
         )
         .await?;
@@ -619,7 +672,7 @@ impl AuthService {
         let grant = ctx.query("grant_type").unwrap_or_default();
         match grant.as_str() {
             "web3" => return self.web3_disabled(),
-            "id_token" => return self.id_token_disabled(ctx),
+            "id_token" => return self.id_token_grant(ctx).await,
             _ => {}
         }
         let body: PasswordBody = ctx.json()?;
@@ -638,6 +691,41 @@ impl AuthService {
                 "unsupported_grant_type",
             )),
         }
+    }
+
+    /// The password verification attempt hook (GoTrue's): told whether the
+    /// password was right, it may reject the attempt (400
+    /// `invalid_credentials` with its message) and end every session of
+    /// the user (`should_logout_user`); the caller commits the sign-outs
+    /// and answers with the refusal returned.
+    async fn password_hook(
+        &self,
+        tx: &impl GenericClient,
+        ctx: &Ctx<'_>,
+        user_id: Uuid,
+        valid: bool,
+    ) -> AuthResult<Option<AuthError>> {
+        let input = json!({
+            "metadata": hooks::metadata(HookName::PasswordVerificationAttempt, ctx.ip),
+            "user_id": user_id,
+            "valid": valid,
+        });
+        let output = self
+            .run_hook(tx, HookName::PasswordVerificationAttempt, &input)
+            .await?;
+        let Some((message, logout)) = hooks::rejection(&output)? else {
+            return Ok(None);
+        };
+        if logout {
+            tx.c_execute("delete from auth.sessions where user_id = $1", &[&user_id])
+                .await?;
+        }
+        let message = if message.is_empty() {
+            "Further password verification attempts will be rejected.".to_owned()
+        } else {
+            message
+        };
+        Ok(Some(AuthError::bad_request("invalid_credentials", message)))
     }
 
     async fn password_grant(&self, ctx: &Ctx<'_>, body: PasswordBody) -> AuthResult<Response> {
@@ -676,6 +764,15 @@ impl AuthService {
         };
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        if let Some(user) = &found
+            && self.hook_enabled(HookName::PasswordVerificationAttempt)
+        {
+            let valid = matches!(checked, Checked::Right | Checked::RightRehash);
+            if let Some(refusal) = self.password_hook(&tx, ctx, user.id, valid).await? {
+                tx.commit().await?;
+                return Err(refusal);
+            }
+        }
         let user = match (found, checked) {
             (Some(user), Checked::Right | Checked::RightRehash) => {
                 if let Some(new_hash) = rehash {
@@ -754,7 +851,8 @@ impl AuthService {
             .c_query_opt(
                 "delete from auth.flow_state where auth_code = $1
                  returning user_id, code_challenge_method, code_challenge, authentication_method,
-                           extract(epoch from now() - created_at)::float8",
+                           extract(epoch from now() - created_at)::float8,
+                           provider_access_token, provider_refresh_token",
                 &[&code],
             )
             .await?;
@@ -797,11 +895,24 @@ impl AuthService {
             "recovery" => "recovery",
             "magiclink" => "magiclink",
             "email/signup" => "email/signup",
+            "oauth" => "oauth",
             _ => "otp",
         };
-        let session = self
+        let mut session = self
             .start_session(&tx, ctx, user_id, method, Via::Grant)
             .await?;
+        // An external sign-in hands the provider's tokens over once.
+        let provider_tokens: [Option<String>; 2] = [row.get(5), row.get(6)];
+        if let Value::Object(map) = &mut session {
+            for (key, value) in ["provider_token", "provider_refresh_token"]
+                .into_iter()
+                .zip(provider_tokens)
+            {
+                if let Some(value) = value.filter(|v| !v.is_empty()) {
+                    map.insert(key.to_owned(), json!(value));
+                }
+            }
+        }
         tx.commit().await?;
         Ok(ok_json(session))
     }
@@ -2092,7 +2203,7 @@ impl AuthService {
     }
 }
 
-fn error_redirect(redirect: &str, err: &AuthError, pkce: bool) -> String {
+pub(crate) fn error_redirect(redirect: &str, err: &AuthError, pkce: bool) -> String {
     let code = if err.code == "otp_expired" {
         "otp_expired"
     } else {

@@ -20,8 +20,10 @@ pub mod crypto;
 mod db;
 mod disabled;
 pub mod error;
+pub mod external;
 #[cfg(test)]
 mod fuzz;
+pub mod hooks;
 pub mod limits;
 pub mod mail;
 mod mfa;
@@ -115,6 +117,11 @@ pub struct AuthConfig {
     /// Failed guesses one issued code or MFA challenge takes before it is
     /// invalidated.
     pub code_attempts: u32,
+    /// Auth hooks (GoTrue's `GOTRUE_HOOK_*`): PostgreSQL functions or HTTP
+    /// endpoints called at fixed points ([`hooks`]).
+    pub hooks: hooks::HookConfig,
+    /// External identity providers (`signInWithIdToken`).
+    pub external: external::ExternalConfig,
 }
 
 impl AuthConfig {
@@ -181,6 +188,8 @@ impl AuthConfig {
             key_file: None,
             shared_secret: None,
             code_attempts: 5,
+            hooks: hooks::HookConfig::default(),
+            external: external::ExternalConfig::default(),
         }
     }
 }
@@ -201,6 +210,10 @@ pub struct AuthService {
     key: secret::ServiceKey,
     /// Sovra API keys, for the gateway.
     pub api_keys: Arc<ApiKeyCache>,
+    /// `config.hooks`, parsed.
+    hooks: hooks::Hooks,
+    /// External providers' key sets.
+    provider_key_cache: external::KeyCache,
 }
 
 /// One request to `/auth/v1`.
@@ -295,6 +308,7 @@ impl AuthService {
             config.mailbox_dir.clone(),
         )?;
         let templates = mail::load_templates(config.templates_dir.as_deref())?;
+        let hooks = hooks::Hooks::new(&config.hooks)?;
         let external_url = RwLock::new(Arc::from(config.external_url.as_str()));
         let mut key = match &config.key_file {
             Some(path) => secret::ServiceKey::load_or_create(path)?,
@@ -312,6 +326,8 @@ impl AuthService {
             external_url,
             redirect_patterns,
             api_keys: Arc::new(ApiKeyCache::default()),
+            hooks,
+            provider_key_cache: external::KeyCache::default(),
             config,
             pool,
         })
@@ -411,6 +427,8 @@ impl AuthService {
                 "description": "Sovra Auth is a user registration and authentication API"
             }))),
             ("GET", ["settings"]) => Ok(self.settings()),
+            ("GET", ["authorize"]) => self.authorize(ctx).await,
+            ("GET" | "POST", ["callback"]) => self.callback(ctx).await,
             ("POST", ["signup"]) => self.signup(ctx).await,
             ("POST", ["token"]) => self.token(ctx).await,
             ("GET", ["user"]) => self.get_user(ctx).await,
@@ -485,6 +503,12 @@ impl AuthService {
             "snapchat",
         ] {
             external.insert(provider.to_owned(), Value::Bool(false));
+        }
+        for (name, _) in c.external.enabled() {
+            external.insert(name.to_owned(), Value::Bool(true));
+        }
+        if c.external.github.is_some() {
+            external.insert("github".to_owned(), Value::Bool(true));
         }
         external.insert("anonymous_users".to_owned(), json!(c.anonymous_users));
         external.insert("email".to_owned(), json!(true));

@@ -174,6 +174,9 @@ pub struct Outgoing {
     pub to: String,
     pub subject: String,
     pub body: String,
+    /// The send-email or send-SMS hook's input, when that hook is on: the
+    /// hook is called instead of the sender.
+    pub hook: Option<(crate::hooks::HookName, serde_json::Value)>,
 }
 
 tokio::task_local! {

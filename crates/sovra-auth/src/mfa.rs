@@ -9,6 +9,7 @@ use sovra_pg::GenericClient;
 use uuid::Uuid;
 
 use crate::error::{AuthError, AuthResult};
+use crate::hooks::{self, HookName};
 use crate::limits::Bucket;
 use crate::mail::Kind;
 use crate::session::{OneTime, Via};
@@ -226,16 +227,8 @@ impl AuthService {
             let hash = crypto::token_hash(&phone, &code);
             otp_hash = Some(crypto::stored_token(&hash));
             let one_time = OneTime { code, hash };
-            self.deliver(
-                Kind::Sms,
-                &phone,
-                &one_time,
-                "sms",
-                "",
-                &current.user.email,
-                "",
-            )
-            .await?;
+            self.deliver(Kind::Sms, &phone, &one_time, "sms", "", &current.user, "")
+                .await?;
         }
         let ip = ctx.ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
         tx.c_execute(
@@ -355,6 +348,35 @@ impl AuthService {
                 crypto::stored_token(&crypto::token_hash(&phone.unwrap_or_default(), code.trim()));
             !expected.is_empty() && crypto::equal(&expected, &got)
         };
+        if self.hook_enabled(HookName::MfaVerificationAttempt) {
+            // GoTrue's MFA verification attempt hook: told whether the code
+            // was right, it may reject the attempt, which signs the user
+            // out everywhere and counts no failure.
+            let input = json!({
+                "metadata": hooks::metadata(HookName::MfaVerificationAttempt, ctx.ip),
+                "user_id": current.user.id,
+                "factor_id": factor_id,
+                "factor_type": factor_type,
+                "valid": ok,
+            });
+            let output = self
+                .run_hook(&tx, HookName::MfaVerificationAttempt, &input)
+                .await?;
+            if let Some((message, _)) = hooks::rejection(&output)? {
+                tx.c_execute(
+                    "delete from auth.sessions where user_id = $1",
+                    &[&current.user.id],
+                )
+                .await?;
+                tx.commit().await?;
+                let message = if message.is_empty() {
+                    "Further MFA verification attempts will be rejected.".to_owned()
+                } else {
+                    message
+                };
+                return Err(AuthError::forbidden("mfa_verification_rejected", message));
+            }
+        }
         if !ok {
             // Counted per challenge (which dies after `code_attempts`
             // failures: ask for a new one) and per factor (back-off).

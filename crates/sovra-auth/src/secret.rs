@@ -159,6 +159,16 @@ impl ServiceKey {
             })
     }
 
+    /// HMAC-SHA-256 of `data` under a key derived from this one for
+    /// `purpose` (signed `state` parameters).
+    pub fn mac(&self, purpose: &str, data: &[u8]) -> [u8; 32] {
+        let key = Self::derive(&self.key, purpose);
+        let mut mac =
+            <Hmac<Sha256>>::new_from_slice(&key).unwrap_or_else(|_| unreachable!("hmac key"));
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
+
     /// The refresh token that succeeds `parent`: 40 alphanumerics derived
     /// from it under this key, so the same parent always yields the same
     /// child and nobody without the key can compute it.

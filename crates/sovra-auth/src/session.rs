@@ -3,11 +3,12 @@
 
 use crate::db::Cached as _;
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use sovra_pg::GenericClient;
 use uuid::Uuid;
 
 use crate::error::{AuthError, AuthResult};
+use crate::hooks::{self, HookName};
 use crate::mail::{Kind, Vars};
 use crate::user::User;
 use crate::{AuthService, Ctx, crypto, ok_json, time, user};
@@ -180,9 +181,10 @@ impl AuthService {
         one_time: &OneTime,
         link_type: &str,
         redirect_to: &str,
-        email: &str,
+        user: &User,
         new_email: &str,
     ) -> AuthResult<()> {
+        let email = user.email.as_str();
         self.limit(crate::limits::Bucket::EmailSent, to)?;
         let Some(template) = self.templates.get(&kind) else {
             return Err(AuthError::internal());
@@ -197,11 +199,41 @@ impl AuthService {
             redirect_to: redirect_to.to_owned(),
         };
         let (subject, body) = template.render(&vars);
+        let hook = if kind == Kind::Sms && self.hook_enabled(HookName::SendSms) {
+            Some((
+                HookName::SendSms,
+                json!({
+                    "metadata": hooks::metadata(HookName::SendSms, None),
+                    "user": user.to_json(),
+                    "sms": {"otp": one_time.code, "phone": to, "sms_type": link_type},
+                }),
+            ))
+        } else if kind != Kind::Sms && self.hook_enabled(HookName::SendEmail) {
+            Some((
+                HookName::SendEmail,
+                json!({
+                    "metadata": hooks::metadata(HookName::SendEmail, None),
+                    "user": user.to_json(),
+                    "email_data": {
+                        "token": one_time.code,
+                        "token_hash": one_time.hash,
+                        "redirect_to": redirect_to,
+                        "email_action_type": email_action_type(kind, link_type, to, new_email),
+                        "site_url": vars.site_url,
+                        "token_new": "",
+                        "token_hash_new": "",
+                    },
+                }),
+            ))
+        } else {
+            None
+        };
         let outgoing = crate::mail::Outgoing {
             kind,
             to: to.to_owned(),
             subject,
             body,
+            hook,
         };
         match crate::mail::queue(outgoing) {
             None => Ok(()),
@@ -209,8 +241,18 @@ impl AuthService {
         }
     }
 
-    /// Sends one rendered message; failures are the client's 500.
+    /// Sends one rendered message; failures are the client's 500. With the
+    /// send-email or send-SMS hook on, the hook gets the message's data
+    /// instead, and an error it answers is the client's.
     pub(crate) async fn send_now(&self, outgoing: &crate::mail::Outgoing) -> AuthResult<()> {
+        if let Some((name, input)) = &outgoing.hook {
+            let client = self.pool.get().await?;
+            let output = self.run_hook(&client, *name, input).await?;
+            return match hooks::hook_error(&output) {
+                Some(err) => Err(err),
+                None => Ok(()),
+            };
+        }
         let kind = outgoing.kind;
         self.sender
             .send(kind, &outgoing.to, &outgoing.subject, &outgoing.body)
@@ -358,14 +400,17 @@ impl AuthService {
             .await?;
         let aal: String = row.get(0);
         let amr: Value = row.get(1);
-        self.sign_session(ctx, user, session_id, &aal, amr, refresh, via)
+        self.sign_session(client, ctx, user, session_id, &aal, amr, refresh, via)
+            .await
     }
 
     /// Signs the access token of a session: the only place one is made,
-    /// so every road passes [`admit`] here.
+    /// so every road passes [`admit`] and the custom access token hook
+    /// here.
     #[allow(clippy::too_many_arguments)]
-    fn sign_session(
+    async fn sign_session(
         &self,
+        client: &impl GenericClient,
         ctx: &Ctx<'_>,
         user: &User,
         session_id: Uuid,
@@ -396,6 +441,11 @@ impl AuthService {
         }) else {
             return Err(AuthError::internal());
         };
+        let claims = if self.hook_enabled(HookName::CustomAccessToken) {
+            self.custom_claims(client, ctx, user, claims, via).await?
+        } else {
+            claims
+        };
         let access_token = ctx.req.keys.sign(&claims).map_err(|err| {
             tracing::error!(error = %err, "signing an access token failed");
             AuthError::internal()
@@ -408,6 +458,41 @@ impl AuthService {
             "refresh_token": refresh,
             "user": user.to_json(),
         }))
+    }
+
+    /// The custom access token hook: `{user_id, claims,
+    /// authentication_method}` in, `{claims}` out, checked as GoTrue checks
+    /// them; its claims replace the token's. The method is the session's
+    /// latest (`token_refresh` on a refresh), as GoTrue passes it.
+    async fn custom_claims(
+        &self,
+        client: &impl GenericClient,
+        ctx: &Ctx<'_>,
+        user: &User,
+        claims: Map<String, Value>,
+        via: Via,
+    ) -> AuthResult<Map<String, Value>> {
+        let method = if via == Via::Refresh {
+            "token_refresh".to_owned()
+        } else {
+            claims
+                .get("amr")
+                .and_then(|amr| amr.get(0))
+                .and_then(|first| first.get("method"))
+                .and_then(Value::as_str)
+                .unwrap_or("password")
+                .to_owned()
+        };
+        let input = json!({
+            "metadata": hooks::metadata(HookName::CustomAccessToken, ctx.ip),
+            "user_id": user.id,
+            "claims": claims,
+            "authentication_method": method,
+        });
+        let output = self
+            .run_hook(client, HookName::CustomAccessToken, &input)
+            .await?;
+        hooks::output_claims(&output)
     }
 
     /// `grant_type=refresh_token` (spec §3.4). A token's successor is
@@ -439,8 +524,18 @@ impl AuthService {
             let session_id: Uuid = row.get("session_id");
             let aal: String = row.get("session_aal");
             let amr: Value = row.get("session_amr");
-            let body =
-                self.sign_session(ctx, &user, session_id, &aal, amr, &child, Via::Refresh)?;
+            let body = self
+                .sign_session(
+                    &client,
+                    ctx,
+                    &user,
+                    session_id,
+                    &aal,
+                    amr,
+                    &child,
+                    Via::Refresh,
+                )
+                .await?;
             return Ok(ok_json(body));
         }
         // Anything else takes the careful path, which says why (and ends
@@ -559,7 +654,9 @@ impl AuthService {
         let user = User::from_row(&row)?;
         let aal: String = row.get("session_aal");
         let amr: Value = row.get("session_amr");
-        let body = self.sign_session(ctx, &user, session_id, &aal, amr, &child, Via::Refresh)?;
+        let body = self
+            .sign_session(&tx, ctx, &user, session_id, &aal, amr, &child, Via::Refresh)
+            .await?;
         tx.commit().await?;
         Ok(ok_json(body))
     }
@@ -660,6 +757,34 @@ pub fn refresh_rotate_sql() -> &'static str {
                   where u.id = $4",
                 user::user_columns())
     })
+}
+
+/// GoTrue's `email_action_type` of a message: `signup`, `invite`,
+/// `magiclink`, `recovery`, `email_change` (to the new address; to the
+/// current one as `email_change_current`), `reauthentication`, or `email`
+/// for a bare code.
+fn email_action_type(kind: Kind, link_type: &str, to: &str, new_email: &str) -> &'static str {
+    match kind {
+        Kind::Confirmation => {
+            if link_type == "signup" {
+                "signup"
+            } else {
+                "email"
+            }
+        }
+        Kind::Invite => "invite",
+        Kind::MagicLink => "magiclink",
+        Kind::Recovery => "recovery",
+        Kind::EmailChange => {
+            if !new_email.is_empty() && to.eq_ignore_ascii_case(new_email) {
+                "email_change"
+            } else {
+                "email_change_current"
+            }
+        }
+        Kind::Reauthentication => "reauthentication",
+        Kind::Sms => "sms",
+    }
 }
 
 fn log_type(action: &str) -> &'static str {

@@ -465,6 +465,210 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Anonymous sign-ins per hour per client address (token bucket; IPv6 by /64).",
     },
     OptionDoc {
+        key: "auth.hook.custom_access_token.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Turn on the custom access token hook: called whenever an access token is minted (sign-in, refresh, verify, MFA) with `{user_id, claims, authentication_method}`; the `claims` it answers replace the token's (GoTrue's `GOTRUE_HOOK_CUSTOM_ACCESS_TOKEN_ENABLED`). See docs/auth.md#auth-hooks.",
+    },
+    OptionDoc {
+        key: "auth.hook.custom_access_token.uri",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Where the custom access token hook goes: `pg-functions://postgres/<schema>/<function>` (a function `(event jsonb) returns jsonb` that Auth's role may execute), `https://…`, or `http://` to localhost.",
+    },
+    OptionDoc {
+        key: "auth.hook.custom_access_token.secrets",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Standard Webhooks secrets of an HTTP custom access token hook, `v1,whsec_<base64>`, several separated by `|`; requests are signed with each (`webhook-signature`). Never logged.",
+    },
+    OptionDoc {
+        key: "auth.hook.before_user_created.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Turn on the before-user-created hook: shown every user about to be created (`{metadata, user}`); an `error` object in its answer refuses the sign-up (GoTrue's `GOTRUE_HOOK_BEFORE_USER_CREATED_ENABLED`). See docs/auth.md#auth-hooks.",
+    },
+    OptionDoc {
+        key: "auth.hook.before_user_created.uri",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Where the before user created hook goes: `pg-functions://postgres/<schema>/<function>` (a function `(event jsonb) returns jsonb` that Auth's role may execute), `https://…`, or `http://` to localhost.",
+    },
+    OptionDoc {
+        key: "auth.hook.before_user_created.secrets",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Standard Webhooks secrets of an HTTP before user created hook, `v1,whsec_<base64>`, several separated by `|`; requests are signed with each (`webhook-signature`). Never logged.",
+    },
+    OptionDoc {
+        key: "auth.hook.password_verification_attempt.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Turn on the password verification attempt hook: told of every password sign-in of a known user (`{user_id, valid}`); `{decision: \"reject\", message, should_logout_user}` refuses it (GoTrue's `GOTRUE_HOOK_PASSWORD_VERIFICATION_ATTEMPT_ENABLED`). See docs/auth.md#auth-hooks.",
+    },
+    OptionDoc {
+        key: "auth.hook.password_verification_attempt.uri",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Where the password verification attempt hook goes: `pg-functions://postgres/<schema>/<function>` (a function `(event jsonb) returns jsonb` that Auth's role may execute), `https://…`, or `http://` to localhost.",
+    },
+    OptionDoc {
+        key: "auth.hook.password_verification_attempt.secrets",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Standard Webhooks secrets of an HTTP password verification attempt hook, `v1,whsec_<base64>`, several separated by `|`; requests are signed with each (`webhook-signature`). Never logged.",
+    },
+    OptionDoc {
+        key: "auth.hook.mfa_verification_attempt.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Turn on the MFA verification attempt hook: told of every MFA code check (`{user_id, factor_id, factor_type, valid}`); `{decision: \"reject\", message}` refuses it and signs the user out (GoTrue's `GOTRUE_HOOK_MFA_VERIFICATION_ATTEMPT_ENABLED`). See docs/auth.md#auth-hooks.",
+    },
+    OptionDoc {
+        key: "auth.hook.mfa_verification_attempt.uri",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Where the mfa verification attempt hook goes: `pg-functions://postgres/<schema>/<function>` (a function `(event jsonb) returns jsonb` that Auth's role may execute), `https://…`, or `http://` to localhost.",
+    },
+    OptionDoc {
+        key: "auth.hook.mfa_verification_attempt.secrets",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Standard Webhooks secrets of an HTTP mfa verification attempt hook, `v1,whsec_<base64>`, several separated by `|`; requests are signed with each (`webhook-signature`). Never logged.",
+    },
+    OptionDoc {
+        key: "auth.hook.send_email.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Turn on the send-email hook: gets every mail's data (`{user, email_data}`) instead of the SMTP server or mailbox (GoTrue's `GOTRUE_HOOK_SEND_EMAIL_ENABLED`). See docs/auth.md#auth-hooks.",
+    },
+    OptionDoc {
+        key: "auth.hook.send_email.uri",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Where the send email hook goes: `pg-functions://postgres/<schema>/<function>` (a function `(event jsonb) returns jsonb` that Auth's role may execute), `https://…`, or `http://` to localhost.",
+    },
+    OptionDoc {
+        key: "auth.hook.send_email.secrets",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Standard Webhooks secrets of an HTTP send email hook, `v1,whsec_<base64>`, several separated by `|`; requests are signed with each (`webhook-signature`). Never logged.",
+    },
+    OptionDoc {
+        key: "auth.hook.send_sms.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Turn on the send-SMS hook: gets every text message's code (`{user, sms}`) instead of the mailbox (GoTrue's `GOTRUE_HOOK_SEND_SMS_ENABLED`). See docs/auth.md#auth-hooks.",
+    },
+    OptionDoc {
+        key: "auth.hook.send_sms.uri",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Where the send sms hook goes: `pg-functions://postgres/<schema>/<function>` (a function `(event jsonb) returns jsonb` that Auth's role may execute), `https://…`, or `http://` to localhost.",
+    },
+    OptionDoc {
+        key: "auth.hook.send_sms.secrets",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Standard Webhooks secrets of an HTTP send sms hook, `v1,whsec_<base64>`, several separated by `|`; requests are signed with each (`webhook-signature`). Never logged.",
+    },
+    OptionDoc {
+        key: "auth.hook.pg_timeout_ms",
+        kind: Kind::Integer,
+        default: "2000",
+        doc: "`statement_timeout` of a PostgreSQL hook, in milliseconds (GoTrue's 2 s); a hook that runs longer fails the request with 500 (1–60000).",
+    },
+    OptionDoc {
+        key: "auth.hook.http_timeout_ms",
+        kind: Kind::Integer,
+        default: "5000",
+        doc: "Time an HTTP hook may take, retries included, in milliseconds (GoTrue's 5 s); past it the request fails with 422 `hook_timeout` (1–60000).",
+    },
+    OptionDoc {
+        key: "auth.external.google.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Accept Google ID tokens (`signInWithIdToken({provider: 'google'})`, issuer `https://accounts.google.com`), GoTrue's `GOTRUE_EXTERNAL_GOOGLE_ENABLED`. `GET /auth/v1/settings` then reports `external.google: true`. The redirect flow (`signInWithOAuth`) is not offered yet.",
+    },
+    OptionDoc {
+        key: "auth.external.google.client_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Google OAuth client ids (comma-separated: web, iOS, Android); an ID token's `aud` must be one of them.",
+    },
+    OptionDoc {
+        key: "auth.external.google.secret",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Google client secret. With it, `signInWithOAuth({provider: 'google'})` works too: `/auth/v1/authorize` sends the browser to Google and `/auth/v1/callback` (register `<public_url>/auth/v1/callback` with Google) finishes the sign-in. Never logged.",
+    },
+    OptionDoc {
+        key: "auth.external.google.skip_nonce_check",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Accept Google ID tokens without checking the nonce (GoTrue's option, for native SDKs that cannot set one).",
+    },
+    OptionDoc {
+        key: "auth.external.github.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Sign in with GitHub (`signInWithOAuth({provider: 'github'})`), GoTrue's `GOTRUE_EXTERNAL_GITHUB_ENABLED`: an OAuth app's client id and secret; register `<public_url>/auth/v1/callback` as its callback URL. The user comes from `/user` and `/user/emails` (the primary verified address).",
+    },
+    OptionDoc {
+        key: "auth.external.github.client_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The GitHub OAuth app's client id.",
+    },
+    OptionDoc {
+        key: "auth.external.github.secret",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The GitHub OAuth app's client secret. Never logged.",
+    },
+    OptionDoc {
+        key: "auth.external.github.url",
+        kind: Kind::String,
+        default: "\"https://github.com\"",
+        doc: "Where GitHub's authorize and token endpoints are (GitHub Enterprise: your server).",
+    },
+    OptionDoc {
+        key: "auth.external.github.api_url",
+        kind: Kind::String,
+        default: "\"https://api.github.com\"",
+        doc: "Where GitHub's REST API is (GitHub Enterprise: `https://<host>/api/v3`).",
+    },
+    OptionDoc {
+        key: "auth.external.keycloak.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Accept ID tokens of an OpenID Connect issuer (`signInWithIdToken({provider: 'keycloak'})`: Keycloak, or any provider with discovery), GoTrue's `GOTRUE_EXTERNAL_KEYCLOAK_ENABLED`.",
+    },
+    OptionDoc {
+        key: "auth.external.keycloak.client_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Client ids (comma-separated) an ID token's `aud` must name one of.",
+    },
+    OptionDoc {
+        key: "auth.external.keycloak.url",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The issuer (for Keycloak `https://host/realms/<realm>`): its `/.well-known/openid-configuration` names the key set, and ID tokens' `iss` must equal it. https, or http to a loopback host.",
+    },
+    OptionDoc {
+        key: "auth.external.keycloak.secret",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The issuer's client secret (client_secret_basic). With it, `signInWithOAuth({provider: 'keycloak'})` signs users in through the issuer's pages (authorization code with PKCE, nonce, signed state); register `<public_url>/auth/v1/callback` as the redirect URI. The first `client_id` is the one used. Never logged.",
+    },
+    OptionDoc {
+        key: "auth.external.keycloak.skip_nonce_check",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Accept the issuer's ID tokens without checking the nonce.",
+    },
+    OptionDoc {
         key: "storage.backend",
         kind: Kind::String,
         default: "\"fs\"",
@@ -803,6 +1007,264 @@ pub struct AuthConfig {
     pub smtp_from: String,
     pub templates_dir: Option<PathBuf>,
     pub rate_limit: AuthRateLimits,
+    pub hook: AuthHooks,
+    pub external: AuthExternal,
+}
+
+/// `auth.external.*`: identity providers whose ID tokens are accepted.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthExternal {
+    pub google: ExternalProvider,
+    pub keycloak: ExternalProvider,
+    pub github: GithubOption,
+}
+
+/// `auth.external.github`.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GithubOption {
+    pub enabled: bool,
+    pub client_id: String,
+    pub secret: String,
+    pub url: String,
+    pub api_url: String,
+}
+
+impl Default for GithubOption {
+    fn default() -> Self {
+        GithubOption {
+            enabled: false,
+            client_id: String::new(),
+            secret: String::new(),
+            url: "https://github.com".to_owned(),
+            api_url: "https://api.github.com".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for GithubOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GithubOption")
+            .field("enabled", &self.enabled)
+            .field("client_id", &self.client_id)
+            .field("url", &self.url)
+            .field("api_url", &self.api_url)
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
+}
+
+/// One provider (GoTrue's `GOTRUE_EXTERNAL_<NAME>_*`).
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExternalProvider {
+    pub enabled: bool,
+    pub client_id: String,
+    pub url: String,
+    pub skip_nonce_check: bool,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ExternalProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalProvider")
+            .field("enabled", &self.enabled)
+            .field("client_id", &self.client_id)
+            .field("url", &self.url)
+            .field("skip_nonce_check", &self.skip_nonce_check)
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
+}
+
+impl ExternalProvider {
+    /// The client ids, as written.
+    pub fn client_ids(&self) -> Vec<String> {
+        split_list(&self.client_id)
+    }
+}
+
+/// `auth.hook.*`: GoTrue's extensibility points.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthHooks {
+    pub custom_access_token: HookOption,
+    pub before_user_created: HookOption,
+    pub password_verification_attempt: HookOption,
+    pub mfa_verification_attempt: HookOption,
+    pub send_email: HookOption,
+    pub send_sms: HookOption,
+    pub pg_timeout_ms: u64,
+    pub http_timeout_ms: u64,
+}
+
+impl Default for AuthHooks {
+    fn default() -> Self {
+        AuthHooks {
+            custom_access_token: HookOption::default(),
+            before_user_created: HookOption::default(),
+            password_verification_attempt: HookOption::default(),
+            mfa_verification_attempt: HookOption::default(),
+            send_email: HookOption::default(),
+            send_sms: HookOption::default(),
+            pg_timeout_ms: 2000,
+            http_timeout_ms: 5000,
+        }
+    }
+}
+
+impl AuthHooks {
+    /// Every hook with its configuration name.
+    pub fn all(&self) -> [(&'static str, &HookOption); 6] {
+        [
+            ("custom_access_token", &self.custom_access_token),
+            ("before_user_created", &self.before_user_created),
+            (
+                "password_verification_attempt",
+                &self.password_verification_attempt,
+            ),
+            ("mfa_verification_attempt", &self.mfa_verification_attempt),
+            ("send_email", &self.send_email),
+            ("send_sms", &self.send_sms),
+        ]
+    }
+}
+
+/// One hook: on or off, where it goes, and the secrets of an HTTP hook.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HookOption {
+    pub enabled: bool,
+    pub uri: String,
+    pub secrets: String,
+}
+
+impl std::fmt::Debug for HookOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookOption")
+            .field("enabled", &self.enabled)
+            .field("uri", &self.uri)
+            .field(
+                "secrets",
+                &if self.secrets.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
+}
+
+/// An `https://` URL, or `http://` to a loopback host (local providers in
+/// development and tests).
+fn https_or_loopback(url: &str) -> bool {
+    let url = url.trim();
+    let loopback = ["http://localhost", "http://127.0.0.1", "http://[::1]"]
+        .iter()
+        .any(|p| {
+            url.strip_prefix(p)
+                .is_some_and(|rest| rest.chars().next().is_none_or(|c| c == ':' || c == '/'))
+        });
+    loopback || (url.starts_with("https://") && url.len() > "https://".len())
+}
+
+/// Checks a hook URI as GoTrue does; the message says what is wrong.
+fn check_hook(hook: &HookOption) -> Result<(), String> {
+    let uri = hook.uri.trim();
+    if uri.is_empty() {
+        return Err("is enabled but has no `uri`".to_owned());
+    }
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Err(format!(
+            "uri {uri:?} is not a URI (pg-functions://…, https://…)"
+        ));
+    };
+    let ident = |name: &str| {
+        let mut chars = name.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+            && name.len() <= 63
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "pg-functions" => {
+            let parts: Vec<&str> = rest.split('/').collect();
+            match parts.as_slice() {
+                [_, schema, function] | [_, schema, function, ""]
+                    if ident(schema) && ident(function) =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "uri {uri:?} must be pg-functions://<database>/<schema>/<function> with plain identifiers"
+                )),
+            }
+        }
+        "https" | "http" => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            if host.contains('@') {
+                return Err(format!("uri {uri:?} must not carry credentials"));
+            }
+            let hostname = if host.starts_with('[') {
+                host.split(']')
+                    .next()
+                    .map(|h| format!("{h}]"))
+                    .unwrap_or_default()
+            } else {
+                host.split(':').next().unwrap_or("").to_owned()
+            };
+            if hostname.is_empty() {
+                return Err(format!("uri {uri:?} has no host"));
+            }
+            if scheme.eq_ignore_ascii_case("http")
+                && !matches!(
+                    hostname.as_str(),
+                    "localhost" | "127.0.0.1" | "[::1]" | "host.docker.internal"
+                )
+            {
+                return Err("only localhost, 127.0.0.1, and ::1 are supported with http".to_owned());
+            }
+            let secrets: Vec<&str> = hook
+                .secrets
+                .split('|')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            if secrets.is_empty() {
+                return Err(
+                    "an HTTP hook needs `secrets` (v1,whsec_<base64>) to sign its requests"
+                        .to_owned(),
+                );
+            }
+            for secret in secrets {
+                let key = secret.strip_prefix("v1,whsec_").unwrap_or("");
+                if !(32..=88).contains(&key.len())
+                    || !key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '='))
+                {
+                    return Err("invalid secret format (expected v1,whsec_<base64>)".to_owned());
+                }
+            }
+            Ok(())
+        }
+        _ => Err("only postgres hooks and HTTPS functions are supported at the moment".to_owned()),
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -858,6 +1320,8 @@ impl Default for AuthConfig {
             smtp_from: "Sovra <noreply@localhost>".to_owned(),
             templates_dir: None,
             rate_limit: AuthRateLimits::default(),
+            hook: AuthHooks::default(),
+            external: AuthExternal::default(),
         }
     }
 }
@@ -1699,6 +2163,67 @@ impl Config {
                 "must start with smtp:// or smtps://",
             ));
         }
+        for (name, hook) in auth.hook.all() {
+            if hook.enabled
+                && let Err(message) = check_hook(hook)
+            {
+                return Err(ConfigError::invalid(&format!("auth.hook.{name}"), message));
+            }
+        }
+        for (name, provider) in [
+            ("google", &auth.external.google),
+            ("keycloak", &auth.external.keycloak),
+        ] {
+            if !provider.enabled {
+                continue;
+            }
+            if provider.client_ids().is_empty() {
+                return Err(ConfigError::invalid(
+                    &format!("auth.external.{name}.client_id"),
+                    "is required when the provider is enabled",
+                ));
+            }
+            if name == "keycloak" && !https_or_loopback(&provider.url) {
+                return Err(ConfigError::invalid(
+                    "auth.external.keycloak.url",
+                    "must be the issuer's https:// URL (http:// only to a loopback host)",
+                ));
+            }
+        }
+        let github = &auth.external.github;
+        if github.enabled {
+            if github.client_id.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    "auth.external.github.client_id",
+                    "is required when GitHub is enabled",
+                ));
+            }
+            if github.secret.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    "auth.external.github.secret",
+                    "is required when GitHub is enabled",
+                ));
+            }
+            for (key, url) in [
+                ("auth.external.github.url", &github.url),
+                ("auth.external.github.api_url", &github.api_url),
+            ] {
+                if !https_or_loopback(url) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "must be an https:// URL (http:// only to a loopback host)",
+                    ));
+                }
+            }
+        }
+        for (key, value) in [
+            ("auth.hook.pg_timeout_ms", auth.hook.pg_timeout_ms),
+            ("auth.hook.http_timeout_ms", auth.hook.http_timeout_ms),
+        ] {
+            if !(1..=60_000).contains(&value) {
+                return Err(ConfigError::invalid(key, "must be between 1 and 60000"));
+            }
+        }
         Ok(())
     }
 
@@ -2151,6 +2676,183 @@ mod tests {
                 "{text}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn hooks_are_validated_as_gotrue_validates_them() {
+        let secret = "v1,whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let good = load(
+            "[auth.hook.custom_access_token]\nenabled = true\nuri = \"pg-functions://postgres/public/custom_access_token_hook\"\n",
+            &[
+                ("SOVRA_AUTH_HOOK_SEND_EMAIL_ENABLED", "true"),
+                ("SOVRA_AUTH_HOOK_SEND_EMAIL_URI", "https://hooks.example.com/mail"),
+                ("SOVRA_AUTH_HOOK_SEND_EMAIL_SECRETS", secret),
+                ("SOVRA_AUTH_HOOK_PG_TIMEOUT_MS", "500"),
+            ],
+        )
+        .unwrap();
+        assert!(good.auth.hook.custom_access_token.enabled);
+        assert_eq!(
+            good.auth.hook.send_email.uri,
+            "https://hooks.example.com/mail"
+        );
+        assert_eq!(good.auth.hook.pg_timeout_ms, 500);
+        assert!(
+            !format!("{good:?}").contains("whsec_"),
+            "secrets are not in Debug"
+        );
+        // A disabled hook is not checked (GoTrue populates enabled ones only).
+        load("[auth.hook.send_sms]\nuri = \"ftp://x\"\n", &[]).unwrap();
+        let refused: &[(&str, &str, &str)] = &[
+            (
+                "[auth.hook.custom_access_token]\nenabled = true\n",
+                "auth.hook.custom_access_token",
+                "no `uri`",
+            ),
+            (
+                "[auth.hook.custom_access_token]\nenabled = true\nuri = \"pg-functions://postgres/public\"\n",
+                "auth.hook.custom_access_token",
+                "pg-functions://<database>/<schema>/<function>",
+            ),
+            (
+                "[auth.hook.before_user_created]\nenabled = true\nuri = \"pg-functions://postgres/public/f;drop\"\n",
+                "auth.hook.before_user_created",
+                "plain identifiers",
+            ),
+            (
+                "[auth.hook.send_email]\nenabled = true\nuri = \"ftp://example.com/x\"\n",
+                "auth.hook.send_email",
+                "only postgres hooks and HTTPS",
+            ),
+            (
+                "[auth.hook.send_email]\nenabled = true\nuri = \"http://example.com/x\"\n",
+                "auth.hook.send_email",
+                "only localhost",
+            ),
+            (
+                "[auth.hook.send_sms]\nenabled = true\nuri = \"https://example.com/x\"\n",
+                "auth.hook.send_sms",
+                "needs `secrets`",
+            ),
+            (
+                "[auth.hook.send_sms]\nenabled = true\nuri = \"https://example.com/x\"\nsecrets = \"whsec_abc\"\n",
+                "auth.hook.send_sms",
+                "invalid secret format",
+            ),
+            (
+                "[auth.hook.send_sms]\nenabled = true\nuri = \"https://u:p@example.com/x\"\nsecrets = \"v1,whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+                "auth.hook.send_sms",
+                "credentials",
+            ),
+            (
+                "[auth.hook]\npg_timeout_ms = 0\n",
+                "auth.hook.pg_timeout_ms",
+                "between 1 and 60000",
+            ),
+            (
+                "[auth.hook]\nhttp_timeout_ms = 60001\n",
+                "auth.hook.http_timeout_ms",
+                "between 1 and 60000",
+            ),
+        ];
+        for (text, option, why) in refused {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid value for `{option}`")) && err.contains(why),
+                "{text}: {err}"
+            );
+        }
+        assert!(matches!(
+            load("[auth.hook.custom_access_token]\nurl = \"x\"\n", &[]),
+            Err(ConfigError::Unknown(_))
+        ));
+        assert!(matches!(
+            load("[auth.hook.nonesuch]\nenabled = true\n", &[]),
+            Err(ConfigError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn external_providers_are_validated() {
+        let good = load(
+            "[auth.external.keycloak]\nenabled = true\nclient_id = \"web, ios\"\nurl = \"https://id.example.com/realms/app\"\n",
+            &[
+                ("SOVRA_AUTH_EXTERNAL_GOOGLE_ENABLED", "true"),
+                ("SOVRA_AUTH_EXTERNAL_GOOGLE_CLIENT_ID", "123.apps.googleusercontent.com"),
+                ("SOVRA_AUTH_EXTERNAL_GOOGLE_SECRET", "GOCSPX-very-secret"),
+            ],
+        )
+        .unwrap();
+        assert!(
+            !format!("{good:?}").contains("very-secret"),
+            "secrets are not in Debug"
+        );
+        assert_eq!(good.auth.external.keycloak.client_ids(), ["web", "ios"]);
+        assert!(good.auth.external.google.enabled);
+        load(
+            "[auth.external.keycloak]\nenabled = true\nclient_id = \"a\"\nurl = \"http://127.0.0.1:8080/realms/x\"\n",
+            &[],
+        )
+        .unwrap();
+        let refused: &[(&str, &str)] = &[
+            (
+                "[auth.external.google]\nenabled = true\n",
+                "auth.external.google.client_id",
+            ),
+            (
+                "[auth.external.keycloak]\nenabled = true\nclient_id = \"a\"\n",
+                "auth.external.keycloak.url",
+            ),
+            (
+                "[auth.external.keycloak]\nenabled = true\nclient_id = \"a\"\nurl = \"http://id.example.com\"\n",
+                "auth.external.keycloak.url",
+            ),
+            (
+                "[auth.external.keycloak]\nenabled = true\nclient_id = \"a\"\nurl = \"http://127.0.0.1.evil.com\"\n",
+                "auth.external.keycloak.url",
+            ),
+        ];
+        for (text, option) in refused {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid value for `{option}`")),
+                "{text}: {err}"
+            );
+        }
+        let github = load(
+            "[auth.external.github]\nenabled = true\nclient_id = \"Iv1.abc\"\nsecret = \"gh-secret-value\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            github.auth.external.github.api_url,
+            "https://api.github.com"
+        );
+        assert!(!format!("{github:?}").contains("gh-secret-value"));
+        for (text, option) in [
+            (
+                "[auth.external.github]\nenabled = true\nsecret = \"s\"\n",
+                "auth.external.github.client_id",
+            ),
+            (
+                "[auth.external.github]\nenabled = true\nclient_id = \"c\"\n",
+                "auth.external.github.secret",
+            ),
+            (
+                "[auth.external.github]\nenabled = true\nclient_id = \"c\"\nsecret = \"s\"\nurl = \"http://github.example.com\"\n",
+                "auth.external.github.url",
+            ),
+        ] {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid value for `{option}`")),
+                "{text}: {err}"
+            );
+        }
+        assert!(matches!(
+            load("[auth.external.gitlab]\nenabled = true\n", &[]),
+            Err(ConfigError::Unknown(_))
+        ));
     }
 
     #[test]

@@ -84,6 +84,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "storage_s3",
         sql: include_str!("../migrations/0013_storage_s3.sql"),
     },
+    Migration {
+        version: 14,
+        name: "oauth_flows",
+        sql: include_str!("../migrations/0014_oauth_flows.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

@@ -324,7 +324,12 @@ pub(crate) async fn auth(
         }
     }
     let path = parts.uri.path().strip_prefix("/auth/v1").unwrap_or("");
-    let is_link = parts.method == Method::GET && path.trim_end_matches('/') == "/verify";
+    // Links in mail, and the external sign-in's redirects, which browsers
+    // follow without the key.
+    let is_link = matches!(
+        (&parts.method, path.trim_end_matches('/')),
+        (&Method::GET, "/verify" | "/authorize") | (&Method::GET | &Method::POST, "/callback")
+    );
     if !is_link
         && let Err(err) = crate::gateway::check_api_key(
             &tenant,

@@ -173,6 +173,43 @@ pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError
     out.limits.otp.max = max(r.otp);
     out.limits.email_sent.max = max(r.email_sent);
     out.limits.anonymous.max = max(r.anonymous);
+    for (name, hook) in a.hook.all() {
+        if !hook.enabled {
+            continue;
+        }
+        let Some(point) = sovra_auth::hooks::HookName::ALL
+            .into_iter()
+            .find(|n| n.config_name() == name)
+        else {
+            continue;
+        };
+        *out.hooks.point_mut(point) = Some(sovra_auth::hooks::HookPoint {
+            uri: hook.uri.trim().to_owned(),
+            secrets: sovra_auth::secret::Redacted(hook.secrets.clone()),
+        });
+    }
+    let provider = |p: &sovra_config::ExternalProvider, issuer: &str| {
+        p.enabled.then(|| sovra_auth::external::OidcProvider {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            client_ids: p.client_ids(),
+            skip_nonce_check: p.skip_nonce_check,
+            secret: (!p.secret.trim().is_empty())
+                .then(|| sovra_auth::secret::Redacted(p.secret.trim().to_owned())),
+        })
+    };
+    out.external.google = provider(&a.external.google, "https://accounts.google.com");
+    out.external.keycloak = provider(&a.external.keycloak, a.external.keycloak.url.trim());
+    let github = &a.external.github;
+    out.external.github = github
+        .enabled
+        .then(|| sovra_auth::external::GithubProvider {
+            client_id: github.client_id.trim().to_owned(),
+            secret: sovra_auth::secret::Redacted(github.secret.trim().to_owned()),
+            url: github.url.trim().to_owned(),
+            api_url: github.api_url.trim().to_owned(),
+        });
+    out.hooks.pg_timeout_ms = a.hook.pg_timeout_ms;
+    out.hooks.http_timeout_ms = a.hook.http_timeout_ms;
     Ok(out)
 }
 
