@@ -21,6 +21,7 @@ pub mod cursor;
 pub mod error;
 pub mod names;
 mod object;
+pub mod render;
 mod sign;
 mod tus;
 
@@ -36,6 +37,7 @@ use sovra_pg::{Pool, RequestContext};
 
 pub use backend::{Backend, BackendConfig};
 pub use error::StorageError;
+pub use render::ImageConfig;
 
 /// `storage.operation` (which policies may read), whether the statement
 /// may delete rows of the storage tables, and whether it may write
@@ -59,6 +61,8 @@ pub struct StorageConfig {
     pub io_threads: usize,
     /// How long a request waits for one of them before it gets 503.
     pub io_wait: Duration,
+    /// Image transformations (`/render/image/…`).
+    pub image: ImageConfig,
 }
 
 /// Who a request is from, as the gateway verified it.
@@ -139,6 +143,10 @@ pub struct StorageService {
     config: StorageConfig,
     backend: Backend,
     pool: Pool,
+    /// The tenant's name (part of the image cache's keys).
+    tenant: String,
+    /// Image transformations: rendering slots and cache.
+    renderer: std::sync::Arc<render::Renderer>,
 }
 
 /// The request as the handlers use it.
@@ -292,10 +300,13 @@ impl StorageService {
         let backend = Backend::open(&config.backend, tenant, config.io_threads)
             .map_err(|err| err.to_string())?
             .with_io_wait(config.io_wait);
+        let renderer = render::Renderer::shared(&config.image);
         Ok(StorageService {
             config,
             backend,
             pool,
+            tenant: tenant.to_owned(),
+            renderer,
         })
     }
 
@@ -413,6 +424,7 @@ async fn route(ctx: &Ctx<'_>, body: Body) -> Result<Response, StorageError> {
             }
         }
         (Some("upload"), Some("resumable")) => tus::route(ctx, &seg[2..], body).await,
+        (Some("render"), Some("image")) => render::route(ctx, &seg[2..]).await,
         (Some("cdn"), _) if method == Method::DELETE => {
             Ok(axum::Json(serde_json::json!({"message": "success"})).into_response())
         }
