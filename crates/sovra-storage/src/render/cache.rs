@@ -73,21 +73,22 @@ impl DiskCache {
                 let found = tokio::task::spawn_blocking(move || scan(&root))
                     .await
                     .unwrap_or_default();
-                let mut index = self.lock();
-                for (key, size, format, modified) in found {
-                    index.total += size;
-                    index.tick = index.tick.max(modified);
-                    index.entries.insert(
-                        key,
-                        Entry {
-                            size,
-                            format,
-                            used: modified,
-                        },
-                    );
-                }
-                let over = index.total > self.cap;
-                drop(index);
+                let over = {
+                    let mut index = self.lock();
+                    for (key, size, format, modified) in found {
+                        index.total += size;
+                        index.tick = index.tick.max(modified);
+                        index.entries.insert(
+                            key,
+                            Entry {
+                                size,
+                                format,
+                                used: modified,
+                            },
+                        );
+                    }
+                    index.total > self.cap
+                };
                 if over {
                     self.evict().await;
                 }
