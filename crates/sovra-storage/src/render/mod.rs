@@ -200,7 +200,13 @@ pub(crate) fn signed_claims(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    Ok(Some((transform.to_signed(), format)))
+    // Storage renders only when the transformation says something
+    // (`{format: "origin"}` alone signs a plain download URL).
+    let transformations = transform.to_signed();
+    if transformations.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((transformations, format)))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -131,6 +131,8 @@ fn integer(source: Source, name: &str, value: &Value) -> Result<i64, OptionError
                 .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
                 .map(|f| f as i64)
         }),
+        // An empty value is 0, as Storage's schema coerces it.
+        Value::String(s) if s.trim().is_empty() => Some(0),
         Value::String(s) => s.trim().parse::<i64>().ok(),
         _ => None,
     };
@@ -557,6 +559,11 @@ pub fn render(
         transform.height,
         transform.resize,
     );
+    // A large reduction first averages boxes down to twice the target
+    // (cheap), so that the Lanczos filter below works on few pixels.
+    if image.width() / 4 > plan.scale.0 && image.height() / 4 > plan.scale.1 {
+        image = image.thumbnail_exact(plan.scale.0 * 2, plan.scale.1 * 2);
+    }
     if plan.scale != (image.width(), image.height()) {
         image = image.resize_exact(
             plan.scale.0,
@@ -613,7 +620,8 @@ fn encode(image: &DynamicImage, output: Output, quality: u8) -> Result<Vec<u8>, 
             image.write_with_encoder(encoder).map_err(invalid)?;
         }
         Output::Gif => {
-            let mut encoder = image::codecs::gif::GifEncoder::new(&mut out);
+            // Speed 10 of 30: the default (1) quantises large frames slowly.
+            let mut encoder = image::codecs::gif::GifEncoder::new_with_speed(&mut out, 10);
             encoder
                 .encode_frame(image::Frame::new(image.to_rgba8()))
                 .map_err(invalid)?;
@@ -642,6 +650,7 @@ mod tests {
         assert_eq!(t.height, None);
         assert_eq!(t.resize, Resize::Contain);
         assert_eq!(query(&[("width", "9000")]).unwrap().width, Some(2500));
+        assert_eq!(query(&[("width", "")]).unwrap().width, None);
         assert_eq!(
             query(&[("width", "-1")]).unwrap_err().0,
             "querystring/width must be >= 0"
@@ -783,6 +792,13 @@ mod tests {
             height: Some(40),
             ..Transform::default()
         };
+        // A large reduction (box pre-shrink, then Lanczos) lands exactly.
+        let small = Transform {
+            width: Some(30),
+            ..Transform::default()
+        };
+        let out = render(&png(600, 400), &small, false, limits).unwrap();
+        assert_eq!((out.width, out.height), (30, 20));
         let out = render(&png(80, 60), &t, false, limits).unwrap();
         assert_eq!((out.format, out.width, out.height), (Output::Png, 40, 40));
         let decoded = image::load_from_memory(&out.bytes).unwrap();
