@@ -599,6 +599,19 @@ async fn renderings_are_cached_and_invalidated_by_updates() {
     let revalidated = st.get(path, None, &[("if-none-match", &etag)]).await;
     assert_eq!(revalidated.status, StatusCode::NOT_MODIFIED);
     assert!(revalidated.bytes.is_empty());
+    // Requests for a rendering not made yet, all at once: one renders,
+    // the others wait for it (or find it in the cache).
+    let path_40 = "/render/image/public/pub/c.png?width=30";
+    let replies = futures_util::future::join_all((0..6).map(|_| st.get(path_40, None, &[]))).await;
+    let misses = replies
+        .iter()
+        .filter(|r| r.header("x-sovra-cache") == "miss")
+        .count();
+    assert_eq!(misses, 1);
+    for reply in &replies {
+        assert_eq!(reply.dimensions(), (30, 15));
+        assert_eq!(reply.bytes, replies[0].bytes);
+    }
     // The object changes: the old rendering is never served again.
     st.upload("pub/c.png", &st.service(), png(100, 200, 2), "image/png")
         .await;

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, Weak};
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::StreamExt as _;
 use serde_json::Value;
 
@@ -68,7 +69,12 @@ pub(crate) struct Renderer {
     config: ImageConfig,
     slots: Arc<tokio::sync::Semaphore>,
     cache: Option<cache::DiskCache>,
+    /// Renderings in progress, by cache key.
+    flights: Mutex<HashMap<String, Arc<Flight>>>,
 }
+
+/// The outcome of one rendering, shared by the requests that wait for it.
+type Flight = tokio::sync::OnceCell<Result<(Bytes, transform::Output), StorageError>>;
 
 type Registry = Mutex<HashMap<PathBuf, Weak<Renderer>>>;
 
@@ -96,6 +102,7 @@ impl Renderer {
                 config: config.clone(),
                 slots: Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1))),
                 cache,
+                flights: Mutex::new(HashMap::new()),
             })
         };
         let Some(dir) = config.cache_dir.clone() else {
@@ -111,6 +118,51 @@ impl Renderer {
         let renderer = make();
         shared.insert(dir, Arc::downgrade(&renderer));
         renderer
+    }
+}
+
+impl Renderer {
+    async fn cached(&self, key: &str) -> Option<(Vec<u8>, transform::Output)> {
+        match &self.cache {
+            Some(cache) => cache.get(key).await,
+            None => None,
+        }
+    }
+
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Flight>>> {
+        self.flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The rendering of `key` in progress, or a new one.
+    fn flight(&self, key: &str) -> Arc<Flight> {
+        self.flights()
+            .entry(key.to_owned())
+            .or_insert_with(|| Arc::new(Flight::new()))
+            .clone()
+    }
+
+    /// Forgets a finished rendering (later requests find the cache).
+    fn land(&self, key: &str, flight: &Arc<Flight>) {
+        let mut flights = self.flights();
+        if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            flights.remove(key);
+        }
+    }
+}
+
+/// Forgets a rendering in progress when the request that waited for it
+/// ends (answered or cancelled).
+struct Landing<'a> {
+    renderer: &'a Renderer,
+    key: &'a str,
+    flight: Arc<Flight>,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        self.renderer.land(self.key, &self.flight);
     }
 }
 
@@ -297,19 +349,36 @@ async fn respond(
         return Ok(response);
     }
 
-    let cached = match &renderer.cache {
-        Some(cache) => cache.get(&key).await,
-        None => None,
-    };
-    let hit = cached.is_some();
-    let (bytes, format) = match cached {
-        Some(found) => found,
+    let (bytes, format, hit) = match renderer.cached(&key).await {
+        Some((bytes, format)) => (Bytes::from(bytes), format, true),
         None => {
-            let rendered = render_object(ctx, object, transform, accepts_webp).await?;
-            if let Some(cache) = &renderer.cache {
-                cache.put(&key, rendered.format, &rendered.bytes).await;
-            }
-            (rendered.bytes, rendered.format)
+            // One rendering per key at a time: requests that miss while
+            // it runs wait for it and share its result.
+            let flight = renderer.flight(&key);
+            // Forgotten when this request ends, however it ends.
+            let _landing = Landing {
+                renderer,
+                key: &key,
+                flight: flight.clone(),
+            };
+            let mut rendered_here = false;
+            let result = flight
+                .get_or_init(|| async {
+                    // It may have landed in the cache since we looked.
+                    if let Some((bytes, format)) = renderer.cached(&key).await {
+                        return Ok((Bytes::from(bytes), format));
+                    }
+                    rendered_here = true;
+                    let rendered = render_object(ctx, object, transform, accepts_webp).await?;
+                    if let Some(cache) = &renderer.cache {
+                        cache.put(&key, rendered.format, &rendered.bytes).await;
+                    }
+                    Ok((Bytes::from(rendered.bytes), rendered.format))
+                })
+                .await
+                .clone();
+            let (bytes, format) = result?;
+            (bytes, format, !rendered_here)
         }
     };
     put(header::CONTENT_TYPE, format.mime());
