@@ -771,6 +771,69 @@ mod tests {
         );
     }
 
+    /// Cases per fuzz target: `SOVRA_FUZZ_CASES` (default 256).
+    fn fuzz_config() -> proptest::test_runner::Config {
+        proptest::test_runner::Config::with_cases(
+            std::env::var("SOVRA_FUZZ_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(256),
+        )
+    }
+
+    fn mode() -> impl proptest::strategy::Strategy<Value = Resize> {
+        proptest::prop_oneof![
+            proptest::strategy::Just(Resize::Cover),
+            proptest::strategy::Just(Resize::Contain),
+            proptest::strategy::Just(Resize::Fill),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(fuzz_config())]
+
+        /// Options from anywhere never panic, and what they give stays in
+        /// bounds.
+        #[test]
+        fn fuzz_options(text in ".{0,80}", value in ".{0,12}", number in proptest::num::i64::ANY) {
+            let t = Transform::from_signed(&text, Some(&value), 2500);
+            proptest::prop_assert!(t.width.is_none_or(|w| (1..=2500).contains(&w)));
+            proptest::prop_assert!(t.quality.is_none_or(|q| (20..=100).contains(&q)));
+            for name in ["width", "height", "quality", "resize", "format"] {
+                for v in [json!(value.clone()), json!(number)] {
+                    if let Ok(t) = Transform::from_pairs([(name, v)], Source::Query, 2500) {
+                        proptest::prop_assert!(t.height.is_none_or(|h| (1..=2500).contains(&h)));
+                        let back = Transform::from_signed(&t.to_signed(), None, 2500);
+                        proptest::prop_assert_eq!((back.width, back.height, back.quality), (t.width, t.height, t.quality));
+                    }
+                }
+            }
+        }
+
+        /// Every plan has at least one pixel, never enlarges the source and
+        /// never exceeds a side that was asked for.
+        #[test]
+        fn fuzz_plan(sw in 1u32..20_000, sh in 1u32..20_000,
+                     w in proptest::option::of(1u32..3000), h in proptest::option::of(1u32..3000),
+                     resize in mode()) {
+            let p = plan((sw, sh), w, h, resize);
+            let out = p.crop.unwrap_or(p.scale);
+            proptest::prop_assert!(out.0 >= 1 && out.1 >= 1);
+            proptest::prop_assert!(out.0 <= sw && out.1 <= sh, "{:?} from {:?}", out, (sw, sh));
+            if let Some(crop) = p.crop {
+                proptest::prop_assert!(crop.0 <= p.scale.0 && crop.1 <= p.scale.1);
+            }
+            match (w, h) {
+                (Some(w), None) => proptest::prop_assert!(out.0 <= w),
+                (None, Some(h)) => proptest::prop_assert!(out.1 <= h),
+                _ => {}
+            }
+            if let (Some(w), Some(h)) = (w, h) {
+                proptest::prop_assert!(out.0 <= w && out.1 <= h, "{:?} for {:?} {:?}", out, (w, h), resize);
+            }
+        }
+    }
+
     fn png(width: u32, height: u32) -> Vec<u8> {
         let image = image::RgbaImage::from_fn(width, height, |x, y| {
             image::Rgba([(x % 256) as u8, (y % 256) as u8, 128, 255])
