@@ -4,7 +4,9 @@
 #
 # - throughput and latency (wrk) of rendering a real photograph (a 720x477
 #   JPEG from the Rust documentation, 253 KB) to width=300, every request
-#   rendered (a server with `storage.image.cache_size = 0`), and the same
+#   rendered (a server with `storage.image.cache_size = 0`, and each
+#   request a different quality, so that none shares a rendering in
+#   progress), and the same
 #   served from the disk cache (a second server with the default cache),
 #   beside plain downloads of the original object from the same server
 #   (`/object/public/…`, the reference);
@@ -72,10 +74,20 @@ done
 
 nocache="http://127.0.0.1:54381/storage/v1"
 cached="http://127.0.0.1:54382/storage/v1"
-# wrk_row LABEL URL: one Markdown row (req/s, p50, p99).
+# Every request a different rendering (quality 20 to 100 in turn), so
+# that none shares another's: concurrent requests for the same rendering
+# wait for one and share it, even without the cache.
+cat >"$dir/vary.lua" <<'LUA'
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, wrk.path .. "&quality=" .. (20 + counter % 81))
+end
+LUA
+# wrk_row LABEL URL [wrk args...]: one Markdown row (req/s, p50, p99).
 wrk_row() {
   local out
-  out="$(wrk -t1 -c"$conns" -d"${secs}s" --latency "$2")"
+  out="$(wrk -t1 -c"$conns" -d"${secs}s" --latency "${@:3}" "$2")"
   local rps p50 p99
   rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
   p50="$(echo "$out" | awk '$1 == "50%" {print $2}')"
@@ -88,14 +100,14 @@ echo "| request (wrk -t1 -c$conns -d${secs}s) | throughput | p50 | p99 |"
 echo "|---|---|---|---|"
 for round in 1 2; do
   wrk_row "round $round: GET /object/public photo.jpg (reference: the original, 253 KB)" "$nocache/object/public/bench/photo.jpg"
-  wrk_row "round $round: render photo.jpg width=300, every request rendered" "$nocache/render/image/public/bench/photo.jpg?width=300"
+  wrk_row "round $round: render photo.jpg width=300, every request rendered" "$nocache/render/image/public/bench/photo.jpg?width=300" -s "$dir/vary.lua"
   curl -fsS -o /dev/null "$cached/render/image/public/bench/photo.jpg?width=300"
   wrk_row "round $round: render photo.jpg width=300, from the disk cache" "$cached/render/image/public/bench/photo.jpg?width=300"
   wrk_row "round $round: GET /object/public big.png (reference: the original)" "$nocache/object/public/bench/big.png"
   idle="$(rss_kib "$nocache_pid")"
   : >"$dir/rss"
   ( while true; do rss_kib "$nocache_pid" >>"$dir/rss"; sleep 0.05; done ) & sampler=$!
-  wrk_row "round $round: render big.png (3000x2000) width=400, every request rendered" "$nocache/render/image/public/bench/big.png?width=400"
+  wrk_row "round $round: render big.png (3000x2000) width=400, every request rendered" "$nocache/render/image/public/bench/big.png?width=400" -s "$dir/vary.lua"
   kill "$sampler"; wait "$sampler" 2>/dev/null || true
   echo "| round $round: RSS of the rendering server | idle $((idle / 1024)) MiB, peak $(( $(sort -n "$dir/rss" | tail -1) / 1024 )) MiB during the big.png run | | |"
 done
