@@ -705,6 +705,42 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Seconds a request waits for a free file IO slot of the `fs` backend (`storage.io_threads`) before it is answered 503 `SlowDown` (the disk, not a client, is then the bottleneck). 1 to 3600.",
     },
     OptionDoc {
+        key: "storage.image.enabled",
+        kind: Kind::Bool,
+        default: "true",
+        doc: "Serve image transformations (`/storage/v1/render/image/…`: resize, quality, WebP) as Supabase Storage does. Off: those routes answer `FeatureNotEnabled` and signed URLs ignore `transform`.",
+    },
+    OptionDoc {
+        key: "storage.image.max_dimension",
+        kind: Kind::Integer,
+        default: "2500",
+        doc: "Largest `width` or `height` a transformation may ask for; larger values are clamped to it, as Supabase Storage clamps them. 1 to 10000.",
+    },
+    OptionDoc {
+        key: "storage.image.max_pixels",
+        kind: Kind::Integer,
+        default: "25000000",
+        doc: "Most pixels (width × height, as the file's header declares them) of an image that may be transformed; larger ones are refused before decoding (a decoded pixel takes 4 to 8 bytes of memory). 1 to 200000000.",
+    },
+    OptionDoc {
+        key: "storage.image.max_source_size",
+        kind: Kind::Integer,
+        default: "26214400",
+        doc: "Largest object, in bytes, that may be transformed (Supabase: 25 MB). It is read into memory to decode it. 1 to 1073741824.",
+    },
+    OptionDoc {
+        key: "storage.image.concurrency",
+        kind: Kind::Integer,
+        default: "2",
+        doc: "Image transformations running at once, each on a blocking thread of its own; the rest wait (at most `storage.io_wait`, then 503 `SlowDown`). Memory for transformations is about this times `storage.image.max_pixels` × 8 bytes at worst. 1 to 64.",
+    },
+    OptionDoc {
+        key: "storage.image.cache_size",
+        kind: Kind::Integer,
+        default: "536870912",
+        doc: "Bytes of transformed images kept on disk under `<data_dir>/cache/images` (shared by all tenants); the least recently used go first. 0 turns the cache off.",
+    },
+    OptionDoc {
         key: "storage.s3.endpoint",
         kind: Kind::String,
         default: "",
@@ -929,6 +965,7 @@ pub struct StorageConfig {
     pub io_threads: u64,
     pub io_wait: u64,
     pub s3: S3Config,
+    pub image: ImageConfig,
     pub s3_protocol: S3ProtocolConfig,
 }
 
@@ -945,6 +982,31 @@ impl Default for S3ProtocolConfig {
         S3ProtocolConfig {
             enabled: true,
             region: "local".to_owned(),
+        }
+    }
+}
+
+/// Image transformations at `/storage/v1/render/image`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageConfig {
+    pub enabled: bool,
+    pub max_dimension: u64,
+    pub max_pixels: u64,
+    pub max_source_size: u64,
+    pub concurrency: u64,
+    pub cache_size: u64,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            enabled: true,
+            max_dimension: 2500,
+            max_pixels: 25_000_000,
+            max_source_size: 26_214_400,
+            concurrency: 2,
+            cache_size: 536_870_912,
         }
     }
 }
@@ -974,6 +1036,7 @@ impl Default for StorageConfig {
                 ..S3Config::default()
             },
             s3_protocol: S3ProtocolConfig::default(),
+            image: ImageConfig::default(),
         }
     }
 }
@@ -2089,6 +2152,34 @@ impl Config {
                 "must be 1 to 64 lowercase letters, digits and `-`",
             ));
         }
+        Self::validate_image(&storage.image)
+    }
+
+    fn validate_image(image: &ImageConfig) -> Result<(), ConfigError> {
+        let ranges: [(&str, u64, u64, u64); 4] = [
+            (
+                "storage.image.max_dimension",
+                image.max_dimension,
+                1,
+                10_000,
+            ),
+            ("storage.image.max_pixels", image.max_pixels, 1, 200_000_000),
+            (
+                "storage.image.max_source_size",
+                image.max_source_size,
+                1,
+                1 << 30,
+            ),
+            ("storage.image.concurrency", image.concurrency, 1, 64),
+        ];
+        for (option, value, low, high) in ranges {
+            if !(low..=high).contains(&value) {
+                return Err(ConfigError::invalid(
+                    option,
+                    format!("must be between {low} and {high}"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -2418,6 +2509,29 @@ mod tests {
     }
 
     #[test]
+    fn image_options_load_from_file_and_environment() {
+        let config = load(
+            "[storage.image]\nmax_pixels = 1000000\ncache_size = 0\n",
+            &[
+                ("SOVRA_STORAGE_IMAGE_ENABLED", "false"),
+                ("SOVRA_STORAGE_IMAGE_CONCURRENCY", "4"),
+            ],
+        )
+        .unwrap();
+        let image = &config.storage.image;
+        assert!(!image.enabled);
+        assert_eq!(image.concurrency, 4);
+        assert_eq!(image.max_pixels, 1_000_000);
+        assert_eq!(image.cache_size, 0);
+        assert_eq!(image.max_dimension, 2500);
+        let err = load("", &[("SOVRA_STORAGE_IMAGE_MAX_DIMENSION", "-1")]).unwrap_err();
+        assert!(
+            err.to_string().contains("storage.image.max_dimension"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn environment_overrides_file_and_flags_override_environment() {
         let text =
             "[server]\nlisten = \"127.0.0.1:1000\"\nbody_limit = 2048\n[database]\npool_size = 4\n";
@@ -2610,6 +2724,38 @@ mod tests {
             (
                 "[storage.s3_protocol]\nregion = \"US East\"\n",
                 "storage.s3_protocol.region",
+            ),
+            (
+                "[storage.image]\nmax_dimension = 0\n",
+                "storage.image.max_dimension",
+            ),
+            (
+                "[storage.image]\nmax_dimension = 10001\n",
+                "storage.image.max_dimension",
+            ),
+            (
+                "[storage.image]\nmax_pixels = 0\n",
+                "storage.image.max_pixels",
+            ),
+            (
+                "[storage.image]\nmax_pixels = 200000001\n",
+                "storage.image.max_pixels",
+            ),
+            (
+                "[storage.image]\nmax_source_size = 0\n",
+                "storage.image.max_source_size",
+            ),
+            (
+                "[storage.image]\nconcurrency = 0\n",
+                "storage.image.concurrency",
+            ),
+            (
+                "[storage.image]\nconcurrency = 65\n",
+                "storage.image.concurrency",
+            ),
+            (
+                "[storage.image]\nenabled = \"yes\"\n",
+                "storage.image.enabled",
             ),
             ("[log]\nlevel = \"loud\"\n", "log.level"),
             ("[database]\nurl = \"mysql\"\n", "database.url"),

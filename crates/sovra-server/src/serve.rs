@@ -539,6 +539,22 @@ fn storage_config(config: &Config) -> sovra_storage::StorageConfig {
             region: storage.s3_protocol.region.clone(),
             key_root: String::new(),
         },
+        image: image_config(config),
+    }
+}
+
+/// The image transformation settings; renderings are cached under
+/// `<data_dir>/cache/images`.
+fn image_config(config: &Config) -> sovra_storage::ImageConfig {
+    let image = &config.storage.image;
+    sovra_storage::ImageConfig {
+        enabled: image.enabled,
+        max_dimension: u32::try_from(image.max_dimension).unwrap_or(2500),
+        max_pixels: image.max_pixels,
+        max_source_size: image.max_source_size,
+        concurrency: usize::try_from(image.concurrency).unwrap_or(2),
+        cache_dir: Some(config.data_dir.join("cache").join("images")),
+        cache_size: image.cache_size,
     }
 }
 

@@ -205,6 +205,26 @@ impl StorageError {
         err.http = Some(544);
         err
     }
+    /// An unknown route (HTTP 404).
+    pub fn route_not_found() -> Self {
+        let mut err = Self::new(404, "not_found", "NotFound", "Route not found");
+        err.http = Some(404);
+        err
+    }
+    /// A feature this server has turned off (Storage's `FeatureNotEnabled`).
+    pub fn feature_not_enabled(feature: &str) -> Self {
+        Self::new(
+            409,
+            "FeatureNotEnabled",
+            "FeatureNotEnabled",
+            format!("The feature {feature} is not enabled for this resource"),
+        )
+    }
+    /// An image that cannot be transformed, as Storage answers imgproxy's
+    /// refusals (`ImageProcessingError`: logical status 422).
+    pub fn image_processing(message: impl Into<String>) -> Self {
+        Self::new(422, "InvalidRequest", "InvalidRequest", message)
+    }
     pub fn internal() -> Self {
         Self::new(500, "internal", "InternalError", "Internal Server Error")
     }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod names;
 mod object;
 pub mod s3;
+pub mod render;
 mod sign;
 mod tus;
 
@@ -37,6 +38,7 @@ use sovra_pg::{Pool, RequestContext};
 
 pub use backend::{Backend, BackendConfig};
 pub use error::StorageError;
+pub use render::ImageConfig;
 
 /// `storage.operation` (which policies may read), whether the statement
 /// may delete rows of the storage tables, and whether it may write
@@ -62,6 +64,8 @@ pub struct StorageConfig {
     pub io_wait: Duration,
     /// The S3 protocol at `/s3`.
     pub s3: s3::S3Config,
+    /// Image transformations (`/render/image/…`).
+    pub image: ImageConfig,
 }
 
 /// Who a request is from, as the gateway verified it.
@@ -142,6 +146,10 @@ pub struct StorageService {
     config: StorageConfig,
     backend: Backend,
     pool: Pool,
+    /// The tenant's name (part of the image cache's keys).
+    tenant: String,
+    /// Image transformations: rendering slots and cache.
+    renderer: std::sync::Arc<render::Renderer>,
 }
 
 /// The request as the handlers use it.
@@ -295,10 +303,13 @@ impl StorageService {
         let backend = Backend::open(&config.backend, tenant, config.io_threads)
             .map_err(|err| err.to_string())?
             .with_io_wait(config.io_wait);
+        let renderer = render::Renderer::shared(&config.image);
         Ok(StorageService {
             config,
             backend,
             pool,
+            tenant: tenant.to_owned(),
+            renderer,
         })
     }
 
@@ -418,6 +429,7 @@ async fn route(ctx: &Ctx<'_>, body: Body) -> Result<Response, StorageError> {
         }
         (Some("upload"), Some("resumable")) => tus::route(ctx, &seg[2..], body).await,
         (Some("s3-credentials"), _) => s3::keys::route(ctx, &seg[1..], body).await,
+        (Some("render"), Some("image")) => render::route(ctx, &seg[2..]).await,
         (Some("cdn"), _) if method == Method::DELETE => {
             Ok(axum::Json(serde_json::json!({"message": "success"})).into_response())
         }

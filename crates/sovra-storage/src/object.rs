@@ -572,7 +572,7 @@ async fn find_public(ctx: &Ctx<'_>, bucket: &str, key: &str) -> Result<StoredObj
 
 /// The object as a download or `info` request may see it: from a public
 /// bucket by anyone, otherwise as the caller under RLS.
-async fn find_readable(
+pub(crate) async fn find_readable(
     ctx: &Ctx<'_>,
     bucket: &str,
     key: &str,

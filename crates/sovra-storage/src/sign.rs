@@ -82,11 +82,23 @@ async fn create_one(
     let caller = ctx.caller()?;
     let body = Ctx::json(body).await?;
     let lifetime = expires_in(&body)?;
+    // With `transform`, the token carries it and the URL renders it
+    // (`/render/image/sign/…`), as Storage signs them.
+    let transform = crate::render::signed_claims(ctx, &body)?;
     object::find(ctx, &caller, bucket, key).await?;
     let url = format!("{bucket}/{key}");
-    let token = sign(ctx, download_claims(&url), lifetime)?;
+    let mut claims = download_claims(&url);
+    let route = match transform {
+        Some((transformations, format)) => {
+            claims.insert("transformations".to_owned(), Value::String(transformations));
+            claims.insert("format".to_owned(), Value::String(format));
+            "render/image"
+        }
+        None => "object",
+    };
+    let token = sign(ctx, claims, lifetime)?;
     Ok(
-        axum::Json(json!({"signedURL": format!("/object/sign/{url}?token={token}")}))
+        axum::Json(json!({"signedURL": format!("/{route}/sign/{url}?token={token}")}))
             .into_response(),
     )
 }
@@ -143,7 +155,7 @@ async fn create_many(ctx: &Ctx<'_>, bucket: &str, body: Body) -> Result<Response
 }
 
 /// Verifies a URL token for `bucket/key` and `scope`; no leeway on expiry.
-fn verify(
+pub(crate) fn verify(
     ctx: &Ctx<'_>,
     token: Option<&str>,
     url: &str,
