@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tenants",
         sql: include_str!("../migrations/0012_tenants.sql"),
     },
+    Migration {
+        version: 13,
+        name: "session_reset",
+        sql: include_str!("../migrations/0013_session_reset.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes
