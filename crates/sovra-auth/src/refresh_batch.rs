@@ -9,18 +9,19 @@
 //! only once PostgreSQL reports it ready for the next query, which follows
 //! the commit and, with `synchronous_commit = on`, its WAL flush).
 //!
-//! There is no timer: a batch holds whatever arrived while the previous
-//! one was running (at most [`MAX_BATCH`]), so a lone refresh waits for
-//! nothing and a busy server commits many refreshes at once.
+//! There is no timer: a batch holds whatever arrived while the batches
+//! before it were running (at most [`MAX_BATCH`] refreshes; at most
+//! [`IN_FLIGHT`] batches at once), so a lone refresh waits for nothing and
+//! a busy server commits many refreshes at once.
 //!
 //! The statement applies, row by row, the same rules as the one-token fast
 //! path ([`crate::session::refresh_sql`]); a token it does not take (unknown,
 //! reused, expired session, banned user) gets no row and its caller takes
 //! the careful path, which says why. A batch never holds the same token
-//! twice: a second refresh of a token waits for the next batch and so sees
-//! the first one committed, exactly as if the two had run one after the
-//! other (within `refresh_token_reuse_interval` it gets the same successor;
-//! after it, reuse ends the session). When a batch fails (a trigger, a
+//! twice: a second refresh of a token goes into a later batch, which waits
+//! on the token's row lock for the first to commit and then sees it, as two
+//! concurrent refreshes always did (within `refresh_token_reuse_interval`
+//! it gets the same successor; after it, reuse ends the session). When a batch fails (a trigger, a
 //! failed commit, a lost connection) nothing of it was committed, or, if the
 //! connection was lost after the commit, what was committed is what a retry
 //! finds again; every caller of that batch then runs its refresh on its own,
@@ -36,7 +37,7 @@ use std::sync::{Arc, OnceLock};
 
 use sovra_pg::Pool;
 use sovra_pg::tokio_postgres::Row;
-use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore, mpsc, oneshot};
 
 use crate::db::Cached as _;
 use crate::user;
@@ -46,6 +47,15 @@ pub const MAX_BATCH: usize = 64;
 
 /// Refreshes that may wait for the writer; more wait to be queued.
 const QUEUE: usize = 4 * MAX_BATCH;
+
+/// Batches that may run at once, each on its own connection: one batch's
+/// commit (the WAL flush) overlaps the next one's statement. Concurrent
+/// batches order themselves as concurrent refreshes always have: on the
+/// token's row lock (a second refresh of a token waits for the first to
+/// commit, then sees it). Should two of them ever deadlock (two tokens of
+/// each of two sessions, in opposite orders), PostgreSQL fails one and its
+/// refreshes run one by one.
+const IN_FLIGHT: usize = 4;
 
 /// What a batch did with one refresh.
 #[derive(Debug)]
@@ -127,7 +137,7 @@ impl RefreshBatcher {
                 reuse_interval: self.reuse_interval,
                 inactivity: self.inactivity,
             };
-            tokio::spawn(writer.run(receiver));
+            tokio::spawn(Arc::new(writer).run(receiver));
             sender
         });
         let (reply, answer) = oneshot::channel();
@@ -166,7 +176,8 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(self, mut receiver: mpsc::Receiver<Job>) {
+    async fn run(self: Arc<Self>, mut receiver: mpsc::Receiver<Job>) {
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
         // Refreshes taken from the queue but not yet in a batch (a token
         // already in the batch being formed waits for the next one).
         let mut pending: Vec<Job> = Vec::new();
@@ -177,6 +188,11 @@ impl Writer {
                     None => return,
                 }
             }
+            // A batch is formed only when it can start: while every slot is
+            // busy, the next batch grows.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let gate = self.gate.lock().await;
             while pending.len() < QUEUE {
                 match receiver.try_recv() {
@@ -185,10 +201,15 @@ impl Writer {
                 }
             }
             let batch = take_batch(&mut pending);
-            if !batch.is_empty() {
-                self.commit(batch).await;
-            }
             drop(gate);
+            if batch.is_empty() {
+                continue;
+            }
+            let writer = self.clone();
+            tokio::spawn(async move {
+                writer.commit(batch).await;
+                drop(slot);
+            });
         }
     }
 
