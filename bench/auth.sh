@@ -6,6 +6,9 @@
 #
 #   bench/auth.sh [seconds] [connections]     (defaults: 10 s, 32)
 #
+# SOVRA_BIN (and SOVRA_LOAD_BIN) pick other binaries (to compare builds);
+# otherwise the release build of this tree is used.
+#
 # Prints Markdown rows. Load comes from `sovra-load` (bench/load), a
 # closed-loop Rust client: each connection has one request in flight and
 # refreshes chain (each presents the token the previous one returned).
@@ -13,8 +16,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"; conns="${2:-32}"
 command -v pgbench >/dev/null || export PATH="$(pg_config --bindir):$PATH"
-cargo build --release --locked --quiet --bin sovra --bin sovra-load
-bin=./target/release/sovra; load=./target/release/sovra-load
+if [ -z "${SOVRA_BIN:-}" ]; then
+  cargo build --release --locked --quiet --bin sovra --bin sovra-load
+fi
+bin="${SOVRA_BIN:-./target/release/sovra}"; load="${SOVRA_LOAD_BIN:-./target/release/sovra-load}"
 dir="$(mktemp -d /tmp/sovra-bench-XXXXXX)"; chmod 755 "$dir"
 port=54398
 SOVRA_DATABASE_POOL_SIZE="$conns" SOVRA_LOG_LEVEL=warn \

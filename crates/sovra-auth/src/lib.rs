@@ -29,6 +29,7 @@ pub mod mail;
 mod mfa;
 pub mod password;
 pub mod redirect;
+pub mod refresh_batch;
 pub mod secret;
 pub mod session;
 pub mod time;
@@ -214,6 +215,8 @@ pub struct AuthService {
     hooks: hooks::Hooks,
     /// External providers' key sets.
     provider_key_cache: external::KeyCache,
+    /// Concurrent refreshes, rotated together in one commit.
+    refresh_batch: refresh_batch::RefreshBatcher,
 }
 
 /// One request to `/auth/v1`.
@@ -328,9 +331,25 @@ impl AuthService {
             api_keys: Arc::new(ApiKeyCache::default()),
             hooks,
             provider_key_cache: external::KeyCache::default(),
+            refresh_batch: refresh_batch::RefreshBatcher::new(
+                config.refresh_reuse_interval,
+                config.session_inactivity,
+            ),
             config,
             pool,
         })
+    }
+
+    /// How the refresh batches went so far (for tests and benchmarks).
+    pub fn refresh_batch_stats(&self) -> &refresh_batch::BatchStats {
+        self.refresh_batch.stats()
+    }
+
+    /// Holds token refreshes before their next batch until the guard is
+    /// dropped, so that a test can make one batch of known refreshes.
+    #[doc(hidden)]
+    pub async fn hold_refresh_batches(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.refresh_batch.hold().await
     }
 
     /// Sets the public URL once the listener is bound (tests bind port 0).

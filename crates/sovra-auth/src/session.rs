@@ -505,25 +505,42 @@ impl AuthService {
         self.limit(crate::limits::Bucket::Refresh, &ctx.ip_key())?;
         let hash = crypto::sha256_hex(token);
         let child = self.key.refresh_child(token);
-        let mut client = self.pool.get().await?;
-        // Fast path, one statement: a live token (or one whose successor
-        // is still live or was never stored) rotates at once.
-        let row = client
-            .c_query_opt(
-                refresh_sql(),
-                &[
-                    &hash,
-                    &(self.config.refresh_reuse_interval as f64),
-                    &(self.config.session_inactivity as f64),
-                    &crypto::sha256_hex(&child),
-                ],
-            )
-            .await?;
+        let child_hash = crypto::sha256_hex(&child);
+        // Fast path: a live token (or one whose successor is still live or
+        // was never stored) rotates at once, in a group commit with the
+        // refreshes that arrive meanwhile (`refresh_batch`); should that
+        // batch fail, the same rule in a statement of its own.
+        let outcome = self
+            .refresh_batch
+            .rotate(&self.pool, hash.clone(), child_hash.clone())
+            .await;
+        let row = match outcome {
+            crate::refresh_batch::Outcome::Rotated(row) => Some(*row),
+            crate::refresh_batch::Outcome::NotTaken => None,
+            crate::refresh_batch::Outcome::Failed => {
+                self.pool
+                    .get()
+                    .await?
+                    .c_query_opt(
+                        refresh_sql(),
+                        &[
+                            &hash,
+                            &(self.config.refresh_reuse_interval as f64),
+                            &(self.config.session_inactivity as f64),
+                            &child_hash,
+                        ],
+                    )
+                    .await?
+            }
+        };
         if let Some(row) = row {
             let user = User::from_row(&row)?;
             let session_id: Uuid = row.get("session_id");
             let aal: String = row.get("session_aal");
             let amr: Value = row.get("session_amr");
+            // The custom access token hook (when configured) runs on a
+            // connection of its own: the rotation has committed already.
+            let client = self.pool.get().await?;
             let body = self
                 .sign_session(
                     &client,
@@ -540,6 +557,7 @@ impl AuthService {
         }
         // Anything else takes the careful path, which says why (and ends
         // the session when an old token is reused).
+        let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // The row lock serialises concurrent refreshes of one token.
         let row = tx.c_query_opt(refresh_lock_sql(), &[&hash]).await?;

@@ -22,7 +22,10 @@ pub use migrate::{MigrateError, MigrationReport, migrate};
 pub use pool::{
     ClientWrapper, GenericClient, Pool, PoolError, PooledClient, StatementCache, connect_one,
 };
-pub use request::{PROLOGUE_SQL, RESET_SQL, RequestContext, begin_request, prologue_params};
+pub use request::{
+    PROLOGUE_SQL, RESET_FROM, RESET_SQL, RequestContext, begin_request, prologue_params,
+    reset_refused,
+};
 
 /// Re-exported so that callers use the same driver version.
 pub use tokio_postgres;

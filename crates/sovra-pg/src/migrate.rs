@@ -89,6 +89,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "oauth_flows",
         sql: include_str!("../migrations/0014_oauth_flows.sql"),
     },
+    Migration {
+        version: 15,
+        name: "session_reset",
+        sql: include_str!("../migrations/0015_session_reset.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

@@ -70,6 +70,31 @@ pub const PROLOGUE_SQL: &str = "select (select count(*) from (
 pub const RESET_SQL: &str = "CLOSE ALL; RESET ROLE; RESET ALL; UNLISTEN *; \
      SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
 
+/// The `FROM` clause that makes a prologue statement ([`PROLOGUE_SQL`], with
+/// whatever a service appends to its select list) reset the session first:
+/// `sovra.reset_session()` (migration 0013) does what [`RESET_SQL`] does, in
+/// one prepared call inside the request transaction instead of seven
+/// statements parsed and run as transactions of their own. The function
+/// runs in the scan below the select list, so every `set_config` of the
+/// prologue comes after it. Transaction-local, it still works for the
+/// request whose transaction fails: that request's statements ran after it.
+///
+/// It runs as the session's current role: normally the login role's
+/// (`authenticator`, which may execute it), but a role that an earlier
+/// request's code set for the session (`set_config('role', …, false)`) may
+/// not. Then the prologue fails ([`reset_refused`]) and the caller runs
+/// [`RESET_SQL`] first and tries once more.
+pub const RESET_FROM: &str = "from sovra.reset_session() as sovra_reset_session";
+
+/// Whether a prologue with [`RESET_FROM`] failed in a way that [`RESET_SQL`]
+/// first may cure: the current role may not execute the reset function
+/// (`42501`), or cannot see it (`42883`, `3F000`). A role that the session
+/// may not switch to fails with `42501` again after the reset, as it should.
+pub fn reset_refused(err: &tokio_postgres::Error) -> bool {
+    err.code()
+        .is_some_and(|code| matches!(code.code(), "42501" | "42883" | "3F000"))
+}
+
 /// The parameters of [`PROLOGUE_SQL`] for `context`.
 pub fn prologue_params(context: &RequestContext) -> [Option<String>; 8] {
     let claim_text = |name: &str| -> String {

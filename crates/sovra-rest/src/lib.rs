@@ -41,8 +41,9 @@ pub use schema_cache::CacheCell;
 pub static REST_PROLOGUE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "{},\n        set_config('jit', 'off', true),\n        \
-         CASE WHEN $9::text IS NOT NULL THEN set_config('timezone', $9, true) END",
-        sovra_pg::PROLOGUE_SQL
+         CASE WHEN $9::text IS NOT NULL THEN set_config('timezone', $9, true) END\n{}",
+        sovra_pg::PROLOGUE_SQL,
+        sovra_pg::RESET_FROM
     )
 });
 
@@ -768,12 +769,23 @@ impl RestService {
             .collect();
 
         // One round trip for everything up to the result (and, for reads,
-        // the commit too): the driver pipelines requests polled together.
+        // the commit too): the driver pipelines requests polled together,
+        // in the order they are first polled.
         let begin = if read { "BEGIN READ ONLY" } else { "BEGIN" };
-        let planned = async {
+        // The prologue (which names no schema object but Sovra's own
+        // session reset) is prepared once per connection, outside any
+        // transaction.
+        let wrapper: &sovra_pg::ClientWrapper = client;
+        let prologue_statement = wrapper
+            .prepare_typed_cached(&REST_PROLOGUE_SQL, &[Type::TEXT; 9])
+            .await
+            .map_err(db)?;
+        let prologue_statement = &prologue_statement;
+        let main_params = &main_params;
+        let planned = move || async move {
             match &plan.planned_count {
                 Some(sql) => client
-                    .query_typed(sql, &main_params)
+                    .query_typed(sql, main_params)
                     .await
                     .map(|rows| rows.first().and_then(plan_rows)),
                 None => Ok(None),
@@ -785,70 +797,83 @@ impl RestService {
             && (singular
                 || prefs.tx == Some(TxPreference::Rollback)
                 || (prefs.max_affected.is_some() && prefs.handling == Some(Handling::Strict)));
-        let finish_read = async {
+        let finish_read = move || async move {
             if checks_first {
                 Ok(false)
             } else {
                 client.batch_execute("COMMIT").await.map(|()| true)
             }
         };
-        // The prologue (which names no schema object) is prepared once per
-        // connection, outside any transaction.
-        let wrapper: &sovra_pg::ClientWrapper = client;
-        let prologue_statement = wrapper
-            .prepare_typed_cached(&REST_PROLOGUE_SQL, &[Type::TEXT; 9])
-            .await
-            .map_err(db)?;
         let prologue_values: Vec<&(dyn ToSql + Sync)> =
             prologue.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        // Reset what an earlier request left in the session, begin, and
-        // apply role and settings: the head of every request's pipeline.
-        let head = || async {
-            let (reset, begun, applied) = tokio::join!(
-                client.batch_execute(sovra_pg::RESET_SQL),
+        let prologue_values = prologue_values.as_slice();
+        // Begin, reset what an earlier request left in the session and
+        // apply role and settings (one prepared statement, see
+        // [`REST_PROLOGUE_SQL`]): the head of every request's pipeline.
+        let head = move || async move {
+            let (begun, applied) = tokio::join!(
                 client.batch_execute(begin),
-                client.query(&prologue_statement, &prologue_values),
+                client.query(prologue_statement, prologue_values),
             );
-            reset.and(begun).and(applied).map(drop)
+            begun.and(applied).map(drop)
         };
-        // The main statement is prepared per connection and role, inside the
-        // transaction after the role switch (see [`prepared`]): a statement
-        // already prepared costs no parse or plan and travels with the head;
-        // a new one is prepared in the head's round trip and run in a second.
         let sql = plan.statement.sql.as_str();
-        let cached = self.statements.get(wrapper, &caller.role, sql);
-        let outcome = match cached {
-            Some(statement) => {
-                let (head, result, estimate, committed) = tokio::join!(
-                    head(),
-                    client.query(&statement, &main_values),
-                    planned,
-                    finish_read,
-                );
-                head.and_then(|()| Ok((result?, estimate?, committed?)))
+        let mut full_reset = false;
+        let outcome = loop {
+            if full_reset {
+                // An earlier request left the session as a role that may
+                // not run the reset function: reset with plain statements,
+                // and only then send the request's pipeline again.
+                client.batch_execute("ROLLBACK").await.map_err(db)?;
+                client
+                    .batch_execute(sovra_pg::RESET_SQL)
+                    .await
+                    .map_err(db)?;
             }
-            None => {
-                let types = vec![Type::TEXT; main_values.len()];
-                guard
-                    .preparing
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                let (head, prepared) = tokio::join!(head(), client.prepare_typed(sql, &types));
-                guard
-                    .preparing
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-                match head.and(prepared) {
-                    Ok(statement) => {
-                        self.statements
-                            .insert(wrapper, &caller.role, sql, statement.clone());
-                        let (result, estimate, committed) = tokio::join!(
-                            client.query(&statement, &main_values),
-                            planned,
-                            finish_read,
-                        );
-                        (|| Ok((result?, estimate?, committed?)))()
-                    }
-                    Err(err) => Err(err),
+            let cached = self.statements.get(wrapper, &caller.role, sql);
+            let (head_failed, outcome) = match cached {
+                Some(statement) => {
+                    let (head, result, estimate, committed) = tokio::join!(
+                        head(),
+                        client.query(&statement, &main_values),
+                        planned(),
+                        finish_read(),
+                    );
+                    (
+                        head.is_err(),
+                        head.and_then(|()| Ok((result?, estimate?, committed?))),
+                    )
                 }
+                None => {
+                    let types = vec![Type::TEXT; main_values.len()];
+                    guard
+                        .preparing
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    let (head, prepared) = tokio::join!(head(), client.prepare_typed(sql, &types));
+                    guard
+                        .preparing
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    match (head, prepared) {
+                        (Ok(()), Ok(statement)) => {
+                            self.statements
+                                .insert(wrapper, &caller.role, sql, statement.clone());
+                            let (result, estimate, committed) = tokio::join!(
+                                client.query(&statement, &main_values),
+                                planned(),
+                                finish_read(),
+                            );
+                            (false, (|| Ok((result?, estimate?, committed?)))())
+                        }
+                        (Err(err), _) => (true, Err(err)),
+                        (Ok(()), Err(err)) => (false, Err(err)),
+                    }
+                }
+            };
+            match outcome {
+                Err(err) if head_failed && !full_reset && sovra_pg::reset_refused(&err) => {
+                    full_reset = true;
+                }
+                outcome => break outcome,
             }
         };
         // The first error in pipeline order is the cause; the guard rolls
@@ -902,12 +927,11 @@ impl RestService {
             return Err(ApiError::max_affected(page_count));
         }
         if !committed {
-            let end = if prefs.tx == Some(TxPreference::Rollback) {
-                "ROLLBACK"
+            if prefs.tx == Some(TxPreference::Rollback) {
+                client.batch_execute("ROLLBACK").await.map_err(db)?;
             } else {
-                "COMMIT"
-            };
-            client.batch_execute(end).await.map_err(db)?;
+                client.batch_execute("COMMIT").await.map_err(db)?;
+            }
             guard.open = false;
         }
         Ok(Outcome {

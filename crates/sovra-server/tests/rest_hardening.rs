@@ -510,3 +510,102 @@ async fn session_state_left_by_a_rest_request_does_not_reach_storage() {
     let listed: Value = response.json().await.unwrap();
     assert_eq!(listed, json!([]), "the REST call's session setting leaked");
 }
+
+#[tokio::test]
+async fn a_session_role_cursor_listen_or_sequence_does_not_outlive_its_request() {
+    let mut config = sovra_config::Config::default();
+    // One connection: every request gets the one the first used.
+    config.database.pool_size = 1;
+    let rest = Rest::with(
+        config,
+        "create sequence public.counter;
+         grant usage on sequence public.counter to anon;
+         create function public.leave_session() returns int language plpgsql volatile as $$
+         begin
+           execute 'declare leftover_cursor cursor with hold for select 1';
+           listen leftover_channel;
+           perform nextval('public.counter');
+           -- The session's role itself: one the reset function may not run as.
+           perform set_config('role', 'service_role', false);
+           return pg_backend_pid();
+         end $$;
+         create function public.read_session() returns json language plpgsql volatile as $$
+         declare
+           last bigint;
+         begin
+           begin
+             last := lastval();
+           exception when others then
+             last := null;
+           end;
+           return json_build_object(
+             'pid', pg_backend_pid(),
+             'user', current_user,
+             'cursors', (select count(*) from pg_cursors where name = 'leftover_cursor'),
+             'listening', (select count(*) from pg_listening_channels()),
+             'lastval', last);
+         end $$;
+         create function public.whoami() returns text language sql stable as $$ select current_user::text $$;
+         grant execute on function public.leave_session(), public.read_session(), public.whoami()
+           to anon, authenticated;",
+    )
+    .await;
+    let anon = rest.app.anon_key.clone();
+    let user = rest.app.sign(Value::Object(TestApp::user_claims(
+        "00000000-0000-0000-0000-00000000000a",
+    )));
+    for round in 0..2 {
+        let (status, _, body) = rest
+            .call(
+                Method::POST,
+                "/rpc/leave_session",
+                &anon,
+                &[],
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let pid: i64 = body.parse().unwrap();
+        // Twice: once with the statement prepared in the same request, once
+        // with it prepared before.
+        for caller in [&user, &anon] {
+            let (status, _, body) = rest
+                .call(
+                    Method::POST,
+                    "/rpc/read_session",
+                    caller,
+                    &[],
+                    Some(json!({})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "round {round}: {body}");
+            let state: Value = serde_json::from_str(&body).unwrap();
+            let role = if caller == &user {
+                "authenticated"
+            } else {
+                "anon"
+            };
+            assert_eq!(
+                state,
+                json!({"pid": pid, "user": role, "cursors": 0, "listening": 0, "lastval": null}),
+                "round {round}"
+            );
+        }
+    }
+    // A GET after the leak runs as its caller too.
+    let (status, _, body) = rest
+        .call(
+            Method::POST,
+            "/rpc/leave_session",
+            &anon,
+            &[],
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = rest
+        .call(Method::GET, "/rpc/whoami", &user, &[], None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "\"authenticated\"");
+}
