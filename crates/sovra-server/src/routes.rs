@@ -435,7 +435,13 @@ pub(crate) async fn tus_options(
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
-    let tenant = state.tenants.resolve(&parts);
+    // This layer runs before tenant routing: a tenant's URL is resolved
+    // here, so that its own limits are reported (an unknown or suspended
+    // tenant's gets the CORS answer alone, as any other preflight).
+    let tenant = match crate::tenants::addressed_tenant(&state, &parts).await {
+        Some(found) => found.ok(),
+        None => state.tenants.resolve(&parts),
+    };
     let mut response = next
         .run(axum::extract::Request::from_parts(parts, body))
         .await;

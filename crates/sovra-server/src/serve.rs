@@ -573,10 +573,9 @@ async fn serve_with(
     started: std::time::Instant,
 ) -> Result<(), ServeError> {
     let report = run_migrations(admin).await?;
-    let keys = keys::load_or_create(&data_dir.keys_file(), config)?;
+    let mut keys = keys::load_or_create(&data_dir.keys_file(), config)?;
     let first_run = keys.created;
     let api = keys.api.clone();
-    let tenant = build_tenant(config, requests, admin.clone(), keys).await?;
     let platform_key =
         crate::platform::load_or_create(&data_dir.platform_key_file()).map_err(|err| {
             ServeError::Platform(format!("{}: {err}", data_dir.platform_key_file().display()))
@@ -585,6 +584,14 @@ async fn serve_with(
         crate::tenants::Platform::new(config, admin.clone(), &platform_key.key)
             .map_err(ServeError::Platform)?,
     );
+    // The default tenant refuses the tokens of every other tenant (their
+    // `ref`), whatever secrets they were configured with.
+    platform
+        .refresh_names()
+        .await
+        .map_err(ServeError::Platform)?;
+    keys.keyset = keys.keyset.with_foreign_refs(platform.ref_guard());
+    let tenant = build_tenant(config, requests, admin.clone(), keys).await?;
     let mut tenants = TenantResolver::single(tenant);
     tenants.set_platform(platform.clone());
     // Every tenant database is migrated in the background; `/ready` says

@@ -166,6 +166,9 @@ impl TenantSettings {
 struct TenantPatch {
     settings: TenantSettings,
     jwt_secret: Option<String>,
+    /// Make a new pair of opaque keys (shown in the answer once); the
+    /// previous pair stops working.
+    rotate_opaque_keys: bool,
 }
 
 impl TenantPatch {
@@ -177,10 +180,16 @@ impl TenantPatch {
             Some(Value::String(secret)) => Some(secret),
             Some(_) => return Err("jwt_secret must be a string".to_owned()),
         };
+        let rotate_opaque_keys = match map.remove("rotate_opaque_keys") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(on)) => on,
+            Some(_) => return Err("rotate_opaque_keys must be a boolean".to_owned()),
+        };
         let settings = serde_json::from_value(Value::Object(map)).map_err(|err| err.to_string())?;
         Ok(TenantPatch {
             settings,
             jwt_secret,
+            rotate_opaque_keys,
         })
     }
 }
@@ -272,6 +281,27 @@ pub struct Platform {
     /// Tenants whose databases the start-up upgrade has not migrated yet
     /// (`None`: no upgrade ran or it finished).
     upgrading: Mutex<Option<std::collections::HashSet<String>>>,
+    /// Every tenant name of the registry as last read: unknown names are
+    /// answered from it (a flood of random names costs the registry one
+    /// read per [`UNKNOWN_TTL`]), and the default tenant refuses tokens
+    /// whose `ref` is one of them.
+    names: Arc<RwLock<KnownNames>>,
+    /// One registry read of the names at a time.
+    names_refresh: tokio::sync::Mutex<()>,
+    /// Reads of the registry so far (for tests and metrics).
+    registry_reads: std::sync::atomic::AtomicU64,
+}
+
+/// How long a read of the registry's names answers for names it does not
+/// hold: a tenant made through another instance is unknown here for at
+/// most this long.
+pub const UNKNOWN_TTL: Duration = Duration::from_secs(2);
+
+/// The registry's tenant names as last read.
+#[derive(Debug, Default)]
+struct KnownNames {
+    set: std::collections::HashSet<String>,
+    read_at: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -328,7 +358,86 @@ impl Platform {
             upgrading: Mutex::new(None),
             buckets: Mutex::new(HashMap::new()),
             last_used: Mutex::new(HashMap::new()),
+            names: Arc::new(RwLock::new(KnownNames::default())),
+            names_refresh: tokio::sync::Mutex::new(()),
+            registry_reads: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// What the default tenant's keys refuse: tokens whose `ref` names a
+    /// tenant of this server (see [`KeySet::with_foreign_refs`]), so that
+    /// a tenant's tokens and keys are refused at the root even when the
+    /// two were configured with the same secret.
+    pub fn ref_guard(&self) -> sovra_jwt::RefGuard {
+        let names = self.names.clone();
+        Arc::new(move |project: &str| names.read().is_ok_and(|known| known.set.contains(project)))
+    }
+
+    /// How many times the registry was read (tenant lookups, listings and
+    /// reads of the names).
+    pub fn registry_reads(&self) -> u64 {
+        self.registry_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_registry_read(&self) {
+        self.registry_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Reads every tenant name from the registry.
+    pub async fn refresh_names(&self) -> Result<(), String> {
+        let client = self.admin_client().await?;
+        self.count_registry_read();
+        let rows = client
+            .query("select name from sovra.tenants", &[])
+            .await
+            .map_err(|err| db_error(&err))?;
+        let set = rows.iter().map(|row| row.get::<_, String>(0)).collect();
+        if let Ok(mut names) = self.names.write() {
+            *names = KnownNames {
+                set,
+                read_at: Some(std::time::Instant::now()),
+            };
+        }
+        Ok(())
+    }
+
+    /// `Some(true)`: `name` is in the registry as last read; `Some(false)`:
+    /// it is not, and that read is recent; `None`: read again.
+    fn known(&self, name: &str) -> Option<bool> {
+        let names = self.names.read().ok()?;
+        if names.set.contains(name) {
+            return Some(true);
+        }
+        names
+            .read_at
+            .is_some_and(|at| at.elapsed() < UNKNOWN_TTL)
+            .then_some(false)
+    }
+
+    fn note_name(&self, name: &str, exists: bool) {
+        if let Ok(mut names) = self.names.write() {
+            if exists {
+                names.set.insert(name.to_owned());
+            } else {
+                names.set.remove(name);
+            }
+        }
+    }
+
+    /// Whether `name` may be a tenant, reading the registry's names again
+    /// (once for every caller waiting) when the last read is too old.
+    async fn may_exist(&self, name: &str) -> Result<bool, String> {
+        if let Some(known) = self.known(name) {
+            return Ok(known);
+        }
+        let _one = self.names_refresh.lock().await;
+        if let Some(known) = self.known(name) {
+            return Ok(known);
+        }
+        self.refresh_names().await?;
+        Ok(self.known(name).unwrap_or(true))
     }
 
     /// Sets the public URL once the listener is bound.
@@ -400,6 +509,7 @@ impl Platform {
     /// Loads tenant `name` from the registry.
     pub async fn record(&self, name: &str) -> Result<Option<TenantRecord>, String> {
         let client = self.admin_client().await?;
+        self.count_registry_read();
         let row = client
             .query_opt(
                 "select name, database::text, state = 'suspended', settings, keys, api_keys,
@@ -414,6 +524,7 @@ impl Platform {
 
     async fn records(&self) -> Result<Vec<TenantRecord>, String> {
         let client = self.admin_client().await?;
+        self.count_registry_read();
         let rows = client
             .query(
                 "select name, database::text, state = 'suspended', settings, keys, api_keys,
@@ -436,11 +547,14 @@ impl Platform {
         if let Some(tenant) = cell.as_ref().and_then(|cell| cell.get()) {
             return Ok(tenant.clone());
         }
-        let record = self
-            .record(name)
-            .await
-            .map_err(Lookup::Failed)?
-            .ok_or(Lookup::NotFound)?;
+        if !self.may_exist(name).await.map_err(Lookup::Failed)? {
+            return Err(Lookup::NotFound);
+        }
+        let Some(record) = self.record(name).await.map_err(Lookup::Failed)? else {
+            // Deleted through another instance since the names were read.
+            self.note_name(name, false);
+            return Err(Lookup::NotFound);
+        };
         if record.suspended {
             return Err(Lookup::Suspended);
         }
@@ -662,6 +776,10 @@ impl Platform {
                 if stopped > 0 {
                     tracing::debug!(stopped, "stopped idle tenants");
                 }
+                // Tenants made or deleted through other instances.
+                if let Err(err) = platform.refresh_names().await {
+                    tracing::debug!(error = %err, "reading the tenant names failed");
+                }
             }
         });
     }
@@ -865,7 +983,10 @@ impl Platform {
     }
 
     /// Creates tenant `name`: roles, registry row, then its database.
-    pub async fn create(&self, name: &str) -> Result<TenantRecord, (StatusCode, String)> {
+    pub async fn create(
+        &self,
+        name: &str,
+    ) -> Result<(TenantRecord, crate::opaque_keys::NewPair), (StatusCode, String)> {
         let internal = |message: String| (StatusCode::INTERNAL_SERVER_ERROR, message);
         validate_name(name).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
         if self.record(name).await.map_err(internal)?.is_some() {
@@ -882,7 +1003,11 @@ impl Platform {
         let keyset = KeySet::new(&store, None, self.config.jwt.audience.clone())
             .map_err(|err| internal(err.to_string()))?
             .with_project_ref(name);
-        let api = mint(&keyset, &self.config.jwt.issuer).map_err(internal)?;
+        let mut api = mint(&keyset, &self.config.jwt.issuer).map_err(internal)?;
+        // Supabase's opaque keys, of this tenant only: their digests are
+        // stored, the keys are shown in this answer once.
+        let opaque = crate::opaque_keys::generate(now());
+        api.opaque.clone_from(&opaque.stored);
         let mut client = self.admin_client().await.map_err(internal)?;
         let created = client
             .batch_execute(&format!(
@@ -974,11 +1099,14 @@ impl Platform {
                 internal(message)
             });
         }
+        self.note_name(name, true);
         tracing::info!(tenant = %name, %database, "tenant created");
-        self.record(name)
+        let record = self
+            .record(name)
             .await
             .map_err(internal)?
-            .ok_or_else(|| internal("the new tenant vanished".to_owned()))
+            .ok_or_else(|| internal("the new tenant vanished".to_owned()))?;
+        Ok((record, opaque))
     }
 
     /// Drops what tenant `name` has in PostgreSQL: connections, slots,
@@ -1051,6 +1179,7 @@ impl Platform {
         };
         self.evict(name, "this tenant was deleted");
         self.drop_everything(name, &record.database).await?;
+        self.note_name(name, false);
         if self.config.storage.backend != "s3" {
             let root = self
                 .config
@@ -1085,19 +1214,42 @@ impl Platform {
         Ok(n > 0)
     }
 
-    async fn update(&self, name: &str, patch: TenantPatch) -> Result<Option<TenantRecord>, String> {
+    async fn update(
+        &self,
+        name: &str,
+        patch: TenantPatch,
+    ) -> Result<Option<(TenantRecord, Option<crate::opaque_keys::NewPair>)>, String> {
         let Some(record) = self.record(name).await? else {
             return Ok(None);
         };
         let settings = record.settings.merged(&patch.settings);
         let client = self.admin_client().await?;
         let settings_json = serde_json::to_value(&settings).unwrap_or_default();
+        let opaque = patch
+            .rotate_opaque_keys
+            .then(|| crate::opaque_keys::generate(now()));
+        if let Some(pair) = &opaque {
+            let mut api = record.api_keys.clone();
+            api.opaque.clone_from(&pair.stored);
+            client
+                .execute(
+                    "update sovra.tenants set api_keys = $2, updated_at = now() where name = $1",
+                    &[&name, &serde_json::to_value(&api).unwrap_or_default()],
+                )
+                .await
+                .map_err(|err| db_error(&err))?;
+        }
         if let Some(secret) = &patch.jwt_secret {
             let store = KeyStore::from_secret(secret, now());
             let keyset = KeySet::new(&store, None, self.config.jwt.audience.clone())
                 .map_err(|err| err.to_string())?
                 .with_project_ref(name);
-            let api = mint(&keyset, &self.config.jwt.issuer)?;
+            let mut api = mint(&keyset, &self.config.jwt.issuer)?;
+            // Opaque keys stand for the roles, not for a signing key.
+            api.opaque = match &opaque {
+                Some(pair) => pair.stored.clone(),
+                None => record.api_keys.opaque.clone(),
+            };
             client
                 .execute(
                     "update sovra.tenants set settings = $2, keys = $3, api_keys = $4, updated_at = now() where name = $1",
@@ -1135,7 +1287,7 @@ impl Platform {
         }
         // The next request builds it again with the new settings.
         self.evict(name, "this tenant's settings changed");
-        self.record(name).await
+        Ok(self.record(name).await?.map(|record| (record, opaque)))
     }
 
     fn view(&self, record: &TenantRecord) -> Value {
@@ -1192,8 +1344,7 @@ fn mint(keyset: &KeySet, issuer: &str) -> Result<ApiKeys, String> {
     Ok(ApiKeys {
         anon: sign("anon")?,
         service_role: sign("service_role")?,
-        // Opaque `sb_…` keys are made by `sovra keys` for the default
-        // tenant only, so far.
+        // The opaque `sb_…` keys are added by the caller.
         opaque: Vec::new(),
     })
 }
@@ -1231,6 +1382,26 @@ fn addressed<'a>(
     });
     let label = host.strip_suffix(domain)?.strip_suffix('.')?;
     (!label.is_empty() && !label.contains('.')).then_some((label, None))
+}
+
+/// The tenant a request addresses by path or host, for layers that run
+/// before [`route`] (the TUS `OPTIONS` answer): `None` for the default
+/// tenant.
+pub(crate) async fn addressed_tenant(
+    state: &AppState,
+    parts: &http::request::Parts,
+) -> Option<Result<Arc<Tenant>, Lookup>> {
+    let platform = state.platform.as_ref()?;
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.host());
+    let (name, _) = addressed(&parts.uri, host, platform.config.base_domain())?;
+    if validate_name(name).is_err() {
+        return Some(Err(Lookup::NotFound));
+    }
+    Some(platform.tenant(name).await)
 }
 
 /// Routes requests for tenants: resolves the tenant (building it on first
@@ -1368,10 +1539,12 @@ pub(crate) async fn create(
     };
     let started = std::time::Instant::now();
     match platform.create(&name).await {
-        Ok(record) => {
+        Ok((record, opaque)) => {
             metrics::histogram!("sovra_tenant_create_seconds")
                 .record(started.elapsed().as_secs_f64());
-            (StatusCode::CREATED, Json(platform.view(&record))).into_response()
+            let mut view = platform.view(&record);
+            show_opaque(&mut view, &opaque);
+            (StatusCode::CREATED, Json(view)).into_response()
         }
         Err((status, message)) => {
             let code = match status {
@@ -1390,6 +1563,13 @@ pub(crate) async fn create(
             error(status, code, &message)
         }
     }
+}
+
+/// Adds a new pair of opaque keys to an answer (the one time they are
+/// shown: only their digests are kept).
+fn show_opaque(view: &mut Value, pair: &crate::opaque_keys::NewPair) {
+    view["publishable_key"] = json!(pair.publishable);
+    view["secret_key"] = json!(pair.secret);
 }
 
 /// `GET /sovra/v1/tenants`.
@@ -1480,7 +1660,13 @@ pub(crate) async fn patch(
         );
     }
     match platform.update(&name, patch).await {
-        Ok(Some(record)) => Json(platform.view(&record)).into_response(),
+        Ok(Some((record, opaque))) => {
+            let mut view = platform.view(&record);
+            if let Some(opaque) = &opaque {
+                show_opaque(&mut view, opaque);
+            }
+            Json(view).into_response()
+        }
         Ok(None) => not_found(&name),
         Err(err) => internal(&err),
     }

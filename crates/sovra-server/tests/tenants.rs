@@ -19,6 +19,8 @@ struct Server {
     url: String,
     key: String,
     default_anon: String,
+    /// The default tenant's opaque secret key (`sb_secret_…`).
+    default_secret_key: String,
     db: TestDb,
     http: reqwest::Client,
     platform: Arc<Platform>,
@@ -37,8 +39,20 @@ async fn spawn_with(mut config: sovra_config::Config) -> Server {
     let db = TestDb::new().await;
     let data_dir = sovra_test_support::scratch_dir();
     config.data_dir = data_dir.clone();
-    let keys = sovra_server::keys::load_or_create(&data_dir.join("keys.json"), &config).unwrap();
+    let default_secret_key =
+        sovra_server::keys::rotate_opaque(&data_dir.join("keys.json"), &config)
+            .unwrap()
+            .secret;
+    let mut keys =
+        sovra_server::keys::load_or_create(&data_dir.join("keys.json"), &config).unwrap();
     let default_anon = keys.api.anon.clone();
+    let key = sovra_server::platform::load_or_create(&data_dir.join("platform.key"))
+        .unwrap()
+        .key;
+    // As `sovra serve` does: the default tenant refuses the tenants' refs.
+    let platform = Arc::new(Platform::new(&config, db.config(), &key).unwrap());
+    platform.refresh_names().await.unwrap();
+    keys.keyset = keys.keyset.with_foreign_refs(platform.ref_guard());
     let tenant = sovra_server::serve::build_tenant(
         &config,
         db.config_as("authenticator"),
@@ -47,10 +61,6 @@ async fn spawn_with(mut config: sovra_config::Config) -> Server {
     )
     .await
     .unwrap();
-    let key = sovra_server::platform::load_or_create(&data_dir.join("platform.key"))
-        .unwrap()
-        .key;
-    let platform = Arc::new(Platform::new(&config, db.config(), &key).unwrap());
     let resolver = sovra_server::TenantResolver::single(tenant);
     let default = resolver.default_tenant();
     let state =
@@ -70,6 +80,7 @@ async fn spawn_with(mut config: sovra_config::Config) -> Server {
         url,
         key,
         default_anon,
+        default_secret_key,
         db,
         http: reqwest::Client::new(),
         platform,
@@ -1099,4 +1110,332 @@ async fn a_database_in_the_way_is_a_conflict_and_is_left_alone() {
         (1, 0, 0),
         "the other database stays; the tenant's roles and row are gone"
     );
+}
+
+/// The payload of a JWT.
+fn claims_of(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_default_tenant_refuses_a_tenants_tokens_signed_with_the_same_secret() {
+    let secret = "one-secret-shared-by-the-default-tenant-and-acme";
+    let mut config = sovra_config::Config::default();
+    config.jwt.secret = Some(secret.to_owned());
+    config.auth.email_autoconfirm = true;
+    let server = spawn_with(config).await;
+    let t = server.create("same-secret").await;
+    let view = server
+        .patch(
+            &t.name,
+            json!({"email_autoconfirm": true, "jwt_secret": secret}),
+        )
+        .await;
+    let t = Created {
+        anon: view["anon_key"].as_str().unwrap().to_owned(),
+        service: view["service_role_key"].as_str().unwrap().to_owned(),
+        ..t
+    };
+    assert_eq!(claims_of(&t.anon)["ref"], t.name.as_str());
+    let root = Created {
+        name: "default".to_owned(),
+        url: server.url.clone(),
+        anon: server.default_anon.clone(),
+        service: String::new(),
+        database: String::new(),
+    };
+    let tenant_user = server.sign_up(&t, "ten@example.com").await;
+    let root_user = server.sign_up(&root, "root@example.com").await;
+
+    // Each tenant serves its own keys and users.
+    for (url, key, token) in [
+        (&t.url, &t.anon, &tenant_user),
+        (&server.url, &server.default_anon, &root_user),
+    ] {
+        let (status, body) = server.get(&format!("{url}/auth/v1/user"), key, token).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // The tenant's anon and service_role keys and its user's token are
+    // refused at the root, although the default tenant signs with the
+    // same secret.
+    for key in [&t.anon, &t.service] {
+        let (status, body) = server
+            .get(&format!("{}/rest/v1/", server.url), key, key)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    let (status, body) = server
+        .get(
+            &format!("{}/rest/v1/", server.url),
+            &server.default_anon,
+            &tenant_user,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body) = server
+        .get(
+            &format!("{}/auth/v1/user", server.url),
+            &server.default_anon,
+            &tenant_user,
+        )
+        .await;
+    assert!(
+        status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN,
+        "{status} {body}"
+    );
+    let (status, body) = server
+        .get(
+            &format!("{}/storage/v1/bucket", server.url),
+            &server.default_anon,
+            &tenant_user,
+        )
+        .await;
+    assert!(status.is_client_error(), "{status} {body}");
+    // And the other way round: the default tenant's keys and users are
+    // refused by the tenant.
+    let (status, body) = server
+        .get(
+            &format!("{}/rest/v1/", t.url),
+            &server.default_anon,
+            &server.default_anon,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body) = server
+        .get(&format!("{}/auth/v1/user", t.url), &t.anon, &root_user)
+        .await;
+    assert!(
+        status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN,
+        "{status} {body}"
+    );
+    // A key naming a project that is not a tenant here (a Supabase
+    // project's key moving in with its secret) still works at the root.
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    let moved = sovra_jwt::KeySet::new(&sovra_jwt::KeyStore::from_secret(secret, now), None, None)
+        .unwrap()
+        .with_project_ref("abcdefghijklmnopqrst")
+        .mint_api_key("anon", "supabase", now, now + 3600)
+        .unwrap();
+    let (status, body) = server
+        .get(&format!("{}/auth/v1/settings", server.url), &moved, &moved)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Once the tenant is deleted its name is no project's any more here;
+    // the test only checks that the delete keeps the root serving.
+    let (status, _) = server
+        .api(reqwest::Method::DELETE, &format!("/{}", t.name), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = server
+        .get(
+            &format!("{}/auth/v1/user", server.url),
+            &server.default_anon,
+            &root_user,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn each_tenant_has_its_own_opaque_keys() {
+    let server = spawn().await;
+    let name = unique("opaque");
+    let (status, created) = server
+        .api(reqwest::Method::POST, "", Some(json!({"name": name})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let url = created["url"].as_str().unwrap().to_owned();
+    let publishable = created["publishable_key"].as_str().unwrap().to_owned();
+    let secret = created["secret_key"].as_str().unwrap().to_owned();
+    assert!(publishable.starts_with("sb_publishable_"), "{publishable}");
+    assert!(secret.starts_with("sb_secret_"), "{secret}");
+    let other = server.create("opaque-other").await;
+
+    // Shown once: the tenant API never shows them again.
+    let (status, shown) = server
+        .api(reqwest::Method::GET, &format!("/{name}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(shown.get("secret_key").is_none(), "{shown}");
+    assert!(!shown.to_string().contains(&secret));
+    let (_, listed) = server.api(reqwest::Method::GET, "", None).await;
+    assert!(!listed.to_string().contains(&secret));
+
+    // They work for their tenant, as apikey and as bearer: the secret key
+    // is service_role (it sees the schema), the publishable one anon.
+    let whoami = |base: &str, key: &str| {
+        let request = server
+            .http
+            .get(format!("{base}/sovra/v1/whoami"))
+            .header("apikey", key)
+            .bearer_auth(key);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, body) = whoami(&url, &secret).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["role"], "service_role", "{body}");
+    let (status, body) = whoami(&url, &publishable).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["role"], "anon", "{body}");
+
+    // Another tenant and the default tenant refuse them, and the tenant
+    // refuses theirs.
+    for base in [&other.url, &server.url] {
+        for key in [&secret, &publishable] {
+            let (status, body) = server.get(&format!("{base}/rest/v1/"), key, key).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{base} {body}");
+        }
+    }
+    let (status, body) = server
+        .get(
+            &format!("{url}/rest/v1/"),
+            &server.default_secret_key,
+            &server.default_secret_key,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _) = whoami(&server.url, &server.default_secret_key).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A rotation answers a new pair once; the old pair stops working.
+    let (status, rotated) = server
+        .api(
+            reqwest::Method::PATCH,
+            &format!("/{name}"),
+            Some(json!({"rotate_opaque_keys": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_secret = rotated["secret_key"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, secret);
+    let (status, _) = whoami(&url, &secret).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = whoami(&url, &new_secret).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A new JWT secret keeps the opaque keys (they stand for roles).
+    server
+        .patch(
+            &name,
+            json!({"jwt_secret": "a-new-secret-of-more-than-thirty-two-chars"}),
+        )
+        .await;
+    let (status, body) = whoami(&url, &new_secret).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A rotation flag that is not a boolean is a 400.
+    let (status, body) = server
+        .api(
+            reqwest::Method::PATCH,
+            &format!("/{name}"),
+            Some(json!({"rotate_opaque_keys": "yes"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "bad_settings");
+}
+
+#[tokio::test]
+async fn tus_options_under_a_tenant_report_its_own_limits() {
+    let server = spawn().await;
+    let t = server.create("tus-limits").await;
+    server
+        .patch(&t.name, json!({"storage_file_size_limit": 1234}))
+        .await;
+    let options = |url: String| {
+        let request = server
+            .http
+            .request(reqwest::Method::OPTIONS, url)
+            .header("tus-resumable", "1.0.0");
+        async move { request.send().await.unwrap() }
+    };
+    let response = options(format!("{}/storage/v1/upload/resumable", t.url)).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(response.headers()["tus-max-size"], "1234");
+    assert_eq!(response.headers()["tus-version"], "1.0.0");
+    let root = options(format!("{}/storage/v1/upload/resumable", server.url)).await;
+    assert_eq!(root.status(), StatusCode::NO_CONTENT);
+    let default_limit = sovra_config::Config::default().storage.file_size_limit;
+    assert_eq!(
+        root.headers()["tus-max-size"],
+        default_limit.to_string().as_str()
+    );
+    // An unknown tenant reports no TUS server (the CORS answer alone).
+    let unknown = options(format!(
+        "{}/t/{}/storage/v1/upload/resumable",
+        server.url,
+        unique("nobody")
+    ))
+    .await;
+    assert!(unknown.headers().get("tus-max-size").is_none());
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_tenant_names_is_404_without_a_registry_read_each() {
+    use futures_util::stream::{self, StreamExt as _};
+    let server = spawn().await;
+    let known = server.create("flood-known").await;
+    let before = server.platform.registry_reads();
+    let names: Vec<String> = (0..400).map(|_| unique("nobody")).collect();
+    let answers: Vec<(StatusCode, Value)> = stream::iter(names)
+        .map(|name| {
+            let request = server
+                .http
+                .get(format!("{}/t/{name}/rest/v1/", server.url))
+                .header("apikey", &known.anon);
+            async move {
+                let response = request.send().await.unwrap();
+                let status = response.status();
+                (
+                    status,
+                    response.json::<Value>().await.unwrap_or(Value::Null),
+                )
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["error"], "tenant_not_found", "{body}");
+    }
+    let reads = server.platform.registry_reads() - before;
+    // One read of the names per UNKNOWN_TTL at most, not one per name.
+    assert!(reads < 40, "{reads} registry reads for 400 unknown names");
+    // A tenant made meanwhile is found at once.
+    let fresh = server.create("flood-fresh").await;
+    let (status, body) = server
+        .get(
+            &format!("{}/rest/v1/", fresh.url),
+            &fresh.service,
+            &fresh.service,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = server
+        .get(
+            &format!("{}/rest/v1/", known.url),
+            &known.service,
+            &known.service,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
 }
