@@ -183,6 +183,7 @@ impl AuthService {
         email: &str,
         new_email: &str,
     ) -> AuthResult<()> {
+        self.limit_project_mail()?;
         self.limit(crate::limits::Bucket::EmailSent, to)?;
         let Some(template) = self.templates.get(&kind) else {
             return Err(AuthError::internal());

@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tenants",
         sql: include_str!("../migrations/0012_tenants.sql"),
     },
+    Migration {
+        version: 13,
+        name: "tenant_quotas",
+        sql: include_str!("../migrations/0013_tenant_quotas.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

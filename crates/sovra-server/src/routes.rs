@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use sovra_pg::RequestContext;
@@ -375,6 +375,16 @@ pub(crate) async fn storage(
         return crate::GatewayError::NoTenant.into_response();
     };
     let path = parts.uri.path().strip_prefix("/storage/v1").unwrap_or("");
+    let adds_bytes = tenant.quotas.storage_max_bytes > 0 && adds_bytes(&parts.method, path);
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if adds_bytes && let Some(refused) = storage_quota(&tenant, path, length).await {
+        return refused;
+    }
     // Without any credential, Supabase Storage verifies an empty token,
     // which its JWT library refuses as "Invalid Compact JWS" (routes that
     // need no caller, such as public downloads, still work).
@@ -402,7 +412,7 @@ pub(crate) async fn storage(
             }
             crate::GatewayError::NoTenant => "No project serves this host".to_owned(),
         });
-    tenant
+    let response = tenant
         .storage
         .handle(sovra_storage::StorageRequest {
             method: &parts.method,
@@ -414,7 +424,105 @@ pub(crate) async fn storage(
             safe_headers: safe_headers(&parts.headers),
             keys: &tenant.keys,
         })
-        .await
+        .await;
+    if adds_bytes
+        && response.status().is_success()
+        && let Ok(mut used) = tenant.storage_used.lock()
+        && let Some((bytes, _)) = used.as_mut()
+    {
+        // Counted until the next count, so a burst of uploads between two
+        // counts is held to the quota too.
+        *bytes = bytes.saturating_add(length);
+    }
+    response
+}
+
+/// Whether a storage request may store more bytes: uploads (also through
+/// signed upload URLs), copies and TUS uploads.
+fn adds_bytes(method: &Method, path: &str) -> bool {
+    let tus = path.starts_with("/upload/resumable");
+    if tus {
+        return *method == Method::POST || *method == Method::PATCH;
+    }
+    let Some(object) = path.strip_prefix("/object/") else {
+        return false;
+    };
+    match *method {
+        Method::PUT => true,
+        Method::POST => {
+            !(object.starts_with("list/")
+                || object.starts_with("move")
+                || object.starts_with("sign/")
+                || object.starts_with("upload/sign/"))
+        }
+        _ => false,
+    }
+}
+
+/// How long a count of a tenant's stored bytes answers for its quota.
+const STORAGE_COUNT_TTL: Duration = Duration::from_secs(2);
+
+/// Refuses a request that would store more bytes once the tenant's
+/// objects use up its `storage_max_bytes` (or would with `length` more):
+/// Storage's 413 shape (plain text for TUS, as its server answers). The
+/// bytes are counted with one sum over `storage.objects`, at most every
+/// [`STORAGE_COUNT_TTL`].
+async fn storage_quota(tenant: &crate::Tenant, path: &str, length: u64) -> Option<Response> {
+    let max = tenant.quotas.storage_max_bytes;
+    let cached = tenant
+        .storage_used
+        .lock()
+        .ok()
+        .and_then(|used| *used)
+        .filter(|(_, at)| at.elapsed() < STORAGE_COUNT_TTL)
+        .map(|(bytes, _)| bytes);
+    let used = match cached {
+        Some(bytes) => bytes,
+        None => {
+            let counted = async {
+                let client = tenant.pool.get().await.map_err(|err| err.to_string())?;
+                let row = client
+                    .query_one("select sovra.storage_bytes()", &[])
+                    .await
+                    .map_err(|err| err.to_string())?;
+                Ok::<u64, String>(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+            }
+            .await;
+            match counted {
+                Ok(bytes) => {
+                    if let Ok(mut used) = tenant.storage_used.lock() {
+                        *used = Some((bytes, std::time::Instant::now()));
+                    }
+                    bytes
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "counting a tenant's stored bytes failed");
+                    return Some(sovra_storage::StorageError::unavailable().into_response());
+                }
+            }
+        }
+    };
+    if used < max && used.saturating_add(length) <= max {
+        return None;
+    }
+    tenant.quotas.count("storage_max_bytes");
+    let message = format!("The project's storage quota of {max} bytes is used up");
+    if path.starts_with("/upload/resumable") {
+        return Some(
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                [
+                    (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                    (HeaderName::from_static("tus-resumable"), "1.0.0"),
+                ],
+                message,
+            )
+                .into_response(),
+        );
+    }
+    let mut err = sovra_storage::StorageError::too_large();
+    err.message = message;
+    Some(err.into_response())
 }
 
 /// Adds the TUS headers (`Tus-Version`, `Tus-Extension`, `Tus-Max-Size`)

@@ -278,6 +278,7 @@ pub async fn build_tenant(
             service,
             keys,
             auth,
+            quotas: crate::tenant::TenantQuotas::default(),
         },
     )
     .await
@@ -296,6 +297,8 @@ pub struct TenantParts {
     pub service: sovra_pg::tokio_postgres::Config,
     pub keys: ProjectKeys,
     pub auth: sovra_auth::AuthConfig,
+    /// Its quotas (none for the default tenant).
+    pub quotas: crate::tenant::TenantQuotas,
 }
 
 /// Builds a tenant's pools and services from logins that are ready.
@@ -306,8 +309,10 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
         auth_db,
         service,
         keys,
-        auth: auth_settings,
+        auth: mut auth_settings,
+        quotas,
     } = parts;
+    auth_settings.limits.email_sent_project.max = quotas.mails_per_hour;
     let rest = sovra_rest::RestService::start(
         sovra_rest::RestConfig {
             schemas: config.rest.schema_list(),
@@ -363,8 +368,10 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
             claims: verified.claims,
         })
     });
-    let realtime =
-        sovra_realtime::RealtimeService::new(realtime_config(config), pool.clone(), verifier);
+    let mut realtime_settings = realtime_config(config);
+    realtime_settings.tenant_events_per_second = quotas.realtime_events_per_second;
+    realtime_settings.tenant.clone_from(&quotas.metrics_label);
+    let realtime = sovra_realtime::RealtimeService::new(realtime_settings, pool.clone(), verifier);
     realtime.set_feed_source(service.clone());
     realtime.set_revalidator(revalidator(auth.pool().clone()));
     if !config.realtime.nats_url.is_empty() {
@@ -384,6 +391,8 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
         require_apikey: config.server.require_apikey,
         rest,
         auth,
+        quotas,
+        storage_used: std::sync::Mutex::new(None),
     })
 }
 
@@ -597,6 +606,9 @@ async fn serve_with(
     // Every tenant database is migrated in the background; `/ready` says
     // how many are left.
     platform.spawn_idle_sweep(Duration::from_secs(config.server.tenant_idle_timeout));
+    platform.spawn_size_check(Duration::from_secs(
+        config.server.tenant_database_check_interval,
+    ));
     let upgrading = platform.clone();
     tokio::spawn(async move {
         if let Err(err) = upgrading.upgrade(4).await {

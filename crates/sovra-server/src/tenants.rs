@@ -110,6 +110,28 @@ pub struct TenantSettings {
     /// Quota: largest object, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_file_size_limit: Option<u64>,
+    /// Quota: bytes of all stored objects (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_max_bytes: Option<u64>,
+    /// Quota: size of the tenant's database, over which its API sessions
+    /// are read-only (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_max_bytes: Option<u64>,
+    /// Quota: mails auth sends per hour, all recipients (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mails_per_hour: Option<u64>,
+    /// Quota: channels one realtime connection may join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realtime_max_channels_per_connection: Option<u64>,
+    /// Quota: messages per second of all realtime connections (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realtime_events_per_second: Option<u64>,
+    /// Auth's mail server (`smtp://` or `smtps://`, as `auth.smtp_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_url: Option<String>,
+    /// The sender of auth's mails (as `auth.smtp_from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_from: Option<String>,
 }
 
 impl TenantSettings {
@@ -135,6 +157,39 @@ impl TenantSettings {
         if self.storage_file_size_limit == Some(0) {
             return Err("storage_file_size_limit must be at least 1".to_owned());
         }
+        if self.realtime_max_channels_per_connection == Some(0) {
+            return Err("realtime_max_channels_per_connection must be at least 1".to_owned());
+        }
+        if self
+            .mails_per_hour
+            .is_some_and(|n| u32::try_from(n).is_err())
+        {
+            return Err("mails_per_hour is too large".to_owned());
+        }
+        if self
+            .realtime_events_per_second
+            .is_some_and(|n| u32::try_from(n).is_err())
+        {
+            return Err("realtime_events_per_second is too large".to_owned());
+        }
+        if let Some(url) = &self.smtp_url
+            && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
+        {
+            return Err("smtp_url must start with smtp:// or smtps://".to_owned());
+        }
+        if let Some(from) = &self.smtp_from
+            && (!from.contains('@') || from.contains(['\r', '\n']))
+        {
+            return Err(
+                "smtp_from must be a mail address (\"Name <a@b.example>\" or a@b.example)"
+                    .to_owned(),
+            );
+        }
+        if let Some(urls) = &self.redirect_urls
+            && urls.iter().any(|u| u.contains(','))
+        {
+            return Err("redirect_urls must not contain commas".to_owned());
+        }
         Ok(())
     }
 
@@ -155,7 +210,14 @@ impl TenantSettings {
             requests_per_second,
             statement_timeout_ms,
             realtime_max_connections,
-            storage_file_size_limit
+            storage_file_size_limit,
+            storage_max_bytes,
+            database_max_bytes,
+            mails_per_hour,
+            realtime_max_channels_per_connection,
+            realtime_events_per_second,
+            smtp_url,
+            smtp_from
         )
     }
 }
@@ -290,6 +352,10 @@ pub struct Platform {
     names_refresh: tokio::sync::Mutex<()>,
     /// Reads of the registry so far (for tests and metrics).
     registry_reads: std::sync::atomic::AtomicU64,
+    /// Tenants over their database size quota (read-only), and those
+    /// warned about (over 80% of it).
+    read_only: Mutex<std::collections::HashSet<String>>,
+    size_warned: Mutex<std::collections::HashSet<String>>,
 }
 
 /// How long a read of the registry's names answers for names it does not
@@ -361,7 +427,107 @@ impl Platform {
             names: Arc::new(RwLock::new(KnownNames::default())),
             names_refresh: tokio::sync::Mutex::new(()),
             registry_reads: std::sync::atomic::AtomicU64::new(0),
+            read_only: Mutex::new(std::collections::HashSet::new()),
+            size_warned: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    /// Whether tenant `name` is read-only (over its database size quota).
+    pub fn is_read_only(&self, name: &str) -> bool {
+        self.read_only.lock().is_ok_and(|set| set.contains(name))
+    }
+
+    /// Checks every tenant's database size against its quota: over it, the
+    /// tenant is stopped and started again read-only; under it again,
+    /// read-write. From 80% of it a warning is logged once. One query for
+    /// all databases; `sovra_tenant_database_bytes{tenant}` reports sizes.
+    pub async fn check_database_sizes(&self) -> Result<(), String> {
+        let records = self.records().await?;
+        let limited: Vec<(String, String, u64)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    r.database.clone(),
+                    self.database_max_bytes(&r.settings),
+                )
+            })
+            .filter(|(_, _, max)| *max > 0)
+            .collect();
+        let databases: Vec<&str> = limited.iter().map(|(_, db, _)| db.as_str()).collect();
+        let client = self.admin_client().await?;
+        let rows = client
+            .query(
+                "select datname::text, pg_database_size(datname) from pg_database where datname = any($1)",
+                &[&databases],
+            )
+            .await
+            .map_err(|err| db_error(&err))?;
+        let sizes: HashMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut over = std::collections::HashSet::new();
+        for (name, database, max) in &limited {
+            let Some(size) = sizes.get(database).and_then(|s| u64::try_from(*s).ok()) else {
+                continue;
+            };
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!("sovra_tenant_database_bytes", "tenant" => name.clone())
+                .set(size as f64);
+            if size >= *max {
+                over.insert(name.clone());
+            } else if size >= max / 5 * 4
+                && self
+                    .size_warned
+                    .lock()
+                    .is_ok_and(|mut warned| warned.insert(name.clone()))
+            {
+                tracing::warn!(tenant = %name, size, max, "a tenant's database is over 80% of its size quota");
+            } else if size < max / 5 * 4
+                && let Ok(mut warned) = self.size_warned.lock()
+            {
+                warned.remove(name);
+            }
+        }
+        let (entered, left): (Vec<String>, Vec<String>) = match self.read_only.lock() {
+            Ok(mut read_only) => {
+                let entered = over.difference(&read_only).cloned().collect();
+                let left = read_only.difference(&over).cloned().collect();
+                *read_only = over;
+                (entered, left)
+            }
+            Err(_) => return Err("read-only table poisoned".to_owned()),
+        };
+        for name in entered {
+            tracing::warn!(tenant = %name, "a tenant's database is over its size quota: it is read-only until it is under again");
+            metrics::counter!(
+                "sovra_tenant_quota_exceeded_total",
+                "tenant" => name.clone(),
+                "quota" => "database_max_bytes"
+            )
+            .increment(1);
+            self.evict(&name, "this tenant's database is over its size quota");
+        }
+        for name in left {
+            tracing::info!(tenant = %name, "a tenant's database is under its size quota again: read-write");
+            self.evict(&name, "this tenant's database is writable again");
+        }
+        Ok(())
+    }
+
+    /// Checks the database sizes every `every`.
+    pub fn spawn_size_check(self: &Arc<Self>, every: Duration) {
+        let platform = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(platform) = platform.upgrade() else {
+                    return;
+                };
+                if let Err(err) = platform.check_database_sizes().await {
+                    tracing::warn!(error = %err, "checking the tenants' database sizes failed");
+                }
+            }
+        });
     }
 
     /// What the default tenant's keys refuse: tokens whose `ref` names a
@@ -603,9 +769,48 @@ impl Platform {
         if let Some(n) = settings.storage_file_size_limit {
             config.storage.file_size_limit = n;
         }
+        if let Some(n) = settings.realtime_max_channels_per_connection {
+            config.realtime.max_channels_per_connection = n;
+        }
+        if let Some(url) = &settings.smtp_url {
+            config.auth.smtp_url = Some(url.clone());
+        }
+        if let Some(from) = &settings.smtp_from {
+            config.auth.smtp_from.clone_from(from);
+        }
         // Tenants never share NATS subjects with the default tenant: the
         // subject carries the tenant's name (see `build_services`).
         config
+    }
+
+    /// The quotas of a tenant with these settings: its own, else the
+    /// platform's defaults for tenants.
+    fn quotas(&self, name: &str, settings: &TenantSettings) -> crate::tenant::TenantQuotas {
+        let server = &self.config.server;
+        let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        crate::tenant::TenantQuotas {
+            metrics_label: Some(name.to_owned()),
+            storage_max_bytes: settings
+                .storage_max_bytes
+                .unwrap_or(server.tenant_storage_max_bytes),
+            realtime_events_per_second: small(
+                settings
+                    .realtime_events_per_second
+                    .unwrap_or(server.tenant_realtime_events_per_second),
+            ),
+            mails_per_hour: small(
+                settings
+                    .mails_per_hour
+                    .unwrap_or(server.tenant_mails_per_hour),
+            ),
+        }
+    }
+
+    /// The database size quota of a tenant with these settings (0: none).
+    fn database_max_bytes(&self, settings: &TenantSettings) -> u64 {
+        settings
+            .database_max_bytes
+            .unwrap_or(self.config.server.tenant_database_max_bytes)
     }
 
     /// Login settings of role `user` on `database`, starting as `role`.
@@ -638,11 +843,23 @@ impl Platform {
 
     async fn build(&self, record: &TenantRecord) -> Result<Arc<Tenant>, String> {
         let config = self.tenant_config(&record.settings);
-        let timeout = record
+        let mut timeout = record
             .settings
             .statement_timeout_ms
             .map(|ms| format!(" -c statement_timeout={ms}"))
             .unwrap_or_default();
+        // Over its database size quota: every session of its API is
+        // read-only (PostgreSQL refuses writes with 25006).
+        let read_only = self
+            .read_only
+            .lock()
+            .is_ok_and(|set| set.contains(&record.name));
+        let read_only = if read_only {
+            " -c default_transaction_read_only=on"
+        } else {
+            ""
+        };
+        timeout.push_str(read_only);
         let requests = self
             .login(
                 &record.database,
@@ -656,7 +873,7 @@ impl Platform {
                 &record.database,
                 &format!("{}_auth", record.database),
                 sovra_pg::logins::AUTH_ADMIN,
-                "",
+                read_only,
             )
             .await?;
         let mut service = self.admin.clone();
@@ -691,6 +908,7 @@ impl Platform {
                     created: false,
                 },
                 auth,
+                quotas: self.quotas(&record.name, &record.settings),
             },
         )
         .await
@@ -1298,7 +1516,8 @@ impl Platform {
             "state": if record.suspended { "suspended" } else { "active" },
             "anon_key": record.api_keys.anon,
             "service_role_key": record.api_keys.service_role,
-            "settings": record.settings,
+            "settings": shown_settings(&record.settings),
+            "read_only": self.is_read_only(&record.name),
             "created_at": record.created_at,
         });
         if let Some(domain) = self.config.base_domain() {
@@ -1315,6 +1534,20 @@ impl Platform {
         }
         value
     }
+}
+
+/// Settings as the tenant API shows them: the password of `smtp_url`
+/// (its user-info part) is never shown.
+fn shown_settings(settings: &TenantSettings) -> TenantSettings {
+    let mut shown = settings.clone();
+    if let Some(url) = &mut shown.smtp_url
+        && let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.rsplit_once('@')
+    {
+        let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+        *url = format!("{scheme}://{user}:********@{host}");
+    }
+    shown
 }
 
 fn record_of(row: &tokio_postgres::Row) -> Result<TenantRecord, String> {
@@ -1456,6 +1689,20 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
     platform.touch(name);
     request.extensions_mut().insert(RoutedTenant(tenant));
     let mut response = next.run(request).await;
+    if response.status() == StatusCode::TOO_MANY_REQUESTS
+        && response
+            .headers()
+            .get("x-sb-error-code")
+            .is_some_and(|code| code == "over_email_send_rate_limit")
+    {
+        // Auth's mail limits (the tenant's hourly total, or per address).
+        metrics::counter!(
+            "sovra_tenant_quota_exceeded_total",
+            "tenant" => name.to_owned(),
+            "quota" => "mails_per_hour"
+        )
+        .increment(1);
+    }
     if let Some(prefix) = prefix
         && let Some(location) = response
             .headers()

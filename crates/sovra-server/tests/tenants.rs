@@ -1439,3 +1439,282 @@ async fn a_flood_of_unknown_tenant_names_is_404_without_a_registry_read_each() {
         .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// The `/metrics` lines of quota refusals of tenant `name`.
+async fn quota_lines(server: &Server, name: &str) -> Vec<String> {
+    let text = server
+        .http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("sovra_tenant_quota_exceeded_total")
+                && l.contains(&format!("tenant=\"{name}\""))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn storage_mail_and_realtime_quotas_answer_in_the_clients_shapes() {
+    let server = spawn().await;
+    let t = server.create("quota-more").await;
+    let view = server
+        .patch(
+            &t.name,
+            json!({"storage_max_bytes": 10, "mails_per_hour": 1,
+                   "realtime_max_channels_per_connection": 1,
+                   "realtime_events_per_second": 3}),
+        )
+        .await;
+    assert_eq!(view["settings"]["storage_max_bytes"], 10);
+
+    // Storage: 8 bytes fit, 8 more do not (Storage's 413 shape); a TUS
+    // upload that would go over is refused as its server refuses.
+    let bucket = server
+        .http
+        .post(format!("{}/storage/v1/bucket", t.url))
+        .header("apikey", &t.service)
+        .bearer_auth(&t.service)
+        .json(&json!({"name": "files", "public": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bucket.status(), StatusCode::OK);
+    let upload = |name: &str, bytes: &'static [u8]| {
+        server
+            .http
+            .post(format!("{}/storage/v1/object/files/{name}", t.url))
+            .header("apikey", &t.service)
+            .bearer_auth(&t.service)
+            .header("content-type", "text/plain")
+            .body(bytes)
+            .send()
+    };
+    let first = upload("a.txt", b"12345678").await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = upload("b.txt", b"12345678").await.unwrap();
+    // Storage answers HTTP 400 with the logical status in the body.
+    assert_eq!(second.status(), StatusCode::BAD_REQUEST);
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(body["statusCode"], "413", "{body}");
+    assert_eq!(body["error"], "Payload too large", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("quota"),
+        "{body}"
+    );
+    let tus = server
+        .http
+        .post(format!("{}/storage/v1/upload/resumable", t.url))
+        .header("apikey", &t.service)
+        .bearer_auth(&t.service)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "100")
+        .header("upload-metadata", "bucketName ZmlsZXM=,objectName Yy50eHQ=")
+        .header("content-length", "100")
+        .body(vec![b'x'; 100])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tus.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Downloads still work.
+    let down = server
+        .http
+        .get(format!("{}/storage/v1/object/files/a.txt", t.url))
+        .header("apikey", &t.service)
+        .bearer_auth(&t.service)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(down.status(), StatusCode::OK);
+
+    // Mail: one per hour for the whole tenant; the second address gets
+    // GoTrue's 429 over_email_send_rate_limit.
+    let sign_up = |email: &str| {
+        server
+            .http
+            .post(format!("{}/auth/v1/signup", t.url))
+            .header("apikey", &t.anon)
+            .json(&json!({"email": email, "password": "correct horse battery"}))
+            .send()
+    };
+    let one = sign_up("one@example.com").await.unwrap();
+    assert_eq!(one.status(), StatusCode::OK);
+    let two = sign_up("two@example.com").await.unwrap();
+    assert_eq!(two.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = two.json().await.unwrap();
+    assert_eq!(body["error_code"], "over_email_send_rate_limit", "{body}");
+
+    // Realtime: one channel per connection; the second join is refused as
+    // Supabase refuses it.
+    let mut ws = socket(&t.url, &t.anon).await;
+    join(&mut ws, "room-1").await;
+    send(
+        &mut ws,
+        json!({"topic": "realtime:room-2", "event": "phx_join", "ref": "9", "payload": {"config": {}}}),
+    )
+    .await;
+    loop {
+        let reply = next(&mut ws).await;
+        if reply["event"] == "phx_reply" && reply["ref"] == "9" {
+            assert_eq!(reply["payload"]["status"], "error", "{reply}");
+            assert!(
+                reply["payload"]["response"]["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Too many channels"),
+                "{reply}"
+            );
+            break;
+        }
+    }
+    // Three messages per second for all its connections: a second
+    // connection sending a burst is told and closed.
+    let mut other = socket(&t.url, &t.anon).await;
+    let mut closed = false;
+    for i in 0..50 {
+        let sent = other
+            .send(Ws::Text(
+                json!({"topic": "realtime:room-3", "event": "phx_join", "ref": format!("{i}"),
+                       "payload": {"config": {}}})
+                .to_string()
+                .into(),
+            ))
+            .await;
+        if sent.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    if !closed {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), other.next())
+                .await
+                .expect("a frame within 30 s")
+            {
+                None | Some(Err(_)) | Some(Ok(Ws::Close(_))) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    let lines = quota_lines(&server, &t.name).await.join("\n");
+    for quota in [
+        "storage_max_bytes",
+        "mails_per_hour",
+        "realtime_channels_per_connection",
+        "realtime_events_per_second",
+    ] {
+        assert!(
+            lines.contains(&format!("quota=\"{quota}\"")),
+            "{quota} not counted: {lines}"
+        );
+    }
+    // Nonsense is refused.
+    for bad in [
+        json!({"realtime_max_channels_per_connection": 0}),
+        json!({"smtp_url": "http://mail.example.com"}),
+        json!({"smtp_from": "nobody"}),
+        json!({"storage_max_bytes": -1}),
+    ] {
+        let (status, body) = server
+            .api(reqwest::Method::PATCH, &format!("/{}", t.name), Some(bad))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"], "bad_settings");
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_database_size_quota_is_read_only_until_under() {
+    let server = spawn().await;
+    let t = server.create("db-size").await;
+    items_table(&server, &t.database).await;
+    let insert = |body: &'static str| {
+        server
+            .http
+            .post(format!("{}/rest/v1/items", t.url))
+            .header("apikey", &t.service)
+            .bearer_auth(&t.service)
+            .json(&json!({"body": body}))
+            .send()
+    };
+    assert_eq!(
+        insert("before").await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    // Every database is larger than one byte.
+    server
+        .patch(&t.name, json!({"database_max_bytes": 1}))
+        .await;
+    server.platform.check_database_sizes().await.unwrap();
+    assert!(server.platform.is_read_only(&t.name));
+    let (_, view) = server
+        .api(reqwest::Method::GET, &format!("/{}", t.name), None)
+        .await;
+    assert_eq!(view["read_only"], true, "{view}");
+    let refused = insert("over").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "25006", "{body}");
+    // Reads still work.
+    let (status, rows) = server
+        .get(
+            &format!("{}/rest/v1/items?select=body", t.url),
+            &t.service,
+            &t.service,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rows}");
+    assert_eq!(rows, json!([{"body": "before"}]));
+    assert!(
+        quota_lines(&server, &t.name)
+            .await
+            .join("\n")
+            .contains("quota=\"database_max_bytes\"")
+    );
+    // Another tenant is not affected.
+    let other = server.create("db-size-other").await;
+    items_table(&server, &other.database).await;
+    let fine = server
+        .http
+        .post(format!("{}/rest/v1/items", other.url))
+        .header("apikey", &other.service)
+        .bearer_auth(&other.service)
+        .json(&json!({"body": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), StatusCode::CREATED);
+    // Under the quota again: read-write.
+    server
+        .patch(
+            &t.name,
+            json!({"database_max_bytes": 1_000_000_000_000_u64}),
+        )
+        .await;
+    server.platform.check_database_sizes().await.unwrap();
+    assert!(!server.platform.is_read_only(&t.name));
+    assert_eq!(insert("after").await.unwrap().status(), StatusCode::CREATED);
+}
+
+/// A plain table the service_role writes, in a tenant's database.
+async fn items_table(server: &Server, database: &str) {
+    server
+        .sql(database)
+        .await
+        .batch_execute(
+            "create table public.items (
+               id bigint generated always as identity primary key,
+               body text not null);
+             grant all on public.items to service_role;
+             notify pgrst, 'reload schema';",
+        )
+        .await
+        .unwrap();
+}
