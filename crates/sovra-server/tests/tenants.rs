@@ -1718,3 +1718,115 @@ async fn items_table(server: &Server, database: &str) {
         .await
         .unwrap();
 }
+
+/// A mail server that accepts every message and hands over (sender, data).
+async fn fake_smtp() -> (u16, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = tokio::io::BufReader::new(read).lines();
+                let _ = write.write_all(b"220 fake ESMTP\r\n").await;
+                let mut from = String::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let upper = line.to_ascii_uppercase();
+                    let answer: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                        b"250 fake\r\n"
+                    } else if upper.starts_with("MAIL FROM:") {
+                        from = line[10..].trim().to_owned();
+                        b"250 OK\r\n"
+                    } else if upper.starts_with("DATA") {
+                        let _ = write.write_all(b"354 go on\r\n").await;
+                        let mut data = String::new();
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            if line == "." {
+                                break;
+                            }
+                            data.push_str(&line);
+                            data.push('\n');
+                        }
+                        let _ = tx.send((from.clone(), data));
+                        b"250 OK\r\n"
+                    } else if upper.starts_with("QUIT") {
+                        let _ = write.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        b"250 OK\r\n"
+                    };
+                    if write.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test]
+async fn a_tenants_mails_carry_its_own_sender_site_and_links() {
+    let server = spawn().await;
+    let t = server.create("mailer").await;
+    let (port, mut mails) = fake_smtp().await;
+    let view = server
+        .patch(
+            &t.name,
+            json!({"smtp_url": format!("smtp://127.0.0.1:{port}"),
+                   "smtp_from": "Acme <hello@acme.example>",
+                   "site_url": "https://app.acme.example",
+                   "redirect_urls": ["https://app.acme.example/**"]}),
+        )
+        .await;
+    assert_eq!(view["settings"]["smtp_from"], "Acme <hello@acme.example>");
+    let sign_up = server
+        .http
+        .post(format!(
+            "{}/auth/v1/signup?redirect_to=https://app.acme.example/welcome",
+            t.url
+        ))
+        .header("apikey", &t.anon)
+        .json(&json!({"email": "carol@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sign_up.status(), StatusCode::OK);
+    let (from, data) = tokio::time::timeout(Duration::from_secs(30), mails.recv())
+        .await
+        .expect("a mail within 30 s")
+        .unwrap();
+    assert!(from.contains("hello@acme.example"), "{from}");
+    assert!(data.contains("hello@acme.example"), "{data}");
+    assert!(
+        data.contains(&format!("{}/auth/v1/verify", t.url)),
+        "{data}"
+    );
+    assert!(data.contains("app.acme.example"), "{data}");
+    // The default tenant's mail does not go to the tenant's server.
+    let root = server
+        .http
+        .post(format!("{}/auth/v1/signup", server.url))
+        .header("apikey", &server.default_anon)
+        .json(&json!({"email": "dave@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(root.status(), StatusCode::OK);
+    assert!(mails.try_recv().is_err());
+    // The mail server's password is never shown.
+    let view = server
+        .patch(
+            &t.name,
+            json!({"smtp_url": "smtps://postmaster:hunter2-secret@mail.acme.example:465"}),
+        )
+        .await;
+    assert!(!view.to_string().contains("hunter2-secret"), "{view}");
+    assert_eq!(
+        view["settings"]["smtp_url"],
+        "smtps://postmaster:********@mail.acme.example:465"
+    );
+}
