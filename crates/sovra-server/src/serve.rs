@@ -478,7 +478,7 @@ fn realtime_config(config: &Config) -> sovra_realtime::RealtimeConfig {
 }
 
 /// The storage settings of the configuration.
-fn storage_config(config: &Config) -> sovra_storage::StorageConfig {
+pub(crate) fn storage_config(config: &Config) -> sovra_storage::StorageConfig {
     let storage = &config.storage;
     let backend = if storage.backend == "s3" {
         sovra_storage::BackendConfig::S3 {

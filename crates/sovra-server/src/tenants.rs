@@ -1398,7 +1398,20 @@ impl Platform {
         self.evict(name, "this tenant was deleted");
         self.drop_everything(name, &record.database).await?;
         self.note_name(name, false);
-        if self.config.storage.backend != "s3" {
+        if self.config.storage.backend == "s3" {
+            // Every object under the tenant's prefix of the bucket.
+            let storage = crate::serve::storage_config(&self.config);
+            let removed = match sovra_storage::Backend::open(&storage.backend, name, 1) {
+                Ok(backend) => backend.delete_all().await,
+                Err(err) => Err(err),
+            };
+            match removed {
+                Ok(files) => tracing::info!(tenant = %name, files, "removed the tenant's files"),
+                Err(err) => {
+                    tracing::warn!(tenant = %name, error = %err, "could not remove the tenant's files");
+                }
+            }
+        } else {
             let root = self
                 .config
                 .storage

@@ -1830,3 +1830,141 @@ async fn a_tenants_mails_carry_its_own_sender_site_and_links() {
         "smtps://postmaster:********@mail.acme.example:465"
     );
 }
+
+/// A real S3-compatible server (moto's server mode, from PyPI, as the
+/// storage tests use it), with bucket `sovra-test`.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_s3() -> S3Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let binary = std::env::var("SOVRA_TEST_MOTO").unwrap_or_else(|_| "moto_server".to_owned());
+    let child = std::process::Command::new(&binary)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {binary} ({err}); scripts/setup.sh installs it (pip install 'moto[server]')"));
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if http.get(format!("{endpoint}/")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let made = http
+        .put(format!("{endpoint}/sovra-test"))
+        .send()
+        .await
+        .unwrap();
+    assert!(made.status().is_success(), "creating the S3 bucket");
+    S3Server { child, endpoint }
+}
+
+/// Uploads one object to a new bucket of tenant `t`.
+async fn store_a_file(server: &Server, t: &Created) {
+    let bucket = server
+        .http
+        .post(format!("{}/storage/v1/bucket", t.url))
+        .header("apikey", &t.service)
+        .bearer_auth(&t.service)
+        .json(&json!({"name": "docs", "public": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bucket.status(), StatusCode::OK);
+    let upload = server
+        .http
+        .post(format!("{}/storage/v1/object/docs/a.txt", t.url))
+        .header("apikey", &t.service)
+        .bearer_auth(&t.service)
+        .header("content-type", "text/plain")
+        .body("some bytes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_deleted_tenants_files_are_removed_from_the_local_disk() {
+    let mut config = sovra_config::Config::default();
+    let root = sovra_test_support::scratch_dir();
+    config.storage.path = Some(root.clone());
+    let server = spawn_with(config).await;
+    let t = server.create("files-local").await;
+    let keep = server.create("files-keep").await;
+    store_a_file(&server, &t).await;
+    store_a_file(&server, &keep).await;
+    let count = |dir: std::path::PathBuf| {
+        fn walk(dir: &std::path::Path) -> usize {
+            std::fs::read_dir(dir).map_or(0, |entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| {
+                        let path = e.path();
+                        if path.is_dir() { walk(&path) } else { 1 }
+                    })
+                    .sum()
+            })
+        }
+        walk(&dir)
+    };
+    assert!(count(root.join(&t.name)) > 0);
+    let (status, _) = server
+        .api(reqwest::Method::DELETE, &format!("/{}", t.name), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(!root.join(&t.name).exists());
+    // Another tenant's files stay.
+    assert!(count(root.join(&keep.name)) > 0);
+}
+
+#[tokio::test]
+async fn a_deleted_tenants_files_are_removed_from_s3() {
+    let s3 = start_s3().await;
+    let mut config = sovra_config::Config::default();
+    config.storage.backend = "s3".to_owned();
+    config.storage.s3.endpoint = Some(s3.endpoint.clone());
+    config.storage.s3.bucket = Some("sovra-test".to_owned());
+    config.storage.s3.access_key_id = Some("testing".to_owned());
+    config.storage.s3.secret_access_key = Some("testing".to_owned());
+    config.storage.s3.force_path_style = true;
+    let server = spawn_with(config).await;
+    let t = server.create("files-s3").await;
+    let keep = server.create("files-s3-keep").await;
+    store_a_file(&server, &t).await;
+    store_a_file(&server, &keep).await;
+    // The bucket's keys under a prefix (moto answers unsigned listings).
+    let keys = |prefix: String| {
+        let request = server.http.get(format!(
+            "{}/sovra-test?list-type=2&prefix={prefix}/",
+            s3.endpoint
+        ));
+        async move {
+            let text = request.send().await.unwrap().text().await.unwrap();
+            text.matches("<Key>").count()
+        }
+    };
+    assert!(keys(t.name.clone()).await > 0);
+    let (status, _) = server
+        .api(reqwest::Method::DELETE, &format!("/{}", t.name), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(keys(t.name.clone()).await, 0);
+    assert!(keys(keep.name.clone()).await > 0);
+}
