@@ -8,3 +8,8 @@ language sql stable security definer set search_path = '' as $$
 $$;
 revoke all on function sovra.storage_bytes() from public;
 grant execute on function sovra.storage_bytes() to authenticator;
+
+-- A tenant may live in a database of its own URL (`database_url` on
+-- create) instead of a clone of the template: where it is. Readable by
+-- the administrative user only, as the rest of the registry.
+alter table sovra.tenants add column if not exists database_url text;

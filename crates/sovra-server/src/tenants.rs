@@ -266,6 +266,9 @@ pub struct TenantRecord {
     pub keys: Vec<StoredKey>,
     pub api_keys: ApiKeys,
     pub created_at: String,
+    /// Where its database is, when it is not a clone on the platform's
+    /// cluster (`database_url` on create; holds a password, never shown).
+    pub database_url: Option<String>,
 }
 
 /// Why a tenant could not be served.
@@ -679,7 +682,8 @@ impl Platform {
         let row = client
             .query_opt(
                 "select name, database::text, state = 'suspended', settings, keys, api_keys,
-                        to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                        to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        database_url
                    from sovra.tenants where name = $1",
                 &[&name],
             )
@@ -694,7 +698,8 @@ impl Platform {
         let rows = client
             .query(
                 "select name, database::text, state = 'suspended', settings, keys, api_keys,
-                        to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                        to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        database_url
                    from sovra.tenants order by name",
                 &[],
             )
@@ -813,10 +818,26 @@ impl Platform {
             .unwrap_or(self.config.server.tenant_database_max_bytes)
     }
 
-    /// Login settings of role `user` on `database`, starting as `role`.
+    /// The administrative login on a tenant's database: its own URL's, or
+    /// the platform's on its cloned database.
+    fn admin_on(&self, record: &TenantRecord) -> Result<tokio_postgres::Config, String> {
+        match &record.database_url {
+            Some(url) => url
+                .parse::<tokio_postgres::Config>()
+                .map_err(|err| format!("the tenant's database_url: {err}")),
+            None => {
+                let mut config = self.admin.clone();
+                config.dbname(&record.database);
+                Ok(config)
+            }
+        }
+    }
+
+    /// Login settings of role `user` on `base`'s database, starting as
+    /// `role`.
     async fn login(
         &self,
-        database: &str,
+        base: &tokio_postgres::Config,
         user: &str,
         role: &str,
         extra: &str,
@@ -831,9 +852,8 @@ impl Platform {
             .map_err(|err| db_error(&err))?
             .ok_or_else(|| format!("no login secret for {user}"))?;
         let password: String = row.get(0);
-        let mut login = self.admin.clone();
+        let mut login = base.clone();
         login
-            .dbname(database)
             .user(user)
             .password(password)
             .application_name("sovra")
@@ -860,24 +880,23 @@ impl Platform {
             ""
         };
         timeout.push_str(read_only);
+        let service = self.admin_on(record)?;
         let requests = self
             .login(
-                &record.database,
-                &format!("{}_rest", record.database),
+                &service,
+                &format!("{}_rest", database_name(&record.name)),
                 sovra_pg::logins::AUTHENTICATOR,
                 &timeout,
             )
             .await?;
         let auth_db = self
             .login(
-                &record.database,
-                &format!("{}_auth", record.database),
+                &service,
+                &format!("{}_auth", database_name(&record.name)),
                 sovra_pg::logins::AUTH_ADMIN,
                 read_only,
             )
             .await?;
-        let mut service = self.admin.clone();
-        service.dbname(&record.database);
         let store = KeyStore {
             keys: record.keys.clone(),
         };
@@ -1146,7 +1165,10 @@ impl Platform {
             let semaphore = semaphore.clone();
             tasks.spawn(async move {
                 let _permit = semaphore.acquire_owned().await;
-                let result = platform.migrate_database(&record.database).await;
+                let result = match platform.admin_on(&record) {
+                    Ok(config) => platform.migrate_database(&config).await,
+                    Err(err) => Err(err),
+                };
                 if let Err(err) = &result {
                     tracing::error!(tenant = %record.name, error = %err, "migrating a tenant database failed");
                 } else if let Ok(mut pending) = platform.upgrading.lock()
@@ -1178,12 +1200,11 @@ impl Platform {
     /// Applies pending migrations to one tenant database. Statements on
     /// cluster-wide objects (roles) that collide with another database's
     /// migration are retried after it.
-    async fn migrate_database(&self, database: &str) -> Result<(), String> {
-        let mut config = self.admin.clone();
-        config.dbname(database);
+    async fn migrate_database(&self, config: &tokio_postgres::Config) -> Result<(), String> {
+        let database = config.get_dbname().unwrap_or_default();
         let mut last = String::new();
         for attempt in 0..5u64 {
-            let mut client = sovra_pg::connect_one(&config)
+            let mut client = sovra_pg::connect_one(config)
                 .await
                 .map_err(|err| db_error(&err))?;
             match sovra_pg::migrate(&mut client).await {
@@ -1327,6 +1348,200 @@ impl Platform {
         Ok((record, opaque))
     }
 
+    /// Creates tenant `name` in the database `url` names (a PostgreSQL URL
+    /// or connection string of a user that may create roles there): it
+    /// is migrated in place, gets the tenant's login roles on that server,
+    /// and `CONNECT` on it is revoked from `PUBLIC`. Deleting the tenant
+    /// leaves that database (it is the operator's) and drops the roles.
+    pub async fn create_external(
+        &self,
+        name: &str,
+        url: &str,
+    ) -> Result<(TenantRecord, crate::opaque_keys::NewPair), (StatusCode, String)> {
+        let internal = |message: String| (StatusCode::INTERNAL_SERVER_ERROR, message);
+        let bad = |message: String| (StatusCode::BAD_REQUEST, message);
+        validate_name(name).map_err(bad)?;
+        let external: tokio_postgres::Config = url.parse().map_err(|_| {
+            bad("database_url: not a PostgreSQL URL or connection string".to_owned())
+        })?;
+        let Some(database) = external.get_dbname().map(str::to_owned) else {
+            return Err(bad("database_url: must name a database".to_owned()));
+        };
+        if database == self.platform_db || database == self.template {
+            return Err((
+                StatusCode::CONFLICT,
+                format!("database {database:?} is the platform's own"),
+            ));
+        }
+        if self.record(name).await.map_err(internal)?.is_some() {
+            return Err((
+                StatusCode::CONFLICT,
+                format!("a tenant named {name:?} exists"),
+            ));
+        }
+        let mut ext = sovra_pg::connect_one(&external)
+            .await
+            .map_err(|err| bad(format!("database_url: cannot connect: {}", db_error(&err))))?;
+        {
+            // Cluster-wide objects (roles): one database at a time here.
+            let _serial = MIGRATING.lock().await;
+            sovra_pg::migrate(&mut ext)
+                .await
+                .map_err(|err| internal(err.to_string()))?;
+        }
+        let rest = format!("{}_rest", database_name(name));
+        let auth = format!("{}_auth", database_name(name));
+        let store = KeyStore::generate(now());
+        let keyset = KeySet::new(&store, None, self.config.jwt.audience.clone())
+            .map_err(|err| internal(err.to_string()))?
+            .with_project_ref(name);
+        let mut api = mint(&keyset, &self.config.jwt.issuer).map_err(internal)?;
+        let opaque = crate::opaque_keys::generate(now());
+        api.opaque.clone_from(&opaque.stored);
+        let roles = ext
+            .batch_execute(&format!(
+                "create role {} login noinherit in role authenticator;
+                 create role {} login noinherit in role supabase_auth_admin",
+                quote(&rest),
+                quote(&auth)
+            ))
+            .await;
+        if let Err(err) = roles {
+            if err.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!("database roles of a tenant named {name:?} exist already"),
+                ));
+            }
+            return Err(internal(db_error(&err)));
+        }
+        let made = async {
+            let mut client = self.admin_client().await?;
+            let tx = client.transaction().await.map_err(|err| db_error(&err))?;
+            tx.execute(
+                "insert into sovra.tenants (name, database, keys, api_keys, database_url)
+                 values ($1, $2, $3, $4, $5)",
+                &[
+                    &name,
+                    &database,
+                    &serde_json::to_value(&store.keys).unwrap_or_default(),
+                    &serde_json::to_value(&api).unwrap_or_default(),
+                    &url,
+                ],
+            )
+            .await
+            .map_err(|err| db_error(&err))?;
+            let mut passwords = Vec::new();
+            for role in [&rest, &auth] {
+                let row = tx
+                    .query_one(
+                        "insert into sovra.tenant_logins (role, tenant, password)
+                         values ($1, $2, replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''))
+                         returning password",
+                        &[role, &name],
+                    )
+                    .await
+                    .map_err(|err| db_error(&err))?;
+                passwords.push((role.clone(), row.get::<_, String>(0)));
+            }
+            // The passwords travel as bound values into a temporary table
+            // and are set from there: never in statement text.
+            let etx = ext.transaction().await.map_err(|err| db_error(&err))?;
+            etx.batch_execute(
+                "create temporary table sovra_tenant_login (role name, password text) on commit drop",
+            )
+            .await
+            .map_err(|err| db_error(&err))?;
+            for (role, password) in &passwords {
+                etx.execute(
+                    "insert into pg_temp.sovra_tenant_login values ($1, $2)",
+                    &[role, password],
+                )
+                .await
+                .map_err(|err| db_error(&err))?;
+            }
+            etx.batch_execute(&format!(
+                "do $$ declare r record; begin
+                   for r in select * from pg_temp.sovra_tenant_login loop
+                     execute format('alter role %I with login password %L', r.role, r.password);
+                   end loop;
+                 end $$;
+                 revoke connect on database {db} from public;
+                 grant connect on database {db} to {rest}, {auth}",
+                db = quote(&database),
+                rest = quote(&rest),
+                auth = quote(&auth),
+            ))
+            .await
+            .map_err(|err| db_error(&err))?;
+            etx.commit().await.map_err(|err| db_error(&err))?;
+            tx.commit().await.map_err(|err| db_error(&err))
+        }
+        .await;
+        if let Err(message) = made {
+            let _ = self.drop_external_logins(&external, &rest, &auth).await;
+            let _ = self.drop_logins(name, &database_name(name)).await;
+            let conflict = message.contains("duplicate key");
+            return Err(if conflict {
+                (
+                    StatusCode::CONFLICT,
+                    format!("a tenant named {name:?} or one in database {database:?} exists"),
+                )
+            } else {
+                internal(message)
+            });
+        }
+        self.note_name(name, true);
+        tracing::info!(tenant = %name, %database, "tenant created in its own database");
+        let record = self
+            .record(name)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| internal("the new tenant vanished".to_owned()))?;
+        Ok((record, opaque))
+    }
+
+    /// Drops a tenant's login roles (and their connections and its slots)
+    /// on the server of its own database, which stays.
+    async fn drop_external_logins(
+        &self,
+        external: &tokio_postgres::Config,
+        rest: &str,
+        auth: &str,
+    ) -> Result<(), String> {
+        let database = external.get_dbname().unwrap_or_default().to_owned();
+        let client = sovra_pg::connect_one(external)
+            .await
+            .map_err(|err| db_error(&err))?;
+        client
+            .execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity
+                  where usename = any($1) and pid <> pg_backend_pid()",
+                &[&vec![rest.to_owned(), auth.to_owned()]],
+            )
+            .await
+            .map_err(|err| db_error(&err))?;
+        // Its change feed's slot (`<prefix>_<database>`).
+        let prefix = format!("{}_", sovra_realtime::RealtimeConfig::default().slot_name);
+        let _ = client
+            .execute(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots
+                  where database = $1 and starts_with(slot_name, $2) and not active",
+                &[&database, &prefix],
+            )
+            .await;
+        client
+            .batch_execute(&format!(
+                "revoke connect on database {db} from {rest}, {auth};
+                 drop role if exists {rest}; drop role if exists {auth}",
+                db = quote(&database),
+                rest = quote(rest),
+                auth = quote(auth),
+            ))
+            .await
+            .map_err(|err| db_error(&err))
+    }
+
     /// Drops what tenant `name` has in PostgreSQL: connections, slots,
     /// database, login roles and registry row.
     async fn drop_everything(&self, name: &str, database: &str) -> Result<(), String> {
@@ -1396,7 +1611,15 @@ impl Platform {
             return Ok(false);
         };
         self.evict(name, "this tenant was deleted");
-        self.drop_everything(name, &record.database).await?;
+        if record.database_url.is_some() {
+            let external = self.admin_on(&record)?;
+            let base = database_name(name);
+            self.drop_external_logins(&external, &format!("{base}_rest"), &format!("{base}_auth"))
+                .await?;
+            self.drop_logins(name, &base).await?;
+        } else {
+            self.drop_everything(name, &record.database).await?;
+        }
         self.note_name(name, false);
         if self.config.storage.backend == "s3" {
             // Every object under the tenant's prefix of the bucket.
@@ -1530,6 +1753,7 @@ impl Platform {
             "anon_key": record.api_keys.anon,
             "service_role_key": record.api_keys.service_role,
             "settings": shown_settings(&record.settings),
+            "own_database": record.database_url.is_some(),
             "read_only": self.is_read_only(&record.name),
             "created_at": record.created_at,
         });
@@ -1575,6 +1799,7 @@ fn record_of(row: &tokio_postgres::Row) -> Result<TenantRecord, String> {
         keys: serde_json::from_value(keys).map_err(|err| err.to_string())?,
         api_keys: serde_json::from_value(api_keys).map_err(|err| err.to_string())?,
         created_at: row.get(6),
+        database_url: row.get(7),
     })
 }
 
@@ -1730,8 +1955,11 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateBody {
     name: Option<String>,
+    /// A database of its own instead of a clone on the platform's cluster.
+    database_url: Option<String>,
 }
 
 fn platform_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Platform>, ApiError> {
@@ -1798,7 +2026,11 @@ pub(crate) async fn create(
         return error(StatusCode::BAD_REQUEST, "bad_name", "name is required");
     };
     let started = std::time::Instant::now();
-    match platform.create(&name).await {
+    let created = match &body.database_url {
+        Some(url) => platform.create_external(&name, url).await,
+        None => platform.create(&name).await,
+    };
+    match created {
         Ok((record, opaque)) => {
             metrics::histogram!("sovra_tenant_create_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -1808,6 +2040,9 @@ pub(crate) async fn create(
         }
         Err((status, message)) => {
             let code = match status {
+                StatusCode::BAD_REQUEST if message.starts_with("database_url") => {
+                    "bad_database_url"
+                }
                 StatusCode::BAD_REQUEST => "bad_name",
                 StatusCode::CONFLICT => "conflict",
                 _ => "internal",

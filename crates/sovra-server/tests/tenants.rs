@@ -1968,3 +1968,163 @@ async fn a_deleted_tenants_files_are_removed_from_s3() {
     assert_eq!(keys(t.name.clone()).await, 0);
     assert!(keys(keep.name.clone()).await > 0);
 }
+
+/// A connection string for database `database` of the test cluster, as
+/// its superuser.
+fn connection_string(server: &Server, database: &str) -> String {
+    let config = server.db.config();
+    let host = match &config.get_hosts()[0] {
+        sovra_pg::tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        sovra_pg::tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+    };
+    format!(
+        "host={host} port={} user={} dbname={database}",
+        config.get_ports()[0],
+        config.get_user().unwrap()
+    )
+}
+
+#[tokio::test]
+async fn a_tenant_can_live_in_a_database_of_its_own_url() {
+    let server = spawn().await;
+    let name = unique("own-db");
+    let database = format!("ext_{}", name.replace('-', "_"));
+    server
+        .sql("postgres")
+        .await
+        .batch_execute(&format!("create database \"{database}\""))
+        .await
+        .unwrap();
+    let url = connection_string(&server, &database);
+    let (status, created) = server
+        .api(
+            reqwest::Method::POST,
+            "",
+            Some(json!({"name": name, "database_url": url})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["database"], database.as_str());
+    assert_eq!(created["own_database"], true);
+    assert!(!created.to_string().contains("host="), "{created}");
+    let t = Created {
+        name: name.clone(),
+        url: created["url"].as_str().unwrap().to_owned(),
+        anon: created["anon_key"].as_str().unwrap().to_owned(),
+        service: created["service_role_key"].as_str().unwrap().to_owned(),
+        database: database.clone(),
+    };
+    items_table(&server, &database).await;
+    server
+        .patch(&name, json!({"email_autoconfirm": true}))
+        .await;
+    // Its users and rows live in that database.
+    server.sign_up(&t, "erin@example.com").await;
+    let insert = server
+        .http
+        .post(format!("{}/rest/v1/items", t.url))
+        .header("apikey", &t.service)
+        .bearer_auth(&t.service)
+        .json(&json!({"body": "in my own database"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(insert.status(), StatusCode::CREATED);
+    let sql = server.sql(&database).await;
+    let users: i64 = sql
+        .query_one(
+            "select count(*) from auth.users where email = 'erin@example.com'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(users, 1);
+    // Its pools log in as its own roles, which may connect there only.
+    let logins: i64 = sql
+        .query_one(
+            "select count(*) from pg_stat_activity where datname = current_database() and usename like $1",
+            &[&format!("{}%", sovra_server::tenants::database_name(&name))],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(logins > 0);
+    let public_connect: bool = sql
+        .query_one(
+            "select has_database_privilege('public', current_database(), 'connect')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!public_connect);
+
+    // Refusals: not a URL, unreachable, the platform's own database, and
+    // a name or database taken.
+    for (body, expected, code) in [
+        (
+            json!({"name": unique("bad-url"), "database_url": "::not a url::"}),
+            StatusCode::BAD_REQUEST,
+            "bad_database_url",
+        ),
+        (
+            json!({"name": unique("no-server"), "database_url": "host=127.0.0.1 port=1 user=x dbname=y connect_timeout=2"}),
+            StatusCode::BAD_REQUEST,
+            "bad_database_url",
+        ),
+        (
+            json!({"name": unique("platform-db"), "database_url": connection_string(&server, server.db.config().get_dbname().unwrap())}),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            json!({"name": name, "database_url": connection_string(&server, &database)}),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            json!({"name": unique("typo"), "databse_url": "x"}),
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+        ),
+    ] {
+        let (status, answer) = server.api(reqwest::Method::POST, "", Some(body)).await;
+        assert_eq!(status, expected, "{answer}");
+        assert_eq!(answer["error"], code, "{answer}");
+        assert!(!answer.to_string().contains("port=1 user"), "{answer}");
+    }
+
+    // Deleting it drops its roles and leaves the database, which is the
+    // operator's.
+    let (status, _) = server
+        .api(reqwest::Method::DELETE, &format!("/{name}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let admin = server.sql("postgres").await;
+    let roles: i64 = admin
+        .query_one(
+            "select count(*) from pg_roles where rolname like $1",
+            &[&format!(
+                "{}\\_%",
+                sovra_server::tenants::database_name(&name)
+            )],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(roles, 0);
+    let kept: bool = admin
+        .query_one(
+            "select exists (select 1 from pg_database where datname = $1)",
+            &[&database],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(kept);
+    let (status, _) = server
+        .get(&format!("{}/rest/v1/", t.url), &t.service, &t.service)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
