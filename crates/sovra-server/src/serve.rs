@@ -323,8 +323,7 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
         },
         requests.clone(),
         Duration::from_secs(config.database.connect_timeout),
-    )
-    .await;
+    );
     let pool = sovra_pg::pool::build(
         requests,
         config.database.pool_size,
@@ -340,7 +339,16 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
     )
     .map_err(|err| ServeError::Pool(err.to_string()))?;
     let auth = sovra_auth::AuthService::new(auth_settings, auth_pool).map_err(ServeError::Auth)?;
-    if let Err(err) = auth.reload_api_keys().await {
+    // At once, not one after the other (a cold tenant's first request
+    // waits for all three): the schema cache load, auth's API keys, and
+    // the request pool's first connection, which the request then uses.
+    let prewarm = async {
+        if let Err(err) = pool.get().await {
+            tracing::debug!(error = %err, "opening the first request connection failed");
+        }
+    };
+    let (rest, keys_loaded, ()) = tokio::join!(rest, auth.reload_api_keys(), prewarm);
+    if let Err(err) = keys_loaded {
         tracing::warn!(error = %err.message, "could not load API keys");
     }
     let storage = sovra_storage::StorageService::new(storage_config(config), &id, pool.clone())

@@ -880,23 +880,24 @@ impl Platform {
             ""
         };
         timeout.push_str(read_only);
+        let started = std::time::Instant::now();
         let service = self.admin_on(record)?;
-        let requests = self
-            .login(
+        let rest_login = format!("{}_rest", database_name(&record.name));
+        let auth_login = format!("{}_auth", database_name(&record.name));
+        let (requests, auth_db) = tokio::try_join!(
+            self.login(
                 &service,
-                &format!("{}_rest", database_name(&record.name)),
+                &rest_login,
                 sovra_pg::logins::AUTHENTICATOR,
                 &timeout,
-            )
-            .await?;
-        let auth_db = self
-            .login(
+            ),
+            self.login(
                 &service,
-                &format!("{}_auth", database_name(&record.name)),
+                &auth_login,
                 sovra_pg::logins::AUTH_ADMIN,
                 read_only,
             )
-            .await?;
+        )?;
         let store = KeyStore {
             keys: record.keys.clone(),
         };
@@ -948,7 +949,11 @@ impl Platform {
         // nobody listens to holds no replication slot reader.
         tenant.realtime.set_feed_source(service);
         tenant.realtime.wait_for_slot_on_first_join();
-        tracing::info!(tenant = %record.name, "tenant started");
+        tracing::info!(
+            tenant = %record.name,
+            start_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "tenant started"
+        );
         Ok(Arc::new(tenant))
     }
 
