@@ -739,3 +739,35 @@ pub(crate) async fn realtime_broadcast(
             .into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uploads_copies_and_tus_writes_add_bytes_and_nothing_else_does() {
+        for (method, path) in [
+            (Method::POST, "/object/docs/a.txt"),
+            (Method::PUT, "/object/docs/a.txt"),
+            (Method::PUT, "/object/upload/sign/docs/a.txt"),
+            (Method::POST, "/object/copy"),
+            (Method::POST, "/upload/resumable"),
+            (Method::PATCH, "/upload/resumable/abc"),
+        ] {
+            assert!(adds_bytes(&method, path), "{method} {path}");
+        }
+        for (method, path) in [
+            (Method::GET, "/object/docs/a.txt"),
+            (Method::DELETE, "/object/docs/a.txt"),
+            (Method::POST, "/object/list/docs"),
+            (Method::POST, "/object/move"),
+            (Method::POST, "/object/sign/docs/a.txt"),
+            (Method::POST, "/object/upload/sign/docs/a.txt"),
+            (Method::POST, "/bucket"),
+            (Method::HEAD, "/upload/resumable/abc"),
+            (Method::DELETE, "/upload/resumable/abc"),
+        ] {
+            assert!(!adds_bytes(&method, path), "{method} {path}");
+        }
+    }
+}

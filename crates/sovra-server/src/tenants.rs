@@ -2287,6 +2287,44 @@ mod tests {
     }
 
     #[test]
+    fn the_smtp_password_is_never_shown() {
+        let settings = TenantSettings {
+            smtp_url: Some("smtps://me:s3cret:x@mail.example.com:465".to_owned()),
+            ..TenantSettings::default()
+        };
+        let shown = shown_settings(&settings);
+        assert_eq!(
+            shown.smtp_url.as_deref(),
+            Some("smtps://me:********@mail.example.com:465")
+        );
+        let plain = TenantSettings {
+            smtp_url: Some("smtp://mail.example.com:25".to_owned()),
+            ..TenantSettings::default()
+        };
+        assert_eq!(shown_settings(&plain), plain);
+        for bad in [
+            TenantSettings {
+                smtp_url: Some("http://mail.example.com".to_owned()),
+                ..TenantSettings::default()
+            },
+            TenantSettings {
+                smtp_from: Some("a@b\r\nBcc: c@d".to_owned()),
+                ..TenantSettings::default()
+            },
+            TenantSettings {
+                mails_per_hour: Some(u64::MAX),
+                ..TenantSettings::default()
+            },
+            TenantSettings {
+                redirect_urls: Some(vec!["https://a,https://b".to_owned()]),
+                ..TenantSettings::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn settings_merge_and_refuse_nonsense() {
         let base = TenantSettings {
             site_url: Some("https://a.example".to_owned()),
