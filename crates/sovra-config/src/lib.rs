@@ -183,6 +183,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Quota of every tenant other than the default one unless its own `mails_per_hour` says otherwise: mails its auth sends per hour, all recipients together; more get GoTrue's 429 `over_email_send_rate_limit`. 0: no quota (the per-address `auth.rate_limit.email_sent` still applies).",
     },
     OptionDoc {
+        key: "server.tenant_max_concurrent_requests",
+        kind: Kind::Integer,
+        default: "0",
+        doc: "Quota of every tenant other than the default one unless its own `max_concurrent_requests` says otherwise: requests it may have in progress at once; more wait their turn (first come, first served), so that a tenant flooding the server keeps no more than this many busy. 0: no limit (its pool size still bounds its database work).",
+    },
+    OptionDoc {
         key: "server.tenant_realtime_events_per_second",
         kind: Kind::Integer,
         default: "0",
@@ -945,6 +951,7 @@ pub struct ServerConfig {
     pub tenant_database_check_interval: u64,
     pub tenant_mails_per_hour: u64,
     pub tenant_realtime_events_per_second: u64,
+    pub tenant_max_concurrent_requests: u64,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -1048,6 +1055,7 @@ impl Default for ServerConfig {
             tenant_database_check_interval: 60,
             tenant_mails_per_hour: 0,
             tenant_realtime_events_per_second: 0,
+            tenant_max_concurrent_requests: 0,
         }
     }
 }

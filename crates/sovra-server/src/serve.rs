@@ -399,6 +399,10 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
         require_apikey: config.server.require_apikey,
         rest,
         auth,
+        in_progress: (quotas.max_concurrent_requests > 0).then(|| {
+            std::sync::Arc::new(tokio::sync::Semaphore::new(quotas.max_concurrent_requests))
+        }),
+        waiting: std::sync::atomic::AtomicUsize::new(0),
         quotas,
         storage_used: std::sync::Mutex::new(None),
     })

@@ -32,6 +32,10 @@ pub struct Tenant {
     /// Bytes of stored objects as last counted, and when (for
     /// [`TenantQuotas::storage_max_bytes`]).
     pub storage_used: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+    /// The permits of [`TenantQuotas::max_concurrent_requests`].
+    pub in_progress: Option<Arc<tokio::sync::Semaphore>>,
+    /// Requests waiting for one of those permits.
+    pub waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// The quotas of a tenant other than the default one (the default tenant
@@ -48,6 +52,8 @@ pub struct TenantQuotas {
     pub realtime_events_per_second: u32,
     /// Mails its auth sends per hour, all recipients (0: none).
     pub mails_per_hour: u32,
+    /// Requests in progress at once; more wait (0: no limit).
+    pub max_concurrent_requests: usize,
 }
 
 impl TenantQuotas {

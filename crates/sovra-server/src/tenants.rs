@@ -126,6 +126,9 @@ pub struct TenantSettings {
     /// Quota: messages per second of all realtime connections (0: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub realtime_events_per_second: Option<u64>,
+    /// Quota: requests in progress at once; more wait (0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u64>,
     /// Auth's mail server (`smtp://` or `smtps://`, as `auth.smtp_url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp_url: Option<String>,
@@ -165,6 +168,9 @@ impl TenantSettings {
             .is_some_and(|n| u32::try_from(n).is_err())
         {
             return Err("mails_per_hour is too large".to_owned());
+        }
+        if self.max_concurrent_requests.is_some_and(|n| n > 100_000) {
+            return Err("max_concurrent_requests must be at most 100000".to_owned());
         }
         if self
             .realtime_events_per_second
@@ -216,6 +222,7 @@ impl TenantSettings {
             mails_per_hour,
             realtime_max_channels_per_connection,
             realtime_events_per_second,
+            max_concurrent_requests,
             smtp_url,
             smtp_from
         )
@@ -808,6 +815,12 @@ impl Platform {
                     .mails_per_hour
                     .unwrap_or(server.tenant_mails_per_hour),
             ),
+            max_concurrent_requests: usize::try_from(
+                settings
+                    .max_concurrent_requests
+                    .unwrap_or(server.tenant_max_concurrent_requests),
+            )
+            .unwrap_or(usize::MAX),
         }
     }
 
@@ -1930,6 +1943,27 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
     }
     metrics::counter!("sovra_tenant_requests_total", "tenant" => name.to_owned()).increment(1);
     platform.touch(name);
+    // Its concurrency quota: a request over it waits for its turn here,
+    // before it takes any of the server's work.
+    let _turn = match &tenant.in_progress {
+        Some(permits) => {
+            let permits = permits.clone();
+            let waiting = permits.available_permits() == 0;
+            if waiting {
+                tenant
+                    .waiting
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let permit = permits.acquire_owned().await;
+            if waiting {
+                tenant
+                    .waiting
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            permit.ok()
+        }
+        None => None,
+    };
     request.extensions_mut().insert(RoutedTenant(tenant));
     let mut response = next.run(request).await;
     if response.status() == StatusCode::TOO_MANY_REQUESTS

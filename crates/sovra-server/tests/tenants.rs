@@ -2128,3 +2128,101 @@ async fn a_tenant_can_live_in_a_database_of_its_own_url() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_tenant_over_its_concurrency_quota_waits_its_turn_and_others_do_not() {
+    let server = spawn().await;
+    let t = server.create("busy").await;
+    let other = server.create("busy-other").await;
+    let sql = server.sql(&t.database).await;
+    sql.batch_execute(
+        "create function public.wait_for_lock() returns int language sql
+           as 'select 1 from (select pg_advisory_xact_lock(4242)) x';
+         grant execute on function public.wait_for_lock() to service_role;
+         notify pgrst, 'reload schema';",
+    )
+    .await
+    .unwrap();
+    server
+        .patch(&t.name, json!({"max_concurrent_requests": 1}))
+        .await;
+    // The test holds the lock: the first request holds the tenant's one
+    // turn while it waits for it.
+    sql.execute("select pg_advisory_lock(4242)", &[])
+        .await
+        .unwrap();
+    let call = |path: &str| {
+        let request = server
+            .http
+            .post(format!("{}/rest/v1/{path}", t.url))
+            .header("apikey", &t.service)
+            .bearer_auth(&t.service)
+            .json(&json!({}));
+        tokio::spawn(async move { request.send().await.unwrap().status() })
+    };
+    let first = call("rpc/wait_for_lock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let blocked: i64 = sql
+            .query_one(
+                "select count(*) from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if blocked > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first request never blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = server
+        .http
+        .get(format!("{}/rest/v1/", t.url))
+        .header("apikey", &t.service)
+        .bearer_auth(&t.service)
+        .send();
+    let second = tokio::spawn(async move { second.await.unwrap().status() });
+    let tenant = server.platform.tenant(&t.name).await.unwrap();
+    loop {
+        if tenant.waiting.load(std::sync::atomic::Ordering::Relaxed) == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second request never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another tenant is served while this one's turn is taken.
+    let (status, _) = server
+        .get(
+            &format!("{}/rest/v1/", other.url),
+            &other.service,
+            &other.service,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!second.is_finished());
+    // Once the first is done, the second gets its turn.
+    sql.execute("select pg_advisory_unlock(4242)", &[])
+        .await
+        .unwrap();
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    assert_eq!(second.await.unwrap(), StatusCode::OK);
+    assert_eq!(tenant.waiting.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // Nonsense is refused.
+    let (status, body) = server
+        .api(
+            reqwest::Method::PATCH,
+            &format!("/{}", t.name),
+            Some(json!({"max_concurrent_requests": 1_000_000})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}

@@ -96,6 +96,9 @@ enum Action {
         /// Quota: realtime messages per second, all connections (0: none).
         #[arg(long)]
         realtime_events_per_second: Option<u64>,
+        /// Quota: requests in progress at once; more wait (0: no limit).
+        #[arg(long)]
+        max_concurrent_requests: Option<u64>,
         /// Auth's mail server (smtp:// or smtps://).
         #[arg(long)]
         smtp_url: Option<String>,
@@ -136,6 +139,7 @@ fn update_body(action: &Action) -> Value {
         mails_per_hour,
         realtime_max_channels_per_connection,
         realtime_events_per_second,
+        max_concurrent_requests,
         smtp_url,
         smtp_from,
         rotate_opaque_keys,
@@ -180,6 +184,10 @@ fn update_body(action: &Action) -> Value {
     set(
         "realtime_events_per_second",
         realtime_events_per_second.map(|v| json!(v)),
+    );
+    set(
+        "max_concurrent_requests",
+        max_concurrent_requests.map(|v| json!(v)),
     );
     set("smtp_url", smtp_url.as_ref().map(|v| json!(v)));
     set("smtp_from", smtp_from.as_ref().map(|v| json!(v)));
