@@ -11,8 +11,8 @@
 #   4. REST throughput with requests spread over ACTIVE tenants, beside all
 #      requests to one tenant (wrk, interleaved: one, spread, one, spread);
 #   5. fairness: the p99 of a light client of tenant t2 while t1 is flooded
-#      (without and with a requests_per_second quota on t1), beside t2's p99
-#      alone.
+#      (without, with a requests_per_second quota, and with a
+#      max_concurrent_requests quota on t1), beside t2's p99 alone.
 #
 #   bench/tenants.sh [tenants] [active] [seconds]   (default 1000 100 10)
 #
@@ -146,6 +146,10 @@ alone_a=$(light); flood_a=$(flooded); alone_b=$(light); flood_b=$(flooded)
 curl -fs -o /dev/null -X PATCH "$url/sovra/v1/tenants/${names[0]}" -H "authorization: Bearer $key" \
   -H 'content-type: application/json' -d '{"requests_per_second": 100}'
 quota_a=$(flooded); quota_b=$(flooded)
+# The same with a concurrency quota instead of a rate (the rate lifted).
+curl -fs -o /dev/null -X PATCH "$url/sovra/v1/tenants/${names[0]}" -H "authorization: Bearer $key" \
+  -H 'content-type: application/json' -d '{"requests_per_second": 1000000, "max_concurrent_requests": 2}'
+conc_a=$(flooded); conc_b=$(flooded)
 
 ms() { awk '{printf "%.1f", $1 / 1000}'; }
 echo "| measure ($created tenants, $active active) | figure | reference (same run) |"
@@ -159,4 +163,5 @@ echo "| sovra RSS with $active tenants started | $((active_sovra / 1024)) MiB | 
 echo "| PostgreSQL RSS with $active tenants started | $((active_pg / 1024)) MiB | none started: $((idle_pg / 1024)) MiB |"
 echo "| p99 of tenant t2 (wrk -c2) while t1 is flooded (wrk -c32), runs 1, 2 | $flood_a; $flood_b | t2 alone: $alone_a; $alone_b |"
 echo "| same, t1 limited to 100 requests/s | $quota_a; $quota_b | t2 alone: $alone_a; $alone_b |"
+echo "| same, t1 limited to 2 concurrent requests | $conc_a; $conc_b | t2 alone: $alone_a; $alone_b |"
 echo "| REST req/s, p99, spread over $active tenants (runs 1, 2) | ${spread_a% *} req/s, ${spread_a#* }; ${spread_b% *} req/s, ${spread_b#* } | one tenant: ${one_a% *} req/s, ${one_a#* }; ${one_b% *} req/s, ${one_b#* } |"

@@ -212,3 +212,32 @@ test('a suspended tenant answers 503 and resumes', async () => {
   const afterwards = await c.from('notes').select('body');
   assert.equal(afterwards.status, 200);
 });
+
+test("a tenant's opaque keys work in supabase-js at its URL only", async () => {
+  // Shown once, in the create answer.
+  assert.match(a.publishable_key, /^sb_publishable_/);
+  assert.match(a.secret_key, /^sb_secret_/);
+  const shown = await platform('GET', `/${a.name}`);
+  assert.equal(shown.body.secret_key, undefined);
+  // The publishable key signs up (anon), the secret key sees every bucket
+  // (service_role).
+  const pub = createClient(a.url, a.publishable_key, opts);
+  made.push(pub);
+  const { data, error } = await pub.auth.signUp({ email: `opaque-${short()}@example.com`, password: 'password1' });
+  assert.equal(error, null);
+  assert.ok(data.session);
+  const secret = createClient(a.url, a.secret_key, opts);
+  made.push(secret);
+  const buckets = await secret.storage.listBuckets();
+  assert.equal(buckets.error, null);
+  assert.ok(buckets.data.some((bucket) => bucket.name === 'docs'));
+  // Another tenant and the default tenant refuse them.
+  for (const base of [b.url, url]) {
+    const other = createClient(base, a.secret_key, opts);
+    made.push(other);
+    const refused = await other.storage.listBuckets();
+    assert.ok(refused.error, `${base} accepted another tenant's secret key`);
+    const rows = await other.from('notes').select('*');
+    assert.ok(rows.error, `${base} accepted another tenant's secret key`);
+  }
+});

@@ -66,6 +66,9 @@ pub struct RateLimits {
     pub otp: Limit,
     pub email_sent: Limit,
     pub anonymous: Limit,
+    /// Mails of the whole project (all recipients together), as a
+    /// tenant's `mails_per_hour` quota sets it; 0: off.
+    pub email_sent_project: Limit,
 }
 
 /// Everything Auth can be told.
@@ -175,6 +178,10 @@ impl AuthConfig {
                 },
                 anonymous: Limit {
                     max: 30,
+                    window: minutes(60),
+                },
+                email_sent_project: Limit {
+                    max: 0,
                     window: minutes(60),
                 },
             },
@@ -570,6 +577,22 @@ impl AuthService {
                 )
             }
         })
+    }
+
+    /// Counts one mail against the project's total
+    /// (`limits.email_sent_project`), answering GoTrue's 429 when over it.
+    pub(crate) fn limit_project_mail(&self) -> AuthResult<()> {
+        // Per-address counters are keyed by the address: "" is no address.
+        self.limiter
+            .hit(Bucket::EmailSent, "", self.config.limits.email_sent_project)
+            .map_err(|wait| {
+                metrics_rate_limited(Bucket::EmailSent);
+                AuthError::rate_limited(
+                    "over_email_send_rate_limit",
+                    "email rate limit exceeded",
+                    wait,
+                )
+            })
     }
 
     /// The verified claims of the bearer token, or the client's errors.

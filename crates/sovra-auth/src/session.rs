@@ -185,6 +185,7 @@ impl AuthService {
         new_email: &str,
     ) -> AuthResult<()> {
         let email = user.email.as_str();
+        self.limit_project_mail()?;
         self.limit(crate::limits::Bucket::EmailSent, to)?;
         let Some(template) = self.templates.get(&kind) else {
             return Err(AuthError::internal());

@@ -159,6 +159,42 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Seconds after its last request when a tenant other than the default one is stopped (pools, schema cache, services), unless it has realtime connections; its next request starts it again (see `docs/tenants.md`).",
     },
     OptionDoc {
+        key: "server.tenant_storage_max_bytes",
+        kind: Kind::Integer,
+        default: "0",
+        doc: "Quota of every tenant other than the default one unless its own `storage_max_bytes` says otherwise: bytes of stored objects; an upload once they are used up is refused with Storage's 413. 0: no quota.",
+    },
+    OptionDoc {
+        key: "server.tenant_database_max_bytes",
+        kind: Kind::Integer,
+        default: "0",
+        doc: "Quota of every tenant other than the default one unless its own `database_max_bytes` says otherwise: size of its database (`pg_database_size`); over it the tenant's API sessions are read-only (writes get PostgreSQL's 25006 in PostgREST's shape) until it is under again, and from 80% a warning is logged. 0: no quota.",
+    },
+    OptionDoc {
+        key: "server.tenant_database_check_interval",
+        kind: Kind::Integer,
+        default: "60",
+        doc: "Seconds between two checks of the tenants' database sizes against their `database_max_bytes` quota. At least 1.",
+    },
+    OptionDoc {
+        key: "server.tenant_mails_per_hour",
+        kind: Kind::Integer,
+        default: "0",
+        doc: "Quota of every tenant other than the default one unless its own `mails_per_hour` says otherwise: mails its auth sends per hour, all recipients together; more get GoTrue's 429 `over_email_send_rate_limit`. 0: no quota (the per-address `auth.rate_limit.email_sent` still applies).",
+    },
+    OptionDoc {
+        key: "server.tenant_max_concurrent_requests",
+        kind: Kind::Integer,
+        default: "0",
+        doc: "Quota of every tenant other than the default one unless its own `max_concurrent_requests` says otherwise: requests it may have in progress at once; more wait their turn (first come, first served), so that a tenant flooding the server keeps no more than this many busy. 0: no limit (its pool size still bounds its database work).",
+    },
+    OptionDoc {
+        key: "server.tenant_realtime_events_per_second",
+        kind: Kind::Integer,
+        default: "0",
+        doc: "Quota of every tenant other than the default one unless its own `realtime_events_per_second` says otherwise: messages per second all its realtime connections together may send; the connection that goes over is told `Too many messages per second` and closed, as with `realtime.max_events_per_second`. 0: no quota.",
+    },
+    OptionDoc {
         key: "log.format",
         kind: Kind::String,
         default: "\"text\"",
@@ -1468,6 +1504,12 @@ pub struct ServerConfig {
     pub header_read_timeout: u64,
     pub require_apikey: bool,
     pub tenant_idle_timeout: u64,
+    pub tenant_storage_max_bytes: u64,
+    pub tenant_database_max_bytes: u64,
+    pub tenant_database_check_interval: u64,
+    pub tenant_mails_per_hour: u64,
+    pub tenant_realtime_events_per_second: u64,
+    pub tenant_max_concurrent_requests: u64,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -1566,6 +1608,12 @@ impl Default for ServerConfig {
             header_read_timeout: 30,
             require_apikey: false,
             tenant_idle_timeout: 300,
+            tenant_storage_max_bytes: 0,
+            tenant_database_max_bytes: 0,
+            tenant_database_check_interval: 60,
+            tenant_mails_per_hour: 0,
+            tenant_realtime_events_per_second: 0,
+            tenant_max_concurrent_requests: 0,
         }
     }
 }
@@ -1920,6 +1968,12 @@ impl Config {
         if self.server.tenant_idle_timeout == 0 {
             return Err(ConfigError::invalid(
                 "server.tenant_idle_timeout",
+                "must be at least 1 second",
+            ));
+        }
+        if self.server.tenant_database_check_interval == 0 {
+            return Err(ConfigError::invalid(
+                "server.tenant_database_check_interval",
                 "must be at least 1 second",
             ));
         }
@@ -2696,6 +2750,14 @@ mod tests {
             (
                 "[server]\ntenant_idle_timeout = 0\n",
                 "server.tenant_idle_timeout",
+            ),
+            (
+                "[server]\ntenant_database_check_interval = 0\n",
+                "server.tenant_database_check_interval",
+            ),
+            (
+                "[server]\ntenant_storage_max_bytes = -1\n",
+                "server.tenant_storage_max_bytes",
             ),
             (
                 "[server]\nbase_domain = \"https://example.com\"\n",

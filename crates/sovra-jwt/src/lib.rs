@@ -269,7 +269,16 @@ pub struct KeySet {
     /// The project these keys belong to (a tenant's name), see
     /// [`KeySet::with_project_ref`].
     project_ref: Option<String>,
+    /// For a set bound to no project: which `ref` claims name another
+    /// project (see [`KeySet::with_foreign_refs`]).
+    foreign_refs: Option<RefGuard>,
 }
+
+/// Answers whether a token's `ref` claim names a project other than the
+/// one a [`KeySet`] belongs to (for example, another tenant of the same
+/// server). Must be cheap and must not block: it runs on every
+/// verification of a token that carries a `ref`.
+pub type RefGuard = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -281,6 +290,7 @@ impl std::fmt::Debug for KeySet {
             .field("audience", &self.audience)
             .field("external", &self.external)
             .field("project_ref", &self.project_ref)
+            .field("foreign_refs", &self.foreign_refs.is_some())
             .finish()
     }
 }
@@ -543,6 +553,7 @@ impl KeySet {
             audience,
             external: ExternalRules::default(),
             project_ref: None,
+            foreign_refs: None,
         })
     }
 
@@ -554,6 +565,18 @@ impl KeySet {
     #[must_use]
     pub fn with_project_ref(mut self, project_ref: &str) -> KeySet {
         self.project_ref = Some(project_ref.to_owned());
+        self
+    }
+
+    /// For a set bound to no project (the default tenant, whose tokens
+    /// carry no `ref`): refuses tokens of its own keys whose `ref` claim
+    /// `guard` says names another project. A `ref` it does not know (the
+    /// key of a Supabase project moving in names that project) still
+    /// verifies, so two projects configured with the same secret refuse
+    /// each other's tokens in both directions.
+    #[must_use]
+    pub fn with_foreign_refs(mut self, guard: RefGuard) -> KeySet {
+        self.foreign_refs = Some(guard);
         self
     }
 
@@ -666,6 +689,14 @@ impl KeySet {
         if !external
             && let Some(project) = &self.project_ref
             && claims.get("ref").and_then(Value::as_str) != Some(project.as_str())
+        {
+            return Err(JwtError::WrongIssuer);
+        }
+        if !external
+            && self.project_ref.is_none()
+            && let Some(guard) = &self.foreign_refs
+            && let Some(project) = claims.get("ref").and_then(Value::as_str)
+            && guard(project)
         {
             return Err(JwtError::WrongIssuer);
         }

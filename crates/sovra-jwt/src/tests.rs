@@ -697,3 +697,36 @@ fn a_project_ref_binds_tokens_to_their_project() {
             .is_none()
     );
 }
+
+#[test]
+fn an_unbound_set_refuses_the_refs_of_other_projects() {
+    // The default project shares its secret with tenant "acme".
+    let store = KeyStore::from_secret(DEMO_SECRET, NOW);
+    let acme = KeySet::new(&store, None, None)
+        .unwrap()
+        .with_project_ref("acme");
+    let guard: RefGuard = std::sync::Arc::new(|r: &str| r == "acme");
+    let default = KeySet::new(&store, None, None)
+        .unwrap()
+        .with_foreign_refs(guard.clone());
+    // acme's tokens are refused by the default project...
+    let token = acme.sign(&user(NOW + 60)).unwrap();
+    assert_eq!(default.verify(&token, NOW), Err(JwtError::WrongIssuer));
+    // ...and the default project's by acme.
+    let own = default.sign(&user(NOW + 60)).unwrap();
+    assert!(default.verify(&own, NOW).is_ok());
+    assert_eq!(acme.verify(&own, NOW), Err(JwtError::WrongIssuer));
+    // A ref no project here has (a Supabase project's key moving in)
+    // still verifies, and so do tokens without one (the demo key).
+    let mut claims = user(NOW + 60);
+    claims.insert("ref".to_owned(), json!("abcdefghijklmnopqrst"));
+    let moved = default.sign(&claims).unwrap();
+    assert!(default.verify(&moved, NOW).is_ok());
+    assert!(default.verify(DEMO_ANON, NOW).is_ok());
+    // A bound set ignores the guard: its own ref is the rule.
+    let bound = KeySet::new(&store, None, None)
+        .unwrap()
+        .with_project_ref("acme")
+        .with_foreign_refs(guard);
+    assert!(bound.verify(&token, NOW).is_ok());
+}

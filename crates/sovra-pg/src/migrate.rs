@@ -94,6 +94,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "session_reset",
         sql: include_str!("../migrations/0015_session_reset.sql"),
     },
+    Migration {
+        version: 16,
+        name: "tenant_quotas",
+        sql: include_str!("../migrations/0016_tenant_quotas.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

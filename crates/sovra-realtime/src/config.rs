@@ -40,6 +40,13 @@ pub struct RealtimeConfig {
     pub catchup_max_bytes: usize,
     /// Most bytes of changes the feed holds at once (a batch).
     pub feed_batch_bytes: usize,
+    /// Messages per second all connections of this service (one tenant)
+    /// may send together (heartbeats excluded); 0: no such limit.
+    pub tenant_events_per_second: u32,
+    /// The tenant this service belongs to, as `/metrics` labels its quota
+    /// refusals (`sovra_tenant_quota_exceeded_total`); `None`: not counted
+    /// there (the default tenant).
+    pub tenant: Option<String>,
 }
 
 impl Default for RealtimeConfig {
@@ -62,6 +69,8 @@ impl Default for RealtimeConfig {
             catchup_max_changes: 100_000,
             catchup_max_bytes: 64 << 20,
             feed_batch_bytes: 8 << 20,
+            tenant_events_per_second: 0,
+            tenant: None,
         }
     }
 }

@@ -54,6 +54,9 @@ pub struct RealtimeService {
     /// Batches read from the slot, and the largest (bytes of changes).
     feed_batches: AtomicU64,
     feed_batch_max_bytes: AtomicUsize,
+    /// The tenant-wide message bucket (`tenant_events_per_second`):
+    /// tokens left and when they were last counted.
+    tenant_events: std::sync::Mutex<(f64, std::time::Instant)>,
 }
 
 impl std::fmt::Debug for RealtimeService {
@@ -104,6 +107,7 @@ impl RealtimeService {
     /// The realtime service of one tenant; `pool` connects as
     /// `authenticator` (the service switches to each caller's role).
     pub fn new(config: RealtimeConfig, pool: Pool, verifier: Verifier) -> Arc<RealtimeService> {
+        let config_events = config.tenant_events_per_second;
         Arc::new(RealtimeService {
             fanout: fanout::Fanout::new(
                 pool.clone(),
@@ -130,7 +134,46 @@ impl RealtimeService {
             revalidation: std::sync::Mutex::new(None),
             feed_batches: AtomicU64::new(0),
             feed_batch_max_bytes: AtomicUsize::new(0),
+            tenant_events: std::sync::Mutex::new((
+                f64::from(config_events),
+                std::time::Instant::now(),
+            )),
         })
+    }
+
+    /// Counts one client message against the tenant-wide rate
+    /// (`tenant_events_per_second`, a token bucket of one second's burst);
+    /// `false` when it is over.
+    pub(crate) fn admit_tenant_event(&self) -> bool {
+        let rate = self.config.tenant_events_per_second;
+        if rate == 0 {
+            return true;
+        }
+        let Ok(mut bucket) = self.tenant_events.lock() else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        let rate = f64::from(rate);
+        bucket.0 = (bucket.0 + now.duration_since(bucket.1).as_secs_f64() * rate).min(rate);
+        bucket.1 = now;
+        if bucket.0 >= 1.0 {
+            bucket.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Counts a refusal by one of the tenant's quotas in `/metrics`.
+    pub(crate) fn count_quota(&self, quota: &'static str) {
+        if let Some(tenant) = &self.config.tenant {
+            metrics::counter!(
+                "sovra_tenant_quota_exceeded_total",
+                "tenant" => tenant.clone(),
+                "quota" => quota
+            )
+            .increment(1);
+        }
     }
 
     /// Sends a broadcast to the channels of a topic here (except `skip`)
@@ -204,6 +247,7 @@ impl RealtimeService {
             if current >= self.config.max_connections {
                 metrics::counter!("sovra_realtime_refused_total", "reason" => "max_connections")
                     .increment(1);
+                self.count_quota("realtime_max_connections");
                 return None;
             }
             match self.connections.compare_exchange_weak(

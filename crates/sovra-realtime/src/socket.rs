@@ -353,6 +353,11 @@ impl Connection {
             self.rate_limited();
             return;
         }
+        if !self.service.admit_tenant_event() {
+            self.service.count_quota("realtime_events_per_second");
+            self.rate_limited();
+            return;
+        }
         match message.event.as_str() {
             "phx_join" => self.join(message).await,
             "phx_leave" => self.leave(&message),
@@ -465,6 +470,7 @@ impl Connection {
         {
             metrics::counter!("sovra_realtime_refused_total", "reason" => "max_channels")
                 .increment(1);
+            self.service.count_quota("realtime_channels_per_connection");
             self.error(&message, "ChannelRateLimitReached: Too many channels");
             return;
         }

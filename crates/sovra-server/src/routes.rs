@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use sovra_pg::RequestContext;
@@ -380,9 +380,25 @@ pub(crate) async fn storage(
         return crate::GatewayError::NoTenant.into_response();
     };
     let path = parts.uri.path().strip_prefix("/storage/v1").unwrap_or("");
-    if let Some(s3_path) = path.strip_prefix("/s3")
-        && (s3_path.is_empty() || s3_path.starts_with('/'))
-    {
+    let s3_path = path
+        .strip_prefix("/s3")
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'));
+    let adds_bytes = tenant.quotas.storage_max_bytes > 0
+        && match s3_path {
+            // PutObject, UploadPart and CopyObject store bytes.
+            Some(_) => parts.method == Method::PUT,
+            None => adds_bytes(&parts.method, path),
+        };
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if adds_bytes && let Some(refused) = storage_quota(&tenant, path, length).await {
+        return refused;
+    }
+    if let Some(s3_path) = s3_path {
         return storage_s3(&tenant, &parts, s3_path, body).await;
     }
     // Without any credential, Supabase Storage verifies an empty token,
@@ -412,7 +428,7 @@ pub(crate) async fn storage(
             }
             crate::GatewayError::NoTenant => "No project serves this host".to_owned(),
         });
-    tenant
+    let response = tenant
         .storage
         .handle(sovra_storage::StorageRequest {
             method: &parts.method,
@@ -424,7 +440,109 @@ pub(crate) async fn storage(
             safe_headers: safe_headers(&parts.headers),
             keys: &tenant.keys,
         })
-        .await
+        .await;
+    if adds_bytes
+        && response.status().is_success()
+        && let Ok(mut used) = tenant.storage_used.lock()
+        && let Some((bytes, _)) = used.as_mut()
+    {
+        // Counted until the next count, so a burst of uploads between two
+        // counts is held to the quota too.
+        *bytes = bytes.saturating_add(length);
+    }
+    response
+}
+
+/// Whether a storage request may store more bytes: uploads (also through
+/// signed upload URLs), copies and TUS uploads.
+fn adds_bytes(method: &Method, path: &str) -> bool {
+    let tus = path.starts_with("/upload/resumable");
+    if tus {
+        return *method == Method::POST || *method == Method::PATCH;
+    }
+    let Some(object) = path.strip_prefix("/object/") else {
+        return false;
+    };
+    match *method {
+        Method::PUT => true,
+        Method::POST => {
+            !(object.starts_with("list/")
+                || object.starts_with("move")
+                || object.starts_with("sign/")
+                || object.starts_with("upload/sign/"))
+        }
+        _ => false,
+    }
+}
+
+/// How long a count of a tenant's stored bytes answers for its quota.
+const STORAGE_COUNT_TTL: Duration = Duration::from_secs(2);
+
+/// Refuses a request that would store more bytes once the tenant's
+/// objects use up its `storage_max_bytes` (or would with `length` more):
+/// Storage's 413 shape (plain text for TUS, as its server answers). The
+/// bytes are counted with one sum over `storage.objects`, at most every
+/// [`STORAGE_COUNT_TTL`].
+async fn storage_quota(tenant: &crate::Tenant, path: &str, length: u64) -> Option<Response> {
+    let max = tenant.quotas.storage_max_bytes;
+    let cached = tenant
+        .storage_used
+        .lock()
+        .ok()
+        .and_then(|used| *used)
+        .filter(|(_, at)| at.elapsed() < STORAGE_COUNT_TTL)
+        .map(|(bytes, _)| bytes);
+    let used = match cached {
+        Some(bytes) => bytes,
+        None => {
+            let counted = async {
+                let client = tenant.pool.get().await.map_err(|err| err.to_string())?;
+                let row = client
+                    .query_one("select sovra.storage_bytes()", &[])
+                    .await
+                    .map_err(|err| err.to_string())?;
+                Ok::<u64, String>(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+            }
+            .await;
+            match counted {
+                Ok(bytes) => {
+                    if let Ok(mut used) = tenant.storage_used.lock() {
+                        *used = Some((bytes, std::time::Instant::now()));
+                    }
+                    bytes
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "counting a tenant's stored bytes failed");
+                    return Some(sovra_storage::StorageError::unavailable().into_response());
+                }
+            }
+        }
+    };
+    if used < max && used.saturating_add(length) <= max {
+        return None;
+    }
+    tenant.quotas.count("storage_max_bytes");
+    let message = format!("The project's storage quota of {max} bytes is used up");
+    if path.starts_with("/upload/resumable") {
+        return Some(
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                [
+                    (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                    (HeaderName::from_static("tus-resumable"), "1.0.0"),
+                ],
+                message,
+            )
+                .into_response(),
+        );
+    }
+    let mut err = sovra_storage::StorageError::too_large();
+    err.message = message;
+    if let Some(s3_path) = path.strip_prefix("/s3") {
+        // S3 clients read S3's XML errors.
+        return Some(sovra_storage::s3::error_response(&err, s3_path));
+    }
+    Some(err.into_response())
 }
 
 /// `/storage/v1/s3/*`: the S3 protocol, signed with SigV4 rather than
@@ -508,7 +626,13 @@ pub(crate) async fn tus_options(
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
-    let tenant = state.tenants.resolve(&parts);
+    // This layer runs before tenant routing: a tenant's URL is resolved
+    // here, so that its own limits are reported (an unknown or suspended
+    // tenant's gets the CORS answer alone, as any other preflight).
+    let tenant = match crate::tenants::addressed_tenant(&state, &parts).await {
+        Some(found) => found.ok(),
+        None => state.tenants.resolve(&parts),
+    };
     let mut response = next
         .run(axum::extract::Request::from_parts(parts, body))
         .await;
@@ -696,5 +820,37 @@ pub(crate) async fn realtime_broadcast(
             Json(err.body),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uploads_copies_and_tus_writes_add_bytes_and_nothing_else_does() {
+        for (method, path) in [
+            (Method::POST, "/object/docs/a.txt"),
+            (Method::PUT, "/object/docs/a.txt"),
+            (Method::PUT, "/object/upload/sign/docs/a.txt"),
+            (Method::POST, "/object/copy"),
+            (Method::POST, "/upload/resumable"),
+            (Method::PATCH, "/upload/resumable/abc"),
+        ] {
+            assert!(adds_bytes(&method, path), "{method} {path}");
+        }
+        for (method, path) in [
+            (Method::GET, "/object/docs/a.txt"),
+            (Method::DELETE, "/object/docs/a.txt"),
+            (Method::POST, "/object/list/docs"),
+            (Method::POST, "/object/move"),
+            (Method::POST, "/object/sign/docs/a.txt"),
+            (Method::POST, "/object/upload/sign/docs/a.txt"),
+            (Method::POST, "/bucket"),
+            (Method::HEAD, "/upload/resumable/abc"),
+            (Method::DELETE, "/upload/resumable/abc"),
+        ] {
+            assert!(!adds_bytes(&method, path), "{method} {path}");
+        }
     }
 }

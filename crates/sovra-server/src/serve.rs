@@ -315,6 +315,7 @@ pub async fn build_tenant(
             service,
             keys,
             auth,
+            quotas: crate::tenant::TenantQuotas::default(),
         },
     )
     .await
@@ -333,6 +334,8 @@ pub struct TenantParts {
     pub service: sovra_pg::tokio_postgres::Config,
     pub keys: ProjectKeys,
     pub auth: sovra_auth::AuthConfig,
+    /// Its quotas (none for the default tenant).
+    pub quotas: crate::tenant::TenantQuotas,
 }
 
 /// Builds a tenant's pools and services from logins that are ready.
@@ -343,8 +346,10 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
         auth_db,
         service,
         keys,
-        auth: auth_settings,
+        auth: mut auth_settings,
+        quotas,
     } = parts;
+    auth_settings.limits.email_sent_project.max = quotas.mails_per_hour;
     let rest = sovra_rest::RestService::start(
         sovra_rest::RestConfig {
             schemas: config.rest.schema_list(),
@@ -355,8 +360,7 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
         },
         requests.clone(),
         Duration::from_secs(config.database.connect_timeout),
-    )
-    .await;
+    );
     let pool = sovra_pg::pool::build(
         requests,
         config.database.pool_size,
@@ -372,7 +376,16 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
     )
     .map_err(|err| ServeError::Pool(err.to_string()))?;
     let auth = sovra_auth::AuthService::new(auth_settings, auth_pool).map_err(ServeError::Auth)?;
-    if let Err(err) = auth.reload_api_keys().await {
+    // At once, not one after the other (a cold tenant's first request
+    // waits for all three): the schema cache load, auth's API keys, and
+    // the request pool's first connection, which the request then uses.
+    let prewarm = async {
+        if let Err(err) = pool.get().await {
+            tracing::debug!(error = %err, "opening the first request connection failed");
+        }
+    };
+    let (rest, keys_loaded, ()) = tokio::join!(rest, auth.reload_api_keys(), prewarm);
+    if let Err(err) = keys_loaded {
         tracing::warn!(error = %err.message, "could not load API keys");
     }
     let mut storage_settings = storage_config(config);
@@ -403,8 +416,10 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
             claims: verified.claims,
         })
     });
-    let realtime =
-        sovra_realtime::RealtimeService::new(realtime_config(config), pool.clone(), verifier);
+    let mut realtime_settings = realtime_config(config);
+    realtime_settings.tenant_events_per_second = quotas.realtime_events_per_second;
+    realtime_settings.tenant.clone_from(&quotas.metrics_label);
+    let realtime = sovra_realtime::RealtimeService::new(realtime_settings, pool.clone(), verifier);
     realtime.set_feed_source(service.clone());
     realtime.set_revalidator(revalidator(auth.pool().clone()));
     if !config.realtime.nats_url.is_empty() {
@@ -424,6 +439,12 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
         require_apikey: config.server.require_apikey,
         rest,
         auth,
+        in_progress: (quotas.max_concurrent_requests > 0).then(|| {
+            std::sync::Arc::new(tokio::sync::Semaphore::new(quotas.max_concurrent_requests))
+        }),
+        waiting: std::sync::atomic::AtomicUsize::new(0),
+        quotas,
+        storage_used: std::sync::Mutex::new(None),
     })
 }
 
@@ -509,7 +530,7 @@ fn realtime_config(config: &Config) -> sovra_realtime::RealtimeConfig {
 }
 
 /// The storage settings of the configuration.
-fn storage_config(config: &Config) -> sovra_storage::StorageConfig {
+pub(crate) fn storage_config(config: &Config) -> sovra_storage::StorageConfig {
     let storage = &config.storage;
     let backend = if storage.backend == "s3" {
         sovra_storage::BackendConfig::S3 {
@@ -634,10 +655,9 @@ async fn serve_with(
     started: std::time::Instant,
 ) -> Result<(), ServeError> {
     let report = run_migrations(admin).await?;
-    let keys = keys::load_or_create(&data_dir.keys_file(), config)?;
+    let mut keys = keys::load_or_create(&data_dir.keys_file(), config)?;
     let first_run = keys.created;
     let api = keys.api.clone();
-    let tenant = build_tenant(config, requests, admin.clone(), keys).await?;
     let platform_key =
         crate::platform::load_or_create(&data_dir.platform_key_file()).map_err(|err| {
             ServeError::Platform(format!("{}: {err}", data_dir.platform_key_file().display()))
@@ -646,11 +666,22 @@ async fn serve_with(
         crate::tenants::Platform::new(config, admin.clone(), &platform_key.key)
             .map_err(ServeError::Platform)?,
     );
+    // The default tenant refuses the tokens of every other tenant (their
+    // `ref`), whatever secrets they were configured with.
+    platform
+        .refresh_names()
+        .await
+        .map_err(ServeError::Platform)?;
+    keys.keyset = keys.keyset.with_foreign_refs(platform.ref_guard());
+    let tenant = build_tenant(config, requests, admin.clone(), keys).await?;
     let mut tenants = TenantResolver::single(tenant);
     tenants.set_platform(platform.clone());
     // Every tenant database is migrated in the background; `/ready` says
     // how many are left.
     platform.spawn_idle_sweep(Duration::from_secs(config.server.tenant_idle_timeout));
+    platform.spawn_size_check(Duration::from_secs(
+        config.server.tenant_database_check_interval,
+    ));
     let upgrading = platform.clone();
     tokio::spawn(async move {
         if let Err(err) = upgrading.upgrade(4).await {

@@ -27,6 +27,47 @@ pub struct Tenant {
     pub storage: sovra_storage::StorageService,
     /// `/realtime/v1`.
     pub realtime: std::sync::Arc<sovra_realtime::RealtimeService>,
+    /// Quotas the services do not enforce themselves.
+    pub quotas: TenantQuotas,
+    /// Bytes of stored objects as last counted, and when (for
+    /// [`TenantQuotas::storage_max_bytes`]).
+    pub storage_used: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+    /// The permits of [`TenantQuotas::max_concurrent_requests`].
+    pub in_progress: Option<Arc<tokio::sync::Semaphore>>,
+    /// Requests waiting for one of those permits.
+    pub waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// The quotas of a tenant other than the default one (the default tenant
+/// has none of these: all zero).
+#[derive(Clone, Debug, Default)]
+pub struct TenantQuotas {
+    /// The tenant's name as `/metrics` labels its quota refusals; `None`
+    /// for the default tenant.
+    pub metrics_label: Option<String>,
+    /// Bytes of stored objects; uploads once they are used up are refused
+    /// (0: no quota).
+    pub storage_max_bytes: u64,
+    /// Messages per second of all its realtime connections (0: none).
+    pub realtime_events_per_second: u32,
+    /// Mails its auth sends per hour, all recipients (0: none).
+    pub mails_per_hour: u32,
+    /// Requests in progress at once; more wait (0: no limit).
+    pub max_concurrent_requests: usize,
+}
+
+impl TenantQuotas {
+    /// Counts a refusal by quota `quota` in `/metrics`.
+    pub fn count(&self, quota: &'static str) {
+        if let Some(tenant) = &self.metrics_label {
+            metrics::counter!(
+                "sovra_tenant_quota_exceeded_total",
+                "tenant" => tenant.clone(),
+                "quota" => quota
+            )
+            .increment(1);
+        }
+    }
 }
 
 /// Finds the tenant a request belongs to.

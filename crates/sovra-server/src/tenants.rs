@@ -110,6 +110,31 @@ pub struct TenantSettings {
     /// Quota: largest object, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_file_size_limit: Option<u64>,
+    /// Quota: bytes of all stored objects (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_max_bytes: Option<u64>,
+    /// Quota: size of the tenant's database, over which its API sessions
+    /// are read-only (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_max_bytes: Option<u64>,
+    /// Quota: mails auth sends per hour, all recipients (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mails_per_hour: Option<u64>,
+    /// Quota: channels one realtime connection may join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realtime_max_channels_per_connection: Option<u64>,
+    /// Quota: messages per second of all realtime connections (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realtime_events_per_second: Option<u64>,
+    /// Quota: requests in progress at once; more wait (0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u64>,
+    /// Auth's mail server (`smtp://` or `smtps://`, as `auth.smtp_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_url: Option<String>,
+    /// The sender of auth's mails (as `auth.smtp_from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_from: Option<String>,
 }
 
 impl TenantSettings {
@@ -135,6 +160,42 @@ impl TenantSettings {
         if self.storage_file_size_limit == Some(0) {
             return Err("storage_file_size_limit must be at least 1".to_owned());
         }
+        if self.realtime_max_channels_per_connection == Some(0) {
+            return Err("realtime_max_channels_per_connection must be at least 1".to_owned());
+        }
+        if self
+            .mails_per_hour
+            .is_some_and(|n| u32::try_from(n).is_err())
+        {
+            return Err("mails_per_hour is too large".to_owned());
+        }
+        if self.max_concurrent_requests.is_some_and(|n| n > 100_000) {
+            return Err("max_concurrent_requests must be at most 100000".to_owned());
+        }
+        if self
+            .realtime_events_per_second
+            .is_some_and(|n| u32::try_from(n).is_err())
+        {
+            return Err("realtime_events_per_second is too large".to_owned());
+        }
+        if let Some(url) = &self.smtp_url
+            && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
+        {
+            return Err("smtp_url must start with smtp:// or smtps://".to_owned());
+        }
+        if let Some(from) = &self.smtp_from
+            && (!from.contains('@') || from.contains(['\r', '\n']))
+        {
+            return Err(
+                "smtp_from must be a mail address (\"Name <a@b.example>\" or a@b.example)"
+                    .to_owned(),
+            );
+        }
+        if let Some(urls) = &self.redirect_urls
+            && urls.iter().any(|u| u.contains(','))
+        {
+            return Err("redirect_urls must not contain commas".to_owned());
+        }
         Ok(())
     }
 
@@ -155,7 +216,15 @@ impl TenantSettings {
             requests_per_second,
             statement_timeout_ms,
             realtime_max_connections,
-            storage_file_size_limit
+            storage_file_size_limit,
+            storage_max_bytes,
+            database_max_bytes,
+            mails_per_hour,
+            realtime_max_channels_per_connection,
+            realtime_events_per_second,
+            max_concurrent_requests,
+            smtp_url,
+            smtp_from
         )
     }
 }
@@ -166,6 +235,9 @@ impl TenantSettings {
 struct TenantPatch {
     settings: TenantSettings,
     jwt_secret: Option<String>,
+    /// Make a new pair of opaque keys (shown in the answer once); the
+    /// previous pair stops working.
+    rotate_opaque_keys: bool,
 }
 
 impl TenantPatch {
@@ -177,10 +249,16 @@ impl TenantPatch {
             Some(Value::String(secret)) => Some(secret),
             Some(_) => return Err("jwt_secret must be a string".to_owned()),
         };
+        let rotate_opaque_keys = match map.remove("rotate_opaque_keys") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(on)) => on,
+            Some(_) => return Err("rotate_opaque_keys must be a boolean".to_owned()),
+        };
         let settings = serde_json::from_value(Value::Object(map)).map_err(|err| err.to_string())?;
         Ok(TenantPatch {
             settings,
             jwt_secret,
+            rotate_opaque_keys,
         })
     }
 }
@@ -195,6 +273,9 @@ pub struct TenantRecord {
     pub keys: Vec<StoredKey>,
     pub api_keys: ApiKeys,
     pub created_at: String,
+    /// Where its database is, when it is not a clone on the platform's
+    /// cluster (`database_url` on create; holds a password, never shown).
+    pub database_url: Option<String>,
 }
 
 /// Why a tenant could not be served.
@@ -272,6 +353,31 @@ pub struct Platform {
     /// Tenants whose databases the start-up upgrade has not migrated yet
     /// (`None`: no upgrade ran or it finished).
     upgrading: Mutex<Option<std::collections::HashSet<String>>>,
+    /// Every tenant name of the registry as last read: unknown names are
+    /// answered from it (a flood of random names costs the registry one
+    /// read per [`UNKNOWN_TTL`]), and the default tenant refuses tokens
+    /// whose `ref` is one of them.
+    names: Arc<RwLock<KnownNames>>,
+    /// One registry read of the names at a time.
+    names_refresh: tokio::sync::Mutex<()>,
+    /// Reads of the registry so far (for tests and metrics).
+    registry_reads: std::sync::atomic::AtomicU64,
+    /// Tenants over their database size quota (read-only), and those
+    /// warned about (over 80% of it).
+    read_only: Mutex<std::collections::HashSet<String>>,
+    size_warned: Mutex<std::collections::HashSet<String>>,
+}
+
+/// How long a read of the registry's names answers for names it does not
+/// hold: a tenant made through another instance is unknown here for at
+/// most this long.
+pub const UNKNOWN_TTL: Duration = Duration::from_secs(2);
+
+/// The registry's tenant names as last read.
+#[derive(Debug, Default)]
+struct KnownNames {
+    set: std::collections::HashSet<String>,
+    read_at: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -328,7 +434,186 @@ impl Platform {
             upgrading: Mutex::new(None),
             buckets: Mutex::new(HashMap::new()),
             last_used: Mutex::new(HashMap::new()),
+            names: Arc::new(RwLock::new(KnownNames::default())),
+            names_refresh: tokio::sync::Mutex::new(()),
+            registry_reads: std::sync::atomic::AtomicU64::new(0),
+            read_only: Mutex::new(std::collections::HashSet::new()),
+            size_warned: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    /// Whether tenant `name` is read-only (over its database size quota).
+    pub fn is_read_only(&self, name: &str) -> bool {
+        self.read_only.lock().is_ok_and(|set| set.contains(name))
+    }
+
+    /// Checks every tenant's database size against its quota: over it, the
+    /// tenant is stopped and started again read-only; under it again,
+    /// read-write. From 80% of it a warning is logged once. One query for
+    /// all databases; `sovra_tenant_database_bytes{tenant}` reports sizes.
+    pub async fn check_database_sizes(&self) -> Result<(), String> {
+        let records = self.records().await?;
+        let limited: Vec<(String, String, u64)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    r.database.clone(),
+                    self.database_max_bytes(&r.settings),
+                )
+            })
+            .filter(|(_, _, max)| *max > 0)
+            .collect();
+        let databases: Vec<&str> = limited.iter().map(|(_, db, _)| db.as_str()).collect();
+        let client = self.admin_client().await?;
+        let rows = client
+            .query(
+                "select datname::text, pg_database_size(datname) from pg_database where datname = any($1)",
+                &[&databases],
+            )
+            .await
+            .map_err(|err| db_error(&err))?;
+        let sizes: HashMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mut over = std::collections::HashSet::new();
+        for (name, database, max) in &limited {
+            let Some(size) = sizes.get(database).and_then(|s| u64::try_from(*s).ok()) else {
+                continue;
+            };
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!("sovra_tenant_database_bytes", "tenant" => name.clone())
+                .set(size as f64);
+            if size >= *max {
+                over.insert(name.clone());
+            } else if size >= max / 5 * 4
+                && self
+                    .size_warned
+                    .lock()
+                    .is_ok_and(|mut warned| warned.insert(name.clone()))
+            {
+                tracing::warn!(tenant = %name, size, max, "a tenant's database is over 80% of its size quota");
+            } else if size < max / 5 * 4
+                && let Ok(mut warned) = self.size_warned.lock()
+            {
+                warned.remove(name);
+            }
+        }
+        let (entered, left): (Vec<String>, Vec<String>) = match self.read_only.lock() {
+            Ok(mut read_only) => {
+                let entered = over.difference(&read_only).cloned().collect();
+                let left = read_only.difference(&over).cloned().collect();
+                *read_only = over;
+                (entered, left)
+            }
+            Err(_) => return Err("read-only table poisoned".to_owned()),
+        };
+        for name in entered {
+            tracing::warn!(tenant = %name, "a tenant's database is over its size quota: it is read-only until it is under again");
+            metrics::counter!(
+                "sovra_tenant_quota_exceeded_total",
+                "tenant" => name.clone(),
+                "quota" => "database_max_bytes"
+            )
+            .increment(1);
+            self.evict(&name, "this tenant's database is over its size quota");
+        }
+        for name in left {
+            tracing::info!(tenant = %name, "a tenant's database is under its size quota again: read-write");
+            self.evict(&name, "this tenant's database is writable again");
+        }
+        Ok(())
+    }
+
+    /// Checks the database sizes every `every`.
+    pub fn spawn_size_check(self: &Arc<Self>, every: Duration) {
+        let platform = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(platform) = platform.upgrade() else {
+                    return;
+                };
+                if let Err(err) = platform.check_database_sizes().await {
+                    tracing::warn!(error = %err, "checking the tenants' database sizes failed");
+                }
+            }
+        });
+    }
+
+    /// What the default tenant's keys refuse: tokens whose `ref` names a
+    /// tenant of this server (see [`KeySet::with_foreign_refs`]), so that
+    /// a tenant's tokens and keys are refused at the root even when the
+    /// two were configured with the same secret.
+    pub fn ref_guard(&self) -> sovra_jwt::RefGuard {
+        let names = self.names.clone();
+        Arc::new(move |project: &str| names.read().is_ok_and(|known| known.set.contains(project)))
+    }
+
+    /// How many times the registry was read (tenant lookups, listings and
+    /// reads of the names).
+    pub fn registry_reads(&self) -> u64 {
+        self.registry_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_registry_read(&self) {
+        self.registry_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Reads every tenant name from the registry.
+    pub async fn refresh_names(&self) -> Result<(), String> {
+        let client = self.admin_client().await?;
+        self.count_registry_read();
+        let rows = client
+            .query("select name from sovra.tenants", &[])
+            .await
+            .map_err(|err| db_error(&err))?;
+        let set = rows.iter().map(|row| row.get::<_, String>(0)).collect();
+        if let Ok(mut names) = self.names.write() {
+            *names = KnownNames {
+                set,
+                read_at: Some(std::time::Instant::now()),
+            };
+        }
+        Ok(())
+    }
+
+    /// `Some(true)`: `name` is in the registry as last read; `Some(false)`:
+    /// it is not, and that read is recent; `None`: read again.
+    fn known(&self, name: &str) -> Option<bool> {
+        let names = self.names.read().ok()?;
+        if names.set.contains(name) {
+            return Some(true);
+        }
+        names
+            .read_at
+            .is_some_and(|at| at.elapsed() < UNKNOWN_TTL)
+            .then_some(false)
+    }
+
+    fn note_name(&self, name: &str, exists: bool) {
+        if let Ok(mut names) = self.names.write() {
+            if exists {
+                names.set.insert(name.to_owned());
+            } else {
+                names.set.remove(name);
+            }
+        }
+    }
+
+    /// Whether `name` may be a tenant, reading the registry's names again
+    /// (once for every caller waiting) when the last read is too old.
+    async fn may_exist(&self, name: &str) -> Result<bool, String> {
+        if let Some(known) = self.known(name) {
+            return Ok(known);
+        }
+        let _one = self.names_refresh.lock().await;
+        if let Some(known) = self.known(name) {
+            return Ok(known);
+        }
+        self.refresh_names().await?;
+        Ok(self.known(name).unwrap_or(true))
     }
 
     /// Sets the public URL once the listener is bound.
@@ -400,10 +685,12 @@ impl Platform {
     /// Loads tenant `name` from the registry.
     pub async fn record(&self, name: &str) -> Result<Option<TenantRecord>, String> {
         let client = self.admin_client().await?;
+        self.count_registry_read();
         let row = client
             .query_opt(
                 "select name, database::text, state = 'suspended', settings, keys, api_keys,
-                        to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                        to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        database_url
                    from sovra.tenants where name = $1",
                 &[&name],
             )
@@ -414,10 +701,12 @@ impl Platform {
 
     async fn records(&self) -> Result<Vec<TenantRecord>, String> {
         let client = self.admin_client().await?;
+        self.count_registry_read();
         let rows = client
             .query(
                 "select name, database::text, state = 'suspended', settings, keys, api_keys,
-                        to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                        to_char(created_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                        database_url
                    from sovra.tenants order by name",
                 &[],
             )
@@ -436,11 +725,14 @@ impl Platform {
         if let Some(tenant) = cell.as_ref().and_then(|cell| cell.get()) {
             return Ok(tenant.clone());
         }
-        let record = self
-            .record(name)
-            .await
-            .map_err(Lookup::Failed)?
-            .ok_or(Lookup::NotFound)?;
+        if !self.may_exist(name).await.map_err(Lookup::Failed)? {
+            return Err(Lookup::NotFound);
+        }
+        let Some(record) = self.record(name).await.map_err(Lookup::Failed)? else {
+            // Deleted through another instance since the names were read.
+            self.note_name(name, false);
+            return Err(Lookup::NotFound);
+        };
         if record.suspended {
             return Err(Lookup::Suspended);
         }
@@ -489,15 +781,76 @@ impl Platform {
         if let Some(n) = settings.storage_file_size_limit {
             config.storage.file_size_limit = n;
         }
+        if let Some(n) = settings.realtime_max_channels_per_connection {
+            config.realtime.max_channels_per_connection = n;
+        }
+        if let Some(url) = &settings.smtp_url {
+            config.auth.smtp_url = Some(url.clone());
+        }
+        if let Some(from) = &settings.smtp_from {
+            config.auth.smtp_from.clone_from(from);
+        }
         // Tenants never share NATS subjects with the default tenant: the
         // subject carries the tenant's name (see `build_services`).
         config
     }
 
-    /// Login settings of role `user` on `database`, starting as `role`.
+    /// The quotas of a tenant with these settings: its own, else the
+    /// platform's defaults for tenants.
+    fn quotas(&self, name: &str, settings: &TenantSettings) -> crate::tenant::TenantQuotas {
+        let server = &self.config.server;
+        let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        crate::tenant::TenantQuotas {
+            metrics_label: Some(name.to_owned()),
+            storage_max_bytes: settings
+                .storage_max_bytes
+                .unwrap_or(server.tenant_storage_max_bytes),
+            realtime_events_per_second: small(
+                settings
+                    .realtime_events_per_second
+                    .unwrap_or(server.tenant_realtime_events_per_second),
+            ),
+            mails_per_hour: small(
+                settings
+                    .mails_per_hour
+                    .unwrap_or(server.tenant_mails_per_hour),
+            ),
+            max_concurrent_requests: usize::try_from(
+                settings
+                    .max_concurrent_requests
+                    .unwrap_or(server.tenant_max_concurrent_requests),
+            )
+            .unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The database size quota of a tenant with these settings (0: none).
+    fn database_max_bytes(&self, settings: &TenantSettings) -> u64 {
+        settings
+            .database_max_bytes
+            .unwrap_or(self.config.server.tenant_database_max_bytes)
+    }
+
+    /// The administrative login on a tenant's database: its own URL's, or
+    /// the platform's on its cloned database.
+    fn admin_on(&self, record: &TenantRecord) -> Result<tokio_postgres::Config, String> {
+        match &record.database_url {
+            Some(url) => url
+                .parse::<tokio_postgres::Config>()
+                .map_err(|err| format!("the tenant's database_url: {err}")),
+            None => {
+                let mut config = self.admin.clone();
+                config.dbname(&record.database);
+                Ok(config)
+            }
+        }
+    }
+
+    /// Login settings of role `user` on `base`'s database, starting as
+    /// `role`.
     async fn login(
         &self,
-        database: &str,
+        base: &tokio_postgres::Config,
         user: &str,
         role: &str,
         extra: &str,
@@ -512,9 +865,8 @@ impl Platform {
             .map_err(|err| db_error(&err))?
             .ok_or_else(|| format!("no login secret for {user}"))?;
         let password: String = row.get(0);
-        let mut login = self.admin.clone();
+        let mut login = base.clone();
         login
-            .dbname(database)
             .user(user)
             .password(password)
             .application_name("sovra")
@@ -524,29 +876,41 @@ impl Platform {
 
     async fn build(&self, record: &TenantRecord) -> Result<Arc<Tenant>, String> {
         let config = self.tenant_config(&record.settings);
-        let timeout = record
+        let mut timeout = record
             .settings
             .statement_timeout_ms
             .map(|ms| format!(" -c statement_timeout={ms}"))
             .unwrap_or_default();
-        let requests = self
-            .login(
-                &record.database,
-                &format!("{}_rest", record.database),
+        // Over its database size quota: every session of its API is
+        // read-only (PostgreSQL refuses writes with 25006).
+        let read_only = self
+            .read_only
+            .lock()
+            .is_ok_and(|set| set.contains(&record.name));
+        let read_only = if read_only {
+            " -c default_transaction_read_only=on"
+        } else {
+            ""
+        };
+        timeout.push_str(read_only);
+        let started = std::time::Instant::now();
+        let service = self.admin_on(record)?;
+        let rest_login = format!("{}_rest", database_name(&record.name));
+        let auth_login = format!("{}_auth", database_name(&record.name));
+        let (requests, auth_db) = tokio::try_join!(
+            self.login(
+                &service,
+                &rest_login,
                 sovra_pg::logins::AUTHENTICATOR,
                 &timeout,
-            )
-            .await?;
-        let auth_db = self
-            .login(
-                &record.database,
-                &format!("{}_auth", record.database),
+            ),
+            self.login(
+                &service,
+                &auth_login,
                 sovra_pg::logins::AUTH_ADMIN,
-                "",
+                read_only,
             )
-            .await?;
-        let mut service = self.admin.clone();
-        service.dbname(&record.database);
+        )?;
         let store = KeyStore {
             keys: record.keys.clone(),
         };
@@ -577,6 +941,7 @@ impl Platform {
                     created: false,
                 },
                 auth,
+                quotas: self.quotas(&record.name, &record.settings),
             },
         )
         .await
@@ -597,7 +962,11 @@ impl Platform {
         // nobody listens to holds no replication slot reader.
         tenant.realtime.set_feed_source(service);
         tenant.realtime.wait_for_slot_on_first_join();
-        tracing::info!(tenant = %record.name, "tenant started");
+        tracing::info!(
+            tenant = %record.name,
+            start_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "tenant started"
+        );
         Ok(Arc::new(tenant))
     }
 
@@ -661,6 +1030,10 @@ impl Platform {
                 let stopped = platform.stop_idle(idle);
                 if stopped > 0 {
                     tracing::debug!(stopped, "stopped idle tenants");
+                }
+                // Tenants made or deleted through other instances.
+                if let Err(err) = platform.refresh_names().await {
+                    tracing::debug!(error = %err, "reading the tenant names failed");
                 }
             }
         });
@@ -810,7 +1183,10 @@ impl Platform {
             let semaphore = semaphore.clone();
             tasks.spawn(async move {
                 let _permit = semaphore.acquire_owned().await;
-                let result = platform.migrate_database(&record.database).await;
+                let result = match platform.admin_on(&record) {
+                    Ok(config) => platform.migrate_database(&config).await,
+                    Err(err) => Err(err),
+                };
                 if let Err(err) = &result {
                     tracing::error!(tenant = %record.name, error = %err, "migrating a tenant database failed");
                 } else if let Ok(mut pending) = platform.upgrading.lock()
@@ -842,12 +1218,11 @@ impl Platform {
     /// Applies pending migrations to one tenant database. Statements on
     /// cluster-wide objects (roles) that collide with another database's
     /// migration are retried after it.
-    async fn migrate_database(&self, database: &str) -> Result<(), String> {
-        let mut config = self.admin.clone();
-        config.dbname(database);
+    async fn migrate_database(&self, config: &tokio_postgres::Config) -> Result<(), String> {
+        let database = config.get_dbname().unwrap_or_default();
         let mut last = String::new();
         for attempt in 0..5u64 {
-            let mut client = sovra_pg::connect_one(&config)
+            let mut client = sovra_pg::connect_one(config)
                 .await
                 .map_err(|err| db_error(&err))?;
             match sovra_pg::migrate(&mut client).await {
@@ -865,7 +1240,10 @@ impl Platform {
     }
 
     /// Creates tenant `name`: roles, registry row, then its database.
-    pub async fn create(&self, name: &str) -> Result<TenantRecord, (StatusCode, String)> {
+    pub async fn create(
+        &self,
+        name: &str,
+    ) -> Result<(TenantRecord, crate::opaque_keys::NewPair), (StatusCode, String)> {
         let internal = |message: String| (StatusCode::INTERNAL_SERVER_ERROR, message);
         validate_name(name).map_err(|m| (StatusCode::BAD_REQUEST, m))?;
         if self.record(name).await.map_err(internal)?.is_some() {
@@ -882,7 +1260,11 @@ impl Platform {
         let keyset = KeySet::new(&store, None, self.config.jwt.audience.clone())
             .map_err(|err| internal(err.to_string()))?
             .with_project_ref(name);
-        let api = mint(&keyset, &self.config.jwt.issuer).map_err(internal)?;
+        let mut api = mint(&keyset, &self.config.jwt.issuer).map_err(internal)?;
+        // Supabase's opaque keys, of this tenant only: their digests are
+        // stored, the keys are shown in this answer once.
+        let opaque = crate::opaque_keys::generate(now());
+        api.opaque.clone_from(&opaque.stored);
         let mut client = self.admin_client().await.map_err(internal)?;
         let created = client
             .batch_execute(&format!(
@@ -974,11 +1356,208 @@ impl Platform {
                 internal(message)
             });
         }
+        self.note_name(name, true);
         tracing::info!(tenant = %name, %database, "tenant created");
-        self.record(name)
+        let record = self
+            .record(name)
             .await
             .map_err(internal)?
-            .ok_or_else(|| internal("the new tenant vanished".to_owned()))
+            .ok_or_else(|| internal("the new tenant vanished".to_owned()))?;
+        Ok((record, opaque))
+    }
+
+    /// Creates tenant `name` in the database `url` names (a PostgreSQL URL
+    /// or connection string of a user that may create roles there): it
+    /// is migrated in place, gets the tenant's login roles on that server,
+    /// and `CONNECT` on it is revoked from `PUBLIC`. Deleting the tenant
+    /// leaves that database (it is the operator's) and drops the roles.
+    pub async fn create_external(
+        &self,
+        name: &str,
+        url: &str,
+    ) -> Result<(TenantRecord, crate::opaque_keys::NewPair), (StatusCode, String)> {
+        let internal = |message: String| (StatusCode::INTERNAL_SERVER_ERROR, message);
+        let bad = |message: String| (StatusCode::BAD_REQUEST, message);
+        validate_name(name).map_err(bad)?;
+        let external: tokio_postgres::Config = url.parse().map_err(|_| {
+            bad("database_url: not a PostgreSQL URL or connection string".to_owned())
+        })?;
+        let Some(database) = external.get_dbname().map(str::to_owned) else {
+            return Err(bad("database_url: must name a database".to_owned()));
+        };
+        if database == self.platform_db || database == self.template {
+            return Err((
+                StatusCode::CONFLICT,
+                format!("database {database:?} is the platform's own"),
+            ));
+        }
+        if self.record(name).await.map_err(internal)?.is_some() {
+            return Err((
+                StatusCode::CONFLICT,
+                format!("a tenant named {name:?} exists"),
+            ));
+        }
+        let mut ext = sovra_pg::connect_one(&external)
+            .await
+            .map_err(|err| bad(format!("database_url: cannot connect: {}", db_error(&err))))?;
+        {
+            // Cluster-wide objects (roles): one database at a time here.
+            let _serial = MIGRATING.lock().await;
+            sovra_pg::migrate(&mut ext)
+                .await
+                .map_err(|err| internal(err.to_string()))?;
+        }
+        let rest = format!("{}_rest", database_name(name));
+        let auth = format!("{}_auth", database_name(name));
+        let store = KeyStore::generate(now());
+        let keyset = KeySet::new(&store, None, self.config.jwt.audience.clone())
+            .map_err(|err| internal(err.to_string()))?
+            .with_project_ref(name);
+        let mut api = mint(&keyset, &self.config.jwt.issuer).map_err(internal)?;
+        let opaque = crate::opaque_keys::generate(now());
+        api.opaque.clone_from(&opaque.stored);
+        let roles = ext
+            .batch_execute(&format!(
+                "create role {} login noinherit in role authenticator;
+                 create role {} login noinherit in role supabase_auth_admin",
+                quote(&rest),
+                quote(&auth)
+            ))
+            .await;
+        if let Err(err) = roles {
+            if err.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!("database roles of a tenant named {name:?} exist already"),
+                ));
+            }
+            return Err(internal(db_error(&err)));
+        }
+        let made = async {
+            let mut client = self.admin_client().await?;
+            let tx = client.transaction().await.map_err(|err| db_error(&err))?;
+            tx.execute(
+                "insert into sovra.tenants (name, database, keys, api_keys, database_url)
+                 values ($1, $2, $3, $4, $5)",
+                &[
+                    &name,
+                    &database,
+                    &serde_json::to_value(&store.keys).unwrap_or_default(),
+                    &serde_json::to_value(&api).unwrap_or_default(),
+                    &url,
+                ],
+            )
+            .await
+            .map_err(|err| db_error(&err))?;
+            let mut passwords = Vec::new();
+            for role in [&rest, &auth] {
+                let row = tx
+                    .query_one(
+                        "insert into sovra.tenant_logins (role, tenant, password)
+                         values ($1, $2, replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''))
+                         returning password",
+                        &[role, &name],
+                    )
+                    .await
+                    .map_err(|err| db_error(&err))?;
+                passwords.push((role.clone(), row.get::<_, String>(0)));
+            }
+            // The passwords travel as bound values into a temporary table
+            // and are set from there: never in statement text.
+            let etx = ext.transaction().await.map_err(|err| db_error(&err))?;
+            etx.batch_execute(
+                "create temporary table sovra_tenant_login (role name, password text) on commit drop",
+            )
+            .await
+            .map_err(|err| db_error(&err))?;
+            for (role, password) in &passwords {
+                etx.execute(
+                    "insert into pg_temp.sovra_tenant_login values ($1, $2)",
+                    &[role, password],
+                )
+                .await
+                .map_err(|err| db_error(&err))?;
+            }
+            etx.batch_execute(&format!(
+                "do $$ declare r record; begin
+                   for r in select * from pg_temp.sovra_tenant_login loop
+                     execute format('alter role %I with login password %L', r.role, r.password);
+                   end loop;
+                 end $$;
+                 revoke connect on database {db} from public;
+                 grant connect on database {db} to {rest}, {auth}",
+                db = quote(&database),
+                rest = quote(&rest),
+                auth = quote(&auth),
+            ))
+            .await
+            .map_err(|err| db_error(&err))?;
+            etx.commit().await.map_err(|err| db_error(&err))?;
+            tx.commit().await.map_err(|err| db_error(&err))
+        }
+        .await;
+        if let Err(message) = made {
+            let _ = self.drop_external_logins(&external, &rest, &auth).await;
+            let _ = self.drop_logins(name, &database_name(name)).await;
+            let conflict = message.contains("duplicate key");
+            return Err(if conflict {
+                (
+                    StatusCode::CONFLICT,
+                    format!("a tenant named {name:?} or one in database {database:?} exists"),
+                )
+            } else {
+                internal(message)
+            });
+        }
+        self.note_name(name, true);
+        tracing::info!(tenant = %name, %database, "tenant created in its own database");
+        let record = self
+            .record(name)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| internal("the new tenant vanished".to_owned()))?;
+        Ok((record, opaque))
+    }
+
+    /// Drops a tenant's login roles (and their connections and its slots)
+    /// on the server of its own database, which stays.
+    async fn drop_external_logins(
+        &self,
+        external: &tokio_postgres::Config,
+        rest: &str,
+        auth: &str,
+    ) -> Result<(), String> {
+        let database = external.get_dbname().unwrap_or_default().to_owned();
+        let client = sovra_pg::connect_one(external)
+            .await
+            .map_err(|err| db_error(&err))?;
+        client
+            .execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity
+                  where usename = any($1) and pid <> pg_backend_pid()",
+                &[&vec![rest.to_owned(), auth.to_owned()]],
+            )
+            .await
+            .map_err(|err| db_error(&err))?;
+        // Its change feed's slot (`<prefix>_<database>`).
+        let prefix = format!("{}_", sovra_realtime::RealtimeConfig::default().slot_name);
+        let _ = client
+            .execute(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots
+                  where database = $1 and starts_with(slot_name, $2) and not active",
+                &[&database, &prefix],
+            )
+            .await;
+        client
+            .batch_execute(&format!(
+                "revoke connect on database {db} from {rest}, {auth};
+                 drop role if exists {rest}; drop role if exists {auth}",
+                db = quote(&database),
+                rest = quote(rest),
+                auth = quote(auth),
+            ))
+            .await
+            .map_err(|err| db_error(&err))
     }
 
     /// Drops what tenant `name` has in PostgreSQL: connections, slots,
@@ -1050,8 +1629,30 @@ impl Platform {
             return Ok(false);
         };
         self.evict(name, "this tenant was deleted");
-        self.drop_everything(name, &record.database).await?;
-        if self.config.storage.backend != "s3" {
+        if record.database_url.is_some() {
+            let external = self.admin_on(&record)?;
+            let base = database_name(name);
+            self.drop_external_logins(&external, &format!("{base}_rest"), &format!("{base}_auth"))
+                .await?;
+            self.drop_logins(name, &base).await?;
+        } else {
+            self.drop_everything(name, &record.database).await?;
+        }
+        self.note_name(name, false);
+        if self.config.storage.backend == "s3" {
+            // Every object under the tenant's prefix of the bucket.
+            let storage = crate::serve::storage_config(&self.config);
+            let removed = match sovra_storage::Backend::open(&storage.backend, name, 1) {
+                Ok(backend) => backend.delete_all().await,
+                Err(err) => Err(err),
+            };
+            match removed {
+                Ok(files) => tracing::info!(tenant = %name, files, "removed the tenant's files"),
+                Err(err) => {
+                    tracing::warn!(tenant = %name, error = %err, "could not remove the tenant's files");
+                }
+            }
+        } else {
             let root = self
                 .config
                 .storage
@@ -1085,19 +1686,42 @@ impl Platform {
         Ok(n > 0)
     }
 
-    async fn update(&self, name: &str, patch: TenantPatch) -> Result<Option<TenantRecord>, String> {
+    async fn update(
+        &self,
+        name: &str,
+        patch: TenantPatch,
+    ) -> Result<Option<(TenantRecord, Option<crate::opaque_keys::NewPair>)>, String> {
         let Some(record) = self.record(name).await? else {
             return Ok(None);
         };
         let settings = record.settings.merged(&patch.settings);
         let client = self.admin_client().await?;
         let settings_json = serde_json::to_value(&settings).unwrap_or_default();
+        let opaque = patch
+            .rotate_opaque_keys
+            .then(|| crate::opaque_keys::generate(now()));
+        if let Some(pair) = &opaque {
+            let mut api = record.api_keys.clone();
+            api.opaque.clone_from(&pair.stored);
+            client
+                .execute(
+                    "update sovra.tenants set api_keys = $2, updated_at = now() where name = $1",
+                    &[&name, &serde_json::to_value(&api).unwrap_or_default()],
+                )
+                .await
+                .map_err(|err| db_error(&err))?;
+        }
         if let Some(secret) = &patch.jwt_secret {
             let store = KeyStore::from_secret(secret, now());
             let keyset = KeySet::new(&store, None, self.config.jwt.audience.clone())
                 .map_err(|err| err.to_string())?
                 .with_project_ref(name);
-            let api = mint(&keyset, &self.config.jwt.issuer)?;
+            let mut api = mint(&keyset, &self.config.jwt.issuer)?;
+            // Opaque keys stand for the roles, not for a signing key.
+            api.opaque = match &opaque {
+                Some(pair) => pair.stored.clone(),
+                None => record.api_keys.opaque.clone(),
+            };
             client
                 .execute(
                     "update sovra.tenants set settings = $2, keys = $3, api_keys = $4, updated_at = now() where name = $1",
@@ -1135,7 +1759,7 @@ impl Platform {
         }
         // The next request builds it again with the new settings.
         self.evict(name, "this tenant's settings changed");
-        self.record(name).await
+        Ok(self.record(name).await?.map(|record| (record, opaque)))
     }
 
     fn view(&self, record: &TenantRecord) -> Value {
@@ -1146,7 +1770,9 @@ impl Platform {
             "state": if record.suspended { "suspended" } else { "active" },
             "anon_key": record.api_keys.anon,
             "service_role_key": record.api_keys.service_role,
-            "settings": record.settings,
+            "settings": shown_settings(&record.settings),
+            "own_database": record.database_url.is_some(),
+            "read_only": self.is_read_only(&record.name),
             "created_at": record.created_at,
         });
         if let Some(domain) = self.config.base_domain() {
@@ -1165,6 +1791,20 @@ impl Platform {
     }
 }
 
+/// Settings as the tenant API shows them: the password of `smtp_url`
+/// (its user-info part) is never shown.
+fn shown_settings(settings: &TenantSettings) -> TenantSettings {
+    let mut shown = settings.clone();
+    if let Some(url) = &mut shown.smtp_url
+        && let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.rsplit_once('@')
+    {
+        let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+        *url = format!("{scheme}://{user}:********@{host}");
+    }
+    shown
+}
+
 fn record_of(row: &tokio_postgres::Row) -> Result<TenantRecord, String> {
     let settings: Value = row.get(3);
     let keys: Value = row.get(4);
@@ -1177,6 +1817,7 @@ fn record_of(row: &tokio_postgres::Row) -> Result<TenantRecord, String> {
         keys: serde_json::from_value(keys).map_err(|err| err.to_string())?,
         api_keys: serde_json::from_value(api_keys).map_err(|err| err.to_string())?,
         created_at: row.get(6),
+        database_url: row.get(7),
     })
 }
 
@@ -1192,8 +1833,7 @@ fn mint(keyset: &KeySet, issuer: &str) -> Result<ApiKeys, String> {
     Ok(ApiKeys {
         anon: sign("anon")?,
         service_role: sign("service_role")?,
-        // Opaque `sb_…` keys are made by `sovra keys` for the default
-        // tenant only, so far.
+        // The opaque `sb_…` keys are added by the caller.
         opaque: Vec::new(),
     })
 }
@@ -1231,6 +1871,26 @@ fn addressed<'a>(
     });
     let label = host.strip_suffix(domain)?.strip_suffix('.')?;
     (!label.is_empty() && !label.contains('.')).then_some((label, None))
+}
+
+/// The tenant a request addresses by path or host, for layers that run
+/// before [`route`] (the TUS `OPTIONS` answer): `None` for the default
+/// tenant.
+pub(crate) async fn addressed_tenant(
+    state: &AppState,
+    parts: &http::request::Parts,
+) -> Option<Result<Arc<Tenant>, Lookup>> {
+    let platform = state.platform.as_ref()?;
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.host());
+    let (name, _) = addressed(&parts.uri, host, platform.config.base_domain())?;
+    if validate_name(name).is_err() {
+        return Some(Err(Lookup::NotFound));
+    }
+    Some(platform.tenant(name).await)
 }
 
 /// Routes requests for tenants: resolves the tenant (building it on first
@@ -1283,8 +1943,43 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
     }
     metrics::counter!("sovra_tenant_requests_total", "tenant" => name.to_owned()).increment(1);
     platform.touch(name);
+    // Its concurrency quota: a request over it waits for its turn here,
+    // before it takes any of the server's work.
+    let _turn = match &tenant.in_progress {
+        Some(permits) => {
+            let permits = permits.clone();
+            let waiting = permits.available_permits() == 0;
+            if waiting {
+                tenant
+                    .waiting
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let permit = permits.acquire_owned().await;
+            if waiting {
+                tenant
+                    .waiting
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            permit.ok()
+        }
+        None => None,
+    };
     request.extensions_mut().insert(RoutedTenant(tenant));
     let mut response = next.run(request).await;
+    if response.status() == StatusCode::TOO_MANY_REQUESTS
+        && response
+            .headers()
+            .get("x-sb-error-code")
+            .is_some_and(|code| code == "over_email_send_rate_limit")
+    {
+        // Auth's mail limits (the tenant's hourly total, or per address).
+        metrics::counter!(
+            "sovra_tenant_quota_exceeded_total",
+            "tenant" => name.to_owned(),
+            "quota" => "mails_per_hour"
+        )
+        .increment(1);
+    }
     if let Some(prefix) = prefix
         && let Some(location) = response
             .headers()
@@ -1299,8 +1994,11 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateBody {
     name: Option<String>,
+    /// A database of its own instead of a clone on the platform's cluster.
+    database_url: Option<String>,
 }
 
 fn platform_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Platform>, ApiError> {
@@ -1367,14 +2065,23 @@ pub(crate) async fn create(
         return error(StatusCode::BAD_REQUEST, "bad_name", "name is required");
     };
     let started = std::time::Instant::now();
-    match platform.create(&name).await {
-        Ok(record) => {
+    let created = match &body.database_url {
+        Some(url) => platform.create_external(&name, url).await,
+        None => platform.create(&name).await,
+    };
+    match created {
+        Ok((record, opaque)) => {
             metrics::histogram!("sovra_tenant_create_seconds")
                 .record(started.elapsed().as_secs_f64());
-            (StatusCode::CREATED, Json(platform.view(&record))).into_response()
+            let mut view = platform.view(&record);
+            show_opaque(&mut view, &opaque);
+            (StatusCode::CREATED, Json(view)).into_response()
         }
         Err((status, message)) => {
             let code = match status {
+                StatusCode::BAD_REQUEST if message.starts_with("database_url") => {
+                    "bad_database_url"
+                }
                 StatusCode::BAD_REQUEST => "bad_name",
                 StatusCode::CONFLICT => "conflict",
                 _ => "internal",
@@ -1390,6 +2097,13 @@ pub(crate) async fn create(
             error(status, code, &message)
         }
     }
+}
+
+/// Adds a new pair of opaque keys to an answer (the one time they are
+/// shown: only their digests are kept).
+fn show_opaque(view: &mut Value, pair: &crate::opaque_keys::NewPair) {
+    view["publishable_key"] = json!(pair.publishable);
+    view["secret_key"] = json!(pair.secret);
 }
 
 /// `GET /sovra/v1/tenants`.
@@ -1480,7 +2194,13 @@ pub(crate) async fn patch(
         );
     }
     match platform.update(&name, patch).await {
-        Ok(Some(record)) => Json(platform.view(&record)).into_response(),
+        Ok(Some((record, opaque))) => {
+            let mut view = platform.view(&record);
+            if let Some(opaque) = &opaque {
+                show_opaque(&mut view, opaque);
+            }
+            Json(view).into_response()
+        }
         Ok(None) => not_found(&name),
         Err(err) => internal(&err),
     }
@@ -1598,6 +2318,44 @@ mod tests {
         assert_eq!(addressed(&uri, Some("a.b.example.com"), domain), None);
         assert_eq!(addressed(&uri, Some("acmeexample.com"), domain), None);
         assert_eq!(addressed(&uri, Some("acme.other.com"), domain), None);
+    }
+
+    #[test]
+    fn the_smtp_password_is_never_shown() {
+        let settings = TenantSettings {
+            smtp_url: Some("smtps://me:s3cret:x@mail.example.com:465".to_owned()),
+            ..TenantSettings::default()
+        };
+        let shown = shown_settings(&settings);
+        assert_eq!(
+            shown.smtp_url.as_deref(),
+            Some("smtps://me:********@mail.example.com:465")
+        );
+        let plain = TenantSettings {
+            smtp_url: Some("smtp://mail.example.com:25".to_owned()),
+            ..TenantSettings::default()
+        };
+        assert_eq!(shown_settings(&plain), plain);
+        for bad in [
+            TenantSettings {
+                smtp_url: Some("http://mail.example.com".to_owned()),
+                ..TenantSettings::default()
+            },
+            TenantSettings {
+                smtp_from: Some("a@b\r\nBcc: c@d".to_owned()),
+                ..TenantSettings::default()
+            },
+            TenantSettings {
+                mails_per_hour: Some(u64::MAX),
+                ..TenantSettings::default()
+            },
+            TenantSettings {
+                redirect_urls: Some(vec!["https://a,https://b".to_owned()]),
+                ..TenantSettings::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

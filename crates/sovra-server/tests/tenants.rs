@@ -19,6 +19,8 @@ struct Server {
     url: String,
     key: String,
     default_anon: String,
+    /// The default tenant's opaque secret key (`sb_secret_…`).
+    default_secret_key: String,
     db: TestDb,
     http: reqwest::Client,
     platform: Arc<Platform>,
@@ -37,8 +39,20 @@ async fn spawn_with(mut config: sovra_config::Config) -> Server {
     let db = TestDb::new().await;
     let data_dir = sovra_test_support::scratch_dir();
     config.data_dir = data_dir.clone();
-    let keys = sovra_server::keys::load_or_create(&data_dir.join("keys.json"), &config).unwrap();
+    let default_secret_key =
+        sovra_server::keys::rotate_opaque(&data_dir.join("keys.json"), &config)
+            .unwrap()
+            .secret;
+    let mut keys =
+        sovra_server::keys::load_or_create(&data_dir.join("keys.json"), &config).unwrap();
     let default_anon = keys.api.anon.clone();
+    let key = sovra_server::platform::load_or_create(&data_dir.join("platform.key"))
+        .unwrap()
+        .key;
+    // As `sovra serve` does: the default tenant refuses the tenants' refs.
+    let platform = Arc::new(Platform::new(&config, db.config(), &key).unwrap());
+    platform.refresh_names().await.unwrap();
+    keys.keyset = keys.keyset.with_foreign_refs(platform.ref_guard());
     let tenant = sovra_server::serve::build_tenant(
         &config,
         db.config_as("authenticator"),
@@ -47,10 +61,6 @@ async fn spawn_with(mut config: sovra_config::Config) -> Server {
     )
     .await
     .unwrap();
-    let key = sovra_server::platform::load_or_create(&data_dir.join("platform.key"))
-        .unwrap()
-        .key;
-    let platform = Arc::new(Platform::new(&config, db.config(), &key).unwrap());
     let resolver = sovra_server::TenantResolver::single(tenant);
     let default = resolver.default_tenant();
     let state =
@@ -70,6 +80,7 @@ async fn spawn_with(mut config: sovra_config::Config) -> Server {
         url,
         key,
         default_anon,
+        default_secret_key,
         db,
         http: reqwest::Client::new(),
         platform,
@@ -1099,4 +1110,1119 @@ async fn a_database_in_the_way_is_a_conflict_and_is_left_alone() {
         (1, 0, 0),
         "the other database stays; the tenant's roles and row are gone"
     );
+}
+
+/// The payload of a JWT.
+fn claims_of(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_default_tenant_refuses_a_tenants_tokens_signed_with_the_same_secret() {
+    let secret = "one-secret-shared-by-the-default-tenant-and-acme";
+    let mut config = sovra_config::Config::default();
+    config.jwt.secret = Some(secret.to_owned());
+    config.auth.email_autoconfirm = true;
+    let server = spawn_with(config).await;
+    let t = server.create("same-secret").await;
+    let view = server
+        .patch(
+            &t.name,
+            json!({"email_autoconfirm": true, "jwt_secret": secret}),
+        )
+        .await;
+    let t = Created {
+        anon: view["anon_key"].as_str().unwrap().to_owned(),
+        service: view["service_role_key"].as_str().unwrap().to_owned(),
+        ..t
+    };
+    assert_eq!(claims_of(&t.anon)["ref"], t.name.as_str());
+    let root = Created {
+        name: "default".to_owned(),
+        url: server.url.clone(),
+        anon: server.default_anon.clone(),
+        service: String::new(),
+        database: String::new(),
+    };
+    let tenant_user = server.sign_up(&t, "ten@example.com").await;
+    let root_user = server.sign_up(&root, "root@example.com").await;
+
+    // Each tenant serves its own keys and users.
+    for (url, key, token) in [
+        (&t.url, &t.anon, &tenant_user),
+        (&server.url, &server.default_anon, &root_user),
+    ] {
+        let (status, body) = server.get(&format!("{url}/auth/v1/user"), key, token).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // The tenant's anon and service_role keys and its user's token are
+    // refused at the root, although the default tenant signs with the
+    // same secret.
+    for key in [&t.anon, &t.service] {
+        let (status, body) = server
+            .get(&format!("{}/rest/v1/", server.url), key, key)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    let (status, body) = server
+        .get(
+            &format!("{}/rest/v1/", server.url),
+            &server.default_anon,
+            &tenant_user,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body) = server
+        .get(
+            &format!("{}/auth/v1/user", server.url),
+            &server.default_anon,
+            &tenant_user,
+        )
+        .await;
+    assert!(
+        status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN,
+        "{status} {body}"
+    );
+    let (status, body) = server
+        .get(
+            &format!("{}/storage/v1/bucket", server.url),
+            &server.default_anon,
+            &tenant_user,
+        )
+        .await;
+    assert!(status.is_client_error(), "{status} {body}");
+    // And the other way round: the default tenant's keys and users are
+    // refused by the tenant.
+    let (status, body) = server
+        .get(
+            &format!("{}/rest/v1/", t.url),
+            &server.default_anon,
+            &server.default_anon,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body) = server
+        .get(&format!("{}/auth/v1/user", t.url), &t.anon, &root_user)
+        .await;
+    assert!(
+        status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN,
+        "{status} {body}"
+    );
+    // A key naming a project that is not a tenant here (a Supabase
+    // project's key moving in with its secret) still works at the root.
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    let moved = sovra_jwt::KeySet::new(&sovra_jwt::KeyStore::from_secret(secret, now), None, None)
+        .unwrap()
+        .with_project_ref("abcdefghijklmnopqrst")
+        .mint_api_key("anon", "supabase", now, now + 3600)
+        .unwrap();
+    let (status, body) = server
+        .get(&format!("{}/auth/v1/settings", server.url), &moved, &moved)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Once the tenant is deleted its name is no project's any more here;
+    // the test only checks that the delete keeps the root serving.
+    let (status, _) = server
+        .api(reqwest::Method::DELETE, &format!("/{}", t.name), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = server
+        .get(
+            &format!("{}/auth/v1/user", server.url),
+            &server.default_anon,
+            &root_user,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn each_tenant_has_its_own_opaque_keys() {
+    let server = spawn().await;
+    let name = unique("opaque");
+    let (status, created) = server
+        .api(reqwest::Method::POST, "", Some(json!({"name": name})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let url = created["url"].as_str().unwrap().to_owned();
+    let publishable = created["publishable_key"].as_str().unwrap().to_owned();
+    let secret = created["secret_key"].as_str().unwrap().to_owned();
+    assert!(publishable.starts_with("sb_publishable_"), "{publishable}");
+    assert!(secret.starts_with("sb_secret_"), "{secret}");
+    let other = server.create("opaque-other").await;
+
+    // Shown once: the tenant API never shows them again.
+    let (status, shown) = server
+        .api(reqwest::Method::GET, &format!("/{name}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(shown.get("secret_key").is_none(), "{shown}");
+    assert!(!shown.to_string().contains(&secret));
+    let (_, listed) = server.api(reqwest::Method::GET, "", None).await;
+    assert!(!listed.to_string().contains(&secret));
+
+    // They work for their tenant, as apikey and as bearer: the secret key
+    // is service_role (it sees the schema), the publishable one anon.
+    let whoami = |base: &str, key: &str| {
+        let request = server
+            .http
+            .get(format!("{base}/sovra/v1/whoami"))
+            .header("apikey", key)
+            .bearer_auth(key);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, body) = whoami(&url, &secret).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["role"], "service_role", "{body}");
+    let (status, body) = whoami(&url, &publishable).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["role"], "anon", "{body}");
+
+    // Another tenant and the default tenant refuse them, and the tenant
+    // refuses theirs.
+    for base in [&other.url, &server.url] {
+        for key in [&secret, &publishable] {
+            let (status, body) = server.get(&format!("{base}/rest/v1/"), key, key).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{base} {body}");
+        }
+    }
+    let (status, body) = server
+        .get(
+            &format!("{url}/rest/v1/"),
+            &server.default_secret_key,
+            &server.default_secret_key,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _) = whoami(&server.url, &server.default_secret_key).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A rotation answers a new pair once; the old pair stops working.
+    let (status, rotated) = server
+        .api(
+            reqwest::Method::PATCH,
+            &format!("/{name}"),
+            Some(json!({"rotate_opaque_keys": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_secret = rotated["secret_key"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, secret);
+    let (status, _) = whoami(&url, &secret).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = whoami(&url, &new_secret).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A new JWT secret keeps the opaque keys (they stand for roles).
+    server
+        .patch(
+            &name,
+            json!({"jwt_secret": "a-new-secret-of-more-than-thirty-two-chars"}),
+        )
+        .await;
+    let (status, body) = whoami(&url, &new_secret).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A rotation flag that is not a boolean is a 400.
+    let (status, body) = server
+        .api(
+            reqwest::Method::PATCH,
+            &format!("/{name}"),
+            Some(json!({"rotate_opaque_keys": "yes"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "bad_settings");
+}
+
+#[tokio::test]
+async fn tus_options_under_a_tenant_report_its_own_limits() {
+    let server = spawn().await;
+    let t = server.create("tus-limits").await;
+    server
+        .patch(&t.name, json!({"storage_file_size_limit": 1234}))
+        .await;
+    let options = |url: String| {
+        let request = server
+            .http
+            .request(reqwest::Method::OPTIONS, url)
+            .header("tus-resumable", "1.0.0");
+        async move { request.send().await.unwrap() }
+    };
+    let response = options(format!("{}/storage/v1/upload/resumable", t.url)).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(response.headers()["tus-max-size"], "1234");
+    assert_eq!(response.headers()["tus-version"], "1.0.0");
+    let root = options(format!("{}/storage/v1/upload/resumable", server.url)).await;
+    assert_eq!(root.status(), StatusCode::NO_CONTENT);
+    let default_limit = sovra_config::Config::default().storage.file_size_limit;
+    assert_eq!(
+        root.headers()["tus-max-size"],
+        default_limit.to_string().as_str()
+    );
+    // An unknown tenant reports no TUS server (the CORS answer alone).
+    let unknown = options(format!(
+        "{}/t/{}/storage/v1/upload/resumable",
+        server.url,
+        unique("nobody")
+    ))
+    .await;
+    assert!(unknown.headers().get("tus-max-size").is_none());
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_tenant_names_is_404_without_a_registry_read_each() {
+    use futures_util::stream::{self, StreamExt as _};
+    let server = spawn().await;
+    let known = server.create("flood-known").await;
+    let before = server.platform.registry_reads();
+    let names: Vec<String> = (0..400).map(|_| unique("nobody")).collect();
+    let answers: Vec<(StatusCode, Value)> = stream::iter(names)
+        .map(|name| {
+            let request = server
+                .http
+                .get(format!("{}/t/{name}/rest/v1/", server.url))
+                .header("apikey", &known.anon);
+            async move {
+                let response = request.send().await.unwrap();
+                let status = response.status();
+                (
+                    status,
+                    response.json::<Value>().await.unwrap_or(Value::Null),
+                )
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(body["error"], "tenant_not_found", "{body}");
+    }
+    let reads = server.platform.registry_reads() - before;
+    // One read of the names per UNKNOWN_TTL at most, not one per name.
+    assert!(reads < 40, "{reads} registry reads for 400 unknown names");
+    // A tenant made meanwhile is found at once.
+    let fresh = server.create("flood-fresh").await;
+    let (status, body) = server
+        .get(
+            &format!("{}/rest/v1/", fresh.url),
+            &fresh.service,
+            &fresh.service,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = server
+        .get(
+            &format!("{}/rest/v1/", known.url),
+            &known.service,
+            &known.service,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// The `/metrics` lines of quota refusals of tenant `name`.
+async fn quota_lines(server: &Server, name: &str) -> Vec<String> {
+    let text = server
+        .http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("sovra_tenant_quota_exceeded_total")
+                && l.contains(&format!("tenant=\"{name}\""))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn storage_mail_and_realtime_quotas_answer_in_the_clients_shapes() {
+    let server = spawn().await;
+    let t = server.create("quota-more").await;
+    let view = server
+        .patch(
+            &t.name,
+            json!({"storage_max_bytes": 10, "mails_per_hour": 1,
+                   "realtime_max_channels_per_connection": 1,
+                   "realtime_events_per_second": 3}),
+        )
+        .await;
+    assert_eq!(view["settings"]["storage_max_bytes"], 10);
+
+    // Storage: 8 bytes fit, 8 more do not (Storage's 413 shape); a TUS
+    // upload that would go over is refused as its server refuses.
+    let bucket = server
+        .http
+        .post(format!("{}/storage/v1/bucket", t.url))
+        .header("apikey", &t.service)
+        .bearer_auth(&t.service)
+        .json(&json!({"name": "files", "public": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bucket.status(), StatusCode::OK);
+    let upload = |name: &str, bytes: &'static [u8]| {
+        server
+            .http
+            .post(format!("{}/storage/v1/object/files/{name}", t.url))
+            .header("apikey", &t.service)
+            .bearer_auth(&t.service)
+            .header("content-type", "text/plain")
+            .body(bytes)
+            .send()
+    };
+    let first = upload("a.txt", b"12345678").await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = upload("b.txt", b"12345678").await.unwrap();
+    // Storage answers HTTP 400 with the logical status in the body.
+    assert_eq!(second.status(), StatusCode::BAD_REQUEST);
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(body["statusCode"], "413", "{body}");
+    assert_eq!(body["error"], "Payload too large", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("quota"),
+        "{body}"
+    );
+    let tus = server
+        .http
+        .post(format!("{}/storage/v1/upload/resumable", t.url))
+        .header("apikey", &t.service)
+        .bearer_auth(&t.service)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "100")
+        .header("upload-metadata", "bucketName ZmlsZXM=,objectName Yy50eHQ=")
+        .header("content-length", "100")
+        .body(vec![b'x'; 100])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tus.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Downloads still work.
+    let down = server
+        .http
+        .get(format!("{}/storage/v1/object/files/a.txt", t.url))
+        .header("apikey", &t.service)
+        .bearer_auth(&t.service)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(down.status(), StatusCode::OK);
+
+    // Mail: one per hour for the whole tenant; the second address gets
+    // GoTrue's 429 over_email_send_rate_limit.
+    let sign_up = |email: &str| {
+        server
+            .http
+            .post(format!("{}/auth/v1/signup", t.url))
+            .header("apikey", &t.anon)
+            .json(&json!({"email": email, "password": "correct horse battery"}))
+            .send()
+    };
+    let one = sign_up("one@example.com").await.unwrap();
+    assert_eq!(one.status(), StatusCode::OK);
+    let two = sign_up("two@example.com").await.unwrap();
+    assert_eq!(two.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = two.json().await.unwrap();
+    assert_eq!(body["error_code"], "over_email_send_rate_limit", "{body}");
+
+    // Realtime: one channel per connection; the second join is refused as
+    // Supabase refuses it.
+    let mut ws = socket(&t.url, &t.anon).await;
+    join(&mut ws, "room-1").await;
+    send(
+        &mut ws,
+        json!({"topic": "realtime:room-2", "event": "phx_join", "ref": "9", "payload": {"config": {}}}),
+    )
+    .await;
+    loop {
+        let reply = next(&mut ws).await;
+        if reply["event"] == "phx_reply" && reply["ref"] == "9" {
+            assert_eq!(reply["payload"]["status"], "error", "{reply}");
+            assert!(
+                reply["payload"]["response"]["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Too many channels"),
+                "{reply}"
+            );
+            break;
+        }
+    }
+    // Three messages per second for all its connections: a second
+    // connection sending a burst is told and closed.
+    let mut other = socket(&t.url, &t.anon).await;
+    let mut closed = false;
+    for i in 0..50 {
+        let sent = other
+            .send(Ws::Text(
+                json!({"topic": "realtime:room-3", "event": "phx_join", "ref": format!("{i}"),
+                       "payload": {"config": {}}})
+                .to_string()
+                .into(),
+            ))
+            .await;
+        if sent.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    if !closed {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), other.next())
+                .await
+                .expect("a frame within 30 s")
+            {
+                None | Some(Err(_)) | Some(Ok(Ws::Close(_))) => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    let lines = quota_lines(&server, &t.name).await.join("\n");
+    for quota in [
+        "storage_max_bytes",
+        "mails_per_hour",
+        "realtime_channels_per_connection",
+        "realtime_events_per_second",
+    ] {
+        assert!(
+            lines.contains(&format!("quota=\"{quota}\"")),
+            "{quota} not counted: {lines}"
+        );
+    }
+    // Nonsense is refused.
+    for bad in [
+        json!({"realtime_max_channels_per_connection": 0}),
+        json!({"smtp_url": "http://mail.example.com"}),
+        json!({"smtp_from": "nobody"}),
+        json!({"storage_max_bytes": -1}),
+    ] {
+        let (status, body) = server
+            .api(reqwest::Method::PATCH, &format!("/{}", t.name), Some(bad))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"], "bad_settings");
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_database_size_quota_is_read_only_until_under() {
+    let server = spawn().await;
+    let t = server.create("db-size").await;
+    items_table(&server, &t.database).await;
+    let insert = |body: &'static str| {
+        server
+            .http
+            .post(format!("{}/rest/v1/items", t.url))
+            .header("apikey", &t.service)
+            .bearer_auth(&t.service)
+            .json(&json!({"body": body}))
+            .send()
+    };
+    assert_eq!(
+        insert("before").await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    // Every database is larger than one byte.
+    server
+        .patch(&t.name, json!({"database_max_bytes": 1}))
+        .await;
+    server.platform.check_database_sizes().await.unwrap();
+    assert!(server.platform.is_read_only(&t.name));
+    let (_, view) = server
+        .api(reqwest::Method::GET, &format!("/{}", t.name), None)
+        .await;
+    assert_eq!(view["read_only"], true, "{view}");
+    let refused = insert("over").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "25006", "{body}");
+    // Reads still work.
+    let (status, rows) = server
+        .get(
+            &format!("{}/rest/v1/items?select=body", t.url),
+            &t.service,
+            &t.service,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rows}");
+    assert_eq!(rows, json!([{"body": "before"}]));
+    assert!(
+        quota_lines(&server, &t.name)
+            .await
+            .join("\n")
+            .contains("quota=\"database_max_bytes\"")
+    );
+    // Another tenant is not affected.
+    let other = server.create("db-size-other").await;
+    items_table(&server, &other.database).await;
+    let fine = server
+        .http
+        .post(format!("{}/rest/v1/items", other.url))
+        .header("apikey", &other.service)
+        .bearer_auth(&other.service)
+        .json(&json!({"body": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fine.status(), StatusCode::CREATED);
+    // Under the quota again: read-write.
+    server
+        .patch(
+            &t.name,
+            json!({"database_max_bytes": 1_000_000_000_000_u64}),
+        )
+        .await;
+    server.platform.check_database_sizes().await.unwrap();
+    assert!(!server.platform.is_read_only(&t.name));
+    assert_eq!(insert("after").await.unwrap().status(), StatusCode::CREATED);
+}
+
+/// A plain table the service_role writes, in a tenant's database.
+async fn items_table(server: &Server, database: &str) {
+    server
+        .sql(database)
+        .await
+        .batch_execute(
+            "create table public.items (
+               id bigint generated always as identity primary key,
+               body text not null);
+             grant all on public.items to service_role;
+             notify pgrst, 'reload schema';",
+        )
+        .await
+        .unwrap();
+}
+
+/// A mail server that accepts every message and hands over (sender, data).
+async fn fake_smtp() -> (u16, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = tokio::io::BufReader::new(read).lines();
+                let _ = write.write_all(b"220 fake ESMTP\r\n").await;
+                let mut from = String::new();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let upper = line.to_ascii_uppercase();
+                    let answer: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                        b"250 fake\r\n"
+                    } else if upper.starts_with("MAIL FROM:") {
+                        from = line[10..].trim().to_owned();
+                        b"250 OK\r\n"
+                    } else if upper.starts_with("DATA") {
+                        let _ = write.write_all(b"354 go on\r\n").await;
+                        let mut data = String::new();
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            if line == "." {
+                                break;
+                            }
+                            data.push_str(&line);
+                            data.push('\n');
+                        }
+                        let _ = tx.send((from.clone(), data));
+                        b"250 OK\r\n"
+                    } else if upper.starts_with("QUIT") {
+                        let _ = write.write_all(b"221 bye\r\n").await;
+                        return;
+                    } else {
+                        b"250 OK\r\n"
+                    };
+                    if write.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test]
+async fn a_tenants_mails_carry_its_own_sender_site_and_links() {
+    let server = spawn().await;
+    let t = server.create("mailer").await;
+    let (port, mut mails) = fake_smtp().await;
+    let view = server
+        .patch(
+            &t.name,
+            json!({"smtp_url": format!("smtp://127.0.0.1:{port}"),
+                   "smtp_from": "Acme <hello@acme.example>",
+                   "site_url": "https://app.acme.example",
+                   "redirect_urls": ["https://app.acme.example/**"]}),
+        )
+        .await;
+    assert_eq!(view["settings"]["smtp_from"], "Acme <hello@acme.example>");
+    let sign_up = server
+        .http
+        .post(format!(
+            "{}/auth/v1/signup?redirect_to=https://app.acme.example/welcome",
+            t.url
+        ))
+        .header("apikey", &t.anon)
+        .json(&json!({"email": "carol@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sign_up.status(), StatusCode::OK);
+    let (from, data) = tokio::time::timeout(Duration::from_secs(30), mails.recv())
+        .await
+        .expect("a mail within 30 s")
+        .unwrap();
+    assert!(from.contains("hello@acme.example"), "{from}");
+    assert!(data.contains("hello@acme.example"), "{data}");
+    assert!(
+        data.contains(&format!("{}/auth/v1/verify", t.url)),
+        "{data}"
+    );
+    assert!(data.contains("app.acme.example"), "{data}");
+    // The default tenant's mail does not go to the tenant's server.
+    let root = server
+        .http
+        .post(format!("{}/auth/v1/signup", server.url))
+        .header("apikey", &server.default_anon)
+        .json(&json!({"email": "dave@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(root.status(), StatusCode::OK);
+    assert!(mails.try_recv().is_err());
+    // The mail server's password is never shown.
+    let view = server
+        .patch(
+            &t.name,
+            json!({"smtp_url": "smtps://postmaster:hunter2-secret@mail.acme.example:465"}),
+        )
+        .await;
+    assert!(!view.to_string().contains("hunter2-secret"), "{view}");
+    assert_eq!(
+        view["settings"]["smtp_url"],
+        "smtps://postmaster:********@mail.acme.example:465"
+    );
+}
+
+/// A real S3-compatible server (moto's server mode, from PyPI, as the
+/// storage tests use it), with bucket `sovra-test`.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_s3() -> S3Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let binary = std::env::var("SOVRA_TEST_MOTO").unwrap_or_else(|_| "moto_server".to_owned());
+    let child = std::process::Command::new(&binary)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {binary} ({err}); scripts/setup.sh installs it (pip install 'moto[server]')"));
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if http.get(format!("{endpoint}/")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let made = http
+        .put(format!("{endpoint}/sovra-test"))
+        .send()
+        .await
+        .unwrap();
+    assert!(made.status().is_success(), "creating the S3 bucket");
+    S3Server { child, endpoint }
+}
+
+/// Uploads one object to a new bucket of tenant `t`.
+async fn store_a_file(server: &Server, t: &Created) {
+    let bucket = server
+        .http
+        .post(format!("{}/storage/v1/bucket", t.url))
+        .header("apikey", &t.service)
+        .bearer_auth(&t.service)
+        .json(&json!({"name": "docs", "public": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bucket.status(), StatusCode::OK);
+    let upload = server
+        .http
+        .post(format!("{}/storage/v1/object/docs/a.txt", t.url))
+        .header("apikey", &t.service)
+        .bearer_auth(&t.service)
+        .header("content-type", "text/plain")
+        .body("some bytes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_deleted_tenants_files_are_removed_from_the_local_disk() {
+    let mut config = sovra_config::Config::default();
+    let root = sovra_test_support::scratch_dir();
+    config.storage.path = Some(root.clone());
+    let server = spawn_with(config).await;
+    let t = server.create("files-local").await;
+    let keep = server.create("files-keep").await;
+    store_a_file(&server, &t).await;
+    store_a_file(&server, &keep).await;
+    let count = |dir: std::path::PathBuf| {
+        fn walk(dir: &std::path::Path) -> usize {
+            std::fs::read_dir(dir).map_or(0, |entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| {
+                        let path = e.path();
+                        if path.is_dir() { walk(&path) } else { 1 }
+                    })
+                    .sum()
+            })
+        }
+        walk(&dir)
+    };
+    assert!(count(root.join(&t.name)) > 0);
+    let (status, _) = server
+        .api(reqwest::Method::DELETE, &format!("/{}", t.name), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(!root.join(&t.name).exists());
+    // Another tenant's files stay.
+    assert!(count(root.join(&keep.name)) > 0);
+}
+
+#[tokio::test]
+async fn a_deleted_tenants_files_are_removed_from_s3() {
+    let s3 = start_s3().await;
+    let mut config = sovra_config::Config::default();
+    config.storage.backend = "s3".to_owned();
+    config.storage.s3.endpoint = Some(s3.endpoint.clone());
+    config.storage.s3.bucket = Some("sovra-test".to_owned());
+    config.storage.s3.access_key_id = Some("testing".to_owned());
+    config.storage.s3.secret_access_key = Some("testing".to_owned());
+    config.storage.s3.force_path_style = true;
+    let server = spawn_with(config).await;
+    let t = server.create("files-s3").await;
+    let keep = server.create("files-s3-keep").await;
+    store_a_file(&server, &t).await;
+    store_a_file(&server, &keep).await;
+    // The bucket's keys under a prefix (moto answers unsigned listings).
+    let keys = |prefix: String| {
+        let request = server.http.get(format!(
+            "{}/sovra-test?list-type=2&prefix={prefix}/",
+            s3.endpoint
+        ));
+        async move {
+            let text = request.send().await.unwrap().text().await.unwrap();
+            text.matches("<Key>").count()
+        }
+    };
+    assert!(keys(t.name.clone()).await > 0);
+    let (status, _) = server
+        .api(reqwest::Method::DELETE, &format!("/{}", t.name), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(keys(t.name.clone()).await, 0);
+    assert!(keys(keep.name.clone()).await > 0);
+}
+
+/// A connection string for database `database` of the test cluster, as
+/// its superuser.
+fn connection_string(server: &Server, database: &str) -> String {
+    let config = server.db.config();
+    let host = match &config.get_hosts()[0] {
+        sovra_pg::tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        sovra_pg::tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+    };
+    format!(
+        "host={host} port={} user={} dbname={database}",
+        config.get_ports()[0],
+        config.get_user().unwrap()
+    )
+}
+
+#[tokio::test]
+async fn a_tenant_can_live_in_a_database_of_its_own_url() {
+    let server = spawn().await;
+    let name = unique("own-db");
+    let database = format!("ext_{}", name.replace('-', "_"));
+    server
+        .sql("postgres")
+        .await
+        .batch_execute(&format!("create database \"{database}\""))
+        .await
+        .unwrap();
+    let url = connection_string(&server, &database);
+    let (status, created) = server
+        .api(
+            reqwest::Method::POST,
+            "",
+            Some(json!({"name": name, "database_url": url})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["database"], database.as_str());
+    assert_eq!(created["own_database"], true);
+    assert!(!created.to_string().contains("host="), "{created}");
+    let t = Created {
+        name: name.clone(),
+        url: created["url"].as_str().unwrap().to_owned(),
+        anon: created["anon_key"].as_str().unwrap().to_owned(),
+        service: created["service_role_key"].as_str().unwrap().to_owned(),
+        database: database.clone(),
+    };
+    items_table(&server, &database).await;
+    server
+        .patch(&name, json!({"email_autoconfirm": true}))
+        .await;
+    // Its users and rows live in that database.
+    server.sign_up(&t, "erin@example.com").await;
+    let insert = server
+        .http
+        .post(format!("{}/rest/v1/items", t.url))
+        .header("apikey", &t.service)
+        .bearer_auth(&t.service)
+        .json(&json!({"body": "in my own database"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(insert.status(), StatusCode::CREATED);
+    let sql = server.sql(&database).await;
+    let users: i64 = sql
+        .query_one(
+            "select count(*) from auth.users where email = 'erin@example.com'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(users, 1);
+    // Its pools log in as its own roles, which may connect there only.
+    let logins: i64 = sql
+        .query_one(
+            "select count(*) from pg_stat_activity where datname = current_database() and usename like $1",
+            &[&format!("{}%", sovra_server::tenants::database_name(&name))],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(logins > 0);
+    let public_connect: bool = sql
+        .query_one(
+            "select has_database_privilege('public', current_database(), 'connect')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!public_connect);
+
+    // Refusals: not a URL, unreachable, the platform's own database, and
+    // a name or database taken.
+    for (body, expected, code) in [
+        (
+            json!({"name": unique("bad-url"), "database_url": "::not a url::"}),
+            StatusCode::BAD_REQUEST,
+            "bad_database_url",
+        ),
+        (
+            json!({"name": unique("no-server"), "database_url": "host=127.0.0.1 port=1 user=x dbname=y connect_timeout=2"}),
+            StatusCode::BAD_REQUEST,
+            "bad_database_url",
+        ),
+        (
+            json!({"name": unique("platform-db"), "database_url": connection_string(&server, server.db.config().get_dbname().unwrap())}),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            json!({"name": name, "database_url": connection_string(&server, &database)}),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            json!({"name": unique("typo"), "databse_url": "x"}),
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+        ),
+    ] {
+        let (status, answer) = server.api(reqwest::Method::POST, "", Some(body)).await;
+        assert_eq!(status, expected, "{answer}");
+        assert_eq!(answer["error"], code, "{answer}");
+        assert!(!answer.to_string().contains("port=1 user"), "{answer}");
+    }
+
+    // Deleting it drops its roles and leaves the database, which is the
+    // operator's.
+    let (status, _) = server
+        .api(reqwest::Method::DELETE, &format!("/{name}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let admin = server.sql("postgres").await;
+    let roles: i64 = admin
+        .query_one(
+            "select count(*) from pg_roles where rolname like $1",
+            &[&format!(
+                "{}\\_%",
+                sovra_server::tenants::database_name(&name)
+            )],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(roles, 0);
+    let kept: bool = admin
+        .query_one(
+            "select exists (select 1 from pg_database where datname = $1)",
+            &[&database],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(kept);
+    let (status, _) = server
+        .get(&format!("{}/rest/v1/", t.url), &t.service, &t.service)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_concurrency_quota_waits_its_turn_and_others_do_not() {
+    let server = spawn().await;
+    let t = server.create("busy").await;
+    let other = server.create("busy-other").await;
+    let sql = server.sql(&t.database).await;
+    sql.batch_execute(
+        "create function public.wait_for_lock() returns int language sql
+           as 'select 1 from (select pg_advisory_xact_lock(4242)) x';
+         grant execute on function public.wait_for_lock() to service_role;
+         notify pgrst, 'reload schema';",
+    )
+    .await
+    .unwrap();
+    server
+        .patch(&t.name, json!({"max_concurrent_requests": 1}))
+        .await;
+    // The test holds the lock: the first request holds the tenant's one
+    // turn while it waits for it.
+    sql.execute("select pg_advisory_lock(4242)", &[])
+        .await
+        .unwrap();
+    let call = |path: &str| {
+        let request = server
+            .http
+            .post(format!("{}/rest/v1/{path}", t.url))
+            .header("apikey", &t.service)
+            .bearer_auth(&t.service)
+            .json(&json!({}));
+        tokio::spawn(async move { request.send().await.unwrap().status() })
+    };
+    let first = call("rpc/wait_for_lock");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let blocked: i64 = sql
+            .query_one(
+                "select count(*) from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if blocked > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first request never blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = server
+        .http
+        .get(format!("{}/rest/v1/", t.url))
+        .header("apikey", &t.service)
+        .bearer_auth(&t.service)
+        .send();
+    let second = tokio::spawn(async move { second.await.unwrap().status() });
+    let tenant = server.platform.tenant(&t.name).await.unwrap();
+    loop {
+        if tenant.waiting.load(std::sync::atomic::Ordering::Relaxed) == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second request never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another tenant is served while this one's turn is taken.
+    let (status, _) = server
+        .get(
+            &format!("{}/rest/v1/", other.url),
+            &other.service,
+            &other.service,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!second.is_finished());
+    // Once the first is done, the second gets its turn.
+    sql.execute("select pg_advisory_unlock(4242)", &[])
+        .await
+        .unwrap();
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    assert_eq!(second.await.unwrap(), StatusCode::OK);
+    assert_eq!(tenant.waiting.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // Nonsense is refused.
+    let (status, body) = server
+        .api(
+            reqwest::Method::PATCH,
+            &format!("/{}", t.name),
+            Some(json!({"max_concurrent_requests": 1_000_000})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }

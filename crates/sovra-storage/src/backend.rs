@@ -433,6 +433,21 @@ impl Backend {
         self.write(to, Box::pin(joined), u64::MAX).await
     }
 
+    /// Deletes every file of this store's tenant (its whole prefix:
+    /// objects and upload parts); returns how many. For a tenant being
+    /// deleted.
+    pub async fn delete_all(&self) -> Result<usize, object_store::Error> {
+        let prefix = Path::from(self.prefix.as_str());
+        let mut listed = self.store.list(Some(&prefix));
+        let mut deleted = 0;
+        while let Some(meta) = listed.next().await {
+            let meta = meta?;
+            self.store.delete(&meta.location).await?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
     /// Deletes every part of a resumable upload.
     pub async fn delete_parts(&self, upload: &str, parts: i32) {
         for part in 0..parts {

@@ -47,6 +47,8 @@ struct GlobalArgs {
     database_url: Option<String>,
 }
 
+// Parsed once per run: the size of the largest command does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start the server (and the embedded PostgreSQL unless a database URL

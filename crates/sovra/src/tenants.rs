@@ -34,6 +34,8 @@ pub(crate) struct TenantsArgs {
     json: bool,
 }
 
+// Parsed once per run: the size of the largest command does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Action {
     /// Create a tenant: its own database, keys and URL.
@@ -78,6 +80,35 @@ enum Action {
         /// Quota: largest stored object, in bytes.
         #[arg(long)]
         storage_file_size_limit: Option<u64>,
+        /// Quota: bytes of all stored objects (0: none).
+        #[arg(long)]
+        storage_max_bytes: Option<u64>,
+        /// Quota: database size in bytes; over it the tenant is read-only
+        /// (0: none).
+        #[arg(long)]
+        database_max_bytes: Option<u64>,
+        /// Quota: mails auth sends per hour, all recipients (0: none).
+        #[arg(long)]
+        mails_per_hour: Option<u64>,
+        /// Quota: channels one realtime connection may join.
+        #[arg(long)]
+        realtime_max_channels_per_connection: Option<u64>,
+        /// Quota: realtime messages per second, all connections (0: none).
+        #[arg(long)]
+        realtime_events_per_second: Option<u64>,
+        /// Quota: requests in progress at once; more wait (0: no limit).
+        #[arg(long)]
+        max_concurrent_requests: Option<u64>,
+        /// Auth's mail server (smtp:// or smtps://).
+        #[arg(long)]
+        smtp_url: Option<String>,
+        /// The sender of auth's mails ("Name <a@b.example>").
+        #[arg(long)]
+        smtp_from: Option<String>,
+        /// Make a new pair of opaque keys (sb_publishable_/sb_secret_),
+        /// shown once; the previous pair stops working.
+        #[arg(long)]
+        rotate_opaque_keys: bool,
         /// Sign with this JWT secret (a Supabase project's, at least 32
         /// characters); new anon and service_role keys are made.
         #[arg(long, hide_env_values = true)]
@@ -103,6 +134,15 @@ fn update_body(action: &Action) -> Value {
         statement_timeout_ms,
         realtime_max_connections,
         storage_file_size_limit,
+        storage_max_bytes,
+        database_max_bytes,
+        mails_per_hour,
+        realtime_max_channels_per_connection,
+        realtime_events_per_second,
+        max_concurrent_requests,
+        smtp_url,
+        smtp_from,
+        rotate_opaque_keys,
         jwt_secret,
         ..
     } = action
@@ -134,6 +174,27 @@ fn update_body(action: &Action) -> Value {
         "storage_file_size_limit",
         storage_file_size_limit.map(|v| json!(v)),
     );
+    set("storage_max_bytes", storage_max_bytes.map(|v| json!(v)));
+    set("database_max_bytes", database_max_bytes.map(|v| json!(v)));
+    set("mails_per_hour", mails_per_hour.map(|v| json!(v)));
+    set(
+        "realtime_max_channels_per_connection",
+        realtime_max_channels_per_connection.map(|v| json!(v)),
+    );
+    set(
+        "realtime_events_per_second",
+        realtime_events_per_second.map(|v| json!(v)),
+    );
+    set(
+        "max_concurrent_requests",
+        max_concurrent_requests.map(|v| json!(v)),
+    );
+    set("smtp_url", smtp_url.as_ref().map(|v| json!(v)));
+    set("smtp_from", smtp_from.as_ref().map(|v| json!(v)));
+    set(
+        "rotate_opaque_keys",
+        rotate_opaque_keys.then_some(json!(true)),
+    );
     set("jwt_secret", jwt_secret.as_ref().map(|v| json!(v)));
     Value::Object(body)
 }
@@ -150,6 +211,16 @@ fn print_tenant(tenant: &Value) {
     println!("database          {}", text("database"));
     println!("anon key          {}", text("anon_key"));
     println!("service_role key  {}", text("service_role_key"));
+    // Opaque keys are in the answer only when they were just made.
+    if let Some(key) = tenant["publishable_key"].as_str() {
+        println!("publishable key   {key}");
+    }
+    if let Some(key) = tenant["secret_key"].as_str() {
+        println!("secret key        {key}  (shown once: keep it now)");
+    }
+    if tenant["read_only"] == Value::Bool(true) {
+        println!("read-only         yes (over its database size quota)");
+    }
     if let Some(settings) = tenant["settings"].as_object()
         && !settings.is_empty()
     {

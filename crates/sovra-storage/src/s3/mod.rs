@@ -145,7 +145,7 @@ fn s3_code(err: &StorageError) -> (u16, &'static str) {
 }
 
 /// An error as S3 sends it: `<Error><Code>…</Code><Message>…</Message>…`.
-pub(crate) fn error_response(err: &StorageError, resource: &str) -> Response {
+pub fn error_response(err: &StorageError, resource: &str) -> Response {
     let (status, code) = s3_code(err);
     let mut w = xml::Writer::bare("Error");
     w.text("Code", code)
