@@ -119,9 +119,11 @@ async fn open(config: &tokio_postgres::Config) -> Result<Stream, ReplicationErro
     for (i, host) in hosts.iter().enumerate() {
         let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
         let opened = match host {
-            Host::Unix(dir) => tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
-                .await
-                .map(Stream::Unix),
+            Host::Unix(dir) => {
+                tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
+                    .await
+                    .map(Stream::Unix)
+            }
             Host::Tcp(name) => {
                 let stream = match config.get_hostaddrs().get(i) {
                     Some(addr) => tokio::net::TcpStream::connect((*addr, port)).await,
@@ -167,9 +169,9 @@ impl ReplicationConnection {
     async fn connect_now(
         config: &tokio_postgres::Config,
     ) -> Result<ReplicationConnection, ReplicationError> {
-        let user = config
-            .get_user()
-            .ok_or_else(|| ReplicationError::Unsupported("the database URL names no user".into()))?;
+        let user = config.get_user().ok_or_else(|| {
+            ReplicationError::Unsupported("the database URL names no user".into())
+        })?;
         let database = config.get_dbname().unwrap_or(user);
         let mut params = vec![
             ("user", user),
@@ -207,19 +209,25 @@ impl ReplicationConnection {
                             "no supported SASL mechanism among {mechanisms:?}"
                         )));
                     }
-                    let state =
-                        sasl::ScramSha256::new(need_password()?, sasl::ChannelBinding::unsupported());
+                    let state = sasl::ScramSha256::new(
+                        need_password()?,
+                        sasl::ChannelBinding::unsupported(),
+                    );
                     let out = proto::sasl_initial(sasl::SCRAM_SHA_256, state.message());
                     scram = Some(state);
                     out
                 }
                 Owned::SaslContinue(data) => {
-                    let state = scram.as_mut().ok_or(proto::ProtocolError("SASL out of order"))?;
+                    let state = scram
+                        .as_mut()
+                        .ok_or(proto::ProtocolError("SASL out of order"))?;
                     state.update(&data)?;
                     proto::sasl_response(state.message())
                 }
                 Owned::SaslFinal(data) => {
-                    let state = scram.as_mut().ok_or(proto::ProtocolError("SASL out of order"))?;
+                    let state = scram
+                        .as_mut()
+                        .ok_or(proto::ProtocolError("SASL out of order"))?;
                     state.finish(&data)?;
                     continue;
                 }
@@ -268,7 +276,9 @@ impl ReplicationConnection {
         let mut failed = None;
         loop {
             match self.message().await? {
-                Owned::Ready => return failed.map_or(Ok(()), |err| Err(ReplicationError::Server(err))),
+                Owned::Ready => {
+                    return failed.map_or(Ok(()), |err| Err(ReplicationError::Server(err)));
+                }
                 Owned::Error(err) => failed = Some(err),
                 _ => {}
             }
@@ -306,7 +316,9 @@ impl ReplicationConnection {
         while let Some((message, used)) = proto::backend(&self.buf[at..])? {
             match message {
                 Backend::CopyData(payload) => match proto::replication(payload)? {
-                    proto::Replication::XLogData { data, .. } => out.push(Item::Data(data.to_vec())),
+                    proto::Replication::XLogData { data, .. } => {
+                        out.push(Item::Data(data.to_vec()))
+                    }
                     proto::Replication::Keepalive {
                         wal_end,
                         reply_requested,
@@ -420,7 +432,9 @@ impl Pump {
         match (&mut self.task).await {
             Ok(Err(err)) => err,
             Ok(Ok(())) => ReplicationError::Unsupported("the replication stream ended".to_owned()),
-            Err(err) => ReplicationError::Unsupported(format!("the replication reader failed: {err}")),
+            Err(err) => {
+                ReplicationError::Unsupported(format!("the replication reader failed: {err}"))
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sovra_realtime::FeedMode;
 use sovra_realtime::replication::{ReplicationConnection, ReplicationError};
-use sovra_test_support::TestApp;
+use sovra_test_support::{TestApp, fast_settings, scratch_dir};
 use support::realtime_client::{Client, change_app, feed_ready, pg_join, user};
 
 static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -162,7 +162,7 @@ async fn changes_stream_and_resume_after_a_restart_without_loss_or_repeats() {
 }
 
 #[tokio::test]
-async fn a_replication_connection_with_a_wrong_password_or_no_rights_is_refused() {
+async fn a_role_without_replication_rights_is_refused_and_a_missing_slot_is_an_error() {
     let _turn = TURNS.lock().await;
     let app = change_app(FIXTURE).await;
     let db = app.db.client().await;
@@ -238,4 +238,110 @@ async fn a_refused_replication_connection_falls_back_to_polling() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the polled slot did not advance");
+}
+
+#[tokio::test]
+async fn an_external_server_streams_over_tcp_with_scram_and_refuses_a_wrong_password() {
+    let _turn = TURNS.lock().await;
+    // A cluster of its own that takes passwords over TCP (scram-sha-256),
+    // as a server Sovra does not manage does.
+    let mut options = sovra_pg::ClusterOptions::new(scratch_dir().join("pg"));
+    options.settings = fast_settings();
+    options.tcp_port = Some(
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(),
+    );
+    let cluster = sovra_pg::Cluster::start(options.clone()).await.unwrap();
+    let url = |password: &str| {
+        format!(
+            "postgresql://postgres:{password}@127.0.0.1:{}/postgres",
+            options.tcp_port.unwrap()
+        )
+        .parse::<sovra_pg::tokio_postgres::Config>()
+        .unwrap()
+    };
+    let wrong = ReplicationConnection::connect(&url("not-the-password"))
+        .await
+        .err()
+        .expect("a wrong password is refused");
+    assert!(wrong.refused(), "{wrong}");
+    assert!(wrong.to_string().contains("28P01"), "{wrong}");
+
+    let admin = sovra_pg::connect_one(&url(cluster.password()))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(
+            "create table public.t (id int primary key, v text);
+             create publication p for table public.t;",
+        )
+        .await
+        .unwrap();
+    admin
+        .batch_execute("select pg_create_logical_replication_slot('s', 'pgoutput')")
+        .await
+        .unwrap();
+    let mut conn = ReplicationConnection::connect(&url(cluster.password()))
+        .await
+        .unwrap();
+    conn.start("s", 0, &["p"]).await.unwrap();
+    admin
+        .batch_execute("insert into public.t values (1, 'streamed')")
+        .await
+        .unwrap();
+    // Begin, Relation, Insert, Commit arrive (keepalives may come between).
+    let mut kinds = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !kinds.contains(&b'C') {
+        assert!(std::time::Instant::now() < deadline, "got {kinds:?}");
+        let mut items = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), conn.read_items(&mut items))
+            .await
+            .unwrap()
+            .unwrap();
+        for item in items {
+            if let sovra_realtime::replication::Item::Data(data) = item {
+                kinds.push(data[0]);
+                if data[0] == b'I' {
+                    assert!(
+                        String::from_utf8_lossy(&data).contains("streamed"),
+                        "{data:?}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(kinds, b"BRIC");
+    // Confirmed: the slot moves.
+    let lsn: String = admin
+        .query_one("select pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let lsn = lsn
+        .split_once('/')
+        .map(|(hi, lo)| {
+            (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+        })
+        .unwrap();
+    conn.send_status(lsn).await.unwrap();
+    for _ in 0..200 {
+        let moved: bool = admin
+            .query_one(
+                "select confirmed_flush_lsn >= $1::text::pg_lsn from pg_replication_slots where slot_name = 's'",
+                &[&format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if moved {
+            drop(conn);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the status update did not move the slot");
 }
