@@ -31,7 +31,7 @@ use tokio::sync::{Notify, mpsc};
 /// (PostgreSQL's `wal_sender_timeout` is 60 s by default).
 pub const STATUS_EVERY: Duration = Duration::from_secs(10);
 
-/// Bytes read from the socket at a time (one chunk handed on at most).
+/// Bytes read from the socket at a time.
 const READ_SIZE: usize = 256 * 1024;
 
 /// Why a replication connection failed.
@@ -105,6 +105,10 @@ pub struct ReplicationConnection {
     buf: Vec<u8>,
     /// Keepalives that asked for an answer since the last read.
     reply_wanted: bool,
+    /// Stream messages read and not yet taken ([`Self::take_items`]).
+    items: Vec<Item>,
+    /// Bytes of `pgoutput` data in `items`.
+    item_bytes: usize,
 }
 
 async fn open(config: &tokio_postgres::Config) -> Result<Stream, ReplicationError> {
@@ -187,6 +191,8 @@ impl ReplicationConnection {
             stream: open(config).await?,
             buf: Vec::with_capacity(READ_SIZE),
             reply_wanted: false,
+            items: Vec::new(),
+            item_bytes: 0,
         };
         conn.stream.write_all(&proto::startup(&params)?).await?;
         let password = config.get_password();
@@ -308,16 +314,18 @@ impl ReplicationConnection {
         Ok(())
     }
 
-    /// Reads once from the socket and appends the whole stream messages it
-    /// completed to `out`. Cancel-safe: the only await is the read.
-    pub async fn read_items(&mut self, out: &mut Vec<Item>) -> Result<(), ReplicationError> {
+    /// Reads once from the socket and keeps the whole stream messages it
+    /// completed (see [`Self::take_items`]). Cancel-safe: the only await is
+    /// the read.
+    pub async fn read_items(&mut self) -> Result<(), ReplicationError> {
         self.fill().await?;
         let mut at = 0;
         while let Some((message, used)) = proto::backend(&self.buf[at..])? {
             match message {
                 Backend::CopyData(payload) => match proto::replication(payload)? {
                     proto::Replication::XLogData { data, .. } => {
-                        out.push(Item::Data(data.to_vec()))
+                        self.item_bytes += data.len();
+                        self.items.push(Item::Data(data.to_vec()));
                     }
                     proto::Replication::Keepalive {
                         wal_end,
@@ -325,7 +333,7 @@ impl ReplicationConnection {
                         ..
                     } => {
                         self.reply_wanted |= reply_requested;
-                        out.push(Item::Keepalive { wal_end });
+                        self.items.push(Item::Keepalive { wal_end });
                     }
                 },
                 Backend::Error(err) => return Err(ReplicationError::Server(err)),
@@ -340,6 +348,12 @@ impl ReplicationConnection {
         }
         self.buf.drain(..at);
         Ok(())
+    }
+
+    /// The stream messages read so far, in order.
+    pub fn take_items(&mut self) -> Vec<Item> {
+        self.item_bytes = 0;
+        std::mem::take(&mut self.items)
     }
 
     /// Reports that WAL up to `flushed` is durably handled.
@@ -419,11 +433,17 @@ impl Drop for Pump {
 }
 
 impl Pump {
-    /// Hands `conn`'s stream on in chunks (at most `chunks` waiting);
-    /// reports `confirmed` as it moves.
-    pub fn start(conn: ReplicationConnection, confirmed: Arc<Confirmed>, chunks: usize) -> Pump {
-        let (tx, items) = mpsc::channel(chunks.max(1));
-        let task = tokio::spawn(pump(conn, confirmed, tx));
+    /// Hands `conn`'s stream on: everything read while the consumer is
+    /// busy goes into one chunk (up to about `chunk_bytes` of `pgoutput`
+    /// data, then reading waits), so a consumer that falls behind takes
+    /// larger batches. Reports `confirmed` as it moves.
+    pub fn start(
+        conn: ReplicationConnection,
+        confirmed: Arc<Confirmed>,
+        chunk_bytes: usize,
+    ) -> Pump {
+        let (tx, items) = mpsc::channel(1);
+        let task = tokio::spawn(pump(conn, confirmed, tx, chunk_bytes.max(1)));
         Pump { items, task }
     }
 
@@ -443,43 +463,29 @@ async fn pump(
     mut conn: ReplicationConnection,
     confirmed: Arc<Confirmed>,
     tx: mpsc::Sender<Vec<Item>>,
+    chunk_bytes: usize,
 ) -> Result<(), ReplicationError> {
     let mut tick = tokio::time::interval(STATUS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut items = Vec::new();
+        let waiting = !conn.items.is_empty();
+        let room = conn.item_bytes < chunk_bytes;
         tokio::select! {
             biased;
-            _ = confirmed.changed.notified() => {
-                conn.send_status(confirmed.get()).await?;
-                continue;
-            }
-            _ = tick.tick() => {
-                conn.send_status(confirmed.get()).await?;
-                continue;
-            }
-            read = conn.read_items(&mut items) => read?,
-        }
-        if std::mem::take(&mut conn.reply_wanted) {
-            conn.send_status(confirmed.get()).await?;
-        }
-        if items.is_empty() {
-            continue;
-        }
-        // Hand the chunk on; while the consumer is busy, keep reporting.
-        loop {
-            tokio::select! {
-                biased;
-                permit = tx.reserve() => {
-                    match permit {
-                        Ok(permit) => permit.send(items),
-                        // The consumer went away.
-                        Err(_) => return Ok(()),
-                    }
-                    break;
+            _ = confirmed.changed.notified() => conn.send_status(confirmed.get()).await?,
+            _ = tick.tick() => conn.send_status(confirmed.get()).await?,
+            // The consumer is free: hand on what was read.
+            permit = tx.reserve(), if waiting => match permit {
+                Ok(permit) => permit.send(conn.take_items()),
+                // The consumer went away.
+                Err(_) => return Ok(()),
+            },
+            // Read on while the consumer is busy, up to the chunk's size.
+            read = conn.read_items(), if room => {
+                read?;
+                if std::mem::take(&mut conn.reply_wanted) {
+                    conn.send_status(confirmed.get()).await?;
                 }
-                _ = confirmed.changed.notified() => conn.send_status(confirmed.get()).await?,
-                _ = tick.tick() => conn.send_status(confirmed.get()).await?,
             }
         }
     }

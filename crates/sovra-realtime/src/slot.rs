@@ -348,10 +348,9 @@ async fn stream(
     sink: &dyn Sink,
 ) -> Result<Ended, FeedError> {
     let confirmed = Arc::new(Confirmed::default());
-    // About `feed_batch_bytes` of the stream may wait while a batch is
-    // delivered.
-    let chunks = (config.batch_bytes / (256 * 1024)).clamp(4, 256);
-    let mut pump = Pump::start(conn, confirmed.clone(), chunks);
+    // While a batch is delivered, about `feed_batch_bytes` of the stream
+    // gathers for the next one.
+    let mut pump = Pump::start(conn, confirmed.clone(), config.batch_bytes);
     let mut assembler = Assembler::new(config, sink);
     // The end of the stream as of the last keepalive received between
     // transactions: everything before it has been read.

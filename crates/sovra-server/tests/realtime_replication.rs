@@ -297,12 +297,11 @@ async fn an_external_server_streams_over_tcp_with_scram_and_refuses_a_wrong_pass
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !kinds.contains(&b'C') {
         assert!(std::time::Instant::now() < deadline, "got {kinds:?}");
-        let mut items = Vec::new();
-        tokio::time::timeout(Duration::from_secs(20), conn.read_items(&mut items))
+        tokio::time::timeout(Duration::from_secs(20), conn.read_items())
             .await
             .unwrap()
             .unwrap();
-        for item in items {
+        for item in conn.take_items() {
             if let sovra_realtime::replication::Item::Data(data) = item {
                 kinds.push(data[0]);
                 if data[0] == b'I' {
