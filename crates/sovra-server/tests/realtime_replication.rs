@@ -195,8 +195,7 @@ async fn a_role_without_replication_rights_is_refused_and_a_missing_slot_is_an_e
     let err = conn
         .start("no_such_slot", 0, &["supabase_realtime"])
         .await
-        .err()
-        .expect("no such slot");
+        .expect_err("no such slot");
     assert!(!err.refused(), "{err}");
     assert!(err.to_string().contains("no_such_slot"), "{err}");
 }
