@@ -14,8 +14,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 idle_n="${1:-20000}"; receivers="${2:-1000}"; rate="${3:-200}"; subs="${4:-100}"; secs="${5:-10}"
 command -v pgbench >/dev/null || export PATH="$(pg_config --bindir):$PATH"
-cargo build --release --locked --quiet --bin sovra --bin sovra-load
-bin=./target/release/sovra; load=./target/release/sovra-load
+# SOVRA_BIN (and SOVRA_LOAD_BIN) run prebuilt binaries instead of building
+# (e.g. the previous commit's, to measure before and after in one run).
+if [ -z "${SOVRA_BIN:-}" ]; then
+  cargo build --release --locked --quiet --bin sovra --bin sovra-load
+fi
+bin="${SOVRA_BIN:-./target/release/sovra}"; load="${SOVRA_LOAD_BIN:-./target/release/sovra-load}"
+# RT_BENCH_ONLY=changes measures only the database changes (section 3).
+only="${RT_BENCH_ONLY:-}"
 # Both ends hold one descriptor per connection: raise the limit as far as
 # this machine allows, and hold no more connections than fit.
 ulimit -n "$(( idle_n + 10000 ))" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -43,6 +49,7 @@ run_load() { "$load" "$@" --url "$url" --anon-key "$anon" --service-key "$servic
 echo "| case | sovra | reference |"
 echo "|---|---|---|"
 
+if [ "$only" != changes ]; then
 # 1. Idle connections and memory per connection.
 before="$(rss_kib)"
 fifo="$dir/idle.out"; mkfifo "$fifo"
@@ -60,6 +67,7 @@ echo "| idle connections (each joined to a channel) | ${summary} | server RSS ${
 # 2. Broadcast fan-out: one sender, $receivers receivers on one topic.
 bc="$(run_load rt-broadcast --connections "$receivers" --rate "$rate" --secs "$secs" 2>>"$dir/err.log")"
 echo "| broadcast fan-out: 1 sender at ${rate}/s to ${receivers} receivers (${secs} s) | ${bc} | offered $(( rate * receivers )) deliveries/s |"
+fi
 
 # 3. Database changes under RLS: $subs users each subscribed to INSERTs on a
 #    table whose policy shows each only their own rows; pgbench inserts rows

@@ -271,9 +271,10 @@ impl Cluster {
             ),
             ("unix_socket_permissions".into(), "0700".into()),
             ("wal_level".into(), "logical".into()),
-            ("max_wal_senders".into(), "10".into()),
             // One change-feed slot per tenant with realtime subscribers,
-            // and a few connections per started tenant (#14).
+            // and a few connections per started tenant (#14); each feed
+            // streams its slot over a replication connection (a walsender).
+            ("max_wal_senders".into(), "128".into()),
             ("max_replication_slots".into(), "128".into()),
             ("max_connections".into(), "500".into()),
         ];

@@ -7,8 +7,12 @@
 //!   evaluation against a changed row;
 //! - [`pgoutput`]: the messages of PostgreSQL's `pgoutput` logical
 //!   decoding plugin (protocol version 1), and the conversion of their text
-//!   values to JSON by column type.
+//!   values to JSON by column type;
+//! - [`replication`]: the frontend/backend protocol as a logical
+//!   replication client speaks it (startup, authentication, `CopyBoth`
+//!   with `XLogData`, keepalives and standby status updates).
 
 pub mod filter;
 pub mod frame;
 pub mod pgoutput;
+pub mod replication;

@@ -5,7 +5,9 @@
 //! only the ones before it:
 //!
 //! 1. **decode** — [`slot`] reads committed transactions from the logical
-//!    replication slot; `sovra-realtime-proto` decodes `pgoutput` (pure);
+//!    replication slot, streamed over a [`replication`] connection (or
+//!    polled where PostgreSQL refuses one); `sovra-realtime-proto` frames
+//!    the protocol and decodes `pgoutput` (pure);
 //!    [`catalog`] describes each table from this database's catalog;
 //!    [`change`] is the type every later stage carries.
 //! 2. **authorise** — [`authorize`] asks PostgreSQL which changes each
@@ -33,6 +35,7 @@ mod config;
 mod fanout;
 mod hub;
 mod principal;
+pub mod replication;
 mod revalidate;
 mod service;
 mod slot;
@@ -42,6 +45,7 @@ pub use config::RealtimeConfig;
 pub use principal::{Principal, Verifier};
 pub use revalidate::{Credential, RevalidateFuture, Revalidator};
 pub use service::{ConnectionPermit, HttpError, RealtimeService};
+pub use slot::FeedMode;
 pub use sovra_realtime_proto::frame::Vsn;
 
 use std::sync::Arc;

@@ -34,8 +34,8 @@ pub struct RealtimeService {
     connections: AtomicUsize,
     feed: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     feed_source: std::sync::Mutex<Option<sovra_pg::tokio_postgres::Config>>,
-    /// The slot the feed consumes, once it leads.
-    feed_slot: std::sync::Mutex<Option<String>>,
+    /// The slot the feed consumes, once it leads, and how it reads it.
+    feed_slot: std::sync::Mutex<Option<(String, slot::FeedMode)>>,
     /// See [`RealtimeService::wait_for_slot_on_first_join`].
     wait_for_slot: std::sync::atomic::AtomicBool,
     /// This instance's id on the bus.
@@ -232,7 +232,19 @@ impl RealtimeService {
 
     /// The replication slot this instance consumes, when it leads the feed.
     pub fn feed_slot(&self) -> Option<String> {
-        self.feed_slot.lock().ok().and_then(|s| s.clone())
+        self.feed_slot
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|(slot, _)| slot.clone()))
+    }
+
+    /// How this instance reads the slot (streamed over a replication
+    /// connection, or polled), when it leads the feed.
+    pub fn feed_mode(&self) -> Option<slot::FeedMode> {
+        self.feed_slot
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|(_, mode)| *mode))
     }
 
     /// Joined channels.
@@ -950,11 +962,11 @@ impl RealtimeService {
 struct FeedSink(Weak<RealtimeService>);
 
 impl slot::Sink for FeedSink {
-    fn leading(&self, slot: &str) {
+    fn leading(&self, slot: &str, mode: slot::FeedMode) {
         if let Some(service) = self.0.upgrade()
             && let Ok(mut ready) = service.feed_slot.lock()
         {
-            *ready = Some(slot.to_owned());
+            *ready = Some((slot.to_owned(), mode));
         }
     }
 

@@ -526,6 +526,9 @@ async fn transactions_of_5000_and_100000_rows_stream_in_bounded_batches() {
     let mut config = sovra_config::Config::default();
     // The smallest batch allowed: a 100,000-row transaction takes many.
     config.realtime.feed_batch_bytes = 65_536;
+    // Bob sends no heartbeat while the rows go by: on a loaded machine
+    // that can take longer than the default idle timeout.
+    config.realtime.idle_timeout = 600;
     let app = change_app_with(config, FIXTURE).await;
     let (alice, token) = user(&app);
     let (_bob, bob_token) = user(&app);

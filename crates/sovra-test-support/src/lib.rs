@@ -78,6 +78,9 @@ pub fn fast_settings() -> Vec<(String, String)> {
         ("full_page_writes", "off"),
         ("max_connections", "300"),
         ("shared_buffers", "32MB"),
+        // Few walsenders: a test can hold them all to see the change feed
+        // fall back to polling.
+        ("max_wal_senders", "10"),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
