@@ -21,8 +21,8 @@ pub mod cursor;
 pub mod error;
 pub mod names;
 mod object;
-pub mod s3;
 pub mod render;
+pub mod s3;
 mod sign;
 mod tus;
 
