@@ -754,8 +754,27 @@ impl KeySet {
         Ok(())
     }
 
-    /// Signs `claims` with the active signing key.
+    /// Signs `claims` with the active signing key. A set never signs a
+    /// token its own rules would tie to another project: claims whose
+    /// `ref` is not the bound project's (a custom access token hook may
+    /// write any claim), or, for a set bound to no project, a `ref` that
+    /// `with_foreign_refs`' guard says names another project on this
+    /// server. Such a token would be refused here anyway, but accepted by
+    /// that project were both configured with the same secret.
     pub fn sign(&self, claims: &Map<String, Value>) -> Result<String, JwtError> {
+        if let Some(claimed) = claims.get("ref") {
+            let foreign = match (&self.project_ref, claimed.as_str()) {
+                (Some(project), Some(claimed)) => claimed != project,
+                (None, Some(claimed)) => self.foreign_refs.as_ref().is_some_and(|g| g(claimed)),
+                (Some(_), None) => true,
+                (None, None) => false,
+            };
+            if foreign {
+                return Err(JwtError::Signing(
+                    "the `ref` claim names another project".to_owned(),
+                ));
+            }
+        }
         let mut header = Header::new(self.sign.alg);
         header.kid.clone_from(&self.sign.kid);
         if let Some(project) = &self.project_ref

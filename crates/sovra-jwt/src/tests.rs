@@ -679,12 +679,18 @@ fn a_project_ref_binds_tokens_to_their_project() {
     assert_eq!(globex.verify(&token, NOW), Err(JwtError::WrongIssuer));
     // A token without a ref (the Supabase demo key) is no project's.
     assert_eq!(acme.verify(DEMO_ANON, NOW), Err(JwtError::WrongIssuer));
-    // A ref the claims name already is kept, and then must match.
+    // Claims naming another project (a custom access token hook may
+    // write any claim) are never signed: globex, configured with the same
+    // secret, would accept the token. The project's own ref is signed.
     let mut claims = user(NOW + 60);
     claims.insert("ref".to_owned(), json!("globex"));
-    let forged = acme.sign(&claims).unwrap();
-    assert_eq!(acme.verify(&forged, NOW), Err(JwtError::WrongIssuer));
-    assert!(globex.verify(&forged, NOW).is_ok());
+    assert!(matches!(acme.sign(&claims), Err(JwtError::Signing(_))));
+    claims.insert("ref".to_owned(), json!(7));
+    assert!(matches!(acme.sign(&claims), Err(JwtError::Signing(_))));
+    claims.insert("ref".to_owned(), json!("acme"));
+    let own = acme.sign(&claims).unwrap();
+    assert!(acme.verify(&own, NOW).is_ok());
+    assert_eq!(globex.verify(&own, NOW), Err(JwtError::WrongIssuer));
     // An unbound set (the default project) signs no ref.
     let plain = KeySet::new(&store, None, None).unwrap();
     let token = plain.sign(&user(NOW + 60)).unwrap();
@@ -723,6 +729,10 @@ fn an_unbound_set_refuses_the_refs_of_other_projects() {
     let moved = default.sign(&claims).unwrap();
     assert!(default.verify(&moved, NOW).is_ok());
     assert!(default.verify(DEMO_ANON, NOW).is_ok());
+    // The default project never signs claims naming a project here (a
+    // hook's claims): acme would accept them with the shared secret.
+    claims.insert("ref".to_owned(), json!("acme"));
+    assert!(matches!(default.sign(&claims), Err(JwtError::Signing(_))));
     // A bound set ignores the guard: its own ref is the rule.
     let bound = KeySet::new(&store, None, None)
         .unwrap()
