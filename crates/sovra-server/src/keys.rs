@@ -137,7 +137,10 @@ fn keyset(store: &KeyStore, config: &Config) -> Result<KeySet, KeysError> {
         .map_err(|err| KeysError::Config(err.to_string()))
 }
 
-fn mint(keyset: &KeySet, issuer: &str) -> Result<ApiKeys, KeysError> {
+/// A project's anon and service_role API keys under `keyset` (bound to
+/// a tenant by its `ref` when the set is); the opaque `sb_…` keys are
+/// added by the caller.
+pub(crate) fn mint(keyset: &KeySet, issuer: &str) -> Result<ApiKeys, KeysError> {
     let iat = now();
     let exp = iat + API_KEY_LIFETIME_SECS;
     let sign = |role: &str| {

@@ -1266,23 +1266,7 @@ impl Platform {
         let opaque = crate::opaque_keys::generate(now());
         api.opaque.clone_from(&opaque.stored);
         let mut client = self.admin_client().await.map_err(internal)?;
-        let created = client
-            .batch_execute(&format!(
-                "create role {} login noinherit in role authenticator;
-                 create role {} login noinherit in role supabase_auth_admin",
-                quote(&rest),
-                quote(&auth)
-            ))
-            .await;
-        if let Err(err) = created {
-            if err.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
-                return Err((
-                    StatusCode::CONFLICT,
-                    format!("database roles of a tenant named {name:?} exist already"),
-                ));
-            }
-            return Err(internal(db_error(&err)));
-        }
+        create_login_roles(&client, name, &rest, &auth).await?;
         let registered = async {
             let tx = client.transaction().await?;
             tx.execute(
@@ -1416,23 +1400,7 @@ impl Platform {
         let mut api = mint(&keyset, &self.config.jwt.issuer).map_err(internal)?;
         let opaque = crate::opaque_keys::generate(now());
         api.opaque.clone_from(&opaque.stored);
-        let roles = ext
-            .batch_execute(&format!(
-                "create role {} login noinherit in role authenticator;
-                 create role {} login noinherit in role supabase_auth_admin",
-                quote(&rest),
-                quote(&auth)
-            ))
-            .await;
-        if let Err(err) = roles {
-            if err.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
-                return Err((
-                    StatusCode::CONFLICT,
-                    format!("database roles of a tenant named {name:?} exist already"),
-                ));
-            }
-            return Err(internal(db_error(&err)));
-        }
+        create_login_roles(&ext, name, &rest, &auth).await?;
         let made = async {
             let mut client = self.admin_client().await?;
             let tx = client.transaction().await.map_err(|err| db_error(&err))?;
@@ -1821,21 +1789,37 @@ fn record_of(row: &tokio_postgres::Row) -> Result<TenantRecord, String> {
     })
 }
 
+/// Creates tenant `name`'s two login roles (`rest` for `/rest/v1` and
+/// the other APIs, `auth` for `/auth/v1`): 409 when they exist already.
+async fn create_login_roles(
+    client: &tokio_postgres::Client,
+    name: &str,
+    rest: &str,
+    auth: &str,
+) -> Result<(), (StatusCode, String)> {
+    let created = client
+        .batch_execute(&format!(
+            "create role {} login noinherit in role authenticator;
+             create role {} login noinherit in role supabase_auth_admin",
+            quote(rest),
+            quote(auth)
+        ))
+        .await;
+    match created {
+        Ok(()) => Ok(()),
+        Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
+            Err((
+                StatusCode::CONFLICT,
+                format!("database roles of a tenant named {name:?} exist already"),
+            ))
+        }
+        Err(err) => Err((StatusCode::INTERNAL_SERVER_ERROR, db_error(&err))),
+    }
+}
+
 /// A tenant's anon and service_role keys, bound to it by `ref`.
 fn mint(keyset: &KeySet, issuer: &str) -> Result<ApiKeys, String> {
-    const LIFETIME: i64 = 10 * 365 * 24 * 3600;
-    let iat = now();
-    let sign = |role: &str| {
-        keyset
-            .mint_api_key(role, issuer, iat, iat + LIFETIME)
-            .map_err(|err| err.to_string())
-    };
-    Ok(ApiKeys {
-        anon: sign("anon")?,
-        service_role: sign("service_role")?,
-        // The opaque `sb_…` keys are added by the caller.
-        opaque: Vec::new(),
-    })
+    crate::keys::mint(keyset, issuer).map_err(|err| err.to_string())
 }
 
 /// A request routed to a tenant other than the default one.
