@@ -53,6 +53,21 @@ use crate::principal::Principal;
 /// Connections that authorise at once.
 const WORKERS: usize = 4;
 
+/// The feed's lock-wait window (see `evaluate`): half the server's
+/// `deadlock_timeout`, at most 200 ms, at least 1 ms, as statement and lock
+/// timeouts for the statements that may wait.
+const WINDOW_SQL: &str = "select set_config('statement_timeout', w, true), set_config('lock_timeout', w, true)
+     from (select greatest(1, least(200, (extract(epoch from current_setting('deadlock_timeout')::interval) * 500)::int))::text as w) s";
+
+/// Ends the window: statements that cannot wait run under the session's
+/// own statement timeout again.
+const WINDOW_END_SQL: &str = "set local statement_timeout to default";
+
+/// Put-back refusals that a new attempt resolves: a row changed after the
+/// snapshot (40001), a deadlock (40P01), a lock not had within the window
+/// (55P03, or the window's statement timeout, 57014).
+const RETRY_CODES: [&str; 4] = ["40001", "40P01", "55P03", "57014"];
+
 /// Subscribers with the same claims, and the changes (all of one table)
 /// they would receive if PostgreSQL lets them see the rows.
 pub(crate) struct Group {
@@ -272,6 +287,63 @@ impl Table<'_> {
             values = values.join(", "),
             keys = key_match.join(" and "),
         )
+    }
+
+    /// Locks, in key order, every row that putting a version of this batch
+    /// back would write (a row whose values differ from one of the
+    /// versions): `$1` and the arrays as for [`Table::restore_sql`], with
+    /// the versions of every round. `None` when nothing would be written
+    /// (every present column is a key or generated).
+    ///
+    /// Taking every lock the transaction needs at its start, in one
+    /// statement, keeps the feed from waiting for a lock while the
+    /// application waits for one of the feed's (see [`evaluate`]).
+    fn lock_sql(&self) -> Option<String> {
+        let present: Vec<usize> = self.present().collect();
+        let settable: Vec<usize> = present
+            .iter()
+            .copied()
+            .filter(|i| !self.keys.contains(i) && !self.rel.generated_always[*i])
+            .collect();
+        if settable.is_empty() {
+            return None;
+        }
+        let aliases: Vec<String> = present.iter().map(|i| format!("c{i}")).collect();
+        let arrays: Vec<String> = (0..present.len())
+            .map(|n| format!("${}::text[]", n + 2))
+            .collect();
+        let key_match: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| format!("t.{} = x.c{k}::{}", self.column(*k), self.ty(*k)))
+            .collect();
+        let differs: Vec<String> = settable
+            .iter()
+            .map(|i| {
+                format!(
+                    "(substr(x.m, {}, 1) = '1' and t.{}::text is distinct from x.c{i})",
+                    i + 1,
+                    self.column(*i)
+                )
+            })
+            .collect();
+        let order: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| format!("t.{}", self.column(*k)))
+            .collect();
+        Some(format!(
+            "with x as materialized (select * from unnest($1::text[], {arrays}) as x(m, {aliases}))
+             select count(*) from (select 1 from {table} t
+               where exists (select 1 from x where {keys} and ({differs}))
+               order by {order} for no key update of t) l",
+            arrays = arrays.join(", "),
+            aliases = aliases.join(", "),
+            table = self.name,
+            keys = key_match.join(" and "),
+            differs = differs.join(" or "),
+            order = order.join(", "),
+        ))
     }
 
     /// The keys (as text) of the rows with the given keys that the current
@@ -518,10 +590,20 @@ async fn evaluate(
     steps.push(setup("begin isolation level repeatable read"));
     if !rounds.is_empty() {
         steps.push(setup("set local session_replication_role = replica"));
-        // A row to put back that a writer holds locked (an open
-        // transaction) must not stall the feed: give up after a while and
-        // report the error to the groups.
-        steps.push(setup("set local lock_timeout = '5s'"));
+        // Putting rows back takes row locks that the application's own
+        // transactions may want too. If the feed waited for a lock while an
+        // application transaction waited for one of the feed's, PostgreSQL
+        // would break the deadlock by failing whichever of the two checks
+        // first, possibly the application's. So the feed waits only at the
+        // start of its transaction: one statement locks, in key order,
+        // every row any round will write; that statement and the first
+        // round's put-back (which re-inserts deleted rows) may wait at most
+        // half of `deadlock_timeout` (and never more than 200 ms) in all.
+        // An application transaction waiting for the feed's locks therefore
+        // finds, when its deadlock check runs, a feed that no longer waits:
+        // it is never the victim. The feed, refused, rolls back and starts
+        // again (below). Later statements wait at most as long per lock.
+        steps.push(setup(WINDOW_SQL));
     }
     let prologue: Arc<str> = Arc::from(sovra_pg::PROLOGUE_SQL);
     let select_sql: Arc<str> = Arc::from(table.select_sql());
@@ -578,36 +660,52 @@ async fn evaluate(
     // Round 0 also carries each group's other checks (one savepoint per
     // group); later rounds (several versions of a row in one batch) only
     // their selects.
+    // Row versions as `restore_sql` and `lock_sql` take them: a mask per
+    // row, then one text array per present column.
+    let version_params = |versions: &[&Version]| -> Vec<Param> {
+        let mut params = Vec::with_capacity(2 + rel.rel.columns.len());
+        params.push(Param::TextArray(Arc::new(
+            versions
+                .iter()
+                .map(|v| {
+                    Some(
+                        v.iter()
+                            .map(|c| if c.is_some() { '1' } else { '0' })
+                            .collect(),
+                    )
+                })
+                .collect(),
+        )));
+        for i in table.present() {
+            params.push(Param::TextArray(Arc::new(
+                versions.iter().map(|v| v[i].clone().flatten()).collect(),
+            )));
+        }
+        params
+    };
+    if !rounds.is_empty()
+        && let Some(lock_sql) = table.lock_sql()
+    {
+        let all: Vec<&Version> = rounds.iter().flatten().map(|(_, v, _)| v).collect();
+        steps.push(Step {
+            sql: Arc::from(lock_sql),
+            params: version_params(&all),
+            purpose: Purpose::Restore,
+        });
+    }
     let rounds_to_run = rounds.len().max(1);
     for r in 0..rounds_to_run {
         if let Some(round) = rounds.get(r) {
             // Put the round's rows back (as the pool's own role).
-            let mut params = Vec::with_capacity(2 + rel.rel.columns.len());
-            params.push(Param::TextArray(Arc::new(
-                round
-                    .iter()
-                    .map(|(_, v, _)| {
-                        Some(
-                            v.iter()
-                                .map(|c| if c.is_some() { '1' } else { '0' })
-                                .collect(),
-                        )
-                    })
-                    .collect(),
-            )));
-            for i in table.present() {
-                params.push(Param::TextArray(Arc::new(
-                    round
-                        .iter()
-                        .map(|(_, v, _)| v[i].clone().flatten())
-                        .collect(),
-                )));
-            }
+            let versions: Vec<&Version> = round.iter().map(|(_, v, _)| v).collect();
             steps.push(Step {
                 sql: restore_sql.clone(),
-                params,
+                params: version_params(&versions),
                 purpose: Purpose::Restore,
             });
+            if r == 0 {
+                steps.push(setup(WINDOW_END_SQL));
+            }
         }
         steps.push(setup("savepoint sovra_rt"));
         // The round's keys, as the select wants them.
@@ -721,10 +819,15 @@ async fn evaluate(
                     .as_ref()
                     .err()
                     .and_then(|e| e.code())
-                    .is_some_and(|c| c.code() == "40001" || c.code() == "40P01")
+                    .is_some_and(|c| RETRY_CODES.contains(&c.code()))
         });
-        if conflict && attempts < 10 {
+        // A writer that keeps a row locked for long delays the batch (the
+        // feed does not go on without it: changes are delivered in commit
+        // order); after some fifteen seconds its groups get the error.
+        if conflict && attempts < 30 {
             metrics::counter!("sovra_realtime_authorization_retries_total").increment(1);
+            let pause = 10u64 << attempts.min(5);
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
             continue;
         }
         break results;
