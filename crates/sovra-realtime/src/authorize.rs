@@ -53,20 +53,18 @@ use crate::principal::Principal;
 /// Connections that authorise at once.
 const WORKERS: usize = 4;
 
-/// The feed's lock-wait window (see `evaluate`): half the server's
-/// `deadlock_timeout`, at most 200 ms, at least 1 ms, as statement and lock
-/// timeouts for the statements that may wait.
-const WINDOW_SQL: &str = "select set_config('statement_timeout', w, true), set_config('lock_timeout', w, true)
-     from (select greatest(1, least(200, (extract(epoch from current_setting('deadlock_timeout')::interval) * 500)::int))::text as w) s";
-
-/// Ends the window: statements that cannot wait run under the session's
-/// own statement timeout again.
-const WINDOW_END_SQL: &str = "set local statement_timeout to default";
+/// How long the feed waits for one lock (see `evaluate`): a quarter of
+/// the server's `deadlock_timeout`, at most 50 ms, at least 1 ms.
+const WINDOW_SQL: &str = "select set_config('lock_timeout', w, true)
+     from (select greatest(1, least(50, (extract(epoch from current_setting('deadlock_timeout')::interval) * 250)::int))::text as w) s";
 
 /// Put-back refusals that a new attempt resolves: a row changed after the
-/// snapshot (40001), a deadlock (40P01), a lock not had within the window
-/// (55P03, or the window's statement timeout, 57014).
-const RETRY_CODES: [&str; 4] = ["40001", "40P01", "55P03", "57014"];
+/// snapshot (40001), a deadlock (40P01), a lock not had in time (55P03).
+const RETRY_CODES: [&str; 3] = ["40001", "40P01", "55P03"];
+
+/// In the error of the lock statement when a writer holds a row to put
+/// back (see `Table::lock_sql`).
+const LOCKED_MARKER: &str = "sovra_realtime_row_locked";
 
 /// Subscribers with the same claims, and the changes (all of one table)
 /// they would receive if PostgreSQL lets them see the rows.
@@ -183,6 +181,9 @@ enum Purpose {
     /// The request prologue of group `.0` (fails for a role that does not
     /// exist).
     Prologue(usize),
+    /// Locks the rows the rounds will write (without waiting): how many
+    /// needed a lock, how many it got.
+    Lock,
     /// Puts a round's rows back.
     Restore,
     /// The keys group `.0` may see of round `.1`.
@@ -289,15 +290,20 @@ impl Table<'_> {
         )
     }
 
-    /// Locks, in key order, every row that putting a version of this batch
-    /// back would write (a row whose values differ from one of the
-    /// versions): `$1` and the arrays as for [`Table::restore_sql`], with
-    /// the versions of every round. `None` when nothing would be written
-    /// (every present column is a key or generated).
+    /// Locks every row that putting a version of this batch back would
+    /// write (a row whose values differ from one of the versions), in key
+    /// order, skipping rows locked by others: `$1` and the arrays as for
+    /// [`Table::restore_sql`], with the versions of every round. When it
+    /// did not get them all (a writer holds one), it fails (an invalid
+    /// integer naming [`LOCKED_MARKER`]: the transaction is aborted before
+    /// any statement could wait) and the transaction starts again later.
+    /// `None`
+    /// when nothing would be written (every present column is a key or
+    /// generated).
     ///
-    /// Taking every lock the transaction needs at its start, in one
-    /// statement, keeps the feed from waiting for a lock while the
-    /// application waits for one of the feed's (see [`evaluate`]).
+    /// The feed thereby never waits for a row lock while holding one, so
+    /// an application transaction that waits for the feed is never part of
+    /// a deadlock with it (see [`evaluate`]).
     fn lock_sql(&self) -> Option<String> {
         let present: Vec<usize> = self.present().collect();
         let settable: Vec<usize> = present
@@ -327,22 +333,25 @@ impl Table<'_> {
                 )
             })
             .collect();
-        let order: Vec<String> = self
+        let keys: Vec<String> = self
             .keys
             .iter()
             .map(|k| format!("t.{}", self.column(*k)))
             .collect();
         Some(format!(
-            "with x as materialized (select * from unnest($1::text[], {arrays}) as x(m, {aliases}))
-             select count(*) from (select 1 from {table} t
-               where exists (select 1 from x where {keys} and ({differs}))
-               order by {order} for no key update of t) l",
+            "with x as materialized (select * from unnest($1::text[], {arrays}) as x(m, {aliases})),
+             n as materialized (select distinct {keys} from {table} t join x on {matches} where {differs}),
+             l as (select 1 from {table} t where ({keys}) in (select * from n)
+                   order by {keys} for no key update of t skip locked)
+             select case when a = b then a
+                         else ('{LOCKED_MARKER} ' || (a - b))::int8 end
+             from (select (select count(*) from n) a, (select count(*) from l) b) c",
             arrays = arrays.join(", "),
             aliases = aliases.join(", "),
             table = self.name,
-            keys = key_match.join(" and "),
+            matches = key_match.join(" and "),
             differs = differs.join(" or "),
-            order = order.join(", "),
+            keys = keys.join(", "),
         ))
     }
 
@@ -594,15 +603,16 @@ async fn evaluate(
         // transactions may want too. If the feed waited for a lock while an
         // application transaction waited for one of the feed's, PostgreSQL
         // would break the deadlock by failing whichever of the two checks
-        // first, possibly the application's. So the feed waits only at the
-        // start of its transaction: one statement locks, in key order,
-        // every row any round will write; that statement and the first
-        // round's put-back (which re-inserts deleted rows) may wait at most
-        // half of `deadlock_timeout` (and never more than 200 ms) in all.
-        // An application transaction waiting for the feed's locks therefore
-        // finds, when its deadlock check runs, a feed that no longer waits:
-        // it is never the victim. The feed, refused, rolls back and starts
-        // again (below). Later statements wait at most as long per lock.
+        // first, possibly the application's. So the feed does not wait for
+        // row locks: before anything else, one statement locks every row
+        // any round will write, in key order, skipping rows that others
+        // hold; if it did not get them all it fails, the transaction rolls
+        // back and starts again after a pause (below). The updates that
+        // follow write only rows the feed holds. Re-inserting a row deleted
+        // since can still wait for a writer inserting the same key: that
+        // one wait is bounded (`lock_timeout`, a quarter of
+        // `deadlock_timeout`), fails the transaction, and is retried
+        // likewise.
         steps.push(setup(WINDOW_SQL));
     }
     let prologue: Arc<str> = Arc::from(sovra_pg::PROLOGUE_SQL);
@@ -690,7 +700,7 @@ async fn evaluate(
         steps.push(Step {
             sql: Arc::from(lock_sql),
             params: version_params(&all),
-            purpose: Purpose::Restore,
+            purpose: Purpose::Lock,
         });
     }
     let rounds_to_run = rounds.len().max(1);
@@ -703,9 +713,6 @@ async fn evaluate(
                 params: version_params(&versions),
                 purpose: Purpose::Restore,
             });
-            if r == 0 {
-                steps.push(setup(WINDOW_END_SQL));
-            }
         }
         steps.push(setup("savepoint sovra_rt"));
         // The round's keys, as the select wants them.
@@ -814,12 +821,19 @@ async fn evaluate(
             .await;
         attempts += 1;
         let conflict = steps.iter().zip(&results).any(|(step, result)| {
-            step.purpose == Purpose::Restore
-                && result
-                    .as_ref()
-                    .err()
-                    .and_then(|e| e.code())
-                    .is_some_and(|c| RETRY_CODES.contains(&c.code()))
+            let retry = |e: &tokio_postgres::Error| {
+                e.code().is_some_and(|c| RETRY_CODES.contains(&c.code()))
+            };
+            match (step.purpose, result) {
+                // A row a writer holds was skipped.
+                (Purpose::Lock, Err(e)) => {
+                    retry(e)
+                        || e.as_db_error()
+                            .is_some_and(|d| d.message().contains(LOCKED_MARKER))
+                }
+                (Purpose::Restore, Err(e)) => retry(e),
+                _ => false,
+            }
         });
         // A writer that keeps a row locked for long delays the batch (the
         // feed does not go on without it: changes are delivered in commit
@@ -857,7 +871,7 @@ async fn evaluate(
             (Purpose::Setup, Err(err)) if step.sql.as_ref() == "rollback" => {
                 tracing::debug!(error = %err, "realtime authorisation rollback failed");
             }
-            (Purpose::Setup | Purpose::Restore | Purpose::Roles, Err(err)) => {
+            (Purpose::Setup | Purpose::Lock | Purpose::Restore | Purpose::Roles, Err(err)) => {
                 // Breaks the whole transaction.
                 if broken.is_none() && !aborted(&err) {
                     broken = Some(error_text(&err));
@@ -875,7 +889,7 @@ async fn evaluate(
             ) => {
                 errors[g].get_or_insert_with(|| error_text(&err));
             }
-            (Purpose::Setup | Purpose::Restore | Purpose::Prologue(_), Ok(_)) => {}
+            (Purpose::Setup | Purpose::Lock | Purpose::Restore | Purpose::Prologue(_), Ok(_)) => {}
             (Purpose::Privilege(g), Ok(_)) => may_select[g] = true,
             (Purpose::Roles, Ok(rows)) => {
                 for row in rows {
