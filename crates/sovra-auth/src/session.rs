@@ -401,7 +401,7 @@ impl AuthService {
             .await?;
         let aal: String = row.get(0);
         let amr: Value = row.get(1);
-        self.sign_session(client, ctx, user, session_id, &aal, amr, refresh, via)
+        self.sign_session(Some(client), ctx, user, session_id, &aal, amr, refresh, via)
             .await
     }
 
@@ -411,7 +411,7 @@ impl AuthService {
     #[allow(clippy::too_many_arguments)]
     async fn sign_session(
         &self,
-        client: &impl GenericClient,
+        client: Option<&impl GenericClient>,
         ctx: &Ctx<'_>,
         user: &User,
         session_id: Uuid,
@@ -442,10 +442,15 @@ impl AuthService {
         }) else {
             return Err(AuthError::internal());
         };
-        let claims = if self.hook_enabled(HookName::CustomAccessToken) {
-            self.custom_claims(client, ctx, user, claims, via).await?
-        } else {
-            claims
+        // The hook needs a connection; a caller without one (the refresh
+        // fast path, whose rotation has committed) takes one only then.
+        let claims = match (self.hook_enabled(HookName::CustomAccessToken), client) {
+            (false, _) => claims,
+            (true, Some(client)) => self.custom_claims(client, ctx, user, claims, via).await?,
+            (true, None) => {
+                let client = self.pool.get().await?;
+                self.custom_claims(&client, ctx, user, claims, via).await?
+            }
         };
         let access_token = ctx.req.keys.sign(&claims).map_err(|err| {
             tracing::error!(error = %err, "signing an access token failed");
@@ -541,10 +546,10 @@ impl AuthService {
             let amr: Value = row.get("session_amr");
             // The custom access token hook (when configured) runs on a
             // connection of its own: the rotation has committed already.
-            let client = self.pool.get().await?;
+            // Without a hook no connection is taken.
             let body = self
                 .sign_session(
-                    &client,
+                    None::<&sovra_pg::PooledClient>,
                     ctx,
                     &user,
                     session_id,
@@ -674,7 +679,16 @@ impl AuthService {
         let aal: String = row.get("session_aal");
         let amr: Value = row.get("session_amr");
         let body = self
-            .sign_session(&tx, ctx, &user, session_id, &aal, amr, &child, Via::Refresh)
+            .sign_session(
+                Some(&tx),
+                ctx,
+                &user,
+                session_id,
+                &aal,
+                amr,
+                &child,
+                Via::Refresh,
+            )
             .await?;
         tx.commit().await?;
         Ok(ok_json(body))

@@ -135,6 +135,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Seconds that in-flight requests get to finish after SIGINT or SIGTERM before Sovra stops anyway.",
     },
     OptionDoc {
+        key: "server.drain_delay",
+        kind: Kind::Integer,
+        default: "0",
+        doc: "Seconds between SIGINT/SIGTERM and closing: meanwhile `/ready` answers 503 (so a load balancer stops sending) while requests are still served. Then realtime clients are told to reconnect (close code 1001), the change feed is released for another instance, and in-flight requests get `server.shutdown_timeout`. Set it to your balancer's health-check interval times its fall count; a second signal skips the wait.",
+    },
+    OptionDoc {
         key: "server.body_idle_timeout",
         kind: Kind::Integer,
         default: "60",
@@ -1500,6 +1506,7 @@ pub struct ServerConfig {
     pub base_domain: Option<String>,
     pub body_limit: usize,
     pub shutdown_timeout: u64,
+    pub drain_delay: u64,
     pub body_idle_timeout: u64,
     pub header_read_timeout: u64,
     pub require_apikey: bool,
@@ -1604,6 +1611,7 @@ impl Default for ServerConfig {
             base_domain: None,
             body_limit: 10 * 1024 * 1024,
             shutdown_timeout: 30,
+            drain_delay: 0,
             body_idle_timeout: 60,
             header_read_timeout: 30,
             require_apikey: false,

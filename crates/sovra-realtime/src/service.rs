@@ -823,6 +823,18 @@ impl RealtimeService {
     /// `reason` (code 1001) and stops the change feed: its tenant was
     /// suspended or deleted.
     pub fn disconnect_all(&self, reason: &str) {
+        self.cut_all("tenant_closed", reason);
+    }
+
+    /// Closes every joined or credentialed connection with code 1001, so
+    /// that clients reconnect (through the load balancer, to another
+    /// instance), and releases the change feed for another instance: this
+    /// instance is shutting down.
+    pub fn drain(&self) {
+        self.cut_all("server_draining", "this server is shutting down: reconnect");
+    }
+
+    fn cut_all(&self, label: &'static str, reason: &str) {
         self.stop_feed();
         let mut sockets: Vec<Arc<hub::SocketTx>> = self
             .hub
@@ -834,7 +846,7 @@ impl RealtimeService {
             sockets.extend(list.iter().filter_map(|(socket, _)| socket.upgrade()));
         }
         for socket in sockets {
-            socket.cut_off(1001, "tenant_closed", reason);
+            socket.cut_off(1001, label, reason);
         }
     }
 

@@ -50,6 +50,8 @@ pub struct AppState {
     pub metrics_token: Option<[u8; 32]>,
     /// The tenants beyond the default one, when this server hosts them.
     pub platform: Option<Arc<tenants::Platform>>,
+    /// Set when shutdown begins: `/ready` answers 503 from then on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
             body_idle_timeout: Duration::from_secs(60),
             metrics_token: None,
             platform: None,
+            draining: Arc::default(),
         }
     }
 

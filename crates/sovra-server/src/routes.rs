@@ -22,6 +22,13 @@ pub(crate) async fn health() -> Json<Value> {
 /// `GET /ready`: every tenant's database answers and its migrations are
 /// applied. 503 with the reason otherwise.
 pub(crate) async fn ready(State(state): State<AppState>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining", "reason": "this instance is shutting down"})),
+        )
+            .into_response();
+    }
     let mut failures = Vec::new();
     for tenant in state.tenants.all() {
         let check = async {

@@ -703,6 +703,7 @@ async fn serve_with(
             config.server.listen
         );
     }
+    let draining = state.draining.clone();
     let app = router(state);
 
     let addr = config.listen_addr();
@@ -744,8 +745,25 @@ async fn serve_with(
         () = shutdown => false,
         () = died => true,
     };
-    tracing::info!("shutting down: finishing in-flight requests");
+    // Drain: `/ready` answers 503 at once; requests are still served for
+    // `server.drain_delay` so that a load balancer stops sending first.
+    draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    let delay = Duration::from_secs(config.server.drain_delay);
+    if !cluster_died && !delay.is_zero() {
+        tracing::info!(
+            seconds = delay.as_secs(),
+            "draining: /ready answers 503; still serving until the delay ends (a second signal skips it)"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown_signal() => {}
+        }
+    }
+    tracing::info!(
+        "shutting down: realtime clients told to reconnect, finishing in-flight requests"
+    );
     for tenant in tenants.all() {
+        tenant.realtime.drain();
         tenant.realtime.shutdown().await;
     }
     let _ = drain_tx.send(());

@@ -101,7 +101,7 @@ async fn application_writers_never_lose_to_the_feed_and_every_change_arrives() {
             owner_of.insert(id, s);
         }
     }
-    let mut expected = vec![ROWS_PER_OWNER as usize; SUBSCRIBERS];
+    let mut expected = [ROWS_PER_OWNER as usize; SUBSCRIBERS];
 
     // The writers: each transaction touches several of the writer's rows
     // in a random order, pausing while it holds their locks; some delete a
@@ -128,7 +128,7 @@ async fn application_writers_never_lose_to_the_feed_and_every_change_arrives() {
                 }
                 picked.truncate(2 + rng.below(3) as usize);
                 let tx = client.transaction().await.unwrap();
-                let mut pending = vec![0usize; SUBSCRIBERS];
+                let mut pending = [0usize; SUBSCRIBERS];
                 let mut failed = None;
                 for id in &picked {
                     let owner = owners[id];

@@ -617,6 +617,90 @@ async fn shutdown_finishes_in_flight_requests() {
     );
 }
 
+/// SIGTERM with `server.drain_delay`: `/ready` turns 503 at once while
+/// requests are still served, then realtime clients are closed with 1001
+/// (they reconnect elsewhere) and the process exits cleanly.
+#[tokio::test]
+async fn drain_turns_ready_off_first_then_closes_realtime_clients() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let scratch = sovra_dir();
+    let dir = scratch.data();
+    let mut server = start(&dir, &[("SOVRA_SERVER_DRAIN_DELAY", "3")]);
+    server.wait_ready().await;
+    let keys = run(&["keys", "--json"], &dir);
+    let keys: serde_json::Value = serde_json::from_slice(&keys.stdout).unwrap();
+    let anon = keys["anon_key"].as_str().unwrap().to_owned();
+    let ws_url = format!(
+        "{}/realtime/v1/websocket?apikey={anon}&vsn=1.0.0",
+        server.url.replace("http", "ws")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let join = serde_json::json!({
+        "topic": "realtime:room", "event": "phx_join", "ref": "1", "join_ref": "1",
+        "payload": {"config": {"broadcast": {"self": true}}}
+    });
+    ws.send(Message::Text(join.to_string().into()))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(reply.to_string().contains("\"ok\""), "{reply}");
+
+    kill(server.pid(), Signal::SIGTERM).unwrap();
+    let http = reqwest::Client::new();
+    // Not ready, yet still serving.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let ready = http
+            .get(format!("{}/ready", server.url))
+            .send()
+            .await
+            .unwrap();
+        if ready.status() == 503 {
+            let body: serde_json::Value = ready.json().await.unwrap();
+            assert_eq!(body["status"], "draining", "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/ready never turned 503");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = http
+        .get(format!("{}/health", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let settings = http
+        .get(format!("{}/auth/v1/settings", server.url))
+        .header("apikey", &anon)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(settings.status(), 200);
+    // The realtime client is still connected during the delay, then told
+    // to go (1001).
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(frame) = ws.next().await {
+            match frame {
+                Ok(Message::Close(Some(close))) => return Some(u16::from(close.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("the realtime client is closed after the delay");
+    assert_eq!(closed, Some(1001));
+    let status = server.wait_exit();
+    assert!(status.success(), "{status}: {}", server.stderr_text());
+}
+
 #[tokio::test]
 async fn mail_lists_the_mailbox_and_api_keys_are_made_through_the_server() {
     let scratch = sovra_dir();
