@@ -5,7 +5,7 @@
 #   scripts/setup.sh run    what `sovra serve` needs: PostgreSQL (15, 16 or
 #                           17) with pgvector, and a C toolchain for the build
 #   scripts/setup.sh test   that, plus what the test suite needs: nats-server,
-#                           Node.js and npm, PostGIS, and moto's S3-compatible server
+#                           Node.js and npm, PostGIS, HAProxy, and moto's S3-compatible server
 #                           (from PyPI, into a virtual environment in .tools/)
 #   (no mode)               the same as `test`
 #
@@ -106,6 +106,9 @@ wanted() {
     echo nodejs
     echo npm
     echo python3-venv
+    # The load balancer of the deploy/ reference layout (its configuration
+    # is checked by the tests).
+    echo haproxy
     # For the GeoJSON responses of /rest/v1 (tests only; PostGIS is optional).
     echo "postgresql-$PG_MAJOR-postgis-3"
   fi

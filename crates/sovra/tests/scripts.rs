@@ -47,7 +47,14 @@ fn run_installs_only_what_the_server_needs_and_test_the_rest() {
             || run.contains(&"postgresql-server-dev-16".to_owned()),
         "pgvector, packaged or built: {run:?}"
     );
-    for test_only in ["nats-server", "nodejs", "npm", "python3-venv", "moto"] {
+    for test_only in [
+        "nats-server",
+        "nodejs",
+        "npm",
+        "python3-venv",
+        "moto",
+        "haproxy",
+    ] {
         assert!(
             !run.iter().any(|pkg| pkg.starts_with(test_only)),
             "run.sh installs {test_only}: {run:?}"
@@ -57,7 +64,7 @@ fn run_installs_only_what_the_server_needs_and_test_the_rest() {
     for pkg in &run {
         assert!(test.contains(pkg), "test lacks {pkg}: {test:?}");
     }
-    for test_only in ["nats-server", "nodejs", "npm", "python3-venv"] {
+    for test_only in ["nats-server", "nodejs", "npm", "python3-venv", "haproxy"] {
         assert!(test.contains(&test_only.to_owned()), "{test:?}");
     }
     assert!(
@@ -165,4 +172,93 @@ fn run_checks_the_data_dir_before_the_build() {
         text.contains(&format!("data directory {}", open.display())),
         "{text}"
     );
+}
+
+/// The reference layout in deploy/: HAProxy accepts its configuration (it
+/// checks `/ready` on each node), systemd accepts the unit, and the compose
+/// file runs three nodes on shared PostgreSQL, NATS and S3 with the drain
+/// delay the balancer needs.
+#[test]
+fn deploy_reference_layout_is_valid() {
+    let deploy = repo().join("deploy");
+    let haproxy = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(deploy.join("haproxy.cfg"))
+        .output()
+        .expect("haproxy is installed by scripts/setup.sh test");
+    assert!(
+        haproxy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&haproxy.stderr)
+    );
+    let cfg = std::fs::read_to_string(deploy.join("haproxy.cfg")).unwrap();
+    assert!(cfg.contains("option httpchk GET /ready"), "{cfg}");
+    assert!(
+        cfg.contains("timeout tunnel"),
+        "WebSockets stay open: {cfg}"
+    );
+
+    let unit = std::fs::read_to_string(deploy.join("sovra.service")).unwrap();
+    for line in [
+        "User=sovra",
+        "ExecStart=/usr/local/bin/sovra serve --data-dir /var/lib/sovra",
+        "KillSignal=SIGTERM",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/sovra",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line} missing: {unit}");
+    }
+    // systemd's own parser, when this machine has one: unknown keys and
+    // sections are reported on stderr.
+    if let Ok(out) = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(deploy.join("sovra.service"))
+        .output()
+    {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("Unknown key") && !err.contains("Unknown section"),
+            "{err}"
+        );
+    }
+
+    let docker = std::fs::read_to_string(deploy.join("Dockerfile")).unwrap();
+    assert!(docker.contains("FROM debian:bookworm-slim"), "{docker}");
+    assert!(docker.contains("USER sovra"), "runs as non-root: {docker}");
+
+    let compose = std::fs::read_to_string(deploy.join("compose.yaml")).unwrap();
+    for needle in [
+        "node1: *sovra",
+        "node2: *sovra",
+        "node3: *sovra",
+        "SOVRA_DATABASE_URL:",
+        "SOVRA_REALTIME_NATS_URL: nats://nats:4222",
+        "SOVRA_STORAGE_BACKEND: s3",
+        "SOVRA_SERVER_DRAIN_DELAY:",
+        "command: [\"-js\"",
+        "wal_level=logical",
+    ] {
+        assert!(
+            compose.contains(needle),
+            "{needle} missing from compose.yaml"
+        );
+    }
+    // Every SOVRA_* name in the layout is an option Sovra knows.
+    let known: Vec<String> = sovra_config::OPTIONS
+        .iter()
+        .map(|o| format!("SOVRA_{}", o.key.replace('.', "_").to_uppercase()))
+        .collect();
+    for text in [
+        &unit,
+        &compose,
+        &std::fs::read_to_string(deploy.join("cluster.env.example")).unwrap(),
+    ] {
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("SOVRA_") && word.len() > "SOVRA_".len() {
+                assert!(known.iter().any(|k| k == word), "{word} is not an option");
+            }
+        }
+    }
 }
