@@ -8,6 +8,7 @@
 //! go through [`sovra_pg::begin_request`] with the caller's role.
 
 pub mod body;
+pub(crate) mod dashboard;
 pub mod data_dir;
 pub mod gateway;
 pub mod keys;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub metrics_token: Option<[u8; 32]>,
     /// The tenants beyond the default one, when this server hosts them.
     pub platform: Option<Arc<tenants::Platform>>,
+    /// How long a dashboard session lasts, in seconds.
+    pub dashboard_session_ttl: u64,
 }
 
 impl AppState {
@@ -62,6 +65,7 @@ impl AppState {
             body_idle_timeout: Duration::from_secs(60),
             metrics_token: None,
             platform: None,
+            dashboard_session_ttl: sovra_dashboard::DEFAULT_SESSION_TTL,
         }
     }
 
@@ -78,6 +82,7 @@ impl AppState {
         let mut state = AppState::new(tenants, config.server.body_limit)
             .with_metrics_token(config.metrics.token.as_deref());
         state.body_idle_timeout = Duration::from_secs(config.server.body_idle_timeout);
+        state.dashboard_session_ttl = config.dashboard.session_ttl;
         state
     }
 
@@ -293,8 +298,18 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(64 * 1024));
     // Tenant routing rewrites `/t/{name}/…` before the routes match: the
     // inner router is the fallback of an outer one that runs `route`.
-    let inner = api.merge(storage).merge(platform).with_state(state.clone());
-    Router::new()
+    // The dashboard at `/_/` sends its requests through this same router.
+    let host = Arc::new(dashboard::ServerHost::new(state.clone()));
+    let dashboard = sovra_dashboard::router(Arc::new(sovra_dashboard::Dashboard::new(
+        host.clone(),
+        state.dashboard_session_ttl,
+    )));
+    let inner = api
+        .merge(storage)
+        .merge(platform)
+        .with_state(state.clone())
+        .merge(dashboard);
+    let app = Router::new()
         .fallback_service(inner)
         .layer(axum::middleware::from_fn_with_state(state, tenants::route))
         .layer(axum::middleware::from_fn_with_state(
@@ -311,7 +326,9 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(trace)
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(axum::middleware::map_request(drop_unsafe_request_id))
+        .layer(axum::middleware::map_request(drop_unsafe_request_id));
+    host.set_router(app.clone());
+    app
 }
 
 #[cfg(test)]
