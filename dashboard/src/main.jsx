@@ -82,9 +82,10 @@ function App() {
       <header class="top">
         <a class="skip" href="#main">Skip to content</a>
         <span class="brand">Sovra</span>
-        <label class="picker">
-          <span>Tenant</span>
+        <div class="picker">
+          <label for="tenant-picker">Tenant</label>
           <select
+            id="tenant-picker"
             value={tenant}
             onChange={(event) => navigate(`/t/${event.currentTarget.value}/${page === 'tenants' ? 'tables' : page}`)}
           >
@@ -95,7 +96,7 @@ function App() {
               </option>
             ))}
           </select>
-        </label>
+        </div>
         <span class="who">{session.kind === 'platform' ? 'platform key' : `service key of ${session.tenant}`}</span>
         <button type="button" class="secondary" onClick={signOut}>
           Sign out

@@ -27,7 +27,7 @@ async function shot(name) {
 
 async function signIn(key, tenant) {
   await page.goto(`${url}/_/`);
-  await page.getByLabel('Key').fill(key);
+  await page.getByLabel('Key', { exact: true }).fill(key);
   if (tenant) await page.getByLabel(/^Tenant/).fill(tenant);
   await page.getByRole('button', { name: 'Sign in' }).click();
 }
@@ -67,6 +67,7 @@ test('a wrong key is refused with a message and no cookie', async () => {
 
 test('the sign-in form works from the keyboard alone', async () => {
   await page.goto(`${url}/_/`);
+  await page.getByLabel('Key', { exact: true }).waitFor();
   await page.keyboard.press('Tab');
   assert.equal(await page.evaluate(() => document.activeElement.getAttribute('name')), 'key');
   await page.keyboard.type(serviceKey);
@@ -91,8 +92,8 @@ test('the sign-in form works from the keyboard alone', async () => {
 test('the platform key signs in to the shell with a tenant picker', async () => {
   await signIn(platformKey);
   await page.getByRole('heading', { name: 'Tables' }).waitFor();
-  await page.getByLabel('Tenant').waitFor();
-  assert.equal(await page.getByLabel('Tenant').inputValue(), 'default');
+  await page.getByLabel('Tenant', { exact: true }).waitFor();
+  assert.equal(await page.getByLabel('Tenant', { exact: true }).inputValue(), 'default');
   await page.getByRole('link', { name: 'Tenants' }).waitFor();
   await shot('02-shell-tables');
 });
@@ -224,7 +225,7 @@ test('storage: create a bucket, upload, download and delete a file', async () =>
   const local = join(tmpdir(), `dashboard-upload-${suffix}.txt`);
   const content = `hello from the dashboard test ${suffix}\n`;
   writeFileSync(local, content);
-  await page.getByLabel('File').setInputFiles(local);
+  await page.getByLabel('File', { exact: true }).setInputFiles(local);
   await page.getByRole('button', { name: 'Upload' }).click();
   await page.getByRole('status').filter({ hasText: 'Uploaded' }).waitFor();
   const row = page.getByRole('row').filter({ hasText: `dashboard-upload-${suffix}.txt` });
@@ -256,7 +257,7 @@ test('tenants: create, pick, suspend, resume and delete a tenant', async () => {
   await shot('07-tenants');
 
   // The picker has it; its (empty) tables page opens.
-  await page.getByLabel('Tenant').selectOption(name);
+  await page.getByLabel('Tenant', { exact: true }).selectOption(name);
   await page.waitForURL(`${url}/_/t/${name}/tables`);
   await page.getByRole('heading', { name: 'Tables' }).waitFor();
   await page.getByRole('link', { name: 'SQL editor' }).click();

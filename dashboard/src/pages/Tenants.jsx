@@ -67,7 +67,7 @@ export function Tenants({ onChange }) {
         <h2>Create a tenant</h2>
         <label>
           Name
-          <input name="tenant-name" required pattern="[a-z][a-z0-9-]*" value={name} onInput={(e) => setName(e.currentTarget.value)} />
+          <input name="tenant-name" required pattern="[a-z][a-z0-9\-]*" value={name} onInput={(e) => setName(e.currentTarget.value)} />
         </label>
         <button type="submit">Create tenant</button>
       </form>
