@@ -9,6 +9,7 @@ import { Sql } from './pages/Sql.jsx';
 import { Users } from './pages/Users.jsx';
 import { Storage } from './pages/Storage.jsx';
 import { Tenants } from './pages/Tenants.jsx';
+import { Metrics } from './pages/Metrics.jsx';
 
 const PAGES = [
   ['tables', 'Tables'],
@@ -53,7 +54,7 @@ function App() {
           setCsrf(data.csrf);
           setSession(data);
           const tenant = data.tenant || 'default';
-          if (!path.startsWith('/t/') && path !== '/tenants') navigate(`/t/${tenant}/tables`, { replace: true });
+          if (!path.startsWith('/t/') && !['/tenants', '/metrics'].includes(path)) navigate(`/t/${tenant}/tables`, { replace: true });
         }}
       />
     );
@@ -61,7 +62,7 @@ function App() {
 
   const match = path.match(/^\/t\/([^/]+)(?:\/([^/]+))?(?:\/(.*))?$/);
   const tenant = match ? decodeURIComponent(match[1]) : session.tenant || 'default';
-  const page = match ? match[2] || 'tables' : path === '/tenants' ? 'tenants' : null;
+  const page = match ? match[2] || 'tables' : ['/tenants', '/metrics'].includes(path) ? path.slice(1) : null;
   const rest = match && match[3] ? match[3] : '';
   if (!page) {
     navigate(`/t/${tenant}/tables`, { replace: true });
@@ -87,7 +88,7 @@ function App() {
           <select
             id="tenant-picker"
             value={tenant}
-            onChange={(event) => navigate(`/t/${event.currentTarget.value}/${page === 'tenants' ? 'tables' : page}`)}
+            onChange={(event) => navigate(`/t/${event.currentTarget.value}/${['tenants', 'metrics'].includes(page) ? 'tables' : page}`)}
           >
             {(tenants.length ? tenants : [{ name: tenant }]).map((t) => (
               <option value={t.name} key={t.name}>
@@ -112,11 +113,18 @@ function App() {
             </li>
           ))}
           {session.kind === 'platform' && (
-            <li>
-              <Link href="/tenants" aria-current={page === 'tenants' ? 'page' : undefined}>
-                Tenants
-              </Link>
-            </li>
+            <>
+              <li>
+                <Link href="/tenants" aria-current={page === 'tenants' ? 'page' : undefined}>
+                  Tenants
+                </Link>
+              </li>
+              <li>
+                <Link href="/metrics" aria-current={page === 'metrics' ? 'page' : undefined}>
+                  Metrics
+                </Link>
+              </li>
+            </>
           )}
         </ul>
       </nav>
@@ -126,7 +134,8 @@ function App() {
         {page === 'auth' && <Users tenant={tenant} key={`auth-${tenant}`} />}
         {page === 'storage' && <Storage tenant={tenant} rest={rest} key={`storage-${tenant}`} />}
         {page === 'tenants' && <Tenants onChange={() => api('/tenants').then(({ data }) => setTenants(data))} />}
-        {!['tables', 'sql', 'auth', 'storage', 'tenants'].includes(page) && <p>No such page.</p>}
+        {page === 'metrics' && <Metrics />}
+        {!['tables', 'sql', 'auth', 'storage', 'tenants', 'metrics'].includes(page) && <p>No such page.</p>}
       </main>
     </div>
   );

@@ -203,8 +203,14 @@ test('auth: create, find, ban and delete a user; the mailbox', async () => {
   assert.equal(await page.getByRole('table', { name: 'Users' }).locator('tbody tr').count(), 1);
   await row.getByRole('button', { name: 'Ban' }).click();
   await row.getByRole('cell', { name: 'banned' }).waitFor();
+  // An invitation lands in the local mailbox.
+  const invited = `invited-${suffix}@example.com`;
+  await form.getByLabel('Email', { exact: true }).fill(invited);
+  await form.getByRole('button', { name: 'Send invitation' }).click();
+  await page.getByRole('status').filter({ hasText: `Invitation sent to ${invited}.` }).waitFor();
   await page.getByRole('button', { name: 'Show mailbox' }).click();
-  await page.getByRole('button', { name: 'Refresh mailbox' }).waitFor();
+  await page.locator('.mail li').filter({ hasText: invited }).waitFor();
+  await page.getByLabel('Search this page').fill(suffix);
   await shot('05-auth-users');
   page.once('dialog', (dialog) => dialog.accept());
   await row.getByRole('button', { name: 'Delete' }).click();
@@ -276,15 +282,26 @@ test('tenants: create, pick, suspend, resume and delete a tenant', async () => {
   assert.equal(await page.getByRole('row').filter({ hasText: name }).count(), 0);
 });
 
+test('metrics: charts drawn from /metrics', async () => {
+  await page.getByRole('link', { name: 'Metrics' }).click();
+  await page.getByRole('heading', { name: 'Metrics' }).waitFor();
+  const requests = page.getByRole('img', { name: /^Requests: all [0-9.]+ \/s/ });
+  await requests.waitFor({ timeout: 15000 });
+  assert.ok((await requests.locator('polyline[data-series="all"]').getAttribute('points')).length > 0);
+  await page.getByRole('img', { name: /^Database pool: in use [0-9.]+ connections, max [0-9.]+ connections/ }).waitFor();
+  await shot('08-metrics');
+});
+
 test('at phone width the pages fit and navigation stays usable', async () => {
   await page.setViewportSize({ width: 375, height: 800 });
-  for (const [path, heading, name] of [
-    ['/t/default/tables', 'Tables', '08-phone-tables'],
-    ['/t/default/tables/public/todos', 'todos', '09-phone-table-rows'],
-    ['/t/default/sql', 'SQL editor', '10-phone-sql'],
+  for (const [path, heading, ready, name] of [
+    ['/t/default/tables', 'Tables', '[data-rows="todos"]', '09-phone-tables'],
+    ['/t/default/tables/public/todos', 'todos', '[data-total]', '10-phone-table-rows'],
+    ['/t/default/sql', 'SQL editor', '.history li', '11-phone-sql'],
   ]) {
     await page.goto(`${url}/_${path}`);
     await page.getByRole('heading', { name: heading, exact: true }).waitFor();
+    await page.locator(ready).first().waitFor();
     const width = await page.evaluate(() => document.documentElement.scrollWidth);
     assert.ok(width <= 375, `${path} is ${width}px wide`);
     await shot(name);

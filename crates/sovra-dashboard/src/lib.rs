@@ -62,6 +62,9 @@ pub trait Host: Send + Sync + 'static {
     fn service_key(&self, name: &str) -> BoxFuture<Result<String, TenantError>>;
     /// The request pool of tenant `name`.
     fn pool(&self, name: &str) -> BoxFuture<Result<sovra_pg::Pool, TenantError>>;
+    /// The server's metrics in Prometheus' text format (what `GET
+    /// /metrics` answers), for every tenant.
+    fn metrics(&self) -> String;
 }
 
 /// Default lifetime of a dashboard session, in seconds.
@@ -114,6 +117,7 @@ pub fn router(dashboard: Shared) -> Router {
             get(session_show).post(sign_in).delete(sign_out),
         )
         .route("/_/api/tenants", get(tenants))
+        .route("/_/api/metrics", get(metrics))
         .route("/_/api/platform/tenants", any(platform))
         .route("/_/api/platform/tenants/{*rest}", any(platform))
         .route("/_/api/t/{tenant}/tables", get(tables))
@@ -160,6 +164,16 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         axum::Json(json!({"error": code, "message": message})),
     )
         .into_response()
+}
+
+/// A refused request: its status, error code and message.
+#[derive(Debug)]
+struct Refusal(StatusCode, &'static str, &'static str);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, self.1, self.2)
+    }
 }
 
 async fn not_found() -> Response {
@@ -209,9 +223,9 @@ fn authorise(
     dashboard: &Dashboard,
     method: &Method,
     headers: &HeaderMap,
-) -> Result<(String, Session), Response> {
+) -> Result<(String, Session), Refusal> {
     let unauthorised = || {
-        error(
+        Refusal(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "Sign in to the dashboard (the session is missing or has expired)",
@@ -228,7 +242,7 @@ fn authorise(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !session.csrf_matches(presented) {
-            return Err(error(
+            return Err(Refusal(
                 StatusCode::FORBIDDEN,
                 "csrf",
                 "This request needs the session's CSRF token in x-sovra-csrf",
@@ -258,7 +272,7 @@ async fn session_show(
 ) -> Response {
     match authorise(&dashboard, &method, &headers) {
         Ok((_, session)) => axum::Json(session_json(&session)).into_response(),
-        Err(response) => response,
+        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -290,12 +304,12 @@ fn inner_request(
     uri: &str,
     extensions: &http::Extensions,
     body: Body,
-) -> Result<Request, Response> {
+) -> Result<Request, Refusal> {
     let mut request = Request::builder()
         .method(method)
         .uri(uri)
         .body(body)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "bad_request", "Bad path"))?;
+        .map_err(|_| Refusal(StatusCode::BAD_REQUEST, "bad_request", "Bad path"))?;
     if let Some(connect) = extensions.get::<ConnectInfo<SocketAddr>>() {
         request.extensions_mut().insert(*connect);
     }
@@ -420,7 +434,7 @@ async fn sign_in(State(dashboard): State<Shared>, request: Request) -> Response 
 async fn sign_out(State(dashboard): State<Shared>, method: Method, headers: HeaderMap) -> Response {
     let (token, _) = match authorise(&dashboard, &method, &headers) {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     dashboard.sessions.revoke(&token);
     let mut response = StatusCode::NO_CONTENT.into_response();
@@ -436,7 +450,7 @@ async fn tenants(State(dashboard): State<Shared>, request: Request) -> Response 
     let (parts, _) = request.into_parts();
     let (_, session) = match authorise(&dashboard, &parts.method, &parts.headers) {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let key = match &session.principal {
         Principal::Tenant { tenant, .. } => {
@@ -508,7 +522,7 @@ async fn forward(
     };
     let mut inner = match inner_request(parts.method.clone(), &uri, &parts.extensions, body) {
         Ok(inner) => inner,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     for name in FORWARDED {
         for value in parts.headers.get_all(*name) {
@@ -528,12 +542,32 @@ async fn forward(
     response
 }
 
+/// The server's metrics, for platform sessions (they cover every tenant).
+async fn metrics(State(dashboard): State<Shared>, method: Method, headers: HeaderMap) -> Response {
+    let (_, session) = match authorise(&dashboard, &method, &headers) {
+        Ok(found) => found,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if !matches!(session.principal, Principal::Platform { .. }) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "The server's metrics need a session signed in with the platform key",
+        );
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        dashboard.host.metrics(),
+    )
+        .into_response()
+}
+
 /// The tenant API for platform sessions.
 async fn platform(State(dashboard): State<Shared>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let (_, session) = match authorise(&dashboard, &parts.method, &parts.headers) {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let Principal::Platform { key } = &session.principal else {
         return error(
@@ -599,9 +633,9 @@ async fn key_for(
     dashboard: &Dashboard,
     session: &Session,
     tenant: &str,
-) -> Result<String, Response> {
+) -> Result<String, Refusal> {
     if !session.principal.may_use(tenant) {
-        return Err(error(
+        return Err(Refusal(
             StatusCode::FORBIDDEN,
             "forbidden",
             "This session was signed in for another tenant",
@@ -617,17 +651,17 @@ async fn key_for(
     }
 }
 
-fn tenant_error(err: TenantError) -> Response {
+fn tenant_error(err: TenantError) -> Refusal {
     match err {
-        TenantError::NotFound => error(StatusCode::NOT_FOUND, "not_found", "No such tenant"),
-        TenantError::Suspended => error(
+        TenantError::NotFound => Refusal(StatusCode::NOT_FOUND, "not_found", "No such tenant"),
+        TenantError::Suspended => Refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "tenant_suspended",
             "This tenant is suspended",
         ),
         TenantError::Failed(message) => {
             tracing::warn!(error = %message, "dashboard: tenant unavailable");
-            error(
+            Refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "The tenant is unavailable",
@@ -636,13 +670,14 @@ fn tenant_error(err: TenantError) -> Response {
     }
 }
 
-/// The tenant services the dashboard reaches: REST, Auth's admin API and
-/// its mailbox, and Storage.
+/// The tenant services the dashboard reaches: REST, Auth's admin API (with
+/// its mailbox) and invitations, and Storage.
 fn proxied(rest: &str) -> bool {
     ["rest/v1/", "auth/v1/admin/", "storage/v1/"]
         .iter()
         .any(|prefix| rest.starts_with(prefix))
         || rest == "rest/v1"
+        || rest == "auth/v1/invite"
 }
 
 async fn proxy(
@@ -653,14 +688,14 @@ async fn proxy(
     let (parts, body) = request.into_parts();
     let (_, session) = match authorise(&dashboard, &parts.method, &parts.headers) {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     if !proxied(&rest) || rest.split('/').any(|seg| seg == "..") {
         return not_found().await;
     }
     let key = match key_for(&dashboard, &session, &tenant).await {
         Ok(key) => key,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let mut response = forward(
         &dashboard,
@@ -686,10 +721,10 @@ async fn tenant_pool(
     method: &Method,
     headers: &HeaderMap,
     tenant: &str,
-) -> Result<(String, sovra_pg::Pool), Response> {
+) -> Result<(String, sovra_pg::Pool), Refusal> {
     let (token, session) = authorise(dashboard, method, headers)?;
     if !session.principal.may_use(tenant) {
-        return Err(error(
+        return Err(Refusal(
             StatusCode::FORBIDDEN,
             "forbidden",
             "This session was signed in for another tenant",
@@ -715,7 +750,7 @@ async fn tables(
 ) -> Response {
     let (_, pool) = match tenant_pool(&dashboard, &method, &headers, &tenant).await {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     match sql::tables(&pool).await {
         Ok(value) => axum::Json(value).into_response(),
@@ -731,7 +766,7 @@ async fn table(
 ) -> Response {
     let (_, pool) = match tenant_pool(&dashboard, &method, &headers, &tenant).await {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     match sql::table(&pool, &schema, &name).await {
         Ok(Value::Null) => error(StatusCode::NOT_FOUND, "not_found", "No such table or view"),
@@ -756,7 +791,7 @@ async fn run_sql(
 ) -> Response {
     let (token, pool) = match tenant_pool(&dashboard, &method, &headers, &tenant).await {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let Ok(SqlBody { query }) = serde_json::from_slice(&body) else {
         return error(
@@ -790,7 +825,7 @@ async fn history(
             "forbidden",
             "This session was signed in for another tenant",
         ),
-        Err(response) => response,
+        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -847,6 +882,7 @@ mod tests {
         assert!(proxied("rest/v1/items"));
         assert!(proxied("rest/v1"));
         assert!(proxied("auth/v1/admin/users"));
+        assert!(proxied("auth/v1/invite"));
         assert!(proxied("storage/v1/bucket"));
         assert!(!proxied("auth/v1/token"));
         assert!(!proxied("sovra/v1/tenants"));

@@ -79,4 +79,8 @@ impl Host for ServerHost {
             Ok(tenant.pool.clone())
         })
     }
+
+    fn metrics(&self) -> String {
+        crate::routes::render_metrics(&self.state)
+    }
 }

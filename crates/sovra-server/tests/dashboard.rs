@@ -182,8 +182,10 @@ async fn only_a_service_key_signs_in_and_the_browser_never_gets_it() {
     let (status, tenants) = browser.get("/tenants").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(tenants, json!([{"name": "default", "state": "active"}]));
-    // A service key's session has no tenant API.
+    // A service key's session has no tenant API, nor the server's metrics.
     let (status, _) = browser.get("/platform/tenants").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = browser.get("/metrics").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
@@ -605,6 +607,14 @@ async fn the_platform_key_manages_tenants_without_seeing_their_secret_keys() {
     let (status, body) = browser.sign_in(&key, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["kind"], "platform");
+    let metrics = browser
+        .request(reqwest::Method::GET, "/metrics", false)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("sovra_db_pool_max_connections"), "{text}");
     let name = format!("dash-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let (status, created) = browser
         .send(

@@ -8,6 +8,20 @@ function lineColumn(text, position) {
   return { line: lines.length, column: lines[lines.length - 1].length + 1 };
 }
 
+// The line PostgreSQL complained about, with a caret under the spot.
+function Pointer({ query, position }) {
+  const { line, column } = lineColumn(query, position);
+  const text = query.split('\n')[line - 1] || '';
+  return (
+    <div data-position={position}>
+      {`at line ${line}, column ${column} (character ${position})`}
+      <pre class="pointer" aria-hidden="true">
+        {`${text}\n${' '.repeat(column - 1)}^`}
+      </pre>
+    </div>
+  );
+}
+
 export function Sql({ tenant }) {
   const [query, setQuery] = useState('select now();');
   const [results, setResults] = useState(null);
@@ -79,12 +93,7 @@ export function Sql({ tenant }) {
         <div class="error" role="alert" data-sql-error>
           <strong>{failure.code ? `ERROR ${failure.code}: ` : 'ERROR: '}</strong>
           {failure.message}
-          {failure.position && (
-            <div data-position={failure.position}>
-              at line {lineColumn(query, failure.position).line}, column {lineColumn(query, failure.position).column}
-              (character {failure.position})
-            </div>
-          )}
+          {failure.position && <Pointer query={query} position={failure.position} />}
           {failure.detail && <div>{failure.detail}</div>}
           {failure.hint && <div>Hint: {failure.hint}</div>}
         </div>

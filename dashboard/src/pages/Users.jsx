@@ -40,6 +40,16 @@ export function Users({ tenant }) {
       load();
     }
   };
+  const invite = async () => {
+    if (!form.email) return;
+    const done = await attempt(setError, () => api(`/t/${tenant}/auth/v1/invite`, { method: 'POST', body: { email: form.email } }));
+    if (done) {
+      setNotice(`Invitation sent to ${form.email}.`);
+      setForm({ email: '', password: '', confirm: true });
+      load();
+      if (mail) loadMail();
+    }
+  };
   const ban = async (user, banned) => {
     const done = await attempt(setError, () =>
       api(`${base}/users/${user.id}`, { method: 'PUT', body: { ban_duration: banned ? '876000h' : 'none' } }),
@@ -92,6 +102,9 @@ export function Users({ tenant }) {
           confirmed
         </label>
         <button type="submit">Create user</button>
+        <button type="button" class="secondary" onClick={invite}>
+          Send invitation
+        </button>
       </form>
       <label class="inline">
         Search this page{' '}
