@@ -12,7 +12,7 @@ export function LineChart({ title, unit, series, samples }) {
   const height = 160;
   const pad = { left: 48, right: 12, top: 12, bottom: 22 };
   const values = series.flatMap(({ key }) => samples.map((s) => s[key]).filter((v) => v !== null && v !== undefined));
-  const max = Math.max(1e-9, ...values) * 1.1;
+  const max = Math.max(1, ...values) * 1.1;
   const x = (i) => pad.left + (i * (width - pad.left - pad.right)) / Math.max(1, KEEP - 1);
   const y = (v) => height - pad.bottom - (v / max) * (height - pad.top - pad.bottom);
   const offset = KEEP - samples.length;
@@ -45,7 +45,16 @@ export function LineChart({ title, unit, series, samples }) {
             .map((s, i) => (s[key] === null || s[key] === undefined ? null : `${x(i + offset)},${y(s[key])}`))
             .filter(Boolean)
             .join(' ');
-          return <polyline key={key} class={`series s${n}`} points={points} data-series={label} />;
+          const lastIndex = samples.length - 1;
+          const last = lastIndex >= 0 ? samples[lastIndex][key] : null;
+          return (
+            <g key={key}>
+              <polyline class={`series s${n}`} points={points} data-series={label} />
+              {last !== null && last !== undefined && (
+                <circle class={`dot s${n}`} cx={x(lastIndex + offset)} cy={y(last)} r="3.5" />
+              )}
+            </g>
+          );
         })}
       </svg>
     </figure>
@@ -53,6 +62,7 @@ export function LineChart({ title, unit, series, samples }) {
 }
 
 function format(v) {
+  if (Number.isInteger(v)) return String(v);
   if (v >= 100) return v.toFixed(0);
   if (v >= 10) return v.toFixed(1);
   return v.toFixed(2);
