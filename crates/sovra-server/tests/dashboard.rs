@@ -339,14 +339,19 @@ async fn the_sql_editor_runs_as_service_role_with_errors_and_history() {
     let (status, body) = run("set role postgres").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["detail"]["code"], "42501");
+    // Nor may it change the schema it does not own (DDL needs the owner).
+    let (status, body) = run("create table public.made_here (id int)").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["detail"]["code"], "42501");
     let (status, _) = run("").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // History: newest first, in the session.
     let (status, history) = browser.get("/t/default/sql/history").await;
     assert_eq!(status, StatusCode::OK);
     let history = history.as_array().unwrap();
-    assert_eq!(history[0], "set role postgres");
-    assert_eq!(history.len(), 5);
+    assert_eq!(history[0], "create table public.made_here (id int)");
+    assert_eq!(history[1], "set role postgres");
+    assert_eq!(history.len(), 6);
     // Another tenant's database is out of reach for this session.
     let (status, _) = browser
         .send(
