@@ -1,13 +1,12 @@
 //! What the server gives the dashboard (`sovra-dashboard`, mounted at
-//! `/_/`): its own router to send the dashboard's requests through, and
-//! each tenant's service key and request pool.
+//! `/_/`): the server's routes to send the dashboard's requests through,
+//! each tenant's service key and request pool, and the metrics.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use sovra_dashboard::{BoxFuture, DEFAULT_TENANT, Host, TenantError};
 use tower::ServiceExt as _;
 
@@ -16,20 +15,13 @@ use crate::{AppState, Tenant};
 /// The server as the dashboard sees it.
 pub(crate) struct ServerHost {
     state: AppState,
-    /// The whole router, set once it is built (it contains the dashboard).
-    router: OnceLock<Router>,
+    /// The server's routes and layers without the dashboard.
+    router: Router,
 }
 
 impl ServerHost {
-    pub(crate) fn new(state: AppState) -> ServerHost {
-        ServerHost {
-            state,
-            router: OnceLock::new(),
-        }
-    }
-
-    pub(crate) fn set_router(&self, router: Router) {
-        let _ = self.router.set(router);
+    pub(crate) fn new(state: AppState, router: Router) -> ServerHost {
+        ServerHost { state, router }
     }
 }
 
@@ -50,14 +42,11 @@ async fn tenant(state: &AppState, name: &str) -> Result<Arc<Tenant>, TenantError
 
 impl Host for ServerHost {
     fn call(&self, request: Request) -> BoxFuture<Response> {
-        let router = self.router.get().cloned();
+        let router = self.router.clone();
         Box::pin(async move {
-            match router {
-                Some(router) => match router.oneshot(request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                },
-                None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+            match router.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
             }
         })
     }

@@ -213,6 +213,19 @@ async fn restore_plain_options(mut request: axum::extract::Request) -> axum::ext
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
+    // The dashboard at `/_/` sends its requests through a router of its
+    // own with the same routes but no dashboard (one that contained it
+    // would own itself through the dashboard and never be dropped).
+    let host = dashboard::ServerHost::new(state.clone(), routes(state.clone(), None));
+    let dashboard = sovra_dashboard::router(Arc::new(sovra_dashboard::Dashboard::new(
+        Arc::new(host),
+        state.dashboard_session_ttl,
+    )));
+    routes(state, Some(dashboard))
+}
+
+/// Every route and layer, with `dashboard` merged in when given.
+fn routes(state: AppState, dashboard: Option<Router>) -> Router {
     let body_limit = state.body_limit;
     let body_idle_timeout = state.body_idle_timeout;
     let trace = TraceLayer::new_for_http()
@@ -298,18 +311,11 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(64 * 1024));
     // Tenant routing rewrites `/t/{name}/…` before the routes match: the
     // inner router is the fallback of an outer one that runs `route`.
-    // The dashboard at `/_/` sends its requests through this same router.
-    let host = Arc::new(dashboard::ServerHost::new(state.clone()));
-    let dashboard = sovra_dashboard::router(Arc::new(sovra_dashboard::Dashboard::new(
-        host.clone(),
-        state.dashboard_session_ttl,
-    )));
-    let inner = api
-        .merge(storage)
-        .merge(platform)
-        .with_state(state.clone())
-        .merge(dashboard);
-    let app = Router::new()
+    let mut inner = api.merge(storage).merge(platform).with_state(state.clone());
+    if let Some(dashboard) = dashboard {
+        inner = inner.merge(dashboard);
+    }
+    Router::new()
         .fallback_service(inner)
         .layer(axum::middleware::from_fn_with_state(state, tenants::route))
         .layer(axum::middleware::from_fn_with_state(
@@ -326,9 +332,7 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(trace)
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(axum::middleware::map_request(drop_unsafe_request_id));
-    host.set_router(app.clone());
-    app
+        .layer(axum::middleware::map_request(drop_unsafe_request_id))
 }
 
 #[cfg(test)]
