@@ -246,6 +246,14 @@ test('storage: create a bucket, upload, download and delete a file', async () =>
   const saved = await download.path();
   assert.equal(readFileSync(saved, 'utf8'), content);
 
+  // A signed URL works without the session (a fresh request, no cookie).
+  await row.getByRole('button', { name: 'Signed URL' }).click();
+  const signed = await page.locator('input[name="signed-url"]').inputValue();
+  assert.match(signed, /\/storage\/v1\/object\/sign\/.+\?token=/);
+  const fetched = await fetch(signed);
+  assert.equal(fetched.status, 200);
+  assert.equal(await fetched.text(), content);
+
   page.once('dialog', (dialog) => dialog.accept());
   await row.getByRole('button', { name: 'Delete' }).click();
   await page.getByRole('status').filter({ hasText: 'Deleted' }).waitFor();

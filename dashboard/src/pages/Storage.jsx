@@ -128,6 +128,20 @@ function Bucket({ tenant, bucket, prefix }) {
       load();
     }
   };
+  const [signed, setSigned] = useState(null);
+  const sign = async (name) => {
+    const done = await attempt(setError, () =>
+      api(`${base}/object/sign/${encodeURIComponent(bucket)}/${encodePath(prefix + name)}`, {
+        method: 'POST',
+        body: { expiresIn: 3600 },
+      }),
+    );
+    if (done) {
+      // The URL works without a key, for an hour, from anywhere.
+      const root = tenant === 'default' ? '' : `/t/${tenant}`;
+      setSigned({ name, url: `${location.origin}${root}/storage/v1${done.data.signedURL}` });
+    }
+  };
   const remove = async (name) => {
     if (!confirm(`Delete ${name}?`)) return;
     const done = await attempt(setError, () =>
@@ -163,6 +177,14 @@ function Bucket({ tenant, bucket, prefix }) {
           Upload
         </button>
       </form>
+      {signed && (
+        <div class="card" role="region" aria-label="Signed URL">
+          <label>
+            Signed URL of {signed.name} (valid for an hour)
+            <input readOnly value={signed.url} name="signed-url" onFocus={(e) => e.currentTarget.select()} />
+          </label>
+        </div>
+      )}
       <div class="scroll">
         <table class="grid" aria-label={`Objects in ${bucket}`}>
           <thead>
@@ -199,6 +221,9 @@ function Bucket({ tenant, bucket, prefix }) {
                     >
                       Download
                     </a>
+                    <button type="button" class="secondary" onClick={() => sign(item.name)}>
+                      Signed URL
+                    </button>
                     <button type="button" class="danger" onClick={() => remove(item.name)}>
                       Delete
                     </button>
