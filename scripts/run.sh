@@ -78,5 +78,6 @@ MSG
 bash scripts/setup.sh run $dry
 check_data_dir "$(data_dir "$@")"
 if [ -n "$dry" ]; then exit 0; fi
+bash scripts/dashboard.sh
 cargo build --release --locked --bin sovra
 exec ./target/release/sovra serve "$@"

@@ -3,10 +3,12 @@
 # nothing that is already there (safe to run before every build).
 #
 #   scripts/setup.sh run    what `sovra serve` needs: PostgreSQL (15, 16 or
-#                           17) with pgvector, and a C toolchain for the build
+#                           17) with pgvector, a C toolchain for the build, and
+#                           Node.js and npm to build the dashboard it embeds
 #   scripts/setup.sh test   that, plus what the test suite needs: nats-server,
-#                           Node.js and npm, PostGIS, HAProxy, and moto's S3-compatible server
-#                           (from PyPI, into a virtual environment in .tools/)
+#                           PostGIS, HAProxy, Chromium (the dashboard's browser
+#                           tests), and moto's S3-compatible server (from PyPI,
+#                           into a virtual environment in .tools/)
 #   (no mode)               the same as `test`
 #
 # Options:
@@ -29,7 +31,7 @@ for arg in "$@"; do
     run | test) mode="$arg" ;;
     --list) list=1 ;;
     --dry-run) dry=1 ;;
-    -h | --help) sed -n '2,21s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,22s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) printf 'setup: unknown argument %s (see --help)\n' "$arg" >&2; exit 2 ;;
   esac
 done
@@ -101,14 +103,17 @@ wanted() {
   echo build-essential
   echo ca-certificates
   echo curl
+  # Node.js builds the dashboard (dashboard/, scripts/dashboard.sh).
+  echo nodejs
+  echo npm
   if [ "$mode" = test ]; then
     echo nats-server
-    echo nodejs
-    echo npm
     echo python3-venv
     # The load balancer of the deploy/ reference layout (its configuration
     # is checked by the tests).
     echo haproxy
+    # The dashboard's browser tests (tests/dashboard) drive it.
+    echo chromium
     # For the GeoJSON responses of /rest/v1 (tests only; PostGIS is optional).
     echo "postgresql-$PG_MAJOR-postgis-3"
   fi
@@ -126,6 +131,7 @@ while read -r pkg; do
   case "$pkg" in
     nodejs) command -v node >/dev/null 2>&1 || missing+=(nodejs) ;;
     npm) command -v npm >/dev/null 2>&1 || missing+=(npm) ;;
+    chromium) command -v chromium >/dev/null 2>&1 || have_pkg chromium || missing+=(chromium) ;;
     nats-server) command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server) ;;
     python3-venv)
       # Only for moto, and only when no moto_server is on the PATH yet.
@@ -227,6 +233,7 @@ if [ "$mode" = test ]; then
   nats="$(command -v nats-server || echo /usr/sbin/nats-server)"
   versions+=", nats-server $("$nats" --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p')"
   versions+=", Node.js $(node --version | sed 's/^v//'), npm $(npm --version)"
+  versions+=", $(chromium --version 2>/dev/null || echo 'chromium (version unknown)')"
   moto="$(command -v moto_server || echo "$VENV/bin/moto_server")"
   versions+=", moto_server ($moto)"
 fi

@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
+# The dashboard's front end, embedded by the build below.
+bash scripts/dashboard.sh
 # moto_server, when setup put it in the project's virtual environment.
 if [ -x .tools/venv/bin/moto_server ]; then export PATH="$PWD/.tools/venv/bin:$PATH"; fi
 echo "test: cargo fmt --check"
@@ -17,7 +19,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log="$(mktemp)"
 e2e_log="$(mktemp)"
 fuzz_log="$(mktemp)"
-trap 'rm -f "$log" "$e2e_log" "$fuzz_log"' EXIT
+dash_log="$(mktemp)"
+trap 'rm -f "$log" "$e2e_log" "$fuzz_log" "$dash_log"' EXIT
 set +e
 echo "test: cargo test"
 env -u SOVRA_FUZZ_CASES cargo test --workspace --locked "$@" 2>&1 | tee "$log"
@@ -38,11 +41,14 @@ fi
 echo "test: end-to-end with supabase-js (tests/e2e)"
 bash tests/e2e/run.sh 2>&1 | tee "$e2e_log"
 e2e_status=${PIPESTATUS[0]}
+echo "test: the dashboard in headless Chromium (tests/dashboard)"
+bash tests/dashboard/run.sh 2>&1 | tee "$dash_log"
+dash_status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run (cargo prints one per test binary, and
 # the last is often an empty doc-test binary; node prints its own).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
-     FILENAME == ARGV[2] && /^# pass / { p += $3 }
-     FILENAME == ARGV[2] && /^# fail / { f += $3 }
-     END { printf "%d passed, %d failed\n", p, f }' "$log" "$e2e_log" "$fuzz_log"
-[ "$cargo_status" -eq 0 ] && [ "$e2e_status" -eq 0 ] && [ "$fuzz_status" -eq 0 ]
+     (FILENAME == ARGV[2] || FILENAME == ARGV[4]) && /^# pass / { p += $3 }
+     (FILENAME == ARGV[2] || FILENAME == ARGV[4]) && /^# fail / { f += $3 }
+     END { printf "%d passed, %d failed\n", p, f }' "$log" "$e2e_log" "$fuzz_log" "$dash_log"
+[ "$cargo_status" -eq 0 ] && [ "$e2e_status" -eq 0 ] && [ "$fuzz_status" -eq 0 ] && [ "$dash_status" -eq 0 ]

@@ -219,6 +219,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Bearer token that `GET /metrics` requires (`Authorization: Bearer <token>`, compared in constant time); at least 16 characters. Unset: `/metrics` is open, and Sovra warns at start when `server.listen` is not a loopback address.",
     },
     OptionDoc {
+        key: "dashboard.session_ttl",
+        kind: Kind::Integer,
+        default: "3600",
+        doc: "Seconds a sign-in to the dashboard at `/_/` lasts (1 to 86400); then the browser is asked for a key again. Sessions live in the server's memory: a restart ends them.",
+    },
+    OptionDoc {
         key: "database.url",
         kind: Kind::String,
         default: "",
@@ -942,6 +948,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub dashboard: DashboardConfig,
     pub database: DatabaseConfig,
     pub rest: RestConfig,
     pub embedded: EmbeddedConfig,
@@ -1533,6 +1540,19 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// The dashboard at `/_/`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    pub session_ttl: u64,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig { session_ttl: 3600 }
+    }
+}
+
 /// Who may read `/metrics`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -1575,6 +1595,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            dashboard: DashboardConfig::default(),
             database: DatabaseConfig::default(),
             rest: RestConfig::default(),
             embedded: EmbeddedConfig::default(),
@@ -1965,6 +1986,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "server.body_limit",
                 "must be at least 1024 bytes",
+            ));
+        }
+        if !(1..=86_400).contains(&self.dashboard.session_ttl) {
+            return Err(ConfigError::invalid(
+                "dashboard.session_ttl",
+                "must be 1 to 86400 seconds",
             ));
         }
         if self.server.body_idle_timeout == 0 {
@@ -2778,6 +2805,11 @@ mod tests {
             (
                 "[server]\nbody_idle_timeout = 0\n",
                 "server.body_idle_timeout",
+            ),
+            ("[dashboard]\nsession_ttl = 0\n", "dashboard.session_ttl"),
+            (
+                "[dashboard]\nsession_ttl = 86401\n",
+                "dashboard.session_ttl",
             ),
             (
                 "[server]\nheader_read_timeout = 0\n",

@@ -8,6 +8,7 @@
 //! go through [`sovra_pg::begin_request`] with the caller's role.
 
 pub mod body;
+pub(crate) mod dashboard;
 pub mod data_dir;
 pub mod gateway;
 pub mod keys;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub platform: Option<Arc<tenants::Platform>>,
     /// Set when shutdown begins: `/ready` answers 503 from then on.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// How long a dashboard session lasts, in seconds.
+    pub dashboard_session_ttl: u64,
 }
 
 impl AppState {
@@ -65,6 +68,7 @@ impl AppState {
             metrics_token: None,
             platform: None,
             draining: Arc::default(),
+            dashboard_session_ttl: sovra_dashboard::DEFAULT_SESSION_TTL,
         }
     }
 
@@ -81,6 +85,7 @@ impl AppState {
         let mut state = AppState::new(tenants, config.server.body_limit)
             .with_metrics_token(config.metrics.token.as_deref());
         state.body_idle_timeout = Duration::from_secs(config.server.body_idle_timeout);
+        state.dashboard_session_ttl = config.dashboard.session_ttl;
         state
     }
 
@@ -211,6 +216,19 @@ async fn restore_plain_options(mut request: axum::extract::Request) -> axum::ext
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
+    // The dashboard at `/_/` sends its requests through a router of its
+    // own with the same routes but no dashboard (one that contained it
+    // would own itself through the dashboard and never be dropped).
+    let host = dashboard::ServerHost::new(state.clone(), routes(state.clone(), None));
+    let dashboard = sovra_dashboard::router(Arc::new(sovra_dashboard::Dashboard::new(
+        Arc::new(host),
+        state.dashboard_session_ttl,
+    )));
+    routes(state, Some(dashboard))
+}
+
+/// Every route and layer, with `dashboard` merged in when given.
+fn routes(state: AppState, dashboard: Option<Router>) -> Router {
     let body_limit = state.body_limit;
     let body_idle_timeout = state.body_idle_timeout;
     let trace = TraceLayer::new_for_http()
@@ -296,7 +314,10 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(64 * 1024));
     // Tenant routing rewrites `/t/{name}/…` before the routes match: the
     // inner router is the fallback of an outer one that runs `route`.
-    let inner = api.merge(storage).merge(platform).with_state(state.clone());
+    let mut inner = api.merge(storage).merge(platform).with_state(state.clone());
+    if let Some(dashboard) = dashboard {
+        inner = inner.merge(dashboard);
+    }
     Router::new()
         .fallback_service(inner)
         .layer(axum::middleware::from_fn_with_state(state, tenants::route))

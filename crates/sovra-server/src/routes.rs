@@ -107,6 +107,19 @@ pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -
         )
             .into_response();
     }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        render_metrics(&state),
+    )
+        .into_response()
+}
+
+/// The metrics text of `GET /metrics` (also the dashboard's), with the
+/// pool gauges read now.
+pub(crate) fn render_metrics(state: &AppState) -> String {
     for tenant in state.tenants.all() {
         let status = tenant.pool.status();
         let labels = [("tenant", tenant.id.clone())];
@@ -116,14 +129,7 @@ pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -
         metrics::gauge!("sovra_db_pool_waiting_requests", &labels).set(status.waiting as f64);
     }
     metrics::gauge!("sovra_uptime_seconds").set(state.started.elapsed().as_secs_f64());
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
-        state.prometheus.render(),
-    )
-        .into_response()
+    state.prometheus.render()
 }
 
 /// `GET /auth/v1/.well-known/jwks.json`: the public asymmetric keys.
