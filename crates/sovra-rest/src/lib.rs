@@ -159,6 +159,11 @@ impl RestService {
         &self.statements
     }
 
+    /// The exposed schemas; the first is the default.
+    pub fn schemas(&self) -> &[String] {
+        &self.config.schemas
+    }
+
     /// Answers one request to `/rest/v1{path}`.
     pub async fn handle(&self, pool: &Pool, caller: &Caller, request: HttpRequest<'_>) -> Response {
         let HttpRequest {
@@ -169,7 +174,48 @@ impl RestService {
             body,
         } = request;
         match self
-            .try_handle(pool, caller, method, path, query, headers, body)
+            .try_handle(pool, caller, method, path, query, headers, body, None)
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => error_response(&err),
+        }
+    }
+
+    /// Answers a `GET /rest/v1/{relation}` whose rows come nearest first
+    /// to a query vector ([`sovra_rest_plan::plan_nearest`]): the same
+    /// parsing, planning, request transaction and response as any read,
+    /// as the caller. For the MCP endpoint's `vector_search`.
+    pub async fn handle_nearest(
+        &self,
+        pool: &Pool,
+        caller: &Caller,
+        request: HttpRequest<'_>,
+        nearest: &sovra_rest_plan::Nearest<'_>,
+    ) -> Response {
+        let HttpRequest {
+            method,
+            path,
+            query,
+            headers,
+            body,
+        } = request;
+        if *method != Method::GET || path.trim_matches('/').is_empty() || path.contains("/rpc/") {
+            return error_response(&ApiError::not_implemented(
+                "a nearest-neighbour search is a read of one relation",
+            ));
+        }
+        match self
+            .try_handle(
+                pool,
+                caller,
+                method,
+                path,
+                query,
+                headers,
+                body,
+                Some(nearest),
+            )
             .await
         {
             Ok(response) => response,
@@ -187,6 +233,7 @@ impl RestService {
         query: Option<&str>,
         headers: &HeaderMap,
         body: Bytes,
+        nearest: Option<&sovra_rest_plan::Nearest<'_>>,
     ) -> Result<Response, ApiError> {
         let segments: Vec<String> = path
             .trim_matches('/')
@@ -314,23 +361,24 @@ impl RestService {
             .cache
             .get()
             .ok_or_else(ApiError::schema_cache_unavailable)?;
-        let plan = sovra_rest_plan::plan(
-            &cache,
-            &Request {
-                schema: &schema,
-                relation: &relation,
-                action,
-                query: &params,
-                prefs: &prefs,
-                range,
-                body: body_text,
-                max_rows: if read { self.config.max_rows } else { None },
-                csv: media == Media::Csv
-                    || matches!(media, Media::Plan(PlanMedia { for_csv: true, .. })),
-                geojson: media == Media::GeoJson,
-                strip_nulls,
-            },
-        )?;
+        let request = Request {
+            schema: &schema,
+            relation: &relation,
+            action,
+            query: &params,
+            prefs: &prefs,
+            range,
+            body: body_text,
+            max_rows: if read { self.config.max_rows } else { None },
+            csv: media == Media::Csv
+                || matches!(media, Media::Plan(PlanMedia { for_csv: true, .. })),
+            geojson: media == Media::GeoJson,
+            strip_nulls,
+        };
+        let plan = match nearest {
+            Some(nearest) => sovra_rest_plan::plan_nearest(&cache, &request, nearest)?,
+            None => sovra_rest_plan::plan(&cache, &request)?,
+        };
 
         if let Media::Plan(plan_media) = media {
             return self
