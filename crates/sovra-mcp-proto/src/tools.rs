@@ -177,7 +177,7 @@ pub fn catalogue(writes: bool) -> Vec<Value> {
         tool(
             "rpc",
             "Call a function",
-            "Calls a database function by name with named arguments, as you (PostgREST's /rpc). Without write access it runs in a read-only transaction.",
+            "Calls a database function by name with named arguments, as you (PostgREST's /rpc). Unless the server allows writes, it runs in a read-only transaction.",
             object_schema(
                 json!({
                     "function": {"type": "string"},
@@ -396,31 +396,6 @@ fn table_path(table: &str) -> String {
     format!("/{}", encode(table))
 }
 
-/// A JSON value as the text of a `GET /rpc` argument: strings as they are,
-/// arrays of scalars as PostgreSQL array literals, objects as JSON.
-fn argument_text(value: &Value) -> Option<String> {
-    fn element(value: &Value) -> String {
-        match value {
-            Value::String(text) => {
-                format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
-            }
-            Value::Null => "NULL".to_owned(),
-            other => other.to_string(),
-        }
-    }
-    match value {
-        Value::Null => None,
-        Value::String(text) => Some(text.clone()),
-        Value::Array(items) if items.iter().all(|i| !i.is_object() && !i.is_array()) => {
-            Some(format!(
-                "{{{}}}",
-                items.iter().map(element).collect::<Vec<_>>().join(",")
-            ))
-        }
-        other => Some(other.to_string()),
-    }
-}
-
 /// The action of calling tool `name` with `args`.
 pub fn call(name: &str, args: &Map<String, Value>, writes: bool) -> Result<Action, CallError> {
     if WRITE_TOOLS.contains(&name) && !writes {
@@ -479,30 +454,15 @@ pub fn call(name: &str, args: &Map<String, Value>, writes: bool) -> Result<Actio
                 Some(Value::Object(arguments)) => arguments.clone(),
                 Some(_) => return Err(invalid("`args` must be an object")),
             };
-            let path = format!("/rpc/{}", encode(function));
-            let call = if writes {
-                RestCall {
-                    method: "POST",
-                    path,
-                    query: String::new(),
-                    body: Some(Value::Object(arguments).to_string()),
-                    schema: args.schema()?,
-                    prefer: None,
-                }
-            } else {
-                // GET runs the function in a read-only transaction.
-                let pairs: Vec<(String, String)> = arguments
-                    .iter()
-                    .filter_map(|(key, value)| Some((key.clone(), argument_text(value)?)))
-                    .collect();
-                RestCall {
-                    method: "GET",
-                    path,
-                    query: query_string(&pairs),
-                    body: None,
-                    schema: args.schema()?,
-                    prefer: None,
-                }
+            // With writes off, the server runs it in a read-only
+            // transaction.
+            let call = RestCall {
+                method: "POST",
+                path: format!("/rpc/{}", encode(function)),
+                query: String::new(),
+                body: Some(Value::Object(arguments).to_string()),
+                schema: args.schema()?,
+                prefer: None,
             };
             Ok(Action::Rest(call))
         }

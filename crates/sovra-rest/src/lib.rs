@@ -102,6 +102,15 @@ impl Drop for RestService {
     }
 }
 
+/// How a request runs beyond what it says itself.
+#[derive(Clone, Copy, Default)]
+struct Mode<'a> {
+    /// A read ordered by distance to a query vector.
+    nearest: Option<&'a sovra_rest_plan::Nearest<'a>>,
+    /// In a read-only transaction whatever the method.
+    read_only: bool,
+}
+
 /// The parts of an HTTP request the REST layer reads; `path` is what
 /// follows `/rest/v1`.
 #[derive(Debug)]
@@ -174,7 +183,45 @@ impl RestService {
             body,
         } = request;
         match self
-            .try_handle(pool, caller, method, path, query, headers, body, None)
+            .try_handle(
+                pool,
+                caller,
+                method,
+                path,
+                query,
+                headers,
+                body,
+                Mode::default(),
+            )
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => error_response(&err),
+        }
+    }
+
+    /// Answers one request to `/rest/v1{path}` in a read-only transaction
+    /// whatever its method: a function called with `POST` runs, but cannot
+    /// write (`25006`). For the MCP endpoint while its writes are off.
+    pub async fn handle_read_only(
+        &self,
+        pool: &Pool,
+        caller: &Caller,
+        request: HttpRequest<'_>,
+    ) -> Response {
+        let HttpRequest {
+            method,
+            path,
+            query,
+            headers,
+            body,
+        } = request;
+        let mode = Mode {
+            nearest: None,
+            read_only: true,
+        };
+        match self
+            .try_handle(pool, caller, method, path, query, headers, body, mode)
             .await
         {
             Ok(response) => response,
@@ -214,7 +261,10 @@ impl RestService {
                 query,
                 headers,
                 body,
-                Some(nearest),
+                Mode {
+                    nearest: Some(nearest),
+                    read_only: true,
+                },
             )
             .await
         {
@@ -233,7 +283,7 @@ impl RestService {
         query: Option<&str>,
         headers: &HeaderMap,
         body: Bytes,
-        nearest: Option<&sovra_rest_plan::Nearest<'_>>,
+        mode: Mode<'_>,
     ) -> Result<Response, ApiError> {
         let segments: Vec<String> = path
             .trim_matches('/')
@@ -292,7 +342,17 @@ impl RestService {
             [first, function] if first == "rpc" => {
                 let function = function.clone();
                 return self
-                    .call(pool, caller, method, path, &function, query, headers, body)
+                    .call(
+                        pool,
+                        caller,
+                        method,
+                        path,
+                        &function,
+                        query,
+                        headers,
+                        body,
+                        mode.read_only,
+                    )
                     .await;
             }
             [relation] => relation.clone(),
@@ -375,7 +435,7 @@ impl RestService {
             geojson: media == Media::GeoJson,
             strip_nulls,
         };
-        let plan = match nearest {
+        let plan = match mode.nearest {
             Some(nearest) => sovra_rest_plan::plan_nearest(&cache, &request, nearest)?,
             None => sovra_rest_plan::plan(&cache, &request)?,
         };
@@ -389,7 +449,15 @@ impl RestService {
         }
         let mut outcome = self
             .execute(
-                pool, caller, method, path, &schema, read, &plan, &prefs, singular,
+                pool,
+                caller,
+                method,
+                path,
+                &schema,
+                read || mode.read_only,
+                &plan,
+                &prefs,
+                singular,
             )
             .await
             .map_err(|err| geojson_unavailable(err, media, headers))?;
@@ -416,6 +484,7 @@ impl RestService {
         query: Option<&str>,
         headers: &HeaderMap,
         body: Bytes,
+        read_only: bool,
     ) -> Result<Response, ApiError> {
         let is_get = match *method {
             Method::GET | Method::HEAD => true,
@@ -527,7 +596,7 @@ impl RestService {
                 method,
                 path,
                 &schema,
-                call.read_only,
+                call.read_only || read_only,
                 &call.plan,
                 &prefs,
                 singular,

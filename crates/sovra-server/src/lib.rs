@@ -11,6 +11,7 @@ pub mod body;
 pub mod data_dir;
 pub mod gateway;
 pub mod keys;
+pub mod mcp;
 pub mod observe;
 pub mod opaque_keys;
 pub mod platform;
@@ -269,6 +270,24 @@ pub fn router(state: AppState) -> Router {
         .route("/storage/v1/{*path}", any(routes::storage))
         .route_layer(axum::middleware::from_fn(observe::track))
         .layer(DefaultBodyLimit::disable());
+    // `/mcp` reads its own bodies under `mcp.max_request_bytes`.
+    let mcp = Router::new()
+        .route(
+            "/mcp",
+            axum::routing::post(mcp::endpoint)
+                .get(mcp::endpoint)
+                .delete(mcp::endpoint),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(mcp::protected_resource),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(mcp::protected_resource),
+        )
+        .route_layer(axum::middleware::from_fn(observe::track))
+        .layer(DefaultBodyLimit::disable());
     let tus_state = state.clone();
     let platform = Router::new()
         .route(
@@ -293,7 +312,11 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(64 * 1024));
     // Tenant routing rewrites `/t/{name}/…` before the routes match: the
     // inner router is the fallback of an outer one that runs `route`.
-    let inner = api.merge(storage).merge(platform).with_state(state.clone());
+    let inner = api
+        .merge(storage)
+        .merge(mcp)
+        .merge(platform)
+        .with_state(state.clone());
     Router::new()
         .fallback_service(inner)
         .layer(axum::middleware::from_fn_with_state(state, tenants::route))
