@@ -156,6 +156,8 @@ const EXPOSED_HEADERS: &[&str] = &[
     "etag",
     "proxy-status",
     "x-request-id",
+    // `/mcp`: browser MCP clients read their session id.
+    "mcp-session-id",
 ];
 
 fn cors() -> CorsLayer {
