@@ -2252,7 +2252,10 @@ async fn mcp_is_served_per_tenant() {
             if reply.status() != StatusCode::OK {
                 return Err(reply.status());
             }
-            let session = reply.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+            let session = reply.headers()["mcp-session-id"]
+                .to_str()
+                .unwrap()
+                .to_owned();
             let list: Value = http
                 .post(&url)
                 .header("apikey", &anon)
@@ -2289,7 +2292,10 @@ async fn mcp_is_served_per_tenant() {
         .await
         .unwrap();
     assert_eq!(bare.status(), StatusCode::UNAUTHORIZED);
-    let challenge = bare.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    let challenge = bare.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let metadata_url = challenge.split('"').nth(1).unwrap().to_owned();
     assert_eq!(
         metadata_url,
