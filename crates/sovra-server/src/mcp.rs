@@ -260,21 +260,21 @@ fn unauthorized(base: &str, error: Option<&str>, message: &str) -> Response {
 }
 
 /// The credentials as the gateway reads them. MCP clients that can only
-/// send `Authorization` may send a Sovra API key (`sovra_sk_…`) or an
-/// opaque `sb_…` key as the bearer alone: it then counts as the `apikey`.
+/// send `Authorization` may send an opaque `sb_…` key as the bearer alone:
+/// it then counts as the `apikey` too. A Sovra API key (`sovra_sk_…`) as
+/// the bearer is the caller, with or without an `apikey` beside it.
 fn credentials(headers: &HeaderMap) -> HeaderMap {
     let mut headers = headers.clone();
-    if headers.contains_key("apikey") {
-        return headers;
-    }
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim().to_owned());
+    let has_apikey = headers.contains_key("apikey");
     if let Some(token) = bearer
-        && (token.starts_with("sovra_sk_") || crate::opaque_keys::looks_opaque(&token))
+        && (token.starts_with("sovra_sk_")
+            || (!has_apikey && crate::opaque_keys::looks_opaque(&token)))
         && let Ok(value) = HeaderValue::from_str(&token)
     {
         headers.insert(HeaderName::from_static("apikey"), value);

@@ -480,6 +480,45 @@ async fn credentials_are_required_and_discoverable() {
         .unwrap();
     assert_eq!(service.status(), StatusCode::OK);
     assert!(service.headers().contains_key("mcp-session-id"));
+
+    // A Sovra API key as the only credential: the key's role, no user.
+    let made: Value = mcp
+        .http
+        .post(format!("{}/auth/v1/admin/api_keys", mcp.app.url))
+        .header("apikey", &mcp.app.service_role_key)
+        .bearer_auth(&mcp.app.service_role_key)
+        .json(&json!({"name": "agent", "role": "authenticated"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = made["key"].as_str().unwrap().to_owned();
+    let session = mcp.initialize(Some(&key)).await;
+    let (err, rows) = mcp
+        .tool(Some(&key), &session, "query", json!({"table": "notes"}))
+        .await;
+    assert!(!err, "{rows}");
+    assert_eq!(
+        rows,
+        json!([]),
+        "authenticated without a user id owns no note"
+    );
+    let (err, listed) = mcp
+        .tool(Some(&key), &session, "list_tables", json!({}))
+        .await;
+    assert!(!err);
+    assert!(
+        listed["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "notes")
+    );
+    // An unknown key: refused.
+    let bad = mcp.post(Some("sovra_sk_notakey"), None, &[], "{}").await;
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
