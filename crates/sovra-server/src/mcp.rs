@@ -219,7 +219,6 @@ pub(crate) async fn protected_resource(
             "authorization_servers": [format!("{base}/auth/v1")],
             "bearer_methods_supported": ["header"],
             "resource_name": "Sovra MCP",
-            "resource_documentation": "https://github.com/sovra/sovra/blob/main/docs/mcp.md",
         })),
     )
         .into_response()
