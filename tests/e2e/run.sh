@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 root="$(cd ../.. && pwd)"
 bin="${SOVRA_BIN:-$root/target/debug/sovra}"
 [ -n "${SOVRA_BIN:-}" ] || (cd "$root" && cargo build --locked --quiet --bin sovra)
-{ [ -d node_modules/@supabase/supabase-js ] && [ -d node_modules/@aws-sdk/client-s3 ]; } || npm ci --no-audit --no-fund --loglevel=error
+{ [ -d node_modules/@supabase/supabase-js ] && [ -d node_modules/@aws-sdk/client-s3 ] && [ -d node_modules/@modelcontextprotocol/sdk ]; } || npm ci --no-audit --no-fund --loglevel=error
 # The quickstart (quickstart.test.js) runs examples/quickstart with its own
 # dependencies, as a developer who copied it would.
 [ -d ../../examples/quickstart/node_modules/@supabase/supabase-js ] \

@@ -938,6 +938,48 @@ pub const OPTIONS: &[OptionDoc] = &[
         default: "\"sovra.realtime\"",
         doc: "NATS subject prefix (the tenant id is appended); instances of different deployments sharing one NATS server need different prefixes.",
     },
+    OptionDoc {
+        key: "mcp.enabled",
+        kind: Kind::Bool,
+        default: "true",
+        doc: "Serve the Model Context Protocol endpoint `/mcp` (see `docs/mcp.md`): AI agents call tools that run as the caller under row-level security. When false, `/mcp` answers 404.",
+    },
+    OptionDoc {
+        key: "mcp.allow_writes",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Offer the `insert`, `update` and `delete` tools, and call functions through `rpc` in read-write transactions. When false those tools are not listed and `rpc` runs functions read-only. A tenant's `mcp_allow_writes` setting overrides it.",
+    },
+    OptionDoc {
+        key: "mcp.max_request_bytes",
+        kind: Kind::Integer,
+        default: "1048576",
+        doc: "The largest JSON-RPC message `/mcp` accepts, in bytes; larger ones get 413 with a JSON-RPC error. From 1024 to 67108864.",
+    },
+    OptionDoc {
+        key: "mcp.requests_per_minute",
+        kind: Kind::Integer,
+        default: "600",
+        doc: "Messages one caller (a user, an API key, or the anon or service role) may send to `/mcp` per minute, as a token bucket with that burst; more get 429 with `Retry-After`. 0: no limit.",
+    },
+    OptionDoc {
+        key: "mcp.read_object_max_bytes",
+        kind: Kind::Integer,
+        default: "262144",
+        doc: "The largest object the `read_object` tool returns, in bytes; larger objects are refused as a tool error. From 1 to 16777216.",
+    },
+    OptionDoc {
+        key: "mcp.allowed_origins",
+        kind: Kind::String,
+        default: "",
+        doc: "Comma-separated origins (`https://app.example`) of browser pages that may call `/mcp`, besides the server's own `server.public_url`; `*` allows any. Requests with any other `Origin` header get 403 (a defence against DNS rebinding); requests without one (every non-browser client) are not concerned.",
+    },
+    OptionDoc {
+        key: "mcp.session_idle_timeout",
+        kind: Kind::Integer,
+        default: "3600",
+        doc: "Seconds an MCP session (`Mcp-Session-Id`) lives without a message; afterwards it answers 404 and the client initialises again. At least 1.",
+    },
 ];
 
 /// The whole configuration, after defaults, file, environment and flags.
@@ -956,6 +998,81 @@ pub struct Config {
     pub auth: AuthConfig,
     pub storage: StorageConfig,
     pub realtime: RealtimeConfig,
+    pub mcp: McpConfig,
+}
+
+/// The MCP endpoint `/mcp`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    pub enabled: bool,
+    pub allow_writes: bool,
+    pub max_request_bytes: usize,
+    pub requests_per_minute: u32,
+    pub read_object_max_bytes: usize,
+    pub allowed_origins: String,
+    pub session_idle_timeout: u64,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            enabled: true,
+            allow_writes: false,
+            max_request_bytes: 1_048_576,
+            requests_per_minute: 600,
+            read_object_max_bytes: 262_144,
+            allowed_origins: String::new(),
+            session_idle_timeout: 3600,
+        }
+    }
+}
+
+impl McpConfig {
+    /// `allowed_origins` as a list.
+    pub fn origins(&self) -> Vec<String> {
+        self.allowed_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1024..=67_108_864).contains(&self.max_request_bytes) {
+            return Err(ConfigError::invalid(
+                "mcp.max_request_bytes",
+                "must be from 1024 to 67108864",
+            ));
+        }
+        if !(1..=16_777_216).contains(&self.read_object_max_bytes) {
+            return Err(ConfigError::invalid(
+                "mcp.read_object_max_bytes",
+                "must be from 1 to 16777216",
+            ));
+        }
+        if self.session_idle_timeout == 0 {
+            return Err(ConfigError::invalid(
+                "mcp.session_idle_timeout",
+                "must be at least 1",
+            ));
+        }
+        for origin in self.origins() {
+            let plain = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && origin.split_once("://").is_some_and(|(_, rest)| {
+                        !rest.is_empty() && !rest.trim_end_matches('/').contains('/')
+                    }));
+            if !plain {
+                return Err(ConfigError::invalid(
+                    "mcp.allowed_origins",
+                    format!("{origin:?} is not an origin such as https://app.example (or *)"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -1603,6 +1720,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
             realtime: RealtimeConfig::default(),
+            mcp: McpConfig::default(),
         }
     }
 }
@@ -1954,6 +2072,7 @@ impl Config {
 
     /// Checks what deserialisation cannot: ranges, formats, lengths.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.mcp.validate()?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::invalid("data_dir", "must not be empty"));
         }
@@ -3237,5 +3356,53 @@ mod tests {
             std::fs::write(&path, &want).unwrap();
             panic!("docs/config.md was stale and has been regenerated; commit it");
         }
+    }
+
+    #[test]
+    fn mcp_options_load_and_refuse_what_makes_no_sense() {
+        let config = load(
+            "[mcp]\nallow_writes = true\nrequests_per_minute = 5\nallowed_origins = \"https://app.example, http://localhost:3000\"\n",
+            &[("SOVRA_MCP_ENABLED", "false")],
+        )
+        .unwrap();
+        assert!(config.mcp.allow_writes && !config.mcp.enabled);
+        assert_eq!(config.mcp.requests_per_minute, 5);
+        assert_eq!(
+            config.mcp.origins(),
+            ["https://app.example", "http://localhost:3000"]
+        );
+        assert_eq!(Config::default().mcp.max_request_bytes, 1_048_576);
+        assert!(!Config::default().mcp.allow_writes);
+        for (text, option) in [
+            ("[mcp]\nmax_request_bytes = 10\n", "mcp.max_request_bytes"),
+            (
+                "[mcp]\nread_object_max_bytes = 0\n",
+                "mcp.read_object_max_bytes",
+            ),
+            (
+                "[mcp]\nsession_idle_timeout = 0\n",
+                "mcp.session_idle_timeout",
+            ),
+            (
+                "[mcp]\nallowed_origins = \"app.example\"\n",
+                "mcp.allowed_origins",
+            ),
+            (
+                "[mcp]\nallowed_origins = \"https://a.example/path\"\n",
+                "mcp.allowed_origins",
+            ),
+            ("[mcp]\nallow_writes = \"yes\"\n", "mcp.allow_writes"),
+            (
+                "[mcp]\nrequests_per_minute = -1\n",
+                "mcp.requests_per_minute",
+            ),
+        ] {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(err.contains(option), "{text}: {err}");
+        }
+        assert!(matches!(
+            load("[mcp]\nunknown = 1\n", &[]),
+            Err(ConfigError::Unknown(key)) if key == "mcp.unknown"
+        ));
     }
 }

@@ -482,6 +482,7 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                 cache,
                 query: request.query,
                 schema: request.schema,
+                nearest: None,
             };
             let level = level(&ctx, &target, &select, &[], 1, &mut b)?;
             let read = Request {

@@ -220,6 +220,18 @@ impl ApiError {
         ApiError::new(400, "PGRST127", "Feature not implemented").with_details(details)
     }
 
+    /// PGRST100: a nearest-neighbour search by a column that holds no
+    /// pgvector vectors.
+    pub fn not_a_vector(relation: &str, column: &str, type_name: &str) -> ApiError {
+        ApiError::new(
+            400,
+            "PGRST100",
+            format!(
+                "Column '{column}' of '{relation}' is of type {type_name}, not a pgvector vector"
+            ),
+        )
+    }
+
     /// PGRST200: no relationship between origin and target.
     pub fn no_relationship(origin: &str, target: &str) -> ApiError {
         ApiError::new(

@@ -20,7 +20,9 @@ pub use call::{
 };
 pub use error::{ApiError, ErrorHeaders, sqlstate_status};
 pub use openapi::openapi;
-pub use plan::{Action, Plan, RESPONSE_SETTINGS, Request, Statement, plan};
+pub use plan::{
+    Action, Metric, Nearest, Plan, RESPONSE_SETTINGS, Request, Statement, plan, plan_nearest,
+};
 pub use schema::{
     Column, ForeignKey, Relation, RelationKind, ReturnShape, Routine, RoutineParam, SchemaCache,
     TypeName, Volatility, quote_ident,

@@ -103,8 +103,79 @@ impl Builder {
     }
 }
 
+/// The distance a nearest-neighbour read orders by (pgvector's operators).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// `<=>`: cosine distance.
+    Cosine,
+    /// `<->`: Euclidean (L2) distance.
+    Euclidean,
+    /// `<#>`: the negative inner product.
+    InnerProduct,
+    /// `<+>`: taxicab (L1) distance.
+    L1,
+}
+
+impl Metric {
+    /// From its name: `cosine`, `euclidean` (or `l2`), `inner_product`, `l1`.
+    pub fn parse(name: &str) -> Option<Metric> {
+        match name {
+            "cosine" => Some(Metric::Cosine),
+            "euclidean" | "l2" => Some(Metric::Euclidean),
+            "inner_product" => Some(Metric::InnerProduct),
+            "l1" => Some(Metric::L1),
+            _ => None,
+        }
+    }
+
+    fn operator(self) -> &'static str {
+        match self {
+            Metric::Cosine => "<=>",
+            Metric::Euclidean => "<->",
+            Metric::InnerProduct => "<#>",
+            Metric::L1 => "<+>",
+        }
+    }
+}
+
+/// A read whose rows come nearest first to a query vector: ordered by the
+/// distance between `column` (a pgvector `vector`, `halfvec` or
+/// `sparsevec`) and `vector`, which is bound as a parameter; each row also
+/// carries that distance as `_distance`.
+#[derive(Clone, Copy, Debug)]
+pub struct Nearest<'a> {
+    pub column: &'a str,
+    /// The query vector in pgvector's text form (`[1,2,3]`).
+    pub vector: &'a str,
+    pub metric: Metric,
+}
+
 /// Plans `request` against `cache`.
 pub fn plan(cache: &SchemaCache, request: &Request<'_>) -> Result<Plan, ApiError> {
+    plan_with(cache, request, None)
+}
+
+/// Plans a read of `request` whose rows are ordered by their distance to a
+/// query vector first (then by the request's own `order`); its filters,
+/// `select`, embeds and `limit` are those of any read.
+pub fn plan_nearest(
+    cache: &SchemaCache,
+    request: &Request<'_>,
+    nearest: &Nearest<'_>,
+) -> Result<Plan, ApiError> {
+    if request.action != Action::Read {
+        return Err(ApiError::not_implemented(
+            "a nearest-neighbour search is a read",
+        ));
+    }
+    plan_with(cache, request, Some(nearest))
+}
+
+fn plan_with(
+    cache: &SchemaCache,
+    request: &Request<'_>,
+    nearest: Option<&Nearest<'_>>,
+) -> Result<Plan, ApiError> {
     let relation = cache
         .relation(request.schema, request.relation)
         .ok_or_else(|| {
@@ -124,10 +195,15 @@ pub fn plan(cache: &SchemaCache, request: &Request<'_>) -> Result<Plan, ApiError
 
     let mut b = Builder { params: Vec::new() };
     let target = Target::new(relation, cache);
+    let nearest = match nearest {
+        Some(nearest) => Some(distance_expr(&target, nearest, &mut b)?),
+        None => None,
+    };
     let ctx = Ctx {
         cache,
         query,
         schema: request.schema,
+        nearest,
     };
     let level = level(&ctx, &target, &select, &[], 1, &mut b)?;
 
@@ -145,6 +221,39 @@ pub(crate) struct Ctx<'a> {
     pub(crate) query: &'a QueryParams,
     /// The request's schema: embeds find their targets there.
     pub(crate) schema: &'a str,
+    /// A nearest-neighbour read: the distance expression of the root's
+    /// rows, which the read orders by first.
+    pub(crate) nearest: Option<String>,
+}
+
+/// The distance of the root's row to the query vector, with the vector
+/// bound and the operator qualified by the vector type's schema (so that
+/// it resolves whatever the `search_path`).
+fn distance_expr(
+    target: &Target<'_>,
+    nearest: &Nearest<'_>,
+    b: &mut Builder,
+) -> Result<String, ApiError> {
+    let column = target.column(nearest.column)?;
+    if !matches!(
+        column.type_name.name.as_str(),
+        "vector" | "halfvec" | "sparsevec"
+    ) {
+        return Err(ApiError::not_a_vector(
+            &target.relation.name,
+            &column.name,
+            &column.type_name.name,
+        ));
+    }
+    let vector = b.bind(nearest.vector);
+    Ok(format!(
+        "{}.{} OPERATOR({}.{}) {vector}::{}",
+        target.alias,
+        quote_ident(&column.name),
+        quote_ident(&column.type_name.schema),
+        nearest.metric.operator(),
+        column.type_name.sql()
+    ))
 }
 
 /// The relation being planned, with its SQL names.
@@ -1261,9 +1370,22 @@ pub(crate) fn plan_read(
     let mut conditions = level.conditions.clone();
     conditions.extend(conditions_at(ctx, target, &[], level, b)?);
     let where_sql = where_sql(&conditions);
-    let order_sql = order_at(ctx, target, &[], level, b)?;
+    let mut order_sql = order_at(ctx, target, &[], level, b)?;
     let (offset, limit) = page(request);
     let aggregated = level.aggregated;
+    let mut items = level.items.clone();
+    if let Some(distance) = &ctx.nearest {
+        if aggregated {
+            return Err(ApiError::not_implemented(
+                "aggregates in a nearest-neighbour search",
+            ));
+        }
+        order_sql = match order_sql.strip_prefix(" ORDER BY ") {
+            Some(rest) => format!(" ORDER BY {distance}, {rest}"),
+            None => format!(" ORDER BY {distance}"),
+        };
+        items.push(format!("{distance} AS \"_distance\""));
+    }
     let mut source = if aggregated {
         // Aggregates group the filtered rows; the page applies to groups.
         let group = if level.group_by.is_empty() {
@@ -1302,7 +1424,7 @@ pub(crate) fn plan_read(
     } else {
         wrap(
             &total,
-            &level.items,
+            &items,
             &source,
             &target.alias,
             (request.csv, request.strip_nulls, request.geojson),

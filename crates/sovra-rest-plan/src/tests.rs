@@ -535,3 +535,105 @@ fn overloads_are_chosen_and_listed_as_postgrest() {
     let err = call("raw", Arguments::Json(r#"{"": "x"}"#)).unwrap_err();
     assert_eq!(err.code, "PGRST202");
 }
+
+fn nearest(text: &str, column: &str, metric: Metric) -> Result<Plan, ApiError> {
+    let mut cache = cache();
+    if let Some(todos) = cache
+        .relations
+        .get_mut(&("public".to_owned(), "todos".to_owned()))
+    {
+        todos.columns.push(Column {
+            name: "embedding".to_owned(),
+            type_name: TypeName::new("extensions", "vector"),
+            array_type: Some(TypeName::new("extensions", "_vector")),
+            nullable: true,
+            has_default: false,
+            default_expr: None,
+        });
+    }
+    let q = query(text);
+    plan_nearest(
+        &cache,
+        &Request {
+            schema: "public",
+            relation: "todos",
+            action: Action::Read,
+            query: &q,
+            prefs: &Preferences::default(),
+            range: None,
+            body: None,
+            max_rows: Some(1000),
+            csv: false,
+            geojson: false,
+            strip_nulls: false,
+        },
+        &Nearest {
+            column,
+            vector: "[1,2,3]",
+            metric,
+        },
+    )
+}
+
+#[test]
+fn nearest_orders_by_a_bound_vector_with_the_types_schema_operator() {
+    let plan = nearest(
+        "select=id,task&done=eq.false&order=id&limit=5",
+        "embedding",
+        Metric::Cosine,
+    )
+    .unwrap();
+    let sql = &plan.statement.sql;
+    let distance =
+        "\"todos\".\"embedding\" OPERATOR(\"extensions\".<=>) $1::\"extensions\".\"vector\"";
+    assert!(
+        sql.contains(&format!(" ORDER BY {distance}, \"todos\".\"id\"")),
+        "{sql}"
+    );
+    assert!(
+        sql.contains(&format!("{distance} AS \"_distance\"")),
+        "{sql}"
+    );
+    assert_eq!(plan.statement.params[0], "[1,2,3]");
+    assert!(plan.statement.params.contains(&"false".to_owned()));
+    assert!(plan.statement.params.contains(&"5".to_owned()));
+    for (metric, operator) in [
+        (Metric::Euclidean, "<->"),
+        (Metric::InnerProduct, "<#>"),
+        (Metric::L1, "<+>"),
+    ] {
+        let sql = nearest("limit=3", "embedding", metric)
+            .unwrap()
+            .statement
+            .sql;
+        assert!(
+            sql.contains(&format!("OPERATOR(\"extensions\".{operator})")),
+            "{sql}"
+        );
+    }
+    assert_eq!(Metric::parse("l2"), Some(Metric::Euclidean));
+    assert_eq!(Metric::parse("hamming"), None);
+}
+
+#[test]
+fn nearest_refuses_columns_that_are_no_vectors_and_aggregates() {
+    let err = nearest("limit=3", "task", Metric::Cosine).unwrap_err();
+    assert_eq!((err.status, err.code.as_str()), (400, "PGRST100"));
+    assert!(
+        err.message.contains("not a pgvector vector"),
+        "{}",
+        err.message
+    );
+    let err = nearest("limit=3", "missing", Metric::Cosine).unwrap_err();
+    assert_eq!(err.code, "42703");
+    let err = nearest("select=count()", "embedding", Metric::Cosine).unwrap_err();
+    assert_eq!(err.status, 400);
+    // A plain read plans as before.
+    assert!(
+        !read("select=id")
+            .unwrap()
+            .statement
+            .sql
+            .contains("_distance")
+    );
+}

@@ -102,6 +102,15 @@ impl Drop for RestService {
     }
 }
 
+/// How a request runs beyond what it says itself.
+#[derive(Clone, Copy, Default)]
+struct Mode<'a> {
+    /// A read ordered by distance to a query vector.
+    nearest: Option<&'a sovra_rest_plan::Nearest<'a>>,
+    /// In a read-only transaction whatever the method.
+    read_only: bool,
+}
+
 /// The parts of an HTTP request the REST layer reads; `path` is what
 /// follows `/rest/v1`.
 #[derive(Debug)]
@@ -159,6 +168,11 @@ impl RestService {
         &self.statements
     }
 
+    /// The exposed schemas; the first is the default.
+    pub fn schemas(&self) -> &[String] {
+        &self.config.schemas
+    }
+
     /// Answers one request to `/rest/v1{path}`.
     pub async fn handle(&self, pool: &Pool, caller: &Caller, request: HttpRequest<'_>) -> Response {
         let HttpRequest {
@@ -169,7 +183,89 @@ impl RestService {
             body,
         } = request;
         match self
-            .try_handle(pool, caller, method, path, query, headers, body)
+            .try_handle(
+                pool,
+                caller,
+                method,
+                path,
+                query,
+                headers,
+                body,
+                Mode::default(),
+            )
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => error_response(&err),
+        }
+    }
+
+    /// Answers one request to `/rest/v1{path}` in a read-only transaction
+    /// whatever its method: a function called with `POST` runs, but cannot
+    /// write (`25006`). For the MCP endpoint while its writes are off.
+    pub async fn handle_read_only(
+        &self,
+        pool: &Pool,
+        caller: &Caller,
+        request: HttpRequest<'_>,
+    ) -> Response {
+        let HttpRequest {
+            method,
+            path,
+            query,
+            headers,
+            body,
+        } = request;
+        let mode = Mode {
+            nearest: None,
+            read_only: true,
+        };
+        match self
+            .try_handle(pool, caller, method, path, query, headers, body, mode)
+            .await
+        {
+            Ok(response) => response,
+            Err(err) => error_response(&err),
+        }
+    }
+
+    /// Answers a `GET /rest/v1/{relation}` whose rows come nearest first
+    /// to a query vector ([`sovra_rest_plan::plan_nearest`]): the same
+    /// parsing, planning, request transaction and response as any read,
+    /// as the caller. For the MCP endpoint's `vector_search`.
+    pub async fn handle_nearest(
+        &self,
+        pool: &Pool,
+        caller: &Caller,
+        request: HttpRequest<'_>,
+        nearest: &sovra_rest_plan::Nearest<'_>,
+    ) -> Response {
+        let HttpRequest {
+            method,
+            path,
+            query,
+            headers,
+            body,
+        } = request;
+        if *method != Method::GET || path.trim_matches('/').is_empty() || path.contains("/rpc/") {
+            return error_response(&ApiError::not_implemented(
+                "a nearest-neighbour search is a read of one relation",
+            ));
+        }
+        match self
+            .try_handle(
+                pool,
+                caller,
+                method,
+                path,
+                query,
+                headers,
+                body,
+                Mode {
+                    nearest: Some(nearest),
+                    read_only: true,
+                },
+            )
             .await
         {
             Ok(response) => response,
@@ -187,6 +283,7 @@ impl RestService {
         query: Option<&str>,
         headers: &HeaderMap,
         body: Bytes,
+        mode: Mode<'_>,
     ) -> Result<Response, ApiError> {
         let segments: Vec<String> = path
             .trim_matches('/')
@@ -245,7 +342,17 @@ impl RestService {
             [first, function] if first == "rpc" => {
                 let function = function.clone();
                 return self
-                    .call(pool, caller, method, path, &function, query, headers, body)
+                    .call(
+                        pool,
+                        caller,
+                        method,
+                        path,
+                        &function,
+                        query,
+                        headers,
+                        body,
+                        mode.read_only,
+                    )
                     .await;
             }
             [relation] => relation.clone(),
@@ -314,23 +421,24 @@ impl RestService {
             .cache
             .get()
             .ok_or_else(ApiError::schema_cache_unavailable)?;
-        let plan = sovra_rest_plan::plan(
-            &cache,
-            &Request {
-                schema: &schema,
-                relation: &relation,
-                action,
-                query: &params,
-                prefs: &prefs,
-                range,
-                body: body_text,
-                max_rows: if read { self.config.max_rows } else { None },
-                csv: media == Media::Csv
-                    || matches!(media, Media::Plan(PlanMedia { for_csv: true, .. })),
-                geojson: media == Media::GeoJson,
-                strip_nulls,
-            },
-        )?;
+        let request = Request {
+            schema: &schema,
+            relation: &relation,
+            action,
+            query: &params,
+            prefs: &prefs,
+            range,
+            body: body_text,
+            max_rows: if read { self.config.max_rows } else { None },
+            csv: media == Media::Csv
+                || matches!(media, Media::Plan(PlanMedia { for_csv: true, .. })),
+            geojson: media == Media::GeoJson,
+            strip_nulls,
+        };
+        let plan = match mode.nearest {
+            Some(nearest) => sovra_rest_plan::plan_nearest(&cache, &request, nearest)?,
+            None => sovra_rest_plan::plan(&cache, &request)?,
+        };
 
         if let Media::Plan(plan_media) = media {
             return self
@@ -341,7 +449,15 @@ impl RestService {
         }
         let mut outcome = self
             .execute(
-                pool, caller, method, path, &schema, read, &plan, &prefs, singular,
+                pool,
+                caller,
+                method,
+                path,
+                &schema,
+                read || mode.read_only,
+                &plan,
+                &prefs,
+                singular,
             )
             .await
             .map_err(|err| geojson_unavailable(err, media, headers))?;
@@ -368,6 +484,7 @@ impl RestService {
         query: Option<&str>,
         headers: &HeaderMap,
         body: Bytes,
+        read_only: bool,
     ) -> Result<Response, ApiError> {
         let is_get = match *method {
             Method::GET | Method::HEAD => true,
@@ -479,7 +596,7 @@ impl RestService {
                 method,
                 path,
                 &schema,
-                call.read_only,
+                call.read_only || read_only,
                 &call.plan,
                 &prefs,
                 singular,

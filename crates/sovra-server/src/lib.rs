@@ -12,6 +12,7 @@ pub(crate) mod dashboard;
 pub mod data_dir;
 pub mod gateway;
 pub mod keys;
+pub mod mcp;
 pub mod observe;
 pub mod opaque_keys;
 pub mod platform;
@@ -163,6 +164,8 @@ const EXPOSED_HEADERS: &[&str] = &[
     "etag",
     "proxy-status",
     "x-request-id",
+    // `/mcp`: browser MCP clients read their session id.
+    "mcp-session-id",
 ];
 
 fn cors() -> CorsLayer {
@@ -290,6 +293,24 @@ fn routes(state: AppState, dashboard: Option<Router>) -> Router {
         .route("/storage/v1/{*path}", any(routes::storage))
         .route_layer(axum::middleware::from_fn(observe::track))
         .layer(DefaultBodyLimit::disable());
+    // `/mcp` reads its own bodies under `mcp.max_request_bytes`.
+    let mcp = Router::new()
+        .route(
+            "/mcp",
+            axum::routing::post(mcp::endpoint)
+                .get(mcp::endpoint)
+                .delete(mcp::endpoint),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(mcp::protected_resource),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(mcp::protected_resource),
+        )
+        .route_layer(axum::middleware::from_fn(observe::track))
+        .layer(DefaultBodyLimit::disable());
     let tus_state = state.clone();
     let platform = Router::new()
         .route(
@@ -314,7 +335,11 @@ fn routes(state: AppState, dashboard: Option<Router>) -> Router {
         .layer(DefaultBodyLimit::max(64 * 1024));
     // Tenant routing rewrites `/t/{name}/…` before the routes match: the
     // inner router is the fallback of an outer one that runs `route`.
-    let mut inner = api.merge(storage).merge(platform).with_state(state.clone());
+    let mut inner = api
+        .merge(storage)
+        .merge(mcp)
+        .merge(platform)
+        .with_state(state.clone());
     if let Some(dashboard) = dashboard {
         inner = inner.merge(dashboard);
     }

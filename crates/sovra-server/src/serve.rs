@@ -437,6 +437,7 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
         keys: keyset,
         api_keys: keys.api,
         require_apikey: config.server.require_apikey,
+        mcp: crate::mcp::McpTenant::new(config),
         rest,
         auth,
         in_progress: (quotas.max_concurrent_requests > 0).then(|| {

@@ -129,6 +129,9 @@ pub struct TenantSettings {
     /// Quota: requests in progress at once; more wait (0: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_requests: Option<u64>,
+    /// `/mcp` offers its write tools (as `mcp.allow_writes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_allow_writes: Option<bool>,
     /// Auth's mail server (`smtp://` or `smtps://`, as `auth.smtp_url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp_url: Option<String>,
@@ -223,6 +226,7 @@ impl TenantSettings {
             realtime_max_channels_per_connection,
             realtime_events_per_second,
             max_concurrent_requests,
+            mcp_allow_writes,
             smtp_url,
             smtp_from
         )
@@ -771,6 +775,9 @@ impl Platform {
         }
         if let Some(on) = settings.require_apikey {
             config.server.require_apikey = on;
+        }
+        if let Some(on) = settings.mcp_allow_writes {
+            config.mcp.allow_writes = on;
         }
         if let Some(n) = settings.pool_size {
             config.database.pool_size = n;

@@ -2226,3 +2226,99 @@ async fn a_tenant_over_its_concurrency_quota_waits_its_turn_and_others_do_not() 
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
+
+/// `/mcp` under a tenant's URL: the tenant's keys only, its own metadata
+/// URL, and its own write switch (`mcp_allow_writes`).
+#[tokio::test]
+async fn mcp_is_served_per_tenant() {
+    let server = spawn().await;
+    let acme = server.create("mcp").await;
+    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+    let tools = |token: String| {
+        let http = server.http.clone();
+        let url = format!("{}/mcp", acme.url);
+        let anon = acme.anon.clone();
+        let initialize = initialize.clone();
+        async move {
+            let reply = http
+                .post(&url)
+                .header("apikey", &anon)
+                .bearer_auth(&token)
+                .json(&initialize)
+                .send()
+                .await
+                .unwrap();
+            if reply.status() != StatusCode::OK {
+                return Err(reply.status());
+            }
+            let session = reply.headers()["mcp-session-id"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let list: Value = http
+                .post(&url)
+                .header("apikey", &anon)
+                .bearer_auth(&token)
+                .header("mcp-session-id", session)
+                .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            Ok(list["result"]["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>())
+        }
+    };
+    let names = tools(acme.service.clone()).await.unwrap();
+    assert!(names.contains(&"query".to_owned()) && !names.contains(&"insert".to_owned()));
+    // Another project's key is refused.
+    assert_eq!(
+        tools(server.default_anon.clone()).await.unwrap_err(),
+        StatusCode::UNAUTHORIZED
+    );
+    // The challenge points at the tenant's own metadata.
+    let bare = server
+        .http
+        .post(format!("{}/mcp", acme.url))
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), StatusCode::UNAUTHORIZED);
+    let challenge = bare.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let metadata_url = challenge.split('"').nth(1).unwrap().to_owned();
+    assert_eq!(
+        metadata_url,
+        format!("{}/.well-known/oauth-protected-resource/mcp", acme.url)
+    );
+    let metadata: Value = server
+        .http
+        .get(&metadata_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metadata["resource"], format!("{}/mcp", acme.url));
+    assert_eq!(
+        metadata["authorization_servers"],
+        json!([format!("{}/auth/v1", acme.url)])
+    );
+    // Writes per tenant.
+    server
+        .patch(&acme.name, json!({"mcp_allow_writes": true}))
+        .await;
+    let names = tools(acme.service.clone()).await.unwrap();
+    assert!(names.contains(&"insert".to_owned()), "{names:?}");
+}
