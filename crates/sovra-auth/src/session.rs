@@ -422,6 +422,18 @@ impl AuthService {
     ) -> AuthResult<Value> {
         let user = admit(Some(user), via)?;
         let aal = effective_aal(user, aal);
+        // An OAuth client's session: its tokens name the client.
+        let oauth_client = if crate::oauth_server::is_oauth_amr(&amr) {
+            client
+                .c_query_opt(
+                    "select oauth_client_id from auth.sessions where id = $1",
+                    &[&session_id],
+                )
+                .await?
+                .and_then(|row| row.get::<_, Option<Uuid>>(0))
+        } else {
+            None
+        };
         let now = time::now_unix();
         let exp = now + self.config.jwt_expiry;
         let Value::Object(claims) = json!({
@@ -442,11 +454,19 @@ impl AuthService {
         }) else {
             return Err(AuthError::internal());
         };
-        let claims = if self.hook_enabled(HookName::CustomAccessToken) {
+        let mut claims = claims;
+        if let Some(id) = oauth_client {
+            claims.insert("client_id".to_owned(), json!(id));
+        }
+        let mut claims = if self.hook_enabled(HookName::CustomAccessToken) {
             self.custom_claims(client, ctx, user, claims, via).await?
         } else {
             claims
         };
+        if let Some(id) = oauth_client {
+            // A hook may add claims, not take the client's away.
+            claims.insert("client_id".to_owned(), json!(id));
+        }
         let access_token = ctx.req.keys.sign(&claims).map_err(|err| {
             tracing::error!(error = %err, "signing an access token failed");
             AuthError::internal()
@@ -503,6 +523,12 @@ impl AuthService {
     /// a new access token) instead of minting an independent one; later,
     /// it ends the whole session.
     pub(crate) async fn refresh(&self, ctx: &Ctx<'_>, token: &str) -> AuthResult<Response> {
+        self.refresh_value(ctx, token).await.map(ok_json)
+    }
+
+    /// [`AuthService::refresh`]'s token response, for the OAuth server's
+    /// refresh grant too.
+    pub(crate) async fn refresh_value(&self, ctx: &Ctx<'_>, token: &str) -> AuthResult<Value> {
         self.limit(crate::limits::Bucket::Refresh, &ctx.ip_key())?;
         let hash = crypto::sha256_hex(token);
         let child = self.key.refresh_child(token);
@@ -554,7 +580,7 @@ impl AuthService {
                     Via::Refresh,
                 )
                 .await?;
-            return Ok(ok_json(body));
+            return Ok(body);
         }
         // Anything else takes the careful path, which says why (and ends
         // the session when an old token is reused).
@@ -640,7 +666,7 @@ impl AuthService {
                             .token_response(&tx, ctx, user, session_id, &current, Via::Refresh)
                             .await?;
                         tx.commit().await?;
-                        return Ok(ok_json(body));
+                        return Ok(body);
                     }
                     Some(_) => current = self.key.refresh_child(&current),
                     None => break,
@@ -677,7 +703,7 @@ impl AuthService {
             .sign_session(&tx, ctx, &user, session_id, &aal, amr, &child, Via::Refresh)
             .await?;
         tx.commit().await?;
-        Ok(ok_json(body))
+        Ok(body)
     }
 }
 
