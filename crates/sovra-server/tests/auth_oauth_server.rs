@@ -110,6 +110,9 @@ async fn token(auth: &Auth, fields: &[(&str, &str)], basic: Option<(&str, &str)>
     reply(request.send().await.unwrap()).await
 }
 
+/// Query parameters of an authorization request.
+type Params<'a> = Vec<(&'a str, String)>;
+
 /// [`token`] with owned fields.
 async fn send(auth: &Auth, fields: Vec<(String, String)>, basic: Option<(&str, &str)>) -> Reply {
     let pairs: Vec<(&str, &str)> = fields
@@ -862,7 +865,7 @@ async fn authorization_requests_are_checked_before_the_consent_page() {
         }
         params
     };
-    let cases: Vec<(Vec<(&str, String)>, &str, &str)> = vec![
+    let cases: Vec<(Params, &str, &str)> = vec![
         (
             base(&[("redirect_uri", "https://client.example.com/other")]),
             "validation_failed",

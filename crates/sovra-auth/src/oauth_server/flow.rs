@@ -152,7 +152,7 @@ impl AuthService {
             .oauth_client(&db, client_id)
             .await?
             .ok_or_else(unknown)?;
-        if !client.redirect_uris.iter().any(|u| *u == redirect_uri) {
+        if !client.redirect_uris.contains(&redirect_uri) {
             return Err(AuthError::validation("invalid redirect_uri"));
         }
         if !client.allows_grant("authorization_code") {
@@ -208,8 +208,14 @@ impl AuthService {
             }
         }
         let authorization_id = crypto::random_alnum(32);
+        // Authorizations an hour past their end go, a few at a time, as
+        // new ones come.
         db.c_execute(
-            "insert into auth.oauth_authorizations (id, authorization_id, client_id, redirect_uri, scope,
+            "with gone as (
+               delete from auth.oauth_authorizations where id in (
+                 select id from auth.oauth_authorizations
+                  where expires_at < now() - interval '1 hour' limit 100))
+             insert into auth.oauth_authorizations (id, authorization_id, client_id, redirect_uri, scope,
                  state, resource, code_challenge, code_challenge_method, nonce, expires_at)
              values ($1, $2, $3, $4, $5, $6, $7, $8, 's256', $9, now() + make_interval(secs => $10))",
             &[
@@ -372,6 +378,7 @@ impl AuthService {
 
     /// `GET /user/oauth/grants`: the clients the user consented to.
     pub(crate) async fn oauth_list_grants(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        self.limit(Bucket::Verify, &ctx.ip_key())?;
         let db = self.pool.get().await?;
         let current = self.current(ctx, &db).await?;
         let rows = db
@@ -402,6 +409,7 @@ impl AuthService {
     /// `DELETE /user/oauth/grants?client_id=`: revokes the consent and ends
     /// the client's sessions of this user.
     pub(crate) async fn oauth_revoke_grant(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        self.limit(Bucket::Verify, &ctx.ip_key())?;
         let client_id = ctx
             .query("client_id")
             .filter(|v| !v.is_empty())
