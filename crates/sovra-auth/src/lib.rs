@@ -27,6 +27,7 @@ pub mod hooks;
 pub mod limits;
 pub mod mail;
 mod mfa;
+pub mod oauth_server;
 pub mod password;
 pub mod redirect;
 pub mod refresh_batch;
@@ -126,6 +127,8 @@ pub struct AuthConfig {
     pub hooks: hooks::HookConfig,
     /// External identity providers (`signInWithIdToken`).
     pub external: external::ExternalConfig,
+    /// Sovra as an OAuth 2.1 / OpenID Connect provider.
+    pub oauth_server: oauth_server::OAuthServerConfig,
 }
 
 impl AuthConfig {
@@ -198,6 +201,7 @@ impl AuthConfig {
             code_attempts: 5,
             hooks: hooks::HookConfig::default(),
             external: external::ExternalConfig::default(),
+            oauth_server: oauth_server::OAuthServerConfig::default(),
         }
     }
 }
@@ -224,6 +228,8 @@ pub struct AuthService {
     provider_key_cache: external::KeyCache,
     /// Concurrent refreshes, rotated together in one commit.
     refresh_batch: refresh_batch::RefreshBatcher,
+    /// The OAuth server's ID-token keys.
+    id_keys: oauth_server::signing::KeyCache,
 }
 
 /// One request to `/auth/v1`.
@@ -342,6 +348,7 @@ impl AuthService {
                 config.refresh_reuse_interval,
                 config.session_inactivity,
             ),
+            id_keys: oauth_server::signing::KeyCache::default(),
             config,
             pool,
         })
@@ -446,6 +453,9 @@ impl AuthService {
         let path = ctx.req.path.trim_end_matches('/');
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let method = ctx.req.method;
+        if let Some(answer) = self.oauth_server_route(ctx, &segments).await {
+            return answer;
+        }
         match (method.as_str(), segments.as_slice()) {
             ("GET", ["health"]) => Ok(ok_json(json!({
                 "version": env!("CARGO_PKG_VERSION"),

@@ -422,6 +422,23 @@ impl AuthService {
     ) -> AuthResult<Value> {
         let user = admit(Some(user), via)?;
         let aal = effective_aal(user, aal);
+        // An OAuth client's session: its tokens name the client.
+        let oauth_client = if crate::oauth_server::is_oauth_amr(&amr) {
+            let sql = "select oauth_client_id from auth.sessions where id = $1";
+            let row = match client {
+                Some(client) => client.c_query_opt(sql, &[&session_id]).await?,
+                None => {
+                    self.pool
+                        .get()
+                        .await?
+                        .c_query_opt(sql, &[&session_id])
+                        .await?
+                }
+            };
+            row.and_then(|row| row.get::<_, Option<Uuid>>(0))
+        } else {
+            None
+        };
         let now = time::now_unix();
         let exp = now + self.config.jwt_expiry;
         let Value::Object(claims) = json!({
@@ -442,9 +459,13 @@ impl AuthService {
         }) else {
             return Err(AuthError::internal());
         };
+        let mut claims = claims;
+        if let Some(id) = oauth_client {
+            claims.insert("client_id".to_owned(), json!(id));
+        }
         // The hook needs a connection; a caller without one (the refresh
         // fast path, whose rotation has committed) takes one only then.
-        let claims = match (self.hook_enabled(HookName::CustomAccessToken), client) {
+        let mut claims = match (self.hook_enabled(HookName::CustomAccessToken), client) {
             (false, _) => claims,
             (true, Some(client)) => self.custom_claims(client, ctx, user, claims, via).await?,
             (true, None) => {
@@ -452,6 +473,10 @@ impl AuthService {
                 self.custom_claims(&client, ctx, user, claims, via).await?
             }
         };
+        if let Some(id) = oauth_client {
+            // A hook may add claims, not take the client's away.
+            claims.insert("client_id".to_owned(), json!(id));
+        }
         let access_token = ctx.req.keys.sign(&claims).map_err(|err| {
             tracing::error!(error = %err, "signing an access token failed");
             AuthError::internal()
@@ -508,6 +533,12 @@ impl AuthService {
     /// a new access token) instead of minting an independent one; later,
     /// it ends the whole session.
     pub(crate) async fn refresh(&self, ctx: &Ctx<'_>, token: &str) -> AuthResult<Response> {
+        self.refresh_value(ctx, token).await.map(ok_json)
+    }
+
+    /// [`AuthService::refresh`]'s token response, for the OAuth server's
+    /// refresh grant too.
+    pub(crate) async fn refresh_value(&self, ctx: &Ctx<'_>, token: &str) -> AuthResult<Value> {
         self.limit(crate::limits::Bucket::Refresh, &ctx.ip_key())?;
         let hash = crypto::sha256_hex(token);
         let child = self.key.refresh_child(token);
@@ -559,7 +590,7 @@ impl AuthService {
                     Via::Refresh,
                 )
                 .await?;
-            return Ok(ok_json(body));
+            return Ok(body);
         }
         // Anything else takes the careful path, which says why (and ends
         // the session when an old token is reused).
@@ -645,7 +676,7 @@ impl AuthService {
                             .token_response(&tx, ctx, user, session_id, &current, Via::Refresh)
                             .await?;
                         tx.commit().await?;
-                        return Ok(ok_json(body));
+                        return Ok(body);
                     }
                     Some(_) => current = self.key.refresh_child(&current),
                     None => break,
@@ -691,7 +722,7 @@ impl AuthService {
             )
             .await?;
         tx.commit().await?;
-        Ok(ok_json(body))
+        Ok(body)
     }
 }
 

@@ -717,6 +717,18 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Accept the issuer's ID tokens without checking the nonce.",
     },
     OptionDoc {
+        key: "auth.oauth_server.consent_url",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The app's consent page for Sovra as an OAuth 2.1 / OpenID Connect provider (GoTrue's `GOTRUE_OAUTH_SERVER_AUTHORIZATION_PATH`): `/auth/v1/oauth/authorize` sends the browser there with `?authorization_id=`, and the page approves or denies with supabase-js `auth.oauth.approveAuthorization`/`denyAuthorization`. An `http(s)://` URL, or a path under `auth.site_url`; empty: `<site_url>/oauth/consent`.",
+    },
+    OptionDoc {
+        key: "auth.oauth_server.dynamic_registration",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Let anyone register OAuth clients with `POST /auth/v1/oauth/clients/register` (RFC 7591 dynamic client registration, as MCP clients use it); off: GoTrue's 403 `oauth_dynamic_client_registration_disabled`, and clients are made with the admin API only.",
+    },
+    OptionDoc {
         key: "storage.backend",
         kind: Kind::String,
         default: "\"fs\"",
@@ -1238,6 +1250,15 @@ pub struct AuthConfig {
     pub rate_limit: AuthRateLimits,
     pub hook: AuthHooks,
     pub external: AuthExternal,
+    pub oauth_server: AuthOAuthServer,
+}
+
+/// `auth.oauth_server.*`: Sovra as an OAuth 2.1 / OpenID Connect provider.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthOAuthServer {
+    pub consent_url: String,
+    pub dynamic_registration: bool,
 }
 
 /// `auth.external.*`: identity providers whose ID tokens are accepted.
@@ -1551,6 +1572,7 @@ impl Default for AuthConfig {
             rate_limit: AuthRateLimits::default(),
             hook: AuthHooks::default(),
             external: AuthExternal::default(),
+            oauth_server: AuthOAuthServer::default(),
         }
     }
 }
@@ -2489,6 +2511,24 @@ impl Config {
                 ));
             }
         }
+        let consent = auth.oauth_server.consent_url.trim();
+        if !consent.is_empty() {
+            let absolute = (consent.starts_with("https://") || consent.starts_with("http://"))
+                && consent
+                    .split("://")
+                    .nth(1)
+                    .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
+            let path = consent.starts_with('/') && !consent.starts_with("//");
+            if !(absolute || path)
+                || consent.chars().any(char::is_whitespace)
+                || consent.contains('#')
+            {
+                return Err(ConfigError::invalid(
+                    "auth.oauth_server.consent_url",
+                    "must be an http(s):// URL or a path starting with / (without a fragment)",
+                ));
+            }
+        }
         let github = &auth.external.github;
         if github.enabled {
             if github.client_id.trim().is_empty() {
@@ -3137,6 +3177,61 @@ mod tests {
             load("[auth.hook.nonesuch]\nenabled = true\n", &[]),
             Err(ConfigError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn oauth_server_options_are_validated() {
+        let config = load(
+            "",
+            &[
+                ("SOVRA_AUTH_OAUTH_SERVER_CONSENT_URL", "/consent"),
+                ("SOVRA_AUTH_OAUTH_SERVER_DYNAMIC_REGISTRATION", "true"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.auth.oauth_server.consent_url, "/consent");
+        assert!(config.auth.oauth_server.dynamic_registration);
+        assert!(
+            !load("", &[])
+                .unwrap()
+                .auth
+                .oauth_server
+                .dynamic_registration
+        );
+        load(
+            "[auth.oauth_server]\nconsent_url = \"https://app.example.com/oauth/consent\"\n",
+            &[],
+        )
+        .unwrap();
+        for bad in [
+            "app.example.com/consent",
+            "//evil.example.com/consent",
+            "https://",
+            "javascript:alert(1)",
+            "/consent#x",
+            "/con sent",
+        ] {
+            let err = load(
+                &format!("[auth.oauth_server]\nconsent_url = {bad:?}\n"),
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("invalid value for `auth.oauth_server.consent_url`"),
+                "{bad}: {err}"
+            );
+        }
+        let err = load(
+            "",
+            &[("SOVRA_AUTH_OAUTH_SERVER_DYNAMIC_REGISTRATION", "maybe")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("auth.oauth_server.dynamic_registration"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -132,14 +132,35 @@ pub(crate) fn render_metrics(state: &AppState) -> String {
     state.prometheus.render()
 }
 
-/// `GET /auth/v1/.well-known/jwks.json`: the public asymmetric keys.
+/// `GET /auth/v1/.well-known/jwks.json`: the public asymmetric keys, and
+/// those the OAuth server signs ID tokens with.
 pub(crate) async fn jwks(caller_tenant: crate::ResolvedTenant) -> Response {
+    let mut jwks = caller_tenant.0.keys.public_jwks();
+    let id_token_keys = caller_tenant.0.auth.oauth_public_jwks().await;
+    if let Some(keys) = jwks.get_mut("keys").and_then(Value::as_array_mut) {
+        keys.extend(id_token_keys);
+    }
     (
         [(
             header::CACHE_CONTROL,
             HeaderValue::from_static("public, max-age=600"),
         )],
-        Json(caller_tenant.0.keys.public_jwks()),
+        Json(jwks),
+    )
+        .into_response()
+}
+
+/// `GET /.well-known/oauth-authorization-server[/auth/v1]` and
+/// `GET /.well-known/openid-configuration` at the root: the tenant's OAuth
+/// server metadata (RFC 8414 §3 puts it there for the issuer
+/// `<url>/auth/v1`).
+pub(crate) async fn oauth_metadata(caller_tenant: crate::ResolvedTenant) -> Response {
+    (
+        [(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=600"),
+        )],
+        Json(caller_tenant.0.auth.oauth_metadata_document()),
     )
         .into_response()
 }
@@ -342,7 +363,7 @@ pub(crate) async fn auth(
     let is_link = matches!(
         (&parts.method, path.trim_end_matches('/')),
         (&Method::GET, "/verify" | "/authorize") | (&Method::GET | &Method::POST, "/callback")
-    );
+    ) || sovra_auth::oauth_server::is_public(&parts.method, path);
     if !is_link
         && let Err(err) = crate::gateway::check_api_key(
             &tenant,

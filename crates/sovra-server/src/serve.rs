@@ -208,6 +208,8 @@ pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError
             url: github.url.trim().to_owned(),
             api_url: github.api_url.trim().to_owned(),
         });
+    out.oauth_server.consent_url = a.oauth_server.consent_url.trim().to_owned();
+    out.oauth_server.dynamic_registration = a.oauth_server.dynamic_registration;
     out.hooks.pg_timeout_ms = a.hook.pg_timeout_ms;
     out.hooks.http_timeout_ms = a.hook.http_timeout_ms;
     Ok(out)
