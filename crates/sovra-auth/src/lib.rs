@@ -34,6 +34,7 @@ pub mod secret;
 pub mod session;
 pub mod time;
 pub mod user;
+pub mod webauthn;
 
 use crate::db::Cached as _;
 use std::collections::BTreeMap;
