@@ -27,6 +27,7 @@ pub mod hooks;
 pub mod limits;
 pub mod mail;
 mod mfa;
+pub mod passkeys;
 pub mod password;
 pub mod redirect;
 pub mod refresh_batch;
@@ -127,6 +128,8 @@ pub struct AuthConfig {
     pub hooks: hooks::HookConfig,
     /// External identity providers (`signInWithIdToken`).
     pub external: external::ExternalConfig,
+    /// Passkeys and WebAuthn MFA (`auth.webauthn.*`).
+    pub webauthn: passkeys::WebAuthnConfig,
 }
 
 impl AuthConfig {
@@ -199,6 +202,7 @@ impl AuthConfig {
             code_attempts: 5,
             hooks: hooks::HookConfig::default(),
             external: external::ExternalConfig::default(),
+            webauthn: passkeys::WebAuthnConfig::default(),
         }
     }
 }
@@ -474,6 +478,9 @@ impl AuthService {
             ("POST", ["factors", id, "verify"]) => self.verify_factor(ctx, id).await,
             ("DELETE", ["factors", id]) => self.unenroll(ctx, id).await,
             ("POST", ["invite"]) => self.invite(ctx).await,
+            (_, ["passkeys", ..] | ["admin", "users", _, "passkeys", ..]) => {
+                self.route_passkeys(ctx, &segments).await
+            }
             ("POST", ["sso"]) | ("GET" | "POST", ["sso", "saml", ..]) => self.sso_disabled(),
             ("GET", ["user", "identities", "authorize"])
             | ("DELETE", ["user", "identities", _]) => self.manual_linking_disabled(ctx).await,
@@ -547,7 +554,8 @@ impl AuthService {
             "phone_autoconfirm": c.phone_autoconfirm,
             "sms_provider": "mailbox",
             "saml_enabled": false,
-            "passkeys_enabled": false,
+            "passkeys_enabled": c.webauthn.passkeys,
+            "mfa_webauthn_enabled": c.webauthn.mfa,
         }))
     }
 
