@@ -25,6 +25,7 @@ pub mod external;
 mod fuzz;
 pub mod hooks;
 pub mod limits;
+mod linking;
 pub mod mail;
 mod mfa;
 pub mod passkeys;
@@ -130,6 +131,8 @@ pub struct AuthConfig {
     pub external: external::ExternalConfig,
     /// Passkeys and WebAuthn MFA (`auth.webauthn.*`).
     pub webauthn: passkeys::WebAuthnConfig,
+    /// Manual identity linking (`auth.manual_linking_enabled`).
+    pub manual_linking: bool,
 }
 
 impl AuthConfig {
@@ -203,6 +206,7 @@ impl AuthConfig {
             hooks: hooks::HookConfig::default(),
             external: external::ExternalConfig::default(),
             webauthn: passkeys::WebAuthnConfig::default(),
+            manual_linking: false,
         }
     }
 }
@@ -482,8 +486,8 @@ impl AuthService {
                 self.route_passkeys(ctx, &segments).await
             }
             ("POST", ["sso"]) | ("GET" | "POST", ["sso", "saml", ..]) => self.sso_disabled(),
-            ("GET", ["user", "identities", "authorize"])
-            | ("DELETE", ["user", "identities", _]) => self.manual_linking_disabled(ctx).await,
+            ("GET", ["user", "identities", "authorize"]) => self.link_identity_authorize(ctx).await,
+            ("DELETE", ["user", "identities", id]) => self.unlink_identity(ctx, id).await,
             ("GET", ["admin", "users"]) => self.admin_list_users(ctx).await,
             ("POST", ["admin", "users"]) => self.admin_create_user(ctx).await,
             ("GET", ["admin", "users", id]) => self.admin_get_user(ctx, id).await,

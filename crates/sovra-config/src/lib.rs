@@ -705,6 +705,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Accept the issuer's ID tokens without checking the nonce.",
     },
     OptionDoc {
+        key: "auth.manual_linking_enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Let signed-in users link another provider's identity (`linkIdentity`: `GET /auth/v1/user/identities/authorize` through the provider's redirect flow) and unlink one (`unlinkIdentity`: `DELETE /auth/v1/user/identities/{id}`, never the last), GoTrue's `GOTRUE_SECURITY_MANUAL_LINKING_ENABLED`. Off: both answer 404 `manual_linking_disabled`.",
+    },
+    OptionDoc {
         key: "auth.webauthn.passkeys",
         kind: Kind::Bool,
         default: "true",
@@ -1151,6 +1157,7 @@ pub struct AuthConfig {
     pub hook: AuthHooks,
     pub external: AuthExternal,
     pub webauthn: AuthWebAuthn,
+    pub manual_linking_enabled: bool,
 }
 
 /// `auth.webauthn.*`: passkeys and WebAuthn MFA.
@@ -1583,6 +1590,7 @@ impl Default for AuthConfig {
             hook: AuthHooks::default(),
             external: AuthExternal::default(),
             webauthn: AuthWebAuthn::default(),
+            manual_linking_enabled: false,
         }
     }
 }

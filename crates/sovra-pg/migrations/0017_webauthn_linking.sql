@@ -1,4 +1,5 @@
--- Passkeys and WebAuthn MFA (issue #17, part 2).
+-- Passkeys and WebAuthn MFA (issue #17, part 2), and manual identity
+-- linking (the last section).
 --
 -- A WebAuthn MFA factor keeps its credential where GoTrue keeps it:
 -- auth.mfa_factors.web_authn_credential (go-webauthn's credential JSON:
@@ -51,3 +52,9 @@ alter table sovra.webauthn_credentials owner to supabase_auth_admin;
 alter table sovra.webauthn_challenges owner to supabase_auth_admin;
 revoke all on sovra.webauthn_credentials from anon, authenticated;
 revoke all on sovra.webauthn_challenges from anon, authenticated;
+
+-- Manual identity linking (auth.manual_linking_enabled): a redirect flow
+-- started by a signed-in user links the provider's identity to that user
+-- instead of signing in.
+alter table sovra.oauth_flows add column if not exists link_user_id uuid
+  references auth.users (id) on delete cascade;

@@ -101,8 +101,8 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 17,
-        name: "webauthn",
-        sql: include_str!("../migrations/0017_webauthn.sql"),
+        name: "webauthn_linking",
+        sql: include_str!("../migrations/0017_webauthn_linking.sql"),
     },
 ];
 

@@ -165,6 +165,7 @@ pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError
     out.key_file = Some(config.data_dir.join("auth.key"));
     out.shared_secret = config.jwt.secret.clone().map(sovra_auth::secret::Redacted);
     out.code_attempts = u32::try_from(a.code_attempts).unwrap_or(5);
+    out.manual_linking = a.manual_linking_enabled;
     let w = &a.webauthn;
     out.webauthn = sovra_auth::passkeys::WebAuthnConfig {
         passkeys: w.passkeys,
