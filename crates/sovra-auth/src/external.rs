@@ -882,10 +882,12 @@ impl AuthService {
                 ctx,
                 &name,
                 &get("code"),
-                &verifier,
-                &nonce,
-                challenge.zip(method),
-                link_user,
+                Flow {
+                    verifier: &verifier,
+                    nonce: &nonce,
+                    app_pkce: challenge.zip(method),
+                    link_user,
+                },
             )
             .await
         {
@@ -1027,11 +1029,14 @@ impl AuthService {
         ctx: &Ctx<'_>,
         name: &str,
         code: &str,
-        verifier: &str,
-        nonce: &str,
-        app_pkce: Option<(String, String)>,
-        link_user: Option<Uuid>,
+        flow: Flow<'_>,
     ) -> AuthResult<Finished> {
+        let Flow {
+            verifier,
+            nonce,
+            app_pkce,
+            link_user,
+        } = flow;
         if code.is_empty() {
             return Err(AuthError::bad_request(
                 "bad_oauth_callback",
@@ -1101,6 +1106,17 @@ impl AuthService {
         tx.commit().await?;
         Ok(finished)
     }
+}
+
+/// What a stored redirect flow holds for its callback.
+struct Flow<'a> {
+    /// Sovra's PKCE verifier towards the provider.
+    verifier: &'a str,
+    nonce: &'a str,
+    /// The app's PKCE challenge and method (`None`: implicit flow).
+    app_pkce: Option<(String, String)>,
+    /// The user the identity is linked to (manual linking).
+    link_user: Option<Uuid>,
 }
 
 enum Finished {

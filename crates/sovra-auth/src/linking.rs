@@ -100,6 +100,7 @@ impl AuthService {
         if !self.config.manual_linking {
             return self.manual_linking_disabled(ctx).await;
         }
+        self.limit(crate::limits::Bucket::Verify, &ctx.ip_key())?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let current = self.current(ctx, &tx).await?;

@@ -600,6 +600,7 @@ impl AuthService {
     }
 
     async fn list_passkeys(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        self.limit(Bucket::Verify, &ctx.ip_key())?;
         let client = self.pool.get().await?;
         let current = self.current(ctx, &client).await?;
         self.passkeys_of(&client, current.user.id).await
@@ -625,6 +626,7 @@ impl AuthService {
     }
 
     async fn rename_passkey(&self, ctx: &Ctx<'_>, id: &str) -> AuthResult<Response> {
+        self.limit(Bucket::Verify, &ctx.ip_key())?;
         let body: RenameBody = ctx.json()?;
         let name = body
             .friendly_name
@@ -655,6 +657,7 @@ impl AuthService {
     }
 
     async fn delete_passkey(&self, ctx: &Ctx<'_>, id: &str) -> AuthResult<Response> {
+        self.limit(Bucket::Verify, &ctx.ip_key())?;
         let id = Uuid::parse_str(id).map_err(|_| passkey_not_found())?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
