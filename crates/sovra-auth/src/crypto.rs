@@ -57,6 +57,11 @@ pub fn equal(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
+/// Constant-time equality of two byte strings (lengths are not secret).
+pub fn equal_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
+}
+
 /// PKCE S256: base64url(SHA-256(verifier)) without padding.
 pub fn pkce_s256(verifier: &str) -> String {
     use base64::Engine as _;

@@ -710,6 +710,18 @@ impl AuthService {
     /// (auth-js `signInWithOAuth`): stores the flow and sends the browser
     /// to the provider with a signed `state`, a nonce and PKCE.
     pub(crate) async fn authorize(&self, ctx: &Ctx<'_>) -> AuthResult<axum::response::Response> {
+        let location = self.authorize_flow(ctx, None).await?;
+        redirect(&location)
+    }
+
+    /// Stores a redirect flow (one that links the identity to `link_user`
+    /// when set: manual linking, [`crate::linking`]) and returns the
+    /// provider's URL to send the browser to.
+    pub(crate) async fn authorize_flow(
+        &self,
+        ctx: &Ctx<'_>,
+        link_user: Option<Uuid>,
+    ) -> AuthResult<String> {
         let name = ctx.query("provider").unwrap_or_default();
         let github = self.github_provider(&name);
         let oidc = self.redirect_provider(&name);
@@ -755,9 +767,9 @@ impl AuthService {
         client
             .c_execute(
                 "with old as (delete from sovra.oauth_flows where created_at < now() - interval '1 hour')
-                 insert into sovra.oauth_flows (id, provider, redirect_to, code_challenge, code_challenge_method, provider_verifier, nonce)
-                 values ($1, $2, $3, $4, $5, $6, $7)",
-                &[&id, &name, &redirect_to, &challenge, &method, &verifier, &nonce],
+                 insert into sovra.oauth_flows (id, provider, redirect_to, code_challenge, code_challenge_method, provider_verifier, nonce, link_user_id)
+                 values ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[&id, &name, &redirect_to, &challenge, &method, &verifier, &nonce, &link_user],
             )
             .await?;
         for extra in ctx.query("scopes").unwrap_or_default().split([' ', ',']) {
@@ -780,7 +792,7 @@ impl AuthService {
                 ("code_challenge_method", "S256"),
             ],
         );
-        redirect(&location)
+        Ok(location)
     }
 
     /// `GET|POST /callback`: the provider's answer. The `state` must be one
@@ -826,7 +838,8 @@ impl AuthService {
             .c_query_opt(
                 "delete from sovra.oauth_flows where id = $1
                  returning provider, redirect_to, code_challenge, code_challenge_method,
-                           provider_verifier, nonce, extract(epoch from now() - created_at)::float8",
+                           provider_verifier, nonce, extract(epoch from now() - created_at)::float8,
+                           link_user_id",
                 &[&flow_id],
             )
             .await?;
@@ -845,6 +858,7 @@ impl AuthService {
         let verifier: String = row.get(4);
         let nonce: String = row.get(5);
         let age: f64 = row.get(6);
+        let link_user: Option<Uuid> = row.get(7);
         let pkce = challenge.is_some();
         if age > FLOW_TTL_SECS {
             let err = AuthError::unprocessable("flow_state_expired", "OAuth state has expired");
@@ -868,9 +882,12 @@ impl AuthService {
                 ctx,
                 &name,
                 &get("code"),
-                &verifier,
-                &nonce,
-                challenge.zip(method),
+                Flow {
+                    verifier: &verifier,
+                    nonce: &nonce,
+                    app_pkce: challenge.zip(method),
+                    link_user,
+                },
             )
             .await
         {
@@ -1012,10 +1029,14 @@ impl AuthService {
         ctx: &Ctx<'_>,
         name: &str,
         code: &str,
-        verifier: &str,
-        nonce: &str,
-        app_pkce: Option<(String, String)>,
+        flow: Flow<'_>,
     ) -> AuthResult<Finished> {
+        let Flow {
+            verifier,
+            nonce,
+            app_pkce,
+            link_user,
+        } = flow;
         if code.is_empty() {
             return Err(AuthError::bad_request(
                 "bad_oauth_callback",
@@ -1039,7 +1060,13 @@ impl AuthService {
             };
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let user_id = self.external_account(&tx, name, &data).await?;
+        let user_id = match link_user {
+            Some(user_id) => {
+                self.link_external_identity(&tx, user_id, name, &data)
+                    .await?
+            }
+            None => self.external_account(&tx, name, &data).await?,
+        };
         let actor = user::by_id(&tx, user_id).await?;
         let finished = if let Some((challenge, method)) = app_pkce {
             crate::session::admit(actor.as_ref(), Via::Grant)?;
@@ -1066,7 +1093,11 @@ impl AuthService {
         self.audit(
             &tx,
             ctx,
-            "login",
+            if link_user.is_some() {
+                "identity_linked"
+            } else {
+                "login"
+            },
             actor.as_ref(),
             "",
             json!({"provider": name, "provider_type": "oauth"}),
@@ -1075,6 +1106,17 @@ impl AuthService {
         tx.commit().await?;
         Ok(finished)
     }
+}
+
+/// What a stored redirect flow holds for its callback.
+struct Flow<'a> {
+    /// Sovra's PKCE verifier towards the provider.
+    verifier: &'a str,
+    nonce: &'a str,
+    /// The app's PKCE challenge and method (`None`: implicit flow).
+    app_pkce: Option<(String, String)>,
+    /// The user the identity is linked to (manual linking).
+    link_user: Option<Uuid>,
 }
 
 enum Finished {
@@ -1088,6 +1130,11 @@ enum Finished {
 /// §2.3.1 asks before HTTP Basic.
 fn form_encode(text: &str) -> String {
     crate::crypto::percent_encode(text)
+}
+
+/// A 302 to `location` (for [`crate::linking`]).
+pub(crate) fn redirect_to_location(location: &str) -> AuthResult<axum::response::Response> {
+    redirect(location)
 }
 
 fn redirect(location: &str) -> AuthResult<axum::response::Response> {

@@ -1,6 +1,8 @@
 //! Property targets (`fuzz_*`) for the parsers in this crate that see
 //! untrusted bytes: `X-Forwarded-For`, query strings and percent escapes,
-//! base32 secrets, and sealed values read back from the database. Each
+//! base32 secrets, sealed values read back from the database, and what
+//! WebAuthn authenticators send (CBOR, authenticator data, COSE keys,
+//! whole registration and assertion responses). Each
 //! asserts no panic (and round-trips where they exist). Cases per target:
 //! `SOVRA_FUZZ_CASES` (default 256).
 
@@ -11,6 +13,7 @@ use proptest::prelude::*;
 use crate::crypto;
 use crate::limits::{Cidr, client_ip, client_key};
 use crate::secret::ServiceKey;
+use crate::webauthn::{self, cbor, soft::Authenticator};
 
 fn cases() -> u32 {
     std::env::var("SOVRA_FUZZ_CASES")
@@ -88,5 +91,65 @@ proptest! {
         let _ = key.open(&stored, &factor);
         let sealed = key.seal(secret.as_bytes(), &factor).unwrap();
         prop_assert_eq!(key.open(&sealed, &factor), Some(secret.into_bytes()));
+    }
+
+    #[test]
+    fn fuzz_cbor(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        // Any bytes: parsed within the bounds or refused, never a panic.
+        if let Ok((_, used)) = cbor::parse(&bytes) {
+            prop_assert!(used <= bytes.len());
+        }
+        let _ = cbor::parse_all(&bytes);
+        let _ = webauthn::PublicKey::from_cose(&bytes);
+    }
+
+    #[test]
+    fn fuzz_auth_data(cut in 0usize..400, flip in 0usize..400, bit in 0u8..8, tail in proptest::collection::vec(any::<u8>(), 0..40)) {
+        // Real authenticator data, cut short, with a flipped bit, or with
+        // junk appended.
+        let a = Authenticator::new();
+        let data = a.auth_data("example.com", true);
+        let _ = webauthn::parse_auth_data(&data[..cut.min(data.len())]);
+        let mut flipped = data.clone();
+        let at = flip % flipped.len();
+        flipped[at] ^= 1 << bit;
+        let _ = webauthn::parse_auth_data(&flipped);
+        let mut longer = data;
+        longer.extend_from_slice(&tail);
+        prop_assert_eq!(webauthn::parse_auth_data(&longer).is_ok(), tail.is_empty());
+    }
+
+    #[test]
+    fn fuzz_registration_and_assertion(flip in 0usize..2000, bit in 0u8..8, which in 0usize..3) {
+        // A valid response with one bit flipped in one of its binary
+        // fields: refused (or, where the bit does not matter, accepted),
+        // never a panic.
+        let origins = vec!["https://example.com".to_owned()];
+        let rp = webauthn::RelyingParty { id: "example.com", origins: &origins };
+        let challenge = [4u8; 32];
+        let mut a = Authenticator::new();
+        let mut reg = a.register("example.com", "https://example.com", &webauthn::b64url(&challenge));
+        let field = ["clientDataJSON", "attestationObject", "attestationObject"][which];
+        let raw = webauthn::from_b64url(reg["response"][field].as_str().unwrap(), 1 << 16, "").unwrap();
+        let mut raw = raw;
+        let at = flip % raw.len();
+        raw[at] ^= 1 << bit;
+        reg["response"][field] = serde_json::Value::String(webauthn::b64url(&raw));
+        let parsed: webauthn::RegistrationResponse = serde_json::from_value(reg).unwrap();
+        let _ = webauthn::verify_registration(&rp, &challenge, true, &parsed);
+
+        let good: webauthn::RegistrationResponse = serde_json::from_value(
+            a.register("example.com", "https://example.com", &webauthn::b64url(&challenge)),
+        ).unwrap();
+        let cred = webauthn::verify_registration(&rp, &challenge, true, &good).unwrap();
+        let mut got = a.assert("example.com", "https://example.com", &webauthn::b64url(&challenge), None);
+        let field = ["clientDataJSON", "authenticatorData", "signature"][which];
+        let mut raw = webauthn::from_b64url(got["response"][field].as_str().unwrap(), 1 << 16, "").unwrap();
+        let at = flip % raw.len();
+        raw[at] ^= 1 << bit;
+        got["response"][field] = serde_json::Value::String(webauthn::b64url(&raw));
+        let parsed: webauthn::AssertionResponse = serde_json::from_value(got).unwrap();
+        // Any flipped bit in what is signed, or in the signature, fails.
+        prop_assert!(webauthn::verify_assertion(&rp, &challenge, true, &cred.public_key, 0, &parsed).is_err());
     }
 }

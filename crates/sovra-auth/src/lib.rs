@@ -25,9 +25,11 @@ pub mod external;
 mod fuzz;
 pub mod hooks;
 pub mod limits;
+mod linking;
 pub mod mail;
 mod mfa;
 pub mod oauth_server;
+pub mod passkeys;
 pub mod password;
 pub mod redirect;
 pub mod refresh_batch;
@@ -35,6 +37,7 @@ pub mod secret;
 pub mod session;
 pub mod time;
 pub mod user;
+pub mod webauthn;
 
 use crate::db::Cached as _;
 use std::collections::BTreeMap;
@@ -129,6 +132,10 @@ pub struct AuthConfig {
     pub external: external::ExternalConfig,
     /// Sovra as an OAuth 2.1 / OpenID Connect provider.
     pub oauth_server: oauth_server::OAuthServerConfig,
+    /// Passkeys and WebAuthn MFA (`auth.webauthn.*`).
+    pub webauthn: passkeys::WebAuthnConfig,
+    /// Manual identity linking (`auth.manual_linking_enabled`).
+    pub manual_linking: bool,
 }
 
 impl AuthConfig {
@@ -202,6 +209,8 @@ impl AuthConfig {
             hooks: hooks::HookConfig::default(),
             external: external::ExternalConfig::default(),
             oauth_server: oauth_server::OAuthServerConfig::default(),
+            webauthn: passkeys::WebAuthnConfig::default(),
+            manual_linking: false,
         }
     }
 }
@@ -483,9 +492,12 @@ impl AuthService {
             ("POST", ["factors", id, "verify"]) => self.verify_factor(ctx, id).await,
             ("DELETE", ["factors", id]) => self.unenroll(ctx, id).await,
             ("POST", ["invite"]) => self.invite(ctx).await,
+            (_, ["passkeys", ..] | ["admin", "users", _, "passkeys", ..]) => {
+                self.route_passkeys(ctx, &segments).await
+            }
             ("POST", ["sso"]) | ("GET" | "POST", ["sso", "saml", ..]) => self.sso_disabled(),
-            ("GET", ["user", "identities", "authorize"])
-            | ("DELETE", ["user", "identities", _]) => self.manual_linking_disabled(ctx).await,
+            ("GET", ["user", "identities", "authorize"]) => self.link_identity_authorize(ctx).await,
+            ("DELETE", ["user", "identities", id]) => self.unlink_identity(ctx, id).await,
             ("GET", ["admin", "users"]) => self.admin_list_users(ctx).await,
             ("POST", ["admin", "users"]) => self.admin_create_user(ctx).await,
             ("GET", ["admin", "users", id]) => self.admin_get_user(ctx, id).await,
@@ -556,7 +568,8 @@ impl AuthService {
             "phone_autoconfirm": c.phone_autoconfirm,
             "sms_provider": "mailbox",
             "saml_enabled": false,
-            "passkeys_enabled": false,
+            "passkeys_enabled": c.webauthn.passkeys,
+            "mfa_webauthn_enabled": c.webauthn.mfa,
         }))
     }
 

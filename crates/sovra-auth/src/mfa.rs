@@ -1,4 +1,5 @@
-//! MFA: TOTP (and phone) factors — enroll, challenge, verify, unenroll.
+//! MFA: TOTP, phone and WebAuthn factors — enroll, challenge, verify,
+//! unenroll. WebAuthn's options and checks are in [`crate::passkeys`].
 
 use crate::db::Cached as _;
 use axum::http::StatusCode;
@@ -12,6 +13,7 @@ use crate::error::{AuthError, AuthResult};
 use crate::hooks::{self, HookName};
 use crate::limits::Bucket;
 use crate::mail::Kind;
+use crate::passkeys::FactorParams;
 use crate::session::{OneTime, Via};
 use crate::{AuthService, Ctx, attempts, crypto, ok_json, secret, time, user};
 
@@ -32,6 +34,13 @@ struct EnrollBody {
 struct VerifyBody {
     challenge_id: Option<String>,
     code: Option<String>,
+    webauthn: Option<FactorParams>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ChallengeBody {
+    webauthn: Option<FactorParams>,
 }
 
 fn factor_not_found() -> AuthError {
@@ -39,7 +48,7 @@ fn factor_not_found() -> AuthError {
 }
 
 impl AuthService {
-    fn refuse_anonymous(&self, current: &crate::Current) -> AuthResult<()> {
+    pub(crate) fn refuse_anonymous(&self, current: &crate::Current) -> AuthResult<()> {
         if current.user.is_anonymous {
             return Err(AuthError::forbidden(
                 "no_authorization",
@@ -57,9 +66,15 @@ impl AuthService {
         self.refuse_anonymous(&current)?;
         let user = &current.user;
         let factor_type = body.factor_type.unwrap_or_default();
-        if !matches!(factor_type.as_str(), "totp" | "phone") {
+        if !matches!(factor_type.as_str(), "totp" | "phone" | "webauthn") {
             return Err(AuthError::validation(
-                "factor_type needs to be totp or phone",
+                "factor_type needs to be totp, phone or webauthn",
+            ));
+        }
+        if factor_type == "webauthn" && !self.config.webauthn.mfa {
+            return Err(AuthError::unprocessable(
+                "mfa_webauthn_enroll_not_enabled",
+                "MFA enroll with WebAuthn is disabled",
             ));
         }
         if user.has_verified_factor() && current.aal != "aal2" {
@@ -131,6 +146,15 @@ impl AuthService {
                 "friendly_name": friendly,
                 "totp": {"qr_code": crypto::qr_svg(&uri), "secret": secret, "uri": uri},
             })
+        } else if factor_type == "webauthn" {
+            // The credential comes with the first verification.
+            tx.c_execute(
+                "insert into auth.mfa_factors (id, user_id, friendly_name, factor_type, status, created_at, updated_at)
+                 values ($1, $2, $3, 'webauthn', 'unverified', now(), now())",
+                &[&id, &user.id, &friendly],
+            )
+            .await?;
+            json!({"id": id, "type": "webauthn", "friendly_name": friendly})
         } else {
             let phone = body
                 .phone
@@ -213,14 +237,29 @@ impl AuthService {
     }
 
     pub(crate) async fn challenge(&self, ctx: &Ctx<'_>, id: &str) -> AuthResult<Response> {
+        let body: ChallengeBody = ctx.json()?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let current = self.current(ctx, &tx).await?;
         self.refuse_anonymous(&current)?;
-        let (factor_id, factor_type, _, phone, _) =
+        let (factor_id, factor_type, _, phone, status) =
             self.own_factor(&tx, current.user.id, id).await?;
         let challenge_id = Uuid::new_v4();
         let mut otp_hash: Option<String> = None;
+        let mut webauthn: Option<(Value, Value)> = None;
+        if factor_type == "webauthn" {
+            let params = body.webauthn.unwrap_or_default();
+            webauthn = Some(
+                self.webauthn_factor_challenge(
+                    &tx,
+                    &current.user,
+                    factor_id,
+                    status == "verified",
+                    &params,
+                )
+                .await?,
+            );
+        }
         if factor_type == "phone" {
             let phone = phone.unwrap_or_default();
             let code = crypto::otp_code();
@@ -231,10 +270,11 @@ impl AuthService {
                 .await?;
         }
         let ip = ctx.ip.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let session_data = webauthn.as_ref().map(|(_, data)| data.clone());
         tx.c_execute(
-            "insert into auth.mfa_challenges (id, factor_id, created_at, ip_address, otp_code)
-             values ($1, $2, now(), $3, $4)",
-            &[&challenge_id, &factor_id, &ip, &otp_hash],
+            "insert into auth.mfa_challenges (id, factor_id, created_at, ip_address, otp_code, web_authn_session_data)
+             values ($1, $2, now(), $3, $4, $5)",
+            &[&challenge_id, &factor_id, &ip, &otp_hash, &session_data],
         )
         .await?;
         tx.c_execute(
@@ -252,11 +292,15 @@ impl AuthService {
         )
         .await?;
         tx.commit().await?;
-        Ok(ok_json(json!({
+        let mut answer = json!({
             "id": challenge_id,
             "type": factor_type,
             "expires_at": time::now_unix() + CHALLENGE_TTL,
-        })))
+        });
+        if let (Some((options, _)), Value::Object(map)) = (webauthn, &mut answer) {
+            map.insert("webauthn".to_owned(), options);
+        }
+        Ok(ok_json(answer))
     }
 
     pub(crate) async fn verify_factor(&self, ctx: &Ctx<'_>, id: &str) -> AuthResult<Response> {
@@ -280,7 +324,8 @@ impl AuthService {
             })?;
         let row = tx
             .c_query_opt(
-                "select extract(epoch from now() - created_at)::float8, otp_code, created_at
+                "select extract(epoch from now() - created_at)::float8, otp_code, created_at,
+                        web_authn_session_data
                    from auth.mfa_challenges
                   where id = $1 and factor_id = $2 and verified_at is null
                   for update",
@@ -293,6 +338,7 @@ impl AuthService {
         let age: f64 = row.get(0);
         let otp_code: Option<String> = row.get(1);
         let challenged_at: std::time::SystemTime = row.get(2);
+        let session_data: Option<Value> = row.get(3);
         if age > CHALLENGE_TTL as f64 {
             tx.c_execute(
                 "delete from auth.mfa_challenges where id = $1",
@@ -319,7 +365,23 @@ impl AuthService {
         }
         let code = body.code.unwrap_or_default();
         let mut accepted_step = None;
-        let ok = if factor_type == "totp" {
+        let mut webauthn_credential: Option<Value> = None;
+        let mut webauthn_refusal = String::new();
+        let ok = if factor_type == "webauthn" {
+            match self
+                .webauthn_factor_verify(&tx, factor_id, session_data.as_ref(), body.webauthn)
+                .await?
+            {
+                Ok(credential) => {
+                    webauthn_credential = Some(credential);
+                    true
+                }
+                Err(reason) => {
+                    webauthn_refusal = reason;
+                    false
+                }
+            }
+        } else if factor_type == "totp" {
             let key = self.totp_key(&tx, factor_id, secret.as_deref()).await?;
             let matched = key
                 .and_then(|key| crypto::totp_match(&key, &code, time::now_unix().unsigned_abs()));
@@ -414,10 +476,10 @@ impl AuthService {
             tx.commit().await?;
             return Err(AuthError::unprocessable(
                 "mfa_verification_failed",
-                if factor_type == "totp" {
-                    "Invalid TOTP code entered"
-                } else {
-                    "Invalid MFA Phone code entered"
+                match factor_type.as_str() {
+                    "totp" => "Invalid TOTP code entered".to_owned(),
+                    "webauthn" => format!("WebAuthn verification failed: {webauthn_refusal}"),
+                    _ => "Invalid MFA Phone code entered".to_owned(),
                 },
             ));
         }
@@ -436,6 +498,13 @@ impl AuthService {
         }
         attempts::clear(&tx, factor_id, attempts::Kind::Factor).await?;
         attempts::clear(&tx, challenge_id, attempts::Kind::Challenge).await?;
+        if let Some(credential) = &webauthn_credential {
+            tx.c_execute(
+                "update auth.mfa_factors set web_authn_credential = $2 where id = $1",
+                &[&factor_id, credential],
+            )
+            .await?;
+        }
         tx.c_execute(
             "update auth.mfa_factors set status = 'verified', updated_at = now() where id = $1",
             &[&factor_id],
@@ -446,10 +515,10 @@ impl AuthService {
             &[&current.user.id, &factor_type, &factor_id],
         )
         .await?;
-        let method = if factor_type == "totp" {
-            "totp"
-        } else {
-            "mfa/phone"
+        let method = match factor_type.as_str() {
+            "totp" => "totp",
+            "webauthn" => "mfa/webauthn",
+            _ => "mfa/phone",
         };
         tx.c_execute(
             "update auth.sessions set aal = 'aal2', factor_id = $2, updated_at = now() where id = $1",
@@ -506,7 +575,7 @@ impl AuthService {
                update auth.sessions set aal = 'aal1', factor_id = null, updated_at = now()
                 where user_id = $1 and factor_id = $2 returning id)
              delete from auth.mfa_amr_claims c using downgraded d
-              where c.session_id = d.id and c.authentication_method in ('totp', 'mfa/phone')",
+              where c.session_id = d.id and c.authentication_method in ('totp', 'mfa/phone', 'mfa/webauthn')",
             &[&user_id, &factor_id],
         )
         .await?;

@@ -729,6 +729,54 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Let anyone register OAuth clients with `POST /auth/v1/oauth/clients/register` (RFC 7591 dynamic client registration, as MCP clients use it); off: GoTrue's 403 `oauth_dynamic_client_registration_disabled`, and clients are made with the admin API only.",
     },
     OptionDoc {
+        key: "auth.manual_linking_enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Let signed-in users link another provider's identity (`linkIdentity`: `GET /auth/v1/user/identities/authorize` through the provider's redirect flow) and unlink one (`unlinkIdentity`: `DELETE /auth/v1/user/identities/{id}`, never the last), GoTrue's `GOTRUE_SECURITY_MANUAL_LINKING_ENABLED`. Off: both answer 404 `manual_linking_disabled`.",
+    },
+    OptionDoc {
+        key: "auth.webauthn.passkeys",
+        kind: Kind::Bool,
+        default: "true",
+        doc: "Passkey sign-in (`signInWithPasskey`, `registerPasskey`, `auth.passkey.*`, `auth.admin.passkey.*`): the `/passkeys` endpoints. Off: they answer 422 `passkey_disabled`. `GET /auth/v1/settings` reports it as `passkeys_enabled`. See docs/auth.md#passkeys-and-webauthn.",
+    },
+    OptionDoc {
+        key: "auth.webauthn.mfa",
+        kind: Kind::Bool,
+        default: "true",
+        doc: "WebAuthn MFA factors (`factor_type: \"webauthn\"`, `mfa.webauthn.*`). Off: enroll answers 422 `mfa_webauthn_enroll_not_enabled`, challenge and verify `mfa_webauthn_verify_not_enabled`.",
+    },
+    OptionDoc {
+        key: "auth.webauthn.rp_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The WebAuthn relying party ID: a domain (no scheme, port or path) that every origin in `auth.webauthn.rp_origins` is or is under. Empty: the host of `auth.site_url`. Changing it makes every registered passkey and WebAuthn factor unusable.",
+    },
+    OptionDoc {
+        key: "auth.webauthn.rp_origins",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Origins (comma-separated `https://host[:port]`; `http://` only for localhost and loopback addresses) whose WebAuthn ceremonies are accepted. Empty: the origin of `auth.site_url`.",
+    },
+    OptionDoc {
+        key: "auth.webauthn.rp_display_name",
+        kind: Kind::String,
+        default: "\"Sovra\"",
+        doc: "The relying party's name that authenticators show.",
+    },
+    OptionDoc {
+        key: "auth.webauthn.challenge_expiry",
+        kind: Kind::Integer,
+        default: "300",
+        doc: "Seconds a WebAuthn challenge (passkey registration or sign-in, WebAuthn MFA) stays usable (10–3600). Every challenge is used once.",
+    },
+    OptionDoc {
+        key: "auth.webauthn.max_passkeys",
+        kind: Kind::Integer,
+        default: "10",
+        doc: "Most passkeys per user (1–100); more answer 422 `too_many_passkeys`.",
+    },
+    OptionDoc {
         key: "storage.backend",
         kind: Kind::String,
         default: "\"fs\"",
@@ -1251,6 +1299,126 @@ pub struct AuthConfig {
     pub hook: AuthHooks,
     pub external: AuthExternal,
     pub oauth_server: AuthOAuthServer,
+    pub webauthn: AuthWebAuthn,
+    pub manual_linking_enabled: bool,
+}
+
+/// `auth.webauthn.*`: passkeys and WebAuthn MFA.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthWebAuthn {
+    pub passkeys: bool,
+    pub mfa: bool,
+    pub rp_id: String,
+    pub rp_origins: String,
+    pub rp_display_name: String,
+    pub challenge_expiry: u64,
+    pub max_passkeys: u64,
+}
+
+impl Default for AuthWebAuthn {
+    fn default() -> Self {
+        AuthWebAuthn {
+            passkeys: true,
+            mfa: true,
+            rp_id: String::new(),
+            rp_origins: String::new(),
+            rp_display_name: "Sovra".to_owned(),
+            challenge_expiry: 300,
+            max_passkeys: 10,
+        }
+    }
+}
+
+impl AuthWebAuthn {
+    /// `rp_origins` as a list.
+    pub fn origin_list(&self) -> Vec<String> {
+        self.rp_origins
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect()
+    }
+
+    /// Checks the options; the error names the option at fault.
+    fn check(&self, site_url: Option<&str>) -> Result<(), ConfigError> {
+        if !(10..=3600).contains(&self.challenge_expiry) {
+            return Err(ConfigError::invalid(
+                "auth.webauthn.challenge_expiry",
+                "must be between 10 and 3600 seconds",
+            ));
+        }
+        if !(1..=100).contains(&self.max_passkeys) {
+            return Err(ConfigError::invalid(
+                "auth.webauthn.max_passkeys",
+                "must be between 1 and 100",
+            ));
+        }
+        let rp_id = self.rp_id.trim();
+        let is_domain = |id: &str| {
+            !id.is_empty()
+                && id.len() <= 253
+                && id.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                })
+        };
+        if !rp_id.is_empty() && !is_domain(rp_id) {
+            return Err(ConfigError::invalid(
+                "auth.webauthn.rp_id",
+                "must be a lower-case domain name (no scheme, port or path)",
+            ));
+        }
+        let site_host = site_url.and_then(|u| {
+            let rest = u.split_once("://")?.1;
+            let authority = rest.split(['/', '?', '#']).next()?;
+            Some(
+                authority
+                    .rsplit_once(':')
+                    .map_or(authority, |(h, _)| h)
+                    .to_owned(),
+            )
+        });
+        let effective = if rp_id.is_empty() {
+            site_host
+        } else {
+            Some(rp_id.to_owned())
+        };
+        for origin in self.origin_list() {
+            let Some((scheme, authority)) = origin.split_once("://") else {
+                return Err(ConfigError::invalid(
+                    "auth.webauthn.rp_origins",
+                    format!("{origin:?} is not an origin (scheme://host[:port])"),
+                ));
+            };
+            let host = authority
+                .strip_prefix('[')
+                .and_then(|r| r.split(']').next())
+                .unwrap_or_else(|| authority.split(':').next().unwrap_or(""));
+            let loopback = matches!(host, "localhost" | "127.0.0.1" | "::1");
+            if authority.is_empty()
+                || authority.contains(['/', '?', '#', '@'])
+                || !(scheme == "https" || (scheme == "http" && loopback))
+            {
+                return Err(ConfigError::invalid(
+                    "auth.webauthn.rp_origins",
+                    format!("{origin:?} must be https://host[:port] (http:// only for localhost)"),
+                ));
+            }
+            if let Some(id) = &effective
+                && !(host == id || host.ends_with(&format!(".{id}")))
+            {
+                return Err(ConfigError::invalid(
+                    "auth.webauthn.rp_origins",
+                    format!("{origin:?} is not on the relying party {id:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `auth.oauth_server.*`: Sovra as an OAuth 2.1 / OpenID Connect provider.
@@ -1573,6 +1741,8 @@ impl Default for AuthConfig {
             hook: AuthHooks::default(),
             external: AuthExternal::default(),
             oauth_server: AuthOAuthServer::default(),
+            webauthn: AuthWebAuthn::default(),
+            manual_linking_enabled: false,
         }
     }
 }
@@ -2555,6 +2725,7 @@ impl Config {
                 }
             }
         }
+        auth.webauthn.check(auth.site_url.as_deref())?;
         for (key, value) in [
             ("auth.hook.pg_timeout_ms", auth.hook.pg_timeout_ms),
             ("auth.hook.http_timeout_ms", auth.hook.http_timeout_ms),
@@ -3232,6 +3403,66 @@ mod tests {
             err.contains("auth.oauth_server.dynamic_registration"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn webauthn_options_are_validated() {
+        let good = load(
+            "[auth]\nsite_url = \"https://app.example.com\"\n[auth.webauthn]\nrp_id = \"example.com\"\nrp_origins = \"https://app.example.com, https://example.com/\"\nchallenge_expiry = 60\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            good.auth.webauthn.origin_list(),
+            ["https://app.example.com", "https://example.com"]
+        );
+        assert!(good.auth.webauthn.passkeys);
+        let off = load("", &[("SOVRA_AUTH_WEBAUTHN_PASSKEYS", "false")]).unwrap();
+        assert!(!off.auth.webauthn.passkeys);
+        for (text, option) in [
+            (
+                "[auth.webauthn]\nchallenge_expiry = 5\n",
+                "auth.webauthn.challenge_expiry",
+            ),
+            (
+                "[auth.webauthn]\nmax_passkeys = 0\n",
+                "auth.webauthn.max_passkeys",
+            ),
+            (
+                "[auth.webauthn]\nrp_id = \"https://example.com\"\n",
+                "auth.webauthn.rp_id",
+            ),
+            (
+                "[auth.webauthn]\nrp_id = \"Example.com\"\n",
+                "auth.webauthn.rp_id",
+            ),
+            (
+                "[auth.webauthn]\nrp_origins = \"example.com\"\n",
+                "auth.webauthn.rp_origins",
+            ),
+            (
+                "[auth.webauthn]\nrp_origins = \"http://example.com\"\n",
+                "auth.webauthn.rp_origins",
+            ),
+            (
+                "[auth.webauthn]\nrp_origins = \"https://example.com/app\"\n",
+                "auth.webauthn.rp_origins",
+            ),
+            (
+                "[auth.webauthn]\nrp_id = \"example.com\"\nrp_origins = \"https://evil.com\"\n",
+                "auth.webauthn.rp_origins",
+            ),
+            (
+                "[auth]\nsite_url = \"https://app.example.com\"\n[auth.webauthn]\nrp_origins = \"https://other.example.com\"\n",
+                "auth.webauthn.rp_origins",
+            ),
+        ] {
+            let err = load(text, &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid value for `{option}`")),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -104,6 +104,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "oauth_server",
         sql: include_str!("../migrations/0017_oauth_server.sql"),
     },
+    Migration {
+        version: 18,
+        name: "webauthn_linking",
+        sql: include_str!("../migrations/0018_webauthn_linking.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

@@ -165,6 +165,17 @@ pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError
     out.key_file = Some(config.data_dir.join("auth.key"));
     out.shared_secret = config.jwt.secret.clone().map(sovra_auth::secret::Redacted);
     out.code_attempts = u32::try_from(a.code_attempts).unwrap_or(5);
+    out.manual_linking = a.manual_linking_enabled;
+    let w = &a.webauthn;
+    out.webauthn = sovra_auth::passkeys::WebAuthnConfig {
+        passkeys: w.passkeys,
+        mfa: w.mfa,
+        rp_id: Some(w.rp_id.trim().to_owned()).filter(|id| !id.is_empty()),
+        rp_origins: w.origin_list(),
+        rp_display_name: w.rp_display_name.clone(),
+        challenge_expiry: secs(w.challenge_expiry),
+        max_passkeys: secs(w.max_passkeys),
+    };
     let max = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
     let r = &a.rate_limit;
     out.limits.sign_in.max = max(r.sign_in);
