@@ -99,6 +99,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tenant_quotas",
         sql: include_str!("../migrations/0016_tenant_quotas.sql"),
     },
+    Migration {
+        version: 17,
+        name: "net",
+        sql: include_str!("../migrations/0017_net.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes
