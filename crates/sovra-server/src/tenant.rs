@@ -27,6 +27,8 @@ pub struct Tenant {
     pub storage: sovra_storage::StorageService,
     /// `/realtime/v1`.
     pub realtime: std::sync::Arc<sovra_realtime::RealtimeService>,
+    /// HTTP from SQL, webhooks and the outbox (stops when dropped).
+    pub net: sovra_net::NetService,
     /// Quotas the services do not enforce themselves.
     pub quotas: TenantQuotas,
     /// Bytes of stored objects as last counted, and when (for
