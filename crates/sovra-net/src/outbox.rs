@@ -106,6 +106,15 @@ pub async fn publish(
     settings: &NetSettings,
     nats: &mut Option<async_nats::Client>,
 ) -> Result<usize, OutboxError> {
+    // Outside a transaction first: an idle database sees no transaction
+    // from the publisher.
+    let pending: bool = client
+        .query_one("select exists(select 1 from sovra.outbox)", &[])
+        .await?
+        .get(0);
+    if !pending {
+        return Ok(0);
+    }
     let tx = client.transaction().await?;
     let locked: bool = tx
         .query_one("select pg_try_advisory_xact_lock($1)", &[&LOCK_KEY])
