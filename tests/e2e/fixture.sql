@@ -110,3 +110,12 @@ create function public.rt_send_binary(topic text) returns void
   as $$ select realtime.send_binary('\x0102'::bytea, 'bin', topic, true) $$;
 revoke execute on function public.rt_send(text, int), public.rt_send_binary(text) from public, anon, authenticated;
 grant execute on function public.rt_send(text, int), public.rt_send_binary(text) to service_role;
+
+-- The transactional outbox (#18, docs/jobs.md): events of topic
+-- 'e2e-orders' are broadcast on the public channel 'e2e-orders-feed'.
+insert into sovra.outbox_destinations (topic, kind, target) values ('e2e-orders', 'realtime', 'e2e-orders-feed');
+create function public.outbox_order(n int) returns bigint
+  language sql security definer set search_path = ''
+  as $$ select sovra.outbox_send('e2e-orders', jsonb_build_object('n', n)) $$;
+revoke execute on function public.outbox_order(int) from public, anon, authenticated;
+grant execute on function public.outbox_order(int) to service_role;

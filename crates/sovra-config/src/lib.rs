@@ -1040,6 +1040,54 @@ pub const OPTIONS: &[OptionDoc] = &[
         default: "3600",
         doc: "Seconds an MCP session (`Mcp-Session-Id`) lives without a message; afterwards it answers 404 and the client initialises again. At least 1.",
     },
+    OptionDoc {
+        key: "net.allow_private",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Let HTTP requests from SQL (`net.http_*`, database webhooks, the outbox's HTTP destinations) reach private, loopback, link-local, CGNAT, multicast and other non-public addresses. Off: such a request is refused after DNS resolution and its `net._http_response.error_msg` says why.",
+    },
+    OptionDoc {
+        key: "net.allow_list",
+        kind: Kind::String,
+        default: "",
+        doc: "Comma-separated host names (matched exactly against the URL's host), addresses and CIDR networks (`10.1.0.0/16`) that HTTP requests from SQL may reach even though they are not public.",
+    },
+    OptionDoc {
+        key: "net.concurrency",
+        kind: Kind::Integer,
+        default: "64",
+        doc: "HTTP requests from SQL in flight at once, per tenant (1 to 4096).",
+    },
+    OptionDoc {
+        key: "net.rate_limit",
+        kind: Kind::Integer,
+        default: "0",
+        doc: "HTTP requests from SQL started per second, per tenant (a burst of as many); 0: no limit.",
+    },
+    OptionDoc {
+        key: "net.max_response_size",
+        kind: Kind::Integer,
+        default: "1048576",
+        doc: "Bytes of a response body kept in `net._http_response.content`; a longer body fails the request with an error (not retried). At least 1024.",
+    },
+    OptionDoc {
+        key: "net.max_attempts",
+        kind: Kind::Integer,
+        default: "5",
+        doc: "Attempts of a request that times out, cannot connect, or gets 429 or 5xx (retried with exponential back-off and jitter, honouring `Retry-After`) before it moves to `net.http_request_dead` (1 to 100).",
+    },
+    OptionDoc {
+        key: "net.retry_base",
+        kind: Kind::Integer,
+        default: "1000",
+        doc: "Milliseconds of the first retry's back-off step; each further retry doubles it, up to 5 minutes (at least 10).",
+    },
+    OptionDoc {
+        key: "net.webhook_secret",
+        kind: Kind::String,
+        default: "",
+        doc: "A Standard Webhooks secret (`whsec_<base64>`): when set, every HTTP request from SQL carries `webhook-id`, `webhook-timestamp` and `webhook-signature` headers. Empty: requests are not signed.",
+    },
 ];
 
 /// The whole configuration, after defaults, file, environment and flags.
@@ -1059,6 +1107,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub realtime: RealtimeConfig,
     pub mcp: McpConfig,
+    pub net: NetConfig,
 }
 
 /// The MCP endpoint `/mcp`.
@@ -1128,6 +1177,116 @@ impl McpConfig {
                 return Err(ConfigError::invalid(
                     "mcp.allowed_origins",
                     format!("{origin:?} is not an origin such as https://app.example (or *)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[net]`: HTTP from SQL, webhooks and the outbox.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetConfig {
+    pub allow_private: bool,
+    pub allow_list: String,
+    pub concurrency: u64,
+    pub rate_limit: u64,
+    pub max_response_size: u64,
+    pub max_attempts: u64,
+    pub retry_base: u64,
+    pub webhook_secret: String,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            allow_private: false,
+            allow_list: String::new(),
+            concurrency: 64,
+            rate_limit: 0,
+            max_response_size: 1 << 20,
+            max_attempts: 5,
+            retry_base: 1000,
+            webhook_secret: String::new(),
+        }
+    }
+}
+
+impl NetConfig {
+    /// The entries of `allow_list`, trimmed, empty ones left out.
+    pub fn allow_list_entries(&self) -> Vec<&str> {
+        self.allow_list
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for entry in self.allow_list_entries() {
+            let network = entry.split_once('/').map_or(Some(entry), |(ip, len)| {
+                len.parse::<u8>()
+                    .ok()
+                    .filter(|len| *len <= if ip.contains(':') { 128 } else { 32 })?;
+                Some(ip)
+            });
+            let valid = match network {
+                Some(ip) if ip.parse::<std::net::IpAddr>().is_ok() => true,
+                Some(host) if !entry.contains('/') => {
+                    host.len() <= 253
+                        && host.split('.').all(|label| {
+                            !label.is_empty()
+                                && label
+                                    .bytes()
+                                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        })
+                }
+                _ => false,
+            };
+            if !valid {
+                return Err(ConfigError::invalid(
+                    "net.allow_list",
+                    format!("{entry:?} is neither a host name, an address nor a CIDR network"),
+                ));
+            }
+        }
+        if !(1..=4096).contains(&self.concurrency) {
+            return Err(ConfigError::invalid("net.concurrency", "must be 1 to 4096"));
+        }
+        if self.rate_limit > 1_000_000 {
+            return Err(ConfigError::invalid(
+                "net.rate_limit",
+                "must be at most 1000000",
+            ));
+        }
+        if self.max_response_size < 1024 || self.max_response_size > 1 << 30 {
+            return Err(ConfigError::invalid(
+                "net.max_response_size",
+                "must be 1024 to 1073741824 bytes",
+            ));
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err(ConfigError::invalid("net.max_attempts", "must be 1 to 100"));
+        }
+        if !(10..=300_000).contains(&self.retry_base) {
+            return Err(ConfigError::invalid(
+                "net.retry_base",
+                "must be 10 to 300000 milliseconds",
+            ));
+        }
+        if !self.webhook_secret.is_empty() {
+            let key = self.webhook_secret.strip_prefix("whsec_").unwrap_or("");
+            let base64 = !key.is_empty()
+                && key.len() >= 4
+                && key
+                    .trim_end_matches('=')
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+            if !base64 {
+                return Err(ConfigError::invalid(
+                    "net.webhook_secret",
+                    "must be whsec_ followed by the key in base64",
                 ));
             }
         }
@@ -1913,6 +2072,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             realtime: RealtimeConfig::default(),
             mcp: McpConfig::default(),
+            net: NetConfig::default(),
         }
     }
 }
@@ -2425,6 +2585,7 @@ impl Config {
         }
         self.validate_auth()?;
         self.validate_storage()?;
+        self.net.validate()?;
         let realtime = &self.realtime;
         for (option, value) in [
             ("realtime.max_connections", realtime.max_connections),
@@ -2928,6 +3089,24 @@ mod tests {
     }
 
     #[test]
+    fn net_options_load_from_file_and_environment() {
+        let config = load(
+            "[net]\nallow_list = \"hooks.internal, 10.0.0.0/8 ,::1\"\nwebhook_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+            &[("SOVRA_NET_ALLOW_PRIVATE", "true"), ("SOVRA_NET_MAX_ATTEMPTS", "3")],
+        )
+        .unwrap();
+        assert!(config.net.allow_private);
+        assert_eq!(config.net.max_attempts, 3);
+        assert_eq!(
+            config.net.allow_list_entries(),
+            ["hooks.internal", "10.0.0.0/8", "::1"]
+        );
+        assert!(!Config::default().net.allow_private);
+        let err = load("", &[("SOVRA_NET_CONCURRENCY", "5000")]).unwrap_err();
+        assert!(err.to_string().contains("net.concurrency"), "{err}");
+    }
+
+    #[test]
     fn image_options_load_from_file_and_environment() {
         let config = load(
             "[storage.image]\nmax_pixels = 1000000\ncache_size = 0\n",
@@ -3209,6 +3388,21 @@ mod tests {
                 "[realtime]\nnats_url = \"localhost:4222\"\n",
                 "realtime.nats_url",
             ),
+            ("[net]\nallow_list = \"10.0.0.0/33\"\n", "net.allow_list"),
+            (
+                "[net]\nallow_list = \"ok.host, http://x\"\n",
+                "net.allow_list",
+            ),
+            ("[net]\nconcurrency = 0\n", "net.concurrency"),
+            ("[net]\nmax_response_size = 10\n", "net.max_response_size"),
+            ("[net]\nmax_attempts = 0\n", "net.max_attempts"),
+            ("[net]\nretry_base = 1\n", "net.retry_base"),
+            ("[net]\nwebhook_secret = \"secret\"\n", "net.webhook_secret"),
+            (
+                "[net]\nwebhook_secret = \"whsec_!!!!\"\n",
+                "net.webhook_secret",
+            ),
+            ("[net]\nallow_private = \"maybe\"\n", "net.allow_private"),
             (
                 "[realtime]\nnats_subject = \"sovra.*\"\n",
                 "realtime.nats_subject",

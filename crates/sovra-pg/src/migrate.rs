@@ -109,6 +109,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "webauthn_linking",
         sql: include_str!("../migrations/0018_webauthn_linking.sql"),
     },
+    Migration {
+        version: 19,
+        name: "net",
+        sql: include_str!("../migrations/0019_net.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

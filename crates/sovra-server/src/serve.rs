@@ -442,10 +442,15 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
             .await
             .map_err(ServeError::Realtime)?;
     }
+    let net = sovra_net::NetService::start(
+        sovra_net::NetSettings::from_config(config, &id),
+        service.clone(),
+    );
     Ok(Tenant {
         id,
         storage,
         realtime,
+        net,
         pool,
         keys: keyset,
         api_keys: keys.api,

@@ -29,6 +29,8 @@ pub struct Tenant {
     pub realtime: std::sync::Arc<sovra_realtime::RealtimeService>,
     /// `/mcp`: settings and sessions.
     pub mcp: crate::mcp::McpTenant,
+    /// HTTP from SQL, webhooks and the outbox (stops when dropped).
+    pub net: sovra_net::NetService,
     /// Quotas the services do not enforce themselves.
     pub quotas: TenantQuotas,
     /// Bytes of stored objects as last counted, and when (for

@@ -136,6 +136,32 @@ enum Command {
     /// (isolated projects, each with its own database, keys and URL)
     /// through the running server, with the platform key.
     Tenants(tenants::TenantsArgs),
+    /// HTTP requests from SQL (`net.http_*`, database webhooks, the
+    /// outbox): list and replay the dead letters of the default tenant's
+    /// database. Opens the data directory like `migrate`, so with the
+    /// embedded database it runs while the server is stopped (while it
+    /// runs, `select net.replay_dead_letters()` in SQL does the same).
+    Net {
+        #[command(subcommand)]
+        action: NetAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NetAction {
+    /// List the requests that failed every attempt (`net.http_request_dead`).
+    Dead {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back in the queue, attempts counted from zero: all
+    /// of them, or those given with `--id`.
+    Replay {
+        /// A request id (repeatable).
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<i64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -282,6 +308,7 @@ fn main() -> ExitCode {
                 allow_http,
             } => s3_keys(&config, action, url, allow_http).await,
             Command::Tenants(args) => tenants::run(&config, args).await,
+            Command::Net { action } => net(config, action).await,
         }
     });
     match result {
@@ -317,6 +344,61 @@ async fn migrate(config: Config) -> anyhow::Result<ExitCode> {
     if !report.vector {
         println!("note: pgvector is not installed on this server; vector columns are unavailable");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn net(config: Config, action: NetAction) -> anyhow::Result<ExitCode> {
+    let data_dir = sovra_server::data_dir::DataDir::open(&config.data_dir)?;
+    let database = sovra_server::serve::open_database(&config, &data_dir).await?;
+    let result = async {
+        sovra_server::serve::run_migrations(&database.admin).await?;
+        let client = sovra_pg::connect_one(&database.admin).await?;
+        match action {
+            NetAction::Dead { json } => {
+                let rows = client
+                    .query(
+                        "select jsonb_build_object('id', id, 'method', method, 'url', url,
+                           'attempts', attempts, 'last_error', last_error, 'failed_at', failed_at)
+                           from net.http_request_dead order by id",
+                        &[],
+                    )
+                    .await?;
+                let letters: Vec<serde_json::Value> = rows.iter().map(|row| row.get(0)).collect();
+                if json {
+                    println!("{}", serde_json::Value::Array(letters));
+                } else if letters.is_empty() {
+                    println!("no dead letters");
+                } else {
+                    for letter in letters {
+                        // The URL without its query (it may carry secrets).
+                        let url = letter["url"].as_str().unwrap_or("");
+                        println!(
+                            "{}\t{} {}\t{} attempts\t{}",
+                            letter["id"],
+                            letter["method"].as_str().unwrap_or(""),
+                            url.split('?').next().unwrap_or(url),
+                            letter["attempts"],
+                            letter["last_error"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            NetAction::Replay { ids } => {
+                let ids = (!ids.is_empty()).then_some(ids);
+                let moved: i64 = client
+                    .query_one("select net.replay_dead_letters($1)", &[&ids])
+                    .await?
+                    .get(0);
+                println!("replayed {moved} dead letters (delivered when the server runs)");
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Some(cluster) = database.cluster {
+        cluster.stop(std::time::Duration::from_secs(30)).await;
+    }
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

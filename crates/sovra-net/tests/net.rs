@@ -1,0 +1,580 @@
+//! pg_net's API, database webhooks and the delivery worker against real
+//! PostgreSQL and a local HTTP receiver.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac as _};
+use serde_json::{Value, json};
+use sovra_net::{NetService, NetSettings};
+use sovra_test_support::TestDb;
+use support::{Receiver, wait_for, wait_until};
+
+/// Settings that let requests reach the receiver on 127.0.0.1 and retry
+/// quickly.
+fn local() -> NetSettings {
+    let mut settings = NetSettings::default();
+    settings.policy.allow_private = true;
+    settings.retry_base = Duration::from_millis(20);
+    settings.poll_interval = Duration::from_millis(100);
+    settings
+}
+
+async fn response(client: &sovra_pg::tokio_postgres::Client, id: i64) -> Value {
+    wait_until(
+        client,
+        &format!("select exists(select 1 from net._http_response where id = {id})"),
+    )
+    .await;
+    client
+        .query_one(
+            "select to_jsonb(r) from net._http_response r where id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn http_post_is_sent_after_commit_and_recorded() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let _net = NetService::start(local(), db.config());
+    let client = db.client().await;
+
+    let id: i64 = client
+        .query_one(
+            "select net.http_post($1, '{\"hello\": \"world\"}'::jsonb, '{\"a\": \"b c\", \"x\": \"ä\"}'::jsonb,
+                                  '{\"X-Custom\": \"yes\"}'::jsonb)",
+            &[&format!("{}/hook", receiver.url)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let recorded = response(&client, id).await;
+    assert_eq!(recorded["status_code"], 200);
+    assert_eq!(recorded["content"], r#"{"ok":true}"#);
+    assert_eq!(recorded["content_type"], "application/json");
+    assert_eq!(recorded["headers"]["x-answer"], "42");
+    assert_eq!(recorded["timed_out"], false);
+    assert_eq!(recorded["error_msg"], Value::Null);
+    let seen = receiver.seen_path("/hook");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].uri, "/hook?a=b%20c&x=%C3%A4");
+    assert_eq!(seen[0].json(), json!({"hello": "world"}));
+    assert_eq!(seen[0].headers["content-type"], "application/json");
+    assert_eq!(seen[0].headers["x-custom"], "yes");
+    // Delivered requests leave the queue.
+    let queued: i64 = client
+        .query_one("select count(*) from net.http_request_queue", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 0);
+
+    // GET and DELETE, with pg_net's defaults.
+    let get: i64 = client
+        .query_one(
+            "select net.http_get($1)",
+            &[&format!("{}/get", receiver.url)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let delete: i64 = client
+        .query_one(
+            "select net.http_delete($1, '{\"k\": \"v\"}')",
+            &[&format!("{}/del", receiver.url)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(response(&client, get).await["status_code"], 200);
+    assert_eq!(response(&client, delete).await["status_code"], 200);
+    assert_eq!(receiver.seen_path("/get")[0].method, "GET");
+    assert_eq!(receiver.seen_path("/del")[0].method, "DELETE");
+    assert_eq!(receiver.seen_path("/del")[0].uri, "/del?k=v");
+}
+
+#[tokio::test]
+async fn a_rolled_back_request_is_never_sent() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let _net = NetService::start(local(), db.config());
+    let mut client = db.client().await;
+    let tx = client.transaction().await.unwrap();
+    tx.query_one(
+        "select net.http_get($1)",
+        &[&format!("{}/rolled-back", receiver.url)],
+    )
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    // A later committed request is delivered; the rolled-back one never.
+    let id: i64 = client
+        .query_one(
+            "select net.http_get($1)",
+            &[&format!("{}/committed", receiver.url)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    response(&client, id).await;
+    assert_eq!(receiver.seen_path("/committed").len(), 1);
+    assert!(receiver.seen_path("/rolled-back").is_empty());
+}
+
+#[tokio::test]
+async fn bad_calls_raise_in_the_callers_transaction() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    for (sql, message) in [
+        (
+            "select net.http_get('ftp://example.com/')",
+            "url must start with http",
+        ),
+        ("select net.http_get(null)", "url must not be null"),
+        (
+            "select net.http_get('https://example.com/', '[1]')",
+            "params must be a JSON object",
+        ),
+        (
+            "select net.http_get('https://example.com/', '{}', '\"x\"')",
+            "headers must be a JSON object",
+        ),
+        (
+            "select net.http_post('https://example.com/', '{}', '{}', '{\"Content-Type\": \"text/plain\"}')",
+            "Content-Type header must be \"application/json\"",
+        ),
+        (
+            "select net.http_get('https://example.com/', '{}', '{}', 0)",
+            "timeout_milliseconds",
+        ),
+    ] {
+        let err = client.query_one(sql, &[]).await.unwrap_err();
+        let db_error = err.as_db_error().expect("a database error");
+        assert!(
+            db_error.message().contains(message)
+                || db_error.constraint().is_some_and(|c| c.contains(message)),
+            "{sql}: {db_error:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn api_roles_are_refused_and_the_service_role_is_not() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    for role in ["anon", "authenticated"] {
+        for sql in [
+            "select net.http_get('https://example.com/')",
+            "select net.http_post('https://example.com/')",
+            "select net.http_delete('https://example.com/')",
+            "select count(*) from net._http_response",
+            "select count(*) from net.http_request_queue",
+            "select net.replay_dead_letters()",
+            "select sovra.outbox_send('t', '{}')",
+        ] {
+            let err = client
+                .batch_execute(&format!("begin; set local role {role}; {sql}; commit;"))
+                .await
+                .unwrap_err();
+            client.batch_execute("rollback").await.unwrap();
+            assert_eq!(
+                err.as_db_error().map(|e| e.code().code()),
+                Some("42501"),
+                "{role}: {sql}: {err:?}"
+            );
+        }
+    }
+    client
+        .batch_execute(
+            "begin; set local role service_role;
+             select net.http_get('https://example.com/');
+             select count(*) from net._http_response;
+             select sovra.outbox_send('t', '{}');
+             rollback;",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_unless_allowed() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let mut settings = local();
+    settings.policy.allow_private = false;
+    let _net = NetService::start(settings, db.config());
+    let client = db.client().await;
+    let mut ids = vec![];
+    for url in [
+        format!("{}/literal", receiver.url),
+        format!("http://localhost:{}/by-name", receiver.port),
+        format!("http://[::ffff:127.0.0.1]:{}/mapped", receiver.port),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+    ] {
+        let id: i64 = client
+            .query_one("select net.http_get($1)", &[&url])
+            .await
+            .unwrap()
+            .get(0);
+        ids.push(id);
+    }
+    for id in ids {
+        let recorded = response(&client, id).await;
+        assert_eq!(recorded["status_code"], Value::Null, "{recorded}");
+        let error = recorded["error_msg"].as_str().unwrap();
+        assert!(error.starts_with("refused:"), "{error}");
+        assert!(error.contains("net.allow_private"), "{error}");
+    }
+    // Refusals are final: nothing left to retry, nothing dead-lettered.
+    let left: i64 = client
+        .query_one(
+            "select (select count(*) from net.http_request_queue) + (select count(*) from net.http_request_dead)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    assert!(receiver.seen().is_empty());
+}
+
+#[tokio::test]
+async fn an_allow_list_lets_one_host_through() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let mut settings = local();
+    settings.policy.allow_private = false;
+    settings.policy.allow_list = vec![sovra_net::addr::Allowed::parse("127.0.0.1").unwrap()];
+    let _net = NetService::start(settings, db.config());
+    let client = db.client().await;
+    let id: i64 = client
+        .query_one(
+            "select net.http_get($1)",
+            &[&format!("{}/listed", receiver.url)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(response(&client, id).await["status_code"], 200);
+    assert_eq!(receiver.seen_path("/listed").len(), 1);
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let _net = NetService::start(local(), db.config());
+    let client = db.client().await;
+    let id: i64 = client
+        .query_one(
+            "select net.http_get($1)",
+            &[&format!("{}/redirect", receiver.url)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let recorded = response(&client, id).await;
+    assert_eq!(recorded["status_code"], 302);
+    assert_eq!(recorded["headers"]["location"], "http://169.254.169.254/");
+}
+
+#[tokio::test]
+async fn retries_429_and_5xx_then_succeeds() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    receiver.set_flaky(&[429, 503, 500]);
+    let _net = NetService::start(local(), db.config());
+    let client = db.client().await;
+    let id: i64 = client
+        .query_one(
+            "select net.http_get($1)",
+            &[&format!("{}/flaky", receiver.url)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let recorded = response(&client, id).await;
+    assert_eq!(recorded["status_code"], 200);
+    assert_eq!(recorded["content"], "finally");
+    assert_eq!(receiver.seen_path("/flaky").len(), 4);
+}
+
+#[tokio::test]
+async fn exhausted_requests_are_dead_lettered_and_replayed() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let mut settings = local();
+    settings.max_attempts = 3;
+    let _net = NetService::start(settings, db.config());
+    let client = db.client().await;
+    let id: i64 = client
+        .query_one(
+            "select net.http_post($1, '{\"n\": 1}')",
+            &[&format!("{}/fail", receiver.url)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let recorded = response(&client, id).await;
+    assert_eq!(recorded["status_code"], 503);
+    let (attempts, last_error): (i32, String) = {
+        let row = client
+            .query_one(
+                "select attempts, last_error from net.http_request_dead where id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(attempts, 3);
+    assert_eq!(last_error, "HTTP status 503");
+    assert_eq!(receiver.seen_path("/fail").len(), 3);
+
+    receiver.heal();
+    let replayed: i64 = client
+        .query_one("select net.replay_dead_letters(array[$1::bigint])", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(replayed, 1);
+    wait_until(
+        &client,
+        &format!(
+            "select exists(select 1 from net._http_response where id = {id} and status_code = 200)"
+        ),
+    )
+    .await;
+    let dead: i64 = client
+        .query_one("select count(*) from net.http_request_dead", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 0);
+    let seen = receiver.seen_path("/fail");
+    assert_eq!(seen.len(), 4);
+    assert_eq!(seen[3].json(), json!({"n": 1}));
+    // Nothing to replay now.
+    let none: i64 = client
+        .query_one("select net.replay_dead_letters()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(none, 0);
+}
+
+#[tokio::test]
+async fn timeouts_and_oversized_bodies_are_recorded() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let mut settings = local();
+    settings.max_attempts = 1;
+    settings.max_response_bytes = 1024;
+    let _net = NetService::start(settings, db.config());
+    let client = db.client().await;
+    let slow: i64 = client
+        .query_one(
+            "select net.http_get($1, timeout_milliseconds => 200)",
+            &[&format!("{}/slow", receiver.url)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let big: i64 = client
+        .query_one(
+            "select net.http_get($1)",
+            &[&format!("{}/big", receiver.url)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let slow = response(&client, slow).await;
+    assert_eq!(slow["timed_out"], true, "{slow}");
+    assert_eq!(slow["status_code"], Value::Null);
+    assert!(
+        slow["error_msg"].as_str().unwrap().contains("Timeout"),
+        "{slow}"
+    );
+    let big = response(&client, big).await;
+    assert_eq!(big["status_code"], Value::Null);
+    assert!(
+        big["error_msg"]
+            .as_str()
+            .unwrap()
+            .contains("net.max_response_size"),
+        "{big}"
+    );
+}
+
+#[tokio::test]
+async fn database_webhooks_send_supabases_payload() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let _net = NetService::start(local(), db.config());
+    let client = db.client().await;
+    let url = format!("{}/webhook", receiver.url);
+    client
+        .batch_execute(&format!(
+            "create table public.orders (id int primary key, item text);
+             grant select, insert, update, delete on public.orders to authenticated;
+             create trigger orders_hook after insert or update or delete on public.orders
+               for each row execute function supabase_functions.http_request(
+                 '{url}', 'POST', '{{\"Content-Type\":\"application/json\",\"X-Hook\":\"1\"}}', '{{\"source\":\"db\"}}', '1000');"
+        ))
+        .await
+        .unwrap();
+    // The trigger fires for an API role that may not call net.* itself.
+    client
+        .batch_execute(
+            "begin; set local role authenticated;
+             insert into public.orders values (1, 'tea');
+             update public.orders set item = 'coffee' where id = 1;
+             delete from public.orders where id = 1;
+             commit;",
+        )
+        .await
+        .unwrap();
+    wait_for(|| receiver.seen_path("/webhook").len() == 3).await;
+    let mut payloads: Vec<Value> = receiver
+        .seen_path("/webhook")
+        .iter()
+        .map(|s| {
+            assert_eq!(s.uri, "/webhook?source=db");
+            assert_eq!(s.headers["x-hook"], "1");
+            s.json()
+        })
+        .collect();
+    payloads.sort_by_key(|p| {
+        ["INSERT", "UPDATE", "DELETE"]
+            .iter()
+            .position(|t| p["type"] == *t)
+    });
+    assert_eq!(
+        payloads,
+        [
+            json!({"type": "INSERT", "table": "orders", "schema": "public",
+                   "record": {"id": 1, "item": "tea"}, "old_record": null}),
+            json!({"type": "UPDATE", "table": "orders", "schema": "public",
+                   "record": {"id": 1, "item": "coffee"}, "old_record": {"id": 1, "item": "tea"}}),
+            json!({"type": "DELETE", "table": "orders", "schema": "public",
+                   "record": null, "old_record": {"id": 1, "item": "coffee"}}),
+        ]
+    );
+    let hooks: i64 = client
+        .query_one(
+            "select count(*) from supabase_functions.hooks where hook_name = 'orders_hook'
+               and hook_table_id = 'public.orders'::regclass::oid::int and request_id is not null",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(hooks, 3);
+    // A webhook without a URL raises in the writing transaction.
+    client
+        .batch_execute(
+            "create table public.broken (id int);
+             create trigger broken_hook after insert on public.broken
+               for each row execute function supabase_functions.http_request();",
+        )
+        .await
+        .unwrap();
+    let err = client
+        .batch_execute("insert into public.broken values (1)")
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("url argument is missing")
+    );
+}
+
+#[tokio::test]
+async fn signed_webhooks_verify_with_the_secret() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut settings = local();
+    settings.tenant = "acme".to_owned();
+    settings.secret = sovra_net::sign::Secret::parse(secret);
+    let _net = NetService::start(settings, db.config());
+    let client = db.client().await;
+    let id: i64 = client
+        .query_one(
+            "select net.http_post($1, '{\"signed\": true}')",
+            &[&format!("{}/signed", receiver.url)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    response(&client, id).await;
+    let seen = &receiver.seen_path("/signed")[0];
+    let header = |name: &str| seen.headers[name].to_str().unwrap().to_owned();
+    let msg_id = header("webhook-id");
+    assert_eq!(msg_id, format!("msg_acme_{id}"));
+    let timestamp: i64 = header("webhook-timestamp").parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - timestamp).abs() < 300, "a receiver's tolerance");
+    // The receiver's side, computed independently of sovra-net.
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{msg_id}.{timestamp}.").as_bytes());
+    mac.update(&seen.body);
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let signatures = header("webhook-signature");
+    assert!(
+        signatures.split(' ').any(|s| s == format!("v1,{expected}")),
+        "{signatures} vs v1,{expected}"
+    );
+    // A tampered body does not verify.
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{msg_id}.{timestamp}.{{\"signed\": false}}").as_bytes());
+    let tampered = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_ne!(signatures, format!("v1,{tampered}"));
+}
+
+#[tokio::test]
+async fn two_workers_on_one_database_deliver_every_request() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let _a = NetService::start(local(), db.config());
+    let _b = NetService::start(local(), db.config());
+    let client = db.client().await;
+    client
+        .query_one(
+            "select count(net.http_get($1 || '/many/' || n)) from generate_series(1, 300) n",
+            &[&receiver.url],
+        )
+        .await
+        .unwrap();
+    wait_until(&client, "select count(*) = 300 from net._http_response").await;
+    let mut paths: Vec<String> = receiver.seen().into_iter().map(|s| s.uri).collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 300);
+    let ok: i64 = client
+        .query_one(
+            "select count(*) from net._http_response where status_code = 200",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ok, 300);
+}
