@@ -99,6 +99,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tenant_quotas",
         sql: include_str!("../migrations/0016_tenant_quotas.sql"),
     },
+    Migration {
+        version: 17,
+        name: "vector_buckets",
+        sql: include_str!("../migrations/0017_vector_buckets.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes
@@ -236,7 +241,10 @@ async fn ensure_vector(client: &tokio_postgres::Client) -> Result<bool, MigrateE
         return Ok(false);
     }
     client
-        .batch_execute("create extension if not exists vector with schema extensions")
+        .batch_execute(
+            "create extension if not exists vector with schema extensions;
+             select storage.vector_store_ready();",
+        )
         .await?;
     Ok(true)
 }
