@@ -42,8 +42,10 @@ alter table storage.vector_indexes owner to supabase_storage_admin;
 grant select, insert, delete on storage.vector_buckets, storage.vector_indexes
   to anon, authenticated, service_role;
 
--- The definer of the functions below makes partitions with pgvector's types.
-grant usage on schema extensions to supabase_storage_admin;
+-- The definer of the functions below makes partitions with pgvector's types,
+-- and the storage service prepares its statements (which name them) as the
+-- login role, before the role switch.
+grant usage on schema extensions to supabase_storage_admin, authenticator;
 
 -- Makes `storage.vectors` when pgvector is installed in `extensions`;
 -- returns whether it exists.

@@ -89,6 +89,14 @@ pub(crate) async fn route(
     operation: &str,
     body: Body,
 ) -> Result<Response, StorageError> {
+    // Supabase's vector routes send every error with its own status.
+    operate(ctx, operation, body).await.map_err(|mut err| {
+        err.http.get_or_insert(err.status);
+        err
+    })
+}
+
+async fn operate(ctx: &Ctx<'_>, operation: &str, body: Body) -> Result<Response, StorageError> {
     if *ctx.method != Method::POST {
         return Err(crate::not_allowed());
     }
