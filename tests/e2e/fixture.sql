@@ -110,3 +110,16 @@ create function public.rt_send_binary(topic text) returns void
   as $$ select realtime.send_binary('\x0102'::bytea, 'bin', topic, true) $$;
 revoke execute on function public.rt_send(text, int), public.rt_send_binary(text) from public, anon, authenticated;
 grant execute on function public.rt_send(text, int), public.rt_send_binary(text) to service_role;
+
+-- Vector buckets end-to-end (vectors.test.js): bucket `e2e-vectors` and its
+-- indexes are made by the test with the service key (a worker); signed-in
+-- users see that bucket and its indexes, and search and write only the
+-- vectors whose metadata names them as `owner`. Anon gets no policy.
+create policy e2e_vectors_buckets on storage.vector_buckets for select to authenticated
+  using (id = 'e2e-vectors');
+create policy e2e_vectors_indexes on storage.vector_indexes for select to authenticated
+  using (bucket_id = 'e2e-vectors');
+create policy e2e_vectors_read on storage.vectors for select to authenticated
+  using (bucket_id = 'e2e-vectors' and metadata ->> 'owner' = auth.uid()::text);
+create policy e2e_vectors_write on storage.vectors for insert to authenticated
+  with check (bucket_id = 'e2e-vectors' and metadata ->> 'owner' = auth.uid()::text);

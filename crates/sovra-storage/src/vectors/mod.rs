@@ -285,10 +285,8 @@ impl Vectors<'_, '_> {
         name: &str,
         fresh: bool,
     ) -> Result<Arc<IndexMeta>, StorageError> {
-        if !fresh {
-            if let Some(meta) = self.cache().get(bucket, name) {
-                return Ok(meta);
-            }
+        if !fresh && let Some(meta) = self.cache().get(bucket, name) {
+            return Ok(meta);
         }
         let rows = self
             .run(
@@ -803,10 +801,8 @@ impl Vectors<'_, '_> {
             .map(|row| vector_json(row, return_data, return_metadata))
             .collect();
         let mut body = json!({"vectors": vectors});
-        if more {
-            if let Some(last) = page.last() {
-                body["nextToken"] = json!(model::encode_token(&last.get::<_, String>(1)));
-            }
+        if more && let Some(last) = page.last() {
+            body["nextToken"] = json!(model::encode_token(&last.get::<_, String>(1)));
         }
         Ok(ok(body))
     }
