@@ -119,3 +119,16 @@ create function public.outbox_order(n int) returns bigint
   as $$ select sovra.outbox_send('e2e-orders', jsonb_build_object('n', n)) $$;
 revoke execute on function public.outbox_order(int) from public, anon, authenticated;
 grant execute on function public.outbox_order(int) to service_role;
+
+-- Vector buckets end-to-end (vectors.test.js): bucket `e2e-vectors` and its
+-- indexes are made by the test with the service key (a worker); signed-in
+-- users see that bucket and its indexes, and search and write only the
+-- vectors whose metadata names them as `owner`. Anon gets no policy.
+create policy e2e_vectors_buckets on storage.vector_buckets for select to authenticated
+  using (id = 'e2e-vectors');
+create policy e2e_vectors_indexes on storage.vector_indexes for select to authenticated
+  using (bucket_id = 'e2e-vectors');
+create policy e2e_vectors_read on storage.vectors for select to authenticated
+  using (bucket_id = 'e2e-vectors' and metadata ->> 'owner' = auth.uid()::text);
+create policy e2e_vectors_write on storage.vectors for insert to authenticated
+  with check (bucket_id = 'e2e-vectors' and metadata ->> 'owner' = auth.uid()::text);

@@ -114,6 +114,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "net",
         sql: include_str!("../migrations/0019_net.sql"),
     },
+    Migration {
+        version: 20,
+        name: "vector_buckets",
+        sql: include_str!("../migrations/0020_vector_buckets.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes
@@ -251,7 +256,10 @@ async fn ensure_vector(client: &tokio_postgres::Client) -> Result<bool, MigrateE
         return Ok(false);
     }
     client
-        .batch_execute("create extension if not exists vector with schema extensions")
+        .batch_execute(
+            "create extension if not exists vector with schema extensions;
+             select storage.vector_store_ready();",
+        )
         .await?;
     Ok(true)
 }

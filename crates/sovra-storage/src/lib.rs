@@ -25,6 +25,7 @@ pub mod render;
 pub mod s3;
 mod sign;
 mod tus;
+pub mod vectors;
 
 use std::time::Duration;
 
@@ -150,6 +151,8 @@ pub struct StorageService {
     tenant: String,
     /// Image transformations: rendering slots and cache.
     renderer: std::sync::Arc<render::Renderer>,
+    /// Vector indexes seen lately (`vectors`).
+    vector_indexes: vectors::IndexCache,
 }
 
 /// The request as the handlers use it.
@@ -310,6 +313,7 @@ impl StorageService {
             pool,
             tenant: tenant.to_owned(),
             renderer,
+            vector_indexes: vectors::IndexCache::default(),
         })
     }
 
@@ -426,6 +430,9 @@ async fn route(ctx: &Ctx<'_>, body: Body) -> Result<Response, StorageError> {
                 Method::DELETE => object::delete_one(ctx, &bucket, &key).await,
                 _ => Err(not_allowed()),
             }
+        }
+        (Some("vector"), Some(operation)) if seg.len() == 2 => {
+            vectors::route(ctx, operation, body).await
         }
         (Some("upload"), Some("resumable")) => tus::route(ctx, &seg[2..], body).await,
         (Some("s3-credentials"), _) => s3::keys::route(ctx, &seg[1..], body).await,
