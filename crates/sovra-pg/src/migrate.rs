@@ -99,6 +99,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tenant_quotas",
         sql: include_str!("../migrations/0016_tenant_quotas.sql"),
     },
+    Migration {
+        version: 17,
+        name: "queues",
+        sql: include_str!("../migrations/0017_queues.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes
