@@ -926,6 +926,24 @@ pub const OPTIONS: &[OptionDoc] = &[
         default: "\"sovra.realtime\"",
         doc: "NATS subject prefix (the tenant id is appended); instances of different deployments sharing one NATS server need different prefixes.",
     },
+    OptionDoc {
+        key: "cron.enabled",
+        kind: Kind::Bool,
+        default: "true",
+        doc: "Runs the jobs of `cron.job` (pg_cron's API) in every tenant database; off, jobs can be scheduled but none runs (another Sovra on the same database may run them).",
+    },
+    OptionDoc {
+        key: "cron.max_running",
+        kind: Kind::Integer,
+        default: "8",
+        doc: "Jobs of one database that may run at the same time (each on a connection of its own); a job due while all are busy runs at the next second. 1 to 100.",
+    },
+    OptionDoc {
+        key: "cron.history_days",
+        kind: Kind::Integer,
+        default: "7",
+        doc: "Days a run stays in `cron.job_run_details` before it is deleted (checked every minute); 0 keeps every run, as pg_cron does.",
+    },
 ];
 
 /// The whole configuration, after defaults, file, environment and flags.
@@ -943,6 +961,26 @@ pub struct Config {
     pub auth: AuthConfig,
     pub storage: StorageConfig,
     pub realtime: RealtimeConfig,
+    pub cron: CronConfig,
+}
+
+/// The scheduler of `cron.job` (#18).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CronConfig {
+    pub enabled: bool,
+    pub max_running: u64,
+    pub history_days: u64,
+}
+
+impl Default for CronConfig {
+    fn default() -> Self {
+        CronConfig {
+            enabled: true,
+            max_running: 8,
+            history_days: 7,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -1575,6 +1613,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             storage: StorageConfig::default(),
             realtime: RealtimeConfig::default(),
+            cron: CronConfig::default(),
         }
     }
 }
@@ -2079,6 +2118,12 @@ impl Config {
         }
         self.validate_auth()?;
         self.validate_storage()?;
+        if !(1..=100).contains(&self.cron.max_running) {
+            return Err(ConfigError::invalid(
+                "cron.max_running",
+                "must be between 1 and 100",
+            ));
+        }
         let realtime = &self.realtime;
         for (option, value) in [
             ("realtime.max_connections", realtime.max_connections),
@@ -2875,6 +2920,8 @@ mod tests {
                 "[realtime]\nrevalidate_interval = 0\n",
                 "realtime.revalidate_interval",
             ),
+            ("[cron]\nmax_running = 0\n", "cron.max_running"),
+            ("[cron]\nmax_running = 101\n", "cron.max_running"),
         ];
         for (text, option) in cases {
             let err = load(text, &[]).unwrap_err();

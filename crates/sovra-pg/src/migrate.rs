@@ -104,6 +104,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "queues",
         sql: include_str!("../migrations/0017_queues.sql"),
     },
+    Migration {
+        version: 18,
+        name: "cron",
+        sql: include_str!("../migrations/0018_cron.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

@@ -1,5 +1,6 @@
 //! Background work (#18): queues (pgmq's SQL API and Supabase's
-//! `pgmq_public` wrappers through `/rest/v1/rpc`), against real PostgreSQL.
+//! `pgmq_public` wrappers through `/rest/v1/rpc`) and cron (pg_cron's API
+//! and Sovra's scheduler), against real PostgreSQL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -53,10 +54,7 @@ async fn queue_sql_api_round_trip() {
         .await
         .unwrap();
     let names: Vec<&str> = rows[0].columns().iter().map(|c| c.name()).collect();
-    assert_eq!(
-        names,
-        ["msg_id", "read_ct", "enqueued_at", "vt", "message"]
-    );
+    assert_eq!(names, ["msg_id", "read_ct", "enqueued_at", "vt", "message"]);
     let got: Vec<(i64, i32, Value)> = rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(4)))
@@ -112,9 +110,16 @@ async fn queue_sql_api_round_trip() {
         count(&c, "select count(*) from pgmq.a_jobs where msg_id = 1 and read_ct = 1 and archived_at is not null").await,
         1
     );
-    assert_eq!(count(&c, "select count(*) from pgmq.q_jobs where msg_id = 1").await, 0);
     assert_eq!(
-        ids(&c, "select * from pgmq.archive('jobs', array[2, 99]::bigint[])").await,
+        count(&c, "select count(*) from pgmq.q_jobs where msg_id = 1").await,
+        0
+    );
+    assert_eq!(
+        ids(
+            &c,
+            "select * from pgmq.archive('jobs', array[2, 99]::bigint[])"
+        )
+        .await,
         vec![2]
     );
     // delete: single and array forms.
@@ -125,26 +130,42 @@ async fn queue_sql_api_round_trip() {
         .get(0);
     assert!(deleted);
     assert_eq!(
-        ids(&c, "select * from pgmq.delete('jobs', array[3, 4]::bigint[])").await,
+        ids(
+            &c,
+            "select * from pgmq.delete('jobs', array[3, 4]::bigint[])"
+        )
+        .await,
         vec![4]
     );
 
     // metrics, metrics_all and list_queues.
     let m = c
-        .query_one("select queue_name, queue_length, total_messages from pgmq.metrics('jobs')", &[])
+        .query_one(
+            "select queue_name, queue_length, total_messages from pgmq.metrics('jobs')",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(
-        (m.get::<_, String>(0), m.get::<_, i64>(1), m.get::<_, i64>(2)),
+        (
+            m.get::<_, String>(0),
+            m.get::<_, i64>(1),
+            m.get::<_, i64>(2)
+        ),
         ("jobs".to_owned(), 1, 5)
     );
-    c.batch_execute("select pgmq.create_unlogged('fast')").await.unwrap();
+    c.batch_execute("select pgmq.create_unlogged('fast')")
+        .await
+        .unwrap();
     assert_eq!(
         count(&c, "select count(*) from pgmq.metrics_all()").await,
         2
     );
     let listed = c
-        .query("select queue_name::text, is_unlogged from pgmq.list_queues() order by 1", &[])
+        .query(
+            "select queue_name::text, is_unlogged from pgmq.list_queues() order by 1",
+            &[],
+        )
         .await
         .unwrap();
     let listed: Vec<(String, bool)> = listed.iter().map(|r| (r.get(0), r.get(1))).collect();
@@ -153,16 +174,21 @@ async fn queue_sql_api_round_trip() {
         vec![("fast".to_owned(), true), ("jobs".to_owned(), false)]
     );
     let persistence: i8 = c
-        .query_one("select relpersistence from pg_class where oid = 'pgmq.q_fast'::regclass", &[])
+        .query_one(
+            "select relpersistence from pg_class where oid = 'pgmq.q_fast'::regclass",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(persistence as u8, b'u');
 
     // pop takes the next visible message away; purge empties a queue.
-    c.batch_execute("select pgmq.send('fast', '{\"x\": 1}'); select pgmq.send('fast', '{\"x\": 2}')")
-        .await
-        .unwrap();
+    c.batch_execute(
+        "select pgmq.send('fast', '{\"x\": 1}'); select pgmq.send('fast', '{\"x\": 2}')",
+    )
+    .await
+    .unwrap();
     let popped: Value = c
         .query_one("select message from pgmq.pop('fast')", &[])
         .await
@@ -173,9 +199,15 @@ async fn queue_sql_api_round_trip() {
     assert_eq!(count(&c, "select count(*) from pgmq.q_fast").await, 0);
 
     // read_with_poll returns at once when a message is there.
-    c.batch_execute("select pgmq.send('fast', '{\"x\": 3}')").await.unwrap();
+    c.batch_execute("select pgmq.send('fast', '{\"x\": 3}')")
+        .await
+        .unwrap();
     assert_eq!(
-        count(&c, "select count(*) from pgmq.read_with_poll('fast', 30, 5, 1, 10)").await,
+        count(
+            &c,
+            "select count(*) from pgmq.read_with_poll('fast', 30, 5, 1, 10)"
+        )
+        .await,
         1
     );
 
@@ -187,10 +219,21 @@ async fn queue_sql_api_round_trip() {
         .get(0);
     assert!(dropped);
     assert_eq!(
-        count(&c, "select count(*) from pg_class where relname in ('q_fast', 'a_fast')").await,
+        count(
+            &c,
+            "select count(*) from pg_class where relname in ('q_fast', 'a_fast')"
+        )
+        .await,
         0
     );
-    assert_eq!(count(&c, "select count(*) from pgmq.meta where queue_name = 'fast'").await, 0);
+    assert_eq!(
+        count(
+            &c,
+            "select count(*) from pgmq.meta where queue_name = 'fast'"
+        )
+        .await,
+        0
+    );
     // A queue that does not exist is an error, not an empty answer.
     let err = c
         .query("select * from pgmq.read('nope', 30, 1)", &[])
@@ -234,9 +277,12 @@ async fn queue_names_are_validated_and_quoted() {
     c.query("select pgmq.create($1)", &[&"Odd \"Name\" (1)"])
         .await
         .unwrap();
-    c.query("select pgmq.send($1, '{\"ok\": true}')", &[&"Odd \"Name\" (1)"])
-        .await
-        .unwrap();
+    c.query(
+        "select pgmq.send($1, '{\"ok\": true}')",
+        &[&"Odd \"Name\" (1)"],
+    )
+    .await
+    .unwrap();
     assert_eq!(
         count(&c, "select count(*) from pgmq.\"q_odd \"\"name\"\" (1)\"").await,
         1
@@ -453,4 +499,455 @@ async fn pgmq_public_through_rest_rpc() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["code"], json!("P0001"));
+}
+
+// ---- Cron ----
+
+/// Schedules from a small deterministic generator: grammar-shaped noise
+/// and near-valid forms, for the differential test of the two parsers.
+fn schedule_corpus() -> Vec<String> {
+    const PIECES: &[&str] = &[
+        "*", "/", "-", ",", " ", "\t", "$", "0", "1", "5", "7", "12", "23", "24", "31", "32", "59",
+        "60", "00000", "mon", "sun", "fri", "jan", "dec", "foo", "@daily", "@hourly", "@reboot",
+        "seconds", "second", "@", "S", "*/", "\u{a0}", "\n",
+    ];
+    let mut out: Vec<String> = [
+        "* * * * *",
+        "*/5 * * * *",
+        "0 3 * * *",
+        "0,30 9-17 * * mon-fri",
+        "0 0 $ * *",
+        "1-59/2 0-23/3 1-31/10 1-12/6 0-7/2",
+        "@daily",
+        "@Weekly",
+        "1 seconds",
+        "59 seconds",
+        "60 seconds",
+        "0 seconds",
+        "10 second",
+        "30seconds",
+        "5/15 * * * *",
+        "5-3 * * * *",
+        "*/0 * * * *",
+        "* * * *",
+        "* * * * * *",
+        "",
+        "  ",
+        "0 0 * * 7",
+        "0 0 * jan-dec *",
+        "0 0 1,$ * *",
+        "$ * * * *",
+        "* * * $ *",
+        "1,,2 * * * *",
+        "0007 * * * *",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..3000 {
+        let len = next() % 12;
+        let mut s = String::new();
+        for _ in 0..len {
+            s.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+        }
+        out.push(s);
+    }
+    // Five fields of valid-looking items.
+    for _ in 0..1000 {
+        let fields: Vec<String> = (0..5)
+            .map(|_| {
+                let a = next() % 32;
+                let b = next() % 32;
+                match next() % 5 {
+                    0 => "*".to_owned(),
+                    1 => format!("*/{}", next() % 40),
+                    2 => format!("{a}"),
+                    3 => format!("{a}-{b}"),
+                    _ => format!("{a}-{b}/{}", next() % 4),
+                }
+            })
+            .collect();
+        out.push(fields.join(" "));
+    }
+    out
+}
+
+#[tokio::test]
+async fn cron_schedule_check_in_sql_matches_the_rust_parser() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let corpus = schedule_corpus();
+    let rows = c
+        .query(
+            "select s, cron._schedule_ok(s) from unnest($1::text[]) s",
+            &[&corpus],
+        )
+        .await
+        .unwrap();
+    let mut valid = 0;
+    for row in rows {
+        let s: String = row.get(0);
+        let sql: bool = row.get(1);
+        let rust = sovra_cron::parse(&s).is_ok();
+        assert_eq!(sql, rust, "{s:?}: SQL says {sql}, Rust says {rust}");
+        valid += usize::from(rust);
+    }
+    assert!(valid > 100, "the corpus has valid schedules too ({valid})");
+}
+
+#[tokio::test]
+async fn cron_api_upserts_by_name_validates_and_keeps_owners_apart() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let id: i64 = c
+        .query_one(
+            "select cron.schedule('nightly', '0 3 * * *', 'select 1')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // The same name again updates the job (pg_cron's upsert).
+    let again: i64 = c
+        .query_one(
+            "select cron.schedule('nightly', '30 4 * * *', 'select 2')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(id, again);
+    let row = c
+        .query_one("select schedule, command, username = current_user, active, database = current_database() from cron.job where jobid = $1", &[&id])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "30 4 * * *");
+    assert_eq!(row.get::<_, String>(1), "select 2");
+    assert!(row.get::<_, bool>(2) && row.get::<_, bool>(3) && row.get::<_, bool>(4));
+    let unnamed: i64 = c
+        .query_one("select cron.schedule('*/5 * * * *', 'select 3')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(unnamed, id);
+    let in_db: i64 = c
+        .query_one(
+            "select cron.schedule_in_database('here', '@hourly', 'select 4', current_database())",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    c.batch_execute(&format!(
+        "select cron.alter_job({in_db}, schedule => '10 seconds', active => false)"
+    ))
+    .await
+    .unwrap();
+    let row = c
+        .query_one(
+            "select schedule, active from cron.job where jobid = $1",
+            &[&in_db],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, bool>(1)),
+        ("10 seconds".to_owned(), false)
+    );
+
+    // Refusals, with pg_cron's messages.
+    for (sql, message) in [
+        (
+            "select cron.schedule('bad', '61 * * * *', 'select 1')",
+            "invalid schedule: 61 * * * *",
+        ),
+        (
+            "select cron.schedule('0 seconds', 'select 1')",
+            "invalid schedule: 0 seconds",
+        ),
+        (
+            "select cron.alter_job(1000, schedule => 'often')",
+            "invalid schedule: often",
+        ),
+        (
+            "select cron.alter_job(1000, command => 'select 1')",
+            "Job 1000 does not exist or you don't own it",
+        ),
+        (
+            "select cron.unschedule(1000)",
+            "could not find valid entry for job 1000",
+        ),
+        (
+            "select cron.unschedule('nope')",
+            "could not find valid entry for job 'nope'",
+        ),
+        (
+            "select cron.schedule_in_database('x', '@daily', 'select 1', 'elsewhere')",
+            "Sovra runs a job in the database that schedules it",
+        ),
+    ] {
+        let err = c.query(sql, &[]).await.expect_err(sql);
+        let db_err = err.as_db_error().expect(sql);
+        assert!(
+            db_err.message().contains(message),
+            "{sql}: {}",
+            db_err.message()
+        );
+    }
+    // The table refuses what the functions refuse, however it is written.
+    let err = c
+        .query(
+            "update cron.job set schedule = 'bogus' where jobid = $1",
+            &[&id],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().unwrap().code(),
+        &sovra_pg::tokio_postgres::error::SqlState::CHECK_VIOLATION
+    );
+
+    // Another role sees and changes only its own jobs.
+    let role = format!("cron_user_{}", &db.name[11..]);
+    c.batch_execute(&format!(
+        "create role {role} nologin; grant usage on schema cron to {role};
+         set role {role};
+         select cron.schedule('mine', '@daily', 'select 1');"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(count(&c, "select count(*) from cron.job").await, 1);
+    let err = c
+        .query(&format!("select cron.unschedule({id})"), &[])
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("could not find")
+    );
+    let err = c
+        .query(
+            "select cron.schedule_in_database('x', '@daily', 'select 1', current_database(), 'postgres')",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().unwrap().code(),
+        &sovra_pg::tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE
+    );
+    c.batch_execute("select cron.unschedule('mine'); reset role")
+        .await
+        .unwrap();
+    // Roles without usage on the schema cannot use cron at all.
+    c.batch_execute("set role anon").await.unwrap();
+    let err = c
+        .query("select cron.schedule('@daily', 'select 1')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().unwrap().code(),
+        &sovra_pg::tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE
+    );
+    c.batch_execute("reset role; select cron.unschedule('nightly')")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &c,
+            "select count(*) from cron.job where jobname = 'nightly'"
+        )
+        .await,
+        0
+    );
+}
+
+fn scheduler(db: &TestDb) -> sovra_server::cron::Scheduler {
+    sovra_server::cron::Scheduler::new(db.config(), sovra_server::cron::CronSettings::default())
+}
+
+async fn pass(s: &sovra_server::cron::Scheduler, c: &Client, now: i64) {
+    for run in s.pass(c, now).await.unwrap() {
+        run.await.unwrap();
+    }
+}
+
+/// 2026-12-07 00:00:00 UTC.
+const T0: i64 = 1_796_601_600;
+
+#[tokio::test]
+async fn cron_runs_each_tick_once_with_two_schedulers_and_once_after_downtime() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "create table public.ticks (n serial primary key, at timestamptz default now());
+         select cron.schedule('tick', '* * * * *', 'insert into public.ticks default values');",
+    )
+    .await
+    .unwrap();
+    let one = scheduler(&db);
+    let two = scheduler(&db);
+    let c2 = db.client().await;
+    // First seen: the job runs from its next tick on.
+    pass(&one, &c, T0 + 10).await;
+    pass(&two, &c2, T0 + 20).await;
+    assert_eq!(count(&c, "select count(*) from public.ticks").await, 0);
+    // Two schedulers at the same tick: one run.
+    let (a, b) = tokio::join!(one.pass(&c, T0 + 60), two.pass(&c2, T0 + 60));
+    for run in a.unwrap().into_iter().chain(b.unwrap()) {
+        run.await.unwrap();
+    }
+    assert_eq!(count(&c, "select count(*) from public.ticks").await, 1);
+    // Again at that tick, or later in the same minute: nothing.
+    pass(&one, &c, T0 + 60).await;
+    pass(&two, &c2, T0 + 119).await;
+    assert_eq!(count(&c, "select count(*) from public.ticks").await, 1);
+    let row = c
+        .query_one(
+            "select status, return_message, username = current_user, database = current_database(),
+                    job_pid is not null, start_time <= end_time
+             from cron.job_run_details",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "succeeded");
+    assert_eq!(row.get::<_, String>(1), "INSERT 0 1");
+    assert!(
+        row.get::<_, bool>(2)
+            && row.get::<_, bool>(3)
+            && row.get::<_, bool>(4)
+            && row.get::<_, bool>(5)
+    );
+    // Down for an hour: sixty missed ticks run once.
+    pass(&one, &c, T0 + 3660 + 5).await;
+    assert_eq!(count(&c, "select count(*) from public.ticks").await, 2);
+    pass(&two, &c2, T0 + 3660 + 30).await;
+    assert_eq!(count(&c, "select count(*) from public.ticks").await, 2);
+    pass(&two, &c2, T0 + 3720).await;
+    assert_eq!(count(&c, "select count(*) from public.ticks").await, 3);
+    // An inactive job does not run.
+    c.batch_execute("update cron.job set active = false")
+        .await
+        .unwrap();
+    pass(&one, &c, T0 + 7200).await;
+    assert_eq!(count(&c, "select count(*) from public.ticks").await, 3);
+}
+
+#[tokio::test]
+async fn cron_records_failures_and_runs_jobs_as_their_owner() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let role = format!("cron_owner_{}", &db.name[11..]);
+    c.batch_execute(&format!(
+        "create table public.seen (who text, session_who text);
+         create table public.secret (x int);
+         create role {role} nologin;
+         grant usage on schema cron to {role};
+         grant insert on public.seen to {role};
+         select cron.schedule('fails', '* * * * *', 'select 1/0');
+         set role {role};
+         select cron.schedule('who', '* * * * *', 'insert into public.seen values (current_user, session_user)');
+         select cron.schedule('escape', '* * * * *', 'reset role; insert into public.seen values (current_user, session_user)');
+         select cron.schedule('peek', '* * * * *', 'select * from public.secret');
+         reset role;"
+    ))
+    .await
+    .unwrap();
+    let s = scheduler(&db);
+    pass(&s, &c, T0).await;
+    pass(&s, &c, T0 + 60).await;
+    let rows = c
+        .query(
+            "select j.jobname, d.status, d.return_message, d.username
+             from cron.job_run_details d join cron.job j using (jobid) order by j.jobid",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got[0].1, "failed");
+    assert!(got[0].2.contains("division by zero"), "{got:?}");
+    assert_eq!(
+        (got[1].1.as_str(), got[1].2.as_str()),
+        ("succeeded", "INSERT 0 1")
+    );
+    assert_eq!(got[1].3, role);
+    // The owner's job cannot become the scheduler's role.
+    assert_eq!(got[2].1, "failed");
+    assert!(
+        got[2].2.contains("cannot set parameter \"role\""),
+        "{got:?}"
+    );
+    // Nor read what its owner may not.
+    assert_eq!(got[3].1, "failed");
+    assert!(got[3].2.contains("permission denied"), "{got:?}");
+    let seen = c.query("select who from public.seen", &[]).await.unwrap();
+    let seen: Vec<String> = seen.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        seen,
+        vec![role.clone()],
+        "only the job that stayed its owner wrote"
+    );
+    // The owner reads its own jobs and run history, not the others'.
+    c.batch_execute(&format!("set role {role}")).await.unwrap();
+    assert_eq!(
+        count(&c, "select count(*) from cron.job_run_details").await,
+        3
+    );
+    assert_eq!(count(&c, "select count(*) from cron.job").await, 3);
+    c.batch_execute("reset role").await.unwrap();
+    assert_eq!(
+        count(&c, "select count(*) from cron.job_run_details").await,
+        4
+    );
+}
+
+#[tokio::test]
+async fn cron_runs_inside_the_server_and_prunes_old_history() {
+    let app = TestApp::spawn().await;
+    let c = app.db.client().await;
+    c.batch_execute(
+        "create table public.beats (n serial primary key);
+         insert into cron.job_run_details (jobid, status, start_time, end_time, username)
+           values (0, 'succeeded', now() - interval '30 days', now() - interval '30 days', 'postgres');
+         select cron.schedule('beat', '1 seconds', 'insert into public.beats default values');",
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let beats = count(&c, "select count(*) from public.beats").await;
+        let old = count(
+            &c,
+            "select count(*) from cron.job_run_details where start_time < now() - interval '8 days'",
+        )
+        .await;
+        let succeeded = count(
+            &c,
+            "select count(*) from cron.job_run_details where status = 'succeeded' and jobid <> 0",
+        )
+        .await;
+        if beats >= 2 && succeeded >= 2 && old == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduler ran {beats} times ({succeeded} recorded); {old} old rows left"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
