@@ -110,3 +110,8 @@ create function public.rt_send_binary(topic text) returns void
   as $$ select realtime.send_binary('\x0102'::bytea, 'bin', topic, true) $$;
 revoke execute on function public.rt_send(text, int), public.rt_send_binary(text) from public, anon, authenticated;
 grant execute on function public.rt_send(text, int), public.rt_send_binary(text) to service_role;
+
+-- Queues (queues.test.js): one queue that signed-in users may send to
+-- (Supabase's grant recipe), read and emptied by a service-role worker.
+select pgmq.create('e2e_tasks');
+grant insert, select on pgmq.q_e2e_tasks to authenticated;
