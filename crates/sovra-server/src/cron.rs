@@ -23,6 +23,7 @@
 //! once a minute.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,6 +68,7 @@ impl CronSettings {
 #[derive(Debug)]
 pub struct CronScheduler {
     task: tokio::task::JoinHandle<()>,
+    has_jobs: Arc<AtomicBool>,
 }
 
 impl Drop for CronScheduler {
@@ -83,9 +85,17 @@ impl CronScheduler {
             return None;
         }
         let scheduler = Scheduler::new(admin, settings);
+        let has_jobs = scheduler.has_jobs.clone();
         Some(CronScheduler {
             task: tokio::spawn(scheduler.run()),
+            has_jobs,
         })
+    }
+
+    /// Whether the database had active jobs at the last pass (a tenant with
+    /// jobs is not stopped for idleness, or they would not run).
+    pub fn has_jobs(&self) -> bool {
+        self.has_jobs.load(Ordering::Relaxed)
     }
 }
 
@@ -105,6 +115,8 @@ pub struct Scheduler {
     /// Jobs this instance is running now.
     running: Arc<Mutex<HashSet<i64>>>,
     slots: Arc<tokio::sync::Semaphore>,
+    /// Active jobs seen at the last pass.
+    has_jobs: Arc<AtomicBool>,
 }
 
 fn now_secs() -> i64 {
@@ -122,6 +134,7 @@ impl Scheduler {
             settings,
             running: Arc::new(Mutex::new(HashSet::new())),
             slots,
+            has_jobs: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -177,6 +190,7 @@ impl Scheduler {
                 &[],
             )
             .await?;
+        self.has_jobs.store(!rows.is_empty(), Ordering::Relaxed);
         let mut started = Vec::new();
         for row in rows {
             let jobid: i64 = row.get(0);
