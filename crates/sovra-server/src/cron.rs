@@ -19,6 +19,9 @@
 //! - **recorded**: a row in `cron.job_run_details` (`running`, then
 //!   `succeeded` with a command tag or `failed` with the error message).
 //!
+//! Runs use a small pool of warm connections (`cron.max_running`), reset
+//! with `DISCARD ALL` after each job.
+//!
 //! Rows of `cron.job_run_details` older than the retention are deleted
 //! once a minute.
 
@@ -117,6 +120,9 @@ pub struct Scheduler {
     slots: Arc<tokio::sync::Semaphore>,
     /// Active jobs seen at the last pass.
     has_jobs: Arc<AtomicBool>,
+    /// The connections jobs run on (kept warm: opening one per run would
+    /// delay its start).
+    pool: Option<sovra_pg::Pool>,
 }
 
 fn now_secs() -> i64 {
@@ -129,12 +135,19 @@ fn now_secs() -> i64 {
 impl Scheduler {
     pub fn new(admin: tokio_postgres::Config, settings: CronSettings) -> Scheduler {
         let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_running.max(1)));
+        let pool = sovra_pg::pool::build(
+            admin.clone(),
+            settings.max_running.max(1),
+            Duration::from_secs(10),
+        )
+        .ok();
         Scheduler {
-            admin,
+            admin: admin.clone(),
             settings,
             running: Arc::new(Mutex::new(HashSet::new())),
             slots,
             has_jobs: Arc::new(AtomicBool::new(false)),
+            pool,
         }
     }
 
@@ -248,9 +261,34 @@ impl Scheduler {
         }
     }
 
-    /// Claims the tick and runs one job on a connection of its own.
+    /// Claims the tick and runs one job on a pooled connection, which is
+    /// reset afterwards (`DISCARD ALL`: role, settings, advisory locks,
+    /// temporary tables, listeners).
     async fn run_job(&self, due: &Due, now: i64) -> Result<(), tokio_postgres::Error> {
-        let client = sovra_pg::connect_one(&self.admin).await?;
+        let Some(pool) = &self.pool else {
+            return Ok(());
+        };
+        let client = match pool.get().await {
+            Ok(client) => client,
+            Err(err) => {
+                tracing::warn!(jobid = due.jobid, error = %err, "no connection for a cron job");
+                return Ok(());
+            }
+        };
+        let result = self.claim_and_run(&client, due, now).await;
+        // Whatever the job left open ends here; the lock goes with it.
+        if client.batch_execute("rollback; discard all").await.is_err() {
+            let _ = sovra_pg::PooledClient::take(client);
+        }
+        result
+    }
+
+    async fn claim_and_run(
+        &self,
+        client: &Client,
+        due: &Due,
+        now: i64,
+    ) -> Result<(), tokio_postgres::Error> {
         let key = LOCK_SPACE | (due.jobid & 0xffff_ffff);
         let locked: bool = client
             .query_one("select pg_try_advisory_lock($1)", &[&key])
@@ -279,8 +317,7 @@ impl Scheduler {
             )
             .await?
             .get(0);
-        let outcome = execute_as_owner(&client, &due.username, &due.command).await;
-        // Whatever the job left open ends here.
+        let outcome = execute_as_owner(client, &due.username, &due.command).await;
         let _ = client.batch_execute("rollback; reset role").await;
         let (status, message) = match outcome {
             Ok(tag) => ("succeeded", tag),
@@ -294,7 +331,6 @@ impl Scheduler {
                 &[&runid, &status, &message],
             )
             .await?;
-        // The connection ends here, and its advisory lock with it.
         Ok(())
     }
 }
