@@ -48,7 +48,7 @@ sovra_run() {
 }
 pg_run() {
   pgbench -n -h "$sock" -U authenticator -d postgres -c "$clients" -j "$threads" -T "$secs" \
-    -f bench/jobs/min_cycle.sql 2>/dev/null | awk '/^tps = / {printf "%.0f cycles/s", $3; exit}'
+    -f bench/jobs/min_cycle.sql 2>"$dir/pgbench.err" | awk '/^tps = / {printf "%.0f cycles/s", $3; exit}' || true
 }
 echo "| queue send+read+delete ($clients clients, ${secs} s each) | sovra over HTTP (wrk) | the same calls through pgbench | sovra / pgbench |"
 echo "|---|---|---|---|"

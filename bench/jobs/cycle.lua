@@ -1,5 +1,6 @@
--- bench/jobs.sh: each connection sends a message, reads one (hiding it for
--- 30 s) and deletes the one it read, through /rest/v1/rpc on pgmq_public.
+-- bench/jobs.sh: each wrk thread cycles send, read (one message, hidden for
+-- 30 s) and delete (the last message its connections read), through
+-- /rest/v1/rpc on pgmq_public; its connections share the cycle.
 local step = 0
 local last_id = nil
 
@@ -16,12 +17,13 @@ request = function()
     path = "/rest/v1/rpc/delete"
     body = '{"queue_name":"bench","message_id":' .. (last_id or 0) .. '}'
   end
+  step = (step + 1) % 3
   return wrk.format("POST", path, nil, body)
 end
 
 response = function(status, headers, body)
-  if step == 1 then
-    last_id = string.match(body, '"msg_id"%s*:%s*(%d+)')
+  local id = string.match(body, '"msg_id"%s*:%s*(%d+)')
+  if id then
+    last_id = id
   end
-  step = (step + 1) % 3
 end
