@@ -132,3 +132,8 @@ create policy e2e_vectors_read on storage.vectors for select to authenticated
   using (bucket_id = 'e2e-vectors' and metadata ->> 'owner' = auth.uid()::text);
 create policy e2e_vectors_write on storage.vectors for insert to authenticated
   with check (bucket_id = 'e2e-vectors' and metadata ->> 'owner' = auth.uid()::text);
+
+-- Queues (queues.test.js): one queue that signed-in users may send to
+-- (Supabase's grant recipe), read and emptied by a service-role worker.
+select pgmq.create('e2e_tasks');
+grant insert, select on pgmq.q_e2e_tasks to authenticated;

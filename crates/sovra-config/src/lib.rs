@@ -1088,6 +1088,24 @@ pub const OPTIONS: &[OptionDoc] = &[
         default: "",
         doc: "A Standard Webhooks secret (`whsec_<base64>`): when set, every HTTP request from SQL carries `webhook-id`, `webhook-timestamp` and `webhook-signature` headers. Empty: requests are not signed.",
     },
+    OptionDoc {
+        key: "cron.enabled",
+        kind: Kind::Bool,
+        default: "true",
+        doc: "Runs the jobs of `cron.job` (pg_cron's API) in every tenant database; off, jobs can be scheduled but none runs (another Sovra on the same database may run them).",
+    },
+    OptionDoc {
+        key: "cron.max_running",
+        kind: Kind::Integer,
+        default: "8",
+        doc: "Jobs of one database that may run at the same time (each on a connection of its own); a job due while all are busy runs at the next second. 1 to 100.",
+    },
+    OptionDoc {
+        key: "cron.history_days",
+        kind: Kind::Integer,
+        default: "7",
+        doc: "Days a run stays in `cron.job_run_details` before it is deleted (checked every minute); 0 keeps every run, as pg_cron does.",
+    },
 ];
 
 /// The whole configuration, after defaults, file, environment and flags.
@@ -1108,6 +1126,7 @@ pub struct Config {
     pub realtime: RealtimeConfig,
     pub mcp: McpConfig,
     pub net: NetConfig,
+    pub cron: CronConfig,
 }
 
 /// The MCP endpoint `/mcp`.
@@ -1291,6 +1310,25 @@ impl NetConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// The scheduler of `cron.job` (#18).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CronConfig {
+    pub enabled: bool,
+    pub max_running: u64,
+    pub history_days: u64,
+}
+
+impl Default for CronConfig {
+    fn default() -> Self {
+        CronConfig {
+            enabled: true,
+            max_running: 8,
+            history_days: 7,
+        }
     }
 }
 
@@ -2073,6 +2111,7 @@ impl Default for Config {
             realtime: RealtimeConfig::default(),
             mcp: McpConfig::default(),
             net: NetConfig::default(),
+            cron: CronConfig::default(),
         }
     }
 }
@@ -2586,6 +2625,12 @@ impl Config {
         self.validate_auth()?;
         self.validate_storage()?;
         self.net.validate()?;
+        if !(1..=100).contains(&self.cron.max_running) {
+            return Err(ConfigError::invalid(
+                "cron.max_running",
+                "must be between 1 and 100",
+            ));
+        }
         let realtime = &self.realtime;
         for (option, value) in [
             ("realtime.max_connections", realtime.max_connections),
@@ -3439,6 +3484,8 @@ mod tests {
                 "[realtime]\nrevalidate_interval = 0\n",
                 "realtime.revalidate_interval",
             ),
+            ("[cron]\nmax_running = 0\n", "cron.max_running"),
+            ("[cron]\nmax_running = 101\n", "cron.max_running"),
         ];
         for (text, option) in cases {
             let err = load(text, &[]).unwrap_err();

@@ -119,6 +119,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "vector_buckets",
         sql: include_str!("../migrations/0020_vector_buckets.sql"),
     },
+    Migration {
+        version: 21,
+        name: "queues",
+        sql: include_str!("../migrations/0021_queues.sql"),
+    },
+    Migration {
+        version: 22,
+        name: "cron",
+        sql: include_str!("../migrations/0022_cron.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

@@ -464,6 +464,10 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
         waiting: std::sync::atomic::AtomicUsize::new(0),
         quotas,
         storage_used: std::sync::Mutex::new(None),
+        cron: crate::cron::CronScheduler::start(
+            service,
+            crate::cron::CronSettings::from_config(config),
+        ),
     })
 }
 

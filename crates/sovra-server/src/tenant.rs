@@ -40,6 +40,8 @@ pub struct Tenant {
     pub in_progress: Option<Arc<tokio::sync::Semaphore>>,
     /// Requests waiting for one of those permits.
     pub waiting: std::sync::atomic::AtomicUsize,
+    /// The scheduler of `cron.job` in its database (stops with the tenant).
+    pub cron: Option<crate::cron::CronScheduler>,
 }
 
 /// The quotas of a tenant other than the default one (the default tenant

@@ -990,7 +990,7 @@ impl Platform {
     }
 
     /// Stops the started tenants that had no request for `idle` and have no
-    /// realtime connection; returns how many it stopped. Their next request
+    /// realtime connection and no active cron job; returns how many it stopped. Their next request
     /// starts them again.
     pub fn stop_idle(&self, idle: Duration) -> usize {
         let now = std::time::Instant::now();
@@ -1009,7 +1009,10 @@ impl Platform {
                 .lock()
                 .ok()
                 .and_then(|live| live.get(&name).and_then(|cell| cell.get().cloned()))
-                .is_some_and(|tenant| tenant.realtime.connections() > 0);
+                .is_some_and(|tenant| {
+                    tenant.realtime.connections() > 0
+                        || tenant.cron.as_ref().is_some_and(|c| c.has_jobs())
+                });
             if busy {
                 continue;
             }

@@ -1077,6 +1077,55 @@ async fn idle_tenants_are_stopped_and_start_again_on_their_next_request() {
 }
 
 #[tokio::test]
+async fn a_tenant_with_cron_jobs_keeps_running_when_idle() {
+    let server = spawn().await;
+    let t = server.create("cron-idle").await;
+    server
+        .sql(&t.database)
+        .await
+        .batch_execute("select cron.schedule('nightly', '0 3 * * *', 'select 1')")
+        .await
+        .unwrap();
+    let (status, _) = server
+        .get(&format!("{}/rest/v1/", t.url), &t.service, &t.service)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !server.platform.live()[0]
+        .cron
+        .as_ref()
+        .is_some_and(|c| c.has_jobs())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduler never saw the job"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.platform.stop_idle(Duration::ZERO), 0);
+    assert_eq!(server.platform.live().len(), 1);
+    // Without jobs it is stopped as any idle tenant.
+    server
+        .sql(&t.database)
+        .await
+        .batch_execute("select cron.unschedule('nightly')")
+        .await
+        .unwrap();
+    while server.platform.live()[0]
+        .cron
+        .as_ref()
+        .is_some_and(|c| c.has_jobs())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduler never saw the job go"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.platform.stop_idle(Duration::ZERO), 1);
+}
+
+#[tokio::test]
 async fn a_database_in_the_way_is_a_conflict_and_is_left_alone() {
     let server = spawn().await;
     // Make the template first, then a database with a tenant's name.

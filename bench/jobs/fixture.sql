@@ -1,0 +1,2 @@
+-- bench/jobs.sh: one queue for the throughput runs.
+select pgmq.create('bench');
