@@ -587,11 +587,19 @@ async fn jwks_publishes_only_public_asymmetric_keys() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["cache-control"], "public, max-age=600");
     let body: Value = response.json().await.unwrap();
-    assert_eq!(
-        body,
-        json!({"keys": []}),
-        "HS256 secrets are never published"
-    );
+    // HS256 secrets are never published: the only key is the OAuth
+    // provider's ID-token key (ES256), public half only.
+    let keys = body["keys"].as_array().unwrap();
+    for key in keys {
+        assert_ne!(
+            key["kty"], "oct",
+            "HS256 secrets are never published: {body}"
+        );
+        assert!(key.get("k").is_none() && key.get("d").is_none(), "{body}");
+        assert_eq!(key["alg"], "ES256", "{body}");
+        assert_eq!(key["use"], "sig", "{body}");
+    }
+    assert!(keys.len() <= 1, "{body}");
 }
 
 #[tokio::test]
@@ -667,11 +675,15 @@ async fn a_configured_asymmetric_key_signs_verifies_and_is_published() {
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        body,
-        json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "ec-main", "alg": "ES256", "x": EC_X, "y": EC_Y}]}),
-        "public parts only"
+    // The configured key, public parts only (beside the OAuth provider's
+    // own ID-token key, also public only).
+    let keys = body["keys"].as_array().unwrap();
+    assert!(
+        keys.contains(&json!({"kty": "EC", "crv": "P-256", "kid": "ec-main", "alg": "ES256", "x": EC_X, "y": EC_Y})),
+        "public parts only: {body}"
     );
+    assert!(keys.iter().all(|k| k.get("d").is_none()), "{body}");
+    assert!(keys.len() <= 2, "{body}");
 
     // New tokens (and the API keys) are ES256 with the key's kid.
     let token = app.sign(Value::Object(TestApp::user_claims(
