@@ -218,23 +218,57 @@ impl Table<'_> {
 
     /// Puts rows back: `$1` is a mask per row (`1`: the value is known),
     /// then one text array per present column.
-    fn restore_sql(&self) -> String {
+    /// The present columns a put-back may write: neither key nor generated.
+    fn settable(&self) -> Vec<usize> {
+        self.present()
+            .filter(|i| !self.keys.contains(i) && !self.rel.generated_always[*i])
+            .collect()
+    }
+
+    /// `x`: the row versions of `$1` (mask) and `$2…` (one text array per
+    /// present column), as columns `m, c<i>…`.
+    fn versions_cte(&self) -> String {
         let present: Vec<usize> = self.present().collect();
         let aliases: Vec<String> = present.iter().map(|i| format!("c{i}")).collect();
         let arrays: Vec<String> = (0..present.len())
             .map(|n| format!("${}::text[]", n + 2))
             .collect();
-        let known = |i: usize| format!("substr(x.m, {}, 1) = '1'", i + 1);
-        let key_match: Vec<String> = self
-            .keys
+        format!(
+            "x as materialized (select * from unnest($1::text[], {}) as x(m, {}))",
+            arrays.join(", "),
+            aliases.join(", ")
+        )
+    }
+
+    /// `t`'s row is `x`'s by key.
+    fn key_match(&self) -> String {
+        self.keys
             .iter()
             .map(|k| format!("t.{} = x.c{k}::{}", self.column(*k), self.ty(*k)))
-            .collect();
-        let settable: Vec<usize> = present
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+
+    /// `t`'s row differs from `x`'s version in a known, settable column.
+    fn differs(&self, settable: &[usize]) -> String {
+        settable
             .iter()
-            .copied()
-            .filter(|i| !self.keys.contains(i) && !self.rel.generated_always[*i])
-            .collect();
+            .map(|i| {
+                format!(
+                    "(substr(x.m, {}, 1) = '1' and t.{}::text is distinct from x.c{i})",
+                    i + 1,
+                    self.column(*i)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
+
+    fn restore_sql(&self) -> String {
+        let present: Vec<usize> = self.present().collect();
+        let known = |i: usize| format!("substr(x.m, {}, 1) = '1'", i + 1);
+        let key_match = self.key_match();
+        let settable = self.settable();
         let update = if settable.is_empty() {
             "select 1 where false".to_owned()
         } else {
@@ -249,22 +283,11 @@ impl Table<'_> {
                     )
                 })
                 .collect();
-            let differs: Vec<String> = settable
-                .iter()
-                .map(|i| {
-                    format!(
-                        "({} and t.{}::text is distinct from x.c{i})",
-                        known(*i),
-                        self.column(*i)
-                    )
-                })
-                .collect();
             format!(
-                "update {table} t set {sets} from x where {keys} and ({differs}) returning 1",
+                "update {table} t set {sets} from x where {key_match} and ({differs}) returning 1",
                 table = self.name,
                 sets = sets.join(", "),
-                keys = key_match.join(" and "),
-                differs = differs.join(" or "),
+                differs = self.differs(&settable),
             )
         };
         let columns: Vec<&str> = present.iter().map(|i| self.column(*i)).collect();
@@ -273,20 +296,18 @@ impl Table<'_> {
             .map(|i| format!("x.c{i}::{}", self.ty(*i)))
             .collect();
         format!(
-            "with x as materialized (select * from unnest($1::text[], {arrays}) as x(m, {aliases})),
+            "with {versions},
              u as ({update}),
              i as (insert into {table} as t ({columns}) overriding system value
                    select {values} from x
                    where strpos(x.m, '0') = 0
-                     and not exists (select 1 from {table} t where {keys})
+                     and not exists (select 1 from {table} t where {key_match})
                    on conflict do nothing returning 1)
              select (select count(*) from u), (select count(*) from i)",
-            arrays = arrays.join(", "),
-            aliases = aliases.join(", "),
+            versions = self.versions_cte(),
             table = self.name,
             columns = columns.join(", "),
             values = values.join(", "),
-            keys = key_match.join(" and "),
         )
     }
 
@@ -305,52 +326,27 @@ impl Table<'_> {
     /// an application transaction that waits for the feed is never part of
     /// a deadlock with it (see [`evaluate`]).
     fn lock_sql(&self) -> Option<String> {
-        let present: Vec<usize> = self.present().collect();
-        let settable: Vec<usize> = present
-            .iter()
-            .copied()
-            .filter(|i| !self.keys.contains(i) && !self.rel.generated_always[*i])
-            .collect();
+        let settable = self.settable();
         if settable.is_empty() {
             return None;
         }
-        let aliases: Vec<String> = present.iter().map(|i| format!("c{i}")).collect();
-        let arrays: Vec<String> = (0..present.len())
-            .map(|n| format!("${}::text[]", n + 2))
-            .collect();
-        let key_match: Vec<String> = self
-            .keys
-            .iter()
-            .map(|k| format!("t.{} = x.c{k}::{}", self.column(*k), self.ty(*k)))
-            .collect();
-        let differs: Vec<String> = settable
-            .iter()
-            .map(|i| {
-                format!(
-                    "(substr(x.m, {}, 1) = '1' and t.{}::text is distinct from x.c{i})",
-                    i + 1,
-                    self.column(*i)
-                )
-            })
-            .collect();
         let keys: Vec<String> = self
             .keys
             .iter()
             .map(|k| format!("t.{}", self.column(*k)))
             .collect();
         Some(format!(
-            "with x as materialized (select * from unnest($1::text[], {arrays}) as x(m, {aliases})),
+            "with {versions},
              n as materialized (select distinct {keys} from {table} t join x on {matches} where {differs}),
              l as (select 1 from {table} t where ({keys}) in (select * from n)
                    order by {keys} for no key update of t skip locked)
              select case when a = b then a
                          else ('{LOCKED_MARKER} ' || (a - b))::int8 end
              from (select (select count(*) from n) a, (select count(*) from l) b) c",
-            arrays = arrays.join(", "),
-            aliases = aliases.join(", "),
+            versions = self.versions_cte(),
             table = self.name,
-            matches = key_match.join(" and "),
-            differs = differs.join(" or "),
+            matches = self.key_match(),
+            differs = self.differs(&settable),
             keys = keys.join(", "),
         ))
     }
