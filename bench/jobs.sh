@@ -47,7 +47,7 @@ sovra_run() {
     | awk '/Requests\/sec/ {rps=$2} /^ +99%/ {p99=$2} /Non-2xx/ {bad=$NF} END {printf "%.0f cycles/s (%.0f req/s), p99 %s%s", rps / 3, rps, p99, (bad ? ", NON-2XX " bad : "")}'
 }
 pg_run() {
-  pgbench -n -h "$sock" -U authenticator -d postgres -c "$clients" -j "$threads" -T "$secs" \
+  pgbench -n -h "$sock" -U authenticator postgres -c "$clients" -j "$threads" -T "$secs" \
     -f bench/jobs/min_cycle.sql 2>"$dir/pgbench.err" | awk '/^tps = / {printf "%.0f cycles/s", $3; exit}' || true
 }
 echo "| queue send+read+delete ($clients clients, ${secs} s each) | sovra over HTTP (wrk) | the same calls through pgbench | sovra / pgbench |"

@@ -65,7 +65,7 @@ cat > "$dir/one.sql" <<SQL
 select net.http_post('$target', jsonb_build_object('t', extract(epoch from clock_timestamp()) * 1000));
 SQL
 logdir="$dir/pgb"; mkdir -p "$logdir"
-(cd "$logdir" && pgbench -n -h "$sock" -U postgres -d postgres -c 4 -j 2 -R "$rate" -T "$secs" -f "$dir/one.sql" -l >/dev/null 2>&1)
+(cd "$logdir" && pgbench -n -h "$sock" -U postgres postgres -c 4 -j 2 -R "$rate" -T "$secs" -f "$dir/one.sql" -l >/dev/null 2>&1)
 expected="$(cat "$logdir"/pgbench_log.* | wc -l)"
 sleep 2
 result="$(stats)"
