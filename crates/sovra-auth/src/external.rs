@@ -349,7 +349,11 @@ pub fn discord_data(user: &Value, issuer: &str) -> AuthResult<Map<String, Value>
         };
         format!("https://cdn.discordapp.com/embed/avatars/{index}.png")
     } else {
-        let ext = if avatar.starts_with("a_") { "gif" } else { "png" };
+        let ext = if avatar.starts_with("a_") {
+            "gif"
+        } else {
+            "png"
+        };
         format!("https://cdn.discordapp.com/avatars/{id}/{avatar}.{ext}")
     };
     let mut out = Map::new();
@@ -1010,8 +1014,7 @@ impl AuthService {
             .enabled()
             .into_iter()
             .find(|(n, p)| {
-                *n == name
-                    && (p.secret.is_some() || matches!(p.kind, OidcKind::Apple(Some(_))))
+                *n == name && (p.secret.is_some() || matches!(p.kind, OidcKind::Apple(Some(_))))
             })
             .map(|(n, p)| (n, p.clone()))
     }
@@ -1490,25 +1493,25 @@ impl AuthService {
                 "OAuth callback with missing authorization code",
             ));
         }
-        let (name, data, access_token, refresh_token) =
-            if let Some((name, provider)) = self.oauth_provider(name) {
-                let (data, access, refresh) =
-                    self.oauth_identity(&provider, code, verifier).await?;
-                (name, data, access, refresh)
-            } else if let Some((name, provider)) = self.redirect_provider(name) {
-                let (mut data, access, refresh) = self
-                    .oidc_identity(name, &provider, code, verifier, nonce)
-                    .await?;
-                if matches!(provider.kind, OidcKind::Apple(_)) && !form_user.is_empty() {
-                    apple_first_sign_in(&mut data, form_user);
-                }
-                (name, data, access, refresh)
-            } else {
-                return Err(AuthError::bad_request(
-                    "provider_disabled",
-                    "Provider is not enabled",
-                ));
-            };
+        let (name, data, access_token, refresh_token) = if let Some((name, provider)) =
+            self.oauth_provider(name)
+        {
+            let (data, access, refresh) = self.oauth_identity(&provider, code, verifier).await?;
+            (name, data, access, refresh)
+        } else if let Some((name, provider)) = self.redirect_provider(name) {
+            let (mut data, access, refresh) = self
+                .oidc_identity(name, &provider, code, verifier, nonce)
+                .await?;
+            if matches!(provider.kind, OidcKind::Apple(_)) && !form_user.is_empty() {
+                apple_first_sign_in(&mut data, form_user);
+            }
+            (name, data, access, refresh)
+        } else {
+            return Err(AuthError::bad_request(
+                "provider_disabled",
+                "Provider is not enabled",
+            ));
+        };
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let user_id = match link_user {
@@ -1825,13 +1828,11 @@ mod tests {
             "https://login.microsoftonline.com/{tenantid}/v2.0",
             &claims(Some("{tenantid}"))
         ));
-        assert!(!common.accepts_issuer(
-            "https://evil.example.com/x/v2.0",
-            &claims(Some("x"))
-        ));
+        assert!(!common.accepts_issuer("https://evil.example.com/x/v2.0", &claims(Some("x"))));
         let organizations = provider("https://login.microsoftonline.com/organizations/v2.0");
         assert!(organizations.accepts_issuer(&own, &claims(Some(tid))));
-        let consumer = format!("https://login.microsoftonline.com/{MICROSOFT_CONSUMER_TENANT}/v2.0");
+        let consumer =
+            format!("https://login.microsoftonline.com/{MICROSOFT_CONSUMER_TENANT}/v2.0");
         assert!(!organizations.accepts_issuer(&consumer, &claims(Some(MICROSOFT_CONSUMER_TENANT))));
         let consumers = provider("https://login.microsoftonline.com/consumers/v2.0");
         assert!(consumers.accepts_issuer(&consumer, &claims(Some(MICROSOFT_CONSUMER_TENANT))));

@@ -3146,7 +3146,9 @@ impl Config {
                     "must be the issuer's https:// URL (http:// only to a loopback host)",
                 ));
             }
-            if name == "azure" && !provider.url.trim().is_empty() && !https_or_loopback(&provider.url)
+            if name == "azure"
+                && !provider.url.trim().is_empty()
+                && !https_or_loopback(&provider.url)
             {
                 return Err(ConfigError::invalid(
                     "auth.external.azure.url",
@@ -4071,7 +4073,12 @@ mod tests {
         )
         .unwrap();
         let shown = format!("{good:?}");
-        for secret in ["gl-secret-value", "dc-secret-value", "az-secret-value", "MIGTAgEA"] {
+        for secret in [
+            "gl-secret-value",
+            "dc-secret-value",
+            "az-secret-value",
+            "MIGTAgEA",
+        ] {
             assert!(!shown.contains(secret), "{secret} in Debug");
         }
         assert_eq!(

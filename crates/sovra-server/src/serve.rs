@@ -256,7 +256,10 @@ pub fn external_providers(
         keycloak: oidc(&e.keycloak, &e.keycloak.url, OidcKind::Standard),
         azure: oidc(
             &e.azure,
-            &or(&e.azure.url, "https://login.microsoftonline.com/common/v2.0"),
+            &or(
+                &e.azure.url,
+                "https://login.microsoftonline.com/common/v2.0",
+            ),
             OidcKind::Azure,
         ),
         apple: apple.enabled.then(|| OidcProvider {
@@ -273,8 +276,18 @@ pub fn external_providers(
             url: github.url.trim().to_owned(),
             api_url: github.api_url.trim().to_owned(),
         }),
-        gitlab: oauth(&e.gitlab, ProfileKind::Gitlab, "https://gitlab.com", "/api/v4"),
-        discord: oauth(&e.discord, ProfileKind::Discord, "https://discord.com", "/api"),
+        gitlab: oauth(
+            &e.gitlab,
+            ProfileKind::Gitlab,
+            "https://gitlab.com",
+            "/api/v4",
+        ),
+        discord: oauth(
+            &e.discord,
+            ProfileKind::Discord,
+            "https://discord.com",
+            "/api",
+        ),
     })
 }
 

@@ -188,9 +188,13 @@ impl std::fmt::Debug for TenantProvider {
 const MASK: &str = "***";
 
 fn mask(secret: &Option<String>) -> Option<String> {
-    secret
-        .as_ref()
-        .map(|s| if s.is_empty() { String::new() } else { MASK.to_owned() })
+    secret.as_ref().map(|s| {
+        if s.is_empty() {
+            String::new()
+        } else {
+            MASK.to_owned()
+        }
+    })
 }
 
 impl TenantProvider {
@@ -227,7 +231,9 @@ impl TenantProvider {
     /// provider does not have is an error.
     fn apply(&self, name: &str, external: &mut sovra_config::AuthExternal) -> Result<(), String> {
         let unused = |fields: &[(&str, bool)]| match fields.iter().find(|(_, set)| *set) {
-            Some((field, _)) => Err(format!("external.{name}.{field} is not a setting of {name}")),
+            Some((field, _)) => Err(format!(
+                "external.{name}.{field} is not a setting of {name}"
+            )),
             None => Ok(()),
         };
         let set = |to: &mut String, from: &Option<String>| {
@@ -471,7 +477,11 @@ impl TenantSettings {
             patch.external.as_ref(),
             TenantProvider::merged,
         );
-        out.hooks = merge_maps(self.hooks.as_ref(), patch.hooks.as_ref(), TenantHook::merged);
+        out.hooks = merge_maps(
+            self.hooks.as_ref(),
+            patch.hooks.as_ref(),
+            TenantHook::merged,
+        );
         out
     }
 
@@ -1954,7 +1964,9 @@ impl Platform {
             .map_err(Lookup::Failed)?
             .ok_or(Lookup::NotFound)?;
         let merged = record.settings.merged(patch);
-        merged.apply_auth(&mut self.config.auth.clone()).map_err(Lookup::Failed)?;
+        merged
+            .apply_auth(&mut self.config.auth.clone())
+            .map_err(Lookup::Failed)?;
         let config = self.tenant_config(&merged);
         config
             .validate()

@@ -114,7 +114,8 @@ async fn fake(apple_public: Option<Value>) -> Fake {
                     .map(|v| v.to_str().unwrap().to_owned())
                     .unwrap_or_default();
                 if let (Some(public), Some(secret)) = (&apple_public, form.get("client_secret")) {
-                    let key: jsonwebtoken::jwk::Jwk = serde_json::from_value(public.clone()).unwrap();
+                    let key: jsonwebtoken::jwk::Jwk =
+                        serde_json::from_value(public.clone()).unwrap();
                     let mut v = Validation::new(Algorithm::ES256);
                     v.set_audience(&[url.as_str()]);
                     v.set_issuer(&[APPLE_TEAM]);
@@ -140,8 +141,10 @@ async fn fake(apple_public: Option<Value>) -> Fake {
                 }
                 (
                     axum::http::StatusCode::OK,
-                    axum::Json(json!({"access_token": "provider-access", "token_type": "Bearer",
-                                      "refresh_token": "provider-refresh", "id_token": s.id_token})),
+                    axum::Json(
+                        json!({"access_token": "provider-access", "token_type": "Bearer",
+                                      "refresh_token": "provider-refresh", "id_token": s.id_token}),
+                    ),
                 )
             }
         }
@@ -194,7 +197,10 @@ async fn fake(apple_public: Option<Value>) -> Fake {
         }
     };
     let app = axum::Router::new()
-        .route("/.well-known/openid-configuration", axum::routing::get(root_discovery))
+        .route(
+            "/.well-known/openid-configuration",
+            axum::routing::get(root_discovery),
+        )
         .route(
             "/{tenant}/v2.0/.well-known/openid-configuration",
             axum::routing::get(discovery),
@@ -489,10 +495,12 @@ async fn apple_answers_with_form_post_and_a_signed_client_secret() {
     assert_eq!(param(&to_apple, "client_id").unwrap(), SERVICES_ID);
     assert!(param(&to_apple, "code_challenge").is_none());
     let now = TestApp::now();
-    apple.next_id_token(&json!({"iss": apple.url, "aud": SERVICES_ID, "sub": "001234.apple",
+    apple.next_id_token(
+        &json!({"iss": apple.url, "aud": SERVICES_ID, "sub": "001234.apple",
         "iat": now, "exp": now + 300, "email": "ada@privaterelay.appleid.com",
         "email_verified": "true", "is_private_email": "true",
-        "nonce": param(&to_apple, "nonce").unwrap()}));
+        "nonce": param(&to_apple, "nonce").unwrap()}),
+    );
     let state = param(&to_apple, "state").unwrap();
     // First sign-in: Apple posts the name as `user` JSON.
     let user_json = sovra_auth::crypto::percent_encode(
@@ -515,9 +523,11 @@ async fn apple_answers_with_form_post_and_a_signed_client_secret() {
 
     // Later sign-ins carry no `user`: the same account, its name kept.
     let to_apple = authorize(&auth, "apple").await;
-    apple.next_id_token(&json!({"iss": apple.url, "aud": SERVICES_ID, "sub": "001234.apple",
+    apple.next_id_token(
+        &json!({"iss": apple.url, "aud": SERVICES_ID, "sub": "001234.apple",
         "iat": now, "exp": now + 300, "email": "ada@privaterelay.appleid.com",
-        "email_verified": "true", "nonce": param(&to_apple, "nonce").unwrap()}));
+        "email_verified": "true", "nonce": param(&to_apple, "nonce").unwrap()}),
+    );
     let state = param(&to_apple, "state").unwrap();
     let again = user_of(
         &auth,
@@ -532,9 +542,11 @@ async fn apple_answers_with_form_post_and_a_signed_client_secret() {
     assert_eq!(param(&back, "error_code").unwrap(), "bad_oauth_state");
     // An ID token for another nonce, or signed by someone else.
     let to_apple = authorize(&auth, "apple").await;
-    apple.next_id_token(&json!({"iss": apple.url, "aud": SERVICES_ID, "sub": "other.apple",
+    apple.next_id_token(
+        &json!({"iss": apple.url, "aud": SERVICES_ID, "sub": "other.apple",
         "iat": now, "exp": now + 300, "email": "grace@example.com", "email_verified": "true",
-        "nonce": nonce_hash("someone else's")}));
+        "nonce": nonce_hash("someone else's")}),
+    );
     let state = param(&to_apple, "state").unwrap();
     let back = form_post(&auth, &format!("state={state}&code=good-code")).await;
     assert!(param(&back, "error").is_some(), "{back}");
@@ -611,7 +623,13 @@ async fn azure_setup(tenant: &'static str, manual_linking: bool) -> (Auth, Fake)
     (auth, azure)
 }
 
-fn azure_claims(azure: &Fake, iss_tenant: &str, tid: Option<&str>, sub: &str, email: &str) -> Value {
+fn azure_claims(
+    azure: &Fake,
+    iss_tenant: &str,
+    tid: Option<&str>,
+    sub: &str,
+    email: &str,
+) -> Value {
     let now = TestApp::now();
     let mut c = json!({"iss": format!("{}/{iss_tenant}/v2.0", azure.url), "aud": "az-app",
         "sub": sub, "oid": format!("oid-{sub}"), "iat": now, "exp": now + 300,
@@ -637,7 +655,13 @@ async fn azure_multi_tenant_checks_the_issuer_against_the_tokens_tid() {
     assert_eq!(settings.body["external"]["azure"], true);
     // Users of two tenants sign in, each with its tenant's issuer.
     for (tenant, sub) in [(TENANT_A, "a-1"), (TENANT_B, "b-1")] {
-        let claims = azure_claims(&azure, tenant, Some(tenant), sub, &format!("{sub}@example.com"));
+        let claims = azure_claims(
+            &azure,
+            tenant,
+            Some(tenant),
+            sub,
+            &format!("{sub}@example.com"),
+        );
         let reply = azure_grant(&auth, &azure, &claims).await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         let identity = &reply.body["user"]["identities"][0]["identity_data"];
@@ -649,7 +673,13 @@ async fn azure_multi_tenant_checks_the_issuer_against_the_tokens_tid() {
     for claims in [
         azure_claims(&azure, TENANT_A, Some(TENANT_B), "x", "x@example.com"),
         azure_claims(&azure, TENANT_A, None, "x", "x@example.com"),
-        azure_claims(&azure, "{tenantid}", Some("{tenantid}"), "x", "x@example.com"),
+        azure_claims(
+            &azure,
+            "{tenantid}",
+            Some("{tenantid}"),
+            "x",
+            "x@example.com",
+        ),
         azure_claims(&azure, "common", Some("common/../x"), "x", "x@example.com"),
     ] {
         let reply = azure_grant(&auth, &azure, &claims).await;
@@ -659,10 +689,21 @@ async fn azure_multi_tenant_checks_the_issuer_against_the_tokens_tid() {
     // xms_edov false: the email is not verified, so an existing account is
     // not linked.
     auth.user("victim@example.com", "password1").await;
-    let mut unverified = azure_claims(&azure, TENANT_B, Some(TENANT_B), "b-2", "victim@example.com");
+    let mut unverified = azure_claims(
+        &azure,
+        TENANT_B,
+        Some(TENANT_B),
+        "b-2",
+        "victim@example.com",
+    );
     unverified["xms_edov"] = json!(false);
     let reply = azure_grant(&auth, &azure, &unverified).await;
-    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", reply.body);
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        reply.body
+    );
     assert_eq!(reply.code(), "provider_email_needs_verification");
     // xms_edov "1": verified, linked.
     unverified["xms_edov"] = json!("1");
@@ -673,7 +714,10 @@ async fn azure_multi_tenant_checks_the_issuer_against_the_tokens_tid() {
 
     // The redirect flow: discovery, PKCE, client_secret_basic.
     let to_azure = authorize(&auth, "azure").await;
-    assert!(to_azure.starts_with(&format!("{}/authorize?", azure.url)), "{to_azure}");
+    assert!(
+        to_azure.starts_with(&format!("{}/authorize?", azure.url)),
+        "{to_azure}"
+    );
     assert_eq!(param(&to_azure, "client_id").unwrap(), "az-app");
     let mut claims = azure_claims(&azure, TENANT_A, Some(TENANT_A), "a-1", "a-1@example.com");
     claims["nonce"] = json!(param(&to_azure, "nonce").unwrap());
@@ -703,13 +747,19 @@ async fn azure_single_tenant_takes_only_its_own_issuer() {
 /// auth-js 2.119.2 `linkIdentity({provider, token, nonce})`: `POST
 /// /token?grant_type=id_token` with the session's access token and
 /// `link_identity: true`.
-async fn link_with_token(auth: &Auth, access: Option<&str>, id_token: &str) -> support::auth_client::Reply {
+async fn link_with_token(
+    auth: &Auth,
+    access: Option<&str>,
+    id_token: &str,
+) -> support::auth_client::Reply {
     auth.call(
         Method::POST,
         "/token?grant_type=id_token",
         access,
-        Some(json!({"provider": "azure", "id_token": id_token, "nonce": "raw",
-                    "link_identity": true, "gotrue_meta_security": {}})),
+        Some(
+            json!({"provider": "azure", "id_token": id_token, "nonce": "raw",
+                    "link_identity": true, "gotrue_meta_security": {}}),
+        ),
     )
     .await
 }
@@ -720,11 +770,20 @@ async fn link_identity_with_an_id_token() {
     let ada = auth.user_id("ada@example.com", "password1").await;
     let access = auth.access_token("ada@example.com", "password1").await;
     // Another email than Ada's: manual linking does not need it to match.
-    let token = azure.sign(&azure_claims(&azure, TENANT_A, Some(TENANT_A), "ada-ms", "ada@work.example.com"));
+    let token = azure.sign(&azure_claims(
+        &azure,
+        TENANT_A,
+        Some(TENANT_A),
+        "ada-ms",
+        "ada@work.example.com",
+    ));
     let linked = link_with_token(&auth, Some(&access), &token).await;
     assert_eq!(linked.status, StatusCode::OK, "{:?}", linked.body);
     assert_eq!(linked.body["user"]["id"], ada.as_str());
-    assert_eq!(claims(linked.body["access_token"].as_str().unwrap())["sub"], ada.as_str());
+    assert_eq!(
+        claims(linked.body["access_token"].as_str().unwrap())["sub"],
+        ada.as_str()
+    );
     let mut names = providers(&linked.body["user"]);
     names.sort();
     assert_eq!(names, ["azure", "email"]);
@@ -737,11 +796,21 @@ async fn link_identity_with_an_id_token() {
     auth.user("eve@example.com", "password1").await;
     let eve = auth.access_token("eve@example.com", "password1").await;
     let refused = link_with_token(&auth, Some(&eve), &token).await;
-    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", refused.body);
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        refused.body
+    );
     assert_eq!(refused.code(), "identity_already_exists");
     // Without a session, and with a bad token.
     let anonymous = link_with_token(&auth, None, &token).await;
-    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "{:?}", anonymous.body);
+    assert_eq!(
+        anonymous.status,
+        StatusCode::UNAUTHORIZED,
+        "{:?}",
+        anonymous.body
+    );
     let forged = link_with_token(&auth, Some(&eve), "not.a.token").await;
     assert_eq!(forged.status, StatusCode::BAD_REQUEST);
     assert_eq!(
@@ -756,7 +825,13 @@ async fn link_identity_with_an_id_token() {
 async fn link_identity_with_an_id_token_needs_manual_linking() {
     let (auth, azure) = azure_setup("common", false).await;
     let access = auth.access_token_of("off@example.com").await;
-    let token = azure.sign(&azure_claims(&azure, TENANT_A, Some(TENANT_A), "off-ms", "off@example.com"));
+    let token = azure.sign(&azure_claims(
+        &azure,
+        TENANT_A,
+        Some(TENANT_A),
+        "off-ms",
+        "off@example.com",
+    ));
     let refused = link_with_token(&auth, Some(&access), &token).await;
     assert_eq!(refused.status, StatusCode::NOT_FOUND, "{:?}", refused.body);
     assert_eq!(refused.code(), "manual_linking_disabled");

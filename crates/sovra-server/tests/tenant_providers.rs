@@ -252,8 +252,14 @@ async fn each_tenant_has_its_own_providers_and_hooks() {
 
     // Each tenant's settings and /authorize are its own.
     let (sa, sb) = (server.settings(&a).await, server.settings(&b).await);
-    assert_eq!((sa["gitlab"].clone(), sa["github"].clone()), (json!(true), json!(false)));
-    assert_eq!((sb["gitlab"].clone(), sb["github"].clone()), (json!(false), json!(true)));
+    assert_eq!(
+        (sa["gitlab"].clone(), sa["github"].clone()),
+        (json!(true), json!(false))
+    );
+    assert_eq!(
+        (sb["gitlab"].clone(), sb["github"].clone()),
+        (json!(false), json!(true))
+    );
     let (status, to_gitlab) = server.authorize(&a, "gitlab").await;
     assert_eq!(status, StatusCode::FOUND);
     assert!(
@@ -265,8 +271,14 @@ async fn each_tenant_has_its_own_providers_and_hooks() {
         param(&to_gitlab, "redirect_uri").unwrap(),
         format!("{}/auth/v1/callback", a.url)
     );
-    assert_eq!(server.authorize(&b, "gitlab").await.0, StatusCode::BAD_REQUEST);
-    assert_eq!(server.authorize(&a, "github").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        server.authorize(&b, "gitlab").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        server.authorize(&a, "github").await.0,
+        StatusCode::BAD_REQUEST
+    );
     let (status, to_github) = server.authorize(&b, "github").await;
     assert_eq!(status, StatusCode::FOUND);
     assert!(
@@ -305,9 +317,7 @@ async fn each_tenant_has_its_own_providers_and_hooks() {
             json!({"hooks": {"custom_access_token": {"enabled": false}}}),
         )
         .await;
-    assert!(
-        server.sign_up_claims(&a, "ada2@example.com").await["tenant_tag"].is_null()
-    );
+    assert!(server.sign_up_claims(&a, "ada2@example.com").await["tenant_tag"].is_null());
 }
 
 #[tokio::test]
@@ -338,11 +348,11 @@ async fn bad_provider_and_hook_settings_are_refused() {
                                           "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"}}}),
             "auth.external.apple.private_key",
         ),
+        (json!({"external": {"gitlab": {"enabled": "yes"}}}), ""),
         (
-            json!({"external": {"gitlab": {"enabled": "yes"}}}),
-            "",
+            json!({"hooks": {"nope": {"enabled": true}}}),
+            "no such hook",
         ),
-        (json!({"hooks": {"nope": {"enabled": true}}}), "no such hook"),
         (
             json!({"hooks": {"custom_access_token": {"enabled": true, "uri": "ftp://x"}}}),
             "auth.hook.custom_access_token",
