@@ -304,18 +304,12 @@ pub type GithubProvider = OAuthProvider;
 pub fn gitlab_data(user: &Value, issuer: &str) -> AuthResult<Map<String, Value>> {
     let id = profile_id(user)?;
     let text = |k: &str| user.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-    let mut out = Map::new();
-    out.insert("iss".to_owned(), json!(issuer));
-    out.insert("sub".to_owned(), json!(id));
-    out.insert("provider_id".to_owned(), json!(id));
-    let email = text("email").to_lowercase();
-    if !email.is_empty() {
-        out.insert("email".to_owned(), json!(email));
-        out.insert(
-            "email_verified".to_owned(),
-            json!(!text("confirmed_at").is_empty()),
-        );
-    }
+    let email = text("email");
+    let mut out = base_identity(
+        issuer,
+        &id,
+        Some((email.as_str(), !text("confirmed_at").is_empty())),
+    );
     for (from, to) in [
         ("name", "name"),
         ("name", "full_name"),
@@ -356,18 +350,9 @@ pub fn discord_data(user: &Value, issuer: &str) -> AuthResult<Map<String, Value>
         };
         format!("https://cdn.discordapp.com/avatars/{id}/{avatar}.{ext}")
     };
-    let mut out = Map::new();
-    out.insert("iss".to_owned(), json!(issuer));
-    out.insert("sub".to_owned(), json!(id));
-    out.insert("provider_id".to_owned(), json!(id));
-    let email = text("email").to_lowercase();
-    if !email.is_empty() {
-        out.insert("email".to_owned(), json!(email));
-        out.insert(
-            "email_verified".to_owned(),
-            json!(user.get("verified").and_then(Value::as_bool) == Some(true)),
-        );
-    }
+    let email = text("email");
+    let verified = user.get("verified").and_then(Value::as_bool) == Some(true);
+    let mut out = base_identity(issuer, &id, Some((email.as_str(), verified)));
     let name = if discriminator.is_empty() || discriminator == "0" {
         username.clone()
     } else {
@@ -383,6 +368,21 @@ pub fn discord_data(user: &Value, issuer: &str) -> AuthResult<Map<String, Value>
     out.insert("picture".to_owned(), json!(avatar_url));
     out.insert("phone_verified".to_owned(), json!(false));
     Ok(out)
+}
+
+/// What every provider's identity data starts with: the issuer, the
+/// subject, and the email (lower-cased; none when empty) with whether the
+/// provider verified it.
+fn base_identity(issuer: &str, id: &str, email: Option<(&str, bool)>) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert("iss".to_owned(), json!(issuer));
+    out.insert("sub".to_owned(), json!(id));
+    out.insert("provider_id".to_owned(), json!(id));
+    if let Some((email, verified)) = email.filter(|(e, _)| !e.is_empty()) {
+        out.insert("email".to_owned(), json!(email.to_lowercase()));
+        out.insert("email_verified".to_owned(), json!(verified));
+    }
+    out
 }
 
 /// A profile's `id` (a number or a non-empty string) as text.
