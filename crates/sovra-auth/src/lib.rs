@@ -552,11 +552,8 @@ impl AuthService {
         ] {
             external.insert(provider.to_owned(), Value::Bool(false));
         }
-        for (name, _) in c.external.enabled() {
+        for name in c.external.enabled_names() {
             external.insert(name.to_owned(), Value::Bool(true));
-        }
-        if c.external.github.is_some() {
-            external.insert("github".to_owned(), Value::Bool(true));
         }
         external.insert("anonymous_users".to_owned(), json!(c.anonymous_users));
         external.insert("email".to_owned(), json!(true));

@@ -717,6 +717,126 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Accept the issuer's ID tokens without checking the nonce.",
     },
     OptionDoc {
+        key: "auth.external.gitlab.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Sign in with GitLab (`signInWithOAuth({provider: 'gitlab'})`), GoTrue's `GOTRUE_EXTERNAL_GITLAB_ENABLED`: an OAuth application with the `read_user` scope; register `<public_url>/auth/v1/callback` as its redirect URI. The user comes from `/api/v4/user` (its email verified when GitLab reports it confirmed).",
+    },
+    OptionDoc {
+        key: "auth.external.gitlab.client_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The GitLab application's id.",
+    },
+    OptionDoc {
+        key: "auth.external.gitlab.secret",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The GitLab application's secret. Never logged.",
+    },
+    OptionDoc {
+        key: "auth.external.gitlab.url",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "A self-hosted GitLab's base URL (`https://gitlab.example.com`); empty: `https://gitlab.com`. https, or http to a loopback host.",
+    },
+    OptionDoc {
+        key: "auth.external.discord.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Sign in with Discord (`signInWithOAuth({provider: 'discord'})`), GoTrue's `GOTRUE_EXTERNAL_DISCORD_ENABLED`: an application's OAuth2 client with the `identify email` scopes; register `<public_url>/auth/v1/callback` as a redirect. The user comes from `/users/@me` (Discord's `verified` flag decides whether the email is verified).",
+    },
+    OptionDoc {
+        key: "auth.external.discord.client_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The Discord application's client id.",
+    },
+    OptionDoc {
+        key: "auth.external.discord.secret",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The Discord application's client secret. Never logged.",
+    },
+    OptionDoc {
+        key: "auth.external.discord.url",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Where Discord is; empty: `https://discord.com` (its API under `/api`). For tests and proxies; https, or http to a loopback host.",
+    },
+    OptionDoc {
+        key: "auth.external.apple.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Sign in with Apple, GoTrue's `GOTRUE_EXTERNAL_APPLE_ENABLED`: `signInWithOAuth({provider: 'apple'})` (Apple answers with `response_mode=form_post`: register `<public_url>/auth/v1/callback` as the return URL) and `signInWithIdToken({provider: 'apple'})` (ID tokens verified against Apple's JWKS). The client secret is an ES256 JWT Sovra signs for each code exchange with `private_key`, `key_id` and `team_id`.",
+    },
+    OptionDoc {
+        key: "auth.external.apple.client_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The Services ID first (the web flow's client id), then any app bundle ids (comma-separated) whose native ID tokens are accepted.",
+    },
+    OptionDoc {
+        key: "auth.external.apple.team_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The Apple developer team id (the client secret JWT's `iss`).",
+    },
+    OptionDoc {
+        key: "auth.external.apple.key_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The id of the Sign in with Apple key (the client secret JWT's `kid`).",
+    },
+    OptionDoc {
+        key: "auth.external.apple.private_key",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "That key's PEM (the `.p8` file's text, `-----BEGIN PRIVATE KEY-----`). Needed for `signInWithOAuth`; `signInWithIdToken` works without it. Never logged.",
+    },
+    OptionDoc {
+        key: "auth.external.apple.url",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Apple's issuer; empty: `https://appleid.apple.com` (discovery, JWKS, and the client secret's `aud`). For tests; https, or http to a loopback host.",
+    },
+    OptionDoc {
+        key: "auth.external.apple.skip_nonce_check",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Accept Apple ID tokens without checking the nonce.",
+    },
+    OptionDoc {
+        key: "auth.external.azure.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Sign in with Microsoft (Azure AD / Entra ID), GoTrue's `GOTRUE_EXTERNAL_AZURE_ENABLED`: `signInWithOAuth({provider: 'azure'})` and `signInWithIdToken({provider: 'azure'})`. With a multi-tenant `url` (`common`, `organizations`, `consumers`) each token's `iss` must be `…/{tid}/v2.0` for its own `tid` claim, as Microsoft documents; with a tenant's own URL, exactly that issuer.",
+    },
+    OptionDoc {
+        key: "auth.external.azure.client_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The application (client) ids, comma-separated; an ID token's `aud` must be one of them, and the first is used for `signInWithOAuth`.",
+    },
+    OptionDoc {
+        key: "auth.external.azure.secret",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The application's client secret (for `signInWithOAuth`). Never logged.",
+    },
+    OptionDoc {
+        key: "auth.external.azure.url",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The authority: empty means `https://login.microsoftonline.com/common/v2.0` (any work, school or personal account); a single tenant is `https://login.microsoftonline.com/<tenant id>/v2.0`. Its `/.well-known/openid-configuration` names the endpoints and keys.",
+    },
+    OptionDoc {
+        key: "auth.external.azure.skip_nonce_check",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Accept Microsoft ID tokens without checking the nonce.",
+    },
+    OptionDoc {
         key: "auth.oauth_server.consent_url",
         kind: Kind::String,
         default: "\"\"",
@@ -1633,6 +1753,72 @@ pub struct AuthExternal {
     pub google: ExternalProvider,
     pub keycloak: ExternalProvider,
     pub github: GithubOption,
+    pub gitlab: OAuthOption,
+    pub discord: OAuthOption,
+    pub apple: AppleOption,
+    pub azure: ExternalProvider,
+}
+
+/// `auth.external.gitlab` and `auth.external.discord`: OAuth 2.0
+/// providers whose user comes from their API.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthOption {
+    pub enabled: bool,
+    pub client_id: String,
+    pub secret: String,
+    /// Empty: the public service.
+    pub url: String,
+}
+
+impl std::fmt::Debug for OAuthOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthOption")
+            .field("enabled", &self.enabled)
+            .field("client_id", &self.client_id)
+            .field("url", &self.url)
+            .field("secret", &redacted(&self.secret))
+            .finish()
+    }
+}
+
+/// `auth.external.apple`.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppleOption {
+    pub enabled: bool,
+    pub client_id: String,
+    pub team_id: String,
+    pub key_id: String,
+    pub private_key: String,
+    /// Empty: `https://appleid.apple.com`.
+    pub url: String,
+    pub skip_nonce_check: bool,
+}
+
+impl AppleOption {
+    /// The Services ID, then bundle ids.
+    pub fn client_ids(&self) -> Vec<String> {
+        split_list(&self.client_id)
+    }
+}
+
+impl std::fmt::Debug for AppleOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppleOption")
+            .field("enabled", &self.enabled)
+            .field("client_id", &self.client_id)
+            .field("team_id", &self.team_id)
+            .field("key_id", &self.key_id)
+            .field("url", &self.url)
+            .field("skip_nonce_check", &self.skip_nonce_check)
+            .field("private_key", &redacted(&self.private_key))
+            .finish()
+    }
+}
+
+fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() { "" } else { "<redacted>" }
 }
 
 /// `auth.external.github`.
@@ -1707,6 +1893,66 @@ impl std::fmt::Debug for ExternalProvider {
     }
 }
 
+impl AuthExternal {
+    /// Checks GitLab, Discord and Apple; the error names the option.
+    fn check_oauth_and_apple(&self) -> Result<(), ConfigError> {
+        for (name, p) in [("gitlab", &self.gitlab), ("discord", &self.discord)] {
+            if !p.enabled {
+                continue;
+            }
+            for (field, value) in [("client_id", &p.client_id), ("secret", &p.secret)] {
+                if value.trim().is_empty() {
+                    return Err(ConfigError::invalid(
+                        &format!("auth.external.{name}.{field}"),
+                        "is required when the provider is enabled",
+                    ));
+                }
+            }
+            if !p.url.trim().is_empty() && !https_or_loopback(&p.url) {
+                return Err(ConfigError::invalid(
+                    &format!("auth.external.{name}.url"),
+                    "must be an https:// URL (http:// only to a loopback host)",
+                ));
+            }
+        }
+        let apple = &self.apple;
+        if apple.enabled {
+            if apple.client_ids().is_empty() {
+                return Err(ConfigError::invalid(
+                    "auth.external.apple.client_id",
+                    "is required when Apple is enabled",
+                ));
+            }
+            if !apple.url.trim().is_empty() && !https_or_loopback(&apple.url) {
+                return Err(ConfigError::invalid(
+                    "auth.external.apple.url",
+                    "must be an https:// URL (http:// only to a loopback host)",
+                ));
+            }
+            let key = apple.private_key.trim();
+            if !key.is_empty() {
+                if !(key.starts_with("-----BEGIN PRIVATE KEY-----")
+                    && key.ends_with("-----END PRIVATE KEY-----"))
+                {
+                    return Err(ConfigError::invalid(
+                        "auth.external.apple.private_key",
+                        "must be the PEM text of the .p8 key (-----BEGIN PRIVATE KEY----- ...)",
+                    ));
+                }
+                for (field, value) in [("team_id", &apple.team_id), ("key_id", &apple.key_id)] {
+                    if value.trim().is_empty() {
+                        return Err(ConfigError::invalid(
+                            &format!("auth.external.apple.{field}"),
+                            "is required with private_key",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ExternalProvider {
     /// The client ids, as written.
     pub fn client_ids(&self) -> Vec<String> {
@@ -1745,6 +1991,19 @@ impl Default for AuthHooks {
 
 impl AuthHooks {
     /// Every hook with its configuration name.
+    /// The hook of that name (`custom_access_token`, …), to change.
+    pub fn by_name_mut(&mut self, name: &str) -> Option<&mut HookOption> {
+        Some(match name {
+            "custom_access_token" => &mut self.custom_access_token,
+            "before_user_created" => &mut self.before_user_created,
+            "password_verification_attempt" => &mut self.password_verification_attempt,
+            "mfa_verification_attempt" => &mut self.mfa_verification_attempt,
+            "send_email" => &mut self.send_email,
+            "send_sms" => &mut self.send_sms,
+            _ => return None,
+        })
+    }
+
     pub fn all(&self) -> [(&'static str, &HookOption); 6] {
         [
             ("custom_access_token", &self.custom_access_token),
@@ -2870,6 +3129,7 @@ impl Config {
         for (name, provider) in [
             ("google", &auth.external.google),
             ("keycloak", &auth.external.keycloak),
+            ("azure", &auth.external.azure),
         ] {
             if !provider.enabled {
                 continue;
@@ -2886,7 +3146,17 @@ impl Config {
                     "must be the issuer's https:// URL (http:// only to a loopback host)",
                 ));
             }
+            if name == "azure"
+                && !provider.url.trim().is_empty()
+                && !https_or_loopback(&provider.url)
+            {
+                return Err(ConfigError::invalid(
+                    "auth.external.azure.url",
+                    "must be the authority's https:// URL (http:// only to a loopback host)",
+                ));
+            }
         }
+        auth.external.check_oauth_and_apple()?;
         let consent = auth.oauth_server.consent_url.trim();
         if !consent.is_empty() {
             let absolute = (consent.starts_with("https://") || consent.starts_with("http://"))
@@ -3784,9 +4054,84 @@ mod tests {
             );
         }
         assert!(matches!(
-            load("[auth.external.gitlab]\nenabled = true\n", &[]),
+            load("[auth.external.twitter]\nenabled = true\n", &[]),
             Err(ConfigError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn gitlab_discord_apple_and_azure_are_validated() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIGTAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBHkwdwIBAQQg\n-----END PRIVATE KEY-----";
+        let good = load(
+            &format!(
+                "[auth.external.gitlab]\nenabled = true\nclient_id = \"gl\"\nsecret = \"gl-secret-value\"\nurl = \"https://gitlab.example.com\"\n\
+                 [auth.external.discord]\nenabled = true\nclient_id = \"dc\"\nsecret = \"dc-secret-value\"\n\
+                 [auth.external.apple]\nenabled = true\nclient_id = \"com.example.web, com.example.ios\"\nteam_id = \"TEAM\"\nkey_id = \"KEY\"\nprivate_key = \"\"\"{pem}\"\"\"\n\
+                 [auth.external.azure]\nenabled = true\nclient_id = \"az\"\nsecret = \"az-secret-value\"\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        let shown = format!("{good:?}");
+        for secret in [
+            "gl-secret-value",
+            "dc-secret-value",
+            "az-secret-value",
+            "MIGTAgEA",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in Debug");
+        }
+        assert_eq!(
+            good.auth.external.apple.client_ids(),
+            ["com.example.web", "com.example.ios"]
+        );
+        // Apple without a key still takes native ID tokens.
+        load(
+            "[auth.external.apple]\nenabled = true\nclient_id = \"com.example.ios\"\n",
+            &[],
+        )
+        .unwrap();
+        let refused: Vec<(String, &str)> = vec![
+            (
+                "[auth.external.gitlab]\nenabled = true\nsecret = \"s\"\n".into(),
+                "auth.external.gitlab.client_id",
+            ),
+            (
+                "[auth.external.discord]\nenabled = true\nclient_id = \"c\"\n".into(),
+                "auth.external.discord.secret",
+            ),
+            (
+                "[auth.external.gitlab]\nenabled = true\nclient_id = \"c\"\nsecret = \"s\"\nurl = \"http://gitlab.example.com\"\n".into(),
+                "auth.external.gitlab.url",
+            ),
+            (
+                "[auth.external.apple]\nenabled = true\n".into(),
+                "auth.external.apple.client_id",
+            ),
+            (
+                "[auth.external.apple]\nenabled = true\nclient_id = \"c\"\nprivate_key = \"not a key\"\nteam_id = \"T\"\nkey_id = \"K\"\n".into(),
+                "auth.external.apple.private_key",
+            ),
+            (
+                format!("[auth.external.apple]\nenabled = true\nclient_id = \"c\"\nkey_id = \"K\"\nprivate_key = \"\"\"{pem}\"\"\"\n"),
+                "auth.external.apple.team_id",
+            ),
+            (
+                "[auth.external.azure]\nenabled = true\n".into(),
+                "auth.external.azure.client_id",
+            ),
+            (
+                "[auth.external.azure]\nenabled = true\nclient_id = \"a\"\nurl = \"http://login.example.com/common/v2.0\"\n".into(),
+                "auth.external.azure.url",
+            ),
+        ];
+        for (text, option) in refused {
+            let err = load(&text, &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid value for `{option}`")),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]

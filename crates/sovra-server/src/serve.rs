@@ -199,31 +199,96 @@ pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError
             secrets: sovra_auth::secret::Redacted(hook.secrets.clone()),
         });
     }
-    let provider = |p: &sovra_config::ExternalProvider, issuer: &str| {
-        p.enabled.then(|| sovra_auth::external::OidcProvider {
-            issuer: issuer.trim_end_matches('/').to_owned(),
-            client_ids: p.client_ids(),
-            skip_nonce_check: p.skip_nonce_check,
-            secret: (!p.secret.trim().is_empty())
-                .then(|| sovra_auth::secret::Redacted(p.secret.trim().to_owned())),
-        })
-    };
-    out.external.google = provider(&a.external.google, "https://accounts.google.com");
-    out.external.keycloak = provider(&a.external.keycloak, a.external.keycloak.url.trim());
-    let github = &a.external.github;
-    out.external.github = github
-        .enabled
-        .then(|| sovra_auth::external::GithubProvider {
-            client_id: github.client_id.trim().to_owned(),
-            secret: sovra_auth::secret::Redacted(github.secret.trim().to_owned()),
-            url: github.url.trim().to_owned(),
-            api_url: github.api_url.trim().to_owned(),
-        });
+    out.external = external_providers(&a.external)?;
     out.oauth_server.consent_url = a.oauth_server.consent_url.trim().to_owned();
     out.oauth_server.dynamic_registration = a.oauth_server.dynamic_registration;
     out.hooks.pg_timeout_ms = a.hook.pg_timeout_ms;
     out.hooks.http_timeout_ms = a.hook.http_timeout_ms;
     Ok(out)
+}
+
+/// The identity providers of `auth.external.*`.
+pub fn external_providers(
+    e: &sovra_config::AuthExternal,
+) -> Result<sovra_auth::external::ExternalConfig, ServeError> {
+    use sovra_auth::external::{OAuthProvider, OidcKind, OidcProvider, ProfileKind};
+    use sovra_auth::secret::Redacted;
+    let secret = |s: &str| (!s.trim().is_empty()).then(|| Redacted(s.trim().to_owned()));
+    let oidc = |p: &sovra_config::ExternalProvider, issuer: &str, kind: OidcKind| {
+        p.enabled.then(|| OidcProvider {
+            issuer: issuer.trim().trim_end_matches('/').to_owned(),
+            client_ids: p.client_ids(),
+            skip_nonce_check: p.skip_nonce_check,
+            secret: secret(&p.secret),
+            kind,
+        })
+    };
+    let or = |url: &str, default: &str| {
+        let url = url.trim().trim_end_matches('/');
+        if url.is_empty() { default } else { url }.to_owned()
+    };
+    let oauth = |p: &sovra_config::OAuthOption, kind: ProfileKind, default: &str, api: &str| {
+        p.enabled.then(|| {
+            let url = or(&p.url, default);
+            OAuthProvider {
+                kind,
+                client_id: p.client_id.trim().to_owned(),
+                secret: Redacted(p.secret.trim().to_owned()),
+                api_url: format!("{url}{api}"),
+                url,
+            }
+        })
+    };
+    let github = &e.github;
+    let apple = &e.apple;
+    let apple_key = if apple.private_key.trim().is_empty() {
+        None
+    } else {
+        Some(
+            sovra_auth::external::AppleKey::new(&apple.team_id, &apple.key_id, &apple.private_key)
+                .map_err(|why| {
+                    ServeError::Auth(format!("auth.external.apple.private_key: {why}"))
+                })?,
+        )
+    };
+    Ok(sovra_auth::external::ExternalConfig {
+        google: oidc(&e.google, "https://accounts.google.com", OidcKind::Standard),
+        keycloak: oidc(&e.keycloak, &e.keycloak.url, OidcKind::Standard),
+        azure: oidc(
+            &e.azure,
+            &or(
+                &e.azure.url,
+                "https://login.microsoftonline.com/common/v2.0",
+            ),
+            OidcKind::Azure,
+        ),
+        apple: apple.enabled.then(|| OidcProvider {
+            issuer: or(&apple.url, "https://appleid.apple.com"),
+            client_ids: apple.client_ids(),
+            skip_nonce_check: apple.skip_nonce_check,
+            secret: None,
+            kind: OidcKind::Apple(apple_key),
+        }),
+        github: github.enabled.then(|| OAuthProvider {
+            kind: ProfileKind::Github,
+            client_id: github.client_id.trim().to_owned(),
+            secret: Redacted(github.secret.trim().to_owned()),
+            url: github.url.trim().to_owned(),
+            api_url: github.api_url.trim().to_owned(),
+        }),
+        gitlab: oauth(
+            &e.gitlab,
+            ProfileKind::Gitlab,
+            "https://gitlab.com",
+            "/api/v4",
+        ),
+        discord: oauth(
+            &e.discord,
+            ProfileKind::Discord,
+            "https://discord.com",
+            "/api",
+        ),
+    })
 }
 
 /// Connects once as `login` (a pool's role) and checks that the session is
