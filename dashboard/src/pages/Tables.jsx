@@ -2,6 +2,7 @@ import { useEffect, useState } from 'preact/hooks';
 import { api } from '../api.js';
 import { attempt, ErrorBox, Notice } from '../components.jsx';
 import { Link } from '../router.jsx';
+import { Policies } from './Policies.jsx';
 
 const PAGE = 25;
 const OPERATORS = [
@@ -92,6 +93,7 @@ function display(value) {
 
 function TableView({ tenant, schema, name }) {
   const [meta, setMeta] = useState(null);
+  const [metaVersion, setMetaVersion] = useState(0);
   const [rows, setRows] = useState([]);
   const [total, setTotal] = useState(null);
   const [offset, setOffset] = useState(0);
@@ -108,9 +110,9 @@ function TableView({ tenant, schema, name }) {
     attempt(setError, async () => {
       const { data } = await api(`/t/${tenant}/tables/${encodeURIComponent(schema)}/${encodeURIComponent(name)}`);
       setMeta(data);
-      setDraft((d) => ({ ...d, column: data.columns[0] ? data.columns[0].name : '' }));
+      setDraft((d) => ({ ...d, column: d.column || (data.columns[0] ? data.columns[0].name : '') }));
     });
-  }, [tenant, schema, name]);
+  }, [tenant, schema, name, metaVersion]);
 
   const load = () =>
     attempt(setError, async () => {
@@ -302,31 +304,7 @@ function TableView({ tenant, schema, name }) {
         </table>
       </div>
       {writable && (
-        <section class="policies">
-          <h2>Row-level security policies</h2>
-          {!meta.rls && <p>Row-level security is off: every role with the privilege sees every row.</p>}
-          {meta.policies.length === 0 ? (
-            <p>No policies.</p>
-          ) : (
-            <ul>
-              {meta.policies.map((p) => (
-                <li key={p.name}>
-                  <strong>{p.name}</strong> · {p.command} · {p.permissive.toLowerCase()} · to {p.roles.join(', ')}
-                  {p.using && (
-                    <div>
-                      using <code>{p.using}</code>
-                    </div>
-                  )}
-                  {p.check && (
-                    <div>
-                      with check <code>{p.check}</code>
-                    </div>
-                  )}
-                </li>
-              ))}
-            </ul>
-          )}
-        </section>
+        <Policies tenant={tenant} schema={schema} name={name} meta={meta} onChange={() => setMetaVersion((v) => v + 1)} />
       )}
     </section>
   );
