@@ -333,7 +333,7 @@ pub async fn as_owner(
 
 /// The claims of user `id` as Auth puts them in an access token, read as
 /// `service_role`; `Null` when there is no such (undeleted) user.
-const USER_CLAIMS_SQL: &str = "select json_build_object(
+const USER_CLAIMS_SQL: &str = "select (select json_build_object(
     'sub', u.id,
     'aud', coalesce(nullif(u.aud, ''), 'authenticated'),
     'role', coalesce(nullif(u.role, ''), 'authenticated'),
@@ -342,7 +342,7 @@ const USER_CLAIMS_SQL: &str = "select json_build_object(
     'app_metadata', coalesce(u.raw_app_meta_data, '{}'::jsonb),
     'user_metadata', coalesce(u.raw_user_meta_data, '{}'::jsonb),
     'is_anonymous', coalesce(u.is_anonymous, false))
-  from auth.users u where u.id = $1 and u.deleted_at is null";
+  from auth.users u where u.id = $1 and u.deleted_at is null)";
 
 /// Rows of a table "test as user" shows at most.
 pub const AS_USER_ROWS: i64 = 100;
