@@ -540,6 +540,11 @@ test('at phone width the pages fit and navigation stays usable', async () => {
     ['/t/default/tables', 'Tables', '[data-rows="todos"]', '09-phone-tables'],
     ['/t/default/tables/public/todos', 'todos', '[data-total]', '10-phone-table-rows'],
     ['/t/default/sql', 'SQL editor', '.history li', '11-phone-sql'],
+    ['/t/default/tables/public/notes', 'notes', '[data-rls]', '19-phone-policies'],
+    ['/t/default/auth', 'Auth', '#invite-codes', '20-phone-auth'],
+    ['/t/default/jobs', 'Jobs', '[data-webhooks-queued]', '21-phone-jobs'],
+    ['/t/default/realtime', 'Realtime', '[data-connections]', '22-phone-realtime'],
+    ['/t/default/logs', 'Logs', 'table[aria-label="Recent requests"] tbody tr', '23-phone-logs'],
   ]) {
     await page.goto(`${url}/_${path}`);
     await page.getByRole('heading', { name: heading, exact: true }).waitFor();

@@ -1138,6 +1138,21 @@ async fn jobs(
     }
 }
 
+/// The administrative login of the session's tenant and the request's
+/// JSON object, for the Jobs page's actions.
+async fn admin_and_body(
+    dashboard: &Dashboard,
+    method: &Method,
+    headers: &HeaderMap,
+    tenant: &str,
+    body: &[u8],
+) -> Result<(sovra_pg::tokio_postgres::Config, Value), Response> {
+    let admin = tenant_admin(dashboard, method, headers, tenant)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok((admin, json_body(body)?))
+}
+
 /// `POST /t/{tenant}/jobs/queues` `{"name"}`: creates a queue.
 async fn queue_create(
     State(dashboard): State<Shared>,
@@ -1146,14 +1161,11 @@ async fn queue_create(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let admin = match tenant_admin(&dashboard, &method, &headers, &tenant).await {
-        Ok(admin) => admin,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let name = match json_body(&body) {
-        Ok(value) => value["name"].as_str().unwrap_or("").trim().to_owned(),
+    let (admin, value) = match admin_and_body(&dashboard, &method, &headers, &tenant, &body).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
+    let name = value["name"].as_str().unwrap_or("").trim().to_owned();
     if name.is_empty() {
         return bad_request("Send {\"name\": …}");
     }
@@ -1168,12 +1180,8 @@ async fn queue_send(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let admin = match tenant_admin(&dashboard, &method, &headers, &tenant).await {
-        Ok(admin) => admin,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let value = match json_body(&body) {
-        Ok(value) => value,
+    let (admin, value) = match admin_and_body(&dashboard, &method, &headers, &tenant, &body).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
     let delay = match &value["delay"] {
@@ -1198,12 +1206,8 @@ async fn queue_read(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let admin = match tenant_admin(&dashboard, &method, &headers, &tenant).await {
-        Ok(admin) => admin,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let value = match json_body(&body) {
-        Ok(value) => value,
+    let (admin, value) = match admin_and_body(&dashboard, &method, &headers, &tenant, &body).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
     let number = |field: &str, default: i32, max: i32| match &value[field] {
@@ -1228,12 +1232,8 @@ async fn dead_letters_replay(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let admin = match tenant_admin(&dashboard, &method, &headers, &tenant).await {
-        Ok(admin) => admin,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let value = match json_body(&body) {
-        Ok(value) => value,
+    let (admin, value) = match admin_and_body(&dashboard, &method, &headers, &tenant, &body).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
     let ids = match &value["ids"] {
@@ -1483,6 +1483,36 @@ mod tests {
             value,
             json!([{"name": "a", "anon_key": "x", "settings": {}}])
         );
+    }
+
+    #[test]
+    fn the_live_sockets_handshake_must_come_from_this_origin() {
+        let headers = |origin: Option<&'static str>, host: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_static(host));
+            if let Some(origin) = origin {
+                headers.insert(header::ORIGIN, HeaderValue::from_static(origin));
+            }
+            headers
+        };
+        assert!(same_origin(&headers(
+            Some("http://127.0.0.1:54321"),
+            "127.0.0.1:54321"
+        )));
+        assert!(same_origin(&headers(
+            Some("https://Sovra.example"),
+            "sovra.example"
+        )));
+        assert!(!same_origin(&headers(
+            Some("http://evil.example"),
+            "sovra.example"
+        )));
+        assert!(!same_origin(&headers(
+            Some("http://sovra.example.evil"),
+            "sovra.example"
+        )));
+        assert!(!same_origin(&headers(Some("null"), "sovra.example")));
+        assert!(!same_origin(&headers(None, "sovra.example")));
     }
 
     #[test]

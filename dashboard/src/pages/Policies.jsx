@@ -4,16 +4,10 @@
 // sees, read in that user's request transaction.
 import { useEffect, useState } from 'preact/hooks';
 import { api } from '../api.js';
-import { attempt, ErrorBox, Notice } from '../components.jsx';
+import { attempt, display, ErrorBox, Notice } from '../components.jsx';
 
 const COMMANDS = ['ALL', 'SELECT', 'INSERT', 'UPDATE', 'DELETE'];
 const EMPTY = { name: '', command: 'ALL', permissive: true, roles: 'authenticated', using: '', check: '' };
-
-function display(value) {
-  if (value === null || value === undefined) return <span class="null">NULL</span>;
-  if (typeof value === 'object') return JSON.stringify(value);
-  return String(value);
-}
 
 export function Policies({ tenant, schema, name, meta, onChange }) {
   const base = `/t/${tenant}/tables/${encodeURIComponent(schema)}/${encodeURIComponent(name)}`;
@@ -165,14 +159,14 @@ export function Policies({ tenant, schema, name, meta, onChange }) {
           </div>
         </form>
       )}
-      <TestAsUser tenant={tenant} base={base} />
+      <TestAsUser tenant={tenant} base={base} order={meta.columns.map((c) => c.name)} />
     </section>
   );
 }
 
 // Reads the table as a chosen user: their role and claims, the request
 // prologue of /rest/v1, read-only; their policies decide the rows.
-function TestAsUser({ tenant, base }) {
+function TestAsUser({ tenant, base, order }) {
   const [users, setUsers] = useState([]);
   const [user, setUser] = useState('');
   const [result, setResult] = useState(null);
@@ -191,7 +185,9 @@ function TestAsUser({ tenant, base }) {
     const done = await attempt(setError, () => api(`${base}/as-user`, { method: 'POST', body: { user_id: user } }));
     if (done) setResult(done.data);
   };
-  const columns = result && result.rows.length ? Object.keys(result.rows[0]) : [];
+  // The table's column order (the rows' JSON objects come back sorted).
+  const keys = result && result.rows.length ? Object.keys(result.rows[0]) : [];
+  const columns = [...order.filter((c) => keys.includes(c)), ...keys.filter((c) => !order.includes(c))];
   return (
     <form class="card" onSubmit={run} aria-label="Test as user">
       <h3>Test as user</h3>
@@ -199,7 +195,7 @@ function TestAsUser({ tenant, base }) {
       <div class="filters">
         <label>
           User
-          <select name="as-user" value={user} onChange={(e) => setUser(e.currentTarget.value)}>
+          <select name="as-user" aria-label="User" value={user} onChange={(e) => setUser(e.currentTarget.value)}>
             {users.map((u) => (
               <option value={u.id} key={u.id}>
                 {u.email || u.phone || u.id}

@@ -1,6 +1,6 @@
 import { useEffect, useState } from 'preact/hooks';
 import { api } from '../api.js';
-import { attempt, ErrorBox, Notice } from '../components.jsx';
+import { attempt, display, ErrorBox, Notice } from '../components.jsx';
 import { Link } from '../router.jsx';
 import { Policies } from './Policies.jsx';
 
@@ -83,12 +83,6 @@ function TableList({ tenant }) {
 
 function quoteValue(value) {
   return value;
-}
-
-function display(value) {
-  if (value === null || value === undefined) return <span class="null">NULL</span>;
-  if (typeof value === 'object') return JSON.stringify(value);
-  return String(value);
 }
 
 function TableView({ tenant, schema, name }) {
