@@ -886,11 +886,15 @@ async fn run_owned(
     }
 }
 
-fn json_body(body: &[u8]) -> Result<Value, Response> {
+fn json_body(body: &[u8]) -> Result<Value, Refusal> {
     serde_json::from_slice::<Value>(body)
         .ok()
         .filter(Value::is_object)
-        .ok_or_else(|| bad_request("Send a JSON object"))
+        .ok_or(Refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "Send a JSON object",
+        ))
 }
 
 /// `POST …/policies`: creates a policy.
@@ -905,7 +909,7 @@ async fn policy_create(
         Ok(value) => ddl::Policy::from_json(&value)
             .and_then(|policy| policy.create_sql(&schema, &name))
             .map(|sql| vec![sql]),
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     run_owned(
         &dashboard,
@@ -933,7 +937,7 @@ async fn policy_replace(
                 new.create_sql(&schema, &name)?,
             ])
         }),
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     run_owned(
         &dashboard,
@@ -976,7 +980,7 @@ async fn set_rls(
             Some(enabled) => ddl::rls_sql(&schema, &name, enabled).map(|sql| vec![sql]),
             None => return bad_request("Send {\"enabled\": true|false}"),
         },
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     run_owned(
         &dashboard,
@@ -988,8 +992,14 @@ async fn set_rls(
     .await
 }
 
-fn user_id(text: &str) -> Result<uuid::Uuid, Response> {
-    uuid::Uuid::parse_str(text).map_err(|_| bad_request("A user id is a UUID"))
+fn user_id(text: &str) -> Result<uuid::Uuid, Refusal> {
+    uuid::Uuid::parse_str(text).map_err(|_| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "A user id is a UUID",
+        )
+    })
 }
 
 /// `POST …/as-user` `{"user_id"}`: the rows of the table that user sees
@@ -1009,7 +1019,7 @@ async fn test_as_user(
     let id =
         match json_body(&body).and_then(|value| user_id(value["user_id"].as_str().unwrap_or(""))) {
             Ok(id) => id,
-            Err(response) => return response,
+            Err(refusal) => return refusal.into_response(),
         };
     match sql::as_user(&pool, &schema, &name, id, now()).await {
         Ok(Some(value)) => axum::Json(value).into_response(),
@@ -1031,7 +1041,7 @@ async fn user_sessions(
     };
     let id = match user_id(&id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     match sql::sessions(&pool, id).await {
         Ok(value) => axum::Json(value).into_response(),
@@ -1051,7 +1061,7 @@ async fn end_sessions(
     };
     let id = match user_id(id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let session = match session.map(uuid::Uuid::parse_str).transpose() {
         Ok(session) => session,
@@ -1146,10 +1156,8 @@ async fn admin_and_body(
     headers: &HeaderMap,
     tenant: &str,
     body: &[u8],
-) -> Result<(sovra_pg::tokio_postgres::Config, Value), Response> {
-    let admin = tenant_admin(dashboard, method, headers, tenant)
-        .await
-        .map_err(IntoResponse::into_response)?;
+) -> Result<(sovra_pg::tokio_postgres::Config, Value), Refusal> {
+    let admin = tenant_admin(dashboard, method, headers, tenant).await?;
     Ok((admin, json_body(body)?))
 }
 
@@ -1163,7 +1171,7 @@ async fn queue_create(
 ) -> Response {
     let (admin, value) = match admin_and_body(&dashboard, &method, &headers, &tenant, &body).await {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let name = value["name"].as_str().unwrap_or("").trim().to_owned();
     if name.is_empty() {
@@ -1182,7 +1190,7 @@ async fn queue_send(
 ) -> Response {
     let (admin, value) = match admin_and_body(&dashboard, &method, &headers, &tenant, &body).await {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let delay = match &value["delay"] {
         Value::Null => 0,
@@ -1208,7 +1216,7 @@ async fn queue_read(
 ) -> Response {
     let (admin, value) = match admin_and_body(&dashboard, &method, &headers, &tenant, &body).await {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let number = |field: &str, default: i32, max: i32| match &value[field] {
         Value::Null => Some(default),
@@ -1234,7 +1242,7 @@ async fn dead_letters_replay(
 ) -> Response {
     let (admin, value) = match admin_and_body(&dashboard, &method, &headers, &tenant, &body).await {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let ids = match &value["ids"] {
         Value::Null => None,

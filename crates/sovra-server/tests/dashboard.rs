@@ -1238,3 +1238,97 @@ async fn answer_of(browser: &Browser, path: &str) -> (StatusCode, Value) {
     )
     .await
 }
+
+#[tokio::test]
+async fn resumable_uploads_go_through_the_proxy() {
+    use base64::Engine as _;
+    let app = TestApp::spawn().await;
+    let mut browser = Browser::new(&app.url);
+    browser.sign_in(&app.service_role_key, None).await;
+    let (status, body) = browser
+        .send(
+            reqwest::Method::POST,
+            "/t/default/storage/v1/bucket",
+            json!({"name": "big"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let content = vec![7u8; 1024 * 1024 + 10];
+    let created = browser
+        .request(
+            reqwest::Method::POST,
+            "/t/default/storage/v1/upload/resumable",
+            true,
+        )
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", content.len().to_string())
+        .header(
+            "upload-metadata",
+            format!("bucketName {},objectName {}", b64("big"), b64("a/file.bin")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let id = location.rsplit('/').next().unwrap().to_owned();
+    let chunk = |offset: usize, bytes: Vec<u8>| {
+        browser
+            .request(
+                reqwest::Method::PATCH,
+                &format!("/t/default/storage/v1/upload/resumable/{id}"),
+                true,
+            )
+            .header("tus-resumable", "1.0.0")
+            .header("upload-offset", offset.to_string())
+            .header("content-type", "application/offset+octet-stream")
+            .body(bytes)
+            .send()
+    };
+    // The wrong offset is refused (TUS's 409).
+    let wrong = chunk(5, content.clone()).await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::CONFLICT);
+    let first = chunk(0, content[..1024 * 1024].to_vec()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::NO_CONTENT);
+    assert_eq!(first.headers()["upload-offset"], "1048576");
+    let head = browser
+        .request(
+            reqwest::Method::HEAD,
+            &format!("/t/default/storage/v1/upload/resumable/{id}"),
+            false,
+        )
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.headers()["upload-offset"], "1048576");
+    let last = chunk(1024 * 1024, content[1024 * 1024..].to_vec())
+        .await
+        .unwrap();
+    assert_eq!(last.status(), StatusCode::NO_CONTENT);
+    let stored = browser
+        .request(
+            reqwest::Method::GET,
+            "/t/default/storage/v1/object/big/a/file.bin",
+            false,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), StatusCode::OK);
+    assert_eq!(stored.bytes().await.unwrap().to_vec(), content);
+    // Without the CSRF token, no upload starts.
+    let refused = browser
+        .request(
+            reqwest::Method::POST,
+            "/t/default/storage/v1/upload/resumable",
+            false,
+        )
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+}
