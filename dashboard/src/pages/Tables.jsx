@@ -1,4 +1,4 @@
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import { api } from '../api.js';
 import { attempt, display, ErrorBox, Notice } from '../components.jsx';
 import { Link } from '../router.jsx';
@@ -108,8 +108,11 @@ function TableView({ tenant, schema, name }) {
     });
   }, [tenant, schema, name, metaVersion]);
 
+  // Only the latest load's answer is shown (an earlier one may come later).
+  const latest = useRef(0);
   const load = () =>
     attempt(setError, async () => {
+      const seq = ++latest.current;
       const query = new URLSearchParams();
       query.set('select', '*');
       for (const f of filters) query.append(f.column, `${f.op}.${quoteValue(f.value)}`);
@@ -119,6 +122,7 @@ function TableView({ tenant, schema, name }) {
       const { data, headers } = await api(`${base}?${query}`, {
         headers: { ...profile, prefer: 'count=exact' },
       });
+      if (seq !== latest.current) return;
       setRows(data);
       const range = headers.get('content-range') || '';
       const count = range.split('/')[1];
