@@ -530,9 +530,10 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
         quotas,
         storage_used: std::sync::Mutex::new(None),
         cron: crate::cron::CronScheduler::start(
-            service,
+            service.clone(),
             crate::cron::CronSettings::from_config(config),
         ),
+        admin: service,
     })
 }
 
