@@ -367,7 +367,8 @@ impl AuthService {
         let Some((name, provider)) = configured else {
             return self.id_token_disabled(ctx);
         };
-        self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())?;
+        self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())
+            .await?;
         let nonce = Some(text("nonce"));
         let now = crate::time::now_unix().unsigned_abs();
         let mut keys = self.provider_keys(&provider, false).await?;
@@ -733,7 +734,8 @@ impl AuthService {
                 )));
             }
         };
-        self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())?;
+        self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())
+            .await?;
         let redirect_to = self.redirect_target(ctx.query("redirect_to").as_deref());
         let app_pkce = crate::account::pkce(
             ctx.query("code_challenge"),
@@ -817,7 +819,8 @@ impl AuthService {
                 .or_else(|| crate::crypto::query_param(body_param, name))
                 .unwrap_or_default()
         };
-        self.limit(crate::limits::Bucket::Verify, &ctx.ip_key())?;
+        self.limit(crate::limits::Bucket::Verify, &ctx.ip_key())
+            .await?;
         let state = get("state");
         let site = self.site_url();
         let bad_state = |why: &str| {
