@@ -143,7 +143,7 @@ pub const OPTIONS: &[OptionDoc] = &[
     OptionDoc {
         key: "server.shared_state",
         kind: Kind::String,
-        default: "auto",
+        default: "\"auto\"",
         doc: "Where state that several nodes must agree on lives, today auth's rate limits (`auth.rate_limit.*` and a tenant's `mails_per_hour`): `memory` counts in this process (one node; no extra cost), `postgres` counts in each tenant's database (`sovra.rate_limits`, one UPSERT per check), so N requests spread over any number of nodes meet a limit of N. `auto` is `postgres` when `realtime.nats_url` is set (nodes joined into a cluster), else `memory`. See docs/scale-out.md.",
     },
     OptionDoc {
