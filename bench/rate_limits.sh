@@ -26,19 +26,16 @@ SQL
 psql -h "$dir" -U postgres -d postgres -q -v ON_ERROR_STOP=1 -f crates/sovra-pg/migrations/0023_rate_limits.sql
 psql -h "$dir" -U postgres -d postgres -q -v ON_ERROR_STOP=1 \
   -c 'create table sovra.rate_limits_logged (like sovra.rate_limits including all)'
-for f in take_hot take_spread; do
-  sed 's/sovra\.rate_limits as b/sovra.rate_limits_logged as b/' "bench/rate_limits/$f.sql" >"$dir/${f}_logged.sql"
-  cp "bench/rate_limits/$f.sql" "$dir/$f.sql"
-done
-cp bench/rate_limits/select1.sql "$dir/"
-run() {
-  pgbench -n -M prepared -h "$dir" -U postgres -d postgres -c "$clients" -j 2 -T "$secs" -f "$dir/$1.sql" 2>/dev/null \
+sed 's/sovra\.rate_limits as b/sovra.rate_limits_logged as b/' bench/rate_limits/take.sql >"$dir/take_logged.sql"
+cp bench/rate_limits/take.sql bench/rate_limits/select1.sql "$dir/"
+run() { # script [buckets]
+  pgbench -n -M prepared -h "$dir" -U postgres -d postgres -c "$clients" -j 2 -T "$secs" -D buckets="${2:-1}" -f "$dir/$1.sql" 2>/dev/null \
     | awk '/^latency average/ {lat=$4} /^tps = / {tps=$3} END {printf "%.0f/s, %.3f ms", tps, lat}'
 }
 echo "| round ($clients clients, ${secs} s each) | select 1 (floor) | take, one hot bucket | take, 10,000 buckets | logged table: hot | logged table: 10,000 |"
 echo "|---|---|---|---|---|---|"
 for round in 1 2; do
-  a="$(run select1)"; b="$(run take_hot)"; c="$(run take_spread)"; d="$(run take_hot_logged)"; e="$(run take_spread_logged)"
+  a="$(run select1)"; b="$(run take 1)"; c="$(run take 10000)"; d="$(run take_logged 1)"; e="$(run take_logged 10000)"
   echo "| $round | $a | $b | $c | $d | $e |"
 done
 rows="$(psql -h "$dir" -U postgres -d postgres -tA -c 'select count(*) from sovra.rate_limits')"

@@ -1,5 +1,6 @@
-\set k random(1, 10000)
--- One take from one of 10,000 shared buckets (clients rarely meet), as
+\set k random(1, :buckets)
+-- One take from one of `buckets` shared buckets (pgbench -D buckets=N; with
+-- 1, every client on the same key, which the row lock orders), as
 -- crates/sovra-auth/src/shared_limits.rs sends it.
 insert into sovra.rate_limits as b (bucket, key, tokens, at, allowed, full_at)
      values ('verify', sha256(int4send(:k)), 1e9::float8 - 1, now(), true,
