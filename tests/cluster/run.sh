@@ -5,7 +5,8 @@
 # since NATS is set), and HAProxy in front (health-checked on /ready, as in
 # deploy/haproxy.cfg). cluster.test.js then drives them with the real
 # supabase-js client, directly and through the balancer, and kills and
-# restarts a node (node-N.sh, written here, starts node N again).
+# restarts a node (node-N.sh, written here, starts node N again) and
+# NATS (nats.sh).
 # Prints node's TAP output; scripts/test.sh counts its passes and failures.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -25,6 +26,7 @@ cleanup() {
   for f in "$dir"/node-*.pid; do [ -f "$f" ] && kill -INT "$(cat "$f")" 2>/dev/null || true; done
   for f in "$dir"/node-*.pid; do [ -f "$f" ] && while kill -0 "$(cat "$f")" 2>/dev/null; do sleep 0.1; done; done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  [ ! -f "$dir/nats.pid" ] || kill "$(cat "$dir/nats.pid")" 2>/dev/null || true
   [ ! -d "$dir/pg" ] || "${as_pg[@]}" "$pgbin/pg_ctl" -D "$dir/pg" -m fast stop >/dev/null 2>&1 || true
   rm -rf "$dir"
 }
@@ -40,9 +42,14 @@ as_pg=()
 db="host=$dir user=postgres dbname=postgres"
 
 # NATS with JetStream, and the S3-compatible store with its bucket.
+# nats.sh starts it (again: the test restarts it) and records its pid.
 nats_port="$(free_port)"
-"$(command -v nats-server || echo /usr/sbin/nats-server)" -js -sd "$dir/nats" -a 127.0.0.1 -p "$nats_port" >"$dir/nats.log" 2>&1 &
-pids+=($!)
+cat >"$dir/nats.sh" <<NATS
+#!/usr/bin/env bash
+"$(command -v nats-server || echo /usr/sbin/nats-server)" -js -sd "$dir/nats" -a 127.0.0.1 -p "$nats_port" >>"$dir/nats.log" 2>&1 &
+echo \$! >"$dir/nats.pid"
+NATS
+bash "$dir/nats.sh"
 s3_port="$(free_port)"
 moto_server -H 127.0.0.1 -p "$s3_port" >"$dir/s3.log" 2>&1 &
 pids+=($!)
@@ -68,7 +75,7 @@ export SOVRA_STORAGE_S3_FORCE_PATH_STYLE=true SOVRA_STORAGE_S3_ACCESS_KEY_ID=tes
 export SOVRA_AUTH_EMAIL_AUTOCONFIRM=true SOVRA_AUTH_TRUSTED_PROXIES=127.0.0.1
 export SOVRA_AUTH_RATE_LIMIT_SIGN_IN=10000 SOVRA_AUTH_RATE_LIMIT_VERIFY=9
 export SOVRA_SERVER_SHARED_STATE=auto SOVRA_SERVER_DRAIN_DELAY=0 SOVRA_LOG_LEVEL=warn
-"$bin" serve --data-dir "$dir/node$n" --listen "127.0.0.1:$port" >>"$dir/node$n.out" 2>>"$dir/node$n.err" &
+env -u SOVRA_ANON_KEY -u SOVRA_SERVICE_KEY "$bin" serve --data-dir "$dir/node$n" --listen "127.0.0.1:$port" >>"$dir/node$n.out" 2>>"$dir/node$n.err" &
 echo \$! >"$dir/node-$n.pid"
 NODE
 done
