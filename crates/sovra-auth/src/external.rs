@@ -747,7 +747,8 @@ impl AuthService {
         } else {
             None
         };
-        self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())?;
+        self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())
+            .await?;
         let nonce = Some(text("nonce"));
         let now = crate::time::now_unix().unsigned_abs();
         let mut keys = self.provider_keys(&provider, false).await?;
@@ -1144,7 +1145,8 @@ impl AuthService {
                 )));
             }
         };
-        self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())?;
+        self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())
+            .await?;
         let redirect_to = self.redirect_target(ctx.query("redirect_to").as_deref());
         let app_pkce = crate::account::pkce(
             ctx.query("code_challenge"),
@@ -1255,7 +1257,8 @@ impl AuthService {
                 .or_else(|| crate::crypto::query_param(body_param, name))
                 .unwrap_or_default()
         };
-        self.limit(crate::limits::Bucket::Verify, &ctx.ip_key())?;
+        self.limit(crate::limits::Bucket::Verify, &ctx.ip_key())
+            .await?;
         let state = get("state");
         let site = self.site_url();
         let bad_state = |why: &str| {

@@ -141,6 +141,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Seconds between SIGINT/SIGTERM and closing: meanwhile `/ready` answers 503 (so a load balancer stops sending) while requests are still served. Then realtime clients are told to reconnect (close code 1001), the change feed is released for another instance, and in-flight requests get `server.shutdown_timeout`. Set it to your balancer's health-check interval times its fall count; a second signal skips the wait.",
     },
     OptionDoc {
+        key: "server.shared_state",
+        kind: Kind::String,
+        default: "\"auto\"",
+        doc: "Where state that several nodes must agree on lives, today auth's rate limits (`auth.rate_limit.*` and a tenant's `mails_per_hour`): `memory` counts in this process (one node; no extra cost), `postgres` counts in each tenant's database (`sovra.rate_limits`, one UPSERT per check), so N requests spread over any number of nodes meet a limit of N. `auto` is `postgres` when `realtime.nats_url` is set (nodes joined into a cluster), else `memory`. See docs/scale-out.md.",
+    },
+    OptionDoc {
         key: "server.body_idle_timeout",
         kind: Kind::Integer,
         default: "60",
@@ -2279,6 +2285,7 @@ pub struct ServerConfig {
     pub body_limit: usize,
     pub shutdown_timeout: u64,
     pub drain_delay: u64,
+    pub shared_state: String,
     pub body_idle_timeout: u64,
     pub header_read_timeout: u64,
     pub require_apikey: bool,
@@ -2401,6 +2408,7 @@ impl Default for ServerConfig {
             body_limit: 10 * 1024 * 1024,
             shutdown_timeout: 30,
             drain_delay: 0,
+            shared_state: "auto".to_owned(),
             body_idle_timeout: 60,
             header_read_timeout: 30,
             require_apikey: false,
@@ -2679,6 +2687,17 @@ fn insert_path(table: &mut toml::Table, key: &str, value: toml::Value) {
 }
 
 impl Config {
+    /// Whether state several nodes must agree on (auth's rate limits)
+    /// lives in PostgreSQL: `server.shared_state`, where `auto` follows
+    /// `realtime.nats_url` (set: nodes joined into a cluster).
+    pub fn shared_state_in_postgres(&self) -> bool {
+        match self.server.shared_state.as_str() {
+            "postgres" => true,
+            "memory" => false,
+            _ => !self.realtime.nats_url.is_empty(),
+        }
+    }
+
     /// Loads the configuration the way `sovra` does: the file at `path` (or
     /// `sovra.toml` in the working directory when present), then `env`.
     pub fn load<I>(path: Option<&Path>, env: I) -> Result<Config, ConfigError>
@@ -2839,6 +2858,15 @@ impl Config {
             return Err(ConfigError::invalid(
                 "rest.openapi_mode",
                 "must be service-role, follow-privileges, ignore-privileges or disabled",
+            ));
+        }
+        if !matches!(
+            self.server.shared_state.as_str(),
+            "auto" | "postgres" | "memory"
+        ) {
+            return Err(ConfigError::invalid(
+                "server.shared_state",
+                "must be auto, postgres or memory",
             ));
         }
         if self.embedded.port == Some(0) {
@@ -3422,6 +3450,24 @@ mod tests {
     }
 
     #[test]
+    fn shared_state_follows_the_cluster_unless_named() {
+        // Auto: memory on one node, PostgreSQL once nodes share NATS.
+        assert!(!Config::default().shared_state_in_postgres());
+        let nats = ("SOVRA_REALTIME_NATS_URL", "nats://127.0.0.1:4222");
+        assert!(load("", &[nats]).unwrap().shared_state_in_postgres());
+        let memory = ("SOVRA_SERVER_SHARED_STATE", "memory");
+        assert!(
+            !load("", &[nats, memory])
+                .unwrap()
+                .shared_state_in_postgres()
+        );
+        let postgres = load("[server]\nshared_state = \"postgres\"\n", &[]).unwrap();
+        assert!(postgres.shared_state_in_postgres());
+        let err = load("", &[("SOVRA_SERVER_SHARED_STATE", "nats")]).unwrap_err();
+        assert!(err.to_string().contains("server.shared_state"), "{err}");
+    }
+
+    #[test]
     fn image_options_load_from_file_and_environment() {
         let config = load(
             "[storage.image]\nmax_pixels = 1000000\ncache_size = 0\n",
@@ -3693,6 +3739,10 @@ mod tests {
             ("[rest]\nschemas = \" , \"\n", "rest.schemas"),
             ("[rest]\nopenapi_mode = \"everyone\"\n", "rest.openapi_mode"),
             ("[rest]\nplan_enabled = \"yes\"\n", "rest.plan_enabled"),
+            (
+                "[server]\nshared_state = \"redis\"\n",
+                "server.shared_state",
+            ),
             ("[embedded]\nport = 0\n", "embedded.port"),
             ("[embedded]\nsystem_user = \"\"\n", "embedded.system_user"),
             ("[jwt]\nsecret = \"short\"\n", "jwt.secret"),

@@ -129,6 +129,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "cron",
         sql: include_str!("../migrations/0022_cron.sql"),
     },
+    Migration {
+        version: 23,
+        name: "rate_limits",
+        sql: include_str!("../migrations/0023_rate_limits.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

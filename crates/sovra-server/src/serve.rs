@@ -184,6 +184,7 @@ pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError
     out.limits.otp.max = max(r.otp);
     out.limits.email_sent.max = max(r.email_sent);
     out.limits.anonymous.max = max(r.anonymous);
+    out.shared_limits = config.shared_state_in_postgres();
     for (name, hook) in a.hook.all() {
         if !hook.enabled {
             continue;
