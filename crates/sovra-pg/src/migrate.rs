@@ -129,6 +129,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "cron",
         sql: include_str!("../migrations/0022_cron.sql"),
     },
+    Migration {
+        version: 23,
+        name: "idempotency",
+        sql: include_str!("../migrations/0023_idempotency.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes
