@@ -28,7 +28,8 @@ if [ -z "${SOVRA_BIN:-}" ]; then
 fi
 bin="$SOVRA_BIN"
 dir="$(mktemp -d /tmp/sovra-bench-XXXXXX)"; chmod 755 "$dir"
-port=54398; rport=54399
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port="$(free_port)"; rport="$(free_port)"
 python3 bench/webhooks/receiver.py "$rport" &
 rpid=$!
 env -u SOVRA_BIN SOVRA_NET_ALLOW_PRIVATE=true SOVRA_NET_CONCURRENCY=64 SOVRA_LOG_LEVEL=warn \
