@@ -134,6 +134,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "idempotency",
         sql: include_str!("../migrations/0023_idempotency.sql"),
     },
+    Migration {
+        version: 24,
+        name: "net_claim_index",
+        sql: include_str!("../migrations/0024_net_claim_index.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes
