@@ -43,6 +43,9 @@ target="http://127.0.0.1:$rport/hook"
 stats() { curl -fs "http://127.0.0.1:$rport/stats"; }
 count() { stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])'; }
 
+# WEBHOOKS_SQL (optional): a file of SQL run first as the superuser, e.g. a
+# migration's statements to measure them with a binary built without it.
+[ -z "${WEBHOOKS_SQL:-}" ] || psql -h "$sock" -U postgres -d postgres -q -v ON_ERROR_STOP=1 -f "$WEBHOOKS_SQL" >/dev/null
 # Warm-up (connections, prepared statements).
 psql -h "$sock" -U postgres -d postgres -qAt -c "select count(net.http_post('$target', '{\"warm\": 1}')) from generate_series(1, 200)" >/dev/null
 until [ "$(count)" -ge 200 ]; do sleep 0.05; done
