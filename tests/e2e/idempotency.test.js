@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { createHmac, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createClient } from '@supabase/supabase-js';
+import ws from 'ws';
 
 const url = process.env.SOVRA_URL;
 const anonKey = process.env.SOVRA_ANON_KEY;
@@ -25,7 +26,7 @@ function userToken(sub) {
 
 // A fetch of our own that records whether each answer was a replay.
 const replays = [];
-const opts = { auth: { persistSession: false, autoRefreshToken: false } };
+const opts = { auth: { persistSession: false, autoRefreshToken: false }, realtime: { transport: ws } };
 const user = createClient(url, anonKey, {
   ...opts,
   global: {
