@@ -273,6 +273,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Who reads the OpenAPI document at `GET /rest/v1/`: `service-role` (only the service role, as hosted Supabase), `follow-privileges` (every caller, listing what its role may use, as PostgREST), `ignore-privileges` (every caller, everything) or `disabled`.",
     },
     OptionDoc {
+        key: "rest.idempotency_retention",
+        kind: Kind::Integer,
+        default: "86400",
+        doc: "Seconds the first response to an `Idempotency-Key` on a `/rest/v1` write or `/rpc` call is kept and replayed to the same caller (stored in `sovra.idempotency_keys`, in the request's transaction); a repeat after that runs again. 1 to 2592000 (30 days).",
+    },
+    OptionDoc {
         key: "embedded.bin_dir",
         kind: Kind::String,
         default: "",
@@ -2251,6 +2257,7 @@ pub struct RestConfig {
     pub max_rows: u64,
     pub plan_enabled: bool,
     pub openapi_mode: String,
+    pub idempotency_retention: u64,
 }
 
 impl Default for RestConfig {
@@ -2260,6 +2267,7 @@ impl Default for RestConfig {
             max_rows: 1000,
             plan_enabled: false,
             openapi_mode: "service-role".to_owned(),
+            idempotency_retention: 86_400,
         }
     }
 }
@@ -2867,6 +2875,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "server.shared_state",
                 "must be auto, postgres or memory",
+            ));
+        }
+        if !(1..=2_592_000).contains(&self.rest.idempotency_retention) {
+            return Err(ConfigError::invalid(
+                "rest.idempotency_retention",
+                "must be between 1 and 2592000 seconds (30 days)",
             ));
         }
         if self.embedded.port == Some(0) {
@@ -3742,6 +3756,14 @@ mod tests {
             (
                 "[server]\nshared_state = \"redis\"\n",
                 "server.shared_state",
+            ),
+            (
+                "[rest]\nidempotency_retention = 0\n",
+                "rest.idempotency_retention",
+            ),
+            (
+                "[rest]\nidempotency_retention = 2592001\n",
+                "rest.idempotency_retention",
             ),
             ("[embedded]\nport = 0\n", "embedded.port"),
             ("[embedded]\nsystem_user = \"\"\n", "embedded.system_user"),

@@ -436,6 +436,8 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
                 .then(|| i64::try_from(config.rest.max_rows).unwrap_or(i64::MAX)),
             plan_enabled: config.rest.plan_enabled,
             openapi_mode: sovra_rest::OpenApiMode::from_config(&config.rest.openapi_mode),
+            idempotency_retention: u32::try_from(config.rest.idempotency_retention)
+                .unwrap_or(u32::MAX),
         },
         requests.clone(),
         Duration::from_secs(config.database.connect_timeout),
