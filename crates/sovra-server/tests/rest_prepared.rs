@@ -331,11 +331,12 @@ async fn the_first_request_connection_comes_ready_and_clean() {
         let row = client
             .query_one(
                 "select (select count(*) from pg_catalog.pg_prepared_statements
-                          where statement like '%sovra.reset_session()%'),
+                          where statement like '%sovra.reset_session()%'
+                            and statement not like '%pg_prepared_statements%'),
                         current_user::text,
                         coalesce(current_setting('request.method', true), ''),
                         coalesce(current_setting('request.jwt.claims', true), ''),
-                        now() = statement_timestamp()",
+                        pg_backend_pid()",
                 &[],
             )
             .await
@@ -344,7 +345,20 @@ async fn the_first_request_connection_comes_ready_and_clean() {
         assert_eq!(row.get::<_, String>(1), "authenticator");
         assert_eq!(row.get::<_, String>(2), "", "no request setting left");
         assert_eq!(row.get::<_, String>(3), "", "no claims left");
-        assert!(row.get::<_, bool>(4), "no transaction left open");
+        let pid: i32 = row.get(4);
+        let state: String = rest
+            .app
+            .db
+            .client()
+            .await
+            .query_one(
+                "select state from pg_catalog.pg_stat_activity where pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(state, "idle", "no transaction left open");
     }
     assert_eq!(rest.held().await, 0, "no main statement yet");
     // The first request uses that connection and its prepared prologue.
@@ -355,7 +369,8 @@ async fn the_first_request_connection_comes_ready_and_clean() {
     let prepared: i64 = client
         .query_one(
             "select count(*) from pg_catalog.pg_prepared_statements
-             where statement like '%sovra.reset_session()%'",
+             where statement like '%sovra.reset_session()%'
+               and statement not like '%pg_prepared_statements%'",
             &[],
         )
         .await
