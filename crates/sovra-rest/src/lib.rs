@@ -48,6 +48,50 @@ pub static REST_PROLOGUE_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Readies a new request connection for REST requests: prepares
+/// [`REST_PROLOGUE_SQL`] (kept in the connection's statement cache, where
+/// every request looks it up) and runs it once as `anon` in a transaction
+/// that is rolled back, so that PostgreSQL has planned it and read the
+/// catalogue entries it names (the session reset function, the role
+/// settings). A cold tenant does this on its request pool's first
+/// connection while its schema cache loads on another, so that its first
+/// request finds that work done. On any failure the connection is closed
+/// rather than returned to the pool in an unknown state.
+pub async fn warm_connection(
+    client: sovra_pg::PooledClient,
+) -> Result<(), sovra_pg::tokio_postgres::Error> {
+    let ran = async {
+        let prologue = client
+            .prepare_typed_cached(&REST_PROLOGUE_SQL, &[Type::TEXT; 9])
+            .await?;
+        let params: [Option<&str>; 9] = [
+            Some("anon"),
+            Some(r#"{"role":"anon"}"#),
+            Some(""),
+            Some(""),
+            Some("GET"),
+            Some("/"),
+            Some("{}"),
+            None,
+            None,
+        ];
+        let values: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let (begun, applied) = tokio::join!(
+            client.batch_execute("BEGIN READ ONLY"),
+            client.query(&prologue, &values),
+        );
+        let rolled_back = client.batch_execute("ROLLBACK").await;
+        begun.and(applied).and(rolled_back).map(drop)
+    }
+    .await;
+    if ran.is_err() {
+        // Dropping the unwrapped client closes the connection.
+        drop(sovra_pg::PooledClient::take(client));
+    }
+    ran
+}
+
 /// Settings of one tenant's REST service.
 #[derive(Clone, Debug)]
 pub struct RestConfig {

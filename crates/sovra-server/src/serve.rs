@@ -417,6 +417,12 @@ pub struct TenantParts {
     pub quotas: crate::tenant::TenantQuotas,
 }
 
+/// How long after a tenant's services a tenant's HTTP-from-SQL worker and
+/// outbox publisher start ([`sovra_net::NetService::start_after`]): their
+/// three connections would otherwise start beside the first request of a
+/// cold tenant and take the CPU it needs.
+pub const NET_START_DELAY: Duration = Duration::from_secs(1);
+
 /// Builds a tenant's pools and services from logins that are ready.
 pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenant, ServeError> {
     let TenantParts {
@@ -459,10 +465,18 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
     let auth = sovra_auth::AuthService::new(auth_settings, auth_pool).map_err(ServeError::Auth)?;
     // At once, not one after the other (a cold tenant's first request
     // waits for all three): the schema cache load, auth's API keys, and
-    // the request pool's first connection, which the request then uses.
+    // the request pool's first connection, which the request then uses,
+    // with the REST prologue already prepared and run once on it.
     let prewarm = async {
-        if let Err(err) = pool.get().await {
-            tracing::debug!(error = %err, "opening the first request connection failed");
+        match pool.get().await {
+            Ok(client) => {
+                if let Err(err) = sovra_rest::warm_connection(client).await {
+                    tracing::debug!(error = %err, "preparing the REST prologue failed");
+                }
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "opening the first request connection failed");
+            }
         }
     };
     let (rest, keys_loaded, ()) = tokio::join!(rest, auth.reload_api_keys(), prewarm);
@@ -510,9 +524,11 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
             .await
             .map_err(ServeError::Realtime)?;
     }
-    let net = sovra_net::NetService::start(
+    // Delivery starts a moment later, off a cold tenant's first request.
+    let net = sovra_net::NetService::start_after(
         sovra_net::NetSettings::from_config(config, &id),
         service.clone(),
+        NET_START_DELAY,
     );
     Ok(Tenant {
         id,
