@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 use sovra_server::tenants::Platform;
 use sovra_test_support::TestDb;
 
+#[path = "support/platform.rs"]
+mod platform_server;
+
 struct Server {
     url: String,
     key: String,
@@ -32,50 +35,17 @@ struct Created {
 
 /// The server as `sovra serve` builds it, with the tenant API.
 async fn spawn() -> Server {
-    let mut config = sovra_config::Config::default();
-    let db = TestDb::new().await;
-    let data_dir = sovra_test_support::scratch_dir();
-    config.data_dir = data_dir.clone();
-    let mut keys =
-        sovra_server::keys::load_or_create(&data_dir.join("keys.json"), &config).unwrap();
-    let key = sovra_server::platform::load_or_create(&data_dir.join("platform.key"))
-        .unwrap()
-        .key;
-    let platform = Arc::new(Platform::new(&config, db.config(), &key).unwrap());
-    platform.refresh_names().await.unwrap();
-    keys.keyset = keys.keyset.with_foreign_refs(platform.ref_guard());
-    let tenant = sovra_server::serve::build_tenant(
-        &config,
-        db.config_as("authenticator"),
-        db.config(),
-        keys,
-    )
-    .await
-    .unwrap();
-    let resolver = sovra_server::TenantResolver::single(tenant);
-    let default = resolver.default_tenant();
-    let state =
-        sovra_server::AppState::from_config(resolver, &config).with_platform(platform.clone());
-    let app = sovra_server::router(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    default.auth.set_external_url(&url);
-    platform.set_public_url(&url);
-    let options = sovra_server::serve::HttpOptions::from_config(&config);
-    let server = tokio::spawn(async move {
-        let _ =
-            sovra_server::serve::serve_http(listener, app, options, std::future::pending()).await;
-    });
+    let spawned = platform_server::spawn(sovra_config::Config::default()).await;
     Server {
-        url,
-        key,
-        db,
+        url: spawned.url,
+        key: spawned.key,
+        db: spawned.db,
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap(),
-        _platform: platform,
-        _server: server,
+        _platform: spawned.platform,
+        _server: spawned.server,
     }
 }
 
