@@ -4,6 +4,7 @@
 # the same pgvector query through pgbench, in the same run.
 #
 #   bench/vectors.sh [vectors] [seconds] [clients]   (defaults: 100000, 10 s, 16)
+#   VECTORS_ROUNDS: interleaved query rounds (default 2)
 #
 # Data: 384-dimensional clustered vectors from a fixed seed
 # (bench/vectors/gen.py), a cosine index. Steps, each printed as a Markdown row:
@@ -130,7 +131,7 @@ pg_run() {
 }
 # Warm both paths, then interleave: sovra, pgbench, sovra, pgbench.
 secs_warm="$secs"; secs=3; sovra_run >/dev/null; pg_run >/dev/null; secs="$secs_warm"
-for round in 1 2; do
+for round in $(seq 1 "${VECTORS_ROUNDS:-2}"); do
   s="$(sovra_run)"; p="$(pg_run)"
   ratio="$(awk -v a="$(echo "$s" | awk '{print $1}')" -v b="$(echo "$p" | awk '{print $1}')" 'BEGIN {printf "%.0f%%", 100 * a / b}')"
   echo "| QueryVectors topK 10, $clients clients, ${secs} s (round $round) | $s | same query through pgbench: $p (sovra/pgbench $ratio) |"
