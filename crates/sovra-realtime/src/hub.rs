@@ -530,6 +530,39 @@ impl Hub {
             .unwrap_or(0)
     }
 
+    /// What the dashboard shows of every topic (see [`crate::overview`]):
+    /// at most `limits.states` states of each presence key are copied.
+    pub(crate) fn overview(&self, limits: &crate::overview::OverviewLimits) -> Value {
+        use crate::overview::{PresenceUse, TopicUse};
+        let mut topics: HashMap<String, TopicUse> = HashMap::new();
+        if let Ok(all) = self.topics.read() {
+            for (key, members) in all.iter() {
+                let sockets: std::collections::HashSet<*const SocketTx> =
+                    members.values().map(|c| Arc::as_ptr(&c.socket)).collect();
+                let topic = topics.entry(key.clone()).or_default();
+                topic.clients = members.len();
+                topic.connections = sockets.len();
+            }
+        }
+        if let Ok(presence) = self.presence.lock() {
+            for (key, keys) in presence.iter() {
+                let topic = topics.entry(key.clone()).or_default();
+                for (presence_key, metas) in keys {
+                    topic.presence.push(PresenceUse {
+                        key: presence_key.clone(),
+                        count: metas.len(),
+                        states: metas
+                            .iter()
+                            .take(limits.states)
+                            .map(|m| m.state.clone())
+                            .collect(),
+                    });
+                }
+            }
+        }
+        crate::overview::render(topics, limits)
+    }
+
     /// Sends a user broadcast to the channels of a topic, except `skip`.
     /// Returns how many channels it was queued to.
     pub(crate) fn broadcast(
