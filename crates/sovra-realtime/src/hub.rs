@@ -531,7 +531,8 @@ impl Hub {
     }
 
     /// What the dashboard shows of every topic (see [`crate::overview`]):
-    /// at most `limits.states` states of each presence key are copied.
+    /// at most `limits.keys` presence keys of a topic and `limits.states`
+    /// states of each are copied.
     pub(crate) fn overview(&self, limits: &crate::overview::OverviewLimits) -> Value {
         use crate::overview::{PresenceUse, TopicUse};
         let mut topics: HashMap<String, TopicUse> = HashMap::new();
@@ -547,7 +548,11 @@ impl Hub {
         if let Ok(presence) = self.presence.lock() {
             for (key, keys) in presence.iter() {
                 let topic = topics.entry(key.clone()).or_default();
-                for (presence_key, metas) in keys {
+                topic.keys = keys.len();
+                topic.present = keys.values().map(Vec::len).sum();
+                // Some keys only, and some of their states: the lock is
+                // held while they are copied.
+                for (presence_key, metas) in keys.iter().take(limits.keys) {
                     topic.presence.push(PresenceUse {
                         key: presence_key.clone(),
                         count: metas.len(),

@@ -40,7 +40,12 @@ pub(crate) struct TopicUse {
     pub(crate) clients: usize,
     /// Distinct sockets those channels use.
     pub(crate) connections: usize,
+    /// Presences tracked on it (every key, every instance).
+    pub(crate) present: usize,
     /// Its presence keys.
+    pub(crate) keys: usize,
+    /// Some of those keys (the hub copies at most
+    /// [`OverviewLimits::keys`] of them).
     pub(crate) presence: Vec<PresenceUse>,
 }
 
@@ -80,29 +85,23 @@ fn capped(state: Map<String, Value>, max: usize) -> Value {
 /// "truncated"}`, the busiest topics (clients plus presences) first.
 pub(crate) fn render(topics: HashMap<String, TopicUse>, limits: &OverviewLimits) -> Value {
     let total = topics.len();
-    let mut listed: Vec<(String, TopicUse, usize)> = topics
-        .into_iter()
-        .map(|(key, topic)| {
-            let present = topic.presence.iter().map(|p| p.count).sum();
-            (key, topic, present)
-        })
-        .collect();
+    let mut listed: Vec<(String, TopicUse)> = topics.into_iter().collect();
     listed.sort_by(|a, b| {
-        (b.1.clients + b.2)
-            .cmp(&(a.1.clients + a.2))
+        (b.1.clients + b.1.present)
+            .cmp(&(a.1.clients + a.1.present))
             .then(a.0.cmp(&b.0))
     });
     listed.truncate(limits.topics);
     let topics: Vec<Value> = listed
         .into_iter()
-        .map(|(key, mut topic, present)| {
+        .map(|(key, mut topic)| {
             let (name, private) = name_of(&key);
             topic.presence.sort_by(|a, b| a.key.cmp(&b.key));
-            let more_keys = topic.presence.len().saturating_sub(limits.keys);
+            topic.presence.truncate(limits.keys);
+            let more_keys = topic.keys.saturating_sub(topic.presence.len());
             let keys: Vec<Value> = topic
                 .presence
                 .into_iter()
-                .take(limits.keys)
                 .map(|p| {
                     let states: Vec<Value> = p
                         .states
@@ -118,7 +117,7 @@ pub(crate) fn render(topics: HashMap<String, TopicUse>, limits: &OverviewLimits)
                 "private": private,
                 "clients": topic.clients,
                 "connections": topic.connections,
-                "presence": {"count": present, "keys": keys, "more_keys": more_keys},
+                "presence": {"count": topic.present, "keys": keys, "more_keys": more_keys},
             })
         })
         .collect();
@@ -133,6 +132,16 @@ mod tests {
         value.as_object().cloned().unwrap_or_default()
     }
 
+    fn topic(clients: usize, connections: usize, presence: Vec<PresenceUse>) -> TopicUse {
+        TopicUse {
+            clients,
+            connections,
+            present: presence.iter().map(|p| p.count).sum(),
+            keys: presence.len(),
+            presence,
+        }
+    }
+
     fn presence(key: &str, count: usize, states: Vec<Value>) -> PresenceUse {
         PresenceUse {
             key: key.to_owned(),
@@ -144,33 +153,22 @@ mod tests {
     #[test]
     fn topics_show_clients_connections_and_presence_busiest_first() {
         let mut topics = HashMap::new();
-        topics.insert(
-            "public:realtime:quiet".to_owned(),
-            TopicUse {
-                clients: 1,
-                connections: 1,
-                presence: vec![],
-            },
-        );
+        topics.insert("public:realtime:quiet".to_owned(), topic(1, 1, vec![]));
         topics.insert(
             "private:realtime:room".to_owned(),
-            TopicUse {
-                clients: 2,
-                connections: 1,
-                presence: vec![
+            topic(
+                2,
+                1,
+                vec![
                     presence("zoe", 1, vec![json!({"status": "away"})]),
                     presence("ann", 2, vec![json!({"n": 1}), json!({"n": 2})]),
                 ],
-            },
+            ),
         );
         // Presence held by another instance only: no channel here.
         topics.insert(
             "public:remote".to_owned(),
-            TopicUse {
-                clients: 0,
-                connections: 0,
-                presence: vec![presence("bob", 1, vec![json!({})])],
-            },
+            topic(0, 0, vec![presence("bob", 1, vec![json!({})])]),
         );
         let view = render(topics, &OverviewLimits::default());
         assert_eq!(view["total"], 3);
@@ -202,10 +200,10 @@ mod tests {
         for i in 0..5 {
             topics.insert(
                 format!("public:realtime:t{i}"),
-                TopicUse {
-                    clients: i,
-                    connections: i,
-                    presence: vec![
+                topic(
+                    i,
+                    i,
+                    vec![
                         presence(
                             "a",
                             2,
@@ -213,7 +211,7 @@ mod tests {
                         ),
                         presence("b", 1, vec![json!({"small": 1})]),
                     ],
-                },
+                ),
             );
         }
         let view = render(topics, &limits);

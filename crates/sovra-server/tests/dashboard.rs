@@ -794,7 +794,7 @@ async fn usage_per_tenant_is_shown_against_its_quotas() {
         .unwrap();
     let service_key = shown["service_role_key"].as_str().unwrap().to_owned();
     let mut own = Browser::new(&url);
-    let (status, body) = own.sign_in(&service_key, Some(&name)).await;
+    let (status, body) = own.sign_in(&service_key, Some(name.as_str())).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, usage) = own.get("/usage").await;
     assert_eq!(status, StatusCode::OK, "{usage}");
@@ -1288,7 +1288,7 @@ async fn close_frame(
             .expect("the socket closes in time");
         match message {
             Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))) => {
-                return (u16::from(frame.code), frame.reason.to_string());
+                return (u16::from(frame.code), frame.reason.as_str().to_owned());
             }
             Some(Ok(tokio_tungstenite::tungstenite::Message::Close(None))) | None => {
                 panic!("closed without a close frame")

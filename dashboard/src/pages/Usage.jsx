@@ -9,6 +9,8 @@ import { formatBytes, gauge, recentRate, requestBars } from '../usage.js';
 
 const EVERY_MS = 10000;
 
+const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
+
 function Gauge({ label, value, max, format, name }) {
   const g = gauge(value, max, format);
   return (
@@ -31,7 +33,7 @@ function RequestBars({ requests, bucketSeconds }) {
   const step = width / Math.max(1, bars.length);
   const minutes = Math.round((bars.length * bucketSeconds) / 60);
   const errors = requests.client_errors + requests.server_errors;
-  const text = `${requests.total} requests, ${errors} errors (${requests.server_errors} server errors) in the last ${minutes} minutes; ${recentRate(requests.window, bucketSeconds).toFixed(1)} per second in the last minute`;
+  const text = `${plural(requests.total, 'request')}, ${plural(errors, 'error')} (${requests.server_errors} from the server) in the last ${minutes} minutes; ${recentRate(requests.window, bucketSeconds).toFixed(1)} per second in the last minute`;
   return (
     <figure class="bars" data-requests={requests.total} data-errors={errors}>
       <figcaption class="hint">{text}</figcaption>
