@@ -176,11 +176,15 @@ mod tests {
                 .iter()
                 .all(|c| *c == Counts::default())
         );
-        // A bucket's slot is reused a window later: old counts are gone.
+        // A bucket's slot is reused a window later: the three requests of
+        // `start`'s bucket are gone, the one 10 s after it is the oldest
+        // bucket of the window.
         let later = start + BUCKET_SECONDS * BUCKETS as u64;
         traffic.record("a", 200, later);
         let window = traffic.window("a", later);
-        assert_eq!(window.iter().map(|c| c.requests).sum::<u64>(), 1);
+        assert_eq!(window[0].requests, 1);
+        assert_eq!(window[BUCKETS - 1].requests, 1);
+        assert_eq!(window.iter().map(|c| c.requests).sum::<u64>(), 2);
         // Read much later, nothing of it is in the window.
         let much_later = later + BUCKET_SECONDS * BUCKETS as u64 * 3;
         assert!(
