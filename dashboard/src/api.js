@@ -17,6 +17,11 @@ export function whenSignedOut(callback) {
   onSignedOut = callback;
 }
 
+// Back to sign-in (the server no longer knows the session).
+export function signedOut() {
+  onSignedOut();
+}
+
 export class ApiError extends Error {
   constructor(status, body) {
     super((body && (body.message || body.msg || body.error_description || body.error)) || `HTTP ${status}`);

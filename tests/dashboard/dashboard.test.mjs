@@ -8,6 +8,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
+import { createClient } from '@supabase/supabase-js';
+import ws from 'ws';
 
 const url = process.env.DASHBOARD_URL;
 const serviceKey = process.env.DASHBOARD_SERVICE_KEY;
@@ -439,6 +441,79 @@ test('realtime: subscribe through the dashboard, see broadcasts arrive, counts',
   await page.locator('[data-socket-state="closed"]').waitFor();
 });
 
+test('realtime: presence per channel updates live as a supabase-js client tracks and untracks', async () => {
+  await page.getByRole('link', { name: 'Realtime' }).click();
+  await page.getByRole('heading', { name: 'Realtime' }).waitFor();
+  const topic = `lobby-${suffix}`;
+  const supabase = createClient(url, anonKey, { auth: { persistSession: false, autoRefreshToken: false }, realtime: { transport: ws } });
+  const channel = supabase.channel(topic, { config: { presence: { key: 'ann' } } });
+  try {
+    await presenceShows(channel, topic);
+  } finally {
+    supabase.realtime.disconnect();
+  }
+});
+
+async function presenceShows(channel, topic) {
+  await new Promise((resolve, reject) =>
+    channel.subscribe((status, err) => {
+      if (status === 'SUBSCRIBED') resolve();
+      else if (status === 'CHANNEL_ERROR' || status === 'TIMED_OUT') reject(err || new Error(status));
+    }),
+  );
+  const row = page.getByRole('table', { name: 'Channels' }).getByRole('row').filter({ hasText: topic });
+  await row.locator('[data-clients]').filter({ hasText: /^1$/ }).waitFor();
+  await row.locator('[data-presence="0"]').waitFor();
+  assert.equal(await channel.track({ status: 'online', at: suffix }), 'ok');
+  await row.locator('[data-presence="1"]').waitFor();
+  await row.locator('[data-presence-key="ann"]').filter({ hasText: '"status":"online"' }).filter({ hasText: `"at":"${suffix}"` }).waitFor();
+  await shot('24-realtime-presence');
+  assert.equal(await channel.untrack(), 'ok');
+  await row.locator('[data-presence="0"]').waitFor();
+  await row.locator('[data-presence-key="ann"]').waitFor({ state: 'detached' });
+  await channel.unsubscribe();
+  await row.waitFor({ state: 'detached' });
+}
+
+test('realtime: the live view socket closes when the session is signed out, and no new one opens', async () => {
+  const form = page.getByRole('form', { name: 'Subscribe' });
+  await form.getByLabel('Topic').fill(`ends-${suffix}`);
+  await form.getByRole('button', { name: 'Subscribe', exact: true }).click();
+  await page.locator('[data-socket-state="joined"]').waitFor();
+  // Signed out elsewhere (another tab): the server closes the session's
+  // sockets (one opened here by hand, to see its close frame).
+  const { status, csrf, closed } = await page.evaluate(async () => {
+    const session = await (await fetch('/_/api/session')).json();
+    const socket = new WebSocket(`ws://${location.host}/_/api/t/default/realtime/websocket?vsn=1.0.0&csrf=${encodeURIComponent(session.csrf)}`);
+    await new Promise((resolve, reject) => {
+      socket.onopen = resolve;
+      socket.onerror = reject;
+    });
+    const ended = new Promise((resolve) => {
+      socket.onclose = (event) => resolve({ code: event.code, reason: event.reason });
+    });
+    const out = await fetch('/_/api/session', { method: 'DELETE', headers: { 'x-sovra-csrf': session.csrf } });
+    return { status: out.status, csrf: session.csrf, closed: await ended };
+  });
+  assert.equal(status, 204);
+  assert.equal(closed.code, 1008);
+  assert.match(closed.reason, /signed out/);
+  // The page's own socket was closed too, and it went back to sign-in.
+  await page.getByRole('button', { name: 'Sign in' }).waitFor();
+  const refused = await page.evaluate(
+    (token) =>
+      new Promise((resolve) => {
+        const socket = new WebSocket(`ws://${location.host}/_/api/t/default/realtime/websocket?vsn=1.0.0&csrf=${encodeURIComponent(token)}`);
+        socket.onopen = () => resolve(false);
+        socket.onerror = () => resolve(true);
+      }),
+    csrf,
+  );
+  assert.equal(refused, true);
+  await signIn(platformKey);
+  await page.getByRole('heading', { name: 'Tables' }).waitFor();
+});
+
 test('jobs: a queue (send, read), cron runs, dead letters replayed', async () => {
   await page.getByRole('link', { name: 'Jobs' }).click();
   await page.getByRole('heading', { name: 'Jobs' }).waitFor();
@@ -519,6 +594,44 @@ test('tenants: create, pick, suspend, resume and delete a tenant', async () => {
   await page.getByRole('row').filter({ hasText: name }).waitFor({ state: 'detached' });
 });
 
+test('tenants: usage per tenant as pictures against its quotas', async () => {
+  const name = `u-${suffix}`;
+  await page.getByRole('link', { name: 'Tenants' }).click();
+  const form = page.getByRole('form', { name: 'Create tenant' });
+  await form.getByLabel('Name').fill(name);
+  await form.getByRole('button', { name: 'Create tenant' }).click();
+  await page.getByRole('status').filter({ hasText: `Tenant ${name} created` }).waitFor();
+  // A storage quota, set from the page.
+  const row = page.getByRole('row').filter({ hasText: name });
+  await row.getByRole('button', { name: 'Quotas' }).click();
+  const quotas = page.getByRole('form', { name: `Quotas of ${name}` });
+  await quotas.getByLabel('Storage bytes').fill('1048576');
+  await quotas.getByRole('button', { name: 'Save quotas' }).click();
+  await page.getByRole('status').filter({ hasText: `Quotas of ${name} saved.` }).waitFor();
+  // Requests to it: two answered, one refused.
+  const created = await page.evaluate(async (tenant) => (await (await fetch(`/_/api/platform/tenants/${tenant}`)).json()).anon_key, name);
+  for (const path of ['auth/v1/settings', 'auth/v1/settings', 'rest/v1/no_such_table']) {
+    await fetch(`${url}/t/${name}/${path}`, { headers: { apikey: created } });
+  }
+  await page.reload();
+  const card = page.getByRole('article', { name: `Usage of ${name}` });
+  await card.waitFor();
+  await card.locator('[data-requests="3"][data-errors="1"]').waitFor();
+  await card.getByRole('img', { name: /^Requests: 3 requests, 1 error \(0 from the server\)/ }).waitFor();
+  await card.getByRole('img', { name: /^Storage: 0 B of 1 MiB \(0%\)/ }).waitFor();
+  await card.getByRole('img', { name: /^Database: [0-9.]+ MiB \(no quota\)/ }).waitFor();
+  await card.getByRole('img', { name: /^Realtime connections: 0 of [0-9]+/ }).waitFor();
+  await card.getByRole('img', { name: /^Pool connections in use: [0-9]+ of [0-9]+/ }).waitFor();
+  // The default tenant had this run's traffic.
+  const mine = page.getByRole('article', { name: 'Usage of default' });
+  assert.ok(Number(await mine.locator('[data-requests]').getAttribute('data-requests')) > 0);
+  await card.scrollIntoViewIfNeeded();
+  await shot('25-tenants-usage');
+  page.once('dialog', (dialog) => dialog.accept());
+  await row.getByRole('button', { name: 'Delete' }).click();
+  await page.getByRole('status').filter({ hasText: `Tenant ${name}: deleted.` }).waitFor();
+});
+
 test('metrics: charts drawn from /metrics', async () => {
   await page.getByRole('link', { name: 'Metrics' }).click();
   await page.getByRole('heading', { name: 'Metrics' }).waitFor();
@@ -534,6 +647,22 @@ test('metrics: charts drawn from /metrics', async () => {
   await shot('08-metrics');
 });
 
+test('keyboard: the skip link, and every page opened with Tab and Enter', async () => {
+  await page.goto(`${url}/_/t/default/tables`);
+  await page.getByRole('heading', { name: 'Tables' }).waitFor();
+  const focused = () => page.evaluate(() => (document.activeElement ? document.activeElement.textContent.trim() : ''));
+  await page.keyboard.press('Tab');
+  assert.equal(await focused(), 'Skip to content');
+  await page.keyboard.press('Enter');
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'main');
+  for (const name of ['SQL editor', 'Auth', 'Storage', 'Realtime', 'Jobs', 'Logs', 'Tenants', 'Metrics']) {
+    for (let i = 0; i < 40 && (await focused()) !== name; i++) await page.keyboard.press('Shift+Tab');
+    assert.equal(await focused(), name, `the ${name} link takes the focus`);
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name, exact: true }).waitFor();
+  }
+});
+
 test('at phone width the pages fit and navigation stays usable', async () => {
   await page.setViewportSize({ width: 375, height: 800 });
   for (const [path, heading, ready, name] of [
@@ -545,6 +674,9 @@ test('at phone width the pages fit and navigation stays usable', async () => {
     ['/t/default/jobs', 'Jobs', '[data-webhooks-queued]', '21-phone-jobs'],
     ['/t/default/realtime', 'Realtime', '[data-connections]', '22-phone-realtime'],
     ['/t/default/logs', 'Logs', 'table[aria-label="Recent requests"] tbody tr', '23-phone-logs'],
+    ['/tenants', 'Tenants', '[data-usage="default"]', '26-phone-tenants'],
+    ['/t/default/storage', 'Storage', 'table[aria-label="Buckets"]', '27-phone-storage'],
+    ['/metrics', 'Metrics', 'figure.chart svg', '28-phone-metrics'],
   ]) {
     await page.goto(`${url}/_${path}`);
     await page.getByRole('heading', { name: heading, exact: true }).waitFor();

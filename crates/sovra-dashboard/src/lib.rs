@@ -68,8 +68,19 @@ pub trait Host: Send + Sync + 'static {
     fn admin(&self, name: &str)
     -> BoxFuture<Result<sovra_pg::tokio_postgres::Config, TenantError>>;
     /// Tenant `name`'s realtime service as it stands: `{"connections",
-    /// "channels", "peers"}`.
+    /// "channels", "peers", "topics", "topics_total", "topics_truncated"}`,
+    /// `topics` per topic its clients, connections and presence (count,
+    /// keys and some states, capped).
     fn realtime(&self, name: &str) -> BoxFuture<Result<Value, TenantError>>;
+    /// The use of tenant `name` (every tenant when `None`) against its
+    /// quotas: `{"bucket_seconds", "buckets", "tenants": [{"name",
+    /// "state", "running", "requests": {"window": [[requests, 4xx, 5xx],
+    /// …], "total", "client_errors", "server_errors"}, "database":
+    /// {"bytes", "max_bytes"}, "storage": {"bytes", "max_bytes"},
+    /// "realtime": {"connections", "max_connections"}, "pool": {"in_use",
+    /// "size", "max", "waiting"}, "quotas": {…}}]}`; figures only a running
+    /// tenant has are `null` for the others.
+    fn usage(&self, name: Option<&str>) -> BoxFuture<Result<Value, TenantError>>;
     /// The last `limit` requests the server answered for `tenant` (every
     /// tenant when `None`), newest first: time, tenant, method, route, path
     /// without query, status, latency and request id.
@@ -113,7 +124,8 @@ impl Dashboard {
     }
 }
 
-fn now() -> u64 {
+/// The sessions' clock: seconds since the Unix epoch.
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -130,6 +142,8 @@ pub fn router(dashboard: Shared) -> Router {
         )
         .route("/_/api/tenants", get(tenants))
         .route("/_/api/metrics", get(metrics))
+        .route("/_/api/usage", get(usage_all))
+        .route("/_/api/t/{tenant}/usage", get(usage_one))
         .route("/_/api/platform/tenants", any(platform))
         .route("/_/api/platform/tenants/{*rest}", any(platform))
         .route("/_/api/t/{tenant}/tables", get(tables))
@@ -616,6 +630,51 @@ async fn metrics(State(dashboard): State<Shared>, method: Method, headers: Heade
         dashboard.host.metrics(),
     )
         .into_response()
+}
+
+/// `GET /usage`: the use of the tenants this session may pick against
+/// their quotas (every tenant for the platform key, its own for a service
+/// key).
+async fn usage_all(
+    State(dashboard): State<Shared>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let session = match authorise(&dashboard, &method, &headers) {
+        Ok((_, session)) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let only = match &session.principal {
+        Principal::Platform { .. } => None,
+        Principal::Tenant { tenant, .. } => Some(tenant.as_str()),
+    };
+    match dashboard.host.usage(only).await {
+        Ok(value) => axum::Json(value).into_response(),
+        Err(err) => tenant_error(err).into_response(),
+    }
+}
+
+/// `GET /t/{tenant}/usage`: one tenant's use against its quotas.
+async fn usage_one(
+    State(dashboard): State<Shared>,
+    Path(tenant): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    match authorise(&dashboard, &method, &headers) {
+        Ok((_, session)) if session.principal.may_use(&tenant) => {
+            match dashboard.host.usage(Some(&tenant)).await {
+                Ok(value) => axum::Json(value).into_response(),
+                Err(err) => tenant_error(err).into_response(),
+            }
+        }
+        Ok(_) => error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "This session was signed in for another tenant",
+        ),
+        Err(refusal) => refusal.into_response(),
+    }
 }
 
 /// The tenant API for platform sessions.
@@ -1310,7 +1369,9 @@ const HANDSHAKE: &[&str] = &[
 /// and a page of this origin) stands for the key: the handshake is handed
 /// to the tenant's realtime service with the tenant's service key in
 /// `x-api-key`, so the browser never holds it. The socket lives until the
-/// page closes it.
+/// page closes it or the session ends: the session's
+/// [`session::SessionEnd`] goes with the handshake, and the realtime
+/// service closes the socket (1008) when it comes.
 async fn realtime_socket(
     State(dashboard): State<Shared>,
     Path(tenant): Path<String>,
@@ -1362,6 +1423,8 @@ async fn realtime_socket(
     if let Some(upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
         inner.extensions_mut().insert(upgrade);
     }
+    // The socket closes when the session ends (sign-out, expiry).
+    inner.extensions_mut().insert(session.end());
     dashboard.host.call(inner).await
 }
 

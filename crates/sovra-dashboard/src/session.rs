@@ -58,12 +58,73 @@ pub struct Session {
     pub expires_at: u64,
     /// The SQL editor's recent statements, newest last.
     pub history: VecDeque<String>,
+    /// Set to `true` when the session ends before its expiry (sign-out,
+    /// its tenant deleted): what the live view's socket waits for.
+    ended: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Session {
     /// Whether `presented` is this session's CSRF token (constant time).
     pub fn csrf_matches(&self, presented: &str) -> bool {
         !presented.is_empty() && bool::from(presented.as_bytes().ct_eq(self.csrf.as_bytes()))
+    }
+
+    /// What ends something opened for this session (the live view's
+    /// socket): its expiry, or its end before that.
+    pub fn end(&self) -> SessionEnd {
+        SessionEnd {
+            ended: self.ended.subscribe(),
+            expires_at: self.expires_at,
+        }
+    }
+
+    /// Marks the session ended (it has been removed from the store).
+    fn finish(&self) {
+        self.ended.send_replace(true);
+    }
+}
+
+/// The end of a session, for what lives as long as it does: cloned into a
+/// request's extensions, awaited by whoever serves it.
+#[derive(Clone, Debug)]
+pub struct SessionEnd {
+    ended: tokio::sync::watch::Receiver<bool>,
+    expires_at: u64,
+}
+
+/// Why a [`SessionEnd`] came.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Signed out, or ended with its tenant.
+    SignedOut,
+    /// Its lifetime passed.
+    Expired,
+}
+
+impl Ended {
+    /// The reason given to the client (a WebSocket close frame's).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Ended::SignedOut => "The dashboard session has ended (signed out)",
+            Ended::Expired => "The dashboard session has expired",
+        }
+    }
+}
+
+impl SessionEnd {
+    /// Whether the session had ended (before its expiry) by now.
+    pub fn has_ended(&self) -> bool {
+        *self.ended.borrow()
+    }
+
+    /// Waits until the session ends: signed out (or its store dropped) or
+    /// expired, on the clock `now` reads (seconds since the epoch).
+    pub async fn wait(mut self, now: fn() -> u64) -> Ended {
+        let left = std::time::Duration::from_secs(self.expires_at.saturating_sub(now()));
+        tokio::select! {
+            _ = self.ended.wait_for(|ended| *ended) => Ended::SignedOut,
+            () = tokio::time::sleep(left) => Ended::Expired,
+        }
     }
 }
 
@@ -110,10 +171,17 @@ impl Sessions {
             csrf: random_token(),
             expires_at: now.saturating_add(self.ttl),
             history: VecDeque::new(),
+            ended: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
         };
         if let Ok(mut map) = self.map.lock() {
             // Expired sessions go whenever a new one comes.
-            map.retain(|_, s| s.expires_at > now);
+            map.retain(|_, s| {
+                let live = s.expires_at > now;
+                if !live {
+                    s.finish();
+                }
+                live
+            });
             map.insert(digest(&token), session.clone());
         }
         (token, session)
@@ -127,7 +195,9 @@ impl Sessions {
         match map.get(&key) {
             Some(session) if session.expires_at > now => Some(session.clone()),
             Some(_) => {
-                map.remove(&key);
+                if let Some(session) = map.remove(&key) {
+                    session.finish();
+                }
                 None
             }
             None => None,
@@ -136,17 +206,25 @@ impl Sessions {
 
     /// Ends the session of `token` (sign-out); whether there was one.
     pub fn revoke(&self, token: &str) -> bool {
-        self.map
+        let removed = self
+            .map
             .lock()
-            .is_ok_and(|mut map| map.remove(&digest(token)).is_some())
+            .ok()
+            .and_then(|mut map| map.remove(&digest(token)));
+        removed.inspect(Session::finish).is_some()
     }
 
     /// Ends every session of tenant `name` (for example when it is deleted).
     pub fn revoke_tenant(&self, name: &str) {
         if let Ok(mut map) = self.map.lock() {
-            map.retain(
-                |_, s| !matches!(&s.principal, Principal::Tenant { tenant, .. } if tenant == name),
-            );
+            map.retain(|_, s| {
+                let of_tenant =
+                    matches!(&s.principal, Principal::Tenant { tenant, .. } if tenant == name);
+                if of_tenant {
+                    s.finish();
+                }
+                !of_tenant
+            });
         }
     }
 
@@ -286,6 +364,44 @@ mod tests {
         sessions.revoke_tenant("acme");
         assert!(sessions.get(&token, 0).is_none());
         assert!(sessions.get(&kept, 0).is_some());
+    }
+
+    fn clock() -> u64 {
+        1_000
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_session_is_signalled_on_sign_out_deletion_and_expiry() {
+        let sessions = Sessions::new(100);
+        // Sign-out.
+        let (token, session) = sessions.create(platform(), 1_000);
+        let end = session.end();
+        assert!(!end.has_ended());
+        let waiting = tokio::spawn(end.clone().wait(clock));
+        assert!(sessions.revoke(&token));
+        assert!(end.has_ended());
+        assert_eq!(waiting.await.unwrap(), Ended::SignedOut);
+        // A handshake that comes after the sign-out sees it ended.
+        assert!(session.end().has_ended());
+        // The tenant's sessions end with it; others do not.
+        let tenant = Principal::Tenant {
+            tenant: "acme".to_owned(),
+            key: "secret".to_owned(),
+        };
+        let (_, of_acme) = sessions.create(tenant, 1_000);
+        let (_, kept) = sessions.create(platform(), 1_000);
+        sessions.revoke_tenant("acme");
+        assert_eq!(of_acme.end().wait(clock).await, Ended::SignedOut);
+        assert!(!kept.end().has_ended());
+        // Expiry: the session's end is its lifetime's, on the clock given.
+        let (_, old) = sessions.create(platform(), 800);
+        assert_eq!(old.expires_at, 900);
+        assert_eq!(old.end().wait(clock).await, Ended::Expired);
+        // Swept when seen expired: ended too.
+        let (expired, swept) = sessions.create(platform(), 0);
+        assert!(sessions.get(&expired, 100).is_none());
+        assert!(swept.end().has_ended());
+        assert_ne!(Ended::SignedOut.reason(), Ended::Expired.reason());
     }
 
     #[test]

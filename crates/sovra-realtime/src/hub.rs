@@ -530,6 +530,44 @@ impl Hub {
             .unwrap_or(0)
     }
 
+    /// What the dashboard shows of every topic (see [`crate::overview`]):
+    /// at most `limits.keys` presence keys of a topic and `limits.states`
+    /// states of each are copied.
+    pub(crate) fn overview(&self, limits: &crate::overview::OverviewLimits) -> Value {
+        use crate::overview::{PresenceUse, TopicUse};
+        let mut topics: HashMap<String, TopicUse> = HashMap::new();
+        if let Ok(all) = self.topics.read() {
+            for (key, members) in all.iter() {
+                let sockets: std::collections::HashSet<*const SocketTx> =
+                    members.values().map(|c| Arc::as_ptr(&c.socket)).collect();
+                let topic = topics.entry(key.clone()).or_default();
+                topic.clients = members.len();
+                topic.connections = sockets.len();
+            }
+        }
+        if let Ok(presence) = self.presence.lock() {
+            for (key, keys) in presence.iter() {
+                let topic = topics.entry(key.clone()).or_default();
+                topic.keys = keys.len();
+                topic.present = keys.values().map(Vec::len).sum();
+                // Some keys only, and some of their states: the lock is
+                // held while they are copied.
+                for (presence_key, metas) in keys.iter().take(limits.keys) {
+                    topic.presence.push(PresenceUse {
+                        key: presence_key.clone(),
+                        count: metas.len(),
+                        states: metas
+                            .iter()
+                            .take(limits.states)
+                            .map(|m| m.state.clone())
+                            .collect(),
+                    });
+                }
+            }
+        }
+        crate::overview::render(topics, limits)
+    }
+
     /// Sends a user broadcast to the channels of a topic, except `skip`.
     /// Returns how many channels it was queued to.
     pub(crate) fn broadcast(

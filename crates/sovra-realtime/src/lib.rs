@@ -22,7 +22,8 @@
 //!
 //! [`service`] owns the stages of one tenant and wires them together;
 //! [`authz`] authorises private channels; [`revalidate`] re-checks the
-//! credentials behind open sockets; [`principal`] and [`config`]
+//! credentials behind open sockets; [`overview`] is what the dashboard
+//! shows of the topics; [`principal`] and [`config`]
 //! are the plain types every stage shares. This file only declares the
 //! modules and hands a WebSocket to [`socket`].
 
@@ -34,6 +35,7 @@ mod change;
 mod config;
 mod fanout;
 mod hub;
+mod overview;
 mod principal;
 pub mod replication;
 mod revalidate;
@@ -42,6 +44,7 @@ mod slot;
 mod socket;
 
 pub use config::RealtimeConfig;
+pub use overview::OverviewLimits;
 pub use principal::{Principal, Verifier};
 pub use revalidate::{Credential, RevalidateFuture, Revalidator};
 pub use service::{ConnectionPermit, HttpError, RealtimeService};
@@ -49,6 +52,11 @@ pub use slot::FeedMode;
 pub use sovra_realtime_proto::frame::Vsn;
 
 use std::sync::Arc;
+
+/// What ends a connection from outside before the client does (the
+/// dashboard session it was opened for, say): it resolves with the reason
+/// the close frame (code 1008) carries.
+pub type EndSignal = std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>>;
 
 impl RealtimeService {
     /// Serves one WebSocket connection until it closes.
@@ -59,7 +67,21 @@ impl RealtimeService {
         principal: Principal,
         permit: ConnectionPermit,
     ) {
-        socket::run(self, socket, vsn, principal).await;
+        socket::run(self, socket, vsn, principal, None).await;
+        drop(permit);
+    }
+
+    /// Serves one WebSocket connection until it closes or `until`
+    /// resolves, which closes it with code 1008 and the reason given.
+    pub async fn serve_until(
+        self: Arc<Self>,
+        socket: axum::extract::ws::WebSocket,
+        vsn: Vsn,
+        principal: Principal,
+        permit: ConnectionPermit,
+        until: EndSignal,
+    ) {
+        socket::run(self, socket, vsn, principal, Some(until)).await;
         drop(permit);
     }
 }

@@ -252,6 +252,13 @@ impl RealtimeService {
         self.hub.channel_count()
     }
 
+    /// Per topic: channels and sockets joined to it here, and its presence
+    /// (keys and some of their states), within `limits` (for the
+    /// dashboard's live view; see [`crate::OverviewLimits`]).
+    pub fn overview(&self, limits: &crate::OverviewLimits) -> Value {
+        self.hub.overview(limits)
+    }
+
     /// Admits one more connection, unless the limit is reached.
     pub fn admit(self: &Arc<Self>) -> Option<ConnectionPermit> {
         let mut current = self.connections.load(Ordering::Relaxed);

@@ -49,6 +49,7 @@ pub(crate) async fn run(
     socket: WebSocket,
     vsn: Vsn,
     principal: Principal,
+    until: Option<crate::EndSignal>,
 ) {
     let (mut sink, mut stream) = socket.split();
     let (socket_tx, mut rx) = SocketTx::new(vsn, service.config.outbound_queue_bytes);
@@ -103,9 +104,15 @@ pub(crate) async fn run(
         awaiting_replication: Vec::new(),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut until = until.unwrap_or_else(|| Box::pin(std::future::pending()));
+    let mut ended_from_outside = false;
     let ended_by_writer = loop {
         tokio::select! {
             _ = &mut writer => break true,
+            reason = &mut until, if !ended_from_outside => {
+                ended_from_outside = true;
+                shared.cut_off(1008, "session_ended", &reason);
+            }
             _ = tick.tick() => {
                 if connection.last_seen.elapsed() > service.config.idle_timeout {
                     shared.cut_off(1008, "idle", "idle timeout: no heartbeat");

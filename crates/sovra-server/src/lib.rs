@@ -21,6 +21,7 @@ pub(crate) mod routes;
 pub mod serve;
 pub mod tenant;
 pub mod tenants;
+pub mod traffic;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -84,10 +84,12 @@ pub async fn track(request: Request, next: Next) -> Response {
         .to_owned();
     let response = next.run(request).await;
     let elapsed = started.elapsed().as_secs_f64();
+    let at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    crate::traffic::traffic().record(&tenant, response.status().as_u16(), at_ms / 1000);
     request_log().push(LoggedRequest {
-        at_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        at_ms,
         tenant,
         method: method.clone(),
         route: route.clone(),

@@ -512,6 +512,32 @@ fn adds_bytes(method: &Method, path: &str) -> bool {
 /// How long a count of a tenant's stored bytes answers for its quota.
 const STORAGE_COUNT_TTL: Duration = Duration::from_secs(2);
 
+/// Bytes of the tenant's stored objects: the last count when it is
+/// younger than `fresh`, else one sum over `storage.objects` (kept as the
+/// last count).
+pub(crate) async fn stored_bytes(tenant: &crate::Tenant, fresh: Duration) -> Result<u64, String> {
+    let cached = tenant
+        .storage_used
+        .lock()
+        .ok()
+        .and_then(|used| *used)
+        .filter(|(_, at)| at.elapsed() < fresh)
+        .map(|(bytes, _)| bytes);
+    if let Some(bytes) = cached {
+        return Ok(bytes);
+    }
+    let client = tenant.pool.get().await.map_err(|err| err.to_string())?;
+    let row = client
+        .query_one("select sovra.storage_bytes()", &[])
+        .await
+        .map_err(|err| err.to_string())?;
+    let bytes = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+    if let Ok(mut used) = tenant.storage_used.lock() {
+        *used = Some((bytes, std::time::Instant::now()));
+    }
+    Ok(bytes)
+}
+
 /// Refuses a request that would store more bytes once the tenant's
 /// objects use up its `storage_max_bytes` (or would with `length` more):
 /// Storage's 413 shape (plain text for TUS, as its server answers). The
@@ -519,37 +545,11 @@ const STORAGE_COUNT_TTL: Duration = Duration::from_secs(2);
 /// [`STORAGE_COUNT_TTL`].
 async fn storage_quota(tenant: &crate::Tenant, path: &str, length: u64) -> Option<Response> {
     let max = tenant.quotas.storage_max_bytes;
-    let cached = tenant
-        .storage_used
-        .lock()
-        .ok()
-        .and_then(|used| *used)
-        .filter(|(_, at)| at.elapsed() < STORAGE_COUNT_TTL)
-        .map(|(bytes, _)| bytes);
-    let used = match cached {
-        Some(bytes) => bytes,
-        None => {
-            let counted = async {
-                let client = tenant.pool.get().await.map_err(|err| err.to_string())?;
-                let row = client
-                    .query_one("select sovra.storage_bytes()", &[])
-                    .await
-                    .map_err(|err| err.to_string())?;
-                Ok::<u64, String>(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
-            }
-            .await;
-            match counted {
-                Ok(bytes) => {
-                    if let Ok(mut used) = tenant.storage_used.lock() {
-                        *used = Some((bytes, std::time::Instant::now()));
-                    }
-                    bytes
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "counting a tenant's stored bytes failed");
-                    return Some(sovra_storage::StorageError::unavailable().into_response());
-                }
-            }
+    let used = match stored_bytes(tenant, STORAGE_COUNT_TTL).await {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            tracing::warn!(error = %err, "counting a tenant's stored bytes failed");
+            return Some(sovra_storage::StorageError::unavailable().into_response());
         }
     };
     if used < max && used.saturating_add(length) <= max {
@@ -759,6 +759,15 @@ pub(crate) async fn realtime_socket(
     let Some(permit) = tenant.realtime.admit() else {
         return realtime_error(StatusCode::TOO_MANY_REQUESTS, "Too many connected users");
     };
+    // The dashboard's live view: the socket ends with the dashboard
+    // session it was opened for (sign-out or expiry).
+    let session_end = parts
+        .extensions
+        .get::<sovra_dashboard::session::SessionEnd>()
+        .cloned();
+    if session_end.as_ref().is_some_and(|end| end.has_ended()) {
+        return realtime_error(StatusCode::UNAUTHORIZED, "The dashboard session has ended");
+    }
     let service = tenant.realtime.clone();
     let max_frame = service.config().max_frame_bytes;
     upgrade
@@ -767,7 +776,19 @@ pub(crate) async fn realtime_socket(
         // Small buffers: memory per idle connection matters at 100k.
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| service.serve(socket, vsn, principal, permit))
+        .on_upgrade(move |socket| async move {
+            match session_end {
+                Some(end) => {
+                    let until = Box::pin(async move {
+                        end.wait(sovra_dashboard::now).await.reason().to_owned()
+                    });
+                    service
+                        .serve_until(socket, vsn, principal, permit, until)
+                        .await;
+                }
+                None => service.serve(socket, vsn, principal, permit).await,
+            }
+        })
 }
 
 /// `POST /realtime/v1/api/broadcast` and

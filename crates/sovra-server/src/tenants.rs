@@ -40,6 +40,8 @@ use subtle::ConstantTimeEq as _;
 use crate::keys::{ApiKeys, ProjectKeys};
 use crate::{AppState, Tenant};
 
+pub(crate) mod usage;
+
 /// Longest tenant name: `tenant_<name>_auth` must fit PostgreSQL's 63-byte
 /// identifiers.
 pub const MAX_NAME: usize = 40;

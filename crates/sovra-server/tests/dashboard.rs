@@ -684,6 +684,140 @@ async fn the_platform_key_manages_tenants_without_seeing_their_secret_keys() {
     server.abort();
 }
 
+#[tokio::test]
+async fn usage_per_tenant_is_shown_against_its_quotas() {
+    let (url, key, _db, server) = spawn_platform().await;
+    let mut browser = Browser::new(&url);
+    browser.sign_in(&key, None).await;
+    let name = format!("use-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let (status, created) = browser
+        .send(
+            reqwest::Method::POST,
+            "/platform/tenants",
+            json!({"name": name}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let anon = created["anon_key"].as_str().unwrap().to_owned();
+    // A quota change needs the CSRF token.
+    let (status, body) = answer(
+        browser
+            .request(
+                reqwest::Method::PATCH,
+                &format!("/platform/tenants/{name}"),
+                false,
+            )
+            .json(&json!({"storage_max_bytes": 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"], "csrf");
+    let (status, body) = browser
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/platform/tenants/{name}"),
+            json!({"storage_max_bytes": 1_000_000, "database_max_bytes": 2_000_000_000_u64}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Traffic of the tenant: three answered, one refused.
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        let ok = http
+            .get(format!("{url}/t/{name}/auth/v1/settings"))
+            .header("apikey", &anon)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+    }
+    let missing = http
+        .get(format!("{url}/t/{name}/rest/v1/no_such_table"))
+        .header("apikey", &anon)
+        .send()
+        .await
+        .unwrap();
+    assert!(missing.status().is_client_error());
+
+    let (status, usage) = browser.get("/usage").await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    assert_eq!(usage["bucket_seconds"], 10);
+    let tenants = usage["tenants"].as_array().unwrap();
+    assert_eq!(tenants[0]["name"], "default");
+    assert!(tenants[0]["database"]["bytes"].as_u64().unwrap() > 0);
+    let mine = tenants
+        .iter()
+        .find(|t| t["name"] == name.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(mine["state"], "active");
+    assert_eq!(mine["running"], true, "{mine}");
+    assert_eq!(mine["requests"]["window"].as_array().unwrap().len(), 60);
+    assert!(mine["requests"]["total"].as_u64().unwrap() >= 4, "{mine}");
+    assert!(mine["requests"]["client_errors"].as_u64().unwrap() >= 1);
+    assert_eq!(mine["requests"]["server_errors"], 0);
+    assert!(mine["database"]["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(mine["database"]["max_bytes"], 2_000_000_000_u64);
+    assert_eq!(mine["storage"]["bytes"], 0);
+    assert_eq!(mine["storage"]["max_bytes"], 1_000_000);
+    assert_eq!(mine["realtime"]["connections"], 0);
+    assert!(mine["pool"]["max"].as_u64().unwrap() > 0);
+    assert!(mine["pool"]["in_use"].is_u64());
+    // One tenant alone.
+    let (status, one) = browser.get(&format!("/t/{name}/usage")).await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert_eq!(one["tenants"].as_array().unwrap().len(), 1);
+    assert_eq!(one["tenants"][0]["name"], name.as_str());
+    assert_eq!(
+        browser.get("/t/nosuch/usage").await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Refusals: no session; a tenant's service key sees its own only.
+    assert_eq!(
+        Browser::new(&url).get("/usage").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        Browser::new(&url).get(&format!("/t/{name}/usage")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let shown: Value = http
+        .get(format!("{url}/sovra/v1/tenants/{name}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let service_key = shown["service_role_key"].as_str().unwrap().to_owned();
+    let mut own = Browser::new(&url);
+    let (status, body) = own.sign_in(&service_key, Some(name.as_str())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, usage) = own.get("/usage").await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    let names: Vec<&str> = usage["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [name.as_str()]);
+    assert_eq!(own.get("/t/default/usage").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(own.get(&format!("/t/{name}/usage")).await.0, StatusCode::OK);
+
+    let (status, _) = browser
+        .empty(
+            reqwest::Method::DELETE,
+            &format!("/platform/tenants/{name}"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    server.abort();
+}
+
 /// Creates a confirmed user through the dashboard; its id.
 async fn create_user(browser: &Browser, email: &str) -> String {
     let (status, user) = browser
@@ -1117,6 +1251,244 @@ async fn the_live_view_socket_acts_with_the_tenant_key_for_the_session_only() {
     let got = next_event(&mut socket, "broadcast").await;
     assert_eq!(got["payload"]["event"], "greet");
     assert_eq!(got["payload"]["payload"], json!({"hi": 1}));
+}
+
+/// Joins `topic` on the live view's socket.
+async fn join_live(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    topic: &str,
+    presence_key: &str,
+) {
+    use futures_util::SinkExt as _;
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            json!({"topic": topic, "event": "phx_join", "ref": "1", "join_ref": "1",
+                   "payload": {"config": {"broadcast": {"self": true}, "presence": {"key": presence_key}, "postgres_changes": []}}})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    let reply = next_event(socket, "phx_reply").await;
+    assert_eq!(reply["payload"]["status"], "ok", "{reply}");
+}
+
+/// The close frame `socket` ends with (what comes before it is skipped).
+async fn close_frame(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> (u16, String) {
+    use futures_util::StreamExt as _;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(30), socket.next())
+            .await
+            .expect("the socket closes in time");
+        match message {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))) => {
+                return (u16::from(frame.code), frame.reason.as_str().to_owned());
+            }
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(None))) | None => {
+                panic!("closed without a close frame")
+            }
+            Some(Ok(_)) => {}
+            Some(Err(err)) => panic!("{err}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_live_view_socket_closes_when_the_session_is_signed_out() {
+    let app = TestApp::spawn().await;
+    let mut browser = Browser::new(&app.url);
+    browser.sign_in(&app.service_role_key, None).await;
+    let (origin, csrf) = (app.url.clone(), browser.csrf.clone());
+    let mut socket = live_socket(&app, &browser, &csrf, &origin).await.unwrap();
+    join_live(&mut socket, "realtime:ends", "").await;
+    // Another session's socket is not touched by this sign-out.
+    let mut other = Browser::new(&app.url);
+    other.sign_in(&app.service_role_key, None).await;
+    let other_csrf = other.csrf.clone();
+    let mut kept = live_socket(&app, &other, &other_csrf, &origin)
+        .await
+        .unwrap();
+    join_live(&mut kept, "realtime:kept", "").await;
+
+    let (status, _) = browser.empty(reqwest::Method::DELETE, "/session").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (code, reason) = close_frame(&mut socket).await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("signed out"), "{reason}");
+    // The old cookie opens no new socket.
+    assert_eq!(
+        live_socket(&app, &browser, &csrf, &origin).await.err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    // The other session's socket still answers.
+    let sent = reqwest::Client::new()
+        .post(format!("{}/realtime/v1/api/broadcast", app.url))
+        .header("apikey", &app.service_role_key)
+        .json(&json!({"messages": [{"topic": "kept", "event": "still", "payload": {}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    let got = next_event(&mut kept, "broadcast").await;
+    assert_eq!(got["payload"]["event"], "still");
+}
+
+#[tokio::test]
+async fn the_live_view_socket_closes_when_the_session_expires() {
+    let mut config = sovra_config::Config::default();
+    config.dashboard.session_ttl = 3;
+    let app = TestApp::spawn_with(config).await;
+    let mut browser = Browser::new(&app.url);
+    let (status, body) = browser.sign_in(&app.service_role_key, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (origin, csrf) = (app.url.clone(), browser.csrf.clone());
+    let mut socket = live_socket(&app, &browser, &csrf, &origin).await.unwrap();
+    join_live(&mut socket, "realtime:expires", "").await;
+    let (code, reason) = close_frame(&mut socket).await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("expired"), "{reason}");
+    assert!(TestApp::now() as u64 >= body["expires_at"].as_u64().unwrap());
+    assert_eq!(
+        live_socket(&app, &browser, &csrf, &origin).await.err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+}
+
+/// Sends `event` with `payload` on `topic` and waits for its reply.
+async fn push_and_reply(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    topic: &str,
+    event: &str,
+    payload: Value,
+    reference: &str,
+) -> Value {
+    use futures_util::SinkExt as _;
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            json!({"topic": topic, "event": event, "ref": reference, "join_ref": "1", "payload": payload})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    loop {
+        let reply = next_event(socket, "phx_reply").await;
+        if reply["ref"] == reference {
+            return reply;
+        }
+    }
+}
+
+/// The live view's entry for `topic`.
+async fn topic_entry(browser: &Browser, topic: &str) -> Value {
+    let (status, stats) = browser.get("/t/default/realtime").await;
+    assert_eq!(status, StatusCode::OK, "{stats}");
+    stats["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == topic)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn the_live_view_shows_presence_per_channel() {
+    let app = TestApp::spawn().await;
+    let mut browser = Browser::new(&app.url);
+    browser.sign_in(&app.service_role_key, None).await;
+    assert_eq!(topic_entry(&browser, "lobby").await, Value::Null);
+
+    // An app's client (anon key) joins and tracks its presence.
+    let url = format!(
+        "{}/realtime/v1/websocket?apikey={}&vsn=1.0.0",
+        app.url.replacen("http", "ws", 1),
+        app.anon_key
+    );
+    let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    join_live(&mut client, "realtime:lobby", "ann").await;
+    let lobby = topic_entry(&browser, "lobby").await;
+    assert_eq!(lobby["clients"], 1, "{lobby}");
+    assert_eq!(lobby["connections"], 1);
+    assert_eq!(lobby["private"], false);
+    assert_eq!(lobby["presence"]["count"], 0);
+    let reply = push_and_reply(
+        &mut client,
+        "realtime:lobby",
+        "presence",
+        json!({"type": "presence", "event": "track", "payload": {"status": "online"}}),
+        "2",
+    )
+    .await;
+    assert_eq!(reply["payload"]["status"], "ok", "{reply}");
+    let lobby = topic_entry(&browser, "lobby").await;
+    assert_eq!(lobby["presence"]["count"], 1, "{lobby}");
+    assert_eq!(lobby["presence"]["keys"][0]["key"], "ann");
+    assert_eq!(lobby["presence"]["keys"][0]["count"], 1);
+    assert_eq!(
+        lobby["presence"]["keys"][0]["states"][0]["status"],
+        "online"
+    );
+
+    // A second socket joins with another key.
+    let url = format!(
+        "{}/realtime/v1/websocket?apikey={}&vsn=1.0.0",
+        app.url.replacen("http", "ws", 1),
+        app.anon_key
+    );
+    let (mut other, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    join_live(&mut other, "realtime:lobby", "bob").await;
+    // A state over the cap shows as its size only.
+    let big = "x".repeat(2000);
+    push_and_reply(
+        &mut other,
+        "realtime:lobby",
+        "presence",
+        json!({"type": "presence", "event": "track", "payload": {"big": big}}),
+        "2",
+    )
+    .await;
+    let lobby = topic_entry(&browser, "lobby").await;
+    assert_eq!(lobby["clients"], 2, "{lobby}");
+    assert_eq!(lobby["connections"], 2);
+    assert_eq!(lobby["presence"]["count"], 2);
+    let bob = &lobby["presence"]["keys"][1];
+    assert_eq!(bob["key"], "bob");
+    assert!(bob["states"][0]["truncated_bytes"].as_u64().unwrap() > 2000);
+    assert!(!lobby.to_string().contains(&big));
+
+    // Untrack: the presence goes, the channel stays.
+    let reply = push_and_reply(
+        &mut client,
+        "realtime:lobby",
+        "presence",
+        json!({"type": "presence", "event": "untrack"}),
+        "3",
+    )
+    .await;
+    assert_eq!(reply["payload"]["status"], "ok", "{reply}");
+    let lobby = topic_entry(&browser, "lobby").await;
+    assert_eq!(lobby["presence"]["count"], 1, "{lobby}");
+    assert_eq!(lobby["presence"]["keys"][0]["key"], "bob");
+    assert_eq!(lobby["clients"], 2);
+
+    // Refusals: no session; a tenant session asking for another tenant.
+    assert_eq!(
+        Browser::new(&app.url).get("/t/default/realtime").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        browser.get("/t/other/realtime").await.0,
+        StatusCode::FORBIDDEN
+    );
 }
 
 #[tokio::test]

@@ -1,10 +1,11 @@
-// The tenant's realtime service, live: open connections and channels, and
-// a tail of what arrives on a topic the admin subscribes to (broadcasts,
+// The tenant's realtime service, live: open connections and channels, per
+// topic its clients, connections and presence (count, tracked keys and
+// their state, capped by the server; every 2 s), and a tail of what arrives on a topic the admin subscribes to (broadcasts,
 // presence, database changes). The socket goes through the dashboard,
 // which hands it to the tenant's realtime service with the tenant's key:
 // the page never holds a key.
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { api, getCsrf } from '../api.js';
+import { api, getCsrf, signedOut } from '../api.js';
 import { attempt, ErrorBox } from '../components.jsx';
 
 const TAIL = 100;
@@ -23,7 +24,7 @@ export function Realtime({ tenant }) {
   const loadStats = () => attempt(setError, async () => setStats((await api(`/t/${tenant}/realtime`)).data));
   useEffect(() => {
     loadStats();
-    const timer = setInterval(loadStats, 3000);
+    const timer = setInterval(loadStats, 2000);
     return () => {
       clearInterval(timer);
       if (socket.current) socket.current.close();
@@ -89,9 +90,18 @@ export function Realtime({ tenant }) {
       } else if (data.event === 'presence_state' || data.event === 'presence_diff') keep({ at, kind: 'presence', name: data.event, body: data.payload });
       else if (data.event === 'system') keep({ at, kind: 'system', name: data.payload.status || 'system', body: data.payload.message });
     };
-    ws.onclose = () => {
+    ws.onclose = (closed) => {
       clearInterval(heartbeat);
       setState((s) => (s === 'refused' ? s : 'closed'));
+      // Closed by the server: the session ended (sign-out elsewhere,
+      // expiry) or the service refused it; a session that is gone takes
+      // the page back to sign-in.
+      if (closed.code === 1008) {
+        setError(new Error(closed.reason || 'The server closed the live view'));
+        api('/session').catch((err) => {
+          if (err.status === 401) signedOut();
+        });
+      }
     };
   };
   const unsubscribe = () => {
@@ -120,6 +130,50 @@ export function Realtime({ tenant }) {
           <span data-connections>{stats.connections}</span> open connections · <span data-channels>{stats.channels}</span> channels
           {stats.peers ? ` · ${stats.peers} peer instances` : ''}
         </p>
+      )}
+      {stats && stats.topics && stats.topics.length > 0 && (
+        <div class="scroll">
+          <table class="grid" aria-label="Channels">
+            <thead>
+              <tr>
+                <th scope="col">Topic</th>
+                <th scope="col">Clients</th>
+                <th scope="col">Connections</th>
+                <th scope="col">Presence</th>
+                <th scope="col">Tracked keys and state</th>
+              </tr>
+            </thead>
+            <tbody>
+              {stats.topics.map((t) => (
+                <tr key={`${t.private}:${t.topic}`} data-topic={t.topic}>
+                  <td>
+                    {t.topic}
+                    {t.private ? <span class="hint"> private</span> : ''}
+                  </td>
+                  <td class="num" data-clients>
+                    {t.clients}
+                  </td>
+                  <td class="num">{t.connections}</td>
+                  <td class="num" data-presence={t.presence.count}>
+                    {t.presence.count}
+                  </td>
+                  <td>
+                    <ul class="presence-keys">
+                      {t.presence.keys.map((k) => (
+                        <li key={k.key} data-presence-key={k.key}>
+                          <strong>{k.key || '(no key)'}</strong> {k.count > 1 ? `×${k.count} ` : ''}
+                          <code>{k.states.map((state) => JSON.stringify(state)).join(' ')}</code>
+                        </li>
+                      ))}
+                      {t.presence.more_keys > 0 && <li class="hint">and {t.presence.more_keys} more keys</li>}
+                    </ul>
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+          {stats.topics_truncated && <p class="hint">The busiest {stats.topics.length} of {stats.topics_total} topics.</p>}
+        </div>
       )}
       <form class="card inline-form" onSubmit={subscribe} aria-label="Subscribe">
         <label>

@@ -2,6 +2,7 @@ import { useEffect, useState } from 'preact/hooks';
 import { api } from '../api.js';
 import { attempt, ErrorBox, Notice } from '../components.jsx';
 import { Link } from '../router.jsx';
+import { Usage } from './Usage.jsx';
 
 const QUOTAS = [
   ['requests_per_second', 'Requests per second'],
@@ -120,6 +121,7 @@ export function Tenants({ onChange }) {
         </table>
       </div>
       {tenants.length === 0 && <p>No tenants besides the default one.</p>}
+      <Usage />
       {editing && (
         <form class="card" onSubmit={saveQuotas} aria-label={`Quotas of ${editing.name}`}>
           <h2>Quotas of {editing.name}</h2>
