@@ -157,9 +157,12 @@ pub(crate) async fn authorize(
             futures_util::future::join_all(flows).await
         }
     });
-    let results: Vec<Vec<Vec<(Arc<str>, Authorized)>>> =
-        futures_util::future::join_all(tables).await;
-    results.into_iter().flatten().flatten().collect()
+    futures_util::future::join_all(tables)
+        .await
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect()
 }
 
 /// A task's part in sharing one look at the table (see [`check`]).
