@@ -25,12 +25,14 @@ async fn until_marker(client: &mut Client, note: &str) -> Vec<Value> {
             panic!("waiting for marker {note}, got {got:?}");
         };
         match event.as_str() {
-            "postgres_changes" if payload["data"]["table"] == "rt_marker" => {
-                if payload["data"]["record"]["note"] == note {
+            "postgres_changes" => {
+                let data = &payload["data"];
+                if data["table"] != "rt_marker" {
+                    changes.push(data.clone());
+                } else if data["record"]["note"] == note {
                     return changes;
                 }
             }
-            "postgres_changes" => changes.push(payload["data"].clone()),
             "system" if payload["status"] == "error" => panic!("system error: {payload}"),
             _ => {}
         }
