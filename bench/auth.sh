@@ -40,7 +40,7 @@ sovra_run() { "$load" "$1" --url "$url" --anon-key "$anon" --service-key "$servi
 pg_run() { # script: as the auth service's role, same concurrency
   local logdir; logdir="$(mktemp -d)"
   local tps p99
-  tps="$(cd "$logdir" && PGOPTIONS='-c role=supabase_auth_admin' pgbench -n -h "$sock" -U postgres -d postgres \
+  tps="$(cd "$logdir" && PGOPTIONS='-c role=supabase_auth_admin' pgbench -n -h "$sock" -U postgres postgres \
       -M prepared -c "$conns" -j 2 -T "$secs" -l -f "$1" 2>"$logdir/err" | awk '/^tps = / {print $3; exit}')"
   p99="$(cat "$logdir"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%.2fms", a[int(NR*0.99)]/1000}')"
   [ -n "$tps" ] || { echo "pgbench failed:" >&2; cat "$logdir/err" >&2; }

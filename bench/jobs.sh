@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Background work (#18): queue throughput and cron jitter.
+# Background work (#18): queue throughput, cron jitter and (through
+# bench/webhooks.sh) webhook delivery.
 #
 #   bench/jobs.sh [seconds] [clients]     (defaults: 10 s, 16 clients)
+#
+# JOBS_PARTS picks the parts (default "queue cron webhooks"); JOBS_CRON_SECS
+# the length of the cron run (default 60); webhooks.sh gets WEBHOOKS_ARGS
+# (default "20000 500 10").
 #
 # Queues: each client repeats send → read (vt 30 s, one message) → delete
 # through /rest/v1/rpc on pgmq_public with the service role key (wrk,
@@ -14,10 +19,12 @@
 # cron.job_run_details minus the second boundary it was due at.
 #
 # SOVRA_BIN picks another sovra binary; otherwise the release build of this
-# tree is used. (bench/webhooks.sh, when present, measures HTTP delivery.)
+# tree is used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"; clients="${2:-16}"
+parts="${JOBS_PARTS:-queue cron webhooks}"; cron_secs="${JOBS_CRON_SECS:-60}"
+has() { case " $parts " in *" $1 "*) return 0;; esac; return 1; }
 command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null
 command -v pgbench >/dev/null || export PATH="$(pg_config --bindir):$PATH"
 if [ -z "${SOVRA_BIN:-}" ]; then
@@ -30,7 +37,8 @@ port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
 env -u SOVRA_BIN SOVRA_DATABASE_POOL_SIZE="$clients" SOVRA_LOG_LEVEL=warn SOVRA_REST_SCHEMAS=public,pgmq_public \
   "$bin" serve --data-dir "$dir/data" --listen "127.0.0.1:$port" >/dev/null 2>"$dir/err.log" &
 pid=$!
-trap 'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$dir"' EXIT
+stop() { kill -INT $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"; }
+trap stop EXIT
 url="http://127.0.0.1:$port"
 until curl -fs "$url/ready" >/dev/null 2>&1; do sleep 0.05; done
 sock="$dir/data/pg"
@@ -40,6 +48,7 @@ until [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Profile: p
   -H "apikey: $service" -H "Authorization: Bearer $service" -d '{"queue_name":"bench"}' "$url/rest/v1/rpc/pop")" = 200 ]; do sleep 0.05; done
 
 threads=2
+if has queue; then
 sovra_run() {
   wrk -t"$threads" -c"$clients" -d"${secs}s" --latency -s bench/jobs/cycle.lua \
     -H "apikey: $service" -H "Authorization: Bearer $service" \
@@ -47,7 +56,7 @@ sovra_run() {
     | awk '/Requests\/sec/ {rps=$2} /^ +99%/ {p99=$2} /Non-2xx/ {bad=$NF} END {printf "%.0f cycles/s (%.0f req/s), p99 %s%s", rps / 3, rps, p99, (bad ? ", NON-2XX " bad : "")}'
 }
 pg_run() {
-  pgbench -n -h "$sock" -U authenticator -d postgres -c "$clients" -j "$threads" -T "$secs" \
+  pgbench -n -h "$sock" -U authenticator postgres -c "$clients" -j "$threads" -T "$secs" \
     -f bench/jobs/min_cycle.sql 2>"$dir/pgbench.err" | awk '/^tps = / {printf "%.0f cycles/s", $3; exit}' || true
 }
 echo "| queue send+read+delete ($clients clients, ${secs} s each) | sovra over HTTP (wrk) | the same calls through pgbench | sovra / pgbench |"
@@ -60,15 +69,17 @@ done
 left="$(psql -h "$sock" -U postgres -d postgres -tA -c "select count(*) from pgmq.q_bench")"
 echo
 echo "Messages left in the queue after the runs (each cycle deletes what it read): $left"
+fi
 
 # Cron jitter.
+if has cron; then
 psql -h "$sock" -U postgres -d postgres -q -v ON_ERROR_STOP=1 \
   -c "create table public.beats (at timestamptz default clock_timestamp())" \
   -c "select cron.schedule('beat', '1 seconds', 'insert into public.beats default values')" >/dev/null
-sleep 62
+sleep $((cron_secs + 2))
 psql -h "$sock" -U postgres -d postgres -q -v ON_ERROR_STOP=1 -c "select cron.unschedule('beat')" >/dev/null
 echo
-echo "| cron '1 seconds' for 60 s | runs | p50 | p99 | max |"
+echo "| cron '1 seconds' for $cron_secs s | runs | p50 | p99 | max |"
 echo "|---|---|---|---|---|"
 psql -h "$sock" -U postgres -d postgres -tA -F ' | ' -c "
   with j as (
@@ -80,3 +91,13 @@ psql -h "$sock" -U postgres -d postgres -tA -F ' | ' -c "
          round(percentile_cont(0.99) within group (order by ms)::numeric, 1) || ' ms',
          round(max(ms)::numeric, 1) || ' ms |'
   from j"
+fi
+
+# Webhook delivery, on a server of its own once this one has stopped.
+if has webhooks; then
+  stop
+  trap - EXIT
+  echo
+  # shellcheck disable=SC2086
+  SOVRA_BIN="$bin" bench/webhooks.sh ${WEBHOOKS_ARGS:-20000 500 10}
+fi

@@ -103,7 +103,7 @@ changes_run() { # $1 label, $2 pgbench flags, $3 seconds the subscribers listen
   psql -h "$sock" -U postgres -d postgres -q -c 'truncate public.bench_owners' >/dev/null
   awk '{printf "insert into public.bench_owners values (%d, %c%s%c);\n", NR - 1, 39, $1, 39}' "$dir/ids" \
     | psql -h "$sock" -U postgres -d postgres -q -v ON_ERROR_STOP=1 >/dev/null
-  tps="$(pgbench -n -h "$sock" -U postgres -d postgres -c 4 -j 2 $2 -f "$dir/insert.sql" 2>"$dir/pgbench.err" \
+  tps="$(pgbench -n -h "$sock" -U postgres postgres -c 4 -j 2 $2 -f "$dir/insert.sql" 2>"$dir/pgbench.err" \
     | awk '/^tps = / {print $3; exit}')"
   read -r result <&4 || true
   wait $loader || true

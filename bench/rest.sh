@@ -59,7 +59,7 @@ sovra_run() { # path [lua body-file]
 pg_run() { # script
   local logdir; logdir="$(mktemp -d)"
   local tps
-  tps="$(cd "$logdir" && pgbench -n -h "$sock" -U authenticator -d postgres -c "$clients" -j "$threads" -T "$secs" \
+  tps="$(cd "$logdir" && pgbench -n -h "$sock" -U authenticator postgres -c "$clients" -j "$threads" -T "$secs" \
       -l -f "$OLDPWD/$1" 2>/dev/null | awk '/^tps = / {print $3; exit}')"
   local p99
   p99="$(cat "$logdir"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%.2fms", a[int(NR*0.99)]/1000}')"

@@ -159,7 +159,7 @@ SQL
 } >"$dir/pg_get.sql"
 pg_run() {
   local logdir tps p99; logdir="$(mktemp -d)"
-  tps="$(cd "$logdir" && pgbench -n -h "$sock" -U postgres -d postgres \
+  tps="$(cd "$logdir" && pgbench -n -h "$sock" -U postgres postgres \
       -M extended -c "$conns" -j 2 -T "$secs" -l -f "$1" 2>"$logdir/err" | awk '/^tps = / {print $3; exit}')"
   p99="$(cat "$logdir"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {printf "%.2fms", a[int(NR*0.99)]/1000}')"
   [ -n "$tps" ] || { echo "pgbench failed:" >&2; cat "$logdir/err" >&2; }

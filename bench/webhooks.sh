@@ -28,7 +28,8 @@ if [ -z "${SOVRA_BIN:-}" ]; then
 fi
 bin="$SOVRA_BIN"
 dir="$(mktemp -d /tmp/sovra-bench-XXXXXX)"; chmod 755 "$dir"
-port=54398; rport=54399
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port="$(free_port)"; rport="$(free_port)"
 python3 bench/webhooks/receiver.py "$rport" &
 rpid=$!
 env -u SOVRA_BIN SOVRA_NET_ALLOW_PRIVATE=true SOVRA_NET_CONCURRENCY=64 SOVRA_LOG_LEVEL=warn \
@@ -42,6 +43,9 @@ target="http://127.0.0.1:$rport/hook"
 stats() { curl -fs "http://127.0.0.1:$rport/stats"; }
 count() { stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])'; }
 
+# WEBHOOKS_SQL (optional): a file of SQL run first as the superuser, e.g. a
+# migration's statements to measure them with a binary built without it.
+[ -z "${WEBHOOKS_SQL:-}" ] || psql -h "$sock" -U postgres -d postgres -q -v ON_ERROR_STOP=1 -f "$WEBHOOKS_SQL" >/dev/null
 # Warm-up (connections, prepared statements).
 psql -h "$sock" -U postgres -d postgres -qAt -c "select count(net.http_post('$target', '{\"warm\": 1}')) from generate_series(1, 200)" >/dev/null
 until [ "$(count)" -ge 200 ]; do sleep 0.05; done
@@ -65,7 +69,7 @@ cat > "$dir/one.sql" <<SQL
 select net.http_post('$target', jsonb_build_object('t', extract(epoch from clock_timestamp()) * 1000));
 SQL
 logdir="$dir/pgb"; mkdir -p "$logdir"
-(cd "$logdir" && pgbench -n -h "$sock" -U postgres -d postgres -c 4 -j 2 -R "$rate" -T "$secs" -f "$dir/one.sql" -l >/dev/null 2>&1)
+(cd "$logdir" && pgbench -n -h "$sock" -U postgres postgres -c 4 -j 2 -R "$rate" -T "$secs" -f "$dir/one.sql" -l >/dev/null 2>&1)
 expected="$(cat "$logdir"/pgbench_log.* | wc -l)"
 sleep 2
 result="$(stats)"

@@ -20,7 +20,8 @@ log="$(mktemp)"
 e2e_log="$(mktemp)"
 fuzz_log="$(mktemp)"
 dash_log="$(mktemp)"
-trap 'rm -f "$log" "$e2e_log" "$fuzz_log" "$dash_log"' EXIT
+cluster_log="$(mktemp)"
+trap 'rm -f "$log" "$e2e_log" "$fuzz_log" "$dash_log" "$cluster_log"' EXIT
 set +e
 echo "test: cargo test"
 env -u SOVRA_FUZZ_CASES cargo test --workspace --locked "$@" 2>&1 | tee "$log"
@@ -41,6 +42,9 @@ fi
 echo "test: end-to-end with supabase-js (tests/e2e)"
 bash tests/e2e/run.sh 2>&1 | tee "$e2e_log"
 e2e_status=${PIPESTATUS[0]}
+echo "test: three nodes behind HAProxy, one killed and restarted (tests/cluster)"
+bash tests/cluster/run.sh 2>&1 | tee "$cluster_log"
+cluster_status=${PIPESTATUS[0]}
 echo "test: the dashboard in headless Chromium (tests/dashboard)"
 bash tests/dashboard/run.sh 2>&1 | tee "$dash_log"
 dash_status=${PIPESTATUS[0]}
@@ -48,7 +52,7 @@ set -e
 # One closing line for the whole run (cargo prints one per test binary, and
 # the last is often an empty doc-test binary; node prints its own).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
-     (FILENAME == ARGV[2] || FILENAME == ARGV[4]) && /^# pass / { p += $3 }
-     (FILENAME == ARGV[2] || FILENAME == ARGV[4]) && /^# fail / { f += $3 }
-     END { printf "%d passed, %d failed\n", p, f }' "$log" "$e2e_log" "$fuzz_log" "$dash_log"
-[ "$cargo_status" -eq 0 ] && [ "$e2e_status" -eq 0 ] && [ "$fuzz_status" -eq 0 ] && [ "$dash_status" -eq 0 ]
+     (FILENAME == ARGV[2] || FILENAME == ARGV[4] || FILENAME == ARGV[5]) && /^# pass / { p += $3 }
+     (FILENAME == ARGV[2] || FILENAME == ARGV[4] || FILENAME == ARGV[5]) && /^# fail / { f += $3 }
+     END { printf "%d passed, %d failed\n", p, f }' "$log" "$e2e_log" "$fuzz_log" "$dash_log" "$cluster_log"
+[ "$cargo_status" -eq 0 ] && [ "$e2e_status" -eq 0 ] && [ "$fuzz_status" -eq 0 ] && [ "$dash_status" -eq 0 ] && [ "$cluster_status" -eq 0 ]

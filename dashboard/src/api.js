@@ -8,6 +8,11 @@ export function setCsrf(token) {
   csrf = token || '';
 }
 
+// The token, for the live view's socket (a handshake cannot carry headers).
+export function getCsrf() {
+  return csrf;
+}
+
 export function whenSignedOut(callback) {
   onSignedOut = callback;
 }

@@ -27,3 +27,10 @@ export async function attempt(setError, action) {
     return undefined;
   }
 }
+
+// A cell's value: NULL marked, objects as JSON.
+export function display(value) {
+  if (value === null || value === undefined) return <span class="null">NULL</span>;
+  if (typeof value === 'object') return JSON.stringify(value);
+  return String(value);
+}

@@ -10,12 +10,18 @@ import { Users } from './pages/Users.jsx';
 import { Storage } from './pages/Storage.jsx';
 import { Tenants } from './pages/Tenants.jsx';
 import { Metrics } from './pages/Metrics.jsx';
+import { Logs } from './pages/Logs.jsx';
+import { Jobs } from './pages/Jobs.jsx';
+import { Realtime } from './pages/Realtime.jsx';
 
 const PAGES = [
   ['tables', 'Tables'],
   ['sql', 'SQL editor'],
   ['auth', 'Auth'],
   ['storage', 'Storage'],
+  ['realtime', 'Realtime'],
+  ['jobs', 'Jobs'],
+  ['logs', 'Logs'],
 ];
 
 function App() {
@@ -135,7 +141,10 @@ function App() {
         {page === 'storage' && <Storage tenant={tenant} rest={rest} key={`storage-${tenant}`} />}
         {page === 'tenants' && <Tenants onChange={() => api('/tenants').then(({ data }) => setTenants(data))} />}
         {page === 'metrics' && <Metrics />}
-        {!['tables', 'sql', 'auth', 'storage', 'tenants', 'metrics'].includes(page) && <p>No such page.</p>}
+        {page === 'logs' && <Logs tenant={tenant} key={`logs-${tenant}`} />}
+        {page === 'jobs' && <Jobs tenant={tenant} key={`jobs-${tenant}`} />}
+        {page === 'realtime' && <Realtime tenant={tenant} key={`realtime-${tenant}`} />}
+        {!['tables', 'sql', 'auth', 'storage', 'realtime', 'jobs', 'logs', 'tenants', 'metrics'].includes(page) && <p>No such page.</p>}
       </main>
     </div>
   );

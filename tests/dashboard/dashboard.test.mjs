@@ -12,6 +12,7 @@ import { chromium } from 'playwright-core';
 const url = process.env.DASHBOARD_URL;
 const serviceKey = process.env.DASHBOARD_SERVICE_KEY;
 const platformKey = process.env.DASHBOARD_PLATFORM_KEY;
+const anonKey = process.env.DASHBOARD_ANON_KEY;
 const shots = new URL('./screenshots/', import.meta.url).pathname;
 const suffix = Math.random().toString(36).slice(2, 8);
 
@@ -48,7 +49,9 @@ before(async () => {
   page.on('console', (message) => {
     // A CSP violation or a script error shows up here.
     // (Refusals the tests provoke log "Failed to load resource": expected.)
-    if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) {
+    // (so does the refused socket of the realtime test).
+    const expected = ['Failed to load resource', 'WebSocket connection to'];
+    if (message.type() === 'error' && !expected.some((start) => message.text().startsWith(start))) {
       serverErrors.push(`console: ${message.text()}`);
     }
   });
@@ -154,6 +157,65 @@ test('tables: counts, browse with a filter, insert, edit and delete a row, polic
   await page.locator('[data-total]').filter({ hasText: '2' }).waitFor();
 });
 
+test('policies: enable RLS, create, edit and drop a policy, test as user', async () => {
+  await page.goto(`${url}/_/t/default/tables/public/notes`);
+  await page.getByRole('heading', { name: 'notes', exact: true }).waitFor();
+  await page.locator('[data-rls]').filter({ hasText: 'is on' }).waitFor();
+  const tester = page.getByRole('form', { name: 'Test as user' });
+  const runAs = async (email, count) => {
+    await tester.getByLabel('User', { exact: true }).selectOption({ label: email });
+    await tester.getByRole('button', { name: 'Run as user' }).click();
+    await tester.locator('[data-as-user-count]').filter({ hasText: new RegExp(`^${count}$`) }).waitFor();
+  };
+  // RLS on, no policy: alice sees nothing.
+  await runAs('alice@example.com', 0);
+
+  await page.getByRole('button', { name: 'New policy' }).click();
+  let form = page.getByRole('form', { name: 'New policy' });
+  await form.getByLabel('Policy name').fill('own notes');
+  await form.getByLabel('Command').selectOption('SELECT');
+  await form.getByLabel(/^Roles/).fill('authenticated');
+  await form.getByLabel(/^Using/).fill('owner = auth.uid()');
+  await form.getByRole('button', { name: 'Save policy' }).click();
+  await page.getByRole('status').filter({ hasText: 'Policy own notes created.' }).waitFor();
+  await page.locator('[data-policy="own notes"]').filter({ hasText: 'owner = auth.uid()' }).waitFor();
+  await runAs('alice@example.com', 1);
+  assert.match(await tester.getByRole('table', { name: 'Rows this user sees' }).innerText(), /alice 1/);
+  assert.doesNotMatch(await tester.getByRole('table', { name: 'Rows this user sees' }).innerText(), /bob/);
+  assert.match(await tester.locator('[data-as-user]').innerText(), /as role authenticated, auth.uid\(\) a0000000-/);
+  await runAs('bob@example.com', 2);
+  await shot('12-policies');
+
+  // A policy PostgreSQL refuses: its error, nothing created.
+  await page.getByRole('button', { name: 'New policy' }).click();
+  form = page.getByRole('form', { name: 'New policy' });
+  await form.getByLabel('Policy name').fill('broken');
+  await form.getByLabel(/^Using/).fill('owner = ');
+  await form.getByRole('button', { name: 'Save policy' }).click();
+  await page.locator('.policies > .error').filter({ hasText: /syntax error/ }).waitFor();
+  await form.getByRole('button', { name: 'Cancel' }).click();
+  assert.equal(await page.locator('[data-policy="broken"]').count(), 0);
+
+  // Edit: every row.
+  await page.getByRole('button', { name: 'Edit policy own notes' }).click();
+  form = page.getByRole('form', { name: 'Edit policy' });
+  await form.getByLabel(/^Using/).fill('true');
+  await form.getByRole('button', { name: 'Save policy' }).click();
+  await page.getByRole('status').filter({ hasText: 'Policy own notes saved.' }).waitFor();
+  await runAs('alice@example.com', 3);
+
+  page.once('dialog', (dialog) => dialog.accept());
+  await page.getByRole('button', { name: 'Drop policy own notes' }).click();
+  await page.getByRole('status').filter({ hasText: 'Policy own notes dropped.' }).waitFor();
+  await page.getByText('No policies.').waitFor();
+  await page.getByRole('button', { name: 'Disable RLS' }).click();
+  await page.locator('[data-rls]').filter({ hasText: 'is off' }).waitFor();
+  await runAs('bob@example.com', 3);
+  await page.getByRole('button', { name: 'Enable RLS' }).click();
+  await page.locator('[data-rls]').filter({ hasText: 'is on' }).waitFor();
+  await runAs('bob@example.com', 0);
+});
+
 test('SQL editor: results, an error with its position, history', async () => {
   await page.getByRole('link', { name: 'SQL editor' }).click();
   const editor = page.getByLabel('Statements');
@@ -219,6 +281,60 @@ test('auth: create, find, ban and delete a user; the mailbox', async () => {
   await page.getByRole('row').filter({ hasText: invited }).waitFor();
 });
 
+test('auth: sessions of a user end, invite codes, API keys, settings', async () => {
+  const email = `sess-${suffix}@example.com`;
+  await page.getByRole('link', { name: 'Auth' }).click();
+  const form = page.getByRole('form', { name: 'Create user' });
+  await form.getByLabel('Email', { exact: true }).fill(email);
+  await form.getByLabel('Password').fill('a long enough password');
+  await form.getByRole('button', { name: 'Create user' }).click();
+  await page.getByRole('status').filter({ hasText: `User ${email} created.` }).waitFor();
+  // The user signs in (as an app would, with the anon key): a session.
+  const signedIn = await fetch(`${url}/auth/v1/token?grant_type=password`, {
+    method: 'POST',
+    headers: { apikey: anonKey, 'content-type': 'application/json' },
+    body: JSON.stringify({ email, password: 'a long enough password' }),
+  });
+  assert.equal(signedIn.status, 200);
+  const { refresh_token: refresh } = await signedIn.json();
+  await page.getByLabel('Search this page').fill(`sess-${suffix}`);
+  await page.getByRole('row').filter({ hasText: email }).getByRole('button', { name: 'Details' }).click();
+  const details = page.getByRole('region', { name: `User ${email}` });
+  await details.getByRole('table', { name: 'Sessions' }).locator('tbody tr').first().waitFor();
+  await details.getByText('No MFA factors.').waitFor();
+  await shot('13-auth-user-sessions');
+  await details.getByRole('button', { name: 'End session' }).click();
+  await details.getByRole('status').filter({ hasText: 'Session ended.' }).waitFor();
+  await details.getByText('No sessions.').waitFor();
+  // Its refresh token no longer works.
+  const refreshed = await fetch(`${url}/auth/v1/token?grant_type=refresh_token`, {
+    method: 'POST',
+    headers: { apikey: anonKey, 'content-type': 'application/json' },
+    body: JSON.stringify({ refresh_token: refresh }),
+  });
+  assert.equal(refreshed.status, 400);
+  await details.getByRole('button', { name: 'Close' }).click();
+
+  const invite = page.getByRole('form', { name: 'Create invite code' });
+  await invite.getByLabel('Note').fill(`for ${suffix}`);
+  await invite.getByRole('button', { name: 'Create invite code' }).click();
+  assert.match(await page.locator('[data-invite-code]').innerText(), /^[A-Za-z0-9]{20}$/);
+  await page.getByRole('listitem').filter({ hasText: `for ${suffix}` }).waitFor();
+
+  const keys = page.getByRole('form', { name: 'Create API key' });
+  await keys.getByLabel('Key name').fill(`ci-${suffix}`);
+  await keys.getByRole('button', { name: 'Create API key' }).click();
+  await page.locator('[data-api-key]').waitFor();
+  const key = page.locator(`[data-key-name="ci-${suffix}"]`);
+  await key.filter({ hasText: 'active' }).waitFor();
+  page.once('dialog', (dialog) => dialog.accept());
+  await page.getByRole('button', { name: `Revoke API key ci-${suffix}` }).click();
+  await key.filter({ hasText: 'revoked' }).waitFor();
+
+  await page.getByRole('table', { name: 'Providers' }).getByRole('cell', { name: 'email', exact: true }).waitFor();
+  await shot('14-auth-keys-settings');
+});
+
 test('storage: create a bucket, upload, download and delete a file', async () => {
   const bucket = `files-${suffix}`;
   await page.getByRole('link', { name: 'Storage' }).click();
@@ -258,6 +374,118 @@ test('storage: create a bucket, upload, download and delete a file', async () =>
   await row.getByRole('button', { name: 'Delete' }).click();
   await page.getByRole('status').filter({ hasText: 'Deleted' }).waitFor();
   await page.getByText('This folder is empty.').waitFor();
+
+  // A file over 6 MiB goes up resumably (TUS, two chunks, through the proxy).
+  const bigName = `big-${suffix}.bin`;
+  const big = join(tmpdir(), bigName);
+  const bytes = Buffer.alloc(7 * 1024 * 1024 + 123);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 31) % 251;
+  writeFileSync(big, bytes);
+  const chunks = [];
+  const onRequest = (request) => {
+    if (request.url().includes('/storage/v1/upload/resumable/') && request.method() === 'PATCH') chunks.push(request.url());
+  };
+  page.on('request', onRequest);
+  await page.getByLabel('File', { exact: true }).setInputFiles(big);
+  await page.getByRole('button', { name: 'Upload' }).click();
+  await page.getByRole('status').filter({ hasText: `Uploaded ${bigName}` }).waitFor();
+  page.off('request', onRequest);
+  assert.equal(chunks.length, 2);
+  const bigRow = page.getByRole('row').filter({ hasText: bigName });
+  await bigRow.getByRole('cell', { name: String(bytes.length) }).waitFor();
+  const [bigDownload] = await Promise.all([page.waitForEvent('download'), bigRow.getByRole('link', { name: 'Download' }).click()]);
+  assert.ok(readFileSync(await bigDownload.path()).equals(bytes));
+  await shot('16-storage-resumable');
+});
+
+test('realtime: subscribe through the dashboard, see broadcasts arrive, counts', async () => {
+  await page.getByRole('link', { name: 'Realtime' }).click();
+  await page.getByRole('heading', { name: 'Realtime' }).waitFor();
+  const room = `room-${suffix}`;
+  const form = page.getByRole('form', { name: 'Subscribe' });
+  await form.getByLabel('Topic').fill(room);
+  await form.getByRole('button', { name: 'Subscribe', exact: true }).click();
+  await page.locator('[data-socket-state="joined"]').waitFor();
+  // A broadcast from a server (HTTP API, the service key) arrives.
+  const sent = await fetch(`${url}/realtime/v1/api/broadcast`, {
+    method: 'POST',
+    headers: { apikey: serviceKey, 'content-type': 'application/json' },
+    body: JSON.stringify({ messages: [{ topic: room, event: 'greet', payload: { from: suffix } }] }),
+  });
+  assert.equal(sent.status, 202);
+  const tail = page.getByRole('list', { name: 'Received' });
+  await tail.getByRole('listitem').filter({ hasText: `greet {"from":"${suffix}"}` }).waitFor();
+  // One sent from the page comes back (broadcast self).
+  const out = page.getByRole('form', { name: 'Send a broadcast' });
+  await out.getByLabel('Event').fill('ping');
+  await out.getByRole('button', { name: 'Send broadcast' }).click();
+  await tail.getByRole('listitem').filter({ hasText: 'ping {"from":"dashboard"}' }).waitFor();
+  await page.locator('[data-connections]').filter({ hasText: /^[1-9]/ }).waitFor();
+  await shot('18-realtime');
+  // The socket without the session's CSRF token is refused.
+  const opened = await page.evaluate(
+    () =>
+      new Promise((resolve) => {
+        const ws = new WebSocket(`ws://${location.host}/_/api/t/default/realtime/websocket?vsn=1.0.0`);
+        ws.onopen = () => resolve(true);
+        ws.onerror = () => resolve(false);
+      }),
+  );
+  assert.equal(opened, false);
+  // No key anywhere in the page.
+  const all = await page.content();
+  assert.ok(!all.includes(serviceKey));
+  await page.getByRole('button', { name: 'Unsubscribe' }).click();
+  await page.locator('[data-socket-state="closed"]').waitFor();
+});
+
+test('jobs: a queue (send, read), cron runs, dead letters replayed', async () => {
+  await page.getByRole('link', { name: 'Jobs' }).click();
+  await page.getByRole('heading', { name: 'Jobs' }).waitFor();
+  const queue = page.getByRole('region', { name: 'Queue dash_jobs' });
+  await queue.locator('[data-queue-length]').filter({ hasText: /^0$/ }).waitFor();
+  await queue.getByLabel('Message (JSON)').fill(`{"job": "${suffix}"}`);
+  await queue.getByRole('button', { name: 'Send' }).click();
+  await page.getByRole('status').filter({ hasText: /Message 1 sent to dash_jobs/ }).waitFor();
+  await queue.locator('[data-queue-length]').filter({ hasText: /^1$/ }).waitFor();
+  await queue.getByRole('button', { name: 'Read messages' }).click();
+  await queue.locator('.messages li').filter({ hasText: suffix }).waitFor();
+  // Read again at once: hidden for 30 s by the first read.
+  await queue.getByRole('button', { name: 'Read messages' }).click();
+  await queue.getByText('No message to read').waitFor();
+  // Invalid JSON is refused in the page.
+  await queue.getByLabel('Message (JSON)').fill('{nope');
+  await queue.getByRole('button', { name: 'Send' }).click();
+  await queue.getByRole('alert').filter({ hasText: 'Not valid JSON' }).waitFor();
+
+  const cron = page.getByRole('table', { name: 'Cron jobs' });
+  await cron.getByRole('row').filter({ hasText: 'dash-tick' }).waitFor();
+  for (let i = 0; i < 60 && !(await cron.getByText(/succeeded/).count()); i++) {
+    await page.waitForTimeout(500);
+    await page.getByRole('button', { name: 'Refresh' }).click();
+  }
+  await cron.getByText(/succeeded/).first().waitFor();
+
+  const dead = page.getByRole('table', { name: 'Dead letters' });
+  await dead.getByRole('row').filter({ hasText: 'hooks.example.invalid' }).waitFor();
+  await shot('17-jobs');
+  await page.getByRole('button', { name: 'Replay dead letter 900001' }).click();
+  await page.getByRole('status').filter({ hasText: '1 dead letters back in the queue.' }).waitFor();
+});
+
+test('logs: recent requests with status, latency and request id, no keys', async () => {
+  await page.getByRole('link', { name: 'Logs' }).click();
+  await page.getByRole('heading', { name: 'Logs' }).waitFor();
+  const table = page.getByRole('table', { name: 'Recent requests' });
+  await table.getByRole('row').filter({ hasText: '/rest/v1/todos' }).first().waitFor();
+  await page.getByLabel('Filter').fill('/storage/v1/bucket');
+  await table.getByRole('row').filter({ hasText: '/storage/v1/bucket' }).first().waitFor();
+  const text = await table.innerText();
+  assert.doesNotMatch(text, /\/rest\/v1\/todos/);
+  assert.match(text, /[0-9a-f]{8}-[0-9a-f]{4}-/, 'request ids');
+  const all = await page.content();
+  for (const secret of [serviceKey, anonKey, platformKey]) assert.ok(!all.includes(secret), 'no key on the page');
+  await shot('15-logs');
 });
 
 test('tenants: create, pick, suspend, resume and delete a tenant', async () => {
@@ -312,6 +540,11 @@ test('at phone width the pages fit and navigation stays usable', async () => {
     ['/t/default/tables', 'Tables', '[data-rows="todos"]', '09-phone-tables'],
     ['/t/default/tables/public/todos', 'todos', '[data-total]', '10-phone-table-rows'],
     ['/t/default/sql', 'SQL editor', '.history li', '11-phone-sql'],
+    ['/t/default/tables/public/notes', 'notes', '[data-rls]', '19-phone-policies'],
+    ['/t/default/auth', 'Auth', '#invite-codes', '20-phone-auth'],
+    ['/t/default/jobs', 'Jobs', '[data-webhooks-queued]', '21-phone-jobs'],
+    ['/t/default/realtime', 'Realtime', '[data-connections]', '22-phone-realtime'],
+    ['/t/default/logs', 'Logs', 'table[aria-label="Recent requests"] tbody tr', '23-phone-logs'],
   ]) {
     await page.goto(`${url}/_${path}`);
     await page.getByRole('heading', { name: heading, exact: true }).waitFor();

@@ -39,6 +39,7 @@ psql -h "$dir/data/pg" -U postgres -d postgres -v ON_ERROR_STOP=1 -q -f fixture.
 keys="$("$bin" keys --json --data-dir "$dir/data")"
 export DASHBOARD_URL="$url"
 export DASHBOARD_SERVICE_KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).service_role_key)' "$keys")"
+export DASHBOARD_ANON_KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).anon_key)' "$keys")"
 export DASHBOARD_PLATFORM_KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).platform_key)' "$keys")"
 mkdir -p screenshots
 node --test --test-reporter=tap ${DASHBOARD_FILES:-}

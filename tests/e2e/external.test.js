@@ -140,13 +140,14 @@ test('the callback refuses states it did not sign, used twice, or expired', asyn
 
 // An ID token from the real provider, obtained as a native app would
 // (its own redirect URI, the code exchanged with the client secret).
-async function providerIdToken(nonceHash) {
+async function providerIdToken(nonceHash, loginHint) {
   const verifier = randomBytes(32).toString('base64url');
   const challenge = createHash('sha256').update(verifier).digest('base64url');
   const start = new URL(`${oidc}/auth`);
   for (const [k, v] of Object.entries({
     client_id: clientId, redirect_uri: nativeRedirect, response_type: 'code', scope: 'openid email profile',
     nonce: nonceHash, state: randomUUID(), code_challenge: challenge, code_challenge_method: 'S256',
+    ...(loginHint ? { login_hint: loginHint, prompt: 'login' } : {}),
   })) start.searchParams.set(k, v);
   const back = await follow(start.toString(), nativeRedirect);
   const code = new URL(back).searchParams.get('code');
@@ -180,4 +181,28 @@ test('signInWithIdToken with an ID token of the real provider, and its refusals'
   assert.match(wrongAud.error.message, /Bad ID token/, 'a changed payload breaks the signature');
   const badSig = await supabase.auth.signInWithIdToken({ provider: 'keycloak', token: `${h}.${p}.${s.slice(0, -4)}AAAA`, nonce });
   assert.match(badSig.error.message, /Bad ID token/);
+});
+
+test('linkIdentity with an ID token links the identity to the signed-in user', async () => {
+  const supabase = createClient(url, anonKey, { auth: { persistSession: true, autoRefreshToken: false, storage: memoryStorage() }, realtime: { transport: ws } });
+  const { data: anon, error: anonError } = await supabase.auth.signInAnonymously();
+  assert.equal(anonError, null);
+  const nonce = randomUUID();
+  const nonceHash = createHash('sha256').update(nonce).digest('hex');
+  const token = await providerIdToken(nonceHash, 'oidc-grace');
+  const { data, error } = await supabase.auth.linkIdentity({ provider: 'keycloak', token, nonce });
+  assert.equal(error, null);
+  assert.equal(data.user.id, anon.user.id, 'the same user, now with the identity');
+  assert.equal(data.user.is_anonymous, false);
+  assert.ok(data.user.identities.some((i) => i.provider === 'keycloak' && i.identity_data.sub === 'oidc-grace'));
+  const { data: me } = await supabase.auth.getUser();
+  assert.equal(me.user.id, anon.user.id);
+
+  // oidc-ada belongs to the user the sign-in tests made.
+  const other = createClient(url, anonKey, { auth: { persistSession: true, autoRefreshToken: false, storage: memoryStorage() }, realtime: { transport: ws } });
+  await other.auth.signInAnonymously();
+  const adaNonce = randomUUID();
+  const adaToken = await providerIdToken(createHash('sha256').update(adaNonce).digest('hex'), 'oidc-ada');
+  const taken = await other.auth.linkIdentity({ provider: 'keycloak', token: adaToken, nonce: adaNonce });
+  assert.equal(taken.error?.code, 'identity_already_exists');
 });

@@ -219,3 +219,85 @@ test('malformed JSON-RPC, missing credentials and oversize requests are refused'
   r = await fetch(`${url}/mcp`, { method: 'POST', headers, body: JSON.stringify({ jsonrpc: '2.0', id: 5, method: 'ping' }) });
   assert.equal(r.status, 404);
 });
+
+// An MCP client that knows only the server's URL, as an agent host does:
+// the SDK's own OAuth flow finds Sovra's authorization server through the
+// 401 and RFC 9728 metadata, sends the user to Sovra's consent (given here
+// through supabase-js), exchanges the code with PKCE, and then calls tools
+// with nothing but `Authorization: Bearer <access token>`, as that user.
+test('OAuth: the MCP SDK discovers Sovra as authorization server, signs in with consent and runs as the user', async () => {
+  const redirectUrl = 'http://localhost:8977/mcp-callback';
+  const { data: registered, error: registerError } = await service.auth.admin.oauth.createClient({
+    client_name: 'MCP agent host',
+    redirect_uris: [redirectUrl],
+  });
+  assert.equal(registerError, null);
+  let authorizationUrl;
+  let verifier;
+  let saved;
+  const provider = {
+    get redirectUrl() {
+      return redirectUrl;
+    },
+    get clientMetadata() {
+      return { client_name: 'MCP agent host', redirect_uris: [redirectUrl], scope: 'openid email' };
+    },
+    clientInformation: () => ({ client_id: registered.client_id, client_secret: registered.client_secret }),
+    tokens: () => saved,
+    saveTokens: (tokens) => {
+      saved = tokens;
+    },
+    redirectToAuthorization: (u) => {
+      authorizationUrl = u;
+    },
+    saveCodeVerifier: (v) => {
+      verifier = v;
+    },
+    codeVerifier: () => verifier,
+  };
+  const { UnauthorizedError } = await import('@modelcontextprotocol/sdk/client/auth.js');
+  const first = new StreamableHTTPClientTransport(new URL(`${url}/mcp`), { authProvider: provider });
+  await assert.rejects(new Client({ name: 'agent', version: '1.0.0' }).connect(first), UnauthorizedError);
+  assert.ok(authorizationUrl, 'the SDK was sent to the authorization endpoint');
+  assert.equal(`${authorizationUrl.origin}${authorizationUrl.pathname}`, `${url}/auth/v1/oauth/authorize`);
+  assert.equal(authorizationUrl.searchParams.get('code_challenge_method'), 'S256');
+
+  // The user consents in the app's consent page (supabase-js).
+  const carol = createClient(url, anonKey, opts);
+  const email = `mcp-carol-${Date.now()}@example.com`;
+  const made = await service.auth.admin.createUser({ email, password: 'correct horse battery', email_confirm: true });
+  assert.equal(made.error, null);
+  assert.equal((await carol.auth.signInWithPassword({ email, password: 'correct horse battery' })).error, null);
+  psql(`insert into public.mcp_notes (owner, body) values ('${made.data.user.id}', 'carol: only mine')`);
+  const toConsent = await fetch(authorizationUrl, { redirect: 'manual' });
+  assert.equal(toConsent.status, 302, await toConsent.text());
+  const authorizationId = new URL(toConsent.headers.get('location')).searchParams.get('authorization_id');
+  const { data: details, error: detailsError } = await carol.auth.oauth.getAuthorizationDetails(authorizationId);
+  assert.equal(detailsError, null);
+  assert.equal(details.client.name, 'MCP agent host');
+  const { data: approved, error: approveError } = await carol.auth.oauth.approveAuthorization(authorizationId, { skipBrowserRedirect: true });
+  assert.equal(approveError, null);
+  const code = new URL(approved.redirect_url).searchParams.get('code');
+  await first.finishAuth(code);
+  assert.ok(saved?.access_token, 'the SDK exchanged the code for tokens');
+
+  // Connected with the bearer alone: the tools run as carol under RLS.
+  const transport = new StreamableHTTPClientTransport(new URL(`${url}/mcp`), { authProvider: provider });
+  const client = new Client({ name: 'agent', version: '1.0.0' });
+  await client.connect(transport);
+  clients.push(client);
+  const rows = await call(client, 'query', { table: 'mcp_notes', select: 'body' });
+  assert.equal(rows.isError, false, JSON.stringify(rows.value));
+  assert.deepEqual(rows.value, [{ body: 'carol: only mine' }]);
+
+  // A forged bearer (valid shape, wrong signature) is refused with the
+  // discovery challenge, not run as anon.
+  const [h, p] = saved.access_token.split('.');
+  const forged = await fetch(`${url}/mcp`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${h}.${p}.${'A'.repeat(43)}`, 'Content-Type': 'application/json', Accept: 'application/json, text/event-stream' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'ping' }),
+  });
+  assert.equal(forged.status, 401);
+  assert.match(forged.headers.get('www-authenticate') ?? '', /resource_metadata=/);
+});

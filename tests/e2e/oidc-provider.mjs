@@ -4,6 +4,8 @@
 // (the interaction handler below stands in for a person at the login page),
 // so tests follow its redirects with plain fetch.
 //
+// `login_hint=oidc-grace` signs in a second account (linking tests).
+//
 // Environment: OIDC_PORT, OIDC_REDIRECT_URIS (comma-separated),
 // OIDC_CLIENT_ID, OIDC_CLIENT_SECRET.
 import http from 'node:http';
@@ -11,14 +13,19 @@ import Provider from 'oidc-provider';
 
 const port = Number(process.env.OIDC_PORT);
 const issuer = `http://127.0.0.1:${port}`;
-const account = {
-  accountId: 'oidc-ada',
-  claims: {
+const accounts = {
+  'oidc-ada': {
     sub: 'oidc-ada',
     email: 'oidc-ada@example.com',
     email_verified: true,
     name: 'Ada From OIDC',
     picture: 'https://example.com/ada.png',
+  },
+  'oidc-grace': {
+    sub: 'oidc-grace',
+    email: 'oidc-grace@example.com',
+    email_verified: true,
+    name: 'Grace From OIDC',
   },
 };
 
@@ -34,8 +41,8 @@ const provider = new Provider(issuer, {
   claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name', 'picture'] },
   features: { devInteractions: { enabled: false } },
   async findAccount(_ctx, id) {
-    if (id !== account.accountId) return undefined;
-    return { accountId: id, claims: async () => account.claims };
+    if (!Object.hasOwn(accounts, id)) return undefined;
+    return { accountId: id, claims: async () => accounts[id] };
   },
   // Refresh tokens for this client whatever the scope, so that the
   // provider's refresh token can be seen travelling back.
@@ -51,7 +58,9 @@ http.createServer(async (req, res) => {
   try {
     const details = await provider.interactionDetails(req, res);
     if (details.prompt.name === 'login') {
-      await provider.interactionFinished(req, res, { login: { accountId: account.accountId } }, { mergeWithLastSubmission: false });
+      const hint = details.params.login_hint;
+      const accountId = Object.hasOwn(accounts, hint) ? hint : 'oidc-ada';
+      await provider.interactionFinished(req, res, { login: { accountId } }, { mergeWithLastSubmission: false });
       return;
     }
     const grant = details.grantId

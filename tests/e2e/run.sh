@@ -118,7 +118,8 @@ for _ in $(seq 100); do
 done
 mkdir -p "$dir/data5"
 cp "$dir/data/keys.json" "$dir/data5/keys.json"
-SOVRA_AUTH_EXTERNAL_KEYCLOAK_ENABLED=true SOVRA_AUTH_EXTERNAL_KEYCLOAK_URL="$E2E_OIDC_URL" \
+SOVRA_AUTH_MANUAL_LINKING_ENABLED=true \
+  SOVRA_AUTH_EXTERNAL_KEYCLOAK_ENABLED=true SOVRA_AUTH_EXTERNAL_KEYCLOAK_URL="$E2E_OIDC_URL" \
   SOVRA_AUTH_EXTERNAL_KEYCLOAK_CLIENT_ID="$E2E_OIDC_CLIENT_ID" SOVRA_AUTH_EXTERNAL_KEYCLOAK_SECRET="$E2E_OIDC_CLIENT_SECRET" \
   SOVRA_REST_SCHEMAS=public,personal SOVRA_DATABASE_URL="host=$dir/data/pg user=postgres dbname=postgres" \
   "$bin" serve --data-dir "$dir/data5" --listen "127.0.0.1:$port5" >"$dir/out5.log" 2>"$dir/err5.log" &

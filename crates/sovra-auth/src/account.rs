@@ -423,7 +423,7 @@ impl AuthService {
                 "Only an email address or phone number should be provided on signup.",
             ));
         }
-        self.limit(Bucket::SignIn, &ctx.ip_key())?;
+        self.limit(Bucket::SignIn, &ctx.ip_key()).await?;
         let password = body.password.unwrap_or_default();
         if password.is_empty() {
             return Err(AuthError::validation("Signup requires a valid password"));
@@ -449,7 +449,8 @@ impl AuthService {
             (None, None) => (None, None),
         };
         let subject = email.clone().or_else(|| phone.clone()).unwrap_or_default();
-        self.limit(Bucket::SignIn, &account_key(&subject, ctx))?;
+        self.limit(Bucket::SignIn, &account_key(&subject, ctx))
+            .await?;
         // Hash before looking the user up, so both paths take as long, and
         // before taking a connection, so none is held while hashing.
         let hash = self.hasher.hash(&password).await?;
@@ -630,7 +631,7 @@ impl AuthService {
                 "Signups not allowed for this instance",
             ));
         }
-        self.limit(Bucket::Anonymous, &ctx.ip_key())?;
+        self.limit(Bucket::Anonymous, &ctx.ip_key()).await?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let id = Uuid::new_v4();
@@ -742,10 +743,11 @@ impl AuthService {
             (Some(e), None) => e.trim().to_lowercase(),
             (None, Some(p)) => normalize_phone(p).unwrap_or_else(|| p.clone()),
         };
-        self.limit(Bucket::SignIn, &ctx.ip_key())?;
+        self.limit(Bucket::SignIn, &ctx.ip_key()).await?;
         // Per account *and* client: guesses from elsewhere cannot lock the
         // account's owner out.
-        self.limit(Bucket::SignIn, &account_key(&subject, ctx))?;
+        self.limit(Bucket::SignIn, &account_key(&subject, ctx))
+            .await?;
         crate::password::check_length(&password)?;
         // No connection is held while the hasher works or is waited for.
         let found = {
@@ -1025,8 +1027,8 @@ impl AuthService {
             self.current(ctx, &client).await?
         };
         let user = &current.user;
-        self.limit(Bucket::SignIn, &ctx.ip_key())?;
-        self.limit(Bucket::SignIn, &user.id.to_string())?;
+        self.limit(Bucket::SignIn, &ctx.ip_key()).await?;
+        self.limit(Bucket::SignIn, &user.id.to_string()).await?;
         if user.is_anonymous && user.email.is_empty() && user.phone.is_empty() {
             return Err(AuthError::unprocessable(
                 "validation_failed",
@@ -1381,7 +1383,7 @@ impl AuthService {
             .as_deref()
             .and_then(normalize_email)
             .ok_or_else(|| AuthError::validation("Password recovery requires an email"))?;
-        self.limit(Bucket::Otp, &ctx.ip_key())?;
+        self.limit(Bucket::Otp, &ctx.ip_key()).await?;
         let redirect = self.redirect_target(ctx.query("redirect_to").as_deref());
         let flow = pkce(body.code_challenge, body.code_challenge_method)?;
         let mut client = self.pool.get().await?;
@@ -1420,7 +1422,7 @@ impl AuthService {
 
     pub(crate) async fn otp(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
         let body: OtpBody = ctx.json()?;
-        self.limit(Bucket::Otp, &ctx.ip_key())?;
+        self.limit(Bucket::Otp, &ctx.ip_key()).await?;
         let redirect = self.redirect_target(ctx.query("redirect_to").as_deref());
         let flow = pkce(body.code_challenge, body.code_challenge_method)?;
         let create = body.create_user.unwrap_or(true);
@@ -1553,7 +1555,7 @@ impl AuthService {
                 "Missing one of these types: signup, email_change, sms, phone_change",
             ));
         }
-        self.limit(Bucket::Otp, &ctx.ip_key())?;
+        self.limit(Bucket::Otp, &ctx.ip_key()).await?;
         let redirect = self.redirect_target(ctx.query("redirect_to").as_deref());
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -1814,7 +1816,7 @@ impl AuthService {
     }
 
     async fn verify_pkce_link(&self, ctx: &Ctx<'_>, kind: &str, hash: &str) -> AuthResult<String> {
-        self.limit(Bucket::Verify, &ctx.ip_key())?;
+        self.limit(Bucket::Verify, &ctx.ip_key()).await?;
         let columns = link_types(kind).ok_or_else(AuthError::otp_expired)?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -1954,7 +1956,7 @@ impl AuthService {
         hash: &str,
         typed_for: Option<&str>,
     ) -> AuthResult<Verified> {
-        self.limit(Bucket::Verify, &ctx.ip_key())?;
+        self.limit(Bucket::Verify, &ctx.ip_key()).await?;
         let columns = link_types(kind).ok_or_else(|| {
             AuthError::validation(format!("Unsupported verification type {kind:?}"))
         })?;

@@ -36,7 +36,8 @@ const LEEWAY_SECS: u64 = 30;
 /// users in through, with a client secret).
 #[derive(Debug, Clone)]
 pub struct OidcProvider {
-    /// Its issuer (`iss`), where discovery starts.
+    /// Its issuer (`iss`), where discovery starts (Microsoft: the
+    /// authority, see [`OidcKind::Azure`]).
     pub issuer: String,
     /// Client ids an ID token's `aud` must name one of.
     pub client_ids: Vec<String>,
@@ -45,6 +46,182 @@ pub struct OidcProvider {
     /// The client secret: with it, `/authorize` and `/callback` sign users
     /// in through the provider's pages (authorization code flow).
     pub secret: Option<crate::secret::Redacted>,
+    /// The provider's quirks.
+    pub kind: OidcKind,
+}
+
+/// What sets an OpenID Connect provider apart from the standard.
+#[derive(Debug, Clone, Default)]
+pub enum OidcKind {
+    #[default]
+    Standard,
+    /// Microsoft: a multi-tenant authority (`…/common/v2.0`,
+    /// `organizations`, `consumers`) issues tokens as `…/{tid}/v2.0`, each
+    /// with its own tenant id (`tid`); the email is verified as GoTrue
+    /// reads `xms_edov`.
+    Azure,
+    /// Apple: the browser comes back with `response_mode=form_post`, the
+    /// first sign-in posts the user's name as `user` JSON, and the client
+    /// secret is an ES256 JWT signed with the team's key.
+    Apple(Option<AppleKey>),
+}
+
+/// The key Apple client secrets are signed with.
+#[derive(Clone)]
+pub struct AppleKey {
+    pub team_id: String,
+    pub key_id: String,
+    key: std::sync::Arc<jsonwebtoken::EncodingKey>,
+}
+
+impl std::fmt::Debug for AppleKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppleKey")
+            .field("team_id", &self.team_id)
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppleKey {
+    /// The key of the `.p8` PEM text; the error says what is wrong (never
+    /// the key).
+    pub fn new(team_id: &str, key_id: &str, pem: &str) -> Result<AppleKey, String> {
+        use base64::Engine as _;
+        use p256::pkcs8::DecodePrivateKey as _;
+        let not_a_key = || "the private key is not a PEM PKCS#8 P-256 (ES256) key".to_owned();
+        let body: String = pem
+            .trim()
+            .strip_prefix("-----BEGIN PRIVATE KEY-----")
+            .and_then(|rest| rest.strip_suffix("-----END PRIVATE KEY-----"))
+            .ok_or_else(not_a_key)?
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .map_err(|_| not_a_key())?;
+        p256::SecretKey::from_pkcs8_der(&der).map_err(|_| not_a_key())?;
+        let key = jsonwebtoken::EncodingKey::from_ec_der(&der);
+        Ok(AppleKey {
+            team_id: team_id.trim().to_owned(),
+            key_id: key_id.trim().to_owned(),
+            key: std::sync::Arc::new(key),
+        })
+    }
+
+    /// Apple's client secret for `client_id` (the Services ID): an ES256
+    /// JWT with the key's id, the team as issuer, the client as subject
+    /// and Apple (`audience`) as audience, valid five minutes from `now`.
+    pub fn client_secret(&self, client_id: &str, audience: &str, now: u64) -> AuthResult<String> {
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some(self.key_id.clone());
+        let claims = json!({"iss": self.team_id, "iat": now, "exp": now + 300,
+                            "aud": audience, "sub": client_id});
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(|err| {
+            tracing::error!(error = %err, "signing the Apple client secret failed");
+            AuthError::internal()
+        })
+    }
+}
+
+/// The tenant template of a Microsoft multi-tenant authority
+/// (`https://login.microsoftonline.com/common/v2.0` →
+/// `https://login.microsoftonline.com/{tenantid}/v2.0`) and which
+/// segment it replaced; `None` for a single tenant's authority.
+fn azure_template(authority: &str) -> Option<(String, &'static str)> {
+    let mut parts: Vec<&str> = authority.split('/').collect();
+    // scheme, "", host, then the path.
+    let at = parts.iter().skip(3).position(|p| {
+        matches!(
+            p.to_ascii_lowercase().as_str(),
+            "common" | "organizations" | "consumers"
+        )
+    })? + 3;
+    let which = match parts[at].to_ascii_lowercase().as_str() {
+        "common" => "common",
+        "organizations" => "organizations",
+        _ => "consumers",
+    };
+    parts[at] = "{tenantid}";
+    Some((parts.join("/"), which))
+}
+
+/// The tenant of Microsoft accounts (outlook.com and the like).
+const MICROSOFT_CONSUMER_TENANT: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
+
+impl OidcProvider {
+    /// Whether `iss` is this provider's issuer for a token with `claims`.
+    /// Microsoft's multi-tenant authorities: the template with the token's
+    /// own `tid`, as Microsoft documents (`organizations` refuses personal
+    /// accounts, `consumers` takes only them).
+    pub fn accepts_issuer(&self, iss: &str, claims: &Map<String, Value>) -> bool {
+        let exact = |expected: &str| crate::crypto::equal(expected, iss);
+        match (&self.kind, azure_template(&self.issuer)) {
+            (OidcKind::Azure, Some((template, which))) => {
+                let Some(tid) = claims.get("tid").and_then(Value::as_str) else {
+                    return false;
+                };
+                let well_formed = !tid.is_empty()
+                    && tid.len() <= 64
+                    && tid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                let consumer = tid.eq_ignore_ascii_case(MICROSOFT_CONSUMER_TENANT);
+                let allowed = match which {
+                    "organizations" => !consumer,
+                    "consumers" => consumer,
+                    _ => true,
+                };
+                well_formed && allowed && exact(&template.replace("{tenantid}", tid))
+            }
+            _ => exact(&self.issuer),
+        }
+    }
+
+    /// GoTrue's identity data of verified `claims`, with the provider's
+    /// quirks.
+    pub fn identity(&self, claims: &Map<String, Value>) -> Map<String, Value> {
+        match self.kind {
+            OidcKind::Azure => {
+                let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
+                let mut data = identity_data(claims, iss);
+                if data.contains_key("email") {
+                    data.insert(
+                        "email_verified".to_owned(),
+                        json!(azure_email_verified(claims)),
+                    );
+                }
+                for key in ["tid", "oid"] {
+                    if let Some(value) = claims.get(key).and_then(Value::as_str) {
+                        data.insert(key.to_owned(), json!(value));
+                    }
+                }
+                data
+            }
+            _ => identity_data(claims, &self.issuer),
+        }
+    }
+
+    /// Whether Sovra sends PKCE to the provider (Apple documents none).
+    fn sends_pkce(&self) -> bool {
+        !matches!(self.kind, OidcKind::Apple(_))
+    }
+}
+
+/// GoTrue's reading of a Microsoft ID token's email: verified when there
+/// is one and `xms_edov` (email domain owner verified) is absent or true
+/// (`true`, `"1"` or `"true"`: Microsoft encodes it either way).
+fn azure_email_verified(claims: &Map<String, Value>) -> bool {
+    let has_email = claims
+        .get("email")
+        .and_then(Value::as_str)
+        .is_some_and(|e| !e.is_empty());
+    has_email
+        && match claims.get("xms_edov") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => s == "1" || s == "true",
+            Some(_) => false,
+        }
 }
 
 /// The providers configured (GoTrue's `GOTRUE_EXTERNAL_<NAME>_*`).
@@ -55,35 +232,200 @@ pub struct ExternalConfig {
     /// `keycloak`: any OpenID Connect issuer (its `url`), as GoTrue's
     /// Keycloak provider.
     pub keycloak: Option<OidcProvider>,
+    /// `apple`: OpenID Connect with form_post and a JWT client secret.
+    pub apple: Option<OidcProvider>,
+    /// `azure`: Microsoft, multi-tenant or one tenant.
+    pub azure: Option<OidcProvider>,
     /// `github`: OAuth 2.0 (not OIDC): the user and emails endpoints.
-    pub github: Option<GithubProvider>,
+    pub github: Option<OAuthProvider>,
+    /// `gitlab`: OAuth 2.0 with `/api/v4/user`.
+    pub gitlab: Option<OAuthProvider>,
+    /// `discord`: OAuth 2.0 with `/users/@me`.
+    pub discord: Option<OAuthProvider>,
 }
 
-/// GitHub (or GitHub Enterprise) as an OAuth 2.0 provider.
+/// Which OAuth 2.0 (not OpenID Connect) provider: where its endpoints are
+/// and how its user answer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileKind {
+    Github,
+    Gitlab,
+    Discord,
+}
+
+impl ProfileKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProfileKind::Github => "github",
+            ProfileKind::Gitlab => "gitlab",
+            ProfileKind::Discord => "discord",
+        }
+    }
+
+    /// The authorize and token endpoints' paths under the provider's URL,
+    /// and the scope GoTrue asks for.
+    fn endpoints(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            ProfileKind::Github => (
+                "/login/oauth/authorize",
+                "/login/oauth/access_token",
+                "user:email",
+            ),
+            ProfileKind::Gitlab => ("/oauth/authorize", "/oauth/token", "read_user"),
+            ProfileKind::Discord => (
+                "/api/oauth2/authorize",
+                "/api/oauth2/token",
+                "email identify",
+            ),
+        }
+    }
+}
+
+/// An OAuth 2.0 provider whose user comes from its API: GitHub (or GitHub
+/// Enterprise), GitLab (or a self-hosted one), Discord.
 #[derive(Debug, Clone)]
-pub struct GithubProvider {
+pub struct OAuthProvider {
+    pub kind: ProfileKind,
     pub client_id: String,
     pub secret: crate::secret::Redacted,
     /// Where the authorize and token endpoints are
-    /// (`https://github.com`).
+    /// (`https://github.com`, `https://gitlab.com`, `https://discord.com`).
     pub url: String,
-    /// Where the REST API is (`https://api.github.com`).
+    /// Where the user API is (`https://api.github.com`,
+    /// `<url>/api/v4`, `<url>/api`).
     pub api_url: String,
+}
+
+/// GitHub's name for what is now [`OAuthProvider`].
+pub type GithubProvider = OAuthProvider;
+
+/// GoTrue's identity data of a GitLab user (`/api/v4/user`): the email is
+/// verified when GitLab reports it confirmed (`confirmed_at`).
+pub fn gitlab_data(user: &Value, issuer: &str) -> AuthResult<Map<String, Value>> {
+    let id = profile_id(user)?;
+    let text = |k: &str| user.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let email = text("email");
+    let mut out = base_identity(
+        issuer,
+        &id,
+        Some((email.as_str(), !text("confirmed_at").is_empty())),
+    );
+    for (from, to) in [
+        ("name", "name"),
+        ("name", "full_name"),
+        ("avatar_url", "avatar_url"),
+        ("avatar_url", "picture"),
+        ("username", "user_name"),
+        ("username", "preferred_username"),
+    ] {
+        let value = text(from);
+        if !value.is_empty() {
+            out.insert(to.to_owned(), json!(value));
+        }
+    }
+    out.insert("phone_verified".to_owned(), json!(false));
+    Ok(out)
+}
+
+/// GoTrue's identity data of a Discord user (`/users/@me`): `verified`
+/// says whether the email is, the avatar is Discord's CDN URL (animated
+/// hashes `a_…` as GIF; no avatar: the default one, by discriminator, or
+/// for the new unique usernames (discriminator `0`) by `(id >> 22) % 6`).
+pub fn discord_data(user: &Value, issuer: &str) -> AuthResult<Map<String, Value>> {
+    let id = profile_id(user)?;
+    let text = |k: &str| user.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let (username, discriminator, avatar) =
+        (text("username"), text("discriminator"), text("avatar"));
+    let avatar_url = if avatar.is_empty() {
+        let index = match discriminator.parse::<u64>() {
+            Ok(d) if d != 0 => d % 5,
+            _ => id.parse::<u64>().map_or(0, |n| (n >> 22) % 6),
+        };
+        format!("https://cdn.discordapp.com/embed/avatars/{index}.png")
+    } else {
+        let ext = if avatar.starts_with("a_") {
+            "gif"
+        } else {
+            "png"
+        };
+        format!("https://cdn.discordapp.com/avatars/{id}/{avatar}.{ext}")
+    };
+    let email = text("email");
+    let verified = user.get("verified").and_then(Value::as_bool) == Some(true);
+    let mut out = base_identity(issuer, &id, Some((email.as_str(), verified)));
+    let name = if discriminator.is_empty() || discriminator == "0" {
+        username.clone()
+    } else {
+        format!("{username}#{discriminator}")
+    };
+    out.insert("name".to_owned(), json!(name));
+    out.insert("full_name".to_owned(), json!(username));
+    let global = text("global_name");
+    if !global.is_empty() {
+        out.insert("custom_claims".to_owned(), json!({"global_name": global}));
+    }
+    out.insert("avatar_url".to_owned(), json!(avatar_url));
+    out.insert("picture".to_owned(), json!(avatar_url));
+    out.insert("phone_verified".to_owned(), json!(false));
+    Ok(out)
+}
+
+/// What every provider's identity data starts with: the issuer, the
+/// subject, and the email (lower-cased; none when empty) with whether the
+/// provider verified it.
+fn base_identity(issuer: &str, id: &str, email: Option<(&str, bool)>) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert("iss".to_owned(), json!(issuer));
+    out.insert("sub".to_owned(), json!(id));
+    out.insert("provider_id".to_owned(), json!(id));
+    if let Some((email, verified)) = email.filter(|(e, _)| !e.is_empty()) {
+        out.insert("email".to_owned(), json!(email.to_lowercase()));
+        out.insert("email_verified".to_owned(), json!(verified));
+    }
+    out
+}
+
+/// A profile's `id` (a number or a non-empty string) as text.
+fn profile_id(user: &Value) -> AuthResult<String> {
+    match user.get("id") {
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(AuthError::bad_request(
+            "bad_oauth_callback",
+            "Error getting user profile from external provider",
+        )),
+    }
+}
+
+/// The name Apple posts as `user` JSON on the first sign-in only
+/// (`{"name":{"firstName":…,"lastName":…},"email":…}`), merged into
+/// identity data that has none.
+pub fn apple_first_sign_in(data: &mut Map<String, Value>, user_json: &str) {
+    let Ok(user) = serde_json::from_str::<Value>(user_json) else {
+        return;
+    };
+    let part = |k: &str| {
+        user.pointer(&format!("/name/{k}"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    };
+    let full = [part("firstName"), part("lastName")]
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if !full.is_empty() {
+        data.entry("name".to_owned()).or_insert(json!(full));
+        data.entry("full_name".to_owned()).or_insert(json!(full));
+    }
 }
 
 /// GoTrue's identity data of a GitHub user: the `/user` answer and the
 /// `/user/emails` list, the primary verified address preferred.
 pub fn github_data(user: &Value, emails: &Value) -> AuthResult<Map<String, Value>> {
-    let id = match user.get("id") {
-        Some(Value::Number(n)) => n.to_string(),
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => {
-            return Err(AuthError::bad_request(
-                "bad_oauth_callback",
-                "Error getting user profile from external provider",
-            ));
-        }
-    };
+    let id = profile_id(user)?;
     let list: Vec<&Value> = emails
         .as_array()
         .map(|a| a.iter().collect())
@@ -134,7 +476,28 @@ impl ExternalConfig {
         if let Some(p) = &self.keycloak {
             out.push(("keycloak", p));
         }
+        if let Some(p) = &self.apple {
+            out.push(("apple", p));
+        }
+        if let Some(p) = &self.azure {
+            out.push(("azure", p));
+        }
         out
+    }
+
+    /// The enabled OAuth 2.0 providers.
+    pub fn oauth(&self) -> Vec<&OAuthProvider> {
+        [&self.github, &self.gitlab, &self.discord]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Every enabled provider's name (`GET /settings`).
+    pub fn enabled_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self.enabled().into_iter().map(|(n, _)| n).collect();
+        names.extend(self.oauth().into_iter().map(|p| p.kind.name()));
+        names
     }
 }
 
@@ -207,7 +570,8 @@ pub fn verify_id_token(
     };
     let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(&e.to_string()))?;
     let mut validation = Validation::new(header.alg);
-    validation.set_issuer(&[provider.issuer.as_str()]);
+    // The issuer is checked below: Microsoft's depends on the token's
+    // tenant.
     validation.validate_aud = false;
     validation.validate_nbf = true;
     validation.leeway = LEEWAY_SECS;
@@ -215,6 +579,10 @@ pub fn verify_id_token(
     let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
         .map_err(|e| bad(&e.to_string()))?;
     let claims = data.claims;
+    let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
+    if !provider.accepts_issuer(iss, &claims) {
+        return Err(bad("wrong issuer"));
+    }
     // jsonwebtoken checks exp against the system clock; check `now` too
     // so that callers (and tests) decide the time.
     let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
@@ -364,10 +732,23 @@ impl AuthService {
                     && (*name == provider_name || (!issuer.is_empty() && p.issuer == issuer))
             })
             .map(|(name, p)| (name, p.clone()));
+        // auth-js `linkIdentity({provider, token})`: the signed-in caller
+        // links the token's identity (manual linking only).
+        let link = body.get("link_identity").and_then(Value::as_bool) == Some(true);
+        if link && !self.config.manual_linking {
+            return self.manual_linking_disabled(ctx).await;
+        }
         let Some((name, provider)) = configured else {
             return self.id_token_disabled(ctx);
         };
-        self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())?;
+        let link_user = if link {
+            let client = self.pool.get().await?;
+            Some(self.current(ctx, &client).await?.user.id)
+        } else {
+            None
+        };
+        self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())
+            .await?;
         let nonce = Some(text("nonce"));
         let now = crate::time::now_unix().unsigned_abs();
         let mut keys = self.provider_keys(&provider, false).await?;
@@ -381,10 +762,16 @@ impl AuthService {
             tracing::info!(provider = name, reason = ?err, "ID token refused");
             err.to_auth()
         })?;
-        let data = identity_data(&claims, &provider.issuer);
+        let data = provider.identity(&claims);
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let user_id = self.external_account(&tx, name, &data).await?;
+        let user_id = match link_user {
+            Some(user_id) => {
+                self.link_external_identity(&tx, user_id, name, &data)
+                    .await?
+            }
+            None => self.external_account(&tx, name, &data).await?,
+        };
         let session = self
             .start_session(&tx, ctx, user_id, "oauth", Via::Grant)
             .await?;
@@ -392,7 +779,11 @@ impl AuthService {
         self.audit(
             &tx,
             ctx,
-            "login",
+            if link_user.is_some() {
+                "identity_linked"
+            } else {
+                "login"
+            },
             actor.as_ref(),
             "",
             json!({"provider": name, "provider_type": "id_token"}),
@@ -623,83 +1014,104 @@ impl AuthService {
             .external
             .enabled()
             .into_iter()
-            .find(|(n, p)| *n == name && p.secret.is_some())
+            .find(|(n, p)| {
+                *n == name && (p.secret.is_some() || matches!(p.kind, OidcKind::Apple(Some(_))))
+            })
             .map(|(n, p)| (n, p.clone()))
     }
 
-    fn github_provider(&self, name: &str) -> Option<(&'static str, GithubProvider)> {
-        (name == "github")
-            .then(|| self.config.external.github.clone())
-            .flatten()
-            .map(|p| ("github", p))
+    fn oauth_provider(&self, name: &str) -> Option<(&'static str, OAuthProvider)> {
+        self.config
+            .external
+            .oauth()
+            .into_iter()
+            .find(|p| p.kind.name() == name)
+            .map(|p| (p.kind.name(), p.clone()))
     }
 
-    /// GitHub's code exchange, then `/user` and `/user/emails`.
-    async fn github_identity(
+    /// An OAuth 2.0 provider's code exchange, then its user API.
+    async fn oauth_identity(
         &self,
-        github: &GithubProvider,
+        provider: &OAuthProvider,
         code: &str,
         verifier: &str,
-    ) -> AuthResult<(Map<String, Value>, String)> {
+    ) -> AuthResult<(Map<String, Value>, String, String)> {
         let http = provider_http()?;
+        let name = provider.kind.name();
         let failed = |what: &str, err: &dyn std::fmt::Display| {
-            tracing::warn!(provider = "github", error = %err, "{what}");
+            tracing::warn!(provider = name, error = %err, "{what}");
             AuthError::bad_request("bad_oauth_callback", "Unable to exchange external code")
         };
-        let tokens: Value = http
+        let (_, token_path, _) = provider.kind.endpoints();
+        let callback = self.callback_url();
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("client_id", provider.client_id.as_str()),
+            ("client_secret", provider.secret.0.as_str()),
+            ("code", code),
+            ("redirect_uri", callback.as_str()),
+        ];
+        if provider.kind != ProfileKind::Discord {
+            form.push(("code_verifier", verifier));
+        }
+        let response = http
             .post(format!(
-                "{}/login/oauth/access_token",
-                github.url.trim_end_matches('/')
+                "{}{token_path}",
+                provider.url.trim_end_matches('/')
             ))
             .header("accept", "application/json")
-            .form(&[
-                ("client_id", github.client_id.as_str()),
-                ("client_secret", github.secret.0.as_str()),
-                ("code", code),
-                ("redirect_uri", self.callback_url().as_str()),
-                ("code_verifier", verifier),
-            ])
+            .form(&form)
             .send()
             .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| failed("the GitHub code exchange failed", &e))?
+            .map_err(|e| failed("the code exchange failed", &e))?;
+        let status = response.status();
+        let tokens: Value = response
             .json()
             .await
-            .map_err(|e| failed("the GitHub token answer is not JSON", &e))?;
+            .map_err(|e| failed("the token answer is not JSON", &e))?;
         let access = tokens
             .get("access_token")
             .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
+            .filter(|t| status.is_success() && !t.is_empty())
             .ok_or_else(|| {
                 failed(
-                    "GitHub refused the code",
+                    "the provider refused the code",
                     &tokens.get("error").cloned().unwrap_or(Value::Null),
                 )
             })?
             .to_owned();
-        let api = github.api_url.trim_end_matches('/');
+        let refresh = tokens
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let api = provider.api_url.trim_end_matches('/');
         let get = |path: &str| {
-            http.get(format!("{api}{path}"))
-                .bearer_auth(&access)
-                .header("accept", "application/vnd.github+json")
-                .header("user-agent", "Sovra")
-                .send()
+            let http = &http;
+            let access = &access;
+            let url = format!("{api}{path}");
+            async move {
+                let answer: Value = http
+                    .get(&url)
+                    .bearer_auth(access)
+                    .header("accept", "application/json")
+                    .header("user-agent", "Sovra")
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status)
+                    .map_err(|e| failed("the user API failed", &e))?
+                    .json()
+                    .await
+                    .map_err(|e| failed("the user API answer is not JSON", &e))?;
+                Ok::<Value, AuthError>(answer)
+            }
         };
-        let user: Value = get("/user")
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| failed("GitHub /user failed", &e))?
-            .json()
-            .await
-            .map_err(|e| failed("GitHub /user is not JSON", &e))?;
-        let emails: Value = get("/user/emails")
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| failed("GitHub /user/emails failed", &e))?
-            .json()
-            .await
-            .map_err(|e| failed("GitHub /user/emails is not JSON", &e))?;
-        Ok((github_data(&user, &emails)?, access))
+        let data = match provider.kind {
+            ProfileKind::Github => github_data(&get("/user").await?, &get("/user/emails").await?)?,
+            ProfileKind::Gitlab => gitlab_data(&get("/user").await?, &provider.url)?,
+            ProfileKind::Discord => discord_data(&get("/users/@me").await?, api)?,
+        };
+        Ok((data, access, refresh))
     }
 
     fn callback_url(&self) -> String {
@@ -723,9 +1135,9 @@ impl AuthService {
         link_user: Option<Uuid>,
     ) -> AuthResult<String> {
         let name = ctx.query("provider").unwrap_or_default();
-        let github = self.github_provider(&name);
+        let oauth = self.oauth_provider(&name);
         let oidc = self.redirect_provider(&name);
-        let name = match (&github, &oidc) {
+        let name = match (&oauth, &oidc) {
             (Some((name, _)), _) | (None, Some((name, _))) => *name,
             (None, None) => {
                 return Err(AuthError::validation(format!(
@@ -733,18 +1145,26 @@ impl AuthService {
                 )));
             }
         };
-        self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())?;
+        self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())
+            .await?;
         let redirect_to = self.redirect_target(ctx.query("redirect_to").as_deref());
         let app_pkce = crate::account::pkce(
             ctx.query("code_challenge"),
             ctx.query("code_challenge_method"),
         )?;
-        let (endpoint, client_id, mut scope) = match (&github, &oidc) {
-            (Some((_, github)), _) => (
-                format!("{}/login/oauth/authorize", github.url.trim_end_matches('/')),
-                github.client_id.clone(),
-                String::from("user:email"),
-            ),
+        // Where the browser goes, the client id, the scope, whether the
+        // provider takes PKCE, and Apple's form_post.
+        let (endpoint, client_id, mut scope, pkce, form_post) = match (&oauth, &oidc) {
+            (Some((_, provider)), _) => {
+                let (authorize, _, scope) = provider.kind.endpoints();
+                (
+                    format!("{}{authorize}", provider.url.trim_end_matches('/')),
+                    provider.client_id.clone(),
+                    String::from(scope),
+                    provider.kind != ProfileKind::Discord,
+                    false,
+                )
+            }
             (None, Some((_, provider))) => {
                 let document = self.discovery(provider).await?;
                 let endpoint = document
@@ -755,7 +1175,19 @@ impl AuthService {
                     })?
                     .to_owned();
                 let client_id = provider.client_ids.first().cloned().unwrap_or_default();
-                (endpoint, client_id, String::from("openid email profile"))
+                let apple = matches!(provider.kind, OidcKind::Apple(_));
+                let scope = if apple {
+                    "name email"
+                } else {
+                    "openid email profile"
+                };
+                (
+                    endpoint,
+                    client_id,
+                    String::from(scope),
+                    provider.sends_pkce(),
+                    apple,
+                )
             }
             (None, None) => return Err(AuthError::internal()),
         };
@@ -788,8 +1220,16 @@ impl AuthService {
                 ("scope", &scope),
                 ("state", &sign_state(&self.key, id)),
                 ("nonce", &hex(&Sha256::digest(nonce.as_bytes()))),
-                ("code_challenge", &crate::crypto::pkce_s256(&verifier)),
-                ("code_challenge_method", "S256"),
+                (
+                    "code_challenge",
+                    &if pkce {
+                        crate::crypto::pkce_s256(&verifier)
+                    } else {
+                        String::new()
+                    },
+                ),
+                ("code_challenge_method", if pkce { "S256" } else { "" }),
+                ("response_mode", if form_post { "form_post" } else { "" }),
             ],
         );
         Ok(location)
@@ -817,7 +1257,8 @@ impl AuthService {
                 .or_else(|| crate::crypto::query_param(body_param, name))
                 .unwrap_or_default()
         };
-        self.limit(crate::limits::Bucket::Verify, &ctx.ip_key())?;
+        self.limit(crate::limits::Bucket::Verify, &ctx.ip_key())
+            .await?;
         let state = get("state");
         let site = self.site_url();
         let bad_state = |why: &str| {
@@ -887,6 +1328,7 @@ impl AuthService {
                     nonce: &nonce,
                     app_pkce: challenge.zip(method),
                     link_user,
+                    form_user: &get("user"),
                 },
             )
             .await
@@ -945,15 +1387,29 @@ impl AuthService {
             .unwrap_or_default();
         let http = provider_http()?;
         let callback_url = self.callback_url();
-        let response = http
-            .post(&token_endpoint)
-            .basic_auth(form_encode(&client_id), Some(form_encode(&secret)))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", code),
-                ("redirect_uri", callback_url.as_str()),
-                ("code_verifier", verifier),
-            ])
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", callback_url.as_str()),
+        ];
+        let request = http.post(&token_endpoint);
+        let apple_secret;
+        let request = if let OidcKind::Apple(key) = &provider.kind {
+            // Apple: client_secret_post, the secret a JWT signed now.
+            let key = key.as_ref().ok_or_else(|| {
+                AuthError::bad_request("provider_disabled", "Provider is not enabled")
+            })?;
+            let now = crate::time::now_unix().unsigned_abs();
+            apple_secret = key.client_secret(&client_id, &provider.issuer, now)?;
+            form.push(("client_id", client_id.as_str()));
+            form.push(("client_secret", apple_secret.as_str()));
+            request
+        } else {
+            form.push(("code_verifier", verifier));
+            request.basic_auth(form_encode(&client_id), Some(form_encode(&secret)))
+        };
+        let response = request
+            .form(&form)
             .send()
             .await
             .map_err(|e| unreachable_provider(provider, "the token endpoint failed", &e))?;
@@ -1017,11 +1473,7 @@ impl AuthService {
                 }
             }
         }
-        Ok((
-            identity_data(&claims, &provider.issuer),
-            access_token,
-            refresh_token,
-        ))
+        Ok((provider.identity(&claims), access_token, refresh_token))
     }
 
     async fn finish_callback(
@@ -1036,6 +1488,7 @@ impl AuthService {
             nonce,
             app_pkce,
             link_user,
+            form_user,
         } = flow;
         if code.is_empty() {
             return Err(AuthError::bad_request(
@@ -1043,21 +1496,25 @@ impl AuthService {
                 "OAuth callback with missing authorization code",
             ));
         }
-        let (name, data, access_token, refresh_token) =
-            if let Some((name, github)) = self.github_provider(name) {
-                let (data, access) = self.github_identity(&github, code, verifier).await?;
-                (name, data, access, String::new())
-            } else if let Some((name, provider)) = self.redirect_provider(name) {
-                let (data, access, refresh) = self
-                    .oidc_identity(name, &provider, code, verifier, nonce)
-                    .await?;
-                (name, data, access, refresh)
-            } else {
-                return Err(AuthError::bad_request(
-                    "provider_disabled",
-                    "Provider is not enabled",
-                ));
-            };
+        let (name, data, access_token, refresh_token) = if let Some((name, provider)) =
+            self.oauth_provider(name)
+        {
+            let (data, access, refresh) = self.oauth_identity(&provider, code, verifier).await?;
+            (name, data, access, refresh)
+        } else if let Some((name, provider)) = self.redirect_provider(name) {
+            let (mut data, access, refresh) = self
+                .oidc_identity(name, &provider, code, verifier, nonce)
+                .await?;
+            if matches!(provider.kind, OidcKind::Apple(_)) && !form_user.is_empty() {
+                apple_first_sign_in(&mut data, form_user);
+            }
+            (name, data, access, refresh)
+        } else {
+            return Err(AuthError::bad_request(
+                "provider_disabled",
+                "Provider is not enabled",
+            ));
+        };
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let user_id = match link_user {
@@ -1117,6 +1574,8 @@ struct Flow<'a> {
     app_pkce: Option<(String, String)>,
     /// The user the identity is linked to (manual linking).
     link_user: Option<Uuid>,
+    /// Apple's `user` JSON (first sign-in only).
+    form_user: &'a str,
 }
 
 enum Finished {
@@ -1167,6 +1626,7 @@ mod tests {
             client_ids: vec!["other".to_owned(), "app".to_owned()],
             skip_nonce_check: false,
             secret: None,
+            kind: OidcKind::Standard,
         }
     }
 
@@ -1239,6 +1699,169 @@ mod tests {
         // A profile without an id is refused.
         assert!(github_data(&json!({"login": "x"}), &emails).is_err());
         assert!(github_data(&json!("nonsense"), &json!({"message": "Bad credentials"})).is_err());
+    }
+
+    #[test]
+    fn gitlab_and_discord_answers_map_to_gotrues_identity_data() {
+        let data = gitlab_data(
+            &json!({"id": 7, "username": "ada", "name": "Ada", "email": "Ada@GitLab.example",
+                    "confirmed_at": "2021-01-01T00:00:00Z", "avatar_url": "https://g/a.png"}),
+            "https://gitlab.example",
+        )
+        .unwrap();
+        assert_eq!(data["sub"], "7");
+        assert_eq!(data["iss"], "https://gitlab.example");
+        assert_eq!(data["email"], "ada@gitlab.example");
+        assert_eq!(data["email_verified"], true);
+        assert_eq!(data["user_name"], "ada");
+        let unconfirmed =
+            gitlab_data(&json!({"id": 7, "email": "a@x", "confirmed_at": null}), "g").unwrap();
+        assert_eq!(unconfirmed["email_verified"], false);
+        assert!(gitlab_data(&json!({"message": "401 Unauthorized"}), "g").is_err());
+
+        let user = |discriminator: &str, avatar: Value| {
+            discord_data(
+                &json!({"id": "80351110224678912", "username": "nelly",
+                        "discriminator": discriminator, "avatar": avatar,
+                        "email": "n@d.com", "verified": false}),
+                "https://discord.com/api",
+            )
+            .unwrap()
+        };
+        let animated = user("1337", json!("a_abc"));
+        assert_eq!(
+            animated["avatar_url"],
+            "https://cdn.discordapp.com/avatars/80351110224678912/a_abc.gif"
+        );
+        assert_eq!(animated["name"], "nelly#1337");
+        assert_eq!(animated["email_verified"], false);
+        assert_eq!(
+            user("1337", json!("abc"))["avatar_url"],
+            "https://cdn.discordapp.com/avatars/80351110224678912/abc.png"
+        );
+        // No avatar: the default one by discriminator % 5, or for unique
+        // usernames (discriminator 0) by (id >> 22) % 6.
+        assert_eq!(
+            user("1337", Value::Null)["avatar_url"],
+            "https://cdn.discordapp.com/embed/avatars/2.png"
+        );
+        let index = (80_351_110_224_678_912_u64 >> 22) % 6;
+        let unique = user("0", Value::Null);
+        assert_eq!(
+            unique["avatar_url"],
+            format!("https://cdn.discordapp.com/embed/avatars/{index}.png")
+        );
+        assert_eq!(unique["name"], "nelly");
+        assert!(discord_data(&json!({"username": "x"}), "d").is_err());
+    }
+
+    #[test]
+    fn apple_user_json_fills_the_name_once() {
+        let mut data = Map::new();
+        apple_first_sign_in(
+            &mut data,
+            r#"{"name":{"firstName":"Ada","lastName":"Lovelace"},"email":"a@b.c"}"#,
+        );
+        assert_eq!(data["full_name"], "Ada Lovelace");
+        let mut named = Map::new();
+        named.insert("full_name".to_owned(), json!("From Token"));
+        apple_first_sign_in(&mut named, r#"{"name":{"firstName":"X"}}"#);
+        assert_eq!(named["full_name"], "From Token");
+        let mut untouched = Map::new();
+        apple_first_sign_in(&mut untouched, "not json");
+        apple_first_sign_in(&mut untouched, r#"{"name":{}}"#);
+        assert!(untouched.is_empty());
+    }
+
+    #[test]
+    fn apple_client_secrets_are_es256_jwts_of_the_team_key() {
+        use base64::Engine as _;
+        let signing = SigningKey::random(&mut rand::rngs::OsRng);
+        let der = signing.to_pkcs8_der().unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_bytes());
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
+        let key = AppleKey::new("TEAM", "KID", &pem).unwrap();
+        assert!(!format!("{key:?}").contains(&b64[..20]));
+        let now = crate::time::now_unix().unsigned_abs();
+        let secret = key
+            .client_secret("com.example.web", "https://appleid.apple.com", now)
+            .unwrap();
+        let point = signing.verifying_key().to_encoded_point(false);
+        let decoding = DecodingKey::from_ec_components(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(point.x().unwrap()),
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(point.y().unwrap()),
+        )
+        .unwrap();
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_audience(&["https://appleid.apple.com"]);
+        validation.set_issuer(&["TEAM"]);
+        let data = jsonwebtoken::decode::<Value>(&secret, &decoding, &validation).unwrap();
+        assert_eq!(data.header.kid.as_deref(), Some("KID"));
+        assert_eq!(data.claims["sub"], "com.example.web");
+        for bad in [
+            "",
+            "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----",
+            "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----",
+        ] {
+            assert!(AppleKey::new("T", "K", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn microsoft_issuers_follow_the_tokens_tenant() {
+        let provider = |authority: &str| OidcProvider {
+            issuer: authority.to_owned(),
+            kind: OidcKind::Azure,
+            ..provider()
+        };
+        let tid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        let claims = |tid: Option<&str>| {
+            let mut c = Map::new();
+            if let Some(t) = tid {
+                c.insert("tid".to_owned(), json!(t));
+            }
+            c
+        };
+        let own = format!("https://login.microsoftonline.com/{tid}/v2.0");
+        let common = provider("https://login.microsoftonline.com/common/v2.0");
+        assert!(common.accepts_issuer(&own, &claims(Some(tid))));
+        assert!(!common.accepts_issuer(&own, &claims(Some("other"))));
+        assert!(!common.accepts_issuer(&own, &claims(None)));
+        assert!(!common.accepts_issuer(
+            "https://login.microsoftonline.com/{tenantid}/v2.0",
+            &claims(Some("{tenantid}"))
+        ));
+        assert!(!common.accepts_issuer("https://evil.example.com/x/v2.0", &claims(Some("x"))));
+        let organizations = provider("https://login.microsoftonline.com/organizations/v2.0");
+        assert!(organizations.accepts_issuer(&own, &claims(Some(tid))));
+        let consumer =
+            format!("https://login.microsoftonline.com/{MICROSOFT_CONSUMER_TENANT}/v2.0");
+        assert!(!organizations.accepts_issuer(&consumer, &claims(Some(MICROSOFT_CONSUMER_TENANT))));
+        let consumers = provider("https://login.microsoftonline.com/consumers/v2.0");
+        assert!(consumers.accepts_issuer(&consumer, &claims(Some(MICROSOFT_CONSUMER_TENANT))));
+        assert!(!consumers.accepts_issuer(&own, &claims(Some(tid))));
+        // One tenant: exactly its issuer.
+        let single = provider(&own);
+        assert!(single.accepts_issuer(&own, &claims(Some(tid))));
+        assert!(!single.accepts_issuer(
+            "https://login.microsoftonline.com/other/v2.0",
+            &claims(Some("other"))
+        ));
+        // The host is never the replaced part.
+        assert_eq!(azure_template("https://common/x/v2.0"), None);
+        // Email verification as GoTrue reads xms_edov.
+        let with = |edov: Value| {
+            let mut c = claims(Some(tid));
+            c.insert("email".to_owned(), json!("a@b.c"));
+            if !edov.is_null() {
+                c.insert("xms_edov".to_owned(), edov);
+            }
+            azure_email_verified(&c)
+        };
+        assert!(with(Value::Null));
+        assert!(with(json!(true)) && with(json!("1")) && with(json!("true")));
+        assert!(!with(json!(false)) && !with(json!("0")) && !with(json!(1)));
+        assert!(!azure_email_verified(&claims(Some(tid))));
     }
 
     #[test]

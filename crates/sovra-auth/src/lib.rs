@@ -35,6 +35,7 @@ pub mod redirect;
 pub mod refresh_batch;
 pub mod secret;
 pub mod session;
+mod shared_limits;
 pub mod time;
 pub mod user;
 pub mod webauthn;
@@ -136,6 +137,10 @@ pub struct AuthConfig {
     pub webauthn: passkeys::WebAuthnConfig,
     /// Manual identity linking (`auth.manual_linking_enabled`).
     pub manual_linking: bool,
+    /// Count rate limits in the database (`sovra.rate_limits`), shared by
+    /// every node on it, instead of in this process
+    /// (`server.shared_state`).
+    pub shared_limits: bool,
 }
 
 impl AuthConfig {
@@ -211,6 +216,7 @@ impl AuthConfig {
             oauth_server: oauth_server::OAuthServerConfig::default(),
             webauthn: passkeys::WebAuthnConfig::default(),
             manual_linking: false,
+            shared_limits: false,
         }
     }
 }
@@ -222,6 +228,8 @@ pub struct AuthService {
     pool: Pool,
     hasher: Hasher,
     limiter: Limiter,
+    /// The database's buckets, when `config.shared_limits`.
+    shared_limiter: shared_limits::SharedLimiter,
     sender: Sender,
     templates: BTreeMap<Kind, Template>,
     external_url: RwLock<Arc<str>>,
@@ -346,6 +354,7 @@ impl AuthService {
             key,
             hasher: Hasher::new(config.hash_concurrency, config.hash_queue),
             limiter: Limiter::default(),
+            shared_limiter: shared_limits::SharedLimiter::default(),
             sender,
             templates,
             external_url,
@@ -552,11 +561,8 @@ impl AuthService {
         ] {
             external.insert(provider.to_owned(), Value::Bool(false));
         }
-        for (name, _) in c.external.enabled() {
+        for name in c.external.enabled_names() {
             external.insert(name.to_owned(), Value::Bool(true));
-        }
-        if c.external.github.is_some() {
-            external.insert("github".to_owned(), Value::Bool(true));
         }
         external.insert("anonymous_users".to_owned(), json!(c.anonymous_users));
         external.insert("email".to_owned(), json!(true));
@@ -574,7 +580,7 @@ impl AuthService {
     }
 
     /// Counts one event against a limit, answering 429 when over it.
-    pub(crate) fn limit(&self, bucket: Bucket, key: &str) -> AuthResult<()> {
+    pub(crate) async fn limit(&self, bucket: Bucket, key: &str) -> AuthResult<()> {
         let l = &self.config.limits;
         let limit = match bucket {
             Bucket::SignIn => l.sign_in,
@@ -584,7 +590,7 @@ impl AuthService {
             Bucket::EmailSent => l.email_sent,
             Bucket::Anonymous => l.anonymous,
         };
-        self.limiter.hit(bucket, key, limit).map_err(|wait| {
+        self.take(bucket, key, limit).await.map_err(|wait| {
             metrics_rate_limited(bucket);
             if bucket == Bucket::EmailSent {
                 AuthError::rate_limited(
@@ -604,10 +610,10 @@ impl AuthService {
 
     /// Counts one mail against the project's total
     /// (`limits.email_sent_project`), answering GoTrue's 429 when over it.
-    pub(crate) fn limit_project_mail(&self) -> AuthResult<()> {
+    pub(crate) async fn limit_project_mail(&self) -> AuthResult<()> {
         // Per-address counters are keyed by the address: "" is no address.
-        self.limiter
-            .hit(Bucket::EmailSent, "", self.config.limits.email_sent_project)
+        self.take(Bucket::EmailSent, "", self.config.limits.email_sent_project)
+            .await
             .map_err(|wait| {
                 metrics_rate_limited(Bucket::EmailSent);
                 AuthError::rate_limited(
@@ -616,6 +622,25 @@ impl AuthService {
                     wait,
                 )
             })
+    }
+
+    /// Takes one token from the shared bucket in the database when limits
+    /// are shared, else (or when the database cannot be asked: the request
+    /// still gets this node's limit) from this process's.
+    async fn take(&self, bucket: Bucket, key: &str, limit: Limit) -> Result<(), u64> {
+        if self.config.shared_limits && limit.max > 0 {
+            match self
+                .shared_limiter
+                .take(&self.pool, bucket, key, limit)
+                .await
+            {
+                Ok(taken) => return taken,
+                Err(err) => {
+                    tracing::warn!(error = %err, "shared rate limit unavailable; counting on this node");
+                }
+            }
+        }
+        self.limiter.hit(bucket, key, limit)
     }
 
     /// The verified claims of the bearer token, or the client's errors.

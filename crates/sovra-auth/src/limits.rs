@@ -24,6 +24,20 @@ pub enum Bucket {
     Anonymous,
 }
 
+impl Bucket {
+    /// Its name in `sovra.rate_limits`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bucket::SignIn => "sign_in",
+            Bucket::Verify => "verify",
+            Bucket::Refresh => "refresh",
+            Bucket::Otp => "otp",
+            Bucket::EmailSent => "email_sent",
+            Bucket::Anonymous => "anonymous",
+        }
+    }
+}
+
 /// A limit: a bucket of `max` tokens (the burst) that refills at `max` per
 /// `window`, continuously (GoTrue's token buckets, not fixed windows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

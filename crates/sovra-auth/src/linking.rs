@@ -100,7 +100,8 @@ impl AuthService {
         if !self.config.manual_linking {
             return self.manual_linking_disabled(ctx).await;
         }
-        self.limit(crate::limits::Bucket::Verify, &ctx.ip_key())?;
+        self.limit(crate::limits::Bucket::Verify, &ctx.ip_key())
+            .await?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let current = self.current(ctx, &tx).await?;

@@ -305,7 +305,7 @@ impl AuthService {
 
     pub(crate) async fn verify_factor(&self, ctx: &Ctx<'_>, id: &str) -> AuthResult<Response> {
         let body: VerifyBody = ctx.json()?;
-        self.limit(Bucket::Verify, &ctx.ip_key())?;
+        self.limit(Bucket::Verify, &ctx.ip_key()).await?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let current = self.current(ctx, &tx).await?;

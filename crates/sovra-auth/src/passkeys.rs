@@ -352,7 +352,7 @@ impl AuthService {
     }
 
     async fn passkey_registration_options(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
-        self.limit(Bucket::Verify, &ctx.ip_key())?;
+        self.limit(Bucket::Verify, &ctx.ip_key()).await?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let current = self.current(ctx, &tx).await?;
@@ -425,7 +425,7 @@ impl AuthService {
     }
 
     async fn passkey_registration_verify(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
-        self.limit(Bucket::Verify, &ctx.ip_key())?;
+        self.limit(Bucket::Verify, &ctx.ip_key()).await?;
         let body = Self::verify_body(ctx)?;
         let user = {
             let client = self.pool.get().await?;
@@ -505,7 +505,7 @@ impl AuthService {
     }
 
     async fn passkey_authentication_options(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
-        self.limit(Bucket::SignIn, &ctx.ip_key())?;
+        self.limit(Bucket::SignIn, &ctx.ip_key()).await?;
         let client = self.pool.get().await?;
         let (challenge_id, challenge) = self.new_challenge(&client, None, "authentication").await?;
         let (rp_id, _) = self.relying_party();
@@ -524,7 +524,7 @@ impl AuthService {
     }
 
     async fn passkey_authentication_verify(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
-        self.limit(Bucket::SignIn, &ctx.ip_key())?;
+        self.limit(Bucket::SignIn, &ctx.ip_key()).await?;
         let body = Self::verify_body(ctx)?;
         let response: webauthn::AssertionResponse = Self::credential(body.credential)?;
         let challenge = self
@@ -600,7 +600,7 @@ impl AuthService {
     }
 
     async fn list_passkeys(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
-        self.limit(Bucket::Verify, &ctx.ip_key())?;
+        self.limit(Bucket::Verify, &ctx.ip_key()).await?;
         let client = self.pool.get().await?;
         let current = self.current(ctx, &client).await?;
         self.passkeys_of(&client, current.user.id).await
@@ -626,7 +626,7 @@ impl AuthService {
     }
 
     async fn rename_passkey(&self, ctx: &Ctx<'_>, id: &str) -> AuthResult<Response> {
-        self.limit(Bucket::Verify, &ctx.ip_key())?;
+        self.limit(Bucket::Verify, &ctx.ip_key()).await?;
         let body: RenameBody = ctx.json()?;
         let name = body
             .friendly_name
@@ -657,7 +657,7 @@ impl AuthService {
     }
 
     async fn delete_passkey(&self, ctx: &Ctx<'_>, id: &str) -> AuthResult<Response> {
-        self.limit(Bucket::Verify, &ctx.ip_key())?;
+        self.limit(Bucket::Verify, &ctx.ip_key()).await?;
         let id = Uuid::parse_str(id).map_err(|_| passkey_not_found())?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;

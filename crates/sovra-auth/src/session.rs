@@ -185,8 +185,8 @@ impl AuthService {
         new_email: &str,
     ) -> AuthResult<()> {
         let email = user.email.as_str();
-        self.limit_project_mail()?;
-        self.limit(crate::limits::Bucket::EmailSent, to)?;
+        self.limit_project_mail().await?;
+        self.limit(crate::limits::Bucket::EmailSent, to).await?;
         let Some(template) = self.templates.get(&kind) else {
             return Err(AuthError::internal());
         };
@@ -539,7 +539,8 @@ impl AuthService {
     /// [`AuthService::refresh`]'s token response, for the OAuth server's
     /// refresh grant too.
     pub(crate) async fn refresh_value(&self, ctx: &Ctx<'_>, token: &str) -> AuthResult<Value> {
-        self.limit(crate::limits::Bucket::Refresh, &ctx.ip_key())?;
+        self.limit(crate::limits::Bucket::Refresh, &ctx.ip_key())
+            .await?;
         let hash = crypto::sha256_hex(token);
         let child = self.key.refresh_child(token);
         let child_hash = crypto::sha256_hex(&child);

@@ -141,6 +141,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Seconds between SIGINT/SIGTERM and closing: meanwhile `/ready` answers 503 (so a load balancer stops sending) while requests are still served. Then realtime clients are told to reconnect (close code 1001), the change feed is released for another instance, and in-flight requests get `server.shutdown_timeout`. Set it to your balancer's health-check interval times its fall count; a second signal skips the wait.",
     },
     OptionDoc {
+        key: "server.shared_state",
+        kind: Kind::String,
+        default: "\"auto\"",
+        doc: "Where state that several nodes must agree on lives, today auth's rate limits (`auth.rate_limit.*` and a tenant's `mails_per_hour`): `memory` counts in this process (one node; no extra cost), `postgres` counts in each tenant's database (`sovra.rate_limits`, one UPSERT per check), so N requests spread over any number of nodes meet a limit of N. `auto` is `postgres` when `realtime.nats_url` is set (nodes joined into a cluster), else `memory`. See docs/scale-out.md.",
+    },
+    OptionDoc {
         key: "server.body_idle_timeout",
         kind: Kind::Integer,
         default: "60",
@@ -265,6 +271,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         kind: Kind::String,
         default: "\"service-role\"",
         doc: "Who reads the OpenAPI document at `GET /rest/v1/`: `service-role` (only the service role, as hosted Supabase), `follow-privileges` (every caller, listing what its role may use, as PostgREST), `ignore-privileges` (every caller, everything) or `disabled`.",
+    },
+    OptionDoc {
+        key: "rest.idempotency_retention",
+        kind: Kind::Integer,
+        default: "86400",
+        doc: "Seconds the first response to an `Idempotency-Key` on a `/rest/v1` write or `/rpc` call is kept and replayed to the same caller (stored in `sovra.idempotency_keys`, in the request's transaction); a repeat after that runs again. 1 to 2592000 (30 days).",
     },
     OptionDoc {
         key: "embedded.bin_dir",
@@ -715,6 +727,126 @@ pub const OPTIONS: &[OptionDoc] = &[
         kind: Kind::Bool,
         default: "false",
         doc: "Accept the issuer's ID tokens without checking the nonce.",
+    },
+    OptionDoc {
+        key: "auth.external.gitlab.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Sign in with GitLab (`signInWithOAuth({provider: 'gitlab'})`), GoTrue's `GOTRUE_EXTERNAL_GITLAB_ENABLED`: an OAuth application with the `read_user` scope; register `<public_url>/auth/v1/callback` as its redirect URI. The user comes from `/api/v4/user` (its email verified when GitLab reports it confirmed).",
+    },
+    OptionDoc {
+        key: "auth.external.gitlab.client_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The GitLab application's id.",
+    },
+    OptionDoc {
+        key: "auth.external.gitlab.secret",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The GitLab application's secret. Never logged.",
+    },
+    OptionDoc {
+        key: "auth.external.gitlab.url",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "A self-hosted GitLab's base URL (`https://gitlab.example.com`); empty: `https://gitlab.com`. https, or http to a loopback host.",
+    },
+    OptionDoc {
+        key: "auth.external.discord.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Sign in with Discord (`signInWithOAuth({provider: 'discord'})`), GoTrue's `GOTRUE_EXTERNAL_DISCORD_ENABLED`: an application's OAuth2 client with the `identify email` scopes; register `<public_url>/auth/v1/callback` as a redirect. The user comes from `/users/@me` (Discord's `verified` flag decides whether the email is verified).",
+    },
+    OptionDoc {
+        key: "auth.external.discord.client_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The Discord application's client id.",
+    },
+    OptionDoc {
+        key: "auth.external.discord.secret",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The Discord application's client secret. Never logged.",
+    },
+    OptionDoc {
+        key: "auth.external.discord.url",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Where Discord is; empty: `https://discord.com` (its API under `/api`). For tests and proxies; https, or http to a loopback host.",
+    },
+    OptionDoc {
+        key: "auth.external.apple.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Sign in with Apple, GoTrue's `GOTRUE_EXTERNAL_APPLE_ENABLED`: `signInWithOAuth({provider: 'apple'})` (Apple answers with `response_mode=form_post`: register `<public_url>/auth/v1/callback` as the return URL) and `signInWithIdToken({provider: 'apple'})` (ID tokens verified against Apple's JWKS). The client secret is an ES256 JWT Sovra signs for each code exchange with `private_key`, `key_id` and `team_id`.",
+    },
+    OptionDoc {
+        key: "auth.external.apple.client_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The Services ID first (the web flow's client id), then any app bundle ids (comma-separated) whose native ID tokens are accepted.",
+    },
+    OptionDoc {
+        key: "auth.external.apple.team_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The Apple developer team id (the client secret JWT's `iss`).",
+    },
+    OptionDoc {
+        key: "auth.external.apple.key_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The id of the Sign in with Apple key (the client secret JWT's `kid`).",
+    },
+    OptionDoc {
+        key: "auth.external.apple.private_key",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "That key's PEM (the `.p8` file's text, `-----BEGIN PRIVATE KEY-----`). Needed for `signInWithOAuth`; `signInWithIdToken` works without it. Never logged.",
+    },
+    OptionDoc {
+        key: "auth.external.apple.url",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Apple's issuer; empty: `https://appleid.apple.com` (discovery, JWKS, and the client secret's `aud`). For tests; https, or http to a loopback host.",
+    },
+    OptionDoc {
+        key: "auth.external.apple.skip_nonce_check",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Accept Apple ID tokens without checking the nonce.",
+    },
+    OptionDoc {
+        key: "auth.external.azure.enabled",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Sign in with Microsoft (Azure AD / Entra ID), GoTrue's `GOTRUE_EXTERNAL_AZURE_ENABLED`: `signInWithOAuth({provider: 'azure'})` and `signInWithIdToken({provider: 'azure'})`. With a multi-tenant `url` (`common`, `organizations`, `consumers`) each token's `iss` must be `…/{tid}/v2.0` for its own `tid` claim, as Microsoft documents; with a tenant's own URL, exactly that issuer.",
+    },
+    OptionDoc {
+        key: "auth.external.azure.client_id",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The application (client) ids, comma-separated; an ID token's `aud` must be one of them, and the first is used for `signInWithOAuth`.",
+    },
+    OptionDoc {
+        key: "auth.external.azure.secret",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The application's client secret (for `signInWithOAuth`). Never logged.",
+    },
+    OptionDoc {
+        key: "auth.external.azure.url",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The authority: empty means `https://login.microsoftonline.com/common/v2.0` (any work, school or personal account); a single tenant is `https://login.microsoftonline.com/<tenant id>/v2.0`. Its `/.well-known/openid-configuration` names the endpoints and keys.",
+    },
+    OptionDoc {
+        key: "auth.external.azure.skip_nonce_check",
+        kind: Kind::Bool,
+        default: "false",
+        doc: "Accept Microsoft ID tokens without checking the nonce.",
     },
     OptionDoc {
         key: "auth.oauth_server.consent_url",
@@ -1633,6 +1765,72 @@ pub struct AuthExternal {
     pub google: ExternalProvider,
     pub keycloak: ExternalProvider,
     pub github: GithubOption,
+    pub gitlab: OAuthOption,
+    pub discord: OAuthOption,
+    pub apple: AppleOption,
+    pub azure: ExternalProvider,
+}
+
+/// `auth.external.gitlab` and `auth.external.discord`: OAuth 2.0
+/// providers whose user comes from their API.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthOption {
+    pub enabled: bool,
+    pub client_id: String,
+    pub secret: String,
+    /// Empty: the public service.
+    pub url: String,
+}
+
+impl std::fmt::Debug for OAuthOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthOption")
+            .field("enabled", &self.enabled)
+            .field("client_id", &self.client_id)
+            .field("url", &self.url)
+            .field("secret", &redacted(&self.secret))
+            .finish()
+    }
+}
+
+/// `auth.external.apple`.
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppleOption {
+    pub enabled: bool,
+    pub client_id: String,
+    pub team_id: String,
+    pub key_id: String,
+    pub private_key: String,
+    /// Empty: `https://appleid.apple.com`.
+    pub url: String,
+    pub skip_nonce_check: bool,
+}
+
+impl AppleOption {
+    /// The Services ID, then bundle ids.
+    pub fn client_ids(&self) -> Vec<String> {
+        split_list(&self.client_id)
+    }
+}
+
+impl std::fmt::Debug for AppleOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppleOption")
+            .field("enabled", &self.enabled)
+            .field("client_id", &self.client_id)
+            .field("team_id", &self.team_id)
+            .field("key_id", &self.key_id)
+            .field("url", &self.url)
+            .field("skip_nonce_check", &self.skip_nonce_check)
+            .field("private_key", &redacted(&self.private_key))
+            .finish()
+    }
+}
+
+fn redacted(secret: &str) -> &'static str {
+    if secret.is_empty() { "" } else { "<redacted>" }
 }
 
 /// `auth.external.github`.
@@ -1707,6 +1905,66 @@ impl std::fmt::Debug for ExternalProvider {
     }
 }
 
+impl AuthExternal {
+    /// Checks GitLab, Discord and Apple; the error names the option.
+    fn check_oauth_and_apple(&self) -> Result<(), ConfigError> {
+        for (name, p) in [("gitlab", &self.gitlab), ("discord", &self.discord)] {
+            if !p.enabled {
+                continue;
+            }
+            for (field, value) in [("client_id", &p.client_id), ("secret", &p.secret)] {
+                if value.trim().is_empty() {
+                    return Err(ConfigError::invalid(
+                        &format!("auth.external.{name}.{field}"),
+                        "is required when the provider is enabled",
+                    ));
+                }
+            }
+            if !p.url.trim().is_empty() && !https_or_loopback(&p.url) {
+                return Err(ConfigError::invalid(
+                    &format!("auth.external.{name}.url"),
+                    "must be an https:// URL (http:// only to a loopback host)",
+                ));
+            }
+        }
+        let apple = &self.apple;
+        if apple.enabled {
+            if apple.client_ids().is_empty() {
+                return Err(ConfigError::invalid(
+                    "auth.external.apple.client_id",
+                    "is required when Apple is enabled",
+                ));
+            }
+            if !apple.url.trim().is_empty() && !https_or_loopback(&apple.url) {
+                return Err(ConfigError::invalid(
+                    "auth.external.apple.url",
+                    "must be an https:// URL (http:// only to a loopback host)",
+                ));
+            }
+            let key = apple.private_key.trim();
+            if !key.is_empty() {
+                if !(key.starts_with("-----BEGIN PRIVATE KEY-----")
+                    && key.ends_with("-----END PRIVATE KEY-----"))
+                {
+                    return Err(ConfigError::invalid(
+                        "auth.external.apple.private_key",
+                        "must be the PEM text of the .p8 key (-----BEGIN PRIVATE KEY----- ...)",
+                    ));
+                }
+                for (field, value) in [("team_id", &apple.team_id), ("key_id", &apple.key_id)] {
+                    if value.trim().is_empty() {
+                        return Err(ConfigError::invalid(
+                            &format!("auth.external.apple.{field}"),
+                            "is required with private_key",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ExternalProvider {
     /// The client ids, as written.
     pub fn client_ids(&self) -> Vec<String> {
@@ -1745,6 +2003,19 @@ impl Default for AuthHooks {
 
 impl AuthHooks {
     /// Every hook with its configuration name.
+    /// The hook of that name (`custom_access_token`, …), to change.
+    pub fn by_name_mut(&mut self, name: &str) -> Option<&mut HookOption> {
+        Some(match name {
+            "custom_access_token" => &mut self.custom_access_token,
+            "before_user_created" => &mut self.before_user_created,
+            "password_verification_attempt" => &mut self.password_verification_attempt,
+            "mfa_verification_attempt" => &mut self.mfa_verification_attempt,
+            "send_email" => &mut self.send_email,
+            "send_sms" => &mut self.send_sms,
+            _ => return None,
+        })
+    }
+
     pub fn all(&self) -> [(&'static str, &HookOption); 6] {
         [
             ("custom_access_token", &self.custom_access_token),
@@ -1986,6 +2257,7 @@ pub struct RestConfig {
     pub max_rows: u64,
     pub plan_enabled: bool,
     pub openapi_mode: String,
+    pub idempotency_retention: u64,
 }
 
 impl Default for RestConfig {
@@ -1995,6 +2267,7 @@ impl Default for RestConfig {
             max_rows: 1000,
             plan_enabled: false,
             openapi_mode: "service-role".to_owned(),
+            idempotency_retention: 86_400,
         }
     }
 }
@@ -2020,6 +2293,7 @@ pub struct ServerConfig {
     pub body_limit: usize,
     pub shutdown_timeout: u64,
     pub drain_delay: u64,
+    pub shared_state: String,
     pub body_idle_timeout: u64,
     pub header_read_timeout: u64,
     pub require_apikey: bool,
@@ -2142,6 +2416,7 @@ impl Default for ServerConfig {
             body_limit: 10 * 1024 * 1024,
             shutdown_timeout: 30,
             drain_delay: 0,
+            shared_state: "auto".to_owned(),
             body_idle_timeout: 60,
             header_read_timeout: 30,
             require_apikey: false,
@@ -2420,6 +2695,17 @@ fn insert_path(table: &mut toml::Table, key: &str, value: toml::Value) {
 }
 
 impl Config {
+    /// Whether state several nodes must agree on (auth's rate limits)
+    /// lives in PostgreSQL: `server.shared_state`, where `auto` follows
+    /// `realtime.nats_url` (set: nodes joined into a cluster).
+    pub fn shared_state_in_postgres(&self) -> bool {
+        match self.server.shared_state.as_str() {
+            "postgres" => true,
+            "memory" => false,
+            _ => !self.realtime.nats_url.is_empty(),
+        }
+    }
+
     /// Loads the configuration the way `sovra` does: the file at `path` (or
     /// `sovra.toml` in the working directory when present), then `env`.
     pub fn load<I>(path: Option<&Path>, env: I) -> Result<Config, ConfigError>
@@ -2580,6 +2866,21 @@ impl Config {
             return Err(ConfigError::invalid(
                 "rest.openapi_mode",
                 "must be service-role, follow-privileges, ignore-privileges or disabled",
+            ));
+        }
+        if !matches!(
+            self.server.shared_state.as_str(),
+            "auto" | "postgres" | "memory"
+        ) {
+            return Err(ConfigError::invalid(
+                "server.shared_state",
+                "must be auto, postgres or memory",
+            ));
+        }
+        if !(1..=2_592_000).contains(&self.rest.idempotency_retention) {
+            return Err(ConfigError::invalid(
+                "rest.idempotency_retention",
+                "must be between 1 and 2592000 seconds (30 days)",
             ));
         }
         if self.embedded.port == Some(0) {
@@ -2870,6 +3171,7 @@ impl Config {
         for (name, provider) in [
             ("google", &auth.external.google),
             ("keycloak", &auth.external.keycloak),
+            ("azure", &auth.external.azure),
         ] {
             if !provider.enabled {
                 continue;
@@ -2886,7 +3188,17 @@ impl Config {
                     "must be the issuer's https:// URL (http:// only to a loopback host)",
                 ));
             }
+            if name == "azure"
+                && !provider.url.trim().is_empty()
+                && !https_or_loopback(&provider.url)
+            {
+                return Err(ConfigError::invalid(
+                    "auth.external.azure.url",
+                    "must be the authority's https:// URL (http:// only to a loopback host)",
+                ));
+            }
         }
+        auth.external.check_oauth_and_apple()?;
         let consent = auth.oauth_server.consent_url.trim();
         if !consent.is_empty() {
             let absolute = (consent.starts_with("https://") || consent.starts_with("http://"))
@@ -3149,6 +3461,24 @@ mod tests {
         assert!(!Config::default().net.allow_private);
         let err = load("", &[("SOVRA_NET_CONCURRENCY", "5000")]).unwrap_err();
         assert!(err.to_string().contains("net.concurrency"), "{err}");
+    }
+
+    #[test]
+    fn shared_state_follows_the_cluster_unless_named() {
+        // Auto: memory on one node, PostgreSQL once nodes share NATS.
+        assert!(!Config::default().shared_state_in_postgres());
+        let nats = ("SOVRA_REALTIME_NATS_URL", "nats://127.0.0.1:4222");
+        assert!(load("", &[nats]).unwrap().shared_state_in_postgres());
+        let memory = ("SOVRA_SERVER_SHARED_STATE", "memory");
+        assert!(
+            !load("", &[nats, memory])
+                .unwrap()
+                .shared_state_in_postgres()
+        );
+        let postgres = load("[server]\nshared_state = \"postgres\"\n", &[]).unwrap();
+        assert!(postgres.shared_state_in_postgres());
+        let err = load("", &[("SOVRA_SERVER_SHARED_STATE", "nats")]).unwrap_err();
+        assert!(err.to_string().contains("server.shared_state"), "{err}");
     }
 
     #[test]
@@ -3423,6 +3753,18 @@ mod tests {
             ("[rest]\nschemas = \" , \"\n", "rest.schemas"),
             ("[rest]\nopenapi_mode = \"everyone\"\n", "rest.openapi_mode"),
             ("[rest]\nplan_enabled = \"yes\"\n", "rest.plan_enabled"),
+            (
+                "[server]\nshared_state = \"redis\"\n",
+                "server.shared_state",
+            ),
+            (
+                "[rest]\nidempotency_retention = 0\n",
+                "rest.idempotency_retention",
+            ),
+            (
+                "[rest]\nidempotency_retention = 2592001\n",
+                "rest.idempotency_retention",
+            ),
             ("[embedded]\nport = 0\n", "embedded.port"),
             ("[embedded]\nsystem_user = \"\"\n", "embedded.system_user"),
             ("[jwt]\nsecret = \"short\"\n", "jwt.secret"),
@@ -3784,9 +4126,84 @@ mod tests {
             );
         }
         assert!(matches!(
-            load("[auth.external.gitlab]\nenabled = true\n", &[]),
+            load("[auth.external.twitter]\nenabled = true\n", &[]),
             Err(ConfigError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn gitlab_discord_apple_and_azure_are_validated() {
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIGTAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBHkwdwIBAQQg\n-----END PRIVATE KEY-----";
+        let good = load(
+            &format!(
+                "[auth.external.gitlab]\nenabled = true\nclient_id = \"gl\"\nsecret = \"gl-secret-value\"\nurl = \"https://gitlab.example.com\"\n\
+                 [auth.external.discord]\nenabled = true\nclient_id = \"dc\"\nsecret = \"dc-secret-value\"\n\
+                 [auth.external.apple]\nenabled = true\nclient_id = \"com.example.web, com.example.ios\"\nteam_id = \"TEAM\"\nkey_id = \"KEY\"\nprivate_key = \"\"\"{pem}\"\"\"\n\
+                 [auth.external.azure]\nenabled = true\nclient_id = \"az\"\nsecret = \"az-secret-value\"\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        let shown = format!("{good:?}");
+        for secret in [
+            "gl-secret-value",
+            "dc-secret-value",
+            "az-secret-value",
+            "MIGTAgEA",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in Debug");
+        }
+        assert_eq!(
+            good.auth.external.apple.client_ids(),
+            ["com.example.web", "com.example.ios"]
+        );
+        // Apple without a key still takes native ID tokens.
+        load(
+            "[auth.external.apple]\nenabled = true\nclient_id = \"com.example.ios\"\n",
+            &[],
+        )
+        .unwrap();
+        let refused: Vec<(String, &str)> = vec![
+            (
+                "[auth.external.gitlab]\nenabled = true\nsecret = \"s\"\n".into(),
+                "auth.external.gitlab.client_id",
+            ),
+            (
+                "[auth.external.discord]\nenabled = true\nclient_id = \"c\"\n".into(),
+                "auth.external.discord.secret",
+            ),
+            (
+                "[auth.external.gitlab]\nenabled = true\nclient_id = \"c\"\nsecret = \"s\"\nurl = \"http://gitlab.example.com\"\n".into(),
+                "auth.external.gitlab.url",
+            ),
+            (
+                "[auth.external.apple]\nenabled = true\n".into(),
+                "auth.external.apple.client_id",
+            ),
+            (
+                "[auth.external.apple]\nenabled = true\nclient_id = \"c\"\nprivate_key = \"not a key\"\nteam_id = \"T\"\nkey_id = \"K\"\n".into(),
+                "auth.external.apple.private_key",
+            ),
+            (
+                format!("[auth.external.apple]\nenabled = true\nclient_id = \"c\"\nkey_id = \"K\"\nprivate_key = \"\"\"{pem}\"\"\"\n"),
+                "auth.external.apple.team_id",
+            ),
+            (
+                "[auth.external.azure]\nenabled = true\n".into(),
+                "auth.external.azure.client_id",
+            ),
+            (
+                "[auth.external.azure]\nenabled = true\nclient_id = \"a\"\nurl = \"http://login.example.com/common/v2.0\"\n".into(),
+                "auth.external.azure.url",
+            ),
+        ];
+        for (text, option) in refused {
+            let err = load(&text, &[]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("invalid value for `{option}`")),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]

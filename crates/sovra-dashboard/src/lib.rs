@@ -18,6 +18,7 @@
 //! a [`Host`].
 
 pub mod assets;
+pub mod ddl;
 pub mod session;
 pub mod sql;
 
@@ -32,7 +33,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -62,6 +63,17 @@ pub trait Host: Send + Sync + 'static {
     fn service_key(&self, name: &str) -> BoxFuture<Result<String, TenantError>>;
     /// The request pool of tenant `name`.
     fn pool(&self, name: &str) -> BoxFuture<Result<sovra_pg::Pool, TenantError>>;
+    /// The administrative login on tenant `name`'s database, for DDL the
+    /// dashboard runs as a table's owner (policies, row-level security).
+    fn admin(&self, name: &str)
+    -> BoxFuture<Result<sovra_pg::tokio_postgres::Config, TenantError>>;
+    /// Tenant `name`'s realtime service as it stands: `{"connections",
+    /// "channels", "peers"}`.
+    fn realtime(&self, name: &str) -> BoxFuture<Result<Value, TenantError>>;
+    /// The last `limit` requests the server answered for `tenant` (every
+    /// tenant when `None`), newest first: time, tenant, method, route, path
+    /// without query, status, latency and request id.
+    fn requests(&self, tenant: Option<&str>, limit: usize) -> Value;
     /// The server's metrics in Prometheus' text format (what `GET
     /// /metrics` answers), for every tenant.
     fn metrics(&self) -> String;
@@ -122,8 +134,46 @@ pub fn router(dashboard: Shared) -> Router {
         .route("/_/api/platform/tenants/{*rest}", any(platform))
         .route("/_/api/t/{tenant}/tables", get(tables))
         .route("/_/api/t/{tenant}/tables/{schema}/{name}", get(table))
+        .route(
+            "/_/api/t/{tenant}/tables/{schema}/{name}/policies",
+            post(policy_create),
+        )
+        .route(
+            "/_/api/t/{tenant}/tables/{schema}/{name}/policies/{policy}",
+            put(policy_replace).delete(policy_drop),
+        )
+        .route("/_/api/t/{tenant}/tables/{schema}/{name}/rls", put(set_rls))
+        .route(
+            "/_/api/t/{tenant}/tables/{schema}/{name}/as-user",
+            post(test_as_user),
+        )
+        .route(
+            "/_/api/t/{tenant}/users/{id}/sessions",
+            get(user_sessions).delete(end_user_sessions),
+        )
+        .route(
+            "/_/api/t/{tenant}/users/{id}/sessions/{session}",
+            delete(end_user_session),
+        )
         .route("/_/api/t/{tenant}/sql", post(run_sql))
         .route("/_/api/t/{tenant}/sql/history", get(history))
+        .route("/_/api/t/{tenant}/logs", get(logs))
+        .route("/_/api/t/{tenant}/realtime", get(realtime_stats))
+        .route("/_/api/t/{tenant}/realtime/websocket", get(realtime_socket))
+        .route("/_/api/t/{tenant}/jobs", get(jobs))
+        .route("/_/api/t/{tenant}/jobs/queues", post(queue_create))
+        .route(
+            "/_/api/t/{tenant}/jobs/queues/{queue}/send",
+            post(queue_send),
+        )
+        .route(
+            "/_/api/t/{tenant}/jobs/queues/{queue}/read",
+            post(queue_read),
+        )
+        .route(
+            "/_/api/t/{tenant}/jobs/dead-letters/replay",
+            post(dead_letters_replay),
+        )
         .route("/_/api/t/{tenant}/{*rest}", any(proxy))
         .route("/_/api", any(not_found))
         .route("/_/api/{*rest}", any(not_found))
@@ -504,6 +554,12 @@ const FORWARDED: &[&str] = &[
     "cache-control",
     "if-none-match",
     "if-modified-since",
+    // Resumable uploads (TUS).
+    "tus-resumable",
+    "upload-length",
+    "upload-metadata",
+    "upload-offset",
+    "upload-defer-length",
 ];
 
 /// Response headers not passed back to the browser.
@@ -671,13 +727,14 @@ fn tenant_error(err: TenantError) -> Refusal {
 }
 
 /// The tenant services the dashboard reaches: REST, Auth's admin API (with
-/// its mailbox) and invitations, and Storage.
+/// its mailbox), invitations and published settings, and Storage.
 fn proxied(rest: &str) -> bool {
     ["rest/v1/", "auth/v1/admin/", "storage/v1/"]
         .iter()
         .any(|prefix| rest.starts_with(prefix))
         || rest == "rest/v1"
         || rest == "auth/v1/invite"
+        || rest == "auth/v1/settings"
 }
 
 async fn proxy(
@@ -773,6 +830,539 @@ async fn table(
         Ok(value) => axum::Json(value).into_response(),
         Err(err) => sql_failure(&err),
     }
+}
+
+/// The session's tenant and its administrative login, for the routes
+/// that change a table's row-level security.
+async fn tenant_admin(
+    dashboard: &Dashboard,
+    method: &Method,
+    headers: &HeaderMap,
+    tenant: &str,
+) -> Result<sovra_pg::tokio_postgres::Config, Refusal> {
+    let (_, session) = authorise(dashboard, method, headers)?;
+    if !session.principal.may_use(tenant) {
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "This session was signed in for another tenant",
+        ));
+    }
+    dashboard.host.admin(tenant).await.map_err(tenant_error)
+}
+
+fn bad_request(message: &str) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// Runs DDL the dashboard built on table `schema`.`name` of `tenant` as
+/// the table's owner: 204, 404 without such a table, 400 with
+/// PostgreSQL's error.
+async fn run_owned(
+    dashboard: &Dashboard,
+    method: &Method,
+    headers: &HeaderMap,
+    (tenant, schema, name): (&str, &str, &str),
+    statements: Result<Vec<String>, ddl::DdlError>,
+) -> Response {
+    let admin = match tenant_admin(dashboard, method, headers, tenant).await {
+        Ok(admin) => admin,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let statements = match statements {
+        Ok(statements) => statements,
+        Err(err) => return bad_request(&err.0),
+    };
+    tracing::info!(
+        tenant,
+        schema,
+        table = name,
+        "dashboard: row-level security changed"
+    );
+    match sql::as_owner(&admin, schema, name, &statements).await {
+        Ok(sql::Owned::Done) => StatusCode::NO_CONTENT.into_response(),
+        Ok(sql::Owned::NoTable) => error(StatusCode::NOT_FOUND, "not_found", "No such table"),
+        Err(err) => sql_failure(&err),
+    }
+}
+
+fn json_body(body: &[u8]) -> Result<Value, Refusal> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or(Refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "Send a JSON object",
+        ))
+}
+
+/// `POST …/policies`: creates a policy.
+async fn policy_create(
+    State(dashboard): State<Shared>,
+    Path((tenant, schema, name)): Path<(String, String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let statements = match json_body(&body) {
+        Ok(value) => ddl::Policy::from_json(&value)
+            .and_then(|policy| policy.create_sql(&schema, &name))
+            .map(|sql| vec![sql]),
+        Err(refusal) => return refusal.into_response(),
+    };
+    run_owned(
+        &dashboard,
+        &method,
+        &headers,
+        (&tenant, &schema, &name),
+        statements,
+    )
+    .await
+}
+
+/// `PUT …/policies/{policy}`: replaces a policy (drop and create in one
+/// transaction, so its command, roles and name may change too).
+async fn policy_replace(
+    State(dashboard): State<Shared>,
+    Path((tenant, schema, name, policy)): Path<(String, String, String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let statements = match json_body(&body) {
+        Ok(value) => ddl::Policy::from_json(&value).and_then(|new| {
+            Ok(vec![
+                ddl::drop_sql(&schema, &name, &policy)?,
+                new.create_sql(&schema, &name)?,
+            ])
+        }),
+        Err(refusal) => return refusal.into_response(),
+    };
+    run_owned(
+        &dashboard,
+        &method,
+        &headers,
+        (&tenant, &schema, &name),
+        statements,
+    )
+    .await
+}
+
+/// `DELETE …/policies/{policy}`.
+async fn policy_drop(
+    State(dashboard): State<Shared>,
+    Path((tenant, schema, name, policy)): Path<(String, String, String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let statements = ddl::drop_sql(&schema, &name, &policy).map(|sql| vec![sql]);
+    run_owned(
+        &dashboard,
+        &method,
+        &headers,
+        (&tenant, &schema, &name),
+        statements,
+    )
+    .await
+}
+
+/// `PUT …/rls` `{"enabled": bool}`: turns row-level security on or off.
+async fn set_rls(
+    State(dashboard): State<Shared>,
+    Path((tenant, schema, name)): Path<(String, String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let statements = match json_body(&body) {
+        Ok(value) => match value["enabled"].as_bool() {
+            Some(enabled) => ddl::rls_sql(&schema, &name, enabled).map(|sql| vec![sql]),
+            None => return bad_request("Send {\"enabled\": true|false}"),
+        },
+        Err(refusal) => return refusal.into_response(),
+    };
+    run_owned(
+        &dashboard,
+        &method,
+        &headers,
+        (&tenant, &schema, &name),
+        statements,
+    )
+    .await
+}
+
+fn user_id(text: &str) -> Result<uuid::Uuid, Refusal> {
+    uuid::Uuid::parse_str(text).map_err(|_| {
+        Refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "A user id is a UUID",
+        )
+    })
+}
+
+/// `POST …/as-user` `{"user_id"}`: the rows of the table that user sees
+/// (the first [`sql::AS_USER_ROWS`]), their count, and the role and
+/// claims they were read with.
+async fn test_as_user(
+    State(dashboard): State<Shared>,
+    Path((tenant, schema, name)): Path<(String, String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (_, pool) = match tenant_pool(&dashboard, &method, &headers, &tenant).await {
+        Ok(found) => found,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let id =
+        match json_body(&body).and_then(|value| user_id(value["user_id"].as_str().unwrap_or(""))) {
+            Ok(id) => id,
+            Err(refusal) => return refusal.into_response(),
+        };
+    match sql::as_user(&pool, &schema, &name, id, now()).await {
+        Ok(Some(value)) => axum::Json(value).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "user_not_found", "No such user"),
+        Err(err) => sql_failure(&err),
+    }
+}
+
+/// `GET …/users/{id}/sessions`: the user's sessions, newest first.
+async fn user_sessions(
+    State(dashboard): State<Shared>,
+    Path((tenant, id)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let (_, pool) = match tenant_pool(&dashboard, &method, &headers, &tenant).await {
+        Ok(found) => found,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let id = match user_id(&id) {
+        Ok(id) => id,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match sql::sessions(&pool, id).await {
+        Ok(value) => axum::Json(value).into_response(),
+        Err(err) => sql_failure(&err),
+    }
+}
+
+async fn end_sessions(
+    dashboard: &Dashboard,
+    method: &Method,
+    headers: &HeaderMap,
+    (tenant, id, session): (&str, &str, Option<&str>),
+) -> Response {
+    let (_, pool) = match tenant_pool(dashboard, method, headers, tenant).await {
+        Ok(found) => found,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let id = match user_id(id) {
+        Ok(id) => id,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let session = match session.map(uuid::Uuid::parse_str).transpose() {
+        Ok(session) => session,
+        Err(_) => return bad_request("A session id is a UUID"),
+    };
+    match sql::end_sessions(&pool, id, session).await {
+        Ok(0) if session.is_some() => error(
+            StatusCode::NOT_FOUND,
+            "session_not_found",
+            "No such session",
+        ),
+        Ok(ended) => axum::Json(json!({"ended": ended})).into_response(),
+        Err(err) => sql_failure(&err),
+    }
+}
+
+/// `DELETE …/users/{id}/sessions`: signs the user out everywhere.
+async fn end_user_sessions(
+    State(dashboard): State<Shared>,
+    Path((tenant, id)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    end_sessions(&dashboard, &method, &headers, (&tenant, &id, None)).await
+}
+
+/// `DELETE …/users/{id}/sessions/{session}`: ends one session.
+async fn end_user_session(
+    State(dashboard): State<Shared>,
+    Path((tenant, id, session)): Path<(String, String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    end_sessions(
+        &dashboard,
+        &method,
+        &headers,
+        (&tenant, &id, Some(&session)),
+    )
+    .await
+}
+
+/// Requests the Logs page shows at most.
+const LOGGED_REQUESTS: usize = 500;
+
+/// `GET /t/{tenant}/logs`: the tenant's recent requests, newest first.
+async fn logs(
+    State(dashboard): State<Shared>,
+    Path(tenant): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    match authorise(&dashboard, &method, &headers) {
+        Ok((_, session)) if session.principal.may_use(&tenant) => {
+            axum::Json(dashboard.host.requests(Some(&tenant), LOGGED_REQUESTS)).into_response()
+        }
+        Ok(_) => error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "This session was signed in for another tenant",
+        ),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+fn json_answer(outcome: Result<Value, sql::SqlError>) -> Response {
+    match outcome {
+        Ok(value) => axum::Json(value).into_response(),
+        Err(err) => sql_failure(&err),
+    }
+}
+
+/// `GET /t/{tenant}/jobs`: queues, cron jobs with their last runs,
+/// webhook deliveries and dead letters.
+async fn jobs(
+    State(dashboard): State<Shared>,
+    Path(tenant): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    match tenant_admin(&dashboard, &method, &headers, &tenant).await {
+        Ok(admin) => json_answer(sql::jobs(&admin).await),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// The administrative login of the session's tenant and the request's
+/// JSON object, for the Jobs page's actions.
+async fn admin_and_body(
+    dashboard: &Dashboard,
+    method: &Method,
+    headers: &HeaderMap,
+    tenant: &str,
+    body: &[u8],
+) -> Result<(sovra_pg::tokio_postgres::Config, Value), Refusal> {
+    let admin = tenant_admin(dashboard, method, headers, tenant).await?;
+    Ok((admin, json_body(body)?))
+}
+
+/// `POST /t/{tenant}/jobs/queues` `{"name"}`: creates a queue.
+async fn queue_create(
+    State(dashboard): State<Shared>,
+    Path(tenant): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (admin, value) = match admin_and_body(&dashboard, &method, &headers, &tenant, &body).await {
+        Ok(found) => found,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let name = value["name"].as_str().unwrap_or("").trim().to_owned();
+    if name.is_empty() {
+        return bad_request("Send {\"name\": …}");
+    }
+    json_answer(sql::create_queue(&admin, &name).await)
+}
+
+/// `POST /t/{tenant}/jobs/queues/{queue}/send` `{"message", "delay"?}`.
+async fn queue_send(
+    State(dashboard): State<Shared>,
+    Path((tenant, queue)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (admin, value) = match admin_and_body(&dashboard, &method, &headers, &tenant, &body).await {
+        Ok(found) => found,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let delay = match &value["delay"] {
+        Value::Null => 0,
+        delay => match delay.as_i64().and_then(|d| i32::try_from(d).ok()) {
+            Some(d) if d >= 0 => d,
+            _ => return bad_request("delay is a number of seconds"),
+        },
+    };
+    if value["message"].is_null() {
+        return bad_request("Send {\"message\": …}");
+    }
+    json_answer(sql::send_message(&admin, &queue, &value["message"], delay).await)
+}
+
+/// `POST /t/{tenant}/jobs/queues/{queue}/read` `{"vt"?, "qty"?}`: reads
+/// messages (they stay hidden for `vt` seconds, 30 by default).
+async fn queue_read(
+    State(dashboard): State<Shared>,
+    Path((tenant, queue)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (admin, value) = match admin_and_body(&dashboard, &method, &headers, &tenant, &body).await {
+        Ok(found) => found,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let number = |field: &str, default: i32, max: i32| match &value[field] {
+        Value::Null => Some(default),
+        n => n
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok())
+            .filter(|n| (0..=max).contains(n)),
+    };
+    let (Some(vt), Some(qty)) = (number("vt", 30, 86_400), number("qty", 10, 100)) else {
+        return bad_request("vt is 0 to 86400 seconds, qty 0 to 100 messages");
+    };
+    json_answer(sql::read_messages(&admin, &queue, vt, qty).await)
+}
+
+/// `POST /t/{tenant}/jobs/dead-letters/replay` `{"ids"?: [...]}`: puts
+/// dead letters (all of them without ids) back in the webhooks' queue.
+async fn dead_letters_replay(
+    State(dashboard): State<Shared>,
+    Path(tenant): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (admin, value) = match admin_and_body(&dashboard, &method, &headers, &tenant, &body).await {
+        Ok(found) => found,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let ids = match &value["ids"] {
+        Value::Null => None,
+        Value::Array(items) => match items.iter().map(Value::as_i64).collect::<Option<Vec<_>>>() {
+            Some(ids) => Some(ids),
+            None => return bad_request("ids are numbers"),
+        },
+        _ => return bad_request("ids are a list of numbers"),
+    };
+    json_answer(
+        sql::replay_dead_letters(&admin, ids)
+            .await
+            .map(|n| json!({"replayed": n})),
+    )
+}
+
+/// `GET /t/{tenant}/realtime`: open connections and channels.
+async fn realtime_stats(
+    State(dashboard): State<Shared>,
+    Path(tenant): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let session = match authorise(&dashboard, &method, &headers) {
+        Ok((_, session)) => session,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if !session.principal.may_use(&tenant) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "This session was signed in for another tenant",
+        );
+    }
+    match dashboard.host.realtime(&tenant).await {
+        Ok(value) => axum::Json(value).into_response(),
+        Err(err) => tenant_error(err).into_response(),
+    }
+}
+
+/// Whether a WebSocket handshake comes from a page of this origin: its
+/// `Origin`'s host is the `Host` it was sent to.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    match (origin, host) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host)),
+        _ => false,
+    }
+}
+
+/// Headers of a WebSocket handshake passed on to the realtime service.
+const HANDSHAKE: &[&str] = &[
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+];
+
+/// `GET /t/{tenant}/realtime/websocket?vsn=…&csrf=…`: the tenant's realtime
+/// socket for the dashboard's live view. The session (its cookie, the CSRF
+/// token in the query since a browser cannot add headers to a handshake,
+/// and a page of this origin) stands for the key: the handshake is handed
+/// to the tenant's realtime service with the tenant's service key in
+/// `x-api-key`, so the browser never holds it. The socket lives until the
+/// page closes it.
+async fn realtime_socket(
+    State(dashboard): State<Shared>,
+    Path(tenant): Path<String>,
+    request: Request,
+) -> Response {
+    let (mut parts, _) = request.into_parts();
+    let (_, session) = match authorise(&dashboard, &parts.method, &parts.headers) {
+        Ok(found) => found,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let query = parts.uri.query().unwrap_or("");
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.to_owned())
+    };
+    if !session.csrf_matches(&param("csrf").unwrap_or_default()) || !same_origin(&parts.headers) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "The live view's socket needs the session's CSRF token and a page of this origin",
+        );
+    }
+    let vsn = param("vsn").unwrap_or_else(|| "1.0.0".to_owned());
+    if !matches!(vsn.as_str(), "1.0.0" | "2.0.0") {
+        return bad_request("vsn is 1.0.0 or 2.0.0");
+    }
+    let key = match key_for(&dashboard, &session, &tenant).await {
+        Ok(key) => key,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let uri = tenant_path(&tenant, &format!("/realtime/v1/websocket?vsn={vsn}"));
+    let mut inner = match inner_request(Method::GET, &uri, &parts.extensions, Body::empty()) {
+        Ok(inner) => inner,
+        Err(refusal) => return refusal.into_response(),
+    };
+    for name in HANDSHAKE {
+        if let Some(value) = parts.headers.get(*name) {
+            inner
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value.clone());
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&key) {
+        inner.headers_mut().insert("x-api-key", value);
+    }
+    if let Some(upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+        inner.extensions_mut().insert(upgrade);
+    }
+    dashboard.host.call(inner).await
 }
 
 #[derive(Deserialize)]
@@ -883,6 +1473,7 @@ mod tests {
         assert!(proxied("rest/v1"));
         assert!(proxied("auth/v1/admin/users"));
         assert!(proxied("auth/v1/invite"));
+        assert!(proxied("auth/v1/settings"));
         assert!(proxied("storage/v1/bucket"));
         assert!(!proxied("auth/v1/token"));
         assert!(!proxied("sovra/v1/tenants"));
@@ -900,6 +1491,36 @@ mod tests {
             value,
             json!([{"name": "a", "anon_key": "x", "settings": {}}])
         );
+    }
+
+    #[test]
+    fn the_live_sockets_handshake_must_come_from_this_origin() {
+        let headers = |origin: Option<&'static str>, host: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_static(host));
+            if let Some(origin) = origin {
+                headers.insert(header::ORIGIN, HeaderValue::from_static(origin));
+            }
+            headers
+        };
+        assert!(same_origin(&headers(
+            Some("http://127.0.0.1:54321"),
+            "127.0.0.1:54321"
+        )));
+        assert!(same_origin(&headers(
+            Some("https://Sovra.example"),
+            "sovra.example"
+        )));
+        assert!(!same_origin(&headers(
+            Some("http://evil.example"),
+            "sovra.example"
+        )));
+        assert!(!same_origin(&headers(
+            Some("http://sovra.example.evil"),
+            "sovra.example"
+        )));
+        assert!(!same_origin(&headers(Some("null"), "sovra.example")));
+        assert!(!same_origin(&headers(None, "sovra.example")));
     }
 
     #[test]

@@ -163,10 +163,21 @@ async fn catalog(
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Value, SqlError> {
+    as_service_role(pool, sql, params, true).await
+}
+
+/// Runs one statement that returns a single JSON value, as `service_role`
+/// in the request transaction: read-only and rolled back, or committed.
+async fn as_service_role(
+    pool: &sovra_pg::Pool,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    read_only: bool,
+) -> Result<Value, SqlError> {
     let mut conn = one_use(pool).await?;
     let outcome = async {
         let client: &mut tokio_postgres::Client = &mut conn;
-        let tx = sovra_pg::begin_request(client, &context(), true)
+        let tx = sovra_pg::begin_request(client, &context(), read_only)
             .await
             .map_err(|err| SqlError::of(&err))?;
         tx.batch_execute("set local statement_timeout = '15s'")
@@ -177,7 +188,12 @@ async fn catalog(
             .await
             .map_err(|err| SqlError::of(&err))?;
         let value: Option<Value> = row.get(0);
-        tx.rollback().await.map_err(|err| SqlError::of(&err))?;
+        if read_only {
+            tx.rollback().await
+        } else {
+            tx.commit().await
+        }
+        .map_err(|err| SqlError::of(&err))?;
         Ok(value.unwrap_or(Value::Null))
     }
     .await;
@@ -258,4 +274,278 @@ select case when rel.oid is null then null else json_build_object(
 /// when there is no such relation.
 pub async fn table(pool: &sovra_pg::Pool, schema: &str, name: &str) -> Result<Value, SqlError> {
     catalog(pool, TABLE_SQL, &[&schema, &name]).await
+}
+
+/// What a change of a table's row-level security came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Owned {
+    Done,
+    /// There is no such table.
+    NoTable,
+}
+
+/// Runs `statements` (DDL the dashboard built, see [`crate::ddl`]) on the
+/// tenant's administrative login, in one transaction, as the owner of
+/// `schema`.`table` (`SET LOCAL ROLE`): PostgreSQL decides what that role
+/// may do, and a statement that names another table gets no more than
+/// the owner may. Each statement goes through the extended protocol, so
+/// one string is one statement.
+pub async fn as_owner(
+    admin: &tokio_postgres::Config,
+    schema: &str,
+    table: &str,
+    statements: &[String],
+) -> Result<Owned, SqlError> {
+    let mut client = sovra_pg::connect_one(admin)
+        .await
+        .map_err(|err| SqlError::other(format!("no database connection: {err}")))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|err| SqlError::of(&err))?;
+    let owner = tx
+        .query_opt(
+            "select pg_catalog.pg_get_userbyid(c.relowner)::text
+               from pg_catalog.pg_class c
+              where c.oid = pg_catalog.to_regclass(quote_ident($1) || '.' || quote_ident($2))",
+            &[&schema, &table],
+        )
+        .await
+        .map_err(|err| SqlError::of(&err))?;
+    let Some(owner) = owner else {
+        return Ok(Owned::NoTable);
+    };
+    let owner: String = owner.get(0);
+    let role = crate::ddl::quote_ident(&owner).map_err(|err| SqlError::other(err.0))?;
+    tx.batch_execute(&format!(
+        "set local role {role}; set local statement_timeout = '15s'; set local lock_timeout = '5s'"
+    ))
+    .await
+    .map_err(|err| SqlError::of(&err))?;
+    for statement in statements {
+        tx.execute(statement.as_str(), &[])
+            .await
+            .map_err(|err| SqlError::of(&err))?;
+    }
+    tx.commit().await.map_err(|err| SqlError::of(&err))?;
+    Ok(Owned::Done)
+}
+
+/// The claims of user `id` as Auth puts them in an access token, read as
+/// `service_role`; `Null` when there is no such (undeleted) user.
+const USER_CLAIMS_SQL: &str = "select (select json_build_object(
+    'sub', u.id,
+    'aud', coalesce(nullif(u.aud, ''), 'authenticated'),
+    'role', coalesce(nullif(u.role, ''), 'authenticated'),
+    'email', coalesce(u.email, ''),
+    'phone', coalesce(u.phone, ''),
+    'app_metadata', coalesce(u.raw_app_meta_data, '{}'::jsonb),
+    'user_metadata', coalesce(u.raw_user_meta_data, '{}'::jsonb),
+    'is_anonymous', coalesce(u.is_anonymous, false))
+  from auth.users u where u.id = $1 and u.deleted_at is null)";
+
+/// Rows of a table "test as user" shows at most.
+pub const AS_USER_ROWS: i64 = 100;
+
+/// "Test as user": reads `schema`.`table` as user `id` would through
+/// `/rest/v1`, in the same request transaction (the user's role and
+/// claims, `request.jwt.claims`, read-only), so its policies decide which
+/// rows come back. `None` when there is no such user.
+pub async fn as_user(
+    pool: &sovra_pg::Pool,
+    schema: &str,
+    table: &str,
+    id: uuid::Uuid,
+    now: u64,
+) -> Result<Option<Value>, SqlError> {
+    let select = crate::ddl::as_user_sql(schema, table).map_err(|err| SqlError::other(err.0))?;
+    let Value::Object(mut claims) = catalog(pool, USER_CLAIMS_SQL, &[&id]).await? else {
+        return Ok(None);
+    };
+    claims.insert("iat".to_owned(), json!(now));
+    claims.insert("exp".to_owned(), json!(now + 60));
+    claims.insert("aal".to_owned(), json!("aal1"));
+    claims.insert(
+        "amr".to_owned(),
+        json!([{"method": "password", "timestamp": now}]),
+    );
+    let role = claims["role"]
+        .as_str()
+        .unwrap_or("authenticated")
+        .to_owned();
+    let context = sovra_pg::RequestContext {
+        role,
+        claims: claims.clone(),
+        method: "GET".to_owned(),
+        path: format!("/{table}"),
+        headers: Map::new(),
+        search_path: None,
+    };
+    let mut conn = one_use(pool).await?;
+    let outcome = async {
+        let client: &mut tokio_postgres::Client = &mut conn;
+        let tx = sovra_pg::begin_request(client, &context, true)
+            .await
+            .map_err(|err| SqlError::of(&err))?;
+        tx.batch_execute("set local statement_timeout = '15s'")
+            .await
+            .map_err(|err| SqlError::of(&err))?;
+        let row = tx
+            .query_one(select.as_str(), &[&AS_USER_ROWS])
+            .await
+            .map_err(|err| SqlError::of(&err))?;
+        let mut value: Value = row.get(0);
+        tx.rollback().await.map_err(|err| SqlError::of(&err))?;
+        value["claims"] = Value::Object(claims);
+        Ok(Some(value))
+    }
+    .await;
+    discard(conn);
+    outcome
+}
+
+const SESSIONS_SQL: &str = "select coalesce(json_agg(json_build_object(
+    'id', s.id, 'created_at', s.created_at, 'updated_at', s.updated_at,
+    'refreshed_at', s.refreshed_at, 'not_after', s.not_after, 'aal', s.aal,
+    'user_agent', s.user_agent, 'ip', host(s.ip))
+    order by s.created_at desc), '[]'::json)
+  from auth.sessions s where s.user_id = $1";
+
+/// The sessions of user `id`, newest first.
+pub async fn sessions(pool: &sovra_pg::Pool, id: uuid::Uuid) -> Result<Value, SqlError> {
+    catalog(pool, SESSIONS_SQL, &[&id]).await
+}
+
+const END_SESSIONS_SQL: &str = "with ended as (
+    delete from auth.sessions where user_id = $1 and ($2::uuid is null or id = $2) returning 1)
+  select to_json(count(*)) from ended";
+
+/// Ends session `session` of user `id` (every session of the user when
+/// `None`), as Auth's sign-out does: the session and its refresh tokens
+/// are deleted. Returns how many ended.
+pub async fn end_sessions(
+    pool: &sovra_pg::Pool,
+    id: uuid::Uuid,
+    session: Option<uuid::Uuid>,
+) -> Result<u64, SqlError> {
+    let ended = as_service_role(pool, END_SESSIONS_SQL, &[&id, &session], false).await?;
+    Ok(ended.as_u64().unwrap_or(0))
+}
+
+/// Runs one fixed statement that returns a single JSON value on the
+/// tenant's administrative login, in a transaction that is committed:
+/// the Jobs page's reads and actions, whose statements are constants of
+/// this crate and whose values are all bound.
+async fn as_admin(
+    admin: &tokio_postgres::Config,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Value, SqlError> {
+    let mut client = sovra_pg::connect_one(admin)
+        .await
+        .map_err(|err| SqlError::other(format!("no database connection: {err}")))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|err| SqlError::of(&err))?;
+    tx.batch_execute("set local statement_timeout = '15s'; set local lock_timeout = '5s'")
+        .await
+        .map_err(|err| SqlError::of(&err))?;
+    let row = tx
+        .query_one(sql, params)
+        .await
+        .map_err(|err| SqlError::of(&err))?;
+    let value: Option<Value> = row.get(0);
+    tx.commit().await.map_err(|err| SqlError::of(&err))?;
+    Ok(value.unwrap_or(Value::Null))
+}
+
+/// Queues with their metrics, cron jobs with their last runs, and the
+/// webhooks' (pg_net's) queue, recent responses and dead letters.
+const JOBS_SQL: &str = "select json_build_object(
+  'queues', (select coalesce(json_agg(json_build_object(
+       'name', q.queue_name, 'created_at', q.created_at,
+       'length', m.queue_length, 'total', m.total_messages,
+       'oldest_age', m.oldest_msg_age_sec, 'newest_age', m.newest_msg_age_sec)
+       order by q.queue_name), '[]'::json)
+     from pgmq.list_queues() q cross join lateral pgmq.metrics(q.queue_name) m),
+  'cron', (select coalesce(json_agg(json_build_object(
+       'jobid', j.jobid, 'jobname', j.jobname, 'schedule', j.schedule, 'command', j.command,
+       'username', j.username, 'active', j.active,
+       'runs', (select coalesce(json_agg(json_build_object(
+                  'runid', d.runid, 'status', d.status, 'return_message', d.return_message,
+                  'start_time', d.start_time, 'end_time', d.end_time) order by d.start_time desc), '[]'::json)
+                  from (select * from cron.job_run_details d where d.jobid = j.jobid
+                        order by d.start_time desc nulls last limit 5) d))
+       order by j.jobid), '[]'::json)
+     from cron.job j),
+  'webhooks', json_build_object(
+     'queued', (select count(*) from net.http_request_queue),
+     'responses', (select coalesce(json_agg(json_build_object(
+          'id', r.id, 'status_code', r.status_code, 'timed_out', r.timed_out,
+          'error_msg', r.error_msg, 'created', r.created) order by r.created desc), '[]'::json)
+        from (select * from net._http_response order by created desc limit 20) r),
+     'dead', (select coalesce(json_agg(json_build_object(
+          'id', d.id, 'method', d.method, 'url', d.url, 'attempts', d.attempts,
+          'last_error', d.last_error, 'failed_at', d.failed_at) order by d.failed_at desc), '[]'::json)
+        from (select * from net.http_request_dead order by failed_at desc limit 50) d)))";
+
+/// What the Jobs page shows (see [`JOBS_SQL`]).
+pub async fn jobs(admin: &tokio_postgres::Config) -> Result<Value, SqlError> {
+    as_admin(admin, JOBS_SQL, &[]).await
+}
+
+/// Creates queue `name` (pgmq checks the name).
+pub async fn create_queue(admin: &tokio_postgres::Config, name: &str) -> Result<Value, SqlError> {
+    as_admin(
+        admin,
+        "select to_json($1::text) from pgmq.create($1)",
+        &[&name],
+    )
+    .await
+}
+
+/// Sends `message` to queue `name`, visible after `delay` seconds; its id.
+pub async fn send_message(
+    admin: &tokio_postgres::Config,
+    name: &str,
+    message: &Value,
+    delay: i32,
+) -> Result<Value, SqlError> {
+    as_admin(
+        admin,
+        "select to_json(id) from pgmq.send($1, $2::jsonb, $3) as t(id)",
+        &[&name, &message, &delay],
+    )
+    .await
+}
+
+/// Reads up to `qty` messages of queue `name`, hiding them for `vt`
+/// seconds (pgmq's read: they come back unless deleted).
+pub async fn read_messages(
+    admin: &tokio_postgres::Config,
+    name: &str,
+    vt: i32,
+    qty: i32,
+) -> Result<Value, SqlError> {
+    as_admin(
+        admin,
+        "select coalesce(json_agg(r), '[]'::json) from pgmq.read($1, $2, $3) r",
+        &[&name, &vt, &qty],
+    )
+    .await
+}
+
+/// Puts dead letters back in the webhooks' queue (all of them when `ids`
+/// is `None`); how many.
+pub async fn replay_dead_letters(
+    admin: &tokio_postgres::Config,
+    ids: Option<Vec<i64>>,
+) -> Result<Value, SqlError> {
+    as_admin(
+        admin,
+        "select to_json(net.replay_dead_letters($1))",
+        &[&ids],
+    )
+    .await
 }

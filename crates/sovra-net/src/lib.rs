@@ -100,10 +100,23 @@ impl NetService {
     /// `admin` (an administrative login: the worker reads and writes the
     /// `net` tables and calls `realtime.send`, never user tables).
     pub fn start(settings: NetSettings, admin: tokio_postgres::Config) -> NetService {
+        NetService::start_after(settings, admin, Duration::ZERO)
+    }
+
+    /// [`NetService::start`], but the worker and the publisher open their
+    /// connections only `delay` later: a tenant started by its first
+    /// request then answers it without three more backends starting beside
+    /// it. Nothing waits meanwhile but delivery: what was queued or sent to
+    /// the outbox before is found by the first pass, as after a restart.
+    pub fn start_after(
+        settings: NetSettings,
+        admin: tokio_postgres::Config,
+        delay: Duration,
+    ) -> NetService {
         let settings = Arc::new(settings);
         let tasks = vec![
-            tokio::spawn(worker::run(settings.clone(), admin.clone())),
-            tokio::spawn(outbox::run(settings.clone(), admin)),
+            tokio::spawn(after(delay, worker::run(settings.clone(), admin.clone()))),
+            tokio::spawn(after(delay, outbox::run(settings.clone(), admin))),
         ];
         NetService { tasks, settings }
     }
@@ -111,6 +124,14 @@ impl NetService {
     pub fn settings(&self) -> &NetSettings {
         &self.settings
     }
+}
+
+/// Runs `task` after `delay`.
+async fn after(delay: Duration, task: impl std::future::Future<Output = ()>) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    task.await;
 }
 
 impl Drop for NetService {

@@ -578,3 +578,38 @@ async fn two_workers_on_one_database_deliver_every_request() {
         .get(0);
     assert_eq!(ok, 300);
 }
+
+#[tokio::test]
+async fn a_delayed_start_opens_no_connection_before_its_time_then_sends_what_was_queued() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let client = db.client().await;
+    // Queued and committed before any worker runs (as in a tenant whose
+    // delivery has not started yet).
+    let id: i64 = client
+        .query_one(
+            "select net.http_get($1)",
+            &[&format!("{}/queued", receiver.url)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let others = "select count(*) from pg_stat_activity
+                  where datname = current_database() and pid <> pg_backend_pid()";
+    let waiting = NetService::start_after(local(), db.config(), Duration::from_secs(3600));
+    // Give its tasks every chance to run: they wait, holding no connection.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let connected: i64 = client.query_one(others, &[]).await.unwrap().get(0);
+    assert_eq!(
+        connected, 0,
+        "no worker or publisher connection before the delay"
+    );
+    drop(waiting);
+    let _net = NetService::start_after(local(), db.config(), Duration::from_millis(50));
+    let recorded = response(&client, id).await;
+    assert_eq!(recorded["status_code"], 200);
+    assert_eq!(receiver.seen_path("/queued").len(), 1);
+}

@@ -129,6 +129,21 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "cron",
         sql: include_str!("../migrations/0022_cron.sql"),
     },
+    Migration {
+        version: 23,
+        name: "rate_limits",
+        sql: include_str!("../migrations/0023_rate_limits.sql"),
+    },
+    Migration {
+        version: 24,
+        name: "idempotency",
+        sql: include_str!("../migrations/0024_idempotency.sql"),
+    },
+    Migration {
+        version: 25,
+        name: "net_claim_index",
+        sql: include_str!("../migrations/0025_net_claim_index.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

@@ -9,6 +9,7 @@
 //! Every statement runs as the caller's role, so row-level security decides
 //! what each request can see and change.
 
+pub mod idempotency;
 pub mod prepared;
 pub mod schema_cache;
 
@@ -47,6 +48,50 @@ pub static REST_PROLOGUE_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Readies a new request connection for REST requests: prepares
+/// [`REST_PROLOGUE_SQL`] (kept in the connection's statement cache, where
+/// every request looks it up) and runs it once as `anon` in a transaction
+/// that is rolled back, so that PostgreSQL has planned it and read the
+/// catalogue entries it names (the session reset function, the role
+/// settings). A cold tenant does this on its request pool's first
+/// connection while its schema cache loads on another, so that its first
+/// request finds that work done. On any failure the connection is closed
+/// rather than returned to the pool in an unknown state.
+pub async fn warm_connection(
+    client: sovra_pg::PooledClient,
+) -> Result<(), sovra_pg::tokio_postgres::Error> {
+    let ran = async {
+        let prologue = client
+            .prepare_typed_cached(&REST_PROLOGUE_SQL, &[Type::TEXT; 9])
+            .await?;
+        let params: [Option<&str>; 9] = [
+            Some("anon"),
+            Some(r#"{"role":"anon"}"#),
+            Some(""),
+            Some(""),
+            Some("GET"),
+            Some("/"),
+            Some("{}"),
+            None,
+            None,
+        ];
+        let values: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let (begun, applied) = tokio::join!(
+            client.batch_execute("BEGIN READ ONLY"),
+            client.query(&prologue, &values),
+        );
+        let rolled_back = client.batch_execute("ROLLBACK").await;
+        begun.and(applied).and(rolled_back).map(drop)
+    }
+    .await;
+    if ran.is_err() {
+        // Dropping the unwrapped client closes the connection.
+        drop(sovra_pg::PooledClient::take(client));
+    }
+    ran
+}
+
 /// Settings of one tenant's REST service.
 #[derive(Clone, Debug)]
 pub struct RestConfig {
@@ -60,6 +105,9 @@ pub struct RestConfig {
     pub plan_enabled: bool,
     /// Who reads the OpenAPI root.
     pub openapi_mode: OpenApiMode,
+    /// Seconds a response stored under an `Idempotency-Key` is replayed
+    /// (`rest.idempotency_retention`).
+    pub idempotency_retention: u32,
 }
 
 /// Who reads the OpenAPI document at `GET /rest/v1/`.
@@ -109,6 +157,8 @@ struct Mode<'a> {
     nearest: Option<&'a sovra_rest_plan::Nearest<'a>>,
     /// In a read-only transaction whatever the method.
     read_only: bool,
+    /// The request's `Idempotency-Key`, when it sent one with a write.
+    idempotency: Option<&'a idempotency::Idempotency>,
 }
 
 /// The parts of an HTTP request the REST layer reads; `path` is what
@@ -182,21 +232,29 @@ impl RestService {
             headers,
             body,
         } = request;
-        match self
-            .try_handle(
-                pool,
-                caller,
-                method,
-                path,
-                query,
-                headers,
-                body,
-                Mode::default(),
-            )
-            .await
-        {
-            Ok(response) => response,
-            Err(err) => error_response(&err),
+        let idempotency = match idempotency::Idempotency::from_request(
+            method,
+            path,
+            query,
+            headers,
+            &body,
+            &caller.role,
+            &caller.claims,
+            self.config.idempotency_retention,
+        ) {
+            Ok(found) => found,
+            Err(err) => return error_response(&err),
+        };
+        let mode = Mode {
+            idempotency: idempotency.as_ref(),
+            ..Mode::default()
+        };
+        let result = self
+            .try_handle(pool, caller, method, path, query, headers, body, mode)
+            .await;
+        match idempotency {
+            Some(idempotency) => idempotency.finish(result).await,
+            None => result.unwrap_or_else(|err| error_response(&err)),
         }
     }
 
@@ -217,8 +275,8 @@ impl RestService {
             body,
         } = request;
         let mode = Mode {
-            nearest: None,
             read_only: true,
+            ..Mode::default()
         };
         match self
             .try_handle(pool, caller, method, path, query, headers, body, mode)
@@ -264,6 +322,7 @@ impl RestService {
                 Mode {
                     nearest: Some(nearest),
                     read_only: true,
+                    idempotency: None,
                 },
             )
             .await
@@ -352,6 +411,7 @@ impl RestService {
                         headers,
                         body,
                         mode.read_only,
+                        mode.idempotency,
                     )
                     .await;
             }
@@ -458,6 +518,7 @@ impl RestService {
                 &plan,
                 &prefs,
                 singular,
+                mode.idempotency,
             )
             .await
             .map_err(|err| geojson_unavailable(err, media, headers))?;
@@ -485,6 +546,7 @@ impl RestService {
         headers: &HeaderMap,
         body: Bytes,
         read_only: bool,
+        idempotency: Option<&idempotency::Idempotency>,
     ) -> Result<Response, ApiError> {
         let is_get = match *method {
             Method::GET | Method::HEAD => true,
@@ -600,6 +662,7 @@ impl RestService {
                 &call.plan,
                 &prefs,
                 singular,
+                idempotency,
             )
             .await
             .map_err(|err| geojson_unavailable(err, media, headers))?;
@@ -848,7 +911,11 @@ impl RestService {
         plan: &sovra_rest_plan::Plan,
         prefs: &Preferences,
         singular: bool,
+        idempotency: Option<&idempotency::Idempotency>,
     ) -> Result<Outcome, ApiError> {
+        // A key applies to what writes: a read-only transaction (a stable
+        // function's call) runs again.
+        let idempotency = idempotency.filter(|_| !read);
         let client = pool.get().await.map_err(|err| {
             if matches!(err, sovra_pg::PoolError::Timeout(_)) {
                 ApiError::pool_timeout()
@@ -912,6 +979,7 @@ impl RestService {
         // first: a singular response, max-affected, or tx=rollback.
         let checks_first = !read
             && (singular
+                || idempotency.is_some()
                 || prefs.tx == Some(TxPreference::Rollback)
                 || (prefs.max_affected.is_some() && prefs.handling == Some(Handling::Strict)));
         let finish_read = move || async move {
@@ -927,12 +995,27 @@ impl RestService {
         // Begin, reset what an earlier request left in the session and
         // apply role and settings (one prepared statement, see
         // [`REST_PROLOGUE_SQL`]): the head of every request's pipeline.
+        let claim_params = idempotency.map(idempotency::Idempotency::claim_params);
+        let claim_params = claim_params.as_ref();
+        // With an `Idempotency-Key`, its claim comes between BEGIN and the
+        // prologue (as the login role): a duplicate refuses there, before
+        // the statement runs. Without one, no statement.
+        let claim = move || async move {
+            match claim_params {
+                Some(params) => client
+                    .query_typed(idempotency::CLAIM_SQL, params)
+                    .await
+                    .map(drop),
+                None => Ok(()),
+            }
+        };
         let head = move || async move {
-            let (begun, applied) = tokio::join!(
+            let (begun, claimed, applied) = tokio::join!(
                 client.batch_execute(begin),
+                claim(),
                 client.query(prologue_statement, prologue_values),
             );
-            begun.and(applied).map(drop)
+            begun.and(claimed).and(applied).map(drop)
         };
         let sql = plan.statement.sql.as_str();
         let mut full_reset = false;
@@ -998,6 +1081,13 @@ impl RestService {
         let (rows, estimate, committed) = match outcome {
             Ok(done) => done,
             Err(err) => {
+                if let Some(idempotency) = idempotency
+                    && let Some(refused) = idempotency
+                        .refusal(&err, client, &mut guard.open, anonymous)
+                        .await
+                {
+                    return Err(refused);
+                }
                 if err
                     .code()
                     .is_none_or(|code| code.code() == "26000" || code.code() == "0A000")
@@ -1046,10 +1136,14 @@ impl RestService {
         if !committed {
             if prefs.tx == Some(TxPreference::Rollback) {
                 client.batch_execute("ROLLBACK").await.map_err(db)?;
+                guard.open = false;
+            } else if let Some(idempotency) = idempotency {
+                // Committed once the response is stored with the key.
+                idempotency.hold(guard);
             } else {
                 client.batch_execute("COMMIT").await.map_err(db)?;
+                guard.open = false;
             }
-            guard.open = false;
         }
         Ok(Outcome {
             total,

@@ -1,9 +1,12 @@
 //! The scheduler of `cron.job` (pg_cron's API, migration `cron`): one per
 //! tenant database, on the tenant's administrative login.
 //!
-//! Every second it reads the active jobs of its database and, for each job
-//! whose schedule (parsed by `sovra-cron`) fired since the last tick it ran
-//! for, claims the tick and runs the job:
+//! A quarter of a second before every second boundary it reads the active
+//! jobs of its database and, for each job whose schedule (parsed by
+//! `sovra-cron`) fires by that boundary since the last tick it ran for,
+//! takes a warm connection and waits on it for the boundary (`sleep_until`
+//! the instant it falls on); then one statement takes the job's lock,
+//! claims the tick and records the start, and the job runs:
 //!
 //! - **once per tick, however many instances watch the database**: the
 //!   claim is a compare-and-set on `sovra.cron_job_state.last_tick`, under a
@@ -22,8 +25,8 @@
 //! Runs use a small pool of warm connections (`cron.max_running`), reset
 //! with `DISCARD ALL` after each job.
 //!
-//! Rows of `cron.job_run_details` older than the retention are deleted
-//! once a minute.
+//! Rows of `cron.job_run_details` older than the retention, and expired
+//! `Idempotency-Key` responses, are deleted once a minute.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -125,11 +128,22 @@ pub struct Scheduler {
     pool: Option<sovra_pg::Pool>,
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
+/// How long before a second boundary the scheduler reads the jobs due at
+/// it and takes their connections.
+const PLAN_AHEAD: Duration = Duration::from_millis(250);
+
+/// The next whole second after `after` (seconds since the epoch) that is
+/// still to come, and the instant it falls on.
+fn next_boundary(after: i64) -> (i64, tokio::time::Instant) {
+    let instant = tokio::time::Instant::now();
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+        .unwrap_or_default();
+    let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    let tick = (secs + 1).max(after + 1);
+    let ahead = Duration::from_secs(u64::try_from(tick - secs).unwrap_or(1))
+        .saturating_sub(Duration::from_nanos(u64::from(now.subsec_nanos())));
+    (tick, instant + ahead)
 }
 
 impl Scheduler {
@@ -154,36 +168,54 @@ impl Scheduler {
     async fn run(self) {
         let mut client: Option<Client> = None;
         let mut passes: u64 = 0;
+        let mut planned: i64 = 0;
         loop {
-            // Wake just after the next second boundary.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            let into = now.subsec_micros();
-            tokio::time::sleep(Duration::from_micros(u64::from(1_000_000 - into) + 2_000)).await;
+            // Plan the next second boundary ahead of it: read the jobs,
+            // take each due job's connection and wait on it for the exact
+            // boundary, so the run's start costs one statement after it.
+            let (tick, boundary) = next_boundary(planned);
+            tokio::time::sleep_until(boundary.checked_sub(PLAN_AHEAD).unwrap_or(boundary)).await;
+            planned = tick;
             if client.as_ref().is_none_or(|c| c.is_closed()) {
                 client = sovra_pg::connect_one(&self.admin).await.ok();
             }
             let Some(c) = client.as_ref() else {
+                tokio::time::sleep_until(boundary).await;
                 continue;
             };
-            if let Err(err) = self.pass(c, now_secs()).await {
+            if let Err(err) = self.pass_at(c, tick, Some(boundary)).await {
                 tracing::debug!(error = %err, "cron pass failed");
             }
+            tokio::time::sleep_until(boundary).await;
             passes += 1;
-            if passes % 60 == 1 && self.settings.history_days > 0 {
-                let days = i32::try_from(self.settings.history_days).unwrap_or(i32::MAX);
-                if let Err(err) = c
-                    .execute(
-                        "delete from cron.job_run_details
-                         where start_time < now() - make_interval(days => $1)",
-                        &[&days],
-                    )
-                    .await
-                {
-                    tracing::debug!(error = %err, "pruning cron.job_run_details failed");
-                }
+            if passes % 60 == 1 {
+                self.housekeeping(c).await;
             }
+        }
+    }
+
+    /// What the scheduler deletes once a minute: runs in
+    /// `cron.job_run_details` older than `cron.history_days`, and the
+    /// expired responses of `Idempotency-Key`s (`sovra.idempotency_keys`).
+    pub async fn housekeeping(&self, client: &Client) {
+        if self.settings.history_days > 0 {
+            let days = i32::try_from(self.settings.history_days).unwrap_or(i32::MAX);
+            if let Err(err) = client
+                .execute(
+                    "delete from cron.job_run_details
+                     where start_time < now() - make_interval(days => $1)",
+                    &[&days],
+                )
+                .await
+            {
+                tracing::debug!(error = %err, "pruning cron.job_run_details failed");
+            }
+        }
+        if let Err(err) = client
+            .batch_execute("delete from sovra.idempotency_keys where expires_at < now()")
+            .await
+        {
+            tracing::debug!(error = %err, "pruning sovra.idempotency_keys failed");
         }
     }
 
@@ -193,6 +225,18 @@ impl Scheduler {
         &self,
         client: &Client,
         now: i64,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, tokio_postgres::Error> {
+        self.pass_at(client, now, None).await
+    }
+
+    /// [`Self::pass`] for the tick `now`, planned ahead of it: each run
+    /// takes its connection at once and claims the tick at `start` (the
+    /// instant of the second `now`), or at once without one.
+    async fn pass_at(
+        &self,
+        client: &Client,
+        now: i64,
+        start: Option<tokio::time::Instant>,
     ) -> Result<Vec<tokio::task::JoinHandle<()>>, tokio_postgres::Error> {
         let rows = client
             .query(
@@ -245,7 +289,7 @@ impl Scheduler {
             };
             let this = self.clone();
             started.push(tokio::spawn(async move {
-                if let Err(err) = this.run_job(&due, now).await {
+                if let Err(err) = this.run_job(&due, now, start).await {
                     tracing::warn!(jobid = due.jobid, error = %err, "cron job could not be run");
                 }
                 this.forget(due.jobid);
@@ -263,8 +307,14 @@ impl Scheduler {
 
     /// Claims the tick and runs one job on a pooled connection, which is
     /// reset afterwards (`DISCARD ALL`: role, settings, advisory locks,
-    /// temporary tables, listeners).
-    async fn run_job(&self, due: &Due, now: i64) -> Result<(), tokio_postgres::Error> {
+    /// temporary tables, listeners). The connection is taken first; the
+    /// claim waits for `start` when given.
+    async fn run_job(
+        &self,
+        due: &Due,
+        now: i64,
+        start: Option<tokio::time::Instant>,
+    ) -> Result<(), tokio_postgres::Error> {
         let Some(pool) = &self.pool else {
             return Ok(());
         };
@@ -275,6 +325,9 @@ impl Scheduler {
                 return Ok(());
             }
         };
+        if let Some(start) = start {
+            tokio::time::sleep_until(start).await;
+        }
         let result = self.claim_and_run(&client, due, now).await;
         // Whatever the job left open ends here; the lock goes with it.
         if client.batch_execute("rollback; discard all").await.is_err() {
@@ -290,33 +343,38 @@ impl Scheduler {
         now: i64,
     ) -> Result<(), tokio_postgres::Error> {
         let key = LOCK_SPACE | (due.jobid & 0xffff_ffff);
-        let locked: bool = client
-            .query_one("select pg_try_advisory_lock($1)", &[&key])
-            .await?
-            .get(0);
-        if !locked {
-            // Running elsewhere; it runs once after that run ends.
-            return Ok(());
-        }
+        // One statement (one round trip, no separate parse) takes the
+        // job's lock, claims the tick by compare-and-set and records the
+        // start. Without the lock (running elsewhere: it runs once after
+        // that run ends) or the tick (claimed elsewhere) there is no row.
+        // A lock taken without the claim goes with `DISCARD ALL`.
         let claimed = client
-            .execute(
-                "update sovra.cron_job_state set last_tick = $2 where jobid = $1 and last_tick = $3",
-                &[&due.jobid, &now, &due.last_tick],
+            .query_typed(
+                "with locked as materialized (select pg_try_advisory_lock($4) as ok),
+                 claimed as (
+                   update sovra.cron_job_state set last_tick = $2
+                   where jobid = $1 and last_tick = $3 and (select ok from locked)
+                   returning jobid)
+                 insert into cron.job_run_details
+                   (jobid, job_pid, database, username, command, status, start_time)
+                 select jobid, pg_backend_pid(), current_database(), $5, $6, 'running',
+                        clock_timestamp()
+                 from claimed
+                 returning runid",
+                &[
+                    (&due.jobid, tokio_postgres::types::Type::INT8),
+                    (&now, tokio_postgres::types::Type::INT8),
+                    (&due.last_tick, tokio_postgres::types::Type::INT8),
+                    (&key, tokio_postgres::types::Type::INT8),
+                    (&due.username, tokio_postgres::types::Type::TEXT),
+                    (&due.command, tokio_postgres::types::Type::TEXT),
+                ],
             )
             .await?;
-        if claimed == 0 {
+        let Some(row) = claimed.first() else {
             return Ok(());
-        }
-        let runid: i64 = client
-            .query_one(
-                "insert into cron.job_run_details
-                   (jobid, job_pid, database, username, command, status, start_time)
-                 values ($1, pg_backend_pid(), current_database(), $2, $3, 'running', clock_timestamp())
-                 returning runid",
-                &[&due.jobid, &due.username, &due.command],
-            )
-            .await?
-            .get(0);
+        };
+        let runid: i64 = row.get(0);
         let outcome = execute_as_owner(client, &due.username, &due.command).await;
         let _ = client.batch_execute("rollback; reset role").await;
         let (status, message) = match outcome {

@@ -1,6 +1,7 @@
 //! What the server gives the dashboard (`sovra-dashboard`, mounted at
 //! `/_/`): the server's routes to send the dashboard's requests through,
-//! each tenant's service key and request pool, and the metrics.
+//! each tenant's service key, request pool and administrative login, and
+//! the metrics.
 
 use std::sync::Arc;
 
@@ -67,6 +68,36 @@ impl Host for ServerHost {
             let tenant = tenant(&state, &name).await?;
             Ok(tenant.pool.clone())
         })
+    }
+
+    fn admin(
+        &self,
+        name: &str,
+    ) -> BoxFuture<Result<sovra_pg::tokio_postgres::Config, TenantError>> {
+        let state = self.state.clone();
+        let name = name.to_owned();
+        Box::pin(async move {
+            let tenant = tenant(&state, &name).await?;
+            Ok(tenant.admin.clone())
+        })
+    }
+
+    fn realtime(&self, name: &str) -> BoxFuture<Result<serde_json::Value, TenantError>> {
+        let state = self.state.clone();
+        let name = name.to_owned();
+        Box::pin(async move {
+            let tenant = tenant(&state, &name).await?;
+            Ok(serde_json::json!({
+                "connections": tenant.realtime.connections(),
+                "channels": tenant.realtime.channels(),
+                "peers": tenant.realtime.peers(),
+            }))
+        })
+    }
+
+    fn requests(&self, tenant: Option<&str>, limit: usize) -> serde_json::Value {
+        serde_json::to_value(crate::observe::request_log().recent(tenant, limit))
+            .unwrap_or_default()
     }
 
     fn metrics(&self) -> String {

@@ -261,8 +261,12 @@ fn unauthorized(base: &str, error: Option<&str>, message: &str) -> Response {
 /// The credentials as the gateway reads them. MCP clients that can only
 /// send `Authorization` may send an opaque `sb_…` key as the bearer alone:
 /// it then counts as the `apikey` too. A Sovra API key (`sovra_sk_…`) as
-/// the bearer is the caller, with or without an `apikey` beside it.
-fn credentials(headers: &HeaderMap) -> HeaderMap {
+/// the bearer is the caller, with or without an `apikey` beside it. An
+/// OAuth client (the MCP authorization flow) sends only its access token:
+/// the tenant's publishable key then stands in as the `apikey`, so that
+/// `server.require_apikey` does not shut such clients out, while the
+/// token alone, fully verified, still decides who the caller is.
+fn credentials(tenant: &Tenant, headers: &HeaderMap) -> HeaderMap {
     let mut headers = headers.clone();
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -271,10 +275,10 @@ fn credentials(headers: &HeaderMap) -> HeaderMap {
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim().to_owned());
     let has_apikey = headers.contains_key("apikey");
-    if let Some(token) = bearer
+    if let Some(token) = &bearer
         && (token.starts_with("sovra_sk_")
-            || (!has_apikey && crate::opaque_keys::looks_opaque(&token)))
-        && let Ok(value) = HeaderValue::from_str(&token)
+            || (!has_apikey && crate::opaque_keys::looks_opaque(token)))
+        && let Ok(value) = HeaderValue::from_str(token)
     {
         headers.insert(HeaderName::from_static("apikey"), value);
         if token.starts_with("sovra_sk_") {
@@ -282,6 +286,11 @@ fn credentials(headers: &HeaderMap) -> HeaderMap {
             // key's role only without a bearer).
             headers.remove(header::AUTHORIZATION);
         }
+    } else if bearer.is_some()
+        && !has_apikey
+        && let Ok(value) = HeaderValue::from_str(&tenant.api_keys.anon)
+    {
+        headers.insert(HeaderName::from_static("apikey"), value);
     }
     headers
 }
@@ -352,7 +361,7 @@ pub(crate) async fn endpoint(
             "Unauthorized: send `apikey` and `Authorization: Bearer <user token | service key | API key>`",
         );
     }
-    let headers = credentials(&parts.headers);
+    let headers = credentials(&tenant, &parts.headers);
     let caller = match crate::gateway::authenticate(&tenant, &headers, None) {
         Ok(caller) => caller,
         Err(GatewayError::NoTenant) => return GatewayError::NoTenant.into_response(),

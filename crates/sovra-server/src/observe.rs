@@ -4,8 +4,9 @@
 //! Logs carry method, route and status, never headers, query strings (the
 //! realtime socket puts its key there), tokens or bodies.
 
-use std::sync::OnceLock;
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
@@ -70,9 +71,32 @@ pub async fn track(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let tenant = request
+        .extensions()
+        .get::<crate::tenants::RoutedTenant>()
+        .map_or_else(|| "default".to_owned(), |routed| routed.0.id.clone());
+    let path = request.uri().path().to_owned();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
     let elapsed = started.elapsed().as_secs_f64();
+    request_log().push(LoggedRequest {
+        at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        tenant,
+        method: method.clone(),
+        route: route.clone(),
+        path,
+        status: response.status().as_u16(),
+        latency_ms: elapsed * 1000.0,
+        request_id,
+    });
+    let status = response.status().as_u16().to_string();
     metrics::counter!(
         "sovra_http_requests_total",
         "method" => method.clone(),
@@ -87,4 +111,162 @@ pub async fn track(request: Request, next: Next) -> Response {
     )
     .record(elapsed);
     response
+}
+
+/// One request as the dashboard's Logs page shows it: no query string,
+/// header, body, token or key.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LoggedRequest {
+    /// When it ended, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub tenant: String,
+    pub method: String,
+    /// The matched route (`/rest/v1/{*path}`).
+    pub route: String,
+    /// The path without its query (keys travel there), cut to
+    /// [`MAX_LOGGED_PATH`] bytes.
+    pub path: String,
+    pub status: u16,
+    pub latency_ms: f64,
+    pub request_id: String,
+}
+
+/// Longest path kept in [`LoggedRequest::path`].
+pub const MAX_LOGGED_PATH: usize = 256;
+
+impl LoggedRequest {
+    /// Bytes it holds, as [`RequestLog`] counts them.
+    fn size(&self) -> usize {
+        std::mem::size_of::<LoggedRequest>()
+            + self.tenant.len()
+            + self.method.len()
+            + self.route.len()
+            + self.path.len()
+            + self.request_id.len()
+    }
+}
+
+/// The recent requests of this process, bounded by count and by bytes:
+/// the oldest go first.
+#[derive(Debug)]
+pub struct RequestLog {
+    max_entries: usize,
+    max_bytes: usize,
+    entries: Mutex<(VecDeque<LoggedRequest>, usize)>,
+}
+
+impl RequestLog {
+    pub fn new(max_entries: usize, max_bytes: usize) -> RequestLog {
+        RequestLog {
+            max_entries,
+            max_bytes,
+            entries: Mutex::new((VecDeque::new(), 0)),
+        }
+    }
+
+    /// Keeps `entry` (its path cut to [`MAX_LOGGED_PATH`] bytes), dropping
+    /// the oldest entries over either bound.
+    pub fn push(&self, mut entry: LoggedRequest) {
+        if entry.path.len() > MAX_LOGGED_PATH {
+            let mut cut = MAX_LOGGED_PATH;
+            while !entry.path.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            entry.path.truncate(cut);
+        }
+        let Ok(mut guard) = self.entries.lock() else {
+            return;
+        };
+        let (entries, bytes) = &mut *guard;
+        *bytes += entry.size();
+        entries.push_back(entry);
+        while entries.len() > self.max_entries || (*bytes > self.max_bytes && !entries.is_empty()) {
+            if let Some(old) = entries.pop_front() {
+                *bytes -= old.size();
+            }
+        }
+    }
+
+    /// The last `limit` requests of `tenant` (every tenant's when `None`),
+    /// newest first.
+    pub fn recent(&self, tenant: Option<&str>, limit: usize) -> Vec<LoggedRequest> {
+        let Ok(guard) = self.entries.lock() else {
+            return Vec::new();
+        };
+        guard
+            .0
+            .iter()
+            .rev()
+            .filter(|e| tenant.is_none_or(|t| e.tenant == t))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Entries and bytes held.
+    pub fn usage(&self) -> (usize, usize) {
+        self.entries
+            .lock()
+            .map_or((0, 0), |guard| (guard.0.len(), guard.1))
+    }
+}
+
+/// This process's request log (every server in it shares it, as they
+/// share the metrics recorder): the last 2,000 requests, at most 1 MiB.
+pub fn request_log() -> &'static RequestLog {
+    static LOG: OnceLock<RequestLog> = OnceLock::new();
+    LOG.get_or_init(|| RequestLog::new(2000, 1024 * 1024))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> LoggedRequest {
+        LoggedRequest {
+            at_ms: 1,
+            tenant: "default".to_owned(),
+            method: "GET".to_owned(),
+            route: "/rest/v1/{*path}".to_owned(),
+            path: path.to_owned(),
+            status: 200,
+            latency_ms: 1.5,
+            request_id: "id".to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_request_log_is_bounded_by_count_and_bytes() {
+        let log = RequestLog::new(3, 1 << 20);
+        for i in 0..5 {
+            log.push(entry(&format!("/rest/v1/t{i}")));
+        }
+        let recent = log.recent(None, 10);
+        assert_eq!(
+            recent.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            ["/rest/v1/t4", "/rest/v1/t3", "/rest/v1/t2"]
+        );
+        assert_eq!(log.recent(None, 1).len(), 1);
+        assert!(log.recent(Some("other"), 10).is_empty());
+
+        let one = entry("/x").size();
+        let small = RequestLog::new(100, one * 2);
+        for _ in 0..10 {
+            small.push(entry("/x"));
+        }
+        assert_eq!(small.usage(), (2, one * 2));
+        // One entry bigger than the bound is not kept.
+        let tiny = RequestLog::new(100, 8);
+        tiny.push(entry("/x"));
+        assert_eq!(tiny.usage(), (0, 0));
+    }
+
+    #[test]
+    fn long_paths_are_cut_on_a_character_boundary() {
+        let log = RequestLog::new(10, 1 << 20);
+        log.push(entry(&"é".repeat(300)));
+        let path = &log.recent(None, 1)[0].path;
+        assert!(path.len() <= MAX_LOGGED_PATH && path.len() >= MAX_LOGGED_PATH - 1);
+        assert!(path.chars().all(|c| c == 'é'));
+    }
 }

@@ -184,6 +184,7 @@ pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError
     out.limits.otp.max = max(r.otp);
     out.limits.email_sent.max = max(r.email_sent);
     out.limits.anonymous.max = max(r.anonymous);
+    out.shared_limits = config.shared_state_in_postgres();
     for (name, hook) in a.hook.all() {
         if !hook.enabled {
             continue;
@@ -199,31 +200,96 @@ pub fn auth_config(config: &Config) -> Result<sovra_auth::AuthConfig, ServeError
             secrets: sovra_auth::secret::Redacted(hook.secrets.clone()),
         });
     }
-    let provider = |p: &sovra_config::ExternalProvider, issuer: &str| {
-        p.enabled.then(|| sovra_auth::external::OidcProvider {
-            issuer: issuer.trim_end_matches('/').to_owned(),
-            client_ids: p.client_ids(),
-            skip_nonce_check: p.skip_nonce_check,
-            secret: (!p.secret.trim().is_empty())
-                .then(|| sovra_auth::secret::Redacted(p.secret.trim().to_owned())),
-        })
-    };
-    out.external.google = provider(&a.external.google, "https://accounts.google.com");
-    out.external.keycloak = provider(&a.external.keycloak, a.external.keycloak.url.trim());
-    let github = &a.external.github;
-    out.external.github = github
-        .enabled
-        .then(|| sovra_auth::external::GithubProvider {
-            client_id: github.client_id.trim().to_owned(),
-            secret: sovra_auth::secret::Redacted(github.secret.trim().to_owned()),
-            url: github.url.trim().to_owned(),
-            api_url: github.api_url.trim().to_owned(),
-        });
+    out.external = external_providers(&a.external)?;
     out.oauth_server.consent_url = a.oauth_server.consent_url.trim().to_owned();
     out.oauth_server.dynamic_registration = a.oauth_server.dynamic_registration;
     out.hooks.pg_timeout_ms = a.hook.pg_timeout_ms;
     out.hooks.http_timeout_ms = a.hook.http_timeout_ms;
     Ok(out)
+}
+
+/// The identity providers of `auth.external.*`.
+pub fn external_providers(
+    e: &sovra_config::AuthExternal,
+) -> Result<sovra_auth::external::ExternalConfig, ServeError> {
+    use sovra_auth::external::{OAuthProvider, OidcKind, OidcProvider, ProfileKind};
+    use sovra_auth::secret::Redacted;
+    let secret = |s: &str| (!s.trim().is_empty()).then(|| Redacted(s.trim().to_owned()));
+    let oidc = |p: &sovra_config::ExternalProvider, issuer: &str, kind: OidcKind| {
+        p.enabled.then(|| OidcProvider {
+            issuer: issuer.trim().trim_end_matches('/').to_owned(),
+            client_ids: p.client_ids(),
+            skip_nonce_check: p.skip_nonce_check,
+            secret: secret(&p.secret),
+            kind,
+        })
+    };
+    let or = |url: &str, default: &str| {
+        let url = url.trim().trim_end_matches('/');
+        if url.is_empty() { default } else { url }.to_owned()
+    };
+    let oauth = |p: &sovra_config::OAuthOption, kind: ProfileKind, default: &str, api: &str| {
+        p.enabled.then(|| {
+            let url = or(&p.url, default);
+            OAuthProvider {
+                kind,
+                client_id: p.client_id.trim().to_owned(),
+                secret: Redacted(p.secret.trim().to_owned()),
+                api_url: format!("{url}{api}"),
+                url,
+            }
+        })
+    };
+    let github = &e.github;
+    let apple = &e.apple;
+    let apple_key = if apple.private_key.trim().is_empty() {
+        None
+    } else {
+        Some(
+            sovra_auth::external::AppleKey::new(&apple.team_id, &apple.key_id, &apple.private_key)
+                .map_err(|why| {
+                    ServeError::Auth(format!("auth.external.apple.private_key: {why}"))
+                })?,
+        )
+    };
+    Ok(sovra_auth::external::ExternalConfig {
+        google: oidc(&e.google, "https://accounts.google.com", OidcKind::Standard),
+        keycloak: oidc(&e.keycloak, &e.keycloak.url, OidcKind::Standard),
+        azure: oidc(
+            &e.azure,
+            &or(
+                &e.azure.url,
+                "https://login.microsoftonline.com/common/v2.0",
+            ),
+            OidcKind::Azure,
+        ),
+        apple: apple.enabled.then(|| OidcProvider {
+            issuer: or(&apple.url, "https://appleid.apple.com"),
+            client_ids: apple.client_ids(),
+            skip_nonce_check: apple.skip_nonce_check,
+            secret: None,
+            kind: OidcKind::Apple(apple_key),
+        }),
+        github: github.enabled.then(|| OAuthProvider {
+            kind: ProfileKind::Github,
+            client_id: github.client_id.trim().to_owned(),
+            secret: Redacted(github.secret.trim().to_owned()),
+            url: github.url.trim().to_owned(),
+            api_url: github.api_url.trim().to_owned(),
+        }),
+        gitlab: oauth(
+            &e.gitlab,
+            ProfileKind::Gitlab,
+            "https://gitlab.com",
+            "/api/v4",
+        ),
+        discord: oauth(
+            &e.discord,
+            ProfileKind::Discord,
+            "https://discord.com",
+            "/api",
+        ),
+    })
 }
 
 /// Connects once as `login` (a pool's role) and checks that the session is
@@ -351,6 +417,12 @@ pub struct TenantParts {
     pub quotas: crate::tenant::TenantQuotas,
 }
 
+/// How long after a tenant's services a tenant's HTTP-from-SQL worker and
+/// outbox publisher start ([`sovra_net::NetService::start_after`]): their
+/// three connections would otherwise start beside the first request of a
+/// cold tenant and take the CPU it needs.
+pub const NET_START_DELAY: Duration = Duration::from_secs(1);
+
 /// Builds a tenant's pools and services from logins that are ready.
 pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenant, ServeError> {
     let TenantParts {
@@ -370,6 +442,8 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
                 .then(|| i64::try_from(config.rest.max_rows).unwrap_or(i64::MAX)),
             plan_enabled: config.rest.plan_enabled,
             openapi_mode: sovra_rest::OpenApiMode::from_config(&config.rest.openapi_mode),
+            idempotency_retention: u32::try_from(config.rest.idempotency_retention)
+                .unwrap_or(u32::MAX),
         },
         requests.clone(),
         Duration::from_secs(config.database.connect_timeout),
@@ -391,10 +465,18 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
     let auth = sovra_auth::AuthService::new(auth_settings, auth_pool).map_err(ServeError::Auth)?;
     // At once, not one after the other (a cold tenant's first request
     // waits for all three): the schema cache load, auth's API keys, and
-    // the request pool's first connection, which the request then uses.
+    // the request pool's first connection, which the request then uses,
+    // with the REST prologue already prepared and run once on it.
     let prewarm = async {
-        if let Err(err) = pool.get().await {
-            tracing::debug!(error = %err, "opening the first request connection failed");
+        match pool.get().await {
+            Ok(client) => {
+                if let Err(err) = sovra_rest::warm_connection(client).await {
+                    tracing::debug!(error = %err, "preparing the REST prologue failed");
+                }
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "opening the first request connection failed");
+            }
         }
     };
     let (rest, keys_loaded, ()) = tokio::join!(rest, auth.reload_api_keys(), prewarm);
@@ -442,9 +524,11 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
             .await
             .map_err(ServeError::Realtime)?;
     }
-    let net = sovra_net::NetService::start(
+    // Delivery starts a moment later, off a cold tenant's first request.
+    let net = sovra_net::NetService::start_after(
         sovra_net::NetSettings::from_config(config, &id),
         service.clone(),
+        NET_START_DELAY,
     );
     Ok(Tenant {
         id,
@@ -465,9 +549,10 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
         quotas,
         storage_used: std::sync::Mutex::new(None),
         cron: crate::cron::CronScheduler::start(
-            service,
+            service.clone(),
             crate::cron::CronSettings::from_config(config),
         ),
+        admin: service,
     })
 }
 

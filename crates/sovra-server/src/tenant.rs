@@ -42,6 +42,9 @@ pub struct Tenant {
     pub waiting: std::sync::atomic::AtomicUsize,
     /// The scheduler of `cron.job` in its database (stops with the tenant).
     pub cron: Option<crate::cron::CronScheduler>,
+    /// The administrative login on its database (the change feed's), for
+    /// the dashboard's DDL on a table as that table's owner.
+    pub admin: sovra_pg::tokio_postgres::Config,
 }
 
 /// The quotas of a tenant other than the default one (the default tenant

@@ -138,6 +138,260 @@ pub struct TenantSettings {
     /// The sender of auth's mails (as `auth.smtp_from`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp_from: Option<String>,
+    /// Identity providers by GoTrue's name, over `auth.external.<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<std::collections::BTreeMap<String, TenantProvider>>,
+    /// Auth hooks by name, over `auth.hook.<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<std::collections::BTreeMap<String, TenantHook>>,
+}
+
+/// A tenant's identity provider: the fields of `auth.external.<name>`
+/// it sets (the others keep the platform's).
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantProvider {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_nonce_check: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+}
+
+impl std::fmt::Debug for TenantProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.masked();
+        f.debug_struct("TenantProvider")
+            .field("enabled", &shown.enabled)
+            .field("client_id", &shown.client_id)
+            .field("secret", &shown.secret)
+            .field("url", &shown.url)
+            .field("private_key", &shown.private_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the tenant API shows of a secret.
+const MASK: &str = "***";
+
+fn mask(secret: &Option<String>) -> Option<String> {
+    secret.as_ref().map(|s| {
+        if s.is_empty() {
+            String::new()
+        } else {
+            MASK.to_owned()
+        }
+    })
+}
+
+impl TenantProvider {
+    /// `patch` over `self`, field by field.
+    fn merged(&self, patch: &TenantProvider) -> TenantProvider {
+        macro_rules! pick {
+            ($($field:ident),*) => {
+                TenantProvider { $($field: patch.$field.clone().or_else(|| self.$field.clone()),)* }
+            };
+        }
+        pick!(
+            enabled,
+            client_id,
+            secret,
+            url,
+            api_url,
+            skip_nonce_check,
+            team_id,
+            key_id,
+            private_key
+        )
+    }
+
+    /// Secrets as `***`.
+    fn masked(&self) -> TenantProvider {
+        TenantProvider {
+            secret: mask(&self.secret),
+            private_key: mask(&self.private_key),
+            ..self.clone()
+        }
+    }
+
+    /// Sets these fields of provider `name` in `external`; a field the
+    /// provider does not have is an error.
+    fn apply(&self, name: &str, external: &mut sovra_config::AuthExternal) -> Result<(), String> {
+        let unused = |fields: &[(&str, bool)]| match fields.iter().find(|(_, set)| *set) {
+            Some((field, _)) => Err(format!(
+                "external.{name}.{field} is not a setting of {name}"
+            )),
+            None => Ok(()),
+        };
+        let set = |to: &mut String, from: &Option<String>| {
+            if let Some(v) = from {
+                to.clone_from(v);
+            }
+        };
+        let flag = |to: &mut bool, from: Option<bool>| {
+            if let Some(v) = from {
+                *to = v;
+            }
+        };
+        match name {
+            "google" | "keycloak" | "azure" => {
+                unused(&[
+                    ("api_url", self.api_url.is_some()),
+                    ("team_id", self.team_id.is_some()),
+                    ("key_id", self.key_id.is_some()),
+                    ("private_key", self.private_key.is_some()),
+                ])?;
+                let p = match name {
+                    "google" => &mut external.google,
+                    "keycloak" => &mut external.keycloak,
+                    _ => &mut external.azure,
+                };
+                flag(&mut p.enabled, self.enabled);
+                set(&mut p.client_id, &self.client_id);
+                set(&mut p.secret, &self.secret);
+                set(&mut p.url, &self.url);
+                flag(&mut p.skip_nonce_check, self.skip_nonce_check);
+            }
+            "github" => {
+                unused(&[
+                    ("skip_nonce_check", self.skip_nonce_check.is_some()),
+                    ("team_id", self.team_id.is_some()),
+                    ("key_id", self.key_id.is_some()),
+                    ("private_key", self.private_key.is_some()),
+                ])?;
+                let p = &mut external.github;
+                flag(&mut p.enabled, self.enabled);
+                set(&mut p.client_id, &self.client_id);
+                set(&mut p.secret, &self.secret);
+                set(&mut p.url, &self.url);
+                set(&mut p.api_url, &self.api_url);
+            }
+            "gitlab" | "discord" => {
+                unused(&[
+                    ("api_url", self.api_url.is_some()),
+                    ("skip_nonce_check", self.skip_nonce_check.is_some()),
+                    ("team_id", self.team_id.is_some()),
+                    ("key_id", self.key_id.is_some()),
+                    ("private_key", self.private_key.is_some()),
+                ])?;
+                let p = if name == "gitlab" {
+                    &mut external.gitlab
+                } else {
+                    &mut external.discord
+                };
+                flag(&mut p.enabled, self.enabled);
+                set(&mut p.client_id, &self.client_id);
+                set(&mut p.secret, &self.secret);
+                set(&mut p.url, &self.url);
+            }
+            "apple" => {
+                unused(&[
+                    ("secret", self.secret.is_some()),
+                    ("api_url", self.api_url.is_some()),
+                ])?;
+                let p = &mut external.apple;
+                flag(&mut p.enabled, self.enabled);
+                set(&mut p.client_id, &self.client_id);
+                set(&mut p.team_id, &self.team_id);
+                set(&mut p.key_id, &self.key_id);
+                set(&mut p.private_key, &self.private_key);
+                set(&mut p.url, &self.url);
+                flag(&mut p.skip_nonce_check, self.skip_nonce_check);
+            }
+            _ => {
+                return Err(format!(
+                    "external.{name}: no such provider (google, keycloak, azure, apple, github, gitlab, discord)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A tenant's auth hook: the fields of `auth.hook.<name>` it sets.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantHook {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<String>,
+}
+
+impl std::fmt::Debug for TenantHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantHook")
+            .field("enabled", &self.enabled)
+            .field("uri", &self.uri)
+            .field("secrets", &mask(&self.secrets))
+            .finish()
+    }
+}
+
+impl TenantHook {
+    fn merged(&self, patch: &TenantHook) -> TenantHook {
+        TenantHook {
+            enabled: patch.enabled.or(self.enabled),
+            uri: patch.uri.clone().or_else(|| self.uri.clone()),
+            secrets: patch.secrets.clone().or_else(|| self.secrets.clone()),
+        }
+    }
+
+    fn apply(&self, name: &str, hooks: &mut sovra_config::AuthHooks) -> Result<(), String> {
+        let hook = hooks.by_name_mut(name).ok_or_else(|| {
+            format!(
+                "hooks.{name}: no such hook (custom_access_token, before_user_created, password_verification_attempt, mfa_verification_attempt, send_email, send_sms)"
+            )
+        })?;
+        if let Some(on) = self.enabled {
+            hook.enabled = on;
+        }
+        if let Some(uri) = &self.uri {
+            hook.uri.clone_from(uri);
+        }
+        if let Some(secrets) = &self.secrets {
+            hook.secrets.clone_from(secrets);
+        }
+        Ok(())
+    }
+}
+
+/// Two maps merged by key, each entry with `merge`.
+fn merge_maps<T: Clone>(
+    old: Option<&std::collections::BTreeMap<String, T>>,
+    patch: Option<&std::collections::BTreeMap<String, T>>,
+    merge: impl Fn(&T, &T) -> T,
+) -> Option<std::collections::BTreeMap<String, T>> {
+    match (old, patch) {
+        (None, None) => None,
+        (Some(map), None) | (None, Some(map)) => Some(map.clone()),
+        (Some(old), Some(patch)) => {
+            let mut out = old.clone();
+            for (key, value) in patch {
+                let merged = match out.get(key) {
+                    Some(existing) => merge(existing, value),
+                    None => value.clone(),
+                };
+                out.insert(key.clone(), merged);
+            }
+            Some(out)
+        }
+    }
 }
 
 impl TenantSettings {
@@ -199,11 +453,40 @@ impl TenantSettings {
         {
             return Err("redirect_urls must not contain commas".to_owned());
         }
+        let mut scratch = sovra_config::AuthConfig::default();
+        self.apply_auth(&mut scratch)?;
+        Ok(())
+    }
+
+    /// Sets the tenant's providers and hooks in `auth`.
+    fn apply_auth(&self, auth: &mut sovra_config::AuthConfig) -> Result<(), String> {
+        for (name, provider) in self.external.iter().flatten() {
+            provider.apply(name, &mut auth.external)?;
+        }
+        for (name, hook) in self.hooks.iter().flatten() {
+            hook.apply(name, &mut auth.hook)?;
+        }
         Ok(())
     }
 
     /// `patch` over `self`: fields `patch` sets replace these.
     fn merged(&self, patch: &TenantSettings) -> TenantSettings {
+        let mut out = self.merged_fields(patch);
+        out.external = merge_maps(
+            self.external.as_ref(),
+            patch.external.as_ref(),
+            TenantProvider::merged,
+        );
+        out.hooks = merge_maps(
+            self.hooks.as_ref(),
+            patch.hooks.as_ref(),
+            TenantHook::merged,
+        );
+        out
+    }
+
+    /// `patch` over `self`, each field whole.
+    fn merged_fields(&self, patch: &TenantSettings) -> TenantSettings {
         macro_rules! pick {
             ($($field:ident),*) => {
                 TenantSettings { $($field: patch.$field.clone().or_else(|| self.$field.clone()),)* }
@@ -228,7 +511,9 @@ impl TenantSettings {
             max_concurrent_requests,
             mcp_allow_writes,
             smtp_url,
-            smtp_from
+            smtp_from,
+            external,
+            hooks
         )
     }
 }
@@ -797,6 +1082,8 @@ impl Platform {
         if let Some(from) = &settings.smtp_from {
             config.auth.smtp_from.clone_from(from);
         }
+        // Checked when they were set (`check_settings`).
+        let _ = settings.apply_auth(&mut config.auth);
         // Tenants never share NATS subjects with the default tenant: the
         // subject carries the tenant's name (see `build_services`).
         config
@@ -1664,6 +1951,31 @@ impl Platform {
         Ok(n > 0)
     }
 
+    /// Whether `patch` over tenant `name`'s settings makes a configuration
+    /// Sovra accepts (providers and hooks are checked as the options of
+    /// the same names): `Failed` with the reason when not.
+    async fn check_settings(&self, name: &str, patch: &TenantSettings) -> Result<(), Lookup> {
+        if patch.external.is_none() && patch.hooks.is_none() {
+            return Ok(());
+        }
+        let record = self
+            .record(name)
+            .await
+            .map_err(Lookup::Failed)?
+            .ok_or(Lookup::NotFound)?;
+        let merged = record.settings.merged(patch);
+        merged
+            .apply_auth(&mut self.config.auth.clone())
+            .map_err(Lookup::Failed)?;
+        let config = self.tenant_config(&merged);
+        config
+            .validate()
+            .map_err(|err| Lookup::Failed(err.to_string()))?;
+        crate::serve::external_providers(&config.auth.external)
+            .map_err(|err| Lookup::Failed(err.to_string()))?;
+        Ok(())
+    }
+
     async fn update(
         &self,
         name: &str,
@@ -1773,6 +2085,16 @@ impl Platform {
 /// (its user-info part) is never shown.
 fn shown_settings(settings: &TenantSettings) -> TenantSettings {
     let mut shown = settings.clone();
+    if let Some(external) = &mut shown.external {
+        for provider in external.values_mut() {
+            *provider = provider.masked();
+        }
+    }
+    if let Some(hooks) = &mut shown.hooks {
+        for hook in hooks.values_mut() {
+            hook.secrets = mask(&hook.secrets);
+        }
+    }
     if let Some(url) = &mut shown.smtp_url
         && let Some((scheme, rest)) = url.split_once("://")
         && let Some((userinfo, host)) = rest.rsplit_once('@')
@@ -2179,6 +2501,14 @@ pub(crate) async fn patch(
     };
     if let Err(message) = patch.settings.validate() {
         return error(StatusCode::BAD_REQUEST, "bad_settings", &message);
+    }
+    match platform.check_settings(&name, &patch.settings).await {
+        Ok(()) => {}
+        Err(Lookup::NotFound) => return not_found(&name),
+        Err(Lookup::Failed(message)) => {
+            return error(StatusCode::BAD_REQUEST, "bad_settings", &message);
+        }
+        Err(Lookup::Suspended) => {}
     }
     if patch.jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
         return error(

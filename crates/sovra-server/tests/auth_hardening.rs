@@ -854,3 +854,156 @@ async fn a_session_is_aal2_only_while_a_verified_factor_backs_it() {
     assert_eq!(after.status, StatusCode::OK, "{:?}", after.body);
     assert_eq!(claims(&token(&after.body, "access_token"))["aal"], "aal1");
 }
+
+/// `POST /verify` with a hash no code has, from `ip`, at `url`: 403 while
+/// the client's `verify` bucket has tokens, 429 once it is empty.
+async fn verify_from(http: &reqwest::Client, url: &str, anon: &str, ip: &str) -> reqwest::Response {
+    http.post(format!("{url}/auth/v1/verify"))
+        .header("apikey", anon)
+        .header("x-forwarded-for", ip)
+        .json(&json!({"type": "magiclink", "token_hash": "0".repeat(56)}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Two nodes on one database with `server.shared_state` as given, verify
+/// limit 5 and the loopback as trusted proxy.
+async fn two_nodes(shared_state: &str) -> (Auth, TestApp) {
+    let edit = |c: &mut sovra_config::Config| {
+        c.auth.rate_limit.verify = 5;
+        c.auth.rate_limit.sign_in = 4;
+        c.auth.trusted_proxies = "127.0.0.1".into();
+        c.server.shared_state = shared_state.to_owned();
+    };
+    let auth = Auth::with(config(edit)).await;
+    let peer = auth.app.spawn_peer(config(edit)).await;
+    (auth, peer)
+}
+
+#[tokio::test]
+async fn shared_rate_limits_count_requests_spread_over_nodes_once() {
+    let (auth, peer) = two_nodes("postgres").await;
+    let urls = [auth.app.url.as_str(), peer.url.as_str()];
+    let anon = auth.app.anon_key.as_str();
+    // 20 requests at once, spread over both nodes: exactly the limit (5)
+    // get through, from either node, and the rest are 429.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (http, url, anon) = (auth.http.clone(), urls[i % 2].to_owned(), anon.to_owned());
+        tasks.spawn(async move { verify_from(&http, &url, &anon, "198.51.100.30").await });
+    }
+    let answers = tasks.join_all().await;
+    let statuses: Vec<StatusCode> = answers.iter().map(reqwest::Response::status).collect();
+    let passed = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::FORBIDDEN)
+        .count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((passed, limited), (5, 15), "{statuses:?}");
+    let refused = answers
+        .into_iter()
+        .find(|r| r.status() == StatusCode::TOO_MANY_REQUESTS)
+        .unwrap();
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&wait), "{wait}");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error_code"], "over_request_rate_limit", "{body:?}");
+    // Both nodes refuse now; another client is still served on both.
+    for url in urls {
+        let again = verify_from(&auth.http, url, anon, "198.51.100.30").await;
+        assert_eq!(again.status(), StatusCode::TOO_MANY_REQUESTS);
+        let other = verify_from(&auth.http, url, anon, "198.51.100.31").await;
+        assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    }
+    // Sign-in guesses for one account alternate nodes and meet its limit
+    // of 4 (the account-and-address bucket), not 4 per node.
+    auth.user_id("shared@example.com", "password1").await;
+    let sign_in = |url: &str| {
+        auth.http
+            .post(format!("{url}/auth/v1/token?grant_type=password"))
+            .header("apikey", anon)
+            .header("x-forwarded-for", "198.51.100.40")
+            .json(&json!({"email": "shared@example.com", "password": "wrong-guess"}))
+            .send()
+    };
+    for i in 0..4 {
+        let answer = sign_in(urls[i % 2]).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "attempt {i}");
+    }
+    assert_eq!(
+        sign_in(urls[0]).await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // What is counted is kept as a digest, never as the address itself.
+    let db = auth.app.db.client().await;
+    let rows = db
+        .query(
+            "select bucket, key, allowed from sovra.rate_limits
+              where key = sha256(convert_to('198.51.100.30', 'UTF8'))",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, &str>(0), "verify");
+    assert!(!rows[0].get::<_, bool>(2));
+    let plain: i64 = db
+        .query_one(
+            "select count(*) from sovra.rate_limits
+              where position(convert_to('198.51.100', 'UTF8') in key) > 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(plain, 0);
+}
+
+#[tokio::test]
+async fn memory_rate_limits_stay_per_node_and_shared_ones_refill() {
+    // `memory` (one node's default): each node counts its own requests.
+    let (auth, peer) = two_nodes("memory").await;
+    let anon = auth.app.anon_key.as_str();
+    for url in [auth.app.url.as_str(), peer.url.as_str()] {
+        for _ in 0..5 {
+            let answer = verify_from(&auth.http, url, anon, "198.51.100.50").await;
+            assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+        }
+        let over = verify_from(&auth.http, url, anon, "198.51.100.50").await;
+        assert_eq!(over.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let db = auth.app.db.client().await;
+    let count: i64 = db
+        .query_one("select count(*) from sovra.rate_limits", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0, "memory limits write nothing to the database");
+    // Shared buckets refill continuously from the database's clock: a
+    // bucket emptied 10 minutes ago (its row set back) has tokens again.
+    let (auth, peer) = two_nodes("postgres").await;
+    let anon = auth.app.anon_key.as_str();
+    for _ in 0..5 {
+        verify_from(&auth.http, &peer.url, anon, "198.51.100.60").await;
+    }
+    let over = verify_from(&auth.http, &auth.app.url, anon, "198.51.100.60").await;
+    assert_eq!(over.status(), StatusCode::TOO_MANY_REQUESTS);
+    let db = auth.app.db.client().await;
+    db.execute(
+        "update sovra.rate_limits set at = at - interval '10 minutes',
+                full_at = full_at - interval '10 minutes'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let again = verify_from(&auth.http, &auth.app.url, anon, "198.51.100.60").await;
+    assert_eq!(again.status(), StatusCode::FORBIDDEN);
+}

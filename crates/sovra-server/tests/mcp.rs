@@ -1036,3 +1036,72 @@ async fn disabled_endpoint_is_not_found() {
         .unwrap();
     assert_eq!(reply.status(), StatusCode::NOT_FOUND);
 }
+
+/// An OAuth client of the MCP authorization flow sends nothing but its
+/// access token. With `server.require_apikey` on, that token alone still
+/// reaches `/mcp` (the publishable key stands in as the `apikey`) and runs
+/// as its user; a token that fails verification is refused, not run as
+/// anon, and a request with no credential at all is still refused.
+#[tokio::test]
+async fn a_user_token_alone_is_enough_even_when_apikey_is_required() {
+    let mut config = sovra_config::Config::default();
+    config.server.require_apikey = true;
+    let mcp = Mcp::with(config).await;
+    let url = format!("{}/mcp", mcp.app.url);
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}).to_string();
+    let send = |bearer: Option<String>, session: Option<String>, body: String| {
+        let mut request = mcp
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        if let Some(session) = session {
+            request = request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-06-18");
+        }
+        request.body(body).send()
+    };
+    let user_a = mcp.user(USER_A);
+    let started = send(Some(user_a.clone()), None, init.clone())
+        .await
+        .unwrap();
+    assert_eq!(started.status(), StatusCode::OK);
+    let session = started.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "query", "arguments": {"table": "notes", "select": "body"}}}).to_string();
+    let reply: Value = send(Some(user_a.clone()), Some(session), call)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = reply["result"]["content"][0]["text"].as_str().unwrap();
+    let rows: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(bodies(&rows), ["a: first", "a: second"]);
+
+    // The same claims under a signature that is not the tenant's.
+    let (head_and_claims, _) = user_a.rsplit_once('.').unwrap();
+    let forged = format!("{head_and_claims}.{}", "A".repeat(43));
+    let refused = send(Some(forged), None, init.clone()).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let challenge = refused.headers()["www-authenticate"].to_str().unwrap();
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+    // No credential at all: refused with the discovery challenge.
+    let bare = send(None, None, init).await.unwrap();
+    assert_eq!(bare.status(), StatusCode::UNAUTHORIZED);
+    // Elsewhere the apikey is still required.
+    let rest = mcp
+        .http
+        .get(format!("{}/rest/v1/notes", mcp.app.url))
+        .bearer_auth(&user_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), StatusCode::UNAUTHORIZED);
+}

@@ -318,3 +318,92 @@ async fn a_request_dropped_while_preparing_closes_its_connection() {
     assert_eq!(body, json!([{"id": 1, "body": "one"}]));
     assert_eq!(rest.held().await, 1);
 }
+
+/// A tenant's first request connection is opened and readied while its
+/// schema cache loads (`sovra_rest::warm_connection`): the REST prologue is
+/// prepared on it, and the rolled-back run of it as `anon` leaves nothing
+/// behind for the first request.
+#[tokio::test]
+async fn the_first_request_connection_comes_ready_and_clean() {
+    let rest = Rest::new().await;
+    {
+        let client = rest.app.tenant.pool.get().await.unwrap();
+        let row = client
+            .query_one(
+                "select (select count(*) from pg_catalog.pg_prepared_statements
+                          where statement like '%sovra.reset_session()%'
+                            and statement not like '%pg_prepared_statements%'),
+                        current_user::text,
+                        coalesce(current_setting('request.method', true), ''),
+                        coalesce(current_setting('request.jwt.claims', true), ''),
+                        pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 1, "the prologue is prepared");
+        assert_eq!(row.get::<_, String>(1), "authenticator");
+        assert_eq!(row.get::<_, String>(2), "", "no request setting left");
+        assert_eq!(row.get::<_, String>(3), "", "no claims left");
+        let pid: i32 = row.get(4);
+        let state: String = rest
+            .app
+            .db
+            .client()
+            .await
+            .query_one(
+                "select state from pg_catalog.pg_stat_activity where pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(state, "idle", "no transaction left open");
+    }
+    assert_eq!(rest.held().await, 0, "no main statement yet");
+    // The first request uses that connection and its prepared prologue.
+    let (status, body) = rest.get("/open_list?select=id,body", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!([{"id": 1, "body": "one"}]));
+    let client = rest.app.tenant.pool.get().await.unwrap();
+    let prepared: i64 = client
+        .query_one(
+            "select count(*) from pg_catalog.pg_prepared_statements
+             where statement like '%sovra.reset_session()%'
+               and statement not like '%pg_prepared_statements%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 1, "the request reused it");
+}
+
+/// A connection that cannot run the prologue (its login may not switch to
+/// `anon`) is refused and closed, never handed back to the pool half-used.
+#[tokio::test]
+async fn a_connection_that_cannot_run_the_prologue_is_closed_not_pooled() {
+    let db = sovra_test_support::TestDb::new().await;
+    let login = format!("no_anon_{}", db.name);
+    db.client()
+        .await
+        .batch_execute(&format!("create role \"{login}\" login"))
+        .await
+        .unwrap();
+    let pool =
+        sovra_pg::pool::build(db.config_as(&login), 1, std::time::Duration::from_secs(10)).unwrap();
+    let client = pool.get().await.unwrap();
+    let err = sovra_rest::warm_connection(client).await.unwrap_err();
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("42501"),
+        "refused by PostgreSQL: {err}"
+    );
+    assert_eq!(pool.status().size, 0, "the connection was closed");
+    drop(pool);
+    db.client()
+        .await
+        .batch_execute(&format!("drop role \"{login}\""))
+        .await
+        .unwrap();
+}

@@ -15,6 +15,9 @@ use sovra_server::tenants::Platform;
 use sovra_test_support::TestDb;
 use tokio_tungstenite::tungstenite::Message as Ws;
 
+#[path = "support/platform.rs"]
+mod platform_server;
+
 struct Server {
     url: String,
     key: String,
@@ -35,56 +38,17 @@ struct Created {
     database: String,
 }
 
-async fn spawn_with(mut config: sovra_config::Config) -> Server {
-    let db = TestDb::new().await;
-    let data_dir = sovra_test_support::scratch_dir();
-    config.data_dir = data_dir.clone();
-    let default_secret_key =
-        sovra_server::keys::rotate_opaque(&data_dir.join("keys.json"), &config)
-            .unwrap()
-            .secret;
-    let mut keys =
-        sovra_server::keys::load_or_create(&data_dir.join("keys.json"), &config).unwrap();
-    let default_anon = keys.api.anon.clone();
-    let key = sovra_server::platform::load_or_create(&data_dir.join("platform.key"))
-        .unwrap()
-        .key;
-    // As `sovra serve` does: the default tenant refuses the tenants' refs.
-    let platform = Arc::new(Platform::new(&config, db.config(), &key).unwrap());
-    platform.refresh_names().await.unwrap();
-    keys.keyset = keys.keyset.with_foreign_refs(platform.ref_guard());
-    let tenant = sovra_server::serve::build_tenant(
-        &config,
-        db.config_as("authenticator"),
-        db.config(),
-        keys,
-    )
-    .await
-    .unwrap();
-    let resolver = sovra_server::TenantResolver::single(tenant);
-    let default = resolver.default_tenant();
-    let state =
-        sovra_server::AppState::from_config(resolver, &config).with_platform(platform.clone());
-    let app = sovra_server::router(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let url = format!("http://{addr}");
-    default.auth.set_external_url(&url);
-    platform.set_public_url(&url);
-    let options = sovra_server::serve::HttpOptions::from_config(&config);
-    let server = tokio::spawn(async move {
-        let _ =
-            sovra_server::serve::serve_http(listener, app, options, std::future::pending()).await;
-    });
+async fn spawn_with(config: sovra_config::Config) -> Server {
+    let spawned = platform_server::spawn(config).await;
     Server {
-        url,
-        key,
-        default_anon,
-        default_secret_key,
-        db,
+        url: spawned.url,
+        key: spawned.key,
+        default_anon: spawned.default_anon,
+        default_secret_key: spawned.default_secret_key,
+        db: spawned.db,
         http: reqwest::Client::new(),
-        platform,
-        _server: server,
+        platform: spawned.platform,
+        _server: spawned.server,
     }
 }
 

@@ -3,6 +3,55 @@ import { api, encodePath } from '../api.js';
 import { attempt, ErrorBox, Notice } from '../components.jsx';
 import { Link, navigate } from '../router.jsx';
 
+// Files bigger than this go up resumably (TUS, in chunks of this size,
+// each retried from the offset the server holds).
+export const CHUNK = 6 * 1024 * 1024;
+const TUS = { 'tus-resumable': '1.0.0' };
+
+function tusMetadata(fields) {
+  const b64 = (text) => btoa(String.fromCharCode(...new TextEncoder().encode(text)));
+  return Object.entries(fields)
+    .map(([name, value]) => `${name} ${b64(value)}`)
+    .join(',');
+}
+
+// Uploads `file` to `bucket`/`path` through the dashboard's proxy with the
+// TUS protocol; `progress(sent)` after each chunk.
+async function resumable(base, bucket, path, file, progress) {
+  const created = await api(`${base}/upload/resumable`, {
+    method: 'POST',
+    raw: true,
+    headers: {
+      ...TUS,
+      'upload-length': String(file.size),
+      'upload-metadata': tusMetadata({ bucketName: bucket, objectName: path, contentType: file.type || 'application/octet-stream' }),
+      'x-upsert': 'true',
+    },
+  });
+  const id = (created.headers.get('location') || '').split('/').pop();
+  const url = `${base}/upload/resumable/${id}`;
+  let offset = 0;
+  let failures = 0;
+  while (offset < file.size) {
+    try {
+      const sent = await api(url, {
+        method: 'PATCH',
+        raw: true,
+        body: file.slice(offset, offset + CHUNK),
+        headers: { ...TUS, 'upload-offset': String(offset), 'content-type': 'application/offset+octet-stream' },
+      });
+      offset = Number(sent.headers.get('upload-offset'));
+      failures = 0;
+      progress(offset);
+    } catch (error) {
+      // Resume from what the server holds, a few times.
+      if (++failures > 3 || (error.status && error.status < 500 && error.status !== 409)) throw error;
+      const head = await api(url, { method: 'HEAD', raw: true, headers: TUS });
+      offset = Number(head.headers.get('upload-offset'));
+    }
+  }
+}
+
 export function Storage({ tenant, rest }) {
   const [bucket, ...folder] = rest.split('/').filter(Boolean).map(decodeURIComponent);
   if (bucket) return <Bucket tenant={tenant} bucket={bucket} prefix={folder.length ? `${folder.join('/')}/` : ''} key={rest} />;
@@ -97,6 +146,7 @@ function Bucket({ tenant, bucket, prefix }) {
   const [error, setError] = useState(null);
   const [notice, setNotice] = useState('');
   const [busy, setBusy] = useState(false);
+  const [progress, setProgress] = useState(null);
   const file = useRef(null);
   const load = () =>
     attempt(setError, async () => {
@@ -114,14 +164,20 @@ function Bucket({ tenant, bucket, prefix }) {
     const chosen = file.current && file.current.files[0];
     if (!chosen) return;
     setBusy(true);
-    const done = await attempt(setError, () =>
-      api(`${base}/object/${encodeURIComponent(bucket)}/${encodePath(prefix + chosen.name)}`, {
+    const done = await attempt(setError, async () => {
+      if (chosen.size > CHUNK) {
+        setProgress(0);
+        await resumable(base, bucket, prefix + chosen.name, chosen, (sent) => setProgress(Math.floor((100 * sent) / chosen.size)));
+        return true;
+      }
+      return api(`${base}/object/${encodeURIComponent(bucket)}/${encodePath(prefix + chosen.name)}`, {
         method: 'POST',
         body: chosen,
         headers: { 'content-type': chosen.type || 'application/octet-stream', 'x-upsert': 'true' },
-      }),
-    );
+      });
+    });
     setBusy(false);
+    setProgress(null);
     if (done) {
       setNotice(`Uploaded ${chosen.name}.`);
       file.current.value = '';
@@ -176,6 +232,12 @@ function Bucket({ tenant, bucket, prefix }) {
         <button type="submit" disabled={busy}>
           Upload
         </button>
+        {progress !== null && (
+          <progress max="100" value={progress} aria-label="Upload progress">
+            {progress}%
+          </progress>
+        )}
+        <span class="hint">Files over 6 MiB are sent resumably, in chunks.</span>
       </form>
       {signed && (
         <div class="card" role="region" aria-label="Signed URL">

@@ -1,7 +1,8 @@
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import { api } from '../api.js';
-import { attempt, ErrorBox, Notice } from '../components.jsx';
+import { attempt, display, ErrorBox, Notice } from '../components.jsx';
 import { Link } from '../router.jsx';
+import { Policies } from './Policies.jsx';
 
 const PAGE = 25;
 const OPERATORS = [
@@ -84,14 +85,9 @@ function quoteValue(value) {
   return value;
 }
 
-function display(value) {
-  if (value === null || value === undefined) return <span class="null">NULL</span>;
-  if (typeof value === 'object') return JSON.stringify(value);
-  return String(value);
-}
-
 function TableView({ tenant, schema, name }) {
   const [meta, setMeta] = useState(null);
+  const [metaVersion, setMetaVersion] = useState(0);
   const [rows, setRows] = useState([]);
   const [total, setTotal] = useState(null);
   const [offset, setOffset] = useState(0);
@@ -108,12 +104,15 @@ function TableView({ tenant, schema, name }) {
     attempt(setError, async () => {
       const { data } = await api(`/t/${tenant}/tables/${encodeURIComponent(schema)}/${encodeURIComponent(name)}`);
       setMeta(data);
-      setDraft((d) => ({ ...d, column: data.columns[0] ? data.columns[0].name : '' }));
+      setDraft((d) => ({ ...d, column: d.column || (data.columns[0] ? data.columns[0].name : '') }));
     });
-  }, [tenant, schema, name]);
+  }, [tenant, schema, name, metaVersion]);
 
+  // Only the latest load's answer is shown (an earlier one may come later).
+  const latest = useRef(0);
   const load = () =>
     attempt(setError, async () => {
+      const seq = ++latest.current;
       const query = new URLSearchParams();
       query.set('select', '*');
       for (const f of filters) query.append(f.column, `${f.op}.${quoteValue(f.value)}`);
@@ -123,6 +122,7 @@ function TableView({ tenant, schema, name }) {
       const { data, headers } = await api(`${base}?${query}`, {
         headers: { ...profile, prefer: 'count=exact' },
       });
+      if (seq !== latest.current) return;
       setRows(data);
       const range = headers.get('content-range') || '';
       const count = range.split('/')[1];
@@ -302,31 +302,7 @@ function TableView({ tenant, schema, name }) {
         </table>
       </div>
       {writable && (
-        <section class="policies">
-          <h2>Row-level security policies</h2>
-          {!meta.rls && <p>Row-level security is off: every role with the privilege sees every row.</p>}
-          {meta.policies.length === 0 ? (
-            <p>No policies.</p>
-          ) : (
-            <ul>
-              {meta.policies.map((p) => (
-                <li key={p.name}>
-                  <strong>{p.name}</strong> · {p.command} · {p.permissive.toLowerCase()} · to {p.roles.join(', ')}
-                  {p.using && (
-                    <div>
-                      using <code>{p.using}</code>
-                    </div>
-                  )}
-                  {p.check && (
-                    <div>
-                      with check <code>{p.check}</code>
-                    </div>
-                  )}
-                </li>
-              ))}
-            </ul>
-          )}
-        </section>
+        <Policies tenant={tenant} schema={schema} name={name} meta={meta} onChange={() => setMetaVersion((v) => v + 1)} />
       )}
     </section>
   );

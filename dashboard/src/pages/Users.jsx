@@ -1,6 +1,7 @@
 import { useEffect, useState } from 'preact/hooks';
 import { api } from '../api.js';
 import { attempt, ErrorBox, Notice } from '../components.jsx';
+import { ApiKeys, AuthSettings, InviteCodes, UserDetails } from './AuthExtras.jsx';
 
 const PER_PAGE = 50;
 
@@ -12,6 +13,7 @@ export function Users({ tenant }) {
   const [search, setSearch] = useState('');
   const [form, setForm] = useState({ email: '', password: '', confirm: true });
   const [mail, setMail] = useState(null);
+  const [selected, setSelected] = useState(null);
   const [error, setError] = useState(null);
   const [notice, setNotice] = useState('');
 
@@ -129,6 +131,9 @@ export function Users({ tenant }) {
                 <td>{u.last_sign_in_at ? new Date(u.last_sign_in_at).toLocaleString() : '—'}</td>
                 <td>{banned(u) ? 'banned' : u.email_confirmed_at || u.phone_confirmed_at ? 'confirmed' : 'unconfirmed'}</td>
                 <td class="actions">
+                  <button type="button" class="secondary" onClick={() => setSelected(u)}>
+                    Details
+                  </button>
                   <button type="button" class="secondary" onClick={() => ban(u, !banned(u))}>
                     {banned(u) ? 'Unban' : 'Ban'}
                   </button>
@@ -158,6 +163,7 @@ export function Users({ tenant }) {
           Next
         </button>
       </div>
+      {selected && <UserDetails tenant={tenant} user={selected} key={selected.id} onClose={() => setSelected(null)} />}
       <section>
         <h2>Local mailbox</h2>
         <p class="hint">Mail and text messages Auth would have sent (no SMTP server configured).</p>
@@ -176,6 +182,9 @@ export function Users({ tenant }) {
           </ul>
         )}
       </section>
+      <InviteCodes tenant={tenant} />
+      <ApiKeys tenant={tenant} />
+      <AuthSettings tenant={tenant} />
     </section>
   );
 }

@@ -324,7 +324,8 @@ impl AuthService {
                     "Dynamic client registration is not enabled",
                 ));
             }
-            self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())?;
+            self.limit(crate::limits::Bucket::SignIn, &ctx.ip_key())
+                .await?;
         } else {
             self.require_admin(ctx)?;
         }

@@ -139,7 +139,7 @@ impl AuthService {
 
     /// `GET /oauth/authorize`.
     pub(crate) async fn oauth_authorize(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
-        self.limit(Bucket::SignIn, &ctx.ip_key())?;
+        self.limit(Bucket::SignIn, &ctx.ip_key()).await?;
         let param = |name: &str| ctx.query(name).filter(|v| !v.is_empty());
         let client_id =
             param("client_id").ok_or_else(|| AuthError::validation("client_id is required"))?;
@@ -248,7 +248,7 @@ impl AuthService {
         ctx: &Ctx<'_>,
         authorization_id: &str,
     ) -> AuthResult<Response> {
-        self.limit(Bucket::SignIn, &ctx.ip_key())?;
+        self.limit(Bucket::SignIn, &ctx.ip_key()).await?;
         let mut db = self.pool.get().await?;
         let current = self.current(ctx, &db).await?;
         let user_id = current.user.id;
@@ -338,7 +338,7 @@ impl AuthService {
         ctx: &Ctx<'_>,
         authorization_id: &str,
     ) -> AuthResult<Response> {
-        self.limit(Bucket::SignIn, &ctx.ip_key())?;
+        self.limit(Bucket::SignIn, &ctx.ip_key()).await?;
         let body: ConsentBody = ctx.json()?;
         if body.action != "approve" && body.action != "deny" {
             return Err(AuthError::validation("action must be 'approve' or 'deny'"));
@@ -378,7 +378,7 @@ impl AuthService {
 
     /// `GET /user/oauth/grants`: the clients the user consented to.
     pub(crate) async fn oauth_list_grants(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
-        self.limit(Bucket::Verify, &ctx.ip_key())?;
+        self.limit(Bucket::Verify, &ctx.ip_key()).await?;
         let db = self.pool.get().await?;
         let current = self.current(ctx, &db).await?;
         let rows = db
@@ -409,7 +409,7 @@ impl AuthService {
     /// `DELETE /user/oauth/grants?client_id=`: revokes the consent and ends
     /// the client's sessions of this user.
     pub(crate) async fn oauth_revoke_grant(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
-        self.limit(Bucket::Verify, &ctx.ip_key())?;
+        self.limit(Bucket::Verify, &ctx.ip_key()).await?;
         let client_id = ctx
             .query("client_id")
             .filter(|v| !v.is_empty())

@@ -245,7 +245,7 @@ impl AuthService {
                     ".well-known",
                     "openid-configuration" | "oauth-authorization-server",
                 ],
-            ) => self.oauth_metadata(ctx),
+            ) => self.oauth_metadata(ctx).await,
             ("GET", ["admin", "oauth", "clients"]) => self.oauth_list_clients(ctx).await,
             ("POST", ["admin", "oauth", "clients"]) => self.oauth_create_client(ctx, false).await,
             ("POST", ["oauth", "clients", "register"]) => self.oauth_create_client(ctx, true).await,
@@ -311,8 +311,9 @@ impl AuthService {
         doc
     }
 
-    fn oauth_metadata(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
-        self.limit(crate::limits::Bucket::Verify, &ctx.ip_key())?;
+    async fn oauth_metadata(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
+        self.limit(crate::limits::Bucket::Verify, &ctx.ip_key())
+            .await?;
         let mut response = crate::ok_json(self.oauth_metadata_document());
         response.headers_mut().insert(
             header::CACHE_CONTROL,

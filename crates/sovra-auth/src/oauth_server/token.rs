@@ -154,7 +154,7 @@ impl AuthService {
         client: &Client,
         fields: &[(String, String)],
     ) -> AuthResult<Response> {
-        self.limit(Bucket::SignIn, &ctx.ip_key())?;
+        self.limit(Bucket::SignIn, &ctx.ip_key()).await?;
         let code = field(fields, "code").ok_or_else(|| {
             AuthError::oauth(
                 "invalid_request",
@@ -347,7 +347,7 @@ impl AuthService {
     /// `GET|POST /oauth/userinfo`: the claims the token's scopes release,
     /// while its session lasts.
     pub(crate) async fn oauth_userinfo(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
-        self.limit(Bucket::Verify, &ctx.ip_key())?;
+        self.limit(Bucket::Verify, &ctx.ip_key()).await?;
         let result = async {
             let claims = self
                 .bearer_claims(ctx)
@@ -400,7 +400,7 @@ impl AuthService {
     /// client's refresh or access tokens. Always 200 for a known client,
     /// whether or not the token was live.
     pub(crate) async fn oauth_revoke(&self, ctx: &Ctx<'_>) -> AuthResult<Response> {
-        self.limit(Bucket::Verify, &ctx.ip_key())?;
+        self.limit(Bucket::Verify, &ctx.ip_key()).await?;
         let fields = form_fields(ctx)?;
         let client = self.oauth_authenticate_client(ctx, &fields).await?;
         let token = field(&fields, "token")
