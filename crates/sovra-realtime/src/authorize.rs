@@ -145,12 +145,14 @@ pub(crate) async fn authorize(
             } else {
                 let (senders, receivers): (Vec<_>, Vec<_>) =
                     (1..n).map(|_| tokio::sync::oneshot::channel()).unzip();
+                let (done_senders, done_receivers): (Vec<_>, Vec<_>) =
+                    (1..n).map(|_| tokio::sync::oneshot::channel()).unzip();
                 if let Some(task) = tasks.next() {
-                    let role = Role::Exporter(versions, senders);
+                    let role = Role::Exporter(versions, senders, done_receivers);
                     flows.push(evaluate(pool, login, changes, task, role));
                 }
-                for (task, receiver) in tasks.zip(receivers) {
-                    let role = Role::Importer(receiver);
+                for ((task, receiver), done) in tasks.zip(receivers).zip(done_senders) {
+                    let role = Role::Importer(receiver, done);
                     flows.push(evaluate(pool, login, changes, task, role));
                 }
             }
@@ -165,19 +167,30 @@ pub(crate) async fn authorize(
         .collect()
 }
 
+/// How long the exporter keeps its snapshot for importers that have not
+/// run their first attempt yet.
+const IMPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A task's part in sharing one look at the table (see [`check`]).
 enum Role {
     /// Nothing is put back: the task starts on its own.
     Alone,
     /// Checks these versions (by change index), exports its snapshot and
-    /// hands both to the other tasks of the table.
+    /// hands both to the other tasks of the table; keeps its transaction
+    /// (and so the snapshot) open until each of them has run its first
+    /// attempt (or given up), so that none finds the snapshot gone.
     Exporter(
         Vec<(usize, Version)>,
         Vec<tokio::sync::oneshot::Sender<Arc<Checked>>>,
+        Vec<tokio::sync::oneshot::Receiver<()>>,
     ),
     /// Starts on what the exporter hands over, or on its own if nothing
-    /// comes.
-    Importer(tokio::sync::oneshot::Receiver<Arc<Checked>>),
+    /// comes; says when its first attempt is done (dropping the sender
+    /// says so too).
+    Importer(
+        tokio::sync::oneshot::Receiver<Arc<Checked>>,
+        tokio::sync::oneshot::Sender<()>,
+    ),
 }
 
 /// How a task's transaction starts.
@@ -1046,13 +1059,21 @@ async fn evaluate(
 
     // How the transaction starts: on its own snapshot, or on the one the
     // table's first task exported after finding which rows are current.
+    // The exporter waits for these before it ends its transaction; an
+    // importer signals on `imported` after its first attempt.
+    let mut importers_done: Vec<tokio::sync::oneshot::Receiver<()>> = Vec::new();
+    let mut imported_signal: Option<tokio::sync::oneshot::Sender<()>> = None;
     let mut start = match role {
         Role::Alone => Start::Fresh,
-        Role::Importer(checked) => match checked.await {
-            Ok(checked) => Start::Import(checked),
-            Err(_) => Start::Fresh,
-        },
-        Role::Exporter(versions, importers) => {
+        Role::Importer(checked, done) => {
+            imported_signal = Some(done);
+            match checked.await {
+                Ok(checked) => Start::Import(checked),
+                Err(_) => Start::Fresh,
+            }
+        }
+        Role::Exporter(versions, importers, done) => {
+            importers_done = done;
             let refs: Vec<&Version> = versions.iter().map(|(_, v)| v).collect();
             let params = version_params(&refs);
             let statement = prepared.get(check_sql.as_str());
@@ -1079,22 +1100,44 @@ async fn evaluate(
             .iter()
             .map(|s| s.params.iter().map(Param::typed).collect())
             .collect();
-        let results =
-            futures_util::future::join_all(steps.iter().zip(&typed).map(|(step, typed)| {
-                let statement = prepared.get(&step.sql).filter(|_| !step.planned);
-                async move {
-                    match statement {
-                        Some(statement) => {
-                            let values: Vec<&(dyn ToSql + Sync)> =
-                                typed.iter().map(|(v, _)| *v).collect();
-                            db.query(statement, &values).await
+        let results = {
+            let mut pipeline: Vec<_> = steps
+                .iter()
+                .zip(&typed)
+                .map(|(step, typed)| {
+                    let statement = prepared.get(&step.sql).filter(|_| !step.planned);
+                    async move {
+                        match statement {
+                            Some(statement) => {
+                                let values: Vec<&(dyn ToSql + Sync)> =
+                                    typed.iter().map(|(v, _)| *v).collect();
+                                db.query(statement, &values).await
+                            }
+                            // Unprepared: planned with its values.
+                            None => db.query_typed(&step.sql, typed).await,
                         }
-                        // Unprepared: planned with its values.
-                        None => db.query_typed(&step.sql, typed).await,
                     }
-                }
-            }))
-            .await;
+                })
+                .collect();
+            // The exporter sends its last statement (the rollback that ends the
+            // snapshot) only once the importers have imported it, or after a
+            // bound if one of them never gets that far (no connection).
+            let end = if matches!(start, Start::Exported(_)) && !importers_done.is_empty() {
+                pipeline.pop()
+            } else {
+                None
+            };
+            let mut results = futures_util::future::join_all(pipeline).await;
+            if let Some(end) = end {
+                let waiting = futures_util::future::join_all(importers_done.drain(..));
+                let _ = tokio::time::timeout(IMPORT_WAIT, waiting).await;
+                results.push(end.await);
+            }
+            results
+        };
+        if let Some(signal) = imported_signal.take() {
+            let _ = signal.send(());
+        }
         drop(typed);
         attempts += 1;
         let retry =
