@@ -41,7 +41,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures_util::StreamExt as _;
 use serde_json::Map;
 use sovra_pg::tokio_postgres::{self, types::ToSql, types::Type};
 use sovra_pg::{Pool, RequestContext};
@@ -123,21 +122,170 @@ pub(crate) async fn authorize(
         let oid = changes[group.indexes[0]].rel.rel.oid;
         by_table.entry(oid).or_default().push(group);
     }
-    let mut tasks: Vec<Vec<Group>> = Vec::new();
-    for (_, groups) in by_table {
-        let n = groups.len().clamp(1, WORKERS);
-        let mut split: Vec<Vec<Group>> = (0..n).map(|_| Vec::new()).collect();
-        for (i, group) in groups.into_iter().enumerate() {
-            split[i % n].push(group);
+    // At most WORKERS connections at once; a table's tasks start together
+    // (so that the first one's exported snapshot is still there when the
+    // others import it).
+    let permits = tokio::sync::Semaphore::new(WORKERS);
+    let tables = by_table.into_values().map(|groups| {
+        let permits = &permits;
+        async move {
+            let n = groups.len().clamp(1, WORKERS);
+            let mut split: Vec<Vec<Group>> = (0..n).map(|_| Vec::new()).collect();
+            for (i, group) in groups.into_iter().enumerate() {
+                split[i % n].push(group);
+            }
+            let _permits = permits.acquire_many(n as u32).await;
+            let versions = put_back_versions(changes, &split);
+            let mut tasks = split.into_iter();
+            let mut flows = Vec::with_capacity(n);
+            if versions.is_empty() {
+                for task in tasks {
+                    flows.push(evaluate(pool, login, changes, task, Role::Alone));
+                }
+            } else {
+                let (senders, receivers): (Vec<_>, Vec<_>) =
+                    (1..n).map(|_| tokio::sync::oneshot::channel()).unzip();
+                let (done_senders, done_receivers): (Vec<_>, Vec<_>) =
+                    (1..n).map(|_| tokio::sync::oneshot::channel()).unzip();
+                if let Some(task) = tasks.next() {
+                    let role = Role::Exporter(versions, senders, done_receivers);
+                    flows.push(evaluate(pool, login, changes, task, role));
+                }
+                for ((task, receiver), done) in tasks.zip(receivers).zip(done_senders) {
+                    let role = Role::Importer(receiver, done);
+                    flows.push(evaluate(pool, login, changes, task, role));
+                }
+            }
+            futures_util::future::join_all(flows).await
         }
-        tasks.extend(split);
-    }
-    let results: Vec<Vec<(Arc<str>, Authorized)>> = futures_util::stream::iter(tasks)
-        .map(|task| evaluate(pool, login, changes, task))
-        .buffer_unordered(WORKERS)
+    });
+    futures_util::future::join_all(tables)
+        .await
+        .into_iter()
+        .flatten()
+        .flatten()
         .collect()
-        .await;
-    results.into_iter().flatten().collect()
+}
+
+/// How long the exporter keeps its snapshot for importers that have not
+/// run their first attempt yet.
+const IMPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A task's part in sharing one look at the table (see [`check`]).
+enum Role {
+    /// Nothing is put back: the task starts on its own.
+    Alone,
+    /// Checks these versions (by change index), exports its snapshot and
+    /// hands both to the other tasks of the table; keeps its transaction
+    /// (and so the snapshot) open until each of them has run its first
+    /// attempt (or given up), so that none finds the snapshot gone.
+    Exporter(
+        Vec<(usize, Version)>,
+        Vec<tokio::sync::oneshot::Sender<Arc<Checked>>>,
+        Vec<tokio::sync::oneshot::Receiver<()>>,
+    ),
+    /// Starts on what the exporter hands over, or on its own if nothing
+    /// comes; says when its first attempt is done (dropping the sender
+    /// says so too).
+    Importer(
+        tokio::sync::oneshot::Receiver<Arc<Checked>>,
+        tokio::sync::oneshot::Sender<()>,
+    ),
+}
+
+/// How a task's transaction starts.
+enum Start {
+    /// `begin`, its own snapshot; every version is put back as needed.
+    Fresh,
+    /// Already begun by [`check`] on this connection.
+    Exported(Arc<Checked>),
+    /// `begin`, then the exporter's snapshot.
+    Import(Arc<Checked>),
+}
+
+/// What [`check`] found.
+struct Checked {
+    /// The exported snapshot's identifier, as PostgreSQL wrote it.
+    snapshot: String,
+    /// By change index: its version is the row as it is in the snapshot
+    /// (putting it back would write nothing).
+    current: Vec<bool>,
+}
+
+/// The row versions (by change index) that the tasks of one table would
+/// put back: on a table with RLS and a key, the versions whose key is
+/// known. Empty when nothing would be put back.
+fn put_back_versions(changes: &[Change], tasks: &[Vec<Group>]) -> Vec<(usize, Version)> {
+    let mut needed: Vec<usize> = tasks
+        .iter()
+        .flatten()
+        .flat_map(|g| g.indexes.iter().copied())
+        .collect();
+    let Some(first) = needed.first() else {
+        return Vec::new();
+    };
+    let rel = &changes[*first].rel;
+    let keys = rel.key_columns();
+    if !rel.rls || keys.is_empty() || keys.iter().any(|k| rel.column_sql[*k].is_none()) {
+        return Vec::new();
+    }
+    needed.sort_unstable();
+    needed.dedup();
+    needed
+        .into_iter()
+        .filter_map(|index| {
+            let version = version_of(&changes[index])?;
+            key_of(&version, &keys)?;
+            Some((index, version))
+        })
+        .collect()
+}
+
+/// Begins the table's first task's transaction (`REPEATABLE READ`),
+/// exports its snapshot, and finds which `versions` are the row as it is
+/// in it: every task of the table then works on that snapshot and puts
+/// back only the others, instead of each comparing every row again (for
+/// a batch of inserts, usually nothing is put back at all). `None`, with
+/// the transaction rolled back, when that fails.
+async fn check(
+    db: &tokio_postgres::Client,
+    statement: Option<&tokio_postgres::Statement>,
+    params: &[Param],
+    versions: &[(usize, Version)],
+    changes: usize,
+) -> Option<Checked> {
+    let statement = statement?;
+    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.typed().0).collect();
+    // Sent in this order in one round trip (`join3` polls in order).
+    let (begun, exported, differ) = futures_util::future::join3(
+        db.query_typed("begin isolation level repeatable read", &[]),
+        db.query_typed("select pg_export_snapshot()", &[]),
+        db.query(statement, &values),
+    )
+    .await;
+    let found = (|| {
+        begun.ok()?;
+        let snapshot: String = exported.ok()?.first()?.try_get(0).ok()?;
+        // Spliced into `set transaction snapshot '…'`: PostgreSQL's own
+        // identifier, hexadecimal digits and dashes.
+        if snapshot.is_empty() || !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return None;
+        }
+        let mut current = vec![false; changes];
+        for (index, _) in versions {
+            current[*index] = true;
+        }
+        for row in differ.ok()? {
+            let n: i64 = row.try_get(0).ok()?;
+            let (index, _) = versions.get(usize::try_from(n).ok()?.checked_sub(1)?)?;
+            current[*index] = false;
+        }
+        Some(Checked { snapshot, current })
+    })();
+    if found.is_none() {
+        let _ = db.batch_execute("rollback").await;
+    }
+    found
 }
 
 /// One statement of a pipeline and its bound values.
@@ -145,6 +293,9 @@ struct Step {
     sql: Arc<str>,
     params: Vec<Param>,
     purpose: Purpose,
+    /// Sent unprepared (an unnamed statement), so that PostgreSQL plans it
+    /// with its values each time instead of a generic plan.
+    planned: bool,
 }
 
 enum Param {
@@ -175,6 +326,8 @@ impl Param {
 enum Purpose {
     /// Transaction control, settings.
     Setup,
+    /// Takes the snapshot the table's first task exported (see `check`).
+    Import,
     /// Per distinct role of the task (`.0` indexes `roles`): whether the
     /// login role may become it, and the columns it may read.
     Roles,
@@ -228,15 +381,42 @@ impl Table<'_> {
     /// `x`: the row versions of `$1` (mask) and `$2…` (one text array per
     /// present column), as columns `m, c<i>…`.
     fn versions_cte(&self) -> String {
+        self.versions_cte_as("", "")
+    }
+
+    /// [`Table::versions_cte`] with `extra` after the `unnest` and `alias`
+    /// after the aliases (`with ordinality`, `, n`).
+    fn versions_cte_as(&self, extra: &str, alias: &str) -> String {
         let present: Vec<usize> = self.present().collect();
         let aliases: Vec<String> = present.iter().map(|i| format!("c{i}")).collect();
         let arrays: Vec<String> = (0..present.len())
             .map(|n| format!("${}::text[]", n + 2))
             .collect();
         format!(
-            "x as materialized (select * from unnest($1::text[], {}) as x(m, {}))",
+            "x as materialized (select * from unnest($1::text[], {}){extra} as x(m, {}{alias}))",
             arrays.join(", "),
             aliases.join(", ")
+        )
+    }
+
+    /// The versions (`$1` and the arrays as for [`Table::restore_sql`])
+    /// that putting back would write, by position from 1: the row is
+    /// missing (and the version whole, so it can be inserted), or differs
+    /// in a known, settable column. The others are the row as it is.
+    fn check_sql(&self) -> String {
+        let settable = self.settable();
+        let differs = if settable.is_empty() {
+            "false".to_owned()
+        } else {
+            self.differs(&settable)
+        };
+        format!(
+            "with {versions}
+             select x.n from x left join {table} t on {key_match}
+             where case when t.ctid is null then strpos(x.m, '0') = 0 else ({differs}) end",
+            versions = self.versions_cte_as(" with ordinality", ", n"),
+            table = self.name,
+            key_match = self.key_match(),
         )
     }
 
@@ -391,15 +571,20 @@ impl Table<'_> {
     }
 
     /// [`Table::select_sql`] for a single integer key whose values in the
-    /// round are dense: an index range scan between `$1` and `$2` (rows in
-    /// the range that are not in the round are ignored by the caller).
+    /// round are dense: the rows between `$1` and `$2` (rows in the range
+    /// that are not in the round are ignored by the caller). It is planned
+    /// with its bounds each time (an unnamed statement, see
+    /// [`Step::planned`]): PostgreSQL then knows how many rows the range
+    /// holds and may find a group's rows through an index of the policy's
+    /// column instead (`owner_id = auth.uid()` with an index on
+    /// `owner_id`: a `BitmapAnd` of both indexes reads the group's rows
+    /// only, where a generic plan evaluates the policy on every row).
     fn range_sql(&self) -> String {
         let Some(k) = self.keys.first() else {
             return String::new();
         };
         format!(
-            "select t.{c}::text from {table} t
-             where t.{c} between (select $1::text::{ty}) and (select $2::text::{ty})",
+            "select t.{c}::text from {table} t where t.{c} between $1::text::{ty} and $2::text::{ty}",
             table = self.name,
             c = self.column(*k),
             ty = self.ty(*k),
@@ -429,6 +614,14 @@ impl Table<'_> {
 /// The lowest and highest key of a round when the table has one integer
 /// key and the round's keys fill at least half of the range between them
 /// (rows inserted by one writer, for instance).
+/// Rounds at least this large are planned with their bounds each time (an
+/// unnamed statement: PostgreSQL can then drive the select by an index on
+/// the policy's column); smaller ones keep the prepared statement, whose
+/// planning per group would cost more than the scan it saves (the branch's
+/// first end-to-end round showed p99 at 5,000 rows/s rising with every
+/// range planned).
+const PLAN_WITH_BOUNDS_MIN: usize = 1024;
+
 fn dense_range(
     table: &Table<'_>,
     round: &[(usize, Version, Vec<String>)],
@@ -502,6 +695,7 @@ async fn evaluate(
     login: &str,
     changes: &[Change],
     task: Vec<Group>,
+    role: Role,
 ) -> Vec<(Arc<str>, Authorized)> {
     let Some(first) = task.first() else {
         return Vec::new();
@@ -585,36 +779,12 @@ async fn evaluate(
         *round += 1;
     }
 
-    // The pipeline.
-    let mut steps: Vec<Step> = Vec::new();
-    let setup = |sql: &str| Step {
-        sql: Arc::from(sql),
-        params: Vec::new(),
-        purpose: Purpose::Setup,
-    };
-    steps.push(setup("begin isolation level repeatable read"));
-    if !rounds.is_empty() {
-        steps.push(setup("set local session_replication_role = replica"));
-        // Putting rows back takes row locks that the application's own
-        // transactions may want too. If the feed waited for a lock while an
-        // application transaction waited for one of the feed's, PostgreSQL
-        // would break the deadlock by failing whichever of the two checks
-        // first, possibly the application's. So the feed does not wait for
-        // row locks: before anything else, one statement locks every row
-        // any round will write, in key order, skipping rows that others
-        // hold; if it did not get them all it fails, the transaction rolls
-        // back and starts again after a pause (below). The updates that
-        // follow write only rows the feed holds. Re-inserting a row deleted
-        // since can still wait for a writer inserting the same key: that
-        // one wait is bounded (`lock_timeout`, a quarter of
-        // `deadlock_timeout`), fails the transaction, and is retried
-        // likewise.
-        steps.push(setup(WINDOW_SQL));
-    }
+    // The statements.
     let prologue: Arc<str> = Arc::from(sovra_pg::PROLOGUE_SQL);
     let select_sql: Arc<str> = Arc::from(table.select_sql());
     let privilege_sql: Arc<str> = Arc::from(table.privilege_sql());
     let restore_sql: Arc<str> = Arc::from(table.restore_sql());
+    let lock_sql: Option<Arc<str>> = table.lock_sql().map(Arc::from);
     let range_sql: Arc<str> = Arc::from(table.range_sql());
     // Per distinct role of the task, asked once as this session's own role:
     // whether the login role is a member of it (`SET ROLE` from the login
@@ -632,42 +802,17 @@ async fn evaluate(
     let mut roles: Vec<String> = task.iter().map(|g| g.principal.role.clone()).collect();
     roles.sort_unstable();
     roles.dedup();
-    let column_names: Vec<Option<String>> = rel
-        .rel
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| rel.column_sql[i].as_ref().map(|_| c.name.clone()))
-        .collect();
-    // Each group runs after a savepoint and is rolled back to it, so that
-    // nothing one group's statements set (role, settings, whatever a policy
-    // function does) reaches the next. `rollback to savepoint` keeps the
-    // savepoint, so one is set per round, after the round's rows are back.
-    let group_steps = |steps: &mut Vec<Step>, g: usize, body: Vec<Step>| {
-        let params = sovra_pg::prologue_params(&context(&task[g].principal));
-        steps.push(Step {
-            sql: prologue.clone(),
-            params: params.into_iter().map(Param::Text).collect(),
-            purpose: Purpose::Prologue(g),
-        });
-        steps.extend(body);
-        steps.push(setup("rollback to savepoint sovra_rt"));
-    };
-    steps.push(Step {
-        sql: roles_sql,
-        params: vec![
-            Param::Text(Some(login.to_owned())),
-            Param::Oid(rel.rel.oid),
-            Param::TextArray(Arc::new(column_names)),
-            Param::TextArray(Arc::new(roles.iter().cloned().map(Some).collect())),
-        ],
-        purpose: Purpose::Roles,
-    });
-    // Round 0 also carries each group's other checks (one savepoint per
-    // group); later rounds (several versions of a row in one batch) only
-    // their selects.
-    // Row versions as `restore_sql` and `lock_sql` take them: a mask per
-    // row, then one text array per present column.
+    let roles = Arc::new(roles.into_iter().map(Some).collect::<Vec<_>>());
+    let column_names: Arc<Vec<Option<String>>> = Arc::new(
+        rel.rel
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| rel.column_sql[i].as_ref().map(|_| c.name.clone()))
+            .collect(),
+    );
+    // Row versions as `restore_sql`, `lock_sql` and `check_sql` take them:
+    // a mask per row, then one text array per present column.
     let version_params = |versions: &[&Version]| -> Vec<Param> {
         let mut params = Vec::with_capacity(2 + rel.rel.columns.len());
         params.push(Param::TextArray(Arc::new(
@@ -689,34 +834,16 @@ async fn evaluate(
         }
         params
     };
-    if !rounds.is_empty()
-        && let Some(lock_sql) = table.lock_sql()
-    {
-        let all: Vec<&Version> = rounds.iter().flatten().map(|(_, v, _)| v).collect();
-        steps.push(Step {
-            sql: Arc::from(lock_sql),
-            params: version_params(&all),
-            purpose: Purpose::Lock,
-        });
-    }
-    let rounds_to_run = rounds.len().max(1);
-    for r in 0..rounds_to_run {
-        if let Some(round) = rounds.get(r) {
-            // Put the round's rows back (as the pool's own role).
-            let versions: Vec<&Version> = round.iter().map(|(_, v, _)| v).collect();
-            steps.push(Step {
-                sql: restore_sql.clone(),
-                params: version_params(&versions),
-                purpose: Purpose::Restore,
-            });
-        }
-        steps.push(setup("savepoint sovra_rt"));
-        // The round's keys, as the select wants them.
-        let key_params = |round: &[(usize, Version, Vec<String>)]| -> (Arc<str>, Vec<Param>) {
+    // The round's keys, as the select wants them (built once, shared by
+    // the groups).
+    let round_keys: Vec<(Arc<str>, Vec<Param>, bool)> = rounds
+        .iter()
+        .map(|round| {
             if let Some((low, high)) = dense_range(&table, round) {
                 return (
                     range_sql.clone(),
                     vec![Param::Text(Some(low)), Param::Text(Some(high))],
+                    round.len() >= PLAN_WITH_BOUNDS_MIN,
                 );
             }
             let params = (0..table.keys.len())
@@ -729,50 +856,170 @@ async fn evaluate(
                     ))
                 })
                 .collect();
-            (select_sql.clone(), params)
+            (select_sql.clone(), params, false)
+        })
+        .collect();
+
+    // The pipeline, for a transaction that starts as `start` says.
+    let build = |start: &Start| -> Vec<Step> {
+        let mut steps: Vec<Step> = Vec::new();
+        let setup = |sql: &str| Step {
+            sql: Arc::from(sql),
+            params: Vec::new(),
+            purpose: Purpose::Setup,
+            planned: false,
         };
-        let round_keys = rounds.get(r).map(|round| key_params(round));
-        for (g, group) in task.iter().enumerate() {
-            let in_round = group
-                .indexes
-                .iter()
-                .any(|i| matches!(judge[*i], Some(Judge::Row(rr)) if rr == r));
-            let mut body = Vec::new();
-            if r == 0 {
-                let wants = |j: fn(&Judge) -> bool| {
-                    group
-                        .indexes
-                        .iter()
-                        .any(|i| judge[*i].as_ref().is_some_and(j))
-                };
-                if wants(|j| matches!(j, Judge::Privilege | Judge::Table)) || (keyless && rel.rls) {
-                    body.push(Step {
-                        sql: privilege_sql.clone(),
-                        params: Vec::new(),
-                        purpose: Purpose::Privilege(g),
-                    });
-                }
-                if keyless && rel.rls {
-                    body.push(Step {
-                        sql: Arc::from("select row_security_active($1::oid)"),
-                        params: vec![Param::Oid(rel.rel.oid)],
-                        purpose: Purpose::RowSecurity(g),
-                    });
-                }
-            } else if !in_round {
-                continue;
-            }
-            if in_round && let Some((sql, params)) = &round_keys {
-                body.push(Step {
-                    sql: sql.clone(),
-                    params: params.iter().map(Param::duplicate).collect(),
-                    purpose: Purpose::Select(g, r),
+        // Versions of the first round that are the row as it is in the
+        // snapshot (see `check`) would write nothing: they are neither
+        // locked nor put back. Later rounds follow a put-back in this
+        // transaction, so they are compared again by the statements.
+        let current: Option<&[bool]> = match start {
+            Start::Fresh => None,
+            Start::Exported(c) | Start::Import(c) => Some(&c.current),
+        };
+        let writes: Vec<Vec<&Version>> = rounds
+            .iter()
+            .enumerate()
+            .map(|(r, round)| {
+                round
+                    .iter()
+                    .filter(|(i, _, _)| r > 0 || !current.is_some_and(|c| c[*i]))
+                    .map(|(_, v, _)| v)
+                    .collect()
+            })
+            .collect();
+        let writing = writes.iter().any(|w| !w.is_empty());
+        match start {
+            Start::Fresh => steps.push(setup("begin isolation level repeatable read")),
+            Start::Import(c) => {
+                steps.push(setup("begin isolation level repeatable read"));
+                steps.push(Step {
+                    sql: Arc::from(format!("set transaction snapshot '{}'", c.snapshot)),
+                    params: Vec::new(),
+                    purpose: Purpose::Import,
+                    planned: false,
                 });
             }
-            group_steps(&mut steps, g, body);
+            // `check` began the transaction.
+            Start::Exported(_) => {}
         }
-    }
-    steps.push(setup("rollback"));
+        if writing {
+            steps.push(setup("set local session_replication_role = replica"));
+            // Putting rows back takes row locks that the application's own
+            // transactions may want too. If the feed waited for a lock while
+            // an application transaction waited for one of the feed's,
+            // PostgreSQL would break the deadlock by failing whichever of the
+            // two checks first, possibly the application's. So the feed does
+            // not wait for row locks: before anything else, one statement
+            // locks every row any round will write, in key order, skipping
+            // rows that others hold; if it did not get them all it fails, the
+            // transaction rolls back and starts again after a pause (below).
+            // The updates that follow write only rows the feed holds.
+            // Re-inserting a row deleted since can still wait for a writer
+            // inserting the same key: that one wait is bounded
+            // (`lock_timeout`, a quarter of `deadlock_timeout`), fails the
+            // transaction, and is retried likewise.
+            steps.push(setup(WINDOW_SQL));
+        }
+        // Each group runs after a savepoint and is rolled back to it, so
+        // that nothing one group's statements set (role, settings, whatever
+        // a policy function does) reaches the next. `rollback to savepoint`
+        // keeps the savepoint, so one is set per round, after the round's
+        // rows are back.
+        let group_steps = |steps: &mut Vec<Step>, g: usize, body: Vec<Step>| {
+            let params = sovra_pg::prologue_params(&context(&task[g].principal));
+            steps.push(Step {
+                sql: prologue.clone(),
+                params: params.into_iter().map(Param::Text).collect(),
+                purpose: Purpose::Prologue(g),
+                planned: false,
+            });
+            steps.extend(body);
+            steps.push(setup("rollback to savepoint sovra_rt"));
+        };
+        steps.push(Step {
+            sql: roles_sql.clone(),
+            params: vec![
+                Param::Text(Some(login.to_owned())),
+                Param::Oid(rel.rel.oid),
+                Param::TextArray(Arc::clone(&column_names)),
+                Param::TextArray(Arc::clone(&roles)),
+            ],
+            purpose: Purpose::Roles,
+            planned: false,
+        });
+        if writing && let Some(lock_sql) = &lock_sql {
+            let all: Vec<&Version> = writes.iter().flatten().copied().collect();
+            steps.push(Step {
+                sql: lock_sql.clone(),
+                params: version_params(&all),
+                purpose: Purpose::Lock,
+                planned: false,
+            });
+        }
+        // Round 0 also carries each group's other checks (one savepoint per
+        // group); later rounds (several versions of a row in one batch) only
+        // their selects.
+        let rounds_to_run = rounds.len().max(1);
+        for r in 0..rounds_to_run {
+            if let Some(versions) = writes.get(r).filter(|w| !w.is_empty()) {
+                // Put the round's rows back (as the pool's own role).
+                steps.push(Step {
+                    sql: restore_sql.clone(),
+                    params: version_params(versions),
+                    purpose: Purpose::Restore,
+                    planned: false,
+                });
+            }
+            steps.push(setup("savepoint sovra_rt"));
+            for (g, group) in task.iter().enumerate() {
+                let in_round = group
+                    .indexes
+                    .iter()
+                    .any(|i| matches!(judge[*i], Some(Judge::Row(rr)) if rr == r));
+                let mut body = Vec::new();
+                if r == 0 {
+                    let wants = |j: fn(&Judge) -> bool| {
+                        group
+                            .indexes
+                            .iter()
+                            .any(|i| judge[*i].as_ref().is_some_and(j))
+                    };
+                    if wants(|j| matches!(j, Judge::Privilege | Judge::Table))
+                        || (keyless && rel.rls)
+                    {
+                        body.push(Step {
+                            sql: privilege_sql.clone(),
+                            params: Vec::new(),
+                            purpose: Purpose::Privilege(g),
+                            planned: false,
+                        });
+                    }
+                    if keyless && rel.rls {
+                        body.push(Step {
+                            sql: Arc::from("select row_security_active($1::oid)"),
+                            params: vec![Param::Oid(rel.rel.oid)],
+                            purpose: Purpose::RowSecurity(g),
+                            planned: false,
+                        });
+                    }
+                } else if !in_round {
+                    continue;
+                }
+                if in_round && let Some((sql, params, planned)) = round_keys.get(r) {
+                    body.push(Step {
+                        sql: sql.clone(),
+                        params: params.iter().map(Param::duplicate).collect(),
+                        purpose: Purpose::Select(g, r),
+                        planned: *planned,
+                    });
+                }
+                group_steps(&mut steps, g, body);
+            }
+        }
+        steps.push(setup("rollback"));
+        steps
+    };
 
     let client = match pool.get().await {
         Ok(client) => client,
@@ -780,57 +1027,141 @@ async fn evaluate(
     };
     // Statements with parameters are prepared once per connection (by
     // text) and reused batch after batch: PostgreSQL parses them once,
-    // and re-plans them itself when a role, policy or table changes.
-    let mut prepared: HashMap<&str, tokio_postgres::Statement> = HashMap::new();
-    for step in steps.iter().filter(|s| !s.params.is_empty()) {
-        let key: &str = &step.sql;
-        if prepared.contains_key(&key) {
-            continue;
-        }
-        let types: Vec<Type> = step.params.iter().map(|p| p.typed().1).collect();
-        match client.prepare_typed_cached(&step.sql, &types).await {
-            Ok(statement) => {
-                prepared.insert(key, statement);
+    // and re-plans them itself when a role, policy or table changes. A
+    // fresh start's pipeline holds every statement any start uses.
+    let check_sql = table.check_sql();
+    let mut prepared: HashMap<Arc<str>, tokio_postgres::Statement> = HashMap::new();
+    {
+        let fresh = build(&Start::Fresh);
+        let check_step = Step {
+            sql: Arc::from(check_sql.as_str()),
+            params: version_params(&[]),
+            purpose: Purpose::Setup,
+            planned: false,
+        };
+        let wanted = fresh
+            .iter()
+            .chain(matches!(role, Role::Exporter(..)).then_some(&check_step));
+        for step in wanted.filter(|s| !s.params.is_empty() && !s.planned) {
+            if prepared.contains_key(&step.sql) {
+                continue;
             }
-            Err(err) => return fail(task, error_text(&err)),
+            let types: Vec<Type> = step.params.iter().map(|p| p.typed().1).collect();
+            match client.prepare_typed_cached(&step.sql, &types).await {
+                Ok(statement) => {
+                    prepared.insert(step.sql.clone(), statement);
+                }
+                Err(err) => return fail(task, error_text(&err)),
+            }
         }
     }
     let db: &tokio_postgres::Client = &client;
-    let values: Vec<Vec<&(dyn ToSql + Sync)>> = steps
-        .iter()
-        .map(|s| s.params.iter().map(|p| p.typed().0).collect())
-        .collect();
+
+    // How the transaction starts: on its own snapshot, or on the one the
+    // table's first task exported after finding which rows are current.
+    // The exporter waits for these before it ends its transaction; an
+    // importer signals on `imported` after its first attempt.
+    let mut importers_done: Vec<tokio::sync::oneshot::Receiver<()>> = Vec::new();
+    let mut imported_signal: Option<tokio::sync::oneshot::Sender<()>> = None;
+    let mut start = match role {
+        Role::Alone => Start::Fresh,
+        Role::Importer(checked, done) => {
+            imported_signal = Some(done);
+            match checked.await {
+                Ok(checked) => Start::Import(checked),
+                Err(_) => Start::Fresh,
+            }
+        }
+        Role::Exporter(versions, importers, done) => {
+            importers_done = done;
+            let refs: Vec<&Version> = versions.iter().map(|(_, v)| v).collect();
+            let params = version_params(&refs);
+            let statement = prepared.get(check_sql.as_str());
+            match check(db, statement, &params, &versions, changes.len()).await {
+                Some(checked) => {
+                    let checked = Arc::new(checked);
+                    for importer in importers {
+                        let _ = importer.send(Arc::clone(&checked));
+                    }
+                    Start::Exported(checked)
+                }
+                // The importers start on their own.
+                None => Start::Fresh,
+            }
+        }
+    };
     // A row written by someone else after this transaction's snapshot
     // cannot be put back (serialisation failure): start again with a new
     // snapshot.
     let mut attempts = 0;
-    let results = loop {
-        let results =
-            futures_util::future::join_all(steps.iter().zip(&values).map(|(step, params)| {
-                match prepared.get(step.sql.as_ref()) {
-                    Some(statement) => {
-                        futures_util::future::Either::Left(db.query(statement, params))
+    let (steps, results) = loop {
+        let steps = build(&start);
+        let typed: Vec<Vec<(&(dyn ToSql + Sync), Type)>> = steps
+            .iter()
+            .map(|s| s.params.iter().map(Param::typed).collect())
+            .collect();
+        let results = {
+            let mut pipeline: Vec<_> = steps
+                .iter()
+                .zip(&typed)
+                .map(|(step, typed)| {
+                    let statement = prepared.get(&step.sql).filter(|_| !step.planned);
+                    async move {
+                        match statement {
+                            Some(statement) => {
+                                let values: Vec<&(dyn ToSql + Sync)> =
+                                    typed.iter().map(|(v, _)| *v).collect();
+                                db.query(statement, &values).await
+                            }
+                            // Unprepared: planned with its values.
+                            None => db.query_typed(&step.sql, typed).await,
+                        }
                     }
-                    None => futures_util::future::Either::Right(db.query_typed(&step.sql, &[])),
-                }
-            }))
-            .await;
-        attempts += 1;
-        let conflict = steps.iter().zip(&results).any(|(step, result)| {
-            let retry = |e: &tokio_postgres::Error| {
-                e.code().is_some_and(|c| RETRY_CODES.contains(&c.code()))
+                })
+                .collect();
+            // The exporter sends its last statement (the rollback that ends the
+            // snapshot) only once the importers have imported it, or after a
+            // bound if one of them never gets that far (no connection).
+            let end = if matches!(start, Start::Exported(_)) && !importers_done.is_empty() {
+                pipeline.pop()
+            } else {
+                None
             };
+            let mut results = futures_util::future::join_all(pipeline).await;
+            if let Some(end) = end {
+                let waiting = futures_util::future::join_all(importers_done.drain(..));
+                let _ = tokio::time::timeout(IMPORT_WAIT, waiting).await;
+                results.push(end.await);
+            }
+            results
+        };
+        if let Some(signal) = imported_signal.take() {
+            let _ = signal.send(());
+        }
+        drop(typed);
+        attempts += 1;
+        let retry =
+            |e: &tokio_postgres::Error| e.code().is_some_and(|c| RETRY_CODES.contains(&c.code()));
+        let mut imported = true;
+        let mut conflict = false;
+        for (step, result) in steps.iter().zip(&results) {
             match (step.purpose, result) {
+                // The exporting transaction has ended: start on its own.
+                (Purpose::Import, Err(_)) => imported = false,
                 // A row a writer holds was skipped.
                 (Purpose::Lock, Err(e)) => {
-                    retry(e)
+                    conflict |= retry(e)
                         || e.as_db_error()
-                            .is_some_and(|d| d.message().contains(LOCKED_MARKER))
+                            .is_some_and(|d| d.message().contains(LOCKED_MARKER));
                 }
-                (Purpose::Restore, Err(e)) => retry(e),
-                _ => false,
+                (Purpose::Restore, Err(e)) => conflict |= retry(e),
+                _ => {}
             }
-        });
+        }
+        if !imported && attempts < 30 {
+            start = Start::Fresh;
+            continue;
+        }
         // A writer that keeps a row locked for long delays the batch (the
         // feed does not go on without it: changes are delivered in commit
         // order); after some fifteen seconds its groups get the error.
@@ -838,9 +1169,10 @@ async fn evaluate(
             metrics::counter!("sovra_realtime_authorization_retries_total").increment(1);
             let pause = 10u64 << attempts.min(5);
             tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            start = Start::Fresh;
             continue;
         }
-        break results;
+        break (steps, results);
     };
 
     // Read the answers.
@@ -867,7 +1199,14 @@ async fn evaluate(
             (Purpose::Setup, Err(err)) if step.sql.as_ref() == "rollback" => {
                 tracing::debug!(error = %err, "realtime authorisation rollback failed");
             }
-            (Purpose::Setup | Purpose::Lock | Purpose::Restore | Purpose::Roles, Err(err)) => {
+            (
+                Purpose::Setup
+                | Purpose::Import
+                | Purpose::Lock
+                | Purpose::Restore
+                | Purpose::Roles,
+                Err(err),
+            ) => {
                 // Breaks the whole transaction.
                 if broken.is_none() && !aborted(&err) {
                     broken = Some(error_text(&err));
@@ -885,7 +1224,24 @@ async fn evaluate(
             ) => {
                 errors[g].get_or_insert_with(|| error_text(&err));
             }
-            (Purpose::Setup | Purpose::Lock | Purpose::Restore | Purpose::Prologue(_), Ok(_)) => {}
+            (Purpose::Restore, Ok(rows)) => {
+                // Rows updated and inserted again.
+                let written: i64 = rows
+                    .first()
+                    .map(|r| {
+                        r.try_get::<_, i64>(0).unwrap_or(0) + r.try_get::<_, i64>(1).unwrap_or(0)
+                    })
+                    .unwrap_or(0);
+                metrics::counter!("sovra_realtime_rows_put_back_total")
+                    .increment(u64::try_from(written).unwrap_or(0));
+                // Versions the statement compared with the table (and wrote
+                // where they differ).
+                if let Some(Param::TextArray(masks)) = step.params.first() {
+                    metrics::counter!("sovra_realtime_put_back_versions_total")
+                        .increment(masks.len() as u64);
+                }
+            }
+            (Purpose::Setup | Purpose::Import | Purpose::Lock | Purpose::Prologue(_), Ok(_)) => {}
             (Purpose::Privilege(g), Ok(_)) => may_select[g] = true,
             (Purpose::Roles, Ok(rows)) => {
                 for row in rows {
