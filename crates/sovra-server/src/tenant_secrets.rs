@@ -334,7 +334,7 @@ mod tests {
         for secret in [
             "hunter2-smtp",
             "google-secret-1",
-            "apple",
+            "BEGIN PRIVATE KEY",
             "whsec_hooksecret",
             "mailer",
         ] {

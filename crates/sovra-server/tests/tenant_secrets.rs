@@ -227,7 +227,9 @@ async fn no_secret_is_in_the_registry_rows_the_answers_debug_or_the_logs() {
         let (status, _, text) = api(&s, reqwest::Method::GET, &path, None).await;
         assert_eq!(status, StatusCode::OK);
         assert_none_in(&text, &secrets, "a tenant API answer");
-        assert!(text.contains("postmaster:********@"), "{text}");
+        if !path.contains(&own) {
+            assert!(text.contains("postmaster:********@"), "{text}");
+        }
     }
     // They open for the server, and `Debug` shows none of them.
     let record = s.platform.record(&name).await.unwrap().unwrap();
@@ -274,7 +276,9 @@ async fn a_tenant_signs_in_mails_and_uses_its_providers_after_a_restart() {
     let (status, body, _) = patch(
         &s,
         &name,
-        json!({"smtp_url": format!("smtp://mailer:{SMTP_PASSWORD}@127.0.0.1:{port}"),
+        // (The fake server offers no AUTH: a URL without credentials; the
+        // URL is sealed whole all the same.)
+        json!({"smtp_url": format!("smtp://127.0.0.1:{port}"),
                "smtp_from": "Acme <hello@acme.example>",
                "external": {"gitlab": {"enabled": true, "client_id": "acme-app",
                                        "secret": GITLAB_SECRET, "url": "https://gitlab.acme.example"}}}),
