@@ -57,8 +57,10 @@ fn unique(prefix: &str) -> String {
 }
 
 fn config(key: Option<&str>, old: &str) -> sovra_config::Config {
-    let mut config = sovra_config::Config::default();
-    config.data_dir = sovra_test_support::scratch_dir();
+    let mut config = sovra_config::Config {
+        data_dir: sovra_test_support::scratch_dir(),
+        ..sovra_config::Config::default()
+    };
     if let Some(key) = key {
         config.server.tenant_secrets_key = sovra_config::SecretValue(key.to_owned());
     }
