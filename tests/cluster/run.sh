@@ -56,7 +56,7 @@ pids+=($!)
 for _ in $(seq 200); do curl -fs "http://127.0.0.1:$s3_port/" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -fs -X PUT "http://127.0.0.1:$s3_port/sovra-cluster" >/dev/null
 
-# The nodes: same database, keys, JWT secret, NATS and bucket; each its own
+# The nodes: same database, keys, JWT secret, tenant secrets key, NATS and bucket; each its own
 # port and data directory. node-N.sh starts node N (again) and records its
 # pid, so that the test can kill -9 and restart it.
 export SOVRA_JWT_SECRET="cluster-test-secret-cluster-test-secret-0123"
@@ -70,6 +70,7 @@ for n in 1 2 3; do
 #!/usr/bin/env bash
 export SOVRA_DATABASE_URL="$db" SOVRA_REALTIME_NATS_URL="nats://127.0.0.1:$nats_port"
 export SOVRA_JWT_SECRET="$SOVRA_JWT_SECRET"
+export SOVRA_SERVER_TENANT_SECRETS_KEY=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
 export SOVRA_STORAGE_BACKEND=s3 SOVRA_STORAGE_S3_ENDPOINT="http://127.0.0.1:$s3_port" SOVRA_STORAGE_S3_BUCKET=sovra-cluster
 export SOVRA_STORAGE_S3_FORCE_PATH_STYLE=true SOVRA_STORAGE_S3_ACCESS_KEY_ID=test SOVRA_STORAGE_S3_SECRET_ACCESS_KEY=test
 export SOVRA_AUTH_EMAIL_AUTOCONFIRM=true SOVRA_AUTH_TRUSTED_PROXIES=127.0.0.1

@@ -904,12 +904,19 @@ impl AuthService {
             .start_session(&tx, ctx, user_id, method, Via::Grant)
             .await?;
         // An external sign-in hands the provider's tokens over once.
+        // They were kept sealed, bound to this code.
         let provider_tokens: [Option<String>; 2] = [row.get(5), row.get(6)];
         if let Value::Object(map) = &mut session {
-            for (key, value) in ["provider_token", "provider_refresh_token"]
-                .into_iter()
-                .zip(provider_tokens)
+            for ((key, column), value) in [
+                ("provider_token", "provider_access_token"),
+                ("provider_refresh_token", "provider_refresh_token"),
+            ]
+            .into_iter()
+            .zip(provider_tokens)
             {
+                let value = value.map(|stored| {
+                    crate::external::open_flow_token(&self.key, &code, column, &stored)
+                });
                 if let Some(value) = value.filter(|v| !v.is_empty()) {
                     map.insert(key.to_owned(), json!(value));
                 }

@@ -701,6 +701,41 @@ pub fn sign_state(key: &crate::secret::ServiceKey, id: Uuid) -> String {
     )
 }
 
+/// A provider's token kept in `auth.flow_state` until the PKCE code is
+/// exchanged (single use): sealed under the service key, bound to the
+/// code and the column. Empty stays empty.
+pub(crate) fn seal_flow_token(
+    key: &crate::secret::ServiceKey,
+    code: &str,
+    column: &str,
+    token: &str,
+) -> String {
+    if token.is_empty() {
+        return String::new();
+    }
+    key.seal(
+        token.as_bytes(),
+        format!("flow_state\0{code}\0{column}").as_bytes(),
+    )
+    .unwrap_or_default()
+}
+
+/// Opens what [`seal_flow_token`] sealed; a row of an earlier version
+/// (plaintext) is answered as it is, one that does not open as empty.
+pub(crate) fn open_flow_token(
+    key: &crate::secret::ServiceKey,
+    code: &str,
+    column: &str,
+    stored: &str,
+) -> String {
+    if !crate::secret::is_sealed(stored) {
+        return stored.to_owned();
+    }
+    key.open(stored, format!("flow_state\0{code}\0{column}").as_bytes())
+        .and_then(|plain| String::from_utf8(plain).ok())
+        .unwrap_or_default()
+}
+
 /// The flow a `state` names, if Sovra signed it.
 pub fn open_state(key: &crate::secret::ServiceKey, state: &str) -> Option<Uuid> {
     use base64::Engine as _;
@@ -1533,7 +1568,15 @@ impl AuthService {
                    provider_type, provider_access_token, provider_refresh_token, created_at, updated_at,
                    authentication_method, auth_code_issued_at)
                  values (gen_random_uuid(), $1, $2, $3, $4, $5, $6, $7, now(), now(), 'oauth', now())",
-                &[&user_id, &auth_code, &method, &challenge, &name, &access_token, &refresh_token],
+                &[
+                    &user_id,
+                    &auth_code,
+                    &method,
+                    &challenge,
+                    &name,
+                    &seal_flow_token(&self.key, &auth_code, "provider_access_token", &access_token),
+                    &seal_flow_token(&self.key, &auth_code, "provider_refresh_token", &refresh_token),
+                ],
             )
             .await?;
             Finished::Code(auth_code)
@@ -1616,6 +1659,37 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use p256::ecdsa::SigningKey;
+
+    #[test]
+    fn provider_tokens_wait_for_their_code_sealed() {
+        let key = crate::secret::ServiceKey::random();
+        let sealed = seal_flow_token(&key, "code-1", "provider_access_token", "gho_token");
+        assert!(crate::secret::is_sealed(&sealed) && !sealed.contains("gho_token"));
+        assert_eq!(
+            open_flow_token(&key, "code-1", "provider_access_token", &sealed),
+            "gho_token"
+        );
+        // Another code or column, or another key: nothing.
+        assert_eq!(
+            open_flow_token(&key, "code-2", "provider_access_token", &sealed),
+            ""
+        );
+        assert_eq!(
+            open_flow_token(&key, "code-1", "provider_refresh_token", &sealed),
+            ""
+        );
+        let other = crate::secret::ServiceKey::random();
+        assert_eq!(
+            open_flow_token(&other, "code-1", "provider_access_token", &sealed),
+            ""
+        );
+        // Empty stays empty; rows of an earlier version are read as they are.
+        assert_eq!(seal_flow_token(&key, "c", "provider_refresh_token", ""), "");
+        assert_eq!(
+            open_flow_token(&key, "c", "provider_access_token", "plain"),
+            "plain"
+        );
+    }
     use p256::pkcs8::EncodePrivateKey as _;
 
     const ISSUER: &str = "https://issuer.example.com";

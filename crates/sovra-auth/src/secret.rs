@@ -64,6 +64,28 @@ impl ServiceKey {
         }
     }
 
+    /// The key written as 64 hex digits (as in a key file or an option).
+    pub fn from_hex(text: &str) -> Option<ServiceKey> {
+        parse_hex(text.trim()).map(ServiceKey::from_bytes)
+    }
+
+    /// This key, still opening what `older` (and the keys it keeps)
+    /// sealed; it seals with its own key only.
+    pub fn with_older(mut self, older: &ServiceKey) -> ServiceKey {
+        for key in std::iter::once(&older.key).chain(&older.older) {
+            if *key != self.key && !self.older.contains(key) {
+                self.older.push(*key);
+            }
+        }
+        self
+    }
+
+    /// This key without the older ones: what it opens was sealed under
+    /// the current key.
+    pub fn current(&self) -> ServiceKey {
+        ServiceKey::from_bytes(self.key)
+    }
+
     /// A fresh random key (nothing persisted).
     pub fn random() -> ServiceKey {
         let mut key = [0u8; 32];
@@ -269,6 +291,20 @@ mod tests {
         // What the file key sealed before still opens on its instance.
         assert_eq!(one.open(&sealed_before, b"f").unwrap(), b"OLD");
         assert_eq!(two.open(&sealed_before, b"f"), None);
+    }
+
+    #[test]
+    fn older_keys_open_and_the_current_one_seals() {
+        let old = ServiceKey::from_hex(&"ab".repeat(32)).unwrap();
+        assert!(ServiceKey::from_hex("abc").is_none());
+        assert!(ServiceKey::from_hex(&"zz".repeat(32)).is_none());
+        let sealed_old = old.seal(b"s", b"c").unwrap();
+        let new = ServiceKey::random().with_older(&old);
+        assert_eq!(new.open(&sealed_old, b"c").unwrap(), b"s");
+        assert_eq!(new.current().open(&sealed_old, b"c"), None);
+        let sealed_new = new.seal(b"t", b"c").unwrap();
+        assert_eq!(new.current().open(&sealed_new, b"c").unwrap(), b"t");
+        assert_eq!(old.open(&sealed_new, b"c"), None);
     }
 
     #[test]

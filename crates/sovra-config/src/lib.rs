@@ -207,6 +207,18 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Quota of every tenant other than the default one unless its own `realtime_events_per_second` says otherwise: messages per second all its realtime connections together may send; the connection that goes over is told `Too many messages per second` and closed, as with `realtime.max_events_per_second`. 0: no quota.",
     },
     OptionDoc {
+        key: "server.tenant_secrets_key",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "The key (64 hex digits, e.g. from `openssl rand -hex 32`) that seals the tenants' secrets in the registry (`sovra.tenants`, `sovra.tenant_logins`: signing keys, API keys, provider and hook secrets, `smtp_url`, `database_url`, login passwords) with AES-256-GCM, each bound to its tenant and field. Empty: `<data_dir>/tenant-secrets.key` (made on first start, mode 0600), which is then still used to open what it sealed. Set it to the same value on every node of a cluster. A key that does not open the registry's secrets stops the start with an error naming this option. Losing it loses the tenants' secrets: back it up (see `docs/tenants.md`). Never logged.",
+    },
+    OptionDoc {
+        key: "server.tenant_secrets_old_keys",
+        kind: Kind::String,
+        default: "\"\"",
+        doc: "Earlier values of `server.tenant_secrets_key`, comma-separated (64 hex digits each), used only to open: on start every tenant secret sealed under one of them is sealed again under the current key. Rotate by setting a new `server.tenant_secrets_key`, the old one here, and restarting; remove it here once every node has started. Never logged.",
+    },
+    OptionDoc {
         key: "log.format",
         kind: Kind::String,
         default: "\"text\"",
@@ -2304,6 +2316,43 @@ pub struct ServerConfig {
     pub tenant_mails_per_hour: u64,
     pub tenant_realtime_events_per_second: u64,
     pub tenant_max_concurrent_requests: u64,
+    pub tenant_secrets_key: SecretValue,
+    pub tenant_secrets_old_keys: SecretValue,
+}
+
+/// The value of a secret option: `Debug` never shows it.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretValue(pub String);
+
+impl SecretValue {
+    pub fn is_empty(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+
+    /// The comma-separated parts, trimmed, empty ones left out.
+    pub fn parts(&self) -> Vec<&str> {
+        self.0
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("\"***\"")
+        }
+    }
+}
+
+/// Whether `text` is a key of 64 hex digits.
+fn is_hex_key(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -2427,6 +2476,8 @@ impl Default for ServerConfig {
             tenant_mails_per_hour: 0,
             tenant_realtime_events_per_second: 0,
             tenant_max_concurrent_requests: 0,
+            tenant_secrets_key: SecretValue::default(),
+            tenant_secrets_old_keys: SecretValue::default(),
         }
     }
 }
@@ -2800,6 +2851,26 @@ impl Config {
             return Err(ConfigError::invalid(
                 "server.tenant_idle_timeout",
                 "must be at least 1 second",
+            ));
+        }
+        if !self.server.tenant_secrets_key.is_empty()
+            && !is_hex_key(self.server.tenant_secrets_key.0.trim())
+        {
+            return Err(ConfigError::invalid(
+                "server.tenant_secrets_key",
+                "must be 64 hex digits (32 bytes, e.g. from `openssl rand -hex 32`)",
+            ));
+        }
+        if !self
+            .server
+            .tenant_secrets_old_keys
+            .parts()
+            .iter()
+            .all(|key| is_hex_key(key))
+        {
+            return Err(ConfigError::invalid(
+                "server.tenant_secrets_old_keys",
+                "must be keys of 64 hex digits, separated by commas",
             ));
         }
         if self.server.tenant_database_check_interval == 0 {
@@ -3658,6 +3729,28 @@ mod tests {
     }
 
     #[test]
+    fn the_tenant_secrets_keys_come_from_the_environment_and_are_never_shown() {
+        let key = "0123456789abcdef".repeat(4);
+        let old = "fedcba9876543210".repeat(4);
+        let config = load(
+            "",
+            &[
+                ("SOVRA_SERVER_TENANT_SECRETS_KEY", &key),
+                (
+                    "SOVRA_SERVER_TENANT_SECRETS_OLD_KEYS",
+                    &format!("{old}, {key}"),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.server.tenant_secrets_key.0, key);
+        assert_eq!(config.server.tenant_secrets_old_keys.parts(), [&old, &key]);
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(&key) && !shown.contains(&old), "{shown}");
+        assert!(load("", &[]).unwrap().server.tenant_secrets_key.is_empty());
+    }
+
+    #[test]
     fn invalid_values_name_the_option() {
         let cases: &[(&str, &str)] = &[
             ("[server]\nlisten = \"localhost\"\n", "server.listen"),
@@ -3673,6 +3766,18 @@ mod tests {
             (
                 "[server]\ntenant_database_check_interval = 0\n",
                 "server.tenant_database_check_interval",
+            ),
+            (
+                "[server]\ntenant_secrets_key = \"not-hex\"\n",
+                "server.tenant_secrets_key",
+            ),
+            (
+                "[server]\ntenant_secrets_key = \"abcd\"\n",
+                "server.tenant_secrets_key",
+            ),
+            (
+                "[server]\ntenant_secrets_old_keys = \"00,11\"\n",
+                "server.tenant_secrets_old_keys",
             ),
             (
                 "[server]\ntenant_storage_max_bytes = -1\n",

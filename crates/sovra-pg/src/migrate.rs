@@ -144,6 +144,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "net_claim_index",
         sql: include_str!("../migrations/0025_net_claim_index.sql"),
     },
+    Migration {
+        version: 26,
+        name: "tenant_secrets",
+        sql: include_str!("../migrations/0026_tenant_secrets.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

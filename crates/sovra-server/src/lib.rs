@@ -20,6 +20,7 @@ pub mod platform;
 pub(crate) mod routes;
 pub mod serve;
 pub mod tenant;
+pub mod tenant_secrets;
 pub mod tenants;
 pub mod traffic;
 

@@ -774,6 +774,22 @@ async fn serve_with(
         crate::tenants::Platform::new(config, admin.clone(), &platform_key.key)
             .map_err(ServeError::Platform)?,
     );
+    // The tenants' secrets: a wrong key stops here; plaintext left by an
+    // earlier version, and what an older key sealed, is sealed now.
+    let sealed = platform
+        .seal_registry()
+        .await
+        .map_err(ServeError::Platform)?;
+    if sealed.sealed + sealed.rekeyed > 0 {
+        tracing::info!(
+            sealed = sealed.sealed,
+            rekeyed = sealed.rekeyed,
+            "tenant secrets sealed under the current tenant secrets key"
+        );
+    }
+    for damaged in &sealed.damaged {
+        tracing::error!(%damaged, "a tenant's sealed secret does not open: that tenant is not served until it is restored");
+    }
     // The default tenant refuses the tokens of every other tenant (their
     // `ref`), whatever secrets they were configured with.
     platform

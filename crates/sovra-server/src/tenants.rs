@@ -83,7 +83,8 @@ pub fn database_name(name: &str) -> String {
 }
 
 /// Settings of one tenant (all optional: unset means the platform's).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+/// `Debug` shows them as the tenant API does (secrets masked).
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +147,13 @@ pub struct TenantSettings {
     /// Auth hooks by name, over `auth.hook.<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<std::collections::BTreeMap<String, TenantHook>>,
+}
+
+impl std::fmt::Debug for TenantSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = serde_json::to_string(&shown_settings(self)).unwrap_or_default();
+        write!(f, "TenantSettings({shown})")
+    }
 }
 
 /// A tenant's identity provider: the fields of `auth.external.<name>`
@@ -554,8 +562,8 @@ impl TenantPatch {
     }
 }
 
-/// One row of the registry.
-#[derive(Clone, Debug)]
+/// One row of the registry, its secrets opened (`Debug` shows none).
+#[derive(Clone)]
 pub struct TenantRecord {
     pub name: String,
     pub database: String,
@@ -567,6 +575,35 @@ pub struct TenantRecord {
     /// Where its database is, when it is not a clone on the platform's
     /// cluster (`database_url` on create; holds a password, never shown).
     pub database_url: Option<String>,
+    /// Its sealed fields that did not open (damaged, or sealed under a key
+    /// this server does not have): the tenant is not served while any is.
+    pub damaged: Vec<String>,
+}
+
+impl std::fmt::Debug for TenantRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantRecord")
+            .field("name", &self.name)
+            .field("database", &self.database)
+            .field("suspended", &self.suspended)
+            .field("settings", &self.settings)
+            .field("own_database", &self.database_url.is_some())
+            .field("damaged", &self.damaged)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantRecord {
+    /// Why it cannot be served when a sealed field did not open.
+    fn damage(&self) -> Option<String> {
+        (!self.damaged.is_empty()).then(|| {
+            format!(
+                "tenant {}: its sealed {} did not open (damaged, or sealed under a tenant secrets key this server does not have: see `server.tenant_secrets_key` and `server.tenant_secrets_old_keys`)",
+                self.name,
+                self.damaged.join(", ")
+            )
+        })
+    }
 }
 
 /// Why a tenant could not be served.
@@ -633,6 +670,8 @@ pub struct Platform {
     platform_db: String,
     template: String,
     key_digest: [u8; 32],
+    /// Seals the tenants' secrets in the registry ([`crate::tenant_secrets`]).
+    secrets: sovra_auth::secret::ServiceKey,
     public_url: RwLock<String>,
     live: Mutex<HashMap<String, Cell>>,
     template_ready: tokio::sync::Mutex<bool>,
@@ -712,7 +751,9 @@ impl Platform {
             Duration::from_secs(config.database.connect_timeout),
         )
         .map_err(|err| err.to_string())?;
+        let secrets = crate::tenant_secrets::load_key(config)?;
         Ok(Platform {
+            secrets,
             config: config.clone(),
             admin,
             admin_pool,
@@ -987,7 +1028,7 @@ impl Platform {
             )
             .await
             .map_err(|err| db_error(&err))?;
-        row.map(|row| record_of(&row)).transpose()
+        row.map(|row| self.record_of(&row)).transpose()
     }
 
     async fn records(&self) -> Result<Vec<TenantRecord>, String> {
@@ -1003,7 +1044,7 @@ impl Platform {
             )
             .await
             .map_err(|err| db_error(&err))?;
-        rows.iter().map(record_of).collect()
+        rows.iter().map(|row| self.record_of(row)).collect()
     }
 
     /// The tenant named `name`, built on first use.
@@ -1154,13 +1195,26 @@ impl Platform {
         let client = self.admin_client().await?;
         let row = client
             .query_opt(
-                "select password from sovra.tenant_logins where role = $1",
+                "select tenant, password from sovra.tenant_logins where role = $1",
                 &[&user],
             )
             .await
             .map_err(|err| db_error(&err))?
             .ok_or_else(|| format!("no login secret for {user}"))?;
-        let password: String = row.get(0);
+        let tenant: String = row.get(0);
+        let stored: String = row.get(1);
+        let password = crate::tenant_secrets::open(
+            &self.secrets,
+            &tenant,
+            &login_field(user),
+            &stored,
+        )
+        .map_err(|damaged| {
+            format!(
+                "tenant {tenant}: its sealed {} did not open (damaged, or sealed under a tenant secrets key this server does not have: see `server.tenant_secrets_key`)",
+                damaged.0
+            )
+        })?;
         let mut login = base.clone();
         login
             .user(user)
@@ -1171,6 +1225,9 @@ impl Platform {
     }
 
     async fn build(&self, record: &TenantRecord) -> Result<Arc<Tenant>, String> {
+        if let Some(damage) = record.damage() {
+            return Err(damage);
+        }
         let config = self.tenant_config(&record.settings);
         let mut timeout = record
             .settings
@@ -1564,30 +1621,26 @@ impl Platform {
         // stored, the keys are shown in this answer once.
         let opaque = crate::opaque_keys::generate(now());
         api.opaque.clone_from(&opaque.stored);
+        let (keys, api_keys) = self.sealed_keys(name, &store, &api).map_err(internal)?;
+        let logins = [&rest, &auth].map(|role| (role.clone(), new_password()));
+        let sealed_logins = self.sealed_logins(name, &logins).map_err(internal)?;
         let mut client = self.admin_client().await.map_err(internal)?;
         create_login_roles(&client, name, &rest, &auth).await?;
         let registered = async {
             let tx = client.transaction().await?;
             tx.execute(
                 "insert into sovra.tenants (name, database, keys, api_keys) values ($1, $2, $3, $4)",
-                &[
-                    &name,
-                    &database,
-                    &serde_json::to_value(&store.keys).unwrap_or_default(),
-                    &serde_json::to_value(&api).unwrap_or_default(),
-                ],
+                &[&name, &database, &keys, &api_keys],
             )
             .await?;
-            for role in [&rest, &auth] {
+            for (role, sealed) in &sealed_logins {
                 tx.execute(
-                    "insert into sovra.tenant_logins (role, tenant, password)
-                     values ($1, $2, replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''))",
-                    &[role, &name],
+                    "insert into sovra.tenant_logins (role, tenant, password) values ($1, $2, $3)",
+                    &[role, &name, sealed],
                 )
                 .await?;
-                tx.execute("select sovra.apply_tenant_login($1)", &[role])
-                    .await?;
             }
+            set_login_passwords(&tx, &logins).await?;
             tx.commit().await
         }
         .await;
@@ -1699,6 +1752,11 @@ impl Platform {
         let mut api = mint(&keyset, &self.config.jwt.issuer).map_err(internal)?;
         let opaque = crate::opaque_keys::generate(now());
         api.opaque.clone_from(&opaque.stored);
+        let (keys, api_keys) = self.sealed_keys(name, &store, &api).map_err(internal)?;
+        let sealed_url = crate::tenant_secrets::seal(&self.secrets, name, "database_url", url)
+            .map_err(internal)?;
+        let logins = [&rest, &auth].map(|role| (role.clone(), new_password()));
+        let sealed_logins = self.sealed_logins(name, &logins).map_err(internal)?;
         create_login_roles(&ext, name, &rest, &auth).await?;
         let made = async {
             let mut client = self.admin_client().await?;
@@ -1706,52 +1764,24 @@ impl Platform {
             tx.execute(
                 "insert into sovra.tenants (name, database, keys, api_keys, database_url)
                  values ($1, $2, $3, $4, $5)",
-                &[
-                    &name,
-                    &database,
-                    &serde_json::to_value(&store.keys).unwrap_or_default(),
-                    &serde_json::to_value(&api).unwrap_or_default(),
-                    &url,
-                ],
+                &[&name, &database, &keys, &api_keys, &sealed_url],
             )
             .await
             .map_err(|err| db_error(&err))?;
-            let mut passwords = Vec::new();
-            for role in [&rest, &auth] {
-                let row = tx
-                    .query_one(
-                        "insert into sovra.tenant_logins (role, tenant, password)
-                         values ($1, $2, replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''))
-                         returning password",
-                        &[role, &name],
-                    )
-                    .await
-                    .map_err(|err| db_error(&err))?;
-                passwords.push((role.clone(), row.get::<_, String>(0)));
-            }
-            // The passwords travel as bound values into a temporary table
-            // and are set from there: never in statement text.
-            let etx = ext.transaction().await.map_err(|err| db_error(&err))?;
-            etx.batch_execute(
-                "create temporary table sovra_tenant_login (role name, password text) on commit drop",
-            )
-            .await
-            .map_err(|err| db_error(&err))?;
-            for (role, password) in &passwords {
-                etx.execute(
-                    "insert into pg_temp.sovra_tenant_login values ($1, $2)",
-                    &[role, password],
+            for (role, sealed) in &sealed_logins {
+                tx.execute(
+                    "insert into sovra.tenant_logins (role, tenant, password) values ($1, $2, $3)",
+                    &[role, &name, sealed],
                 )
                 .await
                 .map_err(|err| db_error(&err))?;
             }
+            let etx = ext.transaction().await.map_err(|err| db_error(&err))?;
+            set_login_passwords(&etx, &logins)
+                .await
+                .map_err(|err| db_error(&err))?;
             etx.batch_execute(&format!(
-                "do $$ declare r record; begin
-                   for r in select * from pg_temp.sovra_tenant_login loop
-                     execute format('alter role %I with login password %L', r.role, r.password);
-                   end loop;
-                 end $$;
-                 revoke connect on database {db} from public;
+                "revoke connect on database {db} from public;
                  grant connect on database {db} to {rest}, {auth}",
                 db = quote(&database),
                 rest = quote(&rest),
@@ -1982,23 +2012,50 @@ impl Platform {
         &self,
         name: &str,
         patch: TenantPatch,
-    ) -> Result<Option<(TenantRecord, Option<crate::opaque_keys::NewPair>)>, String> {
-        let Some(record) = self.record(name).await? else {
+    ) -> Result<Option<(TenantRecord, Option<crate::opaque_keys::NewPair>)>, ApiError> {
+        let internal =
+            |message: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", message);
+        let Some(record) = self.record(name).await.map_err(internal)? else {
             return Ok(None);
         };
+        // Writing would replace what did not open with nothing.
+        if let Some(damage) = record.damage() {
+            return Err(ApiError(StatusCode::CONFLICT, "tenant_damaged", damage));
+        }
+        self.write_update(name, record, patch)
+            .await
+            .map_err(internal)
+    }
+
+    async fn write_update(
+        &self,
+        name: &str,
+        record: TenantRecord,
+        patch: TenantPatch,
+    ) -> Result<Option<(TenantRecord, Option<crate::opaque_keys::NewPair>)>, String> {
         let settings = record.settings.merged(&patch.settings);
         let client = self.admin_client().await?;
-        let settings_json = serde_json::to_value(&settings).unwrap_or_default();
+        let settings_json = crate::tenant_secrets::seal_settings(
+            &self.secrets,
+            name,
+            serde_json::to_value(&settings).unwrap_or_default(),
+        )?;
         let opaque = patch
             .rotate_opaque_keys
             .then(|| crate::opaque_keys::generate(now()));
         if let Some(pair) = &opaque {
             let mut api = record.api_keys.clone();
             api.opaque.clone_from(&pair.stored);
+            let api = crate::tenant_secrets::seal_json(
+                &self.secrets,
+                name,
+                "api_keys",
+                &serde_json::to_value(&api).unwrap_or_default(),
+            )?;
             client
                 .execute(
                     "update sovra.tenants set api_keys = $2, updated_at = now() where name = $1",
-                    &[&name, &serde_json::to_value(&api).unwrap_or_default()],
+                    &[&name, &api],
                 )
                 .await
                 .map_err(|err| db_error(&err))?;
@@ -2014,15 +2071,11 @@ impl Platform {
                 Some(pair) => pair.stored.clone(),
                 None => record.api_keys.opaque.clone(),
             };
+            let (keys, api) = self.sealed_keys(name, &store, &api)?;
             client
                 .execute(
                     "update sovra.tenants set settings = $2, keys = $3, api_keys = $4, updated_at = now() where name = $1",
-                    &[
-                        &name,
-                        &settings_json,
-                        &serde_json::to_value(&store.keys).unwrap_or_default(),
-                        &serde_json::to_value(&api).unwrap_or_default(),
-                    ],
+                    &[&name, &settings_json, &keys, &api],
                 )
                 .await
                 .map_err(|err| db_error(&err))?;
@@ -2067,6 +2120,10 @@ impl Platform {
             "read_only": self.is_read_only(&record.name),
             "created_at": record.created_at,
         });
+        if !record.damaged.is_empty() {
+            // Which sealed fields did not open, never their values.
+            value["damaged"] = json!(record.damaged);
+        }
         if let Some(domain) = self.config.base_domain() {
             let scheme = if self
                 .public_url
@@ -2107,20 +2164,265 @@ fn shown_settings(settings: &TenantSettings) -> TenantSettings {
     shown
 }
 
-fn record_of(row: &tokio_postgres::Row) -> Result<TenantRecord, String> {
-    let settings: Value = row.get(3);
-    let keys: Value = row.get(4);
-    let api_keys: Value = row.get(5);
-    Ok(TenantRecord {
-        name: row.get(0),
-        database: row.get(1),
-        suspended: row.get(2),
-        settings: serde_json::from_value(settings).map_err(|err| err.to_string())?,
-        keys: serde_json::from_value(keys).map_err(|err| err.to_string())?,
-        api_keys: serde_json::from_value(api_keys).map_err(|err| err.to_string())?,
-        created_at: row.get(6),
-        database_url: row.get(7),
-    })
+/// The field of login role `role`'s password (its associated data).
+fn login_field(role: &str) -> String {
+    format!("login.{role}")
+}
+
+/// A new login password: 64 hex digits (244 random bits).
+fn new_password() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// Sets the passwords of login roles in `tx`'s cluster. PostgreSQL gets
+/// only their SCRAM-SHA-256 verifiers (what it keeps anyway), as bound
+/// values into a temporary table, set from there: the passwords are in
+/// no statement, parameter or server log.
+async fn set_login_passwords(
+    tx: &tokio_postgres::Transaction<'_>,
+    logins: &[(String, String)],
+) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute(
+        "create temporary table sovra_tenant_login (role name, password text) on commit drop",
+    )
+    .await?;
+    for (role, password) in logins {
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        tx.execute(
+            "insert into pg_temp.sovra_tenant_login values ($1, $2)",
+            &[role, &verifier],
+        )
+        .await?;
+    }
+    tx.batch_execute(
+        "do $$ declare r record; begin
+           for r in select * from pg_temp.sovra_tenant_login loop
+             execute format('alter role %I with login password %L', r.role, r.password);
+           end loop;
+         end $$;
+         drop table pg_temp.sovra_tenant_login",
+    )
+    .await
+}
+
+/// Serialises the start-up sealing pass across the platform's instances
+/// ("sovra_ts").
+const SEAL_LOCK: i64 = 0x736f_7672_615f_7473;
+
+/// What the start-up sealing pass did ([`Platform::seal_registry`]).
+#[derive(Clone, Debug, Default)]
+pub struct SealReport {
+    /// Plaintext values sealed.
+    pub sealed: usize,
+    /// Values sealed again under the current key (rotation).
+    pub rekeyed: usize,
+    /// `<tenant>: <field>` of the values that did not open (left as they are).
+    pub damaged: Vec<String>,
+}
+
+impl Platform {
+    /// A row of the registry with its secrets opened; what does not open
+    /// is left empty and named in [`TenantRecord::damaged`].
+    fn record_of(&self, row: &tokio_postgres::Row) -> Result<TenantRecord, String> {
+        use crate::tenant_secrets::{open, open_json, open_settings};
+        let name: String = row.get(0);
+        let mut damaged = Vec::new();
+        let (settings, bad) = open_settings(&self.secrets, &name, row.get(3));
+        damaged.extend(bad.into_iter().map(|d| d.0));
+        let mut json =
+            |field: &str, stored: Value| match open_json(&self.secrets, &name, field, stored) {
+                Ok(value) => Some(value),
+                Err(bad) => {
+                    damaged.push(bad.0);
+                    None
+                }
+            };
+        let keys = json("keys", row.get(4));
+        let api_keys = json("api_keys", row.get(5));
+        let database_url = row.get::<_, Option<String>>(7).map(|stored| {
+            match open(&self.secrets, &name, "database_url", &stored) {
+                Ok(url) => url,
+                Err(bad) => {
+                    damaged.push(bad.0);
+                    String::new()
+                }
+            }
+        });
+        let parse_err =
+            |what: &str, err: serde_json::Error| format!("tenant {name}: {what}: {err}");
+        Ok(TenantRecord {
+            settings: serde_json::from_value(settings).map_err(|err| parse_err("settings", err))?,
+            keys: match keys {
+                Some(keys) => serde_json::from_value(keys).map_err(|err| parse_err("keys", err))?,
+                None => Vec::new(),
+            },
+            api_keys: match api_keys {
+                Some(api) => {
+                    serde_json::from_value(api).map_err(|err| parse_err("api_keys", err))?
+                }
+                None => ApiKeys {
+                    anon: String::new(),
+                    service_role: String::new(),
+                    opaque: Vec::new(),
+                },
+            },
+            database: row.get(1),
+            suspended: row.get(2),
+            created_at: row.get(6),
+            database_url,
+            damaged,
+            name,
+        })
+    }
+
+    /// A tenant's signing keys and API keys as the registry keeps them.
+    fn sealed_keys(
+        &self,
+        name: &str,
+        store: &KeyStore,
+        api: &ApiKeys,
+    ) -> Result<(Value, Value), String> {
+        use crate::tenant_secrets::seal_json;
+        let keys = serde_json::to_value(&store.keys).map_err(|err| err.to_string())?;
+        let api = serde_json::to_value(api).map_err(|err| err.to_string())?;
+        Ok((
+            seal_json(&self.secrets, name, "keys", &keys)?,
+            seal_json(&self.secrets, name, "api_keys", &api)?,
+        ))
+    }
+
+    /// Login passwords as the registry keeps them.
+    fn sealed_logins(
+        &self,
+        name: &str,
+        logins: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, String> {
+        logins
+            .iter()
+            .map(|(role, password)| {
+                crate::tenant_secrets::seal(&self.secrets, name, &login_field(role), password)
+                    .map(|sealed| (role.clone(), sealed))
+            })
+            .collect()
+    }
+
+    /// The start-up pass over the registry, in one transaction (several
+    /// instances take turns): refuses a key that does not open the key
+    /// check (an error naming `server.tenant_secrets_key`); seals every
+    /// plaintext secret (rows written before sealing existed) and seals
+    /// again under the current key every secret an older key sealed. A
+    /// value that does not open is left as it is and reported: only its
+    /// tenant is refused.
+    pub async fn seal_registry(&self) -> Result<SealReport, String> {
+        use crate::tenant_secrets::{
+            KeyCheck, check, check_value, reseal_json, reseal_settings, reseal_text,
+        };
+        let mut client = self.admin_client().await?;
+        let tx = client.transaction().await.map_err(|err| db_error(&err))?;
+        tx.execute("select pg_advisory_xact_lock($1)", &[&SEAL_LOCK])
+            .await
+            .map_err(|err| db_error(&err))?;
+        let stored: Option<String> = tx
+            .query_opt("select sealed from sovra.tenant_secrets_check", &[])
+            .await
+            .map_err(|err| db_error(&err))?
+            .map(|row| row.get(0));
+        let key_check = stored.as_deref().map(|stored| check(&self.secrets, stored));
+        if key_check == Some(KeyCheck::Wrong) {
+            return Err(format!(
+                "the tenant secrets key ({}) is not the key the tenant registry's secrets were sealed with: configure that key in `server.tenant_secrets_key` (SOVRA_SERVER_TENANT_SECRETS_KEY), or keep it in `server.tenant_secrets_old_keys` while rotating to a new one; every node of a cluster needs the same key",
+                crate::tenant_secrets::key_source(&self.config)
+            ));
+        }
+        let mut report = SealReport::default();
+        let mut done = crate::tenant_secrets::Resealed::default();
+        let rows = tx
+            .query(
+                "select name, settings, keys, api_keys, database_url from sovra.tenants order by name for update",
+                &[],
+            )
+            .await
+            .map_err(|err| db_error(&err))?;
+        for row in &rows {
+            let name: String = row.get(0);
+            let mut changed = crate::tenant_secrets::Resealed::default();
+            let mut damaged = Vec::new();
+            let mut settings: Value = row.get(1);
+            let (one, bad) = reseal_settings(&self.secrets, &name, &mut settings);
+            changed += one;
+            damaged.extend(bad);
+            let mut keys: Value = row.get(2);
+            let mut api_keys: Value = row.get(3);
+            for (field, value) in [("keys", &mut keys), ("api_keys", &mut api_keys)] {
+                match reseal_json(&self.secrets, &name, field, value) {
+                    Ok(one) => changed += one,
+                    Err(bad) => damaged.push(bad),
+                }
+            }
+            let mut database_url: Option<String> = row.get(4);
+            if let Some(url) = &mut database_url {
+                match reseal_text(&self.secrets, &name, "database_url", url) {
+                    Ok(one) => changed += one,
+                    Err(bad) => damaged.push(bad),
+                }
+            }
+            report
+                .damaged
+                .extend(damaged.into_iter().map(|bad| format!("{name}: {}", bad.0)));
+            if changed.changed() {
+                tx.execute(
+                    "update sovra.tenants set settings = $2, keys = $3, api_keys = $4, database_url = $5 where name = $1",
+                    &[&name, &settings, &keys, &api_keys, &database_url],
+                )
+                .await
+                .map_err(|err| db_error(&err))?;
+                done += changed;
+            }
+        }
+        let logins = tx
+            .query(
+                "select role::text, tenant, password from sovra.tenant_logins order by role for update",
+                &[],
+            )
+            .await
+            .map_err(|err| db_error(&err))?;
+        for row in &logins {
+            let role: String = row.get(0);
+            let tenant: String = row.get(1);
+            let mut password: String = row.get(2);
+            match reseal_text(&self.secrets, &tenant, &login_field(&role), &mut password) {
+                Ok(one) if one.changed() => {
+                    tx.execute(
+                        "update sovra.tenant_logins set password = $2 where role = $1",
+                        &[&role, &password],
+                    )
+                    .await
+                    .map_err(|err| db_error(&err))?;
+                    done += one;
+                }
+                Ok(_) => {}
+                Err(bad) => report.damaged.push(format!("{tenant}: {}", bad.0)),
+            }
+        }
+        if key_check != Some(KeyCheck::Current) {
+            let sealed = check_value(&self.secrets)?;
+            tx.execute(
+                "insert into sovra.tenant_secrets_check (id, sealed) values (true, $1)
+                 on conflict (id) do update set sealed = excluded.sealed, updated_at = now()",
+                &[&sealed],
+            )
+            .await
+            .map_err(|err| db_error(&err))?;
+        }
+        tx.commit().await.map_err(|err| db_error(&err))?;
+        report.sealed = done.sealed;
+        report.rekeyed = done.rekeyed;
+        Ok(report)
+    }
 }
 
 /// Creates tenant `name`'s two login roles (`rest` for `/rest/v1` and
@@ -2528,7 +2830,8 @@ pub(crate) async fn patch(
             Json(view).into_response()
         }
         Ok(None) => not_found(&name),
-        Err(err) => internal(&err),
+        Err(err) if err.0 == StatusCode::INTERNAL_SERVER_ERROR => internal(&err.2),
+        Err(err) => err.into_response(),
     }
 }
 

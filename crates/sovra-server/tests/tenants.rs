@@ -18,6 +18,8 @@ use tokio_tungstenite::tungstenite::Message as Ws;
 #[path = "support/platform.rs"]
 mod platform_server;
 
+use platform_server::fake_smtp;
+
 struct Server {
     url: String,
     key: String,
@@ -1730,55 +1732,6 @@ async fn items_table(server: &Server, database: &str) {
         )
         .await
         .unwrap();
-}
-
-/// A mail server that accepts every message and hands over (sender, data).
-async fn fake_smtp() -> (u16, tokio::sync::mpsc::UnboundedReceiver<(String, String)>) {
-    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut lines = tokio::io::BufReader::new(read).lines();
-                let _ = write.write_all(b"220 fake ESMTP\r\n").await;
-                let mut from = String::new();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let upper = line.to_ascii_uppercase();
-                    let answer: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-                        b"250 fake\r\n"
-                    } else if upper.starts_with("MAIL FROM:") {
-                        from = line[10..].trim().to_owned();
-                        b"250 OK\r\n"
-                    } else if upper.starts_with("DATA") {
-                        let _ = write.write_all(b"354 go on\r\n").await;
-                        let mut data = String::new();
-                        while let Ok(Some(line)) = lines.next_line().await {
-                            if line == "." {
-                                break;
-                            }
-                            data.push_str(&line);
-                            data.push('\n');
-                        }
-                        let _ = tx.send((from.clone(), data));
-                        b"250 OK\r\n"
-                    } else if upper.starts_with("QUIT") {
-                        let _ = write.write_all(b"221 bye\r\n").await;
-                        return;
-                    } else {
-                        b"250 OK\r\n"
-                    };
-                    if write.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, rx)
 }
 
 #[tokio::test]
