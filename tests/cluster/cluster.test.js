@@ -3,7 +3,9 @@
 // client spread over the nodes: accounts, rate limits, realtime and storage
 // cross nodes; then, under steady writes and realtime subscribers, the node
 // consuming the change feed is killed with SIGKILL and restarted; then
-// NATS itself is killed and restarted.
+// NATS itself is killed and restarted; then the node consuming the feed is
+// cut from NATS for 10 s (its own proxy to NATS closes), and a client
+// catches up with since on the restarted node (from the JetStream stream).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -182,14 +184,14 @@ async function feedNode() {
 // closes (its node went away), connects again through `url` and rejoins
 // with `since` = the last commit_timestamp it saw.
 function subscriber(url, name) {
-  const s = { name, seen: new Map(), last: null, joins: 0, ready: false, stopped: false, errors: [] };
+  const s = { name, seen: new Map(), last: null, joins: 0, ready: false, stopped: false, errors: [], dups: 0 };
   const start = () => {
     const c = client(url);
     s.joins += 1;
     const binding = { event: 'INSERT', schema: 'public', table: 'cluster_events', ...(s.last && { since: s.last }) };
     const ch = c.channel(`events-${name}-${s.joins}`)
       .on('postgres_changes', binding, (p) => {
-        if (!s.seen.has(p.new.id)) s.seen.set(p.new.id, Date.now());
+        if (!s.seen.has(p.new.id)) s.seen.set(p.new.id, Date.now()); else s.dups += 1;
         if (!s.last || p.commit_timestamp > s.last) s.last = p.commit_timestamp;
       })
       .on('system', {}, (m) => { if (m.status === 'error') s.errors.push(m.message); });
@@ -206,6 +208,11 @@ function subscriber(url, name) {
   start();
   return s;
 }
+
+// What the kill test leaves for the catch-up from the stream: the node it
+// restarted, a commit_timestamp seen before the kill, and the writes
+// acknowledged after that timestamp was seen.
+const killed = { victim: -1, since: null, after: [] };
 
 test('failure: kill -9 the feed node under load, restart it; nothing acknowledged is lost or missed', async () => {
   const admin = client(lb, serviceKey);
@@ -239,6 +246,8 @@ test('failure: kill -9 the feed node under load, restart it; nothing acknowledge
 
   const victim = await feedNode();
   assert.ok(victim >= 0, 'one node streams the change feed');
+  const sinceSeen = subs[3].last;
+  const sinceSeenAt = Date.now();
   const pid = Number(readFileSync(`${dir}/node-${victim + 1}.pid`, 'utf8'));
   const killedAt = Date.now();
   process.kill(pid, 'SIGKILL');
@@ -281,6 +290,7 @@ test('failure: kill -9 the feed node under load, restart it; nothing acknowledge
     `feed node ${victim + 1} killed, node ${tookOver + 1} streamed next; first change after the kill delivered ${firstAfter - killedAt} ms after it; ` +
     `subscribers that reconnected: ${reconnected.join(', ') || 'none'}`);
   assert.ok(Number.isFinite(firstAfter), 'changes committed after the kill reached the surviving nodes');
+  Object.assign(killed, { victim, since: sinceSeen, after: [...acked].filter(([, at]) => at > sinceSeenAt).map(([id]) => id) });
 
   // No duplicate cron runs: one row per 2-second tick, across nodes and the
   // restart.
@@ -294,7 +304,7 @@ test('failure: kill -9 the feed node under load, restart it; nothing acknowledge
   for (const s of subs) s.stopped = true;
 });
 
-test('NATS restart: the bus resumes, and a change committed while NATS was down can be caught up with since', async () => {
+test('NATS restart: the bus resumes, and a change committed while NATS was down reaches every node', async () => {
   // A subscriber on each node, joined before NATS goes away.
   const heard = nodes.map(() => []);
   const last = nodes.map(() => null);
@@ -338,19 +348,91 @@ test('NATS restart: the bus resumes, and a change committed while NATS was down 
   assert.equal((await admin.from('cluster_events').insert({ id: afterId, writer: 'nats-back' })).error, null);
   await until(() => heard.every((h) => h.includes(afterId)), 'a change on every node after the restart', 30000);
 
-  // The change committed while NATS was down: nodes that missed it live
-  // (core NATS is at most once) give it to a client that rejoins with
-  // since on the node streaming the feed, which delivered it itself.
-  const live = heard.map((h, i) => (h.includes(during) ? `node ${i + 1}` : null)).filter(Boolean);
-  console.log(`cluster NATS restart: the change committed while NATS was down reached live: ${live.join(', ') || 'no node'}`);
+  // The change committed while NATS was down reaches every node too: the
+  // feed node stored it on the JetStream stream once NATS was back, and
+  // every node resumed reading the stream after the last batch it had.
+  await until(() => heard.every((h) => h.includes(during)), 'the change committed while NATS was down, on every node', 30000);
+  for (const [i, h] of heard.entries()) assert.ok(h.includes(during), `node ${i + 1} got the change committed while NATS was down`);
+  const order = heard.map((h) => h.indexOf(during) < h.indexOf(afterId));
+  console.log(`cluster NATS restart: the change committed while NATS was down reached every node (before the next one: ${order.join(', ')})`);
+  void since;
+});
+
+test('NATS cut: the feed node is cut from NATS for 10 s under load; nothing acknowledged is lost or missed', async () => {
+  const admin = client(lb, serviceKey);
+  const subs = [
+    subscriber(nodes[0], 'cut-n1'), subscriber(nodes[1], 'cut-n2'), subscriber(nodes[2], 'cut-n3'),
+    subscriber(lb, 'cut-lb'),
+  ];
+  await until(() => subs.every((s) => s.ready), 'every subscriber joined');
+  await sleep(500);
+  const acked = new Map();
+  let failed = 0;
+  let writing = true;
+  const writer = async (k) => {
+    for (let id = 3_000_000 + k; writing; id += 2) {
+      const { error } = await admin.from('cluster_events').insert({ id, writer: `c${k}` });
+      if (error) failed += 1; else acked.set(id, Date.now());
+      await sleep(10);
+    }
+  };
+  const writers = [writer(1), writer(2)];
+  await until(() => subs.every((s) => s.seen.size >= 5), 'every subscriber hears the writes');
+
+  // Cut the node streaming the feed: its proxy to NATS closes every
+  // connection and refuses new ones for 10 s.
+  const victim = await feedNode();
+  assert.ok(victim >= 0, 'one node streams the change feed');
+  const proxy = Number(readFileSync(`${dir}/nats-proxy-${victim + 1}.pid`, 'utf8'));
+  const cutAt = Date.now();
+  process.kill(proxy, 'SIGUSR1');
+  // Another node takes the feed over while the cut lasts (the cut node
+  // gives it up when NATS stops taking its batches).
+  await until(async () => { const n = await feedNode(); return n >= 0 && n !== victim; }, 'another node streaming the feed during the cut', 10000);
+  const tookOver = Date.now() - cutAt;
   const feed = await feedNode();
-  assert.ok(feed >= 0, 'a node streams the feed');
-  for (const [i, h] of heard.entries()) {
-    if (h.includes(during)) continue;
-    const caught = [];
-    const ch = client(nodes[feed]).channel(`nats-since-${short()}`)
-      .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'cluster_events', since: since[i] }, (p) => caught.push(Number(p.new.id)));
-    assert.equal((await subscribed(ch)).status, 'SUBSCRIBED');
-    await until(() => caught.includes(during), `node ${i + 1}'s client catching up with since on node ${feed + 1}`);
+  await sleep(Math.max(0, 10000 - (Date.now() - cutAt)));
+  process.kill(proxy, 'SIGUSR2');
+  const healedAt = Date.now();
+  await sleep(3000);
+  writing = false;
+  await Promise.all(writers);
+
+  const { data: rows, error } = await admin.from('cluster_events').select('id').gte('id', 3_000_000).lt('id', 4_000_000).limit(100000);
+  assert.equal(error, null);
+  const stored = new Set(rows.map((r) => Number(r.id)));
+  const lost = [...acked.keys()].filter((id) => !stored.has(id));
+  assert.deepEqual(lost, [], 'acknowledged writes lost');
+  const during = [...acked].filter(([, at]) => at > cutAt && at < healedAt).length;
+  assert.ok(during > 0, 'writes were acknowledged during the cut');
+  await until(() => subs.every((s) => [...acked.keys()].every((id) => s.seen.has(id))), 'every subscriber caught up', 30000)
+    .catch(() => {});
+  for (const s of subs) {
+    const missing = [...acked.keys()].filter((id) => !s.seen.has(id));
+    assert.deepEqual(missing, [], `${s.name} (${s.joins} joins, errors ${JSON.stringify(s.errors)}) missed acknowledged changes`);
+    const phantom = [...s.seen.keys()].filter((id) => Number(id) >= 3_000_000 && Number(id) < 4_000_000 && !stored.has(Number(id)));
+    assert.deepEqual(phantom, [], `${s.name} heard changes that were not committed`);
   }
+  const cutSub = subs[victim];
+  const caughtUp = Math.max(...[...acked].filter(([, at]) => at > cutAt && at < healedAt).map(([id]) => cutSub.seen.get(id)));
+  console.log(`cluster NATS cut: node ${victim + 1} (the feed node) cut for 10 s; node ${feed + 1} streamed the feed ${tookOver} ms after the cut (goal 5 s); ` +
+    `${acked.size} writes acknowledged (${during} during the cut, ${failed} failed); the cut node's subscriber had every change of the cut ${caughtUp - healedAt} ms after the heal; ` +
+    `duplicates delivered: ${subs.map((s) => `${s.name} ${s.dups}`).join(', ')}`);
+  for (const s of subs) s.stopped = true;
+});
+
+test('catch-up from the stream: a rejoin with since on the restarted node replays what happened before it started', async () => {
+  assert.ok(killed.victim >= 0 && killed.since, 'the kill test left a since');
+  const caught = new Set();
+  const errors = [];
+  const oks = [];
+  const ch = client(nodes[killed.victim]).channel(`stream-since-${short()}`)
+    .on('postgres_changes', { event: 'INSERT', schema: 'public', table: 'cluster_events', since: killed.since }, (p) => caught.add(Number(p.new.id)))
+    .on('system', {}, (m) => { if (m.status === 'error') errors.push(m.message); else if (/Caught up/.test(m.message ?? '')) oks.push(m.message); });
+  assert.equal((await subscribed(ch)).status, 'SUBSCRIBED');
+  await until(() => oks.length > 0 || errors.length > 0, 'the catch-up ends');
+  assert.deepEqual(errors, [], 'the catch-up is complete');
+  const missing = killed.after.filter((id) => !caught.has(id));
+  assert.deepEqual(missing, [], 'changes committed before the node restarted, replayed from the stream');
+  console.log(`cluster stream catch-up: node ${killed.victim + 1} replayed ${caught.size} changes since ${killed.since} (${oks[0]})`);
 });

@@ -6,7 +6,9 @@
 # deploy/haproxy.cfg). cluster.test.js then drives them with the real
 # supabase-js client, directly and through the balancer, and kills and
 # restarts a node (node-N.sh, written here, starts node N again) and
-# NATS (nats.sh).
+# NATS (nats.sh), and cuts one node from NATS: each node reaches NATS
+# through its own TCP proxy (nats-proxy.mjs; its pid in nats-proxy-N.pid:
+# SIGUSR1 cuts, SIGUSR2 heals).
 # Prints node's TAP output; scripts/test.sh counts its passes and failures.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -64,11 +66,15 @@ export SOVRA_JWT_SECRET="cluster-test-secret-cluster-test-secret-0123"
 ports=()
 for n in 1 2 3; do
   port="$(free_port)"; ports+=("$port")
+  proxy_port="$(free_port)"
+  node nats-proxy.mjs "$proxy_port" "$nats_port" >>"$dir/nats-proxy-$n.log" 2>&1 &
+  pids+=($!)
+  echo $! >"$dir/nats-proxy-$n.pid"
   mkdir -p "$dir/node$n"
   [ "$n" = 1 ] || cp "$dir/node1/keys.json" "$dir/node$n/keys.json"
   cat >"$dir/node-$n.sh" <<NODE
 #!/usr/bin/env bash
-export SOVRA_DATABASE_URL="$db" SOVRA_REALTIME_NATS_URL="nats://127.0.0.1:$nats_port"
+export SOVRA_DATABASE_URL="$db" SOVRA_REALTIME_NATS_URL="nats://127.0.0.1:$proxy_port"
 export SOVRA_JWT_SECRET="$SOVRA_JWT_SECRET"
 export SOVRA_STORAGE_BACKEND=s3 SOVRA_STORAGE_S3_ENDPOINT="http://127.0.0.1:$s3_port" SOVRA_STORAGE_S3_BUCKET=sovra-cluster
 export SOVRA_STORAGE_S3_FORCE_PATH_STYLE=true SOVRA_STORAGE_S3_ACCESS_KEY_ID=test SOVRA_STORAGE_S3_SECRET_ACCESS_KEY=test
