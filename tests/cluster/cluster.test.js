@@ -385,14 +385,14 @@ test('NATS cut: the feed node is cut from NATS for 10 s under load; nothing ackn
   assert.ok(victim >= 0, 'one node streams the change feed');
   const proxy = Number(readFileSync(`${dir}/nats-proxy-${victim + 1}.pid`, 'utf8'));
   const cutAt = Date.now();
-  process.kill(proxy, 'SIGUSR1');
+  process.kill(proxy, 'SIGUSR2');
   // Another node takes the feed over while the cut lasts (the cut node
   // gives it up when NATS stops taking its batches).
   await until(async () => { const n = await feedNode(); return n >= 0 && n !== victim; }, 'another node streaming the feed during the cut', 10000);
   const tookOver = Date.now() - cutAt;
   const feed = await feedNode();
   await sleep(Math.max(0, 10000 - (Date.now() - cutAt)));
-  process.kill(proxy, 'SIGUSR2');
+  process.kill(proxy, 'SIGHUP');
   const healedAt = Date.now();
   await sleep(3000);
   writing = false;

@@ -1,6 +1,7 @@
 // A TCP proxy between one node and NATS, so that the cluster test can cut
-// that node alone from NATS: SIGUSR1 cuts (every connection through it is
-// closed and new ones are refused), SIGUSR2 heals (it listens again).
+// that node alone from NATS: SIGUSR2 cuts (every connection through it is
+// closed and new ones are refused), SIGHUP heals (it listens again).
+// (SIGUSR1 is Node's debugger signal.)
 // Usage: node nats-proxy.mjs <listen port> <NATS port>
 import net from 'node:net';
 
@@ -27,15 +28,17 @@ function listen() {
   server.listen(listenPort, '127.0.0.1');
 }
 
-process.on('SIGUSR1', () => {
+process.on('SIGUSR2', () => {
   if (!server) return;
   server.close();
   server = null;
   for (const socket of open) socket.destroy();
   open.clear();
 });
-process.on('SIGUSR2', () => {
+process.on('SIGHUP', () => {
   if (!server) listen();
 });
 process.on('SIGTERM', () => process.exit(0));
+// Signal handlers alone do not keep Node running while cut.
+setInterval(() => {}, 1 << 30);
 listen();

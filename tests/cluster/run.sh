@@ -8,7 +8,7 @@
 # restarts a node (node-N.sh, written here, starts node N again) and
 # NATS (nats.sh), and cuts one node from NATS: each node reaches NATS
 # through its own TCP proxy (nats-proxy.mjs; its pid in nats-proxy-N.pid:
-# SIGUSR1 cuts, SIGUSR2 heals).
+# SIGUSR2 cuts, SIGHUP heals).
 # Prints node's TAP output; scripts/test.sh counts its passes and failures.
 set -euo pipefail
 cd "$(dirname "$0")"
