@@ -423,9 +423,13 @@ impl ChangeStream {
             let mut pause = Duration::from_millis(50);
             let mut failures = 0u64;
             loop {
+                let before = next;
                 match self.consume(&mut next, &out).await {
                     Ok(()) => return,
                     Err(err) => {
+                        if next > before {
+                            pause = Duration::from_millis(50);
+                        }
                         failures += 1;
                         if failures == 1 || failures.is_multiple_of(20) {
                             tracing::warn!(error = %err, next, "reading the change stream failed; resuming");
@@ -461,7 +465,26 @@ impl ChangeStream {
             .await
             .map_err(|err| err.to_string())?;
         let mut messages = consumer.messages().await.map_err(|err| err.to_string())?;
-        while let Some(message) = messages.next().await {
+        // A consumer of a server that went away (restarted) is gone, and
+        // one whose pull was lost in a reconnection may wait for its
+        // heartbeats to be missed: after a reconnection, start afresh.
+        let mut state = self.client.connection_state();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                _ = tick.tick() => {
+                    let now = self.client.connection_state();
+                    let back = state != async_nats::connection::State::Connected
+                        && now == async_nats::connection::State::Connected;
+                    state = now;
+                    if back {
+                        return Err("reconnected to NATS".to_owned());
+                    }
+                    continue;
+                }
+            };
+            let Some(message) = message else { break };
             let message = message.map_err(|err| err.to_string())?;
             let sequence = message
                 .info()
@@ -495,11 +518,13 @@ impl ChangeStream {
         let info = stream.info().await.map_err(|err| err.to_string())?.clone();
         let state = &info.state;
         // Complete from the stream's creation, or from its oldest batch
-        // once older ones were evicted.
-        let horizon = if state.first_sequence > 1 {
-            to_pg_micros(state.first_timestamp.unix_timestamp_nanos())
-        } else {
+        // once older ones were evicted (after the newest one when all were).
+        let horizon = if state.first_sequence <= 1 {
             to_pg_micros(info.created.unix_timestamp_nanos())
+        } else if state.messages == 0 {
+            to_pg_micros(state.last_timestamp.unix_timestamp_nanos()).saturating_add(1)
+        } else {
+            to_pg_micros(state.first_timestamp.unix_timestamp_nanos())
         };
         let mut read = StreamRead {
             batches: Vec::new(),

@@ -706,8 +706,9 @@ impl RealtimeService {
         }
     }
 
-    /// The bus did not take a change batch for [`FEED_RELEASE_AFTER`]: this
-    /// instance is cut off from NATS (or NATS is down). It stops the feed,
+    /// The bus did not take a change batch, or was disconnected, for
+    /// [`FEED_RELEASE_AFTER`]: this instance is cut off from NATS (or NATS
+    /// is down). It stops the feed,
     /// so that its session lock goes and an instance that reaches NATS
     /// takes the feed over from the slot's confirmed position (the batch
     /// in flight was not confirmed: at least once), and starts it again
@@ -720,7 +721,7 @@ impl RealtimeService {
         metrics::gauge!("sovra_realtime_feed_streaming").set(0.0);
         tracing::warn!(
             after_ms = FEED_RELEASE_AFTER.as_millis() as u64,
-            "the bus has not taken a change batch: this instance gives the change feed up until it reaches NATS again"
+            "cut off from NATS: this instance gives the change feed up until it reaches NATS again"
         );
         let weak = Arc::downgrade(self);
         let bus = self.current_bus();
@@ -821,9 +822,15 @@ impl RealtimeService {
             && !self.config.catchup_window.is_zero()
             && let Some(stream) = self.current_bus().stream()
         {
+            let started = std::time::Instant::now();
             match self.replay_from_stream(&stream, &replay).await {
                 Ok((changes, stamps, horizon)) => {
                     metrics::counter!("sovra_realtime_catchup_from_stream_total").increment(1);
+                    tracing::info!(
+                        changes = changes.len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "a catch-up read the change stream"
+                    );
                     replay.replace(changes, stamps, horizon);
                 }
                 Err(err) => {
@@ -946,6 +953,27 @@ impl RealtimeService {
             while let Some(batch) = rx.recv().await {
                 let Some(service) = weak.upgrade() else { break };
                 service.deliver_remote(batch, None).await;
+            }
+        });
+        // A feed holder cut off from NATS gives the feed up (see
+        // `release_feed_while_cut_off`), without waiting for a batch.
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            let mut down_since: Option<std::time::Instant> = None;
+            loop {
+                tick.tick().await;
+                let Some(service) = weak.upgrade() else { break };
+                if service.current_bus().is_connected() || service.feed_slot().is_none() {
+                    down_since = None;
+                } else if down_since
+                    .get_or_insert_with(std::time::Instant::now)
+                    .elapsed()
+                    >= FEED_RELEASE_AFTER
+                {
+                    down_since = None;
+                    service.release_feed_while_cut_off();
+                }
             }
         });
         let weak = Arc::downgrade(self);
