@@ -80,7 +80,7 @@ export SOVRA_STORAGE_BACKEND=s3 SOVRA_STORAGE_S3_ENDPOINT="http://127.0.0.1:$s3_
 export SOVRA_STORAGE_S3_FORCE_PATH_STYLE=true SOVRA_STORAGE_S3_ACCESS_KEY_ID=test SOVRA_STORAGE_S3_SECRET_ACCESS_KEY=test
 export SOVRA_AUTH_EMAIL_AUTOCONFIRM=true SOVRA_AUTH_TRUSTED_PROXIES=127.0.0.1
 export SOVRA_AUTH_RATE_LIMIT_SIGN_IN=10000 SOVRA_AUTH_RATE_LIMIT_VERIFY=9
-export SOVRA_SERVER_SHARED_STATE=auto SOVRA_SERVER_DRAIN_DELAY=0 SOVRA_LOG_LEVEL=warn
+export SOVRA_SERVER_SHARED_STATE=auto SOVRA_SERVER_DRAIN_DELAY=0 SOVRA_LOG_LEVEL="${CLUSTER_LOG_LEVEL:-warn}"
 env -u SOVRA_ANON_KEY -u SOVRA_SERVICE_KEY "$bin" serve --data-dir "$dir/node$n" --listen "127.0.0.1:$port" >>"$dir/node$n.out" 2>>"$dir/node$n.err" &
 echo \$! >"$dir/node-$n.pid"
 NODE
@@ -143,5 +143,8 @@ status=0
 node --test --test-reporter=tap ${CLUSTER_FILES:-cluster.test.js} || status=$?
 if [ "$status" != 0 ]; then
   for n in 1 2 3; do echo "# node$n.err:"; tail -n 30 "$dir/node$n.err" | sed 's/^/#   /'; done
+  # CLUSTER_KEEP_LOGS=<dir>: the nodes', NATS's and the proxies' logs are
+  # copied there.
+  [ -z "${CLUSTER_KEEP_LOGS:-}" ] || { mkdir -p "$CLUSTER_KEEP_LOGS"; cp "$dir"/*.log "$dir"/*.err "$CLUSTER_KEEP_LOGS"/ 2>/dev/null || true; }
 fi
 exit "$status"
