@@ -423,6 +423,14 @@ impl ChangeStream {
             let mut pause = Duration::from_millis(50);
             let mut failures = 0u64;
             loop {
+                // No request while disconnected: it would wait for its
+                // timeout, delaying the resumption once NATS is back.
+                while self.client.connection_state() != async_nats::connection::State::Connected {
+                    if out.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 let before = next;
                 match self.consume(&mut next, &out).await {
                     Ok(()) => return,

@@ -753,38 +753,61 @@ impl RealtimeService {
     /// The changes of a batch from the bus, read as [`Self::deliver_remote`]
     /// says; `None` when it cannot be read now (no database connection).
     async fn read_remote(&self, batch: RemoteBatch) -> Option<(Vec<Change>, Vec<Arc<str>>)> {
+        self.read_remote_with(batch, &mut HashMap::new()).await
+    }
+
+    /// [`Self::read_remote`], reusing the descriptions in `known` of
+    /// relations announced exactly so before (one catch-up reads many
+    /// batches of the same tables).
+    async fn read_remote_with(
+        &self,
+        batch: RemoteBatch,
+        known: &mut HashMap<u32, (sovra_realtime_proto::pgoutput::Relation, Arc<RelInfo>)>,
+    ) -> Option<(Vec<Change>, Vec<Arc<str>>)> {
         let RemoteBatch {
             relations: wire_relations,
             changes: wire,
         } = batch;
         let mut relations: HashMap<u32, Arc<RelInfo>> = HashMap::new();
-        if !wire_relations.is_empty() {
-            let client = match self.pool.get().await {
-                Ok(client) => client,
-                Err(err) => {
-                    metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
-                    tracing::warn!(error = %err, "change batch from the bus not delivered: no database connection");
-                    return None;
-                }
-            };
-            for WireRelation { rel } in wire_relations {
-                let oid = rel.oid;
-                match catalog::describe_published(&client, rel).await {
-                    Ok(Some(info)) => {
-                        relations.insert(oid, Arc::new(info));
-                    }
-                    Ok(None) => {
-                        metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
-                        tracing::warn!(
-                            oid,
-                            "a change batch from the bus names a relation that is not published here; its changes are dropped"
-                        );
-                    }
+        let mut client = None;
+        for WireRelation { rel } in wire_relations {
+            let oid = rel.oid;
+            if let Some((announced, info)) = known.get(&oid)
+                && *announced == rel
+            {
+                relations.insert(oid, info.clone());
+                continue;
+            }
+            if client.is_none() {
+                match self.pool.get().await {
+                    Ok(got) => client = Some(got),
                     Err(err) => {
                         metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
-                        tracing::warn!(error = %err, "change batch from the bus not delivered");
+                        tracing::warn!(error = %err, "change batch from the bus not delivered: no database connection");
                         return None;
                     }
+                }
+            }
+            let Some(db) = client.as_ref() else {
+                return None;
+            };
+            match catalog::describe_published(db, rel.clone()).await {
+                Ok(Some(info)) => {
+                    let info = Arc::new(info);
+                    known.insert(oid, (rel, info.clone()));
+                    relations.insert(oid, info);
+                }
+                Ok(None) => {
+                    metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+                    tracing::warn!(
+                        oid,
+                        "a change batch from the bus names a relation that is not published here; its changes are dropped"
+                    );
+                }
+                Err(err) => {
+                    metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+                    tracing::warn!(error = %err, "change batch from the bus not delivered");
+                    return None;
                 }
             }
         }
@@ -855,12 +878,13 @@ impl RealtimeService {
         let read = stream.read(from, replay.position()).await?;
         let mut changes = Vec::new();
         let mut stamps: Vec<Arc<str>> = Vec::new();
+        let mut known = HashMap::new();
         for (_, bytes) in read.batches {
             let Some(batch) = self.changes_of(&bytes) else {
                 continue;
             };
             let (batch_changes, batch_stamps) = self
-                .read_remote(batch)
+                .read_remote_with(batch, &mut known)
                 .await
                 .ok_or_else(|| "no database connection".to_owned())?;
             for (change, stamp) in batch_changes.into_iter().zip(batch_stamps) {
