@@ -924,14 +924,25 @@ impl RealtimeService {
     /// Handles one batch read from the change stream at `sequence`: this
     /// instance's own were delivered here when published; the others'
     /// go to this instance's subscribers.
-    pub(crate) async fn on_stream_batch(&self, sequence: u64, bytes: &[u8]) {
+    /// `known`: relations described for the batches before, kept while
+    /// batches wait (a backlog after a cut), see [`Self::read_remote_with`].
+    pub(crate) async fn on_stream_batch(
+        &self,
+        sequence: u64,
+        bytes: &[u8],
+        known: &mut HashMap<u32, (sovra_realtime_proto::pgoutput::Relation, Arc<RelInfo>)>,
+    ) {
         let own =
             serde_json::from_slice::<OriginOnly>(bytes).is_ok_and(|o| o.origin == *self.instance);
         if own {
             return;
         }
-        if let Some(batch) = self.changes_of(bytes) {
-            self.deliver_remote(batch, Some(sequence)).await;
+        if let Some(batch) = self.changes_of(bytes)
+            && let Some((changes, stamps)) = self.read_remote_with(batch, known).await
+        {
+            self.fanout
+                .deliver(&self.hub, changes, stamps, Some(sequence))
+                .await;
         }
     }
 
@@ -952,9 +963,16 @@ impl RealtimeService {
             stream.follow(next, tx);
             let weak = Arc::downgrade(self);
             tokio::spawn(async move {
+                // Table descriptions are reused only within a backlog (a
+                // resumption after a cut): each live batch is checked
+                // against the catalog again.
+                let mut known = HashMap::new();
                 while let Some((sequence, bytes)) = batches.recv().await {
                     let Some(service) = weak.upgrade() else { break };
-                    service.on_stream_batch(sequence, &bytes).await;
+                    service.on_stream_batch(sequence, &bytes, &mut known).await;
+                    if batches.is_empty() {
+                        known.clear();
+                    }
                 }
             });
         }
