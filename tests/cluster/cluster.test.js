@@ -210,6 +210,24 @@ function subscriber(url, name) {
   return s;
 }
 
+// Two writers inserting into cluster_events through `admin` until stopped,
+// ids from `base` + 1 and + 2 upwards; a write is acknowledged when it
+// answered 201 (a failed one is not retried: it may or may not have
+// committed).
+function writers(admin, base, tag) {
+  const w = { acked: new Map(), failed: 0, writing: true };
+  const one = async (k) => {
+    for (let id = base + k; w.writing; id += 2) {
+      const { error } = await admin.from('cluster_events').insert({ id, writer: `${tag}${k}` });
+      if (error) w.failed += 1; else w.acked.set(id, Date.now());
+      await sleep(10);
+    }
+  };
+  const running = [one(1), one(2)];
+  w.stop = async () => { w.writing = false; await Promise.all(running); };
+  return w;
+}
+
 // What the kill test leaves for the catch-up from the stream: the node it
 // restarted, a commit_timestamp seen before the kill, and the writes
 // acknowledged after that timestamp was seen.
@@ -229,20 +247,9 @@ test('failure: kill -9 the feed node under load, restart it; nothing acknowledge
   await until(() => subs.every((s) => s.ready), 'every subscriber joined');
   await sleep(500);
 
-  // Two writers through the balancer; an insert is acknowledged when it
-  // answered 201. A failed one is not retried (it may or may not have
-  // committed).
-  const acked = new Map();
-  let failed = 0;
-  let writing = true;
-  const writer = async (k) => {
-    for (let id = k; writing; id += 2) {
-      const { error } = await admin.from('cluster_events').insert({ id, writer: `w${k}` });
-      if (error) failed += 1; else acked.set(id, Date.now());
-      await sleep(10);
-    }
-  };
-  const writers = [writer(1), writer(2)];
+  // Two writers through the balancer.
+  const w = writers(admin, 0, 'w');
+  const { acked } = w;
   await until(() => subs.every((s) => s.seen.size >= 5), 'every subscriber hears the writes');
 
   const victim = await feedNode();
@@ -261,8 +268,7 @@ test('failure: kill -9 the feed node under load, restart it; nothing acknowledge
   assert.equal(restarted.status, 0);
   await until(() => fetch(`${nodes[victim]}/ready`).then((r) => r.ok).catch(() => false), 'the restarted node ready', 60000);
   await sleep(3000);
-  writing = false;
-  await Promise.all(writers);
+  await w.stop();
 
   // Every acknowledged write is in the database.
   const { data: rows, error } = await admin.from('cluster_events').select('id').limit(100000);
@@ -287,7 +293,7 @@ test('failure: kill -9 the feed node under load, restart it; nothing acknowledge
   const survivors = subs.filter((s) => s.name === `n${tookOver + 1}` || (s.name.startsWith('n') && s.name !== `n${victim + 1}`));
   const firstAfter = Math.min(...survivors.flatMap((s) => [...s.seen].filter(([id]) => (acked.get(id) ?? 0) > killedAt).map(([, at]) => at)));
   const reconnected = subs.filter((s) => s.joins > 1).map((s) => s.name);
-  console.log(`cluster failure: ${acked.size} writes acknowledged (last id ${lastAck}), ${failed} failed while the node was down; ` +
+  console.log(`cluster failure: ${acked.size} writes acknowledged (last id ${lastAck}), ${w.failed} failed while the node was down; ` +
     `feed node ${victim + 1} killed, node ${tookOver + 1} streamed next; first change after the kill delivered ${firstAfter - killedAt} ms after it; ` +
     `subscribers that reconnected: ${reconnected.join(', ') || 'none'}`);
   assert.ok(Number.isFinite(firstAfter), 'changes committed after the kill reached the surviving nodes');
@@ -367,17 +373,8 @@ test('NATS cut: the feed node is cut from NATS for 10 s under load; nothing ackn
   ];
   await until(() => subs.every((s) => s.ready), 'every subscriber joined');
   await sleep(500);
-  const acked = new Map();
-  let failed = 0;
-  let writing = true;
-  const writer = async (k) => {
-    for (let id = 3_000_000 + k; writing; id += 2) {
-      const { error } = await admin.from('cluster_events').insert({ id, writer: `c${k}` });
-      if (error) failed += 1; else acked.set(id, Date.now());
-      await sleep(10);
-    }
-  };
-  const writers = [writer(1), writer(2)];
+  const w = writers(admin, 3_000_000, 'c');
+  const { acked } = w;
   await until(() => subs.every((s) => s.seen.size >= 5), 'every subscriber hears the writes');
 
   // Cut the node streaming the feed: its proxy to NATS closes every
@@ -396,8 +393,7 @@ test('NATS cut: the feed node is cut from NATS for 10 s under load; nothing ackn
   process.kill(proxy, 'SIGHUP');
   const healedAt = Date.now();
   await sleep(3000);
-  writing = false;
-  await Promise.all(writers);
+  await w.stop();
 
   const { data: rows, error } = await admin.from('cluster_events').select('id').gte('id', 3_000_000).lt('id', 4_000_000).limit(100000);
   assert.equal(error, null);
@@ -417,7 +413,7 @@ test('NATS cut: the feed node is cut from NATS for 10 s under load; nothing ackn
   const cutSub = subs[victim];
   const caughtUp = Math.max(...[...acked].filter(([, at]) => at > cutAt && at < healedAt).map(([id]) => cutSub.seen.get(id)));
   console.log(`cluster NATS cut: node ${victim + 1} (the feed node) cut for 10 s; node ${feed + 1} streamed the feed ${tookOver} ms after the cut (goal 5 s); ` +
-    `${acked.size} writes acknowledged (${during} during the cut, ${failed} failed); the cut node's subscriber had every change of the cut ${caughtUp - healedAt} ms after the heal; ` +
+    `${acked.size} writes acknowledged (${during} during the cut, ${w.failed} failed); the cut node's subscriber had every change of the cut ${caughtUp - healedAt} ms after the heal; ` +
     `duplicates delivered: ${subs.map((s) => `${s.name} ${s.dups}`).join(', ')}`);
   for (const s of subs) s.stopped = true;
 });

@@ -134,8 +134,18 @@ async fn metric(app: &TestApp, name: &str) -> f64 {
         .sum()
 }
 
-#[tokio::test]
-async fn a_cut_off_instance_resumes_from_the_stream_and_a_later_one_catches_up_from_it() {
+/// Two instances on one database and a NATS server with JetStream, each
+/// through its own proxy, that have met on the bus.
+struct Pair {
+    nats: NatsServer,
+    target: String,
+    subject: String,
+    proxies: [TcpCut; 2],
+    one: TestApp,
+    two: TestApp,
+}
+
+async fn pair() -> Pair {
     init_logs();
     let nats = NatsServer::start_jetstream().await;
     let target = nats.url.trim_start_matches("nats://").to_owned();
@@ -146,17 +156,44 @@ async fn a_cut_off_instance_resumes_from_the_stream_and_a_later_one_catches_up_f
     let two = one.spawn_peer(config(&proxies[1], &subject)).await;
     peers(&one, 1).await;
     peers(&two, 1).await;
-    let apps = [&one, &two];
+    Pair {
+        nats,
+        target,
+        subject,
+        proxies,
+        one,
+        two,
+    }
+}
 
-    let (alice, alice_token) = user(&one);
-    let (bob, bob_token) = user(&one);
+/// A client on each of `apps`, subscribed with `token` to inserts into
+/// notes.
+async fn subscribers(apps: [&TestApp; 2], token: &str) -> Vec<Client> {
     let binding = json!([{"event": "INSERT", "schema": "public", "table": "notes"}]);
     let mut clients = Vec::new();
     for app in apps {
         let mut client = Client::connect(app, &app.anon_key, "2.0.0").await;
-        pg_join(&mut client, "realtime:notes", binding.clone(), &alice_token).await;
+        pg_join(&mut client, "realtime:notes", binding.clone(), token).await;
         clients.push(client);
     }
+    clients
+}
+
+#[tokio::test]
+async fn a_cut_off_instance_resumes_from_the_stream_and_a_later_one_catches_up_from_it() {
+    let Pair {
+        nats,
+        target,
+        subject,
+        proxies,
+        one,
+        two,
+    } = pair().await;
+    let apps = [&one, &two];
+
+    let (alice, alice_token) = user(&one);
+    let (bob, bob_token) = user(&one);
+    let mut clients = subscribers(apps, &alice_token).await;
     let lead = leader(&apps).await;
     let follow = 1 - lead;
     let db = one.db.client().await;
@@ -262,25 +299,17 @@ async fn a_cut_off_instance_resumes_from_the_stream_and_a_later_one_catches_up_f
 
 #[tokio::test]
 async fn the_feed_holder_cut_off_gives_the_feed_up_and_catches_up_when_back() {
-    init_logs();
-    let nats = NatsServer::start_jetstream().await;
-    let target = nats.url.trim_start_matches("nats://").to_owned();
-    let subject = format!("test{}", uuid::Uuid::new_v4().simple());
-    let proxies = [TcpCut::start(&target).await, TcpCut::start(&target).await];
-    let one = TestApp::spawn_with(config(&proxies[0], &subject)).await;
-    one.db.client().await.batch_execute(FIXTURE).await.unwrap();
-    let two = one.spawn_peer(config(&proxies[1], &subject)).await;
-    peers(&one, 1).await;
-    peers(&two, 1).await;
+    // Bound, not `..`: the server lives until the test ends.
+    let Pair {
+        nats: _nats,
+        proxies,
+        one,
+        two,
+        ..
+    } = pair().await;
     let apps = [&one, &two];
     let (alice, alice_token) = user(&one);
-    let binding = json!([{"event": "INSERT", "schema": "public", "table": "notes"}]);
-    let mut clients = Vec::new();
-    for app in apps {
-        let mut client = Client::connect(app, &app.anon_key, "2.0.0").await;
-        pg_join(&mut client, "realtime:notes", binding.clone(), &alice_token).await;
-        clients.push(client);
-    }
+    let mut clients = subscribers(apps, &alice_token).await;
     let lead = leader(&apps).await;
     let other = 1 - lead;
     let db = one.db.client().await;
