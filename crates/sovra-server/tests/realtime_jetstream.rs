@@ -196,6 +196,10 @@ async fn a_cut_off_instance_resumes_from_the_stream_and_a_later_one_catches_up_f
     let mut clients = subscribers(apps, &alice_token).await;
     let lead = leader(&apps).await;
     let follow = 1 - lead;
+    // A catch-up starts one second before `since`: let the stream be older
+    // than that, or the late instance rightly says it may miss changes
+    // committed before the stream existed.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let db = one.db.client().await;
     db.execute(INSERT, &[&alice, &"before"]).await.unwrap();
     let mut since = String::new();
