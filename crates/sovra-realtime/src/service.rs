@@ -788,9 +788,7 @@ impl RealtimeService {
                     }
                 }
             }
-            let Some(db) = client.as_ref() else {
-                return None;
-            };
+            let db = client.as_ref()?;
             match catalog::describe_published(db, rel.clone()).await {
                 Ok(Some(info)) => {
                     let info = Arc::new(info);
