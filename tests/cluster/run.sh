@@ -6,7 +6,9 @@
 # deploy/haproxy.cfg). cluster.test.js then drives them with the real
 # supabase-js client, directly and through the balancer, and kills and
 # restarts a node (node-N.sh, written here, starts node N again) and
-# NATS (nats.sh).
+# NATS (nats.sh), and cuts one node from NATS: each node reaches NATS
+# through its own TCP proxy (nats-proxy.mjs; its pid in nats-proxy-N.pid:
+# SIGUSR2 cuts, SIGHUP heals).
 # Prints node's TAP output; scripts/test.sh counts its passes and failures.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -64,18 +66,22 @@ export SOVRA_JWT_SECRET="cluster-test-secret-cluster-test-secret-0123"
 ports=()
 for n in 1 2 3; do
   port="$(free_port)"; ports+=("$port")
+  proxy_port="$(free_port)"
+  node nats-proxy.mjs "$proxy_port" "$nats_port" >>"$dir/nats-proxy-$n.log" 2>&1 &
+  pids+=($!)
+  echo $! >"$dir/nats-proxy-$n.pid"
   mkdir -p "$dir/node$n"
   [ "$n" = 1 ] || cp "$dir/node1/keys.json" "$dir/node$n/keys.json"
   cat >"$dir/node-$n.sh" <<NODE
 #!/usr/bin/env bash
-export SOVRA_DATABASE_URL="$db" SOVRA_REALTIME_NATS_URL="nats://127.0.0.1:$nats_port"
+export SOVRA_DATABASE_URL="$db" SOVRA_REALTIME_NATS_URL="nats://127.0.0.1:$proxy_port"
 export SOVRA_JWT_SECRET="$SOVRA_JWT_SECRET"
 export SOVRA_SERVER_TENANT_SECRETS_KEY=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
 export SOVRA_STORAGE_BACKEND=s3 SOVRA_STORAGE_S3_ENDPOINT="http://127.0.0.1:$s3_port" SOVRA_STORAGE_S3_BUCKET=sovra-cluster
 export SOVRA_STORAGE_S3_FORCE_PATH_STYLE=true SOVRA_STORAGE_S3_ACCESS_KEY_ID=test SOVRA_STORAGE_S3_SECRET_ACCESS_KEY=test
 export SOVRA_AUTH_EMAIL_AUTOCONFIRM=true SOVRA_AUTH_TRUSTED_PROXIES=127.0.0.1
 export SOVRA_AUTH_RATE_LIMIT_SIGN_IN=10000 SOVRA_AUTH_RATE_LIMIT_VERIFY=9
-export SOVRA_SERVER_SHARED_STATE=auto SOVRA_SERVER_DRAIN_DELAY=0 SOVRA_LOG_LEVEL=warn
+export SOVRA_SERVER_SHARED_STATE=auto SOVRA_SERVER_DRAIN_DELAY=0 SOVRA_LOG_LEVEL="${CLUSTER_LOG_LEVEL:-warn}"
 env -u SOVRA_ANON_KEY -u SOVRA_SERVICE_KEY "$bin" serve --data-dir "$dir/node$n" --listen "127.0.0.1:$port" >>"$dir/node$n.out" 2>>"$dir/node$n.err" &
 echo \$! >"$dir/node-$n.pid"
 NODE
@@ -138,5 +144,8 @@ status=0
 node --test --test-reporter=tap ${CLUSTER_FILES:-cluster.test.js} || status=$?
 if [ "$status" != 0 ]; then
   for n in 1 2 3; do echo "# node$n.err:"; tail -n 30 "$dir/node$n.err" | sed 's/^/#   /'; done
+  # CLUSTER_KEEP_LOGS=<dir>: the nodes', NATS's and the proxies' logs are
+  # copied there.
+  [ -z "${CLUSTER_KEEP_LOGS:-}" ] || { mkdir -p "$CLUSTER_KEEP_LOGS"; cp "$dir"/*.log "$dir"/*.err "$CLUSTER_KEEP_LOGS"/ 2>/dev/null || true; }
 fi
 exit "$status"

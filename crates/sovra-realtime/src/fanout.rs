@@ -73,6 +73,34 @@ pub(crate) struct Replay {
     stamps: Vec<Arc<str>>,
     /// Changes committed before this may be missing.
     horizon: i64,
+    /// The last change-stream sequence delivered here when the replay was
+    /// taken (0: none).
+    position: u64,
+}
+
+impl Replay {
+    /// Whether changes the replay should hold may be missing from it.
+    pub(crate) fn is_incomplete(&self) -> bool {
+        self.horizon > self.from
+    }
+
+    /// From when the replay replays (PostgreSQL microseconds).
+    pub(crate) fn from(&self) -> i64 {
+        self.from
+    }
+
+    /// See [`Replay::position`].
+    pub(crate) fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Replays `changes` instead (read elsewhere, up to the same
+    /// position), complete from `horizon`.
+    pub(crate) fn replace(&mut self, changes: Vec<Change>, stamps: Vec<Arc<str>>, horizon: i64) {
+        self.changes = changes;
+        self.stamps = stamps;
+        self.horizon = horizon;
+    }
 }
 
 /// Delivery of database changes to this instance's channels.
@@ -91,6 +119,8 @@ pub(crate) struct Fanout {
     /// that every subscriber gets them in commit order.
     pub(crate) delivery: tokio::sync::Mutex<()>,
     recent: std::sync::Mutex<Recent>,
+    /// The last change-stream sequence delivered (set under `delivery`).
+    position: std::sync::atomic::AtomicU64,
 }
 
 impl Fanout {
@@ -111,12 +141,20 @@ impl Fanout {
             slow_consumer_timeout,
             delivery: tokio::sync::Mutex::new(()),
             recent: std::sync::Mutex::new(Recent::new()),
+            position: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Starts counting delivered stream sequences from `position`.
+    pub(crate) fn set_position(&self, position: u64) {
+        self.position
+            .fetch_max(position, std::sync::atomic::Ordering::Release);
     }
 
     /// Delivers the changes of a batch of transactions in commit order
     /// to every subscriber here, and keeps them for catch-up;
-    /// `stamps[i]` is the commit timestamp of `changes[i]`.
+    /// `stamps[i]` is the commit timestamp of `changes[i]`; `position`,
+    /// the batch's change-stream sequence, if it has one.
     ///
     /// A subscriber whose queue cannot take its next change is waited for
     /// until it drains it to half, up to `realtime.slow_consumer_timeout`
@@ -124,8 +162,17 @@ impl Fanout {
     /// client receives a transaction of any size, and one that stops
     /// reading holds the others back for at most that long, once, before
     /// it is cut off.
-    pub(crate) async fn deliver(&self, hub: &Hub, changes: Vec<Change>, stamps: Vec<Arc<str>>) {
+    pub(crate) async fn deliver(
+        &self,
+        hub: &Hub,
+        changes: Vec<Change>,
+        stamps: Vec<Arc<str>>,
+        position: Option<u64>,
+    ) {
         let _order = self.delivery.lock().await;
+        if let Some(position) = position {
+            self.set_position(position);
+        }
         let channels = hub.pg_channels();
         let delivered = self.deliver_to(&channels, &changes, &stamps).await;
         metrics::counter!("sovra_realtime_messages_total", "kind" => "postgres_changes")
@@ -198,6 +245,7 @@ impl Fanout {
             changes: Vec::new(),
             stamps: Vec::new(),
             horizon: i64::MAX,
+            position: self.position.load(std::sync::atomic::Ordering::Acquire),
         };
         if let Ok(recent) = self.recent.lock() {
             for entry in recent.entries.iter().filter(|e| e.time >= from) {
@@ -220,6 +268,7 @@ impl Fanout {
             changes,
             stamps,
             horizon,
+            position: _,
         } = replay;
         let patience = self.slow_consumer_timeout;
         let system = |status: &str, message: String| channel.changes_status(status, &message);

@@ -25,6 +25,10 @@ use crate::principal::{Principal, Verifier};
 use crate::revalidate::{Credential, Revalidator};
 use crate::{authz, catalog, fanout, slot};
 
+/// How long the feed waits for the bus to take a change batch before it
+/// gives the feed up (see [`RealtimeService::release_feed_while_cut_off`]).
+const FEED_RELEASE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One tenant's realtime service.
 pub struct RealtimeService {
     pub(crate) config: RealtimeConfig,
@@ -34,6 +38,9 @@ pub struct RealtimeService {
     connections: AtomicUsize,
     feed: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     feed_source: std::sync::Mutex<Option<sovra_pg::tokio_postgres::Config>>,
+    /// How the running feed connects (to start it again after giving it up
+    /// while cut off from the bus).
+    feed_admin: std::sync::Mutex<Option<sovra_pg::tokio_postgres::Config>>,
     /// The slot the feed consumes, once it leads, and how it reads it.
     feed_slot: std::sync::Mutex<Option<(String, slot::FeedMode)>>,
     /// See [`RealtimeService::wait_for_slot_on_first_join`].
@@ -123,6 +130,7 @@ impl RealtimeService {
             connections: AtomicUsize::new(0),
             feed: std::sync::Mutex::new(None),
             feed_source: std::sync::Mutex::new(None),
+            feed_admin: std::sync::Mutex::new(None),
             feed_slot: std::sync::Mutex::new(None),
             wait_for_slot: std::sync::atomic::AtomicBool::new(false),
             instance: Arc::from(uuid::Uuid::new_v4().to_string()),
@@ -411,7 +419,7 @@ impl RealtimeService {
 
     /// Delivers a batch read from the slot: to the other instances first
     /// (the slot advances only after the bus has it), then here.
-    async fn deliver_local(&self, batch: slot::Batch) {
+    async fn deliver_local(self: &Arc<Self>, batch: slot::Batch) {
         let slot::Batch {
             changes,
             stamps,
@@ -420,8 +428,10 @@ impl RealtimeService {
         self.feed_batches.fetch_add(1, Ordering::Relaxed);
         self.feed_batch_max_bytes
             .fetch_max(bytes, Ordering::Relaxed);
-        self.share_changes(&changes, &stamps).await;
-        self.fanout.deliver(&self.hub, changes, stamps).await;
+        let position = self.share_changes(&changes, &stamps).await;
+        self.fanout
+            .deliver(&self.hub, changes, stamps, position)
+            .await;
     }
 
     /// Re-checks the credentials behind open sockets every
@@ -510,6 +520,9 @@ impl RealtimeService {
     /// role that may use replication slots.
     pub fn start_feed(self: &Arc<Self>, admin: tokio_postgres::Config) {
         self.use_admin(&admin);
+        if let Ok(mut kept) = self.feed_admin.lock() {
+            *kept = Some(admin.clone());
+        }
         let mut started = match self.feed.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -597,11 +610,18 @@ impl RealtimeService {
 
     /// Publishes a batch to the other instances (in chunks the bus can
     /// carry), waiting until the bus has it: the slot advances only after.
-    async fn share_changes(&self, changes: &[Change], stamps: &[Arc<str>]) {
+    /// Returns the stream sequence of its last chunk, when the bus has a
+    /// stream.
+    async fn share_changes(
+        self: &Arc<Self>,
+        changes: &[Change],
+        stamps: &[Arc<str>],
+    ) -> Option<u64> {
         let bus = self.current_bus();
         if !bus.is_shared() || changes.is_empty() {
-            return;
+            return None;
         }
+        let mut position = None;
         // Leave room for the envelope and the relations of a chunk.
         let budget = bus.max_event_bytes().saturating_sub(4096) / 2;
         let mut chunk: Vec<Box<RawValue>> = Vec::new();
@@ -628,8 +648,10 @@ impl RealtimeService {
                 continue;
             }
             if chunk_bytes + size > budget && !chunk.is_empty() {
-                self.publish_chunk(bus.as_ref(), &mut chunk, &mut rels)
-                    .await;
+                position = self
+                    .publish_chunk(bus.as_ref(), &mut chunk, &mut rels)
+                    .await
+                    .or(position);
                 chunk_bytes = 0;
             }
             if !rels.iter().any(|r| Arc::ptr_eq(r, &change.rel)) {
@@ -640,17 +662,21 @@ impl RealtimeService {
             chunk_bytes += size;
         }
         if !chunk.is_empty() {
-            self.publish_chunk(bus.as_ref(), &mut chunk, &mut rels)
-                .await;
+            position = self
+                .publish_chunk(bus.as_ref(), &mut chunk, &mut rels)
+                .await
+                .or(position);
         }
+        position
     }
 
+    /// Publishes one chunk; its stream sequence, if the bus has a stream.
     async fn publish_chunk(
-        &self,
+        self: &Arc<Self>,
         bus: &dyn bus::Bus,
         chunk: &mut Vec<Box<RawValue>>,
         rels: &mut Vec<Arc<RelInfo>>,
-    ) {
+    ) -> Option<u64> {
         let relations = rels
             .drain(..)
             .map(|info| WireRelation {
@@ -666,10 +692,56 @@ impl RealtimeService {
                 changes: std::mem::take(chunk),
             },
         );
-        if let Err(err) = bus.publish_durably(event).await {
-            metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
-            tracing::warn!(error = %err, "change batch not published on the bus");
+        let published = bus.publish_changes(event, format!("{}-{seq}", self.instance));
+        tokio::pin!(published);
+        let result = tokio::select! {
+            result = &mut published => result,
+            () = tokio::time::sleep(FEED_RELEASE_AFTER) => {
+                self.release_feed_while_cut_off();
+                // Cancelled at the next wait (the feed task was aborted),
+                // unless the feed runs elsewhere (tests).
+                published.await
+            }
+        };
+        match result {
+            Ok(position) => position,
+            Err(err) => {
+                metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+                tracing::warn!(error = %err, "change batch not published on the bus");
+                None
+            }
         }
+    }
+
+    /// The bus did not take a change batch, or was disconnected, for
+    /// [`FEED_RELEASE_AFTER`]: this instance is cut off from NATS (or NATS
+    /// is down). It stops the feed,
+    /// so that its session lock goes and an instance that reaches NATS
+    /// takes the feed over from the slot's confirmed position (the batch
+    /// in flight was not confirmed: at least once), and starts it again
+    /// (as a follower, waiting for the lock) once the bus is connected.
+    fn release_feed_while_cut_off(self: &Arc<Self>) {
+        let Some(admin) = self.feed_admin.lock().ok().and_then(|a| a.clone()) else {
+            return;
+        };
+        metrics::counter!("sovra_realtime_feed_released_total").increment(1);
+        metrics::gauge!("sovra_realtime_feed_streaming").set(0.0);
+        tracing::warn!(
+            after_ms = FEED_RELEASE_AFTER.as_millis() as u64,
+            "cut off from NATS: this instance gives the change feed up until it reaches NATS again"
+        );
+        let weak = Arc::downgrade(self);
+        let bus = self.current_bus();
+        tokio::spawn(async move {
+            while !bus.is_connected() {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            if let Some(service) = weak.upgrade() {
+                tracing::info!("the bus is back: this instance may take the change feed again");
+                service.start_feed(admin);
+            }
+        });
+        self.stop_feed();
     }
 
     /// Delivers a change batch that the slot's consumer published. Nothing
@@ -677,39 +749,70 @@ impl RealtimeService {
     /// database's catalog (and must be a published table of that name and
     /// column shape here); a change that does not fit its relation is
     /// dropped and counted.
-    pub(crate) async fn deliver_remote(&self, batch: RemoteBatch) {
+    pub(crate) async fn deliver_remote(&self, batch: RemoteBatch, position: Option<u64>) {
+        if let Some((changes, stamps)) = self.read_remote(batch).await {
+            self.fanout
+                .deliver(&self.hub, changes, stamps, position)
+                .await;
+        }
+    }
+
+    /// The changes of a batch from the bus, read as [`Self::deliver_remote`]
+    /// says; `None` when it cannot be read now (no database connection).
+    async fn read_remote(&self, batch: RemoteBatch) -> Option<(Vec<Change>, Vec<Arc<str>>)> {
+        self.read_remote_with(batch, &mut HashMap::new()).await
+    }
+
+    /// [`Self::read_remote`], reusing the descriptions in `known` of
+    /// relations announced exactly so before (one catch-up reads many
+    /// batches of the same tables).
+    async fn read_remote_with(
+        &self,
+        batch: RemoteBatch,
+        known: &mut HashMap<u32, (sovra_realtime_proto::pgoutput::Relation, Arc<RelInfo>)>,
+    ) -> Option<(Vec<Change>, Vec<Arc<str>>)> {
         let RemoteBatch {
             relations: wire_relations,
             changes: wire,
         } = batch;
         let mut relations: HashMap<u32, Arc<RelInfo>> = HashMap::new();
-        if !wire_relations.is_empty() {
-            let client = match self.pool.get().await {
-                Ok(client) => client,
-                Err(err) => {
-                    metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
-                    tracing::warn!(error = %err, "change batch from the bus not delivered: no database connection");
-                    return;
-                }
-            };
-            for WireRelation { rel } in wire_relations {
-                let oid = rel.oid;
-                match catalog::describe_published(&client, rel).await {
-                    Ok(Some(info)) => {
-                        relations.insert(oid, Arc::new(info));
-                    }
-                    Ok(None) => {
-                        metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
-                        tracing::warn!(
-                            oid,
-                            "a change batch from the bus names a relation that is not published here; its changes are dropped"
-                        );
-                    }
+        let mut client = None;
+        for WireRelation { rel } in wire_relations {
+            let oid = rel.oid;
+            if let Some((announced, info)) = known.get(&oid)
+                && *announced == rel
+            {
+                relations.insert(oid, info.clone());
+                continue;
+            }
+            if client.is_none() {
+                match self.pool.get().await {
+                    Ok(got) => client = Some(got),
                     Err(err) => {
                         metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
-                        tracing::warn!(error = %err, "change batch from the bus not delivered");
-                        return;
+                        tracing::warn!(error = %err, "change batch from the bus not delivered: no database connection");
+                        return None;
                     }
+                }
+            }
+            let db = client.as_ref()?;
+            match catalog::describe_published(db, rel.clone()).await {
+                Ok(Some(info)) => {
+                    let info = Arc::new(info);
+                    known.insert(oid, (rel, info.clone()));
+                    relations.insert(oid, info);
+                }
+                Ok(None) => {
+                    metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+                    tracing::warn!(
+                        oid,
+                        "a change batch from the bus names a relation that is not published here; its changes are dropped"
+                    );
+                }
+                Err(err) => {
+                    metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+                    tracing::warn!(error = %err, "change batch from the bus not delivered");
+                    return None;
                 }
             }
         }
@@ -732,13 +835,120 @@ impl RealtimeService {
                 }
             }
         }
-        self.fanout.deliver(&self.hub, changes, stamps).await;
+        Some((changes, stamps))
     }
 
     /// Replays to `channel` what `fanout::Fanout::snapshot` took for it,
     /// then the live changes it held meanwhile.
-    pub(crate) async fn catch_up(&self, channel: &Arc<Channel>, replay: fanout::Replay) {
+    /// When this instance's own window does not reach back to the
+    /// replay's start (it started, or was cut off, later) and the bus has a
+    /// stream, the replay comes from the stream instead: the batches stored
+    /// since then, up to the last one this instance delivered when the
+    /// replay was taken (the later ones reach the channel live).
+    pub(crate) async fn catch_up(&self, channel: &Arc<Channel>, mut replay: fanout::Replay) {
+        if replay.is_incomplete()
+            && !self.config.catchup_window.is_zero()
+            && let Some(stream) = self.current_bus().stream()
+        {
+            let started = std::time::Instant::now();
+            match self.replay_from_stream(&stream, &replay).await {
+                Ok((changes, stamps, horizon)) => {
+                    metrics::counter!("sovra_realtime_catchup_from_stream_total").increment(1);
+                    tracing::info!(
+                        changes = changes.len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "a catch-up read the change stream"
+                    );
+                    replay.replace(changes, stamps, horizon);
+                }
+                Err(err) => {
+                    metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+                    tracing::warn!(error = %err, "catch-up from the change stream failed; this instance's own window is replayed");
+                }
+            }
+        }
         self.fanout.replay(channel, replay).await;
+    }
+
+    /// The changes committed at or after the replay's start, read from the
+    /// stream up to the replay's position, with the stream's horizon. Each
+    /// batch is read as one from the bus is (nothing becomes SQL text;
+    /// malformed batches and changes are dropped and counted).
+    async fn replay_from_stream(
+        &self,
+        stream: &bus::ChangeStream,
+        replay: &fanout::Replay,
+    ) -> Result<(Vec<Change>, Vec<Arc<str>>, i64), String> {
+        let from = replay.from();
+        let read = stream.read(from, replay.position()).await?;
+        let mut changes = Vec::new();
+        let mut stamps: Vec<Arc<str>> = Vec::new();
+        let mut known = HashMap::new();
+        for (_, bytes) in read.batches {
+            let Some(batch) = self.changes_of(&bytes) else {
+                continue;
+            };
+            let (batch_changes, batch_stamps) = self
+                .read_remote_with(batch, &mut known)
+                .await
+                .ok_or_else(|| "no database connection".to_owned())?;
+            for (change, stamp) in batch_changes.into_iter().zip(batch_stamps) {
+                let time = sovra_realtime_proto::pgoutput::parse_timestamp(&stamp);
+                if time.is_some_and(|t| t >= from) {
+                    changes.push(change);
+                    stamps.push(stamp);
+                }
+            }
+        }
+        Ok((changes, stamps, read.horizon))
+    }
+
+    /// The change batch of a stream message; `None` (counted) for anything
+    /// else.
+    fn changes_of(&self, bytes: &[u8]) -> Option<RemoteBatch> {
+        match serde_json::from_slice::<Envelope>(bytes) {
+            Ok(Envelope {
+                event: Event::Changes {
+                    relations, changes, ..
+                },
+                ..
+            }) => Some(RemoteBatch { relations, changes }),
+            Ok(_) => {
+                metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+                tracing::warn!("an event that is not a change batch on the change stream; dropped");
+                None
+            }
+            Err(err) => {
+                metrics::counter!("sovra_realtime_bus_errors_total").increment(1);
+                tracing::warn!(error = %err, "unreadable batch on the change stream; dropped");
+                None
+            }
+        }
+    }
+
+    /// Handles one batch read from the change stream at `sequence`: this
+    /// instance's own were delivered here when published; the others'
+    /// go to this instance's subscribers.
+    /// `known`: relations described for the batches before, kept while
+    /// batches wait (a backlog after a cut), see [`Self::read_remote_with`].
+    pub(crate) async fn on_stream_batch(
+        &self,
+        sequence: u64,
+        bytes: &[u8],
+        known: &mut HashMap<u32, (sovra_realtime_proto::pgoutput::Relation, Arc<RelInfo>)>,
+    ) {
+        let own =
+            serde_json::from_slice::<OriginOnly>(bytes).is_ok_and(|o| o.origin == *self.instance);
+        if own {
+            return;
+        }
+        if let Some(batch) = self.changes_of(bytes)
+            && let Some((changes, stamps)) = self.read_remote_with(batch, known).await
+        {
+            self.fanout
+                .deliver(&self.hub, changes, stamps, Some(sequence))
+                .await;
+        }
     }
 
     /// Joins the NATS bus at `url` on `subject` (one per tenant): from
@@ -746,7 +956,31 @@ impl RealtimeService {
     /// of every instance on the same subject.
     pub async fn attach_nats(self: &Arc<Self>, url: &str, subject: &str) -> Result<(), String> {
         let (incoming, mut events) = mpsc::channel::<Vec<u8>>(1024);
-        let bus = NatsBus::connect(url, subject, incoming).await?;
+        let limits =
+            bus::StreamLimits::of(self.config.catchup_window, self.config.catchup_max_bytes);
+        let bus = NatsBus::connect(url, subject, incoming, limits).await?;
+        if let Some(stream) = bus.stream() {
+            // From the batch after the newest one now: older ones were
+            // delivered by the instances up before this one.
+            let next = stream.last_sequence().await? + 1;
+            self.fanout.set_position(next - 1);
+            let (tx, mut batches) = mpsc::channel::<(u64, Vec<u8>)>(64);
+            stream.follow(next, tx);
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                // Table descriptions are reused only within a backlog (a
+                // resumption after a cut): each live batch is checked
+                // against the catalog again.
+                let mut known = HashMap::new();
+                while let Some((sequence, bytes)) = batches.recv().await {
+                    let Some(service) = weak.upgrade() else { break };
+                    service.on_stream_batch(sequence, &bytes, &mut known).await;
+                    if batches.is_empty() {
+                        known.clear();
+                    }
+                }
+            });
+        }
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
@@ -765,7 +999,28 @@ impl RealtimeService {
         tokio::spawn(async move {
             while let Some(batch) = rx.recv().await {
                 let Some(service) = weak.upgrade() else { break };
-                service.deliver_remote(batch).await;
+                service.deliver_remote(batch, None).await;
+            }
+        });
+        // A feed holder cut off from NATS gives the feed up (see
+        // `release_feed_while_cut_off`), without waiting for a batch.
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            let mut down_since: Option<std::time::Instant> = None;
+            loop {
+                tick.tick().await;
+                let Some(service) = weak.upgrade() else { break };
+                if service.current_bus().is_connected() || service.feed_slot().is_none() {
+                    down_since = None;
+                } else if down_since
+                    .get_or_insert_with(std::time::Instant::now)
+                    .elapsed()
+                    >= FEED_RELEASE_AFTER
+                {
+                    down_since = None;
+                    service.release_feed_while_cut_off();
+                }
             }
         });
         let weak = Arc::downgrade(self);
@@ -974,6 +1229,12 @@ impl RealtimeService {
             });
         }
     }
+}
+
+/// Just the sender of an event.
+#[derive(serde::Deserialize)]
+struct OriginOnly {
+    origin: String,
 }
 
 /// The slot reader's view of the service (held weakly: the feed ends with

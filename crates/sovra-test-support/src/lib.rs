@@ -382,12 +382,28 @@ impl TestApp {
 pub struct NatsServer {
     pub url: String,
     child: std::process::Child,
+    /// JetStream's store, removed when dropped.
+    store: Option<PathBuf>,
 }
 
 impl NatsServer {
     /// Starts `nats-server` (from `PATH` or `/usr/sbin`) and waits until it
     /// accepts connections.
     pub async fn start() -> NatsServer {
+        NatsServer::start_with(None).await
+    }
+
+    /// Starts `nats-server -js` with a store of its own.
+    pub async fn start_jetstream() -> NatsServer {
+        let store = std::env::temp_dir().join(format!(
+            "sovra-nats-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        NatsServer::start_with(Some(store)).await
+    }
+
+    async fn start_with(store: Option<PathBuf>) -> NatsServer {
         let binary = std::env::var_os("PATH")
             .and_then(|paths| {
                 std::env::split_paths(&paths)
@@ -400,8 +416,18 @@ impl NatsServer {
                 let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
                 listener.local_addr().unwrap().port()
             };
+            let mut args = vec![
+                "-a".to_owned(),
+                "127.0.0.1".to_owned(),
+                "-p".to_owned(),
+                port.to_string(),
+            ];
+            if let Some(store) = &store {
+                args.extend(["-js".to_owned(), "-sd".to_owned()]);
+                args.push(store.display().to_string());
+            }
             let mut child = std::process::Command::new(&binary)
-                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .args(&args)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
@@ -414,6 +440,7 @@ impl NatsServer {
                     return NatsServer {
                         url: format!("nats://127.0.0.1:{port}"),
                         child,
+                        store,
                     };
                 }
                 if child.try_wait().ok().flatten().is_some() {
@@ -432,6 +459,77 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(store) = &self.store {
+            let _ = std::fs::remove_dir_all(store);
+        }
+    }
+}
+
+/// A TCP proxy on a free loopback port to `target` (`host:port`), which a
+/// test can cut (every connection through it closes, new ones are refused)
+/// and heal: one instance cut off from a shared server.
+pub struct TcpCut {
+    pub port: u16,
+    target: String,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl TcpCut {
+    /// Starts forwarding.
+    pub async fn start(target: &str) -> TcpCut {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = TcpCut {
+            port,
+            target: target.to_owned(),
+            task: std::sync::Mutex::new(None),
+        };
+        cut.serve(listener);
+        cut
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let target = self.target.clone();
+        let task = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                links.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+            // Dropping the set aborts (and closes) every link.
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    /// Closes every connection through the proxy and refuses new ones.
+    pub async fn cut(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Forwards again, on the same port.
+    pub async fn heal(&self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        self.serve(listener);
+    }
+}
+
+impl Drop for TcpCut {
+    fn drop(&mut self) {
+        if let Ok(mut task) = self.task.lock()
+            && let Some(task) = task.take()
+        {
+            task.abort();
+        }
     }
 }
 
