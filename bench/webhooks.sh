@@ -64,9 +64,10 @@ psql -h "$sock" -U postgres -d postgres -qAt -c "select count(net.http_post('$ta
 start="$(date +%s.%N)"
 if [ -n "${WEBHOOKS_PERF:-}" ]; then
   perf record -a -g -o "$WEBHOOKS_PERF" -- sleep "${WEBHOOKS_PERF_SECS:-4}" >/dev/null 2>&1 &
+  perf_pid=$!
 fi
 end="$(wait_for $((before + n)))"
-[ -z "${WEBHOOKS_PERF:-}" ] || wait
+[ -z "${WEBHOOKS_PERF:-}" ] || wait "$perf_pid"
 sovra_rps="$(python3 -c "print(round($n / ($end - $start)))")"
 with_queue_rps="$(python3 -c "print(round($n / ($end - $queued)))")"
 queue_s="$(python3 -c "print(round($start - $queued, 2))")"
