@@ -93,6 +93,17 @@ impl Default for NetSettings {
 pub struct NetService {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     settings: Arc<NetSettings>,
+    counters: Arc<worker::Counters>,
+}
+
+/// What a [`NetService`]'s delivery worker has done since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Claim statements that took at least one request.
+    pub claims: u64,
+    /// Requests those claims took (a request claimed again for a retry
+    /// counts again).
+    pub claimed: u64,
 }
 
 impl NetService {
@@ -114,15 +125,27 @@ impl NetService {
         delay: Duration,
     ) -> NetService {
         let settings = Arc::new(settings);
+        let counters = Arc::new(worker::Counters::default());
         let tasks = vec![
-            tokio::spawn(after(delay, worker::run(settings.clone(), admin.clone()))),
+            tokio::spawn(after(
+                delay,
+                worker::run(settings.clone(), admin.clone(), counters.clone()),
+            )),
             tokio::spawn(after(delay, outbox::run(settings.clone(), admin))),
         ];
-        NetService { tasks, settings }
+        NetService {
+            tasks,
+            settings,
+            counters,
+        }
     }
 
     pub fn settings(&self) -> &NetSettings {
         &self.settings
+    }
+
+    pub fn stats(&self) -> NetStats {
+        self.counters.stats()
     }
 }
 

@@ -14,11 +14,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use sovra_pg::tokio_postgres;
-use tokio::sync::{Mutex, Notify, Semaphore, mpsc};
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::NetSettings;
 use crate::addr::Policy;
@@ -31,16 +32,22 @@ pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// How long finished requests' responses are kept (pg_net's `ttl`).
 const RESPONSE_TTL: &str = "6 hours";
 
+/// The claim. The rows are taken through `id = any(array(…))`, not a join
+/// with the locking subquery: as a prepared statement, the join's generic
+/// plan (PostgreSQL's plan cache switches to it after five executions)
+/// guesses 10% of the queue for `limit $1` and hashes a sequential scan of
+/// the whole queue on every claim; with the array every plan reads the
+/// claimed rows by primary key.
 const CLAIM: &str = "
     update net.http_request_queue q
        set attempts = q.attempts + 1,
            next_attempt_at = now() + (q.timeout_milliseconds + $2::int) * interval '1 millisecond'
-      from (select id from net.http_request_queue
-             where next_attempt_at <= now()
-             order by next_attempt_at, id
-             limit $1
-             for update skip locked) c
-     where q.id = c.id
+     where q.id = any(array(
+             select id from net.http_request_queue
+              where next_attempt_at <= now()
+              order by next_attempt_at, id
+              limit $1
+              for update skip locked))
     returning q.id, q.method, q.url, q.headers, q.body, q.timeout_milliseconds, q.attempts";
 
 const FINISH: &str = "
@@ -72,6 +79,20 @@ const RETRY: &str = "
        set next_attempt_at = now() + t.delay_ms * interval '1 millisecond', last_error = t.err
       from unnest($1::bigint[], $2::bigint[], $3::text[]) t(id, delay_ms, err)
      where q.id = t.id";
+
+/// The worker's sessions commit asynchronously: a claim or an outcome
+/// whose commit is lost when PostgreSQL itself crashes only sends its
+/// requests again (the claim's lease undone, or the lease ending with the
+/// row still queued), which at-least-once delivery allows; a `kill -9` of
+/// Sovra loses nothing either way. Without it every claim and every
+/// batch of outcomes waits for its own WAL flush.
+const SESSION: &str = "set synchronous_commit = off";
+
+/// When every slot was busy (a backlog), the claimer, woken by the first
+/// slot that frees, waits up to this long for a quarter of the slots to be
+/// free and claims them with one statement, instead of one statement per
+/// freed slot.
+pub const GATHER: Duration = Duration::from_millis(5);
 
 /// A claimed request.
 #[derive(Debug)]
@@ -397,11 +418,31 @@ fn decide(settings: &NetSettings, id: i64, attempt_no: u32, attempt: Attempt) ->
     }
 }
 
+/// What the worker counts (see [`crate::NetStats`]).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    claims: AtomicU64,
+    claimed: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn stats(&self) -> crate::NetStats {
+        crate::NetStats {
+            claims: self.claims.load(Ordering::Relaxed),
+            claimed: self.claimed.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Runs the worker until the task is aborted, reconnecting after errors.
-pub(crate) async fn run(settings: Arc<NetSettings>, admin: tokio_postgres::Config) {
+pub(crate) async fn run(
+    settings: Arc<NetSettings>,
+    admin: tokio_postgres::Config,
+    counters: Arc<Counters>,
+) {
     let http = client(&settings);
     loop {
-        if let Err(err) = serve(&settings, &admin, &http).await {
+        if let Err(err) = serve(&settings, &admin, &http, &counters).await {
             tracing::warn!(tenant = %settings.tenant, error = %err, "net worker: database connection lost; retrying");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -412,10 +453,15 @@ async fn serve(
     settings: &Arc<NetSettings>,
     admin: &tokio_postgres::Config,
     http: &reqwest::Client,
+    counters: &Counters,
 ) -> Result<(), tokio_postgres::Error> {
     let notify = Arc::new(Notify::new());
     let claimer = crate::listen(admin, &["sovra_net"], notify.clone()).await?;
     let writer = sovra_pg::connect_one(admin).await?;
+    tokio::try_join!(
+        claimer.batch_execute(SESSION),
+        writer.batch_execute(SESSION)
+    )?;
     let (tx, rx) = mpsc::unbounded_channel::<Outcome>();
     let writer_task = tokio::spawn(write_outcomes(writer, rx));
     let claim = claimer.prepare(CLAIM).await?;
@@ -423,6 +469,9 @@ async fn serve(
     let rate = (settings.rate_limit > 0).then(|| Mutex::new(RateLimit::new(settings.rate_limit)));
     let lease_margin = i32::try_from(LEASE_MARGIN.as_millis()).unwrap_or(5000);
     let mut last_sweep: Option<Instant> = None;
+    // Whether the last claim took as many rows as it asked for (more may
+    // be due).
+    let mut saturated = false;
     loop {
         if writer_task.is_finished() || claimer.is_closed() {
             return Ok(());
@@ -438,28 +487,40 @@ async fn serve(
         }
         // Wait for a free slot, then claim as many rows as slots are free
         // (one at a time under a rate limit, after its turn came).
-        let first = slots.clone().acquire_owned().await.map_err(|_| ()).ok();
-        let Some(first) = first else { return Ok(()) };
+        let Ok(mut permits) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
         let limit = match &rate {
             Some(rate) => {
                 let wait = rate.lock().await.take(Instant::now());
                 tokio::time::sleep(wait).await;
                 1
             }
-            None => 1 + slots.available_permits(),
+            None => {
+                if saturated {
+                    gather(&slots, &mut permits, settings.concurrency).await;
+                }
+                let free = u32::try_from(slots.available_permits()).unwrap_or(0);
+                if let Ok(more) = slots.clone().try_acquire_many_owned(free) {
+                    permits.merge(more);
+                }
+                permits.num_permits()
+            }
         };
         let rows = claimer
             .query(&claim, &[&(limit as i64), &lease_margin])
             .await?;
         let claimed = rows.len();
-        let mut first = Some(first);
+        if claimed > 0 {
+            counters.claims.fetch_add(1, Ordering::Relaxed);
+            counters
+                .claimed
+                .fetch_add(claimed as u64, Ordering::Relaxed);
+        }
         for row in rows {
-            let permit = match first.take() {
-                Some(permit) => permit,
-                None => match slots.clone().try_acquire_owned() {
-                    Ok(permit) => permit,
-                    Err(_) => break, // cannot happen: claimed at most the free slots
-                },
+            // One permit per request (at most `limit` rows came back).
+            let Some(permit) = permits.split(1) else {
+                break;
             };
             let timeout_ms: i32 = row.get(5);
             let request = Request {
@@ -479,13 +540,30 @@ async fn serve(
                 drop(permit);
             });
         }
-        drop(first);
+        drop(permits);
+        saturated = claimed == limit;
         if claimed < limit {
             tokio::select! {
                 () = notify.notified() => {}
                 () = tokio::time::sleep(settings.poll_interval) => {}
             }
         }
+    }
+}
+
+/// Adds to `permits` (which holds one) until they make a quarter of
+/// `concurrency` or [`GATHER`] has passed.
+async fn gather(slots: &Arc<Semaphore>, permits: &mut OwnedSemaphorePermit, concurrency: usize) {
+    let want = (concurrency / 4).max(1);
+    let missing = want.saturating_sub(permits.num_permits() + slots.available_permits());
+    if missing == 0 {
+        return;
+    }
+    let more = u32::try_from(missing).unwrap_or(u32::MAX);
+    // A timed-out acquisition gives back what it had taken.
+    if let Ok(Ok(more)) = tokio::time::timeout(GATHER, slots.clone().acquire_many_owned(more)).await
+    {
+        permits.merge(more);
     }
 }
 

@@ -613,3 +613,64 @@ async fn a_delayed_start_opens_no_connection_before_its_time_then_sends_what_was
     assert_eq!(recorded["status_code"], 200);
     assert_eq!(receiver.seen_path("/queued").len(), 1);
 }
+
+#[tokio::test]
+async fn a_backlog_is_claimed_in_batches_with_at_most_concurrency_requests_in_flight() {
+    const CONCURRENCY: usize = 16;
+    const QUEUED: i64 = 400;
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    // The first CONCURRENCY requests are held until all of them are in
+    // flight together: the worker must use every slot, and (checked below)
+    // never more, while it claims the rest as slots free up.
+    receiver.set_gate(CONCURRENCY, QUEUED as usize);
+    let client = db.client().await;
+    client
+        .query_one(
+            "select count(net.http_get($1 || '/gate/' || n)) from generate_series(1, $2::bigint) n",
+            &[&receiver.url, &QUEUED],
+        )
+        .await
+        .unwrap();
+    let mut settings = local();
+    settings.concurrency = CONCURRENCY;
+    let _net = NetService::start(settings, db.config());
+    wait_until(
+        &client,
+        &format!("select count(*) = {QUEUED} from net._http_response"),
+    )
+    .await;
+    assert_eq!(receiver.max_in_flight(), CONCURRENCY);
+    let mut paths: Vec<String> = receiver.seen().into_iter().map(|s| s.uri).collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len() as i64, QUEUED, "every request arrived");
+    assert_eq!(
+        receiver.seen().len() as i64,
+        QUEUED,
+        "and none twice (no lease ran out)"
+    );
+    let (ok, queued): (i64, i64) = {
+        let row = client
+            .query_one(
+                "select (select count(*) from net._http_response where status_code = 200),
+                        (select count(*) from net.http_request_queue)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((ok, queued), (QUEUED, 0));
+    // Fewer claims than requests: freed slots are claimed together. Each
+    // claim counts one attempt per row, so the rows' attempts tell nothing;
+    // the worker's own count does.
+    let stats = _net.stats();
+    assert_eq!(stats.claimed, QUEUED as u64);
+    assert!(
+        stats.claims < stats.claimed,
+        "{} claims for {} requests",
+        stats.claims,
+        stats.claimed
+    );
+}

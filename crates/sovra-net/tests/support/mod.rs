@@ -32,6 +32,14 @@ struct Inner {
     flaky: Vec<u16>,
     /// When set, `/fail` answers 200 instead of 503.
     healed: bool,
+    /// `/gate/*` requests being answered now, and the most there were.
+    in_flight: usize,
+    max_in_flight: usize,
+    /// `/gate/*` requests are held until this many are in flight together
+    /// (or `gate_total` have arrived in all).
+    gate_width: usize,
+    gate_total: usize,
+    gate_seen: usize,
 }
 
 #[derive(Clone)]
@@ -77,6 +85,42 @@ impl Receiver {
     pub fn heal(&self) {
         self.inner.lock().unwrap().healed = true;
     }
+
+    /// Holds `/gate/*` requests until `width` are in flight together, or
+    /// until `total` have arrived (the last, smaller group).
+    pub fn set_gate(&self, width: usize, total: usize) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.gate_width = width;
+        inner.gate_total = total;
+    }
+
+    /// The most `/gate/*` requests that were in flight together.
+    pub fn max_in_flight(&self) -> usize {
+        self.inner.lock().unwrap().max_in_flight
+    }
+}
+
+/// Answers a `/gate/*` request once the gate opens (see [`Receiver::set_gate`]).
+async fn gate(inner: Arc<Mutex<Inner>>) -> Response {
+    {
+        let mut inner = inner.lock().unwrap();
+        inner.in_flight += 1;
+        inner.gate_seen += 1;
+        inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
+    }
+    loop {
+        {
+            let inner = inner.lock().unwrap();
+            if inner.max_in_flight >= inner.gate_width || inner.gate_seen >= inner.gate_total {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Answered after the others of its group saw the gate open.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    inner.lock().unwrap().in_flight -= 1;
+    "through".into_response()
 }
 
 async fn handle(
@@ -102,6 +146,9 @@ async fn handle(
         };
         (flaky, inner.healed)
     };
+    if path.starts_with("/gate/") {
+        return gate(inner).await;
+    }
     match path.as_str() {
         "/flaky" => match flaky {
             Some(status) => (
