@@ -12,7 +12,9 @@
 #      requests to one tenant (wrk, interleaved: one, spread, one, spread);
 #   5. fairness: the p99 of a light client of tenant t2 while t1 is flooded
 #      (without, with a requests_per_second quota, and with a
-#      max_concurrent_requests quota on t1), beside t2's p99 alone.
+#      max_concurrent_requests quota on t1), beside t2's p99 alone. This
+#      is an unbounded flood (what wrk -c32 costs the machine); the goal's
+#      case, t1 offered twice its quota, is bench/tenants_fair.sh.
 #
 #   bench/tenants.sh [tenants] [active] [seconds]   (default 1000 100 10)
 #

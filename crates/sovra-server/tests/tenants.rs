@@ -1042,6 +1042,60 @@ async fn idle_tenants_are_stopped_and_start_again_on_their_next_request() {
     assert_eq!(server.platform.live().len(), 2);
 }
 
+/// A stopped tenant never starts on a stale schema cache: a column and a
+/// table made while it was stopped, with no `NOTIFY pgrst` (nothing
+/// listens then), are seen by its first request; a name that is not there
+/// is still PostgREST's refusal. The guard for any cache kept across stops.
+#[tokio::test]
+async fn ddl_while_a_tenant_is_stopped_is_seen_by_its_first_request() {
+    let server = spawn().await;
+    let t = server.create("ddl-stopped").await;
+    server
+        .sql(&t.database)
+        .await
+        .batch_execute(
+            "create table public.shelf (id int primary key);
+             grant all on public.shelf to service_role;
+             insert into public.shelf values (1);",
+        )
+        .await
+        .unwrap();
+    let shelf = |select: &str| format!("{}/rest/v1/shelf?select={select}", t.url);
+    let (status, body) = server.get(&shelf("id"), &t.service, &t.service).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!([{"id": 1}]));
+    let (status, _) = server.get(&shelf("id,label"), &t.service, &t.service).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no such column yet");
+    assert_eq!(server.platform.stop_idle(Duration::ZERO), 1);
+    assert!(server.platform.live().is_empty());
+    server
+        .sql(&t.database)
+        .await
+        .batch_execute(
+            "alter table public.shelf add column label text default 'new';
+             create table public.bin (id int primary key);
+             grant all on public.bin to service_role;
+             insert into public.bin values (2);",
+        )
+        .await
+        .unwrap();
+    let (status, body) = server.get(&shelf("id,label"), &t.service, &t.service).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!([{"id": 1, "label": "new"}]));
+    let (status, body) = server
+        .get(
+            &format!("{}/rest/v1/bin?select=id", t.url),
+            &t.service,
+            &t.service,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!([{"id": 2}]));
+    let (status, body) = server.get(&shelf("id,nope"), &t.service, &t.service).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "42703", "{body}");
+}
+
 #[tokio::test]
 async fn a_tenant_with_cron_jobs_keeps_running_when_idle() {
     let server = spawn().await;
