@@ -3555,10 +3555,22 @@ mod tests {
         assert_eq!(socket.database.read_url_list().len(), 1);
         assert_eq!(socket.database.read_wait_ms, 0);
         for (text, option) in [
-            ("[database]\nread_urls = \"mysql://replica\"\n", "database.read_urls"),
-            ("[database]\nread_urls = \"postgres://\"\n", "database.read_urls"),
-            ("[database]\nread_urls = \"postgres://:5432\"\n", "database.read_urls"),
-            ("[database]\nread_urls = \"postgres://u@/db\"\n", "database.read_urls"),
+            (
+                "[database]\nread_urls = \"mysql://replica\"\n",
+                "database.read_urls",
+            ),
+            (
+                "[database]\nread_urls = \"postgres://\"\n",
+                "database.read_urls",
+            ),
+            (
+                "[database]\nread_urls = \"postgres://:5432\"\n",
+                "database.read_urls",
+            ),
+            (
+                "[database]\nread_urls = \"postgres://u@/db\"\n",
+                "database.read_urls",
+            ),
             (
                 "[database]\nread_urls = \"host=replica port=5432\"\n",
                 "database.read_urls",

@@ -986,7 +986,9 @@ impl RestService {
             }
         })?;
         let track = match (replicas, key.as_deref()) {
-            (Some(replicas), Some(key)) if !read && idempotency.is_none() => Some((&**replicas, key)),
+            (Some(replicas), Some(key)) if !read && idempotency.is_none() => {
+                Some((&**replicas, key))
+            }
             _ => None,
         };
         let run = Run {

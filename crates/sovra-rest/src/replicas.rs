@@ -264,7 +264,9 @@ impl Replicas {
         };
         match asked.await {
             Ok(lsn) => self.record_write(key, lsn.unsigned_abs()),
-            Err(err) => tracing::warn!(error = %err, "could not read the primary's WAL position after a write"),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read the primary's WAL position after a write")
+            }
         }
     }
 
@@ -389,11 +391,13 @@ impl Replicas {
             ("tenant", self.settings.tenant.clone()),
             ("replica", replica.name.clone()),
         ];
-        metrics::gauge!("sovra_db_replica_up", &labels).set(if replica.up.load(Ordering::Relaxed) {
-            1.0
-        } else {
-            0.0
-        });
+        metrics::gauge!("sovra_db_replica_up", &labels).set(
+            if replica.up.load(Ordering::Relaxed) {
+                1.0
+            } else {
+                0.0
+            },
+        );
         metrics::gauge!("sovra_db_replica_lag_seconds", &labels)
             .set(replica.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0);
     }
@@ -453,11 +457,16 @@ impl Replicas {
                         .find(|(lsn, _)| *lsn > replayed)
                         .map(|(_, at)| now.saturating_duration_since(*at));
                     let lag = oldest_unreplayed.unwrap_or_default();
-                    replica
-                        .lag_ms
-                        .store(u64::try_from(lag.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                    replica.lag_ms.store(
+                        u64::try_from(lag.as_millis()).unwrap_or(u64::MAX),
+                        Ordering::Relaxed,
+                    );
                     if lag > self.settings.max_lag {
-                        self.mark_down(replica, "lagging", "behind the primary by more than database.read_max_lag");
+                        self.mark_down(
+                            replica,
+                            "lagging",
+                            "behind the primary by more than database.read_max_lag",
+                        );
                     } else {
                         self.mark_up(replica);
                     }
@@ -473,10 +482,9 @@ impl Replicas {
             .min()
             .unwrap_or(0);
         let keep = self.settings.max_lag * 2 + self.settings.check_interval;
-        while samples
-            .front()
-            .is_some_and(|(lsn, at)| *lsn <= replayed_by_all || now.saturating_duration_since(*at) > keep)
-        {
+        while samples.front().is_some_and(|(lsn, at)| {
+            *lsn <= replayed_by_all || now.saturating_duration_since(*at) > keep
+        }) {
             samples.pop_front();
         }
         // A caller's write every replica has replayed needs no more care;
@@ -484,7 +492,9 @@ impl Replicas {
         // skipped as lagging).
         let forget_after = self.settings.max_lag + self.settings.check_interval * 3;
         if let Ok(mut writes) = self.writes.lock() {
-            writes.retain(|_, w| w.lsn > replayed_by_all && now.saturating_duration_since(w.at) < forget_after);
+            writes.retain(|_, w| {
+                w.lsn > replayed_by_all && now.saturating_duration_since(w.at) < forget_after
+            });
         }
     }
 }
@@ -492,7 +502,9 @@ impl Replicas {
 async fn monitor(set: std::sync::Weak<Replicas>, primary: Pool) {
     let mut samples = VecDeque::new();
     loop {
-        let Some(replicas) = set.upgrade() else { return };
+        let Some(replicas) = set.upgrade() else {
+            return;
+        };
         replicas.check(&primary, &mut samples).await;
         let interval = replicas.settings.check_interval;
         drop(replicas);

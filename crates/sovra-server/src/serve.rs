@@ -430,16 +430,18 @@ fn attach_replicas(
         pools.push((sovra_rest::replicas::replica_name(url), pool));
     }
     tracing::info!(replicas = pools.len(), "reads may go to read replicas");
-    tenant.rest.attach_replicas(sovra_rest::replicas::Replicas::start(
-        tenant.pool.clone(),
-        pools,
-        sovra_rest::replicas::ReplicaSettings {
-            max_lag: Duration::from_secs(config.database.read_max_lag),
-            wait: Duration::from_millis(config.database.read_wait_ms),
-            check_interval: Duration::from_secs(1),
-            tenant: tenant.id.clone(),
-        },
-    ));
+    tenant
+        .rest
+        .attach_replicas(sovra_rest::replicas::Replicas::start(
+            tenant.pool.clone(),
+            pools,
+            sovra_rest::replicas::ReplicaSettings {
+                max_lag: Duration::from_secs(config.database.read_max_lag),
+                wait: Duration::from_millis(config.database.read_wait_ms),
+                check_interval: Duration::from_secs(1),
+                tenant: tenant.id.clone(),
+            },
+        ));
     Ok(())
 }
 
