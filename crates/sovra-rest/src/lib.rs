@@ -964,7 +964,7 @@ impl RestService {
                 idempotency: None,
                 track: None,
             };
-            match self.execute_on(client, run).await {
+            match self.execute_on(*client, run).await {
                 Err(err) if retry_on_primary(&err) => {
                     // The replica failed the read without answering it
                     // (it went away, or cancelled the statement in a

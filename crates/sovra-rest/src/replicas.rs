@@ -95,7 +95,7 @@ pub struct ReplicaStatus {
 
 /// Where a read runs.
 pub enum ReadTarget {
-    Replica(Arc<Replica>, PooledClient),
+    Replica(Arc<Replica>, Box<PooledClient>),
     Primary,
 }
 
@@ -335,7 +335,7 @@ impl Replicas {
             "replica" => replica.name.clone()
         )
         .increment(1);
-        ReadTarget::Replica(replica.clone(), client)
+        ReadTarget::Replica(replica.clone(), Box::new(client))
     }
 
     /// A read on `replica` failed without an answer from it (the
