@@ -434,7 +434,8 @@ impl Replica {
     /// A superuser client on `db` on the standby, once it has replayed the
     /// creation of `db`.
     pub async fn client(&self, db: &TestDb) -> tokio_postgres::Client {
-        for _ in 0..500 {
+        // Bounded generously: on a loaded machine replay can take a while.
+        for _ in 0..3000 {
             if let Ok(client) = sovra_pg::connect_one(&self.config(db)).await {
                 return client;
             }
