@@ -261,6 +261,24 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Seconds to wait for a pooled connection before a request fails with 503.",
     },
     OptionDoc {
+        key: "database.read_urls",
+        kind: Kind::String,
+        default: "",
+        doc: "Read replicas (streaming standbys of `database.url`'s server), as comma-separated `postgres://host:port` URLs. `GET` and `HEAD` on `/rest/v1` tables and views, and `/rpc` calls of `STABLE` or `IMMUTABLE` functions, run on a replica (round robin); everything else runs on the primary. Only each URL's host and port are used: requests log in with the primary's request login and database, which a physical replica has too. A caller's own writes stay visible to its next reads (`database.read_wait_ms`); a replica that is down or more than `database.read_max_lag` behind is skipped. Empty: every request runs on the primary. See docs/scale-out.md.",
+    },
+    OptionDoc {
+        key: "database.read_max_lag",
+        kind: Kind::Integer,
+        default: "5",
+        doc: "Seconds a read replica may lag behind the primary (1 to 3600) before reads skip it and go to the primary, until it catches up. Checked every second; `/ready` and `/metrics` report each replica.",
+    },
+    OptionDoc {
+        key: "database.read_wait_ms",
+        kind: Kind::Integer,
+        default: "100",
+        doc: "Milliseconds (0 to 5000) a read waits for a replica to replay the caller's own last write (its commit position, remembered by this node per caller: the token's `sub`, else its role) before it runs on the primary instead.",
+    },
+    OptionDoc {
         key: "rest.schemas",
         kind: Kind::String,
         default: "\"public\"",
@@ -2395,6 +2413,22 @@ pub struct DatabaseConfig {
     pub url: Option<String>,
     pub pool_size: usize,
     pub connect_timeout: u64,
+    /// Comma-separated read replica URLs (see [`DatabaseConfig::read_url_list`]).
+    pub read_urls: String,
+    pub read_max_lag: u64,
+    pub read_wait_ms: u64,
+}
+
+impl DatabaseConfig {
+    /// The read replicas of `database.read_urls`, in order, blanks dropped.
+    pub fn read_url_list(&self) -> Vec<String> {
+        self.read_urls
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -2497,6 +2531,9 @@ impl Default for DatabaseConfig {
             url: None,
             pool_size: 16,
             connect_timeout: 10,
+            read_urls: String::new(),
+            read_max_lag: 5,
+            read_wait_ms: 100,
         }
     }
 }
@@ -2922,6 +2959,35 @@ impl Config {
             return Err(ConfigError::invalid(
                 "database.connect_timeout",
                 "must be at least 1 second",
+            ));
+        }
+        for url in self.database.read_url_list() {
+            let rest = url
+                .strip_prefix("postgres://")
+                .or_else(|| url.strip_prefix("postgresql://"));
+            // The part naming the server: after any user, before any path.
+            let host = rest
+                .map(|rest| rest.split(['/', '?']).next().unwrap_or(""))
+                .map(|authority| authority.rsplit('@').next().unwrap_or(""));
+            if host.is_none_or(|host| host.is_empty() || host.starts_with(':')) {
+                return Err(ConfigError::invalid(
+                    "database.read_urls",
+                    format!(
+                        "{url:?} is not a postgres://host:port URL (list replicas separated by commas)"
+                    ),
+                ));
+            }
+        }
+        if !(1..=3600).contains(&self.database.read_max_lag) {
+            return Err(ConfigError::invalid(
+                "database.read_max_lag",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
+        if self.database.read_wait_ms > 5000 {
+            return Err(ConfigError::invalid(
+                "database.read_wait_ms",
+                "must be between 0 and 5000 milliseconds",
             ));
         }
         if self.rest.schema_list().is_empty() {
@@ -3532,6 +3598,62 @@ mod tests {
         assert!(!Config::default().net.allow_private);
         let err = load("", &[("SOVRA_NET_CONCURRENCY", "5000")]).unwrap_err();
         assert!(err.to_string().contains("net.concurrency"), "{err}");
+    }
+
+    #[test]
+    fn read_urls_are_listed_and_checked() {
+        let config = Config::default();
+        assert!(config.database.read_url_list().is_empty());
+        assert_eq!(config.database.read_max_lag, 5);
+        assert_eq!(config.database.read_wait_ms, 100);
+        let two = load(
+            "",
+            &[(
+                "SOVRA_DATABASE_READ_URLS",
+                " postgres://replica1:5432 , postgresql://u:p@replica2/app ,",
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            two.database.read_url_list(),
+            ["postgres://replica1:5432", "postgresql://u:p@replica2/app"]
+        );
+        let socket = load(
+            "[database]\nread_urls = \"postgres://%2Ftmp%2Freplica:5433\"\nread_max_lag = 60\nread_wait_ms = 0\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(socket.database.read_url_list().len(), 1);
+        assert_eq!(socket.database.read_wait_ms, 0);
+        for (text, option) in [
+            (
+                "[database]\nread_urls = \"mysql://replica\"\n",
+                "database.read_urls",
+            ),
+            (
+                "[database]\nread_urls = \"postgres://\"\n",
+                "database.read_urls",
+            ),
+            (
+                "[database]\nread_urls = \"postgres://:5432\"\n",
+                "database.read_urls",
+            ),
+            (
+                "[database]\nread_urls = \"postgres://u@/db\"\n",
+                "database.read_urls",
+            ),
+            (
+                "[database]\nread_urls = \"host=replica port=5432\"\n",
+                "database.read_urls",
+            ),
+            ("[database]\nread_max_lag = 0\n", "database.read_max_lag"),
+            ("[database]\nread_max_lag = 3601\n", "database.read_max_lag"),
+            ("[database]\nread_wait_ms = 5001\n", "database.read_wait_ms"),
+            ("[database]\nread_wait_ms = -1\n", "database.read_wait_ms"),
+        ] {
+            let err = load(text, &[]).unwrap_err();
+            assert!(err.to_string().contains(option), "{text}: {err}");
+        }
     }
 
     #[test]

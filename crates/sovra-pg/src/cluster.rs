@@ -381,6 +381,60 @@ impl Cluster {
         &self.options.dir
     }
 
+    /// Copies this running cluster into the new directory `dir` with
+    /// `pg_basebackup -R` (as the user PostgreSQL runs as), so that
+    /// [`Cluster::start`] on `dir` starts a streaming standby of it (a read
+    /// replica). For tests and benchmarks of read replicas.
+    pub fn base_backup(&self, dir: &Path) -> Result<(), ClusterError> {
+        let run_as = run_as_user(&self.options.system_user)?;
+        fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("protecting {}", dir.display())))?;
+        if let Some(user) = &run_as {
+            chown(dir, Some(user.uid), Some(user.gid)).map_err(|err| {
+                io_err(format!("giving {} to {}", dir.display(), user.name))(err.into())
+            })?;
+        }
+        let mut command = Command::new(self.binaries.program("pg_basebackup"));
+        command
+            .arg("-D")
+            .arg(dir)
+            .arg("-R")
+            .arg("-X")
+            .arg("stream")
+            .arg("--checkpoint=fast")
+            .arg("-h")
+            .arg(&self.options.dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-U")
+            .arg(SUPERUSER)
+            .stdin(Stdio::null())
+            .env_remove("PGDATA");
+        if let Some(user) = &run_as {
+            command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        }
+        let out = command.output().map_err(|source| ClusterError::Spawn {
+            program: self.binaries.program("pg_basebackup").display().to_string(),
+            source,
+        })?;
+        if !out.status.success() {
+            return Err(ClusterError::Command {
+                step: "pg_basebackup".to_owned(),
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        // The primary's socket lock names the primary's postmaster.
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(".s.PGSQL.") {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the postmaster is still running.
     pub fn is_running(&self) -> bool {
         !*self.exited.borrow()

@@ -34,6 +34,9 @@ pub struct CallPlan {
     pub result: RoutineResult,
     /// Whether the call may run in a read-only transaction.
     pub read_only: bool,
+    /// Whether the function is `STABLE` or `IMMUTABLE` (as `pg_proc` says):
+    /// it may run on a read replica.
+    pub stable: bool,
 }
 
 /// The arguments of a call.
@@ -360,7 +363,8 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
         quote_ident(&routine.name),
         args.join(", ")
     );
-    let read_only = request.is_get || routine.volatility != crate::schema::Volatility::Volatile;
+    let stable = routine.volatility != crate::schema::Volatility::Volatile;
+    let read_only = request.is_get || stable;
 
     if request.geojson && !matches!(routine.returns, ReturnShape::Rows(_)) {
         return Err(ApiError::not_acceptable("application/geo+json"));
@@ -427,6 +431,7 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                 plan: b.finish(sql, offset),
                 result: RoutineResult::Set,
                 read_only,
+                stable,
             });
         }
         ReturnShape::Rows(columns) => {
@@ -516,6 +521,7 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                 plan,
                 result,
                 read_only,
+                stable,
             });
         }
     };
@@ -523,5 +529,6 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
         plan: b.finish(sql, 0),
         result,
         read_only,
+        stable,
     })
 }

@@ -11,6 +11,7 @@
 
 pub mod idempotency;
 pub mod prepared;
+pub mod replicas;
 pub mod schema_cache;
 
 use std::sync::{Arc, LazyLock};
@@ -142,6 +143,8 @@ pub struct RestService {
     cache: Arc<CacheCell>,
     listener: tokio::task::JoinHandle<()>,
     statements: prepared::Statements,
+    /// Read replicas, when `database.read_urls` names any.
+    replicas: std::sync::OnceLock<Arc<replicas::Replicas>>,
 }
 
 impl Drop for RestService {
@@ -204,6 +207,7 @@ impl RestService {
             cache,
             listener,
             statements: prepared::Statements::default(),
+            replicas: std::sync::OnceLock::new(),
         }
     }
 
@@ -216,6 +220,17 @@ impl RestService {
     /// diagnostics).
     pub fn statements(&self) -> &prepared::Statements {
         &self.statements
+    }
+
+    /// Sends reads that may run on a replica to `replicas` from now on
+    /// (once; a second set is ignored).
+    pub fn attach_replicas(&self, replicas: Arc<replicas::Replicas>) {
+        let _ = self.replicas.set(replicas);
+    }
+
+    /// The read replicas, if any.
+    pub fn replicas(&self) -> Option<&Arc<replicas::Replicas>> {
+        self.replicas.get()
     }
 
     /// The exposed schemas; the first is the default.
@@ -253,7 +268,18 @@ impl RestService {
             .try_handle(pool, caller, method, path, query, headers, body, mode)
             .await;
         match idempotency {
-            Some(idempotency) => idempotency.finish(result).await,
+            Some(idempotency) => {
+                let response = idempotency.finish(result).await;
+                // Committed inside `finish`: the position is the primary's
+                // now, which is past that commit.
+                if let Some(replicas) = self.replicas.get()
+                    && response.status().is_success()
+                {
+                    let key = replicas::Replicas::caller_key(&caller.role, &caller.claims);
+                    replicas.record_write_now(pool, &key).await;
+                }
+                response
+            }
             None => result.unwrap_or_else(|err| error_response(&err)),
         }
     }
@@ -515,6 +541,7 @@ impl RestService {
                 path,
                 &schema,
                 read || mode.read_only,
+                read,
                 &plan,
                 &prefs,
                 singular,
@@ -659,6 +686,7 @@ impl RestService {
                 path,
                 &schema,
                 call.read_only || read_only,
+                call.stable,
                 &call.plan,
                 &prefs,
                 singular,
@@ -908,6 +936,7 @@ impl RestService {
         path: &str,
         schema: &str,
         read: bool,
+        replica_ok: bool,
         plan: &sovra_rest_plan::Plan,
         prefs: &Preferences,
         singular: bool,
@@ -916,6 +945,38 @@ impl RestService {
         // A key applies to what writes: a read-only transaction (a stable
         // function's call) runs again.
         let idempotency = idempotency.filter(|_| !read);
+        let replicas = self.replicas.get();
+        let key = replicas.map(|_| replicas::Replicas::caller_key(&caller.role, &caller.claims));
+        if read
+            && replica_ok
+            && let (Some(replicas), Some(key)) = (replicas, key.as_deref())
+            && let replicas::ReadTarget::Replica(replica, client) = replicas.read_target(key).await
+        {
+            let run = Run {
+                caller,
+                method,
+                path,
+                schema,
+                read,
+                plan,
+                prefs,
+                singular,
+                idempotency: None,
+                track: None,
+            };
+            match self.execute_on(*client, run).await {
+                Err(err) if retry_on_primary(&err) => {
+                    // The replica failed the read without answering it
+                    // (it went away, or cancelled the statement in a
+                    // conflict with recovery, or lacks a table the primary
+                    // has): the primary answers.
+                    if err.code == "PGRST000" || err.code.starts_with("57P") {
+                        replicas.read_failed(&replica, &err.message);
+                    }
+                }
+                done => return done,
+            }
+        }
         let client = pool.get().await.map_err(|err| {
             if matches!(err, sovra_pg::PoolError::Timeout(_)) {
                 ApiError::pool_timeout()
@@ -924,6 +985,45 @@ impl RestService {
                 ApiError::connection()
             }
         })?;
+        let track = match (replicas, key.as_deref()) {
+            (Some(replicas), Some(key)) if !read && idempotency.is_none() => {
+                Some((&**replicas, key))
+            }
+            _ => None,
+        };
+        let run = Run {
+            caller,
+            method,
+            path,
+            schema,
+            read,
+            plan,
+            prefs,
+            singular,
+            idempotency,
+            track,
+        };
+        self.execute_on(client, run).await
+    }
+
+    /// Runs `run` on `client`: one request transaction, pipelined.
+    async fn execute_on(
+        &self,
+        client: sovra_pg::PooledClient,
+        run: Run<'_>,
+    ) -> Result<Outcome, ApiError> {
+        let Run {
+            caller,
+            method,
+            path,
+            schema,
+            read,
+            plan,
+            prefs,
+            singular,
+            idempotency,
+            track,
+        } = run;
         let mut guard = TxGuard {
             client: Some(client),
             open: true,
@@ -982,11 +1082,20 @@ impl RestService {
                 || idempotency.is_some()
                 || prefs.tx == Some(TxPreference::Rollback)
                 || (prefs.max_affected.is_some() && prefs.handling == Some(Handling::Strict)));
+        // With replicas, a write's commit is followed in the same round
+        // trip by the primary's position (read-your-writes).
         let finish_read = move || async move {
             if checks_first {
-                Ok(false)
+                Ok((false, None))
+            } else if track.is_some() {
+                let (committed, lsn) = tokio::join!(
+                    client.batch_execute("COMMIT"),
+                    client.query_one(replicas::WRITE_LSN_SQL, &[]),
+                );
+                committed?;
+                Ok((true, Some(lsn?.get::<_, i64>(0))))
             } else {
-                client.batch_execute("COMMIT").await.map(|()| true)
+                client.batch_execute("COMMIT").await.map(|()| (true, None))
             }
         };
         let prologue_values: Vec<&(dyn ToSql + Sync)> =
@@ -1101,10 +1210,12 @@ impl RestService {
         let row = rows.into_iter().next().ok_or_else(|| {
             ApiError::from_database("XX000", "no result".to_owned(), None, None, anonymous)
         })?;
-        let committed = (row, committed);
-        let (row, committed) = committed;
+        let (committed, write_lsn) = committed;
         if committed {
             guard.open = false;
+            if let (Some((replicas, key)), Some(lsn)) = (track, write_lsn) {
+                replicas.record_write(key, lsn.unsigned_abs());
+            }
         }
         let counted: Option<i64> = row.get(0);
         let total = match (prefs.count, estimate) {
@@ -1143,6 +1254,13 @@ impl RestService {
             } else {
                 client.batch_execute("COMMIT").await.map_err(db)?;
                 guard.open = false;
+                if let Some((replicas, key)) = track {
+                    let row = client
+                        .query_one(replicas::WRITE_LSN_SQL, &[])
+                        .await
+                        .map_err(db)?;
+                    replicas.record_write(key, row.get::<_, i64>(0).unsigned_abs());
+                }
             }
         }
         Ok(Outcome {
@@ -1459,6 +1577,34 @@ fn plan_rows(row: &sovra_pg::tokio_postgres::Row) -> Option<i64> {
 
 /// A decoded query-string pair.
 type Pair = (String, String);
+
+/// One request's statement and what surrounds it, for
+/// [`RestService::execute_on`].
+struct Run<'a> {
+    caller: &'a Caller,
+    method: &'a Method,
+    path: &'a str,
+    schema: &'a str,
+    /// A read-only transaction.
+    read: bool,
+    plan: &'a sovra_rest_plan::Plan,
+    prefs: &'a Preferences,
+    singular: bool,
+    idempotency: Option<&'a idempotency::Idempotency>,
+    /// Where to remember a write's commit position, and under which caller.
+    track: Option<(&'a replicas::Replicas, &'a str)>,
+}
+
+/// Whether a read that failed on a replica is answered from the primary
+/// instead: no answer (connection lost, the server shutting down or not
+/// accepting), a statement cancelled in a conflict with recovery, or a
+/// table, column or function the replica has not replayed yet.
+fn retry_on_primary(err: &ApiError) -> bool {
+    matches!(
+        err.code.as_str(),
+        "PGRST000" | "PGRST003" | "40001" | "42P01" | "42703" | "42883"
+    ) || err.code.starts_with("57P")
+}
 
 struct Outcome {
     total: Option<i64>,

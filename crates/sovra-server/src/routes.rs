@@ -60,14 +60,33 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     {
         failures.push(json!({"tenants": "migrating", "reason": format!("{pending} tenant databases are being migrated")}));
     }
-    if failures.is_empty() {
-        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    // Read replicas are reported, not required: reads skip a replica that
+    // is down or lagging and go to the primary.
+    let mut replicas = Vec::new();
+    for tenant in state.tenants.all() {
+        if let Some(set) = tenant.rest.replicas() {
+            for status in set.status() {
+                replicas.push(json!({
+                    "tenant": tenant.id,
+                    "replica": status.name,
+                    "status": status.reason.unwrap_or("up"),
+                    "lag_ms": status.lag_ms,
+                }));
+            }
+        }
+    }
+    let mut body = if failures.is_empty() {
+        json!({"status": "ready"})
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "failures": failures})),
-        )
-            .into_response()
+        json!({"status": "unavailable", "failures": failures})
+    };
+    if !replicas.is_empty() {
+        body["replicas"] = Value::Array(replicas);
+    }
+    if failures.is_empty() {
+        (StatusCode::OK, Json(body)).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
 

@@ -385,7 +385,8 @@ pub async fn build_tenant(
 ) -> Result<Tenant, ServeError> {
     let (requests, auth_db) = pool_logins(requests, &service).await?;
     let auth = auth_config(config)?;
-    build_services(
+    let login = requests.clone();
+    let tenant = build_services(
         config,
         TenantParts {
             id: "default".to_owned(),
@@ -397,7 +398,51 @@ pub async fn build_tenant(
             quotas: crate::tenant::TenantQuotas::default(),
         },
     )
-    .await
+    .await?;
+    attach_replicas(config, &tenant, &login)?;
+    Ok(tenant)
+}
+
+/// Gives the default tenant's REST service the read replicas of
+/// `database.read_urls` (pools logging in as `login`, the request pool's
+/// login, on each replica's host and port). Tenants other than the default
+/// one run on their own primary: their databases need not be on the
+/// replicated server.
+fn attach_replicas(
+    config: &Config,
+    tenant: &Tenant,
+    login: &sovra_pg::tokio_postgres::Config,
+) -> Result<(), ServeError> {
+    let urls = config.database.read_url_list();
+    if urls.is_empty() {
+        return Ok(());
+    }
+    let mut pools = Vec::new();
+    for url in &urls {
+        let replica = sovra_rest::replicas::replica_config(login, url).map_err(ServeError::Pool)?;
+        let pool = sovra_pg::pool::build(
+            replica,
+            config.database.pool_size,
+            // A replica that does not answer soon is skipped, not waited on.
+            Duration::from_secs(2).min(Duration::from_secs(config.database.connect_timeout)),
+        )
+        .map_err(|err| ServeError::Pool(err.to_string()))?;
+        pools.push((sovra_rest::replicas::replica_name(url), pool));
+    }
+    tracing::info!(replicas = pools.len(), "reads may go to read replicas");
+    tenant
+        .rest
+        .attach_replicas(sovra_rest::replicas::Replicas::start(
+            tenant.pool.clone(),
+            pools,
+            sovra_rest::replicas::ReplicaSettings {
+                max_lag: Duration::from_secs(config.database.read_max_lag),
+                wait: Duration::from_millis(config.database.read_wait_ms),
+                check_interval: Duration::from_secs(1),
+                tenant: tenant.id.clone(),
+            },
+        ));
+    Ok(())
 }
 
 /// What [`build_services`] builds a tenant from.

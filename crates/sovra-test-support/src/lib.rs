@@ -378,6 +378,116 @@ impl TestApp {
     }
 }
 
+/// A streaming standby (read replica) of this process's test cluster:
+/// `pg_basebackup -R` of the running cluster into a new directory, started
+/// as a hot standby on a Unix socket of its own, as the cluster's system
+/// user. Needs the harness's own cluster (not `SOVRA_TEST_DATABASE_URL`).
+pub struct Replica {
+    cluster: Option<Cluster>,
+    pub dir: PathBuf,
+}
+
+impl Replica {
+    /// Takes a base backup of the test cluster and starts it as a standby.
+    pub async fn start() -> Replica {
+        let shared = shared().await;
+        let primary = shared._cluster.as_ref().expect(
+            "read replica tests start a standby of the harness's own cluster: unset SOVRA_TEST_DATABASE_URL",
+        );
+        let dir = scratch_dir().join("replica");
+        // A backup needs two WAL senders: tests running side by side (each
+        // standby holding one) may take them all for a moment.
+        let mut attempts = 0;
+        while let Err(err) = primary.base_backup(&dir) {
+            attempts += 1;
+            assert!(attempts < 50, "pg_basebackup of the test cluster: {err}");
+            let _ = std::fs::remove_dir_all(&dir);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut options = ClusterOptions::new(&dir);
+        options.settings = fast_settings();
+        let cluster = Cluster::start(options).await.expect("starting the standby");
+        Replica {
+            cluster: Some(cluster),
+            dir,
+        }
+    }
+
+    /// The standby's URL for `database.read_urls` (its socket directory,
+    /// percent-encoded).
+    pub fn url(&self) -> String {
+        let path = self.dir.display().to_string().replace('/', "%2F");
+        format!("postgres://{path}:5432")
+    }
+
+    /// Superuser connection settings for `db` on the standby.
+    pub fn config(&self, db: &TestDb) -> PgConfig {
+        let mut config = PgConfig::new();
+        config
+            .host_path(&self.dir)
+            .port(5432)
+            .user(sovra_pg::cluster::SUPERUSER)
+            .dbname(&db.name);
+        config
+    }
+
+    /// A superuser client on `db` on the standby, once it has replayed the
+    /// creation of `db`.
+    pub async fn client(&self, db: &TestDb) -> tokio_postgres::Client {
+        // Bounded generously: on a loaded machine replay can take a while.
+        for _ in 0..3000 {
+            if let Ok(client) = sovra_pg::connect_one(&self.config(db)).await {
+                return client;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the standby never had database {}", db.name);
+    }
+
+    /// Waits until the standby has replayed everything the primary has
+    /// written so far.
+    pub async fn catch_up(&self, db: &TestDb) {
+        let primary = db.client().await;
+        let target: i64 = primary
+            .query_one(sovra_rest::replicas::WRITE_LSN_SQL, &[])
+            .await
+            .unwrap()
+            .get(0);
+        let replica = self.client(db).await;
+        for _ in 0..1500 {
+            let caught_up: bool = replica
+                .query_one(
+                    "select (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 >= $1",
+                    &[&target],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if caught_up {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the standby did not replay up to {target}");
+    }
+
+    /// Stops the standby (fast shutdown).
+    pub async fn stop(&mut self) {
+        if let Some(cluster) = self.cluster.take() {
+            cluster.stop(Duration::from_secs(10)).await;
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        // The cluster's own drop tells PostgreSQL to stop; its directory
+        // goes with the process's scratch directory.
+        drop(self.cluster.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A `nats-server` on a free loopback port, stopped when dropped.
 pub struct NatsServer {
     pub url: String,
