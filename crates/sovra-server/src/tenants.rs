@@ -40,6 +40,7 @@ use subtle::ConstantTimeEq as _;
 use crate::keys::{ApiKeys, ProjectKeys};
 use crate::{AppState, Tenant};
 
+mod rate;
 pub(crate) mod usage;
 
 /// Longest tenant name: `tenant_<name>_auth` must fit PostgreSQL's 63-byte
@@ -676,8 +677,8 @@ pub struct Platform {
     live: Mutex<HashMap<String, Cell>>,
     template_ready: tokio::sync::Mutex<bool>,
     /// Request-rate buckets of the tenants that have a
-    /// `requests_per_second` quota: (rate, tokens, last refill).
-    buckets: Mutex<HashMap<String, (f64, f64, std::time::Instant)>>,
+    /// `requests_per_second` quota ([`rate`]).
+    buckets: Mutex<HashMap<String, rate::Bucket>>,
     /// When each started tenant last had a request.
     last_used: Mutex<HashMap<String, std::time::Instant>>,
     /// Tenants whose databases the start-up upgrade has not migrated yet
@@ -1303,8 +1304,10 @@ impl Platform {
         if let Ok(mut buckets) = self.buckets.lock() {
             match record.settings.requests_per_second {
                 Some(rate) => {
-                    let rate = rate as f64;
-                    buckets.insert(record.name.clone(), (rate, rate, std::time::Instant::now()));
+                    buckets.insert(
+                        record.name.clone(),
+                        rate::Bucket::new(rate, std::time::Instant::now()),
+                    );
                 }
                 None => {
                     buckets.remove(&record.name);
@@ -1396,22 +1399,15 @@ impl Platform {
     }
 
     /// Whether tenant `name` may make one more request now (its
-    /// `requests_per_second` quota, when it has one).
-    pub fn admit_request(&self, name: &str) -> bool {
+    /// `requests_per_second` quota, when it has one), and how to refuse it
+    /// when not ([`rate`]).
+    fn admit_request(&self, name: &str) -> rate::Admission {
         let Ok(mut buckets) = self.buckets.lock() else {
-            return true;
+            return rate::Admission::Serve;
         };
-        let Some((rate, tokens, last)) = buckets.get_mut(name) else {
-            return true;
-        };
-        let now = std::time::Instant::now();
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * *rate).min(*rate);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
+        match buckets.get_mut(name) {
+            Some(bucket) => bucket.admit(std::time::Instant::now()),
+            None => rate::Admission::Serve,
         }
     }
 
@@ -2548,18 +2544,39 @@ pub async fn route(State(state): State<AppState>, mut request: Request, next: Ne
             Err(_) => return Lookup::NotFound.into_response(),
         }
     }
-    if !platform.admit_request(name) {
+    let admission = platform.admit_request(name);
+    if admission != rate::Admission::Serve {
         metrics::counter!(
             "sovra_tenant_quota_exceeded_total",
             "tenant" => name.to_owned(),
             "quota" => "requests_per_second"
         )
         .increment(1);
-        return (
+        let close = match admission {
+            rate::Admission::Refuse { delay, hold } => {
+                // Paced: a client that retries at once waits its turn
+                // (see [`rate`]); `hold` counts it until answered.
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                drop(hold);
+                false
+            }
+            _ => true,
+        };
+        let mut refused = (
             StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
             Json(json!({"message": "API rate limit exceeded", "code": 429})),
         )
             .into_response();
+        if close {
+            refused.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        return refused;
     }
     metrics::counter!("sovra_tenant_requests_total", "tenant" => name.to_owned()).increment(1);
     platform.touch(name);
