@@ -20,19 +20,40 @@ const dir = process.env.CLUSTER_DIR;
 const anonKey = process.env.SOVRA_ANON_KEY;
 const serviceKey = process.env.SOVRA_SERVICE_KEY;
 
-const opts = { auth: { persistSession: false, autoRefreshToken: false }, realtime: { transport: ws } };
+// Every realtime socket the clients open, so that the end of the run can
+// close what a client left open (the process must exit when done).
+const sockets = new Set();
+class TrackedSocket extends ws {
+  constructor(...args) {
+    super(...args);
+    sockets.add(this);
+    this.on('close', () => sockets.delete(this));
+  }
+}
+const opts = { auth: { persistSession: false, autoRefreshToken: false }, realtime: { transport: TrackedSocket } };
 const made = [];
+let closing = false;
 const client = (url, key = anonKey, extra = {}) => {
   const c = createClient(url, key, { ...opts, ...extra });
   made.push(c);
   return c;
 };
 after(async () => {
+  closing = true;
   for (const c of made) {
     // A channel whose node does not answer (a failed test) holds no one up.
     await Promise.race([c.removeAllChannels().catch(() => {}), sleep(2000)]);
-    c.realtime.disconnect();
+    await Promise.race([Promise.resolve(c.realtime.disconnect()).catch(() => {}), sleep(2000)]);
   }
+  // A socket a client still holds (one that was connecting when it was
+  // told to disconnect) would keep the process alive after the last test.
+  for (const socket of sockets) socket.terminate();
+  // And should anything else still hold the event loop, the results are
+  // all reported by now: end the process rather than hang the run.
+  setTimeout(() => {
+    console.log(`cluster: a handle was still open after the tests (${sockets.size} sockets); exiting`);
+    process.exit(process.exitCode ?? 0);
+  }, 5000).unref();
 });
 const short = () => randomUUID().slice(0, 8);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -187,6 +208,7 @@ async function feedNode() {
 function subscriber(url, name) {
   const s = { name, seen: new Map(), last: null, joins: 0, ready: false, stopped: false, errors: [], dups: 0 };
   const start = () => {
+    if (closing) return;
     const c = client(url);
     s.joins += 1;
     const binding = { event: 'INSERT', schema: 'public', table: 'cluster_events', ...(s.last && { since: s.last }) };
