@@ -340,11 +340,21 @@ pub fn plan_call(cache: &SchemaCache, request: &CallRequest<'_>) -> Result<CallP
                     Some(_) => return Err(ApiError::invalid_body("Empty or invalid json")),
                     None => "{}".to_owned(),
                 };
-                let body = b.bind(body);
-                routine
+                let named: Vec<_> = routine
                     .params
                     .iter()
                     .filter(|p| !p.name.is_empty() && supplied.contains(&p.name))
+                    .collect();
+                // Bound only when a parameter reads it: a value the text
+                // does not use would make the same text take a value here
+                // and none in the call without a body.
+                let body = if named.is_empty() {
+                    String::new()
+                } else {
+                    b.bind(body)
+                };
+                named
+                    .into_iter()
                     .map(|p| {
                         let name = quote_ident(&p.name);
                         let keyword = if p.variadic { "VARIADIC " } else { "" };

@@ -1139,7 +1139,13 @@ impl RestService {
                     .await
                     .map_err(db)?;
             }
-            let cached = self.statements.get(wrapper, &caller.role, sql);
+            // The same text may come with another number of values (a call
+            // whose body was bound but names no parameter): such a
+            // statement is prepared again for this one.
+            let cached = self
+                .statements
+                .get(wrapper, &caller.role, sql)
+                .filter(|statement| statement.params().len() == main_values.len());
             let (head_failed, outcome) = match cached {
                 Some(statement) => {
                     let (head, result, estimate, committed) = tokio::join!(

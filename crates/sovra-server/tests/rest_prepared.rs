@@ -407,3 +407,63 @@ async fn a_connection_that_cannot_run_the_prologue_is_closed_not_pooled() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_call_by_get_and_by_post_with_an_empty_body_share_the_connection() {
+    let rest = Rest::new().await;
+    rest.admin(
+        "create function public.answer() returns int language sql stable as 'select 42';
+         create function public.greet(name text default 'you') returns text language sql stable
+           as $$ select 'hello ' || name $$;",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rest.get("/rpc/greet", None, None).await.0 != StatusCode::OK {
+        assert!(std::time::Instant::now() < deadline, "function never seen");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let post = |path: &'static str, body: Value| {
+        let http = rest.http.clone();
+        let url = format!("{}/rest/v1{path}", rest.app.url);
+        let key = rest.app.anon_key.clone();
+        async move {
+            let response = http
+                .post(url)
+                .header("apikey", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    // The same call, in both orders, on the pool's one connection: a body
+    // that names no parameter binds no value, so each reuses the other's
+    // statement instead of failing on it.
+    for _ in 0..2 {
+        assert_eq!(
+            rest.get("/rpc/answer", None, None).await,
+            (StatusCode::OK, json!(42))
+        );
+        assert_eq!(
+            post("/rpc/answer", json!({})).await,
+            (StatusCode::OK, json!(42))
+        );
+        assert_eq!(
+            post("/rpc/greet", json!({})).await,
+            (StatusCode::OK, json!("hello you"))
+        );
+        assert_eq!(
+            rest.get("/rpc/greet", None, None).await,
+            (StatusCode::OK, json!("hello you"))
+        );
+        assert_eq!(
+            post("/rpc/greet", json!({"name": "Ada"})).await,
+            (StatusCode::OK, json!("hello Ada"))
+        );
+        assert_eq!(
+            rest.get("/rpc/greet?name=Ada", None, None).await,
+            (StatusCode::OK, json!("hello Ada"))
+        );
+    }
+}

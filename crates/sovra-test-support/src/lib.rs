@@ -81,6 +81,11 @@ pub fn fast_settings() -> Vec<(String, String)> {
         // Few walsenders: a test can hold them all to see the change feed
         // fall back to polling.
         ("max_wal_senders", "10"),
+        // The read-replica tests' standbys stream without slots, some with
+        // replay paused while other tests write: the primary keeps enough
+        // WAL that a standby never needs a segment it has already removed
+        // (a standby that does can never catch up).
+        ("wal_keep_size", "1GB"),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
