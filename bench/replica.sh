@@ -51,6 +51,9 @@ db="host=$dir user=postgres dbname=postgres"
 "${as_pg[@]}" "$pgbin/pg_basebackup" -D "$dir/standby" -R -X stream --checkpoint=fast -h "$dir" -U postgres
 "${as_pg[@]}" "$pgbin/pg_ctl" -D "$dir/standby" -l "$dir/standby.log" -w start -o "-k $dir/sb $opts" >/dev/null
 export SOVRA_JWT_SECRET="bench-replica-secret-bench-replica-secret-01"
+# Both nodes share the primary, so they share its tenant registry and the
+# key its secrets are sealed with (docs/tenants.md).
+export SOVRA_SERVER_TENANT_SECRETS_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d " \n")"
 "$bin" keys --json --data-dir "$dir/n1" >/dev/null
 mkdir -p "$dir/n2"; cp "$dir/n1/keys.json" "$dir/n2/"
 ports=()
