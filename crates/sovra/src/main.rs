@@ -249,6 +249,12 @@ fn describe(err: &anyhow::Error) -> String {
     text
 }
 
+/// mimalloc instead of glibc's malloc: a REST request allocates and frees
+/// many small buffers across the runtime's threads, and glibc's allocator
+/// took about a quarter of the server's CPU in it (bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let listen = match &cli.command {
