@@ -947,24 +947,26 @@ impl RestService {
         let idempotency = idempotency.filter(|_| !read);
         let replicas = self.replicas.get();
         let key = replicas.map(|_| replicas::Replicas::caller_key(&caller.role, &caller.claims));
+        // A replica's run neither claims an idempotency key nor tracks a
+        // write: it is the primary's run without them.
+        let base = Run {
+            caller,
+            method,
+            path,
+            schema,
+            read,
+            plan,
+            prefs,
+            singular,
+            idempotency: None,
+            track: None,
+        };
         if read
             && replica_ok
             && let (Some(replicas), Some(key)) = (replicas, key.as_deref())
             && let replicas::ReadTarget::Replica(replica, client) = replicas.read_target(key).await
         {
-            let run = Run {
-                caller,
-                method,
-                path,
-                schema,
-                read,
-                plan,
-                prefs,
-                singular,
-                idempotency: None,
-                track: None,
-            };
-            match self.execute_on(*client, run).await {
+            match self.execute_on(*client, base).await {
                 Err(err) if retry_on_primary(&err) => {
                     // The replica failed the read without answering it
                     // (it went away, or cancelled the statement in a
@@ -992,16 +994,9 @@ impl RestService {
             _ => None,
         };
         let run = Run {
-            caller,
-            method,
-            path,
-            schema,
-            read,
-            plan,
-            prefs,
-            singular,
             idempotency,
             track,
+            ..base
         };
         self.execute_on(client, run).await
     }
@@ -1586,6 +1581,7 @@ type Pair = (String, String);
 
 /// One request's statement and what surrounds it, for
 /// [`RestService::execute_on`].
+#[derive(Clone, Copy)]
 struct Run<'a> {
     caller: &'a Caller,
     method: &'a Method,
