@@ -55,4 +55,8 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $
      (FILENAME == ARGV[2] || FILENAME == ARGV[4] || FILENAME == ARGV[5]) && /^# pass / { p += $3 }
      (FILENAME == ARGV[2] || FILENAME == ARGV[4] || FILENAME == ARGV[5]) && /^# fail / { f += $3 }
      END { printf "%d passed, %d failed\n", p, f }' "$log" "$e2e_log" "$fuzz_log" "$dash_log" "$cluster_log"
+# A stage that stops before its tests run counts none of them: name it.
+for stage in "cargo:$cargo_status" "fuzz:$fuzz_status" "e2e:$e2e_status" "cluster:$cluster_status" "dashboard:$dash_status"; do
+  [ "${stage#*:}" -eq 0 ] || echo "FAILED: stage ${stage%%:*} exited with ${stage#*:}"
+done
 [ "$cargo_status" -eq 0 ] && [ "$e2e_status" -eq 0 ] && [ "$fuzz_status" -eq 0 ] && [ "$dash_status" -eq 0 ] && [ "$cluster_status" -eq 0 ]

@@ -65,11 +65,17 @@ wait_ready() {
 url="http://127.0.0.1:$port"
 wait_ready "$url" "$pid" "$dir/err.log"
 psql -h "$dir/data/pg" -U postgres -d postgres -v ON_ERROR_STOP=1 -q -f fixture.sql >/dev/null
+# node_dir DIR: a data directory for another instance on the first one's
+# database: the same API keys, and the same tenant secrets key (the registry's
+# secrets are sealed with it; a node with another key refuses to start).
+node_dir() {
+  mkdir -p "$1"
+  cp "$dir/data/keys.json" "$dir/data/tenant-secrets.key" "$1/"
+}
 # The second instance: same database (the first one's cluster, through its
 # socket), same keys, same NATS server; its own port and data directory.
 port2="$(free_port)"
-mkdir -p "$dir/data2"
-cp "$dir/data/keys.json" "$dir/data2/keys.json"
+node_dir "$dir/data2"
 SOVRA_REST_SCHEMAS=public,personal SOVRA_DATABASE_URL="host=$dir/data/pg user=postgres dbname=postgres" \
   "$bin" serve --data-dir "$dir/data2" --listen "127.0.0.1:$port2" >"$dir/out2.log" 2>"$dir/err2.log" &
 pid2=$!
@@ -79,8 +85,7 @@ export E2E_SECOND_URL="$url2"
 # A third instance on the same database that signs access tokens with an
 # EC private key (a fixed test key), for auth-js' local getClaims().
 port3="$(free_port)"
-mkdir -p "$dir/data3"
-cp "$dir/data/keys.json" "$dir/data3/keys.json"
+node_dir "$dir/data3"
 SOVRA_JWT_JWKS='{"keys":[{"kty":"EC","crv":"P-256","kid":"e2e-ec","alg":"ES256","d":"xk-UCYVX6qgVDvNQffbgeUrXH4yiQJTNB4zWcfMOAKk","x":"kPEvY2IfeFBp164JNCro7Fy-U9KZKmvI9mzbtkRz7Ng","y":"NsifjvHI5lvyKGXlAOPkZCYzxjApuwwVwpmEmo7X-2U"}]}' \
   SOVRA_REST_SCHEMAS=public,personal SOVRA_DATABASE_URL="host=$dir/data/pg user=postgres dbname=postgres" \
   "$bin" serve --data-dir "$dir/data3" --listen "127.0.0.1:$port3" >"$dir/out3.log" 2>"$dir/err3.log" &
@@ -91,8 +96,7 @@ export E2E_ES256_URL="$url3"
 # A fourth instance on the same database with the custom access token hook
 # of docs/examples/rbac.sql turned on (rbac.test.js applies the recipe).
 port4="$(free_port)"
-mkdir -p "$dir/data4"
-cp "$dir/data/keys.json" "$dir/data4/keys.json"
+node_dir "$dir/data4"
 SOVRA_AUTH_HOOK_CUSTOM_ACCESS_TOKEN_ENABLED=true \
   SOVRA_AUTH_HOOK_CUSTOM_ACCESS_TOKEN_URI=pg-functions://postgres/public/custom_access_token_hook \
   SOVRA_REST_SCHEMAS=public,personal SOVRA_DATABASE_URL="host=$dir/data/pg user=postgres dbname=postgres" \
@@ -116,8 +120,7 @@ for _ in $(seq 100); do
   kill -0 "$oidc_pid" 2>/dev/null || { cat "$dir/oidc.log" >&2; exit 1; }
   sleep 0.1
 done
-mkdir -p "$dir/data5"
-cp "$dir/data/keys.json" "$dir/data5/keys.json"
+node_dir "$dir/data5"
 SOVRA_AUTH_MANUAL_LINKING_ENABLED=true \
   SOVRA_AUTH_EXTERNAL_KEYCLOAK_ENABLED=true SOVRA_AUTH_EXTERNAL_KEYCLOAK_URL="$E2E_OIDC_URL" \
   SOVRA_AUTH_EXTERNAL_KEYCLOAK_CLIENT_ID="$E2E_OIDC_CLIENT_ID" SOVRA_AUTH_EXTERNAL_KEYCLOAK_SECRET="$E2E_OIDC_CLIENT_SECRET" \
