@@ -333,6 +333,14 @@ test('failure: kill -9 the feed node under load, restart it; nothing acknowledge
   assert.ok(Number.isFinite(firstAfter), 'changes committed after the kill reached the surviving nodes');
   Object.assign(killed, { victim, since: sinceSeen, after: [...acked].filter(([, at]) => at > sinceSeenAt).map(([id]) => id) });
 
+  // The job runs on after the kill, on whichever node ticks: two runs after
+  // it (waited for, not assumed: a fast takeover can leave this test under
+  // three ticks long).
+  await until(async () => {
+    await sleep(450);
+    const after = psql(`select count(*) from public.cluster_ticks where at > to_timestamp(${killedAt / 1000})`);
+    return after.status === 0 && Number(after.stdout.trim()) >= 2;
+  }, 'two cron runs after the kill', 30000);
   // No duplicate cron runs: one row per 2-second tick, across nodes and the
   // restart.
   const unscheduled = psql("select cron.unschedule('cluster-tick')");
