@@ -20,7 +20,8 @@
 //! Symmetric secrets are used as the UTF-8 bytes of their text, as Supabase
 //! does, so the string an operator copies is exactly what other tools need.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -28,6 +29,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
 
 /// Longest token considered, in bytes; longer ones are malformed.
 pub const MAX_TOKEN_LEN: usize = 64 * 1024;
@@ -272,6 +274,56 @@ pub struct KeySet {
     /// For a set bound to no project: which `ref` claims name another
     /// project (see [`KeySet::with_foreign_refs`]).
     foreign_refs: Option<RefGuard>,
+    /// Tokens whose signature these keys verified (see [`Signatures`]).
+    signatures: Signatures,
+}
+
+/// The most tokens a [`KeySet`] remembers as signed by its keys.
+const SIGNATURES_CACHED: usize = 1024;
+/// Longer tokens are verified every time and never remembered: with
+/// [`SIGNATURES_CACHED`], this bounds the memory the cache can hold.
+const SIGNATURE_CACHE_MAX_TOKEN: usize = 4096;
+
+/// What one verified signature established: the token's claims as signed,
+/// and whether an external issuer's key signed them.
+struct Signed {
+    claims: Map<String, Value>,
+    external: bool,
+}
+
+/// Tokens whose signature a [`KeySet`] has verified, by the SHA-256 of the
+/// token's text, so that a client sending the same token with every
+/// request (an app's anon key, a user's access token) pays for the
+/// signature and the parse once. Only the signature is remembered: the
+/// claims are checked again at every use (`exp`, `nbf`, `iat`, `aud`,
+/// `iss`, `ref`), so expiry and the other rules hold as without the cache.
+/// The cache belongs to the set, so new keys (a rotation, a tenant's new
+/// key set) start with none. Keyed by a digest rather than the token, so
+/// that no comparison with a remembered token depends on its bytes. At
+/// most [`SIGNATURES_CACHED`] tokens: when full, it starts over.
+#[derive(Default)]
+struct Signatures {
+    seen: std::sync::Mutex<HashMap<[u8; 32], Arc<Signed>>>,
+}
+
+impl Signatures {
+    fn get(&self, digest: &[u8; 32]) -> Option<Arc<Signed>> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(digest).cloned()
+    }
+
+    fn insert(&self, digest: [u8; 32], signed: Arc<Signed>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= SIGNATURES_CACHED {
+            seen.clear();
+        }
+        seen.insert(digest, signed);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
 
 /// Answers whether a token's `ref` claim names a project other than the
@@ -554,6 +606,7 @@ impl KeySet {
             external: ExternalRules::default(),
             project_ref: None,
             foreign_refs: None,
+            signatures: Signatures::default(),
         })
     }
 
@@ -616,6 +669,24 @@ impl KeySet {
 
     /// Verifies `token` at time `now_unix` (seconds).
     pub fn verify(&self, token: &str, now_unix: i64) -> Result<Verified, JwtError> {
+        let digest: Option<[u8; 32]> = (token.len() <= SIGNATURE_CACHE_MAX_TOKEN)
+            .then(|| Sha256::digest(token.as_bytes()).into());
+        let signed = match digest.and_then(|digest| self.signatures.get(&digest)) {
+            Some(signed) => signed,
+            None => {
+                let signed = Arc::new(self.verify_signature(token)?);
+                if let Some(digest) = digest {
+                    self.signatures.insert(digest, signed.clone());
+                }
+                signed
+            }
+        };
+        self.accept(signed.claims.clone(), signed.external, now_unix)
+    }
+
+    /// The signature half of [`KeySet::verify`]: the header's algorithm and
+    /// key, the signature, the claims parsed.
+    fn verify_signature(&self, token: &str) -> Result<Signed, JwtError> {
         let header = raw_header(token)?;
         if header.alg.eq_ignore_ascii_case("none") {
             return Err(JwtError::AlgNone);
@@ -678,13 +749,23 @@ impl KeySet {
                 },
             }
         }
-        let Some(mut claims) = claims else {
+        let Some(claims) = claims else {
             return Err(if tried {
                 JwtError::BadSignature
             } else {
                 JwtError::AlgNotAllowed
             });
         };
+        Ok(Signed { claims, external })
+    }
+
+    /// The claims half of [`KeySet::verify`], at every use of a token.
+    fn accept(
+        &self,
+        mut claims: Map<String, Value>,
+        external: bool,
+        now_unix: i64,
+    ) -> Result<Verified, JwtError> {
         self.check_claims(&claims, now_unix, external)?;
         if !external
             && let Some(project) = &self.project_ref

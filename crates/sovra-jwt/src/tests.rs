@@ -740,3 +740,97 @@ fn an_unbound_set_refuses_the_refs_of_other_projects() {
         .with_foreign_refs(guard);
     assert!(bound.verify(&token, NOW).is_ok());
 }
+
+#[test]
+fn a_remembered_signature_still_has_its_claims_checked_at_every_use() {
+    let (_, set) = generated();
+    let token = set.sign(&user(NOW + 60)).unwrap();
+    // Verified (and remembered), then used again within its lifetime.
+    assert_eq!(set.verify(&token, NOW).unwrap().claims["sub"], "u1");
+    assert_eq!(set.signatures.len(), 1);
+    assert_eq!(set.verify(&token, NOW + 30).unwrap().role, "authenticated");
+    assert_eq!(set.signatures.len(), 1, "the second use found the first");
+    // The same token after it expired: refused, remembered or not.
+    assert_eq!(set.verify(&token, NOW + 91), Err(JwtError::Expired));
+    // A token not yet valid when first seen becomes valid later.
+    let mut claims = user(NOW + 3600);
+    claims.insert("nbf".into(), json!(NOW + 60));
+    let early = set.sign(&claims).unwrap();
+    assert_eq!(set.verify(&early, NOW), Err(JwtError::NotYetValid));
+    assert!(set.verify(&early, NOW + 31).is_ok());
+}
+
+#[test]
+fn a_remembered_token_changed_by_one_byte_is_verified_again() {
+    let (_, set) = generated();
+    let token = set.sign(&user(NOW + 3600)).unwrap();
+    assert!(set.verify(&token, NOW).is_ok());
+    // Another payload under the remembered token's signature.
+    let mut parts: Vec<&str> = token.split('.').collect();
+    let forged_payload = b64(r#"{"sub":"u1","role":"service_role","exp":1900000000}"#);
+    parts[1] = &forged_payload;
+    assert_eq!(
+        set.verify(&parts.join("."), NOW),
+        Err(JwtError::BadSignature)
+    );
+    // The remembered token's signature with its first character changed
+    // (the last one may differ only in unused bits).
+    let at = token.rfind('.').unwrap() + 1;
+    let first = &token[at..=at];
+    let tampered = format!(
+        "{}{}{}",
+        &token[..at],
+        if first == "A" { "B" } else { "A" },
+        &token[at + 1..]
+    );
+    assert_eq!(set.verify(&tampered, NOW), Err(JwtError::BadSignature));
+    assert!(set.verify(&token, NOW).is_ok());
+}
+
+#[test]
+fn remembered_signatures_belong_to_their_key_set() {
+    let (_, a) = generated();
+    let (_, b) = generated();
+    let token = a.sign(&user(NOW + 3600)).unwrap();
+    assert!(a.verify(&token, NOW).is_ok());
+    // Other keys (another tenant, or keys after a rotation) verify anew.
+    assert_eq!(b.verify(&token, NOW), Err(JwtError::UnknownKey));
+}
+
+#[test]
+fn a_remembered_token_whose_ref_became_foreign_is_refused() {
+    let store = KeyStore::generate(NOW);
+    let foreign = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = foreign.clone();
+    let guard: RefGuard =
+        std::sync::Arc::new(move |_: &str| flag.load(std::sync::atomic::Ordering::SeqCst));
+    let set = KeySet::new(&store, None, None)
+        .unwrap()
+        .with_foreign_refs(guard);
+    let mut claims = user(NOW + 3600);
+    claims.insert("ref".into(), json!("acme"));
+    let token = set.sign(&claims).unwrap();
+    assert!(set.verify(&token, NOW).is_ok());
+    // A tenant named `acme` appears: the guard is asked again.
+    foreign.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(set.verify(&token, NOW), Err(JwtError::WrongIssuer));
+}
+
+#[test]
+fn the_signature_cache_is_bounded() {
+    let (_, set) = generated();
+    for n in 0..(SIGNATURES_CACHED + 10) {
+        let mut claims = user(NOW + 3600);
+        claims.insert("n".into(), json!(n));
+        let token = set.sign(&claims).unwrap();
+        assert!(set.verify(&token, NOW).is_ok());
+        assert!(set.signatures.len() <= SIGNATURES_CACHED);
+    }
+    // A token too long to remember is verified all the same.
+    let mut claims = user(NOW + 3600);
+    claims.insert("pad".into(), json!("x".repeat(SIGNATURE_CACHE_MAX_TOKEN)));
+    let long = set.sign(&claims).unwrap();
+    let before = set.signatures.len();
+    assert!(set.verify(&long, NOW).is_ok());
+    assert_eq!(set.signatures.len(), before);
+}
