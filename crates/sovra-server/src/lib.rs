@@ -41,9 +41,22 @@ pub use gateway::{Caller, GatewayError};
 pub use routes::safe_headers;
 pub use tenant::{Tenant, TenantResolver};
 
-/// State shared by every handler.
+/// State shared by every handler: one `Arc`, since the router clones it for
+/// every request (several times, through its layers).
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Clone, Debug)]
+pub struct AppStateInner {
     pub tenants: TenantResolver,
     pub prometheus: PrometheusHandle,
     pub started: Instant,
@@ -63,7 +76,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(tenants: TenantResolver, body_limit: usize) -> AppState {
-        AppState {
+        AppState(Arc::new(AppStateInner {
             tenants,
             prometheus: observe::prometheus(),
             started: Instant::now(),
@@ -73,14 +86,15 @@ impl AppState {
             platform: None,
             draining: Arc::default(),
             dashboard_session_ttl: sovra_dashboard::DEFAULT_SESSION_TTL,
-        }
+        }))
     }
 
     /// Hosts the tenants of `platform` besides the default one.
     #[must_use]
     pub fn with_platform(mut self, platform: Arc<tenants::Platform>) -> AppState {
-        self.tenants.set_platform(platform.clone());
-        self.platform = Some(platform);
+        let inner = Arc::make_mut(&mut self.0);
+        inner.tenants.set_platform(platform.clone());
+        inner.platform = Some(platform);
         self
     }
 
@@ -88,15 +102,16 @@ impl AppState {
     pub fn from_config(tenants: TenantResolver, config: &sovra_config::Config) -> AppState {
         let mut state = AppState::new(tenants, config.server.body_limit)
             .with_metrics_token(config.metrics.token.as_deref());
-        state.body_idle_timeout = Duration::from_secs(config.server.body_idle_timeout);
-        state.dashboard_session_ttl = config.dashboard.session_ttl;
+        let inner = Arc::make_mut(&mut state.0);
+        inner.body_idle_timeout = Duration::from_secs(config.server.body_idle_timeout);
+        inner.dashboard_session_ttl = config.dashboard.session_ttl;
         state
     }
 
     /// Requires `token` as the bearer token of `GET /metrics`.
     #[must_use]
     pub fn with_metrics_token(mut self, token: Option<&str>) -> AppState {
-        self.metrics_token = token.map(routes::token_digest);
+        Arc::make_mut(&mut self.0).metrics_token = token.map(routes::token_digest);
         self
     }
 }
@@ -301,9 +316,15 @@ fn routes(state: AppState, dashboard: Option<Router>) -> Router {
             axum::routing::post(routes::realtime_broadcast),
         )
         .route_layer(axum::middleware::from_fn(observe::track))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(RequestBodyLimitLayer::new(body_limit))
-        .layer(axum::middleware::from_fn(routes::rest_body_limit));
+        // One layer of three (each `Router::layer` boxes every route once
+        // more, and the box is cloned for every request): the first is the
+        // outermost.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(routes::rest_body_limit))
+                .layer(RequestBodyLimitLayer::new(body_limit))
+                .layer(DefaultBodyLimit::max(body_limit)),
+        );
     let storage = Router::new()
         .route("/storage/v1/{*path}", any(routes::storage))
         .route_layer(axum::middleware::from_fn(observe::track))
@@ -358,24 +379,28 @@ fn routes(state: AppState, dashboard: Option<Router>) -> Router {
     if let Some(dashboard) = dashboard {
         inner = inner.merge(dashboard);
     }
-    Router::new()
-        .fallback_service(inner)
-        .layer(axum::middleware::from_fn_with_state(state, tenants::route))
-        .layer(axum::middleware::from_fn_with_state(
-            body_idle_timeout,
-            body::idle_bodies,
-        ))
-        .layer(axum::middleware::map_request(restore_plain_options))
-        .layer(cors())
+    // The layers every request passes, outermost first, built as one
+    // service (each `Router::layer` would box it once more, and every box
+    // is cloned for every request).
+    let front = tower::ServiceBuilder::new()
+        .layer(axum::middleware::map_request(drop_unsafe_request_id))
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(trace)
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(axum::middleware::map_request(disguise_plain_options))
         .layer(axum::middleware::from_fn_with_state(
             tus_state,
             routes::tus_options,
         ))
-        .layer(axum::middleware::map_request(disguise_plain_options))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(trace)
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .layer(axum::middleware::map_request(drop_unsafe_request_id))
+        .layer(cors())
+        .layer(axum::middleware::map_request(restore_plain_options))
+        .layer(axum::middleware::from_fn_with_state(
+            body_idle_timeout,
+            body::idle_bodies,
+        ))
+        .layer(axum::middleware::from_fn_with_state(state, tenants::route))
+        .service(inner);
+    Router::new().fallback_service(front)
 }
 
 #[cfg(test)]
