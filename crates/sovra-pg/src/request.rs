@@ -24,15 +24,62 @@ pub struct RequestContext {
     pub search_path: Option<String>,
 }
 
+/// The role settings a request transaction applies for the role it
+/// switches to (see [`PROLOGUE_SQL`]), in this order.
+pub const ROLE_SETTING_NAMES: [&str; 5] = [
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "work_mem",
+    "default_text_search_config",
+];
+
+/// Reads the [`ROLE_SETTING_NAMES`] settings of every role for the current
+/// database: rows of role name, setting name and value, global ones first,
+/// so that a database-specific value read later replaces a global one (as
+/// PostgreSQL applies them at login).
+pub const ROLE_SETTINGS_SQL: &str = "select r.rolname::text, split_part(s.setting, '=', 1),
+       substring(s.setting from position('=' in s.setting) + 1)
+from pg_catalog.pg_db_role_setting d
+join pg_catalog.pg_roles r on r.oid = d.setrole
+cross join lateral unnest(d.setconfig) as s(setting)
+where d.setdatabase in (0, (select oid from pg_catalog.pg_database where datname = current_database()))
+  and split_part(s.setting, '=', 1) in ('statement_timeout', 'lock_timeout',
+      'idle_in_transaction_session_timeout', 'work_mem', 'default_text_search_config')
+order by d.setdatabase";
+
+/// The request settings of [`PROLOGUE_SQL`] (parameters 1 to 8), as one
+/// select list: what a service that knows the role's settings already
+/// (REST, from its schema cache) runs without the lookup.
+macro_rules! request_settings {
+    () => {
+        "set_config('role', $1, true),
+        set_config('request.jwt.claims', $2, true),
+        set_config('request.jwt.claim.role', $1, true),
+        set_config('request.jwt.claim.sub', $3, true),
+        set_config('request.jwt.claim.email', $4, true),
+        set_config('request.method', $5, true),
+        set_config('request.path', $6, true),
+        set_config('request.headers', $7, true),
+        set_config('request.cookies', '{}', true),
+        CASE WHEN $8::text IS NOT NULL THEN set_config('search_path', $8, true) END"
+    };
+}
+
+/// See [`request_settings`]; its eight parameters come from
+/// [`prologue_params`].
+pub const REQUEST_SETTINGS_SQL: &str = request_settings!();
+
 /// The statement that applies a [`RequestContext`]; its eight parameters
 /// come from [`prologue_params`], all of type `text`. Setting names are
 /// constants; every value is bound.
 ///
 /// `SET ROLE` does not apply a role's own settings (`ALTER ROLE anon SET
 /// statement_timeout = '3s'`), so the prologue first applies the role's
-/// timeouts and a few other safe settings transaction-locally, database-
-/// specific ones last, as PostgREST does.
-pub const PROLOGUE_SQL: &str = "select (select count(*) from (
+/// timeouts and a few other safe settings ([`ROLE_SETTING_NAMES`])
+/// transaction-locally, database-specific ones last, as PostgREST does.
+pub const PROLOGUE_SQL: &str = concat!(
+    "select (select count(*) from (
           select set_config(split_part(setting, '=', 1),
                             substring(setting from position('=' in setting) + 1), true)
           from (select s.setting
@@ -43,16 +90,9 @@ pub const PROLOGUE_SQL: &str = "select (select count(*) from (
                   and split_part(s.setting, '=', 1) in ('statement_timeout', 'lock_timeout',
                       'idle_in_transaction_session_timeout', 'work_mem', 'default_text_search_config')
                 order by d.setdatabase) role_settings) applied),
-        set_config('role', $1, true),
-        set_config('request.jwt.claims', $2, true),
-        set_config('request.jwt.claim.role', $1, true),
-        set_config('request.jwt.claim.sub', $3, true),
-        set_config('request.jwt.claim.email', $4, true),
-        set_config('request.method', $5, true),
-        set_config('request.path', $6, true),
-        set_config('request.headers', $7, true),
-        set_config('request.cookies', '{}', true),
-        CASE WHEN $8::text IS NOT NULL THEN set_config('search_path', $8, true) END";
+        ",
+    request_settings!()
+);
 
 /// Clears what an earlier user of a pooled connection may have left in the
 /// session, outside any transaction: settings made with

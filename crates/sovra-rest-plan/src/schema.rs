@@ -158,6 +158,11 @@ pub struct SchemaCache {
     pub foreign_keys: Vec<ForeignKey>,
     /// Overloads share a name.
     pub routines: Vec<Routine>,
+    /// The settings of a role (`ALTER ROLE … SET`) that a request
+    /// transaction applies when it switches to that role (PostgreSQL applies
+    /// them only at login): by role name, values in the order of
+    /// `sovra_pg::ROLE_SETTING_NAMES`. Not for the planner.
+    pub role_settings: BTreeMap<String, [Option<String>; 5]>,
 }
 
 impl SchemaCache {

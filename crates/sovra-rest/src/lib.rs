@@ -14,6 +14,7 @@ pub mod prepared;
 pub mod replicas;
 pub mod schema_cache;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
 use axum::body::Bytes;
@@ -31,23 +32,39 @@ use sovra_rest_plan::{Action, ApiError, Request, quote_ident};
 
 pub use schema_cache::CacheCell;
 
-/// The prologue REST requests run: [`sovra_pg::PROLOGUE_SQL`] (role, role
-/// settings, claims, method, path, headers, `search_path`; parameters 1 to
-/// 8) followed, in the same statement, by what only REST sets: JIT off and
-/// the `Prefer: timezone` (parameter 9, `NULL` for none).
+/// The prologue REST requests run: the session reset
+/// ([`sovra_pg::RESET_FROM`]), the request settings of
+/// [`sovra_pg::REQUEST_SETTINGS_SQL`] (role, claims, method, path, headers,
+/// `search_path`; parameters 1 to 8), and what only REST sets: JIT off, the
+/// `Prefer: timezone` (parameter 9, `NULL` for none) and the role's own
+/// settings (parameters 10 to 14, in the order of
+/// [`sovra_pg::ROLE_SETTING_NAMES`], `NULL` for none), which REST takes from
+/// its schema cache (as PostgREST does) instead of looking them up in the
+/// catalogue for every request. See [`REST_PROLOGUE_PARAMS`].
 ///
 /// JIT compilation is off for the request: every embed is a correlated
 /// subquery whose cost estimate multiplies the one above, so a few levels of
 /// embeds over five rows passed the JIT thresholds and spent seconds
 /// compiling what runs in a millisecond.
 pub static REST_PROLOGUE_SQL: LazyLock<String> = LazyLock::new(|| {
+    let role_settings: String = sovra_pg::ROLE_SETTING_NAMES
+        .iter()
+        .enumerate()
+        .map(|(at, name)| {
+            let n = at + 10;
+            format!(",\n        CASE WHEN ${n}::text IS NOT NULL THEN set_config('{name}', ${n}, true) END")
+        })
+        .collect();
     format!(
-        "{},\n        set_config('jit', 'off', true),\n        \
-         CASE WHEN $9::text IS NOT NULL THEN set_config('timezone', $9, true) END\n{}",
-        sovra_pg::PROLOGUE_SQL,
+        "select {},\n        set_config('jit', 'off', true),\n        \
+         CASE WHEN $9::text IS NOT NULL THEN set_config('timezone', $9, true) END{role_settings}\n{}",
+        sovra_pg::REQUEST_SETTINGS_SQL,
         sovra_pg::RESET_FROM
     )
 });
+
+/// How many parameters [`REST_PROLOGUE_SQL`] takes (all `text`).
+pub const REST_PROLOGUE_PARAMS: usize = 14;
 
 /// Readies a new request connection for REST requests: prepares
 /// [`REST_PROLOGUE_SQL`] (kept in the connection's statement cache, where
@@ -63,9 +80,10 @@ pub async fn warm_connection(
 ) -> Result<(), sovra_pg::tokio_postgres::Error> {
     let ran = async {
         let prologue = client
-            .prepare_typed_cached(&REST_PROLOGUE_SQL, &[Type::TEXT; 9])
+            .prepare_typed_cached(&REST_PROLOGUE_SQL, &[Type::TEXT; REST_PROLOGUE_PARAMS])
             .await?;
-        let params: [Option<&str>; 9] = [
+        let mut params: [Option<&str>; REST_PROLOGUE_PARAMS] = [None; REST_PROLOGUE_PARAMS];
+        params[..7].copy_from_slice(&[
             Some("anon"),
             Some(r#"{"role":"anon"}"#),
             Some(""),
@@ -73,9 +91,7 @@ pub async fn warm_connection(
             Some("GET"),
             Some("/"),
             Some("{}"),
-            None,
-            None,
-        ];
+        ]);
         let values: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let (begun, applied) = tokio::join!(
@@ -1037,8 +1053,18 @@ impl RestService {
         };
         let anonymous = caller.role == "anon";
         let db = |err| database_error(err, anonymous);
-        let mut prologue = sovra_pg::prologue_params(&context).to_vec();
+        let mut prologue = Vec::with_capacity(REST_PROLOGUE_PARAMS);
+        prologue.extend(sovra_pg::prologue_params(&context));
         prologue.push(prefs.timezone.clone());
+        // The role's own settings, as the schema cache last read them.
+        let cache = self.cache.get();
+        match cache
+            .as_ref()
+            .and_then(|cache| cache.role_settings.get(&caller.role))
+        {
+            Some(settings) => prologue.extend(settings.iter().cloned()),
+            None => prologue.resize(REST_PROLOGUE_PARAMS, None),
+        }
         let main_params = text_params(&plan.statement.params);
         let main_values: Vec<&(dyn ToSql + Sync)> = plan
             .statement
@@ -1056,7 +1082,7 @@ impl RestService {
         // transaction.
         let wrapper: &sovra_pg::ClientWrapper = client;
         let prologue_statement = wrapper
-            .prepare_typed_cached(&REST_PROLOGUE_SQL, &[Type::TEXT; 9])
+            .prepare_typed_cached(&REST_PROLOGUE_SQL, &[Type::TEXT; REST_PROLOGUE_PARAMS])
             .await
             .map_err(db)?;
         let prologue_statement = &prologue_statement;
@@ -1504,7 +1530,7 @@ impl Privileges {
         schema: &str,
     ) -> sovra_rest_plan::SchemaCache {
         let mut filtered = sovra_rest_plan::SchemaCache {
-            relations: std::collections::BTreeMap::new(),
+            relations: BTreeMap::new(),
             foreign_keys: cache.foreign_keys.clone(),
             routines: cache
                 .routines
@@ -1512,6 +1538,7 @@ impl Privileges {
                 .filter(|r| r.schema == schema && self.functions.contains(&r.name))
                 .cloned()
                 .collect(),
+            role_settings: BTreeMap::new(),
         };
         for (name, select, insert, update, delete) in self.relations.iter().cloned() {
             if !(select || insert || update || delete) {

@@ -1,6 +1,7 @@
 //! Loading the schema cache from `pg_catalog`, and reloading it on
 //! `NOTIFY pgrst, 'reload schema'` (which Sovra's DDL event trigger sends
-//! after every schema change).
+//! after every schema change) or `NOTIFY pgrst, 'reload config'` (after a
+//! role's settings change: `ALTER ROLE` fires no event trigger).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -263,10 +264,11 @@ pub async fn load(
     schemas: &[String],
 ) -> Result<SchemaCache, tokio_postgres::Error> {
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&schemas];
-    let (rows, key_rows, routine_rows) = tokio::try_join!(
+    let (rows, key_rows, routine_rows, setting_rows) = tokio::try_join!(
         client.query(LOAD_RELATIONS, &params),
         client.query(LOAD_FOREIGN_KEYS, &params),
         client.query(LOAD_ROUTINES, &params),
+        client.query(sovra_pg::ROLE_SETTINGS_SQL, &[]),
     )?;
     let mut relations = BTreeMap::new();
     for row in rows {
@@ -346,7 +348,26 @@ pub async fn load(
         relations,
         foreign_keys,
         routines,
+        role_settings: role_settings(
+            setting_rows
+                .iter()
+                .map(|row| (row.get(0), row.get(1), row.get(2))),
+        ),
     })
+}
+
+/// Role settings by role from rows of [`sovra_pg::ROLE_SETTINGS_SQL`]
+/// (role, setting, value; a later row replaces an earlier one's value).
+fn role_settings<'a>(
+    rows: impl Iterator<Item = (String, &'a str, String)>,
+) -> BTreeMap<String, [Option<String>; 5]> {
+    let mut settings: BTreeMap<String, [Option<String>; 5]> = BTreeMap::new();
+    for (role, name, value) in rows {
+        if let Some(at) = sovra_pg::ROLE_SETTING_NAMES.iter().position(|n| *n == name) {
+            settings.entry(role).or_default()[at] = Some(value);
+        }
+    }
+    settings
 }
 
 /// The current schema cache, swapped whole on reload so that requests in
@@ -416,7 +437,9 @@ async fn listen_once(
     cell.set(cache);
     let _ = loaded.send(true);
     while let Some(payload) = rx.recv().await {
-        if payload.is_empty() || payload == "reload schema" {
+        // `reload config` (what Supabase's docs send after `ALTER ROLE …
+        // SET statement_timeout`): the role settings are part of the cache.
+        if payload.is_empty() || payload == "reload schema" || payload == "reload config" {
             // Coalesce a burst of DDL into one reload.
             while rx.try_recv().is_ok() {}
             let cache = load(&client, schemas).await?;

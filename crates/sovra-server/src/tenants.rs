@@ -2097,6 +2097,18 @@ impl Platform {
                 ))
                 .await
                 .map_err(|err| db_error(&err))?;
+            // REST keeps role settings in its schema cache: every node's
+            // cache for this tenant reloads (this node's is evicted below
+            // anyway). Best effort: a node that misses it has the tenant
+            // evicted or reloaded by its next schema change.
+            if let Ok(config) = self.admin_on(&record)
+                && let Ok(tenant_db) = sovra_pg::connect_one(&config).await
+                && let Err(err) = tenant_db
+                    .batch_execute("notify pgrst, 'reload config'")
+                    .await
+            {
+                tracing::warn!(tenant = %name, error = %err, "could not ask for a schema cache reload");
+            }
         }
         // The next request builds it again with the new settings.
         self.evict(name, "this tenant's settings changed");

@@ -467,3 +467,87 @@ async fn a_call_by_get_and_by_post_with_an_empty_body_share_the_connection() {
         );
     }
 }
+
+/// The role settings the prologue applies come from the schema cache (as
+/// PostgREST keeps them): global and database-specific values, the latter
+/// winning, taken up on `NOTIFY pgrst, 'reload config'`.
+#[tokio::test]
+async fn role_settings_come_from_the_schema_cache_and_reload_on_notify() {
+    let rest = Rest::new().await;
+    rest.admin(
+        "create function public.my_settings() returns json language sql stable as $$
+           select json_build_object('statement_timeout', current_setting('statement_timeout'),
+                                    'work_mem', current_setting('work_mem')) $$;
+         create function public.slow() returns int language sql as 'select 1 from pg_sleep(1)';",
+    )
+    .await;
+    let user = rest.token(USER_A);
+    let settings = |token: Option<String>| {
+        let rest = &rest;
+        async move {
+            let (status, body) = rest.get("/rpc/my_settings", token.as_deref(), None).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rest.get("/rpc/my_settings", None, None).await.0 != StatusCode::OK {
+        assert!(std::time::Instant::now() < deadline, "function never seen");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The roles' global settings (Sovra's migrations: anon 3 s,
+    // authenticated 8 s).
+    assert_eq!(settings(None).await["statement_timeout"], "3s");
+    assert_eq!(
+        settings(Some(user.clone())).await["statement_timeout"],
+        "8s"
+    );
+
+    // Database-specific ones for anon, then the reload Supabase's docs send.
+    let db = &rest.app.db.name;
+    rest.admin(&format!(
+        "alter role anon in database \"{db}\" set statement_timeout = '150ms';
+         alter role anon in database \"{db}\" set work_mem = '5MB';
+         notify pgrst, 'reload config';"
+    ))
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = settings(None).await;
+        if now["statement_timeout"] == "150ms" {
+            assert_eq!(now["work_mem"], "5MB");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reloaded: {now}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The timeout holds: a statement over it is cancelled.
+    let slow = rest
+        .http
+        .post(format!("{}/rest/v1/rpc/slow", rest.app.url))
+        .header("apikey", &rest.app.anon_key)
+        .send()
+        .await
+        .unwrap();
+    let status = slow.status();
+    let body: Value = slow.json().await.unwrap();
+    assert_eq!(body["code"], "57014", "{status} {body}");
+    // Another role keeps its own.
+    assert_eq!(settings(Some(user)).await["statement_timeout"], "8s");
+
+    // Reset, reloaded by a schema change this time.
+    rest.admin(&format!(
+        "alter role anon in database \"{db}\" reset statement_timeout;
+         alter role anon in database \"{db}\" reset work_mem;
+         create table public.after_reset (id int);"
+    ))
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while settings(None).await["statement_timeout"] != "3s" {
+        assert!(std::time::Instant::now() < deadline, "never reloaded");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
