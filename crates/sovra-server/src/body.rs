@@ -15,9 +15,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body::{Frame, SizeHint};
 use serde_json::json;
@@ -87,17 +86,22 @@ impl HttpBody for IdleBody {
     }
 }
 
-/// Middleware: wraps the body, and answers 408 (closing the connection)
-/// when the handler's read of it timed out.
-pub async fn idle_bodies(
-    State(timeout): State<Duration>,
+/// Wraps the body, runs `next` with it, and answers 408 (closing the
+/// connection) when the handler's read of it timed out. Part of the one
+/// middleware inside the CORS layer (`front` in `lib.rs`).
+pub(crate) async fn with_idle_timeout<F, Fut>(
+    timeout: Duration,
     request: Request,
-    next: Next,
-) -> Response {
+    next: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let tripped = Arc::new(AtomicBool::new(false));
     let path = request.uri().path().to_owned();
     let request = request.map(|body| Body::new(IdleBody::new(body, timeout, tripped.clone())));
-    let response = next.run(request).await;
+    let response = next(request).await;
     if !tripped.load(Ordering::Relaxed) {
         return response;
     }

@@ -214,7 +214,18 @@ fn cors() -> CorsLayer {
 /// (PostgREST's `Allow` of a relation or function).
 const PLAIN_OPTIONS: &[u8] = b"SOVRA-PLAIN-OPTIONS";
 
-async fn disguise_plain_options(mut request: axum::extract::Request) -> axum::extract::Request {
+/// The layer outside CORS, as one middleware: a plain `OPTIONS` is
+/// disguised ([`PLAIN_OPTIONS`]), and a TUS `OPTIONS` gets its headers
+/// ([`routes::tus_options`]).
+async fn options_front(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    routes::tus_options(&state, disguise_plain_options(request), next).await
+}
+
+fn disguise_plain_options(mut request: axum::extract::Request) -> axum::extract::Request {
     if request.method() == Method::OPTIONS
         && !request
             .headers()
@@ -228,11 +239,23 @@ async fn disguise_plain_options(mut request: axum::extract::Request) -> axum::ex
     request
 }
 
-async fn restore_plain_options(mut request: axum::extract::Request) -> axum::extract::Request {
+/// Everything inside the CORS layer before the routes, as one middleware
+/// (each layer of its own costs a boxed clone of all it wraps, per
+/// request): a plain `OPTIONS` gets its method back, the body its idle
+/// timeout (`server.body_idle_timeout`), and the request its tenant
+/// ([`tenants::route`]).
+async fn front(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     if request.method().as_str().as_bytes() == PLAIN_OPTIONS {
         *request.method_mut() = Method::OPTIONS;
     }
-    request
+    body::with_idle_timeout(state.body_idle_timeout, request, |request| {
+        tenants::route(&state, request, next)
+    })
+    .await
 }
 
 /// The whole HTTP surface.
@@ -251,7 +274,6 @@ pub fn router(state: AppState) -> Router {
 /// Every route and layer, with `dashboard` merged in when given.
 fn routes(state: AppState, dashboard: Option<Router>) -> Router {
     let body_limit = state.body_limit;
-    let body_idle_timeout = state.body_idle_timeout;
     let trace = TraceLayer::new_for_http()
         .make_span_with(|request: &Request<_>| {
             let request_id = request
@@ -387,18 +409,12 @@ fn routes(state: AppState, dashboard: Option<Router>) -> Router {
         .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
         .layer(trace)
         .layer(PropagateRequestIdLayer::new(request_id))
-        .layer(axum::middleware::map_request(disguise_plain_options))
         .layer(axum::middleware::from_fn_with_state(
             tus_state,
-            routes::tus_options,
+            options_front,
         ))
         .layer(cors())
-        .layer(axum::middleware::map_request(restore_plain_options))
-        .layer(axum::middleware::from_fn_with_state(
-            body_idle_timeout,
-            body::idle_bodies,
-        ))
-        .layer(axum::middleware::from_fn_with_state(state, tenants::route))
+        .layer(axum::middleware::from_fn_with_state(state, front))
         .service(inner);
     Router::new().fallback_service(front)
 }

@@ -666,7 +666,7 @@ async fn storage_s3(
 /// as Supabase's TUS server sends them; the CORS layer inside answers such
 /// requests itself (204 with the CORS headers) before any route sees them.
 pub(crate) async fn tus_options(
-    State(state): State<AppState>,
+    state: &AppState,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -682,7 +682,7 @@ pub(crate) async fn tus_options(
     // This layer runs before tenant routing: a tenant's URL is resolved
     // here, so that its own limits are reported (an unknown or suspended
     // tenant's gets the CORS answer alone, as any other preflight).
-    let tenant = match crate::tenants::addressed_tenant(&state, &parts).await {
+    let tenant = match crate::tenants::addressed_tenant(state, &parts).await {
         Some(found) => found.ok(),
         None => state.tenants.resolve(&parts),
     };

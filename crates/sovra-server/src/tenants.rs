@@ -2523,8 +2523,9 @@ pub(crate) async fn addressed_tenant(
 
 /// Routes requests for tenants: resolves the tenant (building it on first
 /// use), strips `/t/{name}` from the path, and hands it on with
-/// [`RoutedTenant`]. Unknown tenant: 404; suspended: 503.
-pub async fn route(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// [`RoutedTenant`]. Unknown tenant: 404; suspended: 503. Part of the one
+/// middleware inside the CORS layer (`front` in `lib.rs`).
+pub(crate) async fn route(state: &AppState, mut request: Request, next: Next) -> Response {
     let Some(platform) = state.platform.clone() else {
         return next.run(request).await;
     };
