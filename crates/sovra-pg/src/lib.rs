@@ -23,8 +23,9 @@ pub use pool::{
     ClientWrapper, GenericClient, Pool, PoolError, PooledClient, StatementCache, connect_one,
 };
 pub use request::{
-    PROLOGUE_SQL, REQUEST_SETTINGS_SQL, RESET_FROM, RESET_SQL, ROLE_SETTING_NAMES,
-    ROLE_SETTINGS_SQL, RequestContext, begin_request, prologue_params, reset_refused,
+    PROLOGUE_SQL, PrologueRef, REQUEST_SETTINGS_SQL, RESET_FROM, RESET_SQL, ROLE_SETTING_NAMES,
+    ROLE_SETTINGS_SQL, RequestContext, begin_request, prologue_params, prologue_params_of,
+    reset_refused,
 };
 
 /// Re-exported so that callers use the same driver version.

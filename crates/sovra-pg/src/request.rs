@@ -137,21 +137,46 @@ pub fn reset_refused(err: &tokio_postgres::Error) -> bool {
 
 /// The parameters of [`PROLOGUE_SQL`] for `context`.
 pub fn prologue_params(context: &RequestContext) -> [Option<String>; 8] {
+    prologue_params_of(&PrologueRef {
+        role: &context.role,
+        claims: &context.claims,
+        method: &context.method,
+        path: &context.path,
+        headers: &context.headers,
+        search_path: context.search_path.as_deref(),
+    })
+}
+
+/// A [`RequestContext`] borrowed from the caller's request, for services
+/// that have its parts already (REST): no claims or headers cloned.
+pub struct PrologueRef<'a> {
+    pub role: &'a str,
+    pub claims: &'a Map<String, Value>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: &'a Map<String, Value>,
+    pub search_path: Option<&'a str>,
+}
+
+/// The parameters of [`PROLOGUE_SQL`] for `context`.
+pub fn prologue_params_of(context: &PrologueRef<'_>) -> [Option<String>; 8] {
     let claim_text = |name: &str| -> String {
         match context.claims.get(name) {
             Some(Value::String(text)) => text.clone(),
             _ => String::new(),
         }
     };
+    // A map of JSON values always serializes.
+    let json = |map: &Map<String, Value>| serde_json::to_string(map).unwrap_or_default();
     [
-        Some(context.role.clone()),
-        Some(Value::Object(context.claims.clone()).to_string()),
+        Some(context.role.to_owned()),
+        Some(json(context.claims)),
         Some(claim_text("sub")),
         Some(claim_text("email")),
-        Some(context.method.clone()),
-        Some(context.path.clone()),
-        Some(Value::Object(context.headers.clone()).to_string()),
-        context.search_path.clone(),
+        Some(context.method.to_owned()),
+        Some(context.path.to_owned()),
+        Some(json(context.headers)),
+        context.search_path.map(str::to_owned),
     ]
 }
 

@@ -1043,18 +1043,18 @@ impl RestService {
         let Some(client) = guard.client.as_deref() else {
             return Err(ApiError::connection());
         };
-        let context = RequestContext {
-            role: caller.role.clone(),
-            claims: caller.claims.clone(),
-            method: method.to_string(),
-            path: path.to_owned(),
-            headers: caller.headers.clone(),
-            search_path: Some(format!("{}, \"extensions\"", quote_ident(schema))),
-        };
+        let search_path = format!("{}, \"extensions\"", quote_ident(schema));
         let anonymous = caller.role == "anon";
         let db = |err| database_error(err, anonymous);
         let mut prologue = Vec::with_capacity(REST_PROLOGUE_PARAMS);
-        prologue.extend(sovra_pg::prologue_params(&context));
+        prologue.extend(sovra_pg::prologue_params_of(&sovra_pg::PrologueRef {
+            role: &caller.role,
+            claims: &caller.claims,
+            method: method.as_str(),
+            path,
+            headers: &caller.headers,
+            search_path: Some(&search_path),
+        }));
         prologue.push(prefs.timezone.clone());
         // The role's own settings, as the schema cache last read them.
         let cache = self.cache.get();

@@ -290,16 +290,20 @@ pub(crate) async fn rest(
     body: axum::body::Bytes,
 ) -> Response {
     let path = uri.path().strip_prefix("/rest/v1").unwrap_or("");
+    let Caller {
+        tenant,
+        role,
+        claims,
+    } = caller;
     let rest_caller = sovra_rest::Caller {
-        role: caller.role.clone(),
-        claims: caller.claims.clone(),
+        role,
+        claims,
         headers: safe_headers(&headers),
     };
-    caller
-        .tenant
+    tenant
         .rest
         .handle(
-            &caller.tenant.pool,
+            &tenant.pool,
             &rest_caller,
             sovra_rest::HttpRequest {
                 method: &method,
