@@ -280,9 +280,18 @@ pub struct KeySet {
 
 /// The most tokens a [`KeySet`] remembers as signed by its keys.
 const SIGNATURES_CACHED: usize = 1024;
-/// Longer tokens are verified every time and never remembered: with
-/// [`SIGNATURES_CACHED`], this bounds the memory the cache can hold.
+/// The most memory, estimated, that a [`KeySet`]'s remembered tokens hold
+/// (see [`signed_cost`]): every tenant has its own set, so this is per
+/// tenant. About 150 user access tokens, or 1,000 API keys.
+const SIGNATURE_CACHE_BYTES: usize = 256 * 1024;
+/// Longer tokens are verified every time and never remembered.
 const SIGNATURE_CACHE_MAX_TOKEN: usize = 4096;
+
+/// What remembering `token`'s claims costs, estimated: parsed claims take
+/// about three times their encoded size, plus the entry itself.
+fn signed_cost(token: &str) -> usize {
+    3 * token.len() + 128
+}
 
 /// What one verified signature established: the token's claims as signed,
 /// and whether an external issuer's key signed them.
@@ -300,29 +309,46 @@ struct Signed {
 /// The cache belongs to the set, so new keys (a rotation, a tenant's new
 /// key set) start with none. Keyed by a digest rather than the token, so
 /// that no comparison with a remembered token depends on its bytes. At
-/// most [`SIGNATURES_CACHED`] tokens: when full, it starts over.
+/// most [`SIGNATURES_CACHED`] tokens and [`SIGNATURE_CACHE_BYTES`]: when
+/// full, it starts over.
 #[derive(Default)]
 struct Signatures {
-    seen: std::sync::Mutex<HashMap<[u8; 32], Arc<Signed>>>,
+    seen: std::sync::Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    by_digest: HashMap<[u8; 32], Arc<Signed>>,
+    /// The estimated memory of the entries ([`signed_cost`]).
+    bytes: usize,
 }
 
 impl Signatures {
     fn get(&self, digest: &[u8; 32]) -> Option<Arc<Signed>> {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(digest).cloned()
+        seen.by_digest.get(digest).cloned()
     }
 
-    fn insert(&self, digest: [u8; 32], signed: Arc<Signed>) {
+    fn insert(&self, digest: [u8; 32], signed: Arc<Signed>, cost: usize) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= SIGNATURES_CACHED {
-            seen.clear();
+        if seen.by_digest.len() >= SIGNATURES_CACHED || seen.bytes + cost > SIGNATURE_CACHE_BYTES {
+            seen.by_digest.clear();
+            seen.bytes = 0;
         }
-        seen.insert(digest, signed);
+        if seen.by_digest.insert(digest, signed).is_none() {
+            seen.bytes += cost;
+        }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.by_digest.len()
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).bytes
     }
 }
 
@@ -676,7 +702,8 @@ impl KeySet {
             None => {
                 let signed = Arc::new(self.verify_signature(token)?);
                 if let Some(digest) = digest {
-                    self.signatures.insert(digest, signed.clone());
+                    self.signatures
+                        .insert(digest, signed.clone(), signed_cost(token));
                 }
                 signed
             }

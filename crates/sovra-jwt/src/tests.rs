@@ -825,7 +825,25 @@ fn the_signature_cache_is_bounded() {
         let token = set.sign(&claims).unwrap();
         assert!(set.verify(&token, NOW).is_ok());
         assert!(set.signatures.len() <= SIGNATURES_CACHED);
+        assert!(set.signatures.bytes() <= SIGNATURE_CACHE_BYTES);
     }
+    // Large tokens fill the byte budget before the count.
+    let (_, set) = generated();
+    let mut most = 0;
+    for n in 0..400 {
+        let mut claims = user(NOW + 3600);
+        claims.insert("pad".into(), json!(format!("{n}{}", "x".repeat(2000))));
+        let token = set.sign(&claims).unwrap();
+        assert!(token.len() <= SIGNATURE_CACHE_MAX_TOKEN);
+        assert!(set.verify(&token, NOW).is_ok());
+        assert!(set.signatures.bytes() <= SIGNATURE_CACHE_BYTES);
+        most = most.max(set.signatures.len());
+    }
+    let fit = SIGNATURE_CACHE_BYTES / (3 * 2000);
+    assert!(
+        most > 1 && most <= fit,
+        "{most} remembered, at most {fit} fit"
+    );
     // A token too long to remember is verified all the same.
     let mut claims = user(NOW + 3600);
     claims.insert("pad".into(), json!("x".repeat(SIGNATURE_CACHE_MAX_TOKEN)));
