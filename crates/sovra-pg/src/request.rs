@@ -24,8 +24,17 @@ pub struct RequestContext {
     pub search_path: Option<String>,
 }
 
+/// [`ROLE_SETTING_NAMES`] as an SQL list, for the statements that filter
+/// on them.
+macro_rules! role_setting_names {
+    () => {
+        "('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout', 'work_mem', 'default_text_search_config')"
+    };
+}
+
 /// The role settings a request transaction applies for the role it
-/// switches to (see [`PROLOGUE_SQL`]), in this order.
+/// switches to (see [`PROLOGUE_SQL`]), in this order (the list of
+/// `role_setting_names!`).
 pub const ROLE_SETTING_NAMES: [&str; 5] = [
     "statement_timeout",
     "lock_timeout",
@@ -38,15 +47,18 @@ pub const ROLE_SETTING_NAMES: [&str; 5] = [
 /// database: rows of role name, setting name and value, global ones first,
 /// so that a database-specific value read later replaces a global one (as
 /// PostgreSQL applies them at login).
-pub const ROLE_SETTINGS_SQL: &str = "select r.rolname::text, split_part(s.setting, '=', 1),
+pub const ROLE_SETTINGS_SQL: &str = concat!(
+    "select r.rolname::text, split_part(s.setting, '=', 1),
        substring(s.setting from position('=' in s.setting) + 1)
 from pg_catalog.pg_db_role_setting d
 join pg_catalog.pg_roles r on r.oid = d.setrole
 cross join lateral unnest(d.setconfig) as s(setting)
 where d.setdatabase in (0, (select oid from pg_catalog.pg_database where datname = current_database()))
-  and split_part(s.setting, '=', 1) in ('statement_timeout', 'lock_timeout',
-      'idle_in_transaction_session_timeout', 'work_mem', 'default_text_search_config')
-order by d.setdatabase";
+  and split_part(s.setting, '=', 1) in ",
+    role_setting_names!(),
+    "
+order by d.setdatabase"
+);
 
 /// The request settings of [`PROLOGUE_SQL`] (parameters 1 to 8), as one
 /// select list: what a service that knows the role's settings already
@@ -87,8 +99,9 @@ pub const PROLOGUE_SQL: &str = concat!(
                 where d.setrole = (select oid from pg_catalog.pg_roles where rolname = $1)
                   and d.setdatabase in (0, (select oid from pg_catalog.pg_database
                                              where datname = current_database()))
-                  and split_part(s.setting, '=', 1) in ('statement_timeout', 'lock_timeout',
-                      'idle_in_transaction_session_timeout', 'work_mem', 'default_text_search_config')
+                  and split_part(s.setting, '=', 1) in ",
+    role_setting_names!(),
+    "
                 order by d.setdatabase) role_settings) applied),
         ",
     request_settings!()
@@ -201,4 +214,16 @@ pub async fn begin_request<'a>(
         .collect();
     tx.query_typed(PROLOGUE_SQL, &typed).await?;
     Ok(tx)
+}
+
+#[cfg(test)]
+mod role_setting_names_tests {
+    #[test]
+    fn the_sql_list_is_the_names() {
+        let quoted: Vec<String> = super::ROLE_SETTING_NAMES
+            .iter()
+            .map(|name| format!("'{name}'"))
+            .collect();
+        assert_eq!(role_setting_names!(), format!("({})", quoted.join(", ")));
+    }
 }
