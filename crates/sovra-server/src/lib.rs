@@ -11,6 +11,7 @@ pub mod body;
 pub mod cron;
 pub(crate) mod dashboard;
 pub mod data_dir;
+mod front;
 pub mod gateway;
 pub mod keys;
 pub mod mcp;
@@ -29,13 +30,11 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
-use axum::http::{HeaderName, Method, Request, request::Parts};
+use axum::http::{HeaderName, Method, request::Parts};
 use axum::routing::{any, get};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 pub use gateway::{Caller, GatewayError};
 pub use routes::safe_headers;
@@ -148,23 +147,6 @@ pub fn is_safe_request_id(value: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// Drops the client's `x-request-id` unless it is exactly one safe id, so
-/// that [`SetRequestIdLayer`] generates a fresh one.
-async fn drop_unsafe_request_id(
-    mut request: Request<axum::body::Body>,
-) -> Request<axum::body::Body> {
-    let ids = request.headers().get_all(REQUEST_ID);
-    let mut iter = ids.iter();
-    let keep = match (iter.next(), iter.next()) {
-        (Some(id), None) => is_safe_request_id(id.as_bytes()),
-        _ => false,
-    };
-    if !keep {
-        request.headers_mut().remove(REQUEST_ID);
-    }
-    request
-}
-
 /// Headers browsers may read from responses (spec §1.1).
 const EXPOSED_HEADERS: &[&str] = &[
     "content-range",
@@ -208,56 +190,6 @@ fn cors() -> CorsLayer {
         .max_age(Duration::from_secs(86_400))
 }
 
-/// The method a plain `OPTIONS` (one without `Access-Control-Request-Method`,
-/// so not a CORS preflight) travels under through the CORS layer, which
-/// would otherwise answer every `OPTIONS` itself: the routes answer it
-/// (PostgREST's `Allow` of a relation or function).
-const PLAIN_OPTIONS: &[u8] = b"SOVRA-PLAIN-OPTIONS";
-
-/// The layer outside CORS, as one middleware: a plain `OPTIONS` is
-/// disguised ([`PLAIN_OPTIONS`]), and a TUS `OPTIONS` gets its headers
-/// ([`routes::tus_options`]).
-async fn options_front(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    routes::tus_options(&state, disguise_plain_options(request), next).await
-}
-
-fn disguise_plain_options(mut request: axum::extract::Request) -> axum::extract::Request {
-    if request.method() == Method::OPTIONS
-        && !request
-            .headers()
-            .contains_key(axum::http::header::ACCESS_CONTROL_REQUEST_METHOD)
-        // TUS answers its own `OPTIONS` (with the CORS layer's reply).
-        && !request.uri().path().contains("/storage/v1/upload/resumable")
-        && let Ok(method) = Method::from_bytes(PLAIN_OPTIONS)
-    {
-        *request.method_mut() = method;
-    }
-    request
-}
-
-/// Everything inside the CORS layer before the routes, as one middleware
-/// (each layer of its own costs a boxed clone of all it wraps, per
-/// request): a plain `OPTIONS` gets its method back, the body its idle
-/// timeout (`server.body_idle_timeout`), and the request its tenant
-/// ([`tenants::route`]).
-async fn front(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    mut request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if request.method().as_str().as_bytes() == PLAIN_OPTIONS {
-        *request.method_mut() = Method::OPTIONS;
-    }
-    body::with_idle_timeout(state.body_idle_timeout, request, |request| {
-        tenants::route(&state, request, next)
-    })
-    .await
-}
-
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     // The dashboard at `/_/` sends its requests through a router of its
@@ -274,33 +206,6 @@ pub fn router(state: AppState) -> Router {
 /// Every route and layer, with `dashboard` merged in when given.
 fn routes(state: AppState, dashboard: Option<Router>) -> Router {
     let body_limit = state.body_limit;
-    let trace = TraceLayer::new_for_http()
-        .make_span_with(|request: &Request<_>| {
-            let request_id = request
-                .headers()
-                .get(REQUEST_ID)
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or("");
-            // The path only: query strings can carry keys.
-            tracing::info_span!(
-                "request",
-                method = %request.method(),
-                path = %request.uri().path(),
-                request_id = %request_id,
-            )
-        })
-        .on_request(())
-        .on_failure(())
-        .on_response(
-            |response: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
-                tracing::info!(
-                    status = response.status().as_u16(),
-                    latency_ms = latency.as_secs_f64() * 1000.0,
-                    "response"
-                );
-            },
-        );
-    let request_id = HeaderName::from_static(REQUEST_ID);
     // Every route but storage takes bodies up to `server.body_limit`;
     // storage streams uploads and applies its own per-bucket limits.
     let api = Router::new()
@@ -369,7 +274,6 @@ fn routes(state: AppState, dashboard: Option<Router>) -> Router {
         )
         .route_layer(axum::middleware::from_fn(observe::track))
         .layer(DefaultBodyLimit::disable());
-    let tus_state = state.clone();
     let platform = Router::new()
         .route(
             "/sovra/v1/tenants",
@@ -401,21 +305,8 @@ fn routes(state: AppState, dashboard: Option<Router>) -> Router {
     if let Some(dashboard) = dashboard {
         inner = inner.merge(dashboard);
     }
-    // The layers every request passes, outermost first, built as one
-    // service (each `Router::layer` would box it once more, and every box
-    // is cloned for every request).
-    let front = tower::ServiceBuilder::new()
-        .layer(axum::middleware::map_request(drop_unsafe_request_id))
-        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-        .layer(trace)
-        .layer(PropagateRequestIdLayer::new(request_id))
-        .layer(axum::middleware::from_fn_with_state(
-            tus_state,
-            options_front,
-        ))
-        .layer(cors())
-        .layer(axum::middleware::from_fn_with_state(state, front))
-        .service(inner);
+    // The layers every request passes: two services (see `front.rs`).
+    let front = front::Front::new(state, inner);
     Router::new().fallback_service(front)
 }
 

@@ -669,18 +669,22 @@ async fn storage_s3(
 /// to the answer of an `OPTIONS` request for `/storage/v1/upload/resumable`,
 /// as Supabase's TUS server sends them; the CORS layer inside answers such
 /// requests itself (204 with the CORS headers) before any route sees them.
-pub(crate) async fn tus_options(
+pub(crate) async fn tus_options<F, Fut>(
     state: &AppState,
     request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
+    next: F,
+) -> Response
+where
+    F: FnOnce(axum::extract::Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let tus = request.method() == Method::OPTIONS
         && request
             .uri()
             .path()
             .contains("/storage/v1/upload/resumable");
     if !tus {
-        return next.run(request).await;
+        return next(request).await;
     }
     let (parts, body) = request.into_parts();
     // This layer runs before tenant routing: a tenant's URL is resolved
@@ -690,9 +694,7 @@ pub(crate) async fn tus_options(
         Some(found) => found.ok(),
         None => state.tenants.resolve(&parts),
     };
-    let mut response = next
-        .run(axum::extract::Request::from_parts(parts, body))
-        .await;
+    let mut response = next(axum::extract::Request::from_parts(parts, body)).await;
     if let Some(tenant) = tenant
         && response.status().is_success()
     {

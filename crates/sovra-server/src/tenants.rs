@@ -28,7 +28,6 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -2523,11 +2522,15 @@ pub(crate) async fn addressed_tenant(
 
 /// Routes requests for tenants: resolves the tenant (building it on first
 /// use), strips `/t/{name}` from the path, and hands it on with
-/// [`RoutedTenant`]. Unknown tenant: 404; suspended: 503. Part of the one
-/// middleware inside the CORS layer (`front` in `lib.rs`).
-pub(crate) async fn route(state: &AppState, mut request: Request, next: Next) -> Response {
+/// [`RoutedTenant`] to `next`. Unknown tenant: 404; suspended: 503. Part of
+/// the service inside the CORS layer (`front.rs`).
+pub(crate) async fn route<F, Fut>(state: &AppState, mut request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let Some(platform) = state.platform.clone() else {
-        return next.run(request).await;
+        return next(request).await;
     };
     let host = request
         .headers()
@@ -2537,7 +2540,7 @@ pub(crate) async fn route(state: &AppState, mut request: Request, next: Next) ->
         .or_else(|| request.uri().host().map(str::to_owned));
     let uri = request.uri().clone();
     let Some((name, path)) = addressed(&uri, host.as_deref(), platform.config.base_domain()) else {
-        return next.run(request).await;
+        return next(request).await;
     };
     if validate_name(name).is_err() {
         return Lookup::NotFound.into_response();
@@ -2615,7 +2618,7 @@ pub(crate) async fn route(state: &AppState, mut request: Request, next: Next) ->
         None => None,
     };
     request.extensions_mut().insert(RoutedTenant(tenant));
-    let mut response = next.run(request).await;
+    let mut response = next(request).await;
     if response.status() == StatusCode::TOO_MANY_REQUESTS
         && response
             .headers()
