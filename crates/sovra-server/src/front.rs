@@ -16,7 +16,8 @@
 //!   ([`routes::tus_options`]);
 //! - CORS ([`crate::cors`]);
 //! - [`Inner`]: the plain `OPTIONS` method restored, the body's idle timeout
-//!   (`server.body_idle_timeout`), and the tenant ([`tenants::route`]);
+//!   (`server.body_idle_timeout`), the tenant ([`tenants::route`]), and a
+//!   413 of `/rest/v1` in PostgREST's shape ([`routes::rest_body_limit`]);
 //! - the routes.
 
 use std::cell::Cell;
@@ -140,20 +141,20 @@ impl Service<Request> for Inner {
         if request.method().as_str().as_bytes() == PLAIN_OPTIONS {
             *request.method_mut() = Method::OPTIONS;
         }
+        let is_rest = request.uri().path().contains("/rest/v1");
         let state = self.state.clone();
         let router = self.router.clone();
         Box::pin(async move {
-            Ok(
-                body::with_idle_timeout(state.body_idle_timeout, request, |request| {
-                    tenants::route(&state, request, |request| async move {
-                        router
-                            .oneshot(request)
-                            .await
-                            .unwrap_or_else(|never| match never {})
-                    })
+            let response = body::with_idle_timeout(state.body_idle_timeout, request, |request| {
+                tenants::route(&state, request, |request| async move {
+                    router
+                        .oneshot(request)
+                        .await
+                        .unwrap_or_else(|never| match never {})
                 })
-                .await,
-            )
+            })
+            .await;
+            Ok(routes::rest_body_limit(is_rest, response))
         })
     }
 }

@@ -242,19 +242,18 @@ fn routes(state: AppState, dashboard: Option<Router>) -> Router {
             "/realtime/v1/api/broadcast/{*path}",
             axum::routing::post(routes::realtime_broadcast),
         )
-        .route_layer(axum::middleware::from_fn(observe::track))
-        // One layer of three (each `Router::layer` boxes every route once
-        // more, and the box is cloned for every request): the first is the
-        // outermost.
+        .route_layer(observe::Track)
+        // One layer of two (each `Router::layer` boxes every route once
+        // more, and the box is cloned for every request); a 413 of
+        // `/rest/v1` gets PostgREST's shape in `front::Inner`.
         .layer(
             tower::ServiceBuilder::new()
-                .layer(axum::middleware::from_fn(routes::rest_body_limit))
                 .layer(RequestBodyLimitLayer::new(body_limit))
                 .layer(DefaultBodyLimit::max(body_limit)),
         );
     let storage = Router::new()
         .route("/storage/v1/{*path}", any(routes::storage))
-        .route_layer(axum::middleware::from_fn(observe::track))
+        .route_layer(observe::Track)
         .layer(DefaultBodyLimit::disable());
     // `/mcp` reads its own bodies under `mcp.max_request_bytes`.
     let mcp = Router::new()
@@ -272,7 +271,7 @@ fn routes(state: AppState, dashboard: Option<Router>) -> Router {
             "/.well-known/oauth-protected-resource/mcp",
             get(mcp::protected_resource),
         )
-        .route_layer(axum::middleware::from_fn(observe::track))
+        .route_layer(observe::Track)
         .layer(DefaultBodyLimit::disable());
     let platform = Router::new()
         .route(
@@ -293,7 +292,7 @@ fn routes(state: AppState, dashboard: Option<Router>) -> Router {
             "/sovra/v1/tenants/{name}/resume",
             axum::routing::post(tenants::resume),
         )
-        .route_layer(axum::middleware::from_fn(observe::track))
+        .route_layer(observe::Track)
         .layer(DefaultBodyLimit::max(64 * 1024));
     // Tenant routing rewrites `/t/{name}/…` before the routes match: the
     // inner router is the fallback of an outer one that runs `route`.

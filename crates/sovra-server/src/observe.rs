@@ -8,8 +8,13 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
+use axum::http::Method;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sovra_config::{Config, LogFormat};
@@ -62,57 +67,128 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// Counts every request by method, matched route and status, and records
-/// its latency.
-pub async fn track(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let tenant = request
-        .extensions()
-        .get::<crate::tenants::RoutedTenant>()
-        .map_or_else(|| "default".to_owned(), |routed| routed.0.id.clone());
-    let path = request.uri().path().to_owned();
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let response = next.run(request).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let at_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    crate::traffic::traffic().record(&tenant, response.status().as_u16(), at_ms / 1000);
-    request_log().push(LoggedRequest {
-        at_ms,
-        tenant,
-        method: method.clone(),
-        route: route.clone(),
-        path,
-        status: response.status().as_u16(),
-        latency_ms: elapsed * 1000.0,
-        request_id,
-    });
-    let status = response.status().as_u16().to_string();
-    metrics::counter!(
-        "sovra_http_requests_total",
-        "method" => method.clone(),
-        "route" => route.clone(),
-        "status" => status
-    )
-    .increment(1);
-    metrics::histogram!(
-        "sovra_http_request_duration_seconds",
-        "method" => method,
-        "route" => route
-    )
-    .record(elapsed);
-    response
+/// Counts every request by method, matched route and status, records its
+/// latency, and keeps it in the [`request_log`]: the layer every route
+/// has (`Router::route_layer`), so that the matched route is known. A
+/// hand-written service, not a `from_fn` middleware, which would box and
+/// clone the route once more per request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Track;
+
+impl<S> tower::Layer<S> for Track {
+    type Service = Tracked<S>;
+
+    fn layer(&self, inner: S) -> Tracked<S> {
+        Tracked { inner }
+    }
+}
+
+/// A route under [`Track`].
+#[derive(Clone, Debug)]
+pub struct Tracked<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for Tracked<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let method = method_label(request.method());
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+        let tenant = request
+            .extensions()
+            .get::<crate::tenants::RoutedTenant>()
+            .map_or_else(|| "default".to_owned(), |routed| routed.0.id.clone());
+        let path = request.uri().path().to_owned();
+        let request_id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let Ok(response) = response.await;
+            let elapsed = started.elapsed().as_secs_f64();
+            let status = response.status().as_u16();
+            let at_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            crate::traffic::traffic().record(&tenant, status, at_ms / 1000);
+            metrics::counter!(
+                "sovra_http_requests_total",
+                "method" => method,
+                "route" => route.clone(),
+                "status" => status_label(status)
+            )
+            .increment(1);
+            metrics::histogram!(
+                "sovra_http_request_duration_seconds",
+                "method" => method,
+                "route" => route.clone()
+            )
+            .record(elapsed);
+            request_log().push(LoggedRequest {
+                at_ms,
+                tenant,
+                method: method.to_owned(),
+                route,
+                path,
+                status,
+                latency_ms: elapsed * 1000.0,
+                request_id,
+            });
+            Ok(response)
+        })
+    }
+}
+
+/// A method as a metric label and in the request log: the standard ones by
+/// name, any other as `OTHER` (a client choosing methods must not mint
+/// label values without bound).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// A status code as a metric label, without formatting the common ones.
+fn status_label(status: u16) -> metrics::SharedString {
+    match status {
+        200 => "200".into(),
+        201 => "201".into(),
+        204 => "204".into(),
+        206 => "206".into(),
+        304 => "304".into(),
+        400 => "400".into(),
+        401 => "401".into(),
+        403 => "403".into(),
+        404 => "404".into(),
+        other => other.to_string().into(),
+    }
 }
 
 /// One request as the dashboard's Logs page shows it: no query string,
@@ -270,5 +346,22 @@ mod tests {
         let path = &log.recent(None, 1)[0].path;
         assert!(path.len() <= MAX_LOGGED_PATH && path.len() >= MAX_LOGGED_PATH - 1);
         assert!(path.chars().all(|c| c == 'é'));
+    }
+}
+
+#[cfg(test)]
+mod track_tests {
+    use super::*;
+
+    #[test]
+    fn methods_outside_the_standard_set_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for made_up in ["FOO", "BAR1", "SOVRA-PLAIN-OPTIONS"] {
+            let method = Method::from_bytes(made_up.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "OTHER", "{made_up}");
+        }
+        assert_eq!(status_label(200).as_ref(), "200");
+        assert_eq!(status_label(418).as_ref(), "418");
     }
 }

@@ -319,12 +319,7 @@ pub(crate) async fn rest(
 /// A body over `server.body_limit` sent to `/rest/v1` is refused in
 /// PostgREST's error shape (`code`, `message`, `details`, `hint`), whichever
 /// layer noticed it (the declared length or the bytes read).
-pub(crate) async fn rest_body_limit(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let is_rest = request.uri().path().contains("/rest/v1");
-    let response = next.run(request).await;
+pub(crate) fn rest_body_limit(is_rest: bool, response: Response) -> Response {
     if !is_rest || response.status() != StatusCode::PAYLOAD_TOO_LARGE {
         return response;
     }
