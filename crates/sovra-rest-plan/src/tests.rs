@@ -418,6 +418,22 @@ fn compat_cache() -> SchemaCache {
             false,
         ),
         routine(
+            "send",
+            [
+                param("queue_name", "pg_catalog", "text", "text"),
+                param("message", "pg_catalog", "jsonb", "jsonb"),
+                param("ratio", "pg_catalog", "float8", "double precision"),
+            ]
+            .into_iter()
+            .map(|p| RoutineParam {
+                has_default: true,
+                ..p
+            })
+            .collect(),
+            ReturnShape::Scalar(TypeName::new("pg_catalog", "int8")),
+            false,
+        ),
+        routine(
             "raw",
             vec![param("", "pg_catalog", "text", "text")],
             ReturnShape::Scalar(TypeName::new("pg_catalog", "text")),
@@ -635,5 +651,69 @@ fn nearest_refuses_columns_that_are_no_vectors_and_aggregates() {
             .statement
             .sql
             .contains("_distance")
+    );
+}
+
+#[test]
+fn json_arguments_are_bound_directly_when_json_to_record_would_pass_them_as_they_are() {
+    let cache = compat_cache();
+    let call = |body: &str| {
+        let q = QueryParams::default();
+        let prefs = Preferences::default();
+        plan_call(
+            &cache,
+            &CallRequest {
+                schema: "public",
+                function: "send",
+                arguments: Arguments::Json(body),
+                is_get: false,
+                query: &q,
+                prefs: &prefs,
+                range: None,
+                max_rows: None,
+                strip_nulls: false,
+                geojson: false,
+            },
+        )
+        .unwrap()
+        .plan
+        .statement
+    };
+    let statement = call(r#"{"queue_name": "q", "message": {"n": 1}}"#);
+    assert!(
+        statement.sql.contains(
+            r#""public"."send"("queue_name" => $1::"pg_catalog"."text", "message" => $2::"pg_catalog"."jsonb")"#
+        ),
+        "{}",
+        statement.sql
+    );
+    assert_eq!(
+        statement.params[..2],
+        ["q".to_owned(), r#"{"n":1}"#.to_owned()]
+    );
+    // A fraction goes through `json_to_record` (its text is PostgreSQL's to
+    // read), the others stay bound; the body is bound once.
+    let statement = call(r#"{"queue_name": "q", "ratio": 0.5}"#);
+    assert!(
+        statement
+            .sql
+            .contains(r#""queue_name" => $1::"pg_catalog"."text""#),
+        "{}",
+        statement.sql
+    );
+    assert!(
+        statement.sql.contains("json_to_record($2::json)"),
+        "{}",
+        statement.sql
+    );
+    assert_eq!(statement.sql.matches("json_to_record").count(), 1);
+    // `null` and a number for a text parameter: a string stays direct, a
+    // null does not.
+    let statement = call(r#"{"queue_name": null, "message": null}"#);
+    assert_eq!(
+        statement.sql.matches("json_to_record").count(),
+        2,
+        "{}",
+        statement.sql
     );
 }

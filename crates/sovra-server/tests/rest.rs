@@ -1697,3 +1697,145 @@ async fn variadic_functions_and_max_affected_on_rpc() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
     assert!(text.contains("PGRST128"), "{text}");
 }
+
+/// Arguments of a JSON body that Sovra binds as text (`$n::type`) must give
+/// a function exactly what `json_to_record` over the same body gives it, or
+/// the same error: a differential test over types and JSON value shapes,
+/// against PostgreSQL's own conversion run directly.
+#[tokio::test]
+async fn rpc_json_arguments_match_json_to_record() {
+    let rest = Rest::new().await;
+    let params: &[(&str, &str)] = &[
+        ("t", "text"),
+        ("v", "varchar"),
+        ("c", "bpchar"),
+        ("i2", "int2"),
+        ("i4", "int4"),
+        ("i8", "int8"),
+        ("n", "numeric"),
+        ("b", "bool"),
+        ("u", "uuid"),
+        ("d", "date"),
+        ("ts", "timestamptz"),
+        ("iv", "interval"),
+        ("j", "json"),
+        ("jb", "jsonb"),
+        ("arr", "int4[]"),
+        ("f8", "float8"),
+    ];
+    let signature: Vec<String> = params
+        .iter()
+        .map(|(name, ty)| format!("{name} {ty} default null"))
+        .collect();
+    let shown: Vec<String> = params
+        .iter()
+        .map(|(name, ty)| match *ty {
+            "timestamptz" => format!("quote_nullable(({name} at time zone 'UTC')::text)"),
+            _ => format!("quote_nullable({name}::text)"),
+        })
+        .collect();
+    let client = rest.app.db.client().await;
+    client
+        .batch_execute(&format!(
+            "create function public.echo_types({}) returns text language sql \
+             as $$ select concat_ws('|', {}) $$;",
+            signature.join(", "),
+            shown.join(", ")
+        ))
+        .await
+        .unwrap();
+    let url = format!("{}/rest/v1/rpc/echo_types", rest.app.url);
+    let post = |body: String| {
+        let rest = &rest;
+        let url = url.clone();
+        async move {
+            let response = rest
+                .http
+                .post(url)
+                .header("apikey", &rest.app.anon_key)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    // The schema cache picks the function up after the DDL.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while post("{}".to_owned()).await.0 != StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "function never cached"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let values = [
+        r#""abc""#,
+        r#""""#,
+        r#""12""#,
+        r#""-7""#,
+        r#""1.50""#,
+        "12",
+        "-7",
+        "0",
+        "1.50",
+        "1e2",
+        "32768",
+        "9223372036854775807",
+        "18446744073709551615",
+        "99999999999999999999",
+        "true",
+        "false",
+        "null",
+        r#""true""#,
+        r#""yes""#,
+        r#""2024-01-02""#,
+        r#""2024-01-02T03:04:05+02""#,
+        r#""1 day 2 hours""#,
+        r#""00000000-0000-0000-0000-00000000000a""#,
+        r#""not a uuid""#,
+        r#"{"a": [1, {"b": null}], "c": "d"}"#,
+        "[1, 2]",
+        r#""{1,2}""#,
+        r#""x\u0000y""#,
+        r#""é \" \\ \n""#,
+    ];
+    let mut compared = 0;
+    for (name, ty) in params {
+        for value in values {
+            let raw = format!(r#"{{"{name}": {value}}}"#);
+            // What the function got before: the body as Sovra re-serialises
+            // it, through `json_to_record`.
+            let body = serde_json::from_str::<Value>(&raw).unwrap().to_string();
+            let reference = client
+                .query_one(
+                    &format!(
+                        "select public.echo_types({name} => (select x.{name} \
+                         from json_to_record($1::text::json) as x({name} {ty})))"
+                    ),
+                    &[&body],
+                )
+                .await;
+            let (status, answer) = post(raw.clone()).await;
+            match reference {
+                Ok(row) => {
+                    let expected: String = row.get(0);
+                    assert_eq!(status, StatusCode::OK, "{raw}: {answer}");
+                    assert_eq!(answer, json!(expected), "{raw}");
+                }
+                Err(err) => {
+                    let code = err.code().map(|c| c.code().to_owned()).unwrap();
+                    assert!(status.is_client_error(), "{raw}: {status} {answer}");
+                    assert_eq!(answer["code"], json!(code), "{raw}: {answer}");
+                }
+            }
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, params.len() * values.len());
+}
