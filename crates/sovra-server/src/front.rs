@@ -45,9 +45,10 @@ const PLAIN_OPTIONS: &[u8] = b"SOVRA-PLAIN-OPTIONS";
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-/// The service outside CORS (see the module's documentation).
+/// The service outside CORS (see the module's documentation): every
+/// request's way in ([`crate::App`]).
 #[derive(Clone)]
-pub(crate) struct Front {
+pub struct Front {
     state: AppState,
     cors: Cors<Inner>,
 }
@@ -69,7 +70,7 @@ impl Front {
 impl Service<Request> for Front {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // CORS and `Inner` are always ready.

@@ -36,6 +36,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
+pub use front::Front as App;
 pub use gateway::{Caller, GatewayError};
 pub use routes::safe_headers;
 pub use tenant::{Tenant, TenantResolver};
@@ -192,10 +193,20 @@ fn cors() -> CorsLayer {
 
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
+    Router::new().fallback_service(app(state))
+}
+
+/// The same as [`router`] as the service itself, without the outer
+/// router's fallback routing: what `sovra serve` runs
+/// ([`serve::serve_http`] takes either).
+pub fn app(state: AppState) -> App {
     // The dashboard at `/_/` sends its requests through a router of its
     // own with the same routes but no dashboard (one that contained it
     // would own itself through the dashboard and never be dropped).
-    let host = dashboard::ServerHost::new(state.clone(), routes(state.clone(), None));
+    let host = dashboard::ServerHost::new(
+        state.clone(),
+        Router::new().fallback_service(routes(state.clone(), None)),
+    );
     let dashboard = sovra_dashboard::router(Arc::new(sovra_dashboard::Dashboard::new(
         Arc::new(host),
         state.dashboard_session_ttl,
@@ -204,7 +215,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Every route and layer, with `dashboard` merged in when given.
-fn routes(state: AppState, dashboard: Option<Router>) -> Router {
+fn routes(state: AppState, dashboard: Option<Router>) -> App {
     let body_limit = state.body_limit;
     // Every route but storage takes bodies up to `server.body_limit`;
     // storage streams uploads and applies its own per-bucket limits.
@@ -305,8 +316,7 @@ fn routes(state: AppState, dashboard: Option<Router>) -> Router {
         inner = inner.merge(dashboard);
     }
     // The layers every request passes: two services (see `front.rs`).
-    let front = front::Front::new(state, inner);
-    Router::new().fallback_service(front)
+    front::Front::new(state, inner)
 }
 
 #[cfg(test)]

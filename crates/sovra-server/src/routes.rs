@@ -283,12 +283,30 @@ pub fn safe_headers(headers: &HeaderMap) -> Map<String, Value> {
 
 /// `/rest/v1/*`: the PostgREST-compatible API, as the caller.
 pub(crate) async fn rest(
-    caller: Caller,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    State(state): State<AppState>,
+    request: axum::extract::Request,
 ) -> Response {
+    use axum::extract::{FromRequest, FromRequestParts};
+    // Taken apart by hand: the method, URI and header extractors would
+    // each clone theirs.
+    let (mut parts, body) = request.into_parts();
+    let caller = match Caller::from_request_parts(&mut parts, &state).await {
+        Ok(caller) => caller,
+        Err(refused) => return refused.into_response(),
+    };
+    let method = std::mem::take(&mut parts.method);
+    let uri = std::mem::take(&mut parts.uri);
+    let headers = std::mem::take(&mut parts.headers);
+    // The body under `DefaultBodyLimit` (an extension the parts keep).
+    let body = match axum::body::Bytes::from_request(
+        axum::extract::Request::from_parts(parts, body),
+        &state,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(refused) => return refused.into_response(),
+    };
     let path = uri.path().strip_prefix("/rest/v1").unwrap_or("");
     let Caller {
         tenant,

@@ -11,7 +11,7 @@ use sovra_pg::{Cluster, ClusterOptions};
 
 use crate::data_dir::DataDir;
 use crate::keys::{self, ProjectKeys};
-use crate::{AppState, Tenant, TenantResolver, router};
+use crate::{AppState, Tenant, TenantResolver, app};
 
 /// Why Sovra could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -873,7 +873,7 @@ async fn serve_with(
         );
     }
     let draining = state.draining.clone();
-    let app = router(state);
+    let app = app(state);
 
     let addr = config.listen_addr();
     let listener = tokio::net::TcpListener::bind(addr)
@@ -977,12 +977,23 @@ impl HttpOptions {
 /// WebSocket handshakes too), and a new connection its first byte, or it
 /// is closed: idle or trickling connections cannot pile up. The client's
 /// address is available to handlers as `ConnectInfo<SocketAddr>`.
-pub async fn serve_http(
+pub async fn serve_http<S>(
     listener: tokio::net::TcpListener,
-    app: axum::Router,
+    app: S,
     options: HttpOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), std::io::Error> {
+) -> Result<(), std::io::Error>
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use tower::ServiceExt as _;
 

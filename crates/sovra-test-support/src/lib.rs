@@ -330,7 +330,7 @@ impl TestApp {
         let resolver = sovra_server::TenantResolver::single(tenant);
         let tenant = resolver.all().remove(0);
         let state = sovra_server::AppState::from_config(resolver, &config);
-        let app = sovra_server::router(state);
+        let app = sovra_server::app(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tenant.auth.set_external_url(&format!("http://{addr}"));
