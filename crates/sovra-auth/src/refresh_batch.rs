@@ -37,9 +37,9 @@ use std::sync::{Arc, OnceLock};
 
 use sovra_pg::Pool;
 use sovra_pg::tokio_postgres::Row;
+use sovra_pg::tokio_postgres::types::Type;
 use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore, mpsc, oneshot};
 
-use crate::db::Cached as _;
 use crate::user;
 
 /// The most refreshes one batch rotates.
@@ -219,10 +219,21 @@ impl Writer {
         let children: Vec<&str> = batch.iter().map(|j| j.child_hash.as_str()).collect();
         let result = async {
             let client = self.pool.get().await.map_err(|err| err.to_string())?;
+            // Unnamed and planned with its values every time, never a cached
+            // generic plan: one made while `auth.refresh_tokens` was small
+            // hash-joins a full scan of it, and kept that plan while the table
+            // grew (every batch read every token ever issued, until an
+            // ANALYZE; `bench/RESULTS.md`). Planning costs less than a scan,
+            // and once per batch.
             client
-                .c_query(
+                .query_typed(
                     batch_sql(),
-                    &[&hashes, &self.reuse_interval, &self.inactivity, &children],
+                    &[
+                        (&hashes, Type::TEXT_ARRAY),
+                        (&self.reuse_interval, Type::FLOAT8),
+                        (&self.inactivity, Type::FLOAT8),
+                        (&children, Type::TEXT_ARRAY),
+                    ],
                 )
                 .await
                 .map_err(|err| err.to_string())

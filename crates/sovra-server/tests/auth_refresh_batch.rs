@@ -221,3 +221,53 @@ async fn a_failing_commit_gives_every_caller_an_error_and_no_token() {
         replies.iter().map(|r| &r.body).collect::<Vec<_>>()
     );
 }
+
+/// A batch finds its tokens by index however many tokens were issued after
+/// its statement first ran: a cached generic plan, made while
+/// `auth.refresh_tokens` was small, scanned the whole table in every batch
+/// from then on.
+#[tokio::test]
+async fn a_batch_reads_tokens_by_index_after_the_table_grew() {
+    let auth = Auth::new().await;
+    let session = signed_in(&auth, "grow").await;
+    let mut refresh = token(&session, "refresh_token");
+    // More runs than PostgreSQL plans before it settles on a generic plan,
+    // while the table holds a handful of tokens.
+    for _ in 0..8 {
+        let reply = auth.refresh(&refresh).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        refresh = token(&reply.body, "refresh_token");
+    }
+    auth.sql(
+        "insert into auth.refresh_tokens (token, user_id, revoked, created_at, updated_at) \
+         select 'filler' || g, 'nobody', true, now(), now() from generate_series(1, 20000) g",
+    )
+    .await;
+    let scans = || async {
+        let rows = auth
+            .sql(
+                "select seq_scan, coalesce(idx_scan, 0) from pg_stat_user_tables \
+                 where schemaname = 'auth' and relname = 'refresh_tokens'",
+            )
+            .await;
+        (rows[0].get::<_, i64>(0), rows[0].get::<_, i64>(1))
+    };
+    // Backends report their counts within about ten seconds of going idle.
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    let (seq_before, idx_before) = scans().await;
+    let reply = auth.refresh(&refresh).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (seq, idx) = scans().await;
+        if idx > idx_before {
+            assert_eq!(seq, seq_before, "the refresh scanned all 20,000 tokens");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no index lookup of the tokens (sequential scans {seq_before} -> {seq})"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
