@@ -443,6 +443,29 @@ fn compat_cache() -> SchemaCache {
     cache
 }
 
+/// A `POST /rpc/{function}` of `compat_cache`'s `public` schema, planned.
+fn compat_call(
+    cache: &SchemaCache,
+    function: &str,
+    arguments: Arguments<'_>,
+) -> Result<CallPlan, ApiError> {
+    plan_call(
+        cache,
+        &CallRequest {
+            schema: "public",
+            function,
+            arguments,
+            is_get: false,
+            query: &QueryParams::default(),
+            prefs: &Preferences::default(),
+            range: None,
+            max_rows: None,
+            strip_nulls: false,
+            geojson: false,
+        },
+    )
+}
+
 fn compat_read(relation: &str, text: &str) -> Result<Plan, ApiError> {
     let q = query(text);
     plan(
@@ -511,25 +534,7 @@ fn embedding_follows_postgrest_find_rel() {
 #[test]
 fn overloads_are_chosen_and_listed_as_postgrest() {
     let cache = compat_cache();
-    let call = |function: &str, arguments: Arguments<'_>| {
-        let q = QueryParams::default();
-        let prefs = Preferences::default();
-        plan_call(
-            &cache,
-            &CallRequest {
-                schema: "public",
-                function,
-                arguments,
-                is_get: false,
-                query: &q,
-                prefs: &prefs,
-                range: None,
-                max_rows: None,
-                strip_nulls: false,
-                geojson: false,
-            },
-        )
-    };
+    let call = |function: &str, arguments: Arguments<'_>| compat_call(&cache, function, arguments);
     let err = call("ov", Arguments::Json(r#"{"a": 1}"#)).unwrap_err();
     assert_eq!(err.code, "PGRST203");
     assert_eq!(
@@ -658,26 +663,10 @@ fn nearest_refuses_columns_that_are_no_vectors_and_aggregates() {
 fn json_arguments_are_bound_directly_when_json_to_record_would_pass_them_as_they_are() {
     let cache = compat_cache();
     let call = |body: &str| {
-        let q = QueryParams::default();
-        let prefs = Preferences::default();
-        plan_call(
-            &cache,
-            &CallRequest {
-                schema: "public",
-                function: "send",
-                arguments: Arguments::Json(body),
-                is_get: false,
-                query: &q,
-                prefs: &prefs,
-                range: None,
-                max_rows: None,
-                strip_nulls: false,
-                geojson: false,
-            },
-        )
-        .unwrap()
-        .plan
-        .statement
+        compat_call(&cache, "send", Arguments::Json(body))
+            .unwrap()
+            .plan
+            .statement
     };
     let statement = call(r#"{"queue_name": "q", "message": {"n": 1}}"#);
     assert!(

@@ -171,7 +171,7 @@ fn request_id(request: &mut Request) -> HeaderValue {
         return id.clone();
     }
     let fresh = fresh_request_id();
-    request.headers_mut().remove(REQUEST_ID);
+    // `insert` replaces every value the client sent.
     request.headers_mut().insert(REQUEST_ID, fresh.clone());
     fresh
 }
