@@ -5,9 +5,8 @@
 //! commit itself the limit. Concurrent refreshes are therefore collected by
 //! one writer task per service and rotated together by one statement
 //! ([`batch_sql`]) in one transaction: each caller is answered only after
-//! that transaction has committed (the driver returns a statement's rows
-//! only once PostgreSQL reports it ready for the next query, which follows
-//! the commit and, with `synchronous_commit = on`, its WAL flush).
+//! PostgreSQL has answered that transaction's `COMMIT`, which with
+//! `synchronous_commit = on` follows its WAL flush.
 //!
 //! There is no timer: a batch holds whatever arrived while the batches
 //! before it were running (at most [`MAX_BATCH`] refreshes; at most
@@ -37,7 +36,7 @@ use std::sync::{Arc, OnceLock};
 
 use sovra_pg::Pool;
 use sovra_pg::tokio_postgres::Row;
-use sovra_pg::tokio_postgres::types::Type;
+use sovra_pg::tokio_postgres::types::{ToSql, Type};
 use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore, mpsc, oneshot};
 
 use crate::user;
@@ -219,23 +218,32 @@ impl Writer {
         let children: Vec<&str> = batch.iter().map(|j| j.child_hash.as_str()).collect();
         let result = async {
             let client = self.pool.get().await.map_err(|err| err.to_string())?;
-            // Unnamed and planned with its values every time, never a cached
-            // generic plan: one made while `auth.refresh_tokens` was small
-            // hash-joins a full scan of it, and kept that plan while the table
-            // grew (every batch read every token ever issued, until an
-            // ANALYZE; `bench/RESULTS.md`). Planning costs less than a scan,
-            // and once per batch.
-            client
-                .query_typed(
-                    batch_sql(),
-                    &[
-                        (&hashes, Type::TEXT_ARRAY),
-                        (&self.reuse_interval, Type::FLOAT8),
-                        (&self.inactivity, Type::FLOAT8),
-                        (&children, Type::TEXT_ARRAY),
-                    ],
-                )
+            let statement = client
+                .prepare_typed_cached(batch_sql(), &BATCH_TYPES)
                 .await
+                .map_err(|err| err.to_string())?;
+            // One round trip: the transaction with its plan settings, the
+            // batch, the commit. A failed batch makes the commit a
+            // rollback; its error is what counts.
+            let params: [&(dyn ToSql + Sync); 4] =
+                [&hashes, &self.reuse_interval, &self.inactivity, &children];
+            let (begun, rows, committed) = tokio::join!(
+                client.batch_execute(BATCH_BEGIN),
+                client.query(&statement, &params),
+                client.batch_execute("COMMIT"),
+            );
+            if let Err(err) = &rows
+                && err
+                    .code()
+                    .is_some_and(|code| code.code() == "26000" || code.code() == "0A000")
+            {
+                // The statement is gone or its result changed (a migration
+                // altered a table it reads): prepare it again next time.
+                client.statement_cache.remove(batch_sql(), &BATCH_TYPES);
+            }
+            begun
+                .and(rows)
+                .and_then(|rows| committed.map(|()| rows))
                 .map_err(|err| err.to_string())
         }
         .await;
@@ -270,6 +278,30 @@ impl Writer {
         }
     }
 }
+
+/// The parameter types of [`batch_sql`].
+const BATCH_TYPES: [Type; 4] = [
+    Type::TEXT_ARRAY,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::TEXT_ARRAY,
+];
+
+/// Begins a batch's transaction with the settings its cached plan is made
+/// under. The batch is a prepared statement whose one generic plan serves
+/// every batch on the connection (planning it took about as much of
+/// PostgreSQL's time as running it). A generic plan made while
+/// `auth.refresh_tokens` was small would hash-join a full scan of it and
+/// keep doing so as the table grew (every batch read every token ever
+/// issued, until an ANALYZE; `bench/RESULTS.md`). So the plan is made and
+/// used with sequential scans, hash and merge joins off: every table of
+/// the batch is then reached through its index by the batch's keys
+/// (nested loops), which is the right plan for a batch of at most
+/// [`MAX_BATCH`] tokens at any table size. The settings are
+/// transaction-local and end with the batch.
+const BATCH_BEGIN: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
+     SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+     SET LOCAL enable_mergejoin = off";
 
 /// Takes the next batch out of `pending`: at most [`MAX_BATCH`] refreshes
 /// of distinct tokens whose callers still wait, in arrival order; the rest

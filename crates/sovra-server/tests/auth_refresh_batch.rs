@@ -223,16 +223,17 @@ async fn a_failing_commit_gives_every_caller_an_error_and_no_token() {
 }
 
 /// A batch finds its tokens by index however many tokens were issued after
-/// its statement first ran: a cached generic plan, made while
-/// `auth.refresh_tokens` was small, scanned the whole table in every batch
-/// from then on.
+/// its statement first ran: a cached generic plan made under the default
+/// planner settings while `auth.refresh_tokens` was small scanned the whole
+/// table in every batch from then on (this test fails with the batch's
+/// `enable_*` settings taken out).
 #[tokio::test]
 async fn a_batch_reads_tokens_by_index_after_the_table_grew() {
     let auth = Auth::new().await;
     let session = signed_in(&auth, "grow").await;
     let mut refresh = token(&session, "refresh_token");
-    // More runs than PostgreSQL plans before it settles on a generic plan,
-    // while the table holds a handful of tokens.
+    // Eight batches while the table holds a handful of tokens: each
+    // connection they ran on made its generic plan then.
     for _ in 0..8 {
         let reply = auth.refresh(&refresh).await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
