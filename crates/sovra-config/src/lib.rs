@@ -1366,7 +1366,7 @@ impl McpConfig {
 }
 
 /// `[net]`: HTTP from SQL, webhooks and the outbox.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetConfig {
     pub allow_private: bool,
@@ -1494,7 +1494,7 @@ impl Default for CronConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RealtimeConfig {
     pub max_connections: u64,
@@ -1596,7 +1596,7 @@ impl Default for ImageConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Config {
     pub endpoint: Option<String>,
@@ -1626,7 +1626,7 @@ impl Default for StorageConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub site_url: Option<String>,
@@ -2338,6 +2338,121 @@ pub struct ServerConfig {
     pub tenant_secrets_old_keys: SecretValue,
 }
 
+/// What `Debug` shows of a secret option: whether it is set, never its
+/// value.
+struct Redacted<'a, T>(&'a T);
+
+/// What `Debug` shows of a URL option: the URL with the password of its
+/// user information (`scheme://user:password@host`) replaced, for every
+/// comma-separated URL in it.
+struct UrlRedacted<'a, T>(&'a T);
+
+/// Text options that `Debug` may have to hide: a `String` or an
+/// `Option<String>`.
+trait OptionText {
+    fn text(&self) -> Option<&str>;
+}
+
+impl OptionText for String {
+    fn text(&self) -> Option<&str> {
+        Some(self)
+    }
+}
+
+impl OptionText for Option<String> {
+    fn text(&self) -> Option<&str> {
+        self.as_deref()
+    }
+}
+
+impl<T: OptionText> std::fmt::Debug for Redacted<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.text() {
+            None => f.write_str("None"),
+            Some("") => f.write_str("\"\""),
+            Some(_) => f.write_str("\"***\""),
+        }
+    }
+}
+
+impl<T: OptionText> std::fmt::Debug for UrlRedacted<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.text() {
+            None => f.write_str("None"),
+            Some(text) => {
+                let parts: Vec<String> = text.split(',').map(url_without_password).collect();
+                std::fmt::Debug::fmt(&parts.join(","), f)
+            }
+        }
+    }
+}
+
+/// `url` with the password of its user information replaced by `***`
+/// (PostgreSQL, NATS and SMTP URLs carry credentials there).
+fn url_without_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let authority_start = scheme_end + 3;
+    let rest = &url[authority_start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_len];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let Some(colon) = userinfo.find(':') else {
+        return url.to_owned();
+    };
+    format!(
+        "{}{}:***{}",
+        &url[..authority_start],
+        &userinfo[..colon],
+        &url[authority_start + at..]
+    )
+}
+
+/// Implements `Debug` for a configuration section that holds secrets:
+/// every field must be named (a new field that is not fails to compile),
+/// `secret` ones show only whether they are set, `url` ones without their
+/// password.
+macro_rules! redacting_debug {
+    ($ty:ident { $($plain:ident),* $(,)? } secret { $($secret:ident),* $(,)? } url { $($url:ident),* $(,)? }) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let $ty { $($plain,)* $($secret,)* $($url,)* } = self;
+                f.debug_struct(stringify!($ty))
+                    $(.field(stringify!($plain), $plain))*
+                    $(.field(stringify!($secret), &Redacted($secret)))*
+                    $(.field(stringify!($url), &UrlRedacted($url)))*
+                    .finish()
+            }
+        }
+    };
+}
+
+redacting_debug!(JwtConfig { jwks, audience, jwks_audience, jwks_issuer, issuer } secret { secret } url {});
+redacting_debug!(NetConfig {
+    allow_private, allow_list, concurrency, rate_limit, max_response_size, max_attempts, retry_base
+} secret { webhook_secret } url {});
+redacting_debug!(S3Config { endpoint, region, bucket, access_key_id, force_path_style } secret { secret_access_key } url {});
+redacting_debug!(MetricsConfig {} secret { token } url {});
+redacting_debug!(DatabaseConfig { pool_size, connect_timeout, read_max_lag, read_wait_ms } secret {} url { url, read_urls });
+redacting_debug!(RealtimeConfig {
+    max_connections, max_channels_per_connection, max_events_per_second, max_frame_size,
+    outbound_queue_bytes, slow_consumer_timeout, max_bindings_per_channel, max_presence_bytes,
+    revalidate_interval, idle_timeout, max_slot_lag, catchup_window, catchup_max_changes,
+    catchup_max_bytes, feed_batch_bytes, nats_subject
+} secret {} url { nats_url });
+redacting_debug!(AuthConfig {
+    site_url, redirect_urls, jwt_expiry, disable_signup, email_autoconfirm, phone_autoconfirm,
+    anonymous_users, password_min_length, password_requirements, refresh_token_reuse_interval,
+    session_timebox, session_inactivity_timeout, otp_expiry, email_max_frequency,
+    secure_password_change, double_confirm_changes, invite_only, mfa_max_factors, code_attempts,
+    trusted_proxies, hash_concurrency, hash_queue, smtp_from, templates_dir, rate_limit, hook,
+    external, oauth_server, webauthn, manual_linking_enabled
+} secret {} url { smtp_url });
+
 /// The value of a secret option: `Debug` never shows it.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -2401,13 +2516,13 @@ impl Default for DashboardConfig {
 }
 
 /// Who may read `/metrics`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub token: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     pub url: Option<String>,
@@ -2440,7 +2555,7 @@ pub struct EmbeddedConfig {
     pub start_timeout: u64,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtConfig {
     pub secret: Option<String>,
@@ -3580,6 +3695,49 @@ mod tests {
         // And an empty one is still refused, whatever the default.
         let err = root("", &[("SOVRA_DATA_DIR", "")]).load().unwrap_err();
         assert!(err.to_string().contains("`data_dir`"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let config = load(
+            "[jwt]\nsecret = \"jwt-secret-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"\n\
+             [net]\nwebhook_secret = \"whsec_SECRETSECRETSECRET\"\n\
+             [metrics]\ntoken = \"metrics-token-SECRET\"\n\
+             [database]\nurl = \"postgres://app:db-password-SECRET@db.internal:5432/app\"\n\
+             read_urls = \"postgres://r:replica-password-SECRET@r1/app, postgres://r2/app\"\n\
+             [realtime]\nnats_url = \"nats://nats-user:nats-password-SECRET@nats:4222\"\n\
+             [auth]\nsmtp_url = \"smtp://mailer:smtp-password-SECRET@mail:587\"\n\
+             [storage.s3]\nsecret_access_key = \"s3-secret-SECRET\"\n",
+            &[],
+        )
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        // What is not secret is still there to debug with.
+        assert!(
+            shown.contains("postgres://app:***@db.internal:5432/app"),
+            "{shown}"
+        );
+        assert!(shown.contains("postgres://r2/app"), "{shown}");
+        assert!(shown.contains("nats://nats-user:***@nats:4222"), "{shown}");
+        assert!(shown.contains("smtp://mailer:***@mail:587"), "{shown}");
+        assert!(shown.contains("webhook_secret: \"***\""), "{shown}");
+        assert!(shown.contains("token: \"***\""), "{shown}");
+        let unset = format!("{:?}", Config::default());
+        assert!(unset.contains("secret: None"), "{unset}");
+        assert_eq!(
+            url_without_password("postgres://u@h/db"),
+            "postgres://u@h/db"
+        );
+        assert_eq!(
+            url_without_password("postgres://h/db?user=x"),
+            "postgres://h/db?user=x"
+        );
+        assert_eq!(url_without_password("not a url"), "not a url");
+        assert_eq!(
+            url_without_password("redis://:pw@h:6379"),
+            "redis://:***@h:6379"
+        );
     }
 
     #[test]
