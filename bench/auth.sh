@@ -20,6 +20,8 @@ if [ -z "${SOVRA_BIN:-}" ]; then
   cargo build --release --locked --quiet --bin sovra --bin sovra-load
 fi
 bin="${SOVRA_BIN:-./target/release/sovra}"; load="${SOVRA_LOAD_BIN:-./target/release/sovra-load}"
+# The server would warn about options it does not know.
+unset SOVRA_BIN SOVRA_LOAD_BIN
 dir="$(mktemp -d /tmp/sovra-bench-XXXXXX)"; chmod 755 "$dir"
 port=54398
 SOVRA_DATABASE_POOL_SIZE="$conns" SOVRA_LOG_LEVEL=warn \

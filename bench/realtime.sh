@@ -20,6 +20,8 @@ if [ -z "${SOVRA_BIN:-}" ]; then
   cargo build --release --locked --quiet --bin sovra --bin sovra-load
 fi
 bin="${SOVRA_BIN:-./target/release/sovra}"; load="${SOVRA_LOAD_BIN:-./target/release/sovra-load}"
+# The server would warn about options it does not know.
+unset SOVRA_BIN SOVRA_LOAD_BIN
 # RT_BENCH_ONLY=changes measures only the database changes (section 3).
 only="${RT_BENCH_ONLY:-}"
 # Both ends hold one descriptor per connection: raise the limit as far as

@@ -26,6 +26,8 @@ tenants="${1:-1000}"
 active="${2:-100}"
 secs="${3:-10}"
 bin="${SOVRA_BIN:-./target/release/sovra}"
+# The server would warn about options it does not know.
+unset SOVRA_BIN SOVRA_LOAD_BIN
 [ -x "$bin" ] || cargo build --release --locked --bin sovra >/dev/null
 command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null
 root="$(mktemp -d /tmp/sovra-bench-tenants-XXXXXX)"

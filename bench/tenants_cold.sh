@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 n="${1:-60}"
 bin_a="${SOVRA_BIN_A:?SOVRA_BIN_A: the build before}"
 bin_b="${SOVRA_BIN_B:?SOVRA_BIN_B: the build after}"
+# The server would warn about options it does not know.
+unset SOVRA_BIN_A SOVRA_BIN_B
 root="$(mktemp -d /tmp/sovra-bench-cold-XXXXXX)"
 chmod 755 "$root"
 pids=()

@@ -12,6 +12,8 @@ set -euo pipefail
 n="${1:-6}"
 root="${2:-$(mktemp -d /tmp/sovra-cold-profile-XXXXXX)}"
 bin="${SOVRA_BIN:?SOVRA_BIN: a release build}"
+# The server would warn about options it does not know.
+unset SOVRA_BIN SOVRA_LOAD_BIN
 mkdir -p "$root"; chmod 755 "$root"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 url="http://127.0.0.1:$port"

@@ -33,6 +33,8 @@ rate="${3:-200}"
 conc="${4:-2}"
 paced="${5:-4}"
 bin="${SOVRA_BIN:-./target/release/sovra}"
+# The server would warn about options it does not know.
+unset SOVRA_BIN SOVRA_LOAD_BIN
 [ -x "$bin" ] || { echo "no release build at $bin (set SOVRA_BIN)" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk is needed" >&2; exit 1; }
 root="$(mktemp -d /tmp/sovra-bench-fair-XXXXXX)"
