@@ -86,7 +86,20 @@ const RETRY: &str = "
 /// row still queued), which at-least-once delivery allows; a `kill -9` of
 /// Sovra loses nothing either way. Without it every claim and every
 /// batch of outcomes waits for its own WAL flush.
-const SESSION: &str = "set synchronous_commit = off";
+///
+/// Their prepared statements each run one generic plan, made on first use
+/// (no planning per claim or per batch of outcomes) with sequential scans,
+/// hash and merge joins off, so that the plan reaches the queue through its
+/// indexes (the claimed or finished ids, the due time) at any queue size.
+/// A generic plan made under the default settings while the queue was
+/// small (and analyzed) scans the whole queue on every claim and every
+/// batch of outcomes for as long as it stays cached, a backlog included;
+/// PostgreSQL's default `plan_cache_mode` switches to such a plan whenever
+/// it estimates it no dearer than planning each time
+/// (`the_worker_reads_the_queue_by_index_after_it_grew` fails with only the
+/// `enable_*` settings taken out).
+const SESSION: &str = "set synchronous_commit = off; set plan_cache_mode = force_generic_plan; \
+     set enable_seqscan = off; set enable_hashjoin = off; set enable_mergejoin = off";
 
 /// When every slot was busy (a backlog), the claimer, woken by the first
 /// slot that frees, waits up to this long for a quarter of the slots to be

@@ -674,3 +674,80 @@ async fn a_backlog_is_claimed_in_batches_with_at_most_concurrency_requests_in_fl
         stats.claimed
     );
 }
+
+/// The worker's statements read the queue by index however large it grew
+/// after their plans were made: generic plans made under the default
+/// planner settings while the queue was small (and analyzed) scan all of
+/// it on every claim and every batch of outcomes. This test fails with the
+/// worker's `enable_*` settings taken out (its generic plans kept).
+#[tokio::test]
+async fn the_worker_reads_the_queue_by_index_after_it_grew() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    let client = db.client().await;
+    let queue_later = |n: i32| {
+        format!(
+            "insert into net.http_request_queue (method, url, headers, timeout_milliseconds, next_attempt_at) \
+             select 'GET', 'http://127.0.0.1:9/later/' || g, '{{}}'::jsonb, 1000, now() + interval '1 day' \
+             from generate_series(1, {n}) g"
+        )
+    };
+    // A small queue, and statistics that say so.
+    client.batch_execute(&queue_later(5)).await.unwrap();
+    client
+        .batch_execute("analyze net.http_request_queue")
+        .await
+        .unwrap();
+    let _net = NetService::start(local(), db.config());
+    let get = |path: &'static str| {
+        let client = &client;
+        let url = format!("{}/{path}", receiver.url);
+        async move {
+            let id: i64 = client
+                .query_one("select net.http_get($1)", &[&url])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(response(client, id).await["status_code"], 200);
+        }
+    };
+    // The worker's claims and outcomes make their plans now.
+    for _ in 0..3 {
+        get("small").await;
+    }
+    client.batch_execute(&queue_later(20_000)).await.unwrap();
+    let scans = || async {
+        let row = client
+            .query_one(
+                "select seq_scan, coalesce(idx_scan, 0) from pg_stat_user_tables \
+                 where schemaname = 'net' and relname = 'http_request_queue'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    // Backends report their counts within about ten seconds of going idle.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (seq_before, idx_before) = scans().await;
+    get("large").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (seq, idx) = scans().await;
+        if idx > idx_before {
+            // Give the outcome's statement the same time to report.
+            tokio::time::sleep(Duration::from_secs(11)).await;
+            let (seq, _) = scans().await;
+            assert_eq!(
+                seq, seq_before,
+                "the worker scanned all 20,000 queued requests"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no index read of the queue (sequential scans {seq_before} -> {seq})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
