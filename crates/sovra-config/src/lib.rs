@@ -159,6 +159,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Seconds a client gets to send the headers of a request (WebSocket handshakes included), and an idle keep-alive connection to start the next one, before the connection is closed; HTTP/1 and HTTP/2 (h2c) alike. At least 1.",
     },
     OptionDoc {
+        key: "server.max_connections_per_client",
+        kind: Kind::Integer,
+        default: "1000",
+        doc: "Open connections one client may hold at once (an IPv4 address, or an IPv6 /64); a new connection beyond it is closed at once and counted in `sovra_http_connections_refused_total`. Loopback peers and `auth.trusted_proxies` are not counted (a reverse proxy carries many clients). 0 for no cap.",
+    },
+    OptionDoc {
         key: "server.require_apikey",
         kind: Kind::Bool,
         default: "false",
@@ -2326,6 +2332,7 @@ pub struct ServerConfig {
     pub shared_state: String,
     pub body_idle_timeout: u64,
     pub header_read_timeout: u64,
+    pub max_connections_per_client: u64,
     pub require_apikey: bool,
     pub tenant_idle_timeout: u64,
     pub tenant_storage_max_bytes: u64,
@@ -2617,6 +2624,7 @@ impl Default for ServerConfig {
             shared_state: "auto".to_owned(),
             body_idle_timeout: 60,
             header_read_timeout: 30,
+            max_connections_per_client: 1000,
             require_apikey: false,
             tenant_idle_timeout: 300,
             tenant_storage_max_bytes: 0,

@@ -8,6 +8,7 @@
 //! go through [`sovra_pg::begin_request`] with the caller's role.
 
 pub mod body;
+pub mod connections;
 pub mod cron;
 pub(crate) mod dashboard;
 pub mod data_dir;

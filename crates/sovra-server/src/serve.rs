@@ -952,17 +952,33 @@ async fn serve_with(
 }
 
 /// Settings of the HTTP listener.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct HttpOptions {
     /// How long a client has to send a request's headers, or an idle
     /// connection the first byte of its next request.
     pub header_read_timeout: Duration,
+    /// The cap on one client's open connections, if any
+    /// (`server.max_connections_per_client`).
+    pub per_client: Option<crate::connections::ClientConnections>,
 }
 
 impl HttpOptions {
     pub fn from_config(config: &Config) -> HttpOptions {
+        let per_client = usize::try_from(config.server.max_connections_per_client)
+            .ok()
+            .filter(|limit| *limit > 0)
+            .map(|limit| {
+                let proxies = config
+                    .auth
+                    .trusted_proxy_list()
+                    .iter()
+                    .filter_map(|p| sovra_auth::limits::Cidr::parse(p))
+                    .collect();
+                crate::connections::ClientConnections::new(limit, proxies)
+            });
         HttpOptions {
             header_read_timeout: Duration::from_secs(config.server.header_read_timeout),
+            per_client,
         }
     }
 }
@@ -1013,13 +1029,28 @@ where
             },
             () = &mut shutdown => break,
         };
+        // One client may not hold more than its share of connections:
+        // beyond it, the connection is closed before anything is read.
+        let slot = match options.per_client.as_ref().map(|cap| cap.admit(peer.ip())) {
+            Some(Err(())) => {
+                metrics::counter!("sovra_http_connections_refused_total").increment(1);
+                tracing::debug!(peer = %peer.ip(), "connection refused: the client holds its maximum of open connections");
+                drop(stream);
+                continue;
+            }
+            Some(Ok(slot)) => slot,
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let mut closing = closing_rx.clone();
+        let header_read_timeout = options.header_read_timeout;
         tokio::spawn(async move {
+            // The client's place is given back when the connection ends.
+            let _slot = slot;
             // Until the first byte, hyper's version detection has no timer.
             let mut first = [0u8; 1];
-            match tokio::time::timeout(options.header_read_timeout, stream.peek(&mut first)).await {
+            match tokio::time::timeout(header_read_timeout, stream.peek(&mut first)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
@@ -1052,14 +1083,14 @@ where
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(options.header_read_timeout);
+                .header_read_timeout(header_read_timeout);
             builder
                 .http2()
                 .timer(TokioTimer::new())
                 .enable_connect_protocol();
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
-            let idle = activity.idle_for(options.header_read_timeout);
+            let idle = activity.idle_for(header_read_timeout);
             let idled = tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(err) = result {
@@ -1075,7 +1106,7 @@ where
                 // Nothing in flight: what the connection still owes (a
                 // GOAWAY) goes out, and a request that never completed its
                 // headers does not keep it open.
-                while tokio::time::timeout(options.header_read_timeout, connection.as_mut())
+                while tokio::time::timeout(header_read_timeout, connection.as_mut())
                     .await
                     .is_err()
                 {

@@ -66,6 +66,7 @@ async fn server() -> String {
         );
     let options = HttpOptions {
         header_read_timeout: Duration::from_secs(1),
+        per_client: None,
     };
     tokio::spawn(serve_http(listener, app, options, std::future::pending()));
     addr
