@@ -227,7 +227,9 @@ impl Writer {
             // rollback; its error is what counts.
             let params: [&(dyn ToSql + Sync); 4] =
                 [&hashes, &self.reuse_interval, &self.inactivity, &children];
+            // `biased`: polled (and so sent) in this order.
             let (begun, rows, committed) = tokio::join!(
+                biased;
                 client.batch_execute(BATCH_BEGIN),
                 client.query(&statement, &params),
                 client.batch_execute("COMMIT"),

@@ -2080,7 +2080,7 @@ impl std::fmt::Debug for HookOption {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HookOption")
             .field("enabled", &self.enabled)
-            .field("uri", &self.uri)
+            .field("uri", &UrlRedacted(&self.uri))
             .field(
                 "secrets",
                 &if self.secrets.is_empty() {
@@ -2386,12 +2386,36 @@ impl<T: OptionText> std::fmt::Debug for UrlRedacted<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0.text() {
             None => f.write_str("None"),
-            Some(text) => {
-                let parts: Vec<String> = text.split(',').map(url_without_password).collect();
-                std::fmt::Debug::fmt(&parts.join(","), f)
-            }
+            Some(text) => std::fmt::Debug::fmt(&urls_without_passwords(text), f),
         }
     }
+}
+
+/// `text` (one URL, or several separated by commas) with the password of
+/// every URL's user information replaced. A comma splits only where a new
+/// `scheme://` follows it: a password may hold a comma. Connection strings
+/// that are not URLs (`host=… password=…`) and URLs with a `password`
+/// query parameter are hidden whole.
+fn urls_without_passwords(text: &str) -> String {
+    if text.to_ascii_lowercase().contains("password=") {
+        return "***".to_owned();
+    }
+    let is_scheme = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+    };
+    let mut parts: Vec<String> = Vec::new();
+    let mut start = 0;
+    for (at, _) in text.match_indices(',') {
+        let next = text[at + 1..].trim_start();
+        if next.find("://").is_some_and(|end| is_scheme(&next[..end])) {
+            parts.push(url_without_password(&text[start..at]));
+            start = at + 1;
+        }
+    }
+    parts.push(url_without_password(&text[start..]));
+    parts.join(",")
 }
 
 /// `url` with the password of its user information replaced by `***`
@@ -2438,7 +2462,7 @@ macro_rules! redacting_debug {
     };
 }
 
-redacting_debug!(JwtConfig { jwks, audience, jwks_audience, jwks_issuer, issuer } secret { secret } url {});
+redacting_debug!(JwtConfig { audience, jwks_audience, jwks_issuer, issuer } secret { secret, jwks } url {});
 redacting_debug!(NetConfig {
     allow_private, allow_list, concurrency, rate_limit, max_response_size, max_attempts, retry_base
 } secret { webhook_secret } url {});
@@ -2687,12 +2711,26 @@ impl Default for JwtConfig {
 
 /// Builds a [`Config`] from its layers. Flags set with [`Loader::set`] win
 /// over the environment, which wins over the file.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Loader {
     table: toml::Table,
     overrides: Vec<(String, String, String)>,
     unknown_env: Vec<String>,
     default_data_dir: Option<String>,
+}
+
+/// The layers hold option values, secrets included: `Debug` shows which
+/// options they set, never a value.
+impl std::fmt::Debug for Loader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sections: Vec<&String> = self.table.keys().collect();
+        let overridden: Vec<&String> = self.overrides.iter().map(|(key, _, _)| key).collect();
+        f.debug_struct("Loader")
+            .field("file_sections", &sections)
+            .field("overrides", &overridden)
+            .field("unknown_env", &self.unknown_env)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Loader {
@@ -3746,6 +3784,19 @@ mod tests {
             url_without_password("redis://:pw@h:6379"),
             "redis://:***@h:6379"
         );
+        assert_eq!(
+            urls_without_passwords("postgres://u:pa,ss@h/db, postgres://v:w@r/db"),
+            "postgres://u:***@h/db, postgres://v:***@r/db"
+        );
+        assert_eq!(urls_without_passwords("host=h user=u password=p"), "***");
+        assert_eq!(urls_without_passwords("postgres://h/db?password=p"), "***");
+        let keys = load(
+            "[jwt]\njwks = '{\"keys\":[{\"kty\":\"oct\",\"k\":\"SECRETKEY\"}]}'\n",
+            &[],
+        )
+        .unwrap();
+        let shown = format!("{keys:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
     }
 
     #[test]

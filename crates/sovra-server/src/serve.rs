@@ -1046,8 +1046,6 @@ where
         let mut closing = closing_rx.clone();
         let header_read_timeout = options.header_read_timeout;
         tokio::spawn(async move {
-            // The client's place is given back when the connection ends.
-            let _slot = slot;
             // Until the first byte, hyper's version detection has no timer.
             let mut first = [0u8; 1];
             match tokio::time::timeout(header_read_timeout, stream.peek(&mut first)).await {
@@ -1088,6 +1086,9 @@ where
                 .http2()
                 .timer(TokioTimer::new())
                 .enable_connect_protocol();
+            // The client's place goes with the socket, into an upgrade too,
+            // and is given back when the socket closes.
+            let stream = crate::connections::Counted::new(stream, slot);
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
             let idle = activity.idle_for(header_read_timeout);

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use axum::extract::ws::WebSocketUpgrade;
 use axum::routing::get;
 use sovra_server::connections::ClientConnections;
 use sovra_server::serve::{HttpOptions, serve_http};
@@ -18,7 +19,17 @@ use tokio::net::TcpStream;
 async fn server(limit: usize) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let app = axum::Router::new().route("/", get(|| async { "ok" }));
+    let app = axum::Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route(
+            "/ws",
+            get(|ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(|mut socket| async move {
+                    // Open until the client goes.
+                    while let Some(Ok(_)) = socket.recv().await {}
+                })
+            }),
+        );
     let options = HttpOptions {
         header_read_timeout: Duration::from_secs(5),
         per_client: Some(ClientConnections::new(limit, Vec::new()).counting_loopback()),
@@ -79,4 +90,61 @@ async fn a_client_beyond_its_connections_is_closed_and_gets_a_place_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(ask(&mut second).await.as_deref(), Some("HTTP/1.1 200 OK"));
+}
+
+/// Sends a WebSocket handshake on `stream`: its status line, `None` when
+/// the server closed the connection instead.
+async fn upgrade(stream: &mut TcpStream) -> Option<String> {
+    let handshake = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    if stream.write_all(handshake.as_bytes()).await.is_err() {
+        return None;
+    }
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("the server neither answered nor closed")
+        .unwrap_or(0);
+    (n > 0).then(|| {
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    })
+}
+
+/// A WebSocket keeps its client's place for as long as it is open, though
+/// the HTTP connection that accepted it has handed its socket over.
+#[tokio::test]
+async fn websockets_count_until_they_close() {
+    let addr = server(2).await;
+    let mut first = TcpStream::connect(&addr).await.unwrap();
+    let mut second = TcpStream::connect(&addr).await.unwrap();
+    let switching = Some("HTTP/1.1 101 Switching Protocols".to_owned());
+    assert_eq!(upgrade(&mut first).await, switching);
+    assert_eq!(upgrade(&mut second).await, switching);
+    // Upgraded sockets still hold both places.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(&addr).await.unwrap();
+    assert_eq!(
+        ask(&mut third).await,
+        None,
+        "a third connection was served beside two WebSockets"
+    );
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = TcpStream::connect(&addr).await.unwrap();
+        if let Some(status) = ask(&mut again).await {
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed WebSocket's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(second);
 }
