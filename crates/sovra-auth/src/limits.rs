@@ -103,12 +103,21 @@ impl Limiter {
 /// an IPv6 address by its /64 (one subscriber's prefix, which a client can
 /// rotate freely within).
 pub fn client_key(ip: IpAddr) -> String {
-    match canonical(ip) {
+    match client_prefix(ip) {
         IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            format!("{}/64", std::net::Ipv6Addr::from(prefix))
-        }
+        IpAddr::V6(prefix) => format!("{prefix}/64"),
+    }
+}
+
+/// The address a client is counted under, without formatting it: an IPv4
+/// address (IPv4-mapped IPv6 included) as it is, an IPv6 address as its
+/// /64 with the host bits cleared.
+pub fn client_prefix(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
     }
 }
 

@@ -38,14 +38,10 @@ async fn server(limit: usize) -> String {
     addr
 }
 
-/// Sends one keep-alive request on `stream`: `Some(status line)` when it
-/// is answered, `None` when the server closed the connection instead.
-async fn ask(stream: &mut TcpStream) -> Option<String> {
-    if stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .is_err()
-    {
+/// Sends `request` on `stream`: `Some(status line)` when it is answered,
+/// `None` when the server closed the connection instead.
+async fn send(stream: &mut TcpStream, request: &str) -> Option<String> {
+    if stream.write_all(request.as_bytes()).await.is_err() {
         return None;
     }
     let mut buf = vec![0u8; 1024];
@@ -60,6 +56,39 @@ async fn ask(stream: &mut TcpStream) -> Option<String> {
             .unwrap_or_default()
             .to_owned()
     })
+}
+
+/// One keep-alive `GET /` on `stream` (see [`send`]).
+async fn ask(stream: &mut TcpStream) -> Option<String> {
+    send(stream, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await
+}
+
+/// A WebSocket handshake on `stream` (see [`send`]).
+async fn upgrade(stream: &mut TcpStream) -> Option<String> {
+    send(
+        stream,
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+}
+
+/// Waits until a new connection to `addr` is served again: a closed
+/// connection's place came back.
+async fn place_comes_back(addr: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = TcpStream::connect(addr).await.unwrap();
+        if let Some(status) = ask(&mut again).await {
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connection's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -76,42 +105,8 @@ async fn a_client_beyond_its_connections_is_closed_and_gets_a_place_back() {
     // The first two still work (keep-alive), and closing one frees a place.
     assert_eq!(ask(&mut first).await.as_deref(), Some("HTTP/1.1 200 OK"));
     drop(first);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut again = TcpStream::connect(&addr).await.unwrap();
-        if let Some(status) = ask(&mut again).await {
-            assert_eq!(status, "HTTP/1.1 200 OK");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the closed connection's place never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    place_comes_back(&addr).await;
     assert_eq!(ask(&mut second).await.as_deref(), Some("HTTP/1.1 200 OK"));
-}
-
-/// Sends a WebSocket handshake on `stream`: its status line, `None` when
-/// the server closed the connection instead.
-async fn upgrade(stream: &mut TcpStream) -> Option<String> {
-    let handshake = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    if stream.write_all(handshake.as_bytes()).await.is_err() {
-        return None;
-    }
-    let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-        .await
-        .expect("the server neither answered nor closed")
-        .unwrap_or(0);
-    (n > 0).then(|| {
-        String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned()
-    })
 }
 
 /// A WebSocket keeps its client's place for as long as it is open, though
@@ -133,18 +128,6 @@ async fn websockets_count_until_they_close() {
         "a third connection was served beside two WebSockets"
     );
     drop(first);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut again = TcpStream::connect(&addr).await.unwrap();
-        if let Some(status) = ask(&mut again).await {
-            assert_eq!(status, "HTTP/1.1 200 OK");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the closed WebSocket's place never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    place_comes_back(&addr).await;
     drop(second);
 }
