@@ -164,35 +164,3 @@ impl Drop for NetService {
         }
     }
 }
-
-/// A connection whose notifications on `channels` wake `notify`.
-pub(crate) async fn listen(
-    config: &tokio_postgres::Config,
-    channels: &[&str],
-    notify: Arc<tokio::sync::Notify>,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        loop {
-            let message = futures_util::future::poll_fn(|cx| connection.poll_message(cx)).await;
-            match message {
-                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => notify.notify_one(),
-                Some(Ok(_)) => {}
-                Some(Err(err)) => {
-                    tracing::debug!(error = %err, "net listener connection closed");
-                    // Whoever waits looks again and finds the connection gone.
-                    notify.notify_one();
-                    break;
-                }
-                None => {
-                    notify.notify_one();
-                    break;
-                }
-            }
-        }
-    });
-    for channel in channels {
-        client.batch_execute(&format!("listen {channel}")).await?;
-    }
-    Ok(client)
-}

@@ -84,7 +84,7 @@ pub(crate) async fn run(settings: Arc<NetSettings>, admin: tokio_postgres::Confi
 
 async fn serve(settings: &NetSettings, admin: &tokio_postgres::Config) -> Result<(), OutboxError> {
     let notify = Arc::new(Notify::new());
-    let mut client = crate::listen(admin, &["sovra_outbox"], notify.clone()).await?;
+    let mut client = sovra_pg::connect_listening(admin, &["sovra_outbox"], notify.clone()).await?;
     let mut nats = None;
     loop {
         if client.is_closed() {

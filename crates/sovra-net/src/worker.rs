@@ -469,7 +469,7 @@ async fn serve(
     counters: &Counters,
 ) -> Result<(), tokio_postgres::Error> {
     let notify = Arc::new(Notify::new());
-    let claimer = crate::listen(admin, &["sovra_net"], notify.clone()).await?;
+    let claimer = sovra_pg::connect_listening(admin, &["sovra_net"], notify.clone()).await?;
     let writer = sovra_pg::connect_one(admin).await?;
     tokio::try_join!(
         claimer.batch_execute(SESSION),

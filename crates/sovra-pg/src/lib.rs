@@ -20,7 +20,8 @@ pub use error::{ErrorKind, error_kind, is_bad_text};
 pub use logins::{LoginError, Logins};
 pub use migrate::{MigrateError, MigrationReport, migrate};
 pub use pool::{
-    ClientWrapper, GenericClient, Pool, PoolError, PooledClient, StatementCache, connect_one,
+    ClientWrapper, GenericClient, Pool, PoolError, PooledClient, StatementCache, connect_listening,
+    connect_one,
 };
 pub use request::{
     PROLOGUE_SQL, PrologueRef, REQUEST_SETTINGS_SQL, RESET_FROM, RESET_SQL, ROLE_SETTING_NAMES,

@@ -149,6 +149,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "tenant_secrets",
         sql: include_str!("../migrations/0026_tenant_secrets.sql"),
     },
+    Migration {
+        version: 27,
+        name: "cron_notify",
+        sql: include_str!("../migrations/0027_cron_notify.sql"),
+    },
 ];
 
 /// Serialises migrations of one database across processes

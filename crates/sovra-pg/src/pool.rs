@@ -46,3 +46,36 @@ pub async fn connect_one(
     });
     Ok(client)
 }
+
+/// Opens one connection outside the pool that `LISTEN`s on `channels`; a
+/// notification on any of them wakes `notify`, and so does the connection's
+/// end (whoever waits looks again and finds the client closed). Channel
+/// names are Sovra's own constants, never input.
+pub async fn connect_listening(
+    config: &tokio_postgres::Config,
+    channels: &[&str],
+    notify: std::sync::Arc<tokio::sync::Notify>,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => notify.notify_one(),
+                Some(Ok(_)) => {}
+                Some(Err(err)) => {
+                    tracing::debug!(error = %err, "listening connection closed");
+                    notify.notify_one();
+                    break;
+                }
+                None => {
+                    notify.notify_one();
+                    break;
+                }
+            }
+        }
+    });
+    for channel in channels {
+        client.batch_execute(&format!("listen {channel}")).await?;
+    }
+    Ok(client)
+}

@@ -27,6 +27,11 @@
 //!
 //! Rows of `cron.job_run_details` older than the retention, and expired
 //! `Idempotency-Key` responses, are deleted once a minute.
+//!
+//! While its database has no active job, the scheduler reads nothing: its
+//! connection listens on `sovra_cron`, which a statement trigger on
+//! `cron.job` notifies when a job is scheduled, changed or removed, and it
+//! wakes for that or for the minute's housekeeping.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,6 +137,13 @@ pub struct Scheduler {
 /// it and takes their connections.
 const PLAN_AHEAD: Duration = Duration::from_millis(250);
 
+/// How often the scheduler deletes what is past its retention.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
+/// The channel a change of `cron.job` is announced on (migration
+/// `cron_notify`).
+const CHANGED_CHANNEL: &str = "sovra_cron";
+
 /// The next whole second after `after` (seconds since the epoch) that is
 /// still to come, and the instant it falls on.
 fn next_boundary(after: i64) -> (i64, tokio::time::Instant) {
@@ -166,10 +178,27 @@ impl Scheduler {
     }
 
     async fn run(self) {
+        // Its connection listens for changes of `cron.job` (a trigger
+        // notifies `sovra_cron` at their commit, migration
+        // `cron_notify`): while the database has no active job, the
+        // scheduler reads nothing until one is scheduled or housekeeping
+        // is due, so a started tenant without jobs costs no statement a
+        // second (and a thousand of them no burst of a thousand at every
+        // boundary).
+        let changed = Arc::new(tokio::sync::Notify::new());
         let mut client: Option<Client> = None;
-        let mut passes: u64 = 0;
         let mut planned: i64 = 0;
+        let mut housekept: Option<tokio::time::Instant> = None;
+        let mut idle = false;
         loop {
+            if idle && client.as_ref().is_some_and(|c| !c.is_closed()) {
+                let due =
+                    housekept.map_or_else(tokio::time::Instant::now, |at| at + HOUSEKEEPING_EVERY);
+                tokio::select! {
+                    () = changed.notified() => {}
+                    () = tokio::time::sleep_until(due) => {}
+                }
+            }
             // Plan the next second boundary ahead of it: read the jobs,
             // take each due job's connection and wait on it for the exact
             // boundary, so the run's start costs one statement after it.
@@ -177,18 +206,28 @@ impl Scheduler {
             tokio::time::sleep_until(boundary.checked_sub(PLAN_AHEAD).unwrap_or(boundary)).await;
             planned = tick;
             if client.as_ref().is_none_or(|c| c.is_closed()) {
-                client = sovra_pg::connect_one(&self.admin).await.ok();
+                // Listening before the first read: a job scheduled after
+                // it is announced, one scheduled before it is read.
+                client =
+                    sovra_pg::connect_listening(&self.admin, &[CHANGED_CHANNEL], changed.clone())
+                        .await
+                        .ok();
             }
             let Some(c) = client.as_ref() else {
+                idle = false;
                 tokio::time::sleep_until(boundary).await;
                 continue;
             };
-            if let Err(err) = self.pass_at(c, tick, Some(boundary)).await {
-                tracing::debug!(error = %err, "cron pass failed");
-            }
+            idle = match self.pass_at(c, tick, Some(boundary)).await {
+                Ok(_) => !self.has_jobs.load(Ordering::Relaxed),
+                Err(err) => {
+                    tracing::debug!(error = %err, "cron pass failed");
+                    false
+                }
+            };
             tokio::time::sleep_until(boundary).await;
-            passes += 1;
-            if passes % 60 == 1 {
+            if housekept.is_none_or(|at| at.elapsed() >= HOUSEKEEPING_EVERY) {
+                housekept = Some(tokio::time::Instant::now());
                 self.housekeeping(c).await;
             }
         }

@@ -951,3 +951,67 @@ async fn cron_runs_inside_the_server_and_prunes_old_history() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn an_idle_cron_scheduler_reads_nothing_until_a_job_is_scheduled() {
+    let app = TestApp::spawn().await;
+    let c = app.db.client().await;
+    c.batch_execute("create table public.ticks (n serial primary key)")
+        .await
+        .unwrap();
+    // The scheduler's connection after its first pass (no job) and the
+    // housekeeping that follows it: the last statement it sent.
+    let last = "select pid, query_start::text from pg_stat_activity
+                where datname = current_database() and pid <> pg_backend_pid()
+                  and query like 'delete from sovra.idempotency_keys%'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let first = loop {
+        if let Some(row) = c.query_opt(last, &[]).await.unwrap() {
+            break (row.get::<_, i32>(0), row.get::<_, String>(1));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduler made no first pass"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // Three second boundaries later it has sent nothing more.
+    tokio::time::sleep(std::time::Duration::from_millis(3_200)).await;
+    let row = c
+        .query_one(
+            "select query, query_start::text from pg_stat_activity where pid = $1",
+            &[&first.0],
+        )
+        .await
+        .unwrap();
+    assert!(
+        row.get::<_, String>(0)
+            .starts_with("delete from sovra.idempotency_keys"),
+        "an idle scheduler read again: {}",
+        row.get::<_, String>(0)
+    );
+    assert_eq!(row.get::<_, String>(1), first.1);
+    // A job scheduled now is announced and runs within seconds, not at the
+    // next housekeeping a minute later.
+    c.batch_execute(
+        "select cron.schedule('tick', '1 seconds', 'insert into public.ticks default values')",
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count(&c, "select count(*) from public.ticks").await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a job scheduled while the scheduler was idle did not run"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Unscheduled, it stops running.
+    c.batch_execute("select cron.unschedule('tick')")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let after = count(&c, "select count(*) from public.ticks").await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_200)).await;
+    assert_eq!(count(&c, "select count(*) from public.ticks").await, after);
+}
