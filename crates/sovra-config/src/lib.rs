@@ -2396,7 +2396,7 @@ impl<T: OptionText> std::fmt::Debug for UrlRedacted<'_, T> {
 /// `scheme://` follows it: a password may hold a comma. Connection strings
 /// that are not URLs (`host=… password=…`) and URLs with a `password`
 /// query parameter are hidden whole.
-fn urls_without_passwords(text: &str) -> String {
+pub fn urls_without_passwords(text: &str) -> String {
     if text.to_ascii_lowercase().contains("password=") {
         return "***".to_owned();
     }
@@ -2433,6 +2433,15 @@ fn url_without_password(url: &str) -> String {
     };
     let userinfo = &authority[..at];
     let Some(colon) = userinfo.find(':') else {
+        // NATS takes a token as the whole user information.
+        let scheme = url[..scheme_end].to_ascii_lowercase();
+        if matches!(scheme.as_str(), "nats" | "tls" | "ws" | "wss") {
+            return format!(
+                "{}***{}",
+                &url[..authority_start],
+                &url[authority_start + at..]
+            );
+        }
         return url.to_owned();
     };
     format!(
@@ -3780,6 +3789,14 @@ mod tests {
             "postgres://h/db?user=x"
         );
         assert_eq!(url_without_password("not a url"), "not a url");
+        assert_eq!(
+            url_without_password("nats://s3cr3t-token@nats:4222"),
+            "nats://***@nats:4222"
+        );
+        assert_eq!(
+            urls_without_passwords("nats://a:b@n1:4222,tls://tok@n2:4222"),
+            "nats://a:***@n1:4222,tls://***@n2:4222"
+        );
         assert_eq!(
             url_without_password("redis://:pw@h:6379"),
             "redis://:***@h:6379"

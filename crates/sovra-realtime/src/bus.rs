@@ -146,13 +146,13 @@ impl NatsBus {
             })
             .connect(url)
             .await
-            .map_err(|err| format!("cannot connect to NATS at {url}: {err}"))?;
+            // The URL may carry credentials: the caller names it, redacted.
+            .map_err(|err| format!("cannot connect to NATS: {err}"))?;
         let max_payload = client.server_info().max_payload;
         let stream = match ChangeStream::ensure(&client, subject, limits).await {
             Ok(stream) => Some(stream),
             Err(err) => {
                 tracing::warn!(
-                    %url,
                     error = %err,
                     "NATS has no JetStream here: database changes cross instances over core NATS (at most once); an instance cut off from NATS misses the changes committed meanwhile, and a rejoin with since is served from each instance's own window only"
                 );

@@ -567,7 +567,12 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
         realtime
             .attach_nats(&config.realtime.nats_url, &subject)
             .await
-            .map_err(ServeError::Realtime)?;
+            .map_err(|err| {
+                ServeError::Realtime(format!(
+                    "{err} (realtime.nats_url = {})",
+                    sovra_config::urls_without_passwords(&config.realtime.nats_url)
+                ))
+            })?;
     }
     // Delivery starts a moment later, off a cold tenant's first request.
     let net = sovra_net::NetService::start_after(

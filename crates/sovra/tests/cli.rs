@@ -1036,3 +1036,26 @@ fn the_default_data_dir_for_root_is_one_postgres_can_reach() {
         "{text}"
     );
 }
+
+#[test]
+fn an_unreachable_nats_is_named_without_its_credentials() {
+    let dir = sovra_dir();
+    // Nothing listens on a port just freed: NATS cannot be reached.
+    let nats = format!("nats://bus-user:n4ts-s3cret@127.0.0.1:{}", free_port());
+    let out = sovra()
+        .args(["serve", "--data-dir"])
+        .arg(dir.data())
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("SOVRA_REALTIME_NATS_URL", &nats)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("cannot connect to NATS"), "{text}");
+    assert!(text.contains("nats://bus-user:***@127.0.0.1:"), "{text}");
+    assert!(!text.contains("n4ts-s3cret"), "{text}");
+}
