@@ -90,22 +90,32 @@ async fn serve(settings: &NetSettings, admin: &tokio_postgres::Config) -> Result
         if client.is_closed() {
             return Ok(());
         }
-        let published = publish(&mut client, settings, &mut nats).await?;
-        if published < BATCH as usize {
-            tokio::select! {
-                () = notify.notified() => {}
-                () = tokio::time::sleep(settings.poll_interval) => {}
-            }
+        let wait = match publish(&mut client, settings, &mut nats).await? {
+            // Nothing pending: every insert notifies, so only a lost
+            // notification needs the long look.
+            None => IDLE_LOOK,
+            Some(published) if published < BATCH as usize => settings.poll_interval,
+            Some(_) => continue,
+        };
+        tokio::select! {
+            () = notify.notified() => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }
 
-/// Publishes one batch; answers how many events it took.
+/// How long the publisher waits, with nothing pending, before it looks
+/// again without a notification.
+const IDLE_LOOK: Duration = Duration::from_secs(60);
+
+/// Publishes one batch; answers how many events it took, or `None` when
+/// the outbox was empty (another publisher holding the lock, or events it
+/// could not send, answer `Some(0)`: they are looked at again soon).
 pub async fn publish(
     client: &mut tokio_postgres::Client,
     settings: &NetSettings,
     nats: &mut Option<async_nats::Client>,
-) -> Result<usize, OutboxError> {
+) -> Result<Option<usize>, OutboxError> {
     // Outside a transaction first: an idle database sees no transaction
     // from the publisher.
     let pending: bool = client
@@ -113,7 +123,7 @@ pub async fn publish(
         .await?
         .get(0);
     if !pending {
-        return Ok(0);
+        return Ok(None);
     }
     let tx = client.transaction().await?;
     let locked: bool = tx
@@ -121,7 +131,7 @@ pub async fn publish(
         .await?
         .get(0);
     if !locked {
-        return Ok(0);
+        return Ok(Some(0));
     }
     let ids: Vec<i64> = tx
         .query(EVENTS, &[&BATCH])
@@ -130,7 +140,7 @@ pub async fn publish(
         .map(|row| row.get(0))
         .collect();
     if ids.is_empty() {
-        return Ok(0);
+        return Ok(Some(0));
     }
     tx.query_one(REALTIME, &[&ids]).await?;
     tx.execute(HTTP, &[&ids]).await?;
@@ -146,7 +156,7 @@ pub async fn publish(
                     );
                 }
                 let Some(connection) = nats.as_ref() else {
-                    return Ok(0);
+                    return Ok(Some(0));
                 };
                 for row in &messages {
                     let (event, destination): (i64, i64) = (row.get(0), row.get(1));
@@ -176,5 +186,5 @@ pub async fn publish(
     }
     tx.execute(DELETE, &[&ids]).await?;
     tx.commit().await?;
-    Ok(ids.len())
+    Ok(Some(ids.len()))
 }

@@ -211,3 +211,35 @@ async fn events_reach_a_nats_subject_in_order() {
     }
     wait_until(&client, "select not exists(select 1 from sovra.outbox)").await;
 }
+
+#[tokio::test]
+async fn an_empty_outbox_is_not_read_again_until_an_event_is_sent() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    // A short poll interval: only the long look of an empty outbox may keep
+    // the publisher from reading it every 100 ms.
+    let _net = NetService::start(local(), db.config());
+    let client = db.client().await;
+    client
+        .execute(
+            "insert into sovra.outbox_destinations (topic, kind, target) values ('t', 'http', $1)",
+            &[&format!("{}/t", receiver.url)],
+        )
+        .await
+        .unwrap();
+    let publisher = "select query_start::text from pg_stat_activity
+                     where datname = current_database() and pid <> pg_backend_pid()
+                       and query = 'select exists(select 1 from sovra.outbox)'";
+    wait_until(&client, &format!("select exists({publisher})")).await;
+    let before: String = client.query_one(publisher, &[]).await.unwrap().get(0);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after: String = client.query_one(publisher, &[]).await.unwrap().get(0);
+    assert_eq!(before, after, "an empty outbox was read again");
+    // An event sent now is announced and published at once.
+    client
+        .query_one("select sovra.outbox_send('t', '{\"n\": 1}')", &[])
+        .await
+        .unwrap();
+    wait_until(&client, "select not exists(select 1 from sovra.outbox)").await;
+    wait_for(|| !receiver.seen_path("/t").is_empty()).await;
+}
