@@ -74,6 +74,16 @@ const FINISH: &str = "
       content = excluded.content, timed_out = excluded.timed_out,
       error_msg = excluded.error_msg, created = now()";
 
+/// Milliseconds until the first row of the queue is due (negative: due
+/// now), or null for an empty queue; by the claim's index.
+const NEXT_DUE: &str = "
+    select (extract(epoch from (select next_attempt_at from net.http_request_queue
+                                 order by next_attempt_at limit 1) - now()) * 1000)::bigint";
+
+/// How long an idle worker (nothing due, nothing in flight) waits without
+/// a notification before it looks at the queue again.
+const IDLE_LOOK: Duration = Duration::from_secs(60);
+
 const RETRY: &str = "
     update net.http_request_queue q
        set next_attempt_at = now() + t.delay_ms * interval '1 millisecond', last_error = t.err
@@ -476,8 +486,8 @@ async fn serve(
         writer.batch_execute(SESSION)
     )?;
     let (tx, rx) = mpsc::unbounded_channel::<Outcome>();
-    let writer_task = tokio::spawn(write_outcomes(writer, rx));
-    let claim = claimer.prepare(CLAIM).await?;
+    let writer_task = tokio::spawn(write_outcomes(writer, rx, notify.clone()));
+    let (claim, next_due) = tokio::try_join!(claimer.prepare(CLAIM), claimer.prepare(NEXT_DUE))?;
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     let rate = (settings.rate_limit > 0).then(|| Mutex::new(RateLimit::new(settings.rate_limit)));
     let lease_margin = i32::try_from(LEASE_MARGIN.as_millis()).unwrap_or(5000);
@@ -556,9 +566,22 @@ async fn serve(
         drop(permits);
         saturated = claimed == limit;
         if claimed < limit {
+            // Nothing of this worker's in flight and nothing claimed: the
+            // queue holds only rows due later (retries, other workers'
+            // leases), or none. Wait for the first of them, an insert's
+            // notification or a retry this worker records, rather than
+            // looking every poll interval.
+            let wait = if claimed == 0 && slots.available_permits() == settings.concurrency {
+                let next: Option<i64> = claimer.query_one(&next_due, &[]).await?.get(0);
+                next.map_or(IDLE_LOOK, |ms| {
+                    Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(IDLE_LOOK)
+                })
+            } else {
+                settings.poll_interval
+            };
             tokio::select! {
                 () = notify.notified() => {}
-                () = tokio::time::sleep(settings.poll_interval) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }
@@ -582,7 +605,11 @@ async fn gather(slots: &Arc<Semaphore>, permits: &mut OwnedSemaphorePermit, conc
 
 /// Writes outcomes in batches until the channel closes or a write fails
 /// (the rows then come back when their leases end).
-async fn write_outcomes(client: tokio_postgres::Client, mut rx: mpsc::UnboundedReceiver<Outcome>) {
+async fn write_outcomes(
+    client: tokio_postgres::Client,
+    mut rx: mpsc::UnboundedReceiver<Outcome>,
+    claimer: Arc<Notify>,
+) {
     let (finish, retry) = match tokio::try_join!(client.prepare(FINISH), client.prepare(RETRY)) {
         Ok(prepared) => prepared,
         Err(err) => {
@@ -632,6 +659,9 @@ async fn write_outcomes(client: tokio_postgres::Client, mut rx: mpsc::UnboundedR
                 client
                     .execute(&retry, &[&retry_ids, &delays, &errors])
                     .await?;
+                // The claimer may be waiting for a due time read before
+                // these retries were set.
+                claimer.notify_one();
             }
             Ok::<_, tokio_postgres::Error>(())
         }

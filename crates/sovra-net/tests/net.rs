@@ -756,3 +756,48 @@ async fn the_worker_reads_the_queue_by_index_after_it_grew() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn an_idle_worker_waits_for_the_queue_not_the_poll_interval() {
+    let db = TestDb::new().await;
+    let receiver = Receiver::start().await;
+    receiver.set_flaky(&[503]);
+    let mut settings = local();
+    settings.poll_interval = Duration::from_millis(100);
+    settings.retry_base = Duration::from_millis(1_500);
+    let _net = NetService::start(settings.clone(), db.config());
+    let client = db.client().await;
+    // An empty queue: the worker asked when the next row is due (none) and
+    // then reads nothing, though its poll interval is 100 ms.
+    let asked = "select query_start::text from pg_stat_activity
+                 where datname = current_database() and pid <> pg_backend_pid()
+                   and query like '%extract(epoch from (select next_attempt_at%'";
+    wait_until(&client, &format!("select exists({asked})")).await;
+    let before: String = client.query_one(asked, &[]).await.unwrap().get(0);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after: String = client.query_one(asked, &[]).await.unwrap().get(0);
+    assert_eq!(before, after, "an idle worker read the queue again");
+    drop(_net);
+
+    // A poll interval longer than the test: a queued request is announced,
+    // and its retry (about 1.5 s later) is taken when it falls due.
+    settings.poll_interval = Duration::from_secs(60);
+    let _net = NetService::start(settings, db.config());
+    let started = std::time::Instant::now();
+    let id: i64 = client
+        .query_one(
+            "select net.http_get($1)",
+            &[&format!("{}/flaky", receiver.url)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let recorded = response(&client, id).await;
+    assert_eq!(recorded["status_code"], 200);
+    assert_eq!(receiver.seen_path("/flaky").len(), 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the retry waited for the poll interval: {:?}",
+        started.elapsed()
+    );
+}
