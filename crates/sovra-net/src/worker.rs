@@ -559,8 +559,10 @@ async fn serve(
             tokio::spawn(async move {
                 let result = attempt(&http, &settings, &request).await;
                 let outcome = decide(&settings, request.id, request.attempt, result);
-                let _ = tx.send(outcome);
+                // The slot is free before the outcome is recorded: a
+                // claimer the recorded retry wakes finds nothing in flight.
                 drop(permit);
+                let _ = tx.send(outcome);
             });
         }
         drop(permits);
@@ -573,9 +575,15 @@ async fn serve(
             // looking every poll interval.
             let wait = if claimed == 0 && slots.available_permits() == settings.concurrency {
                 let next: Option<i64> = claimer.query_one(&next_due, &[]).await?.get(0);
-                next.map_or(IDLE_LOOK, |ms| {
-                    Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(IDLE_LOOK)
-                })
+                match next {
+                    None => IDLE_LOOK,
+                    // Due now but not claimed: locked by another claimer
+                    // or transaction; look again after the poll interval.
+                    Some(ms) if ms <= 0 => settings.poll_interval,
+                    Some(ms) => {
+                        Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(IDLE_LOOK)
+                    }
+                }
             } else {
                 settings.poll_interval
             };

@@ -20,3 +20,6 @@ drop trigger if exists sovra_cron_job_changed on cron.job;
 create trigger sovra_cron_job_changed
   after insert or update or delete or truncate on cron.job
   for each statement execute function sovra.cron_job_changed();
+-- Also in sessions with session_replication_role = replica (logical
+-- replication, some restores), where ordinary triggers do not fire.
+alter table cron.job enable always trigger sovra_cron_job_changed;

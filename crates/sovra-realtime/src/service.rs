@@ -1046,7 +1046,8 @@ impl RealtimeService {
             entries: Vec::new(),
             reply: true,
         });
-        tracing::info!(%url, %subject, instance = %self.instance, "realtime joined the NATS bus");
+        // The URL may carry credentials: not logged here.
+        tracing::info!(%subject, instance = %self.instance, "realtime joined the NATS bus");
         Ok(())
     }
 
