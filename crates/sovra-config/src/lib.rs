@@ -1158,7 +1158,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         key: "realtime.nats_url",
         kind: Kind::String,
         default: "",
-        doc: "NATS server (`nats://host:4222`) joining several Sovra instances: broadcast, presence and database changes then reach clients on every instance. Empty: one instance, fan-out in process.",
+        doc: "NATS server (`nats://host:4222`; credentials as `nats://user:password@host:4222` or a token as `nats://token@host:4222`, never logged) joining several Sovra instances: broadcast, presence and database changes then reach clients on every instance. Empty: one instance, fan-out in process.",
     },
     OptionDoc {
         key: "realtime.nats_subject",

@@ -136,7 +136,7 @@ impl NatsBus {
         incoming: mpsc::Sender<Vec<u8>>,
         limits: StreamLimits,
     ) -> Result<NatsBus, String> {
-        let client = async_nats::ConnectOptions::new()
+        let client = with_url_credentials(async_nats::ConnectOptions::new(), url)
             .name("sovra-realtime")
             .no_echo()
             // Back within a second of NATS (or the way to it) coming back:
@@ -745,6 +745,29 @@ pub(crate) struct Peer {
     pub(crate) seen: std::time::Instant,
     /// The last change batch number received from it.
     pub(crate) seq: Option<u64>,
+}
+
+/// `options` with the credentials written in `url` (one URL or a comma-
+/// separated list; the first that has any): `user:password@` or a token as
+/// `token@`. async-nats reads servers from a URL but not their
+/// credentials, so a NATS with authorization refused Sovra's connection.
+pub fn with_url_credentials(
+    options: async_nats::ConnectOptions,
+    url: &str,
+) -> async_nats::ConnectOptions {
+    for part in url.split(',') {
+        let Ok(addr) = part.trim().parse::<async_nats::ServerAddr>() else {
+            continue;
+        };
+        match (addr.username(), addr.password()) {
+            (Some(user), Some(password)) => {
+                return options.user_and_password(user.to_owned(), password.to_owned());
+            }
+            (Some(token), None) => return options.token(token.to_owned()),
+            _ => {}
+        }
+    }
+    options
 }
 
 #[cfg(test)]
