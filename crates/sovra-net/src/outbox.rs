@@ -150,7 +150,8 @@ pub async fn publish(
             Some(url) => {
                 if nats.is_none() {
                     *nats = Some(
-                        async_nats::connect(url.as_str())
+                        nats_options(url)
+                            .connect(url.as_str())
                             .await
                             .map_err(|err| OutboxError::Nats(err.to_string()))?,
                     );
@@ -187,4 +188,27 @@ pub async fn publish(
     tx.execute(DELETE, &[&ids]).await?;
     tx.commit().await?;
     Ok(Some(ids.len()))
+}
+
+/// Connection options with the credentials written in `url` (the first of
+/// a comma-separated list that has any: `user:password@` or `token@`);
+/// async-nats reads servers from a URL but not their credentials. The
+/// same rule as `sovra_realtime::bus::with_url_credentials`, for the same
+/// `realtime.nats_url`.
+fn nats_options(url: &str) -> async_nats::ConnectOptions {
+    let options = async_nats::ConnectOptions::new();
+    let Some(addr) = url
+        .split(',')
+        .filter_map(|part| part.trim().parse::<async_nats::ServerAddr>().ok())
+        .find(|addr| addr.username().is_some())
+    else {
+        return options;
+    };
+    match (addr.username(), addr.password()) {
+        (Some(user), Some(password)) => {
+            options.user_and_password(user.to_owned(), password.to_owned())
+        }
+        (Some(token), None) => options.token(token.to_owned()),
+        _ => options,
+    }
 }
