@@ -505,7 +505,13 @@ impl NatsServer {
     /// Starts `nats-server` (from `PATH` or `/usr/sbin`) and waits until it
     /// accepts connections.
     pub async fn start() -> NatsServer {
-        NatsServer::start_with(None).await
+        NatsServer::start_with(None, None).await
+    }
+
+    /// Starts `nats-server` that admits only `user` with `password`; its
+    /// `url` carries them (`nats://user:password@127.0.0.1:port`).
+    pub async fn start_with_password(user: &str, password: &str) -> NatsServer {
+        NatsServer::start_with(None, Some((user, password))).await
     }
 
     /// Starts `nats-server -js` with a store of its own.
@@ -515,10 +521,10 @@ impl NatsServer {
             std::process::id(),
             rand::random::<u64>()
         ));
-        NatsServer::start_with(Some(store)).await
+        NatsServer::start_with(Some(store), None).await
     }
 
-    async fn start_with(store: Option<PathBuf>) -> NatsServer {
+    async fn start_with(store: Option<PathBuf>, login: Option<(&str, &str)>) -> NatsServer {
         let binary = std::env::var_os("PATH")
             .and_then(|paths| {
                 std::env::split_paths(&paths)
@@ -541,6 +547,9 @@ impl NatsServer {
                 args.extend(["-js".to_owned(), "-sd".to_owned()]);
                 args.push(store.display().to_string());
             }
+            if let Some((user, password)) = login {
+                args.extend(["--user", user, "--pass", password].map(str::to_owned));
+            }
             let mut child = std::process::Command::new(&binary)
                 .args(&args)
                 .stdout(std::process::Stdio::null())
@@ -553,7 +562,12 @@ impl NatsServer {
                     .is_ok()
                 {
                     return NatsServer {
-                        url: format!("nats://127.0.0.1:{port}"),
+                        url: match login {
+                            Some((user, password)) => {
+                                format!("nats://{user}:{password}@127.0.0.1:{port}")
+                            }
+                            None => format!("nats://127.0.0.1:{port}"),
+                        },
                         child,
                         store,
                     };

@@ -1062,29 +1062,10 @@ fn an_unreachable_nats_is_named_without_its_credentials() {
 
 #[tokio::test]
 async fn a_joined_nats_bus_is_logged_without_its_credentials() {
-    let nats_port = free_port();
-    let binary = std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("nats-server"))
-                .find(|path| path.exists())
-        })
-        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"));
-    let mut nats = std::process::Command::new(binary)
-        .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
-        .args(["--user", "bus-user", "--pass", "j0ined-s3cret"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server (scripts/setup.sh installs it)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let nats =
+        sovra_test_support::NatsServer::start_with_password("bus-user", "j0ined-s3cret").await;
     let dir = sovra_dir();
-    let url = format!("nats://bus-user:j0ined-s3cret@127.0.0.1:{nats_port}");
-    let mut server = start(&dir.data(), &[("SOVRA_REALTIME_NATS_URL", &url)]);
+    let mut server = start(&dir.data(), &[("SOVRA_REALTIME_NATS_URL", &nats.url)]);
     server.wait_ready().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = String::new();
@@ -1096,7 +1077,6 @@ async fn a_joined_nats_bus_is_logged_without_its_credentials() {
     stop(&mut server, Signal::SIGINT);
     seen.push_str(&server.stdout_text());
     seen.push_str(&server.stderr_text());
-    let _ = nats.kill();
-    let _ = nats.wait();
+    drop(nats);
     assert!(!seen.contains("j0ined-s3cret"), "{seen}");
 }
