@@ -684,9 +684,41 @@ fn check_version(dir: &Path, binaries: &PgBinaries) -> Result<(), ClusterError> 
 /// stop it so that this start owns its PostgreSQL. A stale `postmaster.pid`
 /// whose process is gone is left to PostgreSQL, which removes it.
 async fn stop_orphan(dir: &Path) {
-    let Some(pid) = postmaster_pid(dir) else {
-        return;
+    // A postmaster that is already shutting down (its Sovra was killed) may
+    // have removed `postmaster.pid` while it still holds the socket's lock
+    // file, which would refuse the new one: look at both.
+    let mut pids: Vec<Pid> = postmaster_pid(dir).into_iter().collect();
+    pids.extend(socket_lock_pids(dir));
+    pids.dedup();
+    for pid in pids {
+        stop_postmaster(pid, dir).await;
+    }
+}
+
+/// The processes named by the socket lock files (`.s.PGSQL.<port>.lock`)
+/// in `dir`, where the embedded cluster puts its socket.
+fn socket_lock_pids(dir: &Path) -> Vec<Pid> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
     };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(".s.PGSQL.") && name.ends_with(".lock")
+        })
+        .filter_map(|entry| {
+            let text = fs::read_to_string(entry.path()).ok()?;
+            let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+            (pid > 0).then(|| Pid::from_raw(pid))
+        })
+        .collect()
+}
+
+/// Stops `pid` if it is a postgres serving `dir`: fast shutdown, then
+/// quit, then kill, waiting for it to go after each.
+async fn stop_postmaster(pid: Pid, dir: &Path) {
     if !is_postgres(pid, dir) {
         return;
     }
