@@ -207,6 +207,12 @@ pub const OPTIONS: &[OptionDoc] = &[
         doc: "Quota of every tenant other than the default one unless its own `max_concurrent_requests` says otherwise: requests it may have in progress at once; more wait their turn (first come, first served), so that a tenant flooding the server keeps no more than this many busy. 0: no limit (its pool size still bounds its database work).",
     },
     OptionDoc {
+        key: "server.tenant_shared_requests",
+        kind: Kind::Integer,
+        default: "0",
+        doc: "Requests in progress that the tenants with a concurrency quota (`max_concurrent_requests`) share while more than one tenant is busy (had a request in the last second): each such tenant is then held to this number divided by the busy tenants (at least 1, at most its quota), so that a tenant at its quota does not take the whole machine from the others; alone, it has its whole quota. 0: the number of CPU cores the server may use. A value at or above every quota turns the sharing off.",
+    },
+    OptionDoc {
         key: "server.tenant_realtime_events_per_second",
         kind: Kind::Integer,
         default: "0",
@@ -2341,6 +2347,7 @@ pub struct ServerConfig {
     pub tenant_mails_per_hour: u64,
     pub tenant_realtime_events_per_second: u64,
     pub tenant_max_concurrent_requests: u64,
+    pub tenant_shared_requests: u64,
     pub tenant_secrets_key: SecretValue,
     pub tenant_secrets_old_keys: SecretValue,
 }
@@ -2666,6 +2673,7 @@ impl Default for ServerConfig {
             tenant_mails_per_hour: 0,
             tenant_realtime_events_per_second: 0,
             tenant_max_concurrent_requests: 0,
+            tenant_shared_requests: 0,
             tenant_secrets_key: SecretValue::default(),
             tenant_secrets_old_keys: SecretValue::default(),
         }

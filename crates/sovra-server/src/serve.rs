@@ -596,6 +596,7 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
             std::sync::Arc::new(tokio::sync::Semaphore::new(quotas.max_concurrent_requests))
         }),
         waiting: std::sync::atomic::AtomicUsize::new(0),
+        running: std::sync::Arc::default(),
         quotas,
         storage_used: std::sync::Mutex::new(None),
         cron: crate::cron::CronScheduler::start(

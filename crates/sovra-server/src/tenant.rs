@@ -40,6 +40,9 @@ pub struct Tenant {
     pub in_progress: Option<Arc<tokio::sync::Semaphore>>,
     /// Requests waiting for one of those permits.
     pub waiting: std::sync::atomic::AtomicUsize,
+    /// Its requests in progress within its share of the machine (with a
+    /// concurrency quota, see [`crate::tenants::share`]).
+    pub(crate) running: std::sync::Arc<crate::tenants::share::Running>,
     /// The scheduler of `cron.job` in its database (stops with the tenant).
     pub cron: Option<crate::cron::CronScheduler>,
     /// The administrative login on its database (the change feed's), for

@@ -40,6 +40,7 @@ use crate::keys::{ApiKeys, ProjectKeys};
 use crate::{AppState, Tenant};
 
 mod rate;
+pub(crate) mod share;
 pub(crate) mod usage;
 
 /// Longest tenant name: `tenant_<name>_auth` must fit PostgreSQL's 63-byte
@@ -680,6 +681,9 @@ pub struct Platform {
     buckets: Mutex<HashMap<String, rate::Bucket>>,
     /// When each started tenant last had a request.
     last_used: Mutex<HashMap<String, std::time::Instant>>,
+    /// Shares of the machine for tenants with a concurrency quota while
+    /// several are busy ([`share`]).
+    shares: share::Shares,
     /// Tenants whose databases the start-up upgrade has not migrated yet
     /// (`None`: no upgrade ran or it finished).
     upgrading: Mutex<Option<std::collections::HashSet<String>>>,
@@ -766,6 +770,7 @@ impl Platform {
             upgrading: Mutex::new(None),
             buckets: Mutex::new(HashMap::new()),
             last_used: Mutex::new(HashMap::new()),
+            shares: share::Shares::new(config.server.tenant_shared_requests),
             names: Arc::new(RwLock::new(KnownNames::default())),
             names_refresh: tokio::sync::Mutex::new(()),
             registry_reads: std::sync::atomic::AtomicU64::new(0),
@@ -2614,6 +2619,24 @@ where
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
             permit.ok()
+        }
+        None => None,
+    };
+    // While other tenants are busy, a tenant with a concurrency quota is
+    // held to its share of the machine ([`share`]).
+    let _place = match _turn {
+        Some(_) => {
+            let quota = tenant.quotas.max_concurrent_requests;
+            Some(
+                tenant
+                    .running
+                    .enter(|| {
+                        platform
+                            .shares
+                            .cap(quota, &platform.last_used, std::time::Instant::now())
+                    })
+                    .await,
+            )
         }
         None => None,
     };

@@ -2309,6 +2309,140 @@ async fn a_tenant_over_its_concurrency_quota_waits_its_turn_and_others_do_not() 
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
 
+/// While another tenant is busy, a tenant with a concurrency quota is held
+/// to its share of `server.tenant_shared_requests` (here 2 between two busy
+/// tenants: 1); alone, it has its whole quota (2), before and after.
+#[tokio::test]
+async fn a_tenant_at_its_concurrency_quota_is_held_to_its_share_while_another_is_busy() {
+    let mut config = sovra_config::Config::default();
+    config.server.tenant_shared_requests = 2;
+    let server = spawn_with(config).await;
+    let t = server.create("share").await;
+    let other = server.create("share-other").await;
+    let sql = server.sql(&t.database).await;
+    sql.batch_execute(
+        "create function public.wait_for_lock() returns int language sql
+           as 'select 1 from (select pg_advisory_xact_lock(4343)) x';
+         grant execute on function public.wait_for_lock() to service_role;
+         notify pgrst, 'reload schema';",
+    )
+    .await
+    .unwrap();
+    server
+        .patch(&t.name, json!({"max_concurrent_requests": 2}))
+        .await;
+    let call = || {
+        let request = server
+            .http
+            .post(format!("{}/rest/v1/rpc/wait_for_lock", t.url))
+            .header("apikey", &t.service)
+            .bearer_auth(&t.service)
+            .json(&json!({}));
+        tokio::spawn(async move { request.send().await.unwrap().status() })
+    };
+    let blocked = || async {
+        let n: i64 = sql
+            .query_one(
+                "select count(*) from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    let until_blocked = |want: i64| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while blocked().await != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never {want} requests in progress"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // Its first request starts it; the other tenant has had none yet.
+    let (status, _) = server
+        .get(&format!("{}/rest/v1/", t.url), &t.service, &t.service)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Alone: both of its requests are in progress at once.
+    sql.execute("select pg_advisory_lock(4343)", &[])
+        .await
+        .unwrap();
+    let (a, b) = (call(), call());
+    until_blocked(2).await;
+    sql.execute("select pg_advisory_unlock(4343)", &[])
+        .await
+        .unwrap();
+    assert_eq!(a.await.unwrap(), StatusCode::OK);
+    assert_eq!(b.await.unwrap(), StatusCode::OK);
+
+    // The other tenant busy (a request every 100 ms): one at a time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let (http, url, key, stop) = (
+            server.http.clone(),
+            format!("{}/rest/v1/", other.url),
+            other.service.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let status = http
+                    .get(&url)
+                    .header("apikey", &key)
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert_eq!(status, StatusCode::OK);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    // Past the recount of busy tenants.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sql.execute("select pg_advisory_lock(4343)", &[])
+        .await
+        .unwrap();
+    let (a, b) = (call(), call());
+    until_blocked(1).await;
+    // The second waits for its share, not for the lock: it stays out of
+    // the database while the first holds the share's one place.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            blocked().await,
+            1,
+            "two requests in progress beside a busy tenant"
+        );
+    }
+    assert!(!a.is_finished() && !b.is_finished());
+    sql.execute("select pg_advisory_unlock(4343)", &[])
+        .await
+        .unwrap();
+    assert_eq!(a.await.unwrap(), StatusCode::OK);
+    assert_eq!(b.await.unwrap(), StatusCode::OK);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    busy.await.unwrap();
+
+    // The other tenant idle again (past the window): the whole quota.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sql.execute("select pg_advisory_lock(4343)", &[])
+        .await
+        .unwrap();
+    let (a, b) = (call(), call());
+    until_blocked(2).await;
+    sql.execute("select pg_advisory_unlock(4343)", &[])
+        .await
+        .unwrap();
+    assert_eq!(a.await.unwrap(), StatusCode::OK);
+    assert_eq!(b.await.unwrap(), StatusCode::OK);
+}
+
 /// `/mcp` under a tenant's URL: the tenant's keys only, its own metadata
 /// URL, and its own write switch (`mcp_allow_writes`).
 #[tokio::test]
