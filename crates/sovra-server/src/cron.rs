@@ -28,10 +28,10 @@
 //! Rows of `cron.job_run_details` older than the retention, and expired
 //! `Idempotency-Key` responses, are deleted once a minute.
 //!
-//! While its database has no active job, the scheduler reads nothing: its
-//! connection listens on `sovra_cron`, which a statement trigger on
-//! `cron.job` notifies when a job is scheduled, changed or removed, and it
-//! wakes for that or for the minute's housekeeping.
+//! While its database has no active job, the scheduler reads nothing but
+//! the minute's housekeeping: its connection listens on `sovra_cron`, which
+//! a statement trigger on `cron.job` notifies when a job is scheduled,
+//! changed or removed, and it wakes for that or for the housekeeping.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -181,8 +181,8 @@ impl Scheduler {
         // Its connection listens for changes of `cron.job` (a trigger
         // notifies `sovra_cron` at their commit, migration
         // `cron_notify`): while the database has no active job, the
-        // scheduler reads nothing until one is scheduled or housekeeping
-        // is due, so a started tenant without jobs costs no statement a
+        // scheduler reads nothing (but its housekeeping, once a minute)
+        // until one is scheduled, so a started tenant without jobs costs no statement a
         // second (and a thousand of them no burst of a thousand at every
         // boundary).
         let changed = Arc::new(tokio::sync::Notify::new());
