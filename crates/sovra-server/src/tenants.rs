@@ -2603,7 +2603,7 @@ where
     platform.touch(name);
     // Its concurrency quota: a request over it waits for its turn here,
     // before it takes any of the server's work.
-    let _turn = match &tenant.in_progress {
+    let turn = match &tenant.in_progress {
         Some(permits) => {
             let permits = permits.clone();
             let waiting = permits.available_permits() == 0;
@@ -2624,7 +2624,7 @@ where
     };
     // While other tenants are busy, a tenant with a concurrency quota is
     // held to its share of the machine ([`share`]).
-    let _place = match _turn {
+    let place = match &turn {
         Some(_) => {
             let quota = tenant.quotas.max_concurrent_requests;
             Some(
@@ -2666,6 +2666,8 @@ where
     {
         response.headers_mut().insert(header::LOCATION, value);
     }
+    // The tenant's turn and its place in its share end with its response.
+    drop((place, turn));
     response
 }
 
