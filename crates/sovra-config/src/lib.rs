@@ -210,7 +210,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         key: "server.tenant_shared_requests",
         kind: Kind::Integer,
         default: "0",
-        doc: "Requests in progress that the tenants with a concurrency quota (`max_concurrent_requests`) share while more than one tenant is busy (had a request in the last second; the default tenant is not counted): each such tenant is then held to this number divided by the busy tenants (at least 1, at most its quota), so that a tenant at its quota does not take the whole machine from the others; alone, it has its whole quota. 0: the number of CPU cores the server may use. A value at or above every quota turns the sharing off.",
+        doc: "Requests in progress that the tenants with a concurrency quota (`max_concurrent_requests`) share while more than one tenant is busy (had a request in the last second; the default tenant is not counted): each such tenant is then held to this number divided by the busy tenants (at least 1, at most its quota), so that a tenant at its quota does not take the whole machine from the others; alone, it has its whole quota. 0: the number of CPU cores the server may use. The share is never below 1; a value of at least the sum of the quotas of the tenants that may be busy at once turns the sharing off.",
     },
     OptionDoc {
         key: "server.tenant_realtime_events_per_second",

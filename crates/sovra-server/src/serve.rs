@@ -592,11 +592,9 @@ pub async fn build_services(config: &Config, parts: TenantParts) -> Result<Tenan
         mcp: crate::mcp::McpTenant::new(config),
         rest,
         auth,
-        in_progress: (quotas.max_concurrent_requests > 0).then(|| {
-            std::sync::Arc::new(tokio::sync::Semaphore::new(quotas.max_concurrent_requests))
-        }),
+        in_progress: (quotas.max_concurrent_requests > 0)
+            .then(|| crate::tenants::share::Gate::new(quotas.max_concurrent_requests)),
         waiting: std::sync::atomic::AtomicUsize::new(0),
-        running: std::sync::Arc::default(),
         quotas,
         storage_used: std::sync::Mutex::new(None),
         cron: crate::cron::CronScheduler::start(

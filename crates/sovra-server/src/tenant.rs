@@ -36,13 +36,12 @@ pub struct Tenant {
     /// Bytes of stored objects as last counted, and when (for
     /// [`TenantQuotas::storage_max_bytes`]).
     pub storage_used: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
-    /// The permits of [`TenantQuotas::max_concurrent_requests`].
-    pub in_progress: Option<Arc<tokio::sync::Semaphore>>,
-    /// Requests waiting for one of those permits.
+    /// The turns of [`TenantQuotas::max_concurrent_requests`], held to a
+    /// share of the machine while other tenants are busy
+    /// ([`crate::tenants::share`]).
+    pub(crate) in_progress: Option<Arc<crate::tenants::share::Gate>>,
+    /// Requests waiting for one of those turns.
     pub waiting: std::sync::atomic::AtomicUsize,
-    /// Its requests in progress within its share of the machine (with a
-    /// concurrency quota, see [`crate::tenants::share`]).
-    pub(crate) running: std::sync::Arc<crate::tenants::share::Running>,
     /// The scheduler of `cron.job` in its database (stops with the tenant).
     pub cron: Option<crate::cron::CronScheduler>,
     /// The administrative login on its database (the change feed's), for

@@ -2601,42 +2601,29 @@ where
     }
     metrics::counter!("sovra_tenant_requests_total", "tenant" => name.to_owned()).increment(1);
     platform.touch(name);
-    // Its concurrency quota: a request over it waits for its turn here,
-    // before it takes any of the server's work.
+    // Its concurrency quota, held to its share of the machine while other
+    // tenants are busy ([`share`]): a request over it waits for its turn
+    // here, before it takes any of the server's work.
     let turn = match &tenant.in_progress {
-        Some(permits) => {
-            let permits = permits.clone();
-            let waiting = permits.available_permits() == 0;
+        Some(gate) => {
+            gate.set_limit(platform.shares.cap(
+                tenant.quotas.max_concurrent_requests,
+                &platform.last_used,
+                std::time::Instant::now(),
+            ));
+            let waiting = gate.full();
             if waiting {
                 tenant
                     .waiting
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            let permit = permits.acquire_owned().await;
+            let turn = gate.enter().await;
             if waiting {
                 tenant
                     .waiting
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
-            permit.ok()
-        }
-        None => None,
-    };
-    // While other tenants are busy, a tenant with a concurrency quota is
-    // held to its share of the machine ([`share`]).
-    let place = match &turn {
-        Some(_) => {
-            let quota = tenant.quotas.max_concurrent_requests;
-            Some(
-                tenant
-                    .running
-                    .enter(|| {
-                        platform
-                            .shares
-                            .cap(quota, &platform.last_used, std::time::Instant::now())
-                    })
-                    .await,
-            )
+            Some(turn)
         }
         None => None,
     };
@@ -2666,8 +2653,9 @@ where
     {
         response.headers_mut().insert(header::LOCATION, value);
     }
-    // The tenant's turn and its place in its share end with its response.
-    drop((place, turn));
+    // The turn ends when the response's head is returned (a streamed body
+    // is not counted).
+    drop(turn);
     response
 }
 

@@ -2379,7 +2379,16 @@ async fn a_tenant_at_its_concurrency_quota_is_held_to_its_share_while_another_is
     assert_eq!(a.await.unwrap(), StatusCode::OK);
     assert_eq!(b.await.unwrap(), StatusCode::OK);
 
-    // The other tenant busy (a request every 100 ms): one at a time.
+    // The other tenant busy (a request every 100 ms, its first one, which
+    // starts it, answered before): one at a time.
+    let (status, _) = server
+        .get(
+            &format!("{}/rest/v1/", other.url),
+            &other.service,
+            &other.service,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let busy = {
         let (http, url, key, stop) = (
@@ -2410,8 +2419,8 @@ async fn a_tenant_at_its_concurrency_quota_is_held_to_its_share_while_another_is
         .unwrap();
     let (a, b) = (call(), call());
     until_blocked(1).await;
-    // The second waits for its share, not for the lock: it stays out of
-    // the database while the first holds the share's one place.
+    // The second waits for its turn, not for the lock: it stays out of
+    // the database while the first holds the share's one turn.
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(
