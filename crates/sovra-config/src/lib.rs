@@ -2425,6 +2425,48 @@ pub fn urls_without_passwords(text: &str) -> String {
     parts.join(",")
 }
 
+/// Credentials written in a NATS URL's user information.
+#[derive(Clone, PartialEq, Eq)]
+pub enum NatsCredentials {
+    /// `nats://user:password@host`.
+    Login { user: String, password: String },
+    /// `nats://token@host`.
+    Token(String),
+}
+
+impl std::fmt::Debug for NatsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NatsCredentials::Login { user, .. } => write!(f, "Login({user}, ***)"),
+            NatsCredentials::Token(_) => f.write_str("Token(***)"),
+        }
+    }
+}
+
+/// The credentials of `realtime.nats_url` (one URL or a comma-separated
+/// list; the first that has a user): async-nats reads servers from a URL
+/// but not their credentials, so the realtime bus and the outbox pass these
+/// to it. Read as async-nats reads a server address: a URL without a scheme
+/// is a `nats://` one, and the text is taken as written (not
+/// percent-decoded).
+pub fn nats_url_credentials(url: &str) -> Option<NatsCredentials> {
+    url.split(',').find_map(|part| {
+        let part = part.trim();
+        let rest = part.find("://").map_or(part, |end| &part[end + 3..]);
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        let userinfo = &authority[..authority.rfind('@')?];
+        match userinfo.split_once(':') {
+            Some(("", _)) => None,
+            Some((user, password)) => Some(NatsCredentials::Login {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            }),
+            None if userinfo.is_empty() => None,
+            None => Some(NatsCredentials::Token(userinfo.to_owned())),
+        }
+    })
+}
+
 /// `url` with the password of its user information replaced by `***`
 /// (PostgreSQL, NATS and SMTP URLs carry credentials there).
 fn url_without_password(url: &str) -> String {
@@ -3758,6 +3800,43 @@ mod tests {
         // And an empty one is still refused, whatever the default.
         let err = root("", &[("SOVRA_DATA_DIR", "")]).load().unwrap_err();
         assert!(err.to_string().contains("`data_dir`"), "{err}");
+    }
+
+    #[test]
+    fn nats_credentials_are_read_from_the_first_url_with_a_user() {
+        let login = |user: &str, password: &str| {
+            Some(NatsCredentials::Login {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            })
+        };
+        assert_eq!(nats_url_credentials("nats://n1:4222"), None);
+        assert_eq!(nats_url_credentials(""), None);
+        assert_eq!(nats_url_credentials("nats://a:b@n1:4222"), login("a", "b"));
+        assert_eq!(
+            nats_url_credentials("nats://n1:4222, tls://tok@n2:4222/x"),
+            Some(NatsCredentials::Token("tok".to_owned()))
+        );
+        // A password may hold `:` and `@`; the host is after the last `@`.
+        assert_eq!(
+            nats_url_credentials("nats://u:p:w@x@n1"),
+            login("u", "p:w@x")
+        );
+        // No scheme: a nats:// address, as async-nats reads it.
+        assert_eq!(nats_url_credentials("u:p@n1:4222"), login("u", "p"));
+        // An empty user is none: the next URL's are taken.
+        assert_eq!(
+            nats_url_credentials("nats://:p@n1,nats://v:w@n2"),
+            login("v", "w")
+        );
+        assert_eq!(nats_url_credentials("nats://@n1"), None);
+        // `@` after the authority is not user information.
+        assert_eq!(nats_url_credentials("nats://n1/a@b"), None);
+        // Debug shows no secret.
+        let shown = format!("{:?}", nats_url_credentials("nats://a:s3cr3t@n1"));
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        let shown = format!("{:?}", nats_url_credentials("nats://t0ken@n1"));
+        assert!(!shown.contains("t0ken"), "{shown}");
     }
 
     #[test]

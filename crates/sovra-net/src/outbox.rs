@@ -190,25 +190,17 @@ pub async fn publish(
     Ok(Some(ids.len()))
 }
 
-/// Connection options with the credentials written in `url` (the first of
-/// a comma-separated list that has any: `user:password@` or `token@`);
-/// async-nats reads servers from a URL but not their credentials. The
-/// same rule as `sovra_realtime::bus::with_url_credentials`, for the same
-/// `realtime.nats_url`.
+/// Connection options with the credentials written in `url`
+/// ([`sovra_config::nats_url_credentials`], which the realtime bus reads
+/// too): async-nats reads servers from a URL but not their credentials.
 fn nats_options(url: &str) -> async_nats::ConnectOptions {
-    let options = async_nats::ConnectOptions::new();
-    let Some(addr) = url
-        .split(',')
-        .filter_map(|part| part.trim().parse::<async_nats::ServerAddr>().ok())
-        .find(|addr| addr.username().is_some())
-    else {
-        return options;
-    };
-    match (addr.username(), addr.password()) {
-        (Some(user), Some(password)) => {
-            options.user_and_password(user.to_owned(), password.to_owned())
+    match sovra_config::nats_url_credentials(url) {
+        Some(sovra_config::NatsCredentials::Login { user, password }) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
         }
-        (Some(token), None) => options.token(token.to_owned()),
-        _ => options,
+        Some(sovra_config::NatsCredentials::Token(token)) => {
+            async_nats::ConnectOptions::with_token(token)
+        }
+        None => async_nats::ConnectOptions::new(),
     }
 }

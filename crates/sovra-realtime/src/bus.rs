@@ -747,27 +747,20 @@ pub(crate) struct Peer {
     pub(crate) seq: Option<u64>,
 }
 
-/// `options` with the credentials written in `url` (one URL or a comma-
-/// separated list; the first that has any): `user:password@` or a token as
-/// `token@`. async-nats reads servers from a URL but not their
-/// credentials, so a NATS with authorization refused Sovra's connection.
+/// `options` with the credentials written in `url`
+/// ([`sovra_config::nats_url_credentials`]): async-nats reads servers from a
+/// URL but not their credentials.
 pub fn with_url_credentials(
     options: async_nats::ConnectOptions,
     url: &str,
 ) -> async_nats::ConnectOptions {
-    for part in url.split(',') {
-        let Ok(addr) = part.trim().parse::<async_nats::ServerAddr>() else {
-            continue;
-        };
-        match (addr.username(), addr.password()) {
-            (Some(user), Some(password)) => {
-                return options.user_and_password(user.to_owned(), password.to_owned());
-            }
-            (Some(token), None) => return options.token(token.to_owned()),
-            _ => {}
+    match sovra_config::nats_url_credentials(url) {
+        Some(sovra_config::NatsCredentials::Login { user, password }) => {
+            options.user_and_password(user, password)
         }
+        Some(sovra_config::NatsCredentials::Token(token)) => options.token(token),
+        None => options,
     }
-    options
 }
 
 #[cfg(test)]
