@@ -2211,20 +2211,62 @@ async fn a_tenant_can_live_in_a_database_of_its_own_url() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// Makes `public.wait_for_lock()` in the tenant database behind `sql`: a
+/// call that waits for the session advisory lock `key`, which the test
+/// holds (so its requests stay in progress until the test lets them go).
+async fn make_wait_for_lock(sql: &sovra_pg::tokio_postgres::Client, key: i64) {
+    sql.batch_execute(&format!(
+        "create function public.wait_for_lock() returns int language sql
+           as 'select 1 from (select pg_advisory_xact_lock({key})) x';
+         grant execute on function public.wait_for_lock() to service_role;
+         notify pgrst, 'reload schema';"
+    ))
+    .await
+    .unwrap();
+}
+
+/// `POST /rest/v1/rpc/wait_for_lock` of tenant `t`, in a task of its own.
+fn call_wait_for_lock(server: &Server, t: &Created) -> tokio::task::JoinHandle<StatusCode> {
+    let request = server
+        .http
+        .post(format!("{}/rest/v1/rpc/wait_for_lock", t.url))
+        .header("apikey", &t.service)
+        .bearer_auth(&t.service)
+        .json(&json!({}));
+    tokio::spawn(async move { request.send().await.unwrap().status() })
+}
+
+/// Sessions of the database behind `sql` waiting for a lock.
+async fn lock_waiters(sql: &sovra_pg::tokio_postgres::Client) -> i64 {
+    sql.query_one(
+        "select count(*) from pg_stat_activity
+          where datname = current_database() and wait_event_type = 'Lock'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Waits (at most 30 s) until `want` sessions wait for a lock.
+async fn until_lock_waiters(sql: &sovra_pg::tokio_postgres::Client, want: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while lock_waiters(sql).await != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {want} requests waiting for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_tenant_over_its_concurrency_quota_waits_its_turn_and_others_do_not() {
     let server = spawn().await;
     let t = server.create("busy").await;
     let other = server.create("busy-other").await;
     let sql = server.sql(&t.database).await;
-    sql.batch_execute(
-        "create function public.wait_for_lock() returns int language sql
-           as 'select 1 from (select pg_advisory_xact_lock(4242)) x';
-         grant execute on function public.wait_for_lock() to service_role;
-         notify pgrst, 'reload schema';",
-    )
-    .await
-    .unwrap();
+    make_wait_for_lock(&sql, 4242).await;
     server
         .patch(&t.name, json!({"max_concurrent_requests": 1}))
         .await;
@@ -2233,36 +2275,9 @@ async fn a_tenant_over_its_concurrency_quota_waits_its_turn_and_others_do_not() 
     sql.execute("select pg_advisory_lock(4242)", &[])
         .await
         .unwrap();
-    let call = |path: &str| {
-        let request = server
-            .http
-            .post(format!("{}/rest/v1/{path}", t.url))
-            .header("apikey", &t.service)
-            .bearer_auth(&t.service)
-            .json(&json!({}));
-        tokio::spawn(async move { request.send().await.unwrap().status() })
-    };
-    let first = call("rpc/wait_for_lock");
+    let first = call_wait_for_lock(&server, &t);
+    until_lock_waiters(&sql, 1).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let blocked: i64 = sql
-            .query_one(
-                "select count(*) from pg_stat_activity
-                  where datname = current_database() and wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if blocked > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first request never blocked"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let second = server
         .http
         .get(format!("{}/rest/v1/", t.url))
@@ -2320,48 +2335,11 @@ async fn a_tenant_at_its_concurrency_quota_is_held_to_its_share_while_another_is
     let t = server.create("share").await;
     let other = server.create("share-other").await;
     let sql = server.sql(&t.database).await;
-    sql.batch_execute(
-        "create function public.wait_for_lock() returns int language sql
-           as 'select 1 from (select pg_advisory_xact_lock(4343)) x';
-         grant execute on function public.wait_for_lock() to service_role;
-         notify pgrst, 'reload schema';",
-    )
-    .await
-    .unwrap();
+    make_wait_for_lock(&sql, 4343).await;
     server
         .patch(&t.name, json!({"max_concurrent_requests": 2}))
         .await;
-    let call = || {
-        let request = server
-            .http
-            .post(format!("{}/rest/v1/rpc/wait_for_lock", t.url))
-            .header("apikey", &t.service)
-            .bearer_auth(&t.service)
-            .json(&json!({}));
-        tokio::spawn(async move { request.send().await.unwrap().status() })
-    };
-    let blocked = || async {
-        let n: i64 = sql
-            .query_one(
-                "select count(*) from pg_stat_activity
-                  where datname = current_database() and wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        n
-    };
-    let until_blocked = |want: i64| async move {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while blocked().await != want {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never {want} requests in progress"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    let call = || call_wait_for_lock(&server, &t);
     // Its first request starts it; the other tenant has had none yet.
     let (status, _) = server
         .get(&format!("{}/rest/v1/", t.url), &t.service, &t.service)
@@ -2372,7 +2350,7 @@ async fn a_tenant_at_its_concurrency_quota_is_held_to_its_share_while_another_is
         .await
         .unwrap();
     let (a, b) = (call(), call());
-    until_blocked(2).await;
+    until_lock_waiters(&sql, 2).await;
     sql.execute("select pg_advisory_unlock(4343)", &[])
         .await
         .unwrap();
@@ -2418,13 +2396,13 @@ async fn a_tenant_at_its_concurrency_quota_is_held_to_its_share_while_another_is
         .await
         .unwrap();
     let (a, b) = (call(), call());
-    until_blocked(1).await;
+    until_lock_waiters(&sql, 1).await;
     // The second waits for its turn, not for the lock: it stays out of
     // the database while the first holds the share's one turn.
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(
-            blocked().await,
+            lock_waiters(&sql).await,
             1,
             "two requests in progress beside a busy tenant"
         );
@@ -2444,7 +2422,7 @@ async fn a_tenant_at_its_concurrency_quota_is_held_to_its_share_while_another_is
         .await
         .unwrap();
     let (a, b) = (call(), call());
-    until_blocked(2).await;
+    until_lock_waiters(&sql, 2).await;
     sql.execute("select pg_advisory_unlock(4343)", &[])
         .await
         .unwrap();
