@@ -689,6 +689,8 @@ async fn stop_orphan(dir: &Path) {
     // file, which would refuse the new one: look at both.
     let mut pids: Vec<Pid> = postmaster_pid(dir).into_iter().collect();
     pids.extend(socket_lock_pids(dir));
+    // One lock file per port may name the same postmaster again.
+    pids.sort_unstable();
     pids.dedup();
     for pid in pids {
         stop_postmaster(pid, dir).await;
